@@ -1,0 +1,177 @@
+//! Bulkhead's wire types: the JSON bodies of the HTTP API, shared by the server and the client.
+//!
+//! **Invariant:** these are plain data. Request bodies reject unknown fields; conversion to and
+//! from domain types happens in the server, so the wire format can stay stable while the core
+//! changes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// One of `unauthenticated`, `forbidden`, `not_found`, `invalid_request`, `conflict`,
+    /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`, `quota_exceeded`,
+    /// `rate_limited`, `internal`.
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+/// A page of a list. Pass `next_cursor` back as `cursor` to get the next page; it is absent on
+/// the last one.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A namespace principal's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Developer,
+    Viewer,
+}
+
+/// All quotas of a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Thousandths of a CPU core, summed over the namespace's sandboxes.
+    pub cpu_millis: u64,
+    /// Memory of all the namespace's sandboxes together, in bytes.
+    pub memory_bytes: u64,
+    /// Bytes of all the namespace's filesystems together.
+    pub disk_bytes: u64,
+    pub max_sandboxes: u64,
+    pub pids_per_sandbox: u64,
+    pub max_sandbox_ttl_seconds: u64,
+}
+
+/// Quotas to change; absent ones stay as they are.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_per_sandbox: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandbox_ttl_seconds: Option<u64>,
+}
+
+/// `POST /v1/namespaces`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNamespace {
+    /// `[a-z0-9-]{1,63}`, starting with a letter.
+    pub name: String,
+    /// The isolation tier: a runtime class configured on the server. Default `container`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
+    pub quotas: Quotas,
+}
+
+/// `PATCH /v1/namespaces/{ns}`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateNamespace {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quotas: Option<QuotasPatch>,
+}
+
+/// A namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Namespace {
+    pub name: String,
+    pub isolation: String,
+    pub quotas: Quotas,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// `POST /v1/namespaces/{ns}/keys`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    /// Unique in the namespace; same syntax as a namespace name.
+    pub name: String,
+    pub role: Role,
+    /// RFC 3339; the key stops working then. Absent: it never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// An API key's metadata. The token is never part of it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Key {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// The answer to a key creation: the only time the token is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    pub key: Key,
+    /// The bearer token. Stored only as a keyed hash; it cannot be shown again.
+    pub token: String,
+}
+
+/// One record of an audit chain.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    pub seq: u64,
+    /// RFC 3339 with milliseconds.
+    pub time: String,
+    /// Milliseconds since the Unix epoch, as hashed.
+    pub time_ms: i64,
+    pub principal: String,
+    pub action: String,
+    pub resource: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    pub status: u16,
+    pub request_id: String,
+    /// Extra facts of the action as a JSON text, as hashed.
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The result of recomputing a chain.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    pub ok: bool,
+    pub records: u64,
+    pub first_bad_seq: Option<u64>,
+}
+
+/// `GET /healthz`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+}

@@ -1,0 +1,16 @@
+//! Bulkhead's domain core: what a namespace, a key, a quota and a role are, who may do what
+//! (`authz`), and how the tamper-evident audit chain is hashed and verified (`audit`).
+//!
+//! **Invariant:** this crate does no IO. It knows nothing of HTTP, SQL, files or the kernel; the
+//! server and the store call into it, never the other way round.
+
+pub mod audit;
+pub mod authz;
+pub mod ids;
+pub mod quota;
+pub mod token;
+pub mod validate;
+
+pub use authz::{authorize, Action, Decision, Principal, Role};
+pub use quota::{QuotaPatch, Quotas};
+pub use validate::FieldError;

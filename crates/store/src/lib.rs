@@ -1,0 +1,106 @@
+//! Bulkhead's persistent state behind one [`Store`] trait. The server holds an
+//! `Arc<dyn Store>`; [`sqlite::SqliteStore`] is the embedded default, and a PostgreSQL store is
+//! added by implementing the same trait, without touching a handler.
+//!
+//! **Invariant:** the store trusts its callers to have authorized the request; it never decides
+//! who may do what. Every query that reads tenant rows is keyed by the namespace, so a caller
+//! that passes the principal's namespace cannot reach another tenant's rows.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use bulkhead_core::audit::{AuditEvent, AuditRecord};
+use bulkhead_core::{Quotas, Role};
+
+/// A namespace as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRow {
+    pub name: String,
+    pub isolation: String,
+    pub quotas: Quotas,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An API key as stored: metadata and the keyed hash of its token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub role: Role,
+    pub token_hash: String,
+    pub created_at_ms: i64,
+    pub expires_at_ms: Option<i64>,
+}
+
+/// Which audit records to list.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub action: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Only records with a larger sequence number (the pagination cursor).
+    pub after_seq: u64,
+    pub limit: u32,
+}
+
+/// A stored answer to a create that carried an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotentReply {
+    pub fingerprint: String,
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique name is already taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+    /// A row the operation needs is not there (for example the namespace of a new key).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A stored value the code cannot read back: a bug or a database edited by hand.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the control plane persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The keyed hash of the platform admin token, once bootstrapped.
+    async fn admin_token_hash(&self) -> Result<Option<String>>;
+    /// Records the admin token's hash. Fails with `Conflict` when one is already set.
+    async fn init_admin_token_hash(&self, hash: &str, now_ms: i64) -> Result<()>;
+
+    async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()>;
+    async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>>;
+    /// Namespaces in name order after `after`, at most `limit`; only `only` when given.
+    async fn list_namespaces(&self, after: Option<&str>, limit: u32, only: Option<&str>) -> Result<Vec<NamespaceRow>>;
+    async fn update_namespace_quotas(&self, name: &str, quotas: &Quotas, now_ms: i64) -> Result<Option<NamespaceRow>>;
+    /// Deletes a namespace and everything it owns: keys, its audit chain, idempotent replays.
+    /// Returns whether it existed.
+    async fn delete_namespace(&self, name: &str) -> Result<bool>;
+
+    async fn create_key(&self, key: &KeyRow) -> Result<()>;
+    async fn get_key(&self, namespace: &str, id: &str) -> Result<Option<KeyRow>>;
+    async fn list_keys(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<KeyRow>>;
+    async fn delete_key(&self, namespace: &str, id: &str) -> Result<bool>;
+    async fn key_by_token_hash(&self, token_hash: &str) -> Result<Option<KeyRow>>;
+
+    /// Appends `event` to `chain` atomically with the chain head, and returns the sealed record.
+    async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord>;
+    async fn list_audit(&self, chain: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
+    /// The chain head: last sequence number and hash.
+    async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>>;
+
+    async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
+    async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;
+}

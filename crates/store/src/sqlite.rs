@@ -1,0 +1,480 @@
+//! The embedded store: one SQLite file in the data dir, in WAL mode with `synchronous=FULL`
+//! (an acknowledged write survives a crash), foreign keys on, and migrations compiled into the
+//! binary. Writes go through one in-process lock, so a read-then-write such as an audit append
+//! never races another writer.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bulkhead_core::audit::{self, AuditEvent, AuditRecord};
+use bulkhead_core::{Quotas, Role};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::Mutex;
+
+use crate::{AuditQuery, IdempotentReply, KeyRow, NamespaceRow, Result, Store, StoreError};
+
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "control plane", include_str!("../migrations/sqlite/0001_control_plane.sql"))];
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write: Mutex<()>,
+}
+
+fn migrator() -> Migrator {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
+        })
+        .collect();
+    Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).min_connections(1).connect_with(options).await?;
+        migrator().run(&pool).await?;
+        Ok(Self { pool, write: Mutex::new(()) })
+    }
+}
+
+fn as_i64(v: u64) -> i64 {
+    // Quotas and sequence numbers are bounded far below i64::MAX by the core's validation.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn as_u64(row: &SqliteRow, col: &str) -> Result<u64> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
+}
+
+fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
+    Ok(NamespaceRow {
+        name: row.try_get("name")?,
+        isolation: row.try_get("isolation")?,
+        quotas: Quotas {
+            cpu_millis: as_u64(row, "cpu_millis")?,
+            memory_bytes: as_u64(row, "memory_bytes")?,
+            disk_bytes: as_u64(row, "disk_bytes")?,
+            max_sandboxes: as_u64(row, "max_sandboxes")?,
+            pids_per_sandbox: as_u64(row, "pids_per_sandbox")?,
+            max_sandbox_ttl_seconds: as_u64(row, "max_sandbox_ttl_seconds")?,
+        },
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn key_row(row: &SqliteRow) -> Result<KeyRow> {
+    let role: String = row.try_get("role")?;
+    Ok(KeyRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+        token_hash: row.try_get("token_hash")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+    })
+}
+
+fn audit_row(row: &SqliteRow) -> Result<AuditRecord> {
+    let status: i64 = row.try_get("status")?;
+    Ok(AuditRecord {
+        chain: row.try_get("chain")?,
+        seq: as_u64(row, "seq")?,
+        event: AuditEvent {
+            time_ms: row.try_get("time_ms")?,
+            principal: row.try_get("principal")?,
+            action: row.try_get("action")?,
+            resource: row.try_get("resource")?,
+            decision: row.try_get("decision")?,
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
+            request_id: row.try_get("request_id")?,
+            detail: row.try_get("detail")?,
+        },
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms";
+const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn admin_token_hash(&self) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT admin_token_hash FROM platform WHERE id = 1").fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get("admin_token_hash")).transpose()?)
+    }
+
+    async fn init_admin_token_hash(&self, hash: &str, now_ms: i64) -> Result<()> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("INSERT INTO platform (id, admin_token_hash, created_at_ms) VALUES (1, ?, ?)")
+            .bind(hash)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("admin token".into())),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
+        let _w = self.write.lock().await;
+        let q = &ns.quotas;
+        let r = sqlx::query(&format!("INSERT INTO namespaces ({NAMESPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&ns.name)
+            .bind(&ns.isolation)
+            .bind(as_i64(q.cpu_millis))
+            .bind(as_i64(q.memory_bytes))
+            .bind(as_i64(q.disk_bytes))
+            .bind(as_i64(q.max_sandboxes))
+            .bind(as_i64(q.pids_per_sandbox))
+            .bind(as_i64(q.max_sandbox_ttl_seconds))
+            .bind(ns.created_at_ms)
+            .bind(ns.updated_at_ms)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("namespace {}", ns.name))),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
+        let row = sqlx::query(&format!("SELECT {NAMESPACE_COLUMNS} FROM namespaces WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(namespace_row).transpose()
+    }
+
+    async fn list_namespaces(&self, after: Option<&str>, limit: u32, only: Option<&str>) -> Result<Vec<NamespaceRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NAMESPACE_COLUMNS} FROM namespaces WHERE name > ? AND (? IS NULL OR name = ?) ORDER BY name LIMIT ?"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(only)
+        .bind(only)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(namespace_row).collect()
+    }
+
+    async fn update_namespace_quotas(&self, name: &str, q: &Quotas, now_ms: i64) -> Result<Option<NamespaceRow>> {
+        let _w = self.write.lock().await;
+        let row = sqlx::query(&format!(
+            "UPDATE namespaces SET cpu_millis = ?, memory_bytes = ?, disk_bytes = ?, max_sandboxes = ?, \
+             pids_per_sandbox = ?, max_sandbox_ttl_seconds = ?, updated_at_ms = ? WHERE name = ? \
+             RETURNING {NAMESPACE_COLUMNS}"
+        ))
+        .bind(as_i64(q.cpu_millis))
+        .bind(as_i64(q.memory_bytes))
+        .bind(as_i64(q.disk_bytes))
+        .bind(as_i64(q.max_sandboxes))
+        .bind(as_i64(q.pids_per_sandbox))
+        .bind(as_i64(q.max_sandbox_ttl_seconds))
+        .bind(now_ms)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(namespace_row).transpose()
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let deleted = sqlx::query("DELETE FROM namespaces WHERE name = ?").bind(name).execute(&mut *tx).await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM audit_records WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_heads WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM idempotency WHERE scope LIKE ? ESCAPE '\\'")
+            .bind(format!("ns:{name}:%"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn create_key(&self, key: &KeyRow) -> Result<()> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&key.id)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(key.role.as_str())
+            .bind(&key.token_hash)
+            .bind(key.created_at_ms)
+            .bind(key.expires_at_ms)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("key {}", key.name))),
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                Err(StoreError::NotFound(format!("namespace {}", key.namespace)))
+            }
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn get_key(&self, namespace: &str, id: &str) -> Result<Option<KeyRow>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = ? AND id = ?"))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn list_keys(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<KeyRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn delete_key(&self, namespace: &str, id: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM api_keys WHERE namespace = ? AND id = ?")
+            .bind(namespace)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn key_by_token_hash(&self, token_hash: &str) -> Result<Option<KeyRow>> {
+        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE token_hash = ?"))
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let head = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = match head {
+            Some(row) => Some((as_u64(&row, "last_seq")?, row.try_get::<String, _>("last_hash")?)),
+            None => None,
+        };
+        let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
+        let e = &record.event;
+        sqlx::query(
+            "INSERT INTO audit_records (chain, seq, time_ms, principal, action, resource, decision, status, \
+             request_id, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(chain)
+        .bind(as_i64(record.seq))
+        .bind(e.time_ms)
+        .bind(&e.principal)
+        .bind(&e.action)
+        .bind(&e.resource)
+        .bind(&e.decision)
+        .bind(i64::from(e.status))
+        .bind(&e.request_id)
+        .bind(&e.detail)
+        .bind(&record.prev_hash)
+        .bind(&record.hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
+             ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+        )
+        .bind(chain)
+        .bind(as_i64(record.seq))
+        .bind(&record.hash)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn list_audit(&self, chain: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(
+            "SELECT chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, \
+             prev_hash, hash FROM audit_records WHERE chain = ? AND seq > ? \
+             AND (? IS NULL OR action = ?) AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(chain)
+        .bind(as_i64(q.after_seq))
+        .bind(q.action.as_deref())
+        .bind(q.action.as_deref())
+        .bind(q.since_ms)
+        .bind(q.since_ms)
+        .bind(q.until_ms)
+        .bind(q.until_ms)
+        .bind(i64::from(q.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>> {
+        let row = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>> {
+        let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency WHERE scope = ? AND key = ?")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => {
+                let status: i64 = row.try_get("status")?;
+                Ok(Some(IdempotentReply {
+                    fingerprint: row.try_get("fingerprint")?,
+                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
+                    body: row.try_get("body")?,
+                }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query(
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(&reply.fingerprint)
+        .bind(i64::from(reply.status))
+        .bind(&reply.body)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(name: &str) -> NamespaceRow {
+        NamespaceRow {
+            name: name.into(),
+            isolation: "container".into(),
+            quotas: Quotas::DEFAULT,
+            created_at_ms: 1,
+            updated_at_ms: 1,
+        }
+    }
+
+    fn key(ns: &str, name: &str) -> KeyRow {
+        KeyRow {
+            id: bulkhead_core::ids::new_id("key_"),
+            namespace: ns.into(),
+            name: name.into(),
+            role: Role::Developer,
+            token_hash: bulkhead_core::ids::new_id("h"),
+            created_at_ms: 1,
+            expires_at_ms: None,
+        }
+    }
+
+    fn event(n: i64) -> AuditEvent {
+        AuditEvent {
+            time_ms: n,
+            principal: "admin".into(),
+            action: "key.create".into(),
+            resource: "key:x".into(),
+            decision: "allow".into(),
+            status: 201,
+            request_id: "req_1".into(),
+            detail: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn namespace_delete_cascades_keys_and_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        s.create_namespace(&ns("acme")).await.unwrap();
+        assert!(matches!(s.create_namespace(&ns("acme")).await, Err(StoreError::Conflict(_))));
+        let k = key("acme", "ci");
+        s.create_key(&k).await.unwrap();
+        assert!(matches!(s.create_key(&key("acme", "ci")).await, Err(StoreError::Conflict(_))));
+        assert!(matches!(s.create_key(&key("nope", "ci")).await, Err(StoreError::NotFound(_))));
+        s.append_audit("acme", event(1)).await.unwrap();
+        let r2 = s.append_audit("acme", event(2)).await.unwrap();
+        assert_eq!(r2.seq, 2);
+        assert_eq!(s.audit_head("acme").await.unwrap(), Some((2, r2.hash.clone())));
+        assert_eq!(s.key_by_token_hash(&k.token_hash).await.unwrap(), Some(k.clone()));
+
+        assert!(s.delete_namespace("acme").await.unwrap());
+        assert!(!s.delete_namespace("acme").await.unwrap());
+        assert_eq!(s.key_by_token_hash(&k.token_hash).await.unwrap(), None);
+        assert_eq!(s.audit_head("acme").await.unwrap(), None);
+        assert!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reopen_keeps_data_and_pagination_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let s = SqliteStore::open(&path).await.unwrap();
+            for n in ["c", "a", "b"] {
+                s.create_namespace(&ns(n)).await.unwrap();
+            }
+            s.init_admin_token_hash("h", 1).await.unwrap();
+            assert!(matches!(s.init_admin_token_hash("h2", 1).await, Err(StoreError::Conflict(_))));
+        }
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.admin_token_hash().await.unwrap().as_deref(), Some("h"));
+        let page: Vec<_> = s.list_namespaces(None, 2, None).await.unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(page, ["a", "b"]);
+        let page: Vec<_> = s.list_namespaces(Some("b"), 2, None).await.unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(page, ["c"]);
+        let only: Vec<_> = s.list_namespaces(None, 10, Some("b")).await.unwrap().into_iter().map(|n| n.name).collect();
+        assert_eq!(only, ["b"]);
+    }
+}
