@@ -1,1 +1,97 @@
-fn main() {}
+//! `bulkhead`: `bulkhead serve` runs the server; every other subcommand is a client of its HTTP
+//! API. Errors print one line and exit non-zero.
+
+mod commands;
+mod output;
+mod serve;
+mod units;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bulkhead", version, about = "Multi-tenant runtime for AI agents")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The server's URL.
+    #[arg(long, global = true, env = "BULKHEAD_URL", default_value = "http://127.0.0.1:7070")]
+    pub url: String,
+    /// Bearer token. Without one, on the server's own host, the admin token file is used.
+    #[arg(long, global = true, env = "BULKHEAD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The server's data dir, where the admin token file is looked for.
+    #[arg(long, global = true, env = "BULKHEAD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(serve::ServeArgs),
+    /// Manage namespaces (platform admin).
+    #[command(subcommand, alias = "ns")]
+    Namespace(commands::NamespaceCmd),
+    /// Manage a namespace's API keys.
+    #[command(subcommand)]
+    Key(commands::KeyCmd),
+    /// Read or verify an audit chain.
+    Audit(commands::AuditArgs),
+}
+
+/// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
+/// `~/.local/share/bulkhead`) for anyone else.
+pub fn default_data_dir() -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/bulkhead");
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("bulkhead");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/bulkhead")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args, &cli.global).await,
+            Command::Namespace(cmd) => commands::namespace(cmd, &cli.global).await,
+            Command::Key(cmd) => commands::key(cmd, &cli.global).await,
+            Command::Audit(args) => commands::audit(args, &cli.global).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            // One line: the error and its causes.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                line.push_str(&format!(": {cause}"));
+            }
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}

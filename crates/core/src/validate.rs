@@ -38,10 +38,7 @@ pub fn name(field: &str, value: &str) -> Result<(), FieldError> {
         return Err(FieldError::new(field, "must start with a lowercase letter"));
     }
     if let Some(c) = value.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-        return Err(FieldError::new(
-            field,
-            format!("may contain only a-z, 0-9 and '-', found {c:?}"),
-        ));
+        return Err(FieldError::new(field, format!("may contain only a-z, 0-9 and '-', found {c:?}")));
     }
     if value.ends_with('-') {
         return Err(FieldError::new(field, "must not end with '-'"));

@@ -1,1 +1,115 @@
-//! placeholder
+//! Bulkhead's HTTP server: the only crate that knows HTTP and JSON. [`app`] builds the whole
+//! router from a state, so tests drive it in-process; [`serve`] binds it and runs until SIGINT
+//! or SIGTERM.
+//!
+//! **Invariant:** every route but `/healthz` and `/openapi.json` authenticates through
+//! [`auth::Ctx`] and calls `ctx.authorize` with its action before reading a body or the store.
+//! **Invariant:** every route is registered through utoipa's router, so the OpenAPI document is
+//! the route table and cannot drift from it.
+
+pub mod audit;
+pub mod auth;
+pub mod bootstrap;
+pub mod convert;
+pub mod error;
+pub mod extract;
+pub mod idempotency;
+pub mod request;
+pub mod routes;
+pub mod state;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use state::{AppState, ServerConfig};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bulkhead", description = "Multi-tenant runtime for AI agents."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+/// Every documented route, unrouted yet: the single route table.
+fn api_routes() -> OpenApiRouter<AppState> {
+    use routes::{audit, health, keys, namespaces};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::healthz))
+        .routes(routes!(namespaces::create, namespaces::list))
+        .routes(routes!(namespaces::get, namespaces::update, namespaces::delete))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::get, keys::revoke))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::platform_list))
+        .routes(routes!(audit::platform_verify))
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// The whole application for `state`.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = api_routes().split_for_parts();
+    let doc = Arc::new(doc);
+    let max_body = state.config.max_body_bytes;
+    router
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::middleware))
+        .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .method_not_allowed_fallback(request::method_not_allowed)
+        .fallback(request::not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(request::panic_response))
+        .layer(middleware::from_fn(request::middleware))
+        .with_state(state)
+}
+
+/// Binds `config.listen` and serves until SIGINT or SIGTERM, finishing requests in flight.
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -144,19 +144,20 @@ impl Store for SqliteStore {
     async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
         let _w = self.write.lock().await;
         let q = &ns.quotas;
-        let r = sqlx::query(&format!("INSERT INTO namespaces ({NAMESPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&ns.name)
-            .bind(&ns.isolation)
-            .bind(as_i64(q.cpu_millis))
-            .bind(as_i64(q.memory_bytes))
-            .bind(as_i64(q.disk_bytes))
-            .bind(as_i64(q.max_sandboxes))
-            .bind(as_i64(q.pids_per_sandbox))
-            .bind(as_i64(q.max_sandbox_ttl_seconds))
-            .bind(ns.created_at_ms)
-            .bind(ns.updated_at_ms)
-            .execute(&self.pool)
-            .await;
+        let r =
+            sqlx::query(&format!("INSERT INTO namespaces ({NAMESPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+                .bind(&ns.name)
+                .bind(&ns.isolation)
+                .bind(as_i64(q.cpu_millis))
+                .bind(as_i64(q.memory_bytes))
+                .bind(as_i64(q.disk_bytes))
+                .bind(as_i64(q.max_sandboxes))
+                .bind(as_i64(q.pids_per_sandbox))
+                .bind(as_i64(q.max_sandbox_ttl_seconds))
+                .bind(ns.created_at_ms)
+                .bind(ns.updated_at_ms)
+                .execute(&self.pool)
+                .await;
         match r {
             Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("namespace {}", ns.name))),
             other => other.map(|_| ()).map_err(Into::into),

@@ -1,0 +1,366 @@
+//! The client subcommands: namespace, key, audit.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use bulkhead_api::{CreateKey, CreateNamespace, Namespace, Quotas, QuotasPatch, Role, UpdateNamespace};
+use bulkhead_client::{AuditFilter, Client};
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::output::{self, table};
+use crate::units::{format_bytes, format_cpu, format_seconds, parse_bytes, parse_cpu, parse_seconds};
+use crate::Global;
+
+/// The client for `global`: its token, or on the server's host the admin token file.
+pub fn client(global: &Global) -> anyhow::Result<Client> {
+    let token = match &global.token {
+        Some(t) => Some(t.trim().to_owned()),
+        None => {
+            let dir = global.data_dir.clone().unwrap_or_else(crate::default_data_dir);
+            let path = dir.join(bulkhead_server::bootstrap::ADMIN_TOKEN_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => Some(t.trim().to_owned()),
+                Err(_) => None,
+            }
+        }
+    };
+    if token.is_none() {
+        bail!("no token: set BULKHEAD_TOKEN (or --token), or run on the server's host as a user who can read its admin.token");
+    }
+    Ok(Client::new(&global.url, token))
+}
+
+#[derive(Args, Clone, Default)]
+pub struct QuotaArgs {
+    /// CPU for all sandboxes together, in cores (`1.5`) or thousandths (`500m`).
+    #[arg(long, value_parser = parse_cpu)]
+    cpu: Option<u64>,
+    /// Memory for all sandboxes together (`4GiB`).
+    #[arg(long, value_parser = parse_bytes)]
+    memory: Option<u64>,
+    /// Disk for all filesystems together (`20GiB`).
+    #[arg(long, value_parser = parse_bytes)]
+    disk: Option<u64>,
+    /// Sandboxes at once.
+    #[arg(long)]
+    max_sandboxes: Option<u64>,
+    /// Processes per sandbox.
+    #[arg(long)]
+    pids: Option<u64>,
+    /// Longest sandbox life (`24h`).
+    #[arg(long, value_parser = parse_seconds)]
+    max_ttl: Option<u64>,
+}
+
+impl QuotaArgs {
+    fn patch(&self) -> QuotasPatch {
+        QuotasPatch {
+            cpu_millis: self.cpu,
+            memory_bytes: self.memory,
+            disk_bytes: self.disk,
+            max_sandboxes: self.max_sandboxes,
+            pids_per_sandbox: self.pids,
+            max_sandbox_ttl_seconds: self.max_ttl,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum NamespaceCmd {
+    /// Create a namespace; unset quotas take the defaults (1 core, 1GiB, 10GiB disk, 10 sandboxes).
+    Create {
+        name: String,
+        /// Isolation tier (a runtime class of the server).
+        #[arg(long)]
+        isolation: Option<String>,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// List namespaces.
+    List,
+    /// Show one namespace.
+    Get { name: String },
+    /// Change quotas.
+    Update {
+        name: String,
+        #[command(flatten)]
+        quotas: QuotaArgs,
+    },
+    /// Delete a namespace and everything it owns.
+    Delete { name: String },
+}
+
+fn namespace_row(n: &Namespace) -> Vec<String> {
+    let q = &n.quotas;
+    vec![
+        n.name.clone(),
+        n.isolation.clone(),
+        format_cpu(q.cpu_millis),
+        format_bytes(q.memory_bytes),
+        format_bytes(q.disk_bytes),
+        q.max_sandboxes.to_string(),
+        q.pids_per_sandbox.to_string(),
+        format_seconds(q.max_sandbox_ttl_seconds),
+    ]
+}
+
+const NAMESPACE_HEADERS: [&str; 8] = ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL"];
+
+fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
+    if global.json {
+        return output::json(n);
+    }
+    table(&NAMESPACE_HEADERS, &[namespace_row(n)]);
+    Ok(())
+}
+
+pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    match cmd {
+        NamespaceCmd::Create { name, isolation, quotas } => {
+            let d = bulkhead_core::Quotas::DEFAULT;
+            let p = quotas.patch();
+            let quotas = Quotas {
+                cpu_millis: p.cpu_millis.unwrap_or(d.cpu_millis),
+                memory_bytes: p.memory_bytes.unwrap_or(d.memory_bytes),
+                disk_bytes: p.disk_bytes.unwrap_or(d.disk_bytes),
+                max_sandboxes: p.max_sandboxes.unwrap_or(d.max_sandboxes),
+                pids_per_sandbox: p.pids_per_sandbox.unwrap_or(d.pids_per_sandbox),
+                max_sandbox_ttl_seconds: p.max_sandbox_ttl_seconds.unwrap_or(d.max_sandbox_ttl_seconds),
+            };
+            let n = c.create_namespace(&CreateNamespace { name, isolation, quotas }).await?;
+            show_namespace(&n, global)?;
+        }
+        NamespaceCmd::List => {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = c.list_namespaces(Some(1000), cursor.as_deref()).await?;
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if global.json {
+                output::json(&all)?;
+            } else {
+                table(&NAMESPACE_HEADERS, &all.iter().map(namespace_row).collect::<Vec<_>>());
+            }
+        }
+        NamespaceCmd::Get { name } => show_namespace(&c.get_namespace(&name).await?, global)?,
+        NamespaceCmd::Update { name, quotas } => {
+            let patch = quotas.patch();
+            if patch == QuotasPatch::default() {
+                bail!("nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, --max-ttl");
+            }
+            let n = c.update_namespace(&name, &UpdateNamespace { quotas: Some(patch) }).await?;
+            show_namespace(&n, global)?;
+        }
+        NamespaceCmd::Delete { name } => {
+            c.delete_namespace(&name).await?;
+            if !global.json {
+                println!("deleted namespace {name}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Owner,
+    Admin,
+    Developer,
+    Viewer,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::Owner => Role::Owner,
+            RoleArg::Admin => Role::Admin,
+            RoleArg::Developer => Role::Developer,
+            RoleArg::Viewer => Role::Viewer,
+        }
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Owner => "owner",
+        Role::Admin => "admin",
+        Role::Developer => "developer",
+        Role::Viewer => "viewer",
+    }
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Create a key; its token is printed once.
+    Create {
+        /// The namespace.
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        name: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Lifetime, such as `30d`; default: no expiry.
+        #[arg(long, value_parser = parse_seconds)]
+        expires_in: Option<u64>,
+    },
+    /// List a namespace's keys.
+    List {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+    },
+    /// Revoke a key at once.
+    Revoke {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        id: String,
+    },
+}
+
+pub async fn key(cmd: KeyCmd, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    match cmd {
+        KeyCmd::Create { ns, name, role, expires_in } => {
+            let expires_at = expires_in
+                .map(|s| {
+                    let t = std::time::SystemTime::now()
+                        .checked_add(std::time::Duration::from_secs(s))
+                        .context("--expires-in is too far away")?;
+                    anyhow::Ok(humantime::format_rfc3339_seconds(t).to_string())
+                })
+                .transpose()?;
+            let k = c.create_key(&ns, &CreateKey { name, role: role.into(), expires_at }).await?;
+            if global.json {
+                output::json(&k)?;
+            } else {
+                output::fields(&[
+                    ("id", k.key.id.clone()),
+                    ("name", k.key.name.clone()),
+                    ("role", role_name(k.key.role).to_owned()),
+                    ("expires", k.key.expires_at.clone().unwrap_or_else(|| "never".into())),
+                    ("token", k.token.clone()),
+                ]);
+                eprintln!("The token is shown only this once; store it now.");
+            }
+        }
+        KeyCmd::List { ns } => {
+            let mut all = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = c.list_keys(&ns, Some(1000), cursor.as_deref()).await?;
+                all.extend(page.items);
+                match page.next_cursor {
+                    Some(next) => cursor = Some(next),
+                    None => break,
+                }
+            }
+            if global.json {
+                output::json(&all)?;
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.id.clone(),
+                            k.name.clone(),
+                            role_name(k.role).to_owned(),
+                            k.created_at.clone(),
+                            k.expires_at.clone().unwrap_or_else(|| "never".into()),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES"], &rows);
+            }
+        }
+        KeyCmd::Revoke { ns, id } => {
+            c.revoke_key(&ns, &id).await?;
+            if !global.json {
+                println!("revoked key {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// The namespace; without it, the platform chain (admin only).
+    #[arg(long, env = "BULKHEAD_NAMESPACE")]
+    ns: Option<String>,
+    /// Recompute the chain instead of listing it; exits 2 when it is broken.
+    #[arg(long)]
+    verify: bool,
+    /// Only this action, such as `key.create`.
+    #[arg(long)]
+    action: Option<String>,
+    /// Records at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// At most this many records (default: all).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+pub async fn audit(args: AuditArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    let ns = args.ns.as_deref();
+    if args.verify {
+        let v = c.verify_audit(ns).await?;
+        if global.json {
+            output::json(&v)?;
+        } else if v.ok {
+            println!("audit chain {} intact: {} records", ns.unwrap_or("platform"), v.records);
+        } else {
+            println!(
+                "audit chain {} BROKEN at seq {}: {} records",
+                ns.unwrap_or("platform"),
+                v.first_bad_seq.map(|s| s.to_string()).unwrap_or_default(),
+                v.records
+            );
+        }
+        return Ok(if v.ok { ExitCode::SUCCESS } else { ExitCode::from(2) });
+    }
+    let mut all = Vec::new();
+    let mut filter = AuditFilter { action: args.action, since: args.since, until: args.until, ..Default::default() };
+    loop {
+        let want = args.limit.map(|l| l.saturating_sub(all.len())).unwrap_or(1000).min(1000);
+        if want == 0 {
+            break;
+        }
+        filter.limit = Some(want as u32);
+        let page = c.audit(ns, &filter).await?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) => filter.cursor = Some(next),
+            None => break,
+        }
+    }
+    if global.json {
+        output::json(&all)?;
+    } else {
+        let rows: Vec<Vec<String>> = all
+            .iter()
+            .map(|r| {
+                vec![
+                    r.seq.to_string(),
+                    r.time.clone(),
+                    r.principal.clone(),
+                    r.action.clone(),
+                    r.resource.clone(),
+                    r.decision.clone(),
+                    r.status.to_string(),
+                ]
+            })
+            .collect();
+        table(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "RESOURCE", "DECISION", "STATUS"], &rows);
+    }
+    Ok(ExitCode::SUCCESS)
+}

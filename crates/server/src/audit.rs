@@ -1,0 +1,103 @@
+//! The audit middleware. It runs around every routed request and, once the answer is known,
+//! appends a record to the right chain for every mutating request (whatever its outcome), every
+//! request that authorization denied, and every failed authentication. The answer leaves only
+//! after its record is durable; if the record cannot be written the client gets a 500, never a
+//! success that the log does not show.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::audit::{AuditEvent, PLATFORM_CHAIN};
+use bulkhead_core::{Decision, Principal};
+
+use crate::auth::{AuditInfo, AuditSlot};
+use crate::error::ApiError;
+use crate::request::RequestId;
+use crate::state::{now_ms, AppState};
+
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let slot = AuditSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
+    let path = req.uri().path().to_owned();
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+
+    let response = next.run(req).await;
+    let status = response.status();
+    let info = slot.with(std::mem::take);
+    let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
+        return response;
+    };
+    match state.store.append_audit(&chain, event).await {
+        Ok(_) => response,
+        Err(e) => ApiError::Internal(format!("audit append to chain {chain} failed: {e}")).into_response(),
+    }
+}
+
+/// The chain and event for a request, or `None` when it is not audited (an allowed read).
+fn record_for(
+    info: AuditInfo,
+    method: &Method,
+    route: &str,
+    path: &str,
+    status: StatusCode,
+    request_id: String,
+) -> Option<(String, AuditEvent)> {
+    let denied = matches!(info.decision, Some(Decision::Forbidden | Decision::NotFound));
+    let unauthenticated = info.principal.is_none() && status == StatusCode::UNAUTHORIZED;
+    let mutating = match info.action {
+        Some(_) => info.mutating,
+        // The request failed before its handler named an action (a body over the limit, say):
+        // judge by method.
+        None => !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS),
+    };
+    if !(mutating || denied || unauthenticated) {
+        return None;
+    }
+    if info.principal.is_none() && !unauthenticated {
+        return None;
+    }
+    let principal = info.principal.as_ref().map(Principal::audit_name).unwrap_or_else(|| "anonymous".to_owned());
+    let chain = info
+        .chain
+        .clone()
+        .or_else(|| info.principal.as_ref().and_then(|p| p.namespace().map(str::to_owned)))
+        .unwrap_or_else(|| PLATFORM_CHAIN.to_owned());
+    let action = info.action.map(str::to_owned).unwrap_or_else(|| format!("{method} {route}"));
+    let resource = if info.resource.is_empty() { format!("path:{}", truncate(path, 256)) } else { info.resource };
+    let decision = if denied {
+        "deny"
+    } else if unauthenticated {
+        "unauthenticated"
+    } else {
+        "allow"
+    };
+    let detail = serde_json::Value::Object(info.detail).to_string();
+    Some((
+        chain,
+        AuditEvent {
+            time_ms: now_ms(),
+            principal,
+            action,
+            resource,
+            decision: decision.to_owned(),
+            status: status.as_u16(),
+            request_id,
+            detail,
+        },
+    ))
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary: request paths are attacker-chosen.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

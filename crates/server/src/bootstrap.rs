@@ -1,0 +1,102 @@
+//! First start and every start: the data dir (0700), the token key (0600), the SQLite store,
+//! and the platform admin token, generated once, stored only as a keyed hash, and written to
+//! `<data-dir>/admin.token` (0600).
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bulkhead_core::ids::{hex, random_bytes, unhex};
+use bulkhead_core::token::{self, TokenHasher, ADMIN_TOKEN_PREFIX};
+use bulkhead_store::sqlite::SqliteStore;
+use bulkhead_store::{Store, StoreError};
+
+use crate::state::{now_ms, AppState, Inner, KeyCache, ServerConfig};
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const TOKEN_KEY_FILE: &str = "token.key";
+pub const DATABASE_FILE: &str = "bulkhead.db";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    File { path: PathBuf, source: std::io::Error },
+    #[error("{0} is not a token key (64 hex digits); restore it or remove the whole data dir")]
+    BadTokenKey(PathBuf),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// The state of a started server, and the admin token when this start generated it.
+pub struct Bootstrapped {
+    pub state: AppState,
+    pub new_admin_token: Option<String>,
+}
+
+fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> BootstrapError + '_ {
+    move |source| BootstrapError::File { path: path.to_owned(), source }
+}
+
+/// Writes `contents` to `path` with mode 0600 atomically: a temporary file, fsync, rename, fsync
+/// of the directory.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn token_key(data_dir: &Path) -> Result<[u8; 32], BootstrapError> {
+    let path = data_dir.join(TOKEN_KEY_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes = unhex(text.trim()).ok_or_else(|| BootstrapError::BadTokenKey(path.clone()))?;
+            bytes.try_into().map_err(|_| BootstrapError::BadTokenKey(path))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_bytes::<32>();
+            write_secret_file(&path, format!("{}\n", hex(&key)).as_bytes()).map_err(file_err(&path))?;
+            Ok(key)
+        }
+        Err(e) => Err(file_err(&path)(e)),
+    }
+}
+
+/// Prepares the data dir and the store and returns the server's state.
+pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError> {
+    let dir = config.data_dir.clone();
+    fs::create_dir_all(&dir).map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+        .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
+    let hasher = TokenHasher::new(token_key(&dir)?);
+    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
+
+    let mut new_admin_token = None;
+    let admin_token_hash = match store.admin_token_hash().await? {
+        Some(hash) => hash,
+        None => {
+            // The file first: a crash before the hash is stored only means the next start
+            // generates another token and overwrites the file.
+            let token = token::generate(ADMIN_TOKEN_PREFIX);
+            let path = dir.join(ADMIN_TOKEN_FILE);
+            write_secret_file(&path, format!("{token}\n").as_bytes()).map_err(file_err(&path))?;
+            let hash = hasher.hash(&token);
+            store.init_admin_token_hash(&hash, now_ms()).await?;
+            new_admin_token = Some(token);
+            hash
+        }
+    };
+    let store: Arc<dyn Store> = Arc::new(store);
+    let state = AppState(Arc::new(Inner { store, hasher, admin_token_hash, config, keys: KeyCache::default() }));
+    Ok(Bootstrapped { state, new_admin_token })
+}

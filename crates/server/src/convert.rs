@@ -1,0 +1,96 @@
+//! Conversions between wire types and domain or store types.
+
+use bulkhead_api as api;
+use bulkhead_core::{QuotaPatch, Quotas, Role};
+use bulkhead_store::{KeyRow, NamespaceRow};
+
+use crate::state::rfc3339;
+
+pub fn quotas_in(q: &api::Quotas) -> Quotas {
+    Quotas {
+        cpu_millis: q.cpu_millis,
+        memory_bytes: q.memory_bytes,
+        disk_bytes: q.disk_bytes,
+        max_sandboxes: q.max_sandboxes,
+        pids_per_sandbox: q.pids_per_sandbox,
+        max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+    }
+}
+
+pub fn quotas_out(q: &Quotas) -> api::Quotas {
+    api::Quotas {
+        cpu_millis: q.cpu_millis,
+        memory_bytes: q.memory_bytes,
+        disk_bytes: q.disk_bytes,
+        max_sandboxes: q.max_sandboxes,
+        pids_per_sandbox: q.pids_per_sandbox,
+        max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+    }
+}
+
+pub fn quota_patch_in(q: &api::QuotasPatch) -> QuotaPatch {
+    QuotaPatch {
+        cpu_millis: q.cpu_millis,
+        memory_bytes: q.memory_bytes,
+        disk_bytes: q.disk_bytes,
+        max_sandboxes: q.max_sandboxes,
+        pids_per_sandbox: q.pids_per_sandbox,
+        max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+    }
+}
+
+pub fn namespace_out(row: &NamespaceRow) -> api::Namespace {
+    api::Namespace {
+        name: row.name.clone(),
+        isolation: row.isolation.clone(),
+        quotas: quotas_out(&row.quotas),
+        created_at: rfc3339(row.created_at_ms),
+        updated_at: rfc3339(row.updated_at_ms),
+    }
+}
+
+pub fn role_in(r: api::Role) -> Role {
+    match r {
+        api::Role::Owner => Role::Owner,
+        api::Role::Admin => Role::Admin,
+        api::Role::Developer => Role::Developer,
+        api::Role::Viewer => Role::Viewer,
+    }
+}
+
+pub fn role_out(r: Role) -> api::Role {
+    match r {
+        Role::Owner => api::Role::Owner,
+        Role::Admin => api::Role::Admin,
+        Role::Developer => api::Role::Developer,
+        Role::Viewer => api::Role::Viewer,
+    }
+}
+
+pub fn key_out(row: &KeyRow) -> api::Key {
+    api::Key {
+        id: row.id.clone(),
+        namespace: row.namespace.clone(),
+        name: row.name.clone(),
+        role: role_out(row.role),
+        created_at: rfc3339(row.created_at_ms),
+        expires_at: row.expires_at_ms.map(rfc3339),
+    }
+}
+
+pub fn audit_out(r: &bulkhead_core::audit::AuditRecord) -> api::AuditRecord {
+    api::AuditRecord {
+        seq: r.seq,
+        time: rfc3339(r.event.time_ms),
+        time_ms: r.event.time_ms,
+        principal: r.event.principal.clone(),
+        action: r.event.action.clone(),
+        resource: r.event.resource.clone(),
+        decision: r.event.decision.clone(),
+        status: r.event.status,
+        request_id: r.event.request_id.clone(),
+        detail: r.event.detail.clone(),
+        prev_hash: r.prev_hash.clone(),
+        hash: r.hash.clone(),
+    }
+}

@@ -1,0 +1,132 @@
+//! `ApiError`: every failure the API answers, mapped to PRODUCT.md's status and code.
+//!
+//! A handler's error becomes a response that carries an [`ErrorMark`] extension and no body; the
+//! outermost middleware (`request::envelope`) writes the JSON envelope with the request id, so
+//! errors raised anywhere (handlers, extractors, axum's own rejections, a caught panic) leave in
+//! the same shape.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bulkhead_core::FieldError;
+use bulkhead_store::StoreError;
+
+/// The error code and message of a response, before the request id is added.
+#[derive(Debug, Clone)]
+pub struct ErrorMark {
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// A method the path does not serve. `invalid_request` is the closest code of the contract;
+    /// the status says precisely what is wrong.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A body that is not JSON where JSON is required; as above, `invalid_request` with 415.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Anything the client cannot fix. The message goes to the log only; the answer carries
+    /// nothing but the request id.
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Invalid(_) | ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
+                "invalid_request"
+            }
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn namespace_not_found(ns: &str) -> Self {
+        ApiError::NotFound(format!("namespace {ns:?} not found"))
+    }
+
+    /// The error for a status that carries no mark of ours (axum's own rejections).
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::UNAUTHORIZED => ApiError::Unauthenticated("authentication required".into()),
+            StatusCode::FORBIDDEN => ApiError::Forbidden("forbidden".into()),
+            StatusCode::NOT_FOUND => ApiError::NotFound("no such route".into()),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed("method not allowed on this path".into()),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge("request body too large".into()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType("unsupported content type".into()),
+            s if s.is_client_error() => ApiError::Invalid(s.canonical_reason().unwrap_or("bad request").to_owned()),
+            _ => ApiError::Internal(format!("unmarked {status} response")),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Internal(detail) => {
+                // Logged here, where it is handled; the client sees only the request id.
+                tracing::error!(error = %detail, "internal error");
+                "internal error".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = status.into_response();
+        response.extensions_mut().insert(ErrorMark { code: self.code(), message });
+        response
+    }
+}

@@ -1,0 +1,139 @@
+//! Input: JSON bodies parsed only after authorization, with errors that name the field; path
+//! and query extractors whose rejections are ordinary `invalid_request` errors; pagination.
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use bulkhead_core::ids::{hex, unhex};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Parses a JSON request body into `T`. Wrong content type is a 415, malformed JSON or a wrong
+/// field a 400 naming the field (`quotas.memory_bytes: invalid type ...`).
+pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body must be application/json, got {:?}",
+            if content_type.is_empty() { "nothing" } else { content_type }
+        )));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." || path.is_empty() {
+            ApiError::Invalid(format!("body: {inner}"))
+        } else {
+            ApiError::Invalid(format!("{path}: {inner}"))
+        }
+    })?;
+    Ok(value)
+}
+
+/// `axum::extract::Path` whose rejection is our `invalid_request`.
+pub struct PathParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for PathParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(PathParams(v)),
+            Err(e) => Err(ApiError::Invalid(format!("path: {}", e.body_text()))),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejection is our `invalid_request`.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(QueryParams(v)),
+            Err(e) => Err(ApiError::Invalid(format!("query: {}", e.body_text()))),
+        }
+    }
+}
+
+pub const DEFAULT_LIMIT: u32 = 100;
+pub const MAX_LIMIT: u32 = 1000;
+
+/// `limit` and `cursor` of a list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_LIMIT),
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}, got {n}"))),
+        }
+    }
+
+    /// The position a cursor of `kind` stands for.
+    pub fn after(&self, kind: char) -> Result<Option<String>, ApiError> {
+        let Some(cursor) = &self.cursor else { return Ok(None) };
+        decode_cursor(kind, cursor)
+            .map(Some)
+            .ok_or_else(|| ApiError::Invalid("cursor: not a cursor of this list".into()))
+    }
+}
+
+/// An opaque cursor: the kind of list and the last position, hex-encoded.
+pub fn encode_cursor(kind: char, position: &str) -> String {
+    hex(format!("{kind}:{position}").as_bytes())
+}
+
+fn decode_cursor(kind: char, cursor: &str) -> Option<String> {
+    if cursor.len() > 512 {
+        return None;
+    }
+    let text = String::from_utf8(unhex(cursor)?).ok()?;
+    let rest = text.strip_prefix(kind)?.strip_prefix(':')?;
+    Some(rest.to_owned())
+}
+
+/// The cursor for the page after `items`, when the page was full.
+pub fn next_cursor<T>(items: &[T], limit: u32, kind: char, position: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() < limit as usize {
+        return None;
+    }
+    items.last().map(|last| encode_cursor(kind, &position(last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_foreign_kinds() {
+        let c = encode_cursor('n', "acme");
+        assert_eq!(decode_cursor('n', &c).as_deref(), Some("acme"));
+        assert_eq!(decode_cursor('k', &c), None);
+        assert_eq!(decode_cursor('n', "zz"), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Reading and verifying audit chains: a namespace's own, and the platform's (admin only).
+
+use axum::Json;
+use bulkhead_api::{AuditRecord, AuditVerification, ErrorBody, Page};
+use bulkhead_core::audit::{Verifier, PLATFORM_CHAIN};
+use bulkhead_core::Action;
+use bulkhead_store::AuditQuery;
+use serde::Deserialize;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::convert::audit_out;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{next_cursor, PageParams, PathParams, QueryParams, MAX_LIMIT};
+use crate::state::parse_rfc3339;
+
+/// Filters of an audit listing.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only records of this action, such as `key.create`.
+    pub action: Option<String>,
+    /// RFC 3339; records at or after.
+    pub since: Option<String>,
+    /// RFC 3339; records before.
+    pub until: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Json<Page<AuditRecord>>> {
+    let page = PageParams { limit: params.limit, cursor: params.cursor };
+    let limit = page.limit()?;
+    let after_seq = match page.after('a')? {
+        None => 0,
+        Some(s) => s.parse().map_err(|_| ApiError::Invalid("cursor: not a cursor of this list".into()))?,
+    };
+    if let Some(a) = &params.action {
+        if a.len() > 128 {
+            return Err(ApiError::Invalid("action: at most 128 characters".into()));
+        }
+    }
+    let query = AuditQuery {
+        action: params.action,
+        since_ms: params.since.as_deref().map(|s| parse_rfc3339("since", s)).transpose()?,
+        until_ms: params.until.as_deref().map(|s| parse_rfc3339("until", s)).transpose()?,
+        after_seq,
+        limit,
+    };
+    let records = ctx.state.store.list_audit(chain, &query).await?;
+    let next_cursor = next_cursor(&records, limit, 'a', |r| r.seq.to_string());
+    Ok(Json(Page { items: records.iter().map(audit_out).collect(), next_cursor }))
+}
+
+async fn verify_chain(ctx: &Ctx, chain: &str) -> ApiResult<Json<AuditVerification>> {
+    let head = ctx.state.store.audit_head(chain).await?;
+    let mut verifier = Verifier::new(chain);
+    let mut after_seq = 0;
+    loop {
+        let query = AuditQuery { after_seq, limit: MAX_LIMIT, ..Default::default() };
+        let batch = ctx.state.store.list_audit(chain, &query).await?;
+        for record in &batch {
+            verifier.push(record);
+        }
+        match batch.last() {
+            Some(last) if batch.len() == MAX_LIMIT as usize => after_seq = last.seq,
+            _ => break,
+        }
+    }
+    let v = verifier.finish(head.as_ref().map(|(s, h)| (*s, h.as_str())));
+    if !v.ok {
+        tracing::warn!(chain, first_bad_seq = v.first_bad_seq, "audit chain failed verification");
+    }
+    Ok(Json(AuditVerification { ok: v.ok, records: v.records, first_bad_seq: v.first_bad_seq }))
+}
+
+/// A namespace's audit records, oldest first.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/audit", tag = "audit", params(("ns" = String, Path), AuditParams),
+    responses((status = 200, body = Page<AuditRecord>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(params): QueryParams<AuditParams>,
+) -> ApiResult<Json<Page<AuditRecord>>> {
+    ctx.authorize(Action::AuditRead, Some(&ns), format!("audit:{ns}"))?;
+    load_namespace(&ctx, &ns).await?;
+    list_chain(&ctx, &ns, params).await
+}
+
+/// Recompute a namespace's audit chain.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/audit/verify", tag = "audit", params(("ns" = String, Path)),
+    responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn verify(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<AuditVerification>> {
+    ctx.authorize(Action::AuditVerify, Some(&ns), format!("audit:{ns}"))?;
+    load_namespace(&ctx, &ns).await?;
+    verify_chain(&ctx, &ns).await
+}
+
+/// The platform's audit records (namespace creation and deletion, failed authentication).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditParams),
+    responses((status = 200, body = Page<AuditRecord>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn platform_list(
+    ctx: Ctx,
+    QueryParams(params): QueryParams<AuditParams>,
+) -> ApiResult<Json<Page<AuditRecord>>> {
+    ctx.authorize(Action::PlatformAuditRead, None, "audit:platform")?;
+    list_chain(&ctx, PLATFORM_CHAIN, params).await
+}
+
+/// Recompute the platform's audit chain.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn platform_verify(ctx: Ctx) -> ApiResult<Json<AuditVerification>> {
+    ctx.authorize(Action::PlatformAuditVerify, None, "audit:platform")?;
+    verify_chain(&ctx, PLATFORM_CHAIN).await
+}

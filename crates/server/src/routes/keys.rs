@@ -1,0 +1,147 @@
+//! API keys of a namespace: created with a role, shown once, stored as a keyed hash, revoked at
+//! once.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
+use bulkhead_core::{validate, Action, Role};
+use bulkhead_store::KeyRow;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::convert::{key_out, role_in};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{Begin, Idempotency};
+use crate::state::{now_ms, parse_rfc3339};
+
+/// Keys may live at most ten years.
+const MAX_KEY_LIFETIME_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
+
+fn key_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("key {id:?} not found"))
+}
+
+/// Create an API key. The token is in this answer and nowhere else, ever.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
+    request_body = CreateKey,
+    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    // May this principal create keys here at all? Asked with the weakest role before the body is
+    // read; the role asked for is checked once it is known.
+    ctx.authorize(Action::KeyCreate { role: Role::Viewer }, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreateKey = json(&headers, &body)?;
+    let role = role_in(req.role);
+    ctx.authorize(Action::KeyCreate { role }, Some(&ns), format!("namespace:{ns}"))?;
+    validate::name("name", &req.name)?;
+    ctx.audit_detail("name", req.name.as_str());
+    ctx.audit_detail("role", role.as_str());
+    let now = now_ms();
+    let expires_at_ms = match &req.expires_at {
+        None => None,
+        Some(s) => {
+            let t = parse_rfc3339("expires_at", s)?;
+            if t <= now {
+                return Err(ApiError::Invalid("expires_at: must be in the future".into()));
+            }
+            if t - now > MAX_KEY_LIFETIME_MS {
+                return Err(ApiError::Invalid("expires_at: must be at most ten years away".into()));
+            }
+            ctx.audit_detail("expires_at", s.as_str());
+            Some(t)
+        }
+    };
+    let namespace = load_namespace(&ctx, &ns).await?;
+    let idem = match Idempotency::begin(&ctx, &headers, "key.create", Some(&ns), &body).await? {
+        Begin::Fresh(idem) => idem,
+        Begin::Replay(reply) => {
+            let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
+            return Err(ApiError::Conflict(format!(
+                "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
+            )));
+        }
+    };
+    let token = token::generate(KEY_TOKEN_PREFIX);
+    let row = KeyRow {
+        id: ids::new_id(prefix::KEY),
+        namespace: namespace.name,
+        name: req.name,
+        role,
+        token_hash: ctx.state.hasher.hash(&token),
+        created_at_ms: now,
+        expires_at_ms,
+    };
+    ctx.state.store.create_key(&row).await?;
+    ctx.audit_resource(format!("key:{}", row.id));
+    let key = key_out(&row);
+    // Replays keep the metadata only: the token is stored nowhere.
+    let text = serde_json::to_string(&key).map_err(|e| ApiError::Internal(e.to_string()))?;
+    idem.finish(&ctx, StatusCode::CREATED, &text).await?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { key, token })).into_response())
+}
+
+/// List the namespace's keys (metadata only).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Key>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Key>>> {
+    ctx.authorize(Action::KeyList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('k')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_keys(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 'k', |r| r.id.clone());
+    Ok(Json(Page { items: rows.iter().map(key_out).collect(), next_cursor }))
+}
+
+/// Get one key's metadata.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Key), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Key>> {
+    ctx.authorize(Action::KeyGet, Some(&ns), format!("key:{id}"))?;
+    load_namespace(&ctx, &ns).await?;
+    if !ids::is_id(prefix::KEY, &id) {
+        return Err(key_not_found(&id));
+    }
+    let row = ctx.state.store.get_key(&ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
+    Ok(Json(key_out(&row)))
+}
+
+/// Revoke a key. The next request with its token is refused.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn revoke(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::KeyRevoke { role: Role::Viewer }, Some(&ns), format!("key:{id}"))?;
+    load_namespace(&ctx, &ns).await?;
+    if !ids::is_id(prefix::KEY, &id) {
+        return Err(key_not_found(&id));
+    }
+    let row = ctx.state.store.get_key(&ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
+    ctx.authorize(Action::KeyRevoke { role: row.role }, Some(&ns), format!("key:{id}"))?;
+    ctx.audit_detail("name", row.name.as_str());
+    ctx.audit_detail("role", row.role.as_str());
+    if !ctx.state.store.delete_key(&ns, &id).await? {
+        return Err(key_not_found(&id));
+    }
+    ctx.state.keys.evict_key(&id);
+    Ok(StatusCode::NO_CONTENT)
+}

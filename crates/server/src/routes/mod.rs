@@ -1,0 +1,21 @@
+//! The handlers, one module per resource. Each handler starts with [`crate::auth::Ctx`], names
+//! its action through `ctx.authorize` before it reads a body or touches the store, and answers
+//! wire types only.
+
+pub mod audit;
+pub mod health;
+pub mod keys;
+pub mod namespaces;
+
+use bulkhead_store::NamespaceRow;
+
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+
+/// The namespace a request names, once authorized. Keys only ever reach their own namespace
+/// here (authorization answered the others); for the admin a missing one is a 404.
+pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
+    let row = ctx.state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+    ctx.audit_chain(&row.name);
+    Ok(row)
+}

@@ -1,0 +1,124 @@
+//! Namespaces: the admin creates, changes and deletes them; a key sees its own.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
+use bulkhead_core::{validate, Action, Principal};
+use bulkhead_store::NamespaceRow;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::convert::{namespace_out, quota_patch_in, quotas_in};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{replay_response, Begin, Idempotency};
+use crate::state::now_ms;
+
+/// Create a namespace (platform admin).
+#[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = CreateNamespace,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
+    responses(
+        (status = 201, description = "Created", body = Namespace),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
+pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Action::NamespaceCreate, None, "namespaces")?;
+    let req: CreateNamespace = json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    ctx.audit_detail("name", req.name.as_str());
+    let isolation = req.isolation.clone().unwrap_or_else(|| "container".to_owned());
+    let classes = &ctx.state.config.runtime_classes;
+    if !classes.contains_key(&isolation) {
+        let configured: Vec<&str> = classes.keys().map(String::as_str).collect();
+        return Err(ApiError::Invalid(format!(
+            "isolation: {isolation:?} is not a runtime class of this server; configured: {}",
+            configured.join(", ")
+        )));
+    }
+    let quotas = quotas_in(&req.quotas);
+    quotas.validate()?;
+    let idem = match Idempotency::begin(&ctx, &headers, "namespace.create", None, &body).await? {
+        Begin::Replay(reply) => return Ok(replay_response(reply)),
+        Begin::Fresh(idem) => idem,
+    };
+    let now = now_ms();
+    let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now };
+    ctx.state.store.create_namespace(&row).await?;
+    let out = namespace_out(&row);
+    let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
+    idem.finish(&ctx, StatusCode::CREATED, &text).await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}
+
+/// List namespaces: all of them for the admin, its own for a key.
+#[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", params(PageParams),
+    responses((status = 200, body = Page<Namespace>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiResult<Json<Page<Namespace>>> {
+    ctx.authorize(Action::NamespaceList, None, "namespaces")?;
+    let limit = page.limit()?;
+    let after = page.after('n')?;
+    let only = match &ctx.principal {
+        Principal::Admin => None,
+        Principal::Key { namespace, .. } => Some(namespace.as_str()),
+    };
+    let rows = ctx.state.store.list_namespaces(after.as_deref(), limit, only).await?;
+    let next_cursor = next_cursor(&rows, limit, 'n', |r| r.name.clone());
+    Ok(Json(Page { items: rows.iter().map(namespace_out).collect(), next_cursor }))
+}
+
+/// Get a namespace.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
+    responses((status = 200, body = Namespace), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Namespace>> {
+    ctx.authorize(Action::NamespaceGet, Some(&ns), format!("namespace:{ns}"))?;
+    let row = load_namespace(&ctx, &ns).await?;
+    Ok(Json(namespace_out(&row)))
+}
+
+/// Change a namespace's quotas (platform admin).
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
+    request_body = UpdateNamespace,
+    responses((status = 200, body = Namespace), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn update(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Namespace>> {
+    ctx.authorize(Action::NamespaceUpdate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: UpdateNamespace = json(&headers, &body)?;
+    let patch = req.quotas.as_ref().map(quota_patch_in).unwrap_or_default();
+    if patch.is_empty() {
+        return Err(ApiError::Invalid("quotas: name at least one quota to change".into()));
+    }
+    let row = load_namespace(&ctx, &ns).await?;
+    let quotas = row.quotas.apply(&patch)?;
+    if let Some(q) = &req.quotas {
+        ctx.audit_detail("quotas", serde_json::to_value(q).unwrap_or_default());
+    }
+    let row = ctx
+        .state
+        .store
+        .update_namespace_quotas(&ns, &quotas, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    Ok(Json(namespace_out(&row)))
+}
+
+/// Delete a namespace and everything it owns (platform admin).
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::NamespaceDelete, Some(&ns), format!("namespace:{ns}"))?;
+    // The namespace's own chain goes with it; its deletion is recorded on the platform's.
+    ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
+    if !ctx.state.store.delete_namespace(&ns).await? {
+        return Err(ApiError::namespace_not_found(&ns));
+    }
+    ctx.state.keys.evict_namespace(&ns);
+    Ok(StatusCode::NO_CONTENT)
+}

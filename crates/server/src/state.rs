@@ -1,0 +1,137 @@
+//! What every handler shares: the store, the token hasher, the configuration, and the cache of
+//! authenticated keys that keeps the read path free of database writes and slow hashes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bulkhead_core::token::TokenHasher;
+use bulkhead_core::Principal;
+use bulkhead_store::Store;
+
+/// One runtime class: an isolation tier and the OCI runtime that implements it, the way a
+/// Kubernetes RuntimeClass names a handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeClass {
+    /// The OCI runtime binary, such as `runc`.
+    pub runtime: String,
+}
+
+/// The server's configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Isolation tiers this server offers, by name. A namespace may only name one of these.
+    pub runtime_classes: BTreeMap<String, RuntimeClass>,
+    /// Largest request body accepted on JSON routes.
+    pub max_body_bytes: usize,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        let mut runtime_classes = BTreeMap::new();
+        runtime_classes.insert("container".to_owned(), RuntimeClass { runtime: "runc".to_owned() });
+        Self { data_dir, listen, runtime_classes, max_body_bytes: 1024 * 1024 }
+    }
+}
+
+/// How long an authenticated key is trusted without asking the store again. Revocation and
+/// namespace deletion through this server evict at once; the bound matters only to replicas
+/// that share a store.
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// Entries kept at most; past it the cache is cleared rather than grown.
+const KEY_CACHE_MAX: usize = 100_000;
+
+#[derive(Debug, Clone)]
+struct CachedKey {
+    principal: Principal,
+    expires_at_ms: Option<i64>,
+    cached_at: Instant,
+}
+
+/// Keys authenticated recently, by token hash.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: RwLock<HashMap<String, CachedKey>>,
+}
+
+impl KeyCache {
+    /// The principal for `token_hash` when cached, fresh and not expired at `now_ms`.
+    pub fn get(&self, token_hash: &str, now_ms: i64) -> Option<(Principal, Option<i64>)> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.get(token_hash)?;
+        if entry.cached_at.elapsed() > KEY_CACHE_TTL || entry.expires_at_ms.is_some_and(|t| t <= now_ms) {
+            return None;
+        }
+        Some((entry.principal.clone(), entry.expires_at_ms))
+    }
+
+    pub fn insert(&self, token_hash: String, principal: Principal, expires_at_ms: Option<i64>) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= KEY_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(token_hash, CachedKey { principal, expires_at_ms, cached_at: Instant::now() });
+    }
+
+    /// Forgets one key (on revocation).
+    pub fn evict_key(&self, key_id: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, e| !matches!(&e.principal, Principal::Key { id, .. } if id == key_id));
+    }
+
+    /// Forgets every key of a namespace (on namespace deletion).
+    pub fn evict_namespace(&self, ns: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, e| e.principal.namespace() != Some(ns));
+    }
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub hasher: TokenHasher,
+    /// Keyed hash of the platform admin token.
+    pub admin_token_hash: String,
+    pub config: ServerConfig,
+    pub keys: KeyCache,
+}
+
+/// Cheap to clone; handed to every handler.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses an RFC 3339 UTC time (`2030-01-01T00:00:00Z`) into milliseconds since the epoch.
+pub fn parse_rfc3339(field: &str, s: &str) -> Result<i64, bulkhead_core::FieldError> {
+    let t = humantime::parse_rfc3339(s).map_err(|e| {
+        bulkhead_core::FieldError::new(
+            field,
+            format!("must be an RFC 3339 time in UTC such as 2030-01-01T00:00:00Z ({e})"),
+        )
+    })?;
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bulkhead_core::FieldError::new(field, "must be after 1970"))?;
+    i64::try_from(d.as_millis()).map_err(|_| bulkhead_core::FieldError::new(field, "out of range"))
+}

@@ -1,0 +1,274 @@
+//! The authorization matrix: every route of the OpenAPI document × every kind of principal ×
+//! own, foreign and missing namespace, against a table written here by hand from PRODUCT.md's
+//! role table. A route without a row fails the test.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use common::{assert_envelope, namespace_body, Harness};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    PlatformAdmin,
+    Owner,
+    Admin,
+    Developer,
+    Viewer,
+    Anonymous,
+}
+
+const EVERYONE: [Who; 6] = [Who::PlatformAdmin, Who::Owner, Who::Admin, Who::Developer, Who::Viewer, Who::Anonymous];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Own,
+    Foreign,
+    Missing,
+}
+
+/// The expected status for `who` on `op` in its own namespace (or at platform level).
+fn expected_own(op: &str, who: Who) -> u16 {
+    use Who::*;
+    if who == Anonymous {
+        return if op == "GET /healthz" { 200 } else { 401 };
+    }
+    let managers = matches!(who, PlatformAdmin | Owner | Admin);
+    match op {
+        "GET /healthz" => 200,
+        "POST /v1/namespaces" => {
+            if who == PlatformAdmin {
+                201
+            } else {
+                403
+            }
+        }
+        "GET /v1/namespaces" => 200,
+        "GET /v1/namespaces/{ns}" => 200,
+        "PATCH /v1/namespaces/{ns}" => {
+            if who == PlatformAdmin {
+                200
+            } else {
+                403
+            }
+        }
+        "DELETE /v1/namespaces/{ns}" => {
+            if who == PlatformAdmin {
+                204
+            } else {
+                403
+            }
+        }
+        "POST /v1/namespaces/{ns}/keys" => {
+            if managers {
+                201
+            } else {
+                403
+            }
+        }
+        "GET /v1/namespaces/{ns}/keys" | "GET /v1/namespaces/{ns}/keys/{id}" => {
+            if managers {
+                200
+            } else {
+                403
+            }
+        }
+        "DELETE /v1/namespaces/{ns}/keys/{id}" => {
+            if managers {
+                204
+            } else {
+                403
+            }
+        }
+        "GET /v1/namespaces/{ns}/audit" | "GET /v1/namespaces/{ns}/audit/verify" => 200,
+        "GET /v1/audit" | "GET /v1/audit/verify" => {
+            if who == PlatformAdmin {
+                200
+            } else {
+                403
+            }
+        }
+        other => panic!("route {other} has no row in the authorization matrix; add one"),
+    }
+}
+
+fn expected(op: &str, who: Who, target: Target) -> u16 {
+    let own = expected_own(op, who);
+    if !op.contains("{ns}") || who == Who::Anonymous {
+        return own;
+    }
+    match (target, who) {
+        (Target::Own, _) => own,
+        (Target::Foreign, Who::PlatformAdmin) => own,
+        // Another tenant's namespace and one that does not exist look the same to everyone.
+        (Target::Foreign | Target::Missing, _) => 404,
+    }
+}
+
+fn body_for(method: &Method, template: &str) -> Value {
+    match (method.as_str(), template) {
+        ("POST", "/v1/namespaces") => namespace_body("gamma"),
+        ("PATCH", _) => json!({"quotas": {"max_sandboxes": 3}}),
+        ("POST", "/v1/namespaces/{ns}/keys") => json!({"name": "fresh", "role": "developer"}),
+        _ => Value::Null,
+    }
+}
+
+struct World {
+    h: Harness,
+    tokens: Vec<(Who, Option<String>)>,
+    /// A developer key of each namespace, the one the key routes act on.
+    victim: [(String, String); 2],
+}
+
+async fn world() -> World {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    h.create_namespace("beta").await;
+    let mut tokens = vec![(Who::PlatformAdmin, Some(h.admin.clone())), (Who::Anonymous, None)];
+    for (who, role) in
+        [(Who::Owner, "owner"), (Who::Admin, "admin"), (Who::Developer, "developer"), (Who::Viewer, "viewer")]
+    {
+        let (_, token) = h.create_key("alpha", role, role).await;
+        tokens.push((who, Some(token)));
+    }
+    let (a, _) = h.create_key("alpha", "victim", "developer").await;
+    let (b, _) = h.create_key("beta", "victim", "developer").await;
+    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)] }
+}
+
+fn operations() -> Vec<(Method, String)> {
+    let doc = bulkhead_server::openapi();
+    let value = serde_json::to_value(&doc).expect("openapi serializes");
+    let mut ops = Vec::new();
+    for (path, item) in value["paths"].as_object().expect("paths") {
+        for (method, _) in item.as_object().expect("path item") {
+            if let Ok(m) = method.to_uppercase().parse::<Method>() {
+                ops.push((m, path.clone()));
+            }
+        }
+    }
+    assert!(ops.len() >= 14, "the OpenAPI document lost routes: {ops:?}");
+    ops
+}
+
+#[tokio::test]
+async fn every_route_every_principal_every_namespace() {
+    let mut checked = 0;
+    for (method, template) in operations() {
+        let op = format!("{method} {template}");
+        for who in EVERYONE {
+            let mut foreign_and_missing = Vec::new();
+            for target in [Target::Own, Target::Foreign, Target::Missing] {
+                if !template.contains("{ns}") && target != Target::Own {
+                    continue;
+                }
+                // A fresh world per case: deletes must not change what later cases see.
+                let w = world().await;
+                let (ns, key_id) = match target {
+                    Target::Own => (w.victim[0].0.clone(), w.victim[0].1.clone()),
+                    Target::Foreign => (w.victim[1].0.clone(), w.victim[1].1.clone()),
+                    Target::Missing => ("ghost".to_owned(), "key_00000000000000000000000000000000".to_owned()),
+                };
+                let path = template.replace("{ns}", &ns).replace("{id}", &key_id);
+                let token = w.tokens.iter().find(|(t, _)| *t == who).and_then(|(_, tok)| tok.clone());
+                let r = w.h.call(method.clone(), &path, token.as_deref(), body_for(&method, &template)).await;
+                let want = expected(&op, who, target);
+                assert_eq!(r.status.as_u16(), want, "{op} as {who:?} on {target:?}: {}", r.body);
+                if !r.status.is_success() {
+                    let code = match want {
+                        401 => "unauthenticated",
+                        403 => "forbidden",
+                        404 => "not_found",
+                        _ => unreachable!(),
+                    };
+                    assert_envelope(&r, code);
+                }
+                if want == 404 && who != Who::PlatformAdmin {
+                    let message = r.body["error"]["message"].as_str().unwrap_or_default().replace(&ns, "NS");
+                    foreign_and_missing.push((r.status, message));
+                }
+                checked += 1;
+            }
+            if let [a, b] = foreign_and_missing.as_slice() {
+                assert_eq!(a, b, "{op} as {who:?}: a foreign namespace must look exactly like a missing one");
+            }
+        }
+    }
+    assert!(checked > 150, "only {checked} cases ran");
+}
+
+#[tokio::test]
+async fn a_key_lists_only_its_own_namespace() {
+    let w = world().await;
+    let token = w.tokens.iter().find(|(t, _)| *t == Who::Viewer).and_then(|(_, t)| t.clone());
+    let r = w.h.call(Method::GET, "/v1/namespaces", token.as_deref(), Value::Null).await;
+    let names: Vec<&str> = r.body["items"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alpha"]);
+    let r = w.h.call(Method::GET, "/v1/namespaces", Some(&w.h.admin), Value::Null).await;
+    assert_eq!(r.body["items"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn admins_cannot_mint_or_revoke_owner_keys_but_owners_can() {
+    let w = world().await;
+    let admin = w.tokens.iter().find(|(t, _)| *t == Who::Admin).and_then(|(_, t)| t.clone()).unwrap();
+    let owner = w.tokens.iter().find(|(t, _)| *t == Who::Owner).and_then(|(_, t)| t.clone()).unwrap();
+    let r =
+        w.h.call(Method::POST, "/v1/namespaces/alpha/keys", Some(&admin), json!({"name": "o2", "role": "owner"})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r =
+        w.h.call(Method::POST, "/v1/namespaces/alpha/keys", Some(&owner), json!({"name": "o2", "role": "owner"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = w.h.call(Method::DELETE, &format!("/v1/namespaces/alpha/keys/{id}"), Some(&admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = w.h.call(Method::DELETE, &format!("/v1/namespaces/alpha/keys/{id}"), Some(&owner), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+}
+
+#[tokio::test]
+async fn revocation_and_expiry_take_effect_on_the_next_request() {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    let (id, token) = h.create_key("alpha", "ci", "developer").await;
+    let r = h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/keys/{id}"), Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_envelope(&r, "unauthenticated");
+
+    // A key whose namespace is deleted dies with it.
+    let (_, token) = h.create_key("alpha", "ci2", "viewer").await;
+    assert_eq!(h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await.status, StatusCode::OK);
+    assert_eq!(
+        h.call(Method::DELETE, "/v1/namespaces/alpha", Some(&h.admin), Value::Null).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(h.call(Method::GET, "/v1/namespaces", Some(&token), Value::Null).await.status, StatusCode::UNAUTHORIZED);
+
+    // An expired key is refused: expiry is checked against the clock on every request.
+    h.create_namespace("alpha").await;
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + std::time::Duration::from_secs(3)).to_string();
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/keys",
+            Some(&h.admin),
+            json!({"name": "brief", "role": "viewer", "expires_at": soon}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await.status, StatusCode::OK);
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert_eq!(
+        h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
