@@ -1,0 +1,201 @@
+//! The wire protocol between the server and a sandbox's supervisor, over one Unix stream per
+//! request. Every message is a frame: a kind byte, a big-endian `u32` length, the payload.
+//!
+//! The server opens a connection, sends one [`Request`] frame and, for an exec with stdin or a
+//! file write, data frames and an end-of-data frame. The supervisor answers with output or file
+//! frames and one final frame ([`Exit`], [`Done`] or [`Failure`]).
+//!
+//! **Invariant:** the server treats everything read here as hostile: frame lengths are bounded
+//! before allocation, JSON is parsed into closed types, and totals are capped by the reader.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest frame payload either side accepts.
+pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest chunk of data (output, stdin, file bytes) put in one frame.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Frame kinds.
+pub mod kind {
+    /// Server → supervisor: the JSON [`super::Request`].
+    pub const REQUEST: u8 = 1;
+    /// Server → supervisor: stdin of an exec, or the bytes of a file write.
+    pub const DATA: u8 = 2;
+    /// Server → supervisor: no more data.
+    pub const DATA_END: u8 = 3;
+    /// Supervisor → server: a chunk of stdout.
+    pub const STDOUT: u8 = 10;
+    /// Supervisor → server: a chunk of stderr.
+    pub const STDERR: u8 = 11;
+    /// Supervisor → server: the JSON [`super::Exit`] of an exec; the last frame.
+    pub const EXIT: u8 = 12;
+    /// Supervisor → server: a JSON [`super::Failure`]; the last frame.
+    pub const FAILURE: u8 = 13;
+    /// Supervisor → server: a chunk of a file being read.
+    pub const FILE_DATA: u8 = 14;
+    /// Supervisor → server: the JSON [`super::Done`] of a file operation; the last frame.
+    pub const DONE: u8 = 15;
+}
+
+/// What the server asks of the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// Runs `argv` and streams its output.
+    Exec(ExecSpec),
+    /// Streams the regular file at `path` when it is at most `max_bytes`.
+    ReadFile { path: String, max_bytes: u64 },
+    /// Replaces the file at `path` atomically with the data frames that follow (at most
+    /// `max_bytes`), creating parent directories.
+    WriteFile { path: String, max_bytes: u64, mode: u32 },
+    /// Answers `Done` at once; used to wait for a new sandbox to be ready.
+    Ping,
+}
+
+/// One command to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    /// The whole environment of the command.
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// The command and its process group are killed after this long.
+    pub timeout_ms: u64,
+    /// Bytes of stdout, and separately of stderr, forwarded at most; the rest is drained.
+    pub max_output_bytes: u64,
+    /// Whether data frames carrying stdin follow; without them stdin is empty.
+    pub stdin: bool,
+}
+
+/// How an exec ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exit {
+    /// The exit status, when the command exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// The end of a successful file operation or ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Done {
+    pub bytes: u64,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    NotFound,
+    NotAFile,
+    TooLarge,
+    PermissionDenied,
+    ReadOnly,
+    NoSpace,
+    InvalidRequest,
+    Io,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+
+    /// The failure for an IO error on `what`.
+    pub fn from_io(what: &str, e: &io::Error) -> Self {
+        let kind = match e.kind() {
+            io::ErrorKind::NotFound => FailureKind::NotFound,
+            io::ErrorKind::PermissionDenied => FailureKind::PermissionDenied,
+            io::ErrorKind::ReadOnlyFilesystem => FailureKind::ReadOnly,
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => FailureKind::NoSpace,
+            io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => FailureKind::NotAFile,
+            _ => FailureKind::Io,
+        };
+        Self { kind, message: format!("{what}: {e}") }
+    }
+}
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|l| *l <= MAX_FRAME)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut header = [0u8; 5];
+    header[0] = kind;
+    header[1..].copy_from_slice(&len.to_be_bytes());
+    w.write_all(&header)?;
+    w.write_all(payload)
+}
+
+/// Writes a frame whose payload is `value` as JSON.
+pub fn write_json<T: Serialize>(w: &mut impl Write, kind: u8, value: &T) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io::Error::other)?;
+    write_frame(w, kind, &bytes)
+}
+
+/// Reads one frame; `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut header = [0u8; 5];
+    match r.read_exact(&mut header[..1]) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    r.read_exact(&mut header[1..])?;
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over the limit")));
+    }
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload)?;
+    Ok(Some((header[0], payload)))
+}
+
+/// Parses a frame header: kind and length, with the length bounded.
+pub fn parse_header(header: [u8; 5]) -> io::Result<(u8, usize)> {
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over the limit")));
+    }
+    Ok((header[0], len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_lengths_are_bounded() {
+        let mut buf = Vec::new();
+        write_json(&mut buf, kind::REQUEST, &Request::Ping).unwrap();
+        write_frame(&mut buf, kind::DATA, b"abc").unwrap();
+        let mut r = &buf[..];
+        let (k, p) = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(k, kind::REQUEST);
+        assert_eq!(serde_json::from_slice::<Request>(&p).unwrap(), Request::Ping);
+        assert_eq!(read_frame(&mut r).unwrap().unwrap(), (kind::DATA, b"abc".to_vec()));
+        assert!(read_frame(&mut r).unwrap().is_none());
+
+        let mut hostile = vec![kind::STDOUT];
+        hostile.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(read_frame(&mut &hostile[..]).is_err());
+        assert!(serde_json::from_slice::<Request>(br#"{"op":"read_file","path":"/x","max_bytes":1,"extra":1}"#).is_err());
+    }
+}
