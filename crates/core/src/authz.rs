@@ -88,6 +88,13 @@ pub enum Action {
     AuditVerify,
     PlatformAuditRead,
     PlatformAuditVerify,
+    SandboxCreate,
+    SandboxList,
+    SandboxGet,
+    SandboxDelete,
+    SandboxExec,
+    SandboxFileRead,
+    SandboxFileWrite,
 }
 
 impl Action {
@@ -107,6 +114,13 @@ impl Action {
             Action::AuditVerify => "audit.verify",
             Action::PlatformAuditRead => "platform.audit.read",
             Action::PlatformAuditVerify => "platform.audit.verify",
+            Action::SandboxCreate => "sandbox.create",
+            Action::SandboxList => "sandbox.list",
+            Action::SandboxGet => "sandbox.get",
+            Action::SandboxDelete => "sandbox.delete",
+            Action::SandboxExec => "sandbox.exec",
+            Action::SandboxFileRead => "sandbox.file.read",
+            Action::SandboxFileWrite => "sandbox.file.write",
         }
     }
 
@@ -117,7 +131,11 @@ impl Action {
             | Action::NamespaceUpdate
             | Action::NamespaceDelete
             | Action::KeyCreate { .. }
-            | Action::KeyRevoke { .. } => true,
+            | Action::KeyRevoke { .. }
+            | Action::SandboxCreate
+            | Action::SandboxDelete
+            | Action::SandboxExec
+            | Action::SandboxFileWrite => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -125,7 +143,10 @@ impl Action {
             | Action::AuditRead
             | Action::AuditVerify
             | Action::PlatformAuditRead
-            | Action::PlatformAuditVerify => false,
+            | Action::PlatformAuditVerify
+            | Action::SandboxList
+            | Action::SandboxGet
+            | Action::SandboxFileRead => false,
         }
     }
 }
@@ -170,6 +191,13 @@ pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>)
         | Action::PlatformAuditRead
         | Action::PlatformAuditVerify => false,
         Action::KeyList | Action::KeyGet => matches!(role, Role::Owner | Role::Admin),
+        Action::SandboxList | Action::SandboxGet => true,
+        // Running code and file contents are a developer's; a viewer sees metadata only.
+        Action::SandboxCreate
+        | Action::SandboxDelete
+        | Action::SandboxExec
+        | Action::SandboxFileRead
+        | Action::SandboxFileWrite => role != Role::Viewer,
         Action::KeyCreate { role: target } | Action::KeyRevoke { role: target } => match role {
             Role::Owner => true,
             Role::Admin => target != Role::Owner,
@@ -217,6 +245,16 @@ mod tests {
         assert_eq!(authorize(&v, Action::AuditRead, Some("acme")), Decision::Allow);
         assert_eq!(authorize(&v, Action::KeyList, Some("acme")), Decision::Forbidden);
         assert_eq!(authorize(&v, Action::KeyCreate { role: Role::Viewer }, Some("acme")), Decision::Forbidden);
+    }
+
+    #[test]
+    fn viewers_see_sandboxes_but_never_run_code_or_read_files() {
+        let v = key(Role::Viewer);
+        assert_eq!(authorize(&v, Action::SandboxGet, Some("acme")), Decision::Allow);
+        for a in [Action::SandboxCreate, Action::SandboxExec, Action::SandboxFileRead, Action::SandboxFileWrite] {
+            assert_eq!(authorize(&v, a, Some("acme")), Decision::Forbidden);
+            assert_eq!(authorize(&key(Role::Developer), a, Some("acme")), Decision::Allow);
+        }
     }
 
     #[test]

@@ -1,1 +1,119 @@
-//! placeholder
+//! Bulkhead's sandbox runtime: the only crate that touches Linux namespaces, cgroups, mounts
+//! and the OCI runtime. The server sees the [`Runtime`] trait; [`oci::OciRuntime`] implements
+//! it with a real OCI runtime (runc by default), one cgroup per namespace holding one per
+//! sandbox ([`cgroup`]), and the in-sandbox supervisor for exec and files ([`client`]).
+//!
+//! **Invariant:** only this crate (and the supervisor inside the sandbox) calls into the kernel
+//! for isolation: it spawns the OCI runtime, writes cgroup files and owns the host directories
+//! of sandboxes. It never decides who may do what: callers have authorized every request.
+
+pub mod cgroup;
+pub mod client;
+pub mod host;
+pub mod oci;
+pub mod seccomp;
+pub mod spec;
+
+use async_trait::async_trait;
+pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
+pub use client::{ExecEvent, ExecStream};
+
+/// A range of host user and group ids that a namespace's sandboxes map their ids onto.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    pub host_start: u32,
+    pub size: u32,
+}
+
+/// Limits of a namespace as a whole, applied to its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceLimits {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+/// Everything needed to start one sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub namespace: String,
+    /// The runtime class's OCI runtime binary, such as `runc`.
+    pub oci_runtime: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    /// Size of the writable `/tmp`.
+    pub tmp_bytes: u64,
+    pub ids: IdRange,
+}
+
+/// Resource use of one sandbox, read from its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxStats {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub pids: u64,
+    /// Processes the kernel's OOM killer ended in this sandbox.
+    pub oom_kills: u64,
+}
+
+/// A sandbox as the host sees it, for reconciliation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSandbox {
+    pub id: String,
+    /// Whether its supervisor still runs.
+    pub running: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The host cannot run sandboxes; the message says what to install or enable.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The OCI runtime refused or failed.
+    #[error("OCI runtime {runtime} failed to {action}: {detail}")]
+    Oci { runtime: String, action: &'static str, detail: String },
+    /// The sandbox is not on this host (any more).
+    #[error("sandbox {0} is not running")]
+    NotRunning(String),
+    /// The supervisor answered a file request with a failure.
+    #[error("{}", .0.message)]
+    File(bulkhead_supervisor::protocol::Failure),
+    /// The supervisor broke the protocol: treated as a hostile or crashed sandbox.
+    #[error("sandbox supervisor: {0}")]
+    Protocol(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+}
+
+impl RuntimeError {
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let what = what.into();
+        move |source| RuntimeError::Io { what, source }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// What the server needs from a sandbox runtime.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Creates or updates the cgroup of a namespace with its limits.
+    async fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()>;
+    /// Removes a namespace's cgroup; its sandboxes must be gone.
+    async fn remove_namespace(&self, namespace: &str) -> Result<()>;
+    /// Starts a sandbox and returns once its supervisor can take requests.
+    async fn create(&self, spec: &SandboxSpec) -> Result<()>;
+    /// Runs a command in a sandbox; the stream yields output as it is produced, then the exit.
+    async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream>;
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>>;
+    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>, mode: u32) -> Result<()>;
+    /// Stops a sandbox and removes every host resource it held. Idempotent.
+    async fn delete(&self, namespace: &str, id: &str) -> Result<()>;
+    /// Every sandbox this runtime has on the host.
+    async fn list(&self) -> Result<Vec<HostSandbox>>;
+    /// Resource use of a running sandbox.
+    async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;
+}

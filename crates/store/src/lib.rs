@@ -20,6 +20,66 @@ pub struct NamespaceRow {
     pub quotas: Quotas,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The namespace's host id range slot, assigned by the store at creation.
+    pub id_slot: u32,
+}
+
+/// A sandbox's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxStatus {
+    Creating,
+    Running,
+    Stopped,
+    Failed,
+    Deleted,
+}
+
+impl SandboxStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxStatus::Creating => "creating",
+            SandboxStatus::Running => "running",
+            SandboxStatus::Stopped => "stopped",
+            SandboxStatus::Failed => "failed",
+            SandboxStatus::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SandboxStatus> {
+        [Self::Creating, Self::Running, Self::Stopped, Self::Failed, Self::Deleted].into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Whether the sandbox holds (or is about to hold) host resources and counts against quotas.
+    pub fn is_active(self) -> bool {
+        matches!(self, SandboxStatus::Creating | SandboxStatus::Running)
+    }
+}
+
+/// A sandbox as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxRow {
+    pub id: String,
+    pub namespace: String,
+    pub status: SandboxStatus,
+    /// Why it ended, once it has.
+    pub reason: Option<String>,
+    pub isolation: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids: u64,
+    pub ttl_seconds: u64,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// Which quota a sandbox admission would break, its limit and what is in use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaBreach {
+    pub quota: &'static str,
+    pub limit: u64,
+    pub used: u64,
+    pub requested: u64,
 }
 
 /// An API key as stored: metadata and the keyed hash of its token, never the token.
@@ -68,6 +128,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A sandbox admission would break a namespace quota.
+    #[error("quota {} exceeded: limit {}, in use {}, requested {}", .0.quota, .0.limit, .0.used, .0.requested)]
+    Quota(QuotaBreach),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -100,6 +163,22 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, chain: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// The chain head: last sequence number and hash.
     async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>>;
+
+    /// Inserts `sandbox` (status `creating`) when the namespace's quotas allow it, atomically
+    /// with the check: `max_sandboxes`, `cpu_millis` and `memory_bytes` over active sandboxes.
+    async fn admit_sandbox(&self, sandbox: &SandboxRow, quotas: &Quotas) -> Result<()>;
+    async fn get_sandbox(&self, namespace: &str, id: &str) -> Result<Option<SandboxRow>>;
+    async fn list_sandboxes(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRow>>;
+    /// Every sandbox in `creating` or `running`, of every namespace.
+    async fn active_sandboxes(&self) -> Result<Vec<SandboxRow>>;
+    /// Sets the status (and reason and end time) of a sandbox; returns the new row.
+    async fn set_sandbox_status(
+        &self,
+        id: &str,
+        status: SandboxStatus,
+        reason: Option<&str>,
+        ended_at_ms: Option<i64>,
+    ) -> Result<Option<SandboxRow>>;
 
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
     async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;

@@ -16,10 +16,14 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
-use crate::{AuditQuery, IdempotentReply, KeyRow, NamespaceRow, Result, Store, StoreError};
+use crate::{
+    AuditQuery, IdempotentReply, KeyRow, NamespaceRow, QuotaBreach, Result, SandboxRow, SandboxStatus, Store, StoreError,
+};
 
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "control plane", include_str!("../migrations/sqlite/0001_control_plane.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "control plane", include_str!("../migrations/sqlite/0001_control_plane.sql")),
+    (2, "sandboxes", include_str!("../migrations/sqlite/0002_sandboxes.sql")),
+];
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
@@ -77,8 +81,33 @@ fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
         },
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+        id_slot: {
+            let slot: Option<i64> = row.try_get("id_slot")?;
+            slot.and_then(|s| u32::try_from(s).ok()).ok_or_else(|| StoreError::Corrupt("namespace without id slot".into()))?
+        },
     })
 }
+
+fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
+    let status: String = row.try_get("status")?;
+    Ok(SandboxRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        status: SandboxStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("sandbox status {status}")))?,
+        reason: row.try_get("reason")?,
+        isolation: row.try_get("isolation")?,
+        cpu_millis: as_u64(row, "cpu_millis")?,
+        memory_bytes: as_u64(row, "memory_bytes")?,
+        pids: as_u64(row, "pids")?,
+        ttl_seconds: as_u64(row, "ttl_seconds")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        expires_at_ms: row.try_get("expires_at_ms")?,
+        ended_at_ms: row.try_get("ended_at_ms")?,
+    })
+}
+
+const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
+     created_at_ms, expires_at_ms, ended_at_ms";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -118,6 +147,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_slot";
+const NAMESPACE_INSERT_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
      pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms";
 const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms";
 
@@ -144,24 +175,34 @@ impl Store for SqliteStore {
     async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
         let _w = self.write.lock().await;
         let q = &ns.quotas;
-        let r =
-            sqlx::query(&format!("INSERT INTO namespaces ({NAMESPACE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-                .bind(&ns.name)
-                .bind(&ns.isolation)
-                .bind(as_i64(q.cpu_millis))
-                .bind(as_i64(q.memory_bytes))
-                .bind(as_i64(q.disk_bytes))
-                .bind(as_i64(q.max_sandboxes))
-                .bind(as_i64(q.pids_per_sandbox))
-                .bind(as_i64(q.max_sandbox_ttl_seconds))
-                .bind(ns.created_at_ms)
-                .bind(ns.updated_at_ms)
-                .execute(&self.pool)
-                .await;
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&ns.name)
+        .bind(&ns.isolation)
+        .bind(as_i64(q.cpu_millis))
+        .bind(as_i64(q.memory_bytes))
+        .bind(as_i64(q.disk_bytes))
+        .bind(as_i64(q.max_sandboxes))
+        .bind(as_i64(q.pids_per_sandbox))
+        .bind(as_i64(q.max_sandbox_ttl_seconds))
+        .bind(ns.created_at_ms)
+        .bind(ns.updated_at_ms)
+        .execute(&mut *tx)
+        .await;
         match r {
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("namespace {}", ns.name))),
-            other => other.map(|_| ()).map_err(Into::into),
-        }
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(format!("namespace {}", ns.name))),
+            other => other?,
+        };
+        let slot: i64 = sqlx::query("INSERT INTO id_slots (namespace) VALUES (?) RETURNING slot")
+            .bind(&ns.name)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("slot")?;
+        sqlx::query("UPDATE namespaces SET id_slot = ? WHERE name = ?").bind(slot).bind(&ns.name).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
@@ -358,6 +399,97 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS mem \
+             FROM sandboxes WHERE namespace = ? AND status IN ('creating', 'running')",
+        )
+        .bind(&sbx.namespace)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (n, cpu, mem) = (as_u64(&row, "n")?, as_u64(&row, "cpu")?, as_u64(&row, "mem")?);
+        let checks = [
+            ("max_sandboxes", quotas.max_sandboxes, n, 1),
+            ("cpu_millis", quotas.cpu_millis, cpu, sbx.cpu_millis),
+            ("memory_bytes", quotas.memory_bytes, mem, sbx.memory_bytes),
+        ];
+        for (quota, limit, used, requested) in checks {
+            if used.saturating_add(requested) > limit {
+                return Err(StoreError::Quota(QuotaBreach { quota, limit, used, requested }));
+            }
+        }
+        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&sbx.id)
+            .bind(&sbx.namespace)
+            .bind(sbx.status.as_str())
+            .bind(sbx.reason.as_deref())
+            .bind(&sbx.isolation)
+            .bind(as_i64(sbx.cpu_millis))
+            .bind(as_i64(sbx.memory_bytes))
+            .bind(as_i64(sbx.pids))
+            .bind(as_i64(sbx.ttl_seconds))
+            .bind(sbx.created_at_ms)
+            .bind(sbx.expires_at_ms)
+            .bind(sbx.ended_at_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_sandbox(&self, namespace: &str, id: &str) -> Result<Option<SandboxRow>> {
+        let row = sqlx::query(&format!("SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE namespace = ? AND id = ?"))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
+    async fn list_sandboxes(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    async fn active_sandboxes(&self) -> Result<Vec<SandboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE status IN ('creating', 'running') ORDER BY expires_at_ms"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sandbox_row).collect()
+    }
+
+    async fn set_sandbox_status(
+        &self,
+        id: &str,
+        status: SandboxStatus,
+        reason: Option<&str>,
+        ended_at_ms: Option<i64>,
+    ) -> Result<Option<SandboxRow>> {
+        let _w = self.write.lock().await;
+        let row = sqlx::query(&format!(
+            "UPDATE sandboxes SET status = ?, reason = COALESCE(?, reason), ended_at_ms = COALESCE(?, ended_at_ms) \
+             WHERE id = ? RETURNING {SANDBOX_COLUMNS}"
+        ))
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(ended_at_ms)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>> {
         let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency WHERE scope = ? AND key = ?")
             .bind(scope)
@@ -406,6 +538,7 @@ mod tests {
             quotas: Quotas::DEFAULT,
             created_at_ms: 1,
             updated_at_ms: 1,
+            id_slot: 0,
         }
     }
 
@@ -455,6 +588,61 @@ mod tests {
         assert_eq!(s.key_by_token_hash(&k.token_hash).await.unwrap(), None);
         assert_eq!(s.audit_head("acme").await.unwrap(), None);
         assert!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    }
+
+    fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
+        SandboxRow {
+            id: bulkhead_core::ids::new_id("sbx_"),
+            namespace: ns.into(),
+            status: SandboxStatus::Creating,
+            reason: None,
+            isolation: "container".into(),
+            cpu_millis: cpu,
+            memory_bytes: 1 << 20,
+            pids: 10,
+            ttl_seconds: 60,
+            created_at_ms: 1,
+            expires_at_ms: 60_001,
+            ended_at_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn admission_is_checked_against_active_sandboxes_and_slots_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        s.create_namespace(&ns("acme")).await.unwrap();
+        s.create_namespace(&ns("globex")).await.unwrap();
+        let a = s.get_namespace("acme").await.unwrap().unwrap();
+        let g = s.get_namespace("globex").await.unwrap().unwrap();
+        assert_ne!(a.id_slot, g.id_slot);
+        let quotas = Quotas { max_sandboxes: 2, cpu_millis: 1000, ..Quotas::DEFAULT };
+        let first = sandbox("acme", 600);
+        s.admit_sandbox(&first, &quotas).await.unwrap();
+        match s.admit_sandbox(&sandbox("acme", 600), &quotas).await {
+            Err(StoreError::Quota(b)) => assert_eq!((b.quota, b.limit, b.used), ("cpu_millis", 1000, 600)),
+            other => panic!("{other:?}"),
+        }
+        s.admit_sandbox(&sandbox("acme", 100), &quotas).await.unwrap();
+        match s.admit_sandbox(&sandbox("acme", 100), &quotas).await {
+            Err(StoreError::Quota(b)) => assert_eq!(b.quota, "max_sandboxes"),
+            other => panic!("{other:?}"),
+        }
+        // Another namespace's quota is its own.
+        s.admit_sandbox(&sandbox("globex", 900), &quotas).await.unwrap();
+        // An ended sandbox frees its share.
+        s.set_sandbox_status(&first.id, SandboxStatus::Stopped, Some("ttl_expired"), Some(5)).await.unwrap();
+        s.admit_sandbox(&sandbox("acme", 600), &quotas).await.unwrap();
+        assert_eq!(s.active_sandboxes().await.unwrap().len(), 3);
+        let got = s.get_sandbox("acme", &first.id).await.unwrap().unwrap();
+        assert_eq!(got.reason.as_deref(), Some("ttl_expired"));
+        assert!(s.get_sandbox("globex", &first.id).await.unwrap().is_none());
+        // Slots are never reused after a namespace is deleted.
+        s.delete_namespace("acme").await.unwrap();
+        s.create_namespace(&ns("acme")).await.unwrap();
+        let again = s.get_namespace("acme").await.unwrap().unwrap();
+        assert!(again.id_slot > g.id_slot);
+        assert!(s.get_sandbox("acme", &first.id).await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -1,0 +1,325 @@
+//! One cgroup per namespace, holding one per sandbox, on cgroup v1 and v2 behind one type.
+//! The OCI runtime creates and removes the sandbox cgroup (`<prefix>/<namespace>/<sandbox>`)
+//! with the sandbox's own limits; this module owns the namespace level, whose limits cap the
+//! sum of its sandboxes, and sweeps whatever a crash left behind.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::spec::CPU_PERIOD_US;
+use crate::{NamespaceLimits, Result, RuntimeError, SandboxStats};
+
+/// Which cgroup hierarchy the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// One hierarchy per controller under the root (`cpu/`, `memory/`, `pids/`, ...).
+    V1,
+    /// The unified hierarchy at the root.
+    V2,
+}
+
+/// The cgroup tree of one Bulkhead server.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    root: PathBuf,
+    version: Version,
+    prefix: String,
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).map_err(RuntimeError::io(format!("write {value:?} to {}", path.display())))
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn keyed(path: &Path, key: &str) -> Option<u64> {
+    let text = fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl Cgroups {
+    /// Detects the hierarchy mounted at `root` (normally `/sys/fs/cgroup`). `prefix` names the
+    /// top cgroup of this server, such as `bulkhead`.
+    pub fn detect(root: &Path, prefix: &str) -> Result<Cgroups> {
+        let version = if root.join("cgroup.controllers").exists() {
+            Version::V2
+        } else if root.join("memory").is_dir() && root.join("pids").is_dir() && root.join("cpu").is_dir() {
+            Version::V1
+        } else {
+            return Err(RuntimeError::Unavailable(format!(
+                "no usable cgroup hierarchy at {}: mount cgroup v2 there, or cgroup v1 with the cpu, memory and pids controllers",
+                root.display()
+            )));
+        };
+        Ok(Cgroups { root: root.to_owned(), version, prefix: prefix.to_owned() })
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// The OCI `cgroupsPath` of a sandbox.
+    pub fn sandbox_path(&self, namespace: &str, id: &str) -> String {
+        format!("/{}/{namespace}/{id}", self.prefix)
+    }
+
+    /// Every hierarchy the server's cgroups may appear in: the root on v2; on v1 each mounted
+    /// hierarchy (the OCI runtime creates the sandbox path in all of them).
+    fn hierarchies(&self) -> Vec<PathBuf> {
+        match self.version {
+            Version::V2 => vec![self.root.clone()],
+            Version::V1 => {
+                let mut out: Vec<PathBuf> = fs::read_dir(&self.root)
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                            .map(|e| e.path())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.sort();
+                out
+            }
+        }
+    }
+
+    fn controller(&self, name: &str) -> PathBuf {
+        match self.version {
+            Version::V2 => self.root.clone(),
+            Version::V1 => self.root.join(name),
+        }
+    }
+
+    /// Creates the namespace's cgroup (or updates it) with the namespace's limits.
+    pub fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()> {
+        let quota = limits.cpu_millis * CPU_PERIOD_US / 1000;
+        match self.version {
+            Version::V2 => {
+                let top = self.root.join(&self.prefix);
+                let ns = top.join(namespace);
+                fs::create_dir_all(&ns).map_err(RuntimeError::io(format!("create {}", ns.display())))?;
+                for dir in [&self.root, &top, &ns] {
+                    write(&dir.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+                }
+                write(&ns.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&ns.join("memory.max"), &limits.memory_bytes.to_string())?;
+                write(&ns.join("memory.swap.max"), "0").or_else(|_| Ok::<_, RuntimeError>(()))?;
+                write(&ns.join("pids.max"), &limits.pids.to_string())?;
+            }
+            Version::V1 => {
+                let path = |c: &str| self.controller(c).join(&self.prefix).join(namespace);
+                for c in ["cpu", "memory", "pids"] {
+                    let p = path(c);
+                    fs::create_dir_all(&p).map_err(RuntimeError::io(format!("create {}", p.display())))?;
+                }
+                write(&path("cpu").join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&path("cpu").join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(&path("memory").join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
+                write(&path("pids").join("pids.max"), &limits.pids.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `relative` (under the prefix) from every hierarchy, children first, killing any
+    /// process still inside so that nothing can hold a cgroup alive.
+    fn remove_tree(&self, relative: &Path) -> Result<()> {
+        for h in self.hierarchies() {
+            let dir = h.join(&self.prefix).join(relative);
+            if dir.is_dir() {
+                remove_dir_tree(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes whatever is left of a sandbox's cgroups.
+    pub fn remove_sandbox(&self, namespace: &str, id: &str) -> Result<()> {
+        self.remove_tree(&Path::new(namespace).join(id))
+    }
+
+    /// Removes a namespace's cgroups and everything under them.
+    pub fn remove_namespace(&self, namespace: &str) -> Result<()> {
+        self.remove_tree(Path::new(namespace))
+    }
+
+    /// Removes the server's whole tree (used when nothing should be left).
+    pub fn remove_all(&self) -> Result<()> {
+        self.remove_tree(Path::new(""))
+    }
+
+    /// Every cgroup directory of this server, in any hierarchy.
+    pub fn existing(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for h in self.hierarchies() {
+            let top = h.join(&self.prefix);
+            if top.is_dir() {
+                collect_dirs(&top, &mut out);
+            }
+        }
+        out
+    }
+
+    /// Sandbox ids with a cgroup, with their namespace.
+    pub fn sandboxes(&self) -> Vec<(String, String)> {
+        let top = self.controller("pids").join(&self.prefix);
+        let mut out = Vec::new();
+        for ns in fs::read_dir(&top).into_iter().flatten().flatten() {
+            if !ns.path().is_dir() {
+                continue;
+            }
+            for sbx in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if sbx.path().is_dir() {
+                    out.push((ns.file_name().to_string_lossy().into_owned(), sbx.file_name().to_string_lossy().into_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Resource use of a sandbox from its cgroup counters.
+    pub fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        let missing = || RuntimeError::NotRunning(id.to_owned());
+        Ok(match self.version {
+            Version::V2 => {
+                let d = self.root.join(&rel);
+                if !d.is_dir() {
+                    return Err(missing());
+                }
+                let memory = read_u64(&d.join("memory.current")).unwrap_or(0);
+                SandboxStats {
+                    cpu_usage_ns: keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
+                    memory_bytes: memory,
+                    memory_peak_bytes: read_u64(&d.join("memory.peak")).unwrap_or(memory),
+                    pids: read_u64(&d.join("pids.current")).unwrap_or(0),
+                    oom_kills: keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
+                }
+            }
+            Version::V1 => {
+                let mem = self.root.join("memory").join(&rel);
+                if !mem.is_dir() {
+                    return Err(missing());
+                }
+                SandboxStats {
+                    cpu_usage_ns: read_u64(&self.root.join("cpuacct").join(&rel).join("cpuacct.usage")).unwrap_or(0),
+                    memory_bytes: read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0),
+                    memory_peak_bytes: read_u64(&mem.join("memory.max_usage_in_bytes")).unwrap_or(0),
+                    pids: read_u64(&self.root.join("pids").join(&rel).join("pids.current")).unwrap_or(0),
+                    oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+                }
+            }
+        })
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_owned());
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            collect_dirs(&e.path(), out);
+        }
+    }
+}
+
+fn kill_members(dir: &Path) {
+    for name in ["cgroup.procs", "tasks"] {
+        if let Ok(text) = fs::read_to_string(dir.join(name)) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill takes plain integers; the pid was read from the cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// rmdir of a cgroup tree, deepest first. A cgroup with live members is emptied with SIGKILL
+/// and retried for a short while.
+fn remove_dir_tree(dir: &Path) -> Result<()> {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_dir_tree(&e.path())?;
+        }
+    }
+    let mut delay = Duration::from_millis(1);
+    for attempt in 0..12 {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if attempt < 11 && e.raw_os_error() == Some(libc::EBUSY) => {
+                kill_members(dir);
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(100));
+            }
+            Err(e) => return Err(RuntimeError::io(format!("remove cgroup {}", dir.display()))(e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake v1 cgroupfs: plain directories and files. The real kernel path is exercised by
+    /// the sandbox integration tests.
+    fn fake_v1() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "memory", "pids", "freezer"] {
+            fs::create_dir(d.path().join(c)).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn v1_namespace_limits_and_removal() {
+        let d = fake_v1();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        assert_eq!(cg.version(), Version::V1);
+        let limits = NamespaceLimits { cpu_millis: 1500, memory_bytes: 1 << 30, pids: 512 };
+        cg.ensure_namespace("acme", &limits).unwrap();
+        let read = |p: &str| fs::read_to_string(d.path().join(p)).unwrap();
+        assert_eq!(read("cpu/bulkhead/acme/cpu.cfs_quota_us"), "150000");
+        assert_eq!(read("memory/bulkhead/acme/memory.limit_in_bytes"), (1u64 << 30).to_string());
+        assert_eq!(read("pids/bulkhead/acme/pids.max"), "512");
+        // The OCI runtime would create the sandbox in every hierarchy.
+        fs::create_dir_all(d.path().join("freezer/bulkhead/acme/sbx_1")).unwrap();
+        fs::create_dir_all(d.path().join("pids/bulkhead/acme/sbx_1")).unwrap();
+        assert_eq!(cg.sandboxes(), vec![("acme".to_owned(), "sbx_1".to_owned())]);
+        assert_eq!(cg.sandbox_path("acme", "sbx_1"), "/bulkhead/acme/sbx_1");
+        // Plain files in the fake tree stand in for the kernel's control files.
+        for p in ["cpu", "memory", "pids"] {
+            for f in fs::read_dir(d.path().join(p).join("bulkhead/acme")).unwrap().flatten() {
+                if f.path().is_file() {
+                    fs::remove_file(f.path()).unwrap();
+                }
+            }
+        }
+        cg.remove_namespace("acme").unwrap();
+        assert!(!d.path().join("freezer/bulkhead/acme").exists());
+        assert!(!d.path().join("memory/bulkhead/acme").exists());
+    }
+
+    #[test]
+    fn v2_is_detected_and_limits_written() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        assert_eq!(cg.version(), Version::V2);
+        cg.ensure_namespace("acme", &NamespaceLimits { cpu_millis: 500, memory_bytes: 1 << 28, pids: 64 }).unwrap();
+        assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/cpu.max")).unwrap(), "50000 100000");
+        assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/pids.max")).unwrap(), "64");
+    }
+
+    #[test]
+    fn no_hierarchy_is_a_clear_error() {
+        let d = tempfile::tempdir().unwrap();
+        let e = Cgroups::detect(d.path(), "bulkhead").unwrap_err();
+        assert!(e.to_string().contains("cgroup"), "{e}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The local OCI backend: each sandbox is a bundle under the state dir, run by the runtime
+//! class's OCI runtime (runc by default) with the supervisor as its init process.
+//!
+//! Host layout, under the state dir (default `/run/bulkhead`):
+//! `runc/` the OCI runtime's own state; `sandboxes/<id>/` the bundle: `config.json`,
+//! `rootfs/` (mount points only), `etc/` (the generated `/etc`), `control/supervisor.sock`
+//! (0700: the socket whose listening end only the sandbox's supervisor holds), `supervisor.log`.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::Command;
+
+use crate::cgroup::Cgroups;
+use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
+use crate::{
+    client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec, SandboxStats,
+};
+
+/// How long an OCI runtime invocation may take before it is considered hung.
+const OCI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the local backend keeps its state and finds its parts.
+#[derive(Debug, Clone)]
+pub struct OciConfig {
+    /// Host directory of bundles and OCI runtime state, such as `/run/bulkhead`.
+    pub state_dir: PathBuf,
+    /// Mount point of the cgroup hierarchy, normally `/sys/fs/cgroup`.
+    pub cgroup_root: PathBuf,
+    /// Name of this server's top cgroup, such as `bulkhead`.
+    pub cgroup_prefix: String,
+    /// The supervisor binary on the host.
+    pub supervisor: PathBuf,
+    /// Isolation tiers and their OCI runtime binaries, checked at start.
+    pub runtimes: Vec<(String, String)>,
+}
+
+pub struct OciRuntime {
+    config: OciConfig,
+    cgroups: Cgroups,
+    base: Vec<BaseEntry>,
+}
+
+fn is_sandbox_id(id: &str) -> bool {
+    id.strip_prefix("sbx_").is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new().mode(mode).recursive(true).create(path).map_err(RuntimeError::io(format!("create {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(RuntimeError::io(format!("chmod {}", path.display())))
+}
+
+/// Runs `<binary> --version` to check that an OCI runtime is installed.
+fn check_runtime(tier: &str, binary: &str) -> Result<()> {
+    let ok = std::process::Command::new(binary)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Unavailable(format!(
+            "the OCI runtime {binary:?} of isolation tier {tier:?} is not installed or does not run: \
+             install it (Debian/Ubuntu: apt-get install runc) or point the tier elsewhere with \
+             --runtime-class {tier}=/path/to/runtime"
+        )))
+    }
+}
+
+/// Checks that this host can run sandboxes at all; the error says what to install or enable.
+fn check_host(config: &OciConfig) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(RuntimeError::Unavailable(
+            "sandboxes need root: run `bulkhead serve` as root (it drops every sandbox into an unprivileged user namespace)"
+                .into(),
+        ));
+    }
+    let userns = fs::read_to_string("/proc/sys/user/max_user_namespaces").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if userns == Some(0) || !Path::new("/proc/self/ns/user").exists() {
+        return Err(RuntimeError::Unavailable(
+            "user namespaces are disabled: enable them (sysctl user.max_user_namespaces=15000)".into(),
+        ));
+    }
+    if !config.supervisor.is_file() {
+        return Err(RuntimeError::Unavailable(format!(
+            "the sandbox supervisor {} is missing: install bulkhead-supervisor beside the bulkhead binary",
+            config.supervisor.display()
+        )));
+    }
+    for (tier, binary) in &config.runtimes {
+        check_runtime(tier, binary)?;
+    }
+    Ok(())
+}
+
+impl OciRuntime {
+    /// Checks the host and prepares the state dir.
+    pub fn new(config: OciConfig) -> Result<OciRuntime> {
+        check_host(&config)?;
+        let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
+        mkdir(&config.state_dir, 0o711)?;
+        mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
+        mkdir(&config.state_dir.join("runc"), 0o700)?;
+        let base = spec::base_entries(Path::new("/"));
+        Ok(OciRuntime { config, cgroups, base })
+    }
+
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.config.state_dir
+    }
+
+    fn bundle(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    fn socket(&self, id: &str) -> PathBuf {
+        self.bundle(id).join("control").join("supervisor.sock")
+    }
+
+    fn oci_root(&self) -> PathBuf {
+        self.config.state_dir.join("runc")
+    }
+
+    /// The OCI runtime that runs `id` (recorded in its bundle), or the first configured one.
+    fn runtime_of(&self, id: &str) -> String {
+        fs::read_to_string(self.bundle(id).join("runtime"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .or_else(|| self.config.runtimes.first().map(|(_, b)| b.clone()))
+            .unwrap_or_else(|| "runc".to_owned())
+    }
+
+    fn check_id(id: &str) -> Result<()> {
+        if is_sandbox_id(id) {
+            Ok(())
+        } else {
+            Err(RuntimeError::NotRunning(id.to_owned()))
+        }
+    }
+
+    /// Writes the bundle of `spec`.
+    fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
+        mkdir(&bundle, 0o711)?;
+        let rootfs = bundle.join("rootfs");
+        mkdir(&rootfs, 0o755)?;
+        for dir in ["proc", "dev", "sys", "tmp", "run", "etc", ".bulkhead"] {
+            mkdir(&rootfs.join(dir), 0o755)?;
+        }
+        for entry in &self.base {
+            match entry {
+                BaseEntry::Bind(name) => mkdir(&rootfs.join(name), 0o755)?,
+                BaseEntry::Symlink { name, target } => {
+                    symlink(target, rootfs.join(name)).map_err(RuntimeError::io(format!("symlink {name}")))?
+                }
+            }
+        }
+        let target = rootfs.join(SUPERVISOR_PATH.trim_start_matches('/'));
+        fs::write(&target, b"").map_err(RuntimeError::io("create the supervisor mount point"))?;
+        let etc = bundle.join("etc");
+        mkdir(&etc, 0o755)?;
+        for (name, content) in spec::etc_files(&spec.id) {
+            fs::write(etc.join(name), content).map_err(RuntimeError::io(format!("write etc/{name}")))?;
+        }
+        // The dynamic linker's cache: library paths only, nothing secret.
+        let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
+        mkdir(&bundle.join("control"), 0o700)?;
+        fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
+        let paths = SpecPaths {
+            etc,
+            supervisor: self.config.supervisor.clone(),
+            cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
+        };
+        let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
+            runtime: spec.oci_runtime.clone(),
+            action: "build the spec",
+            detail: e.to_string(),
+        })?;
+        let json = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+        fs::write(bundle.join("config.json"), json).map_err(RuntimeError::io("write config.json"))
+    }
+
+    async fn run_oci(&self, runtime: &str, args: &[&str], action: &'static str) -> Result<std::process::Output> {
+        let mut cmd = Command::new(runtime);
+        cmd.arg("--root").arg(self.oci_root()).args(args).stdin(Stdio::null()).kill_on_drop(true);
+        let out = tokio::time::timeout(OCI_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| RuntimeError::Oci { runtime: runtime.into(), action, detail: "timed out".into() })?
+            .map_err(|e| RuntimeError::Oci { runtime: runtime.into(), action, detail: e.to_string() })?;
+        Ok(out)
+    }
+
+    /// Starts the bundle's container with the listening socket as its fd 3.
+    async fn start(&self, spec: &SandboxSpec) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
+        let socket = self.socket(&spec.id);
+        let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(bundle.join("supervisor.log"))
+            .map_err(RuntimeError::io("open the supervisor log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
+        let fd = listener.as_raw_fd();
+        let mut cmd = Command::new(&spec.oci_runtime);
+        cmd.arg("--root")
+            .arg(self.oci_root())
+            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
+            .arg(&bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true);
+        // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe.
+        // It places the listening socket at fd 3 (dup2 clears close-on-exec on the copy), where
+        // `--preserve-fds 1` hands it on to the supervisor.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, SUPERVISOR_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
+        drop(listener);
+        let failed = |detail: String| RuntimeError::Oci { runtime: spec.oci_runtime.clone(), action: "start the sandbox", detail };
+        match status {
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) => Err(failed(format!("{s}: {}", log_tail(&bundle.join("supervisor.log"))))),
+            Ok(Err(e)) => Err(failed(e.to_string())),
+            Err(_) => Err(failed("timed out".into())),
+        }
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let tail: String = text.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
+    tail.trim().replace('\n', " | ")
+}
+
+#[async_trait]
+impl Runtime for OciRuntime {
+    async fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()> {
+        let cgroups = self.cgroups.clone();
+        let (ns, limits) = (namespace.to_owned(), *limits);
+        tokio::task::spawn_blocking(move || cgroups.ensure_namespace(&ns, &limits))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))?
+    }
+
+    async fn remove_namespace(&self, namespace: &str) -> Result<()> {
+        let cgroups = self.cgroups.clone();
+        let ns = namespace.to_owned();
+        tokio::task::spawn_blocking(move || cgroups.remove_namespace(&ns))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))?
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<()> {
+        Self::check_id(&spec.id)?;
+        let result = match self.prepare_bundle(spec) {
+            Ok(()) => self.start(spec).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // Leave nothing behind of a sandbox that did not start.
+            if let Err(cleanup) = self.delete(&spec.namespace, &spec.id).await {
+                tracing::warn!(sandbox = %spec.id, error = %cleanup, "cleanup after a failed start failed");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {
+        Self::check_id(id)?;
+        client::exec(&self.socket(id), id, spec, stdin).await
+    }
+
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>> {
+        Self::check_id(id)?;
+        client::read_file(&self.socket(id), id, path, max_bytes).await
+    }
+
+    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>, mode: u32) -> Result<()> {
+        Self::check_id(id)?;
+        client::write_file(&self.socket(id), id, path, &data, mode).await
+    }
+
+    async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
+        Self::check_id(id)?;
+        let runtime = self.runtime_of(id);
+        let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            if !stderr.contains("does not exist") && !stderr.contains("not exist") {
+                tracing::warn!(sandbox = id, error = %stderr.trim(), "OCI runtime delete failed; cleaning up by hand");
+            }
+            // Whatever the runtime left: its state dir for this id.
+            let _ = fs::remove_dir_all(self.oci_root().join(id));
+        }
+        let cgroups = self.cgroups.clone();
+        let (ns, sbx) = (namespace.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || cgroups.remove_sandbox(&ns, &sbx))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        let bundle = self.bundle(id);
+        match fs::remove_dir_all(&bundle) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(format!("remove {}", bundle.display()))(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<HostSandbox>> {
+        let mut ids: Vec<String> = fs::read_dir(self.config.state_dir.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        for e in fs::read_dir(self.oci_root()).into_iter().flatten().flatten() {
+            ids.push(e.file_name().to_string_lossy().into_owned());
+        }
+        for (_, id) in self.cgroups.sandboxes() {
+            ids.push(id);
+        }
+        ids.sort();
+        ids.dedup();
+        let mut out = Vec::new();
+        for id in ids.into_iter().filter(|i| is_sandbox_id(i)) {
+            let runtime = self.runtime_of(&id);
+            let running = match self.run_oci(&runtime, &["state", &id], "read the sandbox state").await {
+                Ok(o) if o.status.success() => {
+                    serde_json::from_slice::<serde_json::Value>(&o.stdout).ok().and_then(|v| v["status"].as_str().map(str::to_owned))
+                        == Some("running".to_owned())
+                }
+                _ => false,
+            };
+            out.push(HostSandbox { id, running });
+        }
+        Ok(out)
+    }
+
+    async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
+        Self::check_id(id)?;
+        self.cgroups.stats(namespace, id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sandbox_ids_are_checked_before_they_touch_a_path() {
+        assert!(super::is_sandbox_id("sbx_0123abcd"));
+        for bad in ["sbx_", "sbx_../../etc", "key_0123", "sbx_a/b", ""] {
+            assert!(!super::is_sandbox_id(bad), "{bad}");
+        }
+    }
+}

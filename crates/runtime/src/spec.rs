@@ -1,0 +1,285 @@
+//! The OCI runtime spec of a sandbox: the isolation model of PRODUCT.md written down for the
+//! OCI runtime. Every clause is here: a read-only root of the host's system directories and a
+//! generated `/etc`, a size-limited `/tmp`, new pid/mount/uts/ipc/net/cgroup/user namespaces,
+//! ids mapped onto the namespace's own host range, minimal capabilities, `no_new_privs`, the
+//! seccomp profile, the standard masked and read-only paths, and cgroup limits.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use oci_spec::OciSpecError;
+
+use crate::SandboxSpec;
+
+/// Where the supervisor binary appears inside the sandbox.
+pub const SUPERVISOR_PATH: &str = "/.bulkhead/supervisor";
+/// The file descriptor on which the supervisor inherits its listening socket.
+pub const SUPERVISOR_FD: i32 = 3;
+/// The search path every command gets unless it sets its own.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The CFS period used for CPU quotas.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// Host directories that make up the read-only base image. On a merged-`/usr` host most of
+/// them are symlinks into `/usr`, and are reproduced as symlinks.
+pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// Paths masked with an empty file or directory: host information no sandbox needs.
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths mounted read-only.
+const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// Capabilities of the sandbox's root, inside its user namespace only: what a package manager
+/// or a build needs to own and chmod files, and nothing that reaches the kernel or the network
+/// stack (no `CAP_SYS_ADMIN`, `CAP_NET_ADMIN`, `CAP_NET_RAW`, `CAP_SYS_PTRACE`, `CAP_MKNOD`).
+pub const CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::AuditWrite,
+];
+
+/// A directory of the base image: a read-only bind of a host directory, or a symlink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseEntry {
+    Bind(String),
+    Symlink { name: String, target: PathBuf },
+}
+
+/// Reads which system directories the host has and how (`/bin -> usr/bin` on merged-`/usr`).
+pub fn base_entries(host_root: &Path) -> Vec<BaseEntry> {
+    let mut out = Vec::new();
+    for name in SYSTEM_DIRS {
+        let path = host_root.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if let Ok(target) = std::fs::read_link(&path) {
+                    out.push(BaseEntry::Symlink { name: (*name).to_owned(), target });
+                }
+            }
+            Ok(m) if m.is_dir() => out.push(BaseEntry::Bind((*name).to_owned())),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, OciSpecError> {
+    let mut options = vec!["rbind", "nosuid", "nodev"];
+    if read_only {
+        options.push("ro");
+    }
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options.into_iter().map(String::from).collect::<Vec<_>>())
+        .build()
+}
+
+fn fs_mount(typ: &str, destination: &str, options: &[&str]) -> Result<Mount, OciSpecError> {
+    MountBuilder::default()
+        .destination(destination)
+        .typ(typ)
+        .source(typ)
+        .options(options.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        .build()
+}
+
+/// Host paths the spec refers to.
+#[derive(Debug, Clone)]
+pub struct SpecPaths {
+    /// The generated `/etc`.
+    pub etc: PathBuf,
+    /// The supervisor binary on the host.
+    pub supervisor: PathBuf,
+    /// `cgroupsPath`, such as `/bulkhead/acme/sbx_…`.
+    pub cgroups_path: String,
+}
+
+/// The OCI spec of `sandbox`; `base` from [`base_entries`].
+pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Result<Spec, OciSpecError> {
+    let tmp_size = format!("size={}", sandbox.tmp_bytes);
+    let mut mounts = vec![
+        fs_mount("proc", "/proc", &["nosuid", "noexec", "nodev"])?,
+        fs_mount("tmpfs", "/dev", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
+        fs_mount("devpts", "/dev/pts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
+        fs_mount("tmpfs", "/dev/shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
+        fs_mount("mqueue", "/dev/mqueue", &["nosuid", "noexec", "nodev"])?,
+        fs_mount("sysfs", "/sys", &["nosuid", "noexec", "nodev", "ro"])?,
+        fs_mount("tmpfs", "/tmp", &["nosuid", "nodev", "mode=1777", &tmp_size])?,
+        fs_mount("tmpfs", "/run", &["nosuid", "nodev", "noexec", "mode=755", "size=16m"])?,
+        bind(&paths.etc, "/etc", true)?,
+    ];
+    for entry in base {
+        if let BaseEntry::Bind(name) = entry {
+            mounts.push(bind(&Path::new("/").join(name), &format!("/{name}"), true)?);
+        }
+    }
+    mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
+
+    let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .args(vec![SUPERVISOR_PATH.to_owned(), "--listen-fd".to_owned(), SUPERVISOR_FD.to_string()])
+        .env(vec![format!("PATH={DEFAULT_PATH}"), "HOME=/tmp".to_owned()])
+        .cwd("/")
+        .no_new_privileges(true)
+        .capabilities(
+            LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()?,
+        )
+        .rlimits(vec![PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).soft(4096u64).hard(4096u64).build()?])
+        .build()?;
+
+    let memory = i64::try_from(sandbox.memory_bytes).unwrap_or(i64::MAX);
+    let quota = i64::try_from(sandbox.cpu_millis * CPU_PERIOD_US / 1000).unwrap_or(i64::MAX);
+    let resources = LinuxResourcesBuilder::default()
+        // Memory plus swap equal to memory: no swap, so the limit is the limit.
+        .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build()?)
+        .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build()?)
+        .pids(LinuxPidsBuilder::default().limit(i64::try_from(sandbox.pids).unwrap_or(i64::MAX)).build()?)
+        .build()?;
+    let namespaces = [
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Cgroup,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .collect::<Result<Vec<_>, _>>()?;
+    let ids = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(sandbox.ids.host_start)
+        .size(sandbox.ids.size)
+        .build()?;
+    let linux = LinuxBuilder::default()
+        .uid_mappings(vec![ids])
+        .gid_mappings(vec![ids])
+        .namespaces(namespaces)
+        .cgroups_path(PathBuf::from(&paths.cgroups_path))
+        .resources(resources)
+        .masked_paths(MASKED.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        .readonly_paths(READ_ONLY.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+        .seccomp(crate::seccomp::profile()?)
+        .build()?;
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path("rootfs").readonly(true).build()?)
+        .hostname(sandbox.id.clone())
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .build()
+}
+
+/// The generated `/etc`: enough for programs to resolve users, `localhost` and their own
+/// hostname, and nothing of the host's (no `shadow`, no keys, no configuration).
+pub fn etc_files(hostname: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("passwd", "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned()),
+        ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
+        ("hostname", format!("{hostname}\n")),
+        ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")),
+        ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n".to_owned()),
+        ("resolv.conf", String::new()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IdRange;
+
+    fn sandbox() -> SandboxSpec {
+        SandboxSpec {
+            id: "sbx_0123".into(),
+            namespace: "acme".into(),
+            oci_runtime: "runc".into(),
+            cpu_millis: 1500,
+            memory_bytes: 256 << 20,
+            pids: 64,
+            tmp_bytes: 64 << 20,
+            ids: IdRange { host_start: 1_065_536, size: 65536 },
+        }
+    }
+
+    #[test]
+    fn spec_carries_the_isolation_model() {
+        let paths = SpecPaths {
+            etc: "/run/b/etc".into(),
+            supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
+            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
+        };
+        let base = vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
+        let spec = build(&sandbox(), &base, &paths).unwrap();
+        let v = serde_json::to_value(&spec).unwrap();
+        assert_eq!(v["root"]["readonly"], true);
+        assert_eq!(v["hostname"], "sbx_0123");
+        assert_eq!(v["process"]["noNewPrivileges"], true);
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_NET_RAW" || c == "CAP_SYS_PTRACE"));
+        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        for t in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
+            assert!(ns.contains(&t), "{t} namespace missing");
+        }
+        assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 1_065_536);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
+        assert_eq!(v["linux"]["cgroupsPath"], "/bulkhead/acme/sbx_0123");
+        let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap();
+        for call in ["mount", "bpf", "keyctl", "perf_event_open", "ptrace", "init_module"] {
+            assert!(denied.iter().any(|n| n == call), "{call} not denied");
+        }
+        let mounts = v["mounts"].as_array().unwrap();
+        let tmp = mounts.iter().find(|m| m["destination"] == "/tmp").unwrap();
+        assert!(tmp["options"].as_array().unwrap().iter().any(|o| o == "size=67108864"));
+        let etc = mounts.iter().find(|m| m["destination"] == "/etc").unwrap();
+        assert_eq!(etc["source"], "/run/b/etc");
+        assert!(etc["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        for m in mounts {
+            let dest = m["destination"].as_str().unwrap();
+            assert!(!["/root", "/home", "/var"].contains(&dest), "{dest} must not be mounted");
+        }
+    }
+
+    #[test]
+    fn generated_etc_has_no_secrets() {
+        let files = etc_files("sbx_1");
+        assert!(!files.iter().any(|(n, _)| *n == "shadow" || *n == "gshadow"));
+    }
+}
