@@ -175,3 +175,102 @@ pub struct Health {
     pub status: String,
     pub version: String,
 }
+
+/// `POST /v1/namespaces/{ns}/sandboxes`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Thousandths of a core; default the smaller of 1000 and the namespace's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u64>,
+    /// Default the smaller of 512 MiB and the namespace's quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Default the smaller of one hour and the namespace's `max_sandbox_ttl_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Environment of every command in the sandbox, on top of `PATH` and `HOME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Sandbox {
+    pub id: String,
+    pub namespace: String,
+    /// `creating`, `running`, `stopped`, `failed` or `deleted`.
+    pub status: String,
+    /// Why the sandbox ended: `deleted`, `ttl_expired`, `namespace_deleted`, `start_failed: …`,
+    /// `lost: …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub isolation: String,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub pids_limit: u64,
+    pub ttl_seconds: u64,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// `POST .../sandboxes/{id}/exec`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// The program and its arguments; not run through a shell.
+    pub cmd: Vec<String>,
+    /// Text fed to the command's standard input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Variables added to the sandbox's environment for this command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Absolute working directory; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// 1 to 3600; default 60. The command and every process of its group are killed then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The answer of a buffered exec.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExecResult {
+    /// The exit status; 128 + the signal number when a signal killed the command.
+    pub exit_code: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// Standard output, as UTF-8 (invalid sequences replaced).
+    pub stdout: String,
+    pub stderr: String,
+    pub timed_out: bool,
+    /// Output went past the cap and was cut.
+    pub truncated: bool,
+    pub duration_ms: u64,
+}
+
+/// One line of a streamed exec (`Accept: application/x-ndjson`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        timed_out: bool,
+        truncated: bool,
+        duration_ms: u64,
+    },
+    Error {
+        message: String,
+    },
+}

@@ -182,6 +182,21 @@ impl Cgroups {
         out
     }
 
+    /// Namespaces with a cgroup of this server.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for h in self.hierarchies() {
+            for ns in fs::read_dir(h.join(&self.prefix)).into_iter().flatten().flatten() {
+                let name = ns.file_name().to_string_lossy().into_owned();
+                if ns.path().is_dir() && !out.contains(&name) {
+                    out.push(name);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// Resource use of a sandbox from its cgroup counters.
     pub fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
         let rel = Path::new(&self.prefix).join(namespace).join(id);

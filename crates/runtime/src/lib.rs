@@ -46,6 +46,8 @@ pub struct SandboxSpec {
     /// Size of the writable `/tmp`.
     pub tmp_bytes: u64,
     pub ids: IdRange,
+    /// Environment of every command, on top of `PATH` and `HOME`.
+    pub env: Vec<(String, String)>,
 }
 
 /// Resource use of one sandbox, read from its cgroup.
@@ -63,6 +65,8 @@ pub struct SandboxStats {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostSandbox {
     pub id: String,
+    /// Its namespace, when its cgroup tells.
+    pub namespace: Option<String>,
     /// Whether its supervisor still runs.
     pub running: bool,
 }
@@ -114,6 +118,8 @@ pub trait Runtime: Send + Sync + 'static {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()>;
     /// Every sandbox this runtime has on the host.
     async fn list(&self) -> Result<Vec<HostSandbox>>;
+    /// Namespaces that have a cgroup on the host.
+    async fn namespaces(&self) -> Result<Vec<String>>;
     /// Resource use of a running sandbox.
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;
 }

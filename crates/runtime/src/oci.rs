@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -193,7 +193,15 @@ impl OciRuntime {
             detail: e.to_string(),
         })?;
         let json = serde_json::to_vec(&oci).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
-        fs::write(bundle.join("config.json"), json).map_err(RuntimeError::io("write config.json"))
+        // The spec holds the sandbox's environment: readable by root only.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(bundle.join("config.json"))
+            .map_err(RuntimeError::io("write config.json"))?;
+        std::io::Write::write_all(&mut f, &json).map_err(RuntimeError::io("write config.json"))
     }
 
     async fn run_oci(&self, runtime: &str, args: &[&str], action: &'static str) -> Result<std::process::Output> {
@@ -258,6 +266,32 @@ fn log_tail(path: &Path) -> String {
     }
     let tail: String = text.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
     tail.trim().replace('\n', " | ")
+}
+
+/// Removes every sandbox of a state dir, the cgroup tree of a prefix and the state dir itself,
+/// synchronously. For teardown paths that cannot await (a test harness dropped during a panic)
+/// and for `bulkhead doctor --purge`.
+pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Result<()> {
+    let oci_root = state_dir.join("runc");
+    for e in fs::read_dir(state_dir.join("sandboxes")).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        let runtime = fs::read_to_string(e.path().join("runtime")).unwrap_or_else(|_| "runc".into());
+        let _ = std::process::Command::new(runtime.trim())
+            .arg("--root")
+            .arg(&oci_root)
+            .args(["delete", "--force", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    if let Ok(cgroups) = Cgroups::detect(cgroup_root, cgroup_prefix) {
+        cgroups.remove_all()?;
+    }
+    match fs::remove_dir_all(state_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("remove {}", state_dir.display()))(e)),
+    }
 }
 
 #[async_trait]
@@ -344,9 +378,9 @@ impl Runtime for OciRuntime {
         for e in fs::read_dir(self.oci_root()).into_iter().flatten().flatten() {
             ids.push(e.file_name().to_string_lossy().into_owned());
         }
-        for (_, id) in self.cgroups.sandboxes() {
-            ids.push(id);
-        }
+        let cgroup_ns: std::collections::HashMap<String, String> =
+            self.cgroups.sandboxes().into_iter().map(|(ns, id)| (id, ns)).collect();
+        ids.extend(cgroup_ns.keys().cloned());
         ids.sort();
         ids.dedup();
         let mut out = Vec::new();
@@ -359,9 +393,14 @@ impl Runtime for OciRuntime {
                 }
                 _ => false,
             };
-            out.push(HostSandbox { id, running });
+            let namespace = cgroup_ns.get(&id).cloned();
+            out.push(HostSandbox { id, namespace, running });
         }
         Ok(out)
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(self.cgroups.namespaces())
     }
 
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {

@@ -147,7 +147,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
         .args(vec![SUPERVISOR_PATH.to_owned(), "--listen-fd".to_owned(), SUPERVISOR_FD.to_string()])
-        .env(vec![format!("PATH={DEFAULT_PATH}"), "HOME=/tmp".to_owned()])
+        .env(environment(&sandbox.env))
         .cwd("/")
         .no_new_privileges(true)
         .capabilities(
@@ -207,6 +207,18 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .build()
 }
 
+/// The supervisor's environment, which every command inherits: `PATH`, `HOME`, and the
+/// sandbox's own variables (which may override them).
+pub fn environment(extra: &[(String, String)]) -> Vec<String> {
+    let mut vars: Vec<(String, String)> =
+        vec![("PATH".to_owned(), DEFAULT_PATH.to_owned()), ("HOME".to_owned(), "/tmp".to_owned())];
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.clone(), v.clone()));
+    }
+    vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 /// The generated `/etc`: enough for programs to resolve users, `localhost` and their own
 /// hostname, and nothing of the host's (no `shadow`, no keys, no configuration).
 pub fn etc_files(hostname: &str) -> Vec<(&'static str, String)> {
@@ -235,6 +247,7 @@ mod tests {
             pids: 64,
             tmp_bytes: 64 << 20,
             ids: IdRange { host_start: 1_065_536, size: 65536 },
+            env: vec![("HOME".into(), "/work".into()), ("TOKEN".into(), "x".into())],
         }
     }
 
@@ -261,6 +274,8 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
         assert_eq!(v["linux"]["cgroupsPath"], "/bulkhead/acme/sbx_0123");
+        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        assert_eq!(env, [&format!("PATH={DEFAULT_PATH}"), "HOME=/work", "TOKEN=x"]);
         let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap();
         for call in ["mount", "bpf", "keyctl", "perf_event_open", "ptrace", "init_module"] {
             assert!(denied.iter().any(|n| n == call), "{call} not denied");

@@ -13,7 +13,10 @@ use bulkhead_core::token::{self, TokenHasher, ADMIN_TOKEN_PREFIX};
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{Store, StoreError};
 
-use crate::state::{now_ms, AppState, Inner, KeyCache, ServerConfig};
+use bulkhead_runtime::oci::{OciConfig, OciRuntime};
+use bulkhead_runtime::Runtime;
+
+use crate::state::{now_ms, AppState, Inner, KeyCache, SandboxLocks, ServerConfig};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const TOKEN_KEY_FILE: &str = "token.key";
@@ -29,6 +32,10 @@ pub enum BootstrapError {
     BadTokenKey(PathBuf),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Runtime(#[from] bulkhead_runtime::RuntimeError),
+    #[error("reconciling sandboxes with the host: {0}")]
+    Reconcile(String),
 }
 
 /// The state of a started server, and the admin token when this start generated it.
@@ -97,6 +104,26 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         }
     };
     let store: Arc<dyn Store> = Arc::new(store);
-    let state = AppState(Arc::new(Inner { store, hasher, admin_token_hash, config, keys: KeyCache::default() }));
+    let runtime = OciRuntime::new(OciConfig {
+        state_dir: config.runtime.state_dir.clone(),
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        cgroup_prefix: config.runtime.cgroup_prefix.clone(),
+        supervisor: config.runtime.supervisor.clone(),
+        runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
+    })?;
+    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    let state = AppState(Arc::new(Inner {
+        store,
+        runtime,
+        hasher,
+        admin_token_hash,
+        config,
+        keys: KeyCache::default(),
+        sandbox_locks: SandboxLocks::default(),
+    }));
+    let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
+    if report != Default::default() {
+        tracing::info!(adopted = report.adopted, failed = report.failed, orphans = report.orphans, "reconciled sandboxes");
+    }
     Ok(Bootstrapped { state, new_admin_token })
 }

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod idempotency;
 pub mod request;
 pub mod routes;
+pub mod sandboxes;
 pub mod state;
 
 use std::sync::Arc;
@@ -50,7 +51,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, health, keys, namespaces};
+    use routes::{audit, health, keys, namespaces, sandboxes};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -61,6 +62,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::platform_list))
         .routes(routes!(audit::platform_verify))
+        .routes(routes!(sandboxes::create, sandboxes::list))
+        .routes(routes!(sandboxes::get, sandboxes::delete))
+        .routes(routes!(sandboxes::exec))
+        .routes(routes!(sandboxes::read_file, sandboxes::write_file))
 }
 
 /// The OpenAPI document of every route.
@@ -86,6 +91,7 @@ pub fn app(state: AppState) -> Router {
 
 /// Binds `config.listen` and serves until SIGINT or SIGTERM, finishing requests in flight.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    sandboxes::spawn_reaper(state.clone());
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await
 }
 

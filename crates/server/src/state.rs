@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_core::token::TokenHasher;
 use bulkhead_core::Principal;
+use bulkhead_runtime::Runtime;
 use bulkhead_store::Store;
 
 /// One runtime class: an isolation tier and the OCI runtime that implements it, the way a
@@ -17,6 +18,45 @@ use bulkhead_store::Store;
 pub struct RuntimeClass {
     /// The OCI runtime binary, such as `runc`.
     pub runtime: String,
+}
+
+/// Where the sandbox runtime keeps its host state.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    /// Bundles and OCI runtime state; must be on a filesystem the sandboxes' mapped ids can
+    /// traverse (default `/run/bulkhead`).
+    pub state_dir: PathBuf,
+    /// Name of this server's top cgroup (default `bulkhead`).
+    pub cgroup_prefix: String,
+    /// The sandbox supervisor binary (default: `bulkhead-supervisor` beside this executable).
+    pub supervisor: PathBuf,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("bulkhead-supervisor")))
+            .unwrap_or_else(|| PathBuf::from("/usr/local/bin/bulkhead-supervisor"));
+        Self { state_dir: PathBuf::from("/run/bulkhead"), cgroup_prefix: "bulkhead".to_owned(), supervisor: beside }
+    }
+}
+
+/// Limits of sandbox requests.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    /// Output kept per stream of a buffered exec.
+    pub exec_output_bytes: u64,
+    /// Output passed on per stream of a streamed exec.
+    pub stream_output_bytes: u64,
+    /// Largest file read or written through the files API.
+    pub file_bytes: u64,
+}
+
+impl Default for SandboxLimits {
+    fn default() -> Self {
+        Self { exec_output_bytes: 1 << 20, stream_output_bytes: 64 << 20, file_bytes: 64 << 20 }
+    }
 }
 
 /// The server's configuration.
@@ -28,13 +68,25 @@ pub struct ServerConfig {
     pub runtime_classes: BTreeMap<String, RuntimeClass>,
     /// Largest request body accepted on JSON routes.
     pub max_body_bytes: usize,
+    pub runtime: RuntimeSettings,
+    pub sandbox_limits: SandboxLimits,
+    /// How often the reaper looks for expired sandboxes.
+    pub reap_interval: Duration,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         let mut runtime_classes = BTreeMap::new();
         runtime_classes.insert("container".to_owned(), RuntimeClass { runtime: "runc".to_owned() });
-        Self { data_dir, listen, runtime_classes, max_body_bytes: 1024 * 1024 }
+        Self {
+            data_dir,
+            listen,
+            runtime_classes,
+            max_body_bytes: 1024 * 1024,
+            runtime: RuntimeSettings::default(),
+            sandbox_limits: SandboxLimits::default(),
+            reap_interval: Duration::from_millis(500),
+        }
     }
 }
 
@@ -90,13 +142,36 @@ impl KeyCache {
     }
 }
 
+/// One lock per sandbox, so that a create, a delete and the reaper never act on the same
+/// sandbox at once.
+#[derive(Debug, Default)]
+pub struct SandboxLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl SandboxLocks {
+    pub async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget locks nobody holds, so the map does not grow with every sandbox ever made.
+            if map.len() > 1024 {
+                map.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            map.entry(id.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
 pub struct Inner {
     pub store: Arc<dyn Store>,
+    pub runtime: Arc<dyn Runtime>,
     pub hasher: TokenHasher,
     /// Keyed hash of the platform admin token.
     pub admin_token_hash: String,
     pub config: ServerConfig,
     pub keys: KeyCache,
+    pub sandbox_locks: SandboxLocks,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -59,7 +59,7 @@ pub enum Request {
 #[serde(deny_unknown_fields)]
 pub struct ExecSpec {
     pub argv: Vec<String>,
-    /// The whole environment of the command.
+    /// Variables set for this command on top of the supervisor's own environment.
     pub env: Vec<(String, String)>,
     pub cwd: String,
     /// The command and its process group are killed after this long.

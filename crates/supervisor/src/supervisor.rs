@@ -184,6 +184,7 @@ fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
+        .envs(std::env::vars_os())
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.cwd)
         .stdin(Stdio::piped())

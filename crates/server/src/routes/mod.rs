@@ -6,6 +6,7 @@ pub mod audit;
 pub mod health;
 pub mod keys;
 pub mod namespaces;
+pub mod sandboxes;
 
 use bulkhead_store::NamespaceRow;
 

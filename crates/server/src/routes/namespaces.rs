@@ -44,7 +44,7 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Resp
         Begin::Fresh(idem) => idem,
     };
     let now = now_ms();
-    let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now };
+    let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now, id_slot: 0 };
     ctx.state.store.create_namespace(&row).await?;
     let out = namespace_out(&row);
     let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -105,6 +105,8 @@ pub async fn update(
         .update_namespace_quotas(&ns, &quotas, now_ms())
         .await?
         .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    // The kernel enforces the new limits on the namespace's cgroup at once.
+    ctx.state.runtime.ensure_namespace(&ns, &crate::sandboxes::namespace_limits(&row)).await?;
     Ok(Json(namespace_out(&row)))
 }
 
@@ -116,6 +118,10 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.authorize(Action::NamespaceDelete, Some(&ns), format!("namespace:{ns}"))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.
     ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
+    if ctx.state.store.get_namespace(&ns).await?.is_none() {
+        return Err(ApiError::namespace_not_found(&ns));
+    }
+    crate::sandboxes::destroy_namespace(&ctx.state, &ns).await?;
     if !ctx.state.store.delete_namespace(&ns).await? {
         return Err(ApiError::namespace_not_found(&ns));
     }

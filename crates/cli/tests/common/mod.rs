@@ -1,5 +1,7 @@
-//! In-process harness: a real server state on a temporary data dir (real SQLite file), driven
-//! through `app(state)` without a socket.
+//! In-process harness: a real server state on a temporary data dir (real SQLite file, real OCI
+//! runtime, real cgroups), driven through `app(state)` without a socket. Each harness has its own
+//! runtime state dir and cgroup prefix, so tests run in parallel without meeting, and tears
+//! everything of its sandboxes down when dropped, even during a panic.
 
 #![allow(dead_code)]
 
@@ -8,6 +10,7 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use axum::Router;
+use bulkhead_server::state::RuntimeSettings;
 use bulkhead_server::{app, bootstrap, AppState, ServerConfig};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -18,6 +21,38 @@ pub struct Harness {
     pub state: AppState,
     pub app: Router,
     pub admin: String,
+    pub runtime: RuntimeSettings,
+}
+
+/// The supervisor binary built with this package.
+pub const SUPERVISOR: &str = env!("CARGO_BIN_EXE_bulkhead-supervisor");
+
+/// Runtime settings of a test server: its own state dir under `/run` (the sandboxes' mapped
+/// root must be able to traverse it, which a private temporary dir does not allow) and its own
+/// cgroup prefix. Both carry "bulkhead" so the suite's leak check sees anything left behind.
+pub fn test_runtime() -> RuntimeSettings {
+    let tag = bulkhead_core_tag();
+    RuntimeSettings {
+        state_dir: std::path::PathBuf::from(format!("/run/bulkhead-test-{tag}")),
+        cgroup_prefix: format!("bulkhead-test-{tag}"),
+        supervisor: SUPERVISOR.into(),
+    }
+}
+
+fn bulkhead_core_tag() -> String {
+    let mut bytes = [0u8; 6];
+    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    f.expect("random");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let r = &self.runtime;
+        if let Err(e) = bulkhead_runtime::oci::purge(&r.state_dir, std::path::Path::new("/sys/fs/cgroup"), &r.cgroup_prefix) {
+            eprintln!("harness teardown: {e}");
+        }
+    }
 }
 
 pub struct Reply {
@@ -30,11 +65,41 @@ pub struct Reply {
 impl Harness {
     pub async fn new() -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
-        let started = bootstrap::start(config).await.expect("bootstrap");
+        let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
+        config.runtime = test_runtime();
+        config.reap_interval = std::time::Duration::from_millis(200);
+        let runtime = config.runtime.clone();
+        let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");
         let admin = started.new_admin_token.expect("first start makes an admin token");
+        bulkhead_server::sandboxes::spawn_reaper(started.state.clone());
         let app = app(started.state.clone());
-        Harness { dir, state: started.state, app, admin }
+        Harness { dir, state: started.state, app, admin, runtime }
+    }
+
+    /// Creates a sandbox as `token` and returns its id.
+    pub async fn create_sandbox(&self, ns: &str, token: &str, body: Value) -> String {
+        let r = self.call(Method::POST, &format!("/v1/namespaces/{ns}/sandboxes"), Some(token), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Runs `cmd` in a sandbox as `token`; returns the exec answer.
+    pub async fn exec(&self, ns: &str, id: &str, token: &str, cmd: &[&str]) -> Value {
+        let r = self
+            .call(Method::POST, &format!("/v1/namespaces/{ns}/sandboxes/{id}/exec"), Some(token), json!({"cmd": cmd}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{cmd:?}: {}", r.body);
+        r.body
+    }
+
+    /// Runs a shell snippet in a sandbox; returns (exit code, stdout, stderr).
+    pub async fn sh(&self, ns: &str, id: &str, token: &str, script: &str) -> (i64, String, String) {
+        let v = self.exec(ns, id, token, &["sh", "-c", script]).await;
+        (
+            v["exit_code"].as_i64().expect("exit_code"),
+            v["stdout"].as_str().unwrap_or_default().to_owned(),
+            v["stderr"].as_str().unwrap_or_default().to_owned(),
+        )
     }
 
     /// Sends a request; `body` as JSON unless it is `Value::Null`.

@@ -1,0 +1,397 @@
+//! Sandboxes of a namespace: create, list, get, delete, exec (buffered or streamed as NDJSON),
+//! and files read and written inside the sandbox.
+
+use std::collections::BTreeMap;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, Page, Sandbox};
+use bulkhead_core::audit::AuditEvent;
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::Action;
+use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
+use bulkhead_store::{SandboxRow, SandboxStatus};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::sandboxes::{self, Plan};
+use crate::state::{now_ms, rfc3339};
+
+const MIN_CPU_MILLIS: u64 = 10;
+const MIN_MEMORY_BYTES: u64 = 16 << 20;
+const DEFAULT_CPU_MILLIS: u64 = 1000;
+const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+const DEFAULT_TTL_SECONDS: u64 = 3600;
+const DEFAULT_EXEC_TIMEOUT: u64 = 60;
+const MAX_EXEC_TIMEOUT: u64 = 3600;
+const MAX_ARGS: usize = 1024;
+const MAX_ARGV_BYTES: usize = 256 * 1024;
+const MAX_ENV: usize = 128;
+const MAX_ENV_VALUE: usize = 32 * 1024;
+const MAX_PATH: usize = 4096;
+pub const NDJSON: &str = "application/x-ndjson";
+
+pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
+    Sandbox {
+        id: row.id.clone(),
+        namespace: row.namespace.clone(),
+        status: row.status.as_str().to_owned(),
+        reason: row.reason.clone(),
+        isolation: row.isolation.clone(),
+        cpu_millis: row.cpu_millis,
+        memory_bytes: row.memory_bytes,
+        pids_limit: row.pids,
+        ttl_seconds: row.ttl_seconds,
+        created_at: rfc3339(row.created_at_ms),
+        expires_at: rfc3339(row.expires_at_ms),
+        ended_at: row.ended_at_ms.map(rfc3339),
+    }
+}
+
+fn sandbox_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("sandbox {id:?} not found"))
+}
+
+/// The sandbox of this namespace, or 404.
+async fn load_sandbox(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
+    load_namespace(ctx, ns).await?;
+    if !ids::is_id(prefix::SANDBOX, id) {
+        return Err(sandbox_not_found(id));
+    }
+    ctx.state.store.get_sandbox(ns, id).await?.ok_or_else(|| sandbox_not_found(id))
+}
+
+/// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended.
+async fn load_running(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
+    let row = load_sandbox(ctx, ns, id).await?;
+    if row.status != SandboxStatus::Running {
+        return Err(ApiError::Conflict(format!("sandbox {id} is {}", row.status.as_str())));
+    }
+    Ok(row)
+}
+
+fn check_env(field: &str, env: &BTreeMap<String, String>) -> ApiResult<Vec<(String, String)>> {
+    if env.len() > MAX_ENV {
+        return Err(ApiError::Invalid(format!("{field}: at most {MAX_ENV} variables")));
+    }
+    for (k, v) in env {
+        let ok_name = !k.is_empty()
+            && k.len() <= 255
+            && !k.as_bytes()[0].is_ascii_digit()
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !ok_name {
+            return Err(ApiError::Invalid(format!("{field}: {k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)")));
+        }
+        if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+            return Err(ApiError::Invalid(format!("{field}.{k}: at most {MAX_ENV_VALUE} bytes, no NUL")));
+        }
+    }
+    Ok(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
+    if !path.starts_with('/') || path.len() > MAX_PATH || path.contains('\0') {
+        return Err(ApiError::Invalid(format!("{field}: must be an absolute path of at most {MAX_PATH} bytes")));
+    }
+    Ok(())
+}
+
+/// Create a sandbox.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path)),
+    request_body = CreateSandbox,
+    responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
+pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Action::SandboxCreate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreateSandbox = json(&headers, &body)?;
+    let namespace = load_namespace(&ctx, &ns).await?;
+    let q = namespace.quotas;
+    let over = |field: &str, value: u64, quota: &str, limit: u64| {
+        ApiError::QuotaExceeded(format!("{field} {value} is over the namespace quota {quota} of {limit}"))
+    };
+    let cpu_millis = req.cpu_millis.unwrap_or(DEFAULT_CPU_MILLIS.min(q.cpu_millis));
+    if cpu_millis < MIN_CPU_MILLIS {
+        return Err(ApiError::Invalid(format!("cpu_millis: at least {MIN_CPU_MILLIS}")));
+    }
+    if cpu_millis > q.cpu_millis {
+        return Err(over("cpu_millis", cpu_millis, "cpu_millis", q.cpu_millis));
+    }
+    let memory_bytes = req.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES.min(q.memory_bytes));
+    if memory_bytes < MIN_MEMORY_BYTES {
+        return Err(ApiError::Invalid(format!("memory_bytes: at least {MIN_MEMORY_BYTES}")));
+    }
+    if memory_bytes > q.memory_bytes {
+        return Err(over("memory_bytes", memory_bytes, "memory_bytes", q.memory_bytes));
+    }
+    let ttl_seconds = req.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS.min(q.max_sandbox_ttl_seconds));
+    if ttl_seconds == 0 {
+        return Err(ApiError::Invalid("ttl_seconds: at least 1".into()));
+    }
+    if ttl_seconds > q.max_sandbox_ttl_seconds {
+        return Err(over("ttl_seconds", ttl_seconds, "max_sandbox_ttl_seconds", q.max_sandbox_ttl_seconds));
+    }
+    let env = match &req.env {
+        Some(env) => check_env("env", env)?,
+        None => Vec::new(),
+    };
+    ctx.audit_detail("cpu_millis", cpu_millis);
+    ctx.audit_detail("memory_bytes", memory_bytes);
+    ctx.audit_detail("ttl_seconds", ttl_seconds);
+    let row = sandboxes::create(&ctx.state, &namespace, Plan { cpu_millis, memory_bytes, ttl_seconds, env }).await?;
+    ctx.audit_resource(format!("sandbox:{}", row.id));
+    Ok((StatusCode::CREATED, Json(sandbox_out(&row))).into_response())
+}
+
+/// List the namespace's sandboxes, newest state first by id.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Sandbox>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Sandbox>>> {
+    ctx.authorize(Action::SandboxList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('s')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_sandboxes(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
+    Ok(Json(Page { items: rows.iter().map(sandbox_out).collect(), next_cursor }))
+}
+
+/// Get a sandbox.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Sandbox), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Sandbox>> {
+    ctx.authorize(Action::SandboxGet, Some(&ns), format!("sandbox:{id}"))?;
+    Ok(Json(sandbox_out(&load_sandbox(&ctx, &ns, &id).await?)))
+}
+
+/// Delete a sandbox: its processes, mounts, cgroups and network namespace are gone when this
+/// answers.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::SandboxDelete, Some(&ns), format!("sandbox:{id}"))?;
+    let row = load_sandbox(&ctx, &ns, &id).await?;
+    sandboxes::destroy(&ctx.state, &row, SandboxStatus::Deleted, "deleted").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn exit_code(exit: &Exit) -> i32 {
+    exit.exit_code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0))
+}
+
+/// Run a command. With `Accept: application/x-ndjson` the answer streams one JSON object per
+/// line (`stdout`, `stderr`, then `exit` or `error`) as output is produced.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/exec", tag = "sandboxes",
+    params(("ns" = String, Path), ("id" = String, Path)), request_body = ExecRequest,
+    responses((status = 200, description = "The command ran; NDJSON lines of ExecEvent when streamed", body = ExecResult),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "The sandbox is not running", body = ErrorBody)))]
+pub async fn exec(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::SandboxExec, Some(&ns), format!("sandbox:{id}"))?;
+    let req: ExecRequest = json(&headers, &body)?;
+    if req.cmd.is_empty() || req.cmd[0].is_empty() {
+        return Err(ApiError::Invalid("cmd: must name a program".into()));
+    }
+    if req.cmd.len() > MAX_ARGS
+        || req.cmd.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
+        || req.cmd.iter().any(|a| a.contains('\0'))
+    {
+        return Err(ApiError::Invalid(format!("cmd: at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes, no NUL")));
+    }
+    let env = match &req.env {
+        Some(env) => check_env("env", env)?,
+        None => Vec::new(),
+    };
+    let cwd = req.cwd.clone().unwrap_or_else(|| "/".to_owned());
+    check_abs_path("cwd", &cwd)?;
+    let timeout = req.timeout_seconds.unwrap_or(DEFAULT_EXEC_TIMEOUT);
+    if !(1..=MAX_EXEC_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::Invalid(format!("timeout_seconds: must be between 1 and {MAX_EXEC_TIMEOUT}")));
+    }
+    // The argv goes to the audit log (bounded); output never does.
+    let argv: Vec<String> = req.cmd.iter().take(32).map(|a| a.chars().take(256).collect()).collect();
+    ctx.audit_detail("argv", argv);
+    load_running(&ctx, &ns, &id).await?;
+    let streaming = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with(NDJSON)));
+    let limits = &ctx.state.config.sandbox_limits;
+    let spec = ExecSpec {
+        argv: req.cmd.clone(),
+        env,
+        cwd,
+        timeout_ms: timeout * 1000,
+        max_output_bytes: if streaming { limits.stream_output_bytes } else { limits.exec_output_bytes },
+        stdin: false,
+    };
+    let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
+    let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
+    if streaming {
+        ctx.audit_detail("stream", true);
+        return Ok(stream_response(ctx, ns, id, stream));
+    }
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let exit = loop {
+        match stream.next().await {
+            Some(Ok(RtEvent::Stdout(d))) => stdout.extend_from_slice(&d),
+            Some(Ok(RtEvent::Stderr(d))) => stderr.extend_from_slice(&d),
+            Some(Ok(RtEvent::Exit(exit))) => break exit,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ApiError::Conflict("the sandbox ended during the command".into())),
+        }
+    };
+    ctx.audit_detail("exit_code", exit_code(&exit));
+    Ok(Json(ExecResult {
+        exit_code: exit_code(&exit),
+        signal: exit.signal,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        timed_out: exit.timed_out,
+        truncated: exit.stdout_truncated || exit.stderr_truncated,
+        duration_ms: exit.duration_ms,
+    })
+    .into_response())
+}
+
+fn ndjson_line(event: &ExecEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// The streamed answer of an exec. The audit record of the request says the exec began; the
+/// stream appends one more (`sandbox.exec.exit`) with the exit code when it ends.
+fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::ExecStream) -> Response {
+    let store = ctx.state.store.clone();
+    let principal = ctx.principal.audit_name();
+    let request_id = ctx.request_id.clone();
+    let body = futures_util::stream::unfold(Some(stream), move |state| {
+        let store = store.clone();
+        let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
+        async move {
+            let mut stream = state?;
+            let (event, done, exit) = match stream.next().await {
+                Some(Ok(RtEvent::Stdout(d))) => {
+                    (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
+                }
+                Some(Ok(RtEvent::Stderr(d))) => {
+                    (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
+                }
+                Some(Ok(RtEvent::Exit(exit))) => (
+                    ExecEvent::Exit {
+                        exit_code: exit_code(&exit),
+                        signal: exit.signal,
+                        timed_out: exit.timed_out,
+                        truncated: exit.stdout_truncated || exit.stderr_truncated,
+                        duration_ms: exit.duration_ms,
+                    },
+                    true,
+                    Some(exit_code(&exit)),
+                ),
+                Some(Err(e)) => (ExecEvent::Error { message: ApiError::from(e).to_string() }, true, None),
+                None => (ExecEvent::Error { message: "the sandbox ended during the command".into() }, true, None),
+            };
+            if done {
+                let detail = serde_json::json!({ "exit_code": exit }).to_string();
+                let event = AuditEvent {
+                    time_ms: now_ms(),
+                    principal,
+                    action: "sandbox.exec.exit".into(),
+                    resource: format!("sandbox:{id}"),
+                    decision: "allow".into(),
+                    status: 200,
+                    request_id,
+                    detail,
+                };
+                if let Err(e) = store.append_audit(&ns, event).await {
+                    tracing::error!(error = %e, "audit append of a streamed exec's exit failed");
+                }
+            }
+            let next = if done { None } else { Some(stream) };
+            Some((Ok::<_, std::convert::Infallible>(ndjson_line(&event)), next))
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
+    r
+}
+
+/// `path` of the files routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileParams {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+}
+
+/// Read a file inside the sandbox (raw bytes).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
+    params(("ns" = String, Path), ("id" = String, Path), FileParams),
+    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn read_file(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<FileParams>,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::SandboxFileRead, Some(&ns), format!("sandbox:{id}"))?;
+    check_abs_path("path", &params.path)?;
+    load_running(&ctx, &ns, &id).await?;
+    let data = ctx.state.runtime.read_file(&id, &params.path, ctx.state.config.sandbox_limits.file_bytes).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+/// Write a file inside the sandbox (raw bytes), atomically; parent directories are created.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
+    params(("ns" = String, Path), ("id" = String, Path), FileParams),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "Written"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody)))]
+pub async fn write_file(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<FileParams>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::SandboxFileWrite, Some(&ns), format!("sandbox:{id}"))?;
+    check_abs_path("path", &params.path)?;
+    ctx.audit_detail("path", params.path.chars().take(512).collect::<String>());
+    load_running(&ctx, &ns, &id).await?;
+    let limit = ctx.state.config.sandbox_limits.file_bytes;
+    let data = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::PayloadTooLarge(format!("files are at most {limit} bytes"))
+            } else {
+                ApiError::Invalid("body: could not be read to the end".into())
+            }
+        })?
+        .to_bytes();
+    ctx.audit_detail("bytes", data.len());
+    ctx.state.runtime.write_file(&id, &params.path, data.to_vec(), 0o644).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,232 @@
+//! The sandbox lifecycle on the server side: admission and start, teardown with a reason, the
+//! reaper of expired sandboxes, and the reconciliation of the store against the host at start.
+//! Handlers call in here; only this module calls the runtime's `create` and `delete`.
+
+use std::collections::{HashMap, HashSet};
+
+use bulkhead_runtime::{IdRange, NamespaceLimits, RuntimeError, SandboxSpec};
+use bulkhead_store::{NamespaceRow, SandboxRow, SandboxStatus, StoreError};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, AppState};
+
+/// First host id of the namespace id ranges; below it are the host's own users.
+pub const ID_BASE: u32 = 1_000_000;
+/// Ids per namespace: a full 16-bit range, so images with users up to 65535 work.
+pub const ID_RANGE: u32 = 65_536;
+
+/// The host ids of a namespace's sandboxes.
+pub fn id_range(ns: &NamespaceRow) -> ApiResult<IdRange> {
+    let start = ns
+        .id_slot
+        .checked_mul(ID_RANGE)
+        .and_then(|o| o.checked_add(ID_BASE))
+        .filter(|s| s.checked_add(ID_RANGE).is_some())
+        .ok_or_else(|| ApiError::Internal(format!("namespace {} has no host id range left", ns.name)))?;
+    Ok(IdRange { host_start: start, size: ID_RANGE })
+}
+
+/// Limits of a namespace's cgroup: its quotas, and processes for all its sandboxes.
+pub fn namespace_limits(ns: &NamespaceRow) -> NamespaceLimits {
+    let q = &ns.quotas;
+    NamespaceLimits {
+        cpu_millis: q.cpu_millis,
+        memory_bytes: q.memory_bytes,
+        pids: q.pids_per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        use bulkhead_supervisor::protocol::FailureKind;
+        match e {
+            RuntimeError::NotRunning(id) => ApiError::Conflict(format!("sandbox {id} is not running")),
+            RuntimeError::File(f) => match f.kind {
+                FailureKind::NotFound => ApiError::NotFound(f.message),
+                FailureKind::TooLarge => ApiError::PayloadTooLarge(f.message),
+                FailureKind::NoSpace => ApiError::QuotaExceeded(format!("no space left: {}", f.message)),
+                FailureKind::NotAFile
+                | FailureKind::PermissionDenied
+                | FailureKind::ReadOnly
+                | FailureKind::InvalidRequest => ApiError::Invalid(f.message),
+                FailureKind::Io => ApiError::Conflict(f.message),
+            },
+            // A sandbox that crashed or broke the protocol is the sandbox's fault, not the
+            // server's: a conflict with the sandbox's state, never a 5xx.
+            RuntimeError::Protocol(m) => ApiError::Conflict(format!("the sandbox did not answer properly: {m}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// What a create asks for, resolved against the namespace's quotas.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub ttl_seconds: u64,
+    pub env: Vec<(String, String)>,
+}
+
+/// Admits, records and starts a sandbox of `ns`.
+pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResult<SandboxRow> {
+    let class = state
+        .config
+        .runtime_classes
+        .get(&ns.isolation)
+        .ok_or_else(|| ApiError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation)))?
+        .clone();
+    let now = now_ms();
+    let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let row = SandboxRow {
+        id: bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX),
+        namespace: ns.name.clone(),
+        status: SandboxStatus::Creating,
+        reason: None,
+        isolation: ns.isolation.clone(),
+        cpu_millis: plan.cpu_millis,
+        memory_bytes: plan.memory_bytes,
+        pids: ns.quotas.pids_per_sandbox,
+        ttl_seconds: plan.ttl_seconds,
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(ttl_ms),
+        ended_at_ms: None,
+    };
+    let _guard = state.sandbox_locks.lock(&row.id).await;
+    match state.store.admit_sandbox(&row, &ns.quotas).await {
+        Err(StoreError::Quota(b)) => {
+            return Err(ApiError::QuotaExceeded(format!(
+                "quota {} exceeded: limit {}, in use {}, requested {}",
+                b.quota, b.limit, b.used, b.requested
+            )))
+        }
+        other => other?,
+    }
+    let spec = SandboxSpec {
+        id: row.id.clone(),
+        namespace: ns.name.clone(),
+        oci_runtime: class.runtime,
+        cpu_millis: row.cpu_millis,
+        memory_bytes: row.memory_bytes,
+        pids: row.pids,
+        tmp_bytes: row.memory_bytes.min(1 << 30),
+        ids: id_range(ns)?,
+        env: plan.env,
+    };
+    let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
+        Ok(()) => state.runtime.create(&spec).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = started {
+        let reason = format!("start_failed: {e}");
+        state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
+        return Err(ApiError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
+    }
+    let row = state
+        .store
+        .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
+    tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
+    Ok(row)
+}
+
+/// Stops a sandbox and frees every host resource it held; records `status` and `reason`.
+/// A sandbox that already ended is left as it is.
+pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, reason: &str) -> ApiResult<SandboxRow> {
+    let _guard = state.sandbox_locks.lock(&row.id).await;
+    let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
+    if !current.status.is_active() {
+        return Ok(current);
+    }
+    state.runtime.delete(&row.namespace, &row.id).await?;
+    let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now_ms())).await?;
+    tracing::info!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox ended");
+    Ok(updated.unwrap_or(current))
+}
+
+/// Tears down every sandbox of a namespace and its cgroup, before the namespace is deleted.
+pub async fn destroy_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
+    let active: Vec<SandboxRow> =
+        state.store.active_sandboxes().await?.into_iter().filter(|s| s.namespace == ns).collect();
+    for row in &active {
+        destroy(state, row, SandboxStatus::Deleted, "namespace_deleted").await?;
+    }
+    state.runtime.remove_namespace(ns).await?;
+    Ok(())
+}
+
+/// Ends every sandbox whose TTL has passed.
+pub async fn reap_expired(state: &AppState) -> ApiResult<usize> {
+    let now = now_ms();
+    let expired: Vec<SandboxRow> =
+        state.store.active_sandboxes().await?.into_iter().filter(|s| s.expires_at_ms <= now).collect();
+    for row in &expired {
+        if let Err(e) = destroy(state, row, SandboxStatus::Stopped, "ttl_expired").await {
+            tracing::warn!(sandbox = %row.id, error = %e, "expiry teardown failed; will retry");
+        }
+    }
+    Ok(expired.len())
+}
+
+/// Runs the reaper until the process ends.
+pub fn spawn_reaper(state: AppState) {
+    let interval = state.config.reap_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = reap_expired(&state).await {
+                tracing::warn!(error = %e, "reaper pass failed");
+            }
+        }
+    });
+}
+
+/// At start: every sandbox the store believes active is adopted when its supervisor still runs
+/// (and its TTL has not passed), and otherwise torn down and marked failed; every sandbox the
+/// host has but the store does not know as active is an orphan and removed; cgroups of
+/// namespaces that no longer exist are removed.
+pub async fn reconcile(state: &AppState) -> ApiResult<ReconcileReport> {
+    let mut report = ReconcileReport::default();
+    let host = state.runtime.list().await?;
+    let running: HashSet<&str> = host.iter().filter(|h| h.running).map(|h| h.id.as_str()).collect();
+    let active = state.store.active_sandboxes().await?;
+    let known: HashMap<&str, &SandboxRow> = active.iter().map(|s| (s.id.as_str(), s)).collect();
+    let now = now_ms();
+    for row in &active {
+        if row.status == SandboxStatus::Running && running.contains(row.id.as_str()) && row.expires_at_ms > now {
+            report.adopted += 1;
+            continue;
+        }
+        state.runtime.delete(&row.namespace, &row.id).await?;
+        let (status, reason) = if row.expires_at_ms <= now {
+            (SandboxStatus::Stopped, "ttl_expired")
+        } else {
+            (SandboxStatus::Failed, "lost: the sandbox was not running when the server started")
+        };
+        state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now)).await?;
+        report.failed += 1;
+    }
+    for h in &host {
+        if !known.contains_key(h.id.as_str()) {
+            state.runtime.delete(h.namespace.as_deref().unwrap_or(""), &h.id).await?;
+            report.orphans += 1;
+        }
+    }
+    for ns in state.runtime.namespaces().await? {
+        if state.store.get_namespace(&ns).await?.is_none() {
+            state.runtime.remove_namespace(&ns).await?;
+        }
+    }
+    Ok(report)
+}
+
+/// What reconciliation did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub adopted: usize,
+    pub failed: usize,
+    pub orphans: usize,
+}
