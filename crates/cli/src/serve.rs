@@ -28,6 +28,15 @@ pub struct ServeArgs {
     /// more. Default: `container=runc`.
     #[arg(long = "runtime-class", value_name = "NAME=RUNTIME")]
     runtime_classes: Vec<String>,
+    /// Host directory of sandbox bundles and OCI runtime state.
+    #[arg(long, env = "BULKHEAD_STATE_DIR", default_value = "/run/bulkhead")]
+    state_dir: PathBuf,
+    /// Name of this server's top cgroup.
+    #[arg(long, env = "BULKHEAD_CGROUP_PREFIX", default_value = "bulkhead")]
+    cgroup_prefix: String,
+    /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
+    #[arg(long, env = "BULKHEAD_SUPERVISOR")]
+    supervisor: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -47,6 +56,11 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
     let data_dir: PathBuf = global.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
+    config.runtime.state_dir = args.state_dir.clone();
+    config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
+    if let Some(s) = &args.supervisor {
+        config.runtime.supervisor = s.clone();
+    }
     if !args.runtime_classes.is_empty() {
         config.runtime_classes.clear();
         for spec in &args.runtime_classes {

@@ -12,19 +12,37 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 
-/// A running server; killed on drop if the test did not stop it.
+/// A running server; killed on drop if the test did not stop it, and every host resource of
+/// its sandboxes removed.
 struct Server {
     child: Option<Child>,
     url: String,
     data_dir: PathBuf,
     first_token: Option<String>,
+    state_dir: PathBuf,
+    cgroup_prefix: String,
+}
+
+/// A fresh runtime state dir and cgroup prefix for one test server.
+fn runtime_names() -> (PathBuf, String) {
+    let mut bytes = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
 }
 
 impl Server {
     fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, runtime_names())
+    }
+
+    fn start_with(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String)) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--cgroup-prefix", &cgroup_prefix])
             .env("BULKHEAD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -46,13 +64,16 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child: Some(child), url, data_dir: data_dir.to_owned(), first_token }
+        Server { child: Some(child), url, data_dir: data_dir.to_owned(), first_token, state_dir, cgroup_prefix }
     }
 
     /// Runs the CLI against this server; `token` `None` means "fall back to the admin token file".
     fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
         let mut c = Command::new(BIN);
-        c.args(args).env("BULKHEAD_URL", &self.url).env("BULKHEAD_DATA_DIR", &self.data_dir).env_remove("BULKHEAD_TOKEN");
+        c.args(args)
+            .env("BULKHEAD_URL", &self.url)
+            .env("BULKHEAD_DATA_DIR", &self.data_dir)
+            .env_remove("BULKHEAD_TOKEN");
         if let Some(t) = token {
             c.env("BULKHEAD_TOKEN", t);
         }
@@ -103,6 +124,7 @@ impl Drop for Server {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let _ = bulkhead_runtime::oci::purge(&self.state_dir, Path::new("/sys/fs/cgroup"), &self.cgroup_prefix);
     }
 }
 
@@ -133,7 +155,10 @@ fn first_session_through_the_cli() {
     // Keys: shown once, roles enforced, revocation immediate.
     let owner = server.json(None, &["key", "create", "--ns", "acme", "boss", "--role", "owner"]);
     let owner_token = owner["token"].as_str().unwrap().to_owned();
-    let dev = server.json(Some(&owner_token), &["key", "create", "--ns", "acme", "ci", "--role", "developer", "--expires-in", "30d"]);
+    let dev = server.json(
+        Some(&owner_token),
+        &["key", "create", "--ns", "acme", "ci", "--role", "developer", "--expires-in", "30d"],
+    );
     let dev_token = dev["token"].as_str().unwrap().to_owned();
     let dev_id = dev["id"].as_str().unwrap().to_owned();
     assert!(dev["expires_at"].as_str().is_some());
@@ -164,7 +189,10 @@ fn first_session_through_the_cli() {
     let records = server.json(Some(&owner_token), &["audit", "--ns", "acme"]);
     let actions: Vec<&str> = records.as_array().unwrap().iter().map(|r| r["action"].as_str().unwrap()).collect();
     // The developer's denied delete and its probe of another namespace are on acme's chain.
-    assert_eq!(actions, ["namespace.update", "key.create", "key.create", "namespace.delete", "namespace.get", "key.revoke"]);
+    assert_eq!(
+        actions,
+        ["namespace.update", "key.create", "key.create", "namespace.delete", "namespace.get", "key.revoke"]
+    );
     let v = server.json(Some(&owner_token), &["audit", "--ns", "acme", "--verify"]);
     assert_eq!(v["ok"], true);
     let platform = server.ok(None, &["audit", "--action", "namespace.create"]);
@@ -172,7 +200,8 @@ fn first_session_through_the_cli() {
 
     // Restart on the same data dir: no new admin token, every token and record kept.
     server.stop();
-    let server = Server::start(&data);
+    let names = (server.state_dir.clone(), server.cgroup_prefix.clone());
+    let server = Server::start_with(&data, names);
     assert!(server.first_token.is_none(), "a restart must not mint another admin token");
     assert_eq!(server.json(Some(&printed), &["namespace", "get", "acme"])["name"], "acme");
     assert_eq!(server.json(Some(&owner_token), &["audit", "--ns", "acme", "--verify"])["records"], 6);

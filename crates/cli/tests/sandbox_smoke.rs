@@ -13,8 +13,20 @@ async fn create_exec_files_delete() {
     let h = Harness::new().await;
     h.create_namespace("alpha").await;
     let admin = h.admin.clone();
+    let t = std::time::Instant::now();
     let id = h.create_sandbox("alpha", &admin, json!({"env": {"GREETING": "hello"}})).await;
+    eprintln!("create {:?}", t.elapsed());
+    let t = std::time::Instant::now();
     let v = h.exec("alpha", &id, &admin, &["sh", "-c", "echo $GREETING; hostname; id -u"]).await;
+    eprintln!("exec {:?}", t.elapsed());
+    for _ in 0..3 {
+        let t = std::time::Instant::now();
+        h.exec("alpha", &id, &admin, &["true"]).await;
+        eprintln!("exec true {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        h.exec("alpha", &id, &admin, &["sh", "-c", "echo hi"]).await;
+        eprintln!("exec sh {:?}", t.elapsed());
+    }
     assert_eq!(v["exit_code"], 0, "{v}");
     assert_eq!(v["stdout"], format!("hello\n{id}\n0\n"), "{v}");
 
@@ -33,7 +45,9 @@ async fn create_exec_files_delete() {
     let (code, out, _) = h.sh("alpha", &id, &admin, "cat /tmp/x/y.txt").await;
     assert_eq!((code, out.as_str()), (0, "file body"));
 
+    let t = std::time::Instant::now();
     let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{id}"), Some(&admin), Value::Null).await;
+    eprintln!("delete {:?}", t.elapsed());
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{id}"), Some(&admin), Value::Null).await;
     assert_eq!(r.body["status"], "deleted");

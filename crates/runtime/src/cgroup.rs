@@ -143,9 +143,15 @@ impl Cgroups {
         self.remove_tree(&Path::new(namespace).join(id))
     }
 
-    /// Removes a namespace's cgroups and everything under them.
+    /// Removes a namespace's cgroups and everything under them, and the server's top cgroup
+    /// when it was the last namespace.
     pub fn remove_namespace(&self, namespace: &str) -> Result<()> {
-        self.remove_tree(Path::new(namespace))
+        self.remove_tree(Path::new(namespace))?;
+        for h in self.hierarchies() {
+            // Fails harmlessly while another namespace still has a cgroup.
+            let _ = fs::remove_dir(h.join(&self.prefix));
+        }
+        Ok(())
     }
 
     /// Removes the server's whole tree (used when nothing should be left).
@@ -175,7 +181,10 @@ impl Cgroups {
             }
             for sbx in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
                 if sbx.path().is_dir() {
-                    out.push((ns.file_name().to_string_lossy().into_owned(), sbx.file_name().to_string_lossy().into_owned()));
+                    out.push((
+                        ns.file_name().to_string_lossy().into_owned(),
+                        sbx.file_name().to_string_lossy().into_owned(),
+                    ));
                 }
             }
         }

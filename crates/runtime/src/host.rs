@@ -24,7 +24,10 @@ pub fn supervisor_processes() -> Vec<HostResource> {
         if let Ok(cmdline) = fs::read(e.path().join("cmdline")) {
             let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
             if argv0 == crate::spec::SUPERVISOR_PATH.as_bytes() {
-                out.push(HostResource { kind: "process", name: format!("pid {name} ({})", crate::spec::SUPERVISOR_PATH) });
+                out.push(HostResource {
+                    kind: "process",
+                    name: format!("pid {name} ({})", crate::spec::SUPERVISOR_PATH),
+                });
             }
         }
     }

@@ -21,7 +21,8 @@ use tokio::process::Command;
 use crate::cgroup::Cgroups;
 use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
-    client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec, SandboxStats,
+    client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec,
+    SandboxStats,
 };
 
 /// How long an OCI runtime invocation may take before it is considered hung.
@@ -49,12 +50,18 @@ pub struct OciRuntime {
 }
 
 fn is_sandbox_id(id: &str) -> bool {
-    id.strip_prefix("sbx_").is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    id.strip_prefix("sbx_")
+        .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
-    fs::DirBuilder::new().mode(mode).recursive(true).create(path).map_err(RuntimeError::io(format!("create {}", path.display())))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(RuntimeError::io(format!("chmod {}", path.display())))
+    fs::DirBuilder::new()
+        .mode(mode)
+        .recursive(true)
+        .create(path)
+        .map_err(RuntimeError::io(format!("create {}", path.display())))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(RuntimeError::io(format!("chmod {}", path.display())))
 }
 
 /// Runs `<binary> --version` to check that an OCI runtime is installed.
@@ -86,7 +93,8 @@ fn check_host(config: &OciConfig) -> Result<()> {
                 .into(),
         ));
     }
-    let userns = fs::read_to_string("/proc/sys/user/max_user_namespaces").ok().and_then(|s| s.trim().parse::<u64>().ok());
+    let userns =
+        fs::read_to_string("/proc/sys/user/max_user_namespaces").ok().and_then(|s| s.trim().parse::<u64>().ok());
     if userns == Some(0) || !Path::new("/proc/self/ns/user").exists() {
         return Err(RuntimeError::Unavailable(
             "user namespaces are disabled: enable them (sysctl user.max_user_namespaces=15000)".into(),
@@ -229,7 +237,9 @@ impl OciRuntime {
         let mut cmd = Command::new(&spec.oci_runtime);
         cmd.arg("--root")
             .arg(self.oci_root())
-            .args(["run", "--detach", "--preserve-fds", "1", "--bundle"])
+            .args(["run", "--detach", "--preserve-fds", "1", "--pid-file"])
+            .arg(bundle.join("pid"))
+            .arg("--bundle")
             .arg(&bundle)
             .arg(&spec.id)
             .stdin(Stdio::null())
@@ -249,13 +259,47 @@ impl OciRuntime {
         }
         let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
         drop(listener);
-        let failed = |detail: String| RuntimeError::Oci { runtime: spec.oci_runtime.clone(), action: "start the sandbox", detail };
+        let failed = |detail: String| RuntimeError::Oci {
+            runtime: spec.oci_runtime.clone(),
+            action: "start the sandbox",
+            detail,
+        };
         match status {
             Ok(Ok(s)) if s.success() => Ok(()),
             Ok(Ok(s)) => Err(failed(format!("{s}: {}", log_tail(&bundle.join("supervisor.log"))))),
             Ok(Err(e)) => Err(failed(e.to_string())),
             Err(_) => Err(failed("timed out".into())),
         }
+    }
+}
+
+/// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
+/// still names it, and waits briefly for it to be gone.
+async fn kill_init(bundle: &Path) {
+    let Some(pid) = fs::read_to_string(bundle.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+        return;
+    };
+    let is_supervisor = |pid: i32| {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
+            .unwrap_or(false)
+    };
+    // The pid may have been reused since the file was written: only a supervisor is killed.
+    if pid <= 1 || !is_supervisor(pid) {
+        return;
+    }
+    // SAFETY: kill takes plain integers; the pid was just checked to be a sandbox supervisor.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for _ in 0..400 {
+        let gone = match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => true,
+            // A zombie (state Z) holds nothing of the sandbox any more.
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        };
+        if gone {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -346,6 +390,9 @@ impl Runtime for OciRuntime {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
         Self::check_id(id)?;
         let runtime = self.runtime_of(id);
+        // Killing the sandbox's init ends its whole pid namespace at once; the OCI runtime's
+        // own forced delete would poll for that in 100 ms steps.
+        kill_init(&self.bundle(id)).await;
         let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -388,7 +435,9 @@ impl Runtime for OciRuntime {
             let runtime = self.runtime_of(&id);
             let running = match self.run_oci(&runtime, &["state", &id], "read the sandbox state").await {
                 Ok(o) if o.status.success() => {
-                    serde_json::from_slice::<serde_json::Value>(&o.stdout).ok().and_then(|v| v["status"].as_str().map(str::to_owned))
+                    serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                        .ok()
+                        .and_then(|v| v["status"].as_str().map(str::to_owned))
                         == Some("running".to_owned())
                 }
                 _ => false,

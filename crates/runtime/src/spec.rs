@@ -159,7 +159,11 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
                 .ambient(HashSet::new())
                 .build()?,
         )
-        .rlimits(vec![PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).soft(4096u64).hard(4096u64).build()?])
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(4096u64)
+            .hard(4096u64)
+            .build()?])
         .build()?;
 
     let memory = i64::try_from(sandbox.memory_bytes).unwrap_or(i64::MAX);
@@ -223,7 +227,10 @@ pub fn environment(extra: &[(String, String)]) -> Vec<String> {
 /// hostname, and nothing of the host's (no `shadow`, no keys, no configuration).
 pub fn etc_files(hostname: &str) -> Vec<(&'static str, String)> {
     vec![
-        ("passwd", "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned()),
+        (
+            "passwd",
+            "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned(),
+        ),
         ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
         ("hostname", format!("{hostname}\n")),
         ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")),
@@ -258,7 +265,8 @@ mod tests {
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
         };
-        let base = vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
+        let base =
+            vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
         let spec = build(&sandbox(), &base, &paths).unwrap();
         let v = serde_json::to_value(&spec).unwrap();
         assert_eq!(v["root"]["readonly"], true);
@@ -266,7 +274,8 @@ mod tests {
         assert_eq!(v["process"]["noNewPrivileges"], true);
         let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert!(!caps.iter().any(|c| c == "CAP_SYS_ADMIN" || c == "CAP_NET_RAW" || c == "CAP_SYS_PTRACE"));
-        let ns: Vec<&str> = v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
+        let ns: Vec<&str> =
+            v["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         for t in ["pid", "network", "ipc", "uts", "mount", "user", "cgroup"] {
             assert!(ns.contains(&t), "{t} namespace missing");
         }

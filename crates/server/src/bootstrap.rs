@@ -123,7 +123,12 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {
-        tracing::info!(adopted = report.adopted, failed = report.failed, orphans = report.orphans, "reconciled sandboxes");
+        tracing::info!(
+            adopted = report.adopted,
+            failed = report.failed,
+            orphans = report.orphans,
+            "reconciled sandboxes"
+        );
     }
     Ok(Bootstrapped { state, new_admin_token })
 }

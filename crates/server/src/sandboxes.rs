@@ -74,7 +74,9 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         .config
         .runtime_classes
         .get(&ns.isolation)
-        .ok_or_else(|| ApiError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation)))?
+        .ok_or_else(|| {
+            ApiError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation))
+        })?
         .clone();
     let now = now_ms();
     let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);

@@ -46,7 +46,9 @@ impl SandboxStatus {
     }
 
     pub fn parse(s: &str) -> Option<SandboxStatus> {
-        [Self::Creating, Self::Running, Self::Stopped, Self::Failed, Self::Deleted].into_iter().find(|x| x.as_str() == s)
+        [Self::Creating, Self::Running, Self::Stopped, Self::Failed, Self::Deleted]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 
     /// Whether the sandbox holds (or is about to hold) host resources and counts against quotas.

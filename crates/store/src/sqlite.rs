@@ -17,7 +17,8 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
-    AuditQuery, IdempotentReply, KeyRow, NamespaceRow, QuotaBreach, Result, SandboxRow, SandboxStatus, Store, StoreError,
+    AuditQuery, IdempotentReply, KeyRow, NamespaceRow, QuotaBreach, Result, SandboxRow, SandboxStatus, Store,
+    StoreError,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -83,7 +84,8 @@ fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
         updated_at_ms: row.try_get("updated_at_ms")?,
         id_slot: {
             let slot: Option<i64> = row.try_get("id_slot")?;
-            slot.and_then(|s| u32::try_from(s).ok()).ok_or_else(|| StoreError::Corrupt("namespace without id slot".into()))?
+            slot.and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("namespace without id slot".into()))?
         },
     })
 }
@@ -200,7 +202,11 @@ impl Store for SqliteStore {
             .fetch_one(&mut *tx)
             .await?
             .try_get("slot")?;
-        sqlx::query("UPDATE namespaces SET id_slot = ? WHERE name = ?").bind(slot).bind(&ns.name).execute(&mut *tx).await?;
+        sqlx::query("UPDATE namespaces SET id_slot = ? WHERE name = ?")
+            .bind(slot)
+            .bind(&ns.name)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

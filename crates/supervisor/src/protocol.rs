@@ -196,6 +196,8 @@ mod tests {
         let mut hostile = vec![kind::STDOUT];
         hostile.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(read_frame(&mut &hostile[..]).is_err());
-        assert!(serde_json::from_slice::<Request>(br#"{"op":"read_file","path":"/x","max_bytes":1,"extra":1}"#).is_err());
+        assert!(
+            serde_json::from_slice::<Request>(br#"{"op":"read_file","path":"/x","max_bytes":1,"extra":1}"#).is_err()
+        );
     }
 }

@@ -147,10 +147,7 @@ impl Reaper {
 
     /// Notes that a spawn begins; pair with [`Reaper::spawned`].
     fn spawning(&self) {
-        let mut st = self.lock();
-        st.spawning += 1;
-        st.generation += 1;
-        self.wake.notify_all();
+        self.lock().spawning += 1;
     }
 
     /// Ends a spawn; with the child's pid when it started, and the channel on which its wait
@@ -158,6 +155,9 @@ impl Reaper {
     fn spawned(&self, pid: Option<i32>) -> Option<Receiver<i32>> {
         let mut st = self.lock();
         st.spawning -= 1;
+        // The child exists now (or never will): wake a reaper that found no children.
+        st.generation += 1;
+        self.wake.notify_all();
         let pid = pid?;
         let (tx, rx) = mpsc::sync_channel(1);
         st.tracked.insert(pid, tx);
@@ -284,10 +284,8 @@ fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
             timed_out = true;
             kill_group(pid);
         }
-        let open: Vec<RawFd> = [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())]
-            .into_iter()
-            .flatten()
-            .collect();
+        let open: Vec<RawFd> =
+            [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())].into_iter().flatten().collect();
         if open.is_empty() {
             if status.is_some() {
                 break;
@@ -386,7 +384,10 @@ fn read_file(conn: &mut UnixStream, path: &str, max_bytes: u64) -> Result<u64, F
         return Err(Failure::new(FailureKind::NotAFile, format!("{path}: not a regular file")));
     }
     if meta.len() > max_bytes {
-        return Err(Failure::new(FailureKind::TooLarge, format!("{path}: {} bytes is over the {max_bytes} byte limit", meta.len())));
+        return Err(Failure::new(
+            FailureKind::TooLarge,
+            format!("{path}: {} bytes is over the {max_bytes} byte limit", meta.len()),
+        ));
     }
     let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
@@ -428,13 +429,18 @@ fn write_file(conn: &mut UnixStream, path: &str, max_bytes: u64, mode: u32) -> R
                 Ok(Some((kind::DATA, data))) => {
                     total += data.len() as u64;
                     if total > max_bytes {
-                        return Err(Failure::new(FailureKind::TooLarge, format!("{path}: over the {max_bytes} byte limit")));
+                        return Err(Failure::new(
+                            FailureKind::TooLarge,
+                            format!("{path}: over the {max_bytes} byte limit"),
+                        ));
                     }
                     file.write_all(&data).map_err(|e| Failure::from_io(path, &e))?;
                 }
                 Ok(Some((kind::DATA_END, _))) => break,
                 Ok(Some(_)) => return Err(Failure::new(FailureKind::InvalidRequest, "unexpected frame")),
-                Ok(None) | Err(_) => return Err(Failure::new(FailureKind::Io, "connection closed before the end of the data")),
+                Ok(None) | Err(_) => {
+                    return Err(Failure::new(FailureKind::Io, "connection closed before the end of the data"))
+                }
             }
         }
         file.sync_all().map_err(|e| Failure::from_io(path, &e))?;
@@ -535,7 +541,8 @@ mod tests {
         let (dir, sock) = start();
         let path = dir.path().join("sub/dir/f.txt").display().to_string();
         let mut c = UnixStream::connect(&sock).unwrap();
-        write_json(&mut c, kind::REQUEST, &Request::WriteFile { path: path.clone(), max_bytes: 100, mode: 0o4755 }).unwrap();
+        write_json(&mut c, kind::REQUEST, &Request::WriteFile { path: path.clone(), max_bytes: 100, mode: 0o4755 })
+            .unwrap();
         write_frame(&mut c, kind::DATA, b"content").unwrap();
         write_frame(&mut c, kind::DATA_END, &[]).unwrap();
         assert_eq!(read_frame(&mut c).unwrap().unwrap().0, kind::DONE);
@@ -549,7 +556,8 @@ mod tests {
         assert_eq!(serde_json::from_slice::<Failure>(&p).unwrap().kind, FailureKind::TooLarge);
 
         let mut c = UnixStream::connect(&sock).unwrap();
-        write_json(&mut c, kind::REQUEST, &Request::WriteFile { path: path.clone(), max_bytes: 4, mode: 0o644 }).unwrap();
+        write_json(&mut c, kind::REQUEST, &Request::WriteFile { path: path.clone(), max_bytes: 4, mode: 0o644 })
+            .unwrap();
         write_frame(&mut c, kind::DATA, b"too long").unwrap();
         let (k, _) = read_frame(&mut c).unwrap().unwrap();
         assert_eq!(k, kind::FAILURE);

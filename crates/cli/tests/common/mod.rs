@@ -49,7 +49,9 @@ fn bulkhead_core_tag() -> String {
 impl Drop for Harness {
     fn drop(&mut self) {
         let r = &self.runtime;
-        if let Err(e) = bulkhead_runtime::oci::purge(&r.state_dir, std::path::Path::new("/sys/fs/cgroup"), &r.cgroup_prefix) {
+        if let Err(e) =
+            bulkhead_runtime::oci::purge(&r.state_dir, std::path::Path::new("/sys/fs/cgroup"), &r.cgroup_prefix)
+        {
             eprintln!("harness teardown: {e}");
         }
     }

@@ -108,7 +108,12 @@ fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
     responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
-pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxCreate, Some(&ns), format!("namespace:{ns}"))?;
     let req: CreateSandbox = json(&headers, &body)?;
     let namespace = load_namespace(&ctx, &ns).await?;
