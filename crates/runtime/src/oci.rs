@@ -188,12 +188,18 @@ impl OciRuntime {
         }
         // The dynamic linker's cache: library paths only, nothing secret.
         let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
+        let shared_etc: Vec<String> =
+            spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
+        for sub in &shared_etc {
+            mkdir(&etc.join(sub), 0o755)?;
+        }
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
         let paths = SpecPaths {
             etc,
             supervisor: self.config.supervisor.clone(),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
+            shared_etc,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),

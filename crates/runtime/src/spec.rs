@@ -29,6 +29,10 @@ pub const CPU_PERIOD_US: u64 = 100_000;
 /// them are symlinks into `/usr`, and are reproduced as symlinks.
 pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
+/// Host `/etc` subdirectories shared read-only with every sandbox: Debian's alternatives
+/// (symlinks such as `awk -> mawk`) and the public CA certificates. Nothing secret.
+pub const SHARED_ETC: &[&str] = &["alternatives", "ssl/certs"];
+
 /// Paths masked with an empty file or directory: host information no sandbox needs.
 const MASKED: &[&str] = &[
     "/proc/acpi",
@@ -119,6 +123,8 @@ pub struct SpecPaths {
     pub supervisor: PathBuf,
     /// `cgroupsPath`, such as `/bulkhead/acme/sbx_…`.
     pub cgroups_path: String,
+    /// Which of [`SHARED_ETC`] the host has (each has a mount point in `etc`).
+    pub shared_etc: Vec<String>,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -135,6 +141,9 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         fs_mount("tmpfs", "/run", &["nosuid", "nodev", "noexec", "mode=755", "size=16m"])?,
         bind(&paths.etc, "/etc", true)?,
     ];
+    for sub in &paths.shared_etc {
+        mounts.push(bind(&Path::new("/etc").join(sub), &format!("/etc/{sub}"), true)?);
+    }
     for entry in base {
         if let BaseEntry::Bind(name) = entry {
             mounts.push(bind(&Path::new("/").join(name), &format!("/{name}"), true)?);
@@ -264,6 +273,7 @@ mod tests {
             etc: "/run/b/etc".into(),
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
+            shared_etc: vec!["alternatives".into()],
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
