@@ -35,61 +35,29 @@ fn expected_own(op: &str, who: Who) -> u16 {
     if who == Anonymous {
         return if op == "GET /healthz" { 200 } else { 401 };
     }
+    // `success` when the role may, 403 when it may not.
+    let may = |allowed: bool, success: u16| if allowed { success } else { 403 };
+    let platform = who == PlatformAdmin;
     let managers = matches!(who, PlatformAdmin | Owner | Admin);
+    // Running code and file contents need a developer; a viewer sees metadata only.
+    let developers = who != Viewer;
     match op {
         "GET /healthz" => 200,
-        "POST /v1/namespaces" => {
-            if who == PlatformAdmin {
-                201
-            } else {
-                403
-            }
-        }
-        "GET /v1/namespaces" => 200,
-        "GET /v1/namespaces/{ns}" => 200,
-        "PATCH /v1/namespaces/{ns}" => {
-            if who == PlatformAdmin {
-                200
-            } else {
-                403
-            }
-        }
-        "DELETE /v1/namespaces/{ns}" => {
-            if who == PlatformAdmin {
-                204
-            } else {
-                403
-            }
-        }
-        "POST /v1/namespaces/{ns}/keys" => {
-            if managers {
-                201
-            } else {
-                403
-            }
-        }
-        "GET /v1/namespaces/{ns}/keys" | "GET /v1/namespaces/{ns}/keys/{id}" => {
-            if managers {
-                200
-            } else {
-                403
-            }
-        }
-        "DELETE /v1/namespaces/{ns}/keys/{id}" => {
-            if managers {
-                204
-            } else {
-                403
-            }
-        }
+        "POST /v1/namespaces" => may(platform, 201),
+        "GET /v1/namespaces" | "GET /v1/namespaces/{ns}" => 200,
+        "PATCH /v1/namespaces/{ns}" => may(platform, 200),
+        "DELETE /v1/namespaces/{ns}" => may(platform, 204),
+        "POST /v1/namespaces/{ns}/keys" => may(managers, 201),
+        "GET /v1/namespaces/{ns}/keys" | "GET /v1/namespaces/{ns}/keys/{id}" => may(managers, 200),
+        "DELETE /v1/namespaces/{ns}/keys/{id}" => may(managers, 204),
         "GET /v1/namespaces/{ns}/audit" | "GET /v1/namespaces/{ns}/audit/verify" => 200,
-        "GET /v1/audit" | "GET /v1/audit/verify" => {
-            if who == PlatformAdmin {
-                200
-            } else {
-                403
-            }
-        }
+        "GET /v1/audit" | "GET /v1/audit/verify" => may(platform, 200),
+        "GET /v1/namespaces/{ns}/sandboxes" | "GET /v1/namespaces/{ns}/sandboxes/{id}" => 200,
+        "POST /v1/namespaces/{ns}/sandboxes" => may(developers, 201),
+        "DELETE /v1/namespaces/{ns}/sandboxes/{id}" => may(developers, 204),
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/exec" => may(developers, 200),
+        "GET /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 200),
+        "PUT /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 204),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -112,6 +80,9 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces") => namespace_body("gamma"),
         ("PATCH", _) => json!({"quotas": {"max_sandboxes": 3}}),
         ("POST", "/v1/namespaces/{ns}/keys") => json!({"name": "fresh", "role": "developer"}),
+        ("POST", "/v1/namespaces/{ns}/sandboxes") => json!({"memory_bytes": 64 << 20}),
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/exec") => json!({"cmd": ["true"]}),
+        ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => json!("file contents"),
         _ => Value::Null,
     }
 }
@@ -121,6 +92,18 @@ struct World {
     tokens: Vec<(Who, Option<String>)>,
     /// A developer key of each namespace, the one the key routes act on.
     victim: [(String, String); 2],
+    /// A running sandbox of each namespace, when the route acts on one.
+    sandboxes: Option<[String; 2]>,
+}
+
+async fn world_for(template: &str) -> World {
+    let mut w = world().await;
+    if template.contains("/sandboxes/{id}") {
+        let a = w.h.create_sandbox("alpha", &w.h.admin, json!({"memory_bytes": 64 << 20})).await;
+        let b = w.h.create_sandbox("beta", &w.h.admin, json!({"memory_bytes": 64 << 20})).await;
+        w.sandboxes = Some([a, b]);
+    }
+    w
 }
 
 async fn world() -> World {
@@ -136,7 +119,7 @@ async fn world() -> World {
     }
     let (a, _) = h.create_key("alpha", "victim", "developer").await;
     let (b, _) = h.create_key("beta", "victim", "developer").await;
-    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)] }
+    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)], sandboxes: None }
 }
 
 fn operations() -> Vec<(Method, String)> {
@@ -150,7 +133,7 @@ fn operations() -> Vec<(Method, String)> {
             }
         }
     }
-    assert!(ops.len() >= 14, "the OpenAPI document lost routes: {ops:?}");
+    assert!(ops.len() >= 21, "the OpenAPI document lost routes: {ops:?}");
     ops
 }
 
@@ -166,13 +149,23 @@ async fn every_route_every_principal_every_namespace() {
                     continue;
                 }
                 // A fresh world per case: deletes must not change what later cases see.
-                let w = world().await;
-                let (ns, key_id) = match target {
+                let w = world_for(&template).await;
+                let (ns, mut id) = match target {
                     Target::Own => (w.victim[0].0.clone(), w.victim[0].1.clone()),
                     Target::Foreign => (w.victim[1].0.clone(), w.victim[1].1.clone()),
                     Target::Missing => ("ghost".to_owned(), "key_00000000000000000000000000000000".to_owned()),
                 };
-                let path = template.replace("{ns}", &ns).replace("{id}", &key_id);
+                if let Some([a, b]) = &w.sandboxes {
+                    id = match target {
+                        Target::Own => a.clone(),
+                        Target::Foreign => b.clone(),
+                        Target::Missing => "sbx_00000000000000000000000000000000".to_owned(),
+                    };
+                }
+                let mut path = template.replace("{ns}", &ns).replace("{id}", &id);
+                if template.ends_with("/files") {
+                    path.push_str(if method == Method::GET { "?path=/etc/hostname" } else { "?path=/tmp/written" });
+                }
                 let token = w.tokens.iter().find(|(t, _)| *t == who).and_then(|(_, tok)| tok.clone());
                 let r = w.h.call(method.clone(), &path, token.as_deref(), body_for(&method, &template)).await;
                 let want = expected(&op, who, target);
@@ -197,7 +190,7 @@ async fn every_route_every_principal_every_namespace() {
             }
         }
     }
-    assert!(checked > 150, "only {checked} cases ran");
+    assert!(checked > 250, "only {checked} cases ran");
 }
 
 #[tokio::test]

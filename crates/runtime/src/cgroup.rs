@@ -223,6 +223,7 @@ impl Cgroups {
                     memory_peak_bytes: read_u64(&d.join("memory.peak")).unwrap_or(memory),
                     pids: read_u64(&d.join("pids.current")).unwrap_or(0),
                     oom_kills: keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
+                    pids_limit_hits: keyed(&d.join("pids.events"), "max").unwrap_or(0),
                 }
             }
             Version::V1 => {
@@ -236,6 +237,7 @@ impl Cgroups {
                     memory_peak_bytes: read_u64(&mem.join("memory.max_usage_in_bytes")).unwrap_or(0),
                     pids: read_u64(&self.root.join("pids").join(&rel).join("pids.current")).unwrap_or(0),
                     oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
+                    pids_limit_hits: keyed(&self.root.join("pids").join(&rel).join("pids.events"), "max").unwrap_or(0),
                 }
             }
         })

@@ -59,6 +59,8 @@ pub struct SandboxStats {
     pub pids: u64,
     /// Processes the kernel's OOM killer ended in this sandbox.
     pub oom_kills: u64,
+    /// Forks the kernel refused because the sandbox was at its pids limit.
+    pub pids_limit_hits: u64,
 }
 
 /// A sandbox as the host sees it, for reconciliation.
