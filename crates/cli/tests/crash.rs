@@ -1,0 +1,157 @@
+//! `kill -9` of the server with sandboxes running, then a restart: sandboxes that still run
+//! are adopted, sandboxes that died meanwhile are marked failed with a reason, sandboxes the
+//! store does not know are removed, and in the end nothing is left on the host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+fn start(data: &Path, state: &Path, prefix: &str) -> Server {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--cgroup-prefix", prefix])
+        .env("BULKHEAD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("server exited before listening").unwrap();
+        if let Some(u) = line.strip_prefix("bulkhead listening on ") {
+            break u.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+fn http(server: &Server, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-w", "\n%{http_code}", "-X", method, "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("{}{path}", server.url));
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "--data-binary", b]);
+    }
+    let out = c.output().expect("curl (scripts/os-deps --test installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Cleanup(PathBuf, String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = bulkhead_runtime::oci::purge(&self.0, Path::new("/sys/fs/cgroup"), &self.1);
+    }
+}
+
+fn supervisor_pid(state: &Path, id: &str) -> i32 {
+    std::fs::read_to_string(state.join("sandboxes").join(id).join("pid")).unwrap().trim().parse().unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[test]
+fn kill_9_restart_reconciles_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut tag = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut tag).unwrap();
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let state = PathBuf::from(format!("/run/bulkhead-test-{tag}"));
+    let prefix = format!("bulkhead-test-{tag}");
+    let _cleanup = Cleanup(state.clone(), prefix.clone());
+
+    let mut server = start(&data, &state, &prefix);
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    let ns = r#"{"name":"alpha","quotas":{"cpu_millis":2000,"memory_bytes":2147483648,"disk_bytes":0,"max_sandboxes":5,"pids_per_sandbox":64,"max_sandbox_ttl_seconds":3600}}"#;
+    assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(ns)).0, 201);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (code, body) = http(&server, &admin, "POST", "/v1/namespaces/alpha/sandboxes", Some(r#"{"memory_bytes":67108864,"cpu_millis":500}"#));
+        assert_eq!(code, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    let (survivor, casualty, orphan) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    let exec = |s: &Server, id: &str, cmd: &str| {
+        let body = serde_json::json!({"cmd": ["sh", "-c", cmd]}).to_string();
+        http(s, &admin, "POST", &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"), Some(&body))
+    };
+    assert_eq!(exec(&server, &survivor, "echo kept > /tmp/state").0, 200);
+
+    // The crash.
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    // While the server is down, one sandbox dies, and the store forgets another.
+    let casualty_pid = supervisor_pid(&state, &casualty);
+    let orphan_pid = supervisor_pid(&state, &orphan);
+    assert!(Command::new("kill").args(["-9", &casualty_pid.to_string()]).status().unwrap().success());
+    let db = data.join("bulkhead.db");
+    let sql = format!("UPDATE sandboxes SET status = 'deleted' WHERE id = '{orphan}';");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await.unwrap();
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    });
+
+    let mut server = start(&data, &state, &prefix);
+    // Adopted: still running, its /tmp intact.
+    let (code, body) = exec(&server, &survivor, "cat /tmp/state");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["stdout"], "kept\n");
+    // Marked failed with a reason, and nothing of it left.
+    let (_, body) = http(&server, &admin, "GET", &format!("/v1/namespaces/alpha/sandboxes/{casualty}"), None);
+    assert_eq!(body["status"], "failed", "{body}");
+    assert!(body["reason"].as_str().unwrap().starts_with("lost"), "{body}");
+    assert!(!state.join("sandboxes").join(&casualty).exists());
+    // The orphan is gone from the host.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(orphan_pid) {
+        assert!(Instant::now() < deadline, "the orphan's supervisor still runs");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!state.join("sandboxes").join(&orphan).exists());
+
+    // Delete the survivor, stop the server: nothing of Bulkhead is left.
+    let survivor_pid = supervisor_pid(&state, &survivor);
+    assert_eq!(http(&server, &admin, "DELETE", &format!("/v1/namespaces/alpha/sandboxes/{survivor}"), None).0, 204);
+    assert_eq!(http(&server, &admin, "DELETE", "/v1/namespaces/alpha", None).0, 204);
+    assert!(Command::new("kill").args(["-TERM", &server.child.id().to_string()]).status().unwrap().success());
+    assert!(server.child.wait().unwrap().success());
+    assert!(!alive(survivor_pid));
+    assert_eq!(std::fs::read_dir(state.join("sandboxes")).unwrap().count(), 0, "bundles left");
+    assert_eq!(std::fs::read_dir(state.join("runc")).unwrap().count(), 0, "OCI runtime state left");
+    let cgroups = bulkhead_runtime::cgroup::Cgroups::detect(Path::new("/sys/fs/cgroup"), &prefix).unwrap();
+    assert!(cgroups.existing().is_empty(), "cgroups left: {:?}", cgroups.existing());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(state.to_str().unwrap()), "mounts left");
+}
