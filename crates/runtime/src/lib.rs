@@ -13,6 +13,7 @@ pub mod host;
 pub mod oci;
 pub mod seccomp;
 pub mod spec;
+pub mod storage;
 
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
@@ -48,7 +49,20 @@ pub struct SandboxSpec {
     pub ids: IdRange,
     /// Environment of every command, on top of `PATH` and `HOME`.
     pub env: Vec<(String, String)>,
+    /// A filesystem mounted at `/workspace`.
+    pub workspace: Option<Workspace>,
 }
+
+/// A filesystem attached to a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// Where it is mounted on the host.
+    pub source: std::path::PathBuf,
+    pub read_only: bool,
+}
+
+/// Where an attached filesystem appears inside the sandbox.
+pub const WORKSPACE_PATH: &str = "/workspace";
 
 /// Resource use of one sandbox, read from its cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,6 +95,9 @@ pub enum RuntimeError {
     /// The OCI runtime refused or failed.
     #[error("OCI runtime {runtime} failed to {action}: {detail}")]
     Oci { runtime: String, action: &'static str, detail: String },
+    /// The resource is in a state that does not allow the operation now.
+    #[error("{0}")]
+    Busy(String),
     /// The sandbox is not on this host (any more).
     #[error("sandbox {0} is not running")]
     NotRunning(String),

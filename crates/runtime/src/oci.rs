@@ -168,7 +168,7 @@ impl OciRuntime {
         mkdir(&bundle, 0o711)?;
         let rootfs = bundle.join("rootfs");
         mkdir(&rootfs, 0o755)?;
-        for dir in ["proc", "dev", "sys", "tmp", "run", "etc", ".bulkhead"] {
+        for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
         }
         for entry in &self.base {

@@ -150,6 +150,9 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         }
     }
     mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
+    if let Some(ws) = &sandbox.workspace {
+        mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
+    }
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
     let process = ProcessBuilder::default()
@@ -264,6 +267,7 @@ mod tests {
             tmp_bytes: 64 << 20,
             ids: IdRange { host_start: 1_065_536, size: 65536 },
             env: vec![("HOME".into(), "/work".into()), ("TOKEN".into(), "x".into())],
+            workspace: Some(crate::Workspace { source: "/run/b/filesystems/fs_1".into(), read_only: true }),
         }
     }
 
@@ -302,6 +306,8 @@ mod tests {
         let mounts = v["mounts"].as_array().unwrap();
         let tmp = mounts.iter().find(|m| m["destination"] == "/tmp").unwrap();
         assert!(tmp["options"].as_array().unwrap().iter().any(|o| o == "size=67108864"));
+        let ws = mounts.iter().find(|m| m["destination"] == "/workspace").unwrap();
+        assert!(ws["options"].as_array().unwrap().iter().any(|o| o == "ro"));
         let etc = mounts.iter().find(|m| m["destination"] == "/etc").unwrap();
         assert_eq!(etc["source"], "/run/b/etc");
         assert!(etc["options"].as_array().unwrap().iter().any(|o| o == "ro"));

@@ -41,6 +41,7 @@ impl From<RuntimeError> for ApiError {
         use bulkhead_supervisor::protocol::FailureKind;
         match e {
             RuntimeError::NotRunning(id) => ApiError::Conflict(format!("sandbox {id} is not running")),
+            RuntimeError::Busy(m) => ApiError::Conflict(m),
             RuntimeError::File(f) => match f.kind {
                 FailureKind::NotFound => ApiError::NotFound(f.message),
                 FailureKind::TooLarge => ApiError::PayloadTooLarge(f.message),
@@ -114,6 +115,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         tmp_bytes: row.memory_bytes.min(1 << 30),
         ids: id_range(ns)?,
         env: plan.env,
+        workspace: None,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,

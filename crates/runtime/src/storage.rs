@@ -1,0 +1,243 @@
+//! Filesystems: one sparse ext4 image per filesystem, loop-mounted on the host, so the kernel
+//! enforces each filesystem's size (a write past it fails with `ENOSPC`) and one tenant's data
+//! never shares a filesystem with another's.
+//!
+//! Images live in `<data-dir>/filesystems/images/<id>.img` (the data dir is 0700). They are
+//! mounted at `<state-dir>/filesystems/<id>`: the state dir is traversable by the sandboxes' mapped
+//! ids (the OCI runtime bind-mounts from inside the user namespace), and the root directory of
+//! each filesystem is 0700 and owned by its namespace's mapped root, so no other host user and
+//! no other namespace's ids can enter it.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::Command;
+
+use crate::{IdRange, Result, RuntimeError};
+
+/// Smallest filesystem: room for ext4's metadata and journal.
+pub const MIN_SIZE: u64 = 16 << 20;
+/// Sizes are whole 4 KiB blocks.
+pub const BLOCK: u64 = 4096;
+
+/// The host side of filesystems.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    images: PathBuf,
+    mounts: PathBuf,
+}
+
+/// Space of one filesystem, from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
+async fn run(program: &str, args: &[&str], what: &str) -> Result<()> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(RuntimeError::io(format!("{what}: run {program}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(RuntimeError::Io {
+        what: format!("{what}: {program} {}", out.status),
+        source: std::io::Error::other(stderr.trim().to_owned()),
+    })
+}
+
+fn is_fs_id(id: &str) -> bool {
+    id.strip_prefix("fs_").is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+fn check(id: &str) -> Result<()> {
+    if is_fs_id(id) {
+        Ok(())
+    } else {
+        Err(RuntimeError::Protocol(format!("{id:?} is not a filesystem id")))
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let wanted = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(wanted.as_ref())))
+        .unwrap_or(false)
+}
+
+impl Storage {
+    /// Prepares the directories; checks that the tools are installed.
+    pub fn new(data_dir: &Path, state_dir: &Path) -> Result<Storage> {
+        for tool in ["mkfs.ext4", "resize2fs", "e2fsck", "mount", "umount", "losetup"] {
+            let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].iter().any(|d| Path::new(d).join(tool).exists());
+            if !found {
+                return Err(RuntimeError::Unavailable(format!(
+                    "{tool} is missing: install e2fsprogs and mount (Debian/Ubuntu: apt-get install e2fsprogs mount)"
+                )));
+            }
+        }
+        let images = data_dir.join("filesystems").join("images");
+        let mounts = state_dir.join("filesystems");
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(RuntimeError::io("create the image dir"))?;
+        fs::DirBuilder::new().recursive(true).mode(0o711).create(&mounts).map_err(RuntimeError::io("create the mount dir"))?;
+        Ok(Storage { images, mounts })
+    }
+
+    pub fn image(&self, id: &str) -> PathBuf {
+        self.images.join(format!("{id}.img"))
+    }
+
+    /// Where the filesystem is mounted on the host.
+    pub fn mountpoint(&self, id: &str) -> PathBuf {
+        self.mounts.join(id)
+    }
+
+    /// Creates and mounts a filesystem of `size_bytes`, its root owned by `owner`'s root.
+    pub async fn create(&self, id: &str, size_bytes: u64, owner: IdRange) -> Result<()> {
+        check(id)?;
+        let image = self.image(id);
+        let result = async {
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&image)
+                .map_err(RuntimeError::io(format!("create {}", image.display())))?;
+            f.set_len(size_bytes).map_err(RuntimeError::io("size the image"))?;
+            f.sync_all().map_err(RuntimeError::io("sync the image"))?;
+            let owner_opt = format!("root_owner={}:{}", owner.host_start, owner.host_start);
+            let img = image.to_string_lossy().into_owned();
+            // No reserved blocks: the size the tenant asked for is the size it can fill.
+            run("mkfs.ext4", &["-q", "-F", "-m", "0", "-b", "4096", "-E", &owner_opt, &img], "format the filesystem").await?;
+            self.mount(id).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = self.delete(id).await;
+        }
+        result
+    }
+
+    /// Mounts the filesystem's image when it is not mounted (at create, and at server start).
+    pub async fn mount(&self, id: &str) -> Result<()> {
+        check(id)?;
+        let mnt = self.mountpoint(id);
+        if is_mounted(&mnt) {
+            return Ok(());
+        }
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&mnt).map_err(RuntimeError::io("create the mount point"))?;
+        let img = self.image(id).to_string_lossy().into_owned();
+        let target = mnt.to_string_lossy().into_owned();
+        run("mount", &["-t", "ext4", "-o", "loop,nosuid,nodev,noatime", &img, &target], "mount the filesystem").await?;
+        // Only the namespace's mapped root (and the host's root) may enter.
+        fs::set_permissions(&mnt, fs::Permissions::from_mode(0o700)).map_err(RuntimeError::io("chmod the filesystem root"))?;
+        Ok(())
+    }
+
+    /// Grows a filesystem to `size_bytes`: online when the kernel allows it; otherwise offline,
+    /// which needs that no sandbox holds it (`in_use`).
+    pub async fn grow(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()> {
+        check(id)?;
+        let image = self.image(id);
+        let f = fs::OpenOptions::new().write(true).open(&image).map_err(RuntimeError::io("open the image"))?;
+        let old = f.metadata().map_err(RuntimeError::io("stat the image"))?.len();
+        f.set_len(size_bytes).map_err(RuntimeError::io("grow the image"))?;
+        f.sync_all().map_err(RuntimeError::io("sync the image"))?;
+        let img = image.to_string_lossy().into_owned();
+        let mnt = self.mountpoint(id);
+        let online = async {
+            let out = Command::new("losetup").args(["-j", &img]).output().await.map_err(RuntimeError::io("losetup"))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let dev = text.split(':').next().unwrap_or("").trim().to_owned();
+            if dev.is_empty() {
+                return Err(RuntimeError::Protocol("no loop device".into()));
+            }
+            run("losetup", &["-c", &dev], "refresh the loop device").await?;
+            run("resize2fs", &[&dev], "grow the filesystem").await
+        }
+        .await;
+        if online.is_ok() {
+            return Ok(());
+        }
+        if in_use {
+            // Put the image back as it was: the filesystem keeps its old size.
+            let _ = f.set_len(old);
+            return Err(RuntimeError::Busy(
+                "this host's kernel refuses to grow a mounted ext4 filesystem; stop the sandboxes using it and retry".into(),
+            ));
+        }
+        let target = mnt.to_string_lossy().into_owned();
+        run("umount", &[&target], "unmount the filesystem").await?;
+        let grown = async {
+            // resize2fs insists on a fresh check; exit status 1 means "errors corrected".
+            let _ = Command::new("e2fsck").args(["-f", "-y", "-q", &img]).output().await;
+            run("resize2fs", &[&img], "grow the filesystem").await
+        }
+        .await;
+        self.mount(id).await?;
+        grown
+    }
+
+    /// Unmounts the filesystem and destroys its data.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        check(id)?;
+        let mnt = self.mountpoint(id);
+        if is_mounted(&mnt) {
+            let target = mnt.to_string_lossy().into_owned();
+            // Lazily: a sandbox being torn down may still hold it for a moment; the loop device
+            // is released when the last user goes.
+            run("umount", &["-l", &target], "unmount the filesystem").await?;
+        }
+        let _ = fs::remove_dir(&mnt);
+        match fs::remove_file(self.image(id)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io("remove the image")(e)),
+        }
+    }
+
+    /// Space used and total, from the mounted filesystem.
+    pub fn usage(&self, id: &str) -> Result<Usage> {
+        check(id)?;
+        let mnt = self.mountpoint(id);
+        let path = std::ffi::CString::new(mnt.to_string_lossy().as_bytes()).map_err(|_| RuntimeError::Protocol("path".into()))?;
+        // SAFETY: statvfs is plain data; zeroed is a valid value for the call to fill.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a valid pointer to a local statvfs.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(RuntimeError::io(format!("statvfs {}", mnt.display()))(std::io::Error::last_os_error()));
+        }
+        let frsize = st.f_frsize as u64;
+        let total = st.f_blocks as u64 * frsize;
+        let free = st.f_bfree as u64 * frsize;
+        Ok(Usage { used_bytes: total.saturating_sub(free), total_bytes: total })
+    }
+
+    /// Filesystem ids with an image on this host.
+    pub fn images(&self) -> Vec<String> {
+        fs::read_dir(&self.images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".img").map(str::to_owned))
+            .filter(|id| is_fs_id(id))
+            .collect()
+    }
+
+    /// Filesystem ids mounted (or with a mount point) on this host.
+    pub fn mount_points(&self) -> Vec<String> {
+        fs::read_dir(&self.mounts)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| is_fs_id(id))
+            .collect()
+    }
+}
