@@ -105,6 +105,9 @@ pub struct Namespace {
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
+    /// What the namespace uses now (on a single namespace's answers, not in lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<NamespaceUsage>,
 }
 
 /// `POST /v1/namespaces/{ns}/keys`
@@ -117,6 +120,10 @@ pub struct CreateKey {
     /// RFC 3339; the key stops working then. Absent: it never expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// Project ids the key is limited to: it sees and mounts only their filesystems. Absent: the
+    /// whole namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
 }
 
 /// An API key's metadata. The token is never part of it.
@@ -129,6 +136,8 @@ pub struct Key {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
 }
 
 /// The answer to a key creation: the only time the token is shown.
@@ -192,6 +201,9 @@ pub struct CreateSandbox {
     /// Environment of every command in the sandbox, on top of `PATH` and `HOME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// A filesystem of the namespace to mount at `/workspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<SandboxFilesystem>,
 }
 
 /// A sandbox.
@@ -214,6 +226,8 @@ pub struct Sandbox {
     pub expires_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<SandboxFilesystem>,
 }
 
 /// `POST .../sandboxes/{id}/exec`
@@ -273,4 +287,88 @@ pub enum ExecEvent {
     Error {
         message: String,
     },
+}
+
+/// `POST /v1/namespaces/{ns}/projects`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProject {
+    pub name: String,
+}
+
+/// A project: a permission boundary for filesystems.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Project {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+/// `POST /v1/namespaces/{ns}/filesystems`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateFilesystem {
+    pub name: String,
+    /// Hard limit enforced by the kernel; at least 16 MiB, a multiple of 4096 (rounded up).
+    pub size_bytes: u64,
+    /// The project it belongs to; keys limited to projects see only their projects'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// `PATCH /v1/namespaces/{ns}/filesystems/{id}`: grow a filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeFilesystem {
+    pub size_bytes: u64,
+}
+
+/// A filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Filesystem {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    pub size_bytes: u64,
+    /// Bytes in use, as the kernel counts them (including the filesystem's own metadata).
+    pub used_bytes: u64,
+    /// Sandboxes that mount it now.
+    pub mounted_by: Vec<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Where a sandbox mounts a filesystem (`/workspace`) and how.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFilesystem {
+    pub id: String,
+    /// `rw` or `ro`.
+    pub mode: String,
+}
+
+/// One entry of a directory listing (`GET .../files?path=dir&list=true`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileEntry {
+    pub name: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    pub mode: u32,
+    pub modified: String,
+}
+
+/// What a namespace uses now, beside its quotas.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct NamespaceUsage {
+    pub sandboxes: u64,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Sum of the sizes of its filesystems (what counts against `disk_bytes`).
+    pub disk_bytes: u64,
+    /// Bytes actually written on its filesystems.
+    pub disk_used_bytes: u64,
 }

@@ -1,4 +1,4 @@
-//! The client subcommands: namespace, key, audit.
+//! The client subcommands: namespace, key, audit (sandbox, exec and cp are in `sandbox`).
 
 use std::process::ExitCode;
 
@@ -234,7 +234,7 @@ pub async fn key(cmd: KeyCmd, global: &Global) -> anyhow::Result<ExitCode> {
                     anyhow::Ok(humantime::format_rfc3339_seconds(t).to_string())
                 })
                 .transpose()?;
-            let k = c.create_key(&ns, &CreateKey { name, role: role.into(), expires_at }).await?;
+            let k = c.create_key(&ns, &CreateKey { name, role: role.into(), expires_at, projects: None }).await?;
             if global.json {
                 output::json(&k)?;
             } else {

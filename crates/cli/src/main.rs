@@ -2,7 +2,9 @@
 //! API. Errors print one line and exit non-zero.
 
 mod commands;
+mod doctor;
 mod output;
+mod sandbox;
 mod serve;
 mod units;
 
@@ -48,6 +50,17 @@ enum Command {
     Key(commands::KeyCmd),
     /// Read or verify an audit chain.
     Audit(commands::AuditArgs),
+    /// Manage a namespace's sandboxes.
+    #[command(subcommand, alias = "sbx")]
+    Sandbox(sandbox::SandboxCmd),
+    /// Run a command in a sandbox: `bulkhead exec SANDBOX -- CMD ARGS...`; its output streams
+    /// and its exit code becomes bulkhead's.
+    Exec(sandbox::ExecArgs),
+    /// Copy a file into or out of a sandbox: `bulkhead cp ./f SANDBOX:/tmp/f` or back.
+    Cp(sandbox::CpArgs),
+    /// List this host's Bulkhead resources that belong to no live sandbox (run as root on the
+    /// server's host); exits 1 when there is one.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
@@ -80,6 +93,10 @@ fn main() -> ExitCode {
             Command::Namespace(cmd) => commands::namespace(cmd, &cli.global).await,
             Command::Key(cmd) => commands::key(cmd, &cli.global).await,
             Command::Audit(args) => commands::audit(args, &cli.global).await,
+            Command::Sandbox(cmd) => sandbox::sandbox(cmd, &cli.global).await,
+            Command::Exec(args) => sandbox::exec(args, &cli.global).await,
+            Command::Cp(args) => sandbox::cp(args, &cli.global).await,
+            Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
         }
     });
     match result {

@@ -58,6 +58,13 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/namespaces/{ns}/sandboxes/{id}/exec" => may(developers, 200),
         "GET /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 200),
         "PUT /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 204),
+        "GET /v1/namespaces/{ns}/projects" => 200,
+        "POST /v1/namespaces/{ns}/projects" => may(developers, 201),
+        "DELETE /v1/namespaces/{ns}/projects/{id}" => may(developers, 204),
+        "GET /v1/namespaces/{ns}/filesystems" | "GET /v1/namespaces/{ns}/filesystems/{id}" => 200,
+        "POST /v1/namespaces/{ns}/filesystems" => may(developers, 201),
+        "PATCH /v1/namespaces/{ns}/filesystems/{id}" => may(developers, 200),
+        "DELETE /v1/namespaces/{ns}/filesystems/{id}" => may(developers, 204),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -78,11 +85,14 @@ fn expected(op: &str, who: Who, target: Target) -> u16 {
 fn body_for(method: &Method, template: &str) -> Value {
     match (method.as_str(), template) {
         ("POST", "/v1/namespaces") => namespace_body("gamma"),
+        ("PATCH", "/v1/namespaces/{ns}/filesystems/{id}") => json!({"size_bytes": 32 << 20}),
         ("PATCH", _) => json!({"quotas": {"max_sandboxes": 3}}),
         ("POST", "/v1/namespaces/{ns}/keys") => json!({"name": "fresh", "role": "developer"}),
         ("POST", "/v1/namespaces/{ns}/sandboxes") => json!({"memory_bytes": 64 << 20}),
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/exec") => json!({"cmd": ["true"]}),
         ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => json!("file contents"),
+        ("POST", "/v1/namespaces/{ns}/projects") => json!({"name": "fresh"}),
+        ("POST", "/v1/namespaces/{ns}/filesystems") => json!({"name": "fresh", "size_bytes": 16 << 20}),
         _ => Value::Null,
     }
 }
@@ -92,16 +102,53 @@ struct World {
     tokens: Vec<(Who, Option<String>)>,
     /// A developer key of each namespace, the one the key routes act on.
     victim: [(String, String); 2],
-    /// A running sandbox of each namespace, when the route acts on one.
-    sandboxes: Option<[String; 2]>,
+    /// The resource of each namespace that the route's `{id}` names, when it is not a key.
+    resources: Option<[String; 2]>,
+    /// The id prefix of that resource, for the missing case.
+    missing_prefix: &'static str,
 }
 
 async fn world_for(template: &str) -> World {
     let mut w = world().await;
-    if template.contains("/sandboxes/{id}") {
-        let a = w.h.create_sandbox("alpha", &w.h.admin, json!({"memory_bytes": 64 << 20})).await;
-        let b = w.h.create_sandbox("beta", &w.h.admin, json!({"memory_bytes": 64 << 20})).await;
-        w.sandboxes = Some([a, b]);
+    let admin = w.h.admin.clone();
+    let make = |kind: &'static str| {
+        let h = &w.h;
+        let admin = admin.clone();
+        async move {
+            let mut ids = Vec::new();
+            for ns in ["alpha", "beta"] {
+                let id = match kind {
+                    "sbx_" => h.create_sandbox(ns, &admin, json!({"memory_bytes": 64 << 20})).await,
+                    "prj_" => {
+                        let r = h
+                            .call(
+                                Method::POST,
+                                &format!("/v1/namespaces/{ns}/projects"),
+                                Some(&admin),
+                                json!({"name": "p"}),
+                            )
+                            .await;
+                        r.body["id"].as_str().unwrap().to_owned()
+                    }
+                    _ => {
+                        let body = json!({"name": "f", "size_bytes": 16 << 20});
+                        let r =
+                            h.call(Method::POST, &format!("/v1/namespaces/{ns}/filesystems"), Some(&admin), body).await;
+                        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                        r.body["id"].as_str().unwrap().to_owned()
+                    }
+                };
+                ids.push(id);
+            }
+            [ids[0].clone(), ids[1].clone()]
+        }
+    };
+    for (marker, kind) in [("/sandboxes/{id}", "sbx_"), ("/projects/{id}", "prj_"), ("/filesystems/{id}", "fs_")] {
+        if template.contains(marker) {
+            let ids = make(kind).await;
+            w.resources = Some(ids);
+            w.missing_prefix = kind;
+        }
     }
     w
 }
@@ -119,7 +166,7 @@ async fn world() -> World {
     }
     let (a, _) = h.create_key("alpha", "victim", "developer").await;
     let (b, _) = h.create_key("beta", "victim", "developer").await;
-    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)], sandboxes: None }
+    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)], resources: None, missing_prefix: "key_" }
 }
 
 fn operations() -> Vec<(Method, String)> {
@@ -155,11 +202,11 @@ async fn every_route_every_principal_every_namespace() {
                     Target::Foreign => (w.victim[1].0.clone(), w.victim[1].1.clone()),
                     Target::Missing => ("ghost".to_owned(), "key_00000000000000000000000000000000".to_owned()),
                 };
-                if let Some([a, b]) = &w.sandboxes {
+                if let Some([a, b]) = &w.resources {
                     id = match target {
                         Target::Own => a.clone(),
                         Target::Foreign => b.clone(),
-                        Target::Missing => "sbx_00000000000000000000000000000000".to_owned(),
+                        Target::Missing => format!("{}00000000000000000000000000000000", w.missing_prefix),
                     };
                 }
                 let mut path = template.replace("{ns}", &ns).replace("{id}", &id);

@@ -96,7 +96,13 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
     assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(ns)).0, 201);
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (code, body) = http(&server, &admin, "POST", "/v1/namespaces/alpha/sandboxes", Some(r#"{"memory_bytes":67108864,"cpu_millis":500}"#));
+        let (code, body) = http(
+            &server,
+            &admin,
+            "POST",
+            "/v1/namespaces/alpha/sandboxes",
+            Some(r#"{"memory_bytes":67108864,"cpu_millis":500}"#),
+        );
         assert_eq!(code, 201, "{body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }

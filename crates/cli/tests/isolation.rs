@@ -43,11 +43,18 @@ async fn a_sees_only_its_own_processes() {
     let (code, out, _) = h.sh("alpha", &a, &admin, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
     assert_eq!(code, 0);
     let mut lines = out.lines();
-    assert_eq!(lines.next().unwrap().trim(), "/.bulkhead/supervisor --listen-fd 3", "PID 1 is the sandbox's own supervisor");
+    assert_eq!(
+        lines.next().unwrap().trim(),
+        "/.bulkhead/supervisor --listen-fd 3",
+        "PID 1 is the sandbox's own supervisor"
+    );
     let count: usize = lines.next().unwrap().trim().parse().unwrap();
     assert!(count <= 8, "A sees {count} processes: {out}");
     assert!(!out.contains("31.4159"), "A sees B's process: {out}");
-    assert!(!out.contains("bulkhead serve") && !out.contains("cargo") && !out.contains("runc"), "A sees host processes: {out}");
+    assert!(
+        !out.contains("bulkhead serve") && !out.contains("cargo") && !out.contains("runc"),
+        "A sees host processes: {out}"
+    );
     // B really is running it.
     let (_, out_b, _) = h.sh("beta", &b, &admin, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
     assert!(out_b.contains("31.4159"), "the marker should run in B: {out_b}");
@@ -116,10 +123,20 @@ print("reboot", res(libc.syscall(169, 0xfee1dead, 672274793, 0x1234567, None)))
     let (code, _, _) = h.sh("alpha", &a, &admin, "mount -t tmpfs none /tmp/m").await;
     assert_ne!(code, 0, "mount must fail");
     // Capabilities: none of the dangerous ones, and no_new_privs.
-    let (_, status, _) = h.sh("alpha", &a, &admin, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status").await;
-    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().to_owned();
+    let (_, status, _) =
+        h.sh("alpha", &a, &admin, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status").await;
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().to_owned()
+    };
     let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
-    for (bit, name) in [(21, "CAP_SYS_ADMIN"), (19, "CAP_SYS_PTRACE"), (13, "CAP_NET_RAW"), (12, "CAP_NET_ADMIN"), (16, "CAP_SYS_MODULE"), (27, "CAP_MKNOD")] {
+    for (bit, name) in [
+        (21, "CAP_SYS_ADMIN"),
+        (19, "CAP_SYS_PTRACE"),
+        (13, "CAP_NET_RAW"),
+        (12, "CAP_NET_ADMIN"),
+        (16, "CAP_SYS_MODULE"),
+        (27, "CAP_MKNOD"),
+    ] {
         assert_eq!(eff & (1 << bit), 0, "{name} is effective: {status}");
     }
     assert_eq!(field("NoNewPrivs:"), "1");

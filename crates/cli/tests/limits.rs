@@ -41,7 +41,8 @@ async fn fork_bomb_stops_at_the_pids_limit_and_the_neighbour_answers() {
                 .header("authorization", format!("Bearer {admin}"))
                 .header("content-type", "application/json")
                 .body(axum::body::Body::from(
-                    json!({"cmd": ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3"], "timeout_seconds": 4}).to_string(),
+                    json!({"cmd": ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3"], "timeout_seconds": 4})
+                        .to_string(),
                 ))
                 .unwrap();
             tower::ServiceExt::oneshot(app, req).await.unwrap().status()
@@ -117,13 +118,21 @@ async fn cpu_use_stays_within_the_quota() {
     // 0.2 cores over the wall time, with generous room for scheduling granularity.
     let allowed = 0.2 * wall * 1.6 + 0.1;
     assert!(used > 0.05, "the loops did not run: {used:.3}s");
-    assert!(used <= allowed, "A used {used:.3} cpu-seconds in {wall:.2}s with a quota of 0.2 cores (allowed {allowed:.3})");
+    assert!(
+        used <= allowed,
+        "A used {used:.3} cpu-seconds in {wall:.2}s with a quota of 0.2 cores (allowed {allowed:.3})"
+    );
 }
 
 #[tokio::test]
 async fn admission_control_names_the_quota_limit_and_use() {
     let h = Harness::new().await;
-    namespace_with(&h, "alpha", json!({"max_sandboxes": 2, "cpu_millis": 1000, "memory_bytes": 256 << 20, "max_sandbox_ttl_seconds": 60})).await;
+    namespace_with(
+        &h,
+        "alpha",
+        json!({"max_sandboxes": 2, "cpu_millis": 1000, "memory_bytes": 256 << 20, "max_sandbox_ttl_seconds": 60}),
+    )
+    .await;
     let admin = h.admin.clone();
     let create = |body: Value| h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&admin), body);
     let r = create(json!({"cpu_millis": 2000})).await;
@@ -173,7 +182,14 @@ async fn ttl_expiry_ends_the_sandbox_and_frees_the_host() {
     assert_eq!(sandbox["status"], "stopped", "{sandbox}");
     assert_eq!(sandbox["reason"], "ttl_expired", "{sandbox}");
     assert!(!bundle.exists(), "the bundle outlived the sandbox");
-    let r = h.call(Method::POST, &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"), Some(&admin), json!({"cmd": ["true"]})).await;
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"),
+            Some(&admin),
+            json!({"cmd": ["true"]}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(h.state.runtime.stats("alpha", &id).await.is_err(), "its cgroup outlived it");
 }
@@ -190,6 +206,8 @@ async fn namespace_delete_tears_down_its_sandboxes() {
     for id in [&a1, &a2] {
         assert!(!h.runtime.state_dir.join("sandboxes").join(id).exists());
     }
-    let cgroups = bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix).unwrap();
+    let cgroups =
+        bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix)
+            .unwrap();
     assert!(cgroups.existing().is_empty(), "cgroups left: {:?}", cgroups.existing());
 }

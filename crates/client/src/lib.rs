@@ -4,10 +4,11 @@
 //! not parse is an error, never a panic.
 
 use bulkhead_api::{
-    AuditRecord, AuditVerification, CreateKey, CreateNamespace, CreatedKey, ErrorBody, Key, Namespace, Page,
-    UpdateNamespace,
+    AuditRecord, AuditVerification, CreateKey, CreateNamespace, CreateSandbox, CreatedKey, ErrorBody, ExecEvent,
+    ExecRequest, ExecResult, Key, Namespace, Page, Sandbox, UpdateNamespace,
 };
-use reqwest::{Method, RequestBuilder, StatusCode};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -25,6 +26,17 @@ pub enum ClientError {
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// The longest NDJSON line of a streamed exec the client accepts; a longer one is an error, so
+/// a hostile server cannot make the client buffer without end. The server sends output in
+/// chunks far smaller than this.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The largest file `read_file` accepts. The server's own cap is smaller (64 MiB by default);
+/// this one only stops a hostile server from exhausting the client's memory.
+pub const MAX_FILE_BYTES: usize = 1 << 30;
+
+const NDJSON: &str = "application/x-ndjson";
 
 /// Filters of an audit listing.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -75,26 +87,37 @@ impl Client {
         r
     }
 
-    async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T> {
-        let response =
-            builder.send().await.map_err(|source| ClientError::Transport { url: self.base.clone(), source })?;
+    fn transport(&self) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+        move |source| ClientError::Transport { url: self.base.clone(), source }
+    }
+
+    /// Sends the request; an answer that is not a success becomes an error, from its envelope
+    /// when it has one.
+    async fn send_raw(&self, builder: RequestBuilder) -> Result<Response> {
+        let response = builder.send().await.map_err(self.transport())?;
         let status = response.status();
-        let bytes =
-            response.bytes().await.map_err(|source| ClientError::Transport { url: self.base.clone(), source })?;
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: body.error.code,
-                    message: body.error.message,
-                    request_id: body.error.request_id,
-                },
-                Err(_) => ClientError::Unexpected {
-                    status: status.as_u16(),
-                    detail: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
-                },
-            });
+        if status.is_success() {
+            return Ok(response);
         }
+        let bytes = response.bytes().await.map_err(self.transport())?;
+        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(body) => ClientError::Api {
+                status: status.as_u16(),
+                code: body.error.code,
+                message: body.error.message,
+                request_id: body.error.request_id,
+            },
+            Err(_) => ClientError::Unexpected {
+                status: status.as_u16(),
+                detail: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            },
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T> {
+        let response = self.send_raw(builder).await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(self.transport())?;
         let body: &[u8] = if status == StatusCode::NO_CONTENT { b"null" } else { &bytes };
         serde_json::from_slice(body)
             .map_err(|e| ClientError::Unexpected { status: status.as_u16(), detail: e.to_string() })
@@ -153,6 +176,168 @@ impl Client {
         };
         self.send(self.request(Method::GET, &path)).await
     }
+
+    pub async fn create_sandbox(&self, ns: &str, req: &CreateSandbox) -> Result<Sandbox> {
+        self.send(self.request(Method::POST, &format!("/v1/namespaces/{}/sandboxes", seg(ns))).json(req)).await
+    }
+
+    pub async fn list_sandboxes(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Sandbox>> {
+        let path = format!("/v1/namespaces/{}/sandboxes", seg(ns));
+        self.send(self.request(Method::GET, &path).query(&PageQuery { limit, cursor })).await
+    }
+
+    pub async fn get_sandbox(&self, ns: &str, id: &str) -> Result<Sandbox> {
+        self.send(self.request(Method::GET, &sandbox_path(ns, id, ""))).await
+    }
+
+    pub async fn delete_sandbox(&self, ns: &str, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &sandbox_path(ns, id, ""))).await
+    }
+
+    /// Runs a command and waits for all of its output.
+    pub async fn exec(&self, ns: &str, id: &str, req: &ExecRequest) -> Result<ExecResult> {
+        self.send(self.request(Method::POST, &sandbox_path(ns, id, "/exec")).json(req)).await
+    }
+
+    /// Runs a command and streams its output: pull events with [`ExecStream::next`] until an
+    /// `exit` or `error` event.
+    pub async fn exec_stream(&self, ns: &str, id: &str, req: &ExecRequest) -> Result<ExecStream> {
+        let builder = self.request(Method::POST, &sandbox_path(ns, id, "/exec")).header(ACCEPT, NDJSON).json(req);
+        let response = self.send_raw(builder).await?;
+        let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.starts_with(NDJSON) {
+            return Err(ClientError::Unexpected {
+                status: response.status().as_u16(),
+                detail: format!("asked for {NDJSON}, got {content_type:?}"),
+            });
+        }
+        Ok(ExecStream { response, base: self.base.clone(), lines: Lines::new(MAX_LINE_BYTES), ended: false })
+    }
+
+    /// The bytes of a file inside a sandbox.
+    pub async fn read_file(&self, ns: &str, id: &str, path: &str) -> Result<Vec<u8>> {
+        let builder = self.request(Method::GET, &sandbox_path(ns, id, "/files")).query(&[("path", path)]);
+        let mut response = self.send_raw(builder).await?;
+        let status = response.status().as_u16();
+        let too_large =
+            || ClientError::Unexpected { status, detail: format!("the file is over {MAX_FILE_BYTES} bytes") };
+        let announced = response.content_length().unwrap_or(0);
+        if announced > MAX_FILE_BYTES as u64 {
+            return Err(too_large());
+        }
+        let mut data = Vec::with_capacity(announced as usize);
+        while let Some(chunk) = response.chunk().await.map_err(self.transport())? {
+            if data.len() + chunk.len() > MAX_FILE_BYTES {
+                return Err(too_large());
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+
+    /// Writes a file inside a sandbox, replacing it atomically; parent directories are created.
+    pub async fn write_file(&self, ns: &str, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        let builder = self
+            .request(Method::PUT, &sandbox_path(ns, id, "/files"))
+            .query(&[("path", path)])
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(data);
+        self.send_raw(builder).await?;
+        Ok(())
+    }
+}
+
+/// The output of a streamed exec, one event at a time.
+#[derive(Debug)]
+pub struct ExecStream {
+    response: Response,
+    base: String,
+    lines: Lines,
+    ended: bool,
+}
+
+impl ExecStream {
+    /// The next event; `None` when the server ended the stream. Lines are parsed across chunk
+    /// boundaries; a line over [`MAX_LINE_BYTES`], a line that does not parse, or a stream cut
+    /// mid-line is an error.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        let status = self.response.status().as_u16();
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) if line.trim_ascii().is_empty() => continue,
+                Ok(Some(line)) => {
+                    return serde_json::from_slice(line)
+                        .map(Some)
+                        .map_err(|e| ClientError::Unexpected { status, detail: format!("a bad exec event: {e}") })
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(ClientError::Unexpected { status, detail }),
+            }
+            if self.ended {
+                if self.lines.rest_is_blank() {
+                    return Ok(None);
+                }
+                return Err(ClientError::Unexpected { status, detail: "the exec stream ended mid-line".into() });
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.lines.push(&chunk),
+                Ok(None) => self.ended = true,
+                Err(source) => return Err(ClientError::Transport { url: self.base.clone(), source }),
+            }
+        }
+    }
+}
+
+/// Splits received bytes into newline-terminated lines of at most `max` bytes.
+#[derive(Debug)]
+struct Lines {
+    /// Bytes received and not yet handed out; the next line starts at `start`.
+    buf: Vec<u8>,
+    start: usize,
+    /// Everything before this offset is known to hold no newline.
+    scanned: usize,
+    max: usize,
+}
+
+impl Lines {
+    fn new(max: usize) -> Lines {
+        Lines { buf: Vec::new(), start: 0, scanned: 0, max }
+    }
+
+    /// Appends received bytes, first dropping the lines already handed out.
+    fn push(&mut self, chunk: &[u8]) {
+        self.buf.drain(..self.start);
+        self.scanned -= self.start;
+        self.start = 0;
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete line without its newline; `None` until more bytes arrive; an error
+    /// when the unfinished line is already longer than `max`.
+    fn next_line(&mut self) -> std::result::Result<Option<&[u8]>, String> {
+        if let Some(i) = self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            let end = self.scanned + i;
+            let start = self.start;
+            self.start = end + 1;
+            self.scanned = self.start;
+            return Ok(Some(&self.buf[start..end]));
+        }
+        self.scanned = self.buf.len();
+        if self.buf.len() - self.start > self.max {
+            return Err(format!("an exec event line is over {} bytes", self.max));
+        }
+        Ok(None)
+    }
+
+    /// Whether nothing but whitespace is left after the last complete line.
+    fn rest_is_blank(&self) -> bool {
+        self.buf[self.start..].trim_ascii().is_empty()
+    }
+}
+
+/// `/v1/namespaces/{ns}/sandboxes/{id}` and `rest`.
+fn sandbox_path(ns: &str, id: &str, rest: &str) -> String {
+    format!("/v1/namespaces/{}/sandboxes/{}{rest}", seg(ns), seg(id))
 }
 
 /// Percent-encodes one path segment, so a hostile name cannot change the path.
@@ -170,6 +355,43 @@ fn seg(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::Lines;
+
+    /// Every way of cutting a stream into chunks gives the same lines.
+    #[test]
+    fn lines_across_chunks() {
+        let text = b"{\"type\":\"stdout\",\"data\":\"a\"}\n\n{\"type\":\"exit\"}\nrest";
+        for size in 1..text.len() {
+            let mut lines = Lines::new(64);
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for chunk in text.chunks(size) {
+                lines.push(chunk);
+                while let Some(l) = lines.next_line().unwrap() {
+                    got.push(l.to_vec());
+                }
+            }
+            assert_eq!(
+                got,
+                vec![b"{\"type\":\"stdout\",\"data\":\"a\"}".to_vec(), vec![], b"{\"type\":\"exit\"}".to_vec()]
+            );
+            assert!(!lines.rest_is_blank());
+        }
+    }
+
+    #[test]
+    fn long_lines_are_refused() {
+        let mut lines = Lines::new(8);
+        lines.push(b"12345678");
+        assert_eq!(lines.next_line().unwrap(), None);
+        lines.push(b"9");
+        assert!(lines.next_line().is_err());
+        let mut lines = Lines::new(8);
+        lines.push(b"12345678\n12");
+        assert_eq!(lines.next_line().unwrap(), Some(&b"12345678"[..]));
+        assert_eq!(lines.next_line().unwrap(), None);
+        assert!(!lines.rest_is_blank());
+    }
+
     #[test]
     fn segments_are_encoded() {
         assert_eq!(super::seg("acme"), "acme");

@@ -48,8 +48,8 @@ impl FromStr for Role {
 pub enum Principal {
     /// The platform operator, holder of the admin token.
     Admin,
-    /// An API key of one namespace.
-    Key { id: String, namespace: String, role: Role },
+    /// An API key of one namespace; `projects` limits it to the filesystems of those projects.
+    Key { id: String, namespace: String, role: Role, projects: Option<Vec<String>> },
 }
 
 impl Principal {
@@ -58,6 +58,16 @@ impl Principal {
         match self {
             Principal::Admin => "admin".to_owned(),
             Principal::Key { id, .. } => format!("key:{id}"),
+        }
+    }
+
+    /// Whether the principal may see resources of `project` (`None`: resources in no project).
+    /// A key limited to projects sees only theirs; anything else of the namespace is, to it,
+    /// as if it did not exist.
+    pub fn sees_project(&self, project: Option<&str>) -> bool {
+        match self {
+            Principal::Admin | Principal::Key { projects: None, .. } => true,
+            Principal::Key { projects: Some(list), .. } => project.is_some_and(|p| list.iter().any(|x| x == p)),
         }
     }
 
@@ -95,6 +105,19 @@ pub enum Action {
     SandboxExec,
     SandboxFileRead,
     SandboxFileWrite,
+    ProjectCreate,
+    ProjectList,
+    ProjectDelete,
+    FilesystemCreate,
+    FilesystemList,
+    FilesystemGet,
+    FilesystemResize,
+    FilesystemDelete,
+    FilesystemArchiveRead,
+    FilesystemArchiveWrite,
+    FilesystemFileRead,
+    FilesystemFileWrite,
+    FilesystemFileDelete,
 }
 
 impl Action {
@@ -121,6 +144,19 @@ impl Action {
             Action::SandboxExec => "sandbox.exec",
             Action::SandboxFileRead => "sandbox.file.read",
             Action::SandboxFileWrite => "sandbox.file.write",
+            Action::ProjectCreate => "project.create",
+            Action::ProjectList => "project.list",
+            Action::ProjectDelete => "project.delete",
+            Action::FilesystemCreate => "filesystem.create",
+            Action::FilesystemList => "filesystem.list",
+            Action::FilesystemGet => "filesystem.get",
+            Action::FilesystemResize => "filesystem.resize",
+            Action::FilesystemDelete => "filesystem.delete",
+            Action::FilesystemArchiveRead => "filesystem.archive.read",
+            Action::FilesystemArchiveWrite => "filesystem.archive.write",
+            Action::FilesystemFileRead => "filesystem.file.read",
+            Action::FilesystemFileWrite => "filesystem.file.write",
+            Action::FilesystemFileDelete => "filesystem.file.delete",
         }
     }
 
@@ -135,7 +171,15 @@ impl Action {
             | Action::SandboxCreate
             | Action::SandboxDelete
             | Action::SandboxExec
-            | Action::SandboxFileWrite => true,
+            | Action::SandboxFileWrite
+            | Action::ProjectCreate
+            | Action::ProjectDelete
+            | Action::FilesystemCreate
+            | Action::FilesystemResize
+            | Action::FilesystemDelete
+            | Action::FilesystemArchiveWrite
+            | Action::FilesystemFileWrite
+            | Action::FilesystemFileDelete => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -146,7 +190,12 @@ impl Action {
             | Action::PlatformAuditVerify
             | Action::SandboxList
             | Action::SandboxGet
-            | Action::SandboxFileRead => false,
+            | Action::SandboxFileRead
+            | Action::ProjectList
+            | Action::FilesystemList
+            | Action::FilesystemGet
+            | Action::FilesystemArchiveRead
+            | Action::FilesystemFileRead => false,
         }
     }
 }
@@ -191,13 +240,27 @@ pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>)
         | Action::PlatformAuditRead
         | Action::PlatformAuditVerify => false,
         Action::KeyList | Action::KeyGet => matches!(role, Role::Owner | Role::Admin),
-        Action::SandboxList | Action::SandboxGet => true,
+        Action::SandboxList
+        | Action::SandboxGet
+        | Action::ProjectList
+        | Action::FilesystemList
+        | Action::FilesystemGet => true,
         // Running code and file contents are a developer's; a viewer sees metadata only.
         Action::SandboxCreate
         | Action::SandboxDelete
         | Action::SandboxExec
         | Action::SandboxFileRead
-        | Action::SandboxFileWrite => role != Role::Viewer,
+        | Action::SandboxFileWrite
+        | Action::ProjectCreate
+        | Action::ProjectDelete
+        | Action::FilesystemCreate
+        | Action::FilesystemResize
+        | Action::FilesystemDelete
+        | Action::FilesystemArchiveRead
+        | Action::FilesystemArchiveWrite
+        | Action::FilesystemFileRead
+        | Action::FilesystemFileWrite
+        | Action::FilesystemFileDelete => role != Role::Viewer,
         Action::KeyCreate { role: target } | Action::KeyRevoke { role: target } => match role {
             Role::Owner => true,
             Role::Admin => target != Role::Owner,
@@ -216,7 +279,7 @@ mod tests {
     use super::*;
 
     fn key(role: Role) -> Principal {
-        Principal::Key { id: "key_1".into(), namespace: "acme".into(), role }
+        Principal::Key { id: "key_1".into(), namespace: "acme".into(), role, projects: None }
     }
 
     #[test]
@@ -264,6 +327,21 @@ mod tests {
             assert_eq!(authorize(&key(role), Action::PlatformAuditRead, None), Decision::Forbidden);
             assert_eq!(authorize(&key(role), Action::NamespaceUpdate, Some("acme")), Decision::Forbidden);
         }
+    }
+
+    #[test]
+    fn project_limited_keys_see_only_their_projects() {
+        let k = Principal::Key {
+            id: "k".into(),
+            namespace: "acme".into(),
+            role: Role::Developer,
+            projects: Some(vec!["prj_a".into()]),
+        };
+        assert!(k.sees_project(Some("prj_a")));
+        assert!(!k.sees_project(Some("prj_b")));
+        assert!(!k.sees_project(None));
+        assert!(key(Role::Viewer).sees_project(None));
+        assert!(Principal::Admin.sees_project(Some("prj_b")));
     }
 
     #[test]

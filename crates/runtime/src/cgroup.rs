@@ -108,7 +108,8 @@ impl Cgroups {
                 }
                 write(&ns.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
                 write(&ns.join("memory.max"), &limits.memory_bytes.to_string())?;
-                write(&ns.join("memory.swap.max"), "0").or_else(|_| Ok::<_, RuntimeError>(()))?;
+                // Absent without swap accounting, where there is no swap to forbid.
+                let _ = write(&ns.join("memory.swap.max"), "0");
                 write(&ns.join("pids.max"), &limits.pids.to_string())?;
             }
             Version::V1 => {

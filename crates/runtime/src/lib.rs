@@ -7,8 +7,10 @@
 //! for isolation: it spawns the OCI runtime, writes cgroup files and owns the host directories
 //! of sandboxes. It never decides who may do what: callers have authorized every request.
 
+pub mod archive;
 pub mod cgroup;
 pub mod client;
+pub mod confined;
 pub mod host;
 pub mod oci;
 pub mod seccomp;

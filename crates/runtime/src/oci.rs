@@ -337,6 +337,10 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     if let Ok(cgroups) = Cgroups::detect(cgroup_root, cgroup_prefix) {
         cgroups.remove_all()?;
     }
+    // Filesystems mounted under the state dir.
+    for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
+        let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();
+    }
     match fs::remove_dir_all(state_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -53,8 +53,25 @@ async fn run(program: &str, args: &[&str], what: &str) -> Result<()> {
     })
 }
 
+/// fsync of a directory, so that entries created or renamed in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(RuntimeError::io(format!("sync {}", dir.display())))
+}
+
+/// Flushes a freshly written tree to disk before it is swapped in: `syncfs` of the filesystem
+/// holding it (one call instead of an fsync per file).
+fn sync_tree_root(dir: &Path) -> Result<()> {
+    let d = fs::File::open(dir).map_err(RuntimeError::io(format!("open {}", dir.display())))?;
+    // SAFETY: syncfs on a valid open file descriptor.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d)) } != 0 {
+        return Err(RuntimeError::io("syncfs")(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 fn is_fs_id(id: &str) -> bool {
-    id.strip_prefix("fs_").is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
+    id.strip_prefix("fs_")
+        .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 fn check(id: &str) -> Result<()> {
@@ -85,8 +102,16 @@ impl Storage {
         }
         let images = data_dir.join("filesystems").join("images");
         let mounts = state_dir.join("filesystems");
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(RuntimeError::io("create the image dir"))?;
-        fs::DirBuilder::new().recursive(true).mode(0o711).create(&mounts).map_err(RuntimeError::io("create the mount dir"))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&images)
+            .map_err(RuntimeError::io("create the image dir"))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&mounts)
+            .map_err(RuntimeError::io("create the mount dir"))?;
         Ok(Storage { images, mounts })
     }
 
@@ -114,14 +139,69 @@ impl Storage {
             let owner_opt = format!("root_owner={}:{}", owner.host_start, owner.host_start);
             let img = image.to_string_lossy().into_owned();
             // No reserved blocks: the size the tenant asked for is the size it can fill.
-            run("mkfs.ext4", &["-q", "-F", "-m", "0", "-b", "4096", "-E", &owner_opt, &img], "format the filesystem").await?;
-            self.mount(id).await
+            run("mkfs.ext4", &["-q", "-F", "-m", "0", "-b", "4096", "-E", &owner_opt, &img], "format the filesystem")
+                .await?;
+            self.mount(id).await?;
+            let data = self.data_dir(id);
+            fs::DirBuilder::new().mode(0o755).create(&data).map_err(RuntimeError::io("create the data dir"))?;
+            std::os::unix::fs::chown(&data, Some(owner.host_start), Some(owner.host_start))
+                .map_err(RuntimeError::io("chown the data dir"))?;
+            sync_dir(&self.mountpoint(id))
         }
         .await;
         if result.is_err() {
             let _ = self.delete(id).await;
         }
         result
+    }
+
+    /// The directory whose content is the tenant's data: mounted at `/workspace`, and the root
+    /// of the files and archive APIs. It sits one level below the filesystem's root so that an
+    /// archive upload can be staged beside it and swapped in with one atomic rename.
+    pub fn data_dir(&self, id: &str) -> PathBuf {
+        self.mountpoint(id).join("data")
+    }
+
+    /// A new, empty staging directory on the filesystem itself, owned by `owner`.
+    pub fn staging_dir(&self, id: &str, owner: IdRange) -> Result<PathBuf> {
+        check(id)?;
+        let tag = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = self.mountpoint(id).join(format!(".staging-{tag:x}"));
+        fs::DirBuilder::new().mode(0o755).create(&dir).map_err(RuntimeError::io("create the staging dir"))?;
+        std::os::unix::fs::chown(&dir, Some(owner.host_start), Some(owner.host_start))
+            .map_err(RuntimeError::io("chown the staging dir"))?;
+        Ok(dir)
+    }
+
+    /// Swaps `staging` in as the data dir in one atomic rename (`RENAME_EXCHANGE`), then
+    /// removes the previous content. A crash leaves either the old or the new content in place,
+    /// never a mix; leftovers of staging are swept by [`Storage::sweep`].
+    pub fn swap_in(&self, id: &str, staging: &Path) -> Result<()> {
+        check(id)?;
+        let data = self.data_dir(id);
+        sync_tree_root(staging)?;
+        let a = std::ffi::CString::new(staging.as_os_str().as_encoded_bytes())
+            .map_err(|_| RuntimeError::Protocol("path".into()))?;
+        let b = std::ffi::CString::new(data.as_os_str().as_encoded_bytes())
+            .map_err(|_| RuntimeError::Protocol("path".into()))?;
+        // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+        let rc =
+            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        if rc != 0 {
+            return Err(RuntimeError::io("swap the new content in")(std::io::Error::last_os_error()));
+        }
+        sync_dir(&self.mountpoint(id))?;
+        // `staging` now holds the old content.
+        fs::remove_dir_all(staging).map_err(RuntimeError::io("remove the previous content"))
+    }
+
+    /// Removes staging directories left by an interrupted upload.
+    pub fn sweep(&self, id: &str) {
+        for e in fs::read_dir(self.mountpoint(id)).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().starts_with(".staging-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
 
     /// Mounts the filesystem's image when it is not mounted (at create, and at server start).
@@ -131,12 +211,17 @@ impl Storage {
         if is_mounted(&mnt) {
             return Ok(());
         }
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&mnt).map_err(RuntimeError::io("create the mount point"))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&mnt)
+            .map_err(RuntimeError::io("create the mount point"))?;
         let img = self.image(id).to_string_lossy().into_owned();
         let target = mnt.to_string_lossy().into_owned();
         run("mount", &["-t", "ext4", "-o", "loop,nosuid,nodev,noatime", &img, &target], "mount the filesystem").await?;
         // Only the namespace's mapped root (and the host's root) may enter.
-        fs::set_permissions(&mnt, fs::Permissions::from_mode(0o700)).map_err(RuntimeError::io("chmod the filesystem root"))?;
+        fs::set_permissions(&mnt, fs::Permissions::from_mode(0o700))
+            .map_err(RuntimeError::io("chmod the filesystem root"))?;
         Ok(())
     }
 
@@ -169,11 +254,21 @@ impl Storage {
             // Put the image back as it was: the filesystem keeps its old size.
             let _ = f.set_len(old);
             return Err(RuntimeError::Busy(
-                "this host's kernel refuses to grow a mounted ext4 filesystem; stop the sandboxes using it and retry".into(),
+                "this host's kernel refuses to grow a mounted ext4 filesystem; stop the sandboxes using it and retry"
+                    .into(),
             ));
         }
         let target = mnt.to_string_lossy().into_owned();
         run("umount", &[&target], "unmount the filesystem").await?;
+        // The loop device is released asynchronously after the unmount; resize2fs must not
+        // race it.
+        for _ in 0..200 {
+            let out = Command::new("losetup").args(["-j", &img]).output().await.map_err(RuntimeError::io("losetup"))?;
+            if out.stdout.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         let grown = async {
             // resize2fs insists on a fresh check; exit status 1 means "errors corrected".
             let _ = Command::new("e2fsck").args(["-f", "-y", "-q", &img]).output().await;
@@ -206,7 +301,8 @@ impl Storage {
     pub fn usage(&self, id: &str) -> Result<Usage> {
         check(id)?;
         let mnt = self.mountpoint(id);
-        let path = std::ffi::CString::new(mnt.to_string_lossy().as_bytes()).map_err(|_| RuntimeError::Protocol("path".into()))?;
+        let path = std::ffi::CString::new(mnt.to_string_lossy().as_bytes())
+            .map_err(|_| RuntimeError::Protocol("path".into()))?;
         // SAFETY: statvfs is plain data; zeroed is a valid value for the call to fill.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: a valid NUL-terminated path and a valid pointer to a local statvfs.

@@ -81,7 +81,7 @@ pub async fn authenticate(state: &AppState, token: &str) -> ApiResult<Principal>
     if key.expires_at_ms.is_some_and(|t| t <= now) {
         return Err(invalid());
     }
-    let principal = Principal::Key { id: key.id, namespace: key.namespace, role: key.role };
+    let principal = Principal::Key { id: key.id, namespace: key.namespace, role: key.role, projects: key.projects };
     state.keys.insert(hash, principal.clone(), key.expires_at_ms);
     Ok(principal)
 }

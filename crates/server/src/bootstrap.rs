@@ -14,6 +14,7 @@ use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{Store, StoreError};
 
 use bulkhead_runtime::oci::{OciConfig, OciRuntime};
+use bulkhead_runtime::storage::Storage;
 use bulkhead_runtime::Runtime;
 
 use crate::state::{now_ms, AppState, Inner, KeyCache, SandboxLocks, ServerConfig};
@@ -79,6 +80,27 @@ fn token_key(data_dir: &Path) -> Result<[u8; 32], BootstrapError> {
     }
 }
 
+/// Mounts every filesystem the store knows, sweeps staging left by interrupted uploads, and
+/// removes images the store does not know (a create that crashed half-way).
+async fn mount_filesystems(store: &dyn Store, storage: &Storage) -> Result<(), BootstrapError> {
+    let known = store.all_filesystems().await?;
+    for f in &known {
+        if !storage.image(&f.id).exists() {
+            tracing::error!(filesystem = %f.id, namespace = %f.namespace, "the image of a filesystem is missing");
+            continue;
+        }
+        storage.mount(&f.id).await?;
+        storage.sweep(&f.id);
+    }
+    for id in storage.images().into_iter().chain(storage.mount_points()) {
+        if !known.iter().any(|f| f.id == id) {
+            tracing::info!(filesystem = %id, "removing an orphaned filesystem image");
+            storage.delete(&id).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Prepares the data dir and the store and returns the server's state.
 pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError> {
     let dir = config.data_dir.clone();
@@ -112,9 +134,12 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
     })?;
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
+    let storage = Storage::new(&dir, &config.runtime.state_dir)?;
+    mount_filesystems(store.as_ref(), &storage).await?;
     let state = AppState(Arc::new(Inner {
         store,
         runtime,
+        storage,
         hasher,
         admin_token_hash,
         config,

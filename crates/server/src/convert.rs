@@ -46,6 +46,7 @@ pub fn namespace_out(row: &NamespaceRow) -> api::Namespace {
         quotas: quotas_out(&row.quotas),
         created_at: rfc3339(row.created_at_ms),
         updated_at: rfc3339(row.updated_at_ms),
+        usage: None,
     }
 }
 
@@ -75,6 +76,7 @@ pub fn key_out(row: &KeyRow) -> api::Key {
         role: role_out(row.role),
         created_at: rfc3339(row.created_at_ms),
         expires_at: row.expires_at_ms.map(rfc3339),
+        projects: row.projects.clone(),
     }
 }
 

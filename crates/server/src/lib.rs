@@ -51,7 +51,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, health, keys, namespaces, sandboxes};
+    use routes::{audit, filesystems, health, keys, namespaces, projects, sandboxes};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -66,6 +66,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::get, sandboxes::delete))
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
+        .routes(routes!(projects::create, projects::list))
+        .routes(routes!(projects::delete))
+        .routes(routes!(filesystems::create, filesystems::list))
+        .routes(routes!(filesystems::get, filesystems::resize, filesystems::delete))
 }
 
 /// The OpenAPI document of every route.

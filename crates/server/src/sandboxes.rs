@@ -67,6 +67,8 @@ pub struct Plan {
     pub memory_bytes: u64,
     pub ttl_seconds: u64,
     pub env: Vec<(String, String)>,
+    /// The filesystem to mount at `/workspace`, and `rw` or `ro`.
+    pub filesystem: Option<(bulkhead_store::FilesystemRow, String)>,
 }
 
 /// Admits, records and starts a sandbox of `ns`.
@@ -94,6 +96,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         created_at_ms: now,
         expires_at_ms: now.saturating_add(ttl_ms),
         ended_at_ms: None,
+        filesystem: plan.filesystem.as_ref().map(|(f, mode)| (f.id.clone(), mode.clone())),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
@@ -115,7 +118,10 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         tmp_bytes: row.memory_bytes.min(1 << 30),
         ids: id_range(ns)?,
         env: plan.env,
-        workspace: None,
+        workspace: plan.filesystem.as_ref().map(|(f, mode)| bulkhead_runtime::Workspace {
+            source: state.storage.data_dir(&f.id),
+            read_only: mode == "ro",
+        }),
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,
@@ -157,6 +163,17 @@ pub async fn destroy_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
         destroy(state, row, SandboxStatus::Deleted, "namespace_deleted").await?;
     }
     state.runtime.remove_namespace(ns).await?;
+    let mut after = None;
+    loop {
+        let page = state.store.list_filesystems(ns, after.as_deref(), 1000).await?;
+        for f in &page {
+            state.storage.delete(&f.id).await?;
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
     Ok(())
 }
 

@@ -142,8 +142,8 @@ impl KeyCache {
     }
 }
 
-/// One lock per sandbox, so that a create, a delete and the reaper never act on the same
-/// sandbox at once.
+/// One lock per sandbox or filesystem id, so that a create, a delete, a resize, an upload and
+/// the reaper never act on the same resource at once.
 #[derive(Debug, Default)]
 pub struct SandboxLocks {
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -166,6 +166,7 @@ impl SandboxLocks {
 pub struct Inner {
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
+    pub storage: bulkhead_runtime::storage::Storage,
     pub hasher: TokenHasher,
     /// Keyed hash of the platform admin token.
     pub admin_token_hash: String,

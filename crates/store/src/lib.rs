@@ -73,6 +73,8 @@ pub struct SandboxRow {
     pub created_at_ms: i64,
     pub expires_at_ms: i64,
     pub ended_at_ms: Option<i64>,
+    /// The filesystem mounted at `/workspace` and its mode (`rw` or `ro`).
+    pub filesystem: Option<(String, String)>,
 }
 
 /// Which quota a sandbox admission would break, its limit and what is in use.
@@ -94,6 +96,29 @@ pub struct KeyRow {
     pub token_hash: String,
     pub created_at_ms: i64,
     pub expires_at_ms: Option<i64>,
+    /// Projects the key is limited to; `None`: the whole namespace.
+    pub projects: Option<Vec<String>>,
+}
+
+/// A project: a permission boundary for filesystems.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// A filesystem as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesystemRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub project_id: Option<String>,
+    pub size_bytes: u64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 /// Which audit records to list.
@@ -181,6 +206,32 @@ pub trait Store: Send + Sync + 'static {
         reason: Option<&str>,
         ended_at_ms: Option<i64>,
     ) -> Result<Option<SandboxRow>>;
+
+    async fn create_project(&self, project: &ProjectRow) -> Result<()>;
+    async fn get_project(&self, namespace: &str, id: &str) -> Result<Option<ProjectRow>>;
+    async fn list_projects(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<ProjectRow>>;
+    /// Deletes a project; `Conflict` while filesystems belong to it.
+    async fn delete_project(&self, namespace: &str, id: &str) -> Result<bool>;
+
+    /// Inserts `fs` when the namespace's filesystems stay within `disk_bytes`, atomically with
+    /// the check.
+    async fn admit_filesystem(&self, fs: &FilesystemRow, disk_bytes: u64) -> Result<()>;
+    async fn get_filesystem(&self, namespace: &str, id: &str) -> Result<Option<FilesystemRow>>;
+    async fn list_filesystems(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<FilesystemRow>>;
+    /// Every filesystem of every namespace (to mount them at start).
+    async fn all_filesystems(&self) -> Result<Vec<FilesystemRow>>;
+    /// Sets a new size when the namespace's filesystems stay within `disk_bytes`.
+    async fn resize_filesystem(
+        &self,
+        namespace: &str,
+        id: &str,
+        size_bytes: u64,
+        disk_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Option<FilesystemRow>>;
+    async fn delete_filesystem(&self, namespace: &str, id: &str) -> Result<bool>;
+    /// Active sandboxes that mount the filesystem.
+    async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>>;
 
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
     async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;

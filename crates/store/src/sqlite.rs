@@ -17,13 +17,14 @@ use sqlx::{Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
-    AuditQuery, IdempotentReply, KeyRow, NamespaceRow, QuotaBreach, Result, SandboxRow, SandboxStatus, Store,
-    StoreError,
+    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, ProjectRow, QuotaBreach, Result, SandboxRow,
+    SandboxStatus, Store, StoreError,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../migrations/sqlite/0001_control_plane.sql")),
     (2, "sandboxes", include_str!("../migrations/sqlite/0002_sandboxes.sql")),
+    (3, "filesystems", include_str!("../migrations/sqlite/0003_filesystems.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -105,11 +106,16 @@ fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
         created_at_ms: row.try_get("created_at_ms")?,
         expires_at_ms: row.try_get("expires_at_ms")?,
         ended_at_ms: row.try_get("ended_at_ms")?,
+        filesystem: {
+            let id: Option<String> = row.try_get("filesystem_id")?;
+            let mode: Option<String> = row.try_get("filesystem_mode")?;
+            id.map(|id| (id, mode.unwrap_or_else(|| "ro".to_owned())))
+        },
     })
 }
 
 const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
-     created_at_ms, expires_at_ms, ended_at_ms";
+     created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -121,8 +127,40 @@ fn key_row(row: &SqliteRow) -> Result<KeyRow> {
         token_hash: row.try_get("token_hash")?,
         created_at_ms: row.try_get("created_at_ms")?,
         expires_at_ms: row.try_get("expires_at_ms")?,
+        projects: {
+            let text: Option<String> = row.try_get("projects")?;
+            match text {
+                None => None,
+                Some(t) => {
+                    Some(serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("key projects: {e}")))?)
+                }
+            }
+        },
     })
 }
+
+fn project_row(row: &SqliteRow) -> Result<ProjectRow> {
+    Ok(ProjectRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn filesystem_row(row: &SqliteRow) -> Result<FilesystemRow> {
+    Ok(FilesystemRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        project_id: row.try_get("project_id")?,
+        size_bytes: as_u64(row, "size_bytes")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+const FILESYSTEM_COLUMNS: &str = "id, namespace, name, project_id, size_bytes, created_at_ms, updated_at_ms";
 
 fn audit_row(row: &SqliteRow) -> Result<AuditRecord> {
     let status: i64 = row.try_get("status")?;
@@ -152,7 +190,7 @@ const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk
      pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_slot";
 const NAMESPACE_INSERT_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
      pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms";
-const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms";
+const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -271,7 +309,8 @@ impl Store for SqliteStore {
 
     async fn create_key(&self, key: &KeyRow) -> Result<()> {
         let _w = self.write.lock().await;
-        let r = sqlx::query(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"))
+        let projects = key.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        let r = sqlx::query(&format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"))
             .bind(&key.id)
             .bind(&key.namespace)
             .bind(&key.name)
@@ -279,6 +318,7 @@ impl Store for SqliteStore {
             .bind(&key.token_hash)
             .bind(key.created_at_ms)
             .bind(key.expires_at_ms)
+            .bind(projects)
             .execute(&self.pool)
             .await;
         match r {
@@ -426,21 +466,25 @@ impl Store for SqliteStore {
                 return Err(StoreError::Quota(QuotaBreach { quota, limit, used, requested }));
             }
         }
-        sqlx::query(&format!("INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"))
-            .bind(&sbx.id)
-            .bind(&sbx.namespace)
-            .bind(sbx.status.as_str())
-            .bind(sbx.reason.as_deref())
-            .bind(&sbx.isolation)
-            .bind(as_i64(sbx.cpu_millis))
-            .bind(as_i64(sbx.memory_bytes))
-            .bind(as_i64(sbx.pids))
-            .bind(as_i64(sbx.ttl_seconds))
-            .bind(sbx.created_at_ms)
-            .bind(sbx.expires_at_ms)
-            .bind(sbx.ended_at_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(&sbx.id)
+        .bind(&sbx.namespace)
+        .bind(sbx.status.as_str())
+        .bind(sbx.reason.as_deref())
+        .bind(&sbx.isolation)
+        .bind(as_i64(sbx.cpu_millis))
+        .bind(as_i64(sbx.memory_bytes))
+        .bind(as_i64(sbx.pids))
+        .bind(as_i64(sbx.ttl_seconds))
+        .bind(sbx.created_at_ms)
+        .bind(sbx.expires_at_ms)
+        .bind(sbx.ended_at_ms)
+        .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
+        .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -494,6 +538,184 @@ impl Store for SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(sandbox_row).transpose()
+    }
+
+    async fn create_project(&self, p: &ProjectRow) -> Result<()> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("INSERT INTO projects (id, namespace, name, created_at_ms) VALUES (?, ?, ?, ?)")
+            .bind(&p.id)
+            .bind(&p.namespace)
+            .bind(&p.name)
+            .bind(p.created_at_ms)
+            .execute(&self.pool)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict(format!("project {}", p.name))),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn get_project(&self, namespace: &str, id: &str) -> Result<Option<ProjectRow>> {
+        let row = sqlx::query("SELECT id, namespace, name, created_at_ms FROM projects WHERE namespace = ? AND id = ?")
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(project_row).transpose()
+    }
+
+    async fn list_projects(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<ProjectRow>> {
+        let rows = sqlx::query(
+            "SELECT id, namespace, name, created_at_ms FROM projects WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(project_row).collect()
+    }
+
+    async fn delete_project(&self, namespace: &str, id: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM filesystems WHERE project_id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!("filesystems of project {id}")));
+        }
+        let r = sqlx::query("DELETE FROM projects WHERE namespace = ? AND id = ?")
+            .bind(namespace)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn admit_filesystem(&self, f: &FilesystemRow, disk_bytes: u64) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let used: i64 = sqlx::query("SELECT COALESCE(SUM(size_bytes), 0) AS used FROM filesystems WHERE namespace = ?")
+            .bind(&f.namespace)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("used")?;
+        let used = u64::try_from(used).unwrap_or(0);
+        if used.saturating_add(f.size_bytes) > disk_bytes {
+            return Err(StoreError::Quota(QuotaBreach {
+                quota: "disk_bytes",
+                limit: disk_bytes,
+                used,
+                requested: f.size_bytes,
+            }));
+        }
+        let r = sqlx::query(&format!("INSERT INTO filesystems ({FILESYSTEM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"))
+            .bind(&f.id)
+            .bind(&f.namespace)
+            .bind(&f.name)
+            .bind(f.project_id.as_deref())
+            .bind(as_i64(f.size_bytes))
+            .bind(f.created_at_ms)
+            .bind(f.updated_at_ms)
+            .execute(&mut *tx)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(format!("filesystem {}", f.name))),
+            other => other?,
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_filesystem(&self, namespace: &str, id: &str) -> Result<Option<FilesystemRow>> {
+        let row = sqlx::query(&format!("SELECT {FILESYSTEM_COLUMNS} FROM filesystems WHERE namespace = ? AND id = ?"))
+            .bind(namespace)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(filesystem_row).transpose()
+    }
+
+    async fn list_filesystems(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<FilesystemRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {FILESYSTEM_COLUMNS} FROM filesystems WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
+        ))
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(filesystem_row).collect()
+    }
+
+    async fn all_filesystems(&self) -> Result<Vec<FilesystemRow>> {
+        let rows = sqlx::query(&format!("SELECT {FILESYSTEM_COLUMNS} FROM filesystems ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(filesystem_row).collect()
+    }
+
+    async fn resize_filesystem(
+        &self,
+        namespace: &str,
+        id: &str,
+        size_bytes: u64,
+        disk_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Option<FilesystemRow>> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let used: i64 =
+            sqlx::query("SELECT COALESCE(SUM(size_bytes), 0) AS used FROM filesystems WHERE namespace = ? AND id != ?")
+                .bind(namespace)
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("used")?;
+        let used = u64::try_from(used).unwrap_or(0);
+        if used.saturating_add(size_bytes) > disk_bytes {
+            return Err(StoreError::Quota(QuotaBreach {
+                quota: "disk_bytes",
+                limit: disk_bytes,
+                used,
+                requested: size_bytes,
+            }));
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE filesystems SET size_bytes = ?, updated_at_ms = ? WHERE namespace = ? AND id = ? RETURNING {FILESYSTEM_COLUMNS}"
+        ))
+        .bind(as_i64(size_bytes))
+        .bind(now_ms)
+        .bind(namespace)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(filesystem_row).transpose()
+    }
+
+    async fn delete_filesystem(&self, namespace: &str, id: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM filesystems WHERE namespace = ? AND id = ?")
+            .bind(namespace)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE filesystem_id = ? AND status IN ('creating', 'running')"
+        ))
+        .bind(filesystem_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(sandbox_row).collect()
     }
 
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>> {
@@ -557,6 +779,7 @@ mod tests {
             token_hash: bulkhead_core::ids::new_id("h"),
             created_at_ms: 1,
             expires_at_ms: None,
+            projects: None,
         }
     }
 
@@ -610,6 +833,7 @@ mod tests {
             created_at_ms: 1,
             expires_at_ms: 60_001,
             ended_at_ms: None,
+            filesystem: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Reply {
 
 impl Harness {
     pub async fn new() -> Harness {
+        // Server logs go to the test's captured output: shown when a test fails.
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,bulkhead_server=info").try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
         config.runtime = test_runtime();

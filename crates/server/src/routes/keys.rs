@@ -63,6 +63,31 @@ pub async fn create(
         }
     };
     let namespace = load_namespace(&ctx, &ns).await?;
+    let projects = match &req.projects {
+        None => None,
+        Some(list) => {
+            if list.len() > 100 {
+                return Err(ApiError::Invalid("projects: at most 100".into()));
+            }
+            for id in list {
+                let found = ids::is_id(prefix::PROJECT, id) && ctx.state.store.get_project(&ns, id).await?.is_some();
+                // A key limited to projects may only mint keys within them.
+                if !found || !ctx.principal.sees_project(Some(id)) {
+                    return Err(ApiError::Invalid(format!("projects: no project {id:?} in this namespace")));
+                }
+            }
+            let mut list = list.clone();
+            list.sort();
+            list.dedup();
+            ctx.audit_detail("projects", list.clone());
+            Some(list)
+        }
+    };
+    if projects.is_none() && !ctx.principal.sees_project(None) {
+        return Err(ApiError::Invalid(
+            "projects: a key limited to projects can only create keys limited to them".into(),
+        ));
+    }
     let idem = match Idempotency::begin(&ctx, &headers, "key.create", Some(&ns), &body).await? {
         Begin::Fresh(idem) => idem,
         Begin::Replay(reply) => {
@@ -81,6 +106,7 @@ pub async fn create(
         token_hash: ctx.state.hasher.hash(&token),
         created_at_ms: now,
         expires_at_ms,
+        projects,
     };
     ctx.state.store.create_key(&row).await?;
     ctx.audit_resource(format!("key:{}", row.id));

@@ -3,9 +3,11 @@
 //! wire types only.
 
 pub mod audit;
+pub mod filesystems;
 pub mod health;
 pub mod keys;
 pub mod namespaces;
+pub mod projects;
 pub mod sandboxes;
 
 use bulkhead_store::NamespaceRow;

@@ -68,13 +68,38 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
     Ok(Json(Page { items: rows.iter().map(namespace_out).collect(), next_cursor }))
 }
 
+/// What a namespace uses now: active sandboxes, allocated and written disk.
+async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
+    let mut u = bulkhead_api::NamespaceUsage::default();
+    for s in ctx.state.store.active_sandboxes().await?.iter().filter(|s| s.namespace == ns) {
+        u.sandboxes += 1;
+        u.cpu_millis += s.cpu_millis;
+        u.memory_bytes += s.memory_bytes;
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = ctx.state.store.list_filesystems(ns, after.as_deref(), 1000).await?;
+        for f in &page {
+            u.disk_bytes += f.size_bytes;
+            u.disk_used_bytes += ctx.state.storage.usage(&f.id).map(|x| x.used_bytes).unwrap_or(0);
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
+    Ok(u)
+}
+
 /// Get a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
     responses((status = 200, body = Namespace), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Namespace>> {
     ctx.authorize(Action::NamespaceGet, Some(&ns), format!("namespace:{ns}"))?;
     let row = load_namespace(&ctx, &ns).await?;
-    Ok(Json(namespace_out(&row)))
+    let mut out = namespace_out(&row);
+    out.usage = Some(usage(&ctx, &ns).await?);
+    Ok(Json(out))
 }
 
 /// Change a namespace's quotas (platform admin).

@@ -51,6 +51,10 @@ pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
         created_at: rfc3339(row.created_at_ms),
         expires_at: rfc3339(row.expires_at_ms),
         ended_at: row.ended_at_ms.map(rfc3339),
+        filesystem: row
+            .filesystem
+            .as_ref()
+            .map(|(id, mode)| bulkhead_api::SandboxFilesystem { id: id.clone(), mode: mode.clone() }),
     }
 }
 
@@ -146,10 +150,23 @@ pub async fn create(
         Some(env) => check_env("env", env)?,
         None => Vec::new(),
     };
+    let filesystem = match &req.filesystem {
+        None => None,
+        Some(f) => {
+            if f.mode != "rw" && f.mode != "ro" {
+                return Err(ApiError::Invalid("filesystem.mode: must be \"rw\" or \"ro\"".into()));
+            }
+            // Another namespace's filesystem, or one of a project the key cannot see: 404.
+            let row = super::filesystems::load_filesystem(&ctx, &ns, &f.id).await?;
+            ctx.audit_detail("filesystem", format!("{}:{}", row.id, f.mode));
+            Some((row, f.mode.clone()))
+        }
+    };
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
-    let row = sandboxes::create(&ctx.state, &namespace, Plan { cpu_millis, memory_bytes, ttl_seconds, env }).await?;
+    let plan = Plan { cpu_millis, memory_bytes, ttl_seconds, env, filesystem };
+    let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
     Ok((StatusCode::CREATED, Json(sandbox_out(&row))).into_response())
 }

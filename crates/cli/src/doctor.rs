@@ -1,0 +1,293 @@
+//! `bulkhead doctor`: the host resources of Bulkhead on this machine that belong to no live
+//! sandbox. It reads the host directly (cgroups, the runtime state dir, processes, mounts,
+//! named network namespaces, loop devices), so it runs as root on the server's host, and asks
+//! the server, when one answers, which sandboxes are live.
+//!
+//! How a resource is judged:
+//! - sandbox-level resources (bundles, OCI state, sandbox cgroups, supervisors, mounts, netns,
+//!   loop devices) are expected only when they name a sandbox the server reports as creating or
+//!   running; with no server to ask, every one of them is a leak;
+//! - the prefix cgroup and the per-namespace cgroups are the server's standing configuration
+//!   (they outlive sandboxes and server restarts), so they are a leak only when a process sits
+//!   directly in them or, when the server answers, when their namespace no longer exists.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bulkhead_client::{AuditFilter, Client, ClientError};
+use bulkhead_runtime::cgroup::{Cgroups, Version};
+use bulkhead_runtime::host::{self, HostResource};
+use clap::Args;
+use serde::Serialize;
+
+use crate::commands::client;
+use crate::output::{self, table};
+use crate::Global;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Args)]
+pub struct DoctorArgs {
+    /// The server's runtime state dir (bundles and OCI runtime state).
+    #[arg(long, env = "BULKHEAD_STATE_DIR", default_value = "/run/bulkhead")]
+    state_dir: PathBuf,
+    /// The name of the server's top cgroup.
+    #[arg(long, env = "BULKHEAD_CGROUP_PREFIX", default_value = "bulkhead")]
+    cgroup_prefix: String,
+}
+
+/// Where in the server's tree a resource sits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Level {
+    /// The prefix cgroup itself.
+    Top,
+    /// A namespace's cgroup.
+    Namespace(String),
+    /// Anything of one sandbox.
+    Sandbox,
+}
+
+/// A resource found on the host.
+#[derive(Debug, Clone)]
+struct Found {
+    kind: &'static str,
+    name: String,
+    level: Level,
+    /// A process sits directly in this cgroup.
+    busy: bool,
+}
+
+impl Found {
+    fn sandbox(r: HostResource) -> Found {
+        Found { kind: r.kind, name: r.name, level: Level::Sandbox, busy: false }
+    }
+}
+
+/// What the server reports as alive.
+#[derive(Debug, Default)]
+struct Live {
+    sandboxes: HashSet<String>,
+    namespaces: HashSet<String>,
+}
+
+/// One leaked resource, as printed.
+#[derive(Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+struct Leak {
+    kind: &'static str,
+    resource: String,
+}
+
+fn is_leak(found: &Found, live: Option<&Live>) -> bool {
+    match &found.level {
+        Level::Sandbox => match live {
+            Some(l) => !l.sandboxes.iter().any(|id| found.name.contains(id.as_str())),
+            None => true,
+        },
+        Level::Namespace(ns) => found.busy || live.is_some_and(|l| !l.namespaces.contains(ns)),
+        Level::Top => found.busy || live.is_some_and(|l| l.namespaces.is_empty()),
+    }
+}
+
+/// Whether `text` names `dir` or something under it (and not merely a sibling that starts
+/// with the same characters, such as `/run/bulkhead-test` for `/run/bulkhead`).
+fn mentions_dir(text: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    if dir.is_empty() {
+        return false;
+    }
+    text.match_indices(dir).any(|(i, _)| matches!(text[i + dir.len()..].chars().next(), None | Some('/' | ' ')))
+}
+
+/// The cgroup dirs of this server, placed in its tree.
+fn cgroups(prefix: &str) -> Vec<Found> {
+    let root = Path::new(CGROUP_ROOT);
+    let Ok(cg) = Cgroups::detect(root, prefix) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for dir in cg.existing() {
+        let Ok(rel) = dir.strip_prefix(root) else { continue };
+        let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        if cg.version() == Version::V1 && !parts.is_empty() {
+            // The hierarchy (`cpu`, `memory`, ...).
+            parts.remove(0);
+        }
+        if parts.first().map(String::as_str) != Some(prefix) {
+            continue;
+        }
+        let level = match parts.len() {
+            1 => Level::Top,
+            2 => Level::Namespace(parts[1].clone()),
+            _ => Level::Sandbox,
+        };
+        let busy = level != Level::Sandbox
+            && std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty());
+        out.push(Found { kind: "cgroup", name: dir.display().to_string(), level, busy });
+    }
+    out
+}
+
+/// Supervisor processes of this server (those in a cgroup under its prefix), named with their
+/// cgroup so that a live sandbox's supervisor carries its id.
+fn supervisors(prefix: &str) -> Vec<Found> {
+    let mut out = Vec::new();
+    for p in host::supervisor_processes() {
+        let pid = p.name.strip_prefix("pid ").and_then(|r| r.split(' ').next()).unwrap_or_default();
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
+        let ours =
+            text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).find(|path| path.split('/').any(|c| c == prefix));
+        if let Some(path) = ours {
+            out.push(Found::sandbox(HostResource { kind: p.kind, name: format!("{} in cgroup {path}", p.name) }));
+        }
+    }
+    out
+}
+
+/// Everything of Bulkhead on this host that this server may own.
+fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
+    // Mounts name absolute, resolved paths.
+    let state = std::fs::canonicalize(&args.state_dir).unwrap_or_else(|_| args.state_dir.clone());
+    let state_name = state.display().to_string();
+    let mut found = cgroups(&args.cgroup_prefix);
+    let mounts = host::mounts(&state_name).into_iter().filter(|m| mentions_dir(&m.name, &state_name));
+    let sandbox_level = host::dir_entries(&state.join("sandboxes"), "bundle")
+        .into_iter()
+        .chain(host::dir_entries(&state.join("runc"), "oci-state"))
+        .chain(mounts)
+        .chain(host::netns("bulkhead"))
+        .chain(data_dir.map(|d| host::loop_devices(&d.join("filesystems"))).unwrap_or_default());
+    found.extend(sandbox_level.map(Found::sandbox));
+    found.extend(supervisors(&args.cgroup_prefix));
+    found
+}
+
+/// The live sandboxes and existing namespaces, from the server.
+async fn ask(c: &Client) -> Result<Live, ClientError> {
+    // Only the platform admin sees every namespace; a namespace key would list its own and
+    // make every other namespace's sandboxes look leaked. The platform audit chain is the
+    // cheapest read that only the admin may do.
+    c.audit(None, &AuditFilter { limit: Some(1), ..Default::default() }).await?;
+    let mut live = Live::default();
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = c.list_namespaces(Some(1000), cursor.as_deref()).await?;
+        names.extend(page.items.into_iter().map(|n| n.name));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    for ns in names {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match c.list_sandboxes(&ns, Some(1000), cursor.as_deref()).await {
+                Ok(page) => page,
+                // Deleted since it was listed.
+                Err(ClientError::Api { status: 404, .. }) => break,
+                Err(e) => return Err(e),
+            };
+            let active = page.items.into_iter().filter(crate::sandbox::is_active);
+            live.sandboxes.extend(active.map(|s| s.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        live.namespaces.insert(ns);
+    }
+    Ok(live)
+}
+
+/// What the server at `--url` reports as alive; `None`, said in one line on stderr, when no
+/// server answers or there is no token to ask it with.
+async fn live(global: &Global) -> anyhow::Result<Option<Live>> {
+    let unasked = |why: String| {
+        eprintln!("{why}: every sandbox resource on this host counts as a leak");
+        Ok(None)
+    };
+    let Ok(c) = client(global) else {
+        return unasked(format!("no token for the server at {}", global.url));
+    };
+    match ask(&c).await {
+        Ok(live) => Ok(Some(live)),
+        Err(ClientError::Transport { .. }) => unasked(format!("no server answers at {}", global.url)),
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "the server at {} would not say which sandboxes are live (doctor needs the platform admin token)",
+            global.url
+        ))),
+    }
+}
+
+/// Whether this process runs as root.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    if !is_root() {
+        anyhow::bail!("doctor reads this host's cgroups, processes and mounts: run it as root on the server's host");
+    }
+    // The host first, then the server: a sandbox created in between is then known to the
+    // server, not reported as a leak.
+    let found = scan(&args, global.data_dir.as_deref());
+    let live = live(global).await?;
+    let mut leaks: Vec<Leak> = found
+        .iter()
+        .filter(|f| is_leak(f, live.as_ref()))
+        .map(|f| Leak { kind: f.kind, resource: f.name.clone() })
+        .collect();
+    leaks.sort();
+    leaks.dedup();
+    if global.json {
+        output::json(&leaks)?;
+    } else if leaks.is_empty() {
+        println!("no leaked host resources");
+    } else {
+        let rows: Vec<Vec<String>> = leaks.iter().map(|l| vec![l.kind.to_owned(), l.resource.clone()]).collect();
+        table(&["KIND", "RESOURCE"], &rows);
+    }
+    Ok(if leaks.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(name: &str, level: Level, busy: bool) -> Found {
+        Found { kind: "cgroup", name: name.into(), level, busy }
+    }
+
+    #[test]
+    fn judging() {
+        let live = Live {
+            sandboxes: ["sbx_live".to_owned()].into_iter().collect(),
+            namespaces: ["acme".to_owned()].into_iter().collect(),
+        };
+        let sbx = |n: &str| found(n, Level::Sandbox, false);
+        assert!(!is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_live"), Some(&live)));
+        assert!(is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_dead"), Some(&live)));
+        assert!(is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_live"), None));
+        let ns = |n: &str, busy| found("x", Level::Namespace(n.into()), busy);
+        assert!(!is_leak(&ns("acme", false), Some(&live)));
+        assert!(is_leak(&ns("gone", false), Some(&live)));
+        assert!(!is_leak(&ns("gone", false), None));
+        assert!(is_leak(&ns("acme", true), Some(&live)));
+        assert!(!is_leak(&found("x", Level::Top, false), Some(&live)));
+        assert!(is_leak(&found("x", Level::Top, false), Some(&Live::default())));
+        assert!(is_leak(&found("x", Level::Top, true), None));
+    }
+
+    #[test]
+    fn dirs_are_matched_whole() {
+        assert!(mentions_dir("tmpfs on /run/bulkhead/sandboxes/x", "/run/bulkhead"));
+        assert!(mentions_dir("tmpfs on /run/bulkhead", "/run/bulkhead/"));
+        assert!(mentions_dir("/run/bulkhead on /x", "/run/bulkhead"));
+        assert!(!mentions_dir("tmpfs on /run/bulkhead-test-1/x", "/run/bulkhead"));
+    }
+}

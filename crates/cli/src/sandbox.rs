@@ -1,0 +1,418 @@
+//! The sandbox subcommands: `sandbox create|list|get|delete`, `exec` (streamed, exit code
+//! passed through) and `cp` (files in and out of a sandbox).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, Sandbox};
+use bulkhead_client::Client;
+use clap::{Args, Subcommand};
+
+use crate::commands::client;
+use crate::output::{self, table};
+use crate::units::{format_bytes, format_cpu, format_seconds, parse_bytes, parse_cpu, parse_seconds};
+use crate::Global;
+
+/// The exit status of a command that ran out of time, as `timeout(1)` reports it.
+const TIMED_OUT: u8 = 124;
+
+/// Parses `KEY=VALUE`.
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn env_map(pairs: Vec<(String, String)>) -> Option<BTreeMap<String, String>> {
+    if pairs.is_empty() {
+        None
+    } else {
+        Some(pairs.into_iter().collect())
+    }
+}
+
+#[derive(Subcommand)]
+pub enum SandboxCmd {
+    /// Create a sandbox; unset limits take the server's defaults.
+    Create {
+        /// The namespace.
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        /// CPU, in cores (`0.5`) or thousandths (`500m`).
+        #[arg(long, value_parser = parse_cpu)]
+        cpu: Option<u64>,
+        /// Memory (`256MiB`).
+        #[arg(long, value_parser = parse_bytes)]
+        memory: Option<u64>,
+        /// Lifetime (`10m`); the sandbox is deleted when it ends.
+        #[arg(long, value_parser = parse_seconds)]
+        ttl: Option<u64>,
+        /// An environment variable of every command, `KEY=VALUE`; repeatable.
+        #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
+    /// List a namespace's sandboxes (running ones; `--all` for ended ones too).
+    List {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        /// Also sandboxes that have ended.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one sandbox.
+    Get {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        id: String,
+    },
+    /// Delete a sandbox: its processes, mounts and cgroups are gone when this returns.
+    Delete {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        id: String,
+    },
+}
+
+const SANDBOX_HEADERS: [&str; 7] = ["ID", "STATUS", "CPU", "MEMORY", "TTL", "CREATED", "EXPIRES"];
+
+fn sandbox_row(s: &Sandbox) -> Vec<String> {
+    vec![
+        s.id.clone(),
+        s.status.clone(),
+        format_cpu(s.cpu_millis),
+        format_bytes(s.memory_bytes),
+        format_seconds(s.ttl_seconds),
+        s.created_at.clone(),
+        s.expires_at.clone(),
+    ]
+}
+
+fn show_sandbox(s: &Sandbox, global: &Global) -> anyhow::Result<()> {
+    if global.json {
+        return output::json(s);
+    }
+    table(&SANDBOX_HEADERS, &[sandbox_row(s)]);
+    Ok(())
+}
+
+/// Whether a sandbox has not ended.
+pub fn is_active(s: &Sandbox) -> bool {
+    matches!(s.status.as_str(), "creating" | "running")
+}
+
+/// Every sandbox of a namespace, all pages.
+pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>> {
+    let mut all = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await?;
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
+}
+
+pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    match cmd {
+        SandboxCmd::Create { ns, cpu, memory, ttl, env } => {
+            let req = CreateSandbox {
+                cpu_millis: cpu,
+                memory_bytes: memory,
+                ttl_seconds: ttl,
+                env: env_map(env),
+                filesystem: None,
+            };
+            show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
+        }
+        SandboxCmd::List { ns, all } => {
+            let mut sandboxes = all_sandboxes(&c, &ns).await?;
+            if !all {
+                sandboxes.retain(is_active);
+            }
+            if global.json {
+                output::json(&sandboxes)?;
+            } else {
+                table(&SANDBOX_HEADERS, &sandboxes.iter().map(sandbox_row).collect::<Vec<_>>());
+            }
+        }
+        SandboxCmd::Get { ns, id } => {
+            let s = c.get_sandbox(&ns, &id).await?;
+            if global.json {
+                output::json(&s)?;
+            } else {
+                let mut pairs = vec![
+                    ("id", s.id.clone()),
+                    ("namespace", s.namespace.clone()),
+                    ("status", s.status.clone()),
+                    ("isolation", s.isolation.clone()),
+                    ("cpu", format_cpu(s.cpu_millis)),
+                    ("memory", format_bytes(s.memory_bytes)),
+                    ("pids", s.pids_limit.to_string()),
+                    ("ttl", format_seconds(s.ttl_seconds)),
+                    ("created", s.created_at.clone()),
+                    ("expires", s.expires_at.clone()),
+                ];
+                if let Some(ended) = &s.ended_at {
+                    pairs.push(("ended", ended.clone()));
+                }
+                if let Some(reason) = &s.reason {
+                    pairs.push(("reason", reason.clone()));
+                }
+                output::fields(&pairs);
+            }
+        }
+        SandboxCmd::Delete { ns, id } => {
+            c.delete_sandbox(&ns, &id).await?;
+            if !global.json {
+                println!("deleted sandbox {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ExecArgs {
+    /// The namespace.
+    #[arg(long, env = "BULKHEAD_NAMESPACE")]
+    ns: String,
+    /// The sandbox's id.
+    sandbox: String,
+    /// An environment variable of this command, `KEY=VALUE`; repeatable.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Absolute working directory inside the sandbox (default `/`).
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Kill the command after this long (`60s`, at most `1h`).
+    #[arg(long, value_parser = parse_seconds)]
+    timeout: Option<u64>,
+    /// Read this command's standard input to the end and send it as the command's.
+    #[arg(short = 'i', long)]
+    stdin: bool,
+    /// The program and its arguments (after `--`); not run through a shell.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    cmd: Vec<String>,
+}
+
+fn write_out(out: &mut impl Write, data: &[u8], what: &str) -> anyhow::Result<()> {
+    out.write_all(data).and_then(|()| out.flush()).with_context(|| format!("cannot write {what}"))
+}
+
+/// The process exit status of a command's exit code (`1` for one no shell could report).
+fn exit_status(code: i32) -> ExitCode {
+    match u8::try_from(code) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(c) => ExitCode::from(c),
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+/// Runs a command; its output streams to ours and its exit code becomes ours. With `--json`,
+/// the output is collected and printed as one JSON object instead.
+pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    let stdin = if args.stdin {
+        let mut data = Vec::new();
+        std::io::stdin().read_to_end(&mut data).context("cannot read standard input")?;
+        let text = String::from_utf8(data)
+            .map_err(|_| anyhow!("standard input is not UTF-8 text, which is all exec sends"))?;
+        Some(text)
+    } else {
+        None
+    };
+    let timeout = args.timeout;
+    let req = ExecRequest { cmd: args.cmd, stdin, env: env_map(args.env), cwd: args.cwd, timeout_seconds: timeout };
+    if global.json {
+        let r = c.exec(&args.ns, &args.sandbox, &req).await?;
+        output::json(&r)?;
+        return Ok(if r.timed_out { ExitCode::from(TIMED_OUT) } else { exit_status(r.exit_code) });
+    }
+    let mut stream = c.exec_stream(&args.ns, &args.sandbox, &req).await?;
+    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    loop {
+        match stream.next().await? {
+            Some(ExecEvent::Stdout { data }) => write_out(&mut stdout, data.as_bytes(), "standard output")?,
+            Some(ExecEvent::Stderr { data }) => write_out(&mut stderr, data.as_bytes(), "standard error")?,
+            Some(ExecEvent::Exit { exit_code, timed_out, truncated, .. }) => {
+                if timed_out {
+                    // The server's default when no --timeout was given.
+                    let limit = format_seconds(timeout.unwrap_or(60));
+                    writeln!(stderr, "error: the command timed out after {limit} and was killed").ok();
+                    return Ok(ExitCode::from(TIMED_OUT));
+                }
+                if truncated {
+                    writeln!(stderr, "warning: the output went past the server's cap and was cut").ok();
+                }
+                return Ok(exit_status(exit_code));
+            }
+            Some(ExecEvent::Error { message }) => bail!("{message}"),
+            None => bail!("the server ended the output stream before the command's exit"),
+        }
+    }
+}
+
+/// One side of a copy.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// `-`: standard input or output.
+    Std,
+    Local(PathBuf),
+    Sandbox {
+        id: String,
+        path: String,
+    },
+}
+
+/// `SANDBOX:/abs/path` is a place in a sandbox: the part before the first `:` holds no `/`
+/// and the part after is absolute. Anything else is local (`./a:b` stays local).
+fn parse_place(s: &str) -> Place {
+    if s == "-" {
+        return Place::Std;
+    }
+    if let Some((id, path)) = s.split_once(':') {
+        if !id.is_empty() && !id.contains('/') && path.starts_with('/') {
+            return Place::Sandbox { id: id.to_owned(), path: path.to_owned() };
+        }
+    }
+    Place::Local(PathBuf::from(s))
+}
+
+/// The last component of a path inside a sandbox.
+fn remote_name(path: &str) -> Option<&str> {
+    path.trim_end_matches('/').rsplit('/').next().filter(|n| !n.is_empty() && *n != "." && *n != "..")
+}
+
+#[derive(Args)]
+pub struct CpArgs {
+    /// The namespace.
+    #[arg(long, env = "BULKHEAD_NAMESPACE")]
+    ns: String,
+    /// `SANDBOX:/abs/path`, a local path, or `-` for standard input.
+    src: String,
+    /// `SANDBOX:/abs/path`, a local path (or directory), or `-` for standard output.
+    dst: String,
+}
+
+/// Copies a file into or out of a sandbox.
+pub async fn cp(args: CpArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    match (parse_place(&args.src), parse_place(&args.dst)) {
+        (local @ (Place::Std | Place::Local(_)), Place::Sandbox { id, path }) => {
+            copy_in(&client(global)?, &args.ns, &local, &id, path).await?
+        }
+        (Place::Sandbox { id, path }, local @ (Place::Std | Place::Local(_))) => {
+            copy_out(&client(global)?, &args.ns, &id, &path, local).await?
+        }
+        _ => bail!("exactly one of SRC and DST must be SANDBOX:/abs/path, the other a local path or -"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A local file (or standard input) into a sandbox; a `path` ending in `/` takes the local
+/// file's name.
+async fn copy_in(c: &Client, ns: &str, local: &Place, id: &str, mut path: String) -> anyhow::Result<()> {
+    let data = match local {
+        Place::Local(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
+        _ => {
+            let mut data = Vec::new();
+            std::io::stdin().read_to_end(&mut data).context("cannot read standard input")?;
+            data
+        }
+    };
+    if path.ends_with('/') {
+        let name = match local {
+            Place::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+            _ => None,
+        };
+        let Some(name) = name else {
+            bail!("{path}: name the file to write, not only its directory");
+        };
+        path.push_str(&name);
+    }
+    c.write_file(ns, id, &path, data).await?;
+    Ok(())
+}
+
+/// A file of a sandbox to a local file (written atomically; into a directory under the
+/// sandbox file's name) or to standard output.
+async fn copy_out(c: &Client, ns: &str, id: &str, path: &str, local: Place) -> anyhow::Result<()> {
+    let data = c.read_file(ns, id, path).await?;
+    match local {
+        Place::Local(mut p) => {
+            if p.is_dir() {
+                let Some(name) = remote_name(path) else {
+                    bail!("{path}: not a file name to copy into {}", p.display());
+                };
+                p.push(name);
+            }
+            write_atomically(&p, &data)
+        }
+        _ => write_out(&mut std::io::stdout().lock(), &data, "standard output"),
+    }
+}
+
+/// Writes `data` to `path` through a temporary file beside it and a rename, so that `path` is
+/// either untouched or complete.
+fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = dir.join(format!(".{}.bulkhead-{}.tmp", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        // A file that is replaced keeps its permissions.
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places() {
+        assert_eq!(parse_place("-"), Place::Std);
+        assert_eq!(parse_place("sbx_1:/tmp/a"), Place::Sandbox { id: "sbx_1".into(), path: "/tmp/a".into() });
+        assert_eq!(parse_place("./a:/b"), Place::Local("./a:/b".into()));
+        assert_eq!(parse_place("a:b"), Place::Local("a:b".into()));
+        assert_eq!(parse_place("/tmp/x"), Place::Local("/tmp/x".into()));
+        assert_eq!(remote_name("/tmp/a.txt"), Some("a.txt"));
+        assert_eq!(remote_name("/"), None);
+    }
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env("A=b=c").unwrap(), ("A".to_owned(), "b=c".to_owned()));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("x").is_err());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"old").unwrap();
+        write_atomically(&p, b"new").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,334 @@
+//! Sandboxes through the real CLI against the real `bulkhead serve`: `sandbox`, `exec`
+//! (streamed, exit code passed through, stdin), `cp` in and out, authorization, and
+//! `bulkhead doctor` with a live sandbox, after teardown, and with a leak made on purpose.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+/// A running server; killed on drop if the test did not stop it, and every host resource of
+/// its sandboxes removed.
+struct Server {
+    child: Option<Child>,
+    url: String,
+    data_dir: PathBuf,
+    state_dir: PathBuf,
+    cgroup_prefix: String,
+}
+
+/// A fresh runtime state dir and cgroup prefix for one test server.
+fn runtime_names() -> (PathBuf, String) {
+    let mut bytes = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
+}
+
+impl Server {
+    fn start(data_dir: &Path) -> Server {
+        let (state_dir, cgroup_prefix) = runtime_names();
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--cgroup-prefix", &cgroup_prefix])
+            .env("BULKHEAD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bulkhead serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = loop {
+            assert!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(u) = line.strip_prefix("bulkhead listening on ") {
+                break u.to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child: Some(child), url, data_dir: data_dir.to_owned(), state_dir, cgroup_prefix }
+    }
+
+    /// Runs the CLI against this server with `stdin`; `token` `None` means "fall back to the
+    /// admin token file".
+    fn run(&self, token: Option<&str>, args: &[&str], stdin: &[u8]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("BULKHEAD_URL", &self.url)
+            .env("BULKHEAD_DATA_DIR", &self.data_dir)
+            .env_remove("BULKHEAD_TOKEN")
+            .env_remove("BULKHEAD_NAMESPACE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            c.env("BULKHEAD_TOKEN", t);
+        }
+        let mut child = c.spawn().expect("run bulkhead");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait for bulkhead");
+        writer.join().unwrap();
+        out
+    }
+
+    fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        self.run(token, args, b"")
+    }
+
+    fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(out.status.success(), "bulkhead {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, token: Option<&str>, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(token, &all)).expect("--json prints JSON")
+    }
+
+    /// Fails with exactly one line on stderr; returns it.
+    fn fails(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(!out.status.success(), "bulkhead {args:?} should have failed");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line on error, got {err:?}");
+        err
+    }
+
+    /// `bulkhead doctor` for this server's state dir and cgroup prefix, with `extra` arguments.
+    fn doctor(&self, token: Option<&str>, extra: &[&str]) -> Output {
+        let state = self.state_dir.display().to_string();
+        let mut args = vec!["doctor", "--state-dir", &state, "--cgroup-prefix", &self.cgroup_prefix];
+        args.extend_from_slice(extra);
+        self.cli(token, &args)
+    }
+
+    /// SIGTERM, and the server must exit cleanly.
+    fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "server exited with {status} on SIGTERM");
+                return;
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = bulkhead_runtime::oci::purge(&self.state_dir, Path::new("/sys/fs/cgroup"), &self.cgroup_prefix);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A namespace `acme` with a developer and a viewer key; their tokens.
+fn tenant(server: &Server) -> (String, String) {
+    server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
+    let key = |name: &str, role: &str| {
+        let k = server.json(None, &["key", "create", "--ns", "acme", name, "--role", role]);
+        k["token"].as_str().unwrap().to_owned()
+    };
+    (key("dev", "developer"), key("look", "viewer"))
+}
+
+#[test]
+fn sandbox_exec_cp_and_doctor_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    let (dev, viewer) = tenant(&server);
+    let dev = Some(dev.as_str());
+
+    // Create with human units.
+    let s = server.json(
+        dev,
+        &[
+            "sandbox",
+            "create",
+            "--ns",
+            "acme",
+            "--cpu",
+            "0.5",
+            "--memory",
+            "256MiB",
+            "--ttl",
+            "10m",
+            "--env",
+            "GREETING=hi there",
+        ],
+    );
+    let id = s["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("sbx_"), "{s}");
+    assert_eq!((s["status"].as_str(), s["cpu_millis"].as_u64()), (Some("running"), Some(500)), "{s}");
+    assert_eq!((s["memory_bytes"].as_u64(), s["ttl_seconds"].as_u64()), (Some(256 << 20), Some(600)), "{s}");
+    let list = server.ok(dev, &["sandbox", "list", "--ns", "acme"]);
+    assert!(list.lines().next().unwrap().starts_with("ID"), "{list}");
+    assert!(list.contains(&id) && list.contains("running"), "{list}");
+    assert_eq!(server.json(dev, &["sandbox", "get", "--ns", "acme", &id])["id"], id.as_str());
+
+    // Output streams to the right place and the exit code passes through.
+    let out = server.cli(dev, &["exec", "--ns", "acme", &id, "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "stderr: {}", text(&out.stderr));
+    assert_eq!((text(&out.stdout).as_str(), text(&out.stderr).as_str()), ("out\n", "err\n"));
+    // The sandbox's env, the command's env and cwd.
+    let out = server.ok(
+        dev,
+        &[
+            "exec",
+            "--ns",
+            "acme",
+            &id,
+            "--env",
+            "WHO=me",
+            "--cwd",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING $WHO; pwd",
+        ],
+    );
+    assert_eq!(out, "hi there me\n/tmp\n");
+    // Standard input with -i.
+    let input = b"line one\nline two\n";
+    let out = server.run(dev, &["exec", "--ns", "acme", &id, "-i", "--", "cat"], input);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, input);
+    // A timeout: one error line and the status of timeout(1).
+    let out = server.cli(dev, &["exec", "--ns", "acme", &id, "--timeout", "1s", "--", "sleep", "30"]);
+    assert_eq!(out.status.code(), Some(124), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.trim_end().lines().count() == 1 && err.starts_with("error: ") && err.contains("timed out"), "{err:?}");
+    // --json collects the output and still passes the exit code through.
+    let out = server.cli(dev, &["exec", "--ns", "acme", &id, "--json", "--", "sh", "-c", "echo j; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["stdout"].as_str(), v["exit_code"].as_i64()), (Some("j\n"), Some(3)), "{v}");
+
+    // cp in and out, byte for byte, through files and through - .
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let local = dir.path().join("payload.bin");
+    std::fs::write(&local, &payload).unwrap();
+    let remote = format!("{id}:/tmp/in/payload.bin");
+    server.ok(dev, &["cp", "--ns", "acme", local.to_str().unwrap(), &remote]);
+    let back = dir.path().join("back.bin");
+    server.ok(dev, &["cp", "--ns", "acme", &remote, back.to_str().unwrap()]);
+    assert!(std::fs::read(&back).unwrap() == payload, "the copy back differs");
+    let sum = server.ok(dev, &["exec", "--ns", "acme", &id, "--", "wc", "-c", "/tmp/in/payload.bin"]);
+    assert_eq!(sum.split_whitespace().next(), Some("200000"), "{sum}");
+    // Into a directory: the remote file's name; no temporary file is left beside it.
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    server.ok(dev, &["cp", "--ns", "acme", &remote, into.to_str().unwrap()]);
+    let names: Vec<String> =
+        std::fs::read_dir(&into).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["payload.bin"]);
+    let out = server.run(dev, &["cp", "--ns", "acme", "-", &format!("{id}:/tmp/stdin.txt")], b"from stdin");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(server.ok(dev, &["cp", "--ns", "acme", &format!("{id}:/tmp/stdin.txt"), "-"]), "from stdin");
+    let err = server.fails(dev, &["cp", "--ns", "acme", "a", "b"]);
+    assert!(err.contains("exactly one"), "{err}");
+    let err = server.fails(dev, &["cp", "--ns", "acme", &format!("{id}:/no/such/file"), back.to_str().unwrap()]);
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(std::fs::read(&back).unwrap() == payload, "a failed copy must leave the local file alone");
+
+    // A viewer may look but not run anything.
+    let viewer = Some(viewer.as_str());
+    assert!(server.ok(viewer, &["sandbox", "list", "--ns", "acme"]).contains(&id));
+    let err = server.fails(viewer, &["exec", "--ns", "acme", &id, "--", "true"]);
+    assert!(err.starts_with("error: ") && err.contains("forbidden"), "{err}");
+    let err = server.fails(viewer, &["cp", "--ns", "acme", &remote, "-"]);
+    assert!(err.contains("forbidden"), "{err}");
+    // Only the platform admin sees every namespace, so only it may ask the doctor.
+    let out = server.doctor(viewer, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success() && err.trim_end().lines().count() == 1, "{err:?}");
+    assert!(err.contains("admin token") && err.contains("forbidden"), "{err}");
+
+    // While the sandbox is live and the server answers, nothing is a leak.
+    let out = server.doctor(None, &[]);
+    assert!(out.status.success(), "doctor with a live sandbox: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no leaked host resources\n");
+
+    // Delete; with the server stopped, nothing of the sandbox is left.
+    server.ok(dev, &["sandbox", "delete", "--ns", "acme", &id]);
+    assert!(!server.ok(dev, &["sandbox", "list", "--ns", "acme"]).contains(&id));
+    assert!(server.ok(dev, &["sandbox", "list", "--ns", "acme", "--all"]).contains("deleted"));
+    server.stop();
+    let out = server.doctor(None, &[]);
+    assert!(out.status.success(), "doctor after teardown: {}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stderr).contains("no server answers"), "{}", text(&out.stderr));
+    let out = server.doctor(None, &["--json"]);
+    assert!(out.status.success());
+    assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), Value::Array(vec![]));
+}
+
+#[test]
+fn doctor_names_a_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    let bundle = server.state_dir.join("sandboxes").join(format!("sbx_{}", "0".repeat(26)));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let cgroup_root = Path::new("/sys/fs/cgroup");
+    let top = if cgroup_root.join("cgroup.controllers").exists() {
+        cgroup_root.join(&server.cgroup_prefix)
+    } else {
+        cgroup_root.join("pids").join(&server.cgroup_prefix)
+    };
+    let cgroup = top.join("leakns").join("sbx_x");
+    std::fs::create_dir_all(&cgroup).unwrap();
+
+    let check = |server: &Server| {
+        let out = server.doctor(None, &[]);
+        assert_eq!(out.status.code(), Some(1), "doctor must fail on a leak: {}", text(&out.stderr));
+        let table = text(&out.stdout);
+        assert!(table.starts_with("KIND"), "{table}");
+        assert!(table.contains(bundle.to_str().unwrap()), "{table}");
+        assert!(table.contains(cgroup.to_str().unwrap()), "{table}");
+    };
+    check(&server);
+    let out = server.doctor(None, &["--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let leaks: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        leaks.as_array().unwrap().iter().any(|l| l["kind"] == "bundle" && l["resource"] == bundle.to_str().unwrap()),
+        "{leaks}"
+    );
+    server.stop();
+    check(&server);
+
+    std::fs::remove_dir(&bundle).unwrap();
+    std::fs::remove_dir(&cgroup).unwrap();
+    std::fs::remove_dir(cgroup.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_dir(&top);
+    let out = server.doctor(None, &[]);
+    assert!(out.status.success(), "doctor after cleanup: {}{}", text(&out.stdout), text(&out.stderr));
+}

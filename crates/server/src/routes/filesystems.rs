@@ -1,0 +1,235 @@
+//! Filesystems: persistent, kernel-limited storage of a namespace, mounted at `/workspace` by
+//! sandboxes, with whole-filesystem archives and single-file access.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::{validate, Action};
+use bulkhead_runtime::storage;
+use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
+use serde::Deserialize;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::sandboxes::id_range;
+use crate::state::{now_ms, rfc3339, AppState};
+
+fn quota_error(b: &bulkhead_store::QuotaBreach) -> ApiError {
+    ApiError::QuotaExceeded(format!(
+        "quota {} exceeded: limit {}, in use {}, requested {}",
+        b.quota, b.limit, b.used, b.requested
+    ))
+}
+
+/// The wire form, with what the kernel and the store say about use.
+pub async fn filesystem_out(state: &AppState, f: &FilesystemRow) -> ApiResult<Filesystem> {
+    let used_bytes = state.storage.usage(&f.id).map(|u| u.used_bytes).unwrap_or(0);
+    let mounted_by = state.store.sandboxes_using(&f.id).await?.into_iter().map(|s| s.id).collect();
+    Ok(Filesystem {
+        id: f.id.clone(),
+        namespace: f.namespace.clone(),
+        name: f.name.clone(),
+        project: f.project_id.clone(),
+        size_bytes: f.size_bytes,
+        used_bytes,
+        mounted_by,
+        created_at: rfc3339(f.created_at_ms),
+        updated_at: rfc3339(f.updated_at_ms),
+    })
+}
+
+pub fn filesystem_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("filesystem {id:?} not found"))
+}
+
+/// The filesystem of this namespace that the principal may see, or 404: another namespace's,
+/// a missing one and one of a project the key is not limited to all look the same.
+pub async fn load_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<FilesystemRow> {
+    load_namespace(ctx, ns).await?;
+    if !ids::is_id(prefix::FILESYSTEM, id) {
+        return Err(filesystem_not_found(id));
+    }
+    let row = ctx.state.store.get_filesystem(ns, id).await?.ok_or_else(|| filesystem_not_found(id))?;
+    if !ctx.principal.sees_project(row.project_id.as_deref()) {
+        return Err(filesystem_not_found(id));
+    }
+    Ok(row)
+}
+
+fn check_size(size: u64) -> ApiResult<u64> {
+    if size < storage::MIN_SIZE {
+        return Err(ApiError::Invalid(format!("size_bytes: at least {} (16 MiB)", storage::MIN_SIZE)));
+    }
+    // Bounded by the namespace quota later; this only keeps the arithmetic safe.
+    if size > bulkhead_core::quota::DISK_BYTES.max {
+        return Err(ApiError::Invalid(format!("size_bytes: at most {}", bulkhead_core::quota::DISK_BYTES.max)));
+    }
+    Ok(size.div_ceil(storage::BLOCK) * storage::BLOCK)
+}
+
+/// Create a filesystem.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path)),
+    request_body = CreateFilesystem,
+    responses((status = 201, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, description = "The namespace's disk_bytes would be exceeded", body = ErrorBody)))]
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::FilesystemCreate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreateFilesystem = json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    let size = check_size(req.size_bytes)?;
+    let namespace = load_namespace(&ctx, &ns).await?;
+    if let Some(p) = &req.project {
+        let found = ids::is_id(prefix::PROJECT, p) && ctx.state.store.get_project(&ns, p).await?.is_some();
+        if !found || !ctx.principal.sees_project(Some(p)) {
+            return Err(ApiError::Invalid(format!("project: no project {p:?} in this namespace")));
+        }
+    } else if !ctx.principal.sees_project(None) {
+        return Err(ApiError::Invalid("project: required for a key limited to projects".into()));
+    }
+    let now = now_ms();
+    let row = FilesystemRow {
+        id: ids::new_id(prefix::FILESYSTEM),
+        namespace: ns.clone(),
+        name: req.name,
+        project_id: req.project,
+        size_bytes: size,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    ctx.audit_resource(format!("filesystem:{}", row.id));
+    ctx.audit_detail("size_bytes", size);
+    match ctx.state.store.admit_filesystem(&row, namespace.quotas.disk_bytes).await {
+        Err(StoreError::Quota(b)) => return Err(quota_error(&b)),
+        other => other?,
+    }
+    let _guard = ctx.state.sandbox_locks.lock(&row.id).await;
+    if let Err(e) = ctx.state.storage.create(&row.id, size, id_range(&namespace)?).await {
+        ctx.state.store.delete_filesystem(&ns, &row.id).await?;
+        return Err(ApiError::Internal(format!("filesystem {} could not be created: {e}", row.id)));
+    }
+    Ok((StatusCode::CREATED, Json(filesystem_out(&ctx.state, &row).await?)).into_response())
+}
+
+/// List the filesystems this principal may see.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Filesystem>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Filesystem>>> {
+    ctx.authorize(Action::FilesystemList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('f')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_filesystems(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
+    let mut items = Vec::new();
+    for row in rows.iter().filter(|f| ctx.principal.sees_project(f.project_id.as_deref())) {
+        items.push(filesystem_out(&ctx.state, row).await?);
+    }
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Get a filesystem, with its use.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = Filesystem), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Filesystem>> {
+    ctx.authorize(Action::FilesystemGet, Some(&ns), format!("filesystem:{id}"))?;
+    let row = load_filesystem(&ctx, &ns, &id).await?;
+    Ok(Json(filesystem_out(&ctx.state, &row).await?))
+}
+
+/// Grow a filesystem in place. Shrinking is refused.
+#[utoipa::path(patch, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path)), request_body = ResizeFilesystem,
+    responses((status = 200, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn resize(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<Filesystem>> {
+    ctx.authorize(Action::FilesystemResize, Some(&ns), format!("filesystem:{id}"))?;
+    let req: ResizeFilesystem = json(&headers, &body)?;
+    let size = check_size(req.size_bytes)?;
+    let row = load_filesystem(&ctx, &ns, &id).await?;
+    let _guard = ctx.state.sandbox_locks.lock(&id).await;
+    if size < row.size_bytes {
+        return Err(ApiError::Invalid(format!(
+            "size_bytes: filesystems only grow ({} is below the current {}); create a smaller one and copy",
+            size, row.size_bytes
+        )));
+    }
+    if size == row.size_bytes {
+        return Ok(Json(filesystem_out(&ctx.state, &row).await?));
+    }
+    ctx.audit_detail("size_bytes", size);
+    let namespace = load_namespace(&ctx, &ns).await?;
+    let updated = match ctx.state.store.resize_filesystem(&ns, &id, size, namespace.quotas.disk_bytes, now_ms()).await {
+        Err(StoreError::Quota(b)) => return Err(quota_error(&b)),
+        other => other?.ok_or_else(|| filesystem_not_found(&id))?,
+    };
+    let in_use = !ctx.state.store.sandboxes_using(&id).await?.is_empty();
+    if let Err(e) = ctx.state.storage.grow(&id, size, in_use).await {
+        // The store follows the host: back to the old size.
+        ctx.state.store.resize_filesystem(&ns, &id, row.size_bytes, u64::MAX, now_ms()).await?;
+        return Err(e.into());
+    }
+    Ok(Json(filesystem_out(&ctx.state, &updated).await?))
+}
+
+/// `force` of a filesystem delete.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteParams {
+    /// Stop the sandboxes that mount it first, instead of refusing with 409.
+    pub force: Option<bool>,
+}
+
+/// Delete a filesystem and destroy its data.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path), DeleteParams),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, description = "Mounted by a sandbox", body = ErrorBody)))]
+pub async fn delete(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(params): QueryParams<DeleteParams>,
+) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::FilesystemDelete, Some(&ns), format!("filesystem:{id}"))?;
+    let row = load_filesystem(&ctx, &ns, &id).await?;
+    let users = ctx.state.store.sandboxes_using(&id).await?;
+    if !users.is_empty() {
+        if params.force != Some(true) {
+            let ids: Vec<&str> = users.iter().map(|s| s.id.as_str()).collect();
+            return Err(ApiError::Conflict(format!(
+                "filesystem {id} is mounted by {}; delete those sandboxes or pass force=true",
+                ids.join(", ")
+            )));
+        }
+        ctx.audit_detail("force", true);
+        for s in &users {
+            crate::sandboxes::destroy(&ctx.state, s, SandboxStatus::Deleted, "filesystem_deleted").await?;
+        }
+    }
+    let _guard = ctx.state.sandbox_locks.lock(&id).await;
+    ctx.state.storage.delete(&row.id).await?;
+    ctx.state.store.delete_filesystem(&ns, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

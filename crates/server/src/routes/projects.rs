@@ -1,0 +1,90 @@
+//! Projects: permission boundaries for filesystems inside a namespace.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateProject, ErrorBody, Page, Project};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::{validate, Action};
+use bulkhead_store::ProjectRow;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::state::{now_ms, rfc3339};
+
+fn project_out(p: &ProjectRow) -> Project {
+    Project {
+        id: p.id.clone(),
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        created_at: rfc3339(p.created_at_ms),
+    }
+}
+
+/// Create a project.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path)),
+    request_body = CreateProject,
+    responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::ProjectCreate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreateProject = json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    if !ctx.principal.sees_project(None) {
+        return Err(ApiError::Forbidden("a key limited to projects cannot create projects".into()));
+    }
+    load_namespace(&ctx, &ns).await?;
+    let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
+    ctx.state.store.create_project(&row).await?;
+    ctx.audit_resource(format!("project:{}", row.id));
+    ctx.audit_detail("name", row.name.as_str());
+    Ok((StatusCode::CREATED, Json(project_out(&row))).into_response())
+}
+
+/// List the projects this principal may see.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Project>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Project>>> {
+    ctx.authorize(Action::ProjectList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('p')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_projects(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 'p', |r| r.id.clone());
+    let items = rows.iter().filter(|p| ctx.principal.sees_project(Some(&p.id))).map(project_out).collect();
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// Delete a project; refused while filesystems belong to it.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/projects/{id}", tag = "projects",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::ProjectDelete, Some(&ns), format!("project:{id}"))?;
+    load_namespace(&ctx, &ns).await?;
+    let not_found = || ApiError::NotFound(format!("project {id:?} not found"));
+    if !ids::is_id(prefix::PROJECT, &id) || !ctx.principal.sees_project(Some(&id)) {
+        return Err(not_found());
+    }
+    match ctx.state.store.delete_project(&ns, &id).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(not_found()),
+        Err(bulkhead_store::StoreError::Conflict(_)) => {
+            Err(ApiError::Conflict(format!("project {id} still has filesystems; delete them first")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
