@@ -1,6 +1,7 @@
 //! `bulkhead`: `bulkhead serve` runs the server; every other subcommand is a client of its HTTP
 //! API. Errors print one line and exit non-zero.
 
+mod bench;
 mod commands;
 mod doctor;
 mod output;
@@ -61,6 +62,8 @@ enum Command {
     /// List this host's Bulkhead resources that belong to no live sandbox (run as root on the
     /// server's host); exits 1 when there is one.
     Doctor(doctor::DoctorArgs),
+    /// Measure sandbox create, exec and delete against raw baselines (as root, release build).
+    Bench(bench::BenchArgs),
 }
 
 /// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
             Command::Sandbox(cmd) => sandbox::sandbox(cmd, &cli.global).await,
             Command::Exec(args) => sandbox::exec(args, &cli.global).await,
             Command::Cp(args) => sandbox::cp(args, &cli.global).await,
+            Command::Bench(args) => bench::run(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
         }
     });

@@ -65,6 +65,11 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/namespaces/{ns}/filesystems" => may(developers, 201),
         "PATCH /v1/namespaces/{ns}/filesystems/{id}" => may(developers, 200),
         "DELETE /v1/namespaces/{ns}/filesystems/{id}" => may(developers, 204),
+        "GET /v1/namespaces/{ns}/filesystems/{id}/archive" => may(developers, 200),
+        "PUT /v1/namespaces/{ns}/filesystems/{id}/archive" => may(developers, 200),
+        "GET /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 200),
+        "PUT /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 204),
+        "DELETE /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 204),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -135,7 +140,11 @@ async fn world_for(template: &str) -> World {
                         let r =
                             h.call(Method::POST, &format!("/v1/namespaces/{ns}/filesystems"), Some(&admin), body).await;
                         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-                        r.body["id"].as_str().unwrap().to_owned()
+                        let id = r.body["id"].as_str().unwrap().to_owned();
+                        let file = format!("/v1/namespaces/{ns}/filesystems/{id}/files?path=doomed.txt");
+                        let r = h.call(Method::PUT, &file, Some(&admin), json!("bytes")).await;
+                        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+                        id
                     }
                 };
                 ids.push(id);
@@ -210,8 +219,15 @@ async fn every_route_every_principal_every_namespace() {
                     };
                 }
                 let mut path = template.replace("{ns}", &ns).replace("{id}", &id);
-                if template.ends_with("/files") {
+                if template.ends_with("/sandboxes/{id}/files") {
                     path.push_str(if method == Method::GET { "?path=/etc/hostname" } else { "?path=/tmp/written" });
+                }
+                if template.ends_with("/filesystems/{id}/files") {
+                    path.push_str(match method.as_str() {
+                        "GET" => "?path=.&list=true",
+                        "PUT" => "?path=dir/written.txt",
+                        _ => "?path=doomed.txt",
+                    });
                 }
                 let token = w.tokens.iter().find(|(t, _)| *t == who).and_then(|(_, tok)| tok.clone());
                 let r = w.h.call(method.clone(), &path, token.as_deref(), body_for(&method, &template)).await;

@@ -473,13 +473,15 @@ pub fn open_read(root: &Root, rel: impl AsRef<Path>) -> io::Result<(File, Metada
         return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{:?} is a directory", rel)));
     }
     let path = cstring(&join(&comps))?;
-    // O_NONBLOCK: opening a fifo must not wait for a writer.
-    let fd = openat2(root.fd.as_fd(), &path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0, IN_ROOT)?;
+    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, format!("{:?} is not a regular file", rel));
+    // O_NONBLOCK: opening a fifo must not wait for a writer. A socket cannot be opened at all.
+    let fd = openat2(root.fd.as_fd(), &path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0, IN_ROOT)
+        .map_err(|e| if e.raw_os_error() == Some(libc::ENXIO) { not_regular() } else { e })?;
     let st = fstat(fd.as_fd())?;
     match kind_of(st.st_mode) {
         Kind::File => {}
         Kind::Dir => return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{:?} is a directory", rel))),
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{:?} is not a regular file", rel))),
+        _ => return Err(not_regular()),
     }
     // SAFETY: fcntl on a valid fd with plain integers; F_SETFL 0 clears O_NONBLOCK.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) })?;
@@ -902,6 +904,8 @@ pub(crate) mod tests {
         assert_eq!(open_read(&root, "").unwrap_err().kind(), io::ErrorKind::IsADirectory);
         // Does not block waiting for a writer.
         assert_eq!(open_read(&root, "fifo").unwrap_err().kind(), io::ErrorKind::InvalidInput);
+        let _listener = std::os::unix::net::UnixListener::bind(r.join("socket")).unwrap();
+        assert_eq!(open_read(&root, "socket").unwrap_err().kind(), io::ErrorKind::InvalidInput);
         fs::write(r.join("f"), b"hello").unwrap();
         let (_, meta) = open_read(&root, "f").unwrap();
         assert_eq!(meta.len(), 5);

@@ -162,6 +162,25 @@ impl OciRuntime {
         }
     }
 
+    /// Writes the bundle of `spec` with `args` as its init process instead of the supervisor:
+    /// the same isolation run by the bare OCI runtime, the baseline of `bulkhead bench`.
+    pub fn raw_bundle(&self, spec: &SandboxSpec, args: &[&str]) -> Result<PathBuf> {
+        self.prepare_bundle(spec)?;
+        let path = self.bundle(&spec.id).join("config.json");
+        let text = fs::read(&path).map_err(RuntimeError::io("read config.json"))?;
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+        v["process"]["args"] = serde_json::json!(args);
+        fs::write(&path, serde_json::to_vec(&v).map_err(|e| RuntimeError::Protocol(e.to_string()))?)
+            .map_err(RuntimeError::io("write config.json"))?;
+        Ok(self.bundle(&spec.id))
+    }
+
+    /// The OCI runtime's state dir (`--root`).
+    pub fn oci_state(&self) -> PathBuf {
+        self.oci_root()
+    }
+
     /// Writes the bundle of `spec`.
     fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
         let bundle = self.bundle(&spec.id);

@@ -33,6 +33,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     QuotaExceeded(String),
+    /// A conditional write whose condition failed: 412, with the contract's `conflict` code.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A method the path does not serve. `invalid_request` is the closest code of the contract;
     /// the status says precisely what is wrong.
     #[error("{0}")]
@@ -58,6 +61,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,7 +76,7 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
                 "invalid_request"
             }
-            ApiError::Conflict(_) => "conflict",
+            ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::Internal(_) => "internal",

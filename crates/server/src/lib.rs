@@ -51,7 +51,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, filesystems, health, keys, namespaces, projects, sandboxes};
+    use routes::{audit, filesystems, fsdata, health, keys, namespaces, projects, sandboxes};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -70,6 +70,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::delete))
         .routes(routes!(filesystems::create, filesystems::list))
         .routes(routes!(filesystems::get, filesystems::resize, filesystems::delete))
+        .routes(routes!(fsdata::read_archive, fsdata::write_archive))
+        .routes(routes!(fsdata::read_file, fsdata::write_file, fsdata::delete_file))
 }
 
 /// The OpenAPI document of every route.

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod filesystems;
+pub mod fsdata;
 pub mod health;
 pub mod keys;
 pub mod namespaces;

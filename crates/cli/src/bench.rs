@@ -1,0 +1,297 @@
+//! `bulkhead bench`: the platform's speed measured side by side with raw baselines in the same
+//! run: a bare fork/exec, and the bare OCI runtime running an equivalent bundle. It starts its
+//! own server (real SQLite, real runtime, HTTP on loopback) on a temporary data dir, prints a
+//! table of medians, p99s and ratios, and writes the figures as JSON. As root, on the host.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bulkhead_api::{CreateKey, CreateNamespace, CreateSandbox, ExecRequest, Quotas, Role};
+use bulkhead_client::Client;
+use bulkhead_runtime::oci::{OciConfig, OciRuntime};
+use bulkhead_runtime::{IdRange, SandboxSpec};
+use bulkhead_server::state::RuntimeSettings;
+use bulkhead_server::{bootstrap, ServerConfig};
+use clap::Args;
+use serde::Serialize;
+
+use crate::Global;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Sequential create → first output runs (and raw OCI runtime runs).
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Exec round trips in one sandbox.
+    #[arg(long, default_value_t = 500)]
+    execs: usize,
+    /// Sandboxes created at once.
+    #[arg(long, default_value_t = 100)]
+    concurrent: usize,
+    /// Where to write the figures as JSON.
+    #[arg(long, default_value = "bench.json")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Stat {
+    n: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn stat(mut samples: Vec<Duration>) -> Stat {
+    samples.sort();
+    let pick = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(f64::NAN)
+    };
+    Stat { n: samples.len(), p50_ms: pick(0.5), p99_ms: pick(0.99) }
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    host: String,
+    fork_exec: Stat,
+    raw_oci_first_output: Stat,
+    create_to_first_output: Stat,
+    create_vs_raw_p50: f64,
+    exec_round_trip: Stat,
+    exec_vs_fork_p50: f64,
+    delete_to_clean: Stat,
+    concurrent_creates: usize,
+    concurrent_total_ms: f64,
+    concurrent_create: Stat,
+}
+
+fn host() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} cpus, {} GiB, Linux {}", mem / 1024 / 1024, kernel.trim())
+}
+
+fn fork_exec(n: usize) -> anyhow::Result<Vec<Duration>> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let s = std::process::Command::new("/bin/true").status()?;
+            if !s.success() {
+                bail!("/bin/true failed");
+            }
+            Ok(t.elapsed())
+        })
+        .collect()
+}
+
+/// The bare OCI runtime: `runc run` of a bundle with the sandbox's isolation whose process is
+/// `echo ready`, timed to the first line of output.
+fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::Result<Vec<Duration>> {
+    let spec = SandboxSpec {
+        id: "sbx_rawbaseline".into(),
+        namespace: "raw".into(),
+        oci_runtime: oci.into(),
+        cpu_millis: 1000,
+        memory_bytes: 128 << 20,
+        pids: 64,
+        tmp_bytes: 64 << 20,
+        ids,
+        env: vec![],
+        workspace: None,
+    };
+    let bundle = runtime.raw_bundle(&spec, &["/bin/echo", "ready"])?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        let mut child = std::process::Command::new(oci)
+            .arg("--root")
+            .arg(runtime.oci_state())
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("raw{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let elapsed = t.elapsed();
+        let status = child.wait()?;
+        if line.trim() != "ready" || !status.success() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            bail!("raw {oci} run failed ({status}): {}", err.trim());
+        }
+        out.push(elapsed);
+    }
+    std::fs::remove_dir_all(&bundle).ok();
+    Ok(out)
+}
+
+pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> {
+    let tag: String = std::process::id().to_string();
+    let data = tempdir_path(&format!("bulkhead-bench-{tag}"))?;
+    let settings = RuntimeSettings {
+        state_dir: PathBuf::from(format!("/run/bulkhead-bench-{tag}")),
+        cgroup_prefix: format!("bulkhead-bench-{tag}"),
+        ..RuntimeSettings::default()
+    };
+    let result = bench(&args, &data, &settings).await;
+    // Whatever happened, leave nothing behind.
+    let _ = bulkhead_runtime::oci::purge(&settings.state_dir, Path::new("/sys/fs/cgroup"), &settings.cgroup_prefix);
+    let _ = std::fs::remove_dir_all(&data);
+    let report = result?;
+    print(&report);
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", args.out.display()))?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempdir_path(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::temp_dir().join(name);
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> anyhow::Result<Report> {
+    let mut config = ServerConfig::new(data.join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
+    config.runtime = settings.clone();
+    let oci = config.runtime_classes.get("container").map(|c| c.runtime.clone()).unwrap_or_else(|| "runc".into());
+    let started = bootstrap::start(config).await.context("start the server")?;
+    let admin = started.new_admin_token.clone().context("a fresh data dir has an admin token")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let state = started.state.clone();
+    tokio::spawn(async move { bulkhead_server::serve(state, listener).await });
+
+    let admin_client = Client::new(&url, Some(admin));
+    let quotas = Quotas {
+        cpu_millis: 1000 * 1000,
+        memory_bytes: 1 << 40,
+        disk_bytes: 0,
+        max_sandboxes: (args.concurrent as u64).max(10) + 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
+    let key = admin_client
+        .create_key(
+            "bench",
+            &CreateKey { name: "bench".into(), role: Role::Developer, expires_at: None, projects: None },
+        )
+        .await?;
+    let c = Client::new(&url, Some(key.token));
+    let small = CreateSandbox { cpu_millis: Some(100), memory_bytes: Some(64 << 20), ..Default::default() };
+    let echo = ExecRequest { cmd: vec!["echo".into(), "ready".into()], ..Default::default() };
+    let truth = ExecRequest { cmd: vec!["true".into()], ..Default::default() };
+
+    eprintln!("baselines: fork/exec and raw {oci} ...");
+    let fork = fork_exec(args.runs.max(args.execs))?;
+    let raw_runtime = OciRuntime::new(OciConfig {
+        state_dir: settings.state_dir.clone(),
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        cgroup_prefix: settings.cgroup_prefix.clone(),
+        supervisor: settings.supervisor.clone(),
+        runtimes: vec![("container".into(), oci.clone())],
+    })?;
+    let namespace = started.state.store.get_namespace("bench").await?.context("bench namespace")?;
+    let ids = bulkhead_server::sandboxes::id_range(&namespace).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let raw = raw_oci(&raw_runtime, &oci, args.runs, ids)?;
+
+    eprintln!("create → first output and delete, {} runs ...", args.runs);
+    let mut create = Vec::with_capacity(args.runs);
+    let mut delete = Vec::with_capacity(args.runs);
+    for _ in 0..args.runs {
+        let t = Instant::now();
+        let s = c.create_sandbox("bench", &small).await?;
+        let r = c.exec("bench", &s.id, &echo).await?;
+        create.push(t.elapsed());
+        if r.stdout != "ready\n" {
+            bail!("unexpected output {:?}", r.stdout);
+        }
+        let t = Instant::now();
+        c.delete_sandbox("bench", &s.id).await?;
+        delete.push(t.elapsed());
+        if settings.state_dir.join("sandboxes").join(&s.id).exists() {
+            bail!("sandbox {} left its bundle after delete", s.id);
+        }
+    }
+
+    eprintln!("exec round trip, {} execs ...", args.execs);
+    let s = c.create_sandbox("bench", &small).await?;
+    let mut execs = Vec::with_capacity(args.execs);
+    for _ in 0..args.execs {
+        let t = Instant::now();
+        c.exec("bench", &s.id, &truth).await?;
+        execs.push(t.elapsed());
+    }
+    c.delete_sandbox("bench", &s.id).await?;
+
+    eprintln!("{} concurrent creates ...", args.concurrent);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrent {
+        let c = c.clone();
+        let small = small.clone();
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let s = c.create_sandbox("bench", &small).await?;
+            Ok::<_, bulkhead_client::ClientError>((s.id, t.elapsed()))
+        }));
+    }
+    let mut each = Vec::new();
+    let mut ids_created = Vec::new();
+    for task in tasks {
+        let (id, d) = task.await??;
+        ids_created.push(id);
+        each.push(d);
+    }
+    let total = t.elapsed();
+    for id in ids_created {
+        c.delete_sandbox("bench", &id).await?;
+    }
+    admin_client.delete_namespace("bench").await?;
+
+    let fork = stat(fork);
+    let raw = stat(raw);
+    let create = stat(create);
+    let execs = stat(execs);
+    Ok(Report {
+        host: host(),
+        fork_exec: fork,
+        raw_oci_first_output: raw,
+        create_to_first_output: create,
+        create_vs_raw_p50: create.p50_ms / raw.p50_ms,
+        exec_round_trip: execs,
+        exec_vs_fork_p50: execs.p50_ms / fork.p50_ms,
+        delete_to_clean: stat(delete),
+        concurrent_creates: args.concurrent,
+        concurrent_total_ms: total.as_secs_f64() * 1000.0,
+        concurrent_create: stat(each),
+    })
+}
+
+fn print(r: &Report) {
+    println!("host: {}\n", r.host);
+    println!("{:<44} {:>6} {:>10} {:>10}", "measure", "n", "p50 ms", "p99 ms");
+    let row = |name: &str, s: &Stat| println!("{name:<44} {:>6} {:>10.2} {:>10.2}", s.n, s.p50_ms, s.p99_ms);
+    row("baseline: fork/exec of /bin/true", &r.fork_exec);
+    row("baseline: raw OCI runtime run → first output", &r.raw_oci_first_output);
+    row("sandbox create → first exec output", &r.create_to_first_output);
+    row("exec round trip (HTTP, `true`)", &r.exec_round_trip);
+    row("delete → every host resource gone", &r.delete_to_clean);
+    row(&format!("{} concurrent creates, each", r.concurrent_creates), &r.concurrent_create);
+    println!("\n{} concurrent creates: {:.0} ms in all", r.concurrent_creates, r.concurrent_total_ms);
+    println!("create → first output vs raw OCI runtime (p50): {:.2}x", r.create_vs_raw_p50);
+    println!("exec round trip vs fork/exec (p50): {:.2}x", r.exec_vs_fork_p50);
+}

@@ -1,0 +1,495 @@
+//! The contents of a filesystem through the API: the whole of it as a tar archive (out, and in
+//! with an atomic swap), and single files with content-hash ETags and conditional writes.
+//!
+//! Every path is resolved by the kernel inside the filesystem's data directory
+//! (`bulkhead_runtime::confined`), so a symlink a sandbox planted can never lead the server, which
+//! runs as the host's root, outside the tenant's own data.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{ErrorBody, FileEntry};
+use bulkhead_core::ids::hex;
+use bulkhead_core::Action;
+use bulkhead_runtime::archive::{self, ArchiveError, Limits};
+use bulkhead_runtime::confined::{self, ConfinedError, Kind, Owner, Root};
+use bulkhead_store::{FilesystemRow, SandboxStatus};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::filesystems::load_filesystem;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{PathParams, QueryParams};
+use crate::sandboxes::id_range;
+use crate::state::{rfc3339, AppState};
+
+/// Entries an uploaded archive may hold.
+const MAX_ARCHIVE_ENTRIES: u64 = 100_000;
+
+/// The host ids new files get: the namespace's mapped root.
+async fn owner_of(state: &AppState, f: &FilesystemRow) -> ApiResult<Owner> {
+    let ns = &f.namespace;
+    let namespace = state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+    let ids = id_range(&namespace)?;
+    Ok(Owner { uid: ids.host_start, gid: ids.host_start })
+}
+
+fn open_root(state: &AppState, id: &str) -> ApiResult<Root> {
+    Root::open(state.storage.data_dir(id)).map_err(|e| ApiError::Internal(format!("open filesystem {id}: {e}")))
+}
+
+fn confined_error(e: ConfinedError) -> ApiError {
+    match e {
+        ConfinedError::InvalidPath { path, reason } => ApiError::Invalid(format!("path: {path:?} {reason}")),
+        ConfinedError::TooLarge { limit } => ApiError::PayloadTooLarge(format!("more than {limit} bytes")),
+        ConfinedError::NoSpace => ApiError::QuotaExceeded("the filesystem is full (its size_bytes)".into()),
+        ConfinedError::Read(_) => ApiError::Invalid("body: could not be read to the end".into()),
+        ConfinedError::Io { ref source, .. } if source.raw_os_error() == Some(libc_eloop()) => {
+            ApiError::Invalid(format!("path: goes through a symlink ({e})"))
+        }
+        e => match e.kind() {
+            std::io::ErrorKind::NotFound => ApiError::NotFound("no such file".into()),
+            std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory | std::io::ErrorKind::InvalidInput => {
+                ApiError::Invalid(format!("path: {e}"))
+            }
+            std::io::ErrorKind::DirectoryNotEmpty => ApiError::Conflict("the directory is not empty".into()),
+            _ => ApiError::Internal(e.to_string()),
+        },
+    }
+}
+
+/// `ELOOP`: a path that needs to follow a symlink where the server never does.
+const fn libc_eloop() -> i32 {
+    40
+}
+
+fn io_error(e: std::io::Error) -> ApiError {
+    if e.raw_os_error() == Some(libc_eloop()) {
+        return ApiError::Invalid("path: goes through a symlink".into());
+    }
+    match e.kind() {
+        std::io::ErrorKind::NotFound => ApiError::NotFound("no such file".into()),
+        std::io::ErrorKind::IsADirectory => ApiError::Invalid("path: is a directory (use list=true)".into()),
+        std::io::ErrorKind::InvalidInput => ApiError::Invalid(format!("path: {e}")),
+        _ => ApiError::Internal(e.to_string()),
+    }
+}
+
+/// A relative, normalized path inside the filesystem; the root is `""`.
+fn relative(path: &str, allow_root: bool) -> ApiResult<PathBuf> {
+    let bad = |why: &str| ApiError::Invalid(format!("path: {path:?} {why}"));
+    if path.len() > archive::MAX_PATH || path.contains('\0') {
+        return Err(bad("is too long or holds NUL"));
+    }
+    if path.starts_with('/') {
+        return Err(bad("must be relative to the filesystem's root"));
+    }
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::Normal(n) if n.len() <= archive::MAX_NAME => out.push(n),
+            Component::CurDir => {}
+            Component::Normal(_) => return Err(bad("has a name longer than 255 bytes")),
+            _ => return Err(bad("must not contain '..'")),
+        }
+    }
+    if out.as_os_str().is_empty() && !allow_root {
+        return Err(bad("names no file"));
+    }
+    Ok(out)
+}
+
+fn etag(data: &[u8]) -> String {
+    format!("\"{}\"", hex(&Sha256::digest(data)))
+}
+
+/// Reads the whole file at `rel` (bounded); `None` when there is none.
+fn read_whole(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<Vec<u8>>> {
+    let (file, meta) = match confined::open_read(root, rel) {
+        Ok(x) => x,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(e)),
+    };
+    if meta.len() > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "the file has {} bytes; the files API serves at most {max} (use the archive)",
+            meta.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut data).map_err(io_error)?;
+    if data.len() as u64 > max {
+        return Err(ApiError::PayloadTooLarge(format!("the file grew past {max} bytes")));
+    }
+    Ok(Some(data))
+}
+
+/// Checks `If-Match` and `If-None-Match: *` against the file's current content.
+fn preconditions(headers: &HeaderMap, current: Option<&[u8]>) -> ApiResult<()> {
+    let failed = |why: &str| ApiError::PreconditionFailed(why.to_owned());
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        if v.as_bytes() != b"*" {
+            return Err(ApiError::Invalid("If-None-Match: only \"*\" is supported".into()));
+        }
+        if current.is_some() {
+            return Err(failed("If-None-Match: * but the file exists"));
+        }
+    }
+    if let Some(v) = headers.get(header::IF_MATCH) {
+        let wanted = v.to_str().map_err(|_| ApiError::Invalid("If-Match: not a valid ETag".into()))?;
+        let matches = match current {
+            None => false,
+            Some(data) => wanted == "*" || wanted.split(',').any(|t| t.trim() == etag(data)),
+        };
+        if !matches {
+            return Err(failed("If-Match does not match the file's current ETag"));
+        }
+    }
+    Ok(())
+}
+
+/// `path` and `list` of the files routes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// Relative to the filesystem's root, such as `src/main.rs`.
+    pub path: String,
+    /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
+    pub list: Option<bool>,
+}
+
+/// Read a file (raw bytes, with an ETag), or list a directory with `list=true`.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path), FileQuery),
+    responses((status = 200, description = "The file's bytes, or a JSON array of FileEntry with list=true",
+            content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn read_file(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<FileQuery>,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::FilesystemFileRead, Some(&ns), format!("filesystem:{id}"))?;
+    let list = q.list.unwrap_or(false);
+    let rel = relative(&q.path, list)?;
+    let f = load_filesystem(&ctx, &ns, &id).await?;
+    let root = open_root(&ctx.state, &f.id)?;
+    let max = ctx.state.config.sandbox_limits.file_bytes;
+    if list {
+        let entries = tokio::task::spawn_blocking(move || confined::list(&root, &rel))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(confined_error)?;
+        let out: Vec<FileEntry> = entries
+            .into_iter()
+            .map(|e| FileEntry {
+                name: e.name.to_string_lossy().into_owned(),
+                kind: match e.kind {
+                    Kind::File => "file",
+                    Kind::Dir => "dir",
+                    Kind::Symlink => "symlink",
+                    Kind::Other => "other",
+                }
+                .to_owned(),
+                size: e.size,
+                mode: e.mode,
+                modified: rfc3339(
+                    e.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+                ),
+            })
+            .collect();
+        return Ok(Json(out).into_response());
+    }
+    let data = tokio::task::spawn_blocking(move || read_whole(&root, &rel, max))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+        .ok_or_else(|| ApiError::NotFound(format!("no file {:?}", q.path)))?;
+    let tag = etag(&data);
+    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+/// Write a file atomically (parents created). `If-Match: "<etag>"` writes only over that
+/// content; `If-None-Match: *` only when there is no file. 412 otherwise.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path), FileQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "Written; the ETag header names the new content"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "The filesystem is full", body = ErrorBody)))]
+pub async fn write_file(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<FileQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::FilesystemFileWrite, Some(&ns), format!("filesystem:{id}"))?;
+    if q.list.is_some() {
+        return Err(ApiError::Invalid("list: only for reads".into()));
+    }
+    let rel = relative(&q.path, false)?;
+    ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
+    let f = load_filesystem(&ctx, &ns, &id).await?;
+    let max = ctx.state.config.sandbox_limits.file_bytes.min(f.size_bytes);
+    let data = collect(body, max).await?;
+    ctx.audit_detail("bytes", data.len());
+    let owner = owner_of(&ctx.state, &f).await?;
+    let root = open_root(&ctx.state, &f.id)?;
+    // Conditional writes through the API are serialized per filesystem.
+    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
+    let file_max = ctx.state.config.sandbox_limits.file_bytes;
+    let tag = etag(&data);
+    tokio::task::spawn_blocking(move || {
+        let current = if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_NONE_MATCH) {
+            read_whole(&root, &rel, file_max)?
+        } else {
+            None
+        };
+        preconditions(&headers, current.as_deref())?;
+        confined::write_atomic(&root, &rel, &data[..], max, 0o644, owner).map_err(confined_error)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(r)
+}
+
+/// Delete a file or an empty directory; `If-Match` as for writes.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path), FileQuery),
+    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 412, body = ErrorBody)))]
+pub async fn delete_file(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    QueryParams(q): QueryParams<FileQuery>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::FilesystemFileDelete, Some(&ns), format!("filesystem:{id}"))?;
+    let rel = relative(&q.path, false)?;
+    ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
+    let f = load_filesystem(&ctx, &ns, &id).await?;
+    let root = open_root(&ctx.state, &f.id)?;
+    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
+    let file_max = ctx.state.config.sandbox_limits.file_bytes;
+    tokio::task::spawn_blocking(move || {
+        if headers.contains_key(header::IF_MATCH) {
+            let current = read_whole(&root, &rel, file_max)?;
+            preconditions(&headers, current.as_deref())?;
+        }
+        confined::remove(&root, &rel).map_err(confined_error)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The request body, at most `max` bytes.
+async fn collect(body: Body, max: u64) -> ApiResult<Vec<u8>> {
+    use http_body_util::BodyExt;
+    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes().to_vec()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(ApiError::PayloadTooLarge(format!("at most {max} bytes")))
+        }
+        Err(_) => Err(ApiError::Invalid("body: could not be read to the end".into())),
+    }
+}
+
+/// Download the whole filesystem as a tar archive, streamed.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}/archive", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 200, description = "A tar archive", content_type = "application/x-tar", body = Vec<u8>),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Response> {
+    ctx.authorize(Action::FilesystemArchiveRead, Some(&ns), format!("filesystem:{id}"))?;
+    let f = load_filesystem(&ctx, &ns, &id).await?;
+    let root = open_root(&ctx.state, &f.id)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let result = archive::write_tar(&root, &mut out).and_then(|_| out.flush());
+        if let Err(e) = result {
+            // The client sees a cut stream, which tar reports as a truncated archive.
+            tracing::warn!(error = %e, "archive download failed");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    Ok(r)
+}
+
+const CHUNK: usize = 256 * 1024;
+
+/// A `Write` that hands chunks to an async receiver.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
+    }
+}
+
+/// A `Read` over the chunks of a request body arriving on an async channel.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        self.current = self.current.slice(n..);
+        Ok(n)
+    }
+}
+
+/// Replace the whole filesystem with a tar archive (plain, gzip or zstd). The new content is
+/// staged on the filesystem itself and swapped in only when complete: a hostile entry, a broken
+/// or dropped upload, or a full filesystem leaves the previous content exactly as it was.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/filesystems/{id}/archive", tag = "filesystems",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 200, description = "Swapped in", body = ArchiveResult),
+        (status = 400, description = "A refused entry, named", body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Mounted by a running sandbox", body = ErrorBody),
+        (status = 429, description = "Does not fit the filesystem", body = ErrorBody)))]
+pub async fn write_archive(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    body: Body,
+) -> ApiResult<Json<ArchiveResult>> {
+    ctx.authorize(Action::FilesystemArchiveWrite, Some(&ns), format!("filesystem:{id}"))?;
+    let f = load_filesystem(&ctx, &ns, &id).await?;
+    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
+    let users: Vec<String> = ctx
+        .state
+        .store
+        .sandboxes_using(&f.id)
+        .await?
+        .into_iter()
+        .filter(|s| s.status == SandboxStatus::Running || s.status == SandboxStatus::Creating)
+        .map(|s| s.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(ApiError::Conflict(format!(
+            "filesystem {} is mounted by {}: replacing its whole content under a running sandbox is refused; \
+             delete the sandboxes or use the files API",
+            f.id,
+            users.join(", ")
+        )));
+    }
+    let owner = owner_of(&ctx.state, &f).await?;
+    let ids = bulkhead_runtime::IdRange { host_start: owner.uid, size: 1 };
+    let staging = ctx.state.storage.staging_dir(&f.id, ids)?;
+    let staging_root = Root::open(&staging).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let limits = Limits { max_entries: MAX_ARCHIVE_ENTRIES, max_bytes: f.size_bytes };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
+    let extraction = tokio::task::spawn_blocking(move || {
+        archive::extract(ChannelReader { rx, current: Bytes::new() }, &staging_root, owner, limits)
+    });
+    let mut body = body.into_data_stream();
+    let mut upload_error = None;
+    while let Some(chunk) = body.next().await {
+        let item = chunk.map_err(|e| std::io::Error::other(format!("upload interrupted: {e}")));
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() {
+            break; // the extraction stopped early (a refused entry); its error says why
+        }
+        if failed {
+            upload_error = Some(ApiError::Invalid("body: the upload was interrupted".into()));
+            break;
+        }
+    }
+    drop(tx);
+    let result = extraction.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let stats = match result {
+        Ok(stats) if upload_error.is_none() => stats,
+        other => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(upload_error.unwrap_or_else(|| match other {
+                Err(e) => archive_error(e),
+                Ok(_) => ApiError::Internal("unreachable".into()),
+            }));
+        }
+    };
+    if let Err(e) = ctx.state.storage.swap_in(&f.id, &staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e.into());
+    }
+    ctx.audit_detail("entries", stats.entries);
+    ctx.audit_detail("bytes", stats.bytes);
+    Ok(Json(ArchiveResult { entries: stats.entries, bytes: stats.bytes }))
+}
+
+/// What an archive upload put in place.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ArchiveResult {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+fn archive_error(e: ArchiveError) -> ApiError {
+    match e {
+        ArchiveError::Hostile { entry, reason } => ApiError::Invalid(format!("archive entry {entry:?}: {reason}")),
+        ArchiveError::TooLarge { .. } | ArchiveError::NoSpace => {
+            ApiError::QuotaExceeded(format!("the archive does not fit the filesystem: {e}"))
+        }
+        ArchiveError::Corrupt(m) => ApiError::Invalid(format!("body: not a valid archive: {m}")),
+        ArchiveError::Write { entry, source } => match source {
+            ConfinedError::NoSpace => ApiError::QuotaExceeded(format!("the filesystem is full at entry {entry:?}")),
+            ConfinedError::InvalidPath { .. } => ApiError::Invalid(format!("archive entry {entry:?}: {source}")),
+            other => match other.kind() {
+                std::io::ErrorKind::NotADirectory
+                | std::io::ErrorKind::IsADirectory
+                | std::io::ErrorKind::AlreadyExists
+                | std::io::ErrorKind::InvalidInput => ApiError::Invalid(format!("archive entry {entry:?}: {other}")),
+                _ => ApiError::Internal(format!("extracting {entry:?}: {other}")),
+            },
+        },
+    }
+}
