@@ -1,7 +1,8 @@
 //! `bulkhead bench`: the platform's speed measured side by side with raw baselines in the same
 //! run: a bare fork/exec, and the bare OCI runtime running an equivalent bundle. It starts its
-//! own server (real SQLite, real runtime, HTTP on loopback) on a temporary data dir, prints a
-//! table of medians, p99s and ratios, and writes the figures as JSON. As root, on the host.
+//! own `bulkhead serve` process (real SQLite, real runtime, HTTP on loopback) on a temporary data
+//! dir, drives it over HTTP like any client, prints a table of medians, p99s and ratios, and
+//! writes the figures as JSON. As root, on the host.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use bulkhead_client::Client;
 use bulkhead_runtime::oci::{OciConfig, OciRuntime};
 use bulkhead_runtime::{IdRange, SandboxSpec};
 use bulkhead_server::state::RuntimeSettings;
-use bulkhead_server::{bootstrap, ServerConfig};
+use bulkhead_server::ServerConfig;
 use clap::Args;
 use serde::Serialize;
 
@@ -163,16 +164,49 @@ fn tempdir_path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// The server under test, as its own process; killed when dropped.
+struct ServerProcess(std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(data: &Path, settings: &RuntimeSettings) -> anyhow::Result<(ServerProcess, String)> {
+    let exe = std::env::current_exe()?;
+    let mut child = std::process::Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--state-dir")
+        .arg(&settings.state_dir)
+        .args(["--cgroup-prefix", &settings.cgroup_prefix])
+        .env("BULKHEAD_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("start bulkhead serve")?;
+    let stdout = child.stdout.take().context("server stdout")?;
+    let server = ServerProcess(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines.next().context("the server exited before listening")??;
+        if let Some(u) = line.strip_prefix("bulkhead listening on ") {
+            break u.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok((server, url))
+}
+
 async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> anyhow::Result<Report> {
-    let mut config = ServerConfig::new(data.join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
-    config.runtime = settings.clone();
-    let oci = config.runtime_classes.get("container").map(|c| c.runtime.clone()).unwrap_or_else(|| "runc".into());
-    let started = bootstrap::start(config).await.context("start the server")?;
-    let admin = started.new_admin_token.clone().context("a fresh data dir has an admin token")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let state = started.state.clone();
-    tokio::spawn(async move { bulkhead_server::serve(state, listener).await });
+    let oci = ServerConfig::new(PathBuf::new(), SocketAddr::from(([127, 0, 0, 1], 0)))
+        .runtime_classes
+        .get("container")
+        .map(|c| c.runtime.clone())
+        .unwrap_or_else(|| "runc".into());
+    let (_server, url) = start_server(&data.join("data"), settings)?;
+    let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
 
     let admin_client = Client::new(&url, Some(admin));
     let quotas = Quotas {
@@ -204,8 +238,11 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         supervisor: settings.supervisor.clone(),
         runtimes: vec![("container".into(), oci.clone())],
     })?;
-    let namespace = started.state.store.get_namespace("bench").await?.context("bench namespace")?;
-    let ids = bulkhead_server::sandboxes::id_range(&namespace).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The same kind of host id range a namespace gets (one the server does not hand out).
+    let ids = IdRange {
+        host_start: bulkhead_server::sandboxes::ID_BASE - bulkhead_server::sandboxes::ID_RANGE,
+        size: bulkhead_server::sandboxes::ID_RANGE,
+    };
     let raw = raw_oci(&raw_runtime, &oci, args.runs, ids)?;
 
     eprintln!("create → first output and delete, {} runs ...", args.runs);

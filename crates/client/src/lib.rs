@@ -72,7 +72,11 @@ pub struct Client {
 impl Client {
     /// `base` is the server's URL, such as `http://127.0.0.1:7070`.
     pub fn new(base: &str, token: Option<String>) -> Self {
-        Self { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            http: reqwest::Client::builder().tcp_nodelay(true).build().unwrap_or_default(),
+        }
     }
 
     pub fn base(&self) -> &str {

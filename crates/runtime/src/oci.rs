@@ -47,6 +47,8 @@ pub struct OciRuntime {
     config: OciConfig,
     cgroups: Cgroups,
     base: Vec<BaseEntry>,
+    /// Which of `spec::SHARED_ETC` the host has.
+    shared_etc: Vec<String>,
 }
 
 fn is_sandbox_id(id: &str) -> bool {
@@ -121,7 +123,11 @@ impl OciRuntime {
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
         let base = spec::base_entries(Path::new("/"));
-        Ok(OciRuntime { config, cgroups, base })
+        let shared_etc =
+            spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
+        let runtime = OciRuntime { config, cgroups, base, shared_etc };
+        runtime.prepare_base()?;
+        Ok(runtime)
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -181,11 +187,11 @@ impl OciRuntime {
         self.oci_root()
     }
 
-    /// Writes the bundle of `spec`.
-    fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
-        let bundle = self.bundle(&spec.id);
-        mkdir(&bundle, 0o711)?;
-        let rootfs = bundle.join("rootfs");
+    /// The root filesystem and `/etc` every sandbox shares, made once per server: mount points
+    /// and symlinks, and the generated files. Read-only inside every sandbox.
+    fn prepare_base(&self) -> Result<()> {
+        let base = self.config.state_dir.join("base");
+        let rootfs = base.join("rootfs");
         mkdir(&rootfs, 0o755)?;
         for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
@@ -194,31 +200,44 @@ impl OciRuntime {
             match entry {
                 BaseEntry::Bind(name) => mkdir(&rootfs.join(name), 0o755)?,
                 BaseEntry::Symlink { name, target } => {
-                    symlink(target, rootfs.join(name)).map_err(RuntimeError::io(format!("symlink {name}")))?
+                    let link = rootfs.join(name);
+                    if fs::symlink_metadata(&link).is_err() {
+                        symlink(target, &link).map_err(RuntimeError::io(format!("symlink {name}")))?;
+                    }
                 }
             }
         }
         let target = rootfs.join(SUPERVISOR_PATH.trim_start_matches('/'));
         fs::write(&target, b"").map_err(RuntimeError::io("create the supervisor mount point"))?;
-        let etc = bundle.join("etc");
+        let etc = base.join("etc");
         mkdir(&etc, 0o755)?;
-        for (name, content) in spec::etc_files(&spec.id) {
+        for (name, content) in spec::etc_files() {
             fs::write(etc.join(name), content).map_err(RuntimeError::io(format!("write etc/{name}")))?;
         }
         // The dynamic linker's cache: library paths only, nothing secret.
         let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
-        let shared_etc: Vec<String> =
-            spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
-        for sub in &shared_etc {
+        for sub in &self.shared_etc {
             mkdir(&etc.join(sub), 0o755)?;
         }
+        Ok(())
+    }
+
+    /// Writes the bundle of `spec`: its own `hosts`, its control directory and its spec.
+    fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
+        mkdir(&bundle, 0o711)?;
+        let hosts = bundle.join("hosts");
+        fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
+        let base = self.config.state_dir.join("base");
         let paths = SpecPaths {
-            etc,
+            rootfs: base.join("rootfs"),
+            etc: base.join("etc"),
+            hosts,
             supervisor: self.config.supervisor.clone(),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
-            shared_etc,
+            shared_etc: self.shared_etc.clone(),
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),

@@ -117,8 +117,12 @@ fn fs_mount(typ: &str, destination: &str, options: &[&str]) -> Result<Mount, Oci
 /// Host paths the spec refers to.
 #[derive(Debug, Clone)]
 pub struct SpecPaths {
-    /// The generated `/etc`.
+    /// The root filesystem: mount points only, shared by every sandbox of the server.
+    pub rootfs: PathBuf,
+    /// The generated `/etc`, shared by every sandbox of the server.
     pub etc: PathBuf,
+    /// The sandbox's own `/etc/hosts`, which names its hostname.
+    pub hosts: PathBuf,
     /// The supervisor binary on the host.
     pub supervisor: PathBuf,
     /// `cgroupsPath`, such as `/bulkhead/acme/sbx_…`.
@@ -140,6 +144,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         fs_mount("tmpfs", "/tmp", &["nosuid", "nodev", "mode=1777", &tmp_size])?,
         fs_mount("tmpfs", "/run", &["nosuid", "nodev", "noexec", "mode=755", "size=16m"])?,
         bind(&paths.etc, "/etc", true)?,
+        bind(&paths.hosts, "/etc/hosts", true)?,
     ];
     for sub in &paths.shared_etc {
         mounts.push(bind(&Path::new("/etc").join(sub), &format!("/etc/{sub}"), true)?);
@@ -215,7 +220,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .build()?;
     SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path("rootfs").readonly(true).build()?)
+        .root(RootBuilder::default().path(&paths.rootfs).readonly(true).build()?)
         .hostname(sandbox.id.clone())
         .mounts(mounts)
         .process(process)
@@ -235,20 +240,25 @@ pub fn environment(extra: &[(String, String)]) -> Vec<String> {
     vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// The generated `/etc`: enough for programs to resolve users, `localhost` and their own
-/// hostname, and nothing of the host's (no `shadow`, no keys, no configuration).
-pub fn etc_files(hostname: &str) -> Vec<(&'static str, String)> {
+/// The generated `/etc`, shared by all sandboxes: enough for programs to resolve users and
+/// `localhost`, and nothing of the host's (no `shadow`, no keys, no configuration). Each sandbox
+/// gets its own `hosts` ([`hosts_file`]) on top.
+pub fn etc_files() -> Vec<(&'static str, String)> {
     vec![
         (
             "passwd",
             "root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n".to_owned(),
         ),
         ("group", "root:x:0:\nnogroup:x:65534:\n".to_owned()),
-        ("hostname", format!("{hostname}\n")),
-        ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")),
+        ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n".to_owned()),
         ("nsswitch.conf", "passwd: files\ngroup: files\nhosts: files dns\n".to_owned()),
         ("resolv.conf", String::new()),
     ]
+}
+
+/// A sandbox's `/etc/hosts`: `localhost` and its own hostname.
+pub fn hosts_file(hostname: &str) -> String {
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")
 }
 
 #[cfg(test)]
@@ -274,7 +284,9 @@ mod tests {
     #[test]
     fn spec_carries_the_isolation_model() {
         let paths = SpecPaths {
+            rootfs: "/run/b/base/rootfs".into(),
             etc: "/run/b/etc".into(),
+            hosts: "/run/b/sandboxes/sbx_0123/hosts".into(),
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["alternatives".into()],
@@ -319,7 +331,7 @@ mod tests {
 
     #[test]
     fn generated_etc_has_no_secrets() {
-        let files = etc_files("sbx_1");
+        let files = etc_files();
         assert!(!files.iter().any(|(n, _)| *n == "shadow" || *n == "gshadow"));
     }
 }

@@ -97,7 +97,14 @@ pub fn app(state: AppState) -> Router {
 
 /// Binds `config.listen` and serves until SIGINT or SIGTERM, finishing requests in flight.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     sandboxes::spawn_reaper(state.clone());
+    // No Nagle: small JSON answers must not wait for a delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await
 }
 
