@@ -5,7 +5,6 @@
 //! writes the figures as JSON. As root, on the host.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +15,6 @@ use bulkhead_client::Client;
 use bulkhead_runtime::oci::{OciConfig, OciRuntime};
 use bulkhead_runtime::{IdRange, SandboxSpec};
 use bulkhead_server::state::RuntimeSettings;
-use bulkhead_server::ServerConfig;
 use clap::Args;
 use serde::Serialize;
 
@@ -36,6 +34,9 @@ pub struct BenchArgs {
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench.json")]
     out: PathBuf,
+    /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline).
+    #[arg(long, default_value = "runc")]
+    runtime: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -111,7 +112,7 @@ fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::R
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        let mut child = std::process::Command::new(oci)
+        let mut child = bulkhead_runtime::oci::oci_command(oci)
             .arg("--root")
             .arg(runtime.oci_state())
             .args(["run", "--bundle"])
@@ -174,7 +175,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(data: &Path, settings: &RuntimeSettings) -> anyhow::Result<(ServerProcess, String)> {
+fn start_server(data: &Path, settings: &RuntimeSettings, oci: &str) -> anyhow::Result<(ServerProcess, String)> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -182,6 +183,8 @@ fn start_server(data: &Path, settings: &RuntimeSettings) -> anyhow::Result<(Serv
         .arg("--state-dir")
         .arg(&settings.state_dir)
         .args(["--cgroup-prefix", &settings.cgroup_prefix])
+        .arg("--runtime-class")
+        .arg(format!("container={oci}"))
         .env("BULKHEAD_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -200,12 +203,8 @@ fn start_server(data: &Path, settings: &RuntimeSettings) -> anyhow::Result<(Serv
 }
 
 async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> anyhow::Result<Report> {
-    let oci = ServerConfig::new(PathBuf::new(), SocketAddr::from(([127, 0, 0, 1], 0)))
-        .runtime_classes
-        .get("container")
-        .map(|c| c.runtime.clone())
-        .unwrap_or_else(|| "runc".into());
-    let (_server, url) = start_server(&data.join("data"), settings)?;
+    let oci = args.runtime.clone();
+    let (_server, url) = start_server(&data.join("data"), settings, &oci)?;
     let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
 
     let admin_client = Client::new(&url, Some(admin));

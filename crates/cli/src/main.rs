@@ -4,6 +4,7 @@
 mod bench;
 mod commands;
 mod doctor;
+mod fs;
 mod output;
 mod sandbox;
 mod serve;
@@ -59,6 +60,13 @@ enum Command {
     Exec(sandbox::ExecArgs),
     /// Copy a file into or out of a sandbox: `bulkhead cp ./f SANDBOX:/tmp/f` or back.
     Cp(sandbox::CpArgs),
+    /// Manage a namespace's filesystems and their files: `push`/`pull` whole trees, `ls`, `cat`,
+    /// `put`, `rm` single files.
+    #[command(subcommand)]
+    Fs(fs::FsCmd),
+    /// Manage a namespace's projects (permission boundaries for filesystems).
+    #[command(subcommand)]
+    Project(fs::ProjectCmd),
     /// List this host's Bulkhead resources that belong to no live sandbox (run as root on the
     /// server's host); exits 1 when there is one.
     Doctor(doctor::DoctorArgs),
@@ -99,6 +107,8 @@ fn main() -> ExitCode {
             Command::Sandbox(cmd) => sandbox::sandbox(cmd, &cli.global).await,
             Command::Exec(args) => sandbox::exec(args, &cli.global).await,
             Command::Cp(args) => sandbox::cp(args, &cli.global).await,
+            Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
+            Command::Project(cmd) => fs::project(cmd, &cli.global).await,
             Command::Bench(args) => bench::run(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
         }

@@ -54,6 +54,9 @@ pub enum SandboxCmd {
         /// An environment variable of every command, `KEY=VALUE`; repeatable.
         #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
         env: Vec<(String, String)>,
+        /// A filesystem to mount at /workspace, read-write (`ID` or `ID:rw`) or read-only (`ID:ro`).
+        #[arg(long, value_name = "ID[:rw|:ro]", value_parser = crate::fs::parse_mount)]
+        filesystem: Option<bulkhead_api::SandboxFilesystem>,
     },
     /// List a namespace's sandboxes (running ones; `--all` for ended ones too).
     List {
@@ -121,13 +124,13 @@ pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>>
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        SandboxCmd::Create { ns, cpu, memory, ttl, env } => {
+        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem } => {
             let req = CreateSandbox {
                 cpu_millis: cpu,
                 memory_bytes: memory,
                 ttl_seconds: ttl,
                 env: env_map(env),
-                filesystem: None,
+                filesystem,
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }

@@ -4,13 +4,14 @@
 //! not parse is an error, never a panic.
 
 use bulkhead_api::{
-    AuditRecord, AuditVerification, CreateKey, CreateNamespace, CreateSandbox, CreatedKey, ErrorBody, ExecEvent,
-    ExecRequest, ExecResult, Key, Namespace, Page, Sandbox, UpdateNamespace,
+    AuditRecord, AuditVerification, CreateFilesystem, CreateKey, CreateNamespace, CreateProject, CreateSandbox,
+    CreatedKey, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileEntry, Filesystem, Key, Namespace, Page, Project,
+    ResizeFilesystem, Sandbox, UpdateNamespace,
 };
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -251,6 +252,184 @@ impl Client {
     }
 }
 
+/// What an archive upload put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveResult {
+    /// Entries of the archive written.
+    pub entries: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
+}
+
+/// A file of a filesystem and the ETag of its content.
+#[derive(Debug, Clone)]
+pub struct FsFile {
+    pub data: Vec<u8>,
+    /// The ETag the server sent, quotes included; `None` when it sent none.
+    pub etag: Option<String>,
+}
+
+/// Why an archive download failed: the server, or the writer it was streamed into.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The writer refused a chunk; what it had was written.
+    #[error("cannot write the archive")]
+    Write(#[source] std::io::Error),
+}
+
+/// Filesystems, their contents, and projects.
+impl Client {
+    pub async fn create_filesystem(&self, ns: &str, req: &CreateFilesystem) -> Result<Filesystem> {
+        self.send(self.request(Method::POST, &format!("/v1/namespaces/{}/filesystems", seg(ns))).json(req)).await
+    }
+
+    pub async fn list_filesystems(
+        &self,
+        ns: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<Page<Filesystem>> {
+        let path = format!("/v1/namespaces/{}/filesystems", seg(ns));
+        self.send(self.request(Method::GET, &path).query(&PageQuery { limit, cursor })).await
+    }
+
+    pub async fn get_filesystem(&self, ns: &str, id: &str) -> Result<Filesystem> {
+        self.send(self.request(Method::GET, &filesystem_path(ns, id, ""))).await
+    }
+
+    /// Grows a filesystem to `size_bytes`; the server refuses to shrink one.
+    pub async fn resize_filesystem(&self, ns: &str, id: &str, req: &ResizeFilesystem) -> Result<Filesystem> {
+        self.send(self.request(Method::PATCH, &filesystem_path(ns, id, "")).json(req)).await
+    }
+
+    /// Deletes a filesystem and its data; with `force`, the sandboxes that mount it are deleted
+    /// first instead of the server refusing with 409.
+    pub async fn delete_filesystem(&self, ns: &str, id: &str, force: bool) -> Result<()> {
+        let mut builder = self.request(Method::DELETE, &filesystem_path(ns, id, ""));
+        if force {
+            builder = builder.query(&[("force", "true")]);
+        }
+        self.send(builder).await
+    }
+
+    /// Streams the whole filesystem as a plain tar archive into `writer`, calling `progress`
+    /// with the bytes received so far after every chunk; returns the archive's size.
+    pub async fn download_archive(
+        &self,
+        ns: &str,
+        id: &str,
+        writer: &mut impl std::io::Write,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, DownloadError> {
+        let builder = self.request(Method::GET, &filesystem_path(ns, id, "/archive"));
+        let mut response = self.send_raw(builder).await?;
+        let mut received = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(self.transport())? {
+            writer.write_all(&chunk).map_err(DownloadError::Write)?;
+            received += chunk.len() as u64;
+            progress(received);
+        }
+        writer.flush().map_err(DownloadError::Write)?;
+        Ok(received)
+    }
+
+    /// Replaces the whole content of a filesystem with a tar archive (plain, gzip or zstd).
+    pub async fn upload_archive(&self, ns: &str, id: &str, body: Vec<u8>) -> Result<ArchiveResult> {
+        let builder = self
+            .request(Method::PUT, &filesystem_path(ns, id, "/archive"))
+            .header(CONTENT_TYPE, "application/x-tar")
+            .body(body);
+        self.send(builder).await
+    }
+
+    /// A file of a filesystem (`path` relative to its root) and its ETag.
+    pub async fn fs_read_file(&self, ns: &str, id: &str, path: &str) -> Result<FsFile> {
+        let builder = self.request(Method::GET, &filesystem_path(ns, id, "/files")).query(&[("path", path)]);
+        let response = self.send_raw(builder).await?;
+        let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let data = self.read_bounded(response).await?;
+        Ok(FsFile { data, etag })
+    }
+
+    /// The entries of a directory of a filesystem (`""` for its root).
+    pub async fn fs_list(&self, ns: &str, id: &str, path: &str) -> Result<Vec<FileEntry>> {
+        let builder =
+            self.request(Method::GET, &filesystem_path(ns, id, "/files")).query(&[("path", path), ("list", "true")]);
+        self.send(builder).await
+    }
+
+    /// Writes a file of a filesystem atomically (parents created); returns the new ETag. With
+    /// `if_match` only over that content, with `if_none_match` only when there is no file; the
+    /// server answers 412 otherwise.
+    pub async fn fs_write_file(
+        &self,
+        ns: &str,
+        id: &str,
+        path: &str,
+        data: Vec<u8>,
+        if_match: Option<&str>,
+        if_none_match: bool,
+    ) -> Result<String> {
+        let mut builder = self
+            .request(Method::PUT, &filesystem_path(ns, id, "/files"))
+            .query(&[("path", path)])
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(data);
+        if let Some(tag) = if_match {
+            builder = builder.header(IF_MATCH, tag);
+        }
+        if if_none_match {
+            builder = builder.header(IF_NONE_MATCH, "*");
+        }
+        let response = self.send_raw(builder).await?;
+        let status = response.status().as_u16();
+        match response.headers().get(ETAG).and_then(|v| v.to_str().ok()) {
+            Some(tag) => Ok(tag.to_owned()),
+            None => Err(ClientError::Unexpected { status, detail: "the write was answered without an ETag".into() }),
+        }
+    }
+
+    /// Deletes a file or an empty directory of a filesystem.
+    pub async fn fs_delete_file(&self, ns: &str, id: &str, path: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &filesystem_path(ns, id, "/files")).query(&[("path", path)])).await
+    }
+
+    pub async fn create_project(&self, ns: &str, req: &CreateProject) -> Result<Project> {
+        self.send(self.request(Method::POST, &format!("/v1/namespaces/{}/projects", seg(ns))).json(req)).await
+    }
+
+    pub async fn list_projects(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Project>> {
+        let path = format!("/v1/namespaces/{}/projects", seg(ns));
+        self.send(self.request(Method::GET, &path).query(&PageQuery { limit, cursor })).await
+    }
+
+    /// Deletes a project; the server refuses while filesystems belong to it.
+    pub async fn delete_project(&self, ns: &str, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/namespaces/{}/projects/{}", seg(ns), seg(id)))).await
+    }
+
+    /// The body of `response`, at most [`MAX_FILE_BYTES`].
+    async fn read_bounded(&self, mut response: Response) -> Result<Vec<u8>> {
+        let status = response.status().as_u16();
+        let too_large =
+            || ClientError::Unexpected { status, detail: format!("the file is over {MAX_FILE_BYTES} bytes") };
+        let announced = response.content_length().unwrap_or(0);
+        if announced > MAX_FILE_BYTES as u64 {
+            return Err(too_large());
+        }
+        let mut data = Vec::with_capacity(announced as usize);
+        while let Some(chunk) = response.chunk().await.map_err(self.transport())? {
+            if data.len() + chunk.len() > MAX_FILE_BYTES {
+                return Err(too_large());
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data)
+    }
+}
+
 /// The output of a streamed exec, one event at a time.
 #[derive(Debug)]
 pub struct ExecStream {
@@ -342,6 +521,11 @@ impl Lines {
 /// `/v1/namespaces/{ns}/sandboxes/{id}` and `rest`.
 fn sandbox_path(ns: &str, id: &str, rest: &str) -> String {
     format!("/v1/namespaces/{}/sandboxes/{}{rest}", seg(ns), seg(id))
+}
+
+/// `/v1/namespaces/{ns}/filesystems/{id}` and `rest`.
+fn filesystem_path(ns: &str, id: &str, rest: &str) -> String {
+    format!("/v1/namespaces/{}/filesystems/{}{rest}", seg(ns), seg(id))
 }
 
 /// Percent-encodes one path segment, so a hostile name cannot change the path.

@@ -66,6 +66,50 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
         .map_err(RuntimeError::io(format!("chmod {}", path.display())))
 }
 
+/// Where a hybrid cgroup v1 host mounts its (nearly empty) cgroup v2 hierarchy.
+const UNIFIED: &str = "/sys/fs/cgroup/unified";
+
+/// Whether `runtime` must run with the hybrid layout's cgroup v2 mount hidden: crun refuses
+/// "cgroups in hybrid mode" but works on the plain v1 hierarchies once the unified mount is
+/// gone from its view.
+pub fn needs_v1_view(runtime: &str) -> bool {
+    let is_crun = Path::new(runtime).file_name().is_some_and(|n| n == "crun");
+    is_crun
+        && fs::read_to_string("/proc/self/mounts")
+            .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(UNIFIED) && l.contains("cgroup2")))
+            .unwrap_or(false)
+}
+
+/// Runs between fork and exec of the OCI runtime: a private mount namespace for it alone, in
+/// which the unified cgroup mount is detached. The host's mounts are untouched.
+fn hide_unified_cgroup() -> std::io::Result<()> {
+    // SAFETY: unshare, mount and umount2 are plain syscalls, async-signal-safe, called in the
+    // forked child before exec with NUL-terminated static strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A command for the OCI runtime `runtime`, with the cgroup view it needs.
+pub fn oci_command(runtime: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(runtime);
+    if needs_v1_view(runtime) {
+        // SAFETY: `hide_unified_cgroup` only makes async-signal-safe syscalls.
+        unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, hide_unified_cgroup) };
+    }
+    cmd
+}
+
 /// Runs `<binary> --version` to check that an OCI runtime is installed.
 fn check_runtime(tier: &str, binary: &str) -> Result<()> {
     let ok = std::process::Command::new(binary)
@@ -257,7 +301,7 @@ impl OciRuntime {
     }
 
     async fn run_oci(&self, runtime: &str, args: &[&str], action: &'static str) -> Result<std::process::Output> {
-        let mut cmd = Command::new(runtime);
+        let mut cmd = Command::from(oci_command(runtime));
         cmd.arg("--root").arg(self.oci_root()).args(args).stdin(Stdio::null()).kill_on_drop(true);
         let out = tokio::time::timeout(OCI_TIMEOUT, cmd.output())
             .await
@@ -278,7 +322,7 @@ impl OciRuntime {
             .map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let fd = listener.as_raw_fd();
-        let mut cmd = Command::new(&spec.oci_runtime);
+        let mut cmd = Command::from(oci_command(&spec.oci_runtime));
         cmd.arg("--root")
             .arg(self.oci_root())
             .args(["run", "--detach", "--preserve-fds", "1", "--pid-file"])
@@ -364,7 +408,7 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     for e in fs::read_dir(state_dir.join("sandboxes")).into_iter().flatten().flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
         let runtime = fs::read_to_string(e.path().join("runtime")).unwrap_or_else(|_| "runc".into());
-        let _ = std::process::Command::new(runtime.trim())
+        let _ = oci_command(runtime.trim())
             .arg("--root")
             .arg(&oci_root)
             .args(["delete", "--force", &id])

@@ -144,6 +144,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         admin_token_hash,
         config,
         keys: KeyCache::default(),
+        namespaces: Default::default(),
         sandbox_locks: SandboxLocks::default(),
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;

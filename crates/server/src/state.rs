@@ -163,6 +163,35 @@ impl SandboxLocks {
     }
 }
 
+/// Namespaces by name, as last read or written through this server: the read path of every
+/// namespaced request. Quota changes and deletes through this server update it at once; entries
+/// also expire after a few seconds, which bounds staleness for replicas sharing a store.
+#[derive(Debug, Default)]
+pub struct NamespaceCache {
+    rows: RwLock<HashMap<String, (bulkhead_store::NamespaceRow, Instant)>>,
+}
+
+const NAMESPACE_CACHE_TTL: Duration = Duration::from_secs(5);
+
+impl NamespaceCache {
+    pub fn get(&self, name: &str) -> Option<bulkhead_store::NamespaceRow> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        rows.get(name).filter(|(_, at)| at.elapsed() < NAMESPACE_CACHE_TTL).map(|(row, _)| row.clone())
+    }
+
+    pub fn put(&self, row: bulkhead_store::NamespaceRow) {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        if rows.len() >= KEY_CACHE_MAX {
+            rows.clear();
+        }
+        rows.insert(row.name.clone(), (row, Instant::now()));
+    }
+
+    pub fn remove(&self, name: &str) {
+        self.rows.write().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+}
+
 pub struct Inner {
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
@@ -172,6 +201,7 @@ pub struct Inner {
     pub admin_token_hash: String,
     pub config: ServerConfig,
     pub keys: KeyCache,
+    pub namespaces: NamespaceCache,
     pub sandbox_locks: SandboxLocks,
 }
 

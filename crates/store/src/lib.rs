@@ -121,6 +121,17 @@ pub struct FilesystemRow {
     pub updated_at_ms: i64,
 }
 
+/// What a namespace holds now: its active sandboxes and its filesystems.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceUse {
+    pub sandboxes: u64,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    /// Sum of its filesystems' sizes.
+    pub disk_bytes: u64,
+    pub filesystem_ids: Vec<String>,
+}
+
 /// Which audit records to list.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
@@ -230,6 +241,8 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Option<FilesystemRow>>;
     async fn delete_filesystem(&self, namespace: &str, id: &str) -> Result<bool>;
+    /// What the namespace holds now, in one read.
+    async fn namespace_use(&self, namespace: &str) -> Result<NamespaceUse>;
     /// Active sandboxes that mount the filesystem.
     async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>>;
 

@@ -724,6 +724,30 @@ impl Store for SqliteStore {
         Ok(r.rows_affected() > 0)
     }
 
+    async fn namespace_use(&self, namespace: &str) -> Result<crate::NamespaceUse> {
+        let rows = sqlx::query(
+            "SELECT 's' AS kind, COUNT(*) AS a, COALESCE(SUM(cpu_millis), 0) AS b, COALESCE(SUM(memory_bytes), 0) AS c, \
+             '' AS id FROM sandboxes WHERE namespace = ?1 AND status IN ('creating', 'running') \
+             UNION ALL SELECT 'f', 0, size_bytes, 0, id FROM filesystems WHERE namespace = ?1",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut u = crate::NamespaceUse::default();
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            if kind == "s" {
+                u.sandboxes = as_u64(row, "a")?;
+                u.cpu_millis = as_u64(row, "b")?;
+                u.memory_bytes = as_u64(row, "c")?;
+            } else {
+                u.disk_bytes += as_u64(row, "b")?;
+                u.filesystem_ids.push(row.try_get("id")?);
+            }
+        }
+        Ok(u)
+    }
+
     async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>> {
         let rows = sqlx::query(&format!(
             "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE filesystem_id = ? AND status IN ('creating', 'running')"

@@ -66,11 +66,19 @@ pub struct Reply {
 
 impl Harness {
     pub async fn new() -> Harness {
+        Harness::with_oci_runtime("runc").await
+    }
+
+    /// A harness whose `container` tier runs on `oci_runtime` (such as `crun`).
+    pub async fn with_oci_runtime(oci_runtime: &str) -> Harness {
         // Server logs go to the test's captured output: shown when a test fails.
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,bulkhead_server=info").try_init();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
         config.runtime = test_runtime();
+        config
+            .runtime_classes
+            .insert("container".into(), bulkhead_server::state::RuntimeClass { runtime: oci_runtime.to_owned() });
         config.reap_interval = std::time::Duration::from_millis(200);
         let runtime = config.runtime.clone();
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");

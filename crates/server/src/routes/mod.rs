@@ -19,7 +19,14 @@ use crate::error::{ApiError, ApiResult};
 /// The namespace a request names, once authorized. Keys only ever reach their own namespace
 /// here (authorization answered the others); for the admin a missing one is a 404.
 pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
-    let row = ctx.state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+    let row = match ctx.state.namespaces.get(ns) {
+        Some(row) => row,
+        None => {
+            let row = ctx.state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+            ctx.state.namespaces.put(row.clone());
+            row
+        }
+    };
     ctx.audit_chain(&row.name);
     Ok(row)
 }

@@ -70,25 +70,16 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
 
 /// What a namespace uses now: active sandboxes, allocated and written disk.
 async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
-    let mut u = bulkhead_api::NamespaceUsage::default();
-    for s in ctx.state.store.active_sandboxes().await?.iter().filter(|s| s.namespace == ns) {
-        u.sandboxes += 1;
-        u.cpu_millis += s.cpu_millis;
-        u.memory_bytes += s.memory_bytes;
-    }
-    let mut after: Option<String> = None;
-    loop {
-        let page = ctx.state.store.list_filesystems(ns, after.as_deref(), 1000).await?;
-        for f in &page {
-            u.disk_bytes += f.size_bytes;
-            u.disk_used_bytes += ctx.state.storage.usage(&f.id).map(|x| x.used_bytes).unwrap_or(0);
-        }
-        match page.last() {
-            Some(last) if page.len() == 1000 => after = Some(last.id.clone()),
-            _ => break,
-        }
-    }
-    Ok(u)
+    let u = ctx.state.store.namespace_use(ns).await?;
+    let disk_used_bytes =
+        u.filesystem_ids.iter().map(|id| ctx.state.storage.usage(id).map(|x| x.used_bytes).unwrap_or(0)).sum();
+    Ok(bulkhead_api::NamespaceUsage {
+        sandboxes: u.sandboxes,
+        cpu_millis: u.cpu_millis,
+        memory_bytes: u.memory_bytes,
+        disk_bytes: u.disk_bytes,
+        disk_used_bytes,
+    })
 }
 
 /// Get a namespace.
@@ -130,6 +121,7 @@ pub async fn update(
         .update_namespace_quotas(&ns, &quotas, now_ms())
         .await?
         .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    ctx.state.namespaces.put(row.clone());
     // The kernel enforces the new limits on the namespace's cgroup at once.
     ctx.state.runtime.ensure_namespace(&ns, &crate::sandboxes::namespace_limits(&row)).await?;
     Ok(Json(namespace_out(&row)))
@@ -146,10 +138,12 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     if ctx.state.store.get_namespace(&ns).await?.is_none() {
         return Err(ApiError::namespace_not_found(&ns));
     }
+    ctx.state.namespaces.remove(&ns);
     crate::sandboxes::destroy_namespace(&ctx.state, &ns).await?;
     if !ctx.state.store.delete_namespace(&ns).await? {
         return Err(ApiError::namespace_not_found(&ns));
     }
     ctx.state.keys.evict_namespace(&ns);
+    ctx.state.namespaces.remove(&ns);
     Ok(StatusCode::NO_CONTENT)
 }
