@@ -10,7 +10,7 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use bulkhead_api::{CreateKey, CreateNamespace, CreateSandbox, ExecRequest, Quotas, Role};
+use bulkhead_api::{CreateFilesystem, CreateKey, CreateNamespace, CreateSandbox, ExecRequest, Quotas, Role};
 use bulkhead_client::Client;
 use bulkhead_runtime::oci::{OciConfig, OciRuntime};
 use bulkhead_runtime::{IdRange, SandboxSpec};
@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// Where to write the figures as JSON.
     #[arg(long, default_value = "bench.json")]
     out: PathBuf,
+    /// Bytes of the tree pushed and pulled as an archive.
+    #[arg(long, default_value_t = 128 << 20)]
+    archive_bytes: u64,
     /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline).
     #[arg(long, default_value = "runc")]
     runtime: String,
@@ -68,6 +71,11 @@ struct Report {
     concurrent_creates: usize,
     concurrent_total_ms: f64,
     concurrent_create: Stat,
+    filesystem_create_to_mountable: Stat,
+    archive_mib: f64,
+    archive_push_mib_s: f64,
+    archive_pull_mib_s: f64,
+    local_tar_copy_mib_s: f64,
 }
 
 fn host() -> String {
@@ -211,7 +219,7 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
     let quotas = Quotas {
         cpu_millis: 1000 * 1000,
         memory_bytes: 1 << 40,
-        disk_bytes: 0,
+        disk_bytes: 1 << 40,
         max_sandboxes: (args.concurrent as u64).max(10) + 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
@@ -296,7 +304,49 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
     for id in ids_created {
         c.delete_sandbox("bench", &id).await?;
     }
+    eprintln!("filesystems: create → mountable, archive push and pull of {} MiB ...", args.archive_bytes >> 20);
+    let fs_size = (args.archive_bytes * 3).max(64 << 20);
+    let mut fs_create = Vec::new();
+    let mut last = None;
+    for i in 0..20 {
+        let t = Instant::now();
+        let f = c
+            .create_filesystem("bench", &CreateFilesystem { name: format!("f{i}"), size_bytes: fs_size, project: None })
+            .await?;
+        fs_create.push(t.elapsed());
+        if let Some(prev) = last.replace(f.id.clone()) {
+            c.delete_filesystem("bench", &prev, false).await?;
+        }
+    }
+    let fs_id = last.context("a filesystem")?;
+    let tree = data.join("tree");
+    make_tree(&tree, args.archive_bytes)?;
+    let tarball = std::process::Command::new("tar").arg("-C").arg(&tree).args(["-cf", "-", "."]).output()?;
+    if !tarball.status.success() {
+        bail!("tar failed");
+    }
+    let t = Instant::now();
+    c.upload_archive("bench", &fs_id, tarball.stdout).await?;
+    let push = t.elapsed();
+    let t = Instant::now();
+    let mut sink = std::io::sink();
+    c.download_archive("bench", &fs_id, &mut sink, |_| {}).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pull = t.elapsed();
+    // The same bytes through plain tar, directory to directory, on the same disk.
+    let copy = data.join("copy");
+    std::fs::create_dir_all(&copy)?;
+    let t = Instant::now();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("tar -C '{}' -cf - . | tar -C '{}' -xf - && sync", tree.display(), copy.display()))
+        .status()?;
+    let local = t.elapsed();
+    if !status.success() {
+        bail!("local tar copy failed");
+    }
+    c.delete_filesystem("bench", &fs_id, false).await?;
     admin_client.delete_namespace("bench").await?;
+    let mib = args.archive_bytes as f64 / (1 << 20) as f64;
 
     let fork = stat(fork);
     let raw = stat(raw);
@@ -314,7 +364,31 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         concurrent_creates: args.concurrent,
         concurrent_total_ms: total.as_secs_f64() * 1000.0,
         concurrent_create: stat(each),
+        filesystem_create_to_mountable: stat(fs_create),
+        archive_mib: mib,
+        archive_push_mib_s: mib / push.as_secs_f64(),
+        archive_pull_mib_s: mib / pull.as_secs_f64(),
+        local_tar_copy_mib_s: mib / local.as_secs_f64(),
     })
+}
+
+/// A tree of `bytes` in 1 MiB files of pseudo-random content (incompressible, so no layer
+/// gets it for free), spread over a few directories.
+fn make_tree(root: &Path, bytes: u64) -> anyhow::Result<()> {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for i in 0..(bytes >> 20).max(1) {
+        let dir = root.join(format!("d{}", i % 8));
+        std::fs::create_dir_all(&dir)?;
+        for chunk in buf.chunks_mut(8) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+        }
+        std::fs::write(dir.join(format!("f{i}.bin")), &buf)?;
+    }
+    Ok(())
 }
 
 fn print(r: &Report) {
@@ -330,4 +404,9 @@ fn print(r: &Report) {
     println!("\n{} concurrent creates: {:.0} ms in all", r.concurrent_creates, r.concurrent_total_ms);
     println!("create → first output vs raw OCI runtime (p50): {:.2}x", r.create_vs_raw_p50);
     println!("exec round trip vs fork/exec (p50): {:.2}x", r.exec_vs_fork_p50);
+    row("filesystem create → mountable", &r.filesystem_create_to_mountable);
+    println!(
+        "archive of {:.0} MiB: push {:.0} MiB/s, pull {:.0} MiB/s; plain tar dir → dir {:.0} MiB/s",
+        r.archive_mib, r.archive_push_mib_s, r.archive_pull_mib_s, r.local_tar_copy_mib_s
+    );
 }

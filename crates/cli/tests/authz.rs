@@ -220,7 +220,7 @@ async fn every_route_every_principal_every_namespace() {
                 }
                 let mut path = template.replace("{ns}", &ns).replace("{id}", &id);
                 if template.ends_with("/sandboxes/{id}/files") {
-                    path.push_str(if method == Method::GET { "?path=/etc/hostname" } else { "?path=/tmp/written" });
+                    path.push_str(if method == Method::GET { "?path=/etc/hosts" } else { "?path=/tmp/written" });
                 }
                 if template.ends_with("/filesystems/{id}/files") {
                     path.push_str(match method.as_str() {

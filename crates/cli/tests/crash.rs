@@ -161,3 +161,68 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert!(!mounts.contains(state.to_str().unwrap()), "mounts left");
 }
+
+/// A file write the API acknowledged is there after `kill -9` and a restart; an archive upload
+/// cut by `kill -9` half-way leaves the previous content and no staging behind.
+#[test]
+fn kill_9_keeps_acknowledged_files_and_drops_half_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut tag = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut tag).unwrap();
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let state = PathBuf::from(format!("/run/bulkhead-test-{tag}"));
+    let prefix = format!("bulkhead-test-{tag}");
+    let _cleanup = Cleanup(state.clone(), prefix.clone());
+
+    let mut server = start(&data, &state, &prefix);
+    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+    let ns = r#"{"name":"alpha","quotas":{"cpu_millis":2000,"memory_bytes":2147483648,"disk_bytes":1073741824,"max_sandboxes":5,"pids_per_sandbox":64,"max_sandbox_ttl_seconds":3600}}"#;
+    assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(ns)).0, 201);
+    let (code, body) = http(
+        &server,
+        &admin,
+        "POST",
+        "/v1/namespaces/alpha/filesystems",
+        Some(r#"{"name":"d","size_bytes":134217728}"#),
+    );
+    assert_eq!(code, 201, "{body}");
+    let fs = body["id"].as_str().unwrap().to_owned();
+    let file = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=acked.txt");
+    assert_eq!(http(&server, &admin, "PUT", &file, Some("acknowledged")).0, 204);
+
+    // A 40 MiB upload, sent slowly; the server dies in the middle of it.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("big"), vec![5u8; 40 << 20]).unwrap();
+    let tarball = dir.path().join("big.tar");
+    assert!(Command::new("tar").arg("-C").arg(&tree).args(["-cf"]).arg(&tarball).arg(".").status().unwrap().success());
+    let mut upload = Command::new("curl")
+        .args(["-s", "--limit-rate", "4M", "-X", "PUT", "-H"])
+        .arg(format!("authorization: Bearer {admin}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", tarball.display()))
+        .arg(format!("{}/v1/namespaces/alpha/filesystems/{fs}/archive", server.url))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let _ = upload.wait();
+
+    let server = start(&data, &state, &prefix);
+    let mnt = state.join("filesystems").join(&fs);
+    let entries: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!entries.iter().any(|e| e.starts_with(".staging")), "staging left after restart: {entries:?}");
+    let out = Command::new("curl")
+        .args(["-s", "-H"])
+        .arg(format!("authorization: Bearer {admin}"))
+        .arg(format!("{}{file}", server.url))
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"acknowledged", "the acknowledged write is gone or the half upload replaced it");
+    assert_eq!(http(&server, &admin, "DELETE", "/v1/namespaces/alpha", None).0, 204);
+    assert!(!mnt.exists());
+}
