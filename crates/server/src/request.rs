@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bulkhead_api::{ErrorBody, ErrorDetail};
@@ -61,10 +61,15 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
     let status = response.status();
     span.in_scope(|| {
         let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Every change and every failure is logged at info; successful reads, the bulk of the
+        // traffic, at debug (`BULKHEAD_LOG=debug` shows them), so logging does not halve the
+        // read throughput.
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), ms, "request failed");
-        } else {
+        } else if status.is_client_error() || !matches!(method, Method::GET | Method::HEAD) {
             tracing::info!(status = status.as_u16(), ms, "request");
+        } else {
+            tracing::debug!(status = status.as_u16(), ms, "request");
         }
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
