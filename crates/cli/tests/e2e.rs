@@ -2,131 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use common::process::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
-
-/// A running server; killed on drop if the test did not stop it, and every host resource of
-/// its sandboxes removed.
-struct Server {
-    child: Option<Child>,
-    url: String,
-    data_dir: PathBuf,
-    first_token: Option<String>,
-    state_dir: PathBuf,
-    cgroup_prefix: String,
-}
-
-/// A fresh runtime state dir and cgroup prefix for one test server.
-fn runtime_names() -> (PathBuf, String) {
-    let mut bytes = [0u8; 6];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
-    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
-}
-
-impl Server {
-    fn start(data_dir: &Path) -> Server {
-        Server::start_with(data_dir, runtime_names())
-    }
-
-    fn start_with(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String)) -> Server {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--cgroup-prefix", &cgroup_prefix])
-            .env("BULKHEAD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bulkhead serve");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let mut first_token = None;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            assert!(Instant::now() < deadline, "server did not start");
-            let line = lines.next().expect("server exited before listening").unwrap();
-            if let Some(t) = line.strip_prefix("admin token") {
-                first_token = t.rsplit(' ').next().map(str::to_owned);
-            }
-            if let Some(u) = line.strip_prefix("bulkhead listening on ") {
-                break u.to_owned();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child: Some(child), url, data_dir: data_dir.to_owned(), first_token, state_dir, cgroup_prefix }
-    }
-
-    /// Runs the CLI against this server; `token` `None` means "fall back to the admin token file".
-    fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .env("BULKHEAD_URL", &self.url)
-            .env("BULKHEAD_DATA_DIR", &self.data_dir)
-            .env_remove("BULKHEAD_TOKEN");
-        if let Some(t) = token {
-            c.env("BULKHEAD_TOKEN", t);
-        }
-        c.output().expect("run bulkhead")
-    }
-
-    fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
-        let out = self.cli(token, args);
-        assert!(out.status.success(), "bulkhead {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, token: Option<&str>, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.push("--json");
-        serde_json::from_str(&self.ok(token, &all)).expect("--json prints JSON")
-    }
-
-    /// Fails with exactly one line on stderr; returns it.
-    fn fails(&self, token: Option<&str>, args: &[&str]) -> String {
-        let out = self.cli(token, args);
-        assert!(!out.status.success(), "bulkhead {args:?} should have failed");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(err.trim_end().lines().count(), 1, "one line on error, got {err:?}");
-        err
-    }
-
-    /// SIGTERM, and the server must exit cleanly.
-    fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                assert!(status.success(), "server exited with {status} on SIGTERM");
-                return;
-            }
-            assert!(Instant::now() < deadline, "server ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = bulkhead_runtime::oci::purge(&self.state_dir, Path::new("/sys/fs/cgroup"), &self.cgroup_prefix);
-    }
-}
 
 #[test]
 fn first_session_through_the_cli() {

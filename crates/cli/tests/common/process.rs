@@ -1,0 +1,161 @@
+//! Out-of-process harness: the real `bulkhead serve` binary on a temporary data dir with its
+//! own runtime state dir and cgroup prefix, driven by the real CLI. Dropping a `Server` kills it
+//! and removes every host resource of its sandboxes and filesystems.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+
+/// A running server; killed on drop if the test did not stop it, and every host resource of
+/// its sandboxes removed.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub cgroup_prefix: String,
+    /// The admin token, when this start printed one (the first start on a data dir).
+    pub first_token: Option<String>,
+}
+
+/// A fresh runtime state dir and cgroup prefix for one test server.
+pub fn runtime_names() -> (PathBuf, String) {
+    let mut bytes = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
+}
+
+impl Server {
+    pub fn start(data_dir: &Path) -> Server {
+        Server::start_with(data_dir, runtime_names())
+    }
+
+    /// Starts on `data_dir` with the given runtime state dir and cgroup prefix (to restart a
+    /// server on the same host state).
+    pub fn start_with(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String)) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--cgroup-prefix", &cgroup_prefix])
+            .env("BULKHEAD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bulkhead serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut first_token = None;
+        let url = loop {
+            assert!(Instant::now() < deadline, "server did not start");
+            let line = lines.next().expect("server exited before listening").unwrap();
+            if let Some(t) = line.strip_prefix("admin token") {
+                first_token = t.rsplit(' ').next().map(str::to_owned);
+            }
+            if let Some(u) = line.strip_prefix("bulkhead listening on ") {
+                break u.to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { child: Some(child), url, data_dir: data_dir.to_owned(), state_dir, cgroup_prefix, first_token }
+    }
+
+    /// Runs the CLI against this server with `stdin`; `token` `None` means "fall back to the
+    /// admin token file".
+    pub fn run(&self, token: Option<&str>, args: &[&str], stdin: &[u8]) -> Output {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("BULKHEAD_URL", &self.url)
+            .env("BULKHEAD_DATA_DIR", &self.data_dir)
+            .env_remove("BULKHEAD_TOKEN")
+            .env_remove("BULKHEAD_NAMESPACE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(t) = token {
+            c.env("BULKHEAD_TOKEN", t);
+        }
+        let mut child = c.spawn().expect("run bulkhead");
+        let mut input = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait for bulkhead");
+        writer.join().unwrap();
+        out
+    }
+
+    pub fn cli(&self, token: Option<&str>, args: &[&str]) -> Output {
+        self.run(token, args, b"")
+    }
+
+    pub fn ok(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(out.status.success(), "bulkhead {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, token: Option<&str>, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(token, &all)).expect("--json prints JSON")
+    }
+
+    /// Fails with exactly one line on stderr; returns it.
+    pub fn fails(&self, token: Option<&str>, args: &[&str]) -> String {
+        let out = self.cli(token, args);
+        assert!(!out.status.success(), "bulkhead {args:?} should have failed");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.trim_end().lines().count(), 1, "one line on error, got {err:?}");
+        err
+    }
+
+    /// `bulkhead doctor` for this server's state dir and cgroup prefix, with `extra` arguments.
+    pub fn doctor(&self, token: Option<&str>, extra: &[&str]) -> Output {
+        let state = self.state_dir.display().to_string();
+        let mut args = vec!["doctor", "--state-dir", &state, "--cgroup-prefix", &self.cgroup_prefix];
+        args.extend_from_slice(extra);
+        self.cli(token, &args)
+    }
+
+    /// SIGTERM, and the server must exit cleanly.
+    pub fn stop(&mut self) {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "server exited with {status} on SIGTERM");
+                return;
+            }
+            assert!(Instant::now() < deadline, "server ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = bulkhead_runtime::oci::purge(&self.state_dir, Path::new("/sys/fs/cgroup"), &self.cgroup_prefix);
+    }
+}
+
+/// Bytes as text, for assertions and messages.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
