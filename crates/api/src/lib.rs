@@ -372,3 +372,46 @@ pub struct NamespaceUsage {
     /// Bytes actually written on its filesystems.
     pub disk_used_bytes: u64,
 }
+
+/// Metered usage over a period.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+pub struct UsageTotals {
+    /// CPU time, from the sandboxes' cgroup counters.
+    pub cpu_seconds: f64,
+    /// Memory in use integrated over time.
+    pub memory_byte_seconds: f64,
+    /// Sandbox lifetime summed over sandboxes.
+    pub sandbox_seconds: f64,
+    /// The highest memory use of any sandbox.
+    pub memory_peak_bytes: u64,
+    pub exec_count: u64,
+    /// Creates refused with `quota_exceeded`.
+    pub quota_rejections: u64,
+}
+
+/// One time bucket of usage.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageBucket {
+    /// RFC 3339 start of the bucket.
+    pub start: String,
+    #[serde(flatten)]
+    pub usage: UsageTotals,
+}
+
+/// `GET /v1/namespaces/{ns}/usage`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    pub namespace: String,
+    pub from: String,
+    pub to: String,
+    /// `minute`, `hour` or `day`.
+    pub granularity: String,
+    pub totals: UsageTotals,
+    /// Allocated to filesystems now (counts against `disk_bytes`).
+    pub disk_bytes: u64,
+    /// Written on its filesystems now.
+    pub disk_used_bytes: u64,
+    /// Network egress. Sandboxes have loopback only, so this is always 0.
+    pub egress_bytes: u64,
+    pub buckets: Vec<UsageBucket>,
+}

@@ -9,6 +9,7 @@ mod output;
 mod sandbox;
 mod serve;
 mod units;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,6 +71,8 @@ enum Command {
     /// List this host's Bulkhead resources that belong to no live sandbox (run as root on the
     /// server's host); exits 1 when there is one.
     Doctor(doctor::DoctorArgs),
+    /// A namespace's metered usage (cpu, memory, sandbox time, execs, disk).
+    Usage(usage::UsageArgs),
     /// Measure sandbox create, exec and delete against raw baselines (as root, release build).
     Bench(bench::BenchArgs),
 }
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,
             Command::Bench(args) => bench::run(args, &cli.global).await,
+            Command::Usage(args) => usage::usage(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
         }
     });

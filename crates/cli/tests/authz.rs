@@ -51,6 +51,7 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "GET /v1/namespaces/{ns}/keys" | "GET /v1/namespaces/{ns}/keys/{id}" => may(managers, 200),
         "DELETE /v1/namespaces/{ns}/keys/{id}" => may(managers, 204),
         "GET /v1/namespaces/{ns}/audit" | "GET /v1/namespaces/{ns}/audit/verify" => 200,
+        "GET /v1/namespaces/{ns}/usage" => 200,
         "GET /v1/audit" | "GET /v1/audit/verify" => may(platform, 200),
         "GET /v1/namespaces/{ns}/sandboxes" | "GET /v1/namespaces/{ns}/sandboxes/{id}" => 200,
         "POST /v1/namespaces/{ns}/sandboxes" => may(developers, 201),

@@ -141,6 +141,12 @@ fn sandbox_exec_cp_and_doctor_through_the_cli() {
 
     // Delete; with the server stopped, nothing of the sandbox is left.
     server.ok(dev, &["sandbox", "delete", "--ns", "acme", &id]);
+    // The execs above are metered, and a viewer may read usage.
+    let usage = server.json(viewer, &["usage", "--ns", "acme", "--since", "1h", "--granularity", "minute"]);
+    assert!(usage["totals"]["exec_count"].as_u64().unwrap() >= 3, "{usage}");
+    assert!(usage["totals"]["cpu_seconds"].as_f64().unwrap() > 0.0, "{usage}");
+    let table = server.ok(viewer, &["usage", "--ns", "acme", "--since", "1h"]);
+    assert!(table.contains("execs") && table.contains("cpu"), "{table}");
     assert!(!server.ok(dev, &["sandbox", "list", "--ns", "acme"]).contains(&id));
     assert!(server.ok(dev, &["sandbox", "list", "--ns", "acme", "--all"]).contains("deleted"));
     server.stop();

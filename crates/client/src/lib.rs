@@ -528,6 +528,25 @@ fn filesystem_path(ns: &str, id: &str, rest: &str) -> String {
     format!("/v1/namespaces/{}/filesystems/{}{rest}", seg(ns), seg(id))
 }
 
+impl Client {
+    /// A namespace's metered usage; `from`, `to` RFC 3339, `granularity` minute, hour or day.
+    pub async fn usage(
+        &self,
+        ns: &str,
+        from: Option<&str>,
+        to: Option<&str>,
+        granularity: Option<&str>,
+    ) -> Result<bulkhead_api::UsageReport> {
+        let mut q: Vec<(&str, &str)> = Vec::new();
+        for (k, v) in [("from", from), ("to", to), ("granularity", granularity)] {
+            if let Some(v) = v {
+                q.push((k, v));
+            }
+        }
+        self.send(self.request(Method::GET, &format!("/v1/namespaces/{}/usage", seg(ns))).query(&q)).await
+    }
+}
+
 /// Percent-encodes one path segment, so a hostile name cannot change the path.
 fn seg(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -118,6 +118,7 @@ pub enum Action {
     FilesystemFileRead,
     FilesystemFileWrite,
     FilesystemFileDelete,
+    UsageRead,
 }
 
 impl Action {
@@ -157,6 +158,7 @@ impl Action {
             Action::FilesystemFileRead => "filesystem.file.read",
             Action::FilesystemFileWrite => "filesystem.file.write",
             Action::FilesystemFileDelete => "filesystem.file.delete",
+            Action::UsageRead => "usage.read",
         }
     }
 
@@ -195,7 +197,8 @@ impl Action {
             | Action::FilesystemList
             | Action::FilesystemGet
             | Action::FilesystemArchiveRead
-            | Action::FilesystemFileRead => false,
+            | Action::FilesystemFileRead
+            | Action::UsageRead => false,
         }
     }
 }
@@ -232,7 +235,9 @@ pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>)
         return Decision::NotFound;
     }
     let allowed = match action {
-        Action::NamespaceGet | Action::AuditRead | Action::AuditVerify | Action::NamespaceList => true,
+        Action::NamespaceGet | Action::AuditRead | Action::AuditVerify | Action::NamespaceList | Action::UsageRead => {
+            true
+        }
         // Quotas and the namespace's existence are the operator's to change.
         Action::NamespaceCreate
         | Action::NamespaceUpdate

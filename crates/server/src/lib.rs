@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod metering;
 pub mod request;
 pub mod routes;
 pub mod sandboxes;
@@ -51,7 +52,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, filesystems, fsdata, health, keys, namespaces, projects, sandboxes};
+    use routes::{audit, filesystems, fsdata, health, keys, namespaces, projects, sandboxes, usage};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -66,6 +67,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::get, sandboxes::delete))
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
+        .routes(routes!(usage::get))
         .routes(routes!(projects::create, projects::list))
         .routes(routes!(projects::delete))
         .routes(routes!(filesystems::create, filesystems::list))
@@ -99,6 +101,7 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     sandboxes::spawn_reaper(state.clone());
+    metering::spawn_meter(state.clone());
     // No Nagle: small JSON answers must not wait for a delayed ACK.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

@@ -97,6 +97,8 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         expires_at_ms: now.saturating_add(ttl_ms),
         ended_at_ms: None,
         filesystem: plan.filesystem.as_ref().map(|(f, mode)| (f.id.clone(), mode.clone())),
+        metered_cpu_ns: 0,
+        metered_at_ms: None,
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
@@ -148,6 +150,10 @@ pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, 
     let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
     if !current.status.is_active() {
         return Ok(current);
+    }
+    // The last sample, before the cgroup and its counters are gone.
+    if let Err(e) = crate::metering::sample_locked(state, &current).await {
+        tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
     let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now_ms())).await?;

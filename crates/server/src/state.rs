@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub sandbox_limits: SandboxLimits,
     /// How often the reaper looks for expired sandboxes.
     pub reap_interval: Duration,
+    /// How often running sandboxes are metered (and once more when each ends).
+    pub meter_interval: Duration,
 }
 
 impl ServerConfig {
@@ -86,6 +88,7 @@ impl ServerConfig {
             runtime: RuntimeSettings::default(),
             sandbox_limits: SandboxLimits::default(),
             reap_interval: Duration::from_millis(500),
+            meter_interval: Duration::from_secs(10),
         }
     }
 }

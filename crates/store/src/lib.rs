@@ -75,6 +75,29 @@ pub struct SandboxRow {
     pub ended_at_ms: Option<i64>,
     /// The filesystem mounted at `/workspace` and its mode (`rw` or `ro`).
     pub filesystem: Option<(String, String)>,
+    /// The sandbox's cgroup cpu counter at the last metering sample.
+    pub metered_cpu_ns: u64,
+    /// When it was last metered; `None` before the first sample.
+    pub metered_at_ms: Option<i64>,
+}
+
+/// Usage added to one bucket of a namespace's ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageDelta {
+    pub cpu_ns: u64,
+    pub memory_byte_ms: u64,
+    pub sandbox_ms: u64,
+    /// Taken as a maximum, not a sum.
+    pub memory_peak_bytes: u64,
+    pub exec_count: u64,
+    pub quota_rejections: u64,
+}
+
+/// One bucket of a namespace's usage ledger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageBucket {
+    pub bucket_ms: i64,
+    pub usage: UsageDelta,
 }
 
 /// Which quota a sandbox admission would break, its limit and what is in use.
@@ -245,6 +268,21 @@ pub trait Store: Send + Sync + 'static {
     async fn namespace_use(&self, namespace: &str) -> Result<NamespaceUse>;
     /// Active sandboxes that mount the filesystem.
     async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>>;
+
+    /// Adds `delta` to the namespace's ledger bucket starting at `bucket_ms`.
+    async fn add_usage(&self, namespace: &str, bucket_ms: i64, delta: &UsageDelta) -> Result<()>;
+    /// Adds a metering sample of a sandbox to its namespace's ledger and records where metering
+    /// stands, in one transaction.
+    async fn meter_sandbox(
+        &self,
+        sandbox: &SandboxRow,
+        bucket_ms: i64,
+        delta: &UsageDelta,
+        cpu_ns_now: u64,
+        at_ms: i64,
+    ) -> Result<()>;
+    /// Ledger buckets of a namespace in `[from_ms, to_ms)`, oldest first.
+    async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>>;
 
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
     async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;

@@ -18,13 +18,14 @@ use tokio::sync::Mutex;
 
 use crate::{
     AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, ProjectRow, QuotaBreach, Result, SandboxRow,
-    SandboxStatus, Store, StoreError,
+    SandboxStatus, Store, StoreError, UsageBucket, UsageDelta,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../migrations/sqlite/0001_control_plane.sql")),
     (2, "sandboxes", include_str!("../migrations/sqlite/0002_sandboxes.sql")),
     (3, "filesystems", include_str!("../migrations/sqlite/0003_filesystems.sql")),
+    (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -127,11 +128,36 @@ fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
             let mode: Option<String> = row.try_get("filesystem_mode")?;
             id.map(|id| (id, mode.unwrap_or_else(|| "ro".to_owned())))
         },
+        metered_cpu_ns: as_u64(row, "metered_cpu_ns")?,
+        metered_at_ms: row.try_get("metered_at_ms")?,
     })
 }
 
+const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
+     memory_peak_bytes, exec_count, quota_rejections) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (namespace, bucket_ms) DO UPDATE SET cpu_ns = cpu_ns + excluded.cpu_ns, \
+     memory_byte_ms = memory_byte_ms + excluded.memory_byte_ms, sandbox_ms = sandbox_ms + excluded.sandbox_ms, \
+     memory_peak_bytes = MAX(memory_peak_bytes, excluded.memory_peak_bytes), \
+     exec_count = exec_count + excluded.exec_count, quota_rejections = quota_rejections + excluded.quota_rejections";
+
+fn usage_query<'q>(
+    namespace: &'q str,
+    bucket_ms: i64,
+    d: &UsageDelta,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    sqlx::query(USAGE_UPSERT)
+        .bind(namespace)
+        .bind(bucket_ms)
+        .bind(as_i64(d.cpu_ns))
+        .bind(as_i64(d.memory_byte_ms))
+        .bind(as_i64(d.sandbox_ms))
+        .bind(as_i64(d.memory_peak_bytes))
+        .bind(as_i64(d.exec_count))
+        .bind(as_i64(d.quota_rejections))
+}
+
 const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
-     created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode";
+     created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, metered_at_ms";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -483,7 +509,7 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&sbx.id)
         .bind(&sbx.namespace)
@@ -499,6 +525,8 @@ impl Store for SqliteStore {
         .bind(sbx.ended_at_ms)
         .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
         .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
+        .bind(as_i64(sbx.metered_cpu_ns))
+        .bind(sbx.metered_at_ms)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -758,6 +786,60 @@ impl Store for SqliteStore {
         rows.iter().map(sandbox_row).collect()
     }
 
+    async fn add_usage(&self, namespace: &str, bucket_ms: i64, delta: &UsageDelta) -> Result<()> {
+        let _w = self.write.lock().await;
+        usage_query(namespace, bucket_ms, delta).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn meter_sandbox(
+        &self,
+        sandbox: &SandboxRow,
+        bucket_ms: i64,
+        delta: &UsageDelta,
+        cpu_ns_now: u64,
+        at_ms: i64,
+    ) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
+        sqlx::query("UPDATE sandboxes SET metered_cpu_ns = ?, metered_at_ms = ? WHERE id = ?")
+            .bind(as_i64(cpu_ns_now))
+            .bind(at_ms)
+            .bind(&sandbox.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>> {
+        let rows = sqlx::query(
+            "SELECT bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, quota_rejections \
+             FROM usage_buckets WHERE namespace = ? AND bucket_ms >= ? AND bucket_ms < ? ORDER BY bucket_ms",
+        )
+        .bind(namespace)
+        .bind(from_ms)
+        .bind(to_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UsageBucket {
+                    bucket_ms: row.try_get("bucket_ms")?,
+                    usage: UsageDelta {
+                        cpu_ns: as_u64(row, "cpu_ns")?,
+                        memory_byte_ms: as_u64(row, "memory_byte_ms")?,
+                        sandbox_ms: as_u64(row, "sandbox_ms")?,
+                        memory_peak_bytes: as_u64(row, "memory_peak_bytes")?,
+                        exec_count: as_u64(row, "exec_count")?,
+                        quota_rejections: as_u64(row, "quota_rejections")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>> {
         let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency WHERE scope = ? AND key = ?")
             .bind(scope)
@@ -874,6 +956,8 @@ mod tests {
             expires_at_ms: 60_001,
             ended_at_ms: None,
             filesystem: None,
+            metered_cpu_ns: 0,
+            metered_at_ms: None,
         }
     }
 

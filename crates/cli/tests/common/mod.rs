@@ -86,6 +86,7 @@ impl Harness {
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");
         let admin = started.new_admin_token.expect("first start makes an admin token");
         bulkhead_server::sandboxes::spawn_reaper(started.state.clone());
+        bulkhead_server::metering::spawn_meter(started.state.clone());
         let app = app(started.state.clone());
         Harness { dir, state: started.state, app, admin, runtime }
     }

@@ -110,7 +110,9 @@ pub async fn create(
     ctx.audit_resource(format!("filesystem:{}", row.id));
     ctx.audit_detail("size_bytes", size);
     match ctx.state.store.admit_filesystem(&row, namespace.quotas.disk_bytes).await {
-        Err(StoreError::Quota(b)) => return Err(quota_error(&b)),
+        Err(StoreError::Quota(b)) => {
+            return crate::metering::note_rejection(&ctx.state, &ns, Err(quota_error(&b))).await;
+        }
         other => other?,
     }
     let _guard = ctx.state.sandbox_locks.lock(&row.id).await;

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod namespaces;
 pub mod projects;
 pub mod sandboxes;
+pub mod usage;
 
 use bulkhead_store::NamespaceRow;
 

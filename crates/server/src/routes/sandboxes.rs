@@ -119,8 +119,15 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreateSandbox = json(&headers, &body)?;
-    let namespace = load_namespace(&ctx, &ns).await?;
+    let result = create_admitted(&ctx, &ns, &headers, &body).await;
+    crate::metering::note_rejection(&ctx.state, &ns, result).await
+}
+
+/// The create once authorized; a quota refusal is counted by the caller.
+async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+    let ns = ns.to_owned();
+    let req: CreateSandbox = json(headers, body)?;
+    let namespace = load_namespace(ctx, &ns).await?;
     let q = namespace.quotas;
     let over = |field: &str, value: u64, quota: &str, limit: u64| {
         ApiError::QuotaExceeded(format!("{field} {value} is over the namespace quota {quota} of {limit}"))
@@ -157,7 +164,7 @@ pub async fn create(
                 return Err(ApiError::Invalid("filesystem.mode: must be \"rw\" or \"ro\"".into()));
             }
             // Another namespace's filesystem, or one of a project the key cannot see: 404.
-            let row = super::filesystems::load_filesystem(&ctx, &ns, &f.id).await?;
+            let row = super::filesystems::load_filesystem(ctx, &ns, &f.id).await?;
             ctx.audit_detail("filesystem", format!("{}:{}", row.id, f.mode));
             Some((row, f.mode.clone()))
         }
@@ -267,6 +274,7 @@ pub async fn exec(
     };
     let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
     let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
+    crate::metering::count_exec(&ctx.state, &ns).await;
     if streaming {
         ctx.audit_detail("stream", true);
         return Ok(stream_response(ctx, ns, id, stream));

@@ -1,0 +1,90 @@
+//! Metering from the kernel: each running sandbox's cgroup counters are sampled on an interval
+//! and once more before its cgroup is removed, and the differences are added to the namespace's
+//! usage ledger in one-minute buckets. Where metering of a sandbox stands is stored with it, so a
+//! restart neither loses usage nor counts it twice.
+
+use bulkhead_store::{SandboxRow, SandboxStatus, UsageDelta};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, AppState};
+
+/// Ledger bucket width.
+pub const BUCKET_MS: i64 = 60_000;
+
+/// The start of the bucket holding `ms`.
+pub fn bucket(ms: i64) -> i64 {
+    ms - ms.rem_euclid(BUCKET_MS)
+}
+
+/// Samples one sandbox; the caller holds the sandbox's lock and passes its current row. A
+/// sandbox whose cgroup is gone has nothing more to meter.
+pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ApiResult<()> {
+    let Ok(stats) = state.runtime.stats(&row.namespace, &row.id).await else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let since = row.metered_at_ms.unwrap_or(row.created_at_ms);
+    let elapsed = u64::try_from(now.saturating_sub(since)).unwrap_or(0);
+    let delta = UsageDelta {
+        cpu_ns: stats.cpu_usage_ns.saturating_sub(row.metered_cpu_ns),
+        memory_byte_ms: stats.memory_bytes.saturating_mul(elapsed),
+        sandbox_ms: elapsed,
+        memory_peak_bytes: stats.memory_peak_bytes,
+        exec_count: 0,
+        quota_rejections: 0,
+    };
+    let cpu_now = stats.cpu_usage_ns.max(row.metered_cpu_ns);
+    state.store.meter_sandbox(row, bucket(now), &delta, cpu_now, now).await?;
+    Ok(())
+}
+
+/// Samples every running sandbox.
+pub async fn sample_all(state: &AppState) -> ApiResult<()> {
+    for row in state.store.active_sandboxes().await? {
+        if row.status != SandboxStatus::Running {
+            continue;
+        }
+        let _guard = state.sandbox_locks.lock(&row.id).await;
+        // Re-read under the lock: a teardown may have taken the final sample meanwhile.
+        if let Some(current) = state.store.get_sandbox(&row.namespace, &row.id).await? {
+            if current.status == SandboxStatus::Running {
+                sample_locked(state, &current).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the sampler until the process ends.
+pub fn spawn_meter(state: AppState) {
+    let interval = state.config.meter_interval;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sample_all(&state).await {
+                tracing::warn!(error = %e, "metering pass failed");
+            }
+        }
+    });
+}
+
+/// Counts one exec in the namespace's ledger.
+pub async fn count_exec(state: &AppState, namespace: &str) {
+    let delta = UsageDelta { exec_count: 1, ..Default::default() };
+    if let Err(e) = state.store.add_usage(namespace, bucket(now_ms()), &delta).await {
+        tracing::warn!(error = %e, "metering an exec failed");
+    }
+}
+
+/// Counts a create refused for a quota, then hands the error back.
+pub async fn note_rejection<T>(state: &AppState, namespace: &str, result: ApiResult<T>) -> ApiResult<T> {
+    if let Err(ApiError::QuotaExceeded(_)) = &result {
+        let delta = UsageDelta { quota_rejections: 1, ..Default::default() };
+        if let Err(e) = state.store.add_usage(namespace, bucket(now_ms()), &delta).await {
+            tracing::warn!(error = %e, "metering a quota rejection failed");
+        }
+    }
+    result
+}
