@@ -160,11 +160,19 @@ async fn hostile_archives_are_refused_and_the_previous_content_stays() {
     cut.truncate(100_000);
     let r = raw(&h, Method::PUT, &format!("{base}/archive"), &[], cut).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
-    // A dropped connection half-way.
-    let stream = futures_util::stream::iter(vec![
-        Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![0u8; 512])),
-        Err(std::io::Error::other("connection reset")),
-    ]);
+    // A dropped connection half-way, after what already is a complete (empty) archive: the end
+    // marker must not be taken for the end of the upload.
+    // The failure comes late, after the extraction has had time to reach the end marker.
+    let stream = futures_util::stream::unfold(0u8, |step| async move {
+        match step {
+            0 => Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![0u8; 1024])), 1)),
+            1 => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                Some((Err(std::io::Error::other("connection reset")), 2))
+            }
+            _ => None,
+        }
+    });
     let req = Request::builder()
         .method(Method::PUT)
         .uri(format!("{base}/archive"))

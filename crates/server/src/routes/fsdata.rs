@@ -31,6 +31,8 @@ use crate::state::{rfc3339, AppState};
 
 /// Entries an uploaded archive may hold.
 const MAX_ARCHIVE_ENTRIES: u64 = 100_000;
+/// Bytes of tar headers and padding an upload may carry beyond the filesystem's size.
+const MAX_ARCHIVE_OVERHEAD: u64 = 128 << 20;
 
 /// The host ids new files get: the namespace's mapped root.
 async fn owner_of(state: &AppState, f: &FilesystemRow) -> ApiResult<Owner> {
@@ -432,29 +434,50 @@ pub async fn write_archive(
     let extraction = tokio::task::spawn_blocking(move || {
         archive::extract(ChannelReader { rx, current: Bytes::new() }, &staging_root, owner, limits)
     });
-    let mut body = body.into_data_stream();
+    // The whole body must arrive before anything is swapped in: the extraction may finish at
+    // the archive's end marker while the upload is still running (or about to fail), so the body
+    // is read to its end, bounded, whatever the extraction does.
+    let max_body = f.size_bytes.saturating_add(MAX_ARCHIVE_OVERHEAD);
+    let mut received = 0u64;
+    let mut extracting = true;
     let mut upload_error = None;
+    let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
-        let item = chunk.map_err(|e| std::io::Error::other(format!("upload interrupted: {e}")));
-        let failed = item.is_err();
-        if tx.send(item).await.is_err() {
-            break; // the extraction stopped early (a refused entry); its error says why
-        }
-        if failed {
-            upload_error = Some(ApiError::Invalid("body: the upload was interrupted".into()));
-            break;
+        match chunk {
+            Ok(bytes) => {
+                received += bytes.len() as u64;
+                if received > max_body {
+                    upload_error = Some(ApiError::QuotaExceeded(format!(
+                        "the archive is larger than the filesystem can hold ({} bytes)",
+                        f.size_bytes
+                    )));
+                    let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
+                    break;
+                }
+                // Once the extraction stopped (refused entry or end of archive), keep draining.
+                if extracting && tx.send(Ok(bytes)).await.is_err() {
+                    extracting = false;
+                }
+            }
+            Err(e) => {
+                upload_error = Some(ApiError::Invalid("body: the upload was interrupted".into()));
+                let _ = tx.send(Err(std::io::Error::other(format!("upload interrupted: {e}")))).await;
+                break;
+            }
         }
     }
     drop(tx);
     let result = extraction.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stats = match result {
-        Ok(stats) if upload_error.is_none() => stats,
-        other => {
+    let stats = match (result, upload_error) {
+        (Ok(stats), None) => stats,
+        (outcome, upload_error) => {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(upload_error.unwrap_or_else(|| match other {
-                Err(e) => archive_error(e),
-                Ok(_) => ApiError::Internal("unreachable".into()),
-            }));
+            // An incomplete upload is the reason even when the part that arrived was fine.
+            return Err(match (upload_error, outcome) {
+                (Some(e), _) => e,
+                (None, Err(e)) => archive_error(e),
+                (None, Ok(_)) => ApiError::Internal("upload outcome lost".into()),
+            });
         }
     };
     if let Err(e) = ctx.state.storage.swap_in(&f.id, &staging) {
