@@ -270,8 +270,28 @@ impl Storage {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let grown = async {
-            // resize2fs insists on a fresh check; exit status 1 means "errors corrected".
-            let _ = Command::new("e2fsck").args(["-f", "-y", "-q", &img]).output().await;
+            // resize2fs insists on a fresh check. The image can stay busy for a moment after the
+            // unmount (the loop device is torn down asynchronously), so the check is retried;
+            // e2fsck's exit status 1 means "errors corrected", which is fine.
+            let mut last = String::new();
+            for _ in 0..60 {
+                let out = Command::new("e2fsck").args(["-f", "-y", &img]).output().await;
+                match out {
+                    Ok(o) if o.status.code().is_some_and(|c| c <= 1) => {
+                        last.clear();
+                        break;
+                    }
+                    Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if !last.is_empty() {
+                return Err(RuntimeError::Io {
+                    what: "check the filesystem before growing it".into(),
+                    source: std::io::Error::other(last),
+                });
+            }
             run("resize2fs", &[&img], "grow the filesystem").await
         }
         .await;
