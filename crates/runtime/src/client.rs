@@ -38,14 +38,15 @@ impl ExecStream {
 async fn connect(socket: &Path, id: &str) -> Result<UnixStream> {
     UnixStream::connect(socket).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => RuntimeError::NotRunning(id.to_owned()),
-        _ => RuntimeError::io(format!("connect to the supervisor of {id}"))(e),
+        _ => RuntimeError::Protocol(format!("connect to the supervisor of {id}: {e}")),
     })
 }
 
 async fn send_frame(conn: &mut UnixStream, k: u8, payload: &[u8]) -> Result<()> {
     let mut buf = Vec::with_capacity(5 + payload.len());
-    protocol::write_frame(&mut buf, k, payload).map_err(RuntimeError::io("encode frame"))?;
-    conn.write_all(&buf).await.map_err(RuntimeError::io("send to the supervisor"))
+    protocol::write_frame(&mut buf, k, payload).map_err(|e| RuntimeError::Protocol(format!("encode a frame: {e}")))?;
+    // The other end is the sandbox: a broken connection is the sandbox's doing.
+    conn.write_all(&buf).await.map_err(|e| RuntimeError::Protocol(format!("send to the supervisor: {e}")))
 }
 
 async fn send_request(conn: &mut UnixStream, request: &Request) -> Result<()> {
@@ -66,11 +67,13 @@ async fn read_frame(conn: &mut UnixStream) -> Result<Option<(u8, Vec<u8>)>> {
     match conn.read_exact(&mut header).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(RuntimeError::io("read from the supervisor")(e)),
+        Err(e) => return Err(RuntimeError::Protocol(format!("read from the supervisor: {e}"))),
     }
     let (k, len) = protocol::parse_header(header).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
     let mut payload = vec![0u8; len];
-    conn.read_exact(&mut payload).await.map_err(RuntimeError::io("read from the supervisor"))?;
+    conn.read_exact(&mut payload)
+        .await
+        .map_err(|e| RuntimeError::Protocol(format!("read from the supervisor: {e}")))?;
     Ok(Some((k, payload)))
 }
 

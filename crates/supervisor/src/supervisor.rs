@@ -41,11 +41,20 @@ pub fn run(listener: UnixListener) -> io::Result<()> {
     std::thread::spawn(move || reaper.run());
     loop {
         let (conn, _) = listener.accept()?;
-        std::thread::spawn(move || {
+        let mut refusal = conn.try_clone().ok();
+        // A sandbox at its pids limit (a fork bomb) cannot get a thread: refuse this request
+        // and keep serving, rather than die.
+        let spawned = std::thread::Builder::new().spawn(move || {
             if let Err(e) = handle(conn) {
                 eprintln!("bulkhead-supervisor: request failed: {e}");
             }
         });
+        if spawned.is_err() {
+            if let Some(c) = refusal.as_mut() {
+                let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
+                let _ = protocol::write_json(c, kind::FAILURE, &f);
+            }
+        }
     }
 }
 
@@ -232,7 +241,7 @@ fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         let mut reader = conn.try_clone()?;
         let cancelled = cancelled.clone();
         let want_stdin = spec.stdin;
-        std::thread::spawn(move || {
+        let reader_thread = std::thread::Builder::new().spawn(move || {
             let mut stdin = if want_stdin { stdin } else { None };
             loop {
                 match protocol::read_frame(&mut reader) {
@@ -252,6 +261,12 @@ fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
                 }
             }
         });
+        if reader_thread.is_err() {
+            // No thread for stdin and cancellation: the sandbox is at its process limit.
+            kill_group(pid);
+            let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
+            return protocol::write_json(&mut conn, kind::FAILURE, &f);
+        }
     }
 
     let mut out = child.stdout.take();
