@@ -90,10 +90,14 @@ pub enum Action {
     NamespaceGet,
     NamespaceUpdate,
     NamespaceDelete,
-    KeyCreate { role: Role },
+    KeyCreate {
+        role: Role,
+    },
     KeyList,
     KeyGet,
-    KeyRevoke { role: Role },
+    KeyRevoke {
+        role: Role,
+    },
     AuditRead,
     AuditVerify,
     PlatformAuditRead,
@@ -119,6 +123,10 @@ pub enum Action {
     FilesystemFileWrite,
     FilesystemFileDelete,
     UsageRead,
+    /// The Prometheus metrics of every namespace.
+    PlatformMetricsRead,
+    /// A namespace's own metrics.
+    MetricsRead,
 }
 
 impl Action {
@@ -159,6 +167,8 @@ impl Action {
             Action::FilesystemFileWrite => "filesystem.file.write",
             Action::FilesystemFileDelete => "filesystem.file.delete",
             Action::UsageRead => "usage.read",
+            Action::PlatformMetricsRead => "platform.metrics.read",
+            Action::MetricsRead => "metrics.read",
         }
     }
 
@@ -198,7 +208,9 @@ impl Action {
             | Action::FilesystemGet
             | Action::FilesystemArchiveRead
             | Action::FilesystemFileRead
-            | Action::UsageRead => false,
+            | Action::UsageRead
+            | Action::PlatformMetricsRead
+            | Action::MetricsRead => false,
         }
     }
 }
@@ -235,15 +247,19 @@ pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>)
         return Decision::NotFound;
     }
     let allowed = match action {
-        Action::NamespaceGet | Action::AuditRead | Action::AuditVerify | Action::NamespaceList | Action::UsageRead => {
-            true
-        }
+        Action::NamespaceGet
+        | Action::AuditRead
+        | Action::AuditVerify
+        | Action::NamespaceList
+        | Action::UsageRead
+        | Action::MetricsRead => true,
         // Quotas and the namespace's existence are the operator's to change.
         Action::NamespaceCreate
         | Action::NamespaceUpdate
         | Action::NamespaceDelete
         | Action::PlatformAuditRead
-        | Action::PlatformAuditVerify => false,
+        | Action::PlatformAuditVerify
+        | Action::PlatformMetricsRead => false,
         Action::KeyList | Action::KeyGet => matches!(role, Role::Owner | Role::Admin),
         Action::SandboxList
         | Action::SandboxGet

@@ -26,6 +26,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
 
     let response = next.run(req).await;
     let status = response.status();
+    state.metrics.request(crate::request::namespace_of(&path), &route, status.as_u16());
     let info = slot.with(std::mem::take);
     let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
         return response;

@@ -145,6 +145,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         config,
         keys: KeyCache::default(),
         namespaces: Default::default(),
+        metrics: Default::default(),
         sandbox_locks: SandboxLocks::default(),
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;

@@ -15,6 +15,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metering;
+pub mod metrics;
 pub mod request;
 pub mod routes;
 pub mod sandboxes;
@@ -68,6 +69,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
         .routes(routes!(usage::get))
+        .routes(routes!(crate::metrics::platform))
+        .routes(routes!(crate::metrics::namespace))
         .routes(routes!(projects::create, projects::list))
         .routes(routes!(projects::delete))
         .routes(routes!(filesystems::create, filesystems::list))

@@ -30,7 +30,7 @@ fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
 }
 
 /// The namespace a path names, for the log span: `/v1/namespaces/{ns}/...`.
-fn namespace_of(path: &str) -> &str {
+pub fn namespace_of(path: &str) -> &str {
     let mut parts = path.trim_start_matches('/').split('/');
     match (parts.next(), parts.next(), parts.next()) {
         (Some("v1"), Some("namespaces"), Some(ns)) if bulkhead_core::validate::is_name(ns) => ns,

@@ -131,6 +131,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
     };
     if let Err(e) = started {
         let reason = format!("start_failed: {e}");
+        state.metrics.sandbox_failed(&ns.name, &reason);
         state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
         return Err(ApiError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
     }
@@ -139,6 +140,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
+    state.metrics.sandbox_created(&ns.name);
     tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
     Ok(row)
 }
@@ -233,6 +235,9 @@ pub async fn reconcile(state: &AppState) -> ApiResult<ReconcileReport> {
         } else {
             (SandboxStatus::Failed, "lost: the sandbox was not running when the server started")
         };
+        if status == SandboxStatus::Failed {
+            state.metrics.sandbox_failed(&row.namespace, reason);
+        }
         state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now)).await?;
         report.failed += 1;
     }

@@ -206,6 +206,7 @@ pub struct Inner {
     pub keys: KeyCache,
     pub namespaces: NamespaceCache,
     pub sandbox_locks: SandboxLocks,
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -273,6 +273,7 @@ pub async fn exec(
         stdin: false,
     };
     let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
+    let started = std::time::Instant::now();
     let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
     crate::metering::count_exec(&ctx.state, &ns).await;
     if streaming {
@@ -290,6 +291,7 @@ pub async fn exec(
         }
     };
     ctx.audit_detail("exit_code", exit_code(&exit));
+    ctx.state.metrics.exec(&ns, started.elapsed().as_secs_f64());
     Ok(Json(ExecResult {
         exit_code: exit_code(&exit),
         signal: exit.signal,
