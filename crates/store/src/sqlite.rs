@@ -1,7 +1,9 @@
 //! The embedded store: one SQLite file in the data dir, in WAL mode with `synchronous=FULL`
 //! (an acknowledged write survives a crash), foreign keys on, and migrations compiled into the
 //! binary. Writes go through one in-process lock, so a read-then-write such as an audit append
-//! never races another writer.
+//! never races another writer, and write transactions begin `IMMEDIATE`: they take SQLite's
+//! write lock up front (waiting for it if need be) instead of upgrading a read snapshot, which
+//! SQLite refuses at once when another connection wrote meanwhile.
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -57,7 +59,16 @@ impl SqliteStore {
             // Checkpoints run in the background (below), not inside a request's commit, where
             // their fsync of the whole database would land on one unlucky request.
             .pragma("wal_autocheckpoint", "0");
-        let pool = SqlitePoolOptions::new().max_connections(8).min_connections(1).connect_with(options).await?;
+        // A fixed set of connections, opened once and never recycled: opening one runs the
+        // journal-mode pragma, which must not meet writes in flight.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(8)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
         migrator().run(&pool).await?;
         let checkpoints = pool.clone();
         tokio::spawn(async move {
@@ -257,7 +268,7 @@ impl Store for SqliteStore {
     async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
         let _w = self.write.lock().await;
         let q = &ns.quotas;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let r = sqlx::query(&format!(
             "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
@@ -334,7 +345,7 @@ impl Store for SqliteStore {
 
     async fn delete_namespace(&self, name: &str) -> Result<bool> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let deleted = sqlx::query("DELETE FROM namespaces WHERE name = ?").bind(name).execute(&mut *tx).await?;
         if deleted.rows_affected() == 0 {
             return Ok(false);
@@ -413,7 +424,7 @@ impl Store for SqliteStore {
 
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let head = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
             .bind(chain)
             .fetch_optional(&mut *tx)
@@ -489,7 +500,7 @@ impl Store for SqliteStore {
 
     async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS mem \
              FROM sandboxes WHERE namespace = ? AND status IN ('creating', 'running')",
@@ -622,7 +633,7 @@ impl Store for SqliteStore {
 
     async fn delete_project(&self, namespace: &str, id: &str) -> Result<bool> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM filesystems WHERE project_id = ?")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -642,7 +653,7 @@ impl Store for SqliteStore {
 
     async fn admit_filesystem(&self, f: &FilesystemRow, disk_bytes: u64) -> Result<()> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let used: i64 = sqlx::query("SELECT COALESCE(SUM(size_bytes), 0) AS used FROM filesystems WHERE namespace = ?")
             .bind(&f.namespace)
             .fetch_one(&mut *tx)
@@ -712,7 +723,7 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<FilesystemRow>> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let used: i64 =
             sqlx::query("SELECT COALESCE(SUM(size_bytes), 0) AS used FROM filesystems WHERE namespace = ? AND id != ?")
                 .bind(namespace)
@@ -801,7 +812,7 @@ impl Store for SqliteStore {
         at_ms: i64,
     ) -> Result<()> {
         let _w = self.write.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
         sqlx::query("UPDATE sandboxes SET metered_cpu_ns = ?, metered_at_ms = ? WHERE id = ?")
             .bind(as_i64(cpu_ns_now))
