@@ -15,7 +15,7 @@ use bulkhead_core::audit::{self, AuditEvent, AuditRecord};
 use bulkhead_core::{Quotas, Role};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -52,24 +52,26 @@ impl SqliteStore {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
             // Checkpoints run in the background (below), not inside a request's commit, where
             // their fsync of the whole database would land on one unlucky request.
             .pragma("wal_autocheckpoint", "0");
-        // A fixed set of connections, opened once and never recycled: opening one runs the
-        // journal-mode pragma, which must not meet writes in flight.
+        // WAL mode is a property of the file: set it, and migrate, on one connection before the
+        // pool opens any other, so that no connection's setup ever meets a write in flight.
+        {
+            let mut first = options.clone().journal_mode(SqliteJournalMode::Wal).connect().await?;
+            migrator().run(&mut first).await?;
+            first.close().await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .min_connections(8)
+            .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
-            .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        migrator().run(&pool).await?;
         let checkpoints = pool.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
