@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,11 +85,7 @@ fn alive(pid: i32) -> bool {
 fn kill_9_restart_reconciles_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut tag = [0u8; 6];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut tag).unwrap();
-    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    let state = PathBuf::from(format!("/run/bulkhead-test-{tag}"));
-    let prefix = format!("bulkhead-test-{tag}");
+    let (state, prefix) = common::process::runtime_names();
     let _cleanup = Cleanup(state.clone(), prefix.clone());
 
     let mut server = start(&data, &state, &prefix);
@@ -168,11 +166,7 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
 fn kill_9_keeps_acknowledged_files_and_drops_half_uploads() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut tag = [0u8; 6];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut tag).unwrap();
-    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    let state = PathBuf::from(format!("/run/bulkhead-test-{tag}"));
-    let prefix = format!("bulkhead-test-{tag}");
+    let (state, prefix) = common::process::runtime_names();
     let _cleanup = Cleanup(state.clone(), prefix.clone());
 
     let mut server = start(&data, &state, &prefix);
