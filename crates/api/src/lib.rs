@@ -387,6 +387,13 @@ pub struct UsageTotals {
     pub exec_count: u64,
     /// Creates refused with `quota_exceeded`.
     pub quota_rejections: u64,
+    /// Block device bytes read and written, from the kernel's io accounting. Writes the kernel
+    /// flushes later on the sandbox's behalf (page cache writeback to a loop-mounted filesystem,
+    /// or tmpfs, which never reaches a device) are not attributed to it on every host.
+    #[serde(default)]
+    pub io_read_bytes: u64,
+    #[serde(default)]
+    pub io_write_bytes: u64,
 }
 
 /// One time bucket of usage.
@@ -414,4 +421,36 @@ pub struct UsageReport {
     /// Network egress. Sandboxes have loopback only, so this is always 0.
     pub egress_bytes: u64,
     pub buckets: Vec<UsageBucket>,
+}
+
+/// Which output stream a log record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// A piece of the output of an exec in a sandbox, as retained in its namespace's log.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogRecord {
+    /// Increases by one per record within a namespace; pass the last one seen as `after`.
+    pub seq: u64,
+    /// RFC 3339 time the output was produced.
+    pub time: String,
+    pub sandbox: String,
+    /// The request id of the exec that produced it.
+    pub request_id: String,
+    pub stream: LogStream,
+    /// The bytes, as UTF-8 (invalid sequences replaced).
+    pub data: String,
+}
+
+/// A page of log records, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogPage {
+    pub records: Vec<LogRecord>,
+    /// The `seq` to pass as `after` for the next page; absent when this page reached the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
 }

@@ -2,9 +2,11 @@
 //! API. Errors print one line and exit non-zero.
 
 mod bench;
+mod bench_load;
 mod commands;
 mod doctor;
 mod fs;
+mod logs;
 mod output;
 mod sandbox;
 mod serve;
@@ -73,6 +75,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// A namespace's metered usage (cpu, memory, sandbox time, execs, disk).
     Usage(usage::UsageArgs),
+    /// A namespace's exec output; `-f` follows it live.
+    Logs(logs::LogsArgs),
     /// Measure sandbox create, exec and delete against raw baselines (as root, release build).
     Bench(bench::BenchArgs),
 }
@@ -114,6 +118,7 @@ fn main() -> ExitCode {
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,
             Command::Bench(args) => bench::run(args, &cli.global).await,
             Command::Usage(args) => usage::usage(args, &cli.global).await,
+            Command::Logs(args) => logs::logs(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
         }
     });

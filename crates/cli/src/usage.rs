@@ -45,6 +45,7 @@ pub async fn usage(args: UsageArgs, global: &Global) -> anyhow::Result<ExitCode>
         ("memory peak", format_bytes(t.memory_peak_bytes)),
         ("execs", t.exec_count.to_string()),
         ("quota rejections", t.quota_rejections.to_string()),
+        ("block io", format!("{} read, {} written", format_bytes(t.io_read_bytes), format_bytes(t.io_write_bytes))),
         ("disk", format!("{} allocated, {} used", format_bytes(r.disk_bytes), format_bytes(r.disk_used_bytes))),
     ]);
     if r.buckets.is_empty() {

@@ -52,6 +52,7 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "DELETE /v1/namespaces/{ns}/keys/{id}" => may(managers, 204),
         "GET /v1/namespaces/{ns}/audit" | "GET /v1/namespaces/{ns}/audit/verify" => 200,
         "GET /v1/namespaces/{ns}/usage" | "GET /v1/namespaces/{ns}/metrics" => 200,
+        "GET /v1/namespaces/{ns}/logs" => 200,
         "GET /metrics" => may(platform, 200),
         "GET /v1/audit" | "GET /v1/audit/verify" => may(platform, 200),
         "GET /v1/namespaces/{ns}/sandboxes" | "GET /v1/namespaces/{ns}/sandboxes/{id}" => 200,

@@ -507,7 +507,7 @@ impl Lines {
         }
         self.scanned = self.buf.len();
         if self.buf.len() - self.start > self.max {
-            return Err(format!("an exec event line is over {} bytes", self.max));
+            return Err(format!("a line of the stream is over {} bytes", self.max));
         }
         Ok(None)
     }
@@ -544,6 +544,124 @@ impl Client {
             }
         }
         self.send(self.request(Method::GET, &format!("/v1/namespaces/{}/usage", seg(ns))).query(&q)).await
+    }
+
+    /// A page of a namespace's retained exec output, oldest first.
+    pub async fn logs(&self, ns: &str, q: &LogQuery) -> Result<bulkhead_api::LogPage> {
+        self.send(self.request(Method::GET, &format!("/v1/namespaces/{}/logs", seg(ns))).query(&q.pairs())).await
+    }
+
+    /// Follows a namespace's exec output live (server-sent events). With `after` or `since` the
+    /// retained records that match come first.
+    pub async fn tail_logs(&self, ns: &str, q: &LogQuery) -> Result<LogTail> {
+        let builder = self
+            .request(Method::GET, &format!("/v1/namespaces/{}/logs", seg(ns)))
+            .query(&q.pairs())
+            .header(ACCEPT, "text/event-stream");
+        let response = self.send_raw(builder).await?;
+        let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.starts_with("text/event-stream") {
+            return Err(ClientError::Unexpected {
+                status: response.status().as_u16(),
+                detail: format!("asked for text/event-stream, got {content_type:?}"),
+            });
+        }
+        Ok(LogTail { response, base: self.base.clone(), lines: Lines::new(MAX_SSE_LINE_BYTES), ended: false })
+    }
+}
+
+/// What a log query selects.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub sandbox: Option<String>,
+    /// RFC 3339.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub after: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+impl LogQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        for (k, v) in [("sandbox", &self.sandbox), ("since", &self.since), ("until", &self.until)] {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        }
+        if let Some(a) = self.after {
+            q.push(("after", a.to_string()));
+        }
+        if let Some(l) = self.limit {
+            q.push(("limit", l.to_string()));
+        }
+        q
+    }
+}
+
+/// Longest line of a log tail: a record of 64 KiB of output, JSON-escaped.
+const MAX_SSE_LINE_BYTES: usize = 1 << 20;
+
+/// One event of a log tail.
+#[derive(Debug, Clone)]
+pub enum LogTailEvent {
+    Record(bulkhead_api::LogRecord),
+    /// The server could not keep this tail up to date and skipped records.
+    Lagged(String),
+}
+
+/// A live log tail.
+pub struct LogTail {
+    response: Response,
+    base: String,
+    lines: Lines,
+    ended: bool,
+}
+
+impl LogTail {
+    /// The next event; `None` when the server ended the stream. Keep-alive comments are skipped.
+    pub async fn next(&mut self) -> Result<Option<LogTailEvent>> {
+        let status = self.response.status().as_u16();
+        let (mut kind, mut data) = (String::new(), String::new());
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) => {
+                    let line = String::from_utf8_lossy(line);
+                    let line = line.strip_suffix('\r').unwrap_or(&line);
+                    if line.is_empty() {
+                        if data.is_empty() {
+                            kind.clear();
+                            continue;
+                        }
+                        if kind == "lagged" {
+                            return Ok(Some(LogTailEvent::Lagged(data)));
+                        }
+                        return serde_json::from_str(&data)
+                            .map(|r| Some(LogTailEvent::Record(r)))
+                            .map_err(|e| ClientError::Unexpected { status, detail: format!("a bad log event: {e}") });
+                    }
+                    if let Some(v) = line.strip_prefix("data:") {
+                        if !data.is_empty() {
+                            data.push('\n');
+                        }
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        kind = v.trim().to_owned();
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(ClientError::Unexpected { status, detail }),
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.lines.push(&chunk),
+                Ok(None) => self.ended = true,
+                Err(source) => return Err(ClientError::Transport { url: self.base.clone(), source }),
+            }
+        }
     }
 }
 

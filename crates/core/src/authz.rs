@@ -127,6 +127,8 @@ pub enum Action {
     PlatformMetricsRead,
     /// A namespace's own metrics.
     MetricsRead,
+    /// The output of a namespace's execs.
+    LogsRead,
 }
 
 impl Action {
@@ -169,6 +171,7 @@ impl Action {
             Action::UsageRead => "usage.read",
             Action::PlatformMetricsRead => "platform.metrics.read",
             Action::MetricsRead => "metrics.read",
+            Action::LogsRead => "logs.read",
         }
     }
 
@@ -210,7 +213,8 @@ impl Action {
             | Action::FilesystemFileRead
             | Action::UsageRead
             | Action::PlatformMetricsRead
-            | Action::MetricsRead => false,
+            | Action::MetricsRead
+            | Action::LogsRead => false,
         }
     }
 }
@@ -252,7 +256,8 @@ pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>)
         | Action::AuditVerify
         | Action::NamespaceList
         | Action::UsageRead
-        | Action::MetricsRead => true,
+        | Action::MetricsRead
+        | Action::LogsRead => true,
         // Quotas and the namespace's existence are the operator's to change.
         Action::NamespaceCreate
         | Action::NamespaceUpdate

@@ -36,6 +36,39 @@ fn read_u64(path: &Path) -> Option<u64> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
+/// Sums cgroup v2 `io.stat`'s `rbytes=` and `wbytes=` over every device.
+fn io_stat_v2(path: &Path) -> (u64, u64) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let (mut read, mut write) = (0u64, 0u64);
+    for field in text.split_whitespace() {
+        if let Some(v) = field.strip_prefix("rbytes=").and_then(|v| v.parse::<u64>().ok()) {
+            read = read.saturating_add(v);
+        } else if let Some(v) = field.strip_prefix("wbytes=").and_then(|v| v.parse::<u64>().ok()) {
+            write = write.saturating_add(v);
+        }
+    }
+    (read, write)
+}
+
+/// Sums cgroup v1 `blkio.throttle.io_service_bytes`' `Read` and `Write` lines over every device.
+fn io_service_bytes_v1(path: &Path) -> (u64, u64) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(_device), Some(op), Some(v)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(v) = v.parse::<u64>() else { continue };
+        match op {
+            "Read" => read = read.saturating_add(v),
+            "Write" => write = write.saturating_add(v),
+            _ => {}
+        }
+    }
+    (read, write)
+}
+
 fn keyed(path: &Path, key: &str) -> Option<u64> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
@@ -218,6 +251,7 @@ impl Cgroups {
                     return Err(missing());
                 }
                 let memory = read_u64(&d.join("memory.current")).unwrap_or(0);
+                let (io_read_bytes, io_write_bytes) = io_stat_v2(&d.join("io.stat"));
                 SandboxStats {
                     cpu_usage_ns: keyed(&d.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
                     memory_bytes: memory,
@@ -225,6 +259,8 @@ impl Cgroups {
                     pids: read_u64(&d.join("pids.current")).unwrap_or(0),
                     oom_kills: keyed(&d.join("memory.events"), "oom_kill").unwrap_or(0),
                     pids_limit_hits: keyed(&d.join("pids.events"), "max").unwrap_or(0),
+                    io_read_bytes,
+                    io_write_bytes,
                 }
             }
             Version::V1 => {
@@ -232,6 +268,8 @@ impl Cgroups {
                 if !mem.is_dir() {
                     return Err(missing());
                 }
+                let (io_read_bytes, io_write_bytes) =
+                    io_service_bytes_v1(&self.root.join("blkio").join(&rel).join("blkio.throttle.io_service_bytes"));
                 SandboxStats {
                     cpu_usage_ns: read_u64(&self.root.join("cpuacct").join(&rel).join("cpuacct.usage")).unwrap_or(0),
                     memory_bytes: read_u64(&mem.join("memory.usage_in_bytes")).unwrap_or(0),
@@ -239,6 +277,8 @@ impl Cgroups {
                     pids: read_u64(&self.root.join("pids").join(&rel).join("pids.current")).unwrap_or(0),
                     oom_kills: keyed(&mem.join("memory.oom_control"), "oom_kill").unwrap_or(0),
                     pids_limit_hits: keyed(&self.root.join("pids").join(&rel).join("pids.events"), "max").unwrap_or(0),
+                    io_read_bytes,
+                    io_write_bytes,
                 }
             }
         })
@@ -348,5 +388,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = Cgroups::detect(d.path(), "bulkhead").unwrap_err();
         assert!(e.to_string().contains("cgroup"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod io_tests {
+    use super::*;
+
+    #[test]
+    fn io_counters_sum_over_devices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let v2 = dir.path().join("io.stat");
+        fs::write(&v2, "8:0 rbytes=100 wbytes=7 rios=1 wios=1\n7:3 rbytes=20 wbytes=3 rios=2 wios=1\n").expect("write");
+        assert_eq!(io_stat_v2(&v2), (120, 10));
+        let v1 = dir.path().join("blkio.throttle.io_service_bytes");
+        fs::write(&v1, "8:0 Read 4096\n8:0 Write 512\n8:0 Sync 0\n7:1 Read 1\n7:1 Write 2\nTotal 4611\n")
+            .expect("write");
+        assert_eq!(io_service_bytes_v1(&v1), (4097, 514));
+        assert_eq!(io_stat_v2(&dir.path().join("missing")), (0, 0));
     }
 }

@@ -77,6 +77,10 @@ pub struct SandboxStats {
     pub oom_kills: u64,
     /// Forks the kernel refused because the sandbox was at its pids limit.
     pub pids_limit_hits: u64,
+    /// Bytes read from and written to block devices by the sandbox's processes, as the kernel's
+    /// io (v2) or blkio (v1) controller accounts them.
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
 }
 
 /// A sandbox as the host sees it, for reconciliation.

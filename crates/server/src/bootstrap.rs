@@ -136,6 +136,9 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let storage = Storage::new(&dir, &config.runtime.state_dir)?;
     mount_filesystems(store.as_ref(), &storage).await?;
+    let logs_dir = dir.join("logs");
+    let logs =
+        crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;
     let state = AppState(Arc::new(Inner {
         store,
         runtime,
@@ -147,6 +150,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         namespaces: Default::default(),
         metrics: Default::default(),
         sandbox_locks: SandboxLocks::default(),
+        logs,
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod error;
 pub mod extract;
 pub mod idempotency;
+pub mod logs;
 pub mod metering;
 pub mod metrics;
 pub mod request;
@@ -53,7 +54,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, filesystems, fsdata, health, keys, namespaces, projects, sandboxes, usage};
+    use routes::{audit, filesystems, fsdata, health, keys, logs, namespaces, projects, sandboxes, usage};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -69,6 +70,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
         .routes(routes!(usage::get))
+        .routes(routes!(logs::get))
         .routes(routes!(crate::metrics::platform))
         .routes(routes!(crate::metrics::namespace))
         .routes(routes!(projects::create, projects::list))

@@ -3,7 +3,7 @@
 //! usage ledger in one-minute buckets. Where metering of a sandbox stands is stored with it, so a
 //! restart neither loses usage nor counts it twice.
 
-use bulkhead_store::{SandboxRow, SandboxStatus, UsageDelta};
+use bulkhead_store::{MeterMark, SandboxRow, SandboxStatus, UsageDelta};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
@@ -25,16 +25,24 @@ pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ApiResult<()> 
     let now = now_ms();
     let since = row.metered_at_ms.unwrap_or(row.created_at_ms);
     let elapsed = u64::try_from(now.saturating_sub(since)).unwrap_or(0);
+    let last = row.metered;
     let delta = UsageDelta {
-        cpu_ns: stats.cpu_usage_ns.saturating_sub(row.metered_cpu_ns),
+        cpu_ns: stats.cpu_usage_ns.saturating_sub(last.cpu_ns),
         memory_byte_ms: stats.memory_bytes.saturating_mul(elapsed),
         sandbox_ms: elapsed,
         memory_peak_bytes: stats.memory_peak_bytes,
-        exec_count: 0,
-        quota_rejections: 0,
+        io_read_bytes: stats.io_read_bytes.saturating_sub(last.io_read_bytes),
+        io_write_bytes: stats.io_write_bytes.saturating_sub(last.io_write_bytes),
+        ..Default::default()
     };
-    let cpu_now = stats.cpu_usage_ns.max(row.metered_cpu_ns);
-    state.store.meter_sandbox(row, bucket(now), &delta, cpu_now, now).await?;
+    // Counters only grow; a smaller reading (a counter reset) meters nothing rather than
+    // everything again.
+    let mark = MeterMark {
+        cpu_ns: stats.cpu_usage_ns.max(last.cpu_ns),
+        io_read_bytes: stats.io_read_bytes.max(last.io_read_bytes),
+        io_write_bytes: stats.io_write_bytes.max(last.io_write_bytes),
+    };
+    state.store.meter_sandbox(row, bucket(now), &delta, mark, now).await?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use bulkhead_runtime::{IdRange, NamespaceLimits, RuntimeError, SandboxSpec};
-use bulkhead_store::{NamespaceRow, SandboxRow, SandboxStatus, StoreError};
+use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, StoreError};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
@@ -97,7 +97,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         expires_at_ms: now.saturating_add(ttl_ms),
         ended_at_ms: None,
         filesystem: plan.filesystem.as_ref().map(|(f, mode)| (f.id.clone(), mode.clone())),
-        metered_cpu_ns: 0,
+        metered: MeterMark::default(),
         metered_at_ms: None,
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;

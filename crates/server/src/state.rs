@@ -74,6 +74,8 @@ pub struct ServerConfig {
     pub reap_interval: Duration,
     /// How often running sandboxes are metered (and once more when each ends).
     pub meter_interval: Duration,
+    /// Exec output a namespace keeps, in bytes; the oldest goes first.
+    pub log_bytes_per_namespace: u64,
 }
 
 impl ServerConfig {
@@ -89,6 +91,7 @@ impl ServerConfig {
             sandbox_limits: SandboxLimits::default(),
             reap_interval: Duration::from_millis(500),
             meter_interval: Duration::from_secs(10),
+            log_bytes_per_namespace: 16 << 20,
         }
     }
 }
@@ -207,6 +210,7 @@ pub struct Inner {
     pub namespaces: NamespaceCache,
     pub sandbox_locks: SandboxLocks,
     pub metrics: crate::metrics::Metrics,
+    pub logs: crate::logs::LogBook,
 }
 
 /// Cheap to clone; handed to every handler.

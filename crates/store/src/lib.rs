@@ -75,10 +75,19 @@ pub struct SandboxRow {
     pub ended_at_ms: Option<i64>,
     /// The filesystem mounted at `/workspace` and its mode (`rw` or `ro`).
     pub filesystem: Option<(String, String)>,
-    /// The sandbox's cgroup cpu counter at the last metering sample.
-    pub metered_cpu_ns: u64,
+    /// The sandbox's cgroup counters at the last metering sample.
+    pub metered: MeterMark,
     /// When it was last metered; `None` before the first sample.
     pub metered_at_ms: Option<i64>,
+}
+
+/// A sandbox's monotonic cgroup counters at a metering sample; the next sample meters the
+/// difference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterMark {
+    pub cpu_ns: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
 }
 
 /// Usage added to one bucket of a namespace's ledger.
@@ -91,6 +100,8 @@ pub struct UsageDelta {
     pub memory_peak_bytes: u64,
     pub exec_count: u64,
     pub quota_rejections: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
 }
 
 /// One bucket of a namespace's usage ledger.
@@ -278,7 +289,7 @@ pub trait Store: Send + Sync + 'static {
         sandbox: &SandboxRow,
         bucket_ms: i64,
         delta: &UsageDelta,
-        cpu_ns_now: u64,
+        mark: MeterMark,
         at_ms: i64,
     ) -> Result<()>;
     /// Ledger buckets of a namespace in `[from_ms, to_ms)`, oldest first.

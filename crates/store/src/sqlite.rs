@@ -19,8 +19,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
-    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, ProjectRow, QuotaBreach, Result, SandboxRow,
-    SandboxStatus, Store, StoreError, UsageBucket, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, MeterMark, NamespaceRow, ProjectRow, QuotaBreach, Result,
+    SandboxRow, SandboxStatus, Store, StoreError, UsageBucket, UsageDelta,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -28,6 +28,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "sandboxes", include_str!("../migrations/sqlite/0002_sandboxes.sql")),
     (3, "filesystems", include_str!("../migrations/sqlite/0003_filesystems.sql")),
     (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
+    (5, "io metering", include_str!("../migrations/sqlite/0005_io_metering.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -141,17 +142,22 @@ fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
             let mode: Option<String> = row.try_get("filesystem_mode")?;
             id.map(|id| (id, mode.unwrap_or_else(|| "ro".to_owned())))
         },
-        metered_cpu_ns: as_u64(row, "metered_cpu_ns")?,
+        metered: MeterMark {
+            cpu_ns: as_u64(row, "metered_cpu_ns")?,
+            io_read_bytes: as_u64(row, "metered_io_read_bytes")?,
+            io_write_bytes: as_u64(row, "metered_io_write_bytes")?,
+        },
         metered_at_ms: row.try_get("metered_at_ms")?,
     })
 }
 
 const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
-     memory_peak_bytes, exec_count, quota_rejections) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+     memory_peak_bytes, exec_count, quota_rejections, io_read_bytes, io_write_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
      ON CONFLICT (namespace, bucket_ms) DO UPDATE SET cpu_ns = cpu_ns + excluded.cpu_ns, \
      memory_byte_ms = memory_byte_ms + excluded.memory_byte_ms, sandbox_ms = sandbox_ms + excluded.sandbox_ms, \
      memory_peak_bytes = MAX(memory_peak_bytes, excluded.memory_peak_bytes), \
-     exec_count = exec_count + excluded.exec_count, quota_rejections = quota_rejections + excluded.quota_rejections";
+     exec_count = exec_count + excluded.exec_count, quota_rejections = quota_rejections + excluded.quota_rejections, \
+     io_read_bytes = io_read_bytes + excluded.io_read_bytes, io_write_bytes = io_write_bytes + excluded.io_write_bytes";
 
 fn usage_query<'q>(
     namespace: &'q str,
@@ -167,10 +173,13 @@ fn usage_query<'q>(
         .bind(as_i64(d.memory_peak_bytes))
         .bind(as_i64(d.exec_count))
         .bind(as_i64(d.quota_rejections))
+        .bind(as_i64(d.io_read_bytes))
+        .bind(as_i64(d.io_write_bytes))
 }
 
 const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
-     created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, metered_at_ms";
+     created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, metered_at_ms, \
+    metered_io_read_bytes, metered_io_write_bytes";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -522,7 +531,7 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&sbx.id)
         .bind(&sbx.namespace)
@@ -538,8 +547,10 @@ impl Store for SqliteStore {
         .bind(sbx.ended_at_ms)
         .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
         .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
-        .bind(as_i64(sbx.metered_cpu_ns))
+        .bind(as_i64(sbx.metered.cpu_ns))
         .bind(sbx.metered_at_ms)
+        .bind(as_i64(sbx.metered.io_read_bytes))
+        .bind(as_i64(sbx.metered.io_write_bytes))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -810,26 +821,31 @@ impl Store for SqliteStore {
         sandbox: &SandboxRow,
         bucket_ms: i64,
         delta: &UsageDelta,
-        cpu_ns_now: u64,
+        mark: MeterMark,
         at_ms: i64,
     ) -> Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
-        sqlx::query("UPDATE sandboxes SET metered_cpu_ns = ?, metered_at_ms = ? WHERE id = ?")
-            .bind(as_i64(cpu_ns_now))
-            .bind(at_ms)
-            .bind(&sandbox.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE sandboxes SET metered_cpu_ns = ?, metered_io_read_bytes = ?, metered_io_write_bytes = ?, \
+             metered_at_ms = ? WHERE id = ?",
+        )
+        .bind(as_i64(mark.cpu_ns))
+        .bind(as_i64(mark.io_read_bytes))
+        .bind(as_i64(mark.io_write_bytes))
+        .bind(at_ms)
+        .bind(&sandbox.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>> {
         let rows = sqlx::query(
-            "SELECT bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, quota_rejections \
-             FROM usage_buckets WHERE namespace = ? AND bucket_ms >= ? AND bucket_ms < ? ORDER BY bucket_ms",
+            "SELECT bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, quota_rejections, \
+             io_read_bytes, io_write_bytes FROM usage_buckets WHERE namespace = ? AND bucket_ms >= ? AND bucket_ms < ? ORDER BY bucket_ms",
         )
         .bind(namespace)
         .bind(from_ms)
@@ -847,6 +863,8 @@ impl Store for SqliteStore {
                         memory_peak_bytes: as_u64(row, "memory_peak_bytes")?,
                         exec_count: as_u64(row, "exec_count")?,
                         quota_rejections: as_u64(row, "quota_rejections")?,
+                        io_read_bytes: as_u64(row, "io_read_bytes")?,
+                        io_write_bytes: as_u64(row, "io_write_bytes")?,
                     },
                 })
             })
@@ -969,7 +987,7 @@ mod tests {
             expires_at_ms: 60_001,
             ended_at_ms: None,
             filesystem: None,
-            metered_cpu_ns: 0,
+            metered: MeterMark::default(),
             metered_at_ms: None,
         }
     }

@@ -7,6 +7,7 @@ pub mod filesystems;
 pub mod fsdata;
 pub mod health;
 pub mod keys;
+pub mod logs;
 pub mod namespaces;
 pub mod projects;
 pub mod sandboxes;

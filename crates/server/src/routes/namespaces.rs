@@ -46,6 +46,8 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Resp
     let now = now_ms();
     let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now, id_slot: 0 };
     ctx.state.store.create_namespace(&row).await?;
+    // A name can be reused after a delete; nothing of the old namespace's output may show.
+    ctx.state.logs.forget(&row.name).await;
     let out = namespace_out(&row);
     let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
     idem.finish(&ctx, StatusCode::CREATED, &text).await?;
@@ -145,5 +147,6 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     }
     ctx.state.keys.evict_namespace(&ns);
     ctx.state.namespaces.remove(&ns);
+    ctx.state.logs.forget(&ns).await;
     Ok(StatusCode::NO_CONTENT)
 }

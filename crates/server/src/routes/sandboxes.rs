@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, Page, Sandbox};
+use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox};
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::Action;
@@ -292,6 +292,11 @@ pub async fn exec(
     };
     ctx.audit_detail("exit_code", exit_code(&exit));
     ctx.state.metrics.exec(&ns, started.elapsed().as_secs_f64());
+    for (stream, data) in [(LogStream::Stdout, &stdout), (LogStream::Stderr, &stderr)] {
+        if !data.is_empty() {
+            ctx.state.logs.record(&ns, &id, &ctx.request_id, stream, data);
+        }
+    }
     Ok(Json(ExecResult {
         exit_code: exit_code(&exit),
         signal: exit.signal,
@@ -313,19 +318,21 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
 /// The streamed answer of an exec. The audit record of the request says the exec began; the
 /// stream appends one more (`sandbox.exec.exit`) with the exit code when it ends.
 fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::ExecStream) -> Response {
-    let store = ctx.state.store.clone();
+    let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
     let body = futures_util::stream::unfold(Some(stream), move |state| {
-        let store = store.clone();
+        let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
         async move {
             let mut stream = state?;
             let (event, done, exit) = match stream.next().await {
                 Some(Ok(RtEvent::Stdout(d))) => {
+                    app.logs.record(&ns, &id, &request_id, LogStream::Stdout, &d);
                     (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Stderr(d))) => {
+                    app.logs.record(&ns, &id, &request_id, LogStream::Stderr, &d);
                     (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Exit(exit))) => (
@@ -354,7 +361,7 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
                     request_id,
                     detail,
                 };
-                if let Err(e) = store.append_audit(&ns, event).await {
+                if let Err(e) = app.store.append_audit(&ns, event).await {
                     tracing::error!(error = %e, "audit append of a streamed exec's exit failed");
                 }
             }

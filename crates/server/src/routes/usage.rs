@@ -34,6 +34,8 @@ fn add(total: &mut UsageDelta, d: &UsageDelta) {
     total.memory_peak_bytes = total.memory_peak_bytes.max(d.memory_peak_bytes);
     total.exec_count = total.exec_count.saturating_add(d.exec_count);
     total.quota_rejections = total.quota_rejections.saturating_add(d.quota_rejections);
+    total.io_read_bytes = total.io_read_bytes.saturating_add(d.io_read_bytes);
+    total.io_write_bytes = total.io_write_bytes.saturating_add(d.io_write_bytes);
 }
 
 fn totals(d: &UsageDelta) -> UsageTotals {
@@ -44,6 +46,8 @@ fn totals(d: &UsageDelta) -> UsageTotals {
         memory_peak_bytes: d.memory_peak_bytes,
         exec_count: d.exec_count,
         quota_rejections: d.quota_rejections,
+        io_read_bytes: d.io_read_bytes,
+        io_write_bytes: d.io_write_bytes,
     }
 }
 

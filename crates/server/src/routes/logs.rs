@@ -1,0 +1,146 @@
+//! A namespace's exec output: a page of retained records, or with `Accept: text/event-stream`
+//! a live tail as server-sent events (each event's `id` is the record's `seq`, its `data` the
+//! record as JSON). A tail with `after` or `since` first replays the retained records that
+//! match, then continues live without a gap or a duplicate.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{ErrorBody, LogPage};
+use bulkhead_core::ids::{is_id, prefix};
+use bulkhead_core::Action;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{PathParams, QueryParams};
+use crate::logs::{Entry, Filter};
+use crate::state::parse_rfc3339;
+
+/// Which records.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Only this sandbox's output.
+    pub sandbox: Option<String>,
+    /// RFC 3339; records at or after.
+    pub since: Option<String>,
+    /// RFC 3339; records before.
+    pub until: Option<String>,
+    /// Only records with a larger `seq` (the `next_after` of the previous page).
+    pub after: Option<u64>,
+    /// 1 to 10000; default 1000.
+    pub limit: Option<u32>,
+}
+
+const MAX_LIMIT: u32 = 10_000;
+
+fn filter(params: &LogParams) -> ApiResult<Filter> {
+    if let Some(s) = &params.sandbox {
+        if !is_id(prefix::SANDBOX, s) {
+            return Err(ApiError::Invalid("sandbox: not a sandbox id".into()));
+        }
+    }
+    Ok(Filter {
+        sandbox: params.sandbox.clone(),
+        since_ms: params.since.as_deref().map(|s| parse_rfc3339("since", s)).transpose()?,
+        until_ms: params.until.as_deref().map(|s| parse_rfc3339("until", s)).transpose()?,
+        after: params.after,
+    })
+}
+
+/// Exec output of the namespace's sandboxes, oldest first; live with `Accept: text/event-stream`.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/logs", tag = "logs", params(("ns" = String, Path), LogParams),
+    responses((status = 200, description = "A page of records, or server-sent events of LogRecord when tailing", body = LogPage),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(params): QueryParams<LogParams>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::LogsRead, Some(&ns), format!("logs:{ns}"))?;
+    let filter = filter(&params)?;
+    let limit = params.limit.unwrap_or(1000);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
+    }
+    let ns = load_namespace(&ctx, &ns).await?.name;
+    let tail = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("text/event-stream")));
+    if tail {
+        return tail_response(ctx, ns, filter).await;
+    }
+    let (entries, more) = ctx.state.logs.query(&ns, &filter, limit as usize).await.map_err(internal)?;
+    let next_after = if more { entries.last().map(|e| e.seq) } else { None };
+    Ok(Json(LogPage { records: entries.iter().map(Entry::to_wire).collect(), next_after }).into_response())
+}
+
+fn internal(e: std::io::Error) -> ApiError {
+    ApiError::Internal(format!("reading logs: {e}"))
+}
+
+fn event(entry: &Entry) -> Event {
+    let data = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
+    Event::default().id(entry.seq.to_string()).data(data)
+}
+
+/// Retained records that match (when asked for), then live ones. The subscription starts before
+/// the replay is read, and live records at or below the last replayed `seq` are skipped.
+async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Response> {
+    let mut live = ctx.state.logs.subscribe();
+    let mut backlog = Vec::new();
+    if filter.after.is_some() || filter.since_ms.is_some() {
+        let (entries, _) = ctx.state.logs.query(&ns, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
+        backlog = entries;
+    }
+    let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
+    let stream = async_stream(move |tx| async move {
+        for e in &backlog {
+            if tx.send(event(e)).await.is_err() {
+                return;
+            }
+        }
+        loop {
+            match live.recv().await {
+                Ok(record) => {
+                    if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
+                        continue;
+                    }
+                    last = record.entry.seq;
+                    if tx.send(event(&record.entry)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let note = Event::default().event("lagged").data(format!("{n} records of the server were missed"));
+                    if tx.send(note).await.is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// A stream fed by a task: the task ends when the client goes away (its sends fail).
+fn async_stream<F, Fut>(f: F) -> impl futures_util::Stream<Item = Result<Event, Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(f(tx));
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) })
+}
