@@ -204,6 +204,24 @@ pub struct CreateSandbox {
     /// A filesystem of the namespace to mount at `/workspace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<SandboxFilesystem>,
+    /// Secrets of the namespace to hand to the sandbox, each as an environment variable or a
+    /// file under `/run/secrets/`. The sandbox gets one only when the namespace's policies allow
+    /// its principal (`sandbox:<id>`) `secret.read` on it; otherwise the create is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<SandboxSecret>>,
+}
+
+/// A secret handed to a sandbox: exactly one of `env` and `path`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSecret {
+    pub name: String,
+    /// An environment variable of every command in the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A read-only file, `/run/secrets/<file name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// A sandbox.
@@ -228,6 +246,12 @@ pub struct Sandbox {
     pub ended_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<SandboxFilesystem>,
+    /// Who created it: `key:<id>`, `user:<sub>` or `sandbox:<id>`.
+    #[serde(default)]
+    pub creator: String,
+    /// Names of the secrets handed to it (never their values).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// `POST .../sandboxes/{id}/exec`
@@ -453,4 +477,99 @@ pub struct LogPage {
     /// The `seq` to pass as `after` for the next page; absent when this page reached the end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_after: Option<u64>,
+}
+
+/// A namespace's single sign-on settings: `PUT /v1/namespaces/{ns}/identity`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// An OpenID Connect provider whose tokens sign users of the namespace in; `null` turns
+    /// single sign-on off.
+    #[serde(default)]
+    pub oidc: Option<OidcConfig>,
+}
+
+/// An OpenID Connect provider of a namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The issuer URL: https, or http to a loopback address (development and tests).
+    pub issuer: String,
+    /// The `aud` the tokens must carry.
+    pub audience: String,
+    /// The claim holding the user's groups; default `groups`.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Group → role. A user gets the strongest role any of its groups maps to; a user with no
+    /// mapped group is refused (403).
+    pub role_mappings: std::collections::BTreeMap<String, Role>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+/// `POST /v1/namespaces/{ns}/policies`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePolicy {
+    pub name: String,
+    /// One Cedar policy (`permit(...)` or `forbid(...)`), validated against the schema at
+    /// `GET /v1/policy-schema`.
+    pub policy: String,
+}
+
+/// A policy of a namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Policy {
+    pub id: String,
+    pub name: String,
+    pub policy: String,
+    pub created_at: String,
+}
+
+/// `POST /v1/namespaces/{ns}/authz/explain`
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// `key:<id>`, `user:<sub>` or `sandbox:<id>`.
+    pub principal: String,
+    /// An action name such as `sandbox.exec`, `filesystem.mount_rw` or `secret.read`.
+    pub action: String,
+    /// `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
+    /// `key:<id>` or `policy:<id>`.
+    pub resource: String,
+}
+
+/// How a request would be decided.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ExplainResult {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// Ids of the policies that decided: the permits that allowed, or the forbids that denied
+    /// (`builtin.*` for the built-in role policies). Empty for a deny because nothing permits.
+    pub policies: Vec<String>,
+    /// The role the principal was evaluated with, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+/// `POST /v1/namespaces/{ns}/secrets`: creates the secret, or replaces its value.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSecret {
+    pub name: String,
+    /// The value; at most 64 KiB. Never returned by the API.
+    pub value: String,
+}
+
+/// A secret's metadata; its value is never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Secret {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
 }

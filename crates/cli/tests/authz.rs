@@ -39,6 +39,9 @@ fn expected_own(op: &str, who: Who) -> u16 {
     let may = |allowed: bool, success: u16| if allowed { success } else { 403 };
     let platform = who == PlatformAdmin;
     let managers = matches!(who, PlatformAdmin | Owner | Admin);
+    // Identity settings and policies are the owner's: an admin could otherwise grant itself
+    // what the roles withhold.
+    let owners = matches!(who, PlatformAdmin | Owner);
     // Running code and file contents need a developer; a viewer sees metadata only.
     let developers = who != Viewer;
     match op {
@@ -73,6 +76,16 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "GET /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 200),
         "PUT /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 204),
         "DELETE /v1/namespaces/{ns}/filesystems/{id}/files" => may(developers, 204),
+        "GET /v1/namespaces/{ns}/identity" => may(managers, 200),
+        "PUT /v1/namespaces/{ns}/identity" => may(owners, 200),
+        "POST /v1/namespaces/{ns}/policies" => may(owners, 201),
+        "GET /v1/namespaces/{ns}/policies" => may(managers, 200),
+        "DELETE /v1/namespaces/{ns}/policies/{id}" => may(owners, 204),
+        "POST /v1/namespaces/{ns}/authz/explain" => may(managers, 200),
+        "GET /v1/policy-schema" => 200,
+        "POST /v1/namespaces/{ns}/secrets" => may(managers, 201),
+        "GET /v1/namespaces/{ns}/secrets" => 200,
+        "DELETE /v1/namespaces/{ns}/secrets/{name}" => may(managers, 204),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -101,6 +114,11 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => json!("file contents"),
         ("POST", "/v1/namespaces/{ns}/projects") => json!({"name": "fresh"}),
         ("POST", "/v1/namespaces/{ns}/filesystems") => json!({"name": "fresh", "size_bytes": 16 << 20}),
+        ("PUT", "/v1/namespaces/{ns}/identity") => json!({"oidc": {
+            "issuer": "http://127.0.0.1:9", "audience": "bulkhead", "role_mappings": {"eng": "developer"}}}),
+        ("POST", "/v1/namespaces/{ns}/policies") => json!({"name": "fresh",
+            "policy": "permit(principal, action == Bulkhead::Action::\"sandbox.get\", resource);"}),
+        ("POST", "/v1/namespaces/{ns}/secrets") => json!({"name": "fresh", "value": "v"}),
         _ => Value::Null,
     }
 }
@@ -127,6 +145,19 @@ async fn world_for(template: &str) -> World {
             for ns in ["alpha", "beta"] {
                 let id = match kind {
                     "sbx_" => h.create_sandbox(ns, &admin, json!({"memory_bytes": 64 << 20})).await,
+                    "pol_" => {
+                        let body = json!({"name": "p",
+                            "policy": "forbid(principal, action == Bulkhead::Action::\"sandbox.exec\", resource);"});
+                        let r = h.call(Method::POST, &format!("/v1/namespaces/{ns}/policies"), Some(&admin), body).await;
+                        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                        r.body["id"].as_str().unwrap().to_owned()
+                    }
+                    "secret" => {
+                        let body = json!({"name": "s", "value": "hunter2"});
+                        let r = h.call(Method::POST, &format!("/v1/namespaces/{ns}/secrets"), Some(&admin), body).await;
+                        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                        "s".to_owned()
+                    }
                     "prj_" => {
                         let r = h
                             .call(
@@ -155,7 +186,13 @@ async fn world_for(template: &str) -> World {
             [ids[0].clone(), ids[1].clone()]
         }
     };
-    for (marker, kind) in [("/sandboxes/{id}", "sbx_"), ("/projects/{id}", "prj_"), ("/filesystems/{id}", "fs_")] {
+    for (marker, kind) in [
+        ("/sandboxes/{id}", "sbx_"),
+        ("/projects/{id}", "prj_"),
+        ("/filesystems/{id}", "fs_"),
+        ("/policies/{id}", "pol_"),
+        ("/secrets/{name}", "secret"),
+    ] {
         if template.contains(marker) {
             let ids = make(kind).await;
             w.resources = Some(ids);
@@ -218,10 +255,11 @@ async fn every_route_every_principal_every_namespace() {
                     id = match target {
                         Target::Own => a.clone(),
                         Target::Foreign => b.clone(),
+                        Target::Missing if w.missing_prefix == "secret" => "s".to_owned(),
                         Target::Missing => format!("{}00000000000000000000000000000000", w.missing_prefix),
                     };
                 }
-                let mut path = template.replace("{ns}", &ns).replace("{id}", &id);
+                let mut path = template.replace("{ns}", &ns).replace("{id}", &id).replace("{name}", &id);
                 if template.ends_with("/sandboxes/{id}/files") {
                     path.push_str(if method == Method::GET { "?path=/etc/hosts" } else { "?path=/tmp/written" });
                 }
@@ -233,7 +271,13 @@ async fn every_route_every_principal_every_namespace() {
                     });
                 }
                 let token = w.tokens.iter().find(|(t, _)| *t == who).and_then(|(_, tok)| tok.clone());
-                let r = w.h.call(method.clone(), &path, token.as_deref(), body_for(&method, &template)).await;
+                let body = if template.ends_with("/authz/explain") {
+                    json!({"principal": format!("key:{}", w.victim[0].1), "action": "sandbox.exec",
+                        "resource": format!("namespace:{ns}")})
+                } else {
+                    body_for(&method, &template)
+                };
+                let r = w.h.call(method.clone(), &path, token.as_deref(), body).await;
                 let want = expected(&op, who, target);
                 assert_eq!(r.status.as_u16(), want, "{op} as {who:?} on {target:?}: {}", r.body);
                 if !r.status.is_success() {

@@ -1,6 +1,8 @@
-//! Authorization in one place. Every request the server accepts is one [`Action`]; [`authorize`]
-//! decides it for a [`Principal`] and the namespace the request targets, by an exhaustive match,
-//! before the handler touches anything. A new action does not compile until it is decided here.
+//! Who asks and what for. Every request the server accepts is one [`Action`] of a [`Principal`]
+//! on a namespace. [`tenancy`] draws the hard line first (a principal of namespace A asking about
+//! B is answered as if B did not exist, from the principal alone); inside the namespace the
+//! namespace's Cedar policies decide (the `bulkhead-policy` crate), the built-in ones expressing
+//! the roles.
 
 use std::fmt;
 use std::str::FromStr;
@@ -50,14 +52,30 @@ pub enum Principal {
     Admin,
     /// An API key of one namespace; `projects` limits it to the filesystems of those projects.
     Key { id: String, namespace: String, role: Role, projects: Option<Vec<String>> },
+    /// A person signed in through the namespace's identity provider, with the strongest role
+    /// its groups map to.
+    User { sub: String, namespace: String, role: Role, email: Option<String>, groups: Vec<String> },
+    /// A sandbox's workload identity; it has no role, only what the policies grant it.
+    Sandbox { id: String, namespace: String, creator: String },
 }
 
 impl Principal {
-    /// How the principal appears in audit records and logs: `admin` or `key:<id>`.
+    /// How the principal appears in audit records and logs: `admin`, `key:<id>`, `user:<sub>`
+    /// or `sandbox:<id>`.
     pub fn audit_name(&self) -> String {
         match self {
             Principal::Admin => "admin".to_owned(),
             Principal::Key { id, .. } => format!("key:{id}"),
+            Principal::User { sub, .. } => format!("user:{sub}"),
+            Principal::Sandbox { id, .. } => format!("sandbox:{id}"),
+        }
+    }
+
+    /// The principal's role; the admin and sandboxes have none.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Principal::Key { role, .. } | Principal::User { role, .. } => Some(*role),
+            Principal::Admin | Principal::Sandbox { .. } => None,
         }
     }
 
@@ -66,7 +84,9 @@ impl Principal {
     /// as if it did not exist.
     pub fn sees_project(&self, project: Option<&str>) -> bool {
         match self {
-            Principal::Admin | Principal::Key { projects: None, .. } => true,
+            Principal::Admin | Principal::Key { projects: None, .. } | Principal::User { .. } | Principal::Sandbox { .. } => {
+                true
+            }
             Principal::Key { projects: Some(list), .. } => project.is_some_and(|p| list.iter().any(|x| x == p)),
         }
     }
@@ -75,7 +95,9 @@ impl Principal {
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Principal::Admin => None,
-            Principal::Key { namespace, .. } => Some(namespace),
+            Principal::Key { namespace, .. } | Principal::User { namespace, .. } | Principal::Sandbox { namespace, .. } => {
+                Some(namespace)
+            }
         }
     }
 }
@@ -129,6 +151,20 @@ pub enum Action {
     MetricsRead,
     /// The output of a namespace's execs.
     LogsRead,
+    IdentityGet,
+    IdentitySet,
+    PolicyCreate,
+    PolicyList,
+    PolicyDelete,
+    AuthzExplain,
+    SecretCreate,
+    SecretList,
+    SecretDelete,
+    /// A sandbox being handed a secret (the sandbox is the principal).
+    SecretRead,
+    /// Mounting a filesystem into a sandbox read-write, or read-only.
+    FilesystemMountRw,
+    FilesystemMountRo,
 }
 
 impl Action {
@@ -172,6 +208,18 @@ impl Action {
             Action::PlatformMetricsRead => "platform.metrics.read",
             Action::MetricsRead => "metrics.read",
             Action::LogsRead => "logs.read",
+            Action::IdentityGet => "identity.get",
+            Action::IdentitySet => "identity.set",
+            Action::PolicyCreate => "policy.create",
+            Action::PolicyList => "policy.list",
+            Action::PolicyDelete => "policy.delete",
+            Action::AuthzExplain => "authz.explain",
+            Action::SecretCreate => "secret.create",
+            Action::SecretList => "secret.list",
+            Action::SecretDelete => "secret.delete",
+            Action::SecretRead => "secret.read",
+            Action::FilesystemMountRw => "filesystem.mount_rw",
+            Action::FilesystemMountRo => "filesystem.mount_ro",
         }
     }
 
@@ -194,7 +242,12 @@ impl Action {
             | Action::FilesystemDelete
             | Action::FilesystemArchiveWrite
             | Action::FilesystemFileWrite
-            | Action::FilesystemFileDelete => true,
+            | Action::FilesystemFileDelete
+            | Action::IdentitySet
+            | Action::PolicyCreate
+            | Action::PolicyDelete
+            | Action::SecretCreate
+            | Action::SecretDelete => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -214,89 +267,57 @@ impl Action {
             | Action::UsageRead
             | Action::PlatformMetricsRead
             | Action::MetricsRead
-            | Action::LogsRead => false,
+            | Action::LogsRead
+            | Action::IdentityGet
+            | Action::PolicyList
+            | Action::AuthzExplain
+            | Action::SecretList
+            | Action::SecretRead
+            | Action::FilesystemMountRw
+            | Action::FilesystemMountRo => false,
+        }
+    }
+
+    /// For actions on keys, the role of the key concerned.
+    pub fn target_role(&self) -> Option<Role> {
+        match self {
+            Action::KeyCreate { role } | Action::KeyRevoke { role } => Some(*role),
+            _ => None,
         }
     }
 }
 
-/// The outcome of [`authorize`].
+/// The outcome of an authorization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// A principal of this namespace whose role is too weak: 403 `forbidden`.
+    /// A principal of this namespace that the policies do not allow: 403 `forbidden`.
     Forbidden,
     /// A principal of another namespace: answered exactly as a namespace that does not exist.
     NotFound,
 }
 
-/// Decides `action` for `principal` on `namespace` (`None` for platform-level actions).
-///
-/// The decision depends only on the principal and the names in the request, never on what the
-/// store holds, so a foreign namespace and a missing one cannot be told apart, by the answer or
-/// by its timing.
-pub fn authorize(principal: &Principal, action: Action, namespace: Option<&str>) -> Decision {
-    let (own, role) = match principal {
-        Principal::Admin => return Decision::Allow,
-        Principal::Key { namespace, role, .. } => (namespace.as_str(), *role),
-    };
-    let Some(target) = namespace else {
-        // Platform-level actions. A key may list namespaces (it sees only its own); everything
-        // else at this level is the operator's.
-        return match action {
-            Action::NamespaceList => Decision::Allow,
-            _ => Decision::Forbidden,
-        };
-    };
-    if target != own {
-        return Decision::NotFound;
-    }
-    let allowed = match action {
-        Action::NamespaceGet
-        | Action::AuditRead
-        | Action::AuditVerify
-        | Action::NamespaceList
-        | Action::UsageRead
-        | Action::MetricsRead
-        | Action::LogsRead => true,
-        // Quotas and the namespace's existence are the operator's to change.
-        Action::NamespaceCreate
-        | Action::NamespaceUpdate
-        | Action::NamespaceDelete
-        | Action::PlatformAuditRead
-        | Action::PlatformAuditVerify
-        | Action::PlatformMetricsRead => false,
-        Action::KeyList | Action::KeyGet => matches!(role, Role::Owner | Role::Admin),
-        Action::SandboxList
-        | Action::SandboxGet
-        | Action::ProjectList
-        | Action::FilesystemList
-        | Action::FilesystemGet => true,
-        // Running code and file contents are a developer's; a viewer sees metadata only.
-        Action::SandboxCreate
-        | Action::SandboxDelete
-        | Action::SandboxExec
-        | Action::SandboxFileRead
-        | Action::SandboxFileWrite
-        | Action::ProjectCreate
-        | Action::ProjectDelete
-        | Action::FilesystemCreate
-        | Action::FilesystemResize
-        | Action::FilesystemDelete
-        | Action::FilesystemArchiveRead
-        | Action::FilesystemArchiveWrite
-        | Action::FilesystemFileRead
-        | Action::FilesystemFileWrite
-        | Action::FilesystemFileDelete => role != Role::Viewer,
-        Action::KeyCreate { role: target } | Action::KeyRevoke { role: target } => match role {
-            Role::Owner => true,
-            Role::Admin => target != Role::Owner,
-            Role::Developer | Role::Viewer => false,
-        },
-    };
-    if allowed {
-        Decision::Allow
-    } else {
-        Decision::Forbidden
+/// Where a request stands with respect to the principal's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tenancy<'a> {
+    /// The platform admin: every namespace is its own.
+    Operator,
+    /// Inside the principal's own namespace (or, for platform-level actions, the principal's
+    /// namespace is the one whose policies decide).
+    Own(&'a str),
+    /// Another namespace: the request ends here as a 404, before any policy is read.
+    Foreign,
+}
+
+/// Draws the tenant boundary for `principal` and the namespace a request targets (`None` for
+/// platform-level actions). It depends only on the principal and the name in the request, never
+/// on what the store holds, so a foreign namespace and a missing one cannot be told apart, by
+/// the answer or by its timing.
+pub fn tenancy<'a>(principal: &'a Principal, namespace: Option<&str>) -> Tenancy<'a> {
+    let Some(own) = principal.namespace() else { return Tenancy::Operator };
+    match namespace {
+        Some(target) if target != own => Tenancy::Foreign,
+        _ => Tenancy::Own(own),
     }
 }
 
@@ -309,50 +330,30 @@ mod tests {
     }
 
     #[test]
-    fn foreign_namespace_is_not_found_for_every_role_and_action() {
-        for role in Role::ALL {
-            for action in [Action::NamespaceGet, Action::KeyList, Action::AuditRead, Action::NamespaceDelete] {
-                assert_eq!(authorize(&key(role), action, Some("globex")), Decision::NotFound);
-            }
+    fn foreign_namespace_is_foreign_for_every_principal_of_a_namespace() {
+        let sandbox = Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into() };
+        let user = Principal::User {
+            sub: "alice".into(),
+            namespace: "acme".into(),
+            role: Role::Owner,
+            email: None,
+            groups: vec![],
+        };
+        for p in [key(Role::Owner), key(Role::Viewer), sandbox, user] {
+            assert_eq!(tenancy(&p, Some("globex")), Tenancy::Foreign);
+            assert_eq!(tenancy(&p, Some("acme")), Tenancy::Own("acme"));
+            assert_eq!(tenancy(&p, None), Tenancy::Own("acme"));
         }
+        assert_eq!(tenancy(&Principal::Admin, Some("globex")), Tenancy::Operator);
     }
 
     #[test]
-    fn admin_cannot_touch_owner_keys() {
-        let p = key(Role::Admin);
-        assert_eq!(authorize(&p, Action::KeyCreate { role: Role::Owner }, Some("acme")), Decision::Forbidden);
-        assert_eq!(authorize(&p, Action::KeyRevoke { role: Role::Owner }, Some("acme")), Decision::Forbidden);
-        assert_eq!(authorize(&p, Action::KeyCreate { role: Role::Admin }, Some("acme")), Decision::Allow);
-        let o = key(Role::Owner);
-        assert_eq!(authorize(&o, Action::KeyRevoke { role: Role::Owner }, Some("acme")), Decision::Allow);
-    }
-
-    #[test]
-    fn viewer_reads_but_does_not_manage() {
-        let v = key(Role::Viewer);
-        assert_eq!(authorize(&v, Action::NamespaceGet, Some("acme")), Decision::Allow);
-        assert_eq!(authorize(&v, Action::AuditRead, Some("acme")), Decision::Allow);
-        assert_eq!(authorize(&v, Action::KeyList, Some("acme")), Decision::Forbidden);
-        assert_eq!(authorize(&v, Action::KeyCreate { role: Role::Viewer }, Some("acme")), Decision::Forbidden);
-    }
-
-    #[test]
-    fn viewers_see_sandboxes_but_never_run_code_or_read_files() {
-        let v = key(Role::Viewer);
-        assert_eq!(authorize(&v, Action::SandboxGet, Some("acme")), Decision::Allow);
-        for a in [Action::SandboxCreate, Action::SandboxExec, Action::SandboxFileRead, Action::SandboxFileWrite] {
-            assert_eq!(authorize(&v, a, Some("acme")), Decision::Forbidden);
-            assert_eq!(authorize(&key(Role::Developer), a, Some("acme")), Decision::Allow);
-        }
-    }
-
-    #[test]
-    fn keys_never_reach_platform_actions() {
-        for role in Role::ALL {
-            assert_eq!(authorize(&key(role), Action::NamespaceCreate, None), Decision::Forbidden);
-            assert_eq!(authorize(&key(role), Action::PlatformAuditRead, None), Decision::Forbidden);
-            assert_eq!(authorize(&key(role), Action::NamespaceUpdate, Some("acme")), Decision::Forbidden);
-        }
+    fn principals_are_named_for_the_audit_log() {
+        assert_eq!(key(Role::Viewer).audit_name(), "key:key_1");
+        let s = Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into() };
+        assert_eq!(s.audit_name(), "sandbox:sbx_1");
+        assert_eq!(s.role(), None);
+        assert_eq!(key(Role::Admin).role(), Some(Role::Admin));
     }
 
     #[test]

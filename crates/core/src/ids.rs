@@ -43,6 +43,8 @@ pub mod prefix {
     pub const PROJECT: &str = "prj_";
     pub const FILESYSTEM: &str = "fs_";
     pub const SANDBOX: &str = "sbx_";
+    pub const SECRET: &str = "sec_";
+    pub const POLICY: &str = "pol_";
     pub const REQUEST: &str = "req_";
 }
 

@@ -8,9 +8,10 @@ pub mod audit;
 pub mod authz;
 pub mod ids;
 pub mod quota;
+pub mod sealed;
 pub mod token;
 pub mod validate;
 
-pub use authz::{authorize, Action, Decision, Principal, Role};
+pub use authz::{tenancy, Action, Decision, Principal, Role, Tenancy};
 pub use quota::{QuotaPatch, Quotas};
 pub use validate::FieldError;

@@ -11,6 +11,8 @@ use crate::ids::{hex, random_bytes};
 pub const KEY_TOKEN_PREFIX: &str = "bhk_";
 /// Prefix of the platform admin token.
 pub const ADMIN_TOKEN_PREFIX: &str = "bha_";
+/// Prefix of a sandbox's workload token.
+pub const WORKLOAD_TOKEN_PREFIX: &str = "bhw_";
 
 /// Longest token the server will hash; anything longer cannot be one of ours.
 pub const MAX_TOKEN_LEN: usize = 256;

@@ -53,6 +53,26 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// A filesystem mounted at `/workspace`.
     pub workspace: Option<Workspace>,
+    /// Files the sandbox reads from `/run/<dir>/<name>`: its workload token, secrets. They
+    /// live on the host's tmpfs state dir only, owned by the sandbox's root, mode 0400, and are
+    /// mounted read-only.
+    pub run_files: Vec<RunFile>,
+}
+
+/// A file under `/run` in a sandbox.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RunFile {
+    /// `bulkhead` or `secrets`.
+    pub dir: String,
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for RunFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The contents are credentials.
+        write!(f, "RunFile(/run/{}/{}, {} bytes)", self.dir, self.name, self.data.len())
+    }
 }
 
 /// A filesystem attached to a sandbox.

@@ -66,6 +66,40 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
         .map_err(RuntimeError::io(format!("chmod {}", path.display())))
 }
 
+/// Writes the sandbox's `/run` files into `<bundle>/run/<dir>/`, owned by the sandbox's root
+/// (mode 0400, directories 0500), and returns the directories to mount.
+fn write_run_files(bundle: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String)>> {
+    use std::io::Write;
+    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
+    let owner = Some(spec.ids.host_start);
+    for file in &spec.run_files {
+        let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+        if !safe(&file.dir) || !safe(&file.name) {
+            return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
+        }
+        let dir = bundle.join("run").join(&file.dir);
+        if !dirs.iter().any(|(_, d)| *d == file.dir) {
+            mkdir(&dir, 0o700)?;
+            dirs.push((dir.clone(), file.dir.clone()));
+        }
+        let path = dir.join(&file.name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(RuntimeError::io(format!("write {}", path.display())))?;
+        f.write_all(&file.data).map_err(RuntimeError::io(format!("write {}", path.display())))?;
+        std::os::unix::fs::fchown(&f, owner, owner).map_err(RuntimeError::io(format!("chown {}", path.display())))?;
+    }
+    for (dir, _) in &dirs {
+        std::os::unix::fs::chown(dir, owner, owner).map_err(RuntimeError::io(format!("chown {}", dir.display())))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o500))
+            .map_err(RuntimeError::io(format!("chmod {}", dir.display())))?;
+    }
+    Ok(dirs)
+}
+
 /// Where a hybrid cgroup v1 host mounts its (nearly empty) cgroup v2 hierarchy.
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
@@ -274,6 +308,7 @@ impl OciRuntime {
         fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
+        let run_dirs = write_run_files(&bundle, spec)?;
         let base = self.config.state_dir.join("base");
         let paths = SpecPaths {
             rootfs: base.join("rootfs"),
@@ -282,6 +317,7 @@ impl OciRuntime {
             supervisor: self.config.supervisor.clone(),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
+            run_dirs,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),

@@ -129,6 +129,8 @@ pub struct SpecPaths {
     pub cgroups_path: String,
     /// Which of [`SHARED_ETC`] the host has (each has a mount point in `etc`).
     pub shared_etc: Vec<String>,
+    /// Host directories mounted read-only at `/run/<name>`.
+    pub run_dirs: Vec<(PathBuf, String)>,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -157,6 +159,9 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
+    }
+    for (source, name) in &paths.run_dirs {
+        mounts.push(bind(source, &format!("/run/{name}"), true)?);
     }
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
@@ -278,6 +283,7 @@ mod tests {
             ids: IdRange { host_start: 1_065_536, size: 65536 },
             env: vec![("HOME".into(), "/work".into()), ("TOKEN".into(), "x".into())],
             workspace: Some(crate::Workspace { source: "/run/b/filesystems/fs_1".into(), read_only: true }),
+            run_files: Vec::new(),
         }
     }
 
@@ -290,6 +296,7 @@ mod tests {
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["alternatives".into()],
+            run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];

@@ -21,6 +21,9 @@ use crate::state::{now_ms, AppState, Inner, KeyCache, SandboxLocks, ServerConfig
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const TOKEN_KEY_FILE: &str = "token.key";
+/// The master key that wraps namespaces' data keys, unless `BULKHEAD_MASTER_KEY` is set.
+pub const MASTER_KEY_FILE: &str = "master.key";
+pub const MASTER_KEY_ENV: &str = "BULKHEAD_MASTER_KEY";
 pub const DATABASE_FILE: &str = "bulkhead.db";
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +40,10 @@ pub enum BootstrapError {
     Runtime(#[from] bulkhead_runtime::RuntimeError),
     #[error("reconciling sandboxes with the host: {0}")]
     Reconcile(String),
+    #[error("{0}")]
+    Identity(String),
+    #[error("BULKHEAD_MASTER_KEY must be 64 hex digits (a 256-bit key)")]
+    BadMasterKeyEnv,
 }
 
 /// The state of a started server, and the admin token when this start generated it.
@@ -65,7 +72,12 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 }
 
 fn token_key(data_dir: &Path) -> Result<[u8; 32], BootstrapError> {
-    let path = data_dir.join(TOKEN_KEY_FILE);
+    key_file(&data_dir.join(TOKEN_KEY_FILE))
+}
+
+/// A 256-bit key kept as hex in a 0600 file, made on first use.
+fn key_file(path: &Path) -> Result<[u8; 32], BootstrapError> {
+    let path = path.to_owned();
     match fs::read_to_string(&path) {
         Ok(text) => {
             let bytes = unhex(text.trim()).ok_or_else(|| BootstrapError::BadTokenKey(path.clone()))?;
@@ -78,6 +90,17 @@ fn token_key(data_dir: &Path) -> Result<[u8; 32], BootstrapError> {
         }
         Err(e) => Err(file_err(&path)(e)),
     }
+}
+
+/// The key that wraps every namespace's data key: `BULKHEAD_MASTER_KEY` (64 hex digits) when
+/// set, else `<data>/master.key`, made on first start (mode 0600). Losing it loses every secret.
+fn master_key(data_dir: &Path) -> Result<bulkhead_core::sealed::Key, BootstrapError> {
+    if let Ok(text) = std::env::var(MASTER_KEY_ENV) {
+        let bytes = unhex(text.trim()).ok_or(BootstrapError::BadMasterKeyEnv)?;
+        return bulkhead_core::sealed::Key::from_bytes(&bytes).map_err(|_| BootstrapError::BadMasterKeyEnv);
+    }
+    let bytes = key_file(&data_dir.join(MASTER_KEY_FILE))?;
+    bulkhead_core::sealed::Key::from_bytes(&bytes).map_err(|e| BootstrapError::Identity(e.to_string()))
 }
 
 /// Mounts every filesystem the store knows, sweeps staging left by interrupted uploads, and
@@ -136,6 +159,8 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let storage = Storage::new(&dir, &config.runtime.state_dir)?;
     mount_filesystems(store.as_ref(), &storage).await?;
+    let identity = crate::identity::Identity::new(master_key(&dir)?, config.oidc.clone())
+        .map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;
@@ -151,6 +176,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         metrics: Default::default(),
         sandbox_locks: SandboxLocks::default(),
         logs,
+        identity,
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {

@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod convert;
 pub mod error;
 pub mod extract;
+pub mod identity;
 pub mod idempotency;
 pub mod logs;
 pub mod metering;
@@ -54,7 +55,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, filesystems, fsdata, health, keys, logs, namespaces, projects, sandboxes, usage};
+    use routes::{audit, filesystems, fsdata, health, identity, keys, logs, namespaces, projects, sandboxes, secrets, usage};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
@@ -71,6 +72,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
         .routes(routes!(usage::get))
         .routes(routes!(logs::get))
+        .routes(routes!(identity::get, identity::set))
+        .routes(routes!(identity::create_policy, identity::list_policies))
+        .routes(routes!(identity::delete_policy))
+        .routes(routes!(identity::explain))
+        .routes(routes!(identity::schema))
+        .routes(routes!(secrets::create, secrets::list))
+        .routes(routes!(secrets::delete))
         .routes(routes!(crate::metrics::platform))
         .routes(routes!(crate::metrics::namespace))
         .routes(routes!(projects::create, projects::list))

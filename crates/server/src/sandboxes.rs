@@ -69,6 +69,16 @@ pub struct Plan {
     pub env: Vec<(String, String)>,
     /// The filesystem to mount at `/workspace`, and `rw` or `ro`.
     pub filesystem: Option<(bulkhead_store::FilesystemRow, String)>,
+    /// The sandbox's id, chosen before the create so that policies can be asked about it.
+    pub id: String,
+    /// `key:<id>`, `user:<sub>` or `sandbox:<id>`.
+    pub creator: String,
+    /// Files under `/run` (the workload token, secrets).
+    pub run_files: Vec<bulkhead_runtime::RunFile>,
+    /// The keyed hash of the workload token in `run_files`.
+    pub workload_token_hash: Option<String>,
+    /// Names of the secrets handed to the sandbox.
+    pub secrets: Vec<String>,
 }
 
 /// Admits, records and starts a sandbox of `ns`.
@@ -84,7 +94,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
     let now = now_ms();
     let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let row = SandboxRow {
-        id: bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX),
+        id: plan.id.clone(),
         namespace: ns.name.clone(),
         status: SandboxStatus::Creating,
         reason: None,
@@ -99,6 +109,9 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         filesystem: plan.filesystem.as_ref().map(|(f, mode)| (f.id.clone(), mode.clone())),
         metered: MeterMark::default(),
         metered_at_ms: None,
+        creator: plan.creator.clone(),
+        workload_token_hash: plan.workload_token_hash.clone(),
+        secrets: plan.secrets.clone(),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
@@ -124,6 +137,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
             source: state.storage.data_dir(&f.id),
             read_only: mode == "ro",
         }),
+        run_files: plan.run_files,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,
@@ -159,6 +173,8 @@ pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, 
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
     let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now_ms())).await?;
+    // Its workload token dies with it.
+    state.keys.evict_sandbox(&row.id);
     tracing::info!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox ended");
     Ok(updated.unwrap_or(current))
 }

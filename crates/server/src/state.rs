@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub meter_interval: Duration,
     /// Exec output a namespace keeps, in bytes; the oldest goes first.
     pub log_bytes_per_namespace: u64,
+    /// How namespaces' OpenID Connect providers are checked (key set lifetime, refetch bound,
+    /// clock leeway).
+    pub oidc: bulkhead_oidc::ProviderOptions,
 }
 
 impl ServerConfig {
@@ -92,6 +95,7 @@ impl ServerConfig {
             reap_interval: Duration::from_millis(500),
             meter_interval: Duration::from_secs(10),
             log_bytes_per_namespace: 16 << 20,
+            oidc: bulkhead_oidc::ProviderOptions::default(),
         }
     }
 }
@@ -139,6 +143,12 @@ impl KeyCache {
     pub fn evict_key(&self, key_id: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, e| !matches!(&e.principal, Principal::Key { id, .. } if id == key_id));
+    }
+
+    /// Forgets a sandbox's workload token (the sandbox ended).
+    pub fn evict_sandbox(&self, sandbox_id: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, e| !matches!(&e.principal, Principal::Sandbox { id, .. } if id == sandbox_id));
     }
 
     /// Forgets every key of a namespace (on namespace deletion).
@@ -211,6 +221,7 @@ pub struct Inner {
     pub sandbox_locks: SandboxLocks,
     pub metrics: crate::metrics::Metrics,
     pub logs: crate::logs::LogBook,
+    pub identity: crate::identity::Identity,
 }
 
 /// Cheap to clone; handed to every handler.

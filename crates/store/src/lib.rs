@@ -75,6 +75,12 @@ pub struct SandboxRow {
     pub ended_at_ms: Option<i64>,
     /// The filesystem mounted at `/workspace` and its mode (`rw` or `ro`).
     pub filesystem: Option<(String, String)>,
+    /// Who created it: `key:<id>`, `user:<sub>` or `sandbox:<id>`.
+    pub creator: String,
+    /// Keyed hash of the sandbox's workload token; `None` once it is revoked.
+    pub workload_token_hash: Option<String>,
+    /// Names of the secrets handed to it.
+    pub secrets: Vec<String>,
     /// The sandbox's cgroup counters at the last metering sample.
     pub metered: MeterMark,
     /// When it was last metered; `None` before the first sample.
@@ -132,6 +138,27 @@ pub struct KeyRow {
     pub expires_at_ms: Option<i64>,
     /// Projects the key is limited to; `None`: the whole namespace.
     pub projects: Option<Vec<String>>,
+}
+
+/// A custom Cedar policy of a namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub text: String,
+    pub created_at_ms: i64,
+}
+
+/// A secret as stored: its value sealed under the namespace's data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub sealed: Vec<u8>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
 }
 
 /// A project: a permission boundary for filesystems.
@@ -294,6 +321,30 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Ledger buckets of a namespace in `[from_ms, to_ms)`, oldest first.
     async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>>;
+
+    /// A namespace's identity settings (JSON), if set.
+    async fn get_identity(&self, namespace: &str) -> Result<Option<String>>;
+    /// Sets (or with `None` clears) a namespace's identity settings.
+    async fn put_identity(&self, namespace: &str, config: Option<&str>, now_ms: i64) -> Result<()>;
+
+    /// Adds a policy; a name taken in the namespace is a conflict. At most `max` per namespace.
+    async fn create_policy(&self, policy: &PolicyRow, max: u32) -> Result<()>;
+    /// Every policy of a namespace, by id.
+    async fn all_policies(&self, namespace: &str) -> Result<Vec<PolicyRow>>;
+    async fn list_policies(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<PolicyRow>>;
+    async fn delete_policy(&self, namespace: &str, id: &str) -> Result<bool>;
+
+    /// The namespace's wrapped data key, storing `wrapped` first when it has none; whichever
+    /// is stored is returned.
+    async fn data_key(&self, namespace: &str, wrapped: &[u8]) -> Result<Vec<u8>>;
+    /// Creates the secret or replaces its value; true when it was created.
+    async fn put_secret(&self, secret: &SecretRow) -> Result<bool>;
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<SecretRow>>;
+    async fn list_secrets(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SecretRow>>;
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool>;
+
+    /// The active sandbox whose workload token has this keyed hash.
+    async fn sandbox_by_workload_token(&self, token_hash: &str) -> Result<Option<SandboxRow>>;
 
     async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
     async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;

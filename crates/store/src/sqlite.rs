@@ -19,8 +19,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
-    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, MeterMark, NamespaceRow, ProjectRow, QuotaBreach, Result,
-    SandboxRow, SandboxStatus, Store, StoreError, UsageBucket, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow, ProjectRow, QuotaBreach,
+    Result, SandboxRow, SandboxStatus, SecretRow, Store, StoreError, UsageBucket, UsageDelta,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "filesystems", include_str!("../migrations/sqlite/0003_filesystems.sql")),
     (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
     (5, "io metering", include_str!("../migrations/sqlite/0005_io_metering.sql")),
+    (6, "identity", include_str!("../migrations/sqlite/0006_identity.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -148,6 +149,33 @@ fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
             io_write_bytes: as_u64(row, "metered_io_write_bytes")?,
         },
         metered_at_ms: row.try_get("metered_at_ms")?,
+        creator: row.try_get("creator")?,
+        workload_token_hash: row.try_get("workload_token_hash")?,
+        secrets: {
+            let text: String = row.try_get("secrets")?;
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("sandbox secrets: {e}")))?
+        },
+    })
+}
+
+fn policy_row(row: &SqliteRow) -> Result<PolicyRow> {
+    Ok(PolicyRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        text: row.try_get("text")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn secret_row(row: &SqliteRow) -> Result<SecretRow> {
+    Ok(SecretRow {
+        id: row.try_get("id")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        sealed: row.try_get("sealed")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
     })
 }
 
@@ -179,7 +207,7 @@ fn usage_query<'q>(
 
 const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
      created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, metered_at_ms, \
-    metered_io_read_bytes, metered_io_write_bytes";
+    metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -248,6 +276,10 @@ fn audit_row(row: &SqliteRow) -> Result<AuditRecord> {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
@@ -531,7 +563,7 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&sbx.id)
         .bind(&sbx.namespace)
@@ -551,6 +583,9 @@ impl Store for SqliteStore {
         .bind(sbx.metered_at_ms)
         .bind(as_i64(sbx.metered.io_read_bytes))
         .bind(as_i64(sbx.metered.io_write_bytes))
+        .bind(&sbx.creator)
+        .bind(sbx.workload_token_hash.as_deref())
+        .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -842,6 +877,200 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn get_identity(&self, namespace: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT config FROM namespace_identity WHERE namespace = ?")
+            .bind(namespace)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("config")).transpose()?)
+    }
+
+    async fn put_identity(&self, namespace: &str, config: Option<&str>, now_ms: i64) -> Result<()> {
+        let _w = self.write.lock().await;
+        let r = match config {
+            Some(config) => {
+                sqlx::query(
+                    "INSERT INTO namespace_identity (namespace, config, updated_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT (namespace) DO UPDATE SET config = excluded.config, updated_at_ms = excluded.updated_at_ms",
+                )
+                .bind(namespace)
+                .bind(config)
+                .bind(now_ms)
+                .execute(&self.pool)
+                .await
+            }
+            None => {
+                sqlx::query("DELETE FROM namespace_identity WHERE namespace = ?").bind(namespace).execute(&self.pool).await
+            }
+        };
+        match r {
+            Err(e) if is_foreign_key_violation(&e) => Err(StoreError::NotFound(format!("namespace {namespace}"))),
+            other => other.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    async fn create_policy(&self, p: &PolicyRow, max: u32) -> Result<()> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE namespace = ?")
+            .bind(&p.namespace)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count >= i64::from(max) {
+            return Err(StoreError::Quota(QuotaBreach {
+                quota: "policies",
+                limit: u64::from(max),
+                used: u64::try_from(count).unwrap_or(0),
+                requested: 1,
+            }));
+        }
+        let r = sqlx::query("INSERT INTO policies (id, namespace, name, text, created_at_ms) VALUES (?, ?, ?, ?, ?)")
+            .bind(&p.id)
+            .bind(&p.namespace)
+            .bind(&p.name)
+            .bind(&p.text)
+            .bind(p.created_at_ms)
+            .execute(&mut *tx)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(format!("policy {}", p.name))),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn all_policies(&self, namespace: &str) -> Result<Vec<PolicyRow>> {
+        let rows = sqlx::query("SELECT id, namespace, name, text, created_at_ms FROM policies WHERE namespace = ? ORDER BY id")
+            .bind(namespace)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(policy_row).collect()
+    }
+
+    async fn list_policies(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<PolicyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, namespace, name, text, created_at_ms FROM policies WHERE namespace = ? AND id > ? \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(policy_row).collect()
+    }
+
+    async fn delete_policy(&self, namespace: &str, id: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM policies WHERE namespace = ? AND id = ?")
+            .bind(namespace)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn data_key(&self, namespace: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING")
+            .bind(namespace)
+            .bind(wrapped)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = r {
+            if is_foreign_key_violation(&e) {
+                return Err(StoreError::NotFound(format!("namespace {namespace}")));
+            }
+            return Err(e.into());
+        }
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT wrapped FROM namespace_data_keys WHERE namespace = ?")
+            .bind(namespace)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(stored)
+    }
+
+    async fn put_secret(&self, sec: &SecretRow) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let updated = sqlx::query("UPDATE secrets SET sealed = ?, updated_at_ms = ? WHERE namespace = ? AND name = ?")
+            .bind(&sec.sealed)
+            .bind(sec.updated_at_ms)
+            .bind(&sec.namespace)
+            .bind(&sec.name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            let r = sqlx::query(
+                "INSERT INTO secrets (id, namespace, name, sealed, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&sec.id)
+            .bind(&sec.namespace)
+            .bind(&sec.name)
+            .bind(&sec.sealed)
+            .bind(sec.created_at_ms)
+            .bind(sec.updated_at_ms)
+            .execute(&mut *tx)
+            .await;
+            if let Err(e) = r {
+                if is_foreign_key_violation(&e) {
+                    return Err(StoreError::NotFound(format!("namespace {}", sec.namespace)));
+                }
+                return Err(e.into());
+            }
+        }
+        tx.commit().await?;
+        Ok(updated == 0)
+    }
+
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<SecretRow>> {
+        let row = sqlx::query(
+            "SELECT id, namespace, name, sealed, created_at_ms, updated_at_ms FROM secrets WHERE namespace = ? AND name = ?",
+        )
+        .bind(namespace)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(secret_row).transpose()
+    }
+
+    async fn list_secrets(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SecretRow>> {
+        // Metadata only: the sealed value stays in the database.
+        let rows = sqlx::query(
+            "SELECT id, namespace, name, X'' AS sealed, created_at_ms, updated_at_ms FROM secrets \
+             WHERE namespace = ? AND name > ? ORDER BY name LIMIT ?",
+        )
+        .bind(namespace)
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(secret_row).collect()
+    }
+
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM secrets WHERE namespace = ? AND name = ?")
+            .bind(namespace)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn sandbox_by_workload_token(&self, token_hash: &str) -> Result<Option<SandboxRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE workload_token_hash = ? AND status IN ('creating', 'running')"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(sandbox_row).transpose()
+    }
+
     async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>> {
         let rows = sqlx::query(
             "SELECT bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, quota_rejections, \
@@ -988,6 +1217,9 @@ mod tests {
             ended_at_ms: None,
             filesystem: None,
             metered: MeterMark::default(),
+            creator: "key:k".into(),
+            workload_token_hash: None,
+            secrets: Vec::new(),
             metered_at_ms: None,
         }
     }

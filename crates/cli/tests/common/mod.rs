@@ -73,6 +73,11 @@ impl Harness {
 
     /// A harness whose `container` tier runs on `oci_runtime` (such as `crun`).
     pub async fn with_oci_runtime(oci_runtime: &str) -> Harness {
+        Harness::with_config(oci_runtime, |_| {}).await
+    }
+
+    /// A harness whose configuration `tune` adjusts before the server starts.
+    pub async fn with_config(oci_runtime: &str, tune: impl FnOnce(&mut ServerConfig)) -> Harness {
         // Server logs go to the test's captured output: shown when a test fails.
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,bulkhead_server=info").try_init();
         let dir = tempfile::tempdir().expect("tempdir");
@@ -82,6 +87,7 @@ impl Harness {
             .runtime_classes
             .insert("container".into(), bulkhead_server::state::RuntimeClass { runtime: oci_runtime.to_owned() });
         config.reap_interval = std::time::Duration::from_millis(200);
+        tune(&mut config);
         let runtime = config.runtime.clone();
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");
         let admin = started.new_admin_token.expect("first start makes an admin token");

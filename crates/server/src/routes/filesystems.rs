@@ -58,6 +58,7 @@ pub async fn load_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<Filesys
     if !ctx.principal.sees_project(row.project_id.as_deref()) {
         return Err(filesystem_not_found(id));
     }
+    ctx.recheck_filesystem(ns, &row.id, row.project_id.as_deref())?;
     Ok(row)
 }
 

@@ -6,11 +6,13 @@ pub mod audit;
 pub mod filesystems;
 pub mod fsdata;
 pub mod health;
+pub mod identity;
 pub mod keys;
 pub mod logs;
 pub mod namespaces;
 pub mod projects;
 pub mod sandboxes;
+pub mod secrets;
 pub mod usage;
 
 use bulkhead_store::NamespaceRow;

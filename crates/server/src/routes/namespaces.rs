@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
-use bulkhead_core::{validate, Action, Principal};
+use bulkhead_core::{validate, Action};
 use bulkhead_store::NamespaceRow;
 
 use super::load_namespace;
@@ -48,6 +48,7 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Resp
     ctx.state.store.create_namespace(&row).await?;
     // A name can be reused after a delete; nothing of the old namespace's output may show.
     ctx.state.logs.forget(&row.name).await;
+    ctx.state.identity.forget(&row.name);
     let out = namespace_out(&row);
     let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
     idem.finish(&ctx, StatusCode::CREATED, &text).await?;
@@ -61,10 +62,7 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
     ctx.authorize(Action::NamespaceList, None, "namespaces")?;
     let limit = page.limit()?;
     let after = page.after('n')?;
-    let only = match &ctx.principal {
-        Principal::Admin => None,
-        Principal::Key { namespace, .. } => Some(namespace.as_str()),
-    };
+    let only = ctx.principal.namespace();
     let rows = ctx.state.store.list_namespaces(after.as_deref(), limit, only).await?;
     let next_cursor = next_cursor(&rows, limit, 'n', |r| r.name.clone());
     Ok(Json(Page { items: rows.iter().map(namespace_out).collect(), next_cursor }))
@@ -148,5 +146,6 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.state.keys.evict_namespace(&ns);
     ctx.state.namespaces.remove(&ns);
     ctx.state.logs.forget(&ns).await;
+    ctx.state.identity.forget(&ns);
     Ok(StatusCode::NO_CONTENT)
 }

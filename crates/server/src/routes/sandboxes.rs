@@ -7,7 +7,9 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox};
+use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret};
+use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
+use bulkhead_runtime::RunFile;
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::Action;
@@ -55,6 +57,8 @@ pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
             .filesystem
             .as_ref()
             .map(|(id, mode)| bulkhead_api::SandboxFilesystem { id: id.clone(), mode: mode.clone() }),
+        creator: row.creator.clone(),
+        secrets: row.secrets.clone(),
     }
 }
 
@@ -165,6 +169,9 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
             }
             // Another namespace's filesystem, or one of a project the key cannot see: 404.
             let row = super::filesystems::load_filesystem(ctx, &ns, &f.id).await?;
+            let mount = if f.mode == "rw" { Action::FilesystemMountRw } else { Action::FilesystemMountRo };
+            let resource = ResourceRef::Filesystem { id: row.id.clone(), project: row.project_id.clone() };
+            ctx.check(mount, &ns, &resource)?;
             ctx.audit_detail("filesystem", format!("{}:{}", row.id, f.mode));
             Some((row, f.mode.clone()))
         }
@@ -172,10 +179,105 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
-    let plan = Plan { cpu_millis, memory_bytes, ttl_seconds, env, filesystem };
+    let id = bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX);
+    let creator = ctx.principal.audit_name();
+    // The workload token: the sandbox's own identity, at /run/bulkhead/token.
+    let token = bulkhead_core::token::generate(bulkhead_core::token::WORKLOAD_TOKEN_PREFIX);
+    let mut run_files =
+        vec![RunFile { dir: "bulkhead".into(), name: "token".into(), data: format!("{token}\n").into_bytes() }];
+    let mut env = env;
+    let mut secrets = Vec::new();
+    for s in req.secrets.as_deref().unwrap_or_default() {
+        let delivery = secret_delivery(s, &env, &run_files)?;
+        // The sandbox is the principal that reads the secret; the namespace's policies decide.
+        let principal = PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone() };
+        let d = ctx.policies().decide(&PolicyRequest {
+            principal: &principal,
+            namespace: &ns,
+            action: Action::SecretRead.name(),
+            resource: &ResourceRef::Secret(s.name.clone()),
+            target_role: None,
+        });
+        if !d.allowed {
+            let by = if d.policies.is_empty() { String::new() } else { format!(" (forbidden by {})", d.policies.join(", ")) };
+            ctx.audit_detail("denied_secret", s.name.as_str());
+            return Err(ApiError::Forbidden(format!("sandbox {id} may not secret.read {}{by}", s.name)));
+        }
+        let row = ctx.state.store.get_secret(&ns, &s.name).await?.ok_or_else(|| {
+            ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name))
+        })?;
+        let value = crate::identity::open_secret(&ctx.state, &ns, &s.name, &row.sealed).await?;
+        match delivery {
+            SecretDelivery::Env(var) => {
+                let value = String::from_utf8(value)
+                    .map_err(|_| ApiError::Invalid(format!("secrets: {:?} is not UTF-8 text; use a path", s.name)))?;
+                env.push((var, value));
+            }
+            SecretDelivery::File(file) => run_files.push(RunFile { dir: "secrets".into(), name: file, data: value }),
+        }
+        secrets.push(s.name.clone());
+    }
+    ctx.audit_detail("secrets", secrets.clone());
+    let plan = Plan {
+        cpu_millis,
+        memory_bytes,
+        ttl_seconds,
+        env,
+        filesystem,
+        id,
+        creator,
+        run_files,
+        workload_token_hash: Some(ctx.state.hasher.hash(&token)),
+        secrets,
+    };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
     Ok((StatusCode::CREATED, Json(sandbox_out(&row))).into_response())
+}
+
+/// How a secret reaches a sandbox.
+enum SecretDelivery {
+    Env(String),
+    File(String),
+}
+
+/// Checks one `secrets` entry of a create: a secret name, and exactly one of an environment
+/// variable not yet used or a file `/run/secrets/<name>` not yet used.
+fn secret_delivery(s: &SandboxSecret, env: &[(String, String)], files: &[RunFile]) -> ApiResult<SecretDelivery> {
+    bulkhead_core::validate::name("secrets.name", &s.name)?;
+    match (&s.env, &s.path) {
+        (Some(var), None) => {
+            let ok = !var.is_empty()
+                && var.len() <= 128
+                && !var.starts_with(|c: char| c.is_ascii_digit())
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(ApiError::Invalid(format!("secrets.env: {var:?} is not an environment variable name")));
+            }
+            if env.iter().any(|(k, _)| k == var) {
+                return Err(ApiError::Invalid(format!("secrets.env: {var} is set twice")));
+            }
+            Ok(SecretDelivery::Env(var.clone()))
+        }
+        (None, Some(path)) => {
+            let file = path.strip_prefix("/run/secrets/").unwrap_or_default();
+            let ok = !file.is_empty()
+                && file.len() <= 128
+                && file != "."
+                && file != ".."
+                && file.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                return Err(ApiError::Invalid(format!(
+                    "secrets.path: {path:?} must be /run/secrets/<file name> ([A-Za-z0-9._-])"
+                )));
+            }
+            if files.iter().any(|f| f.dir == "secrets" && f.name == file) {
+                return Err(ApiError::Invalid(format!("secrets.path: {path} is used twice")));
+            }
+            Ok(SecretDelivery::File(file.to_owned()))
+        }
+        _ => Err(ApiError::Invalid(format!("secrets: {:?} needs exactly one of env and path", s.name))),
+    }
 }
 
 /// List the namespace's sandboxes, newest state first by id.

@@ -1,0 +1,231 @@
+//! The principals and resources a decision is about, and the parsers of their short string forms
+//! (`key:key_...`, `sandbox:sbx_...`) that the explain endpoint accepts.
+
+use bulkhead_core::{ids::prefix, validate, Role};
+
+use crate::ACTIONS;
+
+/// Who is asking, with what the policies may look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalRef {
+    /// The platform operator: `Bulkhead::Admin::"admin"`.
+    Admin,
+    /// An API key of the namespace: `Bulkhead::Key::"<id>"`, member of its role.
+    Key { id: String, role: Role },
+    /// A person signed in through the namespace's identity provider: `Bulkhead::User::"<sub>"`,
+    /// member of its role. `email` may be empty.
+    User { sub: String, role: Role, email: String, groups: Vec<String> },
+    /// A sandbox's workload identity: `Bulkhead::Sandbox::"<id>"`. `creator` is `key:<id>` or
+    /// `user:<sub>`.
+    Sandbox { id: String, creator: String },
+}
+
+/// What the request is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResourceRef {
+    /// The whole platform: `Bulkhead::Platform::"platform"`.
+    Platform,
+    Namespace(String),
+    Sandbox(String),
+    /// A filesystem, member of its project if it has one.
+    Filesystem {
+        id: String,
+        project: Option<String>,
+    },
+    Project(String),
+    /// A secret, by name.
+    Secret(String),
+    Key(String),
+    Policy(String),
+}
+
+/// A namespace principal named by the explain endpoint, before the server has looked up its role
+/// or creator to make a [`PrincipalRef`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrincipalName {
+    Key(String),
+    User(String),
+    Sandbox(String),
+}
+
+/// A principal, resource or action string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?}: {reason}")]
+pub struct RefError {
+    pub input: String,
+    pub reason: String,
+}
+
+impl RefError {
+    fn new(input: &str, reason: impl Into<String>) -> Self {
+        // The input is echoed back; keep the echo short.
+        let input = if input.len() > 80 {
+            let mut end = 80;
+            while !input.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}...", &input[..end])
+        } else {
+            input.to_owned()
+        };
+        RefError { input, reason: reason.into() }
+    }
+}
+
+/// Longest user subject accepted: OIDC does not bound it, 255 bytes is what providers issue.
+const MAX_SUB_LEN: usize = 255;
+/// Longest id accepted after its prefix.
+const MAX_ID_LEN: usize = 64;
+
+/// The canonical name of an action, or an error naming the known ones' shape.
+pub fn parse_action(s: &str) -> Result<&'static str, RefError> {
+    ACTIONS
+        .iter()
+        .copied()
+        .find(|a| *a == s)
+        .ok_or_else(|| RefError::new(s, "unknown action; expected one like sandbox.exec or filesystem.file.read"))
+}
+
+/// Parses `user:<sub>`, `key:<id>` or `sandbox:<id>`.
+pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
+    let Some((kind, rest)) = s.split_once(':') else {
+        return Err(RefError::new(s, "expected user:<sub>, key:<id> or sandbox:<id>"));
+    };
+    match kind {
+        "user" => {
+            check_sub(s, rest)?;
+            Ok(PrincipalName::User(rest.to_owned()))
+        }
+        "key" => Ok(PrincipalName::Key(check_id(s, rest, prefix::KEY)?)),
+        "sandbox" => Ok(PrincipalName::Sandbox(check_id(s, rest, prefix::SANDBOX)?)),
+        _ => Err(RefError::new(s, format!("unknown principal kind {kind:?}; expected user, key or sandbox"))),
+    }
+}
+
+/// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
+/// `key:<id>`, `policy:<id>` or `platform`. A filesystem's project is not part of the string: the
+/// server fills it in from the store.
+pub fn parse_resource(s: &str) -> Result<ResourceRef, RefError> {
+    if s == "platform" {
+        return Ok(ResourceRef::Platform);
+    }
+    let Some((kind, rest)) = s.split_once(':') else {
+        return Err(RefError::new(
+            s,
+            "expected namespace:<name>, sandbox:<id>, filesystem:<id>, project:<id>, secret:<name>, key:<id> or policy:<id>",
+        ));
+    };
+    match kind {
+        "namespace" => Ok(ResourceRef::Namespace(check_name(s, rest)?)),
+        "secret" => Ok(ResourceRef::Secret(check_name(s, rest)?)),
+        "sandbox" => Ok(ResourceRef::Sandbox(check_id(s, rest, prefix::SANDBOX)?)),
+        "filesystem" => Ok(ResourceRef::Filesystem { id: check_id(s, rest, prefix::FILESYSTEM)?, project: None }),
+        "project" => Ok(ResourceRef::Project(check_id(s, rest, prefix::PROJECT)?)),
+        "key" => Ok(ResourceRef::Key(check_id(s, rest, prefix::KEY)?)),
+        "policy" => Ok(ResourceRef::Policy(check_id(s, rest, "pol_")?)),
+        _ => Err(RefError::new(
+            s,
+            format!(
+                "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, key, policy \
+                 or platform"
+            ),
+        )),
+    }
+}
+
+fn check_name(input: &str, name: &str) -> Result<String, RefError> {
+    validate::name("name", name).map_err(|e| RefError::new(input, e.to_string()))?;
+    Ok(name.to_owned())
+}
+
+/// An id is its prefix and then lowercase letters and digits. Real ids are 32 hex digits, but the
+/// explain endpoint may ask about an id that does not exist (yet), so only the shape is checked.
+fn check_id(input: &str, id: &str, prefix: &str) -> Result<String, RefError> {
+    let Some(rest) = id.strip_prefix(prefix) else {
+        return Err(RefError::new(input, format!("the id must start with {prefix:?}")));
+    };
+    if rest.is_empty() || rest.len() > MAX_ID_LEN {
+        return Err(RefError::new(input, format!("the id must have 1 to {MAX_ID_LEN} characters after {prefix:?}")));
+    }
+    if !rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(RefError::new(input, format!("the id may contain only a-z and 0-9 after {prefix:?}")));
+    }
+    Ok(id.to_owned())
+}
+
+fn check_sub(input: &str, sub: &str) -> Result<(), RefError> {
+    if sub.is_empty() || sub.len() > MAX_SUB_LEN {
+        return Err(RefError::new(input, format!("the subject must have 1 to {MAX_SUB_LEN} bytes")));
+    }
+    if sub.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(RefError::new(input, "the subject may not contain whitespace or control characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principals_parse() {
+        assert_eq!(parse_principal("user:alice@example.com"), Ok(PrincipalName::User("alice@example.com".into())));
+        assert_eq!(parse_principal("key:key_0af3"), Ok(PrincipalName::Key("key_0af3".into())));
+        assert_eq!(parse_principal("sandbox:sbx_1"), Ok(PrincipalName::Sandbox("sbx_1".into())));
+    }
+
+    #[test]
+    fn principals_refused() {
+        for (input, needle) in [
+            ("alice", "expected user:<sub>"),
+            ("admin:x", "unknown principal kind \"admin\""),
+            ("user:", "1 to 255 bytes"),
+            ("user:a b", "whitespace"),
+            ("key:abc", "must start with \"key_\""),
+            ("key:key_", "1 to 64 characters"),
+            ("sandbox:sbx_A1", "only a-z and 0-9"),
+            ("sandbox:key_1", "must start with \"sbx_\""),
+        ] {
+            let err = parse_principal(input).expect_err(input).to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn resources_parse() {
+        assert_eq!(parse_resource("platform"), Ok(ResourceRef::Platform));
+        assert_eq!(parse_resource("namespace:acme"), Ok(ResourceRef::Namespace("acme".into())));
+        assert_eq!(parse_resource("sandbox:sbx_1"), Ok(ResourceRef::Sandbox("sbx_1".into())));
+        assert_eq!(parse_resource("filesystem:fs_9"), Ok(ResourceRef::Filesystem { id: "fs_9".into(), project: None }));
+        assert_eq!(parse_resource("project:prj_2"), Ok(ResourceRef::Project("prj_2".into())));
+        assert_eq!(parse_resource("secret:db-password"), Ok(ResourceRef::Secret("db-password".into())));
+        assert_eq!(parse_resource("key:key_3"), Ok(ResourceRef::Key("key_3".into())));
+        assert_eq!(parse_resource("policy:pol_abc"), Ok(ResourceRef::Policy("pol_abc".into())));
+    }
+
+    #[test]
+    fn resources_refused() {
+        for (input, needle) in [
+            ("sbx_1", "expected namespace:<name>"),
+            ("bucket:b", "unknown resource kind \"bucket\""),
+            ("namespace:Acme", "lowercase"),
+            ("namespace:", "must not be empty"),
+            ("secret:a_b", "may contain only"),
+            ("filesystem:sbx_1", "must start with \"fs_\""),
+            ("policy:pol_", "1 to 64 characters"),
+            ("project:prj_x-y", "only a-z and 0-9"),
+        ] {
+            let err = parse_resource(input).expect_err(input).to_string();
+            assert!(err.contains(needle), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn actions_parse() {
+        assert_eq!(parse_action("sandbox.exec"), Ok("sandbox.exec"));
+        let err = parse_action("sandbox.execute").expect_err("unknown").to_string();
+        assert!(err.contains("unknown action"), "{err}");
+        let long = "x".repeat(500);
+        assert!(parse_action(&long).expect_err("long").to_string().len() < 200);
+    }
+}

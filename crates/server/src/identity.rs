@@ -1,0 +1,253 @@
+//! Identity and permissions: each namespace's compiled Cedar policy set, its OpenID Connect
+//! provider, and the envelope keys of its secrets. All three are cached per namespace; changes
+//! through this server replace the entry at once, and entries expire after a few seconds so
+//! replicas sharing a store converge.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use bulkhead_api::{IdentityConfig, OidcConfig};
+use bulkhead_core::sealed::{self, Key};
+use bulkhead_core::{Principal, Role};
+use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions};
+use bulkhead_policy::{CompiledSet, Engine, PrincipalRef, ResourceRef};
+
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+const CACHE_TTL: Duration = Duration::from_secs(5);
+/// Custom policies a namespace may hold.
+pub const MAX_POLICIES: u32 = 1000;
+
+/// A small map whose entries expire.
+#[derive(Debug)]
+pub struct TtlMap<V> {
+    entries: RwLock<HashMap<String, (V, Instant)>>,
+}
+
+impl<V> Default for TtlMap<V> {
+    fn default() -> Self {
+        Self { entries: RwLock::new(HashMap::new()) }
+    }
+}
+
+impl<V: Clone> TtlMap<V> {
+    pub fn get(&self, key: &str) -> Option<V> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(v, _)| v.clone())
+    }
+
+    pub fn put(&self, key: &str, value: V) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= 100_000 {
+            entries.clear();
+        }
+        entries.insert(key.to_owned(), (value, Instant::now()));
+    }
+
+    pub fn remove(&self, key: &str) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+}
+
+/// A namespace's single sign-on: its settings and the provider client that checks tokens.
+#[derive(Clone)]
+pub struct NamespaceIdentity {
+    pub config: OidcConfig,
+    pub provider: Provider,
+}
+
+/// What the identity layer keeps per process.
+pub struct Identity {
+    pub engine: Engine,
+    builtin: CompiledSet,
+    policies: TtlMap<CompiledSet>,
+    providers: TtlMap<Option<NamespaceIdentity>>,
+    data_keys: TtlMap<Key>,
+    master: Key,
+    http: reqwest::Client,
+    pub provider_options: ProviderOptions,
+}
+
+impl Identity {
+    pub fn new(master: Key, provider_options: ProviderOptions) -> Result<Identity, String> {
+        let engine = Engine::new();
+        let builtin = engine.builtin();
+        let http = bulkhead_oidc::http_client().map_err(|e| format!("the OIDC http client: {e}"))?;
+        Ok(Identity {
+            engine,
+            builtin,
+            policies: TtlMap::default(),
+            providers: TtlMap::default(),
+            data_keys: TtlMap::default(),
+            master,
+            http,
+            provider_options,
+        })
+    }
+
+    /// The built-in policies alone: what decides for the platform admin.
+    pub fn builtin(&self) -> &CompiledSet {
+        &self.builtin
+    }
+
+    /// Forgets everything cached of a namespace (its policies, identity or existence changed).
+    pub fn forget(&self, namespace: &str) {
+        self.policies.remove(namespace);
+        self.providers.remove(namespace);
+        self.data_keys.remove(namespace);
+    }
+
+    pub fn forget_policies(&self, namespace: &str) {
+        self.policies.remove(namespace);
+    }
+
+    pub fn forget_provider(&self, namespace: &str) {
+        self.providers.remove(namespace);
+    }
+}
+
+/// The namespace's policy set: the built-ins and its own. A stored policy that no longer
+/// compiles fails the request rather than being skipped, since skipping a `forbid` would widen
+/// what is allowed.
+pub async fn policies(state: &AppState, namespace: &str) -> ApiResult<CompiledSet> {
+    if let Some(set) = state.identity.policies.get(namespace) {
+        return Ok(set);
+    }
+    let rows = state.store.all_policies(namespace).await?;
+    let set = if rows.is_empty() {
+        state.identity.builtin.clone()
+    } else {
+        let custom: Vec<(String, String)> = rows.into_iter().map(|p| (p.id, p.text)).collect();
+        state.identity.engine.compile(&custom).map_err(|e| ApiError::Internal(format!("policies of {namespace}: {e}")))?
+    };
+    state.identity.policies.put(namespace, set.clone());
+    Ok(set)
+}
+
+/// The namespace's identity settings as stored.
+pub async fn identity_config(state: &AppState, namespace: &str) -> ApiResult<IdentityConfig> {
+    match state.store.get_identity(namespace).await? {
+        None => Ok(IdentityConfig::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("identity of {namespace}: {e}"))),
+    }
+}
+
+/// The settings the OIDC client needs, or why `config` is not acceptable.
+pub fn oidc_settings(config: &OidcConfig) -> Result<OidcSettings, String> {
+    let issuer = IssuerUrl::parse(&config.issuer).map_err(|e| format!("oidc.issuer: {e}"))?;
+    Ok(OidcSettings { issuer, audience: config.audience.clone(), groups_claim: config.groups_claim.clone() })
+}
+
+async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<NamespaceIdentity>> {
+    if let Some(p) = state.identity.providers.get(namespace) {
+        return Ok(p);
+    }
+    let found = match identity_config(state, namespace).await?.oidc {
+        None => None,
+        Some(config) => {
+            let settings = oidc_settings(&config).map_err(ApiError::Internal)?;
+            let provider = Provider::new(settings, state.identity.http.clone(), state.identity.provider_options.clone());
+            Some(NamespaceIdentity { config, provider })
+        }
+    };
+    state.identity.providers.put(namespace, found.clone());
+    Ok(found)
+}
+
+/// The strongest role any of `groups` maps to.
+pub fn role_for(mappings: &std::collections::BTreeMap<String, bulkhead_api::Role>, groups: &[String]) -> Option<Role> {
+    groups.iter().filter_map(|g| mappings.get(g)).map(|r| crate::convert::role_in(*r)).min()
+}
+
+/// Signs a user of `namespace` in with a token of the namespace's identity provider. Any token
+/// problem is the same 401 (the reason goes to the log, never the token); a valid user whose
+/// groups map to no role is a 403.
+pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -> ApiResult<Principal> {
+    let invalid = || ApiError::Unauthenticated("invalid or expired token".into());
+    if bulkhead_core::validate::name("namespace", namespace).is_err() {
+        return Err(invalid());
+    }
+    let Some(identity) = provider(state, namespace).await? else {
+        return Err(invalid());
+    };
+    let claims = match identity.provider.verify(token, std::time::SystemTime::now()).await {
+        Ok(c) => c,
+        Err(e) => {
+            if e.is_provider_failure() {
+                tracing::warn!(namespace, error = %e, "the namespace's identity provider failed");
+            } else {
+                tracing::info!(namespace, error = %e, "refused an identity token");
+            }
+            return Err(invalid());
+        }
+    };
+    let Some(role) = role_for(&identity.config.role_mappings, &claims.groups) else {
+        return Err(ApiError::Forbidden(format!(
+            "user:{} is in no group that maps to a role of namespace {namespace}",
+            claims.sub
+        )));
+    };
+    Ok(Principal::User { sub: claims.sub, namespace: namespace.to_owned(), role, email: claims.email, groups: claims.groups })
+}
+
+/// The policy engine's view of a principal.
+pub fn principal_ref(p: &Principal) -> PrincipalRef {
+    match p {
+        Principal::Admin => PrincipalRef::Admin,
+        Principal::Key { id, role, .. } => PrincipalRef::Key { id: id.clone(), role: *role },
+        Principal::User { sub, role, email, groups, .. } => PrincipalRef::User {
+            sub: sub.clone(),
+            role: *role,
+            email: email.clone().unwrap_or_default(),
+            groups: groups.clone(),
+        },
+        Principal::Sandbox { id, creator, .. } => PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone() },
+    }
+}
+
+/// The policy engine's view of what a request is on: `sandbox:<id>`, `filesystem:<id>`, ...;
+/// anything else is the namespace itself, and a platform-level request the platform.
+pub fn resource_ref(resource: &str, namespace: Option<&str>) -> ResourceRef {
+    let Some(ns) = namespace else { return ResourceRef::Platform };
+    let (kind, id) = resource.split_once(':').unwrap_or(("", ""));
+    let id = id.to_owned();
+    match kind {
+        "sandbox" => ResourceRef::Sandbox(id),
+        "filesystem" => ResourceRef::Filesystem { id, project: None },
+        "key" => ResourceRef::Key(id),
+        "project" => ResourceRef::Project(id),
+        "secret" => ResourceRef::Secret(id),
+        "policy" => ResourceRef::Policy(id),
+        _ => ResourceRef::Namespace(ns.to_owned()),
+    }
+}
+
+/// The namespace's data key, made and stored (wrapped by the master key) on first use.
+async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
+    if let Some(k) = state.identity.data_keys.get(namespace) {
+        return Ok(k);
+    }
+    let seal_err = |e: sealed::SealError| ApiError::Internal(format!("the data key of {namespace}: {e}"));
+    let aad = sealed::data_key_aad(namespace);
+    let fresh = Key::generate().map_err(seal_err)?;
+    let wrapped = state.identity.master.seal(fresh.as_bytes(), &aad).map_err(seal_err)?;
+    let stored = state.store.data_key(namespace, &wrapped).await?;
+    let key = Key::from_bytes(&state.identity.master.open(&stored, &aad).map_err(seal_err)?).map_err(seal_err)?;
+    state.identity.data_keys.put(namespace, key.clone());
+    Ok(key)
+}
+
+/// Seals a secret's value for storage.
+pub async fn seal_secret(state: &AppState, namespace: &str, name: &str, value: &[u8]) -> ApiResult<Vec<u8>> {
+    let key = data_key(state, namespace).await?;
+    key.seal(value, &sealed::secret_aad(namespace, name)).map_err(|e| ApiError::Internal(format!("sealing a secret: {e}")))
+}
+
+/// Opens a stored secret's value.
+pub async fn open_secret(state: &AppState, namespace: &str, name: &str, sealed_value: &[u8]) -> ApiResult<Vec<u8>> {
+    let key = data_key(state, namespace).await?;
+    key.open(sealed_value, &sealed::secret_aad(namespace, name))
+        .map_err(|e| ApiError::Internal(format!("opening secret {name}: {e}")))
+}

@@ -1,0 +1,236 @@
+//! A namespace's identity and permissions: its single sign-on provider, its Cedar policies, the
+//! schema they are checked against, and `authz/explain`, which answers how a request would be
+//! decided and by which policies.
+
+use axum::body::Bytes;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreatePolicy, ErrorBody, ExplainRequest, ExplainResult, IdentityConfig, Page, Policy};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::{validate, Action};
+use bulkhead_policy::{PrincipalName, PrincipalRef, Request, ResourceRef};
+use bulkhead_store::{PolicyRow, SandboxStatus, StoreError};
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::identity::{oidc_settings, MAX_POLICIES};
+use crate::state::{now_ms, rfc3339};
+
+/// The namespace's single sign-on settings (`{"oidc": null}` when none).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
+    responses((status = 200, body = IdentityConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<IdentityConfig>> {
+    ctx.authorize(Action::IdentityGet, Some(&ns), format!("namespace:{ns}"))?;
+    load_namespace(&ctx, &ns).await?;
+    Ok(Json(crate::identity::identity_config(&ctx.state, &ns).await?))
+}
+
+/// Sets the namespace's OpenID Connect provider (owner). The provider is contacted when its
+/// first token arrives, not here.
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
+    request_body = IdentityConfig,
+    responses((status = 200, body = IdentityConfig), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn set(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<IdentityConfig>> {
+    ctx.authorize(Action::IdentitySet, Some(&ns), format!("namespace:{ns}"))?;
+    let req: IdentityConfig = json(&headers, &body)?;
+    if let Some(oidc) = &req.oidc {
+        oidc_settings(oidc).map_err(ApiError::Invalid)?;
+        if oidc.audience.is_empty() || oidc.audience.len() > 256 {
+            return Err(ApiError::Invalid("oidc.audience: 1 to 256 characters".into()));
+        }
+        if oidc.groups_claim.is_empty() || oidc.groups_claim.len() > 128 {
+            return Err(ApiError::Invalid("oidc.groups_claim: 1 to 128 characters".into()));
+        }
+        if oidc.role_mappings.is_empty() || oidc.role_mappings.len() > 256 {
+            return Err(ApiError::Invalid("oidc.role_mappings: 1 to 256 groups".into()));
+        }
+        if oidc.role_mappings.keys().any(|g| g.is_empty() || g.len() > 256) {
+            return Err(ApiError::Invalid("oidc.role_mappings: group names of 1 to 256 characters".into()));
+        }
+        ctx.audit_detail("issuer", oidc.issuer.as_str());
+    }
+    load_namespace(&ctx, &ns).await?;
+    let text = req.oidc.as_ref().map(|_| serde_json::to_string(&req)).transpose().map_err(|e| ApiError::Internal(e.to_string()))?;
+    ctx.state.store.put_identity(&ns, text.as_deref(), now_ms()).await?;
+    ctx.state.identity.forget_provider(&ns);
+    Ok(Json(req))
+}
+
+fn policy_out(p: &PolicyRow) -> Policy {
+    Policy { id: p.id.clone(), name: p.name.clone(), policy: p.text.clone(), created_at: rfc3339(p.created_at_ms) }
+}
+
+/// Adds a Cedar policy to the namespace (owner). It is validated against the schema and must
+/// compile together with the namespace's other policies; a bad one is a 400 carrying Cedar's
+/// message.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path)),
+    request_body = CreatePolicy,
+    responses((status = 201, body = Policy), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn create_policy(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::PolicyCreate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreatePolicy = json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    let cedar = |e: bulkhead_policy::PolicyError| {
+        let mut msg = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        ApiError::Invalid(format!("policy: {msg}"))
+    };
+    ctx.state.identity.engine.check_policy(&req.policy).map_err(cedar)?;
+    load_namespace(&ctx, &ns).await?;
+    let row = PolicyRow {
+        id: ids::new_id(prefix::POLICY),
+        namespace: ns.clone(),
+        name: req.name,
+        text: req.policy,
+        created_at_ms: now_ms(),
+    };
+    // The whole set must still compile (ids are unique, nothing clashes).
+    let mut custom: Vec<(String, String)> =
+        ctx.state.store.all_policies(&ns).await?.into_iter().map(|p| (p.id, p.text)).collect();
+    custom.push((row.id.clone(), row.text.clone()));
+    ctx.state.identity.engine.compile(&custom).map_err(cedar)?;
+    match ctx.state.store.create_policy(&row, MAX_POLICIES).await {
+        Err(StoreError::Quota(b)) => {
+            return Err(ApiError::QuotaExceeded(format!("a namespace holds at most {} policies", b.limit)))
+        }
+        other => other?,
+    }
+    ctx.state.identity.forget_policies(&ns);
+    ctx.audit_resource(format!("policy:{}", row.id));
+    ctx.audit_detail("name", row.name.as_str());
+    Ok((StatusCode::CREATED, Json(policy_out(&row))).into_response())
+}
+
+/// The namespace's own policies (the built-in ones are at `GET /v1/policy-schema`'s side, in
+/// the documentation).
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Policy>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn list_policies(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Policy>>> {
+    ctx.authorize(Action::PolicyList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('l')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_policies(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 'l', |r| r.id.clone());
+    Ok(Json(Page { items: rows.iter().map(policy_out).collect(), next_cursor }))
+}
+
+/// Removes a policy (owner); it stops deciding at once.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/policies/{id}", tag = "identity",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::PolicyDelete, Some(&ns), format!("policy:{id}"))?;
+    load_namespace(&ctx, &ns).await?;
+    if !ids::is_id(prefix::POLICY, &id) || !ctx.state.store.delete_policy(&ns, &id).await? {
+        return Err(ApiError::NotFound(format!("policy {id:?} not found")));
+    }
+    ctx.state.identity.forget_policies(&ns);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// How the namespace's policies would decide a request, and which policies decide it.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/authz/explain", tag = "identity", params(("ns" = String, Path)),
+    request_body = ExplainRequest,
+    responses((status = 200, body = ExplainResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn explain(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<ExplainResult>> {
+    ctx.authorize(Action::AuthzExplain, Some(&ns), format!("namespace:{ns}"))?;
+    let req: ExplainRequest = json(&headers, &body)?;
+    let invalid = |field: &str, e: bulkhead_policy::RefError| ApiError::Invalid(format!("{field}: {e}"));
+    let action = bulkhead_policy::parse_action(&req.action).map_err(|e| invalid("action", e))?;
+    let name = bulkhead_policy::parse_principal(&req.principal).map_err(|e| invalid("principal", e))?;
+    let mut resource = bulkhead_policy::parse_resource(&req.resource).map_err(|e| invalid("resource", e))?;
+    load_namespace(&ctx, &ns).await?;
+    if let ResourceRef::Namespace(other) = &resource {
+        if *other != ns {
+            return Err(ApiError::Invalid(format!("resource: namespace {other:?} is not this namespace")));
+        }
+    }
+    // What the server knows of the named principal and resource, as a real request would see it.
+    let (principal, role) = match name {
+        PrincipalName::Key(id) => {
+            let key = ctx
+                .state
+                .store
+                .get_key(&ns, &id)
+                .await?
+                .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no key {id}")))?;
+            (PrincipalRef::Key { id, role: key.role }, Some(key.role))
+        }
+        PrincipalName::Sandbox(id) => {
+            let sbx = ctx
+                .state
+                .store
+                .get_sandbox(&ns, &id)
+                .await?
+                .filter(|s| s.status != SandboxStatus::Deleted)
+                .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no sandbox {id}")))?;
+            (PrincipalRef::Sandbox { id, creator: sbx.creator }, None)
+        }
+        PrincipalName::User(sub) => {
+            // A user's role comes from its token's groups; explain asks as the strongest role the
+            // namespace maps any group to, unless the request names a role by a key.
+            let config = crate::identity::identity_config(&ctx.state, &ns).await?;
+            let role = config
+                .oidc
+                .as_ref()
+                .and_then(|o| o.role_mappings.values().map(|r| crate::convert::role_in(*r)).min())
+                .ok_or_else(|| ApiError::Invalid("principal: the namespace has no single sign-on to map users to roles".into()))?;
+            (PrincipalRef::User { sub, role, email: String::new(), groups: Vec::new() }, Some(role))
+        }
+    };
+    if let ResourceRef::Filesystem { id, project } = &mut resource {
+        if let Some(f) = ctx.state.store.get_filesystem(&ns, id).await? {
+            *project = f.project_id;
+        }
+    }
+    let d = ctx.policies().decide(&Request { principal: &principal, namespace: &ns, action, resource: &resource, target_role: None });
+    Ok(Json(ExplainResult {
+        decision: if d.allowed { "allow" } else { "deny" }.to_owned(),
+        policies: d.policies,
+        role: role.map(crate::convert::role_out),
+        errors: d.errors,
+    }))
+}
+
+/// The Cedar schema every policy is validated against: principals, actions and resources.
+#[utoipa::path(get, path = "/v1/policy-schema", tag = "identity",
+    responses((status = 200, description = "The Cedar schema", content_type = "text/plain"), (status = 401, body = ErrorBody)))]
+pub async fn schema(ctx: Ctx) -> ApiResult<Response> {
+    // Any principal may read it; deciding `namespace.list` keeps every route authorized.
+    ctx.authorize(Action::NamespaceList, None, "policy-schema")?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bulkhead_policy::schema_text()).into_response())
+}

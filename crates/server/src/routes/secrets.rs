@@ -1,0 +1,98 @@
+//! A namespace's secrets: values sealed with AES-256-GCM under the namespace's data key, which
+//! the server's master key wraps. The API takes a value in and never gives one back: answers,
+//! logs, audit records and errors carry names and ids only. Sandboxes get values at create, when
+//! the policies allow them `secret.read`.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::{validate, Action};
+use bulkhead_store::SecretRow;
+
+use super::load_namespace;
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::state::{now_ms, rfc3339};
+
+/// Largest secret value.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+fn secret_out(s: &SecretRow) -> Secret {
+    Secret {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        created_at: rfc3339(s.created_at_ms),
+        updated_at: rfc3339(s.updated_at_ms),
+    }
+}
+
+/// Creates a secret, or replaces the value of the one of that name (201 or 200).
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path)),
+    request_body = CreateSecret,
+    responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Action::SecretCreate, Some(&ns), format!("namespace:{ns}"))?;
+    let req: CreateSecret = json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    if req.value.is_empty() || req.value.len() > MAX_SECRET_BYTES {
+        return Err(ApiError::Invalid(format!("value: 1 to {MAX_SECRET_BYTES} bytes")));
+    }
+    load_namespace(&ctx, &ns).await?;
+    let sealed = crate::identity::seal_secret(&ctx.state, &ns, &req.name, req.value.as_bytes()).await?;
+    let now = now_ms();
+    let mut row = SecretRow {
+        id: ids::new_id(prefix::SECRET),
+        namespace: ns.clone(),
+        name: req.name,
+        sealed,
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    let created = ctx.state.store.put_secret(&row).await?;
+    if !created {
+        if let Some(stored) = ctx.state.store.get_secret(&ns, &row.name).await? {
+            row = stored;
+        }
+    }
+    ctx.audit_resource(format!("secret:{}", row.name));
+    ctx.audit_detail("replaced", !created);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(secret_out(&row))).into_response())
+}
+
+/// The namespace's secrets: names and dates, never values.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Secret>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Secret>>> {
+    ctx.authorize(Action::SecretList, Some(&ns), format!("namespace:{ns}"))?;
+    let limit = page.limit()?;
+    let after = page.after('s')?;
+    load_namespace(&ctx, &ns).await?;
+    let rows = ctx.state.store.list_secrets(&ns, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, 's', |r| r.name.clone());
+    Ok(Json(Page { items: rows.iter().map(secret_out).collect(), next_cursor }))
+}
+
+/// Deletes a secret. Sandboxes that already hold it keep their copy until they end.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/secrets/{name}", tag = "secrets",
+    params(("ns" = String, Path), ("name" = String, Path)),
+    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn delete(ctx: Ctx, PathParams((ns, name)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::SecretDelete, Some(&ns), format!("secret:{name}"))?;
+    load_namespace(&ctx, &ns).await?;
+    if validate::name("name", &name).is_err() || !ctx.state.store.delete_secret(&ns, &name).await? {
+        return Err(ApiError::NotFound(format!("secret {name:?} not found")));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
