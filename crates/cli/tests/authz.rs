@@ -272,7 +272,8 @@ async fn every_route_every_principal_every_namespace() {
                 }
                 let token = w.tokens.iter().find(|(t, _)| *t == who).and_then(|(_, tok)| tok.clone());
                 let body = if template.ends_with("/authz/explain") {
-                    json!({"principal": format!("key:{}", w.victim[0].1), "action": "sandbox.exec",
+                    let victim = if target == Target::Foreign { &w.victim[1].1 } else { &w.victim[0].1 };
+                    json!({"principal": format!("key:{victim}"), "action": "sandbox.exec",
                         "resource": format!("namespace:{ns}")})
                 } else {
                     body_for(&method, &template)

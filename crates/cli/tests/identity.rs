@@ -111,8 +111,10 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let audit = h.call(Method::GET, "/v1/namespaces/alpha/audit?action=project.create", Some(&h.admin), Value::Null).await;
-    let rec = &audit.body["items"][0];
+    let items = audit.body["items"].as_array().unwrap();
+    let rec = items.iter().find(|r| r["status"] == 201).expect("the create is audited");
     assert_eq!(rec["principal"], "user:alice", "{rec}");
+    assert!(items.iter().any(|r| r["principal"] == "user:vic" && r["decision"] == "deny"), "{items:?}");
     assert!(rec["detail"].to_string().contains("alice@alpha.test"), "{rec}");
 
     // Key rotation: a token of a new ES256 key is accepted once the JWKS is refetched.
