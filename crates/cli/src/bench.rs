@@ -18,6 +18,7 @@ use bulkhead_server::state::RuntimeSettings;
 use clap::Args;
 use serde::Serialize;
 
+use crate::bench_load::{self, ApiThroughput, Density, NoisyNeighbour};
 use crate::Global;
 
 #[derive(Args)]
@@ -40,16 +41,36 @@ pub struct BenchArgs {
     /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline).
     #[arg(long, default_value = "runc")]
     runtime: String,
+    /// Idle sandboxes (the smallest allowed) held at once, against as many bare processes;
+    /// 0 skips.
+    #[arg(long, default_value_t = 200)]
+    density: usize,
+    /// The cpu limit of each of those sandboxes, in thousandths of a core (10 is the least
+    /// allowed, but at 10 the sandbox's own start is throttled to a crawl).
+    #[arg(long, default_value_t = 100)]
+    density_cpu_millis: u64,
+    /// Connections hammering the API at once.
+    #[arg(long, default_value_t = 32)]
+    api_concurrency: usize,
+    /// Seconds of API load, on authorized reads and on `/healthz` each; 0 skips.
+    #[arg(long, default_value_t = 5)]
+    api_seconds: u64,
+    /// Exec round trips of the quiet tenant, alone and beside a noisy one; 0 skips.
+    #[arg(long, default_value_t = 300)]
+    noisy_execs: usize,
+    /// The noisy tenant's noises, each in a sandbox of its own.
+    #[arg(long, value_delimiter = ',', default_value = "fork-bomb,memory-hog,cpu-burn")]
+    noise: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-struct Stat {
-    n: usize,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Stat {
+    pub(crate) n: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
-fn stat(mut samples: Vec<Duration>) -> Stat {
+pub(crate) fn stat(mut samples: Vec<Duration>) -> Stat {
     samples.sort();
     let pick = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -61,6 +82,7 @@ fn stat(mut samples: Vec<Duration>) -> Stat {
 #[derive(Debug, Serialize)]
 struct Report {
     host: String,
+    command_line: String,
     fork_exec: Stat,
     raw_oci_first_output: Stat,
     create_to_first_output: Stat,
@@ -76,6 +98,12 @@ struct Report {
     archive_push_mib_s: f64,
     archive_pull_mib_s: f64,
     local_tar_copy_mib_s: f64,
+    /// Authorized reads per second against `/healthz`; absent when skipped.
+    api_throughput: Option<ApiThroughput>,
+    /// Idle sandboxes held at once against bare processes; absent when skipped.
+    density: Option<Density>,
+    /// A quiet tenant's exec latency alone and beside a noisy one; absent when skipped.
+    noisy_neighbour: Option<NoisyNeighbour>,
 }
 
 fn host() -> String {
@@ -115,6 +143,7 @@ fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::R
         ids,
         env: vec![],
         workspace: None,
+        run_files: Vec::new(),
     };
     let bundle = runtime.raw_bundle(&spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);
@@ -212,6 +241,7 @@ fn start_server(data: &Path, settings: &RuntimeSettings, oci: &str) -> anyhow::R
 
 async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> anyhow::Result<Report> {
     let oci = args.runtime.clone();
+    let noises = bench_load::noises(&args.noise)?;
     let (_server, url) = start_server(&data.join("data"), settings, &oci)?;
     let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
 
@@ -231,7 +261,8 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
             &CreateKey { name: "bench".into(), role: Role::Developer, expires_at: None, projects: None },
         )
         .await?;
-    let c = Client::new(&url, Some(key.token));
+    let token = key.token;
+    let c = Client::new(&url, Some(token.clone()));
     let small = CreateSandbox { cpu_millis: Some(100), memory_bytes: Some(64 << 20), ..Default::default() };
     let echo = ExecRequest { cmd: vec!["echo".into(), "ready".into()], ..Default::default() };
     let truth = ExecRequest { cmd: vec!["true".into()], ..Default::default() };
@@ -345,7 +376,39 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         bail!("local tar copy failed");
     }
     c.delete_filesystem("bench", &fs_id, false).await?;
+
+    let api_throughput = if args.api_seconds > 0 && args.api_concurrency > 0 {
+        eprintln!(
+            "API throughput: {} connections, {} s on /healthz, then {} s on GET /v1/namespaces/bench ...",
+            args.api_concurrency, args.api_seconds, args.api_seconds
+        );
+        Some(bench_load::api_throughput(&url, "bench", &token, args.api_concurrency, args.api_seconds).await?)
+    } else {
+        None
+    };
     admin_client.delete_namespace("bench").await?;
+    let cgroups = bench_load::cgroups(&settings.cgroup_prefix)?;
+    let density = if args.density > 0 {
+        eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
+        Some(
+            bench_load::density(
+                &admin_client,
+                &cgroups,
+                &settings.cgroup_prefix,
+                args.density,
+                args.density_cpu_millis,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let noisy_neighbour = if args.noisy_execs > 0 {
+        eprintln!("noisy neighbour: {} execs of tenant B, alone and beside tenant A's noise ...", args.noisy_execs);
+        Some(bench_load::noisy_neighbour(&admin_client, &cgroups, args.noisy_execs, &noises).await?)
+    } else {
+        None
+    };
     let mib = args.archive_bytes as f64 / (1 << 20) as f64;
 
     let fork = stat(fork);
@@ -354,6 +417,7 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
     let execs = stat(execs);
     Ok(Report {
         host: host(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
         fork_exec: fork,
         raw_oci_first_output: raw,
         create_to_first_output: create,
@@ -369,6 +433,9 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         archive_push_mib_s: mib / push.as_secs_f64(),
         archive_pull_mib_s: mib / pull.as_secs_f64(),
         local_tar_copy_mib_s: mib / local.as_secs_f64(),
+        api_throughput,
+        density,
+        noisy_neighbour,
     })
 }
 
@@ -391,10 +458,14 @@ fn make_tree(root: &Path, bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn row(name: &str, s: &Stat) {
+    println!("{name:<44} {:>6} {:>10.2} {:>10.2}", s.n, s.p50_ms, s.p99_ms);
+}
+
 fn print(r: &Report) {
-    println!("host: {}\n", r.host);
+    println!("host: {}", r.host);
+    println!("command: {}\n", r.command_line);
     println!("{:<44} {:>6} {:>10} {:>10}", "measure", "n", "p50 ms", "p99 ms");
-    let row = |name: &str, s: &Stat| println!("{name:<44} {:>6} {:>10.2} {:>10.2}", s.n, s.p50_ms, s.p99_ms);
     row("baseline: fork/exec of /bin/true", &r.fork_exec);
     row("baseline: raw OCI runtime run → first output", &r.raw_oci_first_output);
     row("sandbox create → first exec output", &r.create_to_first_output);
@@ -409,4 +480,85 @@ fn print(r: &Report) {
         "archive of {:.0} MiB: push {:.0} MiB/s, pull {:.0} MiB/s; plain tar dir → dir {:.0} MiB/s",
         r.archive_mib, r.archive_push_mib_s, r.archive_pull_mib_s, r.local_tar_copy_mib_s
     );
+    if let Some(a) = &r.api_throughput {
+        print_api(a);
+    }
+    if let Some(d) = &r.density {
+        print_density(d);
+    }
+    if let Some(n) = &r.noisy_neighbour {
+        print_noisy(n);
+    }
+}
+
+fn print_api(a: &ApiThroughput) {
+    println!("\nAPI throughput: {} keep-alive connections, {:.0} s each", a.concurrency, a.seconds);
+    println!("{:<52} {:>10.0} req/s", "baseline: GET /healthz (no authentication)", a.healthz_per_s);
+    println!(
+        "{:<52} {:>10.0} req/s  {:.2}x healthz",
+        "GET /v1/namespaces/{ns} (developer key)", a.authorized_get_per_s, a.authorized_vs_healthz
+    );
+    if a.healthz_not_200 + a.authorized_get_not_200 > 0 {
+        println!("answers other than 200: healthz {}, authorized {}", a.healthz_not_200, a.authorized_get_not_200);
+    }
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!("(the load client runs on the same {cpus} cpus as the server, so both figures are low bounds)");
+}
+
+fn print_density(d: &Density) {
+    println!(
+        "\ndensity: {} of {} idle sandboxes held at once ({} millicores, {} MiB each)",
+        d.reached,
+        d.target,
+        d.sandbox_cpu_millis,
+        d.sandbox_memory_bytes >> 20
+    );
+    if let Some(why) = &d.stopped_because {
+        println!("stopped at: {why}");
+    }
+    println!(
+        "{:<52} {:>10.2} MiB  ± {:.2} (host drift)",
+        "baseline: bare `sleep infinity` process, host memory", d.bare_process_mib, d.bare_drift_mib_per_process
+    );
+    println!(
+        "{:<52} {:>10.2} MiB  ± {:.2} (host drift)  {:.1}x bare",
+        "idle sandbox, host memory (MemAvailable drop)",
+        d.host_mib_per_sandbox,
+        d.host_drift_mib_per_sandbox,
+        d.sandbox_vs_bare_process
+    );
+    println!("{:<52} {:>10.2} MiB", "idle sandbox, charged to its cgroup (incl. page cache)", d.cgroup_mib_per_sandbox);
+    println!(
+        "{:<52} {:>10.2} MiB",
+        "idle sandbox, supervisor VmRSS (incl. shared pages)", d.supervisor_rss_mib_per_sandbox
+    );
+    println!("1,000 such sandboxes would take {:.1} GiB of host memory", d.projected_gib_per_1000);
+    println!("create all {:.0} ms, delete all {:.0} ms", d.create_all_ms, d.delete_all_ms);
+    row("density: create, each (sequential)", &d.create_each);
+    row("density: delete, each (sequential)", &d.delete_each);
+}
+
+fn print_noisy(n: &NoisyNeighbour) {
+    println!("\nnoisy neighbour: tenant B's exec round trips (`true`), alone, then beside tenant A");
+    row("tenant B exec round trip, alone", &n.b_alone);
+    row("tenant B exec round trip, A noisy", &n.b_with_noisy_a);
+    println!("B with noisy A vs B alone: p50 {:.2}x, p99 {:.2}x", n.p50_ratio, n.p99_ratio);
+    println!("tenant A over the {:.0} ms window:", n.window_ms);
+    for a in &n.a_noise {
+        println!(
+            "  {:<11} {:>4} millicores {:>4} MiB: {:.2} cores used, {} pids-limit hits, {} pids at end, {} OOM kills{}",
+            a.name,
+            a.cpu_millis,
+            a.memory_bytes >> 20,
+            a.cpu_cores,
+            a.pids_limit_hits,
+            a.pids_at_end,
+            a.oom_kills,
+            a.ended_early.as_deref().map(|e| format!("; ended early: {e}")).unwrap_or_default()
+        );
+    }
+    match &n.a_teardown_error {
+        None => println!("tenant A deleted (noise running) in {:.0} ms", n.a_teardown_ms),
+        Some(e) => println!("tenant A delete (noise running) FAILED after {:.0} ms: {e}", n.a_teardown_ms),
+    }
 }

@@ -6,6 +6,7 @@ mod bench_load;
 mod commands;
 mod doctor;
 mod fs;
+mod identity;
 mod logs;
 mod output;
 mod sandbox;
@@ -79,6 +80,16 @@ enum Command {
     Logs(logs::LogsArgs),
     /// Measure sandbox create, exec and delete against raw baselines (as root, release build).
     Bench(bench::BenchArgs),
+    /// A namespace's single sign-on through an OpenID Connect provider: `get`, `set`, `clear`.
+    #[command(subcommand)]
+    Identity(identity::IdentityCmd),
+    /// A namespace's Cedar policies: `add`, `list`, `rm`, `explain` a decision, print the `schema`.
+    #[command(subcommand)]
+    Policy(identity::PolicyCmd),
+    /// A namespace's secrets, handed to sandboxes with `sandbox create --secret`; values are
+    /// write-only.
+    #[command(subcommand)]
+    Secret(identity::SecretCmd),
 }
 
 /// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
@@ -120,6 +131,9 @@ fn main() -> ExitCode {
             Command::Usage(args) => usage::usage(args, &cli.global).await,
             Command::Logs(args) => logs::logs(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,
+            Command::Identity(cmd) => identity::identity(cmd, &cli.global).await,
+            Command::Policy(cmd) => identity::policy(cmd, &cli.global).await,
+            Command::Secret(cmd) => identity::secret(cmd, &cli.global).await,
         }
     });
     match result {

@@ -57,6 +57,10 @@ pub enum SandboxCmd {
         /// A filesystem to mount at /workspace, read-write (`ID` or `ID:rw`) or read-only (`ID:ro`).
         #[arg(long, value_name = "ID[:rw|:ro]", value_parser = crate::fs::parse_mount)]
         filesystem: Option<bulkhead_api::SandboxFilesystem>,
+        /// A secret of the namespace, as an environment variable of every command
+        /// (`NAME=env:VAR`) or a read-only file (`NAME=path:/run/secrets/FILE`); repeatable.
+        #[arg(long = "secret", value_name = "NAME=env:VAR|NAME=path:FILE")]
+        secret: Vec<String>,
     },
     /// List a namespace's sandboxes (running ones; `--all` for ended ones too).
     List {
@@ -124,13 +128,14 @@ pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>>
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem } => {
+        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem, secret } => {
             let req = CreateSandbox {
                 cpu_millis: cpu,
                 memory_bytes: memory,
                 ttl_seconds: ttl,
                 env: env_map(env),
                 filesystem,
+                secrets: crate::identity::sandbox_secrets(&secret)?,
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }

@@ -148,7 +148,8 @@ async fn world_for(template: &str) -> World {
                     "pol_" => {
                         let body = json!({"name": "p",
                             "policy": "forbid(principal, action == Bulkhead::Action::\"sandbox.exec\", resource);"});
-                        let r = h.call(Method::POST, &format!("/v1/namespaces/{ns}/policies"), Some(&admin), body).await;
+                        let r =
+                            h.call(Method::POST, &format!("/v1/namespaces/{ns}/policies"), Some(&admin), body).await;
                         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
                         r.body["id"].as_str().unwrap().to_owned()
                     }

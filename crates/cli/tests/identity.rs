@@ -18,9 +18,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use common::{assert_envelope, Harness};
 use hmac::{Hmac, Mac};
-use sha2::Digest;
 use oidc_provider::TestProvider;
 use serde_json::{json, Value};
+use sha2::Digest;
 
 async fn sso_harness() -> Harness {
     Harness::with_config("runc", |c| {
@@ -31,11 +31,8 @@ async fn sso_harness() -> Harness {
 }
 
 async fn get_as(h: &Harness, path: &str, token: &str) -> common::Reply {
-    let req = Request::builder()
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap();
+    let req =
+        Request::builder().uri(path).header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
     h.send(req).await
 }
 
@@ -110,7 +107,8 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let audit = h.call(Method::GET, "/v1/namespaces/alpha/audit?action=project.create", Some(&h.admin), Value::Null).await;
+    let audit =
+        h.call(Method::GET, "/v1/namespaces/alpha/audit?action=project.create", Some(&h.admin), Value::Null).await;
     let items = audit.body["items"].as_array().unwrap();
     let rec = items.iter().find(|r| r["status"] == 201).expect("the create is audited");
     assert_eq!(rec["principal"], "user:alice", "{rec}");
@@ -270,7 +268,8 @@ async fn a_sandbox_acts_with_its_workload_token_and_only_what_policies_grant() {
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     let s = h.create_sandbox("alpha", &dev, json!({})).await;
     let other = h.create_sandbox("alpha", &dev, json!({})).await;
-    let (code, out, err) = h.sh("alpha", &s, &dev, "stat -c '%a %u' /run/bulkhead/token && cat /run/bulkhead/token").await;
+    let (code, out, err) =
+        h.sh("alpha", &s, &dev, "stat -c '%a %u' /run/bulkhead/token && cat /run/bulkhead/token").await;
     assert_eq!(code, 0, "{err}");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("400 0"), "the token is the sandbox root's alone");
@@ -287,7 +286,10 @@ async fn a_sandbox_acts_with_its_workload_token_and_only_what_policies_grant() {
     let r = get_as(&h, &format!("/v1/namespaces/alpha/sandboxes/{s}"), &token).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["creator"].as_str().unwrap().split(':').next(), Some("key"));
-    assert_eq!(get_as(&h, &format!("/v1/namespaces/alpha/sandboxes/{other}"), &token).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        get_as(&h, &format!("/v1/namespaces/alpha/sandboxes/{other}"), &token).await.status,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(get_as(&h, "/v1/namespaces/alpha/keys", &token).await.status, StatusCode::FORBIDDEN);
     assert_eq!(get_as(&h, "/v1/namespaces/alpha/sandboxes", &token).await.status, StatusCode::FORBIDDEN);
     assert_eq!(exec_as(&h, "alpha", &s, &token, &["true"]).await.status, StatusCode::FORBIDDEN);
@@ -339,13 +341,16 @@ async fn secret_values_reach_only_allowed_sandboxes_and_nothing_else() {
     let value = format!("s3cret-{}", bulkhead_core::ids::new_id("v"));
     let mut answers = Vec::new();
 
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&dev), json!({"name": "db", "value": value})).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&dev), json!({"name": "db", "value": value})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "a developer does not manage secrets");
     answers.push(r.raw);
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&owner), json!({"name": "db", "value": "old"})).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&owner), json!({"name": "db", "value": "old"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     answers.push(r.raw);
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&owner), json!({"name": "db", "value": value})).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&owner), json!({"name": "db", "value": value})).await;
     assert_eq!(r.status, StatusCode::OK, "replaced: {}", r.body);
     answers.push(r.raw);
     let r = h.call(Method::GET, "/v1/namespaces/alpha/secrets", Some(&dev), Value::Null).await;

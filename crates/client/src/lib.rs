@@ -4,9 +4,10 @@
 //! not parse is an error, never a panic.
 
 use bulkhead_api::{
-    AuditRecord, AuditVerification, CreateFilesystem, CreateKey, CreateNamespace, CreateProject, CreateSandbox,
-    CreatedKey, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileEntry, Filesystem, Key, Namespace, Page, Project,
-    ResizeFilesystem, Sandbox, UpdateNamespace,
+    AuditRecord, AuditVerification, CreateFilesystem, CreateKey, CreateNamespace, CreatePolicy, CreateProject,
+    CreateSandbox, CreateSecret, CreatedKey, ErrorBody, ExecEvent, ExecRequest, ExecResult, ExplainRequest,
+    ExplainResult, FileEntry, Filesystem, IdentityConfig, Key, Namespace, Page, Policy, Project, ResizeFilesystem,
+    Sandbox, Secret, UpdateNamespace,
 };
 use reqwest::header::{ACCEPT, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -427,6 +428,77 @@ impl Client {
             data.extend_from_slice(&chunk);
         }
         Ok(data)
+    }
+}
+
+/// What setting a secret did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretSet {
+    #[serde(flatten)]
+    pub secret: Secret,
+    /// `true` when the secret is new (HTTP 201), `false` when its value was replaced (HTTP 200).
+    pub created: bool,
+}
+
+/// Single sign-on, policies and secrets of a namespace.
+impl Client {
+    /// The namespace's single sign-on settings; `oidc` is `None` when it has none.
+    pub async fn get_identity(&self, ns: &str) -> Result<IdentityConfig> {
+        self.send(self.request(Method::GET, &format!("/v1/namespaces/{}/identity", seg(ns)))).await
+    }
+
+    /// Replaces the namespace's single sign-on settings; `oidc: None` turns single sign-on off.
+    pub async fn set_identity(&self, ns: &str, req: &IdentityConfig) -> Result<IdentityConfig> {
+        self.send(self.request(Method::PUT, &format!("/v1/namespaces/{}/identity", seg(ns))).json(req)).await
+    }
+
+    /// Adds a Cedar policy; the server refuses one that does not parse or match the schema.
+    pub async fn create_policy(&self, ns: &str, req: &CreatePolicy) -> Result<Policy> {
+        self.send(self.request(Method::POST, &format!("/v1/namespaces/{}/policies", seg(ns))).json(req)).await
+    }
+
+    pub async fn list_policies(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Policy>> {
+        let path = format!("/v1/namespaces/{}/policies", seg(ns));
+        self.send(self.request(Method::GET, &path).query(&PageQuery { limit, cursor })).await
+    }
+
+    pub async fn delete_policy(&self, ns: &str, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/namespaces/{}/policies/{}", seg(ns), seg(id)))).await
+    }
+
+    /// How the namespace's policies would decide a request, without making it.
+    pub async fn explain(&self, ns: &str, req: &ExplainRequest) -> Result<ExplainResult> {
+        self.send(self.request(Method::POST, &format!("/v1/namespaces/{}/authz/explain", seg(ns))).json(req)).await
+    }
+
+    /// Bulkhead's Cedar schema, in Cedar's schema syntax.
+    pub async fn policy_schema(&self) -> Result<String> {
+        let response = self.send_raw(self.request(Method::GET, "/v1/policy-schema")).await?;
+        let status = response.status().as_u16();
+        let bytes = self.read_bounded(response).await?;
+        String::from_utf8(bytes)
+            .map_err(|_| ClientError::Unexpected { status, detail: "the schema is not UTF-8 text".into() })
+    }
+
+    /// Creates a secret, or replaces the value of the one of that name.
+    pub async fn set_secret(&self, ns: &str, req: &CreateSecret) -> Result<SecretSet> {
+        let builder = self.request(Method::POST, &format!("/v1/namespaces/{}/secrets", seg(ns))).json(req);
+        let response = self.send_raw(builder).await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(self.transport())?;
+        let secret = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Unexpected { status: status.as_u16(), detail: e.to_string() })?;
+        Ok(SecretSet { secret, created: status == StatusCode::CREATED })
+    }
+
+    /// A page of the namespace's secrets: names and times, never values.
+    pub async fn list_secrets(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Secret>> {
+        let path = format!("/v1/namespaces/{}/secrets", seg(ns));
+        self.send(self.request(Method::GET, &path).query(&PageQuery { limit, cursor })).await
+    }
+
+    pub async fn delete_secret(&self, ns: &str, name: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &format!("/v1/namespaces/{}/secrets/{}", seg(ns), seg(name)))).await
     }
 }
 

@@ -159,8 +159,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     let runtime: Arc<dyn Runtime> = Arc::new(runtime);
     let storage = Storage::new(&dir, &config.runtime.state_dir)?;
     mount_filesystems(store.as_ref(), &storage).await?;
-    let identity = crate::identity::Identity::new(master_key(&dir)?, config.oidc.clone())
-        .map_err(BootstrapError::Identity)?;
+    let identity = crate::identity::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;

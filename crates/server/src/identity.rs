@@ -120,7 +120,11 @@ pub async fn policies(state: &AppState, namespace: &str) -> ApiResult<CompiledSe
         state.identity.builtin.clone()
     } else {
         let custom: Vec<(String, String)> = rows.into_iter().map(|p| (p.id, p.text)).collect();
-        state.identity.engine.compile(&custom).map_err(|e| ApiError::Internal(format!("policies of {namespace}: {e}")))?
+        state
+            .identity
+            .engine
+            .compile(&custom)
+            .map_err(|e| ApiError::Internal(format!("policies of {namespace}: {e}")))?
     };
     state.identity.policies.put(namespace, set.clone());
     Ok(set)
@@ -130,7 +134,9 @@ pub async fn policies(state: &AppState, namespace: &str) -> ApiResult<CompiledSe
 pub async fn identity_config(state: &AppState, namespace: &str) -> ApiResult<IdentityConfig> {
     match state.store.get_identity(namespace).await? {
         None => Ok(IdentityConfig::default()),
-        Some(text) => serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("identity of {namespace}: {e}"))),
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("identity of {namespace}: {e}")))
+        }
     }
 }
 
@@ -148,7 +154,7 @@ async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<Namespa
         None => None,
         Some(config) => {
             let settings = oidc_settings(&config).map_err(ApiError::Internal)?;
-            let provider = Provider::new(settings, state.identity.http.clone(), state.identity.provider_options.clone());
+            let provider = Provider::new(settings, state.identity.http.clone(), state.identity.provider_options);
             Some(NamespaceIdentity { config, provider })
         }
     };
@@ -189,7 +195,13 @@ pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -
             claims.sub
         )));
     };
-    Ok(Principal::User { sub: claims.sub, namespace: namespace.to_owned(), role, email: claims.email, groups: claims.groups })
+    Ok(Principal::User {
+        sub: claims.sub,
+        namespace: namespace.to_owned(),
+        role,
+        email: claims.email,
+        groups: claims.groups,
+    })
 }
 
 /// The policy engine's view of a principal.
@@ -242,7 +254,8 @@ async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
 /// Seals a secret's value for storage.
 pub async fn seal_secret(state: &AppState, namespace: &str, name: &str, value: &[u8]) -> ApiResult<Vec<u8>> {
     let key = data_key(state, namespace).await?;
-    key.seal(value, &sealed::secret_aad(namespace, name)).map_err(|e| ApiError::Internal(format!("sealing a secret: {e}")))
+    key.seal(value, &sealed::secret_aad(namespace, name))
+        .map_err(|e| ApiError::Internal(format!("sealing a secret: {e}")))
 }
 
 /// Opens a stored secret's value.

@@ -13,8 +13,8 @@ pub mod bootstrap;
 pub mod convert;
 pub mod error;
 pub mod extract;
-pub mod identity;
 pub mod idempotency;
+pub mod identity;
 pub mod logs;
 pub mod metering;
 pub mod metrics;
@@ -55,7 +55,9 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
-    use routes::{audit, filesystems, fsdata, health, identity, keys, logs, namespaces, projects, sandboxes, secrets, usage};
+    use routes::{
+        audit, filesystems, fsdata, health, identity, keys, logs, namespaces, projects, sandboxes, secrets, usage,
+    };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))

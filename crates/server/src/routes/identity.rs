@@ -60,7 +60,12 @@ pub async fn set(
         ctx.audit_detail("issuer", oidc.issuer.as_str());
     }
     load_namespace(&ctx, &ns).await?;
-    let text = req.oidc.as_ref().map(|_| serde_json::to_string(&req)).transpose().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let text = req
+        .oidc
+        .as_ref()
+        .map(|_| serde_json::to_string(&req))
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     ctx.state.store.put_identity(&ns, text.as_deref(), now_ms()).await?;
     ctx.state.identity.forget_provider(&ns);
     Ok(Json(req))
@@ -208,7 +213,9 @@ pub async fn explain(
                 .oidc
                 .as_ref()
                 .and_then(|o| o.role_mappings.values().map(|r| crate::convert::role_in(*r)).min())
-                .ok_or_else(|| ApiError::Invalid("principal: the namespace has no single sign-on to map users to roles".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Invalid("principal: the namespace has no single sign-on to map users to roles".into())
+                })?;
             (PrincipalRef::User { sub, role, email: String::new(), groups: Vec::new() }, Some(role))
         }
     };
@@ -217,7 +224,10 @@ pub async fn explain(
             *project = f.project_id;
         }
     }
-    let d = ctx.policies().decide(&Request { principal: &principal, namespace: &ns, action, resource: &resource, target_role: None });
+    // The namespace's own set, whoever asks (the platform admin's requests use the built-ins).
+    let set = crate::identity::policies(&ctx.state, &ns).await?;
+    let d =
+        set.decide(&Request { principal: &principal, namespace: &ns, action, resource: &resource, target_role: None });
     Ok(Json(ExplainResult {
         decision: if d.allowed { "allow" } else { "deny" }.to_owned(),
         policies: d.policies,

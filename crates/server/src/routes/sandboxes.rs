@@ -7,12 +7,14 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret};
-use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
-use bulkhead_runtime::RunFile;
+use bulkhead_api::{
+    CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret,
+};
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::Action;
+use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
+use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
 use http_body_util::BodyExt;
@@ -199,13 +201,20 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
             target_role: None,
         });
         if !d.allowed {
-            let by = if d.policies.is_empty() { String::new() } else { format!(" (forbidden by {})", d.policies.join(", ")) };
+            let by = if d.policies.is_empty() {
+                String::new()
+            } else {
+                format!(" (forbidden by {})", d.policies.join(", "))
+            };
             ctx.audit_detail("denied_secret", s.name.as_str());
             return Err(ApiError::Forbidden(format!("sandbox {id} may not secret.read {}{by}", s.name)));
         }
-        let row = ctx.state.store.get_secret(&ns, &s.name).await?.ok_or_else(|| {
-            ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name))
-        })?;
+        let row = ctx
+            .state
+            .store
+            .get_secret(&ns, &s.name)
+            .await?
+            .ok_or_else(|| ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name)))?;
         let value = crate::identity::open_secret(&ctx.state, &ns, &s.name, &row.sealed).await?;
         match delivery {
             SecretDelivery::Env(var) => {

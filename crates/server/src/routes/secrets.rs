@@ -36,7 +36,12 @@ fn secret_out(s: &SecretRow) -> Secret {
     responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
-pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.authorize(Action::SecretCreate, Some(&ns), format!("namespace:{ns}"))?;
     let req: CreateSecret = json(&headers, &body)?;
     validate::name("name", &req.name)?;
