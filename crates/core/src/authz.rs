@@ -84,9 +84,10 @@ impl Principal {
     /// as if it did not exist.
     pub fn sees_project(&self, project: Option<&str>) -> bool {
         match self {
-            Principal::Admin | Principal::Key { projects: None, .. } | Principal::User { .. } | Principal::Sandbox { .. } => {
-                true
-            }
+            Principal::Admin
+            | Principal::Key { projects: None, .. }
+            | Principal::User { .. }
+            | Principal::Sandbox { .. } => true,
             Principal::Key { projects: Some(list), .. } => project.is_some_and(|p| list.iter().any(|x| x == p)),
         }
     }
@@ -95,9 +96,9 @@ impl Principal {
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Principal::Admin => None,
-            Principal::Key { namespace, .. } | Principal::User { namespace, .. } | Principal::Sandbox { namespace, .. } => {
-                Some(namespace)
-            }
+            Principal::Key { namespace, .. }
+            | Principal::User { namespace, .. }
+            | Principal::Sandbox { namespace, .. } => Some(namespace),
         }
     }
 }

@@ -50,9 +50,8 @@ impl Key {
         let cipher = Aes256Gcm::new_from_slice(&self.0).map_err(|_| SealError::KeyLength)?;
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).map_err(|e| SealError::Random(e.to_string()))?;
-        let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .map_err(|_| SealError::Open)?;
+        let ct =
+            cipher.encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad }).map_err(|_| SealError::Open)?;
         let mut out = Vec::with_capacity(NONCE_BYTES + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);

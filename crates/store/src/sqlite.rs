@@ -942,10 +942,12 @@ impl Store for SqliteStore {
     }
 
     async fn all_policies(&self, namespace: &str) -> Result<Vec<PolicyRow>> {
-        let rows = sqlx::query("SELECT id, namespace, name, text, created_at_ms FROM policies WHERE namespace = ? ORDER BY id")
-            .bind(namespace)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, namespace, name, text, created_at_ms FROM policies WHERE namespace = ? ORDER BY id",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(policy_row).collect()
     }
 
@@ -974,11 +976,12 @@ impl Store for SqliteStore {
 
     async fn data_key(&self, namespace: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
         let _w = self.write.lock().await;
-        let r = sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING")
-            .bind(namespace)
-            .bind(wrapped)
-            .execute(&self.pool)
-            .await;
+        let r =
+            sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(namespace)
+                .bind(wrapped)
+                .execute(&self.pool)
+                .await;
         if let Err(e) = r {
             if is_foreign_key_violation(&e) {
                 return Err(StoreError::NotFound(format!("namespace {namespace}")));
