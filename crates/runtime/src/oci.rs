@@ -361,7 +361,11 @@ impl OciRuntime {
         let mut cmd = Command::from(oci_command(&spec.oci_runtime));
         cmd.arg("--root")
             .arg(self.oci_root())
-            .args(["run", "--detach", "--preserve-fds", "1", "--pid-file"])
+            // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
+            // and every sandbox of a namespace has the same host id, so a keyring each would stop
+            // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
+            // keyctl, add_key and request_key).
+            .args(["run", "--detach", "--no-new-keyring", "--preserve-fds", "1", "--pid-file"])
             .arg(bundle.join("pid"))
             .arg("--bundle")
             .arg(&bundle)
