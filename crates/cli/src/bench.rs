@@ -186,7 +186,7 @@ pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> 
     };
     let result = bench(&args, &data, &settings).await;
     // Whatever happened, leave nothing behind.
-    let _ = bulkhead_runtime::oci::purge(&settings.state_dir, Path::new("/sys/fs/cgroup"), &settings.cgroup_prefix);
+    leave_nothing_behind(&settings).await;
     let _ = std::fs::remove_dir_all(&data);
     let report = result?;
     print(&report);
@@ -194,6 +194,29 @@ pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> 
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("\nfigures written to {}", args.out.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes every host resource of the bench's server (the server is gone by now). A sandbox
+/// that fought its teardown, such as a fork bomb on cgroup v1, can keep a cgroup busy for a
+/// while, so this tries a few times and says so when something stays.
+async fn leave_nothing_behind(settings: &RuntimeSettings) {
+    let cgroup_root = Path::new("/sys/fs/cgroup");
+    let mut last = None;
+    for _ in 0..10 {
+        match bulkhead_runtime::oci::purge(&settings.state_dir, cgroup_root, &settings.cgroup_prefix) {
+            Ok(()) => return,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some(e) = last {
+        eprintln!(
+            "warning: the bench could not remove all it made ({e}); see `bulkhead doctor --state-dir {} \
+             --cgroup-prefix {}`",
+            settings.state_dir.display(),
+            settings.cgroup_prefix
+        );
+    }
 }
 
 fn tempdir_path(name: &str) -> anyhow::Result<PathBuf> {

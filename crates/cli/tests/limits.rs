@@ -217,3 +217,45 @@ async fn namespace_delete_tears_down_its_sandboxes() {
             .unwrap();
     assert!(cgroups.existing().is_empty(), "cgroups left: {:?}", cgroups.existing());
 }
+
+#[tokio::test]
+async fn a_sandbox_deleted_in_the_middle_of_a_fork_bomb_is_gone_at_once() {
+    let h = Harness::new().await;
+    namespace_with(&h, "alpha", json!({"pids_per_sandbox": 256})).await;
+    let admin = h.admin.clone();
+    let id = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 64 << 20})).await;
+    // Python processes that fork for ever: the sandbox sits at its pids limit and under memory
+    // pressure, with new processes every instant.
+    let bomb = {
+        let app = h.app.clone();
+        let (admin, id) = (admin.clone(), id.clone());
+        tokio::spawn(async move {
+            let script = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+            let req = axum::http::Request::builder()
+                .method(Method::POST)
+                .uri(format!("/v1/namespaces/alpha/sandboxes/{id}/exec"))
+                .header("authorization", format!("Bearer {admin}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    json!({"cmd": ["python3", "-c", script], "timeout_seconds": 60}).to_string(),
+                ))
+                .unwrap();
+            tower::ServiceExt::oneshot(app, req).await.unwrap().status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let during = h.state.runtime.stats("alpha", &id).await.unwrap();
+    assert!(during.pids > 100, "the bomb did not take off: {during:?}");
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{id}"), Some(&admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // The bomb's exec ends (the sandbox is gone), never with a server error.
+    let status = tokio::time::timeout(Duration::from_secs(30), bomb).await.unwrap().unwrap();
+    assert!(!status.is_server_error(), "{status}");
+    assert!(h.state.runtime.stats("alpha", &id).await.is_err(), "its cgroup outlived it");
+    assert!(!h.runtime.state_dir.join("sandboxes").join(&id).exists(), "its bundle outlived it");
+    let left =
+        bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix)
+            .unwrap()
+            .sandboxes();
+    assert!(!left.iter().any(|(_, s)| *s == id), "{left:?}");
+}

@@ -172,6 +172,33 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Kills every process of a sandbox at once, however fast they fork: with `cgroup.kill`
+    /// where the kernel has it (v2), otherwise by freezing the cgroup (no process runs, so none
+    /// forks), sending SIGKILL to every member, and thawing it so the kills land.
+    pub fn kill_sandbox(&self, namespace: &str, id: &str) {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        match self.version {
+            Version::V2 => {
+                let dir = self.root.join(&rel);
+                if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                    return;
+                }
+                freeze_kill_thaw(&dir, &dir.join("cgroup.freeze"), "1", "0", |d| {
+                    fs::read_to_string(d.join("cgroup.events")).is_ok_and(|e| e.contains("frozen 1"))
+                });
+            }
+            Version::V1 => {
+                let freezer = self.root.join("freezer").join(&rel);
+                if !freezer.is_dir() {
+                    return;
+                }
+                freeze_kill_thaw(&freezer, &freezer.join("freezer.state"), "FROZEN", "THAWED", |d| {
+                    fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+                });
+            }
+        }
+    }
+
     /// Removes whatever is left of a sandbox's cgroups.
     pub fn remove_sandbox(&self, namespace: &str, id: &str) -> Result<()> {
         self.remove_tree(&Path::new(namespace).join(id))
@@ -292,6 +319,23 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
             collect_dirs(&e.path(), out);
         }
     }
+}
+
+/// Freezes the cgroup at `dir` through `control`, waits (briefly) until `frozen` says so, kills
+/// every member, and thaws it.
+fn freeze_kill_thaw(dir: &Path, control: &Path, freeze: &str, thaw: &str, frozen: impl Fn(&Path) -> bool) {
+    if fs::write(control, freeze).is_err() {
+        kill_members(dir);
+        return;
+    }
+    for _ in 0..200 {
+        if frozen(dir) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    kill_members(dir);
+    let _ = fs::write(control, thaw);
 }
 
 fn kill_members(dir: &Path) {

@@ -522,8 +522,13 @@ impl Runtime for OciRuntime {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
         Self::check_id(id)?;
         let runtime = self.runtime_of(id);
-        // Killing the sandbox's init ends its whole pid namespace at once; the OCI runtime's
-        // own forced delete would poll for that in 100 ms steps.
+        // Every process at once, even a fork bomb's, then the init: its death ends the pid
+        // namespace, where the OCI runtime's own forced delete would poll in 100 ms steps.
+        let cgroups = self.cgroups.clone();
+        let (ns, sbx) = (namespace.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || cgroups.kill_sandbox(&ns, &sbx))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
         kill_init(&self.bundle(id)).await;
         let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
         if !out.status.success() {

@@ -38,3 +38,8 @@ ALTER TABLE sandboxes ADD COLUMN creator TEXT NOT NULL DEFAULT '';
 ALTER TABLE sandboxes ADD COLUMN workload_token_hash TEXT;
 ALTER TABLE sandboxes ADD COLUMN secrets TEXT NOT NULL DEFAULT '[]';
 CREATE UNIQUE INDEX sandboxes_workload_token ON sandboxes (workload_token_hash) WHERE workload_token_hash IS NOT NULL;
+
+-- A namespace's live sandboxes, for admission and the usage shown on every namespace read,
+-- without walking every sandbox the namespace ever had.
+CREATE INDEX sandboxes_active_by_namespace ON sandboxes (namespace, cpu_millis, memory_bytes)
+    WHERE status IN ('creating', 'running');
