@@ -163,6 +163,21 @@ impl Cgroups {
     /// Removes `relative` (under the prefix) from every hierarchy, children first, killing any
     /// process still inside so that nothing can hold a cgroup alive.
     fn remove_tree(&self, relative: &Path) -> Result<()> {
+        // First stop every process below, all at once (a fork bomb outruns one kill at a time).
+        let base = match self.version {
+            Version::V2 => self.root.clone(),
+            Version::V1 => self.root.join("freezer"),
+        };
+        let top = base.join(&self.prefix).join(relative);
+        if top.is_dir() {
+            let mut dirs = Vec::new();
+            collect_dirs(&top, &mut dirs);
+            for dir in dirs.iter().rev() {
+                if fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty()) {
+                    self.kill_dir(dir);
+                }
+            }
+        }
         for h in self.hierarchies() {
             let dir = h.join(&self.prefix).join(relative);
             if dir.is_dir() {
@@ -177,22 +192,28 @@ impl Cgroups {
     /// forks), sending SIGKILL to every member, and thawing it so the kills land.
     pub fn kill_sandbox(&self, namespace: &str, id: &str) {
         let rel = Path::new(&self.prefix).join(namespace).join(id);
+        let dir = match self.version {
+            Version::V2 => self.root.join(&rel),
+            Version::V1 => self.root.join("freezer").join(&rel),
+        };
+        if dir.is_dir() {
+            self.kill_dir(&dir);
+        }
+    }
+
+    /// Kills every member of one cgroup (`dir` in the v2 tree or the v1 freezer hierarchy).
+    fn kill_dir(&self, dir: &Path) {
         match self.version {
             Version::V2 => {
-                let dir = self.root.join(&rel);
                 if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
                     return;
                 }
-                freeze_kill_thaw(&dir, &dir.join("cgroup.freeze"), "1", "0", |d| {
+                freeze_kill_thaw(dir, &dir.join("cgroup.freeze"), "1", "0", |d| {
                     fs::read_to_string(d.join("cgroup.events")).is_ok_and(|e| e.contains("frozen 1"))
                 });
             }
             Version::V1 => {
-                let freezer = self.root.join("freezer").join(&rel);
-                if !freezer.is_dir() {
-                    return;
-                }
-                freeze_kill_thaw(&freezer, &freezer.join("freezer.state"), "FROZEN", "THAWED", |d| {
+                freeze_kill_thaw(dir, &dir.join("freezer.state"), "FROZEN", "THAWED", |d| {
                     fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
                 });
             }
