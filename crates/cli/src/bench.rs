@@ -104,6 +104,30 @@ struct Report {
     density: Option<Density>,
     /// A quiet tenant's exec latency alone and beside a noisy one; absent when skipped.
     noisy_neighbour: Option<NoisyNeighbour>,
+    /// Authorization decisions per second with 100 custom policies, against Cedar alone.
+    policy: PolicyBench,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyBench {
+    custom_policies: usize,
+    decisions_per_s: f64,
+    cedar_alone_per_s: f64,
+    vs_cedar_alone: f64,
+}
+
+/// `sandbox.exec` decisions with 100 custom policies: the engine, then Cedar alone on the
+/// same set (the baseline).
+fn policy_bench() -> PolicyBench {
+    let n = 100;
+    let decisions_per_s = bulkhead_policy::bench_decisions(n, 200_000);
+    let cedar_alone_per_s = bulkhead_policy::bench_cedar_decisions(n, 2_000);
+    PolicyBench {
+        custom_policies: n,
+        decisions_per_s,
+        cedar_alone_per_s,
+        vs_cedar_alone: decisions_per_s / cedar_alone_per_s,
+    }
 }
 
 fn host() -> String {
@@ -152,7 +176,7 @@ fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::R
         let mut child = bulkhead_runtime::oci::oci_command(oci)
             .arg("--root")
             .arg(runtime.oci_state())
-            .args(["run", "--bundle"])
+            .args(["run", "--no-new-keyring", "--bundle"])
             .arg(&bundle)
             .arg(format!("raw{i}"))
             .stdin(Stdio::null())
@@ -459,6 +483,7 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         api_throughput,
         density,
         noisy_neighbour,
+        policy: policy_bench(),
     })
 }
 
@@ -512,6 +537,13 @@ fn print(r: &Report) {
     if let Some(n) = &r.noisy_neighbour {
         print_noisy(n);
     }
+    let p = &r.policy;
+    println!("\nauthorization: sandbox.exec with {} custom Cedar policies", p.custom_policies);
+    println!("{:<56} {:>12.0} decisions/s", "baseline: Cedar alone over the whole set", p.cedar_alone_per_s);
+    println!(
+        "{:<56} {:>12.0} decisions/s  {:.0}x",
+        "Bulkhead's policy engine (indexed)", p.decisions_per_s, p.vs_cedar_alone
+    );
 }
 
 fn print_api(a: &ApiThroughput) {

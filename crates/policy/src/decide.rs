@@ -215,7 +215,6 @@ impl Index {
         self.entries.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn policy_set(&self) -> PolicySet {
         PolicySet::from_policies(self.entries.iter().map(|e| e.policy.clone())).expect("ids are unique")
     }
@@ -351,8 +350,8 @@ impl CompiledSet {
         Ok(Decision { allowed, policies, errors })
     }
 
-    /// The same question asked of Cedar alone, with the whole set: what the fast path must equal.
-    #[cfg(test)]
+    /// The same question asked of Cedar alone, with the whole set: what the fast path must equal,
+    /// and the baseline of the benchmark.
     pub(crate) fn decide_with_cedar_only(&self, req: &Request<'_>) -> Decision {
         let run = || -> Result<Decision, String> {
             let inner = &*self.inner;

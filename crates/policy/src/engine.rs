@@ -323,6 +323,16 @@ impl CompiledSet {
 /// custom policies (a mix of permits and forbids on specific sandboxes and filesystems), measured
 /// over `iters` decisions. For the CLI's bench.
 pub fn bench_decisions(n_policies: usize, iters: usize) -> f64 {
+    bench(n_policies, iters, false)
+}
+
+/// The same decisions made by Cedar alone over the whole set, without the engine's index: the
+/// baseline of [`bench_decisions`].
+pub fn bench_cedar_decisions(n_policies: usize, iters: usize) -> f64 {
+    bench(n_policies, iters, true)
+}
+
+fn bench(n_policies: usize, iters: usize, cedar_only: bool) -> f64 {
     let engine = Engine::new();
     let set = engine.compile(&bench_policies(n_policies)).expect("the bench's policies are valid");
     let principal = PrincipalRef::Key { id: "key_bench".to_owned(), role: Role::Developer };
@@ -337,7 +347,11 @@ pub fn bench_decisions(n_policies: usize, iters: usize) -> f64 {
     assert!(set.decide(&req).allowed, "the bench's request is allowed");
     let start = Instant::now();
     for _ in 0..iters {
-        std::hint::black_box(set.decide(std::hint::black_box(&req)));
+        if cedar_only {
+            std::hint::black_box(set.decide_with_cedar_only(std::hint::black_box(&req)));
+        } else {
+            std::hint::black_box(set.decide(std::hint::black_box(&req)));
+        }
     }
     iters as f64 / start.elapsed().as_secs_f64()
 }

@@ -24,7 +24,9 @@ mod decide;
 mod engine;
 mod refs;
 
-pub use engine::{bench_decisions, CompiledSet, Decision, Engine, PolicyError, Request, MAX_POLICY_BYTES};
+pub use engine::{
+    bench_cedar_decisions, bench_decisions, CompiledSet, Decision, Engine, PolicyError, Request, MAX_POLICY_BYTES,
+};
 pub use refs::{parse_action, parse_principal, parse_resource, PrincipalName, PrincipalRef, RefError, ResourceRef};
 
 /// Bulkhead's Cedar schema, in Cedar's schema syntax. The server serves it so that tenants can
