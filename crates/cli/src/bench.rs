@@ -575,12 +575,16 @@ fn print_density(d: &Density) {
         "{:<52} {:>10.2} MiB  ± {:.2} (host drift)",
         "baseline: bare `sleep infinity` process, host memory", d.bare_process_mib, d.bare_drift_mib_per_process
     );
+    // A ratio means something only when both figures stand above the host's own drift.
+    let ratio =
+        if d.bare_process_mib > d.bare_drift_mib_per_process && d.host_mib_per_sandbox > d.host_drift_mib_per_sandbox {
+            format!("{:.1}x bare", d.sandbox_vs_bare_process)
+        } else {
+            "(within the host's drift: no ratio)".to_owned()
+        };
     println!(
-        "{:<52} {:>10.2} MiB  ± {:.2} (host drift)  {:.1}x bare",
-        "idle sandbox, host memory (MemAvailable drop)",
-        d.host_mib_per_sandbox,
-        d.host_drift_mib_per_sandbox,
-        d.sandbox_vs_bare_process
+        "{:<52} {:>10.2} MiB  ± {:.2} (host drift)  {ratio}",
+        "idle sandbox, host memory (MemAvailable drop)", d.host_mib_per_sandbox, d.host_drift_mib_per_sandbox,
     );
     println!("{:<52} {:>10.2} MiB", "idle sandbox, charged to its cgroup (incl. page cache)", d.cgroup_mib_per_sandbox);
     println!(

@@ -325,7 +325,7 @@ async fn density_in(
         supervisor_rss_mib_per_sandbox: per(supervisors),
         bare_process_mib: bare.mib,
         bare_drift_mib_per_process: bare.drift_mib,
-        sandbox_vs_bare_process: host.mib / bare.mib,
+        sandbox_vs_bare_process: if bare.mib > 0.0 { host.mib / bare.mib } else { f64::NAN },
         projected_gib_per_1000: host.mib * 1000.0 / 1024.0,
     })
 }
