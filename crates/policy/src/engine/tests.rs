@@ -433,41 +433,6 @@ fn the_bench_policies_are_valid() {
     assert!(ask(&set, &dev, "sandbox.exec", &ResourceRef::Sandbox("sbx_target".into()), None).allowed);
 }
 
-/// `cargo test -p bulkhead-policy --release -- --ignored --nocapture`
-#[test]
-#[ignore = "a benchmark; run in release mode"]
-fn bench() {
-    for n in [0, 100, 1000] {
-        let rate = bench_decisions(n, 200_000);
-        println!("sandbox.exec, {n} custom policies: {rate:.0} decisions/s ({:.2} us each)", 1e6 / rate);
-    }
-    // A request that needs Cedar: a policy with a condition is in scope (builtin.secret-values).
-    let set = Engine::new().compile(&bench_policies(100)).expect("valid");
-    let principal = sandbox("sbx_1");
-    let resource = ResourceRef::Secret("db".into());
-    let req = Request {
-        principal: &principal,
-        namespace: "acme",
-        action: "secret.read",
-        resource: &resource,
-        target_role: None,
-    };
-    assert!(set.decide(&req).allowed);
-    let iters = 20_000;
-    let start = Instant::now();
-    for _ in 0..iters {
-        std::hint::black_box(set.decide(std::hint::black_box(&req)));
-    }
-    let rate = iters as f64 / start.elapsed().as_secs_f64();
-    println!("secret.read (a condition in scope: Cedar evaluates it), 100 custom policies: {rate:.0} decisions/s ({:.2} us each)", 1e6 / rate);
-    let start = Instant::now();
-    for _ in 0..iters / 10 {
-        std::hint::black_box(set.decide_with_cedar_only(std::hint::black_box(&req)));
-    }
-    let rate = (iters / 10) as f64 / start.elapsed().as_secs_f64();
-    println!("the same with Cedar alone on the whole set: {rate:.0} decisions/s ({:.2} us each)", 1e6 / rate);
-}
-
 /// The fast path (native scopes, Cedar only for conditions) answers exactly as Cedar does with
 /// the whole set, over every action and a spread of principals, resources and custom policies.
 #[test]
