@@ -142,7 +142,7 @@ async fn a_live_tail_delivers_new_output_of_its_namespace_only() {
     let h = Harness::new().await;
     h.create_namespace("alpha").await;
     h.create_namespace("bravo").await;
-    let (_, a_viewer) = h.create_key("alpha", "look", "viewer").await;
+    let (viewer_id, a_viewer) = h.create_key("alpha", "look", "viewer").await;
     let a = h.create_sandbox("alpha", &h.admin, json!({})).await;
     let b = h.create_sandbox("bravo", &h.admin, json!({})).await;
     h.sh("alpha", &a, &h.admin, "echo before-the-tail").await;
@@ -168,6 +168,20 @@ async fn a_live_tail_delivers_new_output_of_its_namespace_only() {
     assert_eq!(data, vec!["live-one\n", "live-two\n"], "{got:?}");
     let seqs: Vec<u64> = first.iter().chain(got.iter()).map(|v| v["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Revoking the key ends its open tail.
+    let r =
+        h.call(Method::DELETE, &format!("/v1/namespaces/alpha/keys/{viewer_id}"), Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map(|f| f.into_data()) {
+                let text = String::from_utf8_lossy(&data.unwrap_or_default()).into_owned();
+                assert!(!text.contains("data: "), "a revoked key's tail got a record: {text}");
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tail outlived its key by 20 s");
     drop(body);
     for ns in ["alpha", "bravo"] {
         let r = h.call(Method::DELETE, &format!("/v1/namespaces/{ns}"), Some(&h.admin), Value::Null).await;

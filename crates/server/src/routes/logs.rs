@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::{ErrorBody, LogPage};
 use bulkhead_core::ids::{is_id, prefix};
-use bulkhead_core::Action;
+use bulkhead_core::{Action, Principal};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -104,14 +104,28 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
         backlog = entries;
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
+    let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
     let stream = async_stream(move |tx| async move {
         for e in &backlog {
             if tx.send(event(e)).await.is_err() {
                 return;
             }
         }
+        // A tail ends when its key is revoked or expires, its sandbox ends, or its namespace
+        // goes: checked every few seconds.
+        let mut recheck = tokio::time::interval(Duration::from_secs(5));
+        recheck.tick().await;
         loop {
-            match live.recv().await {
+            let received = tokio::select! {
+                r = live.recv() => r,
+                _ = recheck.tick() => {
+                    if !still_valid(&state, &principal, &ns).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            match received {
                 Ok(record) => {
                     if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
                         continue;
@@ -132,6 +146,23 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// Whether the principal that opened a tail may still read the namespace's logs.
+async fn still_valid(state: &crate::state::AppState, principal: &Principal, ns: &str) -> bool {
+    let now = crate::state::now_ms();
+    let found = match principal {
+        Principal::Admin => true,
+        Principal::Key { id, .. } => {
+            matches!(state.store.get_key(ns, id).await, Ok(Some(k)) if k.expires_at_ms.is_none_or(|t| t > now))
+        }
+        Principal::Sandbox { id, .. } => {
+            matches!(state.store.get_sandbox(ns, id).await, Ok(Some(s)) if s.status.is_active() && s.expires_at_ms > now)
+        }
+        // A user's token is not kept; the namespace's existence is what can be checked.
+        Principal::User { .. } => true,
+    };
+    found && matches!(state.store.get_namespace(ns).await, Ok(Some(_)))
 }
 
 /// A stream fed by a task: the task ends when the client goes away (its sends fail).
