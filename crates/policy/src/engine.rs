@@ -136,6 +136,13 @@ impl Default for Engine {
 impl Engine {
     /// Parses the schema and the built-in policies. They are part of the crate and checked by its
     /// tests, so a failure here is a bug and panics.
+    /// The process's engine, built once (parsing the schema and the built-in policies is the
+    /// expensive part); clones share it.
+    pub fn shared() -> Self {
+        static ENGINE: std::sync::OnceLock<Engine> = std::sync::OnceLock::new();
+        ENGINE.get_or_init(Engine::new).clone()
+    }
+
     pub fn new() -> Self {
         let (schema, _warnings) =
             Schema::from_cedarschema_str(SCHEMA).expect("Bulkhead's schema is valid (checked by the tests)");

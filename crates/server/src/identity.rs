@@ -66,15 +66,16 @@ pub struct Identity {
     providers: TtlMap<Option<NamespaceIdentity>>,
     data_keys: TtlMap<Key>,
     master: Key,
-    http: reqwest::Client,
+    /// Made on first use: most servers never talk to an identity provider.
+    http: std::sync::OnceLock<reqwest::Client>,
     pub provider_options: ProviderOptions,
 }
 
 impl Identity {
     pub fn new(master: Key, provider_options: ProviderOptions) -> Result<Identity, String> {
-        let engine = Engine::new();
+        let engine = Engine::shared();
         let builtin = engine.builtin();
-        let http = bulkhead_oidc::http_client().map_err(|e| format!("the OIDC http client: {e}"))?;
+        let http = std::sync::OnceLock::new();
         Ok(Identity {
             engine,
             builtin,
@@ -154,7 +155,15 @@ async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<Namespa
         None => None,
         Some(config) => {
             let settings = oidc_settings(&config).map_err(ApiError::Internal)?;
-            let provider = Provider::new(settings, state.identity.http.clone(), state.identity.provider_options);
+            let http = match state.identity.http.get() {
+                Some(c) => c.clone(),
+                None => {
+                    let c = bulkhead_oidc::http_client()
+                        .map_err(|e| ApiError::Internal(format!("the OIDC http client: {e}")))?;
+                    state.identity.http.get_or_init(|| c).clone()
+                }
+            };
+            let provider = Provider::new(settings, http, state.identity.provider_options);
             Some(NamespaceIdentity { config, provider })
         }
     };
