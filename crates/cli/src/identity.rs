@@ -220,18 +220,27 @@ fn first_line(text: &str) -> String {
     }
 }
 
-/// Every policy of a namespace, all pages.
-async fn all_policies(c: &Client, ns: &str) -> anyhow::Result<Vec<Policy>> {
+/// Every item of a paginated list, fetching pages of 1,000 until the last.
+async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::ClientError>>,
+{
     let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
+    let mut cursor = None;
     loop {
-        let page = c.list_policies(ns, Some(1000), cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.next_cursor {
+        let p = page(cursor.take()).await?;
+        all.extend(p.items);
+        match p.next_cursor {
             Some(next) => cursor = Some(next),
             None => return Ok(all),
         }
     }
+}
+
+/// Every policy of a namespace.
+async fn all_policies(c: &Client, ns: &str) -> anyhow::Result<Vec<Policy>> {
+    all_pages(|cursor| async move { c.list_policies(ns, Some(1000), cursor.as_deref()).await }).await
 }
 
 pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode> {
@@ -359,18 +368,9 @@ fn secret_value(from_file: Option<&Path>) -> anyhow::Result<String> {
         .map_err(|_| anyhow!("the value from {} is not UTF-8 text, which is all a secret holds", from()))
 }
 
-/// Every secret of a namespace, all pages.
+/// Every secret of a namespace.
 async fn all_secrets(c: &Client, ns: &str) -> anyhow::Result<Vec<Secret>> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = c.list_secrets(ns, Some(1000), cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
+    all_pages(|cursor| async move { c.list_secrets(ns, Some(1000), cursor.as_deref()).await }).await
 }
 
 pub async fn secret(cmd: SecretCmd, global: &Global) -> anyhow::Result<ExitCode> {

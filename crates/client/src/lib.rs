@@ -223,22 +223,8 @@ impl Client {
     /// The bytes of a file inside a sandbox.
     pub async fn read_file(&self, ns: &str, id: &str, path: &str) -> Result<Vec<u8>> {
         let builder = self.request(Method::GET, &sandbox_path(ns, id, "/files")).query(&[("path", path)]);
-        let mut response = self.send_raw(builder).await?;
-        let status = response.status().as_u16();
-        let too_large =
-            || ClientError::Unexpected { status, detail: format!("the file is over {MAX_FILE_BYTES} bytes") };
-        let announced = response.content_length().unwrap_or(0);
-        if announced > MAX_FILE_BYTES as u64 {
-            return Err(too_large());
-        }
-        let mut data = Vec::with_capacity(announced as usize);
-        while let Some(chunk) = response.chunk().await.map_err(self.transport())? {
-            if data.len() + chunk.len() > MAX_FILE_BYTES {
-                return Err(too_large());
-            }
-            data.extend_from_slice(&chunk);
-        }
-        Ok(data)
+        let response = self.send_raw(builder).await?;
+        self.read_bounded(response).await
     }
 
     /// Writes a file inside a sandbox, replacing it atomically; parent directories are created.
