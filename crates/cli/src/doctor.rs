@@ -153,7 +153,14 @@ fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
     let state = std::fs::canonicalize(&args.state_dir).unwrap_or_else(|_| args.state_dir.clone());
     let state_name = state.display().to_string();
     let mut found = cgroups(&args.cgroup_prefix);
-    let mounts = host::mounts(&state_name).into_iter().filter(|m| mentions_dir(&m.name, &state_name));
+    // The view every sandbox's mounts come from is the server's standing configuration, like
+    // its prefix cgroup.
+    let view = format!(" on {}", state.join(bulkhead_runtime::oci::VIEW_DIR).display());
+    let (views, mounts): (Vec<_>, Vec<_>) = host::mounts(&state_name)
+        .into_iter()
+        .filter(|m| mentions_dir(&m.name, &state_name))
+        .partition(|m| m.name.ends_with(&view));
+    found.extend(views.into_iter().map(|r| Found { kind: r.kind, name: r.name, level: Level::Top, busy: false }));
     let sandbox_level = host::dir_entries(&state.join("sandboxes"), "bundle")
         .into_iter()
         .chain(host::dir_entries(&state.join("runc"), "oci-state"))

@@ -274,3 +274,32 @@ async fn other_tenants_are_invisible_in_proc_and_sys() {
     assert!(lines[0].parse::<u32>().unwrap() >= 1 && lines[1].parse::<u32>().unwrap() >= 1, "{out}");
     assert_eq!(lines[2..4], ["1", "1"], "{out}");
 }
+
+/// The allow-listed profile and the trimmed `/proc` and `/sys` still run what agents run: a C
+/// compiler and the program it builds, git, node, python with threads, processes and a pipe
+/// of shell tools, pip, and the sandbox's own cgroup limits are readable.
+#[tokio::test]
+async fn ordinary_programs_run_under_the_kernel_surface() {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    let admin = h.admin.clone();
+    let sbx = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 256 << 20})).await;
+    let script = r#"set -e
+cd /tmp
+printf '#include <stdio.h>\n#include <pthread.h>\nvoid *f(void *a){return a;}\nint main(void){pthread_t t; pthread_create(&t,0,f,0); pthread_join(t,0); puts("c-ok"); return 0;}\n' > hello.c
+gcc -O1 -pthread -o hello hello.c && ./hello
+git init -q repo && cd repo && git config user.email a@b && git config user.name a
+echo x > f && git add f && git commit -qm one && git log --oneline | wc -l && cd ..
+node -e 'const w = require("worker_threads"); const t = new w.Worker("process.exit(0)", {eval: true}); t.on("exit", () => console.log("node-ok", require("os").cpus().length > 0))'
+python3 -c 'import concurrent.futures as f, multiprocessing as m, subprocess as s
+with f.ThreadPoolExecutor(4) as e: assert sum(e.map(abs, [-1, -2])) == 3
+with m.Pool(2) as p: assert p.map(abs, [-3]) == [3]
+print(s.run(["sh", "-c", "echo py-ok | tr a-z A-Z"], capture_output=True, text=True).stdout.strip())'
+python3 -m pip --version | cut -d' ' -f1
+cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max
+"#;
+    let (code, out, err) = h.sh("alpha", &sbx, &admin, script).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["c-ok", "1", "node-ok true", "PY-OK", "pip", &(256u64 << 20).to_string()], "{err}");
+}

@@ -3,8 +3,15 @@
 //!
 //! Host layout, under the state dir (default `/run/bulkhead`):
 //! `runc/` the OCI runtime's own state; `sandboxes/<id>/` the bundle: `config.json`,
-//! `rootfs/` (mount points only), `etc/` (the generated `/etc`), `control/supervisor.sock`
-//! (0700: the socket whose listening end only the sandbox's supervisor holds), `supervisor.log`.
+//! `control/supervisor.sock` (0700: the socket whose listening end only the sandbox's supervisor
+//! holds), `supervisor.log`; `view/`, a tmpfs of its own holding everything a sandbox sees of
+//! the host: `rootfs/` (mount points only), `etc/` (the generated `/etc`), `supervisor` (a copy
+//! of the binary), and `sandboxes/<id>/` (that sandbox's `hosts` and `/run` files).
+//!
+//! Why a tmpfs of its own: a bind mount shows in the sandbox's `/proc/self/mountinfo` as a
+//! path inside the filesystem it comes from. Bound from the view, those paths are `/rootfs`,
+//! `/etc`, `/sandboxes/<its own id>/hosts`: nothing of the state dir's location, the data dir,
+//! or any other sandbox.
 
 use std::fs;
 use std::io::Read;
@@ -51,6 +58,9 @@ pub struct OciRuntime {
     shared_etc: Vec<String>,
 }
 
+/// The tmpfs under the state dir that holds what sandboxes see (see the module's doc).
+pub const VIEW_DIR: &str = "view";
+
 fn is_sandbox_id(id: &str) -> bool {
     id.strip_prefix("sbx_")
         .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
@@ -66,9 +76,9 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
         .map_err(RuntimeError::io(format!("chmod {}", path.display())))
 }
 
-/// Writes the sandbox's `/run` files into `<bundle>/run/<dir>/`, owned by the sandbox's root
+/// Writes the sandbox's `/run` files into `<own>/run/<dir>/`, owned by the sandbox's root
 /// (mode 0400, directories 0500), and returns the directories to mount.
-fn write_run_files(bundle: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String)>> {
+fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String)>> {
     use std::io::Write;
     let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     let owner = Some(spec.ids.host_start);
@@ -77,7 +87,7 @@ fn write_run_files(bundle: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, St
         if !safe(&file.dir) || !safe(&file.name) {
             return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
         }
-        let dir = bundle.join("run").join(&file.dir);
+        let dir = own.join("run").join(&file.dir);
         if !dirs.iter().any(|(_, d)| *d == file.dir) {
             mkdir(&dir, 0o700)?;
             dirs.push((dir.clone(), file.dir.clone()));
@@ -192,6 +202,36 @@ fn check_host(config: &OciConfig) -> Result<()> {
     Ok(())
 }
 
+fn is_mount_point(path: &Path) -> bool {
+    let wanted = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(wanted.as_ref())))
+        .unwrap_or(false)
+}
+
+/// Mounts the view's tmpfs at `dir` unless it is mounted already (a restart keeps it, and the
+/// sandboxes that outlived the server keep using it).
+fn mount_view(dir: &Path) -> Result<()> {
+    mkdir(dir, 0o711)?;
+    if is_mount_point(dir) {
+        return Ok(());
+    }
+    // The source is shown to sandboxes as the mount source: a neutral word.
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0711,nosuid,nodev,size=25%", "tmpfs"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(RuntimeError::io(format!("mount the sandbox view at {}", dir.display())))?;
+    if !out.status.success() {
+        return Err(RuntimeError::Io {
+            what: format!("mount the sandbox view at {}", dir.display()),
+            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    }
+    Ok(())
+}
+
 impl OciRuntime {
     /// Checks the host and prepares the state dir.
     pub fn new(config: OciConfig) -> Result<OciRuntime> {
@@ -200,6 +240,7 @@ impl OciRuntime {
         mkdir(&config.state_dir, 0o711)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
+        mount_view(&config.state_dir.join(VIEW_DIR))?;
         let base = spec::base_entries(Path::new("/"));
         let shared_etc =
             spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
@@ -218,6 +259,15 @@ impl OciRuntime {
 
     fn bundle(&self, id: &str) -> PathBuf {
         self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    fn view(&self) -> PathBuf {
+        self.config.state_dir.join(VIEW_DIR)
+    }
+
+    /// The sandbox's own files in the view: its `hosts` and `/run` directories.
+    fn sandbox_view(&self, id: &str) -> PathBuf {
+        self.view().join("sandboxes").join(id)
     }
 
     fn socket(&self, id: &str) -> PathBuf {
@@ -265,15 +315,27 @@ impl OciRuntime {
         self.oci_root()
     }
 
-    /// The root filesystem and `/etc` every sandbox shares, made once per server: mount points
-    /// and symlinks, and the generated files. Read-only inside every sandbox.
+    /// The root filesystem, `/etc` and the supervisor every sandbox shares, made once per
+    /// server in the view: mount points and symlinks, the generated files, a copy of the
+    /// supervisor. Read-only inside every sandbox.
     fn prepare_base(&self) -> Result<()> {
-        let base = self.config.state_dir.join("base");
+        let base = self.view();
+        mkdir(&base.join("sandboxes"), 0o711)?;
         let rootfs = base.join("rootfs");
         mkdir(&rootfs, 0o755)?;
         for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
         }
+        // `/sys` is not the kernel's sysfs but these mount points (see `spec::SYS_BINDS`).
+        for inside in spec::SYS_BINDS.iter().map(|(_, inside)| *inside).chain([spec::CGROUP_PATH]) {
+            mkdir(&rootfs.join(inside.trim_start_matches('/')), 0o755)?;
+        }
+        let supervisor = base.join("supervisor");
+        let staged = base.join("supervisor.new");
+        fs::copy(&self.config.supervisor, &staged).map_err(RuntimeError::io("copy the supervisor"))?;
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o755))
+            .map_err(RuntimeError::io("chmod the supervisor"))?;
+        fs::rename(&staged, &supervisor).map_err(RuntimeError::io("install the supervisor"))?;
         for entry in &self.base {
             match entry {
                 BaseEntry::Bind(name) => mkdir(&rootfs.join(name), 0o755)?,
@@ -300,21 +362,24 @@ impl OciRuntime {
         Ok(())
     }
 
-    /// Writes the bundle of `spec`: its own `hosts`, its control directory and its spec.
+    /// Writes the bundle of `spec` (its control directory and its spec) and its files in the
+    /// view (its own `hosts` and `/run` files).
     fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
         let bundle = self.bundle(&spec.id);
         mkdir(&bundle, 0o711)?;
-        let hosts = bundle.join("hosts");
+        let own = self.sandbox_view(&spec.id);
+        mkdir(&own, 0o711)?;
+        let hosts = own.join("hosts");
         fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
-        let run_dirs = write_run_files(&bundle, spec)?;
-        let base = self.config.state_dir.join("base");
+        let run_dirs = write_run_files(&own, spec)?;
+        let base = self.view();
         let paths = SpecPaths {
             rootfs: base.join("rootfs"),
             etc: base.join("etc"),
             hosts,
-            supervisor: self.config.supervisor.clone(),
+            supervisor: base.join("supervisor"),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
             run_dirs,
@@ -459,9 +524,13 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     if let Ok(cgroups) = Cgroups::detect(cgroup_root, cgroup_prefix) {
         cgroups.remove_all()?;
     }
-    // Filesystems mounted under the state dir.
+    // Filesystems mounted under the state dir, and the view.
     for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
         let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();
+    }
+    let view = state_dir.join(VIEW_DIR);
+    if is_mount_point(&view) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&view).stderr(Stdio::null()).status();
     }
     match fs::remove_dir_all(state_dir) {
         Ok(()) => Ok(()),
@@ -544,6 +613,12 @@ impl Runtime for OciRuntime {
         tokio::task::spawn_blocking(move || cgroups.remove_sandbox(&ns, &sbx))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        let own = self.sandbox_view(id);
+        match fs::remove_dir_all(&own) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(RuntimeError::io(format!("remove {}", own.display()))(e)),
+        }
         let bundle = self.bundle(id);
         match fs::remove_dir_all(&bundle) {
             Ok(()) => Ok(()),

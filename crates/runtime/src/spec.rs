@@ -2,7 +2,14 @@
 //! OCI runtime. Every clause is here: a read-only root of the host's system directories and a
 //! generated `/etc`, a size-limited `/tmp`, new pid/mount/uts/ipc/net/cgroup/user namespaces,
 //! ids mapped onto the namespace's own host range, minimal capabilities, `no_new_privs`, the
-//! seccomp profile, the standard masked and read-only paths, and cgroup limits.
+//! seccomp profile, masked and read-only `/proc` paths, an allow-listed `/sys`, and cgroup
+//! limits.
+//!
+//! The rule for what a sandbox sees of the host kernel: nothing host-wide that names or
+//! measures anything outside the sandbox. So `/sys` is not the kernel's sysfs (whose block
+//! devices name every tenant's filesystem image and count its I/O) but a read-only directory
+//! with only [`SYS_BINDS`] and the sandbox's own cgroups; `/proc` hides [`MASKED`]; the host's
+//! `/usr/local` (the operator's own software and configuration) is an empty directory.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,23 +40,50 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64"
 /// (symlinks such as `awk -> mawk`) and the public CA certificates. Nothing secret.
 pub const SHARED_ETC: &[&str] = &["alternatives", "ssl/certs"];
 
-/// Paths masked with an empty file or directory: host information no sandbox needs.
-const MASKED: &[&str] = &[
+/// `/proc` paths masked with an empty file or directory: host information no sandbox needs.
+/// Besides the OCI runtimes' usual list: what names or measures other tenants' storage (block
+/// devices and their I/O, swap, ext4's per-device state, file locks with device numbers), the
+/// kernel's per-user key counts (which name other namespaces' host ids), the host's cgroup
+/// count (the number of sandboxes on the host), pressure stall figures, and per-device
+/// interrupt counts.
+pub const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
     "/proc/keys",
+    "/proc/key-users",
     "/proc/latency_stats",
     "/proc/timer_list",
     "/proc/timer_stats",
     "/proc/sched_debug",
     "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
+    "/proc/diskstats",
+    "/proc/partitions",
+    "/proc/swaps",
+    "/proc/fs",
+    "/proc/locks",
+    "/proc/cgroups",
+    "/proc/pressure",
+    "/proc/interrupts",
+    "/proc/softirqs",
+    "/proc/vmallocinfo",
+    "/proc/slabinfo",
 ];
 
-/// Paths mounted read-only.
-const READ_ONLY: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// `/proc` paths mounted read-only.
+pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// The parts of the host's sysfs a sandbox sees (host path, path inside), read-only: the CPUs
+/// (`nproc`, `os.cpu_count()` and thread pools read `/sys/devices/system/cpu/online`). Its own
+/// cgroups are mounted at `/sys/fs/cgroup`. Nothing else of sysfs is there.
+pub const SYS_BINDS: &[(&str, &str)] = &[("/sys/devices/system/cpu", "/sys/devices/system/cpu")];
+
+/// Where the sandbox's own cgroups appear.
+pub const CGROUP_PATH: &str = "/sys/fs/cgroup";
+
+/// The host's directory hidden under an empty read-only tmpfs: the operator's own software
+/// and configuration, which the base image's bind of `/usr` would otherwise show.
+pub const HIDDEN_USR_LOCAL: &str = "/usr/local";
 
 /// Capabilities of the sandbox's root, inside its user namespace only: what a package manager
 /// or a build needs to own and chmod files, and nothing that reaches the kernel or the network
@@ -142,7 +176,6 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         fs_mount("devpts", "/dev/pts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"])?,
         fs_mount("tmpfs", "/dev/shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         fs_mount("mqueue", "/dev/mqueue", &["nosuid", "noexec", "nodev"])?,
-        fs_mount("sysfs", "/sys", &["nosuid", "noexec", "nodev", "ro"])?,
         fs_mount("tmpfs", "/tmp", &["nosuid", "nodev", "mode=1777", &tmp_size])?,
         fs_mount("tmpfs", "/run", &["nosuid", "nodev", "noexec", "mode=755", "size=16m"])?,
         bind(&paths.etc, "/etc", true)?,
@@ -156,6 +189,17 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
             mounts.push(bind(&Path::new("/").join(name), &format!("/{name}"), true)?);
         }
     }
+    if base.iter().any(|e| matches!(e, BaseEntry::Bind(name) if name == "usr")) {
+        mounts.push(fs_mount("tmpfs", HIDDEN_USR_LOCAL, &["nosuid", "nodev", "noexec", "ro", "mode=755", "size=4k"])?);
+    }
+    for (host, inside) in SYS_BINDS {
+        let mut m = bind(Path::new(host), inside, true)?;
+        if let Some(options) = m.options().clone() {
+            m.set_options(Some(options.into_iter().chain(["noexec".to_owned()]).collect()));
+        }
+        mounts.push(m);
+    }
+    mounts.push(fs_mount("cgroup", CGROUP_PATH, &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
     mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
@@ -335,6 +379,14 @@ mod tests {
         for m in mounts {
             let dest = m["destination"].as_str().unwrap();
             assert!(!["/root", "/home", "/var"].contains(&dest), "{dest} must not be mounted");
+            assert_ne!(m["type"], "sysfs", "the kernel's sysfs names every tenant's block devices");
+        }
+        let local = mounts.iter().find(|m| m["destination"] == "/usr/local").unwrap();
+        assert_eq!(local["type"], "tmpfs");
+        assert!(local["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        for path in ["/proc/diskstats", "/proc/partitions", "/proc/swaps", "/proc/fs", "/proc/key-users"] {
+            assert!(masked.iter().any(|m| m == path), "{path} not masked");
         }
     }
 
