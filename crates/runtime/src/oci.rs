@@ -52,6 +52,9 @@ pub struct OciConfig {
 
 pub struct OciRuntime {
     config: OciConfig,
+    /// Whether the view is mounted and prepared. Held while a bundle is made and while the view
+    /// is detached, so that a detach never pulls the view from under a starting sandbox.
+    view_ready: std::sync::Mutex<bool>,
     cgroups: Cgroups,
     base: Vec<BaseEntry>,
     /// Which of `spec::SHARED_ETC` the host has.
@@ -240,12 +243,11 @@ impl OciRuntime {
         mkdir(&config.state_dir, 0o711)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
-        mount_view(&config.state_dir.join(VIEW_DIR))?;
         let base = spec::base_entries(Path::new("/"));
         let shared_etc =
             spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
-        let runtime = OciRuntime { config, cgroups, base, shared_etc };
-        runtime.prepare_base()?;
+        let runtime = OciRuntime { config, view_ready: std::sync::Mutex::new(false), cgroups, base, shared_etc };
+        runtime.ensure_view(&mut runtime.view_ready.lock().unwrap_or_else(|e| e.into_inner()))?;
         Ok(runtime)
     }
 
@@ -315,8 +317,35 @@ impl OciRuntime {
         self.oci_root()
     }
 
+    /// Mounts and prepares the view when it is not ready (at start, and after the last
+    /// namespace went).
+    fn ensure_view(&self, ready: &mut bool) -> Result<()> {
+        if !*ready {
+            mount_view(&self.view())?;
+            self.prepare_base()?;
+            *ready = true;
+        }
+        Ok(())
+    }
+
+    /// Detaches the view once no namespace and no sandbox is left, so that a server with
+    /// nothing to run leaves nothing mounted. Sandboxes still holding it (none, by then) would
+    /// keep it alive in their own mount namespaces.
+    fn release_view(&self) {
+        let mut ready = self.view_ready.lock().unwrap_or_else(|e| e.into_inner());
+        let bundles = fs::read_dir(self.config.state_dir.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
+        if !*ready || !self.cgroups.namespaces().is_empty() || bundles > 0 {
+            return;
+        }
+        let view = self.view();
+        match std::process::Command::new("umount").arg("-l").arg(&view).stderr(Stdio::null()).status() {
+            Ok(s) if s.success() => *ready = false,
+            _ => tracing::warn!(view = %view.display(), "could not detach the sandbox view"),
+        }
+    }
+
     /// The root filesystem, `/etc` and the supervisor every sandbox shares, made once per
-    /// server in the view: mount points and symlinks, the generated files, a copy of the
+    /// mount of the view: mount points and symlinks, the generated files, a copy of the
     /// supervisor. Read-only inside every sandbox.
     fn prepare_base(&self) -> Result<()> {
         let base = self.view();
@@ -366,7 +395,11 @@ impl OciRuntime {
     /// view (its own `hosts` and `/run` files).
     fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
         let bundle = self.bundle(&spec.id);
-        mkdir(&bundle, 0o711)?;
+        {
+            let mut ready = self.view_ready.lock().unwrap_or_else(|e| e.into_inner());
+            mkdir(&bundle, 0o711)?;
+            self.ensure_view(&mut ready)?;
+        }
         let own = self.sandbox_view(&spec.id);
         mkdir(&own, 0o711)?;
         let hosts = own.join("hosts");
@@ -554,7 +587,9 @@ impl Runtime for OciRuntime {
         let ns = namespace.to_owned();
         tokio::task::spawn_blocking(move || cgroups.remove_namespace(&ns))
             .await
-            .map_err(|e| RuntimeError::Protocol(e.to_string()))?
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        self.release_view();
+        Ok(())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
