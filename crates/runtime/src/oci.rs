@@ -11,7 +11,8 @@
 //! Why a tmpfs of its own: a bind mount shows in the sandbox's `/proc/self/mountinfo` as a
 //! path inside the filesystem it comes from. Bound from the view, those paths are `/rootfs`,
 //! `/etc`, `/sandboxes/<its own id>/hosts`: nothing of the state dir's location, the data dir,
-//! or any other sandbox.
+//! or any other sandbox. It is mounted with the first sandbox and detached when the last
+//! namespace goes.
 
 use std::fs;
 use std::io::Read;
@@ -246,8 +247,13 @@ impl OciRuntime {
         let base = spec::base_entries(Path::new("/"));
         let shared_etc =
             spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
-        let runtime = OciRuntime { config, view_ready: std::sync::Mutex::new(false), cgroups, base, shared_etc };
-        runtime.ensure_view(&mut runtime.view_ready.lock().unwrap_or_else(|e| e.into_inner()))?;
+        // The view is mounted with the first sandbox; one left by a previous run (whose sandboxes
+        // may still run) is adopted and refreshed.
+        let adopted = is_mount_point(&config.state_dir.join(VIEW_DIR));
+        let runtime = OciRuntime { config, view_ready: std::sync::Mutex::new(adopted), cgroups, base, shared_etc };
+        if adopted {
+            runtime.prepare_base()?;
+        }
         Ok(runtime)
     }
 
@@ -317,8 +323,8 @@ impl OciRuntime {
         self.oci_root()
     }
 
-    /// Mounts and prepares the view when it is not ready (at start, and after the last
-    /// namespace went).
+    /// Mounts and prepares the view when it is not ready (for the first sandbox, and the first
+    /// after the last namespace went).
     fn ensure_view(&self, ready: &mut bool) -> Result<()> {
         if !*ready {
             mount_view(&self.view())?;
