@@ -2,6 +2,12 @@
 //! a live tail as server-sent events (each event's `id` is the record's `seq`, its `data` the
 //! record as JSON). A tail with `after` or `since` first replays the retained records that
 //! match, then continues live without a gap or a duplicate.
+//!
+//! A sandbox's records are in the sandbox's scope: a filter naming a sandbox the principal may
+//! not see is a 404 like a missing one, and a key limited to projects never gets the records of
+//! a sandbox that mounts a filesystem outside them, in a page or a tail.
+
+use std::collections::HashMap;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -21,7 +27,7 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::logs::{Entry, Filter};
-use crate::state::parse_rfc3339;
+use crate::state::{parse_rfc3339, AppState};
 
 /// Which records.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -73,6 +79,10 @@ pub async fn get(
         return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
     let ns = load_namespace(&ctx, &ns).await?.name;
+    if let Some(id) = &filter.sandbox {
+        // The sandbox routes' door: a sandbox the principal may not see is not there.
+        super::sandboxes::load_sandbox(&ctx, &ns, id).await?;
+    }
     let tail = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -81,8 +91,16 @@ pub async fn get(
         return tail_response(ctx, ns, filter).await;
     }
     let (entries, more) = ctx.state.logs.query(&ns, &filter, limit as usize).await.map_err(internal)?;
+    // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
-    Ok(Json(LogPage { records: entries.iter().map(Entry::to_wire).collect(), next_after }).into_response())
+    let mut visible = Visible::new(ctx.principal.clone());
+    let mut records = Vec::with_capacity(entries.len());
+    for e in &entries {
+        if visible.sees(&ctx.state, &ns, &e.sandbox).await {
+            records.push(e.to_wire());
+        }
+    }
+    Ok(Json(LogPage { records, next_after }).into_response())
 }
 
 fn internal(e: std::io::Error) -> ApiError {
@@ -92,6 +110,42 @@ fn internal(e: std::io::Error) -> ApiError {
 fn event(entry: &Entry) -> Event {
     let data = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
     Event::default().id(entry.seq.to_string()).data(data)
+}
+
+/// Whose records a principal may read: every sandbox's, but for a key limited to projects, which
+/// reads only those of sandboxes that mount nothing or a filesystem of its projects. A
+/// sandbox's project never changes, so each is looked up once.
+struct Visible {
+    principal: Principal,
+    known: HashMap<String, bool>,
+}
+
+impl Visible {
+    /// Sandboxes remembered before the memory starts again.
+    const MAX_KNOWN: usize = 10_000;
+
+    fn new(principal: Principal) -> Visible {
+        Visible { principal, known: HashMap::new() }
+    }
+
+    async fn sees(&mut self, state: &AppState, ns: &str, sandbox: &str) -> bool {
+        if !self.principal.limited_to_projects() {
+            return true;
+        }
+        if let Some(v) = self.known.get(sandbox) {
+            return *v;
+        }
+        // A sandbox the store does not know (or cannot read now) is not shown.
+        let v = match state.store.get_sandbox(ns, sandbox).await {
+            Ok(Some(row)) => self.principal.sees_sandbox(row.filesystem.is_some(), row.project.as_deref()),
+            _ => false,
+        };
+        if self.known.len() >= Self::MAX_KNOWN {
+            self.known.clear();
+        }
+        self.known.insert(sandbox.to_owned(), v);
+        v
+    }
 }
 
 /// Retained records that match (when asked for), then live ones. The subscription starts before
@@ -105,8 +159,12 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
     let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
+    let mut visible = Visible::new(principal.clone());
     let stream = async_stream(move |tx| async move {
         for e in &backlog {
+            if !visible.sees(&state, &ns, &e.sandbox).await {
+                continue;
+            }
             if tx.send(event(e)).await.is_err() {
                 return;
             }
@@ -128,6 +186,10 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
             match received {
                 Ok(record) => {
                     if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
+                        continue;
+                    }
+                    if !visible.sees(&state, &ns, &record.entry.sandbox).await {
+                        last = record.entry.seq;
                         continue;
                     }
                     last = record.entry.seq;
