@@ -553,6 +553,16 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     }
     drop(body);
 
+    // Nor do the audit records of project B's sandbox, filesystem and project show.
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/audit?limit=1000", Some(&scoped), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let resources: Vec<&str> =
+        r.body["items"].as_array().unwrap().iter().map(|r| r["resource"].as_str().unwrap()).collect();
+    assert!(resources.contains(&format!("sandbox:{sa}").as_str()), "{resources:?}");
+    for hidden in [format!("sandbox:{sb}"), format!("filesystem:{fsb}"), format!("project:{pb}")] {
+        assert!(!resources.contains(&hidden.as_str()), "{hidden} leaked through the audit log: {resources:?}");
+    }
+
     // Nothing changed through it: it runs, and its file holds what it held.
     let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{sb}"), Some(&admin), Value::Null).await;
     assert_eq!(r.body["status"], "running", "{}", r.body);

@@ -7,8 +7,6 @@
 //! not see is a 404 like a missing one, and a key limited to projects never gets the records of
 //! a sandbox that mounts a filesystem outside them, in a page or a tail.
 
-use std::collections::HashMap;
-
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -23,11 +21,12 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::load_namespace;
+use super::scope::Visible;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::logs::{Entry, Filter};
-use crate::state::{parse_rfc3339, AppState};
+use crate::state::parse_rfc3339;
 
 /// Which records.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -96,7 +95,7 @@ pub async fn get(
     let mut visible = Visible::new(ctx.principal.clone());
     let mut records = Vec::with_capacity(entries.len());
     for e in &entries {
-        if visible.sees(&ctx.state, &ns, &e.sandbox).await {
+        if visible.sandbox(&ctx.state, &ns, &e.sandbox).await {
             records.push(e.to_wire());
         }
     }
@@ -110,42 +109,6 @@ fn internal(e: std::io::Error) -> ApiError {
 fn event(entry: &Entry) -> Event {
     let data = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
     Event::default().id(entry.seq.to_string()).data(data)
-}
-
-/// Whose records a principal may read: every sandbox's, but for a key limited to projects, which
-/// reads only those of sandboxes that mount nothing or a filesystem of its projects. A
-/// sandbox's project never changes, so each is looked up once.
-struct Visible {
-    principal: Principal,
-    known: HashMap<String, bool>,
-}
-
-impl Visible {
-    /// Sandboxes remembered before the memory starts again.
-    const MAX_KNOWN: usize = 10_000;
-
-    fn new(principal: Principal) -> Visible {
-        Visible { principal, known: HashMap::new() }
-    }
-
-    async fn sees(&mut self, state: &AppState, ns: &str, sandbox: &str) -> bool {
-        if !self.principal.limited_to_projects() {
-            return true;
-        }
-        if let Some(v) = self.known.get(sandbox) {
-            return *v;
-        }
-        // A sandbox the store does not know (or cannot read now) is not shown.
-        let v = match state.store.get_sandbox(ns, sandbox).await {
-            Ok(Some(row)) => self.principal.sees_sandbox(row.filesystem.is_some(), row.project.as_deref()),
-            _ => false,
-        };
-        if self.known.len() >= Self::MAX_KNOWN {
-            self.known.clear();
-        }
-        self.known.insert(sandbox.to_owned(), v);
-        v
-    }
 }
 
 /// Retained records that match (when asked for), then live ones. The subscription starts before
@@ -162,7 +125,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
     let mut visible = Visible::new(principal.clone());
     let stream = async_stream(move |tx| async move {
         for e in &backlog {
-            if !visible.sees(&state, &ns, &e.sandbox).await {
+            if !visible.sandbox(&state, &ns, &e.sandbox).await {
                 continue;
             }
             if tx.send(event(e)).await.is_err() {
@@ -188,7 +151,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
                     if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
                         continue;
                     }
-                    if !visible.sees(&state, &ns, &record.entry.sandbox).await {
+                    if !visible.sandbox(&state, &ns, &record.entry.sandbox).await {
                         last = record.entry.seq;
                         continue;
                     }
