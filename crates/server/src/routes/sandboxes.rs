@@ -128,6 +128,7 @@ fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
     request_body = CreateSandbox,
     responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
         (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,

@@ -37,7 +37,8 @@ fn secret_out(s: &SecretRow) -> Secret {
     request_body = CreateSecret,
     responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
