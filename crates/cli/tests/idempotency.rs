@@ -283,6 +283,30 @@ async fn request_ids_are_the_servers_and_a_clients_is_kept_beside_it() {
     let detail: Value = serde_json::from_str(records[1]["detail"].as_str().unwrap()).unwrap();
     assert!(detail.get("client_request_id").is_none(), "an over-long client id is not kept: {detail}");
     assert!(records.iter().all(|r| r["request_id"] != "victim-request-7"));
+
+    // A streamed exec's closing record too.
+    let sbx = h.create_sandbox("acme", &h.admin, json!({"memory_bytes": 64 << 20})).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/namespaces/acme/sandboxes/{sbx}/exec"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .header("x-request-id", "stream-client-1")
+        .body(Body::from(json!({"cmd": ["true"]}).to_string()))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(String::from_utf8_lossy(&r.raw).contains("\"exit\""), "{}", String::from_utf8_lossy(&r.raw));
+    let path = "/v1/namespaces/acme/audit?action=sandbox.exec.exit";
+    let r = h.call(Method::GET, path, Some(&h.admin), Value::Null).await;
+    let records = r.body["items"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{}", r.body);
+    assert_eq!(records[0]["request_id"], id.as_str());
+    let detail: Value = serde_json::from_str(records[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["client_request_id"], "stream-client-1", "{detail}");
+
     let r = h.call(Method::GET, "/v1/namespaces/acme/audit/verify", Some(&h.admin), Value::Null).await;
     assert_eq!(r.body["ok"], true, "{}", r.body);
 }

@@ -14,7 +14,7 @@ use bulkhead_core::{tenancy, Action, Decision, Principal, Tenancy};
 use bulkhead_policy::{CompiledSet, Request, ResourceRef};
 
 use crate::error::{ApiError, ApiResult};
-use crate::request::RequestId;
+use crate::request::{ClientRequestId, RequestId};
 use crate::state::{now_ms, AppState};
 
 /// What the audit middleware needs to know about a request, filled in as it is served.
@@ -46,7 +46,10 @@ impl AuditSlot {
 pub struct Ctx {
     pub state: AppState,
     pub principal: Principal,
+    /// The server-made request id.
     pub request_id: String,
+    /// The client's own `X-Request-Id`, when it sent an acceptable one.
+    pub client_request_id: Option<String>,
     slot: AuditSlot,
     /// The policies that decide for this principal: its namespace's, or the built-ins alone for
     /// the platform admin.
@@ -128,6 +131,7 @@ impl FromRequestParts<AppState> for Ctx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let client_request_id = parts.extensions.get::<ClientRequestId>().map(|r| r.0.clone());
         let principal = authenticate(state, bearer(parts)?, path_namespace(parts)).await?;
         slot.with(|info| {
             info.principal = Some(principal.clone());
@@ -140,7 +144,7 @@ impl FromRequestParts<AppState> for Ctx {
             None => state.identity.builtin().clone(),
             Some(ns) => crate::identity::policies(state, ns).await?,
         };
-        Ok(Ctx { state: state.clone(), principal, request_id, slot, policies })
+        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, policies })
     }
 }
 

@@ -459,9 +459,11 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
     let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
+    let client_request_id = ctx.client_request_id.clone();
     let body = futures_util::stream::unfold(Some(stream), move |state| {
         let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
+        let client_request_id = client_request_id.clone();
         async move {
             let mut stream = state?;
             let (event, done, exit) = match stream.next().await {
@@ -488,7 +490,11 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
                 None => (ExecEvent::Error { message: "the sandbox ended during the command".into() }, true, None),
             };
             if done {
-                let detail = serde_json::json!({ "exit_code": exit }).to_string();
+                let mut detail = serde_json::json!({ "exit_code": exit });
+                if let Some(c) = client_request_id {
+                    detail["client_request_id"] = c.into();
+                }
+                let detail = detail.to_string();
                 let event = AuditEvent {
                     time_ms: now_ms(),
                     principal,
