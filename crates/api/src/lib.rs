@@ -163,8 +163,12 @@ pub struct AuditRecord {
     /// `allow` or `deny`.
     pub decision: String,
     pub status: u16,
+    /// The server-made id of the request (`req_…`), as in the answer's `X-Request-Id` header
+    /// and its error envelope. Never chosen by the client.
     pub request_id: String,
-    /// Extra facts of the action as a JSON text, as hashed.
+    /// Extra facts of the action as a JSON text, as hashed. A client's own `X-Request-Id` (at
+    /// most 128 characters of `[A-Za-z0-9._:-]`) is kept here as `client_request_id`; an
+    /// `Idempotency-Key` as `idempotency_key`, and a replayed create has `idempotent_replay`.
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,

@@ -6,9 +6,14 @@
 
 mod common;
 
-use axum::http::{Method, StatusCode};
-use common::{assert_envelope, namespace_body, Harness};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::{assert_envelope, namespace_body, Harness, Reply};
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -376,4 +381,214 @@ async fn revocation_and_expiry_take_effect_on_the_next_request() {
         h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await.status,
         StatusCode::UNAUTHORIZED
     );
+}
+
+/// One request of the scope walk: a route that takes a sandbox id, on sandbox `id`, as `token`.
+/// Exec goes both buffered and streamed.
+fn sandbox_requests(method: &Method, template: &str, id: &str, token: &str) -> Vec<Request<Body>> {
+    let path = template.replace("{ns}", "alpha").replace("{id}", id);
+    let base = || Request::builder().method(method.clone()).header("authorization", format!("Bearer {token}"));
+    let json_body = |b: Value| Body::from(b.to_string());
+    match (method.as_str(), template) {
+        ("GET", "/v1/namespaces/{ns}/sandboxes/{id}") | ("DELETE", "/v1/namespaces/{ns}/sandboxes/{id}") => {
+            vec![base().uri(path).body(Body::empty()).unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/exec") => {
+            let cmd = json!({"cmd": ["sh", "-c", "cat /workspace/data.txt; echo touched > /workspace/data.txt"]});
+            vec![
+                base().uri(&path).header("content-type", "application/json").body(json_body(cmd.clone())).unwrap(),
+                base()
+                    .uri(&path)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/x-ndjson")
+                    .body(json_body(cmd))
+                    .unwrap(),
+            ]
+        }
+        ("GET", "/v1/namespaces/{ns}/sandboxes/{id}/files") => {
+            vec![base().uri(format!("{path}?path=/workspace/data.txt")).body(Body::empty()).unwrap()]
+        }
+        ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => {
+            vec![base().uri(format!("{path}?path=/workspace/data.txt")).body(Body::from("overwritten")).unwrap()]
+        }
+        _ => panic!("{method} {template} takes a sandbox id and has no request in the scope walk; add one"),
+    }
+}
+
+/// Every route of the OpenAPI document that takes a sandbox id, deletes last.
+fn sandbox_operations() -> Vec<(Method, String)> {
+    let mut ops: Vec<(Method, String)> =
+        operations().into_iter().filter(|(_, path)| path.contains("/sandboxes/{id}")).collect();
+    ops.sort_by_key(|(m, p)| (*m == Method::DELETE, *m == Method::GET, p.clone()));
+    assert!(ops.len() >= 5, "{ops:?}");
+    ops
+}
+
+/// The `data:` lines of a live tail until one carries `until`.
+async fn tail_until(body: &mut Body, until: &str) -> Vec<Value> {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .expect("the record within 30 s")
+            .expect("the stream goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+        let records: Vec<Value> =
+            text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+        if records.iter().any(|r| r["data"].as_str().is_some_and(|d| d.contains(until))) {
+            return records;
+        }
+    }
+}
+
+/// A sandbox carries the project of the filesystem it mounts: a key limited to project A sees a
+/// sandbox that mounts a project-B filesystem exactly as a missing one on every route that takes
+/// a sandbox id (walked from the OpenAPI document), in lists and in logs, and changes nothing
+/// through it; policies on project B hold for the sandbox; the same key works on a sandbox of
+/// project A.
+#[tokio::test]
+async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing() {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    let admin = h.admin.clone();
+    let post = |path: &'static str, body: Value| {
+        let h = &h;
+        let admin = admin.clone();
+        async move {
+            let r = h.call(Method::POST, &format!("/v1/namespaces/alpha/{path}"), Some(&admin), body).await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let pa = post("projects", json!({"name": "pa"})).await;
+    let pb = post("projects", json!({"name": "pb"})).await;
+    let fsa = post("filesystems", json!({"name": "fa", "size_bytes": 16 << 20, "project": pa})).await;
+    let fsb = post("filesystems", json!({"name": "fb", "size_bytes": 16 << 20, "project": pb})).await;
+    for (fs, data) in [(&fsa, "project-a-data"), (&fsb, "project-b-data")] {
+        let path = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=data.txt");
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(path)
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::from(data))
+            .unwrap();
+        assert_eq!(h.send(req).await.status, StatusCode::NO_CONTENT);
+    }
+    let mount = |fs: &str| json!({"memory_bytes": 64 << 20, "filesystem": {"id": fs, "mode": "rw"}});
+    let sa = h.create_sandbox("alpha", &admin, mount(&fsa)).await;
+    let sb = h.create_sandbox("alpha", &admin, mount(&fsb)).await;
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/keys",
+            Some(&admin),
+            json!({"name": "scoped", "role": "developer", "projects": [pa]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let scoped = r.body["token"].as_str().unwrap().to_owned();
+    h.sh("alpha", &sb, &admin, "echo b-before").await;
+    h.sh("alpha", &sa, &admin, "echo a-before").await;
+
+    // Mounting project B's filesystem is refused as a missing filesystem.
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&scoped), mount(&fsb)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    assert_envelope(&r, "not_found");
+
+    // Every route that takes a sandbox id: project B's sandbox answers as a missing one does.
+    let missing = "sbx_0123456789abcdef0123456789abcdef";
+    let mut walked = 0;
+    for (method, template) in sandbox_operations() {
+        let seen = sandbox_requests(&method, &template, &sb, &scoped);
+        let absent = sandbox_requests(&method, &template, missing, &scoped);
+        for (req, ghost) in seen.into_iter().zip(absent) {
+            let r: Reply = h.send(req).await;
+            let g: Reply = h.send(ghost).await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {template}: {}", r.body);
+            assert_envelope(&r, "not_found");
+            assert_eq!(
+                r.body["error"]["message"].as_str().unwrap().replace(&sb, "ID"),
+                g.body["error"]["message"].as_str().unwrap().replace(missing, "ID"),
+                "{method} {template}: another project's sandbox must look exactly like a missing one"
+            );
+            walked += 1;
+        }
+    }
+    assert!(walked >= 6, "{walked}");
+
+    // Not listed; its logs are missing when asked for, absent otherwise, live or not.
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&scoped), Value::Null).await;
+    let ids: Vec<&str> = r.body["items"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [sa.as_str()], "{}", r.body);
+    for id in [sb.as_str(), missing] {
+        let r =
+            h.call(Method::GET, &format!("/v1/namespaces/alpha/logs?sandbox={id}"), Some(&scoped), Value::Null).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        assert_envelope(&r, "not_found");
+    }
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/logs", Some(&scoped), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let records = r.body["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["sandbox"] == sa.as_str()), "{}", r.body);
+    assert!(records.iter().all(|r| r["sandbox"] != sb.as_str()), "project B's output leaked: {}", r.body);
+    let req = Request::builder()
+        .uri("/v1/namespaces/alpha/logs?after=0")
+        .header("authorization", format!("Bearer {scoped}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let replayed = tail_until(&mut body, "a-before").await;
+    h.sh("alpha", &sb, &admin, "echo b-live").await;
+    h.sh("alpha", &sa, &admin, "echo a-live").await;
+    let live = tail_until(&mut body, "a-live").await;
+    for r in replayed.iter().chain(&live) {
+        assert_ne!(r["sandbox"], sb.as_str(), "a tail showed project B's output: {r}");
+    }
+    drop(body);
+
+    // Nor do the audit records of project B's sandbox, filesystem and project show.
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/audit?limit=1000", Some(&scoped), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let resources: Vec<&str> =
+        r.body["items"].as_array().unwrap().iter().map(|r| r["resource"].as_str().unwrap()).collect();
+    assert!(resources.contains(&format!("sandbox:{sa}").as_str()), "{resources:?}");
+    for hidden in [format!("sandbox:{sb}"), format!("filesystem:{fsb}"), format!("project:{pb}")] {
+        assert!(!resources.contains(&hidden.as_str()), "{hidden} leaked through the audit log: {resources:?}");
+    }
+
+    // Nothing changed through it: it runs, and its file holds what it held.
+    let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{sb}"), Some(&admin), Value::Null).await;
+    assert_eq!(r.body["status"], "running", "{}", r.body);
+    let (code, out, _) = h.sh("alpha", &sb, &admin, "cat /workspace/data.txt").await;
+    assert_eq!((code, out.as_str()), (0, "project-b-data"));
+
+    // Policies on project B hold for its sandboxes, for keys of the whole namespace too.
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let rule = format!(
+        "forbid(principal, action == Bulkhead::Action::\"sandbox.exec\", resource in Bulkhead::Project::\"{pb}\");"
+    );
+    post("policies", json!({"name": "no-b-exec", "policy": rule})).await;
+    let exec = |id: &str| format!("/v1/namespaces/alpha/sandboxes/{id}/exec");
+    let r = h.call(Method::POST, &exec(&sb), Some(&dev), json!({"cmd": ["true"]})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_envelope(&r, "forbidden");
+    let r = h.call(Method::POST, &exec(&sa), Some(&dev), json!({"cmd": ["true"]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The same key, on project A's sandbox: every route works.
+    for (method, template) in sandbox_operations() {
+        for req in sandbox_requests(&method, &template, &sa, &scoped) {
+            let r = h.send(req).await;
+            assert!(r.status.is_success(), "{method} {template}: {} {}", r.status, String::from_utf8_lossy(&r.raw));
+        }
+    }
+    let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{sa}"), Some(&admin), Value::Null).await;
+    assert_eq!(r.body["status"], "deleted", "{}", r.body);
 }

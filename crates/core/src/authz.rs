@@ -56,7 +56,8 @@ pub enum Principal {
     /// its groups map to.
     User { sub: String, namespace: String, role: Role, email: Option<String>, groups: Vec<String> },
     /// A sandbox's workload identity; it has no role, only what the policies grant it.
-    Sandbox { id: String, namespace: String, creator: String },
+    /// `project` is the project of the filesystem it mounts, if any.
+    Sandbox { id: String, namespace: String, creator: String, project: Option<String> },
 }
 
 impl Principal {
@@ -90,6 +91,19 @@ impl Principal {
             | Principal::Sandbox { .. } => true,
             Principal::Key { projects: Some(list), .. } => project.is_some_and(|p| list.iter().any(|x| x == p)),
         }
+    }
+
+    /// Whether the principal is a key limited to projects (and so sees only some filesystems
+    /// and sandboxes of its namespace).
+    pub fn limited_to_projects(&self) -> bool {
+        matches!(self, Principal::Key { projects: Some(_), .. })
+    }
+
+    /// Whether the principal may see a sandbox. A sandbox exposes the data of the filesystem it
+    /// mounts, so it is in that filesystem's scope: one that mounts nothing is the namespace's,
+    /// one that mounts a filesystem is seen only by those who see that filesystem's `project`.
+    pub fn sees_sandbox(&self, mounts_filesystem: bool, project: Option<&str>) -> bool {
+        !mounts_filesystem || self.sees_project(project)
     }
 
     /// The namespace the principal belongs to; `None` for the platform admin.
@@ -332,7 +346,8 @@ mod tests {
 
     #[test]
     fn foreign_namespace_is_foreign_for_every_principal_of_a_namespace() {
-        let sandbox = Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into() };
+        let sandbox =
+            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
         let user = Principal::User {
             sub: "alice".into(),
             namespace: "acme".into(),
@@ -351,7 +366,8 @@ mod tests {
     #[test]
     fn principals_are_named_for_the_audit_log() {
         assert_eq!(key(Role::Viewer).audit_name(), "key:key_1");
-        let s = Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into() };
+        let s =
+            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
         assert_eq!(s.audit_name(), "sandbox:sbx_1");
         assert_eq!(s.role(), None);
         assert_eq!(key(Role::Admin).role(), Some(Role::Admin));
@@ -370,6 +386,12 @@ mod tests {
         assert!(!k.sees_project(None));
         assert!(key(Role::Viewer).sees_project(None));
         assert!(Principal::Admin.sees_project(Some("prj_b")));
+        // A sandbox is in the scope of the filesystem it mounts.
+        assert!(k.sees_sandbox(false, None));
+        assert!(k.sees_sandbox(true, Some("prj_a")));
+        assert!(!k.sees_sandbox(true, Some("prj_b")));
+        assert!(!k.sees_sandbox(true, None));
+        assert!(key(Role::Viewer).sees_sandbox(true, Some("prj_b")));
     }
 
     #[test]

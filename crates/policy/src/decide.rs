@@ -257,8 +257,12 @@ impl<'a> View<'a> {
             PrincipalRef::Admin => View { kind: Kind::Admin, id: "admin", ancestors: Vec::new() },
             PrincipalRef::Key { id, role } => with_role(Kind::Key, id, *role),
             PrincipalRef::User { sub, role, .. } => with_role(Kind::User, sub, *role),
-            PrincipalRef::Sandbox { id, .. } => {
-                View { kind: Kind::Sandbox, id, ancestors: vec![(Kind::Namespace, ns)] }
+            PrincipalRef::Sandbox { id, project, .. } => {
+                let mut ancestors = vec![(Kind::Namespace, ns)];
+                if let Some(project) = project {
+                    ancestors.push((Kind::Project, project.as_str()));
+                }
+                View { kind: Kind::Sandbox, id, ancestors }
             }
         }
     }
@@ -268,9 +272,9 @@ impl<'a> View<'a> {
         match r {
             ResourceRef::Platform => View { kind: Kind::Platform, id: "platform", ancestors: Vec::new() },
             ResourceRef::Namespace(name) => View { kind: Kind::Namespace, id: name, ancestors: Vec::new() },
-            ResourceRef::Sandbox(id) => in_ns(Kind::Sandbox, id),
-            ResourceRef::Filesystem { id, project } => {
-                let mut v = in_ns(Kind::Filesystem, id);
+            ResourceRef::Sandbox { id, project } | ResourceRef::Filesystem { id, project } => {
+                let kind = if matches!(r, ResourceRef::Sandbox { .. }) { Kind::Sandbox } else { Kind::Filesystem };
+                let mut v = in_ns(kind, id);
                 if let Some(project) = project {
                     v.ancestors.push((Kind::Project, project));
                 }

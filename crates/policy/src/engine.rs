@@ -343,7 +343,7 @@ fn bench(n_policies: usize, iters: usize, cedar_only: bool) -> f64 {
     let engine = Engine::new();
     let set = engine.compile(&bench_policies(n_policies)).expect("the bench's policies are valid");
     let principal = PrincipalRef::Key { id: "key_bench".to_owned(), role: Role::Developer };
-    let resource = ResourceRef::Sandbox("sbx_target".to_owned());
+    let resource = ResourceRef::Sandbox { id: "sbx_target".to_owned(), project: None };
     let req = Request {
         principal: &principal,
         namespace: "acme",

@@ -16,8 +16,9 @@ pub enum PrincipalRef {
     /// member of its role. `email` may be empty.
     User { sub: String, role: Role, email: String, groups: Vec<String> },
     /// A sandbox's workload identity: `Bulkhead::Sandbox::"<id>"`. `creator` is `key:<id>` or
-    /// `user:<sub>`.
-    Sandbox { id: String, creator: String },
+    /// `user:<sub>`; `project` is the project of the filesystem the sandbox mounts, if any, and
+    /// makes the sandbox a member of that project.
+    Sandbox { id: String, creator: String, project: Option<String> },
 }
 
 /// What the request is about.
@@ -26,7 +27,12 @@ pub enum ResourceRef {
     /// The whole platform: `Bulkhead::Platform::"platform"`.
     Platform,
     Namespace(String),
-    Sandbox(String),
+    /// A sandbox, member of the project of the filesystem it mounts, if any: it exposes that
+    /// filesystem's data, so policies on the project hold for it too.
+    Sandbox {
+        id: String,
+        project: Option<String>,
+    },
     /// A filesystem, member of its project if it has one.
     Filesystem {
         id: String,
@@ -103,8 +109,8 @@ pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
 }
 
 /// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-/// `key:<id>`, `policy:<id>` or `platform`. A filesystem's project is not part of the string: the
-/// server fills it in from the store.
+/// `key:<id>`, `policy:<id>` or `platform`. The project of a filesystem or a sandbox is not part
+/// of the string: the server fills it in from the store.
 pub fn parse_resource(s: &str) -> Result<ResourceRef, RefError> {
     if s == "platform" {
         return Ok(ResourceRef::Platform);
@@ -118,7 +124,7 @@ pub fn parse_resource(s: &str) -> Result<ResourceRef, RefError> {
     match kind {
         "namespace" => Ok(ResourceRef::Namespace(check_name(s, rest)?)),
         "secret" => Ok(ResourceRef::Secret(check_name(s, rest)?)),
-        "sandbox" => Ok(ResourceRef::Sandbox(check_id(s, rest, prefix::SANDBOX)?)),
+        "sandbox" => Ok(ResourceRef::Sandbox { id: check_id(s, rest, prefix::SANDBOX)?, project: None }),
         "filesystem" => Ok(ResourceRef::Filesystem { id: check_id(s, rest, prefix::FILESYSTEM)?, project: None }),
         "project" => Ok(ResourceRef::Project(check_id(s, rest, prefix::PROJECT)?)),
         "key" => Ok(ResourceRef::Key(check_id(s, rest, prefix::KEY)?)),
@@ -195,7 +201,7 @@ mod tests {
     fn resources_parse() {
         assert_eq!(parse_resource("platform"), Ok(ResourceRef::Platform));
         assert_eq!(parse_resource("namespace:acme"), Ok(ResourceRef::Namespace("acme".into())));
-        assert_eq!(parse_resource("sandbox:sbx_1"), Ok(ResourceRef::Sandbox("sbx_1".into())));
+        assert_eq!(parse_resource("sandbox:sbx_1"), Ok(ResourceRef::Sandbox { id: "sbx_1".into(), project: None }));
         assert_eq!(parse_resource("filesystem:fs_9"), Ok(ResourceRef::Filesystem { id: "fs_9".into(), project: None }));
         assert_eq!(parse_resource("project:prj_2"), Ok(ResourceRef::Project("prj_2".into())));
         assert_eq!(parse_resource("secret:db-password"), Ok(ResourceRef::Secret("db-password".into())));

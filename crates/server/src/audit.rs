@@ -13,7 +13,7 @@ use bulkhead_core::{Decision, Principal};
 
 use crate::auth::{AuditInfo, AuditSlot};
 use crate::error::ApiError;
-use crate::request::RequestId;
+use crate::request::{ClientRequestId, RequestId};
 use crate::state::{now_ms, AppState};
 
 pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -23,11 +23,16 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
     let path = req.uri().path().to_owned();
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+    let client_request_id = req.extensions().get::<ClientRequestId>().map(|r| r.0.clone());
 
     let response = next.run(req).await;
     let status = response.status();
     state.metrics.request(crate::request::namespace_of(&path), &route, status.as_u16());
-    let info = slot.with(std::mem::take);
+    let mut info = slot.with(std::mem::take);
+    // The record's `request_id` is the server's; the client's own id is kept beside it.
+    if let Some(c) = client_request_id {
+        info.detail.insert("client_request_id".into(), c.into());
+    }
     let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
         return response;
     };

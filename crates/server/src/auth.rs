@@ -14,7 +14,7 @@ use bulkhead_core::{tenancy, Action, Decision, Principal, Tenancy};
 use bulkhead_policy::{CompiledSet, Request, ResourceRef};
 
 use crate::error::{ApiError, ApiResult};
-use crate::request::RequestId;
+use crate::request::{ClientRequestId, RequestId};
 use crate::state::{now_ms, AppState};
 
 /// What the audit middleware needs to know about a request, filled in as it is served.
@@ -46,7 +46,10 @@ impl AuditSlot {
 pub struct Ctx {
     pub state: AppState,
     pub principal: Principal,
+    /// The server-made request id.
     pub request_id: String,
+    /// The client's own `X-Request-Id`, when it sent an acceptable one.
+    pub client_request_id: Option<String>,
     slot: AuditSlot,
     /// The policies that decide for this principal: its namespace's, or the built-ins alone for
     /// the platform admin.
@@ -108,7 +111,8 @@ pub async fn authenticate(state: &AppState, token: &str, namespace: Option<&str>
         if sbx.expires_at_ms <= now {
             return Err(invalid());
         }
-        let principal = Principal::Sandbox { id: sbx.id, namespace: sbx.namespace, creator: sbx.creator };
+        let principal =
+            Principal::Sandbox { id: sbx.id, namespace: sbx.namespace, creator: sbx.creator, project: sbx.project };
         state.keys.insert(hash, principal.clone(), Some(sbx.expires_at_ms));
         return Ok(principal);
     }
@@ -127,6 +131,7 @@ impl FromRequestParts<AppState> for Ctx {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let slot = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+        let client_request_id = parts.extensions.get::<ClientRequestId>().map(|r| r.0.clone());
         let principal = authenticate(state, bearer(parts)?, path_namespace(parts)).await?;
         slot.with(|info| {
             info.principal = Some(principal.clone());
@@ -139,7 +144,7 @@ impl FromRequestParts<AppState> for Ctx {
             None => state.identity.builtin().clone(),
             Some(ns) => crate::identity::policies(state, ns).await?,
         };
-        Ok(Ctx { state: state.clone(), principal, request_id, slot, policies })
+        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, policies })
     }
 }
 
@@ -202,15 +207,33 @@ impl Ctx {
         self.enforce(action.name(), d)
     }
 
-    /// Decides the request's action again once its filesystem's project is known, so that
-    /// policies written on projects (`resource in Bulkhead::Project::"prj_…"`) hold.
-    pub fn recheck_filesystem(&self, namespace: &str, id: &str, project: Option<&str>) -> ApiResult<()> {
+    /// Decides the request's action again once the project of its filesystem, or of the
+    /// filesystem its sandbox mounts, is known, so that policies written on projects
+    /// (`resource in Bulkhead::Project::"prj_…"`) hold for both. Only an action whose resource is
+    /// of `resource`'s type is decided again (a sandbox create that mounts a filesystem is
+    /// decided by [`Ctx::check`] instead); without a project the first decision stands, since it
+    /// was already on this very resource.
+    pub fn recheck(&self, namespace: &str, resource: &ResourceRef) -> ApiResult<()> {
         let Some(action) = self.slot.with(|info| info.action) else { return Ok(()) };
-        if project.is_none() || !action.starts_with("filesystem.") || action == "filesystem.create" {
+        let applies = match resource {
+            ResourceRef::Filesystem { project: Some(_), .. } => {
+                action.starts_with("filesystem.") && !matches!(action, "filesystem.create" | "filesystem.list")
+            }
+            ResourceRef::Sandbox { project: Some(_), .. } => matches!(
+                action,
+                "sandbox.get"
+                    | "sandbox.delete"
+                    | "sandbox.exec"
+                    | "sandbox.file.read"
+                    | "sandbox.file.write"
+                    | "logs.read"
+            ),
+            _ => false,
+        };
+        if !applies {
             return Ok(());
         }
-        let resource = ResourceRef::Filesystem { id: id.to_owned(), project: project.map(str::to_owned) };
-        let d = self.decide_on(action, None, Some(namespace), &resource);
+        let d = self.decide_on(action, None, Some(namespace), resource);
         self.enforce(action, d)
     }
 
@@ -235,6 +258,11 @@ impl Ctx {
     fn forbidden_named(&self, action: &str, deciding: &[String]) -> ApiError {
         let by = if deciding.is_empty() { String::new() } else { format!(" (forbidden by {})", deciding.join(", ")) };
         ApiError::Forbidden(format!("{} may not {action}{by}", self.principal.audit_name()))
+    }
+
+    /// The name of the action this request was authorized for, once it has been.
+    pub fn action_name(&self) -> Option<&'static str> {
+        self.slot.with(|info| info.action)
     }
 
     /// The compiled policies deciding for this request's principal.

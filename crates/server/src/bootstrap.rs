@@ -148,6 +148,9 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
             hash
         }
     };
+    // Creates that held an idempotency key when the last process ended will never answer: free
+    // their keys, so a retry runs the create again.
+    store.release_pending_idempotency().await?;
     let store: Arc<dyn Store> = Arc::new(store);
     let runtime = OciRuntime::new(OciConfig {
         state_dir: config.runtime.state_dir.clone(),

@@ -224,18 +224,22 @@ pub fn principal_ref(p: &Principal) -> PrincipalRef {
             email: email.clone().unwrap_or_default(),
             groups: groups.clone(),
         },
-        Principal::Sandbox { id, creator, .. } => PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone() },
+        Principal::Sandbox { id, creator, project, .. } => {
+            PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone(), project: project.clone() }
+        }
     }
 }
 
 /// The policy engine's view of what a request is on: `sandbox:<id>`, `filesystem:<id>`, ...;
-/// anything else is the namespace itself, and a platform-level request the platform.
+/// anything else is the namespace itself, and a platform-level request the platform. The
+/// project of a sandbox or filesystem is not known yet: [`crate::auth::Ctx::recheck`] decides
+/// again once it is.
 pub fn resource_ref(resource: &str, namespace: Option<&str>) -> ResourceRef {
     let Some(ns) = namespace else { return ResourceRef::Platform };
     let (kind, id) = resource.split_once(':').unwrap_or(("", ""));
     let id = id.to_owned();
     match kind {
-        "sandbox" => ResourceRef::Sandbox(id),
+        "sandbox" => ResourceRef::Sandbox { id, project: None },
         "filesystem" => ResourceRef::Filesystem { id, project: None },
         "key" => ResourceRef::Key(id),
         "project" => ResourceRef::Project(id),

@@ -1,6 +1,11 @@
-//! The outermost layer of every request: the request id (the client's `x-request-id` when it is
-//! sane, a fresh one otherwise, echoed in the answer), the tracing span that carries it and the
+//! The outermost layer of every request: the request id, the tracing span that carries it and the
 //! namespace on every log line, and the error envelope.
+//!
+//! The request id is always made here (`req_…`, random): it is the id of the answer's
+//! `X-Request-Id` header, of the error envelope, of the audit record and of the log records, so
+//! no client can choose it (and reuse another tenant's). A client's own `X-Request-Id`, when it
+//! is at most 128 characters of `[A-Za-z0-9._:-]`, is kept beside it as the client request id
+//! (in the log span and the audit record's `client_request_id`); any other value is ignored.
 
 use std::time::Instant;
 
@@ -17,14 +22,21 @@ use crate::error::{ApiError, ErrorMark};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The id of the request being served, in the request's extensions.
+/// Longest client request id kept.
+pub const MAX_CLIENT_REQUEST_ID: usize = 128;
+
+/// The server-made id of the request being served, in the request's extensions.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// The client's own `X-Request-Id`, when it sent an acceptable one, in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct ClientRequestId(pub String);
 
 fn acceptable_request_id(v: &HeaderValue) -> Option<String> {
     let s = v.to_str().ok()?;
     let ok = !s.is_empty()
-        && s.len() <= 128
+        && s.len() <= MAX_CLIENT_REQUEST_ID
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     ok.then(|| s.to_owned())
 }
@@ -39,17 +51,18 @@ pub fn namespace_of(path: &str) -> &str {
 }
 
 pub async fn middleware(mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(acceptable_request_id)
-        .unwrap_or_else(|| ids::new_id(ids::prefix::REQUEST));
+    let id = ids::new_id(ids::prefix::REQUEST);
+    let client_id = req.headers().get(REQUEST_ID_HEADER).and_then(acceptable_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
+    if let Some(c) = &client_id {
+        req.extensions_mut().insert(ClientRequestId(c.clone()));
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
+        client_request_id = client_id.as_deref().unwrap_or_default(),
         namespace = namespace_of(&path),
         method = %method,
         path = %path,

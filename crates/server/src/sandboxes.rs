@@ -112,6 +112,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         creator: plan.creator.clone(),
         workload_token_hash: plan.workload_token_hash.clone(),
         secrets: plan.secrets.clone(),
+        project: plan.filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {

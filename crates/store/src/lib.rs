@@ -81,6 +81,10 @@ pub struct SandboxRow {
     pub workload_token_hash: Option<String>,
     /// Names of the secrets handed to it.
     pub secrets: Vec<String>,
+    /// The project of the filesystem it mounts, fixed at create: the sandbox exposes that
+    /// filesystem's data, so it is in that project's scope. `None` when it mounts nothing or a
+    /// filesystem in no project.
+    pub project: Option<String>,
     /// The sandbox's cgroup counters at the last metering sample.
     pub metered: MeterMark,
     /// When it was last metered; `None` before the first sample.
@@ -207,9 +211,24 @@ pub struct AuditQuery {
 /// A stored answer to a create that carried an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotentReply {
+    /// SHA-256 (hex) of the request body the key was first used with.
     pub fingerprint: String,
+    /// The HTTP status of the answer (never 0: 0 marks a claim in progress in the table).
     pub status: u16,
+    /// The answer's JSON body.
     pub body: String,
+}
+
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free (or its answer had expired): the caller holds it until it calls
+    /// [`Store::finish_idempotent`] or [`Store::release_idempotent`].
+    Claimed,
+    /// Another request holds the key and has not answered yet; `fingerprint` is its body's.
+    InProgress { fingerprint: String },
+    /// The key answered before.
+    Done(IdempotentReply),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -346,6 +365,22 @@ pub trait Store: Send + Sync + 'static {
     /// The active sandbox whose workload token has this keyed hash.
     async fn sandbox_by_workload_token(&self, token_hash: &str) -> Result<Option<SandboxRow>>;
 
-    async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>>;
-    async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;
+    /// Claims `key` in `scope` for a request whose body has `fingerprint`, in one transaction,
+    /// so that of any number of concurrent claims exactly one gets [`IdempotencyClaim::Claimed`].
+    /// An answer stored before `expired_before_ms` no longer counts and is replaced.
+    async fn claim_idempotent(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+        expired_before_ms: i64,
+    ) -> Result<IdempotencyClaim>;
+    /// Stores the answer of the create that holds the claim on `key`.
+    async fn finish_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply) -> Result<()>;
+    /// Gives up a claim that has no answer (the create failed): the key is free again.
+    async fn release_idempotent(&self, scope: &str, key: &str) -> Result<()>;
+    /// Gives up every claim without an answer: called at start, when the process that held them
+    /// is gone. Returns how many there were.
+    async fn release_pending_idempotency(&self) -> Result<u64>;
 }

@@ -19,8 +19,8 @@ use sqlx::{ConnectOptions, Connection, Row, SqlitePool};
 use tokio::sync::Mutex;
 
 use crate::{
-    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow, ProjectRow, QuotaBreach,
-    Result, SandboxRow, SandboxStatus, SecretRow, Store, StoreError, UsageBucket, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow,
+    ProjectRow, QuotaBreach, Result, SandboxRow, SandboxStatus, SecretRow, Store, StoreError, UsageBucket, UsageDelta,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
     (5, "io metering", include_str!("../migrations/sqlite/0005_io_metering.sql")),
     (6, "identity", include_str!("../migrations/sqlite/0006_identity.sql")),
+    (7, "sandbox project", include_str!("../migrations/sqlite/0007_sandbox_project.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -155,6 +156,7 @@ fn sandbox_row(row: &SqliteRow) -> Result<SandboxRow> {
             let text: String = row.try_get("secrets")?;
             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("sandbox secrets: {e}")))?
         },
+        project: row.try_get("project_id")?,
     })
 }
 
@@ -207,7 +209,7 @@ fn usage_query<'q>(
 
 const SANDBOX_COLUMNS: &str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, ttl_seconds, \
      created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, metered_at_ms, \
-    metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets";
+    metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id";
 
 fn key_row(row: &SqliteRow) -> Result<KeyRow> {
     let role: String = row.try_get("role")?;
@@ -563,7 +565,7 @@ impl Store for SqliteStore {
             }
         }
         sqlx::query(&format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&sbx.id)
         .bind(&sbx.namespace)
@@ -586,6 +588,7 @@ impl Store for SqliteStore {
         .bind(&sbx.creator)
         .bind(sbx.workload_token_hash.as_deref())
         .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(sbx.project.as_deref())
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1103,40 +1106,91 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn get_idempotent(&self, scope: &str, key: &str) -> Result<Option<IdempotentReply>> {
-        let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency WHERE scope = ? AND key = ?")
+    async fn claim_idempotent(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now_ms: i64,
+        expired_before_ms: i64,
+    ) -> Result<IdempotencyClaim> {
+        let _w = self.write.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM idempotency WHERE scope = ? AND key = ? AND status <> 0 AND created_at_ms < ?")
             .bind(scope)
             .bind(key)
-            .fetch_optional(&self.pool)
+            .bind(expired_before_ms)
+            .execute(&mut *tx)
             .await?;
-        match row {
-            Some(row) => {
-                let status: i64 = row.try_get("status")?;
-                Ok(Some(IdempotentReply {
-                    fingerprint: row.try_get("fingerprint")?,
-                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
-                    body: row.try_get("body")?,
-                }))
-            }
-            None => Ok(None),
-        }
-    }
-
-    async fn put_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
-        let _w = self.write.lock().await;
+        // A little of the table's expired answers goes with every claim, so it holds about a
+        // lifetime's worth of creates.
         sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) VALUES (?, ?, ?, ?, ?, ?) \
+            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency \
+             WHERE created_at_ms < ? AND status <> 0 ORDER BY created_at_ms LIMIT 16)",
+        )
+        .bind(expired_before_ms)
+        .execute(&mut *tx)
+        .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) VALUES (?, ?, ?, 0, '', ?) \
              ON CONFLICT (scope, key) DO NOTHING",
         )
         .bind(scope)
         .bind(key)
-        .bind(&reply.fingerprint)
-        .bind(i64::from(reply.status))
-        .bind(&reply.body)
+        .bind(fingerprint)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let claim = if inserted.rows_affected() == 1 {
+            IdempotencyClaim::Claimed
+        } else {
+            let row = sqlx::query("SELECT fingerprint, status, body FROM idempotency WHERE scope = ? AND key = ?")
+                .bind(scope)
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+            let status: i64 = row.try_get("status")?;
+            let fingerprint: String = row.try_get("fingerprint")?;
+            if status == 0 {
+                IdempotencyClaim::InProgress { fingerprint }
+            } else {
+                IdempotencyClaim::Done(IdempotentReply {
+                    fingerprint,
+                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
+                    body: row.try_get("body")?,
+                })
+            }
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    async fn finish_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("UPDATE idempotency SET status = ?, body = ? WHERE scope = ? AND key = ? AND status = 0")
+            .bind(i64::from(reply.status))
+            .bind(&reply.body)
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    async fn release_idempotent(&self, scope: &str, key: &str) -> Result<()> {
+        let _w = self.write.lock().await;
+        sqlx::query("DELETE FROM idempotency WHERE scope = ? AND key = ? AND status = 0")
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn release_pending_idempotency(&self) -> Result<u64> {
+        let _w = self.write.lock().await;
+        let r = sqlx::query("DELETE FROM idempotency WHERE status = 0").execute(&self.pool).await?;
+        Ok(r.rows_affected())
     }
 }
 
@@ -1224,6 +1278,7 @@ mod tests {
             workload_token_hash: None,
             secrets: Vec::new(),
             metered_at_ms: None,
+            project: None,
         }
     }
 
@@ -1285,5 +1340,28 @@ mod tests {
         assert_eq!(page, ["c"]);
         let only: Vec<_> = s.list_namespaces(None, 10, Some("b")).await.unwrap().into_iter().map(|n| n.name).collect();
         assert_eq!(only, ["b"]);
+    }
+
+    #[tokio::test]
+    async fn idempotency_claims_are_exclusive_answered_released_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+        let claim = |fp: &'static str, now: i64| {
+            let s = &s;
+            async move { s.claim_idempotent("ns:a:key:k:x", "k1", fp, now, now - 100).await.unwrap() }
+        };
+        assert_eq!(claim("f1", 1000).await, IdempotencyClaim::Claimed);
+        assert_eq!(claim("f1", 1001).await, IdempotencyClaim::InProgress { fingerprint: "f1".into() });
+        s.release_idempotent("ns:a:key:k:x", "k1").await.unwrap();
+        assert_eq!(claim("f2", 1002).await, IdempotencyClaim::Claimed);
+        let reply = IdempotentReply { fingerprint: "f2".into(), status: 201, body: "{}".into() };
+        s.finish_idempotent("ns:a:key:k:x", "k1", &reply).await.unwrap();
+        // An answered key is not released by a late release.
+        s.release_idempotent("ns:a:key:k:x", "k1").await.unwrap();
+        assert_eq!(claim("f2", 1050).await, IdempotencyClaim::Done(reply));
+        // Past its lifetime the answer no longer counts.
+        assert_eq!(claim("f3", 5000).await, IdempotencyClaim::Claimed);
+        assert_eq!(s.release_pending_idempotency().await.unwrap(), 1);
+        assert_eq!(claim("f4", 5001).await, IdempotencyClaim::Claimed);
     }
 }

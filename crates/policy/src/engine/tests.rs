@@ -83,7 +83,7 @@ fn rank(role: Role) -> u8 {
 fn resource_for(action: &str) -> ResourceRef {
     match action {
         "sandbox.get" | "sandbox.delete" | "sandbox.exec" | "sandbox.file.read" | "sandbox.file.write" => {
-            ResourceRef::Sandbox("sbx_1".into())
+            ResourceRef::Sandbox { id: "sbx_1".into(), project: None }
         }
         "project.delete" => ResourceRef::Project("prj_1".into()),
         "filesystem.create" | "filesystem.list" => ResourceRef::Namespace("acme".into()),
@@ -117,7 +117,7 @@ fn user(role: Role) -> PrincipalRef {
 }
 
 fn sandbox(id: &str) -> PrincipalRef {
-    PrincipalRef::Sandbox { id: id.into(), creator: "key:key_1".into() }
+    PrincipalRef::Sandbox { id: id.into(), creator: "key:key_1".into(), project: None }
 }
 
 fn custom(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -222,9 +222,9 @@ fn sandbox_principals_get_only_their_secrets_and_themselves() {
         let expected = matches!(*action, "secret.read" | "sandbox.get");
         assert_eq!(d.allowed, expected, "sandbox {action}: {d:?}");
     }
-    let d = ask(&set, &me, "sandbox.get", &ResourceRef::Sandbox("sbx_1".into()), None);
+    let d = ask(&set, &me, "sandbox.get", &ResourceRef::Sandbox { id: "sbx_1".into(), project: None }, None);
     assert_eq!(d.policies, ["builtin.sandbox-self"]);
-    let d = ask(&set, &me, "sandbox.get", &ResourceRef::Sandbox("sbx_2".into()), None);
+    let d = ask(&set, &me, "sandbox.get", &ResourceRef::Sandbox { id: "sbx_2".into(), project: None }, None);
     assert!(!d.allowed);
     let d = ask(&set, &me, "secret.read", &ResourceRef::Secret("other".into()), None);
     assert_eq!(d.policies, ["builtin.sandbox-secrets"]);
@@ -257,12 +257,32 @@ fn a_custom_forbid_wins_over_the_owner_role() {
         )]))
         .expect("valid");
     let owner = key(Role::Owner);
-    let d = ask(&set, &owner, "sandbox.exec", &ResourceRef::Sandbox("sbx_1".into()), None);
+    let d = ask(&set, &owner, "sandbox.exec", &ResourceRef::Sandbox { id: "sbx_1".into(), project: None }, None);
     assert!(!d.allowed);
     assert_eq!(d.policies, ["pol_noexec"]);
-    let d = ask(&set, &owner, "sandbox.exec", &ResourceRef::Sandbox("sbx_2".into()), None);
+    let d = ask(&set, &owner, "sandbox.exec", &ResourceRef::Sandbox { id: "sbx_2".into(), project: None }, None);
     assert!(d.allowed);
     assert_eq!(d.policies, ["builtin.developer"]);
+}
+
+/// A sandbox that mounts a project's filesystem is in that project: a policy on the project
+/// holds for the sandbox's routes as for the filesystem's.
+#[test]
+fn a_policy_on_a_project_holds_for_the_sandboxes_that_mount_it() {
+    let set = Engine::new()
+        .compile(&custom(&[(
+            "pol_prj",
+            r#"forbid(principal, action in [Bulkhead::Action::"sandbox.exec", Bulkhead::Action::"filesystem.file.read"], resource in Bulkhead::Project::"prj_b");"#,
+        )]))
+        .expect("valid");
+    let dev = key(Role::Developer);
+    let in_b = ResourceRef::Sandbox { id: "sbx_1".into(), project: Some("prj_b".into()) };
+    let in_a = ResourceRef::Sandbox { id: "sbx_2".into(), project: Some("prj_a".into()) };
+    let d = ask(&set, &dev, "sandbox.exec", &in_b, None);
+    assert_eq!((d.allowed, d.policies), (false, vec!["pol_prj".to_owned()]));
+    assert!(ask(&set, &dev, "sandbox.exec", &in_a, None).allowed);
+    let fs = ResourceRef::Filesystem { id: "fs_1".into(), project: Some("prj_b".into()) };
+    assert!(!ask(&set, &dev, "filesystem.file.read", &fs, None).allowed);
 }
 
 #[test]
@@ -296,7 +316,7 @@ fn custom_policies_can_use_roles_attributes_and_projects() {
     assert!(ask(&set, &key(Role::Developer), "filesystem.mount_rw", &dev, None).allowed);
     assert!(ask(&set, &key(Role::Admin), "filesystem.mount_rw", &prod, None).allowed);
 
-    let sbx = ResourceRef::Sandbox("sbx_1".into());
+    let sbx = ResourceRef::Sandbox { id: "sbx_1".into(), project: None };
     let oncall = PrincipalRef::User {
         sub: "bob".into(),
         role: Role::Viewer,
@@ -306,7 +326,7 @@ fn custom_policies_can_use_roles_attributes_and_projects() {
     assert!(ask(&set, &oncall, "sandbox.exec", &sbx, None).allowed);
     assert!(!ask(&set, &user(Role::Viewer), "sandbox.exec", &sbx, None).allowed);
 
-    let child = PrincipalRef::Sandbox { id: "sbx_7".into(), creator: "user:alice".into() };
+    let child = PrincipalRef::Sandbox { id: "sbx_7".into(), creator: "user:alice".into(), project: None };
     assert!(ask(&set, &child, "sandbox.exec", &sbx, None).allowed);
     assert!(!ask(&set, &sandbox("sbx_7"), "sandbox.exec", &sbx, None).allowed);
 }
@@ -429,8 +449,12 @@ fn the_bench_policies_are_valid() {
     let set = Engine::new().compile(&bench_policies(100)).expect("valid");
     assert_eq!(set.len(), Engine::new().builtin().len() + 100);
     let dev = key(Role::Developer);
-    assert!(!ask(&set, &dev, "sandbox.exec", &ResourceRef::Sandbox("sbx_0".into()), None).allowed);
-    assert!(ask(&set, &dev, "sandbox.exec", &ResourceRef::Sandbox("sbx_target".into()), None).allowed);
+    assert!(
+        !ask(&set, &dev, "sandbox.exec", &ResourceRef::Sandbox { id: "sbx_0".into(), project: None }, None).allowed
+    );
+    assert!(
+        ask(&set, &dev, "sandbox.exec", &ResourceRef::Sandbox { id: "sbx_target".into(), project: None }, None).allowed
+    );
 }
 
 /// The fast path (native scopes, Cedar only for conditions) answers exactly as Cedar does with
@@ -468,14 +492,20 @@ fn the_fast_path_equals_cedar_alone() {
             groups: if role == Role::Viewer { vec!["oncall".into()] } else { vec![] },
         });
     }
-    principals.push(PrincipalRef::Sandbox { id: "sbx_1".into(), creator: "key:key_2".into() });
-    principals.push(PrincipalRef::Sandbox { id: "sbx_2".into(), creator: "user:bob".into() });
+    principals.push(PrincipalRef::Sandbox { id: "sbx_1".into(), creator: "key:key_2".into(), project: None });
+    principals.push(PrincipalRef::Sandbox { id: "sbx_2".into(), creator: "user:bob".into(), project: None });
+    principals.push(PrincipalRef::Sandbox {
+        id: "sbx_3".into(),
+        creator: "key:key_1".into(),
+        project: Some("prj_a".into()),
+    });
     let resources = [
         ResourceRef::Platform,
         ResourceRef::Namespace("acme".into()),
         ResourceRef::Namespace("other".into()),
-        ResourceRef::Sandbox("sbx_1".into()),
-        ResourceRef::Sandbox("sbx_3".into()),
+        ResourceRef::Sandbox { id: "sbx_1".into(), project: None },
+        ResourceRef::Sandbox { id: "sbx_3".into(), project: Some("prj_a".into()) },
+        ResourceRef::Sandbox { id: "sbx_4".into(), project: Some("prj_b".into()) },
         ResourceRef::Filesystem { id: "fs_1".into(), project: Some("prj_a".into()) },
         ResourceRef::Filesystem { id: "fs_2".into(), project: None },
         ResourceRef::Project("prj_a".into()),

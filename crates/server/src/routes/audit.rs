@@ -87,7 +87,18 @@ pub async fn list(
 ) -> ApiResult<Json<Page<AuditRecord>>> {
     ctx.authorize(Action::AuditRead, Some(&ns), format!("audit:{ns}"))?;
     load_namespace(&ctx, &ns).await?;
-    list_chain(&ctx, &ns, params).await
+    let Json(mut page) = list_chain(&ctx, &ns, params).await?;
+    // A key limited to projects does not read the records of what it may not see (a sandbox's
+    // exec argv, say); the cursor still moves past them.
+    let mut visible = super::scope::Visible::new(ctx.principal.clone());
+    let mut items = Vec::with_capacity(page.items.len());
+    for r in page.items {
+        if visible.named(&ctx.state, &ns, &r.resource).await {
+            items.push(r);
+        }
+    }
+    page.items = items;
+    Ok(Json(page))
 }
 
 /// Recompute a namespace's audit chain.

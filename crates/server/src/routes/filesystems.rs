@@ -3,11 +3,12 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action};
+use bulkhead_policy::ResourceRef;
 use bulkhead_runtime::storage;
 use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::sandboxes::id_range;
 use crate::state::{now_ms, rfc3339, AppState};
 
@@ -58,7 +60,7 @@ pub async fn load_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<Filesys
     if !ctx.principal.sees_project(row.project_id.as_deref()) {
         return Err(filesystem_not_found(id));
     }
-    ctx.recheck_filesystem(ns, &row.id, row.project_id.as_deref())?;
+    ctx.recheck(ns, &ResourceRef::Filesystem { id: row.id.clone(), project: row.project_id.clone() })?;
     Ok(row)
 }
 
@@ -74,7 +76,8 @@ fn check_size(size: u64) -> ApiResult<u64> {
 }
 
 /// Create a filesystem.
-#[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path)),
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateFilesystem,
     responses((status = 201, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -86,10 +89,19 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreateFilesystem = json(&headers, &body)?;
+    let h = headers.clone();
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
+        create_filesystem(&ctx, ns2, &h, &body).await
+    })
+    .await
+}
+
+async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreateFilesystem = json(headers, body)?;
     validate::name("name", &req.name)?;
     let size = check_size(req.size_bytes)?;
-    let namespace = load_namespace(&ctx, &ns).await?;
+    let namespace = load_namespace(ctx, &ns).await?;
     if let Some(p) = &req.project {
         let found = ids::is_id(prefix::PROJECT, p) && ctx.state.store.get_project(&ns, p).await?.is_some();
         if !found || !ctx.principal.sees_project(Some(p)) {
@@ -121,7 +133,7 @@ pub async fn create(
         ctx.state.store.delete_filesystem(&ns, &row.id).await?;
         return Err(ApiError::Internal(format!("filesystem {} could not be created: {e}", row.id)));
     }
-    Ok((StatusCode::CREATED, Json(filesystem_out(&ctx.state, &row).await?)).into_response())
+    Created::json(StatusCode::CREATED, &filesystem_out(&ctx.state, &row).await?)
 }
 
 /// List the filesystems this principal may see.

@@ -16,6 +16,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
 use crate::state::{now_ms, rfc3339};
 
@@ -78,7 +79,8 @@ fn policy_out(p: &PolicyRow) -> Policy {
 /// Adds a Cedar policy to the namespace (owner). It is validated against the schema and must
 /// compile together with the namespace's other policies; a bad one is a 400 carrying Cedar's
 /// message.
-#[utoipa::path(post, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path)),
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreatePolicy,
     responses((status = 201, body = Policy), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -90,7 +92,16 @@ pub async fn create_policy(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::PolicyCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreatePolicy = json(&headers, &body)?;
+    let h = headers.clone();
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
+        create_policy_once(&ctx, ns2, &h, &body).await
+    })
+    .await
+}
+
+async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreatePolicy = json(headers, body)?;
     validate::name("name", &req.name)?;
     let cedar = |e: bulkhead_policy::PolicyError| {
         let mut msg = e.to_string();
@@ -102,7 +113,7 @@ pub async fn create_policy(
         ApiError::Invalid(format!("policy: {msg}"))
     };
     ctx.state.identity.engine.check_policy(&req.policy).map_err(cedar)?;
-    load_namespace(&ctx, &ns).await?;
+    load_namespace(ctx, &ns).await?;
     let row = PolicyRow {
         id: ids::new_id(prefix::POLICY),
         namespace: ns.clone(),
@@ -124,7 +135,7 @@ pub async fn create_policy(
     ctx.state.identity.forget_policies(&ns);
     ctx.audit_resource(format!("policy:{}", row.id));
     ctx.audit_detail("name", row.name.as_str());
-    Ok((StatusCode::CREATED, Json(policy_out(&row))).into_response())
+    Created::json(StatusCode::CREATED, &policy_out(&row))
 }
 
 /// The namespace's own policies (the built-in ones are at `GET /v1/policy-schema`'s side, in
@@ -203,7 +214,7 @@ pub async fn explain(
                 .await?
                 .filter(|s| s.status != SandboxStatus::Deleted)
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no sandbox {id}")))?;
-            (PrincipalRef::Sandbox { id, creator: sbx.creator }, None)
+            (PrincipalRef::Sandbox { id, creator: sbx.creator, project: sbx.project }, None)
         }
         PrincipalName::User(sub) => {
             // A user's role comes from its token's groups; explain asks as the strongest role the
@@ -219,10 +230,18 @@ pub async fn explain(
             (PrincipalRef::User { sub, role, email: String::new(), groups: Vec::new() }, Some(role))
         }
     };
-    if let ResourceRef::Filesystem { id, project } = &mut resource {
-        if let Some(f) = ctx.state.store.get_filesystem(&ns, id).await? {
-            *project = f.project_id;
+    match &mut resource {
+        ResourceRef::Filesystem { id, project } => {
+            if let Some(f) = ctx.state.store.get_filesystem(&ns, id).await? {
+                *project = f.project_id;
+            }
         }
+        ResourceRef::Sandbox { id, project } => {
+            if let Some(s) = ctx.state.store.get_sandbox(&ns, id).await? {
+                *project = s.project;
+            }
+        }
+        _ => {}
     }
     // The namespace's own set, whoever asks (the platform admin's requests use the built-ins).
     let set = crate::identity::policies(&ctx.state, &ns).await?;

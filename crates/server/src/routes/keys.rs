@@ -3,7 +3,7 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
 use bulkhead_core::ids::{self, prefix};
@@ -16,7 +16,7 @@ use crate::auth::Ctx;
 use crate::convert::{key_out, role_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
-use crate::idempotency::{Begin, Idempotency};
+use crate::idempotency::{self, Created};
 use crate::state::{now_ms, parse_rfc3339};
 
 /// Keys may live at most ten years.
@@ -41,9 +41,24 @@ pub async fn create(
     // May this principal create keys here at all? Asked with the weakest role before the body is
     // read; the role asked for is checked once it is known.
     ctx.authorize(Action::KeyCreate { role: Role::Viewer }, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreateKey = json(&headers, &body)?;
+    let h = headers.clone();
+    let on_replay = |reply: bulkhead_store::IdempotentReply| -> ApiResult<Response> {
+        let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
+        Err(ApiError::Conflict(format!(
+            "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
+        )))
+    };
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, on_replay, move |ctx, body| async move {
+        create_key(&ctx, &ns2, &h, &body).await
+    })
+    .await
+}
+
+async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreateKey = json(headers, body)?;
     let role = role_in(req.role);
-    ctx.authorize(Action::KeyCreate { role }, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::KeyCreate { role }, Some(ns), format!("namespace:{ns}"))?;
     validate::name("name", &req.name)?;
     ctx.audit_detail("name", req.name.as_str());
     ctx.audit_detail("role", role.as_str());
@@ -62,7 +77,7 @@ pub async fn create(
             Some(t)
         }
     };
-    let namespace = load_namespace(&ctx, &ns).await?;
+    let namespace = load_namespace(ctx, ns).await?;
     let projects = match &req.projects {
         None => None,
         Some(list) => {
@@ -70,7 +85,7 @@ pub async fn create(
                 return Err(ApiError::Invalid("projects: at most 100".into()));
             }
             for id in list {
-                let found = ids::is_id(prefix::PROJECT, id) && ctx.state.store.get_project(&ns, id).await?.is_some();
+                let found = ids::is_id(prefix::PROJECT, id) && ctx.state.store.get_project(ns, id).await?.is_some();
                 // A key limited to projects may only mint keys within them.
                 if !found || !ctx.principal.sees_project(Some(id)) {
                     return Err(ApiError::Invalid(format!("projects: no project {id:?} in this namespace")));
@@ -88,15 +103,6 @@ pub async fn create(
             "projects: a key limited to projects can only create keys limited to them".into(),
         ));
     }
-    let idem = match Idempotency::begin(&ctx, &headers, "key.create", Some(&ns), &body).await? {
-        Begin::Fresh(idem) => idem,
-        Begin::Replay(reply) => {
-            let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
-            return Err(ApiError::Conflict(format!(
-                "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
-            )));
-        }
-    };
     let token = token::generate(KEY_TOKEN_PREFIX);
     let row = KeyRow {
         id: ids::new_id(prefix::KEY),
@@ -112,9 +118,10 @@ pub async fn create(
     ctx.audit_resource(format!("key:{}", row.id));
     let key = key_out(&row);
     // Replays keep the metadata only: the token is stored nowhere.
-    let text = serde_json::to_string(&key).map_err(|e| ApiError::Internal(e.to_string()))?;
-    idem.finish(&ctx, StatusCode::CREATED, &text).await?;
-    Ok((StatusCode::CREATED, Json(CreatedKey { key, token })).into_response())
+    let stored = serde_json::to_string(&key).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut created = Created::json(StatusCode::CREATED, &CreatedKey { key, token })?;
+    created.stored = Some(stored);
+    Ok(created)
 }
 
 /// List the namespace's keys (metadata only).

@@ -2,6 +2,10 @@
 //! a live tail as server-sent events (each event's `id` is the record's `seq`, its `data` the
 //! record as JSON). A tail with `after` or `since` first replays the retained records that
 //! match, then continues live without a gap or a duplicate.
+//!
+//! A sandbox's records are in the sandbox's scope: a filter naming a sandbox the principal may
+//! not see is a 404 like a missing one, and a key limited to projects never gets the records of
+//! a sandbox that mounts a filesystem outside them, in a page or a tail.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::load_namespace;
+use super::scope::Visible;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
@@ -73,6 +78,10 @@ pub async fn get(
         return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
     let ns = load_namespace(&ctx, &ns).await?.name;
+    if let Some(id) = &filter.sandbox {
+        // The sandbox routes' door: a sandbox the principal may not see is not there.
+        super::sandboxes::load_sandbox(&ctx, &ns, id).await?;
+    }
     let tail = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -81,8 +90,16 @@ pub async fn get(
         return tail_response(ctx, ns, filter).await;
     }
     let (entries, more) = ctx.state.logs.query(&ns, &filter, limit as usize).await.map_err(internal)?;
+    // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
-    Ok(Json(LogPage { records: entries.iter().map(Entry::to_wire).collect(), next_after }).into_response())
+    let mut visible = Visible::new(ctx.principal.clone());
+    let mut records = Vec::with_capacity(entries.len());
+    for e in &entries {
+        if visible.sandbox(&ctx.state, &ns, &e.sandbox).await {
+            records.push(e.to_wire());
+        }
+    }
+    Ok(Json(LogPage { records, next_after }).into_response())
 }
 
 fn internal(e: std::io::Error) -> ApiError {
@@ -105,8 +122,12 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
     let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
+    let mut visible = Visible::new(principal.clone());
     let stream = async_stream(move |tx| async move {
         for e in &backlog {
+            if !visible.sandbox(&state, &ns, &e.sandbox).await {
+                continue;
+            }
             if tx.send(event(e)).await.is_err() {
                 return;
             }
@@ -128,6 +149,10 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
             match received {
                 Ok(record) => {
                     if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
+                        continue;
+                    }
+                    if !visible.sandbox(&state, &ns, &record.entry.sandbox).await {
+                        last = record.entry.seq;
                         continue;
                     }
                     last = record.entry.seq;

@@ -12,6 +12,7 @@ pub mod logs;
 pub mod namespaces;
 pub mod projects;
 pub mod sandboxes;
+pub mod scope;
 pub mod secrets;
 pub mod usage;
 

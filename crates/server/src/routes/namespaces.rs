@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
 use bulkhead_core::{validate, Action};
@@ -13,7 +13,7 @@ use crate::auth::Ctx;
 use crate::convert::{namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
-use crate::idempotency::{replay_response, Begin, Idempotency};
+use crate::idempotency::{self, replay_response, Created};
 use crate::state::now_ms;
 
 /// Create a namespace (platform admin).
@@ -25,7 +25,15 @@ use crate::state::now_ms;
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     ctx.authorize(Action::NamespaceCreate, None, "namespaces")?;
-    let req: CreateNamespace = json(&headers, &body)?;
+    let h = headers.clone();
+    idempotency::create(ctx, &headers, None, body, replay_response, move |ctx, body| async move {
+        create_namespace(&ctx, &h, &body).await
+    })
+    .await
+}
+
+async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreateNamespace = json(headers, body)?;
     validate::name("name", &req.name)?;
     ctx.audit_detail("name", req.name.as_str());
     let isolation = req.isolation.clone().unwrap_or_else(|| "container".to_owned());
@@ -39,20 +47,13 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Resp
     }
     let quotas = quotas_in(&req.quotas);
     quotas.validate()?;
-    let idem = match Idempotency::begin(&ctx, &headers, "namespace.create", None, &body).await? {
-        Begin::Replay(reply) => return Ok(replay_response(reply)),
-        Begin::Fresh(idem) => idem,
-    };
     let now = now_ms();
     let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now, id_slot: 0 };
     ctx.state.store.create_namespace(&row).await?;
     // A name can be reused after a delete; nothing of the old namespace's output may show.
     ctx.state.logs.forget(&row.name).await;
     ctx.state.identity.forget(&row.name);
-    let out = namespace_out(&row);
-    let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
-    idem.finish(&ctx, StatusCode::CREATED, &text).await?;
-    Ok((StatusCode::CREATED, Json(out)).into_response())
+    Created::json(StatusCode::CREATED, &namespace_out(&row))
 }
 
 /// List namespaces: all of them for the admin, its own for a key.

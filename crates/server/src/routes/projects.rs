@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateProject, ErrorBody, Page, Project};
 use bulkhead_core::ids::{self, prefix};
@@ -13,6 +13,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::state::{now_ms, rfc3339};
 
 fn project_out(p: &ProjectRow) -> Project {
@@ -25,7 +26,8 @@ fn project_out(p: &ProjectRow) -> Project {
 }
 
 /// Create a project.
-#[utoipa::path(post, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path)),
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateProject,
     responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -36,17 +38,26 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::ProjectCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreateProject = json(&headers, &body)?;
+    let h = headers.clone();
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
+        create_project(&ctx, ns2, &h, &body).await
+    })
+    .await
+}
+
+async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreateProject = json(headers, body)?;
     validate::name("name", &req.name)?;
     if !ctx.principal.sees_project(None) {
         return Err(ApiError::Forbidden("a key limited to projects cannot create projects".into()));
     }
-    load_namespace(&ctx, &ns).await?;
+    load_namespace(ctx, &ns).await?;
     let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
     ctx.state.store.create_project(&row).await?;
     ctx.audit_resource(format!("project:{}", row.id));
     ctx.audit_detail("name", row.name.as_str());
-    Ok((StatusCode::CREATED, Json(project_out(&row))).into_response())
+    Created::json(StatusCode::CREATED, &project_out(&row))
 }
 
 /// List the projects this principal may see.

@@ -24,6 +24,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::sandboxes::{self, Plan};
 use crate::state::{now_ms, rfc3339};
 
@@ -68,13 +69,22 @@ fn sandbox_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("sandbox {id:?} not found"))
 }
 
-/// The sandbox of this namespace, or 404.
-async fn load_sandbox(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
+/// The sandbox of this namespace that the principal may see, or 404: the one door of every
+/// route that takes a sandbox id. A sandbox is in the scope of the filesystem it mounts, so one
+/// of another namespace, a missing one, and one that mounts a filesystem of a project the key is
+/// not limited to all look the same; and the request's action is decided again with the
+/// sandbox's project, so that policies on projects hold for it.
+pub async fn load_sandbox(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
     load_namespace(ctx, ns).await?;
     if !ids::is_id(prefix::SANDBOX, id) {
         return Err(sandbox_not_found(id));
     }
-    ctx.state.store.get_sandbox(ns, id).await?.ok_or_else(|| sandbox_not_found(id))
+    let row = ctx.state.store.get_sandbox(ns, id).await?.ok_or_else(|| sandbox_not_found(id))?;
+    if !ctx.principal.sees_sandbox(row.filesystem.is_some(), row.project.as_deref()) {
+        return Err(sandbox_not_found(id));
+    }
+    ctx.recheck(ns, &ResourceRef::Sandbox { id: row.id.clone(), project: row.project.clone() })?;
+    Ok(row)
 }
 
 /// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended.
@@ -113,10 +123,12 @@ fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
 }
 
 /// Create a sandbox.
-#[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path)),
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSandbox,
     responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
         (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,
@@ -125,12 +137,17 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let result = create_admitted(&ctx, &ns, &headers, &body).await;
-    crate::metering::note_rejection(&ctx.state, &ns, result).await
+    let h = headers.clone();
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
+        let result = create_admitted(&ctx, &ns2, &h, &body).await;
+        crate::metering::note_rejection(&ctx.state, &ns2, result).await
+    })
+    .await
 }
 
 /// The create once authorized; a quota refusal is counted by the caller.
-async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Response> {
+async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let ns = ns.to_owned();
     let req: CreateSandbox = json(headers, body)?;
     let namespace = load_namespace(ctx, &ns).await?;
@@ -192,7 +209,11 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
     for s in req.secrets.as_deref().unwrap_or_default() {
         let delivery = secret_delivery(s, &env, &run_files)?;
         // The sandbox is the principal that reads the secret; the namespace's policies decide.
-        let principal = PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone() };
+        let principal = PrincipalRef::Sandbox {
+            id: id.clone(),
+            creator: creator.clone(),
+            project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
+        };
         let d = ctx.policies().decide(&PolicyRequest {
             principal: &principal,
             namespace: &ns,
@@ -241,7 +262,7 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
     };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
-    Ok((StatusCode::CREATED, Json(sandbox_out(&row))).into_response())
+    Created::json(StatusCode::CREATED, &sandbox_out(&row))
 }
 
 /// How a secret reaches a sandbox.
@@ -303,7 +324,13 @@ pub async fn list(
     load_namespace(&ctx, &ns).await?;
     let rows = ctx.state.store.list_sandboxes(&ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
-    Ok(Json(Page { items: rows.iter().map(sandbox_out).collect(), next_cursor }))
+    // Sandboxes of filesystems the principal cannot see are not there for it.
+    let items = rows
+        .iter()
+        .filter(|r| ctx.principal.sees_sandbox(r.filesystem.is_some(), r.project.as_deref()))
+        .map(sandbox_out)
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// Get a sandbox.
@@ -432,9 +459,11 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
     let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
+    let client_request_id = ctx.client_request_id.clone();
     let body = futures_util::stream::unfold(Some(stream), move |state| {
         let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
+        let client_request_id = client_request_id.clone();
         async move {
             let mut stream = state?;
             let (event, done, exit) = match stream.next().await {
@@ -461,7 +490,11 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
                 None => (ExecEvent::Error { message: "the sandbox ended during the command".into() }, true, None),
             };
             if done {
-                let detail = serde_json::json!({ "exit_code": exit }).to_string();
+                let mut detail = serde_json::json!({ "exit_code": exit });
+                if let Some(c) = client_request_id {
+                    detail["client_request_id"] = c.into();
+                }
+                let detail = detail.to_string();
                 let event = AuditEvent {
                     time_ms: now_ms(),
                     principal,

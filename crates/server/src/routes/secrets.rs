@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::ids::{self, prefix};
@@ -16,6 +16,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::state::{now_ms, rfc3339};
 
 /// Largest secret value.
@@ -31,11 +32,13 @@ fn secret_out(s: &SecretRow) -> Secret {
 }
 
 /// Creates a secret, or replaces the value of the one of that name (201 or 200).
-#[utoipa::path(post, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path)),
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSecret,
     responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -43,12 +46,21 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SecretCreate, Some(&ns), format!("namespace:{ns}"))?;
-    let req: CreateSecret = json(&headers, &body)?;
+    let h = headers.clone();
+    let ns2 = ns.clone();
+    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
+        create_secret(&ctx, ns2, &h, &body).await
+    })
+    .await
+}
+
+async fn create_secret(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+    let req: CreateSecret = json(headers, body)?;
     validate::name("name", &req.name)?;
     if req.value.is_empty() || req.value.len() > MAX_SECRET_BYTES {
         return Err(ApiError::Invalid(format!("value: 1 to {MAX_SECRET_BYTES} bytes")));
     }
-    load_namespace(&ctx, &ns).await?;
+    load_namespace(ctx, &ns).await?;
     let sealed = crate::identity::seal_secret(&ctx.state, &ns, &req.name, req.value.as_bytes()).await?;
     let now = now_ms();
     let mut row = SecretRow {
@@ -68,7 +80,7 @@ pub async fn create(
     ctx.audit_resource(format!("secret:{}", row.name));
     ctx.audit_detail("replaced", !created);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(secret_out(&row))).into_response())
+    Created::json(status, &secret_out(&row))
 }
 
 /// The namespace's secrets: names and dates, never values.

@@ -1,0 +1,312 @@
+//! `Idempotency-Key` on every create, and server-made request ids. For each route that creates
+//! something (every POST of the OpenAPI document that answers 201): the same request twice with
+//! one key makes one resource and gets the same answer; the key with another body is a 409;
+//! eight at once make exactly one resource; the key holds across a restart of `bulkhead serve`.
+//! A client's `X-Request-Id` is never the id of the answer or of the audit record, only kept
+//! beside it as `client_request_id`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::process::{runtime_names, Server};
+use common::{assert_envelope, namespace_body, Harness, Reply};
+use serde_json::{json, Value};
+
+/// Every create route: POST operations of the OpenAPI document that answer 201. Each must
+/// document the `Idempotency-Key` header.
+fn create_routes() -> Vec<String> {
+    let doc = serde_json::to_value(bulkhead_server::openapi()).unwrap();
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let Some(post) = item.get("post") else { continue };
+        if post["responses"].get("201").is_none() {
+            continue;
+        }
+        let documented = post["parameters"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["name"] == "Idempotency-Key" && p["in"] == "header"));
+        assert!(documented, "POST {path} creates but does not document Idempotency-Key");
+        routes.push(path.clone());
+    }
+    assert!(routes.len() >= 7, "{routes:?}");
+    routes
+}
+
+/// A create body for `route`, and another one; `n` makes names unique.
+fn bodies(route: &str, n: u32) -> (Value, Value) {
+    match route {
+        "/v1/namespaces" => (namespace_body(&format!("ns{n}")), namespace_body(&format!("other{n}"))),
+        "/v1/namespaces/{ns}/keys" => {
+            (json!({"name": format!("k{n}"), "role": "viewer"}), json!({"name": format!("k{n}"), "role": "developer"}))
+        }
+        "/v1/namespaces/{ns}/sandboxes" => (json!({"memory_bytes": 64 << 20}), json!({"memory_bytes": 96 << 20})),
+        "/v1/namespaces/{ns}/projects" => (json!({"name": format!("p{n}")}), json!({"name": format!("q{n}")})),
+        "/v1/namespaces/{ns}/filesystems" => (
+            json!({"name": format!("f{n}"), "size_bytes": 16 << 20}),
+            json!({"name": format!("g{n}"), "size_bytes": 16 << 20}),
+        ),
+        "/v1/namespaces/{ns}/policies" => {
+            let p = "permit(principal, action == Bulkhead::Action::\"sandbox.get\", resource);";
+            (json!({"name": format!("p{n}"), "policy": p}), json!({"name": format!("q{n}"), "policy": p}))
+        }
+        "/v1/namespaces/{ns}/secrets" => {
+            (json!({"name": format!("s{n}"), "value": "one"}), json!({"name": format!("s{n}"), "value": "two"}))
+        }
+        other => panic!("POST {other} creates and has no body in the idempotency test; add one"),
+    }
+}
+
+fn post(h: &Harness, route: &str, key: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(route.replace("{ns}", "acme"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// How many resources the create route's list shows.
+async fn count(h: &Harness, route: &str) -> usize {
+    let path = format!("{}?limit=1000", route.replace("{ns}", "acme"));
+    let r = h.call(Method::GET, &path, Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    r.body["items"].as_array().unwrap().len()
+}
+
+/// A key create's replay never holds the token: it is a 409 naming the key created.
+fn assert_key_replay(first: &Reply, again: &Reply) {
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    assert_envelope(again, "conflict");
+    let token = first.body["token"].as_str().unwrap();
+    assert!(!String::from_utf8_lossy(&again.raw).contains(token));
+    assert!(again.body["error"]["message"].as_str().unwrap().contains(first.body["id"].as_str().unwrap()));
+}
+
+async fn harness() -> Harness {
+    let h = Harness::new().await;
+    h.create_namespace("acme").await;
+    h
+}
+
+#[tokio::test]
+async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer() {
+    let h = harness().await;
+    for route in create_routes() {
+        let (body, other) = bodies(&route, 1);
+        let before = count(&h, &route).await;
+        let first = h.send(post(&h, &route, "retry-1", &body)).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{route}: {}", first.body);
+        let again = h.send(post(&h, &route, "retry-1", &body)).await;
+        if route.ends_with("/keys") {
+            assert_key_replay(&first, &again);
+        } else {
+            assert_eq!(again.status, StatusCode::CREATED, "{route}: {}", again.body);
+            assert_eq!(again.raw, first.raw, "{route}: a replay is the first answer");
+            assert_eq!(again.headers["idempotent-replayed"], "true", "{route}");
+        }
+        assert_eq!(count(&h, &route).await, before + 1, "{route}: one resource");
+        // The key with another body.
+        let r = h.send(post(&h, &route, "retry-1", &other)).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{route}: {}", r.body);
+        assert_envelope(&r, "conflict");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("different request body"), "{}", r.body);
+        assert_eq!(count(&h, &route).await, before + 1, "{route}: one resource");
+        // A failed create is not remembered: it runs again, and the key is free for a good one.
+        let bad = json!({"unknown_field": true});
+        for _ in 0..2 {
+            let r = h.send(post(&h, &route, "retry-2", &bad)).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}: {}", r.body);
+            assert!(r.headers.get("idempotent-replayed").is_none(), "{route}");
+        }
+        let (good, _) = bodies(&route, 2);
+        let r = h.send(post(&h, &route, "retry-2", &good)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{route}: {}", r.body);
+    }
+}
+
+/// Eight requests at once with one key: exactly one resource; each of the others gets the
+/// first answer or a 409 saying the key is in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_with_one_key_make_exactly_one_resource() {
+    let h = harness().await;
+    for route in create_routes() {
+        let (body, _) = bodies(&route, 3);
+        let before = count(&h, &route).await;
+        let replies =
+            futures_util::future::join_all((0..8).map(|_| h.send(post(&h, &route, "concurrent", &body)))).await;
+        let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
+        assert!(!created.is_empty(), "{route}: none was created");
+        for r in &replies {
+            match r.status {
+                StatusCode::CREATED => assert_eq!(r.raw, created[0].raw, "{route}: one answer"),
+                StatusCode::CONFLICT => assert_envelope(r, "conflict"),
+                other => panic!("{route}: {other} {}", r.body),
+            }
+        }
+        if route.ends_with("/keys") {
+            assert_eq!(created.len(), 1, "{route}: a key's token is answered once");
+        }
+        assert_eq!(count(&h, &route).await, before + 1, "{route}: exactly one resource");
+    }
+}
+
+fn curl(url: &str, token: &str, method: &str, path: &str, key: Option<&str>, body: Option<&Value>) -> (u16, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-D", "-", "-X", method, "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("{url}{path}"));
+    if let Some(k) = key {
+        c.arg("-H").arg(format!("idempotency-key: {k}"));
+    }
+    if let Some(b) = body {
+        c.args(["-H", "content-type: application/json", "--data-binary"]).arg(b.to_string());
+    }
+    let out = c.output().expect("curl (scripts/os-deps --test installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("an HTTP status line");
+    (status, text)
+}
+
+fn body_of(answer: &str) -> Value {
+    let (_, body) = answer.split_once("\r\n\r\n").expect("headers end");
+    serde_json::from_str(body).unwrap()
+}
+
+/// The keys live in the store: after a restart of `bulkhead serve` the same requests get the
+/// same answers and make nothing new; a claim whose create never answered (its process died)
+/// is freed at start.
+#[test]
+fn idempotency_keys_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let names = runtime_names();
+    let mut server = Server::start_with(&data, names.clone());
+    let admin = server.first_token.clone().expect("first start prints the admin token");
+    let creates = [
+        ("/v1/namespaces", namespace_body("acme")),
+        ("/v1/namespaces/acme/projects", json!({"name": "p"})),
+        ("/v1/namespaces/acme/filesystems", json!({"name": "f", "size_bytes": 16 << 20})),
+        ("/v1/namespaces/acme/sandboxes", json!({"memory_bytes": 64 << 20})),
+    ];
+    let mut first = Vec::new();
+    for (path, body) in &creates {
+        let (status, answer) = curl(&server.url, &admin, "POST", path, Some("before-restart"), Some(body));
+        assert_eq!(status, 201, "{path}: {answer}");
+        first.push(body_of(&answer));
+    }
+    server.stop();
+    // A claim left by a create that never answered.
+    pending_claim(&data.join("bulkhead.db"));
+    let server = Server::start_with(&data, names);
+    for ((path, body), first) in creates.iter().zip(&first) {
+        let (status, answer) = curl(&server.url, &admin, "POST", path, Some("before-restart"), Some(body));
+        assert_eq!(status, 201, "{path}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("idempotent-replayed: true"), "{path}: {answer}");
+        assert_eq!(&body_of(&answer), first, "{path}");
+        let (status, list) = curl(&server.url, &admin, "GET", path, None, None);
+        assert_eq!(status, 200, "{list}");
+        let n = body_of(&list)["items"].as_array().unwrap().len();
+        assert_eq!(n, 1, "{path}: one resource after the restart: {list}");
+    }
+    let (status, answer) =
+        curl(&server.url, &admin, "POST", "/v1/namespaces", Some("orphaned"), Some(&namespace_body("other")));
+    assert_eq!(status, 201, "a dead process's claim must not hold the key: {answer}");
+}
+
+fn pending_claim(db: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use sqlx::ConnectOptions;
+        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(db).connect().await.unwrap();
+        sqlx::query(
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) \
+             VALUES ('platform:admin:namespace.create', 'orphaned', 'x', 0, '', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    });
+}
+
+/// The answer's `X-Request-Id`, the error envelope and the audit record carry the server's id;
+/// a client's id is kept beside it as `client_request_id`, and only when it is sane.
+#[tokio::test]
+async fn request_ids_are_the_servers_and_a_clients_is_kept_beside_it() {
+    let h = harness().await;
+    let send = |method: Method, path: &str, client_id: &str, body: Option<Value>| {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", h.admin))
+            .header("x-request-id", client_id);
+        let body = match body {
+            Some(v) => {
+                b = b.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        h.send(b.body(body).unwrap())
+    };
+    // An error answer.
+    let r = send(Method::GET, "/v1/namespaces/ghost", "victim-request-7", None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_"), "{id}");
+    assert_eq!(r.body["error"]["request_id"], id.as_str());
+
+    // An audited create, with a sane client id and then with one that is not kept.
+    let r = send(Method::POST, "/v1/namespaces/acme/projects", "victim-request-7", Some(json!({"name": "p"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(id.starts_with("req_") && id != "victim-request-7", "{id}");
+    let long = "x".repeat(129);
+    let r = send(Method::POST, "/v1/namespaces/acme/projects", &long, Some(json!({"name": "q"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id2 = r.headers["x-request-id"].to_str().unwrap().to_owned();
+
+    let r = h.call(Method::GET, "/v1/namespaces/acme/audit?action=project.create", Some(&h.admin), Value::Null).await;
+    let records = r.body["items"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{}", r.body);
+    assert_eq!(records[0]["request_id"], id.as_str());
+    let detail: Value = serde_json::from_str(records[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["client_request_id"], "victim-request-7", "{detail}");
+    assert_eq!(records[1]["request_id"], id2.as_str());
+    let detail: Value = serde_json::from_str(records[1]["detail"].as_str().unwrap()).unwrap();
+    assert!(detail.get("client_request_id").is_none(), "an over-long client id is not kept: {detail}");
+    assert!(records.iter().all(|r| r["request_id"] != "victim-request-7"));
+
+    // A streamed exec's closing record too.
+    let sbx = h.create_sandbox("acme", &h.admin, json!({"memory_bytes": 64 << 20})).await;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/namespaces/acme/sandboxes/{sbx}/exec"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .header("content-type", "application/json")
+        .header("accept", "application/x-ndjson")
+        .header("x-request-id", "stream-client-1")
+        .body(Body::from(json!({"cmd": ["true"]}).to_string()))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(String::from_utf8_lossy(&r.raw).contains("\"exit\""), "{}", String::from_utf8_lossy(&r.raw));
+    let path = "/v1/namespaces/acme/audit?action=sandbox.exec.exit";
+    let r = h.call(Method::GET, path, Some(&h.admin), Value::Null).await;
+    let records = r.body["items"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{}", r.body);
+    assert_eq!(records[0]["request_id"], id.as_str());
+    let detail: Value = serde_json::from_str(records[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["client_request_id"], "stream-client-1", "{detail}");
+
+    let r = h.call(Method::GET, "/v1/namespaces/acme/audit/verify", Some(&h.admin), Value::Null).await;
+    assert_eq!(r.body["ok"], true, "{}", r.body);
+}
