@@ -299,9 +299,11 @@ async fn read_checkpoint(conn: &mut sqlx::SqliteConnection, chain: &str) -> Resu
         .fetch_optional(&mut *conn)
         .await?;
     match row {
-        Some(row) => {
-            Ok(Some(Checkpoint { seq: as_u64(&row, "seq")?, hash: row.try_get("hash")?, time_ms: row.try_get("time_ms")? }))
-        }
+        Some(row) => Ok(Some(Checkpoint {
+            seq: as_u64(&row, "seq")?,
+            hash: row.try_get("hash")?,
+            time_ms: row.try_get("time_ms")?,
+        })),
         None => Ok(None),
     }
 }

@@ -45,6 +45,9 @@ impl Server {
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--cgroup-prefix", &cgroup_prefix])
+            // A host registry of the test's own, inside its temporary data dir.
+            .arg("--host-registry")
+            .arg(data_dir.join("host-registry"))
             .env("BULKHEAD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
