@@ -205,8 +205,13 @@ fn check_label(field: &'static str, s: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `[start, start + size)` ends at or below [`ID_LIMIT`].
+fn fits(start: u32, size: u32) -> bool {
+    u64::from(start) + u64::from(size) <= u64::from(ID_LIMIT)
+}
+
 fn check_range(start: u32, size: u32) -> Result<()> {
-    let ok = start >= ID_BASE && size > 0 && start.checked_add(size).is_some_and(|end| end <= ID_LIMIT);
+    let ok = start >= ID_BASE && size > 0 && fits(start, size);
     if !ok {
         return Err(RegistryError::Invalid { field: "range", reason: format!("[{start}, +{size}) is out of bounds") });
     }
@@ -458,7 +463,10 @@ impl HostRegistry {
             // Never-used ranges first, on the grid from ID_BASE, skipping any held range.
             let mut start = doc.next_id;
             let picked = loop {
-                let Some(end) = start.checked_add(ID_RANGE).filter(|e| *e <= ID_LIMIT) else { break None };
+                if !fits(start, ID_RANGE) {
+                    break None;
+                }
+                let end = start + ID_RANGE;
                 if !doc.overlaps(start, ID_RANGE) {
                     doc.next_id = end;
                     break Some(start);
@@ -468,7 +476,7 @@ impl HostRegistry {
             let start = match picked {
                 Some(s) => s,
                 None => {
-                    doc.next_id = ID_LIMIT.min(doc.next_id.max(start));
+                    doc.next_id = doc.next_id.max(start);
                     // Then the range released longest ago.
                     let pos = doc.released.iter().position(|r| r.size == ID_RANGE);
                     let Some(pos) = pos else { return Err(RegistryError::Exhausted { path: self.path.clone() }) };
