@@ -198,6 +198,14 @@ pub fn check_cgroup_prefix(s: &str) -> Result<()> {
     Ok(())
 }
 
+fn check_keep(keep: &[(IdRange, String)]) -> Result<()> {
+    for (r, label) in keep {
+        check_range(r.host_start, r.size)?;
+        check_label("label", label)?;
+    }
+    Ok(())
+}
+
 fn check_label(field: &'static str, s: &str) -> Result<()> {
     if s.len() > MAX_LABEL_BYTES || s.chars().any(char::is_control) {
         return Err(RegistryError::Invalid { field, reason: "too long or has control characters".into() });
@@ -417,39 +425,69 @@ impl HostRegistry {
     pub fn register_owner(&self, owner: &str, label: &str) -> Result<Owner> {
         check_owner(owner)?;
         check_label("label", label)?;
-        self.transact(|doc| {
-            if let Some(o) = doc.owners.iter_mut().find(|o| o.id == owner) {
-                o.label = label.to_owned();
-                return Ok(o.clone());
-            }
-            let used: std::collections::HashSet<&str> = doc.owners.iter().map(|o| o.net_prefix.as_str()).collect();
-            let net_prefix = (0..=0xffffu32)
-                .map(|n| format!("bh{n:04x}"))
-                .find(|p| !used.contains(p.as_str()))
-                .ok_or_else(|| RegistryError::Exhausted { path: self.path.clone() })?;
-            let o = Owner { id: owner.to_owned(), label: label.to_owned(), cgroup_prefixes: Vec::new(), net_prefix };
-            doc.owners.push(o.clone());
-            Ok(o)
-        })
+        self.transact(|doc| self.register_in(doc, owner, label))
+    }
+
+    fn register_in(&self, doc: &mut Document, owner: &str, label: &str) -> Result<Owner> {
+        if let Some(o) = doc.owners.iter_mut().find(|o| o.id == owner) {
+            o.label = label.to_owned();
+            return Ok(o.clone());
+        }
+        let used: std::collections::HashSet<&str> = doc.owners.iter().map(|o| o.net_prefix.as_str()).collect();
+        let net_prefix = (0..=0xffffu32)
+            .map(|n| format!("bh{n:04x}"))
+            .find(|p| !used.contains(p.as_str()))
+            .ok_or_else(|| RegistryError::Exhausted { path: self.path.clone() })?;
+        let o = Owner { id: owner.to_owned(), label: label.to_owned(), cgroup_prefixes: Vec::new(), net_prefix };
+        doc.owners.push(o.clone());
+        Ok(o)
     }
 
     /// Claims the cgroup prefix for `owner` (registered before). Another owner's prefix is
     /// `Taken`, naming that owner.
     pub fn claim_cgroup_prefix(&self, owner: &str, prefix: &str) -> Result<()> {
         check_cgroup_prefix(prefix)?;
-        self.transact(|doc| {
-            if let Some(other) = doc.owners.iter().find(|o| o.cgroup_prefixes.iter().any(|p| p == prefix)) {
-                if other.id == owner {
-                    return Ok(());
-                }
-                return Err(self.taken(doc, format!("cgroup prefix {prefix:?}"), &other.id.clone()));
+        self.transact(|doc| self.claim_in(doc, owner, prefix))
+    }
+
+    fn claim_in(&self, doc: &mut Document, owner: &str, prefix: &str) -> Result<()> {
+        if let Some(other) = doc.owners.iter().find(|o| o.cgroup_prefixes.iter().any(|p| p == prefix)) {
+            if other.id == owner {
+                return Ok(());
             }
-            let o = doc.owners.iter_mut().find(|o| o.id == owner).ok_or_else(|| RegistryError::Invalid {
+            return Err(self.taken(doc, format!("cgroup prefix {prefix:?}"), &other.id.clone()));
+        }
+        let o = doc
+            .owners
+            .iter_mut()
+            .find(|o| o.id == owner)
+            .ok_or_else(|| RegistryError::Invalid { field: "owner", reason: format!("{owner} is not registered") })?;
+        o.cgroup_prefixes.push(prefix.to_owned());
+        Ok(())
+    }
+
+    /// A server's start in one change, all or nothing: registers `owner` (labelled `label`),
+    /// claims `cgroup_prefix` and syncs its ranges with `keep` as [`Self::sync_ids`] does.
+    pub fn start_owner(
+        &self,
+        owner: &str,
+        label: &str,
+        cgroup_prefix: &str,
+        keep: &[(IdRange, String)],
+    ) -> Result<(Owner, SyncReport)> {
+        check_owner(owner)?;
+        check_label("label", label)?;
+        check_cgroup_prefix(cgroup_prefix)?;
+        check_keep(keep)?;
+        self.transact(|doc| {
+            self.register_in(doc, owner, label)?;
+            self.claim_in(doc, owner, cgroup_prefix)?;
+            let report = self.sync_in(doc, owner, keep, true)?;
+            let entry = doc.owner(owner).cloned().ok_or_else(|| RegistryError::Invalid {
                 field: "owner",
                 reason: format!("{owner} is not registered"),
             })?;
-            o.cgroup_prefixes.push(prefix.to_owned());
-            Ok(())
+            Ok((entry, report))
         })
     }
 
@@ -502,44 +540,44 @@ impl HostRegistry {
     }
 
     fn sync(&self, owner: &str, keep: &[(IdRange, String)], release_rest: bool) -> Result<SyncReport> {
-        for (r, label) in keep {
-            check_range(r.host_start, r.size)?;
-            check_label("label", label)?;
+        check_keep(keep)?;
+        self.transact(|doc| self.sync_in(doc, owner, keep, release_rest))
+    }
+
+    fn sync_in(
+        &self,
+        doc: &mut Document,
+        owner: &str,
+        keep: &[(IdRange, String)],
+        release_rest: bool,
+    ) -> Result<SyncReport> {
+        if doc.owner(owner).is_none() {
+            return Err(RegistryError::Invalid { field: "owner", reason: format!("{owner} is not registered") });
         }
-        self.transact(|doc| {
-            if doc.owner(owner).is_none() {
-                return Err(RegistryError::Invalid { field: "owner", reason: format!("{owner} is not registered") });
+        let mut report = SyncReport::default();
+        for (r, label) in keep {
+            if doc.ids.iter().any(|c| c.owner == owner && c.range() == *r) {
+                continue;
             }
-            let mut report = SyncReport::default();
-            for (r, label) in keep {
-                if doc.ids.iter().any(|c| c.owner == owner && c.range() == *r) {
-                    continue;
-                }
-                let end = u64::from(r.host_start) + u64::from(r.size);
-                let hit = |s: u32, z: u32| u64::from(s) < end && u64::from(r.host_start) < u64::from(s) + u64::from(z);
-                if let Some(c) = doc.ids.iter().find(|c| hit(c.start, c.size)) {
-                    let what = format!("host ids [{}, +{}) of namespace {label}", r.host_start, r.size);
-                    return Err(self.taken(doc, what, &c.owner.clone()));
-                }
-                doc.released.retain(|x| !hit(x.start, x.size));
-                doc.ids.push(IdClaim {
-                    owner: owner.to_owned(),
-                    start: r.host_start,
-                    size: r.size,
-                    label: label.clone(),
-                });
-                report.registered += 1;
+            let end = u64::from(r.host_start) + u64::from(r.size);
+            let hit = |s: u32, z: u32| u64::from(s) < end && u64::from(r.host_start) < u64::from(s) + u64::from(z);
+            if let Some(c) = doc.ids.iter().find(|c| hit(c.start, c.size)) {
+                let what = format!("host ids [{}, +{}) of namespace {label}", r.host_start, r.size);
+                return Err(self.taken(doc, what, &c.owner.clone()));
             }
-            if release_rest {
-                let (stale, kept): (Vec<IdClaim>, Vec<IdClaim>) = std::mem::take(&mut doc.ids)
-                    .into_iter()
-                    .partition(|c| c.owner == owner && !keep.iter().any(|(r, _)| *r == c.range()));
-                doc.ids = kept;
-                report.released = stale.len();
-                doc.released.extend(stale.into_iter().map(|c| Released { start: c.start, size: c.size }));
-            }
-            Ok(report)
-        })
+            doc.released.retain(|x| !hit(x.start, x.size));
+            doc.ids.push(IdClaim { owner: owner.to_owned(), start: r.host_start, size: r.size, label: label.clone() });
+            report.registered += 1;
+        }
+        if release_rest {
+            let (stale, kept): (Vec<IdClaim>, Vec<IdClaim>) = std::mem::take(&mut doc.ids)
+                .into_iter()
+                .partition(|c| c.owner == owner && !keep.iter().any(|(r, _)| *r == c.range()));
+            doc.ids = kept;
+            report.released = stale.len();
+            doc.released.extend(stale.into_iter().map(|c| Released { start: c.start, size: c.size }));
+        }
+        Ok(report)
     }
 
     /// Releases `owner`'s range; call only once nothing on the host is owned by its ids any
@@ -699,6 +737,22 @@ mod tests {
         assert_eq!(r.allocate_ids("sto_a", "n3").unwrap(), first);
         assert_eq!(r.allocate_ids("sto_a", "n4").unwrap(), second);
         assert!(matches!(r.allocate_ids("sto_a", "n5"), Err(RegistryError::Exhausted { .. })));
+    }
+
+    #[test]
+    fn a_refused_start_changes_nothing() {
+        let (_d, r) = registry();
+        let (a, _) = r.start_owner("sto_a", "/data/a", "bulkhead", &[]).unwrap();
+        let held = r.allocate_ids("sto_a", "acme").unwrap();
+        let before = fs::read(r.path()).unwrap();
+        let e = r.start_owner("sto_b", "/data/b", "bulkhead", &[]).unwrap_err();
+        assert!(e.to_string().contains("/data/a"), "{e}");
+        let e = r.start_owner("sto_b", "/data/b", "other", &[(held, "acme".into())]).unwrap_err();
+        assert!(matches!(e, RegistryError::Taken { .. }), "{e}");
+        assert_eq!(fs::read(r.path()).unwrap(), before, "a refused start wrote to the registry");
+        // A restart of the same owner is fine and keeps its name prefix.
+        let (again, report) = r.start_owner("sto_a", "/data/a", "bulkhead", &[(held, "acme".into())]).unwrap();
+        assert_eq!((again.net_prefix, report), (a.net_prefix, SyncReport::default()));
     }
 
     #[test]

@@ -37,8 +37,8 @@ async fn blocking<T: Send + 'static>(
 
 impl HostIds {
     /// Registers `owner` (labelled with `label`, its data dir), claims `cgroup_prefix` and makes
-    /// the owner's ranges exactly those of `namespaces`. Another owner's prefix or range is an
-    /// error naming that owner.
+    /// the owner's ranges exactly those of `namespaces`, in one change of the registry. Another
+    /// owner's prefix or range is an error naming that owner, and changes nothing.
     pub fn start(
         registry: HostRegistry,
         owner: &str,
@@ -46,11 +46,9 @@ impl HostIds {
         cgroup_prefix: &str,
         namespaces: &[NamespaceRow],
     ) -> Result<HostIds, RegistryError> {
-        let entry = registry.register_owner(owner, label)?;
-        registry.claim_cgroup_prefix(owner, cgroup_prefix)?;
         let keep: Vec<(IdRange, String)> =
             namespaces.iter().map(|n| (IdRange { host_start: n.id_start, size: n.id_count }, n.name.clone())).collect();
-        let report = registry.sync_ids(owner, &keep)?;
+        let (entry, report) = registry.start_owner(owner, label, cgroup_prefix, &keep)?;
         if report.registered > 0 || report.released > 0 {
             tracing::info!(
                 registered = report.registered,
