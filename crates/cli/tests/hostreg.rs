@@ -114,6 +114,18 @@ fn a_cgroup_prefix_has_one_server() {
     // The first server is unharmed and its sandboxes run.
     let ids = host_ids_seen_inside(&first, "acme");
     assert!(!ids.is_empty());
+
+    // Once the first server is gone for good, the operator frees its entry and the prefix can
+    // be used again.
+    let reg = registry.display().to_string();
+    let out = first.cli(None, &["doctor", "--host-registry", &reg, "--forget-owner", "sto_nobody"]);
+    assert!(!out.status.success(), "forgetting an unknown owner succeeded");
+    let mut first = first;
+    first.ok(None, &["namespace", "delete", "acme"]);
+    first.stop();
+    first.ok(None, &["doctor", "--host-registry", &reg, "--forget-owner", &holder.id]);
+    let second = Server::spawn(&data_b, (state_b, prefix.clone()), &registry, &[]).expect("the freed prefix");
+    second.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
 }
 
 #[test]
