@@ -148,7 +148,10 @@ async fn host_ids(store: &dyn Store, config: &ServerConfig) -> Result<crate::hos
         crate::hostids::HostIds::start(registry, &owner, &label, &prefix, &namespaces)
     })
     .await
-    .map_err(|e| BootstrapError::Identity(format!("host registry task: {e}")))??;
+    .map_err(|e| bulkhead_runtime::hostreg::RegistryError::Io {
+        path: config.host_registry.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
     Ok(started)
 }
 
