@@ -324,6 +324,9 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
      pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count";
 const NAMESPACE_INSERT_COLUMNS: &str = NAMESPACE_COLUMNS;
+/// The columns `audit_row` reads: every query of records selects exactly these.
+const AUDIT_COLUMNS: &str =
+    "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
 const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
 
 #[async_trait]
@@ -603,10 +606,9 @@ impl Store for SqliteStore {
         let mut after = checkpoint.as_ref().map_or(0, |c| c.seq);
         const BATCH: i64 = 1000;
         loop {
-            let rows = sqlx::query(
-                "SELECT chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, \
-                 prev_hash, hash FROM audit_records WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?",
-            )
+            let rows = sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_records WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))
             .bind(chain)
             .bind(as_i64(after))
             .bind(BATCH)
@@ -626,12 +628,11 @@ impl Store for SqliteStore {
     }
 
     async fn list_audit(&self, chain: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, \
-             prev_hash, hash FROM audit_records WHERE chain = ? AND seq > ? \
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_records WHERE chain = ? AND seq > ? \
              AND (? IS NULL OR action = ?) AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) \
-             ORDER BY seq LIMIT ?",
-        )
+             ORDER BY seq LIMIT ?"
+        ))
         .bind(chain)
         .bind(as_i64(q.after_seq))
         .bind(q.action.as_deref())
