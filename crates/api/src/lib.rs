@@ -175,11 +175,19 @@ pub struct AuditRecord {
 }
 
 /// The result of recomputing a chain.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditVerification {
     pub ok: bool,
+    /// Records checked: those the chain keeps.
     pub records: u64,
     pub first_bad_seq: Option<u64>,
+    /// Records pruned by retention before the chain's checkpoint (their sequence numbers are
+    /// `1..=pruned`); the first record kept links to the last one pruned.
+    #[serde(default)]
+    pub pruned: u64,
+    /// When the chain was last pruned (RFC 3339), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<String>,
 }
 
 /// `GET /healthz`

@@ -212,6 +212,7 @@ pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> 
     // Whatever happened, leave nothing behind.
     leave_nothing_behind(&settings).await;
     let _ = std::fs::remove_dir_all(&data);
+    forget_in_host_registry(&settings.cgroup_prefix);
     let report = result?;
     print(&report);
     std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
@@ -240,6 +241,21 @@ async fn leave_nothing_behind(settings: &RuntimeSettings) {
             settings.state_dir.display(),
             settings.cgroup_prefix
         );
+    }
+}
+
+/// The bench's server held host id ranges and its cgroup prefix in the host's registry; its
+/// data is gone now, so its entry goes too.
+fn forget_in_host_registry(cgroup_prefix: &str) {
+    use bulkhead_runtime::hostreg::{HostRegistry, DEFAULT_PATH};
+    let forgotten = HostRegistry::open(Path::new(DEFAULT_PATH)).and_then(|r| {
+        for owner in r.owners()?.iter().filter(|o| o.cgroup_prefixes.iter().any(|p| p == cgroup_prefix)) {
+            r.forget_owner(&owner.id)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = forgotten {
+        eprintln!("warning: the bench's server is still listed in the host registry: {e}");
     }
 }
 

@@ -316,6 +316,14 @@ pub async fn audit(args: AuditArgs, global: &Global) -> anyhow::Result<ExitCode>
         let v = c.verify_audit(ns).await?;
         if global.json {
             output::json(&v)?;
+        } else if v.ok && v.pruned > 0 {
+            println!(
+                "audit chain {} intact: {} records after a checkpoint ({} older records pruned{})",
+                ns.unwrap_or("platform"),
+                v.records,
+                v.pruned,
+                v.pruned_at.as_deref().map(|t| format!(", last at {t}")).unwrap_or_default()
+            );
         } else if v.ok {
             println!("audit chain {} intact: {} records", ns.unwrap_or("platform"), v.records);
         } else {

@@ -35,6 +35,14 @@ pub struct DoctorArgs {
     /// The name of the server's top cgroup.
     #[arg(long, env = "BULKHEAD_CGROUP_PREFIX", default_value = "bulkhead")]
     cgroup_prefix: String,
+    /// The host registry shared by the Bulkhead servers of this host.
+    #[arg(long, env = "BULKHEAD_HOST_REGISTRY", default_value = bulkhead_runtime::hostreg::DEFAULT_PATH)]
+    host_registry: PathBuf,
+    /// Instead of looking for leaks: removes this store's entry from the host registry and
+    /// releases every host id range and cgroup prefix it holds. Only for a server whose data
+    /// is gone for good (its files would otherwise be owned by ids another server may get).
+    #[arg(long, value_name = "STORE_ID")]
+    forget_owner: Option<String>,
 }
 
 /// Where in the server's tree a resource sits.
@@ -239,6 +247,14 @@ fn is_root() -> bool {
 pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCode> {
     if !is_root() {
         anyhow::bail!("doctor reads this host's cgroups, processes and mounts: run it as root on the server's host");
+    }
+    if let Some(owner) = &args.forget_owner {
+        let registry = bulkhead_runtime::hostreg::HostRegistry::open(&args.host_registry)?;
+        if !registry.forget_owner(owner)? {
+            anyhow::bail!("{owner} is not an owner in the host registry {}", args.host_registry.display());
+        }
+        println!("{owner} no longer holds anything in the host registry {}", args.host_registry.display());
+        return Ok(ExitCode::SUCCESS);
     }
     // The host first, then the server: a sandbox created in between is then known to the
     // server, not reported as a leak.

@@ -37,6 +37,15 @@ pub struct ServeArgs {
     /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
     #[arg(long, env = "BULKHEAD_SUPERVISOR")]
     supervisor: Option<PathBuf>,
+    /// The host registry that every Bulkhead server on this host shares: which server (by its
+    /// store's id) holds which host uid/gid range and cgroup prefix. It must survive reboots, as
+    /// files on disk stay owned by the ranges. Default: /var/lib/bulkhead-host/registry.
+    #[arg(long, env = "BULKHEAD_HOST_REGISTRY", value_name = "PATH")]
+    host_registry: Option<PathBuf>,
+    /// Audit records each chain keeps (every namespace's and the platform's); older records are
+    /// pruned behind a checkpoint that keeps the chain verifiable. Default: 50000.
+    #[arg(long, env = "BULKHEAD_AUDIT_RETAIN_RECORDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    audit_retain_records: Option<u64>,
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -58,6 +67,12 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
     config.runtime.state_dir = args.state_dir.clone();
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
+    if let Some(path) = &args.host_registry {
+        config.host_registry = path.clone();
+    }
+    if let Some(n) = args.audit_retain_records {
+        config.audit_retention_records = n;
+    }
     if let Some(s) = &args.supervisor {
         config.runtime.supervisor = s.clone();
     }

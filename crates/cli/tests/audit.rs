@@ -110,7 +110,7 @@ async fn tampering_behind_the_servers_back_is_caught() {
     }
     assert_eq!(
         verify(&h, "/v1/namespaces/alpha/audit/verify").await,
-        json!({"ok": true, "records": 5, "first_bad_seq": null})
+        json!({"ok": true, "records": 5, "first_bad_seq": null, "pruned": 0})
     );
 
     // Another process opens the database file and rewrites history.
@@ -122,7 +122,7 @@ async fn tampering_behind_the_servers_back_is_caught() {
         .unwrap();
     assert_eq!(
         verify(&h, "/v1/namespaces/alpha/audit/verify").await,
-        json!({"ok": false, "records": 5, "first_bad_seq": 3})
+        json!({"ok": false, "records": 5, "first_bad_seq": 3, "pruned": 0})
     );
 
     // Recomputing the edited record's hash does not help: the next link breaks.
@@ -161,7 +161,7 @@ async fn tampering_behind_the_servers_back_is_caught() {
     let mut conn = SqliteConnectOptions::new().filename(&db).connect().await.unwrap();
     sqlx::query("DELETE FROM audit_records WHERE chain = 'alpha' AND seq = 3").execute(&mut conn).await.unwrap();
     let r = h2.call(Method::GET, "/v1/namespaces/alpha/audit/verify", Some(&h2.admin), Value::Null).await;
-    assert_eq!(r.body, json!({"ok": false, "records": 2, "first_bad_seq": 3}));
+    assert_eq!(r.body, json!({"ok": false, "records": 2, "first_bad_seq": 3, "pruned": 0}));
 
     // The platform chain verifies too.
     let r = h2.call(Method::GET, "/v1/audit/verify", Some(&h2.admin), Value::Null).await;

@@ -27,6 +27,8 @@ fn start(data: &Path, state: &Path, prefix: &str) -> Server {
         .arg("--state-dir")
         .arg(state)
         .args(["--cgroup-prefix", prefix])
+        .arg("--host-registry")
+        .arg(data.join("host-registry"))
         .env("BULKHEAD_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()

@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod client;
 pub mod confined;
 pub mod host;
+pub mod hostreg;
 pub mod oci;
 pub mod seccomp;
 pub mod spec;

@@ -80,7 +80,8 @@ fn record_for(
     } else {
         "allow"
     };
-    let detail = serde_json::Value::Object(info.detail).to_string();
+    // Bounded: long values (an argv of megabytes) are kept as their length and SHA-256.
+    let detail = bulkhead_core::audit::bounded_detail(&info.detail);
     Some((
         chain,
         AuditEvent {

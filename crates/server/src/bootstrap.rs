@@ -44,6 +44,8 @@ pub enum BootstrapError {
     Identity(String),
     #[error("BULKHEAD_MASTER_KEY must be 64 hex digits (a 256-bit key)")]
     BadMasterKeyEnv,
+    #[error("{0}")]
+    HostRegistry(#[from] bulkhead_runtime::hostreg::RegistryError),
 }
 
 /// The state of a started server, and the admin token when this start generated it.
@@ -124,6 +126,35 @@ async fn mount_filesystems(store: &dyn Store, storage: &Storage) -> Result<(), B
     Ok(())
 }
 
+/// Registers this server in the host registry: its owner entry (the store's id), its cgroup
+/// prefix and the host id ranges of the namespaces it already has.
+async fn host_ids(store: &dyn Store, config: &ServerConfig) -> Result<crate::hostids::HostIds, BootstrapError> {
+    let owner = store.store_id().await?;
+    let mut namespaces = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.list_namespaces(after.as_deref(), 1000, None).await?;
+        after = page.last().map(|n| n.name.clone());
+        let done = page.len() < 1000;
+        namespaces.extend(page);
+        if done {
+            break;
+        }
+    }
+    let (path, label, prefix) =
+        (config.host_registry.clone(), config.data_dir.display().to_string(), config.runtime.cgroup_prefix.clone());
+    let started = tokio::task::spawn_blocking(move || {
+        let registry = bulkhead_runtime::hostreg::HostRegistry::open(&path)?;
+        crate::hostids::HostIds::start(registry, &owner, &label, &prefix, &namespaces)
+    })
+    .await
+    .map_err(|e| bulkhead_runtime::hostreg::RegistryError::Io {
+        path: config.host_registry.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    Ok(started)
+}
+
 /// Prepares the data dir and the store and returns the server's state.
 pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError> {
     let dir = config.data_dir.clone();
@@ -131,7 +162,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     let hasher = TokenHasher::new(token_key(&dir)?);
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?;
+    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records);
 
     let mut new_admin_token = None;
     let admin_token_hash = match store.admin_token_hash().await? {
@@ -152,6 +183,9 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     // their keys, so a retry runs the create again.
     store.release_pending_idempotency().await?;
     let store: Arc<dyn Store> = Arc::new(store);
+    // Host-global resources before anything touches the host: a prefix or a range another
+    // server holds stops this start here.
+    let host_ids = host_ids(store.as_ref(), &config).await?;
     let runtime = OciRuntime::new(OciConfig {
         state_dir: config.runtime.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -179,6 +213,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         sandbox_locks: SandboxLocks::default(),
         logs,
         identity,
+        host_ids,
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {

@@ -13,6 +13,7 @@ pub mod bootstrap;
 pub mod convert;
 pub mod error;
 pub mod extract;
+pub mod hostids;
 pub mod idempotency;
 pub mod identity;
 pub mod logs;

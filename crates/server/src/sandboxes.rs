@@ -10,20 +10,15 @@ use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, StoreEr
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
 
-/// First host id of the namespace id ranges; below it are the host's own users.
-pub const ID_BASE: u32 = 1_000_000;
-/// Ids per namespace: a full 16-bit range, so images with users up to 65535 work.
-pub const ID_RANGE: u32 = 65_536;
+pub use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
 
-/// The host ids of a namespace's sandboxes.
+/// The host ids of a namespace's sandboxes: the range the host registry handed the namespace,
+/// kept in its row.
 pub fn id_range(ns: &NamespaceRow) -> ApiResult<IdRange> {
-    let start = ns
-        .id_slot
-        .checked_mul(ID_RANGE)
-        .and_then(|o| o.checked_add(ID_BASE))
-        .filter(|s| s.checked_add(ID_RANGE).is_some())
-        .ok_or_else(|| ApiError::Internal(format!("namespace {} has no host id range left", ns.name)))?;
-    Ok(IdRange { host_start: start, size: ID_RANGE })
+    if ns.id_start < ID_BASE || ns.id_count == 0 || ns.id_start.checked_add(ns.id_count).is_none() {
+        return Err(ApiError::Internal(format!("namespace {} has no valid host id range", ns.name)));
+    }
+    Ok(IdRange { host_start: ns.id_start, size: ns.id_count })
 }
 
 /// Limits of a namespace's cgroup: its quotas, and processes for all its sandboxes.

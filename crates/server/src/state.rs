@@ -79,6 +79,10 @@ pub struct ServerConfig {
     /// How namespaces' OpenID Connect providers are checked (key set lifetime, refetch bound,
     /// clock leeway).
     pub oidc: bulkhead_oidc::ProviderOptions,
+    /// The host registry shared by every server on the host (uid ranges, cgroup prefixes).
+    pub host_registry: PathBuf,
+    /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
+    pub audit_retention_records: u64,
 }
 
 impl ServerConfig {
@@ -96,6 +100,8 @@ impl ServerConfig {
             meter_interval: Duration::from_secs(10),
             log_bytes_per_namespace: 16 << 20,
             oidc: bulkhead_oidc::ProviderOptions::default(),
+            host_registry: PathBuf::from(bulkhead_runtime::hostreg::DEFAULT_PATH),
+            audit_retention_records: bulkhead_store::sqlite::DEFAULT_AUDIT_RETENTION,
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     pub logs: crate::logs::LogBook,
     pub identity: crate::identity::Identity,
+    /// This server's owner entry in the host registry.
+    pub host_ids: crate::hostids::HostIds,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -9,7 +9,7 @@
 pub mod sqlite;
 
 use async_trait::async_trait;
-use bulkhead_core::audit::{AuditEvent, AuditRecord};
+use bulkhead_core::audit::{AuditEvent, AuditRecord, Checkpoint, Verification};
 use bulkhead_core::{Quotas, Role};
 
 /// A namespace as stored.
@@ -20,8 +20,10 @@ pub struct NamespaceRow {
     pub quotas: Quotas,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
-    /// The namespace's host id range slot, assigned by the store at creation.
-    pub id_slot: u32,
+    /// First host uid/gid of the namespace's range, as the host registry handed it out.
+    pub id_start: u32,
+    /// Ids in the range.
+    pub id_count: u32,
 }
 
 /// A sandbox's lifecycle state.
@@ -276,11 +278,22 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_key(&self, namespace: &str, id: &str) -> Result<bool>;
     async fn key_by_token_hash(&self, token_hash: &str) -> Result<Option<KeyRow>>;
 
+    /// The id under which this store holds host-global resources in the host registry: made
+    /// with the store, the same for every replica of it, never changed.
+    async fn store_id(&self) -> Result<String>;
+
     /// Appends `event` to `chain` atomically with the chain head, and returns the sealed record.
+    /// When the chain then keeps more records than the store's retention allows, the oldest
+    /// are pruned in the same transaction and the chain's checkpoint moves past them.
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord>;
     async fn list_audit(&self, chain: &str, query: &AuditQuery) -> Result<Vec<AuditRecord>>;
     /// The chain head: last sequence number and hash.
     async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>>;
+    /// Where the chain begins after pruning; `None` while nothing was pruned.
+    async fn audit_checkpoint(&self, chain: &str) -> Result<Option<Checkpoint>>;
+    /// Verifies the chain as it stands at one moment (checkpoint, records and head read from
+    /// one snapshot, so appends and pruning meanwhile do not disturb it).
+    async fn verify_audit(&self, chain: &str) -> Result<Verification>;
 
     /// Inserts `sandbox` (status `creating`) when the namespace's quotas allow it, atomically
     /// with the check: `max_sandboxes`, `cpu_millis` and `memory_bytes` over active sandboxes.

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bulkhead_core::audit::{self, AuditEvent, AuditRecord};
+use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
 use bulkhead_core::{Quotas, Role};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
@@ -31,12 +31,18 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "io metering", include_str!("../migrations/sqlite/0005_io_metering.sql")),
     (6, "identity", include_str!("../migrations/sqlite/0006_identity.sql")),
     (7, "sandbox project", include_str!("../migrations/sqlite/0007_sandbox_project.sql")),
+    (8, "host ids and audit retention", include_str!("../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
 ];
+
+/// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
+pub const DEFAULT_AUDIT_RETENTION: u64 = 50_000;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
     pool: SqlitePool,
     write: Mutex<()>,
+    /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
+    audit_retention: u64,
 }
 
 fn migrator() -> Migrator {
@@ -88,7 +94,14 @@ impl SqliteStore {
                 }
             }
         });
-        Ok(Self { pool, write: Mutex::new(()) })
+        Ok(Self { pool, write: Mutex::new(()), audit_retention: DEFAULT_AUDIT_RETENTION })
+    }
+
+    /// Keeps at most `records` (at least 1) records per audit chain; the oldest are pruned as
+    /// new ones are appended.
+    pub fn with_audit_retention(mut self, records: u64) -> Self {
+        self.audit_retention = records.max(1);
+        self
     }
 }
 
@@ -116,10 +129,15 @@ fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
         },
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
-        id_slot: {
-            let slot: Option<i64> = row.try_get("id_slot")?;
-            slot.and_then(|s| u32::try_from(s).ok())
-                .ok_or_else(|| StoreError::Corrupt("namespace without id slot".into()))?
+        id_start: {
+            let v: Option<i64> = row.try_get("id_start")?;
+            v.and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))?
+        },
+        id_count: {
+            let v: Option<i64> = row.try_get("id_count")?;
+            v.and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))?
         },
     })
 }
@@ -276,6 +294,27 @@ fn audit_row(row: &SqliteRow) -> Result<AuditRecord> {
     })
 }
 
+/// The chain's checkpoint as stored.
+async fn read_checkpoint(conn: &mut sqlx::SqliteConnection, chain: &str) -> Result<Option<Checkpoint>> {
+    let row = sqlx::query("SELECT seq, hash, time_ms FROM audit_checkpoints WHERE chain = ?")
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(Checkpoint {
+            seq: as_u64(&row, "seq")?,
+            hash: row.try_get("hash")?,
+            time_ms: row.try_get("time_ms")?,
+        })),
+        None => Ok(None),
+    }
+}
+
+/// The last pruned sequence number of a chain; 0 when nothing was pruned.
+async fn checkpoint_seq(conn: &mut sqlx::SqliteConnection, chain: &str) -> Result<u64> {
+    Ok(read_checkpoint(conn, chain).await?.map_or(0, |c| c.seq))
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -285,9 +324,11 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 }
 
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_slot";
-const NAMESPACE_INSERT_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms";
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count";
+const NAMESPACE_INSERT_COLUMNS: &str = NAMESPACE_COLUMNS;
+/// The columns `audit_row` reads: every query of records selects exactly these.
+const AUDIT_COLUMNS: &str =
+    "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
 const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
 
 #[async_trait]
@@ -315,7 +356,7 @@ impl Store for SqliteStore {
         let q = &ns.quotas;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let r = sqlx::query(&format!(
-            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&ns.name)
         .bind(&ns.isolation)
@@ -327,22 +368,14 @@ impl Store for SqliteStore {
         .bind(as_i64(q.max_sandbox_ttl_seconds))
         .bind(ns.created_at_ms)
         .bind(ns.updated_at_ms)
+        .bind(i64::from(ns.id_start))
+        .bind(i64::from(ns.id_count))
         .execute(&mut *tx)
         .await;
         match r {
             Err(e) if is_unique_violation(&e) => return Err(StoreError::Conflict(format!("namespace {}", ns.name))),
             other => other?,
         };
-        let slot: i64 = sqlx::query("INSERT INTO id_slots (namespace) VALUES (?) RETURNING slot")
-            .bind(&ns.name)
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("slot")?;
-        sqlx::query("UPDATE namespaces SET id_slot = ? WHERE name = ?")
-            .bind(slot)
-            .bind(&ns.name)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -397,6 +430,7 @@ impl Store for SqliteStore {
         }
         sqlx::query("DELETE FROM audit_records WHERE chain = ?").bind(name).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM audit_heads WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain = ?").bind(name).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM idempotency WHERE scope LIKE ? ESCAPE '\\'")
             .bind(format!("ns:{name}:%"))
             .execute(&mut *tx)
@@ -507,17 +541,100 @@ impl Store for SqliteStore {
         .bind(&record.hash)
         .execute(&mut *tx)
         .await?;
+        // Retention: keep the newest `audit_retention` records; the checkpoint moves to the last
+        // record pruned, whose hash the first record kept links to. Sequence numbers are
+        // contiguous, so what is kept is `seq - checkpoint`.
+        let pruned_through = checkpoint_seq(&mut tx, chain).await?;
+        let keep_from = record.seq.saturating_sub(self.audit_retention);
+        if keep_from > pruned_through {
+            let last: String = sqlx::query("SELECT hash FROM audit_records WHERE chain = ? AND seq = ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("hash")?;
+            sqlx::query("DELETE FROM audit_records WHERE chain = ? AND seq <= ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
+            )
+            .bind(chain)
+            .bind(as_i64(keep_from))
+            .bind(&last)
+            .bind(record.event.time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(record)
     }
 
+    async fn store_id(&self) -> Result<String> {
+        let row = sqlx::query("SELECT store_id FROM store_identity WHERE id = 1").fetch_one(&self.pool).await?;
+        let id: String = row.try_get("store_id")?;
+        let ok = id.strip_prefix("sto_").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(StoreError::Corrupt(format!("store id {id:?}")));
+        }
+        Ok(id)
+    }
+
+    async fn audit_checkpoint(&self, chain: &str) -> Result<Option<Checkpoint>> {
+        let mut conn = self.pool.acquire().await?;
+        read_checkpoint(&mut conn, chain).await
+    }
+
+    async fn verify_audit(&self, chain: &str) -> Result<Verification> {
+        // One read transaction: in WAL mode its snapshot holds for every statement in it, so
+        // the checkpoint, the records and the head agree however many appends run meanwhile.
+        let mut tx = self.pool.begin().await?;
+        let checkpoint = read_checkpoint(&mut tx, chain).await?;
+        let head = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
+            .bind(chain)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let head = match head {
+            Some(row) => Some((as_u64(&row, "last_seq")?, row.try_get::<String, _>("last_hash")?)),
+            None => None,
+        };
+        let mut verifier = match &checkpoint {
+            Some(c) => audit::Verifier::after(chain, c),
+            None => audit::Verifier::new(chain),
+        };
+        let mut after = checkpoint.as_ref().map_or(0, |c| c.seq);
+        const BATCH: i64 = 1000;
+        loop {
+            let rows = sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_records WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?"
+            ))
+            .bind(chain)
+            .bind(as_i64(after))
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                let record = audit_row(row)?;
+                after = record.seq;
+                verifier.push(&record);
+            }
+            if rows.len() < BATCH as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(verifier.finish(head.as_ref().map(|(s, h)| (*s, h.as_str()))))
+    }
+
     async fn list_audit(&self, chain: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(
-            "SELECT chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, \
-             prev_hash, hash FROM audit_records WHERE chain = ? AND seq > ? \
+        let rows = sqlx::query(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_records WHERE chain = ? AND seq > ? \
              AND (? IS NULL OR action = ?) AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) \
-             ORDER BY seq LIMIT ?",
-        )
+             ORDER BY seq LIMIT ?"
+        ))
         .bind(chain)
         .bind(as_i64(q.after_seq))
         .bind(q.action.as_deref())
@@ -1205,9 +1322,12 @@ mod tests {
             quotas: Quotas::DEFAULT,
             created_at_ms: 1,
             updated_at_ms: 1,
-            id_slot: 0,
+            id_start: 1_000_000 + 65_536 * NEXT_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id_count: 65_536,
         }
     }
+
+    static NEXT_RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
     fn key(ns: &str, name: &str) -> KeyRow {
         KeyRow {
@@ -1233,6 +1353,45 @@ mod tests {
             request_id: "req_1".into(),
             detail: "{}".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_behind_a_checkpoint_that_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap().with_audit_retention(4);
+        let mut last = None;
+        for i in 1..=3 {
+            last = Some(s.append_audit("acme", event(i)).await.unwrap());
+        }
+        assert_eq!(s.audit_checkpoint("acme").await.unwrap(), None);
+        for i in 4..=11 {
+            last = Some(s.append_audit("acme", event(i)).await.unwrap());
+        }
+        let all = s.list_audit("acme", &AuditQuery { limit: 100, ..Default::default() }).await.unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10, 11]);
+        let cp = s.audit_checkpoint("acme").await.unwrap().unwrap();
+        assert_eq!((cp.seq, cp.time_ms), (7, 11));
+        assert_eq!(cp.hash, all[0].prev_hash);
+        let v = s.verify_audit("acme").await.unwrap();
+        assert!(v.ok && v.records == 4 && v.pruned == 7 && v.pruned_at_ms == Some(11), "{v:?}");
+        assert_eq!(last.unwrap().seq, 11);
+        // Another chain keeps its own records.
+        s.append_audit("other", event(1)).await.unwrap();
+        assert!(s.verify_audit("other").await.unwrap().ok);
+        // Editing a kept record is caught.
+        sqlx::query("UPDATE audit_records SET principal = 'key:forged' WHERE chain = 'acme' AND seq = 9")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        let v = s.verify_audit("acme").await.unwrap();
+        assert_eq!((v.ok, v.first_bad_seq), (false, Some(9)));
+        // The namespace's checkpoint goes with it.
+        s.create_namespace(&ns("acme")).await.unwrap();
+        s.delete_namespace("acme").await.unwrap();
+        assert_eq!(s.audit_checkpoint("acme").await.unwrap(), None);
+        let id = s.store_id().await.unwrap();
+        assert!(id.starts_with("sto_"));
+        assert_eq!(s.store_id().await.unwrap(), id);
     }
 
     #[tokio::test]
@@ -1290,7 +1449,7 @@ mod tests {
         s.create_namespace(&ns("globex")).await.unwrap();
         let a = s.get_namespace("acme").await.unwrap().unwrap();
         let g = s.get_namespace("globex").await.unwrap().unwrap();
-        assert_ne!(a.id_slot, g.id_slot);
+        assert_ne!(a.id_start, g.id_start);
         let quotas = Quotas { max_sandboxes: 2, cpu_millis: 1000, ..Quotas::DEFAULT };
         let first = sandbox("acme", 600);
         s.admit_sandbox(&first, &quotas).await.unwrap();
@@ -1312,11 +1471,12 @@ mod tests {
         let got = s.get_sandbox("acme", &first.id).await.unwrap().unwrap();
         assert_eq!(got.reason.as_deref(), Some("ttl_expired"));
         assert!(s.get_sandbox("globex", &first.id).await.unwrap().is_none());
-        // Slots are never reused after a namespace is deleted.
+        // A namespace keeps the range it was created with.
         s.delete_namespace("acme").await.unwrap();
-        s.create_namespace(&ns("acme")).await.unwrap();
+        let fresh = ns("acme");
+        s.create_namespace(&fresh).await.unwrap();
         let again = s.get_namespace("acme").await.unwrap().unwrap();
-        assert!(again.id_slot > g.id_slot);
+        assert_eq!((again.id_start, again.id_count), (fresh.id_start, 65_536));
         assert!(s.get_sandbox("acme", &first.id).await.unwrap().is_none());
     }
 

@@ -87,6 +87,8 @@ impl Harness {
             .runtime_classes
             .insert("container".into(), bulkhead_server::state::RuntimeClass { runtime: oci_runtime.to_owned() });
         config.reap_interval = std::time::Duration::from_millis(200);
+        // A registry of its own, gone with the temporary dir, never the host's.
+        config.host_registry = dir.path().join("host-registry");
         tune(&mut config);
         let runtime = config.runtime.clone();
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");

@@ -38,25 +38,57 @@ impl Server {
 
     /// Starts on `data_dir` with the given runtime state dir and cgroup prefix (to restart a
     /// server on the same host state).
-    pub fn start_with(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String)) -> Server {
+    pub fn start_with(data_dir: &Path, names: (PathBuf, String)) -> Server {
+        // A host registry of the test's own, inside its temporary data dir.
+        let registry = data_dir.join("host-registry");
+        Server::spawn(data_dir, names, &registry, &[]).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
+    /// Starts on `data_dir` with the given runtime names, host registry and `extra` arguments;
+    /// `Err` with what the server wrote on stderr when it exits before listening.
+    pub fn spawn(
+        data_dir: &Path,
+        (state_dir, cgroup_prefix): (PathBuf, String),
+        registry: &Path,
+        extra: &[&str],
+    ) -> Result<Server, String> {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--cgroup-prefix", &cgroup_prefix])
+            .arg("--host-registry")
+            .arg(registry)
+            .args(extra)
             .env("BULKHEAD_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn bulkhead serve");
+        // Stderr goes on to the test's output, and is kept for a failed start's error.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = tx.send(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut first_token = None;
         let url = loop {
             assert!(Instant::now() < deadline, "server did not start");
-            let line = lines.next().expect("server exited before listening").unwrap();
+            let Some(line) = lines.next() else {
+                let _ = child.wait();
+                // The stderr thread ends with the process; collect everything it saw.
+                let err: Vec<String> = rx.iter().collect();
+                // Nothing is purged here: the prefix may be another server's (the caller cleans up).
+                return Err(err.join("\n"));
+            };
+            let line = line.unwrap();
             if let Some(t) = line.strip_prefix("admin token") {
                 first_token = t.rsplit(' ').next().map(str::to_owned);
             }
@@ -66,7 +98,7 @@ impl Server {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Server { child: Some(child), url, data_dir: data_dir.to_owned(), state_dir, cgroup_prefix, first_token }
+        Ok(Server { child: Some(child), url, data_dir: data_dir.to_owned(), state_dir, cgroup_prefix, first_token })
     }
 
     /// Runs the CLI against this server with `stdin`; `token` `None` means "fall back to the

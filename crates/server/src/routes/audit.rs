@@ -2,7 +2,7 @@
 
 use axum::Json;
 use bulkhead_api::{AuditRecord, AuditVerification, ErrorBody, Page};
-use bulkhead_core::audit::{Verifier, PLATFORM_CHAIN};
+use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::Action;
 use bulkhead_store::AuditQuery;
 use serde::Deserialize;
@@ -11,7 +11,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::audit_out;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{next_cursor, PageParams, PathParams, QueryParams, MAX_LIMIT};
+use crate::extract::{next_cursor, PageParams, PathParams, QueryParams};
 use crate::state::parse_rfc3339;
 
 /// Filters of an audit listing.
@@ -55,25 +55,17 @@ async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Js
 }
 
 async fn verify_chain(ctx: &Ctx, chain: &str) -> ApiResult<Json<AuditVerification>> {
-    let head = ctx.state.store.audit_head(chain).await?;
-    let mut verifier = Verifier::new(chain);
-    let mut after_seq = 0;
-    loop {
-        let query = AuditQuery { after_seq, limit: MAX_LIMIT, ..Default::default() };
-        let batch = ctx.state.store.list_audit(chain, &query).await?;
-        for record in &batch {
-            verifier.push(record);
-        }
-        match batch.last() {
-            Some(last) if batch.len() == MAX_LIMIT as usize => after_seq = last.seq,
-            _ => break,
-        }
-    }
-    let v = verifier.finish(head.as_ref().map(|(s, h)| (*s, h.as_str())));
+    let v = ctx.state.store.verify_audit(chain).await?;
     if !v.ok {
         tracing::warn!(chain, first_bad_seq = v.first_bad_seq, "audit chain failed verification");
     }
-    Ok(Json(AuditVerification { ok: v.ok, records: v.records, first_bad_seq: v.first_bad_seq }))
+    Ok(Json(AuditVerification {
+        ok: v.ok,
+        records: v.records,
+        first_bad_seq: v.first_bad_seq,
+        pruned: v.pruned,
+        pruned_at: v.pruned_at_ms.map(crate::state::rfc3339),
+    }))
 }
 
 /// A namespace's audit records, oldest first.

@@ -48,8 +48,25 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
     let quotas = quotas_in(&req.quotas);
     quotas.validate()?;
     let now = now_ms();
-    let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now, id_slot: 0 };
-    ctx.state.store.create_namespace(&row).await?;
+    // The namespace's host ids come from the host registry, so no other server maps onto them.
+    let ids = ctx.state.host_ids.allocate(&req.name).await?;
+    let row = NamespaceRow {
+        name: req.name,
+        isolation,
+        quotas,
+        created_at_ms: now,
+        updated_at_ms: now,
+        id_start: ids.host_start,
+        id_count: ids.size,
+    };
+    if let Err(e) = ctx.state.store.create_namespace(&row).await {
+        ctx.state.host_ids.release(ids).await;
+        return Err(e.into());
+    }
+    if let Err(e) = ctx.state.host_ids.confirm(&row).await {
+        let _ = ctx.state.store.delete_namespace(&row.name).await;
+        return Err(e.into());
+    }
     // A name can be reused after a delete; nothing of the old namespace's output may show.
     ctx.state.logs.forget(&row.name).await;
     ctx.state.identity.forget(&row.name);
@@ -136,14 +153,16 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.authorize(Action::NamespaceDelete, Some(&ns), format!("namespace:{ns}"))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.
     ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
-    if ctx.state.store.get_namespace(&ns).await?.is_none() {
+    let Some(row) = ctx.state.store.get_namespace(&ns).await? else {
         return Err(ApiError::namespace_not_found(&ns));
-    }
+    };
     ctx.state.namespaces.remove(&ns);
     crate::sandboxes::destroy_namespace(&ctx.state, &ns).await?;
     if !ctx.state.store.delete_namespace(&ns).await? {
         return Err(ApiError::namespace_not_found(&ns));
     }
+    // Nothing on the host is owned by the namespace's ids any more: its range goes back.
+    ctx.state.host_ids.release(crate::sandboxes::id_range(&row)?).await;
     ctx.state.keys.evict_namespace(&ns);
     ctx.state.namespaces.remove(&ns);
     ctx.state.logs.forget(&ns).await;
