@@ -79,6 +79,10 @@ pub struct ServerConfig {
     /// How namespaces' OpenID Connect providers are checked (key set lifetime, refetch bound,
     /// clock leeway).
     pub oidc: bulkhead_oidc::ProviderOptions,
+    /// Connections at once, and the header, idle and stall timeouts of each.
+    pub connections: crate::limits::ConnectionLimits,
+    /// Long-running downloads and uploads at once per principal, namespace and server.
+    pub streams: crate::limits::StreamLimits,
 }
 
 impl ServerConfig {
@@ -96,6 +100,8 @@ impl ServerConfig {
             meter_interval: Duration::from_secs(10),
             log_bytes_per_namespace: 16 << 20,
             oidc: bulkhead_oidc::ProviderOptions::default(),
+            connections: Default::default(),
+            streams: Default::default(),
         }
     }
 }
@@ -222,6 +228,8 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     pub logs: crate::logs::LogBook,
     pub identity: crate::identity::Identity,
+    /// Long-running streams open now, by owner.
+    pub streams: crate::limits::Streams,
 }
 
 /// Cheap to clone; handed to every handler.
