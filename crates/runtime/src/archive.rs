@@ -522,8 +522,8 @@ pub fn write_tar(root: &Root, mut out: impl Write) -> io::Result<u64> {
 /// entry's headers, whatever the size and depth of the tree. Modes and mtimes are kept, owners
 /// are 0, symlinks stay symlinks, fifos, sockets and devices are left out. A file that shrinks
 /// while it is read is padded with zeros to the size its header announced.
-pub struct TarReader<'r> {
-    walker: confined::Walker<'r>,
+pub struct TarReader<R> {
+    walker: confined::Walker<R>,
     /// Headers (and long-name extensions) of the next entry, then padding, not yet read.
     pending: Vec<u8>,
     pending_at: usize,
@@ -534,8 +534,9 @@ pub struct TarReader<'r> {
     finished: bool,
 }
 
-impl<'r> TarReader<'r> {
-    pub fn new(root: &'r Root) -> Self {
+impl<R: std::borrow::Borrow<Root>> TarReader<R> {
+    /// The archive of `root` (a `Root` or a reference to one).
+    pub fn new(root: R) -> Self {
         TarReader {
             walker: confined::Walker::new(root),
             pending: Vec::new(),
@@ -600,7 +601,7 @@ impl<'r> TarReader<'r> {
     }
 }
 
-impl Read for TarReader<'_> {
+impl<R: std::borrow::Borrow<Root>> Read for TarReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);

@@ -703,14 +703,15 @@ struct Frame {
 /// A depth-first walk of a root, pulled one entry at a time (see [`walk`]). It holds at most
 /// [`MAX_OPEN_DIRS`] directory descriptors; the file of a [`Node::File`] it yields is the
 /// caller's to close.
-pub struct Walker<'r> {
-    root: &'r Root,
+pub struct Walker<R> {
+    root: R,
     stack: Vec<Frame>,
     started: bool,
 }
 
-impl<'r> Walker<'r> {
-    pub fn new(root: &'r Root) -> Self {
+impl<R: std::borrow::Borrow<Root>> Walker<R> {
+    /// A walk of `root` (a `Root` or a reference to one).
+    pub fn new(root: R) -> Self {
         Walker { root, stack: Vec::new(), started: false }
     }
 
@@ -731,7 +732,7 @@ impl<'r> Walker<'r> {
     fn step(&mut self) -> Result<Option<(PathBuf, Entry, Node)>, ConfinedError> {
         if !self.started {
             self.started = true;
-            let top = open_dir(self.root, &[]).map_err(|e| io_error("open root", "", e))?;
+            let top = open_dir(self.root.borrow(), &[]).map_err(|e| io_error("open root", "", e))?;
             let names = read_names(top.as_fd()).map_err(|e| io_error("list", "", e))?;
             self.stack.push(Frame { dir: Some(top), path: PathBuf::new(), names: names.into_iter() });
         }
@@ -748,7 +749,7 @@ impl<'r> Walker<'r> {
                 // Climbed back to a directory whose descriptor was given up: open it again,
                 // resolved inside the root like every other path.
                 let comps = components(&frame.path)?;
-                match open_dir(self.root, &comps) {
+                match open_dir(self.root.borrow(), &comps) {
                     Ok(fd) => frame.dir = Some(fd),
                     Err(e) if gone(&e) => {
                         self.stack.pop();
