@@ -20,6 +20,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
+use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
 use crate::state::parse_rfc3339;
 
@@ -97,6 +98,8 @@ fn event(entry: &Entry) -> Event {
 /// Retained records that match (when asked for), then live ones. The subscription starts before
 /// the replay is read, and live records at or below the last replayed `seq` are skipped.
 async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Response> {
+    // A live tail is a long-running download, counted until the client goes.
+    let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
@@ -106,6 +109,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
     let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
     let stream = async_stream(move |tx| async move {
+        let _guard = guard;
         for e in &backlog {
             if tx.send(event(e)).await.is_err() {
                 return;
