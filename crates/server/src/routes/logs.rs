@@ -121,6 +121,8 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
         recheck.tick().await;
         loop {
             let received = tokio::select! {
+                // The client went away: release the tail at once, not at the next record.
+                () = tx.closed() => return,
                 r = live.recv() => r,
                 _ = recheck.tick() => {
                     if !still_valid(&state, &principal, &ns).await {
