@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bulkhead_server::bootstrap::{self, ADMIN_TOKEN_FILE};
-use bulkhead_server::state::RuntimeClass;
 use bulkhead_server::limits::{ConnectionLimits, StreamLimits};
+use bulkhead_server::state::RuntimeClass;
 use bulkhead_server::ServerConfig;
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -181,7 +181,8 @@ mod tests {
 
     #[test]
     fn limit_flags_take_short_values_and_refuse_zero() {
-        let cli = Cli::try_parse_from(["bulkhead", "--header-timeout", "1s", "--idle-timeout", "500ms"]).expect("parse");
+        let cli =
+            Cli::try_parse_from(["bulkhead", "--header-timeout", "1s", "--idle-timeout", "500ms"]).expect("parse");
         let mut config = ServerConfig::new(PathBuf::from("/nonexistent"), "127.0.0.1:0".parse().expect("addr"));
         cli.limits.apply(&mut config).expect("apply");
         assert_eq!(config.connections.header_timeout, Duration::from_secs(1));

@@ -133,7 +133,8 @@ fn half_headers_silence_and_idle_keep_alive_are_closed() {
 
     // A header sent a byte at a time, slower than the timeout allows in total, is cut too.
     let mut dribble = connect(&server);
-    let request = b"GET /healthz HTTP/1.1\r\nHost: bulkhead\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let request =
+        b"GET /healthz HTTP/1.1\r\nHost: bulkhead\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
     let mut cut = false;
     for b in request {
         if dribble.write_all(&[*b]).is_err() {
@@ -219,7 +220,15 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     // One download read whole first: the archive is complete and the baseline includes what a
     // first download warms up.
     let mut whole = connect(&server);
-    whole.write_all(format!("GET {archive} HTTP/1.1\r\nHost: bulkhead\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n", t.token).as_bytes()).unwrap();
+    whole
+        .write_all(
+            format!(
+                "GET {archive} HTTP/1.1\r\nHost: bulkhead\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                t.token
+            )
+            .as_bytes(),
+        )
+        .unwrap();
     let mut all = Vec::new();
     BufReader::new(&mut whole).read_to_end(&mut all).unwrap();
     assert!(all.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&all[..all.len().min(300)]));
@@ -272,7 +281,10 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     // While all 100 are held: descriptors and memory within the documented bounds.
     let held_fds = open_fds(pid);
     let fd_bound = base_fds + 50 * MAX_FDS_PER_DOWNLOAD + 50 * MAX_FDS_PER_UPLOAD + 2;
-    assert!(held_fds <= fd_bound, "{held_fds} descriptors open with 100 streams held (baseline {base_fds}, bound {fd_bound})");
+    assert!(
+        held_fds <= fd_bound,
+        "{held_fds} descriptors open with 100 streams held (baseline {base_fds}, bound {fd_bound})"
+    );
     let held_rss = rss_bytes(pid);
     let rss_bound = base_rss + 100 * MAX_RSS_PER_STREAM;
     assert!(

@@ -737,7 +737,10 @@ impl<R: std::borrow::Borrow<Root>> Walker<R> {
             self.stack.push(Frame { dir: Some(top), path: PathBuf::new(), names: names.into_iter() });
         }
         let gone = |e: &io::Error| {
-            matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EINVAL))
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EINVAL)
+            )
         };
         loop {
             let Some(frame) = self.stack.last_mut() else { return Ok(None) };
@@ -849,7 +852,6 @@ pub(crate) mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };
-
 
     /// A walk of a tree much deeper than [`MAX_OPEN_DIRS`] never holds more directories open,
     /// and still visits every entry, in order.

@@ -18,8 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::process::Command;
 
-use crate::client::FileStream;
 use crate::cgroup::Cgroups;
+use crate::client::FileStream;
 use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
     client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec,

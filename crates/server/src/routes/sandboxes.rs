@@ -385,11 +385,8 @@ pub async fn exec(
     };
     let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
     // A streamed exec is a long-running download, counted until its body is dropped.
-    let guard = if streaming {
-        Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?)
-    } else {
-        None
-    };
+    let guard =
+        if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
     let started = std::time::Instant::now();
     let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
     crate::metering::count_exec(&ctx.state, &ns).await;
