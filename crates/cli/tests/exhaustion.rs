@@ -5,6 +5,8 @@
 //! `/proc/<pid>`) stay within the documented bounds and return to the baseline when the clients
 //! go. Raw sockets, so the test controls every byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{BufReader, Read, Write};

@@ -516,6 +516,9 @@ pub fn write_tar(root: &Root, mut out: impl Write) -> io::Result<u64> {
     Ok(written)
 }
 
+/// A file's bytes in an archive: what it has, up to its announced size, then zeros.
+type FileBody = io::Take<io::Chain<io::Take<std::fs::File>, io::Repeat>>;
+
 /// The tree under a root as a plain tar archive (GNU format), produced as it is read: each
 /// `read` walks only as far as needed to fill the caller's buffer, so a reader that stops
 /// reading holds one open file, at most [`confined::MAX_OPEN_DIRS`] directories and one
@@ -528,7 +531,7 @@ pub struct TarReader<R> {
     pending: Vec<u8>,
     pending_at: usize,
     /// The data of the current file still to come, and the padding after it.
-    data: Option<(io::Take<io::Chain<io::Take<std::fs::File>, io::Repeat>>, usize)>,
+    data: Option<(FileBody, usize)>,
     /// Builds headers into its buffer; entry data never goes through it.
     headers: tar::Builder<Vec<u8>>,
     finished: bool,
