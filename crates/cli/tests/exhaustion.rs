@@ -104,11 +104,17 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-fn assert_rate_limited(status: u16, headers: &[(String, String)], body: &[u8], what: &str) {
-    assert_eq!(status, 429, "{what}: {}", String::from_utf8_lossy(body));
-    let retry: u64 = header(headers, "retry-after").expect("Retry-After").parse().expect("Retry-After in seconds");
+/// Reads the answer to one stream too many: a `429 rate_limited` error envelope with
+/// `Retry-After`.
+fn assert_rate_limited(s: &mut TcpStream, what: &str) {
+    let (status, headers) = read_head(s);
+    assert_eq!(status, 429, "{what} was not refused");
+    let len: usize = header(&headers, "content-length").expect("content-length").parse().unwrap();
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).unwrap();
+    let retry: u64 = header(&headers, "retry-after").expect("Retry-After").parse().expect("Retry-After in seconds");
     assert!(retry >= 1, "{what}: Retry-After {retry}");
-    let v: serde_json::Value = serde_json::from_slice(body).expect("error envelope");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("error envelope");
     assert_eq!(v["error"]["code"], "rate_limited", "{what}: {v}");
     assert!(v["error"]["request_id"].as_str().is_some_and(|r| !r.is_empty()), "{what}: {v}");
 }
@@ -253,8 +259,7 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     }
     let mut extra = connect(&server);
     extra.write_all(get(&archive, &t.token).as_bytes()).unwrap();
-    let (status, headers, body) = read_response(&mut extra);
-    assert_rate_limited(status, &headers, &body, "the 51st download");
+    assert_rate_limited(&mut extra, "the 51st download");
 
     // 50 uploads of 32 MiB files that send their first 64 KiB and stall. `Expect:
     // 100-continue` tells when the server took each one (it asks for the body).
@@ -277,8 +282,7 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     }
     let mut extra = connect(&server);
     extra.write_all(upload(50).as_bytes()).unwrap();
-    let (status, headers, body) = read_response(&mut extra);
-    assert_rate_limited(status, &headers, &body, "the 51st upload");
+    assert_rate_limited(&mut extra, "the 51st upload");
 
     // While all 100 are held: descriptors and memory within the documented bounds.
     let held_fds = open_fds(pid);

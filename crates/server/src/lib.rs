@@ -113,7 +113,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves `listener` until SIGINT or SIGTERM, finishing requests in flight.
+/// Serves `listener` until SIGINT or SIGTERM, finishing requests in flight (for at most 15 s).
 ///
 /// Each connection is served by hyper's HTTP/1 server and watched by
 /// [`limits::watchdog`]: at most `max_connections` at once (the rest wait in the listen queue),
@@ -175,9 +175,16 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Requests in flight get a while to finish; live tails and long execs would never end on
+    // their own, so the wait is bounded.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut");
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The router as one connection's hyper service: request bodies stall-limited, and each request
 /// counted in flight on the connection until its response body is done.
