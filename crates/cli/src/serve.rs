@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use bulkhead_server::bootstrap::{self, ADMIN_TOKEN_FILE};
+use bulkhead_server::limits::{ConnectionLimits, StreamLimits};
 use bulkhead_server::state::RuntimeClass;
 use bulkhead_server::ServerConfig;
 use clap::{Args, ValueEnum};
@@ -49,6 +51,73 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on connections and long-running streams (see `bulkhead_server::limits`).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct LimitArgs {
+    /// Connections served at once; more wait in the listen queue.
+    #[arg(long, env = "BULKHEAD_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Time a client has to send a complete request header, from the accept or from the first
+    /// byte of a request on a kept-alive connection.
+    #[arg(long, env = "BULKHEAD_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this.
+    #[arg(long, env = "BULKHEAD_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// A response the client reads nothing of, or a request body that sends nothing, for this
+    /// long closes the connection and frees what the request held.
+    #[arg(long, env = "BULKHEAD_STALL_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    stall_timeout: Duration,
+    /// Long-running downloads (archives, files, streamed execs, log tails) and, separately,
+    /// uploads one principal (key, sandbox token, user) may have open at once.
+    #[arg(long, env = "BULKHEAD_MAX_STREAMS_PER_PRINCIPAL", default_value_t = 50)]
+    max_streams_per_principal: usize,
+    /// The same, for all principals of one namespace together.
+    #[arg(long, env = "BULKHEAD_MAX_STREAMS_PER_NAMESPACE", default_value_t = 200)]
+    max_streams_per_namespace: usize,
+    /// The same, for the whole server.
+    #[arg(long, env = "BULKHEAD_MAX_STREAMS", default_value_t = 1000)]
+    max_streams: usize,
+}
+
+impl LimitArgs {
+    fn apply(&self, config: &mut ServerConfig) -> anyhow::Result<()> {
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--stall-timeout", self.stall_timeout),
+        ] {
+            if d < Duration::from_millis(100) {
+                bail!("{flag}: at least 100ms");
+            }
+        }
+        for (flag, n) in [
+            ("--max-connections", self.max_connections),
+            ("--max-streams-per-principal", self.max_streams_per_principal),
+            ("--max-streams-per-namespace", self.max_streams_per_namespace),
+            ("--max-streams", self.max_streams),
+        ] {
+            if n == 0 {
+                bail!("{flag}: at least 1");
+            }
+        }
+        config.connections = ConnectionLimits {
+            max_connections: self.max_connections,
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            stall_timeout: self.stall_timeout,
+        };
+        config.streams = StreamLimits {
+            per_principal: self.max_streams_per_principal,
+            per_namespace: self.max_streams_per_namespace,
+            total: self.max_streams,
+        };
+        Ok(())
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -65,6 +134,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     init_logs(args.log_format);
     let data_dir: PathBuf = global.data_dir.clone().unwrap_or_else(crate::default_data_dir);
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
+    args.limits.apply(&mut config)?;
     config.runtime.state_dir = args.state_dir.clone();
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
     if let Some(path) = &args.host_registry {
@@ -98,4 +168,41 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
     bulkhead_server::serve(started.state, listener).await.context("server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    /// The flags' defaults are the server's documented defaults.
+    #[test]
+    fn limit_flags_default_to_the_documented_bounds() {
+        let cli = Cli::try_parse_from(["bulkhead"]).expect("defaults parse");
+        let mut config = ServerConfig::new(PathBuf::from("/nonexistent"), "127.0.0.1:0".parse().expect("addr"));
+        cli.limits.apply(&mut config).expect("defaults apply");
+        assert_eq!(config.connections, ConnectionLimits::default());
+        assert_eq!(config.streams, StreamLimits::default());
+        assert_eq!(config.connections.header_timeout, Duration::from_secs(30));
+        assert_eq!(config.connections.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.streams.per_principal, 50);
+    }
+
+    #[test]
+    fn limit_flags_take_short_values_and_refuse_zero() {
+        let cli =
+            Cli::try_parse_from(["bulkhead", "--header-timeout", "1s", "--idle-timeout", "500ms"]).expect("parse");
+        let mut config = ServerConfig::new(PathBuf::from("/nonexistent"), "127.0.0.1:0".parse().expect("addr"));
+        cli.limits.apply(&mut config).expect("apply");
+        assert_eq!(config.connections.header_timeout, Duration::from_secs(1));
+        assert_eq!(config.connections.idle_timeout, Duration::from_millis(500));
+        let zero = Cli::try_parse_from(["bulkhead", "--max-streams", "0"]).expect("parse");
+        assert!(zero.limits.apply(&mut config).is_err());
+    }
 }

@@ -10,13 +10,14 @@
 //! is metered too: headers and extensions (which the tar crate reads into memory) get a small
 //! allowance per entry, so no decompression bomb gets further than the limits.
 //!
-//! [`write_tar`] writes a tenant's filesystem as a plain tar, walking it with [`confined::walk`]
+//! [`TarReader`] produces a tenant's filesystem as a plain tar as it is read (so a download
+//! never holds more than one chunk, one file and a bounded number of directories), walking it
+//! with [`confined::Walker`]; [`write_tar`] copies it to a writer
 //! (symlinks stay symlinks).
 
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -507,60 +508,130 @@ pub fn extract(mut reader: impl Read, staging: &Root, owner: Owner, limits: Limi
     Ok(stats)
 }
 
-/// Counts the bytes written through it.
-struct Counting<W> {
-    inner: W,
-    written: u64,
-}
-
-impl<W: Write> Write for Counting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Writes the whole root as a plain tar: directories, regular files and symlinks (as symlinks),
-/// with paths relative to the root, permission bits (`& 0o777`) and modification times; owners
-/// are 0. Fifos, sockets and devices are left out. Returns the bytes written.
-///
-/// The sandbox may change files while they are archived: a file is archived with the size it
-/// had when opened, cut or padded with zeros to it.
-pub fn write_tar(root: &Root, out: impl Write) -> io::Result<u64> {
-    let mut builder = tar::Builder::new(Counting { inner: out, written: 0 });
-    confined::walk(root, |path: &Path, entry, node| -> io::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(entry.mode & 0o777);
-        header.set_mtime(entry.modified.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_size(0);
-        match node {
-            Node::Dir => {
-                header.set_entry_type(EntryType::Directory);
-                builder.append_data(&mut header, path, io::empty())
-            }
-            Node::File(file) => {
-                header.set_entry_type(EntryType::Regular);
-                header.set_size(entry.size);
-                let data = file.take(entry.size).chain(io::repeat(0)).take(entry.size);
-                builder.append_data(&mut header, path, data)
-            }
-            Node::Symlink(target) => {
-                header.set_entry_type(EntryType::Symlink);
-                builder.append_link(&mut header, path, target)
-            }
-            Node::Other => Ok(()),
-        }
-    })?;
-    let mut out = builder.into_inner()?;
+/// Writes the whole tree under `root` to `out` as a plain tar archive (GNU format) and returns
+/// the bytes written. See [`TarReader`], which this copies from.
+pub fn write_tar(root: &Root, mut out: impl Write) -> io::Result<u64> {
+    let written = io::copy(&mut TarReader::new(root), &mut out)?;
     out.flush()?;
-    Ok(out.written)
+    Ok(written)
+}
+
+/// A file's bytes in an archive: what it has, up to its announced size, then zeros.
+type FileBody = io::Take<io::Chain<io::Take<std::fs::File>, io::Repeat>>;
+
+/// The tree under a root as a plain tar archive (GNU format), produced as it is read: each
+/// `read` walks only as far as needed to fill the caller's buffer, so a reader that stops
+/// reading holds one open file, at most [`confined::MAX_OPEN_DIRS`] directories and one
+/// entry's headers, whatever the size and depth of the tree. Modes and mtimes are kept, owners
+/// are 0, symlinks stay symlinks, fifos, sockets and devices are left out. A file that shrinks
+/// while it is read is padded with zeros to the size its header announced.
+pub struct TarReader<R> {
+    walker: confined::Walker<R>,
+    /// Headers (and long-name extensions) of the next entry, then padding, not yet read.
+    pending: Vec<u8>,
+    pending_at: usize,
+    /// The data of the current file still to come, and the padding after it.
+    data: Option<(FileBody, usize)>,
+    /// Builds headers into its buffer; entry data never goes through it.
+    headers: tar::Builder<Vec<u8>>,
+    finished: bool,
+}
+
+impl<R: std::borrow::Borrow<Root>> TarReader<R> {
+    /// The archive of `root` (a `Root` or a reference to one).
+    pub fn new(root: R) -> Self {
+        TarReader {
+            walker: confined::Walker::new(root),
+            pending: Vec::new(),
+            pending_at: 0,
+            data: None,
+            headers: tar::Builder::new(Vec::new()),
+            finished: false,
+        }
+    }
+
+    /// Moves the headers the builder wrote into `pending`.
+    fn take_headers(&mut self) {
+        let built = std::mem::take(self.headers.get_mut());
+        self.pending = built;
+        self.pending_at = 0;
+    }
+
+    /// Prepares the next entry's headers (and data); `false` at the end of the archive.
+    fn advance(&mut self) -> io::Result<bool> {
+        loop {
+            let Some(item) = self.walker.next() else {
+                if self.finished {
+                    return Ok(false);
+                }
+                self.finished = true;
+                self.headers.finish()?;
+                self.take_headers();
+                return Ok(true);
+            };
+            let (path, entry, node) = item.map_err(io::Error::other)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(entry.mode & 0o777);
+            header.set_mtime(entry.modified.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0));
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_size(0);
+            match node {
+                Node::Dir => {
+                    header.set_entry_type(EntryType::Directory);
+                    self.headers.append_data(&mut header, &path, io::empty())?;
+                }
+                Node::File(file) => {
+                    header.set_entry_type(EntryType::Regular);
+                    header.set_size(entry.size);
+                    // The builder writes the header (and a long-name extension) for a body of
+                    // `entry.size` bytes but copies none: the body comes from the file, read
+                    // as the caller reads.
+                    self.headers.append_data(&mut header, &path, io::empty())?;
+                    let body = file.take(entry.size).chain(io::repeat(0)).take(entry.size);
+                    let pad = ((512 - entry.size % 512) % 512) as usize;
+                    self.data = Some((body, pad));
+                }
+                Node::Symlink(target) => {
+                    header.set_entry_type(EntryType::Symlink);
+                    self.headers.append_link(&mut header, &path, &target)?;
+                }
+                Node::Other => continue,
+            }
+            self.take_headers();
+            return Ok(true);
+        }
+    }
+}
+
+impl<R: std::borrow::Borrow<Root>> Read for TarReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pending_at < self.pending.len() {
+                let n = out.len().min(self.pending.len() - self.pending_at);
+                out[..n].copy_from_slice(&self.pending[self.pending_at..self.pending_at + n]);
+                self.pending_at += n;
+                return Ok(n);
+            }
+            if let Some((body, pad)) = &mut self.data {
+                let n = body.read(out)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.pending = vec![0; *pad];
+                self.pending_at = 0;
+                // Closes the file.
+                self.data = None;
+                continue;
+            }
+            if !self.advance()? {
+                return Ok(0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -569,7 +640,7 @@ mod tests {
     use std::fs;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };

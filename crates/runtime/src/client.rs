@@ -146,42 +146,122 @@ async fn pump(conn: &mut UnixStream, cap: u64, tx: &mpsc::Sender<Result<ExecEven
     }
 }
 
-/// Reads a file of at most `max_bytes` through the supervisor.
-pub async fn read_file(socket: &Path, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>> {
-    let mut conn = connect(socket, id).await?;
-    send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes }).await?;
-    let mut out = Vec::new();
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut conn))
-            .await
-            .map_err(|_| RuntimeError::Protocol("file read timed out".into()))??;
-        let Some((k, payload)) = frame else {
-            return Err(RuntimeError::Protocol("the sandbox closed the connection".into()));
+/// How long the server waits for the supervisor's next frame of a file transfer.
+const FILE_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn read_frame_timed(conn: &mut UnixStream, what: &str) -> Result<Option<(u8, Vec<u8>)>> {
+    tokio::time::timeout(FILE_FRAME_TIMEOUT, read_frame(conn))
+        .await
+        .map_err(|_| RuntimeError::Protocol(format!("{what} timed out")))?
+}
+
+/// A file being read from a sandbox, pulled one frame (at most [`CHUNK`] bytes) at a time: the
+/// supervisor writes the next frame only when the server has taken the previous ones from the
+/// socket, so a download that is not read holds the socket's buffer and nothing more.
+pub struct FileStream {
+    conn: UnixStream,
+    max_bytes: u64,
+    received: u64,
+    first: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl FileStream {
+    /// The next chunk; `None` at the end of the file. An error ends the stream.
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
+        if self.done {
+            return None;
+        }
+        let chunk = self.read_chunk().await;
+        if !matches!(chunk, Some(Ok(_))) {
+            self.done = true;
+        }
+        chunk
+    }
+
+    async fn read_chunk(&mut self) -> Option<Result<Vec<u8>>> {
+        let frame = match read_frame_timed(&mut self.conn, "file read").await {
+            Ok(f) => f,
+            Err(e) => return Some(Err(e)),
         };
-        match k {
-            kind::FILE_DATA => {
-                if (out.len() + payload.len()) as u64 > max_bytes {
-                    return Err(RuntimeError::Protocol("the supervisor sent more than the limit".into()));
+        match frame {
+            Some((kind::FILE_DATA, payload)) => {
+                self.received += payload.len() as u64;
+                if self.received > self.max_bytes {
+                    return Some(Err(RuntimeError::Protocol("the supervisor sent more than the limit".into())));
                 }
-                out.extend_from_slice(&payload);
+                Some(Ok(payload))
             }
-            kind::DONE => return Ok(out),
-            kind::FAILURE => return Err(RuntimeError::File(parse(&payload)?)),
-            other => return Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
+            Some((kind::DONE, _)) => None,
+            Some((kind::FAILURE, payload)) => Some(Err(match parse(&payload) {
+                Ok(f) => RuntimeError::File(f),
+                Err(e) => e,
+            })),
+            Some((other, _)) => Some(Err(RuntimeError::Protocol(format!("unexpected frame kind {other}")))),
+            None => Some(Err(RuntimeError::Protocol("the sandbox closed the connection".into()))),
         }
     }
 }
 
-/// Writes a whole file through the supervisor, atomically on its side.
-pub async fn write_file(socket: &Path, id: &str, path: &str, data: &[u8], mode: u32) -> Result<()> {
+/// Starts reading a file of at most `max_bytes` through the supervisor. A file that cannot be
+/// read (missing, a directory, too large) fails here, before any byte is returned.
+pub async fn read_file(socket: &Path, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
     let mut conn = connect(socket, id).await?;
-    let request = Request::WriteFile { path: path.to_owned(), max_bytes: data.len() as u64, mode };
+    send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes }).await?;
+    let mut stream = FileStream { conn, max_bytes, received: 0, first: None, done: false };
+    match stream.read_chunk().await {
+        Some(Ok(first)) => stream.first = Some(first),
+        Some(Err(e)) => return Err(e),
+        None => stream.done = true,
+    }
+    Ok(stream)
+}
+
+/// Writes a file through the supervisor, atomically on its side, from chunks as they arrive on
+/// `data` (an error on it abandons the write; the previous content stays). At most `max_bytes`.
+pub async fn write_file(
+    socket: &Path,
+    id: &str,
+    path: &str,
+    mut data: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    max_bytes: u64,
+    mode: u32,
+) -> Result<()> {
+    let mut conn = connect(socket, id).await?;
+    let request = Request::WriteFile { path: path.to_owned(), max_bytes, mode };
     send_request(&mut conn, &request).await?;
-    send_data(&mut conn, data).await?;
-    let frame = tokio::time::timeout(Duration::from_secs(60), read_frame(&mut conn))
-        .await
-        .map_err(|_| RuntimeError::Protocol("file write timed out".into()))??;
-    match frame {
+    let mut sent = 0u64;
+    let mut refused = false;
+    while let Some(chunk) = data.recv().await {
+        let chunk = chunk.map_err(|e| RuntimeError::Io { what: "read the upload".into(), source: e })?;
+        sent += chunk.len() as u64;
+        if sent > max_bytes {
+            return Err(RuntimeError::File(bulkhead_supervisor::protocol::Failure::new(
+                bulkhead_supervisor::protocol::FailureKind::TooLarge,
+                format!("{path}: over the {max_bytes} byte limit"),
+            )));
+        }
+        let mut failed = false;
+        for part in chunk.chunks(CHUNK) {
+            if send_frame(&mut conn, kind::DATA, part).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            // The supervisor stopped reading: its answer says why.
+            refused = true;
+            break;
+        }
+    }
+    if !refused {
+        // A failed end frame is answered below like any refusal.
+        let _ = send_frame(&mut conn, kind::DATA_END, &[]).await;
+    }
+    match read_frame_timed(&mut conn, "file write").await? {
         Some((kind::DONE, payload)) => {
             let _: Done = parse(&payload)?;
             Ok(())

@@ -498,11 +498,26 @@ pub fn open_read(root: &Root, rel: impl AsRef<Path>) -> io::Result<(File, Metada
 pub fn write_atomic(
     root: &Root,
     rel: impl AsRef<Path>,
-    mut data: impl Read,
+    data: impl Read,
     max_bytes: u64,
     mode: u32,
     owner: Owner,
 ) -> Result<u64, ConfinedError> {
+    write_atomic_when(root, rel, data, max_bytes, mode, owner, || Ok::<_, ConfinedError>(())).map(|(n, ())| n)
+}
+
+/// [`write_atomic`], with `commit` called once the new content is written and synced, just
+/// before it replaces the old: its error abandons the write (the previous content stays), and
+/// what it returns (such as a lock guard) is held until the rename is done, then returned.
+pub fn write_atomic_when<G, E: From<ConfinedError>>(
+    root: &Root,
+    rel: impl AsRef<Path>,
+    mut data: impl Read,
+    max_bytes: u64,
+    mode: u32,
+    owner: Owner,
+    commit: impl FnOnce() -> Result<G, E>,
+) -> Result<(u64, G), E> {
     let rel = rel.as_ref();
     let (parents, name) = split(rel)?;
     let target = cstring(name).map_err(|e| io_error("write", rel, e))?;
@@ -520,11 +535,11 @@ pub fn write_atomic(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ConfinedError::Read(e)),
+            Err(e) => return Err(ConfinedError::Read(e).into()),
         };
         written += n as u64;
         if written > max_bytes {
-            return Err(ConfinedError::TooLarge { limit: max_bytes });
+            return Err(ConfinedError::TooLarge { limit: max_bytes }.into());
         }
         file.write_all(&buf[..n]).map_err(|e| io_error("write", rel, e))?;
     }
@@ -533,10 +548,11 @@ pub fn write_atomic(
     // ext4 allocates blocks late: ENOSPC can surface here, before anything is replaced.
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
     drop(file);
+    let held = commit()?;
     rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
     temp.armed = false;
     fsync(dir.as_fd()).map_err(|e| io_error("sync directory of", rel, e))?;
-    Ok(written)
+    Ok((written, held))
 }
 
 /// Creates the directory `rel` and missing parents, owned by `owner`. The directory gets
@@ -672,10 +688,143 @@ pub fn list(root: &Root, rel: impl AsRef<Path>) -> Result<Vec<Entry>, ConfinedEr
     Ok(out)
 }
 
+/// Directories a walk keeps open at most; deeper ancestors are closed and opened again (inside
+/// the root) when the walk climbs back to them, so a walk holds a bounded number of file
+/// descriptors however deep the tree is.
+pub const MAX_OPEN_DIRS: usize = 8;
+
 struct Frame {
-    dir: OwnedFd,
+    /// Open while the frame is among the [`MAX_OPEN_DIRS`] deepest.
+    dir: Option<OwnedFd>,
     path: PathBuf,
     names: std::vec::IntoIter<OsString>,
+}
+
+/// A depth-first walk of a root, pulled one entry at a time (see [`walk`]). It holds at most
+/// [`MAX_OPEN_DIRS`] directory descriptors; the file of a [`Node::File`] it yields is the
+/// caller's to close.
+pub struct Walker<R> {
+    root: R,
+    stack: Vec<Frame>,
+    started: bool,
+}
+
+impl<R: std::borrow::Borrow<Root>> Walker<R> {
+    /// A walk of `root` (a `Root` or a reference to one).
+    pub fn new(root: R) -> Self {
+        Walker { root, stack: Vec::new(), started: false }
+    }
+
+    /// The next entry: its path relative to the root, the entry and its [`Node`]; `None` at the
+    /// end. Fails with [`ConfinedError::InvalidPath`] on a path longer than [`MAX_PATH`].
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Option<Result<(PathBuf, Entry, Node), ConfinedError>> {
+        match self.step() {
+            Ok(Some(x)) => Some(Ok(x)),
+            Ok(None) => None,
+            Err(e) => {
+                self.stack.clear();
+                Some(Err(e))
+            }
+        }
+    }
+
+    fn step(&mut self) -> Result<Option<(PathBuf, Entry, Node)>, ConfinedError> {
+        if !self.started {
+            self.started = true;
+            let top = open_dir(self.root.borrow(), &[]).map_err(|e| io_error("open root", "", e))?;
+            let names = read_names(top.as_fd()).map_err(|e| io_error("list", "", e))?;
+            self.stack.push(Frame { dir: Some(top), path: PathBuf::new(), names: names.into_iter() });
+        }
+        let gone = |e: &io::Error| {
+            matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EINVAL)
+            )
+        };
+        loop {
+            let Some(frame) = self.stack.last_mut() else { return Ok(None) };
+            let Some(name) = frame.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            if frame.dir.is_none() {
+                // Climbed back to a directory whose descriptor was given up: open it again,
+                // resolved inside the root like every other path.
+                let comps = components(&frame.path)?;
+                match open_dir(self.root.borrow(), &comps) {
+                    Ok(fd) => frame.dir = Some(fd),
+                    Err(e) if gone(&e) => {
+                        self.stack.pop();
+                        continue;
+                    }
+                    Err(e) => return Err(io_error("open directory", &frame.path, e)),
+                }
+            }
+            let path = frame.path.join(&name);
+            if path.as_os_str().len() > MAX_PATH {
+                return Err(ConfinedError::InvalidPath {
+                    path: path.to_string_lossy().into_owned(),
+                    reason: "longer than 4096 bytes",
+                });
+            }
+            let Some(dir_fd) = frame.dir.as_ref() else { continue };
+            let dir = dir_fd.as_fd();
+            let st = match lstat_at(dir, name.as_bytes()) {
+                Ok(st) => st,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(io_error("stat", &path, e)),
+            };
+            match kind_of(st.st_mode) {
+                Kind::Dir => {
+                    let fd = match open_name(dir, name.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+                        Ok(fd) => fd,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(io_error("open directory", &path, e)),
+                    };
+                    let st = fstat(fd.as_fd()).map_err(|e| io_error("stat", &path, e))?;
+                    let names = read_names(fd.as_fd()).map_err(|e| io_error("list", &path, e))?;
+                    let entry = entry_of(name, &st);
+                    self.stack.push(Frame { dir: Some(fd), path: path.clone(), names: names.into_iter() });
+                    if self.stack.len() > MAX_OPEN_DIRS {
+                        let i = self.stack.len() - MAX_OPEN_DIRS - 1;
+                        self.stack[i].dir = None;
+                    }
+                    return Ok(Some((path, entry, Node::Dir)));
+                }
+                Kind::File => {
+                    let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+                    let fd = match open_name(dir, name.as_bytes(), flags, 0) {
+                        Ok(fd) => fd,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(io_error("open", &path, e)),
+                    };
+                    let st = fstat(fd.as_fd()).map_err(|e| io_error("stat", &path, e))?;
+                    if kind_of(st.st_mode) != Kind::File {
+                        continue;
+                    }
+                    // SAFETY: fcntl on a valid fd with plain integers; F_SETFL 0 clears O_NONBLOCK.
+                    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) })
+                        .map_err(|e| io_error("open", &path, e))?;
+                    return Ok(Some((path, entry_of(name, &st), Node::File(File::from(fd)))));
+                }
+                Kind::Symlink => {
+                    let target = match read_link_at(dir, name.as_bytes()) {
+                        Ok(t) => t,
+                        Err(e) if gone(&e) => continue,
+                        Err(e) => return Err(io_error("read symlink", &path, e)),
+                    };
+                    return Ok(Some((path, entry_of(name, &st), Node::Symlink(target))));
+                }
+                Kind::Other => return Ok(Some((path, entry_of(name, &st), Node::Other))),
+            }
+        }
+    }
+
+    /// Directory descriptors the walk holds now.
+    pub fn open_dirs(&self) -> usize {
+        self.stack.iter().filter(|f| f.dir.is_some()).count()
+    }
 }
 
 /// Visits every entry under the root, depth first, a directory before its entries, names sorted,
@@ -683,84 +832,15 @@ struct Frame {
 /// its open fd (for files and directories), and the [`Node`]: regular files come opened through
 /// the directory fd, symlinks with their target. Entries that vanish or change type while walked
 /// are left out. Fails with [`ConfinedError::InvalidPath`] on a path longer than [`MAX_PATH`].
+/// At most [`MAX_OPEN_DIRS`] directories are open at once.
 pub fn walk<E: From<ConfinedError>>(
     root: &Root,
     mut visit: impl FnMut(&Path, &Entry, Node) -> Result<(), E>,
 ) -> Result<(), E> {
-    let top = open_dir(root, &[]).map_err(|e| io_error("open root", "", e))?;
-    let names = read_names(top.as_fd()).map_err(|e| io_error("list", "", e))?;
-    let mut stack = vec![Frame { dir: top, path: PathBuf::new(), names: names.into_iter() }];
-    while let Some(frame) = stack.last_mut() {
-        let Some(name) = frame.names.next() else {
-            stack.pop();
-            continue;
-        };
-        let path = frame.path.join(&name);
-        if path.as_os_str().len() > MAX_PATH {
-            return Err(ConfinedError::InvalidPath {
-                path: path.to_string_lossy().into_owned(),
-                reason: "longer than 4096 bytes",
-            }
-            .into());
-        }
-        let dir = frame.dir.as_fd();
-        let gone = |e: &io::Error| {
-            matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EINVAL)
-            )
-        };
-        let st = match lstat_at(dir, name.as_bytes()) {
-            Ok(st) => st,
-            Err(e) if gone(&e) => continue,
-            Err(e) => return Err(io_error("stat", &path, e).into()),
-        };
-        let child = match kind_of(st.st_mode) {
-            Kind::Dir => {
-                let fd = match open_name(dir, name.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-                    Ok(fd) => fd,
-                    Err(e) if gone(&e) => continue,
-                    Err(e) => return Err(io_error("open directory", &path, e).into()),
-                };
-                let st = fstat(fd.as_fd()).map_err(|e| io_error("stat", &path, e))?;
-                visit(&path, &entry_of(name, &st), Node::Dir)?;
-                let names = read_names(fd.as_fd()).map_err(|e| io_error("list", &path, e))?;
-                Some(Frame { dir: fd, path, names: names.into_iter() })
-            }
-            Kind::File => {
-                let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
-                let fd = match open_name(dir, name.as_bytes(), flags, 0) {
-                    Ok(fd) => fd,
-                    Err(e) if gone(&e) => continue,
-                    Err(e) => return Err(io_error("open", &path, e).into()),
-                };
-                let st = fstat(fd.as_fd()).map_err(|e| io_error("stat", &path, e))?;
-                if kind_of(st.st_mode) != Kind::File {
-                    continue;
-                }
-                // SAFETY: fcntl on a valid fd with plain integers; F_SETFL 0 clears O_NONBLOCK.
-                cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) })
-                    .map_err(|e| io_error("open", &path, e))?;
-                visit(&path, &entry_of(name, &st), Node::File(File::from(fd)))?;
-                None
-            }
-            Kind::Symlink => {
-                let target = match read_link_at(dir, name.as_bytes()) {
-                    Ok(t) => t,
-                    Err(e) if gone(&e) => continue,
-                    Err(e) => return Err(io_error("read symlink", &path, e).into()),
-                };
-                visit(&path, &entry_of(name, &st), Node::Symlink(target))?;
-                None
-            }
-            Kind::Other => {
-                visit(&path, &entry_of(name, &st), Node::Other)?;
-                None
-            }
-        };
-        if let Some(child) = child {
-            stack.push(child);
-        }
+    let mut walker = Walker::new(root);
+    while let Some(item) = walker.next() {
+        let (path, entry, node) = item?;
+        visit(&path, &entry, node)?;
     }
     Ok(())
 }
@@ -772,6 +852,33 @@ pub(crate) mod tests {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };
+
+    /// A walk of a tree much deeper than [`MAX_OPEN_DIRS`] never holds more directories open,
+    /// and still visits every entry, in order.
+    #[test]
+    fn a_deep_walk_holds_a_bounded_number_of_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut deep = dir.path().to_path_buf();
+        for i in 0..100 {
+            deep.push("d");
+            fs::create_dir(&deep).unwrap();
+            fs::write(deep.join(format!("f{i}")), b"x").unwrap();
+        }
+        let root = Root::open(dir.path()).unwrap();
+        let mut walker = Walker::new(&root);
+        let (mut dirs, mut files, mut most) = (0, 0, 0);
+        while let Some(item) = walker.next() {
+            let (_, _, node) = item.unwrap();
+            most = most.max(walker.open_dirs());
+            match node {
+                Node::Dir => dirs += 1,
+                Node::File(_) => files += 1,
+                _ => {}
+            }
+        }
+        assert_eq!((dirs, files), (100, 100));
+        assert!(most <= MAX_OPEN_DIRS, "{most} directories open at once");
+    }
 
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.

@@ -20,7 +20,7 @@ pub mod storage;
 
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
-pub use client::{ExecEvent, ExecStream};
+pub use client::{ExecEvent, ExecStream, FileStream};
 
 /// A range of host user and group ids that a namespace's sandboxes map their ids onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,8 +158,19 @@ pub trait Runtime: Send + Sync + 'static {
     async fn create(&self, spec: &SandboxSpec) -> Result<()>;
     /// Runs a command in a sandbox; the stream yields output as it is produced, then the exit.
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream>;
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>>;
-    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>, mode: u32) -> Result<()>;
+    /// Starts reading a file of at most `max_bytes` inside a sandbox; a file that cannot be read
+    /// fails here, before any byte is returned. The stream is pulled: nothing is read ahead.
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream>;
+    /// Writes a file inside a sandbox, atomically, from the chunks arriving on `data` (at most
+    /// `max_bytes`); an error on `data` abandons the write and keeps the previous content.
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        max_bytes: u64,
+        mode: u32,
+    ) -> Result<()>;
     /// Stops a sandbox and removes every host resource it held. Idempotent.
     async fn delete(&self, namespace: &str, id: &str) -> Result<()>;
     /// Every sandbox this runtime has on the host.

@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use tokio::process::Command;
 
 use crate::cgroup::Cgroups;
+use crate::client::FileStream;
 use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
     client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec,
@@ -619,14 +620,21 @@ impl Runtime for OciRuntime {
         client::exec(&self.socket(id), id, spec, stdin).await
     }
 
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<Vec<u8>> {
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
         Self::check_id(id)?;
         client::read_file(&self.socket(id), id, path, max_bytes).await
     }
 
-    async fn write_file(&self, id: &str, path: &str, data: Vec<u8>, mode: u32) -> Result<()> {
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        max_bytes: u64,
+        mode: u32,
+    ) -> Result<()> {
         Self::check_id(id)?;
-        client::write_file(&self.socket(id), id, path, &data, mode).await
+        client::write_file(&self.socket(id), id, path, data, max_bytes, mode).await
     }
 
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {

@@ -200,6 +200,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;
+    let streams = crate::limits::Streams::new(config.streams);
     let state = AppState(Arc::new(Inner {
         store,
         runtime,
@@ -211,6 +212,7 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
         namespaces: Default::default(),
         metrics: Default::default(),
         sandbox_locks: SandboxLocks::default(),
+        streams,
         logs,
         identity,
         host_ids,

@@ -33,6 +33,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     QuotaExceeded(String),
+    /// Too many requests of one kind at once for a principal, a namespace or the server: 429
+    /// `rate_limited` with a `Retry-After` of this many seconds.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_seconds: u64 },
     /// A conditional write whose condition failed: 412, with the contract's `conflict` code.
     #[error("{0}")]
     PreconditionFailed(String),
@@ -60,7 +64,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExceeded(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -130,6 +135,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = status.into_response();
+        if let ApiError::RateLimited { retry_after_seconds, .. } = &self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_seconds).into());
+        }
         response.extensions_mut().insert(ErrorMark { code: self.code(), message });
         response
     }

@@ -16,6 +16,7 @@ pub mod extract;
 pub mod hostids;
 pub mod idempotency;
 pub mod identity;
+pub mod limits;
 pub mod logs;
 pub mod metering;
 pub mod metrics;
@@ -113,18 +114,107 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `config.listen` and serves until SIGINT or SIGTERM, finishing requests in flight.
+/// Serves `listener` until SIGINT or SIGTERM, finishing requests in flight (for at most 15 s).
+///
+/// Each connection is served by hyper's HTTP/1 server and watched by
+/// [`limits::watchdog`]: at most `max_connections` at once (the rest wait in the listen queue),
+/// and closed when its header does not arrive within the header timeout, when it is idle past
+/// the idle timeout, or when its peer stops reading a response for the stall timeout. Request
+/// bodies fail when they send nothing for the stall timeout ([`limits::StallBody`]). hyper's own
+/// `header_read_timeout` is not used: it also runs while a kept-alive connection waits for its
+/// next request, so it cannot tell a slow header from an idle connection.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
     sandboxes::spawn_reaper(state.clone());
     metering::spawn_meter(state.clone());
-    // No Nagle: small JSON answers must not wait for a delayed ACK.
-    let listener = listener.tap_io(|tcp| {
+    let limits = state.config.connections;
+    let router = app(state);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Request heads and body chunks are read into at most this much per connection.
+    http.max_buf_size(64 * 1024).header_read_timeout(None);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // No Nagle: small JSON answers must not wait for a delayed ACK.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await
+        let conn_state = Arc::new(limits::ConnState::default());
+        let io = hyper_util::rt::TokioIo::new(limits::Watched::new(tcp, conn_state.clone()));
+        let service = connection_service(router.clone(), conn_state.clone(), limits.stall_timeout);
+        let conn = graceful.watch(http.serve_connection(io, service));
+        tokio::spawn(async move {
+            let _permit = permit;
+            tokio::select! {
+                result = conn => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+                    }
+                }
+                why = limits::watchdog(conn_state, limits) => tracing::debug!(%peer, why, "connection closed"),
+            }
+        });
+    }
+    drop(listener);
+    // Requests in flight get a while to finish; live tails and long execs would never end on
+    // their own, so the wait is bounded.
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut");
+    }
+    Ok(())
+}
+
+/// How long a shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The router as one connection's hyper service: request bodies stall-limited, and each request
+/// counted in flight on the connection until its response body is done.
+fn connection_service(
+    router: Router,
+    conn: Arc<limits::ConnState>,
+    stall: std::time::Duration,
+) -> impl hyper::service::Service<
+    axum::http::Request<hyper::body::Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let in_flight = conn.begin();
+        let req = req.map(|b| axum::body::Body::new(limits::StallBody::new(b, stall)));
+        let response = router.clone().oneshot(req);
+        async move {
+            let response = response.await?;
+            Ok(response.map(|body| {
+                axum::body::Body::new(body.map_frame(move |frame| {
+                    let _ = &in_flight;
+                    frame
+                }))
+            }))
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -83,6 +83,10 @@ pub struct ServerConfig {
     pub host_registry: PathBuf,
     /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
     pub audit_retention_records: u64,
+    /// Connections at once, and the header, idle and stall timeouts of each.
+    pub connections: crate::limits::ConnectionLimits,
+    /// Long-running downloads and uploads at once per principal, namespace and server.
+    pub streams: crate::limits::StreamLimits,
 }
 
 impl ServerConfig {
@@ -102,6 +106,8 @@ impl ServerConfig {
             oidc: bulkhead_oidc::ProviderOptions::default(),
             host_registry: PathBuf::from(bulkhead_runtime::hostreg::DEFAULT_PATH),
             audit_retention_records: bulkhead_store::sqlite::DEFAULT_AUDIT_RETENTION,
+            connections: Default::default(),
+            streams: Default::default(),
         }
     }
 }
@@ -230,6 +236,8 @@ pub struct Inner {
     pub identity: crate::identity::Identity,
     /// This server's owner entry in the host registry.
     pub host_ids: crate::hostids::HostIds,
+    /// Long-running streams open now, by owner.
+    pub streams: crate::limits::Streams,
 }
 
 /// Cheap to clone; handed to every handler.

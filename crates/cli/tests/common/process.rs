@@ -44,6 +44,13 @@ impl Server {
         Server::spawn(data_dir, names, &registry, &[]).unwrap_or_else(|e| panic!("server did not start: {e}"))
     }
 
+    /// Starts on `data_dir` with its own runtime names and `extra` arguments to `serve`, and a
+    /// host registry inside `data_dir`.
+    pub fn start_with_args(data_dir: &Path, names: (PathBuf, String), extra: &[&str]) -> Server {
+        let registry = data_dir.join("host-registry");
+        Server::spawn(data_dir, names, &registry, extra).unwrap_or_else(|e| panic!("server did not start: {e}"))
+    }
+
     /// Starts on `data_dir` with the given runtime names, host registry and `extra` arguments;
     /// `Err` with what the server wrote on stderr when it exits before listening.
     pub fn spawn(
@@ -158,6 +165,11 @@ impl Server {
         let mut args = vec!["doctor", "--state-dir", &state, "--cgroup-prefix", &self.cgroup_prefix];
         args.extend_from_slice(extra);
         self.cli(token, &args)
+    }
+
+    /// The server's process id, for reading its `/proc` entries.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("the server runs")
     }
 
     /// SIGTERM, and the server must exit cleanly.

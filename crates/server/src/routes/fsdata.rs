@@ -5,10 +5,10 @@
 //! (`bulkhead_runtime::confined`), so a symlink a sandbox planted can never lead the server, which
 //! runs as the host's root, outside the tenant's own data.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path, PathBuf};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -18,7 +18,6 @@ use bulkhead_core::Action;
 use bulkhead_runtime::archive::{self, ArchiveError, Limits};
 use bulkhead_runtime::confined::{self, ConfinedError, Kind, Owner, Root};
 use bulkhead_store::{FilesystemRow, SandboxStatus};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -26,6 +25,7 @@ use super::filesystems::load_filesystem;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
+use crate::limits::{self, Direction, PumpError};
 use crate::sandboxes::id_range;
 use crate::state::{rfc3339, AppState};
 
@@ -107,13 +107,15 @@ fn relative(path: &str, allow_root: bool) -> ApiResult<PathBuf> {
     Ok(out)
 }
 
-fn etag(data: &[u8]) -> String {
-    format!("\"{}\"", hex(&Sha256::digest(data)))
+fn etag_of(digest: &[u8]) -> String {
+    format!("\"{}\"", hex(digest))
 }
 
-/// Reads the whole file at `rel` (bounded); `None` when there is none.
-fn read_whole(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<Vec<u8>>> {
-    let (file, meta) = match confined::open_read(root, rel) {
+/// Opens the file at `rel` for a download of at most `max` bytes and hashes it for its ETag;
+/// `None` when there is none. The file comes back positioned at its start, with the length that
+/// was hashed.
+fn open_hashed(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<(std::fs::File, u64, Vec<u8>)>> {
+    let (mut file, meta) = match confined::open_read(root, rel) {
         Ok(x) => x,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error(e)),
@@ -124,16 +126,61 @@ fn read_whole(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<Vec<u8>>> {
             meta.len()
         )));
     }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut data).map_err(io_error)?;
-    if data.len() as u64 > max {
+    let mut hasher = Sha256::new();
+    let len = std::io::copy(&mut (&mut file).take(max + 1), &mut hasher).map_err(io_error)?;
+    if len > max {
         return Err(ApiError::PayloadTooLarge(format!("the file grew past {max} bytes")));
     }
-    Ok(Some(data))
+    file.seek(SeekFrom::Start(0)).map_err(io_error)?;
+    Ok(Some((file, len, hasher.finalize().to_vec())))
 }
 
-/// Checks `If-Match` and `If-None-Match: *` against the file's current content.
-fn preconditions(headers: &HeaderMap, current: Option<&[u8]>) -> ApiResult<()> {
+/// The ETag of the file at `rel` (bounded as a download); `None` when there is none.
+fn current_etag(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<String>> {
+    Ok(open_hashed(root, rel, max)?.map(|(_, _, digest)| etag_of(&digest)))
+}
+
+/// The bytes of a file whose hash was taken when the download began: the download fails (the
+/// client sees a cut body) when what it reads now is not what was hashed, so the ETag sent
+/// always names the bytes sent.
+struct Verified {
+    file: std::io::Take<std::fs::File>,
+    hasher: Option<Sha256>,
+    expected: Vec<u8>,
+}
+
+impl Read for Verified {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(out)?;
+        if n > 0 {
+            if let Some(h) = &mut self.hasher {
+                h.update(&out[..n]);
+            }
+        } else if let Some(h) = self.hasher.take() {
+            if h.finalize().as_slice() != self.expected.as_slice() {
+                return Err(std::io::Error::other("the file changed while it was read"));
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// A `Read` that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.hasher.update(&out[..n]);
+        Ok(n)
+    }
+}
+
+/// Checks `If-Match` and `If-None-Match: *` against the ETag of the file's current content.
+fn preconditions(headers: &HeaderMap, current: Option<&str>) -> ApiResult<()> {
     let failed = |why: &str| ApiError::PreconditionFailed(why.to_owned());
     if let Some(v) = headers.get(header::IF_NONE_MATCH) {
         if v.as_bytes() != b"*" {
@@ -147,13 +194,25 @@ fn preconditions(headers: &HeaderMap, current: Option<&[u8]>) -> ApiResult<()> {
         let wanted = v.to_str().map_err(|_| ApiError::Invalid("If-Match: not a valid ETag".into()))?;
         let matches = match current {
             None => false,
-            Some(data) => wanted == "*" || wanted.split(',').any(|t| t.trim() == etag(data)),
+            Some(tag) => wanted == "*" || wanted.split(',').any(|t| t.trim() == tag),
         };
         if !matches {
             return Err(failed("If-Match does not match the file's current ETag"));
         }
     }
     Ok(())
+}
+
+/// How a streamed file write fails: in the confined write itself, or in its precondition.
+enum WriteError {
+    Confined(ConfinedError),
+    Api(ApiError),
+}
+
+impl From<ConfinedError> for WriteError {
+    fn from(e: ConfinedError) -> Self {
+        WriteError::Confined(e)
+    }
 }
 
 /// `path` and `list` of the files routes.
@@ -210,13 +269,16 @@ pub async fn read_file(
             .collect();
         return Ok(Json(out).into_response());
     }
-    let data = tokio::task::spawn_blocking(move || read_whole(&root, &rel, max))
+    let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
+    let (file, len, digest) = tokio::task::spawn_blocking(move || open_hashed(&root, &rel, max))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??
         .ok_or_else(|| ApiError::NotFound(format!("no file {:?}", q.path)))?;
-    let tag = etag(&data);
-    let mut r = ([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response();
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    let reader = Verified { file: file.take(len), hasher: Some(Sha256::new()), expected: digest.clone() };
+    let mut r = Response::new(limits::reader_body(reader, guard));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&etag_of(&digest)) {
         r.headers_mut().insert(header::ETAG, v);
     }
     Ok(r)
@@ -245,28 +307,56 @@ pub async fn write_file(
     let rel = relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
+    let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let max = ctx.state.config.sandbox_limits.file_bytes.min(f.size_bytes);
-    let data = collect(body, max).await?;
-    ctx.audit_detail("bytes", data.len());
+    let file_max = ctx.state.config.sandbox_limits.file_bytes;
     let owner = owner_of(&ctx.state, &f).await?;
     let root = open_root(&ctx.state, &f.id)?;
-    // Conditional writes through the API are serialized per filesystem.
-    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
-    let file_max = ctx.state.config.sandbox_limits.file_bytes;
-    let tag = etag(&data);
-    tokio::task::spawn_blocking(move || {
-        let current = if headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_NONE_MATCH) {
-            read_whole(&root, &rel, file_max)?
-        } else {
-            None
-        };
-        preconditions(&headers, current.as_deref())?;
-        confined::write_atomic(&root, &rel, &data[..], max, 0o644, owner).map_err(confined_error)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let conditional = headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_NONE_MATCH);
+    let root = if conditional {
+        // Fail early, before the body is read; checked again under the lock before the swap.
+        let (early, rel) = (headers.clone(), rel.clone());
+        tokio::task::spawn_blocking(move || {
+            preconditions(&early, current_etag(&root, &rel, file_max)?.as_deref())?;
+            Ok::<_, ApiError>(root)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        root
+    };
+    // The body streams into a temporary file beside the target, bounded by `max` and by the
+    // filesystem's own size, and replaces the target only when complete.
+    let (tx, reader) = limits::BodyReader::channel();
+    let (state, fs_id, handle) = (ctx.state.clone(), f.id.clone(), tokio::runtime::Handle::current());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut hashing = Hashing { inner: reader, hasher: Sha256::new() };
+        let written = confined::write_atomic_when(&root, &rel, &mut hashing, max, 0o644, owner, || {
+            // Writes through the API are serialized per filesystem, from the check to the
+            // rename.
+            let lock = handle.block_on(state.sandbox_locks.lock(&fs_id));
+            if conditional {
+                let current = current_etag(&root, &rel, file_max).map_err(WriteError::Api)?;
+                preconditions(&headers, current.as_deref()).map_err(WriteError::Api)?;
+            }
+            Ok(lock)
+        });
+        written.map(|(n, _lock)| (n, hashing.hasher.finalize().to_vec()))
+    });
+    let pumped = limits::pump_body(body, tx, max).await;
+    let written = writer.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (bytes, digest) = match (pumped, written) {
+        (Err(PumpError::TooLarge), _) => return Err(ApiError::PayloadTooLarge(format!("at most {max} bytes"))),
+        (Err(PumpError::Interrupted), _) => {
+            return Err(ApiError::Invalid("body: could not be read to the end".into()));
+        }
+        (Ok(_), Err(WriteError::Api(e))) => return Err(e),
+        (Ok(_), Err(WriteError::Confined(e))) => return Err(confined_error(e)),
+        (Ok(_), Ok(done)) => done,
+    };
+    ctx.audit_detail("bytes", bytes);
     let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    if let Ok(v) = HeaderValue::from_str(&etag_of(&digest)) {
         r.headers_mut().insert(header::ETAG, v);
     }
     Ok(r)
@@ -293,27 +383,13 @@ pub async fn delete_file(
     let file_max = ctx.state.config.sandbox_limits.file_bytes;
     tokio::task::spawn_blocking(move || {
         if headers.contains_key(header::IF_MATCH) {
-            let current = read_whole(&root, &rel, file_max)?;
-            preconditions(&headers, current.as_deref())?;
+            preconditions(&headers, current_etag(&root, &rel, file_max)?.as_deref())?;
         }
         confined::remove(&root, &rel).map_err(confined_error)
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The request body, at most `max` bytes.
-async fn collect(body: Body, max: u64) -> ApiResult<Vec<u8>> {
-    use http_body_util::BodyExt;
-    let limited = http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes().to_vec()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(ApiError::PayloadTooLarge(format!("at most {max} bytes")))
-        }
-        Err(_) => Err(ApiError::Invalid("body: could not be read to the end".into())),
-    }
 }
 
 /// Download the whole filesystem as a tar archive, streamed.
@@ -324,69 +400,14 @@ async fn collect(body: Body, max: u64) -> ApiResult<Vec<u8>> {
 pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemArchiveRead, Some(&ns), format!("filesystem:{id}"))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
+    let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let root = open_root(&ctx.state, &f.id)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut out = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-        let result = archive::write_tar(&root, &mut out).and_then(|_| out.flush());
-        if let Err(e) = result {
-            // The client sees a cut stream, which tar reports as a truncated archive.
-            tracing::warn!(error = %e, "archive download failed");
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    let mut r = Response::new(Body::from_stream(stream));
+    // The archive is produced as the client reads it: one chunk per step, no thread held
+    // between steps, a bounded number of descriptors (see `TarReader`).
+    let reader = archive::TarReader::new(root);
+    let mut r = Response::new(limits::reader_body(reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(r)
-}
-
-const CHUNK: usize = 256 * 1024;
-
-/// A `Write` that hands chunks to an async receiver.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::other("the client went away"))
-    }
-}
-
-/// A `Read` over the chunks of a request body arriving on an async channel.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.current = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
 }
 
 /// Replace the whole filesystem with a tar archive (plain, gzip or zstd). The new content is
@@ -407,6 +428,7 @@ pub async fn write_archive(
 ) -> ApiResult<Json<ArchiveResult>> {
     ctx.authorize(Action::FilesystemArchiveWrite, Some(&ns), format!("filesystem:{id}"))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
+    let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
     let users: Vec<String> = ctx
         .state
@@ -430,43 +452,20 @@ pub async fn write_archive(
     let staging = ctx.state.storage.staging_dir(&f.id, ids)?;
     let staging_root = Root::open(&staging).map_err(|e| ApiError::Internal(e.to_string()))?;
     let limits = Limits { max_entries: MAX_ARCHIVE_ENTRIES, max_bytes: f.size_bytes };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    let extraction = tokio::task::spawn_blocking(move || {
-        archive::extract(ChannelReader { rx, current: Bytes::new() }, &staging_root, owner, limits)
-    });
+    let (tx, reader) = limits::BodyReader::channel();
+    let extraction = tokio::task::spawn_blocking(move || archive::extract(reader, &staging_root, owner, limits));
     // The whole body must arrive before anything is swapped in: the extraction may finish at
     // the archive's end marker while the upload is still running (or about to fail), so the body
     // is read to its end, bounded, whatever the extraction does.
     let max_body = f.size_bytes.saturating_add(MAX_ARCHIVE_OVERHEAD);
-    let mut received = 0u64;
-    let mut extracting = true;
-    let mut upload_error = None;
-    let mut body = body.into_data_stream();
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => {
-                received += bytes.len() as u64;
-                if received > max_body {
-                    upload_error = Some(ApiError::QuotaExceeded(format!(
-                        "the archive is larger than the filesystem can hold ({} bytes)",
-                        f.size_bytes
-                    )));
-                    let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
-                    break;
-                }
-                // Once the extraction stopped (refused entry or end of archive), keep draining.
-                if extracting && tx.send(Ok(bytes)).await.is_err() {
-                    extracting = false;
-                }
-            }
-            Err(e) => {
-                upload_error = Some(ApiError::Invalid("body: the upload was interrupted".into()));
-                let _ = tx.send(Err(std::io::Error::other(format!("upload interrupted: {e}")))).await;
-                break;
-            }
-        }
-    }
-    drop(tx);
+    let upload_error = match limits::pump_body(body, tx, max_body).await {
+        Ok(_) => None,
+        Err(PumpError::TooLarge) => Some(ApiError::QuotaExceeded(format!(
+            "the archive is larger than the filesystem can hold ({} bytes)",
+            f.size_bytes
+        ))),
+        Err(PumpError::Interrupted) => Some(ApiError::Invalid("body: the upload was interrupted".into())),
+    };
     let result = extraction.await.map_err(|e| ApiError::Internal(e.to_string()))?;
     let stats = match (result, upload_error) {
         (Ok(stats), None) => stats,

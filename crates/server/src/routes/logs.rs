@@ -25,6 +25,7 @@ use super::scope::Visible;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
+use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
 use crate::state::parse_rfc3339;
 
@@ -114,6 +115,8 @@ fn event(entry: &Entry) -> Event {
 /// Retained records that match (when asked for), then live ones. The subscription starts before
 /// the replay is read, and live records at or below the last replayed `seq` are skipped.
 async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Response> {
+    // A live tail is a long-running download, counted until the client goes.
+    let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
@@ -124,6 +127,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
     let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
     let mut visible = Visible::new(principal.clone());
     let stream = async_stream(move |tx| async move {
+        let _guard = guard;
         for e in &backlog {
             if !visible.sandbox(&state, &ns, &e.sandbox).await {
                 continue;
@@ -138,6 +142,8 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
         recheck.tick().await;
         loop {
             let received = tokio::select! {
+                // The client went away: release the tail at once, not at the next record.
+                () = tx.closed() => return,
                 r = live.recv() => r,
                 _ = recheck.tick() => {
                     if !still_valid(&state, &principal, &ns).await {

@@ -17,7 +17,6 @@ use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
 use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
-use http_body_util::BodyExt;
 use serde::Deserialize;
 
 use super::load_namespace;
@@ -25,6 +24,7 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
+use crate::limits::{Direction, StreamGuard};
 use crate::sandboxes::{self, Plan};
 use crate::state::{now_ms, rfc3339};
 
@@ -411,12 +411,15 @@ pub async fn exec(
         stdin: false,
     };
     let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
+    // A streamed exec is a long-running download, counted until its body is dropped.
+    let guard =
+        if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
     let started = std::time::Instant::now();
     let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
     crate::metering::count_exec(&ctx.state, &ns).await;
-    if streaming {
+    if let Some(guard) = guard {
         ctx.audit_detail("stream", true);
-        return Ok(stream_response(ctx, ns, id, stream));
+        return Ok(stream_response(ctx, ns, id, stream, guard));
     }
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let exit = loop {
@@ -455,17 +458,23 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
 
 /// The streamed answer of an exec. The audit record of the request says the exec began; the
 /// stream appends one more (`sandbox.exec.exit`) with the exit code when it ends.
-fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::ExecStream) -> Response {
+fn stream_response(
+    ctx: Ctx,
+    ns: String,
+    id: String,
+    stream: bulkhead_runtime::ExecStream,
+    guard: StreamGuard,
+) -> Response {
     let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
     let client_request_id = ctx.client_request_id.clone();
-    let body = futures_util::stream::unfold(Some(stream), move |state| {
+    let body = futures_util::stream::unfold(Some((stream, guard)), move |state| {
         let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
         let client_request_id = client_request_id.clone();
         async move {
-            let mut stream = state?;
+            let (mut stream, guard) = state?;
             let (event, done, exit) = match stream.next().await {
                 Some(Ok(RtEvent::Stdout(d))) => {
                     app.logs.record(&ns, &id, &request_id, LogStream::Stdout, &d);
@@ -509,7 +518,7 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: bulkhead_runtime::E
                     tracing::error!(error = %e, "audit append of a streamed exec's exit failed");
                 }
             }
-            let next = if done { None } else { Some(stream) };
+            let next = if done { None } else { Some((stream, guard)) };
             Some((Ok::<_, std::convert::Infallible>(ndjson_line(&event)), next))
         }
     });
@@ -541,8 +550,22 @@ pub async fn read_file(
     ctx.authorize(Action::SandboxFileRead, Some(&ns), format!("sandbox:{id}"))?;
     check_abs_path("path", &params.path)?;
     load_running(&ctx, &ns, &id).await?;
-    let data = ctx.state.runtime.read_file(&id, &params.path, ctx.state.config.sandbox_limits.file_bytes).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
+    let file = ctx.state.runtime.read_file(&id, &params.path, ctx.state.config.sandbox_limits.file_bytes).await?;
+    // Pulled from the sandbox as the client reads: one frame at a time, nothing read ahead.
+    let body = futures_util::stream::unfold(Some((file, guard)), |state| async move {
+        let (mut file, guard) = state?;
+        match file.next().await? {
+            Ok(chunk) => Some((Ok(Bytes::from(chunk)), Some((file, guard)))),
+            Err(e) => {
+                tracing::warn!(error = %e, "sandbox file download failed");
+                Some((Err(std::io::Error::other(e.to_string())), None))
+            }
+        }
+    });
+    let mut r = Response::new(Body::from_stream(body));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    Ok(r)
 }
 
 /// Write a file inside the sandbox (raw bytes), atomically; parent directories are created.
@@ -562,19 +585,35 @@ pub async fn write_file(
     check_abs_path("path", &params.path)?;
     ctx.audit_detail("path", params.path.chars().take(512).collect::<String>());
     load_running(&ctx, &ns, &id).await?;
+    let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let limit = ctx.state.config.sandbox_limits.file_bytes;
-    let data = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                ApiError::PayloadTooLarge(format!("files are at most {limit} bytes"))
-            } else {
-                ApiError::Invalid("body: could not be read to the end".into())
+    // The body goes to the sandbox as it arrives, a few chunks at a time.
+    let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
+    let write = ctx.state.runtime.write_file(&id, &params.path, rx, limit, 0o644);
+    let pump = async move {
+        use futures_util::StreamExt;
+        let mut body = body.into_data_stream();
+        let mut received = 0u64;
+        while let Some(chunk) = body.next().await {
+            let Ok(bytes) = chunk else {
+                let _ = tx.send(Err(std::io::Error::other("upload interrupted"))).await;
+                return Err(ApiError::Invalid("body: could not be read to the end".into()));
+            };
+            received += bytes.len() as u64;
+            if received > limit {
+                let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
+                return Err(ApiError::PayloadTooLarge(format!("files are at most {limit} bytes")));
             }
-        })?
-        .to_bytes();
-    ctx.audit_detail("bytes", data.len());
-    ctx.state.runtime.write_file(&id, &params.path, data.to_vec(), 0o644).await?;
+            if tx.send(Ok(bytes.to_vec())).await.is_err() {
+                // The sandbox refused the write; its answer says why.
+                break;
+            }
+        }
+        Ok(received)
+    };
+    let (received, written) = tokio::join!(pump, write);
+    let received = received?;
+    written?;
+    ctx.audit_detail("bytes", received);
     Ok(StatusCode::NO_CONTENT)
 }
