@@ -40,6 +40,29 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    outbound: OutboundArgs,
+}
+
+/// Where fetches a tenant directs (its identity provider) may go.
+#[derive(Args)]
+pub struct OutboundArgs {
+    /// A range of special-purpose addresses (loopback, private, link-local, ...) the server may
+    /// fetch from on a tenant's behalf, such as 10.20.0.0/16; repeat for more. Public addresses
+    /// need none. Plain http is allowed only to these ranges.
+    #[arg(long = "outbound-allow", value_name = "CIDR")]
+    allow: Vec<bulkhead_core::outbound::Cidr>,
+    /// The DNS server (ADDR:PORT) that resolves the names of tenant-directed fetches. Default:
+    /// the host's resolver configuration.
+    #[arg(long = "egress-dns", value_name = "ADDR:PORT")]
+    dns: Option<SocketAddr>,
+}
+
+impl OutboundArgs {
+    fn config(&self) -> bulkhead_oidc::OutboundConfig {
+        let policy = bulkhead_core::outbound::OutboundPolicy::new(self.allow.clone());
+        bulkhead_oidc::OutboundConfig { policy, dns: self.dns }
+    }
 }
 
 fn init_logs(format: LogFormat) {
@@ -58,6 +81,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let mut config = ServerConfig::new(data_dir.clone(), args.listen);
     config.runtime.state_dir = args.state_dir.clone();
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
+    config.outbound = args.outbound.config();
     if let Some(s) = &args.supervisor {
         config.runtime.supervisor = s.clone();
     }

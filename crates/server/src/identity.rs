@@ -8,6 +8,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::{IdentityConfig, OidcConfig};
+use bulkhead_core::outbound::OutboundPolicy;
 use bulkhead_core::sealed::{self, Key};
 use bulkhead_core::{Principal, Role};
 use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions};
@@ -67,7 +68,7 @@ pub struct Identity {
     data_keys: TtlMap<Key>,
     master: Key,
     /// Made on first use: most servers never talk to an identity provider.
-    http: std::sync::OnceLock<reqwest::Client>,
+    http: std::sync::OnceLock<bulkhead_oidc::Outbound>,
     pub provider_options: ProviderOptions,
 }
 
@@ -141,9 +142,12 @@ pub async fn identity_config(state: &AppState, namespace: &str) -> ApiResult<Ide
     }
 }
 
-/// The settings the OIDC client needs, or why `config` is not acceptable.
-pub fn oidc_settings(config: &OidcConfig) -> Result<OidcSettings, String> {
+/// The settings the OIDC client needs, or why `config` is not acceptable: the issuer URL's shape,
+/// and, when its host is an address, the outbound policy.
+pub fn oidc_settings(config: &OidcConfig, outbound: &OutboundPolicy) -> Result<OidcSettings, String> {
     let issuer = IssuerUrl::parse(&config.issuer).map_err(|e| format!("oidc.issuer: {e}"))?;
+    let url = issuer.discovery_url().map_err(|e| format!("oidc.issuer: {e}"))?;
+    bulkhead_oidc::outbound::check_url(outbound, &url).map_err(|e| format!("oidc.issuer: {e}"))?;
     Ok(OidcSettings { issuer, audience: config.audience.clone(), groups_claim: config.groups_claim.clone() })
 }
 
@@ -154,12 +158,20 @@ async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<Namespa
     let found = match identity_config(state, namespace).await?.oidc {
         None => None,
         Some(config) => {
-            let settings = oidc_settings(&config).map_err(ApiError::Internal)?;
+            let settings = match oidc_settings(&config, &state.config.outbound.policy) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stored before the policy (or the operator's ranges) changed: no sign-in.
+                    tracing::warn!(namespace, error = %e, "the namespace's identity provider is refused");
+                    state.identity.providers.put(namespace, None);
+                    return Ok(None);
+                }
+            };
             let http = match state.identity.http.get() {
                 Some(c) => c.clone(),
                 None => {
-                    let c = bulkhead_oidc::http_client()
-                        .map_err(|e| ApiError::Internal(format!("the OIDC http client: {e}")))?;
+                    let c = bulkhead_oidc::Outbound::new(state.config.outbound.clone())
+                        .map_err(|e| ApiError::Internal(format!("the outbound http client: {e}")))?;
                     state.identity.http.get_or_init(|| c).clone()
                 }
             };

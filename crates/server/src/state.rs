@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// How namespaces' OpenID Connect providers are checked (key set lifetime, refetch bound,
     /// clock leeway).
     pub oidc: bulkhead_oidc::ProviderOptions,
+    /// Where fetches a tenant directs may go (the address policy and its allowed ranges) and the
+    /// DNS server that resolves their names.
+    pub outbound: bulkhead_oidc::OutboundConfig,
 }
 
 impl ServerConfig {
@@ -96,6 +99,7 @@ impl ServerConfig {
             meter_interval: Duration::from_secs(10),
             log_bytes_per_namespace: 16 << 20,
             oidc: bulkhead_oidc::ProviderOptions::default(),
+            outbound: bulkhead_oidc::OutboundConfig::default(),
         }
     }
 }

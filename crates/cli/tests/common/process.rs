@@ -38,13 +38,19 @@ impl Server {
 
     /// Starts on `data_dir` with the given runtime state dir and cgroup prefix (to restart a
     /// server on the same host state).
-    pub fn start_with(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String)) -> Server {
+    pub fn start_with(data_dir: &Path, names: (PathBuf, String)) -> Server {
+        Server::start_args(data_dir, names, &[])
+    }
+
+    /// Starts on `data_dir` with `extra` arguments to `bulkhead serve`.
+    pub fn start_args(data_dir: &Path, (state_dir, cgroup_prefix): (PathBuf, String), extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .arg("--state-dir")
             .arg(&state_dir)
             .args(["--cgroup-prefix", &cgroup_prefix])
+            .args(extra)
             .env("BULKHEAD_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
