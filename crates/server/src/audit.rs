@@ -26,8 +26,10 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
 
     let response = next.run(req).await;
     let status = response.status();
-    state.metrics.request(crate::request::namespace_of(&path), &route, status.as_u16());
     let info = slot.with(std::mem::take);
+    // In a namespace's series only when authenticated into it: probes of another tenant's paths
+    // and unauthenticated requests do not touch (or make) its series.
+    state.metrics.request(info.tenant.as_ref(), &route, status.as_u16());
     let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
         return response;
     };

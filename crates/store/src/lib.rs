@@ -22,6 +22,10 @@ pub struct NamespaceRow {
     pub updated_at_ms: i64,
     /// The namespace's host id range slot, assigned by the store at creation.
     pub id_slot: u32,
+    /// This incarnation of the name: made at creation, never reused (see
+    /// [`bulkhead_core::ids::new_incarnation`]). Per-namespace state kept outside the store is keyed
+    /// by it, so a namespace deleted and created again starts with nothing of the old one's.
+    pub incarnation: String,
 }
 
 /// A sandbox's lifecycle state.

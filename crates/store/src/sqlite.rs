@@ -120,6 +120,10 @@ fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
             slot.and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| StoreError::Corrupt("namespace without id slot".into()))?
         },
+        incarnation: {
+            let incarnation: Option<String> = row.try_get("incarnation")?;
+            incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?
+        },
     })
 }
 
@@ -283,9 +287,9 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 }
 
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_slot";
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_slot, incarnation";
 const NAMESPACE_INSERT_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms";
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, incarnation";
 const KEY_COLUMNS: &str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
 
 #[async_trait]
@@ -313,7 +317,7 @@ impl Store for SqliteStore {
         let q = &ns.quotas;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let r = sqlx::query(&format!(
-            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&ns.name)
         .bind(&ns.isolation)
@@ -325,6 +329,7 @@ impl Store for SqliteStore {
         .bind(as_i64(q.max_sandbox_ttl_seconds))
         .bind(ns.created_at_ms)
         .bind(ns.updated_at_ms)
+        .bind(&ns.incarnation)
         .execute(&mut *tx)
         .await;
         match r {
@@ -1152,6 +1157,7 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 1,
             id_slot: 0,
+            incarnation: bulkhead_core::ids::new_incarnation(),
         }
     }
 

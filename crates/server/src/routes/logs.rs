@@ -72,15 +72,18 @@ pub async fn get(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
-    let ns = load_namespace(&ctx, &ns).await?.name;
+    // The log is kept under the namespace's incarnation: a namespace created again under an old
+    // name never reads what the old one left.
+    let row = load_namespace(&ctx, &ns).await?;
+    let (ns, key) = (row.name, row.incarnation);
     let tail = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("text/event-stream")));
     if tail {
-        return tail_response(ctx, ns, filter).await;
+        return tail_response(ctx, ns, key, filter).await;
     }
-    let (entries, more) = ctx.state.logs.query(&ns, &filter, limit as usize).await.map_err(internal)?;
+    let (entries, more) = ctx.state.logs.query(&key, &filter, limit as usize).await.map_err(internal)?;
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
     Ok(Json(LogPage { records: entries.iter().map(Entry::to_wire).collect(), next_after }).into_response())
 }
@@ -96,11 +99,11 @@ fn event(entry: &Entry) -> Event {
 
 /// Retained records that match (when asked for), then live ones. The subscription starts before
 /// the replay is read, and live records at or below the last replayed `seq` are skipped.
-async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Response> {
+async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> ApiResult<Response> {
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
-        let (entries, _) = ctx.state.logs.query(&ns, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
+        let (entries, _) = ctx.state.logs.query(&key, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
         backlog = entries;
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
@@ -127,7 +130,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
             };
             match received {
                 Ok(record) => {
-                    if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
+                    if record.namespace != key || record.entry.seq <= last || !filter.matches(&record.entry) {
                         continue;
                     }
                     last = record.entry.seq;

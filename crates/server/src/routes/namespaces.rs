@@ -44,10 +44,20 @@ pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Resp
         Begin::Fresh(idem) => idem,
     };
     let now = now_ms();
-    let row = NamespaceRow { name: req.name, isolation, quotas, created_at_ms: now, updated_at_ms: now, id_slot: 0 };
+    let row = NamespaceRow {
+        name: req.name,
+        isolation,
+        quotas,
+        created_at_ms: now,
+        updated_at_ms: now,
+        id_slot: 0,
+        incarnation: bulkhead_core::ids::new_incarnation(),
+    };
     ctx.state.store.create_namespace(&row).await?;
-    // A name can be reused after a delete; nothing of the old namespace's output may show.
-    ctx.state.logs.forget(&row.name).await;
+    // A name can be reused after a delete: the new incarnation starts with nothing cached of the
+    // old one (its logs and metrics are keyed by incarnation and start empty anyway).
+    ctx.state.namespaces.remove(&row.name);
+    ctx.state.keys.evict_namespace(&row.name);
     ctx.state.identity.forget(&row.name);
     let out = namespace_out(&row);
     let text = serde_json::to_string(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -135,9 +145,9 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.authorize(Action::NamespaceDelete, Some(&ns), format!("namespace:{ns}"))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.
     ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
-    if ctx.state.store.get_namespace(&ns).await?.is_none() {
+    let Some(row) = ctx.state.store.get_namespace(&ns).await? else {
         return Err(ApiError::namespace_not_found(&ns));
-    }
+    };
     ctx.state.namespaces.remove(&ns);
     crate::sandboxes::destroy_namespace(&ctx.state, &ns).await?;
     if !ctx.state.store.delete_namespace(&ns).await? {
@@ -145,7 +155,9 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     }
     ctx.state.keys.evict_namespace(&ns);
     ctx.state.namespaces.remove(&ns);
-    ctx.state.logs.forget(&ns).await;
+    // Everything kept per incarnation outside the store goes with it.
+    ctx.state.logs.forget(&row.incarnation).await;
+    ctx.state.metrics.forget(&row.incarnation);
     ctx.state.identity.forget(&ns);
     Ok(StatusCode::NO_CONTENT)
 }
