@@ -30,6 +30,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "usage", include_str!("../migrations/sqlite/0004_usage.sql")),
     (5, "io metering", include_str!("../migrations/sqlite/0005_io_metering.sql")),
     (6, "identity", include_str!("../migrations/sqlite/0006_identity.sql")),
+    (7, "namespace incarnation", include_str!("../migrations/sqlite/0007_namespace_incarnation.sql")),
 ];
 
 /// The SQLite implementation of [`Store`].
@@ -866,18 +867,24 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
-        sqlx::query(
+        let marked = sqlx::query(
             "UPDATE sandboxes SET metered_cpu_ns = ?, metered_io_read_bytes = ?, metered_io_write_bytes = ?, \
-             metered_at_ms = ? WHERE id = ?",
+             metered_at_ms = ? WHERE id = ? AND namespace = ?",
         )
         .bind(as_i64(mark.cpu_ns))
         .bind(as_i64(mark.io_read_bytes))
         .bind(as_i64(mark.io_write_bytes))
         .bind(at_ms)
         .bind(&sandbox.id)
+        .bind(&sandbox.namespace)
         .execute(&mut *tx)
         .await?;
+        // The sandbox went with its namespace: its usage must not land in the ledger of a
+        // namespace created since under the same name.
+        if marked.rows_affected() == 0 {
+            return Ok(());
+        }
+        usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
