@@ -50,11 +50,11 @@ pub struct OutboundArgs {
     /// A range of special-purpose addresses (loopback, private, link-local, ...) the server may
     /// fetch from on a tenant's behalf, such as 10.20.0.0/16; repeat for more. Public addresses
     /// need none. Plain http is allowed only to these ranges.
-    #[arg(long = "outbound-allow", value_name = "CIDR")]
+    #[arg(long = "outbound-allow", value_name = "CIDR", env = "BULKHEAD_OUTBOUND_ALLOW", value_delimiter = ',')]
     allow: Vec<bulkhead_core::outbound::Cidr>,
     /// The DNS server (ADDR:PORT) that resolves the names of tenant-directed fetches. Default:
     /// the host's resolver configuration.
-    #[arg(long = "egress-dns", value_name = "ADDR:PORT")]
+    #[arg(long = "egress-dns", value_name = "ADDR:PORT", env = "BULKHEAD_EGRESS_DNS")]
     dns: Option<SocketAddr>,
 }
 

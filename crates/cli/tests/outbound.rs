@@ -127,7 +127,10 @@ fn sign_in_through_the_name(dns: &Dns, target: &TcpListener, extra: &[&str]) -> 
     server.ok(None, &["namespace", "create", "acme"]);
     let issuer = format!("https://{NAME}:{}", target.local_addr().unwrap().port());
     // A name is not resolved when it is set: it is checked where it leads when it is fetched.
-    server.ok(None, &["identity", "set", "--ns", "acme", "--issuer", &issuer, "--audience", "bulkhead", "--map", "eng=developer"]);
+    server.ok(
+        None,
+        &["identity", "set", "--ns", "acme", "--issuer", &issuer, "--audience", "bulkhead", "--map", "eng=developer"],
+    );
     let status = status_of(&server, "/v1/namespaces/acme", &jwt_shaped(&issuer));
     server.stop();
     status

@@ -35,7 +35,8 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
     let sbx = h.create_sandbox("reuse1", &old_owner, json!({})).await;
     let (code, out, _) = h.sh("reuse1", &sbx, &old_owner, "echo old-tenant-secret-output").await;
     assert_eq!((code, out.as_str()), (0, "old-tenant-secret-output\n"));
-    let r = h.call(Method::POST, "/v1/namespaces/reuse1/sandboxes", Some(&old_owner), json!({"cpu_millis": 999_999})).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/reuse1/sandboxes", Some(&old_owner), json!({"cpu_millis": 999_999})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     // The old tenant has counters, logs, usage and audit records.
     let own = text(&h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&old_owner), Value::Null).await);
@@ -122,7 +123,9 @@ async fn another_tenants_probes_leave_the_victims_series_unchanged() {
             let r = h.call(Method::GET, path, Some(&attacker), Value::Null).await;
             assert_eq!(r.status, StatusCode::NOT_FOUND, "{path}");
         }
-        let r = h.call(Method::DELETE, &format!("/v1/namespaces/victim/sandboxes/{sbx}"), Some(&attacker), Value::Null).await;
+        let r = h
+            .call(Method::DELETE, &format!("/v1/namespaces/victim/sandboxes/{sbx}"), Some(&attacker), Value::Null)
+            .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND);
     }
     let after = counters(&platform_metrics(&h).await);
@@ -130,7 +133,9 @@ async fn another_tenants_probes_leave_the_victims_series_unchanged() {
     // They are counted, without a namespace.
     let all = platform_metrics(&h).await;
     assert!(
-        all.lines().any(|l| l.starts_with("bulkhead_api_requests_unattributed_total{route=\"/v1/namespaces/{ns}/keys\",status=\"404\"}")),
+        all.lines().any(|l| l.starts_with(
+            "bulkhead_api_requests_unattributed_total{route=\"/v1/namespaces/{ns}/keys\",status=\"404\"}"
+        )),
         "{all}"
     );
 }
@@ -165,11 +170,7 @@ async fn unauthenticated_requests_to_made_up_namespaces_add_no_series() {
         send(1000 + i).await;
     }
     let after = platform_metrics(&h).await;
-    assert_eq!(
-        after.lines().count(),
-        before.lines().count(),
-        "1,000 unauthenticated requests added series:\n{after}"
-    );
+    assert_eq!(after.lines().count(), before.lines().count(), "1,000 unauthenticated requests added series:\n{after}");
     assert!(!after.contains("made-up"), "a made-up namespace got a series:\n{after}");
     assert_eq!(h.state.metrics.namespace_series(), series_before);
 }

@@ -94,12 +94,12 @@ impl FromStr for Cidr {
         }
         let cidr = Cidr { addr, prefix };
         let network = match addr {
-            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(
-                u32::from(a) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0),
-            )),
-            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(
-                u128::from(a) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0),
-            )),
+            IpAddr::V4(a) => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)))
+            }
+            IpAddr::V6(a) => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)))
+            }
         };
         if network != addr {
             return Err(CidrError::HostBits(s.to_owned()));
@@ -489,6 +489,9 @@ mod tests {
     #[test]
     fn refusals_name_the_range() {
         let e = OutboundPolicy::default().check(ip("::ffff:169.254.169.254")).unwrap_err();
-        assert_eq!(e.to_string(), "169.254.169.254 is a cloud metadata address and no --outbound-allow range covers it");
+        assert_eq!(
+            e.to_string(),
+            "169.254.169.254 is a cloud metadata address and no --outbound-allow range covers it"
+        );
     }
 }

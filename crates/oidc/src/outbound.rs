@@ -153,7 +153,11 @@ impl Resolve for GuardedResolver {
                 return Err(BoxError::from(format!("{} is refused by the outbound policy: {why}", name.as_str())));
             }
             if !refused.is_empty() {
-                tracing::warn!(name = name.as_str(), refused = refused.join("; "), "dropped refused addresses of a name");
+                tracing::warn!(
+                    name = name.as_str(),
+                    refused = refused.join("; "),
+                    "dropped refused addresses of a name"
+                );
             }
             let addrs: Addrs = Box::new(allowed.into_iter());
             Ok(addrs)
@@ -172,7 +176,9 @@ mod tests {
     #[test]
     fn literal_destinations_follow_the_policy() {
         let strict = OutboundPolicy::default();
-        for s in ["http://127.0.0.1", "https://127.0.0.1", "https://[::1]", "https://169.254.169.254", "https://10.0.0.1"] {
+        for s in
+            ["http://127.0.0.1", "https://127.0.0.1", "https://[::1]", "https://169.254.169.254", "https://10.0.0.1"]
+        {
             assert!(matches!(check_url(&strict, &url(s)), Err(OutboundError::Refused(_))), "{s}");
         }
         assert_eq!(check_url(&strict, &url("https://8.8.8.8")), Ok(()));

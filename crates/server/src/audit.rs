@@ -30,9 +30,17 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     // In a namespace's series only when authenticated into it: probes of another tenant's paths
     // and unauthenticated requests do not touch (or make) its series.
     state.metrics.request(info.tenant.as_ref(), &route, status.as_u16());
-    let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
+    let tenant = info.tenant.clone();
+    let Some((mut chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
         return response;
     };
+    // A request of a namespace that was deleted (and maybe created again) while it ran: its
+    // record goes to the platform chain, never into the chain of a new incarnation of the name.
+    if let Some(t) = tenant.filter(|t| t.name == chain) {
+        if crate::metrics::tenant(&state, &chain).await.is_none_or(|now| now.incarnation != t.incarnation) {
+            chain = PLATFORM_CHAIN.to_owned();
+        }
+    }
     match state.store.append_audit(&chain, event).await {
         Ok(_) => response,
         Err(e) => ApiError::Internal(format!("audit append to chain {chain} failed: {e}")).into_response(),
