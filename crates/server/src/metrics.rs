@@ -34,7 +34,7 @@ pub const STATUSES: [u16; 20] =
     [200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 416, 422, 429, 500, 503, 504];
 
 /// Kinds of sandbox failure that get their own label value; any other is `other`.
-pub const FAILURE_KINDS: [&str; 3] = ["start_failed", "lost", "oom"];
+pub const FAILURE_KINDS: [&str; 2] = ["start_failed", "lost"];
 
 /// One namespace incarnation: its name, and the id made when it was created.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -344,4 +344,51 @@ pub async fn namespace(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResul
     ctx.authorize(Action::MetricsRead, Some(&ns), format!("metrics:{ns}"))?;
     let row = crate::routes::load_namespace(&ctx, &ns).await?;
     Ok(text(render(&ctx.state, Some(&row)).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(incarnation: &str) -> Tenant {
+        Tenant { name: "acme".into(), incarnation: incarnation.into() }
+    }
+
+    #[test]
+    fn a_deleted_incarnation_counts_nothing_more() {
+        let m = Metrics::default();
+        let old = tenant("nsi_old");
+        m.exec(&old, 0.01);
+        m.sandbox_created(&old);
+        m.request(Some(&old), "/v1/namespaces/{ns}", 200);
+        assert_eq!(m.namespace_series(), 1);
+        m.forget(&old.incarnation);
+        assert_eq!(m.namespace_series(), 0);
+        // A request of the old incarnation that finishes after the delete.
+        m.request(Some(&old), "/v1/namespaces/{ns}", 200);
+        m.exec(&old, 0.01);
+        assert_eq!(m.namespace_series(), 0);
+        // The new incarnation of the name counts from zero.
+        let new = tenant("nsi_new");
+        m.request(Some(&new), "/v1/namespaces/{ns}", 200);
+        let creates = m.with(|c| c.namespaces.get("nsi_new").map(|s| s.creates));
+        assert_eq!(creates, Some(0));
+    }
+
+    #[test]
+    fn label_values_come_from_fixed_sets() {
+        let m = Metrics::default();
+        for status in [200, 299, 418, 599, 1000] {
+            m.request(None, "", status);
+        }
+        m.sandbox_failed(&tenant("nsi_a"), "start_failed: runc said no");
+        m.sandbox_failed(&tenant("nsi_a"), "anything a tenant wrote: x");
+        let (unattributed, failures) =
+            m.with(|c| (c.unattributed.keys().cloned().collect::<Vec<_>>(), c.namespaces["nsi_a"].failures.clone()));
+        assert_eq!(
+            unattributed,
+            vec![("unmatched".to_owned(), "200".to_owned()), ("unmatched".to_owned(), "other".to_owned())]
+        );
+        assert_eq!(failures.keys().map(String::as_str).collect::<Vec<_>>(), vec!["other", "start_failed"]);
+    }
 }
