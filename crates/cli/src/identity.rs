@@ -36,7 +36,8 @@ pub enum IdentityCmd {
         /// The namespace.
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
-        /// The provider's issuer URL (https, or http to a loopback address).
+        /// The provider's issuer URL (https, or http to an address the server's --outbound-allow
+        /// ranges cover).
         #[arg(long)]
         issuer: String,
         /// The `aud` the tokens must carry.

@@ -53,6 +53,8 @@ pub struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    outbound: OutboundArgs,
 }
 
 /// Bounds on connections and long-running streams (see `bulkhead_server::limits`).
@@ -120,6 +122,27 @@ impl LimitArgs {
     }
 }
 
+/// Where fetches a tenant directs (its identity provider) may go.
+#[derive(Args)]
+pub struct OutboundArgs {
+    /// A range of special-purpose addresses (loopback, private, link-local, ...) the server may
+    /// fetch from on a tenant's behalf, such as 10.20.0.0/16; repeat for more. Public addresses
+    /// need none. Plain http is allowed only to these ranges.
+    #[arg(long = "outbound-allow", value_name = "CIDR", env = "BULKHEAD_OUTBOUND_ALLOW", value_delimiter = ',')]
+    allow: Vec<bulkhead_core::outbound::Cidr>,
+    /// The DNS server (ADDR:PORT) that resolves the names of tenant-directed fetches. Default:
+    /// the host's resolver configuration.
+    #[arg(long = "egress-dns", value_name = "ADDR:PORT", env = "BULKHEAD_EGRESS_DNS")]
+    dns: Option<SocketAddr>,
+}
+
+impl OutboundArgs {
+    fn config(&self) -> bulkhead_oidc::OutboundConfig {
+        let policy = bulkhead_core::outbound::OutboundPolicy::new(self.allow.clone());
+        bulkhead_oidc::OutboundConfig { policy, dns: self.dns }
+    }
+}
+
 fn init_logs(format: LogFormat) {
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -143,6 +166,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.audit_retain_records {
         config.audit_retention_records = n;
     }
+    config.outbound = args.outbound.config();
     if let Some(s) = &args.supervisor {
         config.runtime.supervisor = s.clone();
     }

@@ -120,7 +120,7 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces/{ns}/projects") => json!({"name": "fresh"}),
         ("POST", "/v1/namespaces/{ns}/filesystems") => json!({"name": "fresh", "size_bytes": 16 << 20}),
         ("PUT", "/v1/namespaces/{ns}/identity") => json!({"oidc": {
-            "issuer": "http://127.0.0.1:9", "audience": "bulkhead", "role_mappings": {"eng": "developer"}}}),
+            "issuer": "https://idp.example.com", "audience": "bulkhead", "role_mappings": {"eng": "developer"}}}),
         ("POST", "/v1/namespaces/{ns}/policies") => json!({"name": "fresh",
             "policy": "permit(principal, action == Bulkhead::Action::\"sandbox.get\", resource);"}),
         ("POST", "/v1/namespaces/{ns}/secrets") => json!({"name": "fresh", "value": "v"}),

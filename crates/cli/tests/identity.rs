@@ -16,6 +16,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use bulkhead_core::outbound::OutboundPolicy;
 use common::{assert_envelope, Harness};
 use hmac::{Hmac, Mac};
 use oidc_provider::TestProvider;
@@ -26,6 +27,8 @@ async fn sso_harness() -> Harness {
     Harness::with_config("runc", |c| {
         // Key rotation is seen on the next token, not 30 s later.
         c.oidc.min_refetch_interval = Duration::from_millis(1);
+        // The test providers are on loopback: `--outbound-allow 127.0.0.0/8`.
+        c.outbound.policy = OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
     })
     .await
 }
@@ -167,6 +170,11 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
     for body in [
         json!({"oidc": {"issuer": "http://example.com", "audience": "x", "role_mappings": {"g": "viewer"}}}),
         json!({"oidc": {"issuer": "ftp://127.0.0.1", "audience": "x", "role_mappings": {"g": "viewer"}}}),
+        // Allowed range, non-canonical form.
+        json!({"oidc": {"issuer": "http://0x7f000001", "audience": "x", "role_mappings": {"g": "viewer"}}}),
+        json!({"oidc": {"issuer": "http://127.1", "audience": "x", "role_mappings": {"g": "viewer"}}}),
+        // Outside the allowed range.
+        json!({"oidc": {"issuer": "https://10.0.0.1", "audience": "x", "role_mappings": {"g": "viewer"}}}),
         json!({"oidc": {"issuer": "https://idp.test", "audience": "x", "role_mappings": {"g": "root"}}}),
         json!({"oidc": {"issuer": "https://idp.test", "audience": "", "role_mappings": {"g": "viewer"}}}),
         json!({"oidc": {"issuer": "https://idp.test", "audience": "x", "role_mappings": {}}}),

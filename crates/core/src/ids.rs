@@ -46,6 +46,13 @@ pub mod prefix {
     pub const SECRET: &str = "sec_";
     pub const POLICY: &str = "pol_";
     pub const REQUEST: &str = "req_";
+    /// A namespace incarnation; `_` cannot occur in a name, so no incarnation is ever a name.
+    pub const INCARNATION: &str = "nsi_";
+}
+
+/// A new namespace incarnation: made each time a namespace is created, never reused.
+pub fn new_incarnation() -> String {
+    new_id(prefix::INCARNATION)
 }
 
 /// A new id: `prefix` and 32 hex digits of fresh randomness.

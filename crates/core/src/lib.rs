@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod authz;
 pub mod ids;
+pub mod outbound;
 pub mod quota;
 pub mod sealed;
 pub mod token;

@@ -1,10 +1,13 @@
-//! Which identity-provider URLs Bulkhead talks to: `https://` anywhere, plain `http://` only to a loopback IP
-//! address (for development and tests). Applies to the configured issuer and to the `jwks_uri` its discovery
-//! document names. Nothing is resolved: the name `localhost` is not a loopback IP and is refused over http.
+//! The shape of identity-provider URLs Bulkhead talks to: `https://`, or plain `http://` to an IP address
+//! written literally; the host in canonical form only (see [`bulkhead_core::outbound::parse_host`]), so
+//! `http://0x7f000001` or `http://127.1` never pass for another address. Applies to the configured issuer and
+//! to the `jwks_uri` its discovery document names. Where such a URL may lead (which addresses, and plain http
+//! only to ranges the operator allowed) is the outbound policy's to decide: see [`crate::outbound`].
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+use bulkhead_core::outbound::{parse_host, Host, HostError};
 
 use reqwest::Url;
 use serde::{Deserialize, Serialize};
@@ -23,7 +26,7 @@ pub enum IssuerUrlError {
     TooLong(usize),
     #[error("URL contains whitespace, control, non-ASCII or backslash characters")]
     BadCharacters,
-    #[error("URL must start with https:// (or http:// to a loopback IP address)")]
+    #[error("URL must start with https:// (or http:// to an IP address the operator allowed)")]
     Scheme,
     #[error("URL must not contain a user name or password")]
     Userinfo,
@@ -33,8 +36,10 @@ pub enum IssuerUrlError {
     Fragment,
     #[error("URL has no host")]
     NoHost,
-    #[error("plain http is allowed only to a loopback IP address (127.0.0.0/8 or [::1]), not to {0}")]
-    NotLoopback(String),
+    #[error("plain http is allowed only to an IP address written literally, not to the name {0}")]
+    PlainHttpName(String),
+    #[error(transparent)]
+    Host(#[from] HostError),
     #[error("URL does not parse: {0}")]
     Invalid(String),
 }
@@ -49,8 +54,9 @@ pub struct IssuerUrl {
 }
 
 impl IssuerUrl {
-    /// Validates `issuer`: `https://`, or `http://` to 127.0.0.0/8 or `[::1]`; no user info, query or
-    /// fragment; at most [`MAX_ISSUER_BYTES`].
+    /// Validates `issuer`: `https://`, or `http://` to a literal IP address; a canonical host; no user info,
+    /// query or fragment; at most [`MAX_ISSUER_BYTES`]. Whether the address may be dialled is checked apart,
+    /// against the outbound policy.
     pub fn parse(issuer: &str) -> Result<IssuerUrl, IssuerUrlError> {
         let checked = check_url(issuer, UrlRules { max_bytes: MAX_ISSUER_BYTES, allow_query: false })?;
         Ok(IssuerUrl { raw: issuer.to_owned(), plain_http: checked.scheme() == "http" })
@@ -60,7 +66,7 @@ impl IssuerUrl {
         &self.raw
     }
 
-    /// True for an `http://` loopback issuer (development and tests).
+    /// True for an `http://` issuer (an address in a range the operator allowed: development and tests).
     pub fn is_plain_http(&self) -> bool {
         self.plain_http
     }
@@ -114,7 +120,7 @@ pub(crate) struct UrlRules {
     pub(crate) allow_query: bool,
 }
 
-/// The https-or-loopback rule, shared by the issuer and the `jwks_uri`.
+/// The URL rules, shared by the issuer and the `jwks_uri`.
 pub(crate) fn check_url(s: &str, rules: UrlRules) -> Result<Url, IssuerUrlError> {
     if s.is_empty() {
         return Err(IssuerUrlError::Empty);
@@ -151,19 +157,28 @@ pub(crate) fn check_url(s: &str, rules: UrlRules) -> Result<Url, IssuerUrlError>
     if !url.username().is_empty() || url.password().is_some() {
         return Err(IssuerUrlError::Userinfo);
     }
-    let host = url.host_str().ok_or(IssuerUrlError::NoHost)?;
-    if plain_http && !is_loopback_ip(host) {
-        return Err(IssuerUrlError::NotLoopback(host.to_owned()));
+    // The host as written must be canonical, and exactly what the URL parser made of it: the string we
+    // check is the address we dial.
+    let written = raw_host(authority);
+    let host = parse_host(written)?;
+    if url.host_str() != Some(written) {
+        return Err(IssuerUrlError::Host(HostError::NonCanonical(written.to_owned())));
+    }
+    if let (true, Host::Name(name)) = (plain_http, &host) {
+        return Err(IssuerUrlError::PlainHttpName(name.clone()));
     }
     Ok(url)
 }
 
-/// `host` as the URL parser normalised it: dotted IPv4, bracketed IPv6, or a domain name (never loopback).
-fn is_loopback_ip(host: &str) -> bool {
-    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip == Ipv6Addr::LOCALHOST);
+/// The host of `authority` (no user info) as written: up to the port, brackets kept for IPv6.
+fn raw_host(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
     }
-    host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    authority.split(':').next().unwrap_or(authority)
 }
 
 #[cfg(test)]
@@ -178,7 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn accepts_https_and_loopback_http() {
+    fn accepts_https_and_literal_http() {
         for ok in [
             "https://idp.example.com",
             "https://idp.example.com/",
@@ -189,6 +204,7 @@ mod tests {
             "http://127.0.0.1:8080",
             "http://127.9.8.7/realm",
             "http://[::1]:9000",
+            "http://10.0.0.1",
         ] {
             let issuer = IssuerUrl::parse(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
             assert_eq!(issuer.as_str(), ok, "kept exactly as given");
@@ -197,15 +213,29 @@ mod tests {
     }
 
     #[test]
-    fn refuses_plain_http_to_anything_but_a_loopback_ip() {
-        assert_eq!(err("http://localhost:8080"), IssuerUrlError::NotLoopback("localhost".into()));
-        assert_eq!(err("http://idp.example.com"), IssuerUrlError::NotLoopback("idp.example.com".into()));
-        assert!(matches!(err("http://10.0.0.1"), IssuerUrlError::NotLoopback(_)));
-        assert!(matches!(err("http://0.0.0.0"), IssuerUrlError::NotLoopback(_)));
-        assert!(matches!(err("http://[::ffff:127.0.0.1]"), IssuerUrlError::NotLoopback(_)));
-        assert!(matches!(err("http://[::2]"), IssuerUrlError::NotLoopback(_)));
+    fn refuses_plain_http_to_names() {
+        assert_eq!(err("http://localhost:8080"), IssuerUrlError::PlainHttpName("localhost".into()));
+        assert_eq!(err("http://idp.example.com"), IssuerUrlError::PlainHttpName("idp.example.com".into()));
         // Looks like loopback, is a domain name under `.1.example`.
-        assert!(matches!(err("http://127.0.0.1.example"), IssuerUrlError::NotLoopback(_)));
+        assert!(matches!(err("http://127.0.0.1.example"), IssuerUrlError::PlainHttpName(_)));
+    }
+
+    #[test]
+    fn refuses_non_canonical_hosts() {
+        for s in [
+            "http://0x7f000001",
+            "http://0x7f000001:8080/realm",
+            "https://2130706433",
+            "http://0177.0.0.1",
+            "http://127.1",
+            "https://127.0.0.1.",
+            "http://[::ffff:127.0.0.1]",
+            "http://[0:0::1]",
+            "https://IDP.example.com",
+            "https://idp%2eexample.com",
+        ] {
+            assert!(matches!(err(s), IssuerUrlError::Host(_)), "{s}: {:?}", err(s));
+        }
     }
 
     #[test]
@@ -232,7 +262,7 @@ mod tests {
     fn messages_name_the_reason() {
         assert_eq!(
             err("http://localhost").to_string(),
-            "plain http is allowed only to a loopback IP address (127.0.0.0/8 or [::1]), not to localhost"
+            "plain http is allowed only to an IP address written literally, not to the name localhost"
         );
         assert_eq!(err("https://a/?q").to_string(), "URL must not contain a query");
     }

@@ -2,7 +2,8 @@
 //!
 //! A [`Provider`] is built from a namespace's [`OidcSettings`]; it discovers the issuer
 //! (`/.well-known/openid-configuration`), caches its JWKS, and [`Provider::verify`] turns a bearer JWT into
-//! [`Claims`] or a [`VerifyError`]. We verify signatures ourselves with `ring` so that the accepted
+//! [`Claims`] or a [`VerifyError`]. Every fetch goes through [`Outbound`], which dials only addresses the
+//! outbound policy allows. We verify signatures ourselves with `ring` so that the accepted
 //! algorithms are exactly RS256 (RSA of 2048 bits or more) and ES256 (P-256).
 //!
 //! **Invariant:** no error, log line or panic message of this crate contains a token, or a part of one
@@ -14,12 +15,14 @@ mod claims;
 mod issuer;
 mod jwks;
 mod jwt;
+pub mod outbound;
 mod provider;
 
 pub use claims::{Claims, MAX_SUBJECT_BYTES};
 pub use issuer::{IssuerUrl, IssuerUrlError, MAX_ISSUER_BYTES};
 pub use jwt::{Algorithm, MAX_TOKEN_BYTES};
-pub use provider::{http_client, OidcSettings, Provider, ProviderOptions, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
+pub use outbound::{Outbound, OutboundConfig, OutboundError};
+pub use provider::{OidcSettings, Provider, ProviderOptions, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
 
 /// Why a token was refused. The server answers 401 to each; the variants are for logs, and no message
 /// includes the token.

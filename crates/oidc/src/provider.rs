@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::claims::{self, Claims, Expected};
 use crate::issuer::{check_url, IssuerUrl, UrlRules, MAX_JWKS_URI_BYTES};
 use crate::jwks::KeySet;
+use crate::outbound::Outbound;
 use crate::{jwt, VerifyError};
 
 /// Largest discovery document or JWKS read.
@@ -55,13 +56,6 @@ impl Default for ProviderOptions {
     }
 }
 
-/// An HTTP client fit for [`Provider::new`]: rustls with the webpki roots, no redirects (the
-/// https-or-loopback rule is checked on the URLs we are given, not on where a server sends us), and
-/// [`REQUEST_TIMEOUT`].
-pub fn http_client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(REQUEST_TIMEOUT).build()
-}
-
 /// Verifies bearer tokens of one issuer. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
 pub struct Provider {
@@ -70,7 +64,7 @@ pub struct Provider {
 
 struct Inner {
     settings: OidcSettings,
-    http: reqwest::Client,
+    outbound: Outbound,
     options: ProviderOptions,
     cache: RwLock<Cache>,
     /// Held while fetching, so concurrent verifies that need a fetch share one.
@@ -116,11 +110,12 @@ impl std::fmt::Debug for Provider {
 }
 
 impl Provider {
-    pub fn new(settings: OidcSettings, http: reqwest::Client, options: ProviderOptions) -> Provider {
+    /// A provider that fetches through `outbound`, so every address it dials passes the outbound policy.
+    pub fn new(settings: OidcSettings, outbound: Outbound, options: ProviderOptions) -> Provider {
         Provider {
             inner: Arc::new(Inner {
                 settings,
-                http,
+                outbound,
                 options,
                 cache: RwLock::new(Cache::default()),
                 fetching: Mutex::new(()),
@@ -276,18 +271,21 @@ impl Inner {
         let rules = UrlRules { max_bytes: MAX_JWKS_URI_BYTES, allow_query: true };
         let jwks_uri = check_url(&document.jwks_uri, rules)
             .map_err(|e| VerifyError::Discovery(format!("jwks_uri of {issuer}: {e}")))?;
-        // Plain http is for a loopback issuer in development; an https issuer keeps its keys on https.
+        // Plain http is for an issuer on the operator's own network; an https issuer keeps its keys on https.
         if !issuer.is_plain_http() && jwks_uri.scheme() != "https" {
             return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
         }
         Ok(jwks_uri)
     }
 
-    /// GET `url`, expecting 200 and at most [`MAX_RESPONSE_BYTES`].
+    /// GET `url`, expecting 200 and at most [`MAX_RESPONSE_BYTES`]. The destination is checked against the
+    /// outbound policy first (an IP host here, a name's addresses as they are resolved).
     async fn get(&self, url: &Url) -> Result<Vec<u8>, VerifyError> {
         let fail = |what: String| VerifyError::Discovery(format!("GET {url}: {what}"));
+        self.outbound.check_url(url).map_err(|e| fail(e.to_string()))?;
         let mut response = self
-            .http
+            .outbound
+            .http()
             .get(url.clone())
             .header(ACCEPT, "application/json")
             .timeout(REQUEST_TIMEOUT)

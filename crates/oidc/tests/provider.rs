@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
-use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions, VerifyError};
+use bulkhead_core::outbound::OutboundPolicy;
+use bulkhead_oidc::{IssuerUrl, OidcSettings, Outbound, OutboundConfig, Provider, ProviderOptions, VerifyError};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
@@ -18,9 +19,11 @@ use support::TestProvider;
 
 const AUDIENCE: &str = "bulkhead";
 
-fn client() -> reqwest::Client {
-    // No proxy: the provider is on loopback, whatever the environment says.
-    reqwest::Client::builder().no_proxy().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+/// The test provider is on loopback: the operator allows it, the way a development server is started with
+/// `--outbound-allow 127.0.0.0/8`.
+fn client() -> Outbound {
+    let policy = OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    Outbound::new(OutboundConfig { policy, dns: None }).unwrap()
 }
 
 fn settings_for(issuer: &str) -> OidcSettings {
@@ -457,4 +460,15 @@ async fn an_unreachable_provider_is_a_provider_failure_and_is_not_hammered() {
     let again = refuse(&provider, &token).await;
     assert!(again.to_string().contains("not retrying yet"), "{again}");
     assert_eq!(provider.discovery_fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_on_loopback_is_never_contacted_without_an_allowed_range() {
+    let idp = TestProvider::start();
+    let strict = Outbound::new(OutboundConfig::default()).unwrap();
+    let provider = Provider::new(settings_for(idp.issuer()), strict, ProviderOptions::default());
+    let err = refuse(&provider, &idp.mint(good_claims(&idp), None)).await;
+    assert!(err.is_provider_failure(), "{err}");
+    assert!(err.to_string().contains("is a loopback address"), "{err}");
+    assert_eq!(idp.stats(), json!({"discovery_requests": 0, "jwks_requests": 0}), "the provider saw no request");
 }

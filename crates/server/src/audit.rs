@@ -27,15 +27,25 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
 
     let response = next.run(req).await;
     let status = response.status();
-    state.metrics.request(crate::request::namespace_of(&path), &route, status.as_u16());
     let mut info = slot.with(std::mem::take);
+    // In a namespace's series only when authenticated into it: probes of another tenant's paths
+    // and unauthenticated requests do not touch (or make) its series.
+    state.metrics.request(info.tenant.as_ref(), &route, status.as_u16());
+    let tenant = info.tenant.clone();
     // The record's `request_id` is the server's; the client's own id is kept beside it.
     if let Some(c) = client_request_id {
         info.detail.insert("client_request_id".into(), c.into());
     }
-    let Some((chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
+    let Some((mut chain, event)) = record_for(info, &method, &route, &path, status, request_id) else {
         return response;
     };
+    // A request of a namespace that was deleted (and maybe created again) while it ran: its
+    // record goes to the platform chain, never into the chain of a new incarnation of the name.
+    if let Some(t) = tenant.filter(|t| t.name == chain) {
+        if crate::metrics::tenant(&state, &chain).await.is_none_or(|now| now.incarnation != t.incarnation) {
+            chain = PLATFORM_CHAIN.to_owned();
+        }
+    }
     match state.store.append_audit(&chain, event).await {
         Ok(_) => response,
         Err(e) => ApiError::Internal(format!("audit append to chain {chain} failed: {e}")).into_response(),

@@ -29,6 +29,9 @@ pub struct AuditInfo {
     /// namespace, or the platform chain for the admin).
     pub chain: Option<String>,
     pub detail: serde_json::Map<String, serde_json::Value>,
+    /// The namespace incarnation the request was authenticated into, when it was: see
+    /// [`Ctx::tenant`].
+    pub tenant: Option<crate::metrics::Tenant>,
 }
 
 /// Shared between the audit middleware and the handler of one request.
@@ -54,6 +57,11 @@ pub struct Ctx {
     /// The policies that decide for this principal: its namespace's, or the built-ins alone for
     /// the platform admin.
     policies: CompiledSet,
+    /// The namespace incarnation this request is authenticated into: the principal's own
+    /// namespace when the path names it (or names none), the path's namespace for the platform
+    /// admin; `None` for a request of one namespace's principal on another's path. Per-namespace
+    /// observability is keyed by it.
+    pub tenant: Option<crate::metrics::Tenant>,
 }
 
 fn bearer(parts: &Parts) -> ApiResult<&str> {
@@ -132,9 +140,16 @@ impl FromRequestParts<AppState> for Ctx {
         let slot = parts.extensions.get::<AuditSlot>().cloned().unwrap_or_default();
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let client_request_id = parts.extensions.get::<ClientRequestId>().map(|r| r.0.clone());
-        let principal = authenticate(state, bearer(parts)?, path_namespace(parts)).await?;
+        let path_ns = path_namespace(parts);
+        let principal = authenticate(state, bearer(parts)?, path_ns).await?;
+        let home = principal.namespace().or(path_ns).filter(|ns| bulkhead_core::validate::is_name(ns));
+        let tenant = match home {
+            Some(ns) if path_ns.is_none_or(|p| p == ns) => crate::metrics::tenant(state, ns).await,
+            _ => None,
+        };
         slot.with(|info| {
             info.principal = Some(principal.clone());
+            info.tenant = tenant.clone();
             if let Principal::User { email: Some(email), .. } = &principal {
                 info.detail.insert("email".into(), email.clone().into());
             }
@@ -144,7 +159,7 @@ impl FromRequestParts<AppState> for Ctx {
             None => state.identity.builtin().clone(),
             Some(ns) => crate::identity::policies(state, ns).await?,
         };
-        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, policies })
+        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, policies, tenant })
     }
 }
 

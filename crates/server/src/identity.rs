@@ -1,13 +1,16 @@
 //! Identity and permissions: each namespace's compiled Cedar policy set, its OpenID Connect
-//! provider, and the envelope keys of its secrets. All three are cached per namespace; changes
-//! through this server replace the entry at once, and entries expire after a few seconds so
-//! replicas sharing a store converge.
+//! provider, and the envelope keys of its secrets. All three are cached per namespace
+//! incarnation (name and incarnation id), so what a deleted namespace left in a cache, even put
+//! there by a request that finished after the delete, is never used for a namespace created again
+//! under its name; changes through this server drop the entries at once, and entries expire after
+//! a few seconds so replicas sharing a store converge.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::{IdentityConfig, OidcConfig};
+use bulkhead_core::outbound::OutboundPolicy;
 use bulkhead_core::sealed::{self, Key};
 use bulkhead_core::{Principal, Role};
 use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions};
@@ -49,6 +52,21 @@ impl<V: Clone> TtlMap<V> {
     pub fn remove(&self, key: &str) {
         self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(key);
     }
+
+    /// Removes every entry whose key starts with `prefix`.
+    pub fn remove_prefix(&self, prefix: &str) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).retain(|k, _| !k.starts_with(prefix));
+    }
+}
+
+/// The cache key of `namespace`'s identity state: `<name>/<incarnation>` of its current
+/// incarnation, or `None` when it does not exist (then nothing is cached).
+async fn cache_key(state: &AppState, namespace: &str) -> Option<String> {
+    crate::metrics::tenant(state, namespace).await.map(|t| format!("{}/{}", t.name, t.incarnation))
+}
+
+fn name_prefix(namespace: &str) -> String {
+    format!("{namespace}/")
 }
 
 /// A namespace's single sign-on: its settings and the provider client that checks tokens.
@@ -67,7 +85,7 @@ pub struct Identity {
     data_keys: TtlMap<Key>,
     master: Key,
     /// Made on first use: most servers never talk to an identity provider.
-    http: std::sync::OnceLock<reqwest::Client>,
+    http: std::sync::OnceLock<bulkhead_oidc::Outbound>,
     pub provider_options: ProviderOptions,
 }
 
@@ -93,19 +111,21 @@ impl Identity {
         &self.builtin
     }
 
-    /// Forgets everything cached of a namespace (its policies, identity or existence changed).
+    /// Forgets everything cached of every incarnation of a namespace (its policies, identity or
+    /// existence changed).
     pub fn forget(&self, namespace: &str) {
-        self.policies.remove(namespace);
-        self.providers.remove(namespace);
-        self.data_keys.remove(namespace);
+        let prefix = name_prefix(namespace);
+        self.policies.remove_prefix(&prefix);
+        self.providers.remove_prefix(&prefix);
+        self.data_keys.remove_prefix(&prefix);
     }
 
     pub fn forget_policies(&self, namespace: &str) {
-        self.policies.remove(namespace);
+        self.policies.remove_prefix(&name_prefix(namespace));
     }
 
     pub fn forget_provider(&self, namespace: &str) {
-        self.providers.remove(namespace);
+        self.providers.remove_prefix(&name_prefix(namespace));
     }
 }
 
@@ -113,7 +133,9 @@ impl Identity {
 /// compiles fails the request rather than being skipped, since skipping a `forbid` would widen
 /// what is allowed.
 pub async fn policies(state: &AppState, namespace: &str) -> ApiResult<CompiledSet> {
-    if let Some(set) = state.identity.policies.get(namespace) {
+    // The key is read before the store: data read after it is never older than its incarnation.
+    let key = cache_key(state, namespace).await;
+    if let Some(set) = key.as_deref().and_then(|k| state.identity.policies.get(k)) {
         return Ok(set);
     }
     let rows = state.store.all_policies(namespace).await?;
@@ -127,7 +149,9 @@ pub async fn policies(state: &AppState, namespace: &str) -> ApiResult<CompiledSe
             .compile(&custom)
             .map_err(|e| ApiError::Internal(format!("policies of {namespace}: {e}")))?
     };
-    state.identity.policies.put(namespace, set.clone());
+    if let Some(k) = &key {
+        state.identity.policies.put(k, set.clone());
+    }
     Ok(set)
 }
 
@@ -141,25 +165,39 @@ pub async fn identity_config(state: &AppState, namespace: &str) -> ApiResult<Ide
     }
 }
 
-/// The settings the OIDC client needs, or why `config` is not acceptable.
-pub fn oidc_settings(config: &OidcConfig) -> Result<OidcSettings, String> {
+/// The settings the OIDC client needs, or why `config` is not acceptable: the issuer URL's shape,
+/// and, when its host is an address, the outbound policy.
+pub fn oidc_settings(config: &OidcConfig, outbound: &OutboundPolicy) -> Result<OidcSettings, String> {
     let issuer = IssuerUrl::parse(&config.issuer).map_err(|e| format!("oidc.issuer: {e}"))?;
+    let url = issuer.discovery_url().map_err(|e| format!("oidc.issuer: {e}"))?;
+    bulkhead_oidc::outbound::check_url(outbound, &url).map_err(|e| format!("oidc.issuer: {e}"))?;
     Ok(OidcSettings { issuer, audience: config.audience.clone(), groups_claim: config.groups_claim.clone() })
 }
 
 async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<NamespaceIdentity>> {
-    if let Some(p) = state.identity.providers.get(namespace) {
+    let Some(key) = cache_key(state, namespace).await else {
+        return Ok(None);
+    };
+    if let Some(p) = state.identity.providers.get(&key) {
         return Ok(p);
     }
     let found = match identity_config(state, namespace).await?.oidc {
         None => None,
         Some(config) => {
-            let settings = oidc_settings(&config).map_err(ApiError::Internal)?;
+            let settings = match oidc_settings(&config, &state.config.outbound.policy) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Stored before the policy (or the operator's ranges) changed: no sign-in.
+                    tracing::warn!(namespace, error = %e, "the namespace's identity provider is refused");
+                    state.identity.providers.put(&key, None);
+                    return Ok(None);
+                }
+            };
             let http = match state.identity.http.get() {
                 Some(c) => c.clone(),
                 None => {
-                    let c = bulkhead_oidc::http_client()
-                        .map_err(|e| ApiError::Internal(format!("the OIDC http client: {e}")))?;
+                    let c = bulkhead_oidc::Outbound::new(state.config.outbound.clone())
+                        .map_err(|e| ApiError::Internal(format!("the outbound http client: {e}")))?;
                     state.identity.http.get_or_init(|| c).clone()
                 }
             };
@@ -167,7 +205,7 @@ async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<Namespa
             Some(NamespaceIdentity { config, provider })
         }
     };
-    state.identity.providers.put(namespace, found.clone());
+    state.identity.providers.put(&key, found.clone());
     Ok(found)
 }
 
@@ -251,7 +289,8 @@ pub fn resource_ref(resource: &str, namespace: Option<&str>) -> ResourceRef {
 
 /// The namespace's data key, made and stored (wrapped by the master key) on first use.
 async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
-    if let Some(k) = state.identity.data_keys.get(namespace) {
+    let cache = cache_key(state, namespace).await;
+    if let Some(k) = cache.as_deref().and_then(|c| state.identity.data_keys.get(c)) {
         return Ok(k);
     }
     let seal_err = |e: sealed::SealError| ApiError::Internal(format!("the data key of {namespace}: {e}"));
@@ -260,7 +299,9 @@ async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
     let wrapped = state.identity.master.seal(fresh.as_bytes(), &aad).map_err(seal_err)?;
     let stored = state.store.data_key(namespace, &wrapped).await?;
     let key = Key::from_bytes(&state.identity.master.open(&stored, &aad).map_err(seal_err)?).map_err(seal_err)?;
-    state.identity.data_keys.put(namespace, key.clone());
+    if let Some(c) = &cache {
+        state.identity.data_keys.put(c, key.clone());
+    }
     Ok(key)
 }
 

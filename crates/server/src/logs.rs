@@ -1,6 +1,6 @@
 //! Exec output retained per namespace. Every exec's stdout and stderr pass through
 //! [`LogBook::record`], which never blocks the exec: a writer thread numbers the records, appends
-//! them as JSON lines to `<data>/logs/<namespace>/current.jsonl`, and hands them to live
+//! them as JSON lines to `<data>/logs/<incarnation>/current.jsonl`, and hands them to live
 //! subscribers. When the current segment reaches half the namespace's bound it becomes
 //! `previous.jsonl` (replacing the one before), so a namespace keeps at most its bound on disk
 //! and always its most recent output.
@@ -8,6 +8,10 @@
 //! A query first flushes what was recorded before it, so an exec's output is readable as soon
 //! as the exec has answered. Output recorded in the last instant before a crash of the server
 //! may be lost; the log is a debugging aid, not acknowledged data.
+//!
+//! **Invariant:** a namespace's log is keyed by its incarnation (`NamespaceRow::incarnation`),
+//! never its name, and removed when the namespace is deleted: the `namespace` argument of every
+//! function here is that incarnation.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -57,6 +61,7 @@ impl Entry {
 /// A record of one namespace, as live subscribers receive it.
 #[derive(Debug)]
 pub struct Live {
+    /// The namespace's incarnation.
     pub namespace: String,
     pub entry: Entry,
 }

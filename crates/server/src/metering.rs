@@ -89,7 +89,9 @@ pub async fn count_exec(state: &AppState, namespace: &str) {
 /// Counts a create refused for a quota, then hands the error back.
 pub async fn note_rejection<T>(state: &AppState, namespace: &str, result: ApiResult<T>) -> ApiResult<T> {
     if let Err(ApiError::QuotaExceeded(_)) = &result {
-        state.metrics.quota_rejection(namespace);
+        if let Some(tenant) = crate::metrics::tenant(state, namespace).await {
+            state.metrics.quota_rejection(&tenant);
+        }
         let delta = UsageDelta { quota_rejections: 1, ..Default::default() };
         if let Err(e) = state.store.add_usage(namespace, bucket(now_ms()), &delta).await {
             tracing::warn!(error = %e, "metering a quota rejection failed");

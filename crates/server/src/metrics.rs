@@ -1,7 +1,15 @@
-//! Prometheus metrics, every series labelled with its namespace: counters and the exec latency
-//! histogram kept in memory since the server started, and gauges read at scrape time from the
-//! store and the sandboxes' cgroups. `GET /metrics` (platform admin) shows every namespace;
-//! `GET /v1/namespaces/{ns}/metrics` shows one namespace's series and nothing else.
+//! Prometheus metrics: counters and the exec latency histogram kept in memory since the server
+//! started, and gauges read at scrape time from the store and the sandboxes' cgroups.
+//! `GET /metrics` (platform admin) shows every namespace; `GET /v1/namespaces/{ns}/metrics` shows
+//! one namespace's series and nothing else.
+//!
+//! **Invariant:** a namespace's counters are keyed by its incarnation, not its name, and dropped
+//! when it is deleted: a namespace created again under an old name starts from zero.
+//! **Invariant:** a request counts in a namespace's series only when it was authenticated as a
+//! principal of that namespace (or the platform admin acting on it); unauthenticated and
+//! cross-tenant requests count in one series without a namespace label.
+//! **Invariant:** every label's values come from a fixed set: route templates of the route
+//! table, status codes of [`STATUSES`] (else `other`), failure kinds of [`FAILURE_KINDS`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -11,7 +19,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bulkhead_api::ErrorBody;
 use bulkhead_core::Action;
-use bulkhead_store::SandboxStatus;
+use bulkhead_store::{NamespaceRow, SandboxStatus};
 
 use crate::auth::Ctx;
 use crate::error::ApiResult;
@@ -21,6 +29,61 @@ use crate::state::AppState;
 /// Upper bounds of the exec latency histogram, in seconds.
 const EXEC_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
+/// Status codes that get their own label value; any other is `other`.
+pub const STATUSES: [u16; 20] =
+    [200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 416, 422, 429, 500, 503, 504];
+
+/// Kinds of sandbox failure that get their own label value; any other is `other`.
+pub const FAILURE_KINDS: [&str; 2] = ["start_failed", "lost"];
+
+/// One namespace incarnation: its name, and the id made when it was created.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tenant {
+    pub name: String,
+    pub incarnation: String,
+}
+
+impl Tenant {
+    pub fn of(row: &NamespaceRow) -> Tenant {
+        Tenant { name: row.name.clone(), incarnation: row.incarnation.clone() }
+    }
+}
+
+/// The current incarnation of namespace `ns`, if it exists (the namespace cache, else the store).
+pub async fn tenant(state: &AppState, ns: &str) -> Option<Tenant> {
+    if let Some(row) = state.namespaces.get(ns) {
+        return Some(Tenant::of(&row));
+    }
+    match state.store.get_namespace(ns).await {
+        Ok(Some(row)) => {
+            state.namespaces.put(row.clone());
+            Some(Tenant::of(&row))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "cannot read the namespace for its metrics");
+            None
+        }
+    }
+}
+
+fn status_label(status: u16) -> String {
+    if STATUSES.contains(&status) {
+        status.to_string()
+    } else {
+        "other".to_owned()
+    }
+}
+
+fn route_label(route: &str) -> String {
+    // Templates of the route table only (`/v1/namespaces/{ns}/...`): never a raw path.
+    if route.is_empty() {
+        "unmatched".to_owned()
+    } else {
+        route.to_owned()
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Histogram {
     counts: [u64; EXEC_BUCKETS.len()],
@@ -28,16 +91,31 @@ struct Histogram {
     sum: f64,
 }
 
+/// One namespace incarnation's counters.
+#[derive(Debug, Default, Clone)]
+struct Series {
+    /// (route template, status label) → requests.
+    requests: BTreeMap<(String, String), u64>,
+    creates: u64,
+    /// failure kind → sandboxes that ended failed.
+    failures: BTreeMap<String, u64>,
+    quota_rejections: u64,
+    exec: Option<Histogram>,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
-    /// (namespace, route, status) → requests.
-    requests: BTreeMap<(String, String, u16), u64>,
-    creates: BTreeMap<String, u64>,
-    /// (namespace, reason) → sandboxes that ended failed.
-    failures: BTreeMap<(String, String), u64>,
-    quota_rejections: BTreeMap<String, u64>,
-    exec: BTreeMap<String, Histogram>,
+    /// Incarnation → its series.
+    namespaces: BTreeMap<String, Series>,
+    /// Requests not authenticated into any namespace: (route template, status label) → requests.
+    unattributed: BTreeMap<(String, String), u64>,
+    /// Incarnations deleted lately, oldest first: a request of one that finishes after the delete
+    /// is not counted, so its series does not come back.
+    gone: std::collections::VecDeque<String>,
 }
+
+/// Deleted incarnations remembered, at most.
+const GONE_KEPT: usize = 4096;
 
 /// The server's metrics since it started.
 #[derive(Debug, Default)]
@@ -50,27 +128,42 @@ impl Metrics {
         f(&mut self.counters.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn request(&self, namespace: &str, route: &str, status: u16) {
-        self.with(|c| *c.requests.entry((namespace.to_owned(), route.to_owned(), status)).or_default() += 1);
-    }
-
-    pub fn sandbox_created(&self, namespace: &str) {
-        self.with(|c| *c.creates.entry(namespace.to_owned()).or_default() += 1);
-    }
-
-    pub fn sandbox_failed(&self, namespace: &str, reason: &str) {
-        // The kind of failure, not its details: a bounded label.
-        let kind = reason.split(':').next().unwrap_or(reason).to_owned();
-        self.with(|c| *c.failures.entry((namespace.to_owned(), kind)).or_default() += 1);
-    }
-
-    pub fn quota_rejection(&self, namespace: &str) {
-        self.with(|c| *c.quota_rejections.entry(namespace.to_owned()).or_default() += 1);
-    }
-
-    pub fn exec(&self, namespace: &str, seconds: f64) {
+    fn series(&self, tenant: &Tenant, f: impl FnOnce(&mut Series)) {
         self.with(|c| {
-            let h = c.exec.entry(namespace.to_owned()).or_default();
+            if !c.gone.contains(&tenant.incarnation) {
+                f(c.namespaces.entry(tenant.incarnation.clone()).or_default());
+            }
+        });
+    }
+
+    /// Counts a request: in `tenant`'s series when it was authenticated into that namespace,
+    /// else in the unattributed series.
+    pub fn request(&self, tenant: Option<&Tenant>, route: &str, status: u16) {
+        let key = (route_label(route), status_label(status));
+        match tenant {
+            Some(t) => self.series(t, |s| *s.requests.entry(key).or_default() += 1),
+            None => self.with(|c| *c.unattributed.entry(key).or_default() += 1),
+        }
+    }
+
+    pub fn sandbox_created(&self, tenant: &Tenant) {
+        self.series(tenant, |s| s.creates += 1);
+    }
+
+    pub fn sandbox_failed(&self, tenant: &Tenant, reason: &str) {
+        // The kind of failure, not its details: a bounded label.
+        let kind = reason.split(':').next().unwrap_or(reason);
+        let kind = if FAILURE_KINDS.contains(&kind) { kind } else { "other" };
+        self.series(tenant, |s| *s.failures.entry(kind.to_owned()).or_default() += 1);
+    }
+
+    pub fn quota_rejection(&self, tenant: &Tenant) {
+        self.series(tenant, |s| s.quota_rejections += 1);
+    }
+
+    pub fn exec(&self, tenant: &Tenant, seconds: f64) {
+        self.series(tenant, |s| {
+            let h = s.exec.get_or_insert_with(Histogram::default);
             for (i, bound) in EXEC_BUCKETS.iter().enumerate() {
                 if seconds <= *bound {
                     h.counts[i] += 1;
@@ -80,17 +173,56 @@ impl Metrics {
             h.sum += seconds;
         });
     }
+
+    /// Drops everything of a namespace incarnation (the namespace was deleted), and counts
+    /// nothing more for it.
+    pub fn forget(&self, incarnation: &str) {
+        self.with(|c| {
+            c.namespaces.remove(incarnation);
+            if c.gone.len() >= GONE_KEPT {
+                c.gone.pop_front();
+            }
+            c.gone.push_back(incarnation.to_owned());
+        });
+    }
+
+    /// Namespace series held now (for tests of the bound).
+    pub fn namespace_series(&self) -> usize {
+        self.with(|c| c.namespaces.len())
+    }
 }
 
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// Every namespace that exists now.
+async fn all_namespaces(state: &AppState) -> ApiResult<Vec<NamespaceRow>> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.store.list_namespaces(after.as_deref(), 1000, None).await?;
+        let done = page.len() < 1000;
+        after = page.last().map(|r| r.name.clone());
+        rows.extend(page);
+        if done || after.is_none() {
+            return Ok(rows);
+        }
+    }
+}
+
 /// The text exposition of `only` (one namespace) or of every namespace.
-async fn render(state: &AppState, only: Option<&str>) -> ApiResult<String> {
-    let keep = |ns: &str| only.is_none_or(|o| o == ns);
+async fn render(state: &AppState, only: Option<&NamespaceRow>) -> ApiResult<String> {
+    // The incarnations shown: the one asked for, or every live one (and nothing else).
+    let rows = match only {
+        Some(row) => vec![row.clone()],
+        None => all_namespaces(state).await?,
+    };
+    let live: BTreeMap<&str, &str> = rows.iter().map(|r| (r.incarnation.as_str(), r.name.as_str())).collect();
+    let keep = |ns: &str| only.is_none_or(|o| o.name == ns);
     let mut out = String::new();
-    // Gauges, now.
+    // Gauges, now. Sandboxes of a deleted namespace are gone before its row, so the active ones
+    // belong to the current incarnation of their name.
     let mut running: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
     for s in state.store.active_sandboxes().await? {
         if s.status != SandboxStatus::Running || !keep(&s.namespace) {
@@ -123,45 +255,63 @@ async fn render(state: &AppState, only: Option<&str>) -> ApiResult<String> {
     for (ns, v) in &running {
         let _ = writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.3 as f64 / 1e9);
     }
-    // Counters since start.
-    let snapshot = state.metrics.with(|c| {
-        (c.requests.clone(), c.creates.clone(), c.failures.clone(), c.quota_rejections.clone(), c.exec.clone())
+    // Counters since start, of the live incarnations only, by name.
+    let (series, unattributed) = state.metrics.with(|c| {
+        let series: BTreeMap<String, Series> = c
+            .namespaces
+            .iter()
+            .filter_map(|(inc, s)| live.get(inc.as_str()).map(|name| ((*name).to_owned(), s.clone())))
+            .collect();
+        (series, c.unattributed.clone())
     });
-    let (requests, creates, failures, rejections, exec) = snapshot;
-    let _ = writeln!(out, "# HELP bulkhead_api_requests_total API requests by route and status.\n# TYPE bulkhead_api_requests_total counter");
-    for ((ns, route, status), n) in requests.iter().filter(|((ns, _, _), _)| keep(ns)) {
-        let _ = writeln!(
-            out,
-            "bulkhead_api_requests_total{{namespace=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-            label(ns),
-            label(route)
-        );
+    let _ = writeln!(out, "# HELP bulkhead_api_requests_total API requests authenticated into a namespace, by route and status.\n# TYPE bulkhead_api_requests_total counter");
+    for (ns, s) in &series {
+        for ((route, status), n) in &s.requests {
+            let _ = writeln!(
+                out,
+                "bulkhead_api_requests_total{{namespace=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                label(ns),
+                label(route)
+            );
+        }
+    }
+    if only.is_none() {
+        let _ = writeln!(out, "# HELP bulkhead_api_requests_unattributed_total API requests not authenticated into a namespace (unauthenticated, cross-tenant, platform), by route and status.\n# TYPE bulkhead_api_requests_unattributed_total counter");
+        for ((route, status), n) in &unattributed {
+            let _ = writeln!(
+                out,
+                "bulkhead_api_requests_unattributed_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                label(route)
+            );
+        }
     }
     let _ = writeln!(
         out,
         "# HELP bulkhead_sandbox_creates_total Sandboxes started.\n# TYPE bulkhead_sandbox_creates_total counter"
     );
-    for (ns, n) in creates.iter().filter(|(ns, _)| keep(ns)) {
-        let _ = writeln!(out, "bulkhead_sandbox_creates_total{{namespace=\"{}\"}} {n}", label(ns));
+    for (ns, s) in series.iter().filter(|(_, s)| s.creates > 0) {
+        let _ = writeln!(out, "bulkhead_sandbox_creates_total{{namespace=\"{}\"}} {}", label(ns), s.creates);
     }
     let _ = writeln!(out, "# HELP bulkhead_sandbox_failures_total Sandboxes that ended failed, by reason.\n# TYPE bulkhead_sandbox_failures_total counter");
-    for ((ns, reason), n) in failures.iter().filter(|((ns, _), _)| keep(ns)) {
-        let _ = writeln!(
-            out,
-            "bulkhead_sandbox_failures_total{{namespace=\"{}\",reason=\"{}\"}} {n}",
-            label(ns),
-            label(reason)
-        );
+    for (ns, s) in &series {
+        for (reason, n) in &s.failures {
+            let _ = writeln!(
+                out,
+                "bulkhead_sandbox_failures_total{{namespace=\"{}\",reason=\"{}\"}} {n}",
+                label(ns),
+                label(reason)
+            );
+        }
     }
     let _ = writeln!(out, "# HELP bulkhead_quota_rejections_total Creates refused with quota_exceeded.\n# TYPE bulkhead_quota_rejections_total counter");
-    for (ns, n) in rejections.iter().filter(|(ns, _)| keep(ns)) {
-        let _ = writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {n}", label(ns));
+    for (ns, s) in series.iter().filter(|(_, s)| s.quota_rejections > 0) {
+        let _ = writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
     }
     let _ = writeln!(
         out,
         "# HELP bulkhead_exec_seconds Exec latency, from request to exit.\n# TYPE bulkhead_exec_seconds histogram"
     );
-    for (ns, h) in exec.iter().filter(|(ns, _)| keep(ns)) {
+    for (ns, h) in series.iter().filter_map(|(ns, s)| s.exec.as_ref().map(|h| (ns, h))) {
         let ns = label(ns);
         for (i, bound) in EXEC_BUCKETS.iter().enumerate() {
             let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"{bound}\"}} {}", h.counts[i]);
@@ -192,6 +342,53 @@ pub async fn platform(ctx: Ctx) -> ApiResult<Response> {
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn namespace(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Response> {
     ctx.authorize(Action::MetricsRead, Some(&ns), format!("metrics:{ns}"))?;
-    crate::routes::load_namespace(&ctx, &ns).await?;
-    Ok(text(render(&ctx.state, Some(&ns)).await?))
+    let row = crate::routes::load_namespace(&ctx, &ns).await?;
+    Ok(text(render(&ctx.state, Some(&row)).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(incarnation: &str) -> Tenant {
+        Tenant { name: "acme".into(), incarnation: incarnation.into() }
+    }
+
+    #[test]
+    fn a_deleted_incarnation_counts_nothing_more() {
+        let m = Metrics::default();
+        let old = tenant("nsi_old");
+        m.exec(&old, 0.01);
+        m.sandbox_created(&old);
+        m.request(Some(&old), "/v1/namespaces/{ns}", 200);
+        assert_eq!(m.namespace_series(), 1);
+        m.forget(&old.incarnation);
+        assert_eq!(m.namespace_series(), 0);
+        // A request of the old incarnation that finishes after the delete.
+        m.request(Some(&old), "/v1/namespaces/{ns}", 200);
+        m.exec(&old, 0.01);
+        assert_eq!(m.namespace_series(), 0);
+        // The new incarnation of the name counts from zero.
+        let new = tenant("nsi_new");
+        m.request(Some(&new), "/v1/namespaces/{ns}", 200);
+        let creates = m.with(|c| c.namespaces.get("nsi_new").map(|s| s.creates));
+        assert_eq!(creates, Some(0));
+    }
+
+    #[test]
+    fn label_values_come_from_fixed_sets() {
+        let m = Metrics::default();
+        for status in [200, 299, 418, 599, 1000] {
+            m.request(None, "", status);
+        }
+        m.sandbox_failed(&tenant("nsi_a"), "start_failed: runc said no");
+        m.sandbox_failed(&tenant("nsi_a"), "anything a tenant wrote: x");
+        let (unattributed, failures) =
+            m.with(|c| (c.unattributed.keys().cloned().collect::<Vec<_>>(), c.namespaces["nsi_a"].failures.clone()));
+        assert_eq!(
+            unattributed,
+            vec![("unmatched".to_owned(), "200".to_owned()), ("unmatched".to_owned(), "other".to_owned())]
+        );
+        assert_eq!(failures.keys().map(String::as_str).collect::<Vec<_>>(), vec!["other", "start_failed"]);
+    }
 }

@@ -141,7 +141,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
     };
     if let Err(e) = started {
         let reason = format!("start_failed: {e}");
-        state.metrics.sandbox_failed(&ns.name, &reason);
+        state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
         state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
         return Err(ApiError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
     }
@@ -150,7 +150,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
-    state.metrics.sandbox_created(&ns.name);
+    state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
     tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
     Ok(row)
 }
@@ -248,7 +248,9 @@ pub async fn reconcile(state: &AppState) -> ApiResult<ReconcileReport> {
             (SandboxStatus::Failed, "lost: the sandbox was not running when the server started")
         };
         if status == SandboxStatus::Failed {
-            state.metrics.sandbox_failed(&row.namespace, reason);
+            if let Some(tenant) = crate::metrics::tenant(state, &row.namespace).await {
+                state.metrics.sandbox_failed(&tenant, reason);
+            }
         }
         state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now)).await?;
         report.failed += 1;

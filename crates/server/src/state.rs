@@ -87,6 +87,9 @@ pub struct ServerConfig {
     pub connections: crate::limits::ConnectionLimits,
     /// Long-running downloads and uploads at once per principal, namespace and server.
     pub streams: crate::limits::StreamLimits,
+    /// Where fetches a tenant directs may go (the address policy and its allowed ranges) and the
+    /// DNS server that resolves their names.
+    pub outbound: bulkhead_oidc::OutboundConfig,
 }
 
 impl ServerConfig {
@@ -108,6 +111,7 @@ impl ServerConfig {
             audit_retention_records: bulkhead_store::sqlite::DEFAULT_AUDIT_RETENTION,
             connections: Default::default(),
             streams: Default::default(),
+            outbound: bulkhead_oidc::OutboundConfig::default(),
         }
     }
 }

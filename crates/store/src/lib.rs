@@ -24,6 +24,10 @@ pub struct NamespaceRow {
     pub id_start: u32,
     /// Ids in the range.
     pub id_count: u32,
+    /// This incarnation of the name: made at creation, never reused (see
+    /// [`bulkhead_core::ids::new_incarnation`]). Per-namespace state kept outside the store is keyed
+    /// by it, so a namespace deleted and created again starts with nothing of the old one's.
+    pub incarnation: String,
 }
 
 /// A sandbox's lifecycle state.

@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "identity", include_str!("../migrations/sqlite/0006_identity.sql")),
     (7, "sandbox project", include_str!("../migrations/sqlite/0007_sandbox_project.sql")),
     (8, "host ids and audit retention", include_str!("../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
+    (9, "namespace incarnation", include_str!("../migrations/sqlite/0009_namespace_incarnation.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
@@ -138,6 +139,10 @@ fn namespace_row(row: &SqliteRow) -> Result<NamespaceRow> {
             let v: Option<i64> = row.try_get("id_count")?;
             v.and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))?
+        },
+        incarnation: {
+            let incarnation: Option<String> = row.try_get("incarnation")?;
+            incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?
         },
     })
 }
@@ -324,7 +329,7 @@ fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
 }
 
 const NAMESPACE_COLUMNS: &str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count";
+     pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation";
 const NAMESPACE_INSERT_COLUMNS: &str = NAMESPACE_COLUMNS;
 /// The columns `audit_row` reads: every query of records selects exactly these.
 const AUDIT_COLUMNS: &str =
@@ -356,7 +361,7 @@ impl Store for SqliteStore {
         let q = &ns.quotas;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let r = sqlx::query(&format!(
-            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO namespaces ({NAMESPACE_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&ns.name)
         .bind(&ns.isolation)
@@ -370,6 +375,7 @@ impl Store for SqliteStore {
         .bind(ns.updated_at_ms)
         .bind(i64::from(ns.id_start))
         .bind(i64::from(ns.id_count))
+        .bind(&ns.incarnation)
         .execute(&mut *tx)
         .await;
         match r {
@@ -981,18 +987,24 @@ impl Store for SqliteStore {
     ) -> Result<()> {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
-        sqlx::query(
+        let marked = sqlx::query(
             "UPDATE sandboxes SET metered_cpu_ns = ?, metered_io_read_bytes = ?, metered_io_write_bytes = ?, \
-             metered_at_ms = ? WHERE id = ?",
+             metered_at_ms = ? WHERE id = ? AND namespace = ?",
         )
         .bind(as_i64(mark.cpu_ns))
         .bind(as_i64(mark.io_read_bytes))
         .bind(as_i64(mark.io_write_bytes))
         .bind(at_ms)
         .bind(&sandbox.id)
+        .bind(&sandbox.namespace)
         .execute(&mut *tx)
         .await?;
+        // The sandbox went with its namespace: its usage must not land in the ledger of a
+        // namespace created since under the same name.
+        if marked.rows_affected() == 0 {
+            return Ok(());
+        }
+        usage_query(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -1324,6 +1336,7 @@ mod tests {
             updated_at_ms: 1,
             id_start: 1_000_000 + 65_536 * NEXT_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             id_count: 65_536,
+            incarnation: bulkhead_core::ids::new_incarnation(),
         }
     }
 

@@ -45,7 +45,9 @@ pub async fn set(
     ctx.authorize(Action::IdentitySet, Some(&ns), format!("namespace:{ns}"))?;
     let req: IdentityConfig = json(&headers, &body)?;
     if let Some(oidc) = &req.oidc {
-        oidc_settings(oidc).map_err(ApiError::Invalid)?;
+        // The issuer's shape, and its address when it is one: a tenant may not point the server
+        // at loopback, private, link-local or metadata addresses the operator did not allow.
+        oidc_settings(oidc, &ctx.state.config.outbound.policy).map_err(ApiError::Invalid)?;
         if oidc.audience.is_empty() || oidc.audience.len() > 256 {
             return Err(ApiError::Invalid("oidc.audience: 1 to 256 characters".into()));
         }

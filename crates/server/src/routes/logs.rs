@@ -78,7 +78,10 @@ pub async fn get(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
     }
-    let ns = load_namespace(&ctx, &ns).await?.name;
+    // The log is kept under the namespace's incarnation: a namespace created again under an old
+    // name never reads what the old one left.
+    let row = load_namespace(&ctx, &ns).await?;
+    let (ns, key) = (row.name, row.incarnation);
     if let Some(id) = &filter.sandbox {
         // The sandbox routes' door: a sandbox the principal may not see is not there.
         super::sandboxes::load_sandbox(&ctx, &ns, id).await?;
@@ -88,9 +91,9 @@ pub async fn get(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("text/event-stream")));
     if tail {
-        return tail_response(ctx, ns, filter).await;
+        return tail_response(ctx, ns, key, filter).await;
     }
-    let (entries, more) = ctx.state.logs.query(&ns, &filter, limit as usize).await.map_err(internal)?;
+    let (entries, more) = ctx.state.logs.query(&key, &filter, limit as usize).await.map_err(internal)?;
     // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
     let mut visible = Visible::new(ctx.principal.clone());
@@ -114,13 +117,13 @@ fn event(entry: &Entry) -> Event {
 
 /// Retained records that match (when asked for), then live ones. The subscription starts before
 /// the replay is read, and live records at or below the last replayed `seq` are skipped.
-async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Response> {
+async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> ApiResult<Response> {
     // A live tail is a long-running download, counted until the client goes.
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
-        let (entries, _) = ctx.state.logs.query(&ns, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
+        let (entries, _) = ctx.state.logs.query(&key, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
         backlog = entries;
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
@@ -154,7 +157,7 @@ async fn tail_response(ctx: Ctx, ns: String, filter: Filter) -> ApiResult<Respon
             };
             match received {
                 Ok(record) => {
-                    if record.namespace != ns || record.entry.seq <= last || !filter.matches(&record.entry) {
+                    if record.namespace != key || record.entry.seq <= last || !filter.matches(&record.entry) {
                         continue;
                     }
                     if !visible.sandbox(&state, &ns, &record.entry.sandbox).await {

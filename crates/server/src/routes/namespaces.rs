@@ -58,6 +58,7 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
         updated_at_ms: now,
         id_start: ids.host_start,
         id_count: ids.size,
+        incarnation: bulkhead_core::ids::new_incarnation(),
     };
     if let Err(e) = ctx.state.store.create_namespace(&row).await {
         ctx.state.host_ids.release(ids).await;
@@ -67,8 +68,10 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
         let _ = ctx.state.store.delete_namespace(&row.name).await;
         return Err(e.into());
     }
-    // A name can be reused after a delete; nothing of the old namespace's output may show.
-    ctx.state.logs.forget(&row.name).await;
+    // A name can be reused after a delete: the new incarnation starts with nothing cached of the
+    // old one (its logs and metrics are keyed by incarnation and start empty anyway).
+    ctx.state.namespaces.remove(&row.name);
+    ctx.state.keys.evict_namespace(&row.name);
     ctx.state.identity.forget(&row.name);
     Created::json(StatusCode::CREATED, &namespace_out(&row))
 }
@@ -165,7 +168,9 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.state.host_ids.release(crate::sandboxes::id_range(&row)?).await;
     ctx.state.keys.evict_namespace(&ns);
     ctx.state.namespaces.remove(&ns);
-    ctx.state.logs.forget(&ns).await;
+    // Everything kept per incarnation outside the store goes with it.
+    ctx.state.logs.forget(&row.incarnation).await;
+    ctx.state.metrics.forget(&row.incarnation);
     ctx.state.identity.forget(&ns);
     Ok(StatusCode::NO_CONTENT)
 }

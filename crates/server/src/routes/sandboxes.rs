@@ -432,10 +432,15 @@ pub async fn exec(
         }
     };
     ctx.audit_detail("exit_code", exit_code(&exit));
-    ctx.state.metrics.exec(&ns, started.elapsed().as_secs_f64());
-    for (stream, data) in [(LogStream::Stdout, &stdout), (LogStream::Stderr, &stderr)] {
-        if !data.is_empty() {
-            ctx.state.logs.record(&ns, &id, &ctx.request_id, stream, data);
+    if let Some(tenant) = &ctx.tenant {
+        ctx.state.metrics.exec(tenant, started.elapsed().as_secs_f64());
+    }
+    // The namespace's log is kept under its incarnation.
+    if let Some(tenant) = &ctx.tenant {
+        for (stream, data) in [(LogStream::Stdout, &stdout), (LogStream::Stderr, &stderr)] {
+            if !data.is_empty() {
+                ctx.state.logs.record(&tenant.incarnation, &id, &ctx.request_id, stream, data);
+            }
         }
     }
     Ok(Json(ExecResult {
@@ -469,19 +474,26 @@ fn stream_response(
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
     let client_request_id = ctx.client_request_id.clone();
+    // The namespace's log is kept under its incarnation.
+    let log_key = ctx.tenant.as_ref().map(|t| t.incarnation.clone());
     let body = futures_util::stream::unfold(Some((stream, guard)), move |state| {
         let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
         let client_request_id = client_request_id.clone();
+        let log_key = log_key.clone();
         async move {
             let (mut stream, guard) = state?;
             let (event, done, exit) = match stream.next().await {
                 Some(Ok(RtEvent::Stdout(d))) => {
-                    app.logs.record(&ns, &id, &request_id, LogStream::Stdout, &d);
+                    if let Some(key) = &log_key {
+                        app.logs.record(key, &id, &request_id, LogStream::Stdout, &d);
+                    }
                     (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Stderr(d))) => {
-                    app.logs.record(&ns, &id, &request_id, LogStream::Stderr, &d);
+                    if let Some(key) = &log_key {
+                        app.logs.record(key, &id, &request_id, LogStream::Stderr, &d);
+                    }
                     (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Exit(exit))) => (
