@@ -62,7 +62,11 @@ fn policies_that_nest_too_deeply_are_refused_and_the_server_keeps_answering() {
                 "parentheses",
             ),
             (
-                format!("permit(principal, action, resource) when {{ {}1{} == [1] }};", "[".repeat(150), "]".repeat(150)),
+                format!(
+                    "permit(principal, action, resource) when {{ {}1{} == [1] }};",
+                    "[".repeat(150),
+                    "]".repeat(150)
+                ),
                 "sets or indexes",
             ),
             (key_list_when(&vec!["true"; 10_000].join(" && ")), "the policy text, in bytes,"),
@@ -84,7 +88,7 @@ fn policies_that_nest_too_deeply_are_refused_and_the_server_keeps_answering() {
 
         // At the bounds, a policy is accepted and decides on the server's stack: parentheses 32
         // deep, each with an operator on the path, and a chain inside (depth 72 in all).
-        let deep = format!("{}{}{}", "(".repeat(32), vec!["true"; 8].join(" || "), ") && true".repeat(32));
+        let deep = format!("{}{}{}", "(".repeat(32), ["true"; 8].join(" || "), ") && true".repeat(32));
         let r = add_policy(&h, "alpha", &owner, &key_list_when(&deep)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         let r = h.call(Method::GET, "/v1/namespaces/alpha/keys", Some(&viewer), Value::Null).await;

@@ -71,6 +71,8 @@ pub const MAX_UNARY_RUN: usize = 4;
 pub enum Construct {
     Bytes,
     Tokens,
+    SetBytes,
+    SetTokens,
     Depth,
     Parentheses,
     SquareBrackets,
@@ -88,6 +90,8 @@ impl Construct {
         match self {
             Construct::Bytes => "the policy text, in bytes,",
             Construct::Tokens => "the policy text, in tokens,",
+            Construct::SetBytes => "the namespace's policies together, in bytes,",
+            Construct::SetTokens => "the namespace's policies together, in tokens,",
             Construct::Depth => "the expression nests (brackets, operators, `.` accesses and `if`s on one path)",
             Construct::Parentheses => "parentheses `( )` nest",
             Construct::SquareBrackets => "sets or indexes `[ ]` nest",
@@ -116,7 +120,9 @@ impl fmt::Display for Exceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, max) = (self.construct.describe(), self.max);
         match (self.construct, self.at) {
-            (Construct::Bytes | Construct::Tokens, _) | (_, None) => write!(f, "{what} is over the limit of {max}"),
+            (Construct::Bytes | Construct::Tokens | Construct::SetBytes | Construct::SetTokens, _) | (_, None) => {
+                write!(f, "{what} is over the limit of {max}")
+            }
             (Construct::Depth | Construct::Parentheses | Construct::SquareBrackets, Some((l, c)))
             | (Construct::Braces | Construct::Brackets | Construct::IfThenElse, Some((l, c))) => {
                 write!(f, "{what} deeper than {max} levels at line {l}, column {c}")
@@ -159,10 +165,10 @@ pub fn check_set(measures: impl IntoIterator<Item = Measures>) -> Result<(), Exc
         bytes = bytes.saturating_add(m.bytes);
         tokens = tokens.saturating_add(m.tokens);
         if bytes > MAX_SET_BYTES {
-            return Err(Exceeded { construct: Construct::Bytes, max: MAX_SET_BYTES, at: None });
+            return Err(Exceeded { construct: Construct::SetBytes, max: MAX_SET_BYTES, at: None });
         }
         if tokens > MAX_SET_TOKENS {
-            return Err(Exceeded { construct: Construct::Tokens, max: MAX_SET_TOKENS, at: None });
+            return Err(Exceeded { construct: Construct::SetTokens, max: MAX_SET_TOKENS, at: None });
         }
     }
     Ok(())

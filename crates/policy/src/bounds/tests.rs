@@ -87,7 +87,9 @@ fn generated(construct: Construct, n: usize) -> String {
             let inner = n - 1 - 2 * brackets;
             format!("{}{}{}", "(".repeat(brackets), vec!["true"; inner + 1].join(" || "), ") && true".repeat(brackets))
         }
-        Construct::Bytes | Construct::Tokens => unreachable!("sizes have their own test"),
+        Construct::Bytes | Construct::Tokens | Construct::SetBytes | Construct::SetTokens => {
+            unreachable!("sizes have their own test")
+        }
     })
 }
 
@@ -195,7 +197,7 @@ fn sizes_are_bounded_per_policy_and_per_set() {
     on_server_stack(move || {
         Engine::shared().compile(&many(per, &big)).expect("at the set's token bound");
         let e = Engine::shared().compile(&many(per + 1, &big)).expect_err("past it");
-        assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::Tokens, .. })), "{e:?}");
+        assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::SetTokens, .. })), "{e:?}");
     });
     let pad = MAX_POLICY_BYTES - policy("\"\" == \"\"").len();
     let long = policy(&format!("\"{}\" != \"\"", "x".repeat(pad)));
@@ -203,7 +205,7 @@ fn sizes_are_bounded_per_policy_and_per_set() {
     let count = MAX_SET_BYTES / MAX_POLICY_BYTES;
     engine.compile(&many(count, &long)).expect("at the set's byte bound");
     let e = engine.compile(&many(count + 1, &long)).expect_err("past it");
-    assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::Bytes, .. })), "{e:?}");
+    assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::SetBytes, .. })), "{e:?}");
 }
 
 #[test]
