@@ -119,15 +119,19 @@ pub struct Exceeded {
 impl fmt::Display for Exceeded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (what, max) = (self.construct.describe(), self.max);
-        match (self.construct, self.at) {
-            (Construct::Bytes | Construct::Tokens | Construct::SetBytes | Construct::SetTokens, _) | (_, None) => {
-                write!(f, "{what} is over the limit of {max}")
-            }
-            (Construct::Depth | Construct::Parentheses | Construct::SquareBrackets, Some((l, c)))
-            | (Construct::Braces | Construct::Brackets | Construct::IfThenElse, Some((l, c))) => {
-                write!(f, "{what} deeper than {max} levels at line {l}, column {c}")
-            }
-            (_, Some((l, c))) => write!(f, "{what} longer than {max} at line {l}, column {c}"),
+        let nests = matches!(
+            self.construct,
+            Construct::Depth
+                | Construct::Parentheses
+                | Construct::SquareBrackets
+                | Construct::Braces
+                | Construct::Brackets
+                | Construct::IfThenElse
+        );
+        match self.at {
+            None => write!(f, "{what} is over the limit of {max}"),
+            Some((l, c)) if nests => write!(f, "{what} deeper than {max} levels at line {l}, column {c}"),
+            Some((l, c)) => write!(f, "{what} longer than {max} at line {l}, column {c}"),
         }
     }
 }

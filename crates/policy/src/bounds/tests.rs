@@ -222,3 +222,132 @@ fn text_that_is_not_cedar_is_left_to_cedars_parser() {
         let _ = Engine::shared().check_policy(text);
     }
 }
+
+#[test]
+fn random_token_soup_never_panics_and_what_passes_is_safe_for_cedar() {
+    const PIECES: &[&str] = &[
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "{a: ",
+        ",",
+        ";",
+        ".",
+        ".a",
+        ".contains(",
+        "!",
+        "-",
+        "&&",
+        "||",
+        "==",
+        "<=",
+        "+",
+        " has ",
+        " in ",
+        " like ",
+        " is ",
+        "if ",
+        " then ",
+        " else ",
+        "true",
+        "1",
+        "\"s\"",
+        "\"\\\"(\"",
+        "// ((\n",
+        "when {",
+        "unless {",
+        "@id(\"x\")",
+        "permit(principal, action, resource)",
+        "?principal",
+        "é",
+        "\\",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut passed = Vec::new();
+    for _ in 0..2000 {
+        let len = (next() % 400) as usize;
+        let text: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+        if measure(&text).is_ok() {
+            passed.push(text);
+        }
+    }
+    assert!(!passed.is_empty());
+    on_server_stack(move || {
+        for text in passed {
+            let _ = Engine::shared().check_policy(&text);
+        }
+    });
+}
+
+/// A random boolean expression whose deepest path is about `budget` constructs long.
+fn random_expr(budget: usize, next: &mut impl FnMut() -> u64) -> String {
+    if budget == 0 {
+        return "true".to_owned();
+    }
+    let mut deep = || random_expr(budget - 1, &mut *next);
+    let deep_first = deep();
+    let small = random_expr(((next() % 3) as usize).min(budget - 1), next);
+    match next() % 9 {
+        0 => format!("({deep_first})"),
+        1 => format!("{deep_first} && {small}"),
+        2 => format!("{small} || ({deep_first})"),
+        3 => format!("!({deep_first})"),
+        4 => format!("if {small} then {deep_first} else false"),
+        5 => format!("{{a: {deep_first}}}.a"),
+        6 => format!("[{deep_first}].contains({small})"),
+        7 => format!("({deep_first}) == ({small})"),
+        _ => format!("{{a: {deep_first}, b: 1 + 2 * 3}}[\"a\"]"),
+    }
+}
+
+#[test]
+fn random_nestings_that_pass_the_bounds_are_decided_on_the_server_stack() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut passed, mut refused) = (Vec::new(), 0);
+    for _ in 0..300 {
+        let budget = 10 + (next() % 70) as usize;
+        let text = policy(&random_expr(budget, &mut next));
+        match measure(&text) {
+            Ok(_) => passed.push(text),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(passed.len() > 50 && refused > 50, "{} passed, {refused} refused", passed.len());
+    on_server_stack(move || {
+        let engine = Engine::shared();
+        let principal = PrincipalRef::Key { id: "key_x".to_owned(), role: Role::Viewer };
+        let resource = ResourceRef::Sandbox("sbx_x".to_owned());
+        let mut decided = 0;
+        for text in passed {
+            // Valid or not (the random operands need not type-check), Cedar must finish.
+            if engine.check_policy(&text).is_ok() {
+                decided += 1;
+                let set = engine.compile(&[("pol_x".to_owned(), text)]).expect("compiles");
+                let d = set.decide(&Request {
+                    principal: &principal,
+                    namespace: "acme",
+                    action: "sandbox.exec",
+                    resource: &resource,
+                    target_role: None,
+                });
+                assert!(d.errors.iter().all(|e| !e.contains("recursion")), "{d:?}");
+            }
+        }
+        assert!(decided > 20, "only {decided} were valid");
+    });
+}
