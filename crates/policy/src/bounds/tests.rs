@@ -351,3 +351,21 @@ fn random_nestings_that_pass_the_bounds_are_decided_on_the_server_stack() {
         assert!(decided > 20, "only {decided} were valid");
     });
 }
+
+#[test]
+fn has_like_is_and_in_count_in_operator_chains() {
+    let terms = [
+        "principal is Bulkhead::Key",
+        "principal in Bulkhead::Role::\"viewer\"",
+        "\"abc\" like \"a*\"",
+        "{a: 1} has a",
+    ];
+    // 32 terms of one operator each, joined by 31 `&&`s, then `&& true`s up to `ops` operators.
+    let chain = |ops: usize| {
+        let mut cond: Vec<&str> = (0..32).map(|i| terms[i % terms.len()]).collect();
+        cond.extend(std::iter::repeat_n("true", ops - 63));
+        policy(&cond.join(" && "))
+    };
+    accepted_and_decided(chain(MAX_OPERATOR_CHAIN));
+    refused_naming(&chain(MAX_OPERATOR_CHAIN + 1), Construct::OperatorChain);
+}
