@@ -1,7 +1,8 @@
 //! No tenant input exhausts the server's stack: policies that nest too deeply are refused with a
 //! 400 naming the construct before Cedar sees them, a policy at the bounds works on the stack the
 //! server runs on, a stored policy past the bounds fails its namespace's requests without taking
-//! the server down, and deeply nested JSON bodies are 400s.
+//! the server down, deeply nested JSON bodies are 400s, and a directory tree a sandbox nests deeper
+//! than any stack is replaced by an upload without a crash.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -146,4 +147,68 @@ async fn deeply_nested_json_bodies_are_400s() {
     }
     let r = h.call(Method::GET, "/v1/namespaces/alpha", Some(&owner), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
+}
+
+#[test]
+fn a_tree_nested_deeper_than_any_stack_is_replaced_by_an_upload() {
+    on_server_stack(|| async {
+        let h = Harness::new().await;
+        h.create_namespace("alpha").await;
+        let admin = h.admin.clone();
+        // Room for 20,000 directories: ext4 gives one inode per 16 KiB.
+        let body = json!({"name": "data", "size_bytes": 512u64 << 20});
+        let r = h.call(Method::POST, "/v1/namespaces/alpha/filesystems", Some(&admin), body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let fs = r.body["id"].as_str().unwrap().to_owned();
+        let sbx = h
+            .create_sandbox(
+                "alpha",
+                &admin,
+                json!({"memory_bytes": 256u64 << 20, "filesystem": {"id": fs, "mode": "rw"}}),
+            )
+            .await;
+        // Deeper than a recursive removal survives on an 8 MiB stack (about 15,000 levels).
+        let script =
+            "import os\nos.chdir('/workspace')\nfor _ in range(20000):\n    os.mkdir('d')\n    os.chdir('d')\n\
+                      open('bottom', 'w').close()\nprint('made')";
+        let v = h
+            .call(
+                Method::POST,
+                &format!("/v1/namespaces/alpha/sandboxes/{sbx}/exec"),
+                Some(&admin),
+                json!({"cmd": ["python3", "-c", script], "timeout_seconds": 300}),
+            )
+            .await;
+        assert_eq!(v.status, StatusCode::OK, "{}", v.body);
+        assert_eq!(v.body["exit_code"], 0, "{}", v.body);
+        assert_eq!(v.body["stdout"], "made\n", "{}", v.body);
+        let r =
+            h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{sbx}"), Some(&admin), Value::Null).await;
+        assert!(r.status.is_success(), "{}", r.body);
+
+        // Replacing the content removes the deep tree.
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("hello.txt"), b"hello").unwrap();
+        let out = std::process::Command::new("tar").arg("-C").arg(src.path()).args(["-cf", "-", "."]).output().unwrap();
+        assert!(out.status.success());
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/v1/namespaces/alpha/filesystems/{fs}/archive"))
+            .header("authorization", format!("Bearer {admin}"))
+            .body(Body::from(out.stdout))
+            .unwrap();
+        let r = h.send(req).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let r = h
+            .call(
+                Method::GET,
+                &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=.&list=true"),
+                Some(&admin),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let listed = r.body.to_string();
+        assert!(listed.contains("hello.txt") && !listed.contains("\"d\""), "{listed}");
+    });
 }
