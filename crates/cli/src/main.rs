@@ -109,7 +109,13 @@ pub fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Requests are decided on the runtime's threads, and Cedar recurses on a policy's nesting:
+    // the policy engine's bounds are chosen for this stack size (tokio's default is 2 MiB).
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(bulkhead_policy::STACK_SIZE)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -13,12 +13,10 @@ use cedar_policy::{
 };
 use miette::Diagnostic;
 
+use crate::bounds::{self, Exceeded};
 use crate::decide::{AppliesTo, Index, Kind};
 use crate::refs::{PrincipalRef, ResourceRef};
 use crate::{ACTIONS, BUILTIN, SCHEMA};
-
-/// Longest custom policy accepted, in bytes of Cedar text.
-pub const MAX_POLICY_BYTES: usize = 16 * 1024;
 
 /// Prefix of the ids of the built-in policies; custom policies may not use it.
 const BUILTIN_PREFIX: &str = "builtin.";
@@ -26,8 +24,12 @@ const BUILTIN_PREFIX: &str = "builtin.";
 /// Why a custom policy is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("the policy is {len} bytes long; at most {max} are allowed")]
-    TooLarge { len: usize, max: usize },
+    /// The text is too large or nests too deeply to be given to Cedar (see [`crate::bounds`]).
+    #[error("the policy is refused before parsing")]
+    Bounds(#[from] Exceeded),
+    /// The custom policies of a namespace together are too large (see [`crate::bounds`]).
+    #[error("the namespace's policies together are refused")]
+    SetBounds(#[source] Exceeded),
     /// Cedar's parse errors, with their positions.
     #[error("the policy does not parse: {0}")]
     Syntax(String),
@@ -200,17 +202,30 @@ impl Engine {
         CompiledSet { inner: self.inner.clone(), index: self.inner.builtin_index.clone() }
     }
 
-    /// Checks one custom policy: at most [`MAX_POLICY_BYTES`], exactly one static policy (no
-    /// template), not mentioning `Bulkhead::Admin`, and valid against the schema in strict mode.
-    /// The error carries Cedar's messages.
+    /// Checks one custom policy: within the bounds of [`crate::bounds`] (size and nesting,
+    /// checked before Cedar parses it), exactly one static policy (no template), not mentioning
+    /// `Bulkhead::Admin`, and valid against the schema in strict mode. The error names the bound
+    /// passed, or carries Cedar's messages.
+    ///
+    /// Call it, [`Engine::compile`] and [`CompiledSet::decide`] on a thread with at least
+    /// [`bounds::STACK_SIZE`] bytes of stack: the bounds are chosen for it.
     pub fn check_policy(&self, text: &str) -> Result<(), PolicyError> {
         self.inner.parse_custom("submitted", text).map(|_| ())
     }
 
     /// A namespace's set: the built-in policies and `custom`, given as `(id, text)` pairs with ids
-    /// like `pol_...`. Every custom policy is checked as by [`Engine::check_policy`]. Compile once
-    /// per change of the namespace's policies and keep the result.
+    /// like `pol_...`. Every custom policy is checked as by [`Engine::check_policy`], and all of
+    /// them together must be within [`bounds::MAX_SET_BYTES`] and [`bounds::MAX_SET_TOKENS`],
+    /// checked before any is parsed. Compile once per change of the namespace's policies and keep
+    /// the result.
     pub fn compile(&self, custom: &[(String, String)]) -> Result<CompiledSet, PolicyError> {
+        let mut measures = Vec::with_capacity(custom.len());
+        for (id, text) in custom {
+            let measured = bounds::measure(text)
+                .map_err(|e| PolicyError::Custom { id: id.clone(), source: Box::new(PolicyError::Bounds(e)) })?;
+            measures.push(measured);
+        }
+        bounds::check_set(measures).map_err(PolicyError::SetBounds)?;
         let mut ids: HashSet<&str> = HashSet::with_capacity(custom.len());
         let mut policies = Vec::with_capacity(custom.len());
         for (id, text) in custom {
@@ -234,9 +249,8 @@ impl Inner {
     }
 
     fn parse_custom(&self, id: &str, text: &str) -> Result<Policy, PolicyError> {
-        if text.len() > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge { len: text.len(), max: MAX_POLICY_BYTES });
-        }
+        // Before anything recursive sees the text (Cedar's parser first).
+        bounds::measure(text)?;
         let parsed = PolicySet::from_str(text)
             .map_err(|errs| PolicyError::Syntax(render_all(text, errs.iter().map(|e| e as &dyn Diagnostic))))?;
         if parsed.num_of_templates() > 0 {

@@ -20,13 +20,13 @@
 //! **Invariant:** the platform admin is decided by the built-in policies alone, never by a
 //! namespace's custom policies, and custom policies may not mention it.
 
+pub mod bounds;
 mod decide;
 mod engine;
 mod refs;
 
-pub use engine::{
-    bench_cedar_decisions, bench_decisions, CompiledSet, Decision, Engine, PolicyError, Request, MAX_POLICY_BYTES,
-};
+pub use bounds::{MAX_POLICY_BYTES, STACK_SIZE};
+pub use engine::{bench_cedar_decisions, bench_decisions, CompiledSet, Decision, Engine, PolicyError, Request};
 pub use refs::{parse_action, parse_principal, parse_resource, PrincipalName, PrincipalRef, RefError, ResourceRef};
 
 /// Bulkhead's Cedar schema, in Cedar's schema syntax. The server serves it so that tenants can

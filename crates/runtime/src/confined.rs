@@ -669,6 +669,124 @@ pub fn remove(root: &Root, rel: impl AsRef<Path>) -> Result<(), ConfinedError> {
     fsync(dir.as_fd()).map_err(|e| io_error("sync directory of", rel, e))
 }
 
+/// Times [`remove_tree`] empties one directory that a sandbox keeps filling before it gives up.
+const REMOVE_ATTEMPTS: u32 = 16;
+
+/// Removes the directory at `path` (a host path the caller trusts, such as a staging dir) and
+/// everything in it, however deep. A tenant's tree may nest directories far deeper than any
+/// recursive removal survives (`std::fs::remove_dir_all` keeps one stack frame and one open fd per
+/// level; a tree 15,000 levels deep overflows an 8 MiB stack), so this one is iterative and holds
+/// two directory fds at a time: each directory is emptied through its fd, and a subdirectory that
+/// is not empty is first renamed up into `path` itself (under a fresh `.remove-<n>` name), so the
+/// tree only ever gets shallower. Nothing is followed: a symlink is removed, never its target, and
+/// no lookup leaves the filesystem of `path` (renames cannot cross filesystems). A missing `path`
+/// is not an error. A sandbox that keeps filling a directory while it is removed makes the
+/// removal fail after [`REMOVE_ATTEMPTS`] tries instead of run forever.
+pub fn remove_tree(path: impl AsRef<Path>) -> Result<(), ConfinedError> {
+    let path = path.as_ref();
+    let top = match Root::open(path) {
+        Ok(top) => top,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let top_fd = top.fd.as_fd();
+    let mut fresh = 0u64;
+    // Directories directly under `top` still to empty and remove, with the tries made.
+    let mut pending: Vec<(OsString, u32)> = Vec::new();
+    empty_dir(top_fd, top_fd, path, &mut pending, &mut fresh)?;
+    while let Some((name, tries)) = pending.pop() {
+        let shown = path.join(&name);
+        let dir = match open_name(top_fd, name.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0) {
+            Ok(dir) => dir,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            // Swapped for a symlink or a file meanwhile: remove that instead.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                let cname = cstring(name.as_bytes()).map_err(|e| io_error("remove", &shown, e))?;
+                match unlink_at(top_fd, &cname, 0) {
+                    Ok(()) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(e) => return Err(io_error("remove", &shown, e)),
+                }
+            }
+            Err(e) => return Err(io_error("open directory", &shown, e)),
+        };
+        empty_dir(dir.as_fd(), top_fd, &shown, &mut pending, &mut fresh)?;
+        drop(dir);
+        let cname = cstring(name.as_bytes()).map_err(|e| io_error("remove", &shown, e))?;
+        match unlink_at(top_fd, &cname, libc::AT_REMOVEDIR) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                if tries + 1 >= REMOVE_ATTEMPTS {
+                    return Err(io_error("remove", &shown, e));
+                }
+                pending.push((name, tries + 1));
+            }
+            Err(e) => return Err(io_error("remove", &shown, e)),
+        }
+    }
+    drop(top);
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error("remove", path, e)),
+    }
+}
+
+/// Removes everything in `dir` but its non-empty subdirectories, which are renamed into `top`
+/// (or, when `dir` is `top`, left in place) and added to `pending`.
+fn empty_dir(
+    dir: BorrowedFd<'_>,
+    top: BorrowedFd<'_>,
+    shown: &Path,
+    pending: &mut Vec<(OsString, u32)>,
+    fresh: &mut u64,
+) -> Result<(), ConfinedError> {
+    let is_top = fstat(dir).and_then(|d| fstat(top).map(|t| (d.st_dev, d.st_ino) == (t.st_dev, t.st_ino)));
+    let is_top = is_top.map_err(|e| io_error("stat", shown, e))?;
+    for name in read_names(dir).map_err(|e| io_error("list", shown, e))? {
+        let cname = cstring(name.as_bytes()).map_err(|e| io_error("remove", shown.join(&name), e))?;
+        let err = match unlink_at(dir, &cname, 0) {
+            Ok(()) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EISDIR) => match unlink_at(dir, &cname, libc::AT_REMOVEDIR) {
+                Ok(()) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if !matches!(err.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) {
+            return Err(io_error("remove", shown.join(&name), err));
+        }
+        if is_top {
+            pending.push((name, 0));
+            continue;
+        }
+        // Up into `top`, under a name nothing else uses.
+        loop {
+            *fresh += 1;
+            let new = format!(".remove-{fresh}");
+            let cnew = cstring(new.as_bytes()).map_err(|e| io_error("rename", shown.join(&name), e))?;
+            // SAFETY: two valid dir fds and two NUL-terminated single names; renameat2 follows
+            // neither name and fails across filesystems.
+            let rc = unsafe {
+                libc::renameat2(dir.as_raw_fd(), cname.as_ptr(), top.as_raw_fd(), cnew.as_ptr(), libc::RENAME_NOREPLACE)
+            };
+            match cvt(rc) {
+                Ok(()) => {
+                    pending.push((OsString::from(new), 0));
+                    break;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(io_error("rename", shown.join(&name), e)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The entries of the directory `rel` (`""` is the root), sorted by name. Entries are not
 /// followed: a symlink to a directory is a [`Kind::Symlink`]. Entries that vanish while listed
 /// are left out.
@@ -1111,6 +1229,54 @@ pub(crate) mod tests {
         remove(&root, "dir").unwrap();
         assert_eq!(fs::read_dir(&r).unwrap().count(), 0);
         assert_eq!(remove(&root, "nothing").unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    /// Makes `levels` directories nested in `dir`, one fd at a time, with a file and a symlink to
+    /// `outside` at every thousandth level.
+    fn deep_tree(dir: &Path, levels: usize, outside: &Path) {
+        let mut fd: OwnedFd = File::open(dir).unwrap().into();
+        let d = CString::new("d").unwrap();
+        for level in 0..levels {
+            // SAFETY: a valid dir fd and a NUL-terminated single name.
+            cvt(unsafe { libc::mkdirat(fd.as_raw_fd(), d.as_ptr(), 0o755) }).unwrap();
+            if level % 1000 == 0 {
+                let f = open_name(fd.as_fd(), b"f", libc::O_WRONLY | libc::O_CREAT, 0o644).unwrap();
+                drop(f);
+                let link = CString::new("link").unwrap();
+                let target = CString::new(outside.as_os_str().as_bytes()).unwrap();
+                // SAFETY: a valid dir fd and two NUL-terminated strings.
+                cvt(unsafe { libc::symlinkat(target.as_ptr(), fd.as_raw_fd(), link.as_ptr()) }).unwrap();
+            }
+            fd = open_name(fd.as_fd(), b"d", libc::O_RDONLY | libc::O_DIRECTORY, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn remove_tree_removes_a_tree_deeper_than_any_stack_without_following_symlinks() {
+        let outer = tempfile::tempdir().unwrap();
+        let outside = outer.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("keep"), b"x").unwrap();
+        let tree = outer.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        // Deeper than `std::fs::remove_dir_all` survives on an 8 MiB stack (it overflows at about
+        // 15,000 levels), and than the fds a recursive walk could hold.
+        deep_tree(&tree, 20_000, &outside);
+        fs::create_dir_all(tree.join("wide/a/b")).unwrap();
+        fs::write(tree.join("wide/a/b/file"), b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("top-link")).unwrap();
+        let t = tree.clone();
+        // The smallest stack the server runs anything on is far more than this one.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || remove_tree(&t).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(!tree.exists());
+        assert_eq!(fs::read(outside.join("keep")).unwrap(), b"x", "a symlink's target is never touched");
+        // A missing tree is already removed.
+        remove_tree(&tree).unwrap();
     }
 
     #[test]

@@ -191,15 +191,16 @@ impl Storage {
             return Err(RuntimeError::io("swap the new content in")(std::io::Error::last_os_error()));
         }
         sync_dir(&self.mountpoint(id))?;
-        // `staging` now holds the old content.
-        fs::remove_dir_all(staging).map_err(RuntimeError::io("remove the previous content"))
+        // `staging` now holds the old content, made by the tenant's sandboxes: any depth.
+        crate::confined::remove_tree(staging)
+            .map_err(|e| RuntimeError::io("remove the previous content")(std::io::Error::other(e)))
     }
 
     /// Removes staging directories left by an interrupted upload.
     pub fn sweep(&self, id: &str) {
         for e in fs::read_dir(self.mountpoint(id)).into_iter().flatten().flatten() {
             if e.file_name().to_string_lossy().starts_with(".staging-") {
-                let _ = fs::remove_dir_all(e.path());
+                let _ = crate::confined::remove_tree(e.path());
             }
         }
     }

@@ -373,7 +373,18 @@ fn bad_requests_are_denied_with_an_error() {
 }
 
 fn refused(text: &str) -> String {
-    Engine::new().check_policy(text).expect_err(text).to_string()
+    chain(&Engine::new().check_policy(text).expect_err(text))
+}
+
+/// The error and its sources, as the server prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    out
 }
 
 #[test]
@@ -422,8 +433,9 @@ fn check_policy_refuses_bad_shapes() {
         assert!(refused(text).contains("mentions Bulkhead::Admin"), "{text}");
     }
 
-    let big = format!("permit(principal, action, resource) when {{ \"{}\" == \"\" }};", "x".repeat(MAX_POLICY_BYTES));
-    assert!(refused(&big).contains("at most 16384"));
+    let big =
+        format!("permit(principal, action, resource) when {{ \"{}\" == \"\" }};", "x".repeat(crate::MAX_POLICY_BYTES));
+    assert!(refused(&big).contains("over the limit of 16384"), "{}", refused(&big));
 }
 
 #[test]

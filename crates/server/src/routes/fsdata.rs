@@ -470,7 +470,7 @@ pub async fn write_archive(
     let stats = match (result, upload_error) {
         (Ok(stats), None) => stats,
         (outcome, upload_error) => {
-            let _ = std::fs::remove_dir_all(&staging);
+            let _ = confined::remove_tree(&staging);
             // An incomplete upload is the reason even when the part that arrived was fine.
             return Err(match (upload_error, outcome) {
                 (Some(e), _) => e,
@@ -480,7 +480,7 @@ pub async fn write_archive(
         }
     };
     if let Err(e) = ctx.state.storage.swap_in(&f.id, &staging) {
-        let _ = std::fs::remove_dir_all(&staging);
+        let _ = confined::remove_tree(&staging);
         return Err(e.into());
     }
     ctx.audit_detail("entries", stats.entries);

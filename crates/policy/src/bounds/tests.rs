@@ -1,0 +1,371 @@
+use bulkhead_core::Role;
+
+use super::*;
+use crate::{Engine, PrincipalRef, Request, ResourceRef};
+
+fn policy(cond: &str) -> String {
+    format!("permit(principal, action, resource) when {{ {cond} }};")
+}
+
+/// Runs `f` on a thread with the stack the server decides on.
+fn on_server_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(STACK_SIZE)
+        .spawn(f)
+        .expect("spawn a thread")
+        .join()
+        .expect("the thread does not panic")
+}
+
+/// Checks, compiles and decides `text` (a permit of everything for viewers) on the server's
+/// stack: accepted, valid, and allowing a request with no errors.
+fn accepted_and_decided(text: String) {
+    on_server_stack(move || {
+        let engine = Engine::new();
+        engine.check_policy(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        let set = engine.compile(&[("pol_x".to_owned(), text.clone())]).expect("compiles");
+        let principal = PrincipalRef::Key { id: "key_x".to_owned(), role: Role::Viewer };
+        let resource = ResourceRef::Sandbox("sbx_x".to_owned());
+        let d = set.decide(&Request {
+            principal: &principal,
+            namespace: "acme",
+            action: "sandbox.exec",
+            resource: &resource,
+            target_role: None,
+        });
+        assert!(d.allowed && d.errors.is_empty(), "{text}: {d:?}");
+        assert_eq!(d.policies, ["pol_x"], "{text}");
+        drop(set);
+    })
+}
+
+/// Refused before Cedar sees it, naming `construct`; on an ordinary 2 MiB stack, since Cedar never
+/// runs.
+fn refused_naming(text: &str, construct: Construct) -> String {
+    let short: String = text.chars().take(120).collect();
+    let e = measure(text).expect_err(&short);
+    assert_eq!(e.construct, construct, "{short}: {e}");
+    let t = text.to_owned();
+    let message = std::thread::Builder::new()
+        .stack_size(2 * 1024 * 1024)
+        .spawn(move || {
+            let e = Engine::shared().check_policy(&t).expect_err("refused");
+            let mut m = e.to_string();
+            if let Some(s) = std::error::Error::source(&e) {
+                m.push_str(&format!(": {s}"));
+            }
+            m
+        })
+        .expect("spawn")
+        .join()
+        .expect("no panic");
+    assert!(message.contains(construct.describe()), "{message}");
+    message
+}
+
+/// One generator per construct: the policy that nests it `n` deep.
+fn generated(construct: Construct, n: usize) -> String {
+    policy(&match construct {
+        Construct::Parentheses => format!("{}true{}", "(".repeat(n), ")".repeat(n)),
+        Construct::SquareBrackets => format!("{0}1{1} == {0}1{1}", "[".repeat(n), "]".repeat(n)),
+        Construct::Braces => format!("{0}true{1} == {0}true{1}", "{a: ".repeat(n), "}".repeat(n)),
+        Construct::Brackets => {
+            let open: String = (0..n).map(|i| ["(", "[", "{a: "][i % 3]).collect();
+            let close: String = (0..n).rev().map(|i| [")", "]", "}"][i % 3]).collect();
+            format!("{open}1{close} == {open}1{close} || true")
+        }
+        Construct::IfThenElse => format!("{}true{}", "if true then ".repeat(n), " else false".repeat(n)),
+        // A chain over records: as deep in records as it is long.
+        Construct::MemberChain => format!("{}true{}{}", "{a: ".repeat(n), "}".repeat(n), ".a".repeat(n)),
+        Construct::OperatorChain => vec!["true"; n + 1].join(" && "),
+        Construct::UnaryRun => format!("{}true", "!".repeat(n)),
+        Construct::Depth => {
+            // Parentheses and operators on one path: each parenthesis holds one `&&` whose first
+            // operand is the next parenthesis (Cedar nests those leftmost), and the innermost
+            // holds a chain of the remaining levels.
+            let brackets = MAX_BRACKETS;
+            let inner = n - 1 - 2 * brackets;
+            format!("{}{}{}", "(".repeat(brackets), vec!["true"; inner + 1].join(" || "), ") && true".repeat(brackets))
+        }
+        Construct::Bytes | Construct::Tokens | Construct::SetBytes | Construct::SetTokens => {
+            unreachable!("sizes have their own test")
+        }
+    })
+}
+
+const BOUNDS: [(Construct, usize); 9] = [
+    (Construct::Parentheses, MAX_BRACKETS),
+    (Construct::SquareBrackets, MAX_BRACKETS),
+    (Construct::Braces, MAX_BRACKETS),
+    (Construct::Brackets, MAX_BRACKETS),
+    (Construct::IfThenElse, MAX_IFS),
+    (Construct::MemberChain, MAX_MEMBER_CHAIN),
+    (Construct::OperatorChain, MAX_OPERATOR_CHAIN),
+    (Construct::UnaryRun, MAX_UNARY_RUN),
+    (Construct::Depth, MAX_DEPTH),
+];
+
+#[test]
+fn every_construct_at_its_bound_is_accepted_and_decided_on_the_server_stack() {
+    for (construct, max) in BOUNDS {
+        let text = generated(construct, max);
+        measure(&text).unwrap_or_else(|e| panic!("{construct:?} at {max}: {e}"));
+        accepted_and_decided(text);
+    }
+}
+
+#[test]
+fn every_construct_past_its_bound_is_refused_with_its_name_and_place() {
+    for (construct, max) in BOUNDS {
+        let text = generated(construct, max + 1);
+        let message = refused_naming(&text, construct);
+        assert!(message.contains("at line 1, column"), "{message}");
+    }
+}
+
+#[test]
+fn the_depth_measure_bounds_cedars_tree() {
+    let at = generated(Construct::Depth, MAX_DEPTH);
+    // The generated policy is at the depth bound and within every other bound.
+    let e = measure(&generated(Construct::Depth, MAX_DEPTH + 1)).expect_err("past");
+    assert_eq!(e.construct, Construct::Depth);
+    assert!(measure(&at).is_ok());
+    // A long chain whose first operand nests: the chain counts on the path to the nesting.
+    let text = policy(&format!("{}true{}", "(".repeat(30), " && true && true)".repeat(30)));
+    assert_eq!(measure(&text).expect_err("30 × 3 levels").construct, Construct::Depth);
+}
+
+#[test]
+fn the_reported_attacks_are_refused_before_parsing() {
+    let parens = policy(&format!("{}true{}", "(".repeat(150), ")".repeat(150)));
+    assert!(parens.len() < 400);
+    let m = refused_naming(&parens, Construct::Parentheses);
+    assert!(m.contains("line 1, column 76"), "{m}");
+    let sets = policy(&format!("{}1{} == [1]", "[".repeat(150), "]".repeat(150)));
+    refused_naming(&sets, Construct::SquareBrackets);
+    // The whole allowed size of one bracket, and of operators.
+    refused_naming(&"(".repeat(MAX_POLICY_BYTES), Construct::Parentheses);
+    refused_naming(&policy(&format!("[{}].isEmpty()", vec!["1"; 3000].join(","))), Construct::Tokens);
+    refused_naming(&policy(&format!("{}1 == 1", "-".repeat(100))), Construct::UnaryRun);
+}
+
+#[test]
+fn brackets_in_strings_and_comments_do_not_count() {
+    let deep = "(".repeat(2000);
+    let text = format!(
+        "// {deep} [[[[ {{{{\n@id(\"{deep}\")\npermit(principal, action, resource) when {{\n  \
+         // {deep}\n  \"\\\"{deep}\\\\\" != \"]]]]\\\\\" && \"\\u{{28}}\" == \"(\"\n}};"
+    );
+    assert!(measure(&text).is_ok(), "{:?}", measure(&text));
+    accepted_and_decided(text);
+    // An escaped quote does not end the string; an escaped backslash does not escape the quote.
+    let text = policy(&format!("\"\\\"{}\" == \"\"", "(".repeat(100)));
+    assert!(measure(&text).is_ok());
+    let text = policy(&format!("\"\\\\\" == \"\" || {}true{}", "(".repeat(100), ")".repeat(100)));
+    assert_eq!(measure(&text).expect_err("outside the string").construct, Construct::Parentheses);
+}
+
+#[test]
+fn the_body_of_when_and_unless_is_not_a_record_and_elements_do_not_add_up() {
+    // Records nested to the bound in each of many conditions and set elements: only the deepest
+    // path counts.
+    let rec = format!("{}1{}", "{a: ".repeat(MAX_BRACKETS - 2), "}".repeat(MAX_BRACKETS - 2));
+    let set = vec![format!("[{rec}]"); 16].join(", ");
+    let text = format!(
+        "@id(\"a\") @b(\"c\")\npermit(principal, action, resource)\n  when {{ [{set}].contains([{rec}]) }}\n  \
+         unless {{ {rec} == {rec} && false }};"
+    );
+    measure(&text).unwrap_or_else(|e| panic!("{e}"));
+    accepted_and_decided(text);
+}
+
+#[test]
+fn sizes_are_bounded_per_policy_and_per_set() {
+    // Exactly the token bound: a set literal of ones.
+    let tokens = |n: usize| policy(&format!("[{}].contains(1)", vec!["1"; n].join(",")));
+    let n = (1..4096).find(|n| measure(&tokens(*n)).map(|m| m.tokens) == Ok(MAX_POLICY_TOKENS)).expect("some n");
+    accepted_and_decided(tokens(n));
+    refused_naming(&tokens(n + 1), Construct::Tokens);
+
+    let engine = Engine::shared();
+    // The set: tokens first, then bytes.
+    let many = |count: usize, text: &str| -> Vec<(String, String)> {
+        (0..count).map(|i| (format!("pol_{i}"), text.to_owned())).collect()
+    };
+    let per = MAX_SET_TOKENS / MAX_POLICY_TOKENS;
+    let big = tokens(n);
+    on_server_stack(move || {
+        Engine::shared().compile(&many(per, &big)).expect("at the set's token bound");
+        let e = Engine::shared().compile(&many(per + 1, &big)).expect_err("past it");
+        assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::SetTokens, .. })), "{e:?}");
+    });
+    let pad = MAX_POLICY_BYTES - policy("\"\" == \"\"").len();
+    let long = policy(&format!("\"{}\" != \"\"", "x".repeat(pad)));
+    assert_eq!(long.len(), MAX_POLICY_BYTES);
+    let count = MAX_SET_BYTES / MAX_POLICY_BYTES;
+    engine.compile(&many(count, &long)).expect("at the set's byte bound");
+    let e = engine.compile(&many(count + 1, &long)).expect_err("past it");
+    assert!(matches!(e, crate::PolicyError::SetBounds(Exceeded { construct: Construct::SetBytes, .. })), "{e:?}");
+}
+
+#[test]
+fn text_that_is_not_cedar_is_left_to_cedars_parser() {
+    for text in [
+        "",
+        ")))",
+        "]]]}}}",
+        "\"unterminated ((((",
+        "permit(principal, action, resource) when { ( };",
+        "\u{e9}(\u{1F600}",
+    ] {
+        let _ = measure(text);
+        let _ = Engine::shared().check_policy(text);
+    }
+}
+
+#[test]
+fn random_token_soup_never_panics_and_what_passes_is_safe_for_cedar() {
+    const PIECES: &[&str] = &[
+        "(",
+        ")",
+        "[",
+        "]",
+        "{",
+        "}",
+        "{a: ",
+        ",",
+        ";",
+        ".",
+        ".a",
+        ".contains(",
+        "!",
+        "-",
+        "&&",
+        "||",
+        "==",
+        "<=",
+        "+",
+        " has ",
+        " in ",
+        " like ",
+        " is ",
+        "if ",
+        " then ",
+        " else ",
+        "true",
+        "1",
+        "\"s\"",
+        "\"\\\"(\"",
+        "// ((\n",
+        "when {",
+        "unless {",
+        "@id(\"x\")",
+        "permit(principal, action, resource)",
+        "?principal",
+        "é",
+        "\\",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut passed = Vec::new();
+    for _ in 0..2000 {
+        let len = (next() % 400) as usize;
+        let text: String = (0..len).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+        if measure(&text).is_ok() {
+            passed.push(text);
+        }
+    }
+    assert!(!passed.is_empty());
+    on_server_stack(move || {
+        for text in passed {
+            let _ = Engine::shared().check_policy(&text);
+        }
+    });
+}
+
+/// A random boolean expression whose deepest path is about `budget` constructs long.
+fn random_expr(budget: usize, next: &mut impl FnMut() -> u64) -> String {
+    if budget == 0 {
+        return "true".to_owned();
+    }
+    let mut deep = || random_expr(budget - 1, &mut *next);
+    let deep_first = deep();
+    let small = random_expr(((next() % 3) as usize).min(budget - 1), next);
+    match next() % 9 {
+        0 => format!("({deep_first})"),
+        1 => format!("{deep_first} && {small}"),
+        2 => format!("{small} || ({deep_first})"),
+        3 => format!("!({deep_first})"),
+        4 => format!("if {small} then {deep_first} else false"),
+        5 => format!("{{a: {deep_first}}}.a"),
+        6 => format!("[{deep_first}].contains({small})"),
+        7 => format!("({deep_first}) == ({small})"),
+        _ => format!("{{a: {deep_first}, b: 1 + 2 * 3}}[\"a\"]"),
+    }
+}
+
+#[test]
+fn random_nestings_that_pass_the_bounds_are_decided_on_the_server_stack() {
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut passed, mut refused) = (Vec::new(), 0);
+    for _ in 0..300 {
+        let budget = 10 + (next() % 70) as usize;
+        let text = policy(&random_expr(budget, &mut next));
+        match measure(&text) {
+            Ok(_) => passed.push(text),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(passed.len() > 50 && refused > 50, "{} passed, {refused} refused", passed.len());
+    on_server_stack(move || {
+        let engine = Engine::shared();
+        let principal = PrincipalRef::Key { id: "key_x".to_owned(), role: Role::Viewer };
+        let resource = ResourceRef::Sandbox("sbx_x".to_owned());
+        let mut decided = 0;
+        for text in passed {
+            // Valid or not (the random operands need not type-check), Cedar must finish.
+            if engine.check_policy(&text).is_ok() {
+                decided += 1;
+                let set = engine.compile(&[("pol_x".to_owned(), text)]).expect("compiles");
+                let d = set.decide(&Request {
+                    principal: &principal,
+                    namespace: "acme",
+                    action: "sandbox.exec",
+                    resource: &resource,
+                    target_role: None,
+                });
+                assert!(d.errors.iter().all(|e| !e.contains("recursion")), "{d:?}");
+            }
+        }
+        assert!(decided > 20, "only {decided} were valid");
+    });
+}
+
+#[test]
+fn has_like_is_and_in_count_in_operator_chains() {
+    let terms = [
+        "principal is Bulkhead::Key",
+        "principal in Bulkhead::Role::\"viewer\"",
+        "\"abc\" like \"a*\"",
+        "{a: 1} has a",
+    ];
+    // 32 terms of one operator each, joined by 31 `&&`s, then `&& true`s up to `ops` operators.
+    let chain = |ops: usize| {
+        let mut cond: Vec<&str> = (0..32).map(|i| terms[i % terms.len()]).collect();
+        cond.extend(std::iter::repeat_n("true", ops - 63));
+        policy(&cond.join(" && "))
+    };
+    accepted_and_decided(chain(MAX_OPERATOR_CHAIN));
+    refused_naming(&chain(MAX_OPERATOR_CHAIN + 1), Construct::OperatorChain);
+}
