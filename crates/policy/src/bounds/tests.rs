@@ -25,7 +25,7 @@ fn accepted_and_decided(text: String) {
         engine.check_policy(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
         let set = engine.compile(&[("pol_x".to_owned(), text.clone())]).expect("compiles");
         let principal = PrincipalRef::Key { id: "key_x".to_owned(), role: Role::Viewer };
-        let resource = ResourceRef::Sandbox("sbx_x".to_owned());
+        let resource = ResourceRef::Sandbox { id: "sbx_x".to_owned(), project: None };
         let d = set.decide(&Request {
             principal: &principal,
             namespace: "acme",
@@ -331,7 +331,7 @@ fn random_nestings_that_pass_the_bounds_are_decided_on_the_server_stack() {
     on_server_stack(move || {
         let engine = Engine::shared();
         let principal = PrincipalRef::Key { id: "key_x".to_owned(), role: Role::Viewer };
-        let resource = ResourceRef::Sandbox("sbx_x".to_owned());
+        let resource = ResourceRef::Sandbox { id: "sbx_x".to_owned(), project: None };
         let mut decided = 0;
         for text in passed {
             // Valid or not (the random operands need not type-check), Cedar must finish.
