@@ -107,8 +107,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
-/// At most `max` bytes of `s`, cut on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
+/// At most `max` bytes of `s`, cut on a character boundary (never splits a UTF-8 sequence).
+pub fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

@@ -82,7 +82,8 @@ fn record_for(
         .or_else(|| info.principal.as_ref().and_then(|p| p.namespace().map(str::to_owned)))
         .unwrap_or_else(|| PLATFORM_CHAIN.to_owned());
     let action = info.action.map(str::to_owned).unwrap_or_else(|| format!("{method} {route}"));
-    let resource = if info.resource.is_empty() { format!("path:{}", truncate(path, 256)) } else { info.resource };
+    let resource =
+        if info.resource.is_empty() { format!("path:{}", bulkhead_core::audit::cut(path, 256)) } else { info.resource };
     let decision = if denied {
         "deny"
     } else if unauthenticated {
@@ -105,16 +106,4 @@ fn record_for(
             detail,
         },
     ))
-}
-
-/// At most `max` bytes of `s`, cut on a character boundary: request paths are attacker-chosen.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
