@@ -456,11 +456,7 @@ impl OciRuntime {
         let bundle = self.bundle(&spec.id);
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bundle.join("supervisor.log"))
-            .map_err(RuntimeError::io("open the supervisor log"))?;
+        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let fd = listener.as_raw_fd();
         let mut cmd = Command::from(oci_command(&spec.oci_runtime));
@@ -504,6 +500,43 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// Opens `<bundle>/supervisor.log` for appending through a detached copy of the bundle's mount
+/// (`open_tree(OPEN_TREE_CLONE)`), so that the descriptor's path, which the sandbox reads as
+/// `/proc/1/fd/1`, is `/supervisor.log` and not the host path of the state dir. The copy lives
+/// as long as the descriptor and is in no mount namespace.
+fn open_unnamed_log(bundle: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(bundle.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    // SAFETY: `dir` is a NUL-terminated string that outlives the call; open_tree reads it and
+    // returns a new descriptor or -1, touching no other memory.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, dir.as_ptr(), flags) };
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open_tree and is owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = c"supervisor.log";
+    // SAFETY: `tree` is an open descriptor and `name` a NUL-terminated literal; openat returns a
+    // new descriptor or -1.
+    let log = unsafe {
+        libc::openat(
+            tree.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600 as libc::c_uint,
+        )
+    };
+    if log < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `log` was just returned by openat and is owned by nothing else.
+    Ok(unsafe { fs::File::from_raw_fd(log) })
 }
 
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file

@@ -8,7 +8,8 @@
 //! ([`SOCKET_FAMILIES`]), netlink by protocol ([`NETLINK_PROTOCOLS`]), and calls Docker allows
 //! by default that reach far into the kernel or past the sandbox (`io_uring_*`, `ptrace`,
 //! `name_to_handle_at`, clock adjustment) are not allowed. `clone3` fails with `ENOSYS`, whose
-//! flags a filter cannot inspect, so that libc falls back to `clone`, which is filtered.
+//! flags a filter cannot inspect, so that libc falls back to `clone`, which is filtered; so does
+//! the 32-bit `socketcall` multiplexer, whose arguments a filter cannot read either.
 //! `docs/threat-model.md` lists every difference to Docker's and gVisor's profiles.
 
 use oci_spec::runtime::{
@@ -515,13 +516,23 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     for name in ["clone", "unshare"] {
         syscalls.push(allow(name, vec![arg(0, ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS, 0)?])?);
     }
-    syscalls.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_owned()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ENOSYS)
-            .build()?,
-    );
+    // `clone3` (flags behind a pointer) and the 32-bit `socketcall` multiplexer (arguments
+    // behind a pointer) fail with `ENOSYS`. The `socketcall` rule is needed, not only the
+    // default: on 32-bit x86 (reachable from any 64-bit process through `int 0x80`) libseccomp
+    // turns every rule on a socket call into a `socketcall` rule on the call number alone and
+    // drops its argument filters, so the `socket` rules above would let `socketcall(SOCKET, …)`
+    // through for every family. An unconditional rule on `socketcall` takes precedence over
+    // those; it must differ from the default action (runc drops rules equal to it), hence
+    // `ENOSYS`, which also makes 32-bit libcs use the direct socket calls.
+    for name in ["clone3", "socketcall"] {
+        syscalls.push(
+            LinuxSyscallBuilder::default()
+                .names(vec![name.to_owned()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(ENOSYS)
+                .build()?,
+        );
+    }
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(EPERM)
@@ -576,6 +587,19 @@ mod tests {
             assert!(SOCKET_FAMILIES.iter().any(|(a, _)| a == f), "family {f} allowed");
         }
         assert!(!families.contains(&40), "AF_VSOCK allowed");
+        // The 32-bit multiplexer has a rule of its own that refuses it whatever the call
+        // number: libseccomp turns the `socket` rules into `socketcall` rules without their
+        // argument filters.
+        let socketcall: Vec<&serde_json::Value> = v["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == "socketcall"))
+            .collect();
+        assert_eq!(socketcall.len(), 1, "{socketcall:?}");
+        assert_eq!(socketcall[0]["action"], "SCMP_ACT_ERRNO");
+        assert_ne!(socketcall[0]["errnoRet"], v["defaultErrnoRet"], "runc drops a rule equal to the default");
+        assert!(socketcall[0]["args"].as_array().is_none_or(|a| a.is_empty()));
         // Netlink only with an allowed protocol.
         for rule in rules.iter().filter(|r| r["args"][0]["value"] == AF_NETLINK) {
             let proto = rule["args"][1]["value"].as_u64().unwrap();
