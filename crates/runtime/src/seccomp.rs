@@ -467,13 +467,19 @@ pub const AF_UNIX: u64 = 1;
 /// `EPERM`.
 pub const NETLINK_PROTOCOLS: &[(u64, &str)] = &[(0, "NETLINK_ROUTE"), (4, "NETLINK_SOCK_DIAG")];
 
-/// `personality` values programs set: the default, `UNAME26`, `ADDR_NO_RANDOMIZE` (which
-/// debuggers and some build tools use), their combination, and the query `0xffffffff`.
+/// `personality` values programs set, as in Docker's profile: the default (`PER_LINUX`),
+/// `PER_LINUX32` (`0x8`, what `linux32` sets), `UNAME26` (`0x20000`), their combination, and the
+/// query `0xffffffff`. Any other flag, such as `ADDR_NO_RANDOMIZE` or `READ_IMPLIES_EXEC`,
+/// fails with `EPERM`.
 pub const PERSONALITIES: &[u64] = &[0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
 /// Every `CLONE_NEW*` flag: `clone` and `unshare` are allowed only without them, so no sandbox
 /// makes a new namespace of any kind (a new user namespace would give back every capability).
-pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+/// `CLONE_NEWNS` `0x20000`, `CLONE_NEWCGROUP` `0x0200_0000`, `CLONE_NEWUTS`, `CLONE_NEWIPC`,
+/// `CLONE_NEWUSER`, `CLONE_NEWPID`, `CLONE_NEWNET` (`0x0400_0000` to `0x4000_0000`) and
+/// `CLONE_NEWTIME` `0x80` (an `unshare` flag; in `clone` the bit belongs to the exit signal,
+/// which is never 128 or more).
+pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0080;
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
@@ -561,6 +567,23 @@ mod tests {
                 let name = name.as_str().unwrap();
                 assert!(!DENIED.contains(&name), "{name} is allowed");
             }
+        }
+    }
+
+    #[test]
+    fn every_namespace_flag_is_masked() {
+        // CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME.
+        for flag in [0x2_0000u64, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000, 0x80] {
+            assert_eq!(CLONE_NAMESPACE_FLAGS & flag, flag, "{flag:#x} is not masked");
+        }
+        let v = serde_json::to_value(profile().unwrap()).unwrap();
+        for name in ["clone", "unshare"] {
+            let rules: Vec<&serde_json::Value> =
+                v["syscalls"].as_array().unwrap().iter().filter(|r| r["names"][0] == name).collect();
+            assert_eq!(rules.len(), 1, "{name}");
+            assert_eq!(rules[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+            assert_eq!(rules[0]["args"][0]["value"], CLONE_NAMESPACE_FLAGS);
+            assert_eq!(rules[0]["args"][0]["valueTwo"], 0);
         }
     }
 
