@@ -345,7 +345,8 @@ async fn other_tenants_are_invisible_in_proc_and_sys() {
             &admin,
             "cat /sys/block/*/loop/backing_file 2>/dev/null; ls /sys/block /sys/class/block /sys/dev/block \
              /sys/devices/virtual/block /sys/fs/ext4 2>/dev/null; ls -A /usr/local; \
-             cat /proc/diskstats /proc/partitions /proc/swaps 2>/dev/null; echo end",
+             cat /proc/diskstats /proc/partitions /proc/swaps 2>/dev/null; \
+             grep -l /usr/local /etc/ld.so.cache /etc/ld.so.conf 2>/dev/null; echo end",
         )
         .await;
     assert_eq!(code, 0, "{err}");
