@@ -7,6 +7,9 @@
 //! - sandbox-level resources (bundles, OCI state, sandbox cgroups, supervisors, mounts, netns,
 //!   loop devices) are expected only when they name a sandbox the server reports as creating or
 //!   running; with no server to ask, every one of them is a leak;
+//! - a filesystem's loop device and mount are kept while the filesystem exists, so they are
+//!   expected when they name a filesystem the server reports, and are leaks otherwise (or with
+//!   no server to ask);
 //! - the prefix cgroup and the per-namespace cgroups are the server's standing configuration
 //!   (they outlive sandboxes and server restarts), so they are a leak only when a process sits
 //!   directly in them or, when the server answers, when their namespace no longer exists.
@@ -54,6 +57,9 @@ enum Level {
     Namespace(String),
     /// Anything of one sandbox.
     Sandbox,
+    /// A filesystem's loop device or mount, which the server keeps while the filesystem
+    /// exists, whether or not a sandbox uses it.
+    Filesystem,
 }
 
 /// A resource found on the host.
@@ -77,6 +83,7 @@ impl Found {
 struct Live {
     sandboxes: HashSet<String>,
     namespaces: HashSet<String>,
+    filesystems: HashSet<String>,
 }
 
 /// One leaked resource, as printed.
@@ -90,6 +97,10 @@ fn is_leak(found: &Found, live: Option<&Live>) -> bool {
     match &found.level {
         Level::Sandbox => match live {
             Some(l) => !l.sandboxes.iter().any(|id| found.name.contains(id.as_str())),
+            None => true,
+        },
+        Level::Filesystem => match live {
+            Some(l) => !l.filesystems.iter().any(|id| found.name.contains(id.as_str())),
             None => true,
         },
         Level::Namespace(ns) => found.busy || live.is_some_and(|l| !l.namespaces.contains(ns)),
@@ -169,13 +180,19 @@ fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
         .filter(|m| mentions_dir(&m.name, &state_name))
         .partition(|m| m.name.ends_with(&view));
     found.extend(views.into_iter().map(|r| Found { kind: r.kind, name: r.name, level: Level::Top, busy: false }));
+    // Filesystems are mounted under the state dir's `filesystems/` from loop devices of the
+    // data dir's images for as long as they exist: they are judged by filesystem, not sandbox.
+    let filesystems = state.join("filesystems").display().to_string();
+    let (fs_mounts, mounts): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| mentions_dir(&m.name, &filesystems));
     let sandbox_level = host::dir_entries(&state.join("sandboxes"), "bundle")
         .into_iter()
         .chain(host::dir_entries(&state.join("runc"), "oci-state"))
         .chain(mounts)
-        .chain(host::netns("bulkhead"))
-        .chain(data_dir.map(|d| host::loop_devices(&d.join("filesystems"))).unwrap_or_default());
+        .chain(host::netns("bulkhead"));
     found.extend(sandbox_level.map(Found::sandbox));
+    let fs_level =
+        fs_mounts.into_iter().chain(data_dir.map(|d| host::loop_devices(&d.join("filesystems"))).unwrap_or_default());
+    found.extend(fs_level.map(|r| Found { kind: r.kind, name: r.name, level: Level::Filesystem, busy: false }));
     found.extend(supervisors(&args.cgroup_prefix));
     found
 }
@@ -208,6 +225,19 @@ async fn ask(c: &Client) -> Result<Live, ClientError> {
             };
             let active = page.items.into_iter().filter(crate::sandbox::is_active);
             live.sandboxes.extend(active.map(|s| s.id));
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match c.list_filesystems(&ns, Some(1000), cursor.as_deref()).await {
+                Ok(page) => page,
+                Err(ClientError::Api { status: 404, .. }) => break,
+                Err(e) => return Err(e),
+            };
+            live.filesystems.extend(page.items.into_iter().map(|f| f.id));
             match page.next_cursor {
                 Some(next) => cursor = Some(next),
                 None => break,
@@ -291,11 +321,19 @@ mod tests {
         let live = Live {
             sandboxes: ["sbx_live".to_owned()].into_iter().collect(),
             namespaces: ["acme".to_owned()].into_iter().collect(),
+            filesystems: ["fs_live".to_owned()].into_iter().collect(),
         };
         let sbx = |n: &str| found(n, Level::Sandbox, false);
         assert!(!is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_live"), Some(&live)));
         assert!(is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_dead"), Some(&live)));
         assert!(is_leak(&sbx("/sys/fs/cgroup/pids/b/acme/sbx_live"), None));
+        // A filesystem's mount and loop device are live while the filesystem exists, with or
+        // without a sandbox.
+        let fs = |n: &str| found(n, Level::Filesystem, false);
+        assert!(!is_leak(&fs("/dev/loop1 on /run/b/filesystems/fs_live"), Some(&live)));
+        assert!(!is_leak(&fs("/dev/loop1 (/d/filesystems/images/fs_live.img)"), Some(&live)));
+        assert!(is_leak(&fs("/dev/loop2 on /run/b/filesystems/fs_gone"), Some(&live)));
+        assert!(is_leak(&fs("/dev/loop1 on /run/b/filesystems/fs_live"), None));
         let ns = |n: &str, busy| found("x", Level::Namespace(n.into()), busy);
         assert!(!is_leak(&ns("acme", false), Some(&live)));
         assert!(is_leak(&ns("gone", false), Some(&live)));

@@ -199,3 +199,26 @@ fn doctor_names_a_leak() {
     let out = server.doctor(None, &[]);
     assert!(out.status.success(), "doctor after cleanup: {}{}", text(&out.stdout), text(&out.stderr));
 }
+
+/// A filesystem stays mounted from its loop device for as long as it exists, used by a sandbox
+/// or not: the doctor of a server that answers counts both as live, and the loop device of a
+/// filesystem the server no longer has as a leak.
+#[test]
+fn doctor_counts_a_live_filesystem_as_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    let (dev, _) = tenant(&server);
+    let dev = Some(dev.as_str());
+    let f = server.json(dev, &["fs", "create", "--ns", "acme", "data", "--size", "16MiB"]);
+    let fs_id = f["id"].as_str().unwrap().to_owned();
+    let out = server.doctor(None, &[]);
+    assert!(out.status.success(), "doctor with a live filesystem: {}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(text(&out.stdout), "no leaked host resources\n");
+    let s = server.json(dev, &["sandbox", "create", "--ns", "acme", "--filesystem", &format!("{fs_id}:rw")]);
+    let id = s["id"].as_str().unwrap().to_owned();
+    let out = server.doctor(None, &[]);
+    assert!(out.status.success(), "doctor with a sandbox on it: {}{}", text(&out.stdout), text(&out.stderr));
+    server.ok(dev, &["sandbox", "delete", "--ns", "acme", &id]);
+    server.ok(dev, &["fs", "delete", "--ns", "acme", &fs_id]);
+    server.stop();
+}

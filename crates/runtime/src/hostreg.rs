@@ -69,6 +69,10 @@ pub enum RegistryError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("host registry {} is corrupt: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
+    /// The file, its lock or its directory is not what the server itself made: a symlink, a
+    /// fifo or other non-regular file, or owned or writable by another user.
+    #[error("host registry {} is not trusted: {reason}", path.display())]
+    Untrusted { path: PathBuf, reason: String },
     /// Another owner holds the resource.
     #[error("{what} is held by store {owner} ({label}) in the host registry {}", path.display())]
     Taken { what: String, owner: String, label: String, path: PathBuf },
@@ -290,6 +294,38 @@ fn check_net_prefix(s: &str) -> Result<(), String> {
     }
 }
 
+/// Whether `meta` is what only this process's user can have made and can change: owned by the
+/// effective user and writable by nobody else. The registry decides which host ids a server
+/// maps into its sandboxes, so a file another user could write would let that user hand
+/// itself, or a tenant, another server's ids.
+fn check_owned(meta: &fs::Metadata) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(format!("owned by uid {}, not {euid}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("writable by group or others (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// Opens the registry's file or lock without following a symlink and without blocking on a
+/// fifo, and checks that it is a regular file of this user (`check_owned`).
+fn open_trusted(options: &mut OpenOptions, path: &Path) -> std::io::Result<Result<File, String>> {
+    let file = match options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Err("it is a symlink".into())),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Ok(Err("not a regular file".into()));
+    }
+    Ok(check_owned(&meta).map(|()| file))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -327,6 +363,12 @@ impl HostRegistry {
         let io = |source| RegistryError::Io { path: path.to_owned(), source };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+            // The directory too: whoever can write it can replace the file or its lock.
+            let meta = fs::metadata(dir).map_err(|source| RegistryError::Io { path: path.to_owned(), source })?;
+            check_owned(&meta).map_err(|reason| RegistryError::Untrusted {
+                path: path.to_owned(),
+                reason: format!("its directory {} is {reason}", dir.display()),
+            })?;
         }
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
@@ -350,14 +392,11 @@ impl HostRegistry {
     }
 
     fn lock(&self) -> Result<Lock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock_path)
-            .map_err(|source| RegistryError::Io { path: self.lock_path.clone(), source })?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false).mode(0o600);
+        let file = open_trusted(&mut options, &self.lock_path)
+            .map_err(|source| RegistryError::Io { path: self.lock_path.clone(), source })?
+            .map_err(|reason| RegistryError::Untrusted { path: self.lock_path.clone(), reason })?;
         loop {
             // SAFETY: `file` owns an open descriptor for the whole call; flock takes no
             // pointers and only changes the lock state of that open file description.
@@ -374,8 +413,9 @@ impl HostRegistry {
 
     /// The document on disk; an empty map when there is no file yet. Call with the lock held.
     fn read(&self) -> Result<Document> {
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
+        let file = match open_trusted(OpenOptions::new().read(true), &self.path) {
+            Ok(Ok(f)) => f,
+            Ok(Err(reason)) => return Err(RegistryError::Untrusted { path: self.path.clone(), reason }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Document::empty()),
             Err(e) => return Err(self.io()(e)),
         };
@@ -809,6 +849,43 @@ mod tests {
         assert!(matches!(HostRegistry::open(&path), Err(RegistryError::Corrupt { .. })));
         fs::write(&path, &good).unwrap();
         HostRegistry::open(&path).unwrap();
+        // A file, lock or directory the server did not make itself is refused before it is
+        // read or written: no hang on a fifo, no file created through a symlink elsewhere, no
+        // map another user could have written.
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let elsewhere = dir.path().join("elsewhere");
+        let hostile = |what: &str, setup: &dyn Fn(&Path)| {
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path().join("registry");
+            setup(&p);
+            let e = HostRegistry::open(&p).expect_err(what);
+            assert!(matches!(e, RegistryError::Untrusted { .. }), "{what}: {e}");
+            assert!(!elsewhere.exists(), "{what}: a file was created through a symlink");
+        };
+        let fifo = |p: &Path| {
+            let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: `c` is a NUL-terminated path that outlives the call.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        };
+        hostile("registry is a fifo", &|p| fifo(p));
+        hostile("lock is a fifo", &|p| fifo(&p.with_extension("lock")));
+        hostile("registry is a symlink", &|p| symlink(&path, p).unwrap());
+        hostile("lock is a dangling symlink", &|p| symlink(&elsewhere, p.with_extension("lock")).unwrap());
+        hostile("registry is a device", &|p| symlink("/dev/zero", p).unwrap());
+        hostile("registry is world-writable", &|p| {
+            fs::write(p, &good).unwrap();
+            fs::set_permissions(p, fs::Permissions::from_mode(0o666)).unwrap();
+        });
+        hostile("directory is world-writable", &|p| {
+            fs::set_permissions(p.parent().unwrap(), fs::Permissions::from_mode(0o1777)).unwrap();
+        });
+        hostile("registry of another user", &|p| {
+            fs::write(p, &good).unwrap();
+            std::os::unix::fs::chown(p, Some(65534), None).unwrap();
+        });
+        hostile("directory of another user", &|p| {
+            std::os::unix::fs::chown(p.parent().unwrap(), Some(65534), None).unwrap();
+        });
         // Two ranges that overlap, well signed, are refused too.
         let doubled = json
             .replace("\"ids\":[", "\"ids\":[{\"owner\":\"sto_a\",\"start\":1000005,\"size\":65536,\"label\":\"x\"},");

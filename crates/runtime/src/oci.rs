@@ -390,8 +390,9 @@ impl OciRuntime {
         for (name, content) in spec::etc_files() {
             fs::write(etc.join(name), content).map_err(RuntimeError::io(format!("write etc/{name}")))?;
         }
-        // The dynamic linker's cache: library paths only, nothing secret.
-        let _ = fs::copy("/etc/ld.so.cache", etc.join("ld.so.cache"));
+        // The dynamic linker's cache: library paths only, and none under the hidden
+        // `/usr/local` (the host's cache would name the operator's own libraries).
+        write_ld_cache(Path::new("/etc/ld.so.conf"), &etc);
         for sub in &self.shared_etc {
             mkdir(&etc.join(sub), 0o755)?;
         }
@@ -456,11 +457,7 @@ impl OciRuntime {
         let bundle = self.bundle(&spec.id);
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(bundle.join("supervisor.log"))
-            .map_err(RuntimeError::io("open the supervisor log"))?;
+        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let fd = listener.as_raw_fd();
         let mut cmd = Command::from(oci_command(&spec.oci_runtime));
@@ -504,6 +501,123 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// Library directories named by an `ld.so.conf` (following `include` lines, whose last
+/// component may hold one `*`), in order, without those under [`spec::HIDDEN_USR_LOCAL`].
+fn ld_conf_dirs(conf: &Path, depth: u32, out: &mut Vec<String>) {
+    let Ok(text) = fs::read_to_string(conf) else { return };
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(pattern) = line.strip_prefix("include").filter(|r| r.starts_with([' ', '\t'])) {
+            if depth == 0 {
+                continue;
+            }
+            for pattern in pattern.split_whitespace() {
+                let pattern = conf.parent().unwrap_or(Path::new("/")).join(pattern);
+                let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name().and_then(|n| n.to_str())) else {
+                    continue;
+                };
+                let (head, tail) = name.split_once('*').unwrap_or((name, ""));
+                let exact = !name.contains('*');
+                let mut files: Vec<PathBuf> = fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        if exact {
+                            n == name
+                        } else {
+                            n.len() >= head.len() + tail.len() && n.starts_with(head) && n.ends_with(tail)
+                        }
+                    })
+                    .map(|e| e.path())
+                    .collect();
+                files.sort();
+                for f in files {
+                    ld_conf_dirs(&f, depth - 1, out);
+                }
+            }
+            continue;
+        }
+        if line.starts_with("hwcap") {
+            continue;
+        }
+        for dir in line.split([' ', '\t', ',', ':', '=']).filter(|d| d.starts_with('/')) {
+            let hidden = Path::new(dir).starts_with(spec::HIDDEN_USR_LOCAL);
+            if !hidden && !out.iter().any(|d| d == dir) {
+                out.push(dir.to_owned());
+            }
+        }
+    }
+}
+
+/// Writes `<etc>/ld.so.conf` (the host's library directories of `host_conf` without those
+/// under `/usr/local`) and builds `<etc>/ld.so.cache` from it with the host's `ldconfig`
+/// (`-X`: the host's library links are never touched). Without `ldconfig` the sandbox has no
+/// cache and the dynamic linker searches its built-in directories.
+fn write_ld_cache(host_conf: &Path, etc: &Path) {
+    let mut dirs = Vec::new();
+    ld_conf_dirs(host_conf, 4, &mut dirs);
+    let conf = etc.join("ld.so.conf");
+    let body: String = dirs.iter().map(|d| format!("{d}\n")).collect();
+    if fs::write(&conf, body).is_err() {
+        return;
+    }
+    let built = ["/sbin/ldconfig", "/usr/sbin/ldconfig"].iter().find(|p| Path::new(p).exists()).map(|ldconfig| {
+        std::process::Command::new(ldconfig)
+            .arg("-X")
+            .arg("-C")
+            .arg(etc.join("ld.so.cache"))
+            .arg("-f")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+    });
+    if !matches!(built, Some(Ok(s)) if s.success()) {
+        tracing::warn!("no dynamic linker cache for sandboxes: ldconfig failed or is missing");
+        let _ = fs::remove_file(etc.join("ld.so.cache"));
+    }
+}
+
+/// Opens `<bundle>/supervisor.log` for appending through a detached copy of the bundle's mount
+/// (`open_tree(OPEN_TREE_CLONE)`), so that the descriptor's path, which the sandbox reads as
+/// `/proc/1/fd/1`, is `/supervisor.log` and not the host path of the state dir. The copy lives
+/// as long as the descriptor and is in no mount namespace.
+fn open_unnamed_log(bundle: &Path) -> std::io::Result<fs::File> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = std::ffi::CString::new(bundle.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    // SAFETY: `dir` is a NUL-terminated string that outlives the call; open_tree reads it and
+    // returns a new descriptor or -1, touching no other memory.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, dir.as_ptr(), flags) };
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by open_tree and is owned by nothing else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = c"supervisor.log";
+    // SAFETY: `tree` is an open descriptor and `name` a NUL-terminated literal; openat returns a
+    // new descriptor or -1.
+    let log = unsafe {
+        libc::openat(
+            tree.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            0o600 as libc::c_uint,
+        )
+    };
+    if log < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `log` was just returned by openat and is owned by nothing else.
+    Ok(unsafe { fs::File::from_raw_fd(log) })
 }
 
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
@@ -721,6 +835,25 @@ impl Runtime for OciRuntime {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_linker_cache_names_no_directory_under_usr_local() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("conf.d")).unwrap();
+        fs::write(d.join("ld.so.conf"), "include conf.d/*.conf\n/opt/lib # a comment\n").unwrap();
+        fs::write(d.join("conf.d/libc.conf"), "# libc\n/usr/local/lib\n").unwrap();
+        fs::write(d.join("conf.d/x86_64.conf"), "/usr/local/lib/x86_64-linux-gnu\n/lib/x86_64-linux-gnu\n").unwrap();
+        fs::write(d.join("conf.d/loop.conf"), "include ../ld.so.conf\n/usr/lib/extra, /usr/local\n").unwrap();
+        fs::write(d.join("conf.d/ignored.txt"), "/usr/lib/ignored\n").unwrap();
+        let mut dirs = Vec::new();
+        ld_conf_dirs(&d.join("ld.so.conf"), 4, &mut dirs);
+        // An include loop ends at the depth bound; every directory is listed once.
+        dirs.sort();
+        assert_eq!(dirs, ["/lib/x86_64-linux-gnu", "/opt/lib", "/usr/lib/extra"]);
+    }
+
     #[test]
     fn sandbox_ids_are_checked_before_they_touch_a_path() {
         assert!(super::is_sandbox_id("sbx_0123abcd"));

@@ -8,7 +8,8 @@
 //! ([`SOCKET_FAMILIES`]), netlink by protocol ([`NETLINK_PROTOCOLS`]), and calls Docker allows
 //! by default that reach far into the kernel or past the sandbox (`io_uring_*`, `ptrace`,
 //! `name_to_handle_at`, clock adjustment) are not allowed. `clone3` fails with `ENOSYS`, whose
-//! flags a filter cannot inspect, so that libc falls back to `clone`, which is filtered.
+//! flags a filter cannot inspect, so that libc falls back to `clone`, which is filtered; so does
+//! the 32-bit `socketcall` multiplexer, whose arguments a filter cannot read either.
 //! `docs/threat-model.md` lists every difference to Docker's and gVisor's profiles.
 
 use oci_spec::runtime::{
@@ -466,13 +467,19 @@ pub const AF_UNIX: u64 = 1;
 /// `EPERM`.
 pub const NETLINK_PROTOCOLS: &[(u64, &str)] = &[(0, "NETLINK_ROUTE"), (4, "NETLINK_SOCK_DIAG")];
 
-/// `personality` values programs set: the default, `UNAME26`, `ADDR_NO_RANDOMIZE` (which
-/// debuggers and some build tools use), their combination, and the query `0xffffffff`.
+/// `personality` values programs set, as in Docker's profile: the default (`PER_LINUX`),
+/// `PER_LINUX32` (`0x8`, what `linux32` sets), `UNAME26` (`0x20000`), their combination, and the
+/// query `0xffffffff`. Any other flag, such as `ADDR_NO_RANDOMIZE` or `READ_IMPLIES_EXEC`,
+/// fails with `EPERM`.
 pub const PERSONALITIES: &[u64] = &[0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
 
 /// Every `CLONE_NEW*` flag: `clone` and `unshare` are allowed only without them, so no sandbox
 /// makes a new namespace of any kind (a new user namespace would give back every capability).
-pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+/// `CLONE_NEWNS` `0x20000`, `CLONE_NEWCGROUP` `0x0200_0000`, `CLONE_NEWUTS`, `CLONE_NEWIPC`,
+/// `CLONE_NEWUSER`, `CLONE_NEWPID`, `CLONE_NEWNET` (`0x0400_0000` to `0x4000_0000`) and
+/// `CLONE_NEWTIME` `0x80` (an `unshare` flag; in `clone` the bit belongs to the exit signal,
+/// which is never 128 or more).
+pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0080;
 
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
@@ -515,13 +522,23 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     for name in ["clone", "unshare"] {
         syscalls.push(allow(name, vec![arg(0, ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS, 0)?])?);
     }
-    syscalls.push(
-        LinuxSyscallBuilder::default()
-            .names(vec!["clone3".to_owned()])
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ENOSYS)
-            .build()?,
-    );
+    // `clone3` (flags behind a pointer) and the 32-bit `socketcall` multiplexer (arguments
+    // behind a pointer) fail with `ENOSYS`. The `socketcall` rule is needed, not only the
+    // default: on 32-bit x86 (reachable from any 64-bit process through `int 0x80`) libseccomp
+    // turns every rule on a socket call into a `socketcall` rule on the call number alone and
+    // drops its argument filters, so the `socket` rules above would let `socketcall(SOCKET, …)`
+    // through for every family. An unconditional rule on `socketcall` takes precedence over
+    // those; it must differ from the default action (runc drops rules equal to it), hence
+    // `ENOSYS`, which also makes 32-bit libcs use the direct socket calls.
+    for name in ["clone3", "socketcall"] {
+        syscalls.push(
+            LinuxSyscallBuilder::default()
+                .names(vec![name.to_owned()])
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(ENOSYS)
+                .build()?,
+        );
+    }
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(EPERM)
@@ -554,6 +571,23 @@ mod tests {
     }
 
     #[test]
+    fn every_namespace_flag_is_masked() {
+        // CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET, NEWTIME.
+        for flag in [0x2_0000u64, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000, 0x80] {
+            assert_eq!(CLONE_NAMESPACE_FLAGS & flag, flag, "{flag:#x} is not masked");
+        }
+        let v = serde_json::to_value(profile().unwrap()).unwrap();
+        for name in ["clone", "unshare"] {
+            let rules: Vec<&serde_json::Value> =
+                v["syscalls"].as_array().unwrap().iter().filter(|r| r["names"][0] == name).collect();
+            assert_eq!(rules.len(), 1, "{name}");
+            assert_eq!(rules[0]["args"][0]["op"], "SCMP_CMP_MASKED_EQ");
+            assert_eq!(rules[0]["args"][0]["value"], CLONE_NAMESPACE_FLAGS);
+            assert_eq!(rules[0]["args"][0]["valueTwo"], 0);
+        }
+    }
+
+    #[test]
     fn sockets_are_allowed_only_for_their_families() {
         let v = serde_json::to_value(profile().unwrap()).unwrap();
         let rules: Vec<&serde_json::Value> = v["syscalls"]
@@ -576,6 +610,19 @@ mod tests {
             assert!(SOCKET_FAMILIES.iter().any(|(a, _)| a == f), "family {f} allowed");
         }
         assert!(!families.contains(&40), "AF_VSOCK allowed");
+        // The 32-bit multiplexer has a rule of its own that refuses it whatever the call
+        // number: libseccomp turns the `socket` rules into `socketcall` rules without their
+        // argument filters.
+        let socketcall: Vec<&serde_json::Value> = v["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == "socketcall"))
+            .collect();
+        assert_eq!(socketcall.len(), 1, "{socketcall:?}");
+        assert_eq!(socketcall[0]["action"], "SCMP_ACT_ERRNO");
+        assert_ne!(socketcall[0]["errnoRet"], v["defaultErrnoRet"], "runc drops a rule equal to the default");
+        assert!(socketcall[0]["args"].as_array().is_none_or(|a| a.is_empty()));
         // Netlink only with an allowed protocol.
         for rule in rules.iter().filter(|r| r["args"][0]["value"] == AF_NETLINK) {
             let proto = rule["args"][1]["value"].as_u64().unwrap();
