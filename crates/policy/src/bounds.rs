@@ -292,15 +292,18 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// The next token, skipping white space and `//` comments.
+    /// The next token, skipping white space and `//` comments as Cedar's lexer does: white space
+    /// is every Unicode `White_Space` character (its `\s`, so also a vertical tab or a no-break
+    /// space), and a comment ends at a `\n` or a `\r`. Anything Cedar skips that the scan took
+    /// for a token, or the other way round, would hide brackets and accesses from the measures.
     fn next(&mut self) -> Option<Token<'a>> {
         let bytes = self.text.as_bytes();
         loop {
-            while self.pos < bytes.len() && bytes[self.pos].is_ascii_whitespace() {
-                self.pos += 1;
+            while let Some(c) = self.text[self.pos..].chars().next().filter(|c| c.is_whitespace()) {
+                self.pos += c.len_utf8();
             }
             if bytes[self.pos..].starts_with(b"//") {
-                while self.pos < bytes.len() && bytes[self.pos] != b'\n' {
+                while self.pos < bytes.len() && !matches!(bytes[self.pos], b'\n' | b'\r') {
                     self.pos += 1;
                 }
                 continue;
@@ -328,7 +331,7 @@ impl<'a> Scan<'a> {
                 }
                 Token::Operator
             }
-            b'+' | b'*' => Token::Operator,
+            b'+' | b'*' | b'/' | b'%' => Token::Operator,
             b'"' => {
                 // A string literal: `\` escapes the next character, so `\"` does not end it. An
                 // unterminated one runs to the end; Cedar's parser reports it.
@@ -343,8 +346,15 @@ impl<'a> Scan<'a> {
                 self.pos = self.pos.min(bytes.len());
                 Token::Literal
             }
-            b'?' | b'0'..=b'9' => {
+            b'?' => {
                 while bytes.get(self.pos).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+                    self.pos += 1;
+                }
+                Token::Literal
+            }
+            // Cedar's numbers are digits only: in `1in x` the `in` is an operator.
+            b'0'..=b'9' => {
+                while bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
                     self.pos += 1;
                 }
                 Token::Literal

@@ -166,6 +166,28 @@ fn brackets_in_strings_and_comments_do_not_count() {
 }
 
 #[test]
+fn what_cedars_lexer_skips_is_skipped_by_the_scan_and_nothing_more() {
+    // Cedar ends a comment at `\r` too: what follows on the line is code.
+    let text = policy(&format!("true // \r || {}true{}", "(".repeat(100), ")".repeat(100)));
+    refused_naming(&text, Construct::Parentheses);
+    // Every Unicode white space separates tokens in Cedar: an index after it is still an index.
+    for space in ['\u{b}', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}'] {
+        let text = policy(&format!("context{} == 1", format!("{space}[\"a\"]").repeat(1000)));
+        refused_naming(&text, Construct::MemberChain);
+    }
+    // At the bound, the same chain is accepted.
+    let text = policy(&format!("{}true{}{} || true", "{a: ".repeat(16), "}".repeat(16), "\u{a0}[\"a\"]".repeat(16)));
+    assert!(measure(&text).is_ok(), "{:?}", measure(&text));
+    // Numbers are digits only, so `1in` is a literal and an operator; `/` and `%` are operators.
+    assert_eq!(
+        measure(&policy(&format!("1{}", "in 1".repeat(100)))).expect_err("in").construct,
+        Construct::OperatorChain
+    );
+    assert_eq!(measure(&policy(&format!("1{}", "%1".repeat(100)))).expect_err("%").construct, Construct::OperatorChain);
+    assert_eq!(measure(&policy(&format!("1{}", "/1".repeat(100)))).expect_err("/").construct, Construct::OperatorChain);
+}
+
+#[test]
 fn the_body_of_when_and_unless_is_not_a_record_and_elements_do_not_add_up() {
     // Records nested to the bound in each of many conditions and set elements: only the deepest
     // path counts.
