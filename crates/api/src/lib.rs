@@ -505,7 +505,8 @@ pub struct IdentityConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
-    /// The issuer URL: https, or http to a loopback address (development and tests).
+    /// The issuer URL: https, or http to an address literal in a range the operator opened with
+    /// `--outbound-allow`; loopback, private and link-local addresses only in such a range.
     pub issuer: String,
     /// The `aud` the tokens must carry.
     pub audience: String,

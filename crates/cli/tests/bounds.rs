@@ -74,6 +74,17 @@ fn policies_that_nest_too_deeply_are_refused_and_the_server_keeps_answering() {
             (key_list_when(&vec!["true"; 1_000].join("&&")), "a chain of binary operators"),
             (key_list_when(&format!("{}true{}", "{a: ".repeat(100), "}".repeat(100))), "records"),
             (key_list_when(&format!("{}true", "if true then ".repeat(100))), "if-then-else"),
+            // What Cedar's lexer skips the scan skips too: a comment ends at a carriage return,
+            // and every Unicode white space (a vertical tab, a no-break space) separates tokens,
+            // so an index chain written with them is still a chain.
+            (key_list_when(&format!("true // \r || {}true{}", "(".repeat(3000), ")".repeat(3000))), "parentheses"),
+            (key_list_when(&format!("context{} == 1", "\u{b}[\"a\"]".repeat(1000))), "a chain of `.` accesses"),
+            (key_list_when(&format!("context{} == 1", "\u{a0}[\"a\"]".repeat(900))), "a chain of `.` accesses"),
+            // A `like` whose matching costs (n − m) × m steps on every request.
+            (
+                key_list_when(&format!("\"{}\" like \"*{}b\"", "a".repeat(10_500), "a".repeat(5_200))),
+                "the work of the policy's `like` patterns",
+            ),
         ];
         for (policy, named) in &attacks {
             let r = add_policy(&h, "alpha", &owner, policy).await;

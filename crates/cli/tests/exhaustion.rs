@@ -338,3 +338,72 @@ fn a_download_nobody_reads_is_closed_after_the_stall_timeout() {
     let _ = BufReader::new(&mut s).read_to_end(&mut rest);
     assert!((rest.len() as u64) < BIG, "the whole archive arrived although the download was cut");
 }
+
+/// Sends all but the last byte of `body` a byte at a time, one byte per `gap`, after `head`;
+/// whether the server answered or closed the connection meanwhile (the body is never complete,
+/// so an answer is the server cutting it).
+fn cut_while_trickling(s: &mut TcpStream, head: &str, body: &[u8], gap: Duration) -> bool {
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(gap)).unwrap();
+    let mut buf = [0u8; 4096];
+    for b in &body[..body.len() - 1] {
+        if s.write_all(&[*b]).is_err() {
+            return true;
+        }
+        match s.read(&mut buf) {
+            Ok(_) => return true,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn bodies_trickled_a_byte_at_a_time_are_cut_after_the_stall_timeout() {
+    // A byte every 200 ms never stalls for the 2 s timeout, but a body must also make progress
+    // (64 KiB or its end within each stall timeout): 400 bytes would take 80 s.
+    let (_dir, server) = start(&["--stall-timeout", "2s"]);
+    server.ok(None, &["namespace", "create", "tenant", "--disk", "1GiB"]);
+    let key = server.json(None, &["key", "create", "--ns", "tenant", "dev", "--role", "developer"]);
+    let token = key["token"].as_str().unwrap().to_owned();
+    let fs = server.json(Some(&token), &["fs", "create", "--ns", "tenant", "slow", "--size", "64MiB"]);
+    let fs = fs["id"].as_str().unwrap().to_owned();
+    let gap = Duration::from_millis(200);
+
+    // A JSON body: such routes count in no stream bound, so nothing else would stop one key
+    // from holding every connection the server has.
+    let body = format!(r#"{{"name": "slow{}"}}"#, " ".repeat(380)).into_bytes();
+    let head = format!(
+        "POST /v1/namespaces/tenant/projects HTTP/1.1\r\nHost: bulkhead\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut json = connect(&server);
+    assert!(cut_while_trickling(&mut json, &head, &body, gap), "a JSON body trickled a byte at a time was kept");
+
+    // An upload, and the same with a chunked body announcing a huge chunk.
+    let head = format!(
+        "PUT /v1/namespaces/tenant/filesystems/{fs}/files?path=slow.bin HTTP/1.1\r\nHost: bulkhead\r\n\
+         Authorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut upload = connect(&server);
+    assert!(cut_while_trickling(&mut upload, &head, &body, gap), "an upload trickled a byte at a time was kept");
+    let head = format!(
+        "PUT /v1/namespaces/tenant/filesystems/{fs}/files?path=chunked.bin HTTP/1.1\r\nHost: bulkhead\r\n\
+         Authorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFF\r\n"
+    );
+    let mut chunked = connect(&server);
+    assert!(
+        cut_while_trickling(&mut chunked, &head, &body, gap),
+        "a chunked upload trickled a byte at a time was kept"
+    );
+
+    // Nothing was created, and the server still serves.
+    let projects = server.json(Some(&token), &["project", "list", "--ns", "tenant"]);
+    assert!(!projects.to_string().contains("slow"), "{projects}");
+    let mut fresh = connect(&server);
+    fresh.write_all(b"GET /healthz HTTP/1.1\r\nHost: bulkhead\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut fresh).0, 200);
+}

@@ -96,6 +96,12 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
     let r = get_as(&h, "/v1/namespaces/alpha", &stranger).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     assert_envelope(&r, "forbidden");
+    // An email longer than the policies' `like` bound counts on is refused like a bad token.
+    let long = format!("{}@alpha.test", "a".repeat(bulkhead_policy::bounds::MAX_ATTRIBUTE_BYTES));
+    let bloated = a.mint(json!({"sub": "bea", "email": long, "groups": ["eng"]}), None);
+    let r = get_as(&h, "/v1/namespaces/alpha", &bloated).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    assert_envelope(&r, "unauthenticated");
 
     // SSO users show in the audit log with subject and email.
     let r = h

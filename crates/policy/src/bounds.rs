@@ -67,6 +67,19 @@ pub const MAX_OPERATOR_CHAIN: usize = 64;
 /// Longest run of unary `!` or `-`. Cedar itself refuses more than 4.
 pub const MAX_UNARY_RUN: usize = 4;
 
+/// Longest string a `like` can be matched against that does not come from the policy's own
+/// text: an attribute of a principal or resource (a user's `email` is refused at sign-in past
+/// it; names and ids are shorter).
+pub const MAX_ATTRIBUTE_BYTES: usize = 320;
+
+/// Most work the `like` operators of the namespace's policies together may cost one decision,
+/// in character steps: Cedar matches a pattern of m characters against a text of n in up to
+/// n × m steps (`"aaa…" like "*aaa…b"`), so a policy's cost is the bytes of its patterns times
+/// the longest text they can meet (its longest string literal, or [`MAX_ATTRIBUTE_BYTES`]).
+/// About a millisecond of one core in an optimized build; without the bound, 16 KiB policies of
+/// one `like` each cost about 250 ms apiece on every request of the namespace.
+pub const MAX_LIKE_COST: usize = 1 << 20;
+
 /// What a bound limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Construct {
@@ -83,6 +96,8 @@ pub enum Construct {
     MemberChain,
     OperatorChain,
     UnaryRun,
+    LikeCost,
+    SetLikeCost,
 }
 
 impl Construct {
@@ -102,6 +117,10 @@ impl Construct {
             Construct::MemberChain => "a chain of `.` accesses, indexes and method calls is",
             Construct::OperatorChain => "a chain of binary operators (`&&`, `||`, comparisons, `+`, ...) is",
             Construct::UnaryRun => "a run of unary `!` or `-` is",
+            Construct::LikeCost => "the work of the policy's `like` patterns (pattern bytes × longest text)",
+            Construct::SetLikeCost => {
+                "the work of the namespace's `like` patterns together (pattern bytes × longest text)"
+            }
         }
     }
 }
@@ -144,6 +163,8 @@ impl std::error::Error for Exceeded {}
 pub struct Measures {
     pub bytes: usize,
     pub tokens: usize,
+    /// Upper bound of the character steps its `like` operators take in one decision.
+    pub like_cost: usize,
 }
 
 /// Measures `text` and checks every bound of one policy. Never fails on text that is not valid
@@ -160,15 +181,23 @@ pub fn measure(text: &str) -> Result<Measures, Exceeded> {
         }
         scan.step(token)?;
     }
-    Ok(Measures { bytes: text.len(), tokens: scan.tokens })
+    let like_cost = scan.like_bytes.saturating_mul(scan.longest_string.max(MAX_ATTRIBUTE_BYTES));
+    if like_cost > MAX_LIKE_COST {
+        return Err(Exceeded { construct: Construct::LikeCost, max: MAX_LIKE_COST, at: None });
+    }
+    Ok(Measures { bytes: text.len(), tokens: scan.tokens, like_cost })
 }
 
 /// Checks the bounds of a whole set, given the measures of each of its policies.
 pub fn check_set(measures: impl IntoIterator<Item = Measures>) -> Result<(), Exceeded> {
-    let (mut bytes, mut tokens) = (0usize, 0usize);
+    let (mut bytes, mut tokens, mut like_cost) = (0usize, 0usize, 0usize);
     for m in measures {
         bytes = bytes.saturating_add(m.bytes);
         tokens = tokens.saturating_add(m.tokens);
+        like_cost = like_cost.saturating_add(m.like_cost);
+        if like_cost > MAX_LIKE_COST {
+            return Err(Exceeded { construct: Construct::SetLikeCost, max: MAX_LIKE_COST, at: None });
+        }
         if bytes > MAX_SET_BYTES {
             return Err(Exceeded { construct: Construct::SetBytes, max: MAX_SET_BYTES, at: None });
         }
@@ -256,6 +285,11 @@ struct Scan<'a> {
     after_dot: bool,
     /// The previous token was the name of an attribute or method, after a `.`.
     method: bool,
+    /// The previous token was `like`: a string literal now is its pattern.
+    after_like: bool,
+    /// Bytes of the `like` patterns, and of the longest string literal.
+    like_bytes: usize,
+    longest_string: usize,
 }
 
 impl<'a> Scan<'a> {
@@ -271,6 +305,9 @@ impl<'a> Scan<'a> {
             before_body: false,
             after_dot: false,
             method: false,
+            after_like: false,
+            like_bytes: 0,
+            longest_string: 0,
         }
     }
 
@@ -292,15 +329,18 @@ impl<'a> Scan<'a> {
         Ok(())
     }
 
-    /// The next token, skipping white space and `//` comments.
+    /// The next token, skipping white space and `//` comments as Cedar's lexer does: white space
+    /// is every Unicode `White_Space` character (its `\s`, so also a vertical tab or a no-break
+    /// space), and a comment ends at a `\n` or a `\r`. Anything Cedar skips that the scan took
+    /// for a token, or the other way round, would hide brackets and accesses from the measures.
     fn next(&mut self) -> Option<Token<'a>> {
         let bytes = self.text.as_bytes();
         loop {
-            while self.pos < bytes.len() && bytes[self.pos].is_ascii_whitespace() {
-                self.pos += 1;
+            while let Some(c) = self.text[self.pos..].chars().next().filter(|c| c.is_whitespace()) {
+                self.pos += c.len_utf8();
             }
             if bytes[self.pos..].starts_with(b"//") {
-                while self.pos < bytes.len() && bytes[self.pos] != b'\n' {
+                while self.pos < bytes.len() && !matches!(bytes[self.pos], b'\n' | b'\r') {
                     self.pos += 1;
                 }
                 continue;
@@ -328,7 +368,7 @@ impl<'a> Scan<'a> {
                 }
                 Token::Operator
             }
-            b'+' | b'*' => Token::Operator,
+            b'+' | b'*' | b'/' | b'%' => Token::Operator,
             b'"' => {
                 // A string literal: `\` escapes the next character, so `\"` does not end it. An
                 // unterminated one runs to the end; Cedar's parser reports it.
@@ -341,10 +381,22 @@ impl<'a> Scan<'a> {
                     }
                 }
                 self.pos = self.pos.min(bytes.len());
+                let len = self.pos - self.start;
+                self.longest_string = self.longest_string.max(len);
+                if self.after_like {
+                    self.like_bytes = self.like_bytes.saturating_add(len);
+                }
                 Token::Literal
             }
-            b'?' | b'0'..=b'9' => {
+            b'?' => {
                 while bytes.get(self.pos).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_') {
+                    self.pos += 1;
+                }
+                Token::Literal
+            }
+            // Cedar's numbers are digits only: in `1in x` the `in` is an operator.
+            b'0'..=b'9' => {
+                while bytes.get(self.pos).is_some_and(u8::is_ascii_digit) {
                     self.pos += 1;
                 }
                 Token::Literal
@@ -381,6 +433,7 @@ impl<'a> Scan<'a> {
         let before_body = std::mem::replace(&mut self.before_body, false);
         let after_dot = std::mem::replace(&mut self.after_dot, false);
         let method = std::mem::replace(&mut self.method, false);
+        self.after_like = false;
         if !matches!(token, Token::Not | Token::Minus) || (token == Token::Minus && after_operand) {
             self.top().unary_run = 0;
         }
@@ -443,7 +496,11 @@ impl<'a> Scan<'a> {
             Token::Minus | Token::Operator => self.operator()?,
             Token::Punct => self.top().member_run = 0,
             Token::Word(word) => match word {
-                "has" | "like" | "is" | "in" => self.operator()?,
+                "like" => {
+                    self.operator()?;
+                    self.after_like = true;
+                }
+                "has" | "is" | "in" => self.operator()?,
                 "if" => {
                     let frame = self.top();
                     frame.member_run = 0;

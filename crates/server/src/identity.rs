@@ -215,8 +215,9 @@ pub fn role_for(mappings: &std::collections::BTreeMap<String, bulkhead_api::Role
 }
 
 /// Signs a user of `namespace` in with a token of the namespace's identity provider. Any token
-/// problem is the same 401 (the reason goes to the log, never the token); a valid user whose
-/// groups map to no role is a 403.
+/// problem is the same 401 (the reason goes to the log, never the token), and so is an `email`
+/// claim longer than `bulkhead_policy::bounds::MAX_ATTRIBUTE_BYTES`; a valid user whose groups
+/// map to no role is a 403.
 pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -> ApiResult<Principal> {
     let invalid = || ApiError::Unauthenticated("invalid or expired token".into());
     if bulkhead_core::validate::name("namespace", namespace).is_err() {
@@ -236,6 +237,11 @@ pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -
             return Err(invalid());
         }
     };
+    // The policies' `like` bound counts on attribute strings of at most this size.
+    if claims.email.as_ref().is_some_and(|e| e.len() > bulkhead_policy::bounds::MAX_ATTRIBUTE_BYTES) {
+        tracing::info!(namespace, "refused an identity token whose email is too long");
+        return Err(invalid());
+    }
     let Some(role) = role_for(&identity.config.role_mappings, &claims.groups) else {
         return Err(ApiError::Forbidden(format!(
             "user:{} is in no group that maps to a role of namespace {namespace}",

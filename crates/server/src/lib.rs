@@ -120,9 +120,10 @@ pub fn app(state: AppState) -> Router {
 /// [`limits::watchdog`]: at most `max_connections` at once (the rest wait in the listen queue),
 /// and closed when its header does not arrive within the header timeout, when it is idle past
 /// the idle timeout, or when its peer stops reading a response for the stall timeout. Request
-/// bodies fail when they send nothing for the stall timeout ([`limits::StallBody`]). hyper's own
-/// `header_read_timeout` is not used: it also runs while a kept-alive connection waits for its
-/// next request, so it cannot tell a slow header from an idle connection.
+/// bodies fail when they deliver less than 64 KiB, and do not end, within the stall timeout
+/// ([`limits::StallBody`]). hyper's own `header_read_timeout` is not used: it also runs while a
+/// kept-alive connection waits for its next request, so it cannot tell a slow header from an
+/// idle connection.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     sandboxes::spawn_reaper(state.clone());
     metering::spawn_meter(state.clone());

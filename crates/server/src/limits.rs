@@ -5,7 +5,8 @@
 //!   the kernel's accept queue); a request's header must be complete within `header_timeout` of
 //!   its first byte (or of the accept); a keep-alive connection with no request in flight is
 //!   closed after `idle_timeout`; a connection whose peer does not take what the server writes
-//!   for `stall_timeout` is closed, and so is a request body that delivers nothing for as long.
+//!   for `stall_timeout` is closed, and a request body that delivers less than
+//!   [`MIN_BODY_PROGRESS`] (without ending) within as long fails.
 //!   [`ConnState`] tracks one connection, [`Watched`] its socket and [`watchdog`] closes it.
 //! - **Long-running streams** ([`Streams`]): downloads (archives, files, streamed execs, live
 //!   log tails) and uploads (archives, files) are counted per principal, per namespace and for
@@ -450,17 +451,27 @@ impl<IO> Watched<IO> {
     }
 }
 
-/// A request body that fails when it delivers nothing for `stall` while it is being read, so a
-/// client that sends a body slower than that cannot hold a handler.
+/// Bytes a request body must deliver (or end) within every stall timeout while it is read: a
+/// body that trickles a byte now and then makes no progress, so it cannot hold its handler and
+/// connection for ever. With the default stall timeout of 60 s that is about 1 KiB/s.
+pub const MIN_BODY_PROGRESS: usize = CHUNK;
+
+/// A request body that fails when it delivers less than [`MIN_BODY_PROGRESS`] bytes (and does
+/// not end) within `stall` while it is being read, so a client that sends nothing, or sends a
+/// byte at a time, cannot hold a handler and its connection beyond the stall timeout; a body
+/// smaller than that must arrive whole within it.
 pub struct StallBody<B> {
     inner: B,
     stall: Duration,
+    /// Runs from the first wait for data after the last progress.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Bytes delivered since the timer started.
+    progress: usize,
 }
 
 impl<B> StallBody<B> {
     pub fn new(inner: B, stall: Duration) -> Self {
-        StallBody { inner, stall, timer: None }
+        StallBody { inner, stall, timer: None, progress: 0 }
     }
 }
 
@@ -478,8 +489,19 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let bytes = frame.data_ref().map_or(0, Bytes::len);
+                this.progress = this.progress.saturating_add(bytes);
+                if this.progress >= MIN_BODY_PROGRESS || this.timer.is_none() {
+                    // Enough progress (or none awaited yet): the next wait starts a new window.
+                    this.timer = None;
+                    this.progress = 0;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
             Poll::Ready(frame) => {
                 this.timer = None;
+                this.progress = 0;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
@@ -487,7 +509,9 @@ where
                 let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                 if timer.as_mut().poll(cx).is_ready() {
                     this.timer = None;
-                    return Poll::Ready(Some(Err("the request body stalled past the stall timeout".into())));
+                    return Poll::Ready(Some(Err(
+                        "the request body delivered too little within the stall timeout".into()
+                    )));
                 }
                 Poll::Pending
             }

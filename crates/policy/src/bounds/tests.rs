@@ -87,8 +87,13 @@ fn generated(construct: Construct, n: usize) -> String {
             let inner = n - 1 - 2 * brackets;
             format!("{}{}{}", "(".repeat(brackets), vec!["true"; inner + 1].join(" || "), ") && true".repeat(brackets))
         }
-        Construct::Bytes | Construct::Tokens | Construct::SetBytes | Construct::SetTokens => {
-            unreachable!("sizes have their own test")
+        Construct::Bytes
+        | Construct::Tokens
+        | Construct::SetBytes
+        | Construct::SetTokens
+        | Construct::LikeCost
+        | Construct::SetLikeCost => {
+            unreachable!("sizes and `like` costs have their own tests")
         }
     })
 }
@@ -163,6 +168,28 @@ fn brackets_in_strings_and_comments_do_not_count() {
     assert!(measure(&text).is_ok());
     let text = policy(&format!("\"\\\\\" == \"\" || {}true{}", "(".repeat(100), ")".repeat(100)));
     assert_eq!(measure(&text).expect_err("outside the string").construct, Construct::Parentheses);
+}
+
+#[test]
+fn what_cedars_lexer_skips_is_skipped_by_the_scan_and_nothing_more() {
+    // Cedar ends a comment at `\r` too: what follows on the line is code.
+    let text = policy(&format!("true // \r || {}true{}", "(".repeat(100), ")".repeat(100)));
+    refused_naming(&text, Construct::Parentheses);
+    // Every Unicode white space separates tokens in Cedar: an index after it is still an index.
+    for space in ['\u{b}', '\u{85}', '\u{a0}', '\u{2028}', '\u{3000}'] {
+        let text = policy(&format!("context{} == 1", format!("{space}[\"a\"]").repeat(1000)));
+        refused_naming(&text, Construct::MemberChain);
+    }
+    // At the bound, the same chain is accepted.
+    let text = policy(&format!("{}true{}{} || true", "{a: ".repeat(16), "}".repeat(16), "\u{a0}[\"a\"]".repeat(16)));
+    assert!(measure(&text).is_ok(), "{:?}", measure(&text));
+    // Numbers are digits only, so `1in` is a literal and an operator; `/` and `%` are operators.
+    assert_eq!(
+        measure(&policy(&format!("1{}", "in 1".repeat(100)))).expect_err("in").construct,
+        Construct::OperatorChain
+    );
+    assert_eq!(measure(&policy(&format!("1{}", "%1".repeat(100)))).expect_err("%").construct, Construct::OperatorChain);
+    assert_eq!(measure(&policy(&format!("1{}", "/1".repeat(100)))).expect_err("/").construct, Construct::OperatorChain);
 }
 
 #[test]
@@ -368,4 +395,35 @@ fn has_like_is_and_in_count_in_operator_chains() {
     };
     accepted_and_decided(chain(MAX_OPERATOR_CHAIN));
     refused_naming(&chain(MAX_OPERATOR_CHAIN + 1), Construct::OperatorChain);
+}
+
+#[test]
+fn like_patterns_are_bounded_by_the_work_they_cost() {
+    // Cedar matches `"a"×n like "*" "a"×m "b"` in about (n − m) × m steps: 27 million here,
+    // a quarter of a second for every request of the namespace, per such policy.
+    let attack = policy(&format!("\"{}\" like \"*{}b\"", "a".repeat(10_500), "a".repeat(5_200)));
+    assert!(attack.len() <= MAX_POLICY_BYTES);
+    refused_naming(&attack, Construct::LikeCost);
+    // Ordinary patterns are far below the bound, and the bound holds for the set together.
+    let ordinary = policy("principal has email && principal.email like \"*@example.com\"");
+    let m = measure(&ordinary).expect("an ordinary pattern");
+    assert_eq!(m.like_cost, "\"*@example.com\"".len() * MAX_ATTRIBUTE_BYTES);
+    accepted_or_denied(ordinary);
+    let fits = MAX_LIKE_COST / m.like_cost;
+    assert!(fits > 100, "{fits}");
+    assert!(check_set(vec![m; fits]).is_ok());
+    let e = check_set(vec![m; fits + 1]).expect_err("past the set's bound");
+    assert_eq!(e.construct, Construct::SetLikeCost);
+    // A literal matched against a pattern counts with its own length.
+    let text = policy(&format!("\"{}\" like \"*a\"", "a".repeat(4096)));
+    assert_eq!(measure(&text).expect("small").like_cost, 4 * 4098);
+}
+
+/// Checks and compiles `text` on the server's stack.
+fn accepted_or_denied(text: String) {
+    on_server_stack(move || {
+        let engine = Engine::new();
+        engine.check_policy(&text).unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        engine.compile(&[("pol_x".to_owned(), text.clone())]).expect("compiles");
+    })
 }
