@@ -582,6 +582,45 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let r = h.call(Method::POST, &exec(&sa), Some(&dev), json!({"cmd": ["true"]})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
+    // `authz/explain` by a manager limited to project A: project B's sandbox, as principal or as
+    // resource, is explained exactly as a missing one, so the answer never tells it exists.
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/keys",
+            Some(&admin),
+            json!({"name": "scoped-admin", "role": "admin", "projects": [pa]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let scoped_admin = r.body["token"].as_str().unwrap().to_owned();
+    let (dev_id, _) = h.create_key("alpha", "dev2", "developer").await;
+    let explain = |principal: String, resource: String| {
+        let h = &h;
+        let token = scoped_admin.clone();
+        async move {
+            let body = json!({"principal": principal, "action": "sandbox.exec", "resource": resource});
+            h.call(Method::POST, "/v1/namespaces/alpha/authz/explain", Some(&token), body).await
+        }
+    };
+    let seen = explain(format!("sandbox:{sb}"), "namespace:alpha".into()).await;
+    let ghost = explain(format!("sandbox:{missing}"), "namespace:alpha".into()).await;
+    assert_eq!(seen.status, StatusCode::BAD_REQUEST, "{}", seen.body);
+    assert_eq!(
+        seen.body["error"]["message"].as_str().unwrap().replace(&sb, "ID"),
+        ghost.body["error"]["message"].as_str().unwrap().replace(missing, "ID"),
+        "explain told another project's sandbox from a missing one"
+    );
+    let seen = explain(format!("key:{dev_id}"), format!("sandbox:{sb}")).await;
+    let ghost = explain(format!("key:{dev_id}"), format!("sandbox:{missing}")).await;
+    assert_eq!(seen.status, StatusCode::OK, "{}", seen.body);
+    assert_eq!(seen.body, ghost.body, "explain told another project's sandbox from a missing one");
+    // The namespace-wide admin is told the truth: the policy on project B denies.
+    let body =
+        json!({"principal": format!("key:{dev_id}"), "action": "sandbox.exec", "resource": format!("sandbox:{sb}")});
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/authz/explain", Some(&admin), body).await;
+    assert_eq!(r.body["decision"], "deny", "{}", r.body);
+
     // The same key, on project A's sandbox: every route works.
     for (method, template) in sandbox_operations() {
         for req in sandbox_requests(&method, &template, &sa, &scoped) {

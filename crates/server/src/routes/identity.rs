@@ -215,6 +215,8 @@ pub async fn explain(
                 .get_sandbox(&ns, &id)
                 .await?
                 .filter(|s| s.status != SandboxStatus::Deleted)
+                // One the caller may not see (another project's) is answered like a missing one.
+                .filter(|s| ctx.principal.sees_sandbox(s.filesystem.is_some(), s.project.as_deref()))
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no sandbox {id}")))?;
             (PrincipalRef::Sandbox { id, creator: sbx.creator, project: sbx.project }, None)
         }
@@ -232,15 +234,21 @@ pub async fn explain(
             (PrincipalRef::User { sub, role, email: String::new(), groups: Vec::new() }, Some(role))
         }
     };
+    // A resource the caller may not see (another project's) is explained as a missing one: with
+    // no project, so the answer never tells whether it exists.
     match &mut resource {
         ResourceRef::Filesystem { id, project } => {
             if let Some(f) = ctx.state.store.get_filesystem(&ns, id).await? {
-                *project = f.project_id;
+                if ctx.principal.sees_project(f.project_id.as_deref()) {
+                    *project = f.project_id;
+                }
             }
         }
         ResourceRef::Sandbox { id, project } => {
             if let Some(s) = ctx.state.store.get_sandbox(&ns, id).await? {
-                *project = s.project;
+                if ctx.principal.sees_sandbox(s.filesystem.is_some(), s.project.as_deref()) {
+                    *project = s.project;
+                }
             }
         }
         _ => {}
