@@ -129,6 +129,16 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
         let (good, _) = bodies(&route, 2);
         let r = h.send(post(&h, &route, "retry-2", &good)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{route}: {}", r.body);
+        // Two keys on one request: refused, and nothing is made.
+        let (third, _) = bodies(&route, 4);
+        let before = count(&h, &route).await;
+        let mut req = post(&h, &route, "retry-3", &third);
+        req.headers_mut().append("idempotency-key", "retry-4".parse().unwrap());
+        let r = h.send(req).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}: {}", r.body);
+        assert_envelope(&r, "invalid_request");
+        assert!(r.body["error"]["message"].as_str().unwrap().contains("Idempotency-Key"), "{}", r.body);
+        assert_eq!(count(&h, &route).await, before, "{route}: nothing made");
     }
 }
 

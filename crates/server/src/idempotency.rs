@@ -72,7 +72,12 @@ pub fn replay_response(reply: IdempotentReply) -> ApiResult<Response> {
 
 /// The key of a request, if it carries one: 1 to 255 visible ASCII characters.
 fn key_of(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(value) = headers.get(HEADER) else { return Ok(None) };
+    let mut values = headers.get_all(HEADER).iter();
+    let Some(value) = values.next() else { return Ok(None) };
+    // Two keys on one request cannot both hold; taking either would be a guess.
+    if values.next().is_some() {
+        return Err(ApiError::Invalid("Idempotency-Key: given more than once".into()));
+    }
     let key = value
         .to_str()
         .ok()
