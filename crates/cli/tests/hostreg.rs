@@ -128,6 +128,30 @@ fn a_cgroup_prefix_has_one_server() {
     second.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
 }
 
+/// A data dir wiped and used again holds a new store: that store takes over the entry of the one
+/// it replaced, so the operator's server starts again in its cgroup prefix without a manual step.
+#[test]
+fn a_data_dir_made_again_takes_over_its_old_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let data = dir.path().join("data");
+    let names = runtime_names();
+    let mut first = Server::spawn(&data, names.clone(), &registry, &[]).unwrap();
+    first.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
+    first.ok(None, &["namespace", "delete", "acme"]);
+    first.stop();
+    let old: Vec<String> = HostRegistry::open(&registry).unwrap().owners().unwrap().into_iter().map(|o| o.id).collect();
+    assert_eq!(old.len(), 1);
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let second = Server::spawn(&data, names.clone(), &registry, &[]).expect("a new store in the same data dir starts");
+    second.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
+    let owners = HostRegistry::open(&registry).unwrap().owners().unwrap();
+    assert_eq!(owners.len(), 1, "{owners:?}");
+    assert_ne!(owners[0].id, old[0], "the new store holds the entry");
+    assert!(owners[0].cgroup_prefixes.contains(&names.1), "{owners:?}");
+}
+
 #[test]
 fn a_range_held_by_another_server_stops_a_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -167,6 +167,20 @@ pub struct SyncReport {
     pub registered: usize,
     /// Ranges the registry listed for the owner that its store no longer uses.
     pub released: usize,
+    /// Owners forgotten at a start because their data dir now holds another store
+    /// ([`HostRegistry::start_owner`]).
+    pub superseded: Vec<String>,
+}
+
+/// Removes `owner` from `doc` and releases everything it holds; whether it was there.
+fn forget_in(doc: &mut Document, owner: &str) -> bool {
+    let before = doc.owners.len();
+    doc.owners.retain(|o| o.id != owner);
+    let (gone, kept): (Vec<IdClaim>, Vec<IdClaim>) =
+        std::mem::take(&mut doc.ids).into_iter().partition(|c| c.owner == owner);
+    doc.ids = kept;
+    doc.released.extend(gone.into_iter().map(|c| Released { start: c.start, size: c.size }));
+    doc.owners.len() != before
 }
 
 /// The registry file and its lock.
@@ -508,6 +522,11 @@ impl HostRegistry {
 
     /// A server's start in one change, all or nothing: registers `owner` (labelled `label`),
     /// claims `cgroup_prefix` and syncs its ranges with `keep` as [`Self::sync_ids`] does.
+    ///
+    /// Another owner with the same `label` (a data dir) is a store that was removed and made
+    /// again in that data dir: a data dir holds one store, so that owner is gone for good, and
+    /// its entry is forgotten (as [`Self::forget_owner`] does) before this one is registered.
+    /// Returns the ids of the owners so forgotten in [`SyncReport::superseded`].
     pub fn start_owner(
         &self,
         owner: &str,
@@ -520,9 +539,15 @@ impl HostRegistry {
         check_cgroup_prefix(cgroup_prefix)?;
         check_keep(keep)?;
         self.transact(|doc| {
+            let superseded: Vec<String> =
+                doc.owners.iter().filter(|o| o.label == label && o.id != owner).map(|o| o.id.clone()).collect();
+            for gone in &superseded {
+                forget_in(doc, gone);
+            }
             self.register_in(doc, owner, label)?;
             self.claim_in(doc, owner, cgroup_prefix)?;
-            let report = self.sync_in(doc, owner, keep, true)?;
+            let mut report = self.sync_in(doc, owner, keep, true)?;
+            report.superseded = superseded;
             let entry = doc.owner(owner).cloned().ok_or_else(|| RegistryError::Invalid {
                 field: "owner",
                 reason: format!("{owner} is not registered"),
@@ -636,15 +661,7 @@ impl HostRegistry {
     /// Removes `owner` and releases everything it holds: for an operator retiring a server
     /// whose data is gone for good, and for tests.
     pub fn forget_owner(&self, owner: &str) -> Result<bool> {
-        self.transact(|doc| {
-            let before = doc.owners.len();
-            doc.owners.retain(|o| o.id != owner);
-            let (gone, kept): (Vec<IdClaim>, Vec<IdClaim>) =
-                std::mem::take(&mut doc.ids).into_iter().partition(|c| c.owner == owner);
-            doc.ids = kept;
-            doc.released.extend(gone.into_iter().map(|c| Released { start: c.start, size: c.size }));
-            Ok(doc.owners.len() != before)
-        })
+        self.transact(|doc| Ok(forget_in(doc, owner)))
     }
 
     /// Every owner, as on disk now.
@@ -742,7 +759,7 @@ mod tests {
         r.register_owner("sto_b", "/data/b").unwrap();
         let old = IdRange { host_start: ID_BASE + ID_RANGE, size: ID_RANGE };
         let report = r.sync_ids("sto_a", &[(old, "acme".into())]).unwrap();
-        assert_eq!(report, SyncReport { registered: 1, released: 0 });
+        assert_eq!(report, SyncReport { registered: 1, released: 0, superseded: vec![] });
         r.hold_ids("sto_a", old, "acme").unwrap();
         let e = r.hold_ids("sto_b", old, "other").unwrap_err();
         assert!(matches!(e, RegistryError::Taken { ref owner, .. } if owner == "sto_a"), "{e}");
@@ -755,7 +772,7 @@ mod tests {
         assert!(disjoint(&[old, a1, a2]));
         // Syncing releases what the store no longer uses.
         let report = r.sync_ids("sto_b", &[(a2, "n2".into())]).unwrap();
-        assert_eq!(report, SyncReport { registered: 0, released: 1 });
+        assert_eq!(report, SyncReport { registered: 0, released: 1, superseded: vec![] });
     }
 
     #[test]
@@ -805,6 +822,23 @@ mod tests {
         assert!(r.forget_owner("sto_a").unwrap());
         r.claim_cgroup_prefix("sto_b", "p").unwrap();
         assert!(r.id_claims().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_made_again_in_its_data_dir_takes_over_the_gone_ones_entry() {
+        let (_d, r) = registry();
+        let held = IdRange { host_start: 1_000_000, size: ID_RANGE };
+        r.start_owner("sto_old", "/srv/data", "p", &[(held, "n".to_owned())]).unwrap();
+        r.start_owner("sto_other", "/srv/other", "q", &[]).unwrap();
+        // Another data dir may not take the prefix: that store may still be alive.
+        let e = r.start_owner("sto_new", "/srv/new", "p", &[]).unwrap_err();
+        assert!(matches!(e, RegistryError::Taken { .. }), "{e}");
+        // The same data dir holding a new store: the old one is gone, its entry goes with it.
+        let (_, report) = r.start_owner("sto_new", "/srv/data", "p", &[]).unwrap();
+        assert_eq!(report.superseded, ["sto_old"]);
+        let owners: Vec<String> = r.owners().unwrap().into_iter().map(|o| o.id).collect();
+        assert_eq!(owners, ["sto_other", "sto_new"]);
+        assert!(r.id_claims().unwrap().is_empty(), "the gone store's range is released");
     }
 
     #[test]

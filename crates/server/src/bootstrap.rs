@@ -141,8 +141,11 @@ async fn host_ids(store: &dyn Store, config: &ServerConfig) -> Result<crate::hos
             break;
         }
     }
+    // The label is the data dir's canonical path: a store made again in the same data dir
+    // takes over the entry of the one it replaced (see `HostRegistry::start_owner`).
+    let data_dir = std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     let (path, label, prefix) =
-        (config.host_registry.clone(), config.data_dir.display().to_string(), config.runtime.cgroup_prefix.clone());
+        (config.host_registry.clone(), data_dir.display().to_string(), config.runtime.cgroup_prefix.clone());
     let started = tokio::task::spawn_blocking(move || {
         let registry = bulkhead_runtime::hostreg::HostRegistry::open(&path)?;
         crate::hostids::HostIds::start(registry, &owner, &label, &prefix, &namespaces)

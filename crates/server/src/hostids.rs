@@ -49,6 +49,14 @@ impl HostIds {
         let keep: Vec<(IdRange, String)> =
             namespaces.iter().map(|n| (IdRange { host_start: n.id_start, size: n.id_count }, n.name.clone())).collect();
         let (entry, report) = registry.start_owner(owner, label, cgroup_prefix, &keep)?;
+        for gone in &report.superseded {
+            tracing::warn!(
+                superseded = %gone,
+                data_dir = label,
+                registry = %registry.path().display(),
+                "the data dir holds a new store; the host registry entry of the store it replaced is forgotten"
+            );
+        }
         if report.registered > 0 || report.released > 0 {
             tracing::info!(
                 registered = report.registered,
