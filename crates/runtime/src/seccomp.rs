@@ -496,6 +496,18 @@ fn allow(name: &str, args: Vec<LinuxSeccompArg>) -> Result<LinuxSyscall, OciSpec
         .build()
 }
 
+/// The architectures the filter is built for: the host's own and the ones its kernel also
+/// runs (32-bit x86 and x32 on x86_64, 32-bit Arm on aarch64), as Docker's profile does. The
+/// runtime compiles the filter inside the sandbox's cgroup at every start, so a filter for an
+/// architecture the host cannot run would cost every start CPU time for nothing.
+fn host_architectures() -> Vec<Arch> {
+    if cfg!(target_arch = "aarch64") {
+        vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
+    } else {
+        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+    }
+}
+
 /// The profile.
 pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     use LinuxSeccompOperator::{ScmpCmpEq, ScmpCmpMaskedEq};
@@ -542,7 +554,7 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
         .default_errno_ret(EPERM)
-        .architectures(vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32, Arch::ScmpArchAarch64])
+        .architectures(host_architectures())
         .syscalls(syscalls)
         .build()
 }
