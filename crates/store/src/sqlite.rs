@@ -300,6 +300,18 @@ fn audit_row(row: &SqliteRow) -> Result<AuditRecord> {
 }
 
 /// The chain's checkpoint as stored.
+/// A chain's head: its last sequence number and hash; `None` for a chain with no record yet.
+async fn read_head(conn: &mut sqlx::SqliteConnection, chain: &str) -> Result<Option<(u64, String)>> {
+    let row = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?))),
+        None => Ok(None),
+    }
+}
+
 async fn read_checkpoint(conn: &mut sqlx::SqliteConnection, chain: &str) -> Result<Option<Checkpoint>> {
     let row = sqlx::query("SELECT seq, hash, time_ms FROM audit_checkpoints WHERE chain = ?")
         .bind(chain)
@@ -510,14 +522,7 @@ impl Store for SqliteStore {
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
         let _w = self.write.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let head = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
-            .bind(chain)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let head = match head {
-            Some(row) => Some((as_u64(&row, "last_seq")?, row.try_get::<String, _>("last_hash")?)),
-            None => None,
-        };
+        let head = read_head(&mut tx, chain).await?;
         let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
         let e = &record.event;
         sqlx::query(
@@ -599,14 +604,7 @@ impl Store for SqliteStore {
         // the checkpoint, the records and the head agree however many appends run meanwhile.
         let mut tx = self.pool.begin().await?;
         let checkpoint = read_checkpoint(&mut tx, chain).await?;
-        let head = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
-            .bind(chain)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let head = match head {
-            Some(row) => Some((as_u64(&row, "last_seq")?, row.try_get::<String, _>("last_hash")?)),
-            None => None,
-        };
+        let head = read_head(&mut tx, chain).await?;
         let mut verifier = match &checkpoint {
             Some(c) => audit::Verifier::after(chain, c),
             None => audit::Verifier::new(chain),
@@ -656,14 +654,8 @@ impl Store for SqliteStore {
     }
 
     async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>> {
-        let row = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
-            .bind(chain)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => Ok(Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?))),
-            None => Ok(None),
-        }
+        let mut conn = self.pool.acquire().await?;
+        read_head(&mut conn, chain).await
     }
 
     async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
