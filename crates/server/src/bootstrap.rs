@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bulkhead_core::ids::{hex, random_bytes, unhex};
 use bulkhead_core::token::{self, TokenHasher, ADMIN_TOKEN_PREFIX};
+use bulkhead_store::prelude::*;
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{Store, StoreError};
 

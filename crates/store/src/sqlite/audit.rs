@@ -1,0 +1,189 @@
+//! Queries of the audit chains: an append seals the record against the chain head, moves the
+//! head and prunes past the retention behind a checkpoint, all in one transaction; a
+//! verification reads checkpoint, records and head from one snapshot.
+
+use async_trait::async_trait;
+use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqliteConnection};
+
+use super::{all, as_i64, as_u64, one, select, FromRow, SqliteStore};
+use crate::{AuditQuery, AuditStore, Result, StoreError};
+
+impl FromRow for AuditRecord {
+    const TABLE: &'static str = "audit_records";
+    const COLUMNS: &'static str =
+        "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
+    const KEY: &'static str = "seq";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        let status: i64 = row.try_get("status")?;
+        Ok(AuditRecord {
+            chain: row.try_get("chain")?,
+            seq: as_u64(row, "seq")?,
+            event: AuditEvent {
+                time_ms: row.try_get("time_ms")?,
+                principal: row.try_get("principal")?,
+                action: row.try_get("action")?,
+                resource: row.try_get("resource")?,
+                decision: row.try_get("decision")?,
+                status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
+                request_id: row.try_get("request_id")?,
+                detail: row.try_get("detail")?,
+            },
+            prev_hash: row.try_get("prev_hash")?,
+            hash: row.try_get("hash")?,
+        })
+    }
+}
+
+impl FromRow for Checkpoint {
+    const TABLE: &'static str = "audit_checkpoints";
+    const COLUMNS: &'static str = "seq, hash, time_ms";
+    const KEY: &'static str = "chain";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        Ok(Checkpoint { seq: as_u64(row, "seq")?, hash: row.try_get("hash")?, time_ms: row.try_get("time_ms")? })
+    }
+}
+
+/// A chain's head: its last sequence number and hash; `None` for a chain with no record yet.
+async fn read_head(conn: &mut SqliteConnection, chain: &str) -> Result<Option<(u64, String)>> {
+    let row = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = ?")
+        .bind(chain)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(row) => Ok(Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?))),
+        None => Ok(None),
+    }
+}
+
+/// The chain's checkpoint as stored; `None` while nothing was pruned.
+async fn read_checkpoint(conn: &mut SqliteConnection, chain: &str) -> Result<Option<Checkpoint>> {
+    one(conn, sqlx::query(&select::<Checkpoint>("WHERE chain = ?")).bind(chain)).await
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
+        let mut tx = self.write_tx().await?;
+        let head = read_head(&mut tx, chain).await?;
+        let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
+        let e = &record.event;
+        sqlx::query(&format!(
+            "INSERT INTO audit_records ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            AuditRecord::COLUMNS
+        ))
+        .bind(chain)
+        .bind(as_i64(record.seq))
+        .bind(e.time_ms)
+        .bind(&e.principal)
+        .bind(&e.action)
+        .bind(&e.resource)
+        .bind(&e.decision)
+        .bind(i64::from(e.status))
+        .bind(&e.request_id)
+        .bind(&e.detail)
+        .bind(&record.prev_hash)
+        .bind(&record.hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
+             ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+        )
+        .bind(chain)
+        .bind(as_i64(record.seq))
+        .bind(&record.hash)
+        .execute(&mut *tx)
+        .await?;
+        // Retention: keep the newest `audit_retention` records; the checkpoint moves to the last
+        // record pruned, whose hash the first record kept links to. Sequence numbers are
+        // contiguous, so what is kept is `seq - checkpoint`.
+        let pruned_through = read_checkpoint(&mut tx, chain).await?.map_or(0, |c| c.seq);
+        let keep_from = record.seq.saturating_sub(self.audit_retention);
+        if keep_from > pruned_through {
+            let last: String = sqlx::query("SELECT hash FROM audit_records WHERE chain = ? AND seq = ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("hash")?;
+            sqlx::query("DELETE FROM audit_records WHERE chain = ? AND seq <= ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
+            )
+            .bind(chain)
+            .bind(as_i64(keep_from))
+            .bind(&last)
+            .bind(record.event.time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn list_audit(&self, chain: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        let sql = select::<AuditRecord>(
+            "WHERE chain = ? AND seq > ? \
+             AND (? IS NULL OR action = ?) AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) \
+             ORDER BY seq LIMIT ?",
+        );
+        let query = sqlx::query(&sql)
+            .bind(chain)
+            .bind(as_i64(q.after_seq))
+            .bind(q.action.as_deref())
+            .bind(q.action.as_deref())
+            .bind(q.since_ms)
+            .bind(q.since_ms)
+            .bind(q.until_ms)
+            .bind(q.until_ms)
+            .bind(i64::from(q.limit));
+        all(&self.pool, query).await
+    }
+
+    async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>> {
+        let mut conn = self.pool.acquire().await?;
+        read_head(&mut conn, chain).await
+    }
+
+    async fn audit_checkpoint(&self, chain: &str) -> Result<Option<Checkpoint>> {
+        let mut conn = self.pool.acquire().await?;
+        read_checkpoint(&mut conn, chain).await
+    }
+
+    async fn verify_audit(&self, chain: &str) -> Result<Verification> {
+        // One read transaction: in WAL mode its snapshot holds for every statement in it, so
+        // the checkpoint, the records and the head agree however many appends run meanwhile.
+        let mut tx = self.pool.begin().await?;
+        let checkpoint = read_checkpoint(&mut tx, chain).await?;
+        let head = read_head(&mut tx, chain).await?;
+        let mut verifier = match &checkpoint {
+            Some(c) => audit::Verifier::after(chain, c),
+            None => audit::Verifier::new(chain),
+        };
+        let mut after = checkpoint.as_ref().map_or(0, |c| c.seq);
+        const BATCH: i64 = 1000;
+        let sql = select::<AuditRecord>("WHERE chain = ? AND seq > ? ORDER BY seq LIMIT ?");
+        loop {
+            let records: Vec<AuditRecord> =
+                all(&mut *tx, sqlx::query(&sql).bind(chain).bind(as_i64(after)).bind(BATCH)).await?;
+            for record in &records {
+                after = record.seq;
+                verifier.push(record);
+            }
+            if records.len() < BATCH as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(verifier.finish(head.as_ref().map(|(s, h)| (*s, h.as_str()))))
+    }
+}

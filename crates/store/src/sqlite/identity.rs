@@ -1,0 +1,151 @@
+//! Queries of a namespace's identity aggregate: identity settings, custom policies (counted
+//! against their cap in one transaction), the data key and the secrets sealed under it.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{all, select, within, Constraints, FromRow, SqliteStore};
+use crate::{IdentityStore, PolicyRow, Result, SecretRow};
+
+impl FromRow for PolicyRow {
+    const TABLE: &'static str = "policies";
+    const COLUMNS: &'static str = "id, namespace, name, text, created_at_ms";
+    const KEY: &'static str = "id";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        Ok(PolicyRow {
+            id: row.try_get("id")?,
+            namespace: row.try_get("namespace")?,
+            name: row.try_get("name")?,
+            text: row.try_get("text")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        })
+    }
+}
+
+impl FromRow for SecretRow {
+    const TABLE: &'static str = "secrets";
+    const COLUMNS: &'static str = "id, namespace, name, sealed, created_at_ms, updated_at_ms";
+    const KEY: &'static str = "name";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        Ok(SecretRow {
+            id: row.try_get("id")?,
+            namespace: row.try_get("namespace")?,
+            name: row.try_get("name")?,
+            sealed: row.try_get("sealed")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    }
+}
+
+/// A secret's metadata: its row with an empty value, so listing never reads a sealed one.
+const SECRET_METADATA: &str = "id, namespace, name, X'' AS sealed, created_at_ms, updated_at_ms";
+
+#[async_trait]
+impl IdentityStore for SqliteStore {
+    async fn get_identity(&self, namespace: &str) -> Result<Option<String>> {
+        let q = sqlx::query_scalar("SELECT config FROM namespace_identity WHERE namespace = ?").bind(namespace);
+        Ok(q.fetch_optional(&self.pool).await?)
+    }
+
+    async fn put_identity(&self, namespace: &str, config: Option<&str>, now_ms: i64) -> Result<()> {
+        let write = match config {
+            Some(config) => sqlx::query(
+                "INSERT INTO namespace_identity (namespace, config, updated_at_ms) VALUES (?, ?, ?) \
+                 ON CONFLICT (namespace) DO UPDATE SET config = excluded.config, updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(namespace)
+            .bind(config)
+            .bind(now_ms),
+            None => sqlx::query("DELETE FROM namespace_identity WHERE namespace = ?").bind(namespace),
+        };
+        Constraints::default().missing(format!("namespace {namespace}")).check(self.execute(write).await)?;
+        Ok(())
+    }
+
+    async fn create_policy(&self, p: &PolicyRow, max: u32) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM policies WHERE namespace = ?")
+            .bind(&p.namespace)
+            .fetch_one(&mut *tx)
+            .await?;
+        within("policies", u64::from(max), u64::try_from(count).unwrap_or(0), 1)?;
+        let r = sqlx::query(&format!("INSERT INTO policies ({}) VALUES (?, ?, ?, ?, ?)", PolicyRow::COLUMNS))
+            .bind(&p.id)
+            .bind(&p.namespace)
+            .bind(&p.name)
+            .bind(&p.text)
+            .bind(p.created_at_ms)
+            .execute(&mut *tx)
+            .await;
+        Constraints::default().taken(format!("policy {}", p.name)).check(r)?;
+        tx.commit().await
+    }
+
+    async fn all_policies(&self, namespace: &str) -> Result<Vec<PolicyRow>> {
+        all(&self.pool, sqlx::query(&select::<PolicyRow>("WHERE namespace = ? ORDER BY id")).bind(namespace)).await
+    }
+
+    async fn list_policies(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<PolicyRow>> {
+        self.page(namespace, after, limit).await
+    }
+
+    async fn delete_policy(&self, namespace: &str, id: &str) -> Result<bool> {
+        self.delete_in::<PolicyRow>(namespace, id).await
+    }
+
+    async fn data_key(&self, namespace: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let _w = self.write_lock.lock().await;
+        let insert =
+            sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES (?, ?) ON CONFLICT DO NOTHING")
+                .bind(namespace)
+                .bind(wrapped);
+        Constraints::default().missing(format!("namespace {namespace}")).check(insert.execute(&self.pool).await)?;
+        let stored = sqlx::query_scalar("SELECT wrapped FROM namespace_data_keys WHERE namespace = ?")
+            .bind(namespace)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(stored)
+    }
+
+    async fn put_secret(&self, sec: &SecretRow) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let updated = sqlx::query("UPDATE secrets SET sealed = ?, updated_at_ms = ? WHERE namespace = ? AND name = ?")
+            .bind(&sec.sealed)
+            .bind(sec.updated_at_ms)
+            .bind(&sec.namespace)
+            .bind(&sec.name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            let r = sqlx::query(&format!("INSERT INTO secrets ({}) VALUES (?, ?, ?, ?, ?, ?)", SecretRow::COLUMNS))
+                .bind(&sec.id)
+                .bind(&sec.namespace)
+                .bind(&sec.name)
+                .bind(&sec.sealed)
+                .bind(sec.created_at_ms)
+                .bind(sec.updated_at_ms)
+                .execute(&mut *tx)
+                .await;
+            Constraints::default().missing(format!("namespace {}", sec.namespace)).check(r)?;
+        }
+        tx.commit().await?;
+        Ok(updated == 0)
+    }
+
+    async fn get_secret(&self, namespace: &str, name: &str) -> Result<Option<SecretRow>> {
+        self.get_in(namespace, name).await
+    }
+
+    async fn list_secrets(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SecretRow>> {
+        self.page_of(SECRET_METADATA, namespace, after, limit).await
+    }
+
+    async fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool> {
+        self.delete_in::<SecretRow>(namespace, name).await
+    }
+}

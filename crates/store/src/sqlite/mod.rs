@@ -1,0 +1,281 @@
+//! The embedded store: one SQLite file in the data dir, in WAL mode with `synchronous=FULL`
+//! (an acknowledged write survives a crash), foreign keys on, and migrations compiled into the
+//! binary. Writes go through one in-process lock, so a read-then-write such as an audit append
+//! never races another writer, and write transactions begin `IMMEDIATE`: they take SQLite's
+//! write lock up front (waiting for it if need be) instead of upgrading a read snapshot, which
+//! SQLite refuses at once when another connection wrote meanwhile.
+//!
+//! This module owns the connection, the migrations and the shapes every query shares: a row
+//! type says once how it is read ([`FromRow`]), and [`one`], [`all`], [`SqliteStore::get_in`]
+//! and [`SqliteStore::page`] read it; [`SqliteStore::write_tx`] is the write transaction and
+//! [`Constraints`] names a write's constraint failures. Each aggregate's queries live in a
+//! module of their own.
+
+mod audit;
+mod filesystems;
+mod idempotency;
+mod identity;
+mod namespaces;
+mod sandboxes;
+#[cfg(test)]
+mod tests;
+mod usage;
+
+use std::borrow::Cow;
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::{QuotaBreach, Result, StoreError};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "control plane", include_str!("../../migrations/sqlite/0001_control_plane.sql")),
+    (2, "sandboxes", include_str!("../../migrations/sqlite/0002_sandboxes.sql")),
+    (3, "filesystems", include_str!("../../migrations/sqlite/0003_filesystems.sql")),
+    (4, "usage", include_str!("../../migrations/sqlite/0004_usage.sql")),
+    (5, "io metering", include_str!("../../migrations/sqlite/0005_io_metering.sql")),
+    (6, "identity", include_str!("../../migrations/sqlite/0006_identity.sql")),
+    (7, "sandbox project", include_str!("../../migrations/sqlite/0007_sandbox_project.sql")),
+    (8, "host ids and audit retention", include_str!("../../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
+    (9, "namespace incarnation", include_str!("../../migrations/sqlite/0009_namespace_incarnation.sql")),
+];
+
+/// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
+pub const DEFAULT_AUDIT_RETENTION: u64 = 50_000;
+
+/// The SQLite implementation of [`Store`](crate::Store).
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+    /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
+    audit_retention: u64,
+}
+
+fn migrator() -> Migrator {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(version, description, sql)| {
+            Migration::new(*version, Cow::Borrowed(*description), MigrationType::Simple, Cow::Borrowed(*sql), false)
+        })
+        .collect();
+    Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `path` and applies pending migrations.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            // Checkpoints run in the background (below), not inside a request's commit, where
+            // their fsync of the whole database would land on one unlucky request.
+            .pragma("wal_autocheckpoint", "0");
+        // WAL mode is a property of the file: set it, and migrate, on one connection before the
+        // pool opens any other, so that no connection's setup ever meets a write in flight.
+        {
+            let mut first = options.clone().journal_mode(SqliteJournalMode::Wal).connect().await?;
+            migrator().run(&mut first).await?;
+            first.close().await?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let checkpoints = pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                if checkpoints.is_closed() {
+                    return;
+                }
+                if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpoints).await {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+            }
+        });
+        Ok(Self { pool, write_lock: Mutex::new(()), audit_retention: DEFAULT_AUDIT_RETENTION })
+    }
+
+    /// Keeps at most `records` (at least 1) records per audit chain; the oldest are pruned as
+    /// new ones are appended.
+    pub fn with_audit_retention(mut self, records: u64) -> Self {
+        self.audit_retention = records.max(1);
+        self
+    }
+
+    /// Begins a write transaction: the in-process write lock, then SQLite's (`BEGIN
+    /// IMMEDIATE`). Dropped without [`WriteTx::commit`], it rolls back, then lets the lock go.
+    async fn write_tx(&self) -> Result<WriteTx<'_>> {
+        let lock = self.write_lock.lock().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _lock: lock })
+    }
+
+    /// Runs one write statement outside a transaction, under the write lock.
+    async fn execute(&self, q: Query<'_>) -> sqlx::Result<sqlx::sqlite::SqliteQueryResult> {
+        let _w = self.write_lock.lock().await;
+        q.execute(&self.pool).await
+    }
+
+    /// The row of `T` in `namespace` whose key column ([`FromRow::KEY`]) is `key`.
+    async fn get_in<T: FromRow>(&self, namespace: &str, key: &str) -> Result<Option<T>> {
+        let sql = select::<T>(&format!("WHERE namespace = ? AND {} = ?", T::KEY));
+        one(&self.pool, sqlx::query(&sql).bind(namespace).bind(key)).await
+    }
+
+    /// Deletes the row of `T` in `namespace` whose key column is `key`, under the write lock;
+    /// whether there was one.
+    async fn delete_in<T: FromRow>(&self, namespace: &str, key: &str) -> Result<bool> {
+        let sql = format!("DELETE FROM {} WHERE namespace = ? AND {} = ?", T::TABLE, T::KEY);
+        Ok(self.execute(sqlx::query(&sql).bind(namespace).bind(key)).await?.rows_affected() > 0)
+    }
+
+    /// A page of the rows of `T` in `namespace`: in key order after `after`, at most `limit`.
+    async fn page<T: FromRow>(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<T>> {
+        self.page_of::<T>(T::COLUMNS, namespace, after, limit).await
+    }
+
+    /// [`SqliteStore::page`] reading the select list `columns` instead of [`FromRow::COLUMNS`].
+    async fn page_of<T: FromRow>(
+        &self,
+        columns: &str,
+        namespace: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<T>> {
+        let (table, key) = (T::TABLE, T::KEY);
+        let sql = format!("SELECT {columns} FROM {table} WHERE namespace = ? AND {key} > ? ORDER BY {key} LIMIT ?");
+        all(&self.pool, sqlx::query(&sql).bind(namespace).bind(after.unwrap_or("")).bind(i64::from(limit))).await
+    }
+}
+
+/// A statement with its bound arguments.
+type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// A row type as SQLite holds it: where it lives, the columns it is read from, and how.
+trait FromRow: Sized {
+    /// The table.
+    const TABLE: &'static str;
+    /// The select list [`FromRow::from_row`] reads; every query of the row selects exactly these.
+    const COLUMNS: &'static str;
+    /// The column that names a row within its namespace (or its chain): what
+    /// [`SqliteStore::get_in`] looks up and [`SqliteStore::page`] orders by.
+    const KEY: &'static str;
+    fn from_row(row: &SqliteRow) -> Result<Self>;
+}
+
+/// `SELECT <T's columns> FROM <T's table> <rest>`.
+fn select<T: FromRow>(rest: &str) -> String {
+    format!("SELECT {} FROM {} {rest}", T::COLUMNS, T::TABLE)
+}
+
+/// The one row `q` finds, read as a `T`; `None` when it finds none.
+async fn one<'c, T: FromRow>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Option<T>> {
+    q.fetch_optional(exec).await?.as_ref().map(T::from_row).transpose()
+}
+
+/// Every row `q` finds, read as `T`s.
+async fn all<'c, T: FromRow>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Vec<T>> {
+    q.fetch_all(exec).await?.iter().map(T::from_row).collect()
+}
+
+/// A write transaction: SQLite's write lock and the store's, held until it commits or drops.
+struct WriteTx<'a> {
+    // Declared first, so on drop it rolls back before the lock below is let go.
+    tx: Transaction<'static, Sqlite>,
+    _lock: MutexGuard<'a, ()>,
+}
+
+impl WriteTx<'_> {
+    async fn commit(self) -> Result<()> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+}
+
+/// What a write's constraint failures mean: the row whose unique key is already `taken`
+/// becomes [`StoreError::Conflict`], a parent row a foreign key finds `missing` becomes
+/// [`StoreError::NotFound`]; a failure left unnamed stays [`StoreError::Database`].
+#[derive(Debug, Default)]
+struct Constraints {
+    taken: Option<String>,
+    missing: Option<String>,
+}
+
+impl Constraints {
+    /// Names the row a unique-constraint failure says exists (`"key ci"`).
+    fn taken(mut self, what: String) -> Self {
+        self.taken = Some(what);
+        self
+    }
+
+    /// Names the row a foreign-key failure says is absent (`"namespace acme"`).
+    fn missing(mut self, what: String) -> Self {
+        self.missing = Some(what);
+        self
+    }
+
+    /// The write's outcome, its constraint failures named.
+    fn check<T>(self, r: sqlx::Result<T>) -> Result<T> {
+        let e = match r {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let named = match &e {
+            sqlx::Error::Database(db) if db.is_unique_violation() => self.taken.map(StoreError::Conflict),
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => self.missing.map(StoreError::NotFound),
+            _ => None,
+        };
+        Err(named.unwrap_or(StoreError::Database(e)))
+    }
+}
+
+/// [`StoreError::Quota`] when `requested` on top of `used` goes past `limit`.
+fn within(quota: &'static str, limit: u64, used: u64, requested: u64) -> Result<()> {
+    if used.saturating_add(requested) > limit {
+        return Err(StoreError::Quota(QuotaBreach { quota, limit, used, requested }));
+    }
+    Ok(())
+}
+
+fn as_i64(v: u64) -> i64 {
+    // Quotas and sequence numbers are bounded far below i64::MAX by the core's validation.
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn as_u64(row: &SqliteRow, col: &str) -> Result<u64> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
+}
+
+/// A list of names kept as JSON text; `what` names the column in the error.
+fn names(text: &str, what: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}

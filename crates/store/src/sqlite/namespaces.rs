@@ -1,0 +1,225 @@
+//! Queries of the namespaces aggregate: the platform row, the store's identity, namespaces,
+//! what they hold, and their API keys.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use bulkhead_core::{Quotas, Role};
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{all, as_i64, as_u64, names, one, select, Constraints, FromRow, SqliteStore};
+use crate::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse, Result, StoreError};
+
+impl FromRow for NamespaceRow {
+    const TABLE: &'static str = "namespaces";
+    const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
+         pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation";
+    const KEY: &'static str = "name";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        let id_range = |col: &str| -> Result<u32> {
+            let v: Option<i64> = row.try_get(col)?;
+            v.and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))
+        };
+        Ok(NamespaceRow {
+            name: row.try_get("name")?,
+            isolation: row.try_get("isolation")?,
+            quotas: Quotas {
+                cpu_millis: as_u64(row, "cpu_millis")?,
+                memory_bytes: as_u64(row, "memory_bytes")?,
+                disk_bytes: as_u64(row, "disk_bytes")?,
+                max_sandboxes: as_u64(row, "max_sandboxes")?,
+                pids_per_sandbox: as_u64(row, "pids_per_sandbox")?,
+                max_sandbox_ttl_seconds: as_u64(row, "max_sandbox_ttl_seconds")?,
+            },
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+            id_start: id_range("id_start")?,
+            id_count: id_range("id_count")?,
+            incarnation: {
+                let incarnation: Option<String> = row.try_get("incarnation")?;
+                incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?
+            },
+        })
+    }
+}
+
+impl FromRow for KeyRow {
+    const TABLE: &'static str = "api_keys";
+    const COLUMNS: &'static str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
+    const KEY: &'static str = "id";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        let role: String = row.try_get("role")?;
+        let projects: Option<String> = row.try_get("projects")?;
+        Ok(KeyRow {
+            id: row.try_get("id")?,
+            namespace: row.try_get("namespace")?,
+            name: row.try_get("name")?,
+            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
+            token_hash: row.try_get("token_hash")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+            projects: projects.map(|t| names(&t, "key projects")).transpose()?,
+        })
+    }
+}
+
+#[async_trait]
+impl NamespaceStore for SqliteStore {
+    async fn admin_token_hash(&self) -> Result<Option<String>> {
+        let q = sqlx::query_scalar("SELECT admin_token_hash FROM platform WHERE id = 1");
+        Ok(q.fetch_optional(&self.pool).await?)
+    }
+
+    async fn init_admin_token_hash(&self, hash: &str, now_ms: i64) -> Result<()> {
+        let q = sqlx::query("INSERT INTO platform (id, admin_token_hash, created_at_ms) VALUES (1, ?, ?)")
+            .bind(hash)
+            .bind(now_ms);
+        Constraints::default().taken("admin token".into()).check(self.execute(q).await)?;
+        Ok(())
+    }
+
+    async fn store_id(&self) -> Result<String> {
+        let row = sqlx::query("SELECT store_id FROM store_identity WHERE id = 1").fetch_one(&self.pool).await?;
+        let id: String = row.try_get("store_id")?;
+        let ok = id.strip_prefix("sto_").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(StoreError::Corrupt(format!("store id {id:?}")));
+        }
+        Ok(id)
+    }
+
+    async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
+        let q = &ns.quotas;
+        let mut tx = self.write_tx().await?;
+        let r = sqlx::query(&format!(
+            "INSERT INTO namespaces ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            NamespaceRow::COLUMNS
+        ))
+        .bind(&ns.name)
+        .bind(&ns.isolation)
+        .bind(as_i64(q.cpu_millis))
+        .bind(as_i64(q.memory_bytes))
+        .bind(as_i64(q.disk_bytes))
+        .bind(as_i64(q.max_sandboxes))
+        .bind(as_i64(q.pids_per_sandbox))
+        .bind(as_i64(q.max_sandbox_ttl_seconds))
+        .bind(ns.created_at_ms)
+        .bind(ns.updated_at_ms)
+        .bind(i64::from(ns.id_start))
+        .bind(i64::from(ns.id_count))
+        .bind(&ns.incarnation)
+        .execute(&mut *tx)
+        .await;
+        Constraints::default().taken(format!("namespace {}", ns.name)).check(r)?;
+        tx.commit().await
+    }
+
+    async fn get_namespace(&self, name: &str) -> Result<Option<NamespaceRow>> {
+        one(&self.pool, sqlx::query(&select::<NamespaceRow>("WHERE name = ?")).bind(name)).await
+    }
+
+    async fn list_namespaces(&self, after: Option<&str>, limit: u32, only: Option<&str>) -> Result<Vec<NamespaceRow>> {
+        let sql = select::<NamespaceRow>("WHERE name > ? AND (? IS NULL OR name = ?) ORDER BY name LIMIT ?");
+        all(&self.pool, sqlx::query(&sql).bind(after.unwrap_or("")).bind(only).bind(only).bind(i64::from(limit))).await
+    }
+
+    async fn update_namespace_quotas(&self, name: &str, q: &Quotas, now_ms: i64) -> Result<Option<NamespaceRow>> {
+        let _w = self.write_lock.lock().await;
+        let sql = format!(
+            "UPDATE namespaces SET cpu_millis = ?, memory_bytes = ?, disk_bytes = ?, max_sandboxes = ?, \
+             pids_per_sandbox = ?, max_sandbox_ttl_seconds = ?, updated_at_ms = ? WHERE name = ? \
+             RETURNING {}",
+            NamespaceRow::COLUMNS
+        );
+        let update = sqlx::query(&sql)
+            .bind(as_i64(q.cpu_millis))
+            .bind(as_i64(q.memory_bytes))
+            .bind(as_i64(q.disk_bytes))
+            .bind(as_i64(q.max_sandboxes))
+            .bind(as_i64(q.pids_per_sandbox))
+            .bind(as_i64(q.max_sandbox_ttl_seconds))
+            .bind(now_ms)
+            .bind(name);
+        one(&self.pool, update).await
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<bool> {
+        let mut tx = self.write_tx().await?;
+        let deleted = sqlx::query("DELETE FROM namespaces WHERE name = ?").bind(name).execute(&mut *tx).await?;
+        if deleted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM audit_records WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_heads WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM audit_checkpoints WHERE chain = ?").bind(name).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM idempotency WHERE scope LIKE ? ESCAPE '\\'")
+            .bind(format!("ns:{name}:%"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn namespace_use(&self, namespace: &str) -> Result<NamespaceUse> {
+        let rows = sqlx::query(
+            "SELECT 's' AS kind, COUNT(*) AS a, COALESCE(SUM(cpu_millis), 0) AS b, COALESCE(SUM(memory_bytes), 0) AS c, \
+             '' AS id FROM sandboxes WHERE namespace = ?1 AND status IN ('creating', 'running') \
+             UNION ALL SELECT 'f', 0, size_bytes, 0, id FROM filesystems WHERE namespace = ?1",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut u = NamespaceUse::default();
+        for row in &rows {
+            let kind: String = row.try_get("kind")?;
+            if kind == "s" {
+                u.sandboxes = as_u64(row, "a")?;
+                u.cpu_millis = as_u64(row, "b")?;
+                u.memory_bytes = as_u64(row, "c")?;
+            } else {
+                u.disk_bytes += as_u64(row, "b")?;
+                u.filesystem_ids.push(row.try_get("id")?);
+            }
+        }
+        Ok(u)
+    }
+
+    async fn create_key(&self, key: &KeyRow) -> Result<()> {
+        let projects = key.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        let sql = format!("INSERT INTO api_keys ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", KeyRow::COLUMNS);
+        let insert = sqlx::query(&sql)
+            .bind(&key.id)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(key.role.as_str())
+            .bind(&key.token_hash)
+            .bind(key.created_at_ms)
+            .bind(key.expires_at_ms)
+            .bind(projects);
+        Constraints::default()
+            .taken(format!("key {}", key.name))
+            .missing(format!("namespace {}", key.namespace))
+            .check(self.execute(insert).await)?;
+        Ok(())
+    }
+
+    async fn get_key(&self, namespace: &str, id: &str) -> Result<Option<KeyRow>> {
+        self.get_in(namespace, id).await
+    }
+
+    async fn list_keys(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<KeyRow>> {
+        self.page(namespace, after, limit).await
+    }
+
+    async fn delete_key(&self, namespace: &str, id: &str) -> Result<bool> {
+        self.delete_in::<KeyRow>(namespace, id).await
+    }
+
+    async fn key_by_token_hash(&self, token_hash: &str) -> Result<Option<KeyRow>> {
+        one(&self.pool, sqlx::query(&select::<KeyRow>("WHERE token_hash = ?")).bind(token_hash)).await
+    }
+}

@@ -1,0 +1,142 @@
+//! Queries of the sandboxes aggregate: admission in one transaction with the quota check,
+//! lookups and status changes.
+
+use async_trait::async_trait;
+use bulkhead_core::Quotas;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{all, as_i64, as_u64, names, one, select, within, FromRow, SqliteStore};
+use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError};
+
+impl FromRow for SandboxRow {
+    const TABLE: &'static str = "sandboxes";
+    const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
+         ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id";
+    const KEY: &'static str = "id";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        let status: String = row.try_get("status")?;
+        let filesystem_id: Option<String> = row.try_get("filesystem_id")?;
+        let filesystem_mode: Option<String> = row.try_get("filesystem_mode")?;
+        let secrets: String = row.try_get("secrets")?;
+        Ok(SandboxRow {
+            id: row.try_get("id")?,
+            namespace: row.try_get("namespace")?,
+            status: SandboxStatus::parse(&status)
+                .ok_or_else(|| StoreError::Corrupt(format!("sandbox status {status}")))?,
+            reason: row.try_get("reason")?,
+            isolation: row.try_get("isolation")?,
+            cpu_millis: as_u64(row, "cpu_millis")?,
+            memory_bytes: as_u64(row, "memory_bytes")?,
+            pids: as_u64(row, "pids")?,
+            ttl_seconds: as_u64(row, "ttl_seconds")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            expires_at_ms: row.try_get("expires_at_ms")?,
+            ended_at_ms: row.try_get("ended_at_ms")?,
+            filesystem: filesystem_id.map(|id| (id, filesystem_mode.unwrap_or_else(|| "ro".to_owned()))),
+            metered: MeterMark {
+                cpu_ns: as_u64(row, "metered_cpu_ns")?,
+                io_read_bytes: as_u64(row, "metered_io_read_bytes")?,
+                io_write_bytes: as_u64(row, "metered_io_write_bytes")?,
+            },
+            metered_at_ms: row.try_get("metered_at_ms")?,
+            creator: row.try_get("creator")?,
+            workload_token_hash: row.try_get("workload_token_hash")?,
+            secrets: names(&secrets, "sandbox secrets")?,
+            project: row.try_get("project_id")?,
+        })
+    }
+}
+
+#[async_trait]
+impl SandboxStore for SqliteStore {
+    async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS mem \
+             FROM sandboxes WHERE namespace = ? AND status IN ('creating', 'running')",
+        )
+        .bind(&sbx.namespace)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (n, cpu, mem) = (as_u64(&row, "n")?, as_u64(&row, "cpu")?, as_u64(&row, "mem")?);
+        let checks = [
+            ("max_sandboxes", quotas.max_sandboxes, n, 1),
+            ("cpu_millis", quotas.cpu_millis, cpu, sbx.cpu_millis),
+            ("memory_bytes", quotas.memory_bytes, mem, sbx.memory_bytes),
+        ];
+        for (quota, limit, used, requested) in checks {
+            within(quota, limit, used, requested)?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO sandboxes ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            SandboxRow::COLUMNS
+        ))
+        .bind(&sbx.id)
+        .bind(&sbx.namespace)
+        .bind(sbx.status.as_str())
+        .bind(sbx.reason.as_deref())
+        .bind(&sbx.isolation)
+        .bind(as_i64(sbx.cpu_millis))
+        .bind(as_i64(sbx.memory_bytes))
+        .bind(as_i64(sbx.pids))
+        .bind(as_i64(sbx.ttl_seconds))
+        .bind(sbx.created_at_ms)
+        .bind(sbx.expires_at_ms)
+        .bind(sbx.ended_at_ms)
+        .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
+        .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
+        .bind(as_i64(sbx.metered.cpu_ns))
+        .bind(sbx.metered_at_ms)
+        .bind(as_i64(sbx.metered.io_read_bytes))
+        .bind(as_i64(sbx.metered.io_write_bytes))
+        .bind(&sbx.creator)
+        .bind(sbx.workload_token_hash.as_deref())
+        .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .bind(sbx.project.as_deref())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn get_sandbox(&self, namespace: &str, id: &str) -> Result<Option<SandboxRow>> {
+        self.get_in(namespace, id).await
+    }
+
+    async fn list_sandboxes(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRow>> {
+        self.page(namespace, after, limit).await
+    }
+
+    async fn active_sandboxes(&self) -> Result<Vec<SandboxRow>> {
+        let sql = select::<SandboxRow>("WHERE status IN ('creating', 'running') ORDER BY expires_at_ms");
+        all(&self.pool, sqlx::query(&sql)).await
+    }
+
+    async fn set_sandbox_status(
+        &self,
+        id: &str,
+        status: SandboxStatus,
+        reason: Option<&str>,
+        ended_at_ms: Option<i64>,
+    ) -> Result<Option<SandboxRow>> {
+        let _w = self.write_lock.lock().await;
+        let sql = format!(
+            "UPDATE sandboxes SET status = ?, reason = COALESCE(?, reason), ended_at_ms = COALESCE(?, ended_at_ms) \
+             WHERE id = ? RETURNING {}",
+            SandboxRow::COLUMNS
+        );
+        one(&self.pool, sqlx::query(&sql).bind(status.as_str()).bind(reason).bind(ended_at_ms).bind(id)).await
+    }
+
+    async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>> {
+        let sql = select::<SandboxRow>("WHERE filesystem_id = ? AND status IN ('creating', 'running')");
+        all(&self.pool, sqlx::query(&sql).bind(filesystem_id)).await
+    }
+
+    async fn sandbox_by_workload_token(&self, token_hash: &str) -> Result<Option<SandboxRow>> {
+        let sql = select::<SandboxRow>("WHERE workload_token_hash = ? AND status IN ('creating', 'running')");
+        one(&self.pool, sqlx::query(&sql).bind(token_hash)).await
+    }
+}

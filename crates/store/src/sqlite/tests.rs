@@ -1,0 +1,223 @@
+//! The store's behaviour across aggregates: retention, cascades on namespace delete,
+//! admission, reopening and idempotency claims.
+
+use bulkhead_core::audit::AuditEvent;
+use bulkhead_core::{Quotas, Role};
+
+use super::SqliteStore;
+use crate::prelude::*;
+use crate::{
+    AuditQuery, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, SandboxRow, SandboxStatus,
+    StoreError,
+};
+
+fn ns(name: &str) -> NamespaceRow {
+    NamespaceRow {
+        name: name.into(),
+        isolation: "container".into(),
+        quotas: Quotas::DEFAULT,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+        id_start: 1_000_000 + 65_536 * NEXT_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        id_count: 65_536,
+        incarnation: bulkhead_core::ids::new_incarnation(),
+    }
+}
+
+static NEXT_RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn key(ns: &str, name: &str) -> KeyRow {
+    KeyRow {
+        id: bulkhead_core::ids::new_id("key_"),
+        namespace: ns.into(),
+        name: name.into(),
+        role: Role::Developer,
+        token_hash: bulkhead_core::ids::new_id("h"),
+        created_at_ms: 1,
+        expires_at_ms: None,
+        projects: None,
+    }
+}
+
+fn event(n: i64) -> AuditEvent {
+    AuditEvent {
+        time_ms: n,
+        principal: "admin".into(),
+        action: "key.create".into(),
+        resource: "key:x".into(),
+        decision: "allow".into(),
+        status: 201,
+        request_id: "req_1".into(),
+        detail: "{}".into(),
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_behind_a_checkpoint_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap().with_audit_retention(4);
+    let mut last = None;
+    for i in 1..=3 {
+        last = Some(s.append_audit("acme", event(i)).await.unwrap());
+    }
+    assert_eq!(s.audit_checkpoint("acme").await.unwrap(), None);
+    for i in 4..=11 {
+        last = Some(s.append_audit("acme", event(i)).await.unwrap());
+    }
+    let all = s.list_audit("acme", &AuditQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10, 11]);
+    let cp = s.audit_checkpoint("acme").await.unwrap().unwrap();
+    assert_eq!((cp.seq, cp.time_ms), (7, 11));
+    assert_eq!(cp.hash, all[0].prev_hash);
+    let v = s.verify_audit("acme").await.unwrap();
+    assert!(v.ok && v.records == 4 && v.pruned == 7 && v.pruned_at_ms == Some(11), "{v:?}");
+    assert_eq!(last.unwrap().seq, 11);
+    // Another chain keeps its own records.
+    s.append_audit("other", event(1)).await.unwrap();
+    assert!(s.verify_audit("other").await.unwrap().ok);
+    // Editing a kept record is caught.
+    sqlx::query("UPDATE audit_records SET principal = 'key:forged' WHERE chain = 'acme' AND seq = 9")
+        .execute(&s.pool)
+        .await
+        .unwrap();
+    let v = s.verify_audit("acme").await.unwrap();
+    assert_eq!((v.ok, v.first_bad_seq), (false, Some(9)));
+    // The namespace's checkpoint goes with it.
+    s.create_namespace(&ns("acme")).await.unwrap();
+    s.delete_namespace("acme").await.unwrap();
+    assert_eq!(s.audit_checkpoint("acme").await.unwrap(), None);
+    let id = s.store_id().await.unwrap();
+    assert!(id.starts_with("sto_"));
+    assert_eq!(s.store_id().await.unwrap(), id);
+}
+
+#[tokio::test]
+async fn namespace_delete_cascades_keys_and_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    assert!(matches!(s.create_namespace(&ns("acme")).await, Err(StoreError::Conflict(_))));
+    let k = key("acme", "ci");
+    s.create_key(&k).await.unwrap();
+    assert!(matches!(s.create_key(&key("acme", "ci")).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.create_key(&key("nope", "ci")).await, Err(StoreError::NotFound(_))));
+    s.append_audit("acme", event(1)).await.unwrap();
+    let r2 = s.append_audit("acme", event(2)).await.unwrap();
+    assert_eq!(r2.seq, 2);
+    assert_eq!(s.audit_head("acme").await.unwrap(), Some((2, r2.hash.clone())));
+    assert_eq!(s.key_by_token_hash(&k.token_hash).await.unwrap(), Some(k.clone()));
+
+    assert!(s.delete_namespace("acme").await.unwrap());
+    assert!(!s.delete_namespace("acme").await.unwrap());
+    assert_eq!(s.key_by_token_hash(&k.token_hash).await.unwrap(), None);
+    assert_eq!(s.audit_head("acme").await.unwrap(), None);
+    assert!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+}
+
+fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
+    SandboxRow {
+        id: bulkhead_core::ids::new_id("sbx_"),
+        namespace: ns.into(),
+        status: SandboxStatus::Creating,
+        reason: None,
+        isolation: "container".into(),
+        cpu_millis: cpu,
+        memory_bytes: 1 << 20,
+        pids: 10,
+        ttl_seconds: 60,
+        created_at_ms: 1,
+        expires_at_ms: 60_001,
+        ended_at_ms: None,
+        filesystem: None,
+        metered: MeterMark::default(),
+        creator: "key:k".into(),
+        workload_token_hash: None,
+        secrets: Vec::new(),
+        metered_at_ms: None,
+        project: None,
+    }
+}
+
+#[tokio::test]
+async fn admission_is_checked_against_active_sandboxes_and_slots_are_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    s.create_namespace(&ns("globex")).await.unwrap();
+    let a = s.get_namespace("acme").await.unwrap().unwrap();
+    let g = s.get_namespace("globex").await.unwrap().unwrap();
+    assert_ne!(a.id_start, g.id_start);
+    let quotas = Quotas { max_sandboxes: 2, cpu_millis: 1000, ..Quotas::DEFAULT };
+    let first = sandbox("acme", 600);
+    s.admit_sandbox(&first, &quotas).await.unwrap();
+    match s.admit_sandbox(&sandbox("acme", 600), &quotas).await {
+        Err(StoreError::Quota(b)) => assert_eq!((b.quota, b.limit, b.used), ("cpu_millis", 1000, 600)),
+        other => panic!("{other:?}"),
+    }
+    s.admit_sandbox(&sandbox("acme", 100), &quotas).await.unwrap();
+    match s.admit_sandbox(&sandbox("acme", 100), &quotas).await {
+        Err(StoreError::Quota(b)) => assert_eq!(b.quota, "max_sandboxes"),
+        other => panic!("{other:?}"),
+    }
+    // Another namespace's quota is its own.
+    s.admit_sandbox(&sandbox("globex", 900), &quotas).await.unwrap();
+    // An ended sandbox frees its share.
+    s.set_sandbox_status(&first.id, SandboxStatus::Stopped, Some("ttl_expired"), Some(5)).await.unwrap();
+    s.admit_sandbox(&sandbox("acme", 600), &quotas).await.unwrap();
+    assert_eq!(s.active_sandboxes().await.unwrap().len(), 3);
+    let got = s.get_sandbox("acme", &first.id).await.unwrap().unwrap();
+    assert_eq!(got.reason.as_deref(), Some("ttl_expired"));
+    assert!(s.get_sandbox("globex", &first.id).await.unwrap().is_none());
+    // A namespace keeps the range it was created with.
+    s.delete_namespace("acme").await.unwrap();
+    let fresh = ns("acme");
+    s.create_namespace(&fresh).await.unwrap();
+    let again = s.get_namespace("acme").await.unwrap().unwrap();
+    assert_eq!((again.id_start, again.id_count), (fresh.id_start, 65_536));
+    assert!(s.get_sandbox("acme", &first.id).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn reopen_keeps_data_and_pagination_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    {
+        let s = SqliteStore::open(&path).await.unwrap();
+        for n in ["c", "a", "b"] {
+            s.create_namespace(&ns(n)).await.unwrap();
+        }
+        s.init_admin_token_hash("h", 1).await.unwrap();
+        assert!(matches!(s.init_admin_token_hash("h2", 1).await, Err(StoreError::Conflict(_))));
+    }
+    let s = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(s.admin_token_hash().await.unwrap().as_deref(), Some("h"));
+    let page: Vec<_> = s.list_namespaces(None, 2, None).await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(page, ["a", "b"]);
+    let page: Vec<_> = s.list_namespaces(Some("b"), 2, None).await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(page, ["c"]);
+    let only: Vec<_> = s.list_namespaces(None, 10, Some("b")).await.unwrap().into_iter().map(|n| n.name).collect();
+    assert_eq!(only, ["b"]);
+}
+
+#[tokio::test]
+async fn idempotency_claims_are_exclusive_answered_released_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let claim = |fp: &'static str, now: i64| {
+        let s = &s;
+        async move { s.claim_idempotent("ns:a:key:k:x", "k1", fp, now, now - 100).await.unwrap() }
+    };
+    assert_eq!(claim("f1", 1000).await, IdempotencyClaim::Claimed);
+    assert_eq!(claim("f1", 1001).await, IdempotencyClaim::InProgress { fingerprint: "f1".into() });
+    s.release_idempotent("ns:a:key:k:x", "k1").await.unwrap();
+    assert_eq!(claim("f2", 1002).await, IdempotencyClaim::Claimed);
+    let reply = IdempotentReply { fingerprint: "f2".into(), status: 201, body: "{}".into() };
+    s.finish_idempotent("ns:a:key:k:x", "k1", &reply).await.unwrap();
+    // An answered key is not released by a late release.
+    s.release_idempotent("ns:a:key:k:x", "k1").await.unwrap();
+    assert_eq!(claim("f2", 1050).await, IdempotencyClaim::Done(reply));
+    // Past its lifetime the answer no longer counts.
+    assert_eq!(claim("f3", 5000).await, IdempotencyClaim::Claimed);
+    assert_eq!(s.release_pending_idempotency().await.unwrap(), 1);
+    assert_eq!(claim("f4", 5001).await, IdempotencyClaim::Claimed);
+}

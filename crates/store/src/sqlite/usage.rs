@@ -1,0 +1,98 @@
+//! Queries of the usage ledger: one row per namespace and time bucket, added to by upserts;
+//! a metering sample lands in the ledger in one transaction with the sandbox's mark.
+
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
+
+use super::{all, as_i64, as_u64, select, FromRow, Query, SqliteStore};
+use crate::{MeterMark, Result, SandboxRow, UsageBucket, UsageDelta, UsageStore};
+
+impl FromRow for UsageBucket {
+    const TABLE: &'static str = "usage_buckets";
+    const COLUMNS: &'static str = "bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, \
+         quota_rejections, io_read_bytes, io_write_bytes";
+    const KEY: &'static str = "bucket_ms";
+
+    fn from_row(row: &SqliteRow) -> Result<Self> {
+        Ok(UsageBucket {
+            bucket_ms: row.try_get("bucket_ms")?,
+            usage: UsageDelta {
+                cpu_ns: as_u64(row, "cpu_ns")?,
+                memory_byte_ms: as_u64(row, "memory_byte_ms")?,
+                sandbox_ms: as_u64(row, "sandbox_ms")?,
+                memory_peak_bytes: as_u64(row, "memory_peak_bytes")?,
+                exec_count: as_u64(row, "exec_count")?,
+                quota_rejections: as_u64(row, "quota_rejections")?,
+                io_read_bytes: as_u64(row, "io_read_bytes")?,
+                io_write_bytes: as_u64(row, "io_write_bytes")?,
+            },
+        })
+    }
+}
+
+const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
+     memory_peak_bytes, exec_count, quota_rejections, io_read_bytes, io_write_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (namespace, bucket_ms) DO UPDATE SET cpu_ns = cpu_ns + excluded.cpu_ns, \
+     memory_byte_ms = memory_byte_ms + excluded.memory_byte_ms, sandbox_ms = sandbox_ms + excluded.sandbox_ms, \
+     memory_peak_bytes = MAX(memory_peak_bytes, excluded.memory_peak_bytes), \
+     exec_count = exec_count + excluded.exec_count, quota_rejections = quota_rejections + excluded.quota_rejections, \
+     io_read_bytes = io_read_bytes + excluded.io_read_bytes, io_write_bytes = io_write_bytes + excluded.io_write_bytes";
+
+/// Adds `d` to the namespace's bucket at `bucket_ms`.
+fn usage_upsert<'q>(namespace: &'q str, bucket_ms: i64, d: &UsageDelta) -> Query<'q> {
+    sqlx::query(USAGE_UPSERT)
+        .bind(namespace)
+        .bind(bucket_ms)
+        .bind(as_i64(d.cpu_ns))
+        .bind(as_i64(d.memory_byte_ms))
+        .bind(as_i64(d.sandbox_ms))
+        .bind(as_i64(d.memory_peak_bytes))
+        .bind(as_i64(d.exec_count))
+        .bind(as_i64(d.quota_rejections))
+        .bind(as_i64(d.io_read_bytes))
+        .bind(as_i64(d.io_write_bytes))
+}
+
+#[async_trait]
+impl UsageStore for SqliteStore {
+    async fn add_usage(&self, namespace: &str, bucket_ms: i64, delta: &UsageDelta) -> Result<()> {
+        self.execute(usage_upsert(namespace, bucket_ms, delta)).await?;
+        Ok(())
+    }
+
+    async fn meter_sandbox(
+        &self,
+        sandbox: &SandboxRow,
+        bucket_ms: i64,
+        delta: &UsageDelta,
+        mark: MeterMark,
+        at_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let marked = sqlx::query(
+            "UPDATE sandboxes SET metered_cpu_ns = ?, metered_io_read_bytes = ?, metered_io_write_bytes = ?, \
+             metered_at_ms = ? WHERE id = ? AND namespace = ?",
+        )
+        .bind(as_i64(mark.cpu_ns))
+        .bind(as_i64(mark.io_read_bytes))
+        .bind(as_i64(mark.io_write_bytes))
+        .bind(at_ms)
+        .bind(&sandbox.id)
+        .bind(&sandbox.namespace)
+        .execute(&mut *tx)
+        .await?;
+        // The sandbox went with its namespace: its usage must not land in the ledger of a
+        // namespace created since under the same name.
+        if marked.rows_affected() == 0 {
+            return Ok(());
+        }
+        usage_upsert(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    async fn usage(&self, namespace: &str, from_ms: i64, to_ms: i64) -> Result<Vec<UsageBucket>> {
+        let sql = select::<UsageBucket>("WHERE namespace = ? AND bucket_ms >= ? AND bucket_ms < ? ORDER BY bucket_ms");
+        all(&self.pool, sqlx::query(&sql).bind(namespace).bind(from_ms).bind(to_ms)).await
+    }
+}
