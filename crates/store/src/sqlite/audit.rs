@@ -7,45 +7,32 @@ use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verificati
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{all, as_i64, as_u64, one, select, FromRow, SqliteStore};
-use crate::{AuditQuery, AuditStore, Result, StoreError};
+use super::{all, as_i64, as_u64, from_columns, insert, one, select, FromRow, SqliteStore, Table};
+use crate::{AuditQuery, AuditStore, Result};
+
+from_columns!(AuditEvent { time_ms, principal, action, resource, decision, status, request_id, detail });
 
 impl FromRow for AuditRecord {
-    const TABLE: &'static str = "audit_records";
     const COLUMNS: &'static str =
         "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
-    const KEY: &'static str = "seq";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
-        let status: i64 = row.try_get("status")?;
         Ok(AuditRecord {
             chain: row.try_get("chain")?,
             seq: as_u64(row, "seq")?,
-            event: AuditEvent {
-                time_ms: row.try_get("time_ms")?,
-                principal: row.try_get("principal")?,
-                action: row.try_get("action")?,
-                resource: row.try_get("resource")?,
-                decision: row.try_get("decision")?,
-                status: u16::try_from(status).map_err(|_| StoreError::Corrupt("status out of range".into()))?,
-                request_id: row.try_get("request_id")?,
-                detail: row.try_get("detail")?,
-            },
+            event: AuditEvent::from_row(row)?,
             prev_hash: row.try_get("prev_hash")?,
             hash: row.try_get("hash")?,
         })
     }
 }
 
-impl FromRow for Checkpoint {
-    const TABLE: &'static str = "audit_checkpoints";
-    const COLUMNS: &'static str = "seq, hash, time_ms";
-    const KEY: &'static str = "chain";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(Checkpoint { seq: as_u64(row, "seq")?, hash: row.try_get("hash")?, time_ms: row.try_get("time_ms")? })
-    }
+impl Table for AuditRecord {
+    const TABLE: &'static str = "audit_records";
+    const KEY: &'static str = "seq";
 }
+
+from_columns!(Checkpoint in "audit_checkpoints" by "chain" { seq, hash, time_ms });
 
 /// A chain's head: its last sequence number and hash; `None` for a chain with no record yet.
 async fn read_head(conn: &mut SqliteConnection, chain: &str) -> Result<Option<(u64, String)>> {
@@ -71,24 +58,21 @@ impl AuditStore for SqliteStore {
         let head = read_head(&mut tx, chain).await?;
         let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
         let e = &record.event;
-        sqlx::query(&format!(
-            "INSERT INTO audit_records ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            AuditRecord::COLUMNS
-        ))
-        .bind(chain)
-        .bind(as_i64(record.seq))
-        .bind(e.time_ms)
-        .bind(&e.principal)
-        .bind(&e.action)
-        .bind(&e.resource)
-        .bind(&e.decision)
-        .bind(i64::from(e.status))
-        .bind(&e.request_id)
-        .bind(&e.detail)
-        .bind(&record.prev_hash)
-        .bind(&record.hash)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&insert::<AuditRecord>())
+            .bind(chain)
+            .bind(as_i64(record.seq))
+            .bind(e.time_ms)
+            .bind(&e.principal)
+            .bind(&e.action)
+            .bind(&e.resource)
+            .bind(&e.decision)
+            .bind(i64::from(e.status))
+            .bind(&e.request_id)
+            .bind(&e.detail)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
              ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",

@@ -5,41 +5,20 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, select, within, Constraints, FromRow, SqliteStore};
+use super::{all, as_i64, from_columns, insert, select, within, Constraints, FromRow, SqliteStore};
 use crate::{FilesystemRow, FilesystemStore, ProjectRow, Result, StoreError};
 
-impl FromRow for ProjectRow {
-    const TABLE: &'static str = "projects";
-    const COLUMNS: &'static str = "id, namespace, name, created_at_ms";
-    const KEY: &'static str = "id";
+from_columns!(ProjectRow in "projects" by "id" { id, namespace, name, created_at_ms });
 
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(ProjectRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-        })
-    }
-}
-
-impl FromRow for FilesystemRow {
-    const TABLE: &'static str = "filesystems";
-    const COLUMNS: &'static str = "id, namespace, name, project_id, size_bytes, created_at_ms, updated_at_ms";
-    const KEY: &'static str = "id";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(FilesystemRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            project_id: row.try_get("project_id")?,
-            size_bytes: as_u64(row, "size_bytes")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            updated_at_ms: row.try_get("updated_at_ms")?,
-        })
-    }
-}
+from_columns!(FilesystemRow in "filesystems" by "id" {
+    id,
+    namespace,
+    name,
+    project_id,
+    size_bytes,
+    created_at_ms,
+    updated_at_ms,
+});
 
 /// The bytes `used` as the disk quota counts them (a negative sum reads as none).
 fn disk_used(row: &SqliteRow) -> Result<u64> {
@@ -50,7 +29,7 @@ fn disk_used(row: &SqliteRow) -> Result<u64> {
 #[async_trait]
 impl FilesystemStore for SqliteStore {
     async fn create_project(&self, p: &ProjectRow) -> Result<()> {
-        let sql = format!("INSERT INTO projects ({}) VALUES (?, ?, ?, ?)", ProjectRow::COLUMNS);
+        let sql = insert::<ProjectRow>();
         let insert = sqlx::query(&sql).bind(&p.id).bind(&p.namespace).bind(&p.name).bind(p.created_at_ms);
         Constraints::default().taken(format!("project {}", p.name)).check(self.execute(insert).await)?;
         Ok(())

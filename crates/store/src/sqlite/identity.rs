@@ -2,44 +2,13 @@
 //! against their cap in one transaction), the data key and the secrets sealed under it.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
 
-use super::{all, select, within, Constraints, FromRow, SqliteStore};
+use super::{all, from_columns, insert, select, within, Constraints, SqliteStore};
 use crate::{IdentityStore, PolicyRow, Result, SecretRow};
 
-impl FromRow for PolicyRow {
-    const TABLE: &'static str = "policies";
-    const COLUMNS: &'static str = "id, namespace, name, text, created_at_ms";
-    const KEY: &'static str = "id";
+from_columns!(PolicyRow in "policies" by "id" { id, namespace, name, text, created_at_ms });
 
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(PolicyRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            text: row.try_get("text")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-        })
-    }
-}
-
-impl FromRow for SecretRow {
-    const TABLE: &'static str = "secrets";
-    const COLUMNS: &'static str = "id, namespace, name, sealed, created_at_ms, updated_at_ms";
-    const KEY: &'static str = "name";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(SecretRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            sealed: row.try_get("sealed")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            updated_at_ms: row.try_get("updated_at_ms")?,
-        })
-    }
-}
+from_columns!(SecretRow in "secrets" by "name" { id, namespace, name, sealed, created_at_ms, updated_at_ms });
 
 /// A secret's metadata: its row with an empty value, so listing never reads a sealed one.
 const SECRET_METADATA: &str = "id, namespace, name, X'' AS sealed, created_at_ms, updated_at_ms";
@@ -73,7 +42,7 @@ impl IdentityStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         within("policies", u64::from(max), u64::try_from(count).unwrap_or(0), 1)?;
-        let r = sqlx::query(&format!("INSERT INTO policies ({}) VALUES (?, ?, ?, ?, ?)", PolicyRow::COLUMNS))
+        let r = sqlx::query(&insert::<PolicyRow>())
             .bind(&p.id)
             .bind(&p.namespace)
             .bind(&p.name)
@@ -122,7 +91,7 @@ impl IdentityStore for SqliteStore {
             .await?
             .rows_affected();
         if updated == 0 {
-            let r = sqlx::query(&format!("INSERT INTO secrets ({}) VALUES (?, ?, ?, ?, ?, ?)", SecretRow::COLUMNS))
+            let r = sqlx::query(&insert::<SecretRow>())
                 .bind(&sec.id)
                 .bind(&sec.namespace)
                 .bind(&sec.name)

@@ -131,26 +131,26 @@ impl SqliteStore {
         q.execute(&self.pool).await
     }
 
-    /// The row of `T` in `namespace` whose key column ([`FromRow::KEY`]) is `key`.
-    async fn get_in<T: FromRow>(&self, namespace: &str, key: &str) -> Result<Option<T>> {
+    /// The row of `T` in `namespace` whose key column ([`Table::KEY`]) is `key`.
+    async fn get_in<T: Table>(&self, namespace: &str, key: &str) -> Result<Option<T>> {
         let sql = select::<T>(&format!("WHERE namespace = ? AND {} = ?", T::KEY));
         one(&self.pool, sqlx::query(&sql).bind(namespace).bind(key)).await
     }
 
     /// Deletes the row of `T` in `namespace` whose key column is `key`, under the write lock;
     /// whether there was one.
-    async fn delete_in<T: FromRow>(&self, namespace: &str, key: &str) -> Result<bool> {
+    async fn delete_in<T: Table>(&self, namespace: &str, key: &str) -> Result<bool> {
         let sql = format!("DELETE FROM {} WHERE namespace = ? AND {} = ?", T::TABLE, T::KEY);
         Ok(self.execute(sqlx::query(&sql).bind(namespace).bind(key)).await?.rows_affected() > 0)
     }
 
     /// A page of the rows of `T` in `namespace`: in key order after `after`, at most `limit`.
-    async fn page<T: FromRow>(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<T>> {
+    async fn page<T: Table>(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<T>> {
         self.page_of::<T>(T::COLUMNS, namespace, after, limit).await
     }
 
     /// [`SqliteStore::page`] reading the select list `columns` instead of [`FromRow::COLUMNS`].
-    async fn page_of<T: FromRow>(
+    async fn page_of<T: Table>(
         &self,
         columns: &str,
         namespace: &str,
@@ -166,21 +166,85 @@ impl SqliteStore {
 /// A statement with its bound arguments.
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
-/// A row type as SQLite holds it: where it lives, the columns it is read from, and how.
+/// A value read back from a result row: how the store reads it from the named column.
 trait FromRow: Sized {
-    /// The table.
-    const TABLE: &'static str;
-    /// The select list [`FromRow::from_row`] reads; every query of the row selects exactly these.
+    /// The select list [`FromRow::from_row`] reads; every query of the value selects exactly these.
     const COLUMNS: &'static str;
-    /// The column that names a row within its namespace (or its chain): what
-    /// [`SqliteStore::get_in`] looks up and [`SqliteStore::page`] orders by.
-    const KEY: &'static str;
     fn from_row(row: &SqliteRow) -> Result<Self>;
 }
 
+/// A row type that is a table's row: its columns are the table's.
+trait Table: FromRow {
+    /// The table.
+    const TABLE: &'static str;
+    /// The column that names a row within its namespace (or its chain): what
+    /// [`SqliteStore::get_in`] looks up and [`SqliteStore::page`] orders by.
+    const KEY: &'static str;
+}
+
+/// Implements [`FromRow`] for a struct whose fields are columns of the same names, each read
+/// with [`Column`]; with `in "<table>" by "<key>"`, [`Table`] too.
+macro_rules! from_columns {
+    ($ty:ident in $table:literal by $key:literal { $($field:ident),+ $(,)? }) => {
+        from_columns!($ty { $($field),+ });
+        impl $crate::sqlite::Table for $ty {
+            const TABLE: &'static str = $table;
+            const KEY: &'static str = $key;
+        }
+    };
+    ($ty:ident { $first:ident $(, $field:ident)* $(,)? }) => {
+        impl $crate::sqlite::FromRow for $ty {
+            const COLUMNS: &'static str = concat!(stringify!($first) $(, ", ", stringify!($field))*);
+            fn from_row(row: &sqlx::sqlite::SqliteRow) -> $crate::Result<Self> {
+                use $crate::sqlite::Column;
+                Ok($ty { $first: Column::read(row, stringify!($first))?, $($field: Column::read(row, stringify!($field))?),* })
+            }
+        }
+    };
+}
+use from_columns;
+
+/// A value one column holds, read by the column's name.
+trait Column: Sized {
+    fn read(row: &SqliteRow, col: &str) -> Result<Self>;
+}
+
+/// Columns SQLite's driver decodes as they are.
+macro_rules! decoded_columns {
+    ($($ty:ty),+) => {$(
+        impl Column for $ty {
+            fn read(row: &SqliteRow, col: &str) -> Result<Self> {
+                Ok(row.try_get(col)?)
+            }
+        }
+    )+};
+}
+decoded_columns!(String, Option<String>, i64, Option<i64>, Vec<u8>);
+
+/// Counts and sizes, which the store writes from `u64`s: a negative one is corrupt.
+impl Column for u64 {
+    fn read(row: &SqliteRow, col: &str) -> Result<Self> {
+        as_u64(row, col)
+    }
+}
+
+/// HTTP statuses.
+impl Column for u16 {
+    fn read(row: &SqliteRow, col: &str) -> Result<Self> {
+        let v: i64 = row.try_get(col)?;
+        u16::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
+    }
+}
+
 /// `SELECT <T's columns> FROM <T's table> <rest>`.
-fn select<T: FromRow>(rest: &str) -> String {
+fn select<T: Table>(rest: &str) -> String {
     format!("SELECT {} FROM {} {rest}", T::COLUMNS, T::TABLE)
+}
+
+/// `INSERT INTO <T's table> (<T's columns>) VALUES (?, ...)`, a placeholder a column.
+fn insert<T: Table>() -> String {
+    let placeholders = vec!["?"; T::COLUMNS.split(',').count()].join(", ");
+    format!("INSERT INTO {} ({}) VALUES ({placeholders})", T::TABLE, T::COLUMNS)
 }
 
 /// The one row `q` finds, read as a `T`; `None` when it finds none.

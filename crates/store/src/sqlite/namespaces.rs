@@ -8,14 +8,23 @@ use bulkhead_core::{Quotas, Role};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, names, one, select, Constraints, FromRow, SqliteStore};
+use super::{
+    all, as_i64, as_u64, from_columns, insert, names, one, select, Constraints, FromRow, Query, SqliteStore, Table,
+};
 use crate::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse, Result, StoreError};
 
+from_columns!(Quotas {
+    cpu_millis,
+    memory_bytes,
+    disk_bytes,
+    max_sandboxes,
+    pids_per_sandbox,
+    max_sandbox_ttl_seconds,
+});
+
 impl FromRow for NamespaceRow {
-    const TABLE: &'static str = "namespaces";
     const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
          pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation";
-    const KEY: &'static str = "name";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let id_range = |col: &str| -> Result<u32> {
@@ -23,33 +32,37 @@ impl FromRow for NamespaceRow {
             v.and_then(|s| u32::try_from(s).ok())
                 .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))
         };
+        let incarnation: Option<String> = row.try_get("incarnation")?;
         Ok(NamespaceRow {
             name: row.try_get("name")?,
             isolation: row.try_get("isolation")?,
-            quotas: Quotas {
-                cpu_millis: as_u64(row, "cpu_millis")?,
-                memory_bytes: as_u64(row, "memory_bytes")?,
-                disk_bytes: as_u64(row, "disk_bytes")?,
-                max_sandboxes: as_u64(row, "max_sandboxes")?,
-                pids_per_sandbox: as_u64(row, "pids_per_sandbox")?,
-                max_sandbox_ttl_seconds: as_u64(row, "max_sandbox_ttl_seconds")?,
-            },
+            quotas: Quotas::from_row(row)?,
             created_at_ms: row.try_get("created_at_ms")?,
             updated_at_ms: row.try_get("updated_at_ms")?,
             id_start: id_range("id_start")?,
             id_count: id_range("id_count")?,
-            incarnation: {
-                let incarnation: Option<String> = row.try_get("incarnation")?;
-                incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?
-            },
+            incarnation: incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?,
         })
     }
 }
 
+impl Table for NamespaceRow {
+    const TABLE: &'static str = "namespaces";
+    const KEY: &'static str = "name";
+}
+
+/// Binds a namespace's quotas, in the order of [`Quotas`]' columns.
+fn bind_quotas<'q>(q: Query<'q>, quotas: &Quotas) -> Query<'q> {
+    q.bind(as_i64(quotas.cpu_millis))
+        .bind(as_i64(quotas.memory_bytes))
+        .bind(as_i64(quotas.disk_bytes))
+        .bind(as_i64(quotas.max_sandboxes))
+        .bind(as_i64(quotas.pids_per_sandbox))
+        .bind(as_i64(quotas.max_sandbox_ttl_seconds))
+}
+
 impl FromRow for KeyRow {
-    const TABLE: &'static str = "api_keys";
     const COLUMNS: &'static str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
-    const KEY: &'static str = "id";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let role: String = row.try_get("role")?;
@@ -65,6 +78,11 @@ impl FromRow for KeyRow {
             projects: projects.map(|t| names(&t, "key projects")).transpose()?,
         })
     }
+}
+
+impl Table for KeyRow {
+    const TABLE: &'static str = "api_keys";
+    const KEY: &'static str = "id";
 }
 
 #[async_trait]
@@ -93,27 +111,16 @@ impl NamespaceStore for SqliteStore {
     }
 
     async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
-        let q = &ns.quotas;
         let mut tx = self.write_tx().await?;
-        let r = sqlx::query(&format!(
-            "INSERT INTO namespaces ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            NamespaceRow::COLUMNS
-        ))
-        .bind(&ns.name)
-        .bind(&ns.isolation)
-        .bind(as_i64(q.cpu_millis))
-        .bind(as_i64(q.memory_bytes))
-        .bind(as_i64(q.disk_bytes))
-        .bind(as_i64(q.max_sandboxes))
-        .bind(as_i64(q.pids_per_sandbox))
-        .bind(as_i64(q.max_sandbox_ttl_seconds))
-        .bind(ns.created_at_ms)
-        .bind(ns.updated_at_ms)
-        .bind(i64::from(ns.id_start))
-        .bind(i64::from(ns.id_count))
-        .bind(&ns.incarnation)
-        .execute(&mut *tx)
-        .await;
+        let sql = insert::<NamespaceRow>();
+        let r = bind_quotas(sqlx::query(&sql).bind(&ns.name).bind(&ns.isolation), &ns.quotas)
+            .bind(ns.created_at_ms)
+            .bind(ns.updated_at_ms)
+            .bind(i64::from(ns.id_start))
+            .bind(i64::from(ns.id_count))
+            .bind(&ns.incarnation)
+            .execute(&mut *tx)
+            .await;
         Constraints::default().taken(format!("namespace {}", ns.name)).check(r)?;
         tx.commit().await
     }
@@ -135,15 +142,7 @@ impl NamespaceStore for SqliteStore {
              RETURNING {}",
             NamespaceRow::COLUMNS
         );
-        let update = sqlx::query(&sql)
-            .bind(as_i64(q.cpu_millis))
-            .bind(as_i64(q.memory_bytes))
-            .bind(as_i64(q.disk_bytes))
-            .bind(as_i64(q.max_sandboxes))
-            .bind(as_i64(q.pids_per_sandbox))
-            .bind(as_i64(q.max_sandbox_ttl_seconds))
-            .bind(now_ms)
-            .bind(name);
+        let update = bind_quotas(sqlx::query(&sql), q).bind(now_ms).bind(name);
         one(&self.pool, update).await
     }
 
@@ -190,7 +189,7 @@ impl NamespaceStore for SqliteStore {
 
     async fn create_key(&self, key: &KeyRow) -> Result<()> {
         let projects = key.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-        let sql = format!("INSERT INTO api_keys ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", KeyRow::COLUMNS);
+        let sql = insert::<KeyRow>();
         let insert = sqlx::query(&sql)
             .bind(&key.id)
             .bind(&key.namespace)

@@ -6,15 +6,13 @@ use bulkhead_core::Quotas;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, names, one, select, within, FromRow, SqliteStore};
+use super::{all, as_i64, as_u64, insert, names, one, select, within, FromRow, SqliteStore, Table};
 use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError};
 
 impl FromRow for SandboxRow {
-    const TABLE: &'static str = "sandboxes";
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
          metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id";
-    const KEY: &'static str = "id";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -50,6 +48,11 @@ impl FromRow for SandboxRow {
     }
 }
 
+impl Table for SandboxRow {
+    const TABLE: &'static str = "sandboxes";
+    const KEY: &'static str = "id";
+}
+
 #[async_trait]
 impl SandboxStore for SqliteStore {
     async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
@@ -70,34 +73,31 @@ impl SandboxStore for SqliteStore {
         for (quota, limit, used, requested) in checks {
             within(quota, limit, used, requested)?;
         }
-        sqlx::query(&format!(
-            "INSERT INTO sandboxes ({}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            SandboxRow::COLUMNS
-        ))
-        .bind(&sbx.id)
-        .bind(&sbx.namespace)
-        .bind(sbx.status.as_str())
-        .bind(sbx.reason.as_deref())
-        .bind(&sbx.isolation)
-        .bind(as_i64(sbx.cpu_millis))
-        .bind(as_i64(sbx.memory_bytes))
-        .bind(as_i64(sbx.pids))
-        .bind(as_i64(sbx.ttl_seconds))
-        .bind(sbx.created_at_ms)
-        .bind(sbx.expires_at_ms)
-        .bind(sbx.ended_at_ms)
-        .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
-        .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
-        .bind(as_i64(sbx.metered.cpu_ns))
-        .bind(sbx.metered_at_ms)
-        .bind(as_i64(sbx.metered.io_read_bytes))
-        .bind(as_i64(sbx.metered.io_write_bytes))
-        .bind(&sbx.creator)
-        .bind(sbx.workload_token_hash.as_deref())
-        .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .bind(sbx.project.as_deref())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(&insert::<SandboxRow>())
+            .bind(&sbx.id)
+            .bind(&sbx.namespace)
+            .bind(sbx.status.as_str())
+            .bind(sbx.reason.as_deref())
+            .bind(&sbx.isolation)
+            .bind(as_i64(sbx.cpu_millis))
+            .bind(as_i64(sbx.memory_bytes))
+            .bind(as_i64(sbx.pids))
+            .bind(as_i64(sbx.ttl_seconds))
+            .bind(sbx.created_at_ms)
+            .bind(sbx.expires_at_ms)
+            .bind(sbx.ended_at_ms)
+            .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
+            .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
+            .bind(as_i64(sbx.metered.cpu_ns))
+            .bind(sbx.metered_at_ms)
+            .bind(as_i64(sbx.metered.io_read_bytes))
+            .bind(as_i64(sbx.metered.io_write_bytes))
+            .bind(&sbx.creator)
+            .bind(sbx.workload_token_hash.as_deref())
+            .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+            .bind(sbx.project.as_deref())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await
     }
 

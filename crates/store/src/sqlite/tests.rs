@@ -1,14 +1,14 @@
-//! The store's behaviour across aggregates: retention, cascades on namespace delete,
-//! admission, reopening and idempotency claims.
+//! The store's behaviour across aggregates (retention, cascades on namespace delete,
+//! admission, reopening, idempotency claims) and the shared query shapes each relies on.
 
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::{Quotas, Role};
 
-use super::SqliteStore;
+use super::{insert, select, within, Column, Constraints, FromRow, SqliteStore};
 use crate::prelude::*;
 use crate::{
-    AuditQuery, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, SandboxRow, SandboxStatus,
-    StoreError,
+    AuditQuery, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, ProjectRow, SandboxRow,
+    SandboxStatus, StoreError,
 };
 
 fn ns(name: &str) -> NamespaceRow {
@@ -220,4 +220,121 @@ async fn idempotency_claims_are_exclusive_answered_released_and_expire() {
     assert_eq!(claim("f3", 5000).await, IdempotencyClaim::Claimed);
     assert_eq!(s.release_pending_idempotency().await.unwrap(), 1);
     assert_eq!(claim("f4", 5001).await, IdempotencyClaim::Claimed);
+}
+
+#[test]
+fn statements_are_built_from_a_row_types_columns() {
+    assert_eq!(ProjectRow::COLUMNS, "id, namespace, name, created_at_ms");
+    assert_eq!(insert::<ProjectRow>(), "INSERT INTO projects (id, namespace, name, created_at_ms) VALUES (?, ?, ?, ?)");
+    assert_eq!(
+        select::<ProjectRow>("WHERE id = ?"),
+        "SELECT id, namespace, name, created_at_ms FROM projects WHERE id = ?"
+    );
+    // One placeholder a column, however the column list is wrapped.
+    let sandbox = insert::<SandboxRow>();
+    assert_eq!(sandbox.matches('?').count(), 22);
+    assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
+    assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
+}
+
+#[test]
+fn within_allows_up_to_the_limit_and_names_the_breach() {
+    within("cpu_millis", 1000, 600, 400).unwrap();
+    match within("cpu_millis", 1000, 600, 401) {
+        Err(StoreError::Quota(b)) => {
+            assert_eq!((b.quota, b.limit, b.used, b.requested), ("cpu_millis", 1000, 600, 401))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A sum past u64::MAX is past any limit, not wrapped below it.
+    assert!(matches!(within("disk_bytes", u64::MAX - 1, u64::MAX, 1), Err(StoreError::Quota(_))));
+}
+
+#[tokio::test]
+async fn columns_refuse_values_the_store_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let row =
+        sqlx::query("SELECT -1 AS n, 70000 AS status, 'x' AS t, '[1]' AS names").fetch_one(&s.pool).await.unwrap();
+    assert!(matches!(u64::read(&row, "n"), Err(StoreError::Corrupt(m)) if m == "n is negative"));
+    assert!(matches!(u16::read(&row, "status"), Err(StoreError::Corrupt(m)) if m == "status out of range"));
+    assert_eq!(String::read(&row, "t").unwrap(), "x");
+    assert!(matches!(String::read(&row, "missing"), Err(StoreError::Database(_))));
+    assert!(
+        matches!(super::names("[1]", "key projects"), Err(StoreError::Corrupt(m)) if m.starts_with("key projects: "))
+    );
+    assert_eq!(super::names(r#"["a","b"]"#, "x").unwrap(), ["a", "b"]);
+}
+
+#[tokio::test]
+async fn constraint_failures_are_named_only_when_the_write_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    let project = |namespace: &str| {
+        sqlx::query("INSERT INTO projects (id, namespace, name, created_at_ms) VALUES ('p', ?, 'web', 1)")
+            .bind(namespace.to_owned())
+    };
+    let named = || Constraints::default().taken("project web".into()).missing("namespace nope".into());
+    // A parent that is missing.
+    let r = project("nope").execute(&s.pool).await;
+    assert!(matches!(named().check(r), Err(StoreError::NotFound(m)) if m == "namespace nope"));
+    let r = project("nope").execute(&s.pool).await;
+    assert!(matches!(Constraints::default().taken("x".into()).check(r), Err(StoreError::Database(_))));
+    // A unique key that is taken.
+    named().check(project("acme").execute(&s.pool).await).unwrap();
+    let r = project("acme").execute(&s.pool).await;
+    assert!(matches!(named().check(r), Err(StoreError::Conflict(m)) if m == "project web"));
+    let r = project("acme").execute(&s.pool).await;
+    assert!(matches!(Constraints::default().missing("x".into()).check(r), Err(StoreError::Database(_))));
+}
+
+#[tokio::test]
+async fn namespace_rows_are_got_paged_and_deleted_by_key_within_their_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    for n in ["acme", "globex"] {
+        s.create_namespace(&ns(n)).await.unwrap();
+    }
+    let project = |namespace: &str, id: &str| ProjectRow {
+        id: id.into(),
+        namespace: namespace.into(),
+        name: format!("{namespace}-{id}"),
+        created_at_ms: 1,
+    };
+    for id in ["prj_c", "prj_a", "prj_b"] {
+        s.create_project(&project("acme", id)).await.unwrap();
+    }
+    s.create_project(&project("globex", "prj_0")).await.unwrap();
+    let ids = |rows: Vec<ProjectRow>| rows.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.page("acme", None, 2).await.unwrap()), ["prj_a", "prj_b"]);
+    assert_eq!(ids(s.page("acme", Some("prj_b"), 2).await.unwrap()), ["prj_c"]);
+    assert_eq!(ids(s.page("globex", None, 10).await.unwrap()), ["prj_0"]);
+    assert_eq!(s.get_in::<ProjectRow>("acme", "prj_a").await.unwrap(), Some(project("acme", "prj_a")));
+    assert_eq!(s.get_in::<ProjectRow>("globex", "prj_a").await.unwrap(), None);
+    assert!(!s.delete_in::<ProjectRow>("globex", "prj_a").await.unwrap());
+    assert!(s.delete_in::<ProjectRow>("acme", "prj_a").await.unwrap());
+    assert!(!s.delete_in::<ProjectRow>("acme", "prj_a").await.unwrap());
+}
+
+#[tokio::test]
+async fn a_write_transaction_dropped_uncommitted_rolls_back_and_lets_the_lock_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    {
+        let mut tx = s.write_tx().await.unwrap();
+        sqlx::query("INSERT INTO platform (id, admin_token_hash, created_at_ms) VALUES (1, 'h', 1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert!(s.write_lock.try_lock().is_err(), "the transaction holds the write lock");
+    }
+    assert_eq!(s.admin_token_hash().await.unwrap(), None);
+    let mut tx = s.write_tx().await.unwrap();
+    sqlx::query("INSERT INTO platform (id, admin_token_hash, created_at_ms) VALUES (1, 'h', 1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(s.admin_token_hash().await.unwrap().as_deref(), Some("h"));
 }

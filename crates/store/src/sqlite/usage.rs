@@ -5,30 +5,32 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, select, FromRow, Query, SqliteStore};
+use super::{all, as_i64, from_columns, select, FromRow, Query, SqliteStore, Table};
 use crate::{MeterMark, Result, SandboxRow, UsageBucket, UsageDelta, UsageStore};
 
+from_columns!(UsageDelta {
+    cpu_ns,
+    memory_byte_ms,
+    sandbox_ms,
+    memory_peak_bytes,
+    exec_count,
+    quota_rejections,
+    io_read_bytes,
+    io_write_bytes,
+});
+
 impl FromRow for UsageBucket {
-    const TABLE: &'static str = "usage_buckets";
     const COLUMNS: &'static str = "bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, \
          quota_rejections, io_read_bytes, io_write_bytes";
-    const KEY: &'static str = "bucket_ms";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(UsageBucket {
-            bucket_ms: row.try_get("bucket_ms")?,
-            usage: UsageDelta {
-                cpu_ns: as_u64(row, "cpu_ns")?,
-                memory_byte_ms: as_u64(row, "memory_byte_ms")?,
-                sandbox_ms: as_u64(row, "sandbox_ms")?,
-                memory_peak_bytes: as_u64(row, "memory_peak_bytes")?,
-                exec_count: as_u64(row, "exec_count")?,
-                quota_rejections: as_u64(row, "quota_rejections")?,
-                io_read_bytes: as_u64(row, "io_read_bytes")?,
-                io_write_bytes: as_u64(row, "io_write_bytes")?,
-            },
-        })
+        Ok(UsageBucket { bucket_ms: row.try_get("bucket_ms")?, usage: UsageDelta::from_row(row)? })
     }
+}
+
+impl Table for UsageBucket {
+    const TABLE: &'static str = "usage_buckets";
+    const KEY: &'static str = "bucket_ms";
 }
 
 const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
