@@ -7,12 +7,14 @@ use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verificati
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 
-use super::{all, as_i64, as_u64, from_columns, insert, one, select, FromRow, SqliteStore, Table};
+use super::{
+    all, as_i64, as_u64, from_columns, insert_row, one, select, Columns, Constraints, Query, SqliteStore, Table,
+};
 use crate::{AuditQuery, AuditStore, Result};
 
 from_columns!(AuditEvent { time_ms, principal, action, resource, decision, status, request_id, detail });
 
-impl FromRow for AuditRecord {
+impl Columns for AuditRecord {
     const COLUMNS: &'static str =
         "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
 
@@ -24,6 +26,11 @@ impl FromRow for AuditRecord {
             prev_hash: row.try_get("prev_hash")?,
             hash: row.try_get("hash")?,
         })
+    }
+
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
+        let q = self.event.bind_all(q.bind(&self.chain).bind(as_i64(self.seq)))?;
+        Ok(q.bind(&self.prev_hash).bind(&self.hash))
     }
 }
 
@@ -57,22 +64,7 @@ impl AuditStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         let head = read_head(&mut tx, chain).await?;
         let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
-        let e = &record.event;
-        sqlx::query(&insert::<AuditRecord>())
-            .bind(chain)
-            .bind(as_i64(record.seq))
-            .bind(e.time_ms)
-            .bind(&e.principal)
-            .bind(&e.action)
-            .bind(&e.resource)
-            .bind(&e.decision)
-            .bind(i64::from(e.status))
-            .bind(&e.request_id)
-            .bind(&e.detail)
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .execute(&mut *tx)
-            .await?;
+        insert_row(&mut *tx, &record, Constraints::default()).await?;
         sqlx::query(
             "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
              ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, from_columns, insert, select, within, Constraints, FromRow, SqliteStore};
+use super::{all, as_i64, from_columns, insert_row, select, within, Columns, Constraints, SqliteStore};
 use crate::{FilesystemRow, FilesystemStore, ProjectRow, Result, StoreError};
 
 from_columns!(ProjectRow in "projects" by "id" { id, namespace, name, created_at_ms });
@@ -29,10 +29,8 @@ fn disk_used(row: &SqliteRow) -> Result<u64> {
 #[async_trait]
 impl FilesystemStore for SqliteStore {
     async fn create_project(&self, p: &ProjectRow) -> Result<()> {
-        let sql = insert::<ProjectRow>();
-        let insert = sqlx::query(&sql).bind(&p.id).bind(&p.namespace).bind(&p.name).bind(p.created_at_ms);
-        Constraints::default().taken(format!("project {}", p.name)).check(self.execute(insert).await)?;
-        Ok(())
+        let _w = self.write_lock.lock().await;
+        insert_row(&self.pool, p, Constraints::default().taken(format!("project {}", p.name))).await
     }
 
     async fn get_project(&self, namespace: &str, id: &str) -> Result<Option<ProjectRow>> {
@@ -69,18 +67,7 @@ impl FilesystemStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         within("disk_bytes", disk_bytes, disk_used(&used)?, f.size_bytes)?;
-        let r =
-            sqlx::query(&format!("INSERT INTO filesystems ({}) VALUES (?, ?, ?, ?, ?, ?, ?)", FilesystemRow::COLUMNS))
-                .bind(&f.id)
-                .bind(&f.namespace)
-                .bind(&f.name)
-                .bind(f.project_id.as_deref())
-                .bind(as_i64(f.size_bytes))
-                .bind(f.created_at_ms)
-                .bind(f.updated_at_ms)
-                .execute(&mut *tx)
-                .await;
-        Constraints::default().taken(format!("filesystem {}", f.name)).check(r)?;
+        insert_row(&mut *tx, f, Constraints::default().taken(format!("filesystem {}", f.name))).await?;
         tx.commit().await
     }
 

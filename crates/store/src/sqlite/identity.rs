@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{all, from_columns, insert, select, within, Constraints, SqliteStore};
+use super::{all, from_columns, insert_row, select, within, Constraints, SqliteStore};
 use crate::{IdentityStore, PolicyRow, Result, SecretRow};
 
 from_columns!(PolicyRow in "policies" by "id" { id, namespace, name, text, created_at_ms });
@@ -42,15 +42,7 @@ impl IdentityStore for SqliteStore {
             .fetch_one(&mut *tx)
             .await?;
         within("policies", u64::from(max), u64::try_from(count).unwrap_or(0), 1)?;
-        let r = sqlx::query(&insert::<PolicyRow>())
-            .bind(&p.id)
-            .bind(&p.namespace)
-            .bind(&p.name)
-            .bind(&p.text)
-            .bind(p.created_at_ms)
-            .execute(&mut *tx)
-            .await;
-        Constraints::default().taken(format!("policy {}", p.name)).check(r)?;
+        insert_row(&mut *tx, p, Constraints::default().taken(format!("policy {}", p.name))).await?;
         tx.commit().await
     }
 
@@ -91,16 +83,8 @@ impl IdentityStore for SqliteStore {
             .await?
             .rows_affected();
         if updated == 0 {
-            let r = sqlx::query(&insert::<SecretRow>())
-                .bind(&sec.id)
-                .bind(&sec.namespace)
-                .bind(&sec.name)
-                .bind(&sec.sealed)
-                .bind(sec.created_at_ms)
-                .bind(sec.updated_at_ms)
-                .execute(&mut *tx)
-                .await;
-            Constraints::default().missing(format!("namespace {}", sec.namespace)).check(r)?;
+            let names = Constraints::default().missing(format!("namespace {}", sec.namespace));
+            insert_row(&mut *tx, sec, names).await?;
         }
         tx.commit().await?;
         Ok(updated == 0)

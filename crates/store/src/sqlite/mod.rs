@@ -5,11 +5,14 @@
 //! write lock up front (waiting for it if need be) instead of upgrading a read snapshot, which
 //! SQLite refuses at once when another connection wrote meanwhile.
 //!
-//! This module owns the connection, the migrations and the shapes every query shares: a row
-//! type says once how it is read ([`FromRow`]), and [`one`], [`all`], [`SqliteStore::get_in`]
-//! and [`SqliteStore::page`] read it; [`SqliteStore::write_tx`] is the write transaction and
-//! [`Constraints`] names a write's constraint failures. Each aggregate's queries live in a
-//! module of their own.
+//! This module owns the connection, the migrations and the shapes every query shares. A row
+//! type says once where it lives and how it is read (`Table`, `Columns`, most often by
+//! `from_columns!`); `select` and `insert` build its statements from that, `one` and
+//! `all` read it back, and `SqliteStore::get_in`, `SqliteStore::page` and
+//! `SqliteStore::delete_in` are the lookups every namespace-scoped table has.
+//! `SqliteStore::write_tx` is the write transaction, `SqliteStore::execute` a single write
+//! under the lock, `Constraints` names a write's constraint failures and `within` checks a
+//! quota. Each aggregate's queries live in a module of their own.
 
 mod audit;
 mod filesystems;
@@ -149,7 +152,7 @@ impl SqliteStore {
         self.page_of::<T>(T::COLUMNS, namespace, after, limit).await
     }
 
-    /// [`SqliteStore::page`] reading the select list `columns` instead of [`FromRow::COLUMNS`].
+    /// [`SqliteStore::page`] reading the select list `columns` instead of [`Columns::COLUMNS`].
     async fn page_of<T: Table>(
         &self,
         columns: &str,
@@ -166,15 +169,18 @@ impl SqliteStore {
 /// A statement with its bound arguments.
 type Query<'q> = sqlx::query::Query<'q, Sqlite, SqliteArguments<'q>>;
 
-/// A value read back from a result row: how the store reads it from the named column.
-trait FromRow: Sized {
-    /// The select list [`FromRow::from_row`] reads; every query of the value selects exactly these.
+/// A value the store keeps as columns: how it is read back from a result row and bound to a
+/// statement, column by column, in the order of [`Columns::COLUMNS`].
+trait Columns: Sized {
+    /// The select list [`Columns::from_row`] reads; every query of the value selects exactly these.
     const COLUMNS: &'static str;
     fn from_row(row: &SqliteRow) -> Result<Self>;
+    /// Binds the value's columns to `q`, in the order of [`Columns::COLUMNS`].
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>>;
 }
 
 /// A row type that is a table's row: its columns are the table's.
-trait Table: FromRow {
+trait Table: Columns {
     /// The table.
     const TABLE: &'static str;
     /// The column that names a row within its namespace (or its chain): what
@@ -182,8 +188,8 @@ trait Table: FromRow {
     const KEY: &'static str;
 }
 
-/// Implements [`FromRow`] for a struct whose fields are columns of the same names, each read
-/// with [`Column`]; with `in "<table>" by "<key>"`, [`Table`] too.
+/// Implements [`Columns`] for a struct whose fields are columns of the same names, each read
+/// and bound with [`Column`]; with `in "<table>" by "<key>"`, [`Table`] too.
 macro_rules! from_columns {
     ($ty:ident in $table:literal by $key:literal { $($field:ident),+ $(,)? }) => {
         from_columns!($ty { $($field),+ });
@@ -193,20 +199,27 @@ macro_rules! from_columns {
         }
     };
     ($ty:ident { $first:ident $(, $field:ident)* $(,)? }) => {
-        impl $crate::sqlite::FromRow for $ty {
+        impl $crate::sqlite::Columns for $ty {
             const COLUMNS: &'static str = concat!(stringify!($first) $(, ", ", stringify!($field))*);
             fn from_row(row: &sqlx::sqlite::SqliteRow) -> $crate::Result<Self> {
                 use $crate::sqlite::Column;
                 Ok($ty { $first: Column::read(row, stringify!($first))?, $($field: Column::read(row, stringify!($field))?),* })
+            }
+            fn bind_all<'q>(&'q self, q: $crate::sqlite::Query<'q>) -> $crate::Result<$crate::sqlite::Query<'q>> {
+                use $crate::sqlite::Column;
+                let q = self.$first.bind_to(q);
+                $(let q = self.$field.bind_to(q);)*
+                Ok(q)
             }
         }
     };
 }
 use from_columns;
 
-/// A value one column holds, read by the column's name.
+/// A value one column holds, read by the column's name and bound as the store writes it.
 trait Column: Sized {
     fn read(row: &SqliteRow, col: &str) -> Result<Self>;
+    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q>;
 }
 
 /// Columns SQLite's driver decodes as they are.
@@ -215,6 +228,9 @@ macro_rules! decoded_columns {
         impl Column for $ty {
             fn read(row: &SqliteRow, col: &str) -> Result<Self> {
                 Ok(row.try_get(col)?)
+            }
+            fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+                q.bind(self)
             }
         }
     )+};
@@ -226,6 +242,9 @@ impl Column for u64 {
     fn read(row: &SqliteRow, col: &str) -> Result<Self> {
         as_u64(row, col)
     }
+    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+        q.bind(as_i64(*self))
+    }
 }
 
 /// HTTP statuses.
@@ -233,6 +252,9 @@ impl Column for u16 {
     fn read(row: &SqliteRow, col: &str) -> Result<Self> {
         let v: i64 = row.try_get(col)?;
         u16::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
+    }
+    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
+        q.bind(i64::from(*self))
     }
 }
 
@@ -247,19 +269,30 @@ fn insert<T: Table>() -> String {
     format!("INSERT INTO {} ({}) VALUES ({placeholders})", T::TABLE, T::COLUMNS)
 }
 
+/// Inserts `row` into its table, the write's constraint failures named by `names`.
+async fn insert_row<'c, T: Table>(
+    exec: impl sqlx::Executor<'c, Database = Sqlite>,
+    row: &T,
+    names: Constraints,
+) -> Result<()> {
+    let sql = insert::<T>();
+    names.check(row.bind_all(sqlx::query(&sql))?.execute(exec).await)?;
+    Ok(())
+}
+
 /// The one row `q` finds, read as a `T`; `None` when it finds none.
-async fn one<'c, T: FromRow>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Option<T>> {
+async fn one<'c, T: Columns>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Option<T>> {
     q.fetch_optional(exec).await?.as_ref().map(T::from_row).transpose()
 }
 
 /// Every row `q` finds, read as `T`s.
-async fn all<'c, T: FromRow>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Vec<T>> {
+async fn all<'c, T: Columns>(exec: impl sqlx::Executor<'c, Database = Sqlite>, q: Query<'_>) -> Result<Vec<T>> {
     q.fetch_all(exec).await?.iter().map(T::from_row).collect()
 }
 
 /// A write transaction: SQLite's write lock and the store's, held until it commits or drops.
 struct WriteTx<'a> {
-    // Declared first, so on drop it rolls back before the lock below is let go.
+    // Declared first, so it is dropped (its rollback queued) before the lock is let go.
     tx: Transaction<'static, Sqlite>,
     _lock: MutexGuard<'a, ()>,
 }

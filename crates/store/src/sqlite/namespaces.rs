@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{
-    all, as_i64, as_u64, from_columns, insert, names, one, select, Constraints, FromRow, Query, SqliteStore, Table,
+    all, as_u64, from_columns, insert_row, names, one, select, Columns, Constraints, Query, SqliteStore, Table,
 };
 use crate::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse, Result, StoreError};
 
@@ -22,7 +22,7 @@ from_columns!(Quotas {
     max_sandbox_ttl_seconds,
 });
 
-impl FromRow for NamespaceRow {
+impl Columns for NamespaceRow {
     const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
          pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation";
 
@@ -44,6 +44,17 @@ impl FromRow for NamespaceRow {
             incarnation: incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?,
         })
     }
+
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
+        Ok(self
+            .quotas
+            .bind_all(q.bind(&self.name).bind(&self.isolation))?
+            .bind(self.created_at_ms)
+            .bind(self.updated_at_ms)
+            .bind(i64::from(self.id_start))
+            .bind(i64::from(self.id_count))
+            .bind(&self.incarnation))
+    }
 }
 
 impl Table for NamespaceRow {
@@ -51,17 +62,7 @@ impl Table for NamespaceRow {
     const KEY: &'static str = "name";
 }
 
-/// Binds a namespace's quotas, in the order of [`Quotas`]' columns.
-fn bind_quotas<'q>(q: Query<'q>, quotas: &Quotas) -> Query<'q> {
-    q.bind(as_i64(quotas.cpu_millis))
-        .bind(as_i64(quotas.memory_bytes))
-        .bind(as_i64(quotas.disk_bytes))
-        .bind(as_i64(quotas.max_sandboxes))
-        .bind(as_i64(quotas.pids_per_sandbox))
-        .bind(as_i64(quotas.max_sandbox_ttl_seconds))
-}
-
-impl FromRow for KeyRow {
+impl Columns for KeyRow {
     const COLUMNS: &'static str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
@@ -77,6 +78,18 @@ impl FromRow for KeyRow {
             expires_at_ms: row.try_get("expires_at_ms")?,
             projects: projects.map(|t| names(&t, "key projects")).transpose()?,
         })
+    }
+
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
+        let projects = self.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
+        Ok(q.bind(&self.id)
+            .bind(&self.namespace)
+            .bind(&self.name)
+            .bind(self.role.as_str())
+            .bind(&self.token_hash)
+            .bind(self.created_at_ms)
+            .bind(self.expires_at_ms)
+            .bind(projects))
     }
 }
 
@@ -112,16 +125,7 @@ impl NamespaceStore for SqliteStore {
 
     async fn create_namespace(&self, ns: &NamespaceRow) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let sql = insert::<NamespaceRow>();
-        let r = bind_quotas(sqlx::query(&sql).bind(&ns.name).bind(&ns.isolation), &ns.quotas)
-            .bind(ns.created_at_ms)
-            .bind(ns.updated_at_ms)
-            .bind(i64::from(ns.id_start))
-            .bind(i64::from(ns.id_count))
-            .bind(&ns.incarnation)
-            .execute(&mut *tx)
-            .await;
-        Constraints::default().taken(format!("namespace {}", ns.name)).check(r)?;
+        insert_row(&mut *tx, ns, Constraints::default().taken(format!("namespace {}", ns.name))).await?;
         tx.commit().await
     }
 
@@ -142,7 +146,7 @@ impl NamespaceStore for SqliteStore {
              RETURNING {}",
             NamespaceRow::COLUMNS
         );
-        let update = bind_quotas(sqlx::query(&sql), q).bind(now_ms).bind(name);
+        let update = q.bind_all(sqlx::query(&sql))?.bind(now_ms).bind(name);
         one(&self.pool, update).await
     }
 
@@ -188,22 +192,10 @@ impl NamespaceStore for SqliteStore {
     }
 
     async fn create_key(&self, key: &KeyRow) -> Result<()> {
-        let projects = key.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-        let sql = insert::<KeyRow>();
-        let insert = sqlx::query(&sql)
-            .bind(&key.id)
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .bind(key.role.as_str())
-            .bind(&key.token_hash)
-            .bind(key.created_at_ms)
-            .bind(key.expires_at_ms)
-            .bind(projects);
-        Constraints::default()
-            .taken(format!("key {}", key.name))
-            .missing(format!("namespace {}", key.namespace))
-            .check(self.execute(insert).await)?;
-        Ok(())
+        let names =
+            Constraints::default().taken(format!("key {}", key.name)).missing(format!("namespace {}", key.namespace));
+        let _w = self.write_lock.lock().await;
+        insert_row(&self.pool, key, names).await
     }
 
     async fn get_key(&self, namespace: &str, id: &str) -> Result<Option<KeyRow>> {

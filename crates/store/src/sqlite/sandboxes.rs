@@ -6,10 +6,12 @@ use bulkhead_core::Quotas;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, insert, names, one, select, within, FromRow, SqliteStore, Table};
+use super::{
+    all, as_i64, as_u64, insert_row, names, one, select, within, Columns, Constraints, Query, SqliteStore, Table,
+};
 use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError};
 
-impl FromRow for SandboxRow {
+impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
          metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id";
@@ -46,6 +48,32 @@ impl FromRow for SandboxRow {
             project: row.try_get("project_id")?,
         })
     }
+
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
+        let secrets = serde_json::to_string(&self.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(q.bind(&self.id)
+            .bind(&self.namespace)
+            .bind(self.status.as_str())
+            .bind(self.reason.as_deref())
+            .bind(&self.isolation)
+            .bind(as_i64(self.cpu_millis))
+            .bind(as_i64(self.memory_bytes))
+            .bind(as_i64(self.pids))
+            .bind(as_i64(self.ttl_seconds))
+            .bind(self.created_at_ms)
+            .bind(self.expires_at_ms)
+            .bind(self.ended_at_ms)
+            .bind(self.filesystem.as_ref().map(|(id, _)| id.as_str()))
+            .bind(self.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
+            .bind(as_i64(self.metered.cpu_ns))
+            .bind(self.metered_at_ms)
+            .bind(as_i64(self.metered.io_read_bytes))
+            .bind(as_i64(self.metered.io_write_bytes))
+            .bind(&self.creator)
+            .bind(self.workload_token_hash.as_deref())
+            .bind(secrets)
+            .bind(self.project.as_deref()))
+    }
 }
 
 impl Table for SandboxRow {
@@ -73,31 +101,7 @@ impl SandboxStore for SqliteStore {
         for (quota, limit, used, requested) in checks {
             within(quota, limit, used, requested)?;
         }
-        sqlx::query(&insert::<SandboxRow>())
-            .bind(&sbx.id)
-            .bind(&sbx.namespace)
-            .bind(sbx.status.as_str())
-            .bind(sbx.reason.as_deref())
-            .bind(&sbx.isolation)
-            .bind(as_i64(sbx.cpu_millis))
-            .bind(as_i64(sbx.memory_bytes))
-            .bind(as_i64(sbx.pids))
-            .bind(as_i64(sbx.ttl_seconds))
-            .bind(sbx.created_at_ms)
-            .bind(sbx.expires_at_ms)
-            .bind(sbx.ended_at_ms)
-            .bind(sbx.filesystem.as_ref().map(|(id, _)| id.as_str()))
-            .bind(sbx.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
-            .bind(as_i64(sbx.metered.cpu_ns))
-            .bind(sbx.metered_at_ms)
-            .bind(as_i64(sbx.metered.io_read_bytes))
-            .bind(as_i64(sbx.metered.io_write_bytes))
-            .bind(&sbx.creator)
-            .bind(sbx.workload_token_hash.as_deref())
-            .bind(serde_json::to_string(&sbx.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-            .bind(sbx.project.as_deref())
-            .execute(&mut *tx)
-            .await?;
+        insert_row(&mut *tx, sbx, Constraints::default()).await?;
         tx.commit().await
     }
 

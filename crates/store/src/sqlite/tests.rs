@@ -4,7 +4,7 @@
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::{Quotas, Role};
 
-use super::{insert, select, within, Column, Constraints, FromRow, SqliteStore};
+use super::{insert, select, within, Column, Columns, Constraints, SqliteStore};
 use crate::prelude::*;
 use crate::{
     AuditQuery, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, ProjectRow, SandboxRow,

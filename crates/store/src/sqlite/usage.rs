@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, from_columns, select, FromRow, Query, SqliteStore, Table};
+use super::{all, as_i64, from_columns, select, Columns, Query, SqliteStore, Table};
 use crate::{MeterMark, Result, SandboxRow, UsageBucket, UsageDelta, UsageStore};
 
 from_columns!(UsageDelta {
@@ -19,12 +19,16 @@ from_columns!(UsageDelta {
     io_write_bytes,
 });
 
-impl FromRow for UsageBucket {
+impl Columns for UsageBucket {
     const COLUMNS: &'static str = "bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, \
          quota_rejections, io_read_bytes, io_write_bytes";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         Ok(UsageBucket { bucket_ms: row.try_get("bucket_ms")?, usage: UsageDelta::from_row(row)? })
+    }
+
+    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
+        self.usage.bind_all(q.bind(self.bucket_ms))
     }
 }
 
@@ -42,24 +46,14 @@ const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu
      io_read_bytes = io_read_bytes + excluded.io_read_bytes, io_write_bytes = io_write_bytes + excluded.io_write_bytes";
 
 /// Adds `d` to the namespace's bucket at `bucket_ms`.
-fn usage_upsert<'q>(namespace: &'q str, bucket_ms: i64, d: &UsageDelta) -> Query<'q> {
-    sqlx::query(USAGE_UPSERT)
-        .bind(namespace)
-        .bind(bucket_ms)
-        .bind(as_i64(d.cpu_ns))
-        .bind(as_i64(d.memory_byte_ms))
-        .bind(as_i64(d.sandbox_ms))
-        .bind(as_i64(d.memory_peak_bytes))
-        .bind(as_i64(d.exec_count))
-        .bind(as_i64(d.quota_rejections))
-        .bind(as_i64(d.io_read_bytes))
-        .bind(as_i64(d.io_write_bytes))
+fn usage_upsert<'q>(namespace: &'q str, bucket_ms: i64, d: &'q UsageDelta) -> Result<Query<'q>> {
+    d.bind_all(sqlx::query(USAGE_UPSERT).bind(namespace).bind(bucket_ms))
 }
 
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn add_usage(&self, namespace: &str, bucket_ms: i64, delta: &UsageDelta) -> Result<()> {
-        self.execute(usage_upsert(namespace, bucket_ms, delta)).await?;
+        self.execute(usage_upsert(namespace, bucket_ms, delta)?).await?;
         Ok(())
     }
 
@@ -89,7 +83,7 @@ impl UsageStore for SqliteStore {
         if marked.rows_affected() == 0 {
             return Ok(());
         }
-        usage_upsert(&sandbox.namespace, bucket_ms, delta).execute(&mut *tx).await?;
+        usage_upsert(&sandbox.namespace, bucket_ms, delta)?.execute(&mut *tx).await?;
         tx.commit().await
     }
 
