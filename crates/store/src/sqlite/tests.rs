@@ -7,8 +7,8 @@ use bulkhead_core::{Quotas, Role};
 use super::{insert, select, within, Column, Columns, Constraints, SqliteStore};
 use crate::prelude::*;
 use crate::{
-    AuditQuery, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, ProjectRow, SandboxRow,
-    SandboxStatus, StoreError,
+    AuditQuery, FilesystemRow, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow,
+    ProjectRow, SandboxRow, SandboxStatus, SecretRow, StoreError, UsageBucket, UsageDelta,
 };
 
 fn ns(name: &str) -> NamespaceRow {
@@ -337,4 +337,77 @@ async fn a_write_transaction_dropped_uncommitted_rolls_back_and_lets_the_lock_go
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(s.admin_token_hash().await.unwrap().as_deref(), Some("h"));
+}
+
+#[tokio::test]
+async fn every_row_type_reads_back_what_it_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    let acme = ns("acme");
+    s.create_namespace(&acme).await.unwrap();
+    assert_eq!(s.get_namespace("acme").await.unwrap(), Some(acme));
+    let key = KeyRow { projects: Some(vec!["prj_a".into()]), expires_at_ms: Some(9), ..key("acme", "ci") };
+    s.create_key(&key).await.unwrap();
+    assert_eq!(s.get_key("acme", &key.id).await.unwrap(), Some(key));
+    let project = ProjectRow { id: "prj_a".into(), namespace: "acme".into(), name: "web".into(), created_at_ms: 2 };
+    s.create_project(&project).await.unwrap();
+    let fs = FilesystemRow {
+        id: "fs_a".into(),
+        namespace: "acme".into(),
+        name: "data".into(),
+        project_id: Some("prj_a".into()),
+        size_bytes: 1 << 30,
+        created_at_ms: 3,
+        updated_at_ms: 4,
+    };
+    s.admit_filesystem(&fs, 2 << 30).await.unwrap();
+    assert_eq!(s.get_filesystem("acme", "fs_a").await.unwrap(), Some(fs.clone()));
+    let sbx = SandboxRow {
+        filesystem: Some(("fs_a".into(), "rw".into())),
+        secrets: vec!["token".into()],
+        project: Some("prj_a".into()),
+        workload_token_hash: Some("wh".into()),
+        metered: MeterMark { cpu_ns: 5, io_read_bytes: 6, io_write_bytes: 7 },
+        metered_at_ms: Some(8),
+        reason: Some("why".into()),
+        ..sandbox("acme", 100)
+    };
+    s.admit_sandbox(&sbx, &Quotas::DEFAULT).await.unwrap();
+    assert_eq!(s.get_sandbox("acme", &sbx.id).await.unwrap(), Some(sbx.clone()));
+    assert_eq!(s.sandboxes_using("fs_a").await.unwrap(), [sbx]);
+    let policy = PolicyRow {
+        id: "pol_a".into(),
+        namespace: "acme".into(),
+        name: "p".into(),
+        text: "permit(principal, action, resource);".into(),
+        created_at_ms: 5,
+    };
+    s.create_policy(&policy, 10).await.unwrap();
+    assert_eq!(s.all_policies("acme").await.unwrap(), [policy]);
+    let secret = SecretRow {
+        id: "sec_a".into(),
+        namespace: "acme".into(),
+        name: "token".into(),
+        sealed: vec![1, 2, 3],
+        created_at_ms: 6,
+        updated_at_ms: 6,
+    };
+    assert!(s.put_secret(&secret).await.unwrap());
+    assert_eq!(s.get_secret("acme", "token").await.unwrap(), Some(secret.clone()));
+    // Listing leaves the sealed value in the database.
+    assert_eq!(s.list_secrets("acme", None, 10).await.unwrap(), [SecretRow { sealed: Vec::new(), ..secret }]);
+    let usage = UsageDelta {
+        cpu_ns: 1,
+        memory_byte_ms: 2,
+        sandbox_ms: 3,
+        memory_peak_bytes: 4,
+        exec_count: 5,
+        quota_rejections: 6,
+        io_read_bytes: 7,
+        io_write_bytes: 8,
+    };
+    s.add_usage("acme", 60_000, &usage).await.unwrap();
+    assert_eq!(s.usage("acme", 0, 120_000).await.unwrap(), [UsageBucket { bucket_ms: 60_000, usage }]);
+    let record = s.append_audit("acme", event(7)).await.unwrap();
+    assert_eq!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap(), [record]);
 }
