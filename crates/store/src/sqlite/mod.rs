@@ -6,12 +6,12 @@
 //! SQLite refuses at once when another connection wrote meanwhile.
 //!
 //! This module owns the connection, the migrations and the shapes every query shares. A row
-//! type says once where it lives and how it is read (`Table`, `Columns`, most often by
-//! `from_columns!`); `select` and `insert` build its statements from that, `one` and
-//! `all` read it back, and `SqliteStore::get_in`, `SqliteStore::page` and
-//! `SqliteStore::delete_in` are the lookups every namespace-scoped table has.
-//! `SqliteStore::write_tx` is the write transaction, `SqliteStore::execute` a single write
-//! under the lock, `Constraints` names a write's constraint failures and `within` checks a
+//! type says once where it lives, how it is read and how it is bound (`Table`, `Columns`, most
+//! often by `from_columns!`); `select` and `insert` build its statements from that, `one` and
+//! `all` read it back, `insert_row` writes it with its constraint failures named
+//! (`Constraints`), and `SqliteStore::get_in`, `SqliteStore::page` and `SqliteStore::delete_in`
+//! are the lookups every namespace-scoped table has. `SqliteStore::write_tx` is the write
+//! transaction, `SqliteStore::execute` a single write under the lock, and `within` checks a
 //! quota. Each aggregate's queries live in a module of their own.
 
 mod audit;
