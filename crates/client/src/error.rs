@@ -63,3 +63,25 @@ impl Call {
         Error::Unexpected { method: self.method.clone(), url: self.url.clone(), status, detail: detail.into() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    /// A message names its own step; the cause is only reached through `source()`.
+    #[test]
+    fn messages_leave_their_cause_to_source() {
+        let source = serde_json::from_slice::<u8>(b"x").unwrap_err();
+        let cause = source.to_string();
+        let call = Call { method: Method::GET, url: "http://h/v1/namespaces?limit=1".into() };
+        let e = call.decode(200, source);
+        assert_eq!(e.to_string(), "parsing the answer to GET http://h/v1/namespaces?limit=1 (HTTP 200)");
+        assert_eq!(e.source().map(ToString::to_string), Some(cause));
+
+        let e = Error::Write { source: std::io::Error::other("pipe closed") };
+        assert_eq!(e.to_string(), "writing the archive");
+        assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("pipe closed"));
+    }
+}
