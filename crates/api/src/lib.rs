@@ -587,16 +587,17 @@ pub struct Secret {
     pub updated_at: String,
 }
 
+// Query strings. An absent field is `None`, and a `None` is left out of the query string
+// (`serde_urlencoded` writes no pair for it), so these need no `default` or `skip` attributes.
+
 /// `limit` and `cursor` of a list: the query of every `GET` of a collection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// 1 to 1000; default 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
 
@@ -606,18 +607,13 @@ pub struct PageParams {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Only records of this action, such as `key.create`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
     /// RFC 3339; records at or after.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// RFC 3339; records before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// 1 to 1000; default 100.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
 }
 
@@ -627,19 +623,14 @@ pub struct AuditParams {
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// Only this sandbox's output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<String>,
     /// RFC 3339; records at or after.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
     /// RFC 3339; records before.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Only records with a larger `seq` (the `next_after` of the previous page).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<u64>,
     /// 1 to 10000; default 1000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
 }
 
@@ -649,13 +640,10 @@ pub struct LogParams {
 #[into_params(parameter_in = Query)]
 pub struct UsageParams {
     /// RFC 3339; default 24 hours before `to`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// RFC 3339; default now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// `minute`, `hour` (default) or `day`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub granularity: Option<String>,
 }
 
@@ -665,7 +653,6 @@ pub struct UsageParams {
 #[into_params(parameter_in = Query)]
 pub struct FilesystemDeleteParams {
     /// Stop the sandboxes that mount it first, instead of refusing with 409.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
 }
 
@@ -686,7 +673,6 @@ pub struct FilesystemFileParams {
     /// Relative to the filesystem's root, such as `src/main.rs`.
     pub path: String,
     /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list: Option<bool>,
 }
 
