@@ -22,6 +22,7 @@ fn file(path: &str) -> FilesystemFileParams {
 /// A file of a filesystem and the ETag of its content.
 #[derive(Debug, Clone)]
 pub struct FsFile {
+    /// The file's bytes.
     pub data: Vec<u8>,
     /// The ETag the server sent, quotes included; `None` when it sent none.
     pub etag: Option<String>,
@@ -43,6 +44,7 @@ impl Client {
         self.send(self.request(Method::GET, &namespace_path(ns, "/filesystems")).query(&page(limit, cursor))).await
     }
 
+    /// A filesystem with its use and the sandboxes that mount it.
     pub async fn get_filesystem(&self, ns: &str, id: &str) -> Result<Filesystem> {
         self.send(self.request(Method::GET, &filesystem_path(ns, id, ""))).await
     }

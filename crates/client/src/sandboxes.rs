@@ -26,6 +26,7 @@ impl Client {
         self.send(self.request(Method::GET, &namespace_path(ns, "/sandboxes")).query(&page(limit, cursor))).await
     }
 
+    /// A sandbox, live or ended.
     pub async fn get_sandbox(&self, ns: &str, id: &str) -> Result<Sandbox> {
         self.send(self.request(Method::GET, &sandbox_path(ns, id, ""))).await
     }
