@@ -37,7 +37,7 @@ impl Client {
         self.send(self.request(Method::GET, &namespace_path(ns, "/policies")).query(&page(limit, cursor))).await
     }
 
-    /// Deletes a policy; it stops deciding at once.
+    /// Deletes a policy of the namespace.
     pub async fn delete_policy(&self, ns: &str, id: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/policies/{}", seg(id))))).await
     }
