@@ -5,7 +5,7 @@
 //! changes.
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// The body of every error answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -585,4 +585,102 @@ pub struct Secret {
     pub name: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+// Query strings. An absent field is `None`, and a `None` is left out of the query string
+// (`serde_urlencoded` writes no pair for it), so these need no `default` or `skip` attributes.
+
+/// `limit` and `cursor` of a list: the query of every `GET` of a collection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Filters of an audit listing: `GET /v1/audit` and `GET /v1/namespaces/{ns}/audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditParams {
+    /// Only records of this action, such as `key.create`.
+    pub action: Option<String>,
+    /// RFC 3339; records at or after.
+    pub since: Option<String>,
+    /// RFC 3339; records before.
+    pub until: Option<String>,
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// Which log records: `GET /v1/namespaces/{ns}/logs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Only this sandbox's output.
+    pub sandbox: Option<String>,
+    /// RFC 3339; records at or after.
+    pub since: Option<String>,
+    /// RFC 3339; records before.
+    pub until: Option<String>,
+    /// Only records with a larger `seq` (the `next_after` of the previous page).
+    pub after: Option<u64>,
+    /// 1 to 10000; default 1000.
+    pub limit: Option<u32>,
+}
+
+/// The period and bucket size of a usage report: `GET /v1/namespaces/{ns}/usage`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// RFC 3339; default 24 hours before `to`.
+    pub from: Option<String>,
+    /// RFC 3339; default now.
+    pub to: Option<String>,
+    /// `minute`, `hour` (default) or `day`.
+    pub granularity: Option<String>,
+}
+
+/// `force` of a filesystem delete: `DELETE /v1/namespaces/{ns}/filesystems/{id}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FilesystemDeleteParams {
+    /// Stop the sandboxes that mount it first, instead of refusing with 409.
+    pub force: Option<bool>,
+}
+
+/// `path` of a sandbox's files routes: `.../sandboxes/{id}/files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SandboxFileParams {
+    /// Absolute path inside the sandbox.
+    pub path: String,
+}
+
+/// `path` and `list` of a filesystem's files routes: `.../filesystems/{id}/files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FilesystemFileParams {
+    /// Relative to the filesystem's root, such as `src/main.rs`.
+    pub path: String,
+    /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
+    pub list: Option<bool>,
+}
+
+/// What an archive upload put in place: `PUT .../filesystems/{id}/archive`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ArchiveResult {
+    /// Entries of the archive written.
+    pub entries: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
 }

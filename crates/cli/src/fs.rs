@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use bulkhead_api::{
     CreateFilesystem, CreateProject, FileEntry, Filesystem, Project, ResizeFilesystem, SandboxFilesystem,
 };
-use bulkhead_client::{Client, DownloadError};
+use bulkhead_client::Client;
 use clap::Subcommand;
 
 use crate::commands::client;
@@ -478,7 +478,7 @@ async fn download(
     id: &str,
     writer: &mut impl Write,
     progress: &mut Progress,
-) -> Result<u64, DownloadError> {
+) -> bulkhead_client::Result<u64> {
     let tty = progress.tty;
     c.download_archive(ns, id, writer, |n| {
         if tty {
@@ -532,14 +532,14 @@ async fn pull_to_dir(c: &Client, ns: &str, id: &str, dir: &Path, progress: &mut 
     let errors = stderr_reader(&mut child);
     let result = match child.stdin.take() {
         Some(mut stdin) => download(c, ns, id, &mut stdin, progress).await,
-        None => Err(DownloadError::Write(std::io::Error::other("tar has no standard input"))),
+        None => Err(bulkhead_client::Error::Write { source: std::io::Error::other("tar has no standard input") }),
     };
     // The pipe is closed: tar sees the end of the archive.
     let status = child.wait().context("cannot wait for tar")?;
     let errors = errors.join().unwrap_or_default();
     match result {
         // The server's own error says more than tar's complaint about a cut archive.
-        Err(DownloadError::Client(e)) => Err(e.into()),
+        Err(e) if !matches!(e, bulkhead_client::Error::Write { .. }) => Err(e.into()),
         _ if !status.success() => {
             bail!("tar could not unpack into {}: {}", dir.display(), first_line(&errors, status))
         }

@@ -225,7 +225,7 @@ fn first_line(text: &str) -> String {
 async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
 where
     F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::ClientError>>,
+    Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::Error>>,
 {
     let mut all = Vec::new();
     let mut cursor = None;

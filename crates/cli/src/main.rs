@@ -145,12 +145,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            // One line: the error and its causes.
-            let mut line = e.to_string();
-            for cause in e.chain().skip(1) {
-                line.push_str(&format!(": {cause}"));
-            }
-            eprintln!("error: {line}");
+            // One line: the error and then each cause, joined by `: `. Every error names only
+            // its own step and leaves its cause to `source()`, so each step appears once.
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

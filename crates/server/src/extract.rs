@@ -5,9 +5,9 @@ use axum::extract::{FromRequestParts, Path, Query};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+pub use bulkhead_api::PageParams;
 use bulkhead_core::ids::{hex, unhex};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 use crate::error::ApiError;
 
@@ -74,19 +74,17 @@ where
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
 
-/// `limit` and `cursor` of a list.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PageParams {
-    /// 1 to 1000; default 100.
-    pub limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+/// The server's reading of a list's `limit` and `cursor` (the wire type is
+/// [`bulkhead_api::PageParams`]).
+pub trait Paging {
+    /// The page size: [`DEFAULT_LIMIT`] when absent; outside 1..=[`MAX_LIMIT`] an `invalid_request`.
+    fn limit(&self) -> Result<u32, ApiError>;
+    /// The position a cursor of `kind` stands for; a cursor of another list is an `invalid_request`.
+    fn after(&self, kind: char) -> Result<Option<String>, ApiError>;
 }
 
-impl PageParams {
-    pub fn limit(&self) -> Result<u32, ApiError> {
+impl Paging for PageParams {
+    fn limit(&self) -> Result<u32, ApiError> {
         match self.limit {
             None => Ok(DEFAULT_LIMIT),
             Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
@@ -94,8 +92,7 @@ impl PageParams {
         }
     }
 
-    /// The position a cursor of `kind` stands for.
-    pub fn after(&self, kind: char) -> Result<Option<String>, ApiError> {
+    fn after(&self, kind: char) -> Result<Option<String>, ApiError> {
         let Some(cursor) = &self.cursor else { return Ok(None) };
         decode_cursor(kind, cursor)
             .map(Some)

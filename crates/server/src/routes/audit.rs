@@ -1,34 +1,17 @@
 //! Reading and verifying audit chains: a namespace's own, and the platform's (admin only).
 
 use axum::Json;
-use bulkhead_api::{AuditRecord, AuditVerification, ErrorBody, Page};
+use bulkhead_api::{AuditParams, AuditRecord, AuditVerification, ErrorBody, Page};
 use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::Action;
 use bulkhead_store::AuditQuery;
-use serde::Deserialize;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::audit_out;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{next_cursor, PageParams, PathParams, QueryParams};
+use crate::extract::{next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::state::parse_rfc3339;
-
-/// Filters of an audit listing.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct AuditParams {
-    /// Only records of this action, such as `key.create`.
-    pub action: Option<String>,
-    /// RFC 3339; records at or after.
-    pub since: Option<String>,
-    /// RFC 3339; records before.
-    pub until: Option<String>,
-    /// 1 to 1000; default 100.
-    pub limit: Option<u32>,
-    pub cursor: Option<String>,
-}
 
 async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Json<Page<AuditRecord>>> {
     let page = PageParams { limit: params.limit, cursor: params.cursor };

@@ -5,18 +5,18 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
+use bulkhead_api::FilesystemDeleteParams as DeleteParams;
 use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action};
 use bulkhead_policy::ResourceRef;
 use bulkhead_runtime::storage;
 use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
-use serde::Deserialize;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::sandboxes::id_range;
 use crate::state::{now_ms, rfc3339, AppState};
@@ -206,15 +206,6 @@ pub async fn resize(
         return Err(e.into());
     }
     Ok(Json(filesystem_out(&ctx.state, &updated).await?))
-}
-
-/// `force` of a filesystem delete.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct DeleteParams {
-    /// Stop the sandboxes that mount it first, instead of refusing with 409.
-    pub force: Option<bool>,
 }
 
 /// Delete a filesystem and destroy its data.

@@ -12,13 +12,13 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{ErrorBody, FileEntry};
+use bulkhead_api::FilesystemFileParams as FileQuery;
+use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
 use bulkhead_core::ids::hex;
 use bulkhead_core::Action;
 use bulkhead_runtime::archive::{self, ArchiveError, Limits};
 use bulkhead_runtime::confined::{self, ConfinedError, Kind, Owner, Root};
 use bulkhead_store::{FilesystemRow, SandboxStatus};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::filesystems::load_filesystem;
@@ -213,17 +213,6 @@ impl From<ConfinedError> for WriteError {
     fn from(e: ConfinedError) -> Self {
         WriteError::Confined(e)
     }
-}
-
-/// `path` and `list` of the files routes.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct FileQuery {
-    /// Relative to the filesystem's root, such as `src/main.rs`.
-    pub path: String,
-    /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
-    pub list: Option<bool>,
 }
 
 /// Read a file (raw bytes, with an ETag), or list a directory with `list=true`.
@@ -486,13 +475,6 @@ pub async fn write_archive(
     ctx.audit_detail("entries", stats.entries);
     ctx.audit_detail("bytes", stats.bytes);
     Ok(Json(ArchiveResult { entries: stats.entries, bytes: stats.bytes }))
-}
-
-/// What an archive upload put in place.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ArchiveResult {
-    pub entries: u64,
-    pub bytes: u64,
 }
 
 fn archive_error(e: ArchiveError) -> ApiError {

@@ -14,10 +14,9 @@ use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{ErrorBody, LogPage};
+use bulkhead_api::{ErrorBody, LogPage, LogParams};
 use bulkhead_core::ids::{is_id, prefix};
 use bulkhead_core::{Action, Principal};
-use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::load_namespace;
@@ -28,23 +27,6 @@ use crate::extract::{PathParams, QueryParams};
 use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
 use crate::state::parse_rfc3339;
-
-/// Which records.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct LogParams {
-    /// Only this sandbox's output.
-    pub sandbox: Option<String>,
-    /// RFC 3339; records at or after.
-    pub since: Option<String>,
-    /// RFC 3339; records before.
-    pub until: Option<String>,
-    /// Only records with a larger `seq` (the `next_after` of the previous page).
-    pub after: Option<u64>,
-    /// 1 to 10000; default 1000.
-    pub limit: Option<u32>,
-}
 
 const MAX_LIMIT: u32 = 10_000;
 

@@ -12,7 +12,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::{namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
 use crate::state::now_ms;
 

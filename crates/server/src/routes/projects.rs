@@ -12,7 +12,7 @@ use bulkhead_store::ProjectRow;
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::state::{now_ms, rfc3339};
 

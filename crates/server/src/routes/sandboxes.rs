@@ -7,6 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bulkhead_api::SandboxFileParams as FileParams;
 use bulkhead_api::{
     CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret,
 };
@@ -17,12 +18,11 @@ use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
 use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
-use serde::Deserialize;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{Direction, StreamGuard};
 use crate::sandboxes::{self, Plan};
@@ -537,15 +537,6 @@ fn stream_response(
     let mut r = Response::new(Body::from_stream(body));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(NDJSON));
     r
-}
-
-/// `path` of the files routes.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct FileParams {
-    /// Absolute path inside the sandbox.
-    pub path: String,
 }
 
 /// Read a file inside the sandbox (raw bytes).

@@ -1,29 +1,15 @@
 //! A namespace's metered usage over a period, in buckets.
 
 use axum::Json;
-use bulkhead_api::{ErrorBody, UsageBucket, UsageReport, UsageTotals};
+use bulkhead_api::{ErrorBody, UsageBucket, UsageParams, UsageReport, UsageTotals};
 use bulkhead_core::Action;
 use bulkhead_store::UsageDelta;
-use serde::Deserialize;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::state::{now_ms, parse_rfc3339, rfc3339};
-
-/// The period and bucket size of a usage report.
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct UsageParams {
-    /// RFC 3339; default 24 hours before `to`.
-    pub from: Option<String>,
-    /// RFC 3339; default now.
-    pub to: Option<String>,
-    /// `minute`, `hour` (default) or `day`.
-    pub granularity: Option<String>,
-}
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 

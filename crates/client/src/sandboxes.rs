@@ -1,0 +1,107 @@
+//! Sandboxes: create, list, delete, run commands in them (buffered or streamed), and copy files
+//! in and out.
+
+use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, ExecResult, Page, Sandbox, SandboxFileParams};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::Method;
+
+use crate::lines::Lines;
+use crate::{namespace_path, page, seg, Answer, Client, Result, MAX_LINE_BYTES};
+
+const NDJSON: &str = "application/x-ndjson";
+
+/// `/v1/namespaces/{ns}/sandboxes/{id}` and `rest`.
+fn sandbox_path(ns: &str, id: &str, rest: &str) -> String {
+    namespace_path(ns, &format!("/sandboxes/{}{rest}", seg(id)))
+}
+
+impl Client {
+    /// Creates a sandbox and waits until it runs.
+    pub async fn create_sandbox(&self, ns: &str, req: &CreateSandbox) -> Result<Sandbox> {
+        self.send(self.request(Method::POST, &namespace_path(ns, "/sandboxes")).json(req)).await
+    }
+
+    /// A page of the namespace's sandboxes that the token may see.
+    pub async fn list_sandboxes(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Sandbox>> {
+        self.send(self.request(Method::GET, &namespace_path(ns, "/sandboxes")).query(&page(limit, cursor))).await
+    }
+
+    /// A sandbox, live or ended.
+    pub async fn get_sandbox(&self, ns: &str, id: &str) -> Result<Sandbox> {
+        self.send(self.request(Method::GET, &sandbox_path(ns, id, ""))).await
+    }
+
+    /// Stops a sandbox and removes it; its record stays, `deleted`.
+    pub async fn delete_sandbox(&self, ns: &str, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &sandbox_path(ns, id, ""))).await
+    }
+
+    /// Runs a command and waits for all of its output.
+    pub async fn exec(&self, ns: &str, id: &str, req: &ExecRequest) -> Result<ExecResult> {
+        self.send(self.request(Method::POST, &sandbox_path(ns, id, "/exec")).json(req)).await
+    }
+
+    /// Runs a command and streams its output: pull events with [`ExecStream::next`] until an
+    /// `exit` or `error` event.
+    pub async fn exec_stream(&self, ns: &str, id: &str, req: &ExecRequest) -> Result<ExecStream> {
+        let builder = self.request(Method::POST, &sandbox_path(ns, id, "/exec")).header(ACCEPT, NDJSON).json(req);
+        let answer = self.send_raw(builder).await?;
+        answer.expect_content_type(NDJSON)?;
+        Ok(ExecStream { answer, lines: Lines::new(MAX_LINE_BYTES), ended: false })
+    }
+
+    /// The bytes of a file inside a sandbox (`path` absolute).
+    pub async fn read_file(&self, ns: &str, id: &str, path: &str) -> Result<Vec<u8>> {
+        let query = SandboxFileParams { path: path.to_owned() };
+        let builder = self.request(Method::GET, &sandbox_path(ns, id, "/files")).query(&query);
+        self.send_raw(builder).await?.bounded().await
+    }
+
+    /// Writes a file inside a sandbox, replacing it atomically; parent directories are created.
+    pub async fn write_file(&self, ns: &str, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
+        let builder = self
+            .request(Method::PUT, &sandbox_path(ns, id, "/files"))
+            .query(&SandboxFileParams { path: path.to_owned() })
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(data);
+        self.send_raw(builder).await?;
+        Ok(())
+    }
+}
+
+/// The output of a streamed exec, one event at a time.
+#[derive(Debug)]
+pub struct ExecStream {
+    answer: Answer,
+    lines: Lines,
+    ended: bool,
+}
+
+impl ExecStream {
+    /// The next event; `None` when the server ended the stream. Lines are parsed across chunk
+    /// boundaries; a line over [`MAX_LINE_BYTES`], a line that does not parse, or a stream cut
+    /// mid-line is an error.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        let status = self.answer.status();
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) if line.trim_ascii().is_empty() => continue,
+                Ok(Some(line)) => {
+                    return serde_json::from_slice(line).map(Some).map_err(|e| self.answer.call.decode(status, e))
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(self.answer.call.unexpected(status, detail)),
+            }
+            if self.ended {
+                if self.lines.rest_is_blank() {
+                    return Ok(None);
+                }
+                return Err(self.answer.call.unexpected(status, "the exec stream ended mid-line"));
+            }
+            match self.answer.chunk().await? {
+                Some(chunk) => self.lines.push(&chunk),
+                None => self.ended = true,
+            }
+        }
+    }
+}
