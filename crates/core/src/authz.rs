@@ -275,8 +275,8 @@ impl Action {
             Action::NamespaceCreate
             | Action::NamespaceUpdate
             | Action::NamespaceDelete
-            | Action::KeyCreate 
-            | Action::KeyRevoke 
+            | Action::KeyCreate
+            | Action::KeyRevoke
             | Action::SandboxCreate
             | Action::SandboxDelete
             | Action::SandboxExec
@@ -466,7 +466,9 @@ pub enum Decision {
     Allow,
     /// A principal of the namespace that the policies do not allow: 403 `forbidden`. `policies`
     /// are the ids of the `forbid`s that denied, sorted; empty when nothing permitted.
-    Forbidden { policies: Vec<String> },
+    Forbidden {
+        policies: Vec<String>,
+    },
     /// Answered exactly as what does not exist: 404.
     NotFound(Hidden),
 }

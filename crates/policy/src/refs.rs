@@ -83,7 +83,8 @@ const MAX_ID_LEN: usize = 64;
 
 /// The action named `s`, or an error naming the known ones' shape.
 pub fn parse_action(s: &str) -> Result<Action, RefError> {
-    Action::from_name(s).ok_or_else(|| RefError::new(s, "unknown action; expected one like sandbox.exec or filesystem.file.read"))
+    Action::from_name(s)
+        .ok_or_else(|| RefError::new(s, "unknown action; expected one like sandbox.exec or filesystem.file.read"))
 }
 
 /// Parses `user:<sub>`, `key:<id>` or `sandbox:<id>`.
