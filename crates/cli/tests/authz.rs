@@ -489,6 +489,19 @@ fn sandbox_operations() -> Vec<(Method, String)> {
     ops
 }
 
+/// A live tail of `path` as `token`, once it has started.
+async fn open_tail(h: &Harness, path: &str, token: &str) -> Body {
+    let req = Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
 /// The `data:` lines of a live tail until one carries `until`.
 async fn tail_until(body: &mut Body, until: &str) -> Vec<Value> {
     let mut text = String::new();
@@ -600,15 +613,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let records = r.body["records"].as_array().unwrap();
     assert!(records.iter().any(|r| r["sandbox"] == sa.as_str()), "{}", r.body);
     assert!(records.iter().all(|r| r["sandbox"] != sb.as_str()), "project B's output leaked: {}", r.body);
-    let req = Request::builder()
-        .uri("/v1/namespaces/alpha/logs?after=0")
-        .header("authorization", format!("Bearer {scoped}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs?after=0", &scoped).await;
     let replayed = tail_until(&mut body, "a-before").await;
     h.sh("alpha", &sb, &admin, "echo b-live").await;
     h.sh("alpha", &sa, &admin, "echo a-live").await;
@@ -736,7 +741,7 @@ async fn a_secret_refused_at_create_is_audited_as_a_denial_naming_it() {
     for record in records {
         assert_eq!(record["decision"], "deny", "{record}");
         assert_eq!(record["status"], 403, "{record}");
-        let detail = &record["detail"];
+        let detail: Value = serde_json::from_str(record["detail"].as_str().unwrap()).unwrap();
         assert_eq!(detail["denied"], "secret.read", "{record}");
         assert_eq!(detail["denied_resource"], "secret:db", "{record}");
         assert!(detail["denied_principal"].as_str().unwrap().starts_with("sandbox:sbx_"), "{record}");
@@ -751,16 +756,9 @@ async fn a_policy_added_during_a_log_tail_ends_it() {
     let h = Harness::new().await;
     h.create_namespace("alpha").await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
-    let req = Request::builder()
-        .uri("/v1/namespaces/alpha/logs")
-        .header("authorization", format!("Bearer {dev}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
-    let rule = "forbid(principal in Bulkhead::Role::\"developer\", action == Bulkhead::Action::\"logs.read\", resource);";
+    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs", &dev).await;
+    let rule =
+        "forbid(principal in Bulkhead::Role::\"developer\", action == Bulkhead::Action::\"logs.read\", resource);";
     let r = h
         .call(Method::POST, "/v1/namespaces/alpha/policies", Some(&h.admin), json!({"name": "quiet", "policy": rule}))
         .await;

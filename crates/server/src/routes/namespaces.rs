@@ -83,10 +83,17 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
     ctx.authorize(Action::NamespaceList, &Target::Platform)?;
     let limit = page.limit()?;
     let after = page.after('n')?;
+    // The store reads only the principal's own namespace for a namespace's principal; each one
+    // read is decided too.
     let only = ctx.principal.namespace();
     let rows = ctx.state.store.list_namespaces(after.as_deref(), limit, only).await?;
     let next_cursor = next_cursor(&rows, limit, 'n', |r| r.name.clone());
-    Ok(Json(Page { items: rows.iter().map(namespace_out).collect(), next_cursor }))
+    let items = rows
+        .iter()
+        .filter(|r| ctx.sees(Action::NamespaceList, &Target::namespace(&r.name)))
+        .map(namespace_out)
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// What a namespace uses now: active sandboxes, allocated and written disk.
