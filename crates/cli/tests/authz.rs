@@ -1,15 +1,21 @@
-//! The authorization matrix: every route of the OpenAPI document × every kind of principal ×
-//! own, foreign and missing namespace, against a table written here by hand from PRODUCT.md's
-//! role table. A route without a row fails the test.
+//! The authorization matrix: every route of the OpenAPI document × every kind of principal (the
+//! platform admin, a key of each role, a user signed in through the namespace's OpenID Connect
+//! provider, a sandbox's workload token, no token) × own, foreign and missing namespace, against
+//! a table written here by hand from PRODUCT.md's role table and the built-in policies. A route
+//! without a row fails the test.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../oidc/tests/support/provider.rs"]
+mod oidc_provider;
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
+use bulkhead_core::outbound::OutboundPolicy;
 use common::{assert_envelope, namespace_body, Harness, Reply};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
@@ -22,10 +28,24 @@ enum Who {
     Admin,
     Developer,
     Viewer,
+    /// A user of namespace alpha's identity provider whose group maps to `developer`.
+    SsoDeveloper,
+    /// The workload token of a sandbox of alpha: the sandbox the route's `{id}` names when it
+    /// names one, so that it asks about itself.
+    Workload,
     Anonymous,
 }
 
-const EVERYONE: [Who; 6] = [Who::PlatformAdmin, Who::Owner, Who::Admin, Who::Developer, Who::Viewer, Who::Anonymous];
+const EVERYONE: [Who; 8] = [
+    Who::PlatformAdmin,
+    Who::Owner,
+    Who::Admin,
+    Who::Developer,
+    Who::Viewer,
+    Who::SsoDeveloper,
+    Who::Workload,
+    Who::Anonymous,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Target {
@@ -39,6 +59,23 @@ fn expected_own(op: &str, who: Who) -> u16 {
     use Who::*;
     if who == Anonymous {
         return if op == "GET /healthz" { 200 } else { 401 };
+    }
+    if who == SsoDeveloper {
+        // A user's token is one of the namespace's provider: it signs in only on a path that
+        // names that namespace, and is then a developer.
+        return match op {
+            "GET /healthz" => 200,
+            _ if !op.contains("{ns}") => 401,
+            _ => expected_own(op, Developer),
+        };
+    }
+    if who == Workload {
+        // A sandbox has no role: the built-in policies grant it only the secrets injected into
+        // it (no route) and itself.
+        return match op {
+            "GET /healthz" | "GET /v1/namespaces/{ns}/sandboxes/{id}" => 200,
+            _ => 403,
+        };
     }
     // `success` when the role may, 403 when it may not.
     let may = |allowed: bool, success: u16| if allowed { success } else { 403 };
@@ -103,6 +140,9 @@ fn expected(op: &str, who: Who, target: Target) -> u16 {
     match (target, who) {
         (Target::Own, _) => own,
         (Target::Foreign, Who::PlatformAdmin) => own,
+        // Another namespace has another provider (or none): the user's token signs in nowhere
+        // else, the same for a namespace that does not exist.
+        (Target::Foreign | Target::Missing, Who::SsoDeveloper) => 401,
         // Another tenant's namespace and one that does not exist look the same to everyone.
         (Target::Foreign | Target::Missing, _) => 404,
     }
@@ -139,7 +179,7 @@ struct World {
     missing_prefix: &'static str,
 }
 
-async fn world_for(template: &str) -> World {
+async fn world_for(template: &str, who: Who) -> World {
     let mut w = world().await;
     let admin = w.h.admin.clone();
     let make = |kind: &'static str| {
@@ -205,14 +245,39 @@ async fn world_for(template: &str) -> World {
             w.missing_prefix = kind;
         }
     }
+    if who == Who::Workload {
+        let sandbox = match (&w.resources, w.missing_prefix) {
+            (Some([own, _]), "sbx_") => own.clone(),
+            _ => w.h.create_sandbox("alpha", &admin, json!({"memory_bytes": 64 << 20})).await,
+        };
+        let (code, token, _) = w.h.sh("alpha", &sandbox, &admin, "cat /run/bulkhead/token").await;
+        assert_eq!(code, 0);
+        w.tokens.push((Who::Workload, Some(token.trim().to_owned())));
+    }
     w
 }
 
+/// The test identity provider, one for the whole test.
+fn provider() -> &'static oidc_provider::TestProvider {
+    static PROVIDER: OnceLock<oidc_provider::TestProvider> = OnceLock::new();
+    PROVIDER.get_or_init(oidc_provider::TestProvider::start)
+}
+
 async fn world() -> World {
-    let h = Harness::new().await;
+    // The test identity provider is on loopback: `--outbound-allow 127.0.0.0/8`.
+    let h = Harness::with_config("runc", |c| {
+        c.outbound.policy = OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
     h.create_namespace("alpha").await;
     h.create_namespace("beta").await;
-    let mut tokens = vec![(Who::PlatformAdmin, Some(h.admin.clone())), (Who::Anonymous, None)];
+    let issuer = provider().issuer();
+    let body = json!({"oidc": {"issuer": issuer, "audience": "bulkhead", "role_mappings": {"eng": "developer"}}});
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/identity", Some(&h.admin), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let user = provider().mint(json!({"sub": "uma", "email": "uma@alpha.test", "groups": ["eng"]}), None);
+    let mut tokens =
+        vec![(Who::PlatformAdmin, Some(h.admin.clone())), (Who::SsoDeveloper, Some(user)), (Who::Anonymous, None)];
     for (who, role) in
         [(Who::Owner, "owner"), (Who::Admin, "admin"), (Who::Developer, "developer"), (Who::Viewer, "viewer")]
     {
@@ -239,7 +304,7 @@ fn operations() -> Vec<(Method, String)> {
     ops
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn every_route_every_principal_every_namespace() {
     let mut checked = 0;
     for (method, template) in operations() {
@@ -251,7 +316,7 @@ async fn every_route_every_principal_every_namespace() {
                     continue;
                 }
                 // A fresh world per case: deletes must not change what later cases see.
-                let w = world_for(&template).await;
+                let w = world_for(&template, who).await;
                 let (ns, mut id) = match target {
                     Target::Own => (w.victim[0].0.clone(), w.victim[0].1.clone()),
                     Target::Foreign => (w.victim[1].0.clone(), w.victim[1].1.clone()),
@@ -424,6 +489,19 @@ fn sandbox_operations() -> Vec<(Method, String)> {
     ops
 }
 
+/// A live tail of `path` as `token`, once it has started.
+async fn open_tail(h: &Harness, path: &str, token: &str) -> Body {
+    let req = Request::builder()
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"))
+        .header("accept", "text/event-stream")
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body()
+}
+
 /// The `data:` lines of a live tail until one carries `until`.
 async fn tail_until(body: &mut Body, until: &str) -> Vec<Value> {
     let mut text = String::new();
@@ -535,15 +613,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let records = r.body["records"].as_array().unwrap();
     assert!(records.iter().any(|r| r["sandbox"] == sa.as_str()), "{}", r.body);
     assert!(records.iter().all(|r| r["sandbox"] != sb.as_str()), "project B's output leaked: {}", r.body);
-    let req = Request::builder()
-        .uri("/v1/namespaces/alpha/logs?after=0")
-        .header("authorization", format!("Bearer {scoped}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    let mut body = resp.into_body();
+    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs?after=0", &scoped).await;
     let replayed = tail_until(&mut body, "a-before").await;
     h.sh("alpha", &sb, &admin, "echo b-live").await;
     h.sh("alpha", &sa, &admin, "echo a-live").await;
@@ -630,4 +700,76 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     }
     let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{sa}"), Some(&admin), Value::Null).await;
     assert_eq!(r.body["status"], "deleted", "{}", r.body);
+}
+
+/// A secret the policies refuse to the sandbox being created refuses the create, and the audit
+/// record says so: a denial of `secret.read`, naming the secret and the sandbox that would have
+/// read it, with the forbid that decided.
+#[tokio::test]
+async fn a_secret_refused_at_create_is_audited_as_a_denial_naming_it() {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    let admin = h.admin.clone();
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    for name in ["db", "open"] {
+        let r = h
+            .call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&admin), json!({"name": name, "value": "v"}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let rule = "forbid(principal, action == Bulkhead::Action::\"secret.read\", resource == Bulkhead::Secret::\"db\");";
+    let r = h
+        .call(Method::POST, "/v1/namespaces/alpha/policies", Some(&admin), json!({"name": "no-db", "policy": rule}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let policy = r.body["id"].as_str().unwrap().to_owned();
+    // Whoever creates it, the platform admin included: the sandbox is the principal, decided by
+    // its namespace's policies.
+    for token in [&dev, &admin] {
+        let body = json!({"memory_bytes": 64 << 20, "secrets": [
+            {"name": "open", "env": "OPEN"}, {"name": "db", "env": "DB"}]});
+        let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(token), body).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_envelope(&r, "forbidden");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("may not secret.read db") && message.contains(&policy), "{message}");
+    }
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/audit?action=sandbox.create", Some(&admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let records = r.body["items"].as_array().unwrap();
+    assert_eq!(records.len(), 2, "{}", r.body);
+    for record in records {
+        assert_eq!(record["decision"], "deny", "{record}");
+        assert_eq!(record["status"], 403, "{record}");
+        let detail: Value = serde_json::from_str(record["detail"].as_str().unwrap()).unwrap();
+        assert_eq!(detail["denied"], "secret.read", "{record}");
+        assert_eq!(detail["denied_resource"], "secret:db", "{record}");
+        assert!(detail["denied_principal"].as_str().unwrap().starts_with("sandbox:sbx_"), "{record}");
+        assert_eq!(detail["policies"], json!([policy]), "{record}");
+    }
+}
+
+/// A live tail is decided again every few seconds through the policies: one added while it runs
+/// ends it, as a revoked key does.
+#[tokio::test]
+async fn a_policy_added_during_a_log_tail_ends_it() {
+    let h = Harness::new().await;
+    h.create_namespace("alpha").await;
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs", &dev).await;
+    let rule =
+        "forbid(principal in Bulkhead::Role::\"developer\", action == Bulkhead::Action::\"logs.read\", resource);";
+    let r = h
+        .call(Method::POST, "/v1/namespaces/alpha/policies", Some(&h.admin), json!({"name": "quiet", "policy": rule}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(frame) = body.frame().await {
+            frame.expect("a frame");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the tail outlived the policy that forbids it");
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/logs", Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }

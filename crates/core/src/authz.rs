@@ -1,8 +1,9 @@
-//! Who asks and what for. Every request the server accepts is one [`Action`] of a [`Principal`]
-//! on a namespace. [`tenancy`] draws the hard line first (a principal of namespace A asking about
-//! B is answered as if B did not exist, from the principal alone); inside the namespace the
-//! namespace's Cedar policies decide (the `bulkhead-policy` crate), the built-in ones expressing
-//! the roles.
+//! Who asks, what for, and on what. Every request the server accepts is one [`Action`] of a
+//! [`Principal`] on a [`Target`], and every decision about it is a [`Decision`] of one function,
+//! `bulkhead_policy::decide`: [`tenancy`] draws the hard line first (a principal of namespace A
+//! asking about B is answered as if B did not exist, from the principal alone), then a key limited
+//! to projects is answered as if what lies outside them did not exist, then the namespace's Cedar
+//! policies decide, the built-in ones expressing the roles.
 
 use std::fmt;
 use std::str::FromStr;
@@ -80,32 +81,6 @@ impl Principal {
         }
     }
 
-    /// Whether the principal may see resources of `project` (`None`: resources in no project).
-    /// A key limited to projects sees only theirs; anything else of the namespace is, to it,
-    /// as if it did not exist.
-    pub fn sees_project(&self, project: Option<&str>) -> bool {
-        match self {
-            Principal::Admin
-            | Principal::Key { projects: None, .. }
-            | Principal::User { .. }
-            | Principal::Sandbox { .. } => true,
-            Principal::Key { projects: Some(list), .. } => project.is_some_and(|p| list.iter().any(|x| x == p)),
-        }
-    }
-
-    /// Whether the principal is a key limited to projects (and so sees only some filesystems
-    /// and sandboxes of its namespace).
-    pub fn limited_to_projects(&self) -> bool {
-        matches!(self, Principal::Key { projects: Some(_), .. })
-    }
-
-    /// Whether the principal may see a sandbox. A sandbox exposes the data of the filesystem it
-    /// mounts, so it is in that filesystem's scope: one that mounts nothing is the namespace's,
-    /// one that mounts a filesystem is seen only by those who see that filesystem's `project`.
-    pub fn sees_sandbox(&self, mounts_filesystem: bool, project: Option<&str>) -> bool {
-        !mounts_filesystem || self.sees_project(project)
-    }
-
     /// The namespace the principal belongs to; `None` for the platform admin.
     pub fn namespace(&self) -> Option<&str> {
         match self {
@@ -117,24 +92,20 @@ impl Principal {
     }
 }
 
-/// Every action of the API. Actions that target one namespace carry it beside them in
-/// [`authorize`]; actions on keys carry the role of the key concerned, because an `admin` may
+/// Every action of the API, [`Action::ALL`]. What an action is on is its [`Target`]; for the
+/// actions on keys the target carries the role of the key concerned, because an `admin` may
 /// manage every key but an `owner`'s.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     NamespaceCreate,
     NamespaceList,
     NamespaceGet,
     NamespaceUpdate,
     NamespaceDelete,
-    KeyCreate {
-        role: Role,
-    },
+    KeyCreate,
     KeyList,
     KeyGet,
-    KeyRevoke {
-        role: Role,
-    },
+    KeyRevoke,
     AuditRead,
     AuditVerify,
     PlatformAuditRead,
@@ -183,18 +154,78 @@ pub enum Action {
 }
 
 impl Action {
-    /// The stable name used in audit records, logs and metrics.
-    pub fn name(&self) -> &'static str {
+    /// Every action, once: the one list the policy engine, its schema and the explain endpoint
+    /// take their action names from.
+    pub const ALL: [Action; 49] = [
+        Action::NamespaceCreate,
+        Action::NamespaceList,
+        Action::NamespaceGet,
+        Action::NamespaceUpdate,
+        Action::NamespaceDelete,
+        Action::KeyCreate,
+        Action::KeyList,
+        Action::KeyGet,
+        Action::KeyRevoke,
+        Action::AuditRead,
+        Action::AuditVerify,
+        Action::PlatformAuditRead,
+        Action::PlatformAuditVerify,
+        Action::SandboxCreate,
+        Action::SandboxList,
+        Action::SandboxGet,
+        Action::SandboxDelete,
+        Action::SandboxExec,
+        Action::SandboxFileRead,
+        Action::SandboxFileWrite,
+        Action::ProjectCreate,
+        Action::ProjectList,
+        Action::ProjectDelete,
+        Action::FilesystemCreate,
+        Action::FilesystemList,
+        Action::FilesystemGet,
+        Action::FilesystemResize,
+        Action::FilesystemDelete,
+        Action::FilesystemArchiveRead,
+        Action::FilesystemArchiveWrite,
+        Action::FilesystemFileRead,
+        Action::FilesystemFileWrite,
+        Action::FilesystemFileDelete,
+        Action::UsageRead,
+        Action::PlatformMetricsRead,
+        Action::MetricsRead,
+        Action::LogsRead,
+        Action::IdentityGet,
+        Action::IdentitySet,
+        Action::PolicyCreate,
+        Action::PolicyList,
+        Action::PolicyDelete,
+        Action::AuthzExplain,
+        Action::SecretCreate,
+        Action::SecretList,
+        Action::SecretDelete,
+        Action::SecretRead,
+        Action::FilesystemMountRw,
+        Action::FilesystemMountRo,
+    ];
+
+    /// The action named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// The stable name used in audit records, logs, metrics and the policies
+    /// (`Bulkhead::Action::"<name>"`).
+    pub const fn name(&self) -> &'static str {
         match self {
             Action::NamespaceCreate => "namespace.create",
             Action::NamespaceList => "namespace.list",
             Action::NamespaceGet => "namespace.get",
             Action::NamespaceUpdate => "namespace.update",
             Action::NamespaceDelete => "namespace.delete",
-            Action::KeyCreate { .. } => "key.create",
+            Action::KeyCreate => "key.create",
             Action::KeyList => "key.list",
             Action::KeyGet => "key.get",
-            Action::KeyRevoke { .. } => "key.revoke",
+            Action::KeyRevoke => "key.revoke",
             Action::AuditRead => "audit.read",
             Action::AuditVerify => "audit.verify",
             Action::PlatformAuditRead => "platform.audit.read",
@@ -244,8 +275,8 @@ impl Action {
             Action::NamespaceCreate
             | Action::NamespaceUpdate
             | Action::NamespaceDelete
-            | Action::KeyCreate { .. }
-            | Action::KeyRevoke { .. }
+            | Action::KeyCreate
+            | Action::KeyRevoke
             | Action::SandboxCreate
             | Action::SandboxDelete
             | Action::SandboxExec
@@ -292,24 +323,170 @@ impl Action {
             | Action::FilesystemMountRo => false,
         }
     }
+}
 
-    /// For actions on keys, the role of the key concerned.
-    pub fn target_role(&self) -> Option<Role> {
+/// What an action is on, with what a decision needs to know of it. Every variant but
+/// [`Target::Platform`] names its namespace. A target is built from what the request names and,
+/// once it has been looked up, what the store knows of it (a filesystem's project).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The whole platform: listing and creating namespaces, the platform's audit chain and
+    /// metrics.
+    Platform,
+    /// A namespace as a whole: the namespace itself, or what an action does in it at large
+    /// (listing its sandboxes, reading its usage, creating a secret).
+    Namespace { namespace: String },
+    /// A sandbox, in the scope of the filesystem it mounts: it exposes that filesystem's data.
+    Sandbox { namespace: String, id: String, scope: Scope },
+    /// A filesystem, in its project if it has one.
+    Filesystem { namespace: String, id: String, scope: Scope },
+    /// A project; `id: None` is the part of the namespace outside every project, where a
+    /// filesystem of no project or a new project is created.
+    Project { namespace: String, id: Option<String> },
+    /// A secret, by name.
+    Secret { namespace: String, name: String },
+    /// A key; `id: None` is a key being created. `role` is the role of the key concerned when it
+    /// is known; the policies see it as `context.target_role`.
+    Key { namespace: String, id: Option<String>, role: Option<Role> },
+    /// A custom policy of the namespace.
+    Policy { namespace: String, id: String },
+}
+
+/// Where a sandbox or a filesystem stands with respect to the namespace's projects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Not looked up yet: the decision is on the id alone and hides nothing; the lookup decides
+    /// again with what it found.
+    Unknown,
+    /// Everyone's in the namespace: a sandbox that mounts no filesystem.
+    Open,
+    /// Outside every project: a filesystem of no project, or a sandbox that mounts one.
+    Namespace,
+    /// In a project: a filesystem of it, or a sandbox that mounts one of its filesystems.
+    Project(String),
+}
+
+impl Scope {
+    /// The scope of a filesystem of `project`.
+    pub fn of_filesystem(project: Option<&str>) -> Scope {
+        project.map_or(Scope::Namespace, |p| Scope::Project(p.to_owned()))
+    }
+
+    /// The scope of a sandbox: `Open` when it mounts no filesystem, else the filesystem's
+    /// (`project` is that filesystem's project).
+    pub fn of_sandbox(mounts_filesystem: bool, project: Option<&str>) -> Scope {
+        if mounts_filesystem {
+            Scope::of_filesystem(project)
+        } else {
+            Scope::Open
+        }
+    }
+
+    /// The project, when the scope is one.
+    pub fn project(&self) -> Option<&str> {
         match self {
-            Action::KeyCreate { role } | Action::KeyRevoke { role } => Some(*role),
-            _ => None,
+            Scope::Project(p) => Some(p),
+            Scope::Unknown | Scope::Open | Scope::Namespace => None,
         }
     }
 }
 
-/// The outcome of an authorization.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Target {
+    /// The namespace `ns` as a whole.
+    pub fn namespace(ns: &str) -> Target {
+        Target::Namespace { namespace: ns.to_owned() }
+    }
+
+    /// Sandbox `id` of `ns`, as the request names it (what it mounts not yet known).
+    pub fn sandbox(ns: &str, id: &str) -> Target {
+        Target::Sandbox { namespace: ns.to_owned(), id: id.to_owned(), scope: Scope::Unknown }
+    }
+
+    /// Filesystem `id` of `ns`, as the request names it (its project not yet known).
+    pub fn filesystem(ns: &str, id: &str) -> Target {
+        Target::Filesystem { namespace: ns.to_owned(), id: id.to_owned(), scope: Scope::Unknown }
+    }
+
+    /// Project `id` of `ns`, or with `None` the namespace outside every project.
+    pub fn project(ns: &str, id: Option<&str>) -> Target {
+        Target::Project { namespace: ns.to_owned(), id: id.map(str::to_owned) }
+    }
+
+    /// Secret `name` of `ns`.
+    pub fn secret(ns: &str, name: &str) -> Target {
+        Target::Secret { namespace: ns.to_owned(), name: name.to_owned() }
+    }
+
+    /// Key `id` of `ns` (`None`: a key being created), whose role is `role` when known.
+    pub fn key(ns: &str, id: Option<&str>, role: Option<Role>) -> Target {
+        Target::Key { namespace: ns.to_owned(), id: id.map(str::to_owned), role }
+    }
+
+    /// Custom policy `id` of `ns`.
+    pub fn policy(ns: &str, id: &str) -> Target {
+        Target::Policy { namespace: ns.to_owned(), id: id.to_owned() }
+    }
+
+    /// The namespace the target is in; `None` for the platform.
+    pub fn namespace_name(&self) -> Option<&str> {
+        match self {
+            Target::Platform => None,
+            Target::Namespace { namespace }
+            | Target::Sandbox { namespace, .. }
+            | Target::Filesystem { namespace, .. }
+            | Target::Project { namespace, .. }
+            | Target::Secret { namespace, .. }
+            | Target::Key { namespace, .. }
+            | Target::Policy { namespace, .. } => Some(namespace),
+        }
+    }
+
+    /// How the target appears in audit records: `platform`, `namespace:<name>`, `sandbox:<id>`,
+    /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>` or `policy:<id>`; what is
+    /// being created in a namespace (a key, a project) is the namespace's.
+    pub fn audit_name(&self) -> String {
+        match self {
+            Target::Platform => "platform".to_owned(),
+            Target::Namespace { namespace }
+            | Target::Project { namespace, id: None }
+            | Target::Key { namespace, id: None, .. } => format!("namespace:{namespace}"),
+            Target::Sandbox { id, .. } => format!("sandbox:{id}"),
+            Target::Filesystem { id, .. } => format!("filesystem:{id}"),
+            Target::Project { id: Some(id), .. } => format!("project:{id}"),
+            Target::Secret { name, .. } => format!("secret:{name}"),
+            Target::Key { id: Some(id), .. } => format!("key:{id}"),
+            Target::Policy { id, .. } => format!("policy:{id}"),
+        }
+    }
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Allow,
-    /// A principal of this namespace that the policies do not allow: 403 `forbidden`.
-    Forbidden,
-    /// A principal of another namespace: answered exactly as a namespace that does not exist.
-    NotFound,
+    /// A principal of the namespace that the policies do not allow: 403 `forbidden`. `policies`
+    /// are the ids of the `forbid`s that denied, sorted; empty when nothing permitted.
+    Forbidden {
+        policies: Vec<String>,
+    },
+    /// Answered exactly as what does not exist: 404.
+    NotFound(Hidden),
+}
+
+/// Why a decision is [`Decision::NotFound`], which says what the 404 names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hidden {
+    /// The target's namespace is another tenant's: answered as a namespace that does not exist.
+    Namespace,
+    /// The target is outside the projects a key is limited to: answered as that target missing.
+    Target,
+}
+
+impl Decision {
+    /// True for [`Decision::Allow`].
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
 }
 
 /// Where a request stands with respect to the principal's namespace.
@@ -374,24 +551,28 @@ mod tests {
     }
 
     #[test]
-    fn project_limited_keys_see_only_their_projects() {
-        let k = Principal::Key {
-            id: "k".into(),
-            namespace: "acme".into(),
-            role: Role::Developer,
-            projects: Some(vec!["prj_a".into()]),
-        };
-        assert!(k.sees_project(Some("prj_a")));
-        assert!(!k.sees_project(Some("prj_b")));
-        assert!(!k.sees_project(None));
-        assert!(key(Role::Viewer).sees_project(None));
-        assert!(Principal::Admin.sees_project(Some("prj_b")));
-        // A sandbox is in the scope of the filesystem it mounts.
-        assert!(k.sees_sandbox(false, None));
-        assert!(k.sees_sandbox(true, Some("prj_a")));
-        assert!(!k.sees_sandbox(true, Some("prj_b")));
-        assert!(!k.sees_sandbox(true, None));
-        assert!(key(Role::Viewer).sees_sandbox(true, Some("prj_b")));
+    fn every_action_is_listed_once_by_a_distinct_name() {
+        let mut names: Vec<&str> = Action::ALL.iter().map(Action::name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Action::ALL.len());
+        for a in Action::ALL {
+            assert_eq!(Action::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Action::from_name("sandbox.execute"), None);
+    }
+
+    #[test]
+    fn targets_are_named_for_the_audit_log() {
+        assert_eq!(Target::sandbox("acme", "sbx_1").audit_name(), "sandbox:sbx_1");
+        assert_eq!(Target::project("acme", None).audit_name(), "namespace:acme");
+        assert_eq!(Target::key("acme", None, Some(Role::Owner)).audit_name(), "namespace:acme");
+        assert_eq!(Target::key("acme", Some("key_1"), None).audit_name(), "key:key_1");
+        assert_eq!(Target::Platform.namespace_name(), None);
+        assert_eq!(Target::secret("acme", "db").namespace_name(), Some("acme"));
+        assert_eq!(Scope::of_sandbox(false, Some("prj_a")), Scope::Open);
+        assert_eq!(Scope::of_sandbox(true, None), Scope::Namespace);
+        assert_eq!(Scope::of_filesystem(Some("prj_a")).project(), Some("prj_a"));
     }
 
     #[test]

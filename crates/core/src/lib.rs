@@ -13,6 +13,6 @@ pub mod sealed;
 pub mod token;
 pub mod validate;
 
-pub use authz::{tenancy, Action, Decision, Principal, Role, Tenancy};
+pub use authz::{tenancy, Action, Decision, Hidden, Principal, Role, Scope, Target, Tenancy};
 pub use quota::{QuotaPatch, Quotas};
 pub use validate::FieldError;

@@ -1,9 +1,7 @@
-//! The principals and resources a decision is about, and the parsers of their short string forms
+//! The principals and resources as the engine sees them, and the parsers of the short string forms
 //! (`key:key_...`, `sandbox:sbx_...`) that the explain endpoint accepts.
 
-use bulkhead_core::{ids::prefix, validate, Role};
-
-use crate::ACTIONS;
+use bulkhead_core::{ids::prefix, validate, Action, Role, Target};
 
 /// Who is asking, with what the policies may look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,12 +81,9 @@ const MAX_SUB_LEN: usize = 255;
 /// Longest id accepted after its prefix.
 const MAX_ID_LEN: usize = 64;
 
-/// The canonical name of an action, or an error naming the known ones' shape.
-pub fn parse_action(s: &str) -> Result<&'static str, RefError> {
-    ACTIONS
-        .iter()
-        .copied()
-        .find(|a| *a == s)
+/// The action named `s`, or an error naming the known ones' shape.
+pub fn parse_action(s: &str) -> Result<Action, RefError> {
+    Action::from_name(s)
         .ok_or_else(|| RefError::new(s, "unknown action; expected one like sandbox.exec or filesystem.file.read"))
 }
 
@@ -109,11 +104,12 @@ pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
 }
 
 /// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-/// `key:<id>`, `policy:<id>` or `platform`. The project of a filesystem or a sandbox is not part
-/// of the string: the server fills it in from the store.
-pub fn parse_resource(s: &str) -> Result<ResourceRef, RefError> {
+/// `key:<id>`, `policy:<id>` or `platform` into a target in namespace `ns` (a `namespace:<name>`
+/// names its own). The scope of a filesystem or a sandbox is not part of the string: it is
+/// [`Scope::Unknown`](bulkhead_core::Scope::Unknown) until the server fills it in from the store.
+pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
     if s == "platform" {
-        return Ok(ResourceRef::Platform);
+        return Ok(Target::Platform);
     }
     let Some((kind, rest)) = s.split_once(':') else {
         return Err(RefError::new(
@@ -122,13 +118,13 @@ pub fn parse_resource(s: &str) -> Result<ResourceRef, RefError> {
         ));
     };
     match kind {
-        "namespace" => Ok(ResourceRef::Namespace(check_name(s, rest)?)),
-        "secret" => Ok(ResourceRef::Secret(check_name(s, rest)?)),
-        "sandbox" => Ok(ResourceRef::Sandbox { id: check_id(s, rest, prefix::SANDBOX)?, project: None }),
-        "filesystem" => Ok(ResourceRef::Filesystem { id: check_id(s, rest, prefix::FILESYSTEM)?, project: None }),
-        "project" => Ok(ResourceRef::Project(check_id(s, rest, prefix::PROJECT)?)),
-        "key" => Ok(ResourceRef::Key(check_id(s, rest, prefix::KEY)?)),
-        "policy" => Ok(ResourceRef::Policy(check_id(s, rest, "pol_")?)),
+        "namespace" => Ok(Target::namespace(&check_name(s, rest)?)),
+        "secret" => Ok(Target::secret(ns, &check_name(s, rest)?)),
+        "sandbox" => Ok(Target::sandbox(ns, &check_id(s, rest, prefix::SANDBOX)?)),
+        "filesystem" => Ok(Target::filesystem(ns, &check_id(s, rest, prefix::FILESYSTEM)?)),
+        "project" => Ok(Target::project(ns, Some(&check_id(s, rest, prefix::PROJECT)?))),
+        "key" => Ok(Target::key(ns, Some(&check_id(s, rest, prefix::KEY)?), None)),
+        "policy" => Ok(Target::policy(ns, &check_id(s, rest, prefix::POLICY)?)),
         _ => Err(RefError::new(
             s,
             format!(
@@ -199,14 +195,15 @@ mod tests {
 
     #[test]
     fn resources_parse() {
-        assert_eq!(parse_resource("platform"), Ok(ResourceRef::Platform));
-        assert_eq!(parse_resource("namespace:acme"), Ok(ResourceRef::Namespace("acme".into())));
-        assert_eq!(parse_resource("sandbox:sbx_1"), Ok(ResourceRef::Sandbox { id: "sbx_1".into(), project: None }));
-        assert_eq!(parse_resource("filesystem:fs_9"), Ok(ResourceRef::Filesystem { id: "fs_9".into(), project: None }));
-        assert_eq!(parse_resource("project:prj_2"), Ok(ResourceRef::Project("prj_2".into())));
-        assert_eq!(parse_resource("secret:db-password"), Ok(ResourceRef::Secret("db-password".into())));
-        assert_eq!(parse_resource("key:key_3"), Ok(ResourceRef::Key("key_3".into())));
-        assert_eq!(parse_resource("policy:pol_abc"), Ok(ResourceRef::Policy("pol_abc".into())));
+        let parse = |s| parse_resource(s, "acme");
+        assert_eq!(parse("platform"), Ok(Target::Platform));
+        assert_eq!(parse("namespace:globex"), Ok(Target::namespace("globex")));
+        assert_eq!(parse("sandbox:sbx_1"), Ok(Target::sandbox("acme", "sbx_1")));
+        assert_eq!(parse("filesystem:fs_9"), Ok(Target::filesystem("acme", "fs_9")));
+        assert_eq!(parse("project:prj_2"), Ok(Target::project("acme", Some("prj_2"))));
+        assert_eq!(parse("secret:db-password"), Ok(Target::secret("acme", "db-password")));
+        assert_eq!(parse("key:key_3"), Ok(Target::key("acme", Some("key_3"), None)));
+        assert_eq!(parse("policy:pol_abc"), Ok(Target::policy("acme", "pol_abc")));
     }
 
     #[test]
@@ -221,14 +218,14 @@ mod tests {
             ("policy:pol_", "1 to 64 characters"),
             ("project:prj_x-y", "only a-z and 0-9"),
         ] {
-            let err = parse_resource(input).expect_err(input).to_string();
+            let err = parse_resource(input, "acme").expect_err(input).to_string();
             assert!(err.contains(needle), "{input}: {err}");
         }
     }
 
     #[test]
     fn actions_parse() {
-        assert_eq!(parse_action("sandbox.exec"), Ok("sandbox.exec"));
+        assert_eq!(parse_action("sandbox.exec"), Ok(Action::SandboxExec));
         let err = parse_action("sandbox.execute").expect_err("unknown").to_string();
         assert!(err.contains("unknown action"), "{err}");
         let long = "x".repeat(500);

@@ -61,7 +61,7 @@ fn record_for(
     status: StatusCode,
     request_id: String,
 ) -> Option<(String, AuditEvent)> {
-    let denied = matches!(info.decision, Some(Decision::Forbidden | Decision::NotFound));
+    let denied = matches!(info.decision, Some(Decision::Forbidden { .. } | Decision::NotFound(_)));
     let unauthenticated = info.principal.is_none() && status == StatusCode::UNAUTHORIZED;
     let mutating = match info.action {
         Some(_) => info.mutating,
@@ -81,7 +81,7 @@ fn record_for(
         .clone()
         .or_else(|| info.principal.as_ref().and_then(|p| p.namespace().map(str::to_owned)))
         .unwrap_or_else(|| PLATFORM_CHAIN.to_owned());
-    let action = info.action.map(str::to_owned).unwrap_or_else(|| format!("{method} {route}"));
+    let action = info.action.map(|a| a.name().to_owned()).unwrap_or_else(|| format!("{method} {route}"));
     let resource =
         if info.resource.is_empty() { format!("path:{}", bulkhead_core::audit::cut(path, 256)) } else { info.resource };
     let decision = if denied {

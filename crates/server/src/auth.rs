@@ -1,8 +1,16 @@
 //! Authentication and the per-request context. [`Ctx`] is the first extractor of every
 //! authenticated handler: it turns the bearer token (the admin token, an API key, a sandbox's
 //! workload token, or a user's OpenID Connect token for the namespace in the path) into a
-//! [`Principal`] and gives the handler [`Ctx::authorize`]: the tenant boundary first, then one
-//! decision of the namespace's Cedar policies. It also notes the action for the audit middleware.
+//! [`Principal`] and gives the handler its decisions, every one of them a call of
+//! `bulkhead_policy::decide` on a typed [`Target`] made by [`Decider`] (the tenant boundary, then
+//! the projects of a limited key, then the namespace's Cedar policies):
+//!
+//! - [`Ctx::authorize`], the request's action, noted for the audit middleware;
+//! - [`Ctx::reauthorize`], the same action again once the target is looked up (its project known);
+//! - [`Ctx::require`] and [`Ctx::decide`], a further decision inside the request (a mount mode),
+//!   and [`Ctx::decide_as`] for another principal (a secret released to the sandbox being
+//!   created), recorded in the audit record when they deny;
+//! - [`Ctx::sees`], which items of a list, a log or an audit page the principal is shown.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,8 +18,8 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use bulkhead_core::token::{ADMIN_TOKEN_PREFIX, KEY_TOKEN_PREFIX, MAX_TOKEN_LEN, WORKLOAD_TOKEN_PREFIX};
-use bulkhead_core::{tenancy, Action, Decision, Principal, Tenancy};
-use bulkhead_policy::{CompiledSet, Request, ResourceRef};
+use bulkhead_core::{Action, Decision, Hidden, Principal, Target};
+use bulkhead_policy::{CompiledSet, Ruling};
 
 use crate::error::{ApiError, ApiResult};
 use crate::request::{ClientRequestId, RequestId};
@@ -21,7 +29,8 @@ use crate::state::{now_ms, AppState};
 #[derive(Debug, Default)]
 pub struct AuditInfo {
     pub principal: Option<Principal>,
-    pub action: Option<&'static str>,
+    /// The request's action, once authorized.
+    pub action: Option<Action>,
     pub mutating: bool,
     pub resource: String,
     pub decision: Option<Decision>,
@@ -54,9 +63,8 @@ pub struct Ctx {
     /// The client's own `X-Request-Id`, when it sent an acceptable one.
     pub client_request_id: Option<String>,
     slot: AuditSlot,
-    /// The policies that decide for this principal: its namespace's, or the built-ins alone for
-    /// the platform admin.
-    policies: CompiledSet,
+    /// The decisions of this principal.
+    decider: Decider,
     /// The namespace incarnation this request is authenticated into: the principal's own
     /// namespace when the path names it (or names none), the path's namespace for the platform
     /// admin; `None` for a request of one namespace's principal on another's path. Per-namespace
@@ -155,134 +163,195 @@ impl FromRequestParts<AppState> for Ctx {
             }
         });
         tracing::Span::current().record("principal", principal.audit_name());
+        let decider = Decider::load(state, principal.clone()).await?;
+        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, decider, tenant })
+    }
+}
+
+/// The decisions of one principal, with the policies of its namespace (the built-in ones alone
+/// for the platform admin) as they were when it was made. The server's only caller of
+/// `bulkhead_policy::decide`; clones share the compiled policies.
+#[derive(Clone)]
+pub struct Decider {
+    principal: Principal,
+    policies: CompiledSet,
+}
+
+impl Decider {
+    /// The decider of `principal`, with its namespace's current policies. A stored policy that
+    /// no longer compiles fails it (see [`crate::identity::policies`]).
+    pub async fn load(state: &AppState, principal: Principal) -> ApiResult<Decider> {
         let policies = match principal.namespace() {
             None => state.identity.builtin().clone(),
             Some(ns) => crate::identity::policies(state, ns).await?,
         };
-        Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, policies, tenant })
+        Ok(Decider { principal, policies })
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// Decides `action` on `target`, with the reasons; evaluation errors are logged.
+    pub fn ruling(&self, action: Action, target: &Target) -> Ruling {
+        // The server's one call of the decision function.
+        #[allow(clippy::disallowed_methods)]
+        let ruling = bulkhead_policy::decide(&self.policies, &self.principal, action, target);
+        if !ruling.errors.is_empty() {
+            tracing::warn!(action = action.name(), errors = ?ruling.errors, "policy evaluation errors");
+        }
+        ruling
+    }
+
+    /// Decides `action` on `target`.
+    pub fn decide(&self, action: Action, target: &Target) -> Decision {
+        self.ruling(action, target).decision
+    }
+
+    /// Whether the principal is shown `target` in the answer of `action` (an item of a list, a
+    /// record of a log or of the audit chain).
+    pub fn sees(&self, action: Action, target: &Target) -> bool {
+        self.decide(action, target).is_allowed()
+    }
+}
+
+/// What a request answers for a target it may not know of: exactly what it answers when the
+/// target does not exist.
+pub fn not_found(target: &Target) -> ApiError {
+    match target {
+        Target::Platform => ApiError::NotFound("not found".into()),
+        Target::Namespace { namespace }
+        | Target::Project { namespace, id: None }
+        | Target::Key { namespace, id: None, .. } => ApiError::namespace_not_found(namespace),
+        Target::Sandbox { id, .. } => ApiError::NotFound(format!("sandbox {id:?} not found")),
+        Target::Filesystem { id, .. } => ApiError::NotFound(format!("filesystem {id:?} not found")),
+        Target::Project { id: Some(id), .. } => ApiError::NotFound(format!("project {id:?} not found")),
+        Target::Secret { name, .. } => ApiError::NotFound(format!("secret {name:?} not found")),
+        Target::Key { id: Some(id), .. } => ApiError::NotFound(format!("key {id:?} not found")),
+        Target::Policy { id, .. } => ApiError::NotFound(format!("policy {id:?} not found")),
     }
 }
 
 impl Ctx {
-    /// Decides `action` on `namespace` (`None` for platform-level actions) for this principal,
-    /// and notes it for the audit log. `resource` names what the action is on.
-    pub fn authorize(&self, action: Action, namespace: Option<&str>, resource: impl Into<String>) -> ApiResult<()> {
-        let resource = resource.into();
-        let (decision, deciding) = match tenancy(&self.principal, namespace) {
-            Tenancy::Foreign => (Decision::NotFound, Vec::new()),
-            Tenancy::Operator | Tenancy::Own(_) => {
-                let d = self.decide(action, namespace, &resource);
-                (if d.allowed { Decision::Allow } else { Decision::Forbidden }, d.policies)
-            }
-        };
+    /// Decides the request's `action` on `target` (as the request names it, before any lookup)
+    /// and notes both for the audit log: a 404 for another namespace's target (as for a missing
+    /// namespace) or one outside a limited key's projects (as for a missing target), a 403
+    /// naming the action and the forbids when the policies deny.
+    pub fn authorize(&self, action: Action, target: &Target) -> ApiResult<()> {
+        let decision = self.decider.decide(action, target);
         self.slot.with(|info| {
-            info.action = Some(action.name());
+            info.action = Some(action);
             info.mutating = action.is_mutating();
-            info.resource = resource;
-            info.decision = Some(decision);
-            if decision == Decision::Forbidden && !deciding.is_empty() {
-                info.detail.insert("policies".into(), deciding.clone().into());
+            info.resource = target.audit_name();
+            // A target hidden by projects is audited as a missing one is: not as a denial.
+            if decision != Decision::NotFound(Hidden::Target) {
+                info.decision = Some(decision.clone());
+            }
+            if let Decision::Forbidden { policies } = &decision {
+                if !policies.is_empty() {
+                    info.detail.insert("policies".into(), policies.clone().into());
+                }
             }
         });
+        self.answer(action, target, decision)
+    }
+
+    /// Decides the request's action again on its target once it is looked up, so that what the
+    /// lookup found (a filesystem's project, the one a sandbox mounts) holds: a key limited to
+    /// projects is answered as if a target outside them did not exist, and policies written on
+    /// projects (`resource in Bulkhead::Project::"prj_…"`) hold. A denial is recorded.
+    pub fn reauthorize(&self, target: &Target) -> ApiResult<()> {
+        let Some(action) = self.slot.with(|info| info.action) else {
+            return Err(ApiError::Internal("a target was looked up before the request was authorized".into()));
+        };
+        let decision = self.decide(action, target);
+        self.answer(action, target, decision)
+    }
+
+    /// A further decision inside an authorized request (mounting a filesystem at create), as the
+    /// API answers it: 403 naming the action, or 404 as for a missing target. A denial is
+    /// recorded in the request's audit record.
+    pub fn require(&self, action: Action, target: &Target) -> ApiResult<()> {
+        let decision = self.decide(action, target);
+        self.answer(action, target, decision)
+    }
+
+    /// [`Ctx::require`], with `hidden` the answer when the target is outside the projects of a
+    /// limited key (a 400 naming the field of the body that named it, say).
+    pub fn require_or(&self, action: Action, target: &Target, hidden: impl FnOnce() -> ApiError) -> ApiResult<()> {
+        match self.decide(action, target) {
+            Decision::NotFound(Hidden::Target) => Err(hidden()),
+            decision => self.answer(action, target, decision),
+        }
+    }
+
+    /// A further decision inside an authorized request, for the caller to answer. A denial by
+    /// the policies is recorded in the request's audit record: the action, the target and the
+    /// forbids. A target hidden by projects is not: it is answered and audited as a missing one.
+    pub fn decide(&self, action: Action, target: &Target) -> Decision {
+        let decision = self.decider.decide(action, target);
+        self.record(None, action, target, &decision);
+        decision
+    }
+
+    /// A further decision for another principal of the request's namespace, with that
+    /// namespace's policies: a secret released to the sandbox being created. Recorded as
+    /// [`Ctx::decide`] does, with the principal.
+    pub async fn decide_as(&self, principal: Principal, action: Action, target: &Target) -> ApiResult<Decision> {
+        let decider = Decider::load(&self.state, principal).await?;
+        let decision = decider.decide(action, target);
+        self.record(Some(decider.principal()), action, target, &decision);
+        Ok(decision)
+    }
+
+    /// Whether the principal is shown `target` in the answer of the request's `action` (an item
+    /// of a list). Not recorded: what is left out of an answer is not a denial.
+    pub fn sees(&self, action: Action, target: &Target) -> bool {
+        self.decider.sees(action, target)
+    }
+
+    /// The decisions of this request's principal, for work that outlives the request's handler
+    /// (a live tail).
+    pub fn decider(&self) -> Decider {
+        self.decider.clone()
+    }
+
+    fn record(&self, principal: Option<&Principal>, action: Action, target: &Target, decision: &Decision) {
+        let Decision::Forbidden { policies } = decision else { return };
+        self.slot.with(|info| {
+            info.decision = Some(decision.clone());
+            info.detail.insert("denied".into(), action.name().into());
+            info.detail.insert("denied_resource".into(), target.audit_name().into());
+            if let Some(p) = principal {
+                info.detail.insert("denied_principal".into(), p.audit_name().into());
+            }
+            if !policies.is_empty() {
+                info.detail.insert("policies".into(), policies.clone().into());
+            }
+        });
+    }
+
+    fn answer(&self, action: Action, target: &Target, decision: Decision) -> ApiResult<()> {
         match decision {
             Decision::Allow => Ok(()),
-            Decision::Forbidden => Err(self.forbidden(action, &deciding)),
+            Decision::Forbidden { policies } => Err(self.forbidden(action, &policies)),
             // Exactly what a namespace that does not exist answers.
-            Decision::NotFound => Err(ApiError::namespace_not_found(namespace.unwrap_or_default())),
-        }
-    }
-
-    /// One decision of the policies for this principal, inside the tenant boundary (the caller
-    /// has drawn it). `resource` is `sandbox:<id>`, `filesystem:<id>`, ... or names the namespace.
-    pub fn decide(&self, action: Action, namespace: Option<&str>, resource: &str) -> bulkhead_policy::Decision {
-        let resource = crate::identity::resource_ref(resource, namespace);
-        self.decide_on(action.name(), action.target_role(), namespace, &resource)
-    }
-
-    fn decide_on(
-        &self,
-        action: &str,
-        target_role: Option<bulkhead_core::Role>,
-        namespace: Option<&str>,
-        resource: &ResourceRef,
-    ) -> bulkhead_policy::Decision {
-        let principal = crate::identity::principal_ref(&self.principal);
-        let ns = namespace.or(self.principal.namespace()).unwrap_or_default();
-        let d = self.policies.decide(&Request { principal: &principal, namespace: ns, action, resource, target_role });
-        if !d.errors.is_empty() {
-            tracing::warn!(action, errors = ?d.errors, "policy evaluation errors");
-        }
-        d
-    }
-
-    /// A further check inside an authorized request (mounting a filesystem at create): a 403
-    /// naming the action when the policies do not allow it.
-    pub fn check(&self, action: Action, namespace: &str, resource: &ResourceRef) -> ApiResult<()> {
-        let d = self.decide_on(action.name(), None, Some(namespace), resource);
-        self.enforce(action.name(), d)
-    }
-
-    /// Decides the request's action again once the project of its filesystem, or of the
-    /// filesystem its sandbox mounts, is known, so that policies written on projects
-    /// (`resource in Bulkhead::Project::"prj_…"`) hold for both. Only an action whose resource is
-    /// of `resource`'s type is decided again (a sandbox create that mounts a filesystem is
-    /// decided by [`Ctx::check`] instead); without a project the first decision stands, since it
-    /// was already on this very resource.
-    pub fn recheck(&self, namespace: &str, resource: &ResourceRef) -> ApiResult<()> {
-        let Some(action) = self.slot.with(|info| info.action) else { return Ok(()) };
-        let applies = match resource {
-            ResourceRef::Filesystem { project: Some(_), .. } => {
-                action.starts_with("filesystem.") && !matches!(action, "filesystem.create" | "filesystem.list")
+            Decision::NotFound(Hidden::Namespace) => {
+                Err(ApiError::namespace_not_found(target.namespace_name().unwrap_or_default()))
             }
-            ResourceRef::Sandbox { project: Some(_), .. } => matches!(
-                action,
-                "sandbox.get"
-                    | "sandbox.delete"
-                    | "sandbox.exec"
-                    | "sandbox.file.read"
-                    | "sandbox.file.write"
-                    | "logs.read"
-            ),
-            _ => false,
-        };
-        if !applies {
-            return Ok(());
+            Decision::NotFound(Hidden::Target) => Err(not_found(target)),
         }
-        let d = self.decide_on(action, None, Some(namespace), resource);
-        self.enforce(action, d)
     }
 
-    fn enforce(&self, action: &str, d: bulkhead_policy::Decision) -> ApiResult<()> {
-        if d.allowed {
-            return Ok(());
-        }
-        self.slot.with(|info| {
-            info.decision = Some(Decision::Forbidden);
-            info.detail.insert("denied".into(), action.into());
-            if !d.policies.is_empty() {
-                info.detail.insert("policies".into(), d.policies.clone().into());
-            }
-        });
-        Err(self.forbidden_named(action, &d.policies))
-    }
-
-    fn forbidden(&self, action: Action, deciding: &[String]) -> ApiError {
-        self.forbidden_named(action.name(), deciding)
-    }
-
-    fn forbidden_named(&self, action: &str, deciding: &[String]) -> ApiError {
-        let by = if deciding.is_empty() { String::new() } else { format!(" (forbidden by {})", deciding.join(", ")) };
-        ApiError::Forbidden(format!("{} may not {action}{by}", self.principal.audit_name()))
+    /// The 403 of `action` denied, naming the forbids that denied it.
+    pub fn forbidden(&self, action: Action, policies: &[String]) -> ApiError {
+        let by = if policies.is_empty() { String::new() } else { format!(" (forbidden by {})", policies.join(", ")) };
+        ApiError::Forbidden(format!("{} may not {}{by}", self.principal.audit_name(), action.name()))
     }
 
     /// The name of the action this request was authorized for, once it has been.
     pub fn action_name(&self) -> Option<&'static str> {
-        self.slot.with(|info| info.action)
-    }
-
-    /// The compiled policies deciding for this request's principal.
-    pub fn policies(&self) -> &CompiledSet {
-        &self.policies
+        self.slot.with(|info| info.action.map(|a| a.name()))
     }
 
     /// Sends this request's audit record to `chain` (a namespace the handler has found, or the

@@ -14,7 +14,7 @@ use bulkhead_core::outbound::OutboundPolicy;
 use bulkhead_core::sealed::{self, Key};
 use bulkhead_core::{Principal, Role};
 use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions};
-use bulkhead_policy::{CompiledSet, Engine, PrincipalRef, ResourceRef};
+use bulkhead_policy::{CompiledSet, Engine};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -255,42 +255,6 @@ pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -
         email: claims.email,
         groups: claims.groups,
     })
-}
-
-/// The policy engine's view of a principal.
-pub fn principal_ref(p: &Principal) -> PrincipalRef {
-    match p {
-        Principal::Admin => PrincipalRef::Admin,
-        Principal::Key { id, role, .. } => PrincipalRef::Key { id: id.clone(), role: *role },
-        Principal::User { sub, role, email, groups, .. } => PrincipalRef::User {
-            sub: sub.clone(),
-            role: *role,
-            email: email.clone().unwrap_or_default(),
-            groups: groups.clone(),
-        },
-        Principal::Sandbox { id, creator, project, .. } => {
-            PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone(), project: project.clone() }
-        }
-    }
-}
-
-/// The policy engine's view of what a request is on: `sandbox:<id>`, `filesystem:<id>`, ...;
-/// anything else is the namespace itself, and a platform-level request the platform. The
-/// project of a sandbox or filesystem is not known yet: [`crate::auth::Ctx::recheck`] decides
-/// again once it is.
-pub fn resource_ref(resource: &str, namespace: Option<&str>) -> ResourceRef {
-    let Some(ns) = namespace else { return ResourceRef::Platform };
-    let (kind, id) = resource.split_once(':').unwrap_or(("", ""));
-    let id = id.to_owned();
-    match kind {
-        "sandbox" => ResourceRef::Sandbox { id, project: None },
-        "filesystem" => ResourceRef::Filesystem { id, project: None },
-        "key" => ResourceRef::Key(id),
-        "project" => ResourceRef::Project(id),
-        "secret" => ResourceRef::Secret(id),
-        "policy" => ResourceRef::Policy(id),
-        _ => ResourceRef::Namespace(ns.to_owned()),
-    }
 }
 
 /// The namespace's data key, made and stored (wrapped by the master key) on first use.

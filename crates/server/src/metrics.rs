@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bulkhead_api::ErrorBody;
-use bulkhead_core::Action;
+use bulkhead_core::{Action, Target};
 use bulkhead_store::{NamespaceRow, SandboxStatus};
 
 use crate::auth::Ctx;
@@ -332,7 +332,7 @@ fn text(body: String) -> Response {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn platform(ctx: Ctx) -> ApiResult<Response> {
-    ctx.authorize(Action::PlatformMetricsRead, None, "metrics")?;
+    ctx.authorize(Action::PlatformMetricsRead, &Target::Platform)?;
     Ok(text(render(&ctx.state, None).await?))
 }
 
@@ -341,7 +341,7 @@ pub async fn platform(ctx: Ctx) -> ApiResult<Response> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn namespace(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Response> {
-    ctx.authorize(Action::MetricsRead, Some(&ns), format!("metrics:{ns}"))?;
+    ctx.authorize(Action::MetricsRead, &Target::namespace(&ns))?;
     let row = crate::routes::load_namespace(&ctx, &ns).await?;
     Ok(text(render(&ctx.state, Some(&row)).await?))
 }

@@ -3,7 +3,7 @@
 use axum::Json;
 use bulkhead_api::{AuditParams, AuditRecord, AuditVerification, ErrorBody, Page};
 use bulkhead_core::audit::PLATFORM_CHAIN;
-use bulkhead_core::Action;
+use bulkhead_core::{Action, Target};
 use bulkhead_store::AuditQuery;
 
 use super::load_namespace;
@@ -60,12 +60,12 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> ApiResult<Json<Page<AuditRecord>>> {
-    ctx.authorize(Action::AuditRead, Some(&ns), format!("audit:{ns}"))?;
+    ctx.authorize(Action::AuditRead, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;
     let Json(mut page) = list_chain(&ctx, &ns, params).await?;
     // A key limited to projects does not read the records of what it may not see (a sandbox's
     // exec argv, say); the cursor still moves past them.
-    let mut visible = super::scope::Visible::new(ctx.principal.clone());
+    let mut visible = super::scope::Visible::new(ctx.decider(), Action::AuditRead);
     let mut items = Vec::with_capacity(page.items.len());
     for r in page.items {
         if visible.named(&ctx.state, &ns, &r.resource).await {
@@ -80,7 +80,7 @@ pub async fn list(
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/audit/verify", tag = "audit", params(("ns" = String, Path)),
     responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn verify(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<AuditVerification>> {
-    ctx.authorize(Action::AuditVerify, Some(&ns), format!("audit:{ns}"))?;
+    ctx.authorize(Action::AuditVerify, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;
     verify_chain(&ctx, &ns).await
 }
@@ -92,7 +92,7 @@ pub async fn platform_list(
     ctx: Ctx,
     QueryParams(params): QueryParams<AuditParams>,
 ) -> ApiResult<Json<Page<AuditRecord>>> {
-    ctx.authorize(Action::PlatformAuditRead, None, "audit:platform")?;
+    ctx.authorize(Action::PlatformAuditRead, &Target::Platform)?;
     list_chain(&ctx, PLATFORM_CHAIN, params).await
 }
 
@@ -100,6 +100,6 @@ pub async fn platform_list(
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
     responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn platform_verify(ctx: Ctx) -> ApiResult<Json<AuditVerification>> {
-    ctx.authorize(Action::PlatformAuditVerify, None, "audit:platform")?;
+    ctx.authorize(Action::PlatformAuditVerify, &Target::Platform)?;
     verify_chain(&ctx, PLATFORM_CHAIN).await
 }

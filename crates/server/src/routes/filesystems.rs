@@ -8,8 +8,7 @@ use axum::Json;
 use bulkhead_api::FilesystemDeleteParams as DeleteParams;
 use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
 use bulkhead_core::ids::{self, prefix};
-use bulkhead_core::{validate, Action};
-use bulkhead_policy::ResourceRef;
+use bulkhead_core::{validate, Action, Scope, Target};
 use bulkhead_runtime::storage;
 use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
 
@@ -50,18 +49,30 @@ pub fn filesystem_not_found(id: &str) -> ApiError {
 }
 
 /// The filesystem of this namespace that the principal may see, or 404: another namespace's,
-/// a missing one and one of a project the key is not limited to all look the same.
+/// a missing one and one of a project the key is not limited to all look the same. The
+/// request's action is decided again on it, its project known.
 pub async fn load_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<FilesystemRow> {
+    let row = find_filesystem(ctx, ns, id).await?;
+    ctx.reauthorize(&filesystem_target(&row))?;
+    Ok(row)
+}
+
+/// Filesystem `id` of `ns` as the store has it, or 404; not yet decided on.
+pub async fn find_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<FilesystemRow> {
     load_namespace(ctx, ns).await?;
     if !ids::is_id(prefix::FILESYSTEM, id) {
         return Err(filesystem_not_found(id));
     }
-    let row = ctx.state.store.get_filesystem(ns, id).await?.ok_or_else(|| filesystem_not_found(id))?;
-    if !ctx.principal.sees_project(row.project_id.as_deref()) {
-        return Err(filesystem_not_found(id));
+    ctx.state.store.get_filesystem(ns, id).await?.ok_or_else(|| filesystem_not_found(id))
+}
+
+/// A filesystem as decisions see it: in its project.
+pub fn filesystem_target(row: &FilesystemRow) -> Target {
+    Target::Filesystem {
+        namespace: row.namespace.clone(),
+        id: row.id.clone(),
+        scope: Scope::of_filesystem(row.project_id.as_deref()),
     }
-    ctx.recheck(ns, &ResourceRef::Filesystem { id: row.id.clone(), project: row.project_id.clone() })?;
-    Ok(row)
 }
 
 fn check_size(size: u64) -> ApiResult<u64> {
@@ -88,7 +99,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::FilesystemCreate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::FilesystemCreate, &Target::namespace(&ns))?;
     let h = headers.clone();
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
@@ -102,14 +113,17 @@ async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u
     validate::name("name", &req.name)?;
     let size = check_size(req.size_bytes)?;
     let namespace = load_namespace(ctx, &ns).await?;
+    let missing = || match &req.project {
+        Some(p) => ApiError::Invalid(format!("project: no project {p:?} in this namespace")),
+        None => ApiError::Invalid("project: required for a key limited to projects".into()),
+    };
     if let Some(p) = &req.project {
-        let found = ids::is_id(prefix::PROJECT, p) && ctx.state.store.get_project(&ns, p).await?.is_some();
-        if !found || !ctx.principal.sees_project(Some(p)) {
-            return Err(ApiError::Invalid(format!("project: no project {p:?} in this namespace")));
+        if !ids::is_id(prefix::PROJECT, p) || ctx.state.store.get_project(&ns, p).await?.is_none() {
+            return Err(missing());
         }
-    } else if !ctx.principal.sees_project(None) {
-        return Err(ApiError::Invalid("project: required for a key limited to projects".into()));
     }
+    // Created in its project, or in the namespace outside every project.
+    ctx.require_or(Action::FilesystemCreate, &Target::project(&ns, req.project.as_deref()), missing)?;
     let now = now_ms();
     let row = FilesystemRow {
         id: ids::new_id(prefix::FILESYSTEM),
@@ -144,14 +158,14 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Filesystem>>> {
-    ctx.authorize(Action::FilesystemList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::FilesystemList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('f')?;
     load_namespace(&ctx, &ns).await?;
     let rows = ctx.state.store.list_filesystems(&ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
     let mut items = Vec::new();
-    for row in rows.iter().filter(|f| ctx.principal.sees_project(f.project_id.as_deref())) {
+    for row in rows.iter().filter(|f| ctx.sees(Action::FilesystemList, &filesystem_target(f))) {
         items.push(filesystem_out(&ctx.state, row).await?);
     }
     Ok(Json(Page { items, next_cursor }))
@@ -162,7 +176,7 @@ pub async fn list(
     params(("ns" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = Filesystem), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Filesystem>> {
-    ctx.authorize(Action::FilesystemGet, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemGet, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
     Ok(Json(filesystem_out(&ctx.state, &row).await?))
 }
@@ -179,7 +193,7 @@ pub async fn resize(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Filesystem>> {
-    ctx.authorize(Action::FilesystemResize, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemResize, &Target::filesystem(&ns, &id))?;
     let req: ResizeFilesystem = json(&headers, &body)?;
     let size = check_size(req.size_bytes)?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
@@ -218,7 +232,7 @@ pub async fn delete(
     PathParams((ns, id)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<DeleteParams>,
 ) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::FilesystemDelete, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemDelete, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
     let users = ctx.state.store.sandboxes_using(&id).await?;
     if !users.is_empty() {

@@ -15,7 +15,7 @@ use axum::Json;
 use bulkhead_api::FilesystemFileParams as FileQuery;
 use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
 use bulkhead_core::ids::hex;
-use bulkhead_core::Action;
+use bulkhead_core::{Action, Target};
 use bulkhead_runtime::archive::{self, ArchiveError, Limits};
 use bulkhead_runtime::confined::{self, ConfinedError, Kind, Owner, Root};
 use bulkhead_store::{FilesystemRow, SandboxStatus};
@@ -227,7 +227,7 @@ pub async fn read_file(
     PathParams((ns, id)): PathParams<(String, String)>,
     QueryParams(q): QueryParams<FileQuery>,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::FilesystemFileRead, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemFileRead, &Target::filesystem(&ns, &id))?;
     let list = q.list.unwrap_or(false);
     let rel = relative(&q.path, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
@@ -289,7 +289,7 @@ pub async fn write_file(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::FilesystemFileWrite, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemFileWrite, &Target::filesystem(&ns, &id))?;
     if q.list.is_some() {
         return Err(ApiError::Invalid("list: only for reads".into()));
     }
@@ -363,7 +363,7 @@ pub async fn delete_file(
     QueryParams(q): QueryParams<FileQuery>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::FilesystemFileDelete, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemFileDelete, &Target::filesystem(&ns, &id))?;
     let rel = relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
@@ -387,7 +387,7 @@ pub async fn delete_file(
     responses((status = 200, description = "A tar archive", content_type = "application/x-tar", body = Vec<u8>),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Response> {
-    ctx.authorize(Action::FilesystemArchiveRead, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemArchiveRead, &Target::filesystem(&ns, &id))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let root = open_root(&ctx.state, &f.id)?;
@@ -415,7 +415,7 @@ pub async fn write_archive(
     PathParams((ns, id)): PathParams<(String, String)>,
     body: Body,
 ) -> ApiResult<Json<ArchiveResult>> {
-    ctx.authorize(Action::FilesystemArchiveWrite, Some(&ns), format!("filesystem:{id}"))?;
+    ctx.authorize(Action::FilesystemArchiveWrite, &Target::filesystem(&ns, &id))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let _guard = ctx.state.sandbox_locks.lock(&f.id).await;

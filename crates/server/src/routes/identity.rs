@@ -8,12 +8,14 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::{CreatePolicy, ErrorBody, ExplainRequest, ExplainResult, IdentityConfig, Page, Policy};
 use bulkhead_core::ids::{self, prefix};
-use bulkhead_core::{validate, Action};
-use bulkhead_policy::{PrincipalName, PrincipalRef, Request, ResourceRef};
+use bulkhead_core::{validate, Action, Decision, Principal, Target};
+use bulkhead_policy::PrincipalName;
 use bulkhead_store::{PolicyRow, SandboxStatus, StoreError};
 
+use super::filesystems::filesystem_target;
 use super::load_namespace;
-use crate::auth::Ctx;
+use super::sandboxes::sandbox_target;
+use crate::auth::{Ctx, Decider};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
@@ -25,7 +27,7 @@ use crate::state::{now_ms, rfc3339};
     responses((status = 200, body = IdentityConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<IdentityConfig>> {
-    ctx.authorize(Action::IdentityGet, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::IdentityGet, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;
     Ok(Json(crate::identity::identity_config(&ctx.state, &ns).await?))
 }
@@ -42,7 +44,7 @@ pub async fn set(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<IdentityConfig>> {
-    ctx.authorize(Action::IdentitySet, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::IdentitySet, &Target::namespace(&ns))?;
     let req: IdentityConfig = json(&headers, &body)?;
     if let Some(oidc) = &req.oidc {
         // The issuer's shape, and its address when it is one: a tenant may not point the server
@@ -93,7 +95,7 @@ pub async fn create_policy(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::PolicyCreate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::PolicyCreate, &Target::namespace(&ns))?;
     let h = headers.clone();
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
@@ -150,7 +152,7 @@ pub async fn list_policies(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Policy>>> {
-    ctx.authorize(Action::PolicyList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::PolicyList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('l')?;
     load_namespace(&ctx, &ns).await?;
@@ -165,7 +167,7 @@ pub async fn list_policies(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::PolicyDelete, Some(&ns), format!("policy:{id}"))?;
+    ctx.authorize(Action::PolicyDelete, &Target::policy(&ns, &id))?;
     load_namespace(&ctx, &ns).await?;
     if !ids::is_id(prefix::POLICY, &id) || !ctx.state.store.delete_policy(&ns, &id).await? {
         return Err(ApiError::NotFound(format!("policy {id:?} not found")));
@@ -185,19 +187,20 @@ pub async fn explain(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<ExplainResult>> {
-    ctx.authorize(Action::AuthzExplain, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::AuthzExplain, &Target::namespace(&ns))?;
     let req: ExplainRequest = json(&headers, &body)?;
     let invalid = |field: &str, e: bulkhead_policy::RefError| ApiError::Invalid(format!("{field}: {e}"));
     let action = bulkhead_policy::parse_action(&req.action).map_err(|e| invalid("action", e))?;
     let name = bulkhead_policy::parse_principal(&req.principal).map_err(|e| invalid("principal", e))?;
-    let mut resource = bulkhead_policy::parse_resource(&req.resource).map_err(|e| invalid("resource", e))?;
+    let mut target = bulkhead_policy::parse_resource(&req.resource, &ns).map_err(|e| invalid("resource", e))?;
     load_namespace(&ctx, &ns).await?;
-    if let ResourceRef::Namespace(other) = &resource {
+    if let Target::Namespace { namespace: other } = &target {
         if *other != ns {
             return Err(ApiError::Invalid(format!("resource: namespace {other:?} is not this namespace")));
         }
     }
     // What the server knows of the named principal and resource, as a real request would see it.
+    let namespace = ns.clone();
     let (principal, role) = match name {
         PrincipalName::Key(id) => {
             let key = ctx
@@ -206,7 +209,7 @@ pub async fn explain(
                 .get_key(&ns, &id)
                 .await?
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no key {id}")))?;
-            (PrincipalRef::Key { id, role: key.role }, Some(key.role))
+            (Principal::Key { id, namespace, role: key.role, projects: key.projects }, Some(key.role))
         }
         PrincipalName::Sandbox(id) => {
             let sbx = ctx
@@ -216,9 +219,9 @@ pub async fn explain(
                 .await?
                 .filter(|s| s.status != SandboxStatus::Deleted)
                 // One the caller may not see (another project's) is answered like a missing one.
-                .filter(|s| ctx.principal.sees_sandbox(s.filesystem.is_some(), s.project.as_deref()))
+                .filter(|s| ctx.sees(Action::AuthzExplain, &sandbox_target(s)))
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no sandbox {id}")))?;
-            (PrincipalRef::Sandbox { id, creator: sbx.creator, project: sbx.project }, None)
+            (Principal::Sandbox { id, namespace, creator: sbx.creator, project: sbx.project }, None)
         }
         PrincipalName::User(sub) => {
             // A user's role comes from its token's groups; explain asks as the strongest role the
@@ -231,37 +234,32 @@ pub async fn explain(
                 .ok_or_else(|| {
                     ApiError::Invalid("principal: the namespace has no single sign-on to map users to roles".into())
                 })?;
-            (PrincipalRef::User { sub, role, email: String::new(), groups: Vec::new() }, Some(role))
+            (Principal::User { sub, namespace, role, email: None, groups: Vec::new() }, Some(role))
         }
     };
-    // A resource the caller may not see (another project's) is explained as a missing one: with
-    // no project, so the answer never tells whether it exists.
-    match &mut resource {
-        ResourceRef::Filesystem { id, project } => {
-            if let Some(f) = ctx.state.store.get_filesystem(&ns, id).await? {
-                if ctx.principal.sees_project(f.project_id.as_deref()) {
-                    *project = f.project_id;
-                }
-            }
-        }
-        ResourceRef::Sandbox { id, project } => {
-            if let Some(s) = ctx.state.store.get_sandbox(&ns, id).await? {
-                if ctx.principal.sees_sandbox(s.filesystem.is_some(), s.project.as_deref()) {
-                    *project = s.project;
-                }
-            }
-        }
-        _ => {}
+    // A resource the caller may not see (another project's) is explained as a missing one: its
+    // scope unknown, so the answer never tells whether it exists.
+    let known = match &target {
+        Target::Filesystem { id, .. } => ctx.state.store.get_filesystem(&ns, id).await?.map(|f| filesystem_target(&f)),
+        Target::Sandbox { id, .. } => ctx.state.store.get_sandbox(&ns, id).await?.map(|s| sandbox_target(&s)),
+        _ => None,
+    };
+    if let Some(known) = known.filter(|t| ctx.sees(Action::AuthzExplain, t)) {
+        target = known;
     }
-    // The namespace's own set, whoever asks (the platform admin's requests use the built-ins).
-    let set = crate::identity::policies(&ctx.state, &ns).await?;
-    let d =
-        set.decide(&Request { principal: &principal, namespace: &ns, action, resource: &resource, target_role: None });
+    // The named principal's decision, with the namespace's policies (whoever asks), exactly as
+    // a request of that principal would be decided; one outside its projects is a denial.
+    let ruling = Decider::load(&ctx.state, principal).await?.ruling(action, &target);
+    let (decision, policies) = match ruling.decision {
+        Decision::Allow => ("allow", ruling.permits),
+        Decision::Forbidden { policies } => ("deny", policies),
+        Decision::NotFound(_) => ("deny", Vec::new()),
+    };
     Ok(Json(ExplainResult {
-        decision: if d.allowed { "allow" } else { "deny" }.to_owned(),
-        policies: d.policies,
+        decision: decision.to_owned(),
+        policies,
         role: role.map(crate::convert::role_out),
-        errors: d.errors,
+        errors: ruling.errors,
     }))
 }
 
@@ -270,6 +268,6 @@ pub async fn explain(
     responses((status = 200, description = "The Cedar schema", content_type = "text/plain"), (status = 401, body = ErrorBody)))]
 pub async fn schema(ctx: Ctx) -> ApiResult<Response> {
     // Any principal may read it; deciding `namespace.list` keeps every route authorized.
-    ctx.authorize(Action::NamespaceList, None, "policy-schema")?;
+    ctx.authorize(Action::NamespaceList, &Target::Platform)?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bulkhead_policy::schema_text()).into_response())
 }

@@ -8,7 +8,7 @@ use axum::Json;
 use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
-use bulkhead_core::{validate, Action, Role};
+use bulkhead_core::{validate, Action, Role, Target};
 use bulkhead_store::KeyRow;
 
 use super::load_namespace;
@@ -40,7 +40,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     // May this principal create keys here at all? Asked with the weakest role before the body is
     // read; the role asked for is checked once it is known.
-    ctx.authorize(Action::KeyCreate { role: Role::Viewer }, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::KeyCreate, &Target::key(&ns, None, Some(Role::Viewer)))?;
     let h = headers.clone();
     let on_replay = |reply: bulkhead_store::IdempotentReply| -> ApiResult<Response> {
         let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
@@ -58,7 +58,7 @@ pub async fn create(
 async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateKey = json(headers, body)?;
     let role = role_in(req.role);
-    ctx.authorize(Action::KeyCreate { role }, Some(ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::KeyCreate, &Target::key(ns, None, Some(role)))?;
     validate::name("name", &req.name)?;
     ctx.audit_detail("name", req.name.as_str());
     ctx.audit_detail("role", role.as_str());
@@ -86,8 +86,8 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
             }
             for id in list {
                 let found = ids::is_id(prefix::PROJECT, id) && ctx.state.store.get_project(ns, id).await?.is_some();
-                // A key limited to projects may only mint keys within them.
-                if !found || !ctx.principal.sees_project(Some(id)) {
+                // A key limited to projects may only mint keys within the projects it sees.
+                if !found || !ctx.sees(Action::ProjectList, &Target::project(ns, Some(id))) {
                     return Err(ApiError::Invalid(format!("projects: no project {id:?} in this namespace")));
                 }
             }
@@ -98,7 +98,7 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
             Some(list)
         }
     };
-    if projects.is_none() && !ctx.principal.sees_project(None) {
+    if projects.is_none() && !ctx.sees(Action::ProjectList, &Target::project(ns, None)) {
         return Err(ApiError::Invalid(
             "projects: a key limited to projects can only create keys limited to them".into(),
         ));
@@ -133,7 +133,7 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Key>>> {
-    ctx.authorize(Action::KeyList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::KeyList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('k')?;
     load_namespace(&ctx, &ns).await?;
@@ -148,7 +148,7 @@ pub async fn list(
     responses((status = 200, body = Key), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Key>> {
-    ctx.authorize(Action::KeyGet, Some(&ns), format!("key:{id}"))?;
+    ctx.authorize(Action::KeyGet, &Target::key(&ns, Some(&id), None))?;
     load_namespace(&ctx, &ns).await?;
     if !ids::is_id(prefix::KEY, &id) {
         return Err(key_not_found(&id));
@@ -163,13 +163,13 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
     responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn revoke(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::KeyRevoke { role: Role::Viewer }, Some(&ns), format!("key:{id}"))?;
+    ctx.authorize(Action::KeyRevoke, &Target::key(&ns, Some(&id), Some(Role::Viewer)))?;
     load_namespace(&ctx, &ns).await?;
     if !ids::is_id(prefix::KEY, &id) {
         return Err(key_not_found(&id));
     }
     let row = ctx.state.store.get_key(&ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
-    ctx.authorize(Action::KeyRevoke { role: row.role }, Some(&ns), format!("key:{id}"))?;
+    ctx.authorize(Action::KeyRevoke, &Target::key(&ns, Some(&id), Some(row.role)))?;
     ctx.audit_detail("name", row.name.as_str());
     ctx.audit_detail("role", row.role.as_str());
     if !ctx.state.store.delete_key(&ns, &id).await? {

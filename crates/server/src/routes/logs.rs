@@ -16,12 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::{ErrorBody, LogPage, LogParams};
 use bulkhead_core::ids::{is_id, prefix};
-use bulkhead_core::{Action, Principal};
+use bulkhead_core::{Action, Principal, Target};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::load_namespace;
 use super::scope::Visible;
-use crate::auth::Ctx;
+use crate::auth::{Ctx, Decider};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::limits::Direction;
@@ -54,7 +54,7 @@ pub async fn get(
     QueryParams(params): QueryParams<LogParams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::LogsRead, Some(&ns), format!("logs:{ns}"))?;
+    ctx.authorize(Action::LogsRead, &Target::namespace(&ns))?;
     let filter = filter(&params)?;
     let limit = params.limit.unwrap_or(1000);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -78,7 +78,7 @@ pub async fn get(
     let (entries, more) = ctx.state.logs.query(&key, &filter, limit as usize).await.map_err(internal)?;
     // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
-    let mut visible = Visible::new(ctx.principal.clone());
+    let mut visible = Visible::new(ctx.decider(), Action::LogsRead);
     let mut records = Vec::with_capacity(entries.len());
     for e in &entries {
         if visible.sandbox(&ctx.state, &ns, &e.sandbox).await {
@@ -110,7 +110,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
     let (state, principal) = (ctx.state.clone(), ctx.principal.clone());
-    let mut visible = Visible::new(principal.clone());
+    let mut visible = Visible::new(ctx.decider(), Action::LogsRead);
     let stream = async_stream(move |tx| async move {
         let _guard = guard;
         for e in &backlog {
@@ -121,8 +121,8 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
                 return;
             }
         }
-        // A tail ends when its key is revoked or expires, its sandbox ends, or its namespace
-        // goes: checked every few seconds.
+        // A tail ends when its key is revoked or expires, its sandbox ends, its namespace goes,
+        // or the namespace's policies no longer allow it: checked every few seconds.
         let mut recheck = tokio::time::interval(Duration::from_secs(5));
         recheck.tick().await;
         loop {
@@ -131,8 +131,9 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
                 () = tx.closed() => return,
                 r = live.recv() => r,
                 _ = recheck.tick() => {
-                    if !still_valid(&state, &principal, &ns).await {
-                        return;
+                    match still_allowed(&state, &principal, &ns, filter.sandbox.as_deref()).await {
+                        Some(decider) => visible.refresh(decider),
+                        None => return,
                     }
                     continue;
                 }
@@ -164,7 +165,32 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }
 
-/// Whether the principal that opened a tail may still read the namespace's logs.
+/// The decisions of the principal that opened a tail, with the namespace's policies as they are
+/// now, when it may still read the tail's logs: its credential still stands, and `logs.read`
+/// on the namespace (and on the sandbox the tail is of) is still allowed.
+async fn still_allowed(
+    state: &crate::state::AppState,
+    principal: &Principal,
+    ns: &str,
+    sandbox: Option<&str>,
+) -> Option<Decider> {
+    if !still_valid(state, principal, ns).await {
+        return None;
+    }
+    let decider = Decider::load(state, principal.clone()).await.ok()?;
+    if !decider.sees(Action::LogsRead, &Target::namespace(ns)) {
+        return None;
+    }
+    if let Some(id) = sandbox {
+        let row = state.store.get_sandbox(ns, id).await.ok()??;
+        if !decider.sees(Action::LogsRead, &super::sandboxes::sandbox_target(&row)) {
+            return None;
+        }
+    }
+    Some(decider)
+}
+
+/// Whether the credential of the principal that opened a tail still stands.
 async fn still_valid(state: &crate::state::AppState, principal: &Principal, ns: &str) -> bool {
     let now = crate::state::now_ms();
     let found = match principal {

@@ -5,7 +5,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
-use bulkhead_core::{validate, Action};
+use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::NamespaceRow;
 
 use super::load_namespace;
@@ -24,7 +24,7 @@ use crate::state::now_ms;
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody)))]
 pub async fn create(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    ctx.authorize(Action::NamespaceCreate, None, "namespaces")?;
+    ctx.authorize(Action::NamespaceCreate, &Target::Platform)?;
     let h = headers.clone();
     idempotency::create(ctx, &headers, None, body, replay_response, move |ctx, body| async move {
         create_namespace(&ctx, &h, &body).await
@@ -80,13 +80,20 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
 #[utoipa::path(get, path = "/v1/namespaces", tag = "namespaces", params(PageParams),
     responses((status = 200, body = Page<Namespace>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiResult<Json<Page<Namespace>>> {
-    ctx.authorize(Action::NamespaceList, None, "namespaces")?;
+    ctx.authorize(Action::NamespaceList, &Target::Platform)?;
     let limit = page.limit()?;
     let after = page.after('n')?;
+    // The store reads only the principal's own namespace for a namespace's principal; each one
+    // read is decided too.
     let only = ctx.principal.namespace();
     let rows = ctx.state.store.list_namespaces(after.as_deref(), limit, only).await?;
     let next_cursor = next_cursor(&rows, limit, 'n', |r| r.name.clone());
-    Ok(Json(Page { items: rows.iter().map(namespace_out).collect(), next_cursor }))
+    let items = rows
+        .iter()
+        .filter(|r| ctx.sees(Action::NamespaceList, &Target::namespace(&r.name)))
+        .map(namespace_out)
+        .collect();
+    Ok(Json(Page { items, next_cursor }))
 }
 
 /// What a namespace uses now: active sandboxes, allocated and written disk.
@@ -107,7 +114,7 @@ async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
 #[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
     responses((status = 200, body = Namespace), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Namespace>> {
-    ctx.authorize(Action::NamespaceGet, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::NamespaceGet, &Target::namespace(&ns))?;
     let row = load_namespace(&ctx, &ns).await?;
     let mut out = namespace_out(&row);
     out.usage = Some(usage(&ctx, &ns).await?);
@@ -125,7 +132,7 @@ pub async fn update(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Json<Namespace>> {
-    ctx.authorize(Action::NamespaceUpdate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::NamespaceUpdate, &Target::namespace(&ns))?;
     let req: UpdateNamespace = json(&headers, &body)?;
     let patch = req.quotas.as_ref().map(quota_patch_in).unwrap_or_default();
     if patch.is_empty() {
@@ -153,7 +160,7 @@ pub async fn update(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::NamespaceDelete, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::NamespaceDelete, &Target::namespace(&ns))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.
     ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
     let Some(row) = ctx.state.store.get_namespace(&ns).await? else {

@@ -6,7 +6,7 @@ use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateProject, ErrorBody, Page, Project};
 use bulkhead_core::ids::{self, prefix};
-use bulkhead_core::{validate, Action};
+use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::ProjectRow;
 
 use super::load_namespace;
@@ -37,7 +37,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::ProjectCreate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::ProjectCreate, &Target::namespace(&ns))?;
     let h = headers.clone();
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
@@ -49,9 +49,10 @@ pub async fn create(
 async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateProject = json(headers, body)?;
     validate::name("name", &req.name)?;
-    if !ctx.principal.sees_project(None) {
-        return Err(ApiError::Forbidden("a key limited to projects cannot create projects".into()));
-    }
+    // A project is made outside every project: a key limited to projects cannot.
+    ctx.require_or(Action::ProjectCreate, &Target::project(&ns, None), || {
+        ApiError::Forbidden("a key limited to projects cannot create projects".into())
+    })?;
     load_namespace(ctx, &ns).await?;
     let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
     ctx.state.store.create_project(&row).await?;
@@ -68,13 +69,17 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Project>>> {
-    ctx.authorize(Action::ProjectList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::ProjectList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('p')?;
     load_namespace(&ctx, &ns).await?;
     let rows = ctx.state.store.list_projects(&ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'p', |r| r.id.clone());
-    let items = rows.iter().filter(|p| ctx.principal.sees_project(Some(&p.id))).map(project_out).collect();
+    let items = rows
+        .iter()
+        .filter(|p| ctx.sees(Action::ProjectList, &Target::project(&ns, Some(&p.id))))
+        .map(project_out)
+        .collect();
     Ok(Json(Page { items, next_cursor }))
 }
 
@@ -84,10 +89,10 @@ pub async fn list(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::ProjectDelete, Some(&ns), format!("project:{id}"))?;
+    ctx.authorize(Action::ProjectDelete, &Target::project(&ns, Some(&id)))?;
     load_namespace(&ctx, &ns).await?;
     let not_found = || ApiError::NotFound(format!("project {id:?} not found"));
-    if !ids::is_id(prefix::PROJECT, &id) || !ctx.principal.sees_project(Some(&id)) {
+    if !ids::is_id(prefix::PROJECT, &id) {
         return Err(not_found());
     }
     match ctx.state.store.delete_project(&ns, &id).await {

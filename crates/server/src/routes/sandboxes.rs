@@ -13,8 +13,7 @@ use bulkhead_api::{
 };
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
-use bulkhead_core::Action;
-use bulkhead_policy::{PrincipalRef, Request as PolicyRequest, ResourceRef};
+use bulkhead_core::{Action, Decision, Principal, Scope, Target};
 use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
@@ -72,19 +71,25 @@ fn sandbox_not_found(id: &str) -> ApiError {
 /// The sandbox of this namespace that the principal may see, or 404: the one door of every
 /// route that takes a sandbox id. A sandbox is in the scope of the filesystem it mounts, so one
 /// of another namespace, a missing one, and one that mounts a filesystem of a project the key is
-/// not limited to all look the same; and the request's action is decided again with the
-/// sandbox's project, so that policies on projects hold for it.
+/// not limited to all look the same; the request's action is decided again on it, its scope
+/// known, so that policies on projects hold for it.
 pub async fn load_sandbox(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
     load_namespace(ctx, ns).await?;
     if !ids::is_id(prefix::SANDBOX, id) {
         return Err(sandbox_not_found(id));
     }
     let row = ctx.state.store.get_sandbox(ns, id).await?.ok_or_else(|| sandbox_not_found(id))?;
-    if !ctx.principal.sees_sandbox(row.filesystem.is_some(), row.project.as_deref()) {
-        return Err(sandbox_not_found(id));
-    }
-    ctx.recheck(ns, &ResourceRef::Sandbox { id: row.id.clone(), project: row.project.clone() })?;
+    ctx.reauthorize(&sandbox_target(&row))?;
     Ok(row)
+}
+
+/// A sandbox as decisions see it: in the scope of the filesystem it mounts.
+pub fn sandbox_target(row: &SandboxRow) -> Target {
+    Target::Sandbox {
+        namespace: row.namespace.clone(),
+        id: row.id.clone(),
+        scope: Scope::of_sandbox(row.filesystem.is_some(), row.project.as_deref()),
+    }
 }
 
 /// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended.
@@ -136,7 +141,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::SandboxCreate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::SandboxCreate, &Target::namespace(&ns))?;
     let h = headers.clone();
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
@@ -187,10 +192,9 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
                 return Err(ApiError::Invalid("filesystem.mode: must be \"rw\" or \"ro\"".into()));
             }
             // Another namespace's filesystem, or one of a project the key cannot see: 404.
-            let row = super::filesystems::load_filesystem(ctx, &ns, &f.id).await?;
+            let row = super::filesystems::find_filesystem(ctx, &ns, &f.id).await?;
             let mount = if f.mode == "rw" { Action::FilesystemMountRw } else { Action::FilesystemMountRo };
-            let resource = ResourceRef::Filesystem { id: row.id.clone(), project: row.project_id.clone() };
-            ctx.check(mount, &ns, &resource)?;
+            ctx.require(mount, &super::filesystems::filesystem_target(&row))?;
             ctx.audit_detail("filesystem", format!("{}:{}", row.id, f.mode));
             Some((row, f.mode.clone()))
         }
@@ -209,26 +213,24 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
     for s in req.secrets.as_deref().unwrap_or_default() {
         let delivery = secret_delivery(s, &env, &run_files)?;
         // The sandbox is the principal that reads the secret; the namespace's policies decide.
-        let principal = PrincipalRef::Sandbox {
+        let principal = Principal::Sandbox {
             id: id.clone(),
+            namespace: ns.clone(),
             creator: creator.clone(),
             project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
         };
-        let d = ctx.policies().decide(&PolicyRequest {
-            principal: &principal,
-            namespace: &ns,
-            action: Action::SecretRead.name(),
-            resource: &ResourceRef::Secret(s.name.clone()),
-            target_role: None,
-        });
-        if !d.allowed {
-            let by = if d.policies.is_empty() {
-                String::new()
-            } else {
-                format!(" (forbidden by {})", d.policies.join(", "))
-            };
-            ctx.audit_detail("denied_secret", s.name.as_str());
-            return Err(ApiError::Forbidden(format!("sandbox {id} may not secret.read {}{by}", s.name)));
+        match ctx.decide_as(principal, Action::SecretRead, &Target::secret(&ns, &s.name)).await? {
+            Decision::Allow => {}
+            Decision::Forbidden { policies } => {
+                let by = if policies.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (forbidden by {})", policies.join(", "))
+                };
+                return Err(ApiError::Forbidden(format!("sandbox {id} may not secret.read {}{by}", s.name)));
+            }
+            // The sandbox is of the namespace and a secret is in no project: never hidden.
+            Decision::NotFound(_) => return Err(ApiError::Internal("a new sandbox's own namespace was hidden".into())),
         }
         let row = ctx
             .state
@@ -318,18 +320,14 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Sandbox>>> {
-    ctx.authorize(Action::SandboxList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::SandboxList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('s')?;
     load_namespace(&ctx, &ns).await?;
     let rows = ctx.state.store.list_sandboxes(&ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
     // Sandboxes of filesystems the principal cannot see are not there for it.
-    let items = rows
-        .iter()
-        .filter(|r| ctx.principal.sees_sandbox(r.filesystem.is_some(), r.project.as_deref()))
-        .map(sandbox_out)
-        .collect();
+    let items = rows.iter().filter(|r| ctx.sees(Action::SandboxList, &sandbox_target(r))).map(sandbox_out).collect();
     Ok(Json(Page { items, next_cursor }))
 }
 
@@ -338,7 +336,7 @@ pub async fn list(
     params(("ns" = String, Path), ("id" = String, Path)),
     responses((status = 200, body = Sandbox), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Sandbox>> {
-    ctx.authorize(Action::SandboxGet, Some(&ns), format!("sandbox:{id}"))?;
+    ctx.authorize(Action::SandboxGet, &Target::sandbox(&ns, &id))?;
     Ok(Json(sandbox_out(&load_sandbox(&ctx, &ns, &id).await?)))
 }
 
@@ -349,7 +347,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::SandboxDelete, Some(&ns), format!("sandbox:{id}"))?;
+    ctx.authorize(Action::SandboxDelete, &Target::sandbox(&ns, &id))?;
     let row = load_sandbox(&ctx, &ns, &id).await?;
     sandboxes::destroy(&ctx.state, &row, SandboxStatus::Deleted, "deleted").await?;
     Ok(StatusCode::NO_CONTENT)
@@ -372,7 +370,7 @@ pub async fn exec(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::SandboxExec, Some(&ns), format!("sandbox:{id}"))?;
+    ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
     let req: ExecRequest = json(&headers, &body)?;
     if req.cmd.is_empty() || req.cmd[0].is_empty() {
         return Err(ApiError::Invalid("cmd: must name a program".into()));
@@ -550,7 +548,7 @@ pub async fn read_file(
     PathParams((ns, id)): PathParams<(String, String)>,
     QueryParams(params): QueryParams<FileParams>,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::SandboxFileRead, Some(&ns), format!("sandbox:{id}"))?;
+    ctx.authorize(Action::SandboxFileRead, &Target::sandbox(&ns, &id))?;
     check_abs_path("path", &params.path)?;
     load_running(&ctx, &ns, &id).await?;
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
@@ -584,7 +582,7 @@ pub async fn write_file(
     QueryParams(params): QueryParams<FileParams>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::SandboxFileWrite, Some(&ns), format!("sandbox:{id}"))?;
+    ctx.authorize(Action::SandboxFileWrite, &Target::sandbox(&ns, &id))?;
     check_abs_path("path", &params.path)?;
     ctx.audit_detail("path", params.path.chars().take(512).collect::<String>());
     load_running(&ctx, &ns, &id).await?;

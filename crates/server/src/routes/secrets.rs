@@ -9,7 +9,7 @@ use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::ids::{self, prefix};
-use bulkhead_core::{validate, Action};
+use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::SecretRow;
 
 use super::load_namespace;
@@ -45,7 +45,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    ctx.authorize(Action::SecretCreate, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::SecretCreate, &Target::namespace(&ns))?;
     let h = headers.clone();
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
@@ -91,7 +91,7 @@ pub async fn list(
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Secret>>> {
-    ctx.authorize(Action::SecretList, Some(&ns), format!("namespace:{ns}"))?;
+    ctx.authorize(Action::SecretList, &Target::namespace(&ns))?;
     let limit = page.limit()?;
     let after = page.after('s')?;
     load_namespace(&ctx, &ns).await?;
@@ -106,7 +106,7 @@ pub async fn list(
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn delete(ctx: Ctx, PathParams((ns, name)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
-    ctx.authorize(Action::SecretDelete, Some(&ns), format!("secret:{name}"))?;
+    ctx.authorize(Action::SecretDelete, &Target::secret(&ns, &name))?;
     load_namespace(&ctx, &ns).await?;
     if validate::name("name", &name).is_err() || !ctx.state.store.delete_secret(&ns, &name).await? {
         return Err(ApiError::NotFound(format!("secret {name:?} not found")));

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use bulkhead_api::{ErrorBody, UsageBucket, UsageParams, UsageReport, UsageTotals};
-use bulkhead_core::Action;
+use bulkhead_core::{Action, Target};
 use bulkhead_store::UsageDelta;
 
 use super::load_namespace;
@@ -47,7 +47,7 @@ pub async fn get(
     PathParams(ns): PathParams<String>,
     QueryParams(params): QueryParams<UsageParams>,
 ) -> ApiResult<Json<UsageReport>> {
-    ctx.authorize(Action::UsageRead, Some(&ns), format!("usage:{ns}"))?;
+    ctx.authorize(Action::UsageRead, &Target::namespace(&ns))?;
     let to = match &params.to {
         Some(t) => parse_rfc3339("to", t)?,
         None => now_ms(),
