@@ -11,6 +11,9 @@ pub mod archive;
 pub mod cgroup;
 pub mod client;
 pub mod confined;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod files;
 pub mod host;
 pub mod hostreg;
 pub mod oci;
@@ -21,6 +24,7 @@ pub mod storage;
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
 pub use client::{ExecEvent, ExecStream, FileStream};
+pub use storage::FilesystemStorage;
 
 /// A range of host user and group ids that a namespace's sandboxes map their ids onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,14 +16,15 @@ pub mod extract;
 pub mod hostids;
 pub mod idempotency;
 pub mod identity;
+pub mod identity_cache;
 pub mod limits;
 pub mod logs;
-pub mod metering;
 pub mod metrics;
 pub mod request;
 pub mod routes;
-pub mod sandboxes;
+pub mod service;
 pub mod state;
+pub mod time;
 
 use std::sync::Arc;
 
@@ -36,6 +37,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use service::{metering, sandboxes};
 pub use state::{AppState, ServerConfig};
 
 #[derive(OpenApi)]
@@ -58,7 +60,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, keys, logs, namespaces, projects, sandboxes, secrets, usage,
+        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, projects, sandboxes, secrets,
+        usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -83,8 +86,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::schema))
         .routes(routes!(secrets::create, secrets::list))
         .routes(routes!(secrets::delete))
-        .routes(routes!(crate::metrics::platform))
-        .routes(routes!(crate::metrics::namespace))
+        .routes(routes!(metrics::platform))
+        .routes(routes!(metrics::namespace))
         .routes(routes!(projects::create, projects::list))
         .routes(routes!(projects::delete))
         .routes(routes!(filesystems::create, filesystems::list))

@@ -9,8 +9,7 @@ use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesyst
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action};
 use bulkhead_policy::ResourceRef;
-use bulkhead_runtime::storage;
-use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
+use bulkhead_store::FilesystemRow;
 use serde::Deserialize;
 
 use super::load_namespace;
@@ -18,20 +17,13 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::sandboxes::id_range;
-use crate::state::{now_ms, rfc3339, AppState};
-
-fn quota_error(b: &bulkhead_store::QuotaBreach) -> ApiError {
-    ApiError::QuotaExceeded(format!(
-        "quota {} exceeded: limit {}, in use {}, requested {}",
-        b.quota, b.limit, b.used, b.requested
-    ))
-}
+use crate::service::filesystems;
+use crate::state::AppState;
+use crate::time::rfc3339;
 
 /// The wire form, with what the kernel and the store say about use.
 pub async fn filesystem_out(state: &AppState, f: &FilesystemRow) -> ApiResult<Filesystem> {
-    let used_bytes = state.storage.usage(&f.id).map(|u| u.used_bytes).unwrap_or(0);
-    let mounted_by = state.store.sandboxes_using(&f.id).await?.into_iter().map(|s| s.id).collect();
+    let (used_bytes, mounted_by) = filesystems::usage(state, f).await?;
     Ok(Filesystem {
         id: f.id.clone(),
         namespace: f.namespace.clone(),
@@ -46,7 +38,7 @@ pub async fn filesystem_out(state: &AppState, f: &FilesystemRow) -> ApiResult<Fi
 }
 
 pub fn filesystem_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("filesystem {id:?} not found"))
+    filesystems::not_found(id).into()
 }
 
 /// The filesystem of this namespace that the principal may see, or 404: another namespace's,
@@ -62,17 +54,6 @@ pub async fn load_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<Filesys
     }
     ctx.recheck(ns, &ResourceRef::Filesystem { id: row.id.clone(), project: row.project_id.clone() })?;
     Ok(row)
-}
-
-fn check_size(size: u64) -> ApiResult<u64> {
-    if size < storage::MIN_SIZE {
-        return Err(ApiError::Invalid(format!("size_bytes: at least {} (16 MiB)", storage::MIN_SIZE)));
-    }
-    // Bounded by the namespace quota later; this only keeps the arithmetic safe.
-    if size > bulkhead_core::quota::DISK_BYTES.max {
-        return Err(ApiError::Invalid(format!("size_bytes: at most {}", bulkhead_core::quota::DISK_BYTES.max)));
-    }
-    Ok(size.div_ceil(storage::BLOCK) * storage::BLOCK)
 }
 
 /// Create a filesystem.
@@ -100,7 +81,7 @@ pub async fn create(
 async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateFilesystem = json(headers, body)?;
     validate::name("name", &req.name)?;
-    let size = check_size(req.size_bytes)?;
+    let size = filesystems::check_size(req.size_bytes)?;
     let namespace = load_namespace(ctx, &ns).await?;
     if let Some(p) = &req.project {
         let found = ids::is_id(prefix::PROJECT, p) && ctx.state.store.get_project(&ns, p).await?.is_some();
@@ -110,28 +91,12 @@ async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u
     } else if !ctx.principal.sees_project(None) {
         return Err(ApiError::Invalid("project: required for a key limited to projects".into()));
     }
-    let now = now_ms();
-    let row = FilesystemRow {
-        id: ids::new_id(prefix::FILESYSTEM),
-        namespace: ns.clone(),
-        name: req.name,
-        project_id: req.project,
-        size_bytes: size,
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
+    let row = filesystems::new_row(&ns, req.name, req.project, size);
     ctx.audit_resource(format!("filesystem:{}", row.id));
     ctx.audit_detail("size_bytes", size);
-    match ctx.state.store.admit_filesystem(&row, namespace.quotas.disk_bytes).await {
-        Err(StoreError::Quota(b)) => {
-            return crate::metering::note_rejection(&ctx.state, &ns, Err(quota_error(&b))).await;
-        }
+    match filesystems::create(&ctx.state, &namespace, &row).await {
+        Err(e) if e.is_quota() => return super::note_rejection(&ctx.state, &ns, Err(e.into())).await,
         other => other?,
-    }
-    let _guard = ctx.state.sandbox_locks.lock(&row.id).await;
-    if let Err(e) = ctx.state.storage.create(&row.id, size, id_range(&namespace)?).await {
-        ctx.state.store.delete_filesystem(&ns, &row.id).await?;
-        return Err(ApiError::Internal(format!("filesystem {} could not be created: {e}", row.id)));
     }
     Created::json(StatusCode::CREATED, &filesystem_out(&ctx.state, &row).await?)
 }
@@ -181,30 +146,13 @@ pub async fn resize(
 ) -> ApiResult<Json<Filesystem>> {
     ctx.authorize(Action::FilesystemResize, Some(&ns), format!("filesystem:{id}"))?;
     let req: ResizeFilesystem = json(&headers, &body)?;
-    let size = check_size(req.size_bytes)?;
+    let size = filesystems::check_size(req.size_bytes)?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
-    let _guard = ctx.state.sandbox_locks.lock(&id).await;
-    if size < row.size_bytes {
-        return Err(ApiError::Invalid(format!(
-            "size_bytes: filesystems only grow ({} is below the current {}); create a smaller one and copy",
-            size, row.size_bytes
-        )));
+    if size > row.size_bytes {
+        ctx.audit_detail("size_bytes", size);
     }
-    if size == row.size_bytes {
-        return Ok(Json(filesystem_out(&ctx.state, &row).await?));
-    }
-    ctx.audit_detail("size_bytes", size);
     let namespace = load_namespace(&ctx, &ns).await?;
-    let updated = match ctx.state.store.resize_filesystem(&ns, &id, size, namespace.quotas.disk_bytes, now_ms()).await {
-        Err(StoreError::Quota(b)) => return Err(quota_error(&b)),
-        other => other?.ok_or_else(|| filesystem_not_found(&id))?,
-    };
-    let in_use = !ctx.state.store.sandboxes_using(&id).await?.is_empty();
-    if let Err(e) = ctx.state.storage.grow(&id, size, in_use).await {
-        // The store follows the host: back to the old size.
-        ctx.state.store.resize_filesystem(&ns, &id, row.size_bytes, u64::MAX, now_ms()).await?;
-        return Err(e.into());
-    }
+    let updated = filesystems::resize(&ctx.state, &namespace, &row, size).await?;
     Ok(Json(filesystem_out(&ctx.state, &updated).await?))
 }
 
@@ -229,22 +177,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemDelete, Some(&ns), format!("filesystem:{id}"))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
-    let users = ctx.state.store.sandboxes_using(&id).await?;
-    if !users.is_empty() {
-        if params.force != Some(true) {
-            let ids: Vec<&str> = users.iter().map(|s| s.id.as_str()).collect();
-            return Err(ApiError::Conflict(format!(
-                "filesystem {id} is mounted by {}; delete those sandboxes or pass force=true",
-                ids.join(", ")
-            )));
-        }
+    let force = params.force == Some(true);
+    if force && !filesystems::mounted_by(&ctx.state, &row.id).await?.is_empty() {
         ctx.audit_detail("force", true);
-        for s in &users {
-            crate::sandboxes::destroy(&ctx.state, s, SandboxStatus::Deleted, "filesystem_deleted").await?;
-        }
     }
-    let _guard = ctx.state.sandbox_locks.lock(&id).await;
-    ctx.state.storage.delete(&row.id).await?;
-    ctx.state.store.delete_filesystem(&ns, &id).await?;
+    filesystems::delete(&ctx.state, &row, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }

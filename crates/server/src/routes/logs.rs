@@ -27,7 +27,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
-use crate::state::parse_rfc3339;
+use crate::time::parse_rfc3339;
 
 /// Which records.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -184,7 +184,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
 
 /// Whether the principal that opened a tail may still read the namespace's logs.
 async fn still_valid(state: &crate::state::AppState, principal: &Principal, ns: &str) -> bool {
-    let now = crate::state::now_ms();
+    let now = crate::time::now_ms();
     let found = match principal {
         Principal::Admin => true,
         Principal::Key { id, .. } => {

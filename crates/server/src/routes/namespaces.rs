@@ -14,7 +14,7 @@ use crate::convert::{namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
-use crate::state::now_ms;
+use crate::time::now_ms;
 
 /// Create a namespace (platform admin).
 #[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = CreateNamespace,

@@ -10,7 +10,7 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
-use crate::state::{now_ms, parse_rfc3339, rfc3339};
+use crate::time::{now_ms, parse_rfc3339, rfc3339};
 
 /// The period and bucket size of a usage report.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -3,10 +3,14 @@
 //! usage ledger in one-minute buckets. Where metering of a sandbox stands is stored with it, so a
 //! restart neither loses usage nor counts it twice.
 
-use bulkhead_store::{MeterMark, SandboxRow, SandboxStatus, UsageDelta};
+use std::collections::BTreeMap;
 
-use crate::error::{ApiError, ApiResult};
-use crate::state::{now_ms, AppState};
+use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, UsageDelta};
+
+use super::ServiceResult;
+use crate::metrics::Running;
+use crate::state::AppState;
+use crate::time::now_ms;
 
 /// Ledger bucket width.
 pub const BUCKET_MS: i64 = 60_000;
@@ -18,7 +22,7 @@ pub fn bucket(ms: i64) -> i64 {
 
 /// Samples one sandbox; the caller holds the sandbox's lock and passes its current row. A
 /// sandbox whose cgroup is gone has nothing more to meter.
-pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ApiResult<()> {
+pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ServiceResult<()> {
     let Ok(stats) = state.runtime.stats(&row.namespace, &row.id).await else {
         return Ok(());
     };
@@ -47,7 +51,7 @@ pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ApiResult<()> 
 }
 
 /// Samples every running sandbox.
-pub async fn sample_all(state: &AppState) -> ApiResult<()> {
+pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
     for row in state.store.active_sandboxes().await? {
         if row.status != SandboxStatus::Running {
             continue;
@@ -86,16 +90,49 @@ pub async fn count_exec(state: &AppState, namespace: &str) {
     }
 }
 
-/// Counts a create refused for a quota, then hands the error back.
-pub async fn note_rejection<T>(state: &AppState, namespace: &str, result: ApiResult<T>) -> ApiResult<T> {
-    if let Err(ApiError::QuotaExceeded(_)) = &result {
-        if let Some(tenant) = crate::metrics::tenant(state, namespace).await {
-            state.metrics.quota_rejection(&tenant);
+/// Counts a create refused for a quota: in the namespace's metrics and its ledger.
+pub async fn note_quota_rejection(state: &AppState, namespace: &str) {
+    if let Some(tenant) = crate::state::tenant(state, namespace).await {
+        state.metrics.quota_rejection(&tenant);
+    }
+    let delta = UsageDelta { quota_rejections: 1, ..Default::default() };
+    if let Err(e) = state.store.add_usage(namespace, bucket(now_ms()), &delta).await {
+        tracing::warn!(error = %e, "metering a quota rejection failed");
+    }
+}
+
+/// The gauges of running sandboxes by namespace name, read now from the store and the
+/// sandboxes' cgroups: of `only` or of every namespace.
+pub async fn running(state: &AppState, only: Option<&str>) -> ServiceResult<BTreeMap<String, Running>> {
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    // Sandboxes of a deleted namespace are gone before its row, so the active ones belong to
+    // the current incarnation of their name.
+    for s in state.store.active_sandboxes().await? {
+        if s.status != SandboxStatus::Running || only.is_some_and(|o| o != s.namespace) {
+            continue;
         }
-        let delta = UsageDelta { quota_rejections: 1, ..Default::default() };
-        if let Err(e) = state.store.add_usage(namespace, bucket(now_ms()), &delta).await {
-            tracing::warn!(error = %e, "metering a quota rejection failed");
+        let e = running.entry(s.namespace.clone()).or_default();
+        e.sandboxes += 1;
+        e.cpu_millis += s.cpu_millis;
+        if let Ok(st) = state.runtime.stats(&s.namespace, &s.id).await {
+            e.memory_bytes += st.memory_bytes;
+            e.cpu_usage_ns += st.cpu_usage_ns;
         }
     }
-    result
+    Ok(running)
+}
+
+/// Every namespace that exists now.
+pub async fn all_namespaces(state: &AppState) -> ServiceResult<Vec<NamespaceRow>> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.store.list_namespaces(after.as_deref(), 1000, None).await?;
+        let done = page.len() < 1000;
+        after = page.last().map(|r| r.name.clone());
+        rows.extend(page);
+        if done || after.is_none() {
+            return Ok(rows);
+        }
+    }
 }
