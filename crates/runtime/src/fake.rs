@@ -401,12 +401,14 @@ impl FilesystemStorage for FakeStorage {
             if t.is_dir(rel) {
                 return Err(FileError::IsADirectory(format!("path: {} is a directory", rel.display())));
             }
-            pre.check(t.files.get(rel).map(|d| files::etag_of_bytes(d)).as_deref())?;
+            // As on disk: parents first, then the content (which may not fit), then the
+            // condition, just before the replacement.
+            t.make_parents(rel)?;
             let replaced = t.files.get(rel).map_or(0, |d| d.len() as u64);
             if t.used() - replaced + content.len() as u64 > t.size_bytes {
                 return Err(FileError::NoSpace("the filesystem is full (its size_bytes)".into()));
             }
-            t.make_parents(rel)?;
+            pre.check(t.files.get(rel).map(|d| files::etag_of_bytes(d)).as_deref())?;
             let written = Written { bytes: content.len() as u64, etag: files::etag_of_bytes(&content) };
             t.files.insert(rel.to_owned(), content);
             Ok(written)
