@@ -237,7 +237,7 @@ pub struct Inner {
     pub sandbox_locks: SandboxLocks,
     pub metrics: crate::metrics::Metrics,
     pub logs: crate::logs::LogBook,
-    pub identity: crate::identity::Identity,
+    pub identity: crate::identity_cache::Identity,
     /// This server's owner entry in the host registry.
     pub host_ids: crate::hostids::HostIds,
     /// Long-running streams open now, by owner.

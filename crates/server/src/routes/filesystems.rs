@@ -113,7 +113,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('f')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_filesystems(&ns, after.as_deref(), limit).await?;
+    let rows = filesystems::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
     let mut items = Vec::new();
     for row in rows.iter().filter(|f| ctx.principal.sees_project(f.project_id.as_deref())) {

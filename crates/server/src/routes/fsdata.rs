@@ -74,7 +74,7 @@ pub async fn read_file(
     let rel = files::relative(&q.path, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     if list {
-        let entries = filesystems::list(&ctx.state, &f, rel).await?;
+        let entries = filesystems::list_dir(&ctx.state, &f, rel).await?;
         let out: Vec<FileEntry> = entries
             .into_iter()
             .map(|e| FileEntry {

@@ -27,6 +27,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
+use crate::service::logs;
 use crate::time::parse_rfc3339;
 
 /// Which records.
@@ -93,7 +94,7 @@ pub async fn get(
     if tail {
         return tail_response(ctx, ns, key, filter).await;
     }
-    let (entries, more) = ctx.state.logs.query(&key, &filter, limit as usize).await.map_err(internal)?;
+    let (entries, more) = logs::query(&ctx.state, &key, &filter, limit as usize).await?;
     // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
     let mut visible = Visible::new(ctx.principal.clone());
@@ -104,10 +105,6 @@ pub async fn get(
         }
     }
     Ok(Json(LogPage { records, next_after }).into_response())
-}
-
-fn internal(e: std::io::Error) -> ApiError {
-    ApiError::Internal(format!("reading logs: {e}"))
 }
 
 fn event(entry: &Entry) -> Event {
@@ -123,7 +120,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
-        let (entries, _) = ctx.state.logs.query(&key, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
+        let (entries, _) = logs::query(&ctx.state, &key, &filter, MAX_LIMIT as usize).await?;
         backlog = entries;
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);

@@ -322,7 +322,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('s')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_sandboxes(&ns, after.as_deref(), limit).await?;
+    let rows = sandboxes::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
     // Sandboxes of filesystems the principal cannot see are not there for it.
     let items = rows
@@ -438,7 +438,7 @@ pub async fn exec(
     if let Some(tenant) = &ctx.tenant {
         for (stream, data) in [(LogStream::Stdout, &stdout), (LogStream::Stderr, &stderr)] {
             if !data.is_empty() {
-                ctx.state.logs.record(&tenant.incarnation, &id, &ctx.request_id, stream, data);
+                crate::service::logs::record(&ctx.state, &tenant.incarnation, &id, &ctx.request_id, stream, data);
             }
         }
     }
@@ -485,13 +485,13 @@ fn stream_response(
             let (event, done, exit) = match stream.next().await {
                 Some(Ok(RtEvent::Stdout(d))) => {
                     if let Some(key) = &log_key {
-                        app.logs.record(key, &id, &request_id, LogStream::Stdout, &d);
+                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stdout, &d);
                     }
                     (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Stderr(d))) => {
                     if let Some(key) = &log_key {
-                        app.logs.record(key, &id, &request_id, LogStream::Stderr, &d);
+                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stderr, &d);
                     }
                     (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }

@@ -69,6 +69,16 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow) ->
     Ok(())
 }
 
+/// A page of the namespace's filesystems, by id.
+pub async fn list(state: &AppState, namespace: &str, after: Option<&str>, limit: u32) -> ServiceResult<Vec<FilesystemRow>> {
+    Ok(state.store.list_filesystems(namespace, after, limit).await?)
+}
+
+/// Bytes written on the host to the filesystems `ids` (0 for one the host cannot tell).
+pub fn disk_used(state: &AppState, ids: &[String]) -> u64 {
+    ids.iter().map(|id| state.storage.usage(id).map(|x| x.used_bytes).unwrap_or(0)).sum()
+}
+
 /// Bytes in use on the host (0 when the host cannot tell) and the sandboxes mounting it.
 pub async fn usage(state: &AppState, row: &FilesystemRow) -> ServiceResult<(u64, Vec<String>)> {
     let used_bytes = state.storage.usage(&row.id).map(|u| u.used_bytes).unwrap_or(0);
@@ -134,7 +144,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FileError> + 
 }
 
 /// The entries of the directory `rel`.
-pub async fn list(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> ServiceResult<Vec<Entry>> {
+pub async fn list_dir(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> ServiceResult<Vec<Entry>> {
     let (storage, id) = (state.storage.clone(), row.id.clone());
     blocking(move || storage.list(&id, &rel)).await
 }

@@ -136,3 +136,49 @@ pub async fn all_namespaces(state: &AppState) -> ServiceResult<Vec<NamespaceRow>
         }
     }
 }
+
+/// Metered usage of a namespace over a period, and its disk now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UsageReport {
+    pub total: UsageDelta,
+    /// Bucket start (ms since the epoch) and the usage in it, oldest first; empty buckets left out.
+    pub buckets: Vec<(i64, UsageDelta)>,
+    /// Disk allocated to the namespace's filesystems.
+    pub disk_bytes: u64,
+    /// Disk written to them, from the host.
+    pub disk_used_bytes: u64,
+}
+
+/// Adds `d` to `total`: every counter summed (saturating), the peak as the larger one.
+pub fn add(total: &mut UsageDelta, d: &UsageDelta) {
+    total.cpu_ns = total.cpu_ns.saturating_add(d.cpu_ns);
+    total.memory_byte_ms = total.memory_byte_ms.saturating_add(d.memory_byte_ms);
+    total.sandbox_ms = total.sandbox_ms.saturating_add(d.sandbox_ms);
+    total.memory_peak_bytes = total.memory_peak_bytes.max(d.memory_peak_bytes);
+    total.exec_count = total.exec_count.saturating_add(d.exec_count);
+    total.quota_rejections = total.quota_rejections.saturating_add(d.quota_rejections);
+    total.io_read_bytes = total.io_read_bytes.saturating_add(d.io_read_bytes);
+    total.io_write_bytes = total.io_write_bytes.saturating_add(d.io_write_bytes);
+}
+
+/// The usage of `namespace` from `from` to `to` (ms since the epoch) in buckets `width` ms wide.
+pub async fn usage(state: &AppState, namespace: &str, from: i64, to: i64, width: i64) -> ServiceResult<UsageReport> {
+    let rows = state.store.usage(namespace, from - from.rem_euclid(BUCKET_MS), to).await?;
+    let mut total = UsageDelta::default();
+    let mut buckets: Vec<(i64, UsageDelta)> = Vec::new();
+    for row in &rows {
+        add(&mut total, &row.usage);
+        let start = row.bucket_ms - row.bucket_ms.rem_euclid(width);
+        match buckets.last_mut() {
+            Some((s, d)) if *s == start => add(d, &row.usage),
+            _ => {
+                let mut d = UsageDelta::default();
+                add(&mut d, &row.usage);
+                buckets.push((start, d));
+            }
+        }
+    }
+    let u = state.store.namespace_use(namespace).await?;
+    let disk_used_bytes = super::filesystems::disk_used(state, &u.filesystem_ids);
+    Ok(UsageReport { total, buckets, disk_bytes: u.disk_bytes, disk_used_bytes })
+}

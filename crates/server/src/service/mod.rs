@@ -8,8 +8,10 @@
 //! who may do what: the handler authorized every call before it was made.
 
 pub mod filesystems;
+pub mod logs;
 pub mod metering;
 pub mod sandboxes;
+pub mod secrets;
 
 use bulkhead_core::FieldError;
 use bulkhead_runtime::files::FileError;

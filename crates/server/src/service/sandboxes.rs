@@ -127,6 +127,11 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
     Ok(row)
 }
 
+/// A page of the namespace's sandboxes, by id.
+pub async fn list(state: &AppState, namespace: &str, after: Option<&str>, limit: u32) -> ServiceResult<Vec<SandboxRow>> {
+    Ok(state.store.list_sandboxes(namespace, after, limit).await?)
+}
+
 /// Runs a command in a running sandbox and counts it in the namespace's ledger; the stream
 /// yields its output, then its exit.
 pub async fn exec(
