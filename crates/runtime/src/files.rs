@@ -219,7 +219,11 @@ pub(crate) fn from_archive(e: ArchiveError) -> FileError {
 
 /// Opens the file at `rel` for a download of at most `max` bytes and hashes it; `None` when
 /// there is none. The file comes back positioned at its start, with the length that was hashed.
-pub(crate) fn open_hashed(root: &Root, rel: &Path, max: u64) -> Result<Option<(std::fs::File, u64, Vec<u8>)>, FileError> {
+pub(crate) fn open_hashed(
+    root: &Root,
+    rel: &Path,
+    max: u64,
+) -> Result<Option<(std::fs::File, u64, Vec<u8>)>, FileError> {
     let (mut file, meta) = match confined::open_read(root, rel) {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

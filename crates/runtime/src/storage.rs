@@ -540,7 +540,9 @@ impl FilesystemStorage for Storage {
         owner: IdRange,
         limits: archive::Limits,
     ) -> Result<Box<dyn StagedArchive>, FileError> {
-        let staging = self.staging_dir(id, IdRange { host_start: owner.host_start, size: 1 }).map_err(|e| FileError::Io(e.to_string()))?;
+        let staging = self
+            .staging_dir(id, IdRange { host_start: owner.host_start, size: 1 })
+            .map_err(|e| FileError::Io(e.to_string()))?;
         let mut staged = Staged { storage: self.clone(), id: id.to_owned(), staging, stats: archive::Stats::default() };
         let root = Root::open(&staged.staging).map_err(|e| FileError::Io(e.to_string()))?;
         staged.stats = archive::extract(data, &root, owner_of(owner), limits).map_err(files::from_archive)?;

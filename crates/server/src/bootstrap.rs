@@ -217,7 +217,8 @@ pub async fn start_with(
     let host_ids = host_ids(store.as_ref(), &config).await?;
     let Backends { runtime, storage } = backends(&config)?;
     mount_filesystems(store.as_ref(), storage.as_ref()).await?;
-    let identity = crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
+    let identity =
+        crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;

@@ -8,7 +8,6 @@ use bulkhead_runtime::hostreg::{HostRegistry, RegistryError};
 use bulkhead_runtime::IdRange;
 use bulkhead_store::NamespaceRow;
 
-
 /// The registry and the owner this server acts for.
 #[derive(Debug, Clone)]
 pub struct HostIds {

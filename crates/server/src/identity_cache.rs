@@ -112,4 +112,3 @@ impl Identity {
         self.providers.remove_prefix(&name_prefix(namespace));
     }
 }
-

@@ -31,7 +31,6 @@ use axum::body::{Body, Bytes};
 use bulkhead_core::Principal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-
 /// Bytes a download reads from disk per step, and the most a non-reading client pins.
 pub const CHUNK: usize = 64 * 1024;
 /// Body chunks queued between an upload's connection and its blocking writer.

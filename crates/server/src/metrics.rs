@@ -205,7 +205,8 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP bulkhead_cpu_seconds CPU used by the running sandboxes so far, from their cgroups.\n# TYPE bulkhead_cpu_seconds gauge");
         for (ns, v) in running {
-            let _ = writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.cpu_usage_ns as f64 / 1e9);
+            let _ =
+                writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.cpu_usage_ns as f64 / 1e9);
         }
         // Counters since start, of the live incarnations only, by name.
         let (series, unattributed) = self.with(|c| {
@@ -257,7 +258,8 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP bulkhead_quota_rejections_total Creates refused with quota_exceeded.\n# TYPE bulkhead_quota_rejections_total counter");
         for (ns, s) in series.iter().filter(|(_, s)| s.quota_rejections > 0) {
-            let _ = writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
+            let _ =
+                writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
         }
         let _ = writeln!(
             out,
@@ -266,7 +268,8 @@ impl Metrics {
         for (ns, h) in series.iter().filter_map(|(ns, s)| s.exec.as_ref().map(|h| (ns, h))) {
             let ns = label(ns);
             for (i, bound) in EXEC_BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"{bound}\"}} {}", h.counts[i]);
+                let _ =
+                    writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"{bound}\"}} {}", h.counts[i]);
             }
             let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "bulkhead_exec_seconds_sum{{namespace=\"{ns}\"}} {:.6}", h.sum);

@@ -273,4 +273,3 @@ pub async fn tenant(state: &AppState, ns: &str) -> Option<crate::metrics::Tenant
         }
     }
 }
-

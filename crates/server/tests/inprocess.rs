@@ -38,9 +38,10 @@ impl Harness {
         config.host_registry = dir.path().join("host-registry");
         let (runtime, storage) = (FakeRuntime::new(), FakeStorage::new());
         let (r, s) = (runtime.clone(), storage.clone());
-        let started = bootstrap::start_with(config, move |_| Ok(Backends { runtime: Arc::new(r), storage: Arc::new(s) }))
-            .await
-            .expect("bootstrap over the fakes");
+        let started =
+            bootstrap::start_with(config, move |_| Ok(Backends { runtime: Arc::new(r), storage: Arc::new(s) }))
+                .await
+                .expect("bootstrap over the fakes");
         let admin = started.new_admin_token.expect("first start makes an admin token");
         Harness { _dir: dir, app: app(started.state), admin, runtime, storage }
     }
@@ -137,11 +138,20 @@ async fn sandboxes_are_created_run_commands_and_are_deleted() {
 async fn filesystem_files_are_conditional_and_bounded_by_its_size() {
     let h = Harness::new().await;
     h.namespace("alpha", 64 << 20).await;
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20})).await;
+    let r = h
+        .call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20}))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let fs = r.body["id"].as_str().expect("id").to_owned();
     // Past the namespace's disk_bytes.
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "big", "size_bytes": 60 << 20})).await;
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/filesystems",
+            &h.admin,
+            json!({"name": "big", "size_bytes": 60 << 20}),
+        )
+        .await;
     assert_error(&r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded");
 
     let file = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=src/a.txt");
@@ -186,7 +196,9 @@ async fn filesystem_files_are_conditional_and_bounded_by_its_size() {
 async fn filesystem_archives_are_swapped_in_whole_and_refused_while_mounted() {
     let h = Harness::new().await;
     h.namespace("alpha", 1 << 30).await;
-    let r = h.call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20})).await;
+    let r = h
+        .call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20}))
+        .await;
     let fs = r.body["id"].as_str().expect("id").to_owned();
     let file = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=old.txt");
     let r = h.raw(Method::PUT, &file, &h.admin, &[], b"old".to_vec()).await;
@@ -196,8 +208,11 @@ async fn filesystem_archives_are_swapped_in_whole_and_refused_while_mounted() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers["content-type"], "application/x-tar");
     let mut entries = tar::Archive::new(r.raw.as_slice());
-    let names: Vec<String> =
-        entries.entries().expect("tar").map(|e| e.expect("entry").path().expect("path").display().to_string()).collect();
+    let names: Vec<String> = entries
+        .entries()
+        .expect("tar")
+        .map(|e| e.expect("entry").path().expect("path").display().to_string())
+        .collect();
     assert_eq!(names, vec!["old.txt"]);
 
     let mut new = tar::Builder::new(Vec::new());

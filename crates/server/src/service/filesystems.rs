@@ -70,7 +70,12 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow) ->
 }
 
 /// A page of the namespace's filesystems, by id.
-pub async fn list(state: &AppState, namespace: &str, after: Option<&str>, limit: u32) -> ServiceResult<Vec<FilesystemRow>> {
+pub async fn list(
+    state: &AppState,
+    namespace: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> ServiceResult<Vec<FilesystemRow>> {
     Ok(state.store.list_filesystems(namespace, after, limit).await?)
 }
 
@@ -88,7 +93,12 @@ pub async fn usage(state: &AppState, row: &FilesystemRow) -> ServiceResult<(u64,
 
 /// Grows `row` to `size` (already checked): refused below its size, nothing done at it. The
 /// store follows the host: when the host cannot grow it, the row keeps its old size.
-pub async fn resize(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow, size: u64) -> ServiceResult<FilesystemRow> {
+pub async fn resize(
+    state: &AppState,
+    ns: &NamespaceRow,
+    row: &FilesystemRow,
+    size: u64,
+) -> ServiceResult<FilesystemRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
     if size < row.size_bytes {
         return Err(ServiceError::Invalid(format!(

@@ -14,6 +14,11 @@ pub fn record(state: &AppState, incarnation: &str, sandbox: &str, request_id: &s
 
 /// At most `limit` retained records of the incarnation that match `filter`, oldest first, and
 /// whether more follow.
-pub async fn query(state: &AppState, incarnation: &str, filter: &Filter, limit: usize) -> ServiceResult<(Vec<Entry>, bool)> {
+pub async fn query(
+    state: &AppState,
+    incarnation: &str,
+    filter: &Filter,
+    limit: usize,
+) -> ServiceResult<(Vec<Entry>, bool)> {
     state.logs.query(incarnation, filter, limit).await.map_err(|e| ServiceError::Internal(format!("reading logs: {e}")))
 }

@@ -128,7 +128,12 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
 }
 
 /// A page of the namespace's sandboxes, by id.
-pub async fn list(state: &AppState, namespace: &str, after: Option<&str>, limit: u32) -> ServiceResult<Vec<SandboxRow>> {
+pub async fn list(
+    state: &AppState,
+    namespace: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> ServiceResult<Vec<SandboxRow>> {
     Ok(state.store.list_sandboxes(namespace, after, limit).await?)
 }
 
@@ -164,7 +169,12 @@ pub async fn write_file(
 
 /// Stops a sandbox and frees every host resource it held; records `status` and `reason`.
 /// A sandbox that already ended is left as it is.
-pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, reason: &str) -> ServiceResult<SandboxRow> {
+pub async fn destroy(
+    state: &AppState,
+    row: &SandboxRow,
+    status: SandboxStatus,
+    reason: &str,
+) -> ServiceResult<SandboxRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
     let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
     if !current.status.is_active() {
