@@ -6,6 +6,11 @@
 //! [`auth::Ctx`] and calls `ctx.authorize` with its action before reading a body or the store.
 //! **Invariant:** every route is registered through utoipa's router, so the OpenAPI document is
 //! the route table and cannot drift from it.
+//! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
+//! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
+//! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
+//! `state` (a leaf, with `time`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
+//! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
 pub mod auth;
