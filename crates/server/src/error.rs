@@ -227,3 +227,56 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: impl Into<ApiError>) -> (u16, &'static str, String) {
+        let e = e.into();
+        (e.status().as_u16(), e.code(), e.to_string())
+    }
+
+    #[test]
+    fn file_errors_answer_by_kind_with_their_message() {
+        let cases = [
+            (FileError::Invalid("path: \"/x\" must be relative".into()), 400, "invalid_request"),
+            (FileError::Loop("path: goes through a symlink".into()), 400, "invalid_request"),
+            (FileError::NotADirectory("path: a is not a directory".into()), 400, "invalid_request"),
+            (FileError::IsADirectory("path: is a directory (use list=true)".into()), 400, "invalid_request"),
+            (FileError::NotFound, 404, "not_found"),
+            (FileError::NotEmpty, 409, "conflict"),
+            (FileError::TooLarge("more than 5 bytes".into()), 413, "payload_too_large"),
+            (FileError::NoSpace("the filesystem is full (its size_bytes)".into()), 429, "quota_exceeded"),
+            (FileError::PreconditionFailed("If-Match does not match".into()), 412, "conflict"),
+            (FileError::Io("disk on fire".into()), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let message = e.to_string();
+            assert_eq!(answer(ServiceError::File(e)), (status, code, message));
+        }
+    }
+
+    #[test]
+    fn service_errors_answer_once_with_their_message() {
+        let cases = [
+            (ServiceError::NotFound("filesystem \"fs_x\" not found".into()), 404, "not_found"),
+            (ServiceError::Invalid("size_bytes: at least 16777216 (16 MiB)".into()), 400, "invalid_request"),
+            (ServiceError::Conflict("sandbox sbx_x is stopped".into()), 409, "conflict"),
+            (ServiceError::QuotaExceeded("quota disk_bytes exceeded".into()), 429, "quota_exceeded"),
+            (ServiceError::TooLarge("at most 5 bytes".into()), 413, "payload_too_large"),
+            (ServiceError::Runtime(RuntimeError::Busy("grow refused".into())), 409, "conflict"),
+            (ServiceError::Runtime(RuntimeError::NotRunning("sbx_x".into())), 409, "conflict"),
+            (ServiceError::Store(StoreError::NotFound("sandbox".into())), 404, "not_found"),
+        ];
+        for (e, status, code) in cases {
+            let message = match &e {
+                ServiceError::Runtime(RuntimeError::NotRunning(id)) => format!("sandbox {id} is not running"),
+                ServiceError::Store(StoreError::NotFound(what)) => format!("{what} not found"),
+                other => other.to_string(),
+            };
+            assert_eq!(answer(e), (status, code, message));
+        }
+        assert_eq!(answer(ServiceError::Internal("secret detail".into())).0, 500);
+    }
+}

@@ -108,6 +108,16 @@ async fn sandboxes_are_created_run_commands_and_are_deleted() {
     assert_eq!(r.body["exit_code"], 3, "{}", r.body);
     let r = h.call(Method::POST, &exec, &h.admin, json!({"cmd": []})).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
+    // What the commands printed is in the namespace's log, and they were metered.
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/logs", &h.admin, Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["records"][0]["sandbox"], id.as_str(), "{}", r.body);
+    assert_eq!(r.body["records"][0]["data"], "hello world\n", "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/usage?granularity=minute", &h.admin, Value::Null).await;
+    assert_eq!(r.body["totals"]["exec_count"], 2, "{}", r.body);
+    let r = h.raw(Method::GET, "/v1/namespaces/alpha/metrics", &h.admin, &[], Vec::new()).await;
+    let text = String::from_utf8_lossy(&r.raw);
+    assert!(text.contains("bulkhead_sandboxes_running{namespace=\"alpha\"} 1"), "{text}");
 
     // Files inside the sandbox.
     let files = format!("/v1/namespaces/alpha/sandboxes/{id}/files?path=/tmp/x.txt");
