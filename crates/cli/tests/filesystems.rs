@@ -131,7 +131,8 @@ async fn quotas_grow_shrink_and_delete_rules() {
     let r = h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{sbx}"), Some(&admin), Value::Null).await;
     assert_eq!(r.body["status"], "deleted");
     assert_eq!(r.body["reason"], "filesystem_deleted");
-    assert!(!h.state.storage.image(&fs).exists(), "deletion destroys the data");
+    let image = h.state.config.data_dir.join("filesystems/images").join(format!("{fs}.img"));
+    assert!(!image.exists(), "deletion destroys the data");
     assert!(!h.state.storage.mountpoint(&fs).exists());
 }
 

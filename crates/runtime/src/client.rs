@@ -30,6 +30,12 @@ pub struct ExecStream {
 }
 
 impl ExecStream {
+    /// A stream fed by `rx` (an in-memory runtime's).
+    #[cfg(feature = "fake")]
+    pub(crate) fn from_channel(rx: mpsc::Receiver<Result<ExecEvent>>) -> ExecStream {
+        ExecStream { rx }
+    }
+
     pub async fn next(&mut self) -> Option<Result<ExecEvent>> {
         self.rx.recv().await
     }
@@ -211,6 +217,12 @@ impl FileStream {
 pub async fn read_file(socket: &Path, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
     let mut conn = connect(socket, id).await?;
     send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes }).await?;
+    file_stream(conn, max_bytes).await
+}
+
+/// The stream of a file read whose request was sent on `conn`: its first frame is read here, so
+/// a file that cannot be read fails before any byte is returned.
+pub(crate) async fn file_stream(conn: UnixStream, max_bytes: u64) -> Result<FileStream> {
     let mut stream = FileStream { conn, max_bytes, received: 0, first: None, done: false };
     match stream.read_chunk().await {
         Some(Ok(first)) => stream.first = Some(first),

@@ -1,7 +1,11 @@
 //! Bulkhead's sandbox runtime: the only crate that touches Linux namespaces, cgroups, mounts
 //! and the OCI runtime. The server sees the [`Runtime`] trait; [`oci::OciRuntime`] implements
 //! it with a real OCI runtime (runc by default), one cgroup per namespace holding one per
-//! sandbox ([`cgroup`]), and the in-sandbox supervisor for exec and files ([`client`]).
+//! sandbox ([`cgroup`]), and the in-sandbox supervisor for exec and files ([`client`]). Beside
+//! it, [`FilesystemStorage`] is what the server needs of filesystems (their lifecycle, and the
+//! files and archive APIs with the semantics of [`files`]); [`storage::Storage`] implements it
+//! with loop-mounted ext4 images. The `fake` feature adds in-memory fakes of both traits
+//! (`fake::FakeRuntime`, `fake::FakeStorage`) for tests without root.
 //!
 //! **Invariant:** only this crate (and the supervisor inside the sandbox) calls into the kernel
 //! for isolation: it spawns the OCI runtime, writes cgroup files and owns the host directories
@@ -11,6 +15,9 @@ pub mod archive;
 pub mod cgroup;
 pub mod client;
 pub mod confined;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod files;
 pub mod host;
 pub mod hostreg;
 pub mod oci;
@@ -21,6 +28,7 @@ pub mod storage;
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
 pub use client::{ExecEvent, ExecStream, FileStream};
+pub use storage::FilesystemStorage;
 
 /// A range of host user and group ids that a namespace's sandboxes map their ids onto.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

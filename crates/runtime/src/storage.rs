@@ -9,13 +9,77 @@
 //! no other namespace's ids can enter it.
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use async_trait::async_trait;
 use tokio::process::Command;
 
+use crate::archive;
+use crate::confined::{self, Entry, Owner, Root};
+use crate::files::{self, Download, FileError, Preconditions, StagedArchive, WriteOptions, Written};
 use crate::{IdRange, Result, RuntimeError};
+
+/// What the server needs from the host side of filesystems: their lifecycle and the files and
+/// archive APIs on their data. [`Storage`] implements it with loop-mounted ext4 images; the
+/// `fake` feature adds an in-memory one.
+///
+/// The file methods block (they walk and write the filesystem): call them from a blocking
+/// thread. Paths are relative ([`files::relative`]); `owner` is the namespace's id range.
+#[async_trait]
+pub trait FilesystemStorage: Send + Sync + 'static {
+    /// Creates and mounts a filesystem of `size_bytes`, its root owned by `owner`'s root.
+    async fn create(&self, id: &str, size_bytes: u64, owner: IdRange) -> Result<()>;
+    /// Mounts the filesystem when it is not mounted; removes staging left by an interrupted
+    /// upload. `Ok(false)` when it has no image on this host.
+    async fn mount(&self, id: &str) -> Result<bool>;
+    /// Grows a filesystem to `size_bytes`; `in_use` when a sandbox holds it (a kernel that cannot
+    /// grow it online then answers `Busy`).
+    async fn grow(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()>;
+    /// Destroys a filesystem and its data. Idempotent.
+    async fn delete(&self, id: &str) -> Result<()>;
+    /// Space used and total.
+    fn usage(&self, id: &str) -> Result<Usage>;
+    /// Where the filesystem's root is on the host (its data dir and staging are below it).
+    fn mountpoint(&self, id: &str) -> PathBuf;
+    /// The host directory a sandbox mounts at `/workspace`.
+    fn data_dir(&self, id: &str) -> PathBuf;
+    /// Filesystem ids with an image or a mount point on this host.
+    fn ids(&self) -> Vec<String>;
+
+    /// The entries of the directory at `rel`.
+    fn list(&self, id: &str, rel: &Path) -> Result<Vec<Entry>, FileError>;
+    /// The file at `rel` for a download of at most `max` bytes; `None` when there is none.
+    fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError>;
+    /// Checks `pre` against the file at `rel` now (hashing at most `hash_max` bytes).
+    fn check(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError>;
+    /// Writes `data` to `rel` atomically (parents created): `serialize` runs once the content is
+    /// written, `pre` is checked again while what it returned is held, then the file is replaced.
+    fn write(
+        &self,
+        id: &str,
+        rel: &Path,
+        data: &mut dyn Read,
+        options: WriteOptions,
+        pre: &Preconditions,
+        serialize: files::Serialize,
+    ) -> Result<Written, FileError>;
+    /// Removes a file or an empty directory, when `pre` holds.
+    fn remove(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError>;
+    /// The whole tree as a plain tar archive, produced as it is read.
+    fn archive(&self, id: &str) -> Result<Box<dyn Read + Send>, FileError>;
+    /// Extracts an archive (plain, gzip or zstd) beside the data, bounded by `limits`, owned by
+    /// `owner`'s root; nothing changes until the result is committed.
+    fn stage_archive(
+        &self,
+        id: &str,
+        data: &mut dyn Read,
+        owner: IdRange,
+        limits: archive::Limits,
+    ) -> Result<Box<dyn StagedArchive>, FileError>;
+}
 
 /// Smallest filesystem: room for ext4's metadata and journal.
 pub const MIN_SIZE: u64 = 16 << 20;
@@ -356,5 +420,177 @@ impl Storage {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|id| is_fs_id(id))
             .collect()
+    }
+}
+
+fn owner_of(ids: IdRange) -> Owner {
+    Owner { uid: ids.host_start, gid: ids.host_start }
+}
+
+impl Storage {
+    fn root(&self, id: &str) -> Result<Root, FileError> {
+        Root::open(self.data_dir(id)).map_err(|e| FileError::Io(format!("open filesystem {id}: {e}")))
+    }
+}
+
+#[async_trait]
+impl FilesystemStorage for Storage {
+    async fn create(&self, id: &str, size_bytes: u64, owner: IdRange) -> Result<()> {
+        Storage::create(self, id, size_bytes, owner).await
+    }
+
+    async fn mount(&self, id: &str) -> Result<bool> {
+        if !self.image(id).exists() {
+            return Ok(false);
+        }
+        Storage::mount(self, id).await?;
+        self.sweep(id);
+        Ok(true)
+    }
+
+    async fn grow(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()> {
+        Storage::grow(self, id, size_bytes, in_use).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        Storage::delete(self, id).await
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage> {
+        Storage::usage(self, id)
+    }
+
+    fn mountpoint(&self, id: &str) -> PathBuf {
+        Storage::mountpoint(self, id)
+    }
+
+    fn data_dir(&self, id: &str) -> PathBuf {
+        Storage::data_dir(self, id)
+    }
+
+    fn ids(&self) -> Vec<String> {
+        let mut ids = self.images();
+        ids.extend(self.mount_points());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    fn list(&self, id: &str, rel: &Path) -> Result<Vec<Entry>, FileError> {
+        confined::list(&self.root(id)?, rel).map_err(files::from_confined)
+    }
+
+    fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError> {
+        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max)? else {
+            return Ok(None);
+        };
+        let etag = files::etag(&digest);
+        let reader = files::Verified { file: file.take(len), hasher: Some(sha2::Sha256::default()), expected: digest };
+        Ok(Some(Download { reader: Box::new(reader), len, etag }))
+    }
+
+    fn check(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError> {
+        pre.check(files::current_etag(&self.root(id)?, rel, hash_max)?.as_deref())
+    }
+
+    fn write(
+        &self,
+        id: &str,
+        rel: &Path,
+        data: &mut dyn Read,
+        options: WriteOptions,
+        pre: &Preconditions,
+        serialize: files::Serialize,
+    ) -> Result<Written, FileError> {
+        use sha2::Digest;
+        let root = self.root(id)?;
+        let mut hashing = files::Hashing { inner: data, hasher: sha2::Sha256::new() };
+        let owner = owner_of(options.owner);
+        let written =
+            confined::write_atomic_when(&root, rel, &mut hashing, options.max_bytes, options.mode, owner, || {
+                let held = serialize();
+                if pre.any() {
+                    pre.check(files::current_etag(&root, rel, options.hash_max)?.as_deref())?;
+                }
+                Ok::<_, WriteError>(held)
+            });
+        match written {
+            Ok((bytes, _held)) => Ok(Written { bytes, etag: files::etag(&hashing.hasher.finalize()) }),
+            Err(WriteError::File(e)) => Err(e),
+            Err(WriteError::Confined(e)) => Err(files::from_confined(e)),
+        }
+    }
+
+    fn remove(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError> {
+        let root = self.root(id)?;
+        if pre.if_match.is_some() {
+            pre.check(files::current_etag(&root, rel, hash_max)?.as_deref())?;
+        }
+        confined::remove(&root, rel).map_err(files::from_confined)
+    }
+
+    fn archive(&self, id: &str) -> Result<Box<dyn Read + Send>, FileError> {
+        Ok(Box::new(archive::TarReader::new(self.root(id)?)))
+    }
+
+    fn stage_archive(
+        &self,
+        id: &str,
+        data: &mut dyn Read,
+        owner: IdRange,
+        limits: archive::Limits,
+    ) -> Result<Box<dyn StagedArchive>, FileError> {
+        let staging = self
+            .staging_dir(id, IdRange { host_start: owner.host_start, size: 1 })
+            .map_err(|e| FileError::Io(e.to_string()))?;
+        let mut staged = Staged { storage: self.clone(), id: id.to_owned(), staging, stats: archive::Stats::default() };
+        let root = Root::open(&staged.staging).map_err(|e| FileError::Io(e.to_string()))?;
+        staged.stats = archive::extract(data, &root, owner_of(owner), limits).map_err(files::from_archive)?;
+        Ok(Box::new(staged))
+    }
+}
+
+/// How a confined write fails: in the write itself, or in its precondition.
+enum WriteError {
+    Confined(confined::ConfinedError),
+    File(FileError),
+}
+
+impl From<confined::ConfinedError> for WriteError {
+    fn from(e: confined::ConfinedError) -> Self {
+        WriteError::Confined(e)
+    }
+}
+
+impl From<FileError> for WriteError {
+    fn from(e: FileError) -> Self {
+        WriteError::File(e)
+    }
+}
+
+/// An extracted tree in a staging directory on the filesystem itself; removed when dropped
+/// uncommitted.
+struct Staged {
+    storage: Storage,
+    id: String,
+    staging: PathBuf,
+    stats: archive::Stats,
+}
+
+impl StagedArchive for Staged {
+    fn stats(&self) -> archive::Stats {
+        self.stats
+    }
+
+    fn commit(self: Box<Self>) -> Result<archive::Stats, FileError> {
+        // After the swap `staging` holds the old content; removed on drop either way.
+        self.storage.swap_in(&self.id, &self.staging).map_err(|e| FileError::Io(e.to_string()))?;
+        Ok(self.stats)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        let _ = confined::remove_tree(&self.staging);
     }
 }

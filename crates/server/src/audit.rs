@@ -14,7 +14,8 @@ use bulkhead_core::{Decision, Principal};
 use crate::auth::{AuditInfo, AuditSlot};
 use crate::error::ApiError;
 use crate::request::{ClientRequestId, RequestId};
-use crate::state::{now_ms, AppState};
+use crate::state::AppState;
+use crate::time::now_ms;
 
 pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let slot = AuditSlot::default();
@@ -42,7 +43,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     // A request of a namespace that was deleted (and maybe created again) while it ran: its
     // record goes to the platform chain, never into the chain of a new incarnation of the name.
     if let Some(t) = tenant.filter(|t| t.name == chain) {
-        if crate::metrics::tenant(&state, &chain).await.is_none_or(|now| now.incarnation != t.incarnation) {
+        if crate::state::tenant(&state, &chain).await.is_none_or(|now| now.incarnation != t.incarnation) {
             chain = PLATFORM_CHAIN.to_owned();
         }
     }

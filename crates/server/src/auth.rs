@@ -23,7 +23,8 @@ use bulkhead_policy::{CompiledSet, Ruling};
 
 use crate::error::{ApiError, ApiResult};
 use crate::request::{ClientRequestId, RequestId};
-use crate::state::{now_ms, AppState};
+use crate::state::AppState;
+use crate::time::now_ms;
 
 /// What the audit middleware needs to know about a request, filled in as it is served.
 #[derive(Debug, Default)]
@@ -152,7 +153,7 @@ impl FromRequestParts<AppState> for Ctx {
         let principal = authenticate(state, bearer(parts)?, path_ns).await?;
         let home = principal.namespace().or(path_ns).filter(|ns| bulkhead_core::validate::is_name(ns));
         let tenant = match home {
-            Some(ns) if path_ns.is_none_or(|p| p == ns) => crate::metrics::tenant(state, ns).await,
+            Some(ns) if path_ns.is_none_or(|p| p == ns) => crate::state::tenant(state, ns).await,
             _ => None,
         };
         slot.with(|info| {

@@ -16,9 +16,10 @@ use bulkhead_store::{Store, StoreError};
 
 use bulkhead_runtime::oci::{OciConfig, OciRuntime};
 use bulkhead_runtime::storage::Storage;
-use bulkhead_runtime::Runtime;
+use bulkhead_runtime::{FilesystemStorage, Runtime};
 
-use crate::state::{now_ms, AppState, Inner, KeyCache, SandboxLocks, ServerConfig};
+use crate::state::{AppState, Inner, KeyCache, SandboxLocks, ServerConfig};
+use crate::time::now_ms;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const TOKEN_KEY_FILE: &str = "token.key";
@@ -108,17 +109,14 @@ fn master_key(data_dir: &Path) -> Result<bulkhead_core::sealed::Key, BootstrapEr
 
 /// Mounts every filesystem the store knows, sweeps staging left by interrupted uploads, and
 /// removes images the store does not know (a create that crashed half-way).
-async fn mount_filesystems(store: &dyn Store, storage: &Storage) -> Result<(), BootstrapError> {
+async fn mount_filesystems(store: &dyn Store, storage: &dyn FilesystemStorage) -> Result<(), BootstrapError> {
     let known = store.all_filesystems().await?;
     for f in &known {
-        if !storage.image(&f.id).exists() {
+        if !storage.mount(&f.id).await? {
             tracing::error!(filesystem = %f.id, namespace = %f.namespace, "the image of a filesystem is missing");
-            continue;
         }
-        storage.mount(&f.id).await?;
-        storage.sweep(&f.id);
     }
-    for id in storage.images().into_iter().chain(storage.mount_points()) {
+    for id in storage.ids() {
         if !known.iter().any(|f| f.id == id) {
             tracing::info!(filesystem = %id, "removing an orphaned filesystem image");
             storage.delete(&id).await?;
@@ -159,8 +157,36 @@ async fn host_ids(store: &dyn Store, config: &ServerConfig) -> Result<crate::hos
     Ok(started)
 }
 
-/// Prepares the data dir and the store and returns the server's state.
+/// The host side of a server: its sandbox runtime and its filesystem storage.
+pub struct Backends {
+    pub runtime: Arc<dyn Runtime>,
+    pub storage: Arc<dyn FilesystemStorage>,
+}
+
+/// The real backends: the OCI runtime with cgroups, and loop-mounted ext4 images.
+pub fn host_backends(config: &ServerConfig) -> Result<Backends, BootstrapError> {
+    let runtime = OciRuntime::new(OciConfig {
+        state_dir: config.runtime.state_dir.clone(),
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        cgroup_prefix: config.runtime.cgroup_prefix.clone(),
+        supervisor: config.runtime.supervisor.clone(),
+        runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
+    })?;
+    let storage = Storage::new(&config.data_dir, &config.runtime.state_dir)?;
+    Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage) })
+}
+
+/// Prepares the data dir and the store and returns the server's state, on the host's backends.
 pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError> {
+    start_with(config, host_backends).await
+}
+
+/// [`start`] on the backends `backends` makes (called once the host registry has this server;
+/// tests pass in-memory ones).
+pub async fn start_with(
+    config: ServerConfig,
+    backends: impl FnOnce(&ServerConfig) -> Result<Backends, BootstrapError>,
+) -> Result<Bootstrapped, BootstrapError> {
     let dir = config.data_dir.clone();
     fs::create_dir_all(&dir).map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
@@ -190,17 +216,10 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     // Host-global resources before anything touches the host: a prefix or a range another
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;
-    let runtime = OciRuntime::new(OciConfig {
-        state_dir: config.runtime.state_dir.clone(),
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        cgroup_prefix: config.runtime.cgroup_prefix.clone(),
-        supervisor: config.runtime.supervisor.clone(),
-        runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
-    })?;
-    let runtime: Arc<dyn Runtime> = Arc::new(runtime);
-    let storage = Storage::new(&dir, &config.runtime.state_dir)?;
-    mount_filesystems(store.as_ref(), &storage).await?;
-    let identity = crate::identity::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
+    let Backends { runtime, storage } = backends(&config)?;
+    mount_filesystems(store.as_ref(), storage.as_ref()).await?;
+    let identity =
+        crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;

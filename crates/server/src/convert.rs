@@ -4,7 +4,7 @@ use bulkhead_api as api;
 use bulkhead_core::{QuotaPatch, Quotas, Role};
 use bulkhead_store::{KeyRow, NamespaceRow};
 
-use crate::state::rfc3339;
+use crate::time::rfc3339;
 
 pub fn quotas_in(q: &api::Quotas) -> Quotas {
     Quotas {

@@ -8,7 +8,13 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bulkhead_core::FieldError;
+use bulkhead_runtime::files::FileError;
+use bulkhead_runtime::hostreg::RegistryError;
+use bulkhead_runtime::RuntimeError;
 use bulkhead_store::StoreError;
+
+use crate::limits::RateLimited;
+use crate::service::ServiceError;
 
 /// The error code and message of a response, before the request id is added.
 #[derive(Debug, Clone)]
@@ -123,6 +129,85 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The one mapping of domain errors to the API's statuses and codes.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::NotFound(m) => ApiError::NotFound(m),
+            ServiceError::Invalid(m) => ApiError::Invalid(m),
+            // Creates raced by another with the same name, a sandbox that is not running, a
+            // filesystem mounted where the operation needs it unmounted: the resource's state.
+            ServiceError::Conflict(m) => ApiError::Conflict(m),
+            // The contract's 429 `quota_exceeded`: the client may retry once it freed something.
+            ServiceError::QuotaExceeded(m) => ApiError::QuotaExceeded(m),
+            ServiceError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            ServiceError::Store(e) => e.into(),
+            ServiceError::Runtime(e) => e.into(),
+            ServiceError::File(e) => e.into(),
+            ServiceError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<FileError> for ApiError {
+    fn from(e: FileError) -> Self {
+        match e {
+            // A symlink on the way, or a file where a directory is needed (and the reverse): the
+            // path the client sent does not fit the tree, which the client can see and fix.
+            FileError::Invalid(m) | FileError::Loop(m) | FileError::NotADirectory(m) | FileError::IsADirectory(m) => {
+                ApiError::Invalid(m)
+            }
+            FileError::NotFound => ApiError::NotFound(e.to_string()),
+            FileError::NotEmpty => ApiError::Conflict(e.to_string()),
+            FileError::TooLarge(m) => ApiError::PayloadTooLarge(m),
+            // A full filesystem is its size, the tenant's quota: 429 `quota_exceeded`, not 507.
+            FileError::NoSpace(m) => ApiError::QuotaExceeded(m),
+            FileError::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
+            FileError::Io(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        use bulkhead_supervisor::protocol::FailureKind;
+        match e {
+            RuntimeError::NotRunning(id) => ApiError::Conflict(format!("sandbox {id} is not running")),
+            // The host refuses the operation in the resource's present state (a mounted
+            // filesystem it cannot grow online): retry after changing that state.
+            RuntimeError::Busy(m) => ApiError::Conflict(m),
+            RuntimeError::File(f) => match f.kind {
+                FailureKind::NotFound => ApiError::NotFound(f.message),
+                FailureKind::TooLarge => ApiError::PayloadTooLarge(f.message),
+                FailureKind::NoSpace => ApiError::QuotaExceeded(format!("no space left: {}", f.message)),
+                FailureKind::NotAFile
+                | FailureKind::PermissionDenied
+                | FailureKind::ReadOnly
+                | FailureKind::InvalidRequest => ApiError::Invalid(f.message),
+                // An IO failure inside the sandbox is the sandbox's state, not the server's.
+                FailureKind::Io => ApiError::Conflict(f.message),
+            },
+            // A sandbox that crashed or broke the protocol is the sandbox's fault, not the
+            // server's: a conflict with the sandbox's state, never a 5xx.
+            RuntimeError::Protocol(m) => ApiError::Conflict(format!("the sandbox did not answer properly: {m}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        // The host's registry is the operator's business, never the tenant's: no detail leaves.
+        ApiError::Internal(format!("host registry: {e}"))
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(e: RateLimited) -> Self {
+        ApiError::RateLimited { message: e.message, retry_after_seconds: e.retry_after_seconds }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -140,5 +225,58 @@ impl IntoResponse for ApiError {
         }
         response.extensions_mut().insert(ErrorMark { code: self.code(), message });
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(e: impl Into<ApiError>) -> (u16, &'static str, String) {
+        let e = e.into();
+        (e.status().as_u16(), e.code(), e.to_string())
+    }
+
+    #[test]
+    fn file_errors_answer_by_kind_with_their_message() {
+        let cases = [
+            (FileError::Invalid("path: \"/x\" must be relative".into()), 400, "invalid_request"),
+            (FileError::Loop("path: goes through a symlink".into()), 400, "invalid_request"),
+            (FileError::NotADirectory("path: a is not a directory".into()), 400, "invalid_request"),
+            (FileError::IsADirectory("path: is a directory (use list=true)".into()), 400, "invalid_request"),
+            (FileError::NotFound, 404, "not_found"),
+            (FileError::NotEmpty, 409, "conflict"),
+            (FileError::TooLarge("more than 5 bytes".into()), 413, "payload_too_large"),
+            (FileError::NoSpace("the filesystem is full (its size_bytes)".into()), 429, "quota_exceeded"),
+            (FileError::PreconditionFailed("If-Match does not match".into()), 412, "conflict"),
+            (FileError::Io("disk on fire".into()), 500, "internal"),
+        ];
+        for (e, status, code) in cases {
+            let message = e.to_string();
+            assert_eq!(answer(ServiceError::File(e)), (status, code, message));
+        }
+    }
+
+    #[test]
+    fn service_errors_answer_once_with_their_message() {
+        let cases = [
+            (ServiceError::NotFound("filesystem \"fs_x\" not found".into()), 404, "not_found"),
+            (ServiceError::Invalid("size_bytes: at least 16777216 (16 MiB)".into()), 400, "invalid_request"),
+            (ServiceError::Conflict("sandbox sbx_x is stopped".into()), 409, "conflict"),
+            (ServiceError::QuotaExceeded("quota disk_bytes exceeded".into()), 429, "quota_exceeded"),
+            (ServiceError::TooLarge("at most 5 bytes".into()), 413, "payload_too_large"),
+            (ServiceError::Runtime(RuntimeError::Busy("grow refused".into())), 409, "conflict"),
+            (ServiceError::Runtime(RuntimeError::NotRunning("sbx_x".into())), 409, "conflict"),
+            (ServiceError::Store(StoreError::NotFound("sandbox".into())), 404, "not_found"),
+        ];
+        for (e, status, code) in cases {
+            let message = match &e {
+                ServiceError::Runtime(RuntimeError::NotRunning(id)) => format!("sandbox {id} is not running"),
+                ServiceError::Store(StoreError::NotFound(what)) => format!("{what} not found"),
+                other => other.to_string(),
+            };
+            assert_eq!(answer(e), (status, code, message));
+        }
+        assert_eq!(answer(ServiceError::Internal("secret detail".into())).0, 500);
     }
 }

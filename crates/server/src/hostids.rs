@@ -8,8 +8,6 @@ use bulkhead_runtime::hostreg::{HostRegistry, RegistryError};
 use bulkhead_runtime::IdRange;
 use bulkhead_store::NamespaceRow;
 
-use crate::error::ApiError;
-
 /// The registry and the owner this server acts for.
 #[derive(Debug, Clone)]
 pub struct HostIds {
@@ -18,13 +16,6 @@ pub struct HostIds {
     pub owner: String,
     /// Prefix for this owner's host-global names (network namespaces, veths).
     pub net_prefix: String,
-}
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        // The host's registry is the operator's business, never the tenant's: no detail leaves.
-        ApiError::Internal(format!("host registry: {e}"))
-    }
 }
 
 async fn blocking<T: Send + 'static>(

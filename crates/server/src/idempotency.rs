@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::state::now_ms;
+use crate::time::now_ms;
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";

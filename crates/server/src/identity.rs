@@ -5,128 +5,24 @@
 //! under its name; changes through this server drop the entries at once, and entries expire after
 //! a few seconds so replicas sharing a store converge.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::time::{Duration, Instant};
-
 use bulkhead_api::{IdentityConfig, OidcConfig};
 use bulkhead_core::outbound::OutboundPolicy;
 use bulkhead_core::sealed::{self, Key};
 use bulkhead_core::{Principal, Role};
-use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider, ProviderOptions};
-use bulkhead_policy::{CompiledSet, Engine};
+use bulkhead_oidc::{IssuerUrl, OidcSettings, Provider};
+use bulkhead_policy::CompiledSet;
 
 use crate::error::{ApiError, ApiResult};
+pub use crate::identity_cache::{Identity, NamespaceIdentity, TtlMap};
 use crate::state::AppState;
 
-const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Custom policies a namespace may hold.
 pub const MAX_POLICIES: u32 = 1000;
-
-/// A small map whose entries expire.
-#[derive(Debug)]
-pub struct TtlMap<V> {
-    entries: RwLock<HashMap<String, (V, Instant)>>,
-}
-
-impl<V> Default for TtlMap<V> {
-    fn default() -> Self {
-        Self { entries: RwLock::new(HashMap::new()) }
-    }
-}
-
-impl<V: Clone> TtlMap<V> {
-    pub fn get(&self, key: &str) -> Option<V> {
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.get(key).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(v, _)| v.clone())
-    }
-
-    pub fn put(&self, key: &str, value: V) {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= 100_000 {
-            entries.clear();
-        }
-        entries.insert(key.to_owned(), (value, Instant::now()));
-    }
-
-    pub fn remove(&self, key: &str) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).remove(key);
-    }
-
-    /// Removes every entry whose key starts with `prefix`.
-    pub fn remove_prefix(&self, prefix: &str) {
-        self.entries.write().unwrap_or_else(|e| e.into_inner()).retain(|k, _| !k.starts_with(prefix));
-    }
-}
 
 /// The cache key of `namespace`'s identity state: `<name>/<incarnation>` of its current
 /// incarnation, or `None` when it does not exist (then nothing is cached).
 async fn cache_key(state: &AppState, namespace: &str) -> Option<String> {
-    crate::metrics::tenant(state, namespace).await.map(|t| format!("{}/{}", t.name, t.incarnation))
-}
-
-fn name_prefix(namespace: &str) -> String {
-    format!("{namespace}/")
-}
-
-/// A namespace's single sign-on: its settings and the provider client that checks tokens.
-#[derive(Clone)]
-pub struct NamespaceIdentity {
-    pub config: OidcConfig,
-    pub provider: Provider,
-}
-
-/// What the identity layer keeps per process.
-pub struct Identity {
-    pub engine: Engine,
-    builtin: CompiledSet,
-    policies: TtlMap<CompiledSet>,
-    providers: TtlMap<Option<NamespaceIdentity>>,
-    data_keys: TtlMap<Key>,
-    master: Key,
-    /// Made on first use: most servers never talk to an identity provider.
-    http: std::sync::OnceLock<bulkhead_oidc::Outbound>,
-    pub provider_options: ProviderOptions,
-}
-
-impl Identity {
-    pub fn new(master: Key, provider_options: ProviderOptions) -> Result<Identity, String> {
-        let engine = Engine::shared();
-        let builtin = engine.builtin();
-        let http = std::sync::OnceLock::new();
-        Ok(Identity {
-            engine,
-            builtin,
-            policies: TtlMap::default(),
-            providers: TtlMap::default(),
-            data_keys: TtlMap::default(),
-            master,
-            http,
-            provider_options,
-        })
-    }
-
-    /// The built-in policies alone: what decides for the platform admin.
-    pub fn builtin(&self) -> &CompiledSet {
-        &self.builtin
-    }
-
-    /// Forgets everything cached of every incarnation of a namespace (its policies, identity or
-    /// existence changed).
-    pub fn forget(&self, namespace: &str) {
-        let prefix = name_prefix(namespace);
-        self.policies.remove_prefix(&prefix);
-        self.providers.remove_prefix(&prefix);
-        self.data_keys.remove_prefix(&prefix);
-    }
-
-    pub fn forget_policies(&self, namespace: &str) {
-        self.policies.remove_prefix(&name_prefix(namespace));
-    }
-
-    pub fn forget_provider(&self, namespace: &str) {
-        self.providers.remove_prefix(&name_prefix(namespace));
-    }
+    crate::state::tenant(state, namespace).await.map(|t| format!("{}/{}", t.name, t.incarnation))
 }
 
 /// The namespace's policy set: the built-ins and its own. A stored policy that no longer

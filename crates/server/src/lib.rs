@@ -6,6 +6,11 @@
 //! [`auth::Ctx`] and calls `ctx.authorize` with its action before reading a body or the store.
 //! **Invariant:** every route is registered through utoipa's router, so the OpenAPI document is
 //! the route table and cannot drift from it.
+//! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
+//! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
+//! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
+//! `state` (a leaf, with `time`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
+//! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
 pub mod auth;
@@ -16,14 +21,15 @@ pub mod extract;
 pub mod hostids;
 pub mod idempotency;
 pub mod identity;
+pub mod identity_cache;
 pub mod limits;
 pub mod logs;
-pub mod metering;
 pub mod metrics;
 pub mod request;
 pub mod routes;
-pub mod sandboxes;
+pub mod service;
 pub mod state;
+pub mod time;
 
 use std::sync::Arc;
 
@@ -36,6 +42,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use service::{metering, sandboxes};
 pub use state::{AppState, ServerConfig};
 
 #[derive(OpenApi)]
@@ -58,7 +65,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, keys, logs, namespaces, projects, sandboxes, secrets, usage,
+        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, projects, sandboxes, secrets,
+        usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -83,8 +91,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(identity::schema))
         .routes(routes!(secrets::create, secrets::list))
         .routes(routes!(secrets::delete))
-        .routes(routes!(crate::metrics::platform))
-        .routes(routes!(crate::metrics::namespace))
+        .routes(routes!(metrics::platform))
+        .routes(routes!(metrics::namespace))
         .routes(routes!(projects::create, projects::list))
         .routes(routes!(projects::delete))
         .routes(routes!(filesystems::create, filesystems::list))

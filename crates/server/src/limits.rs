@@ -31,8 +31,6 @@ use axum::body::{Body, Bytes};
 use bulkhead_core::Principal;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::error::ApiError;
-
 /// Bytes a download reads from disk per step, and the most a non-reading client pins.
 pub const CHUNK: usize = 64 * 1024;
 /// Body chunks queued between an upload's connection and its blocking writer.
@@ -143,6 +141,15 @@ fn principal_key(p: &Principal) -> String {
     }
 }
 
+/// A stream refused because a bound is full: the API's 429 `rate_limited`, with a
+/// `Retry-After` of `retry_after_seconds`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RateLimited {
+    pub message: String,
+    pub retry_after_seconds: u64,
+}
+
 impl Streams {
     pub fn new(limits: StreamLimits) -> Self {
         Streams { limits, counts: Arc::default() }
@@ -150,7 +157,7 @@ impl Streams {
 
     /// Takes a place for one stream of `principal` in `namespace`, or fails with
     /// `rate_limited` naming the bound that is full.
-    pub fn acquire(&self, principal: &Principal, namespace: &str, dir: Direction) -> Result<StreamGuard, ApiError> {
+    pub fn acquire(&self, principal: &Principal, namespace: &str, dir: Direction) -> Result<StreamGuard, RateLimited> {
         let wanted = [
             ((dir, format!("p:{}", principal_key(principal))), self.limits.per_principal, "this principal"),
             ((dir, format!("n:{namespace}")), self.limits.per_namespace, "this namespace"),
@@ -159,7 +166,7 @@ impl Streams {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         for (key, limit, whose) in &wanted {
             if counts.get(key).copied().unwrap_or(0) >= *limit {
-                return Err(ApiError::RateLimited {
+                return Err(RateLimited {
                     message: format!("{whose} has {limit} {} open, the most allowed at once; retry later", dir.name()),
                     retry_after_seconds: RETRY_AFTER_SECONDS,
                 });
@@ -557,9 +564,9 @@ mod tests {
         let a = key("key_a", "ns1");
         let g1 = streams.acquire(&a, "ns1", Direction::Download).unwrap();
         let _g2 = streams.acquire(&a, "ns1", Direction::Download).unwrap();
-        let err = streams.acquire(&a, "ns1", Direction::Download).unwrap_err();
+        let err = crate::error::ApiError::from(streams.acquire(&a, "ns1", Direction::Download).unwrap_err());
         assert_eq!(err.code(), "rate_limited");
-        assert!(matches!(err, ApiError::RateLimited { retry_after_seconds: RETRY_AFTER_SECONDS, .. }));
+        assert!(matches!(err, crate::error::ApiError::RateLimited { retry_after_seconds: RETRY_AFTER_SECONDS, .. }));
         // The other direction has its own count.
         let _u = streams.acquire(&a, "ns1", Direction::Upload).unwrap();
         // Another key of the namespace fills the namespace's bound.

@@ -24,7 +24,7 @@ use bulkhead_api::{LogRecord, LogStream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::state::rfc3339;
+use crate::time::rfc3339;
 
 /// Records waiting for the writer at most; past it new output is dropped (and counted) rather
 /// than slowing execs down.
@@ -120,7 +120,7 @@ impl LogBook {
         for chunk in data.chunks(MAX_RECORD_BYTES) {
             let entry = Entry {
                 seq: 0,
-                time_ms: crate::state::now_ms(),
+                time_ms: crate::time::now_ms(),
                 sandbox: sandbox.to_owned(),
                 request_id: request_id.to_owned(),
                 stream,

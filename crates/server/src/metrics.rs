@@ -15,16 +15,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use bulkhead_api::ErrorBody;
-use bulkhead_core::{Action, Target};
-use bulkhead_store::{NamespaceRow, SandboxStatus};
-
-use crate::auth::Ctx;
-use crate::error::ApiResult;
-use crate::extract::PathParams;
-use crate::state::AppState;
+use bulkhead_store::NamespaceRow;
 
 /// Upper bounds of the exec latency histogram, in seconds.
 const EXEC_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
@@ -46,24 +37,6 @@ pub struct Tenant {
 impl Tenant {
     pub fn of(row: &NamespaceRow) -> Tenant {
         Tenant { name: row.name.clone(), incarnation: row.incarnation.clone() }
-    }
-}
-
-/// The current incarnation of namespace `ns`, if it exists (the namespace cache, else the store).
-pub async fn tenant(state: &AppState, ns: &str) -> Option<Tenant> {
-    if let Some(row) = state.namespaces.get(ns) {
-        return Some(Tenant::of(&row));
-    }
-    match state.store.get_namespace(ns).await {
-        Ok(Some(row)) => {
-            state.namespaces.put(row.clone());
-            Some(Tenant::of(&row))
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::warn!(namespace = ns, error = %e, "cannot read the namespace for its metrics");
-            None
-        }
     }
 }
 
@@ -196,154 +169,114 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Every namespace that exists now.
-async fn all_namespaces(state: &AppState) -> ApiResult<Vec<NamespaceRow>> {
-    let mut rows = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state.store.list_namespaces(after.as_deref(), 1000, None).await?;
-        let done = page.len() < 1000;
-        after = page.last().map(|r| r.name.clone());
-        rows.extend(page);
-        if done || after.is_none() {
-            return Ok(rows);
-        }
-    }
+/// Gauges of one namespace's running sandboxes, read at scrape time.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Running {
+    pub sandboxes: u64,
+    /// CPU allocated, thousandths of a core.
+    pub cpu_millis: u64,
+    /// Memory in use, from the cgroups.
+    pub memory_bytes: u64,
+    /// CPU used so far, nanoseconds, from the cgroups.
+    pub cpu_usage_ns: u64,
 }
 
-/// The text exposition of `only` (one namespace) or of every namespace.
-async fn render(state: &AppState, only: Option<&NamespaceRow>) -> ApiResult<String> {
-    // The incarnations shown: the one asked for, or every live one (and nothing else).
-    let rows = match only {
-        Some(row) => vec![row.clone()],
-        None => all_namespaces(state).await?,
-    };
-    let live: BTreeMap<&str, &str> = rows.iter().map(|r| (r.incarnation.as_str(), r.name.as_str())).collect();
-    let keep = |ns: &str| only.is_none_or(|o| o.name == ns);
-    let mut out = String::new();
-    // Gauges, now. Sandboxes of a deleted namespace are gone before its row, so the active ones
-    // belong to the current incarnation of their name.
-    let mut running: BTreeMap<String, (u64, u64, u64, u64)> = BTreeMap::new();
-    for s in state.store.active_sandboxes().await? {
-        if s.status != SandboxStatus::Running || !keep(&s.namespace) {
-            continue;
+impl Metrics {
+    /// The text exposition: the `running` gauges (by namespace name) and the counters of the
+    /// incarnations in `rows` (every live namespace, or the one asked for); the unattributed
+    /// series only when `one_namespace` is false.
+    pub fn render(&self, rows: &[NamespaceRow], one_namespace: bool, running: &BTreeMap<String, Running>) -> String {
+        let live: BTreeMap<&str, &str> = rows.iter().map(|r| (r.incarnation.as_str(), r.name.as_str())).collect();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP bulkhead_sandboxes_running Sandboxes running now.\n# TYPE bulkhead_sandboxes_running gauge"
+        );
+        for (ns, v) in running {
+            let _ = writeln!(out, "bulkhead_sandboxes_running{{namespace=\"{}\"}} {}", label(ns), v.sandboxes);
         }
-        let e = running.entry(s.namespace.clone()).or_default();
-        e.0 += 1;
-        e.1 += s.cpu_millis;
-        if let Ok(st) = state.runtime.stats(&s.namespace, &s.id).await {
-            e.2 += st.memory_bytes;
-            e.3 += st.cpu_usage_ns;
+        let _ = writeln!(out, "# HELP bulkhead_cpu_millis_allocated CPU of running sandboxes, thousandths of a core.\n# TYPE bulkhead_cpu_millis_allocated gauge");
+        for (ns, v) in running {
+            let _ = writeln!(out, "bulkhead_cpu_millis_allocated{{namespace=\"{}\"}} {}", label(ns), v.cpu_millis);
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP bulkhead_sandboxes_running Sandboxes running now.\n# TYPE bulkhead_sandboxes_running gauge"
-    );
-    for (ns, v) in &running {
-        let _ = writeln!(out, "bulkhead_sandboxes_running{{namespace=\"{}\"}} {}", label(ns), v.0);
-    }
-    let _ = writeln!(out, "# HELP bulkhead_cpu_millis_allocated CPU of running sandboxes, thousandths of a core.\n# TYPE bulkhead_cpu_millis_allocated gauge");
-    for (ns, v) in &running {
-        let _ = writeln!(out, "bulkhead_cpu_millis_allocated{{namespace=\"{}\"}} {}", label(ns), v.1);
-    }
-    let _ = writeln!(out, "# HELP bulkhead_memory_bytes Memory in use by running sandboxes, from their cgroups.\n# TYPE bulkhead_memory_bytes gauge");
-    for (ns, v) in &running {
-        let _ = writeln!(out, "bulkhead_memory_bytes{{namespace=\"{}\"}} {}", label(ns), v.2);
-    }
-    let _ = writeln!(out, "# HELP bulkhead_cpu_seconds CPU used by the running sandboxes so far, from their cgroups.\n# TYPE bulkhead_cpu_seconds gauge");
-    for (ns, v) in &running {
-        let _ = writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.3 as f64 / 1e9);
-    }
-    // Counters since start, of the live incarnations only, by name.
-    let (series, unattributed) = state.metrics.with(|c| {
-        let series: BTreeMap<String, Series> = c
-            .namespaces
-            .iter()
-            .filter_map(|(inc, s)| live.get(inc.as_str()).map(|name| ((*name).to_owned(), s.clone())))
-            .collect();
-        (series, c.unattributed.clone())
-    });
-    let _ = writeln!(out, "# HELP bulkhead_api_requests_total API requests authenticated into a namespace, by route and status.\n# TYPE bulkhead_api_requests_total counter");
-    for (ns, s) in &series {
-        for ((route, status), n) in &s.requests {
-            let _ = writeln!(
-                out,
-                "bulkhead_api_requests_total{{namespace=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
-                label(ns),
-                label(route)
-            );
+        let _ = writeln!(out, "# HELP bulkhead_memory_bytes Memory in use by running sandboxes, from their cgroups.\n# TYPE bulkhead_memory_bytes gauge");
+        for (ns, v) in running {
+            let _ = writeln!(out, "bulkhead_memory_bytes{{namespace=\"{}\"}} {}", label(ns), v.memory_bytes);
         }
-    }
-    if only.is_none() {
-        let _ = writeln!(out, "# HELP bulkhead_api_requests_unattributed_total API requests not authenticated into a namespace (unauthenticated, cross-tenant, platform), by route and status.\n# TYPE bulkhead_api_requests_unattributed_total counter");
-        for ((route, status), n) in &unattributed {
-            let _ = writeln!(
-                out,
-                "bulkhead_api_requests_unattributed_total{{route=\"{}\",status=\"{status}\"}} {n}",
-                label(route)
-            );
+        let _ = writeln!(out, "# HELP bulkhead_cpu_seconds CPU used by the running sandboxes so far, from their cgroups.\n# TYPE bulkhead_cpu_seconds gauge");
+        for (ns, v) in running {
+            let _ =
+                writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.cpu_usage_ns as f64 / 1e9);
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP bulkhead_sandbox_creates_total Sandboxes started.\n# TYPE bulkhead_sandbox_creates_total counter"
-    );
-    for (ns, s) in series.iter().filter(|(_, s)| s.creates > 0) {
-        let _ = writeln!(out, "bulkhead_sandbox_creates_total{{namespace=\"{}\"}} {}", label(ns), s.creates);
-    }
-    let _ = writeln!(out, "# HELP bulkhead_sandbox_failures_total Sandboxes that ended failed, by reason.\n# TYPE bulkhead_sandbox_failures_total counter");
-    for (ns, s) in &series {
-        for (reason, n) in &s.failures {
-            let _ = writeln!(
-                out,
-                "bulkhead_sandbox_failures_total{{namespace=\"{}\",reason=\"{}\"}} {n}",
-                label(ns),
-                label(reason)
-            );
+        // Counters since start, of the live incarnations only, by name.
+        let (series, unattributed) = self.with(|c| {
+            let series: BTreeMap<String, Series> = c
+                .namespaces
+                .iter()
+                .filter_map(|(inc, s)| live.get(inc.as_str()).map(|name| ((*name).to_owned(), s.clone())))
+                .collect();
+            (series, c.unattributed.clone())
+        });
+        let _ = writeln!(out, "# HELP bulkhead_api_requests_total API requests authenticated into a namespace, by route and status.\n# TYPE bulkhead_api_requests_total counter");
+        for (ns, s) in &series {
+            for ((route, status), n) in &s.requests {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_api_requests_total{{namespace=\"{}\",route=\"{}\",status=\"{status}\"}} {n}",
+                    label(ns),
+                    label(route)
+                );
+            }
         }
-    }
-    let _ = writeln!(out, "# HELP bulkhead_quota_rejections_total Creates refused with quota_exceeded.\n# TYPE bulkhead_quota_rejections_total counter");
-    for (ns, s) in series.iter().filter(|(_, s)| s.quota_rejections > 0) {
-        let _ = writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
-    }
-    let _ = writeln!(
-        out,
-        "# HELP bulkhead_exec_seconds Exec latency, from request to exit.\n# TYPE bulkhead_exec_seconds histogram"
-    );
-    for (ns, h) in series.iter().filter_map(|(ns, s)| s.exec.as_ref().map(|h| (ns, h))) {
-        let ns = label(ns);
-        for (i, bound) in EXEC_BUCKETS.iter().enumerate() {
-            let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"{bound}\"}} {}", h.counts[i]);
+        if !one_namespace {
+            let _ = writeln!(out, "# HELP bulkhead_api_requests_unattributed_total API requests not authenticated into a namespace (unauthenticated, cross-tenant, platform), by route and status.\n# TYPE bulkhead_api_requests_unattributed_total counter");
+            for ((route, status), n) in &unattributed {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_api_requests_unattributed_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    label(route)
+                );
+            }
         }
-        let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(out, "bulkhead_exec_seconds_sum{{namespace=\"{ns}\"}} {:.6}", h.sum);
-        let _ = writeln!(out, "bulkhead_exec_seconds_count{{namespace=\"{ns}\"}} {}", h.count);
+        let _ = writeln!(
+            out,
+            "# HELP bulkhead_sandbox_creates_total Sandboxes started.\n# TYPE bulkhead_sandbox_creates_total counter"
+        );
+        for (ns, s) in series.iter().filter(|(_, s)| s.creates > 0) {
+            let _ = writeln!(out, "bulkhead_sandbox_creates_total{{namespace=\"{}\"}} {}", label(ns), s.creates);
+        }
+        let _ = writeln!(out, "# HELP bulkhead_sandbox_failures_total Sandboxes that ended failed, by reason.\n# TYPE bulkhead_sandbox_failures_total counter");
+        for (ns, s) in &series {
+            for (reason, n) in &s.failures {
+                let _ = writeln!(
+                    out,
+                    "bulkhead_sandbox_failures_total{{namespace=\"{}\",reason=\"{}\"}} {n}",
+                    label(ns),
+                    label(reason)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP bulkhead_quota_rejections_total Creates refused with quota_exceeded.\n# TYPE bulkhead_quota_rejections_total counter");
+        for (ns, s) in series.iter().filter(|(_, s)| s.quota_rejections > 0) {
+            let _ =
+                writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP bulkhead_exec_seconds Exec latency, from request to exit.\n# TYPE bulkhead_exec_seconds histogram"
+        );
+        for (ns, h) in series.iter().filter_map(|(ns, s)| s.exec.as_ref().map(|h| (ns, h))) {
+            let ns = label(ns);
+            for (i, bound) in EXEC_BUCKETS.iter().enumerate() {
+                let _ =
+                    writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"{bound}\"}} {}", h.counts[i]);
+            }
+            let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"+Inf\"}} {}", h.count);
+            let _ = writeln!(out, "bulkhead_exec_seconds_sum{{namespace=\"{ns}\"}} {:.6}", h.sum);
+            let _ = writeln!(out, "bulkhead_exec_seconds_count{{namespace=\"{ns}\"}} {}", h.count);
+        }
+        out
     }
-    Ok(out)
-}
-
-fn text(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
-}
-
-/// Every namespace's series, in the Prometheus text format (platform admin).
-#[utoipa::path(get, path = "/metrics", tag = "metrics",
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn platform(ctx: Ctx) -> ApiResult<Response> {
-    ctx.authorize(Action::PlatformMetricsRead, &Target::Platform)?;
-    Ok(text(render(&ctx.state, None).await?))
-}
-
-/// One namespace's series and nothing else.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/metrics", tag = "metrics", params(("ns" = String, Path)),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn namespace(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Response> {
-    ctx.authorize(Action::MetricsRead, &Target::namespace(&ns))?;
-    let row = crate::routes::load_namespace(&ctx, &ns).await?;
-    Ok(text(render(&ctx.state, Some(&row)).await?))
 }
 
 #[cfg(test)]

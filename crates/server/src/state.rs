@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_core::token::TokenHasher;
 use bulkhead_core::Principal;
-use bulkhead_runtime::Runtime;
+use bulkhead_runtime::{FilesystemStorage, Runtime};
 use bulkhead_store::Store;
 
 /// One runtime class: an isolation tier and the OCI runtime that implements it, the way a
@@ -227,7 +227,7 @@ impl NamespaceCache {
 pub struct Inner {
     pub store: Arc<dyn Store>,
     pub runtime: Arc<dyn Runtime>,
-    pub storage: bulkhead_runtime::storage::Storage,
+    pub storage: Arc<dyn FilesystemStorage>,
     pub hasher: TokenHasher,
     /// Keyed hash of the platform admin token.
     pub admin_token_hash: String,
@@ -237,7 +237,7 @@ pub struct Inner {
     pub sandbox_locks: SandboxLocks,
     pub metrics: crate::metrics::Metrics,
     pub logs: crate::logs::LogBook,
-    pub identity: crate::identity::Identity,
+    pub identity: crate::identity_cache::Identity,
     /// This server's owner entry in the host registry.
     pub host_ids: crate::hostids::HostIds,
     /// Long-running streams open now, by owner.
@@ -255,28 +255,21 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// RFC 3339 with milliseconds, in UTC.
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Parses an RFC 3339 UTC time (`2030-01-01T00:00:00Z`) into milliseconds since the epoch.
-pub fn parse_rfc3339(field: &str, s: &str) -> Result<i64, bulkhead_core::FieldError> {
-    let t = humantime::parse_rfc3339(s).map_err(|e| {
-        bulkhead_core::FieldError::new(
-            field,
-            format!("must be an RFC 3339 time in UTC such as 2030-01-01T00:00:00Z ({e})"),
-        )
-    })?;
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| bulkhead_core::FieldError::new(field, "must be after 1970"))?;
-    i64::try_from(d.as_millis()).map_err(|_| bulkhead_core::FieldError::new(field, "out of range"))
+/// The current incarnation of namespace `ns`, if it exists (the namespace cache, else the store).
+pub async fn tenant(state: &AppState, ns: &str) -> Option<crate::metrics::Tenant> {
+    use crate::metrics::Tenant;
+    if let Some(row) = state.namespaces.get(ns) {
+        return Some(Tenant::of(&row));
+    }
+    match state.store.get_namespace(ns).await {
+        Ok(Some(row)) => {
+            state.namespaces.put(row.clone());
+            Some(Tenant::of(&row))
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "cannot read the namespace for its metrics");
+            None
+        }
+    }
 }

@@ -11,7 +11,7 @@ use crate::auth::Ctx;
 use crate::convert::audit_out;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{next_cursor, PageParams, Paging, PathParams, QueryParams};
-use crate::state::parse_rfc3339;
+use crate::time::parse_rfc3339;
 
 async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Json<Page<AuditRecord>>> {
     let page = PageParams { limit: params.limit, cursor: params.cursor };
@@ -47,7 +47,7 @@ async fn verify_chain(ctx: &Ctx, chain: &str) -> ApiResult<Json<AuditVerificatio
         records: v.records,
         first_bad_seq: v.first_bad_seq,
         pruned: v.pruned,
-        pruned_at: v.pruned_at_ms.map(crate::state::rfc3339),
+        pruned_at: v.pruned_at_ms.map(crate::time::rfc3339),
     }))
 }
 

@@ -9,28 +9,20 @@ use bulkhead_api::FilesystemDeleteParams as DeleteParams;
 use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Scope, Target};
-use bulkhead_runtime::storage;
-use bulkhead_store::{FilesystemRow, SandboxStatus, StoreError};
+use bulkhead_store::FilesystemRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::sandboxes::id_range;
-use crate::state::{now_ms, rfc3339, AppState};
-
-fn quota_error(b: &bulkhead_store::QuotaBreach) -> ApiError {
-    ApiError::QuotaExceeded(format!(
-        "quota {} exceeded: limit {}, in use {}, requested {}",
-        b.quota, b.limit, b.used, b.requested
-    ))
-}
+use crate::service::filesystems;
+use crate::state::AppState;
+use crate::time::rfc3339;
 
 /// The wire form, with what the kernel and the store say about use.
 pub async fn filesystem_out(state: &AppState, f: &FilesystemRow) -> ApiResult<Filesystem> {
-    let used_bytes = state.storage.usage(&f.id).map(|u| u.used_bytes).unwrap_or(0);
-    let mounted_by = state.store.sandboxes_using(&f.id).await?.into_iter().map(|s| s.id).collect();
+    let (used_bytes, mounted_by) = filesystems::usage(state, f).await?;
     Ok(Filesystem {
         id: f.id.clone(),
         namespace: f.namespace.clone(),
@@ -45,7 +37,7 @@ pub async fn filesystem_out(state: &AppState, f: &FilesystemRow) -> ApiResult<Fi
 }
 
 pub fn filesystem_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("filesystem {id:?} not found"))
+    filesystems::not_found(id).into()
 }
 
 /// The filesystem of this namespace that the principal may see, or 404: another namespace's,
@@ -75,17 +67,6 @@ pub fn filesystem_target(row: &FilesystemRow) -> Target {
     }
 }
 
-fn check_size(size: u64) -> ApiResult<u64> {
-    if size < storage::MIN_SIZE {
-        return Err(ApiError::Invalid(format!("size_bytes: at least {} (16 MiB)", storage::MIN_SIZE)));
-    }
-    // Bounded by the namespace quota later; this only keeps the arithmetic safe.
-    if size > bulkhead_core::quota::DISK_BYTES.max {
-        return Err(ApiError::Invalid(format!("size_bytes: at most {}", bulkhead_core::quota::DISK_BYTES.max)));
-    }
-    Ok(size.div_ceil(storage::BLOCK) * storage::BLOCK)
-}
-
 /// Create a filesystem.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
@@ -111,7 +92,7 @@ pub async fn create(
 async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateFilesystem = json(headers, body)?;
     validate::name("name", &req.name)?;
-    let size = check_size(req.size_bytes)?;
+    let size = filesystems::check_size(req.size_bytes)?;
     let namespace = load_namespace(ctx, &ns).await?;
     let missing = || match &req.project {
         Some(p) => ApiError::Invalid(format!("project: no project {p:?} in this namespace")),
@@ -124,28 +105,12 @@ async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u
     }
     // Created in its project, or in the namespace outside every project.
     ctx.require_or(Action::FilesystemCreate, &Target::project(&ns, req.project.as_deref()), missing)?;
-    let now = now_ms();
-    let row = FilesystemRow {
-        id: ids::new_id(prefix::FILESYSTEM),
-        namespace: ns.clone(),
-        name: req.name,
-        project_id: req.project,
-        size_bytes: size,
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
+    let row = filesystems::new_row(&ns, req.name, req.project, size);
     ctx.audit_resource(format!("filesystem:{}", row.id));
     ctx.audit_detail("size_bytes", size);
-    match ctx.state.store.admit_filesystem(&row, namespace.quotas.disk_bytes).await {
-        Err(StoreError::Quota(b)) => {
-            return crate::metering::note_rejection(&ctx.state, &ns, Err(quota_error(&b))).await;
-        }
+    match filesystems::create(&ctx.state, &namespace, &row).await {
+        Err(e) if e.is_quota() => return super::note_rejection(&ctx.state, &ns, Err(e.into())).await,
         other => other?,
-    }
-    let _guard = ctx.state.sandbox_locks.lock(&row.id).await;
-    if let Err(e) = ctx.state.storage.create(&row.id, size, id_range(&namespace)?).await {
-        ctx.state.store.delete_filesystem(&ns, &row.id).await?;
-        return Err(ApiError::Internal(format!("filesystem {} could not be created: {e}", row.id)));
     }
     Created::json(StatusCode::CREATED, &filesystem_out(&ctx.state, &row).await?)
 }
@@ -162,7 +127,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('f')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_filesystems(&ns, after.as_deref(), limit).await?;
+    let rows = filesystems::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
     let mut items = Vec::new();
     for row in rows.iter().filter(|f| ctx.sees(Action::FilesystemList, &filesystem_target(f))) {
@@ -195,30 +160,13 @@ pub async fn resize(
 ) -> ApiResult<Json<Filesystem>> {
     ctx.authorize(Action::FilesystemResize, &Target::filesystem(&ns, &id))?;
     let req: ResizeFilesystem = json(&headers, &body)?;
-    let size = check_size(req.size_bytes)?;
+    let size = filesystems::check_size(req.size_bytes)?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
-    let _guard = ctx.state.sandbox_locks.lock(&id).await;
-    if size < row.size_bytes {
-        return Err(ApiError::Invalid(format!(
-            "size_bytes: filesystems only grow ({} is below the current {}); create a smaller one and copy",
-            size, row.size_bytes
-        )));
+    if size > row.size_bytes {
+        ctx.audit_detail("size_bytes", size);
     }
-    if size == row.size_bytes {
-        return Ok(Json(filesystem_out(&ctx.state, &row).await?));
-    }
-    ctx.audit_detail("size_bytes", size);
     let namespace = load_namespace(&ctx, &ns).await?;
-    let updated = match ctx.state.store.resize_filesystem(&ns, &id, size, namespace.quotas.disk_bytes, now_ms()).await {
-        Err(StoreError::Quota(b)) => return Err(quota_error(&b)),
-        other => other?.ok_or_else(|| filesystem_not_found(&id))?,
-    };
-    let in_use = !ctx.state.store.sandboxes_using(&id).await?.is_empty();
-    if let Err(e) = ctx.state.storage.grow(&id, size, in_use).await {
-        // The store follows the host: back to the old size.
-        ctx.state.store.resize_filesystem(&ns, &id, row.size_bytes, u64::MAX, now_ms()).await?;
-        return Err(e.into());
-    }
+    let updated = filesystems::resize(&ctx.state, &namespace, &row, size).await?;
     Ok(Json(filesystem_out(&ctx.state, &updated).await?))
 }
 
@@ -234,22 +182,10 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemDelete, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
-    let users = ctx.state.store.sandboxes_using(&id).await?;
-    if !users.is_empty() {
-        if params.force != Some(true) {
-            let ids: Vec<&str> = users.iter().map(|s| s.id.as_str()).collect();
-            return Err(ApiError::Conflict(format!(
-                "filesystem {id} is mounted by {}; delete those sandboxes or pass force=true",
-                ids.join(", ")
-            )));
-        }
+    let force = params.force == Some(true);
+    if force && !filesystems::mounted_by(&ctx.state, &row.id).await?.is_empty() {
         ctx.audit_detail("force", true);
-        for s in &users {
-            crate::sandboxes::destroy(&ctx.state, s, SandboxStatus::Deleted, "filesystem_deleted").await?;
-        }
     }
-    let _guard = ctx.state.sandbox_locks.lock(&id).await;
-    ctx.state.storage.delete(&row.id).await?;
-    ctx.state.store.delete_filesystem(&ns, &id).await?;
+    filesystems::delete(&ctx.state, &row, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }

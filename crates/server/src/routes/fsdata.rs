@@ -2,11 +2,8 @@
 //! with an atomic swap), and single files with content-hash ETags and conditional writes.
 //!
 //! Every path is resolved by the kernel inside the filesystem's data directory
-//! (`bulkhead_runtime::confined`), so a symlink a sandbox planted can never lead the server, which
+//! (`bulkhead_runtime::confined`, behind `FilesystemStorage`), so a symlink a sandbox planted can never lead the server, which
 //! runs as the host's root, outside the tenant's own data.
-
-use std::io::{Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -14,204 +11,38 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::FilesystemFileParams as FileQuery;
 use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
-use bulkhead_core::ids::hex;
 use bulkhead_core::{Action, Target};
-use bulkhead_runtime::archive::{self, ArchiveError, Limits};
-use bulkhead_runtime::confined::{self, ConfinedError, Kind, Owner, Root};
-use bulkhead_store::{FilesystemRow, SandboxStatus};
-use sha2::{Digest, Sha256};
+use bulkhead_runtime::confined::Kind;
+use bulkhead_runtime::files::{self, Preconditions};
 
 use super::filesystems::load_filesystem;
+use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::limits::{self, Direction, PumpError};
-use crate::sandboxes::id_range;
-use crate::state::{rfc3339, AppState};
+use crate::service::filesystems;
+use crate::time::rfc3339;
 
-/// Entries an uploaded archive may hold.
-const MAX_ARCHIVE_ENTRIES: u64 = 100_000;
-/// Bytes of tar headers and padding an upload may carry beyond the filesystem's size.
-const MAX_ARCHIVE_OVERHEAD: u64 = 128 << 20;
-
-/// The host ids new files get: the namespace's mapped root.
-async fn owner_of(state: &AppState, f: &FilesystemRow) -> ApiResult<Owner> {
-    let ns = &f.namespace;
-    let namespace = state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
-    let ids = id_range(&namespace)?;
-    Ok(Owner { uid: ids.host_start, gid: ids.host_start })
-}
-
-fn open_root(state: &AppState, id: &str) -> ApiResult<Root> {
-    Root::open(state.storage.data_dir(id)).map_err(|e| ApiError::Internal(format!("open filesystem {id}: {e}")))
-}
-
-fn confined_error(e: ConfinedError) -> ApiError {
-    match e {
-        ConfinedError::InvalidPath { path, reason } => ApiError::Invalid(format!("path: {path:?} {reason}")),
-        ConfinedError::TooLarge { limit } => ApiError::PayloadTooLarge(format!("more than {limit} bytes")),
-        ConfinedError::NoSpace => ApiError::QuotaExceeded("the filesystem is full (its size_bytes)".into()),
-        ConfinedError::Read(_) => ApiError::Invalid("body: could not be read to the end".into()),
-        ConfinedError::Io { ref source, .. } if source.raw_os_error() == Some(libc_eloop()) => {
-            ApiError::Invalid(format!("path: goes through a symlink ({e})"))
-        }
-        e => match e.kind() {
-            std::io::ErrorKind::NotFound => ApiError::NotFound("no such file".into()),
-            std::io::ErrorKind::IsADirectory | std::io::ErrorKind::NotADirectory | std::io::ErrorKind::InvalidInput => {
-                ApiError::Invalid(format!("path: {e}"))
-            }
-            std::io::ErrorKind::DirectoryNotEmpty => ApiError::Conflict("the directory is not empty".into()),
-            _ => ApiError::Internal(e.to_string()),
-        },
-    }
-}
-
-/// `ELOOP`: a path that needs to follow a symlink where the server never does.
-const fn libc_eloop() -> i32 {
-    40
-}
-
-fn io_error(e: std::io::Error) -> ApiError {
-    if e.raw_os_error() == Some(libc_eloop()) {
-        return ApiError::Invalid("path: goes through a symlink".into());
-    }
-    match e.kind() {
-        std::io::ErrorKind::NotFound => ApiError::NotFound("no such file".into()),
-        std::io::ErrorKind::IsADirectory => ApiError::Invalid("path: is a directory (use list=true)".into()),
-        std::io::ErrorKind::InvalidInput => ApiError::Invalid(format!("path: {e}")),
-        _ => ApiError::Internal(e.to_string()),
-    }
-}
-
-/// A relative, normalized path inside the filesystem; the root is `""`.
-fn relative(path: &str, allow_root: bool) -> ApiResult<PathBuf> {
-    let bad = |why: &str| ApiError::Invalid(format!("path: {path:?} {why}"));
-    if path.len() > archive::MAX_PATH || path.contains('\0') {
-        return Err(bad("is too long or holds NUL"));
-    }
-    if path.starts_with('/') {
-        return Err(bad("must be relative to the filesystem's root"));
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
-        match c {
-            Component::Normal(n) if n.len() <= archive::MAX_NAME => out.push(n),
-            Component::CurDir => {}
-            Component::Normal(_) => return Err(bad("has a name longer than 255 bytes")),
-            _ => return Err(bad("must not contain '..'")),
-        }
-    }
-    if out.as_os_str().is_empty() && !allow_root {
-        return Err(bad("names no file"));
-    }
-    Ok(out)
-}
-
-fn etag_of(digest: &[u8]) -> String {
-    format!("\"{}\"", hex(digest))
-}
-
-/// Opens the file at `rel` for a download of at most `max` bytes and hashes it for its ETag;
-/// `None` when there is none. The file comes back positioned at its start, with the length that
-/// was hashed.
-fn open_hashed(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<(std::fs::File, u64, Vec<u8>)>> {
-    let (mut file, meta) = match confined::open_read(root, rel) {
-        Ok(x) => x,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(e)),
-    };
-    if meta.len() > max {
-        return Err(ApiError::PayloadTooLarge(format!(
-            "the file has {} bytes; the files API serves at most {max} (use the archive)",
-            meta.len()
-        )));
-    }
-    let mut hasher = Sha256::new();
-    let len = std::io::copy(&mut (&mut file).take(max + 1), &mut hasher).map_err(io_error)?;
-    if len > max {
-        return Err(ApiError::PayloadTooLarge(format!("the file grew past {max} bytes")));
-    }
-    file.seek(SeekFrom::Start(0)).map_err(io_error)?;
-    Ok(Some((file, len, hasher.finalize().to_vec())))
-}
-
-/// The ETag of the file at `rel` (bounded as a download); `None` when there is none.
-fn current_etag(root: &Root, rel: &Path, max: u64) -> ApiResult<Option<String>> {
-    Ok(open_hashed(root, rel, max)?.map(|(_, _, digest)| etag_of(&digest)))
-}
-
-/// The bytes of a file whose hash was taken when the download began: the download fails (the
-/// client sees a cut body) when what it reads now is not what was hashed, so the ETag sent
-/// always names the bytes sent.
-struct Verified {
-    file: std::io::Take<std::fs::File>,
-    hasher: Option<Sha256>,
-    expected: Vec<u8>,
-}
-
-impl Read for Verified {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read(out)?;
-        if n > 0 {
-            if let Some(h) = &mut self.hasher {
-                h.update(&out[..n]);
-            }
-        } else if let Some(h) = self.hasher.take() {
-            if h.finalize().as_slice() != self.expected.as_slice() {
-                return Err(std::io::Error::other("the file changed while it was read"));
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// A `Read` that hashes what passes through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(out)?;
-        self.hasher.update(&out[..n]);
-        Ok(n)
-    }
-}
-
-/// Checks `If-Match` and `If-None-Match: *` against the ETag of the file's current content.
-fn preconditions(headers: &HeaderMap, current: Option<&str>) -> ApiResult<()> {
-    let failed = |why: &str| ApiError::PreconditionFailed(why.to_owned());
-    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
-        if v.as_bytes() != b"*" {
+/// The conditions of a write or delete, from `If-Match` and `If-None-Match: *`.
+fn preconditions(headers: &HeaderMap) -> ApiResult<Preconditions> {
+    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
+        Some(v) if v.as_bytes() != b"*" => {
             return Err(ApiError::Invalid("If-None-Match: only \"*\" is supported".into()));
         }
-        if current.is_some() {
-            return Err(failed("If-None-Match: * but the file exists"));
-        }
-    }
-    if let Some(v) = headers.get(header::IF_MATCH) {
-        let wanted = v.to_str().map_err(|_| ApiError::Invalid("If-Match: not a valid ETag".into()))?;
-        let matches = match current {
-            None => false,
-            Some(tag) => wanted == "*" || wanted.split(',').any(|t| t.trim() == tag),
-        };
-        if !matches {
-            return Err(failed("If-Match does not match the file's current ETag"));
-        }
-    }
-    Ok(())
+        Some(_) => true,
+        None => false,
+    };
+    let if_match = match headers.get(header::IF_MATCH) {
+        Some(v) => Some(v.to_str().map_err(|_| ApiError::Invalid("If-Match: not a valid ETag".into()))?.to_owned()),
+        None => None,
+    };
+    Ok(Preconditions { if_match, if_none_match })
 }
 
-/// How a streamed file write fails: in the confined write itself, or in its precondition.
-enum WriteError {
-    Confined(ConfinedError),
-    Api(ApiError),
-}
-
-impl From<ConfinedError> for WriteError {
-    fn from(e: ConfinedError) -> Self {
-        WriteError::Confined(e)
+fn etag_header(r: &mut Response, etag: &str) {
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        r.headers_mut().insert(header::ETAG, v);
     }
 }
 
@@ -229,15 +60,10 @@ pub async fn read_file(
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemFileRead, &Target::filesystem(&ns, &id))?;
     let list = q.list.unwrap_or(false);
-    let rel = relative(&q.path, list)?;
+    let rel = files::relative(&q.path, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
-    let root = open_root(&ctx.state, &f.id)?;
-    let max = ctx.state.config.sandbox_limits.file_bytes;
     if list {
-        let entries = tokio::task::spawn_blocking(move || confined::list(&root, &rel))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(confined_error)?;
+        let entries = filesystems::list_dir(&ctx.state, &f, rel).await?;
         let out: Vec<FileEntry> = entries
             .into_iter()
             .map(|e| FileEntry {
@@ -259,17 +85,13 @@ pub async fn read_file(
         return Ok(Json(out).into_response());
     }
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
-    let (file, len, digest) = tokio::task::spawn_blocking(move || open_hashed(&root, &rel, max))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let file = filesystems::open(&ctx.state, &f, rel)
+        .await?
         .ok_or_else(|| ApiError::NotFound(format!("no file {:?}", q.path)))?;
-    let reader = Verified { file: file.take(len), hasher: Some(Sha256::new()), expected: digest.clone() };
-    let mut r = Response::new(limits::reader_body(reader, guard));
+    let mut r = Response::new(limits::reader_body(file.reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    if let Ok(v) = HeaderValue::from_str(&etag_of(&digest)) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
+    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
+    etag_header(&mut r, &file.etag);
     Ok(r)
 }
 
@@ -293,61 +115,32 @@ pub async fn write_file(
     if q.list.is_some() {
         return Err(ApiError::Invalid("list: only for reads".into()));
     }
-    let rel = relative(&q.path, false)?;
+    let rel = files::relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
-    let max = ctx.state.config.sandbox_limits.file_bytes.min(f.size_bytes);
-    let file_max = ctx.state.config.sandbox_limits.file_bytes;
-    let owner = owner_of(&ctx.state, &f).await?;
-    let root = open_root(&ctx.state, &f.id)?;
-    let conditional = headers.contains_key(header::IF_MATCH) || headers.contains_key(header::IF_NONE_MATCH);
-    let root = if conditional {
+    let max = filesystems::max_write(&ctx.state, &f);
+    let namespace = load_namespace(&ctx, &ns).await?;
+    let pre = preconditions(&headers)?;
+    if pre.any() {
         // Fail early, before the body is read; checked again under the lock before the swap.
-        let (early, rel) = (headers.clone(), rel.clone());
-        tokio::task::spawn_blocking(move || {
-            preconditions(&early, current_etag(&root, &rel, file_max)?.as_deref())?;
-            Ok::<_, ApiError>(root)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
-    } else {
-        root
-    };
+        filesystems::check(&ctx.state, &f, rel.clone(), pre.clone()).await?;
+    }
     // The body streams into a temporary file beside the target, bounded by `max` and by the
     // filesystem's own size, and replaces the target only when complete.
     let (tx, reader) = limits::BodyReader::channel();
-    let (state, fs_id, handle) = (ctx.state.clone(), f.id.clone(), tokio::runtime::Handle::current());
-    let writer = tokio::task::spawn_blocking(move || {
-        let mut hashing = Hashing { inner: reader, hasher: Sha256::new() };
-        let written = confined::write_atomic_when(&root, &rel, &mut hashing, max, 0o644, owner, || {
-            // Writes through the API are serialized per filesystem, from the check to the
-            // rename.
-            let lock = handle.block_on(state.sandbox_locks.lock(&fs_id));
-            if conditional {
-                let current = current_etag(&root, &rel, file_max).map_err(WriteError::Api)?;
-                preconditions(&headers, current.as_deref()).map_err(WriteError::Api)?;
-            }
-            Ok(lock)
-        });
-        written.map(|(n, _lock)| (n, hashing.hasher.finalize().to_vec()))
-    });
-    let pumped = limits::pump_body(body, tx, max).await;
-    let written = writer.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (bytes, digest) = match (pumped, written) {
+    let write = filesystems::write(&ctx.state, &namespace, &f, rel, Box::new(reader), pre);
+    let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
+    let written = match (pumped, written) {
         (Err(PumpError::TooLarge), _) => return Err(ApiError::PayloadTooLarge(format!("at most {max} bytes"))),
         (Err(PumpError::Interrupted), _) => {
             return Err(ApiError::Invalid("body: could not be read to the end".into()));
         }
-        (Ok(_), Err(WriteError::Api(e))) => return Err(e),
-        (Ok(_), Err(WriteError::Confined(e))) => return Err(confined_error(e)),
-        (Ok(_), Ok(done)) => done,
+        (Ok(_), written) => written?,
     };
-    ctx.audit_detail("bytes", bytes);
+    ctx.audit_detail("bytes", written.bytes);
     let mut r = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&etag_of(&digest)) {
-        r.headers_mut().insert(header::ETAG, v);
-    }
+    etag_header(&mut r, &written.etag);
     Ok(r)
 }
 
@@ -364,20 +157,12 @@ pub async fn delete_file(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemFileDelete, &Target::filesystem(&ns, &id))?;
-    let rel = relative(&q.path, false)?;
+    let rel = files::relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
-    let root = open_root(&ctx.state, &f.id)?;
-    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
-    let file_max = ctx.state.config.sandbox_limits.file_bytes;
-    tokio::task::spawn_blocking(move || {
-        if headers.contains_key(header::IF_MATCH) {
-            preconditions(&headers, current_etag(&root, &rel, file_max)?.as_deref())?;
-        }
-        confined::remove(&root, &rel).map_err(confined_error)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    // A delete is conditional on If-Match (and then on If-None-Match too) only.
+    let pre = if headers.contains_key(header::IF_MATCH) { preconditions(&headers)? } else { Preconditions::default() };
+    filesystems::remove(&ctx.state, &f, rel, pre).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -390,10 +175,9 @@ pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, St
     ctx.authorize(Action::FilesystemArchiveRead, &Target::filesystem(&ns, &id))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
-    let root = open_root(&ctx.state, &f.id)?;
     // The archive is produced as the client reads it: one chunk per step, no thread held
-    // between steps, a bounded number of descriptors (see `TarReader`).
-    let reader = archive::TarReader::new(root);
+    // between steps, a bounded number of descriptors.
+    let reader = filesystems::archive(&ctx.state, &f)?;
     let mut r = Response::new(limits::reader_body(reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(r)
@@ -418,36 +202,15 @@ pub async fn write_archive(
     ctx.authorize(Action::FilesystemArchiveWrite, &Target::filesystem(&ns, &id))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
-    let _guard = ctx.state.sandbox_locks.lock(&f.id).await;
-    let users: Vec<String> = ctx
-        .state
-        .store
-        .sandboxes_using(&f.id)
-        .await?
-        .into_iter()
-        .filter(|s| s.status == SandboxStatus::Running || s.status == SandboxStatus::Creating)
-        .map(|s| s.id)
-        .collect();
-    if !users.is_empty() {
-        return Err(ApiError::Conflict(format!(
-            "filesystem {} is mounted by {}: replacing its whole content under a running sandbox is refused; \
-             delete the sandboxes or use the files API",
-            f.id,
-            users.join(", ")
-        )));
-    }
-    let owner = owner_of(&ctx.state, &f).await?;
-    let ids = bulkhead_runtime::IdRange { host_start: owner.uid, size: 1 };
-    let staging = ctx.state.storage.staging_dir(&f.id, ids)?;
-    let staging_root = Root::open(&staging).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let limits = Limits { max_entries: MAX_ARCHIVE_ENTRIES, max_bytes: f.size_bytes };
+    let namespace = load_namespace(&ctx, &ns).await?;
+    let upload = filesystems::begin_archive(&ctx.state, &namespace, &f).await?;
     let (tx, reader) = limits::BodyReader::channel();
-    let extraction = tokio::task::spawn_blocking(move || archive::extract(reader, &staging_root, owner, limits));
     // The whole body must arrive before anything is swapped in: the extraction may finish at
     // the archive's end marker while the upload is still running (or about to fail), so the body
     // is read to its end, bounded, whatever the extraction does.
-    let max_body = f.size_bytes.saturating_add(MAX_ARCHIVE_OVERHEAD);
-    let upload_error = match limits::pump_body(body, tx, max_body).await {
+    let staging = filesystems::stage_archive(&ctx.state, &upload, Box::new(reader));
+    let (pumped, staged) = tokio::join!(limits::pump_body(body, tx, upload.max_body()), staging);
+    let upload_error = match pumped {
         Ok(_) => None,
         Err(PumpError::TooLarge) => Some(ApiError::QuotaExceeded(format!(
             "the archive is larger than the filesystem can hold ({} bytes)",
@@ -455,45 +218,14 @@ pub async fn write_archive(
         ))),
         Err(PumpError::Interrupted) => Some(ApiError::Invalid("body: the upload was interrupted".into())),
     };
-    let result = extraction.await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    let stats = match (result, upload_error) {
-        (Ok(stats), None) => stats,
-        (outcome, upload_error) => {
-            let _ = confined::remove_tree(&staging);
-            // An incomplete upload is the reason even when the part that arrived was fine.
-            return Err(match (upload_error, outcome) {
-                (Some(e), _) => e,
-                (None, Err(e)) => archive_error(e),
-                (None, Ok(_)) => ApiError::Internal("upload outcome lost".into()),
-            });
-        }
+    // An incomplete upload is the reason even when the part that arrived was fine; the staged
+    // tree is discarded when dropped.
+    let staged = match (upload_error, staged) {
+        (Some(e), _) => return Err(e),
+        (None, staged) => staged?,
     };
-    if let Err(e) = ctx.state.storage.swap_in(&f.id, &staging) {
-        let _ = confined::remove_tree(&staging);
-        return Err(e.into());
-    }
+    let stats = filesystems::commit_archive(upload, staged).await?;
     ctx.audit_detail("entries", stats.entries);
     ctx.audit_detail("bytes", stats.bytes);
     Ok(Json(ArchiveResult { entries: stats.entries, bytes: stats.bytes }))
-}
-
-fn archive_error(e: ArchiveError) -> ApiError {
-    match e {
-        ArchiveError::Hostile { entry, reason } => ApiError::Invalid(format!("archive entry {entry:?}: {reason}")),
-        ArchiveError::TooLarge { .. } | ArchiveError::NoSpace => {
-            ApiError::QuotaExceeded(format!("the archive does not fit the filesystem: {e}"))
-        }
-        ArchiveError::Corrupt(m) => ApiError::Invalid(format!("body: not a valid archive: {m}")),
-        ArchiveError::Write { entry, source } => match source {
-            ConfinedError::NoSpace => ApiError::QuotaExceeded(format!("the filesystem is full at entry {entry:?}")),
-            ConfinedError::InvalidPath { .. } => ApiError::Invalid(format!("archive entry {entry:?}: {source}")),
-            other => match other.kind() {
-                std::io::ErrorKind::NotADirectory
-                | std::io::ErrorKind::IsADirectory
-                | std::io::ErrorKind::AlreadyExists
-                | std::io::ErrorKind::InvalidInput => ApiError::Invalid(format!("archive entry {entry:?}: {other}")),
-                _ => ApiError::Internal(format!("extracting {entry:?}: {other}")),
-            },
-        },
-    }
 }

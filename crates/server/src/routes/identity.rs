@@ -20,7 +20,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
-use crate::state::{now_ms, rfc3339};
+use crate::time::{now_ms, rfc3339};
 
 /// The namespace's single sign-on settings (`{"oidc": null}` when none).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),

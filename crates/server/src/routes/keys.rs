@@ -17,7 +17,7 @@ use crate::convert::{key_out, role_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::state::{now_ms, parse_rfc3339};
+use crate::time::{now_ms, parse_rfc3339};
 
 /// Keys may live at most ten years.
 const MAX_KEY_LIFETIME_MS: i64 = 10 * 366 * 24 * 3600 * 1000;

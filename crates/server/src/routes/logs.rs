@@ -26,7 +26,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::limits::Direction;
 use crate::logs::{Entry, Filter};
-use crate::state::parse_rfc3339;
+use crate::service::logs;
+use crate::time::parse_rfc3339;
 
 const MAX_LIMIT: u32 = 10_000;
 
@@ -75,7 +76,7 @@ pub async fn get(
     if tail {
         return tail_response(ctx, ns, key, filter).await;
     }
-    let (entries, more) = ctx.state.logs.query(&key, &filter, limit as usize).await.map_err(internal)?;
+    let (entries, more) = logs::query(&ctx.state, &key, &filter, limit as usize).await?;
     // The cursor is the last record read, seen or not, so hidden records are never read twice.
     let next_after = if more { entries.last().map(|e| e.seq) } else { None };
     let mut visible = Visible::new(ctx.decider(), Action::LogsRead);
@@ -86,10 +87,6 @@ pub async fn get(
         }
     }
     Ok(Json(LogPage { records, next_after }).into_response())
-}
-
-fn internal(e: std::io::Error) -> ApiError {
-    ApiError::Internal(format!("reading logs: {e}"))
 }
 
 fn event(entry: &Entry) -> Event {
@@ -105,7 +102,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
     let mut live = ctx.state.logs.subscribe();
     let mut backlog = Vec::new();
     if filter.after.is_some() || filter.since_ms.is_some() {
-        let (entries, _) = ctx.state.logs.query(&key, &filter, MAX_LIMIT as usize).await.map_err(internal)?;
+        let (entries, _) = logs::query(&ctx.state, &key, &filter, MAX_LIMIT as usize).await?;
         backlog = entries;
     }
     let mut last = backlog.last().map(|e| e.seq).or(filter.after).unwrap_or(0);
@@ -192,7 +189,7 @@ async fn still_allowed(
 
 /// Whether the credential of the principal that opened a tail still stands.
 async fn still_valid(state: &crate::state::AppState, principal: &Principal, ns: &str) -> bool {
-    let now = crate::state::now_ms();
+    let now = crate::time::now_ms();
     let found = match principal {
         Principal::Admin => true,
         Principal::Key { id, .. } => {

@@ -9,6 +9,7 @@ pub mod health;
 pub mod identity;
 pub mod keys;
 pub mod logs;
+pub mod metrics;
 pub mod namespaces;
 pub mod projects;
 pub mod sandboxes;
@@ -20,6 +21,7 @@ use bulkhead_store::NamespaceRow;
 
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
 
 /// The namespace a request names, once authorized. Keys only ever reach their own namespace
 /// here (authorization answered the others); for the admin a missing one is a 404.
@@ -34,4 +36,13 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
     };
     ctx.audit_chain(&row.name);
     Ok(row)
+}
+
+/// Counts a create refused for a quota (by the handler's checks or the service's), then hands
+/// the answer back.
+pub async fn note_rejection<T>(state: &AppState, namespace: &str, result: ApiResult<T>) -> ApiResult<T> {
+    if let Err(ApiError::QuotaExceeded(_)) = &result {
+        crate::service::metering::note_quota_rejection(state, namespace).await;
+    }
+    result
 }

@@ -14,7 +14,7 @@ use crate::convert::{namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
-use crate::state::now_ms;
+use crate::time::now_ms;
 
 /// Create a namespace (platform admin).
 #[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = CreateNamespace,
@@ -99,8 +99,7 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
 /// What a namespace uses now: active sandboxes, allocated and written disk.
 async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
     let u = ctx.state.store.namespace_use(ns).await?;
-    let disk_used_bytes =
-        u.filesystem_ids.iter().map(|id| ctx.state.storage.usage(id).map(|x| x.used_bytes).unwrap_or(0)).sum();
+    let disk_used_bytes = crate::service::filesystems::disk_used(&ctx.state, &u.filesystem_ids);
     Ok(bulkhead_api::NamespaceUsage {
         sandboxes: u.sandboxes,
         cpu_millis: u.cpu_millis,

@@ -14,7 +14,7 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::state::{now_ms, rfc3339};
+use crate::time::{now_ms, rfc3339};
 
 fn project_out(p: &ProjectRow) -> Project {
     Project {

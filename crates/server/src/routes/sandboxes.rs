@@ -24,8 +24,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{Direction, StreamGuard};
-use crate::sandboxes::{self, Plan};
-use crate::state::{now_ms, rfc3339};
+use crate::service::sandboxes::{self, Plan};
+use crate::time::{now_ms, rfc3339};
 
 const MIN_CPU_MILLIS: u64 = 10;
 const MIN_MEMORY_BYTES: u64 = 16 << 20;
@@ -146,7 +146,7 @@ pub async fn create(
     let ns2 = ns.clone();
     idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
         let result = create_admitted(&ctx, &ns2, &h, &body).await;
-        crate::metering::note_rejection(&ctx.state, &ns2, result).await
+        super::note_rejection(&ctx.state, &ns2, result).await
     })
     .await
 }
@@ -324,7 +324,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('s')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_sandboxes(&ns, after.as_deref(), limit).await?;
+    let rows = sandboxes::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
     // Sandboxes of filesystems the principal cannot see are not there for it.
     let items = rows.iter().filter(|r| ctx.sees(Action::SandboxList, &sandbox_target(r))).map(sandbox_out).collect();
@@ -413,8 +413,7 @@ pub async fn exec(
     let guard =
         if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
     let started = std::time::Instant::now();
-    let mut stream = ctx.state.runtime.exec(&id, spec, stdin).await?;
-    crate::metering::count_exec(&ctx.state, &ns).await;
+    let mut stream = sandboxes::exec(&ctx.state, &ns, &id, spec, stdin).await?;
     if let Some(guard) = guard {
         ctx.audit_detail("stream", true);
         return Ok(stream_response(ctx, ns, id, stream, guard));
@@ -437,7 +436,7 @@ pub async fn exec(
     if let Some(tenant) = &ctx.tenant {
         for (stream, data) in [(LogStream::Stdout, &stdout), (LogStream::Stderr, &stderr)] {
             if !data.is_empty() {
-                ctx.state.logs.record(&tenant.incarnation, &id, &ctx.request_id, stream, data);
+                crate::service::logs::record(&ctx.state, &tenant.incarnation, &id, &ctx.request_id, stream, data);
             }
         }
     }
@@ -484,13 +483,13 @@ fn stream_response(
             let (event, done, exit) = match stream.next().await {
                 Some(Ok(RtEvent::Stdout(d))) => {
                     if let Some(key) = &log_key {
-                        app.logs.record(key, &id, &request_id, LogStream::Stdout, &d);
+                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stdout, &d);
                     }
                     (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
                 Some(Ok(RtEvent::Stderr(d))) => {
                     if let Some(key) = &log_key {
-                        app.logs.record(key, &id, &request_id, LogStream::Stderr, &d);
+                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stderr, &d);
                     }
                     (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
                 }
@@ -552,7 +551,7 @@ pub async fn read_file(
     check_abs_path("path", &params.path)?;
     load_running(&ctx, &ns, &id).await?;
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
-    let file = ctx.state.runtime.read_file(&id, &params.path, ctx.state.config.sandbox_limits.file_bytes).await?;
+    let file = sandboxes::read_file(&ctx.state, &id, &params.path).await?;
     // Pulled from the sandbox as the client reads: one frame at a time, nothing read ahead.
     let body = futures_util::stream::unfold(Some((file, guard)), |state| async move {
         let (mut file, guard) = state?;
@@ -590,7 +589,7 @@ pub async fn write_file(
     let limit = ctx.state.config.sandbox_limits.file_bytes;
     // The body goes to the sandbox as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
-    let write = ctx.state.runtime.write_file(&id, &params.path, rx, limit, 0o644);
+    let write = sandboxes::write_file(&ctx.state, &id, &params.path, rx);
     let pump = async move {
         use futures_util::StreamExt;
         let mut body = body.into_data_stream();

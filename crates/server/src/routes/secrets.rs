@@ -8,7 +8,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
-use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::SecretRow;
 
@@ -17,7 +16,8 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::state::{now_ms, rfc3339};
+use crate::service::secrets;
+use crate::time::rfc3339;
 
 /// Largest secret value.
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -62,21 +62,7 @@ async fn create_secret(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) 
     }
     load_namespace(ctx, &ns).await?;
     let sealed = crate::identity::seal_secret(&ctx.state, &ns, &req.name, req.value.as_bytes()).await?;
-    let now = now_ms();
-    let mut row = SecretRow {
-        id: ids::new_id(prefix::SECRET),
-        namespace: ns.clone(),
-        name: req.name,
-        sealed,
-        created_at_ms: now,
-        updated_at_ms: now,
-    };
-    let created = ctx.state.store.put_secret(&row).await?;
-    if !created {
-        if let Some(stored) = ctx.state.store.get_secret(&ns, &row.name).await? {
-            row = stored;
-        }
-    }
+    let (row, created) = secrets::put(&ctx.state, &ns, req.name, sealed).await?;
     ctx.audit_resource(format!("secret:{}", row.name));
     ctx.audit_detail("replaced", !created);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -95,7 +81,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('s')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_secrets(&ns, after.as_deref(), limit).await?;
+    let rows = secrets::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 's', |r| r.name.clone());
     Ok(Json(Page { items: rows.iter().map(secret_out).collect(), next_cursor }))
 }
@@ -108,8 +94,6 @@ pub async fn list(
 pub async fn delete(ctx: Ctx, PathParams((ns, name)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SecretDelete, &Target::secret(&ns, &name))?;
     load_namespace(&ctx, &ns).await?;
-    if validate::name("name", &name).is_err() || !ctx.state.store.delete_secret(&ns, &name).await? {
-        return Err(ApiError::NotFound(format!("secret {name:?} not found")));
-    }
+    secrets::delete(&ctx.state, &ns, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

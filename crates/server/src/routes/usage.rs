@@ -9,20 +9,10 @@ use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
-use crate::state::{now_ms, parse_rfc3339, rfc3339};
+use crate::service::metering;
+use crate::time::{now_ms, parse_rfc3339, rfc3339};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
-
-fn add(total: &mut UsageDelta, d: &UsageDelta) {
-    total.cpu_ns = total.cpu_ns.saturating_add(d.cpu_ns);
-    total.memory_byte_ms = total.memory_byte_ms.saturating_add(d.memory_byte_ms);
-    total.sandbox_ms = total.sandbox_ms.saturating_add(d.sandbox_ms);
-    total.memory_peak_bytes = total.memory_peak_bytes.max(d.memory_peak_bytes);
-    total.exec_count = total.exec_count.saturating_add(d.exec_count);
-    total.quota_rejections = total.quota_rejections.saturating_add(d.quota_rejections);
-    total.io_read_bytes = total.io_read_bytes.saturating_add(d.io_read_bytes);
-    total.io_write_bytes = total.io_write_bytes.saturating_add(d.io_write_bytes);
-}
 
 fn totals(d: &UsageDelta) -> UsageTotals {
     UsageTotals {
@@ -73,33 +63,16 @@ pub async fn get(
         )));
     }
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.usage(&ns, from - from.rem_euclid(60_000), to).await?;
-    let mut total = UsageDelta::default();
-    let mut buckets: Vec<(i64, UsageDelta)> = Vec::new();
-    for row in &rows {
-        add(&mut total, &row.usage);
-        let start = row.bucket_ms - row.bucket_ms.rem_euclid(width);
-        match buckets.last_mut() {
-            Some((s, d)) if *s == start => add(d, &row.usage),
-            _ => {
-                let mut d = UsageDelta::default();
-                add(&mut d, &row.usage);
-                buckets.push((start, d));
-            }
-        }
-    }
-    let u = ctx.state.store.namespace_use(&ns).await?;
-    let disk_used_bytes =
-        u.filesystem_ids.iter().map(|id| ctx.state.storage.usage(id).map(|x| x.used_bytes).unwrap_or(0)).sum();
+    let report = metering::usage(&ctx.state, &ns, from, to, width).await?;
     Ok(Json(UsageReport {
         namespace: ns,
         from: rfc3339(from),
         to: rfc3339(to),
         granularity,
-        totals: totals(&total),
-        disk_bytes: u.disk_bytes,
-        disk_used_bytes,
+        totals: totals(&report.total),
+        disk_bytes: report.disk_bytes,
+        disk_used_bytes: report.disk_used_bytes,
         egress_bytes: 0,
-        buckets: buckets.iter().map(|(s, d)| UsageBucket { start: rfc3339(*s), usage: totals(d) }).collect(),
+        buckets: report.buckets.iter().map(|(s, d)| UsageBucket { start: rfc3339(*s), usage: totals(d) }).collect(),
     }))
 }

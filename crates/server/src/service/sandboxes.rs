@@ -4,19 +4,20 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bulkhead_runtime::{IdRange, NamespaceLimits, RuntimeError, SandboxSpec};
+use bulkhead_runtime::{IdRange, NamespaceLimits, SandboxSpec};
 use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, StoreError};
 
-use crate::error::{ApiError, ApiResult};
-use crate::state::{now_ms, AppState};
+use super::{ServiceError, ServiceResult};
+use crate::state::AppState;
+use crate::time::now_ms;
 
 pub use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
 
 /// The host ids of a namespace's sandboxes: the range the host registry handed the namespace,
 /// kept in its row.
-pub fn id_range(ns: &NamespaceRow) -> ApiResult<IdRange> {
+pub fn id_range(ns: &NamespaceRow) -> ServiceResult<IdRange> {
     if ns.id_start < ID_BASE || ns.id_count == 0 || ns.id_start.checked_add(ns.id_count).is_none() {
-        return Err(ApiError::Internal(format!("namespace {} has no valid host id range", ns.name)));
+        return Err(ServiceError::Internal(format!("namespace {} has no valid host id range", ns.name)));
     }
     Ok(IdRange { host_start: ns.id_start, size: ns.id_count })
 }
@@ -28,30 +29,6 @@ pub fn namespace_limits(ns: &NamespaceRow) -> NamespaceLimits {
         cpu_millis: q.cpu_millis,
         memory_bytes: q.memory_bytes,
         pids: q.pids_per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
-    }
-}
-
-impl From<RuntimeError> for ApiError {
-    fn from(e: RuntimeError) -> Self {
-        use bulkhead_supervisor::protocol::FailureKind;
-        match e {
-            RuntimeError::NotRunning(id) => ApiError::Conflict(format!("sandbox {id} is not running")),
-            RuntimeError::Busy(m) => ApiError::Conflict(m),
-            RuntimeError::File(f) => match f.kind {
-                FailureKind::NotFound => ApiError::NotFound(f.message),
-                FailureKind::TooLarge => ApiError::PayloadTooLarge(f.message),
-                FailureKind::NoSpace => ApiError::QuotaExceeded(format!("no space left: {}", f.message)),
-                FailureKind::NotAFile
-                | FailureKind::PermissionDenied
-                | FailureKind::ReadOnly
-                | FailureKind::InvalidRequest => ApiError::Invalid(f.message),
-                FailureKind::Io => ApiError::Conflict(f.message),
-            },
-            // A sandbox that crashed or broke the protocol is the sandbox's fault, not the
-            // server's: a conflict with the sandbox's state, never a 5xx.
-            RuntimeError::Protocol(m) => ApiError::Conflict(format!("the sandbox did not answer properly: {m}")),
-            other => ApiError::Internal(other.to_string()),
-        }
     }
 }
 
@@ -77,13 +54,13 @@ pub struct Plan {
 }
 
 /// Admits, records and starts a sandbox of `ns`.
-pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResult<SandboxRow> {
+pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceResult<SandboxRow> {
     let class = state
         .config
         .runtime_classes
         .get(&ns.isolation)
         .ok_or_else(|| {
-            ApiError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation))
+            ServiceError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation))
         })?
         .clone();
     let now = now_ms();
@@ -111,12 +88,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
-        Err(StoreError::Quota(b)) => {
-            return Err(ApiError::QuotaExceeded(format!(
-                "quota {} exceeded: limit {}, in use {}, requested {}",
-                b.quota, b.limit, b.used, b.requested
-            )))
-        }
+        Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
         other => other?,
     }
     let spec = SandboxSpec {
@@ -143,28 +115,73 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ApiResul
         let reason = format!("start_failed: {e}");
         state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
         state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
-        return Err(ApiError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
+        return Err(ServiceError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
     }
     let row = state
         .store
         .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
         .await?
-        .ok_or_else(|| ApiError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
+        .ok_or_else(|| ServiceError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
     state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
     tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
     Ok(row)
 }
 
+/// A page of the namespace's sandboxes, by id.
+pub async fn list(
+    state: &AppState,
+    namespace: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> ServiceResult<Vec<SandboxRow>> {
+    Ok(state.store.list_sandboxes(namespace, after, limit).await?)
+}
+
+/// Runs a command in a running sandbox and counts it in the namespace's ledger; the stream
+/// yields its output, then its exit.
+pub async fn exec(
+    state: &AppState,
+    namespace: &str,
+    id: &str,
+    spec: bulkhead_runtime::ExecSpec,
+    stdin: Vec<u8>,
+) -> ServiceResult<bulkhead_runtime::ExecStream> {
+    let stream = state.runtime.exec(id, spec, stdin).await?;
+    super::metering::count_exec(state, namespace).await;
+    Ok(stream)
+}
+
+/// Starts reading a file inside a running sandbox, bounded by the files API's size.
+pub async fn read_file(state: &AppState, id: &str, path: &str) -> ServiceResult<bulkhead_runtime::FileStream> {
+    Ok(state.runtime.read_file(id, path, state.config.sandbox_limits.file_bytes).await?)
+}
+
+/// Writes a file inside a running sandbox, atomically, from the chunks on `data` (bounded by
+/// the files API's size); an error on `data` abandons the write.
+pub async fn write_file(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+) -> ServiceResult<()> {
+    Ok(state.runtime.write_file(id, path, data, state.config.sandbox_limits.file_bytes, 0o644).await?)
+}
+
 /// Stops a sandbox and frees every host resource it held; records `status` and `reason`.
 /// A sandbox that already ended is left as it is.
-pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, reason: &str) -> ApiResult<SandboxRow> {
+pub async fn destroy(
+    state: &AppState,
+    row: &SandboxRow,
+    status: SandboxStatus,
+    reason: &str,
+) -> ServiceResult<SandboxRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
     let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
     if !current.status.is_active() {
         return Ok(current);
     }
     // The last sample, before the cgroup and its counters are gone.
-    if let Err(e) = crate::metering::sample_locked(state, &current).await {
+    if let Err(e) = super::metering::sample_locked(state, &current).await {
         tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
@@ -176,7 +193,7 @@ pub async fn destroy(state: &AppState, row: &SandboxRow, status: SandboxStatus, 
 }
 
 /// Tears down every sandbox of a namespace and its cgroup, before the namespace is deleted.
-pub async fn destroy_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
+pub async fn destroy_namespace(state: &AppState, ns: &str) -> ServiceResult<()> {
     let active: Vec<SandboxRow> =
         state.store.active_sandboxes().await?.into_iter().filter(|s| s.namespace == ns).collect();
     for row in &active {
@@ -198,7 +215,7 @@ pub async fn destroy_namespace(state: &AppState, ns: &str) -> ApiResult<()> {
 }
 
 /// Ends every sandbox whose TTL has passed.
-pub async fn reap_expired(state: &AppState) -> ApiResult<usize> {
+pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
     let now = now_ms();
     let expired: Vec<SandboxRow> =
         state.store.active_sandboxes().await?.into_iter().filter(|s| s.expires_at_ms <= now).collect();
@@ -229,7 +246,7 @@ pub fn spawn_reaper(state: AppState) {
 /// (and its TTL has not passed), and otherwise torn down and marked failed; every sandbox the
 /// host has but the store does not know as active is an orphan and removed; cgroups of
 /// namespaces that no longer exist are removed.
-pub async fn reconcile(state: &AppState) -> ApiResult<ReconcileReport> {
+pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
     let mut report = ReconcileReport::default();
     let host = state.runtime.list().await?;
     let running: HashSet<&str> = host.iter().filter(|h| h.running).map(|h| h.id.as_str()).collect();
@@ -248,7 +265,7 @@ pub async fn reconcile(state: &AppState) -> ApiResult<ReconcileReport> {
             (SandboxStatus::Failed, "lost: the sandbox was not running when the server started")
         };
         if status == SandboxStatus::Failed {
-            if let Some(tenant) = crate::metrics::tenant(state, &row.namespace).await {
+            if let Some(tenant) = crate::state::tenant(state, &row.namespace).await {
                 state.metrics.sandbox_failed(&tenant, reason);
             }
         }

@@ -1,0 +1,570 @@
+//! In-memory fakes of [`Runtime`] and [`FilesystemStorage`] (the `fake` feature), so the server's
+//! handlers and services can be tested without root, cgroups or loop devices.
+//!
+//! They keep the contracts the server relies on: a sandbox that was not created (or was deleted)
+//! is `NotRunning`; files inside a sandbox and on a filesystem are bounded by `max_bytes`; a
+//! filesystem holds at most its size (a write past it is `NoSpace`, as ext4's `ENOSPC` is); a
+//! missing file is `NotFound`; writes are atomic and archives are swapped in whole. Commands run
+//! by [`FakeRuntime::exec`] are a tiny set: `echo ARGS...`, `cat` (stdin to stdout), `true`,
+//! `false`, `sh -c 'exit N'`; anything else exits 127.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{Cursor, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bulkhead_supervisor::protocol::{self, Failure, FailureKind};
+
+use crate::archive::{self, Stats};
+use crate::confined::{Entry, Kind};
+use crate::files::{self, Download, FileError, Preconditions, StagedArchive, WriteOptions, Written};
+use crate::storage::{FilesystemStorage, Usage};
+use crate::{
+    ExecEvent, ExecSpec, ExecStream, Exit, FileStream, HostSandbox, IdRange, NamespaceLimits, Result, RuntimeError,
+    SandboxSpec, SandboxStats,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One sandbox of the fake runtime.
+#[derive(Debug, Clone)]
+pub struct FakeSandbox {
+    pub spec: SandboxSpec,
+    /// Files written into it, by absolute path.
+    pub files: BTreeMap<String, Vec<u8>>,
+    /// Commands it ran, in order.
+    pub commands: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Default)]
+struct RuntimeState {
+    namespaces: BTreeMap<String, NamespaceLimits>,
+    sandboxes: BTreeMap<String, FakeSandbox>,
+}
+
+/// A [`Runtime`] that keeps sandboxes in memory.
+#[derive(Debug, Clone, Default)]
+pub struct FakeRuntime {
+    state: Arc<Mutex<RuntimeState>>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> FakeRuntime {
+        FakeRuntime::default()
+    }
+
+    /// The sandbox `id`, while it exists.
+    pub fn sandbox(&self, id: &str) -> Option<FakeSandbox> {
+        lock(&self.state).sandboxes.get(id).cloned()
+    }
+
+    /// Namespaces with a (fake) cgroup, and their limits.
+    pub fn namespace_limits(&self, namespace: &str) -> Option<NamespaceLimits> {
+        lock(&self.state).namespaces.get(namespace).copied()
+    }
+}
+
+fn not_running(id: &str) -> RuntimeError {
+    RuntimeError::NotRunning(id.to_owned())
+}
+
+/// What a fake command prints and how it exits.
+fn run(argv: &[String], stdin: &[u8]) -> (Vec<u8>, Vec<u8>, i32) {
+    match argv.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["echo", rest @ ..] => (format!("{}\n", rest.join(" ")).into_bytes(), Vec::new(), 0),
+        ["cat"] => (stdin.to_vec(), Vec::new(), 0),
+        ["true"] => (Vec::new(), Vec::new(), 0),
+        ["false"] => (Vec::new(), Vec::new(), 1),
+        ["sh", "-c", script] if script.starts_with("exit ") => {
+            (Vec::new(), Vec::new(), script["exit ".len()..].trim().parse().unwrap_or(2))
+        }
+        [program, ..] => (Vec::new(), format!("{program}: not found\n").into_bytes(), 127),
+        [] => (Vec::new(), Vec::new(), 127),
+    }
+}
+
+#[async_trait]
+impl crate::Runtime for FakeRuntime {
+    async fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()> {
+        lock(&self.state).namespaces.insert(namespace.to_owned(), *limits);
+        Ok(())
+    }
+
+    async fn remove_namespace(&self, namespace: &str) -> Result<()> {
+        let mut state = lock(&self.state);
+        if state.sandboxes.values().any(|s| s.spec.namespace == namespace) {
+            return Err(RuntimeError::Busy(format!("namespace {namespace} still has sandboxes")));
+        }
+        state.namespaces.remove(namespace);
+        Ok(())
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<()> {
+        let mut state = lock(&self.state);
+        if !state.namespaces.contains_key(&spec.namespace) {
+            return Err(RuntimeError::Unavailable(format!("namespace {} has no cgroup", spec.namespace)));
+        }
+        if state.sandboxes.contains_key(&spec.id) {
+            return Err(RuntimeError::Busy(format!("sandbox {} exists", spec.id)));
+        }
+        let sandbox = FakeSandbox { spec: spec.clone(), files: BTreeMap::new(), commands: Vec::new() };
+        state.sandboxes.insert(spec.id.clone(), sandbox);
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {
+        let (stdout, stderr, code) = {
+            let mut state = lock(&self.state);
+            let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_running(id))?;
+            sandbox.commands.push(spec.argv.clone());
+            run(&spec.argv, &stdin)
+        };
+        let cap = usize::try_from(spec.max_output_bytes).unwrap_or(usize::MAX);
+        let exit = Exit {
+            exit_code: Some(code),
+            signal: None,
+            timed_out: false,
+            stdout_truncated: stdout.len() > cap,
+            stderr_truncated: stderr.len() > cap,
+            duration_ms: 1,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        for event in [
+            (!stdout.is_empty()).then(|| ExecEvent::Stdout(stdout[..stdout.len().min(cap)].to_vec())),
+            (!stderr.is_empty()).then(|| ExecEvent::Stderr(stderr[..stderr.len().min(cap)].to_vec())),
+            Some(ExecEvent::Exit(exit)),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // The channel holds all three.
+            let _ = tx.try_send(Ok(event));
+        }
+        Ok(ExecStream::from_channel(rx))
+    }
+
+    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
+        let data = {
+            let state = lock(&self.state);
+            let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
+            let data = sandbox.files.get(path).cloned().ok_or_else(|| {
+                RuntimeError::File(Failure::new(FailureKind::NotFound, format!("{path}: no such file")))
+            })?;
+            if data.len() as u64 > max_bytes {
+                return Err(RuntimeError::File(Failure::new(
+                    FailureKind::TooLarge,
+                    format!("{path}: larger than {max_bytes} bytes"),
+                )));
+            }
+            data
+        };
+        // The supervisor's side of the protocol, over a socket pair: data frames, then done.
+        let (ours, theirs) = tokio::net::UnixStream::pair().map_err(RuntimeError::io("socket pair"))?;
+        let mut frames = Vec::new();
+        for chunk in data.chunks(64 * 1024) {
+            protocol::write_frame(&mut frames, protocol::kind::FILE_DATA, chunk).map_err(RuntimeError::io("frame"))?;
+        }
+        protocol::write_frame(&mut frames, protocol::kind::DONE, b"{}").map_err(RuntimeError::io("frame"))?;
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut theirs = theirs;
+            let _ = theirs.write_all(&frames).await;
+        });
+        crate::client::file_stream(ours, max_bytes).await
+    }
+
+    async fn write_file(
+        &self,
+        id: &str,
+        path: &str,
+        mut data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        max_bytes: u64,
+        _mode: u32,
+    ) -> Result<()> {
+        if !lock(&self.state).sandboxes.contains_key(id) {
+            return Err(not_running(id));
+        }
+        let mut content = Vec::new();
+        while let Some(chunk) = data.recv().await {
+            let chunk = chunk.map_err(|e| RuntimeError::File(Failure::new(FailureKind::Io, e.to_string())))?;
+            content.extend_from_slice(&chunk);
+            if content.len() as u64 > max_bytes {
+                return Err(RuntimeError::File(Failure::new(
+                    FailureKind::TooLarge,
+                    format!("{path}: more than {max_bytes} bytes"),
+                )));
+            }
+        }
+        let mut state = lock(&self.state);
+        let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_running(id))?;
+        sandbox.files.insert(path.to_owned(), content);
+        Ok(())
+    }
+
+    async fn delete(&self, _namespace: &str, id: &str) -> Result<()> {
+        lock(&self.state).sandboxes.remove(id);
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<HostSandbox>> {
+        let state = lock(&self.state);
+        Ok(state
+            .sandboxes
+            .values()
+            .map(|s| HostSandbox { id: s.spec.id.clone(), namespace: Some(s.spec.namespace.clone()), running: true })
+            .collect())
+    }
+
+    async fn namespaces(&self) -> Result<Vec<String>> {
+        Ok(lock(&self.state).namespaces.keys().cloned().collect())
+    }
+
+    async fn stats(&self, _namespace: &str, id: &str) -> Result<SandboxStats> {
+        let state = lock(&self.state);
+        let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
+        // A sandbox of the fake uses a millisecond of CPU per command and a mebibyte.
+        let commands = sandbox.commands.len() as u64;
+        Ok(SandboxStats { cpu_usage_ns: commands * 1_000_000, memory_bytes: 1 << 20, pids: 1, ..Default::default() })
+    }
+}
+
+/// One filesystem of the fake storage: its size and its tree (directories and files).
+#[derive(Debug, Clone, Default)]
+struct Tree {
+    size_bytes: u64,
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+impl Tree {
+    fn used(&self) -> u64 {
+        self.files.values().map(|f| f.len() as u64).sum()
+    }
+
+    fn is_dir(&self, rel: &Path) -> bool {
+        rel.as_os_str().is_empty() || self.dirs.contains(rel)
+    }
+
+    /// Checks that every parent of `rel` is a directory or missing, and creates the missing.
+    fn make_parents(&mut self, rel: &Path) -> std::result::Result<(), FileError> {
+        let mut parents: Vec<&Path> = rel.ancestors().skip(1).filter(|p| !p.as_os_str().is_empty()).collect();
+        parents.reverse();
+        for p in parents {
+            if self.files.contains_key(p) {
+                return Err(FileError::NotADirectory(format!("path: {} is not a directory", p.display())));
+            }
+            self.dirs.insert(p.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// A [`FilesystemStorage`] that keeps filesystems in memory. Usage counts file bytes only.
+#[derive(Debug, Clone, Default)]
+pub struct FakeStorage {
+    trees: Arc<Mutex<HashMap<String, Tree>>>,
+}
+
+impl FakeStorage {
+    pub fn new() -> FakeStorage {
+        FakeStorage::default()
+    }
+
+    /// The content of the file `rel` of filesystem `id`, when there is one.
+    pub fn file(&self, id: &str, rel: impl AsRef<Path>) -> Option<Vec<u8>> {
+        lock(&self.trees).get(id)?.files.get(rel.as_ref()).cloned()
+    }
+
+    fn with<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Tree) -> std::result::Result<T, FileError>,
+    ) -> std::result::Result<T, FileError> {
+        let mut trees = lock(&self.trees);
+        let tree = trees.get_mut(id).ok_or_else(|| FileError::Io(format!("open filesystem {id}: not mounted")))?;
+        f(tree)
+    }
+}
+
+fn entry(name: &std::ffi::OsStr, kind: Kind, size: u64) -> Entry {
+    let mode = if kind == Kind::Dir { 0o755 } else { 0o644 };
+    Entry { name: name.to_owned(), kind, size, mode, modified: SystemTime::UNIX_EPOCH }
+}
+
+#[async_trait]
+impl FilesystemStorage for FakeStorage {
+    async fn create(&self, id: &str, size_bytes: u64, _owner: IdRange) -> Result<()> {
+        let mut trees = lock(&self.trees);
+        if trees.contains_key(id) {
+            return Err(RuntimeError::Busy(format!("filesystem {id} exists")));
+        }
+        trees.insert(id.to_owned(), Tree { size_bytes, ..Default::default() });
+        Ok(())
+    }
+
+    async fn mount(&self, id: &str) -> Result<bool> {
+        Ok(lock(&self.trees).contains_key(id))
+    }
+
+    async fn grow(&self, id: &str, size_bytes: u64, _in_use: bool) -> Result<()> {
+        let mut trees = lock(&self.trees);
+        let tree = trees.get_mut(id).ok_or_else(|| RuntimeError::Busy(format!("filesystem {id} is not mounted")))?;
+        tree.size_bytes = tree.size_bytes.max(size_bytes);
+        Ok(())
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        lock(&self.trees).remove(id);
+        Ok(())
+    }
+
+    fn usage(&self, id: &str) -> Result<Usage> {
+        let trees = lock(&self.trees);
+        let tree = trees.get(id).ok_or_else(|| RuntimeError::Busy(format!("filesystem {id} is not mounted")))?;
+        Ok(Usage { used_bytes: tree.used(), total_bytes: tree.size_bytes })
+    }
+
+    fn mountpoint(&self, id: &str) -> PathBuf {
+        PathBuf::from("/fake/filesystems").join(id)
+    }
+
+    fn data_dir(&self, id: &str) -> PathBuf {
+        self.mountpoint(id).join("data")
+    }
+
+    fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.trees).keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn list(&self, id: &str, rel: &Path) -> std::result::Result<Vec<Entry>, FileError> {
+        self.with(id, |t| {
+            if t.files.contains_key(rel) {
+                return Err(FileError::NotADirectory(format!("path: {} is not a directory", rel.display())));
+            }
+            if !t.is_dir(rel) {
+                return Err(FileError::NotFound);
+            }
+            let mut out: Vec<Entry> = Vec::new();
+            for d in t.dirs.iter().filter(|d| d.parent() == Some(rel)) {
+                out.push(entry(d.file_name().unwrap_or_default(), Kind::Dir, 4096));
+            }
+            for (f, data) in t.files.iter().filter(|(f, _)| f.parent() == Some(rel)) {
+                out.push(entry(f.file_name().unwrap_or_default(), Kind::File, data.len() as u64));
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(out)
+        })
+    }
+
+    fn open(&self, id: &str, rel: &Path, max: u64) -> std::result::Result<Option<Download>, FileError> {
+        self.with(id, |t| {
+            if t.is_dir(rel) {
+                return Err(FileError::IsADirectory("path: is a directory (use list=true)".into()));
+            }
+            let Some(data) = t.files.get(rel) else { return Ok(None) };
+            if data.len() as u64 > max {
+                return Err(files::too_large_download(data.len() as u64, max));
+            }
+            let (len, etag) = (data.len() as u64, files::etag_of_bytes(data));
+            Ok(Some(Download { reader: Box::new(Cursor::new(data.clone())), len, etag }))
+        })
+    }
+
+    fn check(&self, id: &str, rel: &Path, pre: &Preconditions, _hash_max: u64) -> std::result::Result<(), FileError> {
+        self.with(id, |t| pre.check(t.files.get(rel).map(|d| files::etag_of_bytes(d)).as_deref()))
+    }
+
+    fn write(
+        &self,
+        id: &str,
+        rel: &Path,
+        data: &mut dyn Read,
+        options: WriteOptions,
+        pre: &Preconditions,
+        serialize: files::Serialize,
+    ) -> std::result::Result<Written, FileError> {
+        let mut content = Vec::new();
+        data.take(options.max_bytes + 1)
+            .read_to_end(&mut content)
+            .map_err(|_| FileError::Invalid("body: could not be read to the end".into()))?;
+        if content.len() as u64 > options.max_bytes {
+            return Err(FileError::TooLarge(format!("more than {} bytes", options.max_bytes)));
+        }
+        let _held = serialize();
+        self.with(id, |t| {
+            if t.is_dir(rel) {
+                return Err(FileError::IsADirectory(format!("path: {} is a directory", rel.display())));
+            }
+            // As on disk: parents first, then the content (which may not fit), then the
+            // condition, just before the replacement.
+            t.make_parents(rel)?;
+            let replaced = t.files.get(rel).map_or(0, |d| d.len() as u64);
+            if t.used() - replaced + content.len() as u64 > t.size_bytes {
+                return Err(FileError::NoSpace("the filesystem is full (its size_bytes)".into()));
+            }
+            pre.check(t.files.get(rel).map(|d| files::etag_of_bytes(d)).as_deref())?;
+            let written = Written { bytes: content.len() as u64, etag: files::etag_of_bytes(&content) };
+            t.files.insert(rel.to_owned(), content);
+            Ok(written)
+        })
+    }
+
+    fn remove(&self, id: &str, rel: &Path, pre: &Preconditions, _hash_max: u64) -> std::result::Result<(), FileError> {
+        self.with(id, |t| {
+            if pre.if_match.is_some() {
+                pre.check(t.files.get(rel).map(|d| files::etag_of_bytes(d)).as_deref())?;
+            }
+            if t.files.remove(rel).is_some() {
+                return Ok(());
+            }
+            if !t.dirs.contains(rel) {
+                return Err(FileError::NotFound);
+            }
+            if t.dirs.iter().any(|d| d.parent() == Some(rel)) || t.files.keys().any(|f| f.parent() == Some(rel)) {
+                return Err(FileError::NotEmpty);
+            }
+            t.dirs.remove(rel);
+            Ok(())
+        })
+    }
+
+    fn archive(&self, id: &str) -> std::result::Result<Box<dyn Read + Send>, FileError> {
+        let tree = self.with(id, |t| Ok(t.clone()))?;
+        let mut builder = tar::Builder::new(Vec::new());
+        let io = |e: std::io::Error| FileError::Io(e.to_string());
+        for d in &tree.dirs {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            builder.append_data(&mut h, d, std::io::empty()).map_err(io)?;
+        }
+        for (f, data) in &tree.files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            builder.append_data(&mut h, f, data.as_slice()).map_err(io)?;
+        }
+        Ok(Box::new(Cursor::new(builder.into_inner().map_err(io)?)))
+    }
+
+    fn stage_archive(
+        &self,
+        id: &str,
+        data: &mut dyn Read,
+        _owner: IdRange,
+        limits: archive::Limits,
+    ) -> std::result::Result<Box<dyn StagedArchive>, FileError> {
+        let size_bytes = self.with(id, |t| Ok(t.size_bytes))?;
+        let mut staged = Tree { size_bytes, ..Default::default() };
+        let mut stats = Stats::default();
+        let corrupt = |e: std::io::Error| FileError::Invalid(format!("body: not a valid archive: {e}"));
+        let mut tar = tar::Archive::new(data);
+        for entry in tar.entries().map_err(corrupt)? {
+            let mut entry = entry.map_err(corrupt)?;
+            let name = entry.path().map_err(corrupt)?.to_string_lossy().into_owned();
+            let rel = files::relative(&name, false)
+                .map_err(|_| FileError::Invalid(format!("archive entry {name:?}: not a plain relative path")))?;
+            stats.entries += 1;
+            if stats.entries > limits.max_entries {
+                return Err(FileError::NoSpace(format!(
+                    "the archive does not fit the filesystem: more than {} entries",
+                    limits.max_entries
+                )));
+            }
+            staged.make_parents(&rel).map_err(|e| FileError::Invalid(format!("archive entry {name:?}: {e}")))?;
+            match entry.header().entry_type() {
+                tar::EntryType::Directory => {
+                    staged.dirs.insert(rel);
+                }
+                tar::EntryType::Regular => {
+                    let mut content = Vec::new();
+                    entry.read_to_end(&mut content).map_err(corrupt)?;
+                    stats.bytes += content.len() as u64;
+                    if stats.bytes > limits.max_bytes {
+                        return Err(FileError::NoSpace(format!(
+                            "the archive does not fit the filesystem: more than {} bytes",
+                            limits.max_bytes
+                        )));
+                    }
+                    staged.files.insert(rel, content);
+                }
+                other => {
+                    return Err(FileError::Invalid(format!("archive entry {name:?}: {other:?} entries are refused")));
+                }
+            }
+        }
+        Ok(Box::new(FakeStaged { storage: self.clone(), id: id.to_owned(), tree: staged, stats }))
+    }
+}
+
+/// An archive extracted into memory, not yet swapped in.
+struct FakeStaged {
+    storage: FakeStorage,
+    id: String,
+    tree: Tree,
+    stats: Stats,
+}
+
+impl StagedArchive for FakeStaged {
+    fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    fn commit(self: Box<Self>) -> std::result::Result<Stats, FileError> {
+        let FakeStaged { storage, id, tree, stats } = *self;
+        storage.with(&id, move |t| {
+            *t = tree;
+            Ok(stats)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> IdRange {
+        IdRange { host_start: 200_000, size: 65_536 }
+    }
+
+    fn write(s: &FakeStorage, rel: &str, data: &[u8]) -> std::result::Result<Written, FileError> {
+        let options = WriteOptions { max_bytes: 1 << 20, hash_max: 1 << 20, mode: 0o644, owner: ids() };
+        s.write("fs_a", Path::new(rel), &mut &data[..], options, &Preconditions::default(), Box::new(|| Box::new(())))
+    }
+
+    #[tokio::test]
+    async fn a_fake_filesystem_is_full_at_its_size() {
+        let s = FakeStorage::new();
+        s.create("fs_a", 10, ids()).await.unwrap();
+        write(&s, "a/b.txt", b"12345678").unwrap();
+        assert!(matches!(write(&s, "c", b"123"), Err(FileError::NoSpace(_))));
+        // Replacing a file counts its new size only.
+        write(&s, "a/b.txt", b"1234567890").unwrap();
+        assert_eq!(s.usage("fs_a").unwrap().used_bytes, 10);
+        assert!(matches!(write(&s, "a/b.txt/c", b"x"), Err(FileError::NotADirectory(_))));
+        assert!(matches!(s.remove("fs_a", Path::new("a"), &Preconditions::default(), 0), Err(FileError::NotEmpty)));
+        assert!(matches!(s.open("fs_a", Path::new("nope"), 100), Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn an_archive_round_trips_through_a_fake_filesystem() {
+        let s = FakeStorage::new();
+        s.create("fs_a", 1 << 20, ids()).await.unwrap();
+        write(&s, "src/main.rs", b"fn main() {}").unwrap();
+        let mut tar = Vec::new();
+        s.archive("fs_a").unwrap().read_to_end(&mut tar).unwrap();
+        s.create("fs_b", 1 << 20, ids()).await.unwrap();
+        let limits = archive::Limits { max_entries: 10, max_bytes: 1 << 20 };
+        let staged = s.stage_archive("fs_b", &mut tar.as_slice(), ids(), limits).unwrap();
+        assert_eq!(s.file("fs_b", "src/main.rs"), None, "nothing changes before the commit");
+        assert_eq!(staged.commit().unwrap().bytes, 12);
+        assert_eq!(s.file("fs_b", "src/main.rs").as_deref(), Some(&b"fn main() {}"[..]));
+    }
+}

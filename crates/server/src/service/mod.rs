@@ -1,0 +1,73 @@
+//! The services under the HTTP handlers: sandboxes, filesystems (and their files and archives),
+//! logs and metering. They take validated domain values (ids, rows a handler loaded and
+//! authorized, resolved secrets), act on the store and the runtime through their traits, and
+//! answer [`ServiceError`]. Handlers parse, authorize, call a service and convert its answer.
+//!
+//! **Invariant:** nothing here knows HTTP: no axum, no `ApiError`, no status codes, no headers;
+//! [`crate::error`] maps [`ServiceError`] to the API's status and code once. Nothing here decides
+//! who may do what: the handler authorized every call before it was made.
+
+pub mod filesystems;
+pub mod logs;
+pub mod metering;
+pub mod sandboxes;
+pub mod secrets;
+
+use bulkhead_core::FieldError;
+use bulkhead_runtime::files::FileError;
+use bulkhead_runtime::RuntimeError;
+use bulkhead_store::{QuotaBreach, StoreError};
+
+/// Why a service refused or failed. Messages are the ones the API shows (for every variant but
+/// `Internal`, whose message goes to the log only).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No such resource, or one the caller may not know of; the message names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// A value the caller sent is refused; the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The resource's state does not allow the operation (it is mounted, not running, taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// A namespace quota would be exceeded.
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// Larger than a bound of the operation.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// Anything the caller cannot fix.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What a service answers.
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+impl From<FieldError> for ServiceError {
+    fn from(e: FieldError) -> Self {
+        ServiceError::Invalid(e.to_string())
+    }
+}
+
+impl ServiceError {
+    /// The refusal of a quota breach the store reported.
+    pub fn quota(b: &QuotaBreach) -> Self {
+        ServiceError::QuotaExceeded(format!(
+            "quota {} exceeded: limit {}, in use {}, requested {}",
+            b.quota, b.limit, b.used, b.requested
+        ))
+    }
+
+    /// Whether this is a quota refusal (which metering counts).
+    pub fn is_quota(&self) -> bool {
+        matches!(self, ServiceError::QuotaExceeded(_))
+    }
+}
