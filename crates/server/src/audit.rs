@@ -108,3 +108,12 @@ fn record_for(
         },
     ))
 }
+
+/// Appends a record that belongs to a request whose answer has already left: the exit of a
+/// streamed exec, known only when its stream ends. A failure is logged here, where it is handled;
+/// the client has its answer already.
+pub async fn append_late(state: &AppState, chain: &str, event: AuditEvent) {
+    if let Err(e) = state.store.append_audit(chain, event).await {
+        tracing::error!(error = %e, chain, "audit append after the answer failed");
+    }
+}

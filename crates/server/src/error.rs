@@ -143,6 +143,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::TooLarge(m) => ApiError::PayloadTooLarge(m),
             ServiceError::Store(e) => e.into(),
             ServiceError::Runtime(e) => e.into(),
+            ServiceError::Registry(e) => e.into(),
             ServiceError::File(e) => e.into(),
             ServiceError::Internal(m) => ApiError::Internal(m),
         }

@@ -4,13 +4,13 @@ use axum::Json;
 use bulkhead_api::{AuditParams, AuditRecord, AuditVerification, ErrorBody, Page};
 use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::{Action, Target};
-use bulkhead_store::AuditQuery;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::audit_out;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::service::records::AuditQuery;
 use crate::time::parse_rfc3339;
 
 async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Json<Page<AuditRecord>>> {
@@ -32,13 +32,13 @@ async fn list_chain(ctx: &Ctx, chain: &str, params: AuditParams) -> ApiResult<Js
         after_seq,
         limit,
     };
-    let records = ctx.state.store.list_audit(chain, &query).await?;
+    let records = crate::service::audit::list(&ctx.state, chain, &query).await?;
     let next_cursor = next_cursor(&records, limit, 'a', |r| r.seq.to_string());
     Ok(Json(Page { items: records.iter().map(audit_out).collect(), next_cursor }))
 }
 
 async fn verify_chain(ctx: &Ctx, chain: &str) -> ApiResult<Json<AuditVerification>> {
-    let v = ctx.state.store.verify_audit(chain).await?;
+    let v = crate::service::audit::verify(&ctx.state, chain).await?;
     if !v.ok {
         tracing::warn!(chain, first_bad_seq = v.first_bad_seq, "audit chain failed verification");
     }

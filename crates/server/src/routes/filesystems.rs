@@ -9,7 +9,6 @@ use bulkhead_api::FilesystemDeleteParams as DeleteParams;
 use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesystem};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Scope, Target};
-use bulkhead_store::FilesystemRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
@@ -17,6 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::filesystems;
+use crate::service::records::FilesystemRow;
 use crate::state::AppState;
 use crate::time::rfc3339;
 
@@ -55,7 +55,7 @@ pub async fn find_filesystem(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<Filesys
     if !ids::is_id(prefix::FILESYSTEM, id) {
         return Err(filesystem_not_found(id));
     }
-    ctx.state.store.get_filesystem(ns, id).await?.ok_or_else(|| filesystem_not_found(id))
+    filesystems::get(&ctx.state, ns, id).await?.ok_or_else(|| filesystem_not_found(id))
 }
 
 /// A filesystem as decisions see it: in its project.
@@ -99,7 +99,7 @@ async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u
         None => ApiError::Invalid("project: required for a key limited to projects".into()),
     };
     if let Some(p) = &req.project {
-        if !ids::is_id(prefix::PROJECT, p) || ctx.state.store.get_project(&ns, p).await?.is_none() {
+        if !ids::is_id(prefix::PROJECT, p) || crate::service::projects::get(&ctx.state, &ns, p).await?.is_none() {
             return Err(missing());
         }
     }

@@ -5,6 +5,7 @@
 //! (`bulkhead_runtime::confined`, behind `FilesystemStorage`), so a symlink a sandbox planted can never lead the server, which
 //! runs as the host's root, outside the tenant's own data.
 
+use crate::service::records::{files, Kind, Preconditions};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,8 +13,6 @@ use axum::Json;
 use bulkhead_api::FilesystemFileParams as FileQuery;
 use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
 use bulkhead_core::{Action, Target};
-use bulkhead_runtime::confined::Kind;
-use bulkhead_runtime::files::{self, Preconditions};
 
 use super::filesystems::load_filesystem;
 use super::load_namespace;

@@ -10,7 +10,6 @@ use bulkhead_api::{CreatePolicy, ErrorBody, ExplainRequest, ExplainResult, Ident
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Decision, Principal, Target};
 use bulkhead_policy::PrincipalName;
-use bulkhead_store::{PolicyRow, SandboxStatus, StoreError};
 
 use super::filesystems::filesystem_target;
 use super::load_namespace;
@@ -20,6 +19,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
+use crate::service::records::{PolicyRow, SandboxStatus};
+use crate::service::{filesystems, namespaces, policies, sandboxes};
 use crate::time::{now_ms, rfc3339};
 
 /// The namespace's single sign-on settings (`{"oidc": null}` when none).
@@ -71,8 +72,7 @@ pub async fn set(
         .map(|_| serde_json::to_string(&req))
         .transpose()
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    ctx.state.store.put_identity(&ns, text.as_deref(), now_ms()).await?;
-    ctx.state.identity.forget_provider(&ns);
+    policies::put_identity(&ctx.state, &ns, text.as_deref()).await?;
     Ok(Json(req))
 }
 
@@ -126,17 +126,10 @@ async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[
         created_at_ms: now_ms(),
     };
     // The whole set must still compile (ids are unique, nothing clashes).
-    let mut custom: Vec<(String, String)> =
-        ctx.state.store.all_policies(&ns).await?.into_iter().map(|p| (p.id, p.text)).collect();
+    let mut custom = policies::all(&ctx.state, &ns).await?;
     custom.push((row.id.clone(), row.text.clone()));
     ctx.state.identity.engine.compile(&custom).map_err(cedar)?;
-    match ctx.state.store.create_policy(&row, MAX_POLICIES).await {
-        Err(StoreError::Quota(b)) => {
-            return Err(ApiError::QuotaExceeded(format!("a namespace holds at most {} policies", b.limit)))
-        }
-        other => other?,
-    }
-    ctx.state.identity.forget_policies(&ns);
+    policies::create(&ctx.state, &row, MAX_POLICIES).await?;
     ctx.audit_resource(format!("policy:{}", row.id));
     ctx.audit_detail("name", row.name.as_str());
     Created::json(StatusCode::CREATED, &policy_out(&row))
@@ -156,7 +149,7 @@ pub async fn list_policies(
     let limit = page.limit()?;
     let after = page.after('l')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_policies(&ns, after.as_deref(), limit).await?;
+    let rows = policies::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'l', |r| r.id.clone());
     Ok(Json(Page { items: rows.iter().map(policy_out).collect(), next_cursor }))
 }
@@ -169,10 +162,9 @@ pub async fn list_policies(
 pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::PolicyDelete, &Target::policy(&ns, &id))?;
     load_namespace(&ctx, &ns).await?;
-    if !ids::is_id(prefix::POLICY, &id) || !ctx.state.store.delete_policy(&ns, &id).await? {
+    if !ids::is_id(prefix::POLICY, &id) || !policies::delete(&ctx.state, &ns, &id).await? {
         return Err(ApiError::NotFound(format!("policy {id:?} not found")));
     }
-    ctx.state.identity.forget_policies(&ns);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -203,19 +195,13 @@ pub async fn explain(
     let namespace = ns.clone();
     let (principal, role) = match name {
         PrincipalName::Key(id) => {
-            let key = ctx
-                .state
-                .store
-                .get_key(&ns, &id)
+            let key = namespaces::get_key(&ctx.state, &ns, &id)
                 .await?
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no key {id}")))?;
             (Principal::Key { id, namespace, role: key.role, projects: key.projects }, Some(key.role))
         }
         PrincipalName::Sandbox(id) => {
-            let sbx = ctx
-                .state
-                .store
-                .get_sandbox(&ns, &id)
+            let sbx = sandboxes::get(&ctx.state, &ns, &id)
                 .await?
                 .filter(|s| s.status != SandboxStatus::Deleted)
                 // One the caller may not see (another project's) is answered like a missing one.
@@ -240,8 +226,8 @@ pub async fn explain(
     // A resource the caller may not see (another project's) is explained as a missing one: its
     // scope unknown, so the answer never tells whether it exists.
     let known = match &target {
-        Target::Filesystem { id, .. } => ctx.state.store.get_filesystem(&ns, id).await?.map(|f| filesystem_target(&f)),
-        Target::Sandbox { id, .. } => ctx.state.store.get_sandbox(&ns, id).await?.map(|s| sandbox_target(&s)),
+        Target::Filesystem { id, .. } => filesystems::get(&ctx.state, &ns, id).await?.map(|f| filesystem_target(&f)),
+        Target::Sandbox { id, .. } => sandboxes::get(&ctx.state, &ns, id).await?.map(|s| sandbox_target(&s)),
         _ => None,
     };
     if let Some(known) = known.filter(|t| ctx.sees(Action::AuthzExplain, t)) {

@@ -9,7 +9,6 @@ use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
 use bulkhead_core::{validate, Action, Role, Target};
-use bulkhead_store::KeyRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
@@ -17,6 +16,8 @@ use crate::convert::{key_out, role_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
+use crate::service::namespaces;
+use crate::service::records::KeyRow;
 use crate::time::{now_ms, parse_rfc3339};
 
 /// Keys may live at most ten years.
@@ -42,7 +43,7 @@ pub async fn create(
     // read; the role asked for is checked once it is known.
     ctx.authorize(Action::KeyCreate, &Target::key(&ns, None, Some(Role::Viewer)))?;
     let h = headers.clone();
-    let on_replay = |reply: bulkhead_store::IdempotentReply| -> ApiResult<Response> {
+    let on_replay = |reply: crate::service::records::IdempotentReply| -> ApiResult<Response> {
         let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
         Err(ApiError::Conflict(format!(
             "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
@@ -85,7 +86,8 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
                 return Err(ApiError::Invalid("projects: at most 100".into()));
             }
             for id in list {
-                let found = ids::is_id(prefix::PROJECT, id) && ctx.state.store.get_project(ns, id).await?.is_some();
+                let found = ids::is_id(prefix::PROJECT, id)
+                    && crate::service::projects::get(&ctx.state, ns, id).await?.is_some();
                 // A key limited to projects may only mint keys within the projects it sees.
                 if !found || !ctx.sees(Action::ProjectList, &Target::project(ns, Some(id))) {
                     return Err(ApiError::Invalid(format!("projects: no project {id:?} in this namespace")));
@@ -114,7 +116,7 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
         expires_at_ms,
         projects,
     };
-    ctx.state.store.create_key(&row).await?;
+    namespaces::create_key(&ctx.state, &row).await?;
     ctx.audit_resource(format!("key:{}", row.id));
     let key = key_out(&row);
     // Replays keep the metadata only: the token is stored nowhere.
@@ -137,7 +139,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('k')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_keys(&ns, after.as_deref(), limit).await?;
+    let rows = namespaces::list_keys(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'k', |r| r.id.clone());
     Ok(Json(Page { items: rows.iter().map(key_out).collect(), next_cursor }))
 }
@@ -153,7 +155,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
     if !ids::is_id(prefix::KEY, &id) {
         return Err(key_not_found(&id));
     }
-    let row = ctx.state.store.get_key(&ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
+    let row = namespaces::get_key(&ctx.state, &ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
     Ok(Json(key_out(&row)))
 }
 
@@ -168,13 +170,12 @@ pub async fn revoke(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>
     if !ids::is_id(prefix::KEY, &id) {
         return Err(key_not_found(&id));
     }
-    let row = ctx.state.store.get_key(&ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
+    let row = namespaces::get_key(&ctx.state, &ns, &id).await?.ok_or_else(|| key_not_found(&id))?;
     ctx.authorize(Action::KeyRevoke, &Target::key(&ns, Some(&id), Some(row.role)))?;
     ctx.audit_detail("name", row.name.as_str());
     ctx.audit_detail("role", row.role.as_str());
-    if !ctx.state.store.delete_key(&ns, &id).await? {
+    if !namespaces::delete_key(&ctx.state, &ns, &id).await? {
         return Err(key_not_found(&id));
     }
-    ctx.state.keys.evict_key(&id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -179,7 +179,7 @@ async fn still_allowed(
         return None;
     }
     if let Some(id) = sandbox {
-        let row = state.store.get_sandbox(ns, id).await.ok()??;
+        let row = crate::service::sandboxes::get(state, ns, id).await.ok()??;
         if !decider.sees(Action::LogsRead, &super::sandboxes::sandbox_target(&row)) {
             return None;
         }
@@ -193,15 +193,15 @@ async fn still_valid(state: &crate::state::AppState, principal: &Principal, ns: 
     let found = match principal {
         Principal::Admin => true,
         Principal::Key { id, .. } => {
-            matches!(state.store.get_key(ns, id).await, Ok(Some(k)) if k.expires_at_ms.is_none_or(|t| t > now))
+            matches!(crate::service::namespaces::get_key(state, ns, id).await, Ok(Some(k)) if k.expires_at_ms.is_none_or(|t| t > now))
         }
         Principal::Sandbox { id, .. } => {
-            matches!(state.store.get_sandbox(ns, id).await, Ok(Some(s)) if s.status.is_active() && s.expires_at_ms > now)
+            matches!(crate::service::sandboxes::get(state, ns, id).await, Ok(Some(s)) if s.status.is_active() && s.expires_at_ms > now)
         }
         // A user's token is not kept; the namespace's existence is what can be checked.
         Principal::User { .. } => true,
     };
-    found && matches!(state.store.get_namespace(ns).await, Ok(Some(_)))
+    found && matches!(crate::service::namespaces::get(state, ns).await, Ok(Some(_)))
 }
 
 /// A stream fed by a task: the task ends when the client goes away (its sends fail).

@@ -17,7 +17,7 @@ pub mod scope;
 pub mod secrets;
 pub mod usage;
 
-use bulkhead_store::NamespaceRow;
+use crate::service::records::NamespaceRow;
 
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -29,7 +29,9 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
     let row = match ctx.state.namespaces.get(ns) {
         Some(row) => row,
         None => {
-            let row = ctx.state.store.get_namespace(ns).await?.ok_or_else(|| ApiError::namespace_not_found(ns))?;
+            let row = crate::service::namespaces::get(&ctx.state, ns)
+                .await?
+                .ok_or_else(|| ApiError::namespace_not_found(ns))?;
             ctx.state.namespaces.put(row.clone());
             row
         }

@@ -6,7 +6,6 @@ use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
 use bulkhead_core::{validate, Action, Target};
-use bulkhead_store::NamespaceRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
@@ -14,7 +13,7 @@ use crate::convert::{namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
-use crate::time::now_ms;
+use crate::service::namespaces;
 
 /// Create a namespace (platform admin).
 #[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = CreateNamespace,
@@ -47,32 +46,7 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
     }
     let quotas = quotas_in(&req.quotas);
     quotas.validate()?;
-    let now = now_ms();
-    // The namespace's host ids come from the host registry, so no other server maps onto them.
-    let ids = ctx.state.host_ids.allocate(&req.name).await?;
-    let row = NamespaceRow {
-        name: req.name,
-        isolation,
-        quotas,
-        created_at_ms: now,
-        updated_at_ms: now,
-        id_start: ids.host_start,
-        id_count: ids.size,
-        incarnation: bulkhead_core::ids::new_incarnation(),
-    };
-    if let Err(e) = ctx.state.store.create_namespace(&row).await {
-        ctx.state.host_ids.release(ids).await;
-        return Err(e.into());
-    }
-    if let Err(e) = ctx.state.host_ids.confirm(&row).await {
-        let _ = ctx.state.store.delete_namespace(&row.name).await;
-        return Err(e.into());
-    }
-    // A name can be reused after a delete: the new incarnation starts with nothing cached of the
-    // old one (its logs and metrics are keyed by incarnation and start empty anyway).
-    ctx.state.namespaces.remove(&row.name);
-    ctx.state.keys.evict_namespace(&row.name);
-    ctx.state.identity.forget(&row.name);
+    let row = namespaces::create(&ctx.state, req.name, isolation, quotas).await?;
     Created::json(StatusCode::CREATED, &namespace_out(&row))
 }
 
@@ -86,7 +60,7 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
     // The store reads only the principal's own namespace for a namespace's principal; each one
     // read is decided too.
     let only = ctx.principal.namespace();
-    let rows = ctx.state.store.list_namespaces(after.as_deref(), limit, only).await?;
+    let rows = namespaces::list(&ctx.state, after.as_deref(), limit, only).await?;
     let next_cursor = next_cursor(&rows, limit, 'n', |r| r.name.clone());
     let items = rows
         .iter()
@@ -98,7 +72,7 @@ pub async fn list(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiRe
 
 /// What a namespace uses now: active sandboxes, allocated and written disk.
 async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
-    let u = ctx.state.store.namespace_use(ns).await?;
+    let u = namespaces::usage(&ctx.state, ns).await?;
     let disk_used_bytes = crate::service::filesystems::disk_used(&ctx.state, &u.filesystem_ids);
     Ok(bulkhead_api::NamespaceUsage {
         sandboxes: u.sandboxes,
@@ -142,15 +116,8 @@ pub async fn update(
     if let Some(q) = &req.quotas {
         ctx.audit_detail("quotas", serde_json::to_value(q).unwrap_or_default());
     }
-    let row = ctx
-        .state
-        .store
-        .update_namespace_quotas(&ns, &quotas, now_ms())
-        .await?
-        .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
-    ctx.state.namespaces.put(row.clone());
-    // The kernel enforces the new limits on the namespace's cgroup at once.
-    ctx.state.runtime.ensure_namespace(&ns, &crate::sandboxes::namespace_limits(&row)).await?;
+    let row =
+        namespaces::update_quotas(&ctx.state, &ns, &quotas).await?.ok_or_else(|| ApiError::namespace_not_found(&ns))?;
     Ok(Json(namespace_out(&row)))
 }
 
@@ -162,21 +129,11 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
     ctx.authorize(Action::NamespaceDelete, &Target::namespace(&ns))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.
     ctx.audit_chain(bulkhead_core::audit::PLATFORM_CHAIN);
-    let Some(row) = ctx.state.store.get_namespace(&ns).await? else {
+    let Some(row) = namespaces::get(&ctx.state, &ns).await? else {
         return Err(ApiError::namespace_not_found(&ns));
     };
-    ctx.state.namespaces.remove(&ns);
-    crate::sandboxes::destroy_namespace(&ctx.state, &ns).await?;
-    if !ctx.state.store.delete_namespace(&ns).await? {
+    if !namespaces::delete(&ctx.state, &row).await? {
         return Err(ApiError::namespace_not_found(&ns));
     }
-    // Nothing on the host is owned by the namespace's ids any more: its range goes back.
-    ctx.state.host_ids.release(crate::sandboxes::id_range(&row)?).await;
-    ctx.state.keys.evict_namespace(&ns);
-    ctx.state.namespaces.remove(&ns);
-    // Everything kept per incarnation outside the store goes with it.
-    ctx.state.logs.forget(&row.incarnation).await;
-    ctx.state.metrics.forget(&row.incarnation);
-    ctx.state.identity.forget(&ns);
     Ok(StatusCode::NO_CONTENT)
 }

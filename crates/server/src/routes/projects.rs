@@ -7,13 +7,14 @@ use axum::Json;
 use bulkhead_api::{CreateProject, ErrorBody, Page, Project};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
-use bulkhead_store::ProjectRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
+use crate::service::projects;
+use crate::service::records::ProjectRow;
 use crate::time::{now_ms, rfc3339};
 
 fn project_out(p: &ProjectRow) -> Project {
@@ -55,7 +56,7 @@ async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8])
     })?;
     load_namespace(ctx, &ns).await?;
     let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
-    ctx.state.store.create_project(&row).await?;
+    projects::create(&ctx.state, &row).await?;
     ctx.audit_resource(format!("project:{}", row.id));
     ctx.audit_detail("name", row.name.as_str());
     Created::json(StatusCode::CREATED, &project_out(&row))
@@ -73,7 +74,7 @@ pub async fn list(
     let limit = page.limit()?;
     let after = page.after('p')?;
     load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_projects(&ns, after.as_deref(), limit).await?;
+    let rows = projects::list(&ctx.state, &ns, after.as_deref(), limit).await?;
     let next_cursor = next_cursor(&rows, limit, 'p', |r| r.id.clone());
     let items = rows
         .iter()
@@ -95,12 +96,8 @@ pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>
     if !ids::is_id(prefix::PROJECT, &id) {
         return Err(not_found());
     }
-    match ctx.state.store.delete_project(&ns, &id).await {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(not_found()),
-        Err(bulkhead_store::StoreError::Conflict(_)) => {
-            Err(ApiError::Conflict(format!("project {id} still has filesystems; delete them first")))
-        }
-        Err(e) => Err(e.into()),
+    if !projects::delete(&ctx.state, &ns, &id).await? {
+        return Err(not_found());
     }
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::service::records::{ExecEvent as RtEvent, ExecSpec, ExecStream, Exit, RunFile, SandboxRow, SandboxStatus};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,9 +15,6 @@ use bulkhead_api::{
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{Action, Decision, Principal, Scope, Target};
-use bulkhead_runtime::RunFile;
-use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
-use bulkhead_store::{SandboxRow, SandboxStatus};
 
 use super::load_namespace;
 use crate::auth::Ctx;
@@ -78,7 +76,7 @@ pub async fn load_sandbox(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow
     if !ids::is_id(prefix::SANDBOX, id) {
         return Err(sandbox_not_found(id));
     }
-    let row = ctx.state.store.get_sandbox(ns, id).await?.ok_or_else(|| sandbox_not_found(id))?;
+    let row = sandboxes::get(&ctx.state, ns, id).await?.ok_or_else(|| sandbox_not_found(id))?;
     ctx.reauthorize(&sandbox_target(&row))?;
     Ok(row)
 }
@@ -232,10 +230,7 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
             // The sandbox is of the namespace and a secret is in no project: never hidden.
             Decision::NotFound(_) => return Err(ApiError::Internal("a new sandbox's own namespace was hidden".into())),
         }
-        let row = ctx
-            .state
-            .store
-            .get_secret(&ns, &s.name)
+        let row = crate::service::secrets::get(&ctx.state, &ns, &s.name)
             .await?
             .ok_or_else(|| ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name)))?;
         let value = crate::identity::open_secret(&ctx.state, &ns, &s.name, &row.sealed).await?;
@@ -460,13 +455,7 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
 
 /// The streamed answer of an exec. The audit record of the request says the exec began; the
 /// stream appends one more (`sandbox.exec.exit`) with the exit code when it ends.
-fn stream_response(
-    ctx: Ctx,
-    ns: String,
-    id: String,
-    stream: bulkhead_runtime::ExecStream,
-    guard: StreamGuard,
-) -> Response {
+fn stream_response(ctx: Ctx, ns: String, id: String, stream: ExecStream, guard: StreamGuard) -> Response {
     let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
@@ -523,9 +512,7 @@ fn stream_response(
                     request_id,
                     detail,
                 };
-                if let Err(e) = app.store.append_audit(&ns, event).await {
-                    tracing::error!(error = %e, "audit append of a streamed exec's exit failed");
-                }
+                crate::audit::append_late(&app, &ns, event).await;
             }
             let next = if done { None } else { Some((stream, guard)) };
             Some((Ok::<_, std::convert::Infallible>(ndjson_line(&event)), next))

@@ -59,11 +59,11 @@ impl Visible {
         // One the store does not know (any more) or cannot read now is outside every project.
         let (namespace, id) = (ns.to_owned(), id.to_owned());
         let target = match kind {
-            "sandbox" => match state.store.get_sandbox(ns, &id).await {
+            "sandbox" => match crate::service::sandboxes::get(state, ns, &id).await {
                 Ok(Some(row)) => sandbox_target(&row),
                 _ => Target::Sandbox { namespace, id, scope: Scope::Namespace },
             },
-            "filesystem" => match state.store.get_filesystem(ns, &id).await {
+            "filesystem" => match crate::service::filesystems::get(state, ns, &id).await {
                 Ok(Some(row)) => filesystem_target(&row),
                 _ => Target::Filesystem { namespace, id, scope: Scope::Namespace },
             },

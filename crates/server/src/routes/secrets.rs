@@ -9,13 +9,13 @@ use axum::response::Response;
 use axum::Json;
 use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::{validate, Action, Target};
-use bulkhead_store::SecretRow;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
+use crate::service::records::SecretRow;
 use crate::service::secrets;
 use crate::time::rfc3339;
 

@@ -3,13 +3,13 @@
 use axum::Json;
 use bulkhead_api::{ErrorBody, UsageBucket, UsageParams, UsageReport, UsageTotals};
 use bulkhead_core::{Action, Target};
-use bulkhead_store::UsageDelta;
 
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{PathParams, QueryParams};
 use crate::service::metering;
+use crate::service::records::UsageDelta;
 use crate::time::{now_ms, parse_rfc3339, rfc3339};
 
 const DAY_MS: i64 = 24 * 3600 * 1000;

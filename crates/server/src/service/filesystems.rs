@@ -266,3 +266,8 @@ pub async fn commit_archive(upload: ArchiveUpload, staged: Box<dyn StagedArchive
     drop(upload);
     stats
 }
+
+/// Filesystem `id` of namespace `ns`, if it exists.
+pub async fn get(state: &AppState, ns: &str, id: &str) -> ServiceResult<Option<FilesystemRow>> {
+    Ok(state.store.get_filesystem(ns, id).await?)
+}

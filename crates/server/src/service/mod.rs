@@ -7,14 +7,20 @@
 //! [`crate::error`] maps [`ServiceError`] to the API's status and code once. Nothing here decides
 //! who may do what: the handler authorized every call before it was made.
 
+pub mod audit;
 pub mod filesystems;
 pub mod logs;
 pub mod metering;
+pub mod namespaces;
+pub mod policies;
+pub mod projects;
+pub mod records;
 pub mod sandboxes;
 pub mod secrets;
 
 use bulkhead_core::FieldError;
 use bulkhead_runtime::files::FileError;
+use bulkhead_runtime::hostreg::RegistryError;
 use bulkhead_runtime::RuntimeError;
 use bulkhead_store::{QuotaBreach, StoreError};
 
@@ -43,6 +49,8 @@ pub enum ServiceError {
     Runtime(#[from] RuntimeError),
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     /// Anything the caller cannot fix.
     #[error("{0}")]
     Internal(String),

@@ -293,3 +293,8 @@ pub struct ReconcileReport {
     pub failed: usize,
     pub orphans: usize,
 }
+
+/// Sandbox `id` of namespace `ns`, if it exists (in any status).
+pub async fn get(state: &AppState, ns: &str, id: &str) -> ServiceResult<Option<SandboxRow>> {
+    Ok(state.store.get_sandbox(ns, id).await?)
+}

@@ -43,3 +43,8 @@ pub async fn delete(state: &AppState, namespace: &str, name: &str) -> ServiceRes
     }
     Ok(())
 }
+
+/// Secret `name` of namespace `ns`, sealed, if it exists.
+pub async fn get(state: &AppState, ns: &str, name: &str) -> ServiceResult<Option<SecretRow>> {
+    Ok(state.store.get_secret(ns, name).await?)
+}

@@ -1,0 +1,11 @@
+//! The records the services take and answer: the store's rows and the runtime's exec and file
+//! types, named here so that the handlers depend on the service layer alone, never on the store
+//! or the runtime crate.
+
+pub use bulkhead_runtime::confined::Kind;
+pub use bulkhead_runtime::files::{self, Preconditions};
+pub use bulkhead_runtime::{ExecEvent, ExecSpec, ExecStream, Exit, RunFile};
+pub use bulkhead_store::{
+    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow, SandboxRow,
+    SandboxStatus, SecretRow, UsageDelta,
+};
