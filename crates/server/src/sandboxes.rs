@@ -10,7 +10,7 @@ use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, StoreEr
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, AppState};
 
-pub use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
+use bulkhead_runtime::hostreg::ID_BASE;
 
 /// The host ids of a namespace's sandboxes: the range the host registry handed the namespace,
 /// kept in its row.
