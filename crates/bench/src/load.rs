@@ -354,15 +354,30 @@ impl Get {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection to `addr`, driven by a task of its own until the sender
-/// is dropped.
-async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+/// The connection half of a client connection: a future that does its IO.
+type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
+
+/// A keep-alive HTTP/1.1 connection to `addr`: the sender of requests, and the connection that
+/// must be driven (see [`drive`]) for them to be answered.
+async fn connect(addr: SocketAddr) -> anyhow::Result<(SendRequest<Empty<Bytes>>, Connection)> {
     let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let (sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")?;
-    tokio::spawn(connection);
-    Ok(sender)
+    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")
+}
+
+/// Runs `work` while driving `connection` in the same task, so that a request and its
+/// connection's IO wake one task, not two.
+async fn drive<T>(
+    connection: Connection,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        done = work => done,
+        end = connection => match end {
+            Ok(()) => bail!("the server closed the connection"),
+            Err(e) => Err(anyhow::Error::new(e).context("the connection failed")),
+        },
+    }
 }
 
 /// Sends `get` on `sender` and reads the whole answer; its status.
@@ -376,15 +391,18 @@ async fn send(sender: &mut SendRequest<Empty<Bytes>>, get: &Get) -> anyhow::Resu
 
 /// One keep-alive connection sending `get` again and again until `until`.
 async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::Result<Counts> {
-    let mut sender = connect(addr).await?;
-    let mut counts = Counts::default();
-    while Instant::now() < until {
-        match send(&mut sender, &get).await? {
-            200 => counts.ok += 1,
-            _ => counts.other += 1,
+    let (mut sender, connection) = connect(addr).await?;
+    let load = async {
+        let mut counts = Counts::default();
+        while Instant::now() < until {
+            match send(&mut sender, &get).await? {
+                200 => counts.ok += 1,
+                _ => counts.other += 1,
+            }
         }
-    }
-    Ok(counts)
+        Ok(counts)
+    };
+    drive(connection, load).await
 }
 
 /// `concurrency` connections sending `GET path` for `seconds`; 200s per second and the count
@@ -401,7 +419,8 @@ async fn hammer(
         host: HeaderValue::from_str(&addr.to_string())?,
         auth: token.map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).transpose()?,
     });
-    let status = send(&mut connect(addr).await?, &get).await?;
+    let (mut sender, connection) = connect(addr).await?;
+    let status = drive(connection, send(&mut sender, &get)).await?;
     if status != 200 {
         bail!("GET {path} answered HTTP {status}, not 200");
     }
