@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use bulkhead_client::{AuditFilter, Client, ClientError};
-use bulkhead_runtime::cgroup::{Cgroups, Version};
 use bulkhead_runtime::host::{self, HostResource};
 use clap::Args;
 use serde::Serialize;
@@ -108,62 +107,20 @@ fn is_leak(found: &Found, live: Option<&Live>) -> bool {
     }
 }
 
-/// Whether `text` names `dir` or something under it (and not merely a sibling that starts
-/// with the same characters, such as `/run/bulkhead-test` for `/run/bulkhead`).
-fn mentions_dir(text: &str, dir: &str) -> bool {
-    let dir = dir.trim_end_matches('/');
-    if dir.is_empty() {
-        return false;
-    }
-    text.match_indices(dir).any(|(i, _)| matches!(text[i + dir.len()..].chars().next(), None | Some('/' | ' ')))
-}
-
 /// The cgroup dirs of this server, placed in its tree.
 fn cgroups(prefix: &str) -> Vec<Found> {
-    let root = Path::new(CGROUP_ROOT);
-    let Ok(cg) = Cgroups::detect(root, prefix) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for dir in cg.existing() {
-        let Ok(rel) = dir.strip_prefix(root) else { continue };
-        let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-        if cg.version() == Version::V1 && !parts.is_empty() {
-            // The hierarchy (`cpu`, `memory`, ...).
-            parts.remove(0);
-        }
-        if parts.first().map(String::as_str) != Some(prefix) {
-            continue;
-        }
-        let level = match parts.len() {
-            1 => Level::Top,
-            2 => Level::Namespace(parts[1].clone()),
-            _ => Level::Sandbox,
-        };
-        let busy = level != Level::Sandbox
-            && std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty());
-        out.push(Found { kind: "cgroup", name: dir.display().to_string(), level, busy });
-    }
-    out
-}
-
-/// Supervisor processes of this server (those in a cgroup under its prefix), named with their
-/// cgroup so that a live sandbox's supervisor carries its id.
-fn supervisors(prefix: &str) -> Vec<Found> {
-    let mut out = Vec::new();
-    for p in host::supervisor_processes() {
-        let pid = p.name.strip_prefix("pid ").and_then(|r| r.split(' ').next()).unwrap_or_default();
-        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else { continue };
-        let ours =
-            text.lines().filter_map(|l| l.splitn(3, ':').nth(2)).find(|path| path.split('/').any(|c| c == prefix));
-        if let Some(path) = ours {
-            out.push(Found::sandbox(HostResource { kind: p.kind, name: format!("{} in cgroup {path}", p.name) }));
-        }
-    }
-    out
+    host::cgroups_of(Path::new(CGROUP_ROOT), prefix)
+        .into_iter()
+        .map(|c| {
+            let level = match c.below_prefix.as_slice() {
+                [] => Level::Top,
+                [ns] => Level::Namespace(ns.clone()),
+                _ => Level::Sandbox,
+            };
+            let busy = level != Level::Sandbox && c.busy;
+            Found { kind: "cgroup", name: c.path.display().to_string(), level, busy }
+        })
+        .collect()
 }
 
 /// Everything of Bulkhead on this host that this server may own.
@@ -175,15 +132,14 @@ fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
     // The view every sandbox's mounts come from is the server's standing configuration, like
     // its prefix cgroup.
     let view = format!(" on {}", state.join(bulkhead_runtime::oci::VIEW_DIR).display());
-    let (views, mounts): (Vec<_>, Vec<_>) = host::mounts(&state_name)
-        .into_iter()
-        .filter(|m| mentions_dir(&m.name, &state_name))
-        .partition(|m| m.name.ends_with(&view));
+    let (views, mounts): (Vec<_>, Vec<_>) =
+        host::mounts_under(&state_name).into_iter().partition(|m| m.name.ends_with(&view));
     found.extend(views.into_iter().map(|r| Found { kind: r.kind, name: r.name, level: Level::Top, busy: false }));
     // Filesystems are mounted under the state dir's `filesystems/` from loop devices of the
     // data dir's images for as long as they exist: they are judged by filesystem, not sandbox.
     let filesystems = state.join("filesystems").display().to_string();
-    let (fs_mounts, mounts): (Vec<_>, Vec<_>) = mounts.into_iter().partition(|m| mentions_dir(&m.name, &filesystems));
+    let (fs_mounts, mounts): (Vec<_>, Vec<_>) =
+        mounts.into_iter().partition(|m| host::mentions_dir(&m.name, &filesystems));
     let sandbox_level = host::dir_entries(&state.join("sandboxes"), "bundle")
         .into_iter()
         .chain(host::dir_entries(&state.join("runc"), "oci-state"))
@@ -193,7 +149,8 @@ fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
     let fs_level =
         fs_mounts.into_iter().chain(data_dir.map(|d| host::loop_devices(&d.join("filesystems"))).unwrap_or_default());
     found.extend(fs_level.map(|r| Found { kind: r.kind, name: r.name, level: Level::Filesystem, busy: false }));
-    found.extend(supervisors(&args.cgroup_prefix));
+    // A supervisor is named with its cgroup, so a live sandbox's supervisor carries its id.
+    found.extend(host::supervisors_of(&args.cgroup_prefix).iter().map(|s| Found::sandbox(s.resource())));
     found
 }
 
@@ -268,14 +225,8 @@ async fn live(global: &Global) -> anyhow::Result<Option<Live>> {
     }
 }
 
-/// Whether this process runs as root.
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
 pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCode> {
-    if !is_root() {
+    if !host::is_root() {
         anyhow::bail!("doctor reads this host's cgroups, processes and mounts: run it as root on the server's host");
     }
     if let Some(owner) = &args.forget_owner {
@@ -342,13 +293,5 @@ mod tests {
         assert!(!is_leak(&found("x", Level::Top, false), Some(&live)));
         assert!(is_leak(&found("x", Level::Top, false), Some(&Live::default())));
         assert!(is_leak(&found("x", Level::Top, true), None));
-    }
-
-    #[test]
-    fn dirs_are_matched_whole() {
-        assert!(mentions_dir("tmpfs on /run/bulkhead/sandboxes/x", "/run/bulkhead"));
-        assert!(mentions_dir("tmpfs on /run/bulkhead", "/run/bulkhead/"));
-        assert!(mentions_dir("/run/bulkhead on /x", "/run/bulkhead"));
-        assert!(!mentions_dir("tmpfs on /run/bulkhead-test-1/x", "/run/bulkhead"));
     }
 }

@@ -1,8 +1,6 @@
 //! `bulkhead`: `bulkhead serve` runs the server; every other subcommand is a client of its HTTP
 //! API. Errors print one line and exit non-zero.
 
-mod bench;
-mod bench_load;
 mod commands;
 mod doctor;
 mod fs;
@@ -79,7 +77,7 @@ enum Command {
     /// A namespace's exec output; `-f` follows it live.
     Logs(logs::LogsArgs),
     /// Measure sandbox create, exec and delete against raw baselines (as root, release build).
-    Bench(bench::BenchArgs),
+    Bench(bulkhead_bench::BenchArgs),
     /// A namespace's single sign-on through an OpenID Connect provider: `get`, `set`, `clear`.
     #[command(subcommand)]
     Identity(identity::IdentityCmd),
@@ -95,9 +93,7 @@ enum Command {
 /// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
 /// `~/.local/share/bulkhead`) for anyone else.
 pub fn default_data_dir() -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
-    if root {
+    if bulkhead_runtime::host::is_root() {
         return PathBuf::from("/var/lib/bulkhead");
     }
     if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
@@ -133,7 +129,9 @@ fn main() -> ExitCode {
             Command::Cp(args) => sandbox::cp(args, &cli.global).await,
             Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,
-            Command::Bench(args) => bench::run(args, &cli.global).await,
+            Command::Bench(args) => {
+                bulkhead_bench::run(&args, &std::env::current_exe()?).await.map(|()| ExitCode::SUCCESS)
+            }
             Command::Usage(args) => usage::usage(args, &cli.global).await,
             Command::Logs(args) => logs::logs(args, &cli.global).await,
             Command::Doctor(args) => doctor::doctor(args, &cli.global).await,

@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bulkhead_core::Role;
 use cedar_policy::{
@@ -338,69 +337,6 @@ impl CompiledSet {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
-
-/// Decisions per second of a `sandbox.exec` by a developer key in a namespace with `n_policies`
-/// custom policies (a mix of permits and forbids on specific sandboxes and filesystems), measured
-/// over `iters` decisions. For the CLI's bench.
-pub fn bench_decisions(n_policies: usize, iters: usize) -> f64 {
-    bench(n_policies, iters, false)
-}
-
-/// The same decisions made by Cedar alone over the whole set, without the engine's index: the
-/// baseline of [`bench_decisions`].
-pub fn bench_cedar_decisions(n_policies: usize, iters: usize) -> f64 {
-    bench(n_policies, iters, true)
-}
-
-// The benchmark measures the engine itself, below the decision function.
-#[allow(clippy::disallowed_methods)]
-fn bench(n_policies: usize, iters: usize, cedar_only: bool) -> f64 {
-    let engine = Engine::new();
-    let set = engine.compile(&bench_policies(n_policies)).expect("the bench's policies are valid");
-    let principal = PrincipalRef::Key { id: "key_bench".to_owned(), role: Role::Developer };
-    let resource = ResourceRef::Sandbox { id: "sbx_target".to_owned(), project: None };
-    let req = Request {
-        principal: &principal,
-        namespace: "acme",
-        action: "sandbox.exec",
-        resource: &resource,
-        target_role: None,
-    };
-    assert!(set.decide(&req).allowed, "the bench's request is allowed");
-    let start = Instant::now();
-    for _ in 0..iters {
-        if cedar_only {
-            std::hint::black_box(set.decide_with_cedar_only(std::hint::black_box(&req)));
-        } else {
-            std::hint::black_box(set.decide(std::hint::black_box(&req)));
-        }
-    }
-    iters as f64 / start.elapsed().as_secs_f64()
-}
-
-/// `n` custom policies: forbids and permits of exec on other sandboxes, of file writes on
-/// filesystems, and of exec to named users.
-fn bench_policies(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| {
-            let text = match i % 4 {
-                0 => format!(
-                    r#"forbid (principal, action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_{i}");"#
-                ),
-                1 => format!(
-                    r#"permit (principal == Bulkhead::Sandbox::"sbx_{i}", action == Bulkhead::Action::"sandbox.list", resource);"#
-                ),
-                2 => format!(
-                    r#"forbid (principal, action in [Bulkhead::Action::"filesystem.file.write", Bulkhead::Action::"filesystem.mount_rw"], resource == Bulkhead::Filesystem::"fs_{i}") unless {{ principal in Bulkhead::Role::"owner" }};"#
-                ),
-                _ => format!(
-                    r#"permit (principal in Bulkhead::Role::"viewer", action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_{i}") when {{ principal is Bulkhead::User && principal.email == "user{i}@example.com" }};"#
-                ),
-            };
-            (format!("pol_{i}"), text)
-        })
-        .collect()
 }
 
 #[cfg(test)]

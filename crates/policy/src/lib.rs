@@ -32,7 +32,7 @@ use bulkhead_core::Action;
 
 pub use authorize::{decide, Ruling};
 pub use bounds::{MAX_POLICY_BYTES, STACK_SIZE};
-pub use engine::{bench_cedar_decisions, bench_decisions, CompiledSet, Decision, Engine, PolicyError, Request};
+pub use engine::{CompiledSet, Decision, Engine, PolicyError, Request};
 pub use refs::{parse_action, parse_principal, parse_resource, PrincipalName, PrincipalRef, RefError, ResourceRef};
 
 /// Bulkhead's Cedar schema, in Cedar's schema syntax. The server serves it so that tenants can

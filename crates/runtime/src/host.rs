@@ -1,9 +1,11 @@
-//! What of Bulkhead is on this host: the basis of `bulkhead doctor` and of the leak check that
-//! ends the test suite. A resource is Bulkhead's when it carries the server's names: the
-//! cgroup prefix, the state dir, the supervisor's path.
+//! What of Bulkhead is on this host: the basis of `bulkhead doctor`, of the leak check that
+//! ends the test suite and of the bench's memory figures. A resource is Bulkhead's when it
+//! carries the server's names: the cgroup prefix, the state dir, the supervisor's path.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use crate::cgroup::{Cgroups, Version};
 
 /// One host resource of Bulkhead.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,23 +15,96 @@ pub struct HostResource {
     pub name: String,
 }
 
-/// Processes whose command line is the sandbox supervisor.
-pub fn supervisor_processes() -> Vec<HostResource> {
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// The pids of the processes whose command line is the sandbox supervisor.
+fn supervisor_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        (argv0 == crate::spec::SUPERVISOR_PATH.as_bytes()).then_some(pid)
+    })
+}
+
+/// A sandbox supervisor of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Supervisor {
+    pub pid: u32,
+    /// Its cgroup path (relative to a hierarchy's root), which names its sandbox.
+    pub cgroup: String,
+    /// Its resident memory (`VmRSS`, shared pages included), in bytes.
+    pub rss_bytes: u64,
+}
+
+impl Supervisor {
+    /// As a host resource: `pid N (/.bulkhead/supervisor) in cgroup PATH`.
+    pub fn resource(&self) -> HostResource {
+        HostResource {
+            kind: "process",
+            name: format!("pid {} ({}) in cgroup {}", self.pid, crate::spec::SUPERVISOR_PATH, self.cgroup),
+        }
+    }
+}
+
+/// The supervisors of the server whose cgroup prefix is `prefix`: those in a cgroup with the
+/// prefix as one component of its path.
+pub fn supervisors_of(prefix: &str) -> Vec<Supervisor> {
+    supervisor_pids()
+        .filter_map(|pid| {
+            let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+            let cgroup = cgroups
+                .lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .find(|path| path.split('/').any(|c| c == prefix))?
+                .to_owned();
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss_kib = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+            Some(Supervisor { pid, cgroup, rss_bytes: rss_kib * 1024 })
+        })
+        .collect()
+}
+
+/// A cgroup dir of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerCgroup {
+    pub path: PathBuf,
+    /// Its names below the prefix: none for the prefix cgroup, the namespace for a namespace's,
+    /// the namespace and the sandbox for a sandbox's.
+    pub below_prefix: Vec<String>,
+    /// A process sits directly in it.
+    pub busy: bool,
+}
+
+/// The cgroup dirs of the server whose cgroup prefix is `prefix`, on every hierarchy under
+/// `root` (normally `/sys/fs/cgroup`); none when the host's cgroups cannot be read.
+pub fn cgroups_of(root: &Path, prefix: &str) -> Vec<ServerCgroup> {
+    let Ok(cg) = Cgroups::detect(root, prefix) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
-    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
+    for path in cg.existing() {
+        let Ok(rel) = path.strip_prefix(root) else { continue };
+        let mut parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+        if cg.version() == Version::V1 && !parts.is_empty() {
+            // The hierarchy (`cpu`, `memory`, ...).
+            parts.remove(0);
+        }
+        if parts.first().map(String::as_str) != Some(prefix) {
             continue;
         }
-        if let Ok(cmdline) = fs::read(e.path().join("cmdline")) {
-            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            if argv0 == crate::spec::SUPERVISOR_PATH.as_bytes() {
-                out.push(HostResource {
-                    kind: "process",
-                    name: format!("pid {name} ({})", crate::spec::SUPERVISOR_PATH),
-                });
-            }
-        }
+        parts.remove(0);
+        let busy = fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty());
+        out.push(ServerCgroup { path, below_prefix: parts, busy });
     }
     out
 }
@@ -41,6 +116,23 @@ pub fn mounts(needle: &str) -> Vec<HostResource> {
         .filter(|l| l.contains(needle))
         .map(|l| HostResource { kind: "mount", name: l.split(' ').take(2).collect::<Vec<_>>().join(" on ") })
         .collect()
+}
+
+/// Mounts whose source or target is `dir` or under it, and not merely a sibling that starts
+/// with the same characters (`/run/bulkhead-test` for `/run/bulkhead`). `dir` is absolute and
+/// resolved, as mounts name it.
+pub fn mounts_under(dir: &str) -> Vec<HostResource> {
+    mounts(dir).into_iter().filter(|m| mentions_dir(&m.name, dir)).collect()
+}
+
+/// Whether `text` names `dir` or something under it (and not merely a sibling that starts
+/// with the same characters, such as `/run/bulkhead-test` for `/run/bulkhead`).
+pub fn mentions_dir(text: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    if dir.is_empty() {
+        return false;
+    }
+    text.match_indices(dir).any(|(i, _)| matches!(text[i + dir.len()..].chars().next(), None | Some('/' | ' ')))
 }
 
 /// Named network namespaces whose name contains `needle`.
@@ -80,4 +172,17 @@ pub fn dir_entries(dir: &Path, kind: &'static str) -> Vec<HostResource> {
         .flatten()
         .map(|e| HostResource { kind, name: e.path().display().to_string() })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dirs_are_matched_whole() {
+        assert!(mentions_dir("tmpfs on /run/bulkhead/sandboxes/x", "/run/bulkhead"));
+        assert!(mentions_dir("tmpfs on /run/bulkhead", "/run/bulkhead/"));
+        assert!(mentions_dir("/run/bulkhead on /x", "/run/bulkhead"));
+        assert!(!mentions_dir("tmpfs on /run/bulkhead-test-1/x", "/run/bulkhead"));
+    }
 }

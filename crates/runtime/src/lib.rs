@@ -12,6 +12,7 @@
 //! of sandboxes. It never decides who may do what: callers have authorized every request.
 
 pub mod archive;
+pub mod baseline;
 pub mod cgroup;
 pub mod client;
 pub mod confined;

@@ -150,7 +150,7 @@ fn hide_unified_cgroup() -> std::io::Result<()> {
 }
 
 /// A command for the OCI runtime `runtime`, with the cgroup view it needs.
-pub fn oci_command(runtime: &str) -> std::process::Command {
+pub(crate) fn oci_command(runtime: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(runtime);
     if needs_v1_view(runtime) {
         // SAFETY: `hide_unified_cgroup` only makes async-signal-safe syscalls.
@@ -283,7 +283,7 @@ impl OciRuntime {
         self.bundle(id).join("control").join("supervisor.sock")
     }
 
-    fn oci_root(&self) -> PathBuf {
+    pub(crate) fn oci_root(&self) -> PathBuf {
         self.config.state_dir.join("runc")
     }
 
@@ -306,8 +306,8 @@ impl OciRuntime {
     }
 
     /// Writes the bundle of `spec` with `args` as its init process instead of the supervisor:
-    /// the same isolation run by the bare OCI runtime, the baseline of `bulkhead bench`.
-    pub fn raw_bundle(&self, spec: &SandboxSpec, args: &[&str]) -> Result<PathBuf> {
+    /// the same isolation run by the bare OCI runtime (see `baseline`).
+    pub(crate) fn raw_bundle(&self, spec: &SandboxSpec, args: &[&str]) -> Result<PathBuf> {
         self.prepare_bundle(spec)?;
         let path = self.bundle(&spec.id).join("config.json");
         let text = fs::read(&path).map_err(RuntimeError::io("read config.json"))?;
@@ -317,11 +317,6 @@ impl OciRuntime {
         fs::write(&path, serde_json::to_vec(&v).map_err(|e| RuntimeError::Protocol(e.to_string()))?)
             .map_err(RuntimeError::io("write config.json"))?;
         Ok(self.bundle(&spec.id))
-    }
-
-    /// The OCI runtime's state dir (`--root`).
-    pub fn oci_state(&self) -> PathBuf {
-        self.oci_root()
     }
 
     /// Mounts and prepares the view when it is not ready (for the first sandbox, and the first

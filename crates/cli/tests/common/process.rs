@@ -2,7 +2,7 @@
 //! own runtime state dir and cgroup prefix, driven by the real CLI. Dropping a `Server` kills it
 //! and removes every host resource of its sandboxes and filesystems.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -59,52 +59,19 @@ impl Server {
         registry: &Path,
         extra: &[&str],
     ) -> Result<Server, String> {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .args(["--cgroup-prefix", &cgroup_prefix])
-            .arg("--host-registry")
-            .arg(registry)
-            .args(extra)
-            .env("BULKHEAD_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn bulkhead serve");
-        // Stderr goes on to the test's output, and is kept for a failed start's error.
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{line}");
-                let _ = tx.send(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut first_token = None;
-        let url = loop {
-            assert!(Instant::now() < deadline, "server did not start");
-            let Some(line) = lines.next() else {
-                let _ = child.wait();
-                // The stderr thread ends with the process; collect everything it saw.
-                let err: Vec<String> = rx.iter().collect();
-                // Nothing is purged here: the prefix may be another server's (the caller cleans up).
-                return Err(err.join("\n"));
-            };
-            let line = line.unwrap();
-            if let Some(t) = line.strip_prefix("admin token") {
-                first_token = t.rsplit(' ').next().map(str::to_owned);
-            }
-            if let Some(u) = line.strip_prefix("bulkhead listening on ") {
-                break u.to_owned();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Nothing is purged on a failed start: the prefix may be another server's (the caller
+        // cleans up).
+        let started = bulkhead_bench::server::Serve {
+            bulkhead: Path::new(BIN),
+            data_dir,
+            state_dir: &state_dir,
+            cgroup_prefix: &cgroup_prefix,
+            host_registry: Some(registry),
+            extra,
+        }
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        let (child, url, first_token) = (started.child, started.url, started.first_token);
         Ok(Server { child: Some(child), url, data_dir: data_dir.to_owned(), state_dir, cgroup_prefix, first_token })
     }
 

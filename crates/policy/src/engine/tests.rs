@@ -460,8 +460,8 @@ fn compile_names_the_refused_policy() {
 }
 
 #[test]
-fn the_bench_policies_are_valid() {
-    let set = Engine::new().compile(&bench_policies(100)).expect("valid");
+fn the_mixed_policies_are_valid() {
+    let set = Engine::new().compile(&mixed_policies(100)).expect("valid");
     assert_eq!(set.len(), Engine::new().builtin().len() + 100);
     let dev = key(Role::Developer);
     assert!(
@@ -479,7 +479,7 @@ fn the_fast_path_equals_cedar_alone() {
     let engine = Engine::new();
     let sets = [
         engine.builtin(),
-        engine.compile(&bench_policies(12)).expect("valid"),
+        engine.compile(&mixed_policies(12)).expect("valid"),
         engine
             .compile(&custom(&[
                 ("pol_all", r#"forbid(principal in Bulkhead::Role::"viewer", action, resource in Bulkhead::Project::"prj_a") unless { principal in Bulkhead::Role::"owner" };"#),
@@ -566,4 +566,28 @@ fn the_fast_path_equals_cedar_alone() {
         }
     }
     assert!(compared > 3000 && with_errors > 10, "{compared} compared, {with_errors} with errors");
+}
+
+/// `n` custom policies, a mix of four shapes: forbids and permits of exec on other sandboxes, of file writes on
+/// filesystems, and of exec to named users.
+fn mixed_policies(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let text = match i % 4 {
+                0 => format!(
+                    r#"forbid (principal, action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_{i}");"#
+                ),
+                1 => format!(
+                    r#"permit (principal == Bulkhead::Sandbox::"sbx_{i}", action == Bulkhead::Action::"sandbox.list", resource);"#
+                ),
+                2 => format!(
+                    r#"forbid (principal, action in [Bulkhead::Action::"filesystem.file.write", Bulkhead::Action::"filesystem.mount_rw"], resource == Bulkhead::Filesystem::"fs_{i}") unless {{ principal in Bulkhead::Role::"owner" }};"#
+                ),
+                _ => format!(
+                    r#"permit (principal in Bulkhead::Role::"viewer", action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_{i}") when {{ principal is Bulkhead::User && principal.email == "user{i}@example.com" }};"#
+                ),
+            };
+            (format!("pol_{i}"), text)
+        })
+        .collect()
 }

@@ -11,7 +11,7 @@ use super::{ServiceError, ServiceResult};
 use crate::state::AppState;
 use crate::time::now_ms;
 
-pub use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
+use bulkhead_runtime::hostreg::ID_BASE;
 
 /// The host ids of a namespace's sandboxes: the range the host registry handed the namespace,
 /// kept in its row.

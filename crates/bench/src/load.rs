@@ -3,6 +3,7 @@
 //! processes), how many authorized reads per second the control plane answers (against the
 //! unauthenticated health check), and how much a noisy tenant slows a quiet one's execs
 //! (against the quiet tenant alone). Driven over HTTP against the bench's own server.
+//! Throughput is measured with hyper's HTTP/1.1 client, one keep-alive connection per task.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,14 +15,18 @@ use anyhow::{bail, Context};
 use bulkhead_api::{CreateKey, CreateNamespace, CreateSandbox, ExecRequest, ExecResult, Quotas, Role};
 use bulkhead_client::{Client, ClientError};
 use bulkhead_runtime::cgroup::Cgroups;
-use bulkhead_runtime::spec::SUPERVISOR_PATH;
-use bulkhead_runtime::SandboxStats;
+use bulkhead_runtime::{host, SandboxStats};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, AUTHORIZATION, HOST};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::bench::{stat, Stat};
+use crate::{stat, Stat};
 
 const MIB: u64 = 1 << 20;
 /// The smallest memory limit the API admits (`MIN_MEMORY_BYTES` in the server).
@@ -188,31 +193,9 @@ async fn bare_process_memory(n: usize) -> anyhow::Result<PerUnit> {
     Ok(MemProbe { before, with, after }.per(n))
 }
 
-/// The summed VmRSS of the sandbox supervisors (processes whose argv[0] is the supervisor's
-/// path inside a sandbox) in the cgroups under `prefix`, in bytes.
+/// The summed VmRSS of the supervisors of the server with cgroup prefix `prefix`, in bytes.
 fn supervisor_rss(prefix: &str) -> u64 {
-    let needle = format!("/{prefix}/");
-    let mut sum = 0;
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let dir = e.path();
-        let cmdline = std::fs::read(dir.join("cmdline")).unwrap_or_default();
-        if cmdline.split(|b| *b == 0).next() != Some(SUPERVISOR_PATH.as_bytes()) {
-            continue;
-        }
-        let cgroups = std::fs::read_to_string(dir.join("cgroup")).unwrap_or_default();
-        if !cgroups.contains(&needle) {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        sum += kib * 1024;
-    }
-    sum
+    host::supervisors_of(prefix).iter().map(|s| s.rss_bytes).sum()
 }
 
 /// The recorded reason of a sandbox of `ns` that failed to start (a 500 answer carries none),
@@ -354,56 +337,72 @@ struct Counts {
     other: u64,
 }
 
-/// Reads one HTTP/1.1 response off `stream` (bytes beyond it stay in `buf`); its status.
-async fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
-    loop {
-        if let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = std::str::from_utf8(&buf[..head_end]).context("a response head that is not UTF-8")?;
-            let status =
-                head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()).context("a response without a status")?;
-            let mut length = 0usize;
-            for line in head.split("\r\n").skip(1) {
-                let (name, value) = line.split_once(':').unwrap_or((line, ""));
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().context("a bad content-length")?;
-                } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                    bail!("a response with transfer-encoding, which this load client does not read");
-                }
-            }
-            let total = head_end + 4 + length;
-            while buf.len() < total {
-                read_more(stream, buf).await?;
-            }
-            buf.drain(..total);
-            return Ok(status);
+/// One `GET` over and over: its target and headers, built once.
+struct Get {
+    uri: Uri,
+    host: HeaderValue,
+    auth: Option<HeaderValue>,
+}
+
+impl Get {
+    fn request(&self) -> anyhow::Result<Request<Empty<Bytes>>> {
+        let mut req = Request::get(self.uri.clone()).header(HOST, self.host.clone());
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
         }
-        read_more(stream, buf).await?;
+        Ok(req.body(Empty::new())?)
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<()> {
-    buf.reserve(16 << 10);
-    if stream.read_buf(buf).await? == 0 {
-        bail!("the server closed the connection");
-    }
-    Ok(())
-}
+/// The connection half of a client connection: a future that does its IO.
+type Connection = hyper::client::conn::http1::Connection<TokioIo<TcpStream>, Empty<Bytes>>;
 
-/// One keep-alive connection sending `request` again and again until `until`: the leanest
-/// client there is, so the figure is the server's rather than a client library's.
-async fn hammer_one(addr: SocketAddr, request: Arc<[u8]>, until: Instant) -> anyhow::Result<Counts> {
-    let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
+/// A keep-alive HTTP/1.1 connection to `addr`: the sender of requests, and the connection that
+/// must be driven (see [`drive`]) for them to be answered.
+async fn connect(addr: SocketAddr) -> anyhow::Result<(SendRequest<Empty<Bytes>>, Connection)> {
+    let stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
     stream.set_nodelay(true)?;
-    let mut buf = Vec::with_capacity(16 << 10);
-    let mut counts = Counts::default();
-    while Instant::now() < until {
-        stream.write_all(&request).await?;
-        match read_response(&mut stream, &mut buf).await? {
-            200 => counts.ok += 1,
-            _ => counts.other += 1,
-        }
+    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.context("HTTP handshake")
+}
+
+/// Runs `work` while driving `connection` in the same task, so that a request and its
+/// connection's IO wake one task, not two.
+async fn drive<T>(
+    connection: Connection,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        done = work => done,
+        end = connection => match end {
+            Ok(()) => bail!("the server closed the connection"),
+            Err(e) => Err(anyhow::Error::new(e).context("the connection failed")),
+        },
     }
-    Ok(counts)
+}
+
+/// Sends `get` on `sender` and reads the whole answer; its status.
+async fn send(sender: &mut SendRequest<Empty<Bytes>>, get: &Get) -> anyhow::Result<u16> {
+    sender.ready().await.context("the connection closed")?;
+    let response = sender.send_request(get.request()?).await.context("send a request")?;
+    let status = response.status().as_u16();
+    response.into_body().collect().await.context("read an answer")?;
+    Ok(status)
+}
+
+/// One keep-alive connection sending `get` again and again until `until`.
+async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::Result<Counts> {
+    let (mut sender, connection) = connect(addr).await?;
+    let load = async {
+        let mut counts = Counts::default();
+        while Instant::now() < until {
+            match send(&mut sender, &get).await? {
+                200 => counts.ok += 1,
+                _ => counts.other += 1,
+            }
+        }
+        Ok(counts)
+    };
+    drive(connection, load).await
 }
 
 /// `concurrency` connections sending `GET path` for `seconds`; 200s per second and the count
@@ -415,17 +414,19 @@ async fn hammer(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, u64)> {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request: Arc<[u8]> = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}\r\n").into_bytes().into();
-    let mut stream = TcpStream::connect(addr).await.with_context(|| format!("connect to {addr}"))?;
-    stream.write_all(&request).await?;
-    let status = read_response(&mut stream, &mut Vec::new()).await?;
+    let get = Arc::new(Get {
+        uri: path.parse().with_context(|| format!("the path {path}"))?,
+        host: HeaderValue::from_str(&addr.to_string())?,
+        auth: token.map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).transpose()?,
+    });
+    let (mut sender, connection) = connect(addr).await?;
+    let status = drive(connection, send(&mut sender, &get)).await?;
     if status != 200 {
         bail!("GET {path} answered HTTP {status}, not 200");
     }
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
-    let tasks: Vec<_> = (0..concurrency).map(|_| tokio::spawn(hammer_one(addr, request.clone(), until))).collect();
+    let tasks: Vec<_> = (0..concurrency).map(|_| tokio::spawn(hammer_one(addr, get.clone(), until))).collect();
     let mut total = Counts::default();
     for task in tasks {
         let c = task.await.context("a load task panicked")??;

@@ -1,27 +1,38 @@
-//! `bulkhead bench`: the platform's speed measured side by side with raw baselines in the same
-//! run: a bare fork/exec, and the bare OCI runtime running an equivalent bundle. It starts its
-//! own `bulkhead serve` process (real SQLite, real runtime, HTTP on loopback) on a temporary data
-//! dir, drives it over HTTP like any client, prints a table of medians, p99s and ratios, and
-//! writes the figures as JSON. As root, on the host.
+//! Bulkhead's speed measured side by side with raw baselines in the same run: a bare
+//! fork/exec, the bare OCI runtime running a bundle with a sandbox's isolation (through
+//! `bulkhead_runtime::baseline`), the unauthenticated health check, bare processes, a quiet
+//! tenant alone, Cedar alone. [`run`] starts its own `bulkhead serve` process (real SQLite,
+//! real runtime, HTTP on loopback) on a temporary data dir, drives it over HTTP with
+//! `bulkhead-client` like any client, prints a table of medians, p99s and ratios, and writes
+//! the figures as JSON. As root, on the host. Reached as `bulkhead bench` and as the
+//! `bulkhead-bench` binary.
+//!
+//! The bench is a program rather than a library of reusable parts: its errors are `anyhow`
+//! chains printed once by whichever binary runs it.
 
-use std::io::{BufRead, BufReader};
+pub mod load;
+pub mod policy;
+pub mod server;
+
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bulkhead_api::{CreateFilesystem, CreateKey, CreateNamespace, CreateSandbox, ExecRequest, Quotas, Role};
 use bulkhead_client::Client;
-use bulkhead_runtime::oci::{OciConfig, OciRuntime};
+use bulkhead_runtime::baseline::RawContainer;
+use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
+use bulkhead_runtime::oci::OciConfig;
 use bulkhead_runtime::{IdRange, SandboxSpec};
-use bulkhead_server::state::RuntimeSettings;
 use clap::Args;
 use serde::Serialize;
 
-use crate::bench_load::{self, ApiThroughput, Density, NoisyNeighbour};
-use crate::Global;
+use crate::load::{ApiThroughput, Density, NoisyNeighbour};
+use crate::policy::PolicyBench;
 
-#[derive(Args)]
+/// What to measure and how much: the flags of `bulkhead bench` and of `bulkhead-bench`.
+#[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Sequential create → first output runs (and raw OCI runtime runs).
     #[arg(long, default_value_t = 200)]
@@ -63,14 +74,16 @@ pub struct BenchArgs {
     noise: Vec<String>,
 }
 
+/// Latencies of one measure: how many, median and 99th percentile in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub(crate) struct Stat {
-    pub(crate) n: usize,
-    pub(crate) p50_ms: f64,
-    pub(crate) p99_ms: f64,
+pub struct Stat {
+    pub n: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
-pub(crate) fn stat(mut samples: Vec<Duration>) -> Stat {
+/// The [`Stat`] of `samples` (NaN percentiles when there are none).
+pub fn stat(mut samples: Vec<Duration>) -> Stat {
     samples.sort();
     let pick = |q: f64| {
         let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
@@ -108,28 +121,6 @@ struct Report {
     policy: PolicyBench,
 }
 
-#[derive(Debug, Serialize)]
-struct PolicyBench {
-    custom_policies: usize,
-    decisions_per_s: f64,
-    cedar_alone_per_s: f64,
-    vs_cedar_alone: f64,
-}
-
-/// `sandbox.exec` decisions with 100 custom policies: the engine, then Cedar alone on the
-/// same set (the baseline).
-fn policy_bench() -> PolicyBench {
-    let n = 100;
-    let decisions_per_s = bulkhead_policy::bench_decisions(n, 200_000);
-    let cedar_alone_per_s = bulkhead_policy::bench_cedar_decisions(n, 2_000);
-    PolicyBench {
-        custom_policies: n,
-        decisions_per_s,
-        cedar_alone_per_s,
-        vs_cedar_alone: decisions_per_s / cedar_alone_per_s,
-    }
-}
-
 fn host() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
@@ -153,9 +144,9 @@ fn fork_exec(n: usize) -> anyhow::Result<Vec<Duration>> {
         .collect()
 }
 
-/// The bare OCI runtime: `runc run` of a bundle with the sandbox's isolation whose process is
-/// `echo ready`, timed to the first line of output.
-fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::Result<Vec<Duration>> {
+/// The bare OCI runtime: a bundle with the sandbox's isolation whose process is `echo ready`,
+/// run `n` times, each timed to the first line of output.
+fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange) -> anyhow::Result<Vec<Duration>> {
     let spec = SandboxSpec {
         id: "sbx_rawbaseline".into(),
         namespace: "raw".into(),
@@ -169,46 +160,35 @@ fn raw_oci(runtime: &OciRuntime, oci: &str, n: usize, ids: IdRange) -> anyhow::R
         workspace: None,
         run_files: Vec::new(),
     };
-    let bundle = runtime.raw_bundle(&spec, &["/bin/echo", "ready"])?;
+    let mut container = RawContainer::prepare(config, &spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let t = Instant::now();
-        let mut child = bulkhead_runtime::oci::oci_command(oci)
-            .arg("--root")
-            .arg(runtime.oci_state())
-            .args(["run", "--no-new-keyring", "--bundle"])
-            .arg(&bundle)
-            .arg(format!("raw{i}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-        let elapsed = t.elapsed();
-        let status = child.wait()?;
-        if line.trim() != "ready" || !status.success() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
-            bail!("raw {oci} run failed ({status}): {}", err.trim());
+    for _ in 0..n {
+        let (elapsed, line) = container.run_to_first_line()?;
+        if line != "ready" {
+            bail!("raw {oci} run printed {line:?}, not \"ready\"");
         }
         out.push(elapsed);
     }
-    std::fs::remove_dir_all(&bundle).ok();
     Ok(out)
 }
 
-pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> {
+/// Where the bench's server keeps its host state: a state dir and cgroup prefix of its own.
+struct Names {
+    state_dir: PathBuf,
+    cgroup_prefix: String,
+}
+
+/// Runs the whole bench against a server of the `bulkhead` binary at `bulkhead` (its
+/// `bulkhead-supervisor` beside it), prints the table and writes the JSON to `args.out`.
+/// Everything it made on the host is removed whatever happens.
+pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
     let tag: String = std::process::id().to_string();
     let data = tempdir_path(&format!("bulkhead-bench-{tag}"))?;
-    let settings = RuntimeSettings {
+    let settings = Names {
         state_dir: PathBuf::from(format!("/run/bulkhead-bench-{tag}")),
         cgroup_prefix: format!("bulkhead-bench-{tag}"),
-        ..RuntimeSettings::default()
     };
-    let result = bench(&args, &data, &settings).await;
+    let result = bench(args, bulkhead, &data, &settings).await;
     // Whatever happened, leave nothing behind.
     leave_nothing_behind(&settings).await;
     let _ = std::fs::remove_dir_all(&data);
@@ -218,13 +198,13 @@ pub async fn run(args: BenchArgs, _global: &Global) -> anyhow::Result<ExitCode> 
     std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("\nfigures written to {}", args.out.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Removes every host resource of the bench's server (the server is gone by now). A sandbox
 /// that fought its teardown, such as a fork bomb on cgroup v1, can keep a cgroup busy for a
 /// while, so this tries a few times and says so when something stays.
-async fn leave_nothing_behind(settings: &RuntimeSettings) {
+async fn leave_nothing_behind(settings: &Names) {
     let cgroup_root = Path::new("/sys/fs/cgroup");
     let mut last = None;
     for _ in 0..10 {
@@ -266,7 +246,7 @@ fn tempdir_path(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The server under test, as its own process; killed when dropped.
-struct ServerProcess(std::process::Child);
+struct ServerProcess(Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -275,37 +255,22 @@ impl Drop for ServerProcess {
     }
 }
 
-fn start_server(data: &Path, settings: &RuntimeSettings, oci: &str) -> anyhow::Result<(ServerProcess, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--state-dir")
-        .arg(&settings.state_dir)
-        .args(["--cgroup-prefix", &settings.cgroup_prefix])
-        .arg("--runtime-class")
-        .arg(format!("container={oci}"))
-        .env("BULKHEAD_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("start bulkhead serve")?;
-    let stdout = child.stdout.take().context("server stdout")?;
-    let server = ServerProcess(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines.next().context("the server exited before listening")??;
-        if let Some(u) = line.strip_prefix("bulkhead listening on ") {
-            break u.to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((server, url))
-}
-
-async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> anyhow::Result<Report> {
+async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names) -> anyhow::Result<Report> {
     let oci = args.runtime.clone();
-    let noises = bench_load::noises(&args.noise)?;
-    let (_server, url) = start_server(&data.join("data"), settings, &oci)?;
+    let noises = load::noises(&args.noise)?;
+    let runtime_class = format!("container={oci}");
+    let started = server::Serve {
+        bulkhead,
+        data_dir: &data.join("data"),
+        state_dir: &settings.state_dir,
+        cgroup_prefix: &settings.cgroup_prefix,
+        host_registry: None,
+        extra: &["--runtime-class", &runtime_class],
+    }
+    .spawn()
+    .context("start bulkhead serve")?;
+    let _server = ServerProcess(started.child);
+    let url = started.url;
     let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
 
     let admin_client = Client::new(&url, Some(admin));
@@ -332,19 +297,16 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
 
     eprintln!("baselines: fork/exec and raw {oci} ...");
     let fork = fork_exec(args.runs.max(args.execs))?;
-    let raw_runtime = OciRuntime::new(OciConfig {
+    let raw_config = OciConfig {
         state_dir: settings.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         cgroup_prefix: settings.cgroup_prefix.clone(),
-        supervisor: settings.supervisor.clone(),
+        supervisor: bulkhead.with_file_name("bulkhead-supervisor"),
         runtimes: vec![("container".into(), oci.clone())],
-    })?;
-    // The same kind of host id range a namespace gets (one the server does not hand out).
-    let ids = IdRange {
-        host_start: bulkhead_server::sandboxes::ID_BASE - bulkhead_server::sandboxes::ID_RANGE,
-        size: bulkhead_server::sandboxes::ID_RANGE,
     };
-    let raw = raw_oci(&raw_runtime, &oci, args.runs, ids)?;
+    // The same kind of host id range a namespace gets (one the server does not hand out).
+    let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };
+    let raw = raw_oci(raw_config, &oci, args.runs, ids)?;
 
     eprintln!("create → first output and delete, {} runs ...", args.runs);
     let mut create = Vec::with_capacity(args.runs);
@@ -445,30 +407,24 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
             "API throughput: {} connections, {} s on /healthz, then {} s on GET /v1/namespaces/bench ...",
             args.api_concurrency, args.api_seconds, args.api_seconds
         );
-        Some(bench_load::api_throughput(&url, "bench", &token, args.api_concurrency, args.api_seconds).await?)
+        Some(load::api_throughput(&url, "bench", &token, args.api_concurrency, args.api_seconds).await?)
     } else {
         None
     };
     admin_client.delete_namespace("bench").await?;
-    let cgroups = bench_load::cgroups(&settings.cgroup_prefix)?;
+    let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let density = if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
         Some(
-            bench_load::density(
-                &admin_client,
-                &cgroups,
-                &settings.cgroup_prefix,
-                args.density,
-                args.density_cpu_millis,
-            )
-            .await?,
+            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
+                .await?,
         )
     } else {
         None
     };
     let noisy_neighbour = if args.noisy_execs > 0 {
         eprintln!("noisy neighbour: {} execs of tenant B, alone and beside tenant A's noise ...", args.noisy_execs);
-        Some(bench_load::noisy_neighbour(&admin_client, &cgroups, args.noisy_execs, &noises).await?)
+        Some(load::noisy_neighbour(&admin_client, &cgroups, args.noisy_execs, &noises).await?)
     } else {
         None
     };
@@ -499,7 +455,7 @@ async fn bench(args: &BenchArgs, data: &Path, settings: &RuntimeSettings) -> any
         api_throughput,
         density,
         noisy_neighbour,
-        policy: policy_bench(),
+        policy: policy::policy_bench()?,
     })
 }
 
