@@ -40,3 +40,32 @@ pub fn fields(pairs: &[(&str, String)]) {
         println!("{:<w$}  {v}", format!("{k}:"), w = w + 1);
     }
 }
+
+/// Prints `items` as a JSON array when `json`, else as a table of `row(item)` under `headers`.
+pub fn list<T: Serialize>(
+    json: bool,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return self::json(&items);
+    }
+    table(headers, &items.iter().map(row).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Prints `item` as a JSON object when `json`, else as a one-row table of `row(item)` under
+/// `headers`.
+pub fn item<T: Serialize>(
+    json: bool,
+    item: &T,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return self::json(item);
+    }
+    table(headers, &[row(item)]);
+    Ok(())
+}
