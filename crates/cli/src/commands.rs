@@ -162,9 +162,7 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
         }
         NamespaceCmd::Delete { name } => {
             c.delete_namespace(&name).await?;
-            if !global.json {
-                println!("deleted namespace {name}");
-            }
+            output::note(global.json, format_args!("deleted namespace {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -267,9 +265,7 @@ pub async fn key(cmd: KeyCmd, global: &Global) -> anyhow::Result<ExitCode> {
         }
         KeyCmd::Revoke { ns, id } => {
             c.revoke_key(&ns, &id).await?;
-            if !global.json {
-                println!("revoked key {id}");
-            }
+            output::note(global.json, format_args!("revoked key {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)

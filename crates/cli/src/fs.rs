@@ -282,9 +282,7 @@ pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
         }
         FsCmd::Rm { ns, id, path } => {
             c.fs_delete_file(&ns, &id, &path).await?;
-            if !global.json {
-                println!("deleted {path}");
-            }
+            output::note(global.json, format_args!("deleted {path}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -305,9 +303,7 @@ pub async fn project(cmd: ProjectCmd, global: &Global) -> anyhow::Result<ExitCod
         }
         ProjectCmd::Delete { ns, id } => {
             c.delete_project(&ns, &id).await?;
-            if !global.json {
-                println!("deleted project {id}");
-            }
+            output::note(global.json, format_args!("deleted project {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)

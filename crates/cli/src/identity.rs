@@ -240,9 +240,7 @@ pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode>
         }
         PolicyCmd::Rm { ns, id } => {
             c.delete_policy(&ns, &id).await?;
-            if !global.json {
-                println!("removed policy {id}");
-            }
+            output::note(global.json, format_args!("removed policy {id}"));
         }
         PolicyCmd::Explain { ns, principal, action, resource } => {
             let r = c.explain(&ns, &ExplainRequest { principal, action, resource }).await?;
@@ -363,9 +361,7 @@ pub async fn secret(cmd: SecretCmd, global: &Global) -> anyhow::Result<ExitCode>
         }
         SecretCmd::Rm { ns, name } => {
             client(global)?.delete_secret(&ns, &name).await?;
-            if !global.json {
-                println!("deleted secret {name}");
-            }
+            output::note(global.json, format_args!("deleted secret {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)

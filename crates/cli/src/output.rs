@@ -33,6 +33,14 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `line` for people; under `--json` (`json`) a command that has no object to show
+/// prints nothing.
+pub fn note(json: bool, line: std::fmt::Arguments) {
+    if !json {
+        println!("{line}");
+    }
+}
+
 /// Prints `key: value` lines, aligned.
 pub fn fields(pairs: &[(&str, String)]) {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

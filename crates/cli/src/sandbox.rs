@@ -161,9 +161,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
         }
         SandboxCmd::Delete { ns, id } => {
             c.delete_sandbox(&ns, &id).await?;
-            if !global.json {
-                println!("deleted sandbox {id}");
-            }
+            output::note(global.json, format_args!("deleted sandbox {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)
