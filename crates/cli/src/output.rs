@@ -35,7 +35,7 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// Prints `line` for people; under `--json` (`json`) a command that has no object to show
 /// prints nothing.
-pub fn note(json: bool, line: std::fmt::Arguments) {
+pub fn note(json: bool, line: std::fmt::Arguments<'_>) {
     if !json {
         println!("{line}");
     }
