@@ -7,7 +7,7 @@ use bulkhead_api::{CreateKey, CreateNamespace, Namespace, Quotas, QuotasPatch, R
 use bulkhead_client::{AuditFilter, Client};
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::output::{self, table};
+use crate::output;
 use crate::units::{format_bytes, format_cpu, format_seconds, parse_bytes, parse_cpu, parse_seconds};
 use crate::Global;
 
@@ -28,6 +28,25 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
         bail!("no token: set BULKHEAD_TOKEN (or --token), or run on the server's host as a user who can read its admin.token");
     }
     Ok(Client::new(&global.url, token))
+}
+
+/// Every item of a paged listing: calls `page` with each `next_cursor` (first `None`) until a
+/// page has none.
+pub async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::Error>>,
+{
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = page(cursor.take()).await?;
+        all.extend(p.items);
+        match p.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(all),
+        }
+    }
 }
 
 #[derive(Args, Clone, Default)]
@@ -107,11 +126,7 @@ fn namespace_row(n: &Namespace) -> Vec<String> {
 const NAMESPACE_HEADERS: [&str; 8] = ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL"];
 
 fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
-    if global.json {
-        return output::json(n);
-    }
-    table(&NAMESPACE_HEADERS, &[namespace_row(n)]);
-    Ok(())
+    output::item(global.json, n, &NAMESPACE_HEADERS, namespace_row)
 }
 
 pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<ExitCode> {
@@ -132,21 +147,9 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
             show_namespace(&n, global)?;
         }
         NamespaceCmd::List => {
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let page = c.list_namespaces(Some(1000), cursor.as_deref()).await?;
-                all.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-            if global.json {
-                output::json(&all)?;
-            } else {
-                table(&NAMESPACE_HEADERS, &all.iter().map(namespace_row).collect::<Vec<_>>());
-            }
+            let c = &c;
+            let all = all_pages(|cursor| async move { c.list_namespaces(Some(1000), cursor.as_deref()).await }).await?;
+            output::list(global.json, &all, &NAMESPACE_HEADERS, namespace_row)?;
         }
         NamespaceCmd::Get { name } => show_namespace(&c.get_namespace(&name).await?, global)?,
         NamespaceCmd::Update { name, quotas } => {
@@ -159,9 +162,7 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
         }
         NamespaceCmd::Delete { name } => {
             c.delete_namespace(&name).await?;
-            if !global.json {
-                println!("deleted namespace {name}");
-            }
+            output::note(global.json, format_args!("deleted namespace {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -186,7 +187,8 @@ impl From<RoleArg> for Role {
     }
 }
 
-fn role_name(r: Role) -> &'static str {
+/// The role as the CLI spells it: `owner`, `admin`, `developer` or `viewer`.
+pub fn role_name(r: Role) -> &'static str {
     match r {
         Role::Owner => "owner",
         Role::Admin => "admin",
@@ -249,39 +251,21 @@ pub async fn key(cmd: KeyCmd, global: &Global) -> anyhow::Result<ExitCode> {
             }
         }
         KeyCmd::List { ns } => {
-            let mut all = Vec::new();
-            let mut cursor: Option<String> = None;
-            loop {
-                let page = c.list_keys(&ns, Some(1000), cursor.as_deref()).await?;
-                all.extend(page.items);
-                match page.next_cursor {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
-            if global.json {
-                output::json(&all)?;
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|k| {
-                        vec![
-                            k.id.clone(),
-                            k.name.clone(),
-                            role_name(k.role).to_owned(),
-                            k.created_at.clone(),
-                            k.expires_at.clone().unwrap_or_else(|| "never".into()),
-                        ]
-                    })
-                    .collect();
-                table(&["ID", "NAME", "ROLE", "CREATED", "EXPIRES"], &rows);
-            }
+            let (c, ns) = (&c, ns.as_str());
+            let all = all_pages(|cursor| async move { c.list_keys(ns, Some(1000), cursor.as_deref()).await }).await?;
+            output::list(global.json, &all, &["ID", "NAME", "ROLE", "CREATED", "EXPIRES"], |k| {
+                vec![
+                    k.id.clone(),
+                    k.name.clone(),
+                    role_name(k.role).to_owned(),
+                    k.created_at.clone(),
+                    k.expires_at.clone().unwrap_or_else(|| "never".into()),
+                ]
+            })?;
         }
         KeyCmd::Revoke { ns, id } => {
             c.revoke_key(&ns, &id).await?;
-            if !global.json {
-                println!("revoked key {id}");
-            }
+            output::note(global.json, format_args!("revoked key {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -351,24 +335,16 @@ pub async fn audit(args: AuditArgs, global: &Global) -> anyhow::Result<ExitCode>
             None => break,
         }
     }
-    if global.json {
-        output::json(&all)?;
-    } else {
-        let rows: Vec<Vec<String>> = all
-            .iter()
-            .map(|r| {
-                vec![
-                    r.seq.to_string(),
-                    r.time.clone(),
-                    r.principal.clone(),
-                    r.action.clone(),
-                    r.resource.clone(),
-                    r.decision.clone(),
-                    r.status.to_string(),
-                ]
-            })
-            .collect();
-        table(&["SEQ", "TIME", "PRINCIPAL", "ACTION", "RESOURCE", "DECISION", "STATUS"], &rows);
-    }
+    output::list(global.json, &all, &["SEQ", "TIME", "PRINCIPAL", "ACTION", "RESOURCE", "DECISION", "STATUS"], |r| {
+        vec![
+            r.seq.to_string(),
+            r.time.clone(),
+            r.principal.clone(),
+            r.action.clone(),
+            r.resource.clone(),
+            r.decision.clone(),
+            r.status.to_string(),
+        ]
+    })?;
     Ok(ExitCode::SUCCESS)
 }

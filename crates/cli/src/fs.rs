@@ -15,8 +15,8 @@ use bulkhead_api::{
 use bulkhead_client::Client;
 use clap::Subcommand;
 
-use crate::commands::client;
-use crate::output::{self, table};
+use crate::commands::{all_pages, client};
+use crate::output;
 use crate::units::{format_bytes, parse_bytes};
 use crate::Global;
 
@@ -189,39 +189,17 @@ fn filesystem_row(f: &Filesystem) -> Vec<String> {
 }
 
 fn show_filesystem(f: &Filesystem, global: &Global) -> anyhow::Result<()> {
-    if global.json {
-        return output::json(f);
-    }
-    table(&FILESYSTEM_HEADERS, &[filesystem_row(f)]);
-    Ok(())
+    output::item(global.json, f, &FILESYSTEM_HEADERS, filesystem_row)
 }
 
 /// Every filesystem of a namespace, all pages.
 async fn all_filesystems(c: &Client, ns: &str) -> anyhow::Result<Vec<Filesystem>> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = c.list_filesystems(ns, Some(1000), cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
+    all_pages(|cursor| async move { c.list_filesystems(ns, Some(1000), cursor.as_deref()).await }).await
 }
 
 /// Every project of a namespace, all pages.
 async fn all_projects(c: &Client, ns: &str) -> anyhow::Result<Vec<Project>> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = c.list_projects(ns, Some(1000), cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
+    all_pages(|cursor| async move { c.list_projects(ns, Some(1000), cursor.as_deref()).await }).await
 }
 
 pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
@@ -233,11 +211,7 @@ pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
         }
         FsCmd::List { ns } => {
             let all = all_filesystems(&c, &ns).await?;
-            if global.json {
-                output::json(&all)?;
-            } else {
-                table(&FILESYSTEM_HEADERS, &all.iter().map(filesystem_row).collect::<Vec<_>>());
-            }
+            output::list(global.json, &all, &FILESYSTEM_HEADERS, filesystem_row)?;
         }
         FsCmd::Get { ns, id } => {
             let f = c.get_filesystem(&ns, &id).await?;
@@ -276,11 +250,7 @@ pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
         FsCmd::Pull { ns, id, dest } => pull(&c, &ns, &id, &dest).await?,
         FsCmd::Ls { ns, id, path } => {
             let entries = c.fs_list(&ns, &id, &path).await?;
-            if global.json {
-                output::json(&entries)?;
-            } else {
-                table(&["NAME", "KIND", "SIZE", "MODIFIED"], &entries.iter().map(entry_row).collect::<Vec<_>>());
-            }
+            output::list(global.json, &entries, &["NAME", "KIND", "SIZE", "MODIFIED"], entry_row)?;
         }
         FsCmd::Cat { ns, id, path, etag } => {
             let file = c.fs_read_file(&ns, &id, &path).await?;
@@ -312,9 +282,7 @@ pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
         }
         FsCmd::Rm { ns, id, path } => {
             c.fs_delete_file(&ns, &id, &path).await?;
-            if !global.json {
-                println!("deleted {path}");
-            }
+            output::note(global.json, format_args!("deleted {path}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -327,25 +295,15 @@ pub async fn project(cmd: ProjectCmd, global: &Global) -> anyhow::Result<ExitCod
     match cmd {
         ProjectCmd::Create { ns, name } => {
             let p = c.create_project(&ns, &CreateProject { name }).await?;
-            if global.json {
-                output::json(&p)?;
-            } else {
-                table(&headers, &[row(&p)]);
-            }
+            output::item(global.json, &p, &headers, row)?;
         }
         ProjectCmd::List { ns } => {
             let all = all_projects(&c, &ns).await?;
-            if global.json {
-                output::json(&all)?;
-            } else {
-                table(&headers, &all.iter().map(row).collect::<Vec<_>>());
-            }
+            output::list(global.json, &all, &headers, row)?;
         }
         ProjectCmd::Delete { ns, id } => {
             c.delete_project(&ns, &id).await?;
-            if !global.json {
-                println!("deleted project {id}");
-            }
+            output::note(global.json, format_args!("deleted project {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -424,28 +382,18 @@ async fn push(c: &Client, ns: &str, id: &str, src: &Path, global: &Global) -> an
 
 /// Packs `dir` with the system tar; `None` when the archive grows past `limit` bytes.
 fn pack(dir: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut child = Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .args(["-cf", "-", "."])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run tar")?;
-    let errors = stderr_reader(&mut child);
+    let mut tar = Tar::spawn(dir, &["-cf", "-", "."], Stdio::null(), Stdio::piped())?;
     let mut data = Vec::new();
-    let read = match child.stdout.take() {
+    let read = match tar.child.stdout.take() {
         Some(out) => out.take(limit + 1).read_to_end(&mut data).map(|_| ()),
         None => Ok(()),
     };
     if read.is_ok() && data.len() as u64 > limit {
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = tar.child.kill();
+        let _ = tar.child.wait();
         return Ok(None);
     }
-    let status = child.wait().context("cannot wait for tar")?;
-    let errors = errors.join().unwrap_or_default();
+    let (status, errors) = tar.wait()?;
     if !status.success() {
         bail!("tar could not pack {}: {}", dir.display(), first_line(&errors, status));
     }
@@ -520,23 +468,13 @@ async fn pull_to_dir(c: &Client, ns: &str, id: &str, dir: &Path, progress: &mut 
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))?;
     // GNU tar refuses `..` and absolute names and delays symlinks that point outside, so even a
     // hostile server's archive stays inside `dir`; nobody's ownership is taken from it.
-    let mut child = Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .args(["--no-same-owner", "-xf", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run tar")?;
-    let errors = stderr_reader(&mut child);
-    let result = match child.stdin.take() {
+    let mut tar = Tar::spawn(dir, &["--no-same-owner", "-xf", "-"], Stdio::piped(), Stdio::null())?;
+    let result = match tar.child.stdin.take() {
         Some(mut stdin) => download(c, ns, id, &mut stdin, progress).await,
         None => Err(bulkhead_client::Error::Write { source: std::io::Error::other("tar has no standard input") }),
     };
     // The pipe is closed: tar sees the end of the archive.
-    let status = child.wait().context("cannot wait for tar")?;
-    let errors = errors.join().unwrap_or_default();
+    let (status, errors) = tar.wait()?;
     match result {
         // The server's own error says more than tar's complaint about a cut archive.
         Err(e) if !matches!(e, bulkhead_client::Error::Write { .. }) => Err(e.into()),
@@ -548,16 +486,41 @@ async fn pull_to_dir(c: &Client, ns: &str, id: &str, dir: &Path, progress: &mut 
     }
 }
 
-/// Reads a child's standard error on a thread, so a chatty child never blocks on a full pipe.
-fn stderr_reader(child: &mut Child) -> JoinHandle<String> {
-    let stderr: Option<ChildStderr> = child.stderr.take();
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut e) = stderr {
-            let _ = e.read_to_string(&mut text);
-        }
-        text
-    })
+/// The system `tar` running in a directory, its standard error read on a thread so a chatty tar
+/// never blocks on a full pipe.
+struct Tar {
+    child: Child,
+    errors: JoinHandle<String>,
+}
+
+impl Tar {
+    /// Starts `tar -C dir ARGS` with these standard input and output.
+    fn spawn(dir: &Path, args: &[&str], stdin: Stdio, stdout: Stdio) -> anyhow::Result<Tar> {
+        let mut child = Command::new("tar")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot run tar")?;
+        let stderr: Option<ChildStderr> = child.stderr.take();
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_string(&mut text);
+            }
+            text
+        });
+        Ok(Tar { child, errors })
+    }
+
+    /// Waits for tar to exit: its status and what it wrote to standard error.
+    fn wait(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+        let status = self.child.wait().context("cannot wait for tar")?;
+        Ok((status, self.errors.join().unwrap_or_default()))
+    }
 }
 
 /// The first line of a tool's complaint, or its exit status when it said nothing.

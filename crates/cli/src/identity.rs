@@ -14,8 +14,8 @@ use bulkhead_api::{
 use bulkhead_client::Client;
 use clap::{Args, Subcommand};
 
-use crate::commands::client;
-use crate::output::{self, table};
+use crate::commands::{all_pages, client, role_name};
+use crate::output;
 use crate::Global;
 
 /// Where a sandbox finds a secret handed to it as a file.
@@ -56,15 +56,6 @@ pub enum IdentityCmd {
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
     },
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Owner => "owner",
-        Role::Admin => "admin",
-        Role::Developer => "developer",
-        Role::Viewer => "viewer",
-    }
 }
 
 /// Parses `GROUP=ROLE`. The role is split off at the last `=`, so a group may contain one.
@@ -221,24 +212,6 @@ fn first_line(text: &str) -> String {
     }
 }
 
-/// Every item of a paginated list, fetching pages of 1,000 until the last.
-async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
-where
-    F: FnMut(Option<String>) -> Fut,
-    Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::Error>>,
-{
-    let mut all = Vec::new();
-    let mut cursor = None;
-    loop {
-        let p = page(cursor.take()).await?;
-        all.extend(p.items);
-        match p.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
-}
-
 /// Every policy of a namespace.
 async fn all_policies(c: &Client, ns: &str) -> anyhow::Result<Vec<Policy>> {
     all_pages(|cursor| async move { c.list_policies(ns, Some(1000), cursor.as_deref()).await }).await
@@ -261,21 +234,13 @@ pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode>
         }
         PolicyCmd::List { ns } => {
             let all = all_policies(&c, &ns).await?;
-            if global.json {
-                output::json(&all)?;
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|p| vec![p.id.clone(), p.name.clone(), p.created_at.clone(), first_line(&p.policy)])
-                    .collect();
-                table(&["ID", "NAME", "CREATED", "POLICY"], &rows);
-            }
+            output::list(global.json, &all, &["ID", "NAME", "CREATED", "POLICY"], |p| {
+                vec![p.id.clone(), p.name.clone(), p.created_at.clone(), first_line(&p.policy)]
+            })?;
         }
         PolicyCmd::Rm { ns, id } => {
             c.delete_policy(&ns, &id).await?;
-            if !global.json {
-                println!("removed policy {id}");
-            }
+            output::note(global.json, format_args!("removed policy {id}"));
         }
         PolicyCmd::Explain { ns, principal, action, resource } => {
             let r = c.explain(&ns, &ExplainRequest { principal, action, resource }).await?;
@@ -390,21 +355,13 @@ pub async fn secret(cmd: SecretCmd, global: &Global) -> anyhow::Result<ExitCode>
         }
         SecretCmd::List { ns } => {
             let all = all_secrets(&client(global)?, &ns).await?;
-            if global.json {
-                output::json(&all)?;
-            } else {
-                let rows: Vec<Vec<String>> = all
-                    .iter()
-                    .map(|s| vec![s.name.clone(), s.id.clone(), s.created_at.clone(), s.updated_at.clone()])
-                    .collect();
-                table(&["NAME", "ID", "CREATED", "UPDATED"], &rows);
-            }
+            output::list(global.json, &all, &["NAME", "ID", "CREATED", "UPDATED"], |s| {
+                vec![s.name.clone(), s.id.clone(), s.created_at.clone(), s.updated_at.clone()]
+            })?;
         }
         SecretCmd::Rm { ns, name } => {
             client(global)?.delete_secret(&ns, &name).await?;
-            if !global.json {
-                println!("deleted secret {name}");
-            }
+            output::note(global.json, format_args!("deleted secret {name}"));
         }
     }
     Ok(ExitCode::SUCCESS)

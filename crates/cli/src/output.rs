@@ -33,10 +33,47 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `line` for people; under `--json` (`json`) a command that has no object to show
+/// prints nothing.
+pub fn note(json: bool, line: std::fmt::Arguments<'_>) {
+    if !json {
+        println!("{line}");
+    }
+}
+
 /// Prints `key: value` lines, aligned.
 pub fn fields(pairs: &[(&str, String)]) {
     let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in pairs {
         println!("{:<w$}  {v}", format!("{k}:"), w = w + 1);
     }
+}
+
+/// Prints `items` as a JSON array when `json`, else as a table of `row(item)` under `headers`.
+pub fn list<T: Serialize>(
+    json: bool,
+    items: &[T],
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return self::json(&items);
+    }
+    table(headers, &items.iter().map(row).collect::<Vec<_>>());
+    Ok(())
+}
+
+/// Prints `item` as a JSON object when `json`, else as a one-row table of `row(item)` under
+/// `headers`.
+pub fn item<T: Serialize>(
+    json: bool,
+    item: &T,
+    headers: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if json {
+        return self::json(item);
+    }
+    table(headers, &[row(item)]);
+    Ok(())
 }

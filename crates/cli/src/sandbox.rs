@@ -11,8 +11,8 @@ use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, Sandbox};
 use bulkhead_client::Client;
 use clap::{Args, Subcommand};
 
-use crate::commands::client;
-use crate::output::{self, table};
+use crate::commands::{all_pages, client};
+use crate::output;
 use crate::units::{format_bytes, format_cpu, format_seconds, parse_bytes, parse_cpu, parse_seconds};
 use crate::Global;
 
@@ -99,11 +99,7 @@ fn sandbox_row(s: &Sandbox) -> Vec<String> {
 }
 
 fn show_sandbox(s: &Sandbox, global: &Global) -> anyhow::Result<()> {
-    if global.json {
-        return output::json(s);
-    }
-    table(&SANDBOX_HEADERS, &[sandbox_row(s)]);
-    Ok(())
+    output::item(global.json, s, &SANDBOX_HEADERS, sandbox_row)
 }
 
 /// Whether a sandbox has not ended.
@@ -113,16 +109,7 @@ pub fn is_active(s: &Sandbox) -> bool {
 
 /// Every sandbox of a namespace, all pages.
 pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>> {
-    let mut all = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await?;
-        all.extend(page.items);
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(all),
-        }
-    }
+    all_pages(|cursor| async move { c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await }).await
 }
 
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
@@ -144,11 +131,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
             if !all {
                 sandboxes.retain(is_active);
             }
-            if global.json {
-                output::json(&sandboxes)?;
-            } else {
-                table(&SANDBOX_HEADERS, &sandboxes.iter().map(sandbox_row).collect::<Vec<_>>());
-            }
+            output::list(global.json, &sandboxes, &SANDBOX_HEADERS, sandbox_row)?;
         }
         SandboxCmd::Get { ns, id } => {
             let s = c.get_sandbox(&ns, &id).await?;
@@ -178,9 +161,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
         }
         SandboxCmd::Delete { ns, id } => {
             c.delete_sandbox(&ns, &id).await?;
-            if !global.json {
-                println!("deleted sandbox {id}");
-            }
+            output::note(global.json, format_args!("deleted sandbox {id}"));
         }
     }
     Ok(ExitCode::SUCCESS)

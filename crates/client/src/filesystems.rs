@@ -7,7 +7,7 @@ use bulkhead_api::{
 use reqwest::header::{CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH};
 use reqwest::Method;
 
-use crate::{namespace_path, page, seg, Client, Error, Result};
+use crate::{namespace_path, seg, Client, Error, Result};
 
 /// `/v1/namespaces/{ns}/filesystems/{id}` and `rest`.
 fn filesystem_path(ns: &str, id: &str, rest: &str) -> String {
@@ -31,7 +31,7 @@ pub struct FsFile {
 impl Client {
     /// Creates a filesystem of `size_bytes`, counted against the namespace's disk quota.
     pub async fn create_filesystem(&self, ns: &str, req: &CreateFilesystem) -> Result<Filesystem> {
-        self.send(self.request(Method::POST, &namespace_path(ns, "/filesystems")).json(req)).await
+        self.create_in(ns, "/filesystems", req).await
     }
 
     /// A page of the filesystems the token may see.
@@ -41,7 +41,7 @@ impl Client {
         limit: Option<u32>,
         cursor: Option<&str>,
     ) -> Result<Page<Filesystem>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/filesystems")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/filesystems", limit, cursor).await
     }
 
     /// A filesystem with its use and the sandboxes that mount it.
@@ -144,16 +144,16 @@ impl Client {
 
     /// Creates a project: a permission boundary for filesystems.
     pub async fn create_project(&self, ns: &str, req: &CreateProject) -> Result<Project> {
-        self.send(self.request(Method::POST, &namespace_path(ns, "/projects")).json(req)).await
+        self.create_in(ns, "/projects", req).await
     }
 
     /// A page of the projects the token may see.
     pub async fn list_projects(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Project>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/projects")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/projects", limit, cursor).await
     }
 
     /// Deletes a project; the server refuses while filesystems belong to it.
     pub async fn delete_project(&self, ns: &str, id: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/projects/{}", seg(id))))).await
+        self.delete_in(ns, "/projects", id).await
     }
 }

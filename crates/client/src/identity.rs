@@ -5,7 +5,7 @@ use bulkhead_api::{CreatePolicy, CreateSecret, ExplainRequest, ExplainResult, Id
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::{namespace_path, page, seg, Client, Result};
+use crate::{namespace_path, Client, Result};
 
 /// What setting a secret did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,17 +29,17 @@ impl Client {
 
     /// Adds a Cedar policy; the server refuses one that does not parse or match the schema.
     pub async fn create_policy(&self, ns: &str, req: &CreatePolicy) -> Result<Policy> {
-        self.send(self.request(Method::POST, &namespace_path(ns, "/policies")).json(req)).await
+        self.create_in(ns, "/policies", req).await
     }
 
     /// A page of the namespace's policies.
     pub async fn list_policies(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Policy>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/policies")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/policies", limit, cursor).await
     }
 
     /// Deletes a policy of the namespace.
     pub async fn delete_policy(&self, ns: &str, id: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/policies/{}", seg(id))))).await
+        self.delete_in(ns, "/policies", id).await
     }
 
     /// How the namespace's policies would decide a request, without making it.
@@ -65,11 +65,11 @@ impl Client {
 
     /// A page of the namespace's secrets: names and times, never values.
     pub async fn list_secrets(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Secret>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/secrets")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/secrets", limit, cursor).await
     }
 
     /// Deletes a secret.
     pub async fn delete_secret(&self, ns: &str, name: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/secrets/{}", seg(name))))).await
+        self.delete_in(ns, "/secrets", name).await
     }
 }

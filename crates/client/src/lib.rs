@@ -21,6 +21,7 @@ use bulkhead_api::ErrorBody;
 use reqwest::header::{HeaderName, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::Call;
 pub use crate::error::{ClientError, Error, Result};
@@ -102,6 +103,27 @@ impl Client {
     /// Sends the request and parses the JSON of its answer; a 204 parses as `null`.
     async fn send<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T> {
         self.send_raw(builder).await?.json().await
+    }
+
+    /// `POST /v1/namespaces/{ns}{collection}` with `req` as its JSON body: the created item.
+    async fn create_in<B: Serialize, T: DeserializeOwned>(&self, ns: &str, collection: &str, req: &B) -> Result<T> {
+        self.send(self.request(Method::POST, &namespace_path(ns, collection)).json(req)).await
+    }
+
+    /// One page of `GET /v1/namespaces/{ns}{collection}`.
+    async fn list_in<T: DeserializeOwned>(
+        &self,
+        ns: &str,
+        collection: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<bulkhead_api::Page<T>> {
+        self.send(self.request(Method::GET, &namespace_path(ns, collection)).query(&page(limit, cursor))).await
+    }
+
+    /// `DELETE /v1/namespaces/{ns}{collection}/{id}`, `id` percent-encoded.
+    async fn delete_in(&self, ns: &str, collection: &str, id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("{collection}/{}", seg(id))))).await
     }
 }
 

@@ -3,7 +3,7 @@
 use bulkhead_api::{CreateKey, CreateNamespace, CreatedKey, Key, Namespace, Page, UpdateNamespace};
 use reqwest::Method;
 
-use crate::{namespace_path, page, seg, Client, Result};
+use crate::{namespace_path, page, Client, Result};
 
 impl Client {
     /// Creates a namespace with its quotas.
@@ -33,16 +33,16 @@ impl Client {
 
     /// Creates an API key; the answer holds its token, the only time it is shown.
     pub async fn create_key(&self, ns: &str, req: &CreateKey) -> Result<CreatedKey> {
-        self.send(self.request(Method::POST, &namespace_path(ns, "/keys")).json(req)).await
+        self.create_in(ns, "/keys", req).await
     }
 
     /// A page of the namespace's keys (never their tokens).
     pub async fn list_keys(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Key>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/keys")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/keys", limit, cursor).await
     }
 
     /// Revokes a key: its token stops working at once.
     pub async fn revoke_key(&self, ns: &str, id: &str) -> Result<()> {
-        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/keys/{}", seg(id))))).await
+        self.delete_in(ns, "/keys", id).await
     }
 }

@@ -6,7 +6,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::Method;
 
 use crate::lines::Lines;
-use crate::{namespace_path, page, seg, Answer, Client, Result, MAX_LINE_BYTES};
+use crate::{namespace_path, seg, Answer, Client, Result, MAX_LINE_BYTES};
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -18,12 +18,12 @@ fn sandbox_path(ns: &str, id: &str, rest: &str) -> String {
 impl Client {
     /// Creates a sandbox and waits until it runs.
     pub async fn create_sandbox(&self, ns: &str, req: &CreateSandbox) -> Result<Sandbox> {
-        self.send(self.request(Method::POST, &namespace_path(ns, "/sandboxes")).json(req)).await
+        self.create_in(ns, "/sandboxes", req).await
     }
 
     /// A page of the namespace's sandboxes that the token may see.
     pub async fn list_sandboxes(&self, ns: &str, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Sandbox>> {
-        self.send(self.request(Method::GET, &namespace_path(ns, "/sandboxes")).query(&page(limit, cursor))).await
+        self.list_in(ns, "/sandboxes", limit, cursor).await
     }
 
     /// A sandbox, live or ended.

@@ -240,19 +240,23 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes_and_parts() {
-        assert_eq!(err(""), IssuerUrlError::Empty);
-        assert_eq!(err("ftp://idp.example.com"), IssuerUrlError::Scheme);
-        assert_eq!(err("HTTPS://idp.example.com"), IssuerUrlError::Scheme);
-        assert_eq!(err("idp.example.com"), IssuerUrlError::Scheme);
-        assert_eq!(err("https://user@idp.example.com"), IssuerUrlError::Userinfo);
-        assert_eq!(err("https://u:p@idp.example.com/x"), IssuerUrlError::Userinfo);
-        assert_eq!(err("http://evil.com@127.0.0.1"), IssuerUrlError::Userinfo);
-        assert_eq!(err("https://idp.example.com/?a=b"), IssuerUrlError::Query);
-        assert_eq!(err("https://idp.example.com/#x"), IssuerUrlError::Fragment);
-        assert_eq!(err("https:///idp.example.com"), IssuerUrlError::NoHost);
-        assert_eq!(err("https://idp.example.com/a b"), IssuerUrlError::BadCharacters);
-        assert_eq!(err("https://idp.example.com\\@x"), IssuerUrlError::BadCharacters);
-        assert_eq!(err("https://idp.exämple.com"), IssuerUrlError::BadCharacters);
+        for (url, want) in [
+            ("", IssuerUrlError::Empty),
+            ("ftp://idp.example.com", IssuerUrlError::Scheme),
+            ("HTTPS://idp.example.com", IssuerUrlError::Scheme),
+            ("idp.example.com", IssuerUrlError::Scheme),
+            ("https://user@idp.example.com", IssuerUrlError::Userinfo),
+            ("https://u:p@idp.example.com/x", IssuerUrlError::Userinfo),
+            ("http://evil.com@127.0.0.1", IssuerUrlError::Userinfo),
+            ("https://idp.example.com/?a=b", IssuerUrlError::Query),
+            ("https://idp.example.com/#x", IssuerUrlError::Fragment),
+            ("https:///idp.example.com", IssuerUrlError::NoHost),
+            ("https://idp.example.com/a b", IssuerUrlError::BadCharacters),
+            ("https://idp.example.com\\@x", IssuerUrlError::BadCharacters),
+            ("https://idp.exämple.com", IssuerUrlError::BadCharacters),
+        ] {
+            assert_eq!(err(url), want, "{url}");
+        }
         assert!(matches!(err("https://[::1"), IssuerUrlError::Invalid(_)));
         let long = format!("https://idp.example.com/{}", "a".repeat(MAX_ISSUER_BYTES));
         assert_eq!(err(&long), IssuerUrlError::TooLong(MAX_ISSUER_BYTES));

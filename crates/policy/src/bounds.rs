@@ -546,31 +546,40 @@ impl<'a> Scan<'a> {
     }
 
     fn member(&mut self) -> Result<(), Exceeded> {
-        let frame = self.top();
-        frame.member_run += 1;
-        frame.levels += 1;
-        let run = frame.member_run;
-        self.check(run, Construct::MemberChain, MAX_MEMBER_CHAIN)?;
-        self.check(self.depth(), Construct::Depth, MAX_DEPTH)
+        self.nest(Construct::MemberChain, MAX_MEMBER_CHAIN, |frame| {
+            frame.member_run += 1;
+            frame.member_run
+        })
     }
 
     fn unary(&mut self) -> Result<(), Exceeded> {
-        let frame = self.top();
-        frame.member_run = 0;
-        frame.unary_run += 1;
-        frame.levels += 1;
-        let run = frame.unary_run;
-        self.check(run, Construct::UnaryRun, MAX_UNARY_RUN)?;
-        self.check(self.depth(), Construct::Depth, MAX_DEPTH)
+        self.nest(Construct::UnaryRun, MAX_UNARY_RUN, |frame| {
+            frame.member_run = 0;
+            frame.unary_run += 1;
+            frame.unary_run
+        })
     }
 
     fn operator(&mut self) -> Result<(), Exceeded> {
+        self.nest(Construct::OperatorChain, MAX_OPERATOR_CHAIN, |frame| {
+            frame.member_run = 0;
+            frame.operators += 1;
+            frame.operators
+        })
+    }
+
+    /// One more level in the top frame: `count` updates the frame's run of `construct` and
+    /// returns it, which must stay within `max`; then the depth must stay within its bound.
+    fn nest(
+        &mut self,
+        construct: Construct,
+        max: usize,
+        count: impl FnOnce(&mut Frame) -> usize,
+    ) -> Result<(), Exceeded> {
         let frame = self.top();
-        frame.member_run = 0;
-        frame.operators += 1;
         frame.levels += 1;
-        let operators = frame.operators;
-        self.check(operators, Construct::OperatorChain, MAX_OPERATOR_CHAIN)?;
+        let run = count(frame);
+        self.check(run, construct, max)?;
         self.check(self.depth(), Construct::Depth, MAX_DEPTH)
     }
 }

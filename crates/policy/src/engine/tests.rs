@@ -127,6 +127,11 @@ fn custom(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs.iter().map(|(id, text)| (id.to_string(), text.to_string())).collect()
 }
 
+/// A new engine's set of the built-in policies and these custom `(id, text)` ones.
+fn compiled(pairs: &[(&str, &str)]) -> CompiledSet {
+    Engine::new().compile(&custom(pairs)).expect("valid")
+}
+
 #[test]
 fn engines_are_shared_across_threads() {
     fn shared<T: Send + Sync + Clone + std::fmt::Debug>() {}
@@ -253,12 +258,10 @@ fn the_platform_admin_may_do_everything_whatever_the_namespace_says() {
 
 #[test]
 fn a_custom_forbid_wins_over_the_owner_role() {
-    let set = Engine::new()
-        .compile(&custom(&[(
-            "pol_noexec",
-            r#"forbid(principal, action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_1");"#,
-        )]))
-        .expect("valid");
+    let set = compiled(&[(
+        "pol_noexec",
+        r#"forbid(principal, action == Bulkhead::Action::"sandbox.exec", resource == Bulkhead::Sandbox::"sbx_1");"#,
+    )]);
     let owner = key(Role::Owner);
     let d = ask(&set, &owner, "sandbox.exec", &ResourceRef::Sandbox { id: "sbx_1".into(), project: None }, None);
     assert!(!d.allowed);
@@ -272,12 +275,10 @@ fn a_custom_forbid_wins_over_the_owner_role() {
 /// holds for the sandbox's routes as for the filesystem's.
 #[test]
 fn a_policy_on_a_project_holds_for_the_sandboxes_that_mount_it() {
-    let set = Engine::new()
-        .compile(&custom(&[(
-            "pol_prj",
-            r#"forbid(principal, action in [Bulkhead::Action::"sandbox.exec", Bulkhead::Action::"filesystem.file.read"], resource in Bulkhead::Project::"prj_b");"#,
-        )]))
-        .expect("valid");
+    let set = compiled(&[(
+        "pol_prj",
+        r#"forbid(principal, action in [Bulkhead::Action::"sandbox.exec", Bulkhead::Action::"filesystem.file.read"], resource in Bulkhead::Project::"prj_b");"#,
+    )]);
     let dev = key(Role::Developer);
     let in_b = ResourceRef::Sandbox { id: "sbx_1".into(), project: Some("prj_b".into()) };
     let in_a = ResourceRef::Sandbox { id: "sbx_2".into(), project: Some("prj_a".into()) };
@@ -290,26 +291,27 @@ fn a_policy_on_a_project_holds_for_the_sandboxes_that_mount_it() {
 
 #[test]
 fn custom_policies_can_use_roles_attributes_and_projects() {
-    let set = Engine::new()
-        .compile(&custom(&[
-            ("pol_list", r#"permit(principal is Bulkhead::Sandbox, action == Bulkhead::Action::"sandbox.list", resource);"#),
-            (
-                "pol_ro",
-                r#"forbid(principal, action == Bulkhead::Action::"filesystem.mount_rw", resource in Bulkhead::Project::"prj_prod")
+    let set = compiled(&[
+        (
+            "pol_list",
+            r#"permit(principal is Bulkhead::Sandbox, action == Bulkhead::Action::"sandbox.list", resource);"#,
+        ),
+        (
+            "pol_ro",
+            r#"forbid(principal, action == Bulkhead::Action::"filesystem.mount_rw", resource in Bulkhead::Project::"prj_prod")
                    unless { principal in Bulkhead::Role::"admin" };"#,
-            ),
-            (
-                "pol_eng",
-                r#"permit(principal is Bulkhead::User, action == Bulkhead::Action::"sandbox.exec", resource)
+        ),
+        (
+            "pol_eng",
+            r#"permit(principal is Bulkhead::User, action == Bulkhead::Action::"sandbox.exec", resource)
                    when { principal.groups.contains("oncall") };"#,
-            ),
-            (
-                "pol_creator",
-                r#"permit(principal is Bulkhead::Sandbox, action == Bulkhead::Action::"sandbox.exec", resource)
+        ),
+        (
+            "pol_creator",
+            r#"permit(principal is Bulkhead::Sandbox, action == Bulkhead::Action::"sandbox.exec", resource)
                    when { principal has creator && principal.creator == "user:alice" };"#,
-            ),
-        ]))
-        .expect("valid");
+        ),
+    ]);
     let d = ask(&set, &sandbox("sbx_9"), "sandbox.list", &ResourceRef::Namespace("acme".into()), None);
     assert_eq!((d.allowed, d.policies), (true, vec!["pol_list".to_owned()]));
 
@@ -336,12 +338,10 @@ fn custom_policies_can_use_roles_attributes_and_projects() {
 
 #[test]
 fn custom_permits_cannot_lift_the_builtin_forbids() {
-    let set = Engine::new()
-        .compile(&custom(&[
-            ("pol_a", r#"permit(principal, action == Bulkhead::Action::"secret.read", resource);"#),
-            ("pol_b", r#"permit(principal, action == Bulkhead::Action::"platform.audit.read", resource);"#),
-        ]))
-        .expect("valid");
+    let set = compiled(&[
+        ("pol_a", r#"permit(principal, action == Bulkhead::Action::"secret.read", resource);"#),
+        ("pol_b", r#"permit(principal, action == Bulkhead::Action::"platform.audit.read", resource);"#),
+    ]);
     let d = ask(&set, &key(Role::Owner), "secret.read", &resource_for("secret.read"), None);
     assert_eq!((d.allowed, d.policies), (false, vec!["builtin.secret-values".to_owned()]));
     let d = ask(&set, &sandbox("sbx_1"), "platform.audit.read", &ResourceRef::Platform, None);
@@ -350,13 +350,11 @@ fn custom_permits_cannot_lift_the_builtin_forbids() {
 
 #[test]
 fn sandbox_secret_reads_can_be_narrowed() {
-    let set = Engine::new()
-        .compile(&custom(&[(
-            "pol_secret",
-            r#"forbid(principal, action == Bulkhead::Action::"secret.read", resource == Bulkhead::Secret::"prod-db")
+    let set = compiled(&[(
+        "pol_secret",
+        r#"forbid(principal, action == Bulkhead::Action::"secret.read", resource == Bulkhead::Secret::"prod-db")
                unless { principal == Bulkhead::Sandbox::"sbx_deploy" };"#,
-        )]))
-        .expect("valid");
+    )]);
     let secret = ResourceRef::Secret("prod-db".into());
     assert!(!ask(&set, &sandbox("sbx_1"), "secret.read", &secret, None).allowed);
     assert!(ask(&set, &sandbox("sbx_deploy"), "secret.read", &secret, None).allowed);
