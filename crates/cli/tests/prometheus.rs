@@ -16,9 +16,7 @@ fn text(r: &common::Reply) -> String {
 
 #[tokio::test]
 async fn metrics_are_labelled_by_namespace_and_scoped() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let admin = h.admin.clone();
     let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
     let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;

@@ -29,8 +29,7 @@ fn samples_of(all: &str, ns: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
-    let h = Harness::new().await;
-    h.create_namespace("reuse1").await;
+    let h = Harness::with_namespaces(&["reuse1"]).await;
     let (old_key, old_owner) = h.create_key("reuse1", "boss", "owner").await;
     let sbx = h.create_sandbox("reuse1", &old_owner, json!({})).await;
     let (code, out, _) = h.sh("reuse1", &sbx, &old_owner, "echo old-tenant-secret-output").await;
@@ -95,9 +94,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
 
 #[tokio::test]
 async fn another_tenants_probes_leave_the_victims_series_unchanged() {
-    let h = Harness::new().await;
-    h.create_namespace("victim").await;
-    h.create_namespace("mallory").await;
+    let h = Harness::with_namespaces(&["victim", "mallory"]).await;
     let (_, victim) = h.create_key("victim", "dev", "developer").await;
     let (_, attacker) = h.create_key("mallory", "dev", "owner").await;
     let sbx = h.create_sandbox("victim", &victim, json!({})).await;
@@ -142,8 +139,7 @@ async fn another_tenants_probes_leave_the_victims_series_unchanged() {
 
 #[tokio::test]
 async fn unauthenticated_requests_to_made_up_namespaces_add_no_series() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
