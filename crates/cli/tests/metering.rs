@@ -71,10 +71,8 @@ async fn a_sandbox_that_ends_between_samples_is_still_metered() {
 
 #[tokio::test]
 async fn rejections_are_counted_and_usage_is_per_namespace() {
-    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
+    let (h, alpha_viewer, beta_owner) = Harness::with_alpha_viewer_and_beta_owner().await;
     let admin = h.admin.clone();
-    let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
-    let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;
     let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&admin), json!({"cpu_millis": 999_999})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let u = usage(&h, "alpha", &alpha_viewer).await;

@@ -11,14 +11,10 @@ use axum::http::{Method, StatusCode};
 use common::Harness;
 use serde_json::{json, Value};
 
-fn text(r: &common::Reply) -> String {
-    String::from_utf8(r.raw.clone()).unwrap()
-}
-
 async fn platform_metrics(h: &Harness) -> String {
     let r = h.call(Method::GET, "/metrics", Some(&h.admin), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
-    text(&r)
+    r.text()
 }
 
 /// The samples of `ns` in the platform's exposition.
@@ -38,7 +34,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
         h.call(Method::POST, "/v1/namespaces/reuse1/sandboxes", Some(&old_owner), json!({"cpu_millis": 999_999})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     // The old tenant has counters, logs, usage and audit records.
-    let own = text(&h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&old_owner), Value::Null).await);
+    let own = h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&old_owner), Value::Null).await.text();
     assert!(own.contains("bulkhead_sandbox_creates_total{namespace=\"reuse1\"} 1"), "{own}");
     let logs = h.call(Method::GET, "/v1/namespaces/reuse1/logs", Some(&old_owner), Value::Null).await;
     assert!(logs.body.to_string().contains("old-tenant-secret-output"), "{}", logs.body);
@@ -51,7 +47,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
     // Metrics: nothing of the old incarnation, on the namespace's endpoint or the platform's.
     let r = h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&owner), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
-    let own: Vec<String> = text(&r).lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
+    let own: Vec<String> = r.text().lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
     for exposition in [own.join("\n"), samples_of(&platform_metrics(&h).await, "reuse1").join("\n")] {
         for old in [
             "bulkhead_sandbox_creates_total",

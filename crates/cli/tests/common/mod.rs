@@ -66,6 +66,13 @@ pub struct Reply {
     pub raw: Vec<u8>,
 }
 
+impl Reply {
+    /// The body as UTF-8 text, such as a Prometheus exposition; panics when it is not UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.raw.clone()).expect("a UTF-8 body")
+    }
+}
+
 impl Harness {
     pub async fn new() -> Harness {
         Harness::with_oci_runtime("runc").await
@@ -78,6 +85,15 @@ impl Harness {
             h.create_namespace(name).await;
         }
         h
+    }
+
+    /// Namespaces `alpha` and `beta`, a viewer key `eyes` of alpha and an owner key `boss` of
+    /// beta: (harness, alpha viewer token, beta owner token).
+    pub async fn with_alpha_viewer_and_beta_owner() -> (Harness, String, String) {
+        let h = Harness::with_namespaces(&["alpha", "beta"]).await;
+        let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
+        let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;
+        (h, alpha_viewer, beta_owner)
     }
 
     /// A harness whose `container` tier runs on `oci_runtime` (such as `crun`).
