@@ -19,9 +19,7 @@ async fn records(h: &Harness, path: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn mutations_and_denials_are_recorded_and_tokens_never_are() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let (_, owner) = h.create_key("alpha", "boss", "owner").await;
     let (viewer_id, viewer) = h.create_key("alpha", "eyes", "viewer").await;
 
@@ -103,8 +101,7 @@ async fn verify(h: &Harness, path: &str) -> Value {
 
 #[tokio::test]
 async fn tampering_behind_the_servers_back_is_caught() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     for i in 0..5 {
         h.create_key("alpha", &format!("k{i}"), "viewer").await;
     }

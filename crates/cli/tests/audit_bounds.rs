@@ -31,8 +31,7 @@ async fn verify(h: &Harness, chain_path: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exec_with_a_maximal_argv_leaves_a_bounded_record_with_digests() {
-    let h = Harness::new().await;
-    h.create_namespace("acme").await;
+    let h = Harness::with_namespaces(&["acme"]).await;
     let (_, dev) = h.create_key("acme", "dev", "developer").await;
     let sbx = h.create_sandbox("acme", &dev, json!({})).await;
 

@@ -16,10 +16,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use bulkhead_core::outbound::OutboundPolicy;
-use common::{assert_envelope, namespace_body, Harness, Reply};
+use common::{assert_envelope, namespace_body, read_events, Harness, Reply};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -416,8 +415,7 @@ async fn admins_cannot_mint_or_revoke_owner_keys_but_owners_can() {
 
 #[tokio::test]
 async fn revocation_and_expiry_take_effect_on_the_next_request() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (id, token) = h.create_key("alpha", "ci", "developer").await;
     let r = h.call(Method::GET, "/v1/namespaces/alpha", Some(&token), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -499,38 +497,12 @@ fn sandbox_operations() -> Vec<(Method, String)> {
     ops
 }
 
-/// A live tail of `path` as `token`, once it has started.
-async fn open_tail(h: &Harness, path: &str, token: &str) -> Body {
-    let req = Request::builder()
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    resp.into_body()
-}
-
 /// The `data:` lines of a live tail until one carries `until`.
 async fn tail_until(body: &mut Body, until: &str) -> Vec<Value> {
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let frame = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .expect("the record within 30 s")
-            .expect("the stream goes on")
-            .expect("a frame");
-        if let Ok(data) = frame.into_data() {
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-        let records: Vec<Value> =
-            text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
-        if records.iter().any(|r| r["data"].as_str().is_some_and(|d| d.contains(until))) {
-            return records;
-        }
-    }
+    read_events(body, Duration::from_secs(30), |records| {
+        records.iter().any(|r| r["data"].as_str().is_some_and(|d| d.contains(until)))
+    })
+    .await
 }
 
 /// A sandbox carries the project of the filesystem it mounts: a key limited to project A sees a
@@ -540,8 +512,7 @@ async fn tail_until(body: &mut Body, until: &str) -> Vec<Value> {
 /// project A.
 #[tokio::test]
 async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let post = |path: &'static str, body: Value| {
         let h = &h;
@@ -569,16 +540,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let mount = |fs: &str| json!({"memory_bytes": 64 << 20, "filesystem": {"id": fs, "mode": "rw"}});
     let sa = h.create_sandbox("alpha", &admin, mount(&fsa)).await;
     let sb = h.create_sandbox("alpha", &admin, mount(&fsb)).await;
-    let r = h
-        .call(
-            Method::POST,
-            "/v1/namespaces/alpha/keys",
-            Some(&admin),
-            json!({"name": "scoped", "role": "developer", "projects": [pa]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let scoped = r.body["token"].as_str().unwrap().to_owned();
+    let scoped = h.create_project_key("alpha", "scoped", "developer", &[&pa]).await;
     h.sh("alpha", &sb, &admin, "echo b-before").await;
     h.sh("alpha", &sa, &admin, "echo a-before").await;
 
@@ -623,7 +585,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let records = r.body["records"].as_array().unwrap();
     assert!(records.iter().any(|r| r["sandbox"] == sa.as_str()), "{}", r.body);
     assert!(records.iter().all(|r| r["sandbox"] != sb.as_str()), "project B's output leaked: {}", r.body);
-    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs?after=0", &scoped).await;
+    let mut body = h.open_events("/v1/namespaces/alpha/logs?after=0", &scoped).await;
     let replayed = tail_until(&mut body, "a-before").await;
     h.sh("alpha", &sb, &admin, "echo b-live").await;
     h.sh("alpha", &sa, &admin, "echo a-live").await;
@@ -664,16 +626,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
 
     // `authz/explain` by a manager limited to project A: project B's sandbox, as principal or as
     // resource, is explained exactly as a missing one, so the answer never tells it exists.
-    let r = h
-        .call(
-            Method::POST,
-            "/v1/namespaces/alpha/keys",
-            Some(&admin),
-            json!({"name": "scoped-admin", "role": "admin", "projects": [pa]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let scoped_admin = r.body["token"].as_str().unwrap().to_owned();
+    let scoped_admin = h.create_project_key("alpha", "scoped-admin", "admin", &[&pa]).await;
     let (dev_id, _) = h.create_key("alpha", "dev2", "developer").await;
     let explain = |principal: String, resource: String| {
         let h = &h;
@@ -717,8 +670,7 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
 /// read it, with the forbid that decided.
 #[tokio::test]
 async fn a_secret_refused_at_create_is_audited_as_a_denial_naming_it() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     for name in ["db", "open"] {
@@ -763,10 +715,9 @@ async fn a_secret_refused_at_create_is_audited_as_a_denial_naming_it() {
 /// ends it, as a revoked key does.
 #[tokio::test]
 async fn a_policy_added_during_a_log_tail_ends_it() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
-    let mut body = open_tail(&h, "/v1/namespaces/alpha/logs", &dev).await;
+    let mut body = h.open_events("/v1/namespaces/alpha/logs", &dev).await;
     let rule =
         "forbid(principal in Bulkhead::Role::\"developer\", action == Bulkhead::Action::\"logs.read\", resource);";
     let r = h

@@ -52,8 +52,7 @@ async fn raw_post(h: &Harness, path: &str, token: &str, body: String) -> common:
 #[test]
 fn policies_that_nest_too_deeply_are_refused_and_the_server_keeps_answering() {
     on_server_stack(|| async {
-        let h = Harness::new().await;
-        h.create_namespace("alpha").await;
+        let h = Harness::with_namespaces(&["alpha"]).await;
         let (_, owner) = h.create_key("alpha", "boss", "owner").await;
         let (_, viewer) = h.create_key("alpha", "look", "viewer").await;
 
@@ -113,9 +112,7 @@ fn policies_that_nest_too_deeply_are_refused_and_the_server_keeps_answering() {
 #[test]
 fn a_stored_policy_past_the_bounds_fails_its_namespace_not_the_server() {
     on_server_stack(|| async {
-        let h = Harness::new().await;
-        h.create_namespace("alpha").await;
-        h.create_namespace("beta").await;
+        let h = Harness::with_namespaces(&["alpha", "beta"]).await;
         let (_, alpha) = h.create_key("alpha", "boss", "owner").await;
         let (_, beta) = h.create_key("beta", "boss", "owner").await;
         // Written straight to the store, as by an older server without the bounds.
@@ -139,8 +136,7 @@ fn a_stored_policy_past_the_bounds_fails_its_namespace_not_the_server() {
 
 #[tokio::test]
 async fn deeply_nested_json_bodies_are_400s() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, owner) = h.create_key("alpha", "boss", "owner").await;
     let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
     let deep_object = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
@@ -163,8 +159,7 @@ async fn deeply_nested_json_bodies_are_400s() {
 #[test]
 fn a_tree_nested_deeper_than_any_stack_is_replaced_by_an_upload() {
     on_server_stack(|| async {
-        let h = Harness::new().await;
-        h.create_namespace("alpha").await;
+        let h = Harness::with_namespaces(&["alpha"]).await;
         let admin = h.admin.clone();
         // Room for 20,000 directories: ext4 gives one inode per 16 KiB.
         let body = json!({"name": "data", "size_bytes": 512u64 << 20});
@@ -182,14 +177,8 @@ fn a_tree_nested_deeper_than_any_stack_is_replaced_by_an_upload() {
         let script =
             "import os\nos.chdir('/workspace')\nfor _ in range(20000):\n    os.mkdir('d')\n    os.chdir('d')\n\
                       open('bottom', 'w').close()\nprint('made')";
-        let v = h
-            .call(
-                Method::POST,
-                &format!("/v1/namespaces/alpha/sandboxes/{sbx}/exec"),
-                Some(&admin),
-                json!({"cmd": ["python3", "-c", script], "timeout_seconds": 300}),
-            )
-            .await;
+        let v =
+            h.exec_with("alpha", &sbx, &admin, json!({"cmd": ["python3", "-c", script], "timeout_seconds": 300})).await;
         assert_eq!(v.status, StatusCode::OK, "{}", v.body);
         assert_eq!(v.body["exit_code"], 0, "{}", v.body);
         assert_eq!(v.body["stdout"], "made\n", "{}", v.body);

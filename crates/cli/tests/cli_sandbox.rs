@@ -11,21 +11,23 @@ use std::path::Path;
 use common::process::{text, Server};
 use serde_json::Value;
 
-/// A namespace `acme` with a developer and a viewer key; their tokens.
-fn tenant(server: &Server) -> (String, String) {
+/// A server on a temporary data dir with a namespace `acme` holding a developer and a viewer
+/// key: the dir, the server, and the two tokens.
+fn tenant_server() -> (tempfile::TempDir, Server, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
     let key = |name: &str, role: &str| {
         let k = server.json(None, &["key", "create", "--ns", "acme", name, "--role", role]);
         k["token"].as_str().unwrap().to_owned()
     };
-    (key("dev", "developer"), key("look", "viewer"))
+    let (dev, viewer) = (key("dev", "developer"), key("look", "viewer"));
+    (dir, server, dev, viewer)
 }
 
 #[test]
 fn sandbox_exec_cp_and_doctor_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&dir.path().join("data"));
-    let (dev, viewer) = tenant(&server);
+    let (dir, mut server, dev, viewer) = tenant_server();
     let dev = Some(dev.as_str());
 
     // Create with human units.
@@ -205,9 +207,7 @@ fn doctor_names_a_leak() {
 /// filesystem the server no longer has as a leak.
 #[test]
 fn doctor_counts_a_live_filesystem_as_live() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(&dir.path().join("data"));
-    let (dev, _) = tenant(&server);
+    let (_dir, mut server, dev, _) = tenant_server();
     let dev = Some(dev.as_str());
     let f = server.json(dev, &["fs", "create", "--ns", "acme", "data", "--size", "16MiB"]);
     let fs_id = f["id"].as_str().unwrap().to_owned();

@@ -73,6 +73,36 @@ impl Drop for Cleanup {
     }
 }
 
+/// A server on a temporary data dir with runtime names of its own, and its namespace `alpha`
+/// (64 pids per sandbox, `disk_bytes` of disk) created by the admin. Tests destructure it with
+/// the server bound last: bindings drop in reverse order, so the server is killed before the
+/// purge and the removal of its data dir.
+struct Crashable {
+    dir: tempfile::TempDir,
+    _cleanup: Cleanup,
+    prefix: String,
+    state: PathBuf,
+    data: PathBuf,
+    admin: String,
+    server: Server,
+}
+
+impl Crashable {
+    fn start(disk_bytes: u64) -> Crashable {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let (state, prefix) = common::process::runtime_names();
+        let _cleanup = Cleanup(state.clone(), prefix.clone());
+        let server = start(&data, &state, &prefix);
+        let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
+        let ns = format!(
+            r#"{{"name":"alpha","quotas":{{"cpu_millis":2000,"memory_bytes":2147483648,"disk_bytes":{disk_bytes},"max_sandboxes":5,"pids_per_sandbox":64,"max_sandbox_ttl_seconds":3600}}}}"#
+        );
+        assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(&ns)).0, 201);
+        Crashable { dir, _cleanup, prefix, state, data, admin, server }
+    }
+}
+
 fn supervisor_pid(state: &Path, id: &str) -> i32 {
     std::fs::read_to_string(state.join("sandboxes").join(id).join("pid")).unwrap().trim().parse().unwrap()
 }
@@ -85,15 +115,7 @@ fn alive(pid: i32) -> bool {
 
 #[test]
 fn kill_9_restart_reconciles_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (state, prefix) = common::process::runtime_names();
-    let _cleanup = Cleanup(state.clone(), prefix.clone());
-
-    let mut server = start(&data, &state, &prefix);
-    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
-    let ns = r#"{"name":"alpha","quotas":{"cpu_millis":2000,"memory_bytes":2147483648,"disk_bytes":0,"max_sandboxes":5,"pids_per_sandbox":64,"max_sandbox_ttl_seconds":3600}}"#;
-    assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(ns)).0, 201);
+    let Crashable { dir: _dir, _cleanup, prefix, state, data, admin, mut server } = Crashable::start(0);
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (code, body) = http(
@@ -166,15 +188,7 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
 /// cut by `kill -9` half-way leaves the previous content and no staging behind.
 #[test]
 fn kill_9_keeps_acknowledged_files_and_drops_half_uploads() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let (state, prefix) = common::process::runtime_names();
-    let _cleanup = Cleanup(state.clone(), prefix.clone());
-
-    let mut server = start(&data, &state, &prefix);
-    let admin = std::fs::read_to_string(data.join("admin.token")).unwrap().trim().to_owned();
-    let ns = r#"{"name":"alpha","quotas":{"cpu_millis":2000,"memory_bytes":2147483648,"disk_bytes":1073741824,"max_sandboxes":5,"pids_per_sandbox":64,"max_sandbox_ttl_seconds":3600}}"#;
-    assert_eq!(http(&server, &admin, "POST", "/v1/namespaces", Some(ns)).0, 201);
+    let Crashable { dir, _cleanup, prefix, state, data, admin, mut server } = Crashable::start(1 << 30);
     let (code, body) = http(
         &server,
         &admin,

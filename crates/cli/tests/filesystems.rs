@@ -29,8 +29,7 @@ fn with_fs(id: &str, mode: &str) -> Value {
 
 #[tokio::test]
 async fn writes_stop_at_the_size_and_siblings_keep_working() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let small = filesystem(&h, "alpha", &admin, "small", 16 * MIB, None).await;
     let sibling = filesystem(&h, "alpha", &admin, "sibling", 16 * MIB, None).await;
@@ -66,8 +65,7 @@ async fn writes_stop_at_the_size_and_siblings_keep_working() {
 
 #[tokio::test]
 async fn read_only_mounts_refuse_writes_and_data_outlives_sandboxes() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let fs = filesystem(&h, "alpha", &admin, "data", 16 * MIB, None).await;
     let writer = h.create_sandbox("alpha", &admin, with_fs(&fs, "rw")).await;
@@ -138,9 +136,7 @@ async fn quotas_grow_shrink_and_delete_rules() {
 
 #[tokio::test]
 async fn another_namespace_and_other_projects_cannot_reach_a_filesystem() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let admin = h.admin.clone();
     let (_, beta_dev) = h.create_key("beta", "dev", "developer").await;
     let fs = filesystem(&h, "alpha", &admin, "secret", 16 * MIB, None).await;
@@ -163,16 +159,7 @@ async fn another_namespace_and_other_projects_cannot_reach_a_filesystem() {
     let p2 = r.body["id"].as_str().unwrap().to_owned();
     let in_p1 = filesystem(&h, "alpha", &admin, "one", 16 * MIB, Some(&p1)).await;
     let in_p2 = filesystem(&h, "alpha", &admin, "two", 16 * MIB, Some(&p2)).await;
-    let r = h
-        .call(
-            Method::POST,
-            "/v1/namespaces/alpha/keys",
-            Some(&admin),
-            json!({"name": "scoped", "role": "developer", "projects": [p1]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let scoped = r.body["token"].as_str().unwrap().to_owned();
+    let scoped = h.create_project_key("alpha", "scoped", "developer", &[&p1]).await;
     let r = h.call(Method::GET, "/v1/namespaces/alpha/filesystems", Some(&scoped), Value::Null).await;
     let ids: Vec<&str> = r.body["items"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
     assert_eq!(ids, [in_p1.as_str()]);

@@ -17,8 +17,7 @@ use serde_json::{json, Value};
 const MIB: u64 = 1 << 20;
 
 async fn setup(size: u64) -> (Harness, String) {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let r = h
         .call(
             Method::POST,
@@ -196,7 +195,8 @@ async fn hostile_archives_are_refused_and_the_previous_content_stays() {
 #[tokio::test]
 async fn files_etags_and_conditional_writes() {
     let (h, fs) = setup(16 * MIB).await;
-    let file = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=notes/today.md");
+    let files = |query: &str| format!("/v1/namespaces/alpha/filesystems/{fs}/files?{query}");
+    let file = files("path=notes/today.md");
     let r = raw(&h, Method::PUT, &file, &[("if-none-match", "*")], b"v1".to_vec()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let etag1 = r.headers["etag"].to_str().unwrap().to_owned();
@@ -230,14 +230,7 @@ async fn files_etags_and_conditional_writes() {
     let r = h.call(Method::GET, &file, Some(&h.admin), Value::Null).await;
     assert!(r.raw.starts_with(b"writer "));
     // Listing, deleting, bad paths.
-    let r = h
-        .call(
-            Method::GET,
-            &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=notes&list=true"),
-            Some(&h.admin),
-            Value::Null,
-        )
-        .await;
+    let r = h.call(Method::GET, &files("path=notes&list=true"), Some(&h.admin), Value::Null).await;
     assert_eq!(r.body[0]["name"], "today.md", "{}", r.body);
     assert_eq!(r.body[0]["kind"], "file");
     let r = raw(&h, Method::DELETE, &file, &[("if-match", &etag1)], vec![]).await;
@@ -246,14 +239,7 @@ async fn files_etags_and_conditional_writes() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(h.call(Method::GET, &file, Some(&h.admin), Value::Null).await.status, StatusCode::NOT_FOUND);
     for bad in ["/etc/passwd", "../x", "a/../../x", "", "a%00b"] {
-        let r = h
-            .call(
-                Method::GET,
-                &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path={bad}"),
-                Some(&h.admin),
-                Value::Null,
-            )
-            .await;
+        let r = h.call(Method::GET, &files(&format!("path={bad}")), Some(&h.admin), Value::Null).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
     }
     // Writing past the filesystem's size is a quota error, and the old file stays.

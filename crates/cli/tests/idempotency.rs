@@ -91,8 +91,7 @@ fn assert_key_replay(first: &Reply, again: &Reply) {
 }
 
 async fn harness() -> Harness {
-    let h = Harness::new().await;
-    h.create_namespace("acme").await;
+    let h = Harness::with_namespaces(&["acme"]).await;
     h
 }
 

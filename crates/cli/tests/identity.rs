@@ -80,17 +80,7 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
     let owner = a.mint(json!({"sub": "olga", "groups": ["look", "ops"]}), None);
     assert_eq!(get_as(&h, "/v1/namespaces/alpha/keys", &owner).await.status, StatusCode::OK, "the strongest role wins");
     let viewer = a.mint(json!({"sub": "vic", "groups": ["look"]}), None);
-    let r = h
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/v1/namespaces/alpha/projects")
-                .header("authorization", format!("Bearer {viewer}"))
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"name": "p"}).to_string()))
-                .unwrap(),
-        )
-        .await;
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/projects", Some(&viewer), json!({"name": "p"})).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     let stranger = a.mint(json!({"sub": "sam", "groups": ["sales"]}), None);
     let r = get_as(&h, "/v1/namespaces/alpha", &stranger).await;
@@ -104,17 +94,7 @@ async fn sso_users_sign_in_through_their_namespaces_provider_and_forged_tokens_a
     assert_envelope(&r, "unauthenticated");
 
     // SSO users show in the audit log with subject and email.
-    let r = h
-        .send(
-            Request::builder()
-                .method(Method::POST)
-                .uri("/v1/namespaces/alpha/projects")
-                .header("authorization", format!("Bearer {dev}"))
-                .header("content-type", "application/json")
-                .body(Body::from(json!({"name": "alices"}).to_string()))
-                .unwrap(),
-        )
-        .await;
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/projects", Some(&dev), json!({"name": "alices"})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let audit =
         h.call(Method::GET, "/v1/namespaces/alpha/audit?action=project.create", Some(&h.admin), Value::Null).await;
@@ -206,8 +186,7 @@ async fn add_policy(h: &Harness, ns: &str, token: &str, name: &str, policy: &str
 
 #[tokio::test]
 async fn a_forbid_policy_beats_the_role_and_explain_names_it() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, owner) = h.create_key("alpha", "boss", "owner").await;
     let (_, admin) = h.create_key("alpha", "ops", "admin").await;
     let (dev_id, dev) = h.create_key("alpha", "dev", "developer").await;
@@ -275,9 +254,7 @@ async fn a_forbid_policy_beats_the_role_and_explain_names_it() {
 
 #[tokio::test]
 async fn a_sandbox_acts_with_its_workload_token_and_only_what_policies_grant() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let (_, owner) = h.create_key("alpha", "boss", "owner").await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     let s = h.create_sandbox("alpha", &dev, json!({})).await;
@@ -348,8 +325,7 @@ async fn secret_values_reach_only_allowed_sandboxes_and_nothing_else() {
         .with_writer(move || sink.clone())
         .with_env_filter("debug,sqlx=warn,hyper=warn,reqwest=warn")
         .try_init();
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, owner) = h.create_key("alpha", "boss", "owner").await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     let value = format!("s3cret-{}", bulkhead_core::ids::new_id("v"));

@@ -11,9 +11,7 @@ use serde_json::json;
 
 /// Two namespaces with a sandbox each; returns (harness, A's sandbox, B's sandbox).
 async fn two_tenants() -> (Harness, String, String) {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let a = h.create_sandbox("alpha", &h.admin, json!({"memory_bytes": 128 << 20})).await;
     let b = h.create_sandbox("beta", &h.admin, json!({"memory_bytes": 128 << 20})).await;
     (h, a, b)
@@ -23,7 +21,6 @@ async fn two_tenants() -> (Harness, String, String) {
 async fn a_sees_only_its_own_processes() {
     let (h, a, b) = two_tenants().await;
     // A marker process in B, and the whole host, must be invisible from A.
-    let admin = h.admin.clone();
     let b_stream = tokio::spawn({
         let state = h.state.clone();
         let b = b.clone();
@@ -40,7 +37,7 @@ async fn a_sees_only_its_own_processes() {
         }
     });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let (code, out, _) = h.sh("alpha", &a, &admin, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
+    let (code, out, _) = h.sh("alpha", &a, &h.admin, "cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /proc | grep -E '^[0-9]+$' | wc -l; cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
     assert_eq!(code, 0);
     let mut lines = out.lines();
     assert_eq!(
@@ -56,7 +53,7 @@ async fn a_sees_only_its_own_processes() {
         "A sees host processes: {out}"
     );
     // B really is running it.
-    let (_, out_b, _) = h.sh("beta", &b, &admin, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
+    let (_, out_b, _) = h.sh("beta", &b, &h.admin, "cat /proc/*/cmdline 2>/dev/null | tr '\\0' ' '").await;
     assert!(out_b.contains("31.4159"), "the marker should run in B: {out_b}");
     drop(b_stream);
 }
@@ -64,8 +61,7 @@ async fn a_sees_only_its_own_processes() {
 #[tokio::test]
 async fn a_cannot_read_b_files_the_data_dir_the_admin_token_or_host_secrets() {
     let (h, a, b) = two_tenants().await;
-    let admin = h.admin.clone();
-    let (code, _, _) = h.sh("beta", &b, &admin, "echo tenant-b-secret-7f3a > /tmp/b-secret").await;
+    let (code, _, _) = h.sh("beta", &b, &h.admin, "echo tenant-b-secret-7f3a > /tmp/b-secret").await;
     assert_eq!(code, 0);
     let data_dir = h.dir.path().join("data");
     let script = format!(
@@ -75,13 +71,13 @@ async fn a_cannot_read_b_files_the_data_dir_the_admin_token_or_host_secrets() {
         data = data_dir.display(),
         state = h.runtime.state_dir.display(),
     );
-    let (code, out, err) = h.sh("alpha", &a, &admin, &script).await;
+    let (code, out, err) = h.sh("alpha", &a, &h.admin, &script).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "done", "A read something it must not: {out}");
     assert!(!out.contains("tenant-b-secret") && !out.contains("bha_"), "{out}");
     assert!(err.contains("No such file"), "{err}");
     // /etc is generated: no shadow, and passwd has only root and nobody.
-    let (_, passwd, _) = h.sh("alpha", &a, &admin, "cat /etc/passwd; ls /etc").await;
+    let (_, passwd, _) = h.sh("alpha", &a, &h.admin, "cat /etc/passwd; ls /etc").await;
     assert!(!passwd.contains("shadow"), "{passwd}");
     assert_eq!(passwd.lines().filter(|l| l.contains(":x:")).count(), 2, "{passwd}");
 }
@@ -89,7 +85,6 @@ async fn a_cannot_read_b_files_the_data_dir_the_admin_token_or_host_secrets() {
 #[tokio::test]
 async fn a_cannot_mount_load_modules_nest_user_namespaces_or_ptrace() {
     let (h, a, _b) = two_tenants().await;
-    let admin = h.admin.clone();
     let probe = r#"
 import ctypes, os, errno
 libc = ctypes.CDLL(None, use_errno=True)
@@ -108,7 +103,7 @@ print("perf_event_open", res(libc.syscall(298, None, 0, -1, -1, 0)))
 print("setns", res(libc.setns(0, 0)))
 print("reboot", res(libc.syscall(169, 0xfee1dead, 672274793, 0x1234567, None)))
 "#;
-    let v = h.exec("alpha", &a, &admin, &["python3", "-c", probe]).await;
+    let v = h.exec("alpha", &a, &h.admin, &["python3", "-c", probe]).await;
     let out = v["stdout"].as_str().unwrap();
     assert_eq!(v["exit_code"], 0, "{v}");
     for line in out.lines() {
@@ -118,13 +113,13 @@ print("reboot", res(libc.syscall(169, 0xfee1dead, 672274793, 0x1234567, None)))
     }
     assert_eq!(out.lines().count(), 10, "{out}");
     // The shell tools agree.
-    let (code, _, _) = h.sh("alpha", &a, &admin, "unshare -U true").await;
+    let (code, _, _) = h.sh("alpha", &a, &h.admin, "unshare -U true").await;
     assert_ne!(code, 0, "unshare -U must fail");
-    let (code, _, _) = h.sh("alpha", &a, &admin, "mount -t tmpfs none /tmp/m").await;
+    let (code, _, _) = h.sh("alpha", &a, &h.admin, "mount -t tmpfs none /tmp/m").await;
     assert_ne!(code, 0, "mount must fail");
     // Capabilities: none of the dangerous ones, and no_new_privs.
     let (_, status, _) =
-        h.sh("alpha", &a, &admin, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status").await;
+        h.sh("alpha", &a, &h.admin, "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status").await;
     let field = |name: &str| {
         status.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().nth(1).unwrap().to_owned()
     };
@@ -146,27 +141,25 @@ print("reboot", res(libc.syscall(169, 0xfee1dead, 672274793, 0x1234567, None)))
 #[tokio::test]
 async fn ids_map_to_the_namespaces_own_unprivileged_range() {
     let (h, a, b) = two_tenants().await;
-    let admin = h.admin.clone();
     let map = |out: String| -> (u64, u64, u64) {
         let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
         (f[0], f[1], f[2])
     };
-    let (_, out_a, _) = h.sh("alpha", &a, &admin, "cat /proc/self/uid_map").await;
-    let (_, out_b, _) = h.sh("beta", &b, &admin, "cat /proc/self/uid_map").await;
+    let (_, out_a, _) = h.sh("alpha", &a, &h.admin, "cat /proc/self/uid_map").await;
+    let (_, out_b, _) = h.sh("beta", &b, &h.admin, "cat /proc/self/uid_map").await;
     let (inside_a, host_a, size_a) = map(out_a);
     let (_, host_b, size_b) = map(out_b);
     assert_eq!(inside_a, 0);
     assert!(host_a >= 1_000_000 && host_b >= 1_000_000, "root maps onto an unprivileged host id");
     assert!(host_a + size_a <= host_b || host_b + size_b <= host_a, "ranges of two namespaces overlap");
     // The host sees A's processes under A's host ids.
-    let (_, out, _) = h.sh("alpha", &a, &admin, "id -u; cat /proc/self/gid_map").await;
+    let (_, out, _) = h.sh("alpha", &a, &h.admin, "id -u; cat /proc/self/gid_map").await;
     assert!(out.starts_with("0\n"), "{out}");
 }
 
 #[tokio::test]
 async fn only_loopback_and_not_the_server() {
     let (h, a, _b) = two_tenants().await;
-    let admin = h.admin.clone();
     // A real listener on the host's loopback, standing in for the server's port.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -186,7 +179,7 @@ srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
 print("own_loopback", tcp("127.0.0.1", srv.getsockname()[1]))
 "#
     );
-    let v = h.exec("alpha", &a, &admin, &["python3", "-c", &probe]).await;
+    let v = h.exec("alpha", &a, &h.admin, &["python3", "-c", &probe]).await;
     let out = v["stdout"].as_str().unwrap();
     assert_eq!(v["exit_code"], 0, "{v}");
     assert!(out.contains("host_loopback ConnectionRefusedError"), "the host's loopback is reachable: {out}");
@@ -199,13 +192,12 @@ print("own_loopback", tcp("127.0.0.1", srv.getsockname()[1]))
 #[tokio::test]
 async fn root_is_read_only_tmp_is_writable_and_bounded() {
     let (h, a, _b) = two_tenants().await;
-    let admin = h.admin.clone();
-    let (code, _, err) = h.sh("alpha", &a, &admin, "touch /usr/x").await;
+    let (code, _, err) = h.sh("alpha", &a, &h.admin, "touch /usr/x").await;
     assert_ne!(code, 0);
     assert!(err.contains("Read-only"), "{err}");
-    let (code, _, _) = h.sh("alpha", &a, &admin, "touch /x").await;
+    let (code, _, _) = h.sh("alpha", &a, &h.admin, "touch /x").await;
     assert_ne!(code, 0, "the root must be read-only");
-    let (code, out, _) = h.sh("alpha", &a, &admin, "df -k /tmp | tail -1 | awk '{print $2}'").await;
+    let (code, out, _) = h.sh("alpha", &a, &h.admin, "df -k /tmp | tail -1 | awk '{print $2}'").await;
     assert_eq!(code, 0);
     let kib: u64 = out.trim().parse().unwrap();
     assert_eq!(kib, 128 * 1024, "/tmp is sized to the sandbox's memory");

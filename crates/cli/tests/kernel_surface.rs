@@ -58,8 +58,7 @@ for protocol in range(23):
 /// (`EPERM`, no `CAP_NET_RAW`), which a test cannot tell from the filter's answer.
 #[tokio::test]
 async fn socket_families_are_allow_listed() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let sbx = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 128 << 20})).await;
     let v = h.exec("alpha", &sbx, &admin, &["python3", "-c", SOCKET_PROBE]).await;
@@ -162,15 +161,14 @@ int main(void) {
 async fn the_32_bit_entry_point_obeys_the_family_allow_list() {
     const EPERM: &str = "1";
     const ENOSYS: &str = "38";
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let sbx = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 256 << 20})).await;
     let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/alpha/sandboxes/{sbx}/exec"),
-            Some(&admin),
+        .exec_with(
+            "alpha",
+            &sbx,
+            &admin,
             json!({"cmd": ["sh", "-c", "cd /tmp && cat > p.c && gcc -o p p.c && ./p"],
                    "stdin": I386_SOCKET_PROBE, "timeout_seconds": 300}),
         )
@@ -321,10 +319,10 @@ async fn other_tenants_are_invisible_in_proc_and_sys() {
         h.runtime.cgroup_prefix.clone(),
     ];
     let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/{spy}/sandboxes/{a}/exec"),
-            Some(&admin),
+        .exec_with(
+            spy,
+            &a,
+            &admin,
             json!({"cmd": ["python3", "-c", LEAK_PROBE], "stdin": needles.join("\n"), "timeout_seconds": 600}),
         )
         .await;
@@ -374,8 +372,7 @@ async fn other_tenants_are_invisible_in_proc_and_sys() {
 /// of shell tools, pip, and the sandbox's own cgroup limits are readable.
 #[tokio::test]
 async fn ordinary_programs_run_under_the_kernel_surface() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let sbx = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 256 << 20})).await;
     let script = r#"set -e

@@ -30,24 +30,12 @@ async fn fork_bomb_stops_at_the_pids_limit_and_the_neighbour_answers() {
     let a = h.create_sandbox("alpha", &admin, json!({})).await;
     let b = h.create_sandbox("beta", &admin, json!({})).await;
     // A shell fork bomb, bounded by the exec timeout, while B is asked to answer.
-    let bomb = {
-        let app = h.app.clone();
-        let admin = admin.clone();
-        let a = a.clone();
-        tokio::spawn(async move {
-            let req = axum::http::Request::builder()
-                .method(Method::POST)
-                .uri(format!("/v1/namespaces/alpha/sandboxes/{a}/exec"))
-                .header("authorization", format!("Bearer {admin}"))
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    json!({"cmd": ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3"], "timeout_seconds": 4})
-                        .to_string(),
-                ))
-                .unwrap();
-            tower::ServiceExt::oneshot(app, req).await.unwrap().status()
-        })
-    };
+    let bomb = h.spawn_exec(
+        "alpha",
+        &a,
+        &admin,
+        json!({"cmd": ["sh", "-c", "bomb() { bomb | bomb & }; bomb; sleep 3"], "timeout_seconds": 4}),
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let during = h.state.runtime.stats("alpha", &a).await.unwrap();
     let v = h.exec("beta", &b, &admin, &["echo", "alive"]).await;
@@ -71,20 +59,11 @@ async fn fork_bomb_stops_at_the_pids_limit_and_the_neighbour_answers() {
 
 #[tokio::test]
 async fn memory_hog_is_killed_inside_its_own_cgroup() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
     let admin = h.admin.clone();
     let a = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 64 << 20})).await;
     let b = h.create_sandbox("beta", &admin, json!({})).await;
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/alpha/sandboxes/{a}/exec"),
-            Some(&admin),
-            json!({"cmd": ["python3", "-c", "x = bytearray(512 * 1024 * 1024); print('survived')"], "timeout_seconds": 30}),
-        )
-        .await;
+    let r = h.exec_with("alpha", &a, &admin, json!({"cmd": ["python3", "-c", "x = bytearray(512 * 1024 * 1024); print('survived')"], "timeout_seconds": 30})).await;
     // Either the hog got SIGKILL (the supervisor reports it) or the sandbox's init went with
     // it (a conflict); it never survives, and it never takes the server or B down.
     if r.status == StatusCode::OK {
@@ -103,21 +82,13 @@ async fn memory_hog_is_killed_inside_its_own_cgroup() {
 
 #[tokio::test]
 async fn cpu_use_stays_within_the_quota() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let a = h.create_sandbox("alpha", &admin, json!({"cpu_millis": 200})).await;
     let before = h.state.runtime.stats("alpha", &a).await.unwrap().cpu_usage_ns;
     let started = Instant::now();
     // Two busy loops for two seconds: unthrottled they would burn up to four cpu-seconds.
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/alpha/sandboxes/{a}/exec"),
-            Some(&admin),
-            json!({"cmd": ["sh", "-c", "(while :; do :; done) & (while :; do :; done) & sleep 2; kill %1 %2"], "timeout_seconds": 10}),
-        )
-        .await;
+    let r = h.exec_with("alpha", &a, &admin, json!({"cmd": ["sh", "-c", "(while :; do :; done) & (while :; do :; done) & sleep 2; kill %1 %2"], "timeout_seconds": 10})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let wall = started.elapsed().as_secs_f64();
     let used = (h.state.runtime.stats("alpha", &a).await.unwrap().cpu_usage_ns - before) as f64 / 1e9;
@@ -170,8 +141,7 @@ async fn admission_control_names_the_quota_limit_and_use() {
 
 #[tokio::test]
 async fn ttl_expiry_ends_the_sandbox_and_frees_the_host() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let id = h.create_sandbox("alpha", &admin, json!({"ttl_seconds": 1})).await;
     let bundle = h.runtime.state_dir.join("sandboxes").join(&id);
@@ -188,22 +158,14 @@ async fn ttl_expiry_ends_the_sandbox_and_frees_the_host() {
     assert_eq!(sandbox["status"], "stopped", "{sandbox}");
     assert_eq!(sandbox["reason"], "ttl_expired", "{sandbox}");
     assert!(!bundle.exists(), "the bundle outlived the sandbox");
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"),
-            Some(&admin),
-            json!({"cmd": ["true"]}),
-        )
-        .await;
+    let r = h.exec_with("alpha", &id, &admin, json!({"cmd": ["true"]})).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     assert!(h.state.runtime.stats("alpha", &id).await.is_err(), "its cgroup outlived it");
 }
 
 #[tokio::test]
 async fn namespace_delete_tears_down_its_sandboxes() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let a1 = h.create_sandbox("alpha", &admin, json!({})).await;
     let a2 = h.create_sandbox("alpha", &admin, json!({})).await;
@@ -226,23 +188,8 @@ async fn a_sandbox_deleted_in_the_middle_of_a_fork_bomb_is_gone_at_once() {
     let id = h.create_sandbox("alpha", &admin, json!({"memory_bytes": 64 << 20})).await;
     // Python processes that fork for ever: the sandbox sits at its pids limit and under memory
     // pressure, with new processes every instant.
-    let bomb = {
-        let app = h.app.clone();
-        let (admin, id) = (admin.clone(), id.clone());
-        tokio::spawn(async move {
-            let script = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
-            let req = axum::http::Request::builder()
-                .method(Method::POST)
-                .uri(format!("/v1/namespaces/alpha/sandboxes/{id}/exec"))
-                .header("authorization", format!("Bearer {admin}"))
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    json!({"cmd": ["python3", "-c", script], "timeout_seconds": 60}).to_string(),
-                ))
-                .unwrap();
-            tower::ServiceExt::oneshot(app, req).await.unwrap().status()
-        })
-    };
+    let script = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n";
+    let bomb = h.spawn_exec("alpha", &id, &admin, json!({"cmd": ["python3", "-c", script], "timeout_seconds": 60}));
     tokio::time::sleep(Duration::from_millis(2000)).await;
     let during = h.state.runtime.stats("alpha", &id).await.unwrap();
     assert!(during.pids > 100, "the bomb did not take off: {during:?}");

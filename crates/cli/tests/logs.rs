@@ -14,10 +14,9 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::process::Server;
-use common::{assert_envelope, Harness};
+use common::{assert_envelope, read_events, Harness};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 async fn logs(h: &Harness, ns: &str, token: &str, query: &str) -> Value {
     let r = h.call(Method::GET, &format!("/v1/namespaces/{ns}/logs{query}"), Some(token), Value::Null).await;
@@ -42,9 +41,7 @@ fn datas(page: &Value) -> Vec<(String, String, String)> {
 
 #[tokio::test]
 async fn exec_output_is_retained_per_namespace_and_only_its_own_is_visible() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("bravo").await;
+    let h = Harness::with_namespaces(&["alpha", "bravo"]).await;
     let (_, a_dev) = h.create_key("alpha", "dev", "developer").await;
     let (_, a_viewer) = h.create_key("alpha", "look", "viewer").await;
     let (_, b_dev) = h.create_key("bravo", "dev", "developer").await;
@@ -119,53 +116,22 @@ async fn exec_output_is_retained_per_namespace_and_only_its_own_is_visible() {
     }
 }
 
-/// Reads server-sent events from a streaming body until `want` data lines arrived.
-async fn sse_data(body: &mut Body, want: usize) -> Vec<Value> {
-    let mut text = String::new();
-    let mut out = Vec::new();
-    // One deadline for all of them: keep-alive comments must not keep the wait going.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while out.len() < want {
-        let frame = tokio::time::timeout_at(deadline, body.frame())
-            .await
-            .expect("the records within 20 s")
-            .expect("the stream goes on")
-            .expect("a frame");
-        if let Ok(data) = frame.into_data() {
-            text.push_str(std::str::from_utf8(&data).unwrap());
-        }
-        out = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_live_tail_delivers_new_output_of_its_namespace_only() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("bravo").await;
+    let h = Harness::with_namespaces(&["alpha", "bravo"]).await;
     let (viewer_id, a_viewer) = h.create_key("alpha", "look", "viewer").await;
     let a = h.create_sandbox("alpha", &h.admin, json!({})).await;
     let b = h.create_sandbox("bravo", &h.admin, json!({})).await;
     h.sh("alpha", &a, &h.admin, "echo before-the-tail").await;
 
-    let req = Request::builder()
-        .uri("/v1/namespaces/alpha/logs?after=0")
-        .header("authorization", format!("Bearer {a_viewer}"))
-        .header("accept", "text/event-stream")
-        .body(Body::empty())
-        .unwrap();
-    let resp = h.app.clone().oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let mut body = resp.into_body();
+    let mut body = h.open_events("/v1/namespaces/alpha/logs?after=0", &a_viewer).await;
     // The retained record first (asked for with `after`).
-    let first = sse_data(&mut body, 1).await;
+    let first = read_events(&mut body, Duration::from_secs(20), |r| !r.is_empty()).await;
     assert_eq!(first[0]["data"], "before-the-tail\n");
 
     h.sh("bravo", &b, &h.admin, "echo bravo-must-not-show").await;
     h.sh("alpha", &a, &h.admin, "echo live-one; echo live-two >&2").await;
-    let got = sse_data(&mut body, 2).await;
+    let got = read_events(&mut body, Duration::from_secs(20), |r| r.len() >= 2).await;
     let data: Vec<&str> = got.iter().map(|v| v["data"].as_str().unwrap()).collect();
     assert_eq!(data, vec!["live-one\n", "live-two\n"], "{got:?}");
     let seqs: Vec<u64> = first.iter().chain(got.iter()).map(|v| v["seq"].as_u64().unwrap()).collect();

@@ -33,19 +33,11 @@ async fn usage(h: &Harness, ns: &str, token: &str) -> Value {
 
 #[tokio::test]
 async fn two_cpu_seconds_are_metered_as_two_within_ten_percent() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let id = h.create_sandbox("alpha", &admin, json!({"cpu_millis": 1000})).await;
-    let r = h
-        .call(
-            Method::POST,
-            &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"),
-            Some(&admin),
-            // Burns two seconds of its own cpu time, however busy the host is.
-            json!({"cmd": ["python3", "-c", "import time\nwhile time.process_time() < 2: pass"], "timeout_seconds": 60}),
-        )
-        .await;
+    let r = h.exec_with("alpha", &id, &admin, // Burns two seconds of its own cpu time, however busy the host is.
+            json!({"cmd": ["python3", "-c", "import time\nwhile time.process_time() < 2: pass"], "timeout_seconds": 60})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // A periodic sample in the middle of the sandbox's life, then the final one at delete.
     bulkhead_server::metering::sample_all(&h.state).await.unwrap();
@@ -65,8 +57,7 @@ async fn two_cpu_seconds_are_metered_as_two_within_ten_percent() {
 
 #[tokio::test]
 async fn a_sandbox_that_ends_between_samples_is_still_metered() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let id = h.create_sandbox("alpha", &admin, json!({})).await;
     h.exec("alpha", &id, &admin, &["python3", "-c", "import time\nwhile time.process_time() < 0.5: pass"]).await;
@@ -80,12 +71,8 @@ async fn a_sandbox_that_ends_between_samples_is_still_metered() {
 
 #[tokio::test]
 async fn rejections_are_counted_and_usage_is_per_namespace() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let (h, alpha_viewer, beta_owner) = Harness::with_alpha_viewer_and_beta_owner().await;
     let admin = h.admin.clone();
-    let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
-    let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;
     let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&admin), json!({"cpu_millis": 999_999})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let u = usage(&h, "alpha", &alpha_viewer).await;

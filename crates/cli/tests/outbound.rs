@@ -155,8 +155,7 @@ fn a_name_that_resolves_to_loopback_is_never_dialled() {
 
 #[tokio::test]
 async fn issuers_at_refused_or_non_canonical_addresses_are_400() {
-    let h = Harness::new().await;
-    h.create_namespace("acme").await;
+    let h = Harness::with_namespaces(&["acme"]).await;
     let (_, owner) = h.create_key("acme", "boss", "owner").await;
     let set = |issuer: &str| json!({"oidc": {"issuer": issuer, "audience": "bulkhead", "role_mappings": {"eng": "developer"}}});
     for issuer in [

@@ -10,18 +10,10 @@ use axum::http::{Method, StatusCode};
 use common::Harness;
 use serde_json::{json, Value};
 
-fn text(r: &common::Reply) -> String {
-    String::from_utf8(r.raw.clone()).unwrap()
-}
-
 #[tokio::test]
 async fn metrics_are_labelled_by_namespace_and_scoped() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
-    h.create_namespace("beta").await;
+    let (h, alpha_viewer, beta_owner) = Harness::with_alpha_viewer_and_beta_owner().await;
     let admin = h.admin.clone();
-    let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
-    let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;
     let a = h.create_sandbox("alpha", &admin, json!({})).await;
     h.exec("alpha", &a, &admin, &["true"]).await;
     let b = h.create_sandbox("beta", &admin, json!({})).await;
@@ -31,7 +23,7 @@ async fn metrics_are_labelled_by_namespace_and_scoped() {
     let r = h.call(Method::GET, "/metrics", Some(&admin), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/plain"));
-    let all = text(&r);
+    let all = r.text();
     for line in [
         "bulkhead_sandboxes_running{namespace=\"alpha\"} 1",
         "bulkhead_sandboxes_running{namespace=\"beta\"} 1",
@@ -64,7 +56,7 @@ async fn metrics_are_labelled_by_namespace_and_scoped() {
     // A namespace's own endpoint: its series only.
     let r = h.call(Method::GET, "/v1/namespaces/alpha/metrics", Some(&alpha_viewer), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
-    let own = text(&r);
+    let own = r.text();
     assert!(own.contains("bulkhead_sandboxes_running{namespace=\"alpha\"} 1"), "{own}");
     for sample in own.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         assert!(sample.contains("namespace=\"alpha\""), "another namespace's series leaked: {sample}");

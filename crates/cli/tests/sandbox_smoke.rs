@@ -10,8 +10,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn create_exec_files_delete() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let admin = h.admin.clone();
     let id = h.create_sandbox("alpha", &admin, json!({"env": {"GREETING": "hello"}})).await;
     let v = h.exec("alpha", &id, &admin, &["sh", "-c", "echo $GREETING; hostname; id -u"]).await;

@@ -11,14 +11,10 @@ use axum::http::{Method, StatusCode};
 use common::Harness;
 use serde_json::{json, Value};
 
-fn text(r: &common::Reply) -> String {
-    String::from_utf8(r.raw.clone()).unwrap()
-}
-
 async fn platform_metrics(h: &Harness) -> String {
     let r = h.call(Method::GET, "/metrics", Some(&h.admin), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
-    text(&r)
+    r.text()
 }
 
 /// The samples of `ns` in the platform's exposition.
@@ -29,8 +25,7 @@ fn samples_of(all: &str, ns: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
-    let h = Harness::new().await;
-    h.create_namespace("reuse1").await;
+    let h = Harness::with_namespaces(&["reuse1"]).await;
     let (old_key, old_owner) = h.create_key("reuse1", "boss", "owner").await;
     let sbx = h.create_sandbox("reuse1", &old_owner, json!({})).await;
     let (code, out, _) = h.sh("reuse1", &sbx, &old_owner, "echo old-tenant-secret-output").await;
@@ -39,7 +34,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
         h.call(Method::POST, "/v1/namespaces/reuse1/sandboxes", Some(&old_owner), json!({"cpu_millis": 999_999})).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     // The old tenant has counters, logs, usage and audit records.
-    let own = text(&h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&old_owner), Value::Null).await);
+    let own = h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&old_owner), Value::Null).await.text();
     assert!(own.contains("bulkhead_sandbox_creates_total{namespace=\"reuse1\"} 1"), "{own}");
     let logs = h.call(Method::GET, "/v1/namespaces/reuse1/logs", Some(&old_owner), Value::Null).await;
     assert!(logs.body.to_string().contains("old-tenant-secret-output"), "{}", logs.body);
@@ -52,7 +47,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
     // Metrics: nothing of the old incarnation, on the namespace's endpoint or the platform's.
     let r = h.call(Method::GET, "/v1/namespaces/reuse1/metrics", Some(&owner), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);
-    let own: Vec<String> = text(&r).lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
+    let own: Vec<String> = r.text().lines().filter(|l| !l.starts_with('#')).map(str::to_owned).collect();
     for exposition in [own.join("\n"), samples_of(&platform_metrics(&h).await, "reuse1").join("\n")] {
         for old in [
             "bulkhead_sandbox_creates_total",
@@ -95,9 +90,7 @@ async fn a_namespace_created_again_starts_with_nothing_of_the_old_one() {
 
 #[tokio::test]
 async fn another_tenants_probes_leave_the_victims_series_unchanged() {
-    let h = Harness::new().await;
-    h.create_namespace("victim").await;
-    h.create_namespace("mallory").await;
+    let h = Harness::with_namespaces(&["victim", "mallory"]).await;
     let (_, victim) = h.create_key("victim", "dev", "developer").await;
     let (_, attacker) = h.create_key("mallory", "dev", "owner").await;
     let sbx = h.create_sandbox("victim", &victim, json!({})).await;
@@ -142,8 +135,7 @@ async fn another_tenants_probes_leave_the_victims_series_unchanged() {
 
 #[tokio::test]
 async fn unauthenticated_requests_to_made_up_namespaces_add_no_series() {
-    let h = Harness::new().await;
-    h.create_namespace("alpha").await;
+    let h = Harness::with_namespaces(&["alpha"]).await;
     let (_, dev) = h.create_key("alpha", "dev", "developer").await;
     let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK);

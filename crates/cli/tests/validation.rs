@@ -92,8 +92,7 @@ async fn bad_namespace_creates_are_400_naming_the_field() {
 
 #[tokio::test]
 async fn bad_updates_keys_and_queries_are_400() {
-    let h = Harness::new().await;
-    h.create_namespace("acme").await;
+    let h = Harness::with_namespaces(&["acme"]).await;
     let admin = Some(h.admin.as_str());
     let cases: Vec<(Method, &str, Value, &str)> = vec![
         (Method::PATCH, "/v1/namespaces/acme", json!({}), "quotas"),

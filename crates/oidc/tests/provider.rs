@@ -38,6 +38,14 @@ fn provider(idp: &TestProvider) -> Provider {
     provider_with(idp, ProviderOptions::default())
 }
 
+/// A started test identity provider, and a provider of it that refetches the key set on every
+/// unknown `kid`, with no minimum interval.
+fn refetching_provider() -> (TestProvider, Provider) {
+    let idp = TestProvider::start();
+    let provider = provider_with(&idp, ProviderOptions { min_refetch_interval: Duration::ZERO, ..Default::default() });
+    (idp, provider)
+}
+
 fn now_secs() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
 }
@@ -257,8 +265,7 @@ async fn validly_signed_tokens_with_wrong_claims_are_refused() {
 
 #[tokio::test]
 async fn a_key_missing_from_the_jwks_is_refused() {
-    let idp = TestProvider::start();
-    let provider = provider_with(&idp, ProviderOptions { min_refetch_interval: Duration::ZERO, ..Default::default() });
+    let (idp, provider) = refetching_provider();
     let local = LocalKey::generate();
     let claims = good_claims(&idp);
 
@@ -332,9 +339,7 @@ async fn tampered_tokens_are_refused() {
 
 #[tokio::test]
 async fn an_es256_key_added_by_rotation_is_fetched_on_its_first_token() {
-    let idp = TestProvider::start();
-    let options = ProviderOptions { min_refetch_interval: Duration::ZERO, ..Default::default() };
-    let provider = provider_with(&idp, options);
+    let (idp, provider) = refetching_provider();
     let old = idp.mint(good_claims(&idp), None);
     provider.verify(&old, SystemTime::now()).await.unwrap();
     assert_eq!(provider.jwks_fetches(), 1);
@@ -353,9 +358,7 @@ async fn an_es256_key_added_by_rotation_is_fetched_on_its_first_token() {
 
 #[tokio::test]
 async fn keys_dropped_by_rotation_stop_verifying_once_refetched() {
-    let idp = TestProvider::start();
-    let options = ProviderOptions { min_refetch_interval: Duration::ZERO, ..Default::default() };
-    let provider = provider_with(&idp, options);
+    let (idp, provider) = refetching_provider();
     let old_kid = idp.jwks()["keys"][0]["kid"].as_str().unwrap().to_owned();
     provider.verify(&idp.mint(good_claims(&idp), None), SystemTime::now()).await.unwrap();
 
@@ -420,8 +423,7 @@ async fn unknown_kids_cannot_make_us_refetch_more_than_once_per_interval() {
 
 #[tokio::test]
 async fn a_token_without_kid_needs_a_single_key_set() {
-    let idp = TestProvider::start();
-    let provider = provider_with(&idp, ProviderOptions { min_refetch_interval: Duration::ZERO, ..Default::default() });
+    let (idp, provider) = refetching_provider();
     let request = json!({"claims": good_claims(&idp), "header": {"kid": null}});
     let token = idp.mint_with(request.clone());
     assert!(decode_json(&segments(&token).0).get("kid").is_none());

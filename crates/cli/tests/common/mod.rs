@@ -66,9 +66,34 @@ pub struct Reply {
     pub raw: Vec<u8>,
 }
 
+impl Reply {
+    /// The body as UTF-8 text, such as a Prometheus exposition; panics when it is not UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.raw.clone()).expect("a UTF-8 body")
+    }
+}
+
 impl Harness {
     pub async fn new() -> Harness {
         Harness::with_oci_runtime("runc").await
+    }
+
+    /// A harness with the namespaces `names` created, each with the quotas of `namespace_body`.
+    pub async fn with_namespaces(names: &[&str]) -> Harness {
+        let h = Harness::new().await;
+        for name in names {
+            h.create_namespace(name).await;
+        }
+        h
+    }
+
+    /// Namespaces `alpha` and `beta`, a viewer key `eyes` of alpha and an owner key `boss` of
+    /// beta: (harness, alpha viewer token, beta owner token).
+    pub async fn with_alpha_viewer_and_beta_owner() -> (Harness, String, String) {
+        let h = Harness::with_namespaces(&["alpha", "beta"]).await;
+        let (_, alpha_viewer) = h.create_key("alpha", "eyes", "viewer").await;
+        let (_, beta_owner) = h.create_key("beta", "boss", "owner").await;
+        (h, alpha_viewer, beta_owner)
     }
 
     /// A harness whose `container` tier runs on `oci_runtime` (such as `crun`).
@@ -115,6 +140,12 @@ impl Harness {
         r.body
     }
 
+    /// Posts `body` (a command with its options) to a sandbox's exec as `token`; the answer is
+    /// returned whatever its status.
+    pub async fn exec_with(&self, ns: &str, id: &str, token: &str, body: Value) -> Reply {
+        self.call(Method::POST, &format!("/v1/namespaces/{ns}/sandboxes/{id}/exec"), Some(token), body).await
+    }
+
     /// Runs a shell snippet in a sandbox; returns (exit code, stdout, stderr).
     pub async fn sh(&self, ns: &str, id: &str, token: &str, script: &str) -> (i64, String, String) {
         let v = self.exec(ns, id, token, &["sh", "-c", script]).await;
@@ -127,16 +158,30 @@ impl Harness {
 
     /// Sends a request; `body` as JSON unless it is `Value::Null`.
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Value) -> Reply {
-        let mut b = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
-        }
-        let req = if body.is_null() {
-            b.body(Body::empty()).expect("request")
-        } else {
-            b.header("content-type", "application/json").body(Body::from(body.to_string())).expect("request")
-        };
-        self.send(req).await
+        self.send(request(method, path, token, body)).await
+    }
+
+    /// Starts `body` (a command with its options) on a sandbox's exec as `token` in a task of its
+    /// own, so the test goes on meanwhile; the task yields the answer's status.
+    pub fn spawn_exec(&self, ns: &str, id: &str, token: &str, body: Value) -> tokio::task::JoinHandle<StatusCode> {
+        let req = request(Method::POST, &format!("/v1/namespaces/{ns}/sandboxes/{id}/exec"), Some(token), body);
+        let app = self.app.clone();
+        tokio::spawn(async move { app.oneshot(req).await.expect("infallible").status() })
+    }
+
+    /// Opens the server-sent-event stream of `path` as `token` (a live tail); asserts it started.
+    pub async fn open_events(&self, path: &str, token: &str) -> Body {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .header("accept", "text/event-stream")
+            .body(Body::empty())
+            .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("infallible");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let content_type = resp.headers()["content-type"].to_str().expect("content-type");
+        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+        resp.into_body()
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
@@ -153,6 +198,20 @@ impl Harness {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
 
+    /// Creates a key of `role` limited to `projects` as the platform admin; returns its token.
+    pub async fn create_project_key(&self, ns: &str, name: &str, role: &str, projects: &[&str]) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                &format!("/v1/namespaces/{ns}/keys"),
+                Some(&self.admin),
+                json!({"name": name, "role": role, "projects": projects}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["token"].as_str().expect("token").to_owned()
+    }
+
     /// Creates a key and returns (id, token).
     pub async fn create_key(&self, ns: &str, name: &str, role: &str) -> (String, String) {
         let r = self
@@ -165,6 +224,46 @@ impl Harness {
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         (r.body["id"].as_str().expect("id").to_owned(), r.body["token"].as_str().expect("token").to_owned())
+    }
+}
+
+/// A request as `Harness::call` sends it: bearer `token` if any, `body` as JSON unless it is
+/// `Value::Null`.
+pub fn request(method: Method, path: &str, token: Option<&str>, body: Value) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    if body.is_null() {
+        b.body(Body::empty()).expect("request")
+    } else {
+        b.header("content-type", "application/json").body(Body::from(body.to_string())).expect("request")
+    }
+}
+
+/// The JSON records of a server-sent-event stream (its `data:` lines), read until `done` holds
+/// for them; panics when that takes longer than `within` in total (keep-alive comments do not
+/// extend it) or the stream ends.
+pub async fn read_events(body: &mut Body, within: std::time::Duration, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let records: Vec<Value> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("a JSON record"))
+            .collect();
+        if done(&records) {
+            return records;
+        }
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("the records within {} s", within.as_secs()))
+            .expect("the stream goes on")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).expect("utf-8"));
+        }
     }
 }
 
