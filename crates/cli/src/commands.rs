@@ -32,7 +32,7 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
 
 /// Every item of a paged listing: calls `page` with each `next_cursor` (first `None`) until a
 /// page has none.
-pub async fn all_pages<T, F, Fut>(mut page: F) -> anyhow::Result<Vec<T>>
+pub async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, bulkhead_client::Error>
 where
     F: FnMut(Option<String>) -> Fut,
     Fut: std::future::Future<Output = Result<bulkhead_api::Page<T>, bulkhead_client::Error>>,

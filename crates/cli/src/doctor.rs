@@ -23,6 +23,7 @@ use bulkhead_runtime::host::{self, HostResource};
 use clap::Args;
 use serde::Serialize;
 
+use crate::commands::all_pages;
 use crate::commands::client;
 use crate::output::{self, table};
 use crate::Global;
@@ -154,6 +155,16 @@ fn scan(args: &DoctorArgs, data_dir: Option<&Path>) -> Vec<Found> {
     found
 }
 
+/// A namespace's listing; none when the namespace was deleted since it was listed.
+async fn unless_gone<T>(
+    listing: impl std::future::Future<Output = Result<Vec<T>, ClientError>>,
+) -> Result<Vec<T>, ClientError> {
+    match listing.await {
+        Err(ClientError::Api { status: 404, .. }) => Ok(Vec::new()),
+        other => other,
+    }
+}
+
 /// The live sandboxes and existing namespaces, from the server.
 async fn ask(c: &Client) -> Result<Live, ClientError> {
     // Only the platform admin sees every namespace; a namespace key would list its own and
@@ -161,45 +172,20 @@ async fn ask(c: &Client) -> Result<Live, ClientError> {
     // cheapest read that only the admin may do.
     c.audit(None, &AuditFilter { limit: Some(1), ..Default::default() }).await?;
     let mut live = Live::default();
-    let mut names = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = c.list_namespaces(Some(1000), cursor.as_deref()).await?;
-        names.extend(page.items.into_iter().map(|n| n.name));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    for ns in names {
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = match c.list_sandboxes(&ns, Some(1000), cursor.as_deref()).await {
-                Ok(page) => page,
-                // Deleted since it was listed.
-                Err(ClientError::Api { status: 404, .. }) => break,
-                Err(e) => return Err(e),
-            };
-            let active = page.items.into_iter().filter(crate::sandbox::is_active);
-            live.sandboxes.extend(active.map(|s| s.id));
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
-        let mut cursor: Option<String> = None;
-        loop {
-            let page = match c.list_filesystems(&ns, Some(1000), cursor.as_deref()).await {
-                Ok(page) => page,
-                Err(ClientError::Api { status: 404, .. }) => break,
-                Err(e) => return Err(e),
-            };
-            live.filesystems.extend(page.items.into_iter().map(|f| f.id));
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break,
-            }
-        }
+    let names = all_pages(|cursor| async move { c.list_namespaces(Some(1000), cursor.as_deref()).await }).await?;
+    for ns in names.into_iter().map(|n| n.name) {
+        let sandboxes = unless_gone(all_pages(|cursor| {
+            let ns = &ns;
+            async move { c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await }
+        }))
+        .await?;
+        live.sandboxes.extend(sandboxes.into_iter().filter(crate::sandbox::is_active).map(|s| s.id));
+        let filesystems = unless_gone(all_pages(|cursor| {
+            let ns = &ns;
+            async move { c.list_filesystems(ns, Some(1000), cursor.as_deref()).await }
+        }))
+        .await?;
+        live.filesystems.extend(filesystems.into_iter().map(|f| f.id));
         live.namespaces.insert(ns);
     }
     Ok(live)

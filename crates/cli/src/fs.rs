@@ -194,12 +194,12 @@ fn show_filesystem(f: &Filesystem, global: &Global) -> anyhow::Result<()> {
 
 /// Every filesystem of a namespace, all pages.
 async fn all_filesystems(c: &Client, ns: &str) -> anyhow::Result<Vec<Filesystem>> {
-    all_pages(|cursor| async move { c.list_filesystems(ns, Some(1000), cursor.as_deref()).await }).await
+    Ok(all_pages(|cursor| async move { c.list_filesystems(ns, Some(1000), cursor.as_deref()).await }).await?)
 }
 
 /// Every project of a namespace, all pages.
 async fn all_projects(c: &Client, ns: &str) -> anyhow::Result<Vec<Project>> {
-    all_pages(|cursor| async move { c.list_projects(ns, Some(1000), cursor.as_deref()).await }).await
+    Ok(all_pages(|cursor| async move { c.list_projects(ns, Some(1000), cursor.as_deref()).await }).await?)
 }
 
 pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {

@@ -214,7 +214,7 @@ fn first_line(text: &str) -> String {
 
 /// Every policy of a namespace.
 async fn all_policies(c: &Client, ns: &str) -> anyhow::Result<Vec<Policy>> {
-    all_pages(|cursor| async move { c.list_policies(ns, Some(1000), cursor.as_deref()).await }).await
+    Ok(all_pages(|cursor| async move { c.list_policies(ns, Some(1000), cursor.as_deref()).await }).await?)
 }
 
 pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode> {
@@ -336,7 +336,7 @@ fn secret_value(from_file: Option<&Path>) -> anyhow::Result<String> {
 
 /// Every secret of a namespace.
 async fn all_secrets(c: &Client, ns: &str) -> anyhow::Result<Vec<Secret>> {
-    all_pages(|cursor| async move { c.list_secrets(ns, Some(1000), cursor.as_deref()).await }).await
+    Ok(all_pages(|cursor| async move { c.list_secrets(ns, Some(1000), cursor.as_deref()).await }).await?)
 }
 
 pub async fn secret(cmd: SecretCmd, global: &Global) -> anyhow::Result<ExitCode> {

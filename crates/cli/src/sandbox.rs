@@ -109,7 +109,7 @@ pub fn is_active(s: &Sandbox) -> bool {
 
 /// Every sandbox of a namespace, all pages.
 pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>> {
-    all_pages(|cursor| async move { c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await }).await
+    Ok(all_pages(|cursor| async move { c.list_sandboxes(ns, Some(1000), cursor.as_deref()).await }).await?)
 }
 
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
