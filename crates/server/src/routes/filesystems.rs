@@ -11,10 +11,10 @@ use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Scope, Target};
 use bulkhead_store::FilesystemRow;
 
-use super::load_namespace;
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::filesystems;
 use crate::state::AppState;
@@ -81,19 +81,14 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_filesystem(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_filesystem).await
 }
 
-async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateFilesystem = json(headers, body)?;
+async fn create_filesystem(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateFilesystem = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     let size = filesystems::check_size(req.size_bytes)?;
-    let namespace = load_namespace(ctx, &ns).await?;
+    let namespace = load_namespace(&ctx, &ns).await?;
     let missing = || match &req.project {
         Some(p) => ApiError::Invalid(format!("project: no project {p:?} in this namespace")),
         None => ApiError::Invalid("project: required for a key limited to projects".into()),
@@ -124,11 +119,9 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Filesystem>>> {
     ctx.authorize(Action::FilesystemList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('f')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = filesystems::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| filesystems::list(&ctx.state, &ns, after, limit).await)
+            .await?;
     let mut items = Vec::new();
     for row in rows.iter().filter(|f| ctx.sees(Action::FilesystemList, &filesystem_target(f))) {
         items.push(filesystem_out(&ctx.state, row).await?);

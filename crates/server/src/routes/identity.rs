@@ -13,11 +13,11 @@ use bulkhead_policy::PrincipalName;
 use bulkhead_store::{PolicyRow, SandboxStatus, StoreError};
 
 use super::filesystems::filesystem_target;
-use super::load_namespace;
 use super::sandboxes::sandbox_target;
+use super::{list_page, load_namespace};
 use crate::auth::{Ctx, Decider};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
 use crate::time::{now_ms, rfc3339};
@@ -96,16 +96,11 @@ pub async fn create_policy(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::PolicyCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_policy_once(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_policy_once).await
 }
 
-async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreatePolicy = json(headers, body)?;
+async fn create_policy_once(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreatePolicy = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     let cedar = |e: bulkhead_policy::PolicyError| {
         let mut msg = e.to_string();
@@ -117,7 +112,7 @@ async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[
         ApiError::Invalid(format!("policy: {msg}"))
     };
     ctx.state.identity.engine.check_policy(&req.policy).map_err(cedar)?;
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let row = PolicyRow {
         id: ids::new_id(prefix::POLICY),
         namespace: ns.clone(),
@@ -153,11 +148,9 @@ pub async fn list_policies(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Policy>>> {
     ctx.authorize(Action::PolicyList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('l')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_policies(&ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'l', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| ctx.state.store.list_policies(&ns, after, limit).await)
+            .await?;
     Ok(Json(Page { items: rows.iter().map(policy_out).collect(), next_cursor }))
 }
 

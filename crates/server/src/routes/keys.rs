@@ -11,11 +11,11 @@ use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
 use bulkhead_core::{validate, Action, Role, Target};
 use bulkhead_store::KeyRow;
 
-use super::load_namespace;
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::convert::{key_out, role_in};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::time::{now_ms, parse_rfc3339};
 
@@ -41,22 +41,18 @@ pub async fn create(
     // May this principal create keys here at all? Asked with the weakest role before the body is
     // read; the role asked for is checked once it is known.
     ctx.authorize(Action::KeyCreate, &Target::key(&ns, None, Some(Role::Viewer)))?;
-    let h = headers.clone();
     let on_replay = |reply: bulkhead_store::IdempotentReply| -> ApiResult<Response> {
         let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
         Err(ApiError::Conflict(format!(
             "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
         )))
     };
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, on_replay, move |ctx, body| async move {
-        create_key(&ctx, &ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, on_replay, create_key).await
 }
 
-async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateKey = json(headers, body)?;
+async fn create_key(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let ns = ns.as_str();
+    let req: CreateKey = json(&headers, &body)?;
     let role = role_in(req.role);
     ctx.authorize(Action::KeyCreate, &Target::key(ns, None, Some(role)))?;
     validate::name("name", &req.name)?;
@@ -77,7 +73,7 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
             Some(t)
         }
     };
-    let namespace = load_namespace(ctx, ns).await?;
+    let namespace = load_namespace(&ctx, ns).await?;
     let projects = match &req.projects {
         None => None,
         Some(list) => {
@@ -134,11 +130,8 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Key>>> {
     ctx.authorize(Action::KeyList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('k')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_keys(&ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'k', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| ctx.state.store.list_keys(&ns, after, limit).await).await?;
     Ok(Json(Page { items: rows.iter().map(key_out).collect(), next_cursor }))
 }
 

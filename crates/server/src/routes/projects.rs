@@ -9,10 +9,10 @@ use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::ProjectRow;
 
-use super::load_namespace;
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::time::{now_ms, rfc3339};
 
@@ -38,22 +38,17 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::ProjectCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_project(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_project).await
 }
 
-async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateProject = json(headers, body)?;
+async fn create_project(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateProject = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     // A project is made outside every project: a key limited to projects cannot.
     ctx.require_or(Action::ProjectCreate, &Target::project(&ns, None), || {
         ApiError::Forbidden("a key limited to projects cannot create projects".into())
     })?;
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
     ctx.state.store.create_project(&row).await?;
     ctx.audit_resource(format!("project:{}", row.id));
@@ -70,11 +65,9 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Project>>> {
     ctx.authorize(Action::ProjectList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('p')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = ctx.state.store.list_projects(&ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'p', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| ctx.state.store.list_projects(&ns, after, limit).await)
+            .await?;
     let items = rows
         .iter()
         .filter(|p| ctx.sees(Action::ProjectList, &Target::project(&ns, Some(&p.id))))

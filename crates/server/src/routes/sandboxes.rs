@@ -18,10 +18,10 @@ use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
 
-use super::load_namespace;
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{Direction, StreamGuard};
 use crate::service::sandboxes::{self, Plan};
@@ -142,11 +142,9 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        let result = create_admitted(&ctx, &ns2, &h, &body).await;
-        super::note_rejection(&ctx.state, &ns2, result).await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, |ctx, ns, headers, body| async move {
+        let result = create_admitted(&ctx, &ns, &headers, &body).await;
+        super::note_rejection(&ctx.state, &ns, result).await
     })
     .await
 }
@@ -321,11 +319,8 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Sandbox>>> {
     ctx.authorize(Action::SandboxList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('s')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = sandboxes::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| sandboxes::list(&ctx.state, &ns, after, limit).await).await?;
     // Sandboxes of filesystems the principal cannot see are not there for it.
     let items = rows.iter().filter(|r| ctx.sees(Action::SandboxList, &sandbox_target(r))).map(sandbox_out).collect();
     Ok(Json(Page { items, next_cursor }))

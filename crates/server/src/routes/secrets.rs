@@ -11,10 +11,10 @@ use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::SecretRow;
 
-use super::load_namespace;
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::secrets;
 use crate::time::rfc3339;
@@ -46,21 +46,16 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SecretCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_secret(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_secret).await
 }
 
-async fn create_secret(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateSecret = json(headers, body)?;
+async fn create_secret(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateSecret = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     if req.value.is_empty() || req.value.len() > MAX_SECRET_BYTES {
         return Err(ApiError::Invalid(format!("value: 1 to {MAX_SECRET_BYTES} bytes")));
     }
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let sealed = crate::identity::seal_secret(&ctx.state, &ns, &req.name, req.value.as_bytes()).await?;
     let (row, created) = secrets::put(&ctx.state, &ns, req.name, sealed).await?;
     ctx.audit_resource(format!("secret:{}", row.name));
@@ -78,11 +73,8 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Secret>>> {
     ctx.authorize(Action::SecretList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('s')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = secrets::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 's', |r| r.name.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| secrets::list(&ctx.state, &ns, after, limit).await).await?;
     Ok(Json(Page { items: rows.iter().map(secret_out).collect(), next_cursor }))
 }
 
