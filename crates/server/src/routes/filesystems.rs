@@ -11,6 +11,7 @@ use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Scope, Target};
 use bulkhead_store::FilesystemRow;
 
+use super::answers::{ConflictErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -71,8 +72,7 @@ pub fn filesystem_target(row: &FilesystemRow) -> Target {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateFilesystem,
-    responses((status = 201, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 201, body = Filesystem), ConflictErrors,
         (status = 429, description = "The namespace's disk_bytes would be exceeded", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,
@@ -112,7 +112,7 @@ async fn create_filesystem(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes
 
 /// List the filesystems this principal may see.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Filesystem>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Filesystem>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -132,7 +132,7 @@ pub async fn list(
 /// Get a filesystem, with its use.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Filesystem), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Filesystem), ReadErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Filesystem>> {
     ctx.authorize(Action::FilesystemGet, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
@@ -142,9 +142,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// Grow a filesystem in place. Shrinking is refused.
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ResizeFilesystem,
-    responses((status = 200, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = Filesystem), (status = 429, body = ErrorBody), ConflictErrors))]
 pub async fn resize(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -166,8 +164,8 @@ pub async fn resize(
 /// Delete a filesystem and destroy its data.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), DeleteParams),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Mounted by a sandbox", body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "Mounted by a sandbox", body = ErrorBody), GuardedErrors))]
 pub async fn delete(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,

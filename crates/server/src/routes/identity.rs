@@ -12,6 +12,7 @@ use bulkhead_core::{validate, Action, Decision, Principal, Target};
 use bulkhead_policy::PrincipalName;
 use bulkhead_store::{PolicyRow, SandboxStatus, StoreError};
 
+use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
 use super::filesystems::filesystem_target;
 use super::sandboxes::sandbox_target;
 use super::{list_page, load_namespace};
@@ -24,8 +25,7 @@ use crate::time::{now_ms, rfc3339};
 
 /// The namespace's single sign-on settings (`{"oidc": null}` when none).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
-    responses((status = 200, body = IdentityConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IdentityConfig), GuardedErrors))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<IdentityConfig>> {
     ctx.authorize(Action::IdentityGet, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;
@@ -36,8 +36,7 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
 /// first token arrives, not here.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
     request_body = IdentityConfig,
-    responses((status = 200, body = IdentityConfig), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IdentityConfig), CheckedErrors))]
 pub async fn set(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -86,9 +85,7 @@ fn policy_out(p: &PolicyRow) -> Policy {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreatePolicy,
-    responses((status = 201, body = Policy), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+    responses((status = 201, body = Policy), (status = 429, body = ErrorBody), ConflictErrors))]
 pub async fn create_policy(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -140,8 +137,7 @@ async fn create_policy_once(ctx: Ctx, ns: String, headers: HeaderMap, body: Byte
 /// The namespace's own policies (the built-in ones are at `GET /v1/policy-schema`'s side, in
 /// the documentation).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Policy>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Policy>), GuardedErrors))]
 pub async fn list_policies(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -157,8 +153,7 @@ pub async fn list_policies(
 /// Removes a policy (owner); it stops deciding at once.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/policies/{id}", tag = "identity",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::PolicyDelete, &Target::policy(&ns, &id))?;
     load_namespace(&ctx, &ns).await?;
@@ -172,8 +167,7 @@ pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, S
 /// How the namespace's policies would decide a request, and which policies decide it.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/authz/explain", tag = "identity", params(("ns" = String, Path)),
     request_body = ExplainRequest,
-    responses((status = 200, body = ExplainResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ExplainResult), CheckedErrors))]
 pub async fn explain(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,

@@ -5,12 +5,13 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
+use bulkhead_api::{CreateKey, CreatedKey, Key, Page};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
 use bulkhead_core::{validate, Action, Role, Target};
 use bulkhead_store::KeyRow;
 
+use super::answers::{ConflictErrors, GuardedErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::convert::{key_out, role_in};
@@ -30,8 +31,7 @@ fn key_not_found(id: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = CreatedKey), ConflictErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -122,8 +122,7 @@ async fn create_key(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> Ap
 
 /// List the namespace's keys (metadata only).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Key>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Key>), GuardedErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -138,8 +137,7 @@ pub async fn list(
 /// Get one key's metadata.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Key), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Key), GuardedErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Key>> {
     ctx.authorize(Action::KeyGet, &Target::key(&ns, Some(&id), None))?;
     load_namespace(&ctx, &ns).await?;
@@ -153,8 +151,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// Revoke a key. The next request with its token is refused.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Revoked"), GuardedErrors))]
 pub async fn revoke(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::KeyRevoke, &Target::key(&ns, Some(&id), Some(Role::Viewer)))?;
     load_namespace(&ctx, &ns).await?;

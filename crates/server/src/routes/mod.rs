@@ -2,6 +2,7 @@
 //! its action through `ctx.authorize` before it reads a body or touches the store, and answers
 //! wire types only.
 
+pub mod answers;
 pub mod audit;
 pub mod filesystems;
 pub mod fsdata;

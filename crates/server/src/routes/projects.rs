@@ -9,6 +9,7 @@ use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::ProjectRow;
 
+use super::answers::{ConflictErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -29,8 +30,7 @@ fn project_out(p: &ProjectRow) -> Project {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateProject,
-    responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Project), ConflictErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -58,7 +58,7 @@ async fn create_project(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -
 
 /// List the projects this principal may see.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Project>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Project>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -79,8 +79,7 @@ pub async fn list(
 /// Delete a project; refused while filesystems belong to it.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/projects/{id}", tag = "projects",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 409, body = ErrorBody), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::ProjectDelete, &Target::project(&ns, Some(&id)))?;
     load_namespace(&ctx, &ns).await?;

@@ -18,6 +18,7 @@ use bulkhead_runtime::RunFile;
 use bulkhead_runtime::{ExecEvent as RtEvent, ExecSpec, Exit};
 use bulkhead_store::{SandboxRow, SandboxStatus};
 
+use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -131,10 +132,9 @@ fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSandbox,
-    responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 201, body = Sandbox),
         (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
-        (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
+        (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody), CheckedErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -312,7 +312,7 @@ fn secret_delivery(s: &SandboxSecret, env: &[(String, String)], files: &[RunFile
 
 /// List the namespace's sandboxes, newest state first by id.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Sandbox>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Sandbox>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -329,7 +329,7 @@ pub async fn list(
 /// Get a sandbox.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Sandbox), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Sandbox), ReadErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Sandbox>> {
     ctx.authorize(Action::SandboxGet, &Target::sandbox(&ns, &id))?;
     Ok(Json(sandbox_out(&load_sandbox(&ctx, &ns, &id).await?)))
@@ -339,8 +339,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// answers.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SandboxDelete, &Target::sandbox(&ns, &id))?;
     let row = load_sandbox(&ctx, &ns, &id).await?;
@@ -357,8 +356,7 @@ fn exit_code(exit: &Exit) -> i32 {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/exec", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, description = "The command ran; NDJSON lines of ExecEvent when streamed", body = ExecResult),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "The sandbox is not running", body = ErrorBody)))]
+        (status = 409, description = "The sandbox is not running", body = ErrorBody), CheckedErrors))]
 pub async fn exec(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -535,8 +533,7 @@ fn stream_response(
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn read_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -567,9 +564,7 @@ pub async fn read_file(
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "Written"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    responses((status = 204, description = "Written"), (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn write_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,

@@ -11,6 +11,7 @@ use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::{validate, Action, Target};
 use bulkhead_store::SecretRow;
 
+use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -36,9 +37,8 @@ fn secret_out(s: &SecretRow) -> Secret {
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSecret,
     responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody)))]
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
+        CheckedErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -66,7 +66,7 @@ async fn create_secret(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) ->
 
 /// The namespace's secrets: names and dates, never values.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Secret>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Secret>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -81,8 +81,7 @@ pub async fn list(
 /// Deletes a secret. Sandboxes that already hold it keep their copy until they end.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/secrets/{name}", tag = "secrets",
     params(("ns" = String, Path), ("name" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, name)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SecretDelete, &Target::secret(&ns, &name))?;
     load_namespace(&ctx, &ns).await?;
