@@ -114,6 +114,34 @@ fn decode_cursor(kind: char, cursor: &str) -> Option<String> {
     Some(rest.to_owned())
 }
 
+/// A store row that stands in a paged list: the kind of its list's cursor and its place there.
+pub trait Listed {
+    /// The kind a cursor of this list carries (see [`encode_cursor`]).
+    const CURSOR: char;
+    /// The row's position: the next page starts after it.
+    fn position(&self) -> String;
+}
+
+macro_rules! listed {
+    ($($row:ty => $kind:literal by $field:ident),* $(,)?) => {$(
+        impl Listed for $row {
+            const CURSOR: char = $kind;
+            fn position(&self) -> String {
+                self.$field.clone()
+            }
+        }
+    )*};
+}
+
+listed! {
+    bulkhead_store::FilesystemRow => 'f' by id,
+    bulkhead_store::KeyRow => 'k' by id,
+    bulkhead_store::PolicyRow => 'l' by id,
+    bulkhead_store::ProjectRow => 'p' by id,
+    bulkhead_store::SandboxRow => 's' by id,
+    bulkhead_store::SecretRow => 's' by name,
+}
+
 /// The cursor for the page after `items`, when the page was full.
 pub fn next_cursor<T>(items: &[T], limit: u32, kind: char, position: impl Fn(&T) -> String) -> Option<String> {
     if items.len() < limit as usize {

@@ -166,6 +166,24 @@ where
     }
 }
 
+/// [`create`] of something in namespace `ns`, made by `make(ctx, ns, headers, body)`. Call it
+/// right after `ctx.authorize`, as [`create`].
+pub async fn create_in<F, Fut>(
+    ctx: Ctx,
+    ns: String,
+    headers: HeaderMap,
+    body: Bytes,
+    on_replay: OnReplay,
+    make: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Ctx, String, HeaderMap, Bytes) -> Fut + Send + 'static,
+    Fut: Future<Output = ApiResult<Created>> + Send + 'static,
+{
+    let (scope, request_headers) = (ns.clone(), headers.clone());
+    create(ctx, &request_headers, Some(&scope), body, on_replay, move |ctx, body| make(ctx, ns, headers, body)).await
+}
+
 /// A claim on an idempotency key without an answer yet; freed when the create fails, and when
 /// the task running it panics.
 struct Claim {

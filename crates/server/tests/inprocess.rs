@@ -78,6 +78,14 @@ impl Harness {
         let r = self.call(Method::POST, "/v1/namespaces", &self.admin, body).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
+
+    /// Creates filesystem `w` of `size_bytes` in namespace `ns`; its id.
+    async fn filesystem(&self, ns: &str, size_bytes: u64) -> String {
+        let body = json!({"name": "w", "size_bytes": size_bytes});
+        let r = self.call(Method::POST, &format!("/v1/namespaces/{ns}/filesystems"), &self.admin, body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body["id"].as_str().expect("id").to_owned()
+    }
 }
 
 fn assert_error(r: &Reply, status: StatusCode, code: &str) {
@@ -148,11 +156,7 @@ async fn sandboxes_are_created_run_commands_and_are_deleted() {
 async fn filesystem_files_are_conditional_and_bounded_by_its_size() {
     let h = Harness::new().await;
     h.namespace("alpha", 64 << 20).await;
-    let r = h
-        .call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20}))
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let fs = r.body["id"].as_str().expect("id").to_owned();
+    let fs = h.filesystem("alpha", 16 << 20).await;
     // Past the namespace's disk_bytes.
     let r = h
         .call(
@@ -206,10 +210,7 @@ async fn filesystem_files_are_conditional_and_bounded_by_its_size() {
 async fn filesystem_archives_are_swapped_in_whole_and_refused_while_mounted() {
     let h = Harness::new().await;
     h.namespace("alpha", 1 << 30).await;
-    let r = h
-        .call(Method::POST, "/v1/namespaces/alpha/filesystems", &h.admin, json!({"name": "w", "size_bytes": 16 << 20}))
-        .await;
-    let fs = r.body["id"].as_str().expect("id").to_owned();
+    let fs = h.filesystem("alpha", 16 << 20).await;
     let file = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=old.txt");
     let r = h.raw(Method::PUT, &file, &h.admin, &[], b"old".to_vec()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);

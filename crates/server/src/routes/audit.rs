@@ -5,6 +5,7 @@ use bulkhead_api::{AuditParams, AuditRecord, AuditVerification, ErrorBody, Page}
 use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::{Action, Target};
 
+use super::answers::ReadErrors;
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::audit_out;
@@ -53,8 +54,7 @@ async fn verify_chain(ctx: &Ctx, chain: &str) -> ApiResult<Json<AuditVerificatio
 
 /// A namespace's audit records, oldest first.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/audit", tag = "audit", params(("ns" = String, Path), AuditParams),
-    responses((status = 200, body = Page<AuditRecord>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<AuditRecord>), (status = 400, body = ErrorBody), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -78,7 +78,7 @@ pub async fn list(
 
 /// Recompute a namespace's audit chain.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/audit/verify", tag = "audit", params(("ns" = String, Path)),
-    responses((status = 200, body = AuditVerification), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = AuditVerification), ReadErrors))]
 pub async fn verify(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<AuditVerification>> {
     ctx.authorize(Action::AuditVerify, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;

@@ -10,10 +10,11 @@ use bulkhead_api::{CreateFilesystem, ErrorBody, Filesystem, Page, ResizeFilesyst
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Scope, Target};
 
-use super::load_namespace;
+use super::answers::{ConflictErrors, GuardedErrors, ReadErrors};
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::filesystems;
 use crate::service::records::FilesystemRow;
@@ -71,8 +72,7 @@ pub fn filesystem_target(row: &FilesystemRow) -> Target {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateFilesystem,
-    responses((status = 201, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 201, body = Filesystem), ConflictErrors,
         (status = 429, description = "The namespace's disk_bytes would be exceeded", body = ErrorBody)))]
 pub async fn create(
     ctx: Ctx,
@@ -81,19 +81,14 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_filesystem(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_filesystem).await
 }
 
-async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateFilesystem = json(headers, body)?;
+async fn create_filesystem(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateFilesystem = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     let size = filesystems::check_size(req.size_bytes)?;
-    let namespace = load_namespace(ctx, &ns).await?;
+    let namespace = load_namespace(&ctx, &ns).await?;
     let missing = || match &req.project {
         Some(p) => ApiError::Invalid(format!("project: no project {p:?} in this namespace")),
         None => ApiError::Invalid("project: required for a key limited to projects".into()),
@@ -117,18 +112,16 @@ async fn create_filesystem(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u
 
 /// List the filesystems this principal may see.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems", tag = "filesystems", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Filesystem>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Filesystem>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Filesystem>>> {
     ctx.authorize(Action::FilesystemList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('f')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = filesystems::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'f', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| filesystems::list(&ctx.state, &ns, after, limit).await)
+            .await?;
     let mut items = Vec::new();
     for row in rows.iter().filter(|f| ctx.sees(Action::FilesystemList, &filesystem_target(f))) {
         items.push(filesystem_out(&ctx.state, row).await?);
@@ -139,7 +132,7 @@ pub async fn list(
 /// Get a filesystem, with its use.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Filesystem), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Filesystem), ReadErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Filesystem>> {
     ctx.authorize(Action::FilesystemGet, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
@@ -149,9 +142,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// Grow a filesystem in place. Shrinking is refused.
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ResizeFilesystem,
-    responses((status = 200, body = Filesystem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+    responses((status = 200, body = Filesystem), (status = 429, body = ErrorBody), ConflictErrors))]
 pub async fn resize(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -173,8 +164,8 @@ pub async fn resize(
 /// Delete a filesystem and destroy its data.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), DeleteParams),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "Mounted by a sandbox", body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "Mounted by a sandbox", body = ErrorBody), GuardedErrors))]
 pub async fn delete(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,

@@ -14,6 +14,7 @@ use bulkhead_api::FilesystemFileParams as FileQuery;
 use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
 use bulkhead_core::{Action, Target};
 
+use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
 use super::filesystems::load_filesystem;
 use super::load_namespace;
 use crate::auth::Ctx;
@@ -50,8 +51,7 @@ fn etag_header(r: &mut Response, etag: &str) {
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
     responses((status = 200, description = "The file's bytes, or a JSON array of FileEntry with list=true",
             content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), CheckedErrors))]
 pub async fn read_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -100,9 +100,8 @@ pub async fn read_file(
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 204, description = "Written; the ETag header names the new content"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 412, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 429, description = "The filesystem is full", body = ErrorBody)))]
+        (status = 412, body = ErrorBody), (status = 413, body = ErrorBody),
+        (status = 429, description = "The filesystem is full", body = ErrorBody), CheckedErrors))]
 pub async fn write_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -146,9 +145,7 @@ pub async fn write_file(
 /// Delete a file or an empty directory; `If-Match` as for writes.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
-    responses((status = 204, description = "Deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 412, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 412, body = ErrorBody), ConflictErrors))]
 pub async fn delete_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -169,7 +166,7 @@ pub async fn delete_file(
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}/archive", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path)),
     responses((status = 200, description = "A tar archive", content_type = "application/x-tar", body = Vec<u8>),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        GuardedErrors))]
 pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemArchiveRead, &Target::filesystem(&ns, &id))?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
@@ -189,10 +186,9 @@ pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, St
     params(("ns" = String, Path), ("id" = String, Path)),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 200, description = "Swapped in", body = ArchiveResult),
-        (status = 400, description = "A refused entry, named", body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, description = "A refused entry, named", body = ErrorBody),
         (status = 409, description = "Mounted by a running sandbox", body = ErrorBody),
-        (status = 429, description = "Does not fit the filesystem", body = ErrorBody)))]
+        (status = 429, description = "Does not fit the filesystem", body = ErrorBody), GuardedErrors))]
 pub async fn write_archive(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,

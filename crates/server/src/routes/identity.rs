@@ -11,12 +11,13 @@ use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Decision, Principal, Target};
 use bulkhead_policy::PrincipalName;
 
+use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
 use super::filesystems::filesystem_target;
-use super::load_namespace;
 use super::sandboxes::sandbox_target;
+use super::{list_page, load_namespace};
 use crate::auth::{Ctx, Decider};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
 use crate::service::records::{PolicyRow, SandboxStatus};
@@ -25,8 +26,7 @@ use crate::time::{now_ms, rfc3339};
 
 /// The namespace's single sign-on settings (`{"oidc": null}` when none).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
-    responses((status = 200, body = IdentityConfig), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IdentityConfig), GuardedErrors))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<IdentityConfig>> {
     ctx.authorize(Action::IdentityGet, &Target::namespace(&ns))?;
     load_namespace(&ctx, &ns).await?;
@@ -37,8 +37,7 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
 /// first token arrives, not here.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/identity", tag = "identity", params(("ns" = String, Path)),
     request_body = IdentityConfig,
-    responses((status = 200, body = IdentityConfig), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = IdentityConfig), CheckedErrors))]
 pub async fn set(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -86,9 +85,7 @@ fn policy_out(p: &PolicyRow) -> Policy {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreatePolicy,
-    responses((status = 201, body = Policy), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+    responses((status = 201, body = Policy), (status = 429, body = ErrorBody), ConflictErrors))]
 pub async fn create_policy(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -96,16 +93,11 @@ pub async fn create_policy(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::PolicyCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_policy_once(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_policy_once).await
 }
 
-async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreatePolicy = json(headers, body)?;
+async fn create_policy_once(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreatePolicy = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     let cedar = |e: bulkhead_policy::PolicyError| {
         let mut msg = e.to_string();
@@ -117,7 +109,7 @@ async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[
         ApiError::Invalid(format!("policy: {msg}"))
     };
     ctx.state.identity.engine.check_policy(&req.policy).map_err(cedar)?;
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let row = PolicyRow {
         id: ids::new_id(prefix::POLICY),
         namespace: ns.clone(),
@@ -138,27 +130,23 @@ async fn create_policy_once(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[
 /// The namespace's own policies (the built-in ones are at `GET /v1/policy-schema`'s side, in
 /// the documentation).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/policies", tag = "identity", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Policy>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Policy>), GuardedErrors))]
 pub async fn list_policies(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Policy>>> {
     ctx.authorize(Action::PolicyList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('l')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = policies::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'l', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| policies::list(&ctx.state, &ns, after, limit).await)
+            .await?;
     Ok(Json(Page { items: rows.iter().map(policy_out).collect(), next_cursor }))
 }
 
 /// Removes a policy (owner); it stops deciding at once.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/policies/{id}", tag = "identity",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::PolicyDelete, &Target::policy(&ns, &id))?;
     load_namespace(&ctx, &ns).await?;
@@ -171,8 +159,7 @@ pub async fn delete_policy(ctx: Ctx, PathParams((ns, id)): PathParams<(String, S
 /// How the namespace's policies would decide a request, and which policies decide it.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/authz/explain", tag = "identity", params(("ns" = String, Path)),
     request_body = ExplainRequest,
-    responses((status = 200, body = ExplainResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ExplainResult), CheckedErrors))]
 pub async fn explain(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,

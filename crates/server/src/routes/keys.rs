@@ -5,16 +5,17 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use bulkhead_api::{CreateKey, CreatedKey, ErrorBody, Key, Page};
+use bulkhead_api::{CreateKey, CreatedKey, Key, Page};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::token::{self, KEY_TOKEN_PREFIX};
 use bulkhead_core::{validate, Action, Role, Target};
 
-use super::load_namespace;
+use super::answers::{ConflictErrors, GuardedErrors};
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::convert::{key_out, role_in};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::namespaces;
 use crate::service::records::KeyRow;
@@ -31,8 +32,7 @@ fn key_not_found(id: &str) -> ApiError {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateKey,
-    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = CreatedKey), ConflictErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -42,22 +42,18 @@ pub async fn create(
     // May this principal create keys here at all? Asked with the weakest role before the body is
     // read; the role asked for is checked once it is known.
     ctx.authorize(Action::KeyCreate, &Target::key(&ns, None, Some(Role::Viewer)))?;
-    let h = headers.clone();
     let on_replay = |reply: crate::service::records::IdempotentReply| -> ApiResult<Response> {
         let id = serde_json::from_str::<Key>(&reply.body).map(|k| k.id).unwrap_or_default();
         Err(ApiError::Conflict(format!(
             "this Idempotency-Key already created key {id}; its token was shown once and cannot be shown again"
         )))
     };
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, on_replay, move |ctx, body| async move {
-        create_key(&ctx, &ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, on_replay, create_key).await
 }
 
-async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateKey = json(headers, body)?;
+async fn create_key(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let ns = ns.as_str();
+    let req: CreateKey = json(&headers, &body)?;
     let role = role_in(req.role);
     ctx.authorize(Action::KeyCreate, &Target::key(ns, None, Some(role)))?;
     validate::name("name", &req.name)?;
@@ -78,7 +74,7 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
             Some(t)
         }
     };
-    let namespace = load_namespace(ctx, ns).await?;
+    let namespace = load_namespace(&ctx, ns).await?;
     let projects = match &req.projects {
         None => None,
         Some(list) => {
@@ -128,27 +124,22 @@ async fn create_key(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> Ap
 
 /// List the namespace's keys (metadata only).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/keys", tag = "keys", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Key>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Key>), GuardedErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Key>>> {
     ctx.authorize(Action::KeyList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('k')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = namespaces::list_keys(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'k', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| namespaces::list_keys(&ctx.state, &ns, after, limit).await).await?;
     Ok(Json(Page { items: rows.iter().map(key_out).collect(), next_cursor }))
 }
 
 /// Get one key's metadata.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Key), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Key), GuardedErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Key>> {
     ctx.authorize(Action::KeyGet, &Target::key(&ns, Some(&id), None))?;
     load_namespace(&ctx, &ns).await?;
@@ -162,8 +153,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// Revoke a key. The next request with its token is refused.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/keys/{id}", tag = "keys",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Revoked"), GuardedErrors))]
 pub async fn revoke(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::KeyRevoke, &Target::key(&ns, Some(&id), Some(Role::Viewer)))?;
     load_namespace(&ctx, &ns).await?;

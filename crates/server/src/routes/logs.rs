@@ -19,6 +19,7 @@ use bulkhead_core::ids::{is_id, prefix};
 use bulkhead_core::{Action, Principal, Target};
 use tokio::sync::broadcast::error::RecvError;
 
+use super::answers::ReadErrors;
 use super::load_namespace;
 use super::scope::Visible;
 use crate::auth::{Ctx, Decider};
@@ -48,7 +49,7 @@ fn filter(params: &LogParams) -> ApiResult<Filter> {
 /// Exec output of the namespace's sandboxes, oldest first; live with `Accept: text/event-stream`.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/logs", tag = "logs", params(("ns" = String, Path), LogParams),
     responses((status = 200, description = "A page of records, or server-sent events of LogRecord when tailing", body = LogPage),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), ReadErrors))]
 pub async fn get(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bulkhead_api::ErrorBody;
 use bulkhead_core::{Action, Target};
 
+use super::answers::ReadErrors;
 use crate::auth::Ctx;
 use crate::error::ApiResult;
 use crate::extract::PathParams;
@@ -30,7 +31,7 @@ pub async fn platform(ctx: Ctx) -> ApiResult<Response> {
 /// One namespace's series and nothing else.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/metrics", tag = "metrics", params(("ns" = String, Path)),
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        ReadErrors))]
 pub async fn namespace(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Response> {
     ctx.authorize(Action::MetricsRead, &Target::namespace(&ns))?;
     let row = super::load_namespace(&ctx, &ns).await?;

@@ -2,6 +2,7 @@
 //! its action through `ctx.authorize` before it reads a body or touches the store, and answers
 //! wire types only.
 
+pub mod answers;
 pub mod audit;
 pub mod filesystems;
 pub mod fsdata;
@@ -21,6 +22,7 @@ use crate::service::records::NamespaceRow;
 
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
+use crate::extract::{next_cursor, Listed, PageParams, Paging};
 use crate::state::AppState;
 
 /// The namespace a request names, once authorized. Keys only ever reach their own namespace
@@ -38,6 +40,24 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
     };
     ctx.audit_chain(&row.name);
     Ok(row)
+}
+
+/// One page of namespace `ns`'s `R`s as `page` asks: its `limit` and `cursor` read (400 when
+/// wrong), the namespace loaded (404 when missing), the rows fetched by `fetch(after, limit)`.
+/// Returns the rows, all of them (filtering by what the principal sees is the caller's), and
+/// the cursor of the next page when this one is full.
+pub async fn list_page<R: Listed, E: Into<ApiError>>(
+    ctx: &Ctx,
+    ns: &str,
+    page: &PageParams,
+    fetch: impl AsyncFnOnce(Option<&str>, u32) -> Result<Vec<R>, E>,
+) -> ApiResult<(Vec<R>, Option<String>)> {
+    let limit = page.limit()?;
+    let after = page.after(R::CURSOR)?;
+    load_namespace(ctx, ns).await?;
+    let rows = fetch(after.as_deref(), limit).await.map_err(Into::into)?;
+    let next_cursor = next_cursor(&rows, limit, R::CURSOR, R::position);
+    Ok((rows, next_cursor))
 }
 
 /// Counts a create refused for a quota (by the handler's checks or the service's), then hands

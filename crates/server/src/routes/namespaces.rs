@@ -7,6 +7,7 @@ use axum::Json;
 use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
 use bulkhead_core::{validate, Action, Target};
 
+use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::convert::{namespace_out, quota_patch_in, quotas_in};
@@ -85,7 +86,7 @@ async fn usage(ctx: &Ctx, ns: &str) -> ApiResult<bulkhead_api::NamespaceUsage> {
 
 /// Get a namespace.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
-    responses((status = 200, body = Namespace), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Namespace), ReadErrors))]
 pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Namespace>> {
     ctx.authorize(Action::NamespaceGet, &Target::namespace(&ns))?;
     let row = load_namespace(&ctx, &ns).await?;
@@ -97,8 +98,7 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
 /// Change a namespace's quotas (platform admin).
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
     request_body = UpdateNamespace,
-    responses((status = 200, body = Namespace), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Namespace), CheckedErrors))]
 pub async fn update(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -123,8 +123,7 @@ pub async fn update(
 
 /// Delete a namespace and everything it owns (platform admin).
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::NamespaceDelete, &Target::namespace(&ns))?;
     // The namespace's own chain goes with it; its deletion is recorded on the platform's.

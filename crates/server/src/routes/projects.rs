@@ -8,10 +8,11 @@ use bulkhead_api::{CreateProject, ErrorBody, Page, Project};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 
-use super::load_namespace;
+use super::answers::{ConflictErrors, GuardedErrors, ReadErrors};
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::projects;
 use crate::service::records::ProjectRow;
@@ -30,8 +31,7 @@ fn project_out(p: &ProjectRow) -> Project {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateProject,
-    responses((status = 201, body = Project), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = Project), ConflictErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -39,22 +39,17 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::ProjectCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_project(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_project).await
 }
 
-async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateProject = json(headers, body)?;
+async fn create_project(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateProject = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     // A project is made outside every project: a key limited to projects cannot.
     ctx.require_or(Action::ProjectCreate, &Target::project(&ns, None), || {
         ApiError::Forbidden("a key limited to projects cannot create projects".into())
     })?;
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let row = ProjectRow { id: ids::new_id(prefix::PROJECT), namespace: ns, name: req.name, created_at_ms: now_ms() };
     projects::create(&ctx.state, &row).await?;
     ctx.audit_resource(format!("project:{}", row.id));
@@ -64,18 +59,16 @@ async fn create_project(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8])
 
 /// List the projects this principal may see.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/projects", tag = "projects", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Project>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Project>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Project>>> {
     ctx.authorize(Action::ProjectList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('p')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = projects::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 'p', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| projects::list(&ctx.state, &ns, after, limit).await)
+            .await?;
     let items = rows
         .iter()
         .filter(|p| ctx.sees(Action::ProjectList, &Target::project(&ns, Some(&p.id))))
@@ -87,8 +80,7 @@ pub async fn list(
 /// Delete a project; refused while filesystems belong to it.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/projects/{id}", tag = "projects",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), (status = 409, body = ErrorBody), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::ProjectDelete, &Target::project(&ns, Some(&id)))?;
     load_namespace(&ctx, &ns).await?;

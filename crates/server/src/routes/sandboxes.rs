@@ -16,10 +16,11 @@ use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{Action, Decision, Principal, Scope, Target};
 
-use super::load_namespace;
+use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors, ReadErrors};
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{Direction, StreamGuard};
 use crate::service::sandboxes::{self, Plan};
@@ -129,10 +130,9 @@ fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSandbox,
-    responses((status = 201, body = Sandbox), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 201, body = Sandbox),
         (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
-        (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody)))]
+        (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody), CheckedErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -140,11 +140,9 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        let result = create_admitted(&ctx, &ns2, &h, &body).await;
-        super::note_rejection(&ctx.state, &ns2, result).await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, |ctx, ns, headers, body| async move {
+        let result = create_admitted(&ctx, &ns, &headers, &body).await;
+        super::note_rejection(&ctx.state, &ns, result).await
     })
     .await
 }
@@ -309,18 +307,15 @@ fn secret_delivery(s: &SandboxSecret, env: &[(String, String)], files: &[RunFile
 
 /// List the namespace's sandboxes, newest state first by id.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes", tag = "sandboxes", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Sandbox>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Sandbox>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Sandbox>>> {
     ctx.authorize(Action::SandboxList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('s')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = sandboxes::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 's', |r| r.id.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| sandboxes::list(&ctx.state, &ns, after, limit).await).await?;
     // Sandboxes of filesystems the principal cannot see are not there for it.
     let items = rows.iter().filter(|r| ctx.sees(Action::SandboxList, &sandbox_target(r))).map(sandbox_out).collect();
     Ok(Json(Page { items, next_cursor }))
@@ -329,7 +324,7 @@ pub async fn list(
 /// Get a sandbox.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Sandbox), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Sandbox), ReadErrors))]
 pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<Json<Sandbox>> {
     ctx.authorize(Action::SandboxGet, &Target::sandbox(&ns, &id))?;
     Ok(Json(sandbox_out(&load_sandbox(&ctx, &ns, &id).await?)))
@@ -339,8 +334,7 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
 /// answers.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/sandboxes/{id}", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SandboxDelete, &Target::sandbox(&ns, &id))?;
     let row = load_sandbox(&ctx, &ns, &id).await?;
@@ -357,8 +351,7 @@ fn exit_code(exit: &Exit) -> i32 {
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/exec", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, description = "The command ran; NDJSON lines of ExecEvent when streamed", body = ExecResult),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, description = "The sandbox is not running", body = ErrorBody)))]
+        (status = 409, description = "The sandbox is not running", body = ErrorBody), CheckedErrors))]
 pub async fn exec(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -527,8 +520,7 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: ExecStream, guard: 
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn read_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -559,9 +551,7 @@ pub async fn read_file(
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "Written"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody)))]
+    responses((status = 204, description = "Written"), (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn write_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,

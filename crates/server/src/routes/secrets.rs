@@ -10,10 +10,11 @@ use axum::Json;
 use bulkhead_api::{CreateSecret, ErrorBody, Page, Secret};
 use bulkhead_core::{validate, Action, Target};
 
-use super::load_namespace;
+use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
+use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::records::SecretRow;
 use crate::service::secrets;
@@ -36,9 +37,8 @@ fn secret_out(s: &SecretRow) -> Secret {
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried create safe")),
     request_body = CreateSecret,
     responses((status = 201, body = Secret), (status = 200, description = "The value was replaced", body = Secret),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody),
-        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody)))]
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another body", body = ErrorBody),
+        CheckedErrors))]
 pub async fn create(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
@@ -46,21 +46,16 @@ pub async fn create(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SecretCreate, &Target::namespace(&ns))?;
-    let h = headers.clone();
-    let ns2 = ns.clone();
-    idempotency::create(ctx, &headers, Some(&ns), body, idempotency::replay_response, move |ctx, body| async move {
-        create_secret(&ctx, ns2, &h, &body).await
-    })
-    .await
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_secret).await
 }
 
-async fn create_secret(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateSecret = json(headers, body)?;
+async fn create_secret(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: CreateSecret = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     if req.value.is_empty() || req.value.len() > MAX_SECRET_BYTES {
         return Err(ApiError::Invalid(format!("value: 1 to {MAX_SECRET_BYTES} bytes")));
     }
-    load_namespace(ctx, &ns).await?;
+    load_namespace(&ctx, &ns).await?;
     let sealed = crate::identity::seal_secret(&ctx.state, &ns, &req.name, req.value.as_bytes()).await?;
     let (row, created) = secrets::put(&ctx.state, &ns, req.name, sealed).await?;
     ctx.audit_resource(format!("secret:{}", row.name));
@@ -71,26 +66,22 @@ async fn create_secret(ctx: &Ctx, ns: String, headers: &HeaderMap, body: &[u8]) 
 
 /// The namespace's secrets: names and dates, never values.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/secrets", tag = "secrets", params(("ns" = String, Path), PageParams),
-    responses((status = 200, body = Page<Secret>), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Page<Secret>), ReadErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Secret>>> {
     ctx.authorize(Action::SecretList, &Target::namespace(&ns))?;
-    let limit = page.limit()?;
-    let after = page.after('s')?;
-    load_namespace(&ctx, &ns).await?;
-    let rows = secrets::list(&ctx.state, &ns, after.as_deref(), limit).await?;
-    let next_cursor = next_cursor(&rows, limit, 's', |r| r.name.clone());
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| secrets::list(&ctx.state, &ns, after, limit).await).await?;
     Ok(Json(Page { items: rows.iter().map(secret_out).collect(), next_cursor }))
 }
 
 /// Deletes a secret. Sandboxes that already hold it keep their copy until they end.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/secrets/{name}", tag = "secrets",
     params(("ns" = String, Path), ("name" = String, Path)),
-    responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 204, description = "Deleted"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, name)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SecretDelete, &Target::secret(&ns, &name))?;
     load_namespace(&ctx, &ns).await?;

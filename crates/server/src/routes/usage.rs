@@ -4,6 +4,7 @@ use axum::Json;
 use bulkhead_api::{ErrorBody, UsageBucket, UsageParams, UsageReport, UsageTotals};
 use bulkhead_core::{Action, Target};
 
+use super::answers::ReadErrors;
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
@@ -30,8 +31,7 @@ fn totals(d: &UsageDelta) -> UsageTotals {
 /// Metered usage of a namespace: cpu, memory over time, sandbox time, peaks, execs, quota
 /// refusals, from the kernel's counters; and its disk now.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/usage", tag = "usage", params(("ns" = String, Path), UsageParams),
-    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), ReadErrors))]
 pub async fn get(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,

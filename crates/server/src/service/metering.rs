@@ -69,16 +69,9 @@ pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
 
 /// Runs the sampler until the process ends.
 pub fn spawn_meter(state: AppState) {
-    let interval = state.config.meter_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = sample_all(&state).await {
-                tracing::warn!(error = %e, "metering pass failed");
-            }
-        }
+    super::spawn_every(state.config.meter_interval, "metering", move || {
+        let state = state.clone();
+        async move { sample_all(&state).await }
     });
 }
 

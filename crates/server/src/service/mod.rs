@@ -18,11 +18,33 @@ pub mod records;
 pub mod sandboxes;
 pub mod secrets;
 
+use std::future::Future;
+use std::time::Duration;
+
 use bulkhead_core::FieldError;
 use bulkhead_runtime::files::FileError;
 use bulkhead_runtime::hostreg::RegistryError;
 use bulkhead_runtime::RuntimeError;
 use bulkhead_store::{QuotaBreach, StoreError};
+
+/// Runs `pass` every `interval` until the process ends. A failed pass is logged (as a `what`
+/// pass) and the next one runs at its time; ticks missed while a pass runs are not made up.
+fn spawn_every<T, F, Fut>(interval: Duration, what: &'static str, mut pass: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ServiceResult<T>> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = pass().await {
+                tracing::warn!(error = %e, "{what} pass failed");
+            }
+        }
+    });
+}
 
 /// Why a service refused or failed. Messages are the ones the API shows (for every variant but
 /// `Internal`, whose message goes to the log only).

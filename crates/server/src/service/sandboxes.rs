@@ -229,16 +229,9 @@ pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
 
 /// Runs the reaper until the process ends.
 pub fn spawn_reaper(state: AppState) {
-    let interval = state.config.reap_interval;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = reap_expired(&state).await {
-                tracing::warn!(error = %e, "reaper pass failed");
-            }
-        }
+    super::spawn_every(state.config.reap_interval, "reaper", move || {
+        let state = state.clone();
+        async move { reap_expired(&state).await }
     });
 }
 
