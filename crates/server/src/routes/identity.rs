@@ -138,8 +138,7 @@ pub async fn list_policies(
 ) -> ApiResult<Json<Page<Policy>>> {
     ctx.authorize(Action::PolicyList, &Target::namespace(&ns))?;
     let (rows, next_cursor) =
-        list_page(&ctx, &ns, &page, async |after, limit| policies::list(&ctx.state, &ns, after, limit).await)
-            .await?;
+        list_page(&ctx, &ns, &page, async |after, limit| policies::list(&ctx.state, &ns, after, limit).await).await?;
     Ok(Json(Page { items: rows.iter().map(policy_out).collect(), next_cursor }))
 }
 

@@ -132,7 +132,8 @@ pub async fn list(
 ) -> ApiResult<Json<Page<Key>>> {
     ctx.authorize(Action::KeyList, &Target::namespace(&ns))?;
     let (rows, next_cursor) =
-        list_page(&ctx, &ns, &page, async |after, limit| namespaces::list_keys(&ctx.state, &ns, after, limit).await).await?;
+        list_page(&ctx, &ns, &page, async |after, limit| namespaces::list_keys(&ctx.state, &ns, after, limit).await)
+            .await?;
     Ok(Json(Page { items: rows.iter().map(key_out).collect(), next_cursor }))
 }
 

@@ -67,8 +67,7 @@ pub async fn list(
 ) -> ApiResult<Json<Page<Project>>> {
     ctx.authorize(Action::ProjectList, &Target::namespace(&ns))?;
     let (rows, next_cursor) =
-        list_page(&ctx, &ns, &page, async |after, limit| projects::list(&ctx.state, &ns, after, limit).await)
-            .await?;
+        list_page(&ctx, &ns, &page, async |after, limit| projects::list(&ctx.state, &ns, after, limit).await).await?;
     let items = rows
         .iter()
         .filter(|p| ctx.sees(Action::ProjectList, &Target::project(&ns, Some(&p.id))))
