@@ -1,7 +1,8 @@
-//! The services under the HTTP handlers: sandboxes, filesystems (and their files and archives),
-//! logs and metering. They take validated domain values (ids, rows a handler loaded and
-//! authorized, resolved secrets), act on the store and the runtime through their traits, and
-//! answer [`ServiceError`]. Handlers parse, authorize, call a service and convert its answer.
+//! The services under the HTTP handlers: namespaces (and their keys), projects, sandboxes,
+//! filesystems (and their files and archives), secrets, policies, audit reads, logs and metering;
+//! [`records`] names the rows and runtime types they take and answer. They take validated domain
+//! values (ids, rows a handler loaded and authorized, resolved secrets), act on the store and the
+//! runtime through their traits, and answer [`ServiceError`]. Handlers parse, authorize, call a service and convert its answer.
 //!
 //! **Invariant:** nothing here knows HTTP: no axum, no `ApiError`, no status codes, no headers;
 //! [`crate::error`] maps [`ServiceError`] to the API's status and code once. Nothing here decides
