@@ -734,3 +734,31 @@ async fn a_policy_added_during_a_log_tail_ends_it() {
     let r = h.call(Method::GET, "/v1/namespaces/alpha/logs", Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }
+
+/// The projects a new key may be limited to are bounded by the caller's scope, not by what the
+/// policies let it do with projects: a `forbid` on `project.list` does not stop an owner from
+/// minting a key of one of its namespace's projects, and a key limited to projects still cannot
+/// mint one of another project.
+#[tokio::test]
+async fn a_new_keys_projects_are_bounded_by_scope_not_by_project_list() {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let (_, owner) = h.create_key("alpha", "o", "owner").await;
+    let mut projects = Vec::new();
+    for name in ["a", "b"] {
+        let r = h.call(Method::POST, "/v1/namespaces/alpha/projects", Some(&owner), json!({ "name": name })).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        projects.push(r.body["id"].as_str().unwrap().to_owned());
+    }
+    let policy = json!({"name": "no-project-lists",
+        "policy": "forbid(principal, action == Bulkhead::Action::\"project.list\", resource);"});
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/policies", Some(&owner), policy).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let key = |projects: Value| json!({"name": "k", "role": "owner", "projects": projects});
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/keys", Some(&owner), key(json!([projects[0]]))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let limited = r.body["token"].as_str().unwrap().to_owned();
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/keys", Some(&limited), key(json!([projects[1]]))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/keys", Some(&limited), key(Value::Null)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+}

@@ -311,6 +311,14 @@ impl Ctx {
         self.decider.sees(action, target)
     }
 
+    /// Whether `target` is within this principal's reach: not hidden from it (in another
+    /// namespace, or outside the projects a key is limited to), whatever the policies say of
+    /// `action` on it. For checks of what a request names (a new key's projects), which are
+    /// bounded by the caller's scope, not by its permissions. Not recorded.
+    pub fn reaches(&self, action: Action, target: &Target) -> bool {
+        !matches!(self.decider.decide(action, target), Decision::NotFound(_))
+    }
+
     /// The decisions of this request's principal, for work that outlives the request's handler
     /// (a live tail).
     pub fn decider(&self) -> Decider {

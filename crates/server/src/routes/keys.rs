@@ -85,7 +85,7 @@ async fn create_key(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> Ap
                 let found = ids::is_id(prefix::PROJECT, id)
                     && crate::service::projects::get(&ctx.state, ns, id).await?.is_some();
                 // A key limited to projects may only mint keys within the projects it sees.
-                if !found || !ctx.sees(Action::ProjectList, &Target::project(ns, Some(id))) {
+                if !found || !ctx.reaches(Action::ProjectList, &Target::project(ns, Some(id))) {
                     return Err(ApiError::Invalid(format!("projects: no project {id:?} in this namespace")));
                 }
             }
@@ -96,7 +96,7 @@ async fn create_key(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> Ap
             Some(list)
         }
     };
-    if projects.is_none() && !ctx.sees(Action::ProjectList, &Target::project(ns, None)) {
+    if projects.is_none() && !ctx.reaches(Action::ProjectList, &Target::project(ns, None)) {
         return Err(ApiError::Invalid(
             "projects: a key limited to projects can only create keys limited to them".into(),
         ));
