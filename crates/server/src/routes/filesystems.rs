@@ -174,9 +174,11 @@ pub async fn delete(
     ctx.authorize(Action::FilesystemDelete, &Target::filesystem(&ns, &id))?;
     let row = load_filesystem(&ctx, &ns, &id).await?;
     let force = params.force == Some(true);
-    if force && !filesystems::mounted_by(&ctx.state, &row.id).await?.is_empty() {
+    let deleted = filesystems::delete(&ctx.state, &row, force).await;
+    // Recorded when the delete tore sandboxes down, or may have before it failed.
+    if force && deleted.as_ref().map_or(true, |tore_down| *tore_down) {
         ctx.audit_detail("force", true);
     }
-    filesystems::delete(&ctx.state, &row, force).await?;
+    deleted?;
     Ok(StatusCode::NO_CONTENT)
 }

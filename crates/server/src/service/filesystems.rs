@@ -123,7 +123,7 @@ pub async fn resize(
 }
 
 /// The sandboxes that mount `id` now.
-pub async fn mounted_by(state: &AppState, id: &str) -> ServiceResult<Vec<SandboxRow>> {
+async fn mounted_by(state: &AppState, id: &str) -> ServiceResult<Vec<SandboxRow>> {
     Ok(state.store.sandboxes_using(id).await?)
 }
 
