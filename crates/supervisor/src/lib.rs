@@ -7,7 +7,11 @@
 //! **Invariant:** the supervisor runs with exactly the sandbox's privileges; nothing it does can
 //! reach outside the sandbox, because it is inside it. The server trusts none of its answers.
 
+mod exec;
+mod files;
 pub mod protocol;
+mod reaper;
 mod supervisor;
+pub mod users;
 
 pub use supervisor::{run, serve_fd};

@@ -1,0 +1,303 @@
+//! Exec: runs one command with a timeout and output caps, streams its output on the request's
+//! connection, feeds it the stdin that arrives there, and kills it when the caller goes away.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::protocol::{self, kind, ExecSpec, Exit, Failure, FailureKind, CHUNK};
+use crate::reaper::Reaper;
+
+/// How long output is still collected after the command exited, for pipes that background
+/// children keep open.
+const DRAIN_GRACE: Duration = Duration::from_millis(50);
+
+fn kill_group(pgid: i32) {
+    if pgid > 1 {
+        // SAFETY: kill takes plain integers; a negative pid names the process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
+}
+
+pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
+    let started = Instant::now();
+    let Some((program, args)) = spec.argv.split_first() else {
+        let f = Failure::new(FailureKind::InvalidRequest, "cmd must not be empty");
+        return protocol::write_json(&mut conn, kind::FAILURE, &f);
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(std::env::vars_os())
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: the closure runs between fork and exec and calls only setsid, which is
+    // async-signal-safe. A new session makes the command the leader of its own process group,
+    // so a timeout can kill the whole tree it starts.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    Reaper::global().spawning();
+    let spawned = cmd.spawn();
+    let exited = Reaper::global().spawned(spawned.as_ref().ok().map(|c| c.id() as i32));
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // What a shell would answer: the reason on stderr, status 127 (126 when not
+            // executable).
+            let code = if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            let msg = format!("bulkhead: cannot run {program:?}: {e}\n");
+            protocol::write_frame(&mut conn, kind::STDERR, msg.as_bytes())?;
+            let exit = Exit {
+                exit_code: Some(code),
+                signal: None,
+                timed_out: false,
+                stdout_truncated: false,
+                stderr_truncated: false,
+                duration_ms: started.elapsed().as_millis() as u64,
+            };
+            return protocol::write_json(&mut conn, kind::EXIT, &exit);
+        }
+    };
+    let pid = child.id() as i32;
+    let Some(exited) = exited else { return Err(io::Error::other("spawned child was not tracked")) };
+
+    // Stdin and cancellation: a thread reads the connection; data goes to the child's stdin,
+    // and the connection closing early means the caller is gone, which kills the command.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let stdin = child.stdin.take();
+    {
+        let mut reader = conn.try_clone()?;
+        let cancelled = cancelled.clone();
+        let want_stdin = spec.stdin;
+        let reader_thread = std::thread::Builder::new().spawn(move || {
+            let mut stdin = if want_stdin { stdin } else { None };
+            loop {
+                match protocol::read_frame(&mut reader) {
+                    Ok(Some((kind::DATA, data))) => {
+                        if let Some(s) = stdin.as_mut() {
+                            if s.write_all(&data).is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    Ok(Some((kind::DATA_END, _))) => stdin = None,
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => {
+                        cancelled.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            }
+        });
+        if reader_thread.is_err() {
+            // No thread for stdin and cancellation: the sandbox is at its process limit.
+            kill_group(pid);
+            let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
+            return protocol::write_json(&mut conn, kind::FAILURE, &f);
+        }
+    }
+
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let mut sent = [0u64; 2];
+    let mut truncated = [false; 2];
+    let deadline = started + Duration::from_millis(spec.timeout_ms);
+    let mut timed_out = false;
+    let mut status: Option<i32> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut buf = vec![0u8; CHUNK];
+
+    loop {
+        if status.is_none() {
+            match exited.try_recv() {
+                Ok(s) => {
+                    status = Some(s);
+                    drain_until = Some(Instant::now() + DRAIN_GRACE);
+                }
+                Err(mpsc::TryRecvError::Empty) => {}
+                Err(mpsc::TryRecvError::Disconnected) => break,
+            }
+        }
+        if cancelled.load(Ordering::SeqCst) {
+            kill_group(pid);
+            let _ = exited.recv_timeout(Duration::from_secs(5));
+            return Ok(());
+        }
+        if status.is_none() && !timed_out && Instant::now() >= deadline {
+            timed_out = true;
+            kill_group(pid);
+        }
+        let open: Vec<RawFd> =
+            [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())].into_iter().flatten().collect();
+        if open.is_empty() {
+            if status.is_some() {
+                break;
+            }
+            // Output closed but the command still runs: wait for its exit or the deadline.
+            let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match exited.recv_timeout(wait.min(Duration::from_millis(100))) {
+                Ok(s) => status = Some(s),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            continue;
+        }
+        if let Some(until) = drain_until {
+            if Instant::now() >= until {
+                break;
+            }
+        }
+        let mut fds: Vec<libc::pollfd> =
+            open.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+        // SAFETY: `fds` is a valid array of pollfd of the given length for the call's duration.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10) };
+        if n <= 0 {
+            continue;
+        }
+        for p in &fds {
+            if p.revents == 0 {
+                continue;
+            }
+            let (slot, pipe): (usize, &mut dyn Read) = match (&mut out, &mut err) {
+                (Some(o), _) if o.as_raw_fd() == p.fd => (0, o),
+                (_, Some(e)) if e.as_raw_fd() == p.fd => (1, e),
+                _ => continue,
+            };
+            match pipe.read(&mut buf) {
+                Ok(0) | Err(_) => {
+                    if slot == 0 {
+                        out = None;
+                    } else {
+                        err = None;
+                    }
+                }
+                Ok(n) => {
+                    let room = spec.max_output_bytes.saturating_sub(sent[slot]) as usize;
+                    let take = n.min(room);
+                    if take < n {
+                        truncated[slot] = true;
+                    }
+                    if take > 0 {
+                        let k = if slot == 0 { kind::STDOUT } else { kind::STDERR };
+                        if protocol::write_frame(&mut conn, k, &buf[..take]).is_err() {
+                            cancelled.store(true, Ordering::SeqCst);
+                        }
+                        sent[slot] += take as u64;
+                    }
+                }
+            }
+        }
+    }
+    // Pipes still held by background children are closed here; they get EPIPE on write.
+    drop(out);
+    drop(err);
+    let status = match status {
+        Some(s) => s,
+        None => exited.recv_timeout(Duration::from_secs(5)).unwrap_or(0),
+    };
+    let (exit_code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    let exit = Exit {
+        exit_code,
+        signal,
+        timed_out,
+        stdout_truncated: truncated[0],
+        stderr_truncated: truncated[1],
+        duration_ms: started.elapsed().as_millis() as u64,
+    };
+    protocol::write_json(&mut conn, kind::EXIT, &exit)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use crate::protocol::{kind, read_frame, write_frame, write_json, ExecSpec, Exit, Request};
+    use crate::supervisor::testing::start;
+
+    fn exec_collect(sock: &Path, spec: ExecSpec, stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, Exit) {
+        let mut c = UnixStream::connect(sock).unwrap();
+        write_json(&mut c, kind::REQUEST, &Request::Exec(spec)).unwrap();
+        if let Some(data) = stdin {
+            write_frame(&mut c, kind::DATA, data).unwrap();
+            write_frame(&mut c, kind::DATA_END, &[]).unwrap();
+        }
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        loop {
+            let (k, p) = read_frame(&mut c).unwrap().unwrap();
+            match k {
+                kind::STDOUT => out.extend(p),
+                kind::STDERR => err.extend(p),
+                kind::EXIT => return (out, err, serde_json::from_slice(&p).unwrap()),
+                other => panic!("unexpected frame {other}"),
+            }
+        }
+    }
+
+    fn spec(argv: &[&str]) -> ExecSpec {
+        ExecSpec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/".into(),
+            timeout_ms: 10_000,
+            max_output_bytes: 1 << 20,
+            stdin: false,
+        }
+    }
+
+    #[test]
+    fn exec_output_stdin_exit_codes() {
+        let (_d, sock) = start();
+        let (out, _, exit) = exec_collect(&sock, spec(&["sh", "-c", "echo out; echo err >&2; exit 3"]), None);
+        assert_eq!(out, b"out\n");
+        assert_eq!(exit.exit_code, Some(3));
+        let mut s = spec(&["cat"]);
+        s.stdin = true;
+        let (out, _, exit) = exec_collect(&sock, s, Some(b"hello"));
+        assert_eq!(out, b"hello");
+        assert_eq!(exit.exit_code, Some(0));
+        let (_, err, exit) = exec_collect(&sock, spec(&["/no/such/binary"]), None);
+        assert_eq!(exit.exit_code, Some(127));
+        assert!(String::from_utf8_lossy(&err).contains("cannot run"));
+        let (_, _, exit) = exec_collect(&sock, spec(&["sh", "-c", "kill -9 $$"]), None);
+        assert_eq!(exit.signal, Some(9));
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group_and_caps_truncate() {
+        let (_d, sock) = start();
+        let mut s = spec(&["sh", "-c", "sleep 30 & sleep 30; echo never"]);
+        s.timeout_ms = 300;
+        let t = Instant::now();
+        let (out, _, exit) = exec_collect(&sock, s, None);
+        assert!(exit.timed_out);
+        assert!(out.is_empty());
+        assert!(t.elapsed() < Duration::from_secs(20));
+        let mut s = spec(&["sh", "-c", "head -c 100000 /dev/zero"]);
+        s.max_output_bytes = 1000;
+        let (out, _, exit) = exec_collect(&sock, s, None);
+        assert_eq!(out.len(), 1000);
+        assert!(exit.stdout_truncated);
+        assert_eq!(exit.exit_code, Some(0));
+    }
+}
