@@ -395,6 +395,7 @@ pub async fn exec(
         timeout_ms: timeout * 1000,
         max_output_bytes: if streaming { limits.stream_output_bytes } else { limits.exec_output_bytes },
         stdin: false,
+        user: None,
     };
     let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
     // A streamed exec is a long-running download, counted until its body is dropped.
