@@ -257,7 +257,7 @@ impl Cgroups {
     fn kill_dir(&self, dir: &Path) {
         match self.version {
             Version::V2 => {
-                if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                if write_existing(&dir.join("cgroup.kill"), "1").is_ok() {
                     return;
                 }
                 freeze_kill_thaw(dir, &dir.join("cgroup.freeze"), "1", "0", |d| {
@@ -406,7 +406,7 @@ fn freeze_kill_thaw(dir: &Path, control: &Path, freeze: &str, thaw: &str, frozen
     let control_name = control.file_name().map(|n| n.to_owned()).unwrap_or_default();
     let mut dirs = Vec::new();
     collect_dirs(dir, &mut dirs);
-    if fs::write(control, freeze).is_ok() {
+    if write_existing(control, freeze).is_ok() {
         for _ in 0..200 {
             if frozen(dir) {
                 break;
@@ -418,8 +418,14 @@ fn freeze_kill_thaw(dir: &Path, control: &Path, freeze: &str, thaw: &str, frozen
         kill_members(d);
     }
     for d in dirs.iter().rev() {
-        let _ = fs::write(d.join(&control_name), thaw);
+        let _ = write_existing(&d.join(&control_name), thaw);
     }
+}
+
+/// Writes a control file that the kernel made; never creates one (in a fake tree, nothing).
+fn write_existing(path: &Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
 }
 
 fn kill_members(dir: &Path) {
@@ -534,5 +540,68 @@ mod io_tests {
             .expect("write");
         assert_eq!(io_service_bytes_v1(&v1), (4097, 514));
         assert_eq!(io_stat_v2(&dir.path().join("missing")), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod delegation_tests {
+    use super::*;
+
+    /// The runtime's side of per-command cgroups against a fake v2 tree: the sandbox's grouping
+    /// directory is made and capped, and removal takes nested command cgroups first. Ownership
+    /// (chown to the sandbox's root) is checked with the caller's own ids, which any user may set.
+    #[test]
+    fn v2_delegation_and_nested_removal() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let sbx = d.path().join("bulkhead/acme/sbx_1");
+        fs::create_dir_all(&sbx).unwrap();
+        for f in ["cgroup.procs", "cgroup.max.descendants", "cgroup.kill"] {
+            fs::write(sbx.join(f), "").unwrap();
+        }
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        let dir = cg.delegate("acme", "sbx_1", me).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(dir.metadata().unwrap().uid(), me);
+        assert!(dir.metadata().unwrap().is_dir());
+        assert_eq!(fs::read_to_string(sbx.join("cgroup.max.descendants")).unwrap(), MAX_COMMAND_CGROUPS.to_string());
+
+        // A command cgroup below it (the supervisor's mkdirat), then the sandbox's removal.
+        fs::create_dir(sbx.join("exec-1")).unwrap();
+        for f in ["cgroup.procs", "cgroup.max.descendants", "cgroup.kill"] {
+            fs::remove_file(sbx.join(f)).unwrap();
+        }
+        cg.kill_sandbox("acme", "sbx_1");
+        cg.remove_sandbox("acme", "sbx_1").unwrap();
+        assert!(!sbx.exists());
+        assert!(d.path().join("bulkhead/acme").exists(), "the namespace's cgroup stays");
+    }
+
+    /// v1: the grouping hierarchy is the freezer; a self-frozen nested command cgroup is thawed
+    /// by the sandbox's kill so its members can die.
+    #[test]
+    fn v1_delegates_the_freezer_and_thaws_nested_cgroups() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "memory", "pids", "freezer"] {
+            fs::create_dir(d.path().join(c)).unwrap();
+        }
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let sbx = d.path().join("freezer/bulkhead/acme/sbx_1");
+        fs::create_dir_all(&sbx).unwrap();
+        for f in ["cgroup.procs", "tasks"] {
+            fs::write(sbx.join(f), "").unwrap();
+        }
+        fs::write(sbx.join("freezer.state"), "THAWED").unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        cg.delegate("acme", "sbx_1", me).unwrap();
+        fs::create_dir(sbx.join("prc_a")).unwrap();
+        fs::write(sbx.join("prc_a/freezer.state"), "FROZEN").unwrap();
+        fs::write(sbx.join("prc_a/cgroup.procs"), "").unwrap();
+        cg.kill_sandbox("acme", "sbx_1");
+        assert_eq!(fs::read_to_string(sbx.join("prc_a/freezer.state")).unwrap(), "THAWED");
+        assert_eq!(fs::read_to_string(sbx.join("freezer.state")).unwrap(), "THAWED");
     }
 }
