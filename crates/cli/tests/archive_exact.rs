@@ -310,7 +310,11 @@ async fn hostile_archives_are_refused_naming_the_entry() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("absolute name", ok().file("/etc/evil", b"x").finish(), "/etc/evil"),
         ("`..`", ok().file("a/../../escape", b"x").finish(), "a/../../escape"),
-        ("hard link to a later entry", ok().entry(b"hl", b'1', 0o644, b"later", b"").file("later", b"x").finish(), "hl"),
+        (
+            "hard link to a later entry",
+            ok().entry(b"hl", b'1', 0o644, b"later", b"").file("later", b"x").finish(),
+            "hl",
+        ),
         ("hard link to no entry", ok().entry(b"hl2", b'1', 0o644, b"keep/me.txt", b"").finish(), "hl2"),
         ("hard link out", ok().entry(b"hl3", b'1', 0o644, b"/etc/passwd", b"").finish(), "hl3"),
         ("character device", ok().entry(b"null", b'3', 0o666, b"", b"").finish(), "null"),

@@ -1,19 +1,31 @@
-//! Tar archives in and out of a tenant's filesystem, refusing hostile archives.
+//! Tar archives in and out of a tenant's filesystem, exactly, refusing hostile archives.
 //!
-//! [`extract`] reads an upload (plain, gzip or zstd tar) into an empty staging [`Root`]. Every
-//! entry is checked before anything is written for it, and the first bad one aborts the whole
-//! extraction naming it: absolute paths, `..`, names that are not UTF-8 or too long, symlinks
-//! whose target leaves the root, hard links to anything but an earlier file of the archive,
-//! devices, fifos, setuid and setgid bits, entries that go through a symlink of the archive, and
+//! What a filesystem holds round-trips: modes (a directory's sticky bit too) and mtimes
+//! (directories' applied after their contents), symlinks as data (absolute targets and `..`
+//! kept as they are: nothing here ever resolves through a link), names as raw bytes (not
+//! necessarily UTF-8: GNU long names and PAX `path`/`linkpath` records are read, GNU long names
+//! written), and sparse files as GNU sparse entries (type `S`, the old GNU format that GNU tar
+//! and the tar crate both read): a download lists a file's runs of data from
+//! `SEEK_DATA`/`SEEK_HOLE` and carries only them ([`sparse_map_of`]), an upload writes the runs
+//! at their offsets and seeks over the holes, so a 1 TiB file with a few blocks of data travels
+//! and lands as those blocks.
+//!
+//! [`extract`] reads an upload (plain, gzip or zstd tar) into an empty staging [`Root`] with its
+//! own tar reader (so that a sparse map is seen, checked and named before anything is written).
+//! Every entry is checked before anything is written for it, and the first bad one aborts the
+//! whole extraction naming it: absolute paths, `..`, NUL, names too long, entries whose path
+//! goes through a symlink the archive made, hard links to anything but an earlier file of the
+//! archive, devices, fifos, setuid and setgid bits, sparse maps that are out of order,
+//! overlapping, past the file's size, longer than [`MAX_SPARSE_SEGMENTS`] runs or that carry
+//! more data than the filesystem holds, PAX sparse files (`GNU.sparse.*`, not supported), and
 //! more entries or bytes than allowed. Entries are written only through [`confined`], so even a
 //! check that missed something could not lead a write outside the root. The decompressed stream
-//! is metered too: headers and extensions (which the tar crate reads into memory) get a small
-//! allowance per entry, so no decompression bomb gets further than the limits.
+//! is metered too: headers and extensions (read into memory) get a small allowance per entry,
+//! so no decompression bomb gets further than the limits.
 //!
-//! [`TarReader`] produces a tenant's filesystem as a plain tar as it is read (so a download
-//! never holds more than one chunk, one file and a bounded number of directories), walking it
-//! with [`confined::Walker`]; [`write_tar`] copies it to a writer
-//! (symlinks stay symlinks).
+//! [`TarReader`] produces a tenant's filesystem as a plain tar (GNU format) as it is read (so a
+//! download never holds more than one chunk, one file, one sparse map and a bounded number of
+//! directories), walking it with [`confined::Walker`]; [`write_tar`] copies it to a writer.
 
 use std::cell::Cell;
 use std::collections::HashMap;
