@@ -1668,6 +1668,28 @@ mod tests {
         assert!(matches!(e, ArchiveError::NoSpace), "{e:?}");
     }
 
+    #[test]
+    fn sparse_files_take_only_their_data_in_a_small_filesystem() {
+        let Some(fs) = crate::confined::tests::SmallFs::mount(1 << 20) else { return };
+        let root = Root::open(fs.root()).unwrap();
+        // A terabyte whose data (8 KiB) fits: it lands, with holes.
+        let tar = Raw::default().sparse("tera", TIB, &[(0, 4096), (TIB - 4096, 4096)], &[3; 8192]).finish();
+        let stats = extract(&tar[..], &root, OWNER, LIMITS).unwrap();
+        assert_eq!(stats.bytes, 8192);
+        let meta = fs::metadata(fs.root().join("tera")).unwrap();
+        assert_eq!(meta.len(), TIB);
+        assert!(meta.blocks() * 512 <= 64 << 10, "{} bytes allocated", meta.blocks() * 512);
+        // Data that does not fit is the filesystem being full, whatever the holes.
+        let fresh = fs.root().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        let root = Root::open(&fresh).unwrap();
+        let data = vec![3u8; 2 << 20];
+        let tar = Raw::default().sparse("big", TIB, &[(0, 1 << 20), (1 << 30, 1 << 20)], &data).finish();
+        let e = extract(&tar[..], &root, OWNER, LIMITS).unwrap_err();
+        assert!(matches!(e, ArchiveError::NoSpace), "{e:?}");
+        assert_eq!(fs::read_dir(&fresh).unwrap().count(), 0, "the temporary file was removed");
+    }
+
     enum Expect {
         Hostile(&'static str),
         TooLarge(Option<&'static str>),
