@@ -5,7 +5,7 @@
 //! kept as they are: nothing here ever resolves through a link), names as raw bytes (not
 //! necessarily UTF-8: GNU long names and PAX `path`/`linkpath` records are read, GNU long names
 //! written), and sparse files as GNU sparse entries (type `S`, the old GNU format that GNU tar
-//! and the tar crate both read): a download lists a file's runs of data from
+//! and the tar crate both read; uploads may also use PAX sparse format 1.0): a download lists a file's runs of data from
 //! `SEEK_DATA`/`SEEK_HOLE` and carries only them ([`sparse_map_of`]), an upload writes the runs
 //! at their offsets and seeks over the holes, so a 1 TiB file with a few blocks of data travels
 //! and lands as those blocks.
@@ -17,7 +17,7 @@
 //! goes through a symlink the archive made, hard links to anything but an earlier file of the
 //! archive, devices, fifos, setuid and setgid bits, sparse maps that are out of order,
 //! overlapping, past the file's size, longer than [`MAX_SPARSE_SEGMENTS`] runs or that carry
-//! more data than the filesystem holds, PAX sparse files (`GNU.sparse.*`, not supported), and
+//! more data than the filesystem holds, PAX sparse files before format 1.0, and
 //! more entries or bytes than allowed. Entries are written only through [`confined`], so even a
 //! check that missed something could not lead a write outside the root. The decompressed stream
 //! is metered too: headers and extensions (read into memory) get a small allowance per entry,
@@ -512,21 +512,86 @@ impl<R: Read> TarIn<R> {
                 Some(v) => pax_time(v),
                 None => header.mtime().ok().and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s))),
             };
-            let shown = String::from_utf8_lossy(&path).into_owned();
-            if tar::PaxExtensions::new(records)
+            let pax_sparse = tar::PaxExtensions::new(records)
                 .filter_map(Result::ok)
-                .any(|r| r.key_bytes().starts_with(b"GNU.sparse."))
-            {
-                return Err(hostile(
-                    &shown,
-                    "PAX sparse files (GNU.sparse.*) are not supported; use GNU tar's --format=gnu",
-                ));
+                .any(|r| r.key_bytes().starts_with(b"GNU.sparse."));
+            if !pax_sparse {
+                let shown = String::from_utf8_lossy(&path).into_owned();
+                let sparse = if kind.is_gnu_sparse() { Some(self.gnu_sparse_map(&header, &shown)?) } else { None };
+                self.left = size;
+                self.pad = padding(size);
+                return Ok(Some(InEntry { header, path, link, size, mtime, sparse }));
             }
-            let sparse = if kind.is_gnu_sparse() { Some(self.gnu_sparse_map(&header, &shown)?) } else { None };
+            // PAX sparse format 1.0 (GNU tar's `--format=posix --sparse`): the real name and
+            // size in records, the map at the start of the data.
+            let version = (pax_value(records, "GNU.sparse.major"), pax_value(records, "GNU.sparse.minor"));
+            let path = pax_value(records, "GNU.sparse.name").map(<[u8]>::to_vec).unwrap_or(path);
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            if version != (Some(&b"1"[..]), Some(&b"0"[..])) {
+                return Err(hostile(&shown, "PAX sparse format before 1.0 (GNU.sparse.*) is not supported"));
+            }
+            if kind != EntryType::Regular && kind != EntryType::Continuous {
+                return Err(hostile(&shown, "PAX sparse records on an entry that is not a file"));
+            }
+            let real_size = pax_value(records, "GNU.sparse.realsize")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .ok_or_else(|| hostile(&shown, "PAX sparse file without a valid GNU.sparse.realsize"))?;
             self.left = size;
             self.pad = padding(size);
+            let segments = self.pax_sparse_map(&shown)?;
+            let size = self.left;
+            let sparse = Some(SparseMap { segments, real_size });
             return Ok(Some(InEntry { header, path, link, size, mtime, sparse }));
         }
+    }
+
+    /// The map at the start of a PAX 1.0 sparse entry's data: decimal numbers, one a line (the
+    /// count of runs, then each run's offset and length), padded to a 512-byte block. Leaves
+    /// [`TarIn::left`] at the runs' data.
+    fn pax_sparse_map(&mut self, shown: &str) -> Result<Vec<(u64, u64)>, ArchiveError> {
+        // Each number takes at most 21 bytes.
+        let most = (2 * MAX_SPARSE_SEGMENTS as u64 + 1) * 21;
+        self.meter.allow_more(self.left.min(most).saturating_add(HEADER_ALLOWANCE));
+        let mut consumed = 0u64;
+        let mut number = |tar: &mut Self| -> Result<u64, ArchiveError> {
+            let mut digits = Vec::new();
+            loop {
+                let mut byte = [0u8; 1];
+                let n = tar.read(&mut byte).map_err(|e| tar.fail(Some(shown), e))?;
+                if n == 0 {
+                    return Err(hostile(shown, "PAX sparse map ends early"));
+                }
+                consumed += 1;
+                match byte[0] {
+                    b'\n' => break,
+                    b @ b'0'..=b'9' if digits.len() < 20 => digits.push(b),
+                    _ => return Err(hostile(shown, "PAX sparse map has a malformed number")),
+                }
+            }
+            std::str::from_utf8(&digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| hostile(shown, "PAX sparse map has a malformed number"))
+        };
+        let count = number(self)?;
+        if count > MAX_SPARSE_SEGMENTS as u64 {
+            return Err(hostile(shown, format!("sparse map lists more than {MAX_SPARSE_SEGMENTS} runs of data")));
+        }
+        let mut segments = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let offset = number(self)?;
+            let len = number(self)?;
+            segments.push((offset, len));
+        }
+        let pad = padding(consumed);
+        if self.left < pad {
+            return Err(hostile(shown, "PAX sparse map ends early"));
+        }
+        let skipped = io::copy(&mut (&mut *self).take(pad), &mut io::sink()).map_err(|e| self.fail(Some(shown), e))?;
+        if skipped != pad {
+            return Err(ArchiveError::Corrupt(format!("entry {shown:?} is truncated")));
+        }
+        Ok(segments)
     }
 
     /// The map of a GNU sparse entry: the slots of its header, then of the extension blocks that
@@ -785,7 +850,8 @@ pub fn extract(mut reader: impl Read, staging: &Root, owner: Owner, limits: Limi
         }
         let size = entry.size;
         let header = &entry.header;
-        let kind = header.entry_type();
+        // A PAX sparse file is a regular entry with a map: the same as a GNU one from here.
+        let kind = if entry.sparse.is_some() { EntryType::GNUSparse } else { header.entry_type() };
 
         // Every check, before anything is written for this entry.
         let path_bytes = std::mem::take(&mut entry.path);
@@ -1391,6 +1457,14 @@ mod tests {
         }
     }
 
+    /// The data of a PAX 1.0 sparse entry: its map, padded to a block, then `data` bytes.
+    fn pax_map_data(map: &str, data: usize) -> Vec<u8> {
+        let mut out = map.as_bytes().to_vec();
+        out.resize(out.len().next_multiple_of(512), 0);
+        out.extend((0..data).map(|i| (i % 250 + 1) as u8));
+        out
+    }
+
     /// A sparse entry whose map goes on and on: extension blocks of runs of 0 bytes, far more
     /// than [`MAX_SPARSE_SEGMENTS`].
     fn huge_sparse_map(name: &str) -> Vec<u8> {
@@ -1882,10 +1956,44 @@ mod tests {
                 Hostile("/abs-escape"),
             ),
             (
-                "PAX sparse file",
+                "PAX sparse format 0.1",
+                ok().pax(&[("GNU.sparse.map", b"0,1"), ("GNU.sparse.name", b"psp")])
+                    .file("GNUSparse/psp", b"x")
+                    .finish(),
+                LIMITS,
+                Hostile("psp"),
+            ),
+            (
+                "PAX sparse without its size",
                 ok().pax(&[("GNU.sparse.major", b"1"), ("GNU.sparse.minor", b"0")]).file("psp", b"x").finish(),
                 LIMITS,
                 Hostile("psp"),
+            ),
+            (
+                "PAX sparse map overlapping",
+                ok().pax(&[
+                    ("GNU.sparse.major", b"1"),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", b"pov"),
+                    ("GNU.sparse.realsize", b"100000"),
+                ])
+                .file("GNUSparseFile.0/pov", &pax_map_data("2\n0\n4096\n1024\n4096\n", 8192))
+                .finish(),
+                LIMITS,
+                Hostile("pov"),
+            ),
+            (
+                "PAX sparse map with a huge count",
+                ok().pax(&[
+                    ("GNU.sparse.major", b"1"),
+                    ("GNU.sparse.minor", b"0"),
+                    ("GNU.sparse.name", b"phuge"),
+                    ("GNU.sparse.realsize", b"100000"),
+                ])
+                .file("GNUSparseFile.0/phuge", &pax_map_data("99999999999\n", 0))
+                .finish(),
+                LIMITS,
+                Hostile("phuge"),
             ),
             ("300-byte component", long_name_tar(long.as_bytes()), LIMITS, Hostile(long)),
             ("path over 4096 bytes", long_name_tar(deep.as_bytes()), LIMITS, Hostile(deep)),
@@ -2177,17 +2285,57 @@ mod tests {
         let src_dir = tempfile::tempdir().unwrap();
         let src = src_dir.path();
         make_sparse(&src.join("tera"), TIB, &[4096, 3 << 30, TIB - 100], &[5u8; 100]);
-        let Some(out) = gnu_tar(src, &["--format=gnu", "--sparse", "-cf", "-", "."], b"") else {
-            eprintln!("SKIPPED: no tar binary");
-            return;
-        };
-        assert!(out.stdout.len() < 1 << 20);
-        let scene = Scene::new();
-        scene.extract(&out.stdout, LIMITS).unwrap();
-        let (alloc, map, data) = sparse_view(&scene.path("tera"));
         let (_, src_map, src_data) = sparse_view(&src.join("tera"));
-        assert_eq!((map, data), (src_map, src_data));
-        assert!(alloc < 1 << 20, "{alloc} bytes allocated");
+        // The old GNU format, and PAX format 1.0 (`--format=posix`).
+        for args in [
+            &["--format=gnu", "--sparse", "-cf", "-", "."][..],
+            &["--format=posix", "--sparse", "--sparse-version=1.0", "-cf", "-", "."][..],
+        ] {
+            let Some(out) = gnu_tar(src, args, b"") else {
+                eprintln!("SKIPPED: no tar binary");
+                return;
+            };
+            assert!(out.stdout.len() < 1 << 20);
+            let scene = Scene::new();
+            let stats = scene.extract(&out.stdout, LIMITS).unwrap();
+            assert_eq!(stats.bytes, 3 * 4096, "{args:?}");
+            let names: Vec<_> = fs::read_dir(scene.path("")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, ["tera"], "{args:?}");
+            let (alloc, map, data) = sparse_view(&scene.path("tera"));
+            assert_eq!((&map, &data), (&src_map, &src_data), "{args:?}");
+            assert!(alloc < 1 << 20, "{args:?}: {alloc} bytes allocated");
+        }
+        // Older PAX sparse formats are refused, naming the file.
+        let out = gnu_tar(src, &["--format=posix", "--sparse", "--sparse-version=0.1", "-cf", "-", "."], b"").unwrap();
+        let scene = Scene::new();
+        match scene.extract(&out.stdout, LIMITS) {
+            Err(ArchiveError::Hostile { entry, .. }) => assert_eq!(entry, "./tera"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pax_sparse_entries_extract_with_holes() {
+        let records: &[(&str, &[u8])] = &[
+            ("GNU.sparse.major", b"1"),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"dir/p\xe9x"),
+            ("GNU.sparse.realsize", b"1099511627776"),
+        ];
+        let data = pax_map_data("3\n0\n512\n65536\n1000\n1099511627776\n0\n", 1512);
+        let tar = Raw::default().dir("dir/").pax(records).file("dir/GNUSparseFile.0/p", &data).finish();
+        let scene = Scene::new();
+        let stats = scene.extract(&tar, LIMITS).unwrap();
+        assert_eq!(stats.bytes, 1512);
+        let path = scene.dir.path().join("staging").join(std::ffi::OsStr::from_bytes(b"dir/p\xe9x"));
+        let (alloc, map, runs) = sparse_view(&path);
+        assert_eq!(fs::metadata(&path).unwrap().len(), TIB);
+        assert!(alloc < 1 << 20, "{alloc}");
+        let map = map.unwrap();
+        assert_eq!(map.segments[0], (0, 4096), "{map:?}");
+        let expected: Vec<u8> = (0..1512).map(|i| (i % 250 + 1) as u8).collect();
+        assert_eq!(&runs[0][..512], &expected[..512]);
+        assert_eq!(fs::read_dir(scene.path("dir")).unwrap().count(), 1, "no GNUSparseFile.0 directory");
     }
 
     #[test]
