@@ -784,8 +784,13 @@ fn fill_sparse<R: Read>(
     let write_error = |e: io::Error| {
         if is_no_space(&e) {
             ArchiveError::NoSpace
-        } else if e.raw_os_error() == Some(libc::EFBIG) {
-            hostile(shown, "sparse file larger than the filesystem can hold")
+        } else if matches!(e.raw_os_error(), Some(libc::EFBIG) | Some(libc::EINVAL)) {
+            // Past the largest file the filesystem has (16 TiB for ext4 with 4 KiB blocks):
+            // seeking there is EINVAL, writing or truncating EFBIG.
+            hostile(
+                shown,
+                format!("sparse file of {} bytes: larger than a file of the filesystem can be", map.real_size),
+            )
         } else {
             ArchiveError::Write {
                 entry: shown.to_owned(),
