@@ -74,8 +74,9 @@ pub enum FsCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Replace a filesystem's whole content with a local directory (packed with `tar`) or a
-    /// `.tar`, `.tar.gz`, `.tgz` or `.tar.zst` file; refused while a running sandbox mounts it.
+    /// Replace a filesystem's whole content with a local directory (packed with GNU `tar`:
+    /// symlinks as they are, sparse files sparse, modes and mtimes kept) or a `.tar`, `.tar.gz`,
+    /// `.tgz` or `.tar.zst` file; refused while a running sandbox mounts it.
     Push {
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
@@ -83,8 +84,9 @@ pub enum FsCmd {
         /// A directory or a tar archive.
         src: PathBuf,
     },
-    /// Copy a filesystem's whole content out: into a directory (unpacked with `tar`, created
-    /// when missing), into a `.tar` file, or to standard output with `-`.
+    /// Copy a filesystem's whole content out: into a directory (unpacked with GNU `tar`, created
+    /// when missing; modes kept), into a `.tar` file (GNU format, sparse files as their data), or
+    /// to standard output with `-`.
     Pull {
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
