@@ -1,5 +1,6 @@
 //! The filesystem and project subcommands: `fs create|list|get|resize|delete`, whole trees in
-//! and out as tar archives (`fs push`, `fs pull`, packed and unpacked by the system `tar`),
+//! and out as tar archives (`fs push`, `fs pull`, packed and unpacked by the system GNU `tar`:
+//! symlinks as they are, sparse files sparse, modes and mtimes kept, names as raw bytes),
 //! single files (`fs ls|cat|put|rm`, with ETags), and `project create|list|delete`.
 
 use std::io::{IsTerminal, Read, Write};
@@ -73,8 +74,9 @@ pub enum FsCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Replace a filesystem's whole content with a local directory (packed with `tar`) or a
-    /// `.tar`, `.tar.gz`, `.tgz` or `.tar.zst` file; refused while a running sandbox mounts it.
+    /// Replace a filesystem's whole content with a local directory (packed with GNU `tar`:
+    /// symlinks as they are, sparse files sparse, modes and mtimes kept) or a `.tar`, `.tar.gz`,
+    /// `.tgz` or `.tar.zst` file; refused while a running sandbox mounts it.
     Push {
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
@@ -82,8 +84,9 @@ pub enum FsCmd {
         /// A directory or a tar archive.
         src: PathBuf,
     },
-    /// Copy a filesystem's whole content out: into a directory (unpacked with `tar`, created
-    /// when missing), into a `.tar` file, or to standard output with `-`.
+    /// Copy a filesystem's whole content out: into a directory (unpacked with GNU `tar`, created
+    /// when missing; modes kept), into a `.tar` file (GNU format, sparse files as their data), or
+    /// to standard output with `-`.
     Pull {
         #[arg(long, env = "BULKHEAD_NAMESPACE")]
         ns: String,
@@ -380,9 +383,18 @@ async fn push(c: &Client, ns: &str, id: &str, src: &Path, global: &Global) -> an
     Ok(())
 }
 
+/// What `tar` is told to pack a directory: the GNU format, which the server reads back exactly
+/// (names as raw bytes, long names, and sparse files as GNU sparse entries: holes are not sent).
+const PACK_ARGS: [&str; 5] = ["--format=gnu", "--sparse", "-cf", "-", "."];
+
+/// What `tar` is told to unpack the server's archive: modes as they are (not masked by the
+/// umask), owned by whoever pulls. Sparse entries come out sparse, symlinks as they are, and
+/// directories get their times after their contents.
+const UNPACK_ARGS: [&str; 4] = ["--no-same-owner", "--preserve-permissions", "-xf", "-"];
+
 /// Packs `dir` with the system tar; `None` when the archive grows past `limit` bytes.
 fn pack(dir: &Path, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
-    let mut tar = Tar::spawn(dir, &["-cf", "-", "."], Stdio::null(), Stdio::piped())?;
+    let mut tar = Tar::spawn(dir, &PACK_ARGS, Stdio::null(), Stdio::piped())?;
     let mut data = Vec::new();
     let read = match tar.child.stdout.take() {
         Some(out) => out.take(limit + 1).read_to_end(&mut data).map(|_| ()),
@@ -468,7 +480,7 @@ async fn pull_to_dir(c: &Client, ns: &str, id: &str, dir: &Path, progress: &mut 
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create the directory {}", dir.display()))?;
     // GNU tar refuses `..` and absolute names and delays symlinks that point outside, so even a
     // hostile server's archive stays inside `dir`; nobody's ownership is taken from it.
-    let mut tar = Tar::spawn(dir, &["--no-same-owner", "-xf", "-"], Stdio::piped(), Stdio::null())?;
+    let mut tar = Tar::spawn(dir, &UNPACK_ARGS, Stdio::piped(), Stdio::null())?;
     let result = match tar.child.stdin.take() {
         Some(mut stdin) => download(c, ns, id, &mut stdin, progress).await,
         None => Err(bulkhead_client::Error::Write { source: std::io::Error::other("tar has no standard input") }),

@@ -117,8 +117,9 @@ async fn hostile_archives_are_refused_and_the_previous_content_stays() {
         ("absolute", "add('/etc/evil')".into(), "/etc/evil"),
         ("dotdot", "add('ok.txt'); add('../escape')".into(), "../escape"),
         ("nested-dotdot", "add('a/../../escape')".into(), "a/../../escape"),
-        ("symlink-out", "add('link', tarfile.SYMTYPE, link='/etc')".into(), "link"),
-        ("symlink-up", "add('up', tarfile.SYMTYPE, link='../../..')".into(), "up"),
+        // Symlinks are data (absolute and upward targets too); writing through one is refused.
+        ("through-symlink-out", "add('link', tarfile.SYMTYPE, link='/etc'); add('link/evil')".into(), "link/evil"),
+        ("through-symlink-up", "add('up', tarfile.SYMTYPE, link='../../..'); add('up/escape')".into(), "up/escape"),
         ("hardlink-out", "add('hl', tarfile.LNKTYPE, link='/etc/passwd')".into(), "hl"),
         ("device", "add('dev', tarfile.CHRTYPE)".into(), "dev"),
         ("fifo", "add('fifo', tarfile.FIFOTYPE)".into(), "fifo"),

@@ -963,6 +963,41 @@ pub fn walk<E: From<ConfinedError>>(
     Ok(())
 }
 
+// ---- Archives: files written through their descriptor (sparse files) ----
+
+/// [`write_atomic`] for content that is not a stream: `fill` gets the new, empty file (opened
+/// for writing, in a temporary name beside `rel`) and writes it as it likes, such as seeking
+/// over holes so the file stays sparse. Then the file gets `mode & 0o777` and `owner`, is synced
+/// and replaces `rel`; missing parents are created (0755, for `owner`). What `fill` returns is
+/// returned. On any error (`fill`'s own included) the previous content stays and the temporary
+/// file is removed.
+pub fn write_atomic_with<T, E: From<ConfinedError>>(
+    root: &Root,
+    rel: impl AsRef<Path>,
+    mode: u32,
+    owner: Owner,
+    fill: impl FnOnce(&mut File) -> Result<T, E>,
+) -> Result<T, E> {
+    let rel = rel.as_ref();
+    let (parents, name) = split(rel)?;
+    let target = cstring(name).map_err(|e| io_error("write", rel, e))?;
+    let dir = ensure_dir(root, &parents, owner, rel)?;
+    let (fd, mut temp) = with_temp_name(dir.as_fd(), |tmp| {
+        openat2(dir.as_fd(), tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600, ONE_NAME)
+    })
+    .map_err(|e| io_error("create temporary file for", rel, e))?;
+    let mut file = File::from(fd);
+    let out = fill(&mut file)?;
+    fchown(file.as_fd(), owner).map_err(|e| io_error("chown", rel, e))?;
+    fchmod(file.as_fd(), mode & 0o777).map_err(|e| io_error("chmod", rel, e))?;
+    file.sync_all().map_err(|e| io_error("sync", rel, e))?;
+    drop(file);
+    rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
+    temp.armed = false;
+    fsync(dir.as_fd()).map_err(|e| io_error("sync directory of", rel, e))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
