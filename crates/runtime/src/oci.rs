@@ -729,9 +729,9 @@ impl Runtime for OciRuntime {
         client::exec(&self.socket(id), id, spec, stdin).await
     }
 
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
+    async fn read_file(&self, id: &str, path: &str, user: Option<String>, max_bytes: u64) -> Result<FileStream> {
         Self::check_id(id)?;
-        client::read_file(&self.socket(id), id, path, max_bytes).await
+        client::read_file(&self.socket(id), id, path, user, max_bytes).await
     }
 
     async fn write_file(
@@ -740,10 +740,23 @@ impl Runtime for OciRuntime {
         path: &str,
         data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
-        mode: u32,
+        mode: Option<u32>,
+        user: Option<String>,
     ) -> Result<()> {
         Self::check_id(id)?;
-        client::write_file(&self.socket(id), id, path, data, max_bytes, mode).await
+        client::write_file(&self.socket(id), id, path, data, max_bytes, mode, user).await
+    }
+
+    async fn list_dir(
+        &self,
+        id: &str,
+        path: &str,
+        user: Option<String>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<crate::DirPage> {
+        Self::check_id(id)?;
+        client::list_dir(&self.socket(id), id, path, user, after, limit).await
     }
 
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
