@@ -1057,8 +1057,8 @@ pub fn walk<E: From<ConfinedError>>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::fs;
     use std::ffi::OsStr;
+    use std::fs;
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };

@@ -27,8 +27,8 @@ pub mod spec;
 pub mod storage;
 
 use async_trait::async_trait;
-pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
 pub use bulkhead_supervisor::protocol::{DirEntry, FileType};
+pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
 pub use client::{DirPage, ExecEvent, ExecStream, FileStream};
 pub use storage::FilesystemStorage;
 

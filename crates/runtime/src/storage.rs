@@ -490,7 +490,8 @@ impl FilesystemStorage for Storage {
     }
 
     fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError> {
-        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max).map_err(|e| named(e, rel))? else {
+        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max).map_err(|e| named(e, rel))?
+        else {
             return Ok(None);
         };
         let etag = files::etag(&digest);

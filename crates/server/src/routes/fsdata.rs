@@ -7,11 +7,11 @@
 
 use crate::service::listing::{Listing, MAX_PAGE};
 use crate::service::records::{files, Preconditions};
-use base64::Engine as _;
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use bulkhead_api::FilesystemFileParams as FileQuery;
 use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry, Page};
 use bulkhead_core::{Action, Target};
@@ -80,10 +80,9 @@ pub(crate) fn list_limit(limit: Option<u32>) -> ApiResult<u32> {
 fn text_and_base64(bytes: &[u8]) -> (String, Option<String>) {
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), None),
-        Err(_) => (
-            String::from_utf8_lossy(bytes).into_owned(),
-            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        ),
+        Err(_) => {
+            (String::from_utf8_lossy(bytes).into_owned(), Some(base64::engine::general_purpose::STANDARD.encode(bytes)))
+        }
     }
 }
 

@@ -543,7 +543,8 @@ pub async fn read_file(
     let user = check_file_user(params.user)?;
     load_running(&ctx, &ns, &id).await?;
     if list {
-        let (after, limit) = (super::fsdata::list_after(params.cursor.as_deref())?, super::fsdata::list_limit(params.limit)?);
+        let (after, limit) =
+            (super::fsdata::list_after(params.cursor.as_deref())?, super::fsdata::list_limit(params.limit)?);
         let listing = sandboxes::list_dir(&ctx.state, &id, &params.path, user, after, limit).await?;
         return Ok(axum::Json(super::fsdata::listing_page(listing)).into_response());
     }

@@ -163,7 +163,8 @@ pub async fn list_dir(
 ) -> ServiceResult<super::listing::Listing> {
     let (storage, id) = (state.storage.clone(), row.id.clone());
     let limit = limit.clamp(1, super::listing::MAX_PAGE) as usize;
-    let (entries, more): (Vec<Entry>, bool) = blocking(move || storage.list(&id, &rel, after.as_deref(), limit)).await?;
+    let (entries, more): (Vec<Entry>, bool) =
+        blocking(move || storage.list(&id, &rel, after.as_deref(), limit)).await?;
     Ok(super::listing::Listing { entries: entries.into_iter().map(Into::into).collect(), more })
 }
 
