@@ -120,7 +120,7 @@ async fn special_files_are_refused_at_once_on_both_apis_and_leave_no_thread() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         after = supervisor_threads(&h, &sbx).await;
     }
-    assert_eq!(after, before, "threads left in the supervisor");
+    assert!(after <= before, "threads left in the supervisor: {after} now, {before} before");
     // Nothing was replaced.
     assert_eq!(sh(&h, &sbx, "test -p /tmp/p && test -S /tmp/s && test -p /workspace/p && echo ok").await, "ok\n");
 }
@@ -246,6 +246,7 @@ async fn a_user_meets_the_sandboxs_own_permissions() {
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/tmp/closed&list=true&user=65534"), vec![]).await;
     assert_code(&r, StatusCode::FORBIDDEN, "permission_denied", "nobody lists a 0700 root dir");
     // What the user creates is the user's.
+    assert_eq!(sh(&h, &sbx, "stat -c %a /tmp").await, "1777\n", "/tmp is everyone's");
     let r = send(&h, Method::PUT, &sandbox_files(&sbx, "path=/tmp/mine/f.txt&user=nobody"), b"mine".to_vec()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     assert_eq!(sh(&h, &sbx, "stat -c %u:%g /tmp/mine /tmp/mine/f.txt").await, "65534:65534\n65534:65534\n");

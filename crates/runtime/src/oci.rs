@@ -357,6 +357,9 @@ impl OciRuntime {
         for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
         }
+        // runc gives a tmpfs the mode of the directory it is mounted on (whatever `mode=` says):
+        // `/tmp` is everyone's, with the sticky bit, as on any Linux.
+        mkdir(&rootfs.join("tmp"), 0o1777)?;
         // `/sys` is not the kernel's sysfs but these mount points (see `spec::SYS_BINDS`).
         for inside in spec::SYS_BINDS.iter().map(|(_, inside)| *inside).chain([spec::CGROUP_PATH]) {
             mkdir(&rootfs.join(inside.trim_start_matches('/')), 0o755)?;
