@@ -386,15 +386,33 @@ pub struct SandboxFilesystem {
     pub mode: String,
 }
 
-/// One entry of a directory listing (`GET .../files?path=dir&list=true`).
+/// One entry of a directory listing (`GET .../files?path=dir&list=true`), as `lstat(2)` sees
+/// it: a symlink is never followed. Listings are sorted by the bytes of the names and paged
+/// (`limit`, `cursor`; [`Page`]).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileEntry {
+    /// The name as UTF-8; a name that is not UTF-8 shows U+FFFD here and its exact bytes in
+    /// `name_base64`.
     pub name: String,
-    /// `file`, `dir`, `symlink` or `other`.
-    pub kind: String,
+    /// The exact bytes of the name (standard base64), only when they are not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_base64: Option<String>,
+    /// `file`, `directory`, `symlink`, `fifo`, `socket`, `char_device` or `block_device`.
+    #[serde(rename = "type")]
+    pub file_type: String,
+    /// Bytes of a file (of a symlink: of its target's path).
     pub size: u64,
-    pub mode: u32,
+    /// Permission bits with setuid, setgid and sticky, as an octal string such as `"0755"`.
+    pub mode: String,
+    /// Last modification, RFC 3339 with milliseconds.
     pub modified: String,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub modified_ms: i64,
+    /// A symlink's target as stored (UTF-8; exact bytes in `target_base64` when not UTF-8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_base64: Option<String>,
 }
 
 /// What a namespace uses now, beside its quotas.
@@ -656,17 +674,31 @@ pub struct FilesystemDeleteParams {
     pub force: Option<bool>,
 }
 
-/// `path` of a sandbox's files routes: `.../sandboxes/{id}/files`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+/// The query of a sandbox's files routes: `.../sandboxes/{id}/files`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SandboxFileParams {
     /// Absolute path inside the sandbox.
     pub path: String,
+    /// Act as this user of the sandbox's image: a name, a uid or `uid:gid`. The kernel decides
+    /// what the user may do (`permission_denied`); what the user creates is the user's. The
+    /// sandbox's root when absent.
+    pub user: Option<String>,
+    /// `PUT` only: the new file's permission bits, in octal (`0755`, `1777` with the sticky
+    /// bit). Without it an existing file keeps its mode and a new file gets `0644`. setuid and
+    /// setgid are refused.
+    pub mode: Option<String>,
+    /// `GET` only: list the directory at `path` instead of reading a file.
+    pub list: Option<bool>,
+    /// With `list`: 1 to 1000 entries per page; default 1000.
+    pub limit: Option<u32>,
+    /// With `list`: `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
-/// `path` and `list` of a filesystem's files routes: `.../filesystems/{id}/files`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+/// The query of a filesystem's files routes: `.../filesystems/{id}/files`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FilesystemFileParams {
@@ -674,6 +706,15 @@ pub struct FilesystemFileParams {
     pub path: String,
     /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
     pub list: Option<bool>,
+    /// `PUT` only: the new file's permission bits in octal, as for a sandbox's files.
+    pub mode: Option<String>,
+    /// Refused: a filesystem has no users of its own (no image); its files belong to the
+    /// namespace's root. Use a sandbox's files route with `user` to act as a user.
+    pub user: Option<String>,
+    /// With `list`: 1 to 1000 entries per page; default 1000.
+    pub limit: Option<u32>,
+    /// With `list`: `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// What an archive upload put in place: `PUT .../filesystems/{id}/archive`.

@@ -253,7 +253,7 @@ pub async fn fs(cmd: FsCmd, global: &Global) -> anyhow::Result<ExitCode> {
         FsCmd::Pull { ns, id, dest } => pull(&c, &ns, &id, &dest).await?,
         FsCmd::Ls { ns, id, path } => {
             let entries = c.fs_list(&ns, &id, &path).await?;
-            output::list(global.json, &entries, &["NAME", "KIND", "SIZE", "MODIFIED"], entry_row)?;
+            output::list(global.json, &entries, &["NAME", "TYPE", "MODE", "SIZE", "MODIFIED"], entry_row)?;
         }
         FsCmd::Cat { ns, id, path, etag } => {
             let file = c.fs_read_file(&ns, &id, &path).await?;
@@ -313,8 +313,8 @@ pub async fn project(cmd: ProjectCmd, global: &Global) -> anyhow::Result<ExitCod
 }
 
 fn entry_row(e: &FileEntry) -> Vec<String> {
-    let size = if e.kind == "dir" { "-".to_owned() } else { format_bytes(e.size) };
-    vec![e.name.clone(), e.kind.clone(), size, e.modified.clone()]
+    let size = if e.file_type == "directory" { "-".to_owned() } else { format_bytes(e.size) };
+    vec![e.name.clone(), e.file_type.clone(), e.mode.clone(), size, e.modified.clone()]
 }
 
 /// An ETag as HTTP wants it: `abc` becomes `"abc"`; `"abc"`, `W/"abc"` and `*` stay.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, Sandbox};
+use bulkhead_client::files::FileOptions;
 use bulkhead_client::Client;
 use clap::{Args, Subcommand};
 
@@ -288,16 +289,27 @@ pub struct CpArgs {
     src: String,
     /// `SANDBOX:/abs/path`, a local path (or directory), or `-` for standard output.
     dst: String,
+    /// Read or write the sandbox's file as this user of its image (name, uid or uid:gid).
+    #[arg(long)]
+    user: Option<String>,
+    /// Permission bits of the file written into the sandbox, in octal (such as 0755); without
+    /// it an existing file keeps its mode and a new one gets 0644.
+    #[arg(long)]
+    mode: Option<String>,
 }
 
-/// Copies a file into or out of a sandbox.
+/// Copies a file into or out of a sandbox, streamed: the file is never held whole in memory.
 pub async fn cp(args: CpArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    let options = FileOptions { user: args.user, mode: args.mode };
     match (parse_place(&args.src), parse_place(&args.dst)) {
         (local @ (Place::Std | Place::Local(_)), Place::Sandbox { id, path }) => {
-            copy_in(&client(global)?, &args.ns, &local, &id, path).await?
+            copy_in(&client(global)?, &args.ns, &local, &id, path, &options).await?
         }
         (Place::Sandbox { id, path }, local @ (Place::Std | Place::Local(_))) => {
-            copy_out(&client(global)?, &args.ns, &id, &path, local).await?
+            if options.mode.is_some() {
+                bail!("--mode: only when copying into a sandbox");
+            }
+            copy_out(&client(global)?, &args.ns, &id, &path, local, &options).await?
         }
         _ => bail!("exactly one of SRC and DST must be SANDBOX:/abs/path, the other a local path or -"),
     }
@@ -306,14 +318,17 @@ pub async fn cp(args: CpArgs, global: &Global) -> anyhow::Result<ExitCode> {
 
 /// A local file (or standard input) into a sandbox; a `path` ending in `/` takes the local
 /// file's name.
-async fn copy_in(c: &Client, ns: &str, local: &Place, id: &str, mut path: String) -> anyhow::Result<()> {
-    let data = match local {
-        Place::Local(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?,
-        _ => {
-            let mut data = Vec::new();
-            std::io::stdin().read_to_end(&mut data).context("cannot read standard input")?;
-            data
-        }
+async fn copy_in(
+    c: &Client,
+    ns: &str,
+    local: &Place,
+    id: &str,
+    mut path: String,
+    options: &FileOptions,
+) -> anyhow::Result<()> {
+    let source: Box<dyn Read + Send> = match local {
+        Place::Local(p) => Box::new(std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?),
+        _ => Box::new(std::io::stdin()),
     };
     if path.ends_with('/') {
         let name = match local {
@@ -325,14 +340,20 @@ async fn copy_in(c: &Client, ns: &str, local: &Place, id: &str, mut path: String
         };
         path.push_str(&name);
     }
-    c.write_file(ns, id, &path, data).await?;
+    c.upload_file(ns, id, &path, options, source).await?;
     Ok(())
 }
 
 /// A file of a sandbox to a local file (written atomically; into a directory under the
-/// sandbox file's name) or to standard output.
-async fn copy_out(c: &Client, ns: &str, id: &str, path: &str, local: Place) -> anyhow::Result<()> {
-    let data = c.read_file(ns, id, path).await?;
+/// sandbox file's name) or to standard output, streamed as it arrives.
+async fn copy_out(
+    c: &Client,
+    ns: &str,
+    id: &str,
+    path: &str,
+    local: Place,
+    options: &FileOptions,
+) -> anyhow::Result<()> {
     match local {
         Place::Local(mut p) => {
             if p.is_dir() {
@@ -341,36 +362,46 @@ async fn copy_out(c: &Client, ns: &str, id: &str, path: &str, local: Place) -> a
                 };
                 p.push(name);
             }
-            write_atomically(&p, &data)
+            let (mut file, tmp) = temp_beside(&p)?;
+            let result = async {
+                c.download_file(ns, id, path, options, &mut file).await?;
+                file.sync_all()?;
+                std::fs::rename(&tmp, &p).with_context(|| format!("cannot write {}", p.display()))
+            }
+            .await;
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result
         }
-        _ => write_out(&mut std::io::stdout().lock(), &data, "standard output"),
+        _ => {
+            let mut out = std::io::stdout();
+            c.download_file(ns, id, path, options, &mut out).await?;
+            out.flush().context("cannot write standard output")
+        }
     }
 }
 
-/// Writes `data` to `path` through a temporary file beside it and a rename, so that `path` is
-/// either untouched or complete.
-fn write_atomically(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+/// A new temporary file beside `path` (with the permissions of the file it will replace),
+/// for a write that renames it over `path` once complete, so that `path` is either untouched
+/// or complete.
+fn temp_beside(path: &Path) -> anyhow::Result<(std::fs::File, PathBuf)> {
     let name = path.file_name().with_context(|| format!("{}: not a file name", path.display()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
     let tmp = dir.join(format!(".{}.bulkhead-{}.tmp", name.to_string_lossy(), std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        // A file that is replaced keeps its permissions.
-        if let Ok(meta) = std::fs::metadata(path) {
-            f.set_permissions(meta.permissions())?;
-        }
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // A file that is replaced keeps its permissions.
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = f.set_permissions(meta.permissions());
     }
-    Ok(())
+    Ok((f, tmp))
 }
 
 #[cfg(test)]
@@ -396,11 +427,16 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces() {
+    fn a_temporary_file_beside_replaces_with_the_old_permissions() {
+        use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
         std::fs::write(&p, b"old").unwrap();
-        write_atomically(&p, b"new").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let (mut f, tmp) = temp_beside(&p).unwrap();
+        f.write_all(b"new").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o751);
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }

@@ -148,14 +148,14 @@ fn filesystems_through_the_cli() {
     // ls: the root and a directory.
     let ls = server.ok(dev, &["fs", "ls", "--ns", "acme", &fs]);
     let header: Vec<&str> = ls.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "KIND", "SIZE", "MODIFIED"], "{ls}");
+    assert_eq!(header, ["NAME", "TYPE", "MODE", "SIZE", "MODIFIED"], "{ls}");
     let kind_of = |ls: &str, name: &str| {
         ls.lines()
             .find(|l| l.split_whitespace().next() == Some(name))
             .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
     };
     assert_eq!(kind_of(&ls, "hello.txt").as_deref(), Some("file"), "{ls}");
-    assert_eq!(kind_of(&ls, "nested").as_deref(), Some("dir"), "{ls}");
+    assert_eq!(kind_of(&ls, "nested").as_deref(), Some("directory"), "{ls}");
     let ls = server.ok(dev, &["fs", "ls", "--ns", "acme", &fs, "nested"]);
     assert_eq!(kind_of(&ls, "link").as_deref(), Some("symlink"), "{ls}");
     let entries = server.json(dev, &["fs", "ls", "--ns", "acme", &fs, "nested/deeper"]);

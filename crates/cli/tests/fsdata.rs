@@ -232,8 +232,8 @@ async fn files_etags_and_conditional_writes() {
     assert!(r.raw.starts_with(b"writer "));
     // Listing, deleting, bad paths.
     let r = h.call(Method::GET, &files("path=notes&list=true"), Some(&h.admin), Value::Null).await;
-    assert_eq!(r.body[0]["name"], "today.md", "{}", r.body);
-    assert_eq!(r.body[0]["kind"], "file");
+    assert_eq!(r.body["items"][0]["name"], "today.md", "{}", r.body);
+    assert_eq!(r.body["items"][0]["type"], "file");
     let r = raw(&h, Method::DELETE, &file, &[("if-match", &etag1)], vec![]).await;
     assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
     let r = h.call(Method::DELETE, &file, Some(&h.admin), Value::Null).await;

@@ -31,6 +31,9 @@ pub enum Error {
     /// The writer an archive was streamed into refused a chunk; what it had was written.
     #[error("writing the archive")]
     Write { source: std::io::Error },
+    /// The writer a file download was streamed into refused a chunk; what it had was written.
+    #[error("writing the downloaded file")]
+    WriteFile { source: std::io::Error },
 }
 
 /// The error's former name, kept for the callers that use it.

@@ -16,7 +16,7 @@ fn filesystem_path(ns: &str, id: &str, rest: &str) -> String {
 
 /// The query of one file of a filesystem.
 fn file(path: &str) -> FilesystemFileParams {
-    FilesystemFileParams { path: path.to_owned(), list: None }
+    FilesystemFileParams { path: path.to_owned(), ..Default::default() }
 }
 
 /// A file of a filesystem and the ETag of its content.
@@ -101,10 +101,20 @@ impl Client {
         Ok(FsFile { data, etag })
     }
 
-    /// The entries of a directory of a filesystem (`""` for its root).
+    /// The entries of a directory of a filesystem (`""` for its root), every page of them.
     pub async fn fs_list(&self, ns: &str, id: &str, path: &str) -> Result<Vec<FileEntry>> {
-        let query = FilesystemFileParams { list: Some(true), ..file(path) };
-        self.send(self.request(Method::GET, &filesystem_path(ns, id, "/files")).query(&query)).await
+        let mut all = Vec::new();
+        let mut cursor = None;
+        loop {
+            let query = FilesystemFileParams { list: Some(true), cursor: cursor.take(), ..file(path) };
+            let page: Page<FileEntry> =
+                self.send(self.request(Method::GET, &filesystem_path(ns, id, "/files")).query(&query)).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Writes a file of a filesystem atomically (parents created); returns the new ETag. With

@@ -10,6 +10,7 @@
 //! not parse is an error, never a panic.
 
 pub mod error;
+pub mod files;
 pub mod filesystems;
 pub mod identity;
 mod lines;

@@ -52,7 +52,7 @@ impl Client {
 
     /// The bytes of a file inside a sandbox (`path` absolute).
     pub async fn read_file(&self, ns: &str, id: &str, path: &str) -> Result<Vec<u8>> {
-        let query = SandboxFileParams { path: path.to_owned() };
+        let query = SandboxFileParams { path: path.to_owned(), ..Default::default() };
         let builder = self.request(Method::GET, &sandbox_path(ns, id, "/files")).query(&query);
         self.send_raw(builder).await?.bounded().await
     }
@@ -61,7 +61,7 @@ impl Client {
     pub async fn write_file(&self, ns: &str, id: &str, path: &str, data: Vec<u8>) -> Result<()> {
         let builder = self
             .request(Method::PUT, &sandbox_path(ns, id, "/files"))
-            .query(&SandboxFileParams { path: path.to_owned() })
+            .query(&SandboxFileParams { path: path.to_owned(), ..Default::default() })
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(data);
         self.send_raw(builder).await?;

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use bulkhead_supervisor::protocol::{
-    self, kind, Done, ExecSpec, Exit, Failure, FailureKind, OutputStreamKind, ProcessInfo, ProcessSpec, Request,
-    TtySize, CHUNK,
+    self, kind, DirEntry, Done, ExecSpec, Exit, Failure, FailureKind, OutputStreamKind, ProcessInfo, ProcessSpec,
+    Request, TtySize, CHUNK,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -224,11 +224,18 @@ impl FileStream {
     }
 }
 
-/// Starts reading a file of at most `max_bytes` through the supervisor. A file that cannot be
-/// read (missing, a directory, too large) fails here, before any byte is returned.
-pub async fn read_file(socket: &Path, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
+/// Starts reading a file of at most `max_bytes` through the supervisor, as `user` (the
+/// sandbox's root when `None`). A file that cannot be read (missing, a directory, a special
+/// file, too large, not readable by the user) fails here, before any byte is returned.
+pub async fn read_file(
+    socket: &Path,
+    id: &str,
+    path: &str,
+    user: Option<String>,
+    max_bytes: u64,
+) -> Result<FileStream> {
     let mut conn = connect(socket, id).await?;
-    send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes }).await?;
+    send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes, user }).await?;
     file_stream(conn, max_bytes).await
 }
 
@@ -245,17 +252,19 @@ pub(crate) async fn file_stream(conn: UnixStream, max_bytes: u64) -> Result<File
 }
 
 /// Writes a file through the supervisor, atomically on its side, from chunks as they arrive on
-/// `data` (an error on it abandons the write; the previous content stays). At most `max_bytes`.
+/// `data` (an error on it abandons the write; the previous content stays). At most `max_bytes`;
+/// `mode` as in [`Request::WriteFile`]; as `user` (the sandbox's root when `None`).
 pub async fn write_file(
     socket: &Path,
     id: &str,
     path: &str,
     mut data: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     max_bytes: u64,
-    mode: u32,
+    mode: Option<u32>,
+    user: Option<String>,
 ) -> Result<()> {
     let mut conn = connect(socket, id).await?;
-    let request = Request::WriteFile { path: path.to_owned(), max_bytes, mode };
+    let request = Request::WriteFile { path: path.to_owned(), max_bytes, mode, user };
     send_request(&mut conn, &request).await?;
     let mut sent = 0u64;
     let mut refused = false;
@@ -475,4 +484,54 @@ pub async fn process_stdin(
         Some((other, _)) => Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
         None => Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
     }
+}
+
+/// One page of a directory listing inside a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirPage {
+    /// At most the `limit` asked for, sorted by the bytes of their names.
+    pub entries: Vec<DirEntry>,
+    /// Whether entries follow the last one (ask again with it as `after`).
+    pub more: bool,
+}
+
+/// Lists the directory `path` inside a sandbox through the supervisor, as `user`: at most
+/// `limit` entries (1 to [`protocol::MAX_LIST`]) whose names sort after `after`.
+pub async fn list_dir(
+    socket: &Path,
+    id: &str,
+    path: &str,
+    user: Option<String>,
+    after: Option<Vec<u8>>,
+    limit: u32,
+) -> Result<DirPage> {
+    let limit = limit.clamp(1, protocol::MAX_LIST);
+    let mut conn = connect(socket, id).await?;
+    // One more than asked for tells whether another page follows.
+    let request = Request::ListDir { path: path.to_owned(), after, limit: limit + 1, user };
+    send_request(&mut conn, &request).await?;
+    let mut entries = Vec::new();
+    loop {
+        match read_frame_timed(&mut conn, "directory listing").await? {
+            Some((kind::DIR_ENTRY, payload)) => {
+                if entries.len() > limit as usize {
+                    return Err(RuntimeError::Protocol("the supervisor sent more entries than asked for".into()));
+                }
+                entries.push(parse::<DirEntry>(&payload)?);
+            }
+            Some((kind::DONE, payload)) => {
+                let _: Done = parse(&payload)?;
+                break;
+            }
+            Some((kind::FAILURE, payload)) => return Err(RuntimeError::File(parse(&payload)?)),
+            Some((other, _)) => return Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
+            None => return Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
+        }
+    }
+    // The sandbox is not trusted to sort: the next page starts after the last name given.
+    entries.sort_by(|a, b| a.name_bytes().cmp(b.name_bytes()));
+    entries.dedup_by(|a, b| a.name_bytes() == b.name_bytes());
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    Ok(DirPage { entries, more })
 }

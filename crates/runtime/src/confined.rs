@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use bulkhead_supervisor::protocol::FileType;
+
 /// Longest path, in bytes, that [`walk`] descends to (Linux's `PATH_MAX`).
 pub const MAX_PATH: usize = 4096;
 
@@ -85,10 +87,14 @@ pub enum Kind {
 pub struct Entry {
     pub name: OsString,
     pub kind: Kind,
+    /// What it is precisely (a [`Kind::Other`] is a fifo, socket or device).
+    pub file_type: FileType,
     pub size: u64,
     /// Permission bits, with setuid, setgid and sticky (`st_mode & 0o7777`).
     pub mode: u32,
     pub modified: SystemTime,
+    /// A symlink's target as stored (never followed); filled by [`list_page`] only.
+    pub target: Option<PathBuf>,
 }
 
 /// What [`walk`] found at a path.
@@ -293,10 +299,35 @@ fn entry_of(name: OsString, st: &libc::stat) -> Entry {
     Entry {
         name,
         kind: kind_of(st.st_mode),
+        file_type: FileType::of_mode(st.st_mode).unwrap_or(FileType::File),
         size: u64::try_from(st.st_size).unwrap_or(0),
         mode: st.st_mode & 0o7777,
         modified: system_time(st.st_mtime, st.st_mtime_nsec),
+        target: None,
     }
+}
+
+/// The error for something at `rel` that is not a regular file: `IsADirectory` for a
+/// directory, otherwise `InvalidInput` carrying a [`NotRegular`] (see [`not_regular_type`]).
+fn not_regular(rel: &Path, mode: libc::mode_t) -> io::Error {
+    let file_type = FileType::of_mode(mode).unwrap_or(FileType::File);
+    if file_type == FileType::Directory {
+        return io::Error::new(io::ErrorKind::IsADirectory, format!("{:?} is a directory", rel));
+    }
+    io::Error::new(io::ErrorKind::InvalidInput, NotRegular { path: rel.to_owned(), file_type })
+}
+
+/// A fifo, socket or device where a regular file is needed.
+#[derive(Debug, thiserror::Error)]
+#[error("{path:?} is a {}, not a regular file", file_type.as_str())]
+pub struct NotRegular {
+    pub path: PathBuf,
+    pub file_type: FileType,
+}
+
+/// The [`NotRegular`] an error carries, if it does.
+pub fn not_regular_type(e: &io::Error) -> Option<&NotRegular> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<NotRegular>())
 }
 
 fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -464,8 +495,12 @@ fn ensure_dir(root: &Root, comps: &[&[u8]], owner: Owner, rel: &Path) -> Result<
 
 /// Opens a regular file of the root for reading. Symlinks are followed, inside the root.
 ///
-/// Errors: `InvalidInput` for an invalid path or something that is not a regular file (such as a
-/// fifo, which is never opened for reading in blocking mode), `IsADirectory`, `NotFound`.
+/// Nothing blocks and no device is opened: the path is first opened with `O_PATH` and refused
+/// unless it is a regular file; the file opened for reading (non-blocking) must then be that
+/// same file.
+///
+/// Errors: `IsADirectory`; `InvalidInput` for an invalid path, or carrying a [`NotRegular`]
+/// for a fifo, socket or device; `NotFound`.
 pub fn open_read(root: &Root, rel: impl AsRef<Path>) -> io::Result<(File, Metadata)> {
     let rel = rel.as_ref();
     let comps = components(rel)?;
@@ -473,15 +508,20 @@ pub fn open_read(root: &Root, rel: impl AsRef<Path>) -> io::Result<(File, Metada
         return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{:?} is a directory", rel)));
     }
     let path = cstring(&join(&comps))?;
-    let not_regular = || io::Error::new(io::ErrorKind::InvalidInput, format!("{:?} is not a regular file", rel));
-    // O_NONBLOCK: opening a fifo must not wait for a writer. A socket cannot be opened at all.
+    let probe = openat2(root.fd.as_fd(), &path, libc::O_PATH, 0, IN_ROOT)?;
+    let first = fstat(probe.as_fd())?;
+    if kind_of(first.st_mode) != Kind::File {
+        return Err(not_regular(rel, first.st_mode));
+    }
+    // O_NONBLOCK: were a fifo swapped in since, opening it must not wait for a writer.
     let fd = openat2(root.fd.as_fd(), &path, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY, 0, IN_ROOT)
-        .map_err(|e| if e.raw_os_error() == Some(libc::ENXIO) { not_regular() } else { e })?;
+        .map_err(|e| if e.raw_os_error() == Some(libc::ENXIO) { not_regular(rel, libc::S_IFSOCK) } else { e })?;
     let st = fstat(fd.as_fd())?;
-    match kind_of(st.st_mode) {
-        Kind::File => {}
-        Kind::Dir => return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{:?} is a directory", rel))),
-        _ => return Err(not_regular()),
+    if kind_of(st.st_mode) != Kind::File {
+        return Err(not_regular(rel, st.st_mode));
+    }
+    if (st.st_dev, st.st_ino) != (first.st_dev, first.st_ino) {
+        return Err(io::Error::other(format!("{:?} changed while it was opened", rel)));
     }
     // SAFETY: fcntl on a valid fd with plain integers; F_SETFL 0 clears O_NONBLOCK.
     cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, 0) })?;
@@ -503,18 +543,24 @@ pub fn write_atomic(
     mode: u32,
     owner: Owner,
 ) -> Result<u64, ConfinedError> {
-    write_atomic_when(root, rel, data, max_bytes, mode, owner, || Ok::<_, ConfinedError>(())).map(|(n, ())| n)
+    write_atomic_when(root, rel, data, max_bytes, Some(mode), owner, || Ok::<_, ConfinedError>(())).map(|(n, ())| n)
 }
 
 /// [`write_atomic`], with `commit` called once the new content is written and synced, just
 /// before it replaces the old: its error abandons the write (the previous content stays), and
 /// what it returns (such as a lock guard) is held until the rename is done, then returned.
+///
+/// With `mode` `None`, a regular file already at `rel` keeps its mode (without setuid and
+/// setgid) and its owner, and a new file gets 0644 and `owner`. A directory at `rel` fails with
+/// `IsADirectory`, a fifo, socket or device with `InvalidInput` carrying a [`NotRegular`]
+/// (`ConfinedError::Io`), before any data is read; a symlink at `rel` is replaced, never
+/// followed.
 pub fn write_atomic_when<G, E: From<ConfinedError>>(
     root: &Root,
     rel: impl AsRef<Path>,
     mut data: impl Read,
     max_bytes: u64,
-    mode: u32,
+    mode: Option<u32>,
     owner: Owner,
     commit: impl FnOnce() -> Result<G, E>,
 ) -> Result<(u64, G), E> {
@@ -522,6 +568,15 @@ pub fn write_atomic_when<G, E: From<ConfinedError>>(
     let (parents, name) = split(rel)?;
     let target = cstring(name).map_err(|e| io_error("write", rel, e))?;
     let dir = ensure_dir(root, &parents, owner, rel)?;
+    let (mode, owner) = match lstat_at(dir.as_fd(), name) {
+        Ok(st) => match kind_of(st.st_mode) {
+            Kind::File => (mode.unwrap_or(st.st_mode & 0o1777), Owner { uid: st.st_uid, gid: st.st_gid }),
+            Kind::Symlink => (mode.unwrap_or(0o644), owner),
+            _ => return Err(io_error("write", rel, not_regular(rel, st.st_mode)).into()),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (mode.unwrap_or(0o644), owner),
+        Err(e) => return Err(io_error("stat", rel, e).into()),
+    };
     let (fd, mut temp) = with_temp_name(dir.as_fd(), |tmp| {
         openat2(dir.as_fd(), tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600, ONE_NAME)
     })
@@ -544,7 +599,7 @@ pub fn write_atomic_when<G, E: From<ConfinedError>>(
         file.write_all(&buf[..n]).map_err(|e| io_error("write", rel, e))?;
     }
     fchown(file.as_fd(), owner).map_err(|e| io_error("chown", rel, e))?;
-    fchmod(file.as_fd(), mode & 0o777).map_err(|e| io_error("chmod", rel, e))?;
+    fchmod(file.as_fd(), mode & 0o1777).map_err(|e| io_error("chmod", rel, e))?;
     // ext4 allocates blocks late: ENOSPC can surface here, before anything is replaced.
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
     drop(file);
@@ -806,6 +861,42 @@ pub fn list(root: &Root, rel: impl AsRef<Path>) -> Result<Vec<Entry>, ConfinedEr
     Ok(out)
 }
 
+/// A page of the directory `rel` (`""` is the root): at most `limit` entries whose names sort
+/// (by their bytes) after `after`, with symlink targets; and whether more follow. Only those
+/// entries are examined (`lstat`, `readlink`), however large the directory.
+pub fn list_page(
+    root: &Root,
+    rel: impl AsRef<Path>,
+    after: Option<&[u8]>,
+    limit: usize,
+) -> Result<(Vec<Entry>, bool), ConfinedError> {
+    let rel = rel.as_ref();
+    let comps = components(rel)?;
+    let dir = open_dir(root, &comps).map_err(|e| io_error("open directory", rel, e))?;
+    let names = read_names(dir.as_fd()).map_err(|e| io_error("list", rel, e))?;
+    let mut out = Vec::with_capacity(limit.min(names.len()));
+    let mut more = false;
+    for name in names.into_iter().filter(|n| after.is_none_or(|a| n.as_bytes() > a)) {
+        if out.len() == limit {
+            more = true;
+            break;
+        }
+        match lstat_at(dir.as_fd(), name.as_bytes()) {
+            Ok(st) => {
+                let target = if kind_of(st.st_mode) == Kind::Symlink {
+                    read_link_at(dir.as_fd(), name.as_bytes()).ok()
+                } else {
+                    None
+                };
+                out.push(Entry { target, ..entry_of(name, &st) });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("stat", rel.join(&name), e)),
+        }
+    }
+    Ok((out, more))
+}
+
 /// Directories a walk keeps open at most; deeper ancestors are closed and opened again (inside
 /// the root) when the walk climbs back to them, so a walk holds a bounded number of file
 /// descriptors however deep the tree is.
@@ -1001,8 +1092,9 @@ pub fn write_atomic_with<T, E: From<ConfinedError>>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::ffi::OsStr;
     use std::fs;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };
 
@@ -1169,6 +1261,79 @@ pub(crate) mod tests {
         fs::write(r.join("f"), b"hello").unwrap();
         let (_, meta) = open_read(&root, "f").unwrap();
         assert_eq!(meta.len(), 5);
+    }
+
+    #[test]
+    fn special_files_are_named_by_type_and_never_replaced_by_a_write() {
+        let (d, root) = setup();
+        let r = d.path().join("root");
+        let fifo = CString::new(r.join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let _listener = std::os::unix::net::UnixListener::bind(r.join("socket")).unwrap();
+        let mut cases = vec![("fifo", FileType::Fifo), ("socket", FileType::Socket)];
+        if is_root() {
+            let dev = CString::new(r.join("null").as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path; the device numbers of /dev/null.
+            assert_eq!(unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+            cases.push(("null", FileType::CharDevice));
+        }
+        for (name, file_type) in cases {
+            let e = open_read(&root, name).unwrap_err();
+            assert_eq!(not_regular_type(&e).map(|n| n.file_type), Some(file_type), "{name}: {e}");
+            let w = write_atomic_when(&root, name, &b"x"[..], 10, None, OWNER, || Ok::<_, ConfinedError>(()));
+            match w {
+                Err(ConfinedError::Io { source, .. }) => assert!(not_regular_type(&source).is_some(), "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(fs::symlink_metadata(r.join("fifo")).unwrap().file_type().is_fifo());
+        fs::create_dir(r.join("dir")).unwrap();
+        let w = write_atomic_when(&root, "dir", &b"x"[..], 10, None, OWNER, || Ok::<_, ConfinedError>(()));
+        assert_eq!(w.unwrap_err().kind(), io::ErrorKind::IsADirectory);
+    }
+
+    #[test]
+    fn an_overwrite_keeps_mode_and_owner_unless_a_mode_is_given() {
+        let (d, root) = setup();
+        let r = d.path().join("root");
+        fs::write(r.join("run.sh"), b"old").unwrap();
+        fs::set_permissions(r.join("run.sh"), fs::Permissions::from_mode(0o750)).unwrap();
+        let before = fs::metadata(r.join("run.sh")).unwrap();
+        let keep = |mode| {
+            write_atomic_when(&root, "run.sh", &b"new"[..], 10, mode, OWNER, || Ok::<_, ConfinedError>(())).unwrap()
+        };
+        keep(None);
+        let after = fs::metadata(r.join("run.sh")).unwrap();
+        assert_eq!(fs::read(r.join("run.sh")).unwrap(), b"new");
+        assert_eq!(after.permissions().mode() & 0o7777, 0o750);
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        keep(Some(0o700));
+        assert_eq!(fs::metadata(r.join("run.sh")).unwrap().permissions().mode() & 0o7777, 0o700);
+        if is_root() {
+            write_atomic_when(&root, "fresh", &b"n"[..], 10, None, OWNER, || Ok::<_, ConfinedError>(())).unwrap();
+            let m = fs::metadata(r.join("fresh")).unwrap();
+            assert_eq!((m.permissions().mode() & 0o7777, m.uid()), (0o644, OWNER.uid));
+        }
+    }
+
+    #[test]
+    fn list_pages_follow_name_order_with_targets() {
+        let (d, root) = setup();
+        let r = d.path().join("root");
+        for name in ["c", "a", "b"] {
+            fs::write(r.join(name), name).unwrap();
+        }
+        std::os::unix::fs::symlink("/etc/passwd", r.join("d")).unwrap();
+        fs::write(r.join(OsStr::from_bytes(b"e\xff")), b"").unwrap();
+        let (first, more) = list_page(&root, "", None, 2).unwrap();
+        assert_eq!(first.iter().map(|e| e.name.as_bytes()).collect::<Vec<_>>(), [b"a", b"b"]);
+        assert!(more);
+        let (rest, more) = list_page(&root, "", Some(b"b"), 10).unwrap();
+        assert!(!more);
+        assert_eq!(rest.iter().map(|e| e.name.as_bytes()).collect::<Vec<_>>(), [&b"c"[..], b"d", b"e\xff"]);
+        assert_eq!((rest[1].file_type, rest[1].target.as_deref()), (FileType::Symlink, Some(Path::new("/etc/passwd"))));
+        assert_eq!(rest[0].file_type, FileType::File);
     }
 
     #[test]

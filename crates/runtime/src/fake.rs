@@ -202,7 +202,7 @@ impl crate::Runtime for FakeRuntime {
         Ok(ExecStream::from_channel(rx))
     }
 
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
+    async fn read_file(&self, id: &str, path: &str, _user: Option<String>, max_bytes: u64) -> Result<FileStream> {
         let data = {
             let state = lock(&self.state);
             let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
@@ -238,7 +238,8 @@ impl crate::Runtime for FakeRuntime {
         path: &str,
         mut data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
-        _mode: u32,
+        _mode: Option<u32>,
+        _user: Option<String>,
     ) -> Result<()> {
         if !lock(&self.state).sandboxes.contains_key(id) {
             return Err(not_running(id));
@@ -258,6 +259,40 @@ impl crate::Runtime for FakeRuntime {
         let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_running(id))?;
         sandbox.files.insert(path.to_owned(), content);
         Ok(())
+    }
+
+    async fn list_dir(
+        &self,
+        id: &str,
+        path: &str,
+        _user: Option<String>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<crate::DirPage> {
+        // The files written at `path/<name>`, as regular files.
+        let state = lock(&self.state);
+        let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
+        let prefix = format!("{}/", path.trim_end_matches('/'));
+        let mut entries: Vec<crate::DirEntry> = sandbox
+            .files
+            .iter()
+            .filter_map(|(p, data)| {
+                let name = p.strip_prefix(&prefix).filter(|n| !n.contains('/'))?;
+                (after.as_deref().is_none_or(|a| name.as_bytes() > a)).then(|| crate::DirEntry {
+                    name: name.to_owned(),
+                    name_bytes: None,
+                    file_type: crate::FileType::File,
+                    size: data.len() as u64,
+                    mode: 0o644,
+                    mtime_ms: 0,
+                    target: None,
+                    target_bytes: None,
+                })
+            })
+            .collect();
+        let more = entries.len() > limit as usize;
+        entries.truncate(limit as usize);
+        Ok(crate::DirPage { entries, more })
     }
 
     async fn delete(&self, _namespace: &str, id: &str) -> Result<()> {
@@ -514,7 +549,8 @@ impl FakeStorage {
 
 fn entry(name: &std::ffi::OsStr, kind: Kind, size: u64) -> Entry {
     let mode = if kind == Kind::Dir { 0o755 } else { 0o644 };
-    Entry { name: name.to_owned(), kind, size, mode, modified: SystemTime::UNIX_EPOCH }
+    let file_type = if kind == Kind::Dir { crate::FileType::Directory } else { crate::FileType::File };
+    Entry { name: name.to_owned(), kind, file_type, size, mode, modified: SystemTime::UNIX_EPOCH, target: None }
 }
 
 #[async_trait]
@@ -564,13 +600,19 @@ impl FilesystemStorage for FakeStorage {
         ids
     }
 
-    fn list(&self, id: &str, rel: &Path) -> std::result::Result<Vec<Entry>, FileError> {
+    fn list(
+        &self,
+        id: &str,
+        rel: &Path,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> std::result::Result<(Vec<Entry>, bool), FileError> {
         self.with(id, |t| {
             if t.files.contains_key(rel) {
                 return Err(FileError::NotADirectory(format!("path: {} is not a directory", rel.display())));
             }
             if !t.is_dir(rel) {
-                return Err(FileError::NotFound);
+                return Err(FileError::NotFound(format!("path: {rel:?}: no such file or directory")));
             }
             let mut out: Vec<Entry> = Vec::new();
             for d in t.dirs.iter().filter(|d| d.parent() == Some(rel)) {
@@ -580,7 +622,10 @@ impl FilesystemStorage for FakeStorage {
                 out.push(entry(f.file_name().unwrap_or_default(), Kind::File, data.len() as u64));
             }
             out.sort_by(|a, b| a.name.cmp(&b.name));
-            Ok(out)
+            out.retain(|e| after.is_none_or(|a| e.name.as_encoded_bytes() > a));
+            let more = out.len() > limit;
+            out.truncate(limit);
+            Ok((out, more))
         })
     }
 
@@ -646,7 +691,7 @@ impl FilesystemStorage for FakeStorage {
                 return Ok(());
             }
             if !t.dirs.contains(rel) {
-                return Err(FileError::NotFound);
+                return Err(FileError::NotFound(format!("path: {rel:?}: no such file or directory")));
             }
             if t.dirs.iter().any(|d| d.parent() == Some(rel)) || t.files.keys().any(|f| f.parent() == Some(rel)) {
                 return Err(FileError::NotEmpty);
@@ -757,7 +802,7 @@ mod tests {
     }
 
     fn write(s: &FakeStorage, rel: &str, data: &[u8]) -> std::result::Result<Written, FileError> {
-        let options = WriteOptions { max_bytes: 1 << 20, hash_max: 1 << 20, mode: 0o644, owner: ids() };
+        let options = WriteOptions { max_bytes: 1 << 20, hash_max: 1 << 20, mode: Some(0o644), owner: ids() };
         s.write("fs_a", Path::new(rel), &mut &data[..], options, &Preconditions::default(), Box::new(|| Box::new(())))
     }
 

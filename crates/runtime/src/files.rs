@@ -31,9 +31,15 @@ pub enum FileError {
     /// The path is a directory where a file is needed (`EISDIR`).
     #[error("{0}")]
     IsADirectory(String),
-    /// Nothing at the path (`ENOENT`).
-    #[error("no such file")]
-    NotFound,
+    /// A fifo, socket or device where a regular file is needed; never opened for reading.
+    #[error("{0}")]
+    NotARegularFile(String),
+    /// The kernel refused the operation (`EACCES`, `EPERM`).
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Nothing at the path (`ENOENT`); the message names the path.
+    #[error("{0}")]
+    NotFound(String),
     /// A directory to remove still has entries (`ENOTEMPTY`).
     #[error("the directory is not empty")]
     NotEmpty,
@@ -106,8 +112,9 @@ pub struct WriteOptions {
     pub max_bytes: u64,
     /// Largest file whose ETag is computed for a condition (the download bound).
     pub hash_max: u64,
-    /// Permission bits of the file.
-    pub mode: u32,
+    /// Permission bits of the file (and the sticky bit); `None` keeps an existing file's mode
+    /// and owner, and gives a new one 0644.
+    pub mode: Option<u32>,
     /// The namespace's ids: new files and directories belong to its mapped root.
     pub owner: IdRange,
 }
@@ -171,8 +178,17 @@ pub(crate) fn from_confined(e: ConfinedError) -> FileError {
         ConfinedError::Io { ref source, .. } if source.raw_os_error() == Some(libc::ELOOP) => {
             FileError::Loop(format!("path: goes through a symlink ({e})"))
         }
+        ConfinedError::Io { ref source, ref path, .. } if confined::not_regular_type(source).is_some() => {
+            FileError::NotARegularFile(format!("path: {path:?} is not a regular file ({source})"))
+        }
+        ConfinedError::Io { ref source, ref path, .. } if source.kind() == io::ErrorKind::NotFound => {
+            FileError::NotFound(format!("path: {path:?}: no such file or directory"))
+        }
+        ConfinedError::Io { ref source, ref path, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
+            FileError::PermissionDenied(format!("path: {path:?}: permission denied"))
+        }
         e => match e.kind() {
-            io::ErrorKind::NotFound => FileError::NotFound,
+            io::ErrorKind::NotFound => FileError::NotFound(format!("path: {e}")),
             io::ErrorKind::IsADirectory => FileError::IsADirectory(format!("path: {e}")),
             io::ErrorKind::NotADirectory => FileError::NotADirectory(format!("path: {e}")),
             io::ErrorKind::InvalidInput => FileError::Invalid(format!("path: {e}")),
@@ -187,8 +203,12 @@ pub(crate) fn from_io(e: io::Error) -> FileError {
     if e.raw_os_error() == Some(libc::ELOOP) {
         return FileError::Loop("path: goes through a symlink".into());
     }
+    if let Some(n) = confined::not_regular_type(&e) {
+        return FileError::NotARegularFile(format!("path: {n}"));
+    }
     match e.kind() {
-        io::ErrorKind::NotFound => FileError::NotFound,
+        io::ErrorKind::NotFound => FileError::NotFound("path: no such file or directory".into()),
+        io::ErrorKind::PermissionDenied => FileError::PermissionDenied(format!("path: {e}")),
         io::ErrorKind::IsADirectory => FileError::IsADirectory("path: is a directory (use list=true)".into()),
         io::ErrorKind::InvalidInput => FileError::Invalid(format!("path: {e}")),
         _ => FileError::Io(e.to_string()),

@@ -27,8 +27,9 @@ pub mod spec;
 pub mod storage;
 
 use async_trait::async_trait;
+pub use bulkhead_supervisor::protocol::{DirEntry, FileType};
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
-pub use client::{ExecEvent, ExecStream, FileStream};
+pub use client::{DirPage, ExecEvent, ExecStream, FileStream};
 // Background processes (exec/process part).
 pub use bulkhead_supervisor::protocol::{OutputStreamKind, ProcessInfo, ProcessSpec, ProcessStatus, TtySize};
 pub use client::{ProcessEvent, ProcessOutput};
@@ -178,19 +179,36 @@ pub trait Runtime: Send + Sync + 'static {
     async fn create(&self, spec: &SandboxSpec) -> Result<()>;
     /// Runs a command in a sandbox; the stream yields output as it is produced, then the exit.
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream>;
-    /// Starts reading a file of at most `max_bytes` inside a sandbox; a file that cannot be read
-    /// fails here, before any byte is returned. The stream is pulled: nothing is read ahead.
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream>;
+    // ---- Files inside a sandbox (the files API) ----
+    /// Starts reading a file of at most `max_bytes` inside a sandbox, as `user` (a name, uid or
+    /// `uid:gid` of the sandbox's image; its root when `None`). A file that cannot be read fails
+    /// here, before any byte is returned, and never blocks (a fifo, socket or device is refused
+    /// at once). The stream is pulled: nothing is read ahead.
+    async fn read_file(&self, id: &str, path: &str, user: Option<String>, max_bytes: u64) -> Result<FileStream>;
     /// Writes a file inside a sandbox, atomically, from the chunks arriving on `data` (at most
-    /// `max_bytes`); an error on `data` abandons the write and keeps the previous content.
+    /// `max_bytes`), as `user`; an error on `data` abandons the write and keeps the previous
+    /// content. `mode` (at most `0o1777`) when given; otherwise an existing file keeps its mode
+    /// and a new one gets 0644.
     async fn write_file(
         &self,
         id: &str,
         path: &str,
         data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
-        mode: u32,
+        mode: Option<u32>,
+        user: Option<String>,
     ) -> Result<()>;
+    /// A page of the directory `path` inside a sandbox, as `user`: at most `limit` entries whose
+    /// names sort (by their bytes) after `after`.
+    async fn list_dir(
+        &self,
+        id: &str,
+        path: &str,
+        user: Option<String>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<DirPage>;
+    // ---- end of files ----
     /// Stops a sandbox and removes every host resource it held. Idempotent.
     async fn delete(&self, namespace: &str, id: &str) -> Result<()>;
     /// Every sandbox this runtime has on the host.

@@ -357,6 +357,9 @@ impl OciRuntime {
         for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
         }
+        // runc gives a tmpfs the mode of the directory it is mounted on (whatever `mode=` says):
+        // `/tmp` is everyone's, with the sticky bit, as on any Linux.
+        mkdir(&rootfs.join("tmp"), 0o1777)?;
         // `/sys` is not the kernel's sysfs but these mount points (see `spec::SYS_BINDS`).
         for inside in spec::SYS_BINDS.iter().map(|(_, inside)| *inside).chain([spec::CGROUP_PATH]) {
             mkdir(&rootfs.join(inside.trim_start_matches('/')), 0o755)?;
@@ -743,9 +746,9 @@ impl Runtime for OciRuntime {
         client::exec(&self.socket(id), id, spec, stdin).await
     }
 
-    async fn read_file(&self, id: &str, path: &str, max_bytes: u64) -> Result<FileStream> {
+    async fn read_file(&self, id: &str, path: &str, user: Option<String>, max_bytes: u64) -> Result<FileStream> {
         Self::check_id(id)?;
-        client::read_file(&self.socket(id), id, path, max_bytes).await
+        client::read_file(&self.socket(id), id, path, user, max_bytes).await
     }
 
     async fn write_file(
@@ -754,10 +757,23 @@ impl Runtime for OciRuntime {
         path: &str,
         data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
-        mode: u32,
+        mode: Option<u32>,
+        user: Option<String>,
     ) -> Result<()> {
         Self::check_id(id)?;
-        client::write_file(&self.socket(id), id, path, data, max_bytes, mode).await
+        client::write_file(&self.socket(id), id, path, data, max_bytes, mode, user).await
+    }
+
+    async fn list_dir(
+        &self,
+        id: &str,
+        path: &str,
+        user: Option<String>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<crate::DirPage> {
+        Self::check_id(id)?;
+        client::list_dir(&self.socket(id), id, path, user, after, limit).await
     }
 
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {

@@ -49,8 +49,9 @@ pub trait FilesystemStorage: Send + Sync + 'static {
     /// Filesystem ids with an image or a mount point on this host.
     fn ids(&self) -> Vec<String>;
 
-    /// The entries of the directory at `rel`.
-    fn list(&self, id: &str, rel: &Path) -> Result<Vec<Entry>, FileError>;
+    /// A page of the directory at `rel`: at most `limit` entries whose names sort (by their
+    /// bytes) after `after`, and whether more follow.
+    fn list(&self, id: &str, rel: &Path, after: Option<&[u8]>, limit: usize) -> Result<(Vec<Entry>, bool), FileError>;
     /// The file at `rel` for a download of at most `max` bytes; `None` when there is none.
     fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError>;
     /// Checks `pre` against the file at `rel` now (hashing at most `hash_max` bytes).
@@ -423,6 +424,14 @@ impl Storage {
     }
 }
 
+/// `e`, with the message of a missing path or a special file naming `rel`.
+fn named(e: FileError, rel: &Path) -> FileError {
+    match e {
+        FileError::NotFound(_) => FileError::NotFound(format!("path: {:?}: no such file or directory", rel)),
+        other => other,
+    }
+}
+
 fn owner_of(ids: IdRange) -> Owner {
     Owner { uid: ids.host_start, gid: ids.host_start }
 }
@@ -476,12 +485,13 @@ impl FilesystemStorage for Storage {
         ids
     }
 
-    fn list(&self, id: &str, rel: &Path) -> Result<Vec<Entry>, FileError> {
-        confined::list(&self.root(id)?, rel).map_err(files::from_confined)
+    fn list(&self, id: &str, rel: &Path, after: Option<&[u8]>, limit: usize) -> Result<(Vec<Entry>, bool), FileError> {
+        confined::list_page(&self.root(id)?, rel, after, limit).map_err(files::from_confined).map_err(|e| named(e, rel))
     }
 
     fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError> {
-        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max)? else {
+        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max).map_err(|e| named(e, rel))?
+        else {
             return Ok(None);
         };
         let etag = files::etag(&digest);
@@ -526,7 +536,7 @@ impl FilesystemStorage for Storage {
         if pre.if_match.is_some() {
             pre.check(files::current_etag(&root, rel, hash_max)?.as_deref())?;
         }
-        confined::remove(&root, rel).map_err(files::from_confined)
+        confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| named(e, rel))
     }
 
     fn archive(&self, id: &str) -> Result<Box<dyn Read + Send>, FileError> {

@@ -57,6 +57,18 @@ pub enum ApiError {
     /// nothing but the request id.
     #[error("{0}")]
     Internal(String),
+    // ---- Paths inside a sandbox or a filesystem (PRODUCT.md's HTTP conventions) ----
+    /// A directory where a file is needed: 400 `is_a_directory` (a request the client fixes
+    /// by changing the path, like every other 400 of the contract).
+    #[error("{0}")]
+    IsADirectory(String),
+    /// A fifo, socket or device where a regular file is needed: 400 `not_a_regular_file`.
+    #[error("{0}")]
+    NotARegularFile(String),
+    /// The sandbox's own file permissions refused the acting user: 403 `permission_denied`
+    /// (the API allowed the request; the kernel inside did not).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -75,6 +87,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::IsADirectory(_) | ApiError::NotARegularFile(_) => StatusCode::BAD_REQUEST,
+            ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -91,6 +105,9 @@ impl ApiError {
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
+            ApiError::IsADirectory(_) => "is_a_directory",
+            ApiError::NotARegularFile(_) => "not_a_regular_file",
+            ApiError::PermissionDenied(_) => "permission_denied",
         }
     }
 
@@ -155,10 +172,11 @@ impl From<FileError> for ApiError {
         match e {
             // A symlink on the way, or a file where a directory is needed (and the reverse): the
             // path the client sent does not fit the tree, which the client can see and fix.
-            FileError::Invalid(m) | FileError::Loop(m) | FileError::NotADirectory(m) | FileError::IsADirectory(m) => {
-                ApiError::Invalid(m)
-            }
-            FileError::NotFound => ApiError::NotFound(e.to_string()),
+            FileError::Invalid(m) | FileError::Loop(m) | FileError::NotADirectory(m) => ApiError::Invalid(m),
+            FileError::IsADirectory(m) => ApiError::IsADirectory(m),
+            FileError::NotARegularFile(m) => ApiError::NotARegularFile(m),
+            FileError::PermissionDenied(m) => ApiError::PermissionDenied(m),
+            FileError::NotFound(m) => ApiError::NotFound(m),
             FileError::NotEmpty => ApiError::Conflict(e.to_string()),
             FileError::TooLarge(m) => ApiError::PayloadTooLarge(m),
             // A full filesystem is its size, the tenant's quota: 429 `quota_exceeded`, not 507.
@@ -181,10 +199,12 @@ impl From<RuntimeError> for ApiError {
                 FailureKind::NotFound => ApiError::NotFound(f.message),
                 FailureKind::TooLarge => ApiError::PayloadTooLarge(f.message),
                 FailureKind::NoSpace => ApiError::QuotaExceeded(format!("no space left: {}", f.message)),
-                FailureKind::NotAFile
-                | FailureKind::PermissionDenied
-                | FailureKind::ReadOnly
-                | FailureKind::InvalidRequest => ApiError::Invalid(f.message),
+                FailureKind::IsADirectory => ApiError::IsADirectory(f.message),
+                FailureKind::NotAFile => ApiError::NotARegularFile(f.message),
+                // A read-only mount (`/workspace` mounted `ro`) refuses like a permission does.
+                FailureKind::PermissionDenied | FailureKind::ReadOnly => ApiError::PermissionDenied(f.message),
+                // An unknown `user` among them, named in the message.
+                FailureKind::InvalidRequest => ApiError::Invalid(f.message),
                 // An IO failure inside the sandbox is the sandbox's state, not the server's.
                 FailureKind::Io => ApiError::Conflict(f.message),
             },
@@ -244,8 +264,10 @@ mod tests {
             (FileError::Invalid("path: \"/x\" must be relative".into()), 400, "invalid_request"),
             (FileError::Loop("path: goes through a symlink".into()), 400, "invalid_request"),
             (FileError::NotADirectory("path: a is not a directory".into()), 400, "invalid_request"),
-            (FileError::IsADirectory("path: is a directory (use list=true)".into()), 400, "invalid_request"),
-            (FileError::NotFound, 404, "not_found"),
+            (FileError::IsADirectory("path: is a directory (use list=true)".into()), 400, "is_a_directory"),
+            (FileError::NotARegularFile("path: \"p\" is a fifo, not a regular file".into()), 400, "not_a_regular_file"),
+            (FileError::PermissionDenied("path: \"p\": permission denied".into()), 403, "permission_denied"),
+            (FileError::NotFound("path: \"a/b\": no such file or directory".into()), 404, "not_found"),
             (FileError::NotEmpty, 409, "conflict"),
             (FileError::TooLarge("more than 5 bytes".into()), 413, "payload_too_large"),
             (FileError::NoSpace("the filesystem is full (its size_bytes)".into()), 429, "quota_exceeded"),
@@ -255,6 +277,24 @@ mod tests {
         for (e, status, code) in cases {
             let message = e.to_string();
             assert_eq!(answer(ServiceError::File(e)), (status, code, message));
+        }
+    }
+
+    #[test]
+    fn sandbox_file_failures_answer_with_the_files_codes() {
+        use bulkhead_supervisor::protocol::{Failure, FailureKind};
+        let cases = [
+            (FailureKind::NotFound, 404, "not_found"),
+            (FailureKind::IsADirectory, 400, "is_a_directory"),
+            (FailureKind::NotAFile, 400, "not_a_regular_file"),
+            (FailureKind::PermissionDenied, 403, "permission_denied"),
+            (FailureKind::ReadOnly, 403, "permission_denied"),
+            (FailureKind::InvalidRequest, 400, "invalid_request"),
+        ];
+        for (kind, status, code) in cases {
+            let message = format!("/tmp/x: {kind:?}");
+            let e = ServiceError::Runtime(RuntimeError::File(Failure::new(kind, message.clone())));
+            assert_eq!(answer(e), (status, code, message));
         }
     }
 

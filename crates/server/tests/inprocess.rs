@@ -185,8 +185,8 @@ async fn filesystem_files_are_conditional_and_bounded_by_its_size() {
 
     let list = format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=src&list=true");
     let r = h.raw(Method::GET, &list, &h.admin, &[], Vec::new()).await;
-    assert_eq!(r.body[0]["name"], "a.txt", "{}", r.body);
-    assert_eq!(r.body[0]["kind"], "file");
+    assert_eq!(r.body["items"][0]["name"], "a.txt", "{}", r.body);
+    assert_eq!(r.body["items"][0]["type"], "file");
     let r = h.raw(Method::GET, &file.replace("src/a.txt", "/etc/passwd"), &h.admin, &[], Vec::new()).await;
     assert_error(&r, StatusCode::BAD_REQUEST, "invalid_request");
     let r = h.raw(Method::GET, &file.replace("src/a.txt", "src/none"), &h.admin, &[], Vec::new()).await;

@@ -48,6 +48,8 @@ pub mod kind {
     /// big-endian `u64`, the stream as one byte ([`super::OutputStreamKind::byte`]), then the
     /// bytes exactly as the process wrote them.
     pub const OUTPUT: u8 = 22;
+    /// Supervisor → server: one JSON [`super::DirEntry`] of a directory listing.
+    pub const DIR_ENTRY: u8 = 16;
 }
 
 /// What the server asks of the supervisor.
@@ -56,11 +58,38 @@ pub mod kind {
 pub enum Request {
     /// Runs `argv` and streams its output.
     Exec(ExecSpec),
-    /// Streams the regular file at `path` when it is at most `max_bytes`.
-    ReadFile { path: String, max_bytes: u64 },
+    /// Streams the regular file at `path` when it is at most `max_bytes`, as `user` (see
+    /// [`crate::users`]; the sandbox's root when `None`). A directory, fifo, socket or device
+    /// fails at once, before any byte is read.
+    ReadFile {
+        path: String,
+        max_bytes: u64,
+        #[serde(default)]
+        user: Option<String>,
+    },
     /// Replaces the file at `path` atomically with the data frames that follow (at most
-    /// `max_bytes`), creating parent directories.
-    WriteFile { path: String, max_bytes: u64, mode: u32 },
+    /// `max_bytes`), creating parent directories, as `user`. `mode` (permission bits and the
+    /// sticky bit; setuid and setgid are refused) when given; otherwise an existing file keeps
+    /// its mode and a new one gets 0644. An existing file keeps its owner where the acting user
+    /// may give it.
+    WriteFile {
+        path: String,
+        max_bytes: u64,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        user: Option<String>,
+    },
+    /// Lists the directory at `path` as `user`: at most `limit` [`DirEntry`] frames, in byte
+    /// order of their names, starting after the name `after`; then `Done` with the count.
+    ListDir {
+        path: String,
+        #[serde(default)]
+        after: Option<Vec<u8>>,
+        limit: u32,
+        #[serde(default)]
+        user: Option<String>,
+    },
     /// Answers `Done` at once; used to wait for a new sandbox to be ready.
     Ping,
 
@@ -240,7 +269,10 @@ pub struct Done {
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     NotFound,
+    /// A fifo, socket or device where a regular file is needed.
     NotAFile,
+    /// A directory where a file is needed.
+    IsADirectory,
     TooLarge,
     PermissionDenied,
     ReadOnly,
@@ -268,12 +300,100 @@ impl Failure {
             io::ErrorKind::PermissionDenied => FailureKind::PermissionDenied,
             io::ErrorKind::ReadOnlyFilesystem => FailureKind::ReadOnly,
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => FailureKind::NoSpace,
-            io::ErrorKind::IsADirectory | io::ErrorKind::NotADirectory => FailureKind::NotAFile,
+            io::ErrorKind::IsADirectory => FailureKind::IsADirectory,
+            io::ErrorKind::NotADirectory => FailureKind::InvalidRequest,
             _ => FailureKind::Io,
         };
         Self { kind, message: format!("{what}: {e}") }
     }
 }
+
+// ---- Files: directory entries (the files API's part of the protocol) ----
+
+/// Largest `limit` of a [`Request::ListDir`].
+pub const MAX_LIST: u32 = 1000;
+
+/// What a directory entry is, as `lstat(2)` sees it (a symlink is never followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    File,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileType {
+    /// The type of a `st_mode`; `None` for a format the kernel does not define.
+    pub fn of_mode(mode: u32) -> Option<FileType> {
+        Some(match mode & 0o170000 {
+            0o100000 => FileType::File,
+            0o040000 => FileType::Directory,
+            0o120000 => FileType::Symlink,
+            0o010000 => FileType::Fifo,
+            0o140000 => FileType::Socket,
+            0o020000 => FileType::CharDevice,
+            0o060000 => FileType::BlockDevice,
+            _ => return None,
+        })
+    }
+
+    /// The name the API uses: `file`, `directory`, `symlink`, `fifo`, `socket`, `char_device`,
+    /// `block_device`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileType::File => "file",
+            FileType::Directory => "directory",
+            FileType::Symlink => "symlink",
+            FileType::Fifo => "fifo",
+            FileType::Socket => "socket",
+            FileType::CharDevice => "char_device",
+            FileType::BlockDevice => "block_device",
+        }
+    }
+}
+
+/// One entry of a directory listing. Names and symlink targets are bytes on Linux: `name` is
+/// the name as UTF-8 (lossy), and `name_bytes` carries the exact bytes when they are not UTF-8
+/// (likewise `target` and `target_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirEntry {
+    pub name: String,
+    #[serde(default)]
+    pub name_bytes: Option<Vec<u8>>,
+    pub file_type: FileType,
+    /// `st_size`: bytes of a file, of a symlink's target path.
+    pub size: u64,
+    /// `st_mode & 0o7777`: permission bits with setuid, setgid and sticky.
+    pub mode: u32,
+    /// Last modification, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub target_bytes: Option<Vec<u8>>,
+}
+
+/// `bytes` as UTF-8 text, and the exact bytes too when they are not UTF-8.
+pub fn lossless_name(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), Some(bytes.to_vec())),
+    }
+}
+
+impl DirEntry {
+    /// The exact bytes of the name.
+    pub fn name_bytes(&self) -> &[u8] {
+        self.name_bytes.as_deref().unwrap_or(self.name.as_bytes())
+    }
+}
+
+// ---- end of files ----
 
 /// Writes one frame.
 pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {

@@ -6,7 +6,6 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 
 use crate::exec::exec;
-use crate::files::{read_file, write_file};
 use crate::protocol::{self, kind, Done, Failure, FailureKind, Request};
 use crate::reaper::Reaper;
 
@@ -73,14 +72,11 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
     match request {
         Request::Ping => protocol::write_json(&mut conn, kind::DONE, &Done { bytes: 0 }),
         Request::Exec(spec) => exec(conn, spec),
-        Request::ReadFile { path, max_bytes } => match read_file(&mut conn, &path, max_bytes) {
-            Ok(bytes) => protocol::write_json(&mut conn, kind::DONE, &Done { bytes }),
-            Err(f) => protocol::write_json(&mut conn, kind::FAILURE, &f),
-        },
-        Request::WriteFile { path, max_bytes, mode } => match write_file(&mut conn, &path, max_bytes, mode) {
-            Ok(bytes) => protocol::write_json(&mut conn, kind::DONE, &Done { bytes }),
-            Err(f) => protocol::write_json(&mut conn, kind::FAILURE, &f),
-        },
+        // File requests run on this thread, which ends with the request: a `user` changes
+        // this thread's credentials only (see `files`).
+        request @ (Request::ReadFile { .. } | Request::WriteFile { .. } | Request::ListDir { .. }) => {
+            crate::files::serve(&mut conn, request)
+        }
         request @ (Request::Spawn(_)
         | Request::List
         | Request::Get { .. }

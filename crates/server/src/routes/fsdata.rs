@@ -5,13 +5,15 @@
 //! (`bulkhead_runtime::confined`, behind `FilesystemStorage`), so a symlink a sandbox planted can never lead the server, which
 //! runs as the host's root, outside the tenant's own data.
 
-use crate::service::records::{files, Kind, Preconditions};
+use crate::service::listing::{Listing, MAX_PAGE};
+use crate::service::records::{files, Preconditions};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use base64::Engine as _;
 use bulkhead_api::FilesystemFileParams as FileQuery;
-use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry};
+use bulkhead_api::{ArchiveResult, ErrorBody, FileEntry, Page};
 use bulkhead_core::{Action, Target};
 
 use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
@@ -40,16 +42,95 @@ fn preconditions(headers: &HeaderMap) -> ApiResult<Preconditions> {
     Ok(Preconditions { if_match, if_none_match })
 }
 
+// ---- Shared by both files APIs (a sandbox's and a filesystem's) ----
+
+/// The permission bits of a `mode` query parameter: 1 to 4 octal digits, at most `1777`
+/// (permissions and the sticky bit); setuid and setgid are refused.
+pub(crate) fn parse_mode(mode: &str) -> ApiResult<u32> {
+    let bad = |why: &str| ApiError::Invalid(format!("mode: {mode:?} {why}"));
+    if mode.is_empty() || mode.len() > 4 || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(bad("must be 1 to 4 octal digits, such as 0755"));
+    }
+    let bits = u32::from_str_radix(mode, 8).map_err(|_| bad("is not octal"))?;
+    if bits & 0o6000 != 0 {
+        return Err(bad("sets setuid or setgid, which the files API refuses"));
+    }
+    Ok(bits)
+}
+
+/// The name a listing continues after, from its `cursor` (the base64url of the last name).
+pub(crate) fn list_after(cursor: Option<&str>) -> ApiResult<Option<Vec<u8>>> {
+    let Some(c) = cursor else { return Ok(None) };
+    let name = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .filter(|n| !n.is_empty() && n.len() <= 255 && !n.contains(&0) && !n.contains(&b'/'));
+    name.map(Some).ok_or_else(|| ApiError::Invalid("cursor: not a cursor of this listing".into()))
+}
+
+/// The page size of a listing: 1 to 1000, default 1000.
+pub(crate) fn list_limit(limit: Option<u32>) -> ApiResult<u32> {
+    match limit {
+        None => Ok(MAX_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(ApiError::Invalid(format!("limit: must be 1 to {MAX_PAGE}"))),
+    }
+}
+
+fn text_and_base64(bytes: &[u8]) -> (String, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), None),
+        Err(_) => {
+            (String::from_utf8_lossy(bytes).into_owned(), Some(base64::engine::general_purpose::STANDARD.encode(bytes)))
+        }
+    }
+}
+
+/// A listing as the API answers it: a page of entries, and a cursor when more follow.
+pub(crate) fn listing_page(listing: Listing) -> Page<FileEntry> {
+    let next_cursor = match listing.entries.last() {
+        Some(last) if listing.more => Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&last.name)),
+        _ => None,
+    };
+    let items = listing
+        .entries
+        .into_iter()
+        .map(|e| {
+            let (name, name_base64) = text_and_base64(&e.name);
+            let (target, target_base64) = match e.target.as_deref().map(text_and_base64) {
+                Some((t, b)) => (Some(t), b),
+                None => (None, None),
+            };
+            FileEntry {
+                name,
+                name_base64,
+                file_type: e.file_type.as_str().to_owned(),
+                size: e.size,
+                mode: format!("{:04o}", e.mode),
+                modified: rfc3339(e.mtime_ms.max(0)),
+                modified_ms: e.mtime_ms,
+                target,
+                target_base64,
+            }
+        })
+        .collect();
+    Page { items, next_cursor }
+}
+
+// ---- end of shared ----
+
 fn etag_header(r: &mut Response, etag: &str) {
     if let Ok(v) = HeaderValue::from_str(etag) {
         r.headers_mut().insert(header::ETAG, v);
     }
 }
 
-/// Read a file (raw bytes, with an ETag), or list a directory with `list=true`.
+/// Read a file (raw bytes, with an ETag), or list a directory with `list=true` (a page of
+/// FileEntry). A directory is `is_a_directory`, a fifo or socket `not_a_regular_file`, at once;
+/// a missing path is `not_found` naming it. `user` is refused: a filesystem has no users.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
-    responses((status = 200, description = "The file's bytes, or a JSON array of FileEntry with list=true",
+    responses((status = 200, description = "The file's bytes, or with list=true a JSON Page of FileEntry",
             content_type = "application/octet-stream", body = Vec<u8>),
         (status = 413, body = ErrorBody), CheckedErrors))]
 pub async fn read_file(
@@ -58,35 +139,25 @@ pub async fn read_file(
     QueryParams(q): QueryParams<FileQuery>,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemFileRead, &Target::filesystem(&ns, &id))?;
+    refuse_user(&q)?;
+    if q.mode.is_some() {
+        return Err(ApiError::Invalid("mode: only for writes".into()));
+    }
     let list = q.list.unwrap_or(false);
+    if !list && (q.limit.is_some() || q.cursor.is_some()) {
+        return Err(ApiError::Invalid("limit, cursor: only with list=true".into()));
+    }
     let rel = files::relative(&q.path, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     if list {
-        let entries = filesystems::list_dir(&ctx.state, &f, rel).await?;
-        let out: Vec<FileEntry> = entries
-            .into_iter()
-            .map(|e| FileEntry {
-                name: e.name.to_string_lossy().into_owned(),
-                kind: match e.kind {
-                    Kind::File => "file",
-                    Kind::Dir => "dir",
-                    Kind::Symlink => "symlink",
-                    Kind::Other => "other",
-                }
-                .to_owned(),
-                size: e.size,
-                mode: e.mode,
-                modified: rfc3339(
-                    e.modified.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
-                ),
-            })
-            .collect();
-        return Ok(Json(out).into_response());
+        let (after, limit) = (list_after(q.cursor.as_deref())?, list_limit(q.limit)?);
+        let listing = filesystems::list_dir(&ctx.state, &f, rel, after, limit).await?;
+        return Ok(Json(listing_page(listing)).into_response());
     }
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let file = filesystems::open(&ctx.state, &f, rel)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no file {:?}", q.path)))?;
+        .ok_or_else(|| ApiError::NotFound(format!("path: {:?}: no such file or directory", q.path)))?;
     let mut r = Response::new(limits::reader_body(file.reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
@@ -95,7 +166,9 @@ pub async fn read_file(
 }
 
 /// Write a file atomically (parents created). `If-Match: "<etag>"` writes only over that
-/// content; `If-None-Match: *` only when there is no file. 412 otherwise.
+/// content; `If-None-Match: *` only when there is no file. 412 otherwise. An existing file keeps
+/// its mode and owner unless `mode` is given; a new one gets 0644. A directory at the path is
+/// `is_a_directory`, a fifo or socket `not_a_regular_file`.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -110,9 +183,11 @@ pub async fn write_file(
     body: Body,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::FilesystemFileWrite, &Target::filesystem(&ns, &id))?;
-    if q.list.is_some() {
-        return Err(ApiError::Invalid("list: only for reads".into()));
+    refuse_user(&q)?;
+    if q.list.is_some() || q.limit.is_some() || q.cursor.is_some() {
+        return Err(ApiError::Invalid("list, limit, cursor: only for reads".into()));
     }
+    let mode = q.mode.as_deref().map(parse_mode).transpose()?;
     let rel = files::relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
@@ -127,7 +202,7 @@ pub async fn write_file(
     // The body streams into a temporary file beside the target, bounded by `max` and by the
     // filesystem's own size, and replaces the target only when complete.
     let (tx, reader) = limits::BodyReader::channel();
-    let write = filesystems::write(&ctx.state, &namespace, &f, rel, Box::new(reader), pre);
+    let write = filesystems::write(&ctx.state, &namespace, &f, rel, Box::new(reader), pre, mode);
     let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
     let written = match (pumped, written) {
         (Err(PumpError::TooLarge), _) => return Err(ApiError::PayloadTooLarge(format!("at most {max} bytes"))),
@@ -142,6 +217,17 @@ pub async fn write_file(
     Ok(r)
 }
 
+/// A filesystem has no image and so no users: its files belong to the namespace's root, and the
+/// server acts on them as that root. Acting as a user is a sandbox's files route's business.
+fn refuse_user(q: &FileQuery) -> ApiResult<()> {
+    match &q.user {
+        Some(u) => Err(ApiError::Invalid(format!(
+            "user: {u:?} is refused: a filesystem has no users; use the files route of a sandbox that mounts it"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Delete a file or an empty directory; `If-Match` as for writes.
 #[utoipa::path(delete, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
@@ -153,6 +239,7 @@ pub async fn delete_file(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemFileDelete, &Target::filesystem(&ns, &id))?;
+    refuse_user(&q)?;
     let rel = files::relative(&q.path, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;

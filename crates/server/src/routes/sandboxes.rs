@@ -517,10 +517,15 @@ fn stream_response(ctx: Ctx, ns: String, id: String, stream: ExecStream, guard: 
     r
 }
 
-/// Read a file inside the sandbox (raw bytes).
+/// Read a file inside the sandbox (raw bytes, streamed), or list a directory with `list=true`
+/// (a page of FileEntry), as `user` when given. A directory is `is_a_directory`, a fifo, socket
+/// or device `not_a_regular_file`, at once; a missing path is `not_found` naming it; what the
+/// user may not read is `permission_denied`; an unknown user is a 400 naming it.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
-    responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+    responses((status = 200, description = "The file's bytes, or with list=true a JSON Page of FileEntry",
+            content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 403, description = "permission_denied: the sandbox's permissions refused the user", body = ErrorBody),
         (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn read_file(
     ctx: Ctx,
@@ -529,9 +534,23 @@ pub async fn read_file(
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxFileRead, &Target::sandbox(&ns, &id))?;
     check_abs_path("path", &params.path)?;
+    if params.mode.is_some() {
+        return Err(ApiError::Invalid("mode: only for writes".into()));
+    }
+    let list = params.list.unwrap_or(false);
+    if !list && (params.limit.is_some() || params.cursor.is_some()) {
+        return Err(ApiError::Invalid("limit, cursor: only with list=true".into()));
+    }
+    let user = check_file_user(params.user)?;
     load_running(&ctx, &ns, &id).await?;
+    if list {
+        let (after, limit) =
+            (super::fsdata::list_after(params.cursor.as_deref())?, super::fsdata::list_limit(params.limit)?);
+        let listing = sandboxes::list_dir(&ctx.state, &id, &params.path, user, after, limit).await?;
+        return Ok(axum::Json(super::fsdata::listing_page(listing)).into_response());
+    }
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
-    let file = sandboxes::read_file(&ctx.state, &id, &params.path).await?;
+    let file = sandboxes::read_file(&ctx.state, &id, &params.path, user).await?;
     // Pulled from the sandbox as the client reads: one frame at a time, nothing read ahead.
     let body = futures_util::stream::unfold(Some((file, guard)), |state| async move {
         let (mut file, guard) = state?;
@@ -548,11 +567,17 @@ pub async fn read_file(
     Ok(r)
 }
 
-/// Write a file inside the sandbox (raw bytes), atomically; parent directories are created.
+/// Write a file inside the sandbox (raw bytes, streamed), atomically (a temporary file beside
+/// it, synced, then renamed over it); parent directories are created. An existing file keeps
+/// its mode (and owner, where the acting user may give it) unless `mode` is given; a new file
+/// gets 0644 and belongs to the acting `user`. A directory at the path is `is_a_directory`, a
+/// fifo, socket or device `not_a_regular_file`.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 204, description = "Written"), (status = 413, body = ErrorBody), ConflictErrors))]
+    responses((status = 204, description = "Written"),
+        (status = 403, description = "permission_denied: the sandbox's permissions refused the user", body = ErrorBody),
+        (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn write_file(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -561,13 +586,21 @@ pub async fn write_file(
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SandboxFileWrite, &Target::sandbox(&ns, &id))?;
     check_abs_path("path", &params.path)?;
+    if params.list.is_some() || params.limit.is_some() || params.cursor.is_some() {
+        return Err(ApiError::Invalid("list, limit, cursor: only for reads".into()));
+    }
+    let mode = params.mode.as_deref().map(super::fsdata::parse_mode).transpose()?;
+    let user = check_file_user(params.user)?;
     ctx.audit_detail("path", params.path.chars().take(512).collect::<String>());
+    if let Some(u) = &user {
+        ctx.audit_detail("user", u.clone());
+    }
     load_running(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let limit = ctx.state.config.sandbox_limits.file_bytes;
     // The body goes to the sandbox as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
-    let write = sandboxes::write_file(&ctx.state, &id, &params.path, rx);
+    let write = sandboxes::write_file(&ctx.state, &id, &params.path, rx, mode, user);
     let pump = async move {
         use futures_util::StreamExt;
         let mut body = body.into_data_stream();
@@ -594,4 +627,15 @@ pub async fn write_file(
     written?;
     ctx.audit_detail("bytes", received);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The `user` of a file route, checked for shape (the sandbox resolves it against its image's
+/// `/etc/passwd`): a name, a uid or `uid:gid`, at most 256 bytes.
+fn check_file_user(user: Option<String>) -> ApiResult<Option<String>> {
+    match user {
+        Some(u) if u.is_empty() || u.len() > 256 || u.chars().any(|c| c.is_control() || c == '/') => {
+            Err(ApiError::Invalid(format!("user: {u:?} is not a user name, uid or uid:gid")))
+        }
+        other => Ok(other),
+    }
 }

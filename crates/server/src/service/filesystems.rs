@@ -153,10 +153,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FileError> + 
     Ok(tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::Internal(e.to_string()))??)
 }
 
-/// The entries of the directory `rel`.
-pub async fn list_dir(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> ServiceResult<Vec<Entry>> {
+/// A page of the directory `rel`: at most `limit` entries whose names sort after `after`.
+pub async fn list_dir(
+    state: &AppState,
+    row: &FilesystemRow,
+    rel: PathBuf,
+    after: Option<Vec<u8>>,
+    limit: u32,
+) -> ServiceResult<super::listing::Listing> {
     let (storage, id) = (state.storage.clone(), row.id.clone());
-    blocking(move || storage.list(&id, &rel)).await
+    let limit = limit.clamp(1, super::listing::MAX_PAGE) as usize;
+    let (entries, more): (Vec<Entry>, bool) =
+        blocking(move || storage.list(&id, &rel, after.as_deref(), limit)).await?;
+    Ok(super::listing::Listing { entries: entries.into_iter().map(Into::into).collect(), more })
 }
 
 /// The file `rel` for download, bounded by the files API's size; `None` when there is none.
@@ -177,7 +186,8 @@ pub fn max_write(state: &AppState, row: &FilesystemRow) -> u64 {
 }
 
 /// Writes `data` to the file `rel` atomically; `pre` is checked again under the filesystem's
-/// lock just before the new content replaces the old.
+/// lock just before the new content replaces the old. `mode` when given (checked by the caller:
+/// at most `0o1777`); otherwise an existing file keeps its mode and owner, a new one gets 0644.
 pub async fn write(
     state: &AppState,
     ns: &NamespaceRow,
@@ -185,11 +195,12 @@ pub async fn write(
     rel: PathBuf,
     mut data: Box<dyn Read + Send>,
     pre: Preconditions,
+    mode: Option<u32>,
 ) -> ServiceResult<Written> {
     let options = WriteOptions {
         max_bytes: max_write(state, row),
         hash_max: state.config.sandbox_limits.file_bytes,
-        mode: 0o644,
+        mode,
         owner: id_range(ns)?,
     };
     let (storage, id) = (state.storage.clone(), row.id.clone());

@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod filesystems;
+pub mod listing;
 pub mod logs;
 pub mod metering;
 pub mod namespaces;

@@ -151,20 +151,45 @@ pub async fn exec(
     Ok(stream)
 }
 
-/// Starts reading a file inside a running sandbox, bounded by the files API's size.
-pub async fn read_file(state: &AppState, id: &str, path: &str) -> ServiceResult<bulkhead_runtime::FileStream> {
-    Ok(state.runtime.read_file(id, path, state.config.sandbox_limits.file_bytes).await?)
+/// Starts reading a file inside a running sandbox as `user` (its root when `None`), bounded by
+/// the files API's size. A directory, a special file, a missing file or one the user may not
+/// read fails here, at once.
+pub async fn read_file(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    user: Option<String>,
+) -> ServiceResult<bulkhead_runtime::FileStream> {
+    Ok(state.runtime.read_file(id, path, user, state.config.sandbox_limits.file_bytes).await?)
 }
 
-/// Writes a file inside a running sandbox, atomically, from the chunks on `data` (bounded by
-/// the files API's size); an error on `data` abandons the write.
+/// Writes a file inside a running sandbox as `user`, atomically, from the chunks on `data`
+/// (bounded by the files API's size); an error on `data` abandons the write. `mode` when given
+/// (checked by the caller: at most `0o1777`); otherwise an existing file keeps its mode.
 pub async fn write_file(
     state: &AppState,
     id: &str,
     path: &str,
     data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    mode: Option<u32>,
+    user: Option<String>,
 ) -> ServiceResult<()> {
-    Ok(state.runtime.write_file(id, path, data, state.config.sandbox_limits.file_bytes, 0o644).await?)
+    let max = state.config.sandbox_limits.file_bytes;
+    Ok(state.runtime.write_file(id, path, data, max, mode, user).await?)
+}
+
+/// A page of the directory `path` inside a running sandbox, as `user`: at most `limit` entries
+/// whose names sort after `after`.
+pub async fn list_dir(
+    state: &AppState,
+    id: &str,
+    path: &str,
+    user: Option<String>,
+    after: Option<Vec<u8>>,
+    limit: u32,
+) -> ServiceResult<super::listing::Listing> {
+    let page = state.runtime.list_dir(id, path, user, after, limit).await?;
+    Ok(super::listing::Listing { entries: page.entries.into_iter().map(Into::into).collect(), more: page.more })
 }
 
 /// Stops a sandbox and frees every host resource it held; records `status` and `reason`.
