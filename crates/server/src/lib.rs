@@ -9,7 +9,7 @@
 //! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
 //! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
 //! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
-//! `state` (a leaf, with `time`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
+//! `state` (a leaf, with `time`, `text`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
 //! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
@@ -29,6 +29,7 @@ pub mod request;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod text;
 pub mod time;
 
 use std::sync::Arc;
@@ -65,8 +66,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, projects, sandboxes, secrets,
-        usage,
+        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, processes, projects, sandboxes,
+        secrets, usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -82,6 +83,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::get, sandboxes::delete))
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
+        // Background processes of a sandbox.
+        .routes(routes!(processes::start, processes::list))
+        .routes(routes!(processes::get))
+        .routes(routes!(processes::output))
+        .routes(routes!(processes::stdin))
+        .routes(routes!(processes::signal))
+        .routes(routes!(processes::resize))
+        .routes(routes!(processes::attach))
         .routes(routes!(usage::get))
         .routes(routes!(logs::get))
         .routes(routes!(identity::get, identity::set))
@@ -171,7 +180,8 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
         let conn_state = Arc::new(limits::ConnState::default());
         let io = hyper_util::rt::TokioIo::new(limits::Watched::new(tcp, conn_state.clone()));
         let service = connection_service(router.clone(), conn_state.clone(), limits.stall_timeout);
-        let conn = graceful.watch(http.serve_connection(io, service));
+        // With upgrades: a process's attachment becomes a WebSocket on the same connection.
+        let conn = graceful.watch(http.serve_connection(io, service).with_upgrades());
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
