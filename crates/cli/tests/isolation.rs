@@ -32,6 +32,7 @@ async fn a_sees_only_its_own_processes() {
                 timeout_ms: 20_000,
                 max_output_bytes: 1024,
                 stdin: false,
+                user: None,
             };
             state.runtime.exec(&b, spec, vec![]).await
         }

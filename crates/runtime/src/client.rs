@@ -5,7 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bulkhead_supervisor::protocol::{self, kind, Done, ExecSpec, Exit, Failure, Request, CHUNK};
+use bulkhead_supervisor::protocol::{
+    self, kind, Done, ExecSpec, Exit, Failure, FailureKind, OutputStreamKind, ProcessInfo, ProcessSpec, Request,
+    TtySize, CHUNK,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -145,7 +148,11 @@ async fn pump(conn: &mut UnixStream, cap: u64, tx: &mpsc::Sender<Result<ExecEven
             }
             kind::FAILURE => {
                 let f: Failure = parse(&payload)?;
-                return Err(RuntimeError::Protocol(f.message));
+                return Err(match f.kind {
+                    // An unknown user or an empty argv: the caller's mistake, not the sandbox's.
+                    FailureKind::InvalidRequest => RuntimeError::Invalid(f.message),
+                    _ => RuntimeError::Protocol(f.message),
+                });
             }
             other => return Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
         }
@@ -279,6 +286,182 @@ pub async fn write_file(
             Ok(())
         }
         Some((kind::FAILURE, payload)) => Err(RuntimeError::File(parse(&payload)?)),
+        Some((other, _)) => Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
+        None => Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
+    }
+}
+
+// --- Background processes ---
+
+/// How long the server waits for the supervisor's answer to a process request (not an output
+/// stream, which follows the process for as long as it runs).
+const PROCESS_ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One event of a background process's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcessEvent {
+    /// Bytes exactly as the process wrote them; `seq` counts events from 1.
+    Output { seq: u64, stream: OutputStreamKind, data: Vec<u8> },
+    /// The process's final state; the last event.
+    Exit(ProcessInfo),
+}
+
+/// The output events of a process, in order; ends after `Exit` or an error. Dropping it closes
+/// the connection and leaves the process running.
+pub struct ProcessOutput {
+    rx: mpsc::Receiver<Result<ProcessEvent>>,
+}
+
+impl ProcessOutput {
+    /// A stream fed by `rx` (an in-memory runtime's).
+    #[cfg(feature = "fake")]
+    pub(crate) fn from_channel(rx: mpsc::Receiver<Result<ProcessEvent>>) -> ProcessOutput {
+        ProcessOutput { rx }
+    }
+
+    pub async fn next(&mut self) -> Option<Result<ProcessEvent>> {
+        self.rx.recv().await
+    }
+}
+
+/// The error for a supervisor's failure answer about process `id`.
+fn process_failure(id: &str, f: Failure) -> RuntimeError {
+    match f.kind {
+        FailureKind::NotFound => RuntimeError::ProcessNotFound(id.to_owned()),
+        FailureKind::InvalidRequest => RuntimeError::Invalid(f.message),
+        FailureKind::TooLarge => RuntimeError::Busy(f.message),
+        _ => RuntimeError::Protocol(f.message),
+    }
+}
+
+/// Sends `request` and reads its one answer frame, which must be `want` (or a failure).
+async fn ask(socket: &Path, sandbox: &str, process: &str, request: &Request, want: u8) -> Result<Vec<u8>> {
+    let mut conn = connect(socket, sandbox).await?;
+    send_request(&mut conn, request).await?;
+    let answer = tokio::time::timeout(PROCESS_ANSWER_TIMEOUT, read_frame(&mut conn))
+        .await
+        .map_err(|_| RuntimeError::Protocol("the supervisor did not answer in time".into()))??;
+    match answer {
+        Some((k, payload)) if k == want => Ok(payload),
+        Some((kind::FAILURE, payload)) => Err(process_failure(process, parse(&payload)?)),
+        Some((other, _)) => Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
+        None => Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
+    }
+}
+
+/// Starts a background process.
+pub async fn spawn_process(socket: &Path, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {
+    let id = spec.id.clone();
+    parse(&ask(socket, sandbox, &id, &Request::Spawn(spec), kind::PROCESS).await?)
+}
+
+/// Every process the supervisor retains.
+pub async fn processes(socket: &Path, sandbox: &str) -> Result<Vec<ProcessInfo>> {
+    parse(&ask(socket, sandbox, "", &Request::List, kind::PROCESSES).await?)
+}
+
+/// One process.
+pub async fn process(socket: &Path, sandbox: &str, id: &str) -> Result<ProcessInfo> {
+    parse(&ask(socket, sandbox, id, &Request::Get { id: id.to_owned() }, kind::PROCESS).await?)
+}
+
+/// Sends a signal number to a process.
+pub async fn signal_process(socket: &Path, sandbox: &str, id: &str, signal: i32) -> Result<()> {
+    let _: Done = parse(&ask(socket, sandbox, id, &Request::Signal { id: id.to_owned(), signal }, kind::DONE).await?)?;
+    Ok(())
+}
+
+/// Resizes a process's terminal.
+pub async fn resize_process(socket: &Path, sandbox: &str, id: &str, size: TtySize) -> Result<()> {
+    let request = Request::Resize { id: id.to_owned(), rows: size.rows, cols: size.cols };
+    let _: Done = parse(&ask(socket, sandbox, id, &request, kind::DONE).await?)?;
+    Ok(())
+}
+
+/// Follows a process's output from `after`.
+pub async fn process_output(socket: &Path, sandbox: &str, id: &str, after: u64) -> Result<ProcessOutput> {
+    let mut conn = connect(socket, sandbox).await?;
+    send_request(&mut conn, &Request::Output { id: id.to_owned(), after }).await?;
+    // The first frame tells whether the process exists; later ones follow it as it runs.
+    let first = tokio::time::timeout(PROCESS_ANSWER_TIMEOUT, read_frame(&mut conn))
+        .await
+        .map_err(|_| RuntimeError::Protocol("the supervisor did not answer in time".into()))??;
+    let first = match first {
+        Some((kind::FAILURE, payload)) => return Err(process_failure(id, parse(&payload)?)),
+        Some(frame) => frame,
+        None => return Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
+    };
+    let (tx, rx) = mpsc::channel(16);
+    let id = id.to_owned();
+    tokio::spawn(async move {
+        let mut frame = Some(first);
+        let mut last = 0u64;
+        loop {
+            let event = match frame.take() {
+                Some((kind::OUTPUT, payload)) => match protocol::decode_output(payload) {
+                    // Sequence numbers only grow: anything else is a broken supervisor.
+                    Some((seq, stream, data)) if seq > last => {
+                        last = seq;
+                        Ok(ProcessEvent::Output { seq, stream, data })
+                    }
+                    _ => Err(RuntimeError::Protocol("malformed output frame".into())),
+                },
+                Some((kind::PROCESS, payload)) => parse(&payload).map(ProcessEvent::Exit),
+                Some((kind::FAILURE, payload)) => match parse(&payload) {
+                    Ok(f) => Err(process_failure(&id, f)),
+                    Err(e) => Err(e),
+                },
+                Some((other, _)) => Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
+                None => Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
+            };
+            let end = !matches!(event, Ok(ProcessEvent::Output { .. }));
+            if tx.send(event).await.is_err() || end {
+                return;
+            }
+            frame = match read_frame(&mut conn).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+        }
+    });
+    Ok(ProcessOutput { rx })
+}
+
+/// Streams `data` to a process's stdin; closes it after when `eof`.
+pub async fn process_stdin(
+    socket: &Path,
+    sandbox: &str,
+    id: &str,
+    mut data: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    eof: bool,
+) -> Result<u64> {
+    let mut conn = connect(socket, sandbox).await?;
+    send_request(&mut conn, &Request::Stdin { id: id.to_owned(), eof }).await?;
+    let mut refused = false;
+    'chunks: while let Some(chunk) = data.recv().await {
+        // An error on the caller's side ends the write without closing stdin: the connection
+        // closes without the end frame.
+        let chunk = chunk.map_err(|e| RuntimeError::Io { what: "read the stdin upload".into(), source: e })?;
+        for part in chunk.chunks(CHUNK) {
+            if send_frame(&mut conn, kind::DATA, part).await.is_err() {
+                // The supervisor stopped reading: its answer says why.
+                refused = true;
+                break 'chunks;
+            }
+        }
+    }
+    if !refused {
+        let _ = send_frame(&mut conn, kind::DATA_END, &[]).await;
+    }
+    let answer = tokio::time::timeout(PROCESS_ANSWER_TIMEOUT, read_frame(&mut conn))
+        .await
+        .map_err(|_| RuntimeError::Protocol("the supervisor did not answer in time".into()))??;
+    match answer {
+        Some((kind::DONE, payload)) => Ok(parse::<Done>(&payload)?.bytes),
+        Some((kind::FAILURE, payload)) => Err(process_failure(id, parse(&payload)?)),
         Some((other, _)) => Err(RuntimeError::Protocol(format!("unexpected frame kind {other}"))),
         None => Err(RuntimeError::Protocol("the sandbox closed the connection".into())),
     }

@@ -22,8 +22,9 @@ use crate::confined::{Entry, Kind};
 use crate::files::{self, Download, FileError, Preconditions, StagedArchive, WriteOptions, Written};
 use crate::storage::{FilesystemStorage, Usage};
 use crate::{
-    ExecEvent, ExecSpec, ExecStream, Exit, FileStream, HostSandbox, IdRange, NamespaceLimits, Result, RuntimeError,
-    SandboxSpec, SandboxStats,
+    ExecEvent, ExecSpec, ExecStream, Exit, FileStream, HostSandbox, IdRange, NamespaceLimits, OutputStreamKind,
+    ProcessEvent, ProcessInfo, ProcessOutput, ProcessSpec, ProcessStatus, Result, RuntimeError, SandboxSpec,
+    SandboxStats, TtySize,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,12 +45,65 @@ pub struct FakeSandbox {
 struct RuntimeState {
     namespaces: BTreeMap<String, NamespaceLimits>,
     sandboxes: BTreeMap<String, FakeSandbox>,
+    /// Background processes by sandbox, then by id.
+    processes: BTreeMap<String, BTreeMap<String, FakeProcess>>,
+}
+
+/// A background process of the fake runtime. `cat` runs until its stdin is closed and echoes
+/// it; `sleep ...` runs until signalled; every other command of the fake's set runs to its end
+/// at once.
+#[derive(Debug, Clone)]
+struct FakeProcess {
+    info: ProcessInfo,
+    events: Vec<(u64, OutputStreamKind, Vec<u8>)>,
+    cat: bool,
+}
+
+impl FakeProcess {
+    fn stream(&self) -> OutputStreamKind {
+        if self.info.tty {
+            OutputStreamKind::Pty
+        } else {
+            OutputStreamKind::Stdout
+        }
+    }
+
+    fn push(&mut self, stream: OutputStreamKind, data: Vec<u8>) {
+        if !data.is_empty() {
+            let seq = self.events.last().map_or(0, |e| e.0) + 1;
+            self.events.push((seq, stream, data));
+        }
+    }
+
+    fn finish(&mut self, exit_code: Option<i32>, signal: Option<i32>) {
+        self.info.status = ProcessStatus::Exited;
+        self.info.exit_code = exit_code;
+        self.info.signal = signal;
+        self.info.ended_at_ms = Some(now_ms());
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The fake's users: `root`/`0`, `user`/`1000`, and any other number.
+fn check_user(user: &Option<String>) -> Result<()> {
+    match user.as_deref() {
+        None | Some("root" | "user") => Ok(()),
+        Some(u) if u.split(':').next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) => {
+            Ok(())
+        }
+        Some(u) => Err(RuntimeError::Invalid(format!("unknown user {u:?}"))),
+    }
 }
 
 /// A [`Runtime`] that keeps sandboxes in memory.
 #[derive(Debug, Clone, Default)]
 pub struct FakeRuntime {
     state: Arc<Mutex<RuntimeState>>,
+    /// Woken on every change to a process, for output followers.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl FakeRuntime {
@@ -117,6 +171,7 @@ impl crate::Runtime for FakeRuntime {
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {
+        check_user(&spec.user)?;
         let (stdout, stderr, code) = {
             let mut state = lock(&self.state);
             let sandbox = state.sandboxes.get_mut(id).ok_or_else(|| not_running(id))?;
@@ -206,7 +261,11 @@ impl crate::Runtime for FakeRuntime {
     }
 
     async fn delete(&self, _namespace: &str, id: &str) -> Result<()> {
-        lock(&self.state).sandboxes.remove(id);
+        let mut state = lock(&self.state);
+        state.sandboxes.remove(id);
+        state.processes.remove(id);
+        drop(state);
+        self.changed.notify_waiters();
         Ok(())
     }
 
@@ -229,6 +288,169 @@ impl crate::Runtime for FakeRuntime {
         // A sandbox of the fake uses a millisecond of CPU per command and a mebibyte.
         let commands = sandbox.commands.len() as u64;
         Ok(SandboxStats { cpu_usage_ns: commands * 1_000_000, memory_bytes: 1 << 20, pids: 1, ..Default::default() })
+    }
+
+    async fn spawn_process(&self, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {
+        if spec.argv.is_empty() {
+            return Err(RuntimeError::Invalid("cmd must not be empty".into()));
+        }
+        check_user(&spec.user)?;
+        let mut state = lock(&self.state);
+        let sbx = state.sandboxes.get_mut(sandbox).ok_or_else(|| not_running(sandbox))?;
+        sbx.commands.push(spec.argv.clone());
+        let table = state.processes.entry(sandbox.to_owned()).or_default();
+        if table.contains_key(&spec.id) {
+            return Err(RuntimeError::Busy(format!("process {} exists", spec.id)));
+        }
+        let info = ProcessInfo {
+            id: spec.id.clone(),
+            argv: spec.argv.clone(),
+            pid: 2 + table.len() as i32,
+            status: ProcessStatus::Running,
+            exit_code: None,
+            signal: None,
+            timed_out: false,
+            tty: spec.tty.is_some(),
+            user: spec.user.clone(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+        };
+        let argv: Vec<&str> = spec.argv.iter().map(String::as_str).collect();
+        let mut process = FakeProcess { info, events: Vec::new(), cat: argv == ["cat"] };
+        if !process.cat && argv.first() != Some(&"sleep") {
+            let (out, err, code) = run(&spec.argv, &[]);
+            let (out_stream, err_stream) = if process.info.tty {
+                (OutputStreamKind::Pty, OutputStreamKind::Pty)
+            } else {
+                (OutputStreamKind::Stdout, OutputStreamKind::Stderr)
+            };
+            process.push(out_stream, out);
+            process.push(err_stream, err);
+            process.finish(Some(code), None);
+        }
+        let info = process.info.clone();
+        table.insert(spec.id, process);
+        drop(state);
+        self.changed.notify_waiters();
+        Ok(info)
+    }
+
+    async fn processes(&self, sandbox: &str) -> Result<Vec<ProcessInfo>> {
+        let state = lock(&self.state);
+        state.sandboxes.get(sandbox).ok_or_else(|| not_running(sandbox))?;
+        Ok(state.processes.get(sandbox).map(|t| t.values().map(|p| p.info.clone()).collect()).unwrap_or_default())
+    }
+
+    async fn process(&self, sandbox: &str, id: &str) -> Result<ProcessInfo> {
+        self.with_process(sandbox, id, |p| Ok(p.info.clone()))
+    }
+
+    async fn process_output(&self, sandbox: &str, id: &str, after: u64) -> Result<ProcessOutput> {
+        self.with_process(sandbox, id, |_| Ok(()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (runtime, sandbox, id) = (self.clone(), sandbox.to_owned(), id.to_owned());
+        tokio::spawn(async move {
+            let mut last = after;
+            loop {
+                let changed = runtime.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let snapshot = runtime.with_process(&sandbox, &id, |p| {
+                    let new: Vec<_> = p.events.iter().filter(|e| e.0 > last).cloned().collect();
+                    Ok((new, (p.info.status == ProcessStatus::Exited).then(|| p.info.clone())))
+                });
+                let (new, exited) = match snapshot {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                for (seq, stream, data) in new {
+                    last = seq;
+                    if tx.send(Ok(ProcessEvent::Output { seq, stream, data })).await.is_err() {
+                        return;
+                    }
+                }
+                if let Some(info) = exited {
+                    let _ = tx.send(Ok(ProcessEvent::Exit(info))).await;
+                    return;
+                }
+                changed.await;
+            }
+        });
+        Ok(ProcessOutput::from_channel(rx))
+    }
+
+    async fn process_stdin(
+        &self,
+        sandbox: &str,
+        id: &str,
+        mut data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        eof: bool,
+    ) -> Result<u64> {
+        self.with_process(sandbox, id, |_| Ok(()))?;
+        let mut written = 0u64;
+        while let Some(chunk) = data.recv().await {
+            let chunk = chunk.map_err(RuntimeError::io("read the stdin upload"))?;
+            written += chunk.len() as u64;
+            self.with_process(sandbox, id, |p| {
+                if p.cat && p.info.status == ProcessStatus::Running {
+                    p.push(p.stream(), chunk);
+                }
+                Ok(())
+            })?;
+            self.changed.notify_waiters();
+        }
+        if eof {
+            self.with_process(sandbox, id, |p| {
+                if p.cat && p.info.status == ProcessStatus::Running {
+                    p.finish(Some(0), None);
+                }
+                Ok(())
+            })?;
+            self.changed.notify_waiters();
+        }
+        Ok(written)
+    }
+
+    async fn signal_process(&self, sandbox: &str, id: &str, signal: i32) -> Result<()> {
+        if !(1..=64).contains(&signal) {
+            return Err(RuntimeError::Invalid(format!("unknown signal {signal}")));
+        }
+        self.with_process(sandbox, id, |p| {
+            if p.info.status == ProcessStatus::Running {
+                p.finish(None, Some(signal));
+            }
+            Ok(())
+        })?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn resize_process(&self, sandbox: &str, id: &str, _size: TtySize) -> Result<()> {
+        self.with_process(sandbox, id, |p| {
+            if p.info.tty {
+                Ok(())
+            } else {
+                Err(RuntimeError::Invalid(format!("process {id} has no terminal")))
+            }
+        })
+    }
+}
+
+impl FakeRuntime {
+    fn with_process<T>(&self, sandbox: &str, id: &str, f: impl FnOnce(&mut FakeProcess) -> Result<T>) -> Result<T> {
+        let mut state = lock(&self.state);
+        if !state.sandboxes.contains_key(sandbox) {
+            return Err(not_running(sandbox));
+        }
+        let process = state
+            .processes
+            .get_mut(sandbox)
+            .and_then(|t| t.get_mut(id))
+            .ok_or_else(|| RuntimeError::ProcessNotFound(id.to_owned()))?;
+        f(process)
     }
 }
 

@@ -29,6 +29,9 @@ pub mod storage;
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{ExecSpec, Exit};
 pub use client::{ExecEvent, ExecStream, FileStream};
+// Background processes (exec/process part).
+pub use bulkhead_supervisor::protocol::{OutputStreamKind, ProcessInfo, ProcessSpec, ProcessStatus, TtySize};
+pub use client::{ProcessEvent, ProcessOutput};
 pub use storage::FilesystemStorage;
 
 /// A range of host user and group ids that a namespace's sandboxes map their ids onto.
@@ -145,6 +148,14 @@ pub enum RuntimeError {
     Protocol(String),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
+    // --- Exec and background processes ---
+    /// The request cannot be carried out as given: an unknown user, a bad signal number, a
+    /// resize of a process without a terminal. The message says which.
+    #[error("{0}")]
+    Invalid(String),
+    /// No process with this id in the sandbox (never started, or finished and forgotten).
+    #[error("process {0} not found")]
+    ProcessNotFound(String),
 }
 
 impl RuntimeError {
@@ -188,4 +199,32 @@ pub trait Runtime: Send + Sync + 'static {
     async fn namespaces(&self) -> Result<Vec<String>>;
     /// Resource use of a running sandbox.
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;
+
+    // --- Background processes ---
+    /// Starts a background process in its own cgroup; returns once it runs (or failed to start:
+    /// `Invalid` for an empty argv or unknown user; a program that cannot be executed starts
+    /// and exits with 127, as an exec does).
+    async fn spawn_process(&self, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo>;
+    /// Every process of the sandbox the supervisor still retains (running, and finished ones
+    /// for 10 minutes, at most 64).
+    async fn processes(&self, sandbox: &str) -> Result<Vec<ProcessInfo>>;
+    /// One process; `ProcessNotFound` when the supervisor does not have it.
+    async fn process(&self, sandbox: &str, id: &str) -> Result<ProcessInfo>;
+    /// Events with `seq > after` (seq starts at 1; from the oldest retained when `after` is
+    /// older); stays open until the process exits, then yields `Exit` and ends.
+    async fn process_output(&self, sandbox: &str, id: &str, after: u64) -> Result<ProcessOutput>;
+    /// Writes every chunk of `data` to the process's stdin (any size, streamed with
+    /// backpressure), then closes stdin when `eof`. Returns the bytes written.
+    async fn process_stdin(
+        &self,
+        sandbox: &str,
+        id: &str,
+        data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        eof: bool,
+    ) -> Result<u64>;
+    /// Sends signal number `signal` (the server parses names); `SIGKILL` ends every
+    /// descendant. `Invalid` for 0 or an unknown number.
+    async fn signal_process(&self, sandbox: &str, id: &str, signal: i32) -> Result<()>;
+    /// Resizes a tty process's terminal; `Invalid` for a process without one.
+    async fn resize_process(&self, sandbox: &str, id: &str, size: TtySize) -> Result<()>;
 }

@@ -30,8 +30,8 @@ use crate::cgroup::Cgroups;
 use crate::client::FileStream;
 use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
-    client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, Result, Runtime, RuntimeError, SandboxSpec,
-    SandboxStats,
+    client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, ProcessInfo, ProcessOutput, ProcessSpec, Result,
+    Runtime, RuntimeError, SandboxSpec, SandboxStats, TtySize,
 };
 
 /// How long an OCI runtime invocation may take before it is considered hung.
@@ -825,6 +825,47 @@ impl Runtime for OciRuntime {
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
         Self::check_id(id)?;
         self.cgroups.stats(namespace, id)
+    }
+
+    async fn spawn_process(&self, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {
+        Self::check_id(sandbox)?;
+        client::spawn_process(&self.socket(sandbox), sandbox, spec).await
+    }
+
+    async fn processes(&self, sandbox: &str) -> Result<Vec<ProcessInfo>> {
+        Self::check_id(sandbox)?;
+        client::processes(&self.socket(sandbox), sandbox).await
+    }
+
+    async fn process(&self, sandbox: &str, id: &str) -> Result<ProcessInfo> {
+        Self::check_id(sandbox)?;
+        client::process(&self.socket(sandbox), sandbox, id).await
+    }
+
+    async fn process_output(&self, sandbox: &str, id: &str, after: u64) -> Result<ProcessOutput> {
+        Self::check_id(sandbox)?;
+        client::process_output(&self.socket(sandbox), sandbox, id, after).await
+    }
+
+    async fn process_stdin(
+        &self,
+        sandbox: &str,
+        id: &str,
+        data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+        eof: bool,
+    ) -> Result<u64> {
+        Self::check_id(sandbox)?;
+        client::process_stdin(&self.socket(sandbox), sandbox, id, data, eof).await
+    }
+
+    async fn signal_process(&self, sandbox: &str, id: &str, signal: i32) -> Result<()> {
+        Self::check_id(sandbox)?;
+        client::signal_process(&self.socket(sandbox), sandbox, id, signal).await
+    }
+
+    async fn resize_process(&self, sandbox: &str, id: &str, size: TtySize) -> Result<()> {
+        Self::check_id(sandbox)?;
+        client::resize_process(&self.socket(sandbox), sandbox, id, size).await
     }
 }
 

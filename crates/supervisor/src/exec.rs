@@ -262,6 +262,7 @@ mod tests {
             timeout_ms: 10_000,
             max_output_bytes: 1 << 20,
             stdin: false,
+            user: None,
         }
     }
 

@@ -37,6 +37,17 @@ pub mod kind {
     pub const FILE_DATA: u8 = 14;
     /// Supervisor → server: the JSON [`super::Done`] of a file operation; the last frame.
     pub const DONE: u8 = 15;
+
+    // --- Background processes (exec/process part) ---
+    /// Supervisor → server: the JSON [`super::ProcessInfo`] answering a spawn or a get, or the
+    /// last frame of an output stream (the process's final state).
+    pub const PROCESS: u8 = 20;
+    /// Supervisor → server: the JSON list of [`super::ProcessInfo`] answering a list.
+    pub const PROCESSES: u8 = 21;
+    /// Supervisor → server: one retained output event of a process: its sequence number as a
+    /// big-endian `u64`, the stream as one byte ([`super::OutputStreamKind::byte`]), then the
+    /// bytes exactly as the process wrote them.
+    pub const OUTPUT: u8 = 22;
 }
 
 /// What the server asks of the supervisor.
@@ -52,6 +63,134 @@ pub enum Request {
     WriteFile { path: String, max_bytes: u64, mode: u32 },
     /// Answers `Done` at once; used to wait for a new sandbox to be ready.
     Ping,
+
+    // --- Background processes (exec/process part) ---
+    /// Starts a background process; answered with a `PROCESS` frame (or a `FAILURE`: an empty
+    /// argv, an unknown user, an id in use, a full table).
+    Spawn(ProcessSpec),
+    /// Every process in the table (running, and finished ones still retained); one `PROCESSES`
+    /// frame.
+    List,
+    /// One process; a `PROCESS` frame, or `FAILURE` `not_found`.
+    Get { id: String },
+    /// Streams the retained output events with `seq > after` (from the oldest retained one when
+    /// `after` is older) as `OUTPUT` frames, follows new ones until the process exits, then
+    /// ends with a `PROCESS` frame of its final state.
+    Output { id: String, after: u64 },
+    /// Writes the data frames that follow to the process's stdin (its terminal for a tty), with
+    /// backpressure: the next frame is read only once the previous one is written. At the
+    /// `DATA_END` frame, stdin is closed when `eof` (a tty gets its terminal's EOF character
+    /// instead; the terminal itself stays open). Answered with `DONE` (bytes written).
+    Stdin { id: String, eof: bool },
+    /// Sends signal number `signal` (1..=64, not 0) to the process; `SIGKILL` kills its whole
+    /// cgroup (every descendant). `DONE`, or `FAILURE` `invalid_request` / `not_found`.
+    Signal { id: String, signal: i32 },
+    /// Sets the terminal size of a tty process (the process gets `SIGWINCH`). `DONE`.
+    Resize { id: String, rows: u16, cols: u16 },
+}
+
+/// A background process to start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSpec {
+    /// The server's id for it (`prc_…`): letters, digits and `_`, at most 64 bytes.
+    pub id: String,
+    pub argv: Vec<String>,
+    /// Variables set for this process on top of the supervisor's own environment.
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    /// As [`ExecSpec::user`]; the sandbox's root when absent.
+    pub user: Option<String>,
+    /// A terminal of this size instead of pipes.
+    pub tty: Option<TtySize>,
+    /// The process (its whole cgroup) is killed after this long.
+    pub timeout_ms: Option<u64>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessStatus {
+    Running,
+    Exited,
+}
+
+/// A background process as the supervisor reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    pub id: String,
+    pub argv: Vec<String>,
+    /// Its pid inside the sandbox.
+    pub pid: i32,
+    pub status: ProcessStatus,
+    /// The exit status, once it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed it, when one did.
+    pub signal: Option<i32>,
+    /// Whether its timeout killed it.
+    pub timed_out: bool,
+    pub tty: bool,
+    pub user: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+}
+
+/// Which stream an output event came from; a tty process has the one stream `Pty`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputStreamKind {
+    Stdout,
+    Stderr,
+    Pty,
+}
+
+impl OutputStreamKind {
+    /// Its byte in an `OUTPUT` frame.
+    pub fn byte(self) -> u8 {
+        match self {
+            OutputStreamKind::Stdout => 1,
+            OutputStreamKind::Stderr => 2,
+            OutputStreamKind::Pty => 3,
+        }
+    }
+
+    pub fn from_byte(b: u8) -> Option<OutputStreamKind> {
+        match b {
+            1 => Some(OutputStreamKind::Stdout),
+            2 => Some(OutputStreamKind::Stderr),
+            3 => Some(OutputStreamKind::Pty),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes the payload of an `OUTPUT` frame.
+pub fn encode_output(seq: u64, stream: OutputStreamKind, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + data.len());
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(stream.byte());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decodes the payload of an `OUTPUT` frame; `None` when it is malformed.
+pub fn decode_output(mut payload: Vec<u8>) -> Option<(u64, OutputStreamKind, Vec<u8>)> {
+    if payload.len() < 9 {
+        return None;
+    }
+    let seq = u64::from_be_bytes(payload[..8].try_into().ok()?);
+    let stream = OutputStreamKind::from_byte(payload[8])?;
+    payload.drain(..9);
+    Some((seq, stream, payload))
 }
 
 /// One command to run.
@@ -66,8 +205,13 @@ pub struct ExecSpec {
     pub timeout_ms: u64,
     /// Bytes of stdout, and separately of stderr, forwarded at most; the rest is drained.
     pub max_output_bytes: u64,
-    /// Whether data frames carrying stdin follow; without them stdin is empty.
+    /// Whether data frames carrying stdin follow; without them stdin is `/dev/null` (EOF at once).
     pub stdin: bool,
+    /// Who runs the command: a name, a uid, `uid:gid` or `name:group`, resolved inside the
+    /// sandbox (see [`crate::users`]); the sandbox's root when absent. Unknown → `Failure`
+    /// `invalid_request` `unknown user "x"`.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// How an exec ended.

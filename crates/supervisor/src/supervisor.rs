@@ -71,6 +71,16 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
             Ok(bytes) => protocol::write_json(&mut conn, kind::DONE, &Done { bytes }),
             Err(f) => protocol::write_json(&mut conn, kind::FAILURE, &f),
         },
+        Request::Spawn(_)
+        | Request::List
+        | Request::Get { .. }
+        | Request::Output { .. }
+        | Request::Stdin { .. }
+        | Request::Signal { .. }
+        | Request::Resize { .. } => {
+            let f = Failure::new(FailureKind::InvalidRequest, "background processes are not supported yet");
+            protocol::write_json(&mut conn, kind::FAILURE, &f)
+        }
     }
 }
 
