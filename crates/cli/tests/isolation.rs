@@ -43,7 +43,7 @@ async fn a_sees_only_its_own_processes() {
     let mut lines = out.lines();
     assert_eq!(
         lines.next().unwrap().trim(),
-        "/.bulkhead/supervisor --listen-fd 3",
+        "/.bulkhead/supervisor --listen-fd 3 --cgroup-fd 4",
         "PID 1 is the sandbox's own supervisor"
     );
     let count: usize = lines.next().unwrap().trim().parse().unwrap();

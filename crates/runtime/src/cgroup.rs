@@ -2,6 +2,15 @@
 //! The OCI runtime creates and removes the sandbox cgroup (`<prefix>/<namespace>/<sandbox>`)
 //! with the sandbox's own limits; this module owns the namespace level, whose limits cap the
 //! sum of its sandboxes, and sweeps whatever a crash left behind.
+//!
+//! Below the sandbox, in one hierarchy used for grouping (v2: the unified one; v1: `freezer`),
+//! the sandbox's supervisor makes a cgroup per command: [`Cgroups::delegate`] creates the
+//! sandbox's directory there before the OCI runtime starts it, hands the directory and its
+//! `cgroup.procs` to the sandbox's root, and opens it for the supervisor. Every kill and
+//! removal here walks those nested cgroups, children first. On v1 the freezer is the grouping
+//! hierarchy because it has no limits (moving a command there changes no accounting: cpu,
+//! memory and pids stay charged at the sandbox level) and it is what stops a forking tree for
+//! the kill where v1 has no `cgroup.kill`.
 
 use std::fs;
 use std::io;
@@ -170,13 +179,8 @@ impl Cgroups {
         };
         let top = base.join(&self.prefix).join(relative);
         if top.is_dir() {
-            let mut dirs = Vec::new();
-            collect_dirs(&top, &mut dirs);
-            for dir in dirs.iter().rev() {
-                if fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty()) {
-                    self.kill_dir(dir);
-                }
-            }
+            // The freeze of the top reaches every cgroup below (and the kill their members).
+            self.kill_dir(&top);
         }
         for h in self.hierarchies() {
             let dir = h.join(&self.prefix).join(relative);
@@ -187,9 +191,56 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Kills every process of a sandbox at once, however fast they fork: with `cgroup.kill`
-    /// where the kernel has it (v2), otherwise by freezing the cgroup (no process runs, so none
-    /// forks), sending SIGKILL to every member, and thawing it so the kills land.
+    /// The sandbox's directory in the grouping hierarchy (v2: the unified tree; v1: freezer).
+    fn grouping_dir(&self, namespace: &str, id: &str) -> PathBuf {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        match self.version {
+            Version::V2 => self.root.join(rel),
+            Version::V1 => self.root.join("freezer").join(rel),
+        }
+    }
+
+    /// Creates the sandbox's cgroup in the grouping hierarchy before the OCI runtime starts it
+    /// (the runtime accepts an existing cgroup path), gives the sandbox's root (host id
+    /// `owner`) what it needs to make and fill a cgroup per command below it, and opens the
+    /// directory for the supervisor. What is handed over: the directory (to make children) and
+    /// its `cgroup.procs` (v2's rule that a move needs write access to the common ancestor's
+    /// `cgroup.procs`; on v1 also `tasks`). The limits' files stay root's. On v2 the number of
+    /// nested cgroups is capped by `cgroup.max.descendants` ([`MAX_COMMAND_CGROUPS`]).
+    pub fn delegate(&self, namespace: &str, id: &str, owner: u32) -> Result<fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = self.grouping_dir(namespace, id);
+        fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        let chown = |p: &Path| {
+            std::os::unix::fs::chown(p, Some(owner), Some(owner))
+                .map_err(RuntimeError::io(format!("chown {}", p.display())))
+        };
+        chown(&dir)?;
+        chown(&dir.join("cgroup.procs"))?;
+        match self.version {
+            Version::V1 => {
+                if dir.join("tasks").exists() {
+                    chown(&dir.join("tasks"))?;
+                }
+            }
+            Version::V2 => {
+                if dir.join("cgroup.max.descendants").exists() {
+                    write(&dir.join("cgroup.max.descendants"), &MAX_COMMAND_CGROUPS.to_string())?;
+                }
+            }
+        }
+        // Without O_CLOEXEC: the OCI runtime's child places it at the supervisor's fd.
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir)
+            .map_err(RuntimeError::io(format!("open {}", dir.display())))
+    }
+
+    /// Kills every process of a sandbox at once, however fast they fork, in every command
+    /// cgroup below it too: with `cgroup.kill` where the kernel has it (v2, recursive),
+    /// otherwise by freezing the cgroup (no process below runs, so none forks), sending SIGKILL
+    /// to every member of every nested cgroup, and thawing them so the kills land.
     pub fn kill_sandbox(&self, namespace: &str, id: &str) {
         let rel = Path::new(&self.prefix).join(namespace).join(id);
         let dir = match self.version {
@@ -201,11 +252,12 @@ impl Cgroups {
         }
     }
 
-    /// Kills every member of one cgroup (`dir` in the v2 tree or the v1 freezer hierarchy).
+    /// Kills every member of one cgroup and of every cgroup below it (`dir` in the v2 tree or
+    /// the v1 freezer hierarchy).
     fn kill_dir(&self, dir: &Path) {
         match self.version {
             Version::V2 => {
-                if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+                if write_existing(&dir.join("cgroup.kill"), "1").is_ok() {
                     return;
                 }
                 freeze_kill_thaw(dir, &dir.join("cgroup.freeze"), "1", "0", |d| {
@@ -342,21 +394,38 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Freezes the cgroup at `dir` through `control`, waits (briefly) until `frozen` says so, kills
-/// every member, and thaws it.
+/// Command cgroups a sandbox may have below it at once (v2's `cgroup.max.descendants`); the
+/// pids limit bounds live commands, this bounds empty cgroups a tenant could make.
+pub const MAX_COMMAND_CGROUPS: u32 = 4096;
+
+/// Freezes the cgroup at `dir` through `control` (freezing every cgroup below it too), waits
+/// (briefly) until `frozen` says so, kills every member of it and of every cgroup below, and
+/// thaws them all: also a nested cgroup that froze itself (the sandbox's root owns those files),
+/// whose killed members would otherwise never die.
 fn freeze_kill_thaw(dir: &Path, control: &Path, freeze: &str, thaw: &str, frozen: impl Fn(&Path) -> bool) {
-    if fs::write(control, freeze).is_err() {
-        kill_members(dir);
-        return;
-    }
-    for _ in 0..200 {
-        if frozen(dir) {
-            break;
+    let control_name = control.file_name().map(|n| n.to_owned()).unwrap_or_default();
+    let mut dirs = Vec::new();
+    collect_dirs(dir, &mut dirs);
+    if write_existing(control, freeze).is_ok() {
+        for _ in 0..200 {
+            if frozen(dir) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
-    kill_members(dir);
-    let _ = fs::write(control, thaw);
+    for d in dirs.iter().rev() {
+        kill_members(d);
+    }
+    for d in dirs.iter().rev() {
+        let _ = write_existing(&d.join(&control_name), thaw);
+    }
+}
+
+/// Writes a control file that the kernel made; never creates one (in a fake tree, nothing).
+fn write_existing(path: &Path, value: &str) -> io::Result<()> {
+    use std::io::Write;
+    fs::OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
 }
 
 fn kill_members(dir: &Path) {
@@ -471,5 +540,68 @@ mod io_tests {
             .expect("write");
         assert_eq!(io_service_bytes_v1(&v1), (4097, 514));
         assert_eq!(io_stat_v2(&dir.path().join("missing")), (0, 0));
+    }
+}
+
+#[cfg(test)]
+mod delegation_tests {
+    use super::*;
+
+    /// The runtime's side of per-command cgroups against a fake v2 tree: the sandbox's grouping
+    /// directory is made and capped, and removal takes nested command cgroups first. Ownership
+    /// (chown to the sandbox's root) is checked with the caller's own ids, which any user may set.
+    #[test]
+    fn v2_delegation_and_nested_removal() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let sbx = d.path().join("bulkhead/acme/sbx_1");
+        fs::create_dir_all(&sbx).unwrap();
+        for f in ["cgroup.procs", "cgroup.max.descendants", "cgroup.kill"] {
+            fs::write(sbx.join(f), "").unwrap();
+        }
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        let dir = cg.delegate("acme", "sbx_1", me).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(dir.metadata().unwrap().uid(), me);
+        assert!(dir.metadata().unwrap().is_dir());
+        assert_eq!(fs::read_to_string(sbx.join("cgroup.max.descendants")).unwrap(), MAX_COMMAND_CGROUPS.to_string());
+
+        // A command cgroup below it (the supervisor's mkdirat), then the sandbox's removal.
+        fs::create_dir(sbx.join("exec-1")).unwrap();
+        for f in ["cgroup.procs", "cgroup.max.descendants", "cgroup.kill"] {
+            fs::remove_file(sbx.join(f)).unwrap();
+        }
+        cg.kill_sandbox("acme", "sbx_1");
+        cg.remove_sandbox("acme", "sbx_1").unwrap();
+        assert!(!sbx.exists());
+        assert!(d.path().join("bulkhead/acme").exists(), "the namespace's cgroup stays");
+    }
+
+    /// v1: the grouping hierarchy is the freezer; a self-frozen nested command cgroup is thawed
+    /// by the sandbox's kill so its members can die.
+    #[test]
+    fn v1_delegates_the_freezer_and_thaws_nested_cgroups() {
+        let d = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "memory", "pids", "freezer"] {
+            fs::create_dir(d.path().join(c)).unwrap();
+        }
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let sbx = d.path().join("freezer/bulkhead/acme/sbx_1");
+        fs::create_dir_all(&sbx).unwrap();
+        for f in ["cgroup.procs", "tasks"] {
+            fs::write(sbx.join(f), "").unwrap();
+        }
+        fs::write(sbx.join("freezer.state"), "THAWED").unwrap();
+        // SAFETY: getuid has no preconditions.
+        let me = unsafe { libc::getuid() };
+        cg.delegate("acme", "sbx_1", me).unwrap();
+        fs::create_dir(sbx.join("prc_a")).unwrap();
+        fs::write(sbx.join("prc_a/freezer.state"), "FROZEN").unwrap();
+        fs::write(sbx.join("prc_a/cgroup.procs"), "").unwrap();
+        cg.kill_sandbox("acme", "sbx_1");
+        assert_eq!(fs::read_to_string(sbx.join("prc_a/freezer.state")).unwrap(), "THAWED");
+        assert_eq!(fs::read_to_string(sbx.join("freezer.state")).unwrap(), "THAWED");
     }
 }

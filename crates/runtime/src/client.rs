@@ -102,7 +102,12 @@ pub async fn exec(socket: &Path, id: &str, mut spec: ExecSpec, stdin: Vec<u8>) -
     }
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
-        let result = tokio::time::timeout(deadline, pump(&mut conn, cap, &tx)).await;
+        // The caller dropping the stream closes the connection at once (the supervisor then
+        // kills the command's whole cgroup), also while the command prints nothing.
+        let result = tokio::select! {
+            r = tokio::time::timeout(deadline, pump(&mut conn, cap, &tx)) => r,
+            () = tx.closed() => return,
+        };
         let end = match result {
             Ok(Ok(exit)) => Ok(ExecEvent::Exit(exit)),
             Ok(Err(e)) => Err(e),
@@ -418,7 +423,12 @@ pub async fn process_output(socket: &Path, sandbox: &str, id: &str, after: u64) 
             if tx.send(event).await.is_err() || end {
                 return;
             }
-            frame = match read_frame(&mut conn).await {
+            // A caller that stops following closes the connection at once (the process runs on).
+            let next = tokio::select! {
+                f = read_frame(&mut conn) => f,
+                () = tx.closed() => return,
+            };
+            frame = match next {
                 Ok(f) => f,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;

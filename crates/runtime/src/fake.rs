@@ -790,3 +790,66 @@ mod tests {
         assert_eq!(s.file("fs_b", "src/main.rs").as_deref(), Some(&b"fn main() {}"[..]));
     }
 }
+
+#[cfg(test)]
+mod process_tests {
+    use super::*;
+    use crate::Runtime;
+
+    fn sandbox_spec() -> SandboxSpec {
+        SandboxSpec {
+            id: "sbx_1".into(),
+            namespace: "acme".into(),
+            oci_runtime: "runc".into(),
+            cpu_millis: 1000,
+            memory_bytes: 1 << 28,
+            pids: 64,
+            tmp_bytes: 1 << 20,
+            ids: IdRange { host_start: 100_000, size: 65_536 },
+            env: vec![],
+            workspace: None,
+            run_files: vec![],
+        }
+    }
+
+    fn process(id: &str, argv: &[&str]) -> ProcessSpec {
+        ProcessSpec {
+            id: id.into(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
+            cwd: "/".into(),
+            user: None,
+            tty: None,
+            timeout_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fake_process_echoes_stdin_until_eof() {
+        let rt = FakeRuntime::new();
+        let limits = NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 100 };
+        rt.ensure_namespace("acme", &limits).await.unwrap();
+        rt.create(&sandbox_spec()).await.unwrap();
+        rt.spawn_process("sbx_1", process("prc_1", &["cat"])).await.unwrap();
+        let mut out = rt.process_output("sbx_1", "prc_1", 0).await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tx.send(Ok(b"hello".to_vec())).await.unwrap();
+        drop(tx);
+        assert_eq!(rt.process_stdin("sbx_1", "prc_1", rx, true).await.unwrap(), 5);
+        let first = out.next().await.unwrap().unwrap();
+        assert_eq!(first, ProcessEvent::Output { seq: 1, stream: OutputStreamKind::Stdout, data: b"hello".to_vec() });
+        match out.next().await.unwrap().unwrap() {
+            ProcessEvent::Exit(info) => assert_eq!(info.exit_code, Some(0)),
+            other => panic!("{other:?}"),
+        }
+        assert!(out.next().await.is_none());
+        assert!(matches!(rt.process("sbx_1", "prc_x").await, Err(RuntimeError::ProcessNotFound(_))));
+        assert!(matches!(rt.signal_process("sbx_1", "prc_1", 0).await, Err(RuntimeError::Invalid(_))));
+        let mut bad_user = process("prc_2", &["true"]);
+        bad_user.user = Some("mallory".into());
+        assert!(
+            matches!(rt.spawn_process("sbx_1", bad_user).await, Err(RuntimeError::Invalid(m)) if m.contains("mallory"))
+        );
+        assert_eq!(rt.processes("sbx_1").await.unwrap().len(), 1);
+    }
+}

@@ -28,7 +28,7 @@ use tokio::process::Command;
 
 use crate::cgroup::Cgroups;
 use crate::client::FileStream;
-use crate::spec::{self, BaseEntry, SpecPaths, SUPERVISOR_FD, SUPERVISOR_PATH};
+use crate::spec::{self, BaseEntry, SpecPaths, CGROUP_FD, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
     client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, ProcessInfo, ProcessOutput, ProcessSpec, Result,
     Runtime, RuntimeError, SandboxSpec, SandboxStats, TtySize,
@@ -447,14 +447,17 @@ impl OciRuntime {
         Ok(out)
     }
 
-    /// Starts the bundle's container with the listening socket as its fd 3.
+    /// Starts the bundle's container with the listening socket as its fd 3 and the sandbox's
+    /// delegated cgroup directory (see [`Cgroups::delegate`]) as its fd 4.
     async fn start(&self, spec: &SandboxSpec) -> Result<()> {
         let bundle = self.bundle(&spec.id);
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
         let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
+        let cgroup_dir = self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?;
         let fd = listener.as_raw_fd();
+        let cgroup_fd = cgroup_dir.as_raw_fd();
         let mut cmd = Command::from(oci_command(&spec.oci_runtime));
         cmd.arg("--root")
             .arg(self.oci_root())
@@ -462,7 +465,7 @@ impl OciRuntime {
             // and every sandbox of a namespace has the same host id, so a keyring each would stop
             // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
             // keyctl, add_key and request_key).
-            .args(["run", "--detach", "--no-new-keyring", "--preserve-fds", "1", "--pid-file"])
+            .args(["run", "--detach", "--no-new-keyring", "--preserve-fds", "2", "--pid-file"])
             .arg(bundle.join("pid"))
             .arg("--bundle")
             .arg(&bundle)
@@ -472,11 +475,21 @@ impl OciRuntime {
             .stderr(log2)
             .kill_on_drop(true);
         // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe.
-        // It places the listening socket at fd 3 (dup2 clears close-on-exec on the copy), where
-        // `--preserve-fds 1` hands it on to the supervisor.
+        // It places the listening socket at fd 3 and the cgroup directory at fd 4 (dup2 clears
+        // close-on-exec on the copies), where `--preserve-fds 2` hands them on to the
+        // supervisor. Neither source fd is 3 or 4 while the other is being placed: both were
+        // opened before, and 3 and 4 are taken in order from their own sources.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, SUPERVISOR_FD) < 0 {
+                // Move the cgroup fd out of the way first should it sit at fd 3.
+                let mut cg = cgroup_fd;
+                if cg == SUPERVISOR_FD {
+                    cg = libc::fcntl(cg, libc::F_DUPFD_CLOEXEC, 10);
+                    if cg < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::dup2(fd, SUPERVISOR_FD) < 0 || libc::dup2(cg, CGROUP_FD) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -484,6 +497,7 @@ impl OciRuntime {
         }
         let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
         drop(listener);
+        drop(cgroup_dir);
         let failed = |detail: String| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
             action: "start the sandbox",

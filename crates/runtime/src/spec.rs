@@ -27,6 +27,9 @@ use crate::SandboxSpec;
 pub const SUPERVISOR_PATH: &str = "/.bulkhead/supervisor";
 /// The file descriptor on which the supervisor inherits its listening socket.
 pub const SUPERVISOR_FD: i32 = 3;
+/// The descriptor at which the supervisor inherits its delegated cgroup directory (the
+/// sandbox's own cgroup in the grouping hierarchy), where it makes one cgroup per command.
+pub const CGROUP_FD: i32 = 4;
 /// The search path every command gets unless it sets its own.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// The CFS period used for CPU quotas.
@@ -212,7 +215,13 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
-        .args(vec![SUPERVISOR_PATH.to_owned(), "--listen-fd".to_owned(), SUPERVISOR_FD.to_string()])
+        .args(vec![
+            SUPERVISOR_PATH.to_owned(),
+            "--listen-fd".to_owned(),
+            SUPERVISOR_FD.to_string(),
+            "--cgroup-fd".to_owned(),
+            CGROUP_FD.to_string(),
+        ])
         .env(environment(&sandbox.env))
         .cwd("/")
         .no_new_privileges(true)

@@ -4,60 +4,37 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::launch::{self, Input, Launch, LaunchError, Launched};
 use crate::protocol::{self, kind, ExecSpec, Exit, Failure, FailureKind, CHUNK};
-use crate::reaper::Reaper;
 
 /// How long output is still collected after the command exited, for pipes that background
 /// children keep open.
 const DRAIN_GRACE: Duration = Duration::from_millis(50);
 
-fn kill_group(pgid: i32) {
-    if pgid > 1 {
-        // SAFETY: kill takes plain integers; a negative pid names the process group.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-    }
-}
-
 pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
     let started = Instant::now();
-    let Some((program, args)) = spec.argv.split_first() else {
-        let f = Failure::new(FailureKind::InvalidRequest, "cmd must not be empty");
-        return protocol::write_json(&mut conn, kind::FAILURE, &f);
+    let launch = Launch {
+        argv: &spec.argv,
+        env: &spec.env,
+        cwd: &spec.cwd,
+        user: spec.user.as_deref(),
+        input: if spec.stdin { Input::Pipe } else { Input::Null },
+        tty: None,
+        cgroup: None,
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .env_clear()
-        .envs(std::env::vars_os())
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&spec.cwd)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: the closure runs between fork and exec and calls only setsid, which is
-    // async-signal-safe. A new session makes the command the leader of its own process group,
-    // so a timeout can kill the whole tree it starts.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    Reaper::global().spawning();
-    let spawned = cmd.spawn();
-    let exited = Reaper::global().spawned(spawned.as_ref().ok().map(|c| c.id() as i32));
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
+    let Launched { mut child, exited, group, .. } = match launch::launch(&launch) {
+        Ok(l) => l,
+        Err(LaunchError::Refused(f)) => return protocol::write_json(&mut conn, kind::FAILURE, &f),
+        Err(LaunchError::Spawn(e)) => {
             // What a shell would answer: the reason on stderr, status 127 (126 when not
             // executable).
             let code = if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            let program = spec.argv.first().map(String::as_str).unwrap_or_default();
             let msg = format!("bulkhead: cannot run {program:?}: {e}\n");
             protocol::write_frame(&mut conn, kind::STDERR, msg.as_bytes())?;
             let exit = Exit {
@@ -71,8 +48,6 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
             return protocol::write_json(&mut conn, kind::EXIT, &exit);
         }
     };
-    let pid = child.id() as i32;
-    let Some(exited) = exited else { return Err(io::Error::other("spawned child was not tracked")) };
 
     // Stdin and cancellation: a thread reads the connection; data goes to the child's stdin,
     // and the connection closing early means the caller is gone, which kills the command.
@@ -104,7 +79,8 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         });
         if reader_thread.is_err() {
             // No thread for stdin and cancellation: the sandbox is at its process limit.
-            kill_group(pid);
+            group.kill();
+            group.release();
             let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
             return protocol::write_json(&mut conn, kind::FAILURE, &f);
         }
@@ -132,13 +108,15 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
             }
         }
         if cancelled.load(Ordering::SeqCst) {
-            kill_group(pid);
+            // The caller is gone: the command and everything it started end.
+            group.kill();
             let _ = exited.recv_timeout(Duration::from_secs(5));
+            group.release();
             return Ok(());
         }
         if status.is_none() && !timed_out && Instant::now() >= deadline {
             timed_out = true;
-            kill_group(pid);
+            group.kill();
         }
         let open: Vec<RawFd> =
             [out.as_ref().map(|o| o.as_raw_fd()), err.as_ref().map(|e| e.as_raw_fd())].into_iter().flatten().collect();
@@ -204,6 +182,13 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
     // Pipes still held by background children are closed here; they get EPIPE on write.
     drop(out);
     drop(err);
+    if timed_out {
+        // Descendants that outlived the command (a setsid or double-forked child) end too.
+        group.kill();
+    }
+    // Background children of a command that exited by itself keep running; the cgroup goes
+    // once they are gone.
+    group.release();
     let status = match status {
         Some(s) => s,
         None => exited.recv_timeout(Duration::from_secs(5)).unwrap_or(0),
@@ -282,6 +267,33 @@ mod tests {
         assert!(String::from_utf8_lossy(&err).contains("cannot run"));
         let (_, _, exit) = exec_collect(&sock, spec(&["sh", "-c", "kill -9 $$"]), None);
         assert_eq!(exit.signal, Some(9));
+    }
+
+    #[test]
+    fn no_stdin_is_eof_at_once() {
+        let (_d, sock) = start();
+        // Without stdin, `cat` reads EOF at once and exits 0 (it would hang on an open pipe).
+        let mut s = spec(&["cat"]);
+        s.timeout_ms = 20_000;
+        let (out, _, exit) = exec_collect(&sock, s, None);
+        assert_eq!((out.as_slice(), exit.exit_code, exit.timed_out), (&b""[..], Some(0), false));
+        let (out, _, exit) = exec_collect(&sock, spec(&["sh", "-c", "ls -l /proc/self/fd/0"]), None);
+        assert!(String::from_utf8_lossy(&out).contains("/dev/null"), "{}", String::from_utf8_lossy(&out));
+        assert_eq!(exit.exit_code, Some(0));
+    }
+
+    #[test]
+    fn an_unknown_user_is_refused_by_name() {
+        let (_d, sock) = start();
+        let mut s = spec(&["id"]);
+        s.user = Some("no-such-user-xyz".into());
+        let mut c = UnixStream::connect(&sock).unwrap();
+        write_json(&mut c, kind::REQUEST, &Request::Exec(s)).unwrap();
+        let (k, p) = read_frame(&mut c).unwrap().unwrap();
+        assert_eq!(k, kind::FAILURE);
+        let f: crate::protocol::Failure = serde_json::from_slice(&p).unwrap();
+        assert_eq!(f.kind, crate::protocol::FailureKind::InvalidRequest);
+        assert_eq!(f.message, "unknown user \"no-such-user-xyz\"");
     }
 
     #[test]

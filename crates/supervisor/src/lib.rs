@@ -7,11 +7,14 @@
 //! **Invariant:** the supervisor runs with exactly the sandbox's privileges; nothing it does can
 //! reach outside the sandbox, because it is inside it. The server trusts none of its answers.
 
+mod cgroup;
 mod exec;
 mod files;
+mod launch;
+pub mod process;
 pub mod protocol;
 mod reaper;
 mod supervisor;
 pub mod users;
 
-pub use supervisor::{run, serve_fd};
+pub use supervisor::{run, serve_fd, serve_fds};

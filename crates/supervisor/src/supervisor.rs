@@ -10,6 +10,16 @@ use crate::files::{read_file, write_file};
 use crate::protocol::{self, kind, Done, Failure, FailureKind, Request};
 use crate::reaper::Reaper;
 
+/// Serves requests on the listening socket inherited as `fd`, with every command in a cgroup of
+/// its own under the delegated cgroup directory inherited as `cgroup_fd` (see the `cgroup`
+/// module; without one, commands are grouped by process group only). Never returns on success.
+pub fn serve_fds(fd: RawFd, cgroup_fd: Option<RawFd>) -> io::Result<()> {
+    if let Some(c) = cgroup_fd {
+        crate::cgroup::adopt(c)?;
+    }
+    serve_fd(fd)
+}
+
 /// Serves requests on the listening socket inherited as `fd`. Never returns on success.
 pub fn serve_fd(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFD only inspects the descriptor table; an invalid fd yields -1/EBADF.
@@ -71,16 +81,13 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
             Ok(bytes) => protocol::write_json(&mut conn, kind::DONE, &Done { bytes }),
             Err(f) => protocol::write_json(&mut conn, kind::FAILURE, &f),
         },
-        Request::Spawn(_)
+        request @ (Request::Spawn(_)
         | Request::List
         | Request::Get { .. }
         | Request::Output { .. }
         | Request::Stdin { .. }
         | Request::Signal { .. }
-        | Request::Resize { .. } => {
-            let f = Failure::new(FailureKind::InvalidRequest, "background processes are not supported yet");
-            protocol::write_json(&mut conn, kind::FAILURE, &f)
-        }
+        | Request::Resize { .. }) => crate::process::handle(&mut conn, request),
     }
 }
 

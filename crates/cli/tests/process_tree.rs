@@ -1,0 +1,229 @@
+//! Every command's tree ends with it: each exec and background process runs in a cgroup of its
+//! own under the sandbox's, so a timeout, a cancelled exec, a SIGKILL and a sandbox delete end
+//! every descendant, also one that left the session (`setsid`), was double-forked, or ignored
+//! SIGHUP (`nohup`). Proven from inside the sandbox, through the runtime (real runc, real
+//! cgroups): no such process is left, and the marker files they would write never appear.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use bulkhead_runtime::{ExecEvent, ExecSpec, Exit, ProcessEvent, ProcessSpec, ProcessStatus, Runtime, TtySize};
+use common::Harness;
+use serde_json::json;
+
+fn spec(script: &str, timeout_ms: u64) -> ExecSpec {
+    ExecSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: vec![],
+        cwd: "/".into(),
+        timeout_ms,
+        max_output_bytes: 1 << 20,
+        stdin: false,
+        user: None,
+    }
+}
+
+async fn run(rt: &dyn Runtime, sbx: &str, spec: ExecSpec, stdin: Vec<u8>) -> (String, String, Exit) {
+    let mut stream = rt.exec(sbx, spec, stdin).await.expect("exec");
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    while let Some(ev) = stream.next().await {
+        match ev.expect("event") {
+            ExecEvent::Stdout(d) => out.extend(d),
+            ExecEvent::Stderr(d) => err.extend(d),
+            ExecEvent::Exit(x) => {
+                return (String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned(), x)
+            }
+        }
+    }
+    panic!("no exit");
+}
+
+async fn sh(rt: &dyn Runtime, sbx: &str, script: &str) -> String {
+    let (out, err, exit) = run(rt, sbx, spec(script, 20_000), vec![]).await;
+    assert_eq!(exit.exit_code, Some(0), "{script}: {out} {err}");
+    out
+}
+
+/// Starts the three escapees and returns the script: each sleeps, then writes a marker.
+/// `setsid` leaves the session and process group; the subshell's `&` inside `( ... ) &` is a
+/// double fork (its parent exits at once, so it is reparented to PID 1); `nohup` ignores SIGHUP.
+fn escapees(tag: &str, delay: &str) -> String {
+    format!(
+        "setsid sh -c 'sleep {delay}; touch /tmp/{tag}-setsid' & \
+         ( sh -c 'sleep {delay}; touch /tmp/{tag}-double' & ) ; \
+         nohup sh -c 'sleep {delay}; touch /tmp/{tag}-nohup' >/dev/null 2>&1 & \
+         sleep 1; echo started; sleep 600"
+    )
+}
+
+/// The processes of the sandbox still running a command line containing `needle`, as `ps` would
+/// list them, read from `/proc` inside the sandbox.
+async fn survivors(rt: &dyn Runtime, sbx: &str, needle: &str) -> String {
+    sh(
+        rt,
+        sbx,
+        &format!(
+            "for p in /proc/[0-9]*; do c=$(tr '\\0' ' ' < $p/cmdline 2>/dev/null); \
+             case \"$c\" in *{needle}*) case \"$c\" in *for\\ p*) ;; *) echo \"${{p#/proc/}} $c\";; esac;; esac; done"
+        ),
+    )
+    .await
+}
+
+async fn sandbox() -> (Harness, String) {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let id = h.create_sandbox("alpha", &h.admin, json!({"memory_bytes": 128 << 20})).await;
+    (h, id)
+}
+
+#[tokio::test]
+async fn a_timed_out_exec_ends_its_setsid_double_forked_and_nohup_descendants() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    // The delay is unique, so the survivors check finds exactly these sleeps.
+    let (out, _, exit) = run(rt, &sbx, spec(&escapees("t", "4.321"), 2500), vec![]).await;
+    assert!(exit.timed_out, "{exit:?}");
+    assert!(out.contains("started"), "{out}");
+    assert_eq!(survivors(rt, &sbx, "4.321").await, "", "descendants outlived the timeout");
+    // Past the time they would have written their markers: none did.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(
+        sh(rt, &sbx, "ls /tmp/t-* 2>/dev/null; true").await,
+        "",
+        "a descendant wrote its marker after the timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_exec_ends_its_whole_tree() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    let mut stream = rt.exec(&sbx, spec(&escapees("c", "5.432"), 60_000), vec![]).await.unwrap();
+    loop {
+        match stream.next().await.expect("event").expect("ok") {
+            ExecEvent::Stdout(d) if String::from_utf8_lossy(&d).contains("started") => break,
+            ExecEvent::Exit(x) => panic!("exited early: {x:?}"),
+            _ => {}
+        }
+    }
+    assert!(!survivors(rt, &sbx, "5.432").await.is_empty(), "the tree runs while the caller waits");
+    // The caller goes away.
+    drop(stream);
+    let mut left = String::from("?");
+    for _ in 0..100 {
+        left = survivors(rt, &sbx, "5.432").await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, "", "descendants outlived the cancelled exec");
+}
+
+#[tokio::test]
+async fn a_command_sees_its_own_cgroup_and_runs_as_its_user() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    let cg = sh(rt, &sbx, "cat /proc/self/cgroup").await;
+    // The grouping hierarchy (v2's unified line, or v1's freezer) names the command's own
+    // cgroup, relative to the sandbox's: the sandbox's cgroup namespace hides the rest.
+    let line = cg.lines().find(|l| l.starts_with("0::") || l.contains(":freezer:")).expect("grouping line");
+    let own = line.rsplit(':').next().unwrap();
+    assert!(own.starts_with("/exec-"), "{cg}");
+    // Another exec gets another one.
+    let cg2 = sh(rt, &sbx, "cat /proc/self/cgroup").await;
+    assert_ne!(cg, cg2);
+    // The sandbox's /sys/fs/cgroup stays read-only for tenant code.
+    let (_, err, exit) = run(
+        rt,
+        &sbx,
+        spec(
+            "if [ -d /sys/fs/cgroup/freezer ]; then mkdir /sys/fs/cgroup/freezer/x; else mkdir /sys/fs/cgroup/x; fi",
+            10_000,
+        ),
+        vec![],
+    )
+    .await;
+    assert_ne!(exit.exit_code, Some(0), "{err}");
+
+    // No stdin: EOF at once.
+    let (out, _, exit) = run(rt, &sbx, spec("cat; echo done", 10_000), vec![]).await;
+    assert_eq!((out.as_str(), exit.exit_code), ("done\n", Some(0)));
+
+    // A user from the sandbox's /etc/passwd.
+    let mut s = spec("id -u; id -g; echo $HOME $USER", 10_000);
+    s.user = Some("nobody".into());
+    let (out, err, exit) = run(rt, &sbx, s, vec![]).await;
+    assert_eq!(exit.exit_code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "65534", "{out}");
+    assert!(lines[2].ends_with("nobody"), "{out}");
+    let mut s = spec("id -u", 10_000);
+    s.user = Some("no-such-user".into());
+    let e = rt.exec(&sbx, s, vec![]).await.unwrap().next().await.unwrap().unwrap_err();
+    assert!(matches!(&e, bulkhead_runtime::RuntimeError::Invalid(m) if m.contains("no-such-user")), "{e}");
+}
+
+#[tokio::test]
+async fn sigkill_of_a_background_process_ends_its_descendants_and_delete_leaves_no_cgroup() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    let p = ProcessSpec {
+        id: "prc_tree1".into(),
+        argv: vec!["sh".into(), "-c".into(), escapees("k", "6.543")],
+        env: vec![],
+        cwd: "/".into(),
+        user: None,
+        tty: None,
+        timeout_ms: None,
+    };
+    let info = rt.spawn_process(&sbx, p).await.unwrap();
+    assert_eq!(info.status, ProcessStatus::Running);
+    let mut out = rt.process_output(&sbx, "prc_tree1", 0).await.unwrap();
+    match out.next().await.unwrap().unwrap() {
+        ProcessEvent::Output { seq, data, .. } => {
+            assert_eq!(seq, 1);
+            assert_eq!(data, b"started\n");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!survivors(rt, &sbx, "6.543").await.is_empty());
+    let cg = sh(rt, &sbx, "ls -d /sys/fs/cgroup/freezer/prc_tree1 /sys/fs/cgroup/prc_tree1 2>/dev/null; true").await;
+    assert!(cg.contains("prc_tree1"), "the process's cgroup is visible in the sandbox: {cg}");
+    rt.signal_process(&sbx, "prc_tree1", 9).await.unwrap();
+    match out.next().await.unwrap().unwrap() {
+        ProcessEvent::Exit(info) => assert_eq!(info.signal, Some(9), "{info:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(survivors(rt, &sbx, "6.543").await, "", "descendants outlived SIGKILL");
+    assert!(matches!(rt.signal_process(&sbx, "prc_tree1", 0).await, Err(bulkhead_runtime::RuntimeError::Invalid(_))));
+    assert!(matches!(rt.process(&sbx, "prc_nope").await, Err(bulkhead_runtime::RuntimeError::ProcessNotFound(_))));
+
+    // A process left running (and a background child of an exec) when the sandbox goes.
+    let p = ProcessSpec {
+        id: "prc_tree2".into(),
+        argv: vec!["sh".into(), "-c".into(), escapees("d", "7.654")],
+        env: vec![],
+        cwd: "/".into(),
+        user: None,
+        tty: Some(TtySize { rows: 24, cols: 80 }),
+        timeout_ms: None,
+    };
+    rt.spawn_process(&sbx, p).await.unwrap();
+    sh(rt, &sbx, "setsid sleep 8.765 >/dev/null 2>&1 < /dev/null & echo").await;
+    let ns_dirs = |h: &Harness| {
+        bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix)
+            .unwrap()
+            .existing()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains(&sbx))
+            .collect::<Vec<_>>()
+    };
+    let before = ns_dirs(&h);
+    assert!(before.iter().any(|p| p.ends_with("prc_tree2")), "{before:?}");
+    h.state.runtime.delete("alpha", &sbx).await.unwrap();
+    assert_eq!(ns_dirs(&h), Vec::<std::path::PathBuf>::new(), "the sandbox's cgroups, nested ones too, are gone");
+}

@@ -1,0 +1,202 @@
+//! Starting one command, for an exec or a background process: its user resolved from the
+//! sandbox's own `/etc`, its own cgroup (see [`crate::cgroup`]), a new session, stdin from
+//! `/dev/null`, a pipe or a terminal. Between fork and exec the child, in this order, moves
+//! itself into its cgroup (while it is still the sandbox's root, whom the cgroup's files
+//! belong to), starts a session (and takes its terminal), drops to its user (setgroups,
+//! setgid, setuid) and changes to its working directory as that user.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+
+use crate::cgroup::{self, Group};
+use crate::protocol::{Failure, FailureKind, TtySize};
+use crate::reaper::Reaper;
+use crate::users::{self, Credentials};
+
+/// Where the command's stdin comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// `/dev/null`: the command reads EOF at once.
+    Null,
+    /// A pipe whose writing end the supervisor holds.
+    Pipe,
+}
+
+/// What to start.
+pub(crate) struct Launch<'a> {
+    pub(crate) argv: &'a [String],
+    pub(crate) env: &'a [(String, String)],
+    pub(crate) cwd: &'a str,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) input: Input,
+    /// A terminal instead of pipes: stdin, stdout and stderr are its slave side.
+    pub(crate) tty: Option<TtySize>,
+    /// The cgroup's name (a process's id); an exec gets a numbered one.
+    pub(crate) cgroup: Option<&'a str>,
+}
+
+/// A started command.
+pub(crate) struct Launched {
+    pub(crate) child: Child,
+    pub(crate) pid: i32,
+    /// Its wait status arrives here, from the reaper.
+    pub(crate) exited: Receiver<i32>,
+    pub(crate) group: Group,
+    /// The terminal's master side, for a tty command.
+    pub(crate) pty: Option<OwnedFd>,
+}
+
+/// Why a command did not start.
+pub(crate) enum LaunchError {
+    /// The request is wrong (an empty argv, an unknown user): answered as a failure.
+    Refused(Failure),
+    /// The program could not be run (missing, not executable, a bad cwd): what a shell
+    /// answers with status 127 (126 when not executable).
+    Spawn(io::Error),
+}
+
+/// Opens a new terminal pair in the sandbox's devpts (mounted with `newinstance` at
+/// `/dev/pts`): the master, and the slave's path.
+fn open_pty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: posix_openpt takes flags and returns a new fd or -1.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if master < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `master` was just returned by posix_openpt and is owned by nothing else.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    // SAFETY: grantpt and unlockpt take the master fd we own.
+    if unsafe { libc::grantpt(master.as_raw_fd()) } != 0 || unsafe { libc::unlockpt(master.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: ptsname_r writes a NUL-terminated name of at most `name.len()` bytes into `name`.
+    if unsafe { libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `name` holds the NUL-terminated path ptsname_r wrote.
+    let slave = unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `slave` was just returned by open and is owned by nothing else.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    set_size(master.as_raw_fd(), size)?;
+    Ok((master, slave))
+}
+
+/// Sets a terminal's size; the kernel sends SIGWINCH to its foreground process group.
+pub(crate) fn set_size(master: i32, size: TtySize) -> io::Result<()> {
+    let ws = libc::winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    if unsafe { libc::ioctl(master, libc::TIOCSWINSZ, &ws) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Resolves `user` inside the sandbox; unknown → a failure naming it.
+pub(crate) fn credentials(user: Option<&str>) -> Result<Option<Credentials>, Failure> {
+    match user {
+        None => Ok(None),
+        Some(u) => match users::resolve(u) {
+            Ok(c) => Ok(Some(c)),
+            Err(_) => Err(Failure::new(FailureKind::InvalidRequest, format!("unknown user {u:?}"))),
+        },
+    }
+}
+
+/// Starts the command.
+pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
+    let Some((program, args)) = l.argv.split_first() else {
+        return Err(LaunchError::Refused(Failure::new(FailureKind::InvalidRequest, "cmd must not be empty")));
+    };
+    let creds = credentials(l.user).map_err(LaunchError::Refused)?;
+    let cwd = CString::new(l.cwd.as_bytes())
+        .map_err(|_| LaunchError::Refused(Failure::new(FailureKind::InvalidRequest, "cwd contains a NUL byte")))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_clear().envs(std::env::vars_os());
+    if let Some(c) = &creds {
+        cmd.env("HOME", &c.home);
+        if let Some(name) = &c.name {
+            cmd.env("USER", name).env("LOGNAME", name);
+        }
+    }
+    cmd.envs(l.env.iter().map(|(k, v)| (k, v)));
+
+    let mut pty = None;
+    let tty = l.tty.is_some();
+    match l.tty {
+        Some(size) => {
+            let (master, slave) = open_pty(size).map_err(LaunchError::Spawn)?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(LaunchError::Spawn);
+            cmd.stdin(dup(&slave)?).stdout(dup(&slave)?).stderr(Stdio::from(slave));
+            pty = Some(master);
+        }
+        None => {
+            let stdin = match l.input {
+                Input::Null => Stdio::null(),
+                Input::Pipe => Stdio::piped(),
+            };
+            cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+    }
+
+    let cg = cgroup::for_command(l.cgroup).map_err(LaunchError::Spawn)?;
+    let procs = cg.as_ref().map(|c| c.procs_fd());
+    let ids = creds.as_ref().map(|c| {
+        let groups: Vec<libc::gid_t> = c.groups.clone();
+        (c.uid, c.gid, groups)
+    });
+    // SAFETY: the closure runs between fork and exec and calls only write, setsid, ioctl,
+    // setgroups, setgid, setuid and chdir, all async-signal-safe syscalls, on data prepared
+    // before the fork (no allocation).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(fd) = procs {
+                cgroup::join_in_child(fd)?;
+            }
+            // A new session: the command leads its own process group, the fallback handle on
+            // its tree, and a terminal can become its controlling terminal.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some((uid, gid, groups)) = &ids {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Reaper::global().spawning();
+    let spawned = cmd.spawn();
+    let exited = Reaper::global().spawned(spawned.as_ref().ok().map(|c| c.id() as i32));
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some(cg) = cg {
+                Group::new(Some(cg), 0).release();
+            }
+            return Err(LaunchError::Spawn(e));
+        }
+    };
+    let pid = child.id() as i32;
+    let Some(exited) = exited else {
+        return Err(LaunchError::Spawn(io::Error::other("spawned child was not tracked")));
+    };
+    Ok(Launched { child, pid, exited, group: Group::new(cg, pid), pty })
+}
