@@ -188,7 +188,8 @@ async fn commands_run_as_the_user_asked_for() {
     assert_eq!((status, code.as_str()), (400, "invalid_request"), "{message}");
     assert!(message.contains("nosuchuser"), "{message}");
 
-    let cli = s.server.run(Some(&s.token), &["exec", "--ns", NS, "--user", "nobody", &s.sandbox, "--", "id", "-u"], b"");
+    let cli =
+        s.server.run(Some(&s.token), &["exec", "--ns", NS, "--user", "nobody", &s.sandbox, "--", "id", "-u"], b"");
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     assert_eq!(String::from_utf8_lossy(&cli.stdout).trim(), "65534");
 }

@@ -191,7 +191,10 @@ async fn sse(url: &str, token: &str, last_event_id: Option<u64>) -> Vec<(Option<
 async fn server_sent_events_resume_after_last_event_id() {
     let s = setup().await;
     let (c, sbx) = (&s.client, s.sandbox.as_str());
-    let p = c.start_process(NS, sbx, &cmd(&["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done"])).await.expect("start");
+    let p = c
+        .start_process(NS, sbx, &cmd(&["sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.1; done"]))
+        .await
+        .expect("start");
     let url = format!("{}/v1/namespaces/{NS}/sandboxes/{sbx}/processes/{}/output", s.server.url, p.id);
     let all = sse(&url, &s.token, None).await;
     let (exit_id, exit) = all.last().unwrap();

@@ -87,14 +87,12 @@ impl Client {
         let ws_error = |source| Error::WebSocket { url: url.clone(), source: Box::new(source) };
         let mut request = url.as_str().into_client_request().map_err(ws_error)?;
         if let Some(t) = &self.token {
-            let value = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Error::Unexpected {
-                    method: Method::GET,
-                    url: url.clone(),
-                    status: 0,
-                    detail: "the token is not a valid header value".into(),
-                })?;
+            let value = format!("Bearer {t}").parse().map_err(|_| Error::Unexpected {
+                method: Method::GET,
+                url: url.clone(),
+                status: 0,
+                detail: "the token is not a valid header value".into(),
+            })?;
             request.headers_mut().insert(reqwest::header::AUTHORIZATION, value);
         }
         let (socket, _) = match tokio_tungstenite::connect_async(request).await {
@@ -246,12 +244,13 @@ impl AttachReader {
             match message {
                 Message::Binary(data) => return Ok(Some(AttachEvent::Output(data.to_vec()))),
                 Message::Text(text) => {
-                    let control: AttachControl = serde_json::from_str(text.as_str()).map_err(|e| Error::Unexpected {
-                        method: Method::GET,
-                        url: self.url.clone(),
-                        status: 101,
-                        detail: format!("a control message that does not parse: {e}"),
-                    })?;
+                    let control: AttachControl =
+                        serde_json::from_str(text.as_str()).map_err(|e| Error::Unexpected {
+                            method: Method::GET,
+                            url: self.url.clone(),
+                            status: 101,
+                            detail: format!("a control message that does not parse: {e}"),
+                        })?;
                     match control {
                         AttachControl::Exit { exit_code, signal, timed_out } => {
                             return Ok(Some(AttachEvent::Exit { exit_code, signal, timed_out }))

@@ -369,8 +369,8 @@ pub(crate) fn check_argv(cmd: &[String], env: &[(String, String)]) -> ApiResult<
         return Err(ApiError::Invalid("cmd: an argument contains NUL".into()));
     }
     let size = |s: usize| s + 1 + std::mem::size_of::<u64>();
-    let total: usize =
-        cmd.iter().map(|a| size(a.len())).sum::<usize>() + env.iter().map(|(k, v)| size(k.len() + 1 + v.len())).sum::<usize>();
+    let total: usize = cmd.iter().map(|a| size(a.len())).sum::<usize>()
+        + env.iter().map(|(k, v)| size(k.len() + 1 + v.len())).sum::<usize>();
     if total > MAX_ARGV_BYTES {
         return Err(ApiError::Invalid(format!(
             "cmd: arguments and environment take {total} bytes; at most {MAX_ARGV_BYTES} (the kernel's ARG_MAX)"
@@ -614,7 +614,9 @@ fn stream_response(
                     }
                     Some(Ok(RtEvent::Exit(e))) => exit = Some(e),
                     Some(Err(e)) => st.ready.push_back(ExecEvent::Error { message: ApiError::from(e).to_string() }),
-                    None => st.ready.push_back(ExecEvent::Error { message: "the sandbox ended during the command".into() }),
+                    None => {
+                        st.ready.push_back(ExecEvent::Error { message: "the sandbox ended during the command".into() })
+                    }
                 }
                 // The end: what was held back of each stream goes out (replaced if incomplete).
                 st.done = true;
