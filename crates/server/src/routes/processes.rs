@@ -11,6 +11,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -88,10 +89,12 @@ fn check_tty(size: TtySize) -> ApiResult<RtTty> {
     Ok(RtTty { rows: size.rows, cols: size.cols })
 }
 
-/// Start a process in the background.
+/// Start a process in the background; the answer is the running process. (A 200, not a 201:
+/// like an exec, a start is an action in the sandbox, not a resource of the store, and it takes
+/// no `Idempotency-Key`.)
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/processes", tag = "processes",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = CreateProcess,
-    responses((status = 201, body = Process), ConflictErrors))]
+    responses((status = 200, body = Process), ConflictErrors))]
 pub async fn start(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
@@ -134,7 +137,7 @@ pub async fn start(
     };
     ctx.audit_detail("process", spec.id.clone());
     let info = processes::start(&ctx.state, &ns, &id, spec).await?;
-    Ok((StatusCode::CREATED, Json(process_out(&id, &info))).into_response())
+    Ok(Json(process_out(&id, &info)).into_response())
 }
 
 /// The sandbox's processes: running ones and those that ended in the last 10 minutes.
@@ -352,7 +355,7 @@ pub async fn attach(
     ctx: Ctx,
     PathParams((ns, id, pid)): PathParams<(String, String, String)>,
     QueryParams(params): QueryParams<ProcessOutputParams>,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
     load_running(&ctx, &ns, &id).await?;
@@ -360,6 +363,9 @@ pub async fn attach(
     ctx.audit_detail("process", pid.clone());
     // A missing process is a plain 404, before the upgrade.
     processes::get(&ctx.state, &id, &pid).await?;
+    // Only now is a request that cannot upgrade refused: a sandbox the caller may not see is a
+    // 404 whatever its headers.
+    let upgrade = upgrade.map_err(|r| ApiError::Invalid(format!("attach: {}", r.body_text())))?;
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let events = processes::output(&ctx.state, &id, &pid, params.after.unwrap_or(0)).await?;
     let state = ctx.state.clone();
