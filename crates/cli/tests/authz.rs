@@ -115,9 +115,9 @@ fn expected_own(op: &str, who: Who) -> u16 {
         | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}"
         | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output" => 200,
         "POST /v1/namespaces/{ns}/sandboxes/{id}/processes" => may(developers, 200),
-        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/stdin"
-        | "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal"
-        | "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize" => may(developers, 200),
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/stdin" => may(developers, 200),
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal"
+        | "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize" => may(developers, 204),
         // In process there is no connection to upgrade: past authorization and the lookups, the
         // request is refused as one that cannot upgrade.
         "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/attach" => may(developers, 400),
@@ -759,7 +759,8 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let processes = format!("/v1/namespaces/alpha/sandboxes/{sa}/processes");
     let start = |body: Value| h.call(Method::POST, &processes, Some(&admin), body);
     let done = start(json!({"cmd": ["echo", "done"]})).await.body["id"].as_str().unwrap().to_owned();
-    let live = start(json!({"cmd": ["cat"], "tty": {"rows": 24, "cols": 80}})).await.body["id"].as_str().unwrap().to_owned();
+    let live =
+        start(json!({"cmd": ["cat"], "tty": {"rows": 24, "cols": 80}})).await.body["id"].as_str().unwrap().to_owned();
     // Its output ends with its exit.
     let out = h.call(Method::GET, &format!("{processes}/{done}/output"), Some(&admin), Value::Null).await;
     assert!(String::from_utf8_lossy(&out.raw).contains("\"exit\""), "{}", String::from_utf8_lossy(&out.raw));
