@@ -270,11 +270,22 @@ pub struct Sandbox {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
-    /// The program and its arguments; not run through a shell.
+    /// The program and its arguments; not run through a shell. At most the kernel's `ARG_MAX`:
+    /// each argument at most 131072 bytes (`MAX_ARG_STRLEN`), arguments and environment
+    /// together at most 2 MiB.
     pub cmd: Vec<String>,
-    /// Text fed to the command's standard input.
+    /// Fed to the command's standard input: UTF-8 text, or base64 with `"encoding": "base64"`.
+    /// Absent (or empty) means end-of-file at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// `utf8` (default) or `base64`: how `stdin` and the answer's `stdout`/`stderr` (or each
+    /// streamed event's `data`) are carried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    /// Run as this user of the image: a name, `uid`, `uid:gid` or `name:group`; default the
+    /// image's user. An unknown user is a 400 naming it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Variables added to the sandbox's environment for this command.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<std::collections::BTreeMap<String, String>>,
@@ -293,8 +304,10 @@ pub struct ExecResult {
     pub exit_code: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
-    /// Standard output, as UTF-8 (invalid sequences replaced).
+    /// Standard output: UTF-8 text (only bytes that are not UTF-8 at all replaced by U+FFFD),
+    /// or with `"encoding": "base64"` the exact bytes in base64.
     pub stdout: String,
+    /// Standard error, encoded like `stdout`.
     pub stderr: String,
     pub timed_out: bool,
     /// Output went past the cap and was cut.
@@ -302,13 +315,27 @@ pub struct ExecResult {
     pub duration_ms: u64,
 }
 
+/// How the bytes of a stream are carried in JSON.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// UTF-8 text; a character is never split across two pieces, and only bytes that are not
+    /// UTF-8 at all become U+FFFD.
+    #[default]
+    Utf8,
+    /// Standard base64 (RFC 4648, with padding) of the exact bytes.
+    Base64,
+}
+
 /// One line of a streamed exec (`Accept: application/x-ndjson`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
+    /// A piece of standard output, encoded as the request asked (text never splits a character).
     Stdout {
         data: String,
     },
+    /// A piece of standard error, encoded like `stdout`.
     Stderr {
         data: String,
     },
@@ -496,7 +523,8 @@ pub struct LogRecord {
     /// The request id of the exec that produced it.
     pub request_id: String,
     pub stream: LogStream,
-    /// The bytes, as UTF-8 (invalid sequences replaced).
+    /// The bytes: UTF-8 text (a character is never split across records; only bytes that are
+    /// not UTF-8 at all become U+FFFD), or their base64 with `encoding=base64`.
     pub data: String,
 }
 
@@ -650,6 +678,8 @@ pub struct LogParams {
     pub after: Option<u64>,
     /// 1 to 10000; default 1000.
     pub limit: Option<u32>,
+    /// `utf8` (default) or `base64`: how each record's `data` is carried.
+    pub encoding: Option<Encoding>,
 }
 
 /// The period and bucket size of a usage report: `GET /v1/namespaces/{ns}/usage`.
@@ -724,4 +754,164 @@ pub struct ArchiveResult {
     pub entries: u64,
     /// Bytes of file data written.
     pub bytes: u64,
+}
+
+// ---- Background processes: `.../sandboxes/{id}/processes` ----
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    /// 1 to 1000.
+    pub rows: u16,
+    /// 1 to 1000.
+    pub cols: u16,
+}
+
+/// `POST .../sandboxes/{id}/processes`: starts a command in the background.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProcess {
+    /// The program and its arguments; not run through a shell. The bounds of `exec` apply.
+    pub cmd: Vec<String>,
+    /// Variables added to the sandbox's environment for this command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    /// Absolute working directory; default `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Run as this user of the image (name, `uid`, `uid:gid`, `name:group`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run on a terminal of this size: its stdin goes to the terminal and its output is one
+    /// stream, `pty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
+    /// 1 to 86400; default none: the process runs until it exits, is killed or its sandbox ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+}
+
+/// Whether a process still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessStatus {
+    Running,
+    Exited,
+}
+
+/// A background process of a sandbox. A finished one stays listed for 10 minutes (at most 64
+/// per sandbox).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Process {
+    /// `prc_…`
+    pub id: String,
+    pub sandbox: String,
+    pub cmd: Vec<String>,
+    /// Its process id inside the sandbox.
+    pub pid: i32,
+    pub status: ProcessStatus,
+    /// Set once exited: the exit status, or 128 + the signal number when a signal ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Whether it runs on a terminal.
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339, once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+}
+
+/// Which output of a process an event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+    /// The terminal of a process started with `tty`.
+    Pty,
+}
+
+/// One event of `GET .../processes/{pid}/output`: an NDJSON line, or the `data` of a
+/// server-sent event whose `id` is the output's `seq`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProcessEvent {
+    /// A piece of output. `seq` starts at 1 and grows by one per piece; pass the last one seen
+    /// as `after` to resume.
+    Output {
+        seq: u64,
+        stream: OutputStream,
+        /// The exact bytes, base64.
+        data: String,
+    },
+    /// The process ended; the last event of the stream.
+    Exit {
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+}
+
+/// `after` of `GET .../processes/{pid}/output`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProcessOutputParams {
+    /// Only events with a larger `seq`; default 0 (from the start). `Last-Event-ID` does the same
+    /// for server-sent events. When older output was dropped (more than 8 MiB of it), the
+    /// stream starts at the oldest event kept.
+    pub after: Option<u64>,
+}
+
+/// `eof` of `POST .../processes/{pid}/stdin`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ProcessStdinParams {
+    /// Close the process's standard input after the body.
+    pub eof: Option<bool>,
+}
+
+/// What `POST .../processes/{pid}/stdin` wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StdinResult {
+    /// Bytes written to the process's standard input.
+    pub bytes: u64,
+}
+
+/// `POST .../processes/{pid}/signal`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    /// A signal by name (`SIGTERM`, `TERM`) or number (`15`).
+    pub signal: String,
+}
+
+/// A control message of `GET .../processes/{pid}/attach` (a WebSocket text frame). Binary
+/// frames carry stdin (client to server) and output (server to client).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AttachControl {
+    /// Client to server: the terminal's new size.
+    Resize { rows: u16, cols: u16 },
+    /// Client to server: close the process's standard input.
+    Eof,
+    /// Server to client: the process ended; the server closes the socket after it.
+    Exit {
+        exit_code: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+    /// Server to client: the attachment failed.
+    Error { message: String },
 }

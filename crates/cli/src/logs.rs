@@ -80,6 +80,7 @@ pub async fn logs(args: LogsArgs, global: &Global) -> anyhow::Result<ExitCode> {
         until: args.until.clone(),
         after: None,
         limit: Some(1000),
+        encoding: None,
     };
     let prefix = args.sandbox.is_none();
     loop {

@@ -7,8 +7,10 @@ mod fs;
 mod identity;
 mod logs;
 mod output;
+mod process;
 mod sandbox;
 mod serve;
+mod terminal;
 mod units;
 mod usage;
 
@@ -58,8 +60,14 @@ enum Command {
     #[command(subcommand, alias = "sbx")]
     Sandbox(sandbox::SandboxCmd),
     /// Run a command in a sandbox: `bulkhead exec SANDBOX -- CMD ARGS...`; its output streams
-    /// and its exit code becomes bulkhead's.
+    /// and its exit code becomes bulkhead's. `-i` sends standard input, `-it` attaches a terminal.
     Exec(sandbox::ExecArgs),
+    /// An interactive shell in a sandbox (bash, else sh) on a terminal attached to this one;
+    /// exits with the shell's exit code.
+    Shell(terminal::ShellArgs),
+    /// Manage a sandbox's background processes: `start`, `list`, `get`, `logs`, `kill`.
+    #[command(subcommand)]
+    Process(process::ProcessCmd),
     /// Copy a file into or out of a sandbox: `bulkhead cp ./f SANDBOX:/tmp/f` or back.
     Cp(sandbox::CpArgs),
     /// Manage a namespace's filesystems and their files: `push`/`pull` whole trees, `ls`, `cat`,
@@ -126,6 +134,8 @@ fn main() -> ExitCode {
             Command::Audit(args) => commands::audit(args, &cli.global).await,
             Command::Sandbox(cmd) => sandbox::sandbox(cmd, &cli.global).await,
             Command::Exec(args) => sandbox::exec(args, &cli.global).await,
+            Command::Shell(args) => terminal::shell(args, &cli.global).await,
+            Command::Process(cmd) => process::process(cmd, &cli.global).await,
             Command::Cp(args) => sandbox::cp(args, &cli.global).await,
             Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,

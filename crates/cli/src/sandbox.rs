@@ -6,8 +6,9 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Context};
-use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, Sandbox};
+use anyhow::{bail, Context};
+use base64::Engine;
+use bulkhead_api::{CreateSandbox, Encoding, ExecEvent, ExecRequest, Sandbox};
 use bulkhead_client::files::FileOptions;
 use bulkhead_client::Client;
 use clap::{Args, Subcommand};
@@ -21,14 +22,14 @@ use crate::Global;
 const TIMED_OUT: u8 = 124;
 
 /// Parses `KEY=VALUE`.
-fn parse_env(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not KEY=VALUE")),
     }
 }
 
-fn env_map(pairs: Vec<(String, String)>) -> Option<BTreeMap<String, String>> {
+pub(crate) fn env_map(pairs: Vec<(String, String)>) -> Option<BTreeMap<String, String>> {
     if pairs.is_empty() {
         None
     } else {
@@ -172,32 +173,43 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
 pub struct ExecArgs {
     /// The namespace.
     #[arg(long, env = "BULKHEAD_NAMESPACE")]
-    ns: String,
+    pub(crate) ns: String,
     /// The sandbox's id.
-    sandbox: String,
+    pub(crate) sandbox: String,
     /// An environment variable of this command, `KEY=VALUE`; repeatable.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
     /// Absolute working directory inside the sandbox (default `/`).
     #[arg(long)]
-    cwd: Option<String>,
+    pub(crate) cwd: Option<String>,
+    /// Run as this user of the image: a name, `uid`, `uid:gid` or `name:group`.
+    #[arg(long, short = 'u')]
+    pub(crate) user: Option<String>,
     /// Kill the command after this long (`60s`, at most `1h`).
     #[arg(long, value_parser = parse_seconds)]
-    timeout: Option<u64>,
-    /// Read this command's standard input to the end and send it as the command's.
-    #[arg(short = 'i', long)]
-    stdin: bool,
+    pub(crate) timeout: Option<u64>,
+    /// Send this command's standard input to the command (read to the end, any bytes); with
+    /// `-t`, forward it interactively.
+    #[arg(short = 'i', long = "stdin")]
+    pub(crate) stdin: bool,
+    /// Send this file as the command's standard input (any bytes).
+    #[arg(long, value_name = "PATH", conflicts_with = "stdin")]
+    pub(crate) stdin_file: Option<PathBuf>,
+    /// Run the command on a terminal and attach this one to it (raw mode, its size followed):
+    /// `bulkhead exec -it SANDBOX -- bash`. Exits with the command's exit code.
+    #[arg(short = 't', long = "tty")]
+    pub(crate) tty: bool,
     /// The program and its arguments (after `--`); not run through a shell.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
-    cmd: Vec<String>,
+    pub(crate) cmd: Vec<String>,
 }
 
-fn write_out(out: &mut impl Write, data: &[u8], what: &str) -> anyhow::Result<()> {
+pub(crate) fn write_out(out: &mut impl Write, data: &[u8], what: &str) -> anyhow::Result<()> {
     out.write_all(data).and_then(|()| out.flush()).with_context(|| format!("cannot write {what}"))
 }
 
 /// The process exit status of a command's exit code (`1` for one no shell could report).
-fn exit_status(code: i32) -> ExitCode {
+pub(crate) fn exit_status(code: i32) -> ExitCode {
     match u8::try_from(code) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(c) => ExitCode::from(c),
@@ -205,21 +217,39 @@ fn exit_status(code: i32) -> ExitCode {
     }
 }
 
-/// Runs a command; its output streams to ours and its exit code becomes ours. With `--json`,
-/// the output is collected and printed as one JSON object instead.
+/// Runs a command; its output streams to ours and its exit code becomes ours. Standard input
+/// and output are carried as base64, so any bytes pass exactly. With `--json`, the output is
+/// collected and printed as one JSON object (its `stdout`/`stderr` as text) instead. With `-t`,
+/// the command runs on a terminal attached to ours ([`crate::terminal`]).
 pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
+    if args.tty {
+        return crate::terminal::exec_tty(args, global).await;
+    }
     let c = client(global)?;
-    let stdin = if args.stdin {
+    let stdin = if let Some(path) = &args.stdin_file {
+        Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
+    } else if args.stdin {
         let mut data = Vec::new();
         std::io::stdin().read_to_end(&mut data).context("cannot read standard input")?;
-        let text = String::from_utf8(data)
-            .map_err(|_| anyhow!("standard input is not UTF-8 text, which is all exec sends"))?;
-        Some(text)
+        Some(data)
     } else {
         None
     };
     let timeout = args.timeout;
-    let req = ExecRequest { cmd: args.cmd, stdin, env: env_map(args.env), cwd: args.cwd, timeout_seconds: timeout };
+    let encoding = if global.json { Encoding::Utf8 } else { Encoding::Base64 };
+    let stdin = stdin.map(|d| match encoding {
+        Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(d),
+        Encoding::Utf8 => String::from_utf8_lossy(&d).into_owned(),
+    });
+    let req = ExecRequest {
+        cmd: args.cmd,
+        stdin,
+        encoding: Some(encoding),
+        user: args.user,
+        env: env_map(args.env),
+        cwd: args.cwd,
+        timeout_seconds: timeout,
+    };
     if global.json {
         let r = c.exec(&args.ns, &args.sandbox, &req).await?;
         output::json(&r)?;
@@ -227,10 +257,13 @@ pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
     }
     let mut stream = c.exec_stream(&args.ns, &args.sandbox, &req).await?;
     let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let decode = |data: &str| {
+        base64::engine::general_purpose::STANDARD.decode(data).context("the server sent output that is not base64")
+    };
     loop {
         match stream.next().await? {
-            Some(ExecEvent::Stdout { data }) => write_out(&mut stdout, data.as_bytes(), "standard output")?,
-            Some(ExecEvent::Stderr { data }) => write_out(&mut stderr, data.as_bytes(), "standard error")?,
+            Some(ExecEvent::Stdout { data }) => write_out(&mut stdout, &decode(&data)?, "standard output")?,
+            Some(ExecEvent::Stderr { data }) => write_out(&mut stderr, &decode(&data)?, "standard error")?,
             Some(ExecEvent::Exit { exit_code, timed_out, truncated, .. }) => {
                 if timed_out {
                     // The server's default when no --timeout was given.

@@ -73,6 +73,10 @@ fn expected_own(op: &str, who: Who) -> u16 {
         // it (no route) and itself.
         return match op {
             "GET /healthz" | "GET /v1/namespaces/{ns}/sandboxes/{id}" => 200,
+            // Reading its own processes is reading itself (`sandbox.get`).
+            "GET /v1/namespaces/{ns}/sandboxes/{id}/processes"
+            | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}"
+            | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output" => 200,
             _ => 403,
         };
     }
@@ -105,6 +109,18 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/namespaces/{ns}/sandboxes/{id}/exec" => may(developers, 200),
         "GET /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 200),
         "PUT /v1/namespaces/{ns}/sandboxes/{id}/files" => may(developers, 204),
+        // Processes: reading them is reading the sandbox; running, writing, signalling,
+        // resizing and attaching are `sandbox.exec`.
+        "GET /v1/namespaces/{ns}/sandboxes/{id}/processes"
+        | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}"
+        | "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output" => 200,
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes" => may(developers, 200),
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/stdin" => may(developers, 200),
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal"
+        | "POST /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize" => may(developers, 204),
+        // In process there is no connection to upgrade: past authorization and the lookups, the
+        // request is refused as one that cannot upgrade.
+        "GET /v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/attach" => may(developers, 400),
         "GET /v1/namespaces/{ns}/projects" => 200,
         "POST /v1/namespaces/{ns}/projects" => may(developers, 201),
         "DELETE /v1/namespaces/{ns}/projects/{id}" => may(developers, 204),
@@ -156,6 +172,9 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces/{ns}/sandboxes") => json!({"memory_bytes": 64 << 20}),
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/exec") => json!({"cmd": ["true"]}),
         ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => json!("file contents"),
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes") => json!({"cmd": ["true"]}),
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal") => json!({"signal": "CONT"}),
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize") => json!({"rows": 30, "cols": 100}),
         ("POST", "/v1/namespaces/{ns}/projects") => json!({"name": "fresh"}),
         ("POST", "/v1/namespaces/{ns}/filesystems") => json!({"name": "fresh", "size_bytes": 16 << 20}),
         ("PUT", "/v1/namespaces/{ns}/identity") => json!({"oidc": {
@@ -176,6 +195,9 @@ struct World {
     resources: Option<[String; 2]>,
     /// The id prefix of that resource, for the missing case.
     missing_prefix: &'static str,
+    /// For the routes of one process: a process of each namespace's sandbox that ended, and one
+    /// that runs on a terminal.
+    processes: Option<[(String, String); 2]>,
 }
 
 async fn world_for(template: &str, who: Who) -> World {
@@ -244,6 +266,21 @@ async fn world_for(template: &str, who: Who) -> World {
             w.missing_prefix = kind;
         }
     }
+    if let (true, Some(sandboxes)) = (template.contains("/processes/{pid}"), &w.resources) {
+        let mut pairs = Vec::new();
+        for (ns, sbx) in ["alpha", "beta"].iter().zip(sandboxes) {
+            let path = format!("/v1/namespaces/{ns}/sandboxes/{sbx}/processes");
+            let start = |body: Value| w.h.call(Method::POST, &path, Some(&admin), body);
+            let done = start(json!({"cmd": ["true"]})).await.body["id"].as_str().unwrap().to_owned();
+            let live = start(json!({"cmd": ["cat"], "tty": {"rows": 24, "cols": 80}})).await;
+            let live = live.body["id"].as_str().unwrap().to_owned();
+            // Read to its end: the first process has exited.
+            let out = w.h.call(Method::GET, &format!("{path}/{done}/output"), Some(&admin), Value::Null).await;
+            assert_eq!(out.status, StatusCode::OK);
+            pairs.push((done, live));
+        }
+        w.processes = Some([pairs[0].clone(), pairs[1].clone()]);
+    }
     if who == Who::Workload {
         let sandbox = match (&w.resources, w.missing_prefix) {
             (Some([own, _]), "sbx_") => own.clone(),
@@ -285,7 +322,14 @@ async fn world() -> World {
     }
     let (a, _) = h.create_key("alpha", "victim", "developer").await;
     let (b, _) = h.create_key("beta", "victim", "developer").await;
-    World { h, tokens, victim: [("alpha".into(), a), ("beta".into(), b)], resources: None, missing_prefix: "key_" }
+    World {
+        h,
+        tokens,
+        victim: [("alpha".into(), a), ("beta".into(), b)],
+        resources: None,
+        missing_prefix: "key_",
+        processes: None,
+    }
 }
 
 fn operations() -> Vec<(Method, String)> {
@@ -339,7 +383,19 @@ async fn every_route_every_principal_every_namespace() {
                         Target::Missing => format!("{}00000000000000000000000000000000", w.missing_prefix),
                     };
                 }
-                let mut path = template.replace("{ns}", &ns).replace("{id}", &id).replace("{name}", &id);
+                let pid = match (&w.processes, target) {
+                    (Some(p), Target::Own | Target::Foreign) => {
+                        let (done, live) = &p[usize::from(target == Target::Foreign)];
+                        if template.ends_with("/{pid}") || template.ends_with("/output") {
+                            done.clone()
+                        } else {
+                            live.clone()
+                        }
+                    }
+                    _ => "prc_00000000000000000000000000000000".to_owned(),
+                };
+                let mut path =
+                    template.replace("{ns}", &ns).replace("{id}", &id).replace("{name}", &id).replace("{pid}", &pid);
                 if template.ends_with("/sandboxes/{id}/files") {
                     path.push_str(if method == Method::GET { "?path=/etc/hosts" } else { "?path=/tmp/written" });
                 }
@@ -366,6 +422,7 @@ async fn every_route_every_principal_every_namespace() {
                         401 => "unauthenticated",
                         403 => "forbidden",
                         404 => "not_found",
+                        400 => "invalid_request",
                         _ => unreachable!(),
                     };
                     assert_envelope(&r, code);
@@ -456,10 +513,22 @@ async fn revocation_and_expiry_take_effect_on_the_next_request() {
     );
 }
 
+/// Processes of the sandbox a scope walk goes over: one that ended (`done`) and one that runs
+/// on a terminal (`live`).
+struct Pids<'a> {
+    done: &'a str,
+    live: &'a str,
+}
+
+/// Process ids for a walk over a sandbox that has none (or may not be seen).
+const NO_PIDS: Pids<'static> =
+    Pids { done: "prc_0123456789abcdef0123456789abcdef", live: "prc_0123456789abcdef0123456789abcdee" };
+
 /// One request of the scope walk: a route that takes a sandbox id, on sandbox `id`, as `token`.
 /// Exec goes both buffered and streamed.
-fn sandbox_requests(method: &Method, template: &str, id: &str, token: &str) -> Vec<Request<Body>> {
-    let path = template.replace("{ns}", "alpha").replace("{id}", id);
+fn sandbox_requests(method: &Method, template: &str, id: &str, token: &str, pids: &Pids<'_>) -> Vec<Request<Body>> {
+    let pid = if template.ends_with("/{pid}") || template.ends_with("/output") { pids.done } else { pids.live };
+    let path = template.replace("{ns}", "alpha").replace("{id}", id).replace("{pid}", pid);
     let base = || Request::builder().method(method.clone()).header("authorization", format!("Bearer {token}"));
     let json_body = |b: Value| Body::from(b.to_string());
     match (method.as_str(), template) {
@@ -483,6 +552,38 @@ fn sandbox_requests(method: &Method, template: &str, id: &str, token: &str) -> V
         }
         ("PUT", "/v1/namespaces/{ns}/sandboxes/{id}/files") => {
             vec![base().uri(format!("{path}?path=/workspace/data.txt")).body(Body::from("overwritten")).unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes") => {
+            let cmd = json!({"cmd": ["true"]});
+            vec![base().uri(path).header("content-type", "application/json").body(json_body(cmd)).unwrap()]
+        }
+        ("GET", "/v1/namespaces/{ns}/sandboxes/{id}/processes")
+        | ("GET", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}")
+        | ("GET", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output") => {
+            vec![base().uri(path).body(Body::empty()).unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/stdin") => {
+            vec![base().uri(path).body(Body::from("typed")).unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal") => {
+            let body = json!({"signal": "CONT"});
+            vec![base().uri(path).header("content-type", "application/json").body(json_body(body)).unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize") => {
+            let body = json!({"rows": 30, "cols": 100});
+            vec![base().uri(path).header("content-type", "application/json").body(json_body(body)).unwrap()]
+        }
+        ("GET", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/attach") => {
+            // In process there is no connection to upgrade: a request that gets past authorization
+            // and the lookups is refused as one that cannot upgrade (a 400), never a 404.
+            vec![base()
+                .uri(path)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-version", "13")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .body(Body::empty())
+                .unwrap()]
         }
         _ => panic!("{method} {template} takes a sandbox id and has no request in the scope walk; add one"),
     }
@@ -553,8 +654,8 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     let missing = "sbx_0123456789abcdef0123456789abcdef";
     let mut walked = 0;
     for (method, template) in sandbox_operations() {
-        let seen = sandbox_requests(&method, &template, &sb, &scoped);
-        let absent = sandbox_requests(&method, &template, missing, &scoped);
+        let seen = sandbox_requests(&method, &template, &sb, &scoped, &NO_PIDS);
+        let absent = sandbox_requests(&method, &template, missing, &scoped, &NO_PIDS);
         for (req, ghost) in seen.into_iter().zip(absent) {
             let r: Reply = h.send(req).await;
             let g: Reply = h.send(ghost).await;
@@ -655,9 +756,23 @@ async fn a_key_limited_to_projects_sees_sandboxes_of_other_projects_as_missing()
     assert_eq!(r.body["decision"], "deny", "{}", r.body);
 
     // The same key, on project A's sandbox: every route works.
+    let processes = format!("/v1/namespaces/alpha/sandboxes/{sa}/processes");
+    let start = |body: Value| h.call(Method::POST, &processes, Some(&admin), body);
+    let done = start(json!({"cmd": ["echo", "done"]})).await.body["id"].as_str().unwrap().to_owned();
+    let live =
+        start(json!({"cmd": ["cat"], "tty": {"rows": 24, "cols": 80}})).await.body["id"].as_str().unwrap().to_owned();
+    // Its output ends with its exit.
+    let out = h.call(Method::GET, &format!("{processes}/{done}/output"), Some(&admin), Value::Null).await;
+    assert!(String::from_utf8_lossy(&out.raw).contains("\"exit\""), "{}", String::from_utf8_lossy(&out.raw));
+    let pids = Pids { done: &done, live: &live };
     for (method, template) in sandbox_operations() {
-        for req in sandbox_requests(&method, &template, &sa, &scoped) {
+        for req in sandbox_requests(&method, &template, &sa, &scoped, &pids) {
             let r = h.send(req).await;
+            if template.ends_with("/attach") {
+                assert_eq!(r.status, StatusCode::BAD_REQUEST, "{template}: {}", String::from_utf8_lossy(&r.raw));
+                assert!(r.body["error"]["message"].as_str().unwrap().starts_with("attach:"), "{}", r.body);
+                continue;
+            }
             assert!(r.status.is_success(), "{method} {template}: {} {}", r.status, String::from_utf8_lossy(&r.raw));
         }
     }

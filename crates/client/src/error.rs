@@ -34,6 +34,9 @@ pub enum Error {
     /// The writer a file download was streamed into refused a chunk; what it had was written.
     #[error("writing the downloaded file")]
     WriteFile { source: std::io::Error },
+    /// A WebSocket of `url` (a process's attachment) could not be opened or broke off.
+    #[error("WebSocket {url}")]
+    WebSocket { url: String, source: Box<tokio_tungstenite::tungstenite::Error> },
 }
 
 /// The error's former name, kept for the callers that use it.

@@ -2,6 +2,7 @@
 //!
 //! One [`Client`] of one server with one token; its methods are grouped by resource, one module
 //! each: [`namespaces`] (namespaces and keys), [`sandboxes`] (sandboxes, exec, their files),
+//! [`processes`] (background processes, their output, stdin and WebSocket attachment),
 //! [`filesystems`] (filesystems, their files and archives, projects), [`identity`] (single
 //! sign-on, policies, secrets) and [`observe`] (usage, audit, logs). Every body and query it
 //! sends or reads is a wire type of `bulkhead-api`, the same one the server parses.
@@ -16,6 +17,7 @@ pub mod identity;
 mod lines;
 pub mod namespaces;
 pub mod observe;
+pub mod processes;
 pub mod sandboxes;
 
 use bulkhead_api::ErrorBody;
@@ -29,6 +31,7 @@ pub use crate::error::{ClientError, Error, Result};
 pub use crate::filesystems::FsFile;
 pub use crate::identity::SecretSet;
 pub use crate::observe::{AuditFilter, LogQuery, LogTail, LogTailEvent};
+pub use crate::processes::{AttachEvent, AttachReader, AttachWriter, Attachment, ProcessStream};
 pub use crate::sandboxes::ExecStream;
 pub use bulkhead_api::ArchiveResult;
 

@@ -46,6 +46,8 @@ pub mod prefix {
     pub const SECRET: &str = "sec_";
     pub const POLICY: &str = "pol_";
     pub const REQUEST: &str = "req_";
+    /// A background process of a sandbox.
+    pub const PROCESS: &str = "prc_";
     /// A namespace incarnation; `_` cannot occur in a name, so no incarnation is ever a name.
     pub const INCARNATION: &str = "nsi_";
 }

@@ -211,6 +211,10 @@ impl From<RuntimeError> for ApiError {
             // A sandbox that crashed or broke the protocol is the sandbox's fault, not the
             // server's: a conflict with the sandbox's state, never a 5xx.
             RuntimeError::Protocol(m) => ApiError::Conflict(format!("the sandbox did not answer properly: {m}")),
+            // Exec and processes: a request the sandbox refused (an unknown user, a bad signal),
+            // and a process it does not have (never had, or forgotten 10 minutes after it ended).
+            RuntimeError::Invalid(m) => ApiError::Invalid(m),
+            RuntimeError::ProcessNotFound(id) => ApiError::NotFound(format!("process {id:?} not found")),
             other => ApiError::Internal(other.to_string()),
         }
     }

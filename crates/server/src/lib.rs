@@ -9,7 +9,7 @@
 //! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
 //! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
 //! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
-//! `state` (a leaf, with `time`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
+//! `state` (a leaf, with `time`, `text`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
 //! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
@@ -29,6 +29,7 @@ pub mod request;
 pub mod routes;
 pub mod service;
 pub mod state;
+pub mod text;
 pub mod time;
 
 use std::sync::Arc;
@@ -65,8 +66,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, projects, sandboxes, secrets,
-        usage,
+        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, processes, projects, sandboxes,
+        secrets, usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -82,6 +83,14 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(sandboxes::get, sandboxes::delete))
         .routes(routes!(sandboxes::exec))
         .routes(routes!(sandboxes::read_file, sandboxes::write_file))
+        // Background processes of a sandbox.
+        .routes(routes!(processes::start, processes::list))
+        .routes(routes!(processes::get))
+        .routes(routes!(processes::output))
+        .routes(routes!(processes::stdin))
+        .routes(routes!(processes::signal))
+        .routes(routes!(processes::resize))
+        .routes(routes!(processes::attach))
         .routes(routes!(usage::get))
         .routes(routes!(logs::get))
         .routes(routes!(identity::get, identity::set))
@@ -138,7 +147,8 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
     let limits = state.config.connections;
     let router = app(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Connections hold a receiver each; a shutdown tells them to drain and waits for them.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     // Request heads and body chunks are read into at most this much per connection.
     http.max_buf_size(64 * 1024).header_read_timeout(None);
@@ -171,23 +181,43 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
         let conn_state = Arc::new(limits::ConnState::default());
         let io = hyper_util::rt::TokioIo::new(limits::Watched::new(tcp, conn_state.clone()));
         let service = connection_service(router.clone(), conn_state.clone(), limits.stall_timeout);
-        let conn = graceful.watch(http.serve_connection(io, service));
+        // With upgrades: a process's attachment becomes a WebSocket on the same connection
+        // (from then on the connection is the WebSocket's, outside the watchdog and the count).
+        let conn = http.serve_connection(io, service).with_upgrades();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            tokio::select! {
-                result = conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::pin!(conn);
+            let watchdog = limits::watchdog(conn_state, limits);
+            tokio::pin!(watchdog);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    why = &mut watchdog => {
+                        tracing::debug!(%peer, why, "connection closed");
+                        break;
+                    }
+                    _ = stop.changed(), if !draining => {
+                        // Finish the request in flight, take no other.
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
                     }
                 }
-                why = limits::watchdog(conn_state, limits) => tracing::debug!(%peer, why, "connection closed"),
             }
         });
     }
     drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
     // Requests in flight get a while to finish; live tails and long execs would never end on
-    // their own, so the wait is bounded.
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+    // their own, so the wait is bounded. Every connection holds a receiver until it ends.
+    if tokio::time::timeout(SHUTDOWN_GRACE, stop_tx.closed()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut");
     }
     Ok(())

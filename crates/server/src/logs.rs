@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bulkhead_api::{LogRecord, LogStream};
+use bulkhead_api::{Encoding, LogRecord, LogStream};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -34,26 +34,69 @@ const LIVE: usize = 4096;
 /// Largest piece of output kept in one record; longer output is split.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
 
-/// One record as stored.
+/// One record: the exact bytes a command wrote, cut on character boundaries where the output
+/// is UTF-8, so that each record decodes as text on its own.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "Stored", into = "Stored")]
 pub struct Entry {
     pub seq: u64,
     pub time_ms: i64,
     pub sandbox: String,
     pub request_id: String,
     pub stream: LogStream,
-    pub data: String,
+    pub data: Vec<u8>,
+}
+
+/// A record as a JSON line on disk: its bytes in base64 (`b64`). Lines written before logs kept
+/// bytes hold text (`data`) instead, read as its UTF-8 bytes.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    seq: u64,
+    time_ms: i64,
+    sandbox: String,
+    request_id: String,
+    stream: LogStream,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    data: Option<String>,
+}
+
+impl From<Stored> for Entry {
+    fn from(s: Stored) -> Entry {
+        let data = match (s.b64, s.data) {
+            (Some(b), _) => crate::text::unbase64(&b).unwrap_or_default(),
+            (None, Some(text)) => text.into_bytes(),
+            (None, None) => Vec::new(),
+        };
+        Entry { seq: s.seq, time_ms: s.time_ms, sandbox: s.sandbox, request_id: s.request_id, stream: s.stream, data }
+    }
+}
+
+impl From<Entry> for Stored {
+    fn from(e: Entry) -> Stored {
+        Stored {
+            seq: e.seq,
+            time_ms: e.time_ms,
+            sandbox: e.sandbox,
+            request_id: e.request_id,
+            stream: e.stream,
+            b64: Some(crate::text::base64(&e.data)),
+            data: None,
+        }
+    }
 }
 
 impl Entry {
-    pub fn to_wire(&self) -> LogRecord {
+    /// The record on the wire, its bytes as `encoding` carries them.
+    pub fn to_wire(&self, encoding: Encoding) -> LogRecord {
         LogRecord {
             seq: self.seq,
             time: rfc3339(self.time_ms),
             sandbox: self.sandbox.clone(),
             request_id: self.request_id.clone(),
             stream: self.stream,
-            data: self.data.clone(),
+            data: crate::text::encode(encoding, &self.data),
         }
     }
 }
@@ -115,16 +158,22 @@ impl LogBook {
         Ok(LogBook { dir, tx, live, dropped: AtomicU64::new(0) })
     }
 
-    /// Records a piece of exec output. Never waits.
+    /// Records a piece of exec output, its bytes as they are. Output longer than
+    /// [`MAX_RECORD_BYTES`] is split into several records on character boundaries; callers pass
+    /// pieces that end on one ([`crate::text::Utf8Carry`]). Never waits.
     pub fn record(&self, namespace: &str, sandbox: &str, request_id: &str, stream: LogStream, data: &[u8]) {
-        for chunk in data.chunks(MAX_RECORD_BYTES) {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let cut = crate::text::boundary(rest, MAX_RECORD_BYTES);
+            let (chunk, tail) = rest.split_at(cut);
+            rest = tail;
             let entry = Entry {
                 seq: 0,
                 time_ms: crate::time::now_ms(),
                 sandbox: sandbox.to_owned(),
                 request_id: request_id.to_owned(),
                 stream,
-                data: String::from_utf8_lossy(chunk).into_owned(),
+                data: chunk.to_vec(),
             };
             let msg = Msg::Append { namespace: namespace.to_owned(), entry };
             if self.tx.try_send(msg).is_err() {
@@ -316,7 +365,7 @@ mod tests {
         assert!(all.iter().all(|e| e.sandbox == "sbx_1"));
         let (other, _) = book.query("globex", &Filter::default(), 10).await.expect("query");
         assert_eq!(other.len(), 1);
-        assert_eq!(other[0].data, "other tenant");
+        assert_eq!(other[0].data, b"other tenant");
 
         // Paging with `after`, and a restart continues the numbering.
         let filter = Filter { after: Some(298), ..Default::default() };
@@ -343,6 +392,26 @@ mod tests {
         let live = rx.recv().await.expect("live record");
         assert_eq!(live.namespace, "acme");
         assert_eq!(live.entry.seq, 1);
-        assert_eq!(live.entry.data, "hello");
+        assert_eq!(live.entry.data, b"hello");
+    }
+
+    #[tokio::test]
+    async fn keeps_bytes_and_cuts_long_output_between_characters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let book = LogBook::start(dir.path().to_owned(), 1 << 30).expect("start");
+        let mut data = b"\x00\xff\xfe".to_vec();
+        data.extend_from_slice("é".repeat(MAX_RECORD_BYTES).as_bytes());
+        book.record("acme", "sbx_1", "req", LogStream::Stdout, &data);
+        let (all, _) = book.query("acme", &Filter::default(), 100).await.expect("query");
+        assert!(all.len() > 1);
+        assert_eq!(all.iter().flat_map(|e| e.data.clone()).collect::<Vec<u8>>(), data, "the exact bytes");
+        assert!(all[1..].iter().all(|e| std::str::from_utf8(&e.data).is_ok()), "records end between characters");
+        assert_eq!(all[0].to_wire(Encoding::Base64).data, crate::text::base64(&all[0].data));
+        assert!(all[0].to_wire(Encoding::Utf8).data.starts_with("\0\u{fffd}\u{fffd}é"));
+
+        // A line written when logs kept text reads as its bytes.
+        let old = r#"{"seq":9,"time_ms":1,"sandbox":"sbx_1","request_id":"r","stream":"stdout","data":"old é"}"#;
+        let e: Entry = serde_json::from_str(old).expect("old line");
+        assert_eq!(e.data, "old é".as_bytes());
     }
 }

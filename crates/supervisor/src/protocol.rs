@@ -12,8 +12,20 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Largest frame payload either side accepts.
+/// Largest frame payload either side accepts, but for a request.
 pub const MAX_FRAME: u32 = 1 << 20;
+/// Largest request frame (server → supervisor, JSON): an exec's argv and environment go up to
+/// the kernel's `ARG_MAX` (2 MiB), which JSON escaping can grow up to six times.
+pub const MAX_REQUEST_FRAME: u32 = 16 << 20;
+
+/// The largest payload of a frame of kind `k`.
+pub fn frame_limit(k: u8) -> u32 {
+    if k == kind::REQUEST {
+        MAX_REQUEST_FRAME
+    } else {
+        MAX_FRAME
+    }
+}
 /// Largest chunk of data (output, stdin, file bytes) put in one frame.
 pub const CHUNK: usize = 64 * 1024;
 
@@ -399,7 +411,7 @@ impl DirEntry {
 pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<()> {
     let len = u32::try_from(payload.len())
         .ok()
-        .filter(|l| *l <= MAX_FRAME)
+        .filter(|l| *l <= frame_limit(kind))
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
     let mut header = [0u8; 5];
     header[0] = kind;
@@ -414,7 +426,8 @@ pub fn write_json<T: Serialize>(w: &mut impl Write, kind: u8, value: &T) -> io::
     write_frame(w, kind, &bytes)
 }
 
-/// Reads one frame; `Ok(None)` at a clean end of stream.
+/// Reads one frame; `Ok(None)` at a clean end of stream. Lengths are bounded by
+/// [`frame_limit`] before anything is allocated.
 pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     let mut header = [0u8; 5];
     match r.read_exact(&mut header[..1]) {
@@ -424,7 +437,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     }
     r.read_exact(&mut header[1..])?;
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
-    if len > MAX_FRAME {
+    if len > frame_limit(header[0]) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is over the limit")));
     }
     let mut payload = vec![0u8; len as usize];
@@ -432,7 +445,8 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
     Ok(Some((header[0], payload)))
 }
 
-/// Parses a frame header: kind and length, with the length bounded.
+/// Parses the header of a frame the supervisor sent: kind and length, with the length bounded
+/// by [`MAX_FRAME`] (the server never takes a request frame).
 pub fn parse_header(header: [u8; 5]) -> io::Result<(u8, usize)> {
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len > MAX_FRAME {
@@ -460,6 +474,19 @@ mod tests {
         let mut hostile = vec![kind::STDOUT];
         hostile.extend_from_slice(&u32::MAX.to_be_bytes());
         assert!(read_frame(&mut &hostile[..]).is_err());
+
+        // A request may carry an argv up to ARG_MAX; output frames stay small.
+        let big = vec![b'a'; 3 << 20];
+        let mut buf = Vec::new();
+        write_frame(&mut buf, kind::REQUEST, &big).unwrap();
+        assert_eq!(read_frame(&mut &buf[..]).unwrap().unwrap().1.len(), big.len());
+        assert!(write_frame(&mut Vec::new(), kind::STDOUT, &big).is_err());
+        let mut header = [0u8; 5];
+        header[0] = kind::REQUEST;
+        header[1..].copy_from_slice(&(3u32 << 20).to_be_bytes());
+        assert!(parse_header(header).is_err(), "the server takes no frame over MAX_FRAME");
+        buf[0] = kind::STDOUT;
+        assert!(read_frame(&mut &buf[..]).is_err());
         assert!(
             serde_json::from_slice::<Request>(br#"{"op":"read_file","path":"/x","max_bytes":1,"extra":1}"#).is_err()
         );

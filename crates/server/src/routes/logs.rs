@@ -1,7 +1,9 @@
 //! A namespace's exec output: a page of retained records, or with `Accept: text/event-stream`
 //! a live tail as server-sent events (each event's `id` is the record's `seq`, its `data` the
 //! record as JSON). A tail with `after` or `since` first replays the retained records that
-//! match, then continues live without a gap or a duplicate.
+//! match, then continues live without a gap or a duplicate. Records hold the exact bytes a
+//! command wrote: `encoding=base64` carries them as base64, the default as UTF-8 text (records
+//! are cut between characters, so only bytes that are not UTF-8 at all are replaced).
 //!
 //! A sandbox's records are in the sandbox's scope: a filter naming a sandbox the principal may
 //! not see is a 404 like a missing one, and a key limited to projects never gets the records of
@@ -14,7 +16,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use bulkhead_api::{ErrorBody, LogPage, LogParams};
+use bulkhead_api::{Encoding, ErrorBody, LogPage, LogParams};
 use bulkhead_core::ids::{is_id, prefix};
 use bulkhead_core::{Action, Principal, Target};
 use tokio::sync::broadcast::error::RecvError;
@@ -58,6 +60,7 @@ pub async fn get(
 ) -> ApiResult<Response> {
     ctx.authorize(Action::LogsRead, &Target::namespace(&ns))?;
     let filter = filter(&params)?;
+    let encoding = params.encoding.unwrap_or_default();
     let limit = params.limit.unwrap_or(1000);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::Invalid(format!("limit: must be between 1 and {MAX_LIMIT}")));
@@ -75,7 +78,7 @@ pub async fn get(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with("text/event-stream")));
     if tail {
-        return tail_response(ctx, ns, key, filter).await;
+        return tail_response(ctx, ns, key, filter, encoding).await;
     }
     let (entries, more) = logs::query(&ctx.state, &key, &filter, limit as usize).await?;
     // The cursor is the last record read, seen or not, so hidden records are never read twice.
@@ -84,20 +87,20 @@ pub async fn get(
     let mut records = Vec::with_capacity(entries.len());
     for e in &entries {
         if visible.sandbox(&ctx.state, &ns, &e.sandbox).await {
-            records.push(e.to_wire());
+            records.push(e.to_wire(encoding));
         }
     }
     Ok(Json(LogPage { records, next_after }).into_response())
 }
 
-fn event(entry: &Entry) -> Event {
-    let data = serde_json::to_string(&entry.to_wire()).unwrap_or_default();
+fn event(entry: &Entry, encoding: Encoding) -> Event {
+    let data = serde_json::to_string(&entry.to_wire(encoding)).unwrap_or_default();
     Event::default().id(entry.seq.to_string()).data(data)
 }
 
 /// Retained records that match (when asked for), then live ones. The subscription starts before
 /// the replay is read, and live records at or below the last replayed `seq` are skipped.
-async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> ApiResult<Response> {
+async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter, encoding: Encoding) -> ApiResult<Response> {
     // A live tail is a long-running download, counted until the client goes.
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let mut live = ctx.state.logs.subscribe();
@@ -115,7 +118,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
             if !visible.sandbox(&state, &ns, &e.sandbox).await {
                 continue;
             }
-            if tx.send(event(e)).await.is_err() {
+            if tx.send(event(e, encoding)).await.is_err() {
                 return;
             }
         }
@@ -146,7 +149,7 @@ async fn tail_response(ctx: Ctx, ns: String, key: String, filter: Filter) -> Api
                         continue;
                     }
                     last = record.entry.seq;
-                    if tx.send(event(&record.entry)).await.is_err() {
+                    if tx.send(event(&record.entry, encoding)).await.is_err() {
                         return;
                     }
                 }

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod logs;
 pub mod metrics;
 pub mod namespaces;
+pub mod processes;
 pub mod projects;
 pub mod sandboxes;
 pub mod scope;

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::SandboxFileParams as FileParams;
 use bulkhead_api::{
-    CreateSandbox, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret,
+    CreateSandbox, Encoding, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret,
 };
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
@@ -33,8 +33,13 @@ const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
 const DEFAULT_TTL_SECONDS: u64 = 3600;
 const DEFAULT_EXEC_TIMEOUT: u64 = 60;
 const MAX_EXEC_TIMEOUT: u64 = 3600;
-const MAX_ARGS: usize = 1024;
-const MAX_ARGV_BYTES: usize = 256 * 1024;
+/// The kernel's `MAX_ARG_STRLEN`: the longest argument `execve` takes, with its NUL.
+const MAX_ARG_STRLEN: usize = 131_072;
+/// The kernel's `ARG_MAX` under the default 8 MiB stack: arguments and environment together,
+/// each string with its NUL and its pointer.
+const MAX_ARGV_BYTES: usize = 2 << 20;
+/// The largest exec body: its argv, environment and stdin (as JSON).
+pub const MAX_EXEC_BODY_BYTES: usize = 16 << 20;
 const MAX_ENV: usize = 128;
 const MAX_ENV_VALUE: usize = 32 * 1024;
 const MAX_PATH: usize = 4096;
@@ -92,7 +97,7 @@ pub fn sandbox_target(row: &SandboxRow) -> Target {
 }
 
 /// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended.
-async fn load_running(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
+pub(crate) async fn load_running(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
     let row = load_sandbox(ctx, ns, id).await?;
     if row.status != SandboxStatus::Running {
         return Err(ApiError::Conflict(format!("sandbox {id} is {}", row.status.as_str())));
@@ -100,7 +105,7 @@ async fn load_running(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
     Ok(row)
 }
 
-fn check_env(field: &str, env: &BTreeMap<String, String>) -> ApiResult<Vec<(String, String)>> {
+pub(crate) fn check_env(field: &str, env: &BTreeMap<String, String>) -> ApiResult<Vec<(String, String)>> {
     if env.len() > MAX_ENV {
         return Err(ApiError::Invalid(format!("{field}: at most {MAX_ENV} variables")));
     }
@@ -119,7 +124,7 @@ fn check_env(field: &str, env: &BTreeMap<String, String>) -> ApiResult<Vec<(Stri
     Ok(env.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
-fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
+pub(crate) fn check_abs_path(field: &str, path: &str) -> ApiResult<()> {
     if !path.starts_with('/') || path.len() > MAX_PATH || path.contains('\0') {
         return Err(ApiError::Invalid(format!("{field}: must be an absolute path of at most {MAX_PATH} bytes")));
     }
@@ -346,58 +351,119 @@ fn exit_code(exit: &Exit) -> i32 {
     exit.exit_code.unwrap_or_else(|| 128 + exit.signal.unwrap_or(0))
 }
 
+/// Checks an argv and its environment against the kernel's bounds for `execve`: no argument
+/// longer than `MAX_ARG_STRLEN` (131072 bytes with its terminating NUL), and arguments and
+/// variables together (each string with its NUL and its pointer) within [`MAX_ARGV_BYTES`].
+pub(crate) fn check_argv(cmd: &[String], env: &[(String, String)]) -> ApiResult<()> {
+    if cmd.is_empty() || cmd[0].is_empty() {
+        return Err(ApiError::Invalid("cmd: must name a program".into()));
+    }
+    if let Some((i, a)) = cmd.iter().enumerate().find(|(_, a)| a.len() + 1 > MAX_ARG_STRLEN) {
+        return Err(ApiError::Invalid(format!(
+            "cmd[{i}]: {} bytes; an argument is at most {} bytes (the kernel's MAX_ARG_STRLEN)",
+            a.len(),
+            MAX_ARG_STRLEN - 1
+        )));
+    }
+    if cmd.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::Invalid("cmd: an argument contains NUL".into()));
+    }
+    let size = |s: usize| s + 1 + std::mem::size_of::<u64>();
+    let total: usize = cmd.iter().map(|a| size(a.len())).sum::<usize>()
+        + env.iter().map(|(k, v)| size(k.len() + 1 + v.len())).sum::<usize>();
+    if total > MAX_ARGV_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "cmd: arguments and environment take {total} bytes; at most {MAX_ARGV_BYTES} (the kernel's ARG_MAX)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `headers` ask for an NDJSON answer.
+pub(crate) fn wants(headers: &HeaderMap, mime: &str) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with(mime)))
+}
+
+/// The body of an exec, at most [`MAX_EXEC_BODY_BYTES`] (the server's general body limit does
+/// not apply to this route: stdin and long argvs make exec bodies larger than other requests).
+async fn exec_body(body: Body) -> ApiResult<Bytes> {
+    match axum::body::to_bytes(body, MAX_EXEC_BODY_BYTES).await {
+        Ok(b) => Ok(b),
+        Err(e) => {
+            let inner = e.into_inner();
+            if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(ApiError::PayloadTooLarge(format!("an exec body is at most {MAX_EXEC_BODY_BYTES} bytes")))
+            } else {
+                Err(ApiError::Invalid(format!("body: could not be read to the end: {inner}")))
+            }
+        }
+    }
+}
+
 /// Run a command. With `Accept: application/x-ndjson` the answer streams one JSON object per
-/// line (`stdout`, `stderr`, then `exit` or `error`) as output is produced.
+/// line (`stdout`, `stderr`, then `exit` or `error`) as output is produced. The body may be up
+/// to 16 MiB; `"encoding": "base64"` makes `stdin` and the output base64, otherwise they are
+/// UTF-8 text and a streamed event never ends inside a character.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/exec", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ExecRequest,
     responses((status = 200, description = "The command ran; NDJSON lines of ExecEvent when streamed", body = ExecResult),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody), CheckedErrors))]
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 413, description = "The body is over 16 MiB", body = ErrorBody), CheckedErrors))]
 pub async fn exec(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
+    let body = exec_body(body).await?;
     let req: ExecRequest = json(&headers, &body)?;
-    if req.cmd.is_empty() || req.cmd[0].is_empty() {
-        return Err(ApiError::Invalid("cmd: must name a program".into()));
-    }
-    if req.cmd.len() > MAX_ARGS
-        || req.cmd.iter().map(String::len).sum::<usize>() > MAX_ARGV_BYTES
-        || req.cmd.iter().any(|a| a.contains('\0'))
-    {
-        return Err(ApiError::Invalid(format!("cmd: at most {MAX_ARGS} arguments and {MAX_ARGV_BYTES} bytes, no NUL")));
-    }
-    let env = match &req.env {
+    // The request holds its own copy of stdin now; the body's goes.
+    drop(body);
+    let ExecRequest { cmd, stdin, encoding, user, env, cwd, timeout_seconds } = req;
+    let encoding = encoding.unwrap_or_default();
+    let env = match &env {
         Some(env) => check_env("env", env)?,
         None => Vec::new(),
     };
-    let cwd = req.cwd.clone().unwrap_or_else(|| "/".to_owned());
+    check_argv(&cmd, &env)?;
+    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
     check_abs_path("cwd", &cwd)?;
-    let timeout = req.timeout_seconds.unwrap_or(DEFAULT_EXEC_TIMEOUT);
+    if let Some(u) = &user {
+        check_user(u)?;
+    }
+    let timeout = timeout_seconds.unwrap_or(DEFAULT_EXEC_TIMEOUT);
     if !(1..=MAX_EXEC_TIMEOUT).contains(&timeout) {
         return Err(ApiError::Invalid(format!("timeout_seconds: must be between 1 and {MAX_EXEC_TIMEOUT}")));
     }
+    let stdin = match (stdin, encoding) {
+        (None, _) => Vec::new(),
+        (Some(text), Encoding::Utf8) => text.into_bytes(),
+        (Some(b64), Encoding::Base64) => {
+            crate::text::unbase64(&b64).map_err(|e| ApiError::Invalid(format!("stdin: not base64: {e}")))?
+        }
+    };
     // The argv goes to the audit log, where long arguments are kept as their length and
-    // SHA-256 (`audit::bounded_detail`); output never does.
-    ctx.audit_detail("argv", req.cmd.clone());
+    // SHA-256 (`audit::bounded_detail`); stdin and output never do.
+    ctx.audit_detail("argv", cmd.clone());
+    if let Some(u) = &user {
+        ctx.audit_detail("user", u.clone());
+    }
     load_running(&ctx, &ns, &id).await?;
-    let streaming = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with(NDJSON)));
+    let streaming = wants(&headers, NDJSON);
     let limits = &ctx.state.config.sandbox_limits;
     let spec = ExecSpec {
-        argv: req.cmd.clone(),
+        argv: cmd,
         env,
         cwd,
         timeout_ms: timeout * 1000,
         max_output_bytes: if streaming { limits.stream_output_bytes } else { limits.exec_output_bytes },
-        stdin: false,
-        user: None,
+        stdin: !stdin.is_empty(),
+        user,
     };
-    let stdin = req.stdin.map(String::into_bytes).unwrap_or_default();
     // A streamed exec is a long-running download, counted until its body is dropped.
     let guard =
         if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
@@ -405,7 +471,7 @@ pub async fn exec(
     let mut stream = sandboxes::exec(&ctx.state, &ns, &id, spec, stdin).await?;
     if let Some(guard) = guard {
         ctx.audit_detail("stream", true);
-        return Ok(stream_response(ctx, ns, id, stream, guard));
+        return Ok(stream_response(ctx, ns, id, stream, guard, encoding));
     }
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let exit = loop {
@@ -432,13 +498,27 @@ pub async fn exec(
     Ok(Json(ExecResult {
         exit_code: exit_code(&exit),
         signal: exit.signal,
-        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        stdout: crate::text::encode(encoding, &stdout),
+        stderr: crate::text::encode(encoding, &stderr),
         timed_out: exit.timed_out,
         truncated: exit.stdout_truncated || exit.stderr_truncated,
         duration_ms: exit.duration_ms,
     })
     .into_response())
+}
+
+/// A user as `exec` and processes take it: a name or `uid`, optionally `:group` or `:gid`.
+/// Whether the image has it is decided inside the sandbox.
+pub(crate) fn check_user(user: &str) -> ApiResult<()> {
+    let ok = !user.is_empty()
+        && user.len() <= 256
+        && user.split(':').count() <= 2
+        && user.split(':').all(|p| !p.is_empty())
+        && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'$'));
+    if !ok {
+        return Err(ApiError::Invalid(format!("user: {user:?} is not a user name, uid, or user:group")));
+    }
+    Ok(())
 }
 
 fn ndjson_line(event: &ExecEvent) -> Bytes {
@@ -447,69 +527,138 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
     Bytes::from(line)
 }
 
+/// The state of a streamed exec's answer: its output, what is held back of each stream until a
+/// character is complete, and the lines ready to send.
+struct Streamed {
+    stream: ExecStream,
+    _guard: StreamGuard,
+    encoding: Encoding,
+    out: crate::text::Utf8Carry,
+    err: crate::text::Utf8Carry,
+    ready: std::collections::VecDeque<ExecEvent>,
+    done: bool,
+}
+
+impl Streamed {
+    /// The bytes of `data` to send and log now: in text, up to the last whole character (the
+    /// rest waits for the next piece); in base64, all of them.
+    fn piece(&mut self, stdout: bool, data: Vec<u8>) -> Vec<u8> {
+        match (self.encoding, stdout) {
+            (Encoding::Base64, _) => data,
+            (Encoding::Utf8, true) => self.out.push(data),
+            (Encoding::Utf8, false) => self.err.push(data),
+        }
+    }
+}
+
 /// The streamed answer of an exec. The audit record of the request says the exec began; the
 /// stream appends one more (`sandbox.exec.exit`) with the exit code when it ends.
-fn stream_response(ctx: Ctx, ns: String, id: String, stream: ExecStream, guard: StreamGuard) -> Response {
+fn stream_response(
+    ctx: Ctx,
+    ns: String,
+    id: String,
+    stream: ExecStream,
+    guard: StreamGuard,
+    encoding: Encoding,
+) -> Response {
     let app = ctx.state.clone();
     let principal = ctx.principal.audit_name();
     let request_id = ctx.request_id.clone();
     let client_request_id = ctx.client_request_id.clone();
     // The namespace's log is kept under its incarnation.
     let log_key = ctx.tenant.as_ref().map(|t| t.incarnation.clone());
-    let body = futures_util::stream::unfold(Some((stream, guard)), move |state| {
+    let state = Streamed {
+        stream,
+        _guard: guard,
+        encoding,
+        out: Default::default(),
+        err: Default::default(),
+        ready: Default::default(),
+        done: false,
+    };
+    let body = futures_util::stream::unfold(state, move |mut st| {
         let app = app.clone();
         let (ns, id, principal, request_id) = (ns.clone(), id.clone(), principal.clone(), request_id.clone());
         let client_request_id = client_request_id.clone();
         let log_key = log_key.clone();
         async move {
-            let (mut stream, guard) = state?;
-            let (event, done, exit) = match stream.next().await {
-                Some(Ok(RtEvent::Stdout(d))) => {
-                    if let Some(key) = &log_key {
-                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stdout, &d);
-                    }
-                    (ExecEvent::Stdout { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
+            loop {
+                if let Some(event) = st.ready.pop_front() {
+                    return Some((Ok::<_, std::convert::Infallible>(ndjson_line(&event)), st));
                 }
-                Some(Ok(RtEvent::Stderr(d))) => {
-                    if let Some(key) = &log_key {
-                        crate::service::logs::record(&app, key, &id, &request_id, LogStream::Stderr, &d);
-                    }
-                    (ExecEvent::Stderr { data: String::from_utf8_lossy(&d).into_owned() }, false, None)
+                if st.done {
+                    return None;
                 }
-                Some(Ok(RtEvent::Exit(exit))) => (
-                    ExecEvent::Exit {
-                        exit_code: exit_code(&exit),
+                let record = |stream: LogStream, data: &[u8]| {
+                    if let (Some(key), false) = (&log_key, data.is_empty()) {
+                        crate::service::logs::record(&app, key, &id, &request_id, stream, data);
+                    }
+                };
+                let mut exit = None;
+                match st.stream.next().await {
+                    Some(Ok(RtEvent::Stdout(d))) => {
+                        let piece = st.piece(true, d);
+                        record(LogStream::Stdout, &piece);
+                        if !piece.is_empty() {
+                            st.ready.push_back(ExecEvent::Stdout { data: crate::text::encode(encoding, &piece) });
+                        }
+                        continue;
+                    }
+                    Some(Ok(RtEvent::Stderr(d))) => {
+                        let piece = st.piece(false, d);
+                        record(LogStream::Stderr, &piece);
+                        if !piece.is_empty() {
+                            st.ready.push_back(ExecEvent::Stderr { data: crate::text::encode(encoding, &piece) });
+                        }
+                        continue;
+                    }
+                    Some(Ok(RtEvent::Exit(e))) => exit = Some(e),
+                    Some(Err(e)) => st.ready.push_back(ExecEvent::Error { message: ApiError::from(e).to_string() }),
+                    None => {
+                        st.ready.push_back(ExecEvent::Error { message: "the sandbox ended during the command".into() })
+                    }
+                }
+                // The end: what was held back of each stream goes out (replaced if incomplete).
+                st.done = true;
+                let (out, err) = (st.out.finish(), st.err.finish());
+                record(LogStream::Stdout, &out);
+                record(LogStream::Stderr, &err);
+                let mut tail = Vec::new();
+                if !out.is_empty() {
+                    tail.push(ExecEvent::Stdout { data: crate::text::encode(encoding, &out) });
+                }
+                if !err.is_empty() {
+                    tail.push(ExecEvent::Stderr { data: crate::text::encode(encoding, &err) });
+                }
+                for e in tail.into_iter().rev() {
+                    st.ready.push_front(e);
+                }
+                let code = exit.as_ref().map(exit_code);
+                if let Some(exit) = &exit {
+                    st.ready.push_back(ExecEvent::Exit {
+                        exit_code: exit_code(exit),
                         signal: exit.signal,
                         timed_out: exit.timed_out,
                         truncated: exit.stdout_truncated || exit.stderr_truncated,
                         duration_ms: exit.duration_ms,
-                    },
-                    true,
-                    Some(exit_code(&exit)),
-                ),
-                Some(Err(e)) => (ExecEvent::Error { message: ApiError::from(e).to_string() }, true, None),
-                None => (ExecEvent::Error { message: "the sandbox ended during the command".into() }, true, None),
-            };
-            if done {
-                let mut detail = serde_json::json!({ "exit_code": exit });
-                if let Some(c) = client_request_id {
-                    detail["client_request_id"] = c.into();
+                    });
                 }
-                let detail = detail.to_string();
+                let mut detail = serde_json::json!({ "exit_code": code });
+                if let Some(c) = &client_request_id {
+                    detail["client_request_id"] = c.clone().into();
+                }
                 let event = AuditEvent {
                     time_ms: now_ms(),
-                    principal,
+                    principal: principal.clone(),
                     action: "sandbox.exec.exit".into(),
                     resource: format!("sandbox:{id}"),
                     decision: "allow".into(),
                     status: 200,
-                    request_id,
-                    detail,
+                    request_id: request_id.clone(),
+                    detail: detail.to_string(),
                 };
                 crate::audit::append_late(&app, &ns, event).await;
             }
-            let next = if done { None } else { Some((stream, guard)) };
-            Some((Ok::<_, std::convert::Infallible>(ndjson_line(&event)), next))
         }
     });
     let mut r = Response::new(Body::from_stream(body));

@@ -1,4 +1,5 @@
-//! The services under the HTTP handlers: namespaces (and their keys), projects, sandboxes,
+//! The services under the HTTP handlers: namespaces (and their keys), projects, sandboxes (and
+//! their background processes),
 //! filesystems (and their files and archives), secrets, policies, audit reads, logs and metering;
 //! [`records`] names the rows and runtime types they take and answer. They take validated domain
 //! values (ids, rows a handler loaded and authorized, resolved secrets), act on the store and the
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod metering;
 pub mod namespaces;
 pub mod policies;
+pub mod processes;
 pub mod projects;
 pub mod records;
 pub mod sandboxes;

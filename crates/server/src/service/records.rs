@@ -5,6 +5,9 @@
 pub use bulkhead_runtime::confined::Kind;
 pub use bulkhead_runtime::files::{self, Preconditions};
 pub use bulkhead_runtime::{ExecEvent, ExecSpec, ExecStream, Exit, RunFile};
+pub use bulkhead_runtime::{
+    OutputStreamKind, ProcessEvent, ProcessInfo, ProcessOutput, ProcessSpec, ProcessStatus, TtySize,
+};
 pub use bulkhead_store::{
     AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow, SandboxRow,
     SandboxStatus, SecretRow, UsageDelta,
