@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Exec round trips in one sandbox.
     #[arg(long, default_value_t = 500)]
     execs: usize,
+    /// The cpu limit of the sandbox the execs run in, in thousandths of a core (the created
+    /// sandboxes' 100 unless told).
+    #[arg(long, default_value_t = 100)]
+    exec_cpu_millis: u64,
     /// Sandboxes created at once.
     #[arg(long, default_value_t = 100)]
     concurrent: usize,
@@ -111,6 +115,8 @@ struct Report {
     exec_round_trip: Stat,
     /// Exec round trip p50 over the fork/exec measured interleaved with the execs.
     exec_vs_fork_p50: f64,
+    /// The cpu limit of the sandbox the execs ran in, in thousandths of a core.
+    exec_sandbox_cpu_millis: u64,
     /// Where an exec's time goes, each part measured interleaved with the execs.
     exec_parts: ExecParts,
     delete_to_clean: Stat,
@@ -328,7 +334,8 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
 
     eprintln!("exec round trip and its parts, {} execs ...", args.execs);
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
-    let s = c.create_sandbox("bench", &small).await?;
+    let exec_sandbox = CreateSandbox { cpu_millis: Some(args.exec_cpu_millis), ..small.clone() };
+    let s = c.create_sandbox("bench", &exec_sandbox).await?;
     let (execs, exec_parts) =
         parts::exec_parts(&c, "bench", &s.id, &settings.state_dir, &cgroups, &data.join("parts"), args.execs).await?;
     c.delete_sandbox("bench", &s.id).await?;
@@ -442,6 +449,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         create_vs_raw_sandbox_cpu_p50: create.p50_ms / raw_sandbox_cpu.p50_ms,
         exec_round_trip: execs,
         exec_vs_fork_p50: exec_parts.exec_vs_fork_p50,
+        exec_sandbox_cpu_millis: args.exec_cpu_millis,
         exec_parts,
         delete_to_clean: stat(delete),
         concurrent_creates: args.concurrent,
@@ -493,7 +501,7 @@ fn print(r: &Report) {
         &r.raw_oci_first_output_sandbox_cpu,
     );
     row("sandbox create → first exec output", &r.create_to_first_output);
-    row("exec round trip (HTTP, `true`)", &r.exec_round_trip);
+    row(&format!("exec round trip (HTTP, `true`, {} millicores)", r.exec_sandbox_cpu_millis), &r.exec_round_trip);
     row("delete → every host resource gone", &r.delete_to_clean);
     row(&format!("{} concurrent creates, each", r.concurrent_creates), &r.concurrent_create);
     println!("\n{} concurrent creates: {:.0} ms in all", r.concurrent_creates, r.concurrent_total_ms);

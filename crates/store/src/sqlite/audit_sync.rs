@@ -1,4 +1,4 @@
-//! When an audit append is on disk. Appends commit on a connection of their own with
+//! When an audit append (or a usage counter's bump) is on disk. Appends commit on a connection of their own with
 //! `synchronous=NORMAL`: the commit is written into the WAL file (so it survives a crash of
 //! the server process) without waiting for an fsync. Making it survive a power loss is this
 //! module's: one `fdatasync` of the WAL file covers every commit written before it, so appends
@@ -33,6 +33,23 @@ pub enum AuditSync {
     /// An append returns at commit; a background flush makes it durable within `within`, and
     /// any read of the audit log first makes every earlier append durable.
     Grouped { within: Duration },
+}
+
+impl super::SqliteStore {
+    /// Runs one write statement on the audit connection, under the write lock, durable as an
+    /// audit append is ([`AuditSync`]): the usage ledger's counters bumped by every exec.
+    pub(crate) async fn ledger_execute(&self, q: super::Query<'_>) -> Result<()> {
+        let lock = self.write_lock.lock().await;
+        let mut conn = self.audit_conn.lock().await;
+        q.execute(&mut *conn).await?;
+        let n = self.wal_sync.committed();
+        drop(conn);
+        drop(lock);
+        if self.audit_sync == AuditSync::Each {
+            self.wal_sync.sync_through(n).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The default: a power loss can cost at most the last 100 ms of unread audit records.
