@@ -11,6 +11,7 @@
 //! chains printed once by whichever binary runs it.
 
 pub mod load;
+pub mod parts;
 pub mod policy;
 pub mod server;
 
@@ -29,6 +30,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::load::{ApiThroughput, Density, NoisyNeighbour};
+use crate::parts::ExecParts;
 use crate::policy::PolicyBench;
 
 /// What to measure and how much: the flags of `bulkhead bench` and of `bulkhead-bench`.
@@ -40,6 +42,10 @@ pub struct BenchArgs {
     /// Exec round trips in one sandbox.
     #[arg(long, default_value_t = 500)]
     execs: usize,
+    /// The cpu limit of the sandbox the execs run in, in thousandths of a core (the created
+    /// sandboxes' 100 unless told).
+    #[arg(long, default_value_t = 100)]
+    exec_cpu_millis: u64,
     /// Sandboxes created at once.
     #[arg(long, default_value_t = 100)]
     concurrent: usize,
@@ -97,11 +103,22 @@ struct Report {
     host: String,
     command_line: String,
     fork_exec: Stat,
+    /// The raw OCI runtime with a whole core, as the raw baseline has always run.
     raw_oci_first_output: Stat,
+    /// The raw OCI runtime under the benchmarked sandboxes' own cpu limit.
+    raw_oci_first_output_sandbox_cpu: Stat,
+    /// The cpu limit of the benchmarked sandboxes, in thousandths of a core.
+    sandbox_cpu_millis: u64,
     create_to_first_output: Stat,
     create_vs_raw_p50: f64,
+    create_vs_raw_sandbox_cpu_p50: f64,
     exec_round_trip: Stat,
+    /// Exec round trip p50 over the fork/exec measured interleaved with the execs.
     exec_vs_fork_p50: f64,
+    /// The cpu limit of the sandbox the execs ran in, in thousandths of a core.
+    exec_sandbox_cpu_millis: u64,
+    /// Where an exec's time goes, each part measured interleaved with the execs.
+    exec_parts: ExecParts,
     delete_to_clean: Stat,
     concurrent_creates: usize,
     concurrent_total_ms: f64,
@@ -131,27 +148,14 @@ fn host() -> String {
     format!("{cpus} cpus, {} GiB, Linux {}", mem / 1024 / 1024, kernel.trim())
 }
 
-fn fork_exec(n: usize) -> anyhow::Result<Vec<Duration>> {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            let s = std::process::Command::new("/bin/true").status()?;
-            if !s.success() {
-                bail!("/bin/true failed");
-            }
-            Ok(t.elapsed())
-        })
-        .collect()
-}
-
-/// The bare OCI runtime: a bundle with the sandbox's isolation whose process is `echo ready`,
-/// run `n` times, each timed to the first line of output.
-fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange) -> anyhow::Result<Vec<Duration>> {
+/// The bare OCI runtime: a bundle with the sandbox's isolation and a cpu limit of `cpu_millis`
+/// whose process is `echo ready`, run `n` times, each timed to the first line of output.
+fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64) -> anyhow::Result<Vec<Duration>> {
     let spec = SandboxSpec {
         id: "sbx_rawbaseline".into(),
         namespace: "raw".into(),
         oci_runtime: oci.into(),
-        cpu_millis: 1000,
+        cpu_millis,
         memory_bytes: 128 << 20,
         pids: 64,
         tmp_bytes: 64 << 20,
@@ -293,10 +297,9 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     let c = Client::new(&url, Some(token.clone()));
     let small = CreateSandbox { cpu_millis: Some(100), memory_bytes: Some(64 << 20), ..Default::default() };
     let echo = ExecRequest { cmd: vec!["echo".into(), "ready".into()], ..Default::default() };
-    let truth = ExecRequest { cmd: vec!["true".into()], ..Default::default() };
 
     eprintln!("baselines: fork/exec and raw {oci} ...");
-    let fork = fork_exec(args.runs.max(args.execs))?;
+    let fork = parts::fork_exec_true(args.runs.max(args.execs))?;
     let raw_config = OciConfig {
         state_dir: settings.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -306,7 +309,9 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     };
     // The same kind of host id range a namespace gets (one the server does not hand out).
     let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };
-    let raw = raw_oci(raw_config, &oci, args.runs, ids)?;
+    let raw = raw_oci(raw_config.clone(), &oci, args.runs, ids, 1000)?;
+    let sandbox_cpu = small.cpu_millis.context("the bench's sandbox cpu")?;
+    let raw_sandbox_cpu = raw_oci(raw_config, &oci, args.runs, ids, sandbox_cpu)?;
 
     eprintln!("create → first output and delete, {} runs ...", args.runs);
     let mut create = Vec::with_capacity(args.runs);
@@ -327,14 +332,12 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         }
     }
 
-    eprintln!("exec round trip, {} execs ...", args.execs);
-    let s = c.create_sandbox("bench", &small).await?;
-    let mut execs = Vec::with_capacity(args.execs);
-    for _ in 0..args.execs {
-        let t = Instant::now();
-        c.exec("bench", &s.id, &truth).await?;
-        execs.push(t.elapsed());
-    }
+    eprintln!("exec round trip and its parts, {} execs ...", args.execs);
+    let cgroups = load::cgroups(&settings.cgroup_prefix)?;
+    let exec_sandbox = CreateSandbox { cpu_millis: Some(args.exec_cpu_millis), ..small.clone() };
+    let s = c.create_sandbox("bench", &exec_sandbox).await?;
+    let (execs, exec_parts) =
+        parts::exec_parts(&c, "bench", &s.id, &settings.state_dir, &cgroups, &data.join("parts"), args.execs).await?;
     c.delete_sandbox("bench", &s.id).await?;
 
     eprintln!("{} concurrent creates ...", args.concurrent);
@@ -412,7 +415,6 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         None
     };
     admin_client.delete_namespace("bench").await?;
-    let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let density = if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
         Some(
@@ -432,6 +434,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
 
     let fork = stat(fork);
     let raw = stat(raw);
+    let raw_sandbox_cpu = stat(raw_sandbox_cpu);
     let create = stat(create);
     let execs = stat(execs);
     Ok(Report {
@@ -439,10 +442,15 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
         fork_exec: fork,
         raw_oci_first_output: raw,
+        raw_oci_first_output_sandbox_cpu: raw_sandbox_cpu,
+        sandbox_cpu_millis: sandbox_cpu,
         create_to_first_output: create,
         create_vs_raw_p50: create.p50_ms / raw.p50_ms,
+        create_vs_raw_sandbox_cpu_p50: create.p50_ms / raw_sandbox_cpu.p50_ms,
         exec_round_trip: execs,
-        exec_vs_fork_p50: execs.p50_ms / fork.p50_ms,
+        exec_vs_fork_p50: exec_parts.exec_vs_fork_p50,
+        exec_sandbox_cpu_millis: args.exec_cpu_millis,
+        exec_parts,
         delete_to_clean: stat(delete),
         concurrent_creates: args.concurrent,
         concurrent_total_ms: total.as_secs_f64() * 1000.0,
@@ -488,13 +496,21 @@ fn print(r: &Report) {
     println!("{:<44} {:>6} {:>10} {:>10}", "measure", "n", "p50 ms", "p99 ms");
     row("baseline: fork/exec of /bin/true", &r.fork_exec);
     row("baseline: raw OCI runtime run → first output", &r.raw_oci_first_output);
+    row(
+        &format!("  the same at the sandbox's {} millicores", r.sandbox_cpu_millis),
+        &r.raw_oci_first_output_sandbox_cpu,
+    );
     row("sandbox create → first exec output", &r.create_to_first_output);
-    row("exec round trip (HTTP, `true`)", &r.exec_round_trip);
+    row(&format!("exec round trip (HTTP, `true`, {} millicores)", r.exec_sandbox_cpu_millis), &r.exec_round_trip);
     row("delete → every host resource gone", &r.delete_to_clean);
     row(&format!("{} concurrent creates, each", r.concurrent_creates), &r.concurrent_create);
     println!("\n{} concurrent creates: {:.0} ms in all", r.concurrent_creates, r.concurrent_total_ms);
-    println!("create → first output vs raw OCI runtime (p50): {:.2}x", r.create_vs_raw_p50);
-    println!("exec round trip vs fork/exec (p50): {:.2}x", r.exec_vs_fork_p50);
+    println!(
+        "create → first output vs raw OCI runtime (p50): {:.2}x; vs raw at the sandbox's cpu limit: {:.2}x",
+        r.create_vs_raw_p50, r.create_vs_raw_sandbox_cpu_p50
+    );
+    println!("exec round trip vs fork/exec measured beside it (p50): {:.2}x", r.exec_vs_fork_p50);
+    print_parts(&r.exec_parts);
     row("filesystem create → mountable", &r.filesystem_create_to_mountable);
     println!(
         "archive of {:.0} MiB: push {:.0} MiB/s, pull {:.0} MiB/s; plain tar dir → dir {:.0} MiB/s",
@@ -516,6 +532,21 @@ fn print(r: &Report) {
         "{:<56} {:>12.0} decisions/s  {:.0}x",
         "Bulkhead's policy engine (indexed)", p.decisions_per_s, p.vs_cedar_alone
     );
+}
+
+fn print_parts(p: &ExecParts) {
+    println!("\nwhere an exec's time goes (each part measured interleaved with the execs; parts overlap)");
+    println!("{:<44} {:>6} {:>10} {:>10} {:>8}", "part", "n", "p50 µs", "p99 µs", "share");
+    let line = |name: &str, s: &Stat, share: f64| {
+        println!("{name:<44} {:>6} {:>10.1} {:>10.1} {:>7.1}%", s.n, s.p50_ms * 1e3, s.p99_ms * 1e3, share * 100.0)
+    };
+    line("exec round trip (HTTP, `true`)", &p.exec_round_trip, 1.0);
+    for part in &p.parts {
+        line(&part.name, &part.stat, part.share_of_exec_p50);
+    }
+    if let Some(why) = &p.cgroup_fork_skipped {
+        println!("(fork/exec in the sandbox's cgroup not measured: {why})");
+    }
 }
 
 fn print_api(a: &ApiThroughput) {

@@ -1,8 +1,9 @@
 //! The audit middleware. It runs around every routed request and, once the answer is known,
 //! appends a record to the right chain for every mutating request (whatever its outcome), every
 //! request that authorization denied, and every failed authentication. The answer leaves only
-//! after its record is durable; if the record cannot be written the client gets a 500, never a
-//! success that the log does not show.
+//! after its record is committed (it survives a crash of the server; the store fsyncs records
+//! in groups and before any read of the log, see `bulkhead_store::sqlite::AuditSync`); if the
+//! record cannot be written the client gets a 500, never a success that the log does not show.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode};

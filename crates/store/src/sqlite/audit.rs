@@ -1,14 +1,17 @@
 //! Queries of the audit chains: an append seals the record against the chain head, moves the
 //! head and prunes past the retention behind a checkpoint, all in one transaction; a
-//! verification reads checkpoint, records and head from one snapshot.
+//! verification reads checkpoint, records and head from one snapshot. Appends commit on the
+//! audit connection and are fsynced as `audit_sync` says; every read first waits until each
+//! append before it is durable, so no record anyone saw can be lost to a power loss.
 
 use async_trait::async_trait;
 use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Connection, Row, SqliteConnection};
 
 use super::{
-    all, as_i64, as_u64, from_columns, insert_row, one, select, Columns, Constraints, Query, SqliteStore, Table,
+    all, as_i64, as_u64, from_columns, insert_row, one, select, AuditSync, Columns, Constraints, Query, SqliteStore,
+    Table,
 };
 use crate::{AuditQuery, AuditStore, Result};
 
@@ -61,7 +64,10 @@ async fn read_checkpoint(conn: &mut SqliteConnection, chain: &str) -> Result<Opt
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
-        let mut tx = self.write_tx().await?;
+        // The store's write lock, then the audit connection's own write transaction.
+        let lock = self.write_lock.lock().await;
+        let mut conn = self.audit_conn.lock().await;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
         let head = read_head(&mut tx, chain).await?;
         let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
         insert_row(&mut *tx, &record, Constraints::default()).await?;
@@ -103,10 +109,18 @@ impl AuditStore for SqliteStore {
             .await?;
         }
         tx.commit().await?;
+        let n = self.wal_sync.committed();
+        drop(conn);
+        drop(lock);
+        // Appends that commit while this fsync runs share the next one.
+        if self.audit_sync == AuditSync::Each {
+            self.wal_sync.sync_through(n).await?;
+        }
         Ok(record)
     }
 
     async fn list_audit(&self, chain: &str, q: &AuditQuery) -> Result<Vec<AuditRecord>> {
+        self.wal_sync.sync_all().await?;
         let sql = select::<AuditRecord>(
             "WHERE chain = ? AND seq > ? \
              AND (? IS NULL OR action = ?) AND (? IS NULL OR time_ms >= ?) AND (? IS NULL OR time_ms < ?) \
@@ -126,16 +140,19 @@ impl AuditStore for SqliteStore {
     }
 
     async fn audit_head(&self, chain: &str) -> Result<Option<(u64, String)>> {
+        self.wal_sync.sync_all().await?;
         let mut conn = self.pool.acquire().await?;
         read_head(&mut conn, chain).await
     }
 
     async fn audit_checkpoint(&self, chain: &str) -> Result<Option<Checkpoint>> {
+        self.wal_sync.sync_all().await?;
         let mut conn = self.pool.acquire().await?;
         read_checkpoint(&mut conn, chain).await
     }
 
     async fn verify_audit(&self, chain: &str) -> Result<Verification> {
+        self.wal_sync.sync_all().await?;
         // One read transaction: in WAL mode its snapshot holds for every statement in it, so
         // the checkpoint, the records and the head agree however many appends run meanwhile.
         let mut tx = self.pool.begin().await?;

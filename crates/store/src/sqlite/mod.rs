@@ -15,6 +15,7 @@
 //! quota. Each aggregate's queries live in a module of their own.
 
 mod audit;
+mod audit_sync;
 mod filesystems;
 mod idempotency;
 mod identity;
@@ -38,6 +39,8 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::{QuotaBreach, Result, StoreError};
 
+pub use audit_sync::{AuditSync, DEFAULT_AUDIT_SYNC};
+
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../migrations/sqlite/0001_control_plane.sql")),
     (2, "sandboxes", include_str!("../../migrations/sqlite/0002_sandboxes.sql")),
@@ -59,6 +62,11 @@ pub struct SqliteStore {
     write_lock: Mutex<()>,
     /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
     audit_retention: u64,
+    /// The connection audit appends commit on (`synchronous=NORMAL`), taken after the write
+    /// lock; [`audit_sync`] decides when what it wrote is fsynced.
+    audit_conn: Mutex<SqliteConnection>,
+    audit_sync: AuditSync,
+    wal_sync: std::sync::Arc<audit_sync::WalSync>,
 }
 
 fn migrator() -> Migrator {
@@ -90,6 +98,9 @@ impl SqliteStore {
             migrator().run(&mut first).await?;
             first.close().await?;
         }
+        // Audit appends: written into the WAL at commit, fsynced by `audit_sync`.
+        let audit_conn = options.clone().synchronous(SqliteSynchronous::Normal).connect().await?;
+        let wal_sync = audit_sync::WalSync::new(path);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
@@ -110,7 +121,27 @@ impl SqliteStore {
                 }
             }
         });
-        Ok(Self { pool, write_lock: Mutex::new(()), audit_retention: DEFAULT_AUDIT_RETENTION })
+        wal_sync.spawn_flush(pool.clone());
+        let store = Self {
+            pool,
+            write_lock: Mutex::new(()),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
+            audit_conn: Mutex::new(audit_conn),
+            audit_sync: AuditSync::Each,
+            wal_sync,
+        };
+        Ok(store.with_audit_sync(DEFAULT_AUDIT_SYNC))
+    }
+
+    /// Sets when an audit append is durable against a power loss (see [`AuditSync`]); the
+    /// default is [`DEFAULT_AUDIT_SYNC`]. Call it once, right after [`SqliteStore::open`].
+    pub fn with_audit_sync(mut self, sync: AuditSync) -> Self {
+        self.wal_sync.set_window(match sync {
+            AuditSync::Each => None,
+            AuditSync::Grouped { within } => Some(within),
+        });
+        self.audit_sync = sync;
+        self
     }
 
     /// Keeps at most `records` (at least 1) records per audit chain; the oldest are pruned as

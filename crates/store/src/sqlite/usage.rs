@@ -53,8 +53,8 @@ fn usage_upsert<'q>(namespace: &'q str, bucket_ms: i64, d: &'q UsageDelta) -> Re
 #[async_trait]
 impl UsageStore for SqliteStore {
     async fn add_usage(&self, namespace: &str, bucket_ms: i64, delta: &UsageDelta) -> Result<()> {
-        self.execute(usage_upsert(namespace, bucket_ms, delta)?).await?;
-        Ok(())
+        // A counter bumped on the hot path (an exec): as durable as an audit append.
+        self.ledger_execute(usage_upsert(namespace, bucket_ms, delta)?).await
     }
 
     async fn meter_sandbox(
