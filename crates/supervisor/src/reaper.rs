@@ -30,6 +30,15 @@ impl Reaper {
         REAPER.get_or_init(|| Reaper { state: Mutex::new(ReaperState::default()), wake: Condvar::new() })
     }
 
+    /// Starts the one reaping thread of this process, once: two would race for the same
+    /// zombie and lose its status.
+    pub(crate) fn start() {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(|| {
+            std::thread::spawn(|| Reaper::global().run());
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ReaperState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -35,8 +35,7 @@ pub fn serve_fd(fd: RawFd) -> io::Result<()> {
 
 /// Serves requests on `listener`, reaping children, until accepting fails.
 pub fn run(listener: UnixListener) -> io::Result<()> {
-    let reaper = Reaper::global();
-    std::thread::spawn(move || reaper.run());
+    Reaper::start();
     loop {
         let (conn, _) = listener.accept()?;
         let mut refusal = conn.try_clone().ok();
