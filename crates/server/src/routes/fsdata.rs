@@ -161,7 +161,9 @@ pub async fn read_file(
     let mut r = Response::new(limits::reader_body(file.reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
-    etag_header(&mut r, &file.etag);
+    if let Some(etag) = &file.etag {
+        etag_header(&mut r, etag);
+    }
     Ok(r)
 }
 
@@ -205,7 +207,19 @@ pub async fn write_file(
     let write = filesystems::write(&ctx.state, &namespace, &f, rel, Box::new(reader), pre, mode);
     let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
     let written = match (pumped, written) {
-        (Err(PumpError::TooLarge), _) => return Err(ApiError::PayloadTooLarge(format!("at most {max} bytes"))),
+        // Past the filesystem's size: it cannot fit, the same answer as the kernel's ENOSPC.
+        (Err(PumpError::TooLarge), _) if max >= f.size_bytes => {
+            return Err(ApiError::QuotaExceeded(format!(
+                "path: {:?}: no space left: the filesystem holds at most {} bytes (its size_bytes)",
+                q.path, f.size_bytes
+            )))
+        }
+        (Err(PumpError::TooLarge), _) => {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "path: {:?}: this server accepts files of at most {max} bytes",
+                q.path
+            )))
+        }
         (Err(PumpError::Interrupted), _) => {
             return Err(ApiError::Invalid("body: could not be read to the end".into()));
         }
