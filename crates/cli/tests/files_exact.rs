@@ -230,6 +230,16 @@ async fn listings_show_types_modes_mtimes_and_names_that_are_not_utf8() {
         let r = send(&h, Method::GET, &format!("{base}&limit=0"), vec![]).await;
         assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", "limit=0");
     }
+    // A name that is not UTF-8 is addressed by its exact bytes (`path_base64`) on the
+    // filesystem API: read back, and a new one written, seen with its bytes from inside.
+    sh(&h, &sbx, "printf odd > \"/workspace/l/$(printf 'n\\377')\"").await;
+    let r = send(&h, Method::GET, &fs_files(&fs, "path_base64=bC9u%2Fw%3D%3D"), vec![]).await;
+    assert_eq!((r.status, r.raw.as_slice()), (StatusCode::OK, &b"odd"[..]), "{}", r.body);
+    let r = send(&h, Method::PUT, &fs_files(&fs, "path_base64=bC93%2Fg%3D%3D"), b"new".to_vec()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let names = sh(&h, &sbx, "cd /workspace/l && ls | od -An -c | tr -s ' '").await;
+    assert!(names.contains("w 376"), "the exact bytes w\\xfe: {names}");
+    assert_eq!(sh(&h, &sbx, "cat /workspace/l/w*").await, "new");
     // A file is not a directory to list.
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/tmp/l/file&list=true"), vec![]).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", "list of a file");

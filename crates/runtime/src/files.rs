@@ -143,15 +143,22 @@ pub trait StagedArchive: Send {
 /// A relative, normalized path inside a filesystem; the root is `""`, accepted only when
 /// `allow_root` (listing). Absolute paths, `..`, NUL and overlong names are refused.
 pub fn relative(path: &str, allow_root: bool) -> Result<PathBuf, FileError> {
-    let bad = |why: &str| FileError::Invalid(format!("path: {path:?} {why}"));
-    if path.len() > archive::MAX_PATH || path.contains('\0') {
+    relative_bytes(path.as_bytes(), allow_root)
+}
+
+/// [`relative`] of a path given as its exact bytes (names that are not UTF-8).
+pub fn relative_bytes(path: &[u8], allow_root: bool) -> Result<PathBuf, FileError> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = Path::new(std::ffi::OsStr::from_bytes(path));
+    let bad = |why: &str| FileError::Invalid(format!("path: {raw:?} {why}"));
+    if path.len() > archive::MAX_PATH || path.contains(&0) {
         return Err(bad("is too long or holds NUL"));
     }
-    if path.starts_with('/') {
+    if path.starts_with(b"/") {
         return Err(bad("must be relative to the filesystem's root"));
     }
     let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
+    for c in raw.components() {
         match c {
             Component::Normal(n) if n.len() <= archive::MAX_NAME => out.push(n),
             Component::CurDir => {}
@@ -341,5 +348,9 @@ mod tests {
         for bad in ["/etc", "a/../b", "", "a\0b"] {
             assert!(matches!(relative(bad, false), Err(FileError::Invalid(_))), "{bad:?}");
         }
+        assert_eq!(
+            relative_bytes(b"d/n\xff", false).ok().map(|p| p.into_os_string().into_encoded_bytes()),
+            Some(b"d/n\xff".to_vec())
+        );
     }
 }

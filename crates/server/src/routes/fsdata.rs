@@ -147,7 +147,7 @@ pub async fn read_file(
     if !list && (q.limit.is_some() || q.cursor.is_some()) {
         return Err(ApiError::Invalid("limit, cursor: only with list=true".into()));
     }
-    let rel = files::relative(&q.path, list)?;
+    let rel = fs_path(&q, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     if list {
         let (after, limit) = (list_after(q.cursor.as_deref())?, list_limit(q.limit)?);
@@ -190,7 +190,7 @@ pub async fn write_file(
         return Err(ApiError::Invalid("list, limit, cursor: only for reads".into()));
     }
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
-    let rel = files::relative(&q.path, false)?;
+    let rel = fs_path(&q, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
@@ -231,6 +231,21 @@ pub async fn write_file(
     Ok(r)
 }
 
+/// The relative path of a filesystem's files route: `path`, or the exact bytes of
+/// `path_base64` (for names that are not UTF-8), never both.
+fn fs_path(q: &FileQuery, allow_root: bool) -> ApiResult<std::path::PathBuf> {
+    match &q.path_base64 {
+        None => Ok(files::relative(&q.path, allow_root)?),
+        Some(_) if !q.path.is_empty() => Err(ApiError::Invalid("path, path_base64: give one, not both".into())),
+        Some(b) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|_| ApiError::Invalid(format!("path_base64: {b:?} is not standard base64")))?;
+            Ok(files::relative_bytes(&bytes, allow_root)?)
+        }
+    }
+}
+
 /// A filesystem has no image and so no users: its files belong to the namespace's root, and the
 /// server acts on them as that root. Acting as a user is a sandbox's files route's business.
 fn refuse_user(q: &FileQuery) -> ApiResult<()> {
@@ -254,7 +269,7 @@ pub async fn delete_file(
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemFileDelete, &Target::filesystem(&ns, &id))?;
     refuse_user(&q)?;
-    let rel = files::relative(&q.path, false)?;
+    let rel = fs_path(&q, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
     // A delete is conditional on If-Match (and then on If-None-Match too) only.
