@@ -732,8 +732,14 @@ pub struct SandboxFileParams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct FilesystemFileParams {
-    /// Relative to the filesystem's root, such as `src/main.rs`.
+    /// Relative to the filesystem's root, such as `src/main.rs`. Empty (or absent) with
+    /// `path_base64`.
+    #[serde(default)]
     pub path: String,
+    /// The path's exact bytes in standard base64, for a name that is not UTF-8 (a listing's
+    /// `name_base64`); instead of `path`, never with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_base64: Option<String>,
     /// List the directory at `path` (`""` or `.` for the root) instead of reading a file.
     pub list: Option<bool>,
     /// `PUT` only: the new file's permission bits in octal, as for a sandbox's files.

@@ -131,8 +131,10 @@ async fn directories_missing_paths_modes_and_parents() {
     // Sandbox API.
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/etc"), vec![]).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "is_a_directory", "GET /etc");
+    assert!(message(&r).contains("/etc"), "{}", message(&r));
     let r = send(&h, Method::PUT, &sandbox_files(&sbx, "path=/tmp"), b"x".to_vec()).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "is_a_directory", "PUT /tmp");
+    assert!(message(&r).contains("/tmp"), "{}", message(&r));
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/nope/missing.txt"), vec![]).await;
     assert_code(&r, StatusCode::NOT_FOUND, "not_found", "GET missing");
     assert!(message(&r).contains("/nope/missing.txt"), "{}", message(&r));
@@ -165,8 +167,10 @@ async fn directories_missing_paths_modes_and_parents() {
     assert_eq!(sh(&h, &sbx, "stat -c %a /workspace/bin/tool && /workspace/bin/tool").await, "755\ntool 2\n");
     let r = send(&h, Method::GET, &fs_files(&fs, "path=bin"), vec![]).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "is_a_directory", "fs GET bin");
+    assert!(message(&r).contains("\"bin\""), "every file error names its path: {}", message(&r));
     let r = send(&h, Method::PUT, &fs_files(&fs, "path=bin"), b"x".to_vec()).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "is_a_directory", "fs PUT bin");
+    assert!(message(&r).contains("\"bin\""), "{}", message(&r));
     let r = send(&h, Method::GET, &fs_files(&fs, "path=bin/none"), vec![]).await;
     assert_code(&r, StatusCode::NOT_FOUND, "not_found", "fs GET missing");
     assert!(message(&r).contains("bin/none"), "{}", message(&r));
@@ -226,6 +230,16 @@ async fn listings_show_types_modes_mtimes_and_names_that_are_not_utf8() {
         let r = send(&h, Method::GET, &format!("{base}&limit=0"), vec![]).await;
         assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", "limit=0");
     }
+    // A name that is not UTF-8 is addressed by its exact bytes (`path_base64`) on the
+    // filesystem API: read back, and a new one written, seen with its bytes from inside.
+    sh(&h, &sbx, "printf odd > \"/workspace/l/$(printf 'n\\377')\"").await;
+    let r = send(&h, Method::GET, &fs_files(&fs, "path_base64=bC9u%2Fw%3D%3D"), vec![]).await;
+    assert_eq!((r.status, r.raw.as_slice()), (StatusCode::OK, &b"odd"[..]), "{}", r.body);
+    let r = send(&h, Method::PUT, &fs_files(&fs, "path_base64=bC93%2Fg%3D%3D"), b"new".to_vec()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let names = sh(&h, &sbx, "cd /workspace/l && ls | od -An -c | tr -s ' '").await;
+    assert!(names.contains("w 376"), "the exact bytes w\\xfe: {names}");
+    assert_eq!(sh(&h, &sbx, "cat /workspace/l/w*").await, "new");
     // A file is not a directory to list.
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/tmp/l/file&list=true"), vec![]).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", "list of a file");
@@ -280,8 +294,9 @@ fn noise(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_200_mib_file_round_trips_through_both_apis() {
-    let (h, fs, sbx) = setup(512 * MIB, |c| c.sandbox_limits.file_bytes = 256 * MIB).await;
+async fn a_200_mib_file_round_trips_through_both_apis_and_a_full_filesystem_keeps_the_old_content() {
+    // The server's defaults: no ceiling on file bodies but the filesystem's space.
+    let (h, fs, sbx) = setup(512 * MIB, |_| {}).await;
     let data = noise(200 * MIB as usize);
     let digest = Sha256::digest(&data);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -293,9 +308,24 @@ async fn a_200_mib_file_round_trips_through_both_apis() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(Sha256::digest(&r.raw), digest, "filesystem download");
     // In through the filesystem, out through the sandbox.
-    let r = send(&h, Method::PUT, &fs_files(&fs, "path=big2.bin"), data).await;
+    let r = send(&h, Method::PUT, &fs_files(&fs, "path=big2.bin"), data.clone()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/workspace/big2.bin"), vec![]).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(Sha256::digest(&r.raw), digest, "sandbox download");
+    // 400 MiB of 512 are used: 200 more do not fit. The kernel's ENOSPC is `quota_exceeded`
+    // naming the path; the previous content stays and no temporary file is left.
+    for (put, what) in
+        [(sandbox_files(&sbx, "path=/workspace/small.txt"), "sandbox"), (fs_files(&fs, "path=small.txt"), "filesystem")]
+    {
+        let r = send(&h, Method::PUT, &put, b"old".to_vec()).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{what}: {}", r.body);
+        let r = send(&h, Method::PUT, &put, data.clone()).await;
+        assert_code(&r, StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", what);
+        assert!(message(&r).contains("small.txt"), "{what}: {}", message(&r));
+        assert_eq!(
+            sh(&h, &sbx, "cat /workspace/small.txt; ls -a /workspace | tr '\\n' ' '").await,
+            "old. .. big.bin big2.bin small.txt "
+        );
+    }
 }

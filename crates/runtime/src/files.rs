@@ -72,7 +72,8 @@ impl Preconditions {
         self.if_match.is_some() || self.if_none_match
     }
 
-    /// Checks the conditions against `current`, the ETag of the file now (`None`: no file).
+    /// Checks the conditions against `current`, the ETag of the file now (`None`: no file;
+    /// `Some("")`: a file larger than the bound of ETags, which only `If-Match: *` matches).
     pub fn check(&self, current: Option<&str>) -> Result<(), FileError> {
         if self.if_none_match && current.is_some() {
             return Err(FileError::PreconditionFailed("If-None-Match: * but the file exists".into()));
@@ -80,7 +81,8 @@ impl Preconditions {
         if let Some(wanted) = &self.if_match {
             let matches = match current {
                 None => false,
-                Some(tag) => wanted == "*" || wanted.split(',').any(|t| t.trim() == tag),
+                // An empty tag is a file too large to have one: only `*` matches it.
+                Some(tag) => wanted == "*" || (!tag.is_empty() && wanted.split(',').any(|t| t.trim() == tag)),
             };
             if !matches {
                 return Err(FileError::PreconditionFailed("If-Match does not match the file's current ETag".into()));
@@ -90,11 +92,16 @@ impl Preconditions {
     }
 }
 
-/// A file opened for download: its bytes, its length, and the ETag of exactly those bytes.
+/// A file opened for download: its bytes, its length, and the ETag of exactly those bytes when
+/// the file is small enough to be hashed before it is sent (see [`FilesystemStorage::open`]).
+///
+/// [`FilesystemStorage::open`]: crate::storage::FilesystemStorage::open
 pub struct Download {
     pub reader: Box<dyn Read + Send>,
     pub len: u64,
-    pub etag: String,
+    /// The content-hash ETag; `None` for a file larger than the bound of ETags, which is
+    /// streamed as it is read, without being hashed first.
+    pub etag: Option<String>,
 }
 
 /// What a write put in place.
@@ -108,9 +115,10 @@ pub struct Written {
 /// The bounds and ownership of a file write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteOptions {
-    /// Largest content accepted.
+    /// Largest content accepted (the filesystem's size, or an operator's lower ceiling).
     pub max_bytes: u64,
-    /// Largest file whose ETag is computed for a condition (the download bound).
+    /// Largest file whose ETag is computed for a condition (the bound of ETags); a larger file
+    /// has none and only `If-Match: *` matches it.
     pub hash_max: u64,
     /// Permission bits of the file (and the sticky bit); `None` keeps an existing file's mode
     /// and owner, and gives a new one 0644.
@@ -135,15 +143,22 @@ pub trait StagedArchive: Send {
 /// A relative, normalized path inside a filesystem; the root is `""`, accepted only when
 /// `allow_root` (listing). Absolute paths, `..`, NUL and overlong names are refused.
 pub fn relative(path: &str, allow_root: bool) -> Result<PathBuf, FileError> {
-    let bad = |why: &str| FileError::Invalid(format!("path: {path:?} {why}"));
-    if path.len() > archive::MAX_PATH || path.contains('\0') {
+    relative_bytes(path.as_bytes(), allow_root)
+}
+
+/// [`relative`] of a path given as its exact bytes (names that are not UTF-8).
+pub fn relative_bytes(path: &[u8], allow_root: bool) -> Result<PathBuf, FileError> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = Path::new(std::ffi::OsStr::from_bytes(path));
+    let bad = |why: &str| FileError::Invalid(format!("path: {raw:?} {why}"));
+    if path.len() > archive::MAX_PATH || path.contains(&0) {
         return Err(bad("is too long or holds NUL"));
     }
-    if path.starts_with('/') {
+    if path.starts_with(b"/") {
         return Err(bad("must be relative to the filesystem's root"));
     }
     let mut out = PathBuf::new();
-    for c in Path::new(path).components() {
+    for c in raw.components() {
         match c {
             Component::Normal(n) if n.len() <= archive::MAX_NAME => out.push(n),
             Component::CurDir => {}
@@ -237,38 +252,39 @@ pub(crate) fn from_archive(e: ArchiveError) -> FileError {
     }
 }
 
-/// Opens the file at `rel` for a download of at most `max` bytes and hashes it; `None` when
-/// there is none. The file comes back positioned at its start, with the length that was hashed.
+/// Opens the file at `rel` for a download and hashes it when it has at most `hash_max` bytes;
+/// `None` when there is none. The file comes back positioned at its start, with its length
+/// (the length that was hashed, when it was) and the digest (`None`: too large to be hashed,
+/// it is streamed as it is). Nothing is buffered: a file of any size is read as a stream.
+#[allow(clippy::type_complexity)]
 pub(crate) fn open_hashed(
     root: &Root,
     rel: &Path,
-    max: u64,
-) -> Result<Option<(std::fs::File, u64, Vec<u8>)>, FileError> {
+    hash_max: u64,
+) -> Result<Option<(std::fs::File, u64, Option<Vec<u8>>)>, FileError> {
     let (mut file, meta) = match confined::open_read(root, rel) {
         Ok(x) => x,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(from_io(e)),
     };
-    if meta.len() > max {
-        return Err(too_large_download(meta.len(), max));
+    if meta.len() > hash_max {
+        return Ok(Some((file, meta.len(), None)));
     }
     let mut hasher = Sha256::new();
-    let len = io::copy(&mut (&mut file).take(max + 1), &mut hasher).map_err(from_io)?;
-    if len > max {
-        return Err(FileError::TooLarge(format!("the file grew past {max} bytes")));
-    }
+    let len = io::copy(&mut (&mut file).take(hash_max.saturating_add(1)), &mut hasher).map_err(from_io)?;
     file.seek(SeekFrom::Start(0)).map_err(from_io)?;
-    Ok(Some((file, len, hasher.finalize().to_vec())))
+    if len > hash_max {
+        // It grew past the bound while it was hashed: streamed without an ETag.
+        let now = file.metadata().map_err(from_io)?.len();
+        return Ok(Some((file, now, None)));
+    }
+    Ok(Some((file, len, Some(hasher.finalize().to_vec()))))
 }
 
-/// The refusal of a download of a `len`-byte file past `max`.
-pub(crate) fn too_large_download(len: u64, max: u64) -> FileError {
-    FileError::TooLarge(format!("the file has {len} bytes; the files API serves at most {max} (use the archive)"))
-}
-
-/// The ETag of the file at `rel` (bounded as a download); `None` when there is none.
-pub(crate) fn current_etag(root: &Root, rel: &Path, max: u64) -> Result<Option<String>, FileError> {
-    Ok(open_hashed(root, rel, max)?.map(|(_, _, digest)| etag(&digest)))
+/// The ETag of the file at `rel`; `None` when there is none, `Some("")` when it is larger than
+/// `hash_max` (it has no ETag: see [`Preconditions::check`]).
+pub(crate) fn current_etag(root: &Root, rel: &Path, hash_max: u64) -> Result<Option<String>, FileError> {
+    Ok(open_hashed(root, rel, hash_max)?.map(|(_, _, digest)| digest.map(|d| etag(&d)).unwrap_or_default()))
 }
 
 /// The bytes of a file whose hash was taken when the download began: reading fails (the client
@@ -332,5 +348,9 @@ mod tests {
         for bad in ["/etc", "a/../b", "", "a\0b"] {
             assert!(matches!(relative(bad, false), Err(FileError::Invalid(_))), "{bad:?}");
         }
+        assert_eq!(
+            relative_bytes(b"d/n\xff", false).ok().map(|p| p.into_os_string().into_encoded_bytes()),
+            Some(b"d/n\xff".to_vec())
+        );
     }
 }

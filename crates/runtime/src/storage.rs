@@ -52,8 +52,10 @@ pub trait FilesystemStorage: Send + Sync + 'static {
     /// A page of the directory at `rel`: at most `limit` entries whose names sort (by their
     /// bytes) after `after`, and whether more follow.
     fn list(&self, id: &str, rel: &Path, after: Option<&[u8]>, limit: usize) -> Result<(Vec<Entry>, bool), FileError>;
-    /// The file at `rel` for a download of at most `max` bytes; `None` when there is none.
-    fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError>;
+    /// The file at `rel` for a download, of any size, streamed; `None` when there is none. A
+    /// file of at most `hash_max` bytes is hashed first and carries its ETag; a larger one has
+    /// none.
+    fn open(&self, id: &str, rel: &Path, hash_max: u64) -> Result<Option<Download>, FileError>;
     /// Checks `pre` against the file at `rel` now (hashing at most `hash_max` bytes).
     fn check(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError>;
     /// Writes `data` to `rel` atomically (parents created): `serialize` runs once the content is
@@ -424,11 +426,29 @@ impl Storage {
     }
 }
 
-/// `e`, with the message of a missing path or a special file naming `rel`.
+/// `e`, with a message that names `rel` (every file error names its path).
 fn named(e: FileError, rel: &Path) -> FileError {
+    let shown = format!("{rel:?}");
+    let name = |m: String| {
+        if m.contains(&shown) {
+            m
+        } else {
+            format!("path: {shown}: {}", m.strip_prefix("path: ").unwrap_or(&m))
+        }
+    };
     match e {
-        FileError::NotFound(_) => FileError::NotFound(format!("path: {:?}: no such file or directory", rel)),
-        other => other,
+        FileError::NotFound(_) => FileError::NotFound(format!("path: {shown}: no such file or directory")),
+        FileError::Invalid(m) => FileError::Invalid(name(m)),
+        FileError::Loop(m) => FileError::Loop(name(m)),
+        FileError::NotADirectory(m) => FileError::NotADirectory(name(m)),
+        FileError::IsADirectory(m) => FileError::IsADirectory(name(m)),
+        FileError::NotARegularFile(m) => FileError::NotARegularFile(name(m)),
+        FileError::PermissionDenied(m) => FileError::PermissionDenied(name(m)),
+        FileError::TooLarge(m) => FileError::TooLarge(name(m)),
+        FileError::NoSpace(m) => FileError::NoSpace(name(m)),
+        FileError::PreconditionFailed(m) => FileError::PreconditionFailed(name(m)),
+        FileError::Io(m) => FileError::Io(name(m)),
+        FileError::NotEmpty => FileError::NotEmpty,
     }
 }
 
@@ -489,18 +509,24 @@ impl FilesystemStorage for Storage {
         confined::list_page(&self.root(id)?, rel, after, limit).map_err(files::from_confined).map_err(|e| named(e, rel))
     }
 
-    fn open(&self, id: &str, rel: &Path, max: u64) -> Result<Option<Download>, FileError> {
-        let Some((file, len, digest)) = files::open_hashed(&self.root(id)?, rel, max).map_err(|e| named(e, rel))?
+    fn open(&self, id: &str, rel: &Path, hash_max: u64) -> Result<Option<Download>, FileError> {
+        let Some((file, len, digest)) =
+            files::open_hashed(&self.root(id)?, rel, hash_max).map_err(|e| named(e, rel))?
         else {
             return Ok(None);
         };
+        let Some(digest) = digest else {
+            // Too large to hash before it is sent: streamed as it is, cut at the length announced.
+            return Ok(Some(Download { reader: Box::new(file.take(len)), len, etag: None }));
+        };
         let etag = files::etag(&digest);
         let reader = files::Verified { file: file.take(len), hasher: Some(sha2::Sha256::default()), expected: digest };
-        Ok(Some(Download { reader: Box::new(reader), len, etag }))
+        Ok(Some(Download { reader: Box::new(reader), len, etag: Some(etag) }))
     }
 
     fn check(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError> {
-        pre.check(files::current_etag(&self.root(id)?, rel, hash_max)?.as_deref())
+        let root = self.root(id)?;
+        files::current_etag(&root, rel, hash_max).and_then(|tag| pre.check(tag.as_deref())).map_err(|e| named(e, rel))
     }
 
     fn write(
@@ -526,15 +552,15 @@ impl FilesystemStorage for Storage {
             });
         match written {
             Ok((bytes, _held)) => Ok(Written { bytes, etag: files::etag(&hashing.hasher.finalize()) }),
-            Err(WriteError::File(e)) => Err(e),
-            Err(WriteError::Confined(e)) => Err(files::from_confined(e)),
+            Err(WriteError::File(e)) => Err(named(e, rel)),
+            Err(WriteError::Confined(e)) => Err(named(files::from_confined(e), rel)),
         }
     }
 
     fn remove(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError> {
         let root = self.root(id)?;
         if pre.if_match.is_some() {
-            pre.check(files::current_etag(&root, rel, hash_max)?.as_deref())?;
+            pre.check(files::current_etag(&root, rel, hash_max)?.as_deref()).map_err(|e| named(e, rel))?;
         }
         confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| named(e, rel))
     }

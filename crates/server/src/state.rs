@@ -49,13 +49,20 @@ pub struct SandboxLimits {
     pub exec_output_bytes: u64,
     /// Output passed on per stream of a streamed exec.
     pub stream_output_bytes: u64,
-    /// Largest file read or written through the files API.
+    /// An operator's ceiling on a file read or written through the files APIs (a sandbox's and a
+    /// filesystem's). Default: none (`u64::MAX`): a file body of any size up to the sandbox's or
+    /// the filesystem's space streams through, and a write past that space is the kernel's
+    /// `ENOSPC`, answered `quota_exceeded` with the previous content kept.
     pub file_bytes: u64,
+    /// Largest file of a filesystem whose content-hash ETag is computed (before a download, and
+    /// for an `If-Match` condition): 64 MiB. A larger file streams without an ETag, and only
+    /// `If-Match: *` matches it.
+    pub etag_bytes: u64,
 }
 
 impl Default for SandboxLimits {
     fn default() -> Self {
-        Self { exec_output_bytes: 1 << 20, stream_output_bytes: 64 << 20, file_bytes: 64 << 20 }
+        Self { exec_output_bytes: 1 << 20, stream_output_bytes: 64 << 20, file_bytes: u64::MAX, etag_bytes: 64 << 20 }
     }
 }
 

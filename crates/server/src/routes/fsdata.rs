@@ -147,7 +147,7 @@ pub async fn read_file(
     if !list && (q.limit.is_some() || q.cursor.is_some()) {
         return Err(ApiError::Invalid("limit, cursor: only with list=true".into()));
     }
-    let rel = files::relative(&q.path, list)?;
+    let rel = fs_path(&q, list)?;
     let f = load_filesystem(&ctx, &ns, &id).await?;
     if list {
         let (after, limit) = (list_after(q.cursor.as_deref())?, list_limit(q.limit)?);
@@ -161,7 +161,9 @@ pub async fn read_file(
     let mut r = Response::new(limits::reader_body(file.reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(file.len));
-    etag_header(&mut r, &file.etag);
+    if let Some(etag) = &file.etag {
+        etag_header(&mut r, etag);
+    }
     Ok(r)
 }
 
@@ -188,7 +190,7 @@ pub async fn write_file(
         return Err(ApiError::Invalid("list, limit, cursor: only for reads".into()));
     }
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
-    let rel = files::relative(&q.path, false)?;
+    let rel = fs_path(&q, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
@@ -205,7 +207,19 @@ pub async fn write_file(
     let write = filesystems::write(&ctx.state, &namespace, &f, rel, Box::new(reader), pre, mode);
     let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
     let written = match (pumped, written) {
-        (Err(PumpError::TooLarge), _) => return Err(ApiError::PayloadTooLarge(format!("at most {max} bytes"))),
+        // Past the filesystem's size: it cannot fit, the same answer as the kernel's ENOSPC.
+        (Err(PumpError::TooLarge), _) if max >= f.size_bytes => {
+            return Err(ApiError::QuotaExceeded(format!(
+                "path: {:?}: no space left: the filesystem holds at most {} bytes (its size_bytes)",
+                q.path, f.size_bytes
+            )))
+        }
+        (Err(PumpError::TooLarge), _) => {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "path: {:?}: this server accepts files of at most {max} bytes",
+                q.path
+            )))
+        }
         (Err(PumpError::Interrupted), _) => {
             return Err(ApiError::Invalid("body: could not be read to the end".into()));
         }
@@ -215,6 +229,21 @@ pub async fn write_file(
     let mut r = StatusCode::NO_CONTENT.into_response();
     etag_header(&mut r, &written.etag);
     Ok(r)
+}
+
+/// The relative path of a filesystem's files route: `path`, or the exact bytes of
+/// `path_base64` (for names that are not UTF-8), never both.
+fn fs_path(q: &FileQuery, allow_root: bool) -> ApiResult<std::path::PathBuf> {
+    match &q.path_base64 {
+        None => Ok(files::relative(&q.path, allow_root)?),
+        Some(_) if !q.path.is_empty() => Err(ApiError::Invalid("path, path_base64: give one, not both".into())),
+        Some(b) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|_| ApiError::Invalid(format!("path_base64: {b:?} is not standard base64")))?;
+            Ok(files::relative_bytes(&bytes, allow_root)?)
+        }
+    }
 }
 
 /// A filesystem has no image and so no users: its files belong to the namespace's root, and the
@@ -240,7 +269,7 @@ pub async fn delete_file(
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::FilesystemFileDelete, &Target::filesystem(&ns, &id))?;
     refuse_user(&q)?;
-    let rel = files::relative(&q.path, false)?;
+    let rel = fs_path(&q, false)?;
     ctx.audit_detail("path", q.path.chars().take(512).collect::<String>());
     let f = load_filesystem(&ctx, &ns, &id).await?;
     // A delete is conditional on If-Match (and then on If-None-Match too) only.

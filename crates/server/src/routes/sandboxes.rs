@@ -750,6 +750,7 @@ pub async fn write_file(
     // The body goes to the sandbox as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
     let write = sandboxes::write_file(&ctx.state, &id, &params.path, rx, mode, user);
+    let shown = params.path.clone();
     let pump = async move {
         use futures_util::StreamExt;
         let mut body = body.into_data_stream();
@@ -762,7 +763,9 @@ pub async fn write_file(
             received += bytes.len() as u64;
             if received > limit {
                 let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
-                return Err(ApiError::PayloadTooLarge(format!("files are at most {limit} bytes")));
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "path: {shown:?}: this server accepts files of at most {limit} bytes"
+                )));
             }
             if tx.send(Ok(bytes.to_vec())).await.is_err() {
                 // The sandbox refused the write; its answer says why.

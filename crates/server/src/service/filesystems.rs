@@ -168,19 +168,31 @@ pub async fn list_dir(
     Ok(super::listing::Listing { entries: entries.into_iter().map(Into::into).collect(), more })
 }
 
-/// The file `rel` for download, bounded by the files API's size; `None` when there is none.
+/// The file `rel` for download, of any size, streamed; `None` when there is none. Files up to
+/// the bound of ETags carry one. The operator's ceiling, when set, refuses a larger file.
 pub async fn open(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> ServiceResult<Option<Download>> {
-    let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.file_bytes);
-    blocking(move || storage.open(&id, &rel, max)).await
+    let limits = &state.config.sandbox_limits;
+    let (storage, id, hash_max, ceiling) =
+        (state.storage.clone(), row.id.clone(), limits.etag_bytes, limits.file_bytes);
+    let shown = rel.clone();
+    let file = blocking(move || storage.open(&id, &rel, hash_max)).await?;
+    match file {
+        Some(f) if f.len > ceiling => Err(ServiceError::TooLarge(format!(
+            "path: {shown:?}: the file has {} bytes; this server's files API serves at most {ceiling}",
+            f.len
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// Checks `pre` against the file `rel` now, before a write's body is read.
 pub async fn check(state: &AppState, row: &FilesystemRow, rel: PathBuf, pre: Preconditions) -> ServiceResult<()> {
-    let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.file_bytes);
+    let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.etag_bytes);
     blocking(move || storage.check(&id, &rel, &pre, max)).await
 }
 
-/// The largest content a file write to `row` accepts.
+/// The largest content a file write to `row` accepts: the filesystem's size (or the
+/// operator's ceiling when lower). The kernel's `ENOSPC` usually comes first.
 pub fn max_write(state: &AppState, row: &FilesystemRow) -> u64 {
     state.config.sandbox_limits.file_bytes.min(row.size_bytes)
 }
@@ -199,7 +211,7 @@ pub async fn write(
 ) -> ServiceResult<Written> {
     let options = WriteOptions {
         max_bytes: max_write(state, row),
-        hash_max: state.config.sandbox_limits.file_bytes,
+        hash_max: state.config.sandbox_limits.etag_bytes,
         mode,
         owner: id_range(ns)?,
     };
@@ -215,7 +227,7 @@ pub async fn write(
 /// Removes the file or empty directory `rel` when `pre` holds.
 pub async fn remove(state: &AppState, row: &FilesystemRow, rel: PathBuf, pre: Preconditions) -> ServiceResult<()> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
-    let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.file_bytes);
+    let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.etag_bytes);
     blocking(move || storage.remove(&id, &rel, &pre, max)).await
 }
 
