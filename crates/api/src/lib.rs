@@ -709,8 +709,13 @@ pub struct FilesystemDeleteParams {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SandboxFileParams {
-    /// Absolute path inside the sandbox.
+    /// Absolute path inside the sandbox. Empty (or absent) with `path_base64`.
+    #[serde(default)]
     pub path: String,
+    /// The path's exact bytes in standard base64, for a name that is not UTF-8 (a listing's
+    /// `name_base64`); instead of `path`, never with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_base64: Option<String>,
     /// Act as this user of the sandbox's image: a name, a uid or `uid:gid`. The kernel decides
     /// what the user may do (`permission_denied`); what the user creates is the user's. The
     /// sandbox's root when absent.

@@ -240,6 +240,20 @@ async fn listings_show_types_modes_mtimes_and_names_that_are_not_utf8() {
     let names = sh(&h, &sbx, "cd /workspace/l && ls | od -An -c | tr -s ' '").await;
     assert!(names.contains("w 376"), "the exact bytes w\\xfe: {names}");
     assert_eq!(sh(&h, &sbx, "cat /workspace/l/w*").await, "new");
+    // The same on the sandbox API: `/tmp/l/n\xff` read by its bytes, `/tmp/l/w\xfe` written.
+    sh(&h, &sbx, "printf odd > \"/tmp/l/$(printf 'n\\377')\"").await;
+    let r = send(&h, Method::GET, &sandbox_files(&sbx, "path_base64=L3RtcC9sL27%2F"), vec![]).await;
+    assert_eq!((r.status, r.raw.as_slice()), (StatusCode::OK, &b"odd"[..]), "{}", r.body);
+    let r = send(&h, Method::PUT, &sandbox_files(&sbx, "path_base64=L3RtcC9sL3f%2B"), b"new".to_vec()).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let names = sh(&h, &sbx, "cd /tmp/l && ls | od -An -c | tr -s ' '").await;
+    assert!(names.contains("w 376"), "the exact bytes w\\xfe: {names}");
+    assert_eq!(sh(&h, &sbx, "cat /tmp/l/w*").await, "new");
+    // Both forms at once, bad base64 and a relative path are refused.
+    for query in ["path=/tmp/x&path_base64=L3RtcC94", "path_base64=%25%25", "path_base64=dG1wL3g%3D"] {
+        let r = send(&h, Method::GET, &sandbox_files(&sbx, query), vec![]).await;
+        assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", query);
+    }
     // A file is not a directory to list.
     let r = send(&h, Method::GET, &sandbox_files(&sbx, "path=/tmp/l/file&list=true"), vec![]).await;
     assert_code(&r, StatusCode::BAD_REQUEST, "invalid_request", "list of a file");

@@ -224,18 +224,25 @@ impl FileStream {
     }
 }
 
+/// The bytes of a path inside a sandbox, as the supervisor protocol carries them (a Linux path
+/// need not be UTF-8).
+fn path_bytes(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().to_vec()
+}
+
 /// Starts reading a file of at most `max_bytes` through the supervisor, as `user` (the
 /// sandbox's root when `None`). A file that cannot be read (missing, a directory, a special
 /// file, too large, not readable by the user) fails here, before any byte is returned.
 pub async fn read_file(
     socket: &Path,
     id: &str,
-    path: &str,
+    path: &Path,
     user: Option<String>,
     max_bytes: u64,
 ) -> Result<FileStream> {
     let mut conn = connect(socket, id).await?;
-    send_request(&mut conn, &Request::ReadFile { path: path.to_owned(), max_bytes, user }).await?;
+    send_request(&mut conn, &Request::ReadFile { path: path_bytes(path), max_bytes, user }).await?;
     file_stream(conn, max_bytes).await
 }
 
@@ -257,14 +264,14 @@ pub(crate) async fn file_stream(conn: UnixStream, max_bytes: u64) -> Result<File
 pub async fn write_file(
     socket: &Path,
     id: &str,
-    path: &str,
+    path: &Path,
     mut data: mpsc::Receiver<std::io::Result<Vec<u8>>>,
     max_bytes: u64,
     mode: Option<u32>,
     user: Option<String>,
 ) -> Result<()> {
     let mut conn = connect(socket, id).await?;
-    let request = Request::WriteFile { path: path.to_owned(), max_bytes, mode, user };
+    let request = Request::WriteFile { path: path_bytes(path), max_bytes, mode, user };
     send_request(&mut conn, &request).await?;
     let mut sent = 0u64;
     let mut refused = false;
@@ -274,7 +281,7 @@ pub async fn write_file(
         if sent > max_bytes {
             return Err(RuntimeError::File(bulkhead_supervisor::protocol::Failure::new(
                 bulkhead_supervisor::protocol::FailureKind::TooLarge,
-                format!("{path}: over the {max_bytes} byte limit"),
+                format!("{}: over the {max_bytes} byte limit", path.display()),
             )));
         }
         let mut failed = false;
@@ -500,7 +507,7 @@ pub struct DirPage {
 pub async fn list_dir(
     socket: &Path,
     id: &str,
-    path: &str,
+    path: &Path,
     user: Option<String>,
     after: Option<Vec<u8>>,
     limit: u32,
@@ -508,7 +515,7 @@ pub async fn list_dir(
     let limit = limit.clamp(1, protocol::MAX_LIST);
     let mut conn = connect(socket, id).await?;
     // One more than asked for tells whether another page follows.
-    let request = Request::ListDir { path: path.to_owned(), after, limit: limit + 1, user };
+    let request = Request::ListDir { path: path_bytes(path), after, limit: limit + 1, user };
     send_request(&mut conn, &request).await?;
     let mut entries = Vec::new();
     loop {

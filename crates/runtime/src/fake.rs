@@ -202,7 +202,15 @@ impl crate::Runtime for FakeRuntime {
         Ok(ExecStream::from_channel(rx))
     }
 
-    async fn read_file(&self, id: &str, path: &str, _user: Option<String>, max_bytes: u64) -> Result<FileStream> {
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        _user: Option<String>,
+        max_bytes: u64,
+    ) -> Result<FileStream> {
+        let path = path.to_string_lossy();
+        let path = path.as_ref();
         let data = {
             let state = lock(&self.state);
             let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
@@ -235,12 +243,14 @@ impl crate::Runtime for FakeRuntime {
     async fn write_file(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         mut data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
         _mode: Option<u32>,
         _user: Option<String>,
     ) -> Result<()> {
+        let path = path.to_string_lossy();
+        let path = path.as_ref();
         if !lock(&self.state).sandboxes.contains_key(id) {
             return Err(not_running(id));
         }
@@ -264,11 +274,13 @@ impl crate::Runtime for FakeRuntime {
     async fn list_dir(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         _user: Option<String>,
         after: Option<Vec<u8>>,
         limit: u32,
     ) -> Result<crate::DirPage> {
+        let path = path.to_string_lossy();
+        let path = path.as_ref();
         // The files written at `path/<name>`, as regular files.
         let state = lock(&self.state);
         let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;

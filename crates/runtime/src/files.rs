@@ -146,6 +146,23 @@ pub fn relative(path: &str, allow_root: bool) -> Result<PathBuf, FileError> {
     relative_bytes(path.as_bytes(), allow_root)
 }
 
+/// An absolute path inside a sandbox given as its exact bytes (names need not be UTF-8): it
+/// starts with `/`, holds no NUL and is at most [`archive::MAX_PATH`] bytes. The sandbox's
+/// kernel resolves it inside the sandbox's own root.
+///
+/// Errors: [`FileError::Invalid`] naming the path (shown with invalid sequences replaced).
+pub fn absolute_bytes(path: &[u8]) -> Result<PathBuf, FileError> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = Path::new(std::ffi::OsStr::from_bytes(path));
+    if !path.starts_with(b"/") || path.len() > archive::MAX_PATH || path.contains(&0) {
+        return Err(FileError::Invalid(format!(
+            "path: {raw:?} must be an absolute path of at most {} bytes without NUL",
+            archive::MAX_PATH
+        )));
+    }
+    Ok(raw.to_owned())
+}
+
 /// [`relative`] of a path given as its exact bytes (names that are not UTF-8).
 pub fn relative_bytes(path: &[u8], allow_root: bool) -> Result<PathBuf, FileError> {
     use std::os::unix::ffi::OsStrExt;
@@ -352,5 +369,12 @@ mod tests {
             relative_bytes(b"d/n\xff", false).ok().map(|p| p.into_os_string().into_encoded_bytes()),
             Some(b"d/n\xff".to_vec())
         );
+        assert_eq!(
+            absolute_bytes(b"/tmp/n\xff").ok().map(|p| p.into_os_string().into_encoded_bytes()),
+            Some(b"/tmp/n\xff".to_vec())
+        );
+        for bad in [&b"rel"[..], b"", b"/a\0b"] {
+            assert!(matches!(absolute_bytes(bad), Err(FileError::Invalid(_))), "{bad:?}");
+        }
     }
 }

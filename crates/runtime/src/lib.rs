@@ -184,7 +184,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// `uid:gid` of the sandbox's image; its root when `None`). A file that cannot be read fails
     /// here, before any byte is returned, and never blocks (a fifo, socket or device is refused
     /// at once). The stream is pulled: nothing is read ahead.
-    async fn read_file(&self, id: &str, path: &str, user: Option<String>, max_bytes: u64) -> Result<FileStream>;
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        user: Option<String>,
+        max_bytes: u64,
+    ) -> Result<FileStream>;
     /// Writes a file inside a sandbox, atomically, from the chunks arriving on `data` (at most
     /// `max_bytes`), as `user`; an error on `data` abandons the write and keeps the previous
     /// content. `mode` (at most `0o1777`) when given; otherwise an existing file keeps its mode
@@ -192,7 +198,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn write_file(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
         mode: Option<u32>,
@@ -203,7 +209,7 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list_dir(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         user: Option<String>,
         after: Option<Vec<u8>>,
         limit: u32,

@@ -746,7 +746,13 @@ impl Runtime for OciRuntime {
         client::exec(&self.socket(id), id, spec, stdin).await
     }
 
-    async fn read_file(&self, id: &str, path: &str, user: Option<String>, max_bytes: u64) -> Result<FileStream> {
+    async fn read_file(
+        &self,
+        id: &str,
+        path: &std::path::Path,
+        user: Option<String>,
+        max_bytes: u64,
+    ) -> Result<FileStream> {
         Self::check_id(id)?;
         client::read_file(&self.socket(id), id, path, user, max_bytes).await
     }
@@ -754,7 +760,7 @@ impl Runtime for OciRuntime {
     async fn write_file(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
         max_bytes: u64,
         mode: Option<u32>,
@@ -767,7 +773,7 @@ impl Runtime for OciRuntime {
     async fn list_dir(
         &self,
         id: &str,
-        path: &str,
+        path: &std::path::Path,
         user: Option<String>,
         after: Option<Vec<u8>>,
         limit: u32,

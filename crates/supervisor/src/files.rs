@@ -13,6 +13,7 @@
 //! it opened for reading, with `O_NONBLOCK`, and checked again to be the same file.
 
 use std::ffi::{CString, OsString};
+use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -25,6 +26,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::protocol::{self, kind, lossless_name, DirEntry, Done, Failure, FailureKind, FileType, Request, CHUNK};
 use crate::users::{self, Credentials};
 
+/// A path inside the sandbox as the kernel takes it (bytes, not necessarily UTF-8), shown in
+/// messages with invalid sequences replaced.
+#[derive(Clone, Copy)]
+pub(crate) struct FilePath<'a>(pub(crate) &'a Path);
+
+impl fmt::Display for FilePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.display())
+    }
+}
+
+impl fmt::Debug for FilePath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0.to_string_lossy())
+    }
+}
+
 /// Mode of a new file when the request gives none.
 const NEW_FILE_MODE: u32 = 0o644;
 /// Mode bits a write may set: permissions and the sticky bit (never setuid or setgid).
@@ -35,13 +53,16 @@ const SETTABLE: u32 = 0o1777;
 pub(crate) fn serve(conn: &mut UnixStream, request: Request) -> io::Result<()> {
     let result = match request {
         Request::ReadFile { path, max_bytes, user } => {
-            become_user(user.as_deref()).and_then(|()| read_file(conn, &path, max_bytes))
+            let path = PathBuf::from(OsString::from_vec(path));
+            become_user(user.as_deref()).and_then(|()| read_file(conn, FilePath(&path), max_bytes))
         }
         Request::WriteFile { path, max_bytes, mode, user } => {
-            become_user(user.as_deref()).and_then(|()| write_file(conn, &path, max_bytes, mode))
+            let path = PathBuf::from(OsString::from_vec(path));
+            become_user(user.as_deref()).and_then(|()| write_file(conn, FilePath(&path), max_bytes, mode))
         }
         Request::ListDir { path, after, limit, user } => {
-            become_user(user.as_deref()).and_then(|()| list_dir(conn, &path, after.as_deref(), limit))
+            let path = PathBuf::from(OsString::from_vec(path));
+            become_user(user.as_deref()).and_then(|()| list_dir(conn, FilePath(&path), after.as_deref(), limit))
         }
         _ => Err(Failure::new(FailureKind::InvalidRequest, "not a file request")),
     };
@@ -83,7 +104,7 @@ pub(crate) fn set_thread_credentials(creds: &Credentials) -> io::Result<()> {
 }
 
 /// The failure for an error of the kernel on `path`, with a message that names the path.
-fn failure(path: &str, e: &io::Error) -> Failure {
+fn failure(path: impl fmt::Display, e: &io::Error) -> Failure {
     let (kind, what) = match e.raw_os_error() {
         Some(libc::ENOENT) => (FailureKind::NotFound, "no such file or directory"),
         Some(libc::EACCES) | Some(libc::EPERM) => (FailureKind::PermissionDenied, "permission denied"),
@@ -104,18 +125,19 @@ fn type_name(mode: u32) -> &'static str {
 }
 
 /// The refusal of something that is not a regular file, by what it is.
-fn not_regular(path: &str, mode: u32) -> Failure {
+fn not_regular(path: impl fmt::Display, mode: u32) -> Failure {
     if mode & libc::S_IFMT == libc::S_IFDIR {
         return Failure::new(FailureKind::IsADirectory, format!("{path}: is a directory (list it with list=true)"));
     }
     Failure::new(FailureKind::NotAFile, format!("{path}: is a {}, not a regular file", type_name(mode)))
 }
 
-fn absolute(path: &str) -> Result<CString, Failure> {
-    if !path.starts_with('/') {
+fn absolute(path: FilePath<'_>) -> Result<CString, Failure> {
+    let bytes = path.0.as_os_str().as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(Failure::new(FailureKind::InvalidRequest, format!("path: {path:?} must be absolute")));
     }
-    CString::new(path).map_err(|_| Failure::new(FailureKind::InvalidRequest, "path: contains NUL"))
+    CString::new(bytes).map_err(|_| Failure::new(FailureKind::InvalidRequest, "path: contains NUL"))
 }
 
 fn fstat(fd: &OwnedFd) -> io::Result<libc::stat> {
@@ -141,7 +163,7 @@ fn open_raw(path: &CString, flags: libc::c_int) -> io::Result<OwnedFd> {
 /// Opens the regular file at `path` for reading without ever blocking or opening a device: an
 /// `O_PATH` descriptor is checked first; the file opened for reading (non-blocking) must then be
 /// the same regular file.
-pub(crate) fn open_regular(path: &str) -> Result<(fs::File, u64), Failure> {
+pub(crate) fn open_regular(path: FilePath<'_>) -> Result<(fs::File, u64), Failure> {
     let c = absolute(path)?;
     let probe = open_raw(&c, libc::O_PATH).map_err(|e| failure(path, &e))?;
     let first = fstat(&probe).map_err(|e| failure(path, &e))?;
@@ -163,7 +185,7 @@ pub(crate) fn open_regular(path: &str) -> Result<(fs::File, u64), Failure> {
     Ok((fs::File::from(fd), u64::try_from(st.st_size).unwrap_or(0)))
 }
 
-pub(crate) fn read_file(conn: &mut UnixStream, path: &str, max_bytes: u64) -> Result<u64, Failure> {
+pub(crate) fn read_file(conn: &mut UnixStream, path: FilePath<'_>, max_bytes: u64) -> Result<u64, Failure> {
     let (mut file, len) = open_regular(path)?;
     if len > max_bytes {
         return Err(Failure::new(
@@ -213,8 +235,8 @@ fn temp_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
 
 /// The file a write replaces: the target itself, or what a symlink at the target leads to (so
 /// that writing through a link keeps the link). Refuses directories and special files.
-fn existing_target(path: &str) -> Result<(PathBuf, Option<fs::Metadata>), Failure> {
-    let target = PathBuf::from(path);
+fn existing_target(path: FilePath<'_>) -> Result<(PathBuf, Option<fs::Metadata>), Failure> {
+    let target = path.0.to_owned();
     match fs::metadata(&target) {
         Ok(meta) if meta.is_file() => {
             let is_link = fs::symlink_metadata(&target).map(|m| m.file_type().is_symlink()).unwrap_or(false);
@@ -227,19 +249,19 @@ fn existing_target(path: &str) -> Result<(PathBuf, Option<fs::Metadata>), Failur
     }
 }
 
-pub(crate) fn write_file(conn: &mut UnixStream, path: &str, max_bytes: u64, mode: Option<u32>) -> Result<u64, Failure> {
+pub(crate) fn write_file(conn: &mut UnixStream, path: FilePath<'_>, max_bytes: u64, mode: Option<u32>) -> Result<u64, Failure> {
     absolute(path)?;
     let mode = mode.map(check_mode).transpose()?;
-    let Some(name) = Path::new(path).file_name().map(ToOwned::to_owned) else {
+    let Some(name) = path.0.file_name().map(ToOwned::to_owned) else {
         return Err(Failure::new(FailureKind::InvalidRequest, format!("path: {path:?} names no file")));
     };
-    let dir = Path::new(path).parent().unwrap_or(Path::new("/")).to_owned();
+    let dir = path.0.parent().unwrap_or(Path::new("/")).to_owned();
     fs::DirBuilder::new().recursive(true).mode(0o755).create(&dir).map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => Failure::new(
             FailureKind::InvalidRequest,
             format!("{}: a component of the path is not a directory", dir.display()),
         ),
-        _ => failure(&dir.display().to_string(), &e),
+        _ => failure(dir.display(), &e),
     })?;
     let (target, existing) = existing_target(path)?;
     let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
@@ -337,9 +359,9 @@ fn page_of_names(dir: &Path, after: Option<&[u8]>, limit: usize) -> io::Result<V
     Ok(heap.into_sorted_vec())
 }
 
-pub(crate) fn list_dir(conn: &mut UnixStream, path: &str, after: Option<&[u8]>, limit: u32) -> Result<u64, Failure> {
+pub(crate) fn list_dir(conn: &mut UnixStream, path: FilePath<'_>, after: Option<&[u8]>, limit: u32) -> Result<u64, Failure> {
     absolute(path)?;
-    let dir = Path::new(path);
+    let dir = path.0;
     let meta = fs::metadata(dir).map_err(|e| failure(path, &e))?;
     if !meta.is_dir() {
         return Err(Failure::new(
@@ -355,7 +377,7 @@ pub(crate) fn list_dir(conn: &mut UnixStream, path: &str, after: Option<&[u8]>, 
             Ok(e) => e,
             // Gone since it was listed.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(failure(&format!("{path}/{}", String::from_utf8_lossy(&name)), &e)),
+            Err(e) => return Err(failure(format!("{path}/{}", String::from_utf8_lossy(&name)), &e)),
         };
         protocol::write_json(conn, kind::DIR_ENTRY, &e).map_err(|e| Failure::from_io("connection", &e))?;
         sent += 1;

@@ -74,7 +74,8 @@ pub enum Request {
     /// [`crate::users`]; the sandbox's root when `None`). A directory, fifo, socket or device
     /// fails at once, before any byte is read.
     ReadFile {
-        path: String,
+        /// The path's bytes (a Linux path need not be UTF-8).
+        path: Vec<u8>,
         max_bytes: u64,
         #[serde(default)]
         user: Option<String>,
@@ -85,7 +86,8 @@ pub enum Request {
     /// its mode and a new one gets 0644. An existing file keeps its owner where the acting user
     /// may give it.
     WriteFile {
-        path: String,
+        /// The path's bytes (a Linux path need not be UTF-8).
+        path: Vec<u8>,
         max_bytes: u64,
         #[serde(default)]
         mode: Option<u32>,
@@ -95,7 +97,8 @@ pub enum Request {
     /// Lists the directory at `path` as `user`: at most `limit` [`DirEntry`] frames, in byte
     /// order of their names, starting after the name `after`; then `Done` with the count.
     ListDir {
-        path: String,
+        /// The path's bytes (a Linux path need not be UTF-8).
+        path: Vec<u8>,
         #[serde(default)]
         after: Option<Vec<u8>>,
         limit: u32,

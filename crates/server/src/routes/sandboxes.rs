@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::service::records::{ExecEvent as RtEvent, ExecSpec, ExecStream, Exit, RunFile, SandboxRow, SandboxStatus};
+use crate::service::records::{
+    files, ExecEvent as RtEvent, ExecSpec, ExecStream, Exit, RunFile, SandboxRow, SandboxStatus,
+};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -682,7 +684,7 @@ pub async fn read_file(
     QueryParams(params): QueryParams<FileParams>,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxFileRead, &Target::sandbox(&ns, &id))?;
-    check_abs_path("path", &params.path)?;
+    let path = file_path(&params)?;
     if params.mode.is_some() {
         return Err(ApiError::Invalid("mode: only for writes".into()));
     }
@@ -695,11 +697,11 @@ pub async fn read_file(
     if list {
         let (after, limit) =
             (super::fsdata::list_after(params.cursor.as_deref())?, super::fsdata::list_limit(params.limit)?);
-        let listing = sandboxes::list_dir(&ctx.state, &id, &params.path, user, after, limit).await?;
+        let listing = sandboxes::list_dir(&ctx.state, &id, &path, user, after, limit).await?;
         return Ok(axum::Json(super::fsdata::listing_page(listing)).into_response());
     }
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
-    let file = sandboxes::read_file(&ctx.state, &id, &params.path, user).await?;
+    let file = sandboxes::read_file(&ctx.state, &id, &path, user).await?;
     // Pulled from the sandbox as the client reads: one frame at a time, nothing read ahead.
     let body = futures_util::stream::unfold(Some((file, guard)), |state| async move {
         let (mut file, guard) = state?;
@@ -734,13 +736,13 @@ pub async fn write_file(
     body: Body,
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SandboxFileWrite, &Target::sandbox(&ns, &id))?;
-    check_abs_path("path", &params.path)?;
+    let path = file_path(&params)?;
     if params.list.is_some() || params.limit.is_some() || params.cursor.is_some() {
         return Err(ApiError::Invalid("list, limit, cursor: only for reads".into()));
     }
     let mode = params.mode.as_deref().map(super::fsdata::parse_mode).transpose()?;
     let user = check_file_user(params.user)?;
-    ctx.audit_detail("path", params.path.chars().take(512).collect::<String>());
+    ctx.audit_detail("path", path.to_string_lossy().chars().take(512).collect::<String>());
     if let Some(u) = &user {
         ctx.audit_detail("user", u.clone());
     }
@@ -749,8 +751,8 @@ pub async fn write_file(
     let limit = ctx.state.config.sandbox_limits.file_bytes;
     // The body goes to the sandbox as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
-    let write = sandboxes::write_file(&ctx.state, &id, &params.path, rx, mode, user);
-    let shown = params.path.clone();
+    let write = sandboxes::write_file(&ctx.state, &id, &path, rx, mode, user);
+    let shown = path.to_string_lossy().into_owned();
     let pump = async move {
         use futures_util::StreamExt;
         let mut body = body.into_data_stream();
@@ -779,6 +781,22 @@ pub async fn write_file(
     written?;
     ctx.audit_detail("bytes", received);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The path of a sandbox's files route: `path`, or the exact bytes of `path_base64` (for a name
+/// that is not UTF-8, as a listing's `name_base64` gives it), never both; absolute either way.
+fn file_path(params: &FileParams) -> ApiResult<std::path::PathBuf> {
+    use base64::Engine as _;
+    let bytes = match &params.path_base64 {
+        None => params.path.as_bytes().to_vec(),
+        Some(_) if !params.path.is_empty() => {
+            return Err(ApiError::Invalid("path, path_base64: give one, not both".into()))
+        }
+        Some(b) => base64::engine::general_purpose::STANDARD.decode(b).map_err(|_| {
+            ApiError::Invalid(format!("path_base64: {:?} is not standard base64", b.chars().take(64).collect::<String>()))
+        })?,
+    };
+    Ok(files::absolute_bytes(&bytes)?)
 }
 
 /// The `user` of a file route, checked for shape (the sandbox resolves it against its image's

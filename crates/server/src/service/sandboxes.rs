@@ -157,7 +157,7 @@ pub async fn exec(
 pub async fn read_file(
     state: &AppState,
     id: &str,
-    path: &str,
+    path: &std::path::Path,
     user: Option<String>,
 ) -> ServiceResult<bulkhead_runtime::FileStream> {
     Ok(state.runtime.read_file(id, path, user, state.config.sandbox_limits.file_bytes).await?)
@@ -169,7 +169,7 @@ pub async fn read_file(
 pub async fn write_file(
     state: &AppState,
     id: &str,
-    path: &str,
+    path: &std::path::Path,
     data: tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     mode: Option<u32>,
     user: Option<String>,
@@ -183,7 +183,7 @@ pub async fn write_file(
 pub async fn list_dir(
     state: &AppState,
     id: &str,
-    path: &str,
+    path: &std::path::Path,
     user: Option<String>,
     after: Option<Vec<u8>>,
     limit: u32,
