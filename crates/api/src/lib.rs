@@ -852,6 +852,11 @@ pub enum ProcessEvent {
         /// The exact bytes, base64.
         data: String,
     },
+    /// Output was lost here: the events `from` to `to` (inclusive) were dropped before this
+    /// read asked for them (a process's retained output is bounded, 8 MiB, oldest dropped
+    /// first). Sent once, before the first event kept, when `after` was older than the oldest
+    /// event still held; no server-sent event `id` (it is not output).
+    Gap { from: u64, to: u64 },
     /// The process ended; the last event of the stream.
     Exit {
         exit_code: i32,
@@ -868,7 +873,7 @@ pub enum ProcessEvent {
 pub struct ProcessOutputParams {
     /// Only events with a larger `seq`; default 0 (from the start). `Last-Event-ID` does the same
     /// for server-sent events. When older output was dropped (more than 8 MiB of it), the
-    /// stream starts at the oldest event kept.
+    /// stream starts with a `gap` event naming the seqs lost, then the oldest event kept.
     pub after: Option<u64>,
 }
 

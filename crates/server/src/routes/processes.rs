@@ -183,10 +183,23 @@ fn event_out(event: RtEvent) -> ProcessEvent {
     }
 }
 
+/// The `gap` event due before `event` when output events were skipped: `next` is the seq
+/// expected next (`after + 1` at the start of a read) and moves past `event`'s.
+fn gap_before(next: &mut u64, event: &ProcessEvent) -> Option<ProcessEvent> {
+    let ProcessEvent::Output { seq, .. } = event else {
+        return None;
+    };
+    let gap = (*seq > *next).then(|| ProcessEvent::Gap { from: *next, to: seq - 1 });
+    *next = seq.saturating_add(1);
+    gap
+}
+
 /// The process's output from `after` on (exclusive), as NDJSON lines of `ProcessEvent`, or as
 /// server-sent events with `Accept: text/event-stream` (each output event's `id` is its `seq`,
 /// and `Last-Event-ID` resumes after it). The stream stays open until the process exits and
-/// ends with an `exit` event.
+/// ends with an `exit` event. When output older than the oldest kept (8 MiB per process) was
+/// asked for, a `gap` event `{"type":"gap","from","to"}` names the seqs lost before the first
+/// event kept (for server-sent events, an event of type `gap`).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output", tag = "processes",
     params(("ns" = String, Path), ("id" = String, Path), ("pid" = String, Path), ProcessOutputParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume server-sent events after this seq")),
@@ -229,6 +242,13 @@ pub async fn output(
             None => None,
         }
     });
+    // Output dropped before this read asked for it is named by a `gap` event before the next
+    // event kept.
+    let mut next = after.saturating_add(1);
+    let stream = stream.flat_map(move |e| {
+        let gap = e.as_ref().ok().and_then(|event| gap_before(&mut next, event));
+        futures_util::stream::iter(gap.map(Ok).into_iter().chain(std::iter::once(e)))
+    });
     if sse {
         let events = stream.map(|e| {
             Ok::<_, Infallible>(match e {
@@ -236,6 +256,7 @@ pub async fn output(
                     let data = serde_json::to_string(&event).unwrap_or_default();
                     match event {
                         ProcessEvent::Output { seq, .. } => Event::default().id(seq.to_string()).data(data),
+                        ProcessEvent::Gap { .. } => Event::default().event("gap").data(data),
                         ProcessEvent::Exit { .. } => Event::default().event("exit").data(data),
                     }
                 }
