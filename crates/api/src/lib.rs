@@ -897,8 +897,20 @@ pub struct StdinResult {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
-    /// A signal by name (`SIGTERM`, `TERM`) or number (`15`).
-    pub signal: String,
+    /// The signal to send.
+    pub signal: Signal,
+}
+
+/// A signal: a JSON number (`15`), or a string holding a name (`"SIGTERM"`, `"TERM"`, any case)
+/// or a decimal number (`"15"`). Numbers are 1 to 64 except 32 and 33 (kept by the C library):
+/// the standard signals 1 to 31 and the real-time ones 34 to 64. Names are those of the
+/// standard signals. Anything else is a 400 naming it: padding (`"SIGHUP "`), signs or leading
+/// zeros (`"+1"`, `"010"`), unknown names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Signal {
+    Number(i64),
+    Name(String),
 }
 
 /// A control message of `GET .../processes/{pid}/attach` (a WebSocket text frame). Binary

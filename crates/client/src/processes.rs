@@ -5,7 +5,7 @@ use std::io::Read;
 
 use bulkhead_api::{
     AttachControl, CreateProcess, ErrorBody, Page, Process, ProcessEvent, ProcessOutputParams, ProcessStdinParams,
-    SignalRequest, StdinResult, TtySize,
+    Signal, SignalRequest, StdinResult, TtySize,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -111,7 +111,7 @@ impl Client {
 
     /// Sends a signal by name (`SIGTERM`, `TERM`) or number (`15`).
     pub async fn signal_process(&self, ns: &str, id: &str, pid: &str, signal: &str) -> Result<()> {
-        let body = SignalRequest { signal: signal.to_owned() };
+        let body = SignalRequest { signal: Signal::Name(signal.to_owned()) };
         self.send(self.request(Method::POST, &processes_path(ns, id, &format!("/{}/signal", seg(pid)))).json(&body))
             .await
     }
