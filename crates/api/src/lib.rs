@@ -292,7 +292,8 @@ pub struct ExecRequest {
     /// Absolute working directory; default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// 1 to 3600; default 60. The command and every process of its group are killed then.
+    /// Seconds, 1 to 3600 (an hour); default 60. The command and every process of its group
+    /// are killed then. A background process (`POST .../processes`) may run up to 86400.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }
@@ -787,7 +788,9 @@ pub struct CreateProcess {
     /// stream, `pty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtySize>,
-    /// 1 to 86400; default none: the process runs until it exits, is killed or its sandbox ends.
+    /// Seconds, 1 to 86400 (a day; an exec's bound is 3600); default none: the process runs
+    /// until it exits, is killed or its sandbox ends. It and every process it started are
+    /// killed then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }
