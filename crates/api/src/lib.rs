@@ -292,7 +292,8 @@ pub struct ExecRequest {
     /// Absolute working directory; default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
-    /// 1 to 3600; default 60. The command and every process of its group are killed then.
+    /// Seconds, 1 to 3600 (an hour); default 60. The command and every process of its group
+    /// are killed then. A background process (`POST .../processes`) may run up to 86400.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }
@@ -798,7 +799,9 @@ pub struct CreateProcess {
     /// stream, `pty`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtySize>,
-    /// 1 to 86400; default none: the process runs until it exits, is killed or its sandbox ends.
+    /// Seconds, 1 to 86400 (a day; an exec's bound is 3600); default none: the process runs
+    /// until it exits, is killed or its sandbox ends. It and every process it started are
+    /// killed then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,
 }
@@ -863,6 +866,11 @@ pub enum ProcessEvent {
         /// The exact bytes, base64.
         data: String,
     },
+    /// Output was lost here: the events `from` to `to` (inclusive) were dropped before this
+    /// read asked for them (a process's retained output is bounded, 8 MiB, oldest dropped
+    /// first). Sent once, before the first event kept, when `after` was older than the oldest
+    /// event still held; no server-sent event `id` (it is not output).
+    Gap { from: u64, to: u64 },
     /// The process ended; the last event of the stream.
     Exit {
         exit_code: i32,
@@ -879,7 +887,7 @@ pub enum ProcessEvent {
 pub struct ProcessOutputParams {
     /// Only events with a larger `seq`; default 0 (from the start). `Last-Event-ID` does the same
     /// for server-sent events. When older output was dropped (more than 8 MiB of it), the
-    /// stream starts at the oldest event kept.
+    /// stream starts with a `gap` event naming the seqs lost, then the oldest event kept.
     pub after: Option<u64>,
 }
 
@@ -903,8 +911,20 @@ pub struct StdinResult {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
-    /// A signal by name (`SIGTERM`, `TERM`) or number (`15`).
-    pub signal: String,
+    /// The signal to send.
+    pub signal: Signal,
+}
+
+/// A signal: a JSON number (`15`), or a string holding a name (`"SIGTERM"`, `"TERM"`, any case)
+/// or a decimal number (`"15"`). Numbers are 1 to 64 except 32 and 33 (kept by the C library):
+/// the standard signals 1 to 31 and the real-time ones 34 to 64. Names are those of the
+/// standard signals. Anything else is a 400 naming it: padding (`"SIGHUP "`), signs or leading
+/// zeros (`"+1"`, `"010"`), unknown names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Signal {
+    Number(i64),
+    Name(String),
 }
 
 /// A control message of `GET .../processes/{pid}/attach` (a WebSocket text frame). Binary

@@ -2,9 +2,12 @@
 
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use anyhow::{bail, Context};
 use base64::Engine;
 use bulkhead_api::{CreateProcess, OutputStream, Process, ProcessEvent, ProcessStatus};
+use bulkhead_client::Client;
 use clap::Subcommand;
 
 use crate::commands::client;
@@ -110,25 +113,8 @@ pub async fn process(cmd: ProcessCmd, global: &Global) -> anyhow::Result<ExitCod
             }
         }
         ProcessCmd::Logs { ns, sandbox, process, after } => {
-            let mut stream = c.process_output(&ns, &sandbox, &process, after).await?;
-            let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
-            loop {
-                match stream.next().await? {
-                    Some(ProcessEvent::Output { stream, data, .. }) => {
-                        let bytes = base64::engine::general_purpose::STANDARD
-                            .decode(&data)
-                            .context("the server sent output that is not base64")?;
-                        match stream {
-                            OutputStream::Stderr => write_out(&mut stderr, &bytes, "standard error")?,
-                            OutputStream::Stdout | OutputStream::Pty => {
-                                write_out(&mut stdout, &bytes, "standard output")?
-                            }
-                        }
-                    }
-                    Some(ProcessEvent::Exit { exit_code, .. }) => return Ok(exit_status(exit_code)),
-                    None => bail!("the server ended the output stream before the process's exit"),
-                }
-            }
+            let end = follow(&c, &ns, &sandbox, &process, after).await?;
+            return Ok(exit_status(end.exit_code));
         }
         ProcessCmd::Kill { ns, sandbox, process, signal } => {
             c.signal_process(&ns, &sandbox, &process, &signal).await?;
@@ -136,4 +122,50 @@ pub async fn process(cmd: ProcessCmd, global: &Global) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a followed process ended.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ended {
+    /// Its exit status, or 128 + the signal that ended it.
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+/// Follows a process's output from `after` on, writing each piece to our stdout or stderr as
+/// it comes (a terminal's output to stdout), until its exit. A stream the server cuts short is
+/// resumed after the last `seq` written; output the server no longer held is named on stderr.
+pub(crate) async fn follow(c: &Client, ns: &str, sandbox: &str, pid: &str, after: u64) -> anyhow::Result<Ended> {
+    let (mut stdout, mut stderr) = (std::io::stdout().lock(), std::io::stderr().lock());
+    let mut last = after;
+    // Consecutive resumes that brought nothing: the server is not merely cutting long streams.
+    let mut idle = 0;
+    loop {
+        let mut stream = c.process_output(ns, sandbox, pid, last).await?;
+        let before = last;
+        loop {
+            match stream.next().await? {
+                Some(ProcessEvent::Output { seq, stream, data }) => {
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(&data)
+                        .context("the server sent output that is not base64")?;
+                    match stream {
+                        OutputStream::Stderr => write_out(&mut stderr, &bytes, "standard error")?,
+                        OutputStream::Stdout | OutputStream::Pty => write_out(&mut stdout, &bytes, "standard output")?,
+                    }
+                    last = seq;
+                }
+                Some(ProcessEvent::Gap { from, to }) => {
+                    writeln!(stderr, "warning: output {from} to {to} of {pid} was dropped before it was read").ok();
+                    last = to;
+                }
+                Some(ProcessEvent::Exit { exit_code, timed_out, .. }) => return Ok(Ended { exit_code, timed_out }),
+                None => break,
+            }
+        }
+        idle = if last == before { idle + 1 } else { 0 };
+        if idle >= 3 {
+            bail!("the server ended the output stream of {pid} before its exit");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use base64::Engine;
-use bulkhead_api::{CreateSandbox, Encoding, ExecEvent, ExecRequest, Sandbox};
+use bulkhead_api::{CreateProcess, CreateSandbox, Encoding, ExecEvent, ExecRequest, ProcessStatus, Sandbox};
 use bulkhead_client::files::FileOptions;
 use bulkhead_client::Client;
 use clap::{Args, Subcommand};
@@ -20,6 +20,8 @@ use crate::Global;
 
 /// The exit status of a command that ran out of time, as `timeout(1)` reports it.
 const TIMED_OUT: u8 = 124;
+/// The longest timeout of an exec, in seconds (the server's bound on `POST .../exec`).
+const MAX_EXEC_TIMEOUT: u64 = 3600;
 
 /// Parses `KEY=VALUE`.
 pub(crate) fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -188,11 +190,11 @@ pub struct ExecArgs {
     /// Kill the command after this long (`60s`, at most `1h`).
     #[arg(long, value_parser = parse_seconds)]
     pub(crate) timeout: Option<u64>,
-    /// Send this command's standard input to the command (read to the end, any bytes); with
-    /// `-t`, forward it interactively.
+    /// Send this command's standard input to the command (any bytes, any size, streamed as it
+    /// is read); with `-t`, forward it interactively.
     #[arg(short = 'i', long = "stdin")]
     pub(crate) stdin: bool,
-    /// Send this file as the command's standard input (any bytes).
+    /// Send this file as the command's standard input (any bytes, any size, streamed).
     #[arg(long, value_name = "PATH", conflicts_with = "stdin")]
     pub(crate) stdin_file: Option<PathBuf>,
     /// Run the command on a terminal and attach this one to it (raw mode, its size followed):
@@ -217,8 +219,9 @@ pub(crate) fn exit_status(code: i32) -> ExitCode {
     }
 }
 
-/// Runs a command; its output streams to ours and its exit code becomes ours. Standard input
-/// and output are carried as base64, so any bytes pass exactly. With `--json`, the output is
+/// Runs a command; its output streams to ours and its exit code becomes ours. Output is
+/// carried as base64, so any bytes pass exactly; standard input (`-i`, `--stdin-file`) streams
+/// through a background process ([`exec_streaming_stdin`]), so it has no size bound. With `--json`, the output is
 /// collected and printed as one JSON object (its `stdout`/`stderr` as text) instead. With `-t`,
 /// the command runs on a terminal attached to ours ([`crate::terminal`]).
 pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
@@ -226,6 +229,19 @@ pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
         return crate::terminal::exec_tty(args, global).await;
     }
     let c = client(global)?;
+    if !global.json {
+        let source: Option<Box<dyn Read + Send>> = if let Some(path) = &args.stdin_file {
+            let f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(Box::new(f))
+        } else if args.stdin {
+            Some(Box::new(std::io::stdin()))
+        } else {
+            None
+        };
+        if let Some(source) = source {
+            return exec_streaming_stdin(&c, args, source).await;
+        }
+    }
     let stdin = if let Some(path) = &args.stdin_file {
         Some(std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?)
     } else if args.stdin {
@@ -280,6 +296,53 @@ pub async fn exec(args: ExecArgs, global: &Global) -> anyhow::Result<ExitCode> {
             None => bail!("the server ended the output stream before the command's exit"),
         }
     }
+}
+
+/// Runs a command whose standard input is `source`, of any size: the command starts as a
+/// background process (the exec's default timeout of 60 seconds and bounds apply), `source`
+/// streams to its stdin a chunk at a time (never held whole in memory) and is closed at its
+/// end, and its output streams to ours as it comes until it exits, whose code becomes ours
+/// (128 + the signal that killed it; 124 when it timed out). Stdin the command no longer reads
+/// (it closed it, or exited) is not an error of ours.
+async fn exec_streaming_stdin(c: &Client, args: ExecArgs, source: Box<dyn Read + Send>) -> anyhow::Result<ExitCode> {
+    let timeout = args.timeout.unwrap_or(60);
+    if timeout > MAX_EXEC_TIMEOUT {
+        bail!("--timeout: at most {}", format_seconds(MAX_EXEC_TIMEOUT));
+    }
+    let req = CreateProcess {
+        cmd: args.cmd,
+        env: env_map(args.env),
+        cwd: args.cwd,
+        user: args.user,
+        tty: None,
+        timeout_seconds: Some(timeout),
+    };
+    let (ns, sandbox) = (args.ns, args.sandbox);
+    let p = c.start_process(&ns, &sandbox, &req).await?;
+    let stdin = c.process_stdin_from(&ns, &sandbox, &p.id, source, true);
+    let output = crate::process::follow(c, &ns, &sandbox, &p.id, 0);
+    tokio::pin!(stdin, output);
+    let mut writing = true;
+    let end = loop {
+        tokio::select! {
+            written = &mut stdin, if writing => {
+                writing = false;
+                if let Err(e) = written {
+                    // Refused because the command closed its stdin or ended: its exit says how
+                    // it went. Otherwise it waits for input that will not come: say why.
+                    if matches!(c.get_process(&ns, &sandbox, &p.id).await, Ok(q) if q.status == ProcessStatus::Running) {
+                        eprintln!("warning: not all of standard input reached the command: {e:#}");
+                    }
+                }
+            }
+            end = &mut output => break end?,
+        }
+    };
+    if end.timed_out {
+        eprintln!("error: the command timed out after {} and was killed", format_seconds(timeout));
+        return Ok(ExitCode::from(TIMED_OUT));
+    }
+    Ok(exit_status(end.exit_code))
 }
 
 /// One side of a copy.

@@ -57,10 +57,13 @@ pub async fn shell(args: ShellArgs, global: &Global) -> anyhow::Result<ExitCode>
     exec_tty(exec, global).await
 }
 
-/// This terminal's size, or [`DEFAULT_SIZE`] when it has none.
+/// The largest terminal the server accepts, in rows or columns.
+const MAX_SIZE: u16 = 1000;
+
+/// This terminal's size (at most [`MAX_SIZE`] each way), or [`DEFAULT_SIZE`] when it has none.
 fn size() -> TtySize {
     match crossterm::terminal::size() {
-        Ok((cols, rows)) if cols > 0 && rows > 0 => TtySize { rows, cols },
+        Ok((cols, rows)) if cols > 0 && rows > 0 => TtySize { rows: rows.min(MAX_SIZE), cols: cols.min(MAX_SIZE) },
         _ => DEFAULT_SIZE,
     }
 }

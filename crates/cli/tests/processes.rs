@@ -1,7 +1,8 @@
 //! Background processes end to end, against the real `bulkhead serve` and real sandboxes:
 //! start, list, get, output (NDJSON resumed by `seq` with no gap and no duplicate, live, and
 //! server-sent events with `Last-Event-ID`), stdin (50 MiB streamed, with the server's memory
-//! bounded), end-of-file and signals.
+//! bounded), end-of-file and signals; signal and resize bodies read strictly (also over an
+//! attachment) and errors that echo little.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -56,6 +57,7 @@ async fn read_until(stream: &mut ProcessStream, done: impl Fn(&[Piece]) -> bool)
         match stream.next().await.expect("an event") {
             Some(ProcessEvent::Output { seq, stream, data }) => pieces.push((seq, stream, unb64(&data))),
             Some(ProcessEvent::Exit { exit_code, .. }) => return (pieces, Some(exit_code)),
+            Some(ProcessEvent::Gap { from, to }) => panic!("output {from} to {to} was dropped"),
             None => panic!("the output ended without an exit"),
         }
     }
@@ -248,4 +250,99 @@ async fn fifty_mib_of_stdin_stream_through_with_the_servers_memory_bounded() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A raw `POST` of `body` (JSON) to `path` under the sandbox's process `pid`; (status, body).
+async fn post(s: &Setup, pid: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let url = format!("{}/v1/namespaces/{NS}/sandboxes/{}/processes/{pid}{path}", s.server.url, s.sandbox);
+    let r = reqwest::Client::new().post(url).bearer_auth(&s.token).json(&body).send().await.expect("send");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+fn message(body: &serde_json::Value) -> String {
+    body["error"]["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn signal_and_resize_bodies_are_read_strictly_and_errors_echo_little() {
+    let s = setup().await;
+    let (c, sbx) = (&s.client, s.sandbox.as_str());
+    let tty = CreateProcess { tty: Some(bulkhead_api::TtySize { rows: 24, cols: 80 }), ..cmd(&["cat"]) };
+    let p = c.start_process(NS, sbx, &tty).await.expect("start");
+
+    // Padded names, signs, leading zeros, numbers out of range: 400s naming what was sent.
+    for (bad, shown) in [
+        (serde_json::json!("SIGHUP "), "\"SIGHUP \""),
+        (serde_json::json!(" HUP"), "\" HUP\""),
+        (serde_json::json!("+1"), "\"+1\""),
+        (serde_json::json!("010"), "\"010\""),
+        (serde_json::json!(0), "0"),
+        (serde_json::json!(32), "32"),
+        (serde_json::json!(33), "33"),
+        (serde_json::json!(65), "65"),
+    ] {
+        let (status, body) = post(&s, &p.id, "/signal", serde_json::json!({ "signal": bad })).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(message(&body).contains(shown), "{bad}: {body}");
+    }
+    // Sizes out of range name the field, as a number of any width.
+    for (rows, cols, field) in [(0, 80, "rows"), (24, 70000, "cols"), (-1, 80, "rows")] {
+        let (status, body) = post(&s, &p.id, "/resize", serde_json::json!({ "rows": rows, "cols": cols })).await;
+        assert_eq!(status, 400, "{rows}x{cols}: {body}");
+        assert!(message(&body).starts_with(&format!("{field}:")), "{rows}x{cols}: {body}");
+    }
+    let (status, body) = post(&s, &p.id, "/resize", serde_json::json!({ "rows": 30, "cols": 100 })).await;
+    assert_eq!(status, 204, "{body}");
+
+    // A JSON number is a signal too; the process ends with it.
+    let (status, body) = post(&s, &p.id, "/signal", serde_json::json!({ "signal": 15 })).await;
+    assert_eq!(status, 204, "{body}");
+    let mut out = c.process_output(NS, sbx, &p.id, 0).await.expect("output");
+    let (_, exit) = read_until(&mut out, |_| false).await;
+    assert_eq!(exit, Some(128 + 15));
+
+    // A 5000-character process id is a 404 that does not echo it whole.
+    let long = "x".repeat(5000);
+    let (status, message) = api_status(c.get_process(NS, sbx, &long).await.expect_err("long id"));
+    assert_eq!(status, 404, "{message}");
+    assert!(message.len() < 200, "{} characters: {message}", message.len());
+}
+
+#[tokio::test]
+async fn an_attachment_refuses_a_size_out_of_range_naming_the_field_and_goes_on() {
+    let s = setup().await;
+    let (c, sbx) = (&s.client, s.sandbox.as_str());
+    let tty = CreateProcess {
+        tty: Some(bulkhead_api::TtySize { rows: 24, cols: 80 }),
+        ..cmd(&["sh", "-c", "echo ready; exec cat"])
+    };
+    let p = c.start_process(NS, sbx, &tty).await.expect("start");
+    let (mut writer, mut reader) = c.attach_process(NS, sbx, &p.id).await.expect("attach").split();
+    writer.resize(0, 80).await.expect("send resize");
+    let error = loop {
+        match reader.next().await.expect("event") {
+            Some(bulkhead_client::AttachEvent::Error(message)) => break message,
+            Some(bulkhead_client::AttachEvent::Output(_)) => continue,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    };
+    assert!(error.starts_with("rows:"), "{error}");
+    writer.stdin(b"still here\n".to_vec()).await.expect("stdin");
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("still here") {
+        match reader.next().await.expect("event") {
+            Some(bulkhead_client::AttachEvent::Output(data)) => seen.extend(data),
+            other => panic!("expected output, got {other:?}"),
+        }
+    }
+    c.signal_process(NS, sbx, &p.id, "KILL").await.expect("kill");
+    loop {
+        match reader.next().await.expect("event") {
+            Some(bulkhead_client::AttachEvent::Exit { exit_code, .. }) => break assert_eq!(exit_code, 128 + 9),
+            Some(bulkhead_client::AttachEvent::Output(_)) => continue,
+            other => panic!("expected the exit, got {other:?}"),
+        }
+    }
 }

@@ -1,9 +1,11 @@
 //! Background processes of a sandbox: start, list, get, their output (resumable by `seq`),
 //! their stdin, signals and terminal size, and an interactive attachment over a WebSocket.
 
+use std::io::Read;
+
 use bulkhead_api::{
     AttachControl, CreateProcess, ErrorBody, Page, Process, ProcessEvent, ProcessOutputParams, ProcessStdinParams,
-    SignalRequest, StdinResult, TtySize,
+    Signal, SignalRequest, StdinResult, TtySize,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -16,6 +18,8 @@ use crate::lines::Lines;
 use crate::{namespace_path, seg, Answer, Client, Error, Result, MAX_LINE_BYTES};
 
 const NDJSON: &str = "application/x-ndjson";
+/// The size of the pieces a streamed stdin is read and sent in.
+const STDIN_CHUNK: usize = 256 * 1024;
 
 /// `/v1/namespaces/{ns}/sandboxes/{id}/processes` and `rest`.
 fn processes_path(ns: &str, id: &str, rest: &str) -> String {
@@ -62,9 +66,52 @@ impl Client {
         Ok(r.bytes)
     }
 
+    /// Streams everything `source` yields to the process's stdin, a chunk at a time (never all
+    /// of it in memory: `source` is read on a blocking thread a few chunks ahead of the
+    /// connection); `eof` closes stdin after it. Answers the bytes written. The reading thread
+    /// is detached: a caller that stops waiting (the process exited) is not held up by a
+    /// `source` that blocks, such as a terminal.
+    pub async fn process_stdin_from(
+        &self,
+        ns: &str,
+        id: &str,
+        pid: &str,
+        source: Box<dyn Read + Send>,
+        eof: bool,
+    ) -> Result<u64> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+        std::thread::spawn(move || {
+            let mut source = source;
+            loop {
+                let mut buf = vec![0u8; STDIN_CHUNK];
+                let n = match source.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let builder = self
+            .request(Method::POST, &processes_path(ns, id, &format!("/{}/stdin", seg(pid))))
+            .query(&ProcessStdinParams { eof: Some(eof) })
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(stream));
+        let sent: StdinResult = self.send(builder).await?;
+        Ok(sent.bytes)
+    }
+
     /// Sends a signal by name (`SIGTERM`, `TERM`) or number (`15`).
     pub async fn signal_process(&self, ns: &str, id: &str, pid: &str, signal: &str) -> Result<()> {
-        let body = SignalRequest { signal: signal.to_owned() };
+        let body = SignalRequest { signal: Signal::Name(signal.to_owned()) };
         self.send(self.request(Method::POST, &processes_path(ns, id, &format!("/{}/signal", seg(pid)))).json(&body))
             .await
     }

@@ -24,6 +24,7 @@ use bulkhead_api::{
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{Action, Target};
 use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
 
 use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
 use super::sandboxes::{check_abs_path, check_argv, check_env, check_user, load_running, wants, NDJSON};
@@ -42,17 +43,15 @@ const MAX_PROCESS_TIMEOUT: u64 = 86_400;
 /// The largest terminal, in rows or columns.
 const MAX_TTY: u16 = 1000;
 
-fn process_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("process {id:?} not found"))
-}
-
-/// A process id of the right shape, or the 404 of a missing one.
+/// A process id of the right shape (`prc_` and 32 hex digits), or the 404 of a missing one,
+/// which shows at most the first 40 characters of what was asked for.
 fn check_id(pid: &str) -> ApiResult<()> {
     if ids::is_id(prefix::PROCESS, pid) {
-        Ok(())
-    } else {
-        Err(process_not_found(pid))
+        return Ok(());
     }
+    let shown: String = pid.chars().take(40).collect();
+    let more = if shown.len() < pid.len() { "…" } else { "" };
+    Err(ApiError::NotFound(format!("process {shown:?}{more} not found: not a process id")))
 }
 
 fn exit_code(p: &ProcessInfo) -> i32 {
@@ -82,11 +81,38 @@ fn process_out(sandbox: &str, p: &ProcessInfo) -> Process {
     }
 }
 
+/// A terminal size asked for (`POST .../resize`, an attachment's `resize`), its numbers read
+/// wide so that any out of range is refused naming its field.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SizeRequest {
+    rows: i64,
+    cols: i64,
+}
+
+/// A control message from an attaching client (see `AttachControl`), read like
+/// [`SizeRequest`].
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ClientControl {
+    Resize { rows: i64, cols: i64 },
+    Eof,
+}
+
+/// A terminal's size if `rows` and `cols` are 1 to 1000; otherwise the 400 naming the field
+/// (`field` is where the size sits in the request, such as `tty.` or nothing).
+fn check_size(field: &str, rows: i64, cols: i64) -> ApiResult<RtTty> {
+    let one = |name: &str, n: i64| {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| (1..=MAX_TTY).contains(n))
+            .ok_or_else(|| ApiError::Invalid(format!("{field}{name}: must be between 1 and {MAX_TTY}, got {n}")))
+    };
+    Ok(RtTty { rows: one("rows", rows)?, cols: one("cols", cols)? })
+}
+
 fn check_tty(size: TtySize) -> ApiResult<RtTty> {
-    if !(1..=MAX_TTY).contains(&size.rows) || !(1..=MAX_TTY).contains(&size.cols) {
-        return Err(ApiError::Invalid(format!("tty: rows and cols must be between 1 and {MAX_TTY}")));
-    }
-    Ok(RtTty { rows: size.rows, cols: size.cols })
+    check_size("tty.", i64::from(size.rows), i64::from(size.cols))
 }
 
 /// Start a process in the background; the answer is the running process. (A 200, not a 201:
@@ -183,10 +209,23 @@ fn event_out(event: RtEvent) -> ProcessEvent {
     }
 }
 
+/// The `gap` event due before `event` when output events were skipped: `next` is the seq
+/// expected next (`after + 1` at the start of a read) and moves past `event`'s.
+fn gap_before(next: &mut u64, event: &ProcessEvent) -> Option<ProcessEvent> {
+    let ProcessEvent::Output { seq, .. } = event else {
+        return None;
+    };
+    let gap = (*seq > *next).then(|| ProcessEvent::Gap { from: *next, to: seq - 1 });
+    *next = seq.saturating_add(1);
+    gap
+}
+
 /// The process's output from `after` on (exclusive), as NDJSON lines of `ProcessEvent`, or as
 /// server-sent events with `Accept: text/event-stream` (each output event's `id` is its `seq`,
 /// and `Last-Event-ID` resumes after it). The stream stays open until the process exits and
-/// ends with an `exit` event.
+/// ends with an `exit` event. When output older than the oldest kept (8 MiB per process) was
+/// asked for, a `gap` event `{"type":"gap","from","to"}` names the seqs lost before the first
+/// event kept (for server-sent events, an event of type `gap`).
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output", tag = "processes",
     params(("ns" = String, Path), ("id" = String, Path), ("pid" = String, Path), ProcessOutputParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume server-sent events after this seq")),
@@ -229,6 +268,13 @@ pub async fn output(
             None => None,
         }
     });
+    // Output dropped before this read asked for it is named by a `gap` event before the next
+    // event kept.
+    let mut next = after.saturating_add(1);
+    let stream = stream.flat_map(move |e| {
+        let gap = e.as_ref().ok().and_then(|event| gap_before(&mut next, event));
+        futures_util::stream::iter(gap.map(Ok).into_iter().chain(std::iter::once(e)))
+    });
     if sse {
         let events = stream.map(|e| {
             Ok::<_, Infallible>(match e {
@@ -236,6 +282,7 @@ pub async fn output(
                     let data = serde_json::to_string(&event).unwrap_or_default();
                     match event {
                         ProcessEvent::Output { seq, .. } => Event::default().id(seq.to_string()).data(data),
+                        ProcessEvent::Gap { .. } => Event::default().event("gap").data(data),
                         ProcessEvent::Exit { .. } => Event::default().event("exit").data(data),
                     }
                 }
@@ -336,7 +383,8 @@ pub async fn resize(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
-    let size = check_tty(json(&headers, &body)?)?;
+    let size: SizeRequest = json(&headers, &body)?;
+    let size = check_size("", size.rows, size.cols)?;
     ctx.audit_detail("process", pid.clone());
     load_running(&ctx, &ns, &id).await?;
     check_id(&pid)?;
@@ -373,6 +421,21 @@ pub async fn attach(
         let _guard = guard;
         attached(state, socket, id, pid, events).await;
     }))
+}
+
+/// A client's control message, or why it is not one (at most 200 characters of it: the
+/// message may echo what was sent).
+fn control(text: &str) -> Result<ClientControl, String> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." || path.is_empty() {
+            format!("control message: {}", e.into_inner())
+        } else {
+            format!("control message: {path}: {}", e.into_inner())
+        };
+        message.chars().take(200).collect()
+    })
 }
 
 /// Runs an attachment until the process exits or the client goes.
@@ -432,21 +495,25 @@ async fn attached(
                             }
                         }
                     }
-                    Some(Ok(Message::Text(text))) => match serde_json::from_str::<AttachControl>(text.as_str()) {
-                        Ok(AttachControl::Resize { rows, cols }) => {
-                            match check_tty(TtySize { rows, cols }) {
-                                Ok(size) => {
-                                    if let Err(e) = processes::resize(&state, &sandbox, &pid, size).await {
-                                        tracing::debug!(error = %e, "attached resize failed");
-                                    }
+                    Some(Ok(Message::Text(text))) => match control(text.as_str()) {
+                        Ok(ClientControl::Resize { rows, cols }) => match check_size("", rows, cols) {
+                            Ok(size) => {
+                                // A process that just ended may miss its last resize: its exit follows.
+                                if let Err(e) = processes::resize(&state, &sandbox, &pid, size).await {
+                                    tracing::debug!(error = %e, "attached resize failed");
                                 }
-                                Err(e) => tracing::debug!(error = %e, "attached resize refused"),
                             }
-                        }
+                            // A size out of bounds is refused like `POST .../resize`, naming the field;
+                            // the attachment goes on.
+                            Err(e) => {
+                                let error = AttachControl::Error { message: e.to_string() };
+                                let _ = sink.send(Message::Text(serde_json::to_string(&error).unwrap_or_default().into())).await;
+                            }
+                        },
                         // Dropping the sender ends the writer with stdin closed.
-                        Ok(AttachControl::Eof) => tx = None,
-                        Ok(_) | Err(_) => {
-                            let error = AttachControl::Error { message: "unknown control message".into() };
+                        Ok(ClientControl::Eof) => tx = None,
+                        Err(message) => {
+                            let error = AttachControl::Error { message };
                             let _ = sink.send(Message::Text(serde_json::to_string(&error).unwrap_or_default().into())).await;
                         }
                     },
@@ -461,4 +528,64 @@ async fn attached(
         let _ = t.send(Err(std::io::Error::other("the attachment ended"))).await;
     }
     let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_out_of_range_name_their_field() {
+        assert!(matches!(check_size("", 1, 1000), Ok(RtTty { rows: 1, cols: 1000 })));
+        for (rows, cols, field) in [(0, 80, "rows:"), (24, 70000, "cols:"), (-1, 1, "rows:"), (1, 1001, "cols:")] {
+            let e = check_size("", rows, cols).expect_err("out of range").to_string();
+            assert!(e.starts_with(field), "{rows}x{cols}: {e}");
+        }
+        let e = check_tty(TtySize { rows: 24, cols: 0 }).expect_err("0 cols").to_string();
+        assert!(e.starts_with("tty.cols:"), "{e}");
+    }
+
+    #[test]
+    fn control_messages_read_wide_and_refuse_what_is_not_one() {
+        assert!(matches!(
+            control(r#"{"type":"resize","rows":0,"cols":70000}"#),
+            Ok(ClientControl::Resize { rows: 0, cols: 70000 })
+        ));
+        assert!(matches!(control(r#"{"type":"eof"}"#), Ok(ClientControl::Eof)));
+        for bad in [r#"{"type":"exit","exit_code":0}"#, r#"{"type":"resize","rows":1}"#, "[]", "not json"] {
+            let e = control(bad).expect_err(bad);
+            assert!(e.starts_with("control message:"), "{bad}: {e}");
+        }
+        let long = format!(r#"{{"type":"{}"}}"#, "x".repeat(5000));
+        assert!(control(&long).expect_err("long").chars().count() <= 200);
+    }
+
+    #[test]
+    fn ids_that_are_not_process_ids_are_404s_echoing_little() {
+        assert!(check_id(&format!("prc_{}", "0".repeat(32))).is_ok());
+        for bad in ["prc_x".to_owned(), "x".repeat(5000), "sbx_00000000000000000000000000000000".to_owned()] {
+            let e = check_id(&bad).expect_err("not an id");
+            assert!(matches!(e, ApiError::NotFound(_)), "{e:?}");
+            assert!(e.to_string().len() < 100, "{e}");
+        }
+    }
+
+    fn out(seq: u64) -> ProcessEvent {
+        ProcessEvent::Output { seq, stream: OutputStream::Stdout, data: String::new() }
+    }
+
+    #[test]
+    fn a_gap_is_marked_before_the_first_event_kept() {
+        // Resumed after 5 when the oldest kept is 9: 6 to 8 were dropped.
+        let mut next = 6;
+        assert!(matches!(gap_before(&mut next, &out(9)), Some(ProcessEvent::Gap { from: 6, to: 8 })));
+        assert!(gap_before(&mut next, &out(10)).is_none());
+        // Contiguous from the start: no gap, and none before the exit.
+        let mut next = 1;
+        assert!(gap_before(&mut next, &out(1)).is_none());
+        assert!(gap_before(&mut next, &out(2)).is_none());
+        let exit = ProcessEvent::Exit { exit_code: 0, signal: None, timed_out: false };
+        assert!(gap_before(&mut next, &exit).is_none());
+        assert_eq!(next, 3);
+    }
 }

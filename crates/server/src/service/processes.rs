@@ -3,6 +3,8 @@
 //! in the sandbox's supervisor (bounded there); the server keeps nothing of them but what a
 //! request is passing through.
 
+use bulkhead_api::Signal;
+
 use super::{ServiceError, ServiceResult};
 use crate::service::records::{ProcessInfo, ProcessOutput, ProcessSpec, TtySize};
 use crate::state::AppState;
@@ -87,37 +89,81 @@ const SIGNALS: [(&str, i32); 31] = [
     ("SYS", 31),
 ];
 
-/// The number of a signal given as `SIGTERM`, `TERM` (any case) or `15`; anything else (an
-/// unknown name, a number outside 1 to 31) is refused naming it.
-pub fn signal_number(signal: &str) -> ServiceResult<i32> {
-    let s = signal.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        if SIGNALS.iter().any(|(_, k)| *k == n) {
-            return Ok(n);
-        }
+/// The real-time signals' numbers: the kernel's 32 to 64 but the two the C library keeps for
+/// itself (32, 33).
+const REALTIME: std::ops::RangeInclusive<i64> = 34..=64;
+
+/// What a refused signal is shown as: at most 32 characters of it.
+fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(32).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
     } else {
-        let upper = s.to_ascii_uppercase();
-        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
-        if let Some((_, n)) = SIGNALS.iter().find(|(k, _)| *k == name) {
-            return Ok(*n);
+        format!("{cut:?}")
+    }
+}
+
+/// A signal's number if `n` is one: 1 to 31 or 34 to 64.
+fn known_number(n: i64) -> Option<i32> {
+    let known = (1..=31).contains(&n) || REALTIME.contains(&n);
+    known.then(|| i32::try_from(n).ok()).flatten()
+}
+
+/// The number of a signal given as a JSON number (`15`) or a string: a name (`SIGTERM`,
+/// `TERM`, any case) or a decimal number written plainly (`15`). Refused naming it: a number
+/// outside 1 to 64 or one of 32 and 33, padding (`"SIGHUP "`), signs or leading zeros (`"+1"`,
+/// `"010"`), an unknown name.
+pub fn signal_number(signal: &Signal) -> ServiceResult<i32> {
+    const EXPECTED: &str = "a name such as SIGTERM or TERM, or a number 1 to 64 other than 32 and 33";
+    match signal {
+        Signal::Number(n) => {
+            known_number(*n).ok_or_else(|| ServiceError::Invalid(format!("signal: {n} is not a signal ({EXPECTED})")))
+        }
+        Signal::Name(s) => {
+            let plain_number = !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+            let n = if plain_number {
+                s.parse::<i64>().ok().and_then(known_number)
+            } else {
+                let upper = s.to_ascii_uppercase();
+                let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+                SIGNALS.iter().find(|(k, _)| *k == name).map(|(_, n)| *n)
+            };
+            n.ok_or_else(|| ServiceError::Invalid(format!("signal: {} is not a signal ({EXPECTED})", shown(s))))
         }
     }
-    Err(ServiceError::Invalid(format!("signal: {signal:?} is not a signal (such as SIGTERM, TERM or 15)")))
 }
 
 #[cfg(test)]
 mod tests {
+    use bulkhead_api::Signal;
+
     use super::signal_number;
+
+    fn name(s: &str) -> Signal {
+        Signal::Name(s.to_owned())
+    }
 
     #[test]
     fn signals_by_name_and_number() {
-        assert_eq!(signal_number("SIGTERM").ok(), Some(15));
-        assert_eq!(signal_number("TERM").ok(), Some(15));
-        assert_eq!(signal_number("sigkill").ok(), Some(9));
-        assert_eq!(signal_number("15").ok(), Some(15));
-        assert_eq!(signal_number("SIGWINCH").ok(), Some(28));
-        for bad in ["SIGFOO", "0", "32", "-9", "", "SIG", "TERM15"] {
-            assert!(signal_number(bad).is_err(), "{bad:?}");
+        assert_eq!(signal_number(&name("SIGTERM")).ok(), Some(15));
+        assert_eq!(signal_number(&name("TERM")).ok(), Some(15));
+        assert_eq!(signal_number(&name("sigkill")).ok(), Some(9));
+        assert_eq!(signal_number(&name("15")).ok(), Some(15));
+        assert_eq!(signal_number(&name("SIGWINCH")).ok(), Some(28));
+        assert_eq!(signal_number(&name("34")).ok(), Some(34));
+        assert_eq!(signal_number(&name("64")).ok(), Some(64));
+        assert_eq!(signal_number(&Signal::Number(15)).ok(), Some(15));
+        assert_eq!(signal_number(&Signal::Number(64)).ok(), Some(64));
+        for bad in ["SIGFOO", "0", "32", "33", "65", "-9", "", "SIG", "TERM15", "SIGHUP ", " HUP", "+1", "010", "1.0"] {
+            let e = signal_number(&name(bad)).expect_err(bad);
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{bad:?}: {e}");
         }
+        for bad in [0, 32, 33, 65, -1, i64::MAX] {
+            let e = signal_number(&Signal::Number(bad)).expect_err("number");
+            assert!(e.to_string().contains(&bad.to_string()), "{bad}: {e}");
+        }
+        // A long name is shown cut short.
+        let e = signal_number(&name(&"X".repeat(5000))).expect_err("long").to_string();
+        assert!(e.len() < 200, "{e}");
     }
 }
