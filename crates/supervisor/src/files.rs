@@ -249,7 +249,12 @@ fn existing_target(path: FilePath<'_>) -> Result<(PathBuf, Option<fs::Metadata>)
     }
 }
 
-pub(crate) fn write_file(conn: &mut UnixStream, path: FilePath<'_>, max_bytes: u64, mode: Option<u32>) -> Result<u64, Failure> {
+pub(crate) fn write_file(
+    conn: &mut UnixStream,
+    path: FilePath<'_>,
+    max_bytes: u64,
+    mode: Option<u32>,
+) -> Result<u64, Failure> {
     absolute(path)?;
     let mode = mode.map(check_mode).transpose()?;
     let Some(name) = path.0.file_name().map(ToOwned::to_owned) else {
@@ -359,7 +364,12 @@ fn page_of_names(dir: &Path, after: Option<&[u8]>, limit: usize) -> io::Result<V
     Ok(heap.into_sorted_vec())
 }
 
-pub(crate) fn list_dir(conn: &mut UnixStream, path: FilePath<'_>, after: Option<&[u8]>, limit: u32) -> Result<u64, Failure> {
+pub(crate) fn list_dir(
+    conn: &mut UnixStream,
+    path: FilePath<'_>,
+    after: Option<&[u8]>,
+    limit: u32,
+) -> Result<u64, Failure> {
     absolute(path)?;
     let dir = path.0;
     let meta = fs::metadata(dir).map_err(|e| failure(path, &e))?;

@@ -793,7 +793,10 @@ fn file_path(params: &FileParams) -> ApiResult<std::path::PathBuf> {
             return Err(ApiError::Invalid("path, path_base64: give one, not both".into()))
         }
         Some(b) => base64::engine::general_purpose::STANDARD.decode(b).map_err(|_| {
-            ApiError::Invalid(format!("path_base64: {:?} is not standard base64", b.chars().take(64).collect::<String>()))
+            ApiError::Invalid(format!(
+                "path_base64: {:?} is not standard base64",
+                b.chars().take(64).collect::<String>()
+            ))
         })?,
     };
     Ok(files::absolute_bytes(&bytes)?)

@@ -1,7 +1,7 @@
 //! Queries of the audit chains: an append seals the record against the chain head, moves the
 //! head and prunes past the retention behind a checkpoint, all in one transaction; a
 //! verification reads checkpoint, records and head from one snapshot. Appends commit on the
-//! audit connection and are fsynced as `audit_sync` says; every read first waits until each
+//! pooled connection with `synchronous=NORMAL` and are fsynced as `audit_sync` says; every read first waits until each
 //! append before it is durable, so no record anyone saw can be lost to a power loss.
 
 use async_trait::async_trait;
@@ -64,53 +64,14 @@ async fn read_checkpoint(conn: &mut SqliteConnection, chain: &str) -> Result<Opt
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
-        // The store's write lock, then the audit connection's own write transaction.
+        // The store's write lock, then a write transaction on a pooled connection that commits
+        // without waiting for its fsync (`synchronous=NORMAL`, for this transaction only).
         let lock = self.write_lock.lock().await;
-        let mut conn = self.audit_conn.lock().await;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let head = read_head(&mut tx, chain).await?;
-        let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
-        insert_row(&mut *tx, &record, Constraints::default()).await?;
-        sqlx::query(
-            "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
-             ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
-        )
-        .bind(chain)
-        .bind(as_i64(record.seq))
-        .bind(&record.hash)
-        .execute(&mut *tx)
-        .await?;
-        // Retention: keep the newest `audit_retention` records; the checkpoint moves to the last
-        // record pruned, whose hash the first record kept links to. Sequence numbers are
-        // contiguous, so what is kept is `seq - checkpoint`.
-        let pruned_through = read_checkpoint(&mut tx, chain).await?.map_or(0, |c| c.seq);
-        let keep_from = record.seq.saturating_sub(self.audit_retention);
-        if keep_from > pruned_through {
-            let last: String = sqlx::query("SELECT hash FROM audit_records WHERE chain = ? AND seq = ?")
-                .bind(chain)
-                .bind(as_i64(keep_from))
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("hash")?;
-            sqlx::query("DELETE FROM audit_records WHERE chain = ? AND seq <= ?")
-                .bind(chain)
-                .bind(as_i64(keep_from))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
-            )
-            .bind(chain)
-            .bind(as_i64(keep_from))
-            .bind(&last)
-            .bind(record.event.time_ms)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
+        let mut conn = self.relaxed().await?;
+        let result = self.append_on(&mut conn, chain, event).await;
+        self.unrelax(conn).await;
+        let record = result?;
         let n = self.wal_sync.committed();
-        drop(conn);
         drop(lock);
         // Appends that commit while this fsync runs share the next one.
         if self.audit_sync == AuditSync::Each {
@@ -178,5 +139,55 @@ impl AuditStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(verifier.finish(head.as_ref().map(|(s, h)| (*s, h.as_str()))))
+    }
+}
+
+impl SqliteStore {
+    /// One audit append's transaction on `conn`: seal the record against the chain head, move
+    /// the head, prune behind the checkpoint.
+    async fn append_on(&self, conn: &mut SqliteConnection, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let head = read_head(&mut tx, chain).await?;
+        let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
+        insert_row(&mut *tx, &record, Constraints::default()).await?;
+        sqlx::query(
+            "INSERT INTO audit_heads (chain, last_seq, last_hash) VALUES (?, ?, ?) \
+             ON CONFLICT (chain) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+        )
+        .bind(chain)
+        .bind(as_i64(record.seq))
+        .bind(&record.hash)
+        .execute(&mut *tx)
+        .await?;
+        // Retention: keep the newest `audit_retention` records; the checkpoint moves to the last
+        // record pruned, whose hash the first record kept links to. Sequence numbers are
+        // contiguous, so what is kept is `seq - checkpoint`.
+        let pruned_through = read_checkpoint(&mut tx, chain).await?.map_or(0, |c| c.seq);
+        let keep_from = record.seq.saturating_sub(self.audit_retention);
+        if keep_from > pruned_through {
+            let last: String = sqlx::query("SELECT hash FROM audit_records WHERE chain = ? AND seq = ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("hash")?;
+            sqlx::query("DELETE FROM audit_records WHERE chain = ? AND seq <= ?")
+                .bind(chain)
+                .bind(as_i64(keep_from))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (chain, seq, hash, time_ms) VALUES (?, ?, ?, ?) \
+                 ON CONFLICT (chain) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, time_ms = excluded.time_ms",
+            )
+            .bind(chain)
+            .bind(as_i64(keep_from))
+            .bind(&last)
+            .bind(record.event.time_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(record)
     }
 }

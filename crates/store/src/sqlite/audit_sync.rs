@@ -1,5 +1,5 @@
-//! When an audit append (or a usage counter's bump) is on disk. Appends commit on a connection of their own with
-//! `synchronous=NORMAL`: the commit is written into the WAL file (so it survives a crash of
+//! When an audit append (or a usage counter's bump) is on disk. Appends commit on a pooled
+//! connection switched to `synchronous=NORMAL` for the append (and back to `FULL` after it): the commit is written into the WAL file (so it survives a crash of
 //! the server process) without waiting for an fsync. Making it survive a power loss is this
 //! module's: one `fdatasync` of the WAL file covers every commit written before it, so appends
 //! that commit while an fsync runs share the next one (group commit).
@@ -36,19 +36,39 @@ pub enum AuditSync {
 }
 
 impl super::SqliteStore {
-    /// Runs one write statement on the audit connection, under the write lock, durable as an
+    /// Runs one write statement with `synchronous=NORMAL`, under the write lock, durable as an
     /// audit append is ([`AuditSync`]): the usage ledger's counters bumped by every exec.
     pub(crate) async fn ledger_execute(&self, q: super::Query<'_>) -> Result<()> {
         let lock = self.write_lock.lock().await;
-        let mut conn = self.audit_conn.lock().await;
-        q.execute(&mut *conn).await?;
+        let mut conn = self.relaxed().await?;
+        let result = q.execute(&mut *conn).await;
+        self.unrelax(conn).await;
+        result?;
         let n = self.wal_sync.committed();
-        drop(conn);
         drop(lock);
         if self.audit_sync == AuditSync::Each {
             self.wal_sync.sync_through(n).await?;
         }
         Ok(())
+    }
+}
+
+impl super::SqliteStore {
+    /// A pooled connection whose commits reach the WAL file without waiting for an fsync
+    /// (`synchronous=NORMAL`; [`WalSync`] makes them durable). Give it back with
+    /// [`SqliteStore::unrelax`](super::SqliteStore::unrelax), whatever happened on it.
+    pub(crate) async fn relaxed(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+        Ok(conn)
+    }
+
+    /// Puts a connection from [`SqliteStore::relaxed`](super::SqliteStore::relaxed) back to the
+    /// pool's `synchronous=FULL`; one that cannot be put back is closed, never reused.
+    pub(crate) async fn unrelax(&self, mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
+        if sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await.is_err() {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -220,5 +240,26 @@ mod tests {
         }
         let reopened = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
         assert_eq!(reopened.audit_head("acme").await.unwrap().map(|(seq, _)| seq), Some(1));
+    }
+
+    /// The relaxed durability is the append's alone: every connection the pool hands out
+    /// afterwards is back to `synchronous=FULL` (2), also after an append that failed.
+    #[tokio::test]
+    async fn the_pool_stays_fully_synchronous_around_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        for i in 0..20 {
+            s.append_audit("acme", event(i)).await.unwrap();
+        }
+        // A failing append: the chain heads are gone.
+        sqlx::query("DROP TABLE audit_heads").execute(&s.pool).await.unwrap();
+        assert!(s.append_audit("acme", event(99)).await.is_err());
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            let mut conn = s.pool.acquire().await.unwrap();
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+            assert_eq!(level, 2, "a pooled connection was left with relaxed durability");
+            held.push(conn);
+        }
     }
 }

@@ -62,9 +62,8 @@ pub struct SqliteStore {
     write_lock: Mutex<()>,
     /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
     audit_retention: u64,
-    /// The connection audit appends commit on (`synchronous=NORMAL`), taken after the write
-    /// lock; [`audit_sync`] decides when what it wrote is fsynced.
-    audit_conn: Mutex<SqliteConnection>,
+    /// When what audit appends (and the exec counters) commit with `synchronous=NORMAL` is
+    /// fsynced ([`audit_sync`]).
     audit_sync: AuditSync,
     wal_sync: std::sync::Arc<audit_sync::WalSync>,
 }
@@ -99,7 +98,6 @@ impl SqliteStore {
             first.close().await?;
         }
         // Audit appends: written into the WAL at commit, fsynced by `audit_sync`.
-        let audit_conn = options.clone().synchronous(SqliteSynchronous::Normal).connect().await?;
         let wal_sync = audit_sync::WalSync::new(path);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
@@ -126,7 +124,6 @@ impl SqliteStore {
             pool,
             write_lock: Mutex::new(()),
             audit_retention: DEFAULT_AUDIT_RETENTION,
-            audit_conn: Mutex::new(audit_conn),
             audit_sync: AuditSync::Each,
             wal_sync,
         };
