@@ -438,12 +438,13 @@ mod tests {
         assert_eq!(k, kind::FAILURE);
         assert_eq!(serde_json::from_slice::<Failure>(&p).unwrap().kind, FailureKind::InvalidRequest);
 
-        let mut c = ask(&sock, &Request::ReadFile { path: path.clone(), max_bytes: 3, user: None });
+        let mut c = ask(&sock, &Request::ReadFile { path: path.clone().into(), max_bytes: 3, user: None });
         let (k, p) = read_frame(&mut c).unwrap().unwrap();
         assert_eq!(k, kind::FAILURE);
         assert_eq!(serde_json::from_slice::<Failure>(&p).unwrap().kind, FailureKind::TooLarge);
 
-        let mut c = ask(&sock, &Request::WriteFile { path: path.clone(), max_bytes: 4, mode: Some(0o644), user: None });
+        let mut c =
+            ask(&sock, &Request::WriteFile { path: path.clone().into(), max_bytes: 4, mode: Some(0o644), user: None });
         write_frame(&mut c, kind::DATA, b"too long").unwrap();
         let (k, _) = read_frame(&mut c).unwrap().unwrap();
         assert_eq!(k, kind::FAILURE);
@@ -519,7 +520,7 @@ mod tests {
         fs::write(d.join(std::ffi::OsStr::from_bytes(b"z\xff")), b"").unwrap();
         let list = |after: Option<Vec<u8>>, limit| {
             let path = d.display().to_string();
-            let mut c = ask(&sock, &Request::ListDir { path, after, limit, user: None });
+            let mut c = ask(&sock, &Request::ListDir { path: path.into(), after, limit, user: None });
             let mut out = Vec::new();
             loop {
                 let (k, p) = read_frame(&mut c).unwrap().unwrap();
@@ -563,7 +564,7 @@ mod tests {
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let as_nobody = |path: String| {
             let user = Some("65534:65534".to_owned());
-            let mut c = ask(&sock, &Request::WriteFile { path, max_bytes: 10, mode: None, user });
+            let mut c = ask(&sock, &Request::WriteFile { path: path.into(), max_bytes: 10, mode: None, user });
             write_frame(&mut c, kind::DATA, b"n").unwrap();
             write_frame(&mut c, kind::DATA_END, &[]).unwrap();
             read_frame(&mut c).unwrap().unwrap()
