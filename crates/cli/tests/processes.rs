@@ -108,6 +108,13 @@ async fn start_list_get_stdin_eof_and_signal() {
     assert_eq!(exit, Some(128 + 15));
     let got = c.get_process(NS, sbx, &sleeper.id).await.expect("get");
     assert_eq!((got.status, got.signal), (ProcessStatus::Exited, Some(15)), "{got:?}");
+    // Signalling a finished process is a conflict that says so, for any signal.
+    for sig in ["TERM", "KILL"] {
+        let e = c.signal_process(NS, sbx, &sleeper.id, sig).await.expect_err("an exited process");
+        let Error::Api { status, code, message, .. } = e else { panic!("{e:#}") };
+        assert_eq!((status, code.as_str()), (409, "conflict"), "{message}");
+        assert_eq!(message, format!("process {} has exited", sleeper.id));
+    }
 
     // A process the sandbox does not have is a 404, and a viewer may not start one.
     let missing = format!("prc_{}", "0".repeat(32));

@@ -344,6 +344,8 @@ fn process_failure(id: &str, f: Failure) -> RuntimeError {
         FailureKind::NotFound => RuntimeError::ProcessNotFound(id.to_owned()),
         FailureKind::InvalidRequest => RuntimeError::Invalid(f.message),
         FailureKind::TooLarge => RuntimeError::Busy(f.message),
+        // "process prc_… has exited": a conflict with the process's state.
+        FailureKind::Exited => RuntimeError::Busy(f.message),
         _ => RuntimeError::Protocol(f.message),
     }
 }

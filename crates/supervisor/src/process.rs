@@ -203,14 +203,18 @@ impl Table {
         let launched = match launch::launch(&launch) {
             Ok(l) => l,
             Err(LaunchError::Refused(f)) => return Err(f),
-            Err(LaunchError::Spawn(e)) => {
-                // As an exec answers: the reason as output, status 127 (126 when not executable).
+            Err(e) => {
+                // As an exec answers: the reason as output, status 127 (126 when not executable
+                // or when the working directory cannot be entered).
                 let program = spec.argv.first().map(String::as_str).unwrap_or_default();
+                let Some((code, message)) = e.not_started(program, &spec.cwd) else {
+                    return Err(Failure::new(FailureKind::Io, "a refused launch"));
+                };
                 let stream = if spec.tty.is_some() { OutputStreamKind::Pty } else { OutputStreamKind::Stderr };
                 let mut output = Output::with_limit(limit);
-                output.push(stream, format!("bulkhead: cannot run {program:?}: {e}\n").into_bytes());
+                output.push(stream, message.into_bytes());
                 info.status = ProcessStatus::Exited;
-                info.exit_code = Some(if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 });
+                info.exit_code = Some(code);
                 info.ended_at_ms = Some(now_ms());
                 let process = Process {
                     state: Mutex::new(State { info: info.clone(), output, ended: Some(Instant::now()) }),
@@ -422,9 +426,13 @@ impl Table {
             return Err(Failure::new(FailureKind::InvalidRequest, format!("unknown signal {signal}")));
         }
         let process = self.get(id)?;
+        let exited = || Failure::new(FailureKind::Exited, format!("process {id} has exited"));
+        if lock(&process.state).ended.is_some() {
+            return Err(exited());
+        }
         let group = lock(&process.group);
         // Finished: the pid may be another process's by now, so nothing is sent.
-        let Some(g) = group.as_ref() else { return Ok(()) };
+        let Some(g) = group.as_ref() else { return Err(exited()) };
         if signal == libc::SIGKILL {
             g.kill();
         } else {
@@ -432,6 +440,10 @@ impl Table {
             // group is taken only after its exit), so the pid is still its.
             if unsafe { libc::kill(g.pid, signal) } != 0 {
                 let e = io::Error::last_os_error();
+                // Reaped, its group not yet taken: it is exiting.
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    return Err(exited());
+                }
                 return Err(Failure::from_io(&format!("signal {id}"), &e));
             }
         }
@@ -655,6 +667,13 @@ mod tests {
         let (events, end) = follow(&table, "prc_t4", 0);
         assert_eq!(end.exit_code, Some(127));
         assert!(String::from_utf8_lossy(&bytes(&events, OutputStreamKind::Stderr)).contains("cannot run"));
+        let mut s = spec("prc_t5", &["pwd"]);
+        s.cwd = "/no/such/dir".into();
+        table.spawn(s).unwrap();
+        let (events, end) = follow(&table, "prc_t5", 0);
+        assert_eq!(end.exit_code, Some(126));
+        let err = String::from_utf8_lossy(&bytes(&events, OutputStreamKind::Stderr)).into_owned();
+        assert!(err.starts_with("bulkhead: cannot enter the working directory \"/no/such/dir\""), "{err}");
     }
 
     #[test]
@@ -668,8 +687,11 @@ mod tests {
         table.signal("prc_s1", libc::SIGTERM).unwrap();
         let (_, end) = follow(&table, "prc_s1", 0);
         assert_eq!(end.signal, Some(libc::SIGTERM));
-        // A finished process is not signalled again (its pid may be another's).
-        table.signal("prc_s1", libc::SIGKILL).unwrap();
+        // A finished process is not signalled again (its pid may be another's): it has exited.
+        for sig in [libc::SIGKILL, libc::SIGTERM] {
+            let e = table.signal("prc_s1", sig).unwrap_err();
+            assert_eq!((e.kind, e.message.as_str()), (FailureKind::Exited, "process prc_s1 has exited"));
+        }
         // A timeout ends it, and says so.
         let mut s = spec("prc_s2", &["sleep", "60"]);
         s.timeout_ms = Some(200);

@@ -291,6 +291,8 @@ pub enum FailureKind {
     NoSpace,
     InvalidRequest,
     Io,
+    /// A background process that has exited (or is exiting): it can no longer be signalled.
+    Exited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
