@@ -107,6 +107,25 @@ fn open_pty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// Sets the calling process's `oom_score_adj` to 0 (raising it needs no privilege). Runs
+/// between fork and exec: only open, write and close, which are async-signal-safe.
+fn reset_oom_score() -> io::Result<()> {
+    // SAFETY: a NUL-terminated static path; open returns a new fd or -1.
+    let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes one byte from a static buffer to the fd just opened, then closes it.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let e = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        return Err(e);
+    }
+    Ok(())
+}
+
 /// A pipe, both ends close-on-exec: (read, write).
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
@@ -185,11 +204,13 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
         let groups: Vec<libc::gid_t> = c.groups.clone();
         (c.uid, c.gid, groups)
     });
-    // SAFETY: the closure runs between fork and exec and calls only write, setsid, ioctl,
+    // SAFETY: the closure runs between fork and exec and calls only open, close, write, setsid, ioctl,
     // setgroups, setgid, setuid, chdir (and write again when it fails), all async-signal-safe syscalls, on data prepared
     // before the fork (no allocation).
     unsafe {
         cmd.pre_exec(move || {
+            // The supervisor is spared by the OOM killer (-1000); its commands are not.
+            reset_oom_score()?;
             if let Some(fd) = procs {
                 cgroup::join_in_child(fd)?;
             }
