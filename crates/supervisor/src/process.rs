@@ -439,6 +439,8 @@ impl Table {
             Ok(p) => p,
             Err(f) => return protocol::write_json(conn, kind::FAILURE, &f),
         };
+        // At once, so the caller's stream opens before the process prints anything.
+        protocol::write_json(conn, kind::FOLLOWING, &process.info())?;
         let mut last = after;
         loop {
             let (events, done) = {
@@ -696,6 +698,7 @@ mod tests {
             loop {
                 let (k, p) = read_frame(&mut theirs).unwrap().unwrap();
                 match k {
+                    kind::FOLLOWING => assert!(events.is_empty(), "the first frame"),
                     kind::OUTPUT => events.push(protocol::decode_output(p).unwrap()),
                     kind::PROCESS => return (events, serde_json::from_slice(&p).unwrap()),
                     other => panic!("frame {other}: {}", String::from_utf8_lossy(&p)),
