@@ -165,6 +165,22 @@ async fn a_command_sees_its_own_cgroup_and_runs_as_its_user() {
     s.user = Some("no-such-user".into());
     let e = rt.exec(&sbx, s, vec![]).await.unwrap().next().await.unwrap().unwrap_err();
     assert!(matches!(&e, bulkhead_runtime::RuntimeError::Invalid(m) if m.contains("no-such-user")), "{e}");
+    // A missing working directory is named, not blamed on the program (which exists); a
+    // missing program keeps a shell's 127.
+    let mut s = spec("pwd", 20_000);
+    s.argv = vec!["pwd".into()];
+    s.cwd = "/no/such/dir".into();
+    let (_, err, exit) = run(rt, &sbx, s, vec![]).await;
+    assert_eq!(exit.exit_code, Some(126), "{err}");
+    assert_eq!(
+        err,
+        "bulkhead: cannot enter the working directory \"/no/such/dir\": No such file or directory (os error 2)\n"
+    );
+    let mut s = spec("", 20_000);
+    s.argv = vec!["no-such-program".into()];
+    let (_, err, exit) = run(rt, &sbx, s, vec![]).await;
+    assert_eq!(exit.exit_code, Some(127), "{err}");
+    assert!(err.starts_with("bulkhead: cannot run \"no-such-program\""), "{err}");
 }
 
 #[tokio::test]
@@ -226,4 +242,129 @@ async fn sigkill_of_a_background_process_ends_its_descendants_and_delete_leaves_
     assert!(before.iter().any(|p| p.ends_with("prc_tree2")), "{before:?}");
     h.state.runtime.delete("alpha", &sbx).await.unwrap();
     assert_eq!(ns_dirs(&h), Vec::<std::path::PathBuf>::new(), "the sandbox's cgroups, nested ones too, are gone");
+}
+
+/// A command cannot leave its cgroup nor reach a sibling sandbox's through the supervisor's
+/// delegated cgroup directory (its fd 4): the supervisor is not dumpable, so `/proc/1/fd/*`
+/// needs `CAP_SYS_PTRACE`, which no command has; and the namespace's cgroup directory is
+/// root's, 0700, so even a handle on the sandbox's own directory would lead nowhere above it.
+#[tokio::test]
+async fn a_command_cannot_leave_its_cgroup_nor_reach_a_sibling_sandbox() {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let sbx = h.create_sandbox("alpha", &h.admin, json!({"memory_bytes": 128 << 20})).await;
+    let sibling = h.create_sandbox("alpha", &h.admin, json!({"memory_bytes": 128 << 20})).await;
+    let rt = h.state.runtime.as_ref();
+
+    // The escape: a background child of a timed-out exec moves itself into the sandbox's own
+    // cgroup (out of the exec's), then writes a marker after the timeout.
+    let script = "sh -c 'if echo $$ > /proc/1/fd/4/cgroup.procs; then echo moved; else echo refused; fi; \
+                  sleep 3.456; echo x > /tmp/esc' & sleep 600";
+    let (out, err, exit) = run(rt, &sbx, spec(script, 2500), vec![]).await;
+    assert!(exit.timed_out, "{exit:?}");
+    assert!(out.contains("refused") && !out.contains("moved"), "the move was not refused: {out} {err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(survivors(rt, &sbx, "3.456").await, "", "the escapee outlived the timeout");
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(sh(rt, &sbx, "ls /tmp/esc 2>/dev/null; true").await, "", "the escapee wrote its marker");
+
+    // None of the supervisor's descriptors is reachable, nor its memory or root.
+    let probe = sh(
+        rt,
+        &sbx,
+        "for p in /proc/1/fd/0 /proc/1/fd/3 /proc/1/fd/4 /proc/1/fd/4/.. /proc/1/mem /proc/1/environ /proc/1/root/; do \
+           if (exec 5< $p) 2>/dev/null; then echo \"open $p\"; fi; done; \
+         readlink /proc/1/fd/4 || echo no-link",
+    )
+    .await;
+    assert_eq!(probe.trim(), "no-link", "{probe}");
+    // The sibling: neither listable nor writable, through any path the sandbox has.
+    let sib = sh(
+        rt,
+        &sbx,
+        &format!(
+            "ls /proc/1/fd/4/.. 2>/dev/null | grep -c {sibling}; \
+             (echo $$ > /proc/1/fd/4/../{sibling}/cgroup.procs) 2>/dev/null && echo joined; \
+             mkdir /proc/1/fd/4/../{sibling}/evil 2>/dev/null && echo made; \
+             ls /sys/fs/cgroup/freezer/.. /sys/fs/cgroup/.. 2>/dev/null | grep -c {sibling}; true"
+        ),
+    )
+    .await;
+    assert_eq!(sib.split_whitespace().collect::<Vec<_>>(), ["0", "0"], "{sib}");
+    // The host's view: the sibling has no such cgroup, and the namespace's directory is closed.
+    let dirs =
+        bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix)
+            .unwrap()
+            .existing();
+    assert!(!dirs.iter().any(|p| p.ends_with("evil")), "{dirs:?}");
+    let grouping = dirs
+        .iter()
+        .find(|p| {
+            let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+            p.ends_with(&sibling) && (v2 || p.starts_with("/sys/fs/cgroup/freezer"))
+        })
+        .expect("the sibling's grouping cgroup");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(grouping.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the namespace's cgroup directory is {mode:o}");
+    // The commands' own /proc stays as usual: execve makes them dumpable again.
+    assert_eq!(sh(rt, &sbx, "readlink /proc/self/fd/0").await.trim(), "/dev/null");
+}
+
+/// The output background processes retain lives in the supervisor (PID 1, charged to the
+/// sandbox's memory): together it stays within an eighth of the sandbox's memory, and the OOM
+/// killer spares the supervisor (its commands are not spared). 40 processes printing 10 MB
+/// each would hold 320 MiB at 8 MiB each, in a 128 MiB sandbox.
+#[tokio::test]
+async fn output_of_many_loud_processes_leaves_the_supervisor_alive() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    // The server spares the supervisor where it may lower a score (CAP_SYS_RESOURCE, which a
+    // server in a container may lack); commands are never spared.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap().trim();
+    let may_lower = u64::from_str_radix(eff, 16).unwrap() & (1 << 24) != 0;
+    let want = if may_lower { "-1000\n0\n" } else { "0\n0\n" };
+    assert_eq!(sh(rt, &sbx, "cat /proc/1/oom_score_adj /proc/self/oom_score_adj").await, want);
+    let ids: Vec<String> = (0..40).map(|i| format!("prc_loud{i}")).collect();
+    for id in &ids {
+        let p = ProcessSpec {
+            id: id.clone(),
+            argv: vec!["sh".into(), "-c".into(), "yes 0123456789abcdef0123456789abcdef | head -c 10000000".into()],
+            env: vec![],
+            cwd: "/".into(),
+            user: None,
+            tty: None,
+            timeout_ms: None,
+        };
+        rt.spawn_process(&sbx, p).await.unwrap();
+    }
+    let mut retained = 0usize;
+    for id in &ids {
+        let mut out = rt.process_output(&sbx, id, 0).await.unwrap();
+        loop {
+            match out.next().await.expect("an event").expect("the supervisor answers") {
+                ProcessEvent::Output { data, .. } => retained += data.len(),
+                ProcessEvent::Exit(info) => {
+                    assert_eq!(info.exit_code, Some(0), "{info:?}");
+                    break;
+                }
+            }
+        }
+    }
+    assert!(retained <= 40 * (16 << 20), "{retained}");
+    // Alive and serving: an exec runs, and the processes are all still listed.
+    assert_eq!(sh(rt, &sbx, "echo alive").await, "alive\n");
+    assert_eq!(rt.processes(&sbx).await.unwrap().len(), 40);
+    let mut now = 0usize;
+    for id in &ids {
+        let mut out = rt.process_output(&sbx, id, 0).await.unwrap();
+        while let Some(ev) = out.next().await {
+            match ev.unwrap() {
+                ProcessEvent::Output { data, .. } => now += data.len(),
+                ProcessEvent::Exit(_) => break,
+            }
+        }
+    }
+    assert!(now <= 16 << 20, "all processes together retain {now} bytes");
+    assert!(now > 0);
 }

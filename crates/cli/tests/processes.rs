@@ -10,7 +10,7 @@ mod common;
 
 use base64::Engine;
 use bulkhead_api::{CreateProcess, CreateSandbox, ExecRequest, OutputStream, ProcessEvent, ProcessStatus};
-use bulkhead_client::{Client, Error, ProcessStream};
+use bulkhead_client::{AttachEvent, Client, Error, ProcessStream};
 use common::process::Server;
 use sha2::Digest;
 
@@ -110,6 +110,13 @@ async fn start_list_get_stdin_eof_and_signal() {
     assert_eq!(exit, Some(128 + 15));
     let got = c.get_process(NS, sbx, &sleeper.id).await.expect("get");
     assert_eq!((got.status, got.signal), (ProcessStatus::Exited, Some(15)), "{got:?}");
+    // Signalling a finished process is a conflict that says so, for any signal.
+    for sig in ["TERM", "KILL"] {
+        let e = c.signal_process(NS, sbx, &sleeper.id, sig).await.expect_err("an exited process");
+        let Error::Api { status, code, message, .. } = e else { panic!("{e:#}") };
+        assert_eq!((status, code.as_str()), (409, "conflict"), "{message}");
+        assert_eq!(message, format!("process {} has exited", sleeper.id));
+    }
 
     // A process the sandbox does not have is a 404, and a viewer may not start one.
     let missing = format!("prc_{}", "0".repeat(32));
@@ -157,6 +164,38 @@ async fn output_is_live() {
     assert_eq!(c.exec(NS, sbx, &touch).await.expect("touch").exit_code, 0);
     let (rest, exit) = read_until(&mut out, |_| false).await;
     assert_eq!((exit, bytes(&rest)), (Some(0), b"second\n".to_vec()));
+}
+
+/// A process that prints nothing yet: its output stream and its attachment open at once (the
+/// process waits for a file the test writes only after both are open), and stay open until it
+/// prints and exits.
+#[tokio::test]
+async fn a_silent_process_streams_and_attaches_at_once() {
+    let s = setup().await;
+    let (c, sbx) = (&s.client, s.sandbox.as_str());
+    let script = "while [ ! -e /tmp/late ]; do sleep 0.05; done; echo late";
+    let p = c.start_process(NS, sbx, &cmd(&["sh", "-c", script])).await.expect("start");
+    // Both open before the process can print: it waits for the file written after them.
+    let mut out = c.process_output(NS, sbx, &p.id, 0).await.expect("output opens while the process is silent");
+    let attached = c.attach_process(NS, sbx, &p.id).await.expect("attach upgrades while the process is silent");
+    let (_writer, mut reader) = attached.split();
+    let touch = ExecRequest { cmd: vec!["touch".into(), "/tmp/late".into()], ..Default::default() };
+    assert_eq!(c.exec(NS, sbx, &touch).await.expect("touch").exit_code, 0);
+    let (pieces, exit) = read_until(&mut out, |_| false).await;
+    assert_eq!((exit, bytes(&pieces)), (Some(0), b"late\n".to_vec()));
+    let mut seen = Vec::new();
+    loop {
+        match reader.next().await.expect("attachment") {
+            Some(AttachEvent::Output(d)) => seen.extend(d),
+            Some(AttachEvent::Exit { exit_code, .. }) => {
+                assert_eq!(exit_code, 0);
+                break;
+            }
+            Some(AttachEvent::Error(e)) => panic!("the attachment failed: {e:?}"),
+            None => panic!("the attachment ended without an exit"),
+        }
+    }
+    assert_eq!(seen, b"late\n");
 }
 
 /// The `id:` and `data:` of each server-sent event of an answer, read to its end.

@@ -211,6 +211,14 @@ impl Cgroups {
         use std::os::unix::fs::OpenOptionsExt;
         let dir = self.grouping_dir(namespace, id);
         fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        // The namespace's directory is root's and 0700: every sandbox of a namespace has the
+        // same host ids, so should a handle on one sandbox's directory ever reach a command,
+        // its `..` must lead nowhere: no listing of the other sandboxes, no path into theirs.
+        if let Some(ns) = dir.parent() {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(ns, fs::Permissions::from_mode(0o700))
+                .map_err(RuntimeError::io(format!("chmod {}", ns.display())))?;
+        }
         let chown = |p: &Path| {
             std::os::unix::fs::chown(p, Some(owner), Some(owner))
                 .map_err(RuntimeError::io(format!("chown {}", p.display())))
@@ -567,6 +575,9 @@ mod delegation_tests {
         assert_eq!(dir.metadata().unwrap().uid(), me);
         assert!(dir.metadata().unwrap().is_dir());
         assert_eq!(fs::read_to_string(sbx.join("cgroup.max.descendants")).unwrap(), MAX_COMMAND_CGROUPS.to_string());
+        // The namespace's directory: nothing reaches the other sandboxes through it.
+        let ns_mode = fs::metadata(d.path().join("bulkhead/acme")).unwrap().mode() & 0o7777;
+        assert_eq!(ns_mode, 0o700, "{ns_mode:o}");
 
         // A command cgroup below it (the supervisor's mkdirat), then the sandbox's removal.
         fs::create_dir(sbx.join("exec-1")).unwrap();

@@ -351,6 +351,8 @@ fn process_failure(id: &str, f: Failure) -> RuntimeError {
         FailureKind::NotFound => RuntimeError::ProcessNotFound(id.to_owned()),
         FailureKind::InvalidRequest => RuntimeError::Invalid(f.message),
         FailureKind::TooLarge => RuntimeError::Busy(f.message),
+        // "process prc_… has exited": a conflict with the process's state.
+        FailureKind::Exited => RuntimeError::Busy(f.message),
         _ => RuntimeError::Protocol(f.message),
     }
 }
@@ -403,7 +405,8 @@ pub async fn resize_process(socket: &Path, sandbox: &str, id: &str, size: TtySiz
 pub async fn process_output(socket: &Path, sandbox: &str, id: &str, after: u64) -> Result<ProcessOutput> {
     let mut conn = connect(socket, sandbox).await?;
     send_request(&mut conn, &Request::Output { id: id.to_owned(), after }).await?;
-    // The first frame tells whether the process exists; later ones follow it as it runs.
+    // The first frame, sent at once, tells whether the process exists (`FOLLOWING`); later
+    // ones follow it as it runs, after any silence.
     let first = tokio::time::timeout(PROCESS_ANSWER_TIMEOUT, read_frame(&mut conn))
         .await
         .map_err(|_| RuntimeError::Protocol("the supervisor did not answer in time".into()))??;
@@ -415,9 +418,27 @@ pub async fn process_output(socket: &Path, sandbox: &str, id: &str, after: u64) 
     let (tx, rx) = mpsc::channel(16);
     let id = id.to_owned();
     tokio::spawn(async move {
-        let mut frame = Some(first);
+        let mut frame = (first.0 != kind::FOLLOWING).then_some(first);
         let mut last = 0u64;
         loop {
+            if frame.is_none() {
+                // A caller that stops following closes the connection at once (the process runs on).
+                let next = tokio::select! {
+                    f = read_frame(&mut conn) => f,
+                    () = tx.closed() => return,
+                };
+                frame = match next {
+                    Ok(None) => {
+                        let _ = tx.send(Err(RuntimeError::Protocol("the sandbox closed the connection".into()))).await;
+                        return;
+                    }
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+            }
             let event = match frame.take() {
                 Some((kind::OUTPUT, payload)) => match protocol::decode_output(payload) {
                     // Sequence numbers only grow: anything else is a broken supervisor.
@@ -439,18 +460,6 @@ pub async fn process_output(socket: &Path, sandbox: &str, id: &str, after: u64) 
             if tx.send(event).await.is_err() || end {
                 return;
             }
-            // A caller that stops following closes the connection at once (the process runs on).
-            let next = tokio::select! {
-                f = read_frame(&mut conn) => f,
-                () = tx.closed() => return,
-            };
-            frame = match next {
-                Ok(f) => f,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            };
         }
     });
     Ok(ProcessOutput { rx })

@@ -507,12 +507,32 @@ impl OciRuntime {
             detail,
         };
         match status {
-            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) if s.success() => {
+                // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
+                // and the bounded output retention alone keeps the supervisor small.
+                if let Err(e) = spare_from_oom_killer(&bundle.join("pid")) {
+                    tracing::warn!(sandbox = %spec.id, error = %e, "the supervisor is not spared by the OOM killer");
+                }
+                Ok(())
+            }
             Ok(Ok(s)) => Err(failed(format!("{s}: {}", log_tail(&bundle.join("supervisor.log"))))),
             Ok(Err(e)) => Err(failed(e.to_string())),
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// Sets the started supervisor's `oom_score_adj` (its host pid is in `pid_file`) to -1000, from
+/// the host: the supervisor is PID 1 and holds the sandbox's processes and their output, so the
+/// OOM killer takes a command instead (every command sets its own back to 0 before it runs).
+/// The OCI runtime cannot do it once inside the sandbox's user namespace, and lowering it needs
+/// `CAP_SYS_RESOURCE`, which only the host's root has (an error without it).
+fn spare_from_oom_killer(pid_file: &Path) -> std::io::Result<()> {
+    let pid: u32 = fs::read_to_string(pid_file)?
+        .trim()
+        .parse()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "a bad pid file"))?;
+    fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000")
 }
 
 /// Library directories named by an `ld.so.conf` (following `include` lines, whose last

@@ -207,6 +207,8 @@ impl From<RuntimeError> for ApiError {
                 FailureKind::InvalidRequest => ApiError::Invalid(f.message),
                 // An IO failure inside the sandbox is the sandbox's state, not the server's.
                 FailureKind::Io => ApiError::Conflict(f.message),
+                // Never a file's failure; a process that has exited is a conflict anyway.
+                FailureKind::Exited => ApiError::Conflict(f.message),
             },
             // A sandbox that crashed or broke the protocol is the sandbox's fault, not the
             // server's: a conflict with the sandbox's state, never a 5xx.

@@ -30,12 +30,13 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
     let Launched { mut child, exited, group, .. } = match launch::launch(&launch) {
         Ok(l) => l,
         Err(LaunchError::Refused(f)) => return protocol::write_json(&mut conn, kind::FAILURE, &f),
-        Err(LaunchError::Spawn(e)) => {
+        Err(e) => {
             // What a shell would answer: the reason on stderr, status 127 (126 when not
-            // executable).
-            let code = if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            // executable, or when the working directory cannot be entered).
             let program = spec.argv.first().map(String::as_str).unwrap_or_default();
-            let msg = format!("bulkhead: cannot run {program:?}: {e}\n");
+            let Some((code, msg)) = e.not_started(program, &spec.cwd) else {
+                return Err(io::Error::other("a refused launch"));
+            };
             protocol::write_frame(&mut conn, kind::STDERR, msg.as_bytes())?;
             let exit = Exit {
                 exit_code: Some(code),
@@ -265,6 +266,15 @@ mod tests {
         let (_, err, exit) = exec_collect(&sock, spec(&["/no/such/binary"]), None);
         assert_eq!(exit.exit_code, Some(127));
         assert!(String::from_utf8_lossy(&err).contains("cannot run"));
+        // A missing working directory is named as such, not blamed on the program.
+        let mut s = spec(&["pwd"]);
+        s.cwd = "/no/such/dir".into();
+        let (_, err, exit) = exec_collect(&sock, s, None);
+        assert_eq!(exit.exit_code, Some(126));
+        assert_eq!(
+            String::from_utf8_lossy(&err),
+            "bulkhead: cannot enter the working directory \"/no/such/dir\": No such file or directory (os error 2)\n"
+        );
         let (_, _, exit) = exec_collect(&sock, spec(&["sh", "-c", "kill -9 $$"]), None);
         assert_eq!(exit.signal, Some(9));
     }

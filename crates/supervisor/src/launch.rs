@@ -54,9 +54,27 @@ pub(crate) struct Launched {
 pub(crate) enum LaunchError {
     /// The request is wrong (an empty argv, an unknown user): answered as a failure.
     Refused(Failure),
-    /// The program could not be run (missing, not executable, a bad cwd): what a shell
-    /// answers with status 127 (126 when not executable).
+    /// The program could not be run (missing, not executable): what a shell answers with
+    /// status 127 (126 when not executable).
     Spawn(io::Error),
+    /// The working directory could not be entered (missing, not a directory, not the user's
+    /// to enter): status 126, as the OCI runtimes answer for an exec's bad cwd.
+    Cwd(io::Error),
+}
+
+impl LaunchError {
+    /// For a command that did not start: its exit status and the line it prints on stderr.
+    /// `None` for a refused request.
+    pub(crate) fn not_started(&self, program: &str, cwd: &str) -> Option<(i32, String)> {
+        match self {
+            LaunchError::Refused(_) => None,
+            LaunchError::Spawn(e) => {
+                let code = if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 };
+                Some((code, format!("bulkhead: cannot run {program:?}: {e}\n")))
+            }
+            LaunchError::Cwd(e) => Some((126, format!("bulkhead: cannot enter the working directory {cwd:?}: {e}\n"))),
+        }
+    }
 }
 
 /// Opens a new terminal pair in the sandbox's devpts (mounted with `newinstance` at
@@ -87,6 +105,36 @@ fn open_pty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     set_size(master.as_raw_fd(), size)?;
     Ok((master, slave))
+}
+
+/// Sets the calling process's `oom_score_adj` to 0 (raising it needs no privilege). Runs
+/// between fork and exec: only open, write and close, which are async-signal-safe.
+fn reset_oom_score() -> io::Result<()> {
+    // SAFETY: a NUL-terminated static path; open returns a new fd or -1.
+    let fd = unsafe { libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: writes one byte from a static buffer to the fd just opened, then closes it.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let e = io::Error::last_os_error();
+    // SAFETY: closes the fd opened above, once.
+    unsafe { libc::close(fd) };
+    if n != 1 {
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec: (read, write).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new fds into a valid array of two.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just returned by pipe2 and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Sets a terminal's size; the kernel sends SIGWINCH to its foreground process group.
@@ -147,16 +195,22 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     }
 
     let cg = cgroup::for_command(l.cgroup).map_err(LaunchError::Spawn)?;
+    // The child writes a byte here when its chdir fails, which tells that failure from the
+    // exec's (both come back from spawn as a bare errno). Close-on-exec on both ends.
+    let (cwd_failed, cwd_failed_w) = pipe().map_err(LaunchError::Spawn)?;
+    let cwd_failed_w_fd = cwd_failed_w.as_raw_fd();
     let procs = cg.as_ref().map(|c| c.procs_fd());
     let ids = creds.as_ref().map(|c| {
         let groups: Vec<libc::gid_t> = c.groups.clone();
         (c.uid, c.gid, groups)
     });
-    // SAFETY: the closure runs between fork and exec and calls only write, setsid, ioctl,
-    // setgroups, setgid, setuid and chdir, all async-signal-safe syscalls, on data prepared
+    // SAFETY: the closure runs between fork and exec and calls only open, close, write, setsid, ioctl,
+    // setgroups, setgid, setuid, chdir (and write again when it fails), all async-signal-safe syscalls, on data prepared
     // before the fork (no allocation).
     unsafe {
         cmd.pre_exec(move || {
+            // The supervisor is spared by the OOM killer (-1000); its commands are not.
+            reset_oom_score()?;
             if let Some(fd) = procs {
                 cgroup::join_in_child(fd)?;
             }
@@ -177,13 +231,16 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
                 }
             }
             if libc::chdir(cwd.as_ptr()) != 0 {
-                return Err(io::Error::last_os_error());
+                let e = io::Error::last_os_error();
+                libc::write(cwd_failed_w_fd, b"c".as_ptr().cast(), 1);
+                return Err(e);
             }
             Ok(())
         });
     }
     Reaper::global().spawning();
     let spawned = cmd.spawn();
+    drop(cwd_failed_w);
     let exited = Reaper::global().spawned(spawned.as_ref().ok().map(|c| c.id() as i32));
     let child = match spawned {
         Ok(c) => c,
@@ -191,7 +248,11 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
             if let Some(cg) = cg {
                 Group::new(Some(cg), 0).release();
             }
-            return Err(LaunchError::Spawn(e));
+            let mut byte = [0u8; 1];
+            // SAFETY: a non-blocking read of at most one byte into a valid buffer; the write
+            // end is closed (the child is gone and ours dropped), so it never blocks.
+            let n = unsafe { libc::read(cwd_failed.as_raw_fd(), byte.as_mut_ptr().cast(), 1) };
+            return Err(if n == 1 { LaunchError::Cwd(e) } else { LaunchError::Spawn(e) });
         }
     };
     let pid = child.id() as i32;

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +27,10 @@ use crate::protocol::{
 
 /// Output bytes retained per process; older events are dropped first.
 pub const MAX_RETAINED_BYTES: usize = 8 << 20;
+/// Output bytes retained by all processes of the sandbox together at most: the supervisor is
+/// PID 1 and its memory is the sandbox's, so this is also at most an eighth of the sandbox's
+/// memory limit (see [`retention_budget`]).
+pub const MAX_RETAINED_TOTAL: usize = 64 << 20;
 /// How long a finished process stays in the table.
 pub const KEEP_FINISHED: Duration = Duration::from_secs(600);
 /// Finished processes kept at most; the oldest go first.
@@ -42,17 +47,40 @@ fn now_ms() -> u64 {
 }
 
 /// The retained output of one process.
-#[derive(Default)]
 pub(crate) struct Output {
     events: VecDeque<(u64, OutputStreamKind, Arc<Vec<u8>>)>,
     bytes: usize,
     last_seq: u64,
     limit: usize,
+    /// The bytes retained by every process of the table, this one's included.
+    total: Arc<AtomicUsize>,
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Output {
+    #[cfg(test)]
     fn with_limit(limit: usize) -> Output {
-        Output { limit, ..Output::default() }
+        Output::counted(limit, &Arc::default())
+    }
+
+    fn counted(limit: usize, total: &Arc<AtomicUsize>) -> Output {
+        Output { events: VecDeque::new(), bytes: 0, last_seq: 0, limit, total: total.clone() }
+    }
+
+    /// Drops the oldest event, keeping at least `keep`; the bytes it freed.
+    fn drop_oldest(&mut self, keep: usize) -> usize {
+        if self.events.len() <= keep {
+            return 0;
+        }
+        let Some((_, _, d)) = self.events.pop_front() else { return 0 };
+        self.bytes -= d.len();
+        self.total.fetch_sub(d.len(), Ordering::Relaxed);
+        d.len()
     }
 
     /// Appends an event and drops the oldest ones past the limit (the newest always stays).
@@ -62,12 +90,9 @@ impl Output {
         }
         self.last_seq += 1;
         self.bytes += data.len();
+        self.total.fetch_add(data.len(), Ordering::Relaxed);
         self.events.push_back((self.last_seq, stream, Arc::new(data)));
-        while self.bytes > self.limit && self.events.len() > 1 {
-            if let Some((_, _, d)) = self.events.pop_front() {
-                self.bytes -= d.len();
-            }
-        }
+        while self.bytes > self.limit && self.drop_oldest(1) > 0 {}
     }
 
     /// Retained events with `seq > after`.
@@ -105,9 +130,62 @@ impl Process {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Table {
-    processes: Mutex<HashMap<String, Arc<Process>>>,
+    processes: Arc<Mutex<HashMap<String, Arc<Process>>>>,
+    /// Output bytes retained by all processes together, and the most they may hold.
+    retained: Arc<AtomicUsize>,
+    budget: usize,
+}
+
+impl Default for Table {
+    fn default() -> Table {
+        Table::with_budget(retention_budget(memory_limit()))
+    }
+}
+
+/// The sandbox's memory limit in bytes, read from its own cgroup (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`); `None` when unlimited or unreadable.
+fn memory_limit() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    read("/sys/fs/cgroup/memory.max")
+        .or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+        .filter(|l| *l < 1 << 60)
+}
+
+/// What all processes' output may hold together: [`MAX_RETAINED_TOTAL`], and at most an
+/// eighth of the sandbox's memory limit `limit`.
+pub fn retention_budget(limit: Option<u64>) -> usize {
+    match limit {
+        Some(l) => MAX_RETAINED_TOTAL.min((l / 8) as usize),
+        None => MAX_RETAINED_TOTAL,
+    }
+}
+
+/// Brings the output retained by all of `processes` under `budget`: the oldest events of
+/// finished processes go first (the longest finished first), then the oldest events of the
+/// running process that holds the most (each keeps its newest event).
+fn enforce_budget(processes: &Mutex<HashMap<String, Arc<Process>>>, retained: &AtomicUsize, budget: usize) {
+    if retained.load(Ordering::Relaxed) <= budget {
+        return;
+    }
+    let all: Vec<Arc<Process>> = lock(processes).values().cloned().collect();
+    let mut finished: Vec<(Instant, &Arc<Process>)> =
+        all.iter().filter_map(|p| lock(&p.state).ended.map(|e| (e, p))).collect();
+    finished.sort_by_key(|(e, _)| *e);
+    for (_, p) in finished {
+        let mut st = lock(&p.state);
+        while retained.load(Ordering::Relaxed) > budget && st.output.drop_oldest(0) > 0 {}
+        if retained.load(Ordering::Relaxed) <= budget {
+            return;
+        }
+    }
+    while retained.load(Ordering::Relaxed) > budget {
+        let largest = all.iter().max_by_key(|p| lock(&p.state).output.bytes);
+        let Some(p) = largest else { return };
+        if lock(&p.state).output.drop_oldest(1) == 0 {
+            return;
+        }
+    }
 }
 
 fn valid_id(id: &str) -> bool {
@@ -124,6 +202,11 @@ impl Table {
     pub(crate) fn global() -> &'static Table {
         static TABLE: OnceLock<Table> = OnceLock::new();
         TABLE.get_or_init(Table::default)
+    }
+
+    /// A table whose processes retain at most `budget` output bytes together.
+    pub(crate) fn with_budget(budget: usize) -> Table {
+        Table { processes: Arc::default(), retained: Arc::default(), budget }
     }
 
     fn get(&self, id: &str) -> Result<Arc<Process>, Failure> {
@@ -161,7 +244,7 @@ impl Table {
 
     /// Starts a process and returns its first state.
     pub(crate) fn spawn(&self, spec: ProcessSpec) -> Result<ProcessInfo, Failure> {
-        self.spawn_with_limit(spec, MAX_RETAINED_BYTES)
+        self.spawn_with_limit(spec, MAX_RETAINED_BYTES.min(self.budget))
     }
 
     pub(crate) fn spawn_with_limit(&self, spec: ProcessSpec, limit: usize) -> Result<ProcessInfo, Failure> {
@@ -203,14 +286,18 @@ impl Table {
         let launched = match launch::launch(&launch) {
             Ok(l) => l,
             Err(LaunchError::Refused(f)) => return Err(f),
-            Err(LaunchError::Spawn(e)) => {
-                // As an exec answers: the reason as output, status 127 (126 when not executable).
+            Err(e) => {
+                // As an exec answers: the reason as output, status 127 (126 when not executable
+                // or when the working directory cannot be entered).
                 let program = spec.argv.first().map(String::as_str).unwrap_or_default();
+                let Some((code, message)) = e.not_started(program, &spec.cwd) else {
+                    return Err(Failure::new(FailureKind::Io, "a refused launch"));
+                };
                 let stream = if spec.tty.is_some() { OutputStreamKind::Pty } else { OutputStreamKind::Stderr };
-                let mut output = Output::with_limit(limit);
-                output.push(stream, format!("bulkhead: cannot run {program:?}: {e}\n").into_bytes());
+                let mut output = Output::counted(limit, &self.retained);
+                output.push(stream, message.into_bytes());
                 info.status = ProcessStatus::Exited;
-                info.exit_code = Some(if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 });
+                info.exit_code = Some(code);
                 info.ended_at_ms = Some(now_ms());
                 let process = Process {
                     state: Mutex::new(State { info: info.clone(), output, ended: Some(Instant::now()) }),
@@ -249,7 +336,11 @@ impl Table {
             }
         };
         let process = Arc::new(Process {
-            state: Mutex::new(State { info: info.clone(), output: Output::with_limit(limit), ended: None }),
+            state: Mutex::new(State {
+                info: info.clone(),
+                output: Output::counted(limit, &self.retained),
+                ended: None,
+            }),
             changed: Condvar::new(),
             stdin: Mutex::new(stdin),
             pty,
@@ -261,7 +352,10 @@ impl Table {
         let (stop_r, stop_w) = pipe().map_err(|e| Failure::from_io("pipe", &e))?;
         let reader = {
             let process = process.clone();
-            std::thread::Builder::new().spawn(move || read_output(&process, readers, stop_r))
+            let budget = (self.processes.clone(), self.retained.clone(), self.budget);
+            std::thread::Builder::new().spawn(move || {
+                read_output(&process, readers, stop_r, &|| enforce_budget(&budget.0, &budget.1, budget.2))
+            })
         };
         let reader = match reader {
             Ok(r) => r,
@@ -345,6 +439,8 @@ impl Table {
             Ok(p) => p,
             Err(f) => return protocol::write_json(conn, kind::FAILURE, &f),
         };
+        // At once, so the caller's stream opens before the process prints anything.
+        protocol::write_json(conn, kind::FOLLOWING, &process.info())?;
         let mut last = after;
         loop {
             let (events, done) = {
@@ -422,9 +518,13 @@ impl Table {
             return Err(Failure::new(FailureKind::InvalidRequest, format!("unknown signal {signal}")));
         }
         let process = self.get(id)?;
+        let exited = || Failure::new(FailureKind::Exited, format!("process {id} has exited"));
+        if lock(&process.state).ended.is_some() {
+            return Err(exited());
+        }
         let group = lock(&process.group);
         // Finished: the pid may be another process's by now, so nothing is sent.
-        let Some(g) = group.as_ref() else { return Ok(()) };
+        let Some(g) = group.as_ref() else { return Err(exited()) };
         if signal == libc::SIGKILL {
             g.kill();
         } else {
@@ -432,6 +532,10 @@ impl Table {
             // group is taken only after its exit), so the pid is still its.
             if unsafe { libc::kill(g.pid, signal) } != 0 {
                 let e = io::Error::last_os_error();
+                // Reaped, its group not yet taken: it is exiting.
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    return Err(exited());
+                }
                 return Err(Failure::from_io(&format!("signal {id}"), &e));
             }
         }
@@ -483,7 +587,7 @@ fn pipe() -> io::Result<(File, File)> {
 
 /// Reads the process's streams into its buffer until all end, or `stop` becomes readable (then
 /// what is readable at once is taken, and no more).
-fn read_output(process: &Process, mut streams: Vec<(File, OutputStreamKind)>, stop: File) {
+fn read_output(process: &Process, mut streams: Vec<(File, OutputStreamKind)>, stop: File, trim: &dyn Fn()) {
     let mut buf = vec![0u8; CHUNK];
     let mut stopping = false;
     while !streams.is_empty() {
@@ -518,6 +622,7 @@ fn read_output(process: &Process, mut streams: Vec<(File, OutputStreamKind)>, st
                     let data = buf[..k].to_vec();
                     let stream = *stream;
                     process.update(|st| st.output.push(stream, data));
+                    trim();
                 }
             }
         }
@@ -600,6 +705,7 @@ mod tests {
             loop {
                 let (k, p) = read_frame(&mut theirs).unwrap().unwrap();
                 match k {
+                    kind::FOLLOWING => assert!(events.is_empty(), "the first frame"),
                     kind::OUTPUT => events.push(protocol::decode_output(p).unwrap()),
                     kind::PROCESS => return (events, serde_json::from_slice(&p).unwrap()),
                     other => panic!("frame {other}: {}", String::from_utf8_lossy(&p)),
@@ -662,6 +768,34 @@ mod tests {
         let (events, end) = follow(&table, "prc_t4", 0);
         assert_eq!(end.exit_code, Some(127));
         assert!(String::from_utf8_lossy(&bytes(&events, OutputStreamKind::Stderr)).contains("cannot run"));
+        let mut s = spec("prc_t5", &["pwd"]);
+        s.cwd = "/no/such/dir".into();
+        table.spawn(s).unwrap();
+        let (events, end) = follow(&table, "prc_t5", 0);
+        assert_eq!(end.exit_code, Some(126));
+        let err = String::from_utf8_lossy(&bytes(&events, OutputStreamKind::Stderr)).into_owned();
+        assert!(err.starts_with("bulkhead: cannot enter the working directory \"/no/such/dir\""), "{err}");
+    }
+
+    #[test]
+    fn all_processes_together_retain_at_most_the_budget() {
+        assert_eq!(retention_budget(Some(128 << 20)), 16 << 20, "an eighth of the sandbox's memory");
+        assert_eq!(retention_budget(Some(4 << 30)), MAX_RETAINED_TOTAL);
+        assert_eq!(retention_budget(None), MAX_RETAINED_TOTAL);
+        let table = Table::with_budget(256 << 10);
+        let print = |id: &str| spec(id, &["sh", "-c", "head -c 204800 /dev/zero"]);
+        table.spawn(print("prc_b1")).unwrap();
+        let (first, _) = follow(&table, "prc_b1", 0);
+        assert_eq!(bytes(&first, OutputStreamKind::Stdout).len(), 204800);
+        table.spawn(print("prc_b2")).unwrap();
+        let (second, _) = follow(&table, "prc_b2", 0);
+        assert_eq!(bytes(&second, OutputStreamKind::Stdout).len(), 204800, "the newest keeps its own");
+        assert!(table.retained.load(Ordering::Relaxed) <= 256 << 10);
+        // The finished one gave up its oldest events first.
+        let (left, _) = follow(&table, "prc_b1", 0);
+        let kept = bytes(&left, OutputStreamKind::Stdout).len();
+        assert!(kept <= (256 << 10) - 204800, "{kept}");
+        assert_eq!(follow(&table, "prc_b2", 0).0, second, "the running one lost nothing");
     }
 
     #[test]
@@ -675,8 +809,11 @@ mod tests {
         table.signal("prc_s1", libc::SIGTERM).unwrap();
         let (_, end) = follow(&table, "prc_s1", 0);
         assert_eq!(end.signal, Some(libc::SIGTERM));
-        // A finished process is not signalled again (its pid may be another's).
-        table.signal("prc_s1", libc::SIGKILL).unwrap();
+        // A finished process is not signalled again (its pid may be another's): it has exited.
+        for sig in [libc::SIGKILL, libc::SIGTERM] {
+            let e = table.signal("prc_s1", sig).unwrap_err();
+            assert_eq!((e.kind, e.message.as_str()), (FailureKind::Exited, "process prc_s1 has exited"));
+        }
         // A timeout ends it, and says so.
         let mut s = spec("prc_s2", &["sleep", "60"]);
         s.timeout_ms = Some(200);

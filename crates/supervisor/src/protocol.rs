@@ -60,6 +60,10 @@ pub mod kind {
     /// big-endian `u64`, the stream as one byte ([`super::OutputStreamKind::byte`]), then the
     /// bytes exactly as the process wrote them.
     pub const OUTPUT: u8 = 22;
+    /// Supervisor → server: the first frame answering an output request, sent at once: the
+    /// process exists (its JSON [`super::ProcessInfo`] now); its output events follow as they
+    /// come, however long it stays silent, then the final [`PROCESS`] frame.
+    pub const FOLLOWING: u8 = 23;
     /// Supervisor → server: one JSON [`super::DirEntry`] of a directory listing.
     pub const DIR_ENTRY: u8 = 16;
 }
@@ -294,6 +298,8 @@ pub enum FailureKind {
     NoSpace,
     InvalidRequest,
     Io,
+    /// A background process that has exited (or is exiting): it can no longer be signalled.
+    Exited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,11 +12,29 @@ use crate::reaper::Reaper;
 /// Serves requests on the listening socket inherited as `fd`, with every command in a cgroup of
 /// its own under the delegated cgroup directory inherited as `cgroup_fd` (see the `cgroup`
 /// module; without one, commands are grouped by process group only). Never returns on success.
+///
+/// First of all the supervisor makes itself non-dumpable (`PR_SET_DUMPABLE` 0): its
+/// `/proc/1/fd/*` (the delegated cgroup directory, the listening socket, every command's
+/// cgroup and pipes), `/proc/1/mem`, `/proc/1/environ`, `/proc/1/root` and `ptrace` of it then
+/// need `CAP_SYS_PTRACE`, which no command has. Without it any command running as the
+/// sandbox's root could reopen fd 4 and move itself out of its own cgroup, or walk up to the
+/// namespace's other sandboxes. A command's `execve` makes it dumpable again, so its own
+/// `/proc/self` stays as usual.
 pub fn serve_fds(fd: RawFd, cgroup_fd: Option<RawFd>) -> io::Result<()> {
+    make_undumpable()?;
     if let Some(c) = cgroup_fd {
         crate::cgroup::adopt(c)?;
     }
     serve_fd(fd)
+}
+
+/// Makes this process non-dumpable (see [`serve_fds`]).
+fn make_undumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes a plain integer argument and changes only this process.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Serves requests on the listening socket inherited as `fd`. Never returns on success.
