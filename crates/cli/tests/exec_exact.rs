@@ -8,31 +8,10 @@
 mod common;
 
 use base64::Engine;
-use bulkhead_api::{CreateSandbox, Encoding, ExecEvent, ExecRequest};
-use bulkhead_client::{Client, Error};
-use common::process::Server;
+use bulkhead_api::{Encoding, ExecEvent, ExecRequest};
+use bulkhead_client::Error;
 
-const NS: &str = "acme";
-
-/// A server with namespace `acme`, a developer's client of it and one running sandbox.
-struct Setup {
-    _dir: tempfile::TempDir,
-    server: Server,
-    token: String,
-    client: Client,
-    sandbox: String,
-}
-
-async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    server.ok(None, &["namespace", "create", NS, "--cpu", "2", "--memory", "2GiB"]);
-    let key = server.json(None, &["key", "create", "--ns", NS, "dev", "--role", "developer"]);
-    let token = key["token"].as_str().unwrap().to_owned();
-    let client = Client::new(&server.url, Some(token.clone()));
-    let sandbox = client.create_sandbox(NS, &CreateSandbox::default()).await.expect("create").id;
-    Setup { _dir: dir, server, token, client, sandbox }
-}
+use common::process::{developer_with_sandbox as setup, Setup, NS};
 
 fn b64(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)

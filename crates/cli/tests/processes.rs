@@ -9,31 +9,11 @@
 mod common;
 
 use base64::Engine;
-use bulkhead_api::{CreateProcess, CreateSandbox, ExecRequest, OutputStream, ProcessEvent, ProcessStatus};
+use bulkhead_api::{CreateProcess, ExecRequest, OutputStream, ProcessEvent, ProcessStatus};
 use bulkhead_client::{AttachEvent, Client, Error, ProcessStream};
-use common::process::Server;
 use sha2::Digest;
 
-const NS: &str = "acme";
-
-struct Setup {
-    _dir: tempfile::TempDir,
-    server: Server,
-    token: String,
-    client: Client,
-    sandbox: String,
-}
-
-async fn setup() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"));
-    server.ok(None, &["namespace", "create", NS, "--cpu", "2", "--memory", "2GiB"]);
-    let key = server.json(None, &["key", "create", "--ns", NS, "dev", "--role", "developer"]);
-    let token = key["token"].as_str().unwrap().to_owned();
-    let client = Client::new(&server.url, Some(token.clone()));
-    let sandbox = client.create_sandbox(NS, &CreateSandbox::default()).await.expect("create").id;
-    Setup { _dir: dir, server, token, client, sandbox }
-}
+use common::process::{developer_with_sandbox as setup, Setup, NS};
 
 fn cmd(args: &[&str]) -> CreateProcess {
     CreateProcess { cmd: args.iter().map(|s| s.to_string()).collect(), ..Default::default() }

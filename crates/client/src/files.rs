@@ -64,36 +64,12 @@ impl Client {
             mode: options.mode.clone(),
             ..Default::default()
         };
-        // The source is read on a blocking thread, a few chunks ahead of the connection.
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
-        let reader = tokio::task::spawn_blocking(move || {
-            let mut source = source;
-            loop {
-                let mut buf = vec![0u8; UPLOAD_CHUNK];
-                let n = match source.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                buf.truncate(n);
-                if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         let builder = self
             .request(Method::PUT, &files_path(ns, id))
             .query(&query)
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(stream));
-        let sent = self.send_raw(builder).await;
-        reader.abort();
-        sent.map(|_| ())
+            .body(crate::lines::reader_body(source, UPLOAD_CHUNK));
+        self.send_raw(builder).await.map(|_| ())
     }
 
     /// A page of the directory at `path` inside a sandbox (sorted by name; `cursor` from the

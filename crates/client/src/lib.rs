@@ -30,6 +30,7 @@ use crate::error::Call;
 pub use crate::error::{ClientError, Error, Result};
 pub use crate::filesystems::FsFile;
 pub use crate::identity::SecretSet;
+pub use crate::lines::EventStream;
 pub use crate::observe::{AuditFilter, LogQuery, LogTail, LogTailEvent};
 pub use crate::processes::{AttachEvent, AttachReader, AttachWriter, Attachment, ProcessStream};
 pub use crate::sandboxes::ExecStream;

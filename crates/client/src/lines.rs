@@ -87,3 +87,84 @@ mod tests {
         assert!(!lines.rest_is_blank());
     }
 }
+
+/// The events of a streamed NDJSON answer (an exec's, a process's output), one JSON line at a
+/// time. Lines are parsed across chunk boundaries; a line over [`crate::MAX_LINE_BYTES`], a
+/// line that does not parse, or a stream cut mid-line is an error.
+#[derive(Debug)]
+pub struct EventStream<T> {
+    answer: crate::Answer,
+    lines: Lines,
+    ended: bool,
+    /// What the stream is, for the error of one cut mid-line.
+    what: &'static str,
+    _event: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: serde::de::DeserializeOwned> EventStream<T> {
+    pub(crate) fn new(answer: crate::Answer, what: &'static str) -> EventStream<T> {
+        EventStream {
+            answer,
+            lines: Lines::new(crate::MAX_LINE_BYTES),
+            ended: false,
+            what,
+            _event: std::marker::PhantomData,
+        }
+    }
+
+    /// The next event; `None` when the server ended the stream (for a process's output, after
+    /// `exit`, or cut short: then resume with the last `seq` seen).
+    pub async fn next(&mut self) -> crate::Result<Option<T>> {
+        let status = self.answer.status();
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) if line.trim_ascii().is_empty() => continue,
+                Ok(Some(line)) => {
+                    return serde_json::from_slice(line).map(Some).map_err(|e| self.answer.call.decode(status, e))
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(self.answer.call.unexpected(status, detail)),
+            }
+            if self.ended {
+                if self.lines.rest_is_blank() {
+                    return Ok(None);
+                }
+                return Err(self.answer.call.unexpected(status, format!("the {} ended mid-line", self.what)));
+            }
+            match self.answer.chunk().await? {
+                Some(chunk) => self.lines.push(&chunk),
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
+/// A request body that streams `source` in chunks of `chunk` bytes, read on a thread of its
+/// own a few chunks ahead of the connection (never the whole of it in memory). The thread is
+/// detached: it ends at the end of `source`, on its error (which ends the body), or once the
+/// body is dropped and its next chunk has nowhere to go.
+pub(crate) fn reader_body(source: Box<dyn std::io::Read + Send>, chunk: usize) -> reqwest::Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || {
+        let mut source = source;
+        loop {
+            let mut buf = vec![0u8; chunk];
+            let n = match source.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            buf.truncate(n);
+            if tx.blocking_send(Ok(buf)).is_err() {
+                return;
+            }
+        }
+    });
+    reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
+}

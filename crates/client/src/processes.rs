@@ -14,8 +14,8 @@ use reqwest::Method;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::lines::Lines;
-use crate::{namespace_path, seg, Answer, Client, Error, Result, MAX_LINE_BYTES};
+use crate::lines::{reader_body, EventStream};
+use crate::{namespace_path, seg, Client, Error, Result};
 
 const NDJSON: &str = "application/x-ndjson";
 /// The size of the pieces a streamed stdin is read and sent in.
@@ -52,7 +52,7 @@ impl Client {
             .header(ACCEPT, NDJSON);
         let answer = self.send_raw(builder).await?;
         answer.expect_content_type(NDJSON)?;
-        Ok(ProcessStream { answer, lines: Lines::new(MAX_LINE_BYTES), ended: false })
+        Ok(ProcessStream::new(answer, "output stream"))
     }
 
     /// Writes `data` to the process's stdin; `eof` closes it after. Answers the bytes written.
@@ -79,32 +79,11 @@ impl Client {
         source: Box<dyn Read + Send>,
         eof: bool,
     ) -> Result<u64> {
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
-        std::thread::spawn(move || {
-            let mut source = source;
-            loop {
-                let mut buf = vec![0u8; STDIN_CHUNK];
-                let n = match source.read(&mut buf) {
-                    Ok(0) => return,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                buf.truncate(n);
-                if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
-        });
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
         let builder = self
             .request(Method::POST, &processes_path(ns, id, &format!("/{}/stdin", seg(pid))))
             .query(&ProcessStdinParams { eof: Some(eof) })
             .header(CONTENT_TYPE, "application/octet-stream")
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(reader_body(source, STDIN_CHUNK));
         let sent: StdinResult = self.send(builder).await?;
         Ok(sent.bytes)
     }
@@ -167,42 +146,6 @@ impl Client {
         };
         let (sink, source) = socket.split();
         Ok(Attachment { writer: AttachWriter { sink, url: url.clone() }, reader: AttachReader { source, url } })
-    }
-}
-
-/// The output of a process, one event at a time.
-#[derive(Debug)]
-pub struct ProcessStream {
-    answer: Answer,
-    lines: Lines,
-    ended: bool,
-}
-
-impl ProcessStream {
-    /// The next event; `None` when the server ended the stream (after `exit`, or cut short: then
-    /// resume with the last `seq` seen).
-    pub async fn next(&mut self) -> Result<Option<ProcessEvent>> {
-        let status = self.answer.status();
-        loop {
-            match self.lines.next_line() {
-                Ok(Some(line)) if line.trim_ascii().is_empty() => continue,
-                Ok(Some(line)) => {
-                    return serde_json::from_slice(line).map(Some).map_err(|e| self.answer.call.decode(status, e))
-                }
-                Ok(None) => {}
-                Err(detail) => return Err(self.answer.call.unexpected(status, detail)),
-            }
-            if self.ended {
-                if self.lines.rest_is_blank() {
-                    return Ok(None);
-                }
-                return Err(self.answer.call.unexpected(status, "the output stream ended mid-line"));
-            }
-            match self.answer.chunk().await? {
-                Some(chunk) => self.lines.push(&chunk),
-                None => self.ended = true,
-            }
-        }
     }
 }
 
@@ -313,3 +256,6 @@ impl AttachReader {
         }
     }
 }
+
+/// The output of a process, one event at a time (see [`EventStream`]).
+pub type ProcessStream = EventStream<ProcessEvent>;

@@ -5,8 +5,8 @@ use bulkhead_api::{CreateSandbox, ExecEvent, ExecRequest, ExecResult, Page, Sand
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::Method;
 
-use crate::lines::Lines;
-use crate::{namespace_path, seg, Answer, Client, Result, MAX_LINE_BYTES};
+use crate::lines::EventStream;
+use crate::{namespace_path, seg, Client, Result};
 
 const NDJSON: &str = "application/x-ndjson";
 
@@ -47,7 +47,7 @@ impl Client {
         let builder = self.request(Method::POST, &sandbox_path(ns, id, "/exec")).header(ACCEPT, NDJSON).json(req);
         let answer = self.send_raw(builder).await?;
         answer.expect_content_type(NDJSON)?;
-        Ok(ExecStream { answer, lines: Lines::new(MAX_LINE_BYTES), ended: false })
+        Ok(ExecStream::new(answer, "exec stream"))
     }
 
     /// The bytes of a file inside a sandbox (`path` absolute).
@@ -69,39 +69,5 @@ impl Client {
     }
 }
 
-/// The output of a streamed exec, one event at a time.
-#[derive(Debug)]
-pub struct ExecStream {
-    answer: Answer,
-    lines: Lines,
-    ended: bool,
-}
-
-impl ExecStream {
-    /// The next event; `None` when the server ended the stream. Lines are parsed across chunk
-    /// boundaries; a line over [`MAX_LINE_BYTES`], a line that does not parse, or a stream cut
-    /// mid-line is an error.
-    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
-        let status = self.answer.status();
-        loop {
-            match self.lines.next_line() {
-                Ok(Some(line)) if line.trim_ascii().is_empty() => continue,
-                Ok(Some(line)) => {
-                    return serde_json::from_slice(line).map(Some).map_err(|e| self.answer.call.decode(status, e))
-                }
-                Ok(None) => {}
-                Err(detail) => return Err(self.answer.call.unexpected(status, detail)),
-            }
-            if self.ended {
-                if self.lines.rest_is_blank() {
-                    return Ok(None);
-                }
-                return Err(self.answer.call.unexpected(status, "the exec stream ended mid-line"));
-            }
-            match self.answer.chunk().await? {
-                Some(chunk) => self.lines.push(&chunk),
-                None => self.ended = true,
-            }
-        }
-    }
-}
+/// The output of a streamed exec, one event at a time (see [`EventStream`]).
+pub type ExecStream = EventStream<ExecEvent>;

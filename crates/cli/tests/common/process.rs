@@ -170,3 +170,28 @@ impl Drop for Server {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// The namespace of [`developer_with_sandbox`].
+pub const NS: &str = "acme";
+
+/// A server with namespace [`NS`], a developer's client of it and one running sandbox.
+pub struct Setup {
+    pub _dir: tempfile::TempDir,
+    pub server: Server,
+    pub token: String,
+    pub client: bulkhead_client::Client,
+    pub sandbox: String,
+}
+
+/// Starts a [`Setup`]: the real server on a temporary data dir, namespace [`NS`] (2 cpus,
+/// 2 GiB), a developer key and a sandbox of the defaults.
+pub async fn developer_with_sandbox() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"));
+    server.ok(None, &["namespace", "create", NS, "--cpu", "2", "--memory", "2GiB"]);
+    let key = server.json(None, &["key", "create", "--ns", NS, "dev", "--role", "developer"]);
+    let token = key["token"].as_str().unwrap().to_owned();
+    let client = bulkhead_client::Client::new(&server.url, Some(token.clone()));
+    let sandbox = client.create_sandbox(NS, &bulkhead_api::CreateSandbox::default()).await.expect("create").id;
+    Setup { _dir: dir, server, token, client, sandbox }
+}

@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use super::answers::{CheckedErrors, ConflictErrors, GuardedErrors};
-use super::sandboxes::{check_abs_path, check_argv, check_env, check_user, load_running, wants, NDJSON};
+use super::sandboxes::{check_command, load_running, wants, NDJSON};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, PathParams, QueryParams};
@@ -131,16 +131,7 @@ pub async fn start(
     let req: CreateProcess = json(&headers, &body)?;
     drop(body);
     let CreateProcess { cmd, env, cwd, user, tty, timeout_seconds } = req;
-    let env = match &env {
-        Some(env) => check_env("env", env)?,
-        None => Vec::new(),
-    };
-    check_argv(&cmd, &env)?;
-    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
-    check_abs_path("cwd", &cwd)?;
-    if let Some(u) = &user {
-        check_user(u)?;
-    }
+    let (env, cwd) = check_command(&cmd, env.as_ref(), cwd, user.as_deref())?;
     let tty = tty.map(check_tty).transpose()?;
     if let Some(t) = timeout_seconds {
         if !(1..=MAX_PROCESS_TIMEOUT).contains(&t) {

@@ -356,6 +356,28 @@ fn exit_code(exit: &Exit) -> i32 {
 /// Checks an argv and its environment against the kernel's bounds for `execve`: no argument
 /// longer than `MAX_ARG_STRLEN` (131072 bytes with its terminating NUL), and arguments and
 /// variables together (each string with its NUL and its pointer) within [`MAX_ARGV_BYTES`].
+/// The checks of a command to run, an exec's or a background process's: its environment, argv
+/// (within the kernel's bounds), working directory (absolute; default `/`) and `user` (shape).
+/// Answers the environment as pairs and the working directory.
+pub(crate) fn check_command(
+    cmd: &[String],
+    env: Option<&BTreeMap<String, String>>,
+    cwd: Option<String>,
+    user: Option<&str>,
+) -> ApiResult<(Vec<(String, String)>, String)> {
+    let env = match env {
+        Some(env) => check_env("env", env)?,
+        None => Vec::new(),
+    };
+    check_argv(cmd, &env)?;
+    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
+    check_abs_path("cwd", &cwd)?;
+    if let Some(u) = user {
+        check_user(u)?;
+    }
+    Ok((env, cwd))
+}
+
 pub(crate) fn check_argv(cmd: &[String], env: &[(String, String)]) -> ApiResult<()> {
     if cmd.is_empty() || cmd[0].is_empty() {
         return Err(ApiError::Invalid("cmd: must name a program".into()));
@@ -427,16 +449,7 @@ pub async fn exec(
     drop(body);
     let ExecRequest { cmd, stdin, encoding, user, env, cwd, timeout_seconds } = req;
     let encoding = encoding.unwrap_or_default();
-    let env = match &env {
-        Some(env) => check_env("env", env)?,
-        None => Vec::new(),
-    };
-    check_argv(&cmd, &env)?;
-    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
-    check_abs_path("cwd", &cwd)?;
-    if let Some(u) = &user {
-        check_user(u)?;
-    }
+    let (env, cwd) = check_command(&cmd, env.as_ref(), cwd, user.as_deref())?;
     let timeout = timeout_seconds.unwrap_or(DEFAULT_EXEC_TIMEOUT);
     if !(1..=MAX_EXEC_TIMEOUT).contains(&timeout) {
         return Err(ApiError::Invalid(format!("timeout_seconds: must be between 1 and {MAX_EXEC_TIMEOUT}")));
