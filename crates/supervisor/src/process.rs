@@ -204,8 +204,10 @@ impl Table {
         TABLE.get_or_init(Table::default)
     }
 
-    /// A table whose processes retain at most `budget` output bytes together.
+    /// A table whose processes retain at most `budget` output bytes together. Its processes'
+    /// exits are reported by the process's one reaping thread, started here if it is not yet.
     pub(crate) fn with_budget(budget: usize) -> Table {
+        crate::reaper::Reaper::start();
         Table { processes: Arc::default(), retained: Arc::default(), budget }
     }
 
@@ -677,13 +679,6 @@ mod tests {
     use super::*;
     use crate::protocol::{read_frame, write_frame};
 
-    /// A table with the process's reaper running, as in the supervisor (a test may run alone in
-    /// its process, where nothing else would start it).
-    fn new_table() -> Table {
-        crate::reaper::Reaper::start();
-        Table::default()
-    }
-
     fn spec(id: &str, argv: &[&str]) -> ProcessSpec {
         ProcessSpec {
             id: id.into(),
@@ -739,7 +734,7 @@ mod tests {
 
     #[test]
     fn the_table_lists_gets_and_refuses() {
-        let table = new_table();
+        let table = Table::default();
         let info = table.spawn(spec("prc_t1", &["sh", "-c", "echo out; echo err >&2; exit 3"])).unwrap();
         assert_eq!(info.status, ProcessStatus::Running);
         assert!(info.pid > 0);
@@ -800,7 +795,7 @@ mod tests {
 
     #[test]
     fn signals_are_checked_and_delivered() {
-        let table = new_table();
+        let table = Table::default();
         table.spawn(spec("prc_s1", &["sleep", "60"])).unwrap();
         for bad in [0, -1, 32, 33, 65, 1000] {
             assert_eq!(table.signal("prc_s1", bad).unwrap_err().kind, FailureKind::InvalidRequest, "{bad}");
@@ -825,7 +820,7 @@ mod tests {
 
     #[test]
     fn output_resumes_after_a_sequence_number() {
-        let table = new_table();
+        let table = Table::default();
         let script = "for i in 1 2 3 4 5; do echo line$i; sleep 0.02; done";
         table.spawn(spec("prc_r1", &["sh", "-c", script])).unwrap();
         let (all, _) = follow(&table, "prc_r1", 0);
@@ -856,7 +851,7 @@ mod tests {
         assert_eq!(out.since(0).iter().map(|e| e.0).collect::<Vec<_>>(), [11]);
 
         // Through a process: 1 MiB of output with a 64 KiB bound.
-        let table = new_table();
+        let table = Table::default();
         let s = spec("prc_b1", &["head", "-c", "1048576", "/dev/zero"]);
         table.spawn_with_limit(s, 64 << 10).unwrap();
         // Read only once it ended: a follower would have been sent the events as they came.
@@ -869,7 +864,7 @@ mod tests {
         assert!(events[0].0 > 1, "the oldest events were dropped");
 
         // At most MAX_FINISHED finished processes stay listed.
-        let table = new_table();
+        let table = Table::default();
         for i in 0..MAX_FINISHED + 6 {
             let id = format!("prc_f{i}");
             table.spawn(spec(&id, &["true"])).unwrap();
@@ -882,7 +877,7 @@ mod tests {
 
     #[test]
     fn a_terminal_is_resized_and_its_size_seen() {
-        let table = new_table();
+        let table = Table::default();
         let mut s =
             spec("prc_p1", &["sh", "-c", "trap 'echo winch' WINCH; stty size; while ! read x; do :; done; stty size"]);
         s.tty = Some(TtySize { rows: 24, cols: 80 });
@@ -921,7 +916,7 @@ mod tests {
 
     #[test]
     fn a_terminal_eof_ends_a_read_without_hanging_up() {
-        let table = new_table();
+        let table = Table::default();
         let mut s = spec("prc_p3", &["sh", "-c", "cat; echo after-eof"]);
         s.tty = Some(TtySize { rows: 24, cols: 80 });
         table.spawn(s).unwrap();
@@ -934,7 +929,7 @@ mod tests {
 
     #[test]
     fn fifty_mebibytes_of_stdin_arrive_exactly() {
-        let table = new_table();
+        let table = Table::default();
         table.spawn(spec("prc_i1", &["sha256sum"])).unwrap();
         // Pseudo-random bytes (xorshift), so a dropped or repeated chunk changes the digest.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
