@@ -511,7 +511,16 @@ impl OciRuntime {
                 // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
                 // and the bounded output retention alone keeps the supervisor small.
                 if let Err(e) = spare_from_oom_killer(&bundle.join("pid")) {
-                    tracing::warn!(sandbox = %spec.id, error = %e, "the supervisor is not spared by the OOM killer");
+                    // The host's answer does not change from one sandbox to the next: said once
+                    // as a warning, then at debug level.
+                    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+                    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::debug!(sandbox = %spec.id, error = %e, "the supervisor is not spared by the OOM killer");
+                    } else {
+                        tracing::warn!(sandbox = %spec.id, error = %e,
+                            "the supervisor is not spared by the OOM killer (this server lacks CAP_SYS_RESOURCE); \
+                             bounded output retention alone keeps it small");
+                    }
                 }
                 Ok(())
             }
