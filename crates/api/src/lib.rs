@@ -821,6 +821,8 @@ pub struct Process {
     /// `prc_…`
     pub id: String,
     pub sandbox: String,
+    /// The command as started, bounded for listing: at most 32 arguments of 256 bytes each,
+    /// longer ones cut and marked with `…`.
     pub cmd: Vec<String>,
     /// Its process id inside the sandbox.
     pub pid: i32,

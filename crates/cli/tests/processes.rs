@@ -54,6 +54,21 @@ fn api_status(e: Error) -> (u16, String) {
     }
 }
 
+/// A start takes an argv up to the kernel's bounds, as an exec does: 16 arguments of 64 KiB
+/// (over a megabyte of JSON, past the general body limit).
+#[tokio::test]
+async fn a_start_takes_an_argv_as_large_as_an_exec() {
+    let s = setup().await;
+    let (c, sbx) = (&s.client, s.sandbox.as_str());
+    let big = "x".repeat(64 * 1024);
+    let mut args = vec!["sh", "-c", "echo $#", "sh"];
+    args.extend(std::iter::repeat_n(big.as_str(), 16));
+    let p = c.start_process(NS, sbx, &cmd(&args)).await.expect("a start with 16 arguments of 64 KiB");
+    let mut stream = c.process_output(NS, sbx, &p.id, 0).await.expect("output");
+    let (pieces, code) = read_until(&mut stream, |_| false).await;
+    assert_eq!((bytes(&pieces), code), (b"16\n".to_vec(), Some(0)));
+}
+
 #[tokio::test]
 async fn start_list_get_stdin_eof_and_signal() {
     let s = setup().await;

@@ -81,7 +81,9 @@ impl LaunchError {
 /// `/dev/pts`): the master, and the slave's path.
 fn open_pty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: posix_openpt takes flags and returns a new fd or -1.
-    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    // Non-blocking: a write to a terminal whose process stopped reading must not hang a thread
+    // (the stdin writer waits with poll and gives up once the process has exited).
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC | libc::O_NONBLOCK) };
     if master < 0 {
         return Err(io::Error::last_os_error());
     }

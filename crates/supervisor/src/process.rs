@@ -273,7 +273,7 @@ impl Table {
         };
         let mut info = ProcessInfo {
             id: spec.id.clone(),
-            argv: spec.argv.clone(),
+            argv: shown_argv(&spec.argv),
             pid: 0,
             status: ProcessStatus::Running,
             exit_code: None,
@@ -488,8 +488,13 @@ impl Table {
                     let Some(w) = guard.as_mut() else {
                         return Err(Failure::new(FailureKind::InvalidRequest, format!("stdin of {id} is closed")));
                     };
-                    if let Err(e) = w.write_all(&data) {
+                    if let Err(e) = write_until_exit(w, &data, &process) {
                         *guard = None;
+                        // A process that exited mid-write (its pipe broke, its terminal hung up,
+                        // or it never read again) is a conflict, like a signal to it.
+                        if e.kind() == io::ErrorKind::WouldBlock || lock(&process.state).ended.is_some() {
+                            return Err(Failure::new(FailureKind::Exited, format!("process {id} has exited")));
+                        }
                         return Err(Failure::from_io(&format!("stdin of {id}"), &e));
                     }
                     written += data.len() as u64;
@@ -506,7 +511,8 @@ impl Table {
             if tty {
                 if let Some(w) = guard.as_mut() {
                     let veof = terminal_eof(w.as_raw_fd());
-                    w.write_all(&[veof]).map_err(|e| Failure::from_io(&format!("stdin of {id}"), &e))?;
+                    write_until_exit(w, &[veof], &process)
+                        .map_err(|e| Failure::from_io(&format!("stdin of {id}"), &e))?;
                 }
             } else {
                 *guard = None;
@@ -568,6 +574,59 @@ fn terminal_eof(fd: RawFd) -> u8 {
     }
 }
 
+/// Writes all of `data` to a process's stdin. A pipe blocks as usual (its reader's exit ends a
+/// write with `EPIPE`); a terminal's master is non-blocking, so a process that stops reading
+/// is waited for with `poll`, and once it has exited the write ends with `WouldBlock`.
+fn write_until_exit(w: &mut File, mut data: &[u8], process: &Process) -> io::Result<()> {
+    while !data.is_empty() {
+        match w.write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if lock(&process.state).ended.is_some() {
+                    return Err(e);
+                }
+                let mut p = libc::pollfd { fd: w.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+                // SAFETY: one valid pollfd for the call's duration; at most 100 ms.
+                unsafe { libc::poll(&mut p, 1, 100) };
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The argv a process is listed with: at most [`SHOWN_ARGS`] arguments of at most
+/// [`SHOWN_ARG_BYTES`] bytes each (cut on a character boundary, marked with `…`), so that every
+/// answer about processes stays far below a frame's bound whatever argv they were started with
+/// (up to the kernel's `ARG_MAX`).
+fn shown_argv(argv: &[String]) -> Vec<String> {
+    let mut shown: Vec<String> = argv
+        .iter()
+        .take(SHOWN_ARGS)
+        .map(|a| {
+            if a.len() <= SHOWN_ARG_BYTES {
+                return a.clone();
+            }
+            let mut end = SHOWN_ARG_BYTES;
+            while !a.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", &a[..end])
+        })
+        .collect();
+    if argv.len() > SHOWN_ARGS {
+        shown.push(format!("… {} more", argv.len() - SHOWN_ARGS));
+    }
+    shown
+}
+
+/// Arguments of a listed argv.
+const SHOWN_ARGS: usize = 32;
+/// Bytes of each listed argument.
+const SHOWN_ARG_BYTES: usize = 256;
+
 /// Whether the other end of `conn` closed (the caller stopped following).
 fn peer_gone(conn: &UnixStream) -> bool {
     let mut p = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
@@ -618,6 +677,8 @@ fn read_output(process: &Process, mut streams: Vec<(File, OutputStreamKind)>, st
             }
             let (f, stream) = &mut streams[i];
             match f.read(&mut buf) {
+                // A terminal's master is non-blocking: nothing to read after all.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
                 // A terminal's master reads EIO once no process holds its slave.
                 Ok(0) | Err(_) => closed.push(i),
                 Ok(k) => {
@@ -730,6 +791,29 @@ mod tests {
             writer.join().unwrap();
             r
         })
+    }
+
+    #[test]
+    fn stdin_to_a_terminal_that_never_reads_ends_when_its_process_does() {
+        let table = Table::default();
+        let mut s = spec("prc_w1", &["sleep", "1"]);
+        s.tty = Some(TtySize { rows: 24, cols: 80 });
+        table.spawn(s).unwrap();
+        // Far more complete lines than a terminal buffers: the write can only end by the exit.
+        let e = write_stdin(&table, "prc_w1", &b"a\n".repeat(1 << 19), false).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Exited, "{}", e.message);
+        assert!(e.message.contains("prc_w1"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_listed_argv_is_bounded() {
+        let long = "é".repeat(1000);
+        let argv: Vec<String> = std::iter::repeat_n(long.clone(), 40).collect();
+        let shown = shown_argv(&argv);
+        assert_eq!(shown.len(), SHOWN_ARGS + 1);
+        assert!(shown[0].ends_with('…') && shown[0].len() <= SHOWN_ARG_BYTES + '…'.len_utf8());
+        assert_eq!(shown[SHOWN_ARGS], "… 8 more");
+        assert_eq!(shown_argv(&["sh".into(), "-c".into()]), ["sh", "-c"]);
     }
 
     #[test]

@@ -175,6 +175,8 @@ pub enum ProcessStatus {
 #[serde(deny_unknown_fields)]
 pub struct ProcessInfo {
     pub id: String,
+    /// The argv it was started with, bounded for listing: at most 32 arguments of 256 bytes
+    /// each, longer ones cut and marked with `…`.
     pub argv: Vec<String>,
     /// Its pid inside the sandbox.
     pub pid: i32,

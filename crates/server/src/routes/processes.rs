@@ -125,9 +125,11 @@ pub async fn start(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
+    // As an exec's: an argv up to the kernel's bounds does not fit the general body limit.
+    let body = super::sandboxes::exec_body(body).await?;
     let req: CreateProcess = json(&headers, &body)?;
     drop(body);
     let CreateProcess { cmd, env, cwd, user, tty, timeout_seconds } = req;

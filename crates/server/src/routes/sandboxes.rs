@@ -411,15 +411,16 @@ pub(crate) fn wants(headers: &HeaderMap, mime: &str) -> bool {
         .is_some_and(|v| v.split(',').any(|p| p.trim().starts_with(mime)))
 }
 
-/// The body of an exec, at most [`MAX_EXEC_BODY_BYTES`] (the server's general body limit does
-/// not apply to this route: stdin and long argvs make exec bodies larger than other requests).
-async fn exec_body(body: Body) -> ApiResult<Bytes> {
+/// The body of an exec or a process start, at most [`MAX_EXEC_BODY_BYTES`] (the server's
+/// general body limit does not apply to these routes: stdin and argvs up to the kernel's
+/// `ARG_MAX` make their bodies larger than other requests).
+pub(crate) async fn exec_body(body: Body) -> ApiResult<Bytes> {
     match axum::body::to_bytes(body, MAX_EXEC_BODY_BYTES).await {
         Ok(b) => Ok(b),
         Err(e) => {
             let inner = e.into_inner();
             if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                Err(ApiError::PayloadTooLarge(format!("an exec body is at most {MAX_EXEC_BODY_BYTES} bytes")))
+                Err(ApiError::PayloadTooLarge(format!("a command's body is at most {MAX_EXEC_BODY_BYTES} bytes")))
             } else {
                 Err(ApiError::Invalid(format!("body: could not be read to the end: {inner}")))
             }
