@@ -69,6 +69,42 @@ async fn a_start_takes_an_argv_as_large_as_an_exec() {
     assert_eq!((bytes(&pieces), code), (b"16\n".to_vec(), Some(0)));
 }
 
+/// A fork bomb started as a process fills the sandbox's pids limit, so the supervisor can get no
+/// thread for a request; a kill still reaches it and ends every process of the bomb.
+#[tokio::test]
+async fn a_kill_ends_a_fork_bomb_at_the_pids_limit() {
+    let s = setup().await;
+    let (c, sbx) = (&s.client, s.sandbox.as_str());
+    let bomb = c.start_process(NS, sbx, &cmd(&["bash", "-c", "f(){ f|f & }; f; sleep 1000"])).await.expect("start");
+    // Until the bomb is at the limit: an exec is refused for want of a process.
+    let mut full = false;
+    for _ in 0..200 {
+        if c.exec(NS, sbx, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await.is_err() {
+            full = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(full, "the bomb never reached the sandbox's pids limit");
+    c.signal_process(NS, sbx, &bomb.id, "KILL").await.expect("a kill at the pids limit");
+    // Every process of the bomb goes; the sandbox serves again.
+    let mut out = None;
+    for _ in 0..200 {
+        let r = ExecRequest {
+            cmd: vec!["sh".into(), "-c".into(), "ls /proc | grep -c '^[0-9]'".into()],
+            ..Default::default()
+        };
+        if let Ok(r) = c.exec(NS, sbx, &r).await {
+            out = Some(r.stdout);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let procs: u32 = out.expect("the sandbox serves again after the kill").trim().parse().unwrap();
+    // The supervisor, `sh`, `ls` and `grep`: nothing of the bomb.
+    assert!(procs <= 4, "{procs} processes left in the sandbox");
+}
+
 #[tokio::test]
 async fn start_list_get_stdin_eof_and_signal() {
     let s = setup().await;

@@ -56,7 +56,7 @@ pub fn run(listener: UnixListener) -> io::Result<()> {
     Reaper::start();
     loop {
         let (conn, _) = listener.accept()?;
-        let mut refusal = conn.try_clone().ok();
+        let refusal = conn.try_clone().ok();
         // A sandbox at its pids limit (a fork bomb) cannot get a thread: refuse this request
         // and keep serving, rather than die.
         let spawned = std::thread::Builder::new().spawn(move || {
@@ -65,11 +65,34 @@ pub fn run(listener: UnixListener) -> io::Result<()> {
             }
         });
         if spawned.is_err() {
-            if let Some(c) = refusal.as_mut() {
-                let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
-                let _ = protocol::write_json(c, kind::FAILURE, &f);
+            if let Some(c) = refusal {
+                without_a_thread(c);
             }
         }
+    }
+}
+
+/// Serves a request when no thread can be had (the sandbox is at its pids limit, as under a
+/// fork bomb): a signal to a process is answered here, on the accepting thread, since killing
+/// a process's cgroup needs no new process; anything else is refused.
+fn without_a_thread(mut conn: UnixStream) {
+    let refuse = |conn: &mut UnixStream| {
+        let f = Failure::new(FailureKind::Io, "the sandbox is at its process limit");
+        let _ = protocol::write_json(conn, kind::FAILURE, &f);
+    };
+    // The server sends its request at once; a peer that does not is not waited for long.
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    match protocol::read_frame(&mut conn) {
+        Ok(Some((kind::REQUEST, payload))) => match serde_json::from_slice::<Request>(&payload) {
+            Ok(request @ Request::Signal { .. }) => {
+                let _ = conn.set_read_timeout(None);
+                if let Err(e) = crate::process::handle(&mut conn, request) {
+                    eprintln!("bulkhead-supervisor: request failed: {e}");
+                }
+            }
+            _ => refuse(&mut conn),
+        },
+        _ => refuse(&mut conn),
     }
 }
 
