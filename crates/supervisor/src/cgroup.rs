@@ -29,6 +29,20 @@ pub(crate) enum Flavor {
     V1Freezer,
 }
 
+impl Flavor {
+    /// The file a command's child writes `0` to, to move itself into its cgroup. On v1 that
+    /// is `tasks`, which moves the calling thread alone: the child between fork and exec has
+    /// no other thread, so the whole process moves, and the kernel skips the global
+    /// threadgroup lock that a write to `cgroup.procs` takes (its write side waits for an RCU
+    /// grace period, milliseconds per command). v2 domain cgroups move whole processes only.
+    fn join_file(self) -> &'static str {
+        match self {
+            Flavor::V2 => "cgroup.procs",
+            Flavor::V1Freezer => "tasks",
+        }
+    }
+}
+
 struct Delegated {
     dir: OwnedFd,
     flavor: Flavor,
@@ -128,7 +142,8 @@ pub(crate) struct CommandCgroup {
     name: String,
     dir: OwnedFd,
     flavor: Flavor,
-    /// `cgroup.procs`, opened for the child to write `0` to between fork and exec.
+    /// `cgroup.procs` (v1: `tasks`), opened for the child to write `0` to between fork and
+    /// exec.
     procs: OwnedFd,
 }
 
@@ -149,7 +164,7 @@ impl CommandCgroups {
         }
         let made = (|| {
             let dir = openat(self.dir.as_raw_fd(), name, libc::O_DIRECTORY | libc::O_RDONLY)?;
-            let procs = openat(dir.as_raw_fd(), "cgroup.procs", libc::O_WRONLY)?;
+            let procs = openat(dir.as_raw_fd(), self.flavor.join_file(), libc::O_WRONLY)?;
             Ok(CommandCgroup { name: name.to_owned(), dir, flavor: self.flavor, procs })
         })();
         if made.is_err() {
@@ -322,7 +337,8 @@ pub(crate) fn sweep() {
     sweeper.pending.lock().unwrap_or_else(|e| e.into_inner()).extend(left);
 }
 
-/// Moves the calling process into the cgroup whose `cgroup.procs` is open at `procs`. Runs
+/// Moves the calling process into the cgroup whose `cgroup.procs` (v1: `tasks`; the caller
+/// has no other thread) is open at `procs`. Runs
 /// between fork and exec: only `write`, which is async-signal-safe.
 pub(crate) fn join_in_child(procs: RawFd) -> io::Result<()> {
     // SAFETY: write of a static one-byte buffer to an fd the parent opened for us.

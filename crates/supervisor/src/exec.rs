@@ -50,16 +50,18 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         }
     };
 
-    // Stdin and cancellation: a thread reads the connection; data goes to the child's stdin,
-    // and the connection closing early means the caller is gone, which kills the command.
+    // Stdin and cancellation: with stdin, a thread reads the connection; data goes to the
+    // child's stdin, and the connection closing early means the caller is gone, which kills
+    // the command. Without stdin the loop below watches the connection itself (no thread to
+    // start per exec): anything the caller sends is dropped, as the thread would drop it.
     let cancelled = Arc::new(AtomicBool::new(false));
     let stdin = child.stdin.take();
-    {
+    let watch_conn = !spec.stdin;
+    if spec.stdin {
         let mut reader = conn.try_clone()?;
         let cancelled = cancelled.clone();
-        let want_stdin = spec.stdin;
         let reader_thread = std::thread::Builder::new().spawn(move || {
-            let mut stdin = if want_stdin { stdin } else { None };
+            let mut stdin = stdin;
             loop {
                 match protocol::read_frame(&mut reader) {
                     Ok(Some((kind::DATA, data))) => {
@@ -125,6 +127,10 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
             if status.is_some() {
                 break;
             }
+            if watch_conn && caller_gone(conn.as_raw_fd()) {
+                cancelled.store(true, Ordering::SeqCst);
+                continue;
+            }
             // Output closed but the command still runs: wait for its exit or the deadline.
             let wait = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
             match exited.recv_timeout(wait.min(Duration::from_millis(100))) {
@@ -141,6 +147,9 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         }
         let mut fds: Vec<libc::pollfd> =
             open.iter().map(|fd| libc::pollfd { fd: *fd, events: libc::POLLIN, revents: 0 }).collect();
+        if watch_conn {
+            fds.push(libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
         // SAFETY: `fds` is a valid array of pollfd of the given length for the call's duration.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10) };
         if n <= 0 {
@@ -148,6 +157,12 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         }
         for p in &fds {
             if p.revents == 0 {
+                continue;
+            }
+            if watch_conn && p.fd == conn.as_raw_fd() {
+                if caller_gone(p.fd) {
+                    cancelled.store(true, Ordering::SeqCst);
+                }
                 continue;
             }
             let (slot, pipe): (usize, &mut dyn Read) = match (&mut out, &mut err) {
@@ -210,6 +225,25 @@ pub(crate) fn exec(mut conn: UnixStream, spec: ExecSpec) -> io::Result<()> {
         duration_ms: started.elapsed().as_millis() as u64,
     };
     protocol::write_json(&mut conn, kind::EXIT, &exit)
+}
+
+/// Without stdin: reads (and drops) whatever the caller sent on the connection at `fd`,
+/// without blocking; true once the caller closed it or it broke.
+fn caller_gone(fd: RawFd) -> bool {
+    let mut scratch = [0u8; 512];
+    // Bounded: a caller that keeps sending is looked at again on the next round.
+    for _ in 0..64 {
+        // SAFETY: a non-blocking recv of at most `scratch.len()` bytes into a valid buffer.
+        let n = unsafe { libc::recv(fd, scratch.as_mut_ptr().cast(), scratch.len(), libc::MSG_DONTWAIT) };
+        if n > 0 {
+            continue;
+        }
+        if n == 0 {
+            return true;
+        }
+        return !matches!(io::Error::last_os_error().raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR));
+    }
+    false
 }
 
 #[cfg(test)]

@@ -427,8 +427,21 @@ pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<(
     let mut header = [0u8; 5];
     header[0] = kind;
     header[1..].copy_from_slice(&len.to_be_bytes());
-    w.write_all(&header)?;
-    w.write_all(payload)
+    // Header and payload in one write where the writer takes both: one syscall, and the
+    // reader wakes once for the whole frame rather than for its header first.
+    let mut written = loop {
+        match w.write_vectored(&[io::IoSlice::new(&header), io::IoSlice::new(payload)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    if written < header.len() {
+        w.write_all(&header[written..])?;
+        written = header.len();
+    }
+    w.write_all(&payload[written - header.len()..])
 }
 
 /// Writes a frame whose payload is `value` as JSON.
