@@ -264,11 +264,16 @@ pub enum PumpError {
     Interrupted,
 }
 
-/// Forwards `body` to `tx`, at most `max` bytes. When the reader stops taking chunks (it
+/// Forwards `body` to `tx` (as `Bytes`, or as whatever the reader takes, such as the runtime's
+/// `Vec<u8>` chunks), at most `max` bytes. When the reader stops taking chunks (it
 /// finished or failed), the rest of the body is still read and counted, so that the answer is
 /// about the whole upload; nothing more is queued. The reader sees an error when the body is
 /// cut or too large. Returns the bytes received.
-pub async fn pump_body(body: Body, tx: BodySender, max: u64) -> Result<u64, PumpError> {
+pub async fn pump_body<T: From<Bytes>>(
+    body: Body,
+    tx: tokio::sync::mpsc::Sender<Result<T, std::io::Error>>,
+    max: u64,
+) -> Result<u64, PumpError> {
     use futures_util::StreamExt;
     let mut received = 0u64;
     let mut forwarding = true;
@@ -286,7 +291,7 @@ pub async fn pump_body(body: Body, tx: BodySender, max: u64) -> Result<u64, Pump
             let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
             return Err(PumpError::TooLarge);
         }
-        if forwarding && tx.send(Ok(bytes)).await.is_err() {
+        if forwarding && tx.send(Ok(T::from(bytes))).await.is_err() {
             forwarding = false;
         }
     }

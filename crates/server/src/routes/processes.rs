@@ -321,24 +321,8 @@ pub async fn stdin(
     // The body goes to the process as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
     let write = processes::stdin(&ctx.state, &id, &pid, rx, eof);
-    let pump = async move {
-        let mut body = body.into_data_stream();
-        let mut received = 0u64;
-        while let Some(chunk) = body.next().await {
-            let Ok(bytes) = chunk else {
-                let _ = tx.send(Err(std::io::Error::other("upload interrupted"))).await;
-                return Err(ApiError::Invalid("body: could not be read to the end".into()));
-            };
-            received += bytes.len() as u64;
-            if tx.send(Ok(Vec::from(bytes))).await.is_err() {
-                // The process's stdin refused the write; its answer says why.
-                break;
-            }
-        }
-        Ok(received)
-    };
-    let (received, written) = tokio::join!(pump, write);
-    received?;
+    let (received, written) = tokio::join!(crate::limits::pump_body(body, tx, u64::MAX), write);
+    received.map_err(|_| ApiError::Invalid("body: could not be read to the end".into()))?;
     let bytes = written?;
     ctx.audit_detail("bytes", bytes);
     Ok(Json(StdinResult { bytes }))

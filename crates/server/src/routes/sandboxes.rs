@@ -766,32 +766,14 @@ pub async fn write_file(
     // The body goes to the sandbox as it arrives, a few chunks at a time.
     let (tx, rx) = tokio::sync::mpsc::channel(crate::limits::UPLOAD_QUEUE);
     let write = sandboxes::write_file(&ctx.state, &id, &path, rx, mode, user);
-    let shown = path.to_string_lossy().into_owned();
-    let pump = async move {
-        use futures_util::StreamExt;
-        let mut body = body.into_data_stream();
-        let mut received = 0u64;
-        while let Some(chunk) = body.next().await {
-            let Ok(bytes) = chunk else {
-                let _ = tx.send(Err(std::io::Error::other("upload interrupted"))).await;
-                return Err(ApiError::Invalid("body: could not be read to the end".into()));
-            };
-            received += bytes.len() as u64;
-            if received > limit {
-                let _ = tx.send(Err(std::io::Error::other("upload too large"))).await;
-                return Err(ApiError::PayloadTooLarge(format!(
-                    "path: {shown:?}: this server accepts files of at most {limit} bytes"
-                )));
-            }
-            if tx.send(Ok(bytes.to_vec())).await.is_err() {
-                // The sandbox refused the write; its answer says why.
-                break;
-            }
-        }
-        Ok(received)
-    };
-    let (received, written) = tokio::join!(pump, write);
-    let received = received?;
+    let (received, written) = tokio::join!(crate::limits::pump_body(body, tx, limit), write);
+    let received = received.map_err(|e| match e {
+        crate::limits::PumpError::TooLarge => ApiError::PayloadTooLarge(format!(
+            "path: {:?}: this server accepts files of at most {limit} bytes",
+            path.to_string_lossy()
+        )),
+        crate::limits::PumpError::Interrupted => ApiError::Invalid("body: could not be read to the end".into()),
+    })?;
     written?;
     ctx.audit_detail("bytes", received);
     Ok(StatusCode::NO_CONTENT)
