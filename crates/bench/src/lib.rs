@@ -182,6 +182,13 @@ struct Names {
     cgroup_prefix: String,
 }
 
+impl Names {
+    /// The state dir and cgroup prefix of the bare OCI runtime's baseline containers.
+    fn raw(&self) -> (PathBuf, String) {
+        (PathBuf::from(format!("{}-raw", self.state_dir.display())), format!("{}-raw", self.cgroup_prefix))
+    }
+}
+
 /// Runs the whole bench against a server of the `bulkhead` binary at `bulkhead` (its
 /// `bulkhead-supervisor` beside it), prints the table and writes the JSON to `args.out`.
 /// Everything it made on the host is removed whatever happens.
@@ -211,6 +218,8 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
 async fn leave_nothing_behind(settings: &Names) {
     let cgroup_root = Path::new("/sys/fs/cgroup");
     let mut last = None;
+    let (raw_state, raw_prefix) = settings.raw();
+    let _ = bulkhead_runtime::oci::purge(&raw_state, cgroup_root, &raw_prefix);
     for _ in 0..10 {
         match bulkhead_runtime::oci::purge(&settings.state_dir, cgroup_root, &settings.cgroup_prefix) {
             Ok(()) => return,
@@ -300,12 +309,16 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
 
     eprintln!("baselines: fork/exec and raw {oci} ...");
     let fork = parts::fork_exec_true(args.runs.max(args.execs))?;
+    // A state dir and cgroup prefix of their own: the server holds its own for itself alone.
+    let (raw_state, raw_prefix) = settings.raw();
     let raw_config = OciConfig {
-        state_dir: settings.state_dir.clone(),
+        state_dir: raw_state,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        cgroup_prefix: settings.cgroup_prefix.clone(),
+        cgroup_prefix: raw_prefix,
         supervisor: bulkhead.with_file_name("bulkhead-supervisor"),
         runtimes: vec![("container".into(), oci.clone())],
+        owner: "bench-baseline".into(),
+        data_dir: data.to_owned(),
     };
     // The same kind of host id range a namespace gets (one the server does not hand out).
     let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };

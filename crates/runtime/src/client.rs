@@ -90,6 +90,26 @@ fn parse<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T> {
     serde_json::from_slice(payload).map_err(|e| RuntimeError::Protocol(format!("malformed answer: {e}")))
 }
 
+/// Sends a ping to the supervisor listening at `socket` and waits at most `timeout` for any
+/// answer: a `Done`, or a refusal (a supervisor at its sandbox's pids limit refuses what it
+/// has no thread for, and is alive). `Busy` when nothing comes in time (a stopped or hung
+/// supervisor: the kernel accepts connections into its backlog all the same).
+pub async fn ping(socket: &Path, id: &str, timeout: std::time::Duration) -> Result<()> {
+    let answered = tokio::time::timeout(timeout, async {
+        let mut conn = connect(socket, id).await?;
+        send_request(&mut conn, &Request::Ping).await?;
+        match read_frame(&mut conn).await? {
+            Some(_) => Ok(()),
+            None => Err(RuntimeError::Protocol(format!("the supervisor of {id} closed the connection"))),
+        }
+    })
+    .await;
+    match answered {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::Busy(format!("the supervisor of {id} did not answer within {timeout:?}"))),
+    }
+}
+
 /// Starts `spec` through the supervisor listening at `socket`.
 pub async fn exec(socket: &Path, id: &str, mut spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {
     let mut conn = connect(socket, id).await?;

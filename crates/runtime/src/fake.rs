@@ -321,12 +321,33 @@ impl crate::Runtime for FakeRuntime {
         Ok(state
             .sandboxes
             .values()
-            .map(|s| HostSandbox { id: s.spec.id.clone(), namespace: Some(s.spec.namespace.clone()), running: true })
+            .map(|s| HostSandbox {
+                id: s.spec.id.clone(),
+                namespace: Some(s.spec.namespace.clone()),
+                running: true,
+                owner: None,
+            })
             .collect())
     }
 
     async fn namespaces(&self) -> Result<Vec<String>> {
         Ok(lock(&self.state).namespaces.keys().cloned().collect())
+    }
+
+    /// A sandbox of the fake has no init that could die: this waits for as long as it exists.
+    async fn wait_init(&self, _namespace: &str, id: &str) -> Result<String> {
+        if !lock(&self.state).sandboxes.contains_key(id) {
+            return Err(not_running(id));
+        }
+        std::future::pending().await
+    }
+
+    async fn ping(&self, id: &str, _timeout: std::time::Duration) -> Result<()> {
+        if lock(&self.state).sandboxes.contains_key(id) {
+            Ok(())
+        } else {
+            Err(not_running(id))
+        }
     }
 
     async fn stats(&self, _namespace: &str, id: &str) -> Result<SandboxStats> {

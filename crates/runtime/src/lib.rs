@@ -22,9 +22,11 @@ pub mod files;
 pub mod host;
 pub mod hostreg;
 pub mod oci;
+pub mod ownership;
 pub mod seccomp;
 pub mod spec;
 pub mod storage;
+pub mod watch;
 
 use async_trait::async_trait;
 pub use bulkhead_supervisor::protocol::{DirEntry, FileType};
@@ -125,6 +127,9 @@ pub struct HostSandbox {
     pub namespace: Option<String>,
     /// Whether its supervisor still runs.
     pub running: bool,
+    /// The store its bundle names as its owner; `None` when it has no bundle (only OCI
+    /// runtime state or a cgroup of this server's) or a bundle without the mark.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +226,13 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<HostSandbox>>;
     /// Namespaces that have a cgroup on the host.
     async fn namespaces(&self) -> Result<Vec<String>>;
+    /// Resolves when the init of sandbox `id` of `namespace` has died (at once when it has
+    /// already), with the reason to record: `init exited with signal N`, `init exited with
+    /// status N`, `oom`. `NotRunning` when the sandbox has no live init to watch.
+    async fn wait_init(&self, namespace: &str, id: &str) -> Result<String>;
+    /// Whether the supervisor of sandbox `id` answers a ping within `timeout`: `Ok` when it
+    /// answers at all (also when it refuses for lack of a thread), an error when it does not.
+    async fn ping(&self, id: &str, timeout: std::time::Duration) -> Result<()>;
     /// Resource use of a running sandbox.
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;
 

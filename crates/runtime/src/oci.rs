@@ -50,6 +50,12 @@ pub struct OciConfig {
     pub supervisor: PathBuf,
     /// Isolation tiers and their OCI runtime binaries, checked at start.
     pub runtimes: Vec<(String, String)>,
+    /// The id of the store this runtime serves (`sto_…`), written into every bundle as its
+    /// owner mark: reconciliation removes only sandboxes that carry this server's mark.
+    pub owner: String,
+    /// The server's data dir, recorded in the lock files as the holder's (see
+    /// [`crate::ownership`]).
+    pub data_dir: PathBuf,
 }
 
 pub struct OciRuntime {
@@ -61,7 +67,14 @@ pub struct OciRuntime {
     base: Vec<BaseEntry>,
     /// Which of `spec::SHARED_ETC` the host has.
     shared_etc: Vec<String>,
+    /// The inits of this runtime's sandboxes, watched (see [`crate::watch`]).
+    inits: crate::watch::Inits,
+    /// The state dir's and the cgroup prefix's exclusive locks, held for the runtime's life.
+    _locks: [crate::ownership::HostLock; 2],
 }
+
+/// The file in each bundle that names the store owning the sandbox.
+pub const OWNER_FILE: &str = "owner";
 
 /// The tmpfs under the state dir that holds what sandboxes see (see the module's doc).
 pub const VIEW_DIR: &str = "view";
@@ -239,10 +252,30 @@ fn mount_view(dir: &Path) -> Result<()> {
 
 impl OciRuntime {
     /// Checks the host and prepares the state dir.
+    ///
+    /// Takes the state dir and the cgroup prefix for this process alone first: another live
+    /// server on either is `Unavailable`, naming it (see [`crate::ownership`]). Makes this
+    /// process the child subreaper of the sandboxes' inits (see [`crate::watch`]).
     pub fn new(config: OciConfig) -> Result<OciRuntime> {
         check_host(&config)?;
-        let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
         mkdir(&config.state_dir, 0o711)?;
+        let held = |e: crate::ownership::LockError| RuntimeError::Unavailable(e.to_string());
+        let state_lock = crate::ownership::lock(
+            &config.state_dir.join("lock"),
+            &format!("state dir {}", config.state_dir.display()),
+            "state dir",
+            &config.data_dir,
+        )
+        .map_err(held)?;
+        let cgroup_lock = crate::ownership::lock(
+            &crate::ownership::cgroup_lock_path(&config.cgroup_prefix),
+            &format!("cgroup prefix {:?}", config.cgroup_prefix),
+            "cgroup prefix",
+            &config.data_dir,
+        )
+        .map_err(held)?;
+        crate::watch::become_subreaper().map_err(RuntimeError::io("become the subreaper of sandboxes' inits"))?;
+        let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
         let base = spec::base_entries(Path::new("/"));
@@ -251,7 +284,15 @@ impl OciRuntime {
         // The view is mounted with the first sandbox; one left by a previous run (whose sandboxes
         // may still run) is adopted and refreshed.
         let adopted = is_mount_point(&config.state_dir.join(VIEW_DIR));
-        let runtime = OciRuntime { config, view_ready: std::sync::Mutex::new(adopted), cgroups, base, shared_etc };
+        let runtime = OciRuntime {
+            config,
+            view_ready: std::sync::Mutex::new(adopted),
+            cgroups,
+            base,
+            shared_etc,
+            inits: Default::default(),
+            _locks: [state_lock, cgroup_lock],
+        };
         if adopted {
             runtime.prepare_base()?;
         }
@@ -285,6 +326,18 @@ impl OciRuntime {
 
     pub(crate) fn oci_root(&self) -> PathBuf {
         self.config.state_dir.join("runc")
+    }
+
+    /// Watches the init of sandbox `id` when its pid file names a live supervisor (see
+    /// [`crate::watch`]); false when it does not.
+    fn watch_init(&self, namespace: &str, id: &str) -> bool {
+        let Some(pid) = init_pid(&self.bundle(id)) else {
+            return false;
+        };
+        let cgroups = self.cgroups.clone();
+        let (ns, sbx) = (namespace.to_owned(), id.to_owned());
+        self.inits.watch(id, pid, move || cgroups.stats(&ns, &sbx).map(|s| s.oom_kills).unwrap_or(0));
+        true
     }
 
     /// The OCI runtime that runs `id` (recorded in its bundle), or the first configured one.
@@ -404,6 +457,8 @@ impl OciRuntime {
         {
             let mut ready = self.view_ready.lock().unwrap_or_else(|e| e.into_inner());
             mkdir(&bundle, 0o711)?;
+            // The owner mark first: whatever else of the bundle a crash leaves, it says whose.
+            fs::write(bundle.join(OWNER_FILE), &self.config.owner).map_err(RuntimeError::io("write the owner mark"))?;
             self.ensure_view(&mut ready)?;
         }
         let own = self.sandbox_view(&spec.id);
@@ -508,6 +563,7 @@ impl OciRuntime {
         };
         match status {
             Ok(Ok(s)) if s.success() => {
+                self.watch_init(&spec.namespace, &spec.id);
                 // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
                 // and the bounded output retention alone keeps the supervisor small.
                 if let Err(e) = spare_from_oom_killer(&bundle.join("pid")) {
@@ -661,21 +717,22 @@ fn open_unnamed_log(bundle: &Path) -> std::io::Result<fs::File> {
     Ok(unsafe { fs::File::from_raw_fd(log) })
 }
 
+/// The host pid of the sandbox's init from the bundle's pid file, when that pid is still a
+/// supervisor (a pid may be reused once its process is gone).
+fn init_pid(bundle: &Path) -> Option<i32> {
+    let pid = fs::read_to_string(bundle.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())?;
+    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
+        .unwrap_or(false);
+    (pid > 1 && is_supervisor).then_some(pid)
+}
+
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
 /// still names it, and waits briefly for it to be gone.
 async fn kill_init(bundle: &Path) {
-    let Some(pid) = fs::read_to_string(bundle.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok()) else {
+    let Some(pid) = init_pid(bundle) else {
         return;
     };
-    let is_supervisor = |pid: i32| {
-        fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
-            .unwrap_or(false)
-    };
-    // The pid may have been reused since the file was written: only a supervisor is killed.
-    if pid <= 1 || !is_supervisor(pid) {
-        return;
-    }
     // SAFETY: kill takes plain integers; the pid was just checked to be a sandbox supervisor.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     for _ in 0..400 {
@@ -689,6 +746,11 @@ async fn kill_init(bundle: &Path) {
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The reason on `rx` once there is one; `None` when its watcher is gone without one.
+async fn wait_reason(mut rx: tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
+    rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone())
 }
 
 fn log_tail(path: &Path) -> String {
@@ -719,6 +781,7 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     if let Ok(cgroups) = Cgroups::detect(cgroup_root, cgroup_prefix) {
         cgroups.remove_all()?;
     }
+    crate::ownership::remove_unheld(&crate::ownership::cgroup_lock_path(cgroup_prefix));
     // Filesystems mounted under the state dir, and the view.
     for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
         let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();
@@ -822,6 +885,7 @@ impl Runtime for OciRuntime {
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
         kill_init(&self.bundle(id)).await;
+        self.inits.forget(id);
         let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -878,13 +942,31 @@ impl Runtime for OciRuntime {
                 _ => false,
             };
             let namespace = cgroup_ns.get(&id).cloned();
-            out.push(HostSandbox { id, namespace, running });
+            let owner = fs::read_to_string(self.bundle(&id).join(OWNER_FILE)).ok().map(|s| s.trim().to_owned());
+            out.push(HostSandbox { id, namespace, running, owner });
         }
         Ok(out)
     }
 
     async fn namespaces(&self) -> Result<Vec<String>> {
         Ok(self.cgroups.namespaces())
+    }
+
+    async fn wait_init(&self, namespace: &str, id: &str) -> Result<String> {
+        Self::check_id(id)?;
+        let rx = match self.inits.receiver(id) {
+            Some(rx) => rx,
+            None if self.watch_init(namespace, id) => {
+                self.inits.receiver(id).ok_or_else(|| RuntimeError::NotRunning(id.to_owned()))?
+            }
+            None => return Err(RuntimeError::NotRunning(id.to_owned())),
+        };
+        wait_reason(rx).await.ok_or_else(|| RuntimeError::NotRunning(id.to_owned()))
+    }
+
+    async fn ping(&self, id: &str, timeout: Duration) -> Result<()> {
+        Self::check_id(id)?;
+        client::ping(&self.socket(id), id, timeout).await
     }
 
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {

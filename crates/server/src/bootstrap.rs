@@ -27,6 +27,8 @@ pub const TOKEN_KEY_FILE: &str = "token.key";
 pub const MASTER_KEY_FILE: &str = "master.key";
 pub const MASTER_KEY_ENV: &str = "BULKHEAD_MASTER_KEY";
 pub const DATABASE_FILE: &str = "bulkhead.db";
+/// The data dir's lock file, held by the server that owns it.
+pub const DATA_LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -48,6 +50,9 @@ pub enum BootstrapError {
     BadMasterKeyEnv,
     #[error("{0}")]
     HostRegistry(#[from] bulkhead_runtime::hostreg::RegistryError),
+    /// Another live server holds the data dir.
+    #[error("{0}")]
+    Held(String),
 }
 
 /// The state of a started server, and the admin token when this start generated it.
@@ -163,14 +168,17 @@ pub struct Backends {
     pub storage: Arc<dyn FilesystemStorage>,
 }
 
-/// The real backends: the OCI runtime with cgroups, and loop-mounted ext4 images.
-pub fn host_backends(config: &ServerConfig) -> Result<Backends, BootstrapError> {
+/// The real backends: the OCI runtime with cgroups, and loop-mounted ext4 images, for the store
+/// `owner` (its id, the owner mark of its sandboxes).
+pub fn host_backends(config: &ServerConfig, owner: &str) -> Result<Backends, BootstrapError> {
     let runtime = OciRuntime::new(OciConfig {
         state_dir: config.runtime.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         cgroup_prefix: config.runtime.cgroup_prefix.clone(),
         supervisor: config.runtime.supervisor.clone(),
         runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
+        owner: owner.to_owned(),
+        data_dir: config.data_dir.clone(),
     })?;
     let storage = Storage::new(&config.data_dir, &config.runtime.state_dir)?;
     Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage) })
@@ -181,16 +189,28 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     start_with(config, host_backends).await
 }
 
-/// [`start`] on the backends `backends` makes (called once the host registry has this server;
-/// tests pass in-memory ones).
+/// [`start`] on the backends `backends` makes for the store whose id it is given (called once
+/// the host registry has this server; tests pass in-memory ones).
+///
+/// The data dir is this process's alone from the first step: its `lock` (see
+/// `bulkhead_runtime::ownership`) is taken before the store is opened, and a data dir another
+/// live server holds is [`BootstrapError::Held`], naming it.
 pub async fn start_with(
     config: ServerConfig,
-    backends: impl FnOnce(&ServerConfig) -> Result<Backends, BootstrapError>,
+    backends: impl FnOnce(&ServerConfig, &str) -> Result<Backends, BootstrapError>,
 ) -> Result<Bootstrapped, BootstrapError> {
     let dir = config.data_dir.clone();
     fs::create_dir_all(&dir).map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
+    let canonical = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+    let data_lock = bulkhead_runtime::ownership::lock(
+        &dir.join(DATA_LOCK_FILE),
+        &format!("data dir {}", canonical.display()),
+        "data dir",
+        &canonical,
+    )
+    .map_err(|e| BootstrapError::Held(e.to_string()))?;
     let hasher = TokenHasher::new(token_key(&dir)?);
     let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records);
 
@@ -216,7 +236,8 @@ pub async fn start_with(
     // Host-global resources before anything touches the host: a prefix or a range another
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;
-    let Backends { runtime, storage } = backends(&config)?;
+    let owner = store.store_id().await?;
+    let Backends { runtime, storage } = backends(&config, &owner)?;
     mount_filesystems(store.as_ref(), storage.as_ref()).await?;
     let identity =
         crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
@@ -239,6 +260,7 @@ pub async fn start_with(
         logs,
         identity,
         host_ids,
+        data_lock,
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {

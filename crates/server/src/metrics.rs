@@ -25,7 +25,7 @@ pub const STATUSES: [u16; 20] =
     [200, 201, 204, 206, 304, 400, 401, 403, 404, 405, 409, 412, 413, 415, 416, 422, 429, 500, 503, 504];
 
 /// Kinds of sandbox failure that get their own label value; any other is `other`.
-pub const FAILURE_KINDS: [&str; 2] = ["start_failed", "lost"];
+pub const FAILURE_KINDS: [&str; 5] = ["start_failed", "lost", "init_exited", "oom", "unresponsive"];
 
 /// One namespace incarnation: its name, and the id made when it was created.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -125,7 +125,13 @@ impl Metrics {
 
     pub fn sandbox_failed(&self, tenant: &Tenant, reason: &str) {
         // The kind of failure, not its details: a bounded label.
-        let kind = reason.split(':').next().unwrap_or(reason);
+        let kind = if reason.starts_with("init exited") {
+            "init_exited"
+        } else if reason.starts_with("supervisor not answering") {
+            "unresponsive"
+        } else {
+            reason.split(':').next().unwrap_or(reason)
+        };
         let kind = if FAILURE_KINDS.contains(&kind) { kind } else { "other" };
         self.series(tenant, |s| *s.failures.entry(kind.to_owned()).or_default() += 1);
     }

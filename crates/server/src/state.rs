@@ -247,6 +247,8 @@ pub struct Inner {
     pub identity: crate::identity_cache::Identity,
     /// This server's owner entry in the host registry.
     pub host_ids: crate::hostids::HostIds,
+    /// The data dir's exclusive lock, held for the server's life.
+    pub data_lock: bulkhead_runtime::ownership::HostLock,
     /// Long-running streams open now, by owner.
     pub streams: crate::limits::Streams,
 }

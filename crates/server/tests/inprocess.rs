@@ -39,7 +39,7 @@ impl Harness {
         let (runtime, storage) = (FakeRuntime::new(), FakeStorage::new());
         let (r, s) = (runtime.clone(), storage.clone());
         let started =
-            bootstrap::start_with(config, move |_| Ok(Backends { runtime: Arc::new(r), storage: Arc::new(s) }))
+            bootstrap::start_with(config, move |_, _| Ok(Backends { runtime: Arc::new(r), storage: Arc::new(s) }))
                 .await
                 .expect("bootstrap over the fakes");
         let admin = started.new_admin_token.expect("first start makes an admin token");

@@ -124,6 +124,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         .ok_or_else(|| ServiceError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
     state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
     tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
+    watch(state, &row);
     Ok(row)
 }
 
@@ -252,17 +253,110 @@ pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
     Ok(expired.len())
 }
 
-/// Runs the reaper until the process ends.
+/// Runs the reaper of expired sandboxes and the health check of supervisors until the process
+/// ends.
 pub fn spawn_reaper(state: AppState) {
+    let health = state.clone();
     super::spawn_every(state.config.reap_interval, "reaper", move || {
         let state = state.clone();
         async move { reap_expired(&state).await }
     });
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    super::spawn_every(HEALTH_INTERVAL, "health check", move || {
+        let (state, failures) = (health.clone(), failures.clone());
+        async move { check_health(&state, &failures).await }
+    });
 }
 
-/// At start: every sandbox the store believes active is adopted when its supervisor still runs
-/// (and its TTL has not passed), and otherwise torn down and marked failed; every sandbox the
-/// host has but the store does not know as active is an orphan and removed; cgroups of
+/// How often every running sandbox's supervisor is pinged.
+pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a ping may wait for its answer.
+pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Pings in a row without an answer after which a live supervisor counts as hung: a sandbox
+/// busy at its CPU limit answers late, not never, so one late answer is not a death.
+pub const HEALTH_FAILURES: u32 = 3;
+
+/// One pass of the health check: pings every running sandbox's supervisor at once (each bounded
+/// by [`HEALTH_TIMEOUT`]); a sandbox whose supervisor missed [`HEALTH_FAILURES`] pings in a row
+/// ends `failed` with `supervisor not answering`. A dead init is the watcher's (see [`watch`]);
+/// this finds one that lives but no longer serves (stopped, or stuck).
+async fn check_health(
+    state: &AppState,
+    failures: &std::sync::Mutex<HashMap<String, u32>>,
+) -> ServiceResult<usize> {
+    let running: Vec<SandboxRow> =
+        state.store.active_sandboxes().await?.into_iter().filter(|s| s.status == SandboxStatus::Running).collect();
+    let pings = running.iter().map(|row| async move { (row, state.runtime.ping(&row.id, HEALTH_TIMEOUT).await) });
+    let answers = futures_util::future::join_all(pings).await;
+    let mut hung = Vec::new();
+    {
+        let mut failures = failures.lock().unwrap_or_else(|e| e.into_inner());
+        let live: HashSet<&str> = running.iter().map(|r| r.id.as_str()).collect();
+        failures.retain(|id, _| live.contains(id.as_str()));
+        for (row, answer) in answers {
+            match answer {
+                Ok(()) => {
+                    failures.remove(&row.id);
+                }
+                Err(e) => {
+                    let n = failures.entry(row.id.clone()).or_default();
+                    *n += 1;
+                    tracing::warn!(sandbox = %row.id, misses = *n, error = %e, "a supervisor did not answer its ping");
+                    if *n >= HEALTH_FAILURES {
+                        hung.push(row.clone());
+                    }
+                }
+            }
+        }
+    }
+    for row in &hung {
+        let reason = format!("supervisor not answering: {HEALTH_FAILURES} pings in a row went unanswered");
+        ended(state, row, &reason).await;
+        failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&row.id);
+    }
+    Ok(hung.len())
+}
+
+/// Watches the init of running sandbox `row` for as long as it lives: when it dies while the
+/// sandbox is active (not by a delete, an expiry or a namespace delete, which end the sandbox
+/// first), the sandbox ends `failed` with the runtime's reason (`init exited with signal 9`,
+/// `oom`, ...), its host resources are freed, its quota released, and its metering stops.
+pub fn watch(state: &AppState, row: &SandboxRow) {
+    let (state, row) = (state.clone(), row.clone());
+    tokio::spawn(async move {
+        match state.runtime.wait_init(&row.namespace, &row.id).await {
+            Ok(reason) => ended(&state, &row, &reason).await,
+            Err(e) => {
+                tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init");
+                ended(&state, &row, &format!("lost: {e}")).await;
+            }
+        }
+    });
+}
+
+/// Ends `row` as failed with `reason`, unless it has already ended.
+async fn ended(state: &AppState, row: &SandboxRow, reason: &str) {
+    match state.store.get_sandbox(&row.namespace, &row.id).await {
+        Ok(Some(current)) if current.status.is_active() => {}
+        Ok(_) => return,
+        Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "reading a dead sandbox's row failed"),
+    }
+    tracing::warn!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox died");
+    match destroy(state, row, SandboxStatus::Failed, reason).await {
+        Ok(ended) if ended.status == SandboxStatus::Failed && ended.reason.as_deref() == Some(reason) => {
+            if let Some(tenant) = crate::state::tenant(state, &row.namespace).await {
+                state.metrics.sandbox_failed(&tenant, reason);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "teardown of a dead sandbox failed; the health check retries"),
+    }
+}
+
+/// At start: every sandbox the store believes active is adopted (and its init watched, see
+/// [`watch`]) when its supervisor still runs (and its TTL has not passed), and otherwise torn
+/// down and marked failed; every sandbox the host has but the store does not know as active is
+/// an orphan and removed, unless its bundle carries another store's owner mark; cgroups of
 /// namespaces that no longer exist are removed.
 pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
     let mut report = ReconcileReport::default();
@@ -271,9 +365,11 @@ pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
     let active = state.store.active_sandboxes().await?;
     let known: HashMap<&str, &SandboxRow> = active.iter().map(|s| (s.id.as_str(), s)).collect();
     let now = now_ms();
+    let me = state.host_ids.owner.as_str();
     for row in &active {
         if row.status == SandboxStatus::Running && running.contains(row.id.as_str()) && row.expires_at_ms > now {
             report.adopted += 1;
+            watch(state, row);
             continue;
         }
         state.runtime.delete(&row.namespace, &row.id).await?;
@@ -291,6 +387,12 @@ pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
         report.failed += 1;
     }
     for h in &host {
+        if let Some(owner) = h.owner.as_deref().filter(|o| *o != me) {
+            // Another store's sandbox in this state dir (it was that server's before): not ours
+            // to judge.
+            tracing::warn!(sandbox = %h.id, owner, "leaving alone a sandbox of another store");
+            continue;
+        }
         if !known.contains_key(h.id.as_str()) {
             state.runtime.delete(h.namespace.as_deref().unwrap_or(""), &h.id).await?;
             report.orphans += 1;

@@ -1,0 +1,231 @@
+//! Watching each sandbox's init (its supervisor, PID 1 of the sandbox), so that a sandbox that
+//! dies is known at once, not at the server's next start.
+//!
+//! Each init is watched through a pidfd (`pidfd_open(2)`, Linux 5.3), which becomes readable
+//! when the process exits; a task per sandbox waits for that on the server's event loop, with no
+//! thread and no polling. The server is the child subreaper of its process (`PR_SET_CHILD_SUBREAPER`,
+//! set by [`crate::oci::OciRuntime::new`]): when the OCI runtime's `run --detach` exits, the init
+//! it leaves is re-parented to the server, whose watcher reaps it with `waitid(P_PIDFD)` and so
+//! learns exactly how it ended (`init exited with signal 9`, `init exited with status 1`). An
+//! init the server did not start (it outlived a restart) is re-parented to the host's init
+//! instead; its pidfd still says when it died, and `PIDFD_GET_INFO` (Linux 6.15) how, where the
+//! kernel has it. A `SIGKILL` while the sandbox's memory cgroup counts an OOM kill reads `oom`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+/// Opens a pidfd for `pid`; `None` when the process is already gone.
+pub(crate) fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::O_NONBLOCK) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = i32::try_from(fd).ok()?;
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// How a process ended, from a wait status or a `siginfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited(i32),
+    Signaled(i32),
+    Unknown,
+}
+
+impl Ending {
+    /// The reason recorded for the sandbox; `oom` when the kernel's OOM killer ended it
+    /// (`oom_kills` counted in its memory cgroup and killed by `SIGKILL`).
+    pub fn reason(self, oom_kills: u64) -> String {
+        match self {
+            Ending::Signaled(libc::SIGKILL) if oom_kills > 0 => "oom".to_owned(),
+            Ending::Signaled(n) => format!("init exited with signal {n}"),
+            Ending::Exited(n) => format!("init exited with status {n}"),
+            Ending::Unknown if oom_kills > 0 => "oom".to_owned(),
+            Ending::Unknown => "init exited (how is unknown: it was started before this server)".to_owned(),
+        }
+    }
+
+    /// From a wait status (`exit_code` of `PIDFD_GET_INFO`, as `waitpid` returns it).
+    fn from_wait_status(status: i32) -> Ending {
+        if libc::WIFEXITED(status) {
+            Ending::Exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Ending::Signaled(libc::WTERMSIG(status))
+        } else {
+            Ending::Unknown
+        }
+    }
+}
+
+/// Reaps `fd`'s process when it is this process's child; `None` when it is not (`ECHILD`).
+fn reap(fd: &OwnedFd) -> Option<Ending> {
+    // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waitid fills `info`, which lives for the call; the pidfd is open.
+        let r = unsafe {
+            libc::waitid(libc::P_PIDFD, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG)
+        };
+        if r == 0 {
+            break;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        return None;
+    }
+    // SAFETY: waitid succeeded, so `info` holds a SIGCHLD siginfo with si_status set, or is
+    // still zeroed (si_pid 0) when the child had not changed state.
+    let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+    if pid == 0 {
+        return None;
+    }
+    Some(match info.si_code {
+        libc::CLD_EXITED => Ending::Exited(status),
+        libc::CLD_KILLED | libc::CLD_DUMPED => Ending::Signaled(status),
+        _ => Ending::Unknown,
+    })
+}
+
+/// `struct pidfd_info` of `<linux/pidfd.h>` up to `exit_code` (`PIDFD_INFO_SIZE_VER0`, 64 bytes).
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    ids: [u32; 11],
+    exit_code: i32,
+}
+
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte first version of the struct.
+const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
+
+/// The exit status of a process that is not this process's child, where the kernel keeps it
+/// for the pidfd (Linux 6.15 and later); the host's init may take a moment to reap it.
+async fn exit_info(fd: &OwnedFd) -> Ending {
+    for _ in 0..20 {
+        let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
+        // SAFETY: PIDFD_GET_INFO fills at most the 64 bytes of `info`, which lives for the call.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) };
+        if r != 0 {
+            return Ending::Unknown;
+        }
+        if info.mask & PIDFD_INFO_EXIT != 0 {
+            return Ending::from_wait_status(info.exit_code);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ending::Unknown
+}
+
+/// The watched inits, by sandbox id: each a channel that holds the reason once the init died.
+#[derive(Default)]
+pub(crate) struct Inits {
+    map: Mutex<HashMap<String, watch::Receiver<Option<String>>>>,
+}
+
+impl Inits {
+    /// Watches the init `pid` of sandbox `id` (unless it is watched already); `oom_kills` reads
+    /// the sandbox's OOM kill count once it died. An init that is gone already reads as dead at
+    /// once, how unknown.
+    pub(crate) fn watch(&self, id: &str, pid: i32, oom_kills: impl FnOnce() -> u64 + Send + 'static) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(id) {
+            return;
+        }
+        let (tx, rx) = watch::channel(None);
+        map.insert(id.to_owned(), rx);
+        drop(map);
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let ending = match pidfd_open(pid) {
+                None => Ending::Unknown,
+                // SAFETY: the pidfd is owned by the AsyncFd from here on and closed only when it
+                // is dropped (or taken back with `into_inner`, which deregisters it first).
+                Some(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+                    Ok(afd) => {
+                        let _ = afd.readable().await;
+                        let fd = afd.into_inner();
+                        match reap(&fd) {
+                            Some(ending) => ending,
+                            None => exit_info(&fd).await,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "cannot watch the sandbox's init");
+                        return;
+                    }
+                },
+            };
+            let _ = tx.send(Some(ending.reason(oom_kills())));
+        });
+    }
+
+    /// The reason the init of `id` died, once it has; `None` when it is not watched.
+    pub(crate) fn receiver(&self, id: &str) -> Option<watch::Receiver<Option<String>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Stops tracking `id` (its sandbox was deleted); a task still waiting ends when the init dies.
+    pub(crate) fn forget(&self, id: &str) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// Makes this process the child subreaper of its descendants, so the inits the OCI runtime
+/// leaves behind are its children (see the module's doc).
+pub(crate) fn become_subreaper() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons() {
+        assert_eq!(Ending::Signaled(9).reason(0), "init exited with signal 9");
+        assert_eq!(Ending::Signaled(9).reason(1), "oom");
+        assert_eq!(Ending::Signaled(6).reason(1), "init exited with signal 6");
+        assert_eq!(Ending::Exited(1).reason(0), "init exited with status 1");
+        assert_eq!(Ending::from_wait_status(9), Ending::Signaled(9));
+        assert_eq!(Ending::from_wait_status(3 << 8), Ending::Exited(3));
+        assert_eq!(std::mem::size_of::<PidfdInfo>(), 64);
+    }
+
+    #[tokio::test]
+    async fn a_child_killed_with_a_signal_is_reaped_and_its_signal_named() {
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let inits = Inits::default();
+        inits.watch("sbx_t", child.id() as i32, || 0);
+        let mut rx = inits.receiver("sbx_t").unwrap();
+        // SAFETY: kill takes plain integers; the child is ours and alive.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let reason = rx.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(reason.as_deref(), Some("init exited with signal 9"));
+        // Reaped by the watcher: no zombie is left.
+        assert!(!std::path::Path::new(&format!("/proc/{}", child.id())).exists());
+    }
+
+    #[tokio::test]
+    async fn a_child_that_exits_is_named_by_its_status() {
+        let child = std::process::Command::new("sh").args(["-c", "sleep 0.2; exit 3"]).spawn().unwrap();
+        let inits = Inits::default();
+        inits.watch("sbx_u", child.id() as i32, || 0);
+        let mut rx = inits.receiver("sbx_u").unwrap();
+        let reason = rx.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(reason.as_deref(), Some("init exited with status 3"));
+    }
+}
