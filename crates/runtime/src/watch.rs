@@ -8,8 +8,8 @@
 //! it leaves is re-parented to the server, whose watcher reaps it with `waitid(P_PIDFD)` and so
 //! learns exactly how it ended (`init exited with signal 9`, `init exited with status 1`). An
 //! init the server did not start (it outlived a restart) is re-parented to the host's init
-//! instead; its pidfd still says when it died, and `PIDFD_GET_INFO` (Linux 6.15) how, where the
-//! kernel has it. A `SIGKILL` while the sandbox's memory cgroup counts an OOM kill reads `oom`.
+//! instead; its pidfd still says when it died, and how: from its zombie's `/proc/<pid>/stat`
+//! before the host's init reaps it, or from `PIDFD_GET_INFO` (Linux 6.15) after. A `SIGKILL` while the sandbox's memory cgroup counts an OOM kill reads `oom`.
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -108,17 +108,37 @@ const PIDFD_INFO_EXIT: u64 = 1 << 3;
 /// `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte first version of the struct.
 const PIDFD_GET_INFO: libc::c_ulong = (3 << 30) | (64 << 16) | (0xFF << 8) | 11;
 
-/// The exit status of a process that is not this process's child, where the kernel keeps it
-/// for the pidfd (Linux 6.15 and later); the host's init may take a moment to reap it.
-async fn exit_info(fd: &OwnedFd) -> Ending {
+/// The fields of `/proc/<pid>/stat` after the command's closing parenthesis: `[0]` is the state
+/// (field 3), `[19]` the start time (field 22), `[49]` the exit code (field 52, Linux 3.5).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The start time of process `pid` (clock ticks after boot), which tells it from a later process
+/// given the same pid.
+pub(crate) fn start_time(pid: i32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// The exit status of a process that is not this process's child: from its zombie's
+/// `/proc/<pid>/stat` while its parent has not reaped it (the same process: `started` matches),
+/// else where the kernel keeps it for the pidfd (`PIDFD_GET_INFO`, Linux 6.15 and later); the
+/// host's init may take a moment to reap it.
+async fn exit_info(fd: &OwnedFd, pid: i32, started: Option<u64>) -> Ending {
     for _ in 0..20 {
+        if let Some(f) = stat_fields(pid) {
+            let same = started.is_some() && f.get(19).and_then(|t| t.parse().ok()) == started;
+            if same && f.first().map(String::as_str) == Some("Z") {
+                if let Some(code) = f.get(49).and_then(|c| c.parse::<i32>().ok()) {
+                    return Ending::from_wait_status(code);
+                }
+            }
+        }
         let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
         // SAFETY: PIDFD_GET_INFO fills at most the 64 bytes of `info`, which lives for the call.
         let r = unsafe { libc::ioctl(fd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info as *mut PidfdInfo) };
-        if r != 0 {
-            return Ending::Unknown;
-        }
-        if info.mask & PIDFD_INFO_EXIT != 0 {
+        if r == 0 && info.mask & PIDFD_INFO_EXIT != 0 {
             return Ending::from_wait_status(info.exit_code);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -145,6 +165,7 @@ impl Inits {
         map.insert(id.to_owned(), rx);
         drop(map);
         let id = id.to_owned();
+        let started = start_time(pid);
         tokio::spawn(async move {
             let ending = match pidfd_open(pid) {
                 None => Ending::Unknown,
@@ -156,7 +177,7 @@ impl Inits {
                         let fd = afd.into_inner();
                         match reap(&fd) {
                             Some(ending) => ending,
-                            None => exit_info(&fd).await,
+                            None => exit_info(&fd, pid, started).await,
                         }
                     }
                     Err(e) => {
@@ -227,5 +248,20 @@ mod tests {
         let mut rx = inits.receiver("sbx_u").unwrap();
         let reason = rx.wait_for(Option::is_some).await.unwrap().clone();
         assert_eq!(reason.as_deref(), Some("init exited with status 3"));
+    }
+
+    #[tokio::test]
+    async fn an_init_that_is_not_a_child_is_still_named_by_its_signal() {
+        // A grandchild whose parent exits at once: re-parented away from this process (to the
+        // host's init or a subreaper), as a sandbox's init is after a restart of the server.
+        let out = std::process::Command::new("sh").args(["-c", "sleep 60 >/dev/null 2>&1 & echo $!"]).output().unwrap();
+        let pid: i32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        let inits = Inits::default();
+        inits.watch("sbx_v", pid, || 0);
+        let mut rx = inits.receiver("sbx_v").unwrap();
+        // SAFETY: kill takes plain integers; the pid is the sleep just started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let reason = rx.wait_for(Option::is_some).await.unwrap().clone();
+        assert_eq!(reason.as_deref(), Some("init exited with signal 9"));
     }
 }

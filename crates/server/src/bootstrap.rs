@@ -38,9 +38,10 @@ pub enum BootstrapError {
     File { path: PathBuf, source: std::io::Error },
     #[error("{0} is not a token key (64 hex digits); restore it or remove the whole data dir")]
     BadTokenKey(PathBuf),
-    #[error("store: {0}")]
+    // The source is printed by the caller's error chain; repeating it here would print it twice.
+    #[error("store")]
     Store(#[from] StoreError),
-    #[error("{0}")]
+    #[error(transparent)]
     Runtime(#[from] bulkhead_runtime::RuntimeError),
     #[error("reconciling sandboxes with the host: {0}")]
     Reconcile(String),
@@ -48,7 +49,7 @@ pub enum BootstrapError {
     Identity(String),
     #[error("BULKHEAD_MASTER_KEY must be 64 hex digits (a 256-bit key)")]
     BadMasterKeyEnv,
-    #[error("{0}")]
+    #[error(transparent)]
     HostRegistry(#[from] bulkhead_runtime::hostreg::RegistryError),
     /// Another live server holds the data dir.
     #[error("{0}")]

@@ -51,11 +51,23 @@ pub fn serve_fd(fd: RawFd) -> io::Result<()> {
     run(listener)
 }
 
-/// Serves requests on `listener`, reaping children, until accepting fails.
+/// Serves requests on `listener`, reaping children, until the listener itself is broken.
+///
+/// An accept that fails for want of a resource (descriptors, memory: what the sandbox's own
+/// processes can use up) or for a peer that went away is retried after a pause: the
+/// supervisor is the sandbox's PID 1, and its exit would end the sandbox.
 pub fn run(listener: UnixListener) -> io::Result<()> {
     Reaper::start();
     loop {
-        let (conn, _) = listener.accept()?;
+        let conn = match listener.accept() {
+            Ok((conn, _)) => conn,
+            Err(e) if is_transient(&e) => {
+                eprintln!("bulkhead-supervisor: accept: {e}; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let refusal = conn.try_clone().ok();
         // A sandbox at its pids limit (a fork bomb) cannot get a thread: refuse this request
         // and keep serving, rather than die.
@@ -70,6 +82,12 @@ pub fn run(listener: UnixListener) -> io::Result<()> {
             }
         }
     }
+}
+
+/// Whether an `accept` error passes: anything but a listener that is not (or no longer) a
+/// listening socket.
+fn is_transient(e: &io::Error) -> bool {
+    !matches!(e.raw_os_error(), Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EOPNOTSUPP))
 }
 
 /// Serves a request when no thread can be had (the sandbox is at its pids limit, as under a

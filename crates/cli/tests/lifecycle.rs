@@ -1,0 +1,255 @@
+//! The server's picture of the host follows the host, and a server owns its host resources
+//! alone: a sandbox whose init dies (killed from the host) or stops answering (stopped)
+//! ends `failed` with a reason while the server runs, frees its host resources and its quota;
+//! a second server on any of a server's data dir, state dir or cgroup prefix refuses to start
+//! and touches nothing; a server killed with `kill -9` starts again at once and still watches
+//! the sandboxes it adopts.
+//!
+//! Deadlines are generous (ten times the target and more): these machines are shared. The
+//! bench reports the real times.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use bulkhead_api::{CreateSandbox, ExecRequest};
+use bulkhead_client::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+const NS: &str = "acme";
+
+/// Host names of one test server: a state dir and cgroup prefix of its own.
+fn names() -> (PathBuf, String) {
+    let mut bytes = [0u8; 6];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
+    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
+}
+
+/// Everything of the servers a test started, removed at its end even after a panic.
+struct Host {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    purge: Vec<(PathBuf, String)>,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host { dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(), children: vec![], purge: vec![] }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts `bulkhead serve`; `Err` with its stderr when it exits before listening.
+    fn serve(
+        &mut self,
+        data: &Path,
+        (state, prefix): &(PathBuf, String),
+        registry: &Path,
+    ) -> Result<(String, Option<String>), String> {
+        let started = bulkhead_bench::server::Serve {
+            bulkhead: Path::new(BIN),
+            data_dir: data,
+            state_dir: state,
+            cgroup_prefix: prefix,
+            host_registry: Some(registry),
+            extra: &[],
+        }
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        self.children.push(started.child);
+        if !self.purge.iter().any(|(s, _)| s == state) {
+            self.purge.push((state.clone(), prefix.clone()));
+        }
+        Ok((started.url, started.first_token))
+    }
+
+    /// `kill -9` of the newest server.
+    fn crash(&mut self) {
+        let mut child = self.children.pop().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (state, prefix) in &self.purge {
+            let _ = bulkhead_runtime::oci::purge(state, Path::new("/sys/fs/cgroup"), prefix);
+        }
+    }
+}
+
+/// The host pid of a sandbox's init, from its bundle.
+fn init_pid(state: &Path, sandbox: &str) -> i32 {
+    std::fs::read_to_string(state.join("sandboxes").join(sandbox).join("pid")).unwrap().trim().parse().unwrap()
+}
+
+/// `kill -<sig> <pid>` from the host.
+fn signal(pid: i32, sig: &str) {
+    let status = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+/// Waits (at most `within`) until the sandbox is no longer active; returns its status and reason.
+async fn ended(c: &Client, id: &str, within: Duration) -> (String, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = c.get_sandbox(NS, id).await.unwrap();
+        let status = s.status.clone();
+        if status != "running" && status != "creating" {
+            return (status, s.reason.unwrap_or_default());
+        }
+        assert!(Instant::now() < deadline, "sandbox {id} still {status} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn setup(host: &mut Host, names: &(PathBuf, String)) -> (String, String, Client) {
+    let data = host.path("data");
+    let (url, token) = host.serve(&data, names, &host.path("registry")).unwrap();
+    let admin = Client::new(&url, token.clone());
+    // One sandbox of one CPU fills the namespace's CPU quota.
+    let quotas = bulkhead_api::Quotas {
+        cpu_millis: 1000,
+        memory_bytes: 4 << 30,
+        disk_bytes: 1 << 30,
+        max_sandboxes: 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    admin.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
+    (url, token.unwrap(), admin)
+}
+
+fn one_cpu() -> CreateSandbox {
+    CreateSandbox { cpu_millis: Some(1000), ..Default::default() }
+}
+
+fn cmd(argv: &[&str]) -> ExecRequest {
+    ExecRequest { cmd: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_sandbox_whose_init_dies_ends_failed_with_its_reason_and_frees_what_it_held() {
+    let mut host = Host::new();
+    let names = names();
+    let (_, _, c) = setup(&mut host, &names).await;
+    let first = c.create_sandbox(NS, &one_cpu()).await.unwrap().id;
+    // The quota is full.
+    let refused = c.create_sandbox(NS, &one_cpu()).await.unwrap_err();
+    assert!(refused.to_string().contains("quota"), "{refused}");
+
+    // Killed from the host.
+    let killed_at = Instant::now();
+    signal(init_pid(&names.0, &first), "KILL");
+    let (status, reason) = ended(&c, &first, Duration::from_secs(10)).await;
+    eprintln!("init killed → sandbox failed in {:?}", killed_at.elapsed());
+    assert_eq!((status.as_str(), reason.as_str()), ("failed", "init exited with signal 9"));
+    let row = c.get_sandbox(NS, &first).await.unwrap();
+    assert!(row.ended_at.is_some(), "metering stops at its end: {row:?}");
+    // Its host resources are gone and its quota is free.
+    assert!(!names.0.join("sandboxes").join(&first).exists(), "its bundle is removed");
+    let cgroups = bulkhead_runtime::host::cgroups_of(Path::new("/sys/fs/cgroup"), &names.1);
+    assert!(!cgroups.iter().any(|g| g.path.to_string_lossy().contains(&first)), "its cgroups are removed");
+    let second = c.create_sandbox(NS, &one_cpu()).await.expect("the dead sandbox's quota is released").id;
+
+    let r = c.exec(NS, &second, &cmd(&["echo", "next"])).await.unwrap();
+    assert_eq!(r.stdout, "next\n");
+    c.delete_sandbox(NS, &second).await.unwrap();
+
+    // Deleting a sandbox is not a death: it stays `deleted` with no failure.
+    let third = c.create_sandbox(NS, &one_cpu()).await.unwrap().id;
+    c.delete_sandbox(NS, &third).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = c.get_sandbox(NS, &third).await.unwrap();
+    assert_eq!(row.status, "deleted", "{row:?}");
+}
+
+#[tokio::test]
+async fn a_supervisor_that_lives_but_does_not_answer_is_found_by_the_health_check() {
+    let mut host = Host::new();
+    let names = names();
+    let (_, _, c) = setup(&mut host, &names).await;
+    let id = c.create_sandbox(NS, &one_cpu()).await.unwrap().id;
+    signal(init_pid(&names.0, &id), "STOP");
+    let (status, reason) = ended(&c, &id, Duration::from_secs(90)).await;
+    assert_eq!(status, "failed");
+    assert!(reason.starts_with("supervisor not answering"), "{reason}");
+    assert!(!names.0.join("sandboxes").join(&id).exists(), "a hung sandbox is torn down too");
+    c.create_sandbox(NS, &one_cpu()).await.expect("its quota is released");
+}
+
+#[tokio::test]
+async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_nothing() {
+    let mut host = Host::new();
+    let names = names();
+    let (url, token, c) = setup(&mut host, &names).await;
+    let id = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap().id;
+    let fs = c
+        .create_filesystem(NS, &bulkhead_api::CreateFilesystem { name: "work".into(), size_bytes: 64 << 20, project: None })
+        .await
+        .unwrap()
+        .id;
+    let cli = |args: &[&str], input: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(BIN)
+            .args(args)
+            .env("BULKHEAD_URL", &url)
+            .env("BULKHEAD_TOKEN", &token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "bulkhead {args:?}");
+        out.stdout
+    };
+    cli(&["fs", "put", "--ns", NS, &fs, "kept.txt"], b"still here");
+    let registry = host.path("registry");
+    let root = host.dir.path().to_owned();
+    let other = |n: &str| root.join(n);
+
+    // Its state dir, with a data dir and a cgroup prefix of its own.
+    let (_, prefix_b) = self::names();
+    let err = host.serve(&other("data-b"), &(names.0.clone(), prefix_b.clone()), &registry).unwrap_err();
+    assert!(err.contains(&format!("state dir {}", names.0.display())) && err.contains("in use"), "{err}");
+    // Its data dir.
+    let names_c = self::names();
+    let err = host.serve(&host.path("data"), &names_c, &registry).unwrap_err();
+    assert!(err.contains("data dir") && err.contains("in use"), "{err}");
+    // Its cgroup prefix, through a host registry that does not know it (the lock does).
+    let (state_d, _) = self::names();
+    let err = host.serve(&other("data-d"), &(state_d, names.1.clone()), &other("registry-d")).unwrap_err();
+    assert!(err.contains("cgroup prefix") && err.contains("in use"), "{err}");
+    for e in [&err] {
+        assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "one line: {e}");
+    }
+
+    // The first server lost nothing.
+    let r = c.exec(NS, &id, &cmd(&["echo", "alive"])).await.unwrap();
+    assert_eq!(r.stdout, "alive\n");
+    assert_eq!(cli(&["fs", "cat", "--ns", NS, &fs, "kept.txt"], b""), b"still here");
+
+    // `kill -9` frees the locks with the process: the restart takes them at once, adopts the
+    // sandbox and watches it as closely as one it started.
+    host.crash();
+    let (url2, _) = host.serve(&host.path("data"), &names, &registry).expect("a restart after kill -9 starts");
+    assert_ne!(url, url2);
+    let c = Client::new(&url2, Some(token));
+    let r = c.exec(NS, &id, &cmd(&["echo", "adopted"])).await.unwrap();
+    assert_eq!(r.stdout, "adopted\n");
+    signal(init_pid(&names.0, &id), "KILL");
+    let (status, reason) = ended(&c, &id, Duration::from_secs(10)).await;
+    assert_eq!(status, "failed");
+    assert!(reason.starts_with("init exited"), "{reason}");
+}
