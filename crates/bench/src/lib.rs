@@ -10,6 +10,7 @@
 //! The bench is a program rather than a library of reusable parts: its errors are `anyhow`
 //! chains printed once by whichever binary runs it.
 
+pub mod crash;
 pub mod load;
 pub mod parts;
 pub mod policy;
@@ -134,6 +135,8 @@ struct Report {
     density: Option<Density>,
     /// A quiet tenant's exec latency alone and beside a noisy one; absent when skipped.
     noisy_neighbour: Option<NoisyNeighbour>,
+    /// A sandbox's death noticed, and the server back after `kill -9`.
+    recovery: crash::Recovery,
     /// Authorization decisions per second with 100 custom policies, against Cedar alone.
     policy: PolicyBench,
 }
@@ -272,21 +275,23 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     let oci = args.runtime.clone();
     let noises = load::noises(&args.noise)?;
     let runtime_class = format!("container={oci}");
-    let started = server::Serve {
+    let extra = ["--runtime-class", runtime_class.as_str()];
+    let serve = server::Serve {
         bulkhead,
         data_dir: &data.join("data"),
         state_dir: &settings.state_dir,
         cgroup_prefix: &settings.cgroup_prefix,
         host_registry: None,
-        extra: &["--runtime-class", &runtime_class],
-    }
-    .spawn()
-    .context("start bulkhead serve")?;
-    let _server = ServerProcess(started.child);
+        extra: &extra,
+    };
+    let t = Instant::now();
+    let started = serve.spawn().context("start bulkhead serve")?;
+    let mut server = ServerProcess(started.child);
     let url = started.url;
     let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
+    let first_start = crash::until_answering(&url, &admin, t).await?;
 
-    let admin_client = Client::new(&url, Some(admin));
+    let admin_client = Client::new(&url, Some(admin.clone()));
     let quotas = Quotas {
         cpu_millis: 1000 * 1000,
         memory_bytes: 1 << 40,
@@ -344,6 +349,10 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
             bail!("sandbox {} left its bundle after delete", s.id);
         }
     }
+
+    let deaths = args.runs.clamp(1, 20);
+    eprintln!("sandbox death → failed, {deaths} runs ...");
+    let deaths = crash::death_to_failed(&c, "bench", &settings.state_dir, deaths).await?;
 
     eprintln!("exec round trip and its parts, {} execs ...", args.execs);
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
@@ -443,6 +452,47 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     } else {
         None
     };
+    let adopted = 10;
+    eprintln!("kill -9 of the server with {adopted} sandboxes running, then a restart, 5 times ...");
+    let quotas = Quotas {
+        cpu_millis: 100 * adopted as u64,
+        memory_bytes: 1 << 40,
+        disk_bytes: 1 << 30,
+        max_sandboxes: adopted as u64,
+        pids_per_sandbox: 64,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    admin_client.create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, quotas }).await?;
+    let mut running = Vec::new();
+    for _ in 0..adopted {
+        running.push(admin_client.create_sandbox("restart", &small).await?.id);
+    }
+    let mut restarts = Vec::new();
+    let mut url = url.clone();
+    for _ in 0..5 {
+        let _ = server.0.kill();
+        let _ = server.0.wait();
+        let t = Instant::now();
+        let started = serve.spawn().context("restart bulkhead serve")?;
+        server = ServerProcess(started.child);
+        url = started.url;
+        restarts.push(crash::until_answering(&url, &admin, t).await?);
+    }
+    let admin_client = Client::new(&url, Some(admin.clone()));
+    for id in &running {
+        let r = admin_client.exec("restart", id, &echo).await?;
+        if r.stdout != "ready\n" {
+            bail!("sandbox {id} did not survive the restarts: {:?}", r.stdout);
+        }
+    }
+    admin_client.delete_namespace("restart").await?;
+    let recovery = crash::Recovery {
+        death_to_failed: stat(deaths),
+        adopted_sandboxes: adopted,
+        restart_to_answering: stat(restarts),
+        first_start_to_answering: stat(vec![first_start]),
+    };
+    drop(server);
     let mib = args.archive_bytes as f64 / (1 << 20) as f64;
 
     let fork = stat(fork);
@@ -476,6 +526,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         api_throughput,
         density,
         noisy_neighbour,
+        recovery,
         policy: policy::policy_bench()?,
     })
 }
@@ -538,6 +589,12 @@ fn print(r: &Report) {
     if let Some(n) = &r.noisy_neighbour {
         print_noisy(n);
     }
+    let v = &r.recovery;
+    println!();
+    row("baseline: delete → every host resource gone", &r.delete_to_clean);
+    row("sandbox init killed (kill -9) → API says failed", &v.death_to_failed);
+    row("baseline: first start → first authenticated answer", &v.first_start_to_answering);
+    row(&format!("kill -9 + restart ({} sandboxes adopted) → answer", v.adopted_sandboxes), &v.restart_to_answering);
     let p = &r.policy;
     println!("\nauthorization: sandbox.exec with {} custom Cedar policies", p.custom_policies);
     println!("{:<56} {:>12.0} decisions/s", "baseline: Cedar alone over the whole set", p.cedar_alone_per_s);

@@ -37,7 +37,11 @@ struct Host {
 
 impl Host {
     fn new() -> Host {
-        Host { dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(), children: vec![], purge: vec![] }
+        Host {
+            dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(),
+            children: vec![],
+            purge: vec![],
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -195,7 +199,10 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
     let (url, token, c) = setup(&mut host, &names).await;
     let id = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap().id;
     let fs = c
-        .create_filesystem(NS, &bulkhead_api::CreateFilesystem { name: "work".into(), size_bytes: 64 << 20, project: None })
+        .create_filesystem(
+            NS,
+            &bulkhead_api::CreateFilesystem { name: "work".into(), size_bytes: 64 << 20, project: None },
+        )
         .await
         .unwrap()
         .id;

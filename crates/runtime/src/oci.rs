@@ -956,12 +956,21 @@ impl Runtime for OciRuntime {
         Self::check_id(id)?;
         let rx = match self.inits.receiver(id) {
             Some(rx) => rx,
-            None if self.watch_init(namespace, id) => {
-                self.inits.receiver(id).ok_or_else(|| RuntimeError::NotRunning(id.to_owned()))?
+            None if self.watch_init(namespace, id) => self
+                .inits
+                .receiver(id)
+                .ok_or_else(|| RuntimeError::Busy(format!("sandbox {id}: deleted while its watch began")))?,
+            None => {
+                let pid = fs::read_to_string(self.bundle(id).join("pid")).unwrap_or_default();
+                return Err(RuntimeError::NotRunning(format!(
+                    "{id} (its pid file names {:?}, which is not a running supervisor)",
+                    pid.trim()
+                )));
             }
-            None => return Err(RuntimeError::NotRunning(id.to_owned())),
         };
-        wait_reason(rx).await.ok_or_else(|| RuntimeError::NotRunning(id.to_owned()))
+        wait_reason(rx)
+            .await
+            .ok_or_else(|| RuntimeError::Busy(format!("sandbox {id}: its watch ended without a reason")))
     }
 
     async fn ping(&self, id: &str, timeout: Duration) -> Result<()> {

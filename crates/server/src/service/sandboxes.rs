@@ -280,10 +280,7 @@ pub const HEALTH_FAILURES: u32 = 3;
 /// by [`HEALTH_TIMEOUT`]); a sandbox whose supervisor missed [`HEALTH_FAILURES`] pings in a row
 /// ends `failed` with `supervisor not answering`. A dead init is the watcher's (see [`watch`]);
 /// this finds one that lives but no longer serves (stopped, or stuck).
-async fn check_health(
-    state: &AppState,
-    failures: &std::sync::Mutex<HashMap<String, u32>>,
-) -> ServiceResult<usize> {
+async fn check_health(state: &AppState, failures: &std::sync::Mutex<HashMap<String, u32>>) -> ServiceResult<usize> {
     let running: Vec<SandboxRow> =
         state.store.active_sandboxes().await?.into_iter().filter(|s| s.status == SandboxStatus::Running).collect();
     let pings = running.iter().map(|row| async move { (row, state.runtime.ping(&row.id, HEALTH_TIMEOUT).await) });
@@ -326,30 +323,26 @@ pub fn watch(state: &AppState, row: &SandboxRow) {
     tokio::spawn(async move {
         match state.runtime.wait_init(&row.namespace, &row.id).await {
             Ok(reason) => ended(&state, &row, &reason).await,
-            Err(e) => {
-                tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init");
-                ended(&state, &row, &format!("lost: {e}")).await;
-            }
+            // Not a death: the health check finds a sandbox whose supervisor is gone.
+            Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init"),
         }
     });
 }
 
-/// Ends `row` as failed with `reason`, unless it has already ended.
+/// Ends `row` as failed with `reason`, unless it has already ended (a delete, an expiry or a
+/// namespace delete kills the init too, and ends the sandbox first).
 async fn ended(state: &AppState, row: &SandboxRow, reason: &str) {
-    match state.store.get_sandbox(&row.namespace, &row.id).await {
-        Ok(Some(current)) if current.status.is_active() => {}
-        Ok(_) => return,
-        Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "reading a dead sandbox's row failed"),
-    }
-    tracing::warn!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox died");
     match destroy(state, row, SandboxStatus::Failed, reason).await {
         Ok(ended) if ended.status == SandboxStatus::Failed && ended.reason.as_deref() == Some(reason) => {
+            tracing::warn!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox died");
             if let Some(tenant) = crate::state::tenant(state, &row.namespace).await {
                 state.metrics.sandbox_failed(&tenant, reason);
             }
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "teardown of a dead sandbox failed; the health check retries"),
+        Err(e) => {
+            tracing::warn!(sandbox = %row.id, error = %e, "teardown of a dead sandbox failed; the health check retries")
+        }
     }
 }
 
