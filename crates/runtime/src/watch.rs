@@ -227,6 +227,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::zombie_processes)] // the watcher reaps it, which is what is tested
     async fn a_child_killed_with_a_signal_is_reaped_and_its_signal_named() {
         let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let inits = Inits::default();
@@ -241,6 +242,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(clippy::zombie_processes)] // the watcher reaps it
     async fn a_child_that_exits_is_named_by_its_status() {
         let child = std::process::Command::new("sh").args(["-c", "sleep 0.2; exit 3"]).spawn().unwrap();
         let inits = Inits::default();
