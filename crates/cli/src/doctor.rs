@@ -388,7 +388,13 @@ fn is_this_server(owner: &Owner, live: Option<&Live>, data_dir: &Path, prefix: &
 }
 
 /// Who holds each network name prefix found on the host, and what of theirs is alive.
-async fn net_owners(found: &[Found], owners: &[Owner], world: &World, data_dir: &Path, prefix: &str) -> HashMap<String, NetOwner> {
+async fn net_owners(
+    found: &[Found],
+    owners: &[Owner],
+    world: &World,
+    data_dir: &Path,
+    prefix: &str,
+) -> HashMap<String, NetOwner> {
     let mut out = HashMap::new();
     for f in found {
         let Level::Net { prefix: net, .. } = &f.level else { continue };
@@ -439,7 +445,10 @@ pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCod
     match learn(global, &data_dir).await? {
         Ok(mut live) => {
             if live.store.is_none() {
-                live.store = owners.iter().find(|o| is_this_server(o, None, &data_dir, &args.cgroup_prefix)).map(|o| o.id.clone());
+                live.store = owners
+                    .iter()
+                    .find(|o| is_this_server(o, None, &data_dir, &args.cgroup_prefix))
+                    .map(|o| o.id.clone());
             }
             world.live = Some(live);
         }
@@ -528,7 +537,10 @@ mod tests {
         assert!(why(Level::Namespace("acme".into()), true).contains("process"));
         assert!(why(Level::Top, true).contains("process"));
         let unknown = world(None);
-        assert_eq!(judge(&found("x", Level::Sandbox(Some("sbx_live".into())), false), &unknown).unwrap(), "nothing says");
+        assert_eq!(
+            judge(&found("x", Level::Sandbox(Some("sbx_live".into())), false), &unknown).unwrap(),
+            "nothing says"
+        );
     }
 
     #[test]
@@ -572,8 +584,14 @@ mod tests {
         assert!(judge(&net("nft table", "bh0001", &format!("_{dead}")), &w).is_some());
         assert_eq!(judge(&net("netns", "bh0001", "-x"), &w).unwrap(), "names no sandbox of store sto_1");
         // Of an owner whose store is gone, and of no owner.
-        assert_eq!(judge(&net("netns", "bh0002", &format!("-{body}")), &w).unwrap(), "owner sto_2 has no store in /gone");
-        assert_eq!(judge(&net("nft table", "bh0003", "_nat"), &w).unwrap(), "no owner in the host registry /reg holds bh0003");
+        assert_eq!(
+            judge(&net("netns", "bh0002", &format!("-{body}")), &w).unwrap(),
+            "owner sto_2 has no store in /gone"
+        );
+        assert_eq!(
+            judge(&net("nft table", "bh0003", "_nat"), &w).unwrap(),
+            "no owner in the host registry /reg holds bh0003"
+        );
     }
 
     #[test]

@@ -169,9 +169,10 @@ pub fn net_prefix_of(name: &str) -> Option<(&str, &str)> {
 /// Host-global network objects named with an owner's name prefix: network namespaces (under
 /// `/run/netns`), veth interfaces and nftables tables (named `FAMILY NAME`).
 pub fn net_objects() -> Vec<HostResource> {
-    let mut out: Vec<HostResource> =
-        netns("bh").into_iter().filter(|r| net_prefix_of(&r.name).is_some()).collect();
-    out.extend(veths().into_iter().filter(|n| net_prefix_of(n).is_some()).map(|name| HostResource { kind: "veth", name }));
+    let mut out: Vec<HostResource> = netns("bh").into_iter().filter(|r| net_prefix_of(&r.name).is_some()).collect();
+    out.extend(
+        veths().into_iter().filter(|n| net_prefix_of(n).is_some()).map(|name| HostResource { kind: "veth", name }),
+    );
     out.extend(
         nft_tables()
             .into_iter()
@@ -201,11 +202,7 @@ pub fn veths() -> Vec<String> {
 }
 
 fn parse_ip_links(json: &serde_json::Value) -> Vec<String> {
-    json.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l.get("ifname")?.as_str().map(str::to_owned))
-        .collect()
+    json.as_array().into_iter().flatten().filter_map(|l| l.get("ifname")?.as_str().map(str::to_owned)).collect()
 }
 
 /// The host's nftables tables as (family, name) (`nft -j list tables`); none when `nft` is
@@ -245,7 +242,13 @@ impl CgroupProcess {
     }
 }
 
-/// Every process in a cgroup of the server whose cgroup prefix is `prefix` (on any hierarchy):
+/// Whether a process's `/proc/PID/stat` says it has exited (a zombie, or dead).
+fn is_exited(stat: &str) -> bool {
+    // The state follows the command name, which is in parentheses and may hold anything.
+    matches!(stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()), Some('Z' | 'X' | 'x'))
+}
+
+/// Every process (that has not exited) in a cgroup of the server whose cgroup prefix is `prefix` (on any hierarchy):
 /// sandboxes' supervisors and commands, and anything placed there by hand.
 pub fn processes_in(prefix: &str) -> Vec<CgroupProcess> {
     fs::read_dir("/proc")
@@ -254,14 +257,24 @@ pub fn processes_in(prefix: &str) -> Vec<CgroupProcess> {
         .flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            // A process that has exited holds nothing but its pid until its parent reaps it.
+            if is_exited(&fs::read_to_string(e.path().join("stat")).ok()?) {
+                return None;
+            }
             let cgroups = fs::read_to_string(e.path().join("cgroup")).ok()?;
             let cgroup = cgroups
                 .lines()
                 .filter_map(|l| l.splitn(3, ':').nth(2))
-                .find(|path| path.split('/').any(|c| c == prefix))?
-                .to_owned();
-            let below_prefix: Vec<String> =
-                cgroup.split('/').skip_while(|c| *c != prefix).skip(1).filter(|c| !c.is_empty()).map(str::to_owned).collect();
+                .find(|path| path.split('/').any(|c| c == prefix))?;
+            // A cgroup removed while a process was still in it (v1) reads as `PATH (deleted)`.
+            let cgroup = cgroup.strip_suffix(" (deleted)").unwrap_or(cgroup).to_owned();
+            let below_prefix: Vec<String> = cgroup
+                .split('/')
+                .skip_while(|c| *c != prefix)
+                .skip(1)
+                .filter(|c| !c.is_empty())
+                .map(str::to_owned)
+                .collect();
             let cmdline = fs::read(e.path().join("cmdline")).unwrap_or_default();
             let argv0 = String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
             let program = if argv0.is_empty() {
@@ -311,6 +324,16 @@ mod tests {
         assert!(mentions_dir("tmpfs on /run/bulkhead", "/run/bulkhead/"));
         assert!(mentions_dir("/run/bulkhead on /x", "/run/bulkhead"));
         assert!(!mentions_dir("tmpfs on /run/bulkhead-test-1/x", "/run/bulkhead"));
+    }
+
+    #[test]
+    fn exited_processes_are_told() {
+        assert!(is_exited("7251 (supervisor) Z 1 7251 7251 0 -1"));
+        assert!(is_exited("7 (a) b) X 1"));
+        assert!(!is_exited("7 (a) Z) S 1"));
+        assert!(!is_exited("1 (init) S 0 1 1"));
+        let own = fs::read_to_string("/proc/self/stat").unwrap();
+        assert!(!is_exited(&own));
     }
 
     #[test]
