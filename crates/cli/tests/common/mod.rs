@@ -41,6 +41,12 @@ pub fn test_runtime() -> RuntimeSettings {
     }
 }
 
+/// A temporary dir for a test's data dir, named `bulkhead-test-…`: the loop devices of its
+/// filesystems carry the name in their backing file, so the suite's leak check sees them.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("bulkhead-test-").tempdir().expect("tempdir")
+}
+
 fn bulkhead_core_tag() -> String {
     let mut bytes = [0u8; 6];
     let f = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
@@ -105,7 +111,7 @@ impl Harness {
     pub async fn with_config(oci_runtime: &str, tune: impl FnOnce(&mut ServerConfig)) -> Harness {
         // Server logs go to the test's captured output: shown when a test fails.
         let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn,bulkhead_server=info").try_init();
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempdir();
         let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
         config.runtime = test_runtime();
         config

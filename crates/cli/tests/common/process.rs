@@ -186,7 +186,7 @@ pub struct Setup {
 /// Starts a [`Setup`]: the real server on a temporary data dir, namespace [`NS`] (2 cpus,
 /// 2 GiB), a developer key and a sandbox of the defaults.
 pub async fn developer_with_sandbox() -> Setup {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = super::tempdir();
     let server = Server::start(&dir.path().join("data"));
     server.ok(None, &["namespace", "create", NS, "--cpu", "2", "--memory", "2GiB"]);
     let key = server.json(None, &["key", "create", "--ns", NS, "dev", "--role", "developer"]);
