@@ -142,7 +142,7 @@ fn make_tree(src: &Path) {
 
 #[test]
 fn a_tree_round_trips_exactly_through_push_pull_and_gnu_tar() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let work = dir.path();
     let server = Server::start(&work.join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);

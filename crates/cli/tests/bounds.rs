@@ -187,7 +187,7 @@ fn a_tree_nested_deeper_than_any_stack_is_replaced_by_an_upload() {
         assert!(r.status.is_success(), "{}", r.body);
 
         // Replacing the content removes the deep tree.
-        let src = tempfile::tempdir().unwrap();
+        let src = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
         std::fs::write(src.path().join("hello.txt"), b"hello").unwrap();
         let out = std::process::Command::new("tar").arg("-C").arg(src.path()).args(["-cf", "-", "."]).output().unwrap();
         assert!(out.status.success());

@@ -122,7 +122,7 @@ fn answers_that_are_not_the_api_name_the_request_and_status_once() {
 fn local_failures_name_their_step_once() {
     let url = dead_url();
     // A missing token stops the command before any request.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let args = ["sandbox", "list", "--ns", "acme"];
     let out = Command::new(BIN)
         .args(args)
@@ -154,7 +154,7 @@ fn local_failures_name_their_step_once() {
 
 #[test]
 fn a_refusal_of_the_server_is_its_code_message_and_request_id_once() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     for (args, code) in [
         (&["namespace", "get", "ghost"][..], "error: not_found: "),

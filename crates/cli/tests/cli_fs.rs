@@ -44,7 +44,7 @@ fn snapshot(root: &Path) -> Vec<(String, Node)> {
 
 #[test]
 fn filesystems_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let work = dir.path();
     let server = Server::start(&work.join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);

@@ -56,7 +56,7 @@ fn fails(server: &Server, token: Option<&str>, args: &[&str]) -> String {
 
 #[test]
 fn secrets_policies_and_identity_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     // The identity provider below is on loopback, which the operator allows.
     let names = common::process::runtime_names();
     let mut server = Server::start_with_args(&dir.path().join("data"), names, &["--outbound-allow", "127.0.0.0/8"]);

@@ -14,7 +14,7 @@ use serde_json::Value;
 /// A server on a temporary data dir with a namespace `acme` holding a developer and a viewer
 /// key: the dir, the server, and the two tokens.
 fn tenant_server() -> (tempfile::TempDir, Server, String, String) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
     let key = |name: &str, role: &str| {
@@ -162,7 +162,7 @@ fn sandbox_exec_cp_and_doctor_through_the_cli() {
 
 #[test]
 fn doctor_names_a_leak() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let mut server = Server::start(&dir.path().join("data"));
     let bundle = server.state_dir.join("sandboxes").join(format!("sbx_{}", "0".repeat(26)));
     std::fs::create_dir_all(&bundle).unwrap();

@@ -89,7 +89,7 @@ struct Crashable {
 
 impl Crashable {
     fn start(disk_bytes: u64) -> Crashable {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
         let data = dir.path().join("data");
         let (state, prefix) = common::process::runtime_names();
         let _cleanup = Cleanup(state.clone(), prefix.clone());

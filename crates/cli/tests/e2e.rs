@@ -13,7 +13,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 
 #[test]
 fn first_session_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let data = dir.path().join("data");
     let mut server = Server::start(&data);
 
@@ -97,7 +97,7 @@ fn first_session_through_the_cli() {
 
 #[test]
 fn unreachable_server_and_missing_token_are_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let out = Command::new(BIN)
         .args(["namespace", "list"])
         .env("BULKHEAD_URL", "http://127.0.0.1:9")

@@ -25,7 +25,7 @@ const MAX_FDS_PER_UPLOAD: usize = 4;
 const MAX_RSS_PER_STREAM: u64 = 1 << 20;
 
 fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let server = Server::start_with_args(&dir.path().join("data"), runtime_names(), extra);
     (dir, server)
 }
@@ -175,7 +175,7 @@ fn tenant(server: &Server) -> Tenant {
     let token = key["token"].as_str().unwrap().to_owned();
     let fs = server.json(Some(&token), &["fs", "create", "--ns", "tenant", "deep", "--size", "256MiB"]);
     let fs = fs["id"].as_str().unwrap().to_owned();
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let mut deep = work.path().join("src");
     for _ in 0..DEPTH {
         deep.push("d");

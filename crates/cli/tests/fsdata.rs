@@ -56,7 +56,7 @@ fn tar_of(dir: &Path, args: &[&str]) -> Vec<u8> {
 #[tokio::test]
 async fn archives_round_trip_in_every_compression() {
     let (h, fs) = setup(64 * MIB).await;
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let src = work.path().join("src");
     std::fs::create_dir_all(src.join("pkg/sub")).unwrap();
     std::fs::write(src.join("README.md"), "hello\n").unwrap();
@@ -104,7 +104,7 @@ async fn hostile_archives_are_refused_and_the_previous_content_stays() {
     let base = format!("/v1/namespaces/alpha/filesystems/{fs}");
     let r = raw(&h, Method::PUT, &format!("{base}/files?path=keep/me.txt"), &[], b"previous".to_vec()).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&r.raw));
-    let work = tempfile::tempdir().unwrap();
+    let work = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let header = concat!(
         "import tarfile, sys, io\n",
         "t = tarfile.open(sys.argv[1], 'w', format=tarfile.GNU_FORMAT)\n",

@@ -61,7 +61,7 @@ fn start_two(dir: &Path, registry: &Path) -> (Server, Server) {
 
 #[test]
 fn two_servers_on_one_host_map_namespaces_onto_disjoint_host_ids() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let registry = dir.path().join("host").join("registry");
     let (a, b) = start_two(dir.path(), &registry);
 
@@ -92,7 +92,7 @@ fn two_servers_on_one_host_map_namespaces_onto_disjoint_host_ids() {
 
 #[test]
 fn a_cgroup_prefix_has_one_server() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let registry = dir.path().join("registry");
     let (state_a, prefix) = runtime_names();
     let first = Server::spawn(&dir.path().join("a"), (state_a, prefix.clone()), &registry, &[]).unwrap();
@@ -132,7 +132,7 @@ fn a_cgroup_prefix_has_one_server() {
 /// it replaced, so the operator's server starts again in its cgroup prefix without a manual step.
 #[test]
 fn a_data_dir_made_again_takes_over_its_old_entry() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let registry = dir.path().join("registry");
     let data = dir.path().join("data");
     let names = runtime_names();
@@ -154,7 +154,7 @@ fn a_data_dir_made_again_takes_over_its_old_entry() {
 
 #[test]
 fn a_range_held_by_another_server_stops_a_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
     let (own_a, shared): (PathBuf, PathBuf) = (dir.path().join("a-registry"), dir.path().join("shared"));
 

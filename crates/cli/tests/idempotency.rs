@@ -194,7 +194,7 @@ fn body_of(answer: &str) -> Value {
 /// is freed at start.
 #[test]
 fn idempotency_keys_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let data = dir.path().join("data");
     let names = runtime_names();
     let mut server = Server::start_with(&data, names.clone());

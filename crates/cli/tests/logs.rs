@@ -159,7 +159,7 @@ async fn a_live_tail_delivers_new_output_of_its_namespace_only() {
 
 #[test]
 fn bulkhead_logs_shows_and_follows_output_through_the_cli() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let mut server = Server::start(&dir.path().join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
     let key = server.json(None, &["key", "create", "--ns", "acme", "look", "--role", "viewer"]);

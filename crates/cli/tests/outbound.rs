@@ -119,7 +119,7 @@ fn status_of(server: &Server, path: &str, token: &str) -> u16 {
 /// Starts a server with `extra` flags, makes namespace `acme` with its issuer at [`NAME`] on the
 /// port of `target`, and sends one JWT-shaped token. Returns the answer's status.
 fn sign_in_through_the_name(dns: &Dns, target: &TcpListener, extra: &[&str]) -> u16 {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let dns_addr = dns.addr.to_string();
     let mut args = vec!["--egress-dns", dns_addr.as_str()];
     args.extend_from_slice(extra);

@@ -74,7 +74,7 @@ impl Drop for Tmux {
 
 #[test]
 fn a_shell_on_a_real_terminal() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
     let server = Server::start(&dir.path().join("data"));
     server.ok(None, &["namespace", "create", "acme", "--cpu", "1", "--memory", "1GiB"]);
     let key = server.json(None, &["key", "create", "--ns", "acme", "dev", "--role", "developer"]);

@@ -32,7 +32,7 @@ struct Reply {
 
 impl Harness {
     async fn new() -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().expect("tempdir");
         let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
         config.runtime.state_dir = dir.path().join("state");
         config.host_registry = dir.path().join("host-registry");
