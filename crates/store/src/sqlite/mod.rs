@@ -104,6 +104,7 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .after_release(|conn, _| Box::pin(async move { Ok(back_to_full(conn).await) }))
             .connect_with(options)
             .await?;
         let checkpoints = pool.clone();
@@ -192,6 +193,18 @@ impl SqliteStore {
         let sql = format!("SELECT {columns} FROM {table} WHERE namespace = ? AND {key} > ? ORDER BY {key} LIMIT ?");
         all(&self.pool, sqlx::query(&sql).bind(namespace).bind(after.unwrap_or("")).bind(i64::from(limit))).await
     }
+}
+
+/// Whether a connection given back to the pool may be handed out again: only when it is back to
+/// `synchronous=FULL` (an audit append's connection was switched to `NORMAL`) and outside any
+/// transaction. SQLite refuses to change the safety level inside a transaction, so one statement
+/// checks both. A connection still in a transaction is closed, which rolls the transaction back
+/// and lets SQLite's write lock go: sqlx's `begin_with` can be cancelled (a client gone
+/// mid-request drops the future) after its `BEGIN IMMEDIATE` ran and before a `Transaction`
+/// exists to roll it back, and such a connection, reused, held the write lock behind the
+/// store's own until every other writer failed with `database is locked` after the busy timeout.
+async fn back_to_full(conn: &mut SqliteConnection) -> bool {
+    sqlx::query("PRAGMA synchronous = FULL").execute(conn).await.is_ok()
 }
 
 /// A statement with its bound arguments.
