@@ -121,7 +121,7 @@ impl WalSync {
         .map_err(|e| std::io::Error::other(format!("the audit fsync task failed: {e}")))
         .and_then(|r| r)
         .map_err(|e| std::io::Error::new(e.kind(), format!("fsync of {}: {e}", self.wal.display())));
-        done.map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        done.map_err(|e| StoreError::from(sqlx::Error::Io(e)))?;
         *synced = covered;
         Ok(())
     }

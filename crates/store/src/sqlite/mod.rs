@@ -391,7 +391,7 @@ impl Constraints {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => self.missing.map(StoreError::NotFound),
             _ => None,
         };
-        Err(named.unwrap_or(StoreError::Database(e)))
+        Err(named.unwrap_or_else(|| StoreError::from(e)))
     }
 }
 

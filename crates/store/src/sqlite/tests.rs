@@ -462,3 +462,50 @@ async fn writers_cancelled_midway_leave_no_lock_behind() {
     assert!(errors.is_empty(), "{} errors: {errors:#?}", errors.len());
     assert!(s.verify_audit("acme").await.unwrap().ok);
 }
+
+/// A full disk, a database locked past the busy timeout and an IO error are named, each from
+/// SQLite's own failure; anything else stays a database error.
+#[tokio::test]
+async fn full_busy_and_io_failures_are_named() {
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+
+    // Full: SQLite refuses to grow the file past its page limit with SQLITE_FULL, as on a full disk.
+    let mut small = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut small).await.unwrap();
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&mut small).await.unwrap();
+    let big = vec![7u8; 1 << 20];
+    let e = sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES ('acme', ?)")
+        .bind(&big)
+        .execute(&mut small)
+        .await
+        .unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Full(_)));
+
+    // Busy: another connection holds the write lock past this one's busy timeout.
+    let mut holder = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    let tx = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut impatient = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(std::time::Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let e = sqlx::query("DELETE FROM idempotency").execute(&mut impatient).await.unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Busy(_)));
+    tx.rollback().await.unwrap();
+
+    // IO: a failed read or write of the store's files (a failed fsync is one), and a full disk
+    // seen by the kernel.
+    let e = sqlx::Error::Io(std::io::Error::from_raw_os_error(5));
+    assert!(matches!(StoreError::from(e), StoreError::Io(_)));
+    let e = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+    assert!(matches!(StoreError::from(e), StoreError::Full(_)));
+    assert!(matches!(StoreError::from(sqlx::Error::PoolTimedOut), StoreError::Busy(_)));
+    // A plain SQL error is nothing of these.
+    let e = sqlx::query("SELECT * FROM no_such_table").execute(&mut impatient).await.unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Database(_)));
+}
