@@ -246,7 +246,8 @@ impl Storage {
             FileError::Io(m) | FileError::NoSpace(m) if self.host_full() => {
                 tracing::error!(error = %m, "a filesystem write failed on a full host disk");
                 FileError::HostFull(
-                    "the server's disk is full: nothing was written; reads still work; retry once space is freed".into(),
+                    "the server's disk is full: nothing was written; reads still work; retry once space is freed"
+                        .into(),
                 )
             }
             other => other,
@@ -621,7 +622,9 @@ impl Storage {
     /// operation never lands in the empty mount point beneath.
     fn root(&self, id: &str) -> Result<Root, FileError> {
         if !mounted_here(&self.mountpoint(id)) {
-            return Err(FileError::Unavailable(format!("filesystem {id} is not mounted; it is being mounted again; retry")));
+            return Err(FileError::Unavailable(format!(
+                "filesystem {id} is not mounted; it is being mounted again; retry"
+            )));
         }
         Root::open(self.data_dir(id)).map_err(|e| FileError::Io(format!("open filesystem {id}: {e}")))
     }

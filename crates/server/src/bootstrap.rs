@@ -120,7 +120,9 @@ async fn mount_filesystems(store: &dyn Store, storage: &dyn FilesystemStorage) -
             Ok(false) => {
                 tracing::error!(filesystem = %f.id, namespace = %f.namespace, "the image of a filesystem is missing")
             }
-            Err(e) => tracing::error!(filesystem = %f.id, error = %e, "mounting a filesystem failed; retried on demand"),
+            Err(e) => {
+                tracing::error!(filesystem = %f.id, error = %e, "mounting a filesystem failed; retried on demand")
+            }
         }
     }
     // Only images in this server's own data dir: another server may share the state dir.

@@ -159,7 +159,8 @@ impl From<StoreError> for ApiError {
             StoreError::Full(detail) => {
                 tracing::error!(error = %detail, "the store's disk is full");
                 ApiError::InsufficientStorage(
-                    "the server's disk is full: nothing was written; reads still work; retry once space is freed".into(),
+                    "the server's disk is full: nothing was written; reads still work; retry once space is freed"
+                        .into(),
                 )
             }
             StoreError::Busy(detail) => {
@@ -261,7 +262,9 @@ impl From<RuntimeError> for ApiError {
                 if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) =>
             {
                 tracing::error!(error = %source, what, "the host's disk is full");
-                ApiError::InsufficientStorage(format!("the server's disk is full: {what} failed; retry once space is freed"))
+                ApiError::InsufficientStorage(format!(
+                    "the server's disk is full: {what} failed; retry once space is freed"
+                ))
             }
             other => ApiError::Internal(other.to_string()),
         }
@@ -383,12 +386,28 @@ mod tests {
         let full = ServiceError::Store(StoreError::Full("database or disk is full".into()));
         assert_eq!(answer(full).0, 507);
         let cases: Vec<(ApiError, u16, &str)> = vec![
-            (ServiceError::Store(StoreError::Full("(code: 13) database or disk is full".into())).into(), 507, "insufficient_storage"),
+            (
+                ServiceError::Store(StoreError::Full("(code: 13) database or disk is full".into())).into(),
+                507,
+                "insufficient_storage",
+            ),
             (ServiceError::Store(StoreError::Busy("(code: 5) database is locked".into())).into(), 503, "unavailable"),
             (ServiceError::Store(StoreError::Io("fsync of bulkhead.db-wal: EIO".into())).into(), 503, "unavailable"),
-            (ServiceError::File(FileError::HostFull("the server's disk is full".into())).into(), 507, "insufficient_storage"),
-            (ServiceError::File(FileError::Unavailable("filesystem fs_a is being repaired".into())).into(), 503, "unavailable"),
-            (ServiceError::Runtime(RuntimeError::Unavailable("filesystem fs_a is being repaired".into())).into(), 503, "unavailable"),
+            (
+                ServiceError::File(FileError::HostFull("the server's disk is full".into())).into(),
+                507,
+                "insufficient_storage",
+            ),
+            (
+                ServiceError::File(FileError::Unavailable("filesystem fs_a is being repaired".into())).into(),
+                503,
+                "unavailable",
+            ),
+            (
+                ServiceError::Runtime(RuntimeError::Unavailable("filesystem fs_a is being repaired".into())).into(),
+                503,
+                "unavailable",
+            ),
             (
                 ServiceError::Runtime(RuntimeError::Io {
                     what: "grow the image".into(),

@@ -203,7 +203,15 @@ impl SqliteStore {
 /// mid-request drops the future) after its `BEGIN IMMEDIATE` ran and before a `Transaction`
 /// exists to roll it back, and such a connection, reused, held the write lock behind the
 /// store's own until every other writer failed with `database is locked` after the busy timeout.
+///
+/// sqlx's own count of open transactions must be zero too: a `COMMIT` that failed (a full disk)
+/// and that SQLite rolled back by itself leaves the count at one, and every `begin_with` on that
+/// connection would then fail.
 async fn back_to_full(conn: &mut SqliteConnection) -> bool {
+    use sqlx::TransactionManager;
+    if <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) != 0 {
+        return false;
+    }
     sqlx::query("PRAGMA synchronous = FULL").execute(conn).await.is_ok()
 }
 
