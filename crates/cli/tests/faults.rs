@@ -25,7 +25,7 @@ fn http(server: &Server, token: &str, method: &str, path: &str, body: Option<&[u
     c.args(["-s", "-D", "-", "-w", "\n%{http_code}", "-X", method, "-H"])
         .arg(format!("authorization: Bearer {token}"))
         .arg(format!("{}{path}", server.url));
-    if let Some(b) = body {
+    if body.is_some() {
         c.args(["-H", "content-type: application/octet-stream", "--data-binary", "@-"]);
         c.stdin(std::process::Stdio::piped());
     }
@@ -91,6 +91,7 @@ fn a_filesystem_unmounted_underneath_is_mounted_again_on_demand() {
     let dir = tempfile::tempdir().unwrap();
     let (server, dev, fs) = with_filesystem(&dir.path().join("data"));
     let mnt = mount_of(&server, &fs);
+    let token = dev.clone();
     let dev = Some(dev.as_str());
 
     umount(&mnt);
@@ -113,7 +114,7 @@ fn a_filesystem_unmounted_underneath_is_mounted_again_on_demand() {
     umount(&mnt);
     let answers: Vec<_> = (0..6)
         .map(|_| {
-            let (url, token, fs) = (server.url.clone(), dev.unwrap().to_owned(), fs.clone());
+            let (url, token, fs) = (server.url.clone(), token.clone(), fs.clone());
             std::thread::spawn(move || {
                 Command::new(env!("CARGO_BIN_EXE_bulkhead"))
                     .args(["fs", "cat", "--ns", "acme", &fs, "notes/note.txt"])
