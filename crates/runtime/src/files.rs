@@ -49,6 +49,13 @@ pub enum FileError {
     /// The filesystem is full (`ENOSPC`, `EDQUOT`): its size is the tenant's quota.
     #[error("{0}")]
     NoSpace(String),
+    /// The host's disk under the filesystem's image is full (the data dir's, not the tenant's
+    /// size): the write did not happen.
+    #[error("{0}")]
+    HostFull(String),
+    /// The filesystem's mount is being repaired, or its repair failed: retryable.
+    #[error("{0}")]
+    Unavailable(String),
     /// An `If-Match` or `If-None-Match` condition does not hold for the current content.
     #[error("{0}")]
     PreconditionFailed(String),

@@ -46,8 +46,16 @@ pub trait FilesystemStorage: Send + Sync + 'static {
     fn mountpoint(&self, id: &str) -> PathBuf;
     /// The host directory a sandbox mounts at `/workspace`.
     fn data_dir(&self, id: &str) -> PathBuf;
-    /// Filesystem ids with an image or a mount point on this host.
+    /// Filesystem ids with an image in this server's data dir. A mount point without one is not
+    /// this server's to judge: another server may share the state dir.
     fn ids(&self) -> Vec<String>;
+    /// The filesystem's data dir, mounted: when its mount is gone (unmounted underneath, or the
+    /// state dir emptied by a reboot), it is mounted again first, one repair at a time per
+    /// filesystem. `Unavailable` when it cannot be (retryable). Call it before every operation
+    /// on the filesystem's files and before a sandbox mounts it.
+    async fn ensure_mounted(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.data_dir(id))
+    }
 
     /// A page of the directory at `rel`: at most `limit` entries whose names sort (by their
     /// bytes) after `after`, and whether more follow.
@@ -94,6 +102,9 @@ pub const BLOCK: u64 = 4096;
 pub struct Storage {
     images: PathBuf,
     mounts: PathBuf,
+    /// One lock per filesystem, held while its mount changes (a mount, a repair, an offline
+    /// grow, a delete), so a repair never mounts an image that a grow is checking.
+    locks: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// Space of one filesystem, from the kernel.
@@ -149,6 +160,41 @@ fn check(id: &str) -> Result<()> {
     }
 }
 
+/// Whether something is mounted at `path`: its device differs from its parent's. One `stat`
+/// each, cheap enough before every operation.
+fn mounted_here(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
+/// Free bytes (for root) on the filesystem holding `path`; `None` when the kernel cannot tell.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; zeroed is a valid value for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a valid pointer to a local statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bfree as u64 * st.f_frsize as u64)
+}
+
+/// Whether the filesystem holding `path` is mounted read-only: ext4 turns itself read-only
+/// when its journal aborts (its image could not be written, the host's disk being full).
+fn read_only(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statvfs is plain data; zeroed is a valid value for the call to fill.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and a valid pointer to a local statvfs.
+    unsafe { libc::statvfs(c.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0 }
+}
+
+/// Below this, the host's disk under the images counts as full.
+const HOST_FULL_BELOW: u64 = 4 << 20;
+
 fn is_mounted(path: &Path) -> bool {
     let wanted = path.to_string_lossy();
     fs::read_to_string("/proc/self/mounts")
@@ -179,7 +225,96 @@ impl Storage {
             .mode(0o711)
             .create(&mounts)
             .map_err(RuntimeError::io("create the mount dir"))?;
-        Ok(Storage { images, mounts })
+        Ok(Storage { images, mounts, locks: Default::default() })
+    }
+
+    /// The lock of filesystem `id`'s mount.
+    fn lock_of(&self, id: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Whether the disk under this server's images is full (checked after a write failed).
+    pub fn host_full(&self) -> bool {
+        free_bytes(&self.images).is_some_and(|free| free < HOST_FULL_BELOW)
+    }
+
+    /// `e` as the host's full disk when it is one: an image that cannot grow under a full data
+    /// dir fails the filesystem's writes with `EIO` (or `ENOSPC`), not the tenant's quota.
+    fn host_full_or(&self, e: FileError) -> FileError {
+        match e {
+            FileError::Io(m) | FileError::NoSpace(m) if self.host_full() => {
+                tracing::error!(error = %m, "a filesystem write failed on a full host disk");
+                FileError::HostFull(
+                    "the server's disk is full: nothing was written; reads still work; retry once space is freed"
+                        .into(),
+                )
+            }
+            other => other,
+        }
+    }
+
+    /// A `RuntimeError` of making or growing an image, as the host's full disk when it is one.
+    fn host_full_runtime(&self, e: RuntimeError) -> RuntimeError {
+        match e {
+            RuntimeError::Io { what, source } if self.host_full() => {
+                let source = std::io::Error::new(std::io::ErrorKind::StorageFull, source.to_string());
+                RuntimeError::Io { what, source }
+            }
+            other => other,
+        }
+    }
+
+    /// See [`FilesystemStorage::ensure_mounted`].
+    pub async fn ensure_mounted(&self, id: &str) -> Result<PathBuf> {
+        check(id)?;
+        let mnt = self.mountpoint(id);
+        if mounted_here(&mnt) && !read_only(&mnt) {
+            return Ok(self.data_dir(id));
+        }
+        let lock = self.lock_of(id);
+        let _repairing = lock.lock().await;
+        // Another request may have repaired it while this one waited.
+        if mounted_here(&mnt) && !read_only(&mnt) {
+            return Ok(self.data_dir(id));
+        }
+        if mounted_here(&mnt) {
+            // Read-only after an error: unmounted (refused while a sandbox holds it), checked
+            // and mounted again.
+            tracing::warn!(filesystem = id, "the filesystem turned read-only; checking and mounting it again");
+            let target = mnt.to_string_lossy().into_owned();
+            if let Err(e) = run("umount", &[&target], "unmount the read-only filesystem").await {
+                tracing::error!(filesystem = id, error = %e, "unmounting the read-only filesystem failed");
+                return Err(RuntimeError::Unavailable(format!(
+                    "filesystem {id} turned read-only after a disk error and is in use; stop the sandboxes using it and retry"
+                )));
+            }
+            let img = self.image(id).to_string_lossy().into_owned();
+            // Exit status 1 and 2 mean errors were corrected.
+            let fixed = Command::new("e2fsck").args(["-f", "-y", &img]).stdin(Stdio::null()).output().await;
+            if !fixed.as_ref().is_ok_and(|o| o.status.code().is_some_and(|c| c <= 2)) {
+                tracing::error!(filesystem = id, "e2fsck of the read-only filesystem failed: {fixed:?}");
+            }
+        }
+        if !self.image(id).exists() {
+            tracing::error!(filesystem = id, image = %self.image(id).display(), "the image of a filesystem is missing");
+            return Err(RuntimeError::Unavailable(format!(
+                "filesystem {id} cannot be mounted: its image is missing on the server's disk"
+            )));
+        }
+        tracing::warn!(filesystem = id, "the filesystem's mount is gone; mounting it again");
+        match self.mount_locked(id).await {
+            Ok(()) => {
+                self.sweep(id);
+                Ok(self.data_dir(id))
+            }
+            Err(e) => {
+                tracing::error!(filesystem = id, error = %e, "mounting the filesystem again failed");
+                Err(RuntimeError::Unavailable(format!(
+                    "filesystem {id} is not mounted and mounting it again failed; retry later"
+                )))
+            }
+        }
     }
 
     pub fn image(&self, id: &str) -> PathBuf {
@@ -219,7 +354,7 @@ impl Storage {
         if result.is_err() {
             let _ = self.delete(id).await;
         }
-        result
+        result.map_err(|e| self.host_full_runtime(e))
     }
 
     /// The directory whose content is the tenant's data: mounted at `/workspace`, and the root
@@ -275,8 +410,17 @@ impl Storage {
     /// Mounts the filesystem's image when it is not mounted (at create, and at server start).
     pub async fn mount(&self, id: &str) -> Result<()> {
         check(id)?;
+        let lock = self.lock_of(id);
+        let _held = lock.lock().await;
+        self.mount_locked(id).await
+    }
+
+    /// [`Storage::mount`] under the filesystem's lock. `mount -o loop` reuses a loop device
+    /// already attached to the image (a sandbox may still hold the old mount), so the kernel
+    /// never has one image open twice.
+    async fn mount_locked(&self, id: &str) -> Result<()> {
         let mnt = self.mountpoint(id);
-        if is_mounted(&mnt) {
+        if mounted_here(&mnt) || is_mounted(&mnt) {
             return Ok(());
         }
         fs::DirBuilder::new()
@@ -297,6 +441,15 @@ impl Storage {
     /// which needs that no sandbox holds it (`in_use`).
     pub async fn grow(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()> {
         check(id)?;
+        let lock = self.lock_of(id);
+        let _held = lock.lock().await;
+        self.grow_locked(id, size_bytes, in_use).await.map_err(|e| self.host_full_runtime(e))
+    }
+
+    async fn grow_locked(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()> {
+        if !mounted_here(&self.mountpoint(id)) {
+            self.mount_locked(id).await?;
+        }
         let image = self.image(id);
         let f = fs::OpenOptions::new().write(true).open(&image).map_err(RuntimeError::io("open the image"))?;
         let old = f.metadata().map_err(RuntimeError::io("stat the image"))?.len();
@@ -363,13 +516,15 @@ impl Storage {
             run("resize2fs", &[&img], "grow the filesystem").await
         }
         .await;
-        self.mount(id).await?;
+        self.mount_locked(id).await?;
         grown
     }
 
     /// Unmounts the filesystem and destroys its data.
     pub async fn delete(&self, id: &str) -> Result<()> {
         check(id)?;
+        let lock = self.lock_of(id);
+        let _held = lock.lock().await;
         let mnt = self.mountpoint(id);
         if is_mounted(&mnt) {
             let target = mnt.to_string_lossy().into_owned();
@@ -378,6 +533,7 @@ impl Storage {
             run("umount", &["-l", &target], "unmount the filesystem").await?;
         }
         let _ = fs::remove_dir(&mnt);
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         match fs::remove_file(self.image(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -389,6 +545,10 @@ impl Storage {
     pub fn usage(&self, id: &str) -> Result<Usage> {
         check(id)?;
         let mnt = self.mountpoint(id);
+        // Unmounted, the mount point would report the state dir's filesystem.
+        if !mounted_here(&mnt) {
+            return Err(RuntimeError::Unavailable(format!("filesystem {id} is not mounted")));
+        }
         let path = std::ffi::CString::new(mnt.to_string_lossy().as_bytes())
             .map_err(|_| RuntimeError::Protocol("path".into()))?;
         // SAFETY: statvfs is plain data; zeroed is a valid value for the call to fill.
@@ -449,6 +609,7 @@ fn named(e: FileError, rel: &Path) -> FileError {
         FileError::PreconditionFailed(m) => FileError::PreconditionFailed(name(m)),
         FileError::Io(m) => FileError::Io(name(m)),
         FileError::NotEmpty => FileError::NotEmpty,
+        e @ (FileError::HostFull(_) | FileError::Unavailable(_)) => e,
     }
 }
 
@@ -457,7 +618,14 @@ fn owner_of(ids: IdRange) -> Owner {
 }
 
 impl Storage {
+    /// The filesystem's data, opened: refused as `Unavailable` while it is not mounted, so an
+    /// operation never lands in the empty mount point beneath.
     fn root(&self, id: &str) -> Result<Root, FileError> {
+        if !mounted_here(&self.mountpoint(id)) {
+            return Err(FileError::Unavailable(format!(
+                "filesystem {id} is not mounted; it is being mounted again; retry"
+            )));
+        }
         Root::open(self.data_dir(id)).map_err(|e| FileError::Io(format!("open filesystem {id}: {e}")))
     }
 }
@@ -475,6 +643,10 @@ impl FilesystemStorage for Storage {
         Storage::mount(self, id).await?;
         self.sweep(id);
         Ok(true)
+    }
+
+    async fn ensure_mounted(&self, id: &str) -> Result<PathBuf> {
+        Storage::ensure_mounted(self, id).await
     }
 
     async fn grow(&self, id: &str, size_bytes: u64, in_use: bool) -> Result<()> {
@@ -499,9 +671,7 @@ impl FilesystemStorage for Storage {
 
     fn ids(&self) -> Vec<String> {
         let mut ids = self.images();
-        ids.extend(self.mount_points());
         ids.sort();
-        ids.dedup();
         ids
     }
 
@@ -552,8 +722,8 @@ impl FilesystemStorage for Storage {
             });
         match written {
             Ok((bytes, _held)) => Ok(Written { bytes, etag: files::etag(&hashing.hasher.finalize()) }),
-            Err(WriteError::File(e)) => Err(named(e, rel)),
-            Err(WriteError::Confined(e)) => Err(named(files::from_confined(e), rel)),
+            Err(WriteError::File(e)) => Err(self.host_full_or(named(e, rel))),
+            Err(WriteError::Confined(e)) => Err(self.host_full_or(named(files::from_confined(e), rel))),
         }
     }
 
@@ -562,7 +732,7 @@ impl FilesystemStorage for Storage {
         if pre.if_match.is_some() {
             pre.check(files::current_etag(&root, rel, hash_max)?.as_deref()).map_err(|e| named(e, rel))?;
         }
-        confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| named(e, rel))
+        confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| self.host_full_or(named(e, rel)))
     }
 
     fn archive(&self, id: &str) -> Result<Box<dyn Read + Send>, FileError> {
@@ -576,12 +746,15 @@ impl FilesystemStorage for Storage {
         owner: IdRange,
         limits: archive::Limits,
     ) -> Result<Box<dyn StagedArchive>, FileError> {
+        self.root(id)?;
         let staging = self
             .staging_dir(id, IdRange { host_start: owner.host_start, size: 1 })
-            .map_err(|e| FileError::Io(e.to_string()))?;
+            .map_err(|e| self.host_full_or(FileError::Io(e.to_string())))?;
         let mut staged = Staged { storage: self.clone(), id: id.to_owned(), staging, stats: archive::Stats::default() };
         let root = Root::open(&staged.staging).map_err(|e| FileError::Io(e.to_string()))?;
-        staged.stats = archive::extract(data, &root, owner_of(owner), limits).map_err(files::from_archive)?;
+        staged.stats = archive::extract(data, &root, owner_of(owner), limits)
+            .map_err(files::from_archive)
+            .map_err(|e| self.host_full_or(e))?;
         Ok(Box::new(staged))
     }
 }
@@ -620,7 +793,9 @@ impl StagedArchive for Staged {
 
     fn commit(self: Box<Self>) -> Result<archive::Stats, FileError> {
         // After the swap `staging` holds the old content; removed on drop either way.
-        self.storage.swap_in(&self.id, &self.staging).map_err(|e| FileError::Io(e.to_string()))?;
+        self.storage
+            .swap_in(&self.id, &self.staging)
+            .map_err(|e| self.storage.host_full_or(FileError::Io(e.to_string())))?;
         Ok(self.stats)
     }
 }

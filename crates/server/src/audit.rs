@@ -50,7 +50,12 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     }
     match state.store.append_audit(&chain, event).await {
         Ok(_) => response,
-        Err(e) => ApiError::Internal(format!("audit append to chain {chain} failed: {e}")).into_response(),
+        // A full disk (507) or a busy or failing store (503) is answered as such, never a 500 and
+        // never the handler's success: the request is not recorded, so it must not look done.
+        Err(e) => {
+            tracing::error!(error = %e, chain, "audit append failed");
+            ApiError::from(e).into_response()
+        }
     }
 }
 

@@ -116,12 +116,22 @@ fn master_key(data_dir: &Path) -> Result<bulkhead_core::sealed::Key, BootstrapEr
 /// Mounts every filesystem the store knows, sweeps staging left by interrupted uploads, and
 /// removes images the store does not know (a create that crashed half-way).
 async fn mount_filesystems(store: &dyn Store, storage: &dyn FilesystemStorage) -> Result<(), BootstrapError> {
+    // After a reboot the state dir is empty and the loop devices are gone: every mount is made
+    // again from the images in the data dir. One that fails does not stop the start; its
+    // requests answer `unavailable` and mount it again on demand (`ensure_mounted`).
     let known = store.all_filesystems().await?;
     for f in &known {
-        if !storage.mount(&f.id).await? {
-            tracing::error!(filesystem = %f.id, namespace = %f.namespace, "the image of a filesystem is missing");
+        match storage.mount(&f.id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::error!(filesystem = %f.id, namespace = %f.namespace, "the image of a filesystem is missing")
+            }
+            Err(e) => {
+                tracing::error!(filesystem = %f.id, error = %e, "mounting a filesystem failed; retried on demand")
+            }
         }
     }
+    // Only images in this server's own data dir: another server may share the state dir.
     for id in storage.ids() {
         if !known.iter().any(|f| f.id == id) {
             tracing::info!(filesystem = %id, "removing an orphaned filesystem image");

@@ -46,6 +46,16 @@ pub enum ApiError {
     /// A conditional write whose condition failed: 412, with the contract's `conflict` code.
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The server's own disk (its data dir, or the host side of a filesystem) is full: 507
+    /// `insufficient_storage`. Nothing was written; reads still work. (A tenant filesystem's
+    /// own size stays 429 `quota_exceeded`.)
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// A resource being repaired, a store busy past its timeout or a failed write or fsync of
+    /// the store: 503 `unavailable` with a `Retry-After` of this many seconds. Never a success:
+    /// what was asked is not known to be done.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_seconds: u64 },
     /// A method the path does not serve. `invalid_request` is the closest code of the contract;
     /// the status says precisely what is wrong.
     #[error("{0}")]
@@ -87,6 +97,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::IsADirectory(_) | ApiError::NotARegularFile(_) => StatusCode::BAD_REQUEST,
             ApiError::PermissionDenied(_) => StatusCode::FORBIDDEN,
         }
@@ -105,6 +117,8 @@ impl ApiError {
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::Unavailable { .. } => "unavailable",
             ApiError::IsADirectory(_) => "is_a_directory",
             ApiError::NotARegularFile(_) => "not_a_regular_file",
             ApiError::PermissionDenied(_) => "permission_denied",
@@ -141,6 +155,25 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
+            // The detail (paths, SQLite's words) goes to the log; the client learns what it can do.
+            StoreError::Full(detail) => {
+                tracing::error!(error = %detail, "the store's disk is full");
+                ApiError::InsufficientStorage(
+                    "the server's disk is full: nothing was written; reads still work; retry once space is freed"
+                        .into(),
+                )
+            }
+            StoreError::Busy(detail) => {
+                tracing::warn!(error = %detail, "the store is busy");
+                ApiError::Unavailable { message: "the server's store is busy; retry".into(), retry_after_seconds: 1 }
+            }
+            StoreError::Io(detail) => {
+                tracing::error!(error = %detail, "the store's disk failed");
+                ApiError::Unavailable {
+                    message: "the server could not write its store; nothing was acknowledged; retry".into(),
+                    retry_after_seconds: 5,
+                }
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -182,6 +215,10 @@ impl From<FileError> for ApiError {
             // A full filesystem is its size, the tenant's quota: 429 `quota_exceeded`, not 507.
             FileError::NoSpace(m) => ApiError::QuotaExceeded(m),
             FileError::PreconditionFailed(m) => ApiError::PreconditionFailed(m),
+            // The host's disk under the filesystem's image is full, not the filesystem: 507.
+            FileError::HostFull(m) => ApiError::InsufficientStorage(m),
+            // The filesystem's mount is being repaired, or its repair failed: retry.
+            FileError::Unavailable(m) => ApiError::Unavailable { message: m, retry_after_seconds: 2 },
             FileError::Io(m) => ApiError::Internal(m),
         }
     }
@@ -217,6 +254,18 @@ impl From<RuntimeError> for ApiError {
             // and a process it does not have (never had, or forgotten 10 minutes after it ended).
             RuntimeError::Invalid(m) => ApiError::Invalid(m),
             RuntimeError::ProcessNotFound(id) => ApiError::NotFound(format!("process {id:?} not found")),
+            // A resource of the host that is being repaired (a filesystem's mount), or that the
+            // host cannot provide right now: retry.
+            RuntimeError::Unavailable(m) => ApiError::Unavailable { message: m, retry_after_seconds: 2 },
+            // The host's disk is full (an image that cannot grow, a filesystem that cannot be made).
+            RuntimeError::Io { what, source }
+                if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded) =>
+            {
+                tracing::error!(error = %source, what, "the host's disk is full");
+                ApiError::InsufficientStorage(format!(
+                    "the server's disk is full: {what} failed; retry once space is freed"
+                ))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -247,7 +296,9 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = status.into_response();
-        if let ApiError::RateLimited { retry_after_seconds, .. } = &self {
+        if let ApiError::RateLimited { retry_after_seconds, .. } | ApiError::Unavailable { retry_after_seconds, .. } =
+            &self
+        {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_seconds).into());
         }
         response.extensions_mut().insert(ErrorMark { code: self.code(), message });
@@ -325,5 +376,60 @@ mod tests {
             assert_eq!(answer(e), (status, code, message));
         }
         assert_eq!(answer(ServiceError::Internal("secret detail".into())).0, 500);
+    }
+
+    /// A full disk is 507 `insufficient_storage`; a busy store, a failed write of the store, a
+    /// filesystem being repaired are 503 `unavailable` with `Retry-After`: never a 500, never a
+    /// success.
+    #[test]
+    fn faults_of_the_host_answer_507_or_503_with_retry_after() {
+        let full = ServiceError::Store(StoreError::Full("database or disk is full".into()));
+        assert_eq!(answer(full).0, 507);
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (
+                ServiceError::Store(StoreError::Full("(code: 13) database or disk is full".into())).into(),
+                507,
+                "insufficient_storage",
+            ),
+            (ServiceError::Store(StoreError::Busy("(code: 5) database is locked".into())).into(), 503, "unavailable"),
+            (ServiceError::Store(StoreError::Io("fsync of bulkhead.db-wal: EIO".into())).into(), 503, "unavailable"),
+            (
+                ServiceError::File(FileError::HostFull("the server's disk is full".into())).into(),
+                507,
+                "insufficient_storage",
+            ),
+            (
+                ServiceError::File(FileError::Unavailable("filesystem fs_a is being repaired".into())).into(),
+                503,
+                "unavailable",
+            ),
+            (
+                ServiceError::Runtime(RuntimeError::Unavailable("filesystem fs_a is being repaired".into())).into(),
+                503,
+                "unavailable",
+            ),
+            (
+                ServiceError::Runtime(RuntimeError::Io {
+                    what: "grow the image".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+                })
+                .into(),
+                507,
+                "insufficient_storage",
+            ),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
+            // The detail stays in the log.
+            assert!(!e.to_string().contains("code:") && !e.to_string().contains("EIO"), "{e}");
+            let response = e.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            let retry = response.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+            if status == 503 {
+                assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|n| n >= 1)), "503 without Retry-After");
+            } else {
+                assert_eq!(retry, None);
+            }
+        }
     }
 }

@@ -91,13 +91,63 @@ pub enum StoreError {
     /// A stored value the code cannot read back: a bug or a database edited by hand.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The disk under the store is full (`SQLITE_FULL`, `ENOSPC`, `EDQUOT`): nothing was
+    /// written; reads still work.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
+    /// The database stayed locked past the busy timeout, or no connection came free: nothing
+    /// was written; retryable.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// The store failed to read or write its files (an IO error, a failed fsync): what was
+    /// asked is not known to be durable, so it is never acknowledged; retryable.
+    #[error("the store's disk failed: {0}")]
+    Io(String),
     #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     /// A sandbox admission would break a namespace quota.
     #[error("quota {} exceeded: limit {}, in use {}, requested {}", .0.quota, .0.limit, .0.used, .0.requested)]
     Quota(QuotaBreach),
+}
+
+/// SQLite's primary result codes the store names ([`StoreError::from`]).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+/// `SQLITE_IOERR_SHMSIZE`: the WAL index could not grow, which on a full disk is `ENOSPC`.
+const SQLITE_IOERR_SHMSIZE: i64 = SQLITE_IOERR | (19 << 8);
+
+/// Names the failures the caller answers differently from a bug: a full disk, a busy database
+/// and a failed read or write of the store's files. Anything else stays [`StoreError::Database`].
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()),
+            sqlx::Error::Io(io) => {
+                return match io.kind() {
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                        StoreError::Full(io.to_string())
+                    }
+                    _ => StoreError::Io(io.to_string()),
+                };
+            }
+            sqlx::Error::PoolTimedOut => return StoreError::Busy("no database connection came free".into()),
+            _ => None,
+        };
+        match code {
+            Some(SQLITE_IOERR_SHMSIZE) => StoreError::Full(e.to_string()),
+            Some(c) => match c & 0xff {
+                SQLITE_FULL => StoreError::Full(e.to_string()),
+                SQLITE_BUSY | SQLITE_LOCKED => StoreError::Busy(e.to_string()),
+                SQLITE_IOERR => StoreError::Io(e.to_string()),
+                _ => StoreError::Database(e),
+            },
+            None => StoreError::Database(e),
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -289,7 +289,7 @@ pub async fn read_archive(ctx: Ctx, PathParams((ns, id)): PathParams<(String, St
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     // The archive is produced as the client reads it: one chunk per step, no thread held
     // between steps, a bounded number of descriptors.
-    let reader = filesystems::archive(&ctx.state, &f)?;
+    let reader = filesystems::archive(&ctx.state, &f).await?;
     let mut r = Response::new(limits::reader_body(reader, guard));
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
     Ok(r)

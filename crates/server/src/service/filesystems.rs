@@ -64,6 +64,12 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow) ->
     let _guard = state.sandbox_locks.lock(&row.id).await;
     if let Err(e) = state.storage.create(&row.id, row.size_bytes, id_range(ns)?).await {
         state.store.delete_filesystem(&ns.name, &row.id).await?;
+        // A full host disk is named as such (507); anything else is the server's.
+        if let bulkhead_runtime::RuntimeError::Io { source, .. } = &e {
+            if source.kind() == std::io::ErrorKind::StorageFull {
+                return Err(e.into());
+            }
+        }
         return Err(ServiceError::Internal(format!("filesystem {} could not be created: {e}", row.id)));
     }
     Ok(())
@@ -148,6 +154,13 @@ pub async fn delete(state: &AppState, row: &FilesystemRow, force: bool) -> Servi
     Ok(!users.is_empty())
 }
 
+/// Makes sure the filesystem is mounted before its files are touched: a mount gone from under
+/// the server is mounted again here, or the answer is a retryable `unavailable`.
+async fn mounted(state: &AppState, row: &FilesystemRow) -> ServiceResult<()> {
+    state.storage.ensure_mounted(&row.id).await?;
+    Ok(())
+}
+
 /// Runs a blocking file operation on a blocking thread.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, FileError> + Send + 'static) -> ServiceResult<T> {
     Ok(tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::Internal(e.to_string()))??)
@@ -161,6 +174,7 @@ pub async fn list_dir(
     after: Option<Vec<u8>>,
     limit: u32,
 ) -> ServiceResult<super::listing::Listing> {
+    mounted(state, row).await?;
     let (storage, id) = (state.storage.clone(), row.id.clone());
     let limit = limit.clamp(1, super::listing::MAX_PAGE) as usize;
     let (entries, more): (Vec<Entry>, bool) =
@@ -171,6 +185,7 @@ pub async fn list_dir(
 /// The file `rel` for download, of any size, streamed; `None` when there is none. Files up to
 /// the bound of ETags carry one. The operator's ceiling, when set, refuses a larger file.
 pub async fn open(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> ServiceResult<Option<Download>> {
+    mounted(state, row).await?;
     let limits = &state.config.sandbox_limits;
     let (storage, id, hash_max, ceiling) =
         (state.storage.clone(), row.id.clone(), limits.etag_bytes, limits.file_bytes);
@@ -187,6 +202,7 @@ pub async fn open(state: &AppState, row: &FilesystemRow, rel: PathBuf) -> Servic
 
 /// Checks `pre` against the file `rel` now, before a write's body is read.
 pub async fn check(state: &AppState, row: &FilesystemRow, rel: PathBuf, pre: Preconditions) -> ServiceResult<()> {
+    mounted(state, row).await?;
     let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.etag_bytes);
     blocking(move || storage.check(&id, &rel, &pre, max)).await
 }
@@ -209,6 +225,7 @@ pub async fn write(
     pre: Preconditions,
     mode: Option<u32>,
 ) -> ServiceResult<Written> {
+    mounted(state, row).await?;
     let options = WriteOptions {
         max_bytes: max_write(state, row),
         hash_max: state.config.sandbox_limits.etag_bytes,
@@ -226,13 +243,15 @@ pub async fn write(
 
 /// Removes the file or empty directory `rel` when `pre` holds.
 pub async fn remove(state: &AppState, row: &FilesystemRow, rel: PathBuf, pre: Preconditions) -> ServiceResult<()> {
+    mounted(state, row).await?;
     let _guard = state.sandbox_locks.lock(&row.id).await;
     let (storage, id, max) = (state.storage.clone(), row.id.clone(), state.config.sandbox_limits.etag_bytes);
     blocking(move || storage.remove(&id, &rel, &pre, max)).await
 }
 
 /// The whole filesystem as a tar archive, produced as it is read.
-pub fn archive(state: &AppState, row: &FilesystemRow) -> ServiceResult<Box<dyn Read + Send>> {
+pub async fn archive(state: &AppState, row: &FilesystemRow) -> ServiceResult<Box<dyn Read + Send>> {
+    mounted(state, row).await?;
     Ok(state.storage.archive(&row.id)?)
 }
 
@@ -254,6 +273,7 @@ impl ArchiveUpload {
 /// Takes the filesystem for an archive upload: refused while a sandbox that runs (or is being
 /// made) mounts it, since its whole content would change under it.
 pub async fn begin_archive(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow) -> ServiceResult<ArchiveUpload> {
+    mounted(state, row).await?;
     let guard = state.sandbox_locks.lock(&row.id).await;
     let users: Vec<String> = mounted_by(state, &row.id)
         .await?

@@ -68,9 +68,7 @@ impl AuditStore for SqliteStore {
         // without waiting for its fsync (`synchronous=NORMAL`, for this transaction only).
         let lock = self.write_lock.lock().await;
         let mut conn = self.relaxed().await?;
-        let result = self.append_on(&mut conn, chain, event).await;
-        self.unrelax(conn).await;
-        let record = result?;
+        let record = self.append_on(&mut conn, chain, event).await?;
         let n = self.wal_sync.committed();
         drop(lock);
         // Appends that commit while this fsync runs share the next one.

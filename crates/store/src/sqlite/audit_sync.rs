@@ -1,5 +1,5 @@
 //! When an audit append (or a usage counter's bump) is on disk. Appends commit on a pooled
-//! connection switched to `synchronous=NORMAL` for the append (and back to `FULL` after it): the commit is written into the WAL file (so it survives a crash of
+//! connection switched to `synchronous=NORMAL` for the append (and back to `FULL` when the pool gets it back): the commit is written into the WAL file (so it survives a crash of
 //! the server process) without waiting for an fsync. Making it survive a power loss is this
 //! module's: one `fdatasync` of the WAL file covers every commit written before it, so appends
 //! that commit while an fsync runs share the next one (group commit).
@@ -41,9 +41,7 @@ impl super::SqliteStore {
     pub(crate) async fn ledger_execute(&self, q: super::Query<'_>) -> Result<()> {
         let lock = self.write_lock.lock().await;
         let mut conn = self.relaxed().await?;
-        let result = q.execute(&mut *conn).await;
-        self.unrelax(conn).await;
-        result?;
+        q.execute(&mut *conn).await?;
         let n = self.wal_sync.committed();
         drop(lock);
         if self.audit_sync == AuditSync::Each {
@@ -55,20 +53,12 @@ impl super::SqliteStore {
 
 impl super::SqliteStore {
     /// A pooled connection whose commits reach the WAL file without waiting for an fsync
-    /// (`synchronous=NORMAL`; [`WalSync`] makes them durable). Give it back with
-    /// [`SqliteStore::unrelax`](super::SqliteStore::unrelax), whatever happened on it.
+    /// (`synchronous=NORMAL`; [`WalSync`] makes them durable). The pool puts it back to
+    /// `synchronous=FULL` when it is given back, whatever happened on it (or closes it).
     pub(crate) async fn relaxed(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
         let mut conn = self.pool.acquire().await?;
         sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
         Ok(conn)
-    }
-
-    /// Puts a connection from [`SqliteStore::relaxed`](super::SqliteStore::relaxed) back to the
-    /// pool's `synchronous=FULL`; one that cannot be put back is closed, never reused.
-    pub(crate) async fn unrelax(&self, mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
-        if sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await.is_err() {
-            conn.close_on_drop();
-        }
     }
 }
 
@@ -131,7 +121,7 @@ impl WalSync {
         .map_err(|e| std::io::Error::other(format!("the audit fsync task failed: {e}")))
         .and_then(|r| r)
         .map_err(|e| std::io::Error::new(e.kind(), format!("fsync of {}: {e}", self.wal.display())));
-        done.map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        done.map_err(|e| StoreError::from(sqlx::Error::Io(e)))?;
         *synced = covered;
         Ok(())
     }

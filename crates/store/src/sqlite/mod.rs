@@ -104,6 +104,7 @@ impl SqliteStore {
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .after_release(|conn, _| Box::pin(async move { Ok(back_to_full(conn).await) }))
             .connect_with(options)
             .await?;
         let checkpoints = pool.clone();
@@ -192,6 +193,26 @@ impl SqliteStore {
         let sql = format!("SELECT {columns} FROM {table} WHERE namespace = ? AND {key} > ? ORDER BY {key} LIMIT ?");
         all(&self.pool, sqlx::query(&sql).bind(namespace).bind(after.unwrap_or("")).bind(i64::from(limit))).await
     }
+}
+
+/// Whether a connection given back to the pool may be handed out again: only when it is back to
+/// `synchronous=FULL` (an audit append's connection was switched to `NORMAL`) and outside any
+/// transaction. SQLite refuses to change the safety level inside a transaction, so one statement
+/// checks both. A connection still in a transaction is closed, which rolls the transaction back
+/// and lets SQLite's write lock go: sqlx's `begin_with` can be cancelled (a client gone
+/// mid-request drops the future) after its `BEGIN IMMEDIATE` ran and before a `Transaction`
+/// exists to roll it back, and such a connection, reused, held the write lock behind the
+/// store's own until every other writer failed with `database is locked` after the busy timeout.
+///
+/// sqlx's own count of open transactions must be zero too: a `COMMIT` that failed (a full disk)
+/// and that SQLite rolled back by itself leaves the count at one, and every `begin_with` on that
+/// connection would then fail.
+async fn back_to_full(conn: &mut SqliteConnection) -> bool {
+    use sqlx::TransactionManager;
+    if <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) != 0 {
+        return false;
+    }
+    sqlx::query("PRAGMA synchronous = FULL").execute(conn).await.is_ok()
 }
 
 /// A statement with its bound arguments.
@@ -378,7 +399,7 @@ impl Constraints {
             sqlx::Error::Database(db) if db.is_foreign_key_violation() => self.missing.map(StoreError::NotFound),
             _ => None,
         };
-        Err(named.unwrap_or(StoreError::Database(e)))
+        Err(named.unwrap_or_else(|| StoreError::from(e)))
     }
 }
 

@@ -139,7 +139,9 @@ impl NamespaceStore for SqliteStore {
     }
 
     async fn update_namespace_quotas(&self, name: &str, q: &Quotas, now_ms: i64) -> Result<Option<NamespaceRow>> {
-        let _w = self.write_lock.lock().await;
+        // In a transaction: its commit's failure (a full disk) is an error, where a statement's
+        // own implicit commit after its first row would fail unseen.
+        let mut tx = self.write_tx().await?;
         let sql = format!(
             "UPDATE namespaces SET cpu_millis = ?, memory_bytes = ?, disk_bytes = ?, max_sandboxes = ?, \
              pids_per_sandbox = ?, max_sandbox_ttl_seconds = ?, updated_at_ms = ? WHERE name = ? \
@@ -147,7 +149,9 @@ impl NamespaceStore for SqliteStore {
             NamespaceRow::COLUMNS
         );
         let update = q.bind_all(sqlx::query(&sql))?.bind(now_ms).bind(name);
-        one(&self.pool, update).await
+        let row = one(&mut *tx, update).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<bool> {

@@ -125,13 +125,17 @@ impl SandboxStore for SqliteStore {
         reason: Option<&str>,
         ended_at_ms: Option<i64>,
     ) -> Result<Option<SandboxRow>> {
-        let _w = self.write_lock.lock().await;
+        // In a transaction, so that a failed commit is seen (see `update_namespace_quotas`).
+        let mut tx = self.write_tx().await?;
         let sql = format!(
             "UPDATE sandboxes SET status = ?, reason = COALESCE(?, reason), ended_at_ms = COALESCE(?, ended_at_ms) \
              WHERE id = ? RETURNING {}",
             SandboxRow::COLUMNS
         );
-        one(&self.pool, sqlx::query(&sql).bind(status.as_str()).bind(reason).bind(ended_at_ms).bind(id)).await
+        let row =
+            one(&mut *tx, sqlx::query(&sql).bind(status.as_str()).bind(reason).bind(ended_at_ms).bind(id)).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>> {

@@ -411,3 +411,101 @@ async fn every_row_type_reads_back_what_it_wrote() {
     let record = s.append_audit("acme", event(7)).await.unwrap();
     assert_eq!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap(), [record]);
 }
+
+/// Writers cancelled at any await (a client gone mid-request) never leave SQLite's write lock
+/// held behind the store's own: every other writer still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_cancelled_midway_leave_no_lock_behind() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap());
+    s.create_namespace(&ns("acme")).await.unwrap();
+    let end = Instant::now() + Duration::from_secs(6);
+    let tasks: Vec<_> = (0..12)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < end {
+                    i += 1;
+                    let cut = Duration::from_micros((i * 7919 + t * 104_729) % 3000);
+                    let began = Instant::now();
+                    let r = match (t % 4, i % 3) {
+                        (0, _) => tokio::time::timeout(cut, s.append_audit("acme", event(i as i64)))
+                            .await
+                            .map(|r| r.map(drop)),
+                        (1, _) => tokio::time::timeout(cut, s.create_key(&key("acme", &format!("k{t}-{i}")))).await,
+                        (2, 0) => Ok(s.verify_audit("acme").await.map(drop)),
+                        (2, _) => Ok(s.append_audit("acme", event(i as i64)).await.map(drop)),
+                        _ => {
+                            tokio::time::timeout(
+                                cut,
+                                s.add_usage("acme", 0, &UsageDelta { exec_count: 1, ..Default::default() }),
+                            )
+                            .await
+                        }
+                    };
+                    if let Ok(Err(e)) = r {
+                        errors.push(format!("task kind {} op {}: after {:?}: {e}", t % 4, i % 3, began.elapsed()));
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for t in tasks {
+        errors.extend(t.await.unwrap());
+    }
+    assert!(errors.is_empty(), "{} errors: {errors:#?}", errors.len());
+    assert!(s.verify_audit("acme").await.unwrap().ok);
+}
+
+/// A full disk, a database locked past the busy timeout and an IO error are named, each from
+/// SQLite's own failure; anything else stays a database error.
+#[tokio::test]
+async fn full_busy_and_io_failures_are_named() {
+    use sqlx::{ConnectOptions, Connection};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let s = SqliteStore::open(&path).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+
+    // Full: SQLite refuses to grow the file past its page limit with SQLITE_FULL, as on a full disk.
+    let mut small = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut small).await.unwrap();
+    sqlx::query(&format!("PRAGMA max_page_count = {pages}")).execute(&mut small).await.unwrap();
+    let big = vec![7u8; 1 << 20];
+    let e = sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES ('acme', ?)")
+        .bind(&big)
+        .execute(&mut small)
+        .await
+        .unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Full(_)));
+
+    // Busy: another connection holds the write lock past this one's busy timeout.
+    let mut holder = sqlx::sqlite::SqliteConnectOptions::new().filename(&path).connect().await.unwrap();
+    let tx = holder.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let mut impatient = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .busy_timeout(std::time::Duration::from_millis(10))
+        .connect()
+        .await
+        .unwrap();
+    let e = sqlx::query("DELETE FROM idempotency").execute(&mut impatient).await.unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Busy(_)));
+    tx.rollback().await.unwrap();
+
+    // IO: a failed read or write of the store's files (a failed fsync is one), and a full disk
+    // seen by the kernel.
+    let e = sqlx::Error::Io(std::io::Error::from_raw_os_error(5));
+    assert!(matches!(StoreError::from(e), StoreError::Io(_)));
+    let e = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
+    assert!(matches!(StoreError::from(e), StoreError::Full(_)));
+    assert!(matches!(StoreError::from(sqlx::Error::PoolTimedOut), StoreError::Busy(_)));
+    // A plain SQL error is nothing of these.
+    let e = sqlx::query("SELECT * FROM no_such_table").execute(&mut impatient).await.unwrap_err();
+    assert!(matches!(StoreError::from(e), StoreError::Database(_)));
+}
