@@ -136,7 +136,6 @@ fn a_filesystem_unmounted_underneath_is_mounted_again_on_demand() {
 
 /// A sandbox created with a filesystem whose mount vanished gets the filesystem, with its data.
 #[test]
-#[ignore = "needs `storage.ensure_mounted` in service/sandboxes.rs create (the integrator's file)"]
 fn a_sandbox_create_mounts_a_vanished_filesystem_again() {
     let dir = tempfile::tempdir().unwrap();
     let (server, dev, fs) = with_filesystem(&dir.path().join("data"));

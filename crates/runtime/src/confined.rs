@@ -431,6 +431,77 @@ impl Drop for TempName<'_> {
     }
 }
 
+/// The file a write fills before it replaces its target. Unnamed (`O_TMPFILE`) where the
+/// filesystem allows: a server killed mid-write (`kill -9` skips every destructor) leaves
+/// nothing in the tenant's filesystem, since the kernel frees an unnamed inode with its last
+/// descriptor; the file gets a name only once it is complete and synced, a moment before it is
+/// renamed over its target. Else a named temporary file beside the target, removed on error.
+enum Pending<'a> {
+    Unnamed(BorrowedFd<'a>),
+    Named(TempName<'a>),
+}
+
+/// Opens the file of a [`Pending`] write in `dir` (0600 until the write sets its mode).
+fn create_pending(dir: BorrowedFd<'_>) -> io::Result<(OwnedFd, Pending<'_>)> {
+    // SAFETY: a valid dir fd and a NUL-terminated path; the flags and mode are plain integers.
+    let fd = unsafe {
+        libc::openat(dir.as_raw_fd(), c".".as_ptr(), libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC, 0o600)
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+        return Ok((unsafe { OwnedFd::from_raw_fd(fd) }, Pending::Unnamed(dir)));
+    }
+    let e = io::Error::last_os_error();
+    // A filesystem (or kernel) without O_TMPFILE: a named temporary file instead.
+    if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) {
+        return Err(e);
+    }
+    let (fd, temp) = with_temp_name(dir, |tmp| {
+        openat2(dir, tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600, ONE_NAME)
+    })?;
+    Ok((fd, Pending::Named(temp)))
+}
+
+impl<'a> Pending<'a> {
+    /// Gives the complete file `file` a name in its directory (an unnamed one a fresh temporary
+    /// name, through `linkat`), which [`Self::replace`] renames over the target. Until then, and
+    /// on any error, the name is removed when the returned guard is dropped.
+    fn name(self, file: &File) -> io::Result<TempName<'a>> {
+        match self {
+            Pending::Named(temp) => Ok(temp),
+            Pending::Unnamed(dir) => {
+                let ((), temp) = with_temp_name(dir, |tmp| {
+                    // SAFETY: a valid file fd, an empty path with AT_EMPTY_PATH (the fd itself),
+                    // a valid dir fd and a NUL-terminated single name.
+                    let rc = unsafe {
+                        libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), tmp.as_ptr(), libc::AT_EMPTY_PATH)
+                    };
+                    match cvt(rc) {
+                        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's /proc entry
+                        // does not.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
+                            let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                            // SAFETY: NUL-terminated paths and a valid dir fd.
+                            cvt(unsafe {
+                                libc::linkat(
+                                    libc::AT_FDCWD,
+                                    proc.as_ptr(),
+                                    dir.as_raw_fd(),
+                                    tmp.as_ptr(),
+                                    libc::AT_SYMLINK_FOLLOW,
+                                )
+                            })
+                        }
+                        other => other,
+                    }
+                })?;
+                Ok(temp)
+            }
+        }
+    }
+}
+
 /// Creates something under a fresh temporary name in `dir` with `create`, retrying names that
 /// exist already (the sandbox may have made them).
 fn with_temp_name<'a, T>(
@@ -577,10 +648,7 @@ pub fn write_atomic_when<G, E: From<ConfinedError>>(
         Err(e) if e.kind() == io::ErrorKind::NotFound => (mode.unwrap_or(0o644), owner),
         Err(e) => return Err(io_error("stat", rel, e).into()),
     };
-    let (fd, mut temp) = with_temp_name(dir.as_fd(), |tmp| {
-        openat2(dir.as_fd(), tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600, ONE_NAME)
-    })
-    .map_err(|e| io_error("create temporary file for", rel, e))?;
+    let (fd, pending) = create_pending(dir.as_fd()).map_err(|e| io_error("create temporary file for", rel, e))?;
     let mut file = File::from(fd);
 
     let mut buf = vec![0u8; 64 * 1024];
@@ -602,6 +670,7 @@ pub fn write_atomic_when<G, E: From<ConfinedError>>(
     fchmod(file.as_fd(), mode & 0o1777).map_err(|e| io_error("chmod", rel, e))?;
     // ext4 allocates blocks late: ENOSPC can surface here, before anything is replaced.
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
+    let mut temp = pending.name(&file).map_err(|e| io_error("name the temporary file for", rel, e))?;
     drop(file);
     let held = commit()?;
     rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
@@ -1073,15 +1142,13 @@ pub fn write_atomic_with<T, E: From<ConfinedError>>(
     let (parents, name) = split(rel)?;
     let target = cstring(name).map_err(|e| io_error("write", rel, e))?;
     let dir = ensure_dir(root, &parents, owner, rel)?;
-    let (fd, mut temp) = with_temp_name(dir.as_fd(), |tmp| {
-        openat2(dir.as_fd(), tmp, libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW, 0o600, ONE_NAME)
-    })
-    .map_err(|e| io_error("create temporary file for", rel, e))?;
+    let (fd, pending) = create_pending(dir.as_fd()).map_err(|e| io_error("create temporary file for", rel, e))?;
     let mut file = File::from(fd);
     let out = fill(&mut file)?;
     fchown(file.as_fd(), owner).map_err(|e| io_error("chown", rel, e))?;
     fchmod(file.as_fd(), mode & 0o777).map_err(|e| io_error("chmod", rel, e))?;
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
+    let mut temp = pending.name(&file).map_err(|e| io_error("name the temporary file for", rel, e))?;
     drop(file);
     rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
     temp.armed = false;
@@ -1097,6 +1164,32 @@ pub(crate) mod tests {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
     const OWNER: Owner = Owner { uid: 1_000_000, gid: 1_000_000 };
+
+    /// While a write's data is still arriving, its file has no name: a server killed then
+    /// leaves nothing in the tenant's filesystem. The complete file replaces its target.
+    #[test]
+    fn a_write_in_progress_has_no_name_in_the_tenants_tree() {
+        struct Peek<'a>(&'a Path, bool);
+        impl Read for Peek<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.1 {
+                    return Ok(0);
+                }
+                self.1 = true;
+                let names: Vec<OsString> = fs::read_dir(self.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+                assert_eq!(names, vec![OsString::from("f")], "only the old file is there mid-write");
+                buf[..3].copy_from_slice(b"new");
+                Ok(3)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path()).unwrap();
+        write_atomic(&root, "f", &b"old"[..], 100, 0o644, OWNER).unwrap();
+        write_atomic(&root, "f", Peek(dir.path(), false), 100, 0o644, OWNER).unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"new");
+        let names: Vec<OsString> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![OsString::from("f")], "no temporary name is left");
+    }
 
     /// A walk of a tree much deeper than [`MAX_OPEN_DIRS`] never holds more directories open,
     /// and still visits every entry, in order.

@@ -414,8 +414,9 @@ mod tests {
 
     fn write(sock: &std::path::Path, path: &str, data: &[u8], mode: Option<u32>) -> (u8, Vec<u8>) {
         let mut c = ask(sock, &Request::WriteFile { path: path.into(), max_bytes: 1 << 20, mode, user: None });
-        write_frame(&mut c, kind::DATA, data).unwrap();
-        write_frame(&mut c, kind::DATA_END, &[]).unwrap();
+        // A request refused before its data (a setuid mode) may close the connection while the
+        // data is on its way: the answer is what counts.
+        let _ = write_frame(&mut c, kind::DATA, data).and_then(|()| write_frame(&mut c, kind::DATA_END, &[]));
         read_frame(&mut c).unwrap().unwrap()
     }
 

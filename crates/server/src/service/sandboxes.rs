@@ -101,10 +101,18 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         tmp_bytes: row.memory_bytes.min(1 << 30),
         ids: id_range(ns)?,
         env: plan.env,
-        workspace: plan.filesystem.as_ref().map(|(f, mode)| bulkhead_runtime::Workspace {
-            source: state.storage.data_dir(&f.id),
-            read_only: mode == "ro",
-        }),
+        workspace: match plan.filesystem.as_ref() {
+            // A filesystem whose mount vanished underneath is mounted again first.
+            Some((f, mode)) => match state.storage.ensure_mounted(&f.id).await {
+                Ok(_) => Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" }),
+                Err(e) => {
+                    let reason = format!("start_failed: filesystem {}: {e}", f.id);
+                    state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        },
         run_files: plan.run_files,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
@@ -115,7 +123,14 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         let reason = format!("start_failed: {e}");
         state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
         state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
-        return Err(ServiceError::Internal(format!("sandbox {} failed to start: {e}", row.id)));
+        tracing::warn!(sandbox = %row.id, error = %e, "a sandbox failed to start");
+        // Retryable: what stops a start (the OCI runtime killed or timed out, the host short of
+        // something for a moment) is not the request's fault. The detail is the host's, kept in
+        // the log; nothing is left of the attempt.
+        return Err(ServiceError::Runtime(bulkhead_runtime::RuntimeError::Unavailable(format!(
+            "sandbox {} failed to start and is marked failed; nothing of it is left, retry the create",
+            row.id
+        ))));
     }
     let row = state
         .store
