@@ -143,7 +143,7 @@ fn a_sandbox_create_mounts_a_vanished_filesystem_again() {
     let dev = Some(dev.as_str());
     let s = server.json(dev, &["sandbox", "create", "--ns", "acme", "--filesystem", &format!("{fs}:rw")]);
     let id = s["id"].as_str().unwrap();
-    let out = server.ok(dev, &["sandbox", "exec", "--ns", "acme", id, "--", "cat", "/workspace/notes/note.txt"]);
+    let out = server.ok(dev, &["exec", "--ns", "acme", id, "--", "cat", "/workspace/notes/note.txt"]);
     assert_eq!(out, "kept across faults\n");
     server.ok(dev, &["sandbox", "delete", "--ns", "acme", id]);
 }

@@ -328,10 +328,13 @@ impl OciRuntime {
         self.config.state_dir.join("runc")
     }
 
-    /// Watches the init of sandbox `id` when its pid file names a live supervisor (see
-    /// [`crate::watch`]); false when it does not.
-    fn watch_init(&self, namespace: &str, id: &str) -> bool {
-        let Some(pid) = init_pid(&self.bundle(id)) else {
+    /// Watches the init of sandbox `id` (see [`crate::watch`]) when its pid file names a live
+    /// supervisor, or, with `just_started`, any live process: the OCI runtime has just written
+    /// the file and the init may not have executed the supervisor yet (a pidfd follows the
+    /// process through its exec). False when there is nothing to watch.
+    fn watch_init(&self, namespace: &str, id: &str, just_started: bool) -> bool {
+        let pid = if just_started { pid_file(&self.bundle(id)) } else { init_pid(&self.bundle(id)) };
+        let Some(pid) = pid else {
             return false;
         };
         let cgroups = self.cgroups.clone();
@@ -563,7 +566,9 @@ impl OciRuntime {
         };
         match status {
             Ok(Ok(s)) if s.success() => {
-                self.watch_init(&spec.namespace, &spec.id);
+                if !self.watch_init(&spec.namespace, &spec.id, true) {
+                    tracing::warn!(sandbox = %spec.id, "the started sandbox's init is not there to watch");
+                }
                 // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
                 // and the bounded output retention alone keeps the supervisor small.
                 if let Err(e) = spare_from_oom_killer(&bundle.join("pid")) {
@@ -717,10 +722,16 @@ fn open_unnamed_log(bundle: &Path) -> std::io::Result<fs::File> {
     Ok(unsafe { fs::File::from_raw_fd(log) })
 }
 
+/// The pid in the bundle's pid file (written by the OCI runtime), when it is one.
+fn pid_file(bundle: &Path) -> Option<i32> {
+    let pid = fs::read_to_string(bundle.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())?;
+    (pid > 1).then_some(pid)
+}
+
 /// The host pid of the sandbox's init from the bundle's pid file, when that pid is still a
 /// supervisor (a pid may be reused once its process is gone).
 fn init_pid(bundle: &Path) -> Option<i32> {
-    let pid = fs::read_to_string(bundle.join("pid")).ok().and_then(|s| s.trim().parse::<i32>().ok())?;
+    let pid = pid_file(bundle)?;
     let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
         .unwrap_or(false);
@@ -956,7 +967,7 @@ impl Runtime for OciRuntime {
         Self::check_id(id)?;
         let rx = match self.inits.receiver(id) {
             Some(rx) => rx,
-            None if self.watch_init(namespace, id) => self
+            None if self.watch_init(namespace, id, false) => self
                 .inits
                 .receiver(id)
                 .ok_or_else(|| RuntimeError::Busy(format!("sandbox {id}: deleted while its watch began")))?,
