@@ -319,9 +319,7 @@ fn database(data_dir: &Path) -> Option<PathBuf> {
 
 /// What the store at `db` holds as alive.
 async fn read_store(db: &Path) -> anyhow::Result<Live> {
-    // TODO(store): open read-only once the store has a read-only open; `open` applies no
-    // migration to a store of this version and writes nothing else.
-    let store = SqliteStore::open(db).await.with_context(|| format!("open the store {}", db.display()))?;
+    let store = SqliteStore::open_read_only(db).await.with_context(|| format!("open the store {}", db.display()))?;
     let read = async {
         let mut live = Live { store: Some(store.store_id().await?), ..Live::default() };
         live.sandboxes = store.active_sandboxes().await?.into_iter().map(|s| s.id).collect();

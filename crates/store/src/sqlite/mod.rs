@@ -131,6 +131,25 @@ impl SqliteStore {
         Ok(store.with_audit_sync(DEFAULT_AUDIT_SYNC))
     }
 
+    /// Opens an existing database for reading only (`SQLITE_OPEN_READONLY`): no migration, no
+    /// background checkpoint or flush, any write refused by SQLite. For `bulkhead doctor` beside
+    /// (or instead of) a live server. A missing file is an error.
+    pub async fn open_read_only(path: &Path) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .create_if_missing(false)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        Ok(Self {
+            pool,
+            write_lock: Mutex::new(()),
+            audit_retention: DEFAULT_AUDIT_RETENTION,
+            audit_sync: AuditSync::Each,
+            wal_sync: audit_sync::WalSync::new(path),
+        })
+    }
+
     /// Sets when an audit append is durable against a power loss (see [`AuditSync`]); the
     /// default is [`DEFAULT_AUDIT_SYNC`]. Call it once, right after [`SqliteStore::open`].
     pub fn with_audit_sync(mut self, sync: AuditSync) -> Self {

@@ -509,3 +509,21 @@ async fn full_busy_and_io_failures_are_named() {
     let e = sqlx::query("SELECT * FROM no_such_table").execute(&mut impatient).await.unwrap_err();
     assert!(matches!(StoreError::from(e), StoreError::Database(_)));
 }
+
+/// A read-only open beside a live store reads what it committed and can write nothing; a
+/// missing database is an error, not a new file.
+#[tokio::test]
+async fn a_read_only_open_reads_beside_a_live_store_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite");
+    let live = SqliteStore::open(&path).await.unwrap();
+    live.create_namespace(&ns("acme")).await.unwrap();
+    let reader = SqliteStore::open_read_only(&path).await.unwrap();
+    assert_eq!(reader.store_id().await.unwrap(), live.store_id().await.unwrap());
+    assert!(reader.get_namespace("acme").await.unwrap().is_some());
+    assert!(reader.create_namespace(&ns("other")).await.is_err(), "a read-only store writes nothing");
+    assert!(live.get_namespace("other").await.unwrap().is_none());
+    let missing = dir.path().join("missing.sqlite");
+    assert!(SqliteStore::open_read_only(&missing).await.is_err());
+    assert!(!missing.exists());
+}
