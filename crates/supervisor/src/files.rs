@@ -223,6 +223,23 @@ pub(crate) fn check_mode(mode: u32) -> Result<u32, Failure> {
     Ok(mode)
 }
 
+/// Gives the unnamed (`O_TMPFILE`) `file` the name `tmp`, through its `/proc/self/fd` entry
+/// (linking the descriptor itself with `AT_EMPTY_PATH` takes a capability the sandbox lacks).
+fn link_unnamed(file: &fs::File, tmp: &Path) -> io::Result<()> {
+    let proc = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let to =
+        std::ffi::CString::new(tmp.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: two NUL-terminated paths that live for the call; AT_FDCWD and the flag are plain
+    // integers.
+    let rc =
+        unsafe { libc::linkat(libc::AT_FDCWD, proc.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A temporary name beside the target that no other write of this process uses.
 fn temp_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -272,8 +289,23 @@ pub(crate) fn write_file(
     let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
     let name = target.file_name().map(ToOwned::to_owned).unwrap_or(name);
     let tmp = temp_path(&dir, &name);
-    let mut file =
-        fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| failure(path, &e))?;
+    // Unnamed until complete (`O_TMPFILE`): a supervisor that dies mid-write (its sandbox
+    // killed) leaves nothing in the tenant's tree, which may be a filesystem that outlives the
+    // sandbox. A named temporary file where the filesystem has no `O_TMPFILE`.
+    let (mut file, unnamed) =
+        match fs::OpenOptions::new().write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(&dir) {
+            Ok(f) => (f, true),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)) => {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(|e| failure(path, &e))?;
+                (f, false)
+            }
+            Err(e) => return Err(failure(path, &e)),
+        };
     let result = (|| {
         let mut total = 0u64;
         loop {
@@ -304,6 +336,9 @@ pub(crate) fn write_file(
         // After the chown, which may clear mode bits.
         file.set_permissions(fs::Permissions::from_mode(bits)).map_err(|e| failure(path, &e))?;
         file.sync_all().map_err(|e| failure(path, &e))?;
+        if unnamed {
+            link_unnamed(&file, &tmp).map_err(|e| failure(path, &e))?;
+        }
         fs::rename(&tmp, &target).map_err(|e| failure(path, &e))?;
         if let Ok(d) = fs::File::open(&dir) {
             let _ = d.sync_all();
@@ -425,6 +460,33 @@ mod tests {
         let (k, p) = read_frame(&mut c).unwrap().unwrap();
         assert_eq!(k, kind::FAILURE, "{path}");
         serde_json::from_slice(&p).unwrap()
+    }
+
+    #[test]
+    fn a_write_in_progress_has_no_name_and_a_cut_one_leaves_nothing() {
+        let (dir, sock) = start();
+        let path = dir.path().join("f.txt").display().to_string();
+        let names = || -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.retain(|n| !n.ends_with(".sock"));
+            v
+        };
+        let before = names();
+        let mut c =
+            ask(&sock, &Request::WriteFile { path: path.clone().into(), max_bytes: 1 << 20, mode: None, user: None });
+        write_frame(&mut c, kind::DATA, b"half").unwrap();
+        // The supervisor holds the data; the file has no name yet.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(names(), before, "nothing named mid-write");
+        // The connection cut (as by a dead server or supervisor): nothing is left.
+        drop(c);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(names(), before, "nothing left of a cut write");
+        assert_eq!(write(&sock, &path, b"whole", None).0, kind::DONE);
+        assert_eq!(fs::read(&path).unwrap(), b"whole");
     }
 
     #[test]

@@ -104,10 +104,15 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         workspace: match plan.filesystem.as_ref() {
             // A filesystem whose mount vanished underneath is mounted again first.
             Some((f, mode)) => match state.storage.ensure_mounted(&f.id).await {
-                Ok(_) => Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" }),
+                Ok(_) => {
+                    Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" })
+                }
                 Err(e) => {
                     let reason = format!("start_failed: filesystem {}: {e}", f.id);
-                    state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
+                    state
+                        .store
+                        .set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms()))
+                        .await?;
                     return Err(e.into());
                 }
             },
