@@ -228,17 +228,17 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
 
     // Its state dir, with a data dir and a cgroup prefix of its own.
     let (_, prefix_b) = self::names();
-    let err = host.serve(&other("data-b"), &(names.0.clone(), prefix_b.clone()), &registry).unwrap_err();
-    assert!(err.contains(&format!("state dir {}", names.0.display())) && err.contains("in use"), "{err}");
+    let err_b = host.serve(&other("data-b"), &(names.0.clone(), prefix_b.clone()), &registry).unwrap_err();
+    assert!(err_b.contains(&format!("state dir {}", names.0.display())) && err_b.contains("in use"), "{err_b}");
     // Its data dir.
     let names_c = self::names();
-    let err = host.serve(&host.path("data"), &names_c, &registry).unwrap_err();
-    assert!(err.contains("data dir") && err.contains("in use"), "{err}");
+    let err_c = host.serve(&host.path("data"), &names_c, &registry).unwrap_err();
+    assert!(err_c.contains("data dir") && err_c.contains("in use"), "{err_c}");
     // Its cgroup prefix, through a host registry that does not know it (the lock does).
     let (state_d, _) = self::names();
     let err = host.serve(&other("data-d"), &(state_d, names.1.clone()), &other("registry-d")).unwrap_err();
     assert!(err.contains("cgroup prefix") && err.contains("in use"), "{err}");
-    for e in [&err] {
+    for e in [&err_b, &err_c, &err] {
         assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "one line: {e}");
     }
 
