@@ -260,3 +260,49 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
     assert_eq!(status, "failed");
     assert!(reason.starts_with("init exited"), "{reason}");
 }
+
+/// A sandbox whose commands use its whole (small) CPU quota for longer than the health check
+/// needs to declare a supervisor hung: its supervisor answers late, and the sandbox lives on.
+#[tokio::test]
+async fn a_sandbox_busy_at_a_small_cpu_quota_is_not_taken_for_hung() {
+    let mut host = Host::new();
+    let names = names();
+    let (_, _, c) = setup(&mut host, &names).await;
+    let id = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(100), ..Default::default() }).await.unwrap().id;
+    // 100 busy loops in a tenth of a CPU for 25 s (the exec's timeout ends them all), longer
+    // than three missed pings would take.
+    let burn = ExecRequest {
+        cmd: ["sh", "-c", "i=0; while [ $i -lt 100 ]; do (while :; do :; done) & i=$((i+1)); done; wait"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        timeout_seconds: Some(25),
+        ..Default::default()
+    };
+    let burned = c.exec(NS, &id, &burn).await;
+    assert!(burned.is_ok(), "the busy exec ends by its timeout, not with its sandbox: {burned:?}");
+    let row = c.get_sandbox(NS, &id).await.unwrap();
+    assert_eq!(row.status, "running", "{row:?}");
+    let r = c.exec(NS, &id, &cmd(&["echo", "still here"])).await.unwrap();
+    assert_eq!(r.stdout, "still here\n");
+}
+
+/// A pid file that names another sandbox's supervisor (a pid reused after its own init died)
+/// never makes a delete or a watch touch that other sandbox.
+#[tokio::test]
+async fn a_stale_pid_file_never_reaches_another_sandbox() {
+    let mut host = Host::new();
+    let names = names();
+    let (_, _, c) = setup(&mut host, &names).await;
+    let small = CreateSandbox { cpu_millis: Some(250), ..Default::default() };
+    let (victim, other) =
+        (c.create_sandbox(NS, &small).await.unwrap().id, c.create_sandbox(NS, &small).await.unwrap().id);
+    let pid_file = |id: &str| names.0.join("sandboxes").join(id).join("pid");
+    std::fs::copy(pid_file(&victim), pid_file(&other)).unwrap();
+    c.delete_sandbox(NS, &other).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let row = c.get_sandbox(NS, &victim).await.unwrap();
+    assert_eq!(row.status, "running", "{row:?}");
+    let r = c.exec(NS, &victim, &cmd(&["echo", "untouched"])).await.unwrap();
+    assert_eq!(r.stdout, "untouched\n");
+}

@@ -69,8 +69,8 @@ pub struct OciRuntime {
     shared_etc: Vec<String>,
     /// The inits of this runtime's sandboxes, watched (see [`crate::watch`]).
     inits: crate::watch::Inits,
-    /// The state dir's and the cgroup prefix's exclusive locks, held for the runtime's life.
-    _locks: [crate::ownership::HostLock; 2],
+    /// The CPU time (clock ticks) of each supervisor at its last unanswered ping.
+    cpu_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -253,27 +253,12 @@ fn mount_view(dir: &Path) -> Result<()> {
 impl OciRuntime {
     /// Checks the host and prepares the state dir.
     ///
-    /// Takes the state dir and the cgroup prefix for this process alone first: another live
-    /// server on either is `Unavailable`, naming it (see [`crate::ownership`]). Makes this
-    /// process the child subreaper of the sandboxes' inits (see [`crate::watch`]).
+    /// The server holds the state dir and the cgroup prefix for itself alone before it calls
+    /// this (see [`crate::ownership`]). Makes this process the child subreaper of the
+    /// sandboxes' inits (see [`crate::watch`]).
     pub fn new(config: OciConfig) -> Result<OciRuntime> {
         check_host(&config)?;
         mkdir(&config.state_dir, 0o711)?;
-        let held = |e: crate::ownership::LockError| RuntimeError::Unavailable(e.to_string());
-        let state_lock = crate::ownership::lock(
-            &config.state_dir.join("lock"),
-            &format!("state dir {}", config.state_dir.display()),
-            "state dir",
-            &config.data_dir,
-        )
-        .map_err(held)?;
-        let cgroup_lock = crate::ownership::lock(
-            &crate::ownership::cgroup_lock_path(&config.cgroup_prefix),
-            &format!("cgroup prefix {:?}", config.cgroup_prefix),
-            "cgroup prefix",
-            &config.data_dir,
-        )
-        .map_err(held)?;
         crate::watch::become_subreaper().map_err(RuntimeError::io("become the subreaper of sandboxes' inits"))?;
         let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
@@ -291,7 +276,7 @@ impl OciRuntime {
             base,
             shared_etc,
             inits: Default::default(),
-            _locks: [state_lock, cgroup_lock],
+            cpu_seen: Default::default(),
         };
         if adopted {
             runtime.prepare_base()?;
@@ -728,14 +713,20 @@ fn pid_file(bundle: &Path) -> Option<i32> {
     (pid > 1).then_some(pid)
 }
 
-/// The host pid of the sandbox's init from the bundle's pid file, when that pid is still a
-/// supervisor (a pid may be reused once its process is gone).
+/// The host pid of the sandbox's init from the bundle's pid file, when that pid is still this
+/// sandbox's supervisor: a supervisor (its program) in a cgroup named after this sandbox. A pid
+/// may be reused once its process is gone, by anything, another sandbox's supervisor included
+/// (of this server or another), so the program alone does not tell.
 fn init_pid(bundle: &Path) -> Option<i32> {
     let pid = pid_file(bundle)?;
+    let id = bundle.file_name()?.to_str()?;
     let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
         .unwrap_or(false);
-    (pid > 1 && is_supervisor).then_some(pid)
+    let in_its_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|c| c.lines().any(|l| l.rsplit(':').next().is_some_and(|path| path.split('/').any(|seg| seg == id))))
+        .unwrap_or(false);
+    (is_supervisor && in_its_cgroup).then_some(pid)
 }
 
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
@@ -744,7 +735,10 @@ async fn kill_init(bundle: &Path) {
     let Some(pid) = init_pid(bundle) else {
         return;
     };
-    // SAFETY: kill takes plain integers; the pid was just checked to be a sandbox supervisor.
+    // The process itself, whatever happens to its pid: reaped below if it is this server's
+    // child and no watcher took it.
+    let pidfd = crate::watch::pidfd_open(pid);
+    // SAFETY: kill takes plain integers; the pid was just checked to be this sandbox's supervisor.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     for _ in 0..400 {
         let gone = match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -753,9 +747,12 @@ async fn kill_init(bundle: &Path) {
             Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
         };
         if gone {
-            return;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(fd) = pidfd {
+        crate::watch::reap_now(&fd);
     }
 }
 
@@ -897,6 +894,7 @@ impl Runtime for OciRuntime {
             .map_err(|e| RuntimeError::Protocol(e.to_string()))?;
         kill_init(&self.bundle(id)).await;
         self.inits.forget(id);
+        self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -986,7 +984,28 @@ impl Runtime for OciRuntime {
 
     async fn ping(&self, id: &str, timeout: Duration) -> Result<()> {
         Self::check_id(id)?;
-        client::ping(&self.socket(id), id, timeout).await
+        let answer = client::ping(&self.socket(id), id, timeout).await;
+        let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Err(e) = answer else {
+            seen.remove(id);
+            return Ok(());
+        };
+        // No answer in time. A supervisor in the sandbox's own CPU quota answers late, not
+        // never, when its commands use the whole quota: what counts as a miss is a supervisor
+        // stopped, or one that made no progress since the last look and wants none.
+        let Some(pid) = init_pid(&self.bundle(id)) else {
+            seen.remove(id);
+            return Err(e);
+        };
+        let (liveness, ticks) = crate::watch::liveness(pid, seen.get(id).copied());
+        seen.insert(id.to_owned(), ticks);
+        match liveness {
+            crate::watch::Liveness::Runnable | crate::watch::Liveness::Progressed => {
+                tracing::debug!(sandbox = id, ?liveness, "a supervisor answers late but is not hung");
+                Ok(())
+            }
+            crate::watch::Liveness::Stopped | crate::watch::Liveness::Stuck => Err(e),
+        }
     }
 
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {

@@ -48,7 +48,7 @@ impl Ending {
             Ending::Signaled(n) => format!("init exited with signal {n}"),
             Ending::Exited(n) => format!("init exited with status {n}"),
             Ending::Unknown if oom_kills > 0 => "oom".to_owned(),
-            Ending::Unknown => "init exited (how is unknown: it was started before this server)".to_owned(),
+            Ending::Unknown => "init exited (its exit status could not be read)".to_owned(),
         }
     }
 
@@ -92,6 +92,55 @@ fn reap(fd: &OwnedFd) -> Option<Ending> {
         libc::CLD_KILLED | libc::CLD_DUMPED => Ending::Signaled(status),
         _ => Ending::Unknown,
     })
+}
+
+/// Reaps `fd`'s process now if it is this process's exited child (a sandbox's init that no
+/// watcher took, so that it does not stay a zombie).
+pub(crate) fn reap_now(fd: &OwnedFd) {
+    let _ = reap(fd);
+}
+
+/// What a supervisor that did not answer in time is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Stopped (`SIGSTOP`) or traced: it cannot answer until someone lets it.
+    Stopped,
+    /// A thread of it is runnable: it waits for CPU (its sandbox's quota used up), not hung.
+    Runnable,
+    /// Its CPU time grew since the last look: it works.
+    Progressed,
+    /// Asleep with no CPU time since the last look: hung.
+    Stuck,
+}
+
+/// How process `pid` is doing, from its threads' states and its CPU time (`/proc/<pid>/stat`
+/// utime + stime, clock ticks), against the CPU time `last` seen before; returns the CPU time
+/// now too. A process that is gone is `Stuck`.
+pub fn liveness(pid: i32, last: Option<u64>) -> (Liveness, u64) {
+    let ticks = stat_fields(pid)
+        .map(|f| {
+            let at = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            at(11) + at(12)
+        })
+        .unwrap_or(0);
+    let mut states = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        if let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) {
+            if let Some(state) = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+                states.push(state);
+            }
+        }
+    }
+    let liveness = if states.iter().any(|s| matches!(s, 'T' | 't')) {
+        Liveness::Stopped
+    } else if states.contains(&'R') {
+        Liveness::Runnable
+    } else if last.is_some_and(|l| ticks > l) {
+        Liveness::Progressed
+    } else {
+        Liveness::Stuck
+    };
+    (liveness, ticks)
 }
 
 /// `struct pidfd_info` of `<linux/pidfd.h>` up to `exit_code` (`PIDFD_INFO_SIZE_VER0`, 64 bytes).
@@ -250,6 +299,30 @@ mod tests {
         let mut rx = inits.receiver("sbx_u").unwrap();
         let reason = rx.wait_for(Option::is_some).await.unwrap().clone();
         assert_eq!(reason.as_deref(), Some("init exited with status 3"));
+    }
+
+    #[test]
+    fn a_stopped_process_is_stopped_a_busy_one_runnable_and_a_sleeping_one_stuck() {
+        let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let mut busy = std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        let (pid, busy_pid) = (sleeper.id() as i32, busy.id() as i32);
+        std::thread::sleep(Duration::from_millis(200));
+        let (l, ticks) = liveness(pid, None);
+        assert_eq!(l, Liveness::Stuck);
+        assert_eq!(liveness(pid, Some(ticks)).0, Liveness::Stuck);
+        // SAFETY: kill takes plain integers; the pid is the sleep just started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(liveness(pid, Some(ticks)).0, Liveness::Stopped);
+        // A busy loop is runnable, or at least shows CPU time.
+        let (_, t0) = liveness(busy_pid, None);
+        std::thread::sleep(Duration::from_millis(300));
+        let l = liveness(busy_pid, Some(t0)).0;
+        assert!(matches!(l, Liveness::Runnable | Liveness::Progressed), "{l:?}");
+        for c in [&mut sleeper, &mut busy] {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
     }
 
     #[tokio::test]

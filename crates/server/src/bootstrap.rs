@@ -4,7 +4,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -200,12 +200,39 @@ pub async fn start(config: ServerConfig) -> Result<Bootstrapped, BootstrapError>
     start_with(config, host_backends).await
 }
 
+/// Takes the data dir, the state dir and the cgroup prefix for this process alone (see
+/// `bulkhead_runtime::ownership`), before anything else of either is read or written: one held
+/// by another live server is [`BootstrapError::Held`], naming it, and nothing has been touched.
+fn take_host(config: &ServerConfig) -> Result<Vec<bulkhead_runtime::ownership::HostLock>, BootstrapError> {
+    use bulkhead_runtime::ownership;
+    let dir = &config.data_dir;
+    let canonical = fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+    let held = |e: ownership::LockError| BootstrapError::Held(e.to_string());
+    let data = ownership::lock(
+        &dir.join(DATA_LOCK_FILE),
+        &format!("data dir {}", canonical.display()),
+        "data dir",
+        &canonical,
+    )
+    .map_err(held)?;
+    let state = &config.runtime.state_dir;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(state)
+        .map_err(|source| BootstrapError::File { path: state.clone(), source })?;
+    let state_lock =
+        ownership::lock(&state.join("lock"), &format!("state dir {}", state.display()), "state dir", &canonical)
+            .map_err(held)?;
+    let cgroup = ownership::lock_cgroup_prefix(&config.runtime.cgroup_prefix, &canonical).map_err(held)?;
+    Ok(vec![data, state_lock, cgroup])
+}
+
 /// [`start`] on the backends `backends` makes for the store whose id it is given (called once
 /// the host registry has this server; tests pass in-memory ones).
 ///
-/// The data dir is this process's alone from the first step: its `lock` (see
-/// `bulkhead_runtime::ownership`) is taken before the store is opened, and a data dir another
-/// live server holds is [`BootstrapError::Held`], naming it.
+/// The data dir, the state dir and the cgroup prefix are this process's alone from the first
+/// step (see [`take_host`]).
 pub async fn start_with(
     config: ServerConfig,
     backends: impl FnOnce(&ServerConfig, &str) -> Result<Backends, BootstrapError>,
@@ -214,14 +241,7 @@ pub async fn start_with(
     fs::create_dir_all(&dir).map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
-    let canonical = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
-    let data_lock = bulkhead_runtime::ownership::lock(
-        &dir.join(DATA_LOCK_FILE),
-        &format!("data dir {}", canonical.display()),
-        "data dir",
-        &canonical,
-    )
-    .map_err(|e| BootstrapError::Held(e.to_string()))?;
+    let locks = take_host(&config)?;
     let hasher = TokenHasher::new(token_key(&dir)?);
     let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records);
 
@@ -271,7 +291,7 @@ pub async fn start_with(
         logs,
         identity,
         host_ids,
-        data_lock,
+        host_locks: locks,
     }));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {

@@ -247,8 +247,9 @@ pub struct Inner {
     pub identity: crate::identity_cache::Identity,
     /// This server's owner entry in the host registry.
     pub host_ids: crate::hostids::HostIds,
-    /// The data dir's exclusive lock, held for the server's life.
-    pub data_lock: bulkhead_runtime::ownership::HostLock,
+    /// The exclusive locks of the data dir, the state dir and the cgroup prefix, held for the
+    /// server's life.
+    pub host_locks: Vec<bulkhead_runtime::ownership::HostLock>,
     /// Long-running streams open now, by owner.
     pub streams: crate::limits::Streams,
 }

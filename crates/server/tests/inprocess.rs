@@ -35,6 +35,8 @@ impl Harness {
         let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().expect("tempdir");
         let mut config = ServerConfig::new(dir.path().join("data"), SocketAddr::from(([127, 0, 0, 1], 0)));
         config.runtime.state_dir = dir.path().join("state");
+        // A cgroup prefix of its own: a server holds its prefix's lock for itself alone.
+        config.runtime.cgroup_prefix = format!("bulkhead-test-fake-{}", bulkhead_core::ids::new_id(""));
         config.host_registry = dir.path().join("host-registry");
         let (runtime, storage) = (FakeRuntime::new(), FakeStorage::new());
         let (r, s) = (runtime.clone(), storage.clone());

@@ -221,6 +221,19 @@ pub async fn destroy(
     status: SandboxStatus,
     reason: &str,
 ) -> ServiceResult<SandboxRow> {
+    destroy_at(state, row, status, reason, None).await
+}
+
+/// [`destroy`], recording `ended_at_ms` (milliseconds since the epoch) as the moment the sandbox
+/// ended when it is known to be earlier than the teardown (a sandbox found dead); metering
+/// stops there.
+async fn destroy_at(
+    state: &AppState,
+    row: &SandboxRow,
+    status: SandboxStatus,
+    reason: &str,
+    ended_at_ms: Option<i64>,
+) -> ServiceResult<SandboxRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
     let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
     if !current.status.is_active() {
@@ -231,7 +244,8 @@ pub async fn destroy(
         tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
-    let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(now_ms())).await?;
+    let ended = ended_at_ms.map_or_else(now_ms, |t| t.min(now_ms()));
+    let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(ended)).await?;
     // Its workload token dies with it.
     state.keys.evict_sandbox(&row.id);
     tracing::info!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox ended");
@@ -281,7 +295,7 @@ pub fn spawn_reaper(state: AppState) {
         let state = state.clone();
         async move { reap_expired(&state).await }
     });
-    let failures = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, (u32, i64)>::new()));
     super::spawn_every(HEALTH_INTERVAL, "health check", move || {
         let (state, failures) = (health.clone(), failures.clone());
         async move { check_health(&state, &failures).await }
@@ -292,15 +306,21 @@ pub fn spawn_reaper(state: AppState) {
 pub const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a ping may wait for its answer.
 pub const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Pings in a row without an answer after which a live supervisor counts as hung: a sandbox
-/// busy at its CPU limit answers late, not never, so one late answer is not a death.
+/// Pings in a row without an answer after which a live supervisor counts as hung. A ping counts
+/// as unanswered only when the supervisor is stopped, or asleep with no CPU time since the last
+/// look (see `bulkhead_runtime::watch::liveness`): one that waits for CPU in a sandbox busy at
+/// its quota answers late, not never. So a hung supervisor is found within about
+/// `HEALTH_FAILURES × HEALTH_INTERVAL + HEALTH_TIMEOUT` (about 15 s).
 pub const HEALTH_FAILURES: u32 = 3;
 
 /// One pass of the health check: pings every running sandbox's supervisor at once (each bounded
 /// by [`HEALTH_TIMEOUT`]); a sandbox whose supervisor missed [`HEALTH_FAILURES`] pings in a row
 /// ends `failed` with `supervisor not answering`. A dead init is the watcher's (see [`watch`]);
 /// this finds one that lives but no longer serves (stopped, or stuck).
-async fn check_health(state: &AppState, failures: &std::sync::Mutex<HashMap<String, u32>>) -> ServiceResult<usize> {
+async fn check_health(
+    state: &AppState,
+    failures: &std::sync::Mutex<HashMap<String, (u32, i64)>>,
+) -> ServiceResult<usize> {
     let running: Vec<SandboxRow> =
         state.store.active_sandboxes().await?.into_iter().filter(|s| s.status == SandboxStatus::Running).collect();
     let pings = running.iter().map(|row| async move { (row, state.runtime.ping(&row.id, HEALTH_TIMEOUT).await) });
@@ -316,19 +336,20 @@ async fn check_health(state: &AppState, failures: &std::sync::Mutex<HashMap<Stri
                     failures.remove(&row.id);
                 }
                 Err(e) => {
-                    let n = failures.entry(row.id.clone()).or_default();
+                    let (n, since) = failures.entry(row.id.clone()).or_insert((0, now_ms()));
                     *n += 1;
                     tracing::warn!(sandbox = %row.id, misses = *n, error = %e, "a supervisor did not answer its ping");
                     if *n >= HEALTH_FAILURES {
-                        hung.push(row.clone());
+                        hung.push((row.clone(), *since));
                     }
                 }
             }
         }
     }
-    for row in &hung {
+    for (row, since) in &hung {
         let reason = format!("supervisor not answering: {HEALTH_FAILURES} pings in a row went unanswered");
-        ended(state, row, &reason).await;
+        // It stopped serving at its first missed ping: metering stops there.
+        ended(state, row, &reason, *since).await;
         failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&row.id);
     }
     Ok(hung.len())
@@ -342,17 +363,17 @@ pub fn watch(state: &AppState, row: &SandboxRow) {
     let (state, row) = (state.clone(), row.clone());
     tokio::spawn(async move {
         match state.runtime.wait_init(&row.namespace, &row.id).await {
-            Ok(reason) => ended(&state, &row, &reason).await,
+            Ok(reason) => ended(&state, &row, &reason, now_ms()).await,
             // Not a death: the health check finds a sandbox whose supervisor is gone.
             Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init"),
         }
     });
 }
 
-/// Ends `row` as failed with `reason`, unless it has already ended (a delete, an expiry or a
+/// Ends `row` as failed with `reason` at `died_at_ms`, unless it has already ended (a delete, an expiry or a
 /// namespace delete kills the init too, and ends the sandbox first).
-async fn ended(state: &AppState, row: &SandboxRow, reason: &str) {
-    match destroy(state, row, SandboxStatus::Failed, reason).await {
+async fn ended(state: &AppState, row: &SandboxRow, reason: &str, died_at_ms: i64) {
+    match destroy_at(state, row, SandboxStatus::Failed, reason, Some(died_at_ms)).await {
         Ok(ended) if ended.status == SandboxStatus::Failed && ended.reason.as_deref() == Some(reason) => {
             tracing::warn!(sandbox = %row.id, namespace = %row.namespace, reason, "sandbox died");
             if let Some(tenant) = crate::state::tenant(state, &row.namespace).await {
