@@ -435,6 +435,27 @@ pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCod
     let resolve = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
     let state = resolve(&args.state_dir);
     let data_dir = resolve(&global.data_dir.clone().unwrap_or_else(crate::default_data_dir));
+    // The state dir and the cgroup prefix are judged against the store of the server that
+    // holds them: another server's answer (or store) would call every live sandbox a leak.
+    for (lock, what) in [
+        (state.join("lock"), format!("state dir {}", state.display())),
+        (
+            bulkhead_runtime::ownership::cgroup_lock_path(&args.cgroup_prefix),
+            format!("cgroup prefix {:?}", args.cgroup_prefix),
+        ),
+    ] {
+        if let Some((pid, holder)) = bulkhead_runtime::ownership::holder(&lock) {
+            if holder != data_dir {
+                anyhow::bail!(
+                    "the {what} belongs to the server with data dir {} (pid {pid}), not {}: run doctor with --data-dir {} \
+                     and that server's --url",
+                    holder.display(),
+                    data_dir.display(),
+                    holder.display()
+                );
+            }
+        }
+    }
     // The host first, then what is live: a sandbox created in between is then known, not
     // reported as a leak.
     let found = scan(&args.cgroup_prefix, &state, &data_dir);

@@ -242,6 +242,20 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
         assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "one line: {e}");
     }
 
+    // Doctor judges a state dir only against the store of the server that holds it.
+    let out = std::process::Command::new(BIN)
+        .args(["doctor", "--state-dir"])
+        .arg(&names.0)
+        .args(["--cgroup-prefix", &names.1, "--host-registry"])
+        .arg(&registry)
+        .env("BULKHEAD_DATA_DIR", other("data-b"))
+        .env("BULKHEAD_URL", "http://127.0.0.1:9")
+        .env_remove("BULKHEAD_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("belongs to the server with data dir"), "{err}");
+
     // The first server lost nothing.
     let r = c.exec(NS, &id, &cmd(&["echo", "alive"])).await.unwrap();
     assert_eq!(r.stdout, "alive\n");

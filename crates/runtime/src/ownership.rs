@@ -214,6 +214,16 @@ fn lock_cgroup_prefix_in(dir: &Path, prefix: &str, data_dir: &Path) -> Result<Ho
 
 use std::os::unix::fs::DirBuilderExt;
 
+/// Who holds the lock at `path`, from what the holder wrote into it: `(pid, data dir)`, when
+/// that process is alive (a server killed with `kill -9` leaves its file behind). Reads only:
+/// never takes the lock.
+pub fn holder(path: &Path) -> Option<(u32, PathBuf)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let pid: u32 = text.lines().find_map(|l| l.strip_prefix("pid "))?.trim().parse().ok()?;
+    let data_dir = text.lines().find_map(|l| l.strip_prefix("data_dir "))?.trim();
+    Path::new(&format!("/proc/{pid}")).exists().then(|| (pid, PathBuf::from(data_dir)))
+}
+
 /// The lock file of cgroup prefix `prefix`.
 pub fn cgroup_lock_path(prefix: &str) -> PathBuf {
     Path::new(CGROUP_LOCK_DIR).join(format!("cgroup-{prefix}.lock"))
