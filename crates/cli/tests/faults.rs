@@ -210,6 +210,110 @@ fn a_server_judges_only_its_own_data_dirs_images() {
     assert_eq!(first.ok(Some(&dev), &["fs", "cat", "--ns", "acme", &fs, "notes/note.txt"]), "kept across faults\n");
 }
 
+/// `curl` GET of raw bytes: status and body.
+fn download(server: &Server, token: &str, path: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .arg(format!("{}{path}", server.url))
+        .output()
+        .unwrap();
+    let split = out.stdout.iter().rposition(|&b| b == b'\n').unwrap();
+    (text(&out.stdout[split + 1..]).parse().unwrap(), out.stdout[..split].to_vec())
+}
+
+/// Whether `path` is a mount point mounted read-only.
+fn mounted_read_only(path: &Path) -> bool {
+    let wanted = path.display().to_string();
+    std::fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(1) == Some(&wanted.as_str()) && f.get(3).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+    })
+}
+
+/// When e2fsck last checked the filesystem in `image` (its superblock's "Last checked").
+fn last_checked(image: &Path) -> String {
+    let out = sh("dumpe2fs", &["-h", &image.display().to_string()]);
+    let all = text(&out.stdout);
+    all.lines().find(|l| l.starts_with("Last checked:")).unwrap_or_else(|| panic!("dumpe2fs: {all}")).to_owned()
+}
+
+/// A filesystem that turned read-only after a disk error (ext4's `errors=remount-ro`, here a
+/// remount on the host) while a sandbox holds it: the sandbox's mount lives in its own mount
+/// namespace, so nothing is unmounted, checked or mounted again under it. Reads keep working,
+/// writes answer 503 with `Retry-After` and a message that says why, the sandbox still sees
+/// its data; once the sandbox is gone the next write repairs it, with the data intact.
+#[test]
+fn a_read_only_filesystem_a_sandbox_holds_keeps_reads_and_is_repaired_once_free() {
+    let dir = tempfile::tempdir().unwrap();
+    // The server's drop kills the sandboxes and unmounts its filesystems, even on a panic.
+    let (server, token, fs) = with_filesystem(&dir.path().join("data"));
+    let dev = Some(token.as_str());
+    let mnt = mount_of(&server, &fs);
+    let image = image_of(&server.data_dir, &fs);
+    let s = server.json(dev, &["sandbox", "create", "--ns", "acme", "--filesystem", &format!("{fs}:rw")]);
+    let sandbox = s["id"].as_str().unwrap().to_owned();
+    let exec = |cmd: &str| server.ok(dev, &["exec", "--ns", "acme", &sandbox, "--", "sh", "-c", cmd]);
+    assert_eq!(exec("cat /workspace/notes/note.txt"), "kept across faults\n");
+    let checked = last_checked(&image);
+    // A check now would be told apart from the one at creation.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let loops = loops_of(&image);
+    assert_eq!(loops.len(), 1, "{loops:?}");
+
+    let out = sh("mount", &["-o", "remount,ro", &mnt.display().to_string()]);
+    assert!(out.status.success(), "remount: {}", text(&out.stderr));
+
+    let files = format!("/v1/namespaces/acme/filesystems/{fs}/files");
+    for round in 0..2 {
+        // Reads: a list, a file, the archive.
+        let listing = server.ok(dev, &["fs", "ls", "--ns", "acme", &fs, "notes"]);
+        assert!(listing.contains("note.txt"), "round {round}: {listing}");
+        assert_eq!(server.ok(dev, &["fs", "cat", "--ns", "acme", &fs, "notes/note.txt"]), "kept across faults\n");
+        let (status, tar) = download(&server, &token, &format!("/v1/namespaces/acme/filesystems/{fs}/archive"));
+        assert_eq!(status, 200, "archive: {}", text(&tar));
+        assert!(
+            tar.windows(b"kept across faults".len()).any(|w| w == b"kept across faults"),
+            "the archive holds the file"
+        );
+        // Writes: 503, retryable, saying why.
+        let (status, body, headers) = http(&server, &token, "PUT", &format!("{files}?path=new.txt"), Some(b"new\n"));
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("unavailable")), "round {round}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&fs) && message.contains("read-only after a disk error"), "{message}");
+        assert!(message.contains("no sandbox uses it"), "{message}");
+        assert!(headers.to_ascii_lowercase().contains("retry-after:"), "{headers}");
+        let (status, body, _) = http(&server, &token, "DELETE", &format!("{files}?path=notes/note.txt"), None);
+        assert_eq!(status, 503, "a remove is refused too: {body}");
+        // Nothing was unmounted, checked or mounted again under the sandbox.
+        assert!(mounted_read_only(&mnt), "the read-only host mount stays");
+        assert_eq!(loops_of(&image), loops, "the same loop device");
+        assert_eq!(last_checked(&image), checked, "no e2fsck ran while the sandbox mounts it");
+        assert_eq!(exec("cat /workspace/notes/note.txt"), "kept across faults\n");
+    }
+    let out = server.cli(dev, &["fs", "put", "--ns", "acme", &fs, "put.txt", "/etc/hostname"]);
+    assert!(!out.status.success(), "a CLI put is refused");
+    assert!(text(&out.stderr).contains("read-only after a disk error"), "{}", text(&out.stderr));
+
+    // The sandbox goes: the next write repairs the filesystem (unmount, check, mount).
+    server.ok(dev, &["sandbox", "delete", "--ns", "acme", &sandbox]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body, _) = http(&server, &token, "PUT", &format!("{files}?path=new.txt"), Some(b"new\n"));
+        if (200..300).contains(&status) {
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(std::time::Instant::now() < deadline, "still refused after the sandbox went: {body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(is_mounted(&mnt) && !mounted_read_only(&mnt), "mounted again read-write");
+    assert_ne!(last_checked(&image), checked, "checked once nothing mounted it");
+    assert_eq!(server.ok(dev, &["fs", "cat", "--ns", "acme", &fs, "new.txt"]), "new\n");
+    assert_eq!(server.ok(dev, &["fs", "cat", "--ns", "acme", &fs, "notes/note.txt"]), "kept across faults\n");
+    assert_eq!(loops_of(&image).len(), 1, "one loop device for the image: {:?}", loops_of(&image));
+}
+
 /// A small ext4 of its own, loop-mounted: the data dir of a server whose disk fills up.
 struct SmallDisk {
     image: PathBuf,

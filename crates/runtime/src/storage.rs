@@ -51,8 +51,10 @@ pub trait FilesystemStorage: Send + Sync + 'static {
     fn ids(&self) -> Vec<String>;
     /// The filesystem's data dir, mounted: when its mount is gone (unmounted underneath, or the
     /// state dir emptied by a reboot), it is mounted again first, one repair at a time per
-    /// filesystem. `Unavailable` when it cannot be (retryable). Call it before every operation
-    /// on the filesystem's files and before a sandbox mounts it.
+    /// filesystem. `Unavailable` when it cannot be (retryable). One that turned read-only after
+    /// a disk error is checked and mounted again once no sandbox holds it; until then it stays
+    /// mounted read-only: reads work and changes answer `Unavailable`. Call it before every
+    /// operation on the filesystem's files and before a sandbox mounts it.
     async fn ensure_mounted(&self, id: &str) -> Result<PathBuf> {
         Ok(self.data_dir(id))
     }
@@ -202,6 +204,113 @@ fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The message of a write refused while a filesystem is read-only after a disk error.
+fn read_only_message(id: &str) -> String {
+    format!(
+        "filesystem {id} turned read-only after a disk error: reads still work; it is checked and made \
+         writable again once no sandbox uses it; retry later"
+    )
+}
+
+/// A loop device holding a filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LoopDevice {
+    /// `/dev/loopN`.
+    path: PathBuf,
+    /// Its `major:minor`, as in `/proc/*/mountinfo`.
+    majmin: String,
+}
+
+/// `major:minor` of a `dev_t` (glibc's encoding).
+fn majmin(dev: u64) -> String {
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    format!("{major}:{minor}")
+}
+
+/// The loop device of the filesystem mounted at `mnt`, when it is one backed by `image`.
+fn loop_device(mnt: &Path, image: &Path) -> Option<LoopDevice> {
+    use std::os::unix::fs::MetadataExt;
+    let majmin = majmin(fs::metadata(mnt).ok()?.dev());
+    let sys = fs::canonicalize(format!("/sys/dev/block/{majmin}")).ok()?;
+    let name = sys.file_name()?.to_str()?.to_owned();
+    if !name.starts_with("loop") {
+        return None;
+    }
+    let backing = fs::read_to_string(sys.join("loop").join("backing_file")).ok()?;
+    let image = fs::canonicalize(image).ok()?;
+    (Path::new(backing.trim_end()) == image).then(|| LoopDevice { path: PathBuf::from(format!("/dev/{name}")), majmin })
+}
+
+/// One line of `/proc/<pid>/mountinfo`.
+struct MountInfo<'a> {
+    majmin: &'a str,
+    root: &'a str,
+    point: &'a str,
+    /// The optional fields (`shared:N`, `master:N`, ...).
+    tags: Vec<&'a str>,
+}
+
+fn parse_mountinfo(line: &str) -> Option<MountInfo<'_>> {
+    let mut f = line.split(' ');
+    let (_id, _parent) = (f.next()?, f.next()?);
+    let (majmin, root, point, _opts) = (f.next()?, f.next()?, f.next()?, f.next()?);
+    let tags = f.take_while(|t| *t != "-").collect();
+    Some(MountInfo { majmin, root, point, tags })
+}
+
+/// Whether a mount of device `majmin` in a mount namespace's `mountinfo` holds the filesystem
+/// beyond this server's own mount at `mnt` (`own` says whether that namespace is the server's,
+/// `group` is the peer group of the server's mount when it is shared). The server's own mount,
+/// and copies of it that mount propagation removes with it, do not count; anything else does
+/// (a sandbox's bind mount of the data dir, a mount of the device elsewhere).
+fn holds_elsewhere(mountinfo: &str, majmin: &str, mnt: &str, own: bool, group: Option<&str>) -> bool {
+    mountinfo.lines().filter_map(parse_mountinfo).filter(|m| m.majmin == majmin).any(|m| {
+        let server_mount = m.point == mnt && m.root == "/";
+        if own {
+            return !server_mount;
+        }
+        let propagated = group.is_some_and(|g| {
+            m.tags.iter().any(|t| t.strip_prefix("shared:").or_else(|| t.strip_prefix("master:")) == Some(g))
+        });
+        !(server_mount && propagated)
+    })
+}
+
+/// Whether the filesystem of device `majmin`, mounted at `mnt` by this server, is mounted
+/// anywhere else: in this server's mount namespace or in any other one (each read once).
+fn mounted_elsewhere(majmin: &str, mnt: &Path) -> bool {
+    let mnt = mnt.to_string_lossy();
+    let own_ns = fs::read_link("/proc/self/ns/mnt").ok();
+    let own_info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let group = own_info
+        .lines()
+        .filter_map(parse_mountinfo)
+        .find(|m| m.majmin == majmin && m.point == mnt)
+        .and_then(|m| m.tags.iter().find_map(|t| t.strip_prefix("shared:")).map(str::to_owned));
+    if holds_elsewhere(&own_info, majmin, &mnt, true, group.as_deref()) {
+        return true;
+    }
+    let mut seen = std::collections::HashSet::new();
+    seen.extend(own_ns.clone());
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let Ok(ns) = fs::read_link(entry.path().join("ns").join("mnt")) else { continue };
+        if !seen.insert(ns) {
+            continue;
+        }
+        // A process gone meanwhile has nothing mounted.
+        let Ok(info) = fs::read_to_string(entry.path().join("mountinfo")) else { continue };
+        if holds_elsewhere(&info, majmin, &mnt, false, group.as_deref()) {
+            return true;
+        }
+    }
+    false
+}
+
 impl Storage {
     /// Prepares the directories; checks that the tools are installed.
     pub fn new(data_dir: &Path, state_dir: &Path) -> Result<Storage> {
@@ -265,7 +374,10 @@ impl Storage {
         }
     }
 
-    /// See [`FilesystemStorage::ensure_mounted`].
+    /// See [`FilesystemStorage::ensure_mounted`]. A filesystem that turned read-only (ext4's
+    /// `errors=remount-ro`) is checked and mounted again only once nothing but this server's
+    /// mount holds it; until then its read-only mount stays and serves reads, and writes are
+    /// refused as `Unavailable` (see [`Storage::writable_root`]).
     pub async fn ensure_mounted(&self, id: &str) -> Result<PathBuf> {
         check(id)?;
         let mnt = self.mountpoint(id);
@@ -279,22 +391,7 @@ impl Storage {
             return Ok(self.data_dir(id));
         }
         if mounted_here(&mnt) {
-            // Read-only after an error: unmounted (refused while a sandbox holds it), checked
-            // and mounted again.
-            tracing::warn!(filesystem = id, "the filesystem turned read-only; checking and mounting it again");
-            let target = mnt.to_string_lossy().into_owned();
-            if let Err(e) = run("umount", &[&target], "unmount the read-only filesystem").await {
-                tracing::error!(filesystem = id, error = %e, "unmounting the read-only filesystem failed");
-                return Err(RuntimeError::Unavailable(format!(
-                    "filesystem {id} turned read-only after a disk error and is in use; stop the sandboxes using it and retry"
-                )));
-            }
-            let img = self.image(id).to_string_lossy().into_owned();
-            // Exit status 1 and 2 mean errors were corrected.
-            let fixed = Command::new("e2fsck").args(["-f", "-y", &img]).stdin(Stdio::null()).output().await;
-            if !fixed.as_ref().is_ok_and(|o| o.status.code().is_some_and(|c| c <= 2)) {
-                tracing::error!(filesystem = id, "e2fsck of the read-only filesystem failed: {fixed:?}");
-            }
+            return self.repair_read_only(id).await;
         }
         if !self.image(id).exists() {
             tracing::error!(filesystem = id, image = %self.image(id).display(), "the image of a filesystem is missing");
@@ -309,12 +406,111 @@ impl Storage {
                 Ok(self.data_dir(id))
             }
             Err(e) => {
+                // A sandbox may still hold the filesystem, read-only after a disk error: the
+                // kernel refuses a read-write mount of it ("already mounted"), not a read-only one.
+                if self.mount_attached_read_only(id).await {
+                    tracing::warn!(filesystem = id, "the filesystem is read-only and in use; mounted it read-only");
+                    return Ok(self.data_dir(id));
+                }
                 tracing::error!(filesystem = id, error = %e, "mounting the filesystem again failed");
                 Err(RuntimeError::Unavailable(format!(
                     "filesystem {id} is not mounted and mounting it again failed; retry later"
                 )))
             }
         }
+    }
+
+    /// A filesystem mounted read-only after an error, under its lock: while anything but this
+    /// server's mount holds it (a sandbox's bind mount lives in the sandbox's own mount
+    /// namespace, so the host's `umount` would not release it), it stays as it is, read-only.
+    /// Otherwise it is unmounted, checked on its loop device and mounted again. The check runs
+    /// on the device, never on the image file: e2fsck opens a device exclusively, which the
+    /// kernel refuses while the filesystem is mounted anywhere, so a user this server could not
+    /// see still stops it (the filesystem is then mounted read-only again).
+    async fn repair_read_only(&self, id: &str) -> Result<PathBuf> {
+        let mnt = self.mountpoint(id);
+        let data = self.data_dir(id);
+        let Some(dev) = loop_device(&mnt, &self.image(id)) else {
+            tracing::error!(
+                filesystem = id,
+                "the read-only filesystem is not on a loop device of its image; left as it is"
+            );
+            return Ok(data);
+        };
+        if mounted_elsewhere(&dev.majmin, &mnt) {
+            tracing::debug!(filesystem = id, device = %dev.path.display(), "the read-only filesystem is in use; repaired once it is not");
+            return Ok(data);
+        }
+        tracing::warn!(filesystem = id, device = %dev.path.display(), "the filesystem turned read-only; checking and mounting it again");
+        // Held open so that the loop device stays bound to the image across the unmount (it is
+        // torn down when its last user goes); a plain open does not stop e2fsck's exclusive one.
+        let held = match fs::File::open(&dev.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(filesystem = id, error = %e, "opening the loop device failed; left read-only");
+                return Ok(data);
+            }
+        };
+        let target = mnt.to_string_lossy().into_owned();
+        if let Err(e) = run("umount", &[&target], "unmount the read-only filesystem").await {
+            // Busy on the host (a request reading it): still mounted read-only, retried later.
+            tracing::warn!(filesystem = id, error = %e, "unmounting the read-only filesystem failed; left read-only");
+            return Ok(data);
+        }
+        let device = dev.path.to_string_lossy().into_owned();
+        let fixed = Command::new("e2fsck").args(["-f", "-y", &device]).stdin(Stdio::null()).output().await;
+        // Exit status 1 and 2 mean errors were corrected.
+        let clean = fixed.as_ref().is_ok_and(|o| o.status.code().is_some_and(|c| c <= 2));
+        if !clean {
+            tracing::error!(
+                filesystem = id,
+                "e2fsck of the read-only filesystem failed or was refused; mounting it read-only: {fixed:?}"
+            );
+        }
+        // Read-write once checked; otherwise read-only, unless the kernel refuses that because
+        // a user it could not see still holds the filesystem read-write (then it joins it).
+        let mut mounted = false;
+        for ro in [!clean, clean] {
+            let opts = if ro { "ro,nosuid,nodev,noatime" } else { "nosuid,nodev,noatime" };
+            match run("mount", &["-t", "ext4", "-o", opts, &device, &target], "mount the filesystem").await {
+                Ok(()) => {
+                    mounted = true;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(filesystem = id, read_only = ro, error = %e, "mounting the checked filesystem failed")
+                }
+            }
+        }
+        drop(held);
+        if !mounted {
+            return Err(RuntimeError::Unavailable(format!(
+                "filesystem {id} turned read-only after a disk error and mounting it again failed; retry later"
+            )));
+        }
+        let _ = fs::set_permissions(&mnt, fs::Permissions::from_mode(0o700));
+        if !read_only(&mnt) {
+            self.sweep(id);
+        }
+        Ok(data)
+    }
+
+    /// Mounts read-only the loop device already attached to the filesystem's image (one a
+    /// sandbox still holds); whether it worked.
+    async fn mount_attached_read_only(&self, id: &str) -> bool {
+        let img = self.image(id).to_string_lossy().into_owned();
+        let Ok(out) = Command::new("losetup").args(["-j", &img]).stdin(Stdio::null()).output().await else {
+            return false;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Some(dev) = text.lines().next().and_then(|l| l.split(':').next()).filter(|d| d.starts_with("/dev/loop"))
+        else {
+            return false;
+        };
+        let target = self.mountpoint(id).to_string_lossy().into_owned();
+        let mounted =
+            run("mount", &["-t", "ext4", "-o", "ro,nosuid,nodev,noatime", dev, &target], "mount the filesystem").await;
+        mounted.is_ok()
     }
 
     pub fn image(&self, id: &str) -> PathBuf {
@@ -483,12 +679,23 @@ impl Storage {
         run("umount", &[&target], "unmount the filesystem").await?;
         // The loop device is released asynchronously after the unmount; resize2fs must not
         // race it.
+        let mut detached = false;
         for _ in 0..200 {
             let out = Command::new("losetup").args(["-j", &img]).output().await.map_err(RuntimeError::io("losetup"))?;
             if out.stdout.is_empty() {
+                detached = true;
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if !detached {
+            // Still mounted somewhere the unmount did not reach (a sandbox's mount namespace):
+            // checking the image now would corrupt it. Mounted again at its old size.
+            let _ = f.set_len(old);
+            self.mount_locked(id).await?;
+            return Err(RuntimeError::Busy(format!(
+                "filesystem {id} is still mounted by a sandbox; stop the sandboxes using it and retry"
+            )));
         }
         let grown = async {
             // resize2fs insists on a fresh check. The image can stay busy for a moment after the
@@ -533,11 +740,25 @@ impl Storage {
             run("umount", &["-l", &target], "unmount the filesystem").await?;
         }
         let _ = fs::remove_dir(&mnt);
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
-        match fs::remove_file(self.image(id)) {
+        let removed = match fs::remove_file(self.image(id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RuntimeError::io("remove the image")(e)),
+        };
+        self.forget_lock(id, &lock);
+        removed
+    }
+
+    /// Drops filesystem `id`'s lock from the map once it is gone, while its lock (`held`) is
+    /// still held: only when no other request holds a clone of it (the map's and `held` are the
+    /// only ones), so that a request that took it before the delete and one that takes it
+    /// after never hold two different locks of the same filesystem.
+    fn forget_lock(&self, id: &str, held: &std::sync::Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        let alone =
+            locks.get(id).is_some_and(|l| std::sync::Arc::ptr_eq(l, held)) && std::sync::Arc::strong_count(held) == 2;
+        if alone {
+            locks.remove(id);
         }
     }
 
@@ -628,6 +849,30 @@ impl Storage {
         }
         Root::open(self.data_dir(id)).map_err(|e| FileError::Io(format!("open filesystem {id}: {e}")))
     }
+
+    /// [`Storage::root`] for a change: refused as `Unavailable` while the filesystem is
+    /// read-only after a disk error (it is repaired once no sandbox uses it).
+    fn writable_root(&self, id: &str) -> Result<Root, FileError> {
+        let root = self.root(id)?;
+        if read_only(&self.mountpoint(id)) {
+            return Err(FileError::Unavailable(read_only_message(id)));
+        }
+        Ok(root)
+    }
+
+    /// `e` of a change, as the filesystem's read-only state when it turned read-only (a write
+    /// that met the error, `EROFS`), else as the host's full disk when it is one.
+    fn change_failed(&self, id: &str, e: FileError) -> FileError {
+        match e {
+            FileError::Io(m) | FileError::NoSpace(m) | FileError::PermissionDenied(m)
+                if read_only(&self.mountpoint(id)) =>
+            {
+                tracing::error!(filesystem = id, error = %m, "a write failed on a read-only filesystem");
+                FileError::Unavailable(read_only_message(id))
+            }
+            other => self.host_full_or(other),
+        }
+    }
 }
 
 #[async_trait]
@@ -709,7 +954,7 @@ impl FilesystemStorage for Storage {
         serialize: files::Serialize,
     ) -> Result<Written, FileError> {
         use sha2::Digest;
-        let root = self.root(id)?;
+        let root = self.writable_root(id)?;
         let mut hashing = files::Hashing { inner: data, hasher: sha2::Sha256::new() };
         let owner = owner_of(options.owner);
         let written =
@@ -722,17 +967,17 @@ impl FilesystemStorage for Storage {
             });
         match written {
             Ok((bytes, _held)) => Ok(Written { bytes, etag: files::etag(&hashing.hasher.finalize()) }),
-            Err(WriteError::File(e)) => Err(self.host_full_or(named(e, rel))),
-            Err(WriteError::Confined(e)) => Err(self.host_full_or(named(files::from_confined(e), rel))),
+            Err(WriteError::File(e)) => Err(self.change_failed(id, named(e, rel))),
+            Err(WriteError::Confined(e)) => Err(self.change_failed(id, named(files::from_confined(e), rel))),
         }
     }
 
     fn remove(&self, id: &str, rel: &Path, pre: &Preconditions, hash_max: u64) -> Result<(), FileError> {
-        let root = self.root(id)?;
+        let root = self.writable_root(id)?;
         if pre.if_match.is_some() {
             pre.check(files::current_etag(&root, rel, hash_max)?.as_deref()).map_err(|e| named(e, rel))?;
         }
-        confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| self.host_full_or(named(e, rel)))
+        confined::remove(&root, rel).map_err(files::from_confined).map_err(|e| self.change_failed(id, named(e, rel)))
     }
 
     fn archive(&self, id: &str) -> Result<Box<dyn Read + Send>, FileError> {
@@ -746,15 +991,15 @@ impl FilesystemStorage for Storage {
         owner: IdRange,
         limits: archive::Limits,
     ) -> Result<Box<dyn StagedArchive>, FileError> {
-        self.root(id)?;
+        self.writable_root(id)?;
         let staging = self
             .staging_dir(id, IdRange { host_start: owner.host_start, size: 1 })
-            .map_err(|e| self.host_full_or(FileError::Io(e.to_string())))?;
+            .map_err(|e| self.change_failed(id, FileError::Io(e.to_string())))?;
         let mut staged = Staged { storage: self.clone(), id: id.to_owned(), staging, stats: archive::Stats::default() };
         let root = Root::open(&staged.staging).map_err(|e| FileError::Io(e.to_string()))?;
         staged.stats = archive::extract(data, &root, owner_of(owner), limits)
             .map_err(files::from_archive)
-            .map_err(|e| self.host_full_or(e))?;
+            .map_err(|e| self.change_failed(id, e))?;
         Ok(Box::new(staged))
     }
 }
@@ -803,5 +1048,72 @@ impl StagedArchive for Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         let _ = confined::remove_tree(&self.staging);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn majmin_decodes_large_minors() {
+        assert_eq!(majmin(libc::makedev(7, 0)), "7:0");
+        assert_eq!(majmin(libc::makedev(7, 300)), "7:300");
+        assert_eq!(majmin(libc::makedev(259, 1 << 19)), format!("259:{}", 1 << 19));
+    }
+
+    const MNT: &str = "/var/lib/bulkhead/filesystems/fs_a";
+
+    #[test]
+    fn the_servers_own_mount_and_its_propagated_copies_do_not_hold_the_filesystem() {
+        let own = format!(
+            "22 1 8:1 / / rw shared:1 - ext4 /dev/sda1 rw\n\
+             90 22 7:3 / {MNT} rw,nosuid,nodev,noatime shared:57 - ext4 /dev/loop3 rw\n"
+        );
+        assert!(!holds_elsewhere(&own, "7:3", MNT, true, Some("57")));
+        // A service's namespace, a slave of the host's: the unmount removes its copy too.
+        let slave = format!("300 299 7:3 / {MNT} rw master:57 - ext4 /dev/loop3 rw\n");
+        assert!(!holds_elsewhere(&slave, "7:3", MNT, false, Some("57")));
+        // Another device entirely.
+        assert!(!holds_elsewhere(&slave, "7:4", MNT, false, Some("57")));
+    }
+
+    #[test]
+    fn a_sandboxs_bind_mount_or_another_mount_holds_the_filesystem() {
+        // The sandbox's /workspace: the data dir, in its own namespace.
+        let sandbox = "500 400 7:3 /data /workspace rw,nosuid,nodev - ext4 /dev/loop3 rw\n";
+        assert!(holds_elsewhere(sandbox, "7:3", MNT, false, Some("57")));
+        assert!(holds_elsewhere(sandbox, "7:3", MNT, false, None));
+        // The same path in another namespace that propagation does not reach.
+        let private = format!("300 299 7:3 / {MNT} rw - ext4 /dev/loop3 rw\n");
+        assert!(holds_elsewhere(&private, "7:3", MNT, false, Some("57")));
+        assert!(holds_elsewhere(&private, "7:3", MNT, false, None));
+        // A second mount of the device in the server's own namespace.
+        let own = format!(
+            "90 22 7:3 / {MNT} rw shared:57 - ext4 /dev/loop3 rw\n\
+             91 22 7:3 / /mnt/elsewhere rw shared:57 - ext4 /dev/loop3 rw\n"
+        );
+        assert!(holds_elsewhere(&own, "7:3", MNT, true, Some("57")));
+    }
+
+    #[test]
+    fn a_read_only_write_names_the_filesystem_and_the_repair() {
+        let m = read_only_message("fs_a");
+        assert!(m.contains("fs_a") && m.contains("read-only after a disk error") && m.contains("no sandbox uses it"));
+    }
+
+    #[tokio::test]
+    async fn storage_delete_keeps_a_lock_another_request_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let Ok(s) = Storage::new(&dir.path().join("data"), &dir.path().join("state")) else {
+            eprintln!("skipped: e2fsprogs is not installed");
+            return;
+        };
+        let earlier = s.lock_of("fs_a");
+        s.delete("fs_a").await.unwrap();
+        assert!(std::sync::Arc::ptr_eq(&earlier, &s.lock_of("fs_a")), "a request after the delete shares the lock");
+        drop(earlier);
+        s.delete("fs_a").await.unwrap();
+        assert!(s.locks.lock().unwrap().is_empty(), "nobody else held it: forgotten");
     }
 }
