@@ -215,6 +215,8 @@ fn take_host(config: &ServerConfig) -> Result<Vec<bulkhead_runtime::ownership::H
         &canonical,
     )
     .map_err(held)?;
+    // The cgroup prefix before the state dir: a refused start makes no state dir.
+    let cgroup = ownership::lock_cgroup_prefix(&config.runtime.cgroup_prefix, &canonical).map_err(held)?;
     let state = &config.runtime.state_dir;
     fs::DirBuilder::new()
         .recursive(true)
@@ -224,7 +226,6 @@ fn take_host(config: &ServerConfig) -> Result<Vec<bulkhead_runtime::ownership::H
     let state_lock =
         ownership::lock(&state.join("lock"), &format!("state dir {}", state.display()), "state dir", &canonical)
             .map_err(held)?;
-    let cgroup = ownership::lock_cgroup_prefix(&config.runtime.cgroup_prefix, &canonical).map_err(held)?;
     Ok(vec![data, state_lock, cgroup])
 }
 
