@@ -320,3 +320,81 @@ async fn a_stale_pid_file_never_reaches_another_sandbox() {
     let r = c.exec(NS, &victim, &cmd(&["echo", "untouched"])).await.unwrap();
     assert_eq!(r.stdout, "untouched\n");
 }
+
+/// A sandbox whose command was OOM-killed earlier, then whose init is killed from the host,
+/// ended by that kill, not by the OOM killer: `oom` only for an OOM kill around the death.
+#[tokio::test]
+async fn an_earlier_oom_kill_does_not_name_a_later_death() {
+    let mut host = Host::new();
+    let names = names();
+    let (_, _, c) = setup(&mut host, &names).await;
+    let small = CreateSandbox { cpu_millis: Some(500), memory_bytes: Some(64 << 20), ..Default::default() };
+    let id = c.create_sandbox(NS, &small).await.unwrap().id;
+    // `tail` holds its whole line (no newline ever comes) until the OOM killer takes it.
+    let hog = c.exec(NS, &id, &cmd(&["sh", "-c", "head -c 300000000 /dev/zero | tail -n 1 >/dev/null"])).await.unwrap();
+    assert_ne!(hog.exit_code, 0, "the hog was killed: {hog:?}");
+    let r = c.exec(NS, &id, &cmd(&["echo", "after the oom"])).await.unwrap();
+    assert_eq!(r.stdout, "after the oom\n", "the supervisor outlived the OOM kill of a command");
+    // The watcher reads the OOM count again every second: a kill well after that one is not it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    signal(init_pid(&names.0, &id), "KILL");
+    let (status, reason) = ended(&c, &id, Duration::from_secs(10)).await;
+    assert_eq!((status.as_str(), reason.as_str()), ("failed", "init exited with signal 9"));
+}
+
+/// An OCI runtime that dies mid-create (here: it leaves its container created, waiting to
+/// start, and exits as if killed) makes the create a retryable 503, leaves nothing on the host,
+/// and no zombie under the server, which is the subreaper of what the runtime leaves.
+#[tokio::test]
+async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
+    let mut host = Host::new();
+    let names = names();
+    let wrapper = host.path("runc-dies");
+    std::fs::write(
+        &wrapper,
+        "#!/bin/sh\n# `--root R run --detach ARGS...`: create only, then die as if killed.\n\
+         if [ \"$3\" = run ]; then root=\"$2\"; shift 4; runc --root \"$root\" create \"$@\"; exit 137; fi\n\
+         exec runc \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let data = host.path("data");
+    let started = bulkhead_bench::server::Serve {
+        bulkhead: Path::new(BIN),
+        data_dir: &data,
+        state_dir: &names.0,
+        cgroup_prefix: &names.1,
+        host_registry: Some(&host.path("registry")),
+        extra: &["--runtime-class", &format!("container={}", wrapper.display())],
+    }
+    .spawn()
+    .unwrap();
+    let server_pid = started.child.id();
+    host.children.push(started.child);
+    host.purge.push(names.clone());
+    let c = Client::new(&started.url, started.first_token);
+    let quotas = bulkhead_api::Quotas {
+        cpu_millis: 4000,
+        memory_bytes: 4 << 30,
+        disk_bytes: 1 << 30,
+        max_sandboxes: 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    c.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
+    for _ in 0..3 {
+        let e = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap_err();
+        assert!(e.to_string().contains("503") || e.to_string().contains("unavailable"), "{e}");
+    }
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect::<Vec<_>>()).unwrap_or_default();
+            rest.first() == Some(&"Z") && rest.get(1) == Some(&server_pid.to_string().as_str())
+        })
+        .collect();
+    assert!(zombies.is_empty(), "zombies under the server: {zombies:?}");
+    assert_eq!(std::fs::read_dir(names.0.join("sandboxes")).unwrap().count(), 0, "no bundle is left");
+}

@@ -349,6 +349,16 @@ impl Cgroups {
     }
 
     /// Resource use of a sandbox from its cgroup counters.
+    /// Processes of sandbox `id` the kernel's OOM killer ended so far (one file read); 0 when
+    /// its memory cgroup is gone.
+    pub fn oom_kills(&self, namespace: &str, id: &str) -> u64 {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        match self.version {
+            Version::V2 => keyed(&self.root.join(&rel).join("memory.events"), "oom_kill").unwrap_or(0),
+            Version::V1 => keyed(&self.root.join("memory").join(&rel).join("memory.oom_control"), "oom_kill").unwrap_or(0),
+        }
+    }
+
     pub fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
         let rel = Path::new(&self.prefix).join(namespace).join(id);
         let missing = || RuntimeError::NotRunning(id.to_owned());

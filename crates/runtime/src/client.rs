@@ -16,7 +16,10 @@ use tokio::sync::mpsc;
 use crate::{Result, RuntimeError};
 
 /// How much longer than the exec's own timeout the server waits for the supervisor's answer.
-const GRACE: Duration = Duration::from_secs(5);
+/// The supervisor runs in its sandbox's CPU quota: ending a tree of busy commands that use all
+/// of a small quota (freezing and killing each) can take it many seconds of wall time. Still
+/// bounded, so a supervisor that never answers holds nothing for long.
+const GRACE: Duration = Duration::from_secs(30);
 
 /// One event of a running exec.
 #[derive(Debug, Clone, PartialEq, Eq)]

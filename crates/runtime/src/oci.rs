@@ -324,7 +324,7 @@ impl OciRuntime {
         };
         let cgroups = self.cgroups.clone();
         let (ns, sbx) = (namespace.to_owned(), id.to_owned());
-        self.inits.watch(id, pid, move || cgroups.stats(&ns, &sbx).map(|s| s.oom_kills).unwrap_or(0));
+        self.inits.watch(id, pid, move || cgroups.oom_kills(&ns, &sbx));
         true
     }
 
@@ -832,10 +832,13 @@ impl Runtime for OciRuntime {
             Err(e) => Err(e),
         };
         if let Err(e) = result {
-            // Leave nothing behind of a sandbox that did not start.
+            // Leave nothing behind of a sandbox that did not start: its init, if the OCI runtime
+            // got that far, is killed with its cgroup, and reaped here, being this server's
+            // child once the runtime is gone.
             if let Err(cleanup) = self.delete(&spec.namespace, &spec.id).await {
                 tracing::warn!(sandbox = %spec.id, error = %cleanup, "cleanup after a failed start failed");
             }
+            crate::watch::reap_orphans();
             return Err(e);
         }
         Ok(())

@@ -214,14 +214,31 @@ fn lock_cgroup_prefix_in(dir: &Path, prefix: &str, data_dir: &Path) -> Result<Ho
 
 use std::os::unix::fs::DirBuilderExt;
 
-/// Who holds the lock at `path`, from what the holder wrote into it: `(pid, data dir)`, when
-/// that process is alive (a server killed with `kill -9` leaves its file behind). Reads only:
-/// never takes the lock.
+/// Who holds the lock at `path`, from what the holder wrote into it: `(pid, data dir)`, when a
+/// live process holds it (a server killed with `kill -9` leaves its file behind, and its pid
+/// may have been reused since). Probes with a shared `flock` that it drops at once, so a start
+/// racing this probe may be refused once, as `starting`; never takes the lock for long.
 pub fn holder(path: &Path) -> Option<(u32, PathBuf)> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: a NUL-terminated path and plain flags.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this descriptor, owned by nothing else.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    if fstat(&file).ok().is_none_or(|st| st.st_mode & libc::S_IFMT != libc::S_IFREG) {
+        return None;
+    }
+    // SAFETY: flock takes a descriptor this function owns and plain flags.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None; // Nobody holds it; dropping the file drops the probe.
+    }
+    let mut text = String::new();
+    (&mut file).take(4096).read_to_string(&mut text).ok()?;
     let pid: u32 = text.lines().find_map(|l| l.strip_prefix("pid "))?.trim().parse().ok()?;
     let data_dir = text.lines().find_map(|l| l.strip_prefix("data_dir "))?.trim();
-    Path::new(&format!("/proc/{pid}")).exists().then(|| (pid, PathBuf::from(data_dir)))
+    Some((pid, PathBuf::from(data_dir)))
 }
 
 /// The lock file of cgroup prefix `prefix`.
@@ -303,7 +320,14 @@ mod tests {
         let held = lock_cgroup_prefix_in(&locks, "bulkhead-x", Path::new("/d")).unwrap();
         assert_eq!(std::fs::metadata(&locks).unwrap().permissions().mode() & 0o7777, 0o700);
         assert!(matches!(lock_cgroup_prefix_in(&locks, "bulkhead-x", Path::new("/e")), Err(LockError::Held { .. })));
+        let path = locks.join("cgroup-bulkhead-x.lock");
+        assert_eq!(holder(&path), Some((std::process::id(), PathBuf::from("/d"))));
         drop(held);
-        lock_cgroup_prefix_in(&locks, "bulkhead-x", Path::new("/e")).unwrap();
+        assert_eq!(holder(&path), None, "a released lock has no holder");
+        let again = lock_cgroup_prefix_in(&locks, "bulkhead-x", Path::new("/e")).unwrap();
+        // A file left by a server killed with `kill -9` names a pid, but nobody holds it.
+        drop(again);
+        std::fs::write(&path, format!("pid {}\ndata_dir /dead\n", std::process::id())).unwrap();
+        assert_eq!(holder(&path), None, "a stale file names nobody");
     }
 }

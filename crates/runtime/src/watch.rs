@@ -100,6 +100,33 @@ pub(crate) fn reap_now(fd: &OwnedFd) {
     let _ = reap(fd);
 }
 
+/// Reaps this process's exited children that are stages of an OCI runtime's init (`runc:[…]`,
+/// `crun`'s the same way): left when the OCI runtime itself was killed or timed out mid-create,
+/// they are re-parented to the server, the child subreaper, and nobody else waits for them.
+/// The server's own spawned children (`runc`, `mount`, …) are never touched: their names differ.
+pub fn reap_orphans() -> usize {
+    let mut reaped = 0;
+    for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else { continue };
+        for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let zombie = stat_fields(pid).and_then(|f| f.first().cloned()).as_deref() == Some("Z");
+            if zombie && (comm.starts_with("runc:[") || comm.starts_with("crun")) {
+                // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waitid of one pid, which is this process's exited child; `info` lives
+                // for the call.
+                if unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) }
+                    == 0
+                {
+                    reaped += 1;
+                }
+            }
+        }
+    }
+    reaped
+}
+
 /// What a supervisor that did not answer in time is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -195,6 +222,10 @@ async fn exit_info(fd: &OwnedFd, pid: i32, started: Option<u64>) -> Ending {
     Ending::Unknown
 }
 
+/// How often a watcher reads its sandbox's OOM kill count again (one cgroup file): an OOM kill
+/// of a command longer ago than this never names the init's death.
+const OOM_LOOK: Duration = Duration::from_secs(1);
+
 /// The watched inits, by sandbox id: each a channel that holds the reason once the init died.
 #[derive(Default)]
 pub(crate) struct Inits {
@@ -203,9 +234,10 @@ pub(crate) struct Inits {
 
 impl Inits {
     /// Watches the init `pid` of sandbox `id` (unless it is watched already); `oom_kills` reads
-    /// the sandbox's OOM kill count once it died. An init that is gone already reads as dead at
+    /// the sandbox's OOM kill count, every [`OOM_LOOK`] and once the init died: `oom` only when
+    /// it rose since the last look. An init that is gone already reads as dead at
     /// once, how unknown.
-    pub(crate) fn watch(&self, id: &str, pid: i32, oom_kills: impl FnOnce() -> u64 + Send + 'static) {
+    pub(crate) fn watch(&self, id: &str, pid: i32, oom_kills: impl Fn() -> u64 + Send + 'static) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.contains_key(id) {
             return;
@@ -215,6 +247,9 @@ impl Inits {
         drop(map);
         let id = id.to_owned();
         let started = start_time(pid);
+        // OOM kills the sandbox had a moment before (read again every `OOM_LOOK`): only one
+        // counted around the init's death says `oom`, not one of a command long before.
+        let mut oom_before = oom_kills();
         tokio::spawn(async move {
             let ending = match pidfd_open(pid) {
                 None => Ending::Unknown,
@@ -222,7 +257,14 @@ impl Inits {
                 // is dropped (or taken back with `into_inner`, which deregisters it first).
                 Some(fd) => match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
                     Ok(afd) => {
-                        let _ = afd.readable().await;
+                        let mut look = tokio::time::interval(OOM_LOOK);
+                        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tokio::select! {
+                                _ = afd.readable() => break,
+                                _ = look.tick() => oom_before = oom_kills(),
+                            }
+                        }
                         let fd = afd.into_inner();
                         match reap(&fd) {
                             Some(ending) => ending,
@@ -235,7 +277,7 @@ impl Inits {
                     }
                 },
             };
-            let _ = tx.send(Some(ending.reason(oom_kills())));
+            let _ = tx.send(Some(ending.reason(oom_kills().saturating_sub(oom_before))));
         });
     }
 

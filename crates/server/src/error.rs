@@ -266,7 +266,18 @@ impl From<RuntimeError> for ApiError {
                     "the server's disk is full: {what} failed; retry once space is freed"
                 ))
             }
-            other => ApiError::Internal(other.to_string()),
+            // Anything else the host failed to do for a sandbox (the OCI runtime refused, a cgroup
+            // would not go, a file of the state dir): the resource stays as it was (a delete that
+            // failed leaves the sandbox active), so the request can be made again. The detail is
+            // the host's, kept in the log.
+            RuntimeError::Oci { runtime, action, detail } => {
+                tracing::error!(runtime, action, detail, "the OCI runtime failed");
+                ApiError::Unavailable { message: format!("the host could not {action}; retry"), retry_after_seconds: 2 }
+            }
+            RuntimeError::Io { what, source } => {
+                tracing::error!(what, error = %source, "a host operation failed");
+                ApiError::Unavailable { message: format!("the host could not {what}; retry"), retry_after_seconds: 2 }
+            }
         }
     }
 }
@@ -417,11 +428,31 @@ mod tests {
                 507,
                 "insufficient_storage",
             ),
+            (
+                ServiceError::Runtime(RuntimeError::Io {
+                    what: "remove the sandbox's cgroup".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::ResourceBusy),
+                })
+                .into(),
+                503,
+                "unavailable",
+            ),
+            (
+                ServiceError::Runtime(RuntimeError::Oci {
+                    runtime: "runc".into(),
+                    action: "delete the sandbox",
+                    detail: "/run/bulkhead/runc: a host detail".into(),
+                })
+                .into(),
+                503,
+                "unavailable",
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code), "{e:?}");
             // The detail stays in the log.
             assert!(!e.to_string().contains("code:") && !e.to_string().contains("EIO"), "{e}");
+            assert!(!e.to_string().contains("/run/"), "no host path leaves: {e}");
             let response = e.into_response();
             assert_eq!(response.status().as_u16(), status);
             let retry = response.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());

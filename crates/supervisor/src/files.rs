@@ -244,9 +244,13 @@ fn link_unnamed(file: &fs::File, tmp: &Path) -> io::Result<()> {
 fn temp_path(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    // Not guessable by the sandbox's processes (the supervisor's pid is always 1): a name one
+    // of them made first would only make this write fail, never be taken for this write's own.
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let mut tmp = OsString::from(".");
     tmp.push(name);
-    tmp.push(format!(".bulkhead-{}-{n}", std::process::id()));
+    tmp.push(format!(".bulkhead-{n}-{nanos:08x}"));
     dir.join(tmp)
 }
 
@@ -292,6 +296,7 @@ pub(crate) fn write_file(
     // Unnamed until complete (`O_TMPFILE`): a supervisor that dies mid-write (its sandbox
     // killed) leaves nothing in the tenant's tree, which may be a filesystem that outlives the
     // sandbox. A named temporary file where the filesystem has no `O_TMPFILE`.
+    let named = std::cell::Cell::new(false);
     let (mut file, unnamed) =
         match fs::OpenOptions::new().write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(&dir) {
             Ok(f) => (f, true),
@@ -302,6 +307,7 @@ pub(crate) fn write_file(
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(|e| failure(path, &e))?;
+                named.set(true);
                 (f, false)
             }
             Err(e) => return Err(failure(path, &e)),
@@ -338,6 +344,7 @@ pub(crate) fn write_file(
         file.sync_all().map_err(|e| failure(path, &e))?;
         if unnamed {
             link_unnamed(&file, &tmp).map_err(|e| failure(path, &e))?;
+            named.set(true);
         }
         fs::rename(&tmp, &target).map_err(|e| failure(path, &e))?;
         if let Ok(d) = fs::File::open(&dir) {
@@ -345,7 +352,8 @@ pub(crate) fn write_file(
         }
         Ok(total)
     })();
-    if result.is_err() {
+    // Only a name this write made is removed: one a process of the sandbox made is its own.
+    if result.is_err() && named.get() {
         let _ = fs::remove_file(&tmp);
     }
     result

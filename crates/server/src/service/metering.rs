@@ -23,10 +23,17 @@ pub fn bucket(ms: i64) -> i64 {
 /// Samples one sandbox; the caller holds the sandbox's lock and passes its current row. A
 /// sandbox whose cgroup is gone has nothing more to meter.
 pub async fn sample_locked(state: &AppState, row: &SandboxRow) -> ServiceResult<()> {
+    sample_until(state, row, None).await
+}
+
+/// [`sample_locked`], metering time only up to `until_ms` (milliseconds since the epoch) when
+/// given: the final sample of a sandbox found dead, whose time ended at its death, not at its
+/// teardown. Time already metered past it stays metered.
+pub async fn sample_until(state: &AppState, row: &SandboxRow, until_ms: Option<i64>) -> ServiceResult<()> {
     let Ok(stats) = state.runtime.stats(&row.namespace, &row.id).await else {
         return Ok(());
     };
-    let now = now_ms();
+    let now = until_ms.map_or_else(now_ms, |t| t.min(now_ms()));
     let since = row.metered_at_ms.unwrap_or(row.created_at_ms);
     let elapsed = u64::try_from(now.saturating_sub(since)).unwrap_or(0);
     let last = row.metered;

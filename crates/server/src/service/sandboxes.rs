@@ -235,12 +235,16 @@ async fn destroy_at(
     ended_at_ms: Option<i64>,
 ) -> ServiceResult<SandboxRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
-    let current = state.store.get_sandbox(&row.namespace, &row.id).await?.unwrap_or_else(|| row.clone());
+    // Gone from the store (its namespace deleted meanwhile): nothing of it is left to end.
+    let Some(current) = state.store.get_sandbox(&row.namespace, &row.id).await? else {
+        return Ok(row.clone());
+    };
     if !current.status.is_active() {
         return Ok(current);
     }
-    // The last sample, before the cgroup and its counters are gone.
-    if let Err(e) = super::metering::sample_locked(state, &current).await {
+    // The last sample, before the cgroup and its counters are gone; a sandbox found dead is
+    // metered up to its death.
+    if let Err(e) = super::metering::sample_until(state, &current, ended_at_ms).await {
         tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
@@ -323,6 +327,7 @@ async fn check_health(
 ) -> ServiceResult<usize> {
     let running: Vec<SandboxRow> =
         state.store.active_sandboxes().await?.into_iter().filter(|s| s.status == SandboxStatus::Running).collect();
+    let sent = now_ms();
     let pings = running.iter().map(|row| async move { (row, state.runtime.ping(&row.id, HEALTH_TIMEOUT).await) });
     let answers = futures_util::future::join_all(pings).await;
     let mut hung = Vec::new();
@@ -336,7 +341,7 @@ async fn check_health(
                     failures.remove(&row.id);
                 }
                 Err(e) => {
-                    let (n, since) = failures.entry(row.id.clone()).or_insert((0, now_ms()));
+                    let (n, since) = failures.entry(row.id.clone()).or_insert((0, sent));
                     *n += 1;
                     tracing::warn!(sandbox = %row.id, misses = *n, error = %e, "a supervisor did not answer its ping");
                     if *n >= HEALTH_FAILURES {
@@ -364,8 +369,12 @@ pub fn watch(state: &AppState, row: &SandboxRow) {
     tokio::spawn(async move {
         match state.runtime.wait_init(&row.namespace, &row.id).await {
             Ok(reason) => ended(&state, &row, &reason, now_ms()).await,
-            // Not a death: the health check finds a sandbox whose supervisor is gone.
-            Err(e) => tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init"),
+            // No init to watch: dead already (between reconciliation and this watch), unless its
+            // supervisor still answers, which only the health check can then follow.
+            Err(e) => match state.runtime.ping(&row.id, HEALTH_TIMEOUT).await {
+                Err(_) => ended(&state, &row, "init exited (its exit status could not be read)", now_ms()).await,
+                Ok(()) => tracing::warn!(sandbox = %row.id, error = %e, "cannot watch the sandbox's init"),
+            },
         }
     });
 }
