@@ -355,7 +355,9 @@ impl Cgroups {
         let rel = Path::new(&self.prefix).join(namespace).join(id);
         match self.version {
             Version::V2 => keyed(&self.root.join(&rel).join("memory.events"), "oom_kill").unwrap_or(0),
-            Version::V1 => keyed(&self.root.join("memory").join(&rel).join("memory.oom_control"), "oom_kill").unwrap_or(0),
+            Version::V1 => {
+                keyed(&self.root.join("memory").join(&rel).join("memory.oom_control"), "oom_kill").unwrap_or(0)
+            }
         }
     }
 

@@ -434,8 +434,9 @@ impl Drop for TempName<'_> {
 /// The file a write fills before it replaces its target. Unnamed (`O_TMPFILE`) where the
 /// filesystem allows: a server killed mid-write (`kill -9` skips every destructor) leaves
 /// nothing in the tenant's filesystem, since the kernel frees an unnamed inode with its last
-/// descriptor; the file gets a name only once it is complete and synced, a moment before it is
-/// renamed over its target. Else a named temporary file beside the target, removed on error.
+/// descriptor; the file gets a name only once it is complete and synced: its target's name when
+/// it has none yet, else a temporary one a moment before it is renamed over the target. Else
+/// (no `O_TMPFILE`) a named temporary file beside the target, removed on error.
 enum Pending<'a> {
     Unnamed(BorrowedFd<'a>),
     Named(TempName<'a>),
@@ -462,42 +463,47 @@ fn create_pending(dir: BorrowedFd<'_>) -> io::Result<(OwnedFd, Pending<'_>)> {
     Ok((fd, Pending::Named(temp)))
 }
 
-impl<'a> Pending<'a> {
-    /// Gives the complete file `file` a name in its directory (an unnamed one a fresh temporary
-    /// name, through `linkat`), which [`Self::replace`] renames over the target. Until then, and
-    /// on any error, the name is removed when the returned guard is dropped.
-    fn name(self, file: &File) -> io::Result<TempName<'a>> {
+/// Links the complete file `file` into `dir` as `name` (`EEXIST` when the name is taken).
+fn link_fd(file: &File, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: a valid file fd, an empty path with AT_EMPTY_PATH (the fd itself), a valid dir
+    // fd and a NUL-terminated single name.
+    let rc =
+        unsafe { libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_EMPTY_PATH) };
+    match cvt(rc) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's /proc entry does not.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
+            let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            // SAFETY: NUL-terminated paths and a valid dir fd.
+            cvt(unsafe {
+                libc::linkat(libc::AT_FDCWD, proc.as_ptr(), dir.as_raw_fd(), name.as_ptr(), libc::AT_SYMLINK_FOLLOW)
+            })
+        }
+        other => other,
+    }
+}
+
+impl Pending<'_> {
+    /// Puts the complete file `file` in place as `target` in its directory. An unnamed file
+    /// whose target does not exist is linked there at once: there is never a moment with a
+    /// temporary name. One that replaces a file gets a fresh temporary name first and is
+    /// renamed over the target (a crash between the two leaves that name: a moment's window).
+    fn replace(self, file: &File, target: &CStr) -> io::Result<()> {
         match self {
-            Pending::Named(temp) => Ok(temp),
-            Pending::Unnamed(dir) => {
-                let ((), temp) = with_temp_name(dir, |tmp| {
-                    // SAFETY: a valid file fd, an empty path with AT_EMPTY_PATH (the fd itself),
-                    // a valid dir fd and a NUL-terminated single name.
-                    let rc = unsafe {
-                        libc::linkat(file.as_raw_fd(), c"".as_ptr(), dir.as_raw_fd(), tmp.as_ptr(), libc::AT_EMPTY_PATH)
-                    };
-                    match cvt(rc) {
-                        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; the descriptor's /proc entry
-                        // does not.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) || e.raw_os_error() == Some(libc::EPERM) => {
-                            let proc = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-                            // SAFETY: NUL-terminated paths and a valid dir fd.
-                            cvt(unsafe {
-                                libc::linkat(
-                                    libc::AT_FDCWD,
-                                    proc.as_ptr(),
-                                    dir.as_raw_fd(),
-                                    tmp.as_ptr(),
-                                    libc::AT_SYMLINK_FOLLOW,
-                                )
-                            })
-                        }
-                        other => other,
-                    }
-                })?;
-                Ok(temp)
+            Pending::Named(mut temp) => {
+                rename_at(temp.dir, &temp.name, target)?;
+                temp.armed = false;
+                Ok(())
             }
+            Pending::Unnamed(dir) => match link_fd(file, dir, target) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let ((), mut temp) = with_temp_name(dir, |tmp| link_fd(file, dir, tmp))?;
+                    rename_at(dir, &temp.name, target)?;
+                    temp.armed = false;
+                    Ok(())
+                }
+                other => other,
+            },
         }
     }
 }
@@ -670,11 +676,9 @@ pub fn write_atomic_when<G, E: From<ConfinedError>>(
     fchmod(file.as_fd(), mode & 0o1777).map_err(|e| io_error("chmod", rel, e))?;
     // ext4 allocates blocks late: ENOSPC can surface here, before anything is replaced.
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
-    let mut temp = pending.name(&file).map_err(|e| io_error("name the temporary file for", rel, e))?;
-    drop(file);
     let held = commit()?;
-    rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
-    temp.armed = false;
+    pending.replace(&file, &target).map_err(|e| io_error("replace", rel, e))?;
+    drop(file);
     fsync(dir.as_fd()).map_err(|e| io_error("sync directory of", rel, e))?;
     Ok((written, held))
 }
@@ -1148,10 +1152,8 @@ pub fn write_atomic_with<T, E: From<ConfinedError>>(
     fchown(file.as_fd(), owner).map_err(|e| io_error("chown", rel, e))?;
     fchmod(file.as_fd(), mode & 0o777).map_err(|e| io_error("chmod", rel, e))?;
     file.sync_all().map_err(|e| io_error("sync", rel, e))?;
-    let mut temp = pending.name(&file).map_err(|e| io_error("name the temporary file for", rel, e))?;
+    pending.replace(&file, &target).map_err(|e| io_error("replace", rel, e))?;
     drop(file);
-    rename_at(dir.as_fd(), &temp.name, &target).map_err(|e| io_error("replace", rel, e))?;
-    temp.armed = false;
     fsync(dir.as_fd()).map_err(|e| io_error("sync directory of", rel, e))?;
     Ok(out)
 }
