@@ -8,7 +8,10 @@
 //! - **cgroup prefixes** (the top cgroup of a server: two servers in one prefix would remove
 //!   each other's namespace cgroups);
 //! - a **name prefix** per owner for host-global names (network namespaces, veth pairs), short
-//!   enough for a 15-byte interface name.
+//!   enough for a 15-byte interface name. A new owner's prefix is drawn at random among those
+//!   no owner holds and that no name on the host starts with (a link of the host's network
+//!   namespace, an entry of `/run/netns`, an nftables table): servers with registries of their
+//!   own (every test server has one) then almost never meet, and never on what exists already.
 //!
 //! Loop devices are not in it: the kernel's `loop-control` allocator (`LOOP_CTL_GET_FREE`,
 //! which `mount -o loop` uses) hands each image its own device atomically.
@@ -188,6 +191,32 @@ fn forget_in(doc: &mut Document, owner: &str) -> bool {
 pub struct HostRegistry {
     path: PathBuf,
     lock_path: PathBuf,
+    /// The host-global network names in use now (see [`host_net_names`]); a field so that
+    /// tests can stand in for the host.
+    host_names: fn() -> Vec<String>,
+}
+
+/// The host-global network names on this host now: the links of this process's network
+/// namespace (`/sys/class/net`), the named network namespaces (`/run/netns`) and the nftables
+/// tables (none when `nft` is missing). A name prefix any of them starts with is not handed out.
+pub fn host_net_names() -> Vec<String> {
+    let dir = |d: &str| -> Vec<String> {
+        fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    };
+    let mut names = dir("/sys/class/net");
+    names.extend(dir("/run/netns"));
+    names.extend(crate::host::nft_tables().into_iter().map(|(_, name)| name));
+    names
+}
+
+/// A name prefix (`bh` and four hex digits) that none of `held` is and no name of `host` starts
+/// with, drawn at random: a random start, then the next free one.
+fn pick_net_prefix(held: &std::collections::HashSet<&str>, host: &[String]) -> Option<String> {
+    let on_host: std::collections::HashSet<&str> = host.iter().filter_map(|n| n.get(..6)).collect();
+    let start = getrandom::u32().unwrap_or(0) & 0xffff;
+    (0..=0xffffu32)
+        .map(|i| format!("bh{:04x}", (start + i) & 0xffff))
+        .find(|p| !held.contains(p.as_str()) && !on_host.contains(p.as_str()))
 }
 
 /// An exclusive `flock` held until dropped.
@@ -386,10 +415,17 @@ impl HostRegistry {
         }
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
-        let registry = Self { path: path.to_owned(), lock_path: PathBuf::from(lock_name) };
+        let registry = Self { path: path.to_owned(), lock_path: PathBuf::from(lock_name), host_names: host_net_names };
         let _lock = registry.lock()?;
         registry.read()?;
         Ok(registry)
+    }
+
+    /// The same registry judging the host's names in use by `names` instead of
+    /// [`host_net_names`] (for tests).
+    pub fn with_host_names(mut self, names: fn() -> Vec<String>) -> Self {
+        self.host_names = names;
+        self
     }
 
     /// The file's path.
@@ -487,10 +523,8 @@ impl HostRegistry {
             o.label = label.to_owned();
             return Ok(o.clone());
         }
-        let used: std::collections::HashSet<&str> = doc.owners.iter().map(|o| o.net_prefix.as_str()).collect();
-        let net_prefix = (0..=0xffffu32)
-            .map(|n| format!("bh{n:04x}"))
-            .find(|p| !used.contains(p.as_str()))
+        let held: std::collections::HashSet<&str> = doc.owners.iter().map(|o| o.net_prefix.as_str()).collect();
+        let net_prefix = pick_net_prefix(&held, &(self.host_names)())
             .ok_or_else(|| RegistryError::Exhausted { path: self.path.clone() })?;
         let o = Owner { id: owner.to_owned(), label: label.to_owned(), cgroup_prefixes: Vec::new(), net_prefix };
         doc.owners.push(o.clone());
@@ -709,6 +743,49 @@ mod tests {
         assert!(matches!(r.allocate_ids("sto_nobody", "x"), Err(RegistryError::Invalid { .. })));
         // Registering again keeps the entry.
         assert_eq!(r.register_owner("sto_a", "/data/a2").unwrap().net_prefix, a.net_prefix);
+    }
+
+    #[test]
+    fn net_prefixes_are_random_and_skip_names_on_the_host() {
+        // Two registries of their own (as two test servers have) seldom give the same prefix.
+        let firsts: std::collections::HashSet<String> = (0..8)
+            .map(|i| {
+                let (_d, r) = registry();
+                r.register_owner(&format!("sto_{i}"), "x").unwrap().net_prefix
+            })
+            .collect();
+        assert!(firsts.len() > 1, "every registry handed out {firsts:?}");
+        // A prefix any host name starts with is never handed out: with all but one taken by
+        // names on the host (links, netns, tables alike), that one is the answer every time.
+        fn crowded() -> Vec<String> {
+            (0..=0xffffu32)
+                .filter(|n| *n != 0x1234)
+                .map(|n| match n % 3 {
+                    0 => format!("bh{n:04x}"),
+                    1 => format!("bh{n:04x}-0123456789"),
+                    _ => format!("bh{n:04x}_table"),
+                })
+                .collect()
+        }
+        for i in 0..3 {
+            let (_d, r) = registry();
+            let r = r.with_host_names(crowded);
+            assert_eq!(r.register_owner(&format!("sto_{i}"), "x").unwrap().net_prefix, "bh1234");
+            // The registry's own owners count too: nothing is left for a second one.
+            assert!(matches!(r.register_owner("sto_other", "y"), Err(RegistryError::Exhausted { .. })));
+        }
+        // Names that only look alike (too short, other letters) take nothing.
+        let held = std::collections::HashSet::from(["bh0001"]);
+        let host = vec!["bh".to_owned(), "eth0".to_owned(), "bh000".to_owned()];
+        for _ in 0..64 {
+            let p = pick_net_prefix(&held, &host).unwrap();
+            assert!(check_net_prefix(&p).is_ok() && p != "bh0001", "{p}");
+        }
+        // An owner registered again keeps its prefix whatever the host has now.
+        let (_d, r) = registry();
+        let a = r.register_owner("sto_a", "x").unwrap().net_prefix;
+        let r = r.with_host_names(crowded);
+        assert_eq!(r.register_owner("sto_a", "x").unwrap().net_prefix, a);
     }
 
     #[test]
