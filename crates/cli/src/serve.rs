@@ -39,6 +39,14 @@ pub struct ServeArgs {
     /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
     #[arg(long, env = "BULKHEAD_SUPERVISOR")]
     supervisor: Option<PathBuf>,
+    /// What network each sandbox has: `loopback-only` (a new empty network namespace), or
+    /// `isolated` (a network namespace, a veth and an address of its own, whose only reachable
+    /// point is its gateway's ports on the host; needs nftables).
+    #[arg(long, env = "BULKHEAD_NETWORK", value_name = "MODE", default_value = "loopback-only")]
+    network: bulkhead_runtime::net::NetworkMode,
+    /// Where sandbox addresses come from with `--network isolated`: a /30 each.
+    #[arg(long, env = "BULKHEAD_SANDBOX_CIDR", value_name = "CIDR", default_value = bulkhead_runtime::net::DEFAULT_SANDBOX_CIDR)]
+    sandbox_cidr: bulkhead_runtime::net::Cidr,
     /// The host registry that every Bulkhead server on this host shares: which server (by its
     /// store's id) holds which host uid/gid range and cgroup prefix. It must survive reboots, as
     /// files on disk stay owned by the ranges. Default: /var/lib/bulkhead-host/registry.
@@ -160,6 +168,8 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     args.limits.apply(&mut config)?;
     config.runtime.state_dir = args.state_dir.clone();
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
+    config.runtime.network = args.network;
+    config.runtime.sandbox_cidr = args.sandbox_cidr;
     if let Some(path) = &args.host_registry {
         config.host_registry = path.clone();
     }

@@ -326,7 +326,8 @@ fn validate(doc: &Document) -> Result<(), String> {
     Ok(())
 }
 
-fn check_net_prefix(s: &str) -> Result<(), String> {
+/// Whether `s` is a name prefix as the registry hands them out: `bh` and four lowercase hex digits.
+pub fn check_net_prefix(s: &str) -> Result<(), String> {
     let ok = s.len() == 6
         && s.starts_with("bh")
         && s.bytes().skip(2).all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());

@@ -21,6 +21,7 @@ pub mod fake;
 pub mod files;
 pub mod host;
 pub mod hostreg;
+pub mod net;
 pub mod oci;
 pub mod ownership;
 pub mod seccomp;

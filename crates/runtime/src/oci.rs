@@ -56,6 +56,9 @@ pub struct OciConfig {
     /// The server's data dir, recorded in the lock files as the holder's (see
     /// [`crate::ownership`]).
     pub data_dir: PathBuf,
+    /// `--network isolated`: each sandbox gets a network of its own (see [`crate::net`]).
+    /// None: loopback only.
+    pub network: Option<crate::net::NetConfig>,
 }
 
 pub struct OciRuntime {
@@ -71,6 +74,8 @@ pub struct OciRuntime {
     inits: crate::watch::Inits,
     /// The CPU time (clock ticks) of each supervisor at its last unanswered ping.
     cpu_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Sandbox networks, with `--network isolated`.
+    network: Option<crate::net::Network>,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -78,6 +83,10 @@ pub const OWNER_FILE: &str = "owner";
 
 /// The tmpfs under the state dir that holds what sandboxes see (see the module's doc).
 pub const VIEW_DIR: &str = "view";
+
+/// The file in the state dir that names the net prefix of the server's sandbox networks
+/// (`--network isolated`), so that [`purge`] finds them with the state dir alone.
+pub const NET_PREFIX_FILE: &str = "net_prefix";
 
 fn is_sandbox_id(id: &str) -> bool {
     id.strip_prefix("sbx_")
@@ -269,6 +278,14 @@ impl OciRuntime {
         // The view is mounted with the first sandbox; one left by a previous run (whose sandboxes
         // may still run) is adopted and refreshed.
         let adopted = is_mount_point(&config.state_dir.join(VIEW_DIR));
+        let prefix_file = config.state_dir.join(NET_PREFIX_FILE);
+        let network = match &config.network {
+            Some(net) => {
+                fs::write(&prefix_file, &net.net_prefix).map_err(RuntimeError::io("write the net prefix file"))?;
+                Some(crate::net::Network::new(net.clone())?)
+            }
+            None => None,
+        };
         let runtime = OciRuntime {
             config,
             view_ready: std::sync::Mutex::new(adopted),
@@ -277,6 +294,7 @@ impl OciRuntime {
             shared_etc,
             inits: Default::default(),
             cpu_seen: Default::default(),
+            network,
         };
         if adopted {
             runtime.prepare_base()?;
@@ -349,7 +367,7 @@ impl OciRuntime {
     /// Writes the bundle of `spec` with `args` as its init process instead of the supervisor:
     /// the same isolation run by the bare OCI runtime (see `baseline`).
     pub(crate) fn raw_bundle(&self, spec: &SandboxSpec, args: &[&str]) -> Result<PathBuf> {
-        self.prepare_bundle(spec)?;
+        self.prepare_bundle(spec, None)?;
         let path = self.bundle(&spec.id).join("config.json");
         let text = fs::read(&path).map_err(RuntimeError::io("read config.json"))?;
         let mut v: serde_json::Value =
@@ -439,8 +457,9 @@ impl OciRuntime {
     }
 
     /// Writes the bundle of `spec` (its control directory and its spec) and its files in the
-    /// view (its own `hosts` and `/run` files).
-    fn prepare_bundle(&self, spec: &SandboxSpec) -> Result<()> {
+    /// view (its own `hosts` and `/run` files); the sandbox joins the network namespace `netns`
+    /// when given.
+    fn prepare_bundle(&self, spec: &SandboxSpec, netns: Option<PathBuf>) -> Result<()> {
         let bundle = self.bundle(&spec.id);
         {
             let mut ready = self.view_ready.lock().unwrap_or_else(|e| e.into_inner());
@@ -465,6 +484,7 @@ impl OciRuntime {
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
             run_dirs,
+            netns,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -773,6 +793,9 @@ fn log_tail(path: &Path) -> String {
 /// Removes every sandbox of a state dir, the cgroup tree of a prefix and the state dir itself,
 /// synchronously. For teardown paths that cannot await (a test harness dropped during a panic)
 /// and for `bulkhead doctor --purge`.
+///
+/// With a net prefix recorded in the state dir ([`NET_PREFIX_FILE`]), every network object of
+/// that prefix goes too (see [`crate::net::purge`]), once the sandboxes are gone.
 pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Result<()> {
     let oci_root = state_dir.join("runc");
     for e in fs::read_dir(state_dir.join("sandboxes")).into_iter().flatten().flatten() {
@@ -788,6 +811,9 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     }
     if let Ok(cgroups) = Cgroups::detect(cgroup_root, cgroup_prefix) {
         cgroups.remove_all()?;
+    }
+    if let Ok(prefix) = fs::read_to_string(state_dir.join(NET_PREFIX_FILE)) {
+        crate::net::purge(prefix.trim())?;
     }
     crate::ownership::remove_unheld(&crate::ownership::cgroup_lock_path(cgroup_prefix));
     // Filesystems mounted under the state dir, and the view.
@@ -827,10 +853,15 @@ impl Runtime for OciRuntime {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
         Self::check_id(&spec.id)?;
-        let result = match self.prepare_bundle(spec) {
-            Ok(()) => self.start(spec).await,
-            Err(e) => Err(e),
-        };
+        let result = async {
+            let netns = match &self.network {
+                Some(net) => Some(net.setup(&spec.id).await?.names.netns_path()),
+                None => None,
+            };
+            self.prepare_bundle(spec, netns)?;
+            self.start(spec).await
+        }
+        .await;
         if let Err(e) = result {
             // Leave nothing behind of a sandbox that did not start: its init, if the OCI runtime
             // got that far, is killed with its cgroup, and reaped here, being this server's
@@ -912,6 +943,12 @@ impl Runtime for OciRuntime {
         tokio::task::spawn_blocking(move || cgroups.remove_sandbox(&ns, &sbx))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        // Its network once nothing runs in it; a sandbox id of another shape never had one.
+        if let Some(net) = &self.network {
+            if crate::net::Names::of(&net.config().net_prefix, id).is_some() {
+                net.teardown(id).await?;
+            }
+        }
         let own = self.sandbox_view(id);
         match fs::remove_dir_all(&own) {
             Ok(()) => {}
@@ -939,6 +976,11 @@ impl Runtime for OciRuntime {
         let cgroup_ns: std::collections::HashMap<String, String> =
             self.cgroups.sandboxes().into_iter().map(|(ns, id)| (id, ns)).collect();
         ids.extend(cgroup_ns.keys().cloned());
+        // A network left by a sandbox whose bundle is gone (a crash between the two) is this
+        // server's by its name prefix.
+        let nets: std::collections::HashSet<String> =
+            self.network.as_ref().map(|n| n.on_host()).unwrap_or_default().into_iter().collect();
+        ids.extend(nets.iter().cloned());
         ids.sort();
         ids.dedup();
         let mut out = Vec::new();
@@ -954,7 +996,10 @@ impl Runtime for OciRuntime {
                 _ => false,
             };
             let namespace = cgroup_ns.get(&id).cloned();
-            let owner = fs::read_to_string(self.bundle(&id).join(OWNER_FILE)).ok().map(|s| s.trim().to_owned());
+            let owner = fs::read_to_string(self.bundle(&id).join(OWNER_FILE))
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .or_else(|| nets.contains(&id).then(|| self.config.owner.clone()));
             out.push(HostSandbox { id, namespace, running, owner });
         }
         Ok(out)

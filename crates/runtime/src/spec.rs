@@ -168,6 +168,9 @@ pub struct SpecPaths {
     pub shared_etc: Vec<String>,
     /// Host directories mounted read-only at `/run/<name>`.
     pub run_dirs: Vec<(PathBuf, String)>,
+    /// The network namespace the sandbox joins (`--network isolated`: made by the host, see
+    /// [`crate::net`]); none for a new empty one of its own (loopback only).
+    pub netns: Option<PathBuf>,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -259,7 +262,10 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         LinuxNamespaceType::Cgroup,
     ]
     .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build())
+    .map(|t| match (&paths.netns, t) {
+        (Some(path), LinuxNamespaceType::Network) => LinuxNamespaceBuilder::default().typ(t).path(path).build(),
+        _ => LinuxNamespaceBuilder::default().typ(t).build(),
+    })
     .collect::<Result<Vec<_>, _>>()?;
     let ids = LinuxIdMappingBuilder::default()
         .container_id(0u32)
@@ -350,6 +356,7 @@ mod tests {
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["alternatives".into()],
             run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
+            netns: None,
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -397,6 +404,29 @@ mod tests {
         for path in ["/proc/diskstats", "/proc/partitions", "/proc/swaps", "/proc/fs", "/proc/key-users"] {
             assert!(masked.iter().any(|m| m == path), "{path} not masked");
         }
+    }
+
+    #[test]
+    fn an_isolated_sandbox_joins_the_hosts_network_namespace_for_it() {
+        let mut paths = SpecPaths {
+            rootfs: "/r".into(),
+            etc: "/e".into(),
+            hosts: "/h".into(),
+            supervisor: "/s".into(),
+            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
+            shared_etc: vec![],
+            run_dirs: vec![],
+            netns: None,
+        };
+        let net = |paths: &SpecPaths| {
+            let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
+            let ns = v["linux"]["namespaces"].as_array().unwrap().clone();
+            assert_eq!(ns.len(), 7);
+            ns.into_iter().find(|n| n["type"] == "network").unwrap()
+        };
+        assert!(net(&paths).get("path").is_none(), "a new empty namespace by default");
+        paths.netns = Some("/run/netns/bh12ab-0123".into());
+        assert_eq!(net(&paths)["path"], "/run/netns/bh12ab-0123");
     }
 
     #[test]

@@ -179,17 +179,26 @@ pub struct Backends {
     pub storage: Arc<dyn FilesystemStorage>,
 }
 
-/// The real backends: the OCI runtime with cgroups, and loop-mounted ext4 images, for the store
-/// `owner` (its id, the owner mark of its sandboxes).
-pub fn host_backends(config: &ServerConfig, owner: &str) -> Result<Backends, BootstrapError> {
+/// The real backends: the OCI runtime with cgroups, and loop-mounted ext4 images, for the owner
+/// `ids` (its store's id is the owner mark of its sandboxes; its net prefix names their
+/// networks).
+pub fn host_backends(config: &ServerConfig, ids: &crate::hostids::HostIds) -> Result<Backends, BootstrapError> {
+    let network = match config.runtime.network {
+        bulkhead_runtime::net::NetworkMode::LoopbackOnly => None,
+        bulkhead_runtime::net::NetworkMode::Isolated => Some(bulkhead_runtime::net::NetConfig {
+            net_prefix: ids.net_prefix.clone(),
+            cidr: config.runtime.sandbox_cidr,
+        }),
+    };
     let runtime = OciRuntime::new(OciConfig {
         state_dir: config.runtime.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         cgroup_prefix: config.runtime.cgroup_prefix.clone(),
         supervisor: config.runtime.supervisor.clone(),
         runtimes: config.runtime_classes.iter().map(|(tier, c)| (tier.clone(), c.runtime.clone())).collect(),
-        owner: owner.to_owned(),
+        owner: ids.owner.clone(),
         data_dir: config.data_dir.clone(),
+        network,
     })?;
     let storage = Storage::new(&config.data_dir, &config.runtime.state_dir)?;
     Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage) })
@@ -236,7 +245,7 @@ fn take_host(config: &ServerConfig) -> Result<Vec<bulkhead_runtime::ownership::H
 /// step (see [`take_host`]).
 pub async fn start_with(
     config: ServerConfig,
-    backends: impl FnOnce(&ServerConfig, &str) -> Result<Backends, BootstrapError>,
+    backends: impl FnOnce(&ServerConfig, &crate::hostids::HostIds) -> Result<Backends, BootstrapError>,
 ) -> Result<Bootstrapped, BootstrapError> {
     let dir = config.data_dir.clone();
     fs::create_dir_all(&dir).map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
@@ -268,8 +277,7 @@ pub async fn start_with(
     // Host-global resources before anything touches the host: a prefix or a range another
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;
-    let owner = store.store_id().await?;
-    let Backends { runtime, storage } = backends(&config, &owner)?;
+    let Backends { runtime, storage } = backends(&config, &host_ids)?;
     mount_filesystems(store.as_ref(), storage.as_ref()).await?;
     let identity =
         crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;

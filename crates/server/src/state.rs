@@ -30,6 +30,10 @@ pub struct RuntimeSettings {
     pub cgroup_prefix: String,
     /// The sandbox supervisor binary (default: `bulkhead-supervisor` beside this executable).
     pub supervisor: PathBuf,
+    /// What network each sandbox has (default: loopback only).
+    pub network: bulkhead_runtime::net::NetworkMode,
+    /// Where sandbox addresses come from with `network` isolated (default `100.64.0.0/10`).
+    pub sandbox_cidr: bulkhead_runtime::net::Cidr,
 }
 
 impl Default for RuntimeSettings {
@@ -38,7 +42,13 @@ impl Default for RuntimeSettings {
             .ok()
             .and_then(|p| p.parent().map(|d| d.join("bulkhead-supervisor")))
             .unwrap_or_else(|| PathBuf::from("/usr/local/bin/bulkhead-supervisor"));
-        Self { state_dir: PathBuf::from("/run/bulkhead"), cgroup_prefix: "bulkhead".to_owned(), supervisor: beside }
+        Self {
+            state_dir: PathBuf::from("/run/bulkhead"),
+            cgroup_prefix: "bulkhead".to_owned(),
+            supervisor: beside,
+            network: Default::default(),
+            sandbox_cidr: bulkhead_runtime::net::Cidr { addr: std::net::Ipv4Addr::new(100, 64, 0, 0), len: 10 },
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub fn test_runtime() -> RuntimeSettings {
         state_dir: std::path::PathBuf::from(format!("/run/bulkhead-test-{tag}")),
         cgroup_prefix: format!("bulkhead-test-{tag}"),
         supervisor: SUPERVISOR.into(),
+        ..Default::default()
     }
 }
 
