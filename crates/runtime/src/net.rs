@@ -28,8 +28,9 @@
 //!   another, or any other network, through the host;
 //! - `input`: from a sandbox veth, only packets to an address of that very veth (the sandbox's
 //!   own gateway: `fib daddr . iif type local`) on [`GATEWAY_TCP_PORTS`] / [`GATEWAY_UDP_PORTS`]
-//!   are accepted; everything else (the host's other addresses, other sandboxes' gateways,
-//!   other ports) is rejected.
+//!   are accepted, and packets of a flow already accepted (conntrack `established`/`related`:
+//!   replies to the host's own connections into the sandbox); everything else (the host's
+//!   other addresses, other sandboxes' gateways, other ports) is rejected.
 //!
 //! Rejected, not dropped: a connection a sandbox may not make fails at once instead of hanging
 //! until its timeout.
@@ -240,6 +241,11 @@ pub fn ruleset(net_prefix: &str) -> Value {
         rule("forward", vec![iface("iifname"), reject.clone()]),
         rule("forward", vec![iface("oifname"), reject.clone()]),
         rule("input", vec![iface("iifname"), json!({"jump": {"target": "sandbox_in"}})]),
+        // Replies within a flow the host or the gateway accepted.
+        rule("sandbox_in", vec![
+            json!({"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}}),
+            json!({"accept": null}),
+        ]),
         to_gateway("tcp", GATEWAY_TCP_PORTS),
         to_gateway("udp", GATEWAY_UDP_PORTS),
         rule("sandbox_in", vec![reject]),

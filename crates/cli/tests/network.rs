@@ -1,0 +1,497 @@
+//! `--network isolated` on the real kernel: each sandbox has a network namespace, a veth and a
+//! /30 of its own, and from inside it nothing is reachable but its own gateway's ports. Each
+//! test fails if a sandbox gets through to another sandbox (of its namespace or another), to
+//! the host (its other addresses, other sandboxes' gateways, other ports, its loopback) or to a
+//! test "internet": a network namespace the test makes, reached through a veth it makes, with
+//! an address of a documentation range (198.51.100.0/24, 203.0.113.0/24 or 192.0.2.0/24: the
+//! first that no address or route of the host uses; hosts do use them). Every probe has a positive control
+//! (the same listener reached from where it must be), so a failure to connect means the fence
+//! and not a broken test. No packet is sent to an address outside this machine, and every test
+//! removes what it made (its servers, their networks, its own namespace and veth).
+//!
+//! The sandboxes' tools are the host's `/usr`: `python3` and `ip`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulkhead_api::{CreateSandbox, ExecRequest};
+use bulkhead_client::Client;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+const NS: &str = "acme";
+const OTHER_NS: &str = "globex";
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut b).unwrap();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn run(cmd: &[&str]) {
+    let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The servers a test started, their host resources purged at its end even after a panic
+/// (`oci::purge` removes their networks too).
+struct Host {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    purge: Vec<(PathBuf, String)>,
+}
+
+impl Host {
+    fn new() -> Host {
+        Host {
+            dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(),
+            children: vec![],
+            purge: vec![],
+        }
+    }
+
+    /// Starts a server with `--network isolated` and `extra`; its admin client.
+    async fn serve(&mut self, extra: &[&str]) -> Client {
+        let tag = random_hex(6);
+        let (state, prefix) = (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"));
+        self.purge.push((state.clone(), prefix.clone()));
+        let mut args = vec!["--network", "isolated"];
+        args.extend_from_slice(extra);
+        let data = self.dir.path().join(format!("data-{tag}"));
+        let started = bulkhead_bench::server::Serve {
+            bulkhead: Path::new(BIN),
+            data_dir: &data,
+            state_dir: &state,
+            cgroup_prefix: &prefix,
+            host_registry: Some(&self.dir.path().join(format!("registry-{tag}"))),
+            extra: &args,
+        }
+        .spawn()
+        .unwrap();
+        self.children.push(started.child);
+        Client::new(&started.url, started.first_token)
+    }
+
+    /// The state dir of the newest server.
+    fn state_dir(&self) -> &Path {
+        &self.purge.last().unwrap().0
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for (state, prefix) in &self.purge {
+            let _ = bulkhead_runtime::oci::purge(state, Path::new("/sys/fs/cgroup"), prefix);
+        }
+    }
+}
+
+async fn namespace(c: &Client, name: &str) {
+    let quotas = bulkhead_api::Quotas {
+        cpu_millis: 4000,
+        memory_bytes: 4 << 30,
+        disk_bytes: 1 << 30,
+        max_sandboxes: 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    c.create_namespace(&bulkhead_api::CreateNamespace { name: name.into(), isolation: None, quotas }).await.unwrap();
+}
+
+async fn sandbox(c: &Client, ns: &str) -> String {
+    c.create_sandbox(ns, &CreateSandbox { cpu_millis: Some(500), ..Default::default() }).await.unwrap().id
+}
+
+/// Runs `script` with `sh -c` in the sandbox; (exit code, stdout, stderr).
+async fn sh(c: &Client, ns: &str, id: &str, script: &str) -> (i32, String, String) {
+    let req = ExecRequest {
+        cmd: vec!["sh".into(), "-c".into(), script.into()],
+        timeout_seconds: Some(60),
+        ..Default::default()
+    };
+    let r = c.exec(ns, id, &req).await.unwrap();
+    (r.exit_code, r.stdout, r.stderr)
+}
+
+/// A sandbox's view of its network: its address and its gateway.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    addr: Ipv4Addr,
+    gateway: Ipv4Addr,
+}
+
+async fn view(c: &Client, ns: &str, id: &str) -> View {
+    let (code, out, err) = sh(c, ns, id, "ip -4 -o addr show dev eth0; ip -4 route show default").await;
+    assert_eq!(code, 0, "{err}");
+    let addr = out.split_whitespace().skip_while(|w| *w != "inet").nth(1).unwrap();
+    let gateway = out.split_whitespace().skip_while(|w| *w != "via").nth(1).unwrap();
+    View { addr: addr.split('/').next().unwrap().parse().unwrap(), gateway: gateway.parse().unwrap() }
+}
+
+/// Tries a TCP connection to each target from inside the sandbox (3 s each); whether each got
+/// through.
+async fn probe(c: &Client, ns: &str, id: &str, targets: &[SocketAddr]) -> HashMap<SocketAddr, bool> {
+    let script = format!(
+        "python3 -c '{}' {}",
+        "import socket, sys\n\
+         for t in sys.argv[1:]:\n\
+         \x20   h, p = t.rsplit(\":\", 1)\n\
+         \x20   s = socket.socket()\n\
+         \x20   s.settimeout(3)\n\
+         \x20   try:\n\
+         \x20       s.connect((h, int(p)))\n\
+         \x20       print(t, \"CONNECTED\")\n\
+         \x20   except Exception as e:\n\
+         \x20       print(t, \"FAILED\", type(e).__name__)\n\
+         \x20   s.close()\n",
+        targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(" ")
+    );
+    let (code, out, err) = sh(c, ns, id, &script).await;
+    assert_eq!(code, 0, "{out} {err}");
+    let got: HashMap<SocketAddr, bool> = out
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            Some((w.next()?.parse().ok()?, w.next()? == "CONNECTED"))
+        })
+        .collect();
+    assert_eq!(got.len(), targets.len(), "{out}");
+    got
+}
+
+/// A TCP listener on the host that records every peer.
+struct Listener {
+    addr: SocketAddr,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Listener {
+    fn bind(addr: SocketAddr) -> Listener {
+        let l = TcpListener::bind(addr).unwrap();
+        let addr = l.local_addr().unwrap();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                if let Ok(p) = s.peer_addr() {
+                    seen.lock().unwrap().push(p);
+                }
+            }
+        });
+        Listener { addr, peers }
+    }
+
+    fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+/// `net.ipv4.ip_forward` on while the test runs (so that the fence, not a host that forwards
+/// nothing, is what stops a sandbox's packets to other networks), put back at the end.
+struct Forwarding(String);
+
+impl Forwarding {
+    fn on() -> Forwarding {
+        let path = "/proc/sys/net/ipv4/ip_forward";
+        let before = std::fs::read_to_string(path).unwrap().trim().to_owned();
+        std::fs::write(path, "1").unwrap();
+        Forwarding(before)
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.0);
+    }
+}
+
+/// The test's "internet": a network namespace with a veth into the host, `.1` of a free
+/// documentation /24 on the host side and `.2` inside, and a listener inside on port 8080 that
+/// prints each peer.
+/// Its names carry a name prefix of their own (`bh` and four hex digits), so a leftover is
+/// caught by the leak check and no server picks that prefix while they exist.
+struct Internet {
+    netns: String,
+    veth: String,
+    listener: Option<Child>,
+    /// The host side's address.
+    host: Ipv4Addr,
+    /// The address inside, where the listener is.
+    addr: Ipv4Addr,
+}
+
+/// The host's IPv4 addresses and routes, as `ip` prints them.
+fn host_ipv4() -> String {
+    let out = |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap();
+    out(&["-4", "-o", "addr", "show"]) + &out(&["-4", "route", "show", "table", "all"])
+}
+
+/// The host's own addresses other than loopback.
+fn host_addresses() -> Vec<Ipv4Addr> {
+    let out = String::from_utf8(Command::new("ip").args(["-4", "-o", "addr", "show"]).output().unwrap().stdout).unwrap();
+    out.lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.parse().ok())
+        .filter(|a: &Ipv4Addr| !a.is_loopback())
+        .collect()
+}
+
+impl Internet {
+    fn new() -> Internet {
+        let prefix = format!("bh{}", random_hex(2));
+        let used = host_ipv4();
+        let net = ["198.51.100", "203.0.113", "192.0.2"]
+            .into_iter()
+            .find(|n| !used.contains(&format!("{n}.")))
+            .expect("every documentation range is in use on this host");
+        let (host, addr) = (format!("{net}.1").parse().unwrap(), format!("{net}.2").parse().unwrap());
+        let mut me = Internet {
+            netns: format!("{prefix}-internet"),
+            veth: format!("{prefix}inet0"),
+            listener: None,
+            host,
+            addr,
+        };
+        let (gateway, inside_addr) = (host, addr);
+        let peer = format!("{prefix}inet1");
+        run(&["ip", "netns", "add", &me.netns]);
+        run(&["ip", "link", "add", &me.veth, "type", "veth", "peer", "name", &peer, "netns", &me.netns]);
+        run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &me.veth]);
+        run(&["ip", "link", "set", &me.veth, "up"]);
+        let inside = |args: &[&str]| {
+            let mut cmd = vec!["ip", "-n", &me.netns];
+            cmd.extend_from_slice(args);
+            run(&cmd);
+        };
+        inside(&["addr", "add", &format!("{inside_addr}/24"), "dev", &peer]);
+        inside(&["link", "set", &peer, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        // Replies to anyone go back through the host.
+        inside(&["route", "add", "default", "via", &gateway.to_string()]);
+        let script = format!(
+            "import socket, sys\n\
+                      s = socket.socket()\n\
+                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                      s.bind((\"{inside_addr}\", 8080))\n\
+                      s.listen(16)\n\
+                      print(\"READY\", flush=True)\n\
+                      while True:\n\
+                      \x20   c, a = s.accept()\n\
+                      \x20   print(a[0], flush=True)\n\
+                      \x20   c.close()\n"
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &me.netns, "/usr/bin/python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        me.listener = Some(child);
+        assert_eq!(lines.next().unwrap().unwrap(), "READY");
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                seen.lock().unwrap().push(l);
+            }
+        });
+        me
+    }
+}
+
+impl Drop for Internet {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.listener.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.veth]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Starts, in the sandbox, a listener on port 8080 that prints each peer and ends when a
+/// connection sends `stop`; returns the task whose output is those peers.
+fn listen_in(c: &Client, ns: &str, id: &str) -> tokio::task::JoinHandle<String> {
+    let (c, ns, id) = (c.clone(), ns.to_owned(), id.to_owned());
+    tokio::spawn(async move {
+        let script = "import socket\n\
+                      s = socket.socket()\n\
+                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                      s.bind((\"0.0.0.0\", 8080))\n\
+                      s.listen(16)\n\
+                      s.settimeout(50)\n\
+                      while True:\n\
+                      \x20   c, a = s.accept()\n\
+                      \x20   print(a[0], flush=True)\n\
+                      \x20   c.settimeout(5)\n\
+                      \x20   if c.recv(16) == b\"stop\":\n\
+                      \x20       break\n";
+        let req = ExecRequest {
+            cmd: vec!["python3".into(), "-c".into(), script.into()],
+            timeout_seconds: Some(60),
+            ..Default::default()
+        };
+        let r = c.exec(&ns, &id, &req).await.unwrap();
+        format!("{}{}", r.stdout, r.stderr)
+    })
+}
+
+/// Connects from the host to the sandbox's listener (the positive control: the host reaches
+/// it) and stops it; its peers.
+async fn stop_listener(addr: Ipv4Addr, task: tokio::task::JoinHandle<String>) -> String {
+    let target = SocketAddr::from((addr, 8080));
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            connected = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut s = connected.unwrap_or_else(|| panic!("the host cannot reach the listener at {target}"));
+    s.write_all(b"stop").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_reaches_only_its_own_gateway_ports() {
+    let _forwarding = Forwarding::on();
+    let internet = Internet::new();
+    let mut host = Host::new();
+    let c = host.serve(&[]).await;
+    namespace(&c, NS).await;
+    namespace(&c, OTHER_NS).await;
+    let a = sandbox(&c, NS).await;
+    let b = sandbox(&c, NS).await;
+    let other = sandbox(&c, OTHER_NS).await;
+    let (va, vb, vo) = (view(&c, NS, &a).await, view(&c, NS, &b).await, view(&c, OTHER_NS, &other).await);
+    let addrs = [va.addr, vb.addr, vo.addr, va.gateway, vb.gateway, vo.gateway];
+    for (i, x) in addrs.iter().enumerate() {
+        assert!(!addrs[i + 1..].contains(x), "{addrs:?}: an address is used twice");
+    }
+    // Listeners in B and in the other namespace's sandbox.
+    let in_b = listen_in(&c, NS, &b);
+    let in_other = listen_in(&c, OTHER_NS, &other);
+    // On the host: A's own gateway on a gateway port and on another port, B's gateway, the
+    // internet veth's host address (on a gateway port too), and the host's loopback.
+    let gw_port = bulkhead_runtime::net::GATEWAY_TCP_PORTS[1];
+    let own_gateway = Listener::bind(SocketAddr::from((va.gateway, gw_port)));
+    let own_other_port = Listener::bind(SocketAddr::from((va.gateway, 0)));
+    let b_gateway = Listener::bind(SocketAddr::from((vb.gateway, gw_port)));
+    let host_addr = Listener::bind(SocketAddr::from((internet.host, gw_port)));
+    let loopback = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+    // Every address of the host, on another port (the gateway's own address among them).
+    let anywhere = Listener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    // Positive control from the host: the internet's listener answers.
+    TcpStream::connect_timeout(&SocketAddr::from((internet.addr, 8080)), Duration::from_secs(3))
+        .expect("the host reaches the test internet");
+    let mut must_fail = vec![
+        SocketAddr::from((vb.addr, 8080)),
+        SocketAddr::from((vo.addr, 8080)),
+        own_other_port.addr,
+        b_gateway.addr,
+        host_addr.addr,
+        loopback.addr,
+        SocketAddr::from((internet.addr, 8080)),
+    ];
+    for a in host_addresses() {
+        must_fail.push(SocketAddr::from((a, anywhere.addr.port())));
+    }
+    let mut targets = vec![own_gateway.addr];
+    targets.extend_from_slice(&must_fail);
+    // Let the listeners in the sandboxes bind first.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got = probe(&c, NS, &a, &targets).await;
+    assert!(got[&own_gateway.addr], "A cannot reach its own gateway's port {gw_port}: {got:?}");
+    assert_eq!(own_gateway.peers().len(), 1);
+    assert_eq!(own_gateway.peers()[0].ip(), std::net::IpAddr::V4(va.addr), "A is seen from its own address");
+    for t in must_fail {
+        assert!(!got[&t], "A got through to {t}: {got:?}");
+    }
+    for l in [&own_other_port, &b_gateway, &host_addr, &loopback, &anywhere] {
+        assert!(l.peers().is_empty(), "{} accepted {:?}", l.addr, l.peers());
+    }
+    let b_peers = stop_listener(vb.addr, in_b).await;
+    let other_peers = stop_listener(vo.addr, in_other).await;
+    assert!(!b_peers.contains(&va.addr.to_string()), "B's listener saw A: {b_peers}");
+    assert!(!other_peers.contains(&va.addr.to_string()), "the other tenant's listener saw A: {other_peers}");
+    drop(internet);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_has_lo_and_eth0_only_and_its_network_goes_with_it() {
+    let mut host = Host::new();
+    let c = host.serve(&[]).await;
+    namespace(&c, NS).await;
+    let a = sandbox(&c, NS).await;
+    let (code, out, err) = sh(&c, NS, &a, "ip -o link show | cut -d: -f2 | tr -d ' '; ip -o addr show").await;
+    assert_eq!(code, 0, "{err}");
+    let links: Vec<&str> = out.lines().take_while(|l| !l.contains(' ')).collect();
+    assert_eq!(links.iter().map(|l| l.split('@').next().unwrap()).collect::<Vec<_>>(), ["lo", "eth0"], "{out}");
+    let v = view(&c, NS, &a).await;
+    let cidr: bulkhead_runtime::net::Cidr = bulkhead_runtime::net::DEFAULT_SANDBOX_CIDR.parse().unwrap();
+    assert!(cidr.slot_of(v.addr).is_some(), "{v:?} is outside {cidr}");
+    assert!(out.contains(&format!("inet {}/30", v.addr)), "{out}");
+    assert!(!out.contains("inet6"), "IPv6 is off: {out}");
+    // On the host: the sandbox's netns, its veth holding the gateway, and the server's table.
+    let body = a.strip_prefix("sbx_").unwrap();
+    let prefix = std::fs::read_to_string(host.state_dir().join("net_prefix")).unwrap();
+    let netns = Path::new("/run/netns").join(format!("{prefix}-{body}"));
+    let veth = format!("{prefix}{}", &body[..9]);
+    assert!(netns.exists());
+    let shown = Command::new("ip").args(["-4", "-o", "addr", "show", "dev", &veth]).output().unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&format!("inet {}/30", v.gateway)));
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&tables.stdout).contains(&format!("inet {prefix}_sandboxes")));
+    // Deleted: nothing of its network is left, and its address is free again.
+    c.delete_sandbox(NS, &a).await.unwrap();
+    assert!(!netns.exists(), "{} is left", netns.display());
+    assert!(!Path::new("/sys/class/net").join(&veth).exists(), "{veth} is left");
+    let addrs = Command::new("ip").args(["-4", "-o", "addr", "show"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&addrs.stdout).contains(&format!(" {}/30", v.gateway)));
+    // A server gone with a sandbox running: the purge removes its network and the table.
+    let b = sandbox(&c, NS).await;
+    let body = b.strip_prefix("sbx_").unwrap().to_owned();
+    let netns = Path::new("/run/netns").join(format!("{prefix}-{body}"));
+    assert!(netns.exists());
+    drop(host);
+    assert!(!netns.exists(), "{} is left after the purge", netns.display());
+    let tables = Command::new("nft").args(["list", "tables"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&tables.stdout).contains(&prefix), "the table is left after the purge");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_create_that_fails_leaves_no_network() {
+    let mut host = Host::new();
+    // An OCI runtime that answers --version and fails everything else.
+    let fake = host.dir.path().join("failing-runtime");
+    std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nexit 1\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let class = format!("container={}", fake.display());
+    let c = host.serve(&["--runtime-class", &class]).await;
+    namespace(&c, NS).await;
+    let refused = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(500), ..Default::default() }).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let prefix = std::fs::read_to_string(host.state_dir().join("net_prefix")).unwrap();
+    let left: Vec<String> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .chain(
+            std::fs::read_dir("/sys/class/net").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()),
+        )
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "a failed create left {left:?}");
+}
