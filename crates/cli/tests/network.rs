@@ -238,7 +238,8 @@ fn host_ipv4() -> String {
 
 /// The host's own addresses other than loopback.
 fn host_addresses() -> Vec<Ipv4Addr> {
-    let out = String::from_utf8(Command::new("ip").args(["-4", "-o", "addr", "show"]).output().unwrap().stdout).unwrap();
+    let out =
+        String::from_utf8(Command::new("ip").args(["-4", "-o", "addr", "show"]).output().unwrap().stdout).unwrap();
     out.lines()
         .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.parse().ok())
         .filter(|a: &Ipv4Addr| !a.is_loopback())
@@ -489,7 +490,10 @@ async fn a_create_that_fails_leaves_no_network() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .chain(
-            std::fs::read_dir("/sys/class/net").unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()),
+            std::fs::read_dir("/sys/class/net")
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned()),
         )
         .filter(|n| n.starts_with(&prefix))
         .collect();

@@ -344,7 +344,12 @@ fn prepare_netns_dir() -> std::io::Result<()> {
 fn make_netns(path: &Path) -> Result<Handle> {
     let what = format!("make the network namespace {}", path.display());
     prepare_netns_dir().map_err(RuntimeError::io(format!("prepare {NETNS_DIR}")))?;
-    fs::OpenOptions::new().write(true).create_new(true).mode(0).open(path).map_err(RuntimeError::io(what.clone()))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o000)
+        .open(path)
+        .map_err(RuntimeError::io(what.clone()))?;
     let runtime = tokio::runtime::Handle::current();
     let target = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| RuntimeError::Invalid(format!("bad path {}", path.display())))?;
