@@ -45,6 +45,8 @@ struct Host {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     purge: Vec<(PathBuf, String)>,
+    /// The newest server's tag and admin token.
+    last: Option<(String, String)>,
 }
 
 impl Host {
@@ -53,14 +55,29 @@ impl Host {
             dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(),
             children: vec![],
             purge: vec![],
+            last: None,
         }
     }
 
     /// Starts a server with `--network isolated` and `extra`; its admin client.
-    async fn serve(&mut self, extra: &[&str]) -> Client {
-        let tag = random_hex(6);
+    fn serve(&mut self, extra: &[&str]) -> Client {
+        self.start(&random_hex(6), extra)
+    }
+
+    /// `kill -9` of the newest server, and a start of it again on the same dirs.
+    fn restart(&mut self) -> Client {
+        let mut child = self.children.pop().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let tag = self.last.clone().unwrap().0;
+        self.start(&tag, &[])
+    }
+
+    fn start(&mut self, tag: &str, extra: &[&str]) -> Client {
         let (state, prefix) = (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"));
-        self.purge.push((state.clone(), prefix.clone()));
+        if !self.purge.iter().any(|(s, _)| *s == state) {
+            self.purge.push((state.clone(), prefix.clone()));
+        }
         let mut args = vec!["--network", "isolated"];
         args.extend_from_slice(extra);
         let data = self.dir.path().join(format!("data-{tag}"));
@@ -75,7 +92,12 @@ impl Host {
         .spawn()
         .unwrap();
         self.children.push(started.child);
-        Client::new(&started.url, started.first_token)
+        let token = match started.first_token {
+            Some(t) => t,
+            None => self.last.clone().unwrap().1,
+        };
+        self.last = Some((tag.to_owned(), token.clone()));
+        Client::new(&started.url, Some(token))
     }
 
     /// The state dir of the newest server.
@@ -369,7 +391,7 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
     let _forwarding = Forwarding::on();
     let internet = Internet::new();
     let mut host = Host::new();
-    let c = host.serve(&[]).await;
+    let c = host.serve(&[]);
     namespace(&c, NS).await;
     namespace(&c, OTHER_NS).await;
     let a = sandbox(&c, NS).await;
@@ -432,7 +454,7 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sandbox_has_lo_and_eth0_only_and_its_network_goes_with_it() {
     let mut host = Host::new();
-    let c = host.serve(&[]).await;
+    let c = host.serve(&[]);
     namespace(&c, NS).await;
     let a = sandbox(&c, NS).await;
     let (code, out, err) = sh(&c, NS, &a, "ip -o link show | cut -d: -f2 | tr -d ' '; ip -o addr show").await;
@@ -479,7 +501,7 @@ async fn a_create_that_fails_leaves_no_network() {
     std::fs::write(&fake, "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nexit 1\n").unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let class = format!("container={}", fake.display());
-    let c = host.serve(&["--runtime-class", &class]).await;
+    let c = host.serve(&["--runtime-class", &class]);
     namespace(&c, NS).await;
     let refused = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(500), ..Default::default() }).await;
     assert!(refused.is_err(), "{refused:?}");
@@ -498,4 +520,29 @@ async fn a_create_that_fails_leaves_no_network() {
         .filter(|n| n.starts_with(&prefix))
         .collect();
     assert!(left.is_empty(), "a failed create left {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_ones() {
+    let mut host = Host::new();
+    let c = host.serve(&[]);
+    namespace(&c, NS).await;
+    let kept = sandbox(&c, NS).await;
+    let v = view(&c, NS, &kept).await;
+    let prefix = std::fs::read_to_string(host.state_dir().join("net_prefix")).unwrap();
+    // What a crash between making a sandbox's network and writing its bundle leaves: a
+    // network namespace of this server's prefix that names no sandbox.
+    let orphan = format!("{prefix}-{}", random_hex(16));
+    run(&["ip", "netns", "add", &orphan]);
+    let orphan = Path::new("/run/netns").join(orphan);
+    let c = host.restart();
+    assert!(!orphan.exists(), "{} outlived the restart", orphan.display());
+    // The running sandbox was adopted with its network: same address, still fenced, still
+    // reaching its gateway.
+    let again = view(&c, NS, &kept).await;
+    assert_eq!((again.addr, again.gateway), (v.addr, v.gateway));
+    let gw = Listener::bind(SocketAddr::from((v.gateway, bulkhead_runtime::net::GATEWAY_TCP_PORTS[1])));
+    let other = Listener::bind(SocketAddr::from((v.gateway, 0)));
+    let got = probe(&c, NS, &kept, &[gw.addr, other.addr]).await;
+    assert!(got[&gw.addr] && !got[&other.addr], "{got:?}");
 }
