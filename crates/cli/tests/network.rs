@@ -61,24 +61,25 @@ impl Host {
 
     /// Starts a server with `--network isolated` and `extra`; its admin client.
     fn serve(&mut self, extra: &[&str]) -> Client {
-        self.start(&random_hex(6), extra)
+        self.start(&random_hex(6), "isolated", extra)
     }
 
-    /// `kill -9` of the newest server, and a start of it again on the same dirs.
-    fn restart(&mut self) -> Client {
+    /// `kill -9` of the newest server, and a start of it again on the same dirs with
+    /// `--network NETWORK`.
+    fn restart(&mut self, network: &str) -> Client {
         let mut child = self.children.pop().unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         let tag = self.last.clone().unwrap().0;
-        self.start(&tag, &[])
+        self.start(&tag, network, &[])
     }
 
-    fn start(&mut self, tag: &str, extra: &[&str]) -> Client {
+    fn start(&mut self, tag: &str, network: &str, extra: &[&str]) -> Client {
         let (state, prefix) = (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"));
         if !self.purge.iter().any(|(s, _)| *s == state) {
             self.purge.push((state.clone(), prefix.clone()));
         }
-        let mut args = vec!["--network", "isolated"];
+        let mut args = vec!["--network", network];
         args.extend_from_slice(extra);
         let data = self.dir.path().join(format!("data-{tag}"));
         let started = bulkhead_bench::server::Serve {
@@ -466,6 +467,11 @@ async fn a_sandbox_has_lo_and_eth0_only_and_its_network_goes_with_it() {
     assert!(cidr.slot_of(v.addr).is_some(), "{v:?} is outside {cidr}");
     assert!(out.contains(&format!("inet {}/30", v.addr)), "{out}");
     assert!(!out.contains("inet6"), "IPv6 is off: {out}");
+    // The sandbox's root cannot change its network: the namespace is the host's.
+    let (code, _, err) =
+        sh(&c, NS, &a, "ip addr add 100.64.0.9/30 dev eth0 || ip link set eth0 down || ip link add x type dummy").await;
+    assert_ne!(code, 0, "a sandbox changed its network");
+    assert!(err.contains("Operation not permitted"), "{err}");
     // On the host: the sandbox's netns, its veth holding the gateway, and the server's table.
     let body = a.strip_prefix("sbx_").unwrap();
     let prefix = std::fs::read_to_string(host.state_dir().join("net_prefix")).unwrap();
@@ -535,7 +541,7 @@ async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_
     let orphan = format!("{prefix}-{}", random_hex(16));
     run(&["ip", "netns", "add", &orphan]);
     let orphan = Path::new("/run/netns").join(orphan);
-    let c = host.restart();
+    let c = host.restart("isolated");
     assert!(!orphan.exists(), "{} outlived the restart", orphan.display());
     // The running sandbox was adopted with its network: same address, still fenced, still
     // reaching its gateway.
@@ -545,4 +551,11 @@ async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_
     let other = Listener::bind(SocketAddr::from((v.gateway, 0)));
     let got = probe(&c, NS, &kept, &[gw.addr, other.addr]).await;
     assert!(got[&gw.addr] && !got[&other.addr], "{got:?}");
+    // Restarted loopback-only, the server still removes the networks of the isolated
+    // sandboxes it adopted.
+    let c = host.restart("loopback-only");
+    let netns = Path::new("/run/netns").join(format!("{prefix}-{}", kept.strip_prefix("sbx_").unwrap()));
+    assert!(netns.exists());
+    c.delete_sandbox(NS, &kept).await.unwrap();
+    assert!(!netns.exists(), "{} outlived its sandbox", netns.display());
 }

@@ -495,6 +495,14 @@ impl Network {
         Ok(Network { config, host })
     }
 
+    /// The networks of `net_prefix` already on the host, to list and remove them only: no rules
+    /// are installed and [`Self::setup`] is not for it.
+    pub fn existing(net_prefix: &str) -> Result<Network> {
+        crate::hostreg::check_net_prefix(net_prefix).map_err(RuntimeError::Invalid)?;
+        let cidr = Cidr { addr: Ipv4Addr::UNSPECIFIED, len: 30 };
+        Ok(Network { config: NetConfig { net_prefix: net_prefix.to_owned(), cidr }, host: connect()? })
+    }
+
     pub fn config(&self) -> &NetConfig {
         &self.config
     }

@@ -284,7 +284,14 @@ impl OciRuntime {
                 fs::write(&prefix_file, &net.net_prefix).map_err(RuntimeError::io("write the net prefix file"))?;
                 Some(crate::net::Network::new(net.clone())?)
             }
-            None => None,
+            // Loopback only now, but sandboxes of an earlier isolated run may still hold their
+            // networks: kept to remove them (and their rules stay until the last one goes).
+            None => match fs::read_to_string(&prefix_file) {
+                Ok(prefix) if !crate::net::sandboxes_on_host(prefix.trim()).is_empty() => {
+                    Some(crate::net::Network::existing(prefix.trim())?)
+                }
+                _ => None,
+            },
         };
         let runtime = OciRuntime {
             config,
