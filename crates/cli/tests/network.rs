@@ -559,3 +559,28 @@ async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_
     c.delete_sandbox(NS, &kept).await.unwrap();
     assert!(!netns.exists(), "{} outlived its sandbox", netns.display());
 }
+
+/// Not a check: prints the median create time with and without the network, for the note.
+/// `cargo test -p bulkhead --test network create_cost -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn create_cost() {
+    let mut host = Host::new();
+    let mut medians = Vec::new();
+    for network in ["loopback-only", "isolated"] {
+        let c = host.start(&random_hex(6), network, &[]);
+        namespace(&c, NS).await;
+        let mut times = Vec::new();
+        for _ in 0..30 {
+            let t = std::time::Instant::now();
+            let id = sandbox(&c, NS).await;
+            times.push(t.elapsed());
+            c.delete_sandbox(NS, &id).await.unwrap();
+        }
+        times.sort();
+        medians.push((network, times[times.len() / 2], times[times.len() * 9 / 10]));
+    }
+    for (network, p50, p90) in medians {
+        println!("create with --network {network}: p50 {p50:?}, p90 {p90:?}");
+    }
+}
