@@ -198,6 +198,8 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // Sandboxes with a network of their own reach the API through their gateway.
+    started.state.runtime.serve_api(addr).await;
     println!("bulkhead listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
     bulkhead_server::serve(started.state, listener).await.context("server failed")?;

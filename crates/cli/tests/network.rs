@@ -584,3 +584,39 @@ async fn create_cost() {
         println!("create with --network {network}: p50 {p50:?}, p90 {p90:?}");
     }
 }
+
+/// `$BULKHEAD_URL` inside a sandbox with a network of its own is the API at its gateway: the
+/// workload token works from inside, and nothing else of the host is opened by it. After a
+/// restart the adopted sandbox still reaches the API.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_is_at_bulkhead_url_from_inside_and_its_workload_token_works() {
+    let mut host = Host::new();
+    let c = host.serve(&[]);
+    namespace(&c, NS).await;
+    let a = sandbox(&c, NS).await;
+    let v = view(&c, NS, &a).await;
+    let script = format!(
+        "echo \"$BULKHEAD_URL\"; python3 - <<'PY'\n\
+import os, urllib.request\n\
+url = os.environ['BULKHEAD_URL']\n\
+print(urllib.request.urlopen(url + '/healthz', timeout=10).status)\n\
+token = open('/run/bulkhead/token').read().strip()\n\
+req = urllib.request.Request(url + '/v1/namespaces/{NS}/sandboxes/{a}', headers={{'Authorization': 'Bearer ' + token}})\n\
+print(urllib.request.urlopen(req, timeout=10).read().decode())\n\
+PY"
+    );
+    let (code, out, err) = sh(&c, NS, &a, &script).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some(format!("http://{}:15002", v.gateway).as_str()), "{out}");
+    assert_eq!(lines.next(), Some("200"), "{out}");
+    assert!(lines.next().is_some_and(|l| l.contains(&a) && l.contains("running")), "{out}");
+    // The relay listens on that gateway address only.
+    let listening = Command::new("ss").args(["-Htln", "sport = :15002"]).output().unwrap();
+    let listening = String::from_utf8_lossy(&listening.stdout).to_string();
+    assert!(listening.contains(&format!("{}:15002", v.gateway)) && !listening.contains("0.0.0.0:15002"), "{listening}");
+    // A restart adopts the sandbox and its relay again.
+    let c = host.restart("isolated");
+    let (code, out, err) = sh(&c, NS, &a, "python3 -c \"import os,urllib.request;print(urllib.request.urlopen(os.environ['BULKHEAD_URL']+'/healthz',timeout=10).status)\"").await;
+    assert_eq!((code, out.trim()), (0, "200"), "{err}");
+}

@@ -19,6 +19,7 @@ pub mod confined;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod files;
+pub mod gateway;
 pub mod host;
 pub mod hostreg;
 pub mod net;
@@ -227,6 +228,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<HostSandbox>>;
     /// Namespaces that have a cgroup on the host.
     async fn namespaces(&self) -> Result<Vec<String>>;
+    /// The address the server's API listens on, once it listens: sandboxes with a network of
+    /// their own reach it through their gateway at `$BULKHEAD_URL`. Nothing to do for a runtime
+    /// without sandbox networks.
+    async fn serve_api(&self, _addr: std::net::SocketAddr) {}
     /// Resolves when the init of sandbox `id` of `namespace` has died (at once when it has
     /// already), with the reason to record: `init exited with signal N`, `init exited with
     /// status N`, `oom`. `NotRunning` when the sandbox has no live init to watch.

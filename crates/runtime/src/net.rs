@@ -62,8 +62,8 @@ pub const ADDRESS_LOCK: &str = "/run/bulkhead-net.lock";
 /// The default `--sandbox-cidr`: the shared address space of RFC 6598, never routed on the
 /// internet and seldom used on a host's own networks.
 pub const DEFAULT_SANDBOX_CIDR: &str = "100.64.0.0/10";
-/// TCP ports of the sandbox's gateway address that a sandbox may reach: DNS, and the ports the
-/// egress gateway will serve (its forwarder and the API proxy). Nothing listens on them yet.
+/// TCP ports of the sandbox's gateway address that a sandbox may reach: DNS and the egress
+/// forwarder (to come), and the API ([`crate::gateway::API_PORT`]).
 pub const GATEWAY_TCP_PORTS: &[u16] = &[53, 15001, 15002];
 /// UDP ports of the gateway address that a sandbox may reach: DNS.
 pub const GATEWAY_UDP_PORTS: &[u16] = &[53];
@@ -609,6 +609,24 @@ impl Network {
     }
 
     /// The sandbox ids whose networks of this server are on the host.
+    /// The gateway address of sandbox `id` (the IPv4 address of its veth's host side), when
+    /// its network exists.
+    pub async fn gateway_of(&self, id: &str) -> Result<Option<Ipv4Addr>> {
+        let names = self.names(id)?;
+        let Some(index) = link_index(&self.host, &names.veth).await? else {
+            return Ok(None);
+        };
+        let mut addrs = self.host.address().get().set_link_index_filter(index).execute();
+        while let Some(a) = addrs.try_next().await.map_err(netlink_err("list the veth's addresses"))? {
+            for attr in &a.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) = attr {
+                    return Ok(Some(*v4));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     pub fn on_host(&self) -> Vec<String> {
         sandboxes_on_host(&self.config.net_prefix)
     }

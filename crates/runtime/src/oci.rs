@@ -76,6 +76,8 @@ pub struct OciRuntime {
     cpu_seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Sandbox networks, with `--network isolated`.
     network: Option<crate::net::Network>,
+    /// The API at each networked sandbox's gateway (see [`crate::gateway`]).
+    relays: crate::gateway::ApiRelays,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -302,6 +304,7 @@ impl OciRuntime {
             inits: Default::default(),
             cpu_seen: Default::default(),
             network,
+            relays: Default::default(),
         };
         if adopted {
             runtime.prepare_base()?;
@@ -861,12 +864,20 @@ impl Runtime for OciRuntime {
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
         Self::check_id(&spec.id)?;
         let result = async {
+            let mut spec = spec.clone();
             let netns = match &self.network {
-                Some(net) => Some(net.setup(&spec.id).await?.names.netns_path()),
+                Some(net) => {
+                    let made = net.setup(&spec.id).await?;
+                    // The API, at the sandbox's gateway, as `$BULKHEAD_URL`.
+                    self.relays.start(&spec.id, made.addrs.gateway)?;
+                    spec.env.retain(|(k, _)| k != "BULKHEAD_URL");
+                    spec.env.push(("BULKHEAD_URL".into(), crate::gateway::ApiRelays::url(made.addrs.gateway)));
+                    Some(made.names.netns_path())
+                }
                 None => None,
             };
-            self.prepare_bundle(spec, netns)?;
-            self.start(spec).await
+            self.prepare_bundle(&spec, netns)?;
+            self.start(&spec).await
         }
         .await;
         if let Err(e) = result {
@@ -951,6 +962,7 @@ impl Runtime for OciRuntime {
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
         // Its network once nothing runs in it; a sandbox id of another shape never had one.
+        self.relays.stop(id);
         if let Some(net) = &self.network {
             if crate::net::Names::of(&net.config().net_prefix, id).is_some() {
                 net.teardown(id).await?;
@@ -1014,6 +1026,23 @@ impl Runtime for OciRuntime {
 
     async fn namespaces(&self) -> Result<Vec<String>> {
         Ok(self.cgroups.namespaces())
+    }
+
+    async fn serve_api(&self, addr: std::net::SocketAddr) {
+        self.relays.set_api(addr);
+        // The sandboxes adopted at start had their relays in the server that started them.
+        let Some(net) = &self.network else { return };
+        for id in net.on_host() {
+            match net.gateway_of(&id).await {
+                Ok(Some(gateway)) => {
+                    if let Err(e) = self.relays.start(&id, gateway) {
+                        tracing::warn!(sandbox = %id, error = %e, "the API relay of an adopted sandbox did not start");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(sandbox = %id, error = %e, "the gateway of an adopted sandbox is unknown"),
+            }
+        }
     }
 
     async fn wait_init(&self, namespace: &str, id: &str) -> Result<String> {
