@@ -12,6 +12,7 @@
 
 pub mod crash;
 pub mod load;
+pub mod network;
 pub mod parts;
 pub mod policy;
 pub mod server;
@@ -111,6 +112,8 @@ struct Report {
     /// The cpu limit of the benchmarked sandboxes, in thousandths of a core.
     sandbox_cpu_millis: u64,
     create_to_first_output: Stat,
+    /// The same on a server with `--network isolated`.
+    create_to_first_output_networked: Stat,
     create_vs_raw_p50: f64,
     create_vs_raw_sandbox_cpu_p50: f64,
     exec_round_trip: Stat,
@@ -186,6 +189,11 @@ struct Names {
 }
 
 impl Names {
+    /// The state dir and cgroup prefix of the second server, with `--network isolated`.
+    fn net(&self) -> (PathBuf, String) {
+        (PathBuf::from(format!("{}-net", self.state_dir.display())), format!("{}-net", self.cgroup_prefix))
+    }
+
     /// The state dir and cgroup prefix of the bare OCI runtime's baseline containers.
     fn raw(&self) -> (PathBuf, String) {
         (PathBuf::from(format!("{}-raw", self.state_dir.display())), format!("{}-raw", self.cgroup_prefix))
@@ -207,6 +215,7 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
     leave_nothing_behind(&settings).await;
     let _ = std::fs::remove_dir_all(&data);
     forget_in_host_registry(&settings.cgroup_prefix);
+    forget_in_host_registry(&settings.net().1);
     let report = result?;
     print(&report);
     std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
@@ -223,6 +232,8 @@ async fn leave_nothing_behind(settings: &Names) {
     let mut last = None;
     let (raw_state, raw_prefix) = settings.raw();
     let _ = bulkhead_runtime::oci::purge(&raw_state, cgroup_root, &raw_prefix);
+    let (net_state, net_prefix) = settings.net();
+    let _ = bulkhead_runtime::oci::purge(&net_state, cgroup_root, &net_prefix);
     for _ in 0..10 {
         match bulkhead_runtime::oci::purge(&settings.state_dir, cgroup_root, &settings.cgroup_prefix) {
             Ok(()) => return,
@@ -262,7 +273,7 @@ fn tempdir_path(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The server under test, as its own process; killed when dropped.
-struct ServerProcess(Child);
+pub(crate) struct ServerProcess(pub(crate) Child);
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -350,6 +361,12 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
             bail!("sandbox {} left its bundle after delete", s.id);
         }
     }
+
+    eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
+    let (net_state, net_prefix) = settings.net();
+    let networked =
+        network::networked_create(bulkhead, &data.join("net"), &net_state, &net_prefix, &runtime_class, args.runs)
+            .await?;
 
     let deaths = args.runs.clamp(1, 20);
     eprintln!("sandbox death → failed, {deaths} runs ...");
@@ -509,6 +526,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         raw_oci_first_output_sandbox_cpu: raw_sandbox_cpu,
         sandbox_cpu_millis: sandbox_cpu,
         create_to_first_output: create,
+        create_to_first_output_networked: stat(networked),
         create_vs_raw_p50: create.p50_ms / raw.p50_ms,
         create_vs_raw_sandbox_cpu_p50: create.p50_ms / raw_sandbox_cpu.p50_ms,
         exec_round_trip: execs,
@@ -566,6 +584,11 @@ fn print(r: &Report) {
         &r.raw_oci_first_output_sandbox_cpu,
     );
     row("sandbox create → first exec output", &r.create_to_first_output);
+    row("  the same with a network (--network isolated)", &r.create_to_first_output_networked);
+    println!(
+        "  a network adds {:.2} ms at p50 (target ≤ 3 ms)",
+        r.create_to_first_output_networked.p50_ms - r.create_to_first_output.p50_ms
+    );
     row(&format!("exec round trip (HTTP, `true`, {} millicores)", r.exec_sandbox_cpu_millis), &r.exec_round_trip);
     row("delete → every host resource gone", &r.delete_to_clean);
     row(&format!("{} concurrent creates, each", r.concurrent_creates), &r.concurrent_create);
