@@ -22,16 +22,10 @@ pub async fn networked_create(
     runs: usize,
 ) -> anyhow::Result<Vec<Duration>> {
     let extra = ["--runtime-class", runtime_class, "--network", "isolated"];
-    let started = crate::server::Serve {
-        bulkhead,
-        data_dir,
-        state_dir,
-        cgroup_prefix,
-        host_registry: None,
-        extra: &extra,
-    }
-    .spawn()
-    .context("start bulkhead serve --network isolated")?;
+    let started =
+        crate::server::Serve { bulkhead, data_dir, state_dir, cgroup_prefix, host_registry: None, extra: &extra }
+            .spawn()
+            .context("start bulkhead serve --network isolated")?;
     let _server = crate::ServerProcess(started.child);
     let admin = std::fs::read_to_string(data_dir.join("admin.token"))?.trim().to_owned();
     let c = Client::new(&started.url, Some(admin));
