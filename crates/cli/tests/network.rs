@@ -560,31 +560,6 @@ async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_
     assert!(!netns.exists(), "{} outlived its sandbox", netns.display());
 }
 
-/// Not a check: prints the median create time with and without the network, for the note.
-/// `cargo test -p bulkhead --test network create_cost -- --ignored --nocapture`
-#[tokio::test(flavor = "multi_thread")]
-#[ignore]
-async fn create_cost() {
-    let mut host = Host::new();
-    let mut medians = Vec::new();
-    for network in ["loopback-only", "isolated"] {
-        let c = host.start(&random_hex(6), network, &[]);
-        namespace(&c, NS).await;
-        let mut times = Vec::new();
-        for _ in 0..30 {
-            let t = std::time::Instant::now();
-            let id = sandbox(&c, NS).await;
-            times.push(t.elapsed());
-            c.delete_sandbox(NS, &id).await.unwrap();
-        }
-        times.sort();
-        medians.push((network, times[times.len() / 2], times[times.len() * 9 / 10]));
-    }
-    for (network, p50, p90) in medians {
-        println!("create with --network {network}: p50 {p50:?}, p90 {p90:?}");
-    }
-}
-
 /// `$BULKHEAD_URL` inside a sandbox with a network of its own is the API at its gateway: the
 /// workload token works from inside, and nothing else of the host is opened by it. After a
 /// restart the adopted sandbox still reaches the API.
