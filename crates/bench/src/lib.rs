@@ -169,6 +169,7 @@ fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64
         env: vec![],
         workspace: None,
         run_files: Vec::new(),
+        extra_ca_pem: None,
     };
     let mut container = RawContainer::prepare(config, &spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);

@@ -381,6 +381,7 @@ impl Cgroups {
                     pids_limit_hits: keyed(&d.join("pids.events"), "max").unwrap_or(0),
                     io_read_bytes,
                     io_write_bytes,
+                    egress: Default::default(),
                 }
             }
             Version::V1 => {
@@ -399,6 +400,7 @@ impl Cgroups {
                     pids_limit_hits: keyed(&self.root.join("pids").join(&rel).join("pids.events"), "max").unwrap_or(0),
                     io_read_bytes,
                     io_write_bytes,
+                    egress: Default::default(),
                 }
             }
         })

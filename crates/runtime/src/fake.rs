@@ -885,6 +885,7 @@ mod process_tests {
             env: vec![],
             workspace: None,
             run_files: vec![],
+            extra_ca_pem: None,
         }
     }
 

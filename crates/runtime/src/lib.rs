@@ -16,6 +16,7 @@ pub mod baseline;
 pub mod cgroup;
 pub mod client;
 pub mod confined;
+pub mod egress;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod files;
@@ -75,6 +76,10 @@ pub struct SandboxSpec {
     /// live on the host's tmpfs state dir only, owned by the sandbox's root, mode 0400, and are
     /// mounted read-only.
     pub run_files: Vec<RunFile>,
+    /// The namespace's CA certificate (PEM) that the sandbox trusts on top of the host's
+    /// bundle, for brokered credentials (see [`egress`]); `None` when the namespace brokers
+    /// nothing.
+    pub extra_ca_pem: Option<String>,
 }
 
 /// A file under `/run` in a sandbox.
@@ -119,6 +124,8 @@ pub struct SandboxStats {
     /// io (v2) or blkio (v1) controller accounts them.
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
+    /// What the egress gateway forwarded for the sandbox (zero without a network).
+    pub egress: egress::EgressStats,
 }
 
 /// A sandbox as the host sees it, for reconciliation.
@@ -232,6 +239,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// their own reach it through their gateway at `$BULKHEAD_URL`. Nothing to do for a runtime
     /// without sandbox networks.
     async fn serve_api(&self, _addr: std::net::SocketAddr) {}
+    /// Who decides the sandboxes' egress (see [`egress`]); set once by the server when it
+    /// starts, before it creates or adopts sandboxes. Until it is set, every connection and DNS
+    /// query of a sandbox is denied. Nothing to do for a runtime without sandbox networks.
+    fn set_egress_decider(&self, _decider: std::sync::Arc<dyn egress::EgressDecider>) {}
     /// Resolves when the init of sandbox `id` of `namespace` has died (at once when it has
     /// already), with the reason to record: `init exited with signal N`, `init exited with
     /// status N`, `oom`. `NotRunning` when the sandbox has no live init to watch.

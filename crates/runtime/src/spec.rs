@@ -343,6 +343,7 @@ mod tests {
             env: vec![("HOME".into(), "/work".into()), ("TOKEN".into(), "x".into())],
             workspace: Some(crate::Workspace { source: "/run/b/filesystems/fs_1".into(), read_only: true }),
             run_files: Vec::new(),
+            extra_ca_pem: None,
         }
     }
 

@@ -119,6 +119,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
             None => None,
         },
         run_files: plan.run_files,
+        extra_ca_pem: None,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,
