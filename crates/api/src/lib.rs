@@ -476,6 +476,23 @@ pub struct UsageTotals {
     pub io_read_bytes: u64,
     #[serde(default)]
     pub io_write_bytes: u64,
+    /// Network egress through the gateway, both directions: `egress_bytes_out +
+    /// egress_bytes_in`. Payload bytes of the forwarded connections (TLS records as they pass,
+    /// not decrypted); DNS answers are not counted.
+    #[serde(default)]
+    pub egress_bytes: u64,
+    /// The bytes the sandboxes sent.
+    #[serde(default)]
+    pub egress_bytes_out: u64,
+    /// The bytes the sandboxes received.
+    #[serde(default)]
+    pub egress_bytes_in: u64,
+    /// Connections the gateway allowed and forwarded.
+    #[serde(default)]
+    pub egress_connections: u64,
+    /// Connections and DNS queries the gateway denied.
+    #[serde(default)]
+    pub egress_denied: u64,
 }
 
 /// One time bucket of usage.
@@ -500,7 +517,7 @@ pub struct UsageReport {
     pub disk_bytes: u64,
     /// Written on its filesystems now.
     pub disk_used_bytes: u64,
-    /// Network egress. Sandboxes have loopback only, so this is always 0.
+    /// Network egress over the period, both directions: the same as `totals.egress_bytes`.
     pub egress_bytes: u64,
     pub buckets: Vec<UsageBucket>,
 }

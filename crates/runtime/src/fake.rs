@@ -19,6 +19,7 @@ use bulkhead_supervisor::protocol::{self, Failure, FailureKind};
 
 use crate::archive::{self, Stats};
 use crate::confined::{Entry, Kind};
+use crate::egress::EgressCounters;
 use crate::files::{self, Download, FileError, Preconditions, StagedArchive, WriteOptions, Written};
 use crate::storage::{FilesystemStorage, Usage};
 use crate::{
@@ -39,6 +40,9 @@ pub struct FakeSandbox {
     pub files: BTreeMap<String, Vec<u8>>,
     /// Commands it ran, in order.
     pub commands: Vec<Vec<String>>,
+    /// Its egress gateway's counters, reported by [`Runtime::stats`] as `egress`; a test counts
+    /// into them as the gateway would ([`FakeRuntime::egress`]).
+    pub egress: Arc<EgressCounters>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +120,12 @@ impl FakeRuntime {
         lock(&self.state).sandboxes.get(id).cloned()
     }
 
+    /// The egress counters of sandbox `id`, while it exists: what a test adds to them is what
+    /// the sandbox's gateway forwarded (or denied), as [`Runtime::stats`] reports it.
+    pub fn egress(&self, id: &str) -> Option<Arc<EgressCounters>> {
+        lock(&self.state).sandboxes.get(id).map(|s| s.egress.clone())
+    }
+
     /// Namespaces with a (fake) cgroup, and their limits.
     pub fn namespace_limits(&self, namespace: &str) -> Option<NamespaceLimits> {
         lock(&self.state).namespaces.get(namespace).copied()
@@ -165,7 +175,12 @@ impl crate::Runtime for FakeRuntime {
         if state.sandboxes.contains_key(&spec.id) {
             return Err(RuntimeError::Busy(format!("sandbox {} exists", spec.id)));
         }
-        let sandbox = FakeSandbox { spec: spec.clone(), files: BTreeMap::new(), commands: Vec::new() };
+        let sandbox = FakeSandbox {
+            spec: spec.clone(),
+            files: BTreeMap::new(),
+            commands: Vec::new(),
+            egress: Arc::new(EgressCounters::default()),
+        };
         state.sandboxes.insert(spec.id.clone(), sandbox);
         Ok(())
     }
@@ -355,7 +370,13 @@ impl crate::Runtime for FakeRuntime {
         let sandbox = state.sandboxes.get(id).ok_or_else(|| not_running(id))?;
         // A sandbox of the fake uses a millisecond of CPU per command and a mebibyte.
         let commands = sandbox.commands.len() as u64;
-        Ok(SandboxStats { cpu_usage_ns: commands * 1_000_000, memory_bytes: 1 << 20, pids: 1, ..Default::default() })
+        Ok(SandboxStats {
+            cpu_usage_ns: commands * 1_000_000,
+            memory_bytes: 1 << 20,
+            pids: 1,
+            egress: sandbox.egress.snapshot(),
+            ..Default::default()
+        })
     }
 
     async fn spawn_process(&self, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {

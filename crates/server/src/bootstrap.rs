@@ -295,6 +295,7 @@ pub async fn start_with(
         keys: KeyCache::default(),
         namespaces: Default::default(),
         metrics: Default::default(),
+        denials: Default::default(),
         sandbox_locks: SandboxLocks::default(),
         streams,
         logs,

@@ -144,7 +144,9 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     sandboxes::spawn_reaper(state.clone());
     metering::spawn_meter(state.clone());
+    service::egress_audit::spawn_flush(state.clone(), state.config.egress_audit_interval);
     let limits = state.config.connections;
+    let last_flush = state.clone();
     let router = app(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     // Connections hold a receiver each; a shutdown tells them to drain and waits for them.
@@ -219,6 +221,10 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::i
     // their own, so the wait is bounded. Every connection holds a receiver until it ends.
     if tokio::time::timeout(SHUTDOWN_GRACE, stop_tx.closed()).await.is_err() {
         tracing::warn!(grace = ?SHUTDOWN_GRACE, "requests still in flight at shutdown were cut");
+    }
+    // The denials of the interval cut short are audited too.
+    if let Err(e) = service::egress_audit::flush_now(&last_flush).await {
+        tracing::warn!(error = %e, "the last egress denial audit failed");
     }
     Ok(())
 }

@@ -9,12 +9,21 @@
 //! principal of that namespace (or the platform admin acting on it); unauthenticated and
 //! cross-tenant requests count in one series without a namespace label.
 //! **Invariant:** every label's values come from a fixed set: route templates of the route
-//! table, status codes of [`STATUSES`] (else `other`), failure kinds of [`FAILURE_KINDS`].
+//! table, status codes of [`STATUSES`] (else `other`), failure kinds of [`FAILURE_KINDS`],
+//! egress directions `out` and `in`.
+//!
+//! Egress counters (`bulkhead_egress_*_total`) come from the gateway's per-sandbox counters
+//! ([`bulkhead_runtime::SandboxStats::egress`]): what the metering samples moved into the usage
+//! ledger since the server started, plus what the running sandboxes' counters show beyond their
+//! last sample, both read under one lock so a sample between two scrapes never makes a counter
+//! go back. Where metering of each sandbox's egress stands (its mark) is kept here, in memory:
+//! the gateway's counters live in this process too, and start from zero with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use bulkhead_runtime::egress::EgressStats;
 use bulkhead_store::NamespaceRow;
 
 /// Upper bounds of the exec latency histogram, in seconds.
@@ -74,6 +83,8 @@ struct Series {
     failures: BTreeMap<String, u64>,
     quota_rejections: u64,
     exec: Option<Histogram>,
+    /// Egress metered into the ledger since the server started.
+    egress: EgressStats,
 }
 
 #[derive(Debug, Default)]
@@ -85,6 +96,9 @@ struct Counters {
     /// Incarnations deleted lately, oldest first: a request of one that finishes after the delete
     /// is not counted, so its series does not come back.
     gone: std::collections::VecDeque<String>,
+    /// Sandbox id → the gateway's counters at its last metering sample. Entries of sandboxes
+    /// that ended are dropped by [`Metrics::egress_retain`].
+    egress_marks: HashMap<String, EgressStats>,
 }
 
 /// Deleted incarnations remembered, at most.
@@ -165,6 +179,30 @@ impl Metrics {
         });
     }
 
+    /// Where metering of a sandbox's egress counters stands: their values at its last sample
+    /// (zero before the first one).
+    pub fn egress_mark(&self, sandbox: &str) -> EgressStats {
+        self.with(|c| c.egress_marks.get(sandbox).copied().unwrap_or_default())
+    }
+
+    /// A metering sample of a sandbox's egress landed in the ledger: its counters stood at
+    /// `mark`, `delta` more than at the sample before; `delta` counts in `tenant`'s series.
+    /// The mark and the series change together, so a scrape sees either both or neither.
+    pub fn egress_metered(&self, tenant: Option<&Tenant>, sandbox: &str, mark: EgressStats, delta: EgressStats) {
+        self.with(|c| {
+            c.egress_marks.insert(sandbox.to_owned(), mark);
+            if let Some(t) = tenant.filter(|t| !c.gone.contains(&t.incarnation)) {
+                let s = c.namespaces.entry(t.incarnation.clone()).or_default();
+                s.egress = egress_sum(s.egress, delta);
+            }
+        });
+    }
+
+    /// Forgets the egress marks of sandboxes for which `keep` is false (they ended).
+    pub fn egress_retain(&self, keep: impl Fn(&str) -> bool) {
+        self.with(|c| c.egress_marks.retain(|id, _| keep(id)));
+    }
+
     /// Namespace series held now (for tests of the bound).
     pub fn namespace_series(&self) -> usize {
         self.with(|c| c.namespaces.len())
@@ -175,8 +213,39 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// What a gateway counter shows beyond its mark: the difference, or the whole reading when it is
+/// below the mark (the counter started again from zero).
+fn counter_delta(mark: u64, now: u64) -> u64 {
+    if now >= mark {
+        now - mark
+    } else {
+        now
+    }
+}
+
+/// What the gateway's counters `now` show beyond `mark`, counter by counter (see
+/// [`counter_delta`]).
+pub fn egress_delta(mark: EgressStats, now: EgressStats) -> EgressStats {
+    EgressStats {
+        bytes_out: counter_delta(mark.bytes_out, now.bytes_out),
+        bytes_in: counter_delta(mark.bytes_in, now.bytes_in),
+        connections: counter_delta(mark.connections, now.connections),
+        denied: counter_delta(mark.denied, now.denied),
+    }
+}
+
+/// `a + b`, counter by counter (saturating).
+pub fn egress_sum(a: EgressStats, b: EgressStats) -> EgressStats {
+    EgressStats {
+        bytes_out: a.bytes_out.saturating_add(b.bytes_out),
+        bytes_in: a.bytes_in.saturating_add(b.bytes_in),
+        connections: a.connections.saturating_add(b.connections),
+        denied: a.denied.saturating_add(b.denied),
+    }
+}
+
 /// Gauges of one namespace's running sandboxes, read at scrape time.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Running {
     pub sandboxes: u64,
     /// CPU allocated, thousandths of a core.
@@ -185,6 +254,9 @@ pub struct Running {
     pub memory_bytes: u64,
     /// CPU used so far, nanoseconds, from the cgroups.
     pub cpu_usage_ns: u64,
+    /// Sandbox id → its gateway's egress counters now; what they show beyond the sandbox's mark
+    /// is added to the namespace's egress counters.
+    pub egress_now: BTreeMap<String, EgressStats>,
 }
 
 impl Metrics {
@@ -214,14 +286,25 @@ impl Metrics {
             let _ =
                 writeln!(out, "bulkhead_cpu_seconds{{namespace=\"{}\"}} {:.3}", label(ns), v.cpu_usage_ns as f64 / 1e9);
         }
-        // Counters since start, of the live incarnations only, by name.
-        let (series, unattributed) = self.with(|c| {
+        // Counters since start, of the live incarnations only, by name; egress with what the
+        // running sandboxes' counters show beyond their marks, under the same lock.
+        let (series, unattributed, egress) = self.with(|c| {
             let series: BTreeMap<String, Series> = c
                 .namespaces
                 .iter()
                 .filter_map(|(inc, s)| live.get(inc.as_str()).map(|name| ((*name).to_owned(), s.clone())))
                 .collect();
-            (series, c.unattributed.clone())
+            let mut egress: BTreeMap<String, EgressStats> =
+                series.iter().map(|(ns, s)| (ns.clone(), s.egress)).collect();
+            for (ns, r) in running {
+                for (id, now) in &r.egress_now {
+                    let mark = c.egress_marks.get(id).copied().unwrap_or_default();
+                    let e = egress.entry(ns.clone()).or_default();
+                    *e = egress_sum(*e, egress_delta(mark, *now));
+                }
+            }
+            egress.retain(|_, e| *e != EgressStats::default());
+            (series, c.unattributed.clone(), egress)
         });
         let _ = writeln!(out, "# HELP bulkhead_api_requests_total API requests authenticated into a namespace, by route and status.\n# TYPE bulkhead_api_requests_total counter");
         for (ns, s) in &series {
@@ -280,6 +363,21 @@ impl Metrics {
             let _ = writeln!(out, "bulkhead_exec_seconds_bucket{{namespace=\"{ns}\",le=\"+Inf\"}} {}", h.count);
             let _ = writeln!(out, "bulkhead_exec_seconds_sum{{namespace=\"{ns}\"}} {:.6}", h.sum);
             let _ = writeln!(out, "bulkhead_exec_seconds_count{{namespace=\"{ns}\"}} {}", h.count);
+        }
+        let _ = writeln!(out, "# HELP bulkhead_egress_bytes_total Payload bytes forwarded by the egress gateway, by direction (out: sent by the sandboxes, in: received).\n# TYPE bulkhead_egress_bytes_total counter");
+        for (ns, e) in &egress {
+            let ns = label(ns);
+            let _ =
+                writeln!(out, "bulkhead_egress_bytes_total{{namespace=\"{ns}\",direction=\"out\"}} {}", e.bytes_out);
+            let _ = writeln!(out, "bulkhead_egress_bytes_total{{namespace=\"{ns}\",direction=\"in\"}} {}", e.bytes_in);
+        }
+        let _ = writeln!(out, "# HELP bulkhead_egress_connections_total Connections the egress gateway allowed and forwarded.\n# TYPE bulkhead_egress_connections_total counter");
+        for (ns, e) in &egress {
+            let _ = writeln!(out, "bulkhead_egress_connections_total{{namespace=\"{}\"}} {}", label(ns), e.connections);
+        }
+        let _ = writeln!(out, "# HELP bulkhead_egress_denied_total Connections and DNS queries the egress gateway denied.\n# TYPE bulkhead_egress_denied_total counter");
+        for (ns, e) in &egress {
+            let _ = writeln!(out, "bulkhead_egress_denied_total{{namespace=\"{}\"}} {}", label(ns), e.denied);
         }
         out
     }

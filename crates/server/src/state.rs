@@ -91,6 +91,8 @@ pub struct ServerConfig {
     pub reap_interval: Duration,
     /// How often running sandboxes are metered (and once more when each ends).
     pub meter_interval: Duration,
+    /// How long egress denials are tallied before their aggregated audit records are written.
+    pub egress_audit_interval: Duration,
     /// Exec output a namespace keeps, in bytes; the oldest goes first.
     pub log_bytes_per_namespace: u64,
     /// How namespaces' OpenID Connect providers are checked (key set lifetime, refetch bound,
@@ -122,6 +124,7 @@ impl ServerConfig {
             sandbox_limits: SandboxLimits::default(),
             reap_interval: Duration::from_millis(500),
             meter_interval: Duration::from_secs(10),
+            egress_audit_interval: Duration::from_secs(10),
             log_bytes_per_namespace: 16 << 20,
             oidc: bulkhead_oidc::ProviderOptions::default(),
             host_registry: PathBuf::from(bulkhead_runtime::hostreg::DEFAULT_PATH),
@@ -253,6 +256,9 @@ pub struct Inner {
     pub namespaces: NamespaceCache,
     pub sandbox_locks: SandboxLocks,
     pub metrics: crate::metrics::Metrics,
+    /// Egress denials of the current interval, for the aggregated audit (the egress decider
+    /// records, [`crate::service::egress_audit::spawn_flush`] writes).
+    pub denials: crate::service::egress_audit::DenialLog,
     pub logs: crate::logs::LogBook,
     pub identity: crate::identity_cache::Identity,
     /// This server's owner entry in the host registry.

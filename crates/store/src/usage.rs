@@ -16,6 +16,14 @@ pub struct UsageDelta {
     pub quota_rejections: u64,
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
+    /// Payload bytes the sandboxes sent through the egress gateway.
+    pub egress_bytes_out: u64,
+    /// Payload bytes the sandboxes received through the egress gateway.
+    pub egress_bytes_in: u64,
+    /// Connections the gateway allowed and forwarded.
+    pub egress_connections: u64,
+    /// Connections and DNS queries the gateway denied.
+    pub egress_denied: u64,
 }
 
 /// One bucket of a namespace's usage ledger.

@@ -25,11 +25,17 @@ fn totals(d: &UsageDelta) -> UsageTotals {
         quota_rejections: d.quota_rejections,
         io_read_bytes: d.io_read_bytes,
         io_write_bytes: d.io_write_bytes,
+        egress_bytes: d.egress_bytes_out.saturating_add(d.egress_bytes_in),
+        egress_bytes_out: d.egress_bytes_out,
+        egress_bytes_in: d.egress_bytes_in,
+        egress_connections: d.egress_connections,
+        egress_denied: d.egress_denied,
     }
 }
 
 /// Metered usage of a namespace: cpu, memory over time, sandbox time, peaks, execs, quota
-/// refusals, from the kernel's counters; and its disk now.
+/// refusals, from the kernel's counters; egress bytes (each direction), connections and denials,
+/// from the egress gateway's counters; and its disk now.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/usage", tag = "usage", params(("ns" = String, Path), UsageParams),
     responses((status = 200, body = UsageReport), (status = 400, body = ErrorBody), ReadErrors))]
 pub async fn get(
@@ -64,15 +70,16 @@ pub async fn get(
     }
     load_namespace(&ctx, &ns).await?;
     let report = metering::usage(&ctx.state, &ns, from, to, width).await?;
+    let sum = totals(&report.total);
     Ok(Json(UsageReport {
         namespace: ns,
         from: rfc3339(from),
         to: rfc3339(to),
         granularity,
-        totals: totals(&report.total),
+        totals: sum,
         disk_bytes: report.disk_bytes,
         disk_used_bytes: report.disk_used_bytes,
-        egress_bytes: 0,
+        egress_bytes: sum.egress_bytes,
         buckets: report.buckets.iter().map(|(s, d)| UsageBucket { start: rfc3339(*s), usage: totals(d) }).collect(),
     }))
 }

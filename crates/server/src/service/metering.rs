@@ -2,13 +2,20 @@
 //! and once more before its cgroup is removed, and the differences are added to the namespace's
 //! usage ledger in one-minute buckets. Where metering of a sandbox stands is stored with it, so a
 //! restart neither loses usage nor counts it twice.
+//!
+//! Egress is metered the same way from the egress gateway's counters of each sandbox
+//! ([`bulkhead_runtime::SandboxStats::egress`]: bytes each way, connections, denials). Those
+//! counters live in this process and start from zero with it, so where their metering stands is
+//! kept in memory beside them ([`crate::metrics::Metrics::egress_mark`]), not in the store: a
+//! restart loses at most what the gateway counted since the last sample, and never counts
+//! anything twice.
 
 use std::collections::BTreeMap;
 
 use bulkhead_store::{MeterMark, NamespaceRow, SandboxRow, SandboxStatus, UsageDelta};
 
 use super::ServiceResult;
-use crate::metrics::Running;
+use crate::metrics::{egress_delta, Running};
 use crate::state::AppState;
 use crate::time::now_ms;
 
@@ -37,6 +44,7 @@ pub async fn sample_until(state: &AppState, row: &SandboxRow, until_ms: Option<i
     let since = row.metered_at_ms.unwrap_or(row.created_at_ms);
     let elapsed = u64::try_from(now.saturating_sub(since)).unwrap_or(0);
     let last = row.metered;
+    let egress = egress_delta(state.metrics.egress_mark(&row.id), stats.egress);
     let delta = UsageDelta {
         cpu_ns: stats.cpu_usage_ns.saturating_sub(last.cpu_ns),
         memory_byte_ms: stats.memory_bytes.saturating_mul(elapsed),
@@ -44,6 +52,10 @@ pub async fn sample_until(state: &AppState, row: &SandboxRow, until_ms: Option<i
         memory_peak_bytes: stats.memory_peak_bytes,
         io_read_bytes: stats.io_read_bytes.saturating_sub(last.io_read_bytes),
         io_write_bytes: stats.io_write_bytes.saturating_sub(last.io_write_bytes),
+        egress_bytes_out: egress.bytes_out,
+        egress_bytes_in: egress.bytes_in,
+        egress_connections: egress.connections,
+        egress_denied: egress.denied,
         ..Default::default()
     };
     // Counters only grow; a smaller reading (a counter reset) meters nothing rather than
@@ -54,12 +66,20 @@ pub async fn sample_until(state: &AppState, row: &SandboxRow, until_ms: Option<i
         io_write_bytes: stats.io_write_bytes.max(last.io_write_bytes),
     };
     state.store.meter_sandbox(row, bucket(now), &delta, mark, now).await?;
+    // In the ledger now: the egress mark moves, and the namespace's egress counters with it.
+    let tenant = if egress == Default::default() { None } else { crate::state::tenant(state, &row.namespace).await };
+    state.metrics.egress_metered(tenant.as_ref(), &row.id, stats.egress, egress);
     Ok(())
 }
 
-/// Samples every running sandbox.
+/// Samples every running sandbox, and forgets the egress marks of those that ended.
 pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
-    for row in state.store.active_sandboxes().await? {
+    let active = state.store.active_sandboxes().await?;
+    {
+        let ids: std::collections::HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
+        state.metrics.egress_retain(|id| ids.contains(id));
+    }
+    for row in &active {
         if row.status != SandboxStatus::Running {
             continue;
         }
@@ -117,6 +137,7 @@ pub async fn running(state: &AppState, only: Option<&str>) -> ServiceResult<BTre
         if let Ok(st) = state.runtime.stats(&s.namespace, &s.id).await {
             e.memory_bytes += st.memory_bytes;
             e.cpu_usage_ns += st.cpu_usage_ns;
+            e.egress_now.insert(s.id.clone(), st.egress);
         }
     }
     Ok(running)
@@ -159,6 +180,10 @@ pub fn add(total: &mut UsageDelta, d: &UsageDelta) {
     total.quota_rejections = total.quota_rejections.saturating_add(d.quota_rejections);
     total.io_read_bytes = total.io_read_bytes.saturating_add(d.io_read_bytes);
     total.io_write_bytes = total.io_write_bytes.saturating_add(d.io_write_bytes);
+    total.egress_bytes_out = total.egress_bytes_out.saturating_add(d.egress_bytes_out);
+    total.egress_bytes_in = total.egress_bytes_in.saturating_add(d.egress_bytes_in);
+    total.egress_connections = total.egress_connections.saturating_add(d.egress_connections);
+    total.egress_denied = total.egress_denied.saturating_add(d.egress_denied);
 }
 
 /// The usage of `namespace` from `from` to `to` (ms since the epoch) in buckets `width` ms wide.

@@ -1,6 +1,7 @@
 //! The services under the HTTP handlers: namespaces (and their keys), projects, sandboxes (and
 //! their background processes),
-//! filesystems (and their files and archives), secrets, policies, audit reads, logs and metering;
+//! filesystems (and their files and archives), secrets, policies, audit reads, logs, metering and
+//! the aggregated audit of denied egress;
 //! [`records`] names the rows and runtime types they take and answer. They take validated domain
 //! values (ids, rows a handler loaded and authorized, resolved secrets), act on the store and the
 //! runtime through their traits, and answer [`ServiceError`]. Handlers parse, authorize, call a service and convert its answer.
@@ -10,6 +11,7 @@
 //! who may do what: the handler authorized every call before it was made.
 
 pub mod audit;
+pub mod egress_audit;
 pub mod filesystems;
 pub mod listing;
 pub mod logs;

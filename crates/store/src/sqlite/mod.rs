@@ -51,6 +51,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "sandbox project", include_str!("../../migrations/sqlite/0007_sandbox_project.sql")),
     (8, "host ids and audit retention", include_str!("../../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
     (9, "namespace incarnation", include_str!("../../migrations/sqlite/0009_namespace_incarnation.sql")),
+    // 10 is the egress policy's (namespaces' ceilings, sandboxes' allow lists).
+    (11, "egress metering", include_str!("../../migrations/sqlite/0011_egress_metering.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).

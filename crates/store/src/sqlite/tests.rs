@@ -405,9 +405,30 @@ async fn every_row_type_reads_back_what_it_wrote() {
         quota_rejections: 6,
         io_read_bytes: 7,
         io_write_bytes: 8,
+        egress_bytes_out: 9,
+        egress_bytes_in: 10,
+        egress_connections: 11,
+        egress_denied: 12,
     };
     s.add_usage("acme", 60_000, &usage).await.unwrap();
     assert_eq!(s.usage("acme", 0, 120_000).await.unwrap(), [UsageBucket { bucket_ms: 60_000, usage }]);
+    // A second delta in the same bucket adds to every counter and keeps the larger peak.
+    s.add_usage("acme", 60_000, &usage).await.unwrap();
+    let doubled = UsageDelta {
+        cpu_ns: 2,
+        memory_byte_ms: 4,
+        sandbox_ms: 6,
+        memory_peak_bytes: 4,
+        exec_count: 10,
+        quota_rejections: 12,
+        io_read_bytes: 14,
+        io_write_bytes: 16,
+        egress_bytes_out: 18,
+        egress_bytes_in: 20,
+        egress_connections: 22,
+        egress_denied: 24,
+    };
+    assert_eq!(s.usage("acme", 0, 120_000).await.unwrap(), [UsageBucket { bucket_ms: 60_000, usage: doubled }]);
     let record = s.append_audit("acme", event(7)).await.unwrap();
     assert_eq!(s.list_audit("acme", &AuditQuery { limit: 10, ..Default::default() }).await.unwrap(), [record]);
 }

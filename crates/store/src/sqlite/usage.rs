@@ -17,11 +17,16 @@ from_columns!(UsageDelta {
     quota_rejections,
     io_read_bytes,
     io_write_bytes,
+    egress_bytes_out,
+    egress_bytes_in,
+    egress_connections,
+    egress_denied,
 });
 
 impl Columns for UsageBucket {
     const COLUMNS: &'static str = "bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, \
-         quota_rejections, io_read_bytes, io_write_bytes";
+         quota_rejections, io_read_bytes, io_write_bytes, egress_bytes_out, egress_bytes_in, egress_connections, \
+         egress_denied";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         Ok(UsageBucket { bucket_ms: row.try_get("bucket_ms")?, usage: UsageDelta::from_row(row)? })
@@ -38,12 +43,17 @@ impl Table for UsageBucket {
 }
 
 const USAGE_UPSERT: &str = "INSERT INTO usage_buckets (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
-     memory_peak_bytes, exec_count, quota_rejections, io_read_bytes, io_write_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+     memory_peak_bytes, exec_count, quota_rejections, io_read_bytes, io_write_bytes, egress_bytes_out, egress_bytes_in, \
+     egress_connections, egress_denied) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
      ON CONFLICT (namespace, bucket_ms) DO UPDATE SET cpu_ns = cpu_ns + excluded.cpu_ns, \
      memory_byte_ms = memory_byte_ms + excluded.memory_byte_ms, sandbox_ms = sandbox_ms + excluded.sandbox_ms, \
      memory_peak_bytes = MAX(memory_peak_bytes, excluded.memory_peak_bytes), \
      exec_count = exec_count + excluded.exec_count, quota_rejections = quota_rejections + excluded.quota_rejections, \
-     io_read_bytes = io_read_bytes + excluded.io_read_bytes, io_write_bytes = io_write_bytes + excluded.io_write_bytes";
+     io_read_bytes = io_read_bytes + excluded.io_read_bytes, io_write_bytes = io_write_bytes + excluded.io_write_bytes, \
+     egress_bytes_out = egress_bytes_out + excluded.egress_bytes_out, \
+     egress_bytes_in = egress_bytes_in + excluded.egress_bytes_in, \
+     egress_connections = egress_connections + excluded.egress_connections, \
+     egress_denied = egress_denied + excluded.egress_denied";
 
 /// Adds `d` to the namespace's bucket at `bucket_ms`.
 fn usage_upsert<'q>(namespace: &'q str, bucket_ms: i64, d: &'q UsageDelta) -> Result<Query<'q>> {
