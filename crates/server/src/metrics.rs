@@ -412,6 +412,67 @@ mod tests {
         assert_eq!(creates, Some(0));
     }
 
+    fn row(name: &str, incarnation: &str) -> NamespaceRow {
+        NamespaceRow {
+            name: name.into(),
+            isolation: "container".into(),
+            quotas: bulkhead_core::Quotas::DEFAULT,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            id_start: 0,
+            id_count: 0,
+            incarnation: incarnation.into(),
+        }
+    }
+
+    fn sample_value(text: &str, series: &str) -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn egress_counters_add_what_is_metered_to_what_is_not_yet_and_never_go_back() {
+        let m = Metrics::default();
+        let t = tenant("nsi_a");
+        let rows = [row("acme", "nsi_a")];
+        let e = |out, inn, conns, denied| EgressStats { bytes_out: out, bytes_in: inn, connections: conns, denied };
+        let scrape = |now: EgressStats| {
+            let mut running = BTreeMap::new();
+            running.insert(
+                "acme".to_owned(),
+                Running { egress_now: [("sbx_a".to_owned(), now)].into(), ..Default::default() },
+            );
+            let text = m.render(&rows, true, &running);
+            let v = |s| sample_value(&text, s).unwrap_or(0);
+            (
+                v("bulkhead_egress_bytes_total{namespace=\"acme\",direction=\"out\"}"),
+                v("bulkhead_egress_bytes_total{namespace=\"acme\",direction=\"in\"}"),
+                v("bulkhead_egress_connections_total{namespace=\"acme\"}"),
+                v("bulkhead_egress_denied_total{namespace=\"acme\"}"),
+            )
+        };
+        // Nothing yet: no series at all.
+        assert!(!m.render(&rows, true, &BTreeMap::new()).contains("bulkhead_egress_bytes_total{"));
+        // Not sampled yet: all of it is beyond the (zero) mark.
+        assert_eq!(scrape(e(100, 1000, 2, 5)), (100, 1000, 2, 5));
+        // Sampled: the mark moves with the series.
+        m.egress_metered(Some(&t), "sbx_a", e(100, 1000, 2, 5), e(100, 1000, 2, 5));
+        assert_eq!(m.egress_mark("sbx_a"), e(100, 1000, 2, 5));
+        assert_eq!(scrape(e(100, 1000, 2, 5)), (100, 1000, 2, 5));
+        assert_eq!(scrape(e(150, 1200, 3, 5)), (150, 1200, 3, 5));
+        // The gateway's counters started again from zero (a restart of the sandbox's gateway):
+        // what they show now is new.
+        assert_eq!(egress_delta(e(150, 1200, 3, 5), e(10, 20, 1, 0)), e(10, 20, 1, 0));
+        // The sandbox ended and was forgotten: its metered egress stays in the series.
+        m.egress_metered(Some(&t), "sbx_a", e(150, 1200, 3, 5), e(50, 200, 1, 0));
+        m.egress_retain(|_| false);
+        assert_eq!(m.egress_mark("sbx_a"), EgressStats::default());
+        assert_eq!(scrape(EgressStats::default()), (150, 1200, 3, 5));
+        // A deleted namespace's egress goes with it.
+        m.forget("nsi_a");
+        m.egress_metered(Some(&t), "sbx_b", e(1, 1, 1, 1), e(1, 1, 1, 1));
+        assert!(!m.render(&rows, true, &BTreeMap::new()).contains("bulkhead_egress_bytes_total{"));
+    }
+
     #[test]
     fn label_values_come_from_fixed_sets() {
         let m = Metrics::default();
