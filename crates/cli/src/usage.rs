@@ -47,6 +47,16 @@ pub async fn usage(args: UsageArgs, global: &Global) -> anyhow::Result<ExitCode>
         ("quota rejections", t.quota_rejections.to_string()),
         ("block io", format!("{} read, {} written", format_bytes(t.io_read_bytes), format_bytes(t.io_write_bytes))),
         ("disk", format!("{} allocated, {} used", format_bytes(r.disk_bytes), format_bytes(r.disk_used_bytes))),
+        (
+            "egress",
+            format!(
+                "{} out, {} in, {} connections, {} denied",
+                format_bytes(t.egress_bytes_out),
+                format_bytes(t.egress_bytes_in),
+                t.egress_connections,
+                t.egress_denied
+            ),
+        ),
     ]);
     if r.buckets.is_empty() {
         return Ok(ExitCode::SUCCESS);

@@ -77,7 +77,11 @@ async fn rejections_are_counted_and_usage_is_per_namespace() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let u = usage(&h, "alpha", &alpha_viewer).await;
     assert_eq!(u["totals"]["quota_rejections"], 1, "{u}");
+    // A loopback-only server forwards nothing: egress is there, and zero, in the totals too.
     assert_eq!(u["egress_bytes"], 0);
+    for field in ["egress_bytes", "egress_bytes_out", "egress_bytes_in", "egress_connections", "egress_denied"] {
+        assert_eq!(u["totals"][field], 0, "{field}: {u}");
+    }
     // Beta sees its own (empty) usage and nothing of alpha's.
     let b = usage(&h, "beta", &beta_owner).await;
     assert_eq!(b["totals"]["quota_rejections"], 0, "{b}");

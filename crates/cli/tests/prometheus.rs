@@ -40,6 +40,11 @@ async fn metrics_are_labelled_by_namespace_and_scoped() {
         "{all}"
     );
     assert!(all.contains("bulkhead_memory_bytes{namespace=\"alpha\"}"), "{all}");
+    // Egress series are declared; a loopback-only sandbox forwarded nothing, so none has a value.
+    for family in ["bulkhead_egress_bytes_total", "bulkhead_egress_connections_total", "bulkhead_egress_denied_total"] {
+        assert!(all.contains(&format!("# TYPE {family} counter")), "{all}");
+        assert!(!all.contains(&format!("{family}{{")), "{all}");
+    }
     // Every series carries its namespace, but the requests authenticated into none.
     for sample in all.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         assert!(
