@@ -148,7 +148,7 @@ fn sandbox_exec_cp_and_doctor_through_the_cli() {
     assert!(usage["totals"]["exec_count"].as_u64().unwrap() >= 3, "{usage}");
     assert!(usage["totals"]["cpu_seconds"].as_f64().unwrap() > 0.0, "{usage}");
     let table = server.ok(viewer, &["usage", "--ns", "acme", "--since", "1h"]);
-    assert!(table.contains("execs") && table.contains("cpu"), "{table}");
+    assert!(table.contains("execs") && table.contains("cpu") && table.contains("egress"), "{table}");
     assert!(!server.ok(dev, &["sandbox", "list", "--ns", "acme"]).contains(&id));
     assert!(server.ok(dev, &["sandbox", "list", "--ns", "acme", "--all"]).contains("deleted"));
     server.stop();
