@@ -125,6 +125,11 @@ impl Host {
         Client::new(&url, Some(token))
     }
 
+    /// The admin token of the newest server.
+    pub fn admin_token(&self) -> String {
+        self.last.clone().unwrap().1
+    }
+
     /// The state dir of the newest server.
     pub fn state_dir(&self) -> &Path {
         &self.purge.last().unwrap().0
