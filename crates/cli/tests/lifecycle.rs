@@ -11,86 +11,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use bulkhead_api::{CreateSandbox, ExecRequest};
 use bulkhead_client::Client;
 
+mod common;
+
+use common::host::{names, Host};
+
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 const NS: &str = "acme";
-
-/// Host names of one test server: a state dir and cgroup prefix of its own.
-fn names() -> (PathBuf, String) {
-    let mut bytes = [0u8; 6];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom").unwrap(), &mut bytes).unwrap();
-    let tag: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
-}
-
-/// Everything of the servers a test started, removed at its end even after a panic.
-struct Host {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-    purge: Vec<(PathBuf, String)>,
-}
-
-impl Host {
-    fn new() -> Host {
-        Host {
-            dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(),
-            children: vec![],
-            purge: vec![],
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Starts `bulkhead serve`; `Err` with its stderr when it exits before listening.
-    fn serve(
-        &mut self,
-        data: &Path,
-        (state, prefix): &(PathBuf, String),
-        registry: &Path,
-    ) -> Result<(String, Option<String>), String> {
-        let started = bulkhead_bench::server::Serve {
-            bulkhead: Path::new(BIN),
-            data_dir: data,
-            state_dir: state,
-            cgroup_prefix: prefix,
-            host_registry: Some(registry),
-            extra: &[],
-        }
-        .spawn()
-        .map_err(|e| e.to_string())?;
-        self.children.push(started.child);
-        if !self.purge.iter().any(|(s, _)| s == state) {
-            self.purge.push((state.clone(), prefix.clone()));
-        }
-        Ok((started.url, started.first_token))
-    }
-
-    /// `kill -9` of the newest server.
-    fn crash(&mut self) {
-        let mut child = self.children.pop().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for mut c in self.children.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (state, prefix) in &self.purge {
-            let _ = bulkhead_runtime::oci::purge(state, Path::new("/sys/fs/cgroup"), prefix);
-        }
-    }
-}
 
 /// The host pid of a sandbox's init, from its bundle.
 fn init_pid(state: &Path, sandbox: &str) -> i32 {
@@ -119,7 +50,7 @@ async fn ended(c: &Client, id: &str, within: Duration) -> (String, String) {
 
 async fn setup(host: &mut Host, names: &(PathBuf, String)) -> (String, String, Client) {
     let data = host.path("data");
-    let (url, token) = host.serve(&data, names, &host.path("registry")).unwrap();
+    let (url, token) = host.serve_on(&data, names, &host.path("registry"), &[]).unwrap();
     let admin = Client::new(&url, token.clone());
     // One sandbox of one CPU fills the namespace's CPU quota.
     let quotas = bulkhead_api::Quotas {
@@ -228,15 +159,15 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
 
     // Its state dir, with a data dir and a cgroup prefix of its own.
     let (_, prefix_b) = self::names();
-    let err_b = host.serve(&other("data-b"), &(names.0.clone(), prefix_b.clone()), &registry).unwrap_err();
+    let err_b = host.serve_on(&other("data-b"), &(names.0.clone(), prefix_b.clone()), &registry, &[]).unwrap_err();
     assert!(err_b.contains(&format!("state dir {}", names.0.display())) && err_b.contains("in use"), "{err_b}");
     // Its data dir.
     let names_c = self::names();
-    let err_c = host.serve(&host.path("data"), &names_c, &registry).unwrap_err();
+    let err_c = host.serve_on(&host.path("data"), &names_c, &registry, &[]).unwrap_err();
     assert!(err_c.contains("data dir") && err_c.contains("in use"), "{err_c}");
     // Its cgroup prefix, through a host registry that does not know it (the lock does).
     let (state_d, _) = self::names();
-    let err = host.serve(&other("data-d"), &(state_d, names.1.clone()), &other("registry-d")).unwrap_err();
+    let err = host.serve_on(&other("data-d"), &(state_d, names.1.clone()), &other("registry-d"), &[]).unwrap_err();
     assert!(err.contains("cgroup prefix") && err.contains("in use"), "{err}");
     for e in [&err_b, &err_c, &err] {
         assert_eq!(e.trim_end().lines().filter(|l| l.contains("error")).count(), 1, "one line: {e}");
@@ -264,7 +195,7 @@ async fn a_second_server_on_any_of_a_servers_host_resources_refuses_and_touches_
     // `kill -9` frees the locks with the process: the restart takes them at once, adopts the
     // sandbox and watches it as closely as one it started.
     host.crash();
-    let (url2, _) = host.serve(&host.path("data"), &names, &registry).expect("a restart after kill -9 starts");
+    let (url2, _) = host.serve_on(&host.path("data"), &names, &registry, &[]).expect("a restart after kill -9 starts");
     assert_ne!(url, url2);
     let c = Client::new(&url2, Some(token));
     let r = c.exec(NS, &id, &cmd(&["echo", "adopted"])).await.unwrap();

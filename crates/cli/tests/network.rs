@@ -14,17 +14,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_api::{CreateSandbox, ExecRequest};
 use bulkhead_client::Client;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
+mod common;
+
+use common::host::Host;
+use common::internet::Internet;
 const NS: &str = "acme";
 const OTHER_NS: &str = "globex";
 
@@ -37,86 +40,6 @@ fn random_hex(bytes: usize) -> String {
 fn run(cmd: &[&str]) {
     let out = Command::new(cmd[0]).args(&cmd[1..]).output().unwrap();
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// The servers a test started, their host resources purged at its end even after a panic
-/// (`oci::purge` removes their networks too).
-struct Host {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-    purge: Vec<(PathBuf, String)>,
-    /// The newest server's tag and admin token.
-    last: Option<(String, String)>,
-}
-
-impl Host {
-    fn new() -> Host {
-        Host {
-            dir: tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap(),
-            children: vec![],
-            purge: vec![],
-            last: None,
-        }
-    }
-
-    /// Starts a server with `--network isolated` and `extra`; its admin client.
-    fn serve(&mut self, extra: &[&str]) -> Client {
-        self.start(&random_hex(6), "isolated", extra)
-    }
-
-    /// `kill -9` of the newest server, and a start of it again on the same dirs with
-    /// `--network NETWORK`.
-    fn restart(&mut self, network: &str) -> Client {
-        let mut child = self.children.pop().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let tag = self.last.clone().unwrap().0;
-        self.start(&tag, network, &[])
-    }
-
-    fn start(&mut self, tag: &str, network: &str, extra: &[&str]) -> Client {
-        let (state, prefix) = (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"));
-        if !self.purge.iter().any(|(s, _)| *s == state) {
-            self.purge.push((state.clone(), prefix.clone()));
-        }
-        let mut args = vec!["--network", network];
-        args.extend_from_slice(extra);
-        let data = self.dir.path().join(format!("data-{tag}"));
-        let started = bulkhead_bench::server::Serve {
-            bulkhead: Path::new(BIN),
-            data_dir: &data,
-            state_dir: &state,
-            cgroup_prefix: &prefix,
-            host_registry: Some(&self.dir.path().join(format!("registry-{tag}"))),
-            extra: &args,
-        }
-        .spawn()
-        .unwrap();
-        self.children.push(started.child);
-        let token = match started.first_token {
-            Some(t) => t,
-            None => self.last.clone().unwrap().1,
-        };
-        self.last = Some((tag.to_owned(), token.clone()));
-        Client::new(&started.url, Some(token))
-    }
-
-    /// The state dir of the newest server.
-    fn state_dir(&self) -> &Path {
-        &self.purge.last().unwrap().0
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        for mut c in self.children.drain(..) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (state, prefix) in &self.purge {
-            let _ = bulkhead_runtime::oci::purge(state, Path::new("/sys/fs/cgroup"), prefix);
-        }
-    }
 }
 
 async fn namespace(c: &Client, name: &str) {
@@ -238,27 +161,6 @@ impl Drop for Forwarding {
     }
 }
 
-/// The test's "internet": a network namespace with a veth into the host, `.1` of a free
-/// documentation /24 on the host side and `.2` inside, and a listener inside on port 8080 that
-/// prints each peer.
-/// Its names carry a name prefix of their own (`bh` and four hex digits), so a leftover is
-/// caught by the leak check and no server picks that prefix while they exist.
-struct Internet {
-    netns: String,
-    veth: String,
-    listener: Option<Child>,
-    /// The host side's address.
-    host: Ipv4Addr,
-    /// The address inside, where the listener is.
-    addr: Ipv4Addr,
-}
-
-/// The host's IPv4 addresses and routes, as `ip` prints them.
-fn host_ipv4() -> String {
-    let out = |args: &[&str]| String::from_utf8(Command::new("ip").args(args).output().unwrap().stdout).unwrap();
-    out(&["-4", "-o", "addr", "show"]) + &out(&["-4", "route", "show", "table", "all"])
-}
-
 /// The host's own addresses other than loopback.
 fn host_addresses() -> Vec<Ipv4Addr> {
     let out =
@@ -267,80 +169,6 @@ fn host_addresses() -> Vec<Ipv4Addr> {
         .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?.split('/').next()?.parse().ok())
         .filter(|a: &Ipv4Addr| !a.is_loopback())
         .collect()
-}
-
-impl Internet {
-    fn new() -> Internet {
-        let prefix = format!("bh{}", random_hex(2));
-        let used = host_ipv4();
-        let net = ["198.51.100", "203.0.113", "192.0.2"]
-            .into_iter()
-            .find(|n| !used.contains(&format!("{n}.")))
-            .expect("every documentation range is in use on this host");
-        let (host, addr) = (format!("{net}.1").parse().unwrap(), format!("{net}.2").parse().unwrap());
-        let mut me = Internet {
-            netns: format!("{prefix}-internet"),
-            veth: format!("{prefix}inet0"),
-            listener: None,
-            host,
-            addr,
-        };
-        let (gateway, inside_addr) = (host, addr);
-        let peer = format!("{prefix}inet1");
-        run(&["ip", "netns", "add", &me.netns]);
-        run(&["ip", "link", "add", &me.veth, "type", "veth", "peer", "name", &peer, "netns", &me.netns]);
-        run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &me.veth]);
-        run(&["ip", "link", "set", &me.veth, "up"]);
-        let inside = |args: &[&str]| {
-            let mut cmd = vec!["ip", "-n", &me.netns];
-            cmd.extend_from_slice(args);
-            run(&cmd);
-        };
-        inside(&["addr", "add", &format!("{inside_addr}/24"), "dev", &peer]);
-        inside(&["link", "set", &peer, "up"]);
-        inside(&["link", "set", "lo", "up"]);
-        // Replies to anyone go back through the host.
-        inside(&["route", "add", "default", "via", &gateway.to_string()]);
-        let script = format!(
-            "import socket, sys\n\
-                      s = socket.socket()\n\
-                      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-                      s.bind((\"{inside_addr}\", 8080))\n\
-                      s.listen(16)\n\
-                      print(\"READY\", flush=True)\n\
-                      while True:\n\
-                      \x20   c, a = s.accept()\n\
-                      \x20   print(a[0], flush=True)\n\
-                      \x20   c.close()\n"
-        );
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &me.netns, "/usr/bin/python3", "-c", &script])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        me.listener = Some(child);
-        assert_eq!(lines.next().unwrap().unwrap(), "READY");
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = peers.clone();
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                seen.lock().unwrap().push(l);
-            }
-        });
-        me
-    }
-}
-
-impl Drop for Internet {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.listener.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = Command::new("ip").args(["link", "del", &self.veth]).stderr(Stdio::null()).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).stderr(Stdio::null()).status();
-    }
 }
 
 /// Starts, in the sandbox, a listener on port 8080 that prints each peer and ends when a
@@ -417,8 +245,11 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
     // Every address of the host, on another port (the gateway's own address among them).
     let anywhere = Listener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
     // Positive control from the host: the internet's listener answers.
-    TcpStream::connect_timeout(&SocketAddr::from((internet.addr, 8080)), Duration::from_secs(3))
-        .expect("the host reaches the test internet");
+    let internet_addr = SocketAddr::from((internet.addr("allowed.test"), 9000));
+    drop(
+        TcpStream::connect_timeout(&internet_addr, Duration::from_secs(3)).expect("the host reaches the test internet"),
+    );
+    internet.wait_connections(|c| c.iter().any(|c| c.port == 9000 && c.peer == internet.host));
     let mut must_fail = vec![
         SocketAddr::from((vb.addr, 8080)),
         SocketAddr::from((vo.addr, 8080)),
@@ -426,7 +257,7 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
         b_gateway.addr,
         host_addr.addr,
         loopback.addr,
-        SocketAddr::from((internet.addr, 8080)),
+        internet_addr,
     ];
     for a in host_addresses() {
         must_fail.push(SocketAddr::from((a, anywhere.addr.port())));
@@ -449,6 +280,8 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
     let other_peers = stop_listener(vo.addr, in_other).await;
     assert!(!b_peers.contains(&va.addr.to_string()), "B's listener saw A: {b_peers}");
     assert!(!other_peers.contains(&va.addr.to_string()), "the other tenant's listener saw A: {other_peers}");
+    let seen = internet.connections();
+    assert!(seen.iter().all(|c| c.peer != va.addr), "the test internet saw A: {seen:?}");
     drop(internet);
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod host;
+pub mod internet;
 pub mod process;
 
 use std::net::SocketAddr;
