@@ -132,8 +132,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
                 env: env_map(env),
                 filesystem,
                 secrets: crate::identity::sandbox_secrets(&secret)?,
-                egress: (!allow.is_empty())
-                    .then(|| bulkhead_api::SandboxEgress { allow, credentials: Vec::new() }),
+                egress: (!allow.is_empty()).then(|| bulkhead_api::SandboxEgress { allow, credentials: Vec::new() }),
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }

@@ -59,7 +59,8 @@ async fn the_ceiling_bounds_what_a_sandbox_may_ask_for() {
     let r = h.call(Method::GET, "/v1/namespaces/acme", Some(&dev), Value::Null).await;
     assert_eq!(r.body["egress"], json!({"allow": []}), "{}", r.body);
     // Only the platform admin sets it; a bad entry is a 400 naming it.
-    let r = h.call(Method::PATCH, "/v1/namespaces/acme", Some(&owner), json!({"egress": {"allow": ["pypi.org"]}})).await;
+    let r =
+        h.call(Method::PATCH, "/v1/namespaces/acme", Some(&owner), json!({"egress": {"allow": ["pypi.org"]}})).await;
     assert_envelope(&r, "forbidden");
     let r = set_ceiling(&h, "acme", json!({"allow": ["pypi.org", "bad entry"]})).await;
     assert_envelope(&r, "invalid_request");
@@ -80,7 +81,9 @@ async fn the_ceiling_bounds_what_a_sandbox_may_ask_for() {
         async move { h.call(Method::POST, "/v1/namespaces/acme/sandboxes", Some(&dev), body).await }
     };
     // Beyond the ceiling: 403 naming the entry. Malformed: 400 naming it.
-    for (entry, beyond) in [("203.0.113.0/24:80", true), ("example.com", true), ("203.0.113.0/24", true), ("a..b", false)] {
+    for (entry, beyond) in
+        [("203.0.113.0/24:80", true), ("example.com", true), ("203.0.113.0/24", true), ("a..b", false)]
+    {
         let r = create(json!({"egress": {"allow": ["pypi.org", entry]}})).await;
         assert_envelope(&r, if beyond { "forbidden" } else { "invalid_request" });
         let msg = r.body["error"]["message"].as_str().unwrap();
@@ -115,8 +118,12 @@ async fn the_ceiling_bounds_what_a_sandbox_may_ask_for() {
 async fn decisions_follow_the_allow_the_current_ceiling_and_the_policies() {
     let h = Harness::with_namespaces(&["acme"]).await;
     let (_, owner) = h.create_key("acme", "boss", "owner").await;
-    let r = set_ceiling(&h, "acme", json!({"allow": ["pypi.org", "*.pythonhosted.org", "203.0.113.0/24:443",
-        "10.9.0.0/16", "0.0.0.0/0"], "max_bandwidth_bytes_per_second": 5000}))
+    let r = set_ceiling(
+        &h,
+        "acme",
+        json!({"allow": ["pypi.org", "*.pythonhosted.org", "203.0.113.0/24:443",
+        "10.9.0.0/16", "0.0.0.0/0"], "max_bandwidth_bytes_per_second": 5000}),
+    )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let id = h
@@ -157,7 +164,7 @@ async fn decisions_follow_the_allow_the_current_ceiling_and_the_policies() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let policy = r.body["id"].as_str().unwrap().to_owned();
     let v = decide(tcp("acme", &id, Some("pypi.org"), "198.51.100.7", 443)).await;
-    assert_eq!(denied_by(&v), [policy.clone()]);
+    assert_eq!(denied_by(&v), vec![policy.clone()]);
     assert!(matches!(decide(dns("acme", &id, "pypi.org")).await, Verdict::Allow { .. }));
 
     // Explain answers the same question the same way.

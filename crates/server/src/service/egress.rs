@@ -162,11 +162,8 @@ impl EgressDecider for EgressPolicy {
             }
         };
         if let Verdict::Deny { policies, .. } = &verdict {
-            let destination = req
-                .name
-                .clone()
-                .or_else(|| req.addr.map(|a| canonical_ip(a).to_string()))
-                .unwrap_or_default();
+            let destination =
+                req.name.clone().or_else(|| req.addr.map(|a| canonical_ip(a).to_string())).unwrap_or_default();
             // E: `DenialLog::record(&self, namespace, sandbox, destination, port, policies)`
             // (crate::service::egress_audit) aggregates, counts and audits this denial.
             let _ = (&destination, policies);
