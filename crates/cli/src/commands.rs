@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use bulkhead_api::{CreateKey, CreateNamespace, Namespace, Quotas, QuotasPatch, Role, UpdateNamespace};
+use bulkhead_api::{CreateKey, CreateNamespace, EgressCeiling, Namespace, Quotas, QuotasPatch, Role, UpdateNamespace};
 use bulkhead_client::{AuditFilter, Client};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -99,11 +99,22 @@ pub enum NamespaceCmd {
     List,
     /// Show one namespace.
     Get { name: String },
-    /// Change quotas.
+    /// Change quotas, or the egress ceiling: what the namespace's sandboxes may ask to reach at
+    /// most (empty by default: no egress).
     Update {
         name: String,
         #[command(flatten)]
         quotas: QuotaArgs,
+        /// Replaces the ceiling's entries: a domain (`pypi.org`), `*.domain` or a CIDR, each with
+        /// an optional `:port` or `:low-high`; repeatable.
+        #[arg(long = "egress-allow", value_name = "ENTRY")]
+        egress_allow: Vec<String>,
+        /// Bytes per second shared by all the namespace's egress (`10MiB`); keeps the entries.
+        #[arg(long = "egress-bandwidth", value_name = "BYTES", value_parser = crate::units::parse_bytes)]
+        egress_bandwidth: Option<u64>,
+        /// Empties the ceiling: no egress at all.
+        #[arg(long = "no-egress", conflicts_with_all = ["egress_allow", "egress_bandwidth"])]
+        no_egress: bool,
     },
     /// Delete a namespace and everything it owns.
     Delete { name: String },
@@ -152,12 +163,28 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
             output::list(global.json, &all, &NAMESPACE_HEADERS, namespace_row)?;
         }
         NamespaceCmd::Get { name } => show_namespace(&c.get_namespace(&name).await?, global)?,
-        NamespaceCmd::Update { name, quotas } => {
+        NamespaceCmd::Update { name, quotas, egress_allow, egress_bandwidth, no_egress } => {
             let patch = quotas.patch();
-            if patch == QuotasPatch::default() {
-                bail!("nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, --max-ttl");
+            let egress = if no_egress {
+                Some(EgressCeiling::default())
+            } else if egress_allow.is_empty() && egress_bandwidth.is_none() {
+                None
+            } else {
+                // The ceiling is replaced whole: what is not given is kept.
+                let current = c.get_namespace(&name).await?.egress;
+                Some(EgressCeiling {
+                    allow: if egress_allow.is_empty() { current.allow } else { egress_allow },
+                    max_bandwidth_bytes_per_second: egress_bandwidth.or(current.max_bandwidth_bytes_per_second),
+                })
+            };
+            if patch == QuotasPatch::default() && egress.is_none() {
+                bail!(
+                    "nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, \
+                     --max-ttl, --egress-allow, --egress-bandwidth, --no-egress"
+                );
             }
-            let n = c.update_namespace(&name, &UpdateNamespace { quotas: Some(patch) }).await?;
+            let quotas = (patch != QuotasPatch::default()).then_some(patch);
+            let n = c.update_namespace(&name, &UpdateNamespace { quotas, egress }).await?;
             show_namespace(&n, global)?;
         }
         NamespaceCmd::Delete { name } => {

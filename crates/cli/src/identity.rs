@@ -202,6 +202,27 @@ pub enum PolicyCmd {
     Schema,
 }
 
+/// Prints an explained decision: `allow` or `deny`, then what decided it.
+pub fn show_explained(r: &bulkhead_api::ExplainResult, global: &Global) -> anyhow::Result<()> {
+    if global.json {
+        return output::json(r);
+    }
+    println!("{}", r.decision);
+    let by = if r.policies.is_empty() { "none: no policy permits it".to_owned() } else { r.policies.join(", ") };
+    let mut pairs = vec![("policies", by)];
+    if let Some(reason) = &r.reason {
+        pairs.push(("reason", reason.clone()));
+    }
+    if let Some(role) = r.role {
+        pairs.push(("role", role_name(role).to_owned()));
+    }
+    for e in &r.errors {
+        pairs.push(("error", e.clone()));
+    }
+    output::fields(&pairs);
+    Ok(())
+}
+
 /// The first line of a policy that is not blank, marked when more follow.
 fn first_line(text: &str) -> String {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -243,22 +264,8 @@ pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode>
             output::note(global.json, format_args!("removed policy {id}"));
         }
         PolicyCmd::Explain { ns, principal, action, resource } => {
-            let r = c.explain(&ns, &ExplainRequest { principal, action, resource }).await?;
-            if global.json {
-                output::json(&r)?;
-            } else {
-                println!("{}", r.decision);
-                let by =
-                    if r.policies.is_empty() { "none: no policy permits it".to_owned() } else { r.policies.join(", ") };
-                let mut pairs = vec![("policies", by)];
-                if let Some(role) = r.role {
-                    pairs.push(("role", role_name(role).to_owned()));
-                }
-                for e in &r.errors {
-                    pairs.push(("error", e.clone()));
-                }
-                output::fields(&pairs);
-            }
+            let r = c.explain(&ns, &ExplainRequest { principal, action, resource, context: None }).await?;
+            show_explained(&r, global)?;
         }
         PolicyCmd::Schema => {
             let schema = c.policy_schema().await?;

@@ -3,6 +3,7 @@
 
 mod commands;
 mod doctor;
+mod egress;
 mod fs;
 mod identity;
 mod logs;
@@ -96,6 +97,9 @@ enum Command {
     /// write-only.
     #[command(subcommand)]
     Secret(identity::SecretCmd),
+    /// A sandbox's network egress: `explain` how a connection would be decided.
+    #[command(subcommand)]
+    Egress(egress::EgressCmd),
 }
 
 /// The default data dir: `/var/lib/bulkhead` for root, `$XDG_DATA_HOME/bulkhead` (or
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
             Command::Identity(cmd) => identity::identity(cmd, &cli.global).await,
             Command::Policy(cmd) => identity::policy(cmd, &cli.global).await,
             Command::Secret(cmd) => identity::secret(cmd, &cli.global).await,
+            Command::Egress(cmd) => egress::egress(cmd, &cli.global).await,
         }
     });
     match result {

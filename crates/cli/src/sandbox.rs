@@ -65,6 +65,11 @@ pub enum SandboxCmd {
         /// (`NAME=env:VAR`) or a read-only file (`NAME=path:/run/secrets/FILE`); repeatable.
         #[arg(long = "secret", value_name = "NAME=env:VAR|NAME=path:FILE")]
         secret: Vec<String>,
+        /// A destination the sandbox may reach, within the namespace's egress ceiling: a domain
+        /// (`pypi.org`), `*.domain` or a CIDR, each with an optional `:port` or `:low-high`;
+        /// repeatable. None: no egress.
+        #[arg(long = "allow", value_name = "ENTRY")]
+        allow: Vec<String>,
     },
     /// List a namespace's sandboxes (running ones; `--all` for ended ones too).
     List {
@@ -119,7 +124,7 @@ pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>>
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem, secret } => {
+        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem, secret, allow } => {
             let req = CreateSandbox {
                 cpu_millis: cpu,
                 memory_bytes: memory,
@@ -127,6 +132,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
                 env: env_map(env),
                 filesystem,
                 secrets: crate::identity::sandbox_secrets(&secret)?,
+                egress: (!allow.is_empty()).then(|| bulkhead_api::SandboxEgress { allow, credentials: Vec::new() }),
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }

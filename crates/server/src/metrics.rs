@@ -422,6 +422,7 @@ mod tests {
             id_start: 0,
             id_count: 0,
             incarnation: incarnation.into(),
+            egress: None,
         }
     }
 

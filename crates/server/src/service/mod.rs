@@ -11,6 +11,7 @@
 //! who may do what: the handler authorized every call before it was made.
 
 pub mod audit;
+pub mod egress;
 pub mod egress_audit;
 pub mod filesystems;
 pub mod listing;
