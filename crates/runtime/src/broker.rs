@@ -56,8 +56,16 @@ const LEAF_CACHE_MAX: usize = 1024;
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers of one hop (RFC 9110 section 7.6.1) that the broker does not pass on.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "upgrade"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 impl NamespaceCa {
     /// A new CA for one namespace: an ECDSA P-256 key and a self-signed certificate
@@ -143,9 +151,9 @@ impl Broker {
                 return Err(RuntimeError::Invalid("the egress CA file holds no certificate".into()));
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| RuntimeError::Invalid(format!("the egress CA file has an unusable certificate: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    RuntimeError::Invalid(format!("the egress CA file has an unusable certificate: {e}"))
+                })?;
             }
         }
         let mut config = rustls::ClientConfig::builder_with_provider(provider())
@@ -363,5 +371,297 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The broker against a real HTTPS upstream (python3's `http.server` with a certificate of
+    //! a test CA made by `openssl`) and a real client (`curl`) that trusts only the namespace
+    //! CA, all on loopback. The upstream records every request's headers; the client's whole
+    //! output is checked for the credential.
+
+    use std::io::BufRead;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+
+    const HOST: &str = "api.example.test";
+    const SECRET: &str = "Bearer sk-live-a1b2c3d4e5";
+
+    const UPSTREAM: &str = r#"
+import http.server, json, ssl, sys
+log = open(sys.argv[3], "a")
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def answer(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n)
+        log.write(json.dumps({"method": self.command, "path": self.path, "headers": self.headers.items(),
+                              "body": body.decode()}) + "\n")
+        log.flush()
+        out = b"upstream read %d bytes" % len(body)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = answer
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = ctx.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+    /// Runs a tool the test needs; a missing one fails the test, saying which.
+    fn run(cmd: &mut Command) {
+        let out = cmd.output().unwrap_or_else(|e| panic!("this test needs {:?}: {e}", cmd.get_program()));
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The upstream's own CA and its certificate for [`HOST`], made by openssl.
+    fn upstream_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let (ca, ca_key, cert, key) =
+            (dir.join("up-ca.pem"), dir.join("up-ca.key"), dir.join("up.pem"), dir.join("up.key"));
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        run(Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-days", "2", "-subj", "/CN=upstream test CA", "-keyout"])
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca));
+        let csr = dir.join("up.csr");
+        run(Command::new("openssl")
+            .arg("req")
+            .args(ec)
+            .args(["-subj", &format!("/CN={HOST}"), "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr));
+        let ext = dir.join("up.ext");
+        std::fs::write(
+            &ext,
+            format!("subjectAltName=DNS:{HOST}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )
+        .unwrap();
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-in"])
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .arg("-set_serial")
+            .arg("2")
+            .arg("-extfile")
+            .arg(&ext)
+            .arg("-out")
+            .arg(&cert));
+        (ca, cert, key)
+    }
+
+    /// The python upstream; killed and reaped on drop.
+    struct Upstream {
+        child: Child,
+        port: u16,
+        log: PathBuf,
+    }
+
+    impl Upstream {
+        fn start(dir: &Path, cert: &Path, key: &Path) -> Upstream {
+            let log = dir.join("upstream.log");
+            std::fs::write(&log, "").unwrap();
+            let mut child = Command::new("python3")
+                .arg("-c")
+                .arg(UPSTREAM)
+                .arg(cert)
+                .arg(key)
+                .arg(&log)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("this test needs python3");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+            let port = line.trim().parse().unwrap_or_else(|_| panic!("the upstream did not start: {line:?}"));
+            Upstream { child, port, log }
+        }
+
+        /// Each request the upstream got: (method, path, headers, body).
+        fn requests(&self) -> Vec<serde_json::Value> {
+            std::fs::read_to_string(&self.log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        }
+    }
+
+    impl Drop for Upstream {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The values of header `name` in a recorded request.
+    fn header_values(request: &serde_json::Value, name: &str) -> Vec<String> {
+        request["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|kv| kv[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|kv| kv[1].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// A listener on loopback that hands every connection to `broker` for [`HOST`] at
+    /// `upstream`; the task ends with the test's runtime.
+    async fn broker_listener(broker: Broker, upstream: u16, ca: NamespaceCa) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let broker = Arc::new(broker);
+        let header = BrokeredHeader { name: "Authorization".into(), value: SECRET.into() };
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (broker, header, ca) = (broker.clone(), header.clone(), ca.clone());
+                tokio::spawn(async move {
+                    let upstream = SocketAddr::from(([127, 0, 0, 1], upstream));
+                    let _ = broker.serve(stream, HOST, upstream, &header, &ca).await;
+                });
+            }
+        });
+        port
+    }
+
+    /// curl, trusting only `ca_file`, with `HOST` at the broker; returns (exit ok, stdout, stderr).
+    async fn curl(ca_file: &Path, broker_port: u16, args: &[&str]) -> (bool, String, String) {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "-v", "--max-time", "60", "--cacert"])
+            .arg(ca_file)
+            .arg("--resolve")
+            .arg(format!("{HOST}:{broker_port}:127.0.0.1"))
+            .args(args)
+            .output()
+            .await
+            .expect("this test needs curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_upstream_gets_the_credential_and_the_client_never_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (up_ca, up_cert, up_key) = upstream_certificates(dir.path());
+        let upstream = Upstream::start(dir.path(), &up_cert, &up_key);
+        let ca = NamespaceCa::generate().unwrap();
+        let ns_ca_file = dir.path().join("ns-ca.pem");
+        std::fs::write(&ns_ca_file, &ca.cert_pem).unwrap();
+
+        let broker = Broker::new(Some(&std::fs::read(&up_ca).unwrap())).unwrap();
+        let port = broker_listener(broker, upstream.port, ca.clone()).await;
+        let base = format!("https://{HOST}:{port}");
+        // Two requests on one connection (the second reuses it), the sandbox sending its own
+        // Authorization and another header; then a POST with a body.
+        let (ok, stdout, stderr) = curl(
+            &ns_ca_file,
+            port,
+            &[
+                "-H",
+                "Authorization: Bearer from-the-sandbox",
+                "-H",
+                "X-Kept: yes",
+                "-H",
+                "Connection: keep-alive, X-Dropped",
+                "-H",
+                "X-Dropped: 1",
+                &format!("{base}/first?q=1"),
+                &format!("{base}/second"),
+            ],
+        )
+        .await;
+        assert!(ok, "curl failed: {stderr}");
+        assert_eq!(stdout, "upstream read 0 bytesupstream read 0 bytes");
+        assert!(stderr.contains("Re-using existing connection"), "{stderr}");
+        assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET) && !stderr.contains("sk-live"));
+        let (ok, stdout, stderr) =
+            curl(&ns_ca_file, port, &["--data-binary", "hello upstream", &format!("{base}/post")]).await;
+        assert!(ok, "curl failed: {stderr}");
+        assert_eq!(stdout, "upstream read 14 bytes");
+        assert!(!stdout.contains("sk-live") && !stderr.contains("sk-live"));
+        // curl checked the leaf against the namespace CA: the subject is the host.
+        assert!(stderr.contains(&format!("subject: CN={HOST}")), "{stderr}");
+
+        let requests = upstream.requests();
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        let paths: Vec<&str> = requests.iter().map(|r| r["path"].as_str().unwrap()).collect();
+        assert_eq!(paths, ["/first?q=1", "/second", "/post"]);
+        for r in &requests {
+            assert_eq!(header_values(r, "authorization"), [SECRET], "{r}");
+            assert_eq!(header_values(r, "host"), [format!("{HOST}:{}", upstream.port)]);
+        }
+        assert_eq!(header_values(&requests[0], "x-kept"), ["yes"]);
+        assert!(header_values(&requests[0], "x-dropped").is_empty());
+        assert_eq!(requests[2]["method"], "POST");
+        assert_eq!(requests[2]["body"], "hello upstream");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upstream_the_broker_does_not_trust_gets_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, up_cert, up_key) = upstream_certificates(dir.path());
+        let upstream = Upstream::start(dir.path(), &up_cert, &up_key);
+        let ca = NamespaceCa::generate().unwrap();
+        let ns_ca_file = dir.path().join("ns-ca.pem");
+        std::fs::write(&ns_ca_file, &ca.cert_pem).unwrap();
+        // No --egress-ca-file: the upstream's test CA is not among the web PKI roots.
+        let port = broker_listener(Broker::new(None).unwrap(), upstream.port, ca).await;
+        let (ok, stdout, stderr) =
+            curl(&ns_ca_file, port, &["-w", "%{http_code}", &format!("https://{HOST}:{port}/x")]).await;
+        assert!(ok, "{stderr}");
+        assert_eq!(stdout, "502");
+        assert!(upstream.requests().is_empty());
+    }
+
+    #[tokio::test]
+    async fn hostile_input_is_an_error_not_a_panic() {
+        let ca = NamespaceCa::generate().unwrap();
+        let broker = Broker::new(None).unwrap();
+        let header = BrokeredHeader { name: "Authorization".into(), value: SECRET.into() };
+        let upstream = SocketAddr::from(([127, 0, 0, 1], 9));
+        // Not TLS at all.
+        let (mut client, server) = tokio::io::duplex(4096);
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(broker.serve(server, HOST, upstream, &header, &ca).await.is_err());
+        // A CA that is not one, a header that is not one, a host that is not a name.
+        let bad_ca = NamespaceCa { cert_pem: "junk".into(), key_pem: ca.key_pem.clone() };
+        let (_c, server) = tokio::io::duplex(64);
+        assert!(broker.serve(server, HOST, upstream, &header, &bad_ca).await.is_err());
+        let bad_header = BrokeredHeader { name: "Bad Name".into(), value: "x".into() };
+        let (_c, server) = tokio::io::duplex(64);
+        assert!(broker.serve(server, HOST, upstream, &bad_header, &ca).await.is_err());
+        let (_c, server) = tokio::io::duplex(64);
+        assert!(broker.serve(server, "not a host!", upstream, &header, &ca).await.is_err());
+        // An egress CA file that holds no certificate.
+        assert!(Broker::new(Some(b"not pem")).is_err());
+        assert!(Broker::new(Some(ca.key_pem.as_bytes())).is_err());
+    }
+
+    #[test]
+    fn leaves_are_cached_per_ca_and_host() {
+        let broker = Broker::new(None).unwrap();
+        let (a, b) = (NamespaceCa::generate().unwrap(), NamespaceCa::generate().unwrap());
+        assert_ne!(a.cert_pem, b.cert_pem);
+        assert_ne!(a.key_pem, b.key_pem);
+        let first = broker.leaf(HOST, &a).unwrap();
+        assert!(Arc::ptr_eq(&first, &broker.leaf(HOST, &a).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &broker.leaf(HOST, &b).unwrap()));
+        assert!(!Arc::ptr_eq(&first, &broker.leaf("other.example.test", &a).unwrap()));
+        // An address as the host gets an IP subject alternative name.
+        broker.leaf("203.0.113.7", &a).unwrap();
+        assert_eq!(format!("{a:?}"), "NamespaceCa(<sealed>)");
     }
 }
