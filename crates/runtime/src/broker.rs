@@ -121,8 +121,11 @@ pub struct Broker {
     /// Verifies upstream hosts: the web PKI roots plus the operator's extra anchors.
     upstream: Arc<rustls::ClientConfig>,
     /// Server configs with a leaf for (SHA-256 of the CA certificate, host), and when made.
-    leaves: Mutex<HashMap<([u8; 32], String), (Arc<rustls::ServerConfig>, Instant)>>,
+    leaves: Mutex<HashMap<LeafKey, (Arc<rustls::ServerConfig>, Instant)>>,
 }
+
+/// SHA-256 of a CA certificate's PEM, and a host.
+type LeafKey = ([u8; 32], String);
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
