@@ -90,6 +90,9 @@ pub const VIEW_DIR: &str = "view";
 /// (`--network isolated`), so that [`purge`] finds them with the state dir alone.
 pub const NET_PREFIX_FILE: &str = "net_prefix";
 
+/// The host's CA bundle, the start of the bundle of a sandbox that trusts a namespace CA.
+pub const HOST_CA_BUNDLE: &str = spec::CA_BUNDLE_PATH;
+
 fn is_sandbox_id(id: &str) -> bool {
     id.strip_prefix("sbx_")
         .is_some_and(|r| !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric()))
@@ -485,6 +488,10 @@ impl OciRuntime {
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
         let run_dirs = write_run_files(&own, spec)?;
+        let ca_bundle = match &spec.extra_ca_pem {
+            Some(pem) => Some(self.write_ca_bundle(&own, pem)?),
+            None => None,
+        };
         let base = self.view();
         let paths = SpecPaths {
             rootfs: base.join("rootfs"),
@@ -495,6 +502,7 @@ impl OciRuntime {
             shared_etc: self.shared_etc.clone(),
             run_dirs,
             netns,
+            ca_bundle,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -511,6 +519,26 @@ impl OciRuntime {
             .open(bundle.join("config.json"))
             .map_err(RuntimeError::io("write config.json"))?;
         std::io::Write::write_all(&mut f, &json).map_err(RuntimeError::io("write config.json"))
+    }
+
+    /// Writes the sandbox's CA bundle (the host's [`HOST_CA_BUNDLE`], then `extra_ca_pem`) into
+    /// its own directory of the view, readable by all (certificates are public), and returns it
+    /// with where it appears inside: over the host's bundle in the shared `/etc/ssl/certs`, or
+    /// in `/run` on a host without one.
+    fn write_ca_bundle(&self, own: &Path, extra_ca_pem: &str) -> Result<(PathBuf, String)> {
+        let host = match fs::read_to_string(HOST_CA_BUNDLE) {
+            Ok(pem) => Some(pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(RuntimeError::io(format!("read {HOST_CA_BUNDLE}"))(e)),
+        };
+        let path = own.join("ca-certificates.crt");
+        fs::write(&path, spec::ca_bundle(host.as_deref().unwrap_or(""), extra_ca_pem))
+            .map_err(RuntimeError::io("write the CA bundle"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .map_err(RuntimeError::io("chmod the CA bundle"))?;
+        let over_host = host.is_some() && self.shared_etc.iter().any(|s| s == "ssl/certs");
+        let inside = if over_host { spec::CA_BUNDLE_PATH } else { spec::CA_BUNDLE_RUN_PATH };
+        Ok((path, inside.to_owned()))
     }
 
     async fn run_oci(&self, runtime: &str, args: &[&str], action: &'static str) -> Result<std::process::Output> {
