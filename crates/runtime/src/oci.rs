@@ -59,6 +59,9 @@ pub struct OciConfig {
     /// `--network isolated`: each sandbox gets a network of its own (see [`crate::net`]).
     /// None: loopback only.
     pub network: Option<crate::net::NetConfig>,
+    /// `--egress-ca-file`'s contents (PEM): trust anchors for the upstream TLS of brokered
+    /// hosts beside the web PKI roots (see [`crate::broker`]).
+    pub egress_ca_pem: Option<Vec<u8>>,
 }
 
 pub struct OciRuntime {
@@ -78,6 +81,8 @@ pub struct OciRuntime {
     network: Option<crate::net::Network>,
     /// The API at each networked sandbox's gateway (see [`crate::gateway`]).
     relays: crate::gateway::ApiRelays,
+    /// Brokered credentials (see [`crate::broker`]), with the `--egress-ca-file` anchors.
+    broker: std::sync::Arc<crate::broker::Broker>,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -272,6 +277,7 @@ impl OciRuntime {
     /// sandboxes' inits (see [`crate::watch`]).
     pub fn new(config: OciConfig) -> Result<OciRuntime> {
         check_host(&config)?;
+        let broker = std::sync::Arc::new(crate::broker::Broker::new(config.egress_ca_pem.as_deref())?);
         mkdir(&config.state_dir, 0o711)?;
         crate::watch::become_subreaper().map_err(RuntimeError::io("become the subreaper of sandboxes' inits"))?;
         let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
@@ -308,11 +314,17 @@ impl OciRuntime {
             cpu_seen: Default::default(),
             network,
             relays: Default::default(),
+            broker,
         };
         if adopted {
             runtime.prepare_base()?;
         }
         Ok(runtime)
+    }
+
+    /// The brokered-credentials relay the gateway hands brokered connections to.
+    pub fn broker(&self) -> &std::sync::Arc<crate::broker::Broker> {
+        &self.broker
     }
 
     pub fn cgroups(&self) -> &Cgroups {
