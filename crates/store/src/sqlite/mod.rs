@@ -16,6 +16,7 @@
 
 mod audit;
 mod audit_sync;
+mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
@@ -51,6 +52,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "sandbox project", include_str!("../../migrations/sqlite/0007_sandbox_project.sql")),
     (8, "host ids and audit retention", include_str!("../../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
     (9, "namespace incarnation", include_str!("../../migrations/sqlite/0009_namespace_incarnation.sql")),
+    (10, "egress ca", include_str!("../../migrations/sqlite/0010_egress_ca.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
