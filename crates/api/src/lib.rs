@@ -93,6 +93,55 @@ pub struct CreateNamespace {
 pub struct UpdateNamespace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quotas: Option<QuotasPatch>,
+    /// Replaces the namespace's egress ceiling (see [`EgressCeiling`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressCeiling>,
+}
+
+/// A namespace's egress ceiling, set by the platform admin: what its sandboxes may ask for at
+/// most. The default is empty: no egress at all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressCeiling {
+    /// Entries: a domain (`pypi.org`), a wildcard domain (`*.pythonhosted.org`: every name below
+    /// it, not the name itself) or a CIDR (`203.0.113.0/24`; an IPv6 one with a port in
+    /// brackets), each with an optional `:port` or `:low-high`. At most 256. A private,
+    /// shared or unique-local CIDR named here makes that range reachable; nothing else does.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Bytes per second shared by every connection of every sandbox of the namespace; absent:
+    /// no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bandwidth_bytes_per_second: Option<u64>,
+}
+
+/// What a sandbox asks of the network at create. Everything must lie within the namespace's
+/// ceiling (else 403 naming the entry); a sandbox that asks for nothing gets nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxEgress {
+    /// Entries, as in [`EgressCeiling::allow`].
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Headers the gateway adds to a host's requests; the secret never enters the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<EgressCredential>,
+}
+
+/// A brokered credential: the gateway adds `header: format` (with `{secret}` replaced by the
+/// secret's value) to every request to `host`, terminating TLS for that host with the
+/// namespace's CA, which the sandbox trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EgressCredential {
+    /// A DNS name within the sandbox's `allow`.
+    pub host: String,
+    /// A secret of the namespace; the sandbox's principal must be allowed `secret.read` on it.
+    pub secret: String,
+    /// Such as `Authorization`.
+    pub header: String,
+    /// Such as `Bearer {secret}`.
+    pub format: String,
 }
 
 /// A namespace.
@@ -108,6 +157,9 @@ pub struct Namespace {
     /// What the namespace uses now (on a single namespace's answers, not in lists).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<NamespaceUsage>,
+    /// The egress ceiling (empty: no egress).
+    #[serde(default)]
+    pub egress: EgressCeiling,
 }
 
 /// `POST /v1/namespaces/{ns}/keys`
@@ -221,6 +273,9 @@ pub struct CreateSandbox {
     /// its principal (`sandbox:<id>`) `secret.read` on it; otherwise the create is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<Vec<SandboxSecret>>,
+    /// What the sandbox may reach on the network; absent: nothing but `$BULKHEAD_URL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<SandboxEgress>,
 }
 
 /// A secret handed to a sandbox: exactly one of `env` and `path`.
@@ -264,6 +319,9 @@ pub struct Sandbox {
     /// Names of the secrets handed to it (never their values).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// What it asked of the network at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<SandboxEgress>,
 }
 
 /// `POST .../sandboxes/{id}/exec`
@@ -597,8 +655,23 @@ pub struct ExplainRequest {
     /// An action name such as `sandbox.exec`, `filesystem.mount_rw` or `secret.read`.
     pub action: String,
     /// `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-    /// `key:<id>` or `policy:<id>`.
+    /// `key:<id>`, `policy:<id>`, or for `network.connect` `host:<name or address>`.
     pub resource: String,
+    /// For `network.connect`: the port and protocol (default 443 and `tcp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ExplainContext>,
+}
+
+/// The context of an explained `network.connect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainContext {
+    /// 1 to 65535; default 443 (`tcp`). A `dns` query names no port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `tcp` (default) or `dns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
 }
 
 /// How a request would be decided.
@@ -608,12 +681,17 @@ pub struct ExplainResult {
     pub decision: String,
     /// Ids of the policies that decided: the permits that allowed, or the forbids that denied
     /// (`builtin.*` for the built-in role policies). Empty for a deny because nothing permits.
+    /// For `network.connect` denied before the policies: the rule, `always-denied`, `allow`
+    /// (not in the sandbox's `egress.allow`) or `ceiling` (beyond the namespace's).
     pub policies: Vec<String>,
     /// The role the principal was evaluated with, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<String>,
+    /// Why a `network.connect` was denied before the policies, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `POST /v1/namespaces/{ns}/secrets`: creates the secret, or replaces its value.

@@ -296,6 +296,7 @@ impl Stores {
             id_start: 1 << 30,
             id_count: 65_536,
             incarnation: bulkhead_core::ids::new_incarnation(),
+            egress: None,
         };
         each.create_namespace(&ns).await?;
         grouped.create_namespace(&ns).await?;

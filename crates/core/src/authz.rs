@@ -151,12 +151,15 @@ pub enum Action {
     /// Mounting a filesystem into a sandbox read-write, or read-only.
     FilesystemMountRw,
     FilesystemMountRo,
+    /// A sandbox connecting to a host (or asking the gateway's DNS for it); the sandbox is the
+    /// principal, the target a [`Target::Host`].
+    NetworkConnect,
 }
 
 impl Action {
     /// Every action, once: the one list the policy engine, its schema and the explain endpoint
     /// take their action names from.
-    pub const ALL: [Action; 49] = [
+    pub const ALL: [Action; 50] = [
         Action::NamespaceCreate,
         Action::NamespaceList,
         Action::NamespaceGet,
@@ -206,6 +209,7 @@ impl Action {
         Action::SecretRead,
         Action::FilesystemMountRw,
         Action::FilesystemMountRo,
+        Action::NetworkConnect,
     ];
 
     /// The action named `name`, if there is one.
@@ -266,6 +270,7 @@ impl Action {
             Action::SecretRead => "secret.read",
             Action::FilesystemMountRw => "filesystem.mount_rw",
             Action::FilesystemMountRo => "filesystem.mount_ro",
+            Action::NetworkConnect => "network.connect",
         }
     }
 
@@ -320,7 +325,8 @@ impl Action {
             | Action::SecretList
             | Action::SecretRead
             | Action::FilesystemMountRw
-            | Action::FilesystemMountRo => false,
+            | Action::FilesystemMountRo
+            | Action::NetworkConnect => false,
         }
     }
 }
@@ -350,6 +356,10 @@ pub enum Target {
     Key { namespace: String, id: Option<String>, role: Option<Role> },
     /// A custom policy of the namespace.
     Policy { namespace: String, id: String },
+    /// A destination of a sandbox's egress: its DNS name, or its address when it has none.
+    /// `port` (0 for a DNS query, which names no port) and `protocol` (`tcp` or `dns`) are what
+    /// the policies see as `context.port` and `context.protocol`.
+    Host { namespace: String, host: String, port: u16, protocol: String },
 }
 
 /// Where a sandbox or a filesystem stands with respect to the namespace's projects.
@@ -427,6 +437,11 @@ impl Target {
         Target::Policy { namespace: ns.to_owned(), id: id.to_owned() }
     }
 
+    /// Host `host` of `ns`'s egress, reached on `port` by `protocol` (`tcp`, or `dns` with port 0).
+    pub fn host(ns: &str, host: &str, port: u16, protocol: &str) -> Target {
+        Target::Host { namespace: ns.to_owned(), host: host.to_owned(), port, protocol: protocol.to_owned() }
+    }
+
     /// The namespace the target is in; `None` for the platform.
     pub fn namespace_name(&self) -> Option<&str> {
         match self {
@@ -437,12 +452,14 @@ impl Target {
             | Target::Project { namespace, .. }
             | Target::Secret { namespace, .. }
             | Target::Key { namespace, .. }
-            | Target::Policy { namespace, .. } => Some(namespace),
+            | Target::Policy { namespace, .. }
+            | Target::Host { namespace, .. } => Some(namespace),
         }
     }
 
     /// How the target appears in audit records: `platform`, `namespace:<name>`, `sandbox:<id>`,
-    /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>` or `policy:<id>`; what is
+    /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>`, `policy:<id>` or
+    /// `host:<name>`; what is
     /// being created in a namespace (a key, a project) is the namespace's.
     pub fn audit_name(&self) -> String {
         match self {
@@ -456,6 +473,7 @@ impl Target {
             Target::Secret { name, .. } => format!("secret:{name}"),
             Target::Key { id: Some(id), .. } => format!("key:{id}"),
             Target::Policy { id, .. } => format!("policy:{id}"),
+            Target::Host { host, .. } => format!("host:{host}"),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod authz;
+pub mod egress;
 pub mod ids;
 pub mod outbound;
 pub mod quota;

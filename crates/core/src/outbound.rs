@@ -47,6 +47,21 @@ impl Cidr {
         Cidr { addr: IpAddr::V6(addr), prefix }
     }
 
+    /// The range's first address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// True when every address of `other` lies in this range (same family, prefix no longer).
+    pub fn covers(&self, other: &Cidr) -> bool {
+        self.addr.is_ipv4() == other.addr.is_ipv4() && self.prefix <= other.prefix && self.contains(other.addr)
+    }
+
     /// True when `ip` lies in this range. An IPv4 range never contains an IPv6 address (map it
     /// first) and the other way round.
     pub fn contains(&self, ip: IpAddr) -> bool {

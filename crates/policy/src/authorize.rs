@@ -78,7 +78,8 @@ fn sees(principal: &Principal, target: &Target) -> bool {
         | Target::Namespace { .. }
         | Target::Secret { .. }
         | Target::Key { .. }
-        | Target::Policy { .. } => true,
+        | Target::Policy { .. }
+        | Target::Host { .. } => true,
     }
 }
 
@@ -120,6 +121,9 @@ impl From<&Target> for ResourceRef {
             Target::Secret { name, .. } => ResourceRef::Secret(name.clone()),
             Target::Key { id: Some(id), .. } => ResourceRef::Key(id.clone()),
             Target::Policy { id, .. } => ResourceRef::Policy(id.clone()),
+            Target::Host { host, port, protocol, .. } => {
+                ResourceRef::Host { name: host.clone(), port: *port, protocol: protocol.clone() }
+            }
         }
     }
 }
@@ -191,5 +195,29 @@ mod tests {
         let revoke = |role| decide(&set, &admin, Action::KeyRevoke, &Target::key("acme", Some("key_2"), Some(role)));
         assert!(revoke(Role::Developer).decision.is_allowed());
         assert!(!revoke(Role::Owner).decision.is_allowed());
+    }
+
+    #[test]
+    fn egress_is_a_sandbox_connecting_to_a_host_with_port_and_protocol() {
+        let engine = Engine::shared();
+        let sandbox =
+            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
+        let forbid_ssh = r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource)
+            when { context.protocol == "tcp" && context.port == 22 };"#;
+        let forbid_host =
+            r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource == Bulkhead::Host::"evil.test");"#;
+        let set =
+            engine.compile(&[("pol_ssh".into(), forbid_ssh.into()), ("pol_evil".into(), forbid_host.into())]).expect("valid");
+        let connect = |host: &str, port, protocol: &str| {
+            decide(&set, &sandbox, Action::NetworkConnect, &Target::host("acme", host, port, protocol))
+        };
+        let d = connect("pypi.org", 443, "tcp");
+        assert_eq!((d.decision, d.permits), (Decision::Allow, vec!["builtin.sandbox-egress".to_owned()]));
+        assert_eq!(connect("pypi.org", 22, "tcp").decision, Decision::Forbidden { policies: vec!["pol_ssh".into()] });
+        assert!(connect("pypi.org", 0, "dns").decision.is_allowed());
+        assert_eq!(connect("evil.test", 0, "dns").decision, Decision::Forbidden { policies: vec!["pol_evil".into()] });
+        // Keys and users never connect.
+        let d = decide(&set, &key(Role::Owner, None), Action::NetworkConnect, &Target::host("acme", "pypi.org", 443, "tcp"));
+        assert_eq!(d.decision, Decision::Forbidden { policies: vec![] });
     }
 }

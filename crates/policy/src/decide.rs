@@ -27,7 +27,7 @@ use cedar_policy::{
 
 use crate::engine::{role_index, CompiledSet, Decision, Inner, Request};
 use crate::refs::{PrincipalRef, ResourceRef};
-use crate::KEY_ROLE_ACTIONS;
+use crate::{CONNECT_ACTION, KEY_ROLE_ACTIONS};
 
 /// The entity types of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +43,11 @@ pub(crate) enum Kind {
     Filesystem,
     Secret,
     Policy,
+    Host,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 11] = [
+    pub(crate) const ALL: [Kind; 12] = [
         Kind::Admin,
         Kind::Key,
         Kind::User,
@@ -58,6 +59,7 @@ impl Kind {
         Kind::Filesystem,
         Kind::Secret,
         Kind::Policy,
+        Kind::Host,
     ];
 
     pub(crate) fn cedar(self) -> &'static str {
@@ -73,6 +75,7 @@ impl Kind {
             Kind::Filesystem => "Bulkhead::Filesystem",
             Kind::Secret => "Bulkhead::Secret",
             Kind::Policy => "Bulkhead::Policy",
+            Kind::Host => "Bulkhead::Host",
         }
     }
 
@@ -286,6 +289,7 @@ impl<'a> View<'a> {
             ResourceRef::Secret(name) => in_ns(Kind::Secret, name),
             ResourceRef::Key(id) => in_ns(Kind::Key, id),
             ResourceRef::Policy(id) => in_ns(Kind::Policy, id),
+            ResourceRef::Host { name, .. } => in_ns(Kind::Host, name),
         }
     }
 }
@@ -461,11 +465,16 @@ impl Inner {
         position: usize,
         check: bool,
     ) -> Result<cedar_policy::Request, String> {
-        let context = match req.target_role {
-            Some(role) if KEY_ROLE_ACTIONS.contains(&req.action) => Context::from_pairs([(
+        let context = match (req.target_role, req.resource) {
+            (Some(role), _) if KEY_ROLE_ACTIONS.contains(&req.action) => Context::from_pairs([(
                 "target_role".to_owned(),
                 RestrictedExpression::new_string(role.as_str().to_owned()),
             )])
+            .map_err(|e| e.to_string())?,
+            (_, ResourceRef::Host { port, protocol, .. }) if req.action == CONNECT_ACTION => Context::from_pairs([
+                ("port".to_owned(), RestrictedExpression::new_long(i64::from(*port))),
+                ("protocol".to_owned(), RestrictedExpression::new_string(protocol.clone())),
+            ])
             .map_err(|e| e.to_string())?,
             _ => Context::empty(),
         };

@@ -64,6 +64,9 @@ pub const ACTIONS: [&str; Action::ALL.len()] = {
 /// The actions whose context carries `target_role`, the role of the key concerned.
 pub(crate) const KEY_ROLE_ACTIONS: &[&str] = &["key.create", "key.revoke"];
 
+/// The action whose context carries `port` and `protocol`: a sandbox's egress.
+pub(crate) const CONNECT_ACTION: &str = Action::NetworkConnect.name();
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -41,6 +41,13 @@ pub enum ResourceRef {
     Secret(String),
     Key(String),
     Policy(String),
+    /// A destination of a sandbox's egress, `Bulkhead::Host::"<name or address>"`, with the
+    /// request's context: `port` (0 for a DNS query) and `protocol` (`tcp` or `dns`).
+    Host {
+        name: String,
+        port: u16,
+        protocol: String,
+    },
 }
 
 /// A namespace principal named by the explain endpoint, before the server has looked up its role
@@ -104,8 +111,9 @@ pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
 }
 
 /// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-/// `key:<id>`, `policy:<id>` or `platform` into a target in namespace `ns` (a `namespace:<name>`
-/// names its own). The scope of a filesystem or a sandbox is not part of the string: it is
+/// `key:<id>`, `policy:<id>`, `host:<name or address>` or `platform` into a target in namespace
+/// `ns` (a `namespace:<name>` names its own). A host is asked about as `tcp` on port 443 until
+/// the caller sets its context. The scope of a filesystem or a sandbox is not part of the string: it is
 /// [`Scope::Unknown`](bulkhead_core::Scope::Unknown) until the server fills it in from the store.
 pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
     if s == "platform" {
@@ -125,13 +133,25 @@ pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
         "project" => Ok(Target::project(ns, Some(&check_id(s, rest, prefix::PROJECT)?))),
         "key" => Ok(Target::key(ns, Some(&check_id(s, rest, prefix::KEY)?), None)),
         "policy" => Ok(Target::policy(ns, &check_id(s, rest, prefix::POLICY)?)),
+        "host" => Ok(Target::host(ns, &check_host(s, rest)?, 443, "tcp")),
         _ => Err(RefError::new(
             s,
             format!(
-                "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, key, policy \
-                 or platform"
+                "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, key, policy, \
+                 host or platform"
             ),
         )),
+    }
+}
+
+/// A host is a lower-case DNS name or a canonical IP address (IPv6 without brackets).
+fn check_host(input: &str, host: &str) -> Result<String, RefError> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(bulkhead_core::outbound::canonical_ip(ip).to_string());
+    }
+    match bulkhead_core::outbound::parse_host(host) {
+        Ok(bulkhead_core::outbound::Host::Name(n)) => Ok(n),
+        _ => Err(RefError::new(input, "expected host:<lower-case DNS name or IP address>")),
     }
 }
 
@@ -204,6 +224,8 @@ mod tests {
         assert_eq!(parse("secret:db-password"), Ok(Target::secret("acme", "db-password")));
         assert_eq!(parse("key:key_3"), Ok(Target::key("acme", Some("key_3"), None)));
         assert_eq!(parse("policy:pol_abc"), Ok(Target::policy("acme", "pol_abc")));
+        assert_eq!(parse("host:pypi.org"), Ok(Target::host("acme", "pypi.org", 443, "tcp")));
+        assert_eq!(parse("host:203.0.113.5"), Ok(Target::host("acme", "203.0.113.5", 443, "tcp")));
     }
 
     #[test]
@@ -217,6 +239,8 @@ mod tests {
             ("filesystem:sbx_1", "must start with \"fs_\""),
             ("policy:pol_", "1 to 64 characters"),
             ("project:prj_x-y", "only a-z and 0-9"),
+            ("host:Pypi.org", "expected host:"),
+            ("host:", "expected host:"),
         ] {
             let err = parse_resource(input, "acme").expect_err(input).to_string();
             assert!(err.contains(needle), "{input}: {err}");

@@ -307,6 +307,8 @@ pub async fn start_with(
         host_ids,
         host_locks: locks,
     }));
+    // The gateway asks the server about every connection of a sandbox, adopted ones included.
+    state.runtime.set_egress_decider(crate::service::egress::EgressPolicy::new(&state));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     if report != Default::default() {
         tracing::info!(

@@ -47,6 +47,43 @@ pub fn namespace_out(row: &NamespaceRow) -> api::Namespace {
         created_at: rfc3339(row.created_at_ms),
         updated_at: rfc3339(row.updated_at_ms),
         usage: None,
+        egress: ceiling_out(row.egress.as_ref()),
+    }
+}
+
+/// A namespace's egress ceiling on the wire; `None` is the default, empty one.
+pub fn ceiling_out(c: Option<&bulkhead_core::egress::Ceiling>) -> api::EgressCeiling {
+    c.map(|c| api::EgressCeiling {
+        allow: c.allow.iter().map(ToString::to_string).collect(),
+        max_bandwidth_bytes_per_second: c.max_bandwidth_bytes_per_second,
+    })
+    .unwrap_or_default()
+}
+
+/// A ceiling from the wire: every entry parsed (a 400 names the first bad one), the cap at
+/// least 1 byte a second.
+pub fn ceiling_in(c: &api::EgressCeiling) -> Result<bulkhead_core::egress::Ceiling, bulkhead_core::FieldError> {
+    let allow = bulkhead_core::egress::parse_list("egress.allow", &c.allow)?;
+    if c.max_bandwidth_bytes_per_second == Some(0) {
+        return Err(bulkhead_core::FieldError::new("egress.max_bandwidth_bytes_per_second", "at least 1"));
+    }
+    Ok(bulkhead_core::egress::Ceiling { allow, max_bandwidth_bytes_per_second: c.max_bandwidth_bytes_per_second })
+}
+
+/// A sandbox's egress on the wire.
+pub fn sandbox_egress_out(e: &bulkhead_core::egress::SandboxEgress) -> api::SandboxEgress {
+    api::SandboxEgress {
+        allow: e.allow.iter().map(ToString::to_string).collect(),
+        credentials: e
+            .credentials
+            .iter()
+            .map(|c| api::EgressCredential {
+                host: c.host.clone(),
+                secret: c.secret.clone(),
+                header: c.header.clone(),
+                format: c.format.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct NamespaceRow {
     /// [`bulkhead_core::ids::new_incarnation`]). Per-namespace state kept outside the store is keyed
     /// by it, so a namespace deleted and created again starts with nothing of the old one's.
     pub incarnation: String,
+    /// The namespace's egress ceiling; `None`: the default, empty one (no egress).
+    pub egress: Option<bulkhead_core::egress::Ceiling>,
 }
 
 /// An API key as stored: metadata and the keyed hash of its token, never the token.
@@ -66,6 +68,13 @@ pub trait NamespaceStore: Send + Sync {
     /// Namespaces in name order after `after`, at most `limit`; only `only` when given.
     async fn list_namespaces(&self, after: Option<&str>, limit: u32, only: Option<&str>) -> Result<Vec<NamespaceRow>>;
     async fn update_namespace_quotas(&self, name: &str, quotas: &Quotas, now_ms: i64) -> Result<Option<NamespaceRow>>;
+    /// Sets the namespace's egress ceiling; `None` when the namespace does not exist.
+    async fn update_namespace_egress(
+        &self,
+        name: &str,
+        egress: &bulkhead_core::egress::Ceiling,
+        now_ms: i64,
+    ) -> Result<Option<NamespaceRow>>;
     /// Deletes a namespace and everything it owns: keys, its audit chain, idempotent replays.
     /// Returns whether it existed.
     async fn delete_namespace(&self, name: &str) -> Result<bool>;

@@ -67,6 +67,8 @@ pub struct SandboxRow {
     /// filesystem's data, so it is in that project's scope. `None` when it mounts nothing or a
     /// filesystem in no project.
     pub project: Option<String>,
+    /// What the sandbox asked of the network at create; `None`: nothing (no egress).
+    pub egress: Option<bulkhead_core::egress::SandboxEgress>,
     /// The sandbox's cgroup counters at the last metering sample.
     pub metered: MeterMark,
     /// When it was last metered; `None` before the first sample.

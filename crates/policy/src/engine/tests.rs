@@ -52,6 +52,8 @@ const NOBODY: &[&str] = &[
     "platform.audit.verify",
     "platform.metrics.read",
     "secret.read",
+    // Only sandboxes connect (builtin.sandbox-egress).
+    "network.connect",
 ];
 
 /// The lowest role that may do `action` on a key of `target` role; `None`: no role may.
@@ -96,6 +98,7 @@ fn resource_for(action: &str) -> ResourceRef {
         "key.get" | "key.revoke" => ResourceRef::Key("key_2".into()),
         "policy.delete" => ResourceRef::Policy("pol_1".into()),
         "secret.delete" | "secret.read" => ResourceRef::Secret("db-password".into()),
+        "network.connect" => ResourceRef::Host { name: "pypi.org".into(), port: 443, protocol: "tcp".into() },
         a if a.starts_with("platform.") => ResourceRef::Platform,
         _ => ResourceRef::Namespace("acme".into()),
     }
@@ -227,7 +230,7 @@ fn sandbox_principals_get_only_their_secrets_and_themselves() {
         let d = ask(&set, &me, action, &resource_for(action), None);
         assert!(d.errors.is_empty(), "{action}: {:?}", d.errors);
         // resource_for gives sandbox.get the sandbox sbx_1: itself.
-        let expected = matches!(*action, "secret.read" | "sandbox.get");
+        let expected = matches!(*action, "secret.read" | "sandbox.get" | "network.connect");
         assert_eq!(d.allowed, expected, "sandbox {action}: {d:?}");
     }
     let d = ask(&set, &me, "sandbox.get", &ResourceRef::Sandbox { id: "sbx_1".into(), project: None }, None);

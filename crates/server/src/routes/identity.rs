@@ -21,7 +21,7 @@ use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::identity::{oidc_settings, MAX_POLICIES};
 use crate::service::records::{PolicyRow, SandboxStatus};
-use crate::service::{filesystems, namespaces, policies, sandboxes};
+use crate::service::{egress, filesystems, namespaces, policies, sandboxes};
 use crate::time::{now_ms, rfc3339};
 
 /// The namespace's single sign-on settings (`{"oidc": null}` when none).
@@ -219,6 +219,43 @@ pub async fn explain(
     if let Some(known) = known.filter(|t| ctx.sees(Action::AuthzExplain, t)) {
         target = known;
     }
+    // Egress: the port and protocol of the context, and for a sandbox the whole egress decision
+    // (its allow, the ceiling, the addresses never reachable), exactly as the gateway asks it.
+    if let Target::Host { host, port, protocol, .. } = &mut target {
+        let c = req.context.clone().unwrap_or_default();
+        let proto = c.protocol.as_deref().unwrap_or("tcp");
+        match (proto, c.port) {
+            ("tcp", Some(0)) => return Err(ApiError::Invalid("context.port: 1 to 65535".into())),
+            ("tcp", p) => *port = p.unwrap_or(443),
+            ("dns", None) => *port = 0,
+            ("dns", Some(_)) => return Err(ApiError::Invalid("context.port: a dns query names no port".into())),
+            (other, _) => {
+                return Err(ApiError::Invalid(format!("context.protocol: {other:?} is not tcp or dns")));
+            }
+        }
+        *protocol = proto.to_owned();
+        if let Principal::Sandbox { id, .. } = &principal {
+            let sbx = sandboxes::get(&ctx.state, &ns, id).await?.ok_or_else(|| ApiError::Internal("sandbox vanished".into()))?;
+            let row = load_namespace(&ctx, &ns).await?;
+            let addr = host.parse::<std::net::IpAddr>().ok();
+            let dest = bulkhead_core::egress::Dest {
+                name: if addr.is_some() { None } else { Some(host.as_str()) },
+                addr,
+                port: (proto == "tcp").then_some(*port),
+            };
+            let protocol = if proto == "dns" { egress::Protocol::Dns } else { egress::Protocol::Tcp };
+            let j = egress::judge(&ctx.state, &row, &sbx, &dest, protocol).await?;
+            return Ok(Json(ExplainResult {
+                decision: if j.allowed { "allow" } else { "deny" }.to_owned(),
+                policies: j.policies,
+                role: None,
+                errors: j.errors,
+                reason: j.reason,
+            }));
+        }
+    } else if req.context.is_some() {
+        return Err(ApiError::Invalid("context: only for network.connect on host:<name>".into()));
+    }
     // The named principal's decision, with the namespace's policies (whoever asks), exactly as
     // a request of that principal would be decided; one outside its projects is a denial.
     let ruling = Decider::load(&ctx.state, principal).await?.ruling(action, &target);
@@ -232,6 +269,7 @@ pub async fn explain(
         policies,
         role: role.map(crate::convert::role_out),
         errors: ruling.errors,
+        reason: None,
     }))
 }
 

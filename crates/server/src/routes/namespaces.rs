@@ -10,7 +10,7 @@ use bulkhead_core::{validate, Action, Target};
 use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::load_namespace;
 use crate::auth::Ctx;
-use crate::convert::{namespace_out, quota_patch_in, quotas_in};
+use crate::convert::{ceiling_in, namespace_out, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
@@ -95,7 +95,8 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
     Ok(Json(out))
 }
 
-/// Change a namespace's quotas (platform admin).
+/// Change a namespace's quotas or its egress ceiling (platform admin). A narrower ceiling holds
+/// for the next connection of every running sandbox.
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
     request_body = UpdateNamespace,
     responses((status = 200, body = Namespace), CheckedErrors))]
@@ -107,17 +108,31 @@ pub async fn update(
 ) -> ApiResult<Json<Namespace>> {
     ctx.authorize(Action::NamespaceUpdate, &Target::namespace(&ns))?;
     let req: UpdateNamespace = json(&headers, &body)?;
+    if req.quotas.is_none() && req.egress.is_none() {
+        return Err(ApiError::Invalid("body: name quotas or egress to change".into()));
+    }
     let patch = req.quotas.as_ref().map(quota_patch_in).unwrap_or_default();
-    if patch.is_empty() {
+    if req.quotas.is_some() && patch.is_empty() {
         return Err(ApiError::Invalid("quotas: name at least one quota to change".into()));
     }
-    let row = load_namespace(&ctx, &ns).await?;
-    let quotas = row.quotas.apply(&patch)?;
-    if let Some(q) = &req.quotas {
-        ctx.audit_detail("quotas", serde_json::to_value(q).unwrap_or_default());
+    let egress = req.egress.as_ref().map(ceiling_in).transpose()?;
+    let mut row = load_namespace(&ctx, &ns).await?;
+    if req.quotas.is_some() {
+        let quotas = row.quotas.apply(&patch)?;
+        if let Some(q) = &req.quotas {
+            ctx.audit_detail("quotas", serde_json::to_value(q).unwrap_or_default());
+        }
+        row = namespaces::update_quotas(&ctx.state, &ns, &quotas)
+            .await?
+            .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
     }
-    let row =
-        namespaces::update_quotas(&ctx.state, &ns, &quotas).await?.ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    if let Some(egress) = egress {
+        ctx.audit_detail("egress", serde_json::to_value(&egress).unwrap_or_default());
+        // Running sandboxes are judged against the new ceiling from their next connection.
+        row = namespaces::update_egress(&ctx.state, &ns, &egress)
+            .await?
+            .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    }
     Ok(Json(namespace_out(&row)))
 }
 

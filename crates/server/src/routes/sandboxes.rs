@@ -67,6 +67,7 @@ pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
             .map(|(id, mode)| bulkhead_api::SandboxFilesystem { id: id.clone(), mode: mode.clone() }),
         creator: row.creator.clone(),
         secrets: row.secrets.clone(),
+        egress: row.egress.as_ref().map(crate::convert::sandbox_egress_out),
     }
 }
 
@@ -250,6 +251,21 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
         secrets.push(s.name.clone());
     }
     ctx.audit_detail("secrets", secrets.clone());
+    let egress = match &req.egress {
+        None => None,
+        Some(e) => {
+            let principal = Principal::Sandbox {
+                id: id.clone(),
+                namespace: ns.clone(),
+                creator: creator.clone(),
+                project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
+            };
+            check_egress(ctx, &namespace, principal, e).await?
+        }
+    };
+    if let Some(e) = &egress {
+        ctx.audit_detail("egress", serde_json::to_value(crate::convert::sandbox_egress_out(e)).unwrap_or_default());
+    }
     let plan = Plan {
         cpu_millis,
         memory_bytes,
@@ -261,10 +277,68 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
         run_files,
         workload_token_hash: Some(ctx.state.hasher.hash(&token)),
         secrets,
+        egress,
     };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
     Created::json(StatusCode::CREATED, &sandbox_out(&row))
+}
+
+/// Checks a create's `egress` against the namespace's ceiling: a malformed entry or credential
+/// is a 400 naming it, an entry beyond the ceiling a 403 naming it; each credential's secret must
+/// exist and be readable by the sandbox's principal, and its host lie within the sandbox's
+/// `allow`. `None` when the sandbox asks for nothing.
+async fn check_egress(
+    ctx: &Ctx,
+    namespace: &crate::service::records::NamespaceRow,
+    principal: Principal,
+    req: &bulkhead_api::SandboxEgress,
+) -> ApiResult<Option<bulkhead_core::egress::SandboxEgress>> {
+    use bulkhead_core::egress::{first_beyond, parse_list, Credential, Dest, MAX_CREDENTIALS};
+    let ns = &namespace.name;
+    let allow = parse_list("egress.allow", &req.allow)?;
+    let ceiling = namespace.egress.as_ref().map(|c| c.allow.as_slice()).unwrap_or_default();
+    if let Some(beyond) = first_beyond(&allow, ceiling) {
+        return Err(ApiError::Forbidden(format!(
+            "egress.allow: {beyond} is beyond namespace {ns}'s egress ceiling; the platform admin sets it"
+        )));
+    }
+    if req.credentials.len() > MAX_CREDENTIALS {
+        return Err(ApiError::Invalid(format!("egress.credentials: at most {MAX_CREDENTIALS}")));
+    }
+    let mut credentials = Vec::with_capacity(req.credentials.len());
+    for (i, c) in req.credentials.iter().enumerate() {
+        let field = format!("egress.credentials[{i}]");
+        let c = Credential { host: c.host.clone(), secret: c.secret.clone(), header: c.header.clone(), format: c.format.clone() };
+        c.check(&field)?;
+        if credentials.iter().any(|o: &Credential| o.host == c.host) {
+            return Err(ApiError::Invalid(format!("{field}.host: {} is brokered twice", c.host)));
+        }
+        let dest = Dest { name: Some(&c.host), addr: None, port: None };
+        if !allow.iter().any(|e| e.matches(&dest)) {
+            return Err(ApiError::Invalid(format!("{field}.host: {} is not within the sandbox's egress.allow", c.host)));
+        }
+        crate::service::secrets::get(&ctx.state, ns, &c.secret)
+            .await?
+            .ok_or_else(|| ApiError::Invalid(format!("{field}.secret: namespace {ns} has no secret {:?}", c.secret)))?;
+        match ctx.decide_as(principal.clone(), Action::SecretRead, &Target::secret(ns, &c.secret)).await? {
+            Decision::Allow => {}
+            Decision::Forbidden { policies } => {
+                let by = if policies.is_empty() { String::new() } else { format!(" (forbidden by {})", policies.join(", ")) };
+                return Err(ApiError::Forbidden(format!(
+                    "{field}.secret: {} may not secret.read {}{by}",
+                    principal.audit_name(),
+                    c.secret
+                )));
+            }
+            Decision::NotFound(_) => return Err(ApiError::Internal("a new sandbox's own namespace was hidden".into())),
+        }
+        credentials.push(c);
+    }
+    if allow.is_empty() && credentials.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(bulkhead_core::egress::SandboxEgress { allow, credentials }))
 }
 
 /// How a secret reaches a sandbox.

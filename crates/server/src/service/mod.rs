@@ -10,6 +10,7 @@
 //! who may do what: the handler authorized every call before it was made.
 
 pub mod audit;
+pub mod egress;
 pub mod filesystems;
 pub mod listing;
 pub mod logs;

@@ -28,6 +28,7 @@ pub async fn create(state: &AppState, name: String, isolation: String, quotas: Q
         id_start: ids.host_start,
         id_count: ids.size,
         incarnation: bulkhead_core::ids::new_incarnation(),
+        egress: None,
     };
     if let Err(e) = state.store.create_namespace(&row).await {
         state.host_ids.release(ids).await;
@@ -64,6 +65,18 @@ pub async fn update_quotas(state: &AppState, ns: &str, quotas: &Quotas) -> Servi
     let Some(row) = state.store.update_namespace_quotas(ns, quotas, now_ms()).await? else { return Ok(None) };
     state.namespaces.put(row.clone());
     state.runtime.ensure_namespace(ns, &sandboxes::namespace_limits(&row)).await?;
+    Ok(Some(row))
+}
+
+/// Replaces namespace `ns`'s egress ceiling; `None` when it does not exist. The namespace cache
+/// gets the new row, so the egress decider judges the next connection by it.
+pub async fn update_egress(
+    state: &AppState,
+    ns: &str,
+    egress: &bulkhead_core::egress::Ceiling,
+) -> ServiceResult<Option<NamespaceRow>> {
+    let Some(row) = state.store.update_namespace_egress(ns, egress, now_ms()).await? else { return Ok(None) };
+    state.namespaces.put(row.clone());
     Ok(Some(row))
 }
 

@@ -51,6 +51,8 @@ pub struct Plan {
     pub workload_token_hash: Option<String>,
     /// Names of the secrets handed to the sandbox.
     pub secrets: Vec<String>,
+    /// What the sandbox may reach on the network, checked against the namespace's ceiling.
+    pub egress: Option<bulkhead_core::egress::SandboxEgress>,
 }
 
 /// Admits, records and starts a sandbox of `ns`.
@@ -85,6 +87,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         workload_token_hash: plan.workload_token_hash.clone(),
         secrets: plan.secrets.clone(),
         project: plan.filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
+        egress: plan.egress.clone(),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {

@@ -52,7 +52,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "sandbox project", include_str!("../../migrations/sqlite/0007_sandbox_project.sql")),
     (8, "host ids and audit retention", include_str!("../../migrations/sqlite/0008_host_ids_and_audit_retention.sql")),
     (9, "namespace incarnation", include_str!("../../migrations/sqlite/0009_namespace_incarnation.sql")),
-    (10, "egress ca", include_str!("../../migrations/sqlite/0010_egress_ca.sql")),
+    (10, "egress", include_str!("../../migrations/sqlite/0010_egress.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
@@ -445,4 +445,15 @@ fn as_u64(row: &SqliteRow, col: &str) -> Result<u64> {
 /// A list of names kept as JSON text; `what` names the column in the error.
 fn names(text: &str, what: &str) -> Result<Vec<String>> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+/// A nullable JSON column read into `T`; a value that does not parse is `Corrupt`, naming `what`.
+fn json_column<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str, what: &str) -> Result<Option<T>> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
+}
+
+/// `value` as the text of a nullable JSON column.
+fn to_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>> {
+    value.map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
 }

@@ -9,7 +9,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{
-    all, as_u64, from_columns, insert_row, names, one, select, Columns, Constraints, Query, SqliteStore, Table,
+    all, as_u64, from_columns, insert_row, json_column, names, one, select, to_json, Columns, Constraints, Query,
+    SqliteStore, Table,
 };
 use crate::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse, Result, StoreError};
 
@@ -24,7 +25,7 @@ from_columns!(Quotas {
 
 impl Columns for NamespaceRow {
     const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-         pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation";
+         pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let id_range = |col: &str| -> Result<u32> {
@@ -42,6 +43,7 @@ impl Columns for NamespaceRow {
             id_start: id_range("id_start")?,
             id_count: id_range("id_count")?,
             incarnation: incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?,
+            egress: json_column(row, "egress", "namespace egress")?,
         })
     }
 
@@ -53,7 +55,8 @@ impl Columns for NamespaceRow {
             .bind(self.updated_at_ms)
             .bind(i64::from(self.id_start))
             .bind(i64::from(self.id_count))
-            .bind(&self.incarnation))
+            .bind(&self.incarnation)
+            .bind(to_json(self.egress.as_ref())?))
     }
 }
 
@@ -149,6 +152,21 @@ impl NamespaceStore for SqliteStore {
             NamespaceRow::COLUMNS
         );
         let update = q.bind_all(sqlx::query(&sql))?.bind(now_ms).bind(name);
+        let row = one(&mut *tx, update).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn update_namespace_egress(
+        &self,
+        name: &str,
+        egress: &bulkhead_core::egress::Ceiling,
+        now_ms: i64,
+    ) -> Result<Option<NamespaceRow>> {
+        let mut tx = self.write_tx().await?;
+        let sql =
+            format!("UPDATE namespaces SET egress = ?, updated_at_ms = ? WHERE name = ? RETURNING {}", NamespaceRow::COLUMNS);
+        let update = sqlx::query(&sql).bind(to_json(Some(egress))?).bind(now_ms).bind(name);
         let row = one(&mut *tx, update).await?;
         tx.commit().await?;
         Ok(row)

@@ -7,14 +7,15 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
 use super::{
-    all, as_i64, as_u64, insert_row, names, one, select, within, Columns, Constraints, Query, SqliteStore, Table,
+    all, as_i64, as_u64, insert_row, json_column, names, one, select, to_json, within, Columns, Constraints, Query,
+    SqliteStore, Table,
 };
 use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError};
 
 impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id";
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -46,6 +47,7 @@ impl Columns for SandboxRow {
             workload_token_hash: row.try_get("workload_token_hash")?,
             secrets: names(&secrets, "sandbox secrets")?,
             project: row.try_get("project_id")?,
+            egress: json_column(row, "egress", "sandbox egress")?,
         })
     }
 
@@ -72,7 +74,8 @@ impl Columns for SandboxRow {
             .bind(&self.creator)
             .bind(self.workload_token_hash.as_deref())
             .bind(secrets)
-            .bind(self.project.as_deref()))
+            .bind(self.project.as_deref())
+            .bind(to_json(self.egress.as_ref())?))
     }
 }
 

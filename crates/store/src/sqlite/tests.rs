@@ -21,6 +21,7 @@ fn ns(name: &str) -> NamespaceRow {
         id_start: 1_000_000 + 65_536 * NEXT_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         id_count: 65_536,
         incarnation: bulkhead_core::ids::new_incarnation(),
+        egress: None,
     }
 }
 
@@ -135,6 +136,7 @@ fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
         secrets: Vec::new(),
         metered_at_ms: None,
         project: None,
+        egress: None,
     }
 }
 
@@ -232,7 +234,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 22);
+    assert_eq!(sandbox.matches('?').count(), 23);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }
@@ -366,6 +368,15 @@ async fn every_row_type_reads_back_what_it_wrote() {
         filesystem: Some(("fs_a".into(), "rw".into())),
         secrets: vec!["token".into()],
         project: Some("prj_a".into()),
+        egress: Some(bulkhead_core::egress::SandboxEgress {
+            allow: vec!["pypi.org".parse().unwrap(), "203.0.113.0/24:443".parse().unwrap()],
+            credentials: vec![bulkhead_core::egress::Credential {
+                host: "pypi.org".into(),
+                secret: "token".into(),
+                header: "Authorization".into(),
+                format: "Bearer {secret}".into(),
+            }],
+        }),
         workload_token_hash: Some("wh".into()),
         metered: MeterMark { cpu_ns: 5, io_read_bytes: 6, io_write_bytes: 7 },
         metered_at_ms: Some(8),
@@ -374,6 +385,14 @@ async fn every_row_type_reads_back_what_it_wrote() {
     };
     s.admit_sandbox(&sbx, &Quotas::DEFAULT).await.unwrap();
     assert_eq!(s.get_sandbox("acme", &sbx.id).await.unwrap(), Some(sbx.clone()));
+    let ceiling = bulkhead_core::egress::Ceiling {
+        allow: vec!["*.org".parse().unwrap()],
+        max_bandwidth_bytes_per_second: Some(1000),
+    };
+    let updated = s.update_namespace_egress("acme", &ceiling, 9).await.unwrap().expect("exists");
+    assert_eq!((updated.egress.as_ref(), updated.updated_at_ms), (Some(&ceiling), 9));
+    assert_eq!(s.get_namespace("acme").await.unwrap().and_then(|n| n.egress), Some(ceiling.clone()));
+    assert_eq!(s.update_namespace_egress("nope", &ceiling, 9).await.unwrap(), None);
     assert_eq!(s.sandboxes_using("fs_a").await.unwrap(), [sbx]);
     let policy = PolicyRow {
         id: "pol_a".into(),

@@ -1,0 +1,176 @@
+//! The server's side of egress (PRODUCT.md, *Network egress*): the runtime's gateway asks
+//! [`EgressPolicy`] about every DNS query and every connection of a sandbox, and `authz/explain`
+//! asks [`judge`] the same question.
+//!
+//! One decision, in order, each step ending it when it refuses:
+//! 1. the sandbox must be running;
+//! 2. the address, when there is one, must not be one no policy opens: the sandbox network
+//!    (`--sandbox-cidr`), loopback, link-local, metadata, reserved, multicast, and private,
+//!    shared or unique-local ranges the ceiling does not name (documentation ranges are ordinary
+//!    destinations) — rule `always-denied`;
+//! 3. the destination must match the sandbox's `egress.allow` (rule `allow`) and the namespace's
+//!    *current* ceiling (rule `ceiling`), so a ceiling narrowed later holds for running sandboxes;
+//! 4. the namespace's Cedar policies, through the one decision function: the sandbox's
+//!    principal, action `network.connect`, resource `Bulkhead::Host::"<name or address>"`,
+//!    context `{port, protocol}` (port 0 for DNS). The policies are read per decision from the
+//!    identity cache, so a new `forbid` holds for the next connection.
+//!
+//! Every denial is counted and audited, aggregated, by the denial log (see `egress_audit`).
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use bulkhead_core::egress::{self, Dest, Refusal};
+use bulkhead_core::outbound::{canonical_ip, Cidr};
+use bulkhead_core::{Action, Decision, Principal, Target};
+pub use bulkhead_runtime::egress::Protocol;
+use bulkhead_runtime::egress::{ConnectRequest, EgressDecider, Verdict};
+use bulkhead_store::{NamespaceRow, SandboxRow, SandboxStatus};
+
+use crate::auth::Decider;
+use crate::error::ApiResult;
+use crate::state::{AppState, Inner};
+
+/// How one egress attempt is decided, with what explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub allowed: bool,
+    /// The permits that allowed, the forbids that denied, or the rule (`always-denied`,
+    /// `allow`, `ceiling`, `not-running`) that denied before the policies.
+    pub policies: Vec<String>,
+    /// Why it was denied, in words; `None` when allowed.
+    pub reason: Option<String>,
+    /// Policies that failed to evaluate.
+    pub errors: Vec<String>,
+}
+
+impl Judgement {
+    fn refused(rule: &str, reason: String) -> Judgement {
+        Judgement { allowed: false, policies: vec![rule.to_owned()], reason: Some(reason), errors: Vec::new() }
+    }
+}
+
+/// Decides whether sandbox `sandbox` of namespace `ns` may reach `dest` by `protocol` (see the
+/// module's doc for the steps).
+pub async fn judge(
+    state: &AppState,
+    ns: &NamespaceRow,
+    sandbox: &SandboxRow,
+    dest: &Dest<'_>,
+    protocol: Protocol,
+) -> ApiResult<Judgement> {
+    if sandbox.status != SandboxStatus::Running {
+        return Ok(Judgement::refused("not-running", format!("sandbox {} is {}", sandbox.id, sandbox.status.as_str())));
+    }
+    let ceiling = ns.egress.as_ref().map(|c| c.allow.as_slice()).unwrap_or_default();
+    let allow = sandbox.egress.as_ref().map(|e| e.allow.as_slice()).unwrap_or_default();
+    let net = state.config.runtime.sandbox_cidr;
+    let sandbox_net = Cidr::new_v4(net.addr, net.len);
+    if let Some(addr) = dest.addr.map(canonical_ip).filter(|a| sandbox_net.contains(*a)) {
+        return Ok(Judgement::refused(
+            Refusal::AlwaysDenied(bulkhead_core::outbound::Special::Shared).rule(),
+            format!("{addr} is in the sandbox network and never reachable from a sandbox"),
+        ));
+    }
+    if let Err(refusal) = egress::check(dest, allow, ceiling) {
+        return Ok(Judgement::refused(refusal.rule(), refusal.reason(dest)));
+    }
+    let principal = Principal::Sandbox {
+        id: sandbox.id.clone(),
+        namespace: ns.name.clone(),
+        creator: sandbox.creator.clone(),
+        project: sandbox.project.clone(),
+    };
+    let target = Target::host(&ns.name, &dest.host(), dest.port.unwrap_or(0), protocol.as_str());
+    let ruling = Decider::load(state, principal).await?.ruling(Action::NetworkConnect, &target);
+    Ok(match ruling.decision {
+        Decision::Allow => Judgement { allowed: true, policies: ruling.permits, reason: None, errors: ruling.errors },
+        Decision::Forbidden { policies } => {
+            let reason = if policies.is_empty() {
+                format!("no policy permits network.connect to {}", dest.host())
+            } else {
+                format!("network.connect to {} is forbidden by {}", dest.host(), policies.join(", "))
+            };
+            Judgement { allowed: false, policies, reason: Some(reason), errors: ruling.errors }
+        }
+        Decision::NotFound(_) => Judgement::refused("not-found", "the sandbox's own namespace was hidden".into()),
+    })
+}
+
+/// The server's [`EgressDecider`], handed to the runtime at start. It holds the state weakly:
+/// the runtime is part of the state, and a decider outliving the server denies everything.
+pub struct EgressPolicy {
+    state: Weak<Inner>,
+}
+
+impl EgressPolicy {
+    /// The decider of `state`'s server.
+    pub fn new(state: &AppState) -> Arc<EgressPolicy> {
+        Arc::new(EgressPolicy { state: Arc::downgrade(&state.0) })
+    }
+
+    async fn verdict(&self, state: &AppState, req: &ConnectRequest) -> ApiResult<Verdict> {
+        let deny = |reason: String, rule: &str| Verdict::Deny { reason, policies: vec![rule.to_owned()] };
+        let Some(ns) = namespace(state, &req.namespace).await? else {
+            return Ok(deny(format!("namespace {} does not exist", req.namespace), "not-found"));
+        };
+        let Some(sandbox) = state.store.get_sandbox(&req.namespace, &req.sandbox).await? else {
+            return Ok(deny(format!("sandbox {} does not exist", req.sandbox), "not-found"));
+        };
+        let dest = Dest { name: req.name.as_deref(), addr: req.addr, port: req.port };
+        if dest.name.is_none() && dest.addr.is_none() {
+            return Ok(deny("a request with neither a name nor an address".into(), "invalid"));
+        }
+        let j = judge(state, &ns, &sandbox, &dest, req.protocol).await?;
+        if !j.allowed {
+            return Ok(Verdict::Deny { reason: j.reason.unwrap_or_default(), policies: j.policies });
+        }
+        // F: the brokered header and the namespace's CA for a credential's host, through
+        // `crate::service::egress_broker::broker_for(state, &ns.name, sandbox_egress, name)`.
+        let broker = None;
+        Ok(Verdict::Allow {
+            max_bandwidth_bytes_per_second: ns.egress.as_ref().and_then(|c| c.max_bandwidth_bytes_per_second),
+            broker,
+        })
+    }
+}
+
+/// The namespace's row, from the cache when it holds it (a ceiling change replaces it there).
+async fn namespace(state: &AppState, ns: &str) -> ApiResult<Option<NamespaceRow>> {
+    if let Some(row) = state.namespaces.get(ns) {
+        return Ok(Some(row));
+    }
+    let row = state.store.get_namespace(ns).await?;
+    if let Some(row) = &row {
+        state.namespaces.put(row.clone());
+    }
+    Ok(row)
+}
+
+#[async_trait]
+impl EgressDecider for EgressPolicy {
+    async fn decide(&self, req: &ConnectRequest) -> Verdict {
+        let Some(inner) = self.state.upgrade() else {
+            return Verdict::Deny { reason: "the server is stopping".into(), policies: vec!["unavailable".into()] };
+        };
+        let state = AppState(inner);
+        let verdict = match self.verdict(&state, req).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(namespace = %req.namespace, sandbox = %req.sandbox, error = %e, "an egress decision failed; denied");
+                Verdict::Deny { reason: "the decision failed".into(), policies: vec!["error".into()] }
+            }
+        };
+        if let Verdict::Deny { policies, .. } = &verdict {
+            let destination = req
+                .name
+                .clone()
+                .or_else(|| req.addr.map(|a| canonical_ip(a).to_string()))
+                .unwrap_or_default();
+            // E: `DenialLog::record(&self, namespace, sandbox, destination, port, policies)`
+            // (crate::service::egress_audit) aggregates, counts and audits this denial.
+            let _ = (&destination, policies);
+        }
+        verdict
+    }
+}
