@@ -121,16 +121,18 @@ impl FromStr for Entry {
         }
         // `[v6-cidr]` or `[v6-cidr]:ports`.
         if let Some(rest) = s.strip_prefix('[') {
-            let (inner, after) = rest
-                .split_once(']')
-                .ok_or_else(|| EntryError::new(s, "a bracketed IPv6 range needs its closing ]"))?;
+            let (inner, after) =
+                rest.split_once(']').ok_or_else(|| EntryError::new(s, "a bracketed IPv6 range needs its closing ]"))?;
             let cidr = parse_cidr(s, inner)?;
             if cidr.addr().is_ipv4() {
                 return Err(EntryError::new(s, "brackets are for IPv6 ranges only"));
             }
             let ports = match after {
                 "" => None,
-                p => Some(parse_ports(s, p.strip_prefix(':').ok_or_else(|| EntryError::new(s, "expected :port after ]"))?)?),
+                p => Some(parse_ports(
+                    s,
+                    p.strip_prefix(':').ok_or_else(|| EntryError::new(s, "expected :port after ]"))?,
+                )?),
             };
             return Ok(Entry { host: HostPattern::Cidr(cidr), ports });
         }
@@ -210,9 +212,7 @@ impl Dest<'_> {
 }
 
 fn name_below(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() + 1
-        && name.ends_with(suffix)
-        && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    name.len() > suffix.len() + 1 && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
 }
 
 impl Entry {
@@ -280,7 +280,9 @@ pub fn parse_list(field: &str, entries: &[String]) -> Result<Vec<Entry>, crate::
     entries
         .iter()
         .enumerate()
-        .map(|(i, e)| e.parse::<Entry>().map_err(|err| crate::FieldError::new(format!("{field}[{i}]"), err.to_string())))
+        .map(|(i, e)| {
+            e.parse::<Entry>().map_err(|err| crate::FieldError::new(format!("{field}[{i}]"), err.to_string()))
+        })
         .collect()
 }
 
@@ -319,7 +321,8 @@ impl Credential {
         if self.header.is_empty() || self.header.len() > 128 || !self.header.bytes().all(token) {
             return Err(err("header", format!("{:?} is not an HTTP header name", self.header)));
         }
-        if ["host", "content-length", "transfer-encoding", "connection"].contains(&self.header.to_ascii_lowercase().as_str())
+        if ["host", "content-length", "transfer-encoding", "connection"]
+            .contains(&self.header.to_ascii_lowercase().as_str())
         {
             return Err(err("header", format!("{:?} may not be brokered", self.header)));
         }
@@ -375,7 +378,10 @@ impl Refusal {
         let host = dest.host();
         match self {
             Refusal::AlwaysDenied(_) => {
-                format!("{} is never reachable from a sandbox", dest.addr.map(canonical_ip).map_or(host, |a| a.to_string()))
+                format!(
+                    "{} is never reachable from a sandbox",
+                    dest.addr.map(canonical_ip).map_or(host, |a| a.to_string())
+                )
             }
             Refusal::NotAllowed => format!("{host} is not in the sandbox's egress.allow"),
             Refusal::Ceiling => format!("{host} is beyond the namespace's egress ceiling"),
@@ -504,10 +510,18 @@ mod tests {
     #[test]
     fn entries_within_a_ceiling() {
         let ceiling = [e("*.example.com"), e("pypi.org:443"), e("203.0.113.0/24"), e("a.test:1000-2000")];
-        for inside in ["api.example.com", "*.eu.example.com", "*.example.com:443", "pypi.org:443", "203.0.113.128/25:22", "a.test:1500-1600"] {
+        for inside in [
+            "api.example.com",
+            "*.eu.example.com",
+            "*.example.com:443",
+            "pypi.org:443",
+            "203.0.113.128/25:22",
+            "a.test:1500-1600",
+        ] {
             assert_eq!(first_beyond(&[e(inside)], &ceiling), None, "{inside}");
         }
-        for beyond in ["example.com", "pypi.org", "pypi.org:80", "203.0.112.0/23", "*.com", "a.test:999-1500", "a.test"] {
+        for beyond in ["example.com", "pypi.org", "pypi.org:80", "203.0.112.0/23", "*.com", "a.test:999-1500", "a.test"]
+        {
             assert_eq!(first_beyond(&[e("pypi.org:443"), e(beyond)], &ceiling), Some(&e(beyond)), "{beyond}");
         }
         assert_eq!(first_beyond(&[e("pypi.org")], &[]), Some(&e("pypi.org")));
@@ -516,7 +530,16 @@ mod tests {
     #[test]
     fn some_addresses_are_never_reachable() {
         let ceiling = [e("0.0.0.0/0"), e("*.test")];
-        for a in ["127.0.0.1", "169.254.169.254", "169.254.1.1", "10.1.2.3", "100.64.0.2", "192.168.1.1", "224.0.0.1", "0.0.0.0"] {
+        for a in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "169.254.1.1",
+            "10.1.2.3",
+            "100.64.0.2",
+            "192.168.1.1",
+            "224.0.0.1",
+            "0.0.0.0",
+        ] {
             let d = dest(Some("x.test"), Some(a), Some(443));
             assert!(matches!(check(&d, &ceiling, &ceiling), Err(Refusal::AlwaysDenied(_))), "{a}");
         }

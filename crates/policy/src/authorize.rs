@@ -204,10 +204,10 @@ mod tests {
             Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
         let forbid_ssh = r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource)
             when { context.protocol == "tcp" && context.port == 22 };"#;
-        let forbid_host =
-            r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource == Bulkhead::Host::"evil.test");"#;
-        let set =
-            engine.compile(&[("pol_ssh".into(), forbid_ssh.into()), ("pol_evil".into(), forbid_host.into())]).expect("valid");
+        let forbid_host = r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource == Bulkhead::Host::"evil.test");"#;
+        let set = engine
+            .compile(&[("pol_ssh".into(), forbid_ssh.into()), ("pol_evil".into(), forbid_host.into())])
+            .expect("valid");
         let connect = |host: &str, port, protocol: &str| {
             decide(&set, &sandbox, Action::NetworkConnect, &Target::host("acme", host, port, protocol))
         };
@@ -217,7 +217,12 @@ mod tests {
         assert!(connect("pypi.org", 0, "dns").decision.is_allowed());
         assert_eq!(connect("evil.test", 0, "dns").decision, Decision::Forbidden { policies: vec!["pol_evil".into()] });
         // Keys and users never connect.
-        let d = decide(&set, &key(Role::Owner, None), Action::NetworkConnect, &Target::host("acme", "pypi.org", 443, "tcp"));
+        let d = decide(
+            &set,
+            &key(Role::Owner, None),
+            Action::NetworkConnect,
+            &Target::host("acme", "pypi.org", 443, "tcp"),
+        );
         assert_eq!(d.decision, Decision::Forbidden { policies: vec![] });
     }
 }

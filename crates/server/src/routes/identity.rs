@@ -235,7 +235,9 @@ pub async fn explain(
         }
         *protocol = proto.to_owned();
         if let Principal::Sandbox { id, .. } = &principal {
-            let sbx = sandboxes::get(&ctx.state, &ns, id).await?.ok_or_else(|| ApiError::Internal("sandbox vanished".into()))?;
+            let sbx = sandboxes::get(&ctx.state, &ns, id)
+                .await?
+                .ok_or_else(|| ApiError::Internal("sandbox vanished".into()))?;
             let row = load_namespace(&ctx, &ns).await?;
             let addr = host.parse::<std::net::IpAddr>().ok();
             let dest = bulkhead_core::egress::Dest {

@@ -309,14 +309,22 @@ async fn check_egress(
     let mut credentials = Vec::with_capacity(req.credentials.len());
     for (i, c) in req.credentials.iter().enumerate() {
         let field = format!("egress.credentials[{i}]");
-        let c = Credential { host: c.host.clone(), secret: c.secret.clone(), header: c.header.clone(), format: c.format.clone() };
+        let c = Credential {
+            host: c.host.clone(),
+            secret: c.secret.clone(),
+            header: c.header.clone(),
+            format: c.format.clone(),
+        };
         c.check(&field)?;
         if credentials.iter().any(|o: &Credential| o.host == c.host) {
             return Err(ApiError::Invalid(format!("{field}.host: {} is brokered twice", c.host)));
         }
         let dest = Dest { name: Some(&c.host), addr: None, port: None };
         if !allow.iter().any(|e| e.matches(&dest)) {
-            return Err(ApiError::Invalid(format!("{field}.host: {} is not within the sandbox's egress.allow", c.host)));
+            return Err(ApiError::Invalid(format!(
+                "{field}.host: {} is not within the sandbox's egress.allow",
+                c.host
+            )));
         }
         crate::service::secrets::get(&ctx.state, ns, &c.secret)
             .await?
@@ -324,7 +332,11 @@ async fn check_egress(
         match ctx.decide_as(principal.clone(), Action::SecretRead, &Target::secret(ns, &c.secret)).await? {
             Decision::Allow => {}
             Decision::Forbidden { policies } => {
-                let by = if policies.is_empty() { String::new() } else { format!(" (forbidden by {})", policies.join(", ")) };
+                let by = if policies.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (forbidden by {})", policies.join(", "))
+                };
                 return Err(ApiError::Forbidden(format!(
                     "{field}.secret: {} may not secret.read {}{by}",
                     principal.audit_name(),

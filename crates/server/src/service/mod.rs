@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod egress;
+pub mod egress_broker;
 pub mod filesystems;
 pub mod listing;
 pub mod logs;

@@ -164,8 +164,10 @@ impl NamespaceStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<NamespaceRow>> {
         let mut tx = self.write_tx().await?;
-        let sql =
-            format!("UPDATE namespaces SET egress = ?, updated_at_ms = ? WHERE name = ? RETURNING {}", NamespaceRow::COLUMNS);
+        let sql = format!(
+            "UPDATE namespaces SET egress = ?, updated_at_ms = ? WHERE name = ? RETURNING {}",
+            NamespaceRow::COLUMNS
+        );
         let update = sqlx::query(&sql).bind(to_json(Some(egress))?).bind(now_ms).bind(name);
         let row = one(&mut *tx, update).await?;
         tx.commit().await?;
