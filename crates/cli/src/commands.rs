@@ -157,7 +157,7 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
             if patch == QuotasPatch::default() {
                 bail!("nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, --max-ttl");
             }
-            let n = c.update_namespace(&name, &UpdateNamespace { quotas: Some(patch) }).await?;
+            let n = c.update_namespace(&name, &UpdateNamespace { quotas: Some(patch), egress: None }).await?;
             show_namespace(&n, global)?;
         }
         NamespaceCmd::Delete { name } => {

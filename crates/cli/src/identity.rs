@@ -243,7 +243,7 @@ pub async fn policy(cmd: PolicyCmd, global: &Global) -> anyhow::Result<ExitCode>
             output::note(global.json, format_args!("removed policy {id}"));
         }
         PolicyCmd::Explain { ns, principal, action, resource } => {
-            let r = c.explain(&ns, &ExplainRequest { principal, action, resource }).await?;
+            let r = c.explain(&ns, &ExplainRequest { principal, action, resource, context: None }).await?;
             if global.json {
                 output::json(&r)?;
             } else {

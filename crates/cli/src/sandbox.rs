@@ -127,6 +127,7 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
                 env: env_map(env),
                 filesystem,
                 secrets: crate::identity::sandbox_secrets(&secret)?,
+                egress: None,
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }
