@@ -3,6 +3,8 @@
 //! clients read), the decider brokers that host only, with the secret in the header, and the
 //! namespace's CA is one, sealed, for good.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use axum::http::{Method, StatusCode};
