@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Where sandbox addresses come from with `--network isolated`: a /30 each.
     #[arg(long, env = "BULKHEAD_SANDBOX_CIDR", value_name = "CIDR", default_value = bulkhead_runtime::net::DEFAULT_SANDBOX_CIDR)]
     sandbox_cidr: bulkhead_runtime::net::Cidr,
+    /// Trust anchors (a PEM file of CA certificates) for the upstream TLS of hosts whose
+    /// credentials the gateway brokers, beside the public web PKI roots.
+    #[arg(long, env = "BULKHEAD_EGRESS_CA_FILE", value_name = "PEM")]
+    egress_ca_file: Option<PathBuf>,
     /// The host registry that every Bulkhead server on this host shares: which server (by its
     /// store's id) holds which host uid/gid range and cgroup prefix. It must survive reboots, as
     /// files on disk stay owned by the ranges. Default: /var/lib/bulkhead-host/registry.
@@ -170,6 +174,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
     config.runtime.network = args.network;
     config.runtime.sandbox_cidr = args.sandbox_cidr;
+    config.runtime.egress_ca_file = args.egress_ca_file.clone();
     if let Some(path) = &args.host_registry {
         config.host_registry = path.clone();
     }

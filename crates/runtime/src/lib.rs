@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod baseline;
+pub mod broker;
 pub mod cgroup;
 pub mod client;
 pub mod confined;

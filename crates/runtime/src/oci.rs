@@ -59,6 +59,9 @@ pub struct OciConfig {
     /// `--network isolated`: each sandbox gets a network of its own (see [`crate::net`]).
     /// None: loopback only.
     pub network: Option<crate::net::NetConfig>,
+    /// `--egress-ca-file`'s contents (PEM): trust anchors for the upstream TLS of brokered
+    /// hosts beside the web PKI roots (see [`crate::broker`]).
+    pub egress_ca_pem: Option<Vec<u8>>,
 }
 
 pub struct OciRuntime {
@@ -78,6 +81,8 @@ pub struct OciRuntime {
     network: Option<crate::net::Network>,
     /// The API at each networked sandbox's gateway (see [`crate::gateway`]).
     relays: crate::gateway::ApiRelays,
+    /// Brokered credentials (see [`crate::broker`]), with the `--egress-ca-file` anchors.
+    broker: std::sync::Arc<crate::broker::Broker>,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -89,6 +94,9 @@ pub const VIEW_DIR: &str = "view";
 /// The file in the state dir that names the net prefix of the server's sandbox networks
 /// (`--network isolated`), so that [`purge`] finds them with the state dir alone.
 pub const NET_PREFIX_FILE: &str = "net_prefix";
+
+/// The host's CA bundle, the start of the bundle of a sandbox that trusts a namespace CA.
+pub const HOST_CA_BUNDLE: &str = spec::CA_BUNDLE_PATH;
 
 fn is_sandbox_id(id: &str) -> bool {
     id.strip_prefix("sbx_")
@@ -269,6 +277,7 @@ impl OciRuntime {
     /// sandboxes' inits (see [`crate::watch`]).
     pub fn new(config: OciConfig) -> Result<OciRuntime> {
         check_host(&config)?;
+        let broker = std::sync::Arc::new(crate::broker::Broker::new(config.egress_ca_pem.as_deref())?);
         mkdir(&config.state_dir, 0o711)?;
         crate::watch::become_subreaper().map_err(RuntimeError::io("become the subreaper of sandboxes' inits"))?;
         let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
@@ -305,11 +314,17 @@ impl OciRuntime {
             cpu_seen: Default::default(),
             network,
             relays: Default::default(),
+            broker,
         };
         if adopted {
             runtime.prepare_base()?;
         }
         Ok(runtime)
+    }
+
+    /// The brokered-credentials relay the gateway hands brokered connections to.
+    pub fn broker(&self) -> &std::sync::Arc<crate::broker::Broker> {
+        &self.broker
     }
 
     pub fn cgroups(&self) -> &Cgroups {
@@ -485,6 +500,10 @@ impl OciRuntime {
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
         let run_dirs = write_run_files(&own, spec)?;
+        let ca_bundle = match &spec.extra_ca_pem {
+            Some(pem) => Some(self.write_ca_bundle(&own, pem)?),
+            None => None,
+        };
         let base = self.view();
         let paths = SpecPaths {
             rootfs: base.join("rootfs"),
@@ -495,6 +514,7 @@ impl OciRuntime {
             shared_etc: self.shared_etc.clone(),
             run_dirs,
             netns,
+            ca_bundle,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -511,6 +531,26 @@ impl OciRuntime {
             .open(bundle.join("config.json"))
             .map_err(RuntimeError::io("write config.json"))?;
         std::io::Write::write_all(&mut f, &json).map_err(RuntimeError::io("write config.json"))
+    }
+
+    /// Writes the sandbox's CA bundle (the host's [`HOST_CA_BUNDLE`], then `extra_ca_pem`) into
+    /// its own directory of the view, readable by all (certificates are public), and returns it
+    /// with where it appears inside: over the host's bundle in the shared `/etc/ssl/certs`, or
+    /// in `/run` on a host without one.
+    fn write_ca_bundle(&self, own: &Path, extra_ca_pem: &str) -> Result<(PathBuf, String)> {
+        let host = match fs::read_to_string(HOST_CA_BUNDLE) {
+            Ok(pem) => Some(pem),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(RuntimeError::io(format!("read {HOST_CA_BUNDLE}"))(e)),
+        };
+        let path = own.join("ca-certificates.crt");
+        fs::write(&path, spec::ca_bundle(host.as_deref().unwrap_or(""), extra_ca_pem))
+            .map_err(RuntimeError::io("write the CA bundle"))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .map_err(RuntimeError::io("chmod the CA bundle"))?;
+        let over_host = host.is_some() && self.shared_etc.iter().any(|s| s == "ssl/certs");
+        let inside = if over_host { spec::CA_BUNDLE_PATH } else { spec::CA_BUNDLE_RUN_PATH };
+        Ok((path, inside.to_owned()))
     }
 
     async fn run_oci(&self, runtime: &str, args: &[&str], action: &'static str) -> Result<std::process::Output> {

@@ -43,6 +43,17 @@ pub const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64"
 /// (symlinks such as `awk -> mawk`) and the public CA certificates. Nothing secret.
 pub const SHARED_ETC: &[&str] = &["alternatives", "ssl/certs"];
 
+/// Where a sandbox that trusts a namespace CA finds its CA bundle when the host shares
+/// `/etc/ssl/certs` and has Debian's `ca-certificates.crt` there: the path OpenSSL, curl, git,
+/// Python and Node look at by default, so programs that ignore [`CA_BUNDLE_VARS`] trust it too.
+pub const CA_BUNDLE_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where it finds it on a host without that file: in the sandbox's own `/run`.
+pub const CA_BUNDLE_RUN_PATH: &str = "/run/ca-certificates.crt";
+/// The variables that point TLS clients at the bundle (OpenSSL, Python `requests`, Node, curl,
+/// git). A sandbox's own variable of the same name wins.
+pub const CA_BUNDLE_VARS: &[&str] =
+    &["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"];
+
 /// `/proc` paths masked with an empty file or directory: host information no sandbox needs.
 /// Besides the OCI runtimes' usual list: what names or measures other tenants' storage (block
 /// devices and their I/O, swap, ext4's per-device state, file locks with device numbers), the
@@ -171,6 +182,10 @@ pub struct SpecPaths {
     /// The network namespace the sandbox joins (`--network isolated`: made by the host, see
     /// [`crate::net`]); none for a new empty one of its own (loopback only).
     pub netns: Option<PathBuf>,
+    /// The sandbox's CA bundle (the host's bundle and its namespace's CA, see
+    /// [`ca_bundle`]) on the host, and where it appears inside ([`CA_BUNDLE_PATH`] or
+    /// [`CA_BUNDLE_RUN_PATH`]); the sandbox's environment then names it ([`CA_BUNDLE_VARS`]).
+    pub ca_bundle: Option<(PathBuf, String)>,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -213,6 +228,12 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     for (source, name) in &paths.run_dirs {
         mounts.push(bind(source, &format!("/run/{name}"), true)?);
     }
+    let mut env = Vec::new();
+    if let Some((source, inside)) = &paths.ca_bundle {
+        mounts.push(bind(source, inside, true)?);
+        env.extend(CA_BUNDLE_VARS.iter().map(|v| ((*v).to_owned(), inside.clone())));
+    }
+    env.extend(sandbox.env.iter().cloned());
 
     let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
     let process = ProcessBuilder::default()
@@ -225,7 +246,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
             "--cgroup-fd".to_owned(),
             CGROUP_FD.to_string(),
         ])
-        .env(environment(&sandbox.env))
+        .env(environment(&env))
         .cwd("/")
         .no_new_privileges(true)
         .capabilities(
@@ -320,6 +341,21 @@ pub fn etc_files() -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A CA bundle: the host's bundle (PEM, possibly empty) followed by `extra` (a namespace CA's
+/// certificate, PEM), each ending with a newline.
+pub fn ca_bundle(host_bundle: &str, extra: &str) -> String {
+    let mut out = String::with_capacity(host_bundle.len() + extra.len() + 2);
+    for part in [host_bundle, extra] {
+        if !part.is_empty() {
+            out.push_str(part);
+            if !part.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// A sandbox's `/etc/hosts`: `localhost` and its own hostname.
 pub fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")
@@ -358,6 +394,7 @@ mod tests {
             shared_etc: vec!["alternatives".into()],
             run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
             netns: None,
+            ca_bundle: None,
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -418,6 +455,7 @@ mod tests {
             shared_etc: vec![],
             run_dirs: vec![],
             netns: None,
+            ca_bundle: None,
         };
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
@@ -428,6 +466,49 @@ mod tests {
         assert!(net(&paths).get("path").is_none(), "a new empty namespace by default");
         paths.netns = Some("/run/netns/bh12ab-0123".into());
         assert_eq!(net(&paths)["path"], "/run/netns/bh12ab-0123");
+    }
+
+    #[test]
+    fn a_sandbox_that_trusts_a_namespace_ca_gets_the_bundle_and_the_variables() {
+        let mut paths = SpecPaths {
+            rootfs: "/r".into(),
+            etc: "/e".into(),
+            hosts: "/h".into(),
+            supervisor: "/s".into(),
+            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
+            shared_etc: vec!["ssl/certs".into()],
+            run_dirs: vec![],
+            netns: None,
+            ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
+        };
+        let mut sandbox = sandbox();
+        sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));
+        let v = serde_json::to_value(build(&sandbox, &[], &paths).unwrap()).unwrap();
+        let mounts = v["mounts"].as_array().unwrap();
+        let certs = mounts.iter().position(|m| m["destination"] == "/etc/ssl/certs").unwrap();
+        let bundle = mounts.iter().position(|m| m["destination"] == CA_BUNDLE_PATH).unwrap();
+        assert!(bundle > certs, "the bundle is mounted over the shared directory's file");
+        assert_eq!(mounts[bundle]["source"], "/v/sandboxes/sbx_0123/ca-certificates.crt");
+        assert!(mounts[bundle]["options"].as_array().unwrap().iter().any(|o| o == "ro"));
+        let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+        for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"] {
+            assert!(env.contains(&format!("{var}={CA_BUNDLE_PATH}").as_str()), "{var} in {env:?}");
+        }
+        // The sandbox's own variable wins.
+        assert!(env.contains(&"GIT_SSL_CAINFO=/mine.pem"));
+        assert!(!env.contains(&format!("GIT_SSL_CAINFO={CA_BUNDLE_PATH}").as_str()));
+        // Without a CA: no bundle, no variables.
+        paths.ca_bundle = None;
+        let v = serde_json::to_value(build(&self::sandbox(), &[], &paths).unwrap()).unwrap();
+        assert!(!v["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == CA_BUNDLE_PATH));
+        assert!(!v["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().starts_with("SSL_CERT_FILE=")));
+        assert_eq!(ca_bundle("A\n", "B"), "A\nB\n");
+        assert_eq!(ca_bundle("", "B\n"), "B\n");
+        assert_eq!(ca_bundle("A", "B\n"), "A\nB\n");
     }
 
     #[test]

@@ -190,6 +190,10 @@ pub fn host_backends(config: &ServerConfig, ids: &crate::hostids::HostIds) -> Re
             cidr: config.runtime.sandbox_cidr,
         }),
     };
+    let egress_ca_pem = match &config.runtime.egress_ca_file {
+        Some(path) => Some(fs::read(path).map_err(file_err(path))?),
+        None => None,
+    };
     let runtime = OciRuntime::new(OciConfig {
         state_dir: config.runtime.state_dir.clone(),
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -199,6 +203,7 @@ pub fn host_backends(config: &ServerConfig, ids: &crate::hostids::HostIds) -> Re
         owner: ids.owner.clone(),
         data_dir: config.data_dir.clone(),
         network,
+        egress_ca_pem,
     })?;
     let storage = Storage::new(&config.data_dir, &config.runtime.state_dir)?;
     Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage) })

@@ -154,7 +154,7 @@ pub async fn authenticate_user(state: &AppState, namespace: &str, token: &str) -
 }
 
 /// The namespace's data key, made and stored (wrapped by the master key) on first use.
-async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
+pub(crate) async fn data_key(state: &AppState, namespace: &str) -> ApiResult<Key> {
     let cache = cache_key(state, namespace).await;
     if let Some(k) = cache.as_deref().and_then(|c| state.identity.data_keys.get(c)) {
         return Ok(k);

@@ -34,6 +34,9 @@ pub struct RuntimeSettings {
     pub network: bulkhead_runtime::net::NetworkMode,
     /// Where sandbox addresses come from with `network` isolated (default `100.64.0.0/10`).
     pub sandbox_cidr: bulkhead_runtime::net::Cidr,
+    /// `--egress-ca-file`: a PEM file of trust anchors for the upstream TLS of brokered hosts,
+    /// beside the web PKI roots (tests' own CA). Read and checked at start.
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -48,6 +51,7 @@ impl Default for RuntimeSettings {
             supervisor: beside,
             network: Default::default(),
             sandbox_cidr: bulkhead_runtime::net::Cidr { addr: std::net::Ipv4Addr::new(100, 64, 0, 0), len: 10 },
+            egress_ca_file: None,
         }
     }
 }

@@ -15,6 +15,7 @@
 //! that passes the principal's namespace cannot reach another tenant's rows.
 
 mod audit;
+mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
@@ -24,6 +25,7 @@ pub mod sqlite;
 mod usage;
 
 pub use audit::{AuditQuery, AuditStore};
+pub use egress_ca::EgressCaStore;
 pub use filesystems::{FilesystemRow, FilesystemStore, ProjectRow};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, IdempotentReply};
 pub use identity::{IdentityStore, PolicyRow, SecretRow};
@@ -36,8 +38,8 @@ pub use usage::{UsageBucket, UsageDelta, UsageStore};
 pub mod prelude {
     pub use crate::Store;
     pub use crate::{
-        AuditStore as _, FilesystemStore as _, IdempotencyStore as _, IdentityStore as _, NamespaceStore as _,
-        SandboxStore as _, UsageStore as _,
+        AuditStore as _, EgressCaStore as _, FilesystemStore as _, IdempotencyStore as _, IdentityStore as _,
+        NamespaceStore as _, SandboxStore as _, UsageStore as _,
     };
 }
 
@@ -51,6 +53,7 @@ pub trait Store:
     + UsageStore
     + AuditStore
     + IdempotencyStore
+    + EgressCaStore
     + Send
     + Sync
     + 'static
@@ -65,6 +68,7 @@ impl<T> Store for T where
         + UsageStore
         + AuditStore
         + IdempotencyStore
+        + EgressCaStore
         + Send
         + Sync
         + 'static

@@ -125,9 +125,13 @@ impl EgressPolicy {
         if !j.allowed {
             return Ok(Verdict::Deny { reason: j.reason.unwrap_or_default(), policies: j.policies });
         }
-        // F: the brokered header and the namespace's CA for a credential's host, through
-        // `crate::service::egress_broker::broker_for(state, &ns.name, sandbox_egress, name)`.
-        let broker = None;
+        // A credential's host: the header to add and the namespace's CA to terminate TLS with.
+        let broker = match (req.protocol, &req.name, &sandbox.egress) {
+            (Protocol::Tcp, Some(name), Some(egress)) => {
+                crate::service::egress_broker::broker_for(state, &ns.name, egress, name).await
+            }
+            _ => None,
+        };
         Ok(Verdict::Allow {
             max_bandwidth_bytes_per_second: ns.egress.as_ref().and_then(|c| c.max_bandwidth_bytes_per_second),
             broker,

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod egress;
 pub mod egress_audit;
+pub mod egress_broker;
 pub mod filesystems;
 pub mod listing;
 pub mod logs;

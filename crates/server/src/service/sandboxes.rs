@@ -65,6 +65,8 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
             ServiceError::Conflict(format!("isolation tier {:?} is no longer configured on this server", ns.isolation))
         })?
         .clone();
+    // The namespace's CA, for a sandbox with credentials: made (once) before anything is admitted.
+    let extra_ca_pem = super::egress_broker::sandbox_ca_pem(state, &ns.name, plan.egress.as_ref()).await?;
     let now = now_ms();
     let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
     let row = SandboxRow {
@@ -122,7 +124,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
             None => None,
         },
         run_files: plan.run_files,
-        extra_ca_pem: None,
+        extra_ca_pem,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,

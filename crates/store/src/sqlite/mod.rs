@@ -16,6 +16,7 @@
 
 mod audit;
 mod audit_sync;
+mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
