@@ -337,6 +337,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         owner: "bench-baseline".into(),
         data_dir: data.to_owned(),
         network: None,
+        egress_dns: None,
     };
     // The same kind of host id range a namespace gets (one the server does not hand out).
     let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };

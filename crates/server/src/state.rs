@@ -34,6 +34,8 @@ pub struct RuntimeSettings {
     pub network: bulkhead_runtime::net::NetworkMode,
     /// Where sandbox addresses come from with `network` isolated (default `100.64.0.0/10`).
     pub sandbox_cidr: bulkhead_runtime::net::Cidr,
+    /// The egress gateway's upstream resolver (`--egress-dns`); `None` for the host's.
+    pub egress_dns: Option<std::net::SocketAddr>,
 }
 
 impl Default for RuntimeSettings {
@@ -48,6 +50,7 @@ impl Default for RuntimeSettings {
             supervisor: beside,
             network: Default::default(),
             sandbox_cidr: bulkhead_runtime::net::Cidr { addr: std::net::Ipv4Addr::new(100, 64, 0, 0), len: 10 },
+            egress_dns: None,
         }
     }
 }
