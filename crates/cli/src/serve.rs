@@ -47,10 +47,6 @@ pub struct ServeArgs {
     /// Where sandbox addresses come from with `--network isolated`: a /30 each.
     #[arg(long, env = "BULKHEAD_SANDBOX_CIDR", value_name = "CIDR", default_value = bulkhead_runtime::net::DEFAULT_SANDBOX_CIDR)]
     sandbox_cidr: bulkhead_runtime::net::Cidr,
-    /// The resolver the egress gateway asks for the names sandboxes may reach (with
-    /// `--network isolated`). Default: the host's (/etc/resolv.conf).
-    #[arg(long, env = "BULKHEAD_EGRESS_DNS", value_name = "ADDR:PORT")]
-    egress_dns: Option<std::net::SocketAddr>,
     /// Tests only, until the server's egress policies decide: allow every sandbox to reach
     /// NAME (DNS, and TCP to the addresses NAME resolves to); everything else is denied.
     #[arg(long, value_name = "NAME", hide = true)]
@@ -146,7 +142,8 @@ pub struct OutboundArgs {
     /// need none. Plain http is allowed only to these ranges.
     #[arg(long = "outbound-allow", value_name = "CIDR", env = "BULKHEAD_OUTBOUND_ALLOW", value_delimiter = ',')]
     allow: Vec<bulkhead_core::outbound::Cidr>,
-    /// The DNS server (ADDR:PORT) that resolves the names of tenant-directed fetches. Default:
+    /// The DNS server (ADDR:PORT) that resolves the names of tenant-directed fetches and, with
+    /// `--network isolated`, the names sandboxes may reach (for the egress gateway). Default:
     /// the host's resolver configuration.
     #[arg(long = "egress-dns", value_name = "ADDR:PORT", env = "BULKHEAD_EGRESS_DNS")]
     dns: Option<SocketAddr>,
@@ -178,7 +175,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     config.runtime.cgroup_prefix = args.cgroup_prefix.clone();
     config.runtime.network = args.network;
     config.runtime.sandbox_cidr = args.sandbox_cidr;
-    config.runtime.egress_dns = args.egress_dns;
+    config.runtime.egress_dns = args.outbound.dns;
     if let Some(path) = &args.host_registry {
         config.host_registry = path.clone();
     }

@@ -11,8 +11,11 @@
 //!    server name or an HTTP request's `Host` names the destination. A name found there is
 //!    resolved again by the gateway, and the connection is refused unless the address it goes
 //!    to is among the answers (a spoofed server name, or a name pinned to another address).
-//!    With no name in the bytes, the name the gateway's resolver answered this sandbox for the
-//!    address (if any) is used.
+//!    A name the gateway's resolver answered this sandbox with this address needs no new
+//!    lookup; for any other, the decider is first asked whether the sandbox may resolve it
+//!    (`Protocol::Dns`), so that a denied name is never looked up upstream. With no name in the
+//!    bytes, the name the gateway's resolver answered this sandbox for the address (if any) is
+//!    used.
 //! 3. The decider is asked (`Protocol::Tcp`, name, address, port).
 //! 4. Denied: the connection is reset at once, and counted. Allowed: the gateway connects to
 //!    the original address and port, sends the held bytes, and copies both ways, counting
@@ -151,7 +154,17 @@ async fn handle(shared: Arc<Shared>, sandbox: Arc<Sandbox>, mut inside: TcpStrea
         Err(_) => return,
     };
     let name = match claimed {
+        // The gateway's resolver answered this very name with this address to the sandbox.
+        Some(name) if sandbox.name_of(addr).as_deref() == Some(name.as_str()) => Some(name),
         Some(name) => {
+            // A name the sandbox may not even resolve is not resolved for it here either.
+            if let Verdict::Deny { reason, .. } =
+                shared.decide(&sandbox.request(Protocol::Dns, Some(name.clone()), None, None)).await
+            {
+                sandbox.denied(&format!("{name} ({shown})"), &reason);
+                reset(inside);
+                return;
+            }
             if !resolves_to(&shared, &name, addr).await {
                 sandbox.denied(&format!("{name} ({shown})"), "the name does not resolve to the address connected to");
                 reset(inside);
