@@ -295,7 +295,11 @@ async fn allowed_names_resolve_and_connect_denied_and_spoofed_ones_do_not() {
     assert_eq!(r.exit_code, 0, "{}{}", r.stdout, r.stderr);
     let result = |label: &str| -> String {
         let head = format!("{label}: ");
-        r.stdout.lines().find_map(|l| l.strip_prefix(&head)).unwrap_or_else(|| panic!("{label}? {}", r.stdout)).to_owned()
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .unwrap_or_else(|| panic!("{label}? {}", r.stdout))
+            .to_owned()
     };
     let (a, b) = (&internet.a, &internet.b);
     // The internet prints before it answers; its reader thread may still be a line behind.

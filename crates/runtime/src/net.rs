@@ -767,7 +767,8 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("\"daddr\",\"iif\""));
         // The nat chain: the own API passes, DNS goes to :53, every other TCP to the forwarder.
-        let nat = cmds.iter().find_map(|c| c["add"]["chain"].as_object().filter(|c| c["name"] == "prerouting")).unwrap();
+        let nat =
+            cmds.iter().find_map(|c| c["add"]["chain"].as_object().filter(|c| c["name"] == "prerouting")).unwrap();
         assert_eq!((&nat["type"], &nat["hook"]), (&json!("nat"), &json!("prerouting")));
         let pre: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == "prerouting").collect();
         assert_eq!(pre.len(), 4);

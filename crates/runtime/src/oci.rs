@@ -499,7 +499,8 @@ impl OciRuntime {
         let resolv_conf = match net {
             Some(net) => {
                 let path = own.join("resolv.conf");
-                fs::write(&path, spec::resolv_conf(net.addrs.gateway)).map_err(RuntimeError::io("write resolv.conf"))?;
+                fs::write(&path, spec::resolv_conf(net.addrs.gateway))
+                    .map_err(RuntimeError::io("write resolv.conf"))?;
                 Some(path)
             }
             None => None,

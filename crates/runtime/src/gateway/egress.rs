@@ -373,7 +373,17 @@ mod tests {
     #[test]
     fn some_addresses_are_never_reachable() {
         let s = shared();
-        for never in ["127.0.0.1", "169.254.169.254", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1", "100.64.3.1", "::1", "2001:db8::1"] {
+        for never in [
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "100.64.3.1",
+            "::1",
+            "2001:db8::1",
+        ] {
             assert!(s.never_reachable(never.parse().unwrap()).is_some(), "{never}");
         }
         assert!(s.never_reachable("203.0.113.9".parse().unwrap()).is_none());

@@ -174,7 +174,8 @@ async fn handle(shared: Arc<Shared>, sandbox: Arc<Sandbox>, mut inside: TcpStrea
         }
         None => sandbox.name_of(addr),
     };
-    let verdict = shared.decide(&sandbox.request(Protocol::Tcp, name.clone(), Some(IpAddr::V4(addr)), Some(port))).await;
+    let verdict =
+        shared.decide(&sandbox.request(Protocol::Tcp, name.clone(), Some(IpAddr::V4(addr)), Some(port))).await;
     let shown = match &name {
         Some(n) => format!("{n} ({shown})"),
         None => shown,

@@ -44,7 +44,9 @@ fn tls(buf: &[u8]) -> Sniffed {
     match acceptor.accept() {
         Ok(None) if buf.len() < MAX_PEEK => Sniffed::More,
         Ok(None) => Sniffed::NoName,
-        Ok(Some(accepted)) => accepted.client_hello().server_name().and_then(normalize).map_or(Sniffed::NoName, Sniffed::Name),
+        Ok(Some(accepted)) => {
+            accepted.client_hello().server_name().and_then(normalize).map_or(Sniffed::NoName, Sniffed::Name)
+        }
         Err(_) => Sniffed::NoName,
     }
 }
@@ -88,7 +90,8 @@ pub fn normalize(name: &str) -> Option<String> {
         return None;
     }
     let label_ok = |l: &str| {
-        (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     };
     name.split('.').all(label_ok).then_some(name)
 }
