@@ -153,7 +153,7 @@ mod tests {
     fn names_are_normalized_or_refused() {
         assert_eq!(normalize("Allowed.TEST."), Some("allowed.test".into()));
         assert_eq!(normalize("_srv.x-y.test"), Some("_srv.x-y.test".into()));
-        for bad in ["", ".", "a..b", "1.2.3.4", "a b.test", "ä.test", &"a".repeat(64), &"a.".repeat(127)] {
+        for bad in ["", ".", "a..b", "1.2.3.4", "a b.test", "ä.test", &"a".repeat(64), &"ab.".repeat(85)] {
             assert_eq!(normalize(bad), None, "{bad}");
         }
     }
