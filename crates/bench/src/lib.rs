@@ -338,6 +338,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         data_dir: data.to_owned(),
         network: None,
         egress_ca_pem: None,
+        egress_dns: None,
     };
     // The same kind of host id range a namespace gets (one the server does not hand out).
     let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };

@@ -85,7 +85,8 @@ async fn view(c: &Client, ns: &str, id: &str) -> View {
 }
 
 /// Tries a TCP connection to each target from inside the sandbox (3 s each); whether each got
-/// through.
+/// through: connected and then neither reset nor closed (the egress gateway's forwarder
+/// accepts every redirected connection and resets those it denies) within 3 s.
 async fn probe(c: &Client, ns: &str, id: &str, targets: &[SocketAddr]) -> HashMap<SocketAddr, bool> {
     let script = format!(
         "python3 -c '{}' {}",
@@ -96,6 +97,10 @@ async fn probe(c: &Client, ns: &str, id: &str, targets: &[SocketAddr]) -> HashMa
          \x20   s.settimeout(3)\n\
          \x20   try:\n\
          \x20       s.connect((h, int(p)))\n\
+         \x20       try:\n\
+         \x20           assert s.recv(1)\n\
+         \x20       except socket.timeout:\n\
+         \x20           pass\n\
          \x20       print(t, \"CONNECTED\")\n\
          \x20   except Exception as e:\n\
          \x20       print(t, \"FAILED\", type(e).__name__)\n\
@@ -236,10 +241,11 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
     let in_other = listen_in(&c, OTHER_NS, &other);
     // On the host: A's own gateway on a gateway port and on another port, B's gateway, the
     // internet veth's host address (on a gateway port too), and the host's loopback.
-    let gw_port = bulkhead_runtime::net::GATEWAY_TCP_PORTS[1];
-    let own_gateway = Listener::bind(SocketAddr::from((va.gateway, gw_port)));
+    // Every gateway port is the gateway's own now: the positive control is its API relay.
+    let gw_port = bulkhead_runtime::gateway::API_PORT;
+    let own_gateway_api = SocketAddr::from((va.gateway, gw_port));
     let own_other_port = Listener::bind(SocketAddr::from((va.gateway, 0)));
-    let b_gateway = Listener::bind(SocketAddr::from((vb.gateway, gw_port)));
+    let b_gateway = Listener::bind(SocketAddr::from((vb.gateway, 0)));
     let host_addr = Listener::bind(SocketAddr::from((internet.host, gw_port)));
     let loopback = Listener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
     // Every address of the host, on another port (the gateway's own address among them).
@@ -262,14 +268,13 @@ async fn a_sandbox_reaches_only_its_own_gateway_ports() {
     for a in host_addresses() {
         must_fail.push(SocketAddr::from((a, anywhere.addr.port())));
     }
-    let mut targets = vec![own_gateway.addr];
+    must_fail.push(SocketAddr::from((vb.gateway, gw_port)));
+    let mut targets = vec![own_gateway_api];
     targets.extend_from_slice(&must_fail);
     // Let the listeners in the sandboxes bind first.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let got = probe(&c, NS, &a, &targets).await;
-    assert!(got[&own_gateway.addr], "A cannot reach its own gateway's port {gw_port}: {got:?}");
-    assert_eq!(own_gateway.peers().len(), 1);
-    assert_eq!(own_gateway.peers()[0].ip(), std::net::IpAddr::V4(va.addr), "A is seen from its own address");
+    assert!(got[&own_gateway_api], "A cannot reach its own gateway's port {gw_port}: {got:?}");
     for t in must_fail {
         assert!(!got[&t], "A got through to {t}: {got:?}");
     }
@@ -380,10 +385,10 @@ async fn a_restart_removes_networks_no_sandbox_holds_and_keeps_those_of_running_
     // reaching its gateway.
     let again = view(&c, NS, &kept).await;
     assert_eq!((again.addr, again.gateway), (v.addr, v.gateway));
-    let gw = Listener::bind(SocketAddr::from((v.gateway, bulkhead_runtime::net::GATEWAY_TCP_PORTS[1])));
+    let gw = SocketAddr::from((v.gateway, bulkhead_runtime::gateway::API_PORT));
     let other = Listener::bind(SocketAddr::from((v.gateway, 0)));
-    let got = probe(&c, NS, &kept, &[gw.addr, other.addr]).await;
-    assert!(got[&gw.addr] && !got[&other.addr], "{got:?}");
+    let got = probe(&c, NS, &kept, &[gw, other.addr]).await;
+    assert!(got[&gw] && !got[&other.addr] && other.peers().is_empty(), "{got:?}");
     // Restarted loopback-only, the server still removes the networks of the isolated
     // sandboxes it adopted.
     let c = host.restart("loopback-only");

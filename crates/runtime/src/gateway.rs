@@ -1,6 +1,12 @@
-//! The egress gateway's first service: the server's API for sandboxes with a network of their
-//! own (`--network isolated`), at `$BULKHEAD_URL` = `http://<the sandbox's gateway>:15002`.
+//! The gateway of sandboxes with a network of their own (`--network isolated`): everything a
+//! sandbox reaches goes through its own gateway address (the host side of its veth).
+//! - The server's API at `$BULKHEAD_URL` = `http://<the sandbox's gateway>:15002` ([`ApiRelays`],
+//!   below).
+//! - Egress ([`egress::EgressGateway`]): a DNS resolver on port 53 ([`dns`]) and a TCP
+//!   forwarder on port 15001 ([`forward`]) that judge every query and connection by what it
+//!   really reaches ([`sniff`]) and ask the server's [`crate::egress::EgressDecider`].
 //!
+//! The API relay:
 //! Each such sandbox gets a listener on its own gateway address (the host side of its veth), so
 //! the API is reachable from inside the sandbox and from nowhere else: nothing listens on the
 //! host's other addresses for it, and the nftables rules (see [`crate::net`]) let a sandbox
@@ -15,6 +21,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::task::JoinHandle;
 
 use crate::{Result, RuntimeError};
+
+pub mod dns;
+pub mod egress;
+pub mod forward;
+pub mod sniff;
+
+pub use egress::{EgressConfig, EgressGateway};
 
 /// The gateway port that serves the API (one of [`crate::net::GATEWAY_TCP_PORTS`]).
 pub const API_PORT: u16 = 15002;

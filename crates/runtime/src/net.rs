@@ -231,6 +231,17 @@ pub fn ruleset(net_prefix: &str) -> Value {
             ],
         )
     };
+    let redirect = |proto: &str, dport: Option<u16>, to: u16| {
+        let mut expr = vec![
+            iface("iifname"),
+            json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": proto}}),
+        ];
+        if let Some(dport) = dport {
+            expr.push(json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": "dport"}}, "right": dport}}));
+        }
+        expr.push(json!({"redirect": {"port": to}}));
+        rule("prerouting", expr)
+    };
     json!({"nftables": [
         {"add": {"table": t}},
         {"delete": {"table": t}},
@@ -249,6 +260,22 @@ pub fn ruleset(net_prefix: &str) -> Value {
         to_gateway("tcp", GATEWAY_TCP_PORTS),
         to_gateway("udp", GATEWAY_UDP_PORTS),
         rule("sandbox_in", vec![reject]),
+        // The egress gateway (see `crate::gateway`): DNS to any server goes to the gateway's
+        // resolver, and every TCP connection but those to the own gateway's API goes to its
+        // forwarder (which reads the original destination with SO_ORIGINAL_DST). `redirect`
+        // sends to the primary address of the veth it came in on: the sandbox's own gateway.
+        {"add": {"chain": {"family": TABLE_FAMILY, "table": table, "name": "prerouting",
+            "type": "nat", "hook": "prerouting", "prio": -100, "policy": "accept"}}},
+        rule("prerouting", vec![
+            iface("iifname"),
+            json!({"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["daddr", "iif"]}}, "right": "local"}}),
+            json!({"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}),
+            json!({"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}}, "right": crate::gateway::API_PORT}}),
+            json!({"accept": null}),
+        ]),
+        redirect("udp", Some(crate::gateway::egress::DNS_PORT), crate::gateway::egress::DNS_PORT),
+        redirect("tcp", Some(crate::gateway::egress::DNS_PORT), crate::gateway::egress::DNS_PORT),
+        redirect("tcp", None, crate::gateway::egress::FORWARD_PORT),
     ]})
 }
 
@@ -735,10 +762,22 @@ mod tests {
             assert_eq!(r["expr"][0]["match"]["right"], "bh12ab*");
             assert!(r["expr"][1]["reject"].is_object());
         }
-        let last = rules.last().unwrap();
-        assert_eq!(last["chain"], "sandbox_in");
+        let last = rules.iter().rfind(|r| r["chain"] == "sandbox_in").unwrap();
         assert!(last["expr"][0]["reject"].is_object(), "sandbox_in ends with a reject");
         let text = r.to_string();
         assert!(text.contains("\"daddr\",\"iif\""));
+        // The nat chain: the own API passes, DNS goes to :53, every other TCP to the forwarder.
+        let nat =
+            cmds.iter().find_map(|c| c["add"]["chain"].as_object().filter(|c| c["name"] == "prerouting")).unwrap();
+        assert_eq!((&nat["type"], &nat["hook"]), (&json!("nat"), &json!("prerouting")));
+        let pre: Vec<&&Value> = rules.iter().filter(|r| r["chain"] == "prerouting").collect();
+        assert_eq!(pre.len(), 4);
+        assert!(pre[0]["expr"].as_array().unwrap().iter().any(|e| e["match"]["right"] == 15002));
+        assert!(pre[0]["expr"].as_array().unwrap().last().unwrap()["accept"].is_null());
+        let to = |r: &Value| r["expr"].as_array().unwrap().last().unwrap()["redirect"]["port"].clone();
+        assert_eq!([to(pre[1]), to(pre[2]), to(pre[3])], [json!(53), json!(53), json!(15001)]);
+        for r in &pre {
+            assert_eq!(r["expr"][0]["match"]["right"], "bh12ab*", "only from sandbox veths");
+        }
     }
 }

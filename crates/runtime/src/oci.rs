@@ -62,6 +62,8 @@ pub struct OciConfig {
     /// `--egress-ca-file`'s contents (PEM): trust anchors for the upstream TLS of brokered
     /// hosts beside the web PKI roots (see [`crate::broker`]).
     pub egress_ca_pem: Option<Vec<u8>>,
+    /// The upstream resolver of the egress gateway (`--egress-dns`); `None` for the host's.
+    pub egress_dns: Option<std::net::SocketAddr>,
 }
 
 pub struct OciRuntime {
@@ -83,6 +85,8 @@ pub struct OciRuntime {
     relays: crate::gateway::ApiRelays,
     /// Brokered credentials (see [`crate::broker`]), with the `--egress-ca-file` anchors.
     broker: std::sync::Arc<crate::broker::Broker>,
+    /// DNS and the TCP forwarder at each networked sandbox's gateway (see [`crate::gateway`]).
+    egress: Option<crate::gateway::EgressGateway>,
 }
 
 /// The file in each bundle that names the store owning the sandbox.
@@ -304,6 +308,13 @@ impl OciRuntime {
                 _ => None,
             },
         };
+        let egress = match &config.network {
+            Some(net) => Some(crate::gateway::EgressGateway::new(&crate::gateway::EgressConfig {
+                upstream_dns: config.egress_dns,
+                sandbox_cidr: net.cidr,
+            })),
+            None => None,
+        };
         let runtime = OciRuntime {
             config,
             view_ready: std::sync::Mutex::new(adopted),
@@ -315,6 +326,7 @@ impl OciRuntime {
             network,
             relays: Default::default(),
             broker,
+            egress,
         };
         if adopted {
             runtime.prepare_base()?;
@@ -484,7 +496,7 @@ impl OciRuntime {
     /// Writes the bundle of `spec` (its control directory and its spec) and its files in the
     /// view (its own `hosts` and `/run` files); the sandbox joins the network namespace `netns`
     /// when given.
-    fn prepare_bundle(&self, spec: &SandboxSpec, netns: Option<PathBuf>) -> Result<()> {
+    fn prepare_bundle(&self, spec: &SandboxSpec, net: Option<&crate::net::SandboxNet>) -> Result<()> {
         let bundle = self.bundle(&spec.id);
         {
             let mut ready = self.view_ready.lock().unwrap_or_else(|e| e.into_inner());
@@ -499,6 +511,15 @@ impl OciRuntime {
         fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
         mkdir(&bundle.join("control"), 0o700)?;
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
+        let resolv_conf = match net {
+            Some(net) => {
+                let path = own.join("resolv.conf");
+                fs::write(&path, spec::resolv_conf(net.addrs.gateway))
+                    .map_err(RuntimeError::io("write resolv.conf"))?;
+                Some(path)
+            }
+            None => None,
+        };
         let run_dirs = write_run_files(&own, spec)?;
         let ca_bundle = match &spec.extra_ca_pem {
             Some(pem) => Some(self.write_ca_bundle(&own, pem)?),
@@ -513,8 +534,9 @@ impl OciRuntime {
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
             run_dirs,
-            netns,
             ca_bundle,
+            netns: net.map(|n| n.names.netns_path()),
+            resolv_conf,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -905,18 +927,22 @@ impl Runtime for OciRuntime {
         Self::check_id(&spec.id)?;
         let result = async {
             let mut spec = spec.clone();
-            let netns = match &self.network {
+            let net = match &self.network {
                 Some(net) => {
                     let made = net.setup(&spec.id).await?;
                     // The API, at the sandbox's gateway, as `$BULKHEAD_URL`.
                     self.relays.start(&spec.id, made.addrs.gateway)?;
                     spec.env.retain(|(k, _)| k != "BULKHEAD_URL");
                     spec.env.push(("BULKHEAD_URL".into(), crate::gateway::ApiRelays::url(made.addrs.gateway)));
-                    Some(made.names.netns_path())
+                    // Its DNS and forwarder, before anything in it runs.
+                    if let Some(egress) = &self.egress {
+                        egress.start(&spec.namespace, &spec.id, made.addrs.gateway)?;
+                    }
+                    Some(made)
                 }
                 None => None,
             };
-            self.prepare_bundle(&spec, netns)?;
+            self.prepare_bundle(&spec, net.as_ref())?;
             self.start(&spec).await
         }
         .await;
@@ -1003,6 +1029,9 @@ impl Runtime for OciRuntime {
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
         // Its network once nothing runs in it; a sandbox id of another shape never had one.
         self.relays.stop(id);
+        if let Some(egress) = &self.egress {
+            egress.stop(id);
+        }
         if let Some(net) = &self.network {
             if crate::net::Names::of(&net.config().net_prefix, id).is_some() {
                 net.teardown(id).await?;
@@ -1070,13 +1099,23 @@ impl Runtime for OciRuntime {
 
     async fn serve_api(&self, addr: std::net::SocketAddr) {
         self.relays.set_api(addr);
-        // The sandboxes adopted at start had their relays in the server that started them.
+        // The sandboxes adopted at start had their relays and egress gateways in the server
+        // that started them (their egress counters start again from zero).
         let Some(net) = &self.network else { return };
+        let namespaces: std::collections::HashMap<String, Option<String>> = match self.list().await {
+            Ok(list) => list.into_iter().map(|s| (s.id, s.namespace)).collect(),
+            Err(_) => Default::default(),
+        };
         for id in net.on_host() {
             match net.gateway_of(&id).await {
                 Ok(Some(gateway)) => {
                     if let Err(e) = self.relays.start(&id, gateway) {
                         tracing::warn!(sandbox = %id, error = %e, "the API relay of an adopted sandbox did not start");
+                    }
+                    if let (Some(egress), Some(Some(namespace))) = (&self.egress, namespaces.get(&id)) {
+                        if let Err(e) = egress.start(namespace, &id, gateway) {
+                            tracing::warn!(sandbox = %id, error = %e, "the egress gateway of an adopted sandbox did not start");
+                        }
                     }
                 }
                 Ok(None) => {}
@@ -1134,7 +1173,17 @@ impl Runtime for OciRuntime {
 
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats> {
         Self::check_id(id)?;
-        self.cgroups.stats(namespace, id)
+        let mut stats = self.cgroups.stats(namespace, id)?;
+        if let Some(egress) = &self.egress {
+            stats.egress = egress.stats(id);
+        }
+        Ok(stats)
+    }
+
+    fn set_egress_decider(&self, decider: std::sync::Arc<dyn crate::egress::EgressDecider>) {
+        if let Some(egress) = &self.egress {
+            egress.set_decider(decider);
+        }
     }
 
     async fn spawn_process(&self, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {

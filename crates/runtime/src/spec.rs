@@ -186,6 +186,9 @@ pub struct SpecPaths {
     /// [`ca_bundle`]) on the host, and where it appears inside ([`CA_BUNDLE_PATH`] or
     /// [`CA_BUNDLE_RUN_PATH`]); the sandbox's environment then names it ([`CA_BUNDLE_VARS`]).
     pub ca_bundle: Option<(PathBuf, String)>,
+    /// The sandbox's own `/etc/resolv.conf` (naming its gateway's resolver, see
+    /// [`resolv_conf`]); none for the shared empty one (loopback only).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -202,6 +205,9 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         bind(&paths.etc, "/etc", true)?,
         bind(&paths.hosts, "/etc/hosts", true)?,
     ];
+    if let Some(resolv) = &paths.resolv_conf {
+        mounts.push(bind(resolv, "/etc/resolv.conf", true)?);
+    }
     for sub in &paths.shared_etc {
         mounts.push(bind(&Path::new("/etc").join(sub), &format!("/etc/{sub}"), true)?);
     }
@@ -356,6 +362,12 @@ pub fn ca_bundle(host_bundle: &str, extra: &str) -> String {
     out
 }
 
+/// A networked sandbox's `/etc/resolv.conf`: its gateway's resolver only (the gateway answers
+/// whatever server a query names anyway), names taken as given (no search list).
+pub fn resolv_conf(gateway: std::net::Ipv4Addr) -> String {
+    format!("nameserver {gateway}\noptions ndots:0\n")
+}
+
 /// A sandbox's `/etc/hosts`: `localhost` and its own hostname.
 pub fn hosts_file(hostname: &str) -> String {
     format!("127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{hostname}\n")
@@ -395,6 +407,7 @@ mod tests {
             run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
             netns: None,
             ca_bundle: None,
+            resolv_conf: None,
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -456,6 +469,7 @@ mod tests {
             run_dirs: vec![],
             netns: None,
             ca_bundle: None,
+            resolv_conf: None,
         };
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
@@ -466,6 +480,17 @@ mod tests {
         assert!(net(&paths).get("path").is_none(), "a new empty namespace by default");
         paths.netns = Some("/run/netns/bh12ab-0123".into());
         assert_eq!(net(&paths)["path"], "/run/netns/bh12ab-0123");
+        // Its own resolv.conf, naming its gateway, over the shared empty one.
+        let resolv = |paths: &SpecPaths| {
+            let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
+            v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == "/etc/resolv.conf").cloned()
+        };
+        assert!(resolv(&paths).is_none());
+        paths.resolv_conf = Some("/v/sbx_0123/resolv.conf".into());
+        let m = resolv(&paths).unwrap();
+        assert_eq!(m["source"], "/v/sbx_0123/resolv.conf");
+        assert!(m["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        assert_eq!(resolv_conf("100.64.0.1".parse().unwrap()), "nameserver 100.64.0.1\noptions ndots:0\n");
     }
 
     #[test]
@@ -480,6 +505,7 @@ mod tests {
             run_dirs: vec![],
             netns: None,
             ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
+            resolv_conf: None,
         };
         let mut sandbox = sandbox();
         sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));

@@ -37,6 +37,8 @@ pub struct RuntimeSettings {
     /// `--egress-ca-file`: a PEM file of trust anchors for the upstream TLS of brokered hosts,
     /// beside the web PKI roots (tests' own CA). Read and checked at start.
     pub egress_ca_file: Option<PathBuf>,
+    /// The egress gateway's upstream resolver (`--egress-dns`); `None` for the host's.
+    pub egress_dns: Option<std::net::SocketAddr>,
 }
 
 impl Default for RuntimeSettings {
@@ -52,6 +54,7 @@ impl Default for RuntimeSettings {
             network: Default::default(),
             sandbox_cidr: bulkhead_runtime::net::Cidr { addr: std::net::Ipv4Addr::new(100, 64, 0, 0), len: 10 },
             egress_ca_file: None,
+            egress_dns: None,
         }
     }
 }
