@@ -51,10 +51,6 @@ pub struct ServeArgs {
     /// credentials the gateway brokers, beside the public web PKI roots.
     #[arg(long, env = "BULKHEAD_EGRESS_CA_FILE", value_name = "PEM")]
     egress_ca_file: Option<PathBuf>,
-    /// Tests only, until the server's egress policies decide: allow every sandbox to reach
-    /// NAME (DNS, and TCP to the addresses NAME resolves to); everything else is denied.
-    #[arg(long, value_name = "NAME", hide = true)]
-    egress_test_allow: Vec<String>,
     /// The host registry that every Bulkhead server on this host shares: which server (by its
     /// store's id) holds which host uid/gid range and cgroup prefix. It must survive reboots, as
     /// files on disk stay owned by the ranges. Default: /var/lib/bulkhead-host/registry.
@@ -209,32 +205,12 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    if !args.egress_test_allow.is_empty() {
-        started.state.runtime.set_egress_decider(std::sync::Arc::new(TestAllow(args.egress_test_allow.clone())));
-    }
     // Sandboxes with a network of their own reach the API through their gateway.
     started.state.runtime.serve_api(addr).await;
     println!("bulkhead listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
     bulkhead_server::serve(started.state, listener).await.context("server failed")?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// The decider of `--egress-test-allow`: the names listed, nothing else (the server's policies
-/// replace it).
-struct TestAllow(Vec<String>);
-
-#[async_trait::async_trait]
-impl bulkhead_runtime::egress::EgressDecider for TestAllow {
-    async fn decide(&self, r: &bulkhead_runtime::egress::ConnectRequest) -> bulkhead_runtime::egress::Verdict {
-        use bulkhead_runtime::egress::Verdict;
-        match &r.name {
-            Some(name) if self.0.iter().any(|n| n.eq_ignore_ascii_case(name)) => {
-                Verdict::Allow { max_bandwidth_bytes_per_second: None, broker: None }
-            }
-            _ => Verdict::Deny { reason: "not in --egress-test-allow".into(), policies: vec!["allow".into()] },
-        }
-    }
 }
 
 #[cfg(test)]

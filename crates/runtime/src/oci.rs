@@ -312,6 +312,7 @@ impl OciRuntime {
             Some(net) => Some(crate::gateway::EgressGateway::new(&crate::gateway::EgressConfig {
                 upstream_dns: config.egress_dns,
                 sandbox_cidr: net.cidr,
+                broker: broker.clone(),
             })),
             None => None,
         };

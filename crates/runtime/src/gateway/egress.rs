@@ -47,6 +47,8 @@ pub struct EgressConfig {
     pub upstream_dns: Option<SocketAddr>,
     /// The sandbox CIDR: never a destination.
     pub sandbox_cidr: Cidr,
+    /// Who terminates TLS for brokered hosts (see [`crate::broker`]).
+    pub broker: Arc<crate::broker::Broker>,
 }
 
 /// State shared by every sandbox's gateway.
@@ -56,6 +58,8 @@ pub(super) struct Shared {
     cidr: Cidr,
     /// The bandwidth buckets of the namespaces, shared by all their connections.
     buckets: Mutex<HashMap<String, Arc<Bucket>>>,
+    /// Terminates TLS for brokered hosts and adds their header.
+    pub(super) broker: Arc<crate::broker::Broker>,
 }
 
 impl Shared {
@@ -303,6 +307,7 @@ impl EgressGateway {
                 resolver,
                 cidr: config.sandbox_cidr,
                 buckets: Default::default(),
+                broker: config.broker.clone(),
             }),
             running: Default::default(),
         }
@@ -367,6 +372,7 @@ mod tests {
             resolver: Err("none".into()),
             cidr: "100.64.0.0/10".parse().unwrap(),
             buckets: Default::default(),
+            broker: Arc::new(crate::broker::Broker::new(None).unwrap()),
         }
     }
 

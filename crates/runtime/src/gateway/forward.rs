@@ -9,13 +9,14 @@
 //! 2. The first bytes are read and held (at most [`super::sniff::MAX_PEEK`], waiting at most
 //!    [`FIRST_BYTES_WAIT`] for the first of them and [`PEEK_WAIT`] in all): a TLS ClientHello's
 //!    server name or an HTTP request's `Host` names the destination. A name found there is
-//!    resolved again by the gateway, and the connection is refused unless the address it goes
-//!    to is among the answers (a spoofed server name, or a name pinned to another address).
+//!    resolved again by the gateway, and counts only when the address the connection goes to
+//!    is among the answers; otherwise (a spoofed server name, or a name pinned to another
+//!    address) the connection is judged by its address alone, as one by an IP literal.
 //!    A name the gateway's resolver answered this sandbox with this address needs no new
 //!    lookup; for any other, the decider is first asked whether the sandbox may resolve it
-//!    (`Protocol::Dns`), so that a denied name is never looked up upstream. With no name in the
-//!    bytes, the name the gateway's resolver answered this sandbox for the address (if any) is
-//!    used.
+//!    (`Protocol::Dns`), so that a denied name is never looked up upstream (and does not
+//!    count). With no name in the bytes, the name the gateway's resolver answered this sandbox
+//!    for the address (if any) is used.
 //! 3. The decider is asked (`Protocol::Tcp`, name, address, port).
 //! 4. Denied: the connection is reset at once, and counted. Allowed: the gateway connects to
 //!    the original address and port, sends the held bytes, and copies both ways, counting
@@ -157,20 +158,19 @@ async fn handle(shared: Arc<Shared>, sandbox: Arc<Sandbox>, mut inside: TcpStrea
         // The gateway's resolver answered this very name with this address to the sandbox.
         Some(name) if sandbox.name_of(addr).as_deref() == Some(name.as_str()) => Some(name),
         Some(name) => {
-            // A name the sandbox may not even resolve is not resolved for it here either.
-            if let Verdict::Deny { reason, .. } =
-                shared.decide(&sandbox.request(Protocol::Dns, Some(name.clone()), None, None)).await
-            {
-                sandbox.denied(&format!("{name} ({shown})"), &reason);
-                reset(inside);
-                return;
+            // A name the sandbox may not even resolve is not resolved for it here either, and a
+            // name that does not resolve to the address connected to (a spoofed server name, a
+            // name pinned to another address) does not count: the connection is judged by the
+            // address it really reaches, as one by an IP literal.
+            let may_resolve = matches!(
+                shared.decide(&sandbox.request(Protocol::Dns, Some(name.clone()), None, None)).await,
+                Verdict::Allow { .. }
+            );
+            if may_resolve && resolves_to(&shared, &name, addr).await {
+                Some(name)
+            } else {
+                None
             }
-            if !resolves_to(&shared, &name, addr).await {
-                sandbox.denied(&format!("{name} ({shown})"), "the name does not resolve to the address connected to");
-                reset(inside);
-                return;
-            }
-            Some(name)
         }
         None => sandbox.name_of(addr),
     };
@@ -186,11 +186,14 @@ async fn handle(shared: Arc<Shared>, sandbox: Arc<Sandbox>, mut inside: TcpStrea
             reset(inside);
             return;
         }
-        Verdict::Allow { broker: Some(_), .. } => {
-            // F: hand the connection to `crate::broker::Broker::serve` once it lands; until
-            // then a brokered host is not reached without its header.
-            sandbox.denied(&shown, "brokered credentials are not available on this server");
-            reset(inside);
+        Verdict::Allow { broker: Some((header, ca)), max_bandwidth_bytes_per_second } => {
+            // The decider brokers only a connection it knows the name of.
+            let Some(name) = name else {
+                sandbox.denied(&shown, "a brokered host is reached by its name only");
+                reset(inside);
+                return;
+            };
+            brokered(&shared, &sandbox, inside, held, &name, dest, &header, &ca, max_bandwidth_bytes_per_second).await;
             return;
         }
         Verdict::Allow { max_bandwidth_bytes_per_second, broker: None } => max_bandwidth_bytes_per_second,
@@ -228,6 +231,51 @@ async fn handle(shared: Arc<Shared>, sandbox: Arc<Sandbox>, mut inside: TcpStrea
         r = &mut up => if r.is_ok() { let _ = down.await; },
         r = &mut down => if r.is_ok() { let _ = up.await; },
     }
+}
+
+/// A brokered host's connection: the broker ([`crate::broker::Broker::serve`]) terminates the
+/// sandbox's TLS with a certificate from the namespace's CA and forwards its requests to `dest`
+/// with the credential's header. The sandbox's side is counted and throttled like any other
+/// connection (through a pipe to the broker), the held bytes (its ClientHello) first.
+#[allow(clippy::too_many_arguments)]
+async fn brokered(
+    shared: &Shared,
+    sandbox: &Sandbox,
+    inside: TcpStream,
+    held: Vec<u8>,
+    name: &str,
+    dest: SocketAddrV4,
+    header: &crate::egress::BrokeredHeader,
+    ca: &crate::egress::NamespaceCa,
+    rate: Option<u64>,
+) {
+    sandbox.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let bucket = rate.map(|r| (shared.bucket(&sandbox.namespace), r));
+    let (near, far) = tokio::io::duplex(64 * 1024);
+    let (near_read, mut near_write) = tokio::io::split(near);
+    let (in_read, in_write) = inside.into_split();
+    let relay = async {
+        if let Some((b, r)) = &bucket {
+            b.take(held.len(), *r).await;
+        }
+        if near_write.write_all(&held).await.is_err() {
+            return;
+        }
+        sandbox.counters.bytes_out.fetch_add(held.len() as u64, Ordering::Relaxed);
+        let up = pump(in_read, near_write, &sandbox.counters.bytes_out, bucket.clone());
+        let down = pump(near_read, in_write, &sandbox.counters.bytes_in, bucket.clone());
+        tokio::pin!(up, down);
+        tokio::select! {
+            r = &mut up => if r.is_ok() { let _ = down.await; },
+            r = &mut down => if r.is_ok() { let _ = up.await; },
+        }
+    };
+    let serve = async {
+        if let Err(e) = shared.broker.serve(far, name, SocketAddr::V4(dest), header, ca).await {
+            tracing::debug!(sandbox = %sandbox.id, destination = %name, error = %e, "a brokered connection ended");
+        }
+    };
+    tokio::join!(relay, serve);
 }
 
 /// Copies `from` to `to` until `from` ends (then half-closes `to`), counting into `counter`
