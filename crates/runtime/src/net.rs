@@ -10,7 +10,10 @@
 //! - network namespace `<net_prefix>-<the 32 hex digits of the sandbox id>` under `/run/netns`;
 //! - host side of the veth `<net_prefix><first 9 hex digits>` (15 bytes, the kernel's limit);
 //!   the sandbox side is made inside the namespace as `eth0` and never has a name on the host;
-//! - one nftables table per server, `inet <net_prefix>_sandboxes`.
+//! - one nftables table per server, `inet <net_prefix>_sandboxes`;
+//! - spare networks made ahead of creates (see [`Network`]): namespace `<net_prefix>-pool-`
+//!   and 8 hex digits, host side of the veth `<net_prefix>p` and the same 8 hex digits
+//!   ([`is_spare`]); a create renames one to its sandbox's names.
 //!
 //! Addresses: a /30 per sandbox, drawn at random among the /30s of the CIDR that no address of
 //! the host's network namespace falls in, under a host-wide lock ([`ADDRESS_LOCK`]) so that
