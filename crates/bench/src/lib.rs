@@ -80,6 +80,10 @@ pub struct BenchArgs {
     /// The noisy tenant's noises, each in a sandbox of its own.
     #[arg(long, value_delimiter = ',', default_value = "fork-bomb,memory-hog,cpu-burn")]
     noise: Vec<String>,
+    /// Measure one section alone: `network` (create → first output, loopback-only against
+    /// `--network isolated`, runs alternating between two servers).
+    #[arg(long, value_parser = ["network"])]
+    only: Option<String>,
 }
 
 /// Latencies of one measure: how many, median and 99th percentile in milliseconds.
@@ -211,6 +215,9 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
         state_dir: PathBuf::from(format!("/run/bulkhead-bench-{tag}")),
         cgroup_prefix: format!("bulkhead-bench-{tag}"),
     };
+    if args.only.as_deref() == Some("network") {
+        return only_network(args, bulkhead, &data, &settings).await;
+    }
     let result = bench(args, bulkhead, &data, &settings).await;
     // Whatever happened, leave nothing behind.
     leave_nothing_behind(&settings).await;
@@ -219,6 +226,35 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
     forget_in_host_registry(&settings.net().1);
     let report = result?;
     print(&report);
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", args.out.display()))?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(())
+}
+
+/// `--only network`: [`network::compare`] on the bench's two servers' names, then the same
+/// cleanup as [`run`].
+async fn only_network(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names) -> anyhow::Result<()> {
+    let (net_state, net_prefix) = settings.net();
+    let runtime_class = format!("container={}", args.runtime);
+    let result = network::compare(
+        bulkhead,
+        network::ServerNames {
+            data_dir: &data.join("data"),
+            state_dir: &settings.state_dir,
+            cgroup_prefix: &settings.cgroup_prefix,
+        },
+        network::ServerNames { data_dir: &data.join("net"), state_dir: &net_state, cgroup_prefix: &net_prefix },
+        &runtime_class,
+        args.runs,
+    )
+    .await;
+    leave_nothing_behind(settings).await;
+    let _ = std::fs::remove_dir_all(data);
+    forget_in_host_registry(&settings.cgroup_prefix);
+    forget_in_host_registry(&net_prefix);
+    let report = result?;
+    network::print(&report);
     std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("\nfigures written to {}", args.out.display());

@@ -206,6 +206,10 @@ fn judge_net(kind: &str, prefix: &str, rest: &str, world: &World) -> Option<Stri
         Some(NetOwner::Unknown(why)) => return Some(why.clone()),
         Some(NetOwner::Known(l)) => l,
     };
+    // Spare sandbox networks, made ahead of creates, live as long as their server.
+    if bulkhead_runtime::net::is_spare(rest) {
+        return None;
+    }
     let body = rest.strip_prefix(['-', '_']).unwrap_or(rest);
     if !names_sandbox(body) {
         // An owner's own table (its rules for all its sandboxes) lives as long as the owner.
@@ -590,6 +594,9 @@ mod tests {
         assert_eq!(judge(&net("nft table", "bh0001", &format!("_{body}")), &w), None);
         // The owner's own table.
         assert_eq!(judge(&net("nft table", "bh0001", "_nat"), &w), None);
+        // Its spare networks.
+        assert_eq!(judge(&net("netns", "bh0001", "-pool-0000002a"), &w), None);
+        assert_eq!(judge(&net("veth", "bh0001", "p0000002a"), &w), None);
         // A dead sandbox's.
         let dead = "cd34".repeat(8);
         assert_eq!(

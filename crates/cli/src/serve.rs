@@ -209,7 +209,11 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     started.state.runtime.serve_api(addr).await;
     println!("bulkhead listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
-    bulkhead_server::serve(started.state, listener).await.context("server failed")?;
+    let runtime = started.state.runtime.clone();
+    let served = bulkhead_server::serve(started.state, listener).await.context("server failed");
+    // What the runtime made ahead for creates (spare sandbox networks) goes with the server.
+    runtime.shutdown().await;
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

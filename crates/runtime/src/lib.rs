@@ -240,6 +240,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// their own reach it through their gateway at `$BULKHEAD_URL`. Nothing to do for a runtime
     /// without sandbox networks.
     async fn serve_api(&self, _addr: std::net::SocketAddr) {}
+    /// The server is shutting down (its sandboxes keep running, to be adopted by the next
+    /// start): what the runtime holds for creates to come, such as spare sandbox networks, is
+    /// released. Nothing to do for most runtimes.
+    async fn shutdown(&self) {}
     /// Who decides the sandboxes' egress (see [`egress`]); set once by the server when it
     /// starts, before it creates or adopts sandboxes. Until it is set, every connection and DNS
     /// query of a sandbox is denied. Nothing to do for a runtime without sandbox networks.

@@ -10,7 +10,10 @@
 //! - network namespace `<net_prefix>-<the 32 hex digits of the sandbox id>` under `/run/netns`;
 //! - host side of the veth `<net_prefix><first 9 hex digits>` (15 bytes, the kernel's limit);
 //!   the sandbox side is made inside the namespace as `eth0` and never has a name on the host;
-//! - one nftables table per server, `inet <net_prefix>_sandboxes`.
+//! - one nftables table per server, `inet <net_prefix>_sandboxes`;
+//! - spare networks made ahead of creates (see [`Network`]): namespace `<net_prefix>-pool-`
+//!   and 8 hex digits, host side of the veth `<net_prefix>p` and the same 8 hex digits
+//!   ([`is_spare`]); a create renames one to its sandbox's names.
 //!
 //! Addresses: a /30 per sandbox, drawn at random among the /30s of the CIDR that no address of
 //! the host's network namespace falls in, under a host-wide lock ([`ADDRESS_LOCK`]) so that
@@ -505,55 +508,33 @@ pub struct SandboxNet {
     pub addrs: SlotAddrs,
 }
 
-/// The sandbox networks of one server.
-pub struct Network {
-    config: NetConfig,
-    /// Netlink in the host's network namespace.
-    host: Handle,
-}
-
-impl Network {
-    /// Checks the tools, opens netlink and installs the server's rules (replacing what a
-    /// previous run left). Call inside a tokio runtime.
-    pub fn new(config: NetConfig) -> Result<Network> {
-        crate::hostreg::check_net_prefix(&config.net_prefix).map_err(RuntimeError::Invalid)?;
-        let host = connect()?;
-        nft(&ruleset(&config.net_prefix))?;
-        Ok(Network { config, host })
+impl Shared {
+    fn new(config: NetConfig, host: Handle) -> Shared {
+        Shared {
+            config,
+            host,
+            spares: std::sync::Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+            seq: std::sync::atomic::AtomicU32::new(getrandom::u32().unwrap_or(0)),
+        }
     }
 
-    /// The networks of `net_prefix` already on the host, to list and remove them only: no rules
-    /// are installed and [`Self::setup`] is not for it.
-    pub fn existing(net_prefix: &str) -> Result<Network> {
-        crate::hostreg::check_net_prefix(net_prefix).map_err(RuntimeError::Invalid)?;
-        let cidr = Cidr { addr: Ipv4Addr::UNSPECIFIED, len: 30 };
-        Ok(Network { config: NetConfig { net_prefix: net_prefix.to_owned(), cidr }, host: connect()? })
-    }
-
-    pub fn config(&self) -> &NetConfig {
-        &self.config
-    }
-
-    fn names(&self, id: &str) -> Result<Names> {
-        Names::of(&self.config.net_prefix, id)
-            .ok_or_else(|| RuntimeError::Invalid(format!("{id} is not a sandbox id (sbx_ and 32 hex digits)")))
-    }
-
-    /// Makes sandbox `id`'s network; on any failure, removes what it made.
-    pub async fn setup(&self, id: &str) -> Result<SandboxNet> {
-        let names = self.names(id)?;
-        match self.make(&names).await {
-            Ok(addrs) => Ok(SandboxNet { names, addrs }),
+    /// Makes a spare under the next spare names; on failure, removes what it made.
+    async fn make_spare(&self) -> Result<Spare> {
+        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let names = spare_names(&self.config.net_prefix, seq);
+        match self.build(&names).await {
+            Ok((index, addrs)) => Ok(Spare { names, index, addrs }),
             Err(e) => {
-                if let Err(cleanup) = self.teardown(id).await {
-                    tracing::warn!(sandbox = id, error = %cleanup, "cleanup of a half-made sandbox network failed");
-                }
+                self.discard(&names).await;
                 Err(e)
             }
         }
     }
 
-    async fn make(&self, names: &Names) -> Result<SlotAddrs> {
+    /// Makes the namespace and veth of `names`, the gateway address on the host side (left
+    /// down) and the inside (lo and eth0 up, the sandbox's address, the default route).
+    async fn build(&self, names: &Names) -> Result<(u32, SlotAddrs)> {
         let path = names.netns_path();
         let inside = {
             let path = path.clone();
@@ -590,13 +571,8 @@ impl Network {
                 .map_err(netlink_err(format!("add {} to {}", addrs.gateway, names.veth)))?;
             addrs
         };
-        self.host
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute()
-            .await
-            .map_err(netlink_err(format!("set {} up", names.veth)))?;
-        // Inside: lo and eth0 up, the sandbox's address, the default route via the gateway.
+        // Inside: lo and eth0 up, the sandbox's address, the default route via the gateway
+        // (eth0 is up, so the route is accepted while the host side is still down).
         let lo = link_index(&inside, "lo").await?.ok_or_else(|| RuntimeError::Protocol("no lo".into()))?;
         inside
             .link()
@@ -619,14 +595,239 @@ impl Network {
             .map_err(netlink_err("set eth0 up"))?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(addrs.gateway).output_interface(eth0).build();
         inside.route().add(route).execute().await.map_err(netlink_err("add the default route"))?;
-        Ok(addrs)
+        Ok((index, addrs))
+    }
+
+    /// Gives `spare` the sandbox's `names`: its namespace bound under the sandbox's name (the
+    /// spare name unmounted), then its host side renamed and set up in one message.
+    async fn claim(&self, spare: &Spare, names: &Names) -> Result<()> {
+        rebind_netns(&spare.names.netns_path(), &names.netns_path())?;
+        remove_netns(&spare.names.netns_path())?;
+        self.host
+            .link()
+            .set(LinkUnspec::new_with_index(spare.index).name(names.veth.clone()).up().build())
+            .execute()
+            .await
+            .map_err(netlink_err(format!("rename {} to {} and set it up", spare.names.veth, names.veth)))
+    }
+
+    /// Removes whatever there is of the network named `names` (a spare's).
+    async fn discard(&self, names: &Names) {
+        let removed = async {
+            if let Some(index) = link_index(&self.host, &names.veth).await? {
+                match self.host.link().del(index).execute().await {
+                    Ok(()) => {}
+                    Err(e) if is_gone(&e) => {}
+                    Err(e) => return Err(netlink_err(format!("delete veth {}", names.veth))(e)),
+                }
+            }
+            remove_netns(&names.netns_path())
+        };
+        if let Err(e) = removed.await {
+            tracing::warn!(veth = %names.veth, error = %e, "removing a spare network failed");
+        }
+    }
+
+    /// Removes every spare network of this server's prefix on the host.
+    async fn remove_spares(&self) {
+        for names in spares_on_host(&self.config.net_prefix) {
+            self.discard(&names).await;
+        }
+    }
+}
+
+/// The spare networks of `net_prefix` on the host, by their namespaces and veths.
+fn spares_on_host(net_prefix: &str) -> Vec<Names> {
+    let names_in = |dir: &str| -> Vec<String> {
+        fs::read_dir(dir).into_iter().flatten().flatten().filter_map(|e| e.file_name().into_string().ok()).collect()
+    };
+    let mut seqs: Vec<u32> = names_in(NETNS_DIR)
+        .into_iter()
+        .chain(names_in("/sys/class/net"))
+        .filter_map(|n| {
+            let rest = n.strip_prefix(net_prefix)?;
+            if !is_spare(rest) {
+                return None;
+            }
+            u32::from_str_radix(&rest[rest.len() - 8..], 16).ok()
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    seqs.into_iter().map(|s| spare_names(net_prefix, s)).collect()
+}
+
+/// Keeps [`SPARES`] spares made.
+async fn refill(shared: std::sync::Arc<Shared>) {
+    loop {
+        while shared.spares.lock().unwrap_or_else(|e| e.into_inner()).len() < SPARES {
+            match shared.make_spare().await {
+                Ok(spare) => shared.spares.lock().unwrap_or_else(|e| e.into_inner()).push(spare),
+                Err(e) => {
+                    // Creates make their own meanwhile; try again later.
+                    tracing::warn!(error = %e, "making a spare sandbox network failed");
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                }
+            }
+        }
+        shared.wake.notified().await;
+    }
+}
+
+/// Bind-mounts the network namespace at `from` on a new file `to`, as a second name for it.
+fn rebind_netns(from: &Path, to: &Path) -> Result<()> {
+    let what = format!("bind {} as {}", from.display(), to.display());
+    fs::OpenOptions::new().write(true).create_new(true).mode(0o000).open(to).map_err(RuntimeError::io(what.clone()))?;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            .map_err(|_| RuntimeError::Invalid(format!("bad path {}", p.display())))
+    };
+    let (src, dst) = (c(from)?, c(to)?);
+    // SAFETY: mount reads NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), c"none".as_ptr(), libc::MS_BIND, std::ptr::null()) } != 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = fs::remove_file(to);
+        return Err(RuntimeError::io(what)(e));
+    }
+    Ok(())
+}
+
+/// How many networks a server keeps made ahead of its creates (see [`Network`]).
+pub const SPARES: usize = 2;
+
+/// Whether `rest`, a network object's name after its owner's net prefix, names a spare network
+/// (see [`Network`]): a namespace `-pool-` and 8 hex digits, or a veth `p` and 8 hex digits.
+/// Spares live as long as their server, like its table.
+pub fn is_spare(rest: &str) -> bool {
+    let hex8 = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    rest.strip_prefix("-pool-").is_some_and(hex8) || rest.strip_prefix('p').is_some_and(hex8)
+}
+
+/// The names of spare network `seq` of `net_prefix`.
+fn spare_names(net_prefix: &str, seq: u32) -> Names {
+    Names { netns: format!("{net_prefix}-pool-{seq:08x}"), veth: format!("{net_prefix}p{seq:08x}") }
+}
+
+/// A network made ahead of its sandbox: a namespace with `eth0` configured, and the host side
+/// of the veth, down, holding the gateway address.
+struct Spare {
+    names: Names,
+    /// The host side's link index.
+    index: u32,
+    addrs: SlotAddrs,
+}
+
+/// What the refill task and the creates share.
+struct Shared {
+    config: NetConfig,
+    /// Netlink in the host's network namespace.
+    host: Handle,
+    spares: std::sync::Mutex<Vec<Spare>>,
+    /// Wakes the refill task when a spare is taken.
+    wake: tokio::sync::Notify,
+    /// The next spare's number.
+    seq: std::sync::atomic::AtomicU32,
+}
+
+/// The sandbox networks of one server.
+///
+/// A create's network comes ready-made: the server keeps [`SPARES`] networks made ahead (a
+/// background task makes one whenever one is taken), each with its namespace, its veth, its /30
+/// and the inside configured, and its host side down, named as spares (see [`is_spare`]). A
+/// create takes one and gives it the sandbox's names: the namespace is bind-mounted under the
+/// sandbox's name (and its spare name unmounted), and the host side is renamed and set up in
+/// one netlink message. With no spare left (a burst of creates), the create makes its own the
+/// same way. Spares are fenced by the same rules as any sandbox veth (their names start with
+/// the net prefix), removed by [`Self::shutdown`], by [`purge`], and by the next start of the
+/// same owner after a crash; `bulkhead doctor` and the leak check see them as the owner's.
+pub struct Network {
+    shared: std::sync::Arc<Shared>,
+    /// The refill task (none for [`Self::existing`]).
+    refill: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        if let Some(task) = &self.refill {
+            task.abort();
+        }
+    }
+}
+
+impl Network {
+    /// Checks the tools, opens netlink, installs the server's rules (replacing what a previous
+    /// run left), removes the spares a previous run left and starts making spares. Call inside
+    /// a tokio runtime.
+    pub fn new(config: NetConfig) -> Result<Network> {
+        crate::hostreg::check_net_prefix(&config.net_prefix).map_err(RuntimeError::Invalid)?;
+        let host = connect()?;
+        nft(&ruleset(&config.net_prefix))?;
+        // Spares a previous run left (killed before its shutdown): their veths go with their
+        // namespaces. Done before any create can make a spare of its own.
+        for names in spares_on_host(&config.net_prefix) {
+            remove_netns(&names.netns_path())?;
+        }
+        let shared = std::sync::Arc::new(Shared::new(config, host));
+        let refill = tokio::spawn(refill(shared.clone()));
+        Ok(Network { shared, refill: Some(refill) })
+    }
+
+    /// The networks of `net_prefix` already on the host, to list and remove them only: no rules
+    /// are installed and no spares are made.
+    pub fn existing(net_prefix: &str) -> Result<Network> {
+        crate::hostreg::check_net_prefix(net_prefix).map_err(RuntimeError::Invalid)?;
+        let cidr = Cidr { addr: Ipv4Addr::UNSPECIFIED, len: 30 };
+        let config = NetConfig { net_prefix: net_prefix.to_owned(), cidr };
+        Ok(Network { shared: std::sync::Arc::new(Shared::new(config, connect()?)), refill: None })
+    }
+
+    pub fn config(&self) -> &NetConfig {
+        &self.shared.config
+    }
+
+    fn names(&self, id: &str) -> Result<Names> {
+        Names::of(&self.shared.config.net_prefix, id)
+            .ok_or_else(|| RuntimeError::Invalid(format!("{id} is not a sandbox id (sbx_ and 32 hex digits)")))
+    }
+
+    /// Makes sandbox `id`'s network (from a spare when there is one); on any failure, removes
+    /// what it made.
+    pub async fn setup(&self, id: &str) -> Result<SandboxNet> {
+        let names = self.names(id)?;
+        let taken = self.shared.spares.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let spare = match taken {
+            Some(spare) => {
+                self.shared.wake.notify_one();
+                spare
+            }
+            None => self.shared.make_spare().await?,
+        };
+        match self.shared.claim(&spare, &names).await {
+            Ok(()) => Ok(SandboxNet { names, addrs: spare.addrs }),
+            Err(e) => {
+                self.shared.discard(&spare.names).await;
+                if let Err(cleanup) = self.teardown(id).await {
+                    tracing::warn!(sandbox = id, error = %cleanup, "cleanup of a half-made sandbox network failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops making spares and removes them (the server is shutting down).
+    pub async fn shutdown(&self) {
+        if let Some(task) = &self.refill {
+            task.abort();
+        }
+        self.shared.spares.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.shared.remove_spares().await;
     }
 
     /// Removes sandbox `id`'s network, whatever of it there is (its address goes with its veth).
     pub async fn teardown(&self, id: &str) -> Result<()> {
         let names = self.names(id)?;
-        if let Some(index) = link_index(&self.host, &names.veth).await? {
-            match self.host.link().del(index).execute().await {
+        if let Some(index) = link_index(&self.shared.host, &names.veth).await? {
+            match self.shared.host.link().del(index).execute().await {
                 Ok(()) => {}
                 Err(e) if is_gone(&e) => {}
                 Err(e) => return Err(netlink_err(format!("delete veth {}", names.veth))(e)),
@@ -640,10 +841,10 @@ impl Network {
     /// its network exists.
     pub async fn gateway_of(&self, id: &str) -> Result<Option<Ipv4Addr>> {
         let names = self.names(id)?;
-        let Some(index) = link_index(&self.host, &names.veth).await? else {
+        let Some(index) = link_index(&self.shared.host, &names.veth).await? else {
             return Ok(None);
         };
-        let mut addrs = self.host.address().get().set_link_index_filter(index).execute();
+        let mut addrs = self.shared.host.address().get().set_link_index_filter(index).execute();
         while let Some(a) = addrs.try_next().await.map_err(netlink_err("list the veth's addresses"))? {
             for attr in &a.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(v4)) | AddressAttribute::Address(IpAddr::V4(v4)) = attr {
@@ -655,7 +856,7 @@ impl Network {
     }
 
     pub fn on_host(&self) -> Vec<String> {
-        sandboxes_on_host(&self.config.net_prefix)
+        sandboxes_on_host(&self.shared.config.net_prefix)
     }
 }
 
@@ -677,6 +878,9 @@ pub fn purge(net_prefix: &str) -> Result<()> {
                 if let Some(names) = Names::of(&prefix, &id) {
                     remove_netns(&names.netns_path())?;
                 }
+            }
+            for names in spares_on_host(&prefix) {
+                remove_netns(&names.netns_path())?;
             }
             let veths: Vec<String> = fs::read_dir("/sys/class/net")
                 .into_iter()
@@ -743,6 +947,18 @@ mod tests {
         for bad in ["sbx_0123", "sbx_0123456789ABCDEF0123456789abcdef", "key_0123456789abcdef0123456789abcdef"] {
             assert!(Names::of("bh12ab", bad).is_none(), "{bad}");
         }
+        // Spares: names no sandbox id can have, of the owner's prefix, within the kernel's limit.
+        let spare = spare_names("bh12ab", 0x2a);
+        assert_eq!(spare.netns, "bh12ab-pool-0000002a");
+        assert_eq!(spare.veth, "bh12abp0000002a");
+        assert!(spare.veth.len() <= 15);
+        assert!(is_spare("-pool-0000002a") && is_spare("p0000002a"));
+        for not in
+            ["-0123456789abcdef0123456789abcdef", "012345678", "_sandboxes", "-pool-2a", "p0000002A", "q0000002a"]
+        {
+            assert!(!is_spare(not), "{not}");
+        }
+        assert_eq!(crate::host::net_prefix_of(&spare.veth), Some(("bh12ab", "p0000002a")));
         // The host tools read them as the owner's names.
         assert_eq!(crate::host::net_prefix_of(&n.veth), Some(("bh12ab", "012345678")));
         assert_eq!(crate::host::net_prefix_of(&table_name("bh12ab")), Some(("bh12ab", "_sandboxes")));

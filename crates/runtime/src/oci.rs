@@ -1125,6 +1125,12 @@ impl Runtime for OciRuntime {
         }
     }
 
+    async fn shutdown(&self) {
+        if let Some(net) = &self.network {
+            net.shutdown().await;
+        }
+    }
+
     async fn wait_init(&self, namespace: &str, id: &str) -> Result<String> {
         Self::check_id(id)?;
         let rx = match self.inits.receiver(id) {
