@@ -39,10 +39,10 @@ pub struct ServeArgs {
     /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
     #[arg(long, env = "BULKHEAD_SUPERVISOR")]
     supervisor: Option<PathBuf>,
-    /// What network each sandbox has: `loopback-only` (a new empty network namespace), or
-    /// `isolated` (a network namespace, a veth and an address of its own, whose only reachable
-    /// point is its gateway's ports on the host; needs nftables).
-    #[arg(long, env = "BULKHEAD_NETWORK", value_name = "MODE", default_value = "loopback-only")]
+    /// What network each sandbox has: `isolated` (the default: a network namespace, a veth and
+    /// an address of its own, whose only way out is the egress gateway on its gateway address;
+    /// needs nftables), or `loopback-only` (a new empty network namespace, no `$BULKHEAD_URL`).
+    #[arg(long, env = "BULKHEAD_NETWORK", value_name = "MODE", default_value = "isolated")]
     network: bulkhead_runtime::net::NetworkMode,
     /// Where sandbox addresses come from with `--network isolated`: a /30 each.
     #[arg(long, env = "BULKHEAD_SANDBOX_CIDR", value_name = "CIDR", default_value = bulkhead_runtime::net::DEFAULT_SANDBOX_CIDR)]

@@ -133,7 +133,8 @@ impl World {
             state_dir: &self.state,
             cgroup_prefix: &self.prefix,
             host_registry: Some(&self.registry),
-            extra: &[],
+            // The chaos is about the store and the sandboxes, not their networks.
+            extra: &["--network", "loopback-only"],
         }
         .spawn()
         .unwrap_or_else(|e| panic!("the server did not start again on its data dir: {e}"));

@@ -79,9 +79,10 @@ pub const TABLE_FAMILY: &str = "inet";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NetworkMode {
     /// A new empty network namespace per sandbox: loopback only (the old world).
-    #[default]
     LoopbackOnly,
-    /// A network namespace, a veth and an address per sandbox, fenced by nftables.
+    /// A network namespace, a veth and an address per sandbox, fenced by nftables, whose only
+    /// way out is the egress gateway (the default: PRODUCT.md, *Network egress*).
+    #[default]
     Isolated,
 }
 

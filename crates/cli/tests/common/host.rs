@@ -71,13 +71,19 @@ impl Host {
         registry: &Path,
         extra: &[&str],
     ) -> Result<(String, Option<String>), String> {
+        // A server not started for its network has loopback-only sandboxes (the network tests
+        // name `--network isolated` and give `--egress-dns` into their own internet).
+        let mut args = extra.to_vec();
+        if !args.contains(&"--network") {
+            args.extend(["--network", "loopback-only"]);
+        }
         let started = bulkhead_bench::server::Serve {
             bulkhead: Path::new(BIN),
             data_dir: data,
             state_dir: state,
             cgroup_prefix: prefix,
             host_registry: Some(registry),
-            extra,
+            extra: &args,
         }
         .spawn()
         .map_err(|e| e.to_string())?;

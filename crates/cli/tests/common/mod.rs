@@ -40,6 +40,10 @@ pub fn test_runtime() -> RuntimeSettings {
         state_dir: std::path::PathBuf::from(format!("/run/bulkhead-test-{tag}")),
         cgroup_prefix: format!("bulkhead-test-{tag}"),
         supervisor: SUPERVISOR.into(),
+        // In-process servers test everything but the network: their sandboxes have loopback
+        // only. The network and egress tests run `bulkhead serve --network isolated` with
+        // `--egress-dns` into the tests' own internet (common::internet).
+        network: bulkhead_runtime::net::NetworkMode::LoopbackOnly,
         ..Default::default()
     }
 }

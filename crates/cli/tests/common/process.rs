@@ -61,13 +61,19 @@ impl Server {
     ) -> Result<Server, String> {
         // Nothing is purged on a failed start: the prefix may be another server's (the caller
         // cleans up).
+        // A server not started for its network has loopback-only sandboxes (the network tests
+        // name `--network isolated` and give `--egress-dns` into their own internet).
+        let mut args = extra.to_vec();
+        if !args.contains(&"--network") {
+            args.extend(["--network", "loopback-only"]);
+        }
         let started = bulkhead_bench::server::Serve {
             bulkhead: Path::new(BIN),
             data_dir,
             state_dir: &state_dir,
             cgroup_prefix: &cgroup_prefix,
             host_registry: Some(registry),
-            extra,
+            extra: &args,
         }
         .spawn()
         .map_err(|e| e.to_string())?;
