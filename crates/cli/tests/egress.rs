@@ -113,11 +113,32 @@ impl World {
         (code, format!("{out}{err}"))
     }
 
-    /// The sandbox's egress counters (`SandboxStats.egress` as the API shows them).
-    async fn egress_stats(&self, ns: &str, id: &str) -> Value {
-        let (s, b) = self.call(reqwest::Method::GET, &format!("/v1/namespaces/{ns}/sandboxes/{id}"), None).await;
-        assert_eq!(s, 200, "{b}");
-        b["stats"]["egress"].clone()
+    /// The egress counters of namespace `ns` as its Prometheus series show them
+    /// (`GET /v1/namespaces/{ns}/metrics`: `bulkhead_egress_bytes_total` by direction,
+    /// `bulkhead_egress_connections_total`, `bulkhead_egress_denied_total`), as
+    /// `{"bytes_in", "bytes_out", "connections", "denied"}`. The API meters egress per namespace
+    /// (PRODUCT.md: usage and Prometheus series); each test that reads these has one sandbox in
+    /// the namespace that makes traffic, so they are that sandbox's.
+    async fn egress_stats(&self, ns: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}/v1/namespaces/{ns}/metrics", self.c.base()))
+            .bearer_auth(self.host.admin_token())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let text = resp.text().await.unwrap();
+        let series = |name: &str, labels: &str| -> u64 {
+            let prefix = format!("{name}{{namespace=\"{ns}\"{labels}}} ");
+            text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0, |v| v.trim().parse().unwrap())
+        };
+        json!({
+            "bytes_out": series("bulkhead_egress_bytes_total", ",direction=\"out\""),
+            "bytes_in": series("bulkhead_egress_bytes_total", ",direction=\"in\""),
+            "connections": series("bulkhead_egress_connections_total", ""),
+            "denied": series("bulkhead_egress_denied_total", ""),
+        })
     }
 
     /// Whether a connection (or a DNS query) of a sandbox reached the internet at `name`.
@@ -152,6 +173,14 @@ impl Listener {
     fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap().clone()
     }
+}
+
+/// Resolves `name` in the sandbox (through its gateway) and asserts the test internet's address
+/// for it came back.
+async fn resolve(w: &World, ns: &str, id: &str, name: &str) {
+    let (code, out, err) = w.sh(ns, id, &format!("getent ahostsv4 {name}")).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&w.internet.addr(name).to_string()), "{out}");
 }
 
 /// Tries a TCP connection to each `host:port` from inside the sandbox (5 s each); the ones
@@ -230,7 +259,7 @@ async fn a_denied_name_gets_no_answer_and_no_connection() {
         "the gateway asked upstream for a denied name: {:?}",
         w.internet.dns_queries()
     );
-    assert!(w.egress_stats(NS, &a).await["denied"].as_u64().unwrap_or(0) >= 1);
+    assert!(w.egress_stats(NS).await["denied"].as_u64().unwrap_or(0) >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,6 +269,10 @@ async fn a_denied_host_by_ip_literal_is_refused() {
     let a = w.sandbox(NS, json!({"allow": ["allowed.test"]})).await;
     let allowed = w.internet.addr("allowed.test");
     let denied = w.internet.addr("denied.test");
+    // The control by address: the sandbox resolves allowed.test through its gateway first, so
+    // the gateway knows that address as the allowed name's (its DNS memory); a domain entry
+    // does not open an address the sandbox never resolved.
+    resolve(&w, NS, &a, "allowed.test").await;
     let got = connected(
         &w,
         NS,
@@ -326,6 +359,8 @@ async fn other_sandboxes_of_any_tenant_are_never_reachable() {
     let listen = "nohup python3 -c 'import socket\ns=socket.socket()\ns.bind((\"0.0.0.0\",8080))\ns.listen(8)\nwhile True:\n c,a=s.accept()\n c.sendall(b\"x\")\n c.close()' >/dev/null 2>&1 &";
     w.sh(NS, &b, listen).await;
     w.sh(OTHER_NS, &o, listen).await;
+    // The control goes by address, as known to the gateway from the sandbox's own lookup.
+    resolve(&w, NS, &a, "allowed.test").await;
     let got = connected(
         &w,
         NS,
@@ -342,24 +377,25 @@ async fn dns_queries_for_denied_names_are_bounded_and_audited() {
     w.ceiling(NS, json!({"allow": ["allowed.test"]})).await;
     let a = w.sandbox(NS, json!({"allow": ["allowed.test"]})).await;
     // A tunnel: 3000 queries for distinct names under a denied domain.
-    let script = "python3 - <<'PY'\n\
-import random, socket, struct\n\
-ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]\n\
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-s.settimeout(0.01)\n\
-for i in range(3000):\n\
-    label = ('%x' % random.getrandbits(120)).encode()\n\
-    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)\n\
-    for part in (label, b'exfil', b'denied', b'test'):\n\
-        q += bytes([len(part)]) + part\n\
-    q += b'\\x00\\x00\\x01\\x00\\x01'\n\
-    s.sendto(q, (ns, 53))\n\
-    try:\n\
-        s.recv(512)\n\
-    except Exception:\n\
-        pass\n\
-print('sent')\n\
-PY";
+    // (A raw string: a `\` line continuation would eat the Python's indentation.)
+    let script = r#"python3 - <<'PY'
+import random, socket, struct
+ns = [l.split()[1] for l in open('/etc/resolv.conf') if l.startswith('nameserver')][0]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(0.01)
+for i in range(3000):
+    label = ('%x' % random.getrandbits(120)).encode()
+    q = struct.pack('>HHHHHH', i, 0x0100, 1, 0, 0, 0)
+    for part in (label, b'exfil', b'denied', b'test'):
+        q += bytes([len(part)]) + part
+    q += b'\x00\x00\x01\x00\x01'
+    s.sendto(q, (ns, 53))
+    try:
+        s.recv(512)
+    except Exception:
+        pass
+print('sent')
+PY"#;
     let (code, out, err) = w.sh(NS, &a, script).await;
     assert_eq!((code, out.trim()), (0, "sent"), "{err}");
     assert!(
@@ -367,17 +403,28 @@ PY";
         "a denied name's query went upstream"
     );
     // Counted as denials, and audited in a bounded number of aggregated records.
-    let denied = w.egress_stats(NS, &a).await["denied"].as_u64().unwrap_or(0);
+    let denied = w.egress_stats(NS).await["denied"].as_u64().unwrap_or(0);
     assert!(denied >= 1, "denials are counted: {denied}");
-    let (s, audit) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/audit?limit=1000"), None).await;
-    assert_eq!(s, 200, "{audit}");
-    let records: Vec<&Value> = audit["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["action"] == "network.connect" && r["principal"] == format!("sandbox:{a}"))
-        .collect();
+    // The denial audit is flushed once per interval (10 s): wait for the first flush.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let records = loop {
+        let (s, audit) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/audit?limit=1000"), None).await;
+        assert_eq!(s, 200, "{audit}");
+        let records: Vec<Value> = audit["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "network.connect" && r["principal"] == format!("sandbox:{a}"))
+            .cloned()
+            .collect();
+        if !records.is_empty() {
+            break records;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit record of the denied queries within 60 s: {audit}");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     assert!(records.len() <= 100, "{} audit records for one sandbox's denied queries", records.len());
+    assert!(records.iter().all(|r| r["decision"] == "deny"), "{records:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -420,9 +467,23 @@ async fn a_brokered_header_reaches_the_server_and_never_the_sandbox() {
         r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("authorization") && *v == format!("Bearer {value}")),
         "{r:?}"
     );
-    // Nowhere inside: env, /proc, any file.
+    // Nowhere inside: env, /proc, any file. The pattern is a regular expression that matches
+    // the value but is not its text (`sk-tes[t]-…`), so the command lines of this very script
+    // and its grep, which hold the pattern, do not match it. Every file: all of `/` but the
+    // kernel's own trees (/proc, whose environ and cmdline files are searched, and /sys), and
+    // devices, which grep skips (reading some never ends).
+    let pattern = value.replacen("sk-test-", "sk-tes[t]-", 1);
     let (code, out, err) = w
-        .sh(NS, &a, &format!("env | grep -c -- '{value}'; grep -rsl -- '{value}' /proc/[0-9]*/environ /proc/[0-9]*/cmdline / 2>/dev/null | grep -v '^/proc/self' | head; echo end"))
+        .sh(
+            NS,
+            &a,
+            &format!(
+                "p='{pattern}'; env | grep -c -- \"$p\"; \
+                 {{ grep -sl -- \"$p\" /proc/[0-9]*/environ /proc/[0-9]*/cmdline; \
+                 for d in /* /.[!.]*; do case \"$d\" in /proc|/sys) ;; *) grep -rsl -D skip -- \"$p\" \"$d\";; esac; done; }} \
+                 2>/dev/null | grep -v '^/proc/self/' | head; echo end"
+            ),
+        )
         .await;
     assert!(out.trim_start().starts_with('0'), "env holds the value: {out}{err} {code}");
     assert_eq!(out.lines().filter(|l| !l.is_empty()).skip(1).collect::<Vec<_>>(), vec!["end"], "{out}");
@@ -443,16 +504,24 @@ async fn bytes_are_metered_within_5_percent_of_what_the_server_counted() {
         .iter()
         .filter(|c| c.sni.as_deref() == Some("bulk.test"))
         .fold((0, 0), |(o, i), c| (o + c.bytes_out, i + c.bytes_in));
-    let stats = w.egress_stats(NS, &a).await;
+    let stats = w.egress_stats(NS).await;
     let (bytes_in, bytes_out) = (stats["bytes_in"].as_u64().unwrap(), stats["bytes_out"].as_u64().unwrap());
     let within = |metered: u64, counted: u64| (metered as f64 - counted as f64).abs() <= counted as f64 * 0.05;
     assert!(within(bytes_in, srv_out), "metered in {bytes_in}, the server sent {srv_out}");
     assert!(within(bytes_out, srv_in), "metered out {bytes_out}, the server received {srv_in}");
     assert!(stats["connections"].as_u64().unwrap() >= 2, "{stats}");
-    // In usage too, both directions together.
-    let (s, usage) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/usage"), None).await;
-    assert_eq!(s, 200, "{usage}");
-    let total = usage["totals"]["egress_bytes"].as_u64().unwrap();
+    // In usage too, both directions together, once metering sampled the sandbox (every 10 s).
+    let counted = srv_out + srv_in;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let total = loop {
+        let (s, usage) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/usage"), None).await;
+        assert_eq!(s, 200, "{usage}");
+        let total = usage["totals"]["egress_bytes"].as_u64().unwrap();
+        if within(total, counted) || total > counted || std::time::Instant::now() >= deadline {
+            break total;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
     assert!(within(total, srv_out + srv_in) || total > srv_out + srv_in, "usage {total}, counted {}", srv_out + srv_in);
 }
 

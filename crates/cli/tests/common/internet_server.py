@@ -2,6 +2,7 @@
 # from the test's CA) and a plain TCP sink on :9000, all on every address of the test network
 # namespace, serving the files of ROOT (the package index, the git repository) plus
 #   GET  /bytes/N   N bytes of "x" (N at most 1 GiB)
+#   GET  /hello     "hello\n"
 #   POST|PUT any    reads the body (Content-Length) and answers {"received": n}
 # Every connection and request is written to stdout as one JSON line, flushed:
 #   {"kind": "request", "conn", "server", "local", "sni", "host", "method", "path", "status", "headers"}
@@ -96,6 +97,13 @@ class Handler(http.server.SimpleHTTPRequestHandler):
                 while left > 0:
                     self.wfile.write(chunk[: min(left, len(chunk))])
                     left -= min(left, len(chunk))
+        elif self.path == "/hello":
+            body = b"hello\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         else:
             super().do_GET()
         self.record()

@@ -138,6 +138,10 @@ fn is_host_address(a: Ipv4Addr) -> bool {
     found
 }
 
+/// The burst a namespace's bandwidth bucket allows, as a fraction of one second's worth: over
+/// any period of a second or more, the namespace moves at most the cap + 10 %.
+pub const BANDWIDTH_BURST: f64 = 0.1;
+
 /// A token bucket of bytes per second, shared by the connections of one namespace. A
 /// connection takes what it is about to forward and sleeps off any debt.
 #[derive(Default)]
@@ -147,14 +151,16 @@ pub(super) struct Bucket {
 }
 
 impl Bucket {
-    /// Waits until `bytes` may go at `rate` bytes per second (bursts of one second's worth).
+    /// Waits until `bytes` may go at `rate` bytes per second (bursts of [`BANDWIDTH_BURST`] of
+    /// a second's worth, and a new bucket holds that much).
     pub(super) async fn take(&self, bytes: usize, rate: u64) {
         let rate = rate.max(1) as f64;
+        let burst = rate * BANDWIDTH_BURST;
         let wait = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            let (tokens, last) = state.unwrap_or((rate, now));
-            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(rate) - bytes as f64;
+            let (tokens, last) = state.unwrap_or((burst, now));
+            let tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst) - bytes as f64;
             *state = Some((tokens, now));
             (tokens < 0.0).then(|| Duration::from_secs_f64(-tokens / rate))
         };
