@@ -215,3 +215,48 @@ async fn denials_are_audited_in_aggregated_bounded_records() {
     // The next interval starts empty.
     assert_eq!(egress_audit::flush_now(&h.state).await.unwrap().denials(), 0);
 }
+
+/// A sandbox's denial records are the sandbox's: a key limited to a project reads those of the
+/// sandboxes in its project, never those of a sandbox outside it (the record's resource is the
+/// host the sandbox tried; its principal names the sandbox).
+#[tokio::test]
+async fn a_key_limited_to_a_project_reads_only_its_sandboxes_denial_records() {
+    let h = Harness::new().await;
+    h.namespace("gamma").await;
+    let post = |path: &'static str, body: Value| {
+        let h = &h;
+        async move {
+            h.json(Method::POST, &format!("/v1/namespaces/gamma/{path}"), body).await["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let pa = post("projects", json!({"name": "pa"})).await;
+    let pb = post("projects", json!({"name": "pb"})).await;
+    let fa = post("filesystems", json!({"name": "fa", "size_bytes": 16 << 20, "project": pa})).await;
+    let fb = post("filesystems", json!({"name": "fb", "size_bytes": 16 << 20, "project": pb})).await;
+    let sa = post("sandboxes", json!({"filesystem": {"id": fa, "mode": "rw"}})).await;
+    let sb = post("sandboxes", json!({"filesystem": {"id": fb, "mode": "rw"}})).await;
+    let allow = vec!["allow".to_owned()];
+    h.state.denials.record("gamma", &sa, "a.denied.test", Some(443), &allow);
+    h.state.denials.record("gamma", &sb, "b.denied.test", Some(443), &allow);
+    egress_audit::flush_now(&h.state).await.unwrap();
+    let key = h
+        .json(Method::POST, "/v1/namespaces/gamma/keys", json!({"name": "k", "role": "viewer", "projects": [pa]}))
+        .await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let req = Request::builder()
+        .uri("/v1/namespaces/gamma/audit?action=network.connect")
+        .header("authorization", format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page: Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let principals: Vec<&str> =
+        page["items"].as_array().unwrap().iter().filter_map(|r| r["principal"].as_str()).collect();
+    assert_eq!(principals, vec![format!("sandbox:{sa}").as_str()], "{page}");
+    // The admin reads both.
+    let all = h.json(Method::GET, "/v1/namespaces/gamma/audit?action=network.connect", Value::Null).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+}

@@ -68,7 +68,12 @@ pub async fn list(
     let mut visible = super::scope::Visible::new(ctx.decider(), Action::AuditRead);
     let mut items = Vec::with_capacity(page.items.len());
     for r in page.items {
-        if visible.named(&ctx.state, &ns, &r.resource).await {
+        // A sandbox's egress record names the host it tried to reach; it is the sandbox's.
+        let subject = match (r.resource.starts_with("host:"), r.principal.starts_with("sandbox:")) {
+            (true, true) => &r.principal,
+            _ => &r.resource,
+        };
+        if visible.named(&ctx.state, &ns, subject).await {
             items.push(r);
         }
     }
