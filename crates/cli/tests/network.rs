@@ -434,3 +434,59 @@ PY"
     let (code, out, err) = sh(&c, NS, &a, "python3 -c \"import os,urllib.request;print(urllib.request.urlopen(os.environ['BULKHEAD_URL']+'/healthz',timeout=10).status)\"").await;
     assert_eq!((code, out.trim()), (0, "200"), "{err}");
 }
+
+/// A sandbox that opens and holds connection after connection to `$BULKHEAD_URL` gets at most
+/// `MAX_API_CONNECTIONS` of them relayed (the rest are reset at once), so it cannot take the
+/// server's descriptors from everyone else; the API answers again once it lets go, and another
+/// sandbox stays served meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandbox_holding_connections_to_the_api_gets_a_bounded_number_relayed() {
+    let mut host = Host::new();
+    let c = host.serve(&[]);
+    namespace(&c, NS).await;
+    let a = sandbox(&c, NS).await;
+    let b = sandbox(&c, NS).await;
+    let max = bulkhead_runtime::gateway::MAX_API_CONNECTIONS;
+    let script = r#"python3 - <<'PY'
+import os, socket, time, urllib.parse, urllib.request
+u = urllib.parse.urlparse(os.environ['BULKHEAD_URL'])
+held = []
+for _ in range(MAX + 40):
+    held.append(socket.create_connection((u.hostname, u.port), timeout=10))
+time.sleep(1)
+reset = relayed = 0
+for s in held:
+    s.settimeout(1)
+    try:
+        s.recv(1)
+        reset += 1
+    except socket.timeout:
+        relayed += 1
+    except OSError:
+        reset += 1
+print(relayed, reset)
+for s in held:
+    s.close()
+time.sleep(1)
+print(urllib.request.urlopen(os.environ['BULKHEAD_URL'] + '/healthz', timeout=10).status)
+PY"#
+    .replace("MAX", &max.to_string());
+    let task = {
+        let c = c.clone();
+        let a = a.clone();
+        tokio::spawn(async move { sh(&c, NS, &a, &script).await })
+    };
+    // While A holds its connections, B still reaches the API.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let probe = "python3 -c \"import os,urllib.request;print(urllib.request.urlopen(os.environ['BULKHEAD_URL']+'/healthz',timeout=10).status)\"";
+    let (code, out, err) = sh(&c, NS, &b, probe).await;
+    assert_eq!((code, out.trim()), (0, "200"), "{err}");
+    let (code, out, err) = task.await.unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let mut lines = out.lines();
+    let counts: Vec<usize> = lines.next().unwrap().split(' ').map(|n| n.parse().unwrap()).collect();
+    assert!(counts[0] <= max, "at most {max} relayed at once: {out}");
+    assert_eq!(counts[0] + counts[1], max + 40, "{out}");
+    assert!(counts[1] >= 40, "the rest are reset: {out}");
+    assert_eq!(lines.next(), Some("200"), "the API answers again once it lets go: {out}");
+}

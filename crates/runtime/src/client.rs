@@ -50,6 +50,10 @@ impl ExecStream {
 async fn connect(socket: &Path, id: &str) -> Result<UnixStream> {
     UnixStream::connect(socket).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => RuntimeError::NotRunning(id.to_owned()),
+        // The server's own lack of descriptors or memory: not the sandbox's doing.
+        _ if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM | libc::ENOBUFS)) => {
+            RuntimeError::Io { what: format!("connect to the supervisor of {id}"), source: e }
+        }
         _ => RuntimeError::Protocol(format!("connect to the supervisor of {id}: {e}")),
     })
 }

@@ -32,6 +32,11 @@ pub use egress::{EgressConfig, EgressGateway};
 /// The gateway port that serves the API (one of [`crate::net::GATEWAY_TCP_PORTS`]).
 pub const API_PORT: u16 = 15002;
 
+/// Connections to the API one sandbox may have relayed at once; one more is reset. Each costs
+/// the server three descriptors (the sandbox's side, the relay's and the API's), and the API's
+/// own timeouts (a request head within 30 s, 60 s idle) end those that hold still.
+pub const MAX_API_CONNECTIONS: usize = 64;
+
 /// The API relays of the sandboxes, by sandbox id.
 #[derive(Default)]
 pub struct ApiRelays {
@@ -72,14 +77,25 @@ impl ApiRelays {
         let sandbox = id.to_owned();
         let api = self.api.clone();
         let task = tokio::spawn(async move {
+            // The relayed connections: aborted with this task, when the sandbox's network goes.
+            let mut relayed = tokio::task::JoinSet::new();
             loop {
-                let Ok((mut inside, _)) = listener.accept().await else { continue };
+                let Ok((mut inside, _)) = listener.accept().await else {
+                    // Out of descriptors, most likely: let some go.
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                };
+                while relayed.try_join_next().is_some() {}
                 let Some(api) = api.get().copied() else {
                     // No API to reach yet: the connection closes.
                     continue;
                 };
+                if relayed.len() >= MAX_API_CONNECTIONS {
+                    let _ = inside.set_zero_linger();
+                    continue;
+                }
                 let sandbox = sandbox.clone();
-                tokio::spawn(async move {
+                relayed.spawn(async move {
                     match tokio::net::TcpStream::connect(api).await {
                         Ok(mut server) => {
                             let _ = tokio::io::copy_bidirectional(&mut inside, &mut server).await;
@@ -95,8 +111,7 @@ impl ApiRelays {
         Ok(())
     }
 
-    /// Stops listening for sandbox `id`; relayed connections in flight end when the sandbox's
-    /// side of them goes (with the sandbox).
+    /// Stops listening for sandbox `id`, and ends the connections it relays.
     pub fn stop(&self, id: &str) {
         if let Some(task) = self.relays.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
             task.abort();

@@ -253,7 +253,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// status N`, `oom`. `NotRunning` when the sandbox has no live init to watch.
     async fn wait_init(&self, namespace: &str, id: &str) -> Result<String>;
     /// Whether the supervisor of sandbox `id` answers a ping within `timeout`: `Ok` when it
-    /// answers at all (also when it refuses for lack of a thread), an error when it does not.
+    /// answers at all (also when it refuses for lack of a thread, and when the server itself
+    /// lacks the descriptors or memory to ask: that is no sign of the supervisor's), an error
+    /// when it does not.
     async fn ping(&self, id: &str, timeout: std::time::Duration) -> Result<()>;
     /// Resource use of a running sandbox.
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;

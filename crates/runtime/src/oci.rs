@@ -89,6 +89,22 @@ pub struct OciRuntime {
     egress: Option<crate::gateway::EgressGateway>,
 }
 
+/// Raises the soft limit of open files to the hard one: every networked sandbox's gateway holds
+/// descriptors for its connections (bounded per sandbox, see [`crate::gateway`]), and the server
+/// should run out of none of them before the sandboxes' own bounds apply.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is valid for writes of its size; RLIMIT_NOFILE is a valid resource.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= limit.rlim_max {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+    // SAFETY: `raised` is a valid rlimit; a soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not raise the open files limit");
+    }
+}
+
 /// The file in each bundle that names the store owning the sandbox.
 pub const OWNER_FILE: &str = "owner";
 
@@ -284,6 +300,7 @@ impl OciRuntime {
         let broker = std::sync::Arc::new(crate::broker::Broker::new(config.egress_ca_pem.as_deref())?);
         mkdir(&config.state_dir, 0o711)?;
         crate::watch::become_subreaper().map_err(RuntimeError::io("become the subreaper of sandboxes' inits"))?;
+        raise_open_files_limit();
         let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
@@ -1156,9 +1173,18 @@ impl Runtime for OciRuntime {
         Self::check_id(id)?;
         let answer = client::ping(&self.socket(id), id, timeout).await;
         let mut seen = self.cpu_seen.lock().unwrap_or_else(|e| e.into_inner());
-        let Err(e) = answer else {
-            seen.remove(id);
-            return Ok(());
+        let e = match answer {
+            Ok(()) => {
+                seen.remove(id);
+                return Ok(());
+            }
+            // The server could not even ask (out of descriptors or memory): that says nothing
+            // of the supervisor, so it is no miss.
+            Err(RuntimeError::Io { what, source }) => {
+                tracing::warn!(sandbox = id, error = %source, "{what}: the server is short of a resource; no ping was sent");
+                return Ok(());
+            }
+            Err(e) => e,
         };
         // No answer in time. A supervisor in the sandbox's own CPU quota answers late, not
         // never, when its commands use the whole quota: what counts as a miss is a supervisor

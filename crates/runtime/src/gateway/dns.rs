@@ -77,7 +77,7 @@ pub(super) async fn respond(shared: &Shared, sandbox: &Sandbox, query: &[u8]) ->
                 for record in found.as_lookup().records().iter().take(MAX_ANSWERS) {
                     if let RData::A(a) = record.data() {
                         let ttl = record.ttl().min(MAX_TTL);
-                        sandbox.remember(a.0, &name, Duration::from_secs(u64::from(record.ttl())));
+                        sandbox.remember(a.0, &name, Duration::from_secs(u64::from(ttl)));
                         answer.add_answer(Record::from_rdata(question.name().clone(), ttl, RData::A(*a)));
                     }
                 }

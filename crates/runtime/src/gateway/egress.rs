@@ -37,8 +37,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// summed up in the next one.
 pub const WARNINGS_PER_MINUTE: u32 = 5;
 /// How long an answered name is remembered for its address at least, and at most.
-const MEMORY_MIN: Duration = Duration::from_secs(300);
-const MEMORY_MAX: Duration = Duration::from_secs(3600);
+const MEMORY_MIN: Duration = Duration::from_secs(60);
+const MEMORY_MAX: Duration = Duration::from_secs(super::dns::MAX_TTL as u64);
 
 /// What the gateway needs to know of the server.
 #[derive(Debug, Clone)]
