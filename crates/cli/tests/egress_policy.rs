@@ -209,3 +209,101 @@ async fn decisions_follow_the_allow_the_current_ceiling_and_the_policies() {
     assert_eq!(denied_by(&decide(dns("acme", "sbx_missing", "pypi.org")).await), ["not-found"]);
     assert_eq!(denied_by(&decide(dns("nope", &id, "pypi.org")).await), ["not-found"]);
 }
+
+#[tokio::test]
+async fn a_connection_by_name_is_judged_as_its_address_too() {
+    let h = Harness::with_namespaces(&["acme"]).await;
+    let (_, owner) = h.create_key("acme", "boss", "owner").await;
+    let r = set_ceiling(&h, "acme", json!({"allow": ["api.test", "198.51.100.0/24"]})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let id = h.create_sandbox("acme", &owner, json!({"egress": {"allow": ["api.test", "198.51.100.0/24"]}})).await;
+    let decider = EgressPolicy::new(&h.state);
+    let decide = |req: ConnectRequest| {
+        let decider = decider.clone();
+        async move { decider.decide(&req).await }
+    };
+    let explain = |host: &str| {
+        let h = &h;
+        let owner = owner.clone();
+        let body = json!({"principal": format!("sandbox:{id}"), "action": "network.connect",
+            "resource": format!("host:{host}"), "context": {"port": 443}});
+        async move { h.call(Method::POST, "/v1/namespaces/acme/authz/explain", Some(&owner), body).await }
+    };
+    let add = |name: &str, resource: &str| {
+        let h = &h;
+        let owner = owner.clone();
+        let policy = format!(
+            r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource == Bulkhead::Host::"{resource}");"#
+        );
+        let name = name.to_owned();
+        async move {
+            let r = h
+                .call(
+                    Method::POST,
+                    "/v1/namespaces/acme/policies",
+                    Some(&owner),
+                    json!({"name": name, "policy": policy}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let remove = |policy: String| {
+        let h = &h;
+        let owner = owner.clone();
+        async move {
+            let r = h
+                .call(Method::DELETE, &format!("/v1/namespaces/acme/policies/{policy}"), Some(&owner), Value::Null)
+                .await;
+            assert!(r.status.is_success(), "{}", r.body);
+        }
+    };
+    let by_name = || tcp("acme", &id, Some("api.test"), "198.51.100.195", 443);
+
+    // Neither forbidden: allowed, by name and by address, and explain agrees.
+    assert!(matches!(decide(by_name()).await, Verdict::Allow { .. }));
+    assert!(matches!(decide(tcp("acme", &id, None, "198.51.100.195", 443)).await, Verdict::Allow { .. }));
+    for host in ["api.test", "198.51.100.195"] {
+        let r = explain(host).await;
+        assert_eq!(r.body["decision"], "allow", "{host}: {}", r.body);
+    }
+
+    // A forbid on the address holds for a connection that reaches it by a name, and explain of
+    // the address says so.
+    let no_addr = add("no-addr", "198.51.100.195").await;
+    let v = decide(by_name()).await;
+    assert_eq!(denied_by(&v), vec![no_addr.clone()]);
+    let Verdict::Deny { reason, .. } = &v else { unreachable!() };
+    assert!(reason.contains("198.51.100.195") && reason.contains(&no_addr), "{reason}");
+    assert_eq!(denied_by(&decide(tcp("acme", &id, None, "198.51.100.195", 443)).await), vec![no_addr.clone()]);
+    // Another address of the same name is not forbidden.
+    assert!(matches!(decide(tcp("acme", &id, Some("api.test"), "198.51.100.7", 443)).await, Verdict::Allow { .. }));
+    let r = explain("198.51.100.195").await;
+    assert_eq!((r.body["decision"].as_str(), &r.body["policies"]), (Some("deny"), &json!([no_addr])), "{}", r.body);
+    let reason = r.body["reason"].as_str().unwrap();
+    assert!(reason.contains("a name that resolves to 198.51.100.195 is judged as 198.51.100.195"), "{reason}");
+    // The name alone (a DNS query, or explain of the name) is not forbidden.
+    assert!(matches!(decide(dns("acme", &id, "api.test")).await, Verdict::Allow { .. }));
+    assert_eq!(explain("api.test").await.body["decision"], "allow");
+    remove(no_addr).await;
+    assert!(matches!(decide(by_name()).await, Verdict::Allow { .. }));
+
+    // A forbid on the name holds whatever address it resolves to.
+    let no_name = add("no-name", "api.test").await;
+    assert_eq!(denied_by(&decide(by_name()).await), vec![no_name.clone()]);
+    assert_eq!(
+        denied_by(&decide(tcp("acme", &id, Some("api.test"), "198.51.100.7", 443)).await),
+        vec![no_name.clone()]
+    );
+    assert!(matches!(decide(tcp("acme", &id, None, "198.51.100.195", 443)).await, Verdict::Allow { .. }));
+    let r = explain("api.test").await;
+    assert_eq!((r.body["decision"].as_str(), &r.body["policies"]), (Some("deny"), &json!([no_name])), "{}", r.body);
+    assert_eq!(explain("198.51.100.195").await.body["decision"], "allow");
+
+    // Both: the denial names both forbids.
+    let no_addr = add("no-addr", "198.51.100.195").await;
+    let mut both = vec![no_name, no_addr];
+    both.sort();
+    assert_eq!(denied_by(&decide(by_name()).await), both);
+}

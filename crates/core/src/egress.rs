@@ -200,8 +200,8 @@ pub struct Dest<'a> {
 }
 
 impl Dest<'_> {
-    /// How the destination is named to policies and in audit records: its name when known, else
-    /// its address.
+    /// How the destination is named in refusals and audit records: its name when known, else its
+    /// address. (The policies are asked about the name and the address each.)
     pub fn host(&self) -> String {
         match (self.name, self.addr) {
             (Some(n), _) => n.to_owned(),

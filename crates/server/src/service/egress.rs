@@ -11,9 +11,12 @@
 //! 3. the destination must match the sandbox's `egress.allow` (rule `allow`) and the namespace's
 //!    *current* ceiling (rule `ceiling`), so a ceiling narrowed later holds for running sandboxes;
 //! 4. the namespace's Cedar policies, through the one decision function: the sandbox's
-//!    principal, action `network.connect`, resource `Bulkhead::Host::"<name or address>"`,
-//!    context `{port, protocol}` (port 0 for DNS). The policies are read per decision from the
-//!    identity cache, so a new `forbid` holds for the next connection.
+//!    principal, action `network.connect`, resource `Bulkhead::Host::"<name>"` and
+//!    `Bulkhead::Host::"<address>"`, context `{port, protocol}` (port 0 for DNS). A connection
+//!    the gateway knows both a name and an address of is asked about each, and allowed only when
+//!    both are: a `forbid` on the address holds whatever name reaches it, and one on the name
+//!    whatever address it resolves to. The policies are read per decision from the identity
+//!    cache, so a new `forbid` holds for the next connection.
 //!
 //! Every denial is counted and audited, aggregated, by the denial log (see `egress_audit`).
 
@@ -81,20 +84,51 @@ pub async fn judge(
         creator: sandbox.creator.clone(),
         project: sandbox.project.clone(),
     };
-    let target = Target::host(&ns.name, &dest.host(), dest.port.unwrap_or(0), protocol.as_str());
-    let ruling = Decider::load(state, principal).await?.ruling(Action::NetworkConnect, &target);
-    Ok(match ruling.decision {
-        Decision::Allow => Judgement { allowed: true, policies: ruling.permits, reason: None, errors: ruling.errors },
-        Decision::Forbidden { policies } => {
-            let reason = if policies.is_empty() {
-                format!("no policy permits network.connect to {}", dest.host())
-            } else {
-                format!("network.connect to {} is forbidden by {}", dest.host(), policies.join(", "))
-            };
-            Judgement { allowed: false, policies, reason: Some(reason), errors: ruling.errors }
+    let decider = Decider::load(state, principal).await?;
+    let port = dest.port.unwrap_or(0);
+    let addr = dest.addr.map(|a| canonical_ip(a).to_string());
+    // Each resource the connection is known by: its name and the address it reaches. Every one
+    // must be allowed; a forbid on any holds.
+    let mut hosts: Vec<&str> = dest.name.into_iter().chain(addr.as_deref()).collect();
+    hosts.dedup();
+    let (mut permits, mut forbids, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut denials = Vec::new();
+    for host in hosts {
+        let target = Target::host(&ns.name, host, port, protocol.as_str());
+        let ruling = decider.ruling(Action::NetworkConnect, &target);
+        errors.extend(ruling.errors);
+        match ruling.decision {
+            Decision::Allow => permits.extend(ruling.permits),
+            Decision::Forbidden { policies } => {
+                let what = match dest.name {
+                    Some(name) if name != host => format!("{host} (the address {name} reached)"),
+                    _ => host.to_owned(),
+                };
+                denials.push(if policies.is_empty() {
+                    format!("no policy permits network.connect to {what}")
+                } else {
+                    format!("network.connect to {what} is forbidden by {}", policies.join(", "))
+                });
+                forbids.extend(policies);
+            }
+            Decision::NotFound(_) => {
+                return Ok(Judgement::refused("not-found", "the sandbox's own namespace was hidden".into()));
+            }
         }
-        Decision::NotFound(_) => Judgement::refused("not-found", "the sandbox's own namespace was hidden".into()),
-    })
+    }
+    for list in [&mut permits, &mut forbids, &mut errors] {
+        list.sort();
+        list.dedup();
+    }
+    if denials.is_empty() {
+        return Ok(Judgement { allowed: true, policies: permits, reason: None, errors });
+    }
+    let mut reason = denials.join("; ");
+    if let (None, Some(addr)) = (dest.name, &addr) {
+        // Explain of an address answers for every connection to it.
+        reason.push_str(&format!("; a connection by a name that resolves to {addr} is judged as {addr} too"));
+    }
+    Ok(Judgement { allowed: false, policies: forbids, reason: Some(reason), errors })
 }
 
 /// The server's [`EgressDecider`], handed to the runtime at start. It holds the state weakly:
