@@ -16,13 +16,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use bulkhead_api::ExecRequest;
 use bulkhead_client::Client;
 use common::host::Host;
 use common::internet::{Internet, GIT_README, PACKAGE, WHEEL_VALUE};
+use common::Listener;
 use serde_json::{json, Value};
 
 const NS: &str = "acme";
@@ -145,33 +145,6 @@ impl World {
     fn reached(&self, name: &str) -> bool {
         !self.internet.connections_to(name).is_empty()
             || self.internet.requests().iter().any(|r| r.local == self.internet.addr(name))
-    }
-}
-
-/// A TCP listener on the host that records every peer.
-struct Listener {
-    addr: SocketAddr,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
-impl Listener {
-    fn bind(addr: SocketAddr) -> Listener {
-        let l = TcpListener::bind(addr).unwrap();
-        let addr = l.local_addr().unwrap();
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = peers.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                if let Ok(p) = s.peer_addr() {
-                    seen.lock().unwrap().push(p);
-                }
-            }
-        });
-        Listener { addr, peers }
-    }
-
-    fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().unwrap().clone()
     }
 }
 

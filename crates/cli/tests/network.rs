@@ -15,10 +15,9 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_api::{CreateSandbox, ExecRequest};
@@ -28,6 +27,7 @@ mod common;
 
 use common::host::Host;
 use common::internet::Internet;
+use common::Listener;
 const NS: &str = "acme";
 const OTHER_NS: &str = "globex";
 
@@ -118,33 +118,6 @@ async fn probe(c: &Client, ns: &str, id: &str, targets: &[SocketAddr]) -> HashMa
         .collect();
     assert_eq!(got.len(), targets.len(), "{out}");
     got
-}
-
-/// A TCP listener on the host that records every peer.
-struct Listener {
-    addr: SocketAddr,
-    peers: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
-impl Listener {
-    fn bind(addr: SocketAddr) -> Listener {
-        let l = TcpListener::bind(addr).unwrap();
-        let addr = l.local_addr().unwrap();
-        let peers = Arc::new(Mutex::new(Vec::new()));
-        let seen = peers.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                if let Ok(p) = s.peer_addr() {
-                    seen.lock().unwrap().push(p);
-                }
-            }
-        });
-        Listener { addr, peers }
-    }
-
-    fn peers(&self) -> Vec<SocketAddr> {
-        self.peers.lock().unwrap().clone()
-    }
 }
 
 /// `net.ipv4.ip_forward` on while the test runs (so that the fence, not a host that forwards

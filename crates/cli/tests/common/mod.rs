@@ -303,3 +303,30 @@ pub fn assert_envelope(r: &Reply, code: &str) {
     assert_eq!(r.body.as_object().map(|o| o.len()), Some(1), "{}", r.body);
     assert_eq!(e.as_object().map(|o| o.len()), Some(3), "{}", r.body);
 }
+
+/// A TCP listener on the host that records every peer.
+pub struct Listener {
+    pub addr: std::net::SocketAddr,
+    peers: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl Listener {
+    pub fn bind(addr: std::net::SocketAddr) -> Listener {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        let addr = l.local_addr().unwrap();
+        let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = peers.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                if let Ok(p) = s.peer_addr() {
+                    seen.lock().unwrap().push(p);
+                }
+            }
+        });
+        Listener { addr, peers }
+    }
+
+    pub fn peers(&self) -> Vec<std::net::SocketAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}

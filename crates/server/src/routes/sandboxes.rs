@@ -226,11 +226,7 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
         match ctx.decide_as(principal, Action::SecretRead, &Target::secret(&ns, &s.name)).await? {
             Decision::Allow => {}
             Decision::Forbidden { policies } => {
-                let by = if policies.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (forbidden by {})", policies.join(", "))
-                };
+                let by = forbidden_by(&policies);
                 return Err(ApiError::Forbidden(format!("sandbox {id} may not secret.read {}{by}", s.name)));
             }
             // The sandbox is of the namespace and a secret is in no project: never hidden.
@@ -332,11 +328,7 @@ async fn check_egress(
         match ctx.decide_as(principal.clone(), Action::SecretRead, &Target::secret(ns, &c.secret)).await? {
             Decision::Allow => {}
             Decision::Forbidden { policies } => {
-                let by = if policies.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (forbidden by {})", policies.join(", "))
-                };
+                let by = forbidden_by(&policies);
                 return Err(ApiError::Forbidden(format!(
                     "{field}.secret: {} may not secret.read {}{by}",
                     principal.audit_name(),
@@ -892,5 +884,14 @@ fn check_file_user(user: Option<String>) -> ApiResult<Option<String>> {
             Err(ApiError::Invalid(format!("user: {u:?} is not a user name, uid or uid:gid")))
         }
         other => Ok(other),
+    }
+}
+
+/// ` (forbidden by p1, p2)` naming the policies that forbade, or nothing when none did.
+fn forbidden_by(policies: &[String]) -> String {
+    if policies.is_empty() {
+        String::new()
+    } else {
+        format!(" (forbidden by {})", policies.join(", "))
     }
 }
