@@ -16,6 +16,7 @@ pub mod network;
 pub mod parts;
 pub mod policy;
 pub mod server;
+pub mod testhost;
 
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -81,9 +82,21 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "fork-bomb,memory-hog,cpu-burn")]
     noise: Vec<String>,
     /// Measure one section alone: `network` (create → first output, loopback-only against
-    /// `--network isolated`, runs alternating between two servers).
+    /// `--network isolated`, runs alternating between two servers; then connection setup and
+    /// bulk throughput through the egress gateway against direct, to a test host the bench
+    /// makes on a documentation /26 of this machine's own).
     #[arg(long, value_parser = ["network"])]
     only: Option<String>,
+    /// `--only network`: rounds of the egress comparison on each side (after one untimed).
+    #[arg(long, default_value_t = 20)]
+    egress_rounds: usize,
+    /// `--only network`: connection setups (connect + a small request and its answer) per
+    /// round.
+    #[arg(long, default_value_t = 50)]
+    egress_connects: usize,
+    /// `--only network`: MiB downloaded once per round.
+    #[arg(long, default_value_t = 256)]
+    egress_bulk_mib: u64,
 }
 
 /// Latencies of one measure: how many, median and 99th percentile in milliseconds.
@@ -247,6 +260,11 @@ async fn only_network(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: 
         network::ServerNames { data_dir: &data.join("net"), state_dir: &net_state, cgroup_prefix: &net_prefix },
         &runtime_class,
         args.runs,
+        network::EgressLoad {
+            rounds: args.egress_rounds,
+            connects: args.egress_connects,
+            bulk_mib: args.egress_bulk_mib,
+        },
     )
     .await;
     leave_nothing_behind(settings).await;
@@ -323,7 +341,9 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     let oci = args.runtime.clone();
     let noises = load::noises(&args.noise)?;
     let runtime_class = format!("container={oci}");
-    let extra = ["--runtime-class", runtime_class.as_str()];
+    // Loopback-only (no longer the server's default): the figures against which the network's
+    // cost is measured, and what they have always been measured on.
+    let extra = ["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
     let serve = server::Serve {
         bulkhead,
         data_dir: &data.join("data"),
