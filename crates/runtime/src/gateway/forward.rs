@@ -286,7 +286,7 @@ async fn pump(
     counter: &AtomicU64,
     bucket: Option<(Arc<Bucket>, u64)>,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
