@@ -86,7 +86,7 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// (network, prefix length) of `a.b.c.d/n` or `a.b.c.d` (a /32).
-fn parse_cidr(s: &str) -> Option<(u32, u32)> {
+pub fn parse_cidr(s: &str) -> Option<(u32, u32)> {
     let (a, len) = match s.split_once('/') {
         Some((a, l)) => (a, l.parse().ok()?),
         None => (s, 32),
@@ -95,14 +95,16 @@ fn parse_cidr(s: &str) -> Option<(u32, u32)> {
     (len <= 32).then_some((u32::from(a), len))
 }
 
-fn overlaps((a, alen): (u32, u32), (b, blen): (u32, u32)) -> bool {
+/// Whether two (network, prefix length) ranges share an address.
+pub fn overlaps((a, alen): (u32, u32), (b, blen): (u32, u32)) -> bool {
     let len = alen.min(blen);
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     a & mask == b & mask
 }
 
-/// Every IPv4 prefix this machine holds or routes, in any table (default routes aside).
-fn host_prefixes() -> anyhow::Result<Vec<(u32, u32)>> {
+/// Every IPv4 prefix this machine holds or routes, in any table (default routes aside), as
+/// (network, prefix length): what a test network must not overlap.
+pub fn host_prefixes() -> anyhow::Result<Vec<(u32, u32)>> {
     let addrs = ip(&["-4", "-o", "addr", "show"])?;
     let routes = ip(&["-4", "-o", "route", "show", "table", "all"])?;
     let mut out: Vec<(u32, u32)> =

@@ -46,14 +46,7 @@ impl World {
         let c = host.serve(&args);
         let w = World { internet, host, c, http: reqwest::Client::new() };
         for ns in [NS, OTHER_NS] {
-            let quotas = bulkhead_api::Quotas {
-                cpu_millis: 4000,
-                memory_bytes: 4 << 30,
-                disk_bytes: 1 << 30,
-                max_sandboxes: 10,
-                pids_per_sandbox: 256,
-                max_sandbox_ttl_seconds: 3600,
-            };
+            let quotas = common::roomy_quotas();
             w.c.create_namespace(&bulkhead_api::CreateNamespace { name: ns.into(), isolation: None, quotas })
                 .await
                 .unwrap();

@@ -304,14 +304,7 @@ async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
     host.children.push(started.child);
     host.purge.push(names.clone());
     let c = Client::new(&started.url, started.first_token);
-    let quotas = bulkhead_api::Quotas {
-        cpu_millis: 4000,
-        memory_bytes: 4 << 30,
-        disk_bytes: 1 << 30,
-        max_sandboxes: 10,
-        pids_per_sandbox: 256,
-        max_sandbox_ttl_seconds: 3600,
-    };
+    let quotas = common::roomy_quotas();
     c.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
     for _ in 0..3 {
         let e = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap_err();

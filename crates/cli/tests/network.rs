@@ -43,14 +43,7 @@ fn run(cmd: &[&str]) {
 }
 
 async fn namespace(c: &Client, name: &str) {
-    let quotas = bulkhead_api::Quotas {
-        cpu_millis: 4000,
-        memory_bytes: 4 << 30,
-        disk_bytes: 1 << 30,
-        max_sandboxes: 10,
-        pids_per_sandbox: 256,
-        max_sandbox_ttl_seconds: 3600,
-    };
+    let quotas = common::roomy_quotas();
     c.create_namespace(&bulkhead_api::CreateNamespace { name: name.into(), isolation: None, quotas }).await.unwrap();
 }
 

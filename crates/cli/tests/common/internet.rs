@@ -159,63 +159,16 @@ fn ip(args: &[&str]) {
     run(Command::new("ip").args(args));
 }
 
-/// (network, prefix length) of `a.b.c.d/n` or `a.b.c.d` (a /32).
-fn parse_cidr(s: &str) -> Option<(u32, u32)> {
-    let (a, len) = match s.split_once('/') {
-        Some((a, l)) => (a, l.parse().ok()?),
-        None => (s, 32),
-    };
-    let a: Ipv4Addr = a.parse().ok()?;
-    (len <= 32).then_some((u32::from(a), len))
-}
-
-fn overlaps((a, alen): (u32, u32), (b, blen): (u32, u32)) -> bool {
-    let len = alen.min(blen);
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    a & mask == b & mask
-}
-
-/// Every IPv4 prefix the host holds or routes (default routes aside).
-fn host_prefixes() -> Vec<(u32, u32)> {
-    let addrs = run(Command::new("ip").args(["-4", "-o", "addr", "show"]));
-    let routes = run(Command::new("ip").args(["-4", "-o", "route", "show", "table", "all"]));
-    let mut out: Vec<(u32, u32)> =
-        addrs.lines().filter_map(|l| parse_cidr(l.split_whitespace().skip_while(|w| *w != "inet").nth(1)?)).collect();
-    const TYPES: &[&str] = &[
-        "unicast",
-        "local",
-        "broadcast",
-        "multicast",
-        "anycast",
-        "unreachable",
-        "blackhole",
-        "prohibit",
-        "throw",
-        "nat",
-    ];
-    for l in routes.lines() {
-        let mut w = l.split_whitespace();
-        let Some(mut dest) = w.next() else { continue };
-        if TYPES.contains(&dest) {
-            dest = w.next().unwrap_or("default");
-        }
-        if let Some(p) = parse_cidr(dest) {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Claims a free /26 (a dir `/run/bulkhead-test-internet-<net>.<base>` holding this process's
 /// id; a claim whose process is gone is taken over); its base address and the claim.
 fn claim_slot() -> (Ipv4Addr, PathBuf) {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let used = host_prefixes();
+        let used = bulkhead_bench::testhost::host_prefixes().expect("read the host's addresses and routes");
         for net in ["198.51.100", "203.0.113", "192.0.2"] {
             for q in 0..4u8 {
                 let base: Ipv4Addr = format!("{net}.{}", q * 64).parse().unwrap();
-                if used.iter().any(|p| overlaps(*p, (u32::from(base), 26))) {
+                if used.iter().any(|p| bulkhead_bench::testhost::overlaps(*p, (u32::from(base), 26))) {
                     continue;
                 }
                 let claim = PathBuf::from(format!("/run/bulkhead-test-internet-{base}"));

@@ -330,3 +330,16 @@ impl Listener {
         self.peers.lock().unwrap().clone()
     }
 }
+
+/// Quotas roomy enough for the tests that create a few sandboxes with networks: 4 cores, 4 GiB,
+/// 10 sandboxes of 256 pids, an hour each.
+pub fn roomy_quotas() -> bulkhead_api::Quotas {
+    bulkhead_api::Quotas {
+        cpu_millis: 4000,
+        memory_bytes: 4 << 30,
+        disk_bytes: 1 << 30,
+        max_sandboxes: 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    }
+}
