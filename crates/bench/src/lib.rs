@@ -187,6 +187,7 @@ fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64
         workspace: None,
         run_files: Vec::new(),
         extra_ca_pem: None,
+        root: bulkhead_runtime::RootSpec::Host,
     };
     let mut container = RawContainer::prepare(config, &spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);

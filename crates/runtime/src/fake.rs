@@ -907,6 +907,7 @@ mod process_tests {
             workspace: None,
             run_files: vec![],
             extra_ca_pem: None,
+            root: crate::RootSpec::Host,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod fake;
 pub mod files;
 pub mod gateway;
 pub mod host;
+pub mod image;
 pub mod hostreg;
 pub mod net;
 pub mod oci;
@@ -81,6 +82,30 @@ pub struct SandboxSpec {
     /// bundle, for brokered credentials (see [`egress`]); `None` when the namespace brokers
     /// nothing.
     pub extra_ca_pem: Option<String>,
+    /// What the root filesystem is made of.
+    pub root: RootSpec,
+}
+
+/// A sandbox's root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSpec {
+    /// The host's system directories read-only under a generated `/etc` (`bulkhead serve
+    /// --root host`): for hosts without an image, never chosen silently.
+    Host,
+    /// An OCI image: its unpacked layers under an overlay whose writable upper layer belongs to
+    /// the sandbox alone and is removed with it.
+    Image(ImageRoot),
+}
+
+/// The root of a sandbox started from an image (see [`image`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRoot {
+    /// The unpacked layers on the host, bottom first (as [`image::LayerStore::layer_path`]
+    /// gives them): files keep the image's own ids there, and the sandbox sees them mapped
+    /// onto its namespace's [`IdRange`] through idmapped mounts.
+    pub layers: Vec<std::path::PathBuf>,
+    /// The size of the writable upper layer in bytes: a write past it fails with `ENOSPC`.
+    pub writable_bytes: u64,
 }
 
 /// A file under `/run` in a sandbox.

@@ -392,6 +392,7 @@ mod tests {
             workspace: Some(crate::Workspace { source: "/run/b/filesystems/fs_1".into(), read_only: true }),
             run_files: Vec::new(),
             extra_ca_pem: None,
+            root: crate::RootSpec::Host,
         }
     }
 

@@ -125,6 +125,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         },
         run_files: plan.run_files,
         extra_ca_pem,
+        root: bulkhead_runtime::RootSpec::Host,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,
