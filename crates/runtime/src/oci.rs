@@ -87,6 +87,8 @@ pub struct OciRuntime {
     broker: std::sync::Arc<crate::broker::Broker>,
     /// DNS and the TCP forwarder at each networked sandbox's gateway (see [`crate::gateway`]).
     egress: Option<crate::gateway::EgressGateway>,
+    /// The user namespaces whose id maps the layers of image roots are mounted through.
+    idmaps: crate::rootfs::IdMaps,
 }
 
 /// Raises the soft limit of open files to the hard one: every networked sandbox's gateway holds
@@ -304,6 +306,7 @@ impl OciRuntime {
         let cgroups = Cgroups::detect(&config.cgroup_root, &config.cgroup_prefix)?;
         mkdir(&config.state_dir.join("sandboxes"), 0o711)?;
         mkdir(&config.state_dir.join("runc"), 0o700)?;
+        mkdir(&config.state_dir.join(crate::rootfs::ROOTFS_DIR), 0o711)?;
         let base = spec::base_entries(Path::new("/"));
         let shared_etc =
             spec::SHARED_ETC.iter().filter(|s| Path::new("/etc").join(s).is_dir()).map(|s| (*s).to_owned()).collect();
@@ -345,6 +348,7 @@ impl OciRuntime {
             relays: Default::default(),
             broker,
             egress,
+            idmaps: Default::default(),
         };
         if adopted {
             runtime.prepare_base()?;
@@ -367,6 +371,12 @@ impl OciRuntime {
 
     fn bundle(&self, id: &str) -> PathBuf {
         self.config.state_dir.join("sandboxes").join(id)
+    }
+
+    /// Where the root of sandbox `id` started from an image is mounted: outside its bundle, so
+    /// that removing a bundle never walks into a root that is still mounted.
+    fn image_root(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join(crate::rootfs::ROOTFS_DIR).join(id)
     }
 
     fn view(&self) -> PathBuf {
@@ -539,13 +549,23 @@ impl OciRuntime {
             None => None,
         };
         let run_dirs = write_run_files(&own, spec)?;
-        let ca_bundle = match &spec.extra_ca_pem {
-            Some(pem) => Some(self.write_ca_bundle(&own, pem)?),
-            None => None,
+        let rootfs = match &spec.root {
+            crate::RootSpec::Host => self.view().join("rootfs"),
+            crate::RootSpec::Image(root) => {
+                let target = self.image_root(&spec.id);
+                let userns = self.idmaps.userns(spec.ids)?;
+                crate::rootfs::mount_image_root(&target, &bundle.join("scratch"), root, spec.ids, &userns)?;
+                target
+            }
+        };
+        let ca_bundle = match (&spec.extra_ca_pem, &spec.root) {
+            (Some(pem), crate::RootSpec::Host) => Some(self.write_ca_bundle(&own, pem)?),
+            (Some(pem), crate::RootSpec::Image(_)) => Some(write_image_ca_bundle(&rootfs, &own, pem)?),
+            (None, _) => None,
         };
         let base = self.view();
         let paths = SpecPaths {
-            rootfs: base.join("rootfs"),
+            rootfs,
             etc: base.join("etc"),
             hosts,
             supervisor: base.join("supervisor"),
@@ -685,6 +705,29 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// The CA bundle of a sandbox started from an image whose root is mounted at `rootfs`: the
+/// image's own bundle ([`spec::CA_BUNDLE_PATH`] in it, read without following any link out of
+/// the image, at most 4 MiB) followed by `extra_ca_pem`, written into the sandbox's own
+/// directory `own`; it appears over the image's file when the image has one, in `/run`
+/// otherwise.
+fn write_image_ca_bundle(rootfs: &Path, own: &Path, extra_ca_pem: &str) -> Result<(PathBuf, String)> {
+    const MAX: u64 = 4 << 20;
+    let image = crate::confined::Root::open(rootfs)
+        .ok()
+        .and_then(|root| crate::confined::open_read(&root, spec::CA_BUNDLE_PATH.trim_start_matches('/')).ok())
+        .filter(|(_, meta)| meta.is_file() && meta.len() <= MAX)
+        .and_then(|(f, _)| {
+            let mut text = String::new();
+            f.take(MAX).read_to_string(&mut text).ok().map(|_| text)
+        });
+    let path = own.join("ca-certificates.crt");
+    fs::write(&path, spec::ca_bundle(image.as_deref().unwrap_or(""), extra_ca_pem))
+        .map_err(RuntimeError::io("write the CA bundle"))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(RuntimeError::io("chmod the CA bundle"))?;
+    let inside = if image.is_some() { spec::CA_BUNDLE_PATH } else { spec::CA_BUNDLE_RUN_PATH };
+    Ok((path, inside.to_owned()))
 }
 
 /// Sets the started supervisor's `oom_score_adj` (its host pid is in `pid_file`) to -1000, from
@@ -906,7 +949,10 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
         crate::net::purge(prefix.trim())?;
     }
     crate::ownership::remove_unheld(&crate::ownership::cgroup_lock_path(cgroup_prefix));
-    // Filesystems mounted under the state dir, and the view.
+    // Image roots, filesystems mounted under the state dir, and the view.
+    for e in fs::read_dir(state_dir.join(crate::rootfs::ROOTFS_DIR)).into_iter().flatten().flatten() {
+        let _ = crate::rootfs::unmount_root(&e.path());
+    }
     for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
         let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();
     }
@@ -1040,6 +1086,8 @@ impl Runtime for OciRuntime {
             // Whatever the runtime left: its state dir for this id.
             let _ = fs::remove_dir_all(self.oci_root().join(id));
         }
+        // Its root, with its writable layer (nothing runs in it any more).
+        crate::rootfs::unmount_root(&self.image_root(id))?;
         let cgroups = self.cgroups.clone();
         let (ns, sbx) = (namespace.to_owned(), id.to_owned());
         tokio::task::spawn_blocking(move || cgroups.remove_sandbox(&ns, &sbx))

@@ -202,22 +202,33 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         fs_mount("mqueue", "/dev/mqueue", &["nosuid", "noexec", "nodev"])?,
         fs_mount("tmpfs", "/tmp", &["nosuid", "nodev", "mode=1777", &tmp_size])?,
         fs_mount("tmpfs", "/run", &["nosuid", "nodev", "noexec", "mode=755", "size=16m"])?,
-        bind(&paths.etc, "/etc", true)?,
-        bind(&paths.hosts, "/etc/hosts", true)?,
     ];
+    let image_root = matches!(sandbox.root, crate::RootSpec::Image(_));
+    if !image_root {
+        mounts.push(bind(&paths.etc, "/etc", true)?);
+    }
+    mounts.push(bind(&paths.hosts, "/etc/hosts", true)?);
     if let Some(resolv) = &paths.resolv_conf {
         mounts.push(bind(resolv, "/etc/resolv.conf", true)?);
     }
-    for sub in &paths.shared_etc {
-        mounts.push(bind(&Path::new("/etc").join(sub), &format!("/etc/{sub}"), true)?);
-    }
-    for entry in base {
-        if let BaseEntry::Bind(name) = entry {
-            mounts.push(bind(&Path::new("/").join(name), &format!("/{name}"), true)?);
+    // An image brings its own `/etc` and system directories; the host's base is only for a
+    // sandbox without one.
+    if !image_root {
+        for sub in &paths.shared_etc {
+            mounts.push(bind(&Path::new("/etc").join(sub), &format!("/etc/{sub}"), true)?);
         }
-    }
-    if base.iter().any(|e| matches!(e, BaseEntry::Bind(name) if name == "usr")) {
-        mounts.push(fs_mount("tmpfs", HIDDEN_USR_LOCAL, &["nosuid", "nodev", "noexec", "ro", "mode=755", "size=4k"])?);
+        for entry in base {
+            if let BaseEntry::Bind(name) = entry {
+                mounts.push(bind(&Path::new("/").join(name), &format!("/{name}"), true)?);
+            }
+        }
+        if base.iter().any(|e| matches!(e, BaseEntry::Bind(name) if name == "usr")) {
+            mounts.push(fs_mount(
+                "tmpfs",
+                HIDDEN_USR_LOCAL,
+                &["nosuid", "nodev", "noexec", "ro", "mode=755", "size=4k"],
+            )?);
+        }
     }
     for (host, inside) in SYS_BINDS {
         let mut m = bind(Path::new(host), inside, true)?;
@@ -311,7 +322,8 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .build()?;
     SpecBuilder::default()
         .version("1.0.2")
-        .root(RootBuilder::default().path(&paths.rootfs).readonly(true).build()?)
+        // An image's root is its overlay, writable; the host's base is read-only.
+        .root(RootBuilder::default().path(&paths.rootfs).readonly(!image_root).build()?)
         .hostname(sandbox.id.clone())
         .mounts(mounts)
         .process(process)

@@ -1,0 +1,378 @@
+//! A sandbox's root filesystem from an image: overlayfs with the image's unpacked layers below,
+//! each seen through an idmapped mount onto the namespace's host id range, and a writable upper
+//! layer of its own on a tmpfs of the requested size (a write past it fails with `ENOSPC`).
+//!
+//! The layers in the store keep the image's own ids (root is 0 there); an idmapped mount
+//! (`mount_setattr(2)` with `MOUNT_ATTR_IDMAP`, Linux 5.12+, overlayfs over idmapped layers
+//! 5.19+) shows them as the namespace's host ids, which the sandbox's user namespace maps back
+//! to the image's: no copy, no chown, one store for every namespace of a public image.
+//!
+//! What the sandbox sees of the mount (its `/proc/self/mountinfo`) names no tenant, sandbox or
+//! host path: the overlay is mounted from a scratch directory with relative layer names
+//! (`lowerdir=1:0,upperdir=w/u,workdir=w/w`), by a thread of its own working directory, and the
+//! layer and upper mounts it was made from are detached at once (overlayfs keeps private
+//! clones), so a sandbox's root is one mount on the host: `<state-dir>/rootfs/<sandbox id>`.
+//! Unmounting it frees the upper layer with it.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::{IdRange, ImageRoot, Result, RuntimeError};
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn cstr(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| RuntimeError::Invalid(format!("{} contains a NUL byte", path.display())))
+}
+
+fn last_error(what: impl Into<String>) -> RuntimeError {
+    RuntimeError::io(what)(io::Error::last_os_error())
+}
+
+/// User namespaces that carry each namespace's id map, made once per range and kept: an
+/// idmapped mount takes its mapping from one (`MountAttr::userns_fd`).
+#[derive(Debug, Default, Clone)]
+pub struct IdMaps {
+    by_range: Arc<Mutex<HashMap<(u32, u32), Arc<OwnedFd>>>>,
+}
+
+impl IdMaps {
+    /// The user namespace mapping ids `0..ids.size` onto `ids.host_start..`, made on first use.
+    pub fn userns(&self, ids: IdRange) -> Result<Arc<OwnedFd>> {
+        let key = (ids.host_start, ids.size);
+        let mut map = self.by_range.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = map.get(&key) {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(make_userns(ids)?);
+        map.insert(key, fd.clone());
+        Ok(fd)
+    }
+}
+
+/// A user namespace with `ids` as its uid and gid map: a child process unshares one and waits
+/// while this process writes its maps and opens it, then exits; the open descriptor keeps the
+/// namespace.
+fn make_userns(ids: IdRange) -> Result<OwnedFd> {
+    let mut pipe = [0 as RawFd; 2];
+    // SAFETY: `pipe` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(last_error("make a pipe"));
+    }
+    // SAFETY: both descriptors were just made and are owned here alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    // SAFETY: the child calls only async-signal-safe functions (unshare, read, _exit) before it
+    // exits, as required after fork in a multithreaded process.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(last_error("fork to make a user namespace"));
+    }
+    if pid == 0 {
+        // SAFETY: see above; the child never returns into Rust code.
+        unsafe {
+            let mut byte = 0u8;
+            let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 };
+            libc::read(read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
+            libc::_exit(code);
+        }
+    }
+    let result = (|| {
+        // The child has unshared once its own user namespace differs from ours.
+        let ours = fs::read_link("/proc/self/ns/user").map_err(RuntimeError::io("read our user namespace"))?;
+        let mut tries = 0;
+        loop {
+            match fs::read_link(format!("/proc/{pid}/ns/user")) {
+                Ok(theirs) if theirs != ours => break,
+                Ok(_) | Err(_) if tries < 2000 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                _ => return Err(RuntimeError::Unavailable("the kernel did not make a user namespace".into())),
+            }
+        }
+        let map = format!("0 {} {}\n", ids.host_start, ids.size);
+        fs::write(format!("/proc/{pid}/uid_map"), &map).map_err(RuntimeError::io("write a uid map"))?;
+        fs::write(format!("/proc/{pid}/setgroups"), "deny").map_err(RuntimeError::io("deny setgroups"))?;
+        fs::write(format!("/proc/{pid}/gid_map"), &map).map_err(RuntimeError::io("write a gid map"))?;
+        let ns = fs::File::open(format!("/proc/{pid}/ns/user")).map_err(RuntimeError::io("open a user namespace"))?;
+        Ok(OwnedFd::from(ns))
+    })();
+    // The child holds a copy of both ends: a byte, not an end of file, lets it go.
+    // SAFETY: writing one byte from a valid buffer to our pipe.
+    unsafe { libc::write(write.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    drop(write);
+    drop(read);
+    let mut status = 0;
+    // SAFETY: `pid` is our child; waiting reaps it.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    result
+}
+
+/// The directory under the state dir that holds every sandbox's root mount point.
+pub const ROOTFS_DIR: &str = "rootfs";
+
+/// Mounts the root of a sandbox at `target` (an empty directory it creates, mode 0755): the
+/// layers of `root` idmapped through `userns` under an overlay whose upper layer is a tmpfs of
+/// `root.writable_bytes` owned by the sandbox's root (`ids.host_start`). `scratch` is a
+/// directory the mount is made from, removed before this returns. On failure nothing stays
+/// mounted.
+pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: IdRange, userns: &OwnedFd) -> Result<()> {
+    if root.layers.is_empty() {
+        return Err(RuntimeError::Invalid("an image root needs at least one layer".into()));
+    }
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(target)
+        .map_err(RuntimeError::io("make the root mount point"))?;
+    let _ = fs::remove_dir_all(scratch);
+    fs::DirBuilder::new().mode(0o700).create(scratch).map_err(RuntimeError::io("make the root scratch dir"))?;
+    let mut mounted: Vec<PathBuf> = Vec::new();
+    let result = (|| {
+        for (i, layer) in root.layers.iter().enumerate() {
+            let at = scratch.join(i.to_string());
+            fs::DirBuilder::new().mode(0o700).create(&at).map_err(RuntimeError::io("make a layer mount point"))?;
+            idmapped_bind(layer, &at, userns)?;
+            mounted.push(at);
+        }
+        let writable = scratch.join("w");
+        fs::DirBuilder::new().mode(0o700).create(&writable).map_err(RuntimeError::io("make the upper mount point"))?;
+        let options = format!(
+            "size={},mode=0700,uid={},gid={},nr_inodes={}",
+            root.writable_bytes.max(4096),
+            ids.host_start,
+            ids.host_start,
+            // One inode per 4 KiB written at most, as a disk's filesystem would allow.
+            (root.writable_bytes / 4096).max(1024),
+        );
+        mount("tmpfs", &writable, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, &options)?;
+        mounted.push(writable.clone());
+        for sub in ["u", "w"] {
+            let dir = writable.join(sub);
+            fs::DirBuilder::new().mode(0o755).create(&dir).map_err(RuntimeError::io("make the upper layer"))?;
+            std::os::unix::fs::chown(&dir, Some(ids.host_start), Some(ids.host_start))
+                .map_err(RuntimeError::io("own the upper layer"))?;
+        }
+        // overlayfs lists the top layer first.
+        let lower: Vec<String> = (0..root.layers.len()).rev().map(|i| i.to_string()).collect();
+        let options = format!("lowerdir={},upperdir=w/u,workdir=w/w", lower.join(":"));
+        mount_from(scratch, target, &options)
+    })();
+    for at in mounted.iter().rev() {
+        if let Ok(c) = cstr(at) {
+            // SAFETY: a valid C string; detaching a mount we made.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let _ = fs::remove_dir_all(scratch);
+    if result.is_err() {
+        let _ = fs::remove_dir(target);
+    }
+    result
+}
+
+/// Binds `layer` at `at`, read-only, without devices or setuid, with its ids mapped through
+/// `userns`.
+fn idmapped_bind(layer: &Path, at: &Path, userns: &OwnedFd) -> Result<()> {
+    let source = cstr(layer)?;
+    // SAFETY: a valid C string; the returned descriptor is owned below.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
+        )
+    };
+    if tree < 0 {
+        return Err(last_error(format!("clone the layer {}", layer.display())));
+    }
+    // SAFETY: open_tree returned a new descriptor.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let empty = c"";
+    // SAFETY: `attr` is a valid `struct mount_attr` of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_error("idmap a layer (the kernel needs idmapped mounts: Linux 5.12 or later)"));
+    }
+    let target = cstr(at)?;
+    // SAFETY: valid descriptors and C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(last_error("attach an idmapped layer"));
+    }
+    Ok(())
+}
+
+fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {
+    let (source_c, target_c) = (CString::new(source).unwrap_or_default(), cstr(target)?);
+    let (fstype_c, data_c) = (CString::new(fstype).unwrap_or_default(), CString::new(data).unwrap_or_default());
+    // SAFETY: valid C strings.
+    let r =
+        unsafe { libc::mount(source_c.as_ptr(), target_c.as_ptr(), fstype_c.as_ptr(), flags, data_c.as_ptr().cast()) };
+    if r != 0 {
+        return Err(last_error(format!("mount {fstype} at {}", target.display())));
+    }
+    Ok(())
+}
+
+/// Mounts the overlay at `target` with `options` whose paths are relative to `dir`: from a
+/// thread with a working directory of its own (`unshare(CLONE_FS)`), so the rest of the
+/// process keeps its own and the options name no host path.
+fn mount_from(dir: &Path, target: &Path, options: &str) -> Result<()> {
+    let (dir, target, options) = (dir.to_owned(), target.to_owned(), options.to_owned());
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: unshare of this thread's filesystem attributes only.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(last_error("unshare the working directory"));
+        }
+        std::env::set_current_dir(&dir).map_err(RuntimeError::io("enter the root scratch dir"))?;
+        mount("overlay", &target, "overlay", libc::MS_NOSUID | libc::MS_NODEV, &options)
+    })
+    .join()
+    .map_err(|_| RuntimeError::Protocol("the overlay mount thread panicked".into()))?
+}
+
+/// Unmounts a sandbox's root at `target` (detaching it: processes that still hold it keep it
+/// until they end) and removes the mount point. Nothing to do when it is not there.
+pub fn unmount_root(target: &Path) -> Result<()> {
+    let c = cstr(target)?;
+    // SAFETY: a valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
+        let e = io::Error::last_os_error();
+        // Not mounted (EINVAL) or not there (ENOENT): only the directory may remain.
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) {
+            return Err(RuntimeError::io(format!("unmount {}", target.display()))(e));
+        }
+    }
+    match fs::remove_dir(target) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RuntimeError::io(format!("remove {}", target.display()))(e)),
+    }
+}
+
+/// Makes `dir` mode `mode` (a helper for the state dir's `rootfs/`).
+pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(mode)
+        .recursive(true)
+        .create(dir)
+        .map_err(RuntimeError::io(format!("make {}", dir.display())))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+        .map_err(RuntimeError::io(format!("chmod {}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn is_root() -> bool {
+        // SAFETY: no arguments.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn an_image_root_shows_the_layers_mapped_writes_to_its_own_upper_and_names_no_path() {
+        assert!(is_root(), "this test mounts: run it as root");
+        let tmp = tempfile::tempdir().unwrap();
+        let (lower, upper) = (tmp.path().join("l0"), tmp.path().join("l1"));
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(lower.join("etc/base"), "base\n").unwrap();
+        fs::write(lower.join("etc/gone"), "gone\n").unwrap();
+        fs::create_dir_all(&upper).unwrap();
+        fs::write(upper.join("top"), "top\n").unwrap();
+        std::os::unix::fs::chown(upper.join("top"), Some(1000), Some(1000)).unwrap();
+        let ids = IdRange { host_start: 3_000_000, size: 65536 };
+        let maps = IdMaps::default();
+        let userns = maps.userns(ids).unwrap();
+        assert!(Arc::ptr_eq(&userns, &maps.userns(ids).unwrap()), "one user namespace per range");
+        let target = tmp.path().join("root");
+        let root = ImageRoot { layers: vec![lower.clone(), upper.clone()], writable_bytes: 1 << 20 };
+        mount_image_root(&target, &tmp.path().join("scratch"), &root, ids, &userns).unwrap();
+        let guard = scopeguard(&target);
+        assert_eq!(fs::read_to_string(target.join("etc/base")).unwrap(), "base\n");
+        assert_eq!(fs::metadata(target.join("etc/base")).unwrap().uid(), 3_000_000);
+        assert_eq!(fs::metadata(target.join("top")).unwrap().uid(), 3_001_000);
+        fs::write(target.join("new"), "new\n").unwrap();
+        fs::remove_file(target.join("etc/gone")).unwrap();
+        assert!(!lower.join("new").exists() && !upper.join("new").exists(), "writes stay in the upper layer");
+        assert!(lower.join("etc/gone").exists(), "a removal leaves the layer alone");
+        // The upper layer's size is a kernel limit.
+        let big = vec![7u8; 2 << 20];
+        let e = fs::write(target.join("big"), &big).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mountinfo.lines().find(|l| l.contains(&target.display().to_string())).unwrap();
+        assert!(line.contains("lowerdir=1:0,upperdir=w/u,workdir=w/w"), "{line}");
+        let (_, options) = line.split_once(" - ").unwrap();
+        assert!(!options.contains(&tmp.path().display().to_string()), "the options name no host path: {line}");
+        assert_eq!(
+            mountinfo.lines().filter(|l| l.contains(&tmp.path().display().to_string())).count(),
+            1,
+            "only the root stays mounted: {mountinfo}"
+        );
+        assert!(!tmp.path().join("scratch").exists());
+        drop(guard);
+        assert!(!target.exists());
+        assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&tmp.path().display().to_string()));
+    }
+
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            unmount_root(&self.0).unwrap();
+        }
+    }
+    fn scopeguard(p: &Path) -> Unmount {
+        Unmount(p.to_owned())
+    }
+}
