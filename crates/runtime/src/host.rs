@@ -32,8 +32,7 @@ fn supervisor_pids() -> impl Iterator<Item = u32> {
     fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = fs::read(e.path().join("cmdline")).ok()?;
-        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        (argv0 == crate::spec::SUPERVISOR_PATH.as_bytes()).then_some(pid)
+        crate::spec::is_supervisor_cmdline(&cmdline).then_some(pid)
     })
 }
 

@@ -494,6 +494,7 @@ impl OciRuntime {
         fs::set_permissions(&staged, fs::Permissions::from_mode(0o755))
             .map_err(RuntimeError::io("chmod the supervisor"))?;
         fs::rename(&staged, &supervisor).map_err(RuntimeError::io("install the supervisor"))?;
+        self.prepare_supervisor_dir(&base, &supervisor)?;
         for entry in &self.base {
             match entry {
                 BaseEntry::Bind(name) => mkdir(&rootfs.join(name), 0o755)?,
@@ -519,6 +520,44 @@ impl OciRuntime {
             mkdir(&etc.join(sub), 0o755)?;
         }
         Ok(())
+    }
+
+    /// The directory mounted at [`spec::SUPERVISOR_DIR`] in sandboxes started from an image:
+    /// a hard link of the view's supervisor, and, when it is dynamically linked, the host's
+    /// loader and the libraries `ldd` names, copied (so that the host's own files are never
+    /// exposed).
+    fn prepare_supervisor_dir(&self, base: &Path, supervisor: &Path) -> Result<()> {
+        let dir = base.join("bulkhead");
+        let _ = fs::remove_dir_all(&dir);
+        mkdir(&dir.join("lib"), 0o755)?;
+        fs::hard_link(supervisor, dir.join("supervisor")).map_err(RuntimeError::io("link the supervisor"))?;
+        let out = std::process::Command::new("ldd")
+            .arg(supervisor)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(RuntimeError::io("run ldd on the supervisor"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (loader, libs) = parse_ldd(&text);
+        let Some(loader) = loader else {
+            // Statically linked: nothing to bring.
+            return Ok(());
+        };
+        let copy = |from: &Path, to: &Path| -> Result<()> {
+            fs::copy(from, to).map_err(RuntimeError::io(format!("copy {}", from.display())))?;
+            fs::set_permissions(to, fs::Permissions::from_mode(0o755)).map_err(RuntimeError::io("chmod a library"))
+        };
+        copy(&loader, &dir.join("ld.so"))?;
+        for lib in libs {
+            if let Some(name) = lib.file_name() {
+                copy(&lib, &dir.join("lib").join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the supervisor runs through the loader in sandboxes started from an image.
+    fn supervisor_dynamic(&self) -> bool {
+        self.view().join("bulkhead").join("ld.so").exists()
     }
 
     /// Writes the bundle of `spec` (its control directory and its spec) and its files in the
@@ -569,6 +608,8 @@ impl OciRuntime {
             etc: base.join("etc"),
             hosts,
             supervisor: base.join("supervisor"),
+            supervisor_dir: base.join("bulkhead"),
+            supervisor_dynamic: self.supervisor_dynamic(),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
             run_dirs,
@@ -705,6 +746,26 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// The dynamic loader and the libraries in `ldd`'s output: lines `name => /path (addr)` and the
+/// loader's `/path (addr)`. `None` for a statically linked program.
+fn parse_ldd(text: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
+    let (mut loader, mut libs) = (None, Vec::new());
+    for line in text.lines().map(str::trim) {
+        let path = match line.split_once(" => ") {
+            Some((_, rest)) => rest.split(' ').next().filter(|p| p.starts_with('/')).map(PathBuf::from),
+            None => {
+                let first = line.split(' ').next().unwrap_or_default();
+                if first.starts_with('/') {
+                    loader = Some(PathBuf::from(first));
+                }
+                None
+            }
+        };
+        libs.extend(path);
+    }
+    (loader, libs)
 }
 
 /// The CA bundle of a sandbox started from an image whose root is mounted at `rootfs`: the
@@ -873,9 +934,7 @@ fn pid_file(bundle: &Path) -> Option<i32> {
 fn init_pid(bundle: &Path) -> Option<i32> {
     let pid = pid_file(bundle)?;
     let id = bundle.file_name()?.to_str()?;
-    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).next() == Some(SUPERVISOR_PATH.as_bytes()))
-        .unwrap_or(false);
+    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| spec::is_supervisor_cmdline(&c));
     let in_its_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map(|c| c.lines().any(|l| l.rsplit(':').next().is_some_and(|path| path.split('/').any(|seg| seg == id))))
         .unwrap_or(false);

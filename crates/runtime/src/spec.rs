@@ -25,6 +25,31 @@ use crate::SandboxSpec;
 
 /// Where the supervisor binary appears inside the sandbox.
 pub const SUPERVISOR_PATH: &str = "/.bulkhead/supervisor";
+/// Where the host's dynamic loader appears in a sandbox started from an image: the supervisor
+/// is a program of the host, linked against the host's C library, which an image may not have
+/// (or have in another version); so it runs through the host's loader with the host's
+/// libraries ([`SUPERVISOR_LIB_PATH`]), which nothing else in the sandbox uses.
+pub const SUPERVISOR_LOADER_PATH: &str = "/.bulkhead/ld.so";
+/// Where the supervisor's libraries appear in a sandbox started from an image.
+pub const SUPERVISOR_LIB_PATH: &str = "/.bulkhead/lib";
+/// The directory of the supervisor and its loader in a sandbox started from an image.
+pub const SUPERVISOR_DIR: &str = "/.bulkhead";
+
+/// Whether a process's command line (`/proc/<pid>/cmdline`) is a sandbox supervisor's: the
+/// supervisor itself, or the loader running it (see [`SUPERVISOR_LOADER_PATH`]).
+pub fn is_supervisor_cmdline(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|b| *b == 0);
+    match args.next() {
+        Some(a) if a == SUPERVISOR_PATH.as_bytes() => true,
+        Some(a) if a == SUPERVISOR_LOADER_PATH.as_bytes() => {
+            args.next() == Some(b"--library-path".as_slice())
+                && args.next() == Some(SUPERVISOR_LIB_PATH.as_bytes())
+                && args.next() == Some(SUPERVISOR_PATH.as_bytes())
+        }
+        _ => false,
+    }
+}
+
 /// The file descriptor on which the supervisor inherits its listening socket.
 pub const SUPERVISOR_FD: i32 = 3;
 /// The descriptor at which the supervisor inherits its delegated cgroup directory (the
@@ -173,6 +198,11 @@ pub struct SpecPaths {
     pub hosts: PathBuf,
     /// The supervisor binary on the host.
     pub supervisor: PathBuf,
+    /// The directory with the supervisor, the host's loader (`ld.so`) and the libraries it
+    /// needs (`lib/`), mounted at [`SUPERVISOR_DIR`] in sandboxes started from an image.
+    pub supervisor_dir: PathBuf,
+    /// Whether the supervisor needs the loader (it is dynamically linked).
+    pub supervisor_dynamic: bool,
     /// `cgroupsPath`, such as `/bulkhead/acme/sbx_…`.
     pub cgroups_path: String,
     /// Which of [`SHARED_ETC`] the host has (each has a mount point in `etc`).
@@ -238,7 +268,11 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         mounts.push(m);
     }
     mounts.push(fs_mount("cgroup", CGROUP_PATH, &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
-    mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
+    if image_root {
+        mounts.push(bind(&paths.supervisor_dir, SUPERVISOR_DIR, true)?);
+    } else {
+        mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
+    }
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
     }
@@ -256,13 +290,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
-        .args(vec![
-            SUPERVISOR_PATH.to_owned(),
-            "--listen-fd".to_owned(),
-            SUPERVISOR_FD.to_string(),
-            "--cgroup-fd".to_owned(),
-            CGROUP_FD.to_string(),
-        ])
+        .args(supervisor_args(image_root && paths.supervisor_dynamic))
         .env(environment(&env))
         .cwd("/")
         .no_new_privileges(true)
@@ -329,6 +357,18 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .process(process)
         .linux(linux)
         .build()
+}
+
+/// The supervisor's command line; through the host's loader (`via_loader`) in a sandbox
+/// started from an image.
+fn supervisor_args(via_loader: bool) -> Vec<String> {
+    let mut args = Vec::new();
+    if via_loader {
+        args.extend([SUPERVISOR_LOADER_PATH, "--library-path", SUPERVISOR_LIB_PATH].map(String::from));
+    }
+    args.push(SUPERVISOR_PATH.to_owned());
+    args.extend(["--listen-fd".to_owned(), SUPERVISOR_FD.to_string(), "--cgroup-fd".to_owned(), CGROUP_FD.to_string()]);
+    args
 }
 
 /// The supervisor's environment, which every command inherits: `PATH`, `HOME`, and the
@@ -415,6 +455,8 @@ mod tests {
             etc: "/run/b/etc".into(),
             hosts: "/run/b/sandboxes/sbx_0123/hosts".into(),
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
+            supervisor_dir: "/sd".into(),
+            supervisor_dynamic: false,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["alternatives".into()],
             run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
@@ -477,6 +519,8 @@ mod tests {
             etc: "/e".into(),
             hosts: "/h".into(),
             supervisor: "/s".into(),
+            supervisor_dir: "/sd".into(),
+            supervisor_dynamic: false,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec![],
             run_dirs: vec![],
@@ -513,6 +557,8 @@ mod tests {
             etc: "/e".into(),
             hosts: "/h".into(),
             supervisor: "/s".into(),
+            supervisor_dir: "/sd".into(),
+            supervisor_dynamic: false,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["ssl/certs".into()],
             run_dirs: vec![],
