@@ -396,6 +396,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         network: None,
         egress_ca_pem: None,
         egress_dns: None,
+        lxcfs: Some("/var/lib/lxcfs".into()),
     };
     // The same kind of host id range a namespace gets (one the server does not hand out).
     let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };

@@ -60,6 +60,11 @@ pub struct ServeArgs {
     /// pruned behind a checkpoint that keeps the chain verifiable. Default: 50000.
     #[arg(long, env = "BULKHEAD_AUDIT_RETAIN_RECORDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     audit_retain_records: Option<u64>,
+    /// Where lxcfs is mounted: sandboxes then see their own memory, CPU and uptime in
+    /// `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime` and `/proc/loadavg`
+    /// (`scripts/up` installs and starts it). `none`: the host's figures.
+    #[arg(long, env = "BULKHEAD_LXCFS", value_name = "DIR", default_value = "/var/lib/lxcfs")]
+    lxcfs: String,
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -177,6 +182,16 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     config.runtime.sandbox_cidr = args.sandbox_cidr;
     config.runtime.egress_ca_file = args.egress_ca_file.clone();
     config.runtime.egress_dns = args.outbound.dns;
+    config.runtime.lxcfs = (args.lxcfs != "none").then(|| PathBuf::from(&args.lxcfs));
+    match &config.runtime.lxcfs {
+        Some(dir) if !bulkhead_runtime::oci::lxcfs_at(dir) => tracing::warn!(
+            lxcfs = %dir.display(),
+            "lxcfs is not mounted there: sandboxes see the host's memory and CPU figures in /proc \
+             (start it with `lxcfs {}`, or pass --lxcfs none)",
+            dir.display()
+        ),
+        _ => {}
+    }
     if let Some(path) = &args.host_registry {
         config.host_registry = path.clone();
     }

@@ -68,6 +68,7 @@ fn host() -> Host {
         network: None,
         egress_ca_pem: None,
         egress_dns: None,
+        lxcfs: Some("/var/lib/lxcfs".into()),
     };
     Host {
         runtime: OciRuntime::new(config).unwrap(),
@@ -185,4 +186,42 @@ async fn an_image_root_is_the_images_files_writable_within_its_limit_and_gone_wi
         "no overlay stays mounted: {:?}",
         mounts_under(&host.state)
     );
+}
+
+/// With lxcfs running on the host, `/proc/meminfo` inside follows the sandbox's own memory
+/// limit and use, live.
+#[tokio::test]
+async fn proc_meminfo_follows_the_sandboxs_own_memory() {
+    let lxcfs = Path::new("/var/lib/lxcfs");
+    assert!(
+        bulkhead_runtime::oci::lxcfs_at(lxcfs),
+        "lxcfs is not mounted at {}: scripts/up and .ci/run start it (`lxcfs /var/lib/lxcfs`)",
+        lxcfs.display()
+    );
+    let dir = common::tempdir();
+    let layers = layers(dir.path());
+    let host = host();
+    let limits = NamespaceLimits { cpu_millis: 2000, memory_bytes: 1 << 30, pids: 1024 };
+    host.runtime.ensure_namespace("acme", &limits).await.unwrap();
+    let id = "sbx_00000000000000000000000000meminfo1";
+    host.runtime.create(&spec(id, &layers, 256 << 20)).await.unwrap();
+    let kib = |text: &str, field: &str| -> u64 {
+        let line = text.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("{field} in {text}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let (code, before, err) = sh(&host.runtime, id, None, "cat /proc/meminfo").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(kib(&before, "MemTotal:"), (256 << 20) / 1024, "MemTotal is the sandbox's limit: {before}");
+    // A process holding 100 MiB (dd's buffer, filled from /dev/zero, while it waits to write
+    // into a pipe nobody reads) lowers what is available, as the sandbox reads it meanwhile.
+    let script = "dd if=/dev/zero bs=100M count=1 2>/dev/null | { i=0; while [ $i -lt 30 ]; do \
+                  grep MemAvailable: /proc/meminfo; sleep 0.1; i=$((i+1)); done; }";
+    let (_, during, err) = sh(&host.runtime, id, None, script).await;
+    let lowest = during.lines().map(|l| kib(l, "MemAvailable:")).min().unwrap_or_else(|| panic!("no output: {err}"));
+    let drop_kib = kib(&before, "MemAvailable:").saturating_sub(lowest);
+    assert!(drop_kib >= 90 * 1024, "MemAvailable fell by {drop_kib} KiB at most: {before}\n{during}");
+    let (code, cpuinfo, _) = sh(&host.runtime, id, None, "grep -c ^processor /proc/cpuinfo").await;
+    assert_eq!((code, cpuinfo.trim()), (0, "1"), "one CPU's worth of quota shows one processor");
+    host.runtime.delete("acme", id).await.unwrap();
+    host.runtime.remove_namespace("acme").await.unwrap();
 }

@@ -21,6 +21,7 @@ use crate::{Result, RuntimeError, SandboxSpec};
 /// dir's and the cgroup prefix's, removed with them (`oci::purge`).
 pub struct RawContainer {
     runtime: OciRuntime,
+    id: String,
     oci: String,
     bundle: PathBuf,
     runs: usize,
@@ -33,7 +34,7 @@ impl RawContainer {
     pub fn prepare(config: OciConfig, spec: &SandboxSpec, argv: &[&str]) -> Result<RawContainer> {
         let runtime = OciRuntime::new(config)?;
         let bundle = runtime.raw_bundle(spec, argv)?;
-        Ok(RawContainer { runtime, oci: spec.oci_runtime.clone(), bundle, runs: 0 })
+        Ok(RawContainer { runtime, id: spec.id.clone(), oci: spec.oci_runtime.clone(), bundle, runs: 0 })
     }
 
     /// Runs the container once in the foreground (`run --no-new-keyring`, as a sandbox is
@@ -75,5 +76,7 @@ impl RawContainer {
 impl Drop for RawContainer {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.bundle);
+        // An image root, when the spec had one.
+        let _ = crate::rootfs::unmount_root(&self.runtime.image_root(&self.id));
     }
 }

@@ -64,6 +64,10 @@ pub struct OciConfig {
     pub egress_ca_pem: Option<Vec<u8>>,
     /// The upstream resolver of the egress gateway (`--egress-dns`); `None` for the host's.
     pub egress_dns: Option<std::net::SocketAddr>,
+    /// Where lxcfs is mounted (`--lxcfs`, normally `/var/lib/lxcfs`): sandboxes see their own
+    /// memory and CPU in `/proc` through it (see [`spec::LXCFS_PROC`]). Used only while an
+    /// lxcfs filesystem is mounted there.
+    pub lxcfs: Option<PathBuf>,
 }
 
 pub struct OciRuntime {
@@ -89,6 +93,18 @@ pub struct OciRuntime {
     egress: Option<crate::gateway::EgressGateway>,
     /// The user namespaces whose id maps the layers of image roots are mounted through.
     idmaps: crate::rootfs::IdMaps,
+}
+
+/// Whether an lxcfs filesystem is mounted at `dir`, with every file of [`spec::LXCFS_PROC`].
+pub fn lxcfs_at(dir: &Path) -> bool {
+    let wanted = dir.to_string_lossy();
+    let mounted = fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            l.split(' ').nth(4) == Some(wanted.as_ref())
+                && l.split_once(" - ").is_some_and(|(_, rest)| rest.starts_with("fuse.lxcfs "))
+        })
+    });
+    mounted && spec::LXCFS_PROC.iter().all(|f| dir.join(f).is_file())
 }
 
 /// Raises the soft limit of open files to the hard one: every networked sandbox's gateway holds
@@ -375,7 +391,7 @@ impl OciRuntime {
 
     /// Where the root of sandbox `id` started from an image is mounted: outside its bundle, so
     /// that removing a bundle never walks into a root that is still mounted.
-    fn image_root(&self, id: &str) -> PathBuf {
+    pub(crate) fn image_root(&self, id: &str) -> PathBuf {
         self.config.state_dir.join(crate::rootfs::ROOTFS_DIR).join(id)
     }
 
@@ -610,6 +626,7 @@ impl OciRuntime {
             supervisor: base.join("supervisor"),
             supervisor_dir: base.join("bulkhead"),
             supervisor_dynamic: self.supervisor_dynamic(),
+            lxcfs: self.config.lxcfs.clone().filter(|dir| lxcfs_at(dir)),
             cgroups_path: self.cgroups.sandbox_path(&spec.namespace, &spec.id),
             shared_etc: self.shared_etc.clone(),
             run_dirs,

@@ -109,6 +109,12 @@ pub const MASKED: &[&str] = &[
     "/proc/slabinfo",
 ];
 
+/// `/proc` files that lxcfs (a FUSE filesystem answering each reader with its own cgroup's
+/// figures) provides and that a sandbox sees from it when the host runs it: `free`, `top`,
+/// Python's and Node's memory and CPU figures then follow the sandbox's own limits and use, not
+/// the host's. Paths relative to lxcfs's mount point and to `/`.
+pub const LXCFS_PROC: &[&str] = &["proc/meminfo", "proc/cpuinfo", "proc/stat", "proc/uptime", "proc/loadavg"];
+
 /// `/proc` paths mounted read-only.
 pub const READ_ONLY: &[&str] = &["/proc/bus", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
@@ -203,6 +209,8 @@ pub struct SpecPaths {
     pub supervisor_dir: PathBuf,
     /// Whether the supervisor needs the loader (it is dynamically linked).
     pub supervisor_dynamic: bool,
+    /// Where lxcfs is mounted on the host, when it runs (see [`LXCFS_PROC`]).
+    pub lxcfs: Option<PathBuf>,
     /// `cgroupsPath`, such as `/bulkhead/acme/sbx_…`.
     pub cgroups_path: String,
     /// Which of [`SHARED_ETC`] the host has (each has a mount point in `etc`).
@@ -258,6 +266,11 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
                 HIDDEN_USR_LOCAL,
                 &["nosuid", "nodev", "noexec", "ro", "mode=755", "size=4k"],
             )?);
+        }
+    }
+    if let Some(lxcfs) = &paths.lxcfs {
+        for file in LXCFS_PROC {
+            mounts.push(bind(&lxcfs.join(file), &format!("/{file}"), true)?);
         }
     }
     for (host, inside) in SYS_BINDS {
@@ -457,6 +470,7 @@ mod tests {
             supervisor: "/usr/local/bin/bulkhead-supervisor".into(),
             supervisor_dir: "/sd".into(),
             supervisor_dynamic: false,
+            lxcfs: None,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["alternatives".into()],
             run_dirs: vec![(PathBuf::from("/b/run/bulkhead"), "bulkhead".into())],
@@ -521,6 +535,7 @@ mod tests {
             supervisor: "/s".into(),
             supervisor_dir: "/sd".into(),
             supervisor_dynamic: false,
+            lxcfs: None,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec![],
             run_dirs: vec![],
@@ -559,6 +574,7 @@ mod tests {
             supervisor: "/s".into(),
             supervisor_dir: "/sd".into(),
             supervisor_dynamic: false,
+            lxcfs: None,
             cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["ssl/certs".into()],
             run_dirs: vec![],

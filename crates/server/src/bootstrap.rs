@@ -205,6 +205,7 @@ pub fn host_backends(config: &ServerConfig, ids: &crate::hostids::HostIds) -> Re
         network,
         egress_ca_pem,
         egress_dns: config.runtime.egress_dns,
+        lxcfs: config.runtime.lxcfs.clone(),
     })?;
     let storage = Storage::new(&config.data_dir, &config.runtime.state_dir)?;
     Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage) })

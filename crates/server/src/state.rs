@@ -39,6 +39,9 @@ pub struct RuntimeSettings {
     pub egress_ca_file: Option<PathBuf>,
     /// The egress gateway's upstream resolver (`--egress-dns`); `None` for the host's.
     pub egress_dns: Option<std::net::SocketAddr>,
+    /// Where lxcfs is mounted (`--lxcfs`, default `/var/lib/lxcfs`); `None` (`--lxcfs none`):
+    /// sandboxes see the host's `/proc/meminfo` and friends.
+    pub lxcfs: Option<PathBuf>,
 }
 
 impl Default for RuntimeSettings {
@@ -55,6 +58,7 @@ impl Default for RuntimeSettings {
             sandbox_cidr: bulkhead_runtime::net::Cidr { addr: std::net::Ipv4Addr::new(100, 64, 0, 0), len: 10 },
             egress_ca_file: None,
             egress_dns: None,
+            lxcfs: Some(PathBuf::from("/var/lib/lxcfs")),
         }
     }
 }
