@@ -165,6 +165,9 @@ pub async fn pull(
         .reference
         .parse()
         .map_err(|e| PullError::Invalid(format!("image reference {:?}: {e}", req.reference)))?;
+    if let Some(pinned) = reference.digest() {
+        check_digest_syntax(pinned)?;
+    }
     let client = client(req.insecure)?;
     let auth = match &req.credentials {
         Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
