@@ -393,7 +393,17 @@ async fn a_tampered_blob_is_refused_and_not_kept() {
     bytes[middle] ^= 0x01;
     std::fs::write(&file, &bytes).expect("tamper");
 
+    // The destination holds an earlier, complete pull of another image: its index must not
+    // make the failed pull look finished.
+    let other = tempfile::tempdir().expect("temp dir");
+    let (other_manifest, size, _, _) =
+        write_manifest(other.path(), "amd64", &[tar_of(&[("other", b"other\n")])], flate2::Compression::fast());
+    write_index(other.path(), "application/vnd.oci.image.manifest.v1+json", &other_manifest, size);
+    registry.push(other.path(), "test/other", "latest", false);
     let dest = tempfile::tempdir().expect("temp dir");
+    let (pulled, _) = pull(&registry.request("test/other:latest"), dest.path()).await;
+    assert_eq!(pulled.expect("pull the other image").manifest_digest, other_manifest);
+
     let (result, _) = pull(&registry.request("test/img:latest"), dest.path()).await;
     match result {
         Err(PullError::DigestMismatch { expected, actual, .. }) => {

@@ -220,6 +220,8 @@ pub async fn pull(
 
     let blob_dir = dest.join("blobs").join("sha256");
     tokio::fs::create_dir_all(&blob_dir).await.map_err(io(&blob_dir))?;
+    // An index left by an earlier pull would make this one look finished before it is.
+    remove(&dest.join("index.json")).await?;
     let manifest_hex = digest.trim_start_matches("sha256:").to_owned();
     write_atomically(&blob_dir.join(&manifest_hex), body.to_vec()).await?;
 
@@ -386,6 +388,16 @@ async fn fetch_blob(
             return Ok(());
         }
         remove(&target).await?;
+    }
+    // An empty blob needs no request (and a range request for it may be refused).
+    if blob.size == 0 {
+        let actual = sha256_digest(&Sha256::digest(b""));
+        if actual != blob.digest {
+            return Err(PullError::DigestMismatch { what: format!("blob {}", blob.digest), expected: blob.digest.clone(), actual });
+        }
+        write_atomically(&target, Vec::new()).await?;
+        report(0);
+        return Ok(());
     }
     // A `.partial` shorter than the blob is resumed from where it stopped; if the result does
     // not verify (it was not a prefix of this blob), the blob is fetched once more from zero.
