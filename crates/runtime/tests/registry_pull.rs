@@ -420,6 +420,36 @@ async fn a_tampered_blob_is_refused_and_not_kept() {
 }
 
 #[tokio::test]
+async fn a_tampered_manifest_is_refused() {
+    let registry = Registry::start(None);
+    let image = small_image();
+    registry.push(image.layout.path(), "test/img", "latest", false);
+    // Still a valid manifest, with one digit of the config's size changed.
+    let file = registry.blob_file(&image.manifest);
+    let text = std::fs::read_to_string(&file).expect("registry's manifest");
+    let at = text.find(r#""size":"#).expect("a size") + r#""size":"#.len();
+    let digit = text.as_bytes()[at];
+    let swapped = if digit == b'9' { '0' } else { char::from(digit + 1) };
+    let tampered = format!("{}{swapped}{}", &text[..at], &text[at + 1..]);
+    std::fs::write(&file, &tampered).expect("tamper");
+
+    for reference in ["test/img:latest".to_owned(), format!("test/img@{}", image.manifest)] {
+        let dest = tempfile::tempdir().expect("temp dir");
+        let (result, _) = pull(&registry.request(&reference), dest.path()).await;
+        match result {
+            Err(PullError::DigestMismatch { what, expected, actual }) => {
+                assert_eq!(what, "the manifest");
+                assert_eq!(expected, image.manifest);
+                assert_eq!(actual, format!("sha256:{}", sha256_hex(tampered.as_bytes())));
+            }
+            other => panic!("{reference}: expected a digest mismatch, got {other:?}"),
+        }
+        assert!(!dest.path().join("index.json").exists());
+        assert!(!dest.path().join("blobs").exists(), "nothing written");
+    }
+}
+
+#[tokio::test]
 async fn a_cut_pull_resumes_and_ends_verified() {
     let registry = Registry::start(None);
     let layout = tempfile::tempdir().expect("temp dir");
