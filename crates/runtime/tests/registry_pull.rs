@@ -62,12 +62,7 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry");
-        let mut registry = Registry {
-            child,
-            port,
-            dir,
-            creds: creds.map(|(u, p)| (u.to_owned(), p.to_owned())),
-        };
+        let mut registry = Registry { child, port, dir, creds: creds.map(|(u, p)| (u.to_owned(), p.to_owned())) };
         // Ready once it accepts connections; it exiting first is a failure with its log.
         loop {
             if let Some(status) = registry.child.try_wait().expect("wait registry") {
@@ -309,7 +304,8 @@ async fn pulls_by_tag_and_by_digest() {
 
     // A digest the registry does not have.
     let other = format!("sha256:{}", sha256_hex(b"no such manifest"));
-    let (result, _) = pull(&registry.request(&format!("test/img@{other}")), tempfile::tempdir().expect("tmp").path()).await;
+    let (result, _) =
+        pull(&registry.request(&format!("test/img@{other}")), tempfile::tempdir().expect("tmp").path()).await;
     assert!(matches!(result, Err(PullError::NotFound(_))), "{result:?}");
 }
 
@@ -317,7 +313,8 @@ async fn pulls_by_tag_and_by_digest() {
 async fn a_multi_platform_index_resolves_to_linux_amd64() {
     let registry = Registry::start(None);
     let layout = tempfile::tempdir().expect("temp dir");
-    let (arm, arm_size, _, _) = write_manifest(layout.path(), "arm64", &[tar_of(&[("arch", b"arm64\n")])], flate2::Compression::fast());
+    let (arm, arm_size, _, _) =
+        write_manifest(layout.path(), "arm64", &[tar_of(&[("arch", b"arm64\n")])], flate2::Compression::fast());
     let (amd, amd_size, amd_layers, amd_config) =
         write_manifest(layout.path(), "amd64", &[tar_of(&[("arch", b"amd64\n")])], flate2::Compression::fast());
     let entry = |digest: &str, size: usize, arch: &str| {
@@ -455,11 +452,9 @@ async fn a_cut_pull_resumes_and_ends_verified() {
     let layout = tempfile::tempdir().expect("temp dir");
     // Layers large enough to be cut in the middle.
     let big: Vec<u8> = (0..3 * MIB as usize).map(|i| (i * 7 % 251) as u8).collect();
-    let layers = vec![
-        tar_of(&[("data/big", &big)]),
-        tar_of(&[("data/other", &big[..MIB as usize])]),
-    ];
-    let (manifest, size, layer_digests, config) = write_manifest(layout.path(), "amd64", &layers, flate2::Compression::none());
+    let layers = vec![tar_of(&[("data/big", &big)]), tar_of(&[("data/other", &big[..MIB as usize])])];
+    let (manifest, size, layer_digests, config) =
+        write_manifest(layout.path(), "amd64", &layers, flate2::Compression::none());
     write_index(layout.path(), "application/vnd.oci.image.manifest.v1+json", &manifest, size);
     registry.push(layout.path(), "test/big", "latest", false);
     let blobs: Vec<&str> = layer_digests.iter().map(String::as_str).chain([config.as_str()]).collect();

@@ -137,8 +137,7 @@ pub fn is_loopback_registry(reference: &str) -> bool {
     } else {
         host_port
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Pulls `req.reference` into the OCI image layout directory `dest` (created if missing; it
@@ -161,10 +160,8 @@ pub async fn pull(
     dest: &Path,
     progress: &(dyn Fn(PullProgress) + Send + Sync),
 ) -> Result<PulledImage, PullError> {
-    let reference: Reference = req
-        .reference
-        .parse()
-        .map_err(|e| PullError::Invalid(format!("image reference {:?}: {e}", req.reference)))?;
+    let reference: Reference =
+        req.reference.parse().map_err(|e| PullError::Invalid(format!("image reference {:?}: {e}", req.reference)))?;
     if let Some(pinned) = reference.digest() {
         check_digest_syntax(pinned)?;
     }
@@ -190,8 +187,11 @@ pub async fn pull(
             })
             .ok_or_else(|| PullError::Invalid("the image index has no linux/amd64 manifest".into()))?;
         check_digest_syntax(&entry.digest)?;
-        let by_digest =
-            Reference::with_digest(reference.registry().to_owned(), reference.repository().to_owned(), entry.digest.clone());
+        let by_digest = Reference::with_digest(
+            reference.registry().to_owned(),
+            reference.repository().to_owned(),
+            entry.digest.clone(),
+        );
         (body, digest) = fetch_manifest(&client, &by_digest, &auth, req.max_bytes).await?;
         check_manifest_digest(&body, &entry.digest)?;
         manifest = parse_manifest(&body)?;
@@ -379,7 +379,8 @@ async fn fetch_blob(
     let hex = blob.digest.trim_start_matches("sha256:");
     let target = blob_dir.join(hex);
     let partial = blob_dir.join(format!("{hex}.partial"));
-    let report = |done| progress(PullProgress { layer_digest: blob.digest.clone(), bytes_done: done, bytes_total: blob.size });
+    let report =
+        |done| progress(PullProgress { layer_digest: blob.digest.clone(), bytes_done: done, bytes_total: blob.size });
 
     // A blob already there counts if it is whole; otherwise it goes.
     if let Some((len, digest)) = hash_file(&target, u64::MAX).await? {
@@ -393,7 +394,11 @@ async fn fetch_blob(
     if blob.size == 0 {
         let actual = sha256_digest(&Sha256::digest(b""));
         if actual != blob.digest {
-            return Err(PullError::DigestMismatch { what: format!("blob {}", blob.digest), expected: blob.digest.clone(), actual });
+            return Err(PullError::DigestMismatch {
+                what: format!("blob {}", blob.digest),
+                expected: blob.digest.clone(),
+                actual,
+            });
         }
         write_atomically(&target, Vec::new()).await?;
         report(0);
@@ -456,10 +461,7 @@ async fn download(
         annotations: None,
         artifact_type: None,
     };
-    let response = client
-        .pull_blob_stream_partial(reference, &descriptor, offset, None)
-        .await
-        .map_err(from_oci)?;
+    let response = client.pull_blob_stream_partial(reference, &descriptor, offset, None).await.map_err(from_oci)?;
     let mut stream = match response {
         BlobResponse::Partial(stream) => stream,
         // The registry sent the whole blob: start over.
@@ -540,7 +542,11 @@ async fn download(
     if done != blob.size || actual != blob.digest {
         remove(partial).await?;
         let actual = if done == blob.size { actual } else { format!("{actual} ({done} of {} bytes)", blob.size) };
-        return Err(PullError::DigestMismatch { what: format!("blob {}", blob.digest), expected: blob.digest.clone(), actual });
+        return Err(PullError::DigestMismatch {
+            what: format!("blob {}", blob.digest),
+            expected: blob.digest.clone(),
+            actual,
+        });
     }
     if reported != done {
         report(done);
