@@ -94,6 +94,10 @@ pub struct PulledImage {
     pub layout_dir: PathBuf,
 }
 
+/// Why a pull failed. A suggested mapping onto the API's codes: `Invalid` → `invalid_request`,
+/// `Unauthorized` → `forbidden` (the registry refused the image's credentials; the caller
+/// itself is authenticated), `NotFound` → `not_found`, `TooLarge` → `payload_too_large`,
+/// `DigestMismatch` and `Registry` → `unavailable` (the registry misbehaved), `Io` → `internal`.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     /// The reference is not `registry/repository[:tag|@sha256:<hex>]`, or the registry sent
@@ -116,6 +120,7 @@ pub enum PullError {
     /// Any other failure of the registry or the connection, with the registry's message.
     #[error("registry: {0}")]
     Registry(String),
+    /// Reading or writing the layout directory failed (`what` names the path).
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
