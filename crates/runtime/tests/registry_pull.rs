@@ -63,7 +63,9 @@ impl Registry {
             .spawn()
             .expect("start docker-registry");
         let mut registry = Registry { child, port, dir, creds: creds.map(|(u, p)| (u.to_owned(), p.to_owned())) };
-        // Ready once it accepts connections; it exiting first is a failure with its log.
+        // Ready once it accepts connections; it exiting first (or never listening, on a
+        // machine far slower than any seen) is a failure with its log.
+        let started = std::time::Instant::now();
         loop {
             if let Some(status) = registry.child.try_wait().expect("wait registry") {
                 panic!("docker-registry exited ({status}): {}", registry.log());
@@ -71,6 +73,11 @@ impl Registry {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 break;
             }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "docker-registry does not listen on {port}: {}",
+                registry.log()
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         registry
@@ -413,6 +420,26 @@ async fn a_tampered_blob_is_refused_and_not_kept() {
     let blob_dir = dest.path().join("blobs/sha256");
     assert!(!blob_dir.join(hex).exists(), "the tampered blob was kept");
     assert!(!blob_dir.join(format!("{hex}.partial")).exists(), "the tampered blob's partial was kept");
+    assert!(!dest.path().join("index.json").exists());
+}
+
+#[tokio::test]
+async fn a_blob_longer_than_declared_is_cut_and_refused() {
+    let registry = Registry::start(None);
+    let image = small_image();
+    registry.push(image.layout.path(), "test/img", "latest", false);
+    let layer = &image.layers[0];
+    let mut file = std::fs::OpenOptions::new().append(true).open(registry.blob_file(layer)).expect("registry's blob");
+    file.write_all(&[0u8; 4096]).expect("lengthen");
+    drop(file);
+
+    let dest = tempfile::tempdir().expect("temp dir");
+    let (result, _) = pull(&registry.request("test/img:latest"), dest.path()).await;
+    assert!(matches!(result, Err(PullError::TooLarge(_))), "{result:?}");
+    let hex = layer.trim_start_matches("sha256:");
+    let blob_dir = dest.path().join("blobs/sha256");
+    assert!(!blob_dir.join(hex).exists());
+    assert!(!blob_dir.join(format!("{hex}.partial")).exists());
     assert!(!dest.path().join("index.json").exists());
 }
 

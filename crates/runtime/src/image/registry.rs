@@ -478,6 +478,7 @@ async fn download(
     };
     if let Some(len) = stream.content_length {
         if offset.saturating_add(len) > blob.size {
+            remove(partial).await?;
             return Err(PullError::TooLarge(too_large(blob, offset.saturating_add(len))));
         }
     }
