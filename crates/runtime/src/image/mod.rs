@@ -13,6 +13,7 @@
 //! and renamed into place once its blob's digest is verified, so an interrupted import leaves
 //! nothing usable and the next import starts over.
 
+pub mod registry;
 use std::path::{Path, PathBuf};
 
 /// An OCI digest, `sha256:<64 lowercase hex>` (the only algorithm accepted).
