@@ -1027,7 +1027,9 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     crate::ownership::remove_unheld(&crate::ownership::cgroup_lock_path(cgroup_prefix));
     // Image roots, filesystems mounted under the state dir, and the view.
     for e in fs::read_dir(state_dir.join(crate::rootfs::ROOTFS_DIR)).into_iter().flatten().flatten() {
-        let _ = crate::rootfs::unmount_root(&e.path());
+        if !e.file_name().to_string_lossy().ends_with(".upper") {
+            let _ = crate::rootfs::unmount_root(&e.path());
+        }
     }
     for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
         let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();

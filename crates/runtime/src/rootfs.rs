@@ -11,8 +11,9 @@
 //! host path: the overlay is mounted from a scratch directory with relative layer names
 //! (`lowerdir=1:0,upperdir=w/u,workdir=w/w`), by a thread of its own working directory, and the
 //! layer and upper mounts it was made from are detached at once (overlayfs keeps private
-//! clones), so a sandbox's root is one mount on the host: `<state-dir>/rootfs/<sandbox id>`.
-//! Unmounting it frees the upper layer with it.
+//! clones), so a sandbox's root is two mounts on the host: the overlay at
+//! `<state-dir>/rootfs/<sandbox id>` and its upper layer's tmpfs beside it (`<id>.upper`, where
+//! a snapshot reads the sandbox's changes), both unmounted with the sandbox.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -151,6 +152,7 @@ pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: Id
     let _ = fs::remove_dir_all(scratch);
     fs::DirBuilder::new().mode(0o700).create(scratch).map_err(RuntimeError::io("make the root scratch dir"))?;
     let mut mounted: Vec<PathBuf> = Vec::new();
+    let mut upper_mounted = false;
     let result = (|| {
         for (i, layer) in root.layers.iter().enumerate() {
             let at = scratch.join(i.to_string());
@@ -158,7 +160,8 @@ pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: Id
             idmapped_bind(layer, &at, userns)?;
             mounted.push(at);
         }
-        let writable = scratch.join("w");
+        // The upper layer's tmpfs stays mounted beside the root, where a snapshot reads it.
+        let writable = upper_of(target);
         fs::DirBuilder::new().mode(0o700).create(&writable).map_err(RuntimeError::io("make the upper mount point"))?;
         let options = format!(
             "size={},mode=0700,uid={},gid={},nr_inodes={}",
@@ -169,7 +172,8 @@ pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: Id
             (root.writable_bytes / 4096).max(1024),
         );
         mount("tmpfs", &writable, "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, &options)?;
-        mounted.push(writable.clone());
+        upper_mounted = true;
+        std::os::unix::fs::symlink(&writable, scratch.join("w")).map_err(RuntimeError::io("link the upper layer"))?;
         for sub in ["u", "w"] {
             let dir = writable.join(sub);
             fs::DirBuilder::new().mode(0o755).create(&dir).map_err(RuntimeError::io("make the upper layer"))?;
@@ -189,6 +193,10 @@ pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: Id
     }
     let _ = fs::remove_dir_all(scratch);
     if result.is_err() {
+        if upper_mounted {
+            let _ = unmount_dir(&upper_of(target));
+        }
+        let _ = fs::remove_dir(upper_of(target));
         let _ = fs::remove_dir(target);
     }
     result
@@ -280,9 +288,24 @@ fn mount_from(dir: &Path, target: &Path, options: &str) -> Result<()> {
     .map_err(|_| RuntimeError::Protocol("the overlay mount thread panicked".into()))?
 }
 
-/// Unmounts a sandbox's root at `target` (detaching it: processes that still hold it keep it
-/// until they end) and removes the mount point. Nothing to do when it is not there.
+/// Where the upper layer of the root mounted at `target` is mounted: `<target>.upper`, whose
+/// `u` is the upper directory (overlayfs's format: whiteouts are 0:0 character devices, opaque
+/// directories carry `trusted.overlay.opaque`).
+pub fn upper_of(target: &Path) -> PathBuf {
+    let mut name = target.file_name().unwrap_or_default().to_owned();
+    name.push(".upper");
+    target.with_file_name(name)
+}
+
+/// Unmounts a sandbox's root at `target` and its upper layer (detaching them: processes that
+/// still hold them keep them until they end) and removes the mount points. Nothing to do for
+/// what is not there.
 pub fn unmount_root(target: &Path) -> Result<()> {
+    unmount_dir(target)?;
+    unmount_dir(&upper_of(target))
+}
+
+fn unmount_dir(target: &Path) -> Result<()> {
     let c = cstr(target)?;
     // SAFETY: a valid C string.
     if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } != 0 {
@@ -351,18 +374,24 @@ mod tests {
         let e = fs::write(target.join("big"), &big).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let line = mountinfo.lines().find(|l| l.contains(&target.display().to_string())).unwrap();
+        let at = target.display().to_string();
+        let line = mountinfo.lines().find(|l| l.split(' ').nth(4) == Some(at.as_str())).unwrap();
         assert!(line.contains("lowerdir=1:0,upperdir=w/u,workdir=w/w"), "{line}");
+        assert_eq!(
+            fs::read_to_string(upper_of(&target).join("u/new")).unwrap(),
+            "new\n",
+            "the upper layer is readable beside the root"
+        );
         let (_, options) = line.split_once(" - ").unwrap();
         assert!(!options.contains(&tmp.path().display().to_string()), "the options name no host path: {line}");
         assert_eq!(
             mountinfo.lines().filter(|l| l.contains(&tmp.path().display().to_string())).count(),
-            1,
-            "only the root stays mounted: {mountinfo}"
+            2,
+            "only the root and its upper layer stay mounted: {mountinfo}"
         );
         assert!(!tmp.path().join("scratch").exists());
         drop(guard);
-        assert!(!target.exists());
+        assert!(!target.exists() && !upper_of(&target).exists());
         assert!(!fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&tmp.path().display().to_string()));
     }
 
