@@ -283,6 +283,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// lacks the descriptors or memory to ask: that is no sign of the supervisor's), an error
     /// when it does not.
     async fn ping(&self, id: &str, timeout: std::time::Duration) -> Result<()>;
+    /// The upper directory of a sandbox started from an image (see [`rootfs::upper_of`]): its
+    /// changes to the image, in overlayfs's format, for a snapshot. `None` for a sandbox with
+    /// the host's root, or one not on this host.
+    fn upper_dir(&self, _id: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Resource use of a running sandbox.
     async fn stats(&self, namespace: &str, id: &str) -> Result<SandboxStats>;
 

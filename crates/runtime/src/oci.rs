@@ -1339,6 +1339,11 @@ impl Runtime for OciRuntime {
         Ok(stats)
     }
 
+    fn upper_dir(&self, id: &str) -> Option<PathBuf> {
+        let dir = crate::rootfs::upper_of(&self.image_root(id)).join("u");
+        (is_sandbox_id(id) && dir.is_dir()).then_some(dir)
+    }
+
     fn set_egress_decider(&self, decider: std::sync::Arc<dyn crate::egress::EgressDecider>) {
         if let Some(egress) = &self.egress {
             egress.set_decider(decider);

@@ -14,6 +14,7 @@
 //! nothing usable and the next import starts over.
 
 pub mod registry;
+pub mod snapshot;
 use std::path::{Path, PathBuf};
 
 /// An OCI digest, `sha256:<64 lowercase hex>` (the only algorithm accepted).
