@@ -24,6 +24,8 @@ use crate::confined::{self, Owner, Root};
 
 mod layer;
 mod layout;
+#[cfg(test)]
+mod tests;
 
 /// An OCI digest, `sha256:<64 lowercase hex>` (the only algorithm accepted).
 pub type Digest = String;
