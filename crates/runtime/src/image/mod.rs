@@ -112,28 +112,71 @@ pub struct LayerStore {
 /// The prefix of a staging directory's name.
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// A staging directory, removed (with what it holds) when dropped unless kept.
+/// A staging directory, removed (with what it holds) when dropped unless kept. It is locked
+/// (`flock(2)`) while it lives, so that [`LayerStore::open`] in another process that shares the
+/// store (test servers share the public one) removes only what no one is using.
 struct TempTree {
     path: PathBuf,
     armed: bool,
+    /// The directory, locked; closing it unlocks.
+    _lock: std::fs::File,
+}
+
+/// Opens the directory at `path` and takes its lock, or `None` when someone holds it.
+fn lock_dir(path: &Path, wait: bool) -> io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::fd::AsRawFd;
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    loop {
+        // SAFETY: flock on a valid fd with plain integers.
+        if unsafe { libc::flock(dir.as_raw_fd(), op) } == 0 {
+            return Ok(Some(dir));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(None),
+            _ => return Err(e),
+        }
+    }
 }
 
 impl TempTree {
-    /// Makes a fresh `.tmp-<random>` directory (mode 0700) in `parent`.
+    /// Makes a fresh `.tmp-<random>` directory (mode 0700) in `parent`, locked.
     fn new(parent: &Path) -> Result<TempTree, ImageError> {
-        let mut last = None;
         for _ in 0..16 {
             let mut bytes = [0u8; 8];
             getrandom::fill(&mut bytes).map_err(|e| io_error("make a temporary name", io::Error::other(e.to_string())))?;
             let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let path = parent.join(format!("{TEMP_PREFIX}{name}"));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
-                Ok(()) => return Ok(TempTree { path, armed: true }),
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(io_error(format!("create {}", path.display()), e)),
             }
+            // A store opened meanwhile may have taken it for a leftover: then it is gone, or
+            // another directory is at its name.
+            let lock = match lock_dir(&path, true) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(format!("lock {}", path.display()), e)),
+            };
+            let held = lock.metadata().map_err(|e| io_error(format!("stat {}", path.display()), e))?;
+            match std::fs::symlink_metadata(&path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => {
+                    return Ok(TempTree { path, armed: true, _lock: lock })
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(format!("stat {}", path.display()), e)),
+            }
         }
-        Err(io_error("make a temporary directory", last.unwrap_or_else(|| io::ErrorKind::AlreadyExists.into())))
+        Err(io_error("make a temporary directory", io::ErrorKind::AlreadyExists.into()))
     }
 }
 
@@ -203,10 +246,23 @@ impl LayerStore {
             let entries = std::fs::read_dir(dir).map_err(|e| io_error(format!("read {}", dir.display()), e))?;
             for entry in entries {
                 let entry = entry.map_err(|e| io_error(format!("read {}", dir.display()), e))?;
-                if entry.file_name().as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
-                    confined::remove_tree(entry.path())
-                        .map_err(|e| io_error(format!("remove {}", entry.path().display()), e.into()))?;
+                if !entry.file_name().as_bytes().starts_with(TEMP_PREFIX.as_bytes()) {
+                    continue;
                 }
+                let path = entry.path();
+                // One that an import (of another process sharing the store) holds stays.
+                let _lock = match lock_dir(&path, false) {
+                    Ok(Some(lock)) => lock,
+                    Ok(None) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    // Not a directory (ELOOP, ENOTDIR): only clutter, removed below.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    Err(e) => return Err(io_error(format!("lock {}", path.display()), e)),
+                };
+                confined::remove_tree(&path).map_err(|e| io_error(format!("remove {}", path.display()), e.into()))?;
             }
         }
         Ok(LayerStore { root: root.to_path_buf() })

@@ -334,7 +334,16 @@ fn a_layout_directory_imports_and_open_cleans_up() {
     fs::create_dir_all(root.join("layers/.tmp-dead/x")).unwrap();
     fs::create_dir_all(root.join(".tmp-dead2")).unwrap();
     fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+    // One that an import holds (of another process sharing the store) stays.
+    fs::create_dir_all(root.join("layers/.tmp-busy/x")).unwrap();
+    let busy = lock_dir(&root.join("layers/.tmp-busy"), true).unwrap().unwrap();
     let store = LayerStore::open(&root).unwrap();
+    assert!(root.join("layers/.tmp-busy/x").exists());
+    drop(busy);
+    let store = {
+        drop(store);
+        LayerStore::open(&root).unwrap()
+    };
     assert_eq!(fs::metadata(&root).unwrap().mode() & 0o7777, 0o700);
     assert_eq!(store.layers().unwrap(), image.layers);
     let names: Vec<_> = fs::read_dir(root.join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
