@@ -675,3 +675,4 @@ fn concurrent_imports_of_the_same_image_both_succeed() {
     let names: Vec<_> = fs::read_dir(scene.store.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["layers"]);
 }
+
