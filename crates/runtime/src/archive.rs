@@ -401,9 +401,10 @@ impl<R: Read> TarIn<Metered<R>> {
     pub(crate) fn finish(mut self, most: u64) -> Result<R, ArchiveError> {
         self.meter.allow_more(most);
         io::copy(&mut self.inner, &mut io::sink()).map_err(|e| match self.fail(None, e) {
-            ArchiveError::TooLarge { .. } => {
-                ArchiveError::TooLarge { entry: None, reason: format!("more than {most} bytes after the archive's end") }
-            }
+            ArchiveError::TooLarge { .. } => ArchiveError::TooLarge {
+                entry: None,
+                reason: format!("more than {most} bytes after the archive's end"),
+            },
             other => other,
         })?;
         Ok(self.inner.inner)

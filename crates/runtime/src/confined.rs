@@ -1218,9 +1218,8 @@ impl Builder {
     /// The parent directory of `comps` (which must not be empty) and the last name.
     fn parent(&self, comps: &[&[u8]]) -> Result<(OwnedFd, CString), ConfinedError> {
         let rel = Self::shown(comps);
-        let (name, parents) = comps
-            .split_last()
-            .ok_or(ConfinedError::InvalidPath { path: String::new(), reason: "names the root" })?;
+        let (name, parents) =
+            comps.split_last().ok_or(ConfinedError::InvalidPath { path: String::new(), reason: "names the root" })?;
         let dir = self.dir(parents)?;
         Ok((dir, cstring(name).map_err(|e| io_error("create", &rel, e))?))
     }
@@ -1317,10 +1316,8 @@ impl Builder {
             Make::HardLink(existing) => {
                 let (src_dir, src_name) = self.parent(existing)?;
                 // SAFETY: valid dir fds and NUL-terminated single names; flags 0 follows no symlink.
-                cvt(unsafe {
-                    libc::linkat(src_dir.as_raw_fd(), src_name.as_ptr(), dir.as_raw_fd(), name.as_ptr(), 0)
-                })
-                .map_err(|e| io_error("link", &rel, e))?;
+                cvt(unsafe { libc::linkat(src_dir.as_raw_fd(), src_name.as_ptr(), dir.as_raw_fd(), name.as_ptr(), 0) })
+                    .map_err(|e| io_error("link", &rel, e))?;
             }
             Make::Whiteout => {
                 // SAFETY: a valid dir fd, a NUL-terminated single name and plain integers.

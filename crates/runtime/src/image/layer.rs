@@ -118,7 +118,9 @@ pub(crate) fn unpack(
     let in_layer = |e: ArchiveError| -> ImageError {
         match e {
             ArchiveError::TooLarge { .. } => ImageError::TooLarge(format!("layer {layer}: {e}")),
-            ArchiveError::Hostile { .. } | ArchiveError::Corrupt(_) => ImageError::Invalid(format!("layer {layer}: {e}")),
+            ArchiveError::Hostile { .. } | ArchiveError::Corrupt(_) => {
+                ImageError::Invalid(format!("layer {layer}: {e}"))
+            }
             ArchiveError::NoSpace => ImageError::Io {
                 what: format!("unpack layer {layer}"),
                 source: io::Error::from_raw_os_error(libc::ENOSPC),
@@ -128,7 +130,8 @@ pub(crate) fn unpack(
             }
         }
     };
-    let builder = Builder::open(dest).map_err(|e| ImageError::Io { what: "open layer directory".into(), source: e.into() })?;
+    let builder =
+        Builder::open(dest).map_err(|e| ImageError::Io { what: "open layer directory".into(), source: e.into() })?;
     let decoded = archive::decompress(io::BufReader::new(blob))
         .map_err(|e| ImageError::Invalid(format!("layer {layer}: {e}")))?;
     let mut tar = TarIn::new(Hashing { inner: decoded, hasher: Sha256::new() });
@@ -278,9 +281,10 @@ fn entries<R: Read>(
     // Last, as writing into a directory changes its time.
     for (comps, t) in dir_times.iter().rev() {
         let comps: Vec<&[u8]> = comps.iter().map(Vec::as_slice).collect();
-        builder
-            .set_modified(&comps, *t)
-            .map_err(|source| ArchiveError::Write { entry: String::from_utf8_lossy(&comps.join(&b'/')).into_owned(), source })?;
+        builder.set_modified(&comps, *t).map_err(|source| ArchiveError::Write {
+            entry: String::from_utf8_lossy(&comps.join(&b'/')).into_owned(),
+            source,
+        })?;
     }
     Ok(bytes)
 }

@@ -242,9 +242,11 @@ pub(crate) fn read(root: &Root) -> Result<Image, ImageError> {
 
 /// The descriptor of `index` to follow: its `linux/amd64` entry, else its only one.
 fn choose<'a>(index: &'a Index, what: &str) -> Result<(usize, &'a Descriptor), ImageError> {
-    let amd64 = index.manifests.iter().enumerate().find(|(_, d)| {
-        d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")
-    });
+    let amd64 = index
+        .manifests
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"));
     match (amd64, index.manifests.len()) {
         (Some(found), _) => Ok(found),
         (None, 1) => Ok((0, &index.manifests[0])),
@@ -297,7 +299,10 @@ fn read_oci(root: &Root) -> Result<Image, ImageError> {
         }
     }
     if !CONFIG_TYPES.contains(&manifest.config.media_type.as_str()) {
-        return Err(invalid(format!("{what}: config.mediaType {:?} is not an image config", manifest.config.media_type)));
+        return Err(invalid(format!(
+            "{what}: config.mediaType {:?} is not an image config",
+            manifest.config.media_type
+        )));
     }
     check_layer_list(manifest.layers.len(), &what)?;
     for (i, layer) in manifest.layers.iter().enumerate() {
@@ -305,7 +310,8 @@ fn read_oci(root: &Root) -> Result<Image, ImageError> {
         hex_of(&layer.digest, &format!("{what}: layers[{i}].digest"))?;
     }
     let config_data = read_blob(root, &manifest.config, &format!("{what}: config"))?;
-    let (config, diff_ids) = read_config(&config_data, &format!("config {}", manifest.config.digest), manifest.layers.len())?;
+    let (config, diff_ids) =
+        read_config(&config_data, &format!("config {}", manifest.config.digest), manifest.layers.len())?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (i, (desc, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
         let hex = hex_of(&desc.digest, &format!("{what}: layers[{i}].digest"))?;

@@ -124,8 +124,8 @@ struct TempTree {
 
 /// Opens the directory at `path` and takes its lock, or `None` when someone holds it.
 fn lock_dir(path: &Path, wait: bool) -> io::Result<Option<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -150,7 +150,8 @@ impl TempTree {
     fn new(parent: &Path) -> Result<TempTree, ImageError> {
         for _ in 0..16 {
             let mut bytes = [0u8; 8];
-            getrandom::fill(&mut bytes).map_err(|e| io_error("make a temporary name", io::Error::other(e.to_string())))?;
+            getrandom::fill(&mut bytes)
+                .map_err(|e| io_error("make a temporary name", io::Error::other(e.to_string())))?;
             let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let path = parent.join(format!("{TEMP_PREFIX}{name}"));
             match std::fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -225,7 +226,9 @@ fn archive_error(e: ArchiveError) -> ImageError {
         ArchiveError::TooLarge { .. } => ImageError::TooLarge(format!("image archive: {e}")),
         ArchiveError::Hostile { .. } | ArchiveError::Corrupt(_) => ImageError::Invalid(format!("image archive: {e}")),
         ArchiveError::NoSpace => io_error("unpack the image archive", io::Error::from_raw_os_error(libc::ENOSPC)),
-        ArchiveError::Write { entry, source } => io_error(format!("unpack the image archive: entry {entry:?}"), source.into()),
+        ArchiveError::Write { entry, source } => {
+            io_error(format!("unpack the image archive: entry {entry:?}"), source.into())
+        }
     }
 }
 
@@ -290,8 +293,7 @@ impl LayerStore {
         let (_staging, dir) = match source {
             ImportSource::Archive(path) => {
                 let staging = TempTree::new(&self.root)?;
-                let file =
-                    std::fs::File::open(path).map_err(|e| io_error(format!("open {}", path.display()), e))?;
+                let file = std::fs::File::open(path).map_err(|e| io_error(format!("open {}", path.display()), e))?;
                 let root = Root::open(&staging.path)
                     .map_err(|e| io_error(format!("open {}", staging.path.display()), e.into()))?;
                 // SAFETY: geteuid and getegid cannot fail and touch no memory.
@@ -394,9 +396,8 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let from = std::ffi::CString::new(from.as_os_str().as_bytes())?;
     let to = std::ffi::CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: two NUL-terminated paths that the kernel only reads.
-    let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
-    };
+    let rc =
+        unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }

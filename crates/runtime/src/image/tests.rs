@@ -314,7 +314,7 @@ fn a_two_layer_image_round_trips_with_whiteouts_ids_and_modes() {
     // Collecting keeps what is asked.
     let keep: HashSet<String> = [d1.clone()].into();
     assert_eq!(scene.store.collect(&keep).unwrap(), 1);
-    assert_eq!(scene.store.layers().unwrap(), [d1.clone()]);
+    assert_eq!(scene.store.layers().unwrap(), std::slice::from_ref(&d1));
     assert!(!scene.store.has_layer(&d2));
     assert_eq!(scene.store.collect(&HashSet::new()).unwrap(), 1);
     scene.assert_empty("after collecting everything");
@@ -449,11 +449,7 @@ fn hostile_layers_are_refused_whole() {
             Tar::default().symlink("l", "/etc").file("l/.wh.passwd", b"").finish(),
             "goes through the symlink",
         ),
-        (
-            "setuid",
-            Tar::default().entry_full(b"su", EntryType::Regular, 0o4755, (0, 0), b"", b"#!").finish(),
-            "setuid",
-        ),
+        ("setuid", Tar::default().entry_full(b"su", EntryType::Regular, 0o4755, (0, 0), b"", b"#!").finish(), "setuid"),
         (
             "setgid file",
             Tar::default().entry_full(b"sg", EntryType::Regular, 0o2755, (0, 0), b"", b"#!").finish(),
@@ -670,9 +666,9 @@ fn concurrent_imports_of_the_same_image_both_succeed() {
     }
     assert_eq!(results[0].digest, manifest);
     assert_eq!(scene.store.layers().unwrap().len(), 2);
-    let names: Vec<_> = fs::read_dir(scene.store.root().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let names: Vec<_> =
+        fs::read_dir(scene.store.root().join("layers")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "no staging directory is left: {names:?}");
     let names: Vec<_> = fs::read_dir(scene.store.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["layers"]);
 }
-
