@@ -125,8 +125,14 @@ pub(crate) fn unpack(
                 what: format!("unpack layer {layer}"),
                 source: io::Error::from_raw_os_error(libc::ENOSPC),
             },
+            // Entries that contradict each other (a path through a file, a file over a
+            // directory that is not empty): the layer is at fault, not the host.
             ArchiveError::Write { entry, source } => {
-                ImageError::Io { what: format!("unpack layer {layer}: entry {entry:?}"), source: source.into() }
+                let source = io::Error::from(source);
+                if is_conflict(&source) {
+                    return ImageError::Invalid(format!("layer {layer}: entry {entry:?}: {}", chain(&source)));
+                }
+                ImageError::Io { what: format!("unpack layer {layer}: entry {entry:?}"), source }
             }
         }
     };
@@ -287,6 +293,39 @@ fn entries<R: Read>(
         })?;
     }
     Ok(bytes)
+}
+
+/// An error and its sources, `: `-separated.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        out.push_str(": ");
+        out.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    out
+}
+
+/// Whether a write failed because of what the layer holds (rather than of the host).
+fn is_conflict(e: &io::Error) -> bool {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<ConfinedError>());
+    let errno = match inner {
+        Some(ConfinedError::Io { source, .. }) => source.raw_os_error(),
+        _ => e.raw_os_error(),
+    };
+    matches!(
+        errno,
+        Some(
+            libc::ENOTDIR
+                | libc::EISDIR
+                | libc::ENOTEMPTY
+                | libc::EEXIST
+                | libc::ELOOP
+                | libc::EMLINK
+                | libc::ENAMETOOLONG
+        )
+    )
 }
 
 /// Copies the `size` bytes of an entry's data from `tar` into `file`.

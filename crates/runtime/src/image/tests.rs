@@ -467,6 +467,12 @@ fn hostile_layers_are_refused_whole() {
             Tar::default().symlink("s", "/etc").hard_link("l", "s/passwd").finish(),
             "hard link target",
         ),
+        ("through a file", Tar::default().file("f", b"x").file("f/x", b"y").finish(), "Not a directory"),
+        (
+            "a file over a directory that is not empty",
+            Tar::default().file("d/x", b"x").file("d", b"y").finish(),
+            "not empty",
+        ),
         ("not a tar", b"this is no tar archive at all, only text that goes on".repeat(20), "layer"),
     ];
     for (case, layer, needle) in cases {
