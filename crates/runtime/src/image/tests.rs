@@ -678,3 +678,21 @@ fn concurrent_imports_of_the_same_image_both_succeed() {
     let names: Vec<_> = fs::read_dir(scene.store.root()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["layers"]);
 }
+
+#[test]
+fn zstd_layers_in_a_zstd_archive_import() {
+    let zstd = |data: &[u8]| ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest);
+    let scene = Scene::new();
+    let layer = Tar::default().dir("etc/", 0o755, (0, 0)).file("etc/hostname", b"zstd\n").finish();
+    let mut files = Files::default();
+    let desc = files.blob("application/vnd.oci.image.layer.v1.tar+zstd", zstd(&layer));
+    let config = json!({"os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha(&layer)]}});
+    let config = files.blob(layout::OCI_CONFIG, serde_json::to_vec(&config).unwrap());
+    let manifest = json!({"schemaVersion": 2, "mediaType": layout::OCI_MANIFEST, "config": config, "layers": [desc]});
+    let manifest = files.blob(layout::OCI_MANIFEST, serde_json::to_vec(&manifest).unwrap());
+    set_index(&mut files, vec![manifest]);
+    let image = scene.import_archive(&zstd(&files.tar()), &OPTIONS).unwrap();
+    assert_eq!(fs::read(scene.layer(&image.layers[0], "etc/hostname")).unwrap(), b"zstd\n");
+    assert_eq!(image.config, ImageConfig::default());
+    assert_eq!(image.size_bytes, 5);
+}
