@@ -114,6 +114,17 @@ impl Files {
         }
         b.into_inner().unwrap()
     }
+    /// [`Files::tar`] with symlinks `(name, target)` after the files.
+    fn tar_with_links(&self, links: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = self.tar();
+        out.truncate(out.len() - 1024);
+        let mut tail = Tar::default();
+        for (name, target) in links {
+            tail = tail.symlink(name, target);
+        }
+        out.extend_from_slice(&tail.finish());
+        out
+    }
     fn write_to(&self, dir: &Path) {
         for (path, data) in &self.0 {
             let p = dir.join(path);
@@ -561,6 +572,29 @@ fn a_docker_save_archive_imports() {
     let image = scene.import_archive(&files.tar(), &OPTIONS).unwrap();
     assert_eq!(image.layers, diff_ids);
     assert_eq!(image.config.cmd, ["docker"]);
+    // Older versions of docker save a layer that repeats as a symlink to the first copy.
+    let scene_links = Scene::new();
+    let mut linked = files.clone();
+    let config3 =
+        json!({"os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_ids[0], diff_ids[1], diff_ids[0]]}});
+    let config3 = serde_json::to_vec(&config3).unwrap();
+    let config3_name = format!("{}.json", &sha(&config3)[7..]);
+    linked.put(&config3_name, config3);
+    let manifest = json!([{
+        "Config": config3_name,
+        "Layers": ["0a1b/layer.tar", format!("blobs/sha256/{}", &sha(&top)[7..]), "ffff/layer.tar"],
+    }]);
+    linked.put("manifest.json", serde_json::to_vec(&manifest).unwrap());
+    let three = scene_links
+        .import_archive(&linked.tar_with_links(&[("ffff/layer.tar", "../0a1b/layer.tar")]), &OPTIONS)
+        .unwrap();
+    assert_eq!(three.layers, [diff_ids[0].clone(), diff_ids[1].clone(), diff_ids[0].clone()]);
+    assert_eq!(scene_links.store.layers().unwrap().len(), 2);
+    // One that leads out of the archive leads nowhere.
+    let scene_out = Scene::new();
+    let out = linked.tar_with_links(&[("ffff/layer.tar", "/etc/passwd")]);
+    assert_invalid(scene_out.import_archive(&out, &OPTIONS).unwrap_err(), "Layers[2]", "symlink out");
+    scene_out.assert_empty("symlink out");
     assert!(image.digest.starts_with("sha256:"));
     assert!(scene.layer(&image.layers[1], "etc/passwd").exists());
     // The same archive is the same image.
