@@ -3,15 +3,21 @@
 //! a content-addressed store of unpacked layers ([`LayerStore`]).
 //!
 //! A layer is unpacked once, under the archive rules of [`crate::archive`] (no path escapes, no
-//! devices, no setuid or setgid unless [`UnpackOptions::allow_setuid`]), with the OCI whiteouts
+//! devices, no setuid or setgid files unless [`UnpackOptions::allow_setuid`]; a setgid directory,
+//! which grants nothing, is kept), with the OCI whiteouts
 //! turned into overlayfs's (a `.wh.<name>` entry becomes a 0:0 character device `<name>`, a
 //! `.wh..wh..opq` entry sets `trusted.overlay.opaque=y` on its directory). Files keep the ids
 //! the layer gives them: the store's root is mode 0700 and only ever reaches a sandbox through
 //! an idmapped mount onto its namespace's host id range (see [`crate::rootfs`]).
 //!
 //! A layer directory appears only whole: it is unpacked into a temporary directory beside it
-//! and renamed into place once its blob's digest is verified, so an interrupted import leaves
-//! nothing usable and the next import starts over.
+//! and renamed into place once its uncompressed content matched the config's `diff_id` (its
+//! blob's digest was verified before it was read), so an interrupted import leaves nothing
+//! usable and the next import starts over. The image's new layers appear together, after all
+//! of them are unpacked.
+//!
+//! Files: [`layout`] reads and verifies the index, manifest and config; [`layer`] unpacks one
+//! layer.
 
 use std::collections::HashSet;
 use std::io;
