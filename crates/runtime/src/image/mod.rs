@@ -16,7 +16,7 @@
 //! usable and the next import starts over. The image's new layers appear together, after all
 //! of them are unpacked.
 //!
-//! Files: [`layout`] reads and verifies the index, manifest and config; [`layer`] unpacks one
+//! Files: `layout.rs` reads and verifies the index, manifest and config; `layer.rs` unpacks one
 //! layer.
 
 use std::collections::HashSet;
