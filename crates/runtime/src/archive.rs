@@ -45,7 +45,7 @@ pub const MAX_PATH: usize = 4096;
 pub const MAX_NAME: usize = 255;
 /// Decompressed bytes allowed on top of an entry's data for its padding and the headers (with
 /// long names and PAX records) of the next entry.
-const HEADER_ALLOWANCE: u64 = 64 * 1024;
+pub(crate) const HEADER_ALLOWANCE: u64 = 64 * 1024;
 /// Largest PAX global header, whose records are ignored.
 const MAX_GLOBAL_HEADER: u64 = 64 * 1024;
 
@@ -123,7 +123,7 @@ impl Meter {
 }
 
 /// Fails reads past the meter's allowance.
-struct Metered<R> {
+pub(crate) struct Metered<R> {
     inner: R,
     meter: Rc<Meter>,
 }
@@ -316,19 +316,21 @@ impl SlotReader<'_> {
 }
 
 /// One entry of an upload, with its GNU long names and PAX records applied.
-struct InEntry {
-    header: tar::Header,
-    path: Vec<u8>,
-    link: Option<Vec<u8>>,
+pub(crate) struct InEntry {
+    pub(crate) header: tar::Header,
+    pub(crate) path: Vec<u8>,
+    pub(crate) link: Option<Vec<u8>>,
     /// Bytes of data that follow in the archive.
-    size: u64,
-    mtime: Option<SystemTime>,
+    pub(crate) size: u64,
+    pub(crate) mtime: Option<SystemTime>,
     /// For a GNU sparse entry, its map (not checked yet).
-    sparse: Option<SparseMap>,
+    pub(crate) sparse: Option<SparseMap>,
+    /// The entry's PAX records (empty without), for readers that want more of them (ids).
+    pub(crate) pax: Vec<u8>,
 }
 
 /// A PAX record's value.
-fn pax_value<'a>(records: &'a [u8], key: &str) -> Option<&'a [u8]> {
+pub(crate) fn pax_value<'a>(records: &'a [u8], key: &str) -> Option<&'a [u8]> {
     tar::PaxExtensions::new(records)
         .filter_map(Result::ok)
         .filter(|r| r.key_bytes() == key.as_bytes())
@@ -359,7 +361,7 @@ fn pax_time(value: &[u8]) -> Option<SystemTime> {
 
 /// A tar stream read entry by entry: headers with GNU long names, PAX records and GNU sparse
 /// maps, then the current entry's data through `Read` (never past it).
-struct TarIn<R> {
+pub(crate) struct TarIn<R> {
     inner: R,
     meter: Rc<Meter>,
     /// Data of the current entry not read yet, then its padding.
@@ -379,9 +381,59 @@ impl<R: Read> Read for TarIn<R> {
     }
 }
 
+impl<R: Read> TarIn<Metered<R>> {
+    /// Reads the (decompressed) tar stream `inner`, metered: past the first header, each
+    /// entry's data may be read only once [`TarIn::allow`] allowed it.
+    pub(crate) fn new(inner: R) -> Self {
+        let meter = Rc::new(Meter::default());
+        meter.allow_more(HEADER_ALLOWANCE);
+        TarIn { inner: Metered { inner, meter: meter.clone() }, meter, left: 0, pad: 0 }
+    }
+
+    /// Allows `bytes` more of the stream from here on (an entry's data), and the headers of
+    /// the next entry.
+    pub(crate) fn allow(&self, bytes: u64) {
+        self.meter.allow_more(bytes.saturating_add(HEADER_ALLOWANCE));
+    }
+
+    /// Once [`TarIn::next`] saw the end of the archive: reads what follows it in the stream
+    /// (padding to a record, at most `most` bytes) and returns the stream.
+    pub(crate) fn finish(mut self, most: u64) -> Result<R, ArchiveError> {
+        self.meter.allow_more(most);
+        io::copy(&mut self.inner, &mut io::sink()).map_err(|e| match self.fail(None, e) {
+            ArchiveError::TooLarge { .. } => ArchiveError::TooLarge {
+                entry: None,
+                reason: format!("more than {most} bytes after the archive's end"),
+            },
+            other => other,
+        })?;
+        Ok(self.inner.inner)
+    }
+}
+
+/// The decompressed stream of a tar archive that is plain, gzip or zstd (see [`detect`]).
+pub(crate) fn decompress<'a>(mut reader: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut head = [0u8; 4];
+    let mut got = 0;
+    while got < head.len() {
+        match reader.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let raw = io::Cursor::new(head[..got].to_vec()).chain(reader);
+    Ok(match detect(&head[..got]) {
+        Compression::Plain => Box::new(raw),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Compression::Zstd => Box::new(ZstdFrames::new(raw)),
+    })
+}
+
 impl<R: Read> TarIn<R> {
     /// A read error as the archive error it stands for: the meter's limit, or a broken stream.
-    fn fail(&self, entry: Option<&str>, e: io::Error) -> ArchiveError {
+    pub(crate) fn fail(&self, entry: Option<&str>, e: io::Error) -> ArchiveError {
         if self.meter.exceeded.get() {
             ArchiveError::TooLarge {
                 entry: entry.map(str::to_owned),
@@ -428,7 +480,7 @@ impl<R: Read> TarIn<R> {
     }
 
     /// The next entry; `None` at the end of the archive (a zero block or the end of the stream).
-    fn next(&mut self) -> Result<Option<InEntry>, ArchiveError> {
+    pub(crate) fn next(&mut self) -> Result<Option<InEntry>, ArchiveError> {
         let rest = self.left.saturating_add(self.pad);
         self.skip(rest)?;
         self.left = 0;
@@ -520,7 +572,7 @@ impl<R: Read> TarIn<R> {
                 let sparse = if kind.is_gnu_sparse() { Some(self.gnu_sparse_map(&header, &shown)?) } else { None };
                 self.left = size;
                 self.pad = padding(size);
-                return Ok(Some(InEntry { header, path, link, size, mtime, sparse }));
+                return Ok(Some(InEntry { header, path, link, size, mtime, sparse, pax: records.to_vec() }));
             }
             // PAX sparse format 1.0 (GNU tar's `--format=posix --sparse`): the real name and
             // size in records, the map at the start of the data.
@@ -541,7 +593,7 @@ impl<R: Read> TarIn<R> {
             let segments = self.pax_sparse_map(&shown)?;
             let size = self.left;
             let sparse = Some(SparseMap { segments, real_size });
-            return Ok(Some(InEntry { header, path, link, size, mtime, sparse }));
+            return Ok(Some(InEntry { header, path, link, size, mtime, sparse, pax: records.to_vec() }));
         }
     }
 
@@ -639,10 +691,12 @@ enum Plan {
 
 /// What the archive made at a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Made {
+pub(crate) enum Made {
     Dir,
     File,
     Symlink,
+    /// Anything else (an image layer's whiteout): no path goes through it, no link to it.
+    Other,
 }
 
 #[derive(Debug)]
@@ -654,28 +708,29 @@ struct SeenNode {
 /// What the archive made so far, as a tree of path components, so that checking an entry costs
 /// the length of its path (not its depth times its length).
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     nodes: Vec<SeenNode>,
 }
 
 impl Seen {
-    fn new() -> Seen {
+    pub(crate) fn new() -> Seen {
         Seen { nodes: vec![SeenNode { made: Made::Dir, children: HashMap::new() }] }
     }
 
-    /// The first proper prefix of `comps` that the archive made a symlink, if any.
-    fn symlink_prefix(&self, comps: &[&[u8]]) -> Option<String> {
+    /// The first proper prefix of `comps` that the archive made a symlink (or something else
+    /// that is not a directory, see [`Made::Other`]), if any.
+    pub(crate) fn symlink_prefix(&self, comps: &[&[u8]]) -> Option<String> {
         let mut cur = 0;
         for (i, c) in comps.iter().enumerate().take(comps.len().saturating_sub(1)) {
             cur = *self.nodes[cur].children.get(*c)?;
-            if self.nodes[cur].made == Made::Symlink {
+            if matches!(self.nodes[cur].made, Made::Symlink | Made::Other) {
                 return Some(String::from_utf8_lossy(&comps[..=i].join(&b'/')).into_owned());
             }
         }
         None
     }
 
-    fn made(&self, comps: &[&[u8]]) -> Option<Made> {
+    pub(crate) fn made(&self, comps: &[&[u8]]) -> Option<Made> {
         let mut cur = 0;
         for c in comps {
             cur = *self.nodes[cur].children.get(*c)?;
@@ -684,7 +739,7 @@ impl Seen {
     }
 
     /// Records that `comps` is now `made` (and its parents directories).
-    fn record(&mut self, comps: &[&[u8]], made: Made) {
+    pub(crate) fn record(&mut self, comps: &[&[u8]], made: Made) {
         let mut cur = 0;
         for c in comps {
             cur = match self.nodes[cur].children.get(*c) {
@@ -705,14 +760,14 @@ impl Seen {
     }
 }
 
-fn hostile(entry: &str, reason: impl Into<String>) -> ArchiveError {
+pub(crate) fn hostile(entry: &str, reason: impl Into<String>) -> ArchiveError {
     ArchiveError::Hostile { entry: entry.to_owned(), reason: reason.into() }
 }
 
 /// The normalized components of an entry's path or hard link target: relative, no `..`, no NUL,
 /// within length limits; any other bytes (names that are not UTF-8 too) are kept as they are.
 /// Empty and `.` components (`./a`, `dir/`) are dropped.
-fn check_path<'a>(shown: &str, raw: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>, ArchiveError> {
+pub(crate) fn check_path<'a>(shown: &str, raw: &'a [u8], what: &str) -> Result<Vec<&'a [u8]>, ArchiveError> {
     if raw.contains(&0) {
         return Err(hostile(shown, format!("{what} contains NUL")));
     }
@@ -739,7 +794,7 @@ fn check_path<'a>(shown: &str, raw: &'a [u8], what: &str) -> Result<Vec<&'a [u8]
 /// Checks a symlink's target, which is data: absolute targets and `..` are kept as they are
 /// (nothing here ever resolves through a link, see [`confined`]); only an empty target, NUL and
 /// a target longer than a path are refused.
-fn check_symlink(shown: &str, raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
+pub(crate) fn check_symlink(shown: &str, raw: &[u8]) -> Result<Vec<u8>, ArchiveError> {
     if raw.is_empty() {
         return Err(hostile(shown, "empty symlink target"));
     }
@@ -774,7 +829,7 @@ impl From<ConfinedError> for SparseError {
 
 /// Writes the data of a sparse entry (its runs, as they follow in `data`) into `file` at their
 /// offsets, seeking over the holes, and gives the file its size: holes stay holes.
-fn fill_sparse<R: Read>(
+pub(crate) fn fill_sparse<R: Read>(
     file: &mut std::fs::File,
     data: &mut TarIn<R>,
     map: &SparseMap,
@@ -820,26 +875,9 @@ fn fill_sparse<R: Read>(
 /// Extracts a tar upload (plain, gzip or zstd, see [`detect`]) into `staging`, which should be
 /// empty, owned by `owner`. On error the staging root holds a part of the archive and is meant
 /// to be thrown away.
-pub fn extract(mut reader: impl Read, staging: &Root, owner: Owner, limits: Limits) -> Result<Stats, ArchiveError> {
-    let meter = Rc::new(Meter::default());
-    let mut head = [0u8; 4];
-    let mut got = 0;
-    while got < head.len() {
-        match reader.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(ArchiveError::Corrupt(e.to_string())),
-        }
-    }
-    let raw = io::Cursor::new(head[..got].to_vec()).chain(reader);
-    let decoded: Box<dyn Read + '_> = match detect(&head[..got]) {
-        Compression::Plain => Box::new(raw),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
-        Compression::Zstd => Box::new(ZstdFrames::new(raw)),
-    };
-    meter.allow_more(HEADER_ALLOWANCE);
-    let mut tar = TarIn { inner: Metered { inner: decoded, meter: meter.clone() }, meter, left: 0, pad: 0 };
+pub fn extract(reader: impl Read, staging: &Root, owner: Owner, limits: Limits) -> Result<Stats, ArchiveError> {
+    let decoded = decompress(reader).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
+    let mut tar = TarIn::new(decoded);
 
     let mut stats = Stats::default();
     let mut seen = Seen::new();

@@ -1158,6 +1158,212 @@ pub fn write_atomic_with<T, E: From<ConfinedError>>(
     Ok(out)
 }
 
+// ---- Trees built from nothing by one writer (image layers) ----
+
+/// What [`Builder::make`] creates at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Make<'a> {
+    /// A directory (one already there is kept, with the new mode and owner).
+    Dir,
+    /// A symlink to the target, stored as given.
+    Symlink(&'a [u8]),
+    /// Another name of the earlier file at these components of the tree.
+    HardLink(&'a [&'a [u8]]),
+    /// An overlayfs whiteout: a character device 0:0.
+    Whiteout,
+}
+
+/// A directory tree that one writer builds from nothing (an image layer being unpacked) and no
+/// one else writes meanwhile. Every path is resolved beneath its root with
+/// `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`: not even a symlink the tree itself holds is
+/// followed, so whatever the entries say, nothing is written outside it. Entries keep the mode
+/// (setuid, setgid and sticky bits too) and owner they are given; missing parents are made
+/// 0755 and owned by root. Nothing is synced until [`Builder::sync`].
+#[derive(Debug)]
+pub(crate) struct Builder {
+    root: Root,
+}
+
+/// Lookups of whole paths in a [`Builder`]'s tree: beneath it, no symlink at all.
+const NO_LINKS: u64 = ONE_NAME;
+
+impl Builder {
+    /// Opens the (empty, new) directory at `path`, a host path the caller trusts.
+    pub(crate) fn open(path: impl AsRef<Path>) -> Result<Builder, ConfinedError> {
+        Ok(Builder { root: Root::open(path)? })
+    }
+
+    fn shown(comps: &[&[u8]]) -> PathBuf {
+        PathBuf::from(std::ffi::OsStr::from_bytes(&join(comps)))
+    }
+
+    /// Opens the directory `comps`, creating missing ones (0755, root's), following nothing.
+    fn dir(&self, comps: &[&[u8]]) -> Result<OwnedFd, ConfinedError> {
+        let rel = Self::shown(comps);
+        let path = if comps.is_empty() { cstring(b".") } else { cstring(&join(comps)) };
+        let path = path.map_err(|e| io_error("open directory", &rel, e))?;
+        match openat2(self.root.fd.as_fd(), &path, libc::O_RDONLY | libc::O_DIRECTORY, 0, NO_LINKS) {
+            Ok(fd) => return Ok(fd),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("open directory", &rel, e)),
+        }
+        let mut dir = open_name(self.root.fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
+            .map_err(|e| io_error("open root", &rel, e))?;
+        for name in comps {
+            dir = make_dir_in(dir.as_fd(), name, 0o755, Owner { uid: 0, gid: 0 }, &rel)?;
+        }
+        Ok(dir)
+    }
+
+    /// The parent directory of `comps` (which must not be empty) and the last name.
+    fn parent(&self, comps: &[&[u8]]) -> Result<(OwnedFd, CString), ConfinedError> {
+        let rel = Self::shown(comps);
+        let (name, parents) =
+            comps.split_last().ok_or(ConfinedError::InvalidPath { path: String::new(), reason: "names the root" })?;
+        let dir = self.dir(parents)?;
+        Ok((dir, cstring(name).map_err(|e| io_error("create", &rel, e))?))
+    }
+
+    /// Makes room for a new entry `name` in `dir`: removes a file, symlink or empty directory
+    /// there (a directory stays when `keep_dir`); true when a directory was kept.
+    fn clear(dir: BorrowedFd<'_>, name: &CStr, keep_dir: bool, rel: &Path) -> Result<bool, ConfinedError> {
+        let st = match lstat_at(dir, name.to_bytes()) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error("stat", rel, e)),
+        };
+        if kind_of(st.st_mode) == Kind::Dir {
+            if keep_dir {
+                return Ok(true);
+            }
+            unlink_at(dir, name, libc::AT_REMOVEDIR).map_err(|e| io_error("replace directory", rel, e))?;
+        } else {
+            unlink_at(dir, name, 0).map_err(|e| io_error("replace", rel, e))?;
+        }
+        Ok(false)
+    }
+
+    /// Creates (or replaces) the regular file `comps`: `fill` writes it, then it gets `owner`
+    /// and `mode & 0o7777`.
+    pub(crate) fn file<T, E: From<ConfinedError>>(
+        &self,
+        comps: &[&[u8]],
+        mode: u32,
+        owner: Owner,
+        fill: impl FnOnce(&mut File) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let rel = Self::shown(comps);
+        let (dir, name) = self.parent(comps)?;
+        Self::clear(dir.as_fd(), &name, false, &rel)?;
+        let fd = openat2(
+            dir.as_fd(),
+            &name,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+            NO_LINKS,
+        )
+        .map_err(|e| io_error("create", &rel, e))?;
+        let mut file = File::from(fd);
+        let out = fill(&mut file)?;
+        fchown(file.as_fd(), owner).map_err(|e| io_error("chown", &rel, e))?;
+        fchmod(file.as_fd(), mode & 0o7777).map_err(|e| io_error("chmod", &rel, e))?;
+        Ok(out)
+    }
+
+    /// Creates (or replaces) `comps` as `what`, owned by `owner`, with `mode & 0o7777` (not for
+    /// a symlink, whose mode means nothing, nor a hard link, which is the earlier file).
+    pub(crate) fn make(&self, comps: &[&[u8]], what: Make<'_>, mode: u32, owner: Owner) -> Result<(), ConfinedError> {
+        let rel = Self::shown(comps);
+        if comps.is_empty() {
+            // The root itself: only a directory, which it is.
+            return match what {
+                Make::Dir => {
+                    let fd = self.dir(&[])?;
+                    fchown(fd.as_fd(), owner).map_err(|e| io_error("chown", &rel, e))?;
+                    fchmod(fd.as_fd(), mode & 0o7777).map_err(|e| io_error("chmod", &rel, e))
+                }
+                _ => Err(ConfinedError::InvalidPath { path: String::new(), reason: "names the root" }),
+            };
+        }
+        let (dir, name) = self.parent(comps)?;
+        let kept = Self::clear(dir.as_fd(), &name, what == Make::Dir, &rel)?;
+        let chown_nofollow = |what: &'static str| {
+            // SAFETY: a valid dir fd and a NUL-terminated single name; the entry itself changes.
+            cvt(unsafe {
+                libc::fchownat(dir.as_raw_fd(), name.as_ptr(), owner.uid, owner.gid, libc::AT_SYMLINK_NOFOLLOW)
+            })
+            .map_err(|e| io_error(what, &rel, e))
+        };
+        match what {
+            Make::Dir => {
+                if !kept {
+                    // SAFETY: a valid dir fd and a NUL-terminated single name.
+                    cvt(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o700) })
+                        .map_err(|e| io_error("create directory", &rel, e))?;
+                }
+                let fd = open_name(dir.as_fd(), name.to_bytes(), libc::O_RDONLY | libc::O_DIRECTORY, 0)
+                    .map_err(|e| io_error("open directory", &rel, e))?;
+                fchown(fd.as_fd(), owner).map_err(|e| io_error("chown directory", &rel, e))?;
+                fchmod(fd.as_fd(), mode & 0o7777).map_err(|e| io_error("chmod directory", &rel, e))?;
+            }
+            Make::Symlink(target) => {
+                let target = cstring(target).map_err(|e| io_error("create symlink", &rel, e))?;
+                // SAFETY: a valid dir fd and two NUL-terminated strings that symlinkat only reads.
+                cvt(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) })
+                    .map_err(|e| io_error("create symlink", &rel, e))?;
+                chown_nofollow("chown symlink")?;
+            }
+            Make::HardLink(existing) => {
+                let (src_dir, src_name) = self.parent(existing)?;
+                // SAFETY: valid dir fds and NUL-terminated single names; flags 0 follows no symlink.
+                cvt(unsafe { libc::linkat(src_dir.as_raw_fd(), src_name.as_ptr(), dir.as_raw_fd(), name.as_ptr(), 0) })
+                    .map_err(|e| io_error("link", &rel, e))?;
+            }
+            Make::Whiteout => {
+                // SAFETY: a valid dir fd, a NUL-terminated single name and plain integers.
+                cvt(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), libc::S_IFCHR, libc::makedev(0, 0)) })
+                    .map_err(|e| io_error("create whiteout", &rel, e))?;
+                chown_nofollow("chown whiteout")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the extended attribute `name` of the directory `comps` (made if missing).
+    pub(crate) fn set_dir_xattr(&self, comps: &[&[u8]], name: &CStr, value: &[u8]) -> Result<(), ConfinedError> {
+        let rel = Self::shown(comps);
+        let fd = self.dir(comps)?;
+        // SAFETY: a valid fd, a NUL-terminated name and a buffer of the length passed.
+        cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+            .map_err(|e| io_error("set extended attribute of", &rel, e))
+    }
+
+    /// Sets the modification (and access) time of `comps`, not following it if it is a symlink.
+    pub(crate) fn set_modified(&self, comps: &[&[u8]], modified: SystemTime) -> Result<(), ConfinedError> {
+        let rel = Self::shown(comps);
+        let (dir, name) = match comps.split_last() {
+            Some((name, parents)) => (self.dir(parents)?, cstring(name)),
+            None => (self.dir(&[])?, cstring(b".")),
+        };
+        let name = name.map_err(|e| io_error("set time of", &rel, e))?;
+        let (secs, nanos) = match modified.duration_since(UNIX_EPOCH) {
+            Ok(d) => (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos()),
+            Err(e) => (i64::try_from(e.duration().as_secs()).map(|s| -s).unwrap_or(i64::MIN), 0),
+        };
+        let t = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: libc::c_long::from(nanos as i32) };
+        let times = [t, t];
+        // SAFETY: a valid dir fd, a NUL-terminated single name and an array of two timespecs.
+        cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+            .map_err(|e| io_error("set time of", &rel, e))
+    }
+
+    /// Writes everything of the tree's filesystem to disk (`syncfs(2)`).
+    pub(crate) fn sync(&self) -> Result<(), ConfinedError> {
+        // SAFETY: syncfs on a valid fd.
+        cvt(unsafe { libc::syncfs(self.root.fd.as_raw_fd()) }).map_err(|e| io_error("sync", self.root.path(), e))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
