@@ -574,8 +574,8 @@ impl OciLayoutBuilder {
     }
 }
 
-/// Writes `images` as one OCI image layout directory whose index names each (a multi-platform
-/// index when their platforms differ). Returns their infos, in order.
+/// Writes `images` as one OCI image layout directory whose `index.json` names each image's
+/// manifest (with its platform and ref name). Returns their infos, in order.
 pub fn write_layout_dir(dir: &Path, images: &[&OciLayoutBuilder]) -> Vec<ImageInfo> {
     let (files, infos) = OciLayoutBuilder::layout_files(images);
     for (name, bytes) in files {
@@ -584,6 +584,46 @@ pub fn write_layout_dir(dir: &Path, images: &[&OciLayoutBuilder]) -> Vec<ImageIn
         std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
     infos
+}
+
+/// Writes a multi-platform image as an OCI image layout directory: `index.json` names one image
+/// index (`application/vnd.oci.image.index.v1+json`, a blob) whose manifests are `images`, each
+/// with its platform. Returns the image index's digest and the images' infos, in order.
+pub fn write_multi_platform_dir(dir: &Path, images: &[&OciLayoutBuilder]) -> (String, Vec<ImageInfo>) {
+    let (files, infos) = OciLayoutBuilder::layout_files(images);
+    let mut index_digest = String::new();
+    for (name, bytes) in files {
+        let (name, bytes) = if name == "index.json" {
+            // The flat index becomes the blob the top-level index names.
+            let mut inner: Value = serde_json::from_slice(&bytes).expect("index JSON");
+            for m in inner["manifests"].as_array_mut().expect("manifests") {
+                m.as_object_mut().expect("a descriptor").remove("annotations");
+            }
+            let inner = serde_json::to_vec(&inner).expect("index JSON");
+            index_digest = sha256_digest(&inner);
+            let blob = dir.join(blob_path(&index_digest));
+            std::fs::create_dir_all(blob.parent().expect("a parent")).expect("create blobs/sha256");
+            std::fs::write(&blob, &inner).expect("write the image index");
+            let top = serde_json::to_vec_pretty(&json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "digest": index_digest,
+                    "size": inner.len(),
+                    "annotations": {"org.opencontainers.image.ref.name": "latest"},
+                }],
+            }))
+            .expect("index JSON");
+            (name, top)
+        } else {
+            (name, bytes)
+        };
+        let path = dir.join(name);
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("create the layout's directories");
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+    (index_digest, infos)
 }
 
 /// Writes `images` as one OCI image layout tar at `path` (see [`write_layout_dir`]).
