@@ -511,7 +511,8 @@ impl OciLayoutBuilder {
 
     /// The layout's files (relative path, bytes) for `images` under one index.
     fn layout_files(images: &[&OciLayoutBuilder]) -> (Vec<(String, Vec<u8>)>, Vec<ImageInfo>) {
-        let mut files: Vec<(String, Vec<u8>)> = vec![("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())];
+        let mut files: Vec<(String, Vec<u8>)> =
+            vec![("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec())];
         let mut descriptors = Vec::new();
         let mut infos = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
@@ -665,19 +666,13 @@ pub fn busybox_layer() -> Layer {
         is_static_elf(&busybox),
         "/bin/busybox is not statically linked: install Debian's busybox-static (scripts/image-deps)"
     );
-    let mut layer = Layer::new()
-        .dir("bin", 0o755)
-        .file("bin/busybox", &busybox, 0o755);
+    let mut layer = Layer::new().dir("bin", 0o755).file("bin/busybox", &busybox, 0o755);
     for tool in BUSYBOX_TOOLS {
         layer = layer.symlink(&format!("bin/{tool}"), "busybox");
     }
     layer
         .dir("etc", 0o755)
-        .file(
-            "etc/passwd",
-            b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n",
-            0o644,
-        )
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nagent:x:1000:1000:agent:/home/agent:/bin/sh\n", 0o644)
         .file("etc/group", b"root:x:0:\nagent:x:1000:\n", 0o644)
         .dir("tmp", 0o1777)
         .dir("root", 0o700)
@@ -698,19 +693,14 @@ pub const BUSYBOX_TOOLS: &[&str] = &[
 /// A runnable image: [`busybox_layer`] gzipped, `Env` `PATH=/bin` and `WorkingDir` `/`; add
 /// layers or config on top.
 pub fn busybox_image() -> OciLayoutBuilder {
-    OciLayoutBuilder::new()
-        .layer(&busybox_layer())
-        .env("PATH=/usr/local/bin:/usr/bin:/bin")
-        .working_dir("/")
+    OciLayoutBuilder::new().layer(&busybox_layer()).env("PATH=/usr/local/bin:/usr/bin:/bin").working_dir("/")
 }
 
 /// Whether `elf` is a 64-bit ELF with no program interpreter (statically linked).
 fn is_static_elf(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let u64_at = |o: usize| {
-        elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-    };
+    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
     if elf.get(..5) != Some(b"\x7fELF\x02".as_slice()) {
         return false;
     }

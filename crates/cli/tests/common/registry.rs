@@ -102,12 +102,8 @@ impl Registry {
             let deadline = Instant::now() + Duration::from_secs(60);
             loop {
                 if let Some(status) = v2_status(port) {
-                    let registry = Registry {
-                        child,
-                        dir,
-                        port,
-                        auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
-                    };
+                    let registry =
+                        Registry { child, dir, port, auth: auth.map(|(u, p)| (u.to_string(), p.to_string())) };
                     let want = if auth.is_some() { 401 } else { 200 };
                     assert_eq!(status, want, "GET /v2/ of the test registry");
                     return registry;
