@@ -78,7 +78,7 @@ impl Registry {
                 &config,
                 format!(
                     "version: 0.1\n\
-                     log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                     log:\n  level: info\n  accesslog:\n    disabled: true\n\
                      storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  \
                      maintenance:\n    uploadpurging:\n      enabled: false\n\
                      http:\n  addr: 127.0.0.1:{port}\n  secret: bulkhead-test\n\
@@ -100,8 +100,12 @@ impl Registry {
                 .spawn()
                 .expect("start docker-registry");
             let deadline = Instant::now() + Duration::from_secs(60);
+            // Its log says when it has bound the port (the answer is then its own, not that of
+            // a process that took the port first).
+            let listening = format!("listening on 127.0.0.1:{port}");
             loop {
-                if let Some(status) = v2_status(port) {
+                let bound = std::fs::read_to_string(&log_path).is_ok_and(|log| log.contains(&listening));
+                if let Some(status) = v2_status(port).filter(|_| bound) {
                     let registry =
                         Registry { child, dir, port, auth: auth.map(|(u, p)| (u.to_string(), p.to_string())) };
                     let want = if auth.is_some() { 401 } else { 200 };
