@@ -265,6 +265,15 @@ fn pushes_to_an_open_registry() {
     assert_eq!(digest, info.manifest_digest);
     let inspected = registry.inspect("tools/busybox:1");
     assert_eq!(inspected["Digest"], info.manifest_digest);
+    // A layout tar and a `docker save` archive push too.
+    let tar = dir.path().join("image.tar");
+    let other = busybox_image().env("MORE=1");
+    let tar_info = other.write_tar(&tar);
+    assert_eq!(registry.push_archive(&tar, "tools/busybox:2"), tar_info.manifest_digest);
+    let saved = dir.path().join("saved.tar");
+    other.write_docker_save(&saved, "busybox:3");
+    let pushed = registry.push_from(&format!("docker-archive:{}", saved.display()), "tools/busybox:3", None).unwrap();
+    assert_eq!(registry.inspect("tools/busybox:3")["Digest"], pushed.as_str());
     let storage = registry.storage();
     assert!(storage.exists());
     drop(registry);

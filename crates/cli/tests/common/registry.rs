@@ -147,9 +147,23 @@ impl Registry {
         self.push_as(layout_dir, reference, creds).unwrap_or_else(|e| panic!("push {reference}: {e}"))
     }
 
+    /// Pushes the OCI layout tar `layout_tar` (its only image; e.g. the default image) as
+    /// `reference` with the registry's own credentials; returns the manifest digest.
+    pub fn push_archive(&self, layout_tar: &Path, reference: &str) -> String {
+        let creds = self.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+        self.push_from(&format!("oci-archive:{}", layout_tar.display()), reference, creds)
+            .unwrap_or_else(|e| panic!("push {reference}: {e}"))
+    }
+
     /// Pushes with `creds` (user, password) or none; `Err` with skopeo's output when the push
     /// fails (wrong or missing credentials).
     pub fn push_as(&self, layout_dir: &Path, reference: &str, creds: Option<(&str, &str)>) -> Result<String, String> {
+        self.push_from(&format!("oci:{}", layout_dir.display()), reference, creds)
+    }
+
+    /// Copies skopeo's `source` (`oci:DIR`, `oci-archive:TAR`, `docker-archive:TAR`, …) to
+    /// `reference` here with `creds`; the pushed manifest's digest, or skopeo's output.
+    pub fn push_from(&self, source: &str, reference: &str, creds: Option<(&str, &str)>) -> Result<String, String> {
         let work = tempfile::Builder::new().prefix("bulkhead-test-push-").tempdir().expect("a temporary dir");
         let digest_file = work.path().join("digest");
         let mut cmd = Command::new("skopeo");
@@ -167,7 +181,7 @@ impl Registry {
         } else {
             cmd.arg("--dest-no-creds");
         }
-        cmd.arg(format!("oci:{}", layout_dir.display()))
+        cmd.arg(source)
             .arg(format!("docker://{}", self.source(reference)))
             .env("HOME", work.path())
             .env("XDG_RUNTIME_DIR", work.path())
