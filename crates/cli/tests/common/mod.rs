@@ -6,8 +6,10 @@
 #![allow(dead_code)]
 
 pub mod host;
+pub mod images;
 pub mod internet;
 pub mod process;
+pub mod registry;
 
 use std::net::SocketAddr;
 
