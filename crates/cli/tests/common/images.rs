@@ -32,6 +32,39 @@ pub fn default_image() -> PathBuf {
     }
 }
 
+/// The default image as an OCI layout directory beside its tar (`<tar without .tar>.oci/`),
+/// extracted once for the whole suite (under a lock, renamed into place whole): test servers
+/// take `--default-image` as a directory, so a start reads the image's index, manifest and
+/// config, not 200 MB of archive.
+pub fn default_image_layout() -> PathBuf {
+    let tar = default_image();
+    let dir = tar.with_extension("oci");
+    if dir.join("index.json").is_file() {
+        return dir;
+    }
+    let lock = std::fs::File::create(tar.with_extension("oci.lock")).expect("lock file");
+    let locked = std::process::Command::new("flock")
+        .arg("--exclusive")
+        .arg(tar.with_extension("oci.lock"))
+        .arg("sh")
+        .arg("-c")
+        .arg(r#"[ -f "$2/index.json" ] && exit 0; rm -rf "$2.tmp" && mkdir -p "$2.tmp" && tar -xf "$1" -C "$2.tmp" && mv "$2.tmp" "$2""#)
+        .arg("extract")
+        .arg(&tar)
+        .arg(&dir)
+        .status()
+        .expect("run flock");
+    drop(lock);
+    assert!(locked.success() && dir.join("index.json").is_file(), "could not extract {} into {}", tar.display(), dir.display());
+    dir
+}
+
+/// Where test servers keep public images' layers: one store for the whole suite, so the default
+/// image is unpacked once (a cache beside the image, like the build's target dir).
+pub fn shared_public_layers() -> PathBuf {
+    default_image().with_extension("layers")
+}
+
 /// `sha256:<hex>` of `bytes`: an OCI digest.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(bytes)))
