@@ -98,6 +98,7 @@ fn resource_for(action: &str) -> ResourceRef {
         "key.get" | "key.revoke" => ResourceRef::Key("key_2".into()),
         "policy.delete" => ResourceRef::Policy("pol_1".into()),
         "secret.delete" | "secret.read" => ResourceRef::Secret("db-password".into()),
+        "image.get" | "image.delete" => ResourceRef::Image("python".into()),
         "network.connect" => ResourceRef::Host { name: "pypi.org".into(), port: 443, protocol: "tcp".into() },
         a if a.starts_with("platform.") => ResourceRef::Platform,
         _ => ResourceRef::Namespace("acme".into()),
@@ -529,6 +530,7 @@ fn the_fast_path_equals_cedar_alone() {
         ResourceRef::Key("key_1".into()),
         ResourceRef::Key("key_2".into()),
         ResourceRef::Policy("pol_1".into()),
+        ResourceRef::Image("python".into()),
     ];
     let mut compared = 0;
     let mut with_errors = 0;
