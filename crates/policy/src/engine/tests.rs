@@ -19,6 +19,8 @@ const EVERYONE: &[&str] = &[
     "filesystem.list",
     "filesystem.get",
     "secret.list",
+    "image.list",
+    "image.get",
 ];
 const DEVELOPER: &[&str] = &[
     "sandbox.create",
@@ -38,6 +40,8 @@ const DEVELOPER: &[&str] = &[
     "filesystem.file.delete",
     "filesystem.mount_rw",
     "filesystem.mount_ro",
+    "image.create",
+    "image.delete",
 ];
 const ADMIN: &[&str] =
     &["key.list", "key.get", "identity.get", "policy.list", "authz.explain", "secret.create", "secret.delete"];
@@ -51,6 +55,9 @@ const NOBODY: &[&str] = &[
     "platform.audit.read",
     "platform.audit.verify",
     "platform.metrics.read",
+    "platform.image.create",
+    "platform.image.list",
+    "platform.image.delete",
     "secret.read",
     // Only sandboxes connect (builtin.sandbox-egress).
     "network.connect",
