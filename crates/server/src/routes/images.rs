@@ -84,8 +84,8 @@ pub async fn import(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Image>)> {
     ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
-    validate::name("name", &name)?;
     load_namespace(&ctx, &ns).await?;
+    validate::name("name", &name)?;
     import_archive(&ctx, Import { namespace: Some(ns), name, source: "archive".into() }, body).await
 }
 

@@ -196,14 +196,14 @@ pub async fn root(state: &AppState, row: &ImageRow, writable_bytes: u64) -> Serv
     Ok(RootSpec::Image(ImageRoot { layers, writable_bytes }))
 }
 
-/// The image's `Env` (`KEY=value` entries; malformed ones skipped, a later one of a key
-/// replacing an earlier one) under `env`: a variable `env` sets wins, the image's others come
-/// first.
+/// The image's `Env` (`KEY=value` entries; malformed ones, with no `=`, an empty key or a NUL,
+/// skipped; a later one of a key replacing an earlier one) under `env`: a variable `env` sets
+/// wins, the image's others come first.
 pub fn merge_env(image_env: &[String], env: Vec<(String, String)>) -> Vec<(String, String)> {
     let mut merged: Vec<(String, String)> = Vec::with_capacity(image_env.len() + env.len());
     for entry in image_env {
         let Some((k, v)) = entry.split_once('=') else { continue };
-        if k.is_empty() || env.iter().any(|(e, _)| e == k) {
+        if k.is_empty() || entry.contains('\0') || env.iter().any(|(e, _)| e == k) {
             continue;
         }
         match merged.iter_mut().find(|(m, _)| m == k) {
@@ -361,7 +361,14 @@ mod tests {
 
     #[test]
     fn the_requests_env_wins_over_the_images() {
-        let image = vec!["PATH=/usr/bin".to_owned(), "LANG=C".to_owned(), "junk".to_owned(), "LANG=C.UTF-8".to_owned()];
+        let image = vec![
+            "PATH=/usr/bin".to_owned(),
+            "LANG=C".to_owned(),
+            "junk".to_owned(),
+            "=x".to_owned(),
+            "NUL=a\0b".to_owned(),
+            "LANG=C.UTF-8".to_owned(),
+        ];
         let env = vec![("PATH".to_owned(), "/opt/bin".to_owned()), ("X".to_owned(), "1".to_owned())];
         assert_eq!(
             merge_env(&image, env),
