@@ -43,9 +43,13 @@ impl World {
             server.ok(None, &["namespace", "create", ns, "--cpu", "2", "--memory", "2GiB", "--disk", "4GiB"]);
         }
         let token = |ns: &str, name: &str, role: &str| {
-            server.json(None, &["key", "create", "--ns", ns, name, "--role", role])["token"].as_str().unwrap().to_owned()
+            server.json(None, &["key", "create", "--ns", ns, name, "--role", role])["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
         };
-        let (dev, viewer, other) = (token(NS, "dev", "developer"), token(NS, "eyes", "viewer"), token(OTHER, "boss", "owner"));
+        let (dev, viewer, other) =
+            (token(NS, "dev", "developer"), token(NS, "eyes", "viewer"), token(OTHER, "boss", "owner"));
         World { _dir: dir, server, admin, dev, viewer, other, http: reqwest::Client::new() }
     }
 
@@ -118,7 +122,12 @@ async fn names_roles_and_tenants_are_checked_before_any_image_is_read() {
     refused(&w.get(&format!("{ns_images}?colour=red"), &w.viewer).await, 400, "invalid_request", "colour");
 
     // Roles: a viewer reads but never imports or deletes.
-    refused(&w.put(&format!("{ns_images}/tools/archive"), &w.viewer, b"x".to_vec()).await, 403, "forbidden", "image.create");
+    refused(
+        &w.put(&format!("{ns_images}/tools/archive"), &w.viewer, b"x".to_vec()).await,
+        403,
+        "forbidden",
+        "image.create",
+    );
     refused(&w.delete(&format!("{ns_images}/tools"), &w.viewer).await, 403, "forbidden", "image.delete");
 
     // Another tenant: exactly what a namespace that does not exist answers.
@@ -132,7 +141,12 @@ async fn names_roles_and_tenants_are_checked_before_any_image_is_read() {
     // The public images are the operator's: a namespace's principals may not publish, list or
     // delete them there, whatever their role.
     for token in [&w.dev, &w.other] {
-        refused(&w.put("/v1/images/tools/archive", token, b"x".to_vec()).await, 403, "forbidden", "platform.image.create");
+        refused(
+            &w.put("/v1/images/tools/archive", token, b"x".to_vec()).await,
+            403,
+            "forbidden",
+            "platform.image.create",
+        );
         refused(&w.get("/v1/images", token).await, 403, "forbidden", "platform.image.list");
         refused(&w.delete("/v1/images/tools", token).await, 403, "forbidden", "platform.image.delete");
     }
@@ -300,7 +314,10 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
     let image = w.server.json(Some(&w.dev), &["image", "import", "tools", archive_arg, "--ns", NS]);
     let id = image["id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("img_"), "{image}");
-    assert_eq!((image["name"].as_str(), image["namespace"].as_str(), &image["public"]), (Some("tools"), Some(NS), &json!(false)));
+    assert_eq!(
+        (image["name"].as_str(), image["namespace"].as_str(), &image["public"]),
+        (Some("tools"), Some(NS), &json!(false))
+    );
     assert!(image["digest"].as_str().unwrap().starts_with("sha256:"), "{image}");
     assert_eq!(image["layers"].as_array().unwrap().len(), 1, "{image}");
     assert_eq!(image["config"]["user"], "app");
@@ -320,16 +337,34 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
     let hidden = w.get(&format!("{theirs}/{id}"), &w.other).await;
     let missing = w.get(&format!("{theirs}/img_0123456789abcdef0123456789abcdef"), &w.other).await;
     refused(&hidden, 404, "not_found", "image");
-    assert_eq!(error(&hidden.1).1.replace(&id, "X"), error(&missing.1).1.replace("img_0123456789abcdef0123456789abcdef", "X"));
+    assert_eq!(
+        error(&hidden.1).1.replace(&id, "X"),
+        error(&missing.1).1.replace("img_0123456789abcdef0123456789abcdef", "X")
+    );
     let shown = w.server.ok(Some(&w.viewer), &["image", "show", "tools", "--ns", NS]);
     assert!(shown.contains(&id) && shown.contains("/srv") && shown.contains("GREETING=from-the-image"), "{shown}");
 
     // A name taken is a 409 before the body is read; tampered and junk archives are 400s and
     // record nothing.
-    refused(&w.put(&format!("{ns_images}/tools/archive"), &w.dev, std::fs::read(&archive).unwrap()).await, 409, "conflict", "tools");
+    refused(
+        &w.put(&format!("{ns_images}/tools/archive"), &w.dev, std::fs::read(&archive).unwrap()).await,
+        409,
+        "conflict",
+        "tools",
+    );
     let tampered = oci_image(&work.path().join("t"), true);
-    refused(&w.put(&format!("{ns_images}/bad/archive"), &w.dev, std::fs::read(&tampered).unwrap()).await, 400, "invalid_request", "digest");
-    refused(&w.put(&format!("{ns_images}/junk/archive"), &w.dev, b"this is no tar at all".to_vec()).await, 400, "invalid_request", "image");
+    refused(
+        &w.put(&format!("{ns_images}/bad/archive"), &w.dev, std::fs::read(&tampered).unwrap()).await,
+        400,
+        "invalid_request",
+        "digest",
+    );
+    refused(
+        &w.put(&format!("{ns_images}/junk/archive"), &w.dev, b"this is no tar at all".to_vec()).await,
+        400,
+        "invalid_request",
+        "image",
+    );
     assert_eq!(w.get(&ns_images, &w.dev).await.1["items"].as_array().unwrap().len(), 1);
 
     // A public image: every namespace sees it beside its own, none may delete it.
@@ -349,7 +384,10 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
     assert_eq!(w.get(&ns_images, &w.dev).await.1["items"], json!([]));
     let audit = w.server.json(None, &["audit", "--ns", NS]);
     for action in ["image.create", "image.delete"] {
-        assert!(audit.as_array().unwrap().iter().any(|r| r["action"] == action && r["decision"] == "allow"), "{action}: {audit:#}");
+        assert!(
+            audit.as_array().unwrap().iter().any(|r| r["action"] == action && r["decision"] == "allow"),
+            "{action}: {audit:#}"
+        );
     }
 }
 
@@ -363,8 +401,9 @@ async fn a_sandbox_boots_the_image_with_its_defaults_and_holds_it() {
     let archive = oci_image(work.path(), false);
     let image = w.server.json(Some(&w.dev), &["image", "import", "tools", archive.to_str().unwrap(), "--ns", NS]);
     let sandboxes = format!("/v1/namespaces/{NS}/sandboxes");
-    let (status, sandbox) =
-        w.post(&sandboxes, &w.dev, json!({"image": "tools", "disk_bytes": 64u64 << 20, "env": {"EXTRA": "mine"}})).await;
+    let (status, sandbox) = w
+        .post(&sandboxes, &w.dev, json!({"image": "tools", "disk_bytes": 64u64 << 20, "env": {"EXTRA": "mine"}}))
+        .await;
     assert_eq!(status, 201, "{sandbox}");
     assert_eq!(sandbox["image"], json!({"id": image["id"], "name": "tools", "digest": image["digest"]}));
     assert_eq!(sandbox["disk_bytes"], json!(64u64 << 20));

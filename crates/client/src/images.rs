@@ -28,11 +28,16 @@ impl Client {
     /// gzip or zstd) as image `name` of namespace `ns`, or with `ns` `None` publishes it as a
     /// public image (the platform admin). The file is streamed, never read whole; `sent` counts
     /// the bytes sent so far, for a progress display.
-    pub async fn import_image(&self, ns: Option<&str>, name: &str, archive: &Path, sent: Arc<AtomicU64>) -> Result<Image> {
-        let file = tokio::fs::File::open(archive).await.map_err(|source| Error::Read {
-            path: archive.display().to_string(),
-            source,
-        })?;
+    pub async fn import_image(
+        &self,
+        ns: Option<&str>,
+        name: &str,
+        archive: &Path,
+        sent: Arc<AtomicU64>,
+    ) -> Result<Image> {
+        let file = tokio::fs::File::open(archive)
+            .await
+            .map_err(|source| Error::Read { path: archive.display().to_string(), source })?;
         let len = file.metadata().await.map(|m| m.len()).ok();
         let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(Some(file), move |file| {
             let sent = sent.clone();

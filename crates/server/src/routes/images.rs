@@ -199,8 +199,8 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
     }
     let _stream = ctx.state.streams.acquire(&ctx.principal, ns.unwrap_or(""), Direction::Upload)?;
     let max = ctx.state.config.images.max_image_bytes;
-    let (spooled, file) = images::spool_file(&ctx.state)
-        .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
+    let (spooled, file) =
+        images::spool_file(&ctx.state).map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
     let (tx, mut reader) = limits::BodyReader::channel();
     // The body is written to the spool file as it arrives, on a blocking thread.
     let write = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {

@@ -376,7 +376,11 @@ async fn boot_of(
 
 /// The user and working directory of a command in sandbox `row`: the request's, else its
 /// image's (`User`, `WorkingDir`), else root in `/`.
-pub(crate) fn command_defaults(row: &SandboxRow, user: Option<String>, cwd: Option<String>) -> (Option<String>, String) {
+pub(crate) fn command_defaults(
+    row: &SandboxRow,
+    user: Option<String>,
+    cwd: Option<String>,
+) -> (Option<String>, String) {
     let image = row.image.as_ref();
     let user = user.or_else(|| image.and_then(|i| i.user.clone()));
     let cwd = cwd.or_else(|| image.and_then(|i| i.working_dir.clone())).unwrap_or_else(|| "/".to_owned());
@@ -542,6 +546,9 @@ fn exit_code(exit: &Exit) -> i32 {
 /// Checks an argv and its environment against the kernel's bounds for `execve`: no argument
 /// longer than `MAX_ARG_STRLEN` (131072 bytes with its terminating NUL), and arguments and
 /// variables together (each string with its NUL and its pointer) within [`MAX_ARGV_BYTES`].
+/// A command's environment as pairs, in order.
+pub(crate) type Env = Vec<(String, String)>;
+
 /// The checks of a command to run, an exec's or a background process's: its environment, argv
 /// (within the kernel's bounds), working directory (absolute) and `user` (shape). Answers the
 /// environment as pairs and the working directory as given (its default, the image's or `/`,
@@ -551,7 +558,7 @@ pub(crate) fn check_command(
     env: Option<&BTreeMap<String, String>>,
     cwd: Option<String>,
     user: Option<&str>,
-) -> ApiResult<(Vec<(String, String)>, Option<String>)> {
+) -> ApiResult<(Env, Option<String>)> {
     let env = match env {
         Some(env) => check_env("env", env)?,
         None => Vec::new(),

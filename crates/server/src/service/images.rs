@@ -7,11 +7,11 @@
 //! (`<data-dir>/images/ns/<namespace>/`), public ones into the public store: a namespace never
 //! learns whether another holds a layer, because no lookup ever crosses stores.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use bulkhead_runtime::image::{ImageConfig, ImageError, ImportSource, StoredImage, UnpackOptions};
 use bulkhead_runtime::{ImageRoot, RootSpec};
 use bulkhead_store::{ImageDeletion, ImageRow, SandboxImage, StoreError};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 
 use super::{ServiceError, ServiceResult};
 use crate::state::AppState;
@@ -91,7 +91,9 @@ pub async fn import(state: &AppState, import: &Import, archive: &Path) -> Servic
         let row = row_of(import, &stored)?;
         match state.store.insert_image(&row).await {
             Ok(()) => Ok(row),
-            Err(StoreError::Conflict(_)) => Err(ServiceError::Conflict(format!("image {:?} already exists", import.name))),
+            Err(StoreError::Conflict(_)) => {
+                Err(ServiceError::Conflict(format!("image {:?} already exists", import.name)))
+            }
             Err(StoreError::NotFound(_)) => Err(ServiceError::NotFound(format!(
                 "namespace {:?} not found",
                 import.namespace.as_deref().unwrap_or_default()

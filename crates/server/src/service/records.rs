@@ -10,6 +10,6 @@ pub use bulkhead_runtime::{
     OutputStreamKind, ProcessEvent, ProcessInfo, ProcessOutput, ProcessSpec, ProcessStatus, TtySize,
 };
 pub use bulkhead_store::{
-    AuditQuery, FilesystemRow, IdempotentReply, ImageRow, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow, SandboxImage, SandboxRow,
-    SandboxStatus, SecretRow, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotentReply, ImageRow, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow,
+    SandboxImage, SandboxRow, SandboxStatus, SecretRow, UsageDelta,
 };

@@ -7,8 +7,9 @@ use bulkhead_core::{Quotas, Role};
 use super::{insert, select, within, Column, Columns, Constraints, SqliteStore};
 use crate::prelude::*;
 use crate::{
-    AuditQuery, FilesystemRow, ImageDeletion, ImageRow, SandboxImage, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow,
-    ProjectRow, SandboxRow, SandboxStatus, SecretRow, StoreError, UsageBucket, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotencyClaim, IdempotentReply, ImageDeletion, ImageRow, KeyRow, MeterMark,
+    NamespaceRow, PolicyRow, ProjectRow, SandboxImage, SandboxRow, SandboxStatus, SecretRow, StoreError, UsageBucket,
+    UsageDelta,
 };
 
 fn ns(name: &str) -> NamespaceRow {
