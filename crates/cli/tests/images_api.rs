@@ -426,3 +426,50 @@ async fn a_sandbox_boots_the_image_with_its_defaults_and_holds_it() {
     assert_eq!(w.delete(&format!("{sandboxes}/{id}"), &w.dev).await.0, 204);
     assert_eq!(w.delete(&format!("/v1/namespaces/{NS}/images/tools"), &w.dev).await.0, 204);
 }
+
+/// Needs the layer store and the overlay root: `--default-image` is imported once as the public
+/// image `default`, the image of a create that names none; a restart on an unchanged file keeps
+/// it; a file that is missing is named in the refusal of such creates.
+#[tokio::test]
+async fn the_default_image_is_imported_at_start_and_kept_across_restarts() {
+    let work = common::tempdir();
+    let archive = oci_image(work.path(), false);
+    let archive_arg = archive.to_str().unwrap().to_owned();
+    let mut w = World::start(&["--root", "image", "--default-image", &archive_arg]);
+    let sandboxes = format!("/v1/namespaces/{NS}/sandboxes");
+    let (status, page) = w.get("/v1/images", &w.admin).await;
+    assert_eq!(status, 200, "{page}");
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{page}");
+    assert_eq!((&items[0]["name"], &items[0]["public"]), (&json!("default"), &json!(true)));
+    let default_id = items[0]["id"].clone();
+    let (status, sandbox) = w.post(&sandboxes, &w.dev, json!({})).await;
+    assert_eq!(status, 201, "{sandbox}");
+    assert_eq!(sandbox["image"]["name"], "default", "{sandbox}");
+    assert_eq!(sandbox["disk_bytes"], json!(1u64 << 30), "{sandbox}");
+    let id = sandbox["id"].as_str().unwrap().to_owned();
+    let (_, out) = w.post(&format!("{sandboxes}/{id}/exec"), &w.dev, json!({"cmd": ["cat", "hello.txt"]})).await;
+    assert_eq!(out["stdout"], "hello from the image\n", "{out}");
+    // The public default cannot go while a sandbox uses it.
+    refused(&w.delete("/v1/images/default", &w.admin).await, 409, "conflict", &id);
+    assert_eq!(w.delete(&format!("{sandboxes}/{id}"), &w.dev).await.0, 204);
+
+    // A restart on the same file keeps the image it recorded.
+    let (data, names) = (w.server.data_dir.clone(), (w.server.state_dir.clone(), w.server.cgroup_prefix.clone()));
+    w.server.stop();
+    let registry = data.join("host-registry");
+    let args = ["--root", "image", "--default-image", archive_arg.as_str()];
+    w.server = Server::spawn(&data, names.clone(), &registry, &args).expect("restart");
+    let (_, page) = w.get("/v1/images", &w.admin).await;
+    assert_eq!(page["items"][0]["id"], default_id, "{page}");
+
+    // Without the file, and with the recorded default deleted, creates say what is missing.
+    assert_eq!(w.delete("/v1/images/default", &w.admin).await.0, 204);
+    w.server.stop();
+    let gone = work.path().join("gone.tar");
+    let args = ["--root", "image", "--default-image", gone.to_str().unwrap()];
+    w.server = Server::spawn(&data, names, &registry, &args).expect("restart");
+    let got = w.post(&sandboxes, &w.dev, json!({})).await;
+    refused(&got, 409, "conflict", "no default image");
+    assert!(error(&got.1).1.contains("gone.tar"), "{}", got.1);
+}
