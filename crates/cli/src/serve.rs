@@ -81,7 +81,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BULKHEAD_DEFAULT_IMAGE", value_name = "PATH")]
     default_image: Option<PathBuf>,
     /// Where the layers of public images are unpacked (default: <data-dir>/images/public). One
-    /// directory may serve several servers of one host (each unpacks a layer once).
+    /// directory may serve several servers of one host (a layer is unpacked once); a directory
+    /// named here is never collected, since another server's images may use its layers.
     #[arg(long, env = "BULKHEAD_PUBLIC_LAYERS", value_name = "DIR")]
     public_layers: Option<PathBuf>,
     /// The largest image: unpacked, and its archive as uploaded (`8GiB`).

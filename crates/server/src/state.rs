@@ -102,7 +102,9 @@ pub struct ImageSettings {
     /// `--default-image`: an OCI image layout or `docker save` tar imported at start as the
     /// public image `default` (again when its digest changes).
     pub default_image: Option<PathBuf>,
-    /// The layer store of public images; `None`: `<data-dir>/images/public`.
+    /// The layer store of public images; `None`: `<data-dir>/images/public`. One named here
+    /// may be shared by several servers, so it is never collected (see
+    /// `service::images::collect`).
     pub public_layers: Option<PathBuf>,
     /// The most bytes one image may take unpacked, and the largest archive upload.
     pub max_image_bytes: u64,

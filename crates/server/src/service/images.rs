@@ -101,7 +101,9 @@ pub async fn import(state: &AppState, import: &Import, archive: &Path) -> Servic
             Err(e) => Err(e.into()),
         }
     };
-    if stored.is_err() {
+    // Layers the failed import unpacked that nothing records go again; not when the namespace
+    // itself went meanwhile (its store is gone with it).
+    if matches!(&stored, Err(e) if !matches!(e, ServiceError::NotFound(_))) {
         collect_quietly(state, ns).await;
     }
     stored
@@ -143,7 +145,13 @@ pub async fn delete(state: &AppState, row: &ImageRow) -> ServiceResult<()> {
 
 /// Removes the layers of `ns`'s store (or the public one) that no recorded image names; how
 /// many went. Holds the store's lock alone, so no import is between its unpack and its row.
+///
+/// A public store the operator named (`--public-layers`) may be shared by several servers of
+/// the host, whose images this one cannot see: it is never collected here.
 pub async fn collect(state: &AppState, ns: Option<&str>) -> ServiceResult<usize> {
+    if ns.is_none() && state.config.images.public_layers.is_some() {
+        return Ok(0);
+    }
     let store = state.layers.store(ns).await.map_err(image_error)?;
     let lock = state.layers.lock(ns);
     let _alone = lock.write().await;
@@ -272,6 +280,9 @@ pub async fn ensure_default(state: &AppState) {
     // The operator's file is read where it is, never written.
     match import_default(state, current.as_ref(), &path).await {
         Ok(row) => {
+            if let Some(dir) = mark_path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
             let _ = std::fs::write(&mark_path, format!("{mark} {}\n", row.digest));
             tracing::info!(image = %row.id, digest = %row.digest, "the default image is ready");
         }
