@@ -473,3 +473,29 @@ async fn the_default_image_is_imported_at_start_and_kept_across_restarts() {
     refused(&got, 409, "conflict", "no default image");
     assert!(error(&got.1).1.contains("gone.tar"), "{}", got.1);
 }
+
+/// Needs the layer store: a public layer store the operator names may serve several servers,
+/// so deleting a public image there leaves its layers for the others; a namespace's own store
+/// is collected, and goes with the namespace.
+#[tokio::test]
+async fn a_shared_public_store_keeps_its_layers_and_a_namespace_store_is_collected() {
+    let work = common::tempdir();
+    let archive = oci_image(work.path(), false);
+    let archive_arg = archive.to_str().unwrap().to_owned();
+    let shared = work.path().join("public-layers");
+    let w = World::start(&["--public-layers", shared.to_str().unwrap()]);
+    let public = w.server.json(None, &["image", "import", "base", &archive_arg, "--public"]);
+    let layer = public["layers"][0].as_str().unwrap().trim_start_matches("sha256:").to_owned();
+    assert!(shared.join("layers").join(&layer).is_dir(), "the public layer is unpacked in the shared store");
+    w.server.ok(None, &["image", "rm", "base", "--public"]);
+    assert!(shared.join("layers").join(&layer).is_dir(), "a shared store's layers stay");
+
+    let own = w.server.data_dir.join("images/ns").join(NS);
+    w.server.ok(Some(&w.dev), &["image", "import", "tools", &archive_arg, "--ns", NS]);
+    assert!(own.join("layers").join(&layer).is_dir(), "the namespace's own store holds its layer");
+    w.server.ok(Some(&w.dev), &["image", "rm", "tools", "--ns", NS]);
+    assert!(!own.join("layers").join(&layer).exists(), "a layer no image names is collected");
+    w.server.ok(Some(&w.dev), &["image", "import", "tools", &archive_arg, "--ns", NS]);
+    w.server.ok(None, &["namespace", "delete", NS]);
+    assert!(!own.exists(), "the namespace's store goes with it");
+}
