@@ -341,6 +341,17 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
         error(&hidden.1).1.replace(&id, "X"),
         error(&missing.1).1.replace("img_0123456789abcdef0123456789abcdef", "X")
     );
+    // A namespace's policy may forbid an image: by name or by id it is then refused, and lists
+    // leave it out.
+    let forbid = json!({"name": "no-tools",
+        "policy": "forbid(principal, action in [Bulkhead::Action::\"image.get\", Bulkhead::Action::\"image.list\"], resource == Bulkhead::Image::\"tools\");"});
+    let (status, policy) = w.post(&format!("/v1/namespaces/{NS}/policies"), &w.admin, forbid).await;
+    assert_eq!(status, 201, "{policy}");
+    refused(&w.get(&format!("{ns_images}/tools"), &w.viewer).await, 403, "forbidden", "image.get");
+    refused(&w.get(&format!("{ns_images}/{id}"), &w.viewer).await, 403, "forbidden", "image.get");
+    assert_eq!(w.get(&ns_images, &w.viewer).await.1["items"], json!([]));
+    let policy_path = format!("/v1/namespaces/{NS}/policies/{}", policy["id"].as_str().unwrap());
+    assert_eq!(w.delete(&policy_path, &w.admin).await.0, 204);
     let shown = w.server.ok(Some(&w.viewer), &["image", "show", "tools", "--ns", NS]);
     assert!(shown.contains(&id) && shown.contains("/srv") && shown.contains("GREETING=from-the-image"), "{shown}");
 

@@ -225,6 +225,7 @@ mod tests {
         assert_eq!(parse("filesystem:fs_9"), Ok(Target::filesystem("acme", "fs_9")));
         assert_eq!(parse("project:prj_2"), Ok(Target::project("acme", Some("prj_2"))));
         assert_eq!(parse("secret:db-password"), Ok(Target::secret("acme", "db-password")));
+        assert_eq!(parse("image:python"), Ok(Target::image("acme", "python")));
         assert_eq!(parse("key:key_3"), Ok(Target::key("acme", Some("key_3"), None)));
         assert_eq!(parse("policy:pol_abc"), Ok(Target::policy("acme", "pol_abc")));
         assert_eq!(parse("host:pypi.org"), Ok(Target::host("acme", "pypi.org", 443, "tcp")));
