@@ -237,7 +237,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 23);
+    assert_eq!(sandbox.matches('?').count(), 26);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }
