@@ -276,6 +276,16 @@ pub struct CreateSandbox {
     /// What the sandbox may reach on the network; absent: nothing but `$BULKHEAD_URL`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<SandboxEgress>,
+    /// The image the sandbox starts from: a name or an `img_…` id, the namespace's own image
+    /// first, then a public one. Default: the platform's default image (`default`). Refused
+    /// (409) by a server started with `--root host`, whose sandboxes run on the host's base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The size of the sandbox's writable root in bytes (what `apt-get install` and
+    /// `pip install` may add to the image); a write past it fails with `ENOSPC` inside. Default
+    /// the smaller of 1 GiB and the namespace's `disk_bytes` quota, at most that quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
 }
 
 /// A secret handed to a sandbox: exactly one of `env` and `path`.
@@ -322,6 +332,22 @@ pub struct Sandbox {
     /// What it asked of the network at create.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<SandboxEgress>,
+    /// The image it started from; `null` when it runs on the host's base (`--root host`).
+    #[serde(default)]
+    pub image: Option<SandboxImage>,
+    /// The size of its writable root in bytes; absent without an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+}
+
+/// The image a sandbox started from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SandboxImage {
+    /// `img_…`.
+    pub id: String,
+    pub name: String,
+    /// The digest of its manifest, `sha256:<hex>`.
+    pub digest: String,
 }
 
 /// `POST .../sandboxes/{id}/exec`
@@ -727,6 +753,46 @@ pub struct Secret {
     pub name: String,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// How an image runs (the OCI image config's `config`): what sandboxes of it inherit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ImageConfig {
+    /// `KEY=value` entries: every command's environment, under the sandbox's own `env`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The default working directory of commands; `null` is `/`.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The default user of commands and file operations (a name, `uid`, `uid:gid` or
+    /// `name:group`); `null` is root.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+}
+
+/// An image: `PUT /v1/namespaces/{ns}/images/{name}/archive` (a namespace's own) or
+/// `PUT /v1/images/{name}/archive` (public, by the platform admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    /// `img_…`.
+    pub id: String,
+    pub name: String,
+    /// The namespace it belongs to; `null` for a public image.
+    pub namespace: Option<String>,
+    /// Whether every namespace may use it.
+    pub public: bool,
+    /// The digest of its manifest, `sha256:<hex>`: the image's identity.
+    pub digest: String,
+    /// Its layers' unpacked size in bytes.
+    pub size_bytes: u64,
+    pub config: ImageConfig,
+    /// Its layers' blob digests, bottom first.
+    pub layers: Vec<String>,
+    pub created_at: String,
 }
 
 // Query strings. An absent field is `None`, and a `None` is left out of the query string

@@ -28,7 +28,7 @@ use crate::Global;
 const ARCHIVE_OVERHEAD: u64 = 128 << 20;
 
 /// How often a progress line on a terminal is redrawn.
-const REDRAW: Duration = Duration::from_millis(200);
+pub(crate) const REDRAW: Duration = Duration::from_millis(200);
 
 #[derive(Subcommand)]
 pub enum FsCmd {
@@ -545,20 +545,20 @@ fn first_line(stderr: &str, status: std::process::ExitStatus) -> String {
 
 /// A progress line on standard error: redrawn in place on a terminal, only the final line
 /// otherwise. A line left unfinished (an error on the way) is wiped, so the error stands alone.
-struct Progress {
-    tty: bool,
-    started: Instant,
+pub(crate) struct Progress {
+    pub(crate) tty: bool,
+    pub(crate) started: Instant,
     last_draw: Option<Instant>,
     open: bool,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    pub(crate) fn new() -> Progress {
         Progress { tty: std::io::stderr().is_terminal(), started: Instant::now(), last_draw: None, open: false }
     }
 
     /// Redraws the line, at most every [`REDRAW`].
-    fn draw(&mut self, line: &str) {
+    pub(crate) fn draw(&mut self, line: &str) {
         if !self.tty || self.last_draw.is_some_and(|t| t.elapsed() < REDRAW) {
             return;
         }
@@ -569,11 +569,11 @@ impl Progress {
         let _ = err.flush();
     }
 
-    fn elapsed(&self) -> String {
+    pub(crate) fn elapsed(&self) -> String {
         format!("{:.1}s", self.started.elapsed().as_secs_f64())
     }
 
-    fn finish(&mut self, line: &str) {
+    pub(crate) fn finish(&mut self, line: &str) {
         let clear = if self.open { "\r\x1b[K" } else { "" };
         self.open = false;
         eprintln!("{clear}{line}");

@@ -6,6 +6,7 @@ mod doctor;
 mod egress;
 mod fs;
 mod identity;
+mod image;
 mod logs;
 mod output;
 mod process;
@@ -75,6 +76,10 @@ enum Command {
     /// `put`, `rm` single files.
     #[command(subcommand)]
     Fs(fs::FsCmd),
+    /// Manage images sandboxes boot from: `import` an archive, `list`, `show`, `rm`; `--public`
+    /// for the platform's public images.
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Manage a namespace's projects (permission boundaries for filesystems).
     #[command(subcommand)]
     Project(fs::ProjectCmd),
@@ -143,6 +148,7 @@ fn main() -> ExitCode {
             Command::Cp(args) => sandbox::cp(args, &cli.global).await,
             Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,
+            Command::Image(cmd) => image::image(cmd, &cli.global).await,
             Command::Bench(args) => {
                 bulkhead_bench::run(&args, &std::env::current_exe()?).await.map(|()| ExitCode::SUCCESS)
             }

@@ -70,6 +70,14 @@ pub enum SandboxCmd {
         /// repeatable. None: no egress.
         #[arg(long = "allow", value_name = "ENTRY")]
         allow: Vec<String>,
+        /// The image to boot: a name or an img_… id (the namespace's own, else a public one).
+        /// Default: the platform's default image.
+        #[arg(long)]
+        image: Option<String>,
+        /// The size of the writable root (`2GiB`): what the sandbox may add to its image.
+        /// Default: 1 GiB, at most the namespace's disk quota.
+        #[arg(long, value_parser = parse_bytes)]
+        disk: Option<u64>,
     },
     /// List a namespace's sandboxes (running ones; `--all` for ended ones too).
     List {
@@ -124,7 +132,7 @@ pub async fn all_sandboxes(c: &Client, ns: &str) -> anyhow::Result<Vec<Sandbox>>
 pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem, secret, allow } => {
+        SandboxCmd::Create { ns, cpu, memory, ttl, env, filesystem, secret, allow, image, disk } => {
             let req = CreateSandbox {
                 cpu_millis: cpu,
                 memory_bytes: memory,
@@ -133,6 +141,8 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
                 filesystem,
                 secrets: crate::identity::sandbox_secrets(&secret)?,
                 egress: (!allow.is_empty()).then(|| bulkhead_api::SandboxEgress { allow, credentials: Vec::new() }),
+                image,
+                disk_bytes: disk,
             };
             show_sandbox(&c.create_sandbox(&ns, &req).await?, global)?;
         }
@@ -160,6 +170,12 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
                     ("created", s.created_at.clone()),
                     ("expires", s.expires_at.clone()),
                 ];
+                if let Some(image) = &s.image {
+                    pairs.push(("image", format!("{} ({})", image.name, image.id)));
+                }
+                if let Some(disk) = s.disk_bytes {
+                    pairs.push(("disk", format_bytes(disk)));
+                }
                 if let Some(ended) = &s.ended_at {
                     pairs.push(("ended", ended.clone()));
                 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use bulkhead_server::bootstrap::{self, ADMIN_TOKEN_FILE};
 use bulkhead_server::limits::{ConnectionLimits, StreamLimits};
-use bulkhead_server::state::RuntimeClass;
+use bulkhead_server::state::{RootMode, RuntimeClass};
 use bulkhead_server::ServerConfig;
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -19,6 +19,16 @@ use crate::Global;
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `--root`: what sandboxes boot from.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Root {
+    /// An OCI image (the request's `image`, else the public image `default`) under a writable
+    /// layer of the sandbox's own.
+    Image,
+    /// The host's system directories, read-only: for hosts without an image.
+    Host,
 }
 
 #[derive(Args)]
@@ -65,6 +75,24 @@ pub struct ServeArgs {
     /// (`scripts/up` installs and starts it). `none`: the host's figures.
     #[arg(long, env = "BULKHEAD_LXCFS", value_name = "DIR", default_value = "/var/lib/lxcfs")]
     lxcfs: String,
+    /// What sandboxes boot from: `image` (an OCI image; the default) or `host` (the host's own
+    /// system directories, read-only, for hosts without an image; creates naming an image are
+    /// refused).
+    #[arg(long, env = "BULKHEAD_ROOT", value_enum, default_value = "image")]
+    root: Root,
+    /// An OCI image layout or `docker save` archive imported at start as the public image
+    /// `default` (when the server has none, or the file's image differs), the image of every
+    /// create that names none. Missing: a warning at start, and such creates are refused.
+    #[arg(long, env = "BULKHEAD_DEFAULT_IMAGE", value_name = "PATH")]
+    default_image: Option<PathBuf>,
+    /// Where the layers of public images are unpacked (default: <data-dir>/images/public). One
+    /// directory may serve several servers of one host (a layer is unpacked once); a directory
+    /// named here is never collected, since another server's images may use its layers.
+    #[arg(long, env = "BULKHEAD_PUBLIC_LAYERS", value_name = "DIR")]
+    public_layers: Option<PathBuf>,
+    /// The largest image: unpacked, and its archive as uploaded (`8GiB`).
+    #[arg(long, env = "BULKHEAD_MAX_IMAGE_BYTES", value_name = "SIZE", default_value = "8GiB", value_parser = crate::units::parse_bytes)]
+    max_image_bytes: u64,
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -199,6 +227,16 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         config.audit_retention_records = n;
     }
     config.outbound = args.outbound.config();
+    config.images.root = match args.root {
+        Root::Image => RootMode::Image,
+        Root::Host => RootMode::Host,
+    };
+    config.images.default_image = args.default_image.clone();
+    config.images.public_layers = args.public_layers.clone();
+    if args.max_image_bytes == 0 {
+        bail!("--max-image-bytes: at least 1 byte");
+    }
+    config.images.max_image_bytes = args.max_image_bytes;
     if let Some(s) = &args.supervisor {
         config.runtime.supervisor = s.clone();
     }

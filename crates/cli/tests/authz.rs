@@ -143,6 +143,16 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/namespaces/{ns}/secrets" => may(managers, 201),
         "GET /v1/namespaces/{ns}/secrets" => 200,
         "DELETE /v1/namespaces/{ns}/secrets/{name}" => may(managers, 204),
+        // Images: `{name}` is a key's id here, which names no image: an import gets past
+        // authorization to the name's check, a read or a delete to the lookup.
+        "PUT /v1/namespaces/{ns}/images/{name}/archive" => may(developers, 400),
+        "GET /v1/namespaces/{ns}/images" => 200,
+        "GET /v1/namespaces/{ns}/images/{name}" => 404,
+        "DELETE /v1/namespaces/{ns}/images/{name}" => may(developers, 404),
+        // Public images are the operator's alone.
+        "PUT /v1/images/{name}/archive" => may(platform, 400),
+        "GET /v1/images" => may(platform, 200),
+        "DELETE /v1/images/{name}" => may(platform, 404),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }

@@ -134,7 +134,7 @@ impl World {
             cgroup_prefix: &self.prefix,
             host_registry: Some(&self.registry),
             // The chaos is about the store and the sandboxes, not their networks.
-            extra: &["--network", "loopback-only"],
+            extra: &["--network", "loopback-only", "--root", "host"],
         }
         .spawn()
         .unwrap_or_else(|e| panic!("the server did not start again on its data dir: {e}"));

@@ -296,7 +296,14 @@ async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
         state_dir: &names.0,
         cgroup_prefix: &names.1,
         host_registry: Some(&host.path("registry")),
-        extra: &["--network", "loopback-only", "--runtime-class", &format!("container={}", wrapper.display())],
+        extra: &[
+            "--network",
+            "loopback-only",
+            "--root",
+            "host",
+            "--runtime-class",
+            &format!("container={}", wrapper.display()),
+        ],
     }
     .spawn()
     .unwrap();

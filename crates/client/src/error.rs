@@ -28,6 +28,9 @@ pub enum Error {
     /// The answer is not what the API promises, in a way `detail` says.
     #[error("unexpected answer to {method} {url} (HTTP {status}): {detail}")]
     Unexpected { method: Method, url: String, status: u16, detail: String },
+    /// A local file to upload could not be opened or read.
+    #[error("reading {path}")]
+    Read { path: String, source: std::io::Error },
     /// The writer an archive was streamed into refused a chunk; what it had was written.
     #[error("writing the archive")]
     Write { source: std::io::Error },

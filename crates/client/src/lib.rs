@@ -14,6 +14,7 @@ pub mod error;
 pub mod files;
 pub mod filesystems;
 pub mod identity;
+pub mod images;
 mod lines;
 pub mod namespaces;
 pub mod observe;

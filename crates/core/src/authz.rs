@@ -154,12 +154,26 @@ pub enum Action {
     /// A sandbox connecting to a host (or asking the gateway's DNS for it); the sandbox is the
     /// principal, the target a [`Target::Host`].
     NetworkConnect,
+    /// Importing an image into the namespace (`PUT .../images/{name}/archive`).
+    ImageCreate,
+    /// Listing the namespace's images (its own and the public ones).
+    ImageList,
+    /// Reading one image of the namespace (or a public one, as the namespace sees it).
+    ImageGet,
+    /// Deleting one of the namespace's own images.
+    ImageDelete,
+    /// Publishing a public image every namespace may use (platform admin only).
+    PlatformImageCreate,
+    /// Listing the public images as the platform sees them (platform admin only).
+    PlatformImageList,
+    /// Deleting a public image (platform admin only).
+    PlatformImageDelete,
 }
 
 impl Action {
     /// Every action, once: the one list the policy engine, its schema and the explain endpoint
     /// take their action names from.
-    pub const ALL: [Action; 50] = [
+    pub const ALL: [Action; 57] = [
         Action::NamespaceCreate,
         Action::NamespaceList,
         Action::NamespaceGet,
@@ -210,6 +224,13 @@ impl Action {
         Action::FilesystemMountRw,
         Action::FilesystemMountRo,
         Action::NetworkConnect,
+        Action::ImageCreate,
+        Action::ImageList,
+        Action::ImageGet,
+        Action::ImageDelete,
+        Action::PlatformImageCreate,
+        Action::PlatformImageList,
+        Action::PlatformImageDelete,
     ];
 
     /// The action named `name`, if there is one.
@@ -271,6 +292,13 @@ impl Action {
             Action::FilesystemMountRw => "filesystem.mount_rw",
             Action::FilesystemMountRo => "filesystem.mount_ro",
             Action::NetworkConnect => "network.connect",
+            Action::ImageCreate => "image.create",
+            Action::ImageList => "image.list",
+            Action::ImageGet => "image.get",
+            Action::ImageDelete => "image.delete",
+            Action::PlatformImageCreate => "platform.image.create",
+            Action::PlatformImageList => "platform.image.list",
+            Action::PlatformImageDelete => "platform.image.delete",
         }
     }
 
@@ -298,7 +326,11 @@ impl Action {
             | Action::PolicyCreate
             | Action::PolicyDelete
             | Action::SecretCreate
-            | Action::SecretDelete => true,
+            | Action::SecretDelete
+            | Action::ImageCreate
+            | Action::ImageDelete
+            | Action::PlatformImageCreate
+            | Action::PlatformImageDelete => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -326,7 +358,10 @@ impl Action {
             | Action::SecretRead
             | Action::FilesystemMountRw
             | Action::FilesystemMountRo
-            | Action::NetworkConnect => false,
+            | Action::NetworkConnect
+            | Action::ImageList
+            | Action::ImageGet
+            | Action::PlatformImageList => false,
         }
     }
 }
@@ -356,6 +391,8 @@ pub enum Target {
     Key { namespace: String, id: Option<String>, role: Option<Role> },
     /// A custom policy of the namespace.
     Policy { namespace: String, id: String },
+    /// An image as the namespace sees it, by name: one of its own, or a public one.
+    Image { namespace: String, name: String },
     /// A destination of a sandbox's egress: its DNS name, or its address when it has none.
     /// `port` (0 for a DNS query, which names no port) and `protocol` (`tcp` or `dns`) are what
     /// the policies see as `context.port` and `context.protocol`.
@@ -437,6 +474,11 @@ impl Target {
         Target::Policy { namespace: ns.to_owned(), id: id.to_owned() }
     }
 
+    /// Image `name` as namespace `ns` sees it (its own, or a public one).
+    pub fn image(ns: &str, name: &str) -> Target {
+        Target::Image { namespace: ns.to_owned(), name: name.to_owned() }
+    }
+
     /// Host `host` of `ns`'s egress, reached on `port` by `protocol` (`tcp`, or `dns` with port 0).
     pub fn host(ns: &str, host: &str, port: u16, protocol: &str) -> Target {
         Target::Host { namespace: ns.to_owned(), host: host.to_owned(), port, protocol: protocol.to_owned() }
@@ -453,13 +495,14 @@ impl Target {
             | Target::Secret { namespace, .. }
             | Target::Key { namespace, .. }
             | Target::Policy { namespace, .. }
+            | Target::Image { namespace, .. }
             | Target::Host { namespace, .. } => Some(namespace),
         }
     }
 
     /// How the target appears in audit records: `platform`, `namespace:<name>`, `sandbox:<id>`,
-    /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>`, `policy:<id>` or
-    /// `host:<name>`; what is
+    /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>`, `policy:<id>`,
+    /// `image:<name>` or `host:<name>`; what is
     /// being created in a namespace (a key, a project) is the namespace's.
     pub fn audit_name(&self) -> String {
         match self {
@@ -473,6 +516,7 @@ impl Target {
             Target::Secret { name, .. } => format!("secret:{name}"),
             Target::Key { id: Some(id), .. } => format!("key:{id}"),
             Target::Policy { id, .. } => format!("policy:{id}"),
+            Target::Image { name, .. } => format!("image:{name}"),
             Target::Host { host, .. } => format!("host:{host}"),
         }
     }

@@ -45,6 +45,8 @@ pub mod prefix {
     pub const SANDBOX: &str = "sbx_";
     pub const SECRET: &str = "sec_";
     pub const POLICY: &str = "pol_";
+    /// An image, private or public.
+    pub const IMAGE: &str = "img_";
     pub const REQUEST: &str = "req_";
     /// A background process of a sandbox.
     pub const PROCESS: &str = "prc_";

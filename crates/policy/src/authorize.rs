@@ -79,6 +79,7 @@ fn sees(principal: &Principal, target: &Target) -> bool {
         | Target::Secret { .. }
         | Target::Key { .. }
         | Target::Policy { .. }
+        | Target::Image { .. }
         | Target::Host { .. } => true,
     }
 }
@@ -121,6 +122,7 @@ impl From<&Target> for ResourceRef {
             Target::Secret { name, .. } => ResourceRef::Secret(name.clone()),
             Target::Key { id: Some(id), .. } => ResourceRef::Key(id.clone()),
             Target::Policy { id, .. } => ResourceRef::Policy(id.clone()),
+            Target::Image { name, .. } => ResourceRef::Image(name.clone()),
             Target::Host { host, port, protocol, .. } => {
                 ResourceRef::Host { name: host.clone(), port: *port, protocol: protocol.clone() }
             }

@@ -44,10 +44,11 @@ pub(crate) enum Kind {
     Secret,
     Policy,
     Host,
+    Image,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 12] = [
+    pub(crate) const ALL: [Kind; 13] = [
         Kind::Admin,
         Kind::Key,
         Kind::User,
@@ -60,6 +61,7 @@ impl Kind {
         Kind::Secret,
         Kind::Policy,
         Kind::Host,
+        Kind::Image,
     ];
 
     pub(crate) fn cedar(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Kind {
             Kind::Secret => "Bulkhead::Secret",
             Kind::Policy => "Bulkhead::Policy",
             Kind::Host => "Bulkhead::Host",
+            Kind::Image => "Bulkhead::Image",
         }
     }
 
@@ -289,6 +292,7 @@ impl<'a> View<'a> {
             ResourceRef::Secret(name) => in_ns(Kind::Secret, name),
             ResourceRef::Key(id) => in_ns(Kind::Key, id),
             ResourceRef::Policy(id) => in_ns(Kind::Policy, id),
+            ResourceRef::Image(name) => in_ns(Kind::Image, name),
             ResourceRef::Host { name, .. } => in_ns(Kind::Host, name),
         }
     }

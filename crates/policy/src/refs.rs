@@ -41,6 +41,8 @@ pub enum ResourceRef {
     Secret(String),
     Key(String),
     Policy(String),
+    /// An image as the namespace sees it, by name.
+    Image(String),
     /// A destination of a sandbox's egress, `Bulkhead::Host::"<name or address>"`, with the
     /// request's context: `port` (0 for a DNS query) and `protocol` (`tcp` or `dns`).
     Host {
@@ -111,7 +113,7 @@ pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
 }
 
 /// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-/// `key:<id>`, `policy:<id>`, `host:<name or address>` or `platform` into a target in namespace
+/// `image:<name>`, `key:<id>`, `policy:<id>`, `host:<name or address>` or `platform` into a target in namespace
 /// `ns` (a `namespace:<name>` names its own). A host is asked about as `tcp` on port 443 until
 /// the caller sets its context. The scope of a filesystem or a sandbox is not part of the string: it is
 /// [`Scope::Unknown`](bulkhead_core::Scope::Unknown) until the server fills it in from the store.
@@ -128,6 +130,7 @@ pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
     match kind {
         "namespace" => Ok(Target::namespace(&check_name(s, rest)?)),
         "secret" => Ok(Target::secret(ns, &check_name(s, rest)?)),
+        "image" => Ok(Target::image(ns, &check_name(s, rest)?)),
         "sandbox" => Ok(Target::sandbox(ns, &check_id(s, rest, prefix::SANDBOX)?)),
         "filesystem" => Ok(Target::filesystem(ns, &check_id(s, rest, prefix::FILESYSTEM)?)),
         "project" => Ok(Target::project(ns, Some(&check_id(s, rest, prefix::PROJECT)?))),
@@ -137,8 +140,8 @@ pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
         _ => Err(RefError::new(
             s,
             format!(
-                "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, key, policy, \
-                 host or platform"
+                "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, image, key, \
+                 policy, host or platform"
             ),
         )),
     }
@@ -222,6 +225,7 @@ mod tests {
         assert_eq!(parse("filesystem:fs_9"), Ok(Target::filesystem("acme", "fs_9")));
         assert_eq!(parse("project:prj_2"), Ok(Target::project("acme", Some("prj_2"))));
         assert_eq!(parse("secret:db-password"), Ok(Target::secret("acme", "db-password")));
+        assert_eq!(parse("image:python"), Ok(Target::image("acme", "python")));
         assert_eq!(parse("key:key_3"), Ok(Target::key("acme", Some("key_3"), None)));
         assert_eq!(parse("policy:pol_abc"), Ok(Target::policy("acme", "pol_abc")));
         assert_eq!(parse("host:pypi.org"), Ok(Target::host("acme", "pypi.org", 443, "tcp")));

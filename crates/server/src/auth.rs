@@ -230,6 +230,7 @@ pub fn not_found(target: &Target) -> ApiError {
         Target::Secret { name, .. } => ApiError::NotFound(format!("secret {name:?} not found")),
         Target::Key { id: Some(id), .. } => ApiError::NotFound(format!("key {id:?} not found")),
         Target::Policy { id, .. } => ApiError::NotFound(format!("policy {id:?} not found")),
+        Target::Image { name, .. } => ApiError::NotFound(format!("image {name:?} not found")),
         Target::Host { namespace, .. } => ApiError::namespace_not_found(namespace),
     }
 }

@@ -1,6 +1,8 @@
 //! First start and every start: the data dir (0700), the token key (0600), the SQLite store,
 //! and the platform admin token, generated once, stored only as a keyed hash, and written to
-//! `<data-dir>/admin.token` (0600).
+//! `<data-dir>/admin.token` (0600); the layer stores of images and the default image
+//! (`--default-image`), imported as the public image `default` when the store has none or its
+//! digest changed.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -292,6 +294,8 @@ pub async fn start_with(
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;
     let streams = crate::limits::Streams::new(config.streams);
+    let public_layers = config.images.public_layers.clone().unwrap_or_else(|| dir.join("images").join("public"));
+    let layers = crate::state::LayerStores::new(&dir, public_layers);
     let state = AppState(Arc::new(Inner {
         store,
         runtime,
@@ -309,7 +313,13 @@ pub async fn start_with(
         identity,
         host_ids,
         host_locks: locks,
+        layers,
     }));
+    // Uploads an interrupted import left; then the default image, before the first create.
+    crate::service::images::sweep_spool(&state);
+    if state.config.images.root == crate::state::RootMode::Image || state.config.images.default_image.is_some() {
+        crate::service::images::ensure_default(&state).await;
+    }
     // The gateway asks the server about every connection of a sandbox, adopted ones included.
     state.runtime.set_egress_decider(crate::service::egress::EgressPolicy::new(&state));
     let report = crate::sandboxes::reconcile(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;

@@ -135,6 +135,7 @@ macro_rules! listed {
 
 listed! {
     bulkhead_store::FilesystemRow => 'f' by id,
+    bulkhead_store::ImageRow => 'i' by id,
     bulkhead_store::KeyRow => 'k' by id,
     bulkhead_store::PolicyRow => 'l' by id,
     bulkhead_store::ProjectRow => 'p' by id,

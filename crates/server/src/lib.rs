@@ -66,8 +66,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, keys, logs, metrics, namespaces, processes, projects, sandboxes,
-        secrets, usage,
+        audit, filesystems, fsdata, health, identity, images, keys, logs, metrics, namespaces, processes, projects,
+        sandboxes, secrets, usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -108,6 +108,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(filesystems::get, filesystems::resize, filesystems::delete))
         .routes(routes!(fsdata::read_archive, fsdata::write_archive))
         .routes(routes!(fsdata::read_file, fsdata::write_file, fsdata::delete_file))
+        .routes(routes!(images::import))
+        .routes(routes!(images::list))
+        .routes(routes!(images::get, images::delete))
+        .routes(routes!(images::publish))
+        .routes(routes!(images::list_public))
+        .routes(routes!(images::delete_public))
 }
 
 /// The OpenAPI document of every route.

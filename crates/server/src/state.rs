@@ -87,6 +87,136 @@ impl Default for SandboxLimits {
     }
 }
 
+/// What a sandbox's root filesystem is (`bulkhead serve --root`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootMode {
+    /// An OCI image (the request's `"image"`, else the public image `default`) under a writable
+    /// layer of the sandbox's own.
+    Image,
+    /// The host's system directories read-only, for hosts without an image: sandboxes name no
+    /// image, and a create that names one is refused.
+    Host,
+}
+
+/// Images: where their layers live, the default image, bounds.
+#[derive(Debug, Clone)]
+pub struct ImageSettings {
+    /// What sandboxes boot from.
+    pub root: RootMode,
+    /// `--default-image`: an OCI image layout or `docker save` tar imported at start as the
+    /// public image `default` (again when its digest changes).
+    pub default_image: Option<PathBuf>,
+    /// The layer store of public images; `None`: `<data-dir>/images/public`. One named here
+    /// may be shared by several servers, so it is never collected (see
+    /// `service::images::collect`).
+    pub public_layers: Option<PathBuf>,
+    /// The most bytes one image may take unpacked, and the largest archive upload.
+    pub max_image_bytes: u64,
+    /// The most entries one image may have (all its layers together).
+    pub max_image_entries: u64,
+}
+
+/// 8 GiB: the default bound on an image, unpacked.
+pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 8 << 30;
+
+impl Default for ImageSettings {
+    /// The library's default is the host's base: in-process servers (tests, embedders) boot no
+    /// image unless told. `bulkhead serve` defaults to [`RootMode::Image`].
+    fn default() -> Self {
+        Self {
+            root: RootMode::Host,
+            default_image: None,
+            public_layers: None,
+            max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
+            max_image_entries: 2_000_000,
+        }
+    }
+}
+
+/// The layer stores of one server: the public one and one per namespace
+/// (`<data-dir>/images/ns/<namespace>/`), each opened on first use. Imports into a store hold
+/// its lock shared; a collection of its unreferenced layers holds it alone, so it never removes
+/// a layer an import has unpacked but not yet recorded.
+#[derive(Debug)]
+pub struct LayerStores {
+    public_root: PathBuf,
+    private_root: PathBuf,
+    /// Where uploads are spooled before an import reads them.
+    pub spool_dir: PathBuf,
+    open: std::sync::Mutex<HashMap<Option<String>, OpenStore>>,
+    /// Why there is no default image, when there is none: what a create without `"image"`
+    /// answers.
+    pub default_missing: RwLock<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct OpenStore {
+    store: Option<Arc<bulkhead_runtime::image::LayerStore>>,
+    lock: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl LayerStores {
+    /// The stores of a server with data dir `data_dir` and public layers at `public_root`.
+    pub fn new(data_dir: &std::path::Path, public_root: PathBuf) -> Self {
+        Self {
+            public_root,
+            private_root: data_dir.join("images").join("ns"),
+            spool_dir: data_dir.join("images").join("spool"),
+            open: Default::default(),
+            default_missing: RwLock::new(None),
+        }
+    }
+
+    /// The directory of the store of `namespace`'s private images, or with `None` the public one.
+    pub fn root(&self, namespace: Option<&str>) -> PathBuf {
+        match namespace {
+            Some(ns) => self.private_root.join(ns),
+            None => self.public_root.clone(),
+        }
+    }
+
+    fn entry(&self, namespace: Option<&str>) -> OpenStore {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.entry(namespace.map(str::to_owned))
+            .or_insert_with(|| OpenStore { store: None, lock: Default::default() })
+            .clone()
+    }
+
+    /// The lock of a store: shared by imports, exclusive for a collection.
+    pub fn lock(&self, namespace: Option<&str>) -> Arc<tokio::sync::RwLock<()>> {
+        self.entry(namespace).lock
+    }
+
+    /// The store of `namespace` (or the public one), opened (and made) on a blocking thread
+    /// the first time.
+    pub async fn store(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Arc<bulkhead_runtime::image::LayerStore>, bulkhead_runtime::image::ImageError> {
+        if let Some(store) = self.entry(namespace).store {
+            return Ok(store);
+        }
+        let root = self.root(namespace);
+        let opened = tokio::task::spawn_blocking(move || bulkhead_runtime::image::LayerStore::open(&root))
+            .await
+            .map_err(|e| bulkhead_runtime::image::ImageError::Io {
+                what: "opening the layer store".into(),
+                source: std::io::Error::other(e.to_string()),
+            })??;
+        let opened = Arc::new(opened);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = open
+            .entry(namespace.map(str::to_owned))
+            .or_insert_with(|| OpenStore { store: None, lock: Default::default() });
+        Ok(entry.store.get_or_insert(opened).clone())
+    }
+
+    /// Forgets namespace `ns`'s store (its namespace is being deleted; its directory goes too).
+    pub fn forget(&self, ns: &str) {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&Some(ns.to_owned()));
+    }
+}
+
 /// The server's configuration.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -120,6 +250,8 @@ pub struct ServerConfig {
     /// Where fetches a tenant directs may go (the address policy and its allowed ranges) and the
     /// DNS server that resolves their names.
     pub outbound: bulkhead_oidc::OutboundConfig,
+    /// Images: the root of sandboxes, the default image, the layer stores' bounds.
+    pub images: ImageSettings,
 }
 
 impl ServerConfig {
@@ -143,6 +275,7 @@ impl ServerConfig {
             connections: Default::default(),
             streams: Default::default(),
             outbound: bulkhead_oidc::OutboundConfig::default(),
+            images: ImageSettings::default(),
         }
     }
 }
@@ -279,6 +412,8 @@ pub struct Inner {
     pub host_locks: Vec<bulkhead_runtime::ownership::HostLock>,
     /// Long-running streams open now, by owner.
     pub streams: crate::limits::Streams,
+    /// The layer stores of images, public and per namespace.
+    pub layers: LayerStores,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -6,7 +6,8 @@
 //! [`NamespaceStore`] (the platform's own rows, namespaces and their API keys),
 //! [`SandboxStore`], [`FilesystemStore`] (projects and filesystems), [`IdentityStore`]
 //! (identity settings, custom policies, secrets), [`UsageStore`] (the metering ledger),
-//! [`AuditStore`] (hash-chained audit records) and [`IdempotencyStore`] (replayable creates).
+//! [`AuditStore`] (hash-chained audit records), [`IdempotencyStore`] (replayable creates) and
+//! [`ImageStore`] (private and public images).
 //! A caller that calls the store's methods imports [`prelude`], which brings every one into
 //! scope.
 //!
@@ -19,6 +20,7 @@ mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
+mod images;
 mod namespaces;
 mod sandboxes;
 pub mod sqlite;
@@ -29,8 +31,9 @@ pub use egress_ca::EgressCaStore;
 pub use filesystems::{FilesystemRow, FilesystemStore, ProjectRow};
 pub use idempotency::{IdempotencyClaim, IdempotencyStore, IdempotentReply};
 pub use identity::{IdentityStore, PolicyRow, SecretRow};
+pub use images::{ImageDeletion, ImageRow, ImageStore};
 pub use namespaces::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse};
-pub use sandboxes::{MeterMark, SandboxRow, SandboxStatus, SandboxStore};
+pub use sandboxes::{MeterMark, SandboxImage, SandboxRow, SandboxStatus, SandboxStore};
 pub use usage::{UsageBucket, UsageDelta, UsageStore};
 
 /// The store's traits, to call its methods on an `Arc<dyn Store>`: `use bulkhead_store::prelude::*;`.
@@ -39,7 +42,7 @@ pub mod prelude {
     pub use crate::Store;
     pub use crate::{
         AuditStore as _, EgressCaStore as _, FilesystemStore as _, IdempotencyStore as _, IdentityStore as _,
-        NamespaceStore as _, SandboxStore as _, UsageStore as _,
+        ImageStore as _, NamespaceStore as _, SandboxStore as _, UsageStore as _,
     };
 }
 
@@ -54,6 +57,7 @@ pub trait Store:
     + AuditStore
     + IdempotencyStore
     + EgressCaStore
+    + ImageStore
     + Send
     + Sync
     + 'static
@@ -69,6 +73,7 @@ impl<T> Store for T where
         + AuditStore
         + IdempotencyStore
         + EgressCaStore
+        + ImageStore
         + Send
         + Sync
         + 'static

@@ -73,6 +73,28 @@ pub struct SandboxRow {
     pub metered: MeterMark,
     /// When it was last metered; `None` before the first sample.
     pub metered_at_ms: Option<i64>,
+    /// The image it started from; `None` for the host's base (`--root host`).
+    pub image: Option<SandboxImage>,
+    /// The size of its writable root in bytes; `None` without an image.
+    pub disk_bytes: Option<u64>,
+}
+
+/// The image a sandbox started from, and what of its configuration the sandbox's commands
+/// default to (kept with the sandbox, so an exec needs no lookup of the image).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxImage {
+    /// `img_…`.
+    pub id: String,
+    pub name: String,
+    /// Its manifest's digest.
+    pub digest: String,
+    /// The image's `User`: what commands and file operations run as when the request names
+    /// no user; `None` is root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The image's `WorkingDir`: where commands start when the request names no `cwd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
 }
 
 /// A sandbox's monotonic cgroup counters at a metering sample; the next sample meters the
@@ -89,6 +111,8 @@ pub struct MeterMark {
 pub trait SandboxStore: Send + Sync {
     /// Inserts `sandbox` (status `creating`) when the namespace's quotas allow it, atomically
     /// with the check: `max_sandboxes`, `cpu_millis` and `memory_bytes` over active sandboxes.
+    /// A sandbox of an image that is no longer recorded (deleted meanwhile) is
+    /// [`crate::StoreError::NotFound`].
     async fn admit_sandbox(&self, sandbox: &SandboxRow, quotas: &Quotas) -> Result<()>;
     async fn get_sandbox(&self, namespace: &str, id: &str) -> Result<Option<SandboxRow>>;
     async fn list_sandboxes(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRow>>;

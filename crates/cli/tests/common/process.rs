@@ -63,7 +63,7 @@ impl Server {
         // cleans up).
         // A server not started for its network has loopback-only sandboxes (the network tests
         // name `--network isolated` and give `--egress-dns` into their own internet).
-        let mut args = extra.to_vec();
+        let mut args = if extra.contains(&"--root") { extra.to_vec() } else { [extra, &["--root", "host"]].concat() };
         if !args.contains(&"--network") {
             args.extend(["--network", "loopback-only"]);
         }

@@ -19,6 +19,8 @@ const EVERYONE: &[&str] = &[
     "filesystem.list",
     "filesystem.get",
     "secret.list",
+    "image.list",
+    "image.get",
 ];
 const DEVELOPER: &[&str] = &[
     "sandbox.create",
@@ -38,6 +40,8 @@ const DEVELOPER: &[&str] = &[
     "filesystem.file.delete",
     "filesystem.mount_rw",
     "filesystem.mount_ro",
+    "image.create",
+    "image.delete",
 ];
 const ADMIN: &[&str] =
     &["key.list", "key.get", "identity.get", "policy.list", "authz.explain", "secret.create", "secret.delete"];
@@ -51,6 +55,9 @@ const NOBODY: &[&str] = &[
     "platform.audit.read",
     "platform.audit.verify",
     "platform.metrics.read",
+    "platform.image.create",
+    "platform.image.list",
+    "platform.image.delete",
     "secret.read",
     // Only sandboxes connect (builtin.sandbox-egress).
     "network.connect",
@@ -98,6 +105,7 @@ fn resource_for(action: &str) -> ResourceRef {
         "key.get" | "key.revoke" => ResourceRef::Key("key_2".into()),
         "policy.delete" => ResourceRef::Policy("pol_1".into()),
         "secret.delete" | "secret.read" => ResourceRef::Secret("db-password".into()),
+        "image.get" | "image.delete" => ResourceRef::Image("python".into()),
         "network.connect" => ResourceRef::Host { name: "pypi.org".into(), port: 443, protocol: "tcp".into() },
         a if a.starts_with("platform.") => ResourceRef::Platform,
         _ => ResourceRef::Namespace("acme".into()),
@@ -529,6 +537,7 @@ fn the_fast_path_equals_cedar_alone() {
         ResourceRef::Key("key_1".into()),
         ResourceRef::Key("key_2".into()),
         ResourceRef::Policy("pol_1".into()),
+        ResourceRef::Image("python".into()),
     ];
     let mut compared = 0;
     let mut with_errors = 0;

@@ -8,6 +8,7 @@ pub mod filesystems;
 pub mod fsdata;
 pub mod health;
 pub mod identity;
+pub mod images;
 pub mod keys;
 pub mod logs;
 pub mod metrics;

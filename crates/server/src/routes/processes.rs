@@ -144,7 +144,8 @@ pub async fn start(
     if let Some(u) = &user {
         ctx.audit_detail("user", u.clone());
     }
-    load_running(&ctx, &ns, &id).await?;
+    let row = load_running(&ctx, &ns, &id).await?;
+    let (user, cwd) = super::sandboxes::command_defaults(&row, user, cwd);
     let spec = ProcessSpec {
         id: ids::new_id(prefix::PROCESS),
         argv: cmd,

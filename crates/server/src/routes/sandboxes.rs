@@ -25,7 +25,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{Direction, StreamGuard};
+use crate::service::images;
+use crate::service::records::RootSpec;
 use crate::service::sandboxes::{self, Plan};
+use crate::state::RootMode;
 use crate::time::{now_ms, rfc3339};
 
 const MIN_CPU_MILLIS: u64 = 10;
@@ -68,6 +71,12 @@ pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
         creator: row.creator.clone(),
         secrets: row.secrets.clone(),
         egress: row.egress.as_ref().map(crate::convert::sandbox_egress_out),
+        image: row.image.as_ref().map(|i| bulkhead_api::SandboxImage {
+            id: i.id.clone(),
+            name: i.name.clone(),
+            digest: i.digest.clone(),
+        }),
+        disk_bytes: row.disk_bytes,
     }
 }
 
@@ -203,6 +212,7 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
             Some((row, f.mode.clone()))
         }
     };
+    let boot = boot_of(ctx, &namespace, req.image.as_deref(), req.disk_bytes).await?;
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
@@ -262,6 +272,8 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
     if let Some(e) = &egress {
         ctx.audit_detail("egress", serde_json::to_value(crate::convert::sandbox_egress_out(e)).unwrap_or_default());
     }
+    // The image's `Env` under the request's (and the secrets' variables).
+    let env = images::merge_env(&boot.image_env, env);
     let plan = Plan {
         cpu_millis,
         memory_bytes,
@@ -274,10 +286,110 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
         workload_token_hash: Some(ctx.state.hasher.hash(&token)),
         secrets,
         egress,
+        root: boot.root,
+        image: boot.image,
+        disk_bytes: boot.disk_bytes,
     };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
     Created::json(StatusCode::CREATED, &sandbox_out(&row))
+}
+
+/// What a sandbox boots from, resolved at create.
+struct Boot {
+    root: RootSpec,
+    image: Option<crate::service::records::SandboxImage>,
+    image_env: Vec<String>,
+    disk_bytes: Option<u64>,
+}
+
+/// The smallest writable root.
+const MIN_DISK_BYTES: u64 = 16 << 20;
+/// The writable root's size when the request names none (at most the namespace's quota).
+const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+
+/// Resolves a create's `image` and `disk_bytes`. Under `--root host` a sandbox boots the host's
+/// base and a request naming either is refused (409: the server's configuration, not the
+/// request, is why). Otherwise the image is the namespace's own of that name or id, else a
+/// public one (404 naming it when neither exists, or when it is another namespace's), `default`
+/// when none is named (409 saying how to add one when the server has none); using it is
+/// `image.get` on it. `disk_bytes` defaults to the smaller of 1 GiB and the namespace's
+/// `disk_bytes` quota and may not exceed that quota (400 naming the field).
+async fn boot_of(
+    ctx: &Ctx,
+    namespace: &crate::service::records::NamespaceRow,
+    image: Option<&str>,
+    disk_bytes: Option<u64>,
+) -> ApiResult<Boot> {
+    if ctx.state.config.images.root == RootMode::Host {
+        if image.is_some() || disk_bytes.is_some() {
+            let field = if image.is_some() { "image" } else { "disk_bytes" };
+            return Err(ApiError::Conflict(format!(
+                "{field}: this server runs sandboxes on the host's base (bulkhead serve --root host), not on images"
+            )));
+        }
+        return Ok(Boot { root: RootSpec::Host, image: None, image_env: Vec::new(), disk_bytes: None });
+    }
+    let quota = namespace.quotas.disk_bytes;
+    let disk_bytes = match disk_bytes {
+        None => DEFAULT_DISK_BYTES.min(quota),
+        Some(d) if d < MIN_DISK_BYTES => {
+            return Err(ApiError::Invalid(format!("disk_bytes: at least {MIN_DISK_BYTES} (16 MiB)")));
+        }
+        Some(d) if d > quota => {
+            return Err(ApiError::Invalid(format!(
+                "disk_bytes: {d} is over namespace {}'s disk_bytes quota of {quota}",
+                namespace.name
+            )));
+        }
+        Some(d) => d,
+    };
+    if disk_bytes < MIN_DISK_BYTES {
+        return Err(ApiError::Invalid(format!(
+            "disk_bytes: namespace {}'s disk_bytes quota ({quota}) is below the smallest writable root (16 MiB)",
+            namespace.name
+        )));
+    }
+    let row = match image {
+        Some(name) => {
+            super::images::check_ref("image", name)?;
+            images::find(&ctx.state, Some(&namespace.name), name)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("image {name:?} not found")))?
+        }
+        None => images::find(&ctx.state, Some(&namespace.name), images::DEFAULT_IMAGE)
+            .await?
+            .ok_or_else(|| ApiError::from(images::no_default_image(&ctx.state)))?,
+    };
+    ctx.require(Action::ImageGet, &Target::image(&namespace.name, &row.name))?;
+    let config = images::config_of(&row)?;
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("disk_bytes", disk_bytes);
+    let root = images::root(&ctx.state, &row, disk_bytes).await?;
+    Ok(Boot {
+        root,
+        image: Some(images::sandbox_image(&row, &config)),
+        image_env: config.env,
+        disk_bytes: Some(disk_bytes),
+    })
+}
+
+/// The user and working directory of a command in sandbox `row`: the request's, else its
+/// image's (`User`, `WorkingDir`), else root in `/`.
+pub(crate) fn command_defaults(
+    row: &SandboxRow,
+    user: Option<String>,
+    cwd: Option<String>,
+) -> (Option<String>, String) {
+    let image = row.image.as_ref();
+    let user = user.or_else(|| image.and_then(|i| i.user.clone()));
+    let cwd = cwd.or_else(|| image.and_then(|i| i.working_dir.clone())).unwrap_or_else(|| "/".to_owned());
+    (user, cwd)
+}
+
+/// The user of a file operation in sandbox `row`: the request's, else its image's `User`.
+pub(crate) fn file_user(row: &SandboxRow, user: Option<String>) -> Option<String> {
+    user.or_else(|| row.image.as_ref().and_then(|i| i.user.clone()))
 }
 
 /// Checks a create's `egress` against the namespace's ceiling: a malformed entry or credential
@@ -434,22 +546,27 @@ fn exit_code(exit: &Exit) -> i32 {
 /// Checks an argv and its environment against the kernel's bounds for `execve`: no argument
 /// longer than `MAX_ARG_STRLEN` (131072 bytes with its terminating NUL), and arguments and
 /// variables together (each string with its NUL and its pointer) within [`MAX_ARGV_BYTES`].
+/// A command's environment as pairs, in order.
+pub(crate) type Env = Vec<(String, String)>;
+
 /// The checks of a command to run, an exec's or a background process's: its environment, argv
-/// (within the kernel's bounds), working directory (absolute; default `/`) and `user` (shape).
-/// Answers the environment as pairs and the working directory.
+/// (within the kernel's bounds), working directory (absolute) and `user` (shape). Answers the
+/// environment as pairs and the working directory as given (its default, the image's or `/`,
+/// is [`command_defaults`]'s once the sandbox is loaded).
 pub(crate) fn check_command(
     cmd: &[String],
     env: Option<&BTreeMap<String, String>>,
     cwd: Option<String>,
     user: Option<&str>,
-) -> ApiResult<(Vec<(String, String)>, String)> {
+) -> ApiResult<(Env, Option<String>)> {
     let env = match env {
         Some(env) => check_env("env", env)?,
         None => Vec::new(),
     };
     check_argv(cmd, &env)?;
-    let cwd = cwd.unwrap_or_else(|| "/".to_owned());
-    check_abs_path("cwd", &cwd)?;
+    if let Some(cwd) = &cwd {
+        check_abs_path("cwd", cwd)?;
+    }
     if let Some(u) = user {
         check_user(u)?;
     }
@@ -546,7 +663,8 @@ pub async fn exec(
     if let Some(u) = &user {
         ctx.audit_detail("user", u.clone());
     }
-    load_running(&ctx, &ns, &id).await?;
+    let row = load_running(&ctx, &ns, &id).await?;
+    let (user, cwd) = command_defaults(&row, user, cwd);
     let streaming = wants(&headers, NDJSON);
     let limits = &ctx.state.config.sandbox_limits;
     let spec = ExecSpec {
@@ -785,7 +903,8 @@ pub async fn read_file(
         return Err(ApiError::Invalid("limit, cursor: only with list=true".into()));
     }
     let user = check_file_user(params.user)?;
-    load_running(&ctx, &ns, &id).await?;
+    let row = load_running(&ctx, &ns, &id).await?;
+    let user = file_user(&row, user);
     if list {
         let (after, limit) =
             (super::fsdata::list_after(params.cursor.as_deref())?, super::fsdata::list_limit(params.limit)?);
@@ -838,7 +957,8 @@ pub async fn write_file(
     if let Some(u) = &user {
         ctx.audit_detail("user", u.clone());
     }
-    load_running(&ctx, &ns, &id).await?;
+    let row = load_running(&ctx, &ns, &id).await?;
+    let user = file_user(&row, user);
     let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let limit = ctx.state.config.sandbox_limits.file_bytes;
     // The body goes to the sandbox as it arrives, a few chunks at a time.

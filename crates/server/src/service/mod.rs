@@ -1,6 +1,6 @@
 //! The services under the HTTP handlers: namespaces (and their keys), projects, sandboxes (and
 //! their background processes),
-//! filesystems (and their files and archives), secrets, policies, audit reads, logs, metering and
+//! filesystems (and their files and archives), images, secrets, policies, audit reads, logs, metering and
 //! the aggregated audit of denied egress;
 //! [`records`] names the rows and runtime types they take and answer. They take validated domain
 //! values (ids, rows a handler loaded and authorized, resolved secrets), act on the store and the
@@ -15,6 +15,7 @@ pub mod egress;
 pub mod egress_audit;
 pub mod egress_broker;
 pub mod filesystems;
+pub mod images;
 pub mod listing;
 pub mod logs;
 pub mod metering;

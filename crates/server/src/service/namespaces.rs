@@ -98,6 +98,10 @@ pub async fn delete(state: &AppState, row: &NamespaceRow) -> ServiceResult<bool>
     state.logs.forget(&row.incarnation).await;
     state.metrics.forget(&row.incarnation);
     state.identity.forget(ns);
+    // Its private images' rows went with the namespace; their layers go now.
+    if let Err(e) = super::images::remove_namespace(state, ns).await {
+        tracing::warn!(namespace = ns, error = %e, "removing the layer store of a deleted namespace failed");
+    }
     Ok(true)
 }
 

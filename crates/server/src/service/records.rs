@@ -4,11 +4,12 @@
 
 pub use bulkhead_runtime::confined::Kind;
 pub use bulkhead_runtime::files::{self, Preconditions};
-pub use bulkhead_runtime::{ExecEvent, ExecSpec, ExecStream, Exit, RunFile};
+pub use bulkhead_runtime::image::ImageConfig;
+pub use bulkhead_runtime::{ExecEvent, ExecSpec, ExecStream, Exit, RootSpec, RunFile};
 pub use bulkhead_runtime::{
     OutputStreamKind, ProcessEvent, ProcessInfo, ProcessOutput, ProcessSpec, ProcessStatus, TtySize,
 };
 pub use bulkhead_store::{
-    AuditQuery, FilesystemRow, IdempotentReply, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow, SandboxRow,
-    SandboxStatus, SecretRow, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotentReply, ImageRow, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow,
+    SandboxImage, SandboxRow, SandboxStatus, SecretRow, UsageDelta,
 };

@@ -53,6 +53,12 @@ pub struct Plan {
     pub secrets: Vec<String>,
     /// What the sandbox may reach on the network, checked against the namespace's ceiling.
     pub egress: Option<bulkhead_core::egress::SandboxEgress>,
+    /// What it boots from: the host's base, or an image's layers under a writable layer.
+    pub root: bulkhead_runtime::RootSpec,
+    /// The image (with `root` an image's), as the sandbox records it.
+    pub image: Option<bulkhead_store::SandboxImage>,
+    /// The size of the writable root in bytes (with an image).
+    pub disk_bytes: Option<u64>,
 }
 
 /// Admits, records and starts a sandbox of `ns`.
@@ -90,10 +96,16 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         secrets: plan.secrets.clone(),
         project: plan.filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
         egress: plan.egress.clone(),
+        image: plan.image.clone(),
+        disk_bytes: plan.disk_bytes,
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
         Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
+        // The image was deleted between its lookup and the admission.
+        Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
+            return Err(ServiceError::NotFound(format!("{what} not found")))
+        }
         other => other?,
     }
     let spec = SandboxSpec {
@@ -125,7 +137,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         },
         run_files: plan.run_files,
         extra_ca_pem,
-        root: bulkhead_runtime::RootSpec::Host,
+        root: plan.root,
     };
     let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
         Ok(()) => state.runtime.create(&spec).await,

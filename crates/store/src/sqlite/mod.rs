@@ -20,6 +20,7 @@ mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
+mod images;
 mod namespaces;
 mod sandboxes;
 #[cfg(test)]
@@ -54,6 +55,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "namespace incarnation", include_str!("../../migrations/sqlite/0009_namespace_incarnation.sql")),
     (10, "egress", include_str!("../../migrations/sqlite/0010_egress.sql")),
     (11, "egress metering", include_str!("../../migrations/sqlite/0011_egress_metering.sql")),
+    (12, "images", include_str!("../../migrations/sqlite/0012_images.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).

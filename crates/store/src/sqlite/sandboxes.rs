@@ -15,7 +15,7 @@ use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreErr
 impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress";
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -48,6 +48,8 @@ impl Columns for SandboxRow {
             secrets: names(&secrets, "sandbox secrets")?,
             project: row.try_get("project_id")?,
             egress: json_column(row, "egress", "sandbox egress")?,
+            image: json_column(row, "image", "sandbox image")?,
+            disk_bytes: row.try_get::<Option<i64>, _>("disk_bytes")?.map(|v| u64::try_from(v).unwrap_or(0)),
         })
     }
 
@@ -75,7 +77,10 @@ impl Columns for SandboxRow {
             .bind(self.workload_token_hash.as_deref())
             .bind(secrets)
             .bind(self.project.as_deref())
-            .bind(to_json(self.egress.as_ref())?))
+            .bind(to_json(self.egress.as_ref())?)
+            .bind(self.image.as_ref().map(|i| i.id.as_str()))
+            .bind(to_json(self.image.as_ref())?)
+            .bind(self.disk_bytes.map(as_i64)))
     }
 }
 
@@ -103,6 +108,14 @@ impl SandboxStore for SqliteStore {
         ];
         for (quota, limit, used, requested) in checks {
             within(quota, limit, used, requested)?;
+        }
+        // The image, in the same transaction as a delete of it would check its users.
+        if let Some(image) = &sbx.image {
+            let found =
+                sqlx::query("SELECT 1 FROM images WHERE id = ?").bind(&image.id).fetch_optional(&mut *tx).await?;
+            if found.is_none() {
+                return Err(StoreError::NotFound(format!("image {}", image.name)));
+            }
         }
         insert_row(&mut *tx, sbx, Constraints::default()).await?;
         tx.commit().await

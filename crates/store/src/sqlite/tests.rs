@@ -7,8 +7,9 @@ use bulkhead_core::{Quotas, Role};
 use super::{insert, select, within, Column, Columns, Constraints, SqliteStore};
 use crate::prelude::*;
 use crate::{
-    AuditQuery, FilesystemRow, IdempotencyClaim, IdempotentReply, KeyRow, MeterMark, NamespaceRow, PolicyRow,
-    ProjectRow, SandboxRow, SandboxStatus, SecretRow, StoreError, UsageBucket, UsageDelta,
+    AuditQuery, FilesystemRow, IdempotencyClaim, IdempotentReply, ImageDeletion, ImageRow, KeyRow, MeterMark,
+    NamespaceRow, PolicyRow, ProjectRow, SandboxImage, SandboxRow, SandboxStatus, SecretRow, StoreError, UsageBucket,
+    UsageDelta,
 };
 
 fn ns(name: &str) -> NamespaceRow {
@@ -137,6 +138,8 @@ fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
         metered_at_ms: None,
         project: None,
         egress: None,
+        image: None,
+        disk_bytes: None,
     }
 }
 
@@ -234,7 +237,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 23);
+    assert_eq!(sandbox.matches('?').count(), 26);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }
@@ -566,4 +569,81 @@ async fn a_read_only_open_reads_beside_a_live_store_and_writes_nothing() {
     let missing = dir.path().join("missing.sqlite");
     assert!(SqliteStore::open_read_only(&missing).await.is_err());
     assert!(!missing.exists());
+}
+
+fn image(ns: Option<&str>, name: &str, layers: &[&str]) -> ImageRow {
+    ImageRow {
+        id: bulkhead_core::ids::new_id("img_"),
+        namespace: ns.map(str::to_owned),
+        name: name.into(),
+        digest: format!("sha256:{}", "a".repeat(64)),
+        config: "{}".into(),
+        layers: layers.iter().map(|l| (*l).to_owned()).collect(),
+        size_bytes: 10,
+        source: "archive".into(),
+        created_at_ms: 1,
+        status: "ready".into(),
+    }
+}
+
+#[tokio::test]
+async fn images_are_private_first_then_public_and_busy_while_a_sandbox_lives() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    s.create_namespace(&ns("globex")).await.unwrap();
+    let public = image(None, "python", &["sha256:l1", "sha256:l2"]);
+    s.insert_image(&public).await.unwrap();
+    // One public image per name; a namespace may shadow it with its own.
+    assert!(matches!(s.insert_image(&image(None, "python", &[])).await, Err(StoreError::Conflict(_))));
+    let own = image(Some("acme"), "python", &["sha256:l3"]);
+    s.insert_image(&own).await.unwrap();
+    assert!(matches!(s.insert_image(&image(Some("acme"), "python", &[])).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(s.insert_image(&image(Some("nobody"), "x", &[])).await, Err(StoreError::NotFound(_))));
+
+    assert_eq!(s.find_image(Some("acme"), "python").await.unwrap(), Some(own.clone()));
+    assert_eq!(s.find_image(Some("globex"), "python").await.unwrap(), Some(public.clone()));
+    assert_eq!(s.find_image(None, "python").await.unwrap(), Some(public.clone()));
+    // Another namespace's image is not there, by name or by id.
+    assert_eq!(s.find_image(Some("globex"), &own.id).await.unwrap(), None);
+    assert_eq!(s.find_image(None, &own.id).await.unwrap(), None);
+    assert_eq!(s.find_image(Some("acme"), &own.id).await.unwrap(), Some(own.clone()));
+
+    let acme: Vec<String> = s.list_images(Some("acme"), None, 10).await.unwrap().into_iter().map(|i| i.id).collect();
+    let mut both = vec![own.id.clone(), public.id.clone()];
+    both.sort();
+    assert_eq!(acme, both);
+    let first = s.list_images(Some("acme"), None, 1).await.unwrap();
+    let rest = s.list_images(Some("acme"), Some(&first[0].id), 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(s.list_images(None, None, 10).await.unwrap(), vec![public.clone()]);
+    assert_eq!(s.image_layers(None).await.unwrap(), vec!["sha256:l1".to_owned(), "sha256:l2".to_owned()]);
+    assert_eq!(s.image_layers(Some("acme")).await.unwrap(), vec!["sha256:l3".to_owned()]);
+
+    // A live sandbox of the image holds it; an ended one does not.
+    let sbx = SandboxRow {
+        image: Some(SandboxImage {
+            id: own.id.clone(),
+            name: own.name.clone(),
+            digest: own.digest.clone(),
+            user: Some("app".into()),
+            working_dir: Some("/srv".into()),
+        }),
+        disk_bytes: Some(1 << 30),
+        ..sandbox("acme", 100)
+    };
+    s.admit_sandbox(&sbx, &Quotas::DEFAULT).await.unwrap();
+    assert_eq!(s.get_sandbox("acme", &sbx.id).await.unwrap(), Some(sbx.clone()));
+    assert_eq!(s.delete_image(&own.id).await.unwrap(), ImageDeletion::InUse(sbx.id.clone()));
+    s.set_sandbox_status(&sbx.id, SandboxStatus::Deleted, Some("deleted"), Some(5)).await.unwrap();
+    assert_eq!(s.delete_image(&own.id).await.unwrap(), ImageDeletion::Deleted);
+    assert_eq!(s.delete_image(&own.id).await.unwrap(), ImageDeletion::NotFound);
+    // A sandbox of an image deleted meanwhile is not admitted.
+    let late = SandboxRow { image: sbx.image.clone(), ..sandbox("acme", 100) };
+    assert!(matches!(s.admit_sandbox(&late, &Quotas::DEFAULT).await, Err(StoreError::NotFound(_))));
+    // A namespace's images go with it.
+    let theirs = image(Some("globex"), "tool", &[]);
+    s.insert_image(&theirs).await.unwrap();
+    s.delete_namespace("globex").await.unwrap();
+    assert_eq!(s.find_image(Some("globex"), "tool").await.unwrap(), None);
 }

@@ -1,0 +1,192 @@
+//! The image subcommands: `image import NAME ./img.tar [--public]` (streamed, with a progress
+//! line on a terminal), `image list`, `image show NAME`, `image rm NAME`. Without `--public`
+//! they act on a namespace's images (`--ns`), which sees its own and the public ones; with it,
+//! on the public images, which only the platform admin publishes and deletes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use bulkhead_api::Image;
+use clap::{Args, Subcommand};
+
+use crate::commands::{all_pages, client};
+use crate::fs::{Progress, REDRAW};
+use crate::output;
+use crate::units::format_bytes;
+use crate::Global;
+
+/// Which images a command is about: a namespace's, or the public ones.
+#[derive(Args)]
+pub struct Scope {
+    /// The namespace.
+    #[arg(long, env = "BULKHEAD_NAMESPACE", required_unless_present = "public")]
+    ns: Option<String>,
+    /// The public images every namespace may use (platform admin).
+    #[arg(long, conflicts_with = "ns")]
+    public: bool,
+}
+
+impl Scope {
+    /// The namespace, or `None` for the public images.
+    fn namespace(&self) -> Option<&str> {
+        if self.public {
+            None
+        } else {
+            self.ns.as_deref()
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Import an OCI image layout or a `docker save` archive (.tar, .tar.gz, .tar.zst) as image
+    /// NAME; `--public` publishes it for every namespace (platform admin).
+    Import {
+        #[command(flatten)]
+        scope: Scope,
+        /// The image's name.
+        name: String,
+        /// The archive.
+        archive: PathBuf,
+    },
+    /// List a namespace's images and the public ones (`--public`: the public ones only).
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Show one image, by name or id.
+    Show {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        /// A name or an img_… id.
+        name: String,
+    },
+    /// Delete an image, by name or id; refused while a sandbox uses it.
+    #[command(alias = "delete")]
+    Rm {
+        #[command(flatten)]
+        scope: Scope,
+        /// A name or an img_… id.
+        name: String,
+    },
+}
+
+const IMAGE_HEADERS: [&str; 6] = ["ID", "NAME", "SCOPE", "SIZE", "DIGEST", "CREATED"];
+
+fn image_row(i: &Image) -> Vec<String> {
+    vec![
+        i.id.clone(),
+        i.name.clone(),
+        i.namespace.clone().unwrap_or_else(|| "public".to_owned()),
+        format_bytes(i.size_bytes),
+        short_digest(&i.digest),
+        i.created_at.clone(),
+    ]
+}
+
+/// `sha256:` and the first 12 hex digits, as tables show a digest.
+fn short_digest(d: &str) -> String {
+    let hex = d.strip_prefix("sha256:").unwrap_or(d);
+    format!("sha256:{}", hex.chars().take(12).collect::<String>())
+}
+
+pub async fn image(cmd: ImageCmd, global: &Global) -> anyhow::Result<ExitCode> {
+    let c = client(global)?;
+    match cmd {
+        ImageCmd::Import { scope, name, archive } => {
+            let meta = std::fs::metadata(&archive).with_context(|| format!("cannot read {}", archive.display()))?;
+            if !meta.is_file() {
+                bail!("{}: not a file (an OCI image layout or docker save archive)", archive.display());
+            }
+            let total = format_bytes(meta.len());
+            let sent = Arc::new(AtomicU64::new(0));
+            let mut progress = Progress::new();
+            let upload = c.import_image(scope.namespace(), &name, &archive, sent.clone());
+            tokio::pin!(upload);
+            let mut tick = tokio::time::interval(REDRAW);
+            let image = loop {
+                tokio::select! {
+                    r = &mut upload => break r?,
+                    _ = tick.tick(), if progress.tty => {
+                        let n = sent.load(Ordering::Relaxed);
+                        let line = if n >= meta.len() {
+                            format!("importing {name}: {total} sent, unpacking ... {}s", progress.started.elapsed().as_secs())
+                        } else {
+                            format!("importing {name}: {} of {total} sent", format_bytes(n))
+                        };
+                        progress.draw(&line);
+                    }
+                }
+            };
+            progress.finish(&format!(
+                "imported {} ({}) in {}: {}, {} layers, {} unpacked",
+                image.name,
+                image.id,
+                progress.elapsed(),
+                short_digest(&image.digest),
+                image.layers.len(),
+                format_bytes(image.size_bytes)
+            ));
+            if global.json {
+                output::json(&image)?;
+            }
+        }
+        ImageCmd::List { scope } => {
+            let ns = scope.namespace();
+            let images = all_pages(|cursor| {
+                let c = &c;
+                async move { c.list_images(ns, Some(1000), cursor.as_deref()).await }
+            })
+            .await?;
+            output::list(global.json, &images, &IMAGE_HEADERS, image_row)?;
+        }
+        ImageCmd::Show { ns, name } => {
+            let i = c.get_image(&ns, &name).await?;
+            if global.json {
+                output::json(&i)?;
+            } else {
+                let mut pairs = vec![
+                    ("id", i.id.clone()),
+                    ("name", i.name.clone()),
+                    ("scope", i.namespace.clone().unwrap_or_else(|| "public".to_owned())),
+                    ("digest", i.digest.clone()),
+                    ("size", format_bytes(i.size_bytes)),
+                    ("layers", i.layers.len().to_string()),
+                    ("created", i.created_at.clone()),
+                    ("user", i.config.user.clone().unwrap_or_else(|| "root".to_owned())),
+                    ("workdir", i.config.working_dir.clone().unwrap_or_else(|| "/".to_owned())),
+                ];
+                if !i.config.entrypoint.is_empty() {
+                    pairs.push(("entrypoint", i.config.entrypoint.join(" ")));
+                }
+                if !i.config.cmd.is_empty() {
+                    pairs.push(("cmd", i.config.cmd.join(" ")));
+                }
+                for e in &i.config.env {
+                    pairs.push(("env", e.clone()));
+                }
+                output::fields(&pairs);
+            }
+        }
+        ImageCmd::Rm { scope, name } => {
+            c.delete_image(scope.namespace(), &name).await?;
+            output::note(global.json, format_args!("deleted image {name}"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_shortened_for_tables() {
+        assert_eq!(short_digest(&format!("sha256:{}", "ab".repeat(32))), "sha256:abababababab");
+        assert_eq!(short_digest("odd"), "sha256:odd");
+    }
+}

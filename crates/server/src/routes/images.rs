@@ -1,0 +1,232 @@
+//! Images: a namespace's own (import an archive, list, get, delete) and the public ones the
+//! platform admin publishes. A namespace sees its own images and the public ones; another
+//! namespace's image answers exactly as a missing one does.
+//!
+//! An import's body (an OCI image layout or a `docker save` tar, plain, gzip or zstd) is spooled
+//! to a file under the data dir, bounded by `--max-image-bytes` (413 past it), then unpacked and
+//! verified on a blocking thread; the image is recorded only once whole.
+
+use axum::body::Body;
+use axum::http::StatusCode;
+use axum::Json;
+use bulkhead_api::{ErrorBody, Image, Page};
+use bulkhead_core::ids::{self, prefix};
+use bulkhead_core::{validate, Action, Target};
+
+use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
+use super::{list_page, load_namespace};
+use crate::auth::Ctx;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::limits::{self, Direction, PumpError};
+use crate::service::images::{self, Import};
+use crate::service::records::{ImageConfig, ImageRow};
+use crate::time::rfc3339;
+
+/// An image as the API shows it.
+pub fn image_out(row: &ImageRow) -> ApiResult<Image> {
+    let ImageConfig { env, working_dir, user, entrypoint, cmd } = images::config_of(row)?;
+    Ok(Image {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        namespace: row.namespace.clone(),
+        public: row.namespace.is_none(),
+        digest: row.digest.clone(),
+        size_bytes: row.size_bytes,
+        config: bulkhead_api::ImageConfig { env, working_dir, user, entrypoint, cmd },
+        layers: row.layers.clone(),
+        created_at: rfc3339(row.created_at_ms),
+    })
+}
+
+/// Checks how a request names an image: a name (`[a-z0-9-]{1,63}`, starting with a letter) or
+/// an `img_…` id; `field` names it in the 400.
+pub fn check_ref(field: &str, name_or_id: &str) -> ApiResult<()> {
+    if ids::is_id(prefix::IMAGE, name_or_id) {
+        return Ok(());
+    }
+    validate::name(field, name_or_id).map_err(|e| ApiError::Invalid(format!("{e} (or an img_… id)")))
+}
+
+fn image_not_found(name_or_id: &str) -> ApiError {
+    ApiError::NotFound(format!("image {name_or_id:?} not found"))
+}
+
+/// The image `name_or_id` as namespace `ns` sees it (its own, else a public one), decided
+/// again by its name when the request named its id; 404 when it does not exist or is another
+/// namespace's.
+async fn load_image(ctx: &Ctx, ns: &str, name_or_id: &str) -> ApiResult<ImageRow> {
+    load_namespace(ctx, ns).await?;
+    if check_ref("name", name_or_id).is_err() {
+        return Err(image_not_found(name_or_id));
+    }
+    let row = images::find(&ctx.state, Some(ns), name_or_id).await?.ok_or_else(|| image_not_found(name_or_id))?;
+    if row.name != name_or_id {
+        ctx.reauthorize(&Target::image(ns, &row.name))?;
+    }
+    Ok(row)
+}
+
+/// Import an image into the namespace: the body is an OCI image layout or a `docker save`
+/// archive (tar, plain, gzip or zstd). Every blob is verified against its digest and layers are
+/// unpacked under the archive rules (no path escapes, no devices, no setuid or setgid bits).
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/images/{name}/archive", tag = "images",
+    params(("ns" = String, Path), ("name" = String, Path, description = "The new image's name")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = Image),
+        (status = 400, description = "Not a valid image, or a blob that does not match its digest", body = ErrorBody),
+        (status = 409, description = "The namespace has an image of this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn import(
+    ctx: Ctx,
+    PathParams((ns, name)): PathParams<(String, String)>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
+    load_namespace(&ctx, &ns).await?;
+    validate::name("name", &name)?;
+    import_archive(&ctx, Import { namespace: Some(ns), name, source: "archive".into() }, body).await
+}
+
+/// The namespace's images and the public ones, by id.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/images", tag = "images", params(("ns" = String, Path), PageParams),
+    responses((status = 200, body = Page<Image>), ReadErrors))]
+pub async fn list(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    QueryParams(page): QueryParams<PageParams>,
+) -> ApiResult<Json<Page<Image>>> {
+    ctx.authorize(Action::ImageList, &Target::namespace(&ns))?;
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| images::list(&ctx.state, Some(&ns), after, limit).await)
+            .await?;
+    let items = rows
+        .iter()
+        .filter(|r| ctx.sees(Action::ImageList, &Target::image(&ns, &r.name)))
+        .map(image_out)
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(Page { items, next_cursor }))
+}
+
+/// An image of the namespace, or a public one, by name or id.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/images/{name}", tag = "images",
+    params(("ns" = String, Path), ("name" = String, Path, description = "A name or an img_… id")),
+    responses((status = 200, body = Image), ReadErrors))]
+pub async fn get(ctx: Ctx, PathParams((ns, image)): PathParams<(String, String)>) -> ApiResult<Json<Image>> {
+    ctx.authorize(Action::ImageGet, &Target::image(&ns, &image))?;
+    let row = load_image(&ctx, &ns, &image).await?;
+    Ok(Json(image_out(&row)?))
+}
+
+/// Delete one of the namespace's images, by name or id; refused (409) while a sandbox that has
+/// not ended uses it. Its layers that no other image of the namespace names are removed.
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/images/{name}", tag = "images",
+    params(("ns" = String, Path), ("name" = String, Path, description = "A name or an img_… id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "A sandbox uses it", body = ErrorBody), GuardedErrors))]
+pub async fn delete(ctx: Ctx, PathParams((ns, image)): PathParams<(String, String)>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::ImageDelete, &Target::image(&ns, &image))?;
+    let row = load_image(&ctx, &ns, &image).await?;
+    if row.namespace.is_none() {
+        return Err(ApiError::Forbidden(format!(
+            "image {:?} is public: only the platform admin deletes it (DELETE /v1/images/{})",
+            row.name, row.name
+        )));
+    }
+    ctx.audit_resource(format!("image:{}", row.name));
+    ctx.audit_detail("image", row.id.clone());
+    images::delete(&ctx.state, &row).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publish a public image every namespace may use (platform admin): as a namespace's import,
+/// but setuid and setgid bits are kept.
+#[utoipa::path(put, path = "/v1/images/{name}/archive", tag = "images",
+    params(("name" = String, Path, description = "The new image's name")),
+    request_body(content = Vec<u8>, content_type = "application/x-tar"),
+    responses((status = 201, body = Image),
+        (status = 400, description = "Not a valid image, or a blob that does not match its digest", body = ErrorBody),
+        (status = 409, description = "A public image has this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn publish(
+    ctx: Ctx,
+    PathParams(name): PathParams<String>,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    ctx.authorize(Action::PlatformImageCreate, &Target::Platform)?;
+    validate::name("name", &name)?;
+    import_archive(&ctx, Import { namespace: None, name, source: "archive".into() }, body).await
+}
+
+/// The public images (platform admin), by id.
+#[utoipa::path(get, path = "/v1/images", tag = "images", params(PageParams),
+    responses((status = 200, body = Page<Image>), GuardedErrors))]
+pub async fn list_public(ctx: Ctx, QueryParams(page): QueryParams<PageParams>) -> ApiResult<Json<Page<Image>>> {
+    ctx.authorize(Action::PlatformImageList, &Target::Platform)?;
+    let limit = page.limit()?;
+    let after = page.after(<ImageRow as Listed>::CURSOR)?;
+    let rows = images::list(&ctx.state, None, after.as_deref(), limit).await?;
+    let next_cursor = next_cursor(&rows, limit, <ImageRow as Listed>::CURSOR, |r| r.id.clone());
+    Ok(Json(Page { items: rows.iter().map(image_out).collect::<ApiResult<_>>()?, next_cursor }))
+}
+
+/// Delete a public image (platform admin), by name or id; refused (409) while a sandbox that
+/// has not ended uses it.
+#[utoipa::path(delete, path = "/v1/images/{name}", tag = "images",
+    params(("name" = String, Path, description = "A name or an img_… id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 409, description = "A sandbox uses it", body = ErrorBody), GuardedErrors))]
+pub async fn delete_public(ctx: Ctx, PathParams(image): PathParams<String>) -> ApiResult<StatusCode> {
+    ctx.authorize(Action::PlatformImageDelete, &Target::Platform)?;
+    let not_found = || image_not_found(&image);
+    check_ref("image", &image).map_err(|_| not_found())?;
+    let row = images::find(&ctx.state, None, &image).await?.ok_or_else(not_found)?;
+    ctx.audit_resource(format!("image:{}", row.name));
+    ctx.audit_detail("image", row.id.clone());
+    images::delete(&ctx.state, &row).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Spools the body to a file (at most `--max-image-bytes`), imports it and answers the image.
+async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(StatusCode, Json<Image>)> {
+    let ns = import.namespace.as_deref();
+    ctx.audit_resource(format!("image:{}", import.name));
+    // A name taken answers before the body is read.
+    if images::exists(&ctx.state, ns, &import.name).await? {
+        return Err(ApiError::Conflict(format!("image {:?} already exists", import.name)));
+    }
+    let _stream = ctx.state.streams.acquire(&ctx.principal, ns.unwrap_or(""), Direction::Upload)?;
+    let max = ctx.state.config.images.max_image_bytes;
+    let (spooled, file) =
+        images::spool_file(&ctx.state).map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
+    let (tx, mut reader) = limits::BodyReader::channel();
+    // The body is written to the spool file as it arrives, on a blocking thread.
+    let write = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut file = file;
+        let n = std::io::copy(&mut reader, &mut file)?;
+        file.sync_all()?;
+        Ok(n)
+    });
+    let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
+    match pumped {
+        Ok(_) => {}
+        Err(PumpError::TooLarge) => {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "body: the archive is larger than this server's bound on an image ({max} bytes)"
+            )))
+        }
+        Err(PumpError::Interrupted) => return Err(ApiError::Invalid("body: the upload was interrupted".into())),
+    }
+    let bytes = written
+        .map_err(|e| ApiError::Internal(format!("spooling an image upload ended abnormally: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
+    ctx.audit_detail("archive_bytes", bytes);
+    let row = images::import(&ctx.state, &import, &spooled.0).await?;
+    drop(spooled);
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("digest", row.digest.clone());
+    ctx.audit_detail("size_bytes", row.size_bytes);
+    Ok((StatusCode::CREATED, Json(image_out(&row)?)))
+}
