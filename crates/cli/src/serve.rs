@@ -80,7 +80,7 @@ pub struct ServeArgs {
     /// refused).
     #[arg(long, env = "BULKHEAD_ROOT", value_enum, default_value = "image")]
     root: Root,
-    /// An OCI image layout or `docker save` archive imported at start as the public image
+    /// An OCI image layout (a directory or a tar) or `docker save` archive imported at start as the public image
     /// `default` (when the server has none, or the file's image differs), the image of every
     /// create that names none. Missing: a warning at start, and such creates are refused.
     #[arg(long, env = "BULKHEAD_DEFAULT_IMAGE", value_name = "PATH")]

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+#[allow(dead_code)]
+mod common;
+
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");
 const NS: &str = "chaos";
 const CLIENTS: usize = 4;
@@ -127,6 +130,9 @@ impl World {
     fn spawn(&mut self) -> (Duration, Option<String>) {
         assert!(self.server.is_none());
         let t0 = Instant::now();
+        let image = common::images::default_image_args();
+        let extra: Vec<&str> =
+            ["--network", "loopback-only"].into_iter().chain(image.iter().map(String::as_str)).collect();
         let started = bulkhead_bench::server::Serve {
             bulkhead: Path::new(BIN),
             data_dir: &self.data,
@@ -134,7 +140,7 @@ impl World {
             cgroup_prefix: &self.prefix,
             host_registry: Some(&self.registry),
             // The chaos is about the store and the sandboxes, not their networks.
-            extra: &["--network", "loopback-only", "--root", "host"],
+            extra: &extra,
         }
         .spawn()
         .unwrap_or_else(|e| panic!("the server did not start again on its data dir: {e}"));

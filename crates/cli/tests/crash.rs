@@ -22,7 +22,9 @@ struct Server {
 
 fn start(data: &Path, state: &Path, prefix: &str) -> Server {
     let mut child = Command::new(BIN)
-        .args(["serve", "--network", "loopback-only", "--root", "host", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--network", "loopback-only", "--listen", "127.0.0.1:0"])
+        .args(common::images::default_image_args())
+        .arg("--data-dir")
         .arg(data)
         .arg("--state-dir")
         .arg(state)

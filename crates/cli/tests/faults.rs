@@ -187,7 +187,9 @@ fn a_server_judges_only_its_own_data_dirs_images() {
     let other = dir.path().join("second");
     let prefix = format!("{}-b", first.cgroup_prefix);
     let mut second = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["serve", "--network", "loopback-only", "--root", "host", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--network", "loopback-only", "--listen", "127.0.0.1:0"])
+        .args(common::images::default_image_args())
+        .arg("--data-dir")
         .arg(&other)
         .arg("--state-dir")
         .arg(&first.state_dir)

@@ -55,7 +55,12 @@ pub fn default_image_layout() -> PathBuf {
         .status()
         .expect("run flock");
     drop(lock);
-    assert!(locked.success() && dir.join("index.json").is_file(), "could not extract {} into {}", tar.display(), dir.display());
+    assert!(
+        locked.success() && dir.join("index.json").is_file(),
+        "could not extract {} into {}",
+        tar.display(),
+        dir.display()
+    );
     dir
 }
 
@@ -63,6 +68,38 @@ pub fn default_image_layout() -> PathBuf {
 /// image is unpacked once (a cache beside the image, like the build's target dir).
 pub fn shared_public_layers() -> PathBuf {
     default_image().with_extension("layers")
+}
+
+/// The default image for test servers: its layout directory ([`default_image_layout`]) and
+/// the suite's public layer store ([`shared_public_layers`]), into which the image is unpacked
+/// here once (under a lock) before the first server starts, so that no server's start waits
+/// for it.
+pub fn default_image_prepared() -> (PathBuf, PathBuf) {
+    static READY: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let layout = default_image_layout();
+            let layers = shared_public_layers();
+            std::fs::create_dir_all(&layers).expect("the public layer store");
+            let lock = std::fs::File::create(layers.with_extension("lock")).expect("the layer store's lock");
+            lock.lock().expect("lock the layer store");
+            let store = bulkhead_runtime::image::LayerStore::open(&layers).expect("open the public layer store");
+            let options =
+                bulkhead_runtime::image::UnpackOptions { allow_setuid: true, max_bytes: 8 << 30, max_entries: 1 << 22 };
+            store.import(&bulkhead_runtime::image::ImportSource::LayoutDir(layout.clone()), &options).unwrap_or_else(
+                |e| panic!("import the default image {} into {}: {e}", layout.display(), layers.display()),
+            );
+            drop(lock);
+            (layout, layers)
+        })
+        .clone()
+}
+
+/// `bulkhead serve`'s arguments that give a test server the default image (see
+/// [`default_image_prepared`]).
+pub fn default_image_args() -> Vec<String> {
+    let (layout, layers) = default_image_prepared();
+    vec!["--default-image".into(), layout.display().to_string(), "--public-layers".into(), layers.display().to_string()]
 }
 
 /// `sha256:<hex>` of `bytes`: an OCI digest.

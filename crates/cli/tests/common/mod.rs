@@ -129,6 +129,11 @@ impl Harness {
         config.reap_interval = std::time::Duration::from_millis(200);
         // A registry of its own, gone with the temporary dir, never the host's.
         config.host_registry = dir.path().join("host-registry");
+        // Sandboxes boot the default image, as a server's do.
+        let (layout, layers) = images::default_image_prepared();
+        config.images.root = bulkhead_server::state::RootMode::Image;
+        config.images.default_image = Some(layout);
+        config.images.public_layers = Some(layers);
         tune(&mut config);
         let runtime = config.runtime.clone();
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");

@@ -63,7 +63,13 @@ impl Server {
         // cleans up).
         // A server not started for its network has loopback-only sandboxes (the network tests
         // name `--network isolated` and give `--egress-dns` into their own internet).
-        let mut args = if extra.contains(&"--root") { extra.to_vec() } else { [extra, &["--root", "host"]].concat() };
+        // Every test server has the default image, unless the test chooses its root itself.
+        let image_args = if extra.contains(&"--root") || extra.contains(&"--default-image") {
+            vec![]
+        } else {
+            super::images::default_image_args()
+        };
+        let mut args: Vec<&str> = extra.iter().copied().chain(image_args.iter().map(String::as_str)).collect();
         if !args.contains(&"--network") {
             args.extend(["--network", "loopback-only"]);
         }

@@ -259,9 +259,17 @@ pub async fn ensure_default(state: &AppState) {
         }
         return;
     };
-    let meta = match std::fs::metadata(&path) {
+    // A layout directory is known by its index (which names the manifest by digest).
+    let identity = if path.is_dir() { path.join("index.json") } else { path.clone() };
+    let meta = match std::fs::metadata(&identity) {
         Ok(m) if m.is_file() => m,
-        Ok(_) => return missing_or_keep(state, current, format!("--default-image {} is not a file", path.display())),
+        Ok(_) => {
+            return missing_or_keep(
+                state,
+                current,
+                format!("--default-image {} is not an image archive or layout directory", path.display()),
+            )
+        }
         Err(e) => return missing_or_keep(state, current, format!("--default-image {}: {e}", path.display())),
     };
     let mark_path = state.config.data_dir.join("images").join(DEFAULT_MARK);
@@ -313,7 +321,11 @@ async fn import_default(state: &AppState, current: Option<&ImageRow>, archive: &
     let import = Import { namespace: None, name: DEFAULT_IMAGE.to_owned(), source: "default-image".to_owned() };
     let lock = state.layers.lock(None);
     let _shared = lock.read().await;
-    let source = ImportSource::Archive(archive.to_owned());
+    let source = if archive.is_dir() {
+        ImportSource::LayoutDir(archive.to_owned())
+    } else {
+        ImportSource::Archive(archive.to_owned())
+    };
     let stored = tokio::task::spawn_blocking({
         let store = store.clone();
         move || store.import(&source, &options)
