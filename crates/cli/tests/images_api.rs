@@ -98,7 +98,7 @@ fn refused(got: &(u16, Value), status: u16, code: &str, says: &str) {
 
 #[tokio::test]
 async fn names_roles_and_tenants_are_checked_before_any_image_is_read() {
-    let w = World::start(&[]);
+    let w = World::start(&["--root", "host"]);
     let ns_images = format!("/v1/namespaces/{NS}/images");
 
     // Bad names, in the path of an import: 400 naming the field, before the body is read.
@@ -331,9 +331,15 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
     }
     let (status, page) = w.get(&ns_images, &w.viewer).await;
     assert_eq!(status, 200);
-    assert_eq!(page["items"].as_array().unwrap().len(), 1, "{page}");
+    let private =
+        |page: &Value| page["items"].as_array().unwrap().iter().filter(|i| i["public"] == json!(false)).count();
+    assert_eq!(private(&page), 1, "{page}");
+    assert!(
+        page["items"].as_array().unwrap().iter().any(|i| i["name"] == "default"),
+        "the default image is listed: {page}"
+    );
     let theirs = format!("/v1/namespaces/{OTHER}/images");
-    assert_eq!(w.get(&theirs, &w.other).await.1["items"], json!([]));
+    assert_eq!(private(&w.get(&theirs, &w.other).await.1), 0);
     let hidden = w.get(&format!("{theirs}/{id}"), &w.other).await;
     let missing = w.get(&format!("{theirs}/img_0123456789abcdef0123456789abcdef"), &w.other).await;
     refused(&hidden, 404, "not_found", "image");
@@ -349,7 +355,7 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
     assert_eq!(status, 201, "{policy}");
     refused(&w.get(&format!("{ns_images}/tools"), &w.viewer).await, 403, "forbidden", "image.get");
     refused(&w.get(&format!("{ns_images}/{id}"), &w.viewer).await, 403, "forbidden", "image.get");
-    assert_eq!(w.get(&ns_images, &w.viewer).await.1["items"], json!([]));
+    assert_eq!(private(&w.get(&ns_images, &w.viewer).await.1), 0, "a forbidden image is not listed");
     let policy_path = format!("/v1/namespaces/{NS}/policies/{}", policy["id"].as_str().unwrap());
     assert_eq!(w.delete(&policy_path, &w.admin).await.0, 204);
     let shown = w.server.ok(Some(&w.viewer), &["image", "show", "tools", "--ns", NS]);
@@ -376,23 +382,29 @@ async fn an_imported_image_is_listed_shown_hidden_from_other_tenants_and_deleted
         "invalid_request",
         "image",
     );
-    assert_eq!(w.get(&ns_images, &w.dev).await.1["items"].as_array().unwrap().len(), 1);
+    // Its own image and the default image.
+    assert_eq!(w.get(&ns_images, &w.dev).await.1["items"].as_array().unwrap().len(), 2);
 
     // A public image: every namespace sees it beside its own, none may delete it.
     let public = w.server.json(None, &["image", "import", "base", archive_arg, "--public"]);
     assert_eq!((&public["public"], &public["namespace"]), (&json!(true), &Value::Null), "{public}");
-    for (ns, token, n) in [(NS, &w.dev, 2), (OTHER, &w.other, 1)] {
+    for (ns, token, n) in [(NS, &w.dev, 3), (OTHER, &w.other, 2)] {
         let page = w.get(&format!("/v1/namespaces/{ns}/images"), token).await.1;
         assert_eq!(page["items"].as_array().unwrap().len(), n, "{page}");
     }
     refused(&w.delete(&format!("{ns_images}/base"), &w.dev).await, 403, "forbidden", "public");
-    assert_eq!(w.get("/v1/images", &w.admin).await.1["items"].as_array().unwrap().len(), 1);
+    assert_eq!(w.get("/v1/images", &w.admin).await.1["items"].as_array().unwrap().len(), 2);
 
     // Deleted: gone by name and id; the import and the delete are audited.
     w.server.ok(Some(&w.dev), &["image", "rm", "tools", "--ns", NS]);
     refused(&w.get(&format!("{ns_images}/{id}"), &w.dev).await, 404, "not_found", "image");
     w.server.ok(None, &["image", "rm", "base", "--public"]);
-    assert_eq!(w.get(&ns_images, &w.dev).await.1["items"], json!([]));
+    let left = w.get(&ns_images, &w.dev).await.1;
+    assert_eq!(
+        left["items"].as_array().unwrap().iter().map(|i| &i["name"]).collect::<Vec<_>>(),
+        [&json!("default")],
+        "{left}"
+    );
     let audit = w.server.json(None, &["audit", "--ns", NS]);
     for action in ["image.create", "image.delete"] {
         assert!(

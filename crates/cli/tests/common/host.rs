@@ -74,7 +74,7 @@ impl Host {
         // A server not started for its network has loopback-only sandboxes (the network tests
         // name `--network isolated` and give `--egress-dns` into their own internet).
         // Every test server has the default image, unless the test chooses its root itself.
-        let image_args = if extra.contains(&"--root") || extra.contains(&"--default-image") {
+        let image_args = if ["--root", "--default-image", "--public-layers"].iter().any(|a| extra.contains(a)) {
             vec![]
         } else {
             super::images::default_image_args()

@@ -314,7 +314,11 @@ impl LayerStore {
             ImportSource::LayoutDir(dir) => (None, dir.clone()),
         };
         let root = Root::open(&dir).map_err(|e| io_error(format!("open {}", dir.display()), e.into()))?;
-        let image = layout::read(&root, &|digest| self.has_layer(digest))?;
+        // An uploaded archive is verified whole; a layout directory (the default image at each
+        // start, a pull whose blobs were verified as they arrived) skips the blobs of layers the
+        // store holds already, which are not used.
+        let layout_dir = matches!(source, ImportSource::LayoutDir(_));
+        let image = layout::read(&root, &|digest| layout_dir && self.has_layer(digest))?;
 
         let layers_dir = self.root.join("layers");
         let mut budget = layer::Budget::new(options);
