@@ -774,6 +774,15 @@ pub struct ImageConfig {
     pub cmd: Vec<String>,
 }
 
+/// `POST /v1/namespaces/{ns}/sandboxes/{id}/snapshot`: save a running sandbox's root (its
+/// changes on top of its image) as a new private image of the namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSandbox {
+    /// The new image's name (`[a-z0-9-]{1,63}`, starting with a letter).
+    pub name: String,
+}
+
 /// An image: `PUT /v1/namespaces/{ns}/images/{name}/archive` (a namespace's own) or
 /// `PUT /v1/images/{name}/archive` (public, by the platform admin).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -467,6 +467,13 @@ pub const AF_UNIX: u64 = 1;
 /// `EPERM`.
 pub const NETLINK_PROTOCOLS: &[(u64, &str)] = &[(0, "NETLINK_ROUTE"), (4, "NETLINK_SOCK_DIAG")];
 
+/// `NETLINK_AUDIT`: refused like every other netlink protocol, but with `EPROTONOSUPPORT`, the
+/// answer of a kernel without audit, which libaudit takes as "no audit here" and goes on. With
+/// `EPERM`, the shadow tools (`useradd`, `groupadd`, so `adduser`) abort ("Cannot open audit
+/// interface").
+pub const NETLINK_AUDIT: u64 = 9;
+const EPROTONOSUPPORT: u32 = 93;
+
 /// `personality` values programs set, as in Docker's profile: the default (`PER_LINUX`),
 /// `PER_LINUX32` (`0x8`, what `linux32` sets), `UNAME26` (`0x20000`), their combination, and the
 /// query `0xffffffff`. Any other flag, such as `ADDR_NO_RANDOMIZE` or `READ_IMPLIES_EXEC`,
@@ -529,6 +536,14 @@ pub fn profile() -> Result<LinuxSeccomp, OciSpecError> {
             syscalls.push(allow("socket", vec![arg(0, ScmpCmpEq, *family, 0)?])?);
         }
     }
+    syscalls.push(
+        LinuxSyscallBuilder::default()
+            .names(vec!["socket".to_owned()])
+            .action(LinuxSeccompAction::ScmpActErrno)
+            .errno_ret(EPROTONOSUPPORT)
+            .args(vec![arg(0, ScmpCmpEq, AF_NETLINK, 0)?, arg(2, ScmpCmpEq, NETLINK_AUDIT, 0)?])
+            .build()?,
+    );
     syscalls.push(allow("socketpair", vec![arg(0, ScmpCmpEq, AF_UNIX, 0)?])?);
     for value in PERSONALITIES {
         syscalls.push(allow("personality", vec![arg(0, ScmpCmpEq, *value, 0)?])?);
@@ -632,7 +647,7 @@ mod tests {
         }
         let families: Vec<u64> = rules
             .iter()
-            .filter(|r| r["names"][0] == "socket")
+            .filter(|r| r["names"][0] == "socket" && r["action"] == "SCMP_ACT_ALLOW")
             .map(|r| r["args"][0]["value"].as_u64().unwrap())
             .collect();
         for f in &families {
@@ -652,8 +667,15 @@ mod tests {
         assert_eq!(socketcall[0]["action"], "SCMP_ACT_ERRNO");
         assert_ne!(socketcall[0]["errnoRet"], v["defaultErrnoRet"], "runc drops a rule equal to the default");
         assert!(socketcall[0]["args"].as_array().is_none_or(|a| a.is_empty()));
-        // Netlink only with an allowed protocol.
-        for rule in rules.iter().filter(|r| r["args"][0]["value"] == AF_NETLINK) {
+        // Netlink only with an allowed protocol; audit is refused as a kernel without it would.
+        let audit: Vec<_> = rules.iter().filter(|r| r["action"] == "SCMP_ACT_ERRNO").collect();
+        assert_eq!(audit.len(), 1, "{audit:?}");
+        assert_eq!(
+            (audit[0]["args"][0]["value"].as_u64(), audit[0]["args"][1]["value"].as_u64()),
+            (Some(AF_NETLINK), Some(NETLINK_AUDIT))
+        );
+        assert_eq!(audit[0]["errnoRet"], EPROTONOSUPPORT);
+        for rule in rules.iter().filter(|r| r["args"][0]["value"] == AF_NETLINK && r["action"] == "SCMP_ACT_ALLOW") {
             let proto = rule["args"][1]["value"].as_u64().unwrap();
             assert_eq!(rule["args"][1]["index"], 2);
             assert!(NETLINK_PROTOCOLS.iter().any(|(p, _)| *p == proto));

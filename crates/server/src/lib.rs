@@ -114,6 +114,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::publish))
         .routes(routes!(images::list_public))
         .routes(routes!(images::delete_public))
+        .routes(routes!(images::snapshot))
 }
 
 /// The OpenAPI document of every route.

@@ -361,6 +361,32 @@ impl LayerStore {
         })
     }
 
+    /// Adds one layer from `tar`, an uncompressed layer tar whose sha256 is `digest` (a
+    /// snapshot's, see [`snapshot::write_layer`]): verified and unpacked under the same rules
+    /// as an imported layer, renamed into place whole; nothing to do when the store holds it.
+    /// Blocking. Errors as [`LayerStore::import`]'s.
+    pub fn add_layer(&self, tar: &Path, digest: &str, options: &UnpackOptions) -> Result<(), ImageError> {
+        let hex = layout::hex_of(digest, "layer")?;
+        if self.has_layer(digest) {
+            return Ok(());
+        }
+        let layers_dir = self.root.join("layers");
+        let mut temp = TempTree::new(&layers_dir)?;
+        std::fs::set_permissions(&temp.path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| io_error(format!("chmod {}", temp.path.display()), e))?;
+        let file = std::fs::File::open(tar).map_err(|e| io_error(format!("open {}", tar.display()), e))?;
+        let mut budget = layer::Budget::new(options);
+        layer::unpack(io::BufReader::new(file), &temp.path, digest, digest, options, &mut budget)?;
+        match rename_noreplace(&temp.path, &layers_dir.join(hex)) {
+            Ok(()) => temp.armed = false,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOTEMPTY)) => {}
+            Err(e) => return Err(io_error(format!("put layer {digest} in place"), e)),
+        }
+        std::fs::File::open(&layers_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(format!("sync {}", layers_dir.display()), e))
+    }
+
     /// The directory of an unpacked layer; `digest` as in [`StoredImage::layers`].
     pub fn layer_path(&self, digest: &str) -> PathBuf {
         self.root.join("layers").join(digest.trim_start_matches("sha256:"))

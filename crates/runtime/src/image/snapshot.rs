@@ -6,7 +6,9 @@
 //!
 //! The walk never follows a symbolic link and never leaves the upper directory; what a layer
 //! cannot carry (sockets, fifos, devices other than whiteouts, ids outside the namespace's
-//! range) is left out and counted. The mount points Bulkhead's runtime makes in every root
+//! range) is left out and counted. Setuid and setgid bits of files are dropped (and counted):
+//! a namespace's private images carry none, and inside a sandbox (`no_new_privs`) they grant
+//! nothing anyway. The mount points Bulkhead's runtime makes in every root
 //! ([`SKIPPED_TOP`]) are left out too.
 
 use std::collections::HashMap;
@@ -33,6 +35,8 @@ pub struct LayerStats {
     pub bytes: u64,
     /// Entries left out: sockets, fifos, devices, ids outside the range.
     pub skipped: u64,
+    /// Files whose setuid or setgid bit was dropped.
+    pub setid_dropped: u64,
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImageError {
@@ -95,7 +99,12 @@ pub fn write_layer(upper: &Path, ids: IdRange, out: impl Write) -> Result<LayerS
                 continue;
             };
             let mut header = tar::Header::new_gnu();
-            header.set_mode(meta.mode() & 0o7777);
+            let mut mode = meta.mode() & 0o7777;
+            if !ft.is_dir() && mode & 0o6000 != 0 {
+                mode &= !0o6000;
+                stats.setid_dropped += 1;
+            }
+            header.set_mode(mode);
             header.set_uid(uid.into());
             header.set_gid(gid.into());
             header.set_mtime(meta.mtime().max(0) as u64);

@@ -9,7 +9,7 @@
 use axum::body::Body;
 use axum::http::StatusCode;
 use axum::Json;
-use bulkhead_api::{ErrorBody, Image, Page};
+use bulkhead_api::{ErrorBody, Image, Page, SnapshotSandbox};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 
@@ -228,5 +228,40 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("digest", row.digest.clone());
     ctx.audit_detail("size_bytes", row.size_bytes);
+    Ok((StatusCode::CREATED, Json(image_out(&row)?)))
+}
+
+/// Save a running sandbox's root as a new private image of the namespace: its changes to its
+/// image (what it installed, wrote or removed, outside `/tmp`, `/run` and `/workspace`) as one
+/// layer on top of the image's. Sandboxes created from it start with those files.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/snapshot", tag = "images",
+    params(("ns" = String, Path), ("id" = String, Path)),
+    request_body = SnapshotSandbox,
+    responses((status = 201, body = Image),
+        (status = 409, description = "The sandbox is not running or has no image root, or the name is taken", body = ErrorBody),
+        (status = 413, description = "The changes are larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn snapshot(
+    ctx: Ctx,
+    PathParams((ns, id)): PathParams<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<(StatusCode, Json<Image>)> {
+    ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
+    let req: SnapshotSandbox = crate::extract::json(&headers, &body)?;
+    validate::name("name", &req.name)?;
+    let namespace = load_namespace(&ctx, &ns).await?;
+    // The sandbox as its readers see it: another namespace's, or one hidden by scope, is 404.
+    let missing = || super::sandboxes::sandbox_not_found(&id);
+    if !ids::is_id(prefix::SANDBOX, &id) {
+        return Err(missing());
+    }
+    let sandbox = crate::service::sandboxes::get(&ctx.state, &ns, &id).await?.ok_or_else(missing)?;
+    ctx.require_or(Action::SandboxGet, &super::sandboxes::sandbox_target(&sandbox), missing)?;
+    ctx.audit_resource(format!("image:{}", req.name));
+    ctx.audit_detail("sandbox", sandbox.id.clone());
+    let row = crate::service::image_build::snapshot(&ctx.state, &namespace, &sandbox, &req.name).await?;
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("digest", row.digest.clone());
     Ok((StatusCode::CREATED, Json(image_out(&row)?)))
 }

@@ -80,7 +80,7 @@ pub fn sandbox_out(row: &SandboxRow) -> Sandbox {
     }
 }
 
-fn sandbox_not_found(id: &str) -> ApiError {
+pub(crate) fn sandbox_not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("sandbox {id:?} not found"))
 }
 

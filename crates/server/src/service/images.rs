@@ -88,18 +88,7 @@ pub async fn import(state: &AppState, import: &Import, archive: &Path) -> Servic
             .map_err(|e| ServiceError::Internal(format!("the import of an image ended abnormally: {e}")))?;
         let stored = imported.map_err(image_error)?;
         // Recorded before the lock goes, so no collection runs between the unpack and the row.
-        let row = row_of(import, &stored)?;
-        match state.store.insert_image(&row).await {
-            Ok(()) => Ok(row),
-            Err(StoreError::Conflict(_)) => {
-                Err(ServiceError::Conflict(format!("image {:?} already exists", import.name)))
-            }
-            Err(StoreError::NotFound(_)) => Err(ServiceError::NotFound(format!(
-                "namespace {:?} not found",
-                import.namespace.as_deref().unwrap_or_default()
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        record(state, import, &stored).await
     };
     // Layers the failed import unpacked that nothing records go again; not when the namespace
     // itself went meanwhile (its store is gone with it).
@@ -107,6 +96,21 @@ pub async fn import(state: &AppState, import: &Import, archive: &Path) -> Servic
         collect_quietly(state, ns).await;
     }
     stored
+}
+
+/// Records image `stored` as `import` says (the caller holds the store's lock, shared, since
+/// it unpacked the layers). A name taken meanwhile is a conflict.
+pub async fn record(state: &AppState, import: &Import, stored: &StoredImage) -> ServiceResult<ImageRow> {
+    let row = row_of(import, stored)?;
+    match state.store.insert_image(&row).await {
+        Ok(()) => Ok(row),
+        Err(StoreError::Conflict(_)) => Err(ServiceError::Conflict(format!("image {:?} already exists", import.name))),
+        Err(StoreError::NotFound(_)) => Err(ServiceError::NotFound(format!(
+            "namespace {:?} not found",
+            import.namespace.as_deref().unwrap_or_default()
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn row_of(import: &Import, stored: &StoredImage) -> ServiceResult<ImageRow> {
@@ -155,7 +159,21 @@ pub async fn collect(state: &AppState, ns: Option<&str>) -> ServiceResult<usize>
     let store = state.layers.store(ns).await.map_err(image_error)?;
     let lock = state.layers.lock(ns);
     let _alone = lock.write().await;
-    let keep: HashSet<String> = state.store.image_layers(ns).await?.into_iter().collect();
+    let mut keep: HashSet<String> = state.store.image_layers(ns).await?.into_iter().collect();
+    if ns.is_none() {
+        // A namespace's snapshot of a public image stands on the public image's layers.
+        let mut after: Option<String> = None;
+        loop {
+            let page = state.store.list_namespaces(after.as_deref(), 500, None).await?;
+            for namespace in &page {
+                keep.extend(state.store.image_layers(Some(&namespace.name)).await?);
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after = Some(last.name.clone()),
+                _ => break,
+            }
+        }
+    }
     tokio::task::spawn_blocking(move || store.collect(&keep))
         .await
         .map_err(|e| ServiceError::Internal(format!("a layer collection ended abnormally: {e}")))?
@@ -163,7 +181,7 @@ pub async fn collect(state: &AppState, ns: Option<&str>) -> ServiceResult<usize>
 }
 
 /// [`collect`], its failure logged: what it leaves is collected by the next one.
-async fn collect_quietly(state: &AppState, ns: Option<&str>) {
+pub(crate) async fn collect_quietly(state: &AppState, ns: Option<&str>) {
     match collect(state, ns).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(namespace = ns.unwrap_or("(public)"), layers = n, "collected unused image layers"),
@@ -199,10 +217,23 @@ pub fn sandbox_image(row: &ImageRow, config: &ImageConfig) -> SandboxImage {
 }
 
 /// The root of a sandbox of image `row` with a writable layer of `writable_bytes`: the image's
-/// layers in the store they were unpacked into, bottom first.
+/// layers in the store they were unpacked into, bottom first. A private image's layer that its
+/// namespace's store does not hold is a public image's (a snapshot of a public image stands on
+/// it), from the public store.
 pub async fn root(state: &AppState, row: &ImageRow, writable_bytes: u64) -> ServiceResult<RootSpec> {
     let store = state.layers.store(row.namespace.as_deref()).await.map_err(image_error)?;
-    let layers: Vec<PathBuf> = row.layers.iter().map(|d| store.layer_path(d)).collect();
+    let public = match row.namespace {
+        Some(_) => Some(state.layers.store(None).await.map_err(image_error)?),
+        None => None,
+    };
+    let layers: Vec<PathBuf> = row
+        .layers
+        .iter()
+        .map(|d| match &public {
+            Some(public) if !store.has_layer(d) => public.layer_path(d),
+            _ => store.layer_path(d),
+        })
+        .collect();
     Ok(RootSpec::Image(ImageRoot { layers, writable_bytes }))
 }
 
