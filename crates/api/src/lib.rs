@@ -282,8 +282,9 @@ pub struct CreateSandbox {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// The size of the sandbox's writable root in bytes (what `apt-get install` and
-    /// `pip install` may add to the image); a write past it fails with `ENOSPC` inside. Default
-    /// the smaller of 1 GiB and the namespace's `disk_bytes` quota, at most that quota.
+    /// `pip install` may add to the image); a write past it fails with `ENOSPC` inside. It is
+    /// memory (a tmpfs charged to the sandbox's memory cgroup): default the smaller of 1 GiB and
+    /// `memory_bytes`, at most `memory_bytes`, at least 16 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_bytes: Option<u64>,
 }

@@ -52,7 +52,11 @@ async fn a_sandbox_with_a_credential_trusts_the_namespace_ca_and_its_host_is_bro
     let stored = h.state.store.get_egress_ca("acme").await.unwrap().unwrap();
     assert!(!stored.windows(10).any(|w| w == b"-----BEGIN"));
 
-    // Inside: the bundle is the host's and the CA, where OpenSSL looks and where the variables say.
+    // The image's own bundle, as a sandbox without credentials has it.
+    let (code, image_bundle, err) = h.sh("acme", &plain, &owner, "cat /etc/ssl/certs/ca-certificates.crt").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(image_bundle.matches("BEGIN CERTIFICATE").count() > 50, "the image has the public roots");
+    // Inside: the bundle is the image's and the CA, where OpenSSL looks and where the variables say.
     let script = "echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS $CURL_CA_BUNDLE $GIT_SSL_CAINFO; \
                   cat /etc/ssl/certs/ca-certificates.crt";
     let (code, out, err) = h.sh("acme", &id, &owner, script).await;
@@ -60,10 +64,9 @@ async fn a_sandbox_with_a_credential_trusts_the_namespace_ca_and_its_host_is_bro
     let (vars, bundle) = out.split_once('\n').unwrap();
     assert_eq!(vars, ["/etc/ssl/certs/ca-certificates.crt"; 5].join(" "));
     assert!(bundle.ends_with(&ca.cert_pem), "the bundle ends with the namespace CA");
-    let host_bundle = std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
-    assert!(bundle.starts_with(host_bundle.trim_end()), "the bundle starts with the host's");
+    assert!(bundle.starts_with(image_bundle.trim_end()), "the bundle starts with the image's");
     assert!(!bundle.contains("PRIVATE KEY") && !out.contains("sk-9f8e7d"));
-    // A sandbox without credentials keeps the host's bundle and gets no variables.
+    // A sandbox without credentials keeps the image's bundle and gets no variables.
     let (_, out, _) =
         h.sh("acme", &plain, &owner, "echo \"[$SSL_CERT_FILE]\"; cat /etc/ssl/certs/ca-certificates.crt").await;
     assert!(out.starts_with("[]\n") && !out.contains(ca.cert_pem.trim_end()));

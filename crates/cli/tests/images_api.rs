@@ -1,7 +1,8 @@
 //! Images through the API and the CLI against the real `bulkhead serve`: names and bodies
 //! checked strictly, roles (a viewer reads, a developer imports and deletes, only the platform
 //! admin publishes), another tenant's image answered exactly as a missing one, a server with no
-//! default image saying so, `disk_bytes` within the namespace's quota; and, with the layer store
+//! default image saying so, `disk_bytes` within the sandbox's memory (the writable root is a
+//! tmpfs charged to it); and, with the layer store
 //! and the overlay root, the whole life of an image: an OCI layout the test builds (a static
 //! busybox, a user, a working directory, an environment) imported, listed, shown, booted (its
 //! `Env`, `User` and `WorkingDir` the commands' defaults), refused for deletion while a sandbox
@@ -209,10 +210,10 @@ async fn an_image_server_without_a_default_image_says_how_to_add_one() {
     // A named image that is not there is a 404 naming it; another tenant's is the same.
     refused(&w.post(&sandboxes, &w.dev, json!({"image": "tools"})).await, 404, "not_found", "\"tools\"");
     refused(&w.post(&sandboxes, &w.dev, json!({"image": "Tools!"})).await, 400, "invalid_request", "image");
-    // The writable root is bounded by the namespace's disk quota (4 GiB), and has a floor.
-    let got = w.post(&sandboxes, &w.dev, json!({"disk_bytes": 5u64 << 30})).await;
+    // The writable root is memory: bounded by the sandbox's memory, and has a floor.
+    let got = w.post(&sandboxes, &w.dev, json!({"disk_bytes": 5u64 << 30, "memory_bytes": 1u64 << 30})).await;
     refused(&got, 400, "invalid_request", "disk_bytes");
-    assert!(error(&got.1).1.contains("quota"), "{}", got.1);
+    assert!(error(&got.1).1.contains("memory_bytes"), "{}", got.1);
     refused(&w.post(&sandboxes, &w.dev, json!({"disk_bytes": 1024})).await, 400, "invalid_request", "disk_bytes");
     // An upload over the server's bound is a 413, whatever it holds, and leaves nothing behind.
     let big = vec![0u8; 65 << 10];
@@ -469,7 +470,8 @@ async fn the_default_image_is_imported_at_start_and_kept_across_restarts() {
     let (status, sandbox) = w.post(&sandboxes, &w.dev, json!({})).await;
     assert_eq!(status, 201, "{sandbox}");
     assert_eq!(sandbox["image"]["name"], "default", "{sandbox}");
-    assert_eq!(sandbox["disk_bytes"], json!(1u64 << 30), "{sandbox}");
+    let memory = sandbox["memory_bytes"].as_u64().unwrap();
+    assert_eq!(sandbox["disk_bytes"], json!(memory.min(1u64 << 30)), "{sandbox}");
     let id = sandbox["id"].as_str().unwrap().to_owned();
     let (_, out) = w.post(&format!("{sandboxes}/{id}/exec"), &w.dev, json!({"cmd": ["cat", "hello.txt"]})).await;
     assert_eq!(out["stdout"], "hello from the image\n", "{out}");

@@ -37,7 +37,9 @@ pub fn default_image() -> PathBuf {
 /// take `--default-image` as a directory, so a start reads the image's index, manifest and
 /// config, not 200 MB of archive.
 pub fn default_image_layout() -> PathBuf {
-    let tar = default_image();
+    // Named after the image's own file (the cache names it by its build's key), not the link
+    // to the latest: a rebuilt image gets a layout of its own.
+    let tar = std::fs::canonicalize(default_image()).expect("the default image's path");
     let dir = tar.with_extension("oci");
     if dir.join("index.json").is_file() {
         return dir;
@@ -67,7 +69,7 @@ pub fn default_image_layout() -> PathBuf {
 /// Where test servers keep public images' layers: one store for the whole suite, so the default
 /// image is unpacked once (a cache beside the image, like the build's target dir).
 pub fn shared_public_layers() -> PathBuf {
-    default_image().with_extension("layers")
+    default_image().with_file_name("test-layers")
 }
 
 /// The default image for test servers: its layout directory ([`default_image_layout`]) and

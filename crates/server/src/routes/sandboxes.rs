@@ -212,7 +212,7 @@ async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) 
             Some((row, f.mode.clone()))
         }
     };
-    let boot = boot_of(ctx, &namespace, req.image.as_deref(), req.disk_bytes).await?;
+    let boot = boot_of(ctx, &namespace, req.image.as_deref(), req.disk_bytes, memory_bytes).await?;
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
@@ -305,7 +305,7 @@ struct Boot {
 
 /// The smallest writable root.
 const MIN_DISK_BYTES: u64 = 16 << 20;
-/// The writable root's size when the request names none (at most the namespace's quota).
+/// The writable root's size when the request names none (at most the sandbox's memory).
 const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 
 /// Resolves a create's `image` and `disk_bytes`. Under `--root host` a sandbox boots the host's
@@ -313,13 +313,17 @@ const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 /// request, is why). Otherwise the image is the namespace's own of that name or id, else a
 /// public one (404 naming it when neither exists, or when it is another namespace's), `default`
 /// when none is named (409 saying how to add one when the server has none); using it is
-/// `image.get` on it. `disk_bytes` defaults to the smaller of 1 GiB and the namespace's
-/// `disk_bytes` quota and may not exceed that quota (400 naming the field).
+/// `image.get` on it. The writable root is memory (a tmpfs whose pages are charged to the
+/// sandbox's memory cgroup), so `disk_bytes` defaults to the smaller of 1 GiB and the
+/// sandbox's `memory_bytes` and may not exceed them (400 naming the field): past its size a
+/// write fails with `ENOSPC` rather than the sandbox running out of memory. It is not the
+/// namespace's `disk_bytes` quota, which is for filesystems (persistent storage).
 async fn boot_of(
     ctx: &Ctx,
     namespace: &crate::service::records::NamespaceRow,
     image: Option<&str>,
     disk_bytes: Option<u64>,
+    memory_bytes: u64,
 ) -> ApiResult<Boot> {
     if ctx.state.config.images.root == RootMode::Host {
         if image.is_some() || disk_bytes.is_some() {
@@ -330,26 +334,19 @@ async fn boot_of(
         }
         return Ok(Boot { root: RootSpec::Host, image: None, image_env: Vec::new(), disk_bytes: None });
     }
-    let quota = namespace.quotas.disk_bytes;
     let disk_bytes = match disk_bytes {
-        None => DEFAULT_DISK_BYTES.min(quota),
+        None => DEFAULT_DISK_BYTES.min(memory_bytes).max(MIN_DISK_BYTES),
         Some(d) if d < MIN_DISK_BYTES => {
             return Err(ApiError::Invalid(format!("disk_bytes: at least {MIN_DISK_BYTES} (16 MiB)")));
         }
-        Some(d) if d > quota => {
+        Some(d) if d > memory_bytes => {
             return Err(ApiError::Invalid(format!(
-                "disk_bytes: {d} is over namespace {}'s disk_bytes quota of {quota}",
-                namespace.name
+                "disk_bytes: {d} is more than the sandbox's memory_bytes ({memory_bytes}): the writable root is \
+                 memory, charged to the sandbox"
             )));
         }
         Some(d) => d,
     };
-    if disk_bytes < MIN_DISK_BYTES {
-        return Err(ApiError::Invalid(format!(
-            "disk_bytes: namespace {}'s disk_bytes quota ({quota}) is below the smallest writable root (16 MiB)",
-            namespace.name
-        )));
-    }
     let row = match image {
         Some(name) => {
             super::images::check_ref("image", name)?;
