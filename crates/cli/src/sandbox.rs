@@ -99,6 +99,16 @@ pub enum SandboxCmd {
         ns: String,
         id: String,
     },
+    /// Save a running sandbox's root as a new private image of its namespace (what it
+    /// installed and changed, on top of its image): a template to start sandboxes from.
+    Snapshot {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        /// The sandbox.
+        id: String,
+        /// The new image's name.
+        name: String,
+    },
 }
 
 const SANDBOX_HEADERS: [&str; 7] = ["ID", "STATUS", "CPU", "MEMORY", "TTL", "CREATED", "EXPIRES"];
@@ -188,6 +198,20 @@ pub async fn sandbox(cmd: SandboxCmd, global: &Global) -> anyhow::Result<ExitCod
         SandboxCmd::Delete { ns, id } => {
             c.delete_sandbox(&ns, &id).await?;
             output::note(global.json, format_args!("deleted sandbox {id}"));
+        }
+        SandboxCmd::Snapshot { ns, id, name } => {
+            let image = c.snapshot_sandbox(&ns, &id, &name).await?;
+            if global.json {
+                output::json(&image)?;
+            } else {
+                println!(
+                    "{} {} {} layers, {}",
+                    image.id,
+                    image.name,
+                    image.layers.len(),
+                    crate::units::format_bytes(image.size_bytes)
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -444,6 +444,20 @@ async fn a_sandbox_boots_the_image_with_its_defaults_and_holds_it() {
     let (_, out) = exec(json!({"cmd": ["sh", "-c", "id -u; pwd"], "user": "root", "cwd": "/tmp"})).await;
     assert_eq!(out["stdout"], "0\n/tmp\n", "{out}");
 
+    // A snapshot from the CLI: root wrote a file into the image's tree; a sandbox of the
+    // snapshot has it, with the image's configuration.
+    let (status, out) = exec(json!({"cmd": ["sh", "-c", "echo noted > /srv/note"], "user": "root"})).await;
+    assert_eq!((status, &out["exit_code"]), (200, &json!(0)), "{out}");
+    let snap = w.server.json(Some(&w.dev), &["sandbox", "snapshot", id, "tools-noted", "--ns", NS]);
+    assert_eq!((&snap["name"], snap["layers"].as_array().unwrap().len()), (&json!("tools-noted"), 2), "{snap}");
+    let (status, from) = w.post(&sandboxes, &w.dev, json!({"image": "tools-noted", "disk_bytes": 16u64 << 20})).await;
+    assert_eq!(status, 201, "{from}");
+    let path = format!("{sandboxes}/{}/exec", from["id"].as_str().unwrap());
+    let (_, out) = w.post(&path, &w.dev, json!({"cmd": ["sh", "-c", "id -u; cat /srv/note; echo $GREETING"]})).await;
+    assert_eq!(out["stdout"], "1000\nnoted\nfrom-the-image\n", "{out}");
+    assert_eq!(w.delete(&format!("{sandboxes}/{}", from["id"].as_str().unwrap()), &w.dev).await.0, 204);
+    assert_eq!(w.delete(&format!("/v1/namespaces/{NS}/images/tools-noted"), &w.dev).await.0, 204);
+
     // In use: 409 naming the sandbox; free once it ended.
     let got = w.delete(&format!("/v1/namespaces/{NS}/images/tools"), &w.dev).await;
     refused(&got, 409, "conflict", id);

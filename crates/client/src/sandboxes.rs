@@ -36,6 +36,13 @@ impl Client {
         self.send(self.request(Method::DELETE, &sandbox_path(ns, id, ""))).await
     }
 
+    /// Saves running sandbox `id`'s root as the new private image `name` of `ns` (its changes
+    /// to its image as one layer on top): `POST .../sandboxes/{id}/snapshot`.
+    pub async fn snapshot_sandbox(&self, ns: &str, id: &str, name: &str) -> Result<bulkhead_api::Image> {
+        let body = bulkhead_api::SnapshotSandbox { name: name.to_owned() };
+        self.send(self.request(Method::POST, &sandbox_path(ns, id, "/snapshot")).json(&body)).await
+    }
+
     /// Runs a command and waits for all of its output.
     pub async fn exec(&self, ns: &str, id: &str, req: &ExecRequest) -> Result<ExecResult> {
         self.send(self.request(Method::POST, &sandbox_path(ns, id, "/exec")).json(req)).await
