@@ -265,3 +265,94 @@ pub async fn snapshot(
     ctx.audit_detail("digest", row.digest.clone());
     Ok((StatusCode::CREATED, Json(image_out(&row)?)))
 }
+
+/// The longest a build's command may run.
+const BUILD_COMMAND_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// What a failed build's command says of itself: the end of its output.
+const BUILD_OUTPUT_BYTES: u64 = 64 << 10;
+
+/// Builds image `name` of namespace `ns` (the caller authorized `image.create`): a sandbox of
+/// image `from` is created as the caller (so `sandbox.create` and the namespace's quotas
+/// apply), with the namespace's egress ceiling as what it may reach (each connection still
+/// decided by the namespace's policies), each command of `run` runs in it in order as the
+/// image's user, and its root is saved as `name` ([`image_build::snapshot`]); the sandbox is
+/// deleted whatever happens. A command that fails (non-zero, killed, or past 30 minutes) is a
+/// 400 naming it, with the end of its output.
+pub(crate) async fn build(ctx: &Ctx, ns: &str, name: &str, from: &str, run: &[Vec<String>]) -> ApiResult<ImageRow> {
+    if run.is_empty() || run.len() > 64 {
+        return Err(ApiError::Invalid("run: between 1 and 64 commands".into()));
+    }
+    if let Some(i) = run.iter().position(|cmd| cmd.is_empty() || cmd.iter().any(|a| a.contains('\0'))) {
+        return Err(ApiError::Invalid(format!("run[{i}]: a command is a non-empty argv without NUL bytes")));
+    }
+    ctx.require(Action::SandboxCreate, &Target::namespace(ns))?;
+    let namespace = load_namespace(ctx, ns).await?;
+    if images::exists(&ctx.state, Some(ns), name).await? {
+        return Err(ApiError::Conflict(format!("image {name:?} already exists")));
+    }
+    let egress = namespace.egress.as_ref().filter(|c| !c.allow.is_empty()).map(|c| bulkhead_api::SandboxEgress {
+        allow: c.allow.iter().map(|e| e.to_string()).collect(),
+        credentials: Vec::new(),
+    });
+    let body = bulkhead_api::CreateSandbox { image: Some(from.to_owned()), egress, ..Default::default() };
+    let body = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let created = super::sandboxes::create_admitted(ctx, ns, &axum::http::HeaderMap::new(), &body).await?;
+    let id = serde_json::from_str::<serde_json::Value>(&created.body)
+        .ok()
+        .and_then(|v| v["id"].as_str().map(str::to_owned))
+        .ok_or_else(|| ApiError::Internal("a build's sandbox has no id".into()))?;
+    ctx.audit_resource(format!("image:{name}"));
+    ctx.audit_detail("sandbox", id.clone());
+    let sandbox = crate::service::sandboxes::get(&ctx.state, ns, &id)
+        .await?
+        .ok_or_else(|| ApiError::Internal(format!("the build's sandbox {id} is gone")))?;
+    let built = async {
+        let (user, cwd) = match &sandbox.image {
+            Some(i) => (i.user.clone(), i.working_dir.clone().unwrap_or_else(|| "/".into())),
+            None => (None, "/".into()),
+        };
+        for (i, argv) in run.iter().enumerate() {
+            let spec = bulkhead_runtime::ExecSpec {
+                argv: argv.clone(),
+                env: Vec::new(),
+                cwd: cwd.clone(),
+                timeout_ms: BUILD_COMMAND_TIMEOUT_MS,
+                max_output_bytes: BUILD_OUTPUT_BYTES,
+                stdin: false,
+                user: user.clone(),
+            };
+            let mut stream =
+                ctx.state.runtime.exec(&id, spec, Vec::new()).await.map_err(crate::service::ServiceError::from)?;
+            let mut output = Vec::new();
+            let exit = loop {
+                match stream.next().await {
+                    Some(Ok(bulkhead_runtime::ExecEvent::Stdout(b) | bulkhead_runtime::ExecEvent::Stderr(b))) => {
+                        output.extend(b);
+                        let excess = output.len().saturating_sub(BUILD_OUTPUT_BYTES as usize);
+                        output.drain(..excess);
+                    }
+                    Some(Ok(bulkhead_runtime::ExecEvent::Exit(exit))) => break exit,
+                    Some(Err(e)) => return Err(ApiError::from(crate::service::ServiceError::from(e))),
+                    None => return Err(ApiError::Internal(format!("run[{i}]: the command's stream ended early"))),
+                }
+            };
+            if exit.exit_code != Some(0) {
+                let how = match (exit.exit_code, exit.signal) {
+                    (Some(code), _) => format!("exited with {code}"),
+                    (None, Some(signal)) => format!("was killed by signal {signal}"),
+                    (None, None) => "ended abnormally".to_owned(),
+                };
+                let tail = String::from_utf8_lossy(&output);
+                let tail: String = tail.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(ApiError::Invalid(format!("run[{i}] {argv:?} {how}: {}", tail.trim_end())));
+            }
+        }
+        Ok(crate::service::image_build::snapshot(&ctx.state, &namespace, &sandbox, name).await?)
+    }
+    .await;
+    let deleted = bulkhead_store::SandboxStatus::Deleted;
+    if let Err(e) = crate::service::sandboxes::destroy(&ctx.state, &sandbox, deleted, "image build done").await {
+        tracing::warn!(sandbox = %id, error = %e, "a build's sandbox could not be deleted");
+    }
+    built
+}

@@ -165,7 +165,7 @@ pub async fn create(
 }
 
 /// The create once authorized; a quota refusal is counted by the caller.
-async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
+pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let ns = ns.to_owned();
     let req: CreateSandbox = json(headers, body)?;
     let namespace = load_namespace(ctx, &ns).await?;
