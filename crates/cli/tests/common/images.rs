@@ -67,9 +67,10 @@ pub fn default_image_layout() -> PathBuf {
 }
 
 /// Where test servers keep public images' layers: one store for the whole suite, so the default
-/// image is unpacked once (a cache beside the image, like the build's target dir).
+/// image is unpacked once (a cache beside the image, like the build's target dir, named after
+/// it: `scripts/build-default-image` removes it with its image).
 pub fn shared_public_layers() -> PathBuf {
-    default_image().with_file_name("test-layers")
+    std::fs::canonicalize(default_image()).expect("the default image's path").with_extension("layers")
 }
 
 /// The default image for test servers: its layout directory ([`default_image_layout`]) and
