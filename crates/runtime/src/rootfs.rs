@@ -74,42 +74,29 @@ impl IdMaps {
     }
 }
 
-/// A user namespace with `ids` as its uid and gid map: a child process unshares one and waits
-/// while this process writes its maps and opens it, then exits; the open descriptor keeps the
-/// namespace.
+/// A user namespace with `ids` as its uid and gid map: a child (util-linux's `unshare --user`
+/// running `cat`, spawned without a fork of this large process) enters a new user namespace
+/// and waits on its stdin while this process writes its maps and opens it; closing its stdin
+/// ends it, and the open descriptor keeps the namespace.
 fn make_userns(ids: IdRange) -> Result<OwnedFd> {
-    let mut pipe = [0 as RawFd; 2];
-    // SAFETY: `pipe` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(last_error("make a pipe"));
-    }
-    // SAFETY: both descriptors were just made and are owned here alone.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
-    // SAFETY: the child calls only async-signal-safe functions (unshare, read, _exit) before it
-    // exits, as required after fork in a multithreaded process.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(last_error("fork to make a user namespace"));
-    }
-    if pid == 0 {
-        // SAFETY: see above; the child never returns into Rust code.
-        unsafe {
-            let mut byte = 0u8;
-            let code = if libc::unshare(libc::CLONE_NEWUSER) == 0 { 0 } else { 1 };
-            libc::read(read.as_raw_fd(), (&mut byte as *mut u8).cast(), 1);
-            libc::_exit(code);
-        }
-    }
+    let mut child = std::process::Command::new("unshare")
+        .args(["--user", "--", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(RuntimeError::io("run unshare (util-linux) to make a user namespace"))?;
+    let pid = child.id();
     let result = (|| {
-        // The child has unshared once its own user namespace differs from ours.
+        // The child has unshared once its user namespace differs from ours.
         let ours = fs::read_link("/proc/self/ns/user").map_err(RuntimeError::io("read our user namespace"))?;
         let mut tries = 0;
         loop {
             match fs::read_link(format!("/proc/{pid}/ns/user")) {
                 Ok(theirs) if theirs != ours => break,
-                Ok(_) | Err(_) if tries < 2000 => {
+                Ok(_) | Err(_) if tries < 10_000 => {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_micros(50));
+                    std::thread::sleep(std::time::Duration::from_micros(100));
                 }
                 _ => return Err(RuntimeError::Unavailable("the kernel did not make a user namespace".into())),
             }
@@ -121,14 +108,11 @@ fn make_userns(ids: IdRange) -> Result<OwnedFd> {
         let ns = fs::File::open(format!("/proc/{pid}/ns/user")).map_err(RuntimeError::io("open a user namespace"))?;
         Ok(OwnedFd::from(ns))
     })();
-    // The child holds a copy of both ends: a byte, not an end of file, lets it go.
-    // SAFETY: writing one byte from a valid buffer to our pipe.
-    unsafe { libc::write(write.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-    drop(write);
-    drop(read);
-    let mut status = 0;
-    // SAFETY: `pid` is our child; waiting reaps it.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
+    drop(child.stdin.take());
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
     result
 }
 
