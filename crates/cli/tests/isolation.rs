@@ -205,7 +205,7 @@ async fn the_root_is_the_sandboxs_own_and_tmp_is_bounded() {
     let (code, out, _) = h.sh("beta", &b, &h.admin, "ls /usr/x /x 2>&1; test -e /etc/hostname && echo kept").await;
     assert_eq!(code, 0);
     assert!(
-        out.contains("/usr/x: No such file") && out.contains("/x: No such file") && out.ends_with("kept\n"),
+        out.contains("'/usr/x': No such file") && out.contains("'/x': No such file") && out.ends_with("kept\n"),
         "{out}"
     );
     let layers = common::images::shared_public_layers().join("layers");
