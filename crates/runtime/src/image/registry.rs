@@ -145,6 +145,51 @@ pub fn is_loopback_registry(reference: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Where a pull of a reference connects: the registry as the reference names it and the host
+/// and port the client dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEndpoint {
+    /// The registry part of the reference (`host[:port]`; `docker.io` for a reference without
+    /// one): what `--insecure-registry` entries are compared with.
+    pub registry: String,
+    /// The host dialled: a DNS name, or an IP address (IPv6 without brackets); Docker Hub's
+    /// `docker.io` is dialled as `index.docker.io`.
+    pub host: String,
+    /// The port dialled: the reference's, else 443 (https) or 80 (plain http).
+    pub port: u16,
+}
+
+/// The registry a pull of `reference` (as [`PullRequest::reference`]) talks to, `insecure`
+/// deciding the default port; [`PullError::Invalid`] when the reference does not parse or its
+/// registry's port is not a port. Nothing is resolved or dialled.
+pub fn endpoint(reference: &str, insecure: bool) -> Result<RegistryEndpoint, PullError> {
+    let parsed: Reference =
+        reference.parse().map_err(|e| PullError::Invalid(format!("image reference {reference:?}: {e}")))?;
+    let dialled = parsed.resolve_registry();
+    let bad = || PullError::Invalid(format!("image reference {reference:?}: registry {dialled:?} is not HOST[:PORT]"));
+    let (host, port) = if let Some(rest) = dialled.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+        match rest {
+            "" => (host, None),
+            _ => (host, Some(rest.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match dialled.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (dialled, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        None if insecure => 80,
+        None => 443,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(RegistryEndpoint { registry: parsed.registry().to_owned(), host: host.to_owned(), port })
+}
+
 /// Pulls `req.reference` into the OCI image layout directory `dest` (created if missing; it
 /// may hold a previous, possibly interrupted, pull: whole blobs are re-hashed and kept, a
 /// `.partial` is resumed). A multi-platform index resolves to its `linux/amd64` manifest. A
@@ -231,9 +276,12 @@ pub async fn pull(
     write_atomically(&blob_dir.join(&manifest_hex), body.to_vec()).await?;
 
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&Descriptor> = blobs.iter().filter(|b| seen.insert(b.digest.as_str())).collect();
+    // Owned descriptors: a future of a closure over borrowed ones is not `Send` for every
+    // lifetime, which a caller's spawned task needs.
+    let unique: Vec<Descriptor> = blobs.iter().filter(|b| seen.insert(b.digest.as_str())).cloned().collect();
+    let (client, reference, blob_dir) = (&client, &reference, &blob_dir);
     futures_util::stream::iter(unique)
-        .map(|blob| fetch_blob(&client, &reference, blob, &blob_dir, progress))
+        .map(|blob| async move { fetch_blob(client, reference, &blob, blob_dir, progress).await })
         .buffer_unordered(CONCURRENT_BLOBS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -715,6 +763,24 @@ mod tests {
             "",
         ] {
             assert!(!is_loopback_registry(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = endpoint("127.0.0.1:5000/test/img:latest", true).unwrap();
+        assert_eq!((e.registry.as_str(), e.host.as_str(), e.port), ("127.0.0.1:5000", "127.0.0.1", 5000));
+        let e = endpoint("registry.example.com/a/b@sha256:".to_owned().as_str(), false);
+        assert!(e.is_err());
+        let e = endpoint("registry.example.com/a/b:1", false).unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("registry.example.com", 443));
+        let e = endpoint("registry.example.com/a/b:1", true).unwrap();
+        assert_eq!(e.port, 80);
+        let e = endpoint("debian:12", false).unwrap();
+        assert_eq!((e.registry.as_str(), e.host.as_str(), e.port), ("docker.io", "index.docker.io", 443));
+        // The reference grammar has no IPv6 literals.
+        for bad in ["Bad Ref", "host:99999/a:b", "host:0/a:b", "[::1]:5000/a:b"] {
+            assert!(matches!(endpoint(bad, false), Err(PullError::Invalid(_))), "{bad}");
         }
     }
 

@@ -6,10 +6,11 @@
 //! to a file under the data dir, bounded by `--max-image-bytes` (413 past it), then unpacked and
 //! verified on a blocking thread; the image is recorded only once whole.
 
-use axum::body::Body;
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use bulkhead_api::{ErrorBody, Image, Page};
+use bulkhead_api::{ErrorBody, Image, Page, PublishPulledImage, PullImage};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 
@@ -17,9 +18,12 @@ use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::limits::{self, Direction, PumpError};
+use crate::service::image_pull::{self, Pull};
 use crate::service::images::{self, Import};
+use bulkhead_runtime::image::ImportSource;
 use crate::service::records::{ImageConfig, ImageRow};
 use crate::time::rfc3339;
 
@@ -87,6 +91,99 @@ pub async fn import(
     load_namespace(&ctx, &ns).await?;
     validate::name("name", &name)?;
     import_archive(&ctx, Import { namespace: Some(ns), name, source: "archive".into() }, body).await
+}
+
+/// Pull an image from an OCI distribution registry into the namespace:
+/// `{"name", "source": "registry/repo:tag" | "registry/repo@sha256:<hex>", "credentials"?: {"secret"}}`.
+/// https, except plain http to a loopback registry or one the operator lists with
+/// `--insecure-registry`; the registry's addresses must pass the server's outbound rule
+/// (`--outbound-allow`). Every blob is verified against its digest and the image is imported as
+/// an archive is. Whatever the registry refuses or fails on is a 400 naming the registry and
+/// its answer. The same route builds an image from `{"name", "from", "run"}`.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/images", tag = "images", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried pull safe")),
+    request_body = PullImage,
+    responses((status = 201, body = Image),
+        (status = 400, description = "A bad body or reference, a registry the outbound rule refuses, a malformed \
+            credentials secret, or what the registry refused or failed on (credentials, a missing image, a blob \
+            that does not match its digest, an unreachable registry)", body = ErrorBody),
+        (status = 404, description = "The credentials secret does not exist", body = ErrorBody),
+        (status = 409, description = "The namespace has an image of this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_image).await
+}
+
+/// A pull, or a build (a body with `from` or `run` and no `source`).
+async fn create_image(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let shape: serde_json::Value = json(&headers, &body)?;
+    let is_build = shape.as_object().is_some_and(|o| {
+        !o.contains_key("source") && (o.contains_key("from") || o.contains_key("run"))
+    });
+    if is_build {
+        return build_image(ctx, ns, headers, body).await;
+    }
+    let req: PullImage = json(&headers, &body)?;
+    load_namespace(&ctx, &ns).await?;
+    validate::name("name", &req.name)?;
+    let secret = req.credentials.map(|c| c.secret);
+    if let Some(secret) = &secret {
+        validate::name("credentials.secret", secret)?;
+        // The secret's name, never its value.
+        ctx.audit_detail("secret", secret.clone());
+    }
+    let import = Import { namespace: Some(ns), name: req.name, source: req.source };
+    pull(&ctx, Pull { import, secret }).await
+}
+
+/// Builds an image from `{"name", "from", "run"}`: not supported yet.
+async fn build_image(_ctx: Ctx, _ns: String, _headers: HeaderMap, _body: Bytes) -> ApiResult<Created> {
+    Err(ApiError::Invalid("builds are not supported yet".into()))
+}
+
+/// Pull a public image every namespace may use (platform admin), anonymously:
+/// `{"name", "source"}`; as a namespace's pull, but setuid and setgid bits are kept.
+#[utoipa::path(post, path = "/v1/images", tag = "images",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried pull safe")),
+    request_body = PublishPulledImage,
+    responses((status = 201, body = Image),
+        (status = 400, description = "A bad body or reference, a registry the outbound rule refuses, or what the \
+            registry refused or failed on", body = ErrorBody),
+        (status = 409, description = "A public image has this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn create_public(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Action::PlatformImageCreate, &Target::Platform)?;
+    let request_headers = headers.clone();
+    idempotency::create(ctx, &request_headers, None, body, idempotency::replay_response, move |ctx, body| async move {
+        let req: PublishPulledImage = json(&headers, &body)?;
+        validate::name("name", &req.name)?;
+        pull(&ctx, Pull { import: Import { namespace: None, name: req.name, source: req.source }, secret: None }).await
+    })
+    .await
+}
+
+/// Pulls and imports `pull`, answering the image (201).
+async fn pull(ctx: &Ctx, pull: Pull) -> ApiResult<Created> {
+    let ns = pull.import.namespace.as_deref();
+    ctx.audit_resource(format!("image:{}", pull.import.name));
+    ctx.audit_detail("source", pull.import.source.clone());
+    if images::exists(&ctx.state, ns, &pull.import.name).await? {
+        return Err(ApiError::Conflict(format!("image {:?} already exists", pull.import.name)));
+    }
+    let _stream = ctx.state.streams.acquire(&ctx.principal, ns.unwrap_or(""), Direction::Upload)?;
+    let row = image_pull::pull(&ctx.state, &pull).await?;
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("digest", row.digest.clone());
+    ctx.audit_detail("size_bytes", row.size_bytes);
+    Created::json(StatusCode::CREATED, &image_out(&row)?)
 }
 
 /// The namespace's images and the public ones, by id.
@@ -223,7 +320,7 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
         .map_err(|e| ApiError::Internal(format!("spooling an image upload ended abnormally: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
     ctx.audit_detail("archive_bytes", bytes);
-    let row = images::import(&ctx.state, &import, &spooled.0).await?;
+    let row = images::import(&ctx.state, &import, ImportSource::Archive(spooled.0.clone())).await?;
     drop(spooled);
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("digest", row.digest.clone());

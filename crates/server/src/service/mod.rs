@@ -15,6 +15,7 @@ pub mod egress;
 pub mod egress_audit;
 pub mod egress_broker;
 pub mod filesystems;
+pub mod image_pull;
 pub mod images;
 pub mod listing;
 pub mod logs;
