@@ -10,6 +10,10 @@
 //! into the same directory keeps the blobs already there whole (re-hashed first) and resumes a
 //! `.partial` with a range request.
 //!
+//! Where a pull may connect is the caller's decision: [`endpoint`] names the host and port a
+//! reference dials, so the caller can check its addresses first; the client resolves the name
+//! itself and follows redirects and bearer-token realms the registry names.
+//!
 //! Blobs are not fsynced: a blob torn by a crash fails its digest on the next pull (which
 //! re-hashes what it finds) and on import (which verifies every blob again).
 
@@ -94,10 +98,10 @@ pub struct PulledImage {
     pub layout_dir: PathBuf,
 }
 
-/// Why a pull failed. A suggested mapping onto the API's codes: `Invalid` → `invalid_request`,
-/// `Unauthorized` → `forbidden` (the registry refused the image's credentials; the caller
-/// itself is authenticated), `NotFound` → `not_found`, `TooLarge` → `payload_too_large`,
-/// `DigestMismatch` and `Registry` → `unavailable` (the registry misbehaved), `Io` → `internal`.
+/// Why a pull failed. The API answers `TooLarge` with `payload_too_large`, `Io` with
+/// `internal`, and everything the registry said or failed on (the other variants) with
+/// `invalid_request` naming the registry: not `forbidden` or `not_found`, which speak of the
+/// caller's own rights and resources.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     /// The reference is not `registry/repository[:tag|@sha256:<hex>]`, or the registry sent

@@ -70,11 +70,26 @@ pub async fn pull(state: &AppState, pull: &Pull) -> ServiceResult<ImageRow> {
         max_bytes: state.config.images.max_image_bytes,
     };
     let spool = SpoolDir::new(state)?;
-    let pulled = registry::pull(&request, &spool.path, &|_: registry::PullProgress| {}).await.map_err(|e| pull_error(&endpoint.target, e));
+    let started = std::time::Instant::now();
+    let pulled = registry::pull(&request, &spool.path, &|_: registry::PullProgress| {})
+        .await
+        .map_err(|e| pull_error(&endpoint.target, e));
+    let fetched = started.elapsed();
     let row = match pulled {
         Ok(pulled) => images::import(state, &pull.import, ImportSource::LayoutDir(pulled.layout_dir)).await,
         Err(e) => Err(e),
     };
+    if let Ok(row) = &row {
+        tracing::info!(
+            namespace = pull.import.namespace.as_deref().unwrap_or("(public)"),
+            image = %row.id,
+            source = %reference,
+            digest = %row.digest,
+            pull_ms = fetched.as_millis() as u64,
+            import_ms = (started.elapsed() - fetched).as_millis() as u64,
+            "pulled an image"
+        );
+    }
     spool.remove().await;
     row
 }
