@@ -83,7 +83,9 @@ impl World {
 
     /// Sets secret `name` of [`NS`] to `value` (as the platform admin).
     async fn secret(&self, name: &str, value: &str) {
-        let got = self.post(&format!("/v1/namespaces/{NS}/secrets"), &self.admin, json!({"name": name, "value": value})).await;
+        let got = self
+            .post(&format!("/v1/namespaces/{NS}/secrets"), &self.admin, json!({"name": name, "value": value}))
+            .await;
         assert!(got.0 == 201 || got.0 == 200, "{got:?}");
     }
 
@@ -179,7 +181,11 @@ async fn pulls_by_tag_and_digest_boot_and_stay_the_namespaces_own() {
     assert_eq!(status, 201, "{sandbox}");
     let id = sandbox["id"].as_str().unwrap().to_owned();
     let (status, out) = w
-        .post(&format!("{sandboxes}/{id}/exec"), &w.dev, json!({"cmd": ["busybox", "sh", "-c", "busybox echo $GREETING; pwd"]}))
+        .post(
+            &format!("{sandboxes}/{id}/exec"),
+            &w.dev,
+            json!({"cmd": ["busybox", "sh", "-c", "busybox echo $GREETING; pwd"]}),
+        )
         .await;
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["stdout"], "pulled\n/home/agent\n", "{out}");
@@ -190,14 +196,24 @@ async fn pulls_by_tag_and_digest_boot_and_stay_the_namespaces_own() {
     let (_, page) = w.get(&other_images, &w.other).await;
     assert!(page["items"].as_array().unwrap().iter().all(|i| i["name"] != "tools" && i["name"] != "pinned"), "{page}");
     refused(&w.get(&format!("{other_images}/tools"), &w.other).await, 404, "not_found", "tools");
-    refused(&w.get(&format!("{other_images}/{}", image["id"].as_str().unwrap()), &w.other).await, 404, "not_found", "image");
+    refused(
+        &w.get(&format!("{other_images}/{}", image["id"].as_str().unwrap()), &w.other).await,
+        404,
+        "not_found",
+        "image",
+    );
     refused(&w.get(&format!("{images}/tools"), &w.other).await, 404, "not_found", NS);
     let got = w.post(&format!("/v1/namespaces/{OTHER}/sandboxes"), &w.other, json!({"image": "tools"})).await;
     refused(&got, 404, "not_found", "tools");
     refused(&w.post(&images, &w.other, json!({"name": "mine", "source": source})).await, 404, "not_found", NS);
 
     // The platform admin publishes a pulled image for every namespace; a namespace may not.
-    refused(&w.post("/v1/images", &w.dev, json!({"name": "base", "source": source})).await, 403, "forbidden", "platform.image.create");
+    refused(
+        &w.post("/v1/images", &w.dev, json!({"name": "base", "source": source})).await,
+        403,
+        "forbidden",
+        "platform.image.create",
+    );
     let bad = json!({"name": "base", "source": source, "credentials": {"secret": "x"}});
     refused(&w.post("/v1/images", &w.admin, bad).await, 400, "invalid_request", "credentials");
     let (status, public) = w.post("/v1/images", &w.admin, json!({"name": "base", "source": source})).await;
@@ -229,7 +245,12 @@ async fn credentials_come_from_a_secret_of_the_namespace() {
     w.secret("reg-garbled", "no-colon-at-all").await;
 
     // No credentials, wrong ones: refused by the registry, nothing recorded or left behind.
-    refused(&w.pull(json!({"name": "tools", "source": source})).await, 400, "invalid_request", "refused the credentials");
+    refused(
+        &w.pull(json!({"name": "tools", "source": source})).await,
+        400,
+        "invalid_request",
+        "refused the credentials",
+    );
     let got = w.pull(json!({"name": "tools", "source": source, "credentials": {"secret": "reg-wrong"}})).await;
     refused(&got, 400, "invalid_request", "refused the credentials");
     assert!(!got.1.to_string().contains("wrong-staple"), "the password is never echoed: {}", got.1);
@@ -252,10 +273,12 @@ async fn credentials_come_from_a_secret_of_the_namespace() {
     assert_eq!(w.leftovers(), (vec![], vec![]), "nothing unpacked, nothing spooled");
 
     // The right ones, either form.
-    let (status, image) = w.pull(json!({"name": "tools", "source": source, "credentials": {"secret": "reg-right"}})).await;
+    let (status, image) =
+        w.pull(json!({"name": "tools", "source": source, "credentials": {"secret": "reg-right"}})).await;
     assert_eq!(status, 201, "{image}");
     assert_eq!(image["digest"], digest.as_str());
-    let (status, image) = w.pull(json!({"name": "tools2", "source": source, "credentials": {"secret": "reg-json"}})).await;
+    let (status, image) =
+        w.pull(json!({"name": "tools2", "source": source, "credentials": {"secret": "reg-json"}})).await;
     assert_eq!(status, 201, "{image}");
 
     // Another tenant cannot use the namespace's secret: its own has none of that name.
@@ -269,12 +292,11 @@ async fn credentials_come_from_a_secret_of_the_namespace() {
     refused(&got, 404, "not_found", "reg-right");
 
     // The CLI: one request, the image printed.
-    let pulled = w.server.json(
-        Some(&w.dev),
-        &["image", "pull", "cli-tools", &source, "--secret", "reg-right", "--ns", NS],
-    );
+    let pulled =
+        w.server.json(Some(&w.dev), &["image", "pull", "cli-tools", &source, "--secret", "reg-right", "--ns", NS]);
     assert_eq!((pulled["name"].as_str(), pulled["digest"].as_str()), (Some("cli-tools"), Some(digest.as_str())));
-    let failed = w.server.fails(Some(&w.dev), &["image", "pull", "cli-bad", &source, "--secret", "reg-wrong", "--ns", NS]);
+    let failed =
+        w.server.fails(Some(&w.dev), &["image", "pull", "cli-bad", &source, "--secret", "reg-wrong", "--ns", NS]);
     assert!(failed.contains("refused the credentials"), "{failed}");
     assert!(!failed.contains("wrong-staple"), "{failed}");
     let mut names = w.image_names().await;
@@ -320,7 +342,8 @@ async fn destinations_the_outbound_rule_refuses_are_refused_before_any_connectio
         assert!(error(&got.1).1.contains("outbound rule"), "{}", got.1);
     }
     // The admin's public pulls follow the same rule.
-    let got = w.post("/v1/images", &w.admin, json!({"name": "base", "source": "192.0.2.55:5000/tools/busybox:1"})).await;
+    let got =
+        w.post("/v1/images", &w.admin, json!({"name": "base", "source": "192.0.2.55:5000/tools/busybox:1"})).await;
     refused(&got, 400, "invalid_request", "192.0.2.55 is a documentation address");
     // A loopback registry no one listens on: the rule lets it through, the connection fails,
     // and that is the source's fault, not the server's.

@@ -23,9 +23,9 @@ use crate::idempotency::{self, Created};
 use crate::limits::{self, Direction, PumpError};
 use crate::service::image_pull::{self, Pull};
 use crate::service::images::{self, Import};
-use bulkhead_runtime::image::ImportSource;
 use crate::service::records::{ImageConfig, ImageRow};
 use crate::time::rfc3339;
+use bulkhead_runtime::image::ImportSource;
 
 /// An image as the API shows it.
 pub fn image_out(row: &ImageRow) -> ApiResult<Image> {
@@ -124,9 +124,9 @@ pub async fn create(
 /// A pull, or a build (a body with `from` or `run` and no `source`).
 async fn create_image(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
     let shape: serde_json::Value = json(&headers, &body)?;
-    let is_build = shape.as_object().is_some_and(|o| {
-        !o.contains_key("source") && (o.contains_key("from") || o.contains_key("run"))
-    });
+    let is_build = shape
+        .as_object()
+        .is_some_and(|o| !o.contains_key("source") && (o.contains_key("from") || o.contains_key("run")));
     if is_build {
         return build_image(ctx, ns, headers, body).await;
     }

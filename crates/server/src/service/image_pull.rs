@@ -61,7 +61,9 @@ pub async fn pull(state: &AppState, pull: &Pull) -> ServiceResult<ImageRow> {
     let credentials = match (&pull.secret, pull.import.namespace.as_deref()) {
         (None, _) => None,
         (Some(name), Some(ns)) => Some(credentials(state, ns, name).await?),
-        (Some(_), None) => return Err(ServiceError::Invalid("credentials: public images are pulled anonymously".into())),
+        (Some(_), None) => {
+            return Err(ServiceError::Invalid("credentials: public images are pulled anonymously".into()))
+        }
     };
     let request = PullRequest {
         reference: reference.to_owned(),
@@ -122,9 +124,7 @@ async fn check_addresses(policy: &OutboundPolicy, destination: &Destination) -> 
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
-            .map_err(|e| {
-                ServiceError::Invalid(format!("source: registry {} does not resolve: {e}", target.registry))
-            })?
+            .map_err(|e| ServiceError::Invalid(format!("source: registry {} does not resolve: {e}", target.registry)))?
             .map(|a| a.ip())
             .collect(),
     };
@@ -145,9 +145,10 @@ async fn check_addresses(policy: &OutboundPolicy, destination: &Destination) -> 
 
 /// The credentials secret `name` of `ns` holds.
 async fn credentials(state: &AppState, ns: &str, name: &str) -> ServiceResult<(String, String)> {
-    let row = state.store.get_secret(ns, name).await?.ok_or_else(|| {
-        ServiceError::NotFound(format!("credentials.secret: namespace {ns} has no secret {name:?}"))
-    })?;
+    let row =
+        state.store.get_secret(ns, name).await?.ok_or_else(|| {
+            ServiceError::NotFound(format!("credentials.secret: namespace {ns} has no secret {name:?}"))
+        })?;
     let value = crate::identity::open_secret(state, ns, name, &row.sealed)
         .await
         .map_err(|e| ServiceError::Internal(format!("opening the registry credentials: {e}")))?;
@@ -261,13 +262,17 @@ mod tests {
         let d = destination(&listed, "ghcr.io/a/b:1").unwrap();
         assert!(!d.insecure);
         assert_eq!(d.target.port, 443);
-        assert!(matches!(destination(&listed, "Not A Reference"), Err(ServiceError::Invalid(m)) if m.starts_with("source:")));
+        assert!(
+            matches!(destination(&listed, "Not A Reference"), Err(ServiceError::Invalid(m)) if m.starts_with("source:"))
+        );
     }
 
     #[tokio::test]
     async fn refused_addresses_are_refused_before_any_connection() {
         let strict = OutboundPolicy::default();
-        for reference in ["192.0.2.55:5000/a:b", "127.0.0.1:5000/a:b", "169.254.169.254/a:b", "10.1.2.3/a:b", "localhost:5000/a"] {
+        for reference in
+            ["192.0.2.55:5000/a:b", "127.0.0.1:5000/a:b", "169.254.169.254/a:b", "10.1.2.3/a:b", "localhost:5000/a"]
+        {
             let d = destination(&[], reference).unwrap();
             let refused = check_addresses(&strict, &d).await;
             assert!(
@@ -287,7 +292,8 @@ mod tests {
             parse_credentials("s", br#"{"username": "bob", "password": "pw"}"#).unwrap(),
             ("bob".into(), "pw".into())
         );
-        for bad in [&b"no-colon-here"[..], b":pw", b"a:b\x01", b"\xff:x", br#"{"username": "bob", "pass": "hunter2"}"#] {
+        for bad in [&b"no-colon-here"[..], b":pw", b"a:b\x01", b"\xff:x", br#"{"username": "bob", "pass": "hunter2"}"#]
+        {
             match parse_credentials("s", bad) {
                 Err(ServiceError::Invalid(m)) => {
                     assert!(m.contains("\"s\""), "{m}");
