@@ -221,6 +221,28 @@ async fn pulls_by_tag_and_digest_boot_and_stay_the_namespaces_own() {
     assert_eq!((public["public"].as_bool(), public["digest"].as_str()), (Some(true), Some(digest.as_str())));
     let (_, page) = w.get(&other_images, &w.other).await;
     assert!(page["items"].as_array().unwrap().iter().any(|i| i["name"] == "base"), "{page}");
+    let cli = w.server.json(None, &["image", "pull", "base-cli", &source, "--public"]);
+    assert_eq!((cli["public"].as_bool(), cli["digest"].as_str()), (Some(true), Some(digest.as_str())));
+
+    // A retried pull with the same Idempotency-Key answers the first one's image.
+    let retry = |key: &'static str| {
+        let (w, images, source) = (&w, &images, &source);
+        async move {
+            let answer = w
+                .http
+                .post(format!("{}{images}", w.server.url))
+                .bearer_auth(&w.dev)
+                .header("Idempotency-Key", key)
+                .json(&json!({"name": "again", "source": source}))
+                .send()
+                .await
+                .unwrap();
+            (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    let (first, second) = (retry("pull-1").await, retry("pull-1").await);
+    assert_eq!(first.0, 201, "{}", first.1);
+    assert_eq!((second.0, &second.1["id"]), (201, &first.1["id"]));
 
     let audit = w.server.json(None, &["audit", "--ns", NS]);
     let pulls: Vec<&Value> = audit
@@ -299,6 +321,10 @@ async fn credentials_come_from_a_secret_of_the_namespace() {
         w.server.fails(Some(&w.dev), &["image", "pull", "cli-bad", &source, "--secret", "reg-wrong", "--ns", NS]);
     assert!(failed.contains("refused the credentials"), "{failed}");
     assert!(!failed.contains("wrong-staple"), "{failed}");
+    // The audit names the secret, never its value.
+    let audit = w.server.json(None, &["audit", "--ns", NS]).to_string();
+    assert!(audit.contains("reg-right"), "{audit}");
+    assert!(!audit.contains("right-horse-battery") && !audit.contains("wrong-staple"), "{audit}");
     let mut names = w.image_names().await;
     names.sort();
     assert_eq!(names, ["cli-tools", "default", "tools", "tools2"]);
