@@ -1,10 +1,13 @@
-//! Images: a namespace's own (import an archive, list, get, delete) and the public ones the
+//! Images: a namespace's own (import an archive, pull, list, get, delete) and the public ones the
 //! platform admin publishes. A namespace sees its own images and the public ones; another
 //! namespace's image answers exactly as a missing one does.
 //!
 //! An import's body (an OCI image layout or a `docker save` tar, plain, gzip or zstd) is spooled
 //! to a file under the data dir, bounded by `--max-image-bytes` (413 past it), then unpacked and
-//! verified on a blocking thread; the image is recorded only once whole.
+//! verified on a blocking thread; the image is recorded only once whole. A pull
+//! (`POST .../images` with `"source"`) fetches the image from its registry into a spool
+//! directory (`service::image_pull`, which checks the destination first) and imports it the
+//! same way.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, StatusCode};
