@@ -805,6 +805,58 @@ pub struct Image {
     pub created_at: String,
 }
 
+/// `POST /v1/namespaces/{ns}/images` with `source`: pull an image from an OCI distribution
+/// registry into the namespace. (The same route builds an image from `{"name", "from", "run"}`.)
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PullImage {
+    /// The new image's name.
+    pub name: String,
+    /// `registry/repository:tag` or `registry/repository@sha256:<hex>` (no registry: Docker
+    /// Hub). https, except plain http to a loopback registry or one the operator lists with
+    /// `--insecure-registry`.
+    pub source: String,
+    /// The registry credentials to pull with; none: anonymous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RegistryCredentials>,
+}
+
+/// `POST /v1/namespaces/{ns}/images` with `from` and `run`: build an image by running commands
+/// in a sandbox of another image (with the namespace's egress ceiling, each connection decided
+/// by its policies), then saving the sandbox's root.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuildImage {
+    /// The new image's name.
+    pub name: String,
+    /// The image to start from: a name or `img_…` the namespace sees.
+    pub from: String,
+    /// The commands, each an argv, run in order as the image's user in its working directory
+    /// (1 to 64; a shell is `["sh", "-c", "..."]`). The first that fails ends the build: a 400
+    /// naming it, with the end of its output.
+    pub run: Vec<Vec<String>>,
+}
+
+/// Registry credentials a pull uses, kept in a secret of the namespace.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// The name of a secret of the namespace whose value is `user:password` or the JSON
+    /// `{"username": "...", "password": "..."}`. The value is sent to the registry only (basic
+    /// auth, or exchanged for a bearer token as the registry asks), never logged or shown.
+    pub secret: String,
+}
+
+/// `POST /v1/images` (platform admin): pull a public image every namespace may use, anonymously.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishPulledImage {
+    /// The new image's name.
+    pub name: String,
+    /// `registry/repository:tag` or `registry/repository@sha256:<hex>`, as in [`PullImage`].
+    pub source: String,
+}
+
 // Query strings. An absent field is `None`, and a `None` is left out of the query string
 // (`serde_urlencoded` writes no pair for it), so these need no `default` or `skip` attributes.
 

@@ -1,5 +1,6 @@
 //! The image subcommands: `image import NAME ./img.tar [--public]` (streamed, with a progress
-//! line on a terminal), `image list`, `image show NAME`, `image rm NAME`. Without `--public`
+//! line on a terminal), `image pull NAME SOURCE [--secret NAME] [--public]` (one request; a
+//! spinner and the time elapsed on a terminal), `image list`, `image show NAME`, `image rm NAME`. Without `--public`
 //! they act on a namespace's images (`--ns`), which sees its own and the public ones; with it,
 //! on the public images, which only the platform admin publishes and deletes.
 
@@ -52,6 +53,21 @@ pub enum ImageCmd {
         /// The archive.
         archive: PathBuf,
     },
+    /// Pull SOURCE (`registry/repo:tag` or `registry/repo@sha256:<hex>`) from its OCI registry
+    /// as image NAME; `--public` publishes it for every namespace (platform admin, anonymous
+    /// pulls only).
+    Pull {
+        #[command(flatten)]
+        scope: Scope,
+        /// The image's name.
+        name: String,
+        /// The image reference: `registry/repo:tag` or `registry/repo@sha256:<hex>`.
+        source: String,
+        /// A secret of the namespace holding the registry credentials (`user:password`, or
+        /// `{"username", "password"}`).
+        #[arg(long, value_name = "NAME", conflicts_with = "public")]
+        secret: Option<String>,
+    },
     /// List a namespace's images and the public ones (`--public`: the public ones only).
     #[command(alias = "ls")]
     List {
@@ -74,6 +90,9 @@ pub enum ImageCmd {
         name: String,
     },
 }
+
+/// The frames of the spinner a pull shows while the server works.
+const SPINNER: [char; 4] = ['|', '/', '-', '\\'];
 
 const IMAGE_HEADERS: [&str; 6] = ["ID", "NAME", "SCOPE", "SIZE", "DIGEST", "CREATED"];
 
@@ -124,6 +143,39 @@ pub async fn image(cmd: ImageCmd, global: &Global) -> anyhow::Result<ExitCode> {
             };
             progress.finish(&format!(
                 "imported {} ({}) in {}: {}, {} layers, {} unpacked",
+                image.name,
+                image.id,
+                progress.elapsed(),
+                short_digest(&image.digest),
+                image.layers.len(),
+                format_bytes(image.size_bytes)
+            ));
+            if global.json {
+                output::json(&image)?;
+            }
+        }
+        ImageCmd::Pull { scope, name, source, secret } => {
+            let mut progress = Progress::new();
+            let pull = c.pull_image(scope.namespace(), &name, &source, secret.as_deref());
+            tokio::pin!(pull);
+            let mut tick = tokio::time::interval(REDRAW);
+            let mut frame = 0usize;
+            let image = loop {
+                tokio::select! {
+                    r = &mut pull => break r?,
+                    _ = tick.tick(), if progress.tty => {
+                        frame = (frame + 1) % SPINNER.len();
+                        let line = format!(
+                            "pulling {source} as {name} {} {}s",
+                            SPINNER[frame],
+                            progress.started.elapsed().as_secs()
+                        );
+                        progress.draw(&line);
+                    }
+                }
+            };
+            progress.finish(&format!(
+                "pulled {} ({}) in {}: {}, {} layers, {} unpacked",
                 image.name,
                 image.id,
                 progress.elapsed(),

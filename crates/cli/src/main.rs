@@ -49,7 +49,7 @@ pub struct Global {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage namespaces (platform admin).
     #[command(subcommand, alias = "ns")]
     Namespace(commands::NamespaceCmd),
@@ -137,7 +137,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args, &cli.global).await,
+            Command::Serve(args) => serve::run(*args, &cli.global).await,
             Command::Namespace(cmd) => commands::namespace(cmd, &cli.global).await,
             Command::Key(cmd) => commands::key(cmd, &cli.global).await,
             Command::Audit(args) => commands::audit(args, &cli.global).await,

@@ -93,6 +93,11 @@ pub struct ServeArgs {
     /// The largest image: unpacked, and its archive as uploaded (`8GiB`).
     #[arg(long, env = "BULKHEAD_MAX_IMAGE_BYTES", value_name = "SIZE", default_value = "8GiB", value_parser = crate::units::parse_bytes)]
     max_image_bytes: u64,
+    /// A registry (`HOST[:PORT]`, as image references name it) that image pulls may talk plain
+    /// http to; repeatable. Pulls from any other registry take https, except from a loopback one.
+    /// Its addresses must still pass the outbound rule (`--outbound-allow`).
+    #[arg(long = "insecure-registry", env = "BULKHEAD_INSECURE_REGISTRY", value_name = "HOST[:PORT]", value_delimiter = ',', value_parser = parse_registry)]
+    insecure_registries: Vec<String>,
     /// Log format on stderr.
     #[arg(long, env = "BULKHEAD_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -237,6 +242,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         bail!("--max-image-bytes: at least 1 byte");
     }
     config.images.max_image_bytes = args.max_image_bytes;
+    config.images.insecure_registries = args.insecure_registries.clone();
     if let Some(s) = &args.supervisor {
         config.runtime.supervisor = s.clone();
     }
@@ -270,10 +276,47 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--insecure-registry HOST[:PORT]`: a registry as an image reference names it (no scheme, no
+/// path), lowercased.
+fn parse_registry(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not HOST[:PORT] (such as registry.internal:5000)");
+    let lower = s.trim().to_ascii_lowercase();
+    let (host, port) = match lower.strip_prefix('[') {
+        Some(rest) => {
+            let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+            host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            (host, if rest.is_empty() { None } else { Some(rest.strip_prefix(':').ok_or_else(bad)?) })
+        }
+        None => match lower.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (lower.as_str(), None),
+        },
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    if host_ok && port_ok {
+        Ok(lower)
+    } else {
+        Err(bad())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn insecure_registries_are_host_and_port() {
+        assert_eq!(parse_registry("Registry.Internal:5000").as_deref(), Ok("registry.internal:5000"));
+        assert_eq!(parse_registry("10.1.2.3").as_deref(), Ok("10.1.2.3"));
+        assert_eq!(parse_registry("[fd00::1]:5000").as_deref(), Ok("[fd00::1]:5000"));
+        for bad in ["", "http://r:5000", "r:5000/x", "r:0", "r:70000", "[zz]:1", "a b"] {
+            assert!(parse_registry(bad).is_err(), "{bad}");
+        }
+    }
 
     #[derive(Parser)]
     struct Cli {

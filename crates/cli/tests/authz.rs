@@ -149,6 +149,8 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "GET /v1/namespaces/{ns}/images" => 200,
         "GET /v1/namespaces/{ns}/images/{name}" => 404,
         "DELETE /v1/namespaces/{ns}/images/{name}" => may(developers, 404),
+        // A snapshot of the world's sandbox (booted from the default image).
+        "POST /v1/namespaces/{ns}/sandboxes/{id}/snapshot" => may(developers, 201),
         // Public images are the operator's alone.
         "PUT /v1/images/{name}/archive" => may(platform, 400),
         "GET /v1/images" => may(platform, 200),
@@ -185,6 +187,7 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes") => json!({"cmd": ["true"]}),
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/signal") => json!({"signal": "CONT"}),
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/resize") => json!({"rows": 30, "cols": 100}),
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/snapshot") => json!({"name": "snap"}),
         ("POST", "/v1/namespaces/{ns}/projects") => json!({"name": "fresh"}),
         ("POST", "/v1/namespaces/{ns}/filesystems") => json!({"name": "fresh", "size_bytes": 16 << 20}),
         ("PUT", "/v1/namespaces/{ns}/identity") => json!({"oidc": {
@@ -594,6 +597,10 @@ fn sandbox_requests(method: &Method, template: &str, id: &str, token: &str, pids
                 .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
                 .body(Body::empty())
                 .unwrap()]
+        }
+        ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/snapshot") => {
+            let body = json!({"name": "scoped"});
+            vec![base().uri(path).header("content-type", "application/json").body(json_body(body)).unwrap()]
         }
         _ => panic!("{method} {template} takes a sandbox id and has no request in the scope walk; add one"),
     }

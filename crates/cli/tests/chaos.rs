@@ -35,7 +35,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-#[allow(dead_code)]
 mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bulkhead");

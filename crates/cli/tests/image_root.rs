@@ -2,6 +2,8 @@
 //! directories made here as the image store leaves them (the image's own ids, an overlayfs
 //! whiteout), and every check runs inside the sandbox.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};

@@ -204,3 +204,42 @@ async fn a_sandbox_sees_its_own_memory_limit() {
     let (code, out, err) = h.sh("alpha", &id, &admin, "free -b | awk '/^Mem:/ {print $2}'").await;
     assert_eq!((code, out.trim()), (0, (512u64 << 20).to_string().as_str()), "{err}");
 }
+
+/// A build: commands run in a sandbox of an image, its root saved; a failing command names
+/// itself and leaves neither an image nor a sandbox.
+#[tokio::test]
+async fn an_image_is_built_by_running_commands_and_a_failing_one_leaves_nothing() {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let body = json!({"name": "built", "from": "default", "run": [
+        ["sh", "-c", "mkdir -p /opt/tool && echo built > /opt/tool/marker"],
+        ["adduser", "--disabled-password", "--gecos", "", "builder"],
+    ]});
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/images", Some(&dev), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["name"], "built");
+    let id = h.create_sandbox("alpha", &dev, json!({"image": "built"})).await;
+    let (code, out, err) = h.sh("alpha", &id, &dev, "cat /opt/tool/marker; id -un builder").await;
+    assert_eq!((code, out.as_str()), (0, "built\nbuilder\n"), "{err}");
+
+    let failing =
+        json!({"name": "broken", "from": "default", "run": [["true"], ["sh", "-c", "echo nope >&2; exit 3"]]});
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/images", Some(&dev), failing).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("run[1]") && message.contains("exited with 3") && message.contains("nope"), "{message}");
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/images/broken", Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let sandboxes = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
+    let running: Vec<&Value> =
+        sandboxes.body["items"].as_array().unwrap().iter().filter(|s| s["status"] == "running").collect();
+    assert_eq!(running.len(), 1, "only the sandbox of the built image runs: {running:?}");
+    // Bodies are checked: an unknown field, no commands.
+    for bad in [
+        json!({"name": "x", "from": "default", "run": [["true"]], "colour": 1}),
+        json!({"name": "x", "from": "default", "run": []}),
+    ] {
+        let r = h.call(Method::POST, "/v1/namespaces/alpha/images", Some(&dev), bad).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    }
+}

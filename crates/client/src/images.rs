@@ -65,6 +65,18 @@ impl Client {
         self.send(builder).await
     }
 
+    /// Pulls `source` (`registry/repo:tag` or `registry/repo@sha256:<hex>`) from its OCI
+    /// registry as image `name` of namespace `ns`, with the registry credentials in the
+    /// namespace's secret `secret` (none: anonymously); or with `ns` `None` as a public image
+    /// (the platform admin; anonymous only). One request, answered once the image is imported.
+    pub async fn pull_image(&self, ns: Option<&str>, name: &str, source: &str, secret: Option<&str>) -> Result<Image> {
+        let mut body = serde_json::json!({ "name": name, "source": source });
+        if let Some(secret) = secret {
+            body["credentials"] = serde_json::json!({ "secret": secret });
+        }
+        self.send(self.request(Method::POST, &images_path(ns, "")).json(&body)).await
+    }
+
     /// One page of the images namespace `ns` sees (its own and the public ones), or with `ns`
     /// `None` of the public images (the platform admin).
     pub async fn list_images(&self, ns: Option<&str>, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Image>> {

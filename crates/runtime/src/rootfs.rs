@@ -57,8 +57,11 @@ fn last_error(what: impl Into<String>) -> RuntimeError {
 /// idmapped mount takes its mapping from one (`MountAttr::userns_fd`).
 #[derive(Debug, Default, Clone)]
 pub struct IdMaps {
-    by_range: Arc<Mutex<HashMap<(u32, u32), Arc<OwnedFd>>>>,
+    by_range: Arc<Mutex<UsernsByRange>>,
 }
+
+/// A user namespace (its fd) per id range `(host_start, size)`.
+type UsernsByRange = HashMap<(u32, u32), Arc<OwnedFd>>;
 
 impl IdMaps {
     /// The user namespace mapping ids `0..ids.size` onto `ids.host_start..`, made on first use.

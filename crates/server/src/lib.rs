@@ -109,10 +109,10 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(fsdata::read_archive, fsdata::write_archive))
         .routes(routes!(fsdata::read_file, fsdata::write_file, fsdata::delete_file))
         .routes(routes!(images::import))
-        .routes(routes!(images::list))
+        .routes(routes!(images::create, images::list))
         .routes(routes!(images::get, images::delete))
         .routes(routes!(images::publish))
-        .routes(routes!(images::list_public))
+        .routes(routes!(images::create_public, images::list_public))
         .routes(routes!(images::delete_public))
         .routes(routes!(images::snapshot))
 }

@@ -114,6 +114,9 @@ pub struct ImageSettings {
     pub max_image_bytes: u64,
     /// The most entries one image may have (all its layers together).
     pub max_image_entries: u64,
+    /// `--insecure-registry`: registries (`host[:port]`, as image references name them) that
+    /// pulls talk plain http to; any other registry but a loopback one takes https.
+    pub insecure_registries: Vec<String>,
 }
 
 /// 8 GiB: the default bound on an image, unpacked.
@@ -129,6 +132,7 @@ impl Default for ImageSettings {
             public_layers: None,
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_image_entries: 2_000_000,
+            insecure_registries: Vec::new(),
         }
     }
 }

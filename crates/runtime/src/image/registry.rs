@@ -10,6 +10,10 @@
 //! into the same directory keeps the blobs already there whole (re-hashed first) and resumes a
 //! `.partial` with a range request.
 //!
+//! Where a pull may connect is the caller's decision: [`endpoint`] names the host and port a
+//! reference dials, so the caller can check its addresses first; the client resolves the name
+//! itself and follows redirects and bearer-token realms the registry names.
+//!
 //! Blobs are not fsynced: a blob torn by a crash fails its digest on the next pull (which
 //! re-hashes what it finds) and on import (which verifies every blob again).
 
@@ -94,10 +98,10 @@ pub struct PulledImage {
     pub layout_dir: PathBuf,
 }
 
-/// Why a pull failed. A suggested mapping onto the API's codes: `Invalid` → `invalid_request`,
-/// `Unauthorized` → `forbidden` (the registry refused the image's credentials; the caller
-/// itself is authenticated), `NotFound` → `not_found`, `TooLarge` → `payload_too_large`,
-/// `DigestMismatch` and `Registry` → `unavailable` (the registry misbehaved), `Io` → `internal`.
+/// Why a pull failed. The API answers `TooLarge` with `payload_too_large`, `Io` with
+/// `internal`, and everything the registry said or failed on (the other variants) with
+/// `invalid_request` naming the registry: not `forbidden` or `not_found`, which speak of the
+/// caller's own rights and resources.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
     /// The reference is not `registry/repository[:tag|@sha256:<hex>]`, or the registry sent
@@ -143,6 +147,51 @@ pub fn is_loopback_registry(reference: &str) -> bool {
         host_port
     };
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where a pull of a reference connects: the registry as the reference names it and the host
+/// and port the client dials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryEndpoint {
+    /// The registry part of the reference (`host[:port]`; `docker.io` for a reference without
+    /// one): what `--insecure-registry` entries are compared with.
+    pub registry: String,
+    /// The host dialled: a DNS name, or an IP address (IPv6 without brackets); Docker Hub's
+    /// `docker.io` is dialled as `index.docker.io`.
+    pub host: String,
+    /// The port dialled: the reference's, else 443 (https) or 80 (plain http).
+    pub port: u16,
+}
+
+/// The registry a pull of `reference` (as [`PullRequest::reference`]) talks to, `insecure`
+/// deciding the default port; [`PullError::Invalid`] when the reference does not parse or its
+/// registry's port is not a port. Nothing is resolved or dialled.
+pub fn endpoint(reference: &str, insecure: bool) -> Result<RegistryEndpoint, PullError> {
+    let parsed: Reference =
+        reference.parse().map_err(|e| PullError::Invalid(format!("image reference {reference:?}: {e}")))?;
+    let dialled = parsed.resolve_registry();
+    let bad = || PullError::Invalid(format!("image reference {reference:?}: registry {dialled:?} is not HOST[:PORT]"));
+    let (host, port) = if let Some(rest) = dialled.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or_else(bad)?;
+        match rest {
+            "" => (host, None),
+            _ => (host, Some(rest.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else {
+        match dialled.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (dialled, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?,
+        None if insecure => 80,
+        None => 443,
+    };
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(RegistryEndpoint { registry: parsed.registry().to_owned(), host: host.to_owned(), port })
 }
 
 /// Pulls `req.reference` into the OCI image layout directory `dest` (created if missing; it
@@ -231,9 +280,12 @@ pub async fn pull(
     write_atomically(&blob_dir.join(&manifest_hex), body.to_vec()).await?;
 
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&Descriptor> = blobs.iter().filter(|b| seen.insert(b.digest.as_str())).collect();
+    // Owned descriptors: a future of a closure over borrowed ones is not `Send` for every
+    // lifetime, which a caller's spawned task needs.
+    let unique: Vec<Descriptor> = blobs.iter().filter(|b| seen.insert(b.digest.as_str())).cloned().collect();
+    let (client, reference, blob_dir) = (&client, &reference, &blob_dir);
     futures_util::stream::iter(unique)
-        .map(|blob| fetch_blob(&client, &reference, blob, &blob_dir, progress))
+        .map(|blob| async move { fetch_blob(client, reference, &blob, blob_dir, progress).await })
         .buffer_unordered(CONCURRENT_BLOBS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -715,6 +767,24 @@ mod tests {
             "",
         ] {
             assert!(!is_loopback_registry(r), "{r}");
+        }
+    }
+
+    #[test]
+    fn endpoints() {
+        let e = endpoint("127.0.0.1:5000/test/img:latest", true).unwrap();
+        assert_eq!((e.registry.as_str(), e.host.as_str(), e.port), ("127.0.0.1:5000", "127.0.0.1", 5000));
+        let e = endpoint("registry.example.com/a/b@sha256:".to_owned().as_str(), false);
+        assert!(e.is_err());
+        let e = endpoint("registry.example.com/a/b:1", false).unwrap();
+        assert_eq!((e.host.as_str(), e.port), ("registry.example.com", 443));
+        let e = endpoint("registry.example.com/a/b:1", true).unwrap();
+        assert_eq!(e.port, 80);
+        let e = endpoint("debian:12", false).unwrap();
+        assert_eq!((e.registry.as_str(), e.host.as_str(), e.port), ("docker.io", "index.docker.io", 443));
+        // The reference grammar has no IPv6 literals.
+        for bad in ["Bad Ref", "host:99999/a:b", "host:0/a:b", "[::1]:5000/a:b"] {
+            assert!(matches!(endpoint(bad, false), Err(PullError::Invalid(_))), "{bad}");
         }
     }
 

@@ -1,15 +1,19 @@
-//! Images: a namespace's own (import an archive, list, get, delete) and the public ones the
+//! Images: a namespace's own (import an archive, pull, list, get, delete) and the public ones the
 //! platform admin publishes. A namespace sees its own images and the public ones; another
 //! namespace's image answers exactly as a missing one does.
 //!
 //! An import's body (an OCI image layout or a `docker save` tar, plain, gzip or zstd) is spooled
 //! to a file under the data dir, bounded by `--max-image-bytes` (413 past it), then unpacked and
-//! verified on a blocking thread; the image is recorded only once whole.
+//! verified on a blocking thread; the image is recorded only once whole. A pull
+//! (`POST .../images` with `"source"`) fetches the image from its registry into a spool
+//! directory (`service::image_pull`, which checks the destination first) and imports it the
+//! same way.
 
-use axum::body::Body;
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Json;
-use bulkhead_api::{ErrorBody, Image, Page, SnapshotSandbox};
+use bulkhead_api::{ErrorBody, Image, Page, PublishPulledImage, PullImage, SnapshotSandbox};
 use bulkhead_core::ids::{self, prefix};
 use bulkhead_core::{validate, Action, Target};
 
@@ -17,11 +21,14 @@ use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::idempotency::{self, Created};
 use crate::limits::{self, Direction, PumpError};
+use crate::service::image_pull::{self, Pull};
 use crate::service::images::{self, Import};
 use crate::service::records::{ImageConfig, ImageRow};
 use crate::time::rfc3339;
+use bulkhead_runtime::image::ImportSource;
 
 /// An image as the API shows it.
 pub fn image_out(row: &ImageRow) -> ApiResult<Image> {
@@ -87,6 +94,108 @@ pub async fn import(
     load_namespace(&ctx, &ns).await?;
     validate::name("name", &name)?;
     import_archive(&ctx, Import { namespace: Some(ns), name, source: "archive".into() }, body).await
+}
+
+/// Pull an image from an OCI distribution registry into the namespace:
+/// `{"name", "source": "registry/repo:tag" | "registry/repo@sha256:<hex>", "credentials"?: {"secret"}}`.
+/// https, except plain http to a loopback registry or one the operator lists with
+/// `--insecure-registry`; the registry's addresses must pass the server's outbound rule
+/// (`--outbound-allow`). Every blob is verified against its digest and the image is imported as
+/// an archive is. Whatever the registry refuses or fails on is a 400 naming the registry and
+/// its answer. The same route builds an image from `{"name", "from", "run"}`.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/images", tag = "images", params(("ns" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried pull safe")),
+    request_body = PullImage,
+    responses((status = 201, body = Image),
+        (status = 400, description = "A bad body or reference, a registry the outbound rule refuses, a malformed \
+            credentials secret, or what the registry refused or failed on (credentials, a missing image, a blob \
+            that does not match its digest, an unreachable registry)", body = ErrorBody),
+        (status = 404, description = "The credentials secret does not exist", body = ErrorBody),
+        (status = 409, description = "The namespace has an image of this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
+    idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, create_image).await
+}
+
+/// A pull, or a build (a body with `from` or `run` and no `source`).
+async fn create_image(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let shape: serde_json::Value = json(&headers, &body)?;
+    let is_build = shape
+        .as_object()
+        .is_some_and(|o| !o.contains_key("source") && (o.contains_key("from") || o.contains_key("run")));
+    if is_build {
+        return build_image(ctx, ns, headers, body).await;
+    }
+    let req: PullImage = json(&headers, &body)?;
+    load_namespace(&ctx, &ns).await?;
+    validate::name("name", &req.name)?;
+    let secret = req.credentials.map(|c| c.secret);
+    if let Some(secret) = &secret {
+        validate::name("credentials.secret", secret)?;
+        // The secret's name, never its value.
+        ctx.audit_detail("secret", secret.clone());
+    }
+    let import = Import { namespace: Some(ns), name: req.name, source: req.source };
+    pull(&ctx, Pull { import, secret }).await
+}
+
+/// Builds an image from `{"name", "from", "run"}` (see [`build`]).
+async fn build_image(ctx: Ctx, ns: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: bulkhead_api::BuildImage = json(&headers, &body)?;
+    load_namespace(&ctx, &ns).await?;
+    validate::name("name", &req.name)?;
+    check_ref("from", &req.from)?;
+    ctx.audit_resource(format!("image:{}", req.name));
+    ctx.audit_detail("from", req.from.clone());
+    let row = build(&ctx, &ns, &req.name, &req.from, &req.run).await?;
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("digest", row.digest.clone());
+    Created::json(StatusCode::CREATED, &image_out(&row)?)
+}
+
+/// Pull a public image every namespace may use (platform admin), anonymously:
+/// `{"name", "source"}`; as a namespace's pull, but setuid and setgid bits are kept.
+#[utoipa::path(post, path = "/v1/images", tag = "images",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried pull safe")),
+    request_body = PublishPulledImage,
+    responses((status = 201, body = Image),
+        (status = 400, description = "A bad body or reference, a registry the outbound rule refuses, or what the \
+            registry refused or failed on", body = ErrorBody),
+        (status = 409, description = "A public image has this name", body = ErrorBody),
+        (status = 413, description = "Larger than the server's bound on an image", body = ErrorBody),
+        CheckedErrors))]
+pub async fn create_public(ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    ctx.authorize(Action::PlatformImageCreate, &Target::Platform)?;
+    let request_headers = headers.clone();
+    idempotency::create(ctx, &request_headers, None, body, idempotency::replay_response, move |ctx, body| async move {
+        let req: PublishPulledImage = json(&headers, &body)?;
+        validate::name("name", &req.name)?;
+        pull(&ctx, Pull { import: Import { namespace: None, name: req.name, source: req.source }, secret: None }).await
+    })
+    .await
+}
+
+/// Pulls and imports `pull`, answering the image (201).
+async fn pull(ctx: &Ctx, pull: Pull) -> ApiResult<Created> {
+    let ns = pull.import.namespace.as_deref();
+    ctx.audit_resource(format!("image:{}", pull.import.name));
+    ctx.audit_detail("source", pull.import.source.clone());
+    if images::exists(&ctx.state, ns, &pull.import.name).await? {
+        return Err(ApiError::Conflict(format!("image {:?} already exists", pull.import.name)));
+    }
+    let _stream = ctx.state.streams.acquire(&ctx.principal, ns.unwrap_or(""), Direction::Upload)?;
+    let row = image_pull::pull(&ctx.state, &pull).await?;
+    ctx.audit_detail("image", row.id.clone());
+    ctx.audit_detail("digest", row.digest.clone());
+    ctx.audit_detail("size_bytes", row.size_bytes);
+    Created::json(StatusCode::CREATED, &image_out(&row)?)
 }
 
 /// The namespace's images and the public ones, by id.
@@ -223,7 +332,7 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
         .map_err(|e| ApiError::Internal(format!("spooling an image upload ended abnormally: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
     ctx.audit_detail("archive_bytes", bytes);
-    let row = images::import(&ctx.state, &import, &spooled.0).await?;
+    let row = images::import(&ctx.state, &import, ImportSource::Archive(spooled.0.clone())).await?;
     drop(spooled);
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("digest", row.digest.clone());
@@ -296,7 +405,9 @@ pub(crate) async fn build(ctx: &Ctx, ns: &str, name: &str, from: &str, run: &[Ve
     });
     let body = bulkhead_api::CreateSandbox { image: Some(from.to_owned()), egress, ..Default::default() };
     let body = serde_json::to_vec(&body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let created = super::sandboxes::create_admitted(ctx, ns, &axum::http::HeaderMap::new(), &body).await?;
+    let mut json_headers = HeaderMap::new();
+    json_headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static("application/json"));
+    let created = super::sandboxes::create_admitted(ctx, ns, &json_headers, &body).await?;
     let id = serde_json::from_str::<serde_json::Value>(&created.body)
         .ok()
         .and_then(|v| v["id"].as_str().map(str::to_owned))

@@ -67,11 +67,12 @@ pub async fn exists(state: &AppState, ns: Option<&str>, name: &str) -> ServiceRe
     Ok(found.is_some_and(|row| row.name == name && row.namespace.as_deref() == ns))
 }
 
-/// Imports the archive at `archive` (already spooled to disk) as `import` says: unpacked into
-/// the right layer store on a blocking thread (setuid bits kept only for public images), every
-/// blob verified, then recorded. A name taken meanwhile is a conflict, and the layers the import
-/// brought that nothing records are collected again.
-pub async fn import(state: &AppState, import: &Import, archive: &Path) -> ServiceResult<ImageRow> {
+/// Imports the image at `source` (an archive spooled to disk, or the layout directory a pull
+/// wrote) as `import` says: unpacked into the right layer store on a blocking thread (setuid
+/// bits kept only for public images), every blob verified, then recorded. A name taken
+/// meanwhile is a conflict, and the layers the import brought that nothing records are
+/// collected again.
+pub async fn import(state: &AppState, import: &Import, source: ImportSource) -> ServiceResult<ImageRow> {
     let ns = import.namespace.as_deref();
     let store = state.layers.store(ns).await.map_err(image_error)?;
     let options = UnpackOptions {
@@ -82,7 +83,7 @@ pub async fn import(state: &AppState, import: &Import, archive: &Path) -> Servic
     let stored = {
         let lock = state.layers.lock(ns);
         let _shared = lock.read().await;
-        let (store, source) = (store.clone(), ImportSource::Archive(archive.to_owned()));
+        let store = store.clone();
         let imported = tokio::task::spawn_blocking(move || store.import(&source, &options))
             .await
             .map_err(|e| ServiceError::Internal(format!("the import of an image ended abnormally: {e}")))?;
@@ -402,11 +403,16 @@ pub fn spool_file(state: &AppState) -> std::io::Result<(Spooled, std::fs::File)>
     Ok((Spooled(path), file))
 }
 
-/// Removes upload spool files an interrupted import left behind (at start).
+/// Removes the upload spool files and pull directories an interrupted import or pull left
+/// behind (at start).
 pub fn sweep_spool(state: &AppState) {
     if let Ok(entries) = std::fs::read_dir(&state.layers.spool_dir) {
         for entry in entries.flatten() {
-            let _ = std::fs::remove_file(entry.path());
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            } else {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 }

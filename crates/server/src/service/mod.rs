@@ -16,6 +16,7 @@ pub mod egress_audit;
 pub mod egress_broker;
 pub mod filesystems;
 pub mod image_build;
+pub mod image_pull;
 pub mod images;
 pub mod listing;
 pub mod logs;
