@@ -68,6 +68,20 @@ pub enum ImageCmd {
         #[arg(long, value_name = "NAME", conflicts_with = "public")]
         secret: Option<String>,
     },
+    /// Build an image: run commands in a sandbox of another image (with the namespace's
+    /// egress ceiling) and save its root.
+    Build {
+        #[arg(long, env = "BULKHEAD_NAMESPACE")]
+        ns: String,
+        /// The new image's name.
+        name: String,
+        /// The image to start from.
+        #[arg(long, default_value = "default")]
+        from: String,
+        /// A shell command to run (`sh -c`), as the image's user; repeatable, run in order.
+        #[arg(long = "run", value_name = "COMMAND", required = true)]
+        run: Vec<String>,
+    },
     /// List a namespace's images and the public ones (`--public`: the public ones only).
     #[command(alias = "ls")]
     List {
@@ -180,6 +194,34 @@ pub async fn image(cmd: ImageCmd, global: &Global) -> anyhow::Result<ExitCode> {
                 image.id,
                 progress.elapsed(),
                 short_digest(&image.digest),
+                image.layers.len(),
+                format_bytes(image.size_bytes)
+            ));
+            if global.json {
+                output::json(&image)?;
+            }
+        }
+        ImageCmd::Build { ns, name, from, run } => {
+            let mut progress = Progress::new();
+            let run: Vec<Vec<String>> = run.into_iter().map(|cmd| vec!["sh".into(), "-c".into(), cmd]).collect();
+            let build = c.build_image(&ns, &name, &from, &run);
+            tokio::pin!(build);
+            let mut tick = tokio::time::interval(REDRAW);
+            let mut frame = 0usize;
+            let image = loop {
+                tokio::select! {
+                    r = &mut build => break r?,
+                    _ = tick.tick(), if progress.tty => {
+                        frame = (frame + 1) % SPINNER.len();
+                        progress.draw(&format!("building {name} from {from} {} {}s", SPINNER[frame], progress.started.elapsed().as_secs()));
+                    }
+                }
+            };
+            progress.finish(&format!(
+                "built {} ({}) in {}: {} layers, {} unpacked",
+                image.name,
+                image.id,
+                progress.elapsed(),
                 image.layers.len(),
                 format_bytes(image.size_bytes)
             ));

@@ -457,6 +457,16 @@ async fn a_sandbox_boots_the_image_with_its_defaults_and_holds_it() {
     assert_eq!(out["stdout"], "1000\nnoted\nfrom-the-image\n", "{out}");
     assert_eq!(w.delete(&format!("{sandboxes}/{}", from["id"].as_str().unwrap()), &w.dev).await.0, 204);
     assert_eq!(w.delete(&format!("/v1/namespaces/{NS}/images/tools-noted"), &w.dev).await.0, 204);
+    // A build from the CLI: its commands run as the image's user; a failing one is the error.
+    let built = w
+        .server
+        .json(Some(&w.dev), &["image", "build", "tools-built", "--from", "tools", "--run", "id -u", "--ns", NS]);
+    assert_eq!((&built["name"], built["layers"].as_array().unwrap().len()), (&json!("tools-built"), 2), "{built}");
+    let failed = w
+        .server
+        .fails(Some(&w.dev), &["image", "build", "tools-bad", "--from", "tools", "--run", "exit 7", "--ns", NS]);
+    assert!(failed.contains("run[0]") && failed.contains("exited with 7"), "{failed}");
+    assert_eq!(w.delete(&format!("/v1/namespaces/{NS}/images/tools-built"), &w.dev).await.0, 204);
 
     // In use: 409 naming the sandbox; free once it ended.
     let got = w.delete(&format!("/v1/namespaces/{NS}/images/tools"), &w.dev).await;

@@ -77,6 +77,13 @@ impl Client {
         self.send(self.request(Method::POST, &images_path(ns, "")).json(&body)).await
     }
 
+    /// Builds image `name` of namespace `ns` by running `run` (argvs, in order) in a sandbox of
+    /// image `from` and saving its root: `POST .../images` with `from` and `run`.
+    pub async fn build_image(&self, ns: &str, name: &str, from: &str, run: &[Vec<String>]) -> Result<Image> {
+        let body = bulkhead_api::BuildImage { name: name.to_owned(), from: from.to_owned(), run: run.to_vec() };
+        self.send(self.request(Method::POST, &images_path(Some(ns), "")).json(&body)).await
+    }
+
     /// One page of the images namespace `ns` sees (its own and the public ones), or with `ns`
     /// `None` of the public images (the platform admin).
     pub async fn list_images(&self, ns: Option<&str>, limit: Option<u32>, cursor: Option<&str>) -> Result<Page<Image>> {
