@@ -280,6 +280,35 @@ impl Cgroups {
         }
     }
 
+    /// Freezes (`true`) or thaws every process of a sandbox, the command cgroups below it too
+    /// (a frozen parent holds its children whatever they ask): v2 `cgroup.freeze`, v1
+    /// `freezer.state`, files that stay root's. A freeze returns once the kernel says frozen;
+    /// `Busy` (and thawed again) when it does not within 2 s.
+    pub fn freeze_sandbox(&self, namespace: &str, id: &str, frozen: bool) -> Result<()> {
+        let dir = self.grouping_dir(namespace, id);
+        let (control, value, is_frozen): (_, _, fn(&Path) -> bool) = match self.version {
+            Version::V2 => (dir.join("cgroup.freeze"), if frozen { "1" } else { "0" }, |d| {
+                fs::read_to_string(d.join("cgroup.events")).is_ok_and(|e| e.contains("frozen 1"))
+            }),
+            Version::V1 => (dir.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" }, |d| {
+                fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+            }),
+        };
+        write_existing(&control, value).map_err(RuntimeError::io(format!("write {}", control.display())))?;
+        if !frozen {
+            return Ok(());
+        }
+        for _ in 0..2000 {
+            if is_frozen(&dir) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let thaw = if self.version == Version::V2 { "0" } else { "THAWED" };
+        let _ = write_existing(&control, thaw);
+        Err(RuntimeError::Busy(format!("sandbox {id} did not freeze within 2 s")))
+    }
+
     /// Removes whatever is left of a sandbox's cgroups.
     pub fn remove_sandbox(&self, namespace: &str, id: &str) -> Result<()> {
         self.remove_tree(&Path::new(namespace).join(id))

@@ -283,6 +283,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// lacks the descriptors or memory to ask: that is no sign of the supervisor's), an error
     /// when it does not.
     async fn ping(&self, id: &str, timeout: std::time::Duration) -> Result<()>;
+    /// Freezes (`true`) or thaws every process of a sandbox (a consistent snapshot of its root:
+    /// nothing in it changes or races a reader meanwhile). `Busy` when it does not freeze in
+    /// time. Nothing to do for a runtime without cgroups.
+    async fn freeze(&self, _namespace: &str, _id: &str, _frozen: bool) -> Result<()> {
+        Ok(())
+    }
     /// The upper directory of a sandbox started from an image (see [`rootfs::upper_of`]): its
     /// changes to the image, in overlayfs's format, for a snapshot. `None` for a sandbox with
     /// the host's root, or one not on this host.

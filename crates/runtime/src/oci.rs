@@ -1339,6 +1339,15 @@ impl Runtime for OciRuntime {
         Ok(stats)
     }
 
+    async fn freeze(&self, namespace: &str, id: &str, frozen: bool) -> Result<()> {
+        Self::check_id(id)?;
+        let cgroups = self.cgroups.clone();
+        let (ns, sbx) = (namespace.to_owned(), id.to_owned());
+        tokio::task::spawn_blocking(move || cgroups.freeze_sandbox(&ns, &sbx, frozen))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))?
+    }
+
     fn upper_dir(&self, id: &str) -> Option<PathBuf> {
         let dir = crate::rootfs::upper_of(&self.image_root(id)).join("u");
         (is_sandbox_id(id) && dir.is_dir()).then_some(dir)

@@ -4,7 +4,8 @@
 //! entry, an opaque directory (`trusted.overlay.opaque=y`) gets a `.wh..wh..opq` entry, ids go
 //! back from the namespace's host range to the image's own, hard links stay links.
 //!
-//! The walk never follows a symbolic link and never leaves the upper directory; what a layer
+//! The caller freezes the sandbox while this reads its upper layer (nothing in it can change or
+//! swap a file for a link meanwhile); the walk never follows a symbolic link either; what a layer
 //! cannot carry (sockets, fifos, devices other than whiteouts, ids outside the namespace's
 //! range) is left out and counted. Setuid and setgid bits of files are dropped (and counted):
 //! a namespace's private images carry none, and inside a sandbox (`no_new_privs`) they grant
@@ -143,7 +144,20 @@ pub fn write_layer(upper: &Path, ids: IdRange, out: impl Write) -> Result<LayerS
                     }
                     links.insert((meta.dev(), meta.ino()), entry_rel.clone());
                 }
-                let file = fs::File::open(&path).map_err(io_err(format!("open {}", path.display())))?;
+                // Never through a link, never waiting on a fifo: the caller froze the sandbox,
+                // and this holds even if it did not.
+                let file = {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                        .open(&path)
+                        .map_err(io_err(format!("open {}", path.display())))?
+                };
+                if !file.metadata().is_ok_and(|m| m.is_file() && m.ino() == meta.ino()) {
+                    stats.skipped += 1;
+                    continue;
+                }
                 header.set_entry_type(tar::EntryType::Regular);
                 header.set_size(meta.len());
                 tar.append_data(&mut header, &entry_rel, file).map_err(io_err(format!("copy {}", path.display())))?;

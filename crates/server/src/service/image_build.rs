@@ -75,6 +75,9 @@ pub async fn snapshot(
     let (spooled, file) = super::images::spool_file(state)
         .map_err(|e| ServiceError::Internal(format!("cannot spool a snapshot: {e}")))?;
     let max_bytes = state.config.images.max_image_bytes;
+    // Frozen while its changes are read: a consistent layer, and no process of the sandbox can
+    // swap a file for a link (to the host's files) between the reader's look and its open.
+    state.runtime.freeze(&ns.name, &sandbox.id, true).await?;
     let written = tokio::task::spawn_blocking(move || {
         let mut out = Hashing { inner: std::io::BufWriter::new(file), hasher: Sha256::new() };
         let stats = snapshot::write_layer(&upper, ids, &mut out)?;
@@ -82,8 +85,11 @@ pub async fn snapshot(
             .map_err(|source| bulkhead_runtime::image::ImageError::Io { what: "write a snapshot".into(), source })?;
         Ok::<_, bulkhead_runtime::image::ImageError>((stats, format!("sha256:{}", hex(&out.hasher.finalize()))))
     })
-    .await
-    .map_err(|e| ServiceError::Internal(format!("a snapshot ended abnormally: {e}")))?;
+    .await;
+    if let Err(e) = state.runtime.freeze(&ns.name, &sandbox.id, false).await {
+        tracing::warn!(sandbox = %sandbox.id, error = %e, "a sandbox could not be thawed after its snapshot");
+    }
+    let written = written.map_err(|e| ServiceError::Internal(format!("a snapshot ended abnormally: {e}")))?;
     let (stats, layer) = written.map_err(image_error)?;
     if stats.bytes > max_bytes {
         return Err(ServiceError::TooLarge(format!(
