@@ -146,6 +146,8 @@ fn expected_own(op: &str, who: Who) -> u16 {
         // Images: `{name}` is a key's id here, which names no image: an import gets past
         // authorization to the name's check, a read or a delete to the lookup.
         "PUT /v1/namespaces/{ns}/images/{name}/archive" => may(developers, 400),
+        // A pull gets past authorization to the check of its source, which names no registry.
+        "POST /v1/namespaces/{ns}/images" => may(developers, 400),
         "GET /v1/namespaces/{ns}/images" => 200,
         "GET /v1/namespaces/{ns}/images/{name}" => 404,
         "DELETE /v1/namespaces/{ns}/images/{name}" => may(developers, 404),
@@ -153,6 +155,7 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/namespaces/{ns}/sandboxes/{id}/snapshot" => may(developers, 201),
         // Public images are the operator's alone.
         "PUT /v1/images/{name}/archive" => may(platform, 400),
+        "POST /v1/images" => may(platform, 400),
         "GET /v1/images" => may(platform, 200),
         "DELETE /v1/images/{name}" => may(platform, 404),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
@@ -195,6 +198,7 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces/{ns}/policies") => json!({"name": "fresh",
             "policy": "permit(principal, action == Bulkhead::Action::\"sandbox.get\", resource);"}),
         ("POST", "/v1/namespaces/{ns}/secrets") => json!({"name": "fresh", "value": "v"}),
+        ("POST", "/v1/namespaces/{ns}/images" | "/v1/images") => json!({"name": "fresh", "source": "Not A Reference"}),
         _ => Value::Null,
     }
 }

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::registry::Registry;
 use std::path::Path;
 use std::process::Command;
 
@@ -38,9 +39,25 @@ fn create_routes() -> Vec<String> {
     routes
 }
 
-/// A create body for `route`, and another one; `n` makes names unique.
-fn bodies(route: &str, n: u32) -> (Value, Value) {
+/// A registry on loopback holding the busybox image as `tools/busybox:1`: the source of the
+/// pull routes' creates.
+fn registry() -> Registry {
+    let registry = Registry::start(None);
+    let work = common::tempdir();
+    let layout = work.path().join("layout");
+    common::images::busybox_image().write_dir(&layout);
+    registry.push(&layout, "tools/busybox:1");
+    registry
+}
+
+/// A create body for `route`, and another one; `n` makes names unique; `registry` is the
+/// source of pulls.
+fn bodies(route: &str, n: u32, registry: &Registry) -> (Value, Value) {
+    let source = registry.source("tools/busybox:1");
     match route {
+        "/v1/namespaces/{ns}/images" | "/v1/images" => {
+            (json!({"name": format!("i{n}"), "source": source}), json!({"name": format!("j{n}"), "source": source}))
+        }
         "/v1/namespaces" => (namespace_body(&format!("ns{n}")), namespace_body(&format!("other{n}"))),
         "/v1/namespaces/{ns}/keys" => {
             (json!({"name": format!("k{n}"), "role": "viewer"}), json!({"name": format!("k{n}"), "role": "developer"}))
@@ -90,16 +107,22 @@ fn assert_key_replay(first: &Reply, again: &Reply) {
     assert!(again.body["error"]["message"].as_str().unwrap().contains(first.body["id"].as_str().unwrap()));
 }
 
+/// A server with namespace `acme` that may pull from loopback registries.
 async fn harness() -> Harness {
-    let h = Harness::with_namespaces(&["acme"]).await;
+    let h = Harness::with_config("runc", |config| {
+        config.outbound.policy = bulkhead_core::outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
+    })
+    .await;
+    h.create_namespace("acme").await;
     h
 }
 
 #[tokio::test]
 async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer() {
     let h = harness().await;
+    let registry = registry();
     for route in create_routes() {
-        let (body, other) = bodies(&route, 1);
+        let (body, other) = bodies(&route, 1, &registry);
         let before = count(&h, &route).await;
         let first = h.send(post(&h, &route, "retry-1", &body)).await;
         assert_eq!(first.status, StatusCode::CREATED, "{route}: {}", first.body);
@@ -125,11 +148,11 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}: {}", r.body);
             assert!(r.headers.get("idempotent-replayed").is_none(), "{route}");
         }
-        let (good, _) = bodies(&route, 2);
+        let (good, _) = bodies(&route, 2, &registry);
         let r = h.send(post(&h, &route, "retry-2", &good)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{route}: {}", r.body);
         // Two keys on one request: refused, and nothing is made.
-        let (third, _) = bodies(&route, 4);
+        let (third, _) = bodies(&route, 4, &registry);
         let before = count(&h, &route).await;
         let mut req = post(&h, &route, "retry-3", &third);
         req.headers_mut().append("idempotency-key", "retry-4".parse().unwrap());
@@ -146,8 +169,9 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creates_with_one_key_make_exactly_one_resource() {
     let h = harness().await;
+    let registry = registry();
     for route in create_routes() {
-        let (body, _) = bodies(&route, 3);
+        let (body, _) = bodies(&route, 3, &registry);
         let before = count(&h, &route).await;
         let replies =
             futures_util::future::join_all((0..8).map(|_| h.send(post(&h, &route, "concurrent", &body)))).await;
