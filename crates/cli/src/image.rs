@@ -169,62 +169,16 @@ pub async fn image(cmd: ImageCmd, global: &Global) -> anyhow::Result<ExitCode> {
             }
         }
         ImageCmd::Pull { scope, name, source, secret } => {
-            let mut progress = Progress::new();
             let pull = c.pull_image(scope.namespace(), &name, &source, secret.as_deref());
-            tokio::pin!(pull);
-            let mut tick = tokio::time::interval(REDRAW);
-            let mut frame = 0usize;
-            let image = loop {
-                tokio::select! {
-                    r = &mut pull => break r?,
-                    _ = tick.tick(), if progress.tty => {
-                        frame = (frame + 1) % SPINNER.len();
-                        let line = format!(
-                            "pulling {source} as {name} {} {}s",
-                            SPINNER[frame],
-                            progress.started.elapsed().as_secs()
-                        );
-                        progress.draw(&line);
-                    }
-                }
-            };
-            progress.finish(&format!(
-                "pulled {} ({}) in {}: {}, {} layers, {} unpacked",
-                image.name,
-                image.id,
-                progress.elapsed(),
-                short_digest(&image.digest),
-                image.layers.len(),
-                format_bytes(image.size_bytes)
-            ));
+            let image = awaited(pull, &format!("pulling {source} as {name}"), "pulled").await?;
             if global.json {
                 output::json(&image)?;
             }
         }
         ImageCmd::Build { ns, name, from, run } => {
-            let mut progress = Progress::new();
             let run: Vec<Vec<String>> = run.into_iter().map(|cmd| vec!["sh".into(), "-c".into(), cmd]).collect();
             let build = c.build_image(&ns, &name, &from, &run);
-            tokio::pin!(build);
-            let mut tick = tokio::time::interval(REDRAW);
-            let mut frame = 0usize;
-            let image = loop {
-                tokio::select! {
-                    r = &mut build => break r?,
-                    _ = tick.tick(), if progress.tty => {
-                        frame = (frame + 1) % SPINNER.len();
-                        progress.draw(&format!("building {name} from {from} {} {}s", SPINNER[frame], progress.started.elapsed().as_secs()));
-                    }
-                }
-            };
-            progress.finish(&format!(
-                "built {} ({}) in {}: {} layers, {} unpacked",
-                image.name,
-                image.id,
-                progress.elapsed(),
-                image.layers.len(),
-                format_bytes(image.size_bytes)
-            ));
+            let image = awaited(build, &format!("building {name} from {from}"), "built").await?;
             if global.json {
                 output::json(&image)?;
             }
@@ -272,6 +226,38 @@ pub async fn image(cmd: ImageCmd, global: &Global) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for `request` (one API call that makes an image), drawing `doing` with a spinner and
+/// the seconds elapsed on a terminal, then one line saying what was `done`.
+async fn awaited(
+    request: impl std::future::Future<Output = bulkhead_client::Result<Image>>,
+    doing: &str,
+    done: &str,
+) -> anyhow::Result<Image> {
+    let mut progress = Progress::new();
+    tokio::pin!(request);
+    let mut tick = tokio::time::interval(REDRAW);
+    let mut frame = 0usize;
+    let image = loop {
+        tokio::select! {
+            r = &mut request => break r?,
+            _ = tick.tick(), if progress.tty => {
+                frame = (frame + 1) % SPINNER.len();
+                progress.draw(&format!("{doing} {} {}s", SPINNER[frame], progress.started.elapsed().as_secs()));
+            }
+        }
+    };
+    progress.finish(&format!(
+        "{done} {} ({}) in {}: {}, {} layers, {} unpacked",
+        image.name,
+        image.id,
+        progress.elapsed(),
+        short_digest(&image.digest),
+        image.layers.len(),
+        format_bytes(image.size_bytes)
+    ));
+    Ok(image)
 }
 
 #[cfg(test)]
