@@ -143,16 +143,18 @@ async fn pulls_by_tag_and_digest_boot_and_stay_the_namespaces_own() {
     let w = World::start();
     let images = format!("/v1/namespaces/{NS}/images");
 
-    // Bodies are checked strictly: an unknown field is named; a build's shape is not a pull.
+    // Bodies are checked strictly: an unknown field is named.
     let source = registry.source("tools/busybox:1");
     refused(&w.pull(json!({"name": "tools", "source": source, "colour": 1})).await, 400, "invalid_request", "colour");
     refused(&w.pull(json!({"name": "Tools", "source": source})).await, 400, "invalid_request", "name");
+    // A build's shape is a build, checked as one: its fields, not a pull's.
     refused(
-        &w.pull(json!({"name": "tools", "from": "default", "run": [["true"]]})).await,
+        &w.pull(json!({"name": "tools", "from": "default", "run": [["true"]], "source": source})).await,
         400,
         "invalid_request",
-        "builds are not supported yet",
+        "from",
     );
+    refused(&w.pull(json!({"name": "tools", "from": "default", "run": []})).await, 400, "invalid_request", "run");
     refused(&w.pull(json!({"name": "tools", "source": "Not A Reference"})).await, 400, "invalid_request", "source");
     let missing = registry.source("tools/busybox:nope");
     refused(&w.pull(json!({"name": "tools", "source": missing})).await, 400, "invalid_request", "has no such image");
