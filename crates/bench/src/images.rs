@@ -284,7 +284,7 @@ pub fn print(r: &ImagesReport) {
         r.layers,
         r.import_ms / 1000.0
     );
-    crate::row("baseline: raw OCI runtime, image root → output", &r.raw_oci_image_root);
+    crate::row("baseline: raw OCI runtime, its layers, sandbox cpu", &r.raw_oci_image_root);
     crate::row("create → first exec output, default image", &r.default_first_output);
     crate::row("create → first exec output, template", &r.template_first_output);
     crate::row(&format!("snapshot of a sandbox ({:.1} MiB written)", r.template_written_mib), &r.snapshot);

@@ -371,7 +371,8 @@ async fn images_alone(
 
     eprintln!("baselines: raw {} on the default image's layers, then on the host's base ...", args.runtime);
     let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
-    let section = images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
     let mut images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
     admin_client.delete_namespace("bench").await?;
     if args.density > 0 {
@@ -631,22 +632,22 @@ async fn bench(
         }
     }
 
-    let section = images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
     let images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
 
     eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
     let (net_state, net_prefix) = settings.net();
-    let networked =
-        network::networked_create(
-            bulkhead,
-            &data.join("net"),
-            &net_state,
-            &net_prefix,
-            &runtime_class,
-            &image_args,
-            args.runs,
-        )
-        .await?;
+    let networked = network::networked_create(
+        bulkhead,
+        &data.join("net"),
+        &net_state,
+        &net_prefix,
+        &runtime_class,
+        &image_args,
+        args.runs,
+    )
+    .await?;
 
     let deaths = args.runs.clamp(1, 20);
     eprintln!("sandbox death → failed, {deaths} runs ...");
