@@ -1,16 +1,17 @@
 //! Bulkhead's speed measured side by side with raw baselines in the same run: a bare
-//! fork/exec, the bare OCI runtime running a bundle with a sandbox's isolation (through
-//! `bulkhead_runtime::baseline`), the unauthenticated health check, bare processes, a quiet
-//! tenant alone, Cedar alone. [`run`] starts its own `bulkhead serve` process (real SQLite,
-//! real runtime, HTTP on loopback) on a temporary data dir, drives it over HTTP with
-//! `bulkhead-client` like any client, prints a table of medians, p99s and ratios, and writes
-//! the figures as JSON. As root, on the host. Reached as `bulkhead bench` and as the
-//! `bulkhead-bench` binary.
+//! fork/exec, the bare OCI runtime running a bundle with a sandbox's isolation on the same
+//! image root (through `bulkhead_runtime::baseline`), the unauthenticated health check, bare
+//! processes, a quiet tenant alone, Cedar alone. [`run`] starts its own `bulkhead serve`
+//! process (real SQLite, real runtime, HTTP on loopback, sandboxes on the platform's default
+//! image: see [`images`]) on a temporary data dir, drives it over HTTP with `bulkhead-client`
+//! like any client, prints a table of medians, p99s and ratios, and writes the figures as JSON.
+//! As root, on the host. Reached as `bulkhead bench` and as the `bulkhead-bench` binary.
 //!
 //! The bench is a program rather than a library of reusable parts: its errors are `anyhow`
 //! chains printed once by whichever binary runs it.
 
 pub mod crash;
+pub mod images;
 pub mod load;
 pub mod network;
 pub mod parts;
@@ -28,7 +29,7 @@ use bulkhead_client::Client;
 use bulkhead_runtime::baseline::RawContainer;
 use bulkhead_runtime::hostreg::{ID_BASE, ID_RANGE};
 use bulkhead_runtime::oci::OciConfig;
-use bulkhead_runtime::{IdRange, SandboxSpec};
+use bulkhead_runtime::{IdRange, ImageRoot, RootSpec, SandboxSpec};
 use clap::Args;
 use serde::Serialize;
 
@@ -84,9 +85,17 @@ pub struct BenchArgs {
     /// Measure one section alone: `network` (create → first output, loopback-only against
     /// `--network isolated`, runs alternating between two servers; then connection setup and
     /// bulk throughput through the egress gateway against direct, to a test host the bench
-    /// makes on a documentation /26 of this machine's own).
-    #[arg(long, value_parser = ["network"])]
+    /// makes on a documentation /26 of this machine's own), or `images` (the raw OCI runtime
+    /// on the default image's layers and on the host's base; create → first output from the
+    /// default image and from a template, alternating; snapshot; idle sandboxes on the image).
+    #[arg(long, value_parser = ["network", "images"])]
     only: Option<String>,
+    /// The default image every server of the bench boots (an OCI image layout tar built by
+    /// `scripts/build-default-image`), unpacked once per run into a layer store of the run's
+    /// own. Default: `$BULKHEAD_DEFAULT_IMAGE`, else `/var/tmp/bulkhead-images/default.tar`,
+    /// else `/var/lib/bulkhead/default-image.tar`.
+    #[arg(long, value_name = "PATH")]
+    default_image: Option<PathBuf>,
     /// `--only network`: rounds of the egress comparison on each side (after one untimed).
     #[arg(long, default_value_t = 20)]
     egress_rounds: usize,
@@ -122,10 +131,14 @@ struct Report {
     host: String,
     command_line: String,
     fork_exec: Stat,
-    /// The raw OCI runtime with a whole core, as the raw baseline has always run.
+    /// The raw OCI runtime with a whole core, on the default image's layers (an overlay with a
+    /// tmpfs upper, mounted once for all its runs).
     raw_oci_first_output: Stat,
-    /// The raw OCI runtime under the benchmarked sandboxes' own cpu limit.
+    /// The raw OCI runtime under the benchmarked sandboxes' own cpu limit, on the same root.
     raw_oci_first_output_sandbox_cpu: Stat,
+    /// The raw OCI runtime with a whole core on the host's base (`--root host`), as the raw
+    /// baseline ran before sandboxes had images.
+    raw_oci_first_output_host_root: Stat,
     /// The cpu limit of the benchmarked sandboxes, in thousandths of a core.
     sandbox_cpu_millis: u64,
     create_to_first_output: Stat,
@@ -149,9 +162,12 @@ struct Report {
     archive_push_mib_s: f64,
     archive_pull_mib_s: f64,
     local_tar_copy_mib_s: f64,
+    /// Sandboxes from the default image and from a template; the default image's import.
+    images: images::ImagesReport,
     /// Authorized reads per second against `/healthz`; absent when skipped.
     api_throughput: Option<ApiThroughput>,
-    /// Idle sandboxes held at once against bare processes; absent when skipped.
+    /// Idle sandboxes (on the default image) held at once against bare processes; absent when
+    /// skipped.
     density: Option<Density>,
     /// A quiet tenant's exec latency alone and beside a noisy one; absent when skipped.
     noisy_neighbour: Option<NoisyNeighbour>,
@@ -171,9 +187,17 @@ fn host() -> String {
     format!("{cpus} cpus, {} GiB, Linux {}", mem / 1024 / 1024, kernel.trim())
 }
 
-/// The bare OCI runtime: a bundle with the sandbox's isolation and a cpu limit of `cpu_millis`
-/// whose process is `echo ready`, run `n` times, each timed to the first line of output.
-fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64) -> anyhow::Result<Vec<Duration>> {
+/// The bare OCI runtime: a bundle with the sandbox's isolation, a cpu limit of `cpu_millis`
+/// and root `root` (an image root is mounted once, before the runs) whose process is
+/// `echo ready`, run `n` times, each timed to the first line of output.
+fn raw_oci(
+    config: OciConfig,
+    oci: &str,
+    n: usize,
+    ids: IdRange,
+    cpu_millis: u64,
+    root: &RootSpec,
+) -> anyhow::Result<Vec<Duration>> {
     let spec = SandboxSpec {
         id: "sbx_rawbaseline".into(),
         namespace: "raw".into(),
@@ -187,7 +211,7 @@ fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64
         workspace: None,
         run_files: Vec::new(),
         extra_ca_pem: None,
-        root: bulkhead_runtime::RootSpec::Host,
+        root: root.clone(),
     };
     let mut container = RawContainer::prepare(config, &spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);
@@ -199,6 +223,177 @@ fn raw_oci(config: OciConfig, oci: &str, n: usize, ids: IdRange, cpu_millis: u64
         out.push(elapsed);
     }
     Ok(out)
+}
+
+/// The raw OCI runtime's runs of [`raw_baselines`], each to the first line of output.
+struct RawRuns {
+    /// On the default image's layers with a whole core.
+    image: Vec<Duration>,
+    /// On the same root at the sandboxes' cpu limit.
+    image_sandbox_cpu: Vec<Duration>,
+    /// On the host's base with a whole core.
+    host: Vec<Duration>,
+}
+
+/// The raw OCI runtime's baselines, `args.runs` runs each: on the root a sandbox of the
+/// default image gets (its layers as the server's admin API lists them, under an overlay with a
+/// tmpfs upper as large as a sandbox of the bench's gets), with a whole core and at
+/// `sandbox_cpu` millicores; then on the host's base with a whole core, as before images. The
+/// containers use a state dir and cgroup prefix of their own ([`Names::raw`]).
+async fn raw_baselines(
+    admin: &Client,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+    args: &BenchArgs,
+    sandbox_cpu: u64,
+) -> anyhow::Result<RawRuns> {
+    let layers = images::root_of_default(admin, &image.public_layers).await?;
+    // A state dir and cgroup prefix of their own: the server holds its own for itself alone.
+    let (raw_state, raw_prefix) = settings.raw();
+    let oci = args.runtime.clone();
+    let config = OciConfig {
+        state_dir: raw_state,
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        cgroup_prefix: raw_prefix,
+        supervisor: bulkhead.with_file_name("bulkhead-supervisor"),
+        runtimes: vec![("container".into(), oci.clone())],
+        owner: "bench-baseline".into(),
+        data_dir: data.to_owned(),
+        network: None,
+        egress_ca_pem: None,
+        egress_dns: None,
+        lxcfs: Some("/var/lib/lxcfs".into()),
+    };
+    // The same kind of host id range a namespace gets (one the server does not hand out).
+    let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };
+    // The writable root of the bench's sandboxes: the smaller of 1 GiB and their 64 MiB.
+    let root = RootSpec::Image(ImageRoot { layers, writable_bytes: 64 << 20 });
+    Ok(RawRuns {
+        image: raw_oci(config.clone(), &oci, args.runs, ids, 1000, &root)?,
+        image_sandbox_cpu: raw_oci(config.clone(), &oci, args.runs, ids, sandbox_cpu, &root)?,
+        host: raw_oci(config, &oci, args.runs, ids, 1000, &RootSpec::Host)?,
+    })
+}
+
+/// The figures of `--only images`.
+#[derive(Debug, Serialize)]
+struct ImagesAlone {
+    host: String,
+    command_line: String,
+    /// The raw OCI runtime with a whole core on the default image's layers.
+    raw_oci_first_output: Stat,
+    /// The same at the sandboxes' cpu limit.
+    raw_oci_first_output_sandbox_cpu: Stat,
+    /// The same with a whole core on the host's base.
+    raw_oci_first_output_host_root: Stat,
+    sandbox_cpu_millis: u64,
+    /// The server's first start (the default image recorded; its layers unpacked before).
+    first_start_to_answering: Stat,
+    images: images::ImagesReport,
+}
+
+/// `--only images`: one loopback-only server on the default image; the raw baselines, the
+/// images section and the density on it; then the same cleanup as [`run`].
+async fn only_images(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let result = images_alone(args, bulkhead, data, settings, image).await;
+    leave_nothing_behind(settings).await;
+    let _ = std::fs::remove_dir_all(data);
+    forget_in_host_registry(&settings.cgroup_prefix);
+    let report = result?;
+    println!("host: {}", report.host);
+    println!("command: {}\n", report.command_line);
+    println!("{:<44} {:>6} {:>10} {:>10}", "measure", "n", "p50 ms", "p99 ms");
+    row("baseline: raw OCI runtime, image root", &report.raw_oci_first_output);
+    row(
+        &format!("  the same at the sandbox's {} millicores", report.sandbox_cpu_millis),
+        &report.raw_oci_first_output_sandbox_cpu,
+    );
+    row("  the same on the host's base (whole core)", &report.raw_oci_first_output_host_root);
+    row("first start → first authenticated answer", &report.first_start_to_answering);
+    images::print(&report.images);
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", args.out.display()))?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(())
+}
+
+async fn images_alone(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<ImagesAlone> {
+    let runtime_class = format!("container={}", args.runtime);
+    let image_args = image.serve_args();
+    let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
+    extra.extend(image_args.iter().map(String::as_str));
+    let serve = server::Serve {
+        bulkhead,
+        data_dir: &data.join("data"),
+        state_dir: &settings.state_dir,
+        cgroup_prefix: &settings.cgroup_prefix,
+        host_registry: None,
+        extra: &extra,
+    };
+    let t = Instant::now();
+    let started = serve.spawn().context("start bulkhead serve")?;
+    let server = ServerProcess(started.child);
+    let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
+    let first_start = crash::until_answering(&started.url, &admin, t).await?;
+    let admin_client = Client::new(&started.url, Some(admin));
+    let quotas = Quotas {
+        cpu_millis: 100 * 1000,
+        memory_bytes: 1 << 40,
+        disk_bytes: 1 << 30,
+        max_sandboxes: 10,
+        pids_per_sandbox: 256,
+        max_sandbox_ttl_seconds: 3600,
+    };
+    admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
+    let key = admin_client
+        .create_key(
+            "bench",
+            &CreateKey { name: "bench".into(), role: Role::Developer, expires_at: None, projects: None },
+        )
+        .await?;
+    let c = Client::new(&started.url, Some(key.token));
+    let small = CreateSandbox { cpu_millis: Some(100), memory_bytes: Some(64 << 20), ..Default::default() };
+    let sandbox_cpu = small.cpu_millis.context("the bench's sandbox cpu")?;
+
+    eprintln!("baselines: raw {} on the default image's layers, then on the host's base ...", args.runtime);
+    let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let mut images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
+    admin_client.delete_namespace("bench").await?;
+    if args.density > 0 {
+        eprintln!("density: {0} bare processes, then {0} idle sandboxes on the default image ...", args.density);
+        let cgroups = load::cgroups(&settings.cgroup_prefix)?;
+        images.density = Some(
+            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
+                .await?,
+        );
+    }
+    drop(server);
+    Ok(ImagesAlone {
+        host: host(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        raw_oci_first_output: stat(raws.image),
+        raw_oci_first_output_sandbox_cpu: stat(raws.image_sandbox_cpu),
+        raw_oci_first_output_host_root: stat(raws.host),
+        sandbox_cpu_millis: sandbox_cpu,
+        first_start_to_answering: stat(vec![first_start]),
+        images,
+    })
 }
 
 /// Where the bench's server keeps its host state: a state dir and cgroup prefix of its own.
@@ -223,16 +418,33 @@ impl Names {
 /// `bulkhead-supervisor` beside it), prints the table and writes the JSON to `args.out`.
 /// Everything it made on the host is removed whatever happens.
 pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
+    let archive = images::find_default_image(args.default_image.as_deref())?;
     let tag: String = std::process::id().to_string();
     let data = tempdir_path(&format!("bulkhead-bench-{tag}"))?;
     let settings = Names {
         state_dir: PathBuf::from(format!("/run/bulkhead-bench-{tag}")),
         cgroup_prefix: format!("bulkhead-bench-{tag}"),
     };
-    if args.only.as_deref() == Some("network") {
-        return only_network(args, bulkhead, &data, &settings).await;
+    eprintln!("default image: importing {} into the run's public layer store ...", archive.display());
+    let image = match images::DefaultImage::import(&archive, &data.join("public-layers")) {
+        Ok(image) => image,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&data);
+            return Err(e);
+        }
+    };
+    eprintln!(
+        "default image: {} layers, {:.0} MiB unpacked, first import {:.1} s",
+        image.layers,
+        image.size_bytes as f64 / (1 << 20) as f64,
+        image.import.as_secs_f64()
+    );
+    match args.only.as_deref() {
+        Some("network") => return only_network(args, bulkhead, &data, &settings, &image).await,
+        Some("images") => return only_images(args, bulkhead, &data, &settings, &image).await,
+        _ => {}
     }
-    let result = bench(args, bulkhead, &data, &settings).await;
+    let result = bench(args, bulkhead, &data, &settings, &image).await;
     // Whatever happened, leave nothing behind.
     leave_nothing_behind(&settings).await;
     let _ = std::fs::remove_dir_all(&data);
@@ -248,7 +460,13 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
 
 /// `--only network`: [`network::compare`] on the bench's two servers' names, then the same
 /// cleanup as [`run`].
-async fn only_network(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names) -> anyhow::Result<()> {
+async fn only_network(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
     let (net_state, net_prefix) = settings.net();
     let runtime_class = format!("container={}", args.runtime);
     let result = network::compare(
@@ -260,6 +478,7 @@ async fn only_network(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: 
         },
         network::ServerNames { data_dir: &data.join("net"), state_dir: &net_state, cgroup_prefix: &net_prefix },
         &runtime_class,
+        &image.serve_args(),
         args.runs,
         network::EgressLoad {
             rounds: args.egress_rounds,
@@ -338,13 +557,21 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names) -> anyhow::Result<Report> {
+async fn bench(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<Report> {
     let oci = args.runtime.clone();
     let noises = load::noises(&args.noise)?;
     let runtime_class = format!("container={oci}");
+    let image_args = image.serve_args();
     // Loopback-only (no longer the server's default): the figures against which the network's
     // cost is measured, and what they have always been measured on.
-    let extra = ["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
+    let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
+    extra.extend(image_args.iter().map(String::as_str));
     let serve = server::Serve {
         bulkhead,
         data_dir: &data.join("data"),
@@ -381,28 +608,10 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     let small = CreateSandbox { cpu_millis: Some(100), memory_bytes: Some(64 << 20), ..Default::default() };
     let echo = ExecRequest { cmd: vec!["echo".into(), "ready".into()], ..Default::default() };
 
-    eprintln!("baselines: fork/exec and raw {oci} ...");
+    eprintln!("baselines: fork/exec and raw {oci} (on the default image's layers, then on the host's base) ...");
     let fork = parts::fork_exec_true(args.runs.max(args.execs))?;
-    // A state dir and cgroup prefix of their own: the server holds its own for itself alone.
-    let (raw_state, raw_prefix) = settings.raw();
-    let raw_config = OciConfig {
-        state_dir: raw_state,
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        cgroup_prefix: raw_prefix,
-        supervisor: bulkhead.with_file_name("bulkhead-supervisor"),
-        runtimes: vec![("container".into(), oci.clone())],
-        owner: "bench-baseline".into(),
-        data_dir: data.to_owned(),
-        network: None,
-        egress_ca_pem: None,
-        egress_dns: None,
-        lxcfs: Some("/var/lib/lxcfs".into()),
-    };
-    // The same kind of host id range a namespace gets (one the server does not hand out).
-    let ids = IdRange { host_start: ID_BASE - ID_RANGE, size: ID_RANGE };
-    let raw = raw_oci(raw_config.clone(), &oci, args.runs, ids, 1000)?;
     let sandbox_cpu = small.cpu_millis.context("the bench's sandbox cpu")?;
-    let raw_sandbox_cpu = raw_oci(raw_config, &oci, args.runs, ids, sandbox_cpu)?;
+    let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
 
     eprintln!("create → first output and delete, {} runs ...", args.runs);
     let mut create = Vec::with_capacity(args.runs);
@@ -423,11 +632,22 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         }
     }
 
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
+
     eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
     let (net_state, net_prefix) = settings.net();
-    let networked =
-        network::networked_create(bulkhead, &data.join("net"), &net_state, &net_prefix, &runtime_class, args.runs)
-            .await?;
+    let networked = network::networked_create(
+        bulkhead,
+        &data.join("net"),
+        &net_state,
+        &net_prefix,
+        &runtime_class,
+        &image_args,
+        args.runs,
+    )
+    .await?;
 
     let deaths = args.runs.clamp(1, 20);
     eprintln!("sandbox death → failed, {deaths} runs ...");
@@ -575,8 +795,8 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
     let mib = args.archive_bytes as f64 / (1 << 20) as f64;
 
     let fork = stat(fork);
-    let raw = stat(raw);
-    let raw_sandbox_cpu = stat(raw_sandbox_cpu);
+    let raw = stat(raws.image);
+    let raw_sandbox_cpu = stat(raws.image_sandbox_cpu);
     let create = stat(create);
     let execs = stat(execs);
     Ok(Report {
@@ -585,6 +805,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         fork_exec: fork,
         raw_oci_first_output: raw,
         raw_oci_first_output_sandbox_cpu: raw_sandbox_cpu,
+        raw_oci_first_output_host_root: stat(raws.host),
         sandbox_cpu_millis: sandbox_cpu,
         create_to_first_output: create,
         create_to_first_output_networked: stat(networked),
@@ -603,6 +824,7 @@ async fn bench(args: &BenchArgs, bulkhead: &Path, data: &Path, settings: &Names)
         archive_push_mib_s: mib / push.as_secs_f64(),
         archive_pull_mib_s: mib / pull.as_secs_f64(),
         local_tar_copy_mib_s: mib / local.as_secs_f64(),
+        images,
         api_throughput,
         density,
         noisy_neighbour,
@@ -644,6 +866,7 @@ fn print(r: &Report) {
         &format!("  the same at the sandbox's {} millicores", r.sandbox_cpu_millis),
         &r.raw_oci_first_output_sandbox_cpu,
     );
+    row("  the same on the host's base (whole core)", &r.raw_oci_first_output_host_root);
     row("sandbox create → first exec output", &r.create_to_first_output);
     row("  the same with a network (--network isolated)", &r.create_to_first_output_networked);
     println!(
@@ -665,6 +888,7 @@ fn print(r: &Report) {
         "archive of {:.0} MiB: push {:.0} MiB/s, pull {:.0} MiB/s; plain tar dir → dir {:.0} MiB/s",
         r.archive_mib, r.archive_push_mib_s, r.archive_pull_mib_s, r.local_tar_copy_mib_s
     );
+    images::print(&r.images);
     if let Some(a) = &r.api_throughput {
         print_api(a);
     }

@@ -83,8 +83,8 @@ impl Server {
     }
 }
 
-/// Starts `bulkhead serve --network isolated` on `data_dir`, `state_dir` and `cgroup_prefix`,
-/// and times `runs` creates → first output of `echo ready` (each sandbox deleted after); the
+/// Starts `bulkhead serve --network isolated` on `data_dir`, `state_dir` and `cgroup_prefix`
+/// (with `image_args`: [`crate::images::DefaultImage::serve_args`]), and times `runs` creates → first output of `echo ready` (each sandbox deleted after); the
 /// server is killed before this returns (the caller purges its names).
 pub async fn networked_create(
     bulkhead: &Path,
@@ -92,9 +92,11 @@ pub async fn networked_create(
     state_dir: &Path,
     cgroup_prefix: &str,
     runtime_class: &str,
+    image_args: &[String],
     runs: usize,
 ) -> anyhow::Result<Vec<Duration>> {
-    let extra = ["--runtime-class", runtime_class, "--network", "isolated"];
+    let mut extra = vec!["--runtime-class", runtime_class, "--network", "isolated"];
+    extra.extend(image_args.iter().map(String::as_str));
     let server = Server::start(bulkhead, data_dir, state_dir, cgroup_prefix, &extra).await?;
     let mut out = Vec::with_capacity(runs);
     for _ in 0..runs {
@@ -132,23 +134,26 @@ pub struct ServerNames<'a> {
 
 /// Makes the bench's test host ([`crate::testhost`]), starts a loopback-only server on
 /// `loopback` and a `--network isolated` one on `isolated` (its `--egress-dns` on the test
-/// host's /26, so that nothing it looks up leaves this machine), both with `runtime_class`,
-/// and times `runs` creates → first output on each, alternating, after [`WARMUP`] untimed ones
-/// on each; then [`egress`] on the isolated server with `load`. Both servers are killed and
-/// the test host removed before this returns, whatever happens (the caller purges the
-/// servers' names).
+/// host's /26, so that nothing it looks up leaves this machine), both with `runtime_class` and
+/// the default image's `image_args`, and times `runs` creates → first output on each,
+/// alternating, after [`WARMUP`] untimed ones on each; then [`egress`] on the isolated server
+/// with `load`. Both servers are killed and the test host removed before this returns,
+/// whatever happens (the caller purges the servers' names).
 pub async fn compare(
     bulkhead: &Path,
     loopback: ServerNames<'_>,
     isolated: ServerNames<'_>,
     runtime_class: &str,
+    image_args: &[String],
     runs: usize,
     load: EgressLoad,
 ) -> anyhow::Result<NetworkComparison> {
     let host = crate::testhost::TestHost::new().context("make the bench's test host")?;
     let dns = format!("{}:53", host.dns);
-    let plain = ["--runtime-class", runtime_class, "--network", "loopback-only"];
-    let networked = ["--runtime-class", runtime_class, "--network", "isolated", "--egress-dns", &dns];
+    let mut plain = vec!["--runtime-class", runtime_class, "--network", "loopback-only"];
+    let mut networked = vec!["--runtime-class", runtime_class, "--network", "isolated", "--egress-dns", &dns];
+    plain.extend(image_args.iter().map(String::as_str));
+    networked.extend(image_args.iter().map(String::as_str));
     let a = Server::start(bulkhead, loopback.data_dir, loopback.state_dir, loopback.cgroup_prefix, &plain).await?;
     let b = Server::start(bulkhead, isolated.data_dir, isolated.state_dir, isolated.cgroup_prefix, &networked).await?;
     for _ in 0..WARMUP {
