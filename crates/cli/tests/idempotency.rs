@@ -75,14 +75,29 @@ fn bodies(route: &str, n: u32, registry: &Registry) -> (Value, Value) {
         "/v1/namespaces/{ns}/secrets" => {
             (json!({"name": format!("s{n}"), "value": "one"}), json!({"name": format!("s{n}"), "value": "two"}))
         }
+        "/v1/namespaces/{ns}/sandboxes/{id}/snapshot" => {
+            (json!({"name": format!("snap{n}")}), json!({"name": format!("other-snap{n}")}))
+        }
         other => panic!("POST {other} creates and has no body in the idempotency test; add one"),
+    }
+}
+
+/// The sandbox of namespace `acme` that the routes below a sandbox (snapshots) act on.
+static SANDBOX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `route` with its parameters filled in: namespace `acme`, its sandbox.
+fn concrete(route: &str) -> String {
+    let path = route.replace("{ns}", "acme");
+    match SANDBOX.get() {
+        Some(id) => path.replace("{id}", id),
+        None => path,
     }
 }
 
 fn post(h: &Harness, route: &str, key: &str, body: &Value) -> Request<Body> {
     Request::builder()
         .method(Method::POST)
-        .uri(route.replace("{ns}", "acme"))
+        .uri(concrete(route))
         .header("authorization", format!("Bearer {}", h.admin))
         .header("content-type", "application/json")
         .header("idempotency-key", key)
@@ -92,7 +107,9 @@ fn post(h: &Harness, route: &str, key: &str, body: &Value) -> Request<Body> {
 
 /// How many resources the create route's list shows.
 async fn count(h: &Harness, route: &str) -> usize {
-    let path = format!("{}?limit=1000", route.replace("{ns}", "acme"));
+    // A snapshot makes an image of the namespace.
+    let route = if route.ends_with("/snapshot") { "/v1/namespaces/{ns}/images" } else { route };
+    let path = format!("{}?limit=1000", concrete(route));
     let r = h.call(Method::GET, &path, Some(&h.admin), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
     r.body["items"].as_array().unwrap().len()
@@ -113,7 +130,13 @@ async fn harness() -> Harness {
         config.outbound.policy = bulkhead_core::outbound::OutboundPolicy::new(vec!["127.0.0.0/8".parse().unwrap()]);
     })
     .await;
-    h.create_namespace("acme").await;
+    // Room for the sandbox that snapshots are taken of, beside the sandboxes the test creates.
+    let mut namespace = common::namespace_body("acme");
+    namespace["quotas"]["cpu_millis"] = json!(4000);
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), namespace).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let sandbox = h.create_sandbox("acme", &h.admin, json!({"memory_bytes": 64 << 20, "cpu_millis": 100})).await;
+    SANDBOX.set(sandbox).expect("one harness per test");
     h
 }
 
@@ -121,12 +144,14 @@ async fn harness() -> Harness {
 async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer() {
     let h = harness().await;
     let registry = registry();
-    for route in create_routes() {
+    // Keys are scoped by namespace, principal and action: routes of one action (an image
+    // pulled, built or snapshotted) each get keys of their own.
+    for (i, route) in create_routes().into_iter().enumerate() {
         let (body, other) = bodies(&route, 1, &registry);
         let before = count(&h, &route).await;
-        let first = h.send(post(&h, &route, "retry-1", &body)).await;
+        let first = h.send(post(&h, &route, &format!("r{i}-retry-1"), &body)).await;
         assert_eq!(first.status, StatusCode::CREATED, "{route}: {}", first.body);
-        let again = h.send(post(&h, &route, "retry-1", &body)).await;
+        let again = h.send(post(&h, &route, &format!("r{i}-retry-1"), &body)).await;
         if route.ends_with("/keys") {
             assert_key_replay(&first, &again);
         } else {
@@ -136,7 +161,7 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
         }
         assert_eq!(count(&h, &route).await, before + 1, "{route}: one resource");
         // The key with another body.
-        let r = h.send(post(&h, &route, "retry-1", &other)).await;
+        let r = h.send(post(&h, &route, &format!("r{i}-retry-1"), &other)).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{route}: {}", r.body);
         assert_envelope(&r, "conflict");
         assert!(r.body["error"]["message"].as_str().unwrap().contains("different request body"), "{}", r.body);
@@ -144,18 +169,18 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
         // A failed create is not remembered: it runs again, and the key is free for a good one.
         let bad = json!({"unknown_field": true});
         for _ in 0..2 {
-            let r = h.send(post(&h, &route, "retry-2", &bad)).await;
+            let r = h.send(post(&h, &route, &format!("r{i}-retry-2"), &bad)).await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}: {}", r.body);
             assert!(r.headers.get("idempotent-replayed").is_none(), "{route}");
         }
         let (good, _) = bodies(&route, 2, &registry);
-        let r = h.send(post(&h, &route, "retry-2", &good)).await;
+        let r = h.send(post(&h, &route, &format!("r{i}-retry-2"), &good)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{route}: {}", r.body);
         // Two keys on one request: refused, and nothing is made.
         let (third, _) = bodies(&route, 4, &registry);
         let before = count(&h, &route).await;
-        let mut req = post(&h, &route, "retry-3", &third);
-        req.headers_mut().append("idempotency-key", "retry-4".parse().unwrap());
+        let mut req = post(&h, &route, &format!("r{i}-retry-3"), &third);
+        req.headers_mut().append("idempotency-key", format!("r{i}-retry-4").parse().unwrap());
         let r = h.send(req).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{route}: {}", r.body);
         assert_envelope(&r, "invalid_request");
@@ -170,13 +195,19 @@ async fn every_create_made_twice_with_one_key_makes_one_resource_and_one_answer(
 async fn concurrent_creates_with_one_key_make_exactly_one_resource() {
     let h = harness().await;
     let registry = registry();
-    for route in create_routes() {
+    for (i, route) in create_routes().into_iter().enumerate() {
         let (body, _) = bodies(&route, 3, &registry);
         let before = count(&h, &route).await;
-        let replies =
-            futures_util::future::join_all((0..8).map(|_| h.send(post(&h, &route, "concurrent", &body)))).await;
+        let replies = futures_util::future::join_all(
+            (0..8).map(|_| h.send(post(&h, &route, &format!("r{i}-concurrent"), &body))),
+        )
+        .await;
         let created: Vec<&Reply> = replies.iter().filter(|r| r.status == StatusCode::CREATED).collect();
-        assert!(!created.is_empty(), "{route}: none was created");
+        assert!(
+            !created.is_empty(),
+            "{route}: none was created: {:?}",
+            replies.iter().map(|r| &r.body).collect::<Vec<_>>()
+        );
         for r in &replies {
             match r.status {
                 StatusCode::CREATED => assert_eq!(r.raw, created[0].raw, "{route}: one answer"),

@@ -1034,6 +1034,7 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
     for e in fs::read_dir(state_dir.join("filesystems")).into_iter().flatten().flatten() {
         let _ = std::process::Command::new("umount").arg("-l").arg(e.path()).stderr(Stdio::null()).status();
     }
+    crate::rootfs::unmount_under(&state_dir.join("sandboxes"));
     let view = state_dir.join(VIEW_DIR);
     if is_mount_point(&view) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&view).stderr(Stdio::null()).status();
@@ -1188,6 +1189,8 @@ impl Runtime for OciRuntime {
             Err(e) => return Err(RuntimeError::io(format!("remove {}", own.display()))(e)),
         }
         let bundle = self.bundle(id);
+        // What a server killed mid-create left mounted in the bundle (an image root's layers).
+        crate::rootfs::unmount_under(&bundle);
         match fs::remove_dir_all(&bundle) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -309,6 +309,27 @@ fn unmount_dir(target: &Path) -> Result<()> {
     }
 }
 
+/// Detaches every mount below `dir` (deepest first): what a server killed while it mounted an
+/// image root left in a bundle's scratch dir (its read-only idmapped layers), so that removing
+/// the bundle never meets a read-only mount or walks into a layer.
+pub fn unmount_under(dir: &Path) {
+    let prefix = format!("{}/", dir.display());
+    let mut points: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Ok(c) = CString::new(point) {
+            // SAFETY: a valid C string; detaching a mount under our own directory.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        }
+    }
+}
+
 /// Makes `dir` mode `mode` (a helper for the state dir's `rootfs/`).
 pub fn ensure_dir(dir: &Path, mode: u32) -> Result<()> {
     fs::DirBuilder::new()

@@ -28,7 +28,6 @@ use crate::service::image_pull::{self, Pull};
 use crate::service::images::{self, Import};
 use crate::service::records::{ImageConfig, ImageRow};
 use crate::time::rfc3339;
-use bulkhead_runtime::image::ImportSource;
 
 /// An image as the API shows it.
 pub fn image_out(row: &ImageRow) -> ApiResult<Image> {
@@ -332,7 +331,7 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
         .map_err(|e| ApiError::Internal(format!("spooling an image upload ended abnormally: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
     ctx.audit_detail("archive_bytes", bytes);
-    let row = images::import(&ctx.state, &import, ImportSource::Archive(spooled.0.clone())).await?;
+    let row = images::import_archive(&ctx.state, &import, &spooled.0).await?;
     drop(spooled);
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("digest", row.digest.clone());
@@ -344,7 +343,8 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
 /// image (what it installed, wrote or removed, outside `/tmp`, `/run` and `/workspace`) as one
 /// layer on top of the image's. Sandboxes created from it start with those files.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/snapshot", tag = "images",
-    params(("ns" = String, Path), ("id" = String, Path)),
+    params(("ns" = String, Path), ("id" = String, Path),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried snapshot safe")),
     request_body = SnapshotSandbox,
     responses((status = 201, body = Image),
         (status = 409, description = "The sandbox is not running or has no image root, or the name is taken", body = ErrorBody),
@@ -353,11 +353,24 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
 pub async fn snapshot(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
-) -> ApiResult<(StatusCode, Json<Image>)> {
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
-    let req: SnapshotSandbox = crate::extract::json(&headers, &body)?;
+    idempotency::create_in(
+        ctx,
+        ns,
+        headers,
+        body,
+        idempotency::replay_response,
+        move |ctx, ns, headers, body| async move { snapshot_admitted(ctx, ns, id, headers, body).await },
+    )
+    .await
+}
+
+/// The snapshot once authorized.
+async fn snapshot_admitted(ctx: Ctx, ns: String, id: String, headers: HeaderMap, body: Bytes) -> ApiResult<Created> {
+    let req: SnapshotSandbox = json(&headers, &body)?;
     validate::name("name", &req.name)?;
     let namespace = load_namespace(&ctx, &ns).await?;
     // The sandbox as its readers see it: another namespace's, or one hidden by scope, is 404.
@@ -372,13 +385,8 @@ pub async fn snapshot(
     let row = crate::service::image_build::snapshot(&ctx.state, &namespace, &sandbox, &req.name).await?;
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("digest", row.digest.clone());
-    Ok((StatusCode::CREATED, Json(image_out(&row)?)))
+    Created::json(StatusCode::CREATED, &image_out(&row)?)
 }
-
-/// The longest a build's command may run.
-const BUILD_COMMAND_TIMEOUT_MS: u64 = 30 * 60 * 1000;
-/// What a failed build's command says of itself: the end of its output.
-const BUILD_OUTPUT_BYTES: u64 = 64 << 10;
 
 /// Builds image `name` of namespace `ns` (the caller authorized `image.create`): a sandbox of
 /// image `from` is created as the caller (so `sandbox.create` and the namespace's quotas
@@ -417,53 +425,5 @@ pub(crate) async fn build(ctx: &Ctx, ns: &str, name: &str, from: &str, run: &[Ve
     let sandbox = crate::service::sandboxes::get(&ctx.state, ns, &id)
         .await?
         .ok_or_else(|| ApiError::Internal(format!("the build's sandbox {id} is gone")))?;
-    let built = async {
-        let (user, cwd) = match &sandbox.image {
-            Some(i) => (i.user.clone(), i.working_dir.clone().unwrap_or_else(|| "/".into())),
-            None => (None, "/".into()),
-        };
-        for (i, argv) in run.iter().enumerate() {
-            let spec = bulkhead_runtime::ExecSpec {
-                argv: argv.clone(),
-                env: Vec::new(),
-                cwd: cwd.clone(),
-                timeout_ms: BUILD_COMMAND_TIMEOUT_MS,
-                max_output_bytes: BUILD_OUTPUT_BYTES,
-                stdin: false,
-                user: user.clone(),
-            };
-            let mut stream =
-                ctx.state.runtime.exec(&id, spec, Vec::new()).await.map_err(crate::service::ServiceError::from)?;
-            let mut output = Vec::new();
-            let exit = loop {
-                match stream.next().await {
-                    Some(Ok(bulkhead_runtime::ExecEvent::Stdout(b) | bulkhead_runtime::ExecEvent::Stderr(b))) => {
-                        output.extend(b);
-                        let excess = output.len().saturating_sub(BUILD_OUTPUT_BYTES as usize);
-                        output.drain(..excess);
-                    }
-                    Some(Ok(bulkhead_runtime::ExecEvent::Exit(exit))) => break exit,
-                    Some(Err(e)) => return Err(ApiError::from(crate::service::ServiceError::from(e))),
-                    None => return Err(ApiError::Internal(format!("run[{i}]: the command's stream ended early"))),
-                }
-            };
-            if exit.exit_code != Some(0) {
-                let how = match (exit.exit_code, exit.signal) {
-                    (Some(code), _) => format!("exited with {code}"),
-                    (None, Some(signal)) => format!("was killed by signal {signal}"),
-                    (None, None) => "ended abnormally".to_owned(),
-                };
-                let tail = String::from_utf8_lossy(&output);
-                let tail: String = tail.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
-                return Err(ApiError::Invalid(format!("run[{i}] {argv:?} {how}: {}", tail.trim_end())));
-            }
-        }
-        Ok(crate::service::image_build::snapshot(&ctx.state, &namespace, &sandbox, name).await?)
-    }
-    .await;
-    let deleted = bulkhead_store::SandboxStatus::Deleted;
-    if let Err(e) = crate::service::sandboxes::destroy(&ctx.state, &sandbox, deleted, "image build done").await {
-        tracing::warn!(sandbox = %id, error = %e, "a build's sandbox could not be deleted");
-    }
-    built
+    Ok(crate::service::image_build::run_and_snapshot(&ctx.state, &namespace, &sandbox, name, run).await?)
 }

@@ -40,6 +40,71 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The longest a build's command may run.
+const BUILD_COMMAND_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+/// What a failed build's command says of itself: the end of its output.
+const BUILD_OUTPUT_BYTES: u64 = 64 << 10;
+
+/// The rest of a build once its sandbox runs: each command of `run` in order, as the image's
+/// user in its working directory (at most 30 minutes each), then a [`snapshot`] as `name`; the
+/// sandbox is deleted whatever happens. A command that fails (non-zero, killed, or past its
+/// time) is `Invalid` naming it (`run[i]`), with the end of its output.
+pub async fn run_and_snapshot(
+    state: &AppState,
+    ns: &NamespaceRow,
+    sandbox: &SandboxRow,
+    name: &str,
+    run: &[Vec<String>],
+) -> ServiceResult<ImageRow> {
+    let built = async {
+        let (user, cwd) = match &sandbox.image {
+            Some(i) => (i.user.clone(), i.working_dir.clone().unwrap_or_else(|| "/".into())),
+            None => (None, "/".into()),
+        };
+        for (i, argv) in run.iter().enumerate() {
+            let spec = bulkhead_runtime::ExecSpec {
+                argv: argv.clone(),
+                env: Vec::new(),
+                cwd: cwd.clone(),
+                timeout_ms: BUILD_COMMAND_TIMEOUT_MS,
+                max_output_bytes: BUILD_OUTPUT_BYTES,
+                stdin: false,
+                user: user.clone(),
+            };
+            let mut stream = state.runtime.exec(&sandbox.id, spec, Vec::new()).await?;
+            let mut output = Vec::new();
+            let exit = loop {
+                match stream.next().await {
+                    Some(Ok(bulkhead_runtime::ExecEvent::Stdout(b) | bulkhead_runtime::ExecEvent::Stderr(b))) => {
+                        output.extend(b);
+                        let excess = output.len().saturating_sub(BUILD_OUTPUT_BYTES as usize);
+                        output.drain(..excess);
+                    }
+                    Some(Ok(bulkhead_runtime::ExecEvent::Exit(exit))) => break exit,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(ServiceError::Internal(format!("run[{i}]: the command's stream ended early"))),
+                }
+            };
+            if exit.exit_code != Some(0) {
+                let how = match (exit.exit_code, exit.signal) {
+                    (Some(code), _) => format!("exited with {code}"),
+                    (None, Some(signal)) => format!("was killed by signal {signal}"),
+                    (None, None) => "ended abnormally".to_owned(),
+                };
+                let tail = String::from_utf8_lossy(&output);
+                let tail: String = tail.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
+                return Err(ServiceError::Invalid(format!("run[{i}] {argv:?} {how}: {}", tail.trim_end())));
+            }
+        }
+        snapshot(state, ns, sandbox, name).await
+    }
+    .await;
+    if let Err(e) = super::sandboxes::destroy(state, sandbox, SandboxStatus::Deleted, "image build done").await {
+        tracing::warn!(sandbox = %sandbox.id, error = %e, "a build's sandbox could not be deleted");
+    }
+    built
+}
+
 /// Saves running sandbox `sandbox` of `ns` as the private image `name` of `ns`. Errors: the
 /// sandbox is not running or has no image root (`Conflict`), the name is taken (`Conflict`),
 /// the changes are larger than the server's bound on an image (`TooLarge`).

@@ -72,6 +72,11 @@ pub async fn exists(state: &AppState, ns: Option<&str>, name: &str) -> ServiceRe
 /// bits kept only for public images), every blob verified, then recorded. A name taken
 /// meanwhile is a conflict, and the layers the import brought that nothing records are
 /// collected again.
+/// [`import`] of an archive spooled at `path`.
+pub async fn import_archive(state: &AppState, import: &Import, path: &Path) -> ServiceResult<ImageRow> {
+    self::import(state, import, ImportSource::Archive(path.to_owned())).await
+}
+
 pub async fn import(state: &AppState, import: &Import, source: ImportSource) -> ServiceResult<ImageRow> {
     let ns = import.namespace.as_deref();
     let store = state.layers.store(ns).await.map_err(image_error)?;
