@@ -20,7 +20,8 @@ fn main() -> anyhow::Result<()> {
     println!("sandbox.exec, 100 custom policies, Cedar alone: {rate:.0} decisions/s ({:.2} us each)", 1e6 / rate);
     // A request whose deciding built-in has a condition, so Cedar evaluates it.
     let set = Engine::new().builtin();
-    let principal = PrincipalRef::Sandbox { id: "sbx_1".into(), creator: "key:key_1".into(), project: None };
+    let principal =
+        PrincipalRef::Sandbox { id: "sbx_1".into(), creator: "key:key_1".into(), project: None, task: None };
     let resource = ResourceRef::Secret("db".into());
     let req = Request {
         principal: &principal,

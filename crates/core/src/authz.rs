@@ -58,7 +58,8 @@ pub enum Principal {
     User { sub: String, namespace: String, role: Role, email: Option<String>, groups: Vec<String> },
     /// A sandbox's workload identity; it has no role, only what the policies grant it.
     /// `project` is the project of the filesystem it mounts, if any.
-    Sandbox { id: String, namespace: String, creator: String, project: Option<String> },
+    /// A sandbox's workload identity; `task` is the task whose agent it runs, if any.
+    Sandbox { id: String, namespace: String, creator: String, project: Option<String>, task: Option<String> },
 }
 
 impl Principal {
@@ -168,12 +169,26 @@ pub enum Action {
     PlatformImageList,
     /// Deleting a public image (platform admin only).
     PlatformImageDelete,
+    AgentCreate,
+    AgentList,
+    AgentGet,
+    AgentDelete,
+    AgentVersionCreate,
+    AgentDeploy,
+    TaskCreate,
+    TaskList,
+    TaskGet,
+    TaskEvent,
+    TaskCancel,
+    TaskStateRead,
+    TaskStateWrite,
+    TaskToolCall,
 }
 
 impl Action {
     /// Every action, once: the one list the policy engine, its schema and the explain endpoint
     /// take their action names from.
-    pub const ALL: [Action; 57] = [
+    pub const ALL: [Action; 71] = [
         Action::NamespaceCreate,
         Action::NamespaceList,
         Action::NamespaceGet,
@@ -231,6 +246,20 @@ impl Action {
         Action::PlatformImageCreate,
         Action::PlatformImageList,
         Action::PlatformImageDelete,
+        Action::AgentCreate,
+        Action::AgentList,
+        Action::AgentGet,
+        Action::AgentDelete,
+        Action::AgentVersionCreate,
+        Action::AgentDeploy,
+        Action::TaskCreate,
+        Action::TaskList,
+        Action::TaskGet,
+        Action::TaskEvent,
+        Action::TaskCancel,
+        Action::TaskStateRead,
+        Action::TaskStateWrite,
+        Action::TaskToolCall,
     ];
 
     /// The action named `name`, if there is one.
@@ -299,6 +328,20 @@ impl Action {
             Action::PlatformImageCreate => "platform.image.create",
             Action::PlatformImageList => "platform.image.list",
             Action::PlatformImageDelete => "platform.image.delete",
+            Action::AgentCreate => "agent.create",
+            Action::AgentList => "agent.list",
+            Action::AgentGet => "agent.get",
+            Action::AgentDelete => "agent.delete",
+            Action::AgentVersionCreate => "agent.version.create",
+            Action::AgentDeploy => "agent.deploy",
+            Action::TaskCreate => "task.create",
+            Action::TaskList => "task.list",
+            Action::TaskGet => "task.get",
+            Action::TaskEvent => "task.event",
+            Action::TaskCancel => "task.cancel",
+            Action::TaskStateRead => "task.state.read",
+            Action::TaskStateWrite => "task.state.write",
+            Action::TaskToolCall => "task.tool_call",
         }
     }
 
@@ -330,7 +373,16 @@ impl Action {
             | Action::ImageCreate
             | Action::ImageDelete
             | Action::PlatformImageCreate
-            | Action::PlatformImageDelete => true,
+            | Action::PlatformImageDelete
+            | Action::AgentCreate
+            | Action::AgentDelete
+            | Action::AgentVersionCreate
+            | Action::AgentDeploy
+            | Action::TaskCreate
+            | Action::TaskEvent
+            | Action::TaskCancel
+            | Action::TaskStateWrite
+            | Action::TaskToolCall => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -361,7 +413,12 @@ impl Action {
             | Action::NetworkConnect
             | Action::ImageList
             | Action::ImageGet
-            | Action::PlatformImageList => false,
+            | Action::PlatformImageList
+            | Action::AgentList
+            | Action::AgentGet
+            | Action::TaskList
+            | Action::TaskGet
+            | Action::TaskStateRead => false,
         }
     }
 }
@@ -397,6 +454,14 @@ pub enum Target {
     /// `port` (0 for a DNS query, which names no port) and `protocol` (`tcp` or `dns`) are what
     /// the policies see as `context.port` and `context.protocol`.
     Host { namespace: String, host: String, port: u16, protocol: String },
+    /// An agent of the namespace, by name.
+    Agent { namespace: String, name: String },
+    /// A task, in the scope of the filesystem it works on (as a sandbox is).
+    Task { namespace: String, id: String, scope: Scope },
+    /// A tool call a task's agent asks permission for: the task, and the call's ACP `kind`
+    /// (`read`, `edit`, `delete`, `move`, `search`, `execute`, `think`, `fetch`, `other`) and
+    /// `title`, which the policies see as `context.kind` and `context.title`.
+    ToolCall { namespace: String, task: String, kind: String, title: String },
 }
 
 /// Where a sandbox or a filesystem stands with respect to the namespace's projects.
@@ -484,6 +549,26 @@ impl Target {
         Target::Host { namespace: ns.to_owned(), host: host.to_owned(), port, protocol: protocol.to_owned() }
     }
 
+    /// Agent `name` of `ns`.
+    pub fn agent(ns: &str, name: &str) -> Target {
+        Target::Agent { namespace: ns.to_owned(), name: name.to_owned() }
+    }
+
+    /// Task `id` of `ns`, as the request names it (what it works on not yet known).
+    pub fn task(ns: &str, id: &str) -> Target {
+        Target::Task { namespace: ns.to_owned(), id: id.to_owned(), scope: Scope::Unknown }
+    }
+
+    /// A tool call of task `task` of `ns`, of ACP kind `kind`, titled `title`.
+    pub fn tool_call(ns: &str, task: &str, kind: &str, title: &str) -> Target {
+        Target::ToolCall {
+            namespace: ns.to_owned(),
+            task: task.to_owned(),
+            kind: kind.to_owned(),
+            title: title.to_owned(),
+        }
+    }
+
     /// The namespace the target is in; `None` for the platform.
     pub fn namespace_name(&self) -> Option<&str> {
         match self {
@@ -496,13 +581,16 @@ impl Target {
             | Target::Key { namespace, .. }
             | Target::Policy { namespace, .. }
             | Target::Image { namespace, .. }
-            | Target::Host { namespace, .. } => Some(namespace),
+            | Target::Host { namespace, .. }
+            | Target::Agent { namespace, .. }
+            | Target::Task { namespace, .. }
+            | Target::ToolCall { namespace, .. } => Some(namespace),
         }
     }
 
     /// How the target appears in audit records: `platform`, `namespace:<name>`, `sandbox:<id>`,
     /// `filesystem:<id>`, `project:<id>`, `secret:<name>`, `key:<id>`, `policy:<id>`,
-    /// `image:<name>` or `host:<name>`; what is
+    /// `image:<name>`, `host:<name>`, `agent:<name>` or `task:<id>` (a tool call's too); what is
     /// being created in a namespace (a key, a project) is the namespace's.
     pub fn audit_name(&self) -> String {
         match self {
@@ -518,6 +606,8 @@ impl Target {
             Target::Policy { id, .. } => format!("policy:{id}"),
             Target::Image { name, .. } => format!("image:{name}"),
             Target::Host { host, .. } => format!("host:{host}"),
+            Target::Agent { name, .. } => format!("agent:{name}"),
+            Target::Task { id, .. } | Target::ToolCall { task: id, .. } => format!("task:{id}"),
         }
     }
 }
@@ -585,8 +675,13 @@ mod tests {
 
     #[test]
     fn foreign_namespace_is_foreign_for_every_principal_of_a_namespace() {
-        let sandbox =
-            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
+        let sandbox = Principal::Sandbox {
+            id: "sbx_1".into(),
+            namespace: "acme".into(),
+            creator: "key:k".into(),
+            project: None,
+            task: None,
+        };
         let user = Principal::User {
             sub: "alice".into(),
             namespace: "acme".into(),
@@ -605,8 +700,13 @@ mod tests {
     #[test]
     fn principals_are_named_for_the_audit_log() {
         assert_eq!(key(Role::Viewer).audit_name(), "key:key_1");
-        let s =
-            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
+        let s = Principal::Sandbox {
+            id: "sbx_1".into(),
+            namespace: "acme".into(),
+            creator: "key:k".into(),
+            project: None,
+            task: None,
+        };
         assert_eq!(s.audit_name(), "sandbox:sbx_1");
         assert_eq!(s.role(), None);
         assert_eq!(key(Role::Admin).role(), Some(Role::Admin));

@@ -47,6 +47,12 @@ pub mod prefix {
     pub const POLICY: &str = "pol_";
     /// An image, private or public.
     pub const IMAGE: &str = "img_";
+    /// An agent.
+    pub const AGENT: &str = "agt_";
+    /// An agent's version (an uploaded bundle).
+    pub const VERSION: &str = "ver_";
+    /// A task of an agent.
+    pub const TASK: &str = "tsk_";
     pub const REQUEST: &str = "req_";
     /// A background process of a sandbox.
     pub const PROCESS: &str = "prc_";

@@ -69,7 +69,7 @@ fn sees(principal: &Principal, target: &Target) -> bool {
     let Principal::Key { projects: Some(projects), .. } = principal else { return true };
     let within = |project: Option<&str>| project.is_some_and(|p| projects.iter().any(|x| x == p));
     match target {
-        Target::Sandbox { scope, .. } | Target::Filesystem { scope, .. } => match scope {
+        Target::Sandbox { scope, .. } | Target::Filesystem { scope, .. } | Target::Task { scope, .. } => match scope {
             Scope::Unknown | Scope::Open => true,
             Scope::Namespace | Scope::Project(_) => within(scope.project()),
         },
@@ -80,7 +80,9 @@ fn sees(principal: &Principal, target: &Target) -> bool {
         | Target::Key { .. }
         | Target::Policy { .. }
         | Target::Image { .. }
-        | Target::Host { .. } => true,
+        | Target::Host { .. }
+        | Target::Agent { .. }
+        | Target::ToolCall { .. } => true,
     }
 }
 
@@ -95,9 +97,12 @@ impl From<&Principal> for PrincipalRef {
                 email: email.clone().unwrap_or_default(),
                 groups: groups.clone(),
             },
-            Principal::Sandbox { id, creator, project, .. } => {
-                PrincipalRef::Sandbox { id: id.clone(), creator: creator.clone(), project: project.clone() }
-            }
+            Principal::Sandbox { id, creator, project, task, .. } => PrincipalRef::Sandbox {
+                id: id.clone(),
+                creator: creator.clone(),
+                project: project.clone(),
+                task: task.clone(),
+            },
         }
     }
 }
@@ -125,6 +130,13 @@ impl From<&Target> for ResourceRef {
             Target::Image { name, .. } => ResourceRef::Image(name.clone()),
             Target::Host { host, port, protocol, .. } => {
                 ResourceRef::Host { name: host.clone(), port: *port, protocol: protocol.clone() }
+            }
+            Target::Agent { name, .. } => ResourceRef::Agent(name.clone()),
+            Target::Task { id, scope, .. } => {
+                ResourceRef::Task { id: id.clone(), project: scope.project().map(str::to_owned) }
+            }
+            Target::ToolCall { task, kind, title, .. } => {
+                ResourceRef::ToolCall { task: task.clone(), kind: kind.clone(), title: title.clone() }
             }
         }
     }
@@ -202,8 +214,13 @@ mod tests {
     #[test]
     fn egress_is_a_sandbox_connecting_to_a_host_with_port_and_protocol() {
         let engine = Engine::shared();
-        let sandbox =
-            Principal::Sandbox { id: "sbx_1".into(), namespace: "acme".into(), creator: "key:k".into(), project: None };
+        let sandbox = Principal::Sandbox {
+            id: "sbx_1".into(),
+            namespace: "acme".into(),
+            creator: "key:k".into(),
+            project: None,
+            task: None,
+        };
         let forbid_ssh = r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource)
             when { context.protocol == "tcp" && context.port == 22 };"#;
         let forbid_host = r#"forbid (principal, action == Bulkhead::Action::"network.connect", resource == Bulkhead::Host::"evil.test");"#;

@@ -27,7 +27,7 @@ use cedar_policy::{
 
 use crate::engine::{role_index, CompiledSet, Decision, Inner, Request};
 use crate::refs::{PrincipalRef, ResourceRef};
-use crate::{CONNECT_ACTION, KEY_ROLE_ACTIONS};
+use crate::{CONNECT_ACTION, KEY_ROLE_ACTIONS, TOOL_CALL_ACTION};
 
 /// The entity types of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +45,12 @@ pub(crate) enum Kind {
     Policy,
     Host,
     Image,
+    Agent,
+    Task,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 13] = [
+    pub(crate) const ALL: [Kind; 15] = [
         Kind::Admin,
         Kind::Key,
         Kind::User,
@@ -62,6 +64,8 @@ impl Kind {
         Kind::Policy,
         Kind::Host,
         Kind::Image,
+        Kind::Agent,
+        Kind::Task,
     ];
 
     pub(crate) fn cedar(self) -> &'static str {
@@ -79,6 +83,8 @@ impl Kind {
             Kind::Policy => "Bulkhead::Policy",
             Kind::Host => "Bulkhead::Host",
             Kind::Image => "Bulkhead::Image",
+            Kind::Agent => "Bulkhead::Agent",
+            Kind::Task => "Bulkhead::Task",
         }
     }
 
@@ -294,6 +300,15 @@ impl<'a> View<'a> {
             ResourceRef::Policy(id) => in_ns(Kind::Policy, id),
             ResourceRef::Image(name) => in_ns(Kind::Image, name),
             ResourceRef::Host { name, .. } => in_ns(Kind::Host, name),
+            ResourceRef::Agent(name) => in_ns(Kind::Agent, name),
+            ResourceRef::Task { id, project } => {
+                let mut v = in_ns(Kind::Task, id);
+                if let Some(project) = project {
+                    v.ancestors.push((Kind::Project, project));
+                }
+                v
+            }
+            ResourceRef::ToolCall { task, .. } => in_ns(Kind::Task, task),
         }
     }
 }
@@ -439,10 +454,17 @@ impl Inner {
                     ),
                 ]))
             }
-            PrincipalRef::Sandbox { creator, .. } => Some(HashMap::from([
-                ns(req.namespace),
-                ("creator".to_owned(), RestrictedExpression::new_string(creator.clone())),
-            ])),
+            PrincipalRef::Sandbox { creator, task, .. } => {
+                let mut attrs = HashMap::from([
+                    ns(req.namespace),
+                    ("creator".to_owned(), RestrictedExpression::new_string(creator.clone())),
+                ]);
+                if let Some(task) = task {
+                    attrs
+                        .insert("task".to_owned(), RestrictedExpression::new_entity_uid(self.uid_of(Kind::Task, task)));
+                }
+                Some(attrs)
+            }
         };
         if let Some(attrs) = attrs {
             out.push(Entity::new(self.uid_of(p.kind, p.id), attrs, parents(p)).map_err(|e| e.to_string())?);
@@ -478,6 +500,11 @@ impl Inner {
             (_, ResourceRef::Host { port, protocol, .. }) if req.action == CONNECT_ACTION => Context::from_pairs([
                 ("port".to_owned(), RestrictedExpression::new_long(i64::from(*port))),
                 ("protocol".to_owned(), RestrictedExpression::new_string(protocol.clone())),
+            ])
+            .map_err(|e| e.to_string())?,
+            (_, ResourceRef::ToolCall { kind, title, .. }) if req.action == TOOL_CALL_ACTION => Context::from_pairs([
+                ("kind".to_owned(), RestrictedExpression::new_string(kind.clone())),
+                ("title".to_owned(), RestrictedExpression::new_string(title.clone())),
             ])
             .map_err(|e| e.to_string())?,
             _ => Context::empty(),

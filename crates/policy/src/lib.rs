@@ -67,6 +67,9 @@ pub(crate) const KEY_ROLE_ACTIONS: &[&str] = &["key.create", "key.revoke"];
 /// The action whose context carries `port` and `protocol`: a sandbox's egress.
 pub(crate) const CONNECT_ACTION: &str = Action::NetworkConnect.name();
 
+/// The action whose context carries `kind` and `title`: a tool call of a task's agent.
+pub(crate) const TOOL_CALL_ACTION: &str = Action::TaskToolCall.name();
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -16,7 +16,8 @@ pub enum PrincipalRef {
     /// A sandbox's workload identity: `Bulkhead::Sandbox::"<id>"`. `creator` is `key:<id>` or
     /// `user:<sub>`; `project` is the project of the filesystem the sandbox mounts, if any, and
     /// makes the sandbox a member of that project.
-    Sandbox { id: String, creator: String, project: Option<String> },
+    /// `task` is the task whose agent the sandbox runs, if any: `principal.task`.
+    Sandbox { id: String, creator: String, project: Option<String>, task: Option<String> },
 }
 
 /// What the request is about.
@@ -49,6 +50,19 @@ pub enum ResourceRef {
         name: String,
         port: u16,
         protocol: String,
+    },
+    /// An agent, by name.
+    Agent(String),
+    /// A task, member of the project of the filesystem it works on, if any.
+    Task {
+        id: String,
+        project: Option<String>,
+    },
+    /// A tool call of a task: `Bulkhead::Task::"<id>"` with the context `kind` and `title`.
+    ToolCall {
+        task: String,
+        kind: String,
+        title: String,
     },
 }
 
@@ -113,7 +127,7 @@ pub fn parse_principal(s: &str) -> Result<PrincipalName, RefError> {
 }
 
 /// Parses `namespace:<name>`, `sandbox:<id>`, `filesystem:<id>`, `project:<id>`, `secret:<name>`,
-/// `image:<name>`, `key:<id>`, `policy:<id>`, `host:<name or address>` or `platform` into a target in namespace
+/// `image:<name>`, `key:<id>`, `policy:<id>`, `host:<name or address>`, `agent:<name>`, `task:<id>` or `platform` into a target in namespace
 /// `ns` (a `namespace:<name>` names its own). A host is asked about as `tcp` on port 443 until
 /// the caller sets its context. The scope of a filesystem or a sandbox is not part of the string: it is
 /// [`Scope::Unknown`](bulkhead_core::Scope::Unknown) until the server fills it in from the store.
@@ -137,11 +151,13 @@ pub fn parse_resource(s: &str, ns: &str) -> Result<Target, RefError> {
         "key" => Ok(Target::key(ns, Some(&check_id(s, rest, prefix::KEY)?), None)),
         "policy" => Ok(Target::policy(ns, &check_id(s, rest, prefix::POLICY)?)),
         "host" => Ok(Target::host(ns, &check_host(s, rest)?, 443, "tcp")),
+        "agent" => Ok(Target::agent(ns, &check_name(s, rest)?)),
+        "task" => Ok(Target::task(ns, &check_id(s, rest, prefix::TASK)?)),
         _ => Err(RefError::new(
             s,
             format!(
                 "unknown resource kind {kind:?}; expected namespace, sandbox, filesystem, project, secret, image, key, \
-                 policy, host or platform"
+                 policy, host, agent, task or platform"
             ),
         )),
     }
@@ -228,6 +244,8 @@ mod tests {
         assert_eq!(parse("image:python"), Ok(Target::image("acme", "python")));
         assert_eq!(parse("key:key_3"), Ok(Target::key("acme", Some("key_3"), None)));
         assert_eq!(parse("policy:pol_abc"), Ok(Target::policy("acme", "pol_abc")));
+        assert_eq!(parse("agent:coder"), Ok(Target::agent("acme", "coder")));
+        assert_eq!(parse("task:tsk_1"), Ok(Target::task("acme", "tsk_1")));
         assert_eq!(parse("host:pypi.org"), Ok(Target::host("acme", "pypi.org", 443, "tcp")));
         assert_eq!(parse("host:203.0.113.5"), Ok(Target::host("acme", "203.0.113.5", 443, "tcp")));
     }

@@ -128,8 +128,13 @@ pub async fn authenticate(state: &AppState, token: &str, namespace: Option<&str>
         if sbx.expires_at_ms <= now {
             return Err(invalid());
         }
-        let principal =
-            Principal::Sandbox { id: sbx.id, namespace: sbx.namespace, creator: sbx.creator, project: sbx.project };
+        let principal = Principal::Sandbox {
+            id: sbx.id,
+            namespace: sbx.namespace,
+            creator: sbx.creator,
+            project: sbx.project,
+            task: sbx.task,
+        };
         state.keys.insert(hash, principal.clone(), Some(sbx.expires_at_ms));
         return Ok(principal);
     }
@@ -232,6 +237,10 @@ pub fn not_found(target: &Target) -> ApiError {
         Target::Policy { id, .. } => ApiError::NotFound(format!("policy {id:?} not found")),
         Target::Image { name, .. } => ApiError::NotFound(format!("image {name:?} not found")),
         Target::Host { namespace, .. } => ApiError::namespace_not_found(namespace),
+        Target::Agent { name, .. } => ApiError::NotFound(format!("agent {name:?} not found")),
+        Target::Task { id, .. } | Target::ToolCall { task: id, .. } => {
+            ApiError::NotFound(format!("task {id:?} not found"))
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! [`SandboxStore`], [`FilesystemStore`] (projects and filesystems), [`IdentityStore`]
 //! (identity settings, custom policies, secrets), [`UsageStore`] (the metering ledger),
 //! [`AuditStore`] (hash-chained audit records), [`IdempotencyStore`] (replayable creates) and
-//! [`ImageStore`] (private and public images).
+//! [`ImageStore`] (private and public images) and [`AgentStore`] (agents, versions, tasks and
+//! their messages).
 //! A caller that calls the store's methods imports [`prelude`], which brings every one into
 //! scope.
 //!
@@ -15,6 +16,7 @@
 //! who may do what. Every query that reads tenant rows is keyed by the namespace, so a caller
 //! that passes the principal's namespace cannot reach another tenant's rows.
 
+mod agents;
 mod audit;
 mod egress_ca;
 mod filesystems;
@@ -26,6 +28,7 @@ mod sandboxes;
 pub mod sqlite;
 mod usage;
 
+pub use agents::{AgentRow, AgentStore, StateWrite, TaskMessageRow, TaskRow, TaskUpdate, VersionRow};
 pub use audit::{AuditQuery, AuditStore};
 pub use egress_ca::EgressCaStore;
 pub use filesystems::{FilesystemRow, FilesystemStore, ProjectRow};
@@ -41,8 +44,8 @@ pub use usage::{UsageBucket, UsageDelta, UsageStore};
 pub mod prelude {
     pub use crate::Store;
     pub use crate::{
-        AuditStore as _, EgressCaStore as _, FilesystemStore as _, IdempotencyStore as _, IdentityStore as _,
-        ImageStore as _, NamespaceStore as _, SandboxStore as _, UsageStore as _,
+        AgentStore as _, AuditStore as _, EgressCaStore as _, FilesystemStore as _, IdempotencyStore as _,
+        IdentityStore as _, ImageStore as _, NamespaceStore as _, SandboxStore as _, UsageStore as _,
     };
 }
 
@@ -58,6 +61,7 @@ pub trait Store:
     + IdempotencyStore
     + EgressCaStore
     + ImageStore
+    + AgentStore
     + Send
     + Sync
     + 'static
@@ -74,6 +78,7 @@ impl<T> Store for T where
         + IdempotencyStore
         + EgressCaStore
         + ImageStore
+        + AgentStore
         + Send
         + Sync
         + 'static

@@ -77,6 +77,8 @@ pub struct SandboxRow {
     pub image: Option<SandboxImage>,
     /// The size of its writable root in bytes; `None` without an image.
     pub disk_bytes: Option<u64>,
+    /// The task whose agent the sandbox runs (`tsk_…`), if any.
+    pub task: Option<String>,
 }
 
 /// The image a sandbox started from, and what of its configuration the sandbox's commands

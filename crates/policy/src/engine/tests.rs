@@ -21,6 +21,9 @@ const EVERYONE: &[&str] = &[
     "secret.list",
     "image.list",
     "image.get",
+    "agent.list",
+    "agent.get",
+    "task.list",
 ];
 const DEVELOPER: &[&str] = &[
     "sandbox.create",
@@ -42,6 +45,16 @@ const DEVELOPER: &[&str] = &[
     "filesystem.mount_ro",
     "image.create",
     "image.delete",
+    "agent.create",
+    "agent.delete",
+    "agent.version.create",
+    "agent.deploy",
+    "task.create",
+    "task.get",
+    "task.event",
+    "task.cancel",
+    "task.state.read",
+    "task.state.write",
 ];
 const ADMIN: &[&str] =
     &["key.list", "key.get", "identity.get", "policy.list", "authz.explain", "secret.create", "secret.delete"];
@@ -61,6 +74,8 @@ const NOBODY: &[&str] = &[
     "secret.read",
     // Only sandboxes connect (builtin.sandbox-egress).
     "network.connect",
+    // Only a task's own agent makes its tool calls (builtin.task-tool-calls).
+    "task.tool_call",
 ];
 
 /// The lowest role that may do `action` on a key of `target` role; `None`: no role may.
@@ -107,6 +122,13 @@ fn resource_for(action: &str) -> ResourceRef {
         "secret.delete" | "secret.read" => ResourceRef::Secret("db-password".into()),
         "image.get" | "image.delete" => ResourceRef::Image("python".into()),
         "network.connect" => ResourceRef::Host { name: "pypi.org".into(), port: 443, protocol: "tcp".into() },
+        "agent.get" | "agent.delete" | "agent.version.create" | "agent.deploy" | "task.create" => {
+            ResourceRef::Agent("coder".into())
+        }
+        "task.tool_call" => {
+            ResourceRef::ToolCall { task: "tsk_1".into(), kind: "edit".into(), title: "Edit a.py".into() }
+        }
+        a if a.starts_with("task.") && a != "task.list" => ResourceRef::Task { id: "tsk_1".into(), project: None },
         a if a.starts_with("platform.") => ResourceRef::Platform,
         _ => ResourceRef::Namespace("acme".into()),
     }
@@ -131,7 +153,7 @@ fn user(role: Role) -> PrincipalRef {
 }
 
 fn sandbox(id: &str) -> PrincipalRef {
-    PrincipalRef::Sandbox { id: id.into(), creator: "key:key_1".into(), project: None }
+    PrincipalRef::Sandbox { id: id.into(), creator: "key:key_1".into(), project: None, task: None }
 }
 
 fn custom(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -250,6 +272,44 @@ fn sandbox_principals_get_only_their_secrets_and_themselves() {
 }
 
 #[test]
+fn a_tasks_agent_reaches_its_own_task_alone_and_owners_narrow_its_tool_calls() {
+    let engine = Engine::new();
+    let agent = PrincipalRef::Sandbox {
+        id: "sbx_1".into(),
+        creator: "key:key_1".into(),
+        project: None,
+        task: Some("tsk_1".into()),
+    };
+    let own = ResourceRef::Task { id: "tsk_1".into(), project: None };
+    let other = ResourceRef::Task { id: "tsk_2".into(), project: None };
+    let call =
+        |task: &str, kind: &str| ResourceRef::ToolCall { task: task.into(), kind: kind.into(), title: "t".into() };
+    let set = engine.builtin();
+    for action in ["task.get", "task.state.read", "task.state.write"] {
+        let d = ask(&set, &agent, action, &own, None);
+        assert!(d.allowed && d.errors.is_empty(), "{action}: {d:?}");
+        assert_eq!(d.policies, ["builtin.task-self"]);
+        assert!(!ask(&set, &agent, action, &other, None).allowed, "{action} on another task");
+        assert!(!ask(&set, &sandbox("sbx_1"), action, &own, None).allowed, "{action} by a sandbox of no task");
+    }
+    for action in ["task.event", "task.cancel"] {
+        assert!(!ask(&set, &agent, action, &own, None).allowed, "{action}");
+    }
+    assert!(ask(&set, &agent, "task.tool_call", &call("tsk_1", "edit"), None).allowed);
+    assert!(!ask(&set, &agent, "task.tool_call", &call("tsk_2", "edit"), None).allowed);
+    let narrowed = engine
+        .compile(&custom(&[(
+            "pol_no_edits",
+            r#"forbid (principal, action == Bulkhead::Action::"task.tool_call", resource) when { context.kind == "edit" };"#,
+        )]))
+        .expect("a forbid on the tool call's kind is valid");
+    let d = ask(&narrowed, &agent, "task.tool_call", &call("tsk_1", "edit"), None);
+    assert!(!d.allowed && d.errors.is_empty(), "{d:?}");
+    assert_eq!(d.policies, ["pol_no_edits"]);
+    assert!(ask(&narrowed, &agent, "task.tool_call", &call("tsk_1", "read"), None).allowed);
+}
+
+#[test]
 fn the_platform_admin_may_do_everything_whatever_the_namespace_says() {
     let engine = Engine::new();
     let locked = engine
@@ -342,7 +402,7 @@ fn custom_policies_can_use_roles_attributes_and_projects() {
     assert!(ask(&set, &oncall, "sandbox.exec", &sbx, None).allowed);
     assert!(!ask(&set, &user(Role::Viewer), "sandbox.exec", &sbx, None).allowed);
 
-    let child = PrincipalRef::Sandbox { id: "sbx_7".into(), creator: "user:alice".into(), project: None };
+    let child = PrincipalRef::Sandbox { id: "sbx_7".into(), creator: "user:alice".into(), project: None, task: None };
     assert!(ask(&set, &child, "sandbox.exec", &sbx, None).allowed);
     assert!(!ask(&set, &sandbox("sbx_7"), "sandbox.exec", &sbx, None).allowed);
 }
@@ -516,12 +576,23 @@ fn the_fast_path_equals_cedar_alone() {
             groups: if role == Role::Viewer { vec!["oncall".into()] } else { vec![] },
         });
     }
-    principals.push(PrincipalRef::Sandbox { id: "sbx_1".into(), creator: "key:key_2".into(), project: None });
-    principals.push(PrincipalRef::Sandbox { id: "sbx_2".into(), creator: "user:bob".into(), project: None });
+    principals.push(PrincipalRef::Sandbox {
+        id: "sbx_1".into(),
+        creator: "key:key_2".into(),
+        project: None,
+        task: None,
+    });
+    principals.push(PrincipalRef::Sandbox {
+        id: "sbx_2".into(),
+        creator: "user:bob".into(),
+        project: None,
+        task: None,
+    });
     principals.push(PrincipalRef::Sandbox {
         id: "sbx_3".into(),
         creator: "key:key_1".into(),
         project: Some("prj_a".into()),
+        task: None,
     });
     let resources = [
         ResourceRef::Platform,

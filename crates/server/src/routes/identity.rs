@@ -193,7 +193,7 @@ pub async fn explain(
                 // One the caller may not see (another project's) is answered like a missing one.
                 .filter(|s| ctx.sees(Action::AuthzExplain, &sandbox_target(s)))
                 .ok_or_else(|| ApiError::Invalid(format!("principal: namespace {ns} has no sandbox {id}")))?;
-            (Principal::Sandbox { id, namespace, creator: sbx.creator, project: sbx.project }, None)
+            (Principal::Sandbox { id, namespace, creator: sbx.creator, project: sbx.project, task: sbx.task }, None)
         }
         PrincipalName::User(sub) => {
             // A user's role comes from its token's groups; explain asks as the strongest role the

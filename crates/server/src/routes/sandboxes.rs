@@ -232,6 +232,7 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
             namespace: ns.clone(),
             creator: creator.clone(),
             project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
+            task: None,
         };
         match ctx.decide_as(principal, Action::SecretRead, &Target::secret(&ns, &s.name)).await? {
             Decision::Allow => {}
@@ -265,6 +266,7 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
                 namespace: ns.clone(),
                 creator: creator.clone(),
                 project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
+                task: None,
             };
             check_egress(ctx, &namespace, principal, e).await?
         }

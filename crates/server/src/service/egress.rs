@@ -83,6 +83,7 @@ pub async fn judge(
         namespace: ns.name.clone(),
         creator: sandbox.creator.clone(),
         project: sandbox.project.clone(),
+        task: sandbox.task.clone(),
     };
     let decider = Decider::load(state, principal).await?;
     let port = dest.port.unwrap_or(0);

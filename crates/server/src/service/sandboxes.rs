@@ -98,6 +98,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         egress: plan.egress.clone(),
         image: plan.image.clone(),
         disk_bytes: plan.disk_bytes,
+        task: None,
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {

@@ -14,6 +14,7 @@
 //! transaction, `SqliteStore::execute` a single write under the lock, and `within` checks a
 //! quota. Each aggregate's queries live in a module of their own.
 
+mod agents;
 mod audit;
 mod audit_sync;
 mod egress_ca;
@@ -56,6 +57,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "egress", include_str!("../../migrations/sqlite/0010_egress.sql")),
     (11, "egress metering", include_str!("../../migrations/sqlite/0011_egress_metering.sql")),
     (12, "images", include_str!("../../migrations/sqlite/0012_images.sql")),
+    (13, "agents", include_str!("../../migrations/sqlite/0013_agents.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).

@@ -15,7 +15,7 @@ use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreErr
 impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes";
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -50,6 +50,7 @@ impl Columns for SandboxRow {
             egress: json_column(row, "egress", "sandbox egress")?,
             image: json_column(row, "image", "sandbox image")?,
             disk_bytes: row.try_get::<Option<i64>, _>("disk_bytes")?.map(|v| u64::try_from(v).unwrap_or(0)),
+            task: row.try_get("task_id")?,
         })
     }
 
@@ -80,7 +81,8 @@ impl Columns for SandboxRow {
             .bind(to_json(self.egress.as_ref())?)
             .bind(self.image.as_ref().map(|i| i.id.as_str()))
             .bind(to_json(self.image.as_ref())?)
-            .bind(self.disk_bytes.map(as_i64)))
+            .bind(self.disk_bytes.map(as_i64))
+            .bind(self.task.as_deref()))
     }
 }
 

@@ -140,6 +140,7 @@ fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
         egress: None,
         image: None,
         disk_bytes: None,
+        task: None,
     }
 }
 
