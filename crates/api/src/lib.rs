@@ -4,6 +4,9 @@
 //! from domain types happens in the server, so the wire format can stay stable while the core
 //! changes.
 
+mod agents;
+pub use agents::*;
+
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

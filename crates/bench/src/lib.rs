@@ -209,6 +209,7 @@ fn raw_oci(
         ids,
         env: vec![],
         workspace: None,
+        agent_code: None,
         run_files: Vec::new(),
         extra_ca_pem: None,
         root: root.clone(),

@@ -92,6 +92,7 @@ fn spec(id: &str, layers: &[PathBuf], writable_bytes: u64) -> SandboxSpec {
         ids: IdRange { host_start: 2_200_000_000, size: 65536 },
         env: vec![],
         workspace: None,
+        agent_code: None,
         run_files: vec![],
         extra_ca_pem: None,
         root: RootSpec::Image(ImageRoot { layers: layers.to_vec(), writable_bytes }),

@@ -905,6 +905,7 @@ mod process_tests {
             ids: IdRange { host_start: 100_000, size: 65_536 },
             env: vec![],
             workspace: None,
+            agent_code: None,
             run_files: vec![],
             extra_ca_pem: None,
             root: crate::RootSpec::Host,

@@ -75,6 +75,8 @@ pub struct SandboxSpec {
     pub env: Vec<(String, String)>,
     /// A filesystem mounted at `/workspace`.
     pub workspace: Option<Workspace>,
+    /// An agent's code (an unpacked bundle on the host), mounted read-only at `/agent`.
+    pub agent_code: Option<std::path::PathBuf>,
     /// Files the sandbox reads from `/run/<dir>/<name>`: its workload token, secrets. They
     /// live on the host's tmpfs state dir only, owned by the sandbox's root, mode 0400, and are
     /// mounted read-only.
@@ -135,6 +137,9 @@ pub struct Workspace {
 
 /// Where an attached filesystem appears inside the sandbox.
 pub const WORKSPACE_PATH: &str = "/workspace";
+
+/// Where a task's agent code appears inside its sandbox, read-only.
+pub const AGENT_PATH: &str = "/agent";
 
 /// Resource use of one sandbox, read from its cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

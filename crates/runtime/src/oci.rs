@@ -494,7 +494,7 @@ impl OciRuntime {
         mkdir(&base.join("sandboxes"), 0o711)?;
         let rootfs = base.join("rootfs");
         mkdir(&rootfs, 0o755)?;
-        for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", ".bulkhead"] {
+        for dir in ["proc", "dev", "sys", "tmp", "run", "etc", "workspace", "agent", ".bulkhead"] {
             mkdir(&rootfs.join(dir), 0o755)?;
         }
         // runc gives a tmpfs the mode of the directory it is mounted on (whatever `mode=` says):

@@ -289,6 +289,9 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
     }
+    if let Some(code) = &sandbox.agent_code {
+        mounts.push(bind(code, crate::AGENT_PATH, true)?);
+    }
     for (source, name) in &paths.run_dirs {
         mounts.push(bind(source, &format!("/run/{name}"), true)?);
     }
@@ -455,6 +458,7 @@ mod tests {
             ids: IdRange { host_start: 1_065_536, size: 65536 },
             env: vec![("HOME".into(), "/work".into()), ("TOKEN".into(), "x".into())],
             workspace: Some(crate::Workspace { source: "/run/b/filesystems/fs_1".into(), read_only: true }),
+            agent_code: None,
             run_files: Vec::new(),
             extra_ca_pem: None,
             root: crate::RootSpec::Host,

@@ -314,9 +314,11 @@ pub async fn start_with(
         host_ids,
         host_locks: locks,
         layers,
+        tasks: Default::default(),
     }));
     // Uploads an interrupted import left; then the default image, before the first create.
     crate::service::images::sweep_spool(&state);
+    crate::service::agents::sweep(&state);
     if state.config.images.root == crate::state::RootMode::Image || state.config.images.default_image.is_some() {
         crate::service::images::ensure_default(&state).await;
     }
@@ -330,6 +332,12 @@ pub async fn start_with(
             orphans = report.orphans,
             "reconciled sandboxes"
         );
+    }
+    // Tasks whose agents ran when the server stopped wait, idle, for their next event.
+    match crate::service::tasks::reconcile(&state).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(tasks = n, "tasks whose agents ran at the last stop are idle"),
+        Err(e) => return Err(BootstrapError::Reconcile(e.to_string())),
     }
     Ok(Bootstrapped { state, new_admin_token })
 }

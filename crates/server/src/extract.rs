@@ -134,6 +134,9 @@ macro_rules! listed {
 }
 
 listed! {
+    bulkhead_store::AgentRow => 'a' by id,
+    bulkhead_store::VersionRow => 'v' by id,
+    bulkhead_store::TaskRow => 't' by id,
     bulkhead_store::FilesystemRow => 'f' by id,
     bulkhead_store::ImageRow => 'i' by id,
     bulkhead_store::KeyRow => 'k' by id,

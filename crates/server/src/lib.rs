@@ -66,8 +66,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        audit, filesystems, fsdata, health, identity, images, keys, logs, metrics, namespaces, processes, projects,
-        sandboxes, secrets, usage,
+        agents, audit, filesystems, fsdata, health, identity, images, keys, logs, metrics, namespaces, processes,
+        projects, sandboxes, secrets, tasks, usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -115,6 +115,18 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::create_public, images::list_public))
         .routes(routes!(images::delete_public))
         .routes(routes!(images::snapshot))
+        // Agents, their versions, and tasks.
+        .routes(routes!(agents::create, agents::list))
+        .routes(routes!(agents::get, agents::delete))
+        .routes(routes!(agents::push, agents::versions))
+        .routes(routes!(agents::deploy))
+        .routes(routes!(agents::rollback))
+        .routes(routes!(tasks::create, tasks::list))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::event))
+        .routes(routes!(tasks::messages))
+        .routes(routes!(tasks::get_state, tasks::put_state))
+        .routes(routes!(tasks::cancel))
 }
 
 /// The OpenAPI document of every route.

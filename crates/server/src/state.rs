@@ -256,6 +256,22 @@ pub struct ServerConfig {
     pub outbound: bulkhead_oidc::OutboundConfig,
     /// Images: the root of sandboxes, the default image, the layer stores' bounds.
     pub images: ImageSettings,
+    /// Tasks: how long an agent has to answer.
+    pub tasks: TaskSettings,
+}
+
+/// How tasks' agents are driven.
+#[derive(Debug, Clone)]
+pub struct TaskSettings {
+    /// How long an agent has to answer `initialize` and open its session
+    /// (`--agent-answer-timeout`, default 60 s); one that does not fails its task.
+    pub answer_timeout: Duration,
+}
+
+impl Default for TaskSettings {
+    fn default() -> Self {
+        TaskSettings { answer_timeout: Duration::from_secs(60) }
+    }
 }
 
 impl ServerConfig {
@@ -280,6 +296,7 @@ impl ServerConfig {
             streams: Default::default(),
             outbound: bulkhead_oidc::OutboundConfig::default(),
             images: ImageSettings::default(),
+            tasks: TaskSettings::default(),
         }
     }
 }
@@ -418,6 +435,8 @@ pub struct Inner {
     pub streams: crate::limits::Streams,
     /// The layer stores of images, public and per namespace.
     pub layers: LayerStores,
+    /// The drivers of tasks' agents, and who follows their messages.
+    pub tasks: crate::service::tasks::TaskHub,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -2,6 +2,7 @@
 //! its action through `ctx.authorize` before it reads a body or touches the store, and answers
 //! wire types only.
 
+pub mod agents;
 pub mod answers;
 pub mod audit;
 pub mod filesystems;
@@ -18,6 +19,7 @@ pub mod projects;
 pub mod sandboxes;
 pub mod scope;
 pub mod secrets;
+pub mod tasks;
 pub mod usage;
 
 use crate::service::records::NamespaceRow;

@@ -166,8 +166,30 @@ pub async fn create(
 
 /// The create once authorized; a quota refusal is counted by the caller.
 pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let ns = ns.to_owned();
     let req: CreateSandbox = json(headers, body)?;
+    let row = create_sandbox(ctx, ns, &req, None).await?;
+    Created::json(StatusCode::CREATED, &sandbox_out(&row))
+}
+
+/// The agent a task's sandbox runs, for [`create_sandbox`].
+pub(crate) struct TaskBoot {
+    /// The task (`tsk_…`): the sandbox's workload principal's `task`.
+    pub task: String,
+    /// Its agent's unpacked bundle on the host, mounted read-only at `/agent`.
+    pub code: std::path::PathBuf,
+}
+
+/// Creates a sandbox as `req` asks, every field checked against the namespace's quotas and
+/// policies. With `task`, the sandbox runs that task's agent, and its filesystem's mode was
+/// decided by the task (it is not asked again).
+pub(crate) async fn create_sandbox(
+    ctx: &Ctx,
+    ns: &str,
+    req: &CreateSandbox,
+    task: Option<TaskBoot>,
+) -> ApiResult<crate::service::records::SandboxRow> {
+    let ns = ns.to_owned();
+    let task_id = task.as_ref().map(|t| t.task.clone());
     let namespace = load_namespace(ctx, &ns).await?;
     let q = namespace.quotas;
     let over = |field: &str, value: u64, quota: &str, limit: u64| {
@@ -207,7 +229,9 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
             // Another namespace's filesystem, or one of a project the key cannot see: 404.
             let row = super::filesystems::find_filesystem(ctx, &ns, &f.id).await?;
             let mount = if f.mode == "rw" { Action::FilesystemMountRw } else { Action::FilesystemMountRo };
-            ctx.require(mount, &super::filesystems::filesystem_target(&row))?;
+            if task_id.is_none() {
+                ctx.require(mount, &super::filesystems::filesystem_target(&row))?;
+            }
             ctx.audit_detail("filesystem", format!("{}:{}", row.id, f.mode));
             Some((row, f.mode.clone()))
         }
@@ -232,7 +256,7 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
             namespace: ns.clone(),
             creator: creator.clone(),
             project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
-            task: None,
+            task: task_id.clone(),
         };
         match ctx.decide_as(principal, Action::SecretRead, &Target::secret(&ns, &s.name)).await? {
             Decision::Allow => {}
@@ -266,7 +290,7 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
                 namespace: ns.clone(),
                 creator: creator.clone(),
                 project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
-                task: None,
+                task: task_id.clone(),
             };
             check_egress(ctx, &namespace, principal, e).await?
         }
@@ -291,10 +315,11 @@ pub(crate) async fn create_admitted(ctx: &Ctx, ns: &str, headers: &HeaderMap, bo
         root: boot.root,
         image: boot.image,
         disk_bytes: boot.disk_bytes,
+        task: task.map(|t| (t.task, t.code)),
     };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
-    Created::json(StatusCode::CREATED, &sandbox_out(&row))
+    Ok(row)
 }
 
 /// What a sandbox boots from, resolved at create.

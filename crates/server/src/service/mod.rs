@@ -10,6 +10,7 @@
 //! [`crate::error`] maps [`ServiceError`] to the API's status and code once. Nothing here decides
 //! who may do what: the handler authorized every call before it was made.
 
+pub mod agents;
 pub mod audit;
 pub mod egress;
 pub mod egress_audit;
@@ -28,6 +29,7 @@ pub mod projects;
 pub mod records;
 pub mod sandboxes;
 pub mod secrets;
+pub mod tasks;
 
 use std::future::Future;
 use std::time::Duration;

@@ -9,6 +9,7 @@ pub use bulkhead_runtime::{ExecEvent, ExecSpec, ExecStream, Exit, RootSpec, RunF
 pub use bulkhead_runtime::{
     OutputStreamKind, ProcessEvent, ProcessInfo, ProcessOutput, ProcessSpec, ProcessStatus, TtySize,
 };
+pub use bulkhead_store::{AgentRow, StateWrite, TaskMessageRow, TaskRow, VersionRow};
 pub use bulkhead_store::{
     AuditQuery, FilesystemRow, IdempotentReply, ImageRow, KeyRow, NamespaceRow, NamespaceUse, PolicyRow, ProjectRow,
     SandboxImage, SandboxRow, SandboxStatus, SecretRow, UsageDelta,

@@ -59,6 +59,8 @@ pub struct Plan {
     pub image: Option<bulkhead_store::SandboxImage>,
     /// The size of the writable root in bytes (with an image).
     pub disk_bytes: Option<u64>,
+    /// The task whose agent the sandbox runs, and that agent's unpacked bundle (at `/agent`).
+    pub task: Option<(String, std::path::PathBuf)>,
 }
 
 /// Admits, records and starts a sandbox of `ns`.
@@ -98,7 +100,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         egress: plan.egress.clone(),
         image: plan.image.clone(),
         disk_bytes: plan.disk_bytes,
-        task: None,
+        task: plan.task.as_ref().map(|(id, _)| id.clone()),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     match state.store.admit_sandbox(&row, &ns.quotas).await {
@@ -136,6 +138,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
             },
             None => None,
         },
+        agent_code: plan.task.map(|(_, code)| code),
         run_files: plan.run_files,
         extra_ca_pem,
         root: plan.root,
