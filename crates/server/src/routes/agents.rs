@@ -66,7 +66,12 @@ pub(crate) async fn load_agent(ctx: &Ctx, ns: &str, agent: &str) -> ApiResult<Ag
     responses((status = 201, body = Agent),
         (status = 409, description = "The name is taken, or the Idempotency-Key is in use", body = ErrorBody),
         CheckedErrors))]
-pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.authorize(Action::AgentCreate, &Target::namespace(&ns))?;
     idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, |ctx, ns, headers, body| async move {
         let req: CreateAgent = json(&headers, &body)?;
@@ -88,10 +93,8 @@ pub async fn list(
     QueryParams(page): QueryParams<PageParams>,
 ) -> ApiResult<Json<Page<Agent>>> {
     ctx.authorize(Action::AgentList, &Target::namespace(&ns))?;
-    let (rows, next_cursor) = list_page(&ctx, &ns, &page, async |after, limit| {
-        ctx.state.store.list_agents(&ns, after, limit).await
-    })
-    .await?;
+    let (rows, next_cursor) =
+        list_page(&ctx, &ns, &page, async |after, limit| ctx.state.store.list_agents(&ns, after, limit).await).await?;
     let items =
         rows.iter().filter(|r| ctx.sees(Action::AgentList, &Target::agent(&ns, &r.name))).map(agent_out).collect();
     Ok(Json(Page { items, next_cursor }))

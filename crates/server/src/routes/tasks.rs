@@ -105,7 +105,12 @@ async fn agent_name(ctx: &Ctx, row: &TaskRow) -> String {
     responses((status = 201, body = Task),
         (status = 409, description = "The agent has no deployed version, or the Idempotency-Key is in use", body = ErrorBody),
         (status = 429, description = "A namespace quota would be exceeded", body = ErrorBody), CheckedErrors))]
-pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+pub async fn create(
+    ctx: Ctx,
+    PathParams(ns): PathParams<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     ctx.authorize(Action::TaskCreate, &Target::namespace(&ns))?;
     idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, |ctx, ns, headers, body| async move {
         let result = create_task(&ctx, &ns, &headers, &body).await;
@@ -117,7 +122,9 @@ pub async fn create(ctx: Ctx, PathParams(ns): PathParams<String>, headers: Heade
 async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateTask = json(headers, body)?;
     let agent = load_agent(ctx, ns, &req.agent).await.map_err(|e| match e {
-        ApiError::NotFound(_) => ApiError::Invalid(format!("agent: namespace {ns} has no agent {:?}", agents::shorten(&req.agent, 80))),
+        ApiError::NotFound(_) => {
+            ApiError::Invalid(format!("agent: namespace {ns} has no agent {:?}", agents::shorten(&req.agent, 80)))
+        }
         other => other,
     })?;
     ctx.require(Action::TaskCreate, &Target::agent(ns, &agent.name))?;
@@ -128,7 +135,11 @@ async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> A
         })?,
     };
     let version = agents::version_of(&ctx.state, &agent, &version_id).await.map_err(|_| {
-        ApiError::Invalid(format!("version: agent {} has no version {:?}", agent.name, agents::shorten(&version_id, 80)))
+        ApiError::Invalid(format!(
+            "version: agent {} has no version {:?}",
+            agent.name,
+            agents::shorten(&version_id, 80)
+        ))
     })?;
     let manifest = agents::manifest_of(&version)?;
     let permissions = req.permissions.clone().unwrap_or_else(|| "policy".to_owned());
@@ -231,10 +242,11 @@ async fn start(ctx: &Ctx, task: &TaskRow, agent: &AgentRow, prompts: Vec<Vec<Val
     let version = agents::version_of(&ctx.state, agent, &task.version_id).await?;
     let manifest = agents::manifest_of(&version)?;
     let plan: Value = serde_json::from_str(&task.plan).map_err(|e| ApiError::Internal(format!("task plan: {e}")))?;
-    let request: CreateSandbox = serde_json::from_value(plan["sandbox"].clone())
-        .map_err(|e| ApiError::Internal(format!("task plan: {e}")))?;
+    let request: CreateSandbox =
+        serde_json::from_value(plan["sandbox"].clone()).map_err(|e| ApiError::Internal(format!("task plan: {e}")))?;
     let permission_timeout = plan["permission_timeout_seconds"].as_u64().unwrap_or(DEFAULT_PERMISSION_TIMEOUT);
-    let boot = TaskBoot { task: task.id.clone(), code: agents::bundle_dir(&ctx.state, &task.namespace, &version.digest) };
+    let boot =
+        TaskBoot { task: task.id.clone(), code: agents::bundle_dir(&ctx.state, &task.namespace, &version.digest) };
     let sandbox = match create_sandbox(ctx, &task.namespace, &request, Some(boot)).await {
         Ok(s) => s,
         Err(e) => {
@@ -275,11 +287,9 @@ pub async fn list(
     let after = page.after(TaskRow::CURSOR)?;
     load_namespace(&ctx, &ns).await?;
     let agent = match &filter.agent {
-        Some(a) => Some(
-            agents::find(&ctx.state, &ns, a)
-                .await?
-                .ok_or_else(|| ApiError::Invalid(format!("agent: namespace {ns} has no agent {:?}", agents::shorten(a, 80))))?,
-        ),
+        Some(a) => Some(agents::find(&ctx.state, &ns, a).await?.ok_or_else(|| {
+            ApiError::Invalid(format!("agent: namespace {ns} has no agent {:?}", agents::shorten(a, 80)))
+        })?),
         None => None,
     };
     let rows = ctx.state.store.list_tasks(&ns, agent.as_ref().map(|a| a.id.as_str()), after.as_deref(), limit).await?;
@@ -347,15 +357,22 @@ pub async fn event(
     ctx.audit_detail("type", req.kind.clone());
     let (command, recorded) = match req.kind.as_str() {
         "message" => {
-            let content = req.content.as_ref().ok_or_else(|| ApiError::Invalid("content: required for a message".into()))?;
+            let content =
+                req.content.as_ref().ok_or_else(|| ApiError::Invalid("content: required for a message".into()))?;
             let blocks = tasks::prompt_of("content", content)?;
             // Audited as a hash: the conversation is the task's, not the audit chain's.
             ctx.audit_detail("content_sha256", sha256_hex(&serde_json::to_vec(&blocks).unwrap_or_default()));
             (tasks::Command::Prompt(blocks.clone()), Some(("user_message", json!({"content": blocks}))))
         }
         "permission" => {
-            let request = req.request.clone().ok_or_else(|| ApiError::Invalid("request: required for a permission answer".into()))?;
-            let outcome = req.outcome.clone().ok_or_else(|| ApiError::Invalid("outcome: required for a permission answer".into()))?;
+            let request = req
+                .request
+                .clone()
+                .ok_or_else(|| ApiError::Invalid("request: required for a permission answer".into()))?;
+            let outcome = req
+                .outcome
+                .clone()
+                .ok_or_else(|| ApiError::Invalid("outcome: required for a permission answer".into()))?;
             if !matches!(outcome.as_str(), "allow_once" | "allow_always" | "reject") {
                 return Err(ApiError::Invalid("outcome: \"allow_once\", \"allow_always\" or \"reject\"".into()));
             }
@@ -377,7 +394,9 @@ pub async fn event(
         return Err(ApiError::Conflict(format!("task {id} is {}: there is no prompt or request waiting", row.status)));
     }
     let seq = match recorded {
-        Some((kind, data)) => tasks::record(&ctx.state, &id, vec![(kind.to_owned(), data)]).await?.last().copied().unwrap_or(0),
+        Some((kind, data)) => {
+            tasks::record(&ctx.state, &id, vec![(kind.to_owned(), data)]).await?.last().copied().unwrap_or(0)
+        }
         None => row.last_seq,
     };
     let status = match (driver, command) {
@@ -483,7 +502,8 @@ pub async fn messages(
                     }
                 }
                 // Nothing more now: the end, once the task has ended; else wait for the next.
-                let ended = matches!(state.store.get_task(&ns, &id).await, Ok(Some(t)) if t.ended() && t.last_seq <= after);
+                let ended =
+                    matches!(state.store.get_task(&ns, &id).await, Ok(Some(t)) if t.ended() && t.last_seq <= after);
                 if ended {
                     let event = Event::default().event("end").data("{}");
                     return Some((Ok(event), (state, id, ns, after, follow, buffered, true, guard)));

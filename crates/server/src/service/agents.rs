@@ -234,20 +234,25 @@ fn read_manifest(dir: &Path) -> ServiceResult<AgentManifest> {
 
 /// Parses and validates an `agent.json`: 400 naming the field and why.
 pub fn parse_manifest(bytes: &[u8]) -> ServiceResult<AgentManifest> {
-    let m: AgentManifest = serde_json::from_slice(bytes).map_err(|e| {
-        ServiceError::Invalid(format!("agent.json: {}", shorten(&e.to_string(), 300)))
-    })?;
+    let m: AgentManifest = serde_json::from_slice(bytes)
+        .map_err(|e| ServiceError::Invalid(format!("agent.json: {}", shorten(&e.to_string(), 300))))?;
     let bad = |field: &str, why: String| ServiceError::Invalid(format!("agent.json: {field}: {why}"));
     if m.command.is_empty() || m.command.len() > 64 {
         return Err(bad("command", "1 to 64 arguments".into()));
     }
     for (i, arg) in m.command.iter().enumerate() {
         if arg.len() > 4096 || arg.contains('\0') || (i == 0 && arg.is_empty()) {
-            return Err(bad(&format!("command[{i}]"), "a non-empty first argument, each at most 4096 bytes, no NUL".into()));
+            return Err(bad(
+                &format!("command[{i}]"),
+                "a non-empty first argument, each at most 4096 bytes, no NUL".into(),
+            ));
         }
     }
     if m.protocol != "acp" {
-        return Err(bad("protocol", format!("{:?} is not supported: \"acp\" (the Agent Client Protocol)", shorten(&m.protocol, 40))));
+        return Err(bad(
+            "protocol",
+            format!("{:?} is not supported: \"acp\" (the Agent Client Protocol)", shorten(&m.protocol, 40)),
+        ));
     }
     if let Some(image) = &m.image {
         let is_id = bulkhead_core::ids::is_id(bulkhead_core::ids::prefix::IMAGE, image);

@@ -141,7 +141,11 @@ pub async fn set_status(state: &AppState, task: &str, status: &str, reason: Opti
 /// Records the sandbox a task's agent runs in now.
 pub async fn attach_sandbox(state: &AppState, task: &str, sandbox: &str) -> ServiceResult<TaskRow> {
     let update = TaskUpdate { sandbox_id: Some(Some(sandbox.to_owned())), at_ms: now_ms(), ..TaskUpdate::default() };
-    state.store.update_task(task, &update).await?.ok_or_else(|| ServiceError::NotFound(format!("task {task} not found")))
+    state
+        .store
+        .update_task(task, &update)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("task {task} not found")))
 }
 
 /// What a task's driver needs to start.
@@ -331,8 +335,13 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
                 match event {
                     ProcessEvent::Output { seq, stream, data } => {
                         if last_seq != 0 && seq != last_seq + 1 || last_seq == 0 && seq != 1 {
+                            let within = if line.is_empty() {
+                                String::new()
+                            } else {
+                                format!(", within a line of {} bytes or more", line.len())
+                            };
                             return End::Failed(format!(
-                                "the agent wrote faster than its output is recorded: {} output events were lost",
+                                "the agent's output outran what is recorded: {} output events were lost{within}",
                                 seq.saturating_sub(last_seq + 1)
                             ));
                         }
@@ -491,7 +500,9 @@ impl Driver<'_> {
         let method = value.get("method").and_then(Value::as_str).map(str::to_owned);
         let id = value.get("id").cloned().filter(|v| !v.is_null());
         match (method, id) {
-            (Some(method), Some(id)) => self.request(&method, id, value.get("params").cloned().unwrap_or(Value::Null)).await,
+            (Some(method), Some(id)) => {
+                self.request(&method, id, value.get("params").cloned().unwrap_or(Value::Null)).await
+            }
             (Some(method), None) => self.notification(&method, value.get("params").cloned().unwrap_or(Value::Null)),
             (None, Some(id)) => self.response(id, &value, cwd).await,
             (None, None) => Err(self.fail("the agent sent a JSON-RPC message with neither a method nor an id")),
@@ -548,9 +559,9 @@ impl Driver<'_> {
                 super::agents::shorten(&id.to_string(), 40)
             )));
         };
-        let error = value.get("error").map(|e| {
-            e.get("message").and_then(Value::as_str).map_or_else(|| e.to_string(), str::to_owned)
-        });
+        let error = value
+            .get("error")
+            .map(|e| e.get("message").and_then(Value::as_str).map_or_else(|| e.to_string(), str::to_owned));
         let result = value.get("result").cloned().unwrap_or(Value::Null);
         match what {
             Asked::Initialize => {
@@ -564,7 +575,8 @@ impl Driver<'_> {
                         version.map_or_else(|| "(none)".to_owned(), |v| v.to_string())
                     )));
                 }
-                self.load_session = result.pointer("/agentCapabilities/loadSession").and_then(Value::as_bool) == Some(true);
+                self.load_session =
+                    result.pointer("/agentCapabilities/loadSession").and_then(Value::as_bool) == Some(true);
                 match self.task.session_id.clone().filter(|_| self.load_session) {
                     Some(session) => {
                         // Its replay comes before its answer, under this session's id.
@@ -592,7 +604,9 @@ impl Driver<'_> {
             }
             Asked::NewSession => {
                 if let Some(e) = error {
-                    return Err(self.fail(format!("the agent refused session/new: {}", super::agents::shorten(&e, 300))));
+                    return Err(
+                        self.fail(format!("the agent refused session/new: {}", super::agents::shorten(&e, 300)))
+                    );
                 }
                 let Some(session) = result
                     .get("sessionId")
@@ -700,7 +714,8 @@ impl Driver<'_> {
         }
         if self.in_turn {
             if let Some(session) = self.session.clone() {
-                self.send(json!({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": session}})).await?;
+                self.send(json!({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": session}}))
+                    .await?;
             }
         }
         Ok(())
@@ -714,7 +729,8 @@ impl Driver<'_> {
                 self.state.config.tasks.answer_timeout.as_secs()
             ))));
         }
-        let expired: Vec<String> = self.waiting.iter().filter(|(_, w)| w.deadline <= now).map(|(k, _)| k.clone()).collect();
+        let expired: Vec<String> =
+            self.waiting.iter().filter(|(_, w)| w.deadline <= now).map(|(k, _)| k.clone()).collect();
         for request in expired {
             if let Some(w) = self.waiting.remove(&request) {
                 self.answer_permission(&request, w, false, "timeout", "reject").await?;
@@ -732,8 +748,11 @@ impl Driver<'_> {
         match method {
             "session/request_permission" => self.permission(id, params).await,
             "fs/read_text_file" | "fs/write_text_file" => {
-                let (state, sandbox, user) =
-                    (self.state.clone(), self.sandbox.id.clone(), self.sandbox.image.as_ref().and_then(|i| i.user.clone()));
+                let (state, sandbox, user) = (
+                    self.state.clone(),
+                    self.sandbox.id.clone(),
+                    self.sandbox.image.as_ref().and_then(|i| i.user.clone()),
+                );
                 let read_only = self.task.filesystem.as_ref().is_none_or(|(_, m)| m == "ro");
                 let stdin = self.stdin.clone();
                 let method = method.to_owned();
@@ -769,7 +788,8 @@ impl Driver<'_> {
             .cloned()
             .unwrap_or_default();
         let kind = call.get("kind").and_then(Value::as_str).map(str::to_owned).unwrap_or(known.0);
-        let kind = if !kind.is_empty() && kind.len() <= 32 && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        let kind = if !kind.is_empty() && kind.len() <= 32 && kind.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
             kind
         } else {
             "other".to_owned()
@@ -791,12 +811,8 @@ impl Driver<'_> {
         let request = bulkhead_core::ids::new_id("perm_");
         let decision = self.decide(kind, &title).await;
         let forbidden = !matches!(decision, Decision::Allow);
-        let w = Waiting {
-            rpc_id: id,
-            options,
-            kind: kind.to_owned(),
-            deadline: Instant::now() + self.permission_timeout,
-        };
+        let w =
+            Waiting { rpc_id: id, options, kind: kind.to_owned(), deadline: Instant::now() + self.permission_timeout };
         if forbidden {
             return self.answer_permission(&request, w, false, "policy", "reject").await;
         }
@@ -804,7 +820,8 @@ impl Driver<'_> {
             if self.waiting.len() >= MAX_PENDING_PERMISSIONS {
                 return self.answer_permission(&request, w, false, "limit", "reject").await;
             }
-            let options: Vec<Value> = w.options.iter().map(|(id, kind)| json!({"option_id": id, "kind": kind})).collect();
+            let options: Vec<Value> =
+                w.options.iter().map(|(id, kind)| json!({"option_id": id, "kind": kind})).collect();
             self.note(
                 "permission_request",
                 json!({"request": request, "tool_call": call, "options": options,
@@ -826,7 +843,14 @@ impl Driver<'_> {
 
     /// Answers a permission request with the option of the kind wanted, records the decision and
     /// audits it (the tool call's title as a hash).
-    async fn answer_permission(&mut self, request: &str, w: Waiting, allow: bool, by: &str, outcome: &str) -> Result<(), End> {
+    async fn answer_permission(
+        &mut self,
+        request: &str,
+        w: Waiting,
+        allow: bool,
+        by: &str,
+        outcome: &str,
+    ) -> Result<(), End> {
         let wanted: &[&str] = match (allow, outcome) {
             (true, "allow_always") => &["allow_always", "allow_once"],
             (true, _) => &["allow_once", "allow_always"],
@@ -884,9 +908,9 @@ async fn fs_method(
     let confined = path.len() <= 4096
         && !path.contains('\0')
         && (path == bulkhead_runtime::WORKSPACE_PATH
-            || path.strip_prefix("/workspace/").is_some_and(|rest| {
-                rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
-            }));
+            || path
+                .strip_prefix("/workspace/")
+                .is_some_and(|rest| rest.split('/').all(|c| !c.is_empty() && c != "." && c != "..")));
     if !confined {
         return Err(invalid(format!("path: {} is not a file under /workspace", super::agents::shorten(path, 200))));
     }
@@ -934,15 +958,15 @@ pub fn prompt_of(field: &str, content: &Value) -> ServiceResult<Vec<Value>> {
         Value::Array(a) if !a.is_empty() && a.len() <= 256 => {
             for (i, b) in a.iter().enumerate() {
                 if !b.get("type").is_some_and(Value::is_string) {
-                    return Err(ServiceError::Invalid(format!("{field}[{i}]: an ACP content block has a string \"type\"")));
+                    return Err(ServiceError::Invalid(format!(
+                        "{field}[{i}]: an ACP content block has a string \"type\""
+                    )));
                 }
             }
             a.clone()
         }
         _ => {
-            return Err(ServiceError::Invalid(format!(
-                "{field}: a string, or an array of 1 to 256 ACP content blocks"
-            )))
+            return Err(ServiceError::Invalid(format!("{field}: a string, or an array of 1 to 256 ACP content blocks")))
         }
     };
     if serde_json::to_vec(&blocks).map(|v| v.len()).unwrap_or(usize::MAX) > 1 << 20 {
