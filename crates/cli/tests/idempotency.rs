@@ -78,6 +78,17 @@ fn bodies(route: &str, n: u32, registry: &Registry) -> (Value, Value) {
         "/v1/namespaces/{ns}/sandboxes/{id}/snapshot" => {
             (json!({"name": format!("snap{n}")}), json!({"name": format!("other-snap{n}")}))
         }
+        "/v1/namespaces/{ns}/agents" => (json!({"name": format!("a{n}")}), json!({"name": format!("b{n}")})),
+        // The body of a push is a bundle: `post` packs this manifest as its agent.json.
+        "/v1/namespaces/{ns}/agents/{agent}/versions" => (
+            json!({"command": ["true"], "protocol": "acp", "description": format!("v{n}")}),
+            json!({"command": ["true"], "protocol": "acp", "description": format!("w{n}")}),
+        ),
+        // The agent of these tasks answers nothing and ends at once: each task completes.
+        "/v1/namespaces/{ns}/tasks" => (
+            json!({"agent": AGENT, "message": format!("m{n}")}),
+            json!({"agent": AGENT, "message": format!("other m{n}")}),
+        ),
         other => panic!("POST {other} creates and has no body in the idempotency test; add one"),
     }
 }
@@ -85,9 +96,12 @@ fn bodies(route: &str, n: u32, registry: &Registry) -> (Value, Value) {
 /// The sandbox of namespace `acme` that the routes below a sandbox (snapshots) act on.
 static SANDBOX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// `route` with its parameters filled in: namespace `acme`, its sandbox.
+/// The agent of namespace `acme` that versions are pushed to and tasks run.
+const AGENT: &str = "idem";
+
+/// `route` with its parameters filled in: namespace `acme`, its sandbox, its agent.
 fn concrete(route: &str) -> String {
-    let path = route.replace("{ns}", "acme");
+    let path = route.replace("{ns}", "acme").replace("{agent}", AGENT);
     match SANDBOX.get() {
         Some(id) => path.replace("{id}", id),
         None => path,
@@ -95,14 +109,22 @@ fn concrete(route: &str) -> String {
 }
 
 fn post(h: &Harness, route: &str, key: &str, body: &Value) -> Request<Body> {
-    Request::builder()
+    let b = Request::builder()
         .method(Method::POST)
         .uri(concrete(route))
         .header("authorization", format!("Bearer {}", h.admin))
-        .header("content-type", "application/json")
-        .header("idempotency-key", key)
-        .body(Body::from(body.to_string()))
-        .unwrap()
+        .header("idempotency-key", key);
+    if route.ends_with("/versions") {
+        return b.header("content-type", "application/x-tar").body(Body::from(manifest_bundle(body))).unwrap();
+    }
+    b.header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+}
+
+/// A bundle whose agent.json is `manifest`.
+fn manifest_bundle(manifest: &Value) -> Vec<u8> {
+    let dir = common::tempdir();
+    std::fs::write(dir.path().join("agent.json"), manifest.to_string()).unwrap();
+    common::agents::bundle(dir.path(), &[])
 }
 
 /// How many resources the create route's list shows.
@@ -137,6 +159,29 @@ async fn harness() -> Harness {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let sandbox = h.create_sandbox("acme", &h.admin, json!({"memory_bytes": 64 << 20, "cpu_millis": 100})).await;
     SANDBOX.set(sandbox).expect("one harness per test");
+    // The agent whose versions are pushed and whose tasks are created, deployed.
+    let r = h.call(Method::POST, "/v1/namespaces/acme/agents", Some(&h.admin), json!({"name": AGENT})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let manifest =
+        json!({"command": ["true"], "protocol": "acp", "resources": {"memory_bytes": 64 << 20, "cpu_millis": 100}});
+    let push = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/namespaces/acme/agents/{AGENT}/versions"))
+        .header("authorization", format!("Bearer {}", h.admin))
+        .body(Body::from(manifest_bundle(&manifest)))
+        .unwrap();
+    let r = h.send(push).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let version = r.body["id"].clone();
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/namespaces/acme/agents/{AGENT}/deploy"),
+            Some(&h.admin),
+            json!({"version": version}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     h
 }
 

@@ -126,21 +126,24 @@ pub async fn delete(ctx: Ctx, PathParams((ns, agent)): PathParams<(String, Strin
 /// `agent.json` at its root (`command` and `protocol` required; see `AgentManifest`). It is
 /// unpacked under the archive rules (no path escapes, links out, devices or setuid bits) and its
 /// manifest validated (400 naming the field). 201 with a new version, 200 with the version the
-/// same bundle already is.
+/// same bundle already is. An `Idempotency-Key` is checked against the bundle's digest.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/agents/{agent}/versions", tag = "agents",
-    params(("ns" = String, Path), ("agent" = String, Path, description = "A name or an agt_… id")),
+    params(("ns" = String, Path), ("agent" = String, Path, description = "A name or an agt_… id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried push safe")),
     request_body(content = Vec<u8>, content_type = "application/x-tar"),
     responses((status = 201, body = AgentVersion), (status = 200, description = "The same bundle's version", body = AgentVersion),
+        (status = 409, description = "The Idempotency-Key is in use, or was used with another bundle", body = ErrorBody),
         (status = 413, description = "Larger than the bound on a bundle", body = ErrorBody), CheckedErrors))]
 pub async fn push(
     ctx: Ctx,
     PathParams((ns, agent)): PathParams<(String, String)>,
+    headers: HeaderMap,
     body: Body,
-) -> ApiResult<(StatusCode, Json<AgentVersion>)> {
+) -> ApiResult<Response> {
     ctx.authorize(Action::AgentVersionCreate, &Target::agent(&ns, &agent))?;
     let row = load_agent(&ctx, &ns, &agent).await?;
     let namespace = load_namespace(&ctx, &ns).await?;
-    let _stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
+    let stream = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Upload)?;
     let max = agents::MAX_BUNDLE_BYTES.min(namespace.quotas.disk_bytes.max(1 << 20));
     let (spooled, file) =
         agents::spool(&ctx.state).map_err(|e| ApiError::Internal(format!("cannot spool a bundle upload: {e}")))?;
@@ -162,11 +165,25 @@ pub async fn push(
     written
         .map_err(|e| ApiError::Internal(format!("spooling a bundle ended abnormally: {e}")))?
         .map_err(|e| ApiError::Internal(format!("cannot spool a bundle upload: {e}")))?;
-    let (version, new) = agents::push(&ctx.state, &namespace, &row, &spooled.0).await?;
-    ctx.audit_detail("version", version.id.clone());
-    ctx.audit_detail("digest", version.digest.clone());
-    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((status, Json(version_out(&row, &version)?)))
+    let digest = agents::digest(&spooled.0).await?;
+    // The key is checked against what was pushed, and where.
+    let fingerprint = Bytes::from(format!("{}\n{digest}", row.id));
+    idempotency::create_in(
+        ctx,
+        ns,
+        headers,
+        fingerprint,
+        idempotency::replay_response,
+        move |ctx, _ns, _, _| async move {
+            let _stream = stream;
+            let (version, new) = agents::push(&ctx.state, &namespace, &row, &spooled.0, digest).await?;
+            ctx.audit_detail("version", version.id.clone());
+            ctx.audit_detail("digest", version.digest.clone());
+            let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+            Created::json(status, &version_out(&row, &version)?)
+        },
+    )
+    .await
 }
 
 /// The agent's versions, by id.

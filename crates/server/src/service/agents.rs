@@ -134,14 +134,11 @@ pub async fn push(
     ns: &NamespaceRow,
     agent: &AgentRow,
     spooled: &Path,
+    digest: String,
 ) -> ServiceResult<(VersionRow, bool)> {
     let owner = super::sandboxes::id_range(ns)?;
     let owner = Owner { uid: owner.host_start, gid: owner.host_start };
-    let (file, size) = (spooled.to_owned(), std::fs::metadata(spooled).map(|m| m.len()).unwrap_or(0));
-    let digest = tokio::task::spawn_blocking(move || digest_of(&file))
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?
-        .map_err(|e| ServiceError::Internal(format!("reading the spooled bundle: {e}")))?;
+    let size = std::fs::metadata(spooled).map(|m| m.len()).unwrap_or(0);
     let dir = bundle_dir(state, &ns.name, &digest);
     let (root, file, target) = (bundles_root(state), spooled.to_owned(), dir.clone());
     let manifest = tokio::task::spawn_blocking(move || unpack(&root, &file, &target, owner))
@@ -159,6 +156,15 @@ pub async fn push(
     let stored = state.store.insert_version(&row).await?;
     let new = stored.id == row.id;
     Ok((stored, new))
+}
+
+/// The digest of a spooled bundle: `sha256:<hex>`.
+pub async fn digest(spooled: &Path) -> ServiceResult<String> {
+    let file = spooled.to_owned();
+    tokio::task::spawn_blocking(move || digest_of(&file))
+        .await
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| ServiceError::Internal(format!("reading the spooled bundle: {e}")))
 }
 
 fn digest_of(path: &Path) -> std::io::Result<String> {
