@@ -158,6 +158,24 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "POST /v1/images" => may(platform, 400),
         "GET /v1/images" => may(platform, 200),
         "DELETE /v1/images/{name}" => may(platform, 404),
+        // Agents: the world's agent `coder` has one deployed version and no task.
+        "POST /v1/namespaces/{ns}/agents" => may(developers, 201),
+        "GET /v1/namespaces/{ns}/agents" | "GET /v1/namespaces/{ns}/agents/{agent}" => 200,
+        "GET /v1/namespaces/{ns}/agents/{agent}/versions" => 200,
+        "DELETE /v1/namespaces/{ns}/agents/{agent}" => may(developers, 204),
+        // The body is JSON, not a bundle: refused once the role may push.
+        "POST /v1/namespaces/{ns}/agents/{agent}/versions" => may(developers, 400),
+        "POST /v1/namespaces/{ns}/agents/{agent}/deploy" => may(developers, 400),
+        // One version deployed: nothing to roll back to.
+        "POST /v1/namespaces/{ns}/agents/{agent}/rollback" => may(developers, 409),
+        // Tasks: the world's task of `coder` has completed (its agent exits at once).
+        "POST /v1/namespaces/{ns}/tasks" => may(developers, 400),
+        "GET /v1/namespaces/{ns}/tasks" => 200,
+        "GET /v1/namespaces/{ns}/tasks/{id}" | "GET /v1/namespaces/{ns}/tasks/{id}/messages" => may(developers, 200),
+        "GET /v1/namespaces/{ns}/tasks/{id}/state" => may(developers, 200),
+        "PUT /v1/namespaces/{ns}/tasks/{id}/state" => may(developers, 204),
+        "POST /v1/namespaces/{ns}/tasks/{id}/events" => may(developers, 409),
+        "POST /v1/namespaces/{ns}/tasks/{id}/cancel" => may(developers, 200),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -199,6 +217,14 @@ fn body_for(method: &Method, template: &str) -> Value {
             "policy": "permit(principal, action == Bulkhead::Action::\"sandbox.get\", resource);"}),
         ("POST", "/v1/namespaces/{ns}/secrets") => json!({"name": "fresh", "value": "v"}),
         ("POST", "/v1/namespaces/{ns}/images" | "/v1/images") => json!({"name": "fresh", "source": "Not A Reference"}),
+        ("POST", "/v1/namespaces/{ns}/agents") => json!({"name": "fresh"}),
+        ("POST", "/v1/namespaces/{ns}/agents/{agent}/versions") => json!({"not": "a bundle"}),
+        ("POST", "/v1/namespaces/{ns}/agents/{agent}/deploy") => {
+            json!({"version": "ver_00000000000000000000000000000000"})
+        }
+        ("POST", "/v1/namespaces/{ns}/tasks") => json!({"agent": "nosuch"}),
+        ("PUT", "/v1/namespaces/{ns}/tasks/{id}/state") => json!({"step": 1}),
+        ("POST", "/v1/namespaces/{ns}/tasks/{id}/events") => json!({"type": "message", "content": "hi"}),
         _ => Value::Null,
     }
 }
@@ -242,6 +268,27 @@ async fn world_for(template: &str, who: Who) -> World {
                         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
                         "s".to_owned()
                     }
+                    "agent" => {
+                        deploy_agent(h, ns, &admin).await;
+                        "coder".to_owned()
+                    }
+                    "tsk_" => {
+                        deploy_agent(h, ns, &admin).await;
+                        let path = format!("/v1/namespaces/{ns}/tasks");
+                        let r = h.call(Method::POST, &path, Some(&admin), json!({"agent": "coder"})).await;
+                        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+                        let id = r.body["id"].as_str().unwrap().to_owned();
+                        // Its agent exits at once: the task completes, and stays.
+                        let get = format!("{path}/{id}");
+                        for _ in 0..600 {
+                            let r = h.call(Method::GET, &get, Some(&admin), Value::Null).await;
+                            if r.body["status"] != "starting" && r.body["status"] != "running" {
+                                break;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        id
+                    }
                     "prj_" => {
                         let r = h
                             .call(
@@ -276,6 +323,8 @@ async fn world_for(template: &str, who: Who) -> World {
         ("/filesystems/{id}", "fs_"),
         ("/policies/{id}", "pol_"),
         ("/secrets/{name}", "secret"),
+        ("/agents/{agent}", "agent"),
+        ("/tasks/{id}", "tsk_"),
     ] {
         if template.contains(marker) {
             let ids = make(kind).await;
@@ -308,6 +357,32 @@ async fn world_for(template: &str, who: Who) -> World {
         w.tokens.push((Who::Workload, Some(token.trim().to_owned())));
     }
     w
+}
+
+/// Agent `coder` of `ns` with one version deployed, whose command exits at once.
+async fn deploy_agent(h: &Harness, ns: &str, admin: &str) {
+    let r = h.call(Method::POST, &format!("/v1/namespaces/{ns}/agents"), Some(admin), json!({"name": "coder"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let dir = common::tempdir();
+    std::fs::write(dir.path().join("agent.json"), r#"{"command": ["true"], "protocol": "acp"}"#).unwrap();
+    let req = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("/v1/namespaces/{ns}/agents/coder/versions"))
+        .header("authorization", format!("Bearer {admin}"))
+        .body(axum::body::Body::from(common::agents::bundle(dir.path(), &[])))
+        .unwrap();
+    let r = h.send(req).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let version = r.body["id"].clone();
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/namespaces/{ns}/agents/coder/deploy"),
+            Some(admin),
+            json!({"version": version}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
 
 /// The test identity provider, one for the whole test.
@@ -397,6 +472,7 @@ async fn every_route_every_principal_every_namespace() {
                         Target::Own => a.clone(),
                         Target::Foreign => b.clone(),
                         Target::Missing if w.missing_prefix == "secret" => "s".to_owned(),
+                        Target::Missing if w.missing_prefix == "agent" => "coder".to_owned(),
                         Target::Missing => format!("{}00000000000000000000000000000000", w.missing_prefix),
                     };
                 }
@@ -411,8 +487,12 @@ async fn every_route_every_principal_every_namespace() {
                     }
                     _ => "prc_00000000000000000000000000000000".to_owned(),
                 };
-                let mut path =
-                    template.replace("{ns}", &ns).replace("{id}", &id).replace("{name}", &id).replace("{pid}", &pid);
+                let mut path = template
+                    .replace("{ns}", &ns)
+                    .replace("{id}", &id)
+                    .replace("{name}", &id)
+                    .replace("{agent}", &id)
+                    .replace("{pid}", &pid);
                 if template.ends_with("/sandboxes/{id}/files") {
                     path.push_str(if method == Method::GET { "?path=/etc/hosts" } else { "?path=/tmp/written" });
                 }
@@ -440,6 +520,7 @@ async fn every_route_every_principal_every_namespace() {
                         403 => "forbidden",
                         404 => "not_found",
                         400 => "invalid_request",
+                        409 => "conflict",
                         _ => unreachable!(),
                     };
                     assert_envelope(&r, code);
