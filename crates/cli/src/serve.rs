@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// (`scripts/up` installs and starts it). `none`: the host's figures.
     #[arg(long, env = "BULKHEAD_LXCFS", value_name = "DIR", default_value = "/var/lib/lxcfs")]
     lxcfs: String,
+    /// Seconds a task's agent has to answer `initialize` and open its ACP session; one that
+    /// does not fails its task. Default: 60.
+    #[arg(long, env = "BULKHEAD_AGENT_ANSWER_TIMEOUT", value_name = "SECONDS", default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(1..=3600))]
+    agent_answer_timeout: u64,
     /// What sandboxes boot from: `image` (an OCI image; the default) or `host` (the host's own
     /// system directories, read-only, for hosts without an image; creates naming an image are
     /// refused).
@@ -237,6 +242,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         Root::Host => RootMode::Host,
     };
     config.images.default_image = args.default_image.clone();
+    config.tasks.answer_timeout = std::time::Duration::from_secs(args.agent_answer_timeout);
     config.images.public_layers = args.public_layers.clone();
     if args.max_image_bytes == 0 {
         bail!("--max-image-bytes: at least 1 byte");

@@ -10,6 +10,8 @@
 //!   `openssl` CLI ([`Internet::ca_pem`]), and a plain TCP sink on :9000 that says `hello`;
 //! - a PEP 503 package index at `https://pypi.test/simple/` with one wheel the test builds
 //!   (`bulkhead-probe` 1.0, module `bulkhead_probe`, `VALUE = "from the test index"`);
+//! - an OpenAI-compatible chat model at `https://model.test/v1/chat/completions` (on every
+//!   name, in fact) that follows a script: what the agent tests' example agent talks to;
 //! - a git repository at `https://git.test/repo.git` (dumb HTTP, after `git update-server-info`)
 //!   whose `README` holds [`GIT_README`].
 //!
@@ -44,6 +46,7 @@ pub const NAMES: &[(&str, u8)] = &[
     ("broker.test", 15),
     ("wild.test", 16),
     ("bulk.test", 17),
+    ("model.test", 18),
 ];
 
 /// The first line of the test repository's `README`.

@@ -3,6 +3,7 @@
 # namespace, serving the files of ROOT (the package index, the git repository) plus
 #   GET  /bytes/N   N bytes of "x" (N at most 1 GiB)
 #   GET  /hello     "hello\n"
+#   POST /v1/chat/completions  an OpenAI-compatible model with a script (see MODEL below)
 #   POST|PUT any    reads the body (Content-Length) and answers {"received": n}
 # Every connection and request is written to stdout as one JSON line, flushed:
 #   {"kind": "request", "conn", "server", "local", "sni", "host", "method", "path", "status", "headers"}
@@ -113,6 +114,21 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.record()
 
     def do_POST(self):
+        if self.path == "/v1/chat/completions":
+            n = int(self.headers.get("Content-Length") or 0)
+            try:
+                answer = model(json.loads(self.rfile.read(n)))
+            except (ValueError, KeyError, IndexError) as e:
+                answer = None
+                sys.stderr.write(f"model: {e!r}\n")
+            body = json.dumps(answer or {"error": {"message": "no script for this request"}}).encode()
+            self.send_response(200 if answer else 400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            self.record()
+            return
         n = int(self.headers.get("Content-Length") or 0)
         got = 0
         while got < n:
@@ -129,6 +145,47 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.record()
 
     do_PUT = do_POST
+
+
+# MODEL: a scripted OpenAI-compatible chat model for the agent tests. The turn's script is the
+# first word of the last user message; its step is the number of tool answers since then.
+#   fix    read_file calc.py, write_file calc.py (the fix), run `python3 test_calc.py`, then say
+#          "Fixed add(). The test said: <the run's answer, on one line>"
+#   hello  says "Hello from the model."
+FIXED_CALC = "def add(a, b):\n    return a + b\n"
+
+
+def model(req):
+    messages = req["messages"]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    script = (messages[last_user]["content"] or "").split()[0]
+    tools = [m for m in messages[last_user + 1:] if m["role"] == "tool"]
+    step = len(tools)
+    usage = {"prompt_tokens": 100 + step, "completion_tokens": 10 + step, "total_tokens": 110 + 2 * step}
+
+    def call(name, **args):
+        tool = {"id": f"call_{script}_{step}", "type": "function",
+                "function": {"name": name, "arguments": json.dumps(args)}}
+        return {"id": f"c{step}", "object": "chat.completion", "model": req.get("model", "m"), "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "tool_calls",
+                             "message": {"role": "assistant", "content": None, "tool_calls": [tool]}}]}
+
+    def say(text):
+        return {"id": f"s{step}", "object": "chat.completion", "model": req.get("model", "m"), "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": text}}]}
+
+    if script == "fix":
+        if step == 0:
+            return call("read_file", path="calc.py")
+        if step == 1:
+            return call("write_file", path="calc.py", content=FIXED_CALC)
+        if step == 2:
+            return call("run", command="python3 test_calc.py")
+        return say("Fixed add(). The test said: " + " ".join((tools[-1]["content"] or "").split()))
+    if script == "hello":
+        return say("Hello from the model.")
+    return None
 
 
 class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
