@@ -238,3 +238,182 @@ async fn the_example_agent_fixes_a_failing_test_through_the_model_with_a_brokere
     let (s, b) = w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/tasks/{task}/cancel"), None).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("cancelled")), "{b}");
 }
+
+/// Waits until task `task` is `want` (at most `within`); answers it.
+async fn wait_status(w: &World, task: &str, want: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (s, t) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/tasks/{task}"), None).await;
+        assert_eq!(s, 200, "{t}");
+        if t["status"] == want {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "task {task} is not {want} within {} s: {t}", within.as_secs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the task has had `n` turns; answers its messages.
+async fn wait_turns(w: &World, task: &str, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let all = w.messages(task).await;
+        if all.iter().filter(|m| m["type"] == "turn_end").count() >= n {
+            return all;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} turns within 120 s: {all:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn last_reply(all: &[Value]) -> String {
+    let last_turn = all.iter().rposition(|m| m["type"] == "user_message").unwrap_or(0);
+    all[last_turn..]
+        .iter()
+        .filter(|m| m["type"] == "agent_message_chunk")
+        .filter_map(|m| m["data"]["content"]["text"].as_str())
+        .collect()
+}
+
+/// A server's cgroups of one sandbox: none may be left once it is gone.
+fn cgroups_of(sandbox: &str) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-maxdepth", "5", "-type", "d", "-name", sandbox])
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_reads_its_state_goes_idle_resumes_and_its_messages_survive_a_crash() {
+    let mut host = Host::new();
+    let client = host.serve(&[]);
+    let base = client.base().to_owned();
+    let w = World { base, internet: Internet::new(), host, http: reqwest::Client::new() };
+    let (s, b) = w
+        .call(reqwest::Method::POST, "/v1/namespaces", Some(json!({"name": NS, "quotas": common::roomy_quotas()})))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    // echo-py, idle after 2 s without a prompt.
+    let dir = common::tempdir();
+    let agent = dir.path().join("echo");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(common::agents::agents_dir().join("echo-py"))
+        .arg(&agent)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let manifest = json!({"command": ["python3", "/agent/agent.py"], "protocol": "acp",
+        "env": {"PYTHONPATH": "/agent/site-packages"}, "idle_timeout_seconds": 2});
+    std::fs::write(agent.join("agent.json"), manifest.to_string()).expect("agent.json");
+    let sdk = common::agents::python_sdk();
+    let bundle = common::agents::bundle(&agent, &[(&sdk, "site-packages")]);
+    let (s, b) =
+        w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/agents"), Some(json!({"name": "echo"}))).await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = w
+        .raw(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/agents/echo/versions"), "application/x-tar", bundle)
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/agents/echo/deploy"),
+            Some(json!({"version": b["id"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    // The task's state, written by a person, read by the agent from inside with its token.
+    let (s, b) =
+        w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/tasks"), Some(json!({"agent": "echo"}))).await;
+    assert_eq!(s, 201, "{b}");
+    let task = b["id"].as_str().expect("id").to_owned();
+    let (s, b) = w
+        .call(reqwest::Method::PUT, &format!("/v1/namespaces/{NS}/tasks/{task}/state"), Some(json!({"note": "kept"})))
+        .await;
+    assert_eq!(s, 204, "{b}");
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/tasks/{task}/events"),
+            Some(json!({"type": "message", "content": "state"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let all = wait_turns(&w, &task, 1).await;
+    let reply = last_reply(&all);
+    assert!(reply.contains("\"note\"") && reply.contains("kept"), "{reply}");
+
+    // Idle: its sandbox, processes and cgroups are gone; the conversation is kept.
+    let running = wait_status(&w, &task, "running", Duration::from_secs(10)).await;
+    let sandbox = running["sandbox"].as_str().expect("a sandbox").to_owned();
+    let idle = wait_status(&w, &task, "idle", Duration::from_secs(60)).await;
+    assert!(idle.get("sandbox").is_none(), "{idle}");
+    let (_, s) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/sandboxes/{sandbox}"), None).await;
+    assert_eq!(s["status"], "deleted", "{s}");
+    assert_eq!(cgroups_of(&sandbox), Vec::<String>::new());
+    // The next event resumes it, in a new sandbox.
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/tasks/{task}/events"),
+            Some(json!({"type": "message", "content": "hello again"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let all = wait_turns(&w, &task, 2).await;
+    assert_eq!(last_reply(&all), "echo: hello again");
+    let (_, t) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/tasks/{task}"), None).await;
+    assert_ne!(t["sandbox"].as_str(), Some(sandbox.as_str()), "{t}");
+
+    // A crash of the server: the messages are all there after it, numbered as before, and a
+    // stream resumed from the middle continues without a gap or a duplicate.
+    let before = w.messages(&task).await;
+    let mut host = w.host;
+    let client = host.restart("isolated");
+    let w = World { base: client.base().to_owned(), internet: w.internet, host, http: w.http };
+    let after = w.messages(&task).await;
+    assert_eq!(after[..before.len()], before[..]);
+    let cut = before[before.len() / 2]["seq"].as_u64().expect("seq");
+    let resp = w
+        .http
+        .get(format!("{}/v1/namespaces/{NS}/tasks/{task}/messages", w.base))
+        .bearer_auth(w.host.admin_token())
+        .header("accept", "text/event-stream")
+        .header("last-event-id", cut.to_string())
+        .send()
+        .await
+        .expect("a stream");
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    let mut text = String::new();
+    let want = after.last().and_then(|m| m["seq"].as_u64()).expect("seq");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let ids = loop {
+        let ids: Vec<u64> =
+            text.lines().filter_map(|l| l.strip_prefix("id: ")).filter_map(|s| s.parse().ok()).collect();
+        if ids.last() == Some(&want) {
+            break ids;
+        }
+        use futures_util::StreamExt;
+        let chunk = tokio::time::timeout_at(deadline, stream.next()).await.expect("events within 30 s");
+        text.push_str(std::str::from_utf8(&chunk.expect("more").expect("bytes")).expect("utf-8"));
+    };
+    assert_eq!(ids, (cut + 1..=want).collect::<Vec<_>>());
+    // The task waits, idle, and resumes on its next event.
+    wait_status(&w, &task, "idle", Duration::from_secs(30)).await;
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/tasks/{task}/events"),
+            Some(json!({"type": "message", "content": "once more"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{b}");
+    let all = wait_turns(&w, &task, 3).await;
+    assert_eq!(last_reply(&all), "echo: once more");
+    let (s, b) = w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/tasks/{task}/cancel"), None).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("cancelled")), "{b}");
+}
