@@ -475,4 +475,25 @@ async fn bundles_and_manifests_are_checked_and_tenants_never_meet() {
         .call(Method::POST, "/v1/namespaces/acme/agents/coder/deploy", Some(&dev), json!({"version": "ver_nope"}))
         .await;
     assert_envelope(&r, "invalid_request");
+    // Deleted, the agent takes its unpacked bundles with it.
+    let digests: Vec<String> = r_versions(&h, &dev).await;
+    let dirs: Vec<_> =
+        digests.iter().map(|d| bulkhead_server::service::agents::bundle_dir(&h.state, "acme", d)).collect();
+    assert_eq!(dirs.len(), 2);
+    assert!(dirs.iter().all(|d| d.join("agent.json").is_file()), "{dirs:?}");
+    let r = h.call(Method::DELETE, "/v1/namespaces/acme/agents/coder", Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    assert!(dirs.iter().all(|d| !d.exists()), "{dirs:?}");
+    let r = h.call(Method::GET, "/v1/namespaces/acme/agents/coder", Some(&dev), Value::Null).await;
+    assert_envelope(&r, "not_found");
+}
+
+async fn r_versions(h: &Harness, token: &str) -> Vec<String> {
+    let r = h.call(Method::GET, "/v1/namespaces/acme/agents/coder/versions", Some(token), Value::Null).await;
+    r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|v| v["digest"].as_str().expect("digest").to_owned())
+        .collect()
 }

@@ -95,14 +95,42 @@ pub async fn create(state: &AppState, ns: &str, name: &str) -> ServiceResult<Age
 }
 
 /// Deletes an agent, its versions and its ended tasks: 409 while a task of it has not ended.
+/// The bundles no other version of the namespace names are removed.
 pub async fn delete(state: &AppState, agent: &AgentRow) -> ServiceResult<()> {
+    let before = bundle_dirs(state, &agent.namespace).await?;
     match state.store.delete_agent(&agent.namespace, &agent.id).await {
-        Ok(_) => Ok(()),
+        Ok(_) => {}
         Err(bulkhead_store::StoreError::Conflict(what)) => {
-            Err(ServiceError::Conflict(format!("agent {} is in use by {what}", agent.name)))
+            return Err(ServiceError::Conflict(format!("agent {} is in use by {what}", agent.name)))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    let kept = bundle_dirs(state, &agent.namespace).await?;
+    let gone: Vec<PathBuf> = before.into_iter().filter(|d| !kept.contains(d)).collect();
+    remove_bundles(&gone).await;
+    Ok(())
+}
+
+/// The bundle directories of namespace `ns`'s versions.
+pub async fn bundle_dirs(state: &AppState, ns: &str) -> ServiceResult<Vec<PathBuf>> {
+    let digests = state.store.version_digests(ns).await?;
+    Ok(digests.iter().map(|d| bundle_dir(state, ns, d)).collect())
+}
+
+/// Removes bundle directories (a failure is logged: what is left is swept by nothing else, so
+/// it is worth a warning).
+pub async fn remove_bundles(dirs: &[PathBuf]) {
+    let dirs = dirs.to_vec();
+    let _ = tokio::task::spawn_blocking(move || {
+        for d in dirs {
+            if let Err(e) = std::fs::remove_dir_all(&d) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %d.display(), error = %e, "an agent bundle could not be removed");
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Agent `name_or_id` of `ns`.

@@ -87,6 +87,8 @@ pub async fn delete(state: &AppState, row: &NamespaceRow) -> ServiceResult<bool>
     let ns = row.name.as_str();
     state.namespaces.remove(ns);
     sandboxes::destroy_namespace(state, ns).await?;
+    // Its agents' bundles, named while the rows that name them exist.
+    let bundles = super::agents::bundle_dirs(state, ns).await?;
     if !state.store.delete_namespace(ns).await? {
         return Ok(false);
     }
@@ -102,6 +104,7 @@ pub async fn delete(state: &AppState, row: &NamespaceRow) -> ServiceResult<bool>
     if let Err(e) = super::images::remove_namespace(state, ns).await {
         tracing::warn!(namespace = ns, error = %e, "removing the layer store of a deleted namespace failed");
     }
+    super::agents::remove_bundles(&bundles).await;
     Ok(true)
 }
 
