@@ -182,11 +182,14 @@ pub struct Task {
     pub ended_at: Option<String>,
 }
 
-/// Tokens a task's agent reported using (in the `usage` of its prompt answers).
+/// Tokens a task's agent reported using (in the `usage` of its prompt answers), and the time
+/// its sandboxes ran.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct TaskUsage {
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Seconds its sandboxes ran (an idle task's time without one is not counted).
+    pub sandbox_seconds: f64,
 }
 
 /// `POST .../tasks/{id}/events`: `{"type": "message", "content"}` (a string, or an array of ACP

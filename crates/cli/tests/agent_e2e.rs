@@ -214,6 +214,7 @@ async fn the_example_agent_fixes_a_failing_test_through_the_model_with_a_brokere
     // The usage the model reported is the task's.
     let (_, t) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{NS}/tasks/{task}"), None).await;
     assert!(t["usage"]["input_tokens"].as_u64().unwrap_or(0) >= 400, "{t}");
+    assert!(t["usage"]["sandbox_seconds"].as_f64().unwrap_or(0.0) > 0.0, "{t}");
 
     // The fix is on the filesystem.
     let resp = w

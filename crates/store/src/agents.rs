@@ -173,6 +173,8 @@ pub trait AgentStore: Send + Sync {
     async fn append_messages(&self, id: &str, messages: &[(String, String)], at_ms: i64) -> Result<Vec<u64>>;
     /// Messages of task `id` with `seq > after`, at most `limit`, in order.
     async fn task_messages(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskMessageRow>>;
+    /// Milliseconds task `id`'s sandboxes ran, up to `now_ms` for one that runs.
+    async fn task_sandbox_ms(&self, id: &str, now_ms: i64) -> Result<u64>;
     /// The task's state document and its version.
     async fn task_state(&self, namespace: &str, id: &str) -> Result<Option<(String, u64)>>;
     /// Writes the state document, if its version is `expected` (any version with `None`).

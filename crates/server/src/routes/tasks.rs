@@ -53,7 +53,7 @@ pub(crate) fn task_out(row: &TaskRow, agent: &str) -> Task {
         sandbox: row.sandbox_id.clone(),
         filesystem: row.filesystem.as_ref().map(|(id, mode)| SandboxFilesystem { id: id.clone(), mode: mode.clone() }),
         permissions: row.permissions.clone(),
-        usage: TaskUsage { input_tokens: row.input_tokens, output_tokens: row.output_tokens },
+        usage: TaskUsage { input_tokens: row.input_tokens, output_tokens: row.output_tokens, sandbox_seconds: 0.0 },
         last_message: row.last_seq,
         created_at: rfc3339(row.created_at_ms),
         updated_at: rfc3339(row.updated_at_ms),
@@ -329,7 +329,9 @@ pub async fn get(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>) -
     ctx.authorize(Action::TaskGet, &Target::task(&ns, &id))?;
     let row = load_task(&ctx, &ns, &id).await?;
     let name = agent_name(&ctx, &row).await;
-    Ok(Json(task_out(&row, &name)))
+    let mut out = task_out(&row, &name);
+    out.usage.sandbox_seconds = ctx.state.store.task_sandbox_ms(&id, now_ms()).await? as f64 / 1000.0;
+    Ok(Json(out))
 }
 
 /// Send an event: `{"type": "message", "content"}` (a string, or an array of ACP content

@@ -71,3 +71,4 @@ CREATE TABLE task_messages (
 
 -- The task whose agent a sandbox runs: its workload principal's `task`.
 ALTER TABLE sandboxes ADD COLUMN task_id TEXT;
+CREATE INDEX sandboxes_by_task ON sandboxes (task_id) WHERE task_id IS NOT NULL;

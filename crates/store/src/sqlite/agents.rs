@@ -338,6 +338,17 @@ impl AgentStore for SqliteStore {
             .collect()
     }
 
+    async fn task_sandbox_ms(&self, id: &str, now_ms: i64) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(MAX(COALESCE(ended_at_ms, ?) - created_at_ms, 0)), 0) AS ms FROM sandboxes WHERE task_id = ?",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        as_u64(&row, "ms")
+    }
+
     async fn task_state(&self, namespace: &str, id: &str) -> Result<Option<(String, u64)>> {
         let row = sqlx::query("SELECT state, state_version FROM tasks WHERE namespace = ? AND id = ?")
             .bind(namespace)

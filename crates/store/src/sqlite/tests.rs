@@ -238,7 +238,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 26);
+    assert_eq!(sandbox.matches('?').count(), 27);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }
@@ -647,4 +647,98 @@ async fn images_are_private_first_then_public_and_busy_while_a_sandbox_lives() {
     s.insert_image(&theirs).await.unwrap();
     s.delete_namespace("globex").await.unwrap();
     assert_eq!(s.find_image(Some("globex"), "tool").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn agents_versions_tasks_messages_and_state() {
+    use crate::{AgentRow, StateWrite, TaskRow, TaskUpdate, VersionRow};
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    s.create_namespace(&ns("globex")).await.unwrap();
+    let agent = AgentRow {
+        id: "agt_1".into(),
+        namespace: "acme".into(),
+        name: "coder".into(),
+        deploys: vec![],
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    s.insert_agent(&agent).await.unwrap();
+    assert!(matches!(
+        s.insert_agent(&AgentRow { id: "agt_2".into(), ..agent.clone() }).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.find_agent("acme", "coder").await.unwrap(), Some(agent.clone()));
+    assert_eq!(s.find_agent("globex", "coder").await.unwrap(), None);
+    assert_eq!(s.find_agent("globex", "agt_1").await.unwrap(), None);
+    // The same digest twice is one version.
+    let v = |id: &str, digest: &str| VersionRow {
+        id: id.into(),
+        namespace: "acme".into(),
+        agent_id: "agt_1".into(),
+        digest: digest.into(),
+        manifest: "{}".into(),
+        size_bytes: 3,
+        created_at_ms: 2,
+    };
+    assert_eq!(s.insert_version(&v("ver_1", "sha256:a")).await.unwrap().id, "ver_1");
+    assert_eq!(s.insert_version(&v("ver_2", "sha256:a")).await.unwrap().id, "ver_1");
+    assert_eq!(s.insert_version(&v("ver_3", "sha256:b")).await.unwrap().id, "ver_3");
+    assert_eq!(s.version_digests("acme").await.unwrap(), ["sha256:a", "sha256:b"]);
+    assert_eq!(s.get_version("globex", "ver_1").await.unwrap(), None);
+    // Deploys are a compare and swap.
+    assert!(s.set_deploys("agt_1", &[], &["ver_1".into()], 3).await.unwrap());
+    assert!(!s.set_deploys("agt_1", &[], &["ver_3".into()], 3).await.unwrap());
+    assert_eq!(s.find_agent("acme", "agt_1").await.unwrap().unwrap().active(), Some("ver_1"));
+    // A task's messages are numbered from 1, in order, all or none.
+    let task = TaskRow {
+        id: "tsk_1".into(),
+        namespace: "acme".into(),
+        agent_id: "agt_1".into(),
+        version_id: "ver_1".into(),
+        filesystem: None,
+        project: None,
+        permissions: "policy".into(),
+        status: "starting".into(),
+        reason: None,
+        sandbox_id: None,
+        session_id: None,
+        plan: "{}".into(),
+        creator: "key:key_1".into(),
+        created_at_ms: 4,
+        updated_at_ms: 4,
+        ended_at_ms: None,
+        input_tokens: 0,
+        output_tokens: 0,
+        last_seq: 0,
+    };
+    s.insert_task(&task).await.unwrap();
+    let two = vec![("a".to_owned(), "1".to_owned()), ("b".to_owned(), "2".to_owned())];
+    assert_eq!(s.append_messages("tsk_1", &two, 5).await.unwrap(), [1, 2]);
+    assert_eq!(s.append_messages("tsk_1", &two[..1], 5).await.unwrap(), [3]);
+    let after_one: Vec<u64> = s.task_messages("tsk_1", 1, 10).await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(after_one, [2, 3]);
+    assert!(matches!(s.append_messages("tsk_none", &two, 5).await, Err(StoreError::NotFound(_))));
+    // Status changes stop at an end; tokens add up.
+    let u = TaskUpdate { status: Some("running".into()), input_tokens: 5, at_ms: 6, ..TaskUpdate::default() };
+    let row = s.update_task("tsk_1", &u).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.input_tokens, row.last_seq), ("running", 5, 3));
+    assert!(matches!(s.delete_agent("acme", "agt_1").await, Err(StoreError::Conflict(_))));
+    let done = TaskUpdate { status: Some("completed".into()), ended_at_ms: Some(7), at_ms: 7, ..TaskUpdate::default() };
+    s.update_task("tsk_1", &done).await.unwrap();
+    let row = s.update_task("tsk_1", &u).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.input_tokens), ("completed", 5));
+    // State: conditional on its version.
+    assert_eq!(s.task_state("acme", "tsk_1").await.unwrap(), Some(("{}".to_owned(), 0)));
+    assert_eq!(s.put_task_state("acme", "tsk_1", "{\"a\":1}", Some(0)).await.unwrap(), StateWrite::Written(1));
+    assert_eq!(s.put_task_state("acme", "tsk_1", "{\"a\":2}", Some(0)).await.unwrap(), StateWrite::Stale(1));
+    assert_eq!(s.put_task_state("acme", "tsk_1", "{\"a\":3}", None).await.unwrap(), StateWrite::Written(2));
+    assert_eq!(s.put_task_state("globex", "tsk_1", "{}", None).await.unwrap(), StateWrite::NotFound);
+    assert_eq!(s.task_state("globex", "tsk_1").await.unwrap(), None);
+    // An agent whose task has not ended is not deleted; then it is, with its versions.
+    s.update_task("tsk_1", &TaskUpdate { at_ms: 8, ..TaskUpdate::default() }).await.unwrap();
+    assert!(s.delete_agent("acme", "agt_1").await.unwrap());
+    assert_eq!(s.version_digests("acme").await.unwrap(), Vec::<String>::new());
+    assert_eq!(s.get_task("acme", "tsk_1").await.unwrap(), None);
 }
