@@ -238,6 +238,56 @@ async fn the_example_agent_fixes_a_failing_test_through_the_model_with_a_brokere
 
     let (s, b) = w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/tasks/{task}/cancel"), None).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("cancelled")), "{b}");
+
+    // An owner forbids edits: the agent asks, is refused by the policy, and the file stays.
+    let (s, b) = w
+        .raw(
+            reqwest::Method::PUT,
+            &format!("/v1/namespaces/{NS}/filesystems/{fs}/archive"),
+            "application/x-tar",
+            repository(),
+        )
+        .await;
+    assert!(s == 200 || s == 204, "{s} {b}");
+    let forbid = r#"forbid (principal, action == Bulkhead::Action::"task.tool_call", resource) when { context.kind == "edit" };"#;
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/policies"),
+            Some(json!({"name": "no-edits", "policy": forbid})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = w
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1/namespaces/{NS}/tasks"),
+            Some(json!({"agent": "coder", "filesystem": {"id": fs},
+            "message": "fix the failing test in test_calc.py"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let task = b["id"].as_str().expect("id").to_owned();
+    let all = wait_turns(&w, &task, 1).await;
+    let refused = all.iter().any(|m| {
+        m["type"] == "permission_decision"
+            && m["data"]["kind"] == "edit"
+            && m["data"]["outcome"] == "reject"
+            && m["data"]["by"] == "policy"
+    });
+    assert!(refused, "{all:#?}");
+    let failed = all.iter().any(|m| m["type"] == "tool_call_update" && m["data"]["status"] == "failed");
+    assert!(failed, "the edit's tool call failed: {all:#?}");
+    let resp = w
+        .http
+        .get(format!("{}/v1/namespaces/{NS}/filesystems/{fs}/files?path=calc.py", w.base))
+        .bearer_auth(w.host.admin_token())
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.text().await.expect("text"), BUGGY);
+    let (s, b) = w.call(reqwest::Method::POST, &format!("/v1/namespaces/{NS}/tasks/{task}/cancel"), None).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("cancelled")), "{b}");
 }
 
 /// Waits until task `task` is `want` (at most `within`); answers it.

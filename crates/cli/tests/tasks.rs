@@ -144,6 +144,18 @@ async fn read_fs_file(h: &Harness, ns: &str, token: &str, fs: &str, path: &str) 
 
 const TURN: Duration = Duration::from_secs(60);
 
+async fn wait_ended(h: &Harness, ns: &str, token: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + TURN;
+    loop {
+        let t = task(h, ns, token, id).await;
+        if matches!(t["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            return t;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "task {id} did not end: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn an_sdk_agent_converses_edits_its_workspace_with_permission_and_is_cancelled() {
     let h = Harness::with_namespaces(&["acme"]).await;
@@ -467,8 +479,21 @@ async fn bundles_and_manifests_are_checked_and_tenants_never_meet() {
             h.call(Method::POST, "/v1/namespaces/acme/agents/coder/deploy", Some(&dev), json!({"version": v})).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
+    // New tasks run the active version; after a rollback, the previous one.
+    let r = h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "coder"})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::CREATED, json!(v2)), "{}", r.body);
+    // (Its agent exits at once: each task ends before the next, within the namespace's cpu.)
+    wait_ended(&h, "acme", &dev, r.body["id"].as_str().expect("id")).await;
     let r = h.call(Method::POST, "/v1/namespaces/acme/agents/coder/rollback", Some(&dev), Value::Null).await;
     assert_eq!((r.status, r.body["active_version"].clone()), (StatusCode::OK, json!(v1)), "{}", r.body);
+    let r = h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "coder"})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::CREATED, json!(v1)), "{}", r.body);
+    wait_ended(&h, "acme", &dev, r.body["id"].as_str().expect("id")).await;
+    // A version named outright runs, whatever is deployed.
+    let r =
+        h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "coder", "version": v2})).await;
+    assert_eq!((r.status, r.body["version"].clone()), (StatusCode::CREATED, json!(v2)), "{}", r.body);
+    wait_ended(&h, "acme", &dev, r.body["id"].as_str().expect("id")).await;
     let r = h.call(Method::GET, "/v1/namespaces/acme/agents/coder/versions", Some(&viewer), Value::Null).await;
     assert_eq!(r.body["items"].as_array().map(Vec::len), Some(2), "{}", r.body);
     let r = h
