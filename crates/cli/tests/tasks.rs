@@ -522,3 +522,25 @@ async fn r_versions(h: &Harness, token: &str) -> Vec<String> {
         .map(|v| v["digest"].as_str().expect("digest").to_owned())
         .collect()
 }
+
+#[tokio::test]
+async fn a_task_whose_sandbox_is_deleted_goes_idle_and_resumes_on_its_next_message() {
+    let h = Harness::with_namespaces(&["acme"]).await;
+    let (_, dev) = h.create_key("acme", "dev", "developer").await;
+    deploy(&h, "acme", &dev, "echo", common::agents::echo_py()).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "echo", "message": "one"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 1).await;
+    let sandbox = task(&h, "acme", &dev, &id).await["sandbox"].as_str().expect("a sandbox").to_owned();
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/acme/sandboxes/{sandbox}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let t = wait_status(&h, "acme", &dev, &id, "idle", TURN).await;
+    assert!(t.get("sandbox").is_none(), "{t}");
+    let r = event(&h, "acme", &dev, &id, json!({"type": "message", "content": "two"})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let all = wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 2).await;
+    assert_eq!(replies(&all), ["echo: one", "echo: two"]);
+    h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{id}/cancel"), Some(&dev), Value::Null).await;
+}

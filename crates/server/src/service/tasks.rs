@@ -45,6 +45,8 @@ const STDERR_TAIL: usize = 2048;
 pub const PROTOCOL_VERSION: u64 = 1;
 /// Pending permission requests an agent may have at once.
 const MAX_PENDING_PERMISSIONS: usize = 64;
+/// How long a driver whose agent was killed waits to learn whether its sandbox was ended.
+const SANDBOX_END_WAIT: Duration = Duration::from_secs(3);
 /// Prompts that may wait behind the one in flight.
 const MAX_QUEUED_PROMPTS: usize = 64;
 
@@ -329,8 +331,12 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
             event = output.next() => {
                 let event = match event {
                     Some(Ok(e)) => e,
-                    Some(Err(e)) => return End::Failed(format!("the agent's output broke off: {e}")),
-                    None => return End::Failed("the agent's output ended without its exit".into()),
+                    Some(Err(e)) => {
+                        return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed(format!("the agent's output broke off: {e}")))
+                    }
+                    None => {
+                        return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed("the agent's output ended without its exit".into()))
+                    }
                 };
                 match event {
                     ProcessEvent::Output { seq, stream, data } => {
@@ -361,6 +367,11 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
                     ProcessEvent::Exit(info) => {
                         let _ = d.flush().await;
                         if let Some(end) = d.stopping.take() {
+                            return end;
+                        }
+                        // Killed with its sandbox (a TTL, a delete): the teardown records why just after.
+                        let wait = if info.signal == Some(9) { SANDBOX_END_WAIT } else { Duration::ZERO };
+                        if let Some(end) = d.sandbox_end_within(wait).await {
                             return end;
                         }
                         return match (info.exit_code, info.signal) {
@@ -395,6 +406,38 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
 }
 
 impl Driver<'_> {
+    /// When the agent's sandbox itself ended (its TTL, a delete, its namespace's delete): the
+    /// task goes idle, to resume in a new one on its next event. `None` while it runs.
+    async fn sandbox_end(&mut self) -> Option<End> {
+        let row = self.state.store.get_sandbox(&self.task.namespace, &self.sandbox.id).await.ok()?;
+        match row {
+            Some(r) if r.status == SandboxStatus::Running => None,
+            Some(r) => {
+                let why = r.reason.unwrap_or_else(|| r.status.as_str().to_owned());
+                let _ = self.note(
+                    "error",
+                    json!({"message": format!("the task's sandbox ended ({why}); the next message resumes the task")}),
+                );
+                let _ = self.flush().await;
+                Some(End::Idle)
+            }
+            None => Some(End::Idle),
+        }
+    }
+
+    async fn sandbox_end_within(&mut self, wait: Duration) -> Option<End> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(end) = self.sandbox_end().await {
+                return Some(end);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn next_deadline(&self) -> Instant {
         let mut at = self.last_active + self.idle_timeout;
         if let Some(s) = self.start_deadline {
