@@ -391,6 +391,8 @@ pub async fn event(
         }
     };
     let is_prompt = matches!(command, tasks::Command::Prompt(_));
+    // One resume at a time: two messages to an idle task start one sandbox.
+    let _resuming = ctx.state.sandbox_locks.lock(&id).await;
     let driver = ctx.state.tasks.driver(&id);
     if driver.is_none() && !is_prompt {
         return Err(ApiError::Conflict(format!("task {id} is {}: there is no prompt or request waiting", row.status)));
@@ -407,7 +409,12 @@ pub async fn event(
             row.status.clone()
         }
         (None, tasks::Command::Prompt(blocks)) => {
-            // An idle task (or one whose agent just went idle) resumes with this prompt.
+            // An idle task (or one whose agent just went idle) resumes with this prompt, once
+            // the driver that went idle has let its sandbox go.
+            let row = ctx.state.store.get_task(&ns, &id).await?.ok_or_else(|| task_not_found(&id))?;
+            if row.ended() {
+                return Err(ApiError::Conflict(format!("task {id} has {}", row.status)));
+            }
             let agent = agents::find(&ctx.state, &ns, &row.agent_id)
                 .await?
                 .ok_or_else(|| ApiError::Conflict(format!("task {id}'s agent is gone")))?;

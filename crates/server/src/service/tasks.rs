@@ -171,8 +171,10 @@ pub fn launch(state: &AppState, launch: Launch) {
         let id = launch.task.id.clone();
         let sandbox = launch.sandbox.clone();
         let end = drive(&state, launch, rx).await;
-        state.tasks.unregister(&id);
+        // An event that would resume the task waits until it has ended or gone idle.
+        let _ending = state.sandbox_locks.lock(&id).await;
         finish(&state, &id, &sandbox, end).await;
+        state.tasks.unregister(&id);
     });
 }
 
