@@ -17,6 +17,7 @@ pub mod network;
 pub mod parts;
 pub mod policy;
 pub mod server;
+pub mod tasks;
 pub mod testhost;
 
 use std::path::{Path, PathBuf};
@@ -88,8 +89,13 @@ pub struct BenchArgs {
     /// makes on a documentation /26 of this machine's own), or `images` (the raw OCI runtime
     /// on the default image's layers and on the host's base; create → first output from the
     /// default image and from a template, alternating; snapshot; idle sandboxes on the image).
-    #[arg(long, value_parser = ["network", "images"])]
+    /// `tasks`: event in → first message out through a task against the same agent on its
+    /// stdio, alternating; then `--tasks` tasks at once and their memory.
+    #[arg(long, value_parser = ["network", "images", "tasks"])]
     only: Option<String>,
+    /// `--only tasks`: tasks created at once.
+    #[arg(long, default_value_t = 100)]
+    tasks: usize,
     /// The default image every server of the bench boots (an OCI image layout tar built by
     /// `scripts/build-default-image`), unpacked once per run into a layer store of the run's
     /// own. Default: `$BULKHEAD_DEFAULT_IMAGE`, else `/var/tmp/bulkhead-images/default.tar`,
@@ -397,6 +403,61 @@ async fn images_alone(
     })
 }
 
+/// The figures of `--only tasks`.
+#[derive(Debug, Serialize)]
+struct TasksAlone {
+    host: String,
+    command_line: String,
+    tasks: tasks::TasksReport,
+}
+
+/// `--only tasks`: one loopback-only server on the default image; [`tasks::measure`]; then the
+/// same cleanup as [`run`].
+async fn only_tasks(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let result = async {
+        let runtime_class = format!("container={}", args.runtime);
+        let image_args = image.serve_args();
+        let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
+        extra.extend(image_args.iter().map(String::as_str));
+        let serve = server::Serve {
+            bulkhead,
+            data_dir: &data.join("data"),
+            state_dir: &settings.state_dir,
+            cgroup_prefix: &settings.cgroup_prefix,
+            host_registry: None,
+            extra: &extra,
+        };
+        let started = serve.spawn().context("start bulkhead serve")?;
+        let pid = started.child.id();
+        let server = ServerProcess(started.child);
+        let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
+        let admin = Client::new(&started.url, Some(admin));
+        let report = tasks::measure(&admin, args.runs, args.tasks, pid).await;
+        drop(server);
+        report
+    }
+    .await;
+    leave_nothing_behind(settings).await;
+    let _ = std::fs::remove_dir_all(data);
+    forget_in_host_registry(&settings.cgroup_prefix);
+    let report =
+        TasksAlone { host: host(), command_line: std::env::args().collect::<Vec<_>>().join(" "), tasks: result? };
+    println!("host: {}", report.host);
+    println!("command: {}\n", report.command_line);
+    println!("{:<44} {:>6} {:>10} {:>10}", "measure", "n", "p50 ms", "p99 ms");
+    tasks::print(&report.tasks);
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", args.out.display()))?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(())
+}
+
 /// Where the bench's server keeps its host state: a state dir and cgroup prefix of its own.
 struct Names {
     state_dir: PathBuf,
@@ -443,6 +504,7 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
     match args.only.as_deref() {
         Some("network") => return only_network(args, bulkhead, &data, &settings, &image).await,
         Some("images") => return only_images(args, bulkhead, &data, &settings, &image).await,
+        Some("tasks") => return only_tasks(args, bulkhead, &data, &settings, &image).await,
         _ => {}
     }
     let result = bench(args, bulkhead, &data, &settings, &image).await;

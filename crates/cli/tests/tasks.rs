@@ -455,6 +455,17 @@ async fn bundles_and_manifests_are_checked_and_tenants_never_meet() {
     b.append(&header, &b"x"[..]).expect("append");
     let r = push(&h, "acme", &dev, "coder", b.into_inner().expect("tar")).await;
     assert_envelope(&r, "invalid_request");
+    // A namespace's bundles stay within its disk quota.
+    let mut tiny = common::namespace_body("tiny");
+    tiny["quotas"]["disk_bytes"] = json!(64 << 10);
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), tiny).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    h.call(Method::POST, "/v1/namespaces/tiny/agents", Some(&h.admin), json!({"name": "big"})).await;
+    std::fs::write(dir.path().join("agent.json"), r#"{"command": ["true"], "protocol": "acp"}"#).expect("write");
+    std::fs::write(dir.path().join("weights.bin"), vec![7u8; 100 << 10]).expect("write");
+    let r = push(&h, "tiny", &h.admin, "big", common::agents::bundle(dir.path(), &[])).await;
+    assert_envelope(&r, "quota_exceeded");
+    std::fs::remove_file(dir.path().join("weights.bin")).expect("rm");
     // Roles and tenants.
     let ok = write(r#"{"command": ["true"], "protocol": "acp"}"#);
     assert_envelope(&push(&h, "acme", &viewer, "coder", ok.clone()).await, "forbidden");

@@ -149,6 +149,8 @@ pub trait AgentStore: Send + Sync {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<VersionRow>>;
+    /// The bytes of the namespace's distinct bundles (each digest once).
+    async fn version_bytes(&self, namespace: &str) -> Result<u64>;
     /// The digests of every version of the namespace (what its bundle store keeps).
     async fn version_digests(&self, namespace: &str) -> Result<Vec<String>>;
     /// Records a new task.

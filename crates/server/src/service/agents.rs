@@ -167,6 +167,16 @@ pub async fn push(
     let owner = super::sandboxes::id_range(ns)?;
     let owner = Owner { uid: owner.host_start, gid: owner.host_start };
     let size = std::fs::metadata(spooled).map(|m| m.len()).unwrap_or(0);
+    // The namespace's bundles together stay within its disk quota (a bundle already stored is
+    // not counted twice).
+    let known = state.store.version_digests(&ns.name).await?.contains(&digest);
+    let used = state.store.version_bytes(&ns.name).await?;
+    if !known && used.saturating_add(size) > ns.quotas.disk_bytes {
+        return Err(ServiceError::QuotaExceeded(format!(
+            "quota disk_bytes exceeded by agent bundles: limit {}, bundles {used}, this one {size}",
+            ns.quotas.disk_bytes
+        )));
+    }
     let dir = bundle_dir(state, &ns.name, &digest);
     let (root, file, target) = (bundles_root(state), spooled.to_owned(), dir.clone());
     let manifest = tokio::task::spawn_blocking(move || unpack(&root, &file, &target, owner))

@@ -211,6 +211,17 @@ impl AgentStore for SqliteStore {
         all(&self.pool, q).await
     }
 
+    async fn version_bytes(&self, namespace: &str) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(size), 0) AS bytes FROM \
+             (SELECT MAX(size_bytes) AS size FROM agent_versions WHERE namespace = ? GROUP BY digest)",
+        )
+        .bind(namespace)
+        .fetch_one(&self.pool)
+        .await?;
+        as_u64(&row, "bytes")
+    }
+
     async fn version_digests(&self, namespace: &str) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT DISTINCT digest FROM agent_versions WHERE namespace = ? ORDER BY digest")
             .bind(namespace)
