@@ -3,13 +3,15 @@
 //! One [`Client`] of one server with one token; its methods are grouped by resource, one module
 //! each: [`namespaces`] (namespaces and keys), [`sandboxes`] (sandboxes, exec, their files),
 //! [`processes`] (background processes, their output, stdin and WebSocket attachment),
-//! [`filesystems`] (filesystems, their files and archives, projects), [`identity`] (single
+//! [`filesystems`] (filesystems, their files and archives, projects), [`images`], [`agents`]
+//! (agents, their versions, tasks and their messages, events and state), [`identity`] (single
 //! sign-on, policies, secrets) and [`observe`] (usage, audit, logs). Every body and query it
 //! sends or reads is a wire type of `bulkhead-api`, the same one the server parses.
 //!
 //! **Invariant:** the client trusts nothing it is told beyond the wire types; an answer that does
 //! not parse is an error, never a panic.
 
+pub mod agents;
 pub mod error;
 pub mod files;
 pub mod filesystems;
@@ -27,6 +29,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::agents::{PermissionOutcome, Pushed, TaskMessages, TaskState};
 use crate::error::Call;
 pub use crate::error::{ClientError, Error, Result};
 pub use crate::filesystems::FsFile;

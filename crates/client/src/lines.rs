@@ -139,11 +139,98 @@ impl<T: serde::de::DeserializeOwned> EventStream<T> {
     }
 }
 
+/// One server-sent event: its `event` (`message` when it named none), its `id` when it had
+/// one, and its `data` lines joined by newlines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: String,
+}
+
+/// The events of a `text/event-stream` answer, parsed as the HTML standard says: fields up to a
+/// blank line make an event, comments (keep-alives) and events without data are skipped, and an
+/// event cut off by the end of the body is dropped.
+#[derive(Debug)]
+pub(crate) struct SseEvents {
+    pub answer: crate::Answer,
+    lines: Lines,
+    ended: bool,
+}
+
+impl SseEvents {
+    pub(crate) fn new(answer: crate::Answer, max_line: usize) -> SseEvents {
+        SseEvents { answer, lines: Lines::new(max_line), ended: false }
+    }
+
+    /// The next event; `None` when the body ended. A body that breaks off is
+    /// [`crate::Error::Receive`].
+    pub(crate) async fn next(&mut self) -> crate::Result<Option<SseEvent>> {
+        let status = self.answer.status();
+        let mut event = SseEvent { event: String::new(), id: None, data: String::new() };
+        let mut has_data = false;
+        loop {
+            match self.lines.next_line() {
+                Ok(Some(line)) => {
+                    let line = String::from_utf8_lossy(line);
+                    let line = line.strip_suffix('\r').unwrap_or(&line);
+                    if line.is_empty() {
+                        if has_data {
+                            if event.event.is_empty() {
+                                event.event.push_str("message");
+                            }
+                            return Ok(Some(event));
+                        }
+                        event = SseEvent { event: String::new(), id: None, data: String::new() };
+                        continue;
+                    }
+                    let (field, value) = match line.split_once(':') {
+                        Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                        None => (line, ""),
+                    };
+                    match field {
+                        "" => {} // A comment, such as a keep-alive.
+                        "event" => event.event = value.to_owned(),
+                        "id" => event.id = Some(value.to_owned()),
+                        "data" => {
+                            if has_data {
+                                event.data.push('\n');
+                            }
+                            event.data.push_str(value);
+                            has_data = true;
+                        }
+                        _ => {} // `retry` and unknown fields.
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(detail) => return Err(self.answer.call.unexpected(status, detail)),
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match self.answer.chunk().await? {
+                Some(chunk) => self.lines.push(&chunk),
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
 /// A request body that streams `source` in chunks of `chunk` bytes, read on a thread of its
 /// own a few chunks ahead of the connection (never the whole of it in memory). The thread is
 /// detached: it ends at the end of `source`, on its error (which ends the body), or once the
 /// body is dropped and its next chunk has nowhere to go.
 pub(crate) fn reader_body(source: Box<dyn std::io::Read + Send>, chunk: usize) -> reqwest::Body {
+    reqwest::Body::wrap_stream(reader_stream(source, chunk))
+}
+
+/// The chunks of `source`, read as [`reader_body`] reads them, for a body that looks at each
+/// chunk on its way (an upload that counts what it sent).
+pub(crate) fn reader_stream(
+    source: Box<dyn std::io::Read + Send>,
+    chunk: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<Vec<u8>>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     std::thread::spawn(move || {
         let mut source = source;
@@ -164,7 +251,5 @@ pub(crate) fn reader_body(source: Box<dyn std::io::Read + Send>, chunk: usize) -
             }
         }
     });
-    reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    }))
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
 }
