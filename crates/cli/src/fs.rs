@@ -500,14 +500,14 @@ async fn pull_to_dir(c: &Client, ns: &str, id: &str, dir: &Path, progress: &mut 
 
 /// The system `tar` running in a directory, its standard error read on a thread so a chatty tar
 /// never blocks on a full pipe.
-struct Tar {
-    child: Child,
+pub(crate) struct Tar {
+    pub(crate) child: Child,
     errors: JoinHandle<String>,
 }
 
 impl Tar {
     /// Starts `tar -C dir ARGS` with these standard input and output.
-    fn spawn(dir: &Path, args: &[&str], stdin: Stdio, stdout: Stdio) -> anyhow::Result<Tar> {
+    pub(crate) fn spawn(dir: &Path, args: &[&str], stdin: Stdio, stdout: Stdio) -> anyhow::Result<Tar> {
         let mut child = Command::new("tar")
             .arg("-C")
             .arg(dir)
@@ -529,14 +529,14 @@ impl Tar {
     }
 
     /// Waits for tar to exit: its status and what it wrote to standard error.
-    fn wait(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    pub(crate) fn wait(mut self) -> anyhow::Result<(std::process::ExitStatus, String)> {
         let status = self.child.wait().context("cannot wait for tar")?;
         Ok((status, self.errors.join().unwrap_or_default()))
     }
 }
 
 /// The first line of a tool's complaint, or its exit status when it said nothing.
-fn first_line(stderr: &str, status: std::process::ExitStatus) -> String {
+pub(crate) fn first_line(stderr: &str, status: std::process::ExitStatus) -> String {
     match stderr.lines().map(str::trim).find(|l| !l.is_empty()) {
         Some(line) => line.to_owned(),
         None => format!("tar {status}"),

@@ -122,7 +122,7 @@ fn image_row(i: &Image) -> Vec<String> {
 }
 
 /// `sha256:` and the first 12 hex digits, as tables show a digest.
-fn short_digest(d: &str) -> String {
+pub(crate) fn short_digest(d: &str) -> String {
     let hex = d.strip_prefix("sha256:").unwrap_or(d);
     format!("sha256:{}", hex.chars().take(12).collect::<String>())
 }

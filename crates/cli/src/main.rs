@@ -1,6 +1,7 @@
 //! `bulkhead`: `bulkhead serve` runs the server; every other subcommand is a client of its HTTP
 //! API. Errors print one line and exit non-zero.
 
+mod agent;
 mod commands;
 mod doctor;
 mod egress;
@@ -12,6 +13,7 @@ mod output;
 mod process;
 mod sandbox;
 mod serve;
+mod task;
 mod terminal;
 mod units;
 mod usage;
@@ -102,6 +104,14 @@ enum Command {
     /// write-only.
     #[command(subcommand)]
     Secret(identity::SecretCmd),
+    /// Manage a namespace's agents: `create`, `list`, `show`, `rm`, `push` a directory as a
+    /// version, `versions`, `deploy` one, `rollback`.
+    #[command(subcommand)]
+    Agent(agent::AgentCmd),
+    /// Run and converse with agents: `create` a task, `send` it messages, `allow` or `reject` its
+    /// permission requests, read its `logs`, its `state`, `cancel` it, `list`, `show`.
+    #[command(subcommand)]
+    Task(task::TaskCmd),
     /// A sandbox's network egress: `explain` how a connection would be decided.
     #[command(subcommand)]
     Egress(egress::EgressCmd),
@@ -159,6 +169,8 @@ fn main() -> ExitCode {
             Command::Policy(cmd) => identity::policy(cmd, &cli.global).await,
             Command::Secret(cmd) => identity::secret(cmd, &cli.global).await,
             Command::Egress(cmd) => egress::egress(cmd, &cli.global).await,
+            Command::Agent(cmd) => agent::agent(cmd, &cli.global).await,
+            Command::Task(cmd) => task::task(cmd, &cli.global).await,
         }
     });
     match result {
