@@ -209,7 +209,7 @@ async fn measure_in(
                 },
             )
             .await?;
-        wait_running(admin, NS, &[task.id.clone()]).await?;
+        wait_running(admin, NS, std::slice::from_ref(&task.id)).await?;
         let mut stream = admin.follow_task(NS, &task.id, 0).await?;
         let mut direct = Direct::start(&sdk, work).await?;
         let (mut via, mut raw) = (Vec::with_capacity(runs), Vec::with_capacity(runs));

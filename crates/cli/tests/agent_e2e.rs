@@ -6,6 +6,8 @@
 //! methods, after asking permission) and runs the test in its sandbox, streaming messages; the
 //! filesystem then holds the fix.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! by people, the workspace's mode decided by the principal's rights, cancels, and hostile agents
 //! that fail their own task only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -500,6 +502,13 @@ async fn bundles_and_manifests_are_checked_and_tenants_never_meet() {
     let r = h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "coder"})).await;
     assert_eq!((r.status, r.body["version"].clone()), (StatusCode::CREATED, json!(v1)), "{}", r.body);
     wait_ended(&h, "acme", &dev, r.body["id"].as_str().expect("id")).await;
+    // Lists filter by agent.
+    let r = h.call(Method::GET, "/v1/namespaces/acme/tasks?agent=coder&limit=10", Some(&viewer), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let items = r.body["items"].as_array().expect("items");
+    assert!(items.len() >= 2 && items.iter().all(|t| t["agent"] == "coder"), "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/acme/tasks?agent=nosuch", Some(&viewer), Value::Null).await;
+    assert_envelope(&r, "invalid_request");
     // A version named outright runs, whatever is deployed.
     let r =
         h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "coder", "version": v2})).await;

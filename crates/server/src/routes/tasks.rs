@@ -274,15 +274,15 @@ async fn start(ctx: &Ctx, task: &TaskRow, agent: &AgentRow, prompts: Vec<Vec<Val
 
 /// The namespace's tasks, by id; `agent` keeps one agent's.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/tasks", tag = "tasks",
-    params(("ns" = String, Path), PageParams, TaskListParams),
+    params(("ns" = String, Path), TaskListParams),
     responses((status = 200, body = Page<Task>), CheckedErrors))]
 pub async fn list(
     ctx: Ctx,
     PathParams(ns): PathParams<String>,
-    QueryParams(page): QueryParams<PageParams>,
     QueryParams(filter): QueryParams<TaskListParams>,
 ) -> ApiResult<Json<Page<Task>>> {
     ctx.authorize(Action::TaskList, &Target::namespace(&ns))?;
+    let page = PageParams { limit: filter.limit, cursor: filter.cursor.clone() };
     let limit = page.limit()?;
     let after = page.after(TaskRow::CURSOR)?;
     load_namespace(&ctx, &ns).await?;
@@ -313,11 +313,9 @@ pub async fn list(
 pub struct TaskListParams {
     /// Only this agent's tasks (a name or an `agt_…` id).
     pub agent: Option<String>,
-    #[serde(default)]
-    #[param(ignore)]
-    pub limit: Option<String>,
-    #[serde(default)]
-    #[param(ignore)]
+    /// 1 to 1000; default 100.
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 

@@ -323,7 +323,7 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
     }
     let mut line: Vec<u8> = Vec::new();
     let mut last_seq = 0u64;
-    let mut cwd_sent = cwd;
+    let cwd_sent = cwd;
     loop {
         if let Some(end) = d.stopping.take() {
             return end;
@@ -356,7 +356,7 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
                         last_seq = seq;
                         match stream {
                             OutputStreamKind::Stdout => {
-                                if let Err(end) = d.stdout(&mut line, &data, &mut cwd_sent).await {
+                                if let Err(end) = d.stdout(&mut line, &data, &cwd_sent).await {
                                     return end;
                                 }
                             }
@@ -507,7 +507,7 @@ impl Driver<'_> {
             .map_err(|e| End::Failed(format!("the task's messages could not be recorded: {e}")))
     }
 
-    async fn stdout(&mut self, line: &mut Vec<u8>, data: &[u8], cwd: &mut String) -> Result<(), End> {
+    async fn stdout(&mut self, line: &mut Vec<u8>, data: &[u8], cwd: &str) -> Result<(), End> {
         let mut rest = data;
         while !rest.is_empty() {
             let (part, done) = match rest.iter().position(|b| *b == b'\n') {
@@ -530,7 +530,7 @@ impl Driver<'_> {
         Ok(())
     }
 
-    async fn message(&mut self, text: &[u8], cwd: &mut String) -> Result<(), End> {
+    async fn message(&mut self, text: &[u8], cwd: &str) -> Result<(), End> {
         let trimmed = text.trim_ascii();
         if trimmed.is_empty() {
             return Ok(());
@@ -597,7 +597,7 @@ impl Driver<'_> {
         self.note(&kind, update)
     }
 
-    async fn response(&mut self, id: Value, value: &Value, cwd: &mut String) -> Result<(), End> {
+    async fn response(&mut self, id: Value, value: &Value, cwd: &str) -> Result<(), End> {
         let Some(what) = id.as_u64().and_then(|n| self.asked.remove(&n)) else {
             return Err(self.fail(format!(
                 "the agent answered a request that was never sent (id {})",
@@ -627,11 +627,11 @@ impl Driver<'_> {
                         // Its replay comes before its answer, under this session's id.
                         self.session = Some(session.clone());
                         self.loading = true;
-                        let params = json!({"sessionId": session, "cwd": cwd.as_str(), "mcpServers": []});
+                        let params = json!({"sessionId": session, "cwd": cwd, "mcpServers": []});
                         self.ask(Asked::LoadSession, "session/load", params).await
                     }
                     None => {
-                        let params = json!({"cwd": cwd.as_str(), "mcpServers": []});
+                        let params = json!({"cwd": cwd, "mcpServers": []});
                         self.ask(Asked::NewSession, "session/new", params).await
                     }
                 }
@@ -641,7 +641,7 @@ impl Driver<'_> {
                 if error.is_some() {
                     self.session = None;
                     // The agent lost the session: a new one, with the task's files as they are.
-                    let params = json!({"cwd": cwd.as_str(), "mcpServers": []});
+                    let params = json!({"cwd": cwd, "mcpServers": []});
                     return self.ask(Asked::NewSession, "session/new", params).await;
                 }
                 self.session = self.task.session_id.clone();
