@@ -121,6 +121,8 @@ pub async fn create(
 
 async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
     let req: CreateTask = json(headers, body)?;
+    // A missing namespace is a 404; a missing agent, a field of the body.
+    load_namespace(ctx, ns).await?;
     let agent = load_agent(ctx, ns, &req.agent).await.map_err(|e| match e {
         ApiError::NotFound(_) => {
             ApiError::Invalid(format!("agent: namespace {ns} has no agent {:?}", agents::shorten(&req.agent, 80)))
