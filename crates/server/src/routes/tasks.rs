@@ -231,6 +231,7 @@ async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> A
     ctx.audit_detail("version", version.id.clone());
     let mut prompts = Vec::new();
     if let Some(blocks) = first {
+        ctx.audit_detail("content_sha256", sha256_hex(&serde_json::to_vec(&blocks).unwrap_or_default()));
         tasks::record(&ctx.state, &id, vec![("user_message".into(), json!({"content": blocks}))]).await?;
         prompts.push(blocks);
     }
