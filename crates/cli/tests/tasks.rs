@@ -339,10 +339,26 @@ async fn permissions_asked_of_a_person_are_answered_by_events_and_time_out_as_re
     assert_eq!(replies(&all).last().map(String::as_str), Some("refused"));
     assert!(all.iter().any(|m| m["type"] == "permission_decision" && m["data"]["by"] == "timeout"), "{all:?}");
     assert_eq!(read_fs_file(&h, "acme", &dev, &fs, "b.txt").await.status, StatusCode::NOT_FOUND);
-    // An answer to a request that no longer waits changes nothing.
+    // An answer to a request that does not wait is refused, and changes nothing.
     let r =
         event(&h, "acme", &dev, &id, json!({"type": "permission", "request": "perm_nope", "outcome": "bogus"})).await;
     assert_envelope(&r, "invalid_request");
+    let r =
+        event(&h, "acme", &dev, &id, json!({"type": "permission", "request": request, "outcome": "allow_once"})).await;
+    assert_envelope(&r, "conflict");
+    // Bodies are one JSON object and nothing more.
+    let raw = |body: &'static str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/namespaces/acme/tasks/{id}/events"))
+            .header("authorization", format!("Bearer {dev}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .expect("request")
+    };
+    for body in [r#"{"type": "cancel"} trailing"#, r#"["message", "hi"]"#, r#"{"type": "cancel", "content": "x"}"#] {
+        assert_envelope(&h.send(raw(body)).await, "invalid_request");
+    }
     h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{id}/cancel"), Some(&dev), Value::Null).await;
 }
 
@@ -553,6 +569,20 @@ async fn a_task_whose_sandbox_is_deleted_goes_idle_and_resumes_on_its_next_messa
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let id = r.body["id"].as_str().expect("id").to_owned();
     wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 1).await;
+    // A message larger than the bound is kept as its size and hash.
+    let r = event(
+        &h,
+        "acme",
+        &dev,
+        &id,
+        json!({"type": "message", "content": "shell head -c 400000 /dev/zero | tr '\\0' x"}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let all = wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 2).await;
+    let big = all.iter().rfind(|m| m["type"] == "agent_message_chunk").expect("the reply");
+    assert_eq!(big["data"]["truncated"], json!(true), "{big}");
+    assert!(big["data"]["bytes"].as_u64().unwrap_or(0) > 400_000, "{big}");
     let sandbox = task(&h, "acme", &dev, &id).await["sandbox"].as_str().expect("a sandbox").to_owned();
     let r = h.call(Method::DELETE, &format!("/v1/namespaces/acme/sandboxes/{sandbox}"), Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
@@ -560,7 +590,53 @@ async fn a_task_whose_sandbox_is_deleted_goes_idle_and_resumes_on_its_next_messa
     assert!(t.get("sandbox").is_none(), "{t}");
     let r = event(&h, "acme", &dev, &id, json!({"type": "message", "content": "two"})).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
-    let all = wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 2).await;
-    assert_eq!(replies(&all), ["echo: one", "echo: two"]);
+    let all = wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 3).await;
+    assert_eq!(replies(&all).last().map(String::as_str), Some("echo: two"));
     h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{id}/cancel"), Some(&dev), Value::Null).await;
+}
+
+#[tokio::test]
+async fn a_tasks_sandbox_is_read_as_the_task_and_a_cancel_at_once_leaves_no_sandbox() {
+    let h = Harness::with_namespaces(&["acme"]).await;
+    let (_, dev) = h.create_key("acme", "dev", "developer").await;
+    let (_, viewer) = h.create_key("acme", "eyes", "viewer").await;
+    deploy(&h, "acme", &dev, "echo", common::agents::echo_py()).await;
+    let r =
+        h.call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "echo", "message": "one"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 1).await;
+    let sandbox = task(&h, "acme", &dev, &id).await["sandbox"].as_str().expect("a sandbox").to_owned();
+    // The agent's output is the conversation: a viewer, who may not read the task, may not read it
+    // through the sandbox's processes either.
+    let processes = format!("/v1/namespaces/acme/sandboxes/{sandbox}/processes");
+    assert_envelope(&h.call(Method::GET, &processes, Some(&viewer), Value::Null).await, "forbidden");
+    let r = h.call(Method::GET, &processes, Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let prc = r.body["items"][0]["id"].as_str().expect("the agent's process").to_owned();
+    let output = format!("{processes}/{prc}/output?after=0");
+    assert_envelope(&h.call(Method::GET, &output, Some(&viewer), Value::Null).await, "forbidden");
+    h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{id}/cancel"), Some(&dev), Value::Null).await;
+
+    // Cancelled as soon as it is created, again and again: no sandbox is left running.
+    for _ in 0..3 {
+        let r = h
+            .call(Method::POST, "/v1/namespaces/acme/tasks", Some(&dev), json!({"agent": "echo", "message": "x"}))
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let id = r.body["id"].as_str().expect("id").to_owned();
+        let r = h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{id}/cancel"), Some(&dev), Value::Null).await;
+        assert_eq!((r.status, r.body["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{}", r.body);
+    }
+    let deadline = tokio::time::Instant::now() + TURN;
+    loop {
+        let r = h.call(Method::GET, "/v1/namespaces/acme/sandboxes?limit=1000", Some(&dev), Value::Null).await;
+        let live: Vec<&Value> =
+            r.body["items"].as_array().expect("items").iter().filter(|s| s["status"] == "running").collect();
+        if live.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sandboxes of cancelled tasks run on: {live:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

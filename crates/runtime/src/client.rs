@@ -370,6 +370,12 @@ impl ProcessOutput {
     pub async fn next(&mut self) -> Option<Result<ProcessEvent>> {
         self.rx.recv().await
     }
+
+    /// The next event if one has arrived already, without waiting (a reader that takes what
+    /// has piled up in one go).
+    pub fn try_next(&mut self) -> Option<Result<ProcessEvent>> {
+        self.rx.try_recv().ok()
+    }
 }
 
 /// The error for a supervisor's failure answer about process `id`.

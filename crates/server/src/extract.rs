@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// Parses a JSON request body into `T`. Wrong content type is a 415, malformed JSON or a wrong
-/// field a 400 naming the field (`quotas.memory_bytes: invalid type ...`).
+/// Parses a JSON request body into `T`. Wrong content type is a 415, malformed JSON, bytes after
+/// the value, or a wrong field a 400 naming the field (`quotas.memory_bytes: invalid type ...`).
 pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
@@ -22,8 +22,8 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
             if content_type.is_empty() { "nothing" } else { content_type }
         )));
     }
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if path == "." || path.is_empty() {
@@ -32,7 +32,21 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
             ApiError::Invalid(format!("{path}: {inner}"))
         }
     })?;
+    // One JSON value and nothing after it but whitespace.
+    de.end().map_err(|e| ApiError::Invalid(format!("body: {e}")))?;
     Ok(value)
+}
+
+/// [`json`] of a body that must be a JSON object (serde would also take a struct from an array
+/// of its fields in order).
+pub fn json_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        // The content type is judged first, as `json` does.
+        json::<serde_json::Value>(headers, body)?;
+        return Err(ApiError::Invalid("body: must be a JSON object".into()));
+    }
+    json(headers, body)
 }
 
 /// `axum::extract::Path` whose rejection is our `invalid_request`.

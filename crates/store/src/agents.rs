@@ -155,6 +155,8 @@ pub trait AgentStore: Send + Sync {
     async fn version_digests(&self, namespace: &str) -> Result<Vec<String>>;
     /// Records a new task.
     async fn insert_task(&self, task: &TaskRow) -> Result<()>;
+    /// Forgets task `id` of the namespace with its messages (a create that did not happen).
+    async fn delete_task(&self, namespace: &str, id: &str) -> Result<bool>;
     /// Task `id` of the namespace.
     async fn get_task(&self, namespace: &str, id: &str) -> Result<Option<TaskRow>>;
     /// A page of the namespace's tasks by id, of one agent when `agent_id` is given.
@@ -173,6 +175,8 @@ pub trait AgentStore: Send + Sync {
     /// Appends messages (kind, body) to task `id` in order, numbered after its last; answers
     /// their sequence numbers. One transaction: all or none.
     async fn append_messages(&self, id: &str, messages: &[(String, String)], at_ms: i64) -> Result<Vec<u64>>;
+    /// The bytes of task `id`'s messages' bodies, together.
+    async fn task_message_bytes(&self, id: &str) -> Result<u64>;
     /// Messages of task `id` with `seq > after`, at most `limit`, in order.
     async fn task_messages(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskMessageRow>>;
     /// Milliseconds task `id`'s sandboxes ran, up to `now_ms` for one that runs.

@@ -108,9 +108,19 @@ pub fn sandbox_target(row: &SandboxRow) -> Target {
     }
 }
 
-/// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended.
+/// The running sandbox of this namespace: 404 when it does not exist, 409 when it ended. A
+/// sandbox that runs a task's agent carries the task's conversation (its processes' output, its
+/// files): reaching into it also takes `task.get` on the task.
 pub(crate) async fn load_running(ctx: &Ctx, ns: &str, id: &str) -> ApiResult<SandboxRow> {
     let row = load_sandbox(ctx, ns, id).await?;
+    if let Some(task) = &row.task {
+        let target = Target::Task {
+            namespace: row.namespace.clone(),
+            id: task.clone(),
+            scope: Scope::of_sandbox(row.filesystem.is_some(), row.project.as_deref()),
+        };
+        ctx.require(Action::TaskGet, &target)?;
+    }
     if row.status != SandboxStatus::Running {
         return Err(ApiError::Conflict(format!("sandbox {id} is {}", row.status.as_str())));
     }

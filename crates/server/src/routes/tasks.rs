@@ -31,7 +31,7 @@ use super::load_namespace;
 use super::sandboxes::{create_sandbox, wants, TaskBoot};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, json_object, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::records::{AgentRow, StateWrite, TaskRow};
 use crate::service::{agents, tasks};
@@ -120,7 +120,7 @@ pub async fn create(
 }
 
 async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateTask = json(headers, body)?;
+    let req: CreateTask = json_object(headers, body)?;
     // A missing namespace is a 404; a missing agent, a field of the body.
     load_namespace(ctx, ns).await?;
     let agent = load_agent(ctx, ns, &req.agent).await.map_err(|e| match e {
@@ -235,7 +235,19 @@ async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> A
         tasks::record(&ctx.state, &id, vec![("user_message".into(), json!({"content": blocks}))]).await?;
         prompts.push(blocks);
     }
-    let row = start(ctx, &row, &agent, prompts).await?;
+    // A cancel waits until the task's agent runs (or never will).
+    let started = {
+        let _starting = ctx.state.sandbox_locks.lock(&id).await;
+        start(ctx, &row, &agent, prompts).await
+    };
+    let row = match started {
+        Ok(row) => row,
+        Err(e) => {
+            // Refused or failed before it ran: the caller got no task, and none is kept.
+            let _ = tasks::forget(&ctx.state, ns, &id).await;
+            return Err(e);
+        }
+    };
     Created::json(StatusCode::CREATED, &task_out(&row, &agent.name))
 }
 
@@ -253,12 +265,18 @@ async fn start(ctx: &Ctx, task: &TaskRow, agent: &AgentRow, prompts: Vec<Vec<Val
     let sandbox = match create_sandbox(ctx, &task.namespace, &request, Some(boot)).await {
         Ok(s) => s,
         Err(e) => {
+            // A resume that cannot start leaves the task idle, for a later event to retry.
             let reason = format!("its sandbox did not start: {e}");
-            let _ = tasks::set_status(&ctx.state, &task.id, "failed", Some(reason)).await;
+            let _ = tasks::set_status(&ctx.state, &task.id, "idle", Some(reason)).await;
             return Err(e);
         }
     };
     let row = tasks::attach_sandbox(&ctx.state, &task.id, &sandbox.id).await?;
+    if row.ended() {
+        // Cancelled while its sandbox started: the sandbox goes, and no agent runs.
+        tasks::drop_sandbox(&ctx.state, &sandbox).await;
+        return Ok(row);
+    }
     tasks::launch(
         &ctx.state,
         tasks::Launch {
@@ -352,20 +370,25 @@ pub async fn event(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<EventAccepted>)> {
     ctx.authorize(Action::TaskEvent, &Target::task(&ns, &id))?;
-    let req: TaskEvent = json(&headers, &body)?;
+    let req: TaskEvent = json_object(&headers, &body)?;
     let row = load_task(&ctx, &ns, &id).await?;
     if row.ended() {
         return Err(ApiError::Conflict(format!("task {id} has {}", row.status)));
     }
     ctx.audit_detail("type", req.kind.clone());
-    let (command, recorded) = match req.kind.as_str() {
+    enum Wanted {
+        Prompt(Vec<Value>),
+        Permission(String, String),
+        Cancel,
+    }
+    let wanted = match req.kind.as_str() {
         "message" => {
             let content =
                 req.content.as_ref().ok_or_else(|| ApiError::Invalid("content: required for a message".into()))?;
             let blocks = tasks::prompt_of("content", content)?;
             // Audited as a hash: the conversation is the task's, not the audit chain's.
             ctx.audit_detail("content_sha256", sha256_hex(&serde_json::to_vec(&blocks).unwrap_or_default()));
-            (tasks::Command::Prompt(blocks.clone()), Some(("user_message", json!({"content": blocks}))))
+            Wanted::Prompt(blocks)
         }
         "permission" => {
             let request = req
@@ -381,9 +404,9 @@ pub async fn event(
             }
             ctx.audit_detail("request", agents::shorten(&request, 80));
             ctx.audit_detail("outcome", outcome.clone());
-            (tasks::Command::Permission { request, outcome }, None)
+            Wanted::Permission(request, outcome)
         }
-        "cancel" => (tasks::Command::CancelTurn, Some(("cancel", json!({})))),
+        "cancel" => Wanted::Cancel,
         other => {
             return Err(ApiError::Invalid(format!(
                 "type: {:?} is not an event: \"message\", \"permission\" or \"cancel\"",
@@ -391,25 +414,52 @@ pub async fn event(
             )))
         }
     };
-    let is_prompt = matches!(command, tasks::Command::Prompt(_));
+    if req.kind != "message" && req.content.is_some() {
+        return Err(ApiError::Invalid(format!("content: only a message has content, not a {}", req.kind)));
+    }
+    if req.kind != "permission" && (req.request.is_some() || req.outcome.is_some()) {
+        return Err(ApiError::Invalid(format!(
+            "request, outcome: only a permission answer has them, not a {}",
+            req.kind
+        )));
+    }
     // One resume at a time: two messages to an idle task start one sandbox.
     let _resuming = ctx.state.sandbox_locks.lock(&id).await;
     let driver = ctx.state.tasks.driver(&id);
-    if driver.is_none() && !is_prompt {
-        return Err(ApiError::Conflict(format!("task {id} is {}: there is no prompt or request waiting", row.status)));
-    }
-    let seq = match recorded {
-        Some((kind, data)) => {
-            tasks::record(&ctx.state, &id, vec![(kind.to_owned(), data)]).await?.last().copied().unwrap_or(0)
+    let gone = || ApiError::Conflict(format!("task {id} is stopping; retry"));
+    let (seq, status) = match (driver, wanted) {
+        (Some(tx), Wanted::Prompt(blocks)) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            tx.send(tasks::Command::Prompt { blocks, reply }).await.map_err(|_| gone())?;
+            match answer.await.map_err(|_| gone())? {
+                Ok(seq) => (seq, row.status.clone()),
+                Err(why) => {
+                    return Err(ApiError::RateLimited {
+                        message: format!("task {id}: {why}; send this one once the agent has answered"),
+                        retry_after_seconds: 1,
+                    })
+                }
+            }
         }
-        None => row.last_seq,
-    };
-    let status = match (driver, command) {
-        (Some(tx), command) => {
-            tx.send(command).await.map_err(|_| ApiError::Conflict(format!("task {id} is stopping; retry")))?;
-            row.status.clone()
+        (Some(tx), Wanted::Permission(request, outcome)) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let shown = agents::shorten(&request, 80);
+            tx.send(tasks::Command::Permission { request, outcome, reply }).await.map_err(|_| gone())?;
+            if !answer.await.map_err(|_| gone())? {
+                return Err(ApiError::Conflict(format!("task {id} has no permission request {shown:?} waiting")));
+            }
+            (row.last_seq, row.status.clone())
         }
-        (None, tasks::Command::Prompt(blocks)) => {
+        (Some(tx), Wanted::Cancel) => {
+            let seq = tasks::record(&ctx.state, &id, vec![("cancel".to_owned(), json!({}))])
+                .await?
+                .last()
+                .copied()
+                .unwrap_or(0);
+            tx.send(tasks::Command::CancelTurn).await.map_err(|_| gone())?;
+            (seq, row.status.clone())
+        }
+        (None, Wanted::Prompt(blocks)) => {
             // An idle task (or one whose agent just went idle) resumes with this prompt, once
             // the driver that went idle has let its sandbox go.
             let row = ctx.state.store.get_task(&ns, &id).await?.ok_or_else(|| task_not_found(&id))?;
@@ -419,16 +469,26 @@ pub async fn event(
             let agent = agents::find(&ctx.state, &ns, &row.agent_id)
                 .await?
                 .ok_or_else(|| ApiError::Conflict(format!("task {id}'s agent is gone")))?;
+            let seq = tasks::record(&ctx.state, &id, vec![("user_message".to_owned(), json!({"content": blocks}))])
+                .await?
+                .last()
+                .copied()
+                .unwrap_or(0);
             tasks::set_status(&ctx.state, &id, "starting", None).await?;
-            start(&ctx, &row, &agent, vec![blocks]).await?.status
+            (seq, start(&ctx, &row, &agent, vec![blocks]).await?.status)
         }
-        (None, _) => unreachable_conflict(&id)?,
+        (None, Wanted::Permission(request, _)) => {
+            return Err(ApiError::Conflict(format!(
+                "task {id} has no permission request {:?} waiting: it is {}",
+                agents::shorten(&request, 80),
+                row.status
+            )))
+        }
+        (None, Wanted::Cancel) => {
+            return Err(ApiError::Conflict(format!("task {id} is {}: no prompt is in flight", row.status)))
+        }
     };
     Ok((StatusCode::ACCEPTED, Json(EventAccepted { seq, status })))
-}
-
-fn unreachable_conflict(id: &str) -> ApiResult<String> {
-    Err(ApiError::Conflict(format!("task {id} has no prompt or request waiting")))
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -443,6 +503,8 @@ fn sha256_hex(data: &[u8]) -> String {
 pub struct MessageParams {
     /// Messages after this sequence number (default 0: from the first).
     pub after: Option<u64>,
+    /// A page's `next_cursor`: the same as `after`.
+    pub cursor: Option<String>,
     /// At most this many in a page (1 to 1000, default 100); ignored by a stream.
     pub limit: Option<u32>,
 }
@@ -472,16 +534,25 @@ pub async fn messages(
         ),
         None => None,
     };
-    let after = last_event.or(params.after).unwrap_or(0);
+    let cursor = match &params.cursor {
+        Some(c) => Some(c.parse::<u64>().map_err(|_| ApiError::Invalid("cursor: not a cursor of this list".into()))?),
+        None => None,
+    };
+    let after = last_event.or(params.after).or(cursor).unwrap_or(0);
     let limit = params.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::Invalid("limit: 1 to 1000".into()));
     }
     let row = load_task(&ctx, &ns, &id).await?;
     if !wants(&headers, "text/event-stream") {
-        let rows = ctx.state.store.task_messages(&id, after, limit).await?;
+        let rows = tasks::read_messages(&ctx.state, &id, after, limit).await?;
         let items: Vec<TaskMessage> = rows.iter().map(message_out).collect();
-        let next_cursor = (items.len() == limit as usize).then(|| items.last().map(|m| m.seq.to_string())).flatten();
+        // More may follow whenever the page is full or was cut by its byte budget.
+        let more = match items.last() {
+            Some(m) => m.seq < ctx.state.store.get_task(&ns, &id).await?.map_or(0, |t| t.last_seq),
+            None => false,
+        };
+        let next_cursor = more.then(|| items.last().map(|m| m.seq.to_string())).flatten();
         return Ok(Json(Page { items, next_cursor }).into_response());
     }
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, crate::limits::Direction::Download)?;
@@ -500,7 +571,7 @@ pub async fn messages(
                 if done {
                     return None;
                 }
-                match state.store.task_messages(&id, after, 500).await {
+                match tasks::read_messages(&state, &id, after, 500).await {
                     Ok(rows) if !rows.is_empty() => {
                         buffered = rows.iter().map(message_out).collect::<Vec<_>>().into_iter();
                         continue;
@@ -611,7 +682,14 @@ pub async fn cancel(ctx: Ctx, PathParams((ns, id)): PathParams<(String, String)>
     if row.ended() {
         return Ok(Json(task_out(&row, &name)));
     }
-    match ctx.state.tasks.driver(&id) {
+    // Not while a resume starts its sandbox: that one sees the task cancelled and removes it.
+    let guard = ctx.state.sandbox_locks.lock(&id).await;
+    let driver = ctx.state.tasks.driver(&id);
+    if driver.is_none() {
+        tasks::set_status(&ctx.state, &id, "cancelled", None).await?;
+    }
+    drop(guard);
+    match driver {
         Some(tx) if tx.send(tasks::Command::Stop).await.is_ok() => {
             // The driver removes the sandbox and records the end; wait for it, boundedly.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

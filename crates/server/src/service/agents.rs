@@ -169,19 +169,29 @@ pub async fn push(
     let size = std::fs::metadata(spooled).map(|m| m.len()).unwrap_or(0);
     // The namespace's bundles together stay within its disk quota (a bundle already stored is
     // not counted twice).
-    let known = state.store.version_digests(&ns.name).await?.contains(&digest);
+    // What a bundle takes is what it unpacks to: it may unpack to what the quota leaves.
     let used = state.store.version_bytes(&ns.name).await?;
-    if !known && used.saturating_add(size) > ns.quotas.disk_bytes {
-        return Err(ServiceError::QuotaExceeded(format!(
-            "quota disk_bytes exceeded by agent bundles: limit {}, bundles {used}, this one {size}",
+    let left = ns.quotas.disk_bytes.saturating_sub(used);
+    let over = || {
+        ServiceError::QuotaExceeded(format!(
+            "quota disk_bytes exceeded by agent bundles: limit {}, bundles {used}, this one more than {left} unpacked",
             ns.quotas.disk_bytes
-        )));
+        ))
+    };
+    if left == 0 {
+        return Err(over());
     }
     let dir = bundle_dir(state, &ns.name, &digest);
     let (root, file, target) = (bundles_root(state), spooled.to_owned(), dir.clone());
-    let manifest = tokio::task::spawn_blocking(move || unpack(&root, &file, &target, owner))
+    let max_bytes = MAX_UNPACKED_BYTES.min(left);
+    let (manifest, unpacked) = tokio::task::spawn_blocking(move || unpack(&root, &file, &target, owner, max_bytes))
         .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))??;
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            ServiceError::TooLarge(_) if max_bytes < MAX_UNPACKED_BYTES => over(),
+            other => other,
+        })?;
+    let size = size.max(unpacked);
     let row = VersionRow {
         id: bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::VERSION),
         namespace: ns.name.clone(),
@@ -221,10 +231,16 @@ fn digest_of(path: &Path) -> std::io::Result<String> {
 
 /// Unpacks `bundle` into `target` (unless it is there already) and answers its validated
 /// manifest. The unpack goes to a staging directory renamed into place whole.
-fn unpack(root: &Path, bundle: &Path, target: &Path, owner: Owner) -> ServiceResult<AgentManifest> {
+fn unpack(
+    root: &Path,
+    bundle: &Path,
+    target: &Path,
+    owner: Owner,
+    max_bytes: u64,
+) -> ServiceResult<(AgentManifest, u64)> {
     use std::os::unix::fs::DirBuilderExt;
     if target.is_dir() {
-        return read_manifest(target);
+        return Ok((read_manifest(target)?, 0));
     }
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -241,17 +257,17 @@ fn unpack(root: &Path, bundle: &Path, target: &Path, owner: Owner) -> ServiceRes
             .map_err(|e| ServiceError::Internal(format!("owning a bundle's staging directory: {e}")))?;
         let dir = Root::open(&staging).map_err(|e| ServiceError::Internal(e.to_string()))?;
         let file = std::fs::File::open(bundle).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let limits = Limits { max_entries: MAX_BUNDLE_ENTRIES, max_bytes: MAX_UNPACKED_BYTES };
-        archive::extract(std::io::BufReader::new(file), &dir, owner, limits).map_err(|e| match e {
+        let limits = Limits { max_entries: MAX_BUNDLE_ENTRIES, max_bytes };
+        let stats = archive::extract(std::io::BufReader::new(file), &dir, owner, limits).map_err(|e| match e {
             archive::ArchiveError::TooLarge { .. } => ServiceError::TooLarge(format!("bundle: {e}")),
             archive::ArchiveError::NoSpace => ServiceError::Internal(format!("bundle: {e}")),
             other => ServiceError::Invalid(format!("bundle: {other}")),
         })?;
         let manifest = read_manifest(&staging)?;
         match std::fs::rename(&staging, target) {
-            Ok(()) => Ok(manifest),
+            Ok(()) => Ok((manifest, stats.bytes)),
             // Another push of the same bundle won the race: its copy is the same.
-            Err(_) if target.is_dir() => Ok(manifest),
+            Err(_) if target.is_dir() => Ok((manifest, stats.bytes)),
             Err(e) => Err(ServiceError::Internal(format!("storing a bundle: {e}"))),
         }
     })();

@@ -39,6 +39,13 @@ use crate::time::now_ms;
 pub const MAX_LINE: usize = 4 << 20;
 /// The most messages a task records; an agent that floods past it fails its task.
 pub const MAX_MESSAGES: u64 = 200_000;
+/// The most bytes of messages a task records, together; past it the agent fails its task.
+pub const MAX_TASK_MESSAGE_BYTES: u64 = 64 << 20;
+/// The largest message kept whole, in bytes of JSON: a larger one (a tool call's output of
+/// megabytes) is kept as its type, size and SHA-256.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 10;
+/// How many bytes of messages a read gathers at most before it answers (a page is cut short).
+pub const READ_BUDGET_BYTES: usize = 4 << 20;
 /// What is kept of an agent's stderr for a failure's reason, in bytes.
 const STDERR_TAIL: usize = 2048;
 /// The ACP protocol version Bulkhead speaks.
@@ -53,10 +60,12 @@ const MAX_QUEUED_PROMPTS: usize = 64;
 /// What the API sends a task's driver.
 #[derive(Debug)]
 pub enum Command {
-    /// A prompt (ACP content blocks), already recorded as a `user_message`.
-    Prompt(Vec<Value>),
-    /// A person's answer to a pending permission request.
-    Permission { request: String, outcome: String },
+    /// A prompt (ACP content blocks). The driver records it as a `user_message` (so it comes
+    /// before what the agent answers) and replies with its `seq`, or why it refused it (too
+    /// many prompts wait).
+    Prompt { blocks: Vec<Value>, reply: tokio::sync::oneshot::Sender<Result<u64, String>> },
+    /// A person's answer to a pending permission request; the reply says whether it waited.
+    Permission { request: String, outcome: String, reply: tokio::sync::oneshot::Sender<bool> },
     /// Cancel the prompt in flight (`session/cancel`).
     CancelTurn,
     /// End the task (`cancelled`, by the API).
@@ -138,6 +147,19 @@ pub async fn set_status(state: &AppState, task: &str, status: &str, reason: Opti
         record(state, task, vec![("status".into(), data)]).await?;
     }
     Ok(row)
+}
+
+/// Forgets a task whose create failed (its messages with it).
+pub async fn forget(state: &AppState, ns: &str, id: &str) -> ServiceResult<()> {
+    state.store.delete_task(ns, id).await?;
+    Ok(())
+}
+
+/// Removes a sandbox made for a task that ended meanwhile.
+pub async fn drop_sandbox(state: &AppState, sandbox: &SandboxRow) {
+    if let Err(e) = super::sandboxes::destroy(state, sandbox, SandboxStatus::Deleted, "task_ended").await {
+        tracing::warn!(sandbox = %sandbox.id, error = %e, "a cancelled task's sandbox could not be removed");
+    }
 }
 
 /// Records the sandbox a task's agent runs in now.
@@ -243,6 +265,8 @@ struct Driver<'a> {
     /// Messages decoded from the current output chunk, appended together.
     batch: Vec<(String, Value)>,
     messages: u64,
+    /// Bytes of the task's messages so far.
+    bytes: u64,
     /// The kind and title of each tool call the agent reported, by `toolCallId`: a permission
     /// request may name only the id (its `toolCall` is an update whose fields are optional).
     tool_calls: HashMap<String, (String, String)>,
@@ -288,6 +312,10 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
         task: Some(task.id.clone()),
     };
     let answer_timeout = state.config.tasks.answer_timeout;
+    let bytes = match state.store.task_message_bytes(&task.id).await {
+        Ok(b) => b,
+        Err(e) => return End::Failed(format!("the task's messages could not be read: {e}")),
+    };
     let mut d = Driver {
         state,
         task,
@@ -310,6 +338,7 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
         stderr: Vec::new(),
         batch: Vec::new(),
         messages: 0,
+        bytes,
         tool_calls: HashMap::new(),
         loading: false,
     };
@@ -331,58 +360,83 @@ async fn drive(state: &AppState, launch: Launch, mut commands: mpsc::Receiver<Co
         let deadline = d.next_deadline();
         tokio::select! {
             event = output.next() => {
-                let event = match event {
-                    Some(Ok(e)) => e,
-                    Some(Err(e)) => {
-                        return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed(format!("the agent's output broke off: {e}")))
-                    }
-                    None => {
-                        return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed("the agent's output ended without its exit".into()))
-                    }
-                };
-                match event {
-                    ProcessEvent::Output { seq, stream, data } => {
-                        if last_seq != 0 && seq != last_seq + 1 || last_seq == 0 && seq != 1 {
-                            let within = if line.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", within a line of {} bytes or more", line.len())
-                            };
-                            return End::Failed(format!(
-                                "the agent's output outran what is recorded: {} output events were lost{within}",
-                                seq.saturating_sub(last_seq + 1)
-                            ));
+                // What has piled up behind the first event is taken too, and recorded together.
+                let mut next = event;
+                let mut taken = 0;
+                loop {
+                    let event = match next {
+                        Some(Ok(e)) => e,
+                        Some(Err(e)) => {
+                            let _ = d.flush().await;
+                            return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed(format!("the agent's output broke off: {e}")));
                         }
-                        last_seq = seq;
-                        match stream {
-                            OutputStreamKind::Stdout => {
-                                if let Err(end) = d.stdout(&mut line, &data, &cwd_sent).await {
-                                    return end;
-                                }
+                        None => {
+                            let _ = d.flush().await;
+                            return d.sandbox_end_within(SANDBOX_END_WAIT).await.unwrap_or(End::Failed("the agent's output ended without its exit".into()));
+                        }
+                    };
+                    match event {
+                        ProcessEvent::Output { seq, stream, data } => {
+                            if last_seq != 0 && seq != last_seq + 1 || last_seq == 0 && seq != 1 {
+                                let within = if line.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(", within a line of {} bytes or more", line.len())
+                                };
+                                let _ = d.flush().await;
+                                return End::Failed(format!(
+                                    "the agent's output outran what is recorded: {} output events were lost{within}",
+                                    seq.saturating_sub(last_seq + 1)
+                                ));
                             }
-                            _ => d.keep_stderr(&data),
+                            last_seq = seq;
+                            match stream {
+                                OutputStreamKind::Stdout => {
+                                    if let Err(end) = d.stdout(&mut line, &data, &cwd_sent).await {
+                                        let _ = d.flush().await;
+                                        return end;
+                                    }
+                                }
+                                _ => d.keep_stderr(&data),
+                            }
                         }
-                        if let Err(end) = d.flush().await {
-                            return end;
+                        ProcessEvent::Exit(info) => {
+                            let _ = d.flush().await;
+                            if let Some(end) = d.stopping.take() {
+                                return end;
+                            }
+                            // Killed with its sandbox (a TTL, a delete): the teardown records why just after.
+                            let wait = if info.signal == Some(9) { SANDBOX_END_WAIT } else { Duration::ZERO };
+                            if let Some(end) = d.sandbox_end_within(wait).await {
+                                return end;
+                            }
+                            return match (info.exit_code, info.signal) {
+                                (Some(0), _) => End::Completed,
+                                (Some(code), _) => End::Failed(d.with_stderr(format!("the agent exited with status {code}"))),
+                                (_, Some(sig)) => End::Failed(d.with_stderr(format!("the agent was killed by signal {sig}"))),
+                                _ => End::Failed(d.with_stderr("the agent ended".into())),
+                            };
                         }
                     }
-                    ProcessEvent::Exit(info) => {
-                        let _ = d.flush().await;
-                        if let Some(end) = d.stopping.take() {
-                            return end;
-                        }
-                        // Killed with its sandbox (a TTL, a delete): the teardown records why just after.
-                        let wait = if info.signal == Some(9) { SANDBOX_END_WAIT } else { Duration::ZERO };
-                        if let Some(end) = d.sandbox_end_within(wait).await {
-                            return end;
-                        }
-                        return match (info.exit_code, info.signal) {
-                            (Some(0), _) => End::Completed,
-                            (Some(code), _) => End::Failed(d.with_stderr(format!("the agent exited with status {code}"))),
-                            (_, Some(sig)) => End::Failed(d.with_stderr(format!("the agent was killed by signal {sig}"))),
-                            _ => End::Failed(d.with_stderr("the agent ended".into())),
-                        };
+                    taken += 1;
+                    if d.stopping.is_some() {
+                        break;
                     }
+                    next = match output.try_next() {
+                        Some(e) if taken < 1024 => Some(e),
+                        Some(e) => {
+                            // Enough for one transaction: the rest after it.
+                            if let Err(end) = d.flush().await {
+                                return end;
+                            }
+                            taken = 0;
+                            Some(e)
+                        }
+                        None => break,
+                    };
+                }
+                if let Err(end) = d.flush().await {
+                    return end;
                 }
             }
             command = commands.recv() => {
@@ -492,18 +546,30 @@ impl Driver<'_> {
         if self.task.last_seq + self.messages > MAX_MESSAGES {
             return Err(self.fail(format!("the agent sent more than {MAX_MESSAGES} messages")));
         }
+        let text = data.to_string();
+        let data = if text.len() > MAX_MESSAGE_BYTES {
+            use sha2::{Digest, Sha256};
+            json!({"truncated": true, "bytes": text.len(), "sha256": format!("{:x}", Sha256::digest(text.as_bytes()))})
+        } else {
+            data
+        };
+        self.bytes += data.to_string().len() as u64;
+        if self.bytes > MAX_TASK_MESSAGE_BYTES {
+            return Err(self.fail(format!("the agent sent more than {MAX_TASK_MESSAGE_BYTES} bytes of messages")));
+        }
         self.batch.push((kind.to_owned(), data));
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), End> {
+    /// Appends the queued messages; answers the last one's `seq`.
+    async fn flush(&mut self) -> Result<Option<u64>, End> {
         if self.batch.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let batch = std::mem::take(&mut self.batch);
         record(self.state, &self.task.id, batch)
             .await
-            .map(|_| ())
+            .map(|seqs| seqs.last().copied())
             .map_err(|e| End::Failed(format!("the task's messages could not be recorded: {e}")))
     }
 
@@ -723,15 +789,23 @@ impl Driver<'_> {
 
     async fn command(&mut self, command: Command) -> Result<(), End> {
         match command {
-            Command::Prompt(blocks) => {
+            Command::Prompt { blocks, reply } => {
                 if self.queue.len() >= MAX_QUEUED_PROMPTS {
-                    return self.note("error", json!({"message": "too many prompts wait: this one was dropped"}));
+                    let _ = reply.send(Err(format!("{MAX_QUEUED_PROMPTS} prompts wait already")));
+                    return Ok(());
                 }
+                self.note("user_message", json!({"content": blocks}))?;
+                let seq = self.flush().await?.unwrap_or_default();
+                let _ = reply.send(Ok(seq));
                 self.queue.push_back(blocks);
                 self.next_prompt().await
             }
-            Command::Permission { request, outcome } => {
-                let Some(w) = self.waiting.remove(&request) else { return Ok(()) };
+            Command::Permission { request, outcome, reply } => {
+                let Some(w) = self.waiting.remove(&request) else {
+                    let _ = reply.send(false);
+                    return Ok(());
+                };
+                let _ = reply.send(true);
                 if outcome == "allow_always" {
                     self.allowed_kinds.insert(w.kind.clone());
                 }
@@ -1018,6 +1092,36 @@ pub fn prompt_of(field: &str, content: &Value) -> ServiceResult<Vec<Value>> {
         return Err(ServiceError::TooLarge(format!("{field}: larger than 1 MiB")));
     }
     Ok(blocks)
+}
+
+/// Task `id`'s messages after `after`: at most `limit`, fewer when they reach
+/// [`READ_BUDGET_BYTES`] (at least one), read a few at a time.
+pub async fn read_messages(
+    state: &AppState,
+    id: &str,
+    after: u64,
+    limit: u32,
+) -> ServiceResult<Vec<bulkhead_store::TaskMessageRow>> {
+    const BATCH: u32 = 32;
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    let mut from = after;
+    while (out.len() as u32) < limit {
+        let rows = state.store.task_messages(id, from, BATCH.min(limit - out.len() as u32)).await?;
+        let done = rows.len() < BATCH as usize;
+        for r in rows {
+            if !out.is_empty() && bytes + r.body.len() > READ_BUDGET_BYTES {
+                return Ok(out);
+            }
+            bytes += r.body.len();
+            from = r.seq;
+            out.push(r);
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Every task that had a sandbox when the server last stopped is `idle` now: its sandbox is

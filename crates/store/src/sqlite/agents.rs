@@ -236,6 +236,10 @@ impl AgentStore for SqliteStore {
         insert_row(&self.pool, task, names).await
     }
 
+    async fn delete_task(&self, namespace: &str, id: &str) -> Result<bool> {
+        self.delete_in::<TaskRow>(namespace, id).await
+    }
+
     async fn get_task(&self, namespace: &str, id: &str) -> Result<Option<TaskRow>> {
         self.get_in::<TaskRow>(namespace, id).await
     }
@@ -325,6 +329,16 @@ impl AgentStore for SqliteStore {
         sqlx::query("UPDATE tasks SET last_seq = ? WHERE id = ?").bind(as_i64(seq)).bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(seqs)
+    }
+
+    async fn task_message_bytes(&self, id: &str) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) AS bytes FROM task_messages WHERE task_id = ?",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        as_u64(&row, "bytes")
     }
 
     async fn task_messages(&self, id: &str, after: u64, limit: u32) -> Result<Vec<TaskMessageRow>> {
