@@ -744,6 +744,10 @@ impl Driver<'_> {
                     Some(e) => {
                         data["stop_reason"] = json!("error");
                         data["error"] = json!(super::agents::shorten(&e, 2000));
+                        // The agent's own detail of it (`error.data`), as it gave it, bounded.
+                        if let Some(detail) = value.pointer("/error/data").filter(|d| !d.is_null()) {
+                            data["detail"] = json!(super::agents::shorten(&detail.to_string(), 2000));
+                        }
                     }
                     None => {
                         let reason = result.get("stopReason").and_then(Value::as_str).unwrap_or("end_turn");
@@ -949,7 +953,8 @@ impl Driver<'_> {
             self.waiting.insert(request, w);
             return Ok(());
         }
-        self.answer_permission(&request, w, true, "policy", "allow_once").await
+        let by = if self.task.permissions == "ask" { "allow_always" } else { "policy" };
+        self.answer_permission(&request, w, true, by, "allow_once").await
     }
 
     async fn decide(&self, kind: &str, title: &str) -> Decision {
@@ -981,7 +986,12 @@ impl Driver<'_> {
             None => json!({"outcome": {"outcome": "cancelled"}}),
         };
         self.send(json!({"jsonrpc": "2.0", "id": w.rpc_id, "result": result})).await?;
-        let shown = if allow { outcome } else { "reject" };
+        // What the agent was told: an allow or a reject it offered, else `cancelled`.
+        let shown = match (&chosen, allow) {
+            (None, _) => "cancelled",
+            (Some(_), true) => outcome,
+            (Some(_), false) => "reject",
+        };
         self.note("permission_decision", json!({"request": request, "outcome": shown, "by": by, "kind": w.kind}))?;
         let detail = json!({"task": self.task.id, "kind": w.kind, "outcome": shown, "by": by, "request": request});
         let event = bulkhead_core::audit::AuditEvent {
