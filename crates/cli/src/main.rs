@@ -130,7 +130,27 @@ pub fn default_data_dir() -> PathBuf {
     home.join(".local/share/bulkhead")
 }
 
+/// A reader that stops reading (`bulkhead task show ID | head -1`) closes the pipe: Rust ignores
+/// SIGPIPE, so the next print fails, and `println!` panics on that. The command ends then, as
+/// it would by SIGPIPE (status 141), without a panic's message.
+fn quiet_on_a_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_a_closed_pipe();
     let cli = Cli::parse();
     // Requests are decided on the runtime's threads, and Cedar recurses on a policy's nesting:
     // the policy engine's bounds are chosen for this stack size (tokio's default is 2 MiB).

@@ -387,6 +387,17 @@ async fn a_task_reads_its_state_goes_idle_resumes_and_its_messages_survive_a_cra
         .call(reqwest::Method::PUT, &format!("/v1/namespaces/{NS}/tasks/{task}/state"), Some(json!({"note": "kept"})))
         .await;
     assert_eq!(s, 204, "{b}");
+    // `If-Match: *` writes over whatever version there is; a stale ETag does not.
+    let put = |etag: &'static str| {
+        w.http
+            .put(format!("{}/v1/namespaces/{NS}/tasks/{task}/state", w.base))
+            .bearer_auth(w.host.admin_token())
+            .header("if-match", etag)
+            .json(&json!({"note": "kept"}))
+            .send()
+    };
+    assert_eq!(put("*").await.expect("answer").status(), 204);
+    assert_eq!(put("\"1\"").await.expect("answer").status(), 412);
     let (s, b) = w
         .call(
             reqwest::Method::POST,

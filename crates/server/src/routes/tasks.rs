@@ -625,7 +625,7 @@ pub async fn get_state(ctx: Ctx, PathParams((ns, id)): PathParams<(String, Strin
 }
 
 /// Replace the task's state document (a JSON value of at most 1 MiB). With `If-Match: "<etag>"`
-/// only over that version (412 otherwise); unconditional without. Answers the new ETag.
+/// only over that version (412 otherwise); unconditional without, or with `If-Match: *`. Answers the new ETag.
 #[utoipa::path(put, path = "/v1/namespaces/{ns}/tasks/{id}/state", tag = "tasks",
     params(("ns" = String, Path), ("id" = String, Path),
         ("If-Match" = Option<String>, Header, description = "Write only over this version")),
@@ -644,7 +644,9 @@ pub async fn put_state(
     }
     let value: Value = json(&headers, &body)?;
     let expected = match headers.get(header::IF_MATCH) {
+        // `*` matches whatever version there is: the state always exists.
         None => None,
+        Some(v) if v.as_bytes().trim_ascii() == b"*" => None,
         Some(v) => Some(
             v.to_str()
                 .ok()
