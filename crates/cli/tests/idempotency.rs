@@ -419,3 +419,20 @@ async fn request_ids_are_the_servers_and_a_clients_is_kept_beside_it() {
     let r = h.call(Method::GET, "/v1/namespaces/acme/audit/verify", Some(&h.admin), Value::Null).await;
     assert_eq!(r.body["ok"], true, "{}", r.body);
 }
+
+/// A key is checked against what a create acts on, not only its body: the same snapshot body
+/// with the same key for another sandbox is another request (409), never the first's answer.
+#[tokio::test]
+async fn a_key_reused_for_another_sandbox_is_another_request() {
+    let h = harness().await;
+    let other = h.create_sandbox("acme", &h.admin, json!({"memory_bytes": 64 << 20, "cpu_millis": 100})).await;
+    let route = "/v1/namespaces/{ns}/sandboxes/{id}/snapshot";
+    let body = json!({"name": "snap-once"});
+    let first = h.send(post(&h, route, "one-key", &body)).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let mut req = post(&h, route, "one-key", &body);
+    *req.uri_mut() = format!("/v1/namespaces/acme/sandboxes/{other}/snapshot").parse().unwrap();
+    let r = h.send(req).await;
+    assert_envelope(&r, "conflict");
+    assert!(r.headers.get("idempotent-replayed").is_none());
+}

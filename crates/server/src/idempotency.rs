@@ -118,7 +118,11 @@ where
     ctx.audit_detail("idempotency_key", key.as_str());
     let now = now_ms();
     let store = ctx.state.store.clone();
-    let different_body = || ApiError::Conflict("Idempotency-Key was already used with a different request body".into());
+    let different_body = || {
+        ApiError::Conflict(
+            "Idempotency-Key was already used with a different request body (or for another resource)".into(),
+        )
+    };
     match store.claim_idempotent(&scope, &key, &fingerprint, now, now.saturating_sub(LIFETIME_MS)).await? {
         IdempotencyClaim::Claimed => {}
         IdempotencyClaim::InProgress { fingerprint: held } => {

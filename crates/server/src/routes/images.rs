@@ -357,13 +357,16 @@ pub async fn snapshot(
     body: Bytes,
 ) -> ApiResult<Response> {
     ctx.authorize(Action::ImageCreate, &Target::namespace(&ns))?;
+    // A key is checked against the sandbox as well as the body: the same body sent for another
+    // sandbox is another request.
+    let fingerprint = Bytes::from([id.as_bytes(), b"\n", &body[..]].concat());
     idempotency::create_in(
         ctx,
         ns,
         headers,
-        body,
+        fingerprint,
         idempotency::replay_response,
-        move |ctx, ns, headers, body| async move { snapshot_admitted(ctx, ns, id, headers, body).await },
+        move |ctx, ns, headers, _| async move { snapshot_admitted(ctx, ns, id, headers, body).await },
     )
     .await
 }
