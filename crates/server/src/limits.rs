@@ -264,6 +264,33 @@ pub enum PumpError {
     Interrupted,
 }
 
+/// Why [`spool_body`] failed.
+#[derive(Debug)]
+pub enum SpoolError {
+    /// The body did not arrive whole.
+    Body(PumpError),
+    /// Writing it to its spool file failed (the message says how).
+    Write(String),
+}
+
+/// Writes `body` (at most `max` bytes) to `file` as it arrives, on a blocking thread, and syncs
+/// it; answers the bytes written. The spool of an upload that is read whole before it is used
+/// (an image archive, an agent bundle).
+pub async fn spool_body(body: Body, file: std::fs::File, max: u64) -> Result<u64, SpoolError> {
+    let (tx, mut reader) = BodyReader::channel();
+    let write = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+        let mut file = file;
+        let n = std::io::copy(&mut reader, &mut file)?;
+        file.sync_all()?;
+        Ok(n)
+    });
+    let (pumped, written) = tokio::join!(pump_body(body, tx, max), write);
+    pumped.map_err(SpoolError::Body)?;
+    written
+        .map_err(|e| SpoolError::Write(format!("the spooling task ended abnormally: {e}")))?
+        .map_err(|e| SpoolError::Write(e.to_string()))
+}
+
 /// Forwards `body` to `tx` (as `Bytes`, or as whatever the reader takes, such as the runtime's
 /// `Vec<u8>` chunks), at most `max` bytes. When the reader stops taking chunks (it
 /// finished or failed), the rest of the body is still read and counted, so that the answer is

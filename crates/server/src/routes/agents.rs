@@ -17,7 +17,7 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json_object, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::limits::{self, Direction, PumpError};
+use crate::limits::{self, Direction, PumpError, SpoolError};
 use crate::service::agents;
 use crate::service::records::{AgentRow, VersionRow};
 use crate::time::rfc3339;
@@ -147,24 +147,16 @@ pub async fn push(
     let max = agents::MAX_BUNDLE_BYTES.min(namespace.quotas.disk_bytes.max(1 << 20));
     let (spooled, file) =
         agents::spool(&ctx.state).map_err(|e| ApiError::Internal(format!("cannot spool a bundle upload: {e}")))?;
-    let (tx, mut reader) = limits::BodyReader::channel();
-    let write = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let mut file = file;
-        let n = std::io::copy(&mut reader, &mut file)?;
-        file.sync_all()?;
-        Ok(n)
-    });
-    let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
-    match pumped {
+    match limits::spool_body(body, file, max).await {
         Ok(_) => {}
-        Err(PumpError::TooLarge) => {
+        Err(SpoolError::Body(PumpError::TooLarge)) => {
             return Err(ApiError::PayloadTooLarge(format!("body: the bundle is larger than {max} bytes")));
         }
-        Err(PumpError::Interrupted) => return Err(ApiError::Invalid("body: the upload was interrupted".into())),
+        Err(SpoolError::Body(PumpError::Interrupted)) => {
+            return Err(ApiError::Invalid("body: the upload was interrupted".into()))
+        }
+        Err(SpoolError::Write(e)) => return Err(ApiError::Internal(format!("cannot spool a bundle upload: {e}"))),
     }
-    written
-        .map_err(|e| ApiError::Internal(format!("spooling a bundle ended abnormally: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("cannot spool a bundle upload: {e}")))?;
     let digest = agents::digest(&spooled.0).await?;
     // The key is checked against what was pushed, and where.
     let fingerprint = Bytes::from(format!("{}\n{digest}", row.id));

@@ -23,7 +23,7 @@ use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
-use crate::limits::{self, Direction, PumpError};
+use crate::limits::{self, Direction, PumpError, SpoolError};
 use crate::service::image_pull::{self, Pull};
 use crate::service::images::{self, Import};
 use crate::service::records::{ImageConfig, ImageRow};
@@ -309,27 +309,18 @@ async fn import_archive(ctx: &Ctx, import: Import, body: Body) -> ApiResult<(Sta
     let max = ctx.state.config.images.max_image_bytes;
     let (spooled, file) =
         images::spool_file(&ctx.state).map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
-    let (tx, mut reader) = limits::BodyReader::channel();
-    // The body is written to the spool file as it arrives, on a blocking thread.
-    let write = tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
-        let mut file = file;
-        let n = std::io::copy(&mut reader, &mut file)?;
-        file.sync_all()?;
-        Ok(n)
-    });
-    let (pumped, written) = tokio::join!(limits::pump_body(body, tx, max), write);
-    match pumped {
-        Ok(_) => {}
-        Err(PumpError::TooLarge) => {
+    let bytes = match limits::spool_body(body, file, max).await {
+        Ok(n) => n,
+        Err(SpoolError::Body(PumpError::TooLarge)) => {
             return Err(ApiError::PayloadTooLarge(format!(
                 "body: the archive is larger than this server's bound on an image ({max} bytes)"
             )))
         }
-        Err(PumpError::Interrupted) => return Err(ApiError::Invalid("body: the upload was interrupted".into())),
-    }
-    let bytes = written
-        .map_err(|e| ApiError::Internal(format!("spooling an image upload ended abnormally: {e}")))?
-        .map_err(|e| ApiError::Internal(format!("cannot spool an image upload: {e}")))?;
+        Err(SpoolError::Body(PumpError::Interrupted)) => {
+            return Err(ApiError::Invalid("body: the upload was interrupted".into()))
+        }
+        Err(SpoolError::Write(e)) => return Err(ApiError::Internal(format!("cannot spool an image upload: {e}"))),
+    };
     ctx.audit_detail("archive_bytes", bytes);
     let row = images::import_archive(&ctx.state, &import, &spooled.0).await?;
     drop(spooled);

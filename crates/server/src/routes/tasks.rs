@@ -493,7 +493,7 @@ pub async fn event(
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    format!("{:x}", Sha256::digest(data))
+    bulkhead_core::ids::hex(&Sha256::digest(data))
 }
 
 /// Where a message read starts.
