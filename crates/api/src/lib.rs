@@ -778,6 +778,35 @@ pub struct ImageConfig {
     pub cmd: Vec<String>,
 }
 
+/// A warm pool: started sandboxes of one image that a namespace keeps ready, so that a create
+/// naming the image claims one (its identity, limits, filesystem and egress bound at claim)
+/// instead of starting a sandbox. They count against the namespace's quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WarmPool {
+    /// The image's name as the namespace sees it.
+    pub image: String,
+    /// `img_…`.
+    pub image_id: String,
+    /// Whether the image is public (its pool is the platform admin's to size).
+    pub public: bool,
+    /// Sandboxes to keep ready.
+    pub size: u64,
+    /// Sandboxes ready to claim now.
+    pub ready: u64,
+    /// Sandboxes being started for the pool.
+    pub starting: u64,
+    /// When its size was last set (RFC 3339).
+    pub updated_at: String,
+}
+
+/// `PUT /v1/namespaces/{ns}/pools/{image}`: the size of the namespace's pool of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetWarmPool {
+    /// Sandboxes to keep ready: 0 (no pool) to the namespace's `max_sandboxes` (at most 1000).
+    pub size: u64,
+}
+
 /// `POST /v1/namespaces/{ns}/sandboxes/{id}/snapshot`: save a running sandbox's root (its
 /// changes on top of its image) as a new private image of the namespace.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -219,6 +219,7 @@ fn raw_oci(
         run_files: Vec::new(),
         extra_ca_pem: None,
         root: root.clone(),
+        pooled: false,
     };
     let mut container = RawContainer::prepare(config, &spec, &["/bin/echo", "ready"])?;
     let mut out = Vec::with_capacity(n);

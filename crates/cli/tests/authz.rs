@@ -176,6 +176,11 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "PUT /v1/namespaces/{ns}/tasks/{id}/state" => may(developers, 204),
         "POST /v1/namespaces/{ns}/tasks/{id}/events" => may(developers, 409),
         "POST /v1/namespaces/{ns}/tasks/{id}/cancel" => may(developers, 200),
+        // Warm pools: `{image}` is the public default image, whose pool in a namespace only the
+        // platform admin sizes (a namespace's admins size their own images' pools).
+        "GET /v1/namespaces/{ns}/pools" => 200,
+        "PUT /v1/namespaces/{ns}/pools/{image}" => may(platform, 200),
+        "DELETE /v1/namespaces/{ns}/pools/{image}" => may(platform, 204),
         other => panic!("route {other} has no row in the authorization matrix; add one"),
     }
 }
@@ -201,6 +206,8 @@ fn body_for(method: &Method, template: &str) -> Value {
         ("POST", "/v1/namespaces") => namespace_body("gamma"),
         ("PATCH", "/v1/namespaces/{ns}/filesystems/{id}") => json!({"size_bytes": 32 << 20}),
         ("PATCH", _) => json!({"quotas": {"max_sandboxes": 3}}),
+        // Size 0: the world keeps no pool sandbox.
+        ("PUT", "/v1/namespaces/{ns}/pools/{image}") => json!({"size": 0}),
         ("POST", "/v1/namespaces/{ns}/keys") => json!({"name": "fresh", "role": "developer"}),
         ("POST", "/v1/namespaces/{ns}/sandboxes") => json!({"memory_bytes": 64 << 20}),
         ("POST", "/v1/namespaces/{ns}/sandboxes/{id}/exec") => json!({"cmd": ["true"]}),
@@ -503,6 +510,7 @@ async fn every_route_every_principal_every_namespace() {
                     .replace("{id}", &id)
                     .replace("{name}", &id)
                     .replace("{agent}", &id)
+                    .replace("{image}", "default")
                     .replace("{pid}", &pid);
                 if template.ends_with("/sandboxes/{id}/files") {
                     path.push_str(if method == Method::GET { "?path=/etc/hosts" } else { "?path=/tmp/written" });

@@ -96,6 +96,7 @@ fn spec(id: &str, layers: &[PathBuf], writable_bytes: u64) -> SandboxSpec {
         run_files: vec![],
         extra_ca_pem: None,
         root: RootSpec::Image(ImageRoot { layers: layers.to_vec(), writable_bytes }),
+        pooled: false,
     }
 }
 

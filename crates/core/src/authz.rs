@@ -183,12 +183,15 @@ pub enum Action {
     TaskStateRead,
     TaskStateWrite,
     TaskToolCall,
+    PoolList,
+    PoolSet,
+    PlatformPoolSet,
 }
 
 impl Action {
     /// Every action, once: the one list the policy engine, its schema and the explain endpoint
     /// take their action names from.
-    pub const ALL: [Action; 71] = [
+    pub const ALL: [Action; 74] = [
         Action::NamespaceCreate,
         Action::NamespaceList,
         Action::NamespaceGet,
@@ -260,6 +263,9 @@ impl Action {
         Action::TaskStateRead,
         Action::TaskStateWrite,
         Action::TaskToolCall,
+        Action::PoolList,
+        Action::PoolSet,
+        Action::PlatformPoolSet,
     ];
 
     /// The action named `name`, if there is one.
@@ -342,6 +348,9 @@ impl Action {
             Action::TaskStateRead => "task.state.read",
             Action::TaskStateWrite => "task.state.write",
             Action::TaskToolCall => "task.tool_call",
+            Action::PoolList => "pool.list",
+            Action::PoolSet => "pool.set",
+            Action::PlatformPoolSet => "platform.pool.set",
         }
     }
 
@@ -382,7 +391,9 @@ impl Action {
             | Action::TaskEvent
             | Action::TaskCancel
             | Action::TaskStateWrite
-            | Action::TaskToolCall => true,
+            | Action::TaskToolCall
+            | Action::PoolSet
+            | Action::PlatformPoolSet => true,
             Action::NamespaceList
             | Action::NamespaceGet
             | Action::KeyList
@@ -418,7 +429,8 @@ impl Action {
             | Action::AgentGet
             | Action::TaskList
             | Action::TaskGet
-            | Action::TaskStateRead => false,
+            | Action::TaskStateRead
+            | Action::PoolList => false,
         }
     }
 }

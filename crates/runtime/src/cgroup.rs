@@ -245,6 +245,42 @@ impl Cgroups {
             .map_err(RuntimeError::io(format!("open {}", dir.display())))
     }
 
+    /// Sets a running sandbox's cpu and memory limits (what the OCI runtime set at start from
+    /// its spec): a warm pool's sandbox gets its claimant's at claim. Memory plus swap equals
+    /// memory (no swap), written in the order the kernel accepts whether the limit grows or
+    /// shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old one.
+    pub fn set_sandbox_limits(&self, namespace: &str, id: &str, cpu_millis: u64, memory_bytes: u64) -> Result<()> {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        let quota = cpu_millis * CPU_PERIOD_US / 1000;
+        let memory = memory_bytes.to_string();
+        match self.version {
+            Version::V2 => {
+                let dir = self.root.join(&rel);
+                write(&dir.join("memory.max"), &memory)?;
+                let _ = write(&dir.join("memory.swap.max"), "0");
+                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+            }
+            Version::V1 => {
+                let mem = self.controller("memory").join(&rel);
+                let (limit, memsw) = (mem.join("memory.limit_in_bytes"), mem.join("memory.memsw.limit_in_bytes"));
+                let has_swap = memsw.exists();
+                // memsw ≥ limit always: a growing limit raises memsw first, a shrinking one last.
+                let grows = read_u64(&limit).is_none_or(|current| memory_bytes >= current);
+                if has_swap && grows {
+                    write(&memsw, &memory)?;
+                }
+                write(&limit, &memory)?;
+                if has_swap && !grows {
+                    write(&memsw, &memory)?;
+                }
+                let cpu = self.controller("cpu").join(&rel);
+                write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Kills every process of a sandbox at once, however fast they fork, in every command
     /// cgroup below it too: with `cgroup.kill` where the kernel has it (v2, recursive),
     /// otherwise by freezing the cgroup (no process below runs, so none forks), sending SIGKILL

@@ -405,6 +405,13 @@ async fn ask(socket: &Path, sandbox: &str, process: &str, request: &Request, wan
     }
 }
 
+/// Binds the environment of every command the supervisor starts from now on (a warm pool's
+/// sandbox at claim, see `Request::Bind`): `env` is the whole environment, `PATH` included.
+pub async fn bind(socket: &Path, sandbox: &str, env: Vec<(String, String)>) -> Result<()> {
+    let _: Done = parse(&ask(socket, sandbox, "", &Request::Bind { env }, kind::DONE).await?)?;
+    Ok(())
+}
+
 /// Starts a background process.
 pub async fn spawn_process(socket: &Path, sandbox: &str, spec: ProcessSpec) -> Result<ProcessInfo> {
     let id = spec.id.clone();

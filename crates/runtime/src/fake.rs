@@ -909,6 +909,7 @@ mod process_tests {
             run_files: vec![],
             extra_ca_pem: None,
             root: crate::RootSpec::Host,
+            pooled: false,
         }
     }
 

@@ -87,6 +87,12 @@ pub struct SandboxSpec {
     pub extra_ca_pem: Option<String>,
     /// What the root filesystem is made of.
     pub root: RootSpec,
+    /// Started for a warm pool, before any claimant exists (see [`Runtime::claim`]): its
+    /// environment is the image's and the runtime's only, it has no `/run` files, filesystem or
+    /// agent code, and `/run/bulkhead`, `/run/secrets`, `/workspace` and `/agent` are left
+    /// empty for a claim to fill. `workspace`, `agent_code`, `run_files` and `extra_ca_pem`
+    /// must be empty.
+    pub pooled: bool,
 }
 
 /// A sandbox's root filesystem.
@@ -223,6 +229,18 @@ pub trait Runtime: Send + Sync + 'static {
     async fn remove_namespace(&self, namespace: &str) -> Result<()>;
     /// Starts a sandbox and returns once its supervisor can take requests.
     async fn create(&self, spec: &SandboxSpec) -> Result<()>;
+    /// Binds a sandbox started with [`SandboxSpec::pooled`] to its claimant, as `spec` (the
+    /// same id, namespace, image and runtime) describes it, before anything of the claimant
+    /// runs in it: the cgroup's cpu and memory limits, the size of the writable root, the `/run`
+    /// files (workload token, secrets), the filesystem at `/workspace` and agent code at
+    /// `/agent` (attached on the host and propagated into the running sandbox, read-only where
+    /// asked, locked there), and the environment of every command from now on. A sandbox is
+    /// claimed once; on an error the caller deletes it (it is never handed out again).
+    /// `Invalid` for what a claim cannot bind (`extra_ca_pem`), or a sandbox not started
+    /// pooled; the default is `Unavailable`: a runtime without warm pools.
+    async fn claim(&self, spec: &SandboxSpec) -> Result<()> {
+        Err(RuntimeError::Unavailable(format!("this runtime cannot claim sandbox {}: it keeps no warm pools", spec.id)))
+    }
     /// Runs a command in a sandbox; the stream yields output as it is produced, then the exit.
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream>;
     // ---- Files inside a sandbox (the files API) ----

@@ -185,6 +185,52 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
     Ok(dirs)
 }
 
+/// A warm pool's sandbox's claim points in its own directory of the view (see
+/// [`crate::rootfs::make_claim_point`]).
+const CLAIM_WORKSPACE: &str = "claim-workspace";
+const CLAIM_AGENT: &str = "claim-agent";
+/// In a warm pool's bundle until its claim: the variables the runtime itself set (JSON pairs),
+/// which the environment bound at claim keeps.
+const POOLED_FILE: &str = "pooled";
+
+/// The `/run` directories of a warm pool's sandbox, empty until its claim writes them (see
+/// [`write_run_files`] for their owner and modes): `bulkhead` and `secrets`.
+fn empty_run_dirs(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String)>> {
+    let owner = Some(spec.ids.host_start);
+    let mut dirs = Vec::new();
+    for name in ["bulkhead", "secrets"] {
+        let dir = own.join("run").join(name);
+        mkdir(&dir, 0o500)?;
+        std::os::unix::fs::chown(&dir, owner, owner).map_err(RuntimeError::io(format!("chown {}", dir.display())))?;
+        dirs.push((dir, name.to_owned()));
+    }
+    Ok(dirs)
+}
+
+/// Writes a claimant's `/run` files into the existing directories of a warm pool's sandbox
+/// ([`empty_run_dirs`]), each as [`write_run_files`] would: mode 0400, owned by the sandbox's
+/// root, never over an existing file.
+fn write_claimed_run_files(own: &Path, spec: &SandboxSpec) -> Result<()> {
+    use std::io::Write;
+    let owner = Some(spec.ids.host_start);
+    for file in &spec.run_files {
+        let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+        if !safe(&file.name) || !(file.dir == "bulkhead" || file.dir == "secrets") {
+            return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
+        }
+        let path = own.join("run").join(&file.dir).join(&file.name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o400)
+            .open(&path)
+            .map_err(RuntimeError::io(format!("write {}", path.display())))?;
+        f.write_all(&file.data).map_err(RuntimeError::io(format!("write {}", path.display())))?;
+        std::os::unix::fs::fchown(&f, owner, owner).map_err(RuntimeError::io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
 /// Where a hybrid cgroup v1 host mounts its (nearly empty) cgroup v2 hierarchy.
 const UNIFIED: &str = "/sys/fs/cgroup/unified";
 
@@ -603,7 +649,22 @@ impl OciRuntime {
             }
             None => None,
         };
-        let run_dirs = write_run_files(&own, spec)?;
+        let run_dirs = if spec.pooled {
+            if !spec.run_files.is_empty() || spec.workspace.is_some() || spec.agent_code.is_some() {
+                return Err(RuntimeError::Invalid("a warm pool's sandbox starts with nothing of a claimant".into()));
+            }
+            empty_run_dirs(&own, spec)?
+        } else {
+            write_run_files(&own, spec)?
+        };
+        let claim_points = if spec.pooled {
+            let points = spec::ClaimPoints { workspace: own.join(CLAIM_WORKSPACE), agent: own.join(CLAIM_AGENT) };
+            crate::rootfs::make_claim_point(&points.workspace)?;
+            crate::rootfs::make_claim_point(&points.agent)?;
+            Some(points)
+        } else {
+            None
+        };
         let rootfs = match &spec.root {
             crate::RootSpec::Host => self.view().join("rootfs"),
             crate::RootSpec::Image(root) => {
@@ -613,6 +674,9 @@ impl OciRuntime {
                 target
             }
         };
+        if spec.pooled && spec.extra_ca_pem.is_some() {
+            return Err(RuntimeError::Invalid("a warm pool's sandbox has no brokered credentials".into()));
+        }
         let ca_bundle = match (&spec.extra_ca_pem, &spec.root) {
             (Some(pem), crate::RootSpec::Host) => Some(self.write_ca_bundle(&own, pem)?),
             (Some(pem), crate::RootSpec::Image(_)) => Some(write_image_ca_bundle(&rootfs, &own, pem)?),
@@ -633,6 +697,7 @@ impl OciRuntime {
             ca_bundle,
             netns: net.map(|n| n.names.netns_path()),
             resolv_conf,
+            claim_points,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -1086,6 +1151,12 @@ impl Runtime for OciRuntime {
                 None => None,
             };
             self.prepare_bundle(&spec, net.as_ref())?;
+            if spec.pooled {
+                let added: Vec<&(String, String)> = spec.env.iter().filter(|(k, _)| k == "BULKHEAD_URL").collect();
+                let json = serde_json::to_vec(&added).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+                fs::write(self.bundle(&spec.id).join(POOLED_FILE), json)
+                    .map_err(RuntimeError::io("write the warm pool mark"))?;
+            }
             self.start(&spec).await
         }
         .await;
@@ -1100,6 +1171,50 @@ impl Runtime for OciRuntime {
             return Err(e);
         }
         Ok(())
+    }
+
+    async fn claim(&self, spec: &SandboxSpec) -> Result<()> {
+        Self::check_id(&spec.id)?;
+        if spec.extra_ca_pem.is_some() {
+            return Err(RuntimeError::Invalid("a claim cannot bind brokered credentials".into()));
+        }
+        let bundle = self.bundle(&spec.id);
+        let mark = bundle.join(POOLED_FILE);
+        let added: Vec<(String, String)> = match fs::read(&mark) {
+            Ok(json) => serde_json::from_slice(&json).map_err(|e| RuntimeError::Protocol(e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(RuntimeError::Invalid(format!("sandbox {} is not a warm pool's", spec.id)))
+            }
+            Err(e) => return Err(RuntimeError::io("read the warm pool mark")(e)),
+        };
+        // Claimed once: the mark goes first, so that no second claim binds it again.
+        fs::remove_file(&mark).map_err(RuntimeError::io("remove the warm pool mark"))?;
+        let cgroups = self.cgroups.clone();
+        let (ns, id, cpu, memory) = (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes);
+        tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, cpu, memory))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        if let crate::RootSpec::Image(root) = &spec.root {
+            crate::rootfs::resize_upper(&self.image_root(&spec.id), root.writable_bytes)?;
+        }
+        let own = self.sandbox_view(&spec.id);
+        write_claimed_run_files(&own, spec)?;
+        if let Some(ws) = &spec.workspace {
+            crate::rootfs::attach_at_claim_point(&ws.source, &own.join(CLAIM_WORKSPACE), ws.read_only)?;
+        }
+        if let Some(code) = &spec.agent_code {
+            crate::rootfs::attach_at_claim_point(code, &own.join(CLAIM_AGENT), true)?;
+        }
+        let mut env = spec.env.clone();
+        for (k, v) in added {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        let env = spec::environment(&env)
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect();
+        client::bind(&self.socket(&spec.id), &spec.id, env).await
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {
@@ -1183,6 +1298,16 @@ impl Runtime for OciRuntime {
             }
         }
         let own = self.sandbox_view(id);
+        // A warm pool's claim points hold the claimant's filesystem: detached, and their
+        // directories removed only once empty, before anything removes a tree.
+        crate::rootfs::unmount_under(&own);
+        for point in [CLAIM_WORKSPACE, CLAIM_AGENT] {
+            match fs::remove_dir(own.join(point)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(RuntimeError::io(format!("remove the claim point {point} of {id}"))(e)),
+            }
+        }
         match fs::remove_dir_all(&own) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

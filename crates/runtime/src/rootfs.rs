@@ -192,27 +192,37 @@ pub fn mount_image_root(target: &Path, scratch: &Path, root: &ImageRoot, ids: Id
 /// Binds `layer` at `at`, read-only, without devices or setuid, with its ids mapped through
 /// `userns`.
 fn idmapped_bind(layer: &Path, at: &Path, userns: &OwnedFd) -> Result<()> {
-    let source = cstr(layer)?;
+    attach_clone(
+        layer,
+        at,
+        MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        Some(userns),
+        "layer",
+    )
+}
+
+/// Attaches a clone of the tree at `source` (with the mounts below it) at `at`, with the mount
+/// attributes `attr_set` (`MOUNT_ATTR_*`, an id map through `userns` with `MOUNT_ATTR_IDMAP`)
+/// set before it is attached: where `at` propagates (a claim point, see [`make_claim_point`]),
+/// every copy gets the attributes, and a copy in a sandbox's mount namespace has them locked.
+fn attach_clone(source: &Path, at: &Path, attr_set: u64, userns: Option<&OwnedFd>, what: &str) -> Result<()> {
+    let source_c = cstr(source)?;
     // SAFETY: a valid C string; the returned descriptor is owned below.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
-            source.as_ptr(),
+            source_c.as_ptr(),
             OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | AT_RECURSIVE,
         )
     };
     if tree < 0 {
-        return Err(last_error(format!("clone the layer {}", layer.display())));
+        return Err(last_error(format!("clone the {what} {}", source.display())));
     }
     // SAFETY: open_tree returned a new descriptor.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
+    let attr =
+        MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64) };
     let empty = c"";
     // SAFETY: `attr` is a valid `struct mount_attr` of the size passed.
     let r = unsafe {
@@ -226,7 +236,11 @@ fn idmapped_bind(layer: &Path, at: &Path, userns: &OwnedFd) -> Result<()> {
         )
     };
     if r < 0 {
-        return Err(last_error("idmap a layer (the kernel needs idmapped mounts: Linux 5.12 or later)"));
+        return Err(last_error(if attr_set & MOUNT_ATTR_IDMAP != 0 {
+            format!("idmap a {what} (the kernel needs idmapped mounts: Linux 5.12 or later)")
+        } else {
+            format!("set the attributes of a {what}")
+        }));
     }
     let target = cstr(at)?;
     // SAFETY: valid descriptors and C strings.
@@ -241,9 +255,51 @@ fn idmapped_bind(layer: &Path, at: &Path, userns: &OwnedFd) -> Result<()> {
         )
     };
     if r < 0 {
-        return Err(last_error("attach an idmapped layer"));
+        return Err(last_error(format!("attach the {what}")));
     }
     Ok(())
+}
+
+/// Makes `dir` (created, mode 0755) a claim point: a mount of its own (bound onto itself)
+/// whose mounts propagate. A warm pool's sandbox binds it (as a slave, read-only) where a
+/// claimant's filesystem or agent code will appear; [`attach_at_claim_point`] attaches that on
+/// the host, and the kernel propagates it into the running sandbox's mount namespace, where it
+/// is locked (the sandbox can neither unmount it nor change its flags).
+pub fn make_claim_point(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new().mode(0o755).recursive(true).create(dir).map_err(RuntimeError::io("make a claim point"))?;
+    let (dir_s, dir_c) = (dir.display().to_string(), cstr(dir)?);
+    // SAFETY: valid C strings.
+    if unsafe { libc::mount(dir_c.as_ptr(), dir_c.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) } != 0 {
+        return Err(last_error(format!("bind the claim point {dir_s}")));
+    }
+    // SAFETY: a valid C string.
+    if unsafe { libc::mount(std::ptr::null(), dir_c.as_ptr(), std::ptr::null(), libc::MS_SHARED, std::ptr::null()) }
+        != 0
+    {
+        let e = last_error(format!("share the claim point {dir_s}"));
+        // SAFETY: a valid C string; undoing the bind just made.
+        unsafe { libc::umount2(dir_c.as_ptr(), libc::MNT_DETACH) };
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Attaches `source` (a filesystem's data, an agent's code) at the claim point `point`,
+/// read-only with `read_only`, never with devices or setuid (see [`make_claim_point`]).
+pub fn attach_at_claim_point(source: &Path, point: &Path, read_only: bool) -> Result<()> {
+    let mut attrs = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+    if read_only {
+        attrs |= MOUNT_ATTR_RDONLY;
+    }
+    attach_clone(source, point, attrs, None, "claimed mount")
+}
+
+/// Sets the size of the writable upper layer of the root mounted at `target` (a claim sets its
+/// claimant's `disk_bytes`), with one inode per 4 KiB as at its mount. Fails (`EINVAL`) below
+/// what the layer already holds.
+pub fn resize_upper(target: &Path, writable_bytes: u64) -> Result<()> {
+    let options = format!("size={},nr_inodes={}", writable_bytes.max(4096), (writable_bytes / 4096).max(1024));
+    mount("", &upper_of(target), "", libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV, &options)
 }
 
 fn mount(source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<()> {

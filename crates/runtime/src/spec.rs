@@ -227,6 +227,17 @@ pub struct SpecPaths {
     /// The sandbox's own `/etc/resolv.conf` (naming its gateway's resolver, see
     /// [`resolv_conf`]); none for the shared empty one (loopback only).
     pub resolv_conf: Option<PathBuf>,
+    /// A warm pool's sandbox (see `SandboxSpec::pooled`): the host's claim points (see
+    /// `rootfs::make_claim_point`) bound read-only as slaves at `/workspace` and `/agent`, where
+    /// a claim's mounts propagate.
+    pub claim_points: Option<ClaimPoints>,
+}
+
+/// The host directories a warm pool's sandbox receives its claimant's mounts through.
+#[derive(Debug, Clone)]
+pub struct ClaimPoints {
+    pub workspace: PathBuf,
+    pub agent: PathBuf,
 }
 
 /// The OCI spec of `sandbox`; `base` from [`base_entries`].
@@ -291,6 +302,15 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     }
     if let Some(code) = &sandbox.agent_code {
         mounts.push(bind(code, crate::AGENT_PATH, true)?);
+    }
+    if let Some(points) = &paths.claim_points {
+        for (point, inside) in [(&points.workspace, crate::WORKSPACE_PATH), (&points.agent, crate::AGENT_PATH)] {
+            let mut m = bind(point, inside, true)?;
+            if let Some(options) = m.options().clone() {
+                m.set_options(Some(options.into_iter().chain(["rslave".to_owned()]).collect()));
+            }
+            mounts.push(m);
+        }
     }
     for (source, name) in &paths.run_dirs {
         mounts.push(bind(source, &format!("/run/{name}"), true)?);
@@ -462,6 +482,7 @@ mod tests {
             run_files: Vec::new(),
             extra_ca_pem: None,
             root: crate::RootSpec::Host,
+            pooled: false,
         }
     }
 
@@ -481,6 +502,7 @@ mod tests {
             netns: None,
             ca_bundle: None,
             resolv_conf: None,
+            claim_points: None,
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -546,6 +568,7 @@ mod tests {
             netns: None,
             ca_bundle: None,
             resolv_conf: None,
+            claim_points: None,
         };
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
@@ -585,6 +608,7 @@ mod tests {
             netns: None,
             ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
             resolv_conf: None,
+            claim_points: None,
         };
         let mut sandbox = sandbox();
         sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));

@@ -315,6 +315,7 @@ pub async fn start_with(
         host_locks: locks,
         layers,
         tasks: Default::default(),
+        pools: Default::default(),
     }));
     // Uploads an interrupted import left; then the default image, before the first create.
     crate::service::images::sweep_spool(&state);

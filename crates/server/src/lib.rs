@@ -66,8 +66,8 @@ impl utoipa::Modify for BearerAuth {
 /// Every documented route, unrouted yet: the single route table.
 fn api_routes() -> OpenApiRouter<AppState> {
     use routes::{
-        agents, audit, filesystems, fsdata, health, identity, images, keys, logs, metrics, namespaces, processes,
-        projects, sandboxes, secrets, tasks, usage,
+        agents, audit, filesystems, fsdata, health, identity, images, keys, logs, metrics, namespaces, pools,
+        processes, projects, sandboxes, secrets, tasks, usage,
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(health::healthz))
@@ -115,6 +115,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(images::create_public, images::list_public))
         .routes(routes!(images::delete_public))
         .routes(routes!(images::snapshot))
+        .routes(routes!(pools::list))
+        .routes(routes!(pools::set, pools::delete))
         // Agents, their versions, and tasks.
         .routes(routes!(agents::create, agents::list))
         .routes(routes!(agents::get, agents::delete))
@@ -163,6 +165,7 @@ pub fn app(state: AppState) -> Router {
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     sandboxes::spawn_reaper(state.clone());
     metering::spawn_meter(state.clone());
+    service::pools::spawn(state.clone());
     service::egress_audit::spawn_flush(state.clone(), state.config.egress_audit_interval);
     let limits = state.config.connections;
     let last_flush = state.clone();

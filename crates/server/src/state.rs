@@ -258,6 +258,33 @@ pub struct ServerConfig {
     pub images: ImageSettings,
     /// Tasks: how long an agent has to answer.
     pub tasks: TaskSettings,
+    /// Warm pools: when they give sandboxes back to the host.
+    pub pools: PoolSettings,
+}
+
+/// How warm pools behave under memory pressure.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Below this much `MemAvailable` on the host (bytes), pools start nothing and give back one
+    /// ready sandbox per pass (`--pool-min-available`; default: a tenth of the host's memory,
+    /// at least 512 MiB). 0: never.
+    pub min_available_bytes: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        let total = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().strip_suffix("kB"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            .saturating_mul(1024);
+        PoolSettings { min_available_bytes: (total / 10).max(512 << 20) }
+    }
 }
 
 /// How tasks' agents are driven.
@@ -297,6 +324,7 @@ impl ServerConfig {
             outbound: bulkhead_oidc::OutboundConfig::default(),
             images: ImageSettings::default(),
             tasks: TaskSettings::default(),
+            pools: PoolSettings::default(),
         }
     }
 }
@@ -437,6 +465,7 @@ pub struct Inner {
     pub layers: LayerStores,
     /// The drivers of tasks' agents, and who follows their messages.
     pub tasks: crate::service::tasks::TaskHub,
+    pub pools: crate::service::pools::Pools,
 }
 
 /// Cheap to clone; handed to every handler.

@@ -36,7 +36,7 @@ pub use idempotency::{IdempotencyClaim, IdempotencyStore, IdempotentReply};
 pub use identity::{IdentityStore, PolicyRow, SecretRow};
 pub use images::{ImageDeletion, ImageRow, ImageStore};
 pub use namespaces::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse};
-pub use sandboxes::{MeterMark, SandboxImage, SandboxRow, SandboxStatus, SandboxStore};
+pub use sandboxes::{MeterMark, SandboxImage, SandboxRow, SandboxStatus, SandboxStore, WarmPoolRow};
 pub use usage::{UsageBucket, UsageDelta, UsageStore};
 
 /// The store's traits, to call its methods on an `Arc<dyn Store>`: `use bulkhead_store::prelude::*;`.

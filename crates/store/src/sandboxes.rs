@@ -79,6 +79,20 @@ pub struct SandboxRow {
     pub disk_bytes: Option<u64>,
     /// The task whose agent the sandbox runs (`tsk_…`), if any.
     pub task: Option<String>,
+    /// A warm pool's sandbox, not yet claimed: it counts against its namespace's quotas, and no
+    /// list or lookup of the namespace's sandboxes shows it (see [`SandboxStore::claim_sandbox`]).
+    pub pooled: bool,
+}
+
+/// A warm pool: how many started sandboxes of an image a namespace keeps ready to claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPoolRow {
+    pub namespace: String,
+    /// `img_…`: the namespace's own image or a public one.
+    pub image_id: String,
+    /// Sandboxes to keep ready, at least 1 (a pool of 0 is no row).
+    pub size: u64,
+    pub updated_at_ms: i64,
 }
 
 /// The image a sandbox started from, and what of its configuration the sandbox's commands
@@ -132,4 +146,18 @@ pub trait SandboxStore: Send + Sync {
     async fn sandboxes_using(&self, filesystem_id: &str) -> Result<Vec<SandboxRow>>;
     /// The active sandbox whose workload token has this keyed hash.
     async fn sandbox_by_workload_token(&self, token_hash: &str) -> Result<Option<SandboxRow>>;
+
+    // --- Warm pools ---
+    /// Turns the unclaimed pool sandbox `claimed.id` of `claimed.namespace` into `claimed`
+    /// (`pooled` false, status `creating`), atomically with the quota check of
+    /// [`SandboxStore::admit_sandbox`] counting every other active sandbox: the pool sandbox's
+    /// own share is replaced by the claimant's. [`crate::StoreError::NotFound`] when there is no
+    /// such pool sandbox (claimed or ended meanwhile) or its image is gone; `Quota` when the
+    /// claimant's request does not fit, and the pool sandbox is left as it was.
+    async fn claim_sandbox(&self, claimed: &SandboxRow, quotas: &Quotas) -> Result<()>;
+    /// Sets the size of the warm pool of `image_id` in `namespace`; 0 removes it.
+    /// [`crate::StoreError::NotFound`] when the namespace or the image does not exist.
+    async fn set_warm_pool(&self, namespace: &str, image_id: &str, size: u64, now_ms: i64) -> Result<()>;
+    /// The warm pools of `namespace`, or of every namespace, by namespace and image.
+    async fn warm_pools(&self, namespace: Option<&str>) -> Result<Vec<WarmPoolRow>>;
 }

@@ -149,6 +149,15 @@ pub(crate) fn set_size(master: i32, size: TtySize) -> io::Result<()> {
     Ok(())
 }
 
+/// The environment bound at claim (see `Request::Bind`), which replaces the supervisor's own for
+/// every command started after it.
+static BOUND_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Binds the environment of every command from now on; false when one is bound already.
+pub(crate) fn bind_env(env: Vec<(String, String)>) -> bool {
+    BOUND_ENV.set(env).is_ok()
+}
+
 /// Resolves `user` inside the sandbox; unknown → a failure naming it.
 pub(crate) fn credentials(user: Option<&str>) -> Result<Option<Credentials>, Failure> {
     match user {
@@ -169,7 +178,11 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     let cwd = CString::new(l.cwd.as_bytes())
         .map_err(|_| LaunchError::Refused(Failure::new(FailureKind::InvalidRequest, "cwd contains a NUL byte")))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear().envs(std::env::vars_os());
+    cmd.args(args).env_clear();
+    match BOUND_ENV.get() {
+        Some(env) => cmd.envs(env.iter().map(|(k, v)| (k, v))),
+        None => cmd.envs(std::env::vars_os()),
+    };
     if let Some(c) = &creds {
         cmd.env("HOME", &c.home);
         if let Some(name) = &c.name {

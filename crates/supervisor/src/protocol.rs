@@ -135,6 +135,13 @@ pub enum Request {
     Signal { id: String, signal: i32 },
     /// Sets the terminal size of a tty process (the process gets `SIGWINCH`). `DONE`.
     Resize { id: String, rows: u16, cols: u16 },
+
+    // --- Warm pools ---
+    /// Sets the environment (`NAME`, value pairs, in order; a later pair of a name wins) that
+    /// every command started from now on inherits, in place of the one the supervisor started
+    /// with: a sandbox from a warm pool gets its claimant's here, at claim, before anything of
+    /// the claimant runs. Once per sandbox: `DONE`, then `FAILURE` `invalid_request` for another.
+    Bind { env: Vec<(String, String)> },
 }
 
 /// A background process to start.

@@ -129,6 +129,14 @@ fn handle(mut conn: UnixStream) -> io::Result<()> {
     };
     match request {
         Request::Ping => protocol::write_json(&mut conn, kind::DONE, &Done { bytes: 0 }),
+        Request::Bind { env } => {
+            if crate::launch::bind_env(env) {
+                protocol::write_json(&mut conn, kind::DONE, &Done { bytes: 0 })
+            } else {
+                let f = Failure::new(FailureKind::InvalidRequest, "the sandbox's environment is bound already");
+                protocol::write_json(&mut conn, kind::FAILURE, &f)
+            }
+        }
         Request::Exec(spec) => exec(conn, spec),
         // File requests run on this thread, which ends with the request: a `user` changes
         // this thread's credentials only (see `files`).

@@ -141,6 +141,7 @@ impl Harness {
         let admin = started.new_admin_token.expect("first start makes an admin token");
         bulkhead_server::sandboxes::spawn_reaper(started.state.clone());
         bulkhead_server::metering::spawn_meter(started.state.clone());
+        bulkhead_server::service::pools::spawn(started.state.clone());
         let app = app(started.state.clone());
         Harness { dir, state: started.state, app, admin, runtime }
     }

@@ -24,6 +24,7 @@ const EVERYONE: &[&str] = &[
     "agent.list",
     "agent.get",
     "task.list",
+    "pool.list",
 ];
 const DEVELOPER: &[&str] = &[
     "sandbox.create",
@@ -56,8 +57,16 @@ const DEVELOPER: &[&str] = &[
     "task.state.read",
     "task.state.write",
 ];
-const ADMIN: &[&str] =
-    &["key.list", "key.get", "identity.get", "policy.list", "authz.explain", "secret.create", "secret.delete"];
+const ADMIN: &[&str] = &[
+    "key.list",
+    "key.get",
+    "identity.get",
+    "policy.list",
+    "authz.explain",
+    "secret.create",
+    "secret.delete",
+    "pool.set",
+];
 /// Admin and up, except on owner keys, which need an owner.
 const KEYS: &[&str] = &["key.create", "key.revoke"];
 const OWNER: &[&str] = &["identity.set", "policy.create", "policy.delete"];
@@ -71,6 +80,7 @@ const NOBODY: &[&str] = &[
     "platform.image.create",
     "platform.image.list",
     "platform.image.delete",
+    "platform.pool.set",
     "secret.read",
     // Only sandboxes connect (builtin.sandbox-egress).
     "network.connect",
@@ -120,7 +130,7 @@ fn resource_for(action: &str) -> ResourceRef {
         "key.get" | "key.revoke" => ResourceRef::Key("key_2".into()),
         "policy.delete" => ResourceRef::Policy("pol_1".into()),
         "secret.delete" | "secret.read" => ResourceRef::Secret("db-password".into()),
-        "image.get" | "image.delete" => ResourceRef::Image("python".into()),
+        "image.get" | "image.delete" | "pool.set" => ResourceRef::Image("python".into()),
         "network.connect" => ResourceRef::Host { name: "pypi.org".into(), port: 443, protocol: "tcp".into() },
         "agent.get" | "agent.delete" | "agent.version.create" | "agent.deploy" | "task.create" => {
             ResourceRef::Agent("coder".into())

@@ -61,7 +61,7 @@ fn image_not_found(name_or_id: &str) -> ApiError {
 /// The image `name_or_id` as namespace `ns` sees it (its own, else a public one), decided
 /// again by its name when the request named its id; 404 when it does not exist or is another
 /// namespace's.
-async fn load_image(ctx: &Ctx, ns: &str, name_or_id: &str) -> ApiResult<ImageRow> {
+pub(crate) async fn load_image(ctx: &Ctx, ns: &str, name_or_id: &str) -> ApiResult<ImageRow> {
     load_namespace(ctx, ns).await?;
     if check_ref("name", name_or_id).is_err() {
         return Err(image_not_found(name_or_id));

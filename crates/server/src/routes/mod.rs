@@ -14,6 +14,7 @@ pub mod keys;
 pub mod logs;
 pub mod metrics;
 pub mod namespaces;
+pub mod pools;
 pub mod processes;
 pub mod projects;
 pub mod sandboxes;

@@ -33,8 +33,7 @@ use crate::time::{now_ms, rfc3339};
 
 const MIN_CPU_MILLIS: u64 = 10;
 const MIN_MEMORY_BYTES: u64 = 16 << 20;
-const DEFAULT_CPU_MILLIS: u64 = 1000;
-const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+use crate::service::sandboxes::{DEFAULT_CPU_MILLIS, DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES, MIN_DISK_BYTES};
 const DEFAULT_TTL_SECONDS: u64 = 3600;
 const DEFAULT_EXEC_TIMEOUT: u64 = 60;
 const MAX_EXEC_TIMEOUT: u64 = 3600;
@@ -250,7 +249,18 @@ pub(crate) async fn create_sandbox(
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
-    let id = bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX);
+    // A ready sandbox of the namespace's warm pool of this image, when the create needs nothing
+    // a claim cannot bind (brokered credentials need their CA in place at start). Its id is
+    // the new sandbox's; dropped on any refusal below, it is destroyed, never handed out again.
+    let brokered = req.egress.as_ref().is_some_and(|e| !e.credentials.is_empty());
+    let reservation = match &boot.image {
+        Some(image) if !brokered => crate::service::pools::Pools::reserve(&ctx.state, &ns, &image.id),
+        _ => None,
+    };
+    let id = match &reservation {
+        Some(r) => r.id().to_owned(),
+        None => bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX),
+    };
     let creator = ctx.principal.audit_name();
     // The workload token: the sandbox's own identity, at /run/bulkhead/token.
     let token = bulkhead_core::token::generate(bulkhead_core::token::WORKLOAD_TOKEN_PREFIX);
@@ -326,6 +336,7 @@ pub(crate) async fn create_sandbox(
         image: boot.image,
         disk_bytes: boot.disk_bytes,
         task: task.map(|t| (t.task, t.code)),
+        start: reservation.map_or(sandboxes::Start::Cold, sandboxes::Start::Claim),
     };
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
     ctx.audit_resource(format!("sandbox:{}", row.id));
@@ -339,11 +350,6 @@ struct Boot {
     image_env: Vec<String>,
     disk_bytes: Option<u64>,
 }
-
-/// The smallest writable root.
-const MIN_DISK_BYTES: u64 = 16 << 20;
-/// The writable root's size when the request names none (at most the sandbox's memory).
-const DEFAULT_DISK_BYTES: u64 = 1 << 30;
 
 /// Resolves a create's `image` and `disk_bytes`. Under `--root host` a sandbox boots the host's
 /// base and a request naming either is refused (409: the server's configuration, not the

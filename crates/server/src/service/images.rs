@@ -139,6 +139,8 @@ fn row_of(import: &Import, stored: &StoredImage) -> ServiceResult<ImageRow> {
 /// Deletes `row` unless a sandbox that has not ended uses it (a conflict naming the sandbox),
 /// then collects the layers of its store that no recorded image names.
 pub async fn delete(state: &AppState, row: &ImageRow) -> ServiceResult<()> {
+    // Its warm pools go first: their sandboxes are the image's users, never the namespace's.
+    super::pools::drain_image(state, &row.id).await?;
     match state.store.delete_image(&row.id).await? {
         ImageDeletion::Deleted => {}
         ImageDeletion::NotFound => return Err(ServiceError::NotFound(format!("image {:?} not found", row.name))),

@@ -80,13 +80,14 @@ pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
         state.metrics.egress_retain(|id| ids.contains(id));
     }
     for row in &active {
-        if row.status != SandboxStatus::Running {
+        // An unclaimed pool sandbox is metered from its claim on.
+        if row.status != SandboxStatus::Running || row.pooled {
             continue;
         }
         let _guard = state.sandbox_locks.lock(&row.id).await;
         // Re-read under the lock: a teardown may have taken the final sample meanwhile.
         if let Some(current) = state.store.get_sandbox(&row.namespace, &row.id).await? {
-            if current.status == SandboxStatus::Running {
+            if current.status == SandboxStatus::Running && !current.pooled {
                 sample_locked(state, &current).await?;
             }
         }

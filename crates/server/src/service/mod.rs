@@ -24,6 +24,7 @@ pub mod logs;
 pub mod metering;
 pub mod namespaces;
 pub mod policies;
+pub mod pools;
 pub mod processes;
 pub mod projects;
 pub mod records;

@@ -32,8 +32,29 @@ pub fn namespace_limits(ns: &NamespaceRow) -> NamespaceLimits {
     }
 }
 
+/// A create's cpu when the request names none (at most the namespace's quota), in millicores.
+pub const DEFAULT_CPU_MILLIS: u64 = 1000;
+/// A create's memory when the request names none (at most the namespace's quota), in bytes.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+/// The smallest writable root, in bytes.
+pub const MIN_DISK_BYTES: u64 = 16 << 20;
+/// The writable root's size when the request names none (at most the sandbox's memory).
+pub const DEFAULT_DISK_BYTES: u64 = 1 << 30;
+
+/// How a create comes by its sandbox.
+#[derive(Debug, Default)]
+pub enum Start {
+    /// Started now, for the create.
+    #[default]
+    Cold,
+    /// Started now for a warm pool, unclaimed (see [`super::pools`]).
+    Pool,
+    /// A ready pool sandbox, claimed: its id is the plan's.
+    Claim(super::pools::Reservation),
+}
+
 /// What a create asks for, resolved against the namespace's quotas.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Plan {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -61,10 +82,13 @@ pub struct Plan {
     pub disk_bytes: Option<u64>,
     /// The task whose agent the sandbox runs, and that agent's unpacked bundle (at `/agent`).
     pub task: Option<(String, std::path::PathBuf)>,
+    /// Cold, for a pool, or a claim of a pool sandbox.
+    pub start: Start,
 }
 
-/// Admits, records and starts a sandbox of `ns`.
-pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceResult<SandboxRow> {
+/// Admits, records and starts a sandbox of `ns`; or, with [`Start::Claim`], binds a ready pool
+/// sandbox to the plan instead of starting one.
+pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> ServiceResult<SandboxRow> {
     let class = state
         .config
         .runtime_classes
@@ -75,9 +99,11 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         .clone();
     // The namespace's CA, for a sandbox with credentials: made (once) before anything is admitted.
     let extra_ca_pem = super::egress_broker::sandbox_ca_pem(state, &ns.name, plan.egress.as_ref()).await?;
+    let start = std::mem::take(&mut plan.start);
+    let pooled = matches!(start, Start::Pool);
     let now = now_ms();
     let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let row = SandboxRow {
+    let mut row = SandboxRow {
         id: plan.id.clone(),
         namespace: ns.name.clone(),
         status: SandboxStatus::Creating,
@@ -101,16 +127,55 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         image: plan.image.clone(),
         disk_bytes: plan.disk_bytes,
         task: plan.task.as_ref().map(|(id, _)| id.clone()),
+        pooled,
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
-    match state.store.admit_sandbox(&row, &ns.quotas).await {
-        Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
-        // The image was deleted between its lookup and the admission.
-        Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
-            return Err(ServiceError::NotFound(format!("{what} not found")))
+    let reservation = match start {
+        Start::Claim(reservation) => {
+            if reservation.id() != row.id {
+                return Err(ServiceError::Internal("a claim's plan names another sandbox".into()));
+            }
+            // What the pool sandbox used before its claim is not the claimant's: metering starts
+            // from its counters now.
+            if let Ok(stats) = state.runtime.stats(&ns.name, &row.id).await {
+                row.metered = MeterMark {
+                    cpu_ns: stats.cpu_usage_ns,
+                    io_read_bytes: stats.io_read_bytes,
+                    io_write_bytes: stats.io_write_bytes,
+                };
+            }
+            match state.store.claim_sandbox(&row, &ns.quotas).await {
+                Err(StoreError::Quota(b)) => {
+                    // Nothing of the claimant reached it: it stays in its pool.
+                    reservation.release();
+                    return Err(ServiceError::quota(&b));
+                }
+                Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
+                    return Err(ServiceError::NotFound(format!("{what} not found")))
+                }
+                // The pool sandbox ended between its reservation and its claim.
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ServiceError::Runtime(bulkhead_runtime::RuntimeError::Unavailable(format!(
+                        "sandbox {} ended before it could be claimed; retry the create",
+                        row.id
+                    ))))
+                }
+                other => other?,
+            }
+            Some(reservation)
         }
-        other => other?,
-    }
+        Start::Cold | Start::Pool => {
+            match state.store.admit_sandbox(&row, &ns.quotas).await {
+                Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
+                // The image was deleted between its lookup and the admission.
+                Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
+                    return Err(ServiceError::NotFound(format!("{what} not found")))
+                }
+                other => other?,
+            }
+            None
+        }
+    };
     let spec = SandboxSpec {
         id: row.id.clone(),
         namespace: ns.name.clone(),
@@ -128,6 +193,10 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
                     Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" })
                 }
                 Err(e) => {
+                    if let Some(reservation) = reservation {
+                        reservation.claimed();
+                        state.runtime.delete(&ns.name, &row.id).await?;
+                    }
                     let reason = format!("start_failed: filesystem {}: {e}", f.id);
                     state
                         .store
@@ -142,14 +211,31 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         run_files: plan.run_files,
         extra_ca_pem,
         root: plan.root,
+        pooled,
     };
-    let started = match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
-        Ok(()) => state.runtime.create(&spec).await,
-        Err(e) => Err(e),
+    let claimed = reservation.is_some();
+    let started = match reservation {
+        Some(reservation) => {
+            // Claimed once, whatever the binding's outcome: a failed one is torn down below.
+            reservation.claimed();
+            state.runtime.claim(&spec).await
+        }
+        None => match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
+            Ok(()) => state.runtime.create(&spec).await,
+            Err(e) => Err(e),
+        },
     };
     if let Err(e) = started {
         let reason = format!("start_failed: {e}");
-        state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
+        if claimed {
+            // A claim leaves a started sandbox behind it: torn down with it.
+            if let Err(e) = state.runtime.delete(&ns.name, &row.id).await {
+                tracing::warn!(sandbox = %row.id, error = %e, "teardown after a failed claim failed");
+            }
+        }
+        if !pooled {
+            state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
+        }
         state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
         tracing::warn!(sandbox = %row.id, error = %e, "a sandbox failed to start");
         // Retryable: what stops a start (the OCI runtime killed or timed out, the host short of
@@ -165,9 +251,16 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, plan: Plan) -> ServiceR
         .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
         .await?
         .ok_or_else(|| ServiceError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
-    state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
-    tracing::info!(sandbox = %row.id, namespace = %ns.name, "sandbox started");
-    watch(state, &row);
+    if pooled {
+        tracing::debug!(sandbox = %row.id, namespace = %ns.name, "warm pool sandbox started");
+    } else {
+        state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
+        tracing::info!(sandbox = %row.id, namespace = %ns.name, claimed, "sandbox started");
+    }
+    // A claimed sandbox's init has been watched since its pool started it.
+    if !claimed {
+        watch(state, &row);
+    }
     Ok(row)
 }
 
@@ -265,10 +358,15 @@ async fn destroy_at(
     if !current.status.is_active() {
         return Ok(current);
     }
+    if current.pooled {
+        state.pools.forget(&current.id);
+    }
     // The last sample, before the cgroup and its counters are gone; a sandbox found dead is
-    // metered up to its death.
-    if let Err(e) = super::metering::sample_until(state, &current, ended_at_ms).await {
-        tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
+    // metered up to its death. An unclaimed pool sandbox was never the namespace's to pay for.
+    if !current.pooled {
+        if let Err(e) = super::metering::sample_until(state, &current, ended_at_ms).await {
+            tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
+        }
     }
     state.runtime.delete(&row.namespace, &row.id).await?;
     let ended = ended_at_ms.map_or_else(now_ms, |t| t.min(now_ms()));
@@ -433,6 +531,12 @@ pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
     let now = now_ms();
     let me = state.host_ids.owner.as_str();
     for row in &active {
+        if row.pooled {
+            // The pools of the last process: recycled, the filler starts new ones.
+            state.runtime.delete(&row.namespace, &row.id).await?;
+            state.store.set_sandbox_status(&row.id, SandboxStatus::Deleted, Some("pool_recycled"), Some(now)).await?;
+            continue;
+        }
         if row.status == SandboxStatus::Running && running.contains(row.id.as_str()) && row.expires_at_ms > now {
             report.adopted += 1;
             watch(state, row);
@@ -480,7 +584,13 @@ pub struct ReconcileReport {
     pub orphans: usize,
 }
 
-/// Sandbox `id` of namespace `ns`, if it exists (in any status).
+/// Sandbox `id` of namespace `ns`, if it exists (in any status); an unclaimed warm pool
+/// sandbox is no sandbox of the namespace's yet.
 pub async fn get(state: &AppState, ns: &str, id: &str) -> ServiceResult<Option<SandboxRow>> {
+    Ok(state.store.get_sandbox(ns, id).await?.filter(|s| !s.pooled))
+}
+
+/// [`get`], warm pool sandboxes included.
+pub async fn get_any(state: &AppState, ns: &str, id: &str) -> ServiceResult<Option<SandboxRow>> {
     Ok(state.store.get_sandbox(ns, id).await?)
 }

@@ -10,12 +10,12 @@ use super::{
     all, as_i64, as_u64, insert_row, json_column, names, one, select, to_json, within, Columns, Constraints, Query,
     SqliteStore, Table,
 };
-use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError};
+use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError, WarmPoolRow};
 
 impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id";
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id, pooled";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -51,6 +51,7 @@ impl Columns for SandboxRow {
             image: json_column(row, "image", "sandbox image")?,
             disk_bytes: row.try_get::<Option<i64>, _>("disk_bytes")?.map(|v| u64::try_from(v).unwrap_or(0)),
             task: row.try_get("task_id")?,
+            pooled: row.try_get::<i64, _>("pooled")? != 0,
         })
     }
 
@@ -82,7 +83,8 @@ impl Columns for SandboxRow {
             .bind(self.image.as_ref().map(|i| i.id.as_str()))
             .bind(to_json(self.image.as_ref())?)
             .bind(self.disk_bytes.map(as_i64))
-            .bind(self.task.as_deref()))
+            .bind(self.task.as_deref())
+            .bind(i64::from(self.pooled)))
     }
 }
 
@@ -95,30 +97,7 @@ impl Table for SandboxRow {
 impl SandboxStore for SqliteStore {
     async fn admit_sandbox(&self, sbx: &SandboxRow, quotas: &Quotas) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS mem \
-             FROM sandboxes WHERE namespace = ? AND status IN ('creating', 'running')",
-        )
-        .bind(&sbx.namespace)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (n, cpu, mem) = (as_u64(&row, "n")?, as_u64(&row, "cpu")?, as_u64(&row, "mem")?);
-        let checks = [
-            ("max_sandboxes", quotas.max_sandboxes, n, 1),
-            ("cpu_millis", quotas.cpu_millis, cpu, sbx.cpu_millis),
-            ("memory_bytes", quotas.memory_bytes, mem, sbx.memory_bytes),
-        ];
-        for (quota, limit, used, requested) in checks {
-            within(quota, limit, used, requested)?;
-        }
-        // The image, in the same transaction as a delete of it would check its users.
-        if let Some(image) = &sbx.image {
-            let found =
-                sqlx::query("SELECT 1 FROM images WHERE id = ?").bind(&image.id).fetch_optional(&mut *tx).await?;
-            if found.is_none() {
-                return Err(StoreError::NotFound(format!("image {}", image.name)));
-            }
-        }
+        check_admission(&mut tx, sbx, quotas, None).await?;
         insert_row(&mut *tx, sbx, Constraints::default()).await?;
         tx.commit().await
     }
@@ -128,7 +107,8 @@ impl SandboxStore for SqliteStore {
     }
 
     async fn list_sandboxes(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<SandboxRow>> {
-        self.page(namespace, after, limit).await
+        let sql = select::<SandboxRow>("WHERE namespace = ? AND id > ? AND pooled = 0 ORDER BY id LIMIT ?");
+        all(&self.pool, sqlx::query(&sql).bind(namespace).bind(after.unwrap_or("")).bind(i64::from(limit))).await
     }
 
     async fn active_sandboxes(&self) -> Result<Vec<SandboxRow>> {
@@ -165,4 +145,110 @@ impl SandboxStore for SqliteStore {
         let sql = select::<SandboxRow>("WHERE workload_token_hash = ? AND status IN ('creating', 'running')");
         one(&self.pool, sqlx::query(&sql).bind(token_hash)).await
     }
+
+    async fn claim_sandbox(&self, claimed: &SandboxRow, quotas: &Quotas) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        let found =
+            sqlx::query("SELECT 1 FROM sandboxes WHERE id = ? AND namespace = ? AND pooled = 1 AND status = 'running'")
+                .bind(&claimed.id)
+                .bind(&claimed.namespace)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound(format!("pool sandbox {}", claimed.id)));
+        }
+        check_admission(&mut tx, claimed, quotas, Some(&claimed.id)).await?;
+        sqlx::query("DELETE FROM sandboxes WHERE id = ?").bind(&claimed.id).execute(&mut *tx).await?;
+        insert_row(&mut *tx, claimed, Constraints::default()).await?;
+        tx.commit().await
+    }
+
+    async fn set_warm_pool(&self, namespace: &str, image_id: &str, size: u64, now_ms: i64) -> Result<()> {
+        let mut tx = self.write_tx().await?;
+        if size == 0 {
+            sqlx::query("DELETE FROM warm_pools WHERE namespace = ? AND image_id = ?")
+                .bind(namespace)
+                .bind(image_id)
+                .execute(&mut *tx)
+                .await?;
+            return tx.commit().await;
+        }
+        let image = sqlx::query("SELECT 1 FROM images WHERE id = ? AND (namespace IS NULL OR namespace = ?)")
+            .bind(image_id)
+            .bind(namespace)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let ns =
+            sqlx::query("SELECT 1 FROM namespaces WHERE name = ?").bind(namespace).fetch_optional(&mut *tx).await?;
+        if image.is_none() || ns.is_none() {
+            return Err(StoreError::NotFound(format!("image {image_id} of namespace {namespace}")));
+        }
+        sqlx::query(
+            "INSERT INTO warm_pools (namespace, image_id, size, updated_at_ms) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (namespace, image_id) DO UPDATE SET size = excluded.size, updated_at_ms = excluded.updated_at_ms",
+        )
+        .bind(namespace)
+        .bind(image_id)
+        .bind(as_i64(size))
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    async fn warm_pools(&self, namespace: Option<&str>) -> Result<Vec<WarmPoolRow>> {
+        let rows = sqlx::query(
+            "SELECT namespace, image_id, size, updated_at_ms FROM warm_pools \
+             WHERE ?1 IS NULL OR namespace = ?1 ORDER BY namespace, image_id",
+        )
+        .bind(namespace)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(WarmPoolRow {
+                    namespace: r.try_get("namespace")?,
+                    image_id: r.try_get("image_id")?,
+                    size: as_u64(r, "size")?,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Checks, in the admission's transaction, that `sbx` fits its namespace's quotas beside every
+/// other active sandbox (all of them but `replacing`, whose share a claim replaces), and that
+/// its image is still recorded.
+async fn check_admission(
+    tx: &mut sqlx::SqliteConnection,
+    sbx: &SandboxRow,
+    quotas: &Quotas,
+    replacing: Option<&str>,
+) -> Result<()> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(cpu_millis), 0) AS cpu, COALESCE(SUM(memory_bytes), 0) AS mem \
+         FROM sandboxes WHERE namespace = ? AND status IN ('creating', 'running') AND id != ?",
+    )
+    .bind(&sbx.namespace)
+    .bind(replacing.unwrap_or(""))
+    .fetch_one(&mut *tx)
+    .await?;
+    let (n, cpu, mem) = (as_u64(&row, "n")?, as_u64(&row, "cpu")?, as_u64(&row, "mem")?);
+    let checks = [
+        ("max_sandboxes", quotas.max_sandboxes, n, 1),
+        ("cpu_millis", quotas.cpu_millis, cpu, sbx.cpu_millis),
+        ("memory_bytes", quotas.memory_bytes, mem, sbx.memory_bytes),
+    ];
+    for (quota, limit, used, requested) in checks {
+        within(quota, limit, used, requested)?;
+    }
+    // The image, in the same transaction as a delete of it would check its users.
+    if let Some(image) = &sbx.image {
+        let found = sqlx::query("SELECT 1 FROM images WHERE id = ?").bind(&image.id).fetch_optional(&mut *tx).await?;
+        if found.is_none() {
+            return Err(StoreError::NotFound(format!("image {}", image.name)));
+        }
+    }
+    Ok(())
 }

@@ -141,7 +141,52 @@ fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
         image: None,
         disk_bytes: None,
         task: None,
+        pooled: false,
     }
+}
+
+#[tokio::test]
+async fn a_claim_replaces_the_pool_sandboxs_share_of_the_quota_and_only_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    let quotas = Quotas { max_sandboxes: 2, cpu_millis: 1000, ..Quotas::DEFAULT };
+    let pooled = SandboxRow { pooled: true, status: SandboxStatus::Running, ..sandbox("acme", 400) };
+    s.admit_sandbox(&pooled, &quotas).await.unwrap();
+    s.set_sandbox_status(&pooled.id, SandboxStatus::Running, None, None).await.unwrap();
+    let other = sandbox("acme", 300);
+    s.admit_sandbox(&other, &quotas).await.unwrap();
+    // Lists never show a pool's sandbox; a lookup by id does (the service hides it).
+    let listed: Vec<String> = s.list_sandboxes("acme", None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(listed, vec![other.id.clone()]);
+    // 300 used by the other sandbox: a claim of 800 does not fit, and leaves the pool's row.
+    let too_big = SandboxRow { id: pooled.id.clone(), creator: "key:k".into(), ..sandbox("acme", 800) };
+    assert!(matches!(s.claim_sandbox(&too_big, &quotas).await, Err(StoreError::Quota(_))));
+    assert!(s.get_sandbox("acme", &pooled.id).await.unwrap().unwrap().pooled);
+    // 700 fits once the pool's 400 is not counted.
+    let claim = SandboxRow { id: pooled.id.clone(), creator: "key:k".into(), ..sandbox("acme", 700) };
+    s.claim_sandbox(&claim, &quotas).await.unwrap();
+    let row = s.get_sandbox("acme", &pooled.id).await.unwrap().unwrap();
+    assert!(!row.pooled);
+    assert_eq!((row.cpu_millis, row.creator.as_str(), row.status), (700, "key:k", SandboxStatus::Creating));
+    // Claimed once: a second claim, or a claim of a sandbox that never was a pool's, finds none.
+    assert!(matches!(s.claim_sandbox(&claim, &quotas).await, Err(StoreError::NotFound(_))));
+    let not_pooled = SandboxRow { id: other.id.clone(), ..sandbox("acme", 10) };
+    assert!(matches!(s.claim_sandbox(&not_pooled, &quotas).await, Err(StoreError::NotFound(_))));
+    // Of another namespace: not found either.
+    let foreign = SandboxRow { namespace: "other".into(), ..claim.clone() };
+    assert!(matches!(s.claim_sandbox(&foreign, &quotas).await, Err(StoreError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn warm_pool_sizes_are_set_listed_and_removed_and_name_existing_images_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    assert!(matches!(s.set_warm_pool("acme", "img_missing", 2, 1).await, Err(StoreError::NotFound(_))));
+    assert!(s.warm_pools(None).await.unwrap().is_empty());
+    // Removing a pool that does not exist is no error.
+    s.set_warm_pool("acme", "img_missing", 0, 1).await.unwrap();
 }
 
 #[tokio::test]
@@ -238,7 +283,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 27);
+    assert_eq!(sandbox.matches('?').count(), 28);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }

@@ -1,0 +1,305 @@
+//! Warm pools, from the inside: a create claims a sandbox whose supervisor started before the
+//! request arrived, and finds in it everything of its own (limits, writable size, environment,
+//! secrets, workload token, filesystem read-write or read-only) that the pool sandbox did not
+//! have; pools count against the namespace's quotas, refill, shrink under memory pressure and
+//! go with their size; only the platform admin sizes a public image's pool.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::{Method, StatusCode};
+use common::{assert_envelope, Harness};
+use serde_json::{json, Value};
+
+/// Polls the namespace's pool of `image` until `done` holds for it (ready, starting), or fails
+/// after a generous deadline.
+async fn wait_pool(h: &Harness, ns: &str, token: &str, image: &str, what: &str, done: impl Fn(u64, u64) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = h.call(Method::GET, &format!("/v1/namespaces/{ns}/pools"), Some(token), Value::Null).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let pool = r.body["items"].as_array().unwrap().iter().find(|p| p["image"] == image).cloned();
+        let (ready, starting) =
+            pool.as_ref().map_or((0, 0), |p| (p["ready"].as_u64().unwrap(), p["starting"].as_u64().unwrap()));
+        if done(ready, starting) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the pool of {image} never reached {what}: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Seconds since the host booted (`/proc/uptime`), the clock of `/proc/<pid>/stat`'s start times.
+fn host_uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The sandbox's init (its supervisor), as the sandbox sees it: seconds after the host booted
+/// that it started.
+async fn init_started_at(h: &Harness, ns: &str, id: &str, token: &str) -> f64 {
+    let (code, out, err) =
+        h.sh(ns, id, token, "s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo \"${20} $(getconf CLK_TCK)\"").await;
+    assert_eq!(code, 0, "{err}");
+    let mut it = out.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    let (ticks, hz) = (it.next().unwrap(), it.next().unwrap());
+    ticks / hz
+}
+
+#[tokio::test]
+async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bound_at_claim() {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let (_, ns_admin) = h.create_key("alpha", "ops", "admin").await;
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/secrets",
+            Some(&ns_admin),
+            json!({"name": "tok", "value": "s3cr3t-value"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/alpha/filesystems",
+            Some(&dev),
+            json!({"name": "work", "size_bytes": 32 << 20}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let fs = r.body["id"].as_str().unwrap().to_owned();
+
+    // The default image is public: its pool in a namespace is the platform admin's to size.
+    let pool = "/v1/namespaces/alpha/pools/default";
+    let r = h.call(Method::PUT, pool, Some(&ns_admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_envelope(&r, "forbidden");
+    let r = h.call(Method::PUT, pool, Some(&h.admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["size"], 1);
+    assert_eq!(r.body["public"], true);
+    wait_pool(&h, "alpha", &dev, "default", "one ready", |ready, _| ready == 1).await;
+    // The pool's sandbox is no sandbox of the namespace's: no list shows it.
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
+    assert_eq!(r.body["items"], json!([]), "{}", r.body);
+
+    let before = host_uptime();
+    let body = json!({
+        "cpu_millis": 500, "memory_bytes": 320 << 20, "disk_bytes": 48 << 20,
+        "env": {"GREETING": "hello-from-the-claimant"},
+        "secrets": [{"name": "tok", "env": "API_TOKEN"}, {"name": "tok", "path": "/run/secrets/tok"}],
+        "filesystem": {"id": fs, "mode": "rw"},
+    });
+    let id = h.create_sandbox("alpha", &dev, body).await;
+    // Its supervisor was running before the create was sent: the sandbox was the pool's.
+    let started = init_started_at(&h, "alpha", &id, &dev).await;
+    assert!(started < before, "the sandbox's init started at {started} s, after the create was sent at {before} s");
+    // Everything of the claimant is there.
+    let (code, out, err) = h
+        .sh(
+            "alpha",
+            &id,
+            &dev,
+            "echo \"$GREETING $API_TOKEN\"; cat /run/secrets/tok; echo; head -c 4 /run/bulkhead/token; echo; \
+             grep MemTotal /proc/meminfo; df -B1 --output=size / | tail -1; \
+             echo written-in-the-pool-sandbox > /workspace/note.txt && cat /workspace/note.txt",
+        )
+        .await;
+    assert_eq!(code, 0, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hello-from-the-claimant s3cr3t-value", "{out}");
+    assert_eq!(lines[1], "s3cr3t-value", "{out}");
+    assert_eq!(lines[2], "bhw_", "the workload token: {out}");
+    // Its memory limit is the claimant's (lxcfs shows the cgroup's limit as MemTotal).
+    let kib: u64 = lines[3].split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert_eq!(kib * 1024, 320 << 20, "{out}");
+    // Its writable root has the claimant's size.
+    let size: u64 = lines[4].trim().parse().unwrap();
+    assert_eq!(size, 48 << 20, "{out}");
+    assert_eq!(lines[5], "written-in-the-pool-sandbox");
+    // The workspace is the filesystem itself: the write is there from the API.
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=note.txt"),
+            Some(&dev),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(String::from_utf8_lossy(&r.raw), "written-in-the-pool-sandbox\n");
+    // The sandbox cannot take its filesystem away (the mount is locked in its namespace).
+    let (code, _, _) = h.sh("alpha", &id, &dev, "umount /workspace").await;
+    assert_ne!(code, 0, "umount /workspace succeeded inside the sandbox");
+    // Nothing of the claimant was in what started the sandbox: its OCI spec names no variable,
+    // secret or token of it.
+    let spec = std::fs::read_to_string(h.runtime.state_dir.join("sandboxes").join(&id).join("config.json")).unwrap();
+    for claimant in ["hello-from-the-claimant", "s3cr3t-value", "GREETING", "API_TOKEN", &fs] {
+        assert!(!spec.contains(claimant), "the pool sandbox's spec holds {claimant:?}");
+    }
+
+    // The pool refills with a sandbox of its own.
+    wait_pool(&h, "alpha", &dev, "default", "one ready again", |ready, _| ready == 1).await;
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{id}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // Its teardown detached the filesystem and removed nothing of it.
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=note.txt"),
+            Some(&dev),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(String::from_utf8_lossy(&r.raw), "written-in-the-pool-sandbox\n");
+
+    // A read-only claim: the filesystem is there, and stays read-only, whatever root tries.
+    let before = host_uptime();
+    let id = h.create_sandbox("alpha", &dev, json!({"filesystem": {"id": fs, "mode": "ro"}})).await;
+    assert!(init_started_at(&h, "alpha", &id, &dev).await < before, "the read-only create was not a claim");
+    let (code, out, _) = h.sh("alpha", &id, &dev, "cat /workspace/note.txt").await;
+    assert_eq!((code, out.as_str()), (0, "written-in-the-pool-sandbox\n"));
+    let (code, _, err) = h.sh("alpha", &id, &dev, "echo x > /workspace/other.txt").await;
+    assert_ne!(code, 0, "a write to a read-only workspace succeeded");
+    assert!(err.contains("Read-only file system"), "{err}");
+    let (code, _, _) =
+        h.sh("alpha", &id, &dev, "mount -o remount,rw /workspace && echo x > /workspace/other.txt").await;
+    assert_ne!(code, 0, "the sandbox made its read-only workspace writable");
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/v1/namespaces/alpha/filesystems/{fs}/files?path=other.txt"),
+            Some(&dev),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    // Size 0: the pool goes, and its ready sandbox with it.
+    let r = h.call(Method::DELETE, pool, Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/pools", Some(&dev), Value::Null).await;
+    assert_eq!(r.body["items"], json!([]), "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pooled: Vec<_> =
+            h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).map(|s| s.id).collect();
+        if pooled.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pool sandboxes outlived their pool: {pooled:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_under_memory_pressure() {
+    let h = Harness::new().await;
+    let mut body = common::namespace_body("alpha");
+    body["quotas"]["max_sandboxes"] = json!(2);
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let (_, viewer) = h.create_key("alpha", "eyes", "viewer").await;
+    let pool = "/v1/namespaces/alpha/pools/default";
+    // Never more than the namespace may hold; a viewer sees pools but sizes none.
+    let r = h.call(Method::PUT, pool, Some(&h.admin), json!({"size": 3})).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_envelope(&r, "invalid_request");
+    for bad in [json!({"size": -1}), json!({"size": "2"}), json!({"size": 1, "extra": true}), json!({})] {
+        let r = h.call(Method::PUT, pool, Some(&h.admin), bad.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+    }
+    let r = h.call(Method::PUT, pool, Some(&viewer), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/pools/no-such-image", Some(&h.admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+
+    let r = h.call(Method::PUT, pool, Some(&h.admin), json!({"size": 2})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    wait_pool(&h, "alpha", &viewer, "default", "two ready", |ready, _| ready == 2).await;
+    // The two pool sandboxes hold the namespace's two sandboxes: its usage shows them.
+    let a = h.create_sandbox("alpha", &dev, json!({})).await;
+    let b = h.create_sandbox("alpha", &dev, json!({})).await;
+    // Both creates were claims; now the quota is the claimants', and the pool stays empty.
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&dev), json!({})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_envelope(&r, "quota_exceeded");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_pool(&h, "alpha", &viewer, "default", "empty", |ready, starting| ready == 0 && starting == 0).await;
+    // A sandbox gone makes room: the pool takes it.
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{a}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    wait_pool(&h, "alpha", &viewer, "default", "one ready", |ready, _| ready == 1).await;
+
+    // Under memory pressure (here: any amount of free memory is too little), the pool gives its
+    // sandbox back and starts none.
+    h.state.pools.set_min_available(u64::MAX);
+    wait_pool(&h, "alpha", &viewer, "default", "empty under pressure", |ready, starting| ready == 0 && starting == 0)
+        .await;
+    let pooled = h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).count();
+    assert_eq!(pooled, 0);
+    h.state.pools.set_min_available(0);
+    wait_pool(&h, "alpha", &viewer, "default", "refilled", |ready, _| ready == 1).await;
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{b}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    // A namespace delete takes its pools' sandboxes with it.
+    let r = h.call(Method::DELETE, "/v1/namespaces/alpha", Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let active = h.state.store.active_sandboxes().await.unwrap();
+    assert!(active.is_empty(), "{active:?}");
+}
+
+#[tokio::test]
+async fn a_namespace_sizes_the_pool_of_its_own_template_and_creates_start_from_it() {
+    let h = Harness::with_namespaces(&["alpha", "beta"]).await;
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let (_, ns_admin) = h.create_key("alpha", "ops", "admin").await;
+    let (_, beta_admin) = h.create_key("beta", "ops", "admin").await;
+    let id = h.create_sandbox("alpha", &dev, json!({})).await;
+    let (code, _, err) = h.sh("alpha", &id, &dev, "echo baked > /opt/template-file").await;
+    assert_eq!(code, 0, "{err}");
+    let r = h
+        .call(
+            Method::POST,
+            &format!("/v1/namespaces/alpha/sandboxes/{id}/snapshot"),
+            Some(&dev),
+            json!({"name": "tmpl"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    // Another tenant cannot even see the image, let alone pool it.
+    let r = h.call(Method::PUT, "/v1/namespaces/beta/pools/tmpl", Some(&beta_admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/pools/tmpl", Some(&beta_admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    // A developer does not size pools; the namespace's admin does, for its own image.
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/pools/tmpl", Some(&dev), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/pools/tmpl", Some(&ns_admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["public"], false);
+    wait_pool(&h, "alpha", &dev, "tmpl", "one ready", |ready, _| ready == 1).await;
+    let before = host_uptime();
+    let claimed = h.create_sandbox("alpha", &dev, json!({"image": "tmpl"})).await;
+    assert!(
+        init_started_at(&h, "alpha", &claimed, &dev).await < before,
+        "the create from the template was not a claim"
+    );
+    let (code, out, _) = h.sh("alpha", &claimed, &dev, "cat /opt/template-file").await;
+    assert_eq!((code, out.as_str()), (0, "baked\n"));
+    // Deleting the image takes its pool and the pool's sandbox; the claimed sandbox keeps it in use.
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{claimed}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = h.call(Method::DELETE, "/v1/namespaces/alpha/images/tmpl", Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/pools", Some(&dev), Value::Null).await;
+    assert_eq!(r.body["items"], json!([]), "{}", r.body);
+    let pooled = h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).count();
+    assert_eq!(pooled, 0);
+}

@@ -1,0 +1,393 @@
+//! Warm pools: per namespace and image, sandboxes started before any create asks for them, so
+//! that a create is a claim instead of a start.
+//!
+//! - **What a pool sandbox is.** A sandbox of its namespace (its cgroup, its host id range, its
+//!   network), started from the pool's image with the namespace's default limits and nothing of
+//!   any claimant: no environment but the image's, no `/run` files, no filesystem, no agent code,
+//!   no egress (its row allows none), no workload token. Its row (`pooled`) counts against the
+//!   namespace's quotas like any active sandbox; no list or lookup of the namespace shows it, and
+//!   it is never metered to the namespace until it is claimed.
+//! - **A claim** ([`Pools::reserve`], then `sandboxes::create`): a create of the namespace that
+//!   names the pool's image (and needs nothing a claim cannot bind: brokered credentials, whose
+//!   CA must be in place at start) takes a ready pool sandbox. Its id becomes the new sandbox's
+//!   id; the store turns the pool's row into the claimant's in one transaction with the quota
+//!   check; the runtime binds the claimant's limits, writable size, `/run` files, filesystem,
+//!   agent code and environment (`Runtime::claim`). A pool sandbox serves one claim: once
+//!   reserved it is claimed or destroyed, never handed out again.
+//! - **The filler** ([`spawn`]): keeps each pool at its size, one start at a time, as the
+//!   namespace's quotas allow (a pool does not take what the namespace's own creates need: it is
+//!   admitted like a create and simply stays short when the quota is full); shrinks pools whose
+//!   size went down or whose config went; and under memory pressure (the host's `MemAvailable`
+//!   below [`crate::state::PoolSettings::min_available_bytes`]) destroys ready pool sandboxes,
+//!   one per pass, and starts none.
+//! - **At start** the pool sandboxes of the previous process are destroyed (reconciliation) and
+//!   the filler starts fresh ones.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+
+use bulkhead_store::{NamespaceRow, SandboxRow, SandboxStatus, WarmPoolRow};
+
+use super::{ServiceError, ServiceResult};
+use crate::state::AppState;
+
+/// The most sandboxes one pool may keep.
+pub const MAX_POOL_SIZE: u64 = 1000;
+
+/// The creator a pool sandbox's row names until it is claimed.
+pub const POOL_CREATOR: &str = "pool";
+
+type PoolKey = (String, String);
+
+/// The server's warm pools: which pool sandboxes are ready to claim, and which are starting.
+#[derive(Default)]
+pub struct Pools {
+    /// Started, unclaimed and unreserved pool sandboxes by (namespace, image id), oldest first.
+    ready: Mutex<HashMap<PoolKey, VecDeque<String>>>,
+    /// Pool sandboxes being started, by (namespace, image id).
+    starting: Mutex<HashMap<PoolKey, usize>>,
+    /// Wakes the filler (a claim, a size change).
+    wake: tokio::sync::Notify,
+    /// [`crate::state::PoolSettings::min_available_bytes`] as changed while the server runs.
+    min_available: Mutex<Option<u64>>,
+}
+
+/// The state of one pool, as `GET .../pools` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub config: WarmPoolRow,
+    /// Sandboxes ready to claim now.
+    pub ready: u64,
+    /// Sandboxes being started.
+    pub starting: u64,
+}
+
+/// A ready pool sandbox taken for one create. Dropped without [`Reservation::claimed`] or
+/// [`Reservation::release`], it is destroyed (in the background): something of the create may
+/// have named it.
+pub struct Reservation {
+    state: AppState,
+    key: PoolKey,
+    id: String,
+    settled: bool,
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Reservation({} of {}/{})", self.id, self.key.0, self.key.1)
+    }
+}
+
+impl Reservation {
+    /// The pool sandbox's id: the id of the sandbox the create makes.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The claim went through: the sandbox is the claimant's now.
+    pub fn claimed(mut self) {
+        self.settled = true;
+        self.state.pools.wake.notify_one();
+    }
+
+    /// Gives the sandbox back, untouched: only when nothing of the claimant reached it or its row
+    /// (the store refused the claim for a quota, before any binding).
+    pub fn release(mut self) {
+        self.settled = true;
+        let mut ready = self.state.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.entry(self.key.clone()).or_default().push_front(self.id.clone());
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (state, ns, id) = (self.state.clone(), self.key.0.clone(), self.id.clone());
+        tokio::spawn(async move {
+            discard(&state, &ns, &id, "pool_discarded").await;
+            state.pools.wake.notify_one();
+        });
+    }
+}
+
+impl Pools {
+    /// Takes a ready sandbox of the pool of `image_id` in `namespace`, if there is one.
+    pub fn reserve(state: &AppState, namespace: &str, image_id: &str) -> Option<Reservation> {
+        let key = (namespace.to_owned(), image_id.to_owned());
+        let id = state.pools.ready.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&key)?.pop_front()?;
+        Some(Reservation { state: state.clone(), key, id, settled: false })
+    }
+
+    /// Sets the host's `MemAvailable` below which pools give sandboxes back (bytes; 0: never),
+    /// in place of the server's setting, and wakes the filler.
+    pub fn set_min_available(&self, bytes: u64) {
+        *self.min_available.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        self.wake.notify_one();
+    }
+
+    /// Forgets pool sandbox `id` (it is being destroyed).
+    pub fn forget(&self, id: &str) {
+        let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+        for ids in ready.values_mut() {
+            ids.retain(|i| i != id);
+        }
+    }
+
+    fn ready_count(&self, key: &PoolKey) -> usize {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, VecDeque::len)
+    }
+
+    fn starting_count(&self, key: &PoolKey) -> usize {
+        self.starting.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+    }
+
+    fn take_ready(&self, key: &PoolKey) -> Option<String> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner()).get_mut(key)?.pop_back()
+    }
+
+    fn add_starting(&self, key: &PoolKey, delta: isize) {
+        let mut starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        let n = starting.entry(key.clone()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            starting.remove(key);
+        }
+    }
+}
+
+/// The pools of `namespace` with what each holds now.
+pub async fn list(state: &AppState, namespace: &str) -> ServiceResult<Vec<PoolStatus>> {
+    let configs = state.store.warm_pools(Some(namespace)).await?;
+    Ok(configs
+        .into_iter()
+        .map(|config| {
+            let key = (config.namespace.clone(), config.image_id.clone());
+            let (ready, starting) = (state.pools.ready_count(&key), state.pools.starting_count(&key));
+            PoolStatus { config, ready: ready as u64, starting: starting as u64 }
+        })
+        .collect())
+}
+
+/// Sets the size of the pool of `image_id` in `namespace` (0 removes the pool; the filler starts
+/// or destroys sandboxes to match, in the background) and answers its status.
+pub async fn set(state: &AppState, namespace: &str, image_id: &str, size: u64) -> ServiceResult<PoolStatus> {
+    if size > MAX_POOL_SIZE {
+        return Err(ServiceError::Invalid(format!("size: at most {MAX_POOL_SIZE}")));
+    }
+    match state.store.set_warm_pool(namespace, image_id, size, crate::time::now_ms()).await {
+        Err(bulkhead_store::StoreError::NotFound(what)) => {
+            return Err(ServiceError::NotFound(format!("{what} not found")))
+        }
+        other => other?,
+    }
+    state.pools.wake.notify_one();
+    let key = (namespace.to_owned(), image_id.to_owned());
+    Ok(PoolStatus {
+        config: WarmPoolRow {
+            namespace: namespace.to_owned(),
+            image_id: image_id.to_owned(),
+            size,
+            updated_at_ms: crate::time::now_ms(),
+        },
+        ready: state.pools.ready_count(&key) as u64,
+        starting: state.pools.starting_count(&key) as u64,
+    })
+}
+
+/// Removes every pool of image `image_id` (in every namespace) and destroys their ready
+/// sandboxes: before the image itself is deleted.
+pub async fn drain_image(state: &AppState, image_id: &str) -> ServiceResult<()> {
+    for pool in state.store.warm_pools(None).await?.into_iter().filter(|p| p.image_id == image_id) {
+        state.store.set_warm_pool(&pool.namespace, image_id, 0, crate::time::now_ms()).await?;
+        let key = (pool.namespace.clone(), pool.image_id.clone());
+        while let Some(id) = state.pools.take_ready(&key) {
+            discard(state, &pool.namespace, &id, "pool_drained").await;
+        }
+    }
+    // And those still starting: their teardown waits for their start.
+    let starting: Vec<SandboxRow> = state
+        .store
+        .active_sandboxes()
+        .await?
+        .into_iter()
+        .filter(|s| s.pooled && s.image.as_ref().is_some_and(|i| i.id == image_id))
+        .collect();
+    for row in starting {
+        discard(state, &row.namespace, &row.id, "pool_drained").await;
+    }
+    Ok(())
+}
+
+/// Destroys unclaimed pool sandbox `id` of `namespace` (a row that is no longer a pool's, such
+/// as one claimed meanwhile, is left alone).
+async fn discard(state: &AppState, namespace: &str, id: &str, reason: &str) {
+    match super::sandboxes::get_any(state, namespace, id).await {
+        Ok(Some(row)) if row.pooled => {
+            if let Err(e) = super::sandboxes::destroy(state, &row, SandboxStatus::Deleted, reason).await {
+                tracing::warn!(sandbox = %id, error = %e, "destroying a pool sandbox failed");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(sandbox = %id, error = %e, "looking up a pool sandbox failed"),
+    }
+}
+
+/// How often the filler looks at the pools when nothing wakes it.
+const FILL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs the filler until the process ends.
+pub fn spawn(state: AppState) {
+    tokio::spawn(async move {
+        loop {
+            let busy = match fill_pass(&state).await {
+                Ok(busy) => busy,
+                Err(e) => {
+                    tracing::warn!(error = %e, "warm pool pass failed");
+                    false
+                }
+            };
+            if !busy {
+                // Woken by a claim or a size change, or at the next interval.
+                let _ = tokio::time::timeout(FILL_INTERVAL, state.pools.wake.notified()).await;
+            }
+        }
+    });
+}
+
+/// The host's `MemAvailable` in bytes (`/proc/meminfo`); `None` when it cannot be read.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib.saturating_mul(1024))
+}
+
+/// One pass: forgets ready sandboxes that ended, shrinks what is over its size, then (without
+/// memory pressure) starts one sandbox for the first pool below its size. True when it did
+/// something, so that the next pass follows at once.
+async fn fill_pass(state: &AppState) -> ServiceResult<bool> {
+    let configs = state.store.warm_pools(None).await?;
+    let wanted: HashMap<PoolKey, u64> =
+        configs.iter().map(|c| ((c.namespace.clone(), c.image_id.clone()), c.size)).collect();
+    // Ready ids whose rows are no longer unclaimed pool sandboxes (they died, expired, or went
+    // with their namespace) are forgotten.
+    let live: HashSet<String> = state
+        .store
+        .active_sandboxes()
+        .await?
+        .into_iter()
+        .filter(|s| s.pooled && s.status == SandboxStatus::Running)
+        .map(|s| s.id)
+        .collect();
+    let keys: Vec<PoolKey> = {
+        let mut ready = state.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
+        for ids in ready.values_mut() {
+            ids.retain(|id| live.contains(id));
+        }
+        ready.retain(|_, ids| !ids.is_empty());
+        ready.keys().cloned().collect()
+    };
+    // Over its size (or no longer configured): the newest ready sandbox goes.
+    for key in &keys {
+        let size = wanted.get(key).copied().unwrap_or(0);
+        if state.pools.ready_count(key) + state.pools.starting_count(key) > size as usize {
+            if let Some(id) = state.pools.take_ready(key) {
+                discard(state, &key.0, &id, "pool_shrunk").await;
+                return Ok(true);
+            }
+        }
+    }
+    let floor = state
+        .pools
+        .min_available
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(state.config.pools.min_available_bytes);
+    if floor > 0 && mem_available().is_some_and(|a| a < floor) {
+        let victim = keys.iter().find_map(|k| state.pools.take_ready(k).map(|id| (k.0.clone(), id)));
+        if let Some((ns, id)) = victim {
+            tracing::info!(sandbox = %id, namespace = %ns, "memory pressure: a warm pool gives back a sandbox");
+            discard(state, &ns, &id, "pool_memory_pressure").await;
+            return Ok(true);
+        }
+        return Ok(false);
+    }
+    for config in &configs {
+        let key = (config.namespace.clone(), config.image_id.clone());
+        if state.pools.ready_count(&key) + state.pools.starting_count(&key) >= config.size as usize {
+            continue;
+        }
+        if start_one(state, &key).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Starts one sandbox for the pool `key`; false when the namespace's quotas have no room (or
+/// the namespace or image went meanwhile).
+async fn start_one(state: &AppState, key: &PoolKey) -> ServiceResult<bool> {
+    let Some(ns) = state.store.get_namespace(&key.0).await? else { return Ok(false) };
+    let Some(image) = state.store.find_image(Some(&key.0), &key.1).await? else { return Ok(false) };
+    state.pools.add_starting(key, 1);
+    let started = create_pooled(state, &ns, &image).await;
+    state.pools.add_starting(key, -1);
+    match started {
+        Ok(row) => {
+            state
+                .pools
+                .ready
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(key.clone())
+                .or_default()
+                .push_back(row.id);
+            Ok(true)
+        }
+        Err(ServiceError::QuotaExceeded(_)) => Ok(false),
+        Err(e) => {
+            tracing::warn!(namespace = %key.0, image = %key.1, error = %e, "a warm pool sandbox failed to start");
+            Ok(false)
+        }
+    }
+}
+
+/// The limits of a pool sandbox until its claim: the defaults of a create.
+pub fn pool_limits(ns: &NamespaceRow) -> (u64, u64) {
+    let q = &ns.quotas;
+    (super::sandboxes::DEFAULT_CPU_MILLIS.min(q.cpu_millis), super::sandboxes::DEFAULT_MEMORY_BYTES.min(q.memory_bytes))
+}
+
+/// Starts a pool sandbox of `image` in `ns`.
+async fn create_pooled(
+    state: &AppState,
+    ns: &NamespaceRow,
+    image: &bulkhead_store::ImageRow,
+) -> ServiceResult<SandboxRow> {
+    let (cpu_millis, memory_bytes) = pool_limits(ns);
+    let config = super::images::config_of(image)?;
+    let disk_bytes = super::sandboxes::DEFAULT_DISK_BYTES.min(memory_bytes);
+    let root = super::images::root(state, image, disk_bytes).await?;
+    let plan = super::sandboxes::Plan {
+        cpu_millis,
+        memory_bytes,
+        // Recycled after the namespace's longest TTL, like any sandbox it could have been.
+        ttl_seconds: ns.quotas.max_sandbox_ttl_seconds,
+        env: super::images::merge_env(&config.env, Vec::new()),
+        filesystem: None,
+        id: bulkhead_core::ids::new_id(bulkhead_core::ids::prefix::SANDBOX),
+        creator: POOL_CREATOR.to_owned(),
+        run_files: Vec::new(),
+        workload_token_hash: None,
+        secrets: Vec::new(),
+        egress: None,
+        root,
+        image: Some(super::images::sandbox_image(image, &config)),
+        disk_bytes: Some(disk_bytes),
+        task: None,
+        start: super::sandboxes::Start::Pool,
+    };
+    super::sandboxes::create(state, ns, plan).await
+}
