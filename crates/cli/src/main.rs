@@ -10,6 +10,7 @@ mod identity;
 mod image;
 mod logs;
 mod output;
+mod pool;
 mod process;
 mod sandbox;
 mod serve;
@@ -82,6 +83,10 @@ enum Command {
     /// for the platform's public images.
     #[command(subcommand)]
     Image(image::ImageCmd),
+    /// Keep started sandboxes of an image ready for a namespace's creates: `set --image NAME
+    /// --size N`, `list`, `rm --image NAME`.
+    #[command(subcommand)]
+    Pool(pool::PoolCmd),
     /// Manage a namespace's projects (permission boundaries for filesystems).
     #[command(subcommand)]
     Project(fs::ProjectCmd),
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
             Command::Fs(cmd) => fs::fs(cmd, &cli.global).await,
             Command::Project(cmd) => fs::project(cmd, &cli.global).await,
             Command::Image(cmd) => image::image(cmd, &cli.global).await,
+            Command::Pool(cmd) => pool::pool(cmd, &cli.global).await,
             Command::Bench(args) => {
                 bulkhead_bench::run(&args, &std::env::current_exe()?).await.map(|()| ExitCode::SUCCESS)
             }

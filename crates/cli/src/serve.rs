@@ -80,6 +80,11 @@ pub struct ServeArgs {
     #[arg(long, env = "BULKHEAD_AGENT_ANSWER_TIMEOUT", value_name = "SECONDS", default_value_t = 60,
         value_parser = clap::value_parser!(u64).range(1..=3600))]
     agent_answer_timeout: u64,
+    /// Warm pools give sandboxes back, one per second, and start none while the host's
+    /// `MemAvailable` is below this (`2GiB`, `512MiB`, bytes; `0`: never). Default: a tenth of
+    /// the host's memory, at least 512 MiB.
+    #[arg(long, env = "BULKHEAD_POOL_MIN_AVAILABLE", value_name = "BYTES", value_parser = crate::units::parse_bytes)]
+    pool_min_available: Option<u64>,
     /// What sandboxes boot from: `image` (an OCI image; the default) or `host` (the host's own
     /// system directories, read-only, for hosts without an image; creates naming an image are
     /// refused).
@@ -243,6 +248,9 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     };
     config.images.default_image = args.default_image.clone();
     config.tasks.answer_timeout = std::time::Duration::from_secs(args.agent_answer_timeout);
+    if let Some(bytes) = args.pool_min_available {
+        config.pools.min_available_bytes = bytes;
+    }
     config.images.public_layers = args.public_layers.clone();
     if args.max_image_bytes == 0 {
         bail!("--max-image-bytes: at least 1 byte");

@@ -303,3 +303,143 @@ async fn a_namespace_sizes_the_pool_of_its_own_template_and_creates_start_from_i
     let pooled = h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).count();
     assert_eq!(pooled, 0);
 }
+
+#[test]
+fn pools_through_the_cli_against_a_real_server() {
+    use common::process::Server;
+    let dir = tempfile::Builder::new().prefix("bulkhead-test-").tempdir().unwrap();
+    let mut server = Server::start(&dir.path().join("data"));
+    server.ok(None, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
+    let k = server.json(None, &["key", "create", "--ns", "acme", "dev", "--role", "developer"]);
+    let dev = k["token"].as_str().unwrap().to_owned();
+    let dev = Some(dev.as_str());
+    // A developer sizes no pool; the platform admin sizes the public default image's.
+    let err = server.fails(dev, &["pool", "set", "--ns", "acme", "--image", "default", "--size", "1"]);
+    assert!(err.contains("forbidden") || err.contains("may not"), "{err}");
+    let p = server.json(None, &["pool", "set", "--ns", "acme", "--image", "default", "--size", "1"]);
+    assert_eq!((p["image"].as_str(), p["size"].as_u64()), (Some("default"), Some(1)), "{p}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let list = server.json(dev, &["pool", "list", "--ns", "acme"]);
+        if list[0]["ready"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool never filled: {list}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let table = server.ok(dev, &["pool", "list", "--ns", "acme"]);
+    assert!(table.starts_with("IMAGE") && table.contains("default"), "{table}");
+    let before = host_uptime();
+    let s = server.json(dev, &["sandbox", "create", "--ns", "acme", "--memory", "256MiB"]);
+    let id = s["id"].as_str().unwrap();
+    let out = server.ok(
+        dev,
+        &[
+            "exec",
+            "--ns",
+            "acme",
+            id,
+            "--",
+            "sh",
+            "-c",
+            "s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo \"${20} $(getconf CLK_TCK)\"",
+        ],
+    );
+    let mut it = out.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    let started = it.next().unwrap() / it.next().unwrap();
+    assert!(started < before, "the CLI's create was not a claim: init at {started} s, create at {before} s");
+    server.ok(dev, &["sandbox", "delete", "--ns", "acme", id]);
+    server.ok(None, &["pool", "rm", "--ns", "acme", "--image", "default"]);
+    let list = server.json(dev, &["pool", "list", "--ns", "acme"]);
+    assert_eq!(list, json!([]));
+    server.stop();
+}
+
+#[tokio::test]
+async fn a_task_claims_a_pool_sandbox_with_its_agent_code_and_workspace_attached() {
+    use axum::body::Body;
+    use axum::http::Request;
+    let h = Harness::with_namespaces(&["acme"]).await;
+    let (_, dev) = h.create_key("acme", "dev", "developer").await;
+    let r = h.call(Method::POST, "/v1/namespaces/acme/agents", Some(&dev), json!({"name": "echo"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let push = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/namespaces/acme/agents/echo/versions")
+        .header("authorization", format!("Bearer {dev}"))
+        .header("content-type", "application/x-tar")
+        .body(Body::from(common::agents::echo_py()))
+        .unwrap();
+    let r = h.send(push).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let version = r.body["id"].as_str().unwrap().to_owned();
+    let r =
+        h.call(Method::POST, "/v1/namespaces/acme/agents/echo/deploy", Some(&dev), json!({"version": version})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/acme/filesystems",
+            Some(&dev),
+            json!({"name": "repo", "size_bytes": 32 << 20}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let fs = r.body["id"].as_str().unwrap().to_owned();
+    let r = h.call(Method::PUT, "/v1/namespaces/acme/pools/default", Some(&h.admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    wait_pool(&h, "acme", &dev, "default", "one ready", |ready, _| ready == 1).await;
+
+    let before = host_uptime();
+    let script = "shell s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo \"start=${20} hz=$(getconf CLK_TCK)\"; \
+                  ls /agent/agent.json; echo task=$BULKHEAD_TASK_ID; echo hi > /workspace/from-the-agent.txt";
+    let r = h
+        .call(
+            Method::POST,
+            "/v1/namespaces/acme/tasks",
+            Some(&dev),
+            json!({"agent": "echo", "filesystem": {"id": fs}, "message": script}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let task = r.body["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let reply = loop {
+        let r = h
+            .call(
+                Method::GET,
+                &format!("/v1/namespaces/acme/tasks/{task}/messages?limit=1000"),
+                Some(&dev),
+                Value::Null,
+            )
+            .await;
+        let items = r.body["items"].as_array().unwrap().clone();
+        if items.iter().any(|m| m["type"] == "turn_end") {
+            break items
+                .iter()
+                .filter(|m| m["type"] == "agent_message_chunk")
+                .filter_map(|m| m["data"]["content"]["text"].as_str())
+                .collect::<String>();
+        }
+        assert!(Instant::now() < deadline, "the task's first turn did not end: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(reply.contains("/agent/agent.json") && reply.contains(&format!("task={task}")), "{reply}");
+    let field = |name: &str| -> f64 {
+        let at = reply.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        reply[at..].split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let started = field("start") / field("hz");
+    assert!(started < before, "the task's sandbox started at {started} s, after the task was created at {before} s");
+    let r = h
+        .call(
+            Method::GET,
+            &format!("/v1/namespaces/acme/filesystems/{fs}/files?path=from-the-agent.txt"),
+            Some(&dev),
+            Value::Null,
+        )
+        .await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.raw).into_owned()), (StatusCode::OK, "hi\n".to_owned()));
+    let r = h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{task}/cancel"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bulkhead_api::{Image, Page};
+use bulkhead_api::{Image, Page, SetWarmPool, WarmPool};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use reqwest::Method;
 use tokio::io::AsyncReadExt;
@@ -98,5 +98,22 @@ impl Client {
     /// Deletes image `name_or_id` of namespace `ns`, or with `ns` `None` a public image.
     pub async fn delete_image(&self, ns: Option<&str>, name_or_id: &str) -> Result<()> {
         self.send(self.request(Method::DELETE, &images_path(ns, &format!("/{}", seg(name_or_id))))).await
+    }
+
+    /// The warm pools of namespace `ns` (every one: a namespace has at most one per image).
+    pub async fn list_pools(&self, ns: &str) -> Result<Page<WarmPool>> {
+        self.send(self.request(Method::GET, &namespace_path(ns, "/pools"))).await
+    }
+
+    /// Sets the size of namespace `ns`'s warm pool of image `name_or_id` (0 removes it): the
+    /// namespace's admin for its own images, the platform admin for a public one.
+    pub async fn set_pool(&self, ns: &str, name_or_id: &str, size: u64) -> Result<WarmPool> {
+        let path = namespace_path(ns, &format!("/pools/{}", seg(name_or_id)));
+        self.send(self.request(Method::PUT, &path).json(&SetWarmPool { size })).await
+    }
+
+    /// Removes namespace `ns`'s warm pool of image `name_or_id` (its ready sandboxes go).
+    pub async fn delete_pool(&self, ns: &str, name_or_id: &str) -> Result<()> {
+        self.send(self.request(Method::DELETE, &namespace_path(ns, &format!("/pools/{}", seg(name_or_id))))).await
     }
 }
