@@ -869,6 +869,15 @@ pub struct BuildImage {
     pub run: Vec<Vec<String>>,
 }
 
+/// The body of `POST /v1/namespaces/{ns}/images`: a pull (`source`) or a build (`from` and
+/// `run`); a body with both, or with neither, is refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum CreateImage {
+    Pull(PullImage),
+    Build(BuildImage),
+}
+
 /// Registry credentials a pull uses, kept in a secret of the namespace.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -49,4 +49,14 @@ async fn openapi_is_served_and_lists_every_route() {
     for s in ["CreateNamespace", "Namespace", "Quotas", "CreateKey", "CreatedKey", "AuditRecord", "ErrorBody"] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
+    // A route that takes two bodies describes both: a pull or a build.
+    let body = &paths["/v1/namespaces/{ns}/images"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["$ref"], "#/components/schemas/CreateImage", "{body}");
+    let refs: Vec<&str> =
+        schemas["CreateImage"]["oneOf"].as_array().unwrap().iter().filter_map(|v| v["$ref"].as_str()).collect();
+    assert_eq!(refs, ["#/components/schemas/PullImage", "#/components/schemas/BuildImage"]);
+    // Warm pools are documented with their bodies.
+    for s in ["WarmPool", "SetWarmPool"] {
+        assert!(schemas.contains_key(s), "schema {s} missing");
+    }
 }

@@ -104,7 +104,7 @@ pub async fn import(
 /// its answer. The same route builds an image from `{"name", "from", "run"}`.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/images", tag = "images", params(("ns" = String, Path),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes a retried pull safe")),
-    request_body = PullImage,
+    request_body = bulkhead_api::CreateImage,
     responses((status = 201, body = Image),
         (status = 400, description = "A bad body or reference, a registry the outbound rule refuses, a malformed \
             credentials secret, or what the registry refused or failed on (credentials, a missing image, a blob \
