@@ -3,7 +3,8 @@
 //! `skopeo copy` from layouts the tests build): by tag and by digest, then booted (the image's
 //! `Env` and `WorkingDir` apply); with credentials from a secret of the namespace (right, wrong,
 //! missing, malformed); a blob tampered with in the registry's storage refused with nothing
-//! recorded or unpacked; destinations the outbound rule refuses refused before any connection;
+//! recorded or unpacked; destinations the outbound rule refuses refused before any connection,
+//! and so are the redirects and token endpoints a registry names;
 //! another tenant neither sees nor uses the image; `bulkhead image pull`.
 //!
 //! Every server is started with `--outbound-allow 127.0.0.0/8`: the registries are on loopback.
@@ -35,10 +36,14 @@ struct World {
 
 impl World {
     fn start() -> World {
+        World::start_allowing("127.0.0.0/8")
+    }
+
+    /// A world whose server allows the outbound range `allow` (`--outbound-allow`).
+    fn start_allowing(allow: &str) -> World {
         let dir = common::tempdir();
         let data = dir.path().join("data");
-        let server =
-            Server::start_with_args(&data, common::process::runtime_names(), &["--outbound-allow", "127.0.0.0/8"]);
+        let server = Server::start_with_args(&data, common::process::runtime_names(), &["--outbound-allow", allow]);
         let admin = server.first_token.clone().expect("first start prints the admin token");
         for ns in [NS, OTHER] {
             server.ok(None, &["namespace", "create", ns, "--cpu", "2", "--memory", "2GiB", "--disk", "4GiB"]);
@@ -380,4 +385,106 @@ async fn destinations_the_outbound_rule_refuses_are_refused_before_any_connectio
     refused(&got, 400, "invalid_request", &format!("registry 127.0.0.1:{port} failed"));
     assert_eq!(w.image_names().await, ["default"]);
     assert_eq!(w.leftovers(), (vec![], vec![]));
+}
+
+/// A registry in front of `backend` (a real one) that sends the pull elsewhere: `redirect`
+/// answers every blob download with a 307 to `target`, `token` answers everything with a bearer
+/// challenge whose token endpoint is `target`. Prints its port; killed on drop.
+struct Front(std::process::Child, u16);
+
+const FRONT: &str = r#"
+import sys, http.server, urllib.request, urllib.error
+mode, backend, target = sys.argv[1], sys.argv[2], sys.argv[3]
+class H(http.server.BaseHTTPRequestHandler):
+    def answer(self, with_body):
+        if mode == "token":
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Bearer realm="%s/token",service="registry"' % target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if mode == "redirect" and "/blobs/" in self.path:
+            self.send_response(307)
+            self.send_header("Location", target + "/storage" + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+        req = urllib.request.Request(backend + self.path, headers=headers, method=self.command)
+        try:
+            with urllib.request.urlopen(req) as r:
+                status, body, got = r.status, r.read(), r.getheaders()
+        except urllib.error.HTTPError as e:
+            status, body, got = e.code, e.read(), list(e.headers.items())
+        self.send_response(status)
+        for k, v in got:
+            if k.lower() in ("content-type", "docker-content-digest", "www-authenticate"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(body)
+    def do_GET(self):
+        self.answer(True)
+    def do_HEAD(self):
+        self.answer(False)
+    def log_message(self, *args):
+        pass
+srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+impl Front {
+    fn start(mode: &str, backend: &str, target: &str) -> Front {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", FRONT, mode, backend, target])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        Front(child, line.trim().parse().unwrap())
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn redirects_and_token_endpoints_a_registry_names_are_held_to_the_outbound_rule() {
+    let registry = Registry::start(None);
+    let work = common::tempdir();
+    push_tools(&registry, work.path());
+    // The server may reach 127.0.0.1 (the registry) but not 127.0.0.2, where a listener records
+    // every connection that reaches it.
+    let w = World::start_allowing("127.0.0.1/32");
+    let elsewhere = common::Listener::bind("127.0.0.2:0".parse().unwrap());
+    let backend = format!("http://{}", registry.host());
+    for (mode, target) in [
+        ("redirect", format!("https://{}", elsewhere.addr)),
+        ("redirect", format!("http://{}", elsewhere.addr)),
+        ("token", format!("https://{}", elsewhere.addr)),
+    ] {
+        let front = Front::start(mode, &backend, &target);
+        let got = w.pull(json!({"name": "tools", "source": format!("127.0.0.1:{}/tools/busybox:1", front.1)})).await;
+        let (code, message) = error(&got.1);
+        assert_eq!((got.0, code), (400, "invalid_request"), "{mode} to {target}: {}", got.1);
+        assert!(
+            message.contains("127.0.0.2") && (message.contains("outbound rule") || message.contains("plain http")),
+            "{mode} to {target}: {message}"
+        );
+        assert!(elsewhere.peers().is_empty(), "{mode} to {target}: the pull connected to {:?}", elsewhere.peers());
+    }
+    // Through the same front, with nothing sent elsewhere, the pull works: the proxy is no wall.
+    let front = Front::start("pass", &backend, "unused");
+    let got = w.pull(json!({"name": "tools", "source": format!("127.0.0.1:{}/tools/busybox:1", front.1)})).await;
+    assert_eq!(got.0, 201, "{}", got.1);
+    assert_eq!(w.image_names().await, ["default", "tools"]);
+    assert_eq!(w.leftovers().1, Vec::<String>::new(), "nothing spooled");
 }

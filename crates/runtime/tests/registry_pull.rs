@@ -132,6 +132,7 @@ impl Registry {
             credentials: self.creds.clone(),
             insecure: true,
             max_bytes: 1 << 30,
+            proxy: None,
         }
     }
 }

@@ -63,6 +63,10 @@ pub struct PullRequest {
     /// The most bytes the pull may write: the manifest and every blob it names, as declared by
     /// the manifest (checked before anything is fetched) and as received.
     pub max_bytes: u64,
+    /// An HTTP proxy (`http://host:port`) every connection of the pull goes through, plain http
+    /// and https (tunnelled) alike: the caller's way to decide each connection as it is made
+    /// (redirects and token endpoints included). `None`: direct connections.
+    pub proxy: Option<String>,
 }
 
 impl std::fmt::Debug for PullRequest {
@@ -72,6 +76,7 @@ impl std::fmt::Debug for PullRequest {
             .field("credentials", &self.credentials.as_ref().map(|(user, _)| (user, "<redacted>")))
             .field("insecure", &self.insecure)
             .field("max_bytes", &self.max_bytes)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -219,7 +224,7 @@ pub async fn pull(
     if let Some(pinned) = reference.digest() {
         check_digest_syntax(pinned)?;
     }
-    let client = client(req.insecure)?;
+    let client = client(req.insecure, req.proxy.as_deref())?;
     let auth = match &req.credentials {
         Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
         None => RegistryAuth::Anonymous,
@@ -361,7 +366,7 @@ fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
     Ok(manifest)
 }
 
-fn client(insecure: bool) -> Result<Client, PullError> {
+fn client(insecure: bool, proxy: Option<&str>) -> Result<Client, PullError> {
     // The workspace's TLS uses ring; the client's HTTP stack takes the process's default
     // provider, so make ring that default unless one is already set.
     if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -373,6 +378,8 @@ fn client(insecure: bool) -> Result<Client, PullError> {
         platform_resolver: Some(Box::new(linux_amd64_resolver)),
         connect_timeout: Some(std::time::Duration::from_secs(30)),
         read_timeout: Some(std::time::Duration::from_secs(120)),
+        https_proxy: proxy.map(str::to_owned),
+        http_proxy: proxy.map(str::to_owned),
         ..ClientConfig::default()
     };
     Client::try_from(config).map_err(|e| PullError::Registry(format!("cannot set up the HTTP client: {e}")))

@@ -11,9 +11,13 @@
 //! must pass the server's outbound policy (`--outbound-allow`), so loopback, link-local,
 //! metadata, private and documentation addresses are refused unless the operator allowed them.
 //!
-//! Not covered by that check (the pull client resolves and follows on its own): a name that
-//! resolves elsewhere between the check and the connection, redirects the registry answers with
-//! (blob downloads from storage), and the token endpoint a registry's bearer challenge names.
+//! That check runs first, so a refused registry is refused before anything is dialled. Then every
+//! connection the pull client makes goes through a proxy of the pull's own
+//! ([`super::pull_proxy`]), which resolves and checks again at each connection and connects to
+//! the address it checked: a name that resolves elsewhere since, the redirects a registry answers
+//! with (blob downloads from storage) and the token endpoint its bearer challenge names are held
+//! to the same rule, and plain http goes to the registry's own host only when the pull may talk
+//! plain http to it.
 //!
 //! Errors: everything the registry says about the source (a bad reference, a refused
 //! credential, a missing tag or blob, a blob that does not match its digest, a registry that
@@ -65,17 +69,27 @@ pub async fn pull(state: &AppState, pull: &Pull) -> ServiceResult<ImageRow> {
             return Err(ServiceError::Invalid("credentials: public images are pulled anonymously".into()))
         }
     };
+    let plain_http = if endpoint.insecure { vec![endpoint.target.registry.clone()] } else { Vec::new() };
+    let proxy = super::pull_proxy::PullProxy::start(state.config.outbound.policy.clone(), plain_http)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("starting the pull's proxy: {e}")))?;
     let request = PullRequest {
         reference: reference.to_owned(),
         credentials,
         insecure: endpoint.insecure,
         max_bytes: state.config.images.max_image_bytes,
+        proxy: Some(proxy.url()),
     };
     let spool = SpoolDir::new(state)?;
     let started = std::time::Instant::now();
-    let pulled = registry::pull(&request, &spool.path, &|_: registry::PullProgress| {})
-        .await
-        .map_err(|e| pull_error(&endpoint.target, e));
+    let pulled = registry::pull(&request, &spool.path, &|_: registry::PullProgress| {}).await.map_err(|e| match proxy
+        .refusal()
+    {
+        // What the proxy refused is why the pull failed, whatever the client made of it.
+        Some(why) => ServiceError::Invalid(format!("source: registry {}: {why}", endpoint.target.registry)),
+        None => pull_error(&endpoint.target, e),
+    });
+    drop(proxy);
     let fetched = started.elapsed();
     let row = match pulled {
         Ok(pulled) => images::import(state, &pull.import, ImportSource::LayoutDir(pulled.layout_dir)).await,

@@ -27,6 +27,7 @@ pub mod policies;
 pub mod pools;
 pub mod processes;
 pub mod projects;
+pub mod pull_proxy;
 pub mod records;
 pub mod sandboxes;
 pub mod secrets;
