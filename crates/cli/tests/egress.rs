@@ -575,3 +575,68 @@ fn host_addresses() -> Vec<Ipv4Addr> {
         .filter(|a: &Ipv4Addr| !a.is_loopback())
         .collect()
 }
+
+/// Waits until namespace `ns`'s pool of the default image has a ready sandbox.
+async fn pool_ready(w: &World, ns: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (s, b) = w.call(reqwest::Method::GET, &format!("/v1/namespaces/{ns}/pools"), None).await;
+        assert_eq!(s, 200, "{b}");
+        if b["items"][0]["ready"].as_u64() == Some(1) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the pool never filled: {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether sandbox `id`'s init started before `before` (seconds since the host booted): the
+/// sandbox was a warm pool's.
+async fn from_the_pool(w: &World, ns: &str, id: &str, before: f64) -> bool {
+    let (code, out, err) =
+        w.sh(ns, id, "s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo \"${20} $(getconf CLK_TCK)\"").await;
+    assert_eq!(code, 0, "{err}");
+    let mut it = out.split_whitespace().map(|v| v.parse::<f64>().unwrap());
+    it.next().unwrap() / it.next().unwrap() < before
+}
+
+fn uptime() -> f64 {
+    std::fs::read_to_string("/proc/uptime").unwrap().split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_pool_sandbox_gets_its_claimants_egress_and_nothing_before() {
+    let w = World::new().await;
+    w.ceiling(NS, json!({"allow": ["allowed.test"]})).await;
+    let (s, b) =
+        w.call(reqwest::Method::PUT, &format!("/v1/namespaces/{NS}/pools/default"), Some(json!({"size": 1}))).await;
+    assert_eq!(s, 200, "{b}");
+    // A claim without egress reaches nothing.
+    pool_ready(&w, NS).await;
+    let before = uptime();
+    let quiet = w.sandbox(NS, json!({"allow": []})).await;
+    assert!(from_the_pool(&w, NS, &quiet, before).await, "the first create was not a claim");
+    let (code, out) = w.curl(NS, &quiet, "-f http://allowed.test/simple/").await;
+    assert_ne!(code, 0, "a claim that asked for no egress got through: {out}");
+    assert!(!w.reached("allowed.test"), "the sandbox without egress reached the internet");
+    // A claim with egress reaches what it asked for, through the gateway it had from its start,
+    // and the API at $BULKHEAD_URL with its own workload token.
+    pool_ready(&w, NS).await;
+    let before = uptime();
+    let open = w.sandbox(NS, json!({"allow": ["allowed.test"]})).await;
+    assert!(from_the_pool(&w, NS, &open, before).await, "the second create was not a claim");
+    let (code, out) = w.curl(NS, &open, "-f http://allowed.test/simple/").await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(PACKAGE), "{out}");
+    let (code, out, err) = w
+        .sh(
+            NS,
+            &open,
+            "curl -sS -o /dev/null -w '%{http_code}' -H \"Authorization: Bearer $(cat /run/bulkhead/token)\" \
+             \"$BULKHEAD_URL/v1/namespaces/acme/sandboxes/$(hostname)\"",
+        )
+        .await;
+    assert_eq!((code, out.as_str()), (0, "200"), "{err}");
+    let (s, b) = w.call(reqwest::Method::DELETE, &format!("/v1/namespaces/{NS}/pools/default"), None).await;
+    assert_eq!(s, 204, "{b}");
+}
