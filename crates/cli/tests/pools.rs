@@ -106,7 +106,8 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
             &dev,
             "echo \"$GREETING $API_TOKEN\"; cat /run/secrets/tok; echo; head -c 4 /run/bulkhead/token; echo; \
              grep MemTotal /proc/meminfo; df -B1 --output=size / | tail -1; \
-             echo written-in-the-pool-sandbox > /workspace/note.txt && cat /workspace/note.txt",
+             echo written-in-the-pool-sandbox > /workspace/note.txt && cat /workspace/note.txt; \
+             df -B1 --output=size /tmp | tail -1",
         )
         .await;
     assert_eq!(code, 0, "{out} {err}");
@@ -121,6 +122,9 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     let size: u64 = lines[4].trim().parse().unwrap();
     assert_eq!(size, 48 << 20, "{out}");
     assert_eq!(lines[5], "written-in-the-pool-sandbox");
+    // And its /tmp the size a sandbox of its memory gets (the pool's was its default's).
+    let tmp: u64 = lines[6].trim().parse().unwrap();
+    assert_eq!(tmp, 320 << 20, "{out}");
     // The workspace is the filesystem itself: the write is there from the API.
     let r = h
         .call(
@@ -242,8 +246,12 @@ async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_u
     h.state.pools.set_min_available(u64::MAX);
     wait_pool(&h, "alpha", &viewer, "default", "empty under pressure", |ready, starting| ready == 0 && starting == 0)
         .await;
-    let pooled = h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).count();
-    assert_eq!(pooled, 0);
+    // Its teardown follows at once.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.state.store.active_sandboxes().await.unwrap().into_iter().any(|s| s.pooled) {
+        assert!(Instant::now() < deadline, "the pool sandbox given back was never torn down");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     h.state.pools.set_min_available(0);
     wait_pool(&h, "alpha", &viewer, "default", "refilled", |ready, _| ready == 1).await;
     let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{b}"), Some(&dev), Value::Null).await;

@@ -1197,6 +1197,11 @@ impl Runtime for OciRuntime {
         if let crate::RootSpec::Image(root) = &spec.root {
             crate::rootfs::resize_upper(&self.image_root(&spec.id), root.writable_bytes)?;
         }
+        let init = init_pid(&bundle).ok_or_else(|| RuntimeError::NotRunning(spec.id.clone()))?;
+        let tmp_bytes = spec.tmp_bytes;
+        tokio::task::spawn_blocking(move || crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes))
+            .await
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
         let own = self.sandbox_view(&spec.id);
         write_claimed_run_files(&own, spec)?;
         if let Some(ws) = &spec.workspace {

@@ -294,6 +294,31 @@ pub fn attach_at_claim_point(source: &Path, point: &Path, read_only: bool) -> Re
     attach_clone(source, point, attrs, None, "claimed mount")
 }
 
+/// Sets the size of the tmpfs at `path` inside the mount namespace of process `pid` (a running
+/// sandbox's init): a claim gives its claimant's `/tmp` size. From a thread of its own that
+/// joins that mount namespace (`unshare(CLONE_FS)`, then `setns`), so the rest of the process
+/// stays where it is; the mount keeps `nosuid` and `nodev`. Fails (`EINVAL`) below what the
+/// tmpfs already holds.
+pub fn resize_tmpfs_in(pid: i32, path: &str, bytes: u64) -> Result<()> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/mnt"))
+        .map_err(RuntimeError::io("open the sandbox's mount namespace"))?;
+    let path = PathBuf::from(path);
+    std::thread::spawn(move || -> Result<()> {
+        // SAFETY: unshare of this thread's filesystem attributes only.
+        if unsafe { libc::unshare(libc::CLONE_FS) } != 0 {
+            return Err(last_error("unshare the filesystem attributes"));
+        }
+        // SAFETY: a valid descriptor of a mount namespace; this thread alone moves into it.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+            return Err(last_error("enter the sandbox's mount namespace"));
+        }
+        let options = format!("size={}", bytes.max(4096));
+        mount("", &path, "", libc::MS_REMOUNT | libc::MS_NOSUID | libc::MS_NODEV, &options)
+    })
+    .join()
+    .map_err(|_| RuntimeError::Protocol("the tmpfs resize thread panicked".into()))?
+}
+
 /// Sets the size of the writable upper layer of the root mounted at `target` (a claim sets its
 /// claimant's `disk_bytes`), with one inode per 4 KiB as at its mount. Fails (`EINVAL`) below
 /// what the layer already holds.
