@@ -38,6 +38,13 @@ use crate::load::{ApiThroughput, Density, NoisyNeighbour};
 use crate::parts::ExecParts;
 use crate::policy::PolicyBench;
 
+/// The bench's namespaces raise their request rate and commands at once to the bounds, so that
+/// the throughput figures measure the server, not the tenant's rate limits (the defaults, 1,000
+/// requests a second and 32 commands, would cap them). `--only ratelimit` measures the limits.
+pub const RAISED_API_REQUESTS_PER_SECOND: u64 = 1_000_000;
+/// See [`RAISED_API_REQUESTS_PER_SECOND`].
+pub const RAISED_MAX_CONCURRENT_EXECS: u64 = 100_000;
+
 /// What to measure and how much: the flags of `bulkhead bench` and of `bulkhead-bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -364,6 +371,8 @@ async fn images_alone(
         max_sandboxes: 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
     let key = admin_client
@@ -658,6 +667,8 @@ async fn bench(
         max_sandboxes: (args.concurrent as u64).max(10) + 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
     let key = admin_client
@@ -823,6 +834,8 @@ async fn bench(
         max_sandboxes: adopted as u64,
         pids_per_sandbox: 64,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, quotas }).await?;
     let mut running = Vec::new();

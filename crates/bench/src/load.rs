@@ -241,6 +241,8 @@ async fn density_in(
         max_sandboxes: n as u64,
         pids_per_sandbox: DENSITY_PIDS,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let c = tenant(admin, "density", quotas).await?;
     let smallest =
@@ -644,6 +646,8 @@ async fn noisy_in(
         max_sandboxes: 1,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let b = tenant(admin, "tenant-b", quiet).await?;
     let sb = b
@@ -663,6 +667,8 @@ async fn noisy_in(
         max_sandboxes: noises.len().max(1) as u64,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let a = tenant(admin, "tenant-a", noisy).await?;
     let mut sandboxes = Vec::new();

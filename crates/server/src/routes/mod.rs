@@ -46,6 +46,14 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
     Ok(row)
 }
 
+/// A place for one command (an exec, a streamed exec, a background process) of namespace `ns`,
+/// held while it runs: one past the namespace's `max_concurrent_execs` is `429 rate_limited`.
+pub async fn exec_slot(ctx: &Ctx, ns: &str) -> ApiResult<crate::ratelimit::Slot> {
+    let row = load_namespace(ctx, ns).await?;
+    let max = row.quotas.max_concurrent_execs;
+    Ok(ctx.state.rate_limits.acquire(ns, crate::ratelimit::SlotKind::Exec, max)?)
+}
+
 /// One page of namespace `ns`'s `R`s as `page` asks: its `limit` and `cursor` read (400 when
 /// wrong), the namespace loaded (404 when missing), the rows fetched by `fetch(after, limit)`.
 /// Returns the rows, all of them (filtering by what the principal sees is the caller's), and

@@ -58,6 +58,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "egress metering", include_str!("../../migrations/sqlite/0011_egress_metering.sql")),
     (12, "images", include_str!("../../migrations/sqlite/0012_images.sql")),
     (13, "agents", include_str!("../../migrations/sqlite/0013_agents.sql")),
+    // 14 is another change's; migrations apply by version, so a gap is fine.
+    (15, "rate limits", include_str!("../../migrations/sqlite/0015_rate_limits.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
