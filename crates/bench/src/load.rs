@@ -56,7 +56,7 @@ async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<Cl
 /// Deletes the bench's namespaces whatever happened before; the server tears their sandboxes
 /// down. A namespace that was never created (or is gone already) answers 404, which is fine
 /// here; a failed teardown is tried again a few times.
-async fn delete_namespaces(admin: &Client, names: &[&str]) {
+pub(crate) async fn delete_namespaces(admin: &Client, names: &[&str]) {
     for name in names {
         for _ in 0..3 {
             match admin.delete_namespace(name).await {
@@ -409,7 +409,7 @@ async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::
 
 /// `concurrency` connections sending `GET path` for `seconds`; 200s per second and the count
 /// of other answers. One request first checks that the route answers 200 at all.
-async fn hammer(
+pub(crate) async fn hammer(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
@@ -438,6 +438,14 @@ async fn hammer(
     Ok((total.ok as f64 / start.elapsed().as_secs_f64(), total.other))
 }
 
+/// The socket address of a server's `http://host:port` URL.
+pub(crate) fn address(url: &str) -> anyhow::Result<SocketAddr> {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("the server's address in {url}"))
+}
+
 /// Authorized reads of namespace `ns` with `token` against `/healthz`, the same load on each.
 pub async fn api_throughput(
     url: &str,
@@ -446,11 +454,7 @@ pub async fn api_throughput(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<ApiThroughput> {
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .with_context(|| format!("the server's address in {url}"))?;
+    let addr = address(url)?;
     let (healthz, healthz_other) = hammer(addr, "/healthz", None, concurrency, seconds).await?;
     let path = format!("/v1/namespaces/{ns}");
     let (authorized, authorized_other) = hammer(addr, &path, Some(token), concurrency, seconds).await?;
