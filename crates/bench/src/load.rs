@@ -339,16 +339,20 @@ struct Counts {
     other: u64,
 }
 
-/// One `GET` over and over: its target and headers, built once.
+/// One request without a body (a `GET`, or a `DELETE`) over and over: its method, target and
+/// headers, built once, and the status that counts as served.
 struct Get {
+    method: hyper::Method,
     uri: Uri,
     host: HeaderValue,
     auth: Option<HeaderValue>,
+    served: u16,
 }
 
 impl Get {
     fn request(&self) -> anyhow::Result<Request<Empty<Bytes>>> {
-        let mut req = Request::get(self.uri.clone()).header(HOST, self.host.clone());
+        let mut req =
+            Request::builder().method(self.method.clone()).uri(self.uri.clone()).header(HOST, self.host.clone());
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -397,9 +401,10 @@ async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::
     let load = async {
         let mut counts = Counts::default();
         while Instant::now() < until {
-            match send(&mut sender, &get).await? {
-                200 => counts.ok += 1,
-                _ => counts.other += 1,
+            if send(&mut sender, &get).await? == get.served {
+                counts.ok += 1;
+            } else {
+                counts.other += 1;
             }
         }
         Ok(counts)
@@ -416,15 +421,30 @@ pub(crate) async fn hammer(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, u64)> {
+    hammer_with(addr, (hyper::Method::GET, 200), path, token, concurrency, seconds).await
+}
+
+/// [`hammer`] with another method, and the status that counts as served (`DELETE` of a
+/// missing sandbox: 404).
+pub(crate) async fn hammer_with(
+    addr: SocketAddr,
+    (method, served): (hyper::Method, u16),
+    path: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64)> {
     let get = Arc::new(Get {
+        method: method.clone(),
         uri: path.parse().with_context(|| format!("the path {path}"))?,
         host: HeaderValue::from_str(&addr.to_string())?,
         auth: token.map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).transpose()?,
+        served,
     });
     let (mut sender, connection) = connect(addr).await?;
     let status = drive(connection, send(&mut sender, &get)).await?;
-    if status != 200 {
-        bail!("GET {path} answered HTTP {status}, not 200");
+    if status != served {
+        bail!("{method} {path} answered HTTP {status}, not {served}");
     }
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);

@@ -1,8 +1,9 @@
 //! `--only ratelimit`: what per-namespace rate limits buy a quiet tenant. Tenant B lists its
 //! sandboxes at a steady interactive pace (well under its default 1,000 requests a second)
 //! alone, then beside tenant A flooding the API from `--api-concurrency` connections at its
-//! limit (`--ratelimit-rps`), then beside the same flood with A's limit raised out of the way.
-//! B's p50/p99 in each phase are printed with their ratio to B alone, and A's answers by kind.
+//! limit (`--ratelimit-rps`), then beside the same flood with A's limit raised out of the way;
+//! first a flood of cheap reads, then one of audited mutations. B's p50/p99 in each phase are
+//! printed with their ratio to B alone, and A's answers: served, or refused.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ const PACE: Duration = Duration::from_millis(10);
 /// The figures of one phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct Phase {
+    /// What tenant A does meanwhile.
+    pub name: String,
     /// Tenant B's latency of an authorized list.
     pub b: Stat,
     /// B's answers other than 200 (a limited B would show here).
@@ -26,8 +29,8 @@ pub struct Phase {
     /// `b.p50_ms / alone.p50_ms` and the same of p99 (1 for the phase alone).
     pub ratio_p50: f64,
     pub ratio_p99: f64,
-    /// Tenant A's answers a second: 200s and the rest (429 `rate_limited` when limited).
-    pub a_ok_per_s: f64,
+    /// Tenant A's requests served a second, and those refused (429 `rate_limited`).
+    pub a_served_per_s: f64,
     pub a_refused: u64,
 }
 
@@ -38,10 +41,21 @@ pub struct RateLimitReport {
     pub concurrency: usize,
     /// A's `api_requests_per_second` while limited.
     pub a_rate: u64,
-    pub alone: Phase,
-    pub beside_limited_flood: Phase,
-    pub beside_unlimited_flood: Phase,
+    /// B alone, then beside each of A's floods, limited and not.
+    pub phases: Vec<Phase>,
 }
+
+/// A's floods: a cheap read (its sandboxes' list) and an audited mutation (a `DELETE` of a
+/// sandbox that does not exist: a 404, and a record appended to A's audit chain).
+const FLOODS: [(&str, hyper::Method, &str, u16); 2] = [
+    ("lists", hyper::Method::GET, "/v1/namespaces/rl-a/sandboxes", 200),
+    (
+        "audited deletes",
+        hyper::Method::DELETE,
+        "/v1/namespaces/rl-a/sandboxes/sbx_00000000000000000000000000000000",
+        404,
+    ),
+];
 
 /// B's requests at [`PACE`] until `until`: latencies and answers other than 200.
 async fn paced(b: &Client, ns: &str, until: Instant) -> (Vec<Duration>, u64) {
@@ -72,10 +86,10 @@ async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<(C
     Ok((Client::new(admin.base(), Some(key.token.clone())), key.token))
 }
 
-fn phase(samples: Vec<Duration>, b_not_200: u64, alone: Option<&Stat>, a: (f64, u64)) -> Phase {
+fn phase(name: String, samples: Vec<Duration>, b_not_200: u64, alone: Option<&Stat>, a: (f64, u64)) -> Phase {
     let b = stat(samples);
     let (ratio_p50, ratio_p99) = alone.map(|s| (b.p50_ms / s.p50_ms, b.p99_ms / s.p99_ms)).unwrap_or((1.0, 1.0));
-    Phase { b, b_not_200, ratio_p50, ratio_p99, a_ok_per_s: a.0, a_refused: a.1 }
+    Phase { name, b, b_not_200, ratio_p50, ratio_p99, a_served_per_s: a.0, a_refused: a.1 }
 }
 
 /// Makes tenants `rl-a` (at `a_rate` requests a second) and `rl-b` (the defaults), measures the
@@ -119,49 +133,40 @@ async fn phases(
     paced(&b, "rl-b", Instant::now() + Duration::from_millis(500)).await;
 
     let (samples, failed) = paced(&b, "rl-b", Instant::now() + window).await;
-    let alone = phase(samples, failed, None, (0.0, 0));
-
-    let flood_path = "/v1/namespaces/rl-a/sandboxes";
-    let flood = crate::load::hammer(addr, flood_path, Some(&a_token), concurrency, seconds);
-    let (flooded, (samples, failed)) = tokio::join!(flood, paced(&b, "rl-b", Instant::now() + window));
-    let limited = phase(samples, failed, Some(&alone.b), flooded.context("tenant A's limited flood")?);
-
-    let raise = QuotasPatch {
-        api_requests_per_second: Some(bulkhead_core::quota::API_REQUESTS_PER_SECOND.max),
-        ..Default::default()
-    };
-    admin
-        .update_namespace("rl-a", &UpdateNamespace { quotas: Some(raise), egress: None })
-        .await
-        .context("raise tenant A's rate")?;
-    let flood = crate::load::hammer(addr, flood_path, Some(&a_token), concurrency, seconds);
-    let (flooded, (samples, failed)) = tokio::join!(flood, paced(&b, "rl-b", Instant::now() + window));
-    let unlimited = phase(samples, failed, Some(&alone.b), flooded.context("tenant A's unlimited flood")?);
-    Ok(RateLimitReport {
-        seconds,
-        concurrency,
-        a_rate,
-        alone,
-        beside_limited_flood: limited,
-        beside_unlimited_flood: unlimited,
-    })
+    let alone = phase("alone".into(), samples, failed, None, (0.0, 0));
+    let mut phases = vec![alone.clone()];
+    for (what, method, path, served) in FLOODS {
+        for rate in [a_rate, bulkhead_core::quota::API_REQUESTS_PER_SECOND.max] {
+            let quotas = QuotasPatch { api_requests_per_second: Some(rate), ..Default::default() };
+            admin
+                .update_namespace("rl-a", &UpdateNamespace { quotas: Some(quotas), egress: None })
+                .await
+                .context("set tenant A's rate")?;
+            let name = if rate == a_rate {
+                format!("beside A's {what} at {rate} req/s")
+            } else {
+                format!("beside A's {what}, A unlimited")
+            };
+            let flood =
+                crate::load::hammer_with(addr, (method.clone(), served), path, Some(&a_token), concurrency, seconds);
+            let (flooded, (samples, failed)) = tokio::join!(flood, paced(&b, "rl-b", Instant::now() + window));
+            let flooded = flooded.with_context(|| format!("tenant A's flood of {what}"))?;
+            phases.push(phase(name, samples, failed, Some(&alone.b), flooded));
+        }
+    }
+    Ok(RateLimitReport { seconds, concurrency, a_rate, phases })
 }
 
 /// The table of `--only ratelimit`.
 pub fn print(r: &RateLimitReport) {
     println!(
         "{:<44} {:>6} {:>10} {:>10} {:>8} {:>8} {:>12} {:>10}",
-        "tenant B's authorized list", "n", "p50 ms", "p99 ms", "×p50", "×p99", "A 200/s", "A refused"
+        "tenant B's authorized list", "n", "p50 ms", "p99 ms", "×p50", "×p99", "A served/s", "A refused"
     );
-    let a_rate = format!("beside A's flood at {} req/s", r.a_rate);
-    for (name, p) in [
-        ("alone", &r.alone),
-        (a_rate.as_str(), &r.beside_limited_flood),
-        ("beside A's flood, A unlimited", &r.beside_unlimited_flood),
-    ] {
+    for p in &r.phases {
         println!(
-            "{name:<44} {:>6} {:>10.2} {:>10.2} {:>8.2} {:>8.2} {:>12.0} {:>10}",
-            p.b.n, p.b.p50_ms, p.b.p99_ms, p.ratio_p50, p.ratio_p99, p.a_ok_per_s, p.a_refused
+            "{:<44} {:>6} {:>10.2} {:>10.2} {:>8.2} {:>8.2} {:>12.0} {:>10}",
+            p.name, p.b.n, p.b.p50_ms, p.b.p99_ms, p.ratio_p50, p.ratio_p99, p.a_served_per_s, p.a_refused
         );
         if p.b_not_200 > 0 {
             println!("  tenant B was refused {} times", p.b_not_200);
