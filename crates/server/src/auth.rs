@@ -180,7 +180,8 @@ impl FromRequestParts<AppState> for Ctx {
 /// Charges an authenticated request to its principal's own namespace's request bucket (see
 /// [`crate::ratelimit`]), before any other work: whatever the path names, so that a tenant's
 /// requests on another's paths spend its own bucket, never the other's. The platform admin has
-/// no bucket. A refused request is not audited: it did nothing, and a flood must not become a
+/// no bucket. A refusal is answered after [`crate::ratelimit::REFUSAL_PACE`], which paces a
+/// client that does not wait. A refused request is not audited: it did nothing, and a flood must not become a
 /// flood of audit writes (it shows in the namespace's request metrics as a 429).
 async fn charge(state: &AppState, principal: &Principal, slot: &AuditSlot) -> ApiResult<()> {
     let Some(ns) = principal.namespace() else { return Ok(()) };
@@ -188,6 +189,7 @@ async fn charge(state: &AppState, principal: &Principal, slot: &AuditSlot) -> Ap
     let Some(row) = crate::state::cached_namespace(state, ns).await else { return Ok(()) };
     if let Err(refused) = state.rate_limits.charge(ns, row.quotas.api_requests_per_second) {
         slot.with(|info| info.rate_limited = true);
+        tokio::time::sleep(crate::ratelimit::REFUSAL_PACE).await;
         return Err(refused.into());
     }
     Ok(())

@@ -8,7 +8,7 @@
 //!   the caller's own namespace, never to the path's). The platform admin is never charged nor
 //!   refused by a tenant's bucket, so an operator can always change or delete a flooding
 //!   namespace. An empty bucket is `429 rate_limited` with `Retry-After` (whole seconds, at
-//!   least 1).
+//!   least 1), answered after [`REFUSAL_PACE`].
 //! - **Commands and creates** ([`NamespaceLimits::acquire`]): execs (one-shot and streamed) and
 //!   background processes (terminals among them) running in the namespace at once are at most
 //!   `max_concurrent_execs`; sandbox creates in flight at once are at most the same number,
@@ -30,6 +30,13 @@ use crate::limits::RateLimited;
 /// Entries kept at most; past it, those that hold no slot are dropped (their buckets start
 /// full again, which only ever lets a namespace through more than its rate once).
 const MAX_ENTRIES: usize = 100_000;
+
+/// How long a request refused by its namespace's bucket waits before its 429 leaves. A refusal
+/// costs the server little, but a client that ignores `Retry-After` and sends again as soon as it
+/// is answered would still keep a core busy with refusals; paced, each of its connections gets
+/// at most 20 refusals a second, and the wait holds nothing but the connection (no thread, no
+/// lock, no store connection).
+pub const REFUSAL_PACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Seconds a client refused a command or a create slot is told to wait.
 const SLOT_RETRY_AFTER_SECONDS: u64 = 1;
