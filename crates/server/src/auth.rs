@@ -181,8 +181,9 @@ impl FromRequestParts<AppState> for Ctx {
 /// [`crate::ratelimit`]), before any other work: whatever the path names, so that a tenant's
 /// requests on another's paths spend its own bucket, never the other's. The platform admin has
 /// no bucket. A refusal is answered after [`crate::ratelimit::REFUSAL_PACE`], which paces a
-/// client that does not wait. A refused request is not audited: it did nothing, and a flood must not become a
-/// flood of audit writes (it shows in the namespace's request metrics as a 429).
+/// client that does not wait. A refused request is not audited: it did nothing, and a flood
+/// must not become a flood of audit writes (it shows in the namespace's request metrics as a
+/// 429).
 async fn charge(state: &AppState, principal: &Principal, slot: &AuditSlot) -> ApiResult<()> {
     let Some(ns) = principal.namespace() else { return Ok(()) };
     // A namespace deleted under a cached principal: the request fails further on.
