@@ -107,6 +107,7 @@ async fn a_flooding_tenant_is_limited_while_another_keeps_succeeding() {
             StatusCode::NOT_FOUND,
         ),
     ];
+    let mut forbidden = 0;
     for (method, path, token, otherwise) in probes {
         let mut refused = 0;
         for _ in 0..20 {
@@ -116,10 +117,17 @@ async fn a_flooding_tenant_is_limited_while_another_keeps_succeeding() {
                 refused += 1;
             } else {
                 assert_eq!(r.status, otherwise, "{method} {path}: {}", r.body);
+                forbidden += usize::from(r.status == StatusCode::FORBIDDEN);
             }
         }
         assert!(refused > 0, "{method} {path}: 20 requests at a rate of 1 a second were never limited");
     }
+    // The viewer's denied creates are each in the audit chain; its refused ones did nothing and
+    // are not.
+    let r = h.call(Method::GET, "/v1/namespaces/flood/audit?action=sandbox.create", Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let denials = r.body["items"].as_array().unwrap().iter().filter(|a| a["decision"] == "deny").count();
+    assert_eq!(denials, forbidden, "{}", r.body);
     let r = h.call(Method::GET, "/v1/namespaces/calm/sandboxes", Some(&calm), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 
