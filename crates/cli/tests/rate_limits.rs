@@ -144,6 +144,13 @@ async fn a_flooding_tenant_is_limited_while_another_keeps_succeeding() {
     for r in &after {
         assert_eq!(r.status, StatusCode::OK, "refused after the rate was raised: {}", r.body);
     }
+    // The refusals are counted in the flooding namespace's metrics, by limit.
+    let r = h.call(Method::GET, "/v1/namespaces/flood/metrics", Some(&h.admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let text = r.text();
+    assert!(text.contains("bulkhead_rate_limited_total{namespace=\"flood\",limit=\"requests\"}"), "{text}");
+    let r = h.call(Method::GET, "/v1/namespaces/calm/metrics", Some(&h.admin), Value::Null).await;
+    assert!(!r.text().contains("bulkhead_rate_limited_total{"), "{}", r.text());
     // The refused requests did nothing and are not in the audit chain; the rest of the chain
     // still verifies.
     let r = h.call(Method::GET, "/v1/namespaces/flood/audit/verify", Some(&h.admin), Value::Null).await;
@@ -205,6 +212,9 @@ async fn commands_at_once_stop_at_max_concurrent_execs() {
     put_file(&h, "busy", &sbx, &dev, "/tmp/go2").await;
     assert_eq!(held.await.unwrap(), StatusCode::OK);
     until_running(&h, "busy", 0).await;
+    let r = h.call(Method::GET, "/v1/namespaces/busy/metrics", Some(&h.admin), Value::Null).await;
+    let text = r.text();
+    assert!(text.contains("bulkhead_rate_limited_total{namespace=\"busy\",limit=\"execs\"} 4"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

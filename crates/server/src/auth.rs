@@ -190,6 +190,7 @@ async fn charge(state: &AppState, principal: &Principal, slot: &AuditSlot) -> Ap
     let Some(row) = crate::state::cached_namespace(state, ns).await else { return Ok(()) };
     if let Err(refused) = state.rate_limits.charge(ns, row.quotas.api_requests_per_second) {
         slot.with(|info| info.rate_limited = true);
+        state.metrics.rate_limited(&crate::metrics::Tenant::of(&row), "requests");
         tokio::time::sleep(crate::ratelimit::REFUSAL_PACE).await;
         return Err(refused.into());
     }

@@ -50,6 +50,16 @@ pub enum SlotKind {
     Create,
 }
 
+impl SlotKind {
+    /// The limit's name in metrics: `execs` or `creates` (beside `requests`, the bucket's).
+    pub fn label(self) -> &'static str {
+        match self {
+            SlotKind::Exec => "execs",
+            SlotKind::Create => "creates",
+        }
+    }
+}
+
 /// A token bucket: `tokens` as of `at`, refilled at `rate` a second up to `rate`.
 #[derive(Debug)]
 struct Bucket {

@@ -50,8 +50,16 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
 /// held while it runs: one past the namespace's `max_concurrent_execs` is `429 rate_limited`.
 pub async fn exec_slot(ctx: &Ctx, ns: &str) -> ApiResult<crate::ratelimit::Slot> {
     let row = load_namespace(ctx, ns).await?;
-    let max = row.quotas.max_concurrent_execs;
-    Ok(ctx.state.rate_limits.acquire(ns, crate::ratelimit::SlotKind::Exec, max)?)
+    take_slot(ctx, &row, crate::ratelimit::SlotKind::Exec)
+}
+
+/// A place for one command or create of namespace `row`, of which at most its
+/// `max_concurrent_execs` may be in flight; a refusal is counted in the namespace's metrics.
+pub fn take_slot(ctx: &Ctx, row: &NamespaceRow, kind: crate::ratelimit::SlotKind) -> ApiResult<crate::ratelimit::Slot> {
+    ctx.state.rate_limits.acquire(&row.name, kind, row.quotas.max_concurrent_execs).map_err(|refused| {
+        ctx.state.metrics.rate_limited(&crate::metrics::Tenant::of(row), kind.label());
+        refused.into()
+    })
 }
 
 /// One page of namespace `ns`'s `R`s as `page` asks: its `limit` and `cursor` read (400 when

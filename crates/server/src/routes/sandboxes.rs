@@ -204,7 +204,7 @@ pub(crate) async fn create_sandbox(
     let q = namespace.quotas;
     // Creates in flight at once are bounded like commands (counted apart): one past it is
     // refused, not queued behind the others.
-    let _creating = ctx.state.rate_limits.acquire(&ns, crate::ratelimit::SlotKind::Create, q.max_concurrent_execs)?;
+    let _creating = super::take_slot(ctx, &namespace, crate::ratelimit::SlotKind::Create)?;
     let over = |field: &str, value: u64, quota: &str, limit: u64| {
         ApiError::QuotaExceeded(format!("{field} {value} is over the namespace quota {quota} of {limit}"))
     };
