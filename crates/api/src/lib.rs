@@ -58,6 +58,26 @@ pub struct Quotas {
     pub max_sandboxes: u64,
     pub pids_per_sandbox: u64,
     pub max_sandbox_ttl_seconds: u64,
+    /// API requests a second of all the namespace's principals together, with a burst of one
+    /// second's worth; past it `429 rate_limited` with `Retry-After`. 1 to 1,000,000; default
+    /// 1,000.
+    #[serde(default = "default_api_requests_per_second")]
+    #[schema(default = 1000, minimum = 1, maximum = 1_000_000)]
+    pub api_requests_per_second: u64,
+    /// Commands running at once in the namespace (execs, streamed execs, background and
+    /// terminal processes); the next is `429 rate_limited`. Sandbox creates in flight at once
+    /// are bounded by the same number, counted apart. 1 to 100,000; default 32.
+    #[serde(default = "default_max_concurrent_execs")]
+    #[schema(default = 32, minimum = 1, maximum = 100_000)]
+    pub max_concurrent_execs: u64,
+}
+
+fn default_api_requests_per_second() -> u64 {
+    1000
+}
+
+fn default_max_concurrent_execs() -> u64 {
+    32
 }
 
 /// Quotas to change; absent ones stay as they are.
@@ -76,6 +96,10 @@ pub struct QuotasPatch {
     pub pids_per_sandbox: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_sandbox_ttl_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_requests_per_second: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_execs: Option<u64>,
 }
 
 /// `POST /v1/namespaces`

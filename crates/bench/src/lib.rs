@@ -16,6 +16,7 @@ pub mod load;
 pub mod network;
 pub mod parts;
 pub mod policy;
+pub mod ratelimit;
 pub mod server;
 pub mod tasks;
 pub mod testhost;
@@ -37,6 +38,13 @@ use serde::Serialize;
 use crate::load::{ApiThroughput, Density, NoisyNeighbour};
 use crate::parts::ExecParts;
 use crate::policy::PolicyBench;
+
+/// The bench's namespaces raise their request rate and commands at once to the bounds, so that
+/// the throughput figures measure the server, not the tenant's rate limits (the defaults, 1,000
+/// requests a second and 32 commands, would cap them). `--only ratelimit` measures the limits.
+pub const RAISED_API_REQUESTS_PER_SECOND: u64 = 1_000_000;
+/// See [`RAISED_API_REQUESTS_PER_SECOND`].
+pub const RAISED_MAX_CONCURRENT_EXECS: u64 = 100_000;
 
 /// What to measure and how much: the flags of `bulkhead bench` and of `bulkhead-bench`.
 #[derive(Args, Debug, Clone)]
@@ -90,9 +98,14 @@ pub struct BenchArgs {
     /// on the default image's layers and on the host's base; create → first output from the
     /// default image and from a template, alternating; snapshot; idle sandboxes on the image).
     /// `tasks`: event in → first message out through a task against the same agent on its
-    /// stdio, alternating; then `--tasks` tasks at once and their memory.
-    #[arg(long, value_parser = ["network", "images", "tasks"])]
+    /// stdio, alternating; then `--tasks` tasks at once and their memory. `ratelimit`: tenant
+    /// B's API p50/p99 alone, beside tenant A flooding the API (`--api-concurrency` connections
+    /// for `--api-seconds`) at its limit, and beside the same flood with A unlimited.
+    #[arg(long, value_parser = ["network", "images", "tasks", "ratelimit"])]
     only: Option<String>,
+    /// `--only ratelimit`: tenant A's `api_requests_per_second` while it floods.
+    #[arg(long, default_value_t = 100)]
+    ratelimit_rps: u64,
     /// `--only tasks`: tasks created at once.
     #[arg(long, default_value_t = 100)]
     tasks: usize,
@@ -365,6 +378,8 @@ async fn images_alone(
         max_sandboxes: 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
     let key = admin_client
@@ -459,6 +474,63 @@ async fn only_tasks(
     Ok(())
 }
 
+/// The figures of `--only ratelimit`.
+#[derive(Debug, Serialize)]
+struct RateLimitAlone {
+    host: String,
+    command_line: String,
+    ratelimit: ratelimit::RateLimitReport,
+}
+
+/// `--only ratelimit`: one loopback-only server; [`ratelimit::measure`]; then the same cleanup
+/// as [`run`].
+async fn only_ratelimit(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let result = async {
+        let runtime_class = format!("container={}", args.runtime);
+        let image_args = image.serve_args();
+        let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
+        extra.extend(image_args.iter().map(String::as_str));
+        let serve = server::Serve {
+            bulkhead,
+            data_dir: &data.join("data"),
+            state_dir: &settings.state_dir,
+            cgroup_prefix: &settings.cgroup_prefix,
+            host_registry: None,
+            extra: &extra,
+        };
+        let started = serve.spawn().context("start bulkhead serve")?;
+        let server = ServerProcess(started.child);
+        let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
+        let admin = Client::new(&started.url, Some(admin));
+        let seconds = args.api_seconds.max(1);
+        let report = ratelimit::measure(&admin, &started.url, args.ratelimit_rps, args.api_concurrency, seconds).await;
+        drop(server);
+        report
+    }
+    .await;
+    leave_nothing_behind(settings).await;
+    let _ = std::fs::remove_dir_all(data);
+    forget_in_host_registry(&settings.cgroup_prefix);
+    let report = RateLimitAlone {
+        host: host(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        ratelimit: result?,
+    };
+    println!("host: {}", report.host);
+    println!("command: {}\n", report.command_line);
+    ratelimit::print(&report.ratelimit);
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("write {}", args.out.display()))?;
+    println!("\nfigures written to {}", args.out.display());
+    Ok(())
+}
+
 /// Where the bench's server keeps its host state: a state dir and cgroup prefix of its own.
 struct Names {
     state_dir: PathBuf,
@@ -506,6 +578,7 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
         Some("network") => return only_network(args, bulkhead, &data, &settings, &image).await,
         Some("images") => return only_images(args, bulkhead, &data, &settings, &image).await,
         Some("tasks") => return only_tasks(args, bulkhead, &data, &settings, &image).await,
+        Some("ratelimit") => return only_ratelimit(args, bulkhead, &data, &settings, &image).await,
         _ => {}
     }
     let result = bench(args, bulkhead, &data, &settings, &image).await;
@@ -659,6 +732,8 @@ async fn bench(
         max_sandboxes: (args.concurrent as u64).max(10) + 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
     let key = admin_client
@@ -824,6 +899,8 @@ async fn bench(
         max_sandboxes: adopted as u64,
         pids_per_sandbox: 64,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client.create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, quotas }).await?;
     let mut running = Vec::new();

@@ -56,7 +56,7 @@ async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<Cl
 /// Deletes the bench's namespaces whatever happened before; the server tears their sandboxes
 /// down. A namespace that was never created (or is gone already) answers 404, which is fine
 /// here; a failed teardown is tried again a few times.
-async fn delete_namespaces(admin: &Client, names: &[&str]) {
+pub(crate) async fn delete_namespaces(admin: &Client, names: &[&str]) {
     for name in names {
         for _ in 0..3 {
             match admin.delete_namespace(name).await {
@@ -241,6 +241,8 @@ async fn density_in(
         max_sandboxes: n as u64,
         pids_per_sandbox: DENSITY_PIDS,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let c = tenant(admin, "density", quotas).await?;
     let smallest =
@@ -337,16 +339,20 @@ struct Counts {
     other: u64,
 }
 
-/// One `GET` over and over: its target and headers, built once.
+/// One request without a body (a `GET`, or a `DELETE`) over and over: its method, target and
+/// headers, built once, and the status that counts as served.
 struct Get {
+    method: hyper::Method,
     uri: Uri,
     host: HeaderValue,
     auth: Option<HeaderValue>,
+    served: u16,
 }
 
 impl Get {
     fn request(&self) -> anyhow::Result<Request<Empty<Bytes>>> {
-        let mut req = Request::get(self.uri.clone()).header(HOST, self.host.clone());
+        let mut req =
+            Request::builder().method(self.method.clone()).uri(self.uri.clone()).header(HOST, self.host.clone());
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -395,9 +401,10 @@ async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::
     let load = async {
         let mut counts = Counts::default();
         while Instant::now() < until {
-            match send(&mut sender, &get).await? {
-                200 => counts.ok += 1,
-                _ => counts.other += 1,
+            if send(&mut sender, &get).await? == get.served {
+                counts.ok += 1;
+            } else {
+                counts.other += 1;
             }
         }
         Ok(counts)
@@ -407,22 +414,37 @@ async fn hammer_one(addr: SocketAddr, get: Arc<Get>, until: Instant) -> anyhow::
 
 /// `concurrency` connections sending `GET path` for `seconds`; 200s per second and the count
 /// of other answers. One request first checks that the route answers 200 at all.
-async fn hammer(
+pub(crate) async fn hammer(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<(f64, u64)> {
+    hammer_with(addr, (hyper::Method::GET, 200), path, token, concurrency, seconds).await
+}
+
+/// [`hammer`] with another method, and the status that counts as served (`DELETE` of a
+/// missing sandbox: 404).
+pub(crate) async fn hammer_with(
+    addr: SocketAddr,
+    (method, served): (hyper::Method, u16),
+    path: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64)> {
     let get = Arc::new(Get {
+        method: method.clone(),
         uri: path.parse().with_context(|| format!("the path {path}"))?,
         host: HeaderValue::from_str(&addr.to_string())?,
         auth: token.map(|t| HeaderValue::from_str(&format!("Bearer {t}"))).transpose()?,
+        served,
     });
     let (mut sender, connection) = connect(addr).await?;
     let status = drive(connection, send(&mut sender, &get)).await?;
-    if status != 200 {
-        bail!("GET {path} answered HTTP {status}, not 200");
+    if status != served {
+        bail!("{method} {path} answered HTTP {status}, not {served}");
     }
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
@@ -436,6 +458,14 @@ async fn hammer(
     Ok((total.ok as f64 / start.elapsed().as_secs_f64(), total.other))
 }
 
+/// The socket address of a server's `http://host:port` URL.
+pub(crate) fn address(url: &str) -> anyhow::Result<SocketAddr> {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .with_context(|| format!("the server's address in {url}"))
+}
+
 /// Authorized reads of namespace `ns` with `token` against `/healthz`, the same load on each.
 pub async fn api_throughput(
     url: &str,
@@ -444,11 +474,7 @@ pub async fn api_throughput(
     concurrency: usize,
     seconds: u64,
 ) -> anyhow::Result<ApiThroughput> {
-    let addr: SocketAddr = url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .parse()
-        .with_context(|| format!("the server's address in {url}"))?;
+    let addr = address(url)?;
     let (healthz, healthz_other) = hammer(addr, "/healthz", None, concurrency, seconds).await?;
     let path = format!("/v1/namespaces/{ns}");
     let (authorized, authorized_other) = hammer(addr, &path, Some(token), concurrency, seconds).await?;
@@ -644,6 +670,8 @@ async fn noisy_in(
         max_sandboxes: 1,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let b = tenant(admin, "tenant-b", quiet).await?;
     let sb = b
@@ -663,6 +691,8 @@ async fn noisy_in(
         max_sandboxes: noises.len().max(1) as u64,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     let a = tenant(admin, "tenant-a", noisy).await?;
     let mut sandboxes = Vec::new();

@@ -57,6 +57,8 @@ impl Server {
             max_sandboxes: 10,
             pids_per_sandbox: 256,
             max_sandbox_ttl_seconds: 3600,
+            api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+            max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
         };
         client.create_namespace(&CreateNamespace { name: "net".into(), isolation: None, quotas }).await?;
         Ok(Server { _process: process, client })

@@ -184,6 +184,8 @@ async fn measure_in(
         max_sandboxes: concurrent as u64 + 2,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
+        max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     admin
         .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas })

@@ -69,6 +69,12 @@ pub struct QuotaArgs {
     /// Longest sandbox life (`24h`).
     #[arg(long, value_parser = parse_seconds)]
     max_ttl: Option<u64>,
+    /// API requests a second of all the namespace's principals together (default 1000).
+    #[arg(long = "api-rps", value_name = "N")]
+    api_rps: Option<u64>,
+    /// Commands running at once, and sandbox creates in flight at once (default 32).
+    #[arg(long = "max-execs", value_name = "N")]
+    max_execs: Option<u64>,
 }
 
 impl QuotaArgs {
@@ -80,13 +86,16 @@ impl QuotaArgs {
             max_sandboxes: self.max_sandboxes,
             pids_per_sandbox: self.pids,
             max_sandbox_ttl_seconds: self.max_ttl,
+            api_requests_per_second: self.api_rps,
+            max_concurrent_execs: self.max_execs,
         }
     }
 }
 
 #[derive(Subcommand)]
 pub enum NamespaceCmd {
-    /// Create a namespace; unset quotas take the defaults (1 core, 1GiB, 10GiB disk, 10 sandboxes).
+    /// Create a namespace; unset quotas take the defaults (1 core, 1GiB, 10GiB disk, 10 sandboxes,
+    /// 1000 API requests a second, 32 commands at once).
     Create {
         name: String,
         /// Isolation tier (a runtime class of the server).
@@ -131,10 +140,13 @@ fn namespace_row(n: &Namespace) -> Vec<String> {
         q.max_sandboxes.to_string(),
         q.pids_per_sandbox.to_string(),
         format_seconds(q.max_sandbox_ttl_seconds),
+        q.api_requests_per_second.to_string(),
+        q.max_concurrent_execs.to_string(),
     ]
 }
 
-const NAMESPACE_HEADERS: [&str; 8] = ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL"];
+const NAMESPACE_HEADERS: [&str; 10] =
+    ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL", "API RPS", "EXECS"];
 
 fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
     output::item(global.json, n, &NAMESPACE_HEADERS, namespace_row)
@@ -153,6 +165,8 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
                 max_sandboxes: p.max_sandboxes.unwrap_or(d.max_sandboxes),
                 pids_per_sandbox: p.pids_per_sandbox.unwrap_or(d.pids_per_sandbox),
                 max_sandbox_ttl_seconds: p.max_sandbox_ttl_seconds.unwrap_or(d.max_sandbox_ttl_seconds),
+                api_requests_per_second: p.api_requests_per_second.unwrap_or(d.api_requests_per_second),
+                max_concurrent_execs: p.max_concurrent_execs.unwrap_or(d.max_concurrent_execs),
             };
             let n = c.create_namespace(&CreateNamespace { name, isolation, quotas }).await?;
             show_namespace(&n, global)?;
@@ -180,7 +194,7 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
             if patch == QuotasPatch::default() && egress.is_none() {
                 bail!(
                     "nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, \
-                     --max-ttl, --egress-allow, --egress-bandwidth, --no-egress"
+                     --max-ttl, --api-rps, --max-execs, --egress-allow, --egress-bandwidth, --no-egress"
                 );
             }
             let quotas = (patch != QuotasPatch::default()).then_some(patch);

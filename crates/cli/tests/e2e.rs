@@ -29,11 +29,19 @@ fn first_session_through_the_cli() {
     assert_eq!(ns["quotas"]["cpu_millis"], 1500);
     assert_eq!(ns["quotas"]["memory_bytes"], 2u64 << 30);
     assert_eq!(ns["quotas"]["max_sandbox_ttl_seconds"], 7200);
+    // Rate limits not given: the defaults.
+    assert_eq!(ns["quotas"]["api_requests_per_second"], 1000);
+    assert_eq!(ns["quotas"]["max_concurrent_execs"], 32);
     let table = server.ok(None, &["namespace", "list"]);
     assert!(table.lines().next().unwrap().starts_with("NAME"), "{table}");
     assert!(table.contains("acme") && table.contains("2GiB") && table.contains("1.5"), "{table}");
-    let ns = server.json(None, &["namespace", "update", "acme", "--max-sandboxes", "3"]);
+    let ns = server
+        .json(None, &["namespace", "update", "acme", "--max-sandboxes", "3", "--api-rps", "2000", "--max-execs", "40"]);
+    assert_eq!(ns["quotas"]["api_requests_per_second"], 2000);
+    assert_eq!(ns["quotas"]["max_concurrent_execs"], 40);
     assert_eq!(ns["quotas"]["max_sandboxes"], 3);
+    let table = server.ok(None, &["namespace", "get", "acme"]);
+    assert!(table.contains("API RPS") && table.contains("2000"), "{table}");
 
     // Keys: shown once, roles enforced, revocation immediate.
     let owner = server.json(None, &["key", "create", "--ns", "acme", "boss", "--role", "owner"]);

@@ -60,6 +60,8 @@ async fn setup(host: &mut Host, names: &(PathBuf, String)) -> (String, String, C
         max_sandboxes: 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: 1000,
+        max_concurrent_execs: 32,
     };
     admin.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
     (url, token.unwrap(), admin)

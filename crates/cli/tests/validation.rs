@@ -140,7 +140,11 @@ async fn bad_updates_keys_and_queries_are_400() {
     let r = h.call(Method::GET, "/v1/namespaces/acme/keys", admin, Value::Null).await;
     assert_eq!(r.body["items"], json!([]), "a rejected key create left a key behind");
     let r = h.call(Method::GET, "/v1/namespaces/acme", admin, Value::Null).await;
-    assert_eq!(r.body["quotas"], namespace_body("acme")["quotas"], "a rejected update changed quotas");
+    let mut quotas = namespace_body("acme")["quotas"].clone();
+    // The rate limits it was created without are shown with their defaults.
+    quotas["api_requests_per_second"] = json!(1000);
+    quotas["max_concurrent_execs"] = json!(32);
+    assert_eq!(r.body["quotas"], quotas, "a rejected update changed quotas");
 }
 
 fn raw(method: Method, path: &str, token: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {

@@ -68,6 +68,11 @@ fn record_for(
     status: StatusCode,
     request_id: String,
 ) -> Option<(String, AuditEvent)> {
+    // Refused by its namespace's request bucket before any work: not a record per request of a
+    // flood (see `auth::charge`).
+    if info.rate_limited {
+        return None;
+    }
     let denied = matches!(info.decision, Some(Decision::Forbidden { .. } | Decision::NotFound(_)));
     let unauthenticated = info.principal.is_none() && status == StatusCode::UNAUTHORIZED;
     let mutating = match info.action {

@@ -42,6 +42,8 @@ pub struct AuditInfo {
     /// The namespace incarnation the request was authenticated into, when it was: see
     /// [`Ctx::tenant`].
     pub tenant: Option<crate::metrics::Tenant>,
+    /// The request was refused by its namespace's request bucket before anything was done.
+    pub rate_limited: bool,
 }
 
 /// Shared between the audit middleware and the handler of one request.
@@ -169,9 +171,30 @@ impl FromRequestParts<AppState> for Ctx {
             }
         });
         tracing::Span::current().record("principal", principal.audit_name());
+        charge(state, &principal, &slot).await?;
         let decider = Decider::load(state, principal.clone()).await?;
         Ok(Ctx { state: state.clone(), principal, request_id, client_request_id, slot, decider, tenant })
     }
+}
+
+/// Charges an authenticated request to its principal's own namespace's request bucket (see
+/// [`crate::ratelimit`]), before any other work: whatever the path names, so that a tenant's
+/// requests on another's paths spend its own bucket, never the other's. The platform admin has
+/// no bucket. A refusal is answered after [`crate::ratelimit::REFUSAL_PACE`], which paces a
+/// client that does not wait. A refused request is not audited: it did nothing, and a flood
+/// must not become a flood of audit writes (it shows in the namespace's request metrics as a
+/// 429).
+async fn charge(state: &AppState, principal: &Principal, slot: &AuditSlot) -> ApiResult<()> {
+    let Some(ns) = principal.namespace() else { return Ok(()) };
+    // A namespace deleted under a cached principal: the request fails further on.
+    let Some(row) = crate::state::cached_namespace(state, ns).await else { return Ok(()) };
+    if let Err(refused) = state.rate_limits.charge(ns, row.quotas.api_requests_per_second) {
+        slot.with(|info| info.rate_limited = true);
+        state.metrics.rate_limited(&crate::metrics::Tenant::of(&row), "requests");
+        tokio::time::sleep(crate::ratelimit::REFUSAL_PACE).await;
+        return Err(refused.into());
+    }
+    Ok(())
 }
 
 /// The decisions of one principal, with the policies of its namespace (the built-in ones alone

@@ -309,6 +309,7 @@ pub async fn start_with(
         denials: Default::default(),
         sandbox_locks: SandboxLocks::default(),
         streams,
+        rate_limits: Default::default(),
         logs,
         identity,
         host_ids,

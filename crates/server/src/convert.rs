@@ -14,6 +14,8 @@ pub fn quotas_in(q: &api::Quotas) -> Quotas {
         max_sandboxes: q.max_sandboxes,
         pids_per_sandbox: q.pids_per_sandbox,
         max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+        api_requests_per_second: q.api_requests_per_second,
+        max_concurrent_execs: q.max_concurrent_execs,
     }
 }
 
@@ -25,6 +27,8 @@ pub fn quotas_out(q: &Quotas) -> api::Quotas {
         max_sandboxes: q.max_sandboxes,
         pids_per_sandbox: q.pids_per_sandbox,
         max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+        api_requests_per_second: q.api_requests_per_second,
+        max_concurrent_execs: q.max_concurrent_execs,
     }
 }
 
@@ -36,6 +40,8 @@ pub fn quota_patch_in(q: &api::QuotasPatch) -> QuotaPatch {
         max_sandboxes: q.max_sandboxes,
         pids_per_sandbox: q.pids_per_sandbox,
         max_sandbox_ttl_seconds: q.max_sandbox_ttl_seconds,
+        api_requests_per_second: q.api_requests_per_second,
+        max_concurrent_execs: q.max_concurrent_execs,
     }
 }
 

@@ -9,7 +9,8 @@
 //! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
 //! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
 //! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
-//! `state` (a leaf, with `time`, `text`, `metrics`, `logs`, `limits`, `hostids`, `identity_cache`) →
+//! `state` (a leaf, with `time`, `text`, `metrics`, `logs`, `limits`, `ratelimit`, `hostids`,
+//! `identity_cache`) →
 //! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
@@ -25,6 +26,7 @@ pub mod identity_cache;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod ratelimit;
 pub mod request;
 pub mod routes;
 pub mod service;
@@ -133,12 +135,67 @@ fn api_routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().into_openapi()
+    let mut doc = api_routes().into_openapi();
+    document_rate_limits(&mut doc);
+    doc
+}
+
+/// Every route of a namespace may answer `429 rate_limited` with `Retry-After`: its namespace's
+/// request bucket is empty, or (commands and creates) its `max_concurrent_execs` are in flight
+/// (see [`ratelimit`]). Documented on each such route; a route that names a 429 of its own
+/// (`quota_exceeded`) has its description say both.
+fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+    use utoipa::ToSchema;
+    const WHY: &str = "`rate_limited`: the namespace's api_requests_per_second, or for commands and sandbox \
+                       creates its max_concurrent_execs; retry after `Retry-After` seconds";
+    let retry_after = || {
+        HeaderBuilder::new()
+            .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+            .description(Some("Whole seconds to wait, at least 1"))
+            .build()
+    };
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(bulkhead_api::ErrorBody::name()))).build();
+    let answer = ResponseBuilder::new()
+        .description(WHY)
+        .content("application/json", content)
+        .header("Retry-After", retry_after())
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/namespaces/{ns}") {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ];
+        for op in operations.into_iter().flatten() {
+            match op.responses.responses.entry("429".to_owned()) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(answer.clone().into());
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    if let RefOr::T(r) = o.get_mut() {
+                        r.description = format!("{}; or {WHY}", r.description);
+                        r.headers.insert("Retry-After".to_owned(), retry_after());
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The whole application for `state`.
 pub fn app(state: AppState) -> Router {
-    let (router, doc) = api_routes().split_for_parts();
+    let (router, mut doc) = api_routes().split_for_parts();
+    document_rate_limits(&mut doc);
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     router

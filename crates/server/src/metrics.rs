@@ -82,6 +82,8 @@ struct Series {
     /// failure kind → sandboxes that ended failed.
     failures: BTreeMap<String, u64>,
     quota_rejections: u64,
+    /// Which limit (`requests`, `execs`, `creates`) → requests refused `rate_limited` by it.
+    rate_limited: BTreeMap<&'static str, u64>,
     exec: Option<Histogram>,
     /// Egress metered into the ledger since the server started.
     egress: EgressStats,
@@ -152,6 +154,12 @@ impl Metrics {
 
     pub fn quota_rejection(&self, tenant: &Tenant) {
         self.series(tenant, |s| s.quota_rejections += 1);
+    }
+
+    /// Counts a request refused `rate_limited` by one of the namespace's rate limits, named
+    /// `requests`, or by [`crate::ratelimit::SlotKind::label`].
+    pub fn rate_limited(&self, tenant: &Tenant, limit: &'static str) {
+        self.series(tenant, |s| *s.rate_limited.entry(limit).or_default() += 1);
     }
 
     pub fn exec(&self, tenant: &Tenant, seconds: f64) {
@@ -349,6 +357,13 @@ impl Metrics {
         for (ns, s) in series.iter().filter(|(_, s)| s.quota_rejections > 0) {
             let _ =
                 writeln!(out, "bulkhead_quota_rejections_total{{namespace=\"{}\"}} {}", label(ns), s.quota_rejections);
+        }
+        let _ = writeln!(out, "# HELP bulkhead_rate_limited_total Requests refused with rate_limited by a namespace's rate limit (requests, execs, creates).\n# TYPE bulkhead_rate_limited_total counter");
+        for (ns, s) in &series {
+            for (limit, n) in &s.rate_limited {
+                let _ =
+                    writeln!(out, "bulkhead_rate_limited_total{{namespace=\"{}\",limit=\"{limit}\"}} {n}", label(ns));
+            }
         }
         let _ = writeln!(
             out,

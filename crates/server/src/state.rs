@@ -461,6 +461,8 @@ pub struct Inner {
     pub host_locks: Vec<bulkhead_runtime::ownership::HostLock>,
     /// Long-running streams open now, by owner.
     pub streams: crate::limits::Streams,
+    /// Each namespace's request bucket and its commands and creates in flight.
+    pub rate_limits: crate::ratelimit::NamespaceLimits,
     /// The layer stores of images, public and per namespace.
     pub layers: LayerStores,
     /// The drivers of tasks' agents, and who follows their messages.
@@ -481,18 +483,23 @@ impl std::ops::Deref for AppState {
 
 /// The current incarnation of namespace `ns`, if it exists (the namespace cache, else the store).
 pub async fn tenant(state: &AppState, ns: &str) -> Option<crate::metrics::Tenant> {
-    use crate::metrics::Tenant;
+    cached_namespace(state, ns).await.map(|row| crate::metrics::Tenant::of(&row))
+}
+
+/// Namespace `ns`'s row from the namespace cache, else the store (and then cached); `None` when
+/// it does not exist or the store cannot be read (logged).
+pub async fn cached_namespace(state: &AppState, ns: &str) -> Option<bulkhead_store::NamespaceRow> {
     if let Some(row) = state.namespaces.get(ns) {
-        return Some(Tenant::of(&row));
+        return Some(row);
     }
     match state.store.get_namespace(ns).await {
         Ok(Some(row)) => {
             state.namespaces.put(row.clone());
-            Some(Tenant::of(&row))
+            Some(row)
         }
         Ok(None) => None,
         Err(e) => {
-            tracing::warn!(namespace = ns, error = %e, "cannot read the namespace for its metrics");
+            tracing::warn!(namespace = ns, error = %e, "cannot read the namespace");
             None
         }
     }

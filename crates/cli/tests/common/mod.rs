@@ -350,5 +350,7 @@ pub fn roomy_quotas() -> bulkhead_api::Quotas {
         max_sandboxes: 10,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
+        api_requests_per_second: 1000,
+        max_concurrent_execs: 32,
     }
 }

@@ -47,6 +47,22 @@ pub async fn load_namespace(ctx: &Ctx, ns: &str) -> ApiResult<NamespaceRow> {
     Ok(row)
 }
 
+/// A place for one command (an exec, a streamed exec, a background process) of namespace `ns`,
+/// held while it runs: one past the namespace's `max_concurrent_execs` is `429 rate_limited`.
+pub async fn exec_slot(ctx: &Ctx, ns: &str) -> ApiResult<crate::ratelimit::Slot> {
+    let row = load_namespace(ctx, ns).await?;
+    take_slot(ctx, &row, crate::ratelimit::SlotKind::Exec)
+}
+
+/// A place for one command or create of namespace `row`, of which at most its
+/// `max_concurrent_execs` may be in flight; a refusal is counted in the namespace's metrics.
+pub fn take_slot(ctx: &Ctx, row: &NamespaceRow, kind: crate::ratelimit::SlotKind) -> ApiResult<crate::ratelimit::Slot> {
+    ctx.state.rate_limits.acquire(&row.name, kind, row.quotas.max_concurrent_execs).map_err(|refused| {
+        ctx.state.metrics.rate_limited(&crate::metrics::Tenant::of(row), kind.label());
+        refused.into()
+    })
+}
+
 /// One page of namespace `ns`'s `R`s as `page` asks: its `limit` and `cursor` read (400 when
 /// wrong), the namespace loaded (404 when missing), the rows fetched by `fetch(after, limit)`.
 /// Returns the rows, all of them (filtering by what the principal sees is the caller's), and

@@ -156,7 +156,10 @@ pub async fn start(
         timeout_ms: timeout_seconds.map(|t| t * 1000),
     };
     ctx.audit_detail("process", spec.id.clone());
+    // Held until the process exits (see `processes::hold_until_exit`).
+    let slot = super::exec_slot(&ctx, &ns).await?;
     let info = processes::start(&ctx.state, &ns, &id, spec).await?;
+    processes::hold_until_exit(&ctx.state, &id, &info.id, slot);
     Ok(Json(process_out(&id, &info)).into_response())
 }
 

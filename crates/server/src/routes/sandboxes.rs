@@ -201,6 +201,9 @@ pub(crate) async fn create_sandbox(
     let task_id = task.as_ref().map(|t| t.task.clone());
     let namespace = load_namespace(ctx, &ns).await?;
     let q = namespace.quotas;
+    // Creates in flight at once are bounded like commands (counted apart): one past it is
+    // refused, not queued behind the others.
+    let _creating = super::take_slot(ctx, &namespace, crate::ratelimit::SlotKind::Create)?;
     let over = |field: &str, value: u64, quota: &str, limit: u64| {
         ApiError::QuotaExceeded(format!("{field} {value} is over the namespace quota {quota} of {limit}"))
     };
@@ -716,6 +719,9 @@ pub async fn exec(
         stdin: !stdin.is_empty(),
         user,
     };
+    // The command's place among the namespace's running ones, held until it ends (a streamed
+    // exec's, until its body is dropped).
+    let slot = super::exec_slot(&ctx, &ns).await?;
     // A streamed exec is a long-running download, counted until its body is dropped.
     let guard =
         if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
@@ -723,7 +729,7 @@ pub async fn exec(
     let mut stream = sandboxes::exec(&ctx.state, &ns, &id, spec, stdin).await?;
     if let Some(guard) = guard {
         ctx.audit_detail("stream", true);
-        return Ok(stream_response(ctx, ns, id, stream, guard, encoding));
+        return Ok(stream_response(ctx, ns, id, stream, (guard, slot), encoding));
     }
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let exit = loop {
@@ -783,7 +789,8 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
 /// character is complete, and the lines ready to send.
 struct Streamed {
     stream: ExecStream,
-    _guard: StreamGuard,
+    /// The stream's place and the command's, freed when the body is dropped.
+    _guard: (StreamGuard, crate::ratelimit::Slot),
     encoding: Encoding,
     out: crate::text::Utf8Carry,
     err: crate::text::Utf8Carry,
@@ -810,7 +817,7 @@ fn stream_response(
     ns: String,
     id: String,
     stream: ExecStream,
-    guard: StreamGuard,
+    guard: (StreamGuard, crate::ratelimit::Slot),
     encoding: Encoding,
 ) -> Response {
     let app = ctx.state.clone();

@@ -41,6 +41,7 @@ pub async fn create(state: &AppState, name: String, isolation: String, quotas: Q
     state.namespaces.remove(&row.name);
     state.keys.evict_namespace(&row.name);
     state.identity.forget(&row.name);
+    state.rate_limits.forget(&row.name);
     Ok(row)
 }
 
@@ -100,6 +101,7 @@ pub async fn delete(state: &AppState, row: &NamespaceRow) -> ServiceResult<bool>
     state.logs.forget(&row.incarnation).await;
     state.metrics.forget(&row.incarnation);
     state.identity.forget(ns);
+    state.rate_limits.forget(ns);
     // Its private images' rows went with the namespace; their layers go now.
     if let Err(e) = super::images::remove_namespace(state, ns).await {
         tracing::warn!(namespace = ns, error = %e, "removing the layer store of a deleted namespace failed");

@@ -16,6 +16,22 @@ pub async fn start(state: &AppState, namespace: &str, sandbox: &str, spec: Proce
     Ok(info)
 }
 
+/// Holds `slot` (the process's place among its namespace's running commands) until process
+/// `id` of `sandbox` exits, or the sandbox ends, by following its exit and none of its output.
+pub fn hold_until_exit(state: &AppState, sandbox: &str, id: &str, slot: crate::ratelimit::Slot) {
+    let (state, sandbox, id) = (state.clone(), sandbox.to_owned(), id.to_owned());
+    tokio::spawn(async move {
+        let _slot = slot;
+        // No output: every sequence number is at most `u64::MAX`.
+        let Ok(mut events) = state.runtime.process_output(&sandbox, &id, u64::MAX).await else { return };
+        while let Some(event) = events.next().await {
+            if matches!(event, Ok(crate::service::records::ProcessEvent::Exit(_)) | Err(_)) {
+                return;
+            }
+        }
+    });
+}
+
 /// The sandbox's processes: running ones and those that ended in the last 10 minutes.
 pub async fn list(state: &AppState, sandbox: &str) -> ServiceResult<Vec<ProcessInfo>> {
     Ok(state.runtime.processes(sandbox).await?)

@@ -59,6 +59,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "images", include_str!("../../migrations/sqlite/0012_images.sql")),
     (13, "agents", include_str!("../../migrations/sqlite/0013_agents.sql")),
     (14, "warm pools", include_str!("../../migrations/sqlite/0014_warm_pools.sql")),
+    (15, "rate limits", include_str!("../../migrations/sqlite/0015_rate_limits.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).

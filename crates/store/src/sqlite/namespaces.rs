@@ -21,11 +21,13 @@ from_columns!(Quotas {
     max_sandboxes,
     pids_per_sandbox,
     max_sandbox_ttl_seconds,
+    api_requests_per_second,
+    max_concurrent_execs,
 });
 
 impl Columns for NamespaceRow {
     const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-         pids_per_sandbox, max_sandbox_ttl_seconds, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress";
+         pids_per_sandbox, max_sandbox_ttl_seconds, api_requests_per_second, max_concurrent_execs, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let id_range = |col: &str| -> Result<u32> {
@@ -147,7 +149,8 @@ impl NamespaceStore for SqliteStore {
         let mut tx = self.write_tx().await?;
         let sql = format!(
             "UPDATE namespaces SET cpu_millis = ?, memory_bytes = ?, disk_bytes = ?, max_sandboxes = ?, \
-             pids_per_sandbox = ?, max_sandbox_ttl_seconds = ?, updated_at_ms = ? WHERE name = ? \
+             pids_per_sandbox = ?, max_sandbox_ttl_seconds = ?, api_requests_per_second = ?, \
+             max_concurrent_execs = ?, updated_at_ms = ? WHERE name = ? \
              RETURNING {}",
             NamespaceRow::COLUMNS
         );
