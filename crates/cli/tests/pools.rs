@@ -87,6 +87,11 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
 
+    // A quota changed after the pool sandbox started applies to its claim.
+    let r = h
+        .call(Method::PATCH, "/v1/namespaces/alpha", Some(&h.admin), json!({"quotas": {"pids_per_sandbox": 64}}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let before = host_uptime();
     let body = json!({
         "cpu_millis": 500, "memory_bytes": 320 << 20, "disk_bytes": 48 << 20,
@@ -107,7 +112,7 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
             "echo \"$GREETING $API_TOKEN\"; cat /run/secrets/tok; echo; head -c 4 /run/bulkhead/token; echo; \
              grep MemTotal /proc/meminfo; df -B1 --output=size / | tail -1; \
              echo written-in-the-pool-sandbox > /workspace/note.txt && cat /workspace/note.txt; \
-             df -B1 --output=size /tmp | tail -1",
+             df -B1 --output=size /tmp | tail -1; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
         )
         .await;
     assert_eq!(code, 0, "{out} {err}");
@@ -125,6 +130,7 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     // And its /tmp the size a sandbox of its memory gets (the pool's was its default's).
     let tmp: u64 = lines[6].trim().parse().unwrap();
     assert_eq!(tmp, 320 << 20, "{out}");
+    assert_eq!(lines[7], "64", "the process limit: {out}");
     // The workspace is the filesystem itself: the write is there from the API.
     let r = h
         .call(
@@ -215,7 +221,7 @@ async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_u
     let r = h.call(Method::PUT, pool, Some(&h.admin), json!({"size": 3})).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert_envelope(&r, "invalid_request");
-    for bad in [json!({"size": -1}), json!({"size": "2"}), json!({"size": 1, "extra": true}), json!({})] {
+    for bad in [json!({"size": -1}), json!({"size": "2"}), json!({"size": 1, "extra": true}), json!({}), json!([1])] {
         let r = h.call(Method::PUT, pool, Some(&h.admin), bad.clone()).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
     }
@@ -227,7 +233,46 @@ async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_u
     let r = h.call(Method::PUT, pool, Some(&h.admin), json!({"size": 2})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     wait_pool(&h, "alpha", &viewer, "default", "two ready", |ready, _| ready == 2).await;
-    // The two pool sandboxes hold the namespace's two sandboxes: its usage shows them.
+    // A claim larger than a pool sandbox's share (2000 millicores, the namespace's whole cpu)
+    // fits once the other ready sandbox gives way: pools never take what creates need.
+    let big = h.create_sandbox("alpha", &dev, json!({"cpu_millis": 2000})).await;
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{big}"), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    wait_pool(&h, "alpha", &viewer, "default", "two ready again", |ready, _| ready == 2).await;
+    // Quotas lowered under a full pool: it gives back what no longer fits.
+    let patch = |max: u64| json!({"quotas": {"max_sandboxes": max}});
+    let r = h.call(Method::PATCH, "/v1/namespaces/alpha", Some(&h.admin), patch(1)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).count() > 1 {
+        assert!(Instant::now() < deadline, "the pool kept more sandboxes than the lowered quota allows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = h.call(Method::PATCH, "/v1/namespaces/alpha", Some(&h.admin), patch(2)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    wait_pool(&h, "alpha", &viewer, "default", "two ready once more", |ready, _| ready == 2).await;
+    // A create refused before it names a sandbox (a secret that does not exist) costs the pool
+    // nothing.
+    let pooled = || async {
+        let mut ids: Vec<String> =
+            h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).map(|s| s.id).collect();
+        ids.sort();
+        ids
+    };
+    let before = pooled().await;
+    for _ in 0..3 {
+        let r = h
+            .call(
+                Method::POST,
+                "/v1/namespaces/alpha/sandboxes",
+                Some(&dev),
+                json!({"secrets": [{"name": "nope", "env": "X"}]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    }
+    assert_eq!(pooled().await, before, "a refused create used up a pool sandbox");
+    // The two pool sandboxes hold the namespace's two sandboxes.
     let a = h.create_sandbox("alpha", &dev, json!({})).await;
     let b = h.create_sandbox("alpha", &dev, json!({})).await;
     // Both creates were claims; now the quota is the claimants', and the pool stays empty.
@@ -301,7 +346,12 @@ async fn a_namespace_sizes_the_pool_of_its_own_template_and_creates_start_from_i
     );
     let (code, out, _) = h.sh("alpha", &claimed, &dev, "cat /opt/template-file").await;
     assert_eq!((code, out.as_str()), (0, "baked\n"));
-    // Deleting the image takes its pool and the pool's sandbox; the claimed sandbox keeps it in use.
+    // While a sandbox of the namespace uses the image, its delete is refused and changes nothing.
+    let r = h.call(Method::DELETE, "/v1/namespaces/alpha/images/tmpl", Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/alpha/pools", Some(&dev), Value::Null).await;
+    assert_eq!(r.body["items"][0]["image"], "tmpl", "{}", r.body);
+    // Deleting the image takes its pool and the pool's sandbox.
     let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{claimed}"), Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = h.call(Method::DELETE, "/v1/namespaces/alpha/images/tmpl", Some(&dev), Value::Null).await;
@@ -400,7 +450,8 @@ async fn a_task_claims_a_pool_sandbox_with_its_agent_code_and_workspace_attached
 
     let before = host_uptime();
     let script = "shell s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo \"start=${20} hz=$(getconf CLK_TCK)\"; \
-                  ls /agent/agent.json; echo task=$BULKHEAD_TASK_ID; echo hi > /workspace/from-the-agent.txt";
+                  ls /agent/agent.json; echo task=$BULKHEAD_TASK_ID; echo hi > /workspace/from-the-agent.txt; \
+                  grep ' /agent ' /proc/self/mountinfo";
     let r = h
         .call(
             Method::POST,
@@ -433,6 +484,9 @@ async fn a_task_claims_a_pool_sandbox_with_its_agent_code_and_workspace_attached
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(reply.contains("/agent/agent.json") && reply.contains(&format!("task={task}")), "{reply}");
+    // Attached at claim from a view that names no host path, data dir or device.
+    let data_dir = h.dir.path().display().to_string();
+    assert!(reply.contains("overlay") && !reply.contains(&data_dir) && !reply.contains("/agents/"), "{reply}");
     let field = |name: &str| -> f64 {
         let at = reply.find(&format!("{name}=")).unwrap() + name.len() + 1;
         reply[at..].split_whitespace().next().unwrap().parse().unwrap()
@@ -450,4 +504,32 @@ async fn a_task_claims_a_pool_sandbox_with_its_agent_code_and_workspace_attached
     assert_eq!((r.status, String::from_utf8_lossy(&r.raw).into_owned()), (StatusCode::OK, "hi\n".to_owned()));
     let r = h.call(Method::POST, &format!("/v1/namespaces/acme/tasks/{task}/cancel"), Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_namespace_deleted_while_its_pool_fills_leaves_nothing_behind() {
+    let h = Harness::new().await;
+    for (round, delay_ms) in [0u64, 150, 400].into_iter().enumerate() {
+        let ns = format!("fill{round}");
+        let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), common::namespace_body(&ns)).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let r = h
+            .call(Method::PUT, &format!("/v1/namespaces/{ns}/pools/default"), Some(&h.admin), json!({"size": 4}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let r = h.call(Method::DELETE, &format!("/v1/namespaces/{ns}"), Some(&h.admin), Value::Null).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "round {round}: {}", r.body);
+        // Nothing of it stays: no active row, no bundle on the host, no cgroup.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let active: Vec<_> = h.state.store.active_sandboxes().await.unwrap();
+        assert!(active.is_empty(), "round {round}: {active:?}");
+        let bundles: Vec<_> = std::fs::read_dir(h.runtime.state_dir.join("sandboxes"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(bundles.is_empty(), "round {round}: bundles left {bundles:?}");
+        let cgroup = std::path::Path::new("/sys/fs/cgroup/memory").join(&h.runtime.cgroup_prefix).join(&ns);
+        let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup").join(&h.runtime.cgroup_prefix).join(&ns);
+        assert!(!cgroup.exists() && !cgroup_v2.exists(), "round {round}: the namespace's cgroup is left");
+    }
 }

@@ -283,7 +283,8 @@ async fn a_principal_that_may_only_read_the_filesystem_gets_a_read_only_workspac
             Method::POST,
             "/v1/namespaces/acme/tasks",
             Some(&dev),
-            json!({"agent": "echo", "filesystem": {"id": fs}, "message": "shell touch /workspace/x; echo done"}),
+            json!({"agent": "echo", "filesystem": {"id": fs},
+                "message": "shell touch /workspace/x; echo done; grep ' /agent ' /proc/self/mountinfo"}),
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -292,6 +293,10 @@ async fn a_principal_that_may_only_read_the_filesystem_gets_a_read_only_workspac
     let all = wait_messages(&h, "acme", &dev, &id, TURN, |m| turns(m) >= 1).await;
     let reply = replies(&all).join("");
     assert!(reply.starts_with("exit 0") && reply.contains("Read-only file system"), "the write fails inside: {reply}");
+    // The agent's code is mounted from a view that names no host path, data dir or device.
+    let data_dir = h.dir.path().display().to_string();
+    assert!(reply.contains(" /agent ") && reply.contains("overlay"), "{reply}");
+    assert!(!reply.contains(&data_dir) && !reply.contains("/agents/") && !reply.contains("/dev/"), "{reply}");
     // Asking for read-write outright is refused, not lowered.
     let r = h
         .call(

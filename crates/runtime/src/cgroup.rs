@@ -245,11 +245,19 @@ impl Cgroups {
             .map_err(RuntimeError::io(format!("open {}", dir.display())))
     }
 
-    /// Sets a running sandbox's cpu and memory limits (what the OCI runtime set at start from
-    /// its spec): a warm pool's sandbox gets its claimant's at claim. Memory plus swap equals
-    /// memory (no swap), written in the order the kernel accepts whether the limit grows or
-    /// shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old one.
-    pub fn set_sandbox_limits(&self, namespace: &str, id: &str, cpu_millis: u64, memory_bytes: u64) -> Result<()> {
+    /// Sets a running sandbox's cpu, memory and process limits (what the OCI runtime set at
+    /// start from its spec): a warm pool's sandbox gets its claimant's at claim. Memory plus swap
+    /// equals memory (no swap), written in the order the kernel accepts whether the limit grows
+    /// or shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old
+    /// one.
+    pub fn set_sandbox_limits(
+        &self,
+        namespace: &str,
+        id: &str,
+        cpu_millis: u64,
+        memory_bytes: u64,
+        pids: u64,
+    ) -> Result<()> {
         let rel = Path::new(&self.prefix).join(namespace).join(id);
         let quota = cpu_millis * CPU_PERIOD_US / 1000;
         let memory = memory_bytes.to_string();
@@ -259,8 +267,10 @@ impl Cgroups {
                 write(&dir.join("memory.max"), &memory)?;
                 let _ = write(&dir.join("memory.swap.max"), "0");
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&dir.join("pids.max"), &pids.to_string())?;
             }
             Version::V1 => {
+                write(&self.controller("pids").join(&rel).join("pids.max"), &pids.to_string())?;
                 let mem = self.controller("memory").join(&rel);
                 let (limit, memsw) = (mem.join("memory.limit_in_bytes"), mem.join("memory.memsw.limit_in_bytes"));
                 let has_swap = memsw.exists();

@@ -189,6 +189,9 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
 /// [`crate::rootfs::make_claim_point`]).
 const CLAIM_WORKSPACE: &str = "claim-workspace";
 const CLAIM_AGENT: &str = "claim-agent";
+/// Where a sandbox's agent code is mounted read-only in its own directory of the view (see
+/// [`crate::rootfs::mount_readonly_view`]).
+const AGENT_VIEW: &str = "agent";
 /// In a warm pool's bundle until its claim: the variables the runtime itself set (JSON pairs),
 /// which the environment bound at claim keeps.
 const POOLED_FILE: &str = "pooled";
@@ -657,6 +660,14 @@ impl OciRuntime {
         } else {
             write_run_files(&own, spec)?
         };
+        let agent_code = match &spec.agent_code {
+            Some(code) => {
+                let view = own.join(AGENT_VIEW);
+                crate::rootfs::mount_readonly_view(code, &view, &bundle.join("agent-scratch"))?;
+                Some(view)
+            }
+            None => None,
+        };
         let claim_points = if spec.pooled {
             let points = spec::ClaimPoints { workspace: own.join(CLAIM_WORKSPACE), agent: own.join(CLAIM_AGENT) };
             crate::rootfs::make_claim_point(&points.workspace)?;
@@ -698,6 +709,7 @@ impl OciRuntime {
             netns: net.map(|n| n.names.netns_path()),
             resolv_conf,
             claim_points,
+            agent_code,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -1190,8 +1202,9 @@ impl Runtime for OciRuntime {
         // Claimed once: the mark goes first, so that no second claim binds it again.
         fs::remove_file(&mark).map_err(RuntimeError::io("remove the warm pool mark"))?;
         let cgroups = self.cgroups.clone();
-        let (ns, id, cpu, memory) = (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes);
-        tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, cpu, memory))
+        let (ns, id, cpu, memory, pids) =
+            (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes, spec.pids);
+        tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
         if let crate::RootSpec::Image(root) = &spec.root {
@@ -1208,7 +1221,9 @@ impl Runtime for OciRuntime {
             crate::rootfs::attach_at_claim_point(&ws.source, &own.join(CLAIM_WORKSPACE), ws.read_only)?;
         }
         if let Some(code) = &spec.agent_code {
-            crate::rootfs::attach_at_claim_point(code, &own.join(CLAIM_AGENT), true)?;
+            let view = own.join(AGENT_VIEW);
+            crate::rootfs::mount_readonly_view(code, &view, &bundle.join("agent-scratch"))?;
+            crate::rootfs::attach_at_claim_point(&view, &own.join(CLAIM_AGENT), true)?;
         }
         let mut env = spec.env.clone();
         for (k, v) in added {
@@ -1306,7 +1321,7 @@ impl Runtime for OciRuntime {
         // A warm pool's claim points hold the claimant's filesystem: detached, and their
         // directories removed only once empty, before anything removes a tree.
         crate::rootfs::unmount_under(&own);
-        for point in [CLAIM_WORKSPACE, CLAIM_AGENT] {
+        for point in [CLAIM_WORKSPACE, CLAIM_AGENT, AGENT_VIEW] {
             match fs::remove_dir(own.join(point)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

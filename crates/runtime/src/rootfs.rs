@@ -294,6 +294,37 @@ pub fn attach_at_claim_point(source: &Path, point: &Path, read_only: bool) -> Re
     attach_clone(source, point, attrs, None, "claimed mount")
 }
 
+/// Mounts a read-only view of the host directory `source` at `target` (created, mode 0755): an
+/// overlay of `source` over an empty directory, mounted from `scratch` (made here, removed
+/// before this returns) with relative layer names, so that what a sandbox that binds `target`
+/// reads in `/proc/self/mountinfo` is `overlay` with `lowerdir=0:1`, never the host path or
+/// device of `source` (a bind would show both). For an agent's code at `/agent`.
+pub fn mount_readonly_view(source: &Path, target: &Path, scratch: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(target)
+        .map_err(RuntimeError::io("make a view's mount point"))?;
+    let _ = fs::remove_dir_all(scratch);
+    fs::DirBuilder::new().mode(0o700).create(scratch).map_err(RuntimeError::io("make a view's scratch dir"))?;
+    let (lower, empty) = (scratch.join("0"), scratch.join("1"));
+    let made = (|| {
+        for dir in [&lower, &empty] {
+            fs::DirBuilder::new().mode(0o755).create(dir).map_err(RuntimeError::io("make a view's layer"))?;
+        }
+        attach_clone(source, &lower, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, None, "view's source")?;
+        let mounted = mount_from(scratch, target, "lowerdir=0:1");
+        // The overlay keeps its own reference to the layer.
+        let _ = unmount_dir(&lower);
+        mounted
+    })();
+    let _ = fs::remove_dir_all(scratch);
+    if made.is_err() {
+        let _ = fs::remove_dir(target);
+    }
+    made
+}
+
 /// Sets the size of the tmpfs at `path` inside the mount namespace of process `pid` (a running
 /// sandbox's init): a claim gives its claimant's `/tmp` size. From a thread of its own that
 /// joins that mount namespace (`unshare(CLONE_FS)`, then `setns`), so the rest of the process

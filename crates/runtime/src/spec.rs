@@ -231,6 +231,9 @@ pub struct SpecPaths {
     /// `rootfs::make_claim_point`) bound read-only as slaves at `/workspace` and `/agent`, where
     /// a claim's mounts propagate.
     pub claim_points: Option<ClaimPoints>,
+    /// The read-only view of the sandbox's agent code (see `rootfs::mount_readonly_view`),
+    /// bound at `/agent`.
+    pub agent_code: Option<PathBuf>,
 }
 
 /// The host directories a warm pool's sandbox receives its claimant's mounts through.
@@ -300,7 +303,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
     }
-    if let Some(code) = &sandbox.agent_code {
+    if let Some(code) = &paths.agent_code {
         mounts.push(bind(code, crate::AGENT_PATH, true)?);
     }
     if let Some(points) = &paths.claim_points {
@@ -503,6 +506,7 @@ mod tests {
             ca_bundle: None,
             resolv_conf: None,
             claim_points: None,
+            agent_code: None,
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -569,6 +573,7 @@ mod tests {
             ca_bundle: None,
             resolv_conf: None,
             claim_points: None,
+            agent_code: None,
         };
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
@@ -609,6 +614,7 @@ mod tests {
             ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
             resolv_conf: None,
             claim_points: None,
+            agent_code: None,
         };
         let mut sandbox = sandbox();
         sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));

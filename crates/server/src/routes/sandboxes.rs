@@ -252,9 +252,17 @@ pub(crate) async fn create_sandbox(
     ctx.audit_detail("cpu_millis", cpu_millis);
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
+    // What can be refused without naming the sandbox is refused before a pool sandbox is taken:
+    // a secret that does not exist.
+    for s in req.secrets.as_deref().unwrap_or_default() {
+        if crate::service::secrets::get(&ctx.state, &ns, &s.name).await?.is_none() {
+            return Err(ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name)));
+        }
+    }
     // A ready sandbox of the namespace's warm pool of this image, when the create needs nothing
     // a claim cannot bind (brokered credentials need their CA in place at start). Its id is
-    // the new sandbox's; dropped on any refusal below, it is destroyed, never handed out again.
+    // the new sandbox's; dropped on any refusal below (a policy's, which may have named it), it
+    // is destroyed, never handed out again.
     let brokered = req.egress.as_ref().is_some_and(|e| !e.credentials.is_empty());
     let reservation = match &boot.image {
         Some(image) if !brokered => crate::service::pools::Pools::reserve(&ctx.state, &ns, &image.id),

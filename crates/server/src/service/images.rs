@@ -139,7 +139,20 @@ fn row_of(import: &Import, stored: &StoredImage) -> ServiceResult<ImageRow> {
 /// Deletes `row` unless a sandbox that has not ended uses it (a conflict naming the sandbox),
 /// then collects the layers of its store that no recorded image names.
 pub async fn delete(state: &AppState, row: &ImageRow) -> ServiceResult<()> {
-    // Its warm pools go first: their sandboxes are the image's users, never the namespace's.
+    // Its warm pools go first (their sandboxes are the image's users, never the namespace's),
+    // unless a sandbox of a namespace uses the image: then nothing changes.
+    let user = state
+        .store
+        .active_sandboxes()
+        .await?
+        .into_iter()
+        .find(|s| !s.pooled && s.image.as_ref().is_some_and(|i| i.id == row.id));
+    if let Some(sandbox) = user {
+        return Err(ServiceError::Conflict(format!(
+            "image {:?} is used by sandbox {}; delete the sandbox first",
+            row.name, sandbox.id
+        )));
+    }
     super::pools::drain_image(state, &row.id).await?;
     match state.store.delete_image(&row.id).await? {
         ImageDeletion::Deleted => {}

@@ -15,11 +15,15 @@
 //!   agent code and environment (`Runtime::claim`). A pool sandbox serves one claim: once
 //!   reserved it is claimed or destroyed, never handed out again.
 //! - **The filler** ([`spawn`]): keeps each pool at its size, one start at a time, as the
-//!   namespace's quotas allow (a pool does not take what the namespace's own creates need: it is
-//!   admitted like a create and simply stays short when the quota is full); shrinks pools whose
-//!   size went down or whose config went; and under memory pressure (the host's `MemAvailable`
+//!   namespace's quotas allow (admitted like a create, a pool stays short when the quota is
+//!   full); shrinks pools whose size went down or whose config went, and those of a namespace
+//!   over its quotas (lowered under them); and under memory pressure (the host's `MemAvailable`
 //!   below [`crate::state::PoolSettings::min_available_bytes`]) destroys ready pool sandboxes,
 //!   one per pass, and starts none.
+//! - **Pools give way**: a create of the namespace that its quotas refuse (one that cannot
+//!   claim: another image, brokered credentials; or a claim larger than the pool sandbox) has a
+//!   ready pool sandbox of the namespace destroyed and is admitted again ([`give_way`]): pools
+//!   use what the namespace's quotas leave, never what its own creates need.
 //! - **At start** the pool sandboxes of the previous process are destroyed (reconciliation) and
 //!   the filler starts fresh ones.
 
@@ -135,6 +139,11 @@ impl Pools {
         }
     }
 
+    /// Pool sandboxes being started for namespace `ns`, of every image.
+    fn starting_in(&self, ns: &str) -> usize {
+        self.starting.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(k, _)| k.0 == ns).map(|(_, n)| n).sum()
+    }
+
     fn ready_count(&self, key: &PoolKey) -> usize {
         self.ready.lock().unwrap_or_else(|e| e.into_inner()).get(key).map_or(0, VecDeque::len)
     }
@@ -196,6 +205,39 @@ pub async fn set(state: &AppState, namespace: &str, image_id: &str, size: u64) -
     })
 }
 
+/// Destroys one ready pool sandbox of namespace `ns` (the oldest of any of its pools), so that
+/// a create of the namespace that its quotas refuse can be admitted: pools use what the
+/// namespace's quotas leave, never what its own creates need. False when it has none.
+pub async fn give_way(state: &AppState, ns: &str) -> bool {
+    let victim = {
+        let mut ready = state.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.iter_mut().filter(|(k, _)| k.0 == ns).find_map(|(_, ids)| ids.pop_front())
+    };
+    let Some(id) = victim else { return false };
+    tracing::info!(sandbox = %id, namespace = %ns, "a warm pool sandbox gives way to a create");
+    discard(state, ns, &id, "pool_gave_way").await;
+    true
+}
+
+/// Removes every pool of namespace `ns`, waits for the pool sandboxes being started for it (at
+/// most a minute), and destroys its unclaimed ones: before the namespace is deleted.
+pub async fn drain_namespace(state: &AppState, ns: &str) -> ServiceResult<()> {
+    for pool in state.store.warm_pools(Some(ns)).await? {
+        state.store.set_warm_pool(ns, &pool.image_id, 0, crate::time::now_ms()).await?;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while state.pools.starting_in(ns) > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pooled: Vec<SandboxRow> =
+        state.store.active_sandboxes().await?.into_iter().filter(|s| s.pooled && s.namespace == ns).collect();
+    for row in pooled {
+        state.pools.forget(&row.id);
+        discard(state, ns, &row.id, "namespace_deleted").await;
+    }
+    Ok(())
+}
+
 /// Removes every pool of image `image_id` (in every namespace) and destroys their ready
 /// sandboxes: before the image itself is deleted.
 pub async fn drain_image(state: &AppState, image_id: &str) -> ServiceResult<()> {
@@ -221,11 +263,11 @@ pub async fn drain_image(state: &AppState, image_id: &str) -> ServiceResult<()> 
 }
 
 /// Destroys unclaimed pool sandbox `id` of `namespace` (a row that is no longer a pool's, such
-/// as one claimed meanwhile, is left alone).
+/// as one claimed meanwhile, is left alone: checked again under the sandbox's lock).
 async fn discard(state: &AppState, namespace: &str, id: &str, reason: &str) {
     match super::sandboxes::get_any(state, namespace, id).await {
         Ok(Some(row)) if row.pooled => {
-            if let Err(e) = super::sandboxes::destroy(state, &row, SandboxStatus::Deleted, reason).await {
+            if let Err(e) = super::sandboxes::destroy_if_pooled(state, &row, reason).await {
                 tracing::warn!(sandbox = %id, error = %e, "destroying a pool sandbox failed");
             }
         }
@@ -273,14 +315,9 @@ async fn fill_pass(state: &AppState) -> ServiceResult<bool> {
         configs.iter().map(|c| ((c.namespace.clone(), c.image_id.clone()), c.size)).collect();
     // Ready ids whose rows are no longer unclaimed pool sandboxes (they died, expired, or went
     // with their namespace) are forgotten.
-    let live: HashSet<String> = state
-        .store
-        .active_sandboxes()
-        .await?
-        .into_iter()
-        .filter(|s| s.pooled && s.status == SandboxStatus::Running)
-        .map(|s| s.id)
-        .collect();
+    let active = state.store.active_sandboxes().await?;
+    let live: HashSet<String> =
+        active.iter().filter(|s| s.pooled && s.status == SandboxStatus::Running).map(|s| s.id.clone()).collect();
     let keys: Vec<PoolKey> = {
         let mut ready = state.pools.ready.lock().unwrap_or_else(|e| e.into_inner());
         for ids in ready.values_mut() {
@@ -295,6 +332,20 @@ async fn fill_pass(state: &AppState) -> ServiceResult<bool> {
         if state.pools.ready_count(key) + state.pools.starting_count(key) > size as usize {
             if let Some(id) = state.pools.take_ready(key) {
                 discard(state, &key.0, &id, "pool_shrunk").await;
+                return Ok(true);
+            }
+        }
+    }
+    // A namespace over its quotas (they were lowered under its pools) gives a ready sandbox back.
+    let with_ready: HashSet<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    for ns in with_ready {
+        let Some(row) = state.store.get_namespace(ns).await? else { continue };
+        let mine: Vec<&SandboxRow> = active.iter().filter(|s| s.namespace == ns).collect();
+        let (cpu, memory): (u64, u64) =
+            mine.iter().fold((0, 0), |(c, m), s| (c.saturating_add(s.cpu_millis), m.saturating_add(s.memory_bytes)));
+        let q = &row.quotas;
+        if mine.len() as u64 > q.max_sandboxes || cpu > q.cpu_millis || memory > q.memory_bytes {
+            if give_way(state, ns).await {
                 return Ok(true);
             }
         }

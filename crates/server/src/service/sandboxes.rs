@@ -144,7 +144,12 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
                     io_write_bytes: stats.io_write_bytes,
                 };
             }
-            match state.store.claim_sandbox(&row, &ns.quotas).await {
+            let mut claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
+            // The namespace's other ready pool sandboxes give way to its own creates.
+            while matches!(claimed, Err(StoreError::Quota(_))) && super::pools::give_way(state, &ns.name).await {
+                claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
+            }
+            match claimed {
                 Err(StoreError::Quota(b)) => {
                     // Nothing of the claimant reached it: it stays in its pool.
                     reservation.release();
@@ -165,7 +170,15 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
             Some(reservation)
         }
         Start::Cold | Start::Pool => {
-            match state.store.admit_sandbox(&row, &ns.quotas).await {
+            let mut admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
+            // The namespace's ready pool sandboxes give way to its own creates, never to a pool.
+            while !pooled
+                && matches!(admitted, Err(StoreError::Quota(_)))
+                && super::pools::give_way(state, &ns.name).await
+            {
+                admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
+            }
+            match admitted {
                 Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
                 // The image was deleted between its lookup and the admission.
                 Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
@@ -246,11 +259,16 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
             row.id
         ))));
     }
-    let row = state
-        .store
-        .set_sandbox_status(&row.id, SandboxStatus::Running, None, None)
-        .await?
-        .ok_or_else(|| ServiceError::Internal(format!("sandbox {} vanished from the store", row.id)))?;
+    let Some(row) = state.store.set_sandbox_status(&row.id, SandboxStatus::Running, None, None).await? else {
+        // Its namespace was deleted while it started: nothing of it may stay on the host.
+        if let Err(e) = state.runtime.delete(&ns.name, &row.id).await {
+            tracing::warn!(sandbox = %row.id, error = %e, "teardown of a sandbox whose namespace went failed");
+        }
+        return Err(ServiceError::NotFound(format!(
+            "namespace {} was deleted while sandbox {} started",
+            ns.name, row.id
+        )));
+    };
     if pooled {
         tracing::debug!(sandbox = %row.id, namespace = %ns.name, "warm pool sandbox started");
     } else {
@@ -350,12 +368,30 @@ async fn destroy_at(
     reason: &str,
     ended_at_ms: Option<i64>,
 ) -> ServiceResult<SandboxRow> {
+    destroy_when(state, row, status, reason, ended_at_ms, |_| true).await
+}
+
+/// Destroys sandbox `row` only while it is still an unclaimed warm pool sandbox: checked under
+/// its lock, so a claim that holds the lock meanwhile keeps it (see `service::pools`).
+pub async fn destroy_if_pooled(state: &AppState, row: &SandboxRow, reason: &str) -> ServiceResult<()> {
+    destroy_when(state, row, SandboxStatus::Deleted, reason, None, |current| current.pooled).await.map(|_| ())
+}
+
+/// [`destroy_at`] when `still` holds for the sandbox's current row, read under its lock.
+async fn destroy_when(
+    state: &AppState,
+    row: &SandboxRow,
+    status: SandboxStatus,
+    reason: &str,
+    ended_at_ms: Option<i64>,
+    still: impl FnOnce(&SandboxRow) -> bool,
+) -> ServiceResult<SandboxRow> {
     let _guard = state.sandbox_locks.lock(&row.id).await;
     // Gone from the store (its namespace deleted meanwhile): nothing of it is left to end.
     let Some(current) = state.store.get_sandbox(&row.namespace, &row.id).await? else {
         return Ok(row.clone());
     };
-    if !current.status.is_active() {
+    if !current.status.is_active() || !still(&current) {
         return Ok(current);
     }
     if current.pooled {
@@ -377,12 +413,20 @@ async fn destroy_at(
     Ok(updated.unwrap_or(current))
 }
 
-/// Tears down every sandbox of a namespace and its cgroup, before the namespace is deleted.
+/// Tears down every sandbox of a namespace and its cgroup, before the namespace is deleted: its
+/// warm pools first (none starts after), then every active sandbox, again until none is left
+/// (a create admitted meanwhile is found on the next pass).
 pub async fn destroy_namespace(state: &AppState, ns: &str) -> ServiceResult<()> {
-    let active: Vec<SandboxRow> =
-        state.store.active_sandboxes().await?.into_iter().filter(|s| s.namespace == ns).collect();
-    for row in &active {
-        destroy(state, row, SandboxStatus::Deleted, "namespace_deleted").await?;
+    super::pools::drain_namespace(state, ns).await?;
+    for _ in 0..10 {
+        let active: Vec<SandboxRow> =
+            state.store.active_sandboxes().await?.into_iter().filter(|s| s.namespace == ns).collect();
+        if active.is_empty() {
+            break;
+        }
+        for row in &active {
+            destroy(state, row, SandboxStatus::Deleted, "namespace_deleted").await?;
+        }
     }
     state.runtime.remove_namespace(ns).await?;
     let mut after = None;
