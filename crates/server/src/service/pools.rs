@@ -344,10 +344,9 @@ async fn fill_pass(state: &AppState) -> ServiceResult<bool> {
         let (cpu, memory): (u64, u64) =
             mine.iter().fold((0, 0), |(c, m), s| (c.saturating_add(s.cpu_millis), m.saturating_add(s.memory_bytes)));
         let q = &row.quotas;
-        if mine.len() as u64 > q.max_sandboxes || cpu > q.cpu_millis || memory > q.memory_bytes {
-            if give_way(state, ns).await {
-                return Ok(true);
-            }
+        let over = mine.len() as u64 > q.max_sandboxes || cpu > q.cpu_millis || memory > q.memory_bytes;
+        if over && give_way(state, ns).await {
+            return Ok(true);
         }
     }
     let floor = state
