@@ -157,6 +157,10 @@ pub struct ImagesReport {
     pub pool_first_output: Stat,
     /// `pool_first_output.p50_ms / default_first_output.p50_ms`.
     pub pool_vs_default_p50: f64,
+    /// Ready pool sandboxes held at once for the idle figure, and the host memory each took
+    /// (the fall of `MemAvailable` from before the pool filled to after, over their number), MiB.
+    pub pool_idle_sandboxes: u64,
+    pub pool_idle_mib_each: f64,
     /// What the template's sandbox wrote under `/opt` before the snapshot, in MiB.
     pub template_written_mib: f64,
     /// `POST .../snapshot` of that sandbox, answered.
@@ -263,6 +267,17 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
         }
     }
     s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
+    // The idle cost of a ready pool sandbox: the host's MemAvailable before the pool fills and
+    // after, each reading once the host settled.
+    wait_size(s, pool_image, 0).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = mem_available_kib()?;
+    s.admin.set_pool(s.ns, pool_image, POOL_IDLE).await.context("size the pool for the idle figure")?;
+    wait_size(s, pool_image, POOL_IDLE).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib()?;
+    s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
+    let pool_idle_mib_each = before.saturating_sub(after) as f64 / 1024.0 / POOL_IDLE as f64;
     let pool_first_output = stat(p);
     let (default_first_output, template_first_output) = (stat(d), stat(t));
     Ok(ImagesReport {
@@ -272,6 +287,8 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
         layers: image.layers,
         template_vs_default_p50: template_first_output.p50_ms / default_first_output.p50_ms,
         pool_vs_default_p50: pool_first_output.p50_ms / default_first_output.p50_ms,
+        pool_idle_sandboxes: POOL_IDLE,
+        pool_idle_mib_each,
         pool_first_output,
         default_vs_raw_p50: default_first_output.p50_ms / raw_image.p50_ms,
         default_first_output,
@@ -281,6 +298,35 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
         raw_oci_image_root: raw_image,
         density: None,
     })
+}
+
+/// Ready sandboxes the idle figure of a warm pool holds at once.
+const POOL_IDLE: u64 = 8;
+
+/// The host's `MemAvailable`, KiB.
+fn mem_available_kib() -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable in /proc/meminfo")
+}
+
+/// Waits (at most two minutes) until the namespace's pool of `image` holds exactly `ready`
+/// ready sandboxes and is starting none (`0`: the pool is gone or empty).
+async fn wait_size(s: &Section<'_>, image: &str, ready: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pools = s.developer.list_pools(s.ns).await?;
+        let now = pools.items.iter().find(|p| p.image == image).map_or((0, 0), |p| (p.ready, p.starting));
+        if now == (ready, 0) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the warm pool of {image} did not reach {ready} ready sandboxes (it has {now:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits (untimed, at most a minute) until the namespace's pool of `image` has a ready sandbox.
@@ -335,6 +381,10 @@ pub fn print(r: &ImagesReport) {
         r.pool_first_output.p50_ms,
         r.pool_first_output.p99_ms,
         r.pool_vs_default_p50
+    );
+    println!(
+        "warm pool: {} ready sandboxes held idle, {:.2} MiB of host memory each (MemAvailable before and after)",
+        r.pool_idle_sandboxes, r.pool_idle_mib_each
     );
     if let Some(d) = &r.density {
         crate::print_density(d);

@@ -63,7 +63,8 @@ impl Serve<'_> {
         }
         let mut child = cmd
             .args(self.extra)
-            .env("BULKHEAD_LOG", "warn")
+            // Warnings only, unless the bench's caller asks for more (a breakdown at debug level).
+            .env("BULKHEAD_LOG", std::env::var("BULKHEAD_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1201,20 +1201,29 @@ impl Runtime for OciRuntime {
         };
         // Claimed once: the mark goes first, so that no second claim binds it again.
         fs::remove_file(&mark).map_err(RuntimeError::io("remove the warm pool mark"))?;
+        // Where a claim's time goes, at debug level (the bench's breakdown).
+        let t = std::time::Instant::now();
+        let mut phases: Vec<(&str, f64)> = Vec::with_capacity(6);
+        let lap = |name: &'static str, phases: &mut Vec<(&str, f64)>| {
+            phases.push((name, t.elapsed().as_secs_f64() * 1000.0));
+        };
         let cgroups = self.cgroups.clone();
         let (ns, id, cpu, memory, pids) =
             (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes, spec.pids);
         tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        lap("limits", &mut phases);
         if let crate::RootSpec::Image(root) = &spec.root {
             crate::rootfs::resize_upper(&self.image_root(&spec.id), root.writable_bytes)?;
         }
+        lap("root", &mut phases);
         let init = init_pid(&bundle).ok_or_else(|| RuntimeError::NotRunning(spec.id.clone()))?;
         let tmp_bytes = spec.tmp_bytes;
         tokio::task::spawn_blocking(move || crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        lap("tmp", &mut phases);
         let own = self.sandbox_view(&spec.id);
         write_claimed_run_files(&own, spec)?;
         if let Some(ws) = &spec.workspace {
@@ -1225,6 +1234,7 @@ impl Runtime for OciRuntime {
             crate::rootfs::mount_readonly_view(code, &view, &bundle.join("agent-scratch"))?;
             crate::rootfs::attach_at_claim_point(&view, &own.join(CLAIM_AGENT), true)?;
         }
+        lap("files and mounts", &mut phases);
         let mut env = spec.env.clone();
         for (k, v) in added {
             env.retain(|(name, _)| *name != k);
@@ -1234,7 +1244,10 @@ impl Runtime for OciRuntime {
             .into_iter()
             .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect();
-        client::bind(&self.socket(&spec.id), &spec.id, env).await
+        client::bind(&self.socket(&spec.id), &spec.id, env).await?;
+        lap("bind", &mut phases);
+        tracing::debug!(sandbox = %spec.id, phases = ?phases, "claim bound (ms since its start, cumulative)");
+        Ok(())
     }
 
     async fn exec(&self, id: &str, spec: ExecSpec, stdin: Vec<u8>) -> Result<ExecStream> {

@@ -227,6 +227,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
         pooled,
     };
     let claimed = reservation.is_some();
+    let bound_at = std::time::Instant::now();
     let started = match reservation {
         Some(reservation) => {
             // Claimed once, whatever the binding's outcome: a failed one is torn down below.
@@ -259,6 +260,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
             row.id
         ))));
     }
+    let bound_ms = bound_at.elapsed().as_secs_f64() * 1000.0;
     let Some(row) = state.store.set_sandbox_status(&row.id, SandboxStatus::Running, None, None).await? else {
         // Its namespace was deleted while it started: nothing of it may stay on the host.
         if let Err(e) = state.runtime.delete(&ns.name, &row.id).await {
@@ -274,6 +276,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
     } else {
         state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
         tracing::info!(sandbox = %row.id, namespace = %ns.name, claimed, "sandbox started");
+        tracing::debug!(sandbox = %row.id, claimed, bound_ms, total_ms = now_ms().saturating_sub(now), "create timing");
     }
     // A claimed sandbox's init has been watched since its pool started it.
     if !claimed {
