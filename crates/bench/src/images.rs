@@ -157,8 +157,9 @@ pub struct ImagesReport {
     pub pool_first_output: Stat,
     /// `pool_first_output.p50_ms / default_first_output.p50_ms`.
     pub pool_vs_default_p50: f64,
-    /// Ready pool sandboxes held at once for the idle figure, and the host memory each took
-    /// (the fall of `MemAvailable` from before the pool filled to after, over their number), MiB.
+    /// Ready pool sandboxes held at once for the idle figure, and the memory charged to their
+    /// cgroups, each (the namespace's `bulkhead_memory_bytes` with nothing else running in it,
+    /// over their number), MiB.
     pub pool_idle_sandboxes: u64,
     pub pool_idle_mib_each: f64,
     /// What the template's sandbox wrote under `/opt` before the snapshot, in MiB.
@@ -267,17 +268,21 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
         }
     }
     s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
-    // The idle cost of a ready pool sandbox: the host's MemAvailable before the pool fills and
-    // after, each reading once the host settled.
+    // The idle cost of a ready pool sandbox: what the namespace's cgroups hold with the pool
+    // full and nothing else running in the namespace, once the sandboxes settled.
     wait_size(s, pool_image, 0).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = mem_available_kib()?;
     s.admin.set_pool(s.ns, pool_image, POOL_IDLE).await.context("size the pool for the idle figure")?;
     wait_size(s, pool_image, POOL_IDLE).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = mem_available_kib()?;
+    let metrics = s.admin.namespace_metrics(s.ns).await.context("read the namespace's metrics")?;
+    let prefix = format!("bulkhead_memory_bytes{{namespace=\"{}\"}} ", s.ns);
+    let charged: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no bulkhead_memory_bytes for the namespace")?;
     s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
-    let pool_idle_mib_each = before.saturating_sub(after) as f64 / 1024.0 / POOL_IDLE as f64;
+    let pool_idle_mib_each = charged / (1 << 20) as f64 / POOL_IDLE as f64;
     let pool_first_output = stat(p);
     let (default_first_output, template_first_output) = (stat(d), stat(t));
     Ok(ImagesReport {
@@ -302,15 +307,6 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
 
 /// Ready sandboxes the idle figure of a warm pool holds at once.
 const POOL_IDLE: u64 = 8;
-
-/// The host's `MemAvailable`, KiB.
-fn mem_available_kib() -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no MemAvailable in /proc/meminfo")
-}
 
 /// Waits (at most two minutes) until the namespace's pool of `image` holds exactly `ready`
 /// ready sandboxes and is starting none (`0`: the pool is gone or empty).
@@ -383,7 +379,7 @@ pub fn print(r: &ImagesReport) {
         r.pool_vs_default_p50
     );
     println!(
-        "warm pool: {} ready sandboxes held idle, {:.2} MiB of host memory each (MemAvailable before and after)",
+        "warm pool: {} ready sandboxes held idle, {:.2} MiB charged to their cgroups each",
         r.pool_idle_sandboxes, r.pool_idle_mib_each
     );
     if let Some(d) = &r.density {

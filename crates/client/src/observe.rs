@@ -44,6 +44,13 @@ impl Client {
         self.send(self.request(Method::GET, &namespace_path(ns, "/usage")).query(&query)).await
     }
 
+    /// Namespace `ns`'s own Prometheus series (`GET /v1/namespaces/{ns}/metrics`), as the text
+    /// exposition format.
+    pub async fn namespace_metrics(&self, ns: &str) -> Result<String> {
+        let bytes = self.send_raw(self.request(Method::GET, &namespace_path(ns, "/metrics"))).await?.bounded().await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// A namespace's audit records, or the platform's when `ns` is `None`.
     pub async fn audit(&self, ns: Option<&str>, filter: &AuditFilter) -> Result<Page<AuditRecord>> {
         self.send(self.request(Method::GET, &audit_path(ns, "")).query(filter)).await
