@@ -62,3 +62,40 @@ async fn crun_runtime_class_runs_sandboxes() {
     assert!(h.state.runtime.stats("alpha", &id).await.is_err());
     assert!(!h.runtime.state_dir.join("sandboxes").join(&id).exists());
 }
+
+/// The sandbox's CPU quota as its cgroup on the host holds it, in microseconds per 100 ms period.
+fn cpu_quota_us(h: &Harness, ns: &str, id: &str) -> (i64, String) {
+    let prefix = &h.runtime.cgroup_prefix;
+    for v1 in ["cpu,cpuacct", "cpu"] {
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(v1).join(prefix).join(ns).join(id);
+        if let Ok(q) = std::fs::read_to_string(dir.join("cpu.cfs_quota_us")) {
+            return (q.trim().parse().unwrap(), std::fs::read_to_string(dir.join("cpu.stat")).unwrap());
+        }
+    }
+    let dir = std::path::Path::new("/sys/fs/cgroup").join(prefix).join(ns).join(id);
+    let max = std::fs::read_to_string(dir.join("cpu.max")).unwrap();
+    (max.split_whitespace().next().unwrap().parse().unwrap(), std::fs::read_to_string(dir.join("cpu.stat")).unwrap())
+}
+
+#[tokio::test]
+async fn a_small_sandbox_starts_unthrottled_and_then_holds_its_own_cpu_quota() {
+    let h = Harness::with_namespaces(&["alpha"]).await;
+    let admin = h.admin.clone();
+    for _ in 0..3 {
+        let id = h.create_sandbox("alpha", &admin, json!({"cpu_millis": 100, "memory_bytes": 64 << 20})).await;
+        // By the create's answer the quota is the sandbox's own: 100 millicores.
+        let (quota, _) = cpu_quota_us(&h, "alpha", &id);
+        assert_eq!(quota, 10_000, "the sandbox's quota after its create");
+        // Its start (the supervisor's, at up to a core) left it nothing to wait for: the first
+        // command finds the period's quota whole.
+        let v = h.exec("alpha", &id, &admin, &["echo", "ready"]).await;
+        assert_eq!(v["stdout"], "ready\n", "{v}");
+        let (_, stat) = cpu_quota_us(&h, "alpha", &id);
+        let throttled: u64 =
+            stat.lines().find_map(|l| l.strip_prefix("nr_throttled ")).map_or(0, |v| v.trim().parse().unwrap());
+        assert_eq!(throttled, 0, "the sandbox was throttled by its first command: {stat}");
+        let r =
+            h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{id}"), Some(&admin), Value::Null).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    }
+}

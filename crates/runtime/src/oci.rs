@@ -93,6 +93,9 @@ pub struct OciRuntime {
     egress: Option<crate::gateway::EgressGateway>,
     /// The user namespaces whose id maps the layers of image roots are mounted through.
     idmaps: crate::rootfs::IdMaps,
+    /// Each namespace's CPU quota as last set (`ensure_namespace`), in millicores: what a start
+    /// may use at most (a sandbox's quota may not exceed its namespace's on cgroup v1).
+    namespace_cpu: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Whether an lxcfs filesystem is mounted at `dir`, with every file of [`spec::LXCFS_PROC`].
@@ -192,6 +195,12 @@ const CLAIM_AGENT: &str = "claim-agent";
 /// Where a sandbox's agent code is mounted read-only in its own directory of the view (see
 /// [`crate::rootfs::mount_readonly_view`]).
 const AGENT_VIEW: &str = "agent";
+/// The CPU a sandbox starts with when it asks for less, in millicores (see `create`).
+const START_CPU_MILLIS: u64 = 1000;
+/// How long a create waits for its new supervisor's first answer before it sets the sandbox's
+/// own CPU quota anyway.
+const START_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// In a warm pool's bundle until its claim: the variables the runtime itself set (JSON pairs),
 /// which the environment bound at claim keeps.
 const POOLED_FILE: &str = "pooled";
@@ -414,6 +423,7 @@ impl OciRuntime {
             broker,
             egress,
             idmaps: Default::default(),
+            namespace_cpu: Default::default(),
         };
         if adopted {
             runtime.prepare_base()?;
@@ -1130,7 +1140,9 @@ impl Runtime for OciRuntime {
         let (ns, limits) = (namespace.to_owned(), *limits);
         tokio::task::spawn_blocking(move || cgroups.ensure_namespace(&ns, &limits))
             .await
-            .map_err(|e| RuntimeError::Protocol(e.to_string()))?
+            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        self.namespace_cpu.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_owned(), limits.cpu_millis);
+        Ok(())
     }
 
     async fn remove_namespace(&self, namespace: &str) -> Result<()> {
@@ -1162,6 +1174,14 @@ impl Runtime for OciRuntime {
                 }
                 None => None,
             };
+            // The start runs at no less than START_CPU_MILLIS: the supervisor's own start is the
+            // platform's work, and at a small quota it would leave the sandbox throttled for the
+            // rest of the period, so that its first command waited for the next one. The
+            // namespace's cgroup still bounds it; the sandbox's own quota is set once its
+            // supervisor answers, before anything of the tenant runs.
+            let wanted = spec.cpu_millis;
+            let ceiling = self.namespace_cpu.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.namespace).copied();
+            spec.cpu_millis = spec.cpu_millis.max(START_CPU_MILLIS.min(ceiling.unwrap_or(wanted)));
             self.prepare_bundle(&spec, net.as_ref())?;
             if spec.pooled {
                 let added: Vec<&(String, String)> = spec.env.iter().filter(|(k, _)| k == "BULKHEAD_URL").collect();
@@ -1169,7 +1189,18 @@ impl Runtime for OciRuntime {
                 fs::write(self.bundle(&spec.id).join(POOLED_FILE), json)
                     .map_err(RuntimeError::io("write the warm pool mark"))?;
             }
-            self.start(&spec).await
+            self.start(&spec).await?;
+            if let Err(e) = client::ping(&self.socket(&spec.id), &spec.id, START_PING_TIMEOUT).await {
+                tracing::debug!(sandbox = %spec.id, error = %e, "a new supervisor did not answer its first ping");
+            }
+            if wanted != spec.cpu_millis {
+                let cgroups = self.cgroups.clone();
+                let (ns, id, memory, pids) = (spec.namespace.clone(), spec.id.clone(), spec.memory_bytes, spec.pids);
+                tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, wanted, memory, pids))
+                    .await
+                    .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = result {
