@@ -120,11 +120,20 @@ fn post(h: &Harness, route: &str, key: &str, body: &Value) -> Request<Body> {
     b.header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
 }
 
-/// A bundle whose agent.json is `manifest`.
+/// A bundle whose agent.json is `manifest`: the same bytes for the same manifest, whenever it is
+/// made (no time or owner of the test's files in it), so that a retry sends the same body.
 fn manifest_bundle(manifest: &Value) -> Vec<u8> {
-    let dir = common::tempdir();
-    std::fs::write(dir.path().join("agent.json"), manifest.to_string()).unwrap();
-    common::agents::bundle(dir.path(), &[])
+    let data = manifest.to_string().into_bytes();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_data(&mut header, "agent.json", data.as_slice()).unwrap();
+    b.into_inner().unwrap()
 }
 
 /// How many resources the create route's list shows.
