@@ -157,12 +157,10 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
 /// Writes the sandbox's `/run` files into `<own>/run/<dir>/`, owned by the sandbox's root
 /// (mode 0400, directories 0500), and returns the directories to mount.
 fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String)>> {
-    use std::io::Write;
-    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     let owner = Some(spec.ids.host_start);
+    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     for file in &spec.run_files {
-        let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
-        if !safe(&file.dir) || !safe(&file.name) {
+        if !safe_run_name(&file.dir) {
             return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
         }
         let dir = own.join("run").join(&file.dir);
@@ -170,15 +168,7 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
             mkdir(&dir, 0o700)?;
             dirs.push((dir.clone(), file.dir.clone()));
         }
-        let path = dir.join(&file.name);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&path)
-            .map_err(RuntimeError::io(format!("write {}", path.display())))?;
-        f.write_all(&file.data).map_err(RuntimeError::io(format!("write {}", path.display())))?;
-        std::os::unix::fs::fchown(&f, owner, owner).map_err(RuntimeError::io(format!("chown {}", path.display())))?;
+        write_run_file(&dir, file, owner)?;
     }
     for (dir, _) in &dirs {
         std::os::unix::fs::chown(dir, owner, owner).map_err(RuntimeError::io(format!("chown {}", dir.display())))?;
@@ -186,6 +176,28 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
             .map_err(RuntimeError::io(format!("chmod {}", dir.display())))?;
     }
     Ok(dirs)
+}
+
+/// A `/run` directory or file name: one path component, not `.` or `..`, no NUL.
+fn safe_run_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+}
+
+/// Writes `file` into `dir` (mode 0400, owned by `owner`, never over an existing file).
+fn write_run_file(dir: &Path, file: &crate::RunFile, owner: Option<u32>) -> Result<()> {
+    use std::io::Write;
+    if !safe_run_name(&file.name) {
+        return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
+    }
+    let path = dir.join(&file.name);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(&path)
+        .map_err(RuntimeError::io(format!("write {}", path.display())))?;
+    f.write_all(&file.data).map_err(RuntimeError::io(format!("write {}", path.display())))?;
+    std::os::unix::fs::fchown(&f, owner, owner).map_err(RuntimeError::io(format!("chown {}", path.display())))
 }
 
 /// A warm pool's sandbox's claim points in its own directory of the view (see
@@ -223,22 +235,11 @@ fn empty_run_dirs(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String
 /// ([`empty_run_dirs`]), each as [`write_run_files`] would: mode 0400, owned by the sandbox's
 /// root, never over an existing file.
 fn write_claimed_run_files(own: &Path, spec: &SandboxSpec) -> Result<()> {
-    use std::io::Write;
-    let owner = Some(spec.ids.host_start);
     for file in &spec.run_files {
-        let safe = |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
-        if !safe(&file.name) || !(file.dir == "bulkhead" || file.dir == "secrets") {
+        if !(file.dir == "bulkhead" || file.dir == "secrets") {
             return Err(RuntimeError::Protocol(format!("bad /run file name {}/{}", file.dir, file.name)));
         }
-        let path = own.join("run").join(&file.dir).join(&file.name);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(&path)
-            .map_err(RuntimeError::io(format!("write {}", path.display())))?;
-        f.write_all(&file.data).map_err(RuntimeError::io(format!("write {}", path.display())))?;
-        std::os::unix::fs::fchown(&f, owner, owner).map_err(RuntimeError::io(format!("chown {}", path.display())))?;
+        write_run_file(&own.join("run").join(&file.dir), file, Some(spec.ids.host_start))?;
     }
     Ok(())
 }
