@@ -111,7 +111,53 @@ pub struct CreateNamespace {
     /// The isolation tier: a runtime class configured on the server. Default `container`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<String>,
+    /// Where its sandboxes run; default `shared`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
     pub quotas: Quotas,
+}
+
+/// Whether a namespace's sandboxes share the host's cores with other tenants or have their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementMode {
+    /// The host's shared cores (every core no dedicated namespace holds), under the quotas.
+    Shared,
+    /// Cores no other tenant's sandbox may use and a memory reservation, admitted against what
+    /// the host has left.
+    Dedicated,
+}
+
+/// A namespace's placement as asked (at create, or by `PATCH`; platform admin).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSpec {
+    pub mode: PlacementMode,
+    /// `dedicated` only: whole cores, 1 to 1024; default the cpu quota rounded up to cores. The
+    /// host always keeps one core for the control plane and the shared namespaces: asking for
+    /// more than it has left is `409 conflict` naming what is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// `dedicated` only: bytes reserved, at least 4 MiB and at most the namespace's memory
+    /// quota; default the memory quota. Admitted against the host's memory less a tenth (at
+    /// least 1 GiB) and every other reservation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// A namespace's placement as admitted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Placement {
+    pub mode: PlacementMode,
+    /// Dedicated cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Reserved memory, in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// The host cores it holds, in the kernel's list format (`2-3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset: Option<String>,
 }
 
 /// `PATCH /v1/namespaces/{ns}`
@@ -123,6 +169,9 @@ pub struct UpdateNamespace {
     /// Replaces the namespace's egress ceiling (see [`EgressCeiling`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressCeiling>,
+    /// Moves the namespace (its running sandboxes at once) to another placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementSpec>,
 }
 
 /// A namespace's egress ceiling, set by the platform admin: what its sandboxes may ask for at
@@ -187,6 +236,8 @@ pub struct Namespace {
     /// The egress ceiling (empty: no egress).
     #[serde(default)]
     pub egress: EgressCeiling,
+    /// Where its sandboxes run.
+    pub placement: Placement,
 }
 
 /// `POST /v1/namespaces/{ns}/keys`

@@ -381,7 +381,9 @@ async fn images_alone(
         api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
-    admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
+    admin_client
+        .create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, placement: None, quotas })
+        .await?;
     let key = admin_client
         .create_key(
             "bench",
@@ -735,7 +737,9 @@ async fn bench(
         api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
-    admin_client.create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, quotas }).await?;
+    admin_client
+        .create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, placement: None, quotas })
+        .await?;
     let key = admin_client
         .create_key(
             "bench",
@@ -902,7 +906,9 @@ async fn bench(
         api_requests_per_second: RAISED_API_REQUESTS_PER_SECOND,
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
-    admin_client.create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, quotas }).await?;
+    admin_client
+        .create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, placement: None, quotas })
+        .await?;
     let mut running = Vec::new();
     for _ in 0..adopted {
         running.push(admin_client.create_sandbox("restart", &small).await?.id);

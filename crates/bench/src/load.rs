@@ -43,7 +43,7 @@ fn mib(bytes: f64) -> f64 {
 /// A namespace of the bench with a developer key; the client speaks for that key.
 async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<Client> {
     admin
-        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, quotas })
+        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
         .await
         .with_context(|| format!("create namespace {name}"))?;
     let key = admin

@@ -60,7 +60,9 @@ impl Server {
             api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
             max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
         };
-        client.create_namespace(&CreateNamespace { name: "net".into(), isolation: None, quotas }).await?;
+        client
+            .create_namespace(&CreateNamespace { name: "net".into(), isolation: None, placement: None, quotas })
+            .await?;
         Ok(Server { _process: process, client })
     }
 
@@ -354,7 +356,7 @@ async fn egress(
 ) -> anyhow::Result<EgressComparison> {
     let c = &server.client;
     let ceiling = EgressCeiling { allow: vec![host.cidr.clone()], max_bandwidth_bytes_per_second: None };
-    c.update_namespace("net", &UpdateNamespace { quotas: None, egress: Some(ceiling) })
+    c.update_namespace("net", &UpdateNamespace { quotas: None, egress: Some(ceiling), placement: None })
         .await
         .context("set the namespace's egress ceiling")?;
     // Both cores: the sandbox's cpu limit is not what is measured.

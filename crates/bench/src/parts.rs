@@ -297,6 +297,7 @@ impl Stores {
             id_count: 65_536,
             incarnation: bulkhead_core::ids::new_incarnation(),
             egress: None,
+            placement: Default::default(),
         };
         each.create_namespace(&ns).await?;
         grouped.create_namespace(&ns).await?;

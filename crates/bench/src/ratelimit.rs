@@ -76,7 +76,7 @@ async fn paced(b: &Client, ns: &str, until: Instant) -> (Vec<Duration>, u64) {
 /// A namespace with a developer key: a client of the key, and its token.
 async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<(Client, String)> {
     admin
-        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, quotas })
+        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
         .await
         .with_context(|| format!("create namespace {name}"))?;
     let key = admin
@@ -139,7 +139,7 @@ async fn phases(
         for rate in [a_rate, bulkhead_core::quota::API_REQUESTS_PER_SECOND.max] {
             let quotas = QuotasPatch { api_requests_per_second: Some(rate), ..Default::default() };
             admin
-                .update_namespace("rl-a", &UpdateNamespace { quotas: Some(quotas), egress: None })
+                .update_namespace("rl-a", &UpdateNamespace { quotas: Some(quotas), egress: None, placement: None })
                 .await
                 .context("set tenant A's rate")?;
             let name = if rate == a_rate {

@@ -188,7 +188,7 @@ async fn measure_in(
         max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     admin
-        .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas })
+        .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
         .await
         .context("create the bench's namespace")?;
     let result = async {

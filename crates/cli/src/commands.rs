@@ -103,6 +103,8 @@ pub enum NamespaceCmd {
         isolation: Option<String>,
         #[command(flatten)]
         quotas: QuotaArgs,
+        #[command(flatten)]
+        placement: PlacementArgs,
     },
     /// List namespaces.
     List,
@@ -124,9 +126,51 @@ pub enum NamespaceCmd {
         /// Empties the ceiling: no egress at all.
         #[arg(long = "no-egress", conflicts_with_all = ["egress_allow", "egress_bandwidth"])]
         no_egress: bool,
+        #[command(flatten)]
+        placement: PlacementArgs,
     },
     /// Delete a namespace and everything it owns.
     Delete { name: String },
+}
+
+/// Where a namespace's sandboxes run.
+#[derive(Args, Default)]
+pub struct PlacementArgs {
+    /// `shared` (the host's shared cores) or `dedicated` (cores and memory of its own; the
+    /// running sandboxes move at once).
+    #[arg(long, value_enum)]
+    placement: Option<PlacementArg>,
+    /// Dedicated cores (default: the cpu quota rounded up).
+    #[arg(long = "dedicated-cpus", value_name = "N", requires = "placement")]
+    dedicated_cpus: Option<u32>,
+    /// Memory reserved for a dedicated namespace (`2GiB`; default: its memory quota).
+    #[arg(long = "reserved-memory", value_name = "BYTES", value_parser = crate::units::parse_bytes, requires = "placement")]
+    reserved_memory: Option<u64>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlacementArg {
+    Shared,
+    Dedicated,
+}
+
+impl PlacementArgs {
+    fn spec(&self) -> Option<bulkhead_api::PlacementSpec> {
+        let mode = match self.placement? {
+            PlacementArg::Shared => bulkhead_api::PlacementMode::Shared,
+            PlacementArg::Dedicated => bulkhead_api::PlacementMode::Dedicated,
+        };
+        Some(bulkhead_api::PlacementSpec { mode, cpus: self.dedicated_cpus, memory_bytes: self.reserved_memory })
+    }
+}
+
+/// `shared`, or `dedicated 2-3` (the cores it holds).
+fn format_placement(p: &bulkhead_api::Placement) -> String {
+    match (&p.mode, &p.cpuset) {
+        (bulkhead_api::PlacementMode::Dedicated, Some(cpus)) => format!("dedicated {cpus}"),
+        (bulkhead_api::PlacementMode::Dedicated, None) => "dedicated".into(),
+        (bulkhead_api::PlacementMode::Shared, _) => "shared".into(),
+    }
 }
 
 fn namespace_row(n: &Namespace) -> Vec<String> {
@@ -142,11 +186,12 @@ fn namespace_row(n: &Namespace) -> Vec<String> {
         format_seconds(q.max_sandbox_ttl_seconds),
         q.api_requests_per_second.to_string(),
         q.max_concurrent_execs.to_string(),
+        format_placement(&n.placement),
     ]
 }
 
-const NAMESPACE_HEADERS: [&str; 10] =
-    ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL", "API RPS", "EXECS"];
+const NAMESPACE_HEADERS: [&str; 11] =
+    ["NAME", "ISOLATION", "CPU", "MEMORY", "DISK", "SANDBOXES", "PIDS", "MAX TTL", "API RPS", "EXECS", "PLACEMENT"];
 
 fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
     output::item(global.json, n, &NAMESPACE_HEADERS, namespace_row)
@@ -155,7 +200,7 @@ fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
 pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        NamespaceCmd::Create { name, isolation, quotas } => {
+        NamespaceCmd::Create { name, isolation, quotas, placement } => {
             let d = bulkhead_core::Quotas::DEFAULT;
             let p = quotas.patch();
             let quotas = Quotas {
@@ -168,7 +213,8 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
                 api_requests_per_second: p.api_requests_per_second.unwrap_or(d.api_requests_per_second),
                 max_concurrent_execs: p.max_concurrent_execs.unwrap_or(d.max_concurrent_execs),
             };
-            let n = c.create_namespace(&CreateNamespace { name, isolation, quotas }).await?;
+            let n =
+                c.create_namespace(&CreateNamespace { name, isolation, placement: placement.spec(), quotas }).await?;
             show_namespace(&n, global)?;
         }
         NamespaceCmd::List => {
@@ -177,7 +223,7 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
             output::list(global.json, &all, &NAMESPACE_HEADERS, namespace_row)?;
         }
         NamespaceCmd::Get { name } => show_namespace(&c.get_namespace(&name).await?, global)?,
-        NamespaceCmd::Update { name, quotas, egress_allow, egress_bandwidth, no_egress } => {
+        NamespaceCmd::Update { name, quotas, egress_allow, egress_bandwidth, no_egress, placement } => {
             let patch = quotas.patch();
             let egress = if no_egress {
                 Some(EgressCeiling::default())
@@ -191,14 +237,15 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
                     max_bandwidth_bytes_per_second: egress_bandwidth.or(current.max_bandwidth_bytes_per_second),
                 })
             };
-            if patch == QuotasPatch::default() && egress.is_none() {
+            let placement = placement.spec();
+            if patch == QuotasPatch::default() && egress.is_none() && placement.is_none() {
                 bail!(
                     "nothing to change: give at least one of --cpu, --memory, --disk, --max-sandboxes, --pids, \
-                     --max-ttl, --api-rps, --max-execs, --egress-allow, --egress-bandwidth, --no-egress"
+                     --max-ttl, --api-rps, --max-execs, --egress-allow, --egress-bandwidth, --no-egress, --placement"
                 );
             }
             let quotas = (patch != QuotasPatch::default()).then_some(patch);
-            let n = c.update_namespace(&name, &UpdateNamespace { quotas, egress }).await?;
+            let n = c.update_namespace(&name, &UpdateNamespace { quotas, egress, placement }).await?;
             show_namespace(&n, global)?;
         }
         NamespaceCmd::Delete { name } => {

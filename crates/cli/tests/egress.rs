@@ -47,9 +47,14 @@ impl World {
         let w = World { internet, host, c, http: reqwest::Client::new() };
         for ns in [NS, OTHER_NS] {
             let quotas = common::roomy_quotas();
-            w.c.create_namespace(&bulkhead_api::CreateNamespace { name: ns.into(), isolation: None, quotas })
-                .await
-                .unwrap();
+            w.c.create_namespace(&bulkhead_api::CreateNamespace {
+                name: ns.into(),
+                isolation: None,
+                placement: None,
+                quotas,
+            })
+            .await
+            .unwrap();
         }
         w
     }

@@ -138,7 +138,7 @@ async fn an_image_root_is_the_images_files_writable_within_its_limit_and_gone_wi
     let dir = common::tempdir();
     let layers = layers(dir.path());
     let host = host();
-    let limits = NamespaceLimits { cpu_millis: 2000, memory_bytes: 1 << 30, pids: 1024 };
+    let limits = NamespaceLimits { cpu_millis: 2000, memory_bytes: 1 << 30, pids: 1024, placement: Default::default() };
     host.runtime.ensure_namespace("acme", &limits).await.unwrap();
     let id = "sbx_00000000000000000000000000imgroot1";
     host.runtime.create(&spec(id, &layers, 8 << 20)).await.unwrap();
@@ -205,7 +205,7 @@ async fn proc_meminfo_follows_the_sandboxs_own_memory() {
     let dir = common::tempdir();
     let layers = layers(dir.path());
     let host = host();
-    let limits = NamespaceLimits { cpu_millis: 2000, memory_bytes: 1 << 30, pids: 1024 };
+    let limits = NamespaceLimits { cpu_millis: 2000, memory_bytes: 1 << 30, pids: 1024, placement: Default::default() };
     host.runtime.ensure_namespace("acme", &limits).await.unwrap();
     let id = "sbx_00000000000000000000000000meminfo1";
     host.runtime.create(&spec(id, &layers, 256 << 20)).await.unwrap();

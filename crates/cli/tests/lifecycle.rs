@@ -63,7 +63,10 @@ async fn setup(host: &mut Host, names: &(PathBuf, String)) -> (String, String, C
         api_requests_per_second: 1000,
         max_concurrent_execs: 32,
     };
-    admin.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
+    admin
+        .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
+        .await
+        .unwrap();
     (url, token.unwrap(), admin)
 }
 
@@ -314,7 +317,9 @@ async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
     host.purge.push(names.clone());
     let c = Client::new(&started.url, started.first_token);
     let quotas = common::roomy_quotas();
-    c.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, quotas }).await.unwrap();
+    c.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
+        .await
+        .unwrap();
     for _ in 0..3 {
         let e = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap_err();
         assert!(e.to_string().contains("503") || e.to_string().contains("unavailable"), "{e}");

@@ -44,7 +44,9 @@ fn run(cmd: &[&str]) {
 
 async fn namespace(c: &Client, name: &str) {
     let quotas = common::roomy_quotas();
-    c.create_namespace(&bulkhead_api::CreateNamespace { name: name.into(), isolation: None, quotas }).await.unwrap();
+    c.create_namespace(&bulkhead_api::CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
+        .await
+        .unwrap();
 }
 
 async fn sandbox(c: &Client, ns: &str) -> String {

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod egress;
 pub mod ids;
 pub mod outbound;
+pub mod placement;
 pub mod quota;
 pub mod sealed;
 pub mod token;

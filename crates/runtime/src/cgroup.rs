@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::spec::CPU_PERIOD_US;
-use crate::{NamespaceLimits, Result, RuntimeError, SandboxStats};
+use bulkhead_core::placement::CpuSet;
+
+use crate::{CpuPlacement, NamespaceLimits, Result, RuntimeError, SandboxStats};
 
 /// Which cgroup hierarchy the host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,28 @@ fn io_service_bytes_v1(path: &Path) -> (u64, u64) {
         }
     }
     (read, write)
+}
+
+/// A cpuset file's list (`cpuset.cpus`, `cpuset.cpus.exclusive`, ...).
+fn read_cpuset(path: &Path) -> Result<CpuSet> {
+    let text = fs::read_to_string(path).map_err(RuntimeError::io(format!("read {}", path.display())))?;
+    CpuSet::parse(&text).map_err(|e| RuntimeError::Protocol(format!("{}: {e}", path.display())))
+}
+
+/// Creates a v1 cpuset cgroup whose cpus and memory nodes start as its parent's (a new v1
+/// cpuset starts with neither, and takes no process until both are set).
+fn cpuset_v1_dir(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+    let parent = dir.parent().unwrap_or(dir);
+    for file in ["cpuset.mems", "cpuset.cpus"] {
+        let own = fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if own.trim().is_empty() {
+            let inherited = fs::read_to_string(parent.join(file))
+                .map_err(RuntimeError::io(format!("read {}", parent.join(file).display())))?;
+            write(&dir.join(file), inherited.trim())?;
+        }
+    }
+    Ok(())
 }
 
 fn keyed(path: &Path, key: &str) -> Option<u64> {
@@ -164,6 +188,83 @@ impl Cgroups {
                 write(&path("cpu").join("cpu.cfs_quota_us"), &quota.to_string())?;
                 write(&path("memory").join("memory.limit_in_bytes"), &limits.memory_bytes.to_string())?;
                 write(&path("pids").join("pids.max"), &limits.pids.to_string())?;
+            }
+        }
+        self.place_namespace(namespace, &limits.placement)
+    }
+
+    /// Moves a namespace to its cores (and its running sandboxes with it, live) and sets its
+    /// memory reservation. Nothing when `placement.cpus` is `None`.
+    ///
+    /// - v2: the cpuset controller is enabled down to the namespace's cgroup, whose sandboxes
+    ///   inherit its cpus. A dedicated namespace becomes a remote partition root (its cores
+    ///   listed in the server's top cgroup's `cpuset.cpus.exclusive` and its own, then
+    ///   `cpuset.cpus.partition` set to `root`), which takes its cores from every cgroup outside
+    ///   it, the host's own processes included; its `memory.min` is the reservation (the top's
+    ///   is `max`, so the protection reaches it). A shared one is a `member` with no exclusive
+    ///   cpus and no protection. A partition the kernel refuses (it reads back `root invalid`)
+    ///   is `Unavailable`, naming the kernel's reason.
+    /// - v1: the namespace's `cpuset` cgroup gets the cores, and each sandbox's below it (v1
+    ///   children do not follow their parent): first the parent grows to the union of old and
+    ///   new, then the children move, then the parent shrinks, the order the kernel's subset
+    ///   rule accepts. There is no memory protection on v1.
+    fn place_namespace(&self, namespace: &str, placement: &CpuPlacement) -> Result<()> {
+        let Some(cpus) = &placement.cpus else { return Ok(()) };
+        match self.version {
+            Version::V2 => {
+                let top = self.root.join(&self.prefix);
+                let ns = top.join(namespace);
+                for dir in [&self.root, &top] {
+                    write(&dir.join("cgroup.subtree_control"), "+cpuset")?;
+                }
+                let partition = ns.join("cpuset.cpus.partition");
+                if placement.dedicated {
+                    let top_exclusive = top.join("cpuset.cpus.exclusive");
+                    let held = read_cpuset(&top_exclusive)?;
+                    let held = held.union(cpus);
+                    write(&top_exclusive, &held.to_string())?;
+                    write(&ns.join("cpuset.cpus"), &cpus.to_string())?;
+                    write(&ns.join("cpuset.cpus.exclusive"), &cpus.to_string())?;
+                    write(&partition, "root")?;
+                    let state = fs::read_to_string(&partition).unwrap_or_default();
+                    if state.trim() != "root" {
+                        return Err(RuntimeError::Unavailable(format!(
+                            "the kernel refused cores {cpus} as an exclusive partition for namespace {namespace}: {}",
+                            state.trim()
+                        )));
+                    }
+                    write(&top.join("memory.min"), "max")?;
+                    write(&ns.join("memory.min"), &placement.memory_min_bytes.to_string())?;
+                } else {
+                    if fs::read_to_string(&partition).is_ok_and(|p| p.trim() != "member") {
+                        write(&partition, "member")?;
+                    }
+                    // Absent on kernels without exclusive cpus, where nothing was made exclusive.
+                    write_if_present(&ns.join("cpuset.cpus.exclusive"), "\n")?;
+                    write(&ns.join("cpuset.cpus"), &cpus.to_string())?;
+                    write_if_present(&ns.join("memory.min"), "0")?;
+                }
+            }
+            Version::V1 => {
+                let base = self.root.join("cpuset");
+                if !base.is_dir() {
+                    return Err(RuntimeError::Unavailable(format!(
+                        "no cpuset hierarchy at {}: placement needs the cpuset controller",
+                        base.display()
+                    )));
+                }
+                let top = base.join(&self.prefix);
+                let ns = top.join(namespace);
+                cpuset_v1_dir(&top)?;
+                cpuset_v1_dir(&ns)?;
+                let old = read_cpuset(&ns.join("cpuset.cpus"))?;
+                write(&ns.join("cpuset.cpus"), &old.union(cpus).to_string())?;
+                for child in fs::read_dir(&ns).into_iter().flatten().flatten() {
+                    if child.path().is_dir() {
+                        write(&child.path().join("cpuset.cpus"), &cpus.to_string())?;
+                    }
+                }
+                write(&ns.join("cpuset.cpus"), &cpus.to_string())?;
             }
         }
         Ok(())
@@ -520,6 +621,14 @@ fn freeze_kill_thaw(dir: &Path, control: &Path, freeze: &str, thaw: &str, frozen
 }
 
 /// Writes a control file that the kernel made; never creates one (in a fake tree, nothing).
+/// Writes `value` to a control file the kernel may lack; a missing one is no error.
+fn write_if_present(path: &Path, value: &str) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    write(path, value)
+}
+
 fn write_existing(path: &Path, value: &str) -> io::Result<()> {
     use std::io::Write;
     fs::OpenOptions::new().write(true).open(path)?.write_all(value.as_bytes())
@@ -579,7 +688,8 @@ mod tests {
         let d = fake_v1();
         let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
         assert_eq!(cg.version(), Version::V1);
-        let limits = NamespaceLimits { cpu_millis: 1500, memory_bytes: 1 << 30, pids: 512 };
+        let limits =
+            NamespaceLimits { cpu_millis: 1500, memory_bytes: 1 << 30, pids: 512, placement: Default::default() };
         cg.ensure_namespace("acme", &limits).unwrap();
         let read = |p: &str| fs::read_to_string(d.path().join(p)).unwrap();
         assert_eq!(read("cpu/bulkhead/acme/cpu.cfs_quota_us"), "150000");
@@ -609,9 +719,90 @@ mod tests {
         fs::write(d.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
         let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
         assert_eq!(cg.version(), Version::V2);
-        cg.ensure_namespace("acme", &NamespaceLimits { cpu_millis: 500, memory_bytes: 1 << 28, pids: 64 }).unwrap();
+        cg.ensure_namespace(
+            "acme",
+            &NamespaceLimits { cpu_millis: 500, memory_bytes: 1 << 28, pids: 64, placement: Default::default() },
+        )
+        .unwrap();
         assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/cpu.max")).unwrap(), "50000 100000");
         assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/pids.max")).unwrap(), "64");
+    }
+
+    fn placed(cpus: &str, dedicated: bool, memory_min_bytes: u64) -> NamespaceLimits {
+        NamespaceLimits {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            pids: 64,
+            placement: CpuPlacement { cpus: Some(CpuSet::parse(cpus).unwrap()), dedicated, memory_min_bytes },
+        }
+    }
+
+    #[test]
+    fn v2_dedicated_is_a_remote_partition_with_a_reservation_and_shared_undoes_it() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpuset cpu memory pids").unwrap();
+        // What the kernel shows once cpuset is enabled at the root.
+        fs::create_dir_all(d.path().join("bulkhead")).unwrap();
+        fs::write(d.path().join("bulkhead/cpuset.cpus.exclusive"), "\n").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let read = |p: &str| fs::read_to_string(d.path().join(p)).unwrap().trim().to_owned();
+
+        cg.ensure_namespace("gold", &placed("2-3", true, 1 << 29)).unwrap();
+        assert!(read("cgroup.subtree_control").contains("+cpuset"));
+        assert_eq!(read("bulkhead/cpuset.cpus.exclusive"), "2-3");
+        assert_eq!(read("bulkhead/gold/cpuset.cpus"), "2-3");
+        assert_eq!(read("bulkhead/gold/cpuset.cpus.exclusive"), "2-3");
+        assert_eq!(read("bulkhead/gold/cpuset.cpus.partition"), "root");
+        assert_eq!(read("bulkhead/gold/memory.min"), (1u64 << 29).to_string());
+        assert_eq!(read("bulkhead/memory.min"), "max");
+        // A second dedicated namespace adds its cores to the top's exclusive ones.
+        cg.ensure_namespace("silver", &placed("1", true, 1 << 28)).unwrap();
+        assert_eq!(read("bulkhead/cpuset.cpus.exclusive"), "1-3");
+        // The shared ones get what is left.
+        cg.ensure_namespace("tin", &placed("0", false, 0)).unwrap();
+        assert_eq!(read("bulkhead/tin/cpuset.cpus"), "0");
+
+        // Back to shared: a member again, nothing exclusive, nothing protected.
+        cg.ensure_namespace("gold", &placed("0,2-3", false, 0)).unwrap();
+        assert_eq!(read("bulkhead/gold/cpuset.cpus.partition"), "member");
+        assert_eq!(read("bulkhead/gold/cpuset.cpus.exclusive"), "");
+        assert_eq!(read("bulkhead/gold/cpuset.cpus"), "0,2-3");
+        assert_eq!(read("bulkhead/gold/memory.min"), "0");
+    }
+
+    #[test]
+    fn v1_placement_moves_the_namespace_and_its_sandboxes() {
+        let d = fake_v1();
+        fs::create_dir(d.path().join("cpuset")).unwrap();
+        fs::write(d.path().join("cpuset/cpuset.cpus"), "0-3\n").unwrap();
+        fs::write(d.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let read = |p: &str| fs::read_to_string(d.path().join(p)).unwrap().trim().to_owned();
+
+        cg.ensure_namespace("acme", &placed("0-2", false, 0)).unwrap();
+        assert_eq!(read("cpuset/bulkhead/cpuset.cpus"), "0-3", "the top starts as its parent");
+        assert_eq!(read("cpuset/bulkhead/acme/cpuset.mems"), "0");
+        assert_eq!(read("cpuset/bulkhead/acme/cpuset.cpus"), "0-2");
+        // A running sandbox (made by the OCI runtime as a copy of its parent) moves with it.
+        fs::create_dir(d.path().join("cpuset/bulkhead/acme/sbx_1")).unwrap();
+        fs::write(d.path().join("cpuset/bulkhead/acme/sbx_1/cpuset.cpus"), "0-2").unwrap();
+        cg.ensure_namespace("acme", &placed("3", true, 1 << 29)).unwrap();
+        assert_eq!(read("cpuset/bulkhead/acme/cpuset.cpus"), "3");
+        assert_eq!(read("cpuset/bulkhead/acme/sbx_1/cpuset.cpus"), "3");
+        // No memory protection file is made on v1: the reservation is admission only.
+        assert!(!d.path().join("memory/bulkhead/acme/memory.min").exists());
+    }
+
+    #[test]
+    fn no_placement_touches_no_cpuset() {
+        let d = fake_v1();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let limits =
+            NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 64, placement: Default::default() };
+        cg.ensure_namespace("acme", &limits).unwrap();
+        assert!(!d.path().join("cpuset").exists());
+        let err = cg.ensure_namespace("acme", &placed("0", false, 0)).unwrap_err();
+        assert!(err.to_string().contains("no cpuset hierarchy"), "{err}");
     }
 
     #[test]

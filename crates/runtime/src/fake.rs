@@ -128,7 +128,7 @@ impl FakeRuntime {
 
     /// Namespaces with a (fake) cgroup, and their limits.
     pub fn namespace_limits(&self, namespace: &str) -> Option<NamespaceLimits> {
-        lock(&self.state).namespaces.get(namespace).copied()
+        lock(&self.state).namespaces.get(namespace).cloned()
     }
 }
 
@@ -154,7 +154,7 @@ fn run(argv: &[String], stdin: &[u8]) -> (Vec<u8>, Vec<u8>, i32) {
 #[async_trait]
 impl crate::Runtime for FakeRuntime {
     async fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()> {
-        lock(&self.state).namespaces.insert(namespace.to_owned(), *limits);
+        lock(&self.state).namespaces.insert(namespace.to_owned(), limits.clone());
         Ok(())
     }
 
@@ -928,7 +928,8 @@ mod process_tests {
     #[tokio::test]
     async fn a_fake_process_echoes_stdin_until_eof() {
         let rt = FakeRuntime::new();
-        let limits = NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 100 };
+        let limits =
+            NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 100, placement: Default::default() };
         rt.ensure_namespace("acme", &limits).await.unwrap();
         rt.create(&sandbox_spec()).await.unwrap();
         rt.spawn_process("sbx_1", process("prc_1", &["cat"])).await.unwrap();

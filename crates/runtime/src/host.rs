@@ -313,6 +313,20 @@ pub fn dir_entries(dir: &Path, kind: &'static str) -> Vec<HostResource> {
         .collect()
 }
 
+/// What this host gives Bulkhead to place namespaces on: the cores this process may run on
+/// (`Cpus_allowed_list` of `/proc/self/status`: its CPU affinity, so a server started under
+/// `taskset` or in a cpuset places only on those) and the host's memory (`MemTotal`). `None`
+/// when `/proc` cannot be read.
+pub fn capacity() -> Option<bulkhead_core::placement::HostCapacity> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    let cpus = bulkhead_core::placement::CpuSet::parse(cpus).ok()?;
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 =
+        meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(bulkhead_core::placement::HostCapacity { cpus, memory_bytes: kib.saturating_mul(1024) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -51,11 +51,30 @@ pub struct IdRange {
 }
 
 /// Limits of a namespace as a whole, applied to its cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceLimits {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub pids: u64,
+    /// Where its sandboxes run on the host's cores.
+    pub placement: CpuPlacement,
+}
+
+/// A namespace's cores and memory reservation as the kernel is told them (see
+/// [`bulkhead_core::placement`] for what the server admits).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuPlacement {
+    /// The cores its sandboxes may run on; `None` leaves its cpuset as the kernel made it.
+    pub cpus: Option<bulkhead_core::placement::CpuSet>,
+    /// The cores are the namespace's alone: on cgroup v2 an exclusive cpuset partition (a
+    /// remote partition root: `cpuset.cpus.exclusive` and `cpuset.cpus.partition`), which takes
+    /// them from every cgroup outside it; on v1 the server keeps every other cgroup of its own
+    /// off them (the kernel's `cpu_exclusive` flag would need the server's top cgroup to hold all
+    /// its cores against the host's other cgroups).
+    pub dedicated: bool,
+    /// Memory protected from reclaim (v2 `memory.min`), in bytes; 0 for none. Cgroup v1 has no
+    /// such protection: there the reservation is the server's admission alone.
+    pub memory_min_bytes: u64,
 }
 
 /// Everything needed to start one sandbox.

@@ -1138,11 +1138,11 @@ pub fn purge(state_dir: &Path, cgroup_root: &Path, cgroup_prefix: &str) -> Resul
 impl Runtime for OciRuntime {
     async fn ensure_namespace(&self, namespace: &str, limits: &NamespaceLimits) -> Result<()> {
         let cgroups = self.cgroups.clone();
-        let (ns, limits) = (namespace.to_owned(), *limits);
+        let (ns, cpu_millis, limits) = (namespace.to_owned(), limits.cpu_millis, limits.clone());
         tokio::task::spawn_blocking(move || cgroups.ensure_namespace(&ns, &limits))
             .await
             .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
-        self.namespace_cpu.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_owned(), limits.cpu_millis);
+        self.namespace_cpu.lock().unwrap_or_else(|e| e.into_inner()).insert(namespace.to_owned(), cpu_millis);
         Ok(())
     }
 

@@ -317,6 +317,7 @@ pub async fn start_with(
         layers,
         tasks: Default::default(),
         pools: Default::default(),
+        placements: Default::default(),
     }));
     // Uploads an interrupted import left; then the default image, before the first create.
     crate::service::images::sweep_spool(&state);
@@ -335,6 +336,8 @@ pub async fn start_with(
             "reconciled sandboxes"
         );
     }
+    // Dedicated namespaces' cores, kept off the shared ones (adopted sandboxes included).
+    crate::service::placement::load(&state).await.map_err(|e| BootstrapError::Reconcile(e.to_string()))?;
     // Tasks whose agents ran when the server stopped wait, idle, for their next event.
     match crate::service::tasks::reconcile(&state).await {
         Ok(0) => {}

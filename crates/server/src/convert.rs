@@ -54,6 +54,35 @@ pub fn namespace_out(row: &NamespaceRow) -> api::Namespace {
         updated_at: rfc3339(row.updated_at_ms),
         usage: None,
         egress: ceiling_out(row.egress.as_ref()),
+        placement: placement_out(&row.placement),
+    }
+}
+
+/// A namespace's placement on the wire.
+pub fn placement_out(p: &bulkhead_core::placement::Placement) -> api::Placement {
+    match p.dedicated() {
+        None => api::Placement { mode: api::PlacementMode::Shared, cpus: None, memory_bytes: None, cpuset: None },
+        Some(d) => api::Placement {
+            mode: api::PlacementMode::Dedicated,
+            cpus: Some(d.cpus),
+            memory_bytes: Some(d.memory_bytes),
+            cpuset: Some(d.cpuset.to_string()),
+        },
+    }
+}
+
+/// A placement request from the wire; `cpus` and `memory_bytes` belong to `dedicated` alone.
+pub fn placement_in(p: &api::PlacementSpec) -> Result<crate::service::placement::Request, bulkhead_core::FieldError> {
+    use crate::service::placement::Request;
+    match p.mode {
+        api::PlacementMode::Dedicated => Ok(Request::Dedicated { cpus: p.cpus, memory_bytes: p.memory_bytes }),
+        api::PlacementMode::Shared if p.cpus.is_some() => {
+            Err(bulkhead_core::FieldError::new("placement.cpus", "only with mode dedicated"))
+        }
+        api::PlacementMode::Shared if p.memory_bytes.is_some() => {
+            Err(bulkhead_core::FieldError::new("placement.memory_bytes", "only with mode dedicated"))
+        }
+        api::PlacementMode::Shared => Ok(Request::Shared),
     }
 }
 

@@ -438,6 +438,7 @@ mod tests {
             id_count: 0,
             incarnation: incarnation.into(),
             egress: None,
+            placement: Default::default(),
         }
     }
 

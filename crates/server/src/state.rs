@@ -273,16 +273,7 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        let total = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find_map(|l| l.strip_prefix("MemTotal:"))
-                    .and_then(|v| v.trim().strip_suffix("kB"))
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            .saturating_mul(1024);
+        let total = bulkhead_runtime::host::capacity().map_or(0, |c| c.memory_bytes);
         PoolSettings { min_available_bytes: (total / 10).max(512 << 20) }
     }
 }
@@ -468,6 +459,8 @@ pub struct Inner {
     /// The drivers of tasks' agents, and who follows their messages.
     pub tasks: crate::service::tasks::TaskHub,
     pub pools: crate::service::pools::Pools,
+    /// Namespaces' placement on this host's cores.
+    pub placements: crate::service::placement::Placements,
 }
 
 /// Cheap to clone; handed to every handler.

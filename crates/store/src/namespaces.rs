@@ -24,6 +24,8 @@ pub struct NamespaceRow {
     pub incarnation: String,
     /// The namespace's egress ceiling; `None`: the default, empty one (no egress).
     pub egress: Option<bulkhead_core::egress::Ceiling>,
+    /// Where its sandboxes run: shared cores, or cores and memory of its own.
+    pub placement: bulkhead_core::placement::Placement,
 }
 
 /// An API key as stored: metadata and the keyed hash of its token, never the token.
@@ -73,6 +75,14 @@ pub trait NamespaceStore: Send + Sync {
         &self,
         name: &str,
         egress: &bulkhead_core::egress::Ceiling,
+        now_ms: i64,
+    ) -> Result<Option<NamespaceRow>>;
+    /// Sets the namespace's placement (admitted by the caller); `None` when the namespace does
+    /// not exist.
+    async fn update_namespace_placement(
+        &self,
+        name: &str,
+        placement: &bulkhead_core::placement::Placement,
         now_ms: i64,
     ) -> Result<Option<NamespaceRow>>;
     /// Deletes a namespace and everything it owns: keys, its audit chain, idempotent replays.

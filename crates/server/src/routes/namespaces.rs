@@ -10,11 +10,11 @@ use bulkhead_core::{validate, Action, Target};
 use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::load_namespace;
 use crate::auth::Ctx;
-use crate::convert::{ceiling_in, namespace_out, quota_patch_in, quotas_in};
+use crate::convert::{ceiling_in, namespace_out, placement_in, quota_patch_in, quotas_in};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{json, next_cursor, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, replay_response, Created};
-use crate::service::namespaces;
+use crate::service::{namespaces, placement};
 
 /// Create a namespace (platform admin).
 #[utoipa::path(post, path = "/v1/namespaces", tag = "namespaces", request_body = CreateNamespace,
@@ -47,7 +47,11 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
     }
     let quotas = quotas_in(&req.quotas);
     quotas.validate()?;
-    let row = namespaces::create(&ctx.state, req.name, isolation, quotas).await?;
+    let placement = req.placement.as_ref().map(placement_in).transpose()?.unwrap_or(placement::Request::Shared);
+    if let Some(p) = &req.placement {
+        ctx.audit_detail("placement", serde_json::to_value(p).unwrap_or_default());
+    }
+    let row = namespaces::create(&ctx.state, req.name, isolation, quotas, &placement).await?;
     Created::json(StatusCode::CREATED, &namespace_out(&row))
 }
 
@@ -95,8 +99,9 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
     Ok(Json(out))
 }
 
-/// Change a namespace's quotas or its egress ceiling (platform admin). A narrower ceiling holds
-/// for the next connection of every running sandbox.
+/// Change a namespace's quotas, its egress ceiling or its placement (platform admin). A narrower
+/// ceiling holds for the next connection of every running sandbox; a new placement moves its
+/// running sandboxes at once (`409` names what the host lacks for a dedicated one).
 #[utoipa::path(patch, path = "/v1/namespaces/{ns}", tag = "namespaces", params(("ns" = String, Path)),
     request_body = UpdateNamespace,
     responses((status = 200, body = Namespace), CheckedErrors))]
@@ -108,17 +113,31 @@ pub async fn update(
 ) -> ApiResult<Json<Namespace>> {
     ctx.authorize(Action::NamespaceUpdate, &Target::namespace(&ns))?;
     let req: UpdateNamespace = json(&headers, &body)?;
-    if req.quotas.is_none() && req.egress.is_none() {
-        return Err(ApiError::Invalid("body: name quotas or egress to change".into()));
+    if req.quotas.is_none() && req.egress.is_none() && req.placement.is_none() {
+        return Err(ApiError::Invalid("body: name quotas, egress or placement to change".into()));
     }
     let patch = req.quotas.as_ref().map(quota_patch_in).unwrap_or_default();
     if req.quotas.is_some() && patch.is_empty() {
         return Err(ApiError::Invalid("quotas: name at least one quota to change".into()));
     }
     let egress = req.egress.as_ref().map(ceiling_in).transpose()?;
+    let placement = req.placement.as_ref().map(placement_in).transpose()?;
     let mut row = load_namespace(&ctx, &ns).await?;
-    if req.quotas.is_some() {
-        let quotas = row.quotas.apply(&patch)?;
+    let quotas = req.quotas.as_ref().map(|_| row.quotas.apply(&patch)).transpose()?;
+    // Everything is checked before anything changes: the placement is admitted first (against
+    // the quotas as they will be), and quotas below a kept reservation are refused.
+    if let Some(placement) = placement {
+        if let Some(p) = &req.placement {
+            ctx.audit_detail("placement", serde_json::to_value(p).unwrap_or_default());
+        }
+        // Running sandboxes move at once.
+        row = placement::update(&ctx.state, &ns, &placement, quotas.as_ref())
+            .await?
+            .ok_or_else(|| ApiError::namespace_not_found(&ns))?;
+    } else if let Some(quotas) = &quotas {
+        placement::check_quotas(&row.placement, quotas)?;
+    }
+    if let Some(quotas) = quotas {
         if let Some(q) = &req.quotas {
             ctx.audit_detail("quotas", serde_json::to_value(q).unwrap_or_default());
         }

@@ -4,7 +4,7 @@
 use bulkhead_core::Quotas;
 
 use super::records::{KeyRow, NamespaceRow, NamespaceUse};
-use super::{sandboxes, ServiceResult};
+use super::{placement, sandboxes, ServiceResult};
 use crate::state::AppState;
 use crate::time::now_ms;
 
@@ -16,28 +16,40 @@ pub async fn get(state: &AppState, name: &str) -> ServiceResult<Option<Namespace
 /// Creates namespace `name`: a host id range from the host registry (so no other server maps
 /// onto it), the row, and a fresh incarnation with nothing cached of an earlier namespace of the
 /// same name. A failure gives the range back and leaves no row.
-pub async fn create(state: &AppState, name: String, isolation: String, quotas: Quotas) -> ServiceResult<NamespaceRow> {
+pub async fn create(
+    state: &AppState,
+    name: String,
+    isolation: String,
+    quotas: Quotas,
+    placement: &placement::Request,
+) -> ServiceResult<NamespaceRow> {
     let now = now_ms();
-    let ids = state.host_ids.allocate(&name).await?;
     let row = NamespaceRow {
         name,
         isolation,
         quotas,
         created_at_ms: now,
         updated_at_ms: now,
-        id_start: ids.host_start,
-        id_count: ids.size,
         incarnation: bulkhead_core::ids::new_incarnation(),
         egress: None,
+        placement: Default::default(),
+        id_start: 0,
+        id_count: 0,
     };
-    if let Err(e) = state.store.create_namespace(&row).await {
-        state.host_ids.release(ids).await;
-        return Err(e.into());
-    }
-    if let Err(e) = state.host_ids.confirm(&row).await {
-        let _ = state.store.delete_namespace(&row.name).await;
-        return Err(e.into());
-    }
+    let row = placement::create(state, row, placement, |mut row| async move {
+        let ids = state.host_ids.allocate(&row.name).await?;
+        (row.id_start, row.id_count) = (ids.host_start, ids.size);
+        if let Err(e) = state.store.create_namespace(&row).await {
+            state.host_ids.release(ids).await;
+            return Err(e.into());
+        }
+        if let Err(e) = state.host_ids.confirm(&row).await {
+            let _ = state.store.delete_namespace(&row.name).await;
+            return Err(e.into());
+        }
+        Ok(row)
+    })
+    .await?;
     state.namespaces.remove(&row.name);
     state.keys.evict_namespace(&row.name);
     state.identity.forget(&row.name);
@@ -65,7 +77,7 @@ pub async fn usage(state: &AppState, ns: &str) -> ServiceResult<NamespaceUse> {
 pub async fn update_quotas(state: &AppState, ns: &str, quotas: &Quotas) -> ServiceResult<Option<NamespaceRow>> {
     let Some(row) = state.store.update_namespace_quotas(ns, quotas, now_ms()).await? else { return Ok(None) };
     state.namespaces.put(row.clone());
-    state.runtime.ensure_namespace(ns, &sandboxes::namespace_limits(&row)).await?;
+    placement::ensure_namespace(state, &row).await?;
     Ok(Some(row))
 }
 
@@ -102,6 +114,7 @@ pub async fn delete(state: &AppState, row: &NamespaceRow) -> ServiceResult<bool>
     state.metrics.forget(&row.incarnation);
     state.identity.forget(ns);
     state.rate_limits.forget(ns);
+    placement::forget(state, ns).await;
     // Its private images' rows went with the namespace; their layers go now.
     if let Err(e) = super::images::remove_namespace(state, ns).await {
         tracing::warn!(namespace = ns, error = %e, "removing the layer store of a deleted namespace failed");

@@ -22,13 +22,15 @@ pub fn id_range(ns: &NamespaceRow) -> ServiceResult<IdRange> {
     Ok(IdRange { host_start: ns.id_start, size: ns.id_count })
 }
 
-/// Limits of a namespace's cgroup: its quotas, and processes for all its sandboxes.
-pub fn namespace_limits(ns: &NamespaceRow) -> NamespaceLimits {
+/// Limits of a namespace's cgroup: its quotas, processes for all its sandboxes, and its
+/// placement on the host's cores.
+pub fn namespace_limits(state: &AppState, ns: &NamespaceRow) -> NamespaceLimits {
     let q = &ns.quotas;
     NamespaceLimits {
         cpu_millis: q.cpu_millis,
         memory_bytes: q.memory_bytes,
         pids: q.pids_per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
+        placement: state.placements.cpu_placement(ns),
     }
 }
 
@@ -232,10 +234,10 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
         Some(reservation) => {
             // Claimed once, whatever the binding's outcome: a failed one is torn down below.
             reservation.claimed();
-            state.runtime.claim(&spec).await
+            state.runtime.claim(&spec).await.map_err(ServiceError::from)
         }
-        None => match state.runtime.ensure_namespace(&ns.name, &namespace_limits(ns)).await {
-            Ok(()) => state.runtime.create(&spec).await,
+        None => match super::placement::ensure_namespace(state, ns).await {
+            Ok(()) => state.runtime.create(&spec).await.map_err(ServiceError::from),
             Err(e) => Err(e),
         },
     };

@@ -55,6 +55,7 @@ mod tests {
             id_count: 65_536,
             incarnation: bulkhead_core::ids::new_incarnation(),
             egress: None,
+            placement: Default::default(),
         };
         s.create_namespace(&row("acme", 1_000_000)).await.unwrap();
         s.create_namespace(&row("globex", 1_065_536)).await.unwrap();

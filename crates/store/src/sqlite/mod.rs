@@ -60,6 +60,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "agents", include_str!("../../migrations/sqlite/0013_agents.sql")),
     (14, "warm pools", include_str!("../../migrations/sqlite/0014_warm_pools.sql")),
     (15, "rate limits", include_str!("../../migrations/sqlite/0015_rate_limits.sql")),
+    (16, "placement", include_str!("../../migrations/sqlite/0016_placement.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).

@@ -4,6 +4,7 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
+use bulkhead_core::placement::Placement;
 use bulkhead_core::{Quotas, Role};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
@@ -27,7 +28,7 @@ from_columns!(Quotas {
 
 impl Columns for NamespaceRow {
     const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-         pids_per_sandbox, max_sandbox_ttl_seconds, api_requests_per_second, max_concurrent_execs, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress";
+         pids_per_sandbox, max_sandbox_ttl_seconds, api_requests_per_second, max_concurrent_execs, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress, placement";
 
     fn from_row(row: &SqliteRow) -> Result<Self> {
         let id_range = |col: &str| -> Result<u32> {
@@ -46,6 +47,7 @@ impl Columns for NamespaceRow {
             id_count: id_range("id_count")?,
             incarnation: incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?,
             egress: json_column(row, "egress", "namespace egress")?,
+            placement: json_column(row, "placement", "namespace placement")?.unwrap_or_default(),
         })
     }
 
@@ -58,7 +60,16 @@ impl Columns for NamespaceRow {
             .bind(i64::from(self.id_start))
             .bind(i64::from(self.id_count))
             .bind(&self.incarnation)
-            .bind(to_json(self.egress.as_ref())?))
+            .bind(to_json(self.egress.as_ref())?)
+            .bind(placement_column(&self.placement)?))
+    }
+}
+
+/// The placement column: NULL for `shared`, the default.
+fn placement_column(p: &Placement) -> Result<Option<String>> {
+    match p {
+        Placement::Shared => Ok(None),
+        dedicated => to_json(Some(dedicated)),
     }
 }
 
@@ -172,6 +183,23 @@ impl NamespaceStore for SqliteStore {
             NamespaceRow::COLUMNS
         );
         let update = sqlx::query(&sql).bind(to_json(Some(egress))?).bind(now_ms).bind(name);
+        let row = one(&mut *tx, update).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    async fn update_namespace_placement(
+        &self,
+        name: &str,
+        placement: &Placement,
+        now_ms: i64,
+    ) -> Result<Option<NamespaceRow>> {
+        let mut tx = self.write_tx().await?;
+        let sql = format!(
+            "UPDATE namespaces SET placement = ?, updated_at_ms = ? WHERE name = ? RETURNING {}",
+            NamespaceRow::COLUMNS
+        );
+        let update = sqlx::query(&sql).bind(placement_column(placement)?).bind(now_ms).bind(name);
         let row = one(&mut *tx, update).await?;
         tx.commit().await?;
         Ok(row)

@@ -23,6 +23,7 @@ fn ns(name: &str) -> NamespaceRow {
         id_count: 65_536,
         incarnation: bulkhead_core::ids::new_incarnation(),
         egress: None,
+        placement: Default::default(),
     }
 }
 
