@@ -15,6 +15,7 @@ pub mod images;
 pub mod load;
 pub mod network;
 pub mod parts;
+pub mod placement;
 pub mod policy;
 pub mod ratelimit;
 pub mod server;
@@ -101,7 +102,9 @@ pub struct BenchArgs {
     /// stdio, alternating; then `--tasks` tasks at once and their memory. `ratelimit`: tenant
     /// B's API p50/p99 alone, beside tenant A flooding the API (`--api-concurrency` connections
     /// for `--api-seconds`) at its limit, and beside the same flood with A unlimited.
-    #[arg(long, value_parser = ["network", "images", "tasks", "ratelimit"])]
+    /// `placement`: tenant B's exec round trips alone and beside each of tenant A's noises (and
+    /// all of them at once), with B `shared` and then `dedicated`.
+    #[arg(long, value_parser = ["network", "images", "tasks", "ratelimit", "placement"])]
     only: Option<String>,
     /// `--only ratelimit`: tenant A's `api_requests_per_second` while it floods.
     #[arg(long, default_value_t = 100)]
@@ -476,23 +479,20 @@ async fn only_tasks(
     Ok(())
 }
 
-/// The figures of `--only ratelimit`.
-#[derive(Debug, Serialize)]
-struct RateLimitAlone {
-    host: String,
-    command_line: String,
-    ratelimit: ratelimit::RateLimitReport,
-}
-
-/// `--only ratelimit`: one loopback-only server; [`ratelimit::measure`]; then the same cleanup
-/// as [`run`].
-async fn only_ratelimit(
+/// Runs `measure` against one loopback-only server of its own (the admin's client and the
+/// server's URL), then the same cleanup as [`run`], whatever `measure` did.
+async fn with_loopback_server<T, F, Fut>(
     args: &BenchArgs,
     bulkhead: &Path,
     data: &Path,
     settings: &Names,
     image: &images::DefaultImage,
-) -> anyhow::Result<()> {
+    measure: F,
+) -> anyhow::Result<T>
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
     let result = async {
         let runtime_class = format!("container={}", args.runtime);
         let image_args = image.serve_args();
@@ -510,8 +510,7 @@ async fn only_ratelimit(
         let server = ServerProcess(started.child);
         let admin = std::fs::read_to_string(data.join("data").join("admin.token"))?.trim().to_owned();
         let admin = Client::new(&started.url, Some(admin));
-        let seconds = args.api_seconds.max(1);
-        let report = ratelimit::measure(&admin, &started.url, args.ratelimit_rps, args.api_concurrency, seconds).await;
+        let report = measure(admin, started.url.clone()).await;
         drop(server);
         report
     }
@@ -519,6 +518,30 @@ async fn only_ratelimit(
     leave_nothing_behind(settings).await;
     let _ = std::fs::remove_dir_all(data);
     forget_in_host_registry(&settings.cgroup_prefix);
+    result
+}
+
+/// The figures of `--only ratelimit`.
+#[derive(Debug, Serialize)]
+struct RateLimitAlone {
+    host: String,
+    command_line: String,
+    ratelimit: ratelimit::RateLimitReport,
+}
+
+/// `--only ratelimit`: one loopback-only server; [`ratelimit::measure`].
+async fn only_ratelimit(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let seconds = args.api_seconds.max(1);
+    let result = with_loopback_server(args, bulkhead, data, settings, image, |admin, url| async move {
+        ratelimit::measure(&admin, &url, args.ratelimit_rps, args.api_concurrency, seconds).await
+    })
+    .await;
     let report = RateLimitAlone {
         host: host(),
         command_line: std::env::args().collect::<Vec<_>>().join(" "),
@@ -527,7 +550,46 @@ async fn only_ratelimit(
     println!("host: {}", report.host);
     println!("command: {}\n", report.command_line);
     ratelimit::print(&report.ratelimit);
-    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)
+    write_figures(args, &report)
+}
+
+/// The figures of `--only placement`.
+#[derive(Debug, Serialize)]
+struct PlacementAlone {
+    host: String,
+    command_line: String,
+    placement: placement::PlacementReport,
+}
+
+/// `--only placement`: one loopback-only server; [`placement::measure`].
+async fn only_placement(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let noises = load::noises(&args.noise)?;
+    let cgroups = load::cgroups(&settings.cgroup_prefix)?;
+    let execs = args.noisy_execs.max(1);
+    let result = with_loopback_server(args, bulkhead, data, settings, image, |admin, _url| async move {
+        placement::measure(&admin, &cgroups, execs, &noises).await
+    })
+    .await;
+    let report = PlacementAlone {
+        host: host(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        placement: result?,
+    };
+    println!("host: {}", report.host);
+    println!("command: {}\n", report.command_line);
+    placement::print(&report.placement);
+    write_figures(args, &report)
+}
+
+/// Writes a section's figures as JSON to `--out`.
+fn write_figures(args: &BenchArgs, report: &impl Serialize) -> anyhow::Result<()> {
+    std::fs::write(&args.out, serde_json::to_vec_pretty(report)?)
         .with_context(|| format!("write {}", args.out.display()))?;
     println!("\nfigures written to {}", args.out.display());
     Ok(())
@@ -581,6 +643,7 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
         Some("images") => return only_images(args, bulkhead, &data, &settings, &image).await,
         Some("tasks") => return only_tasks(args, bulkhead, &data, &settings, &image).await,
         Some("ratelimit") => return only_ratelimit(args, bulkhead, &data, &settings, &image).await,
+        Some("placement") => return only_placement(args, bulkhead, &data, &settings, &image).await,
         _ => {}
     }
     let result = bench(args, bulkhead, &data, &settings, &image).await;

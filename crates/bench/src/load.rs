@@ -42,8 +42,18 @@ fn mib(bytes: f64) -> f64 {
 
 /// A namespace of the bench with a developer key; the client speaks for that key.
 async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<Client> {
+    placed_tenant(admin, name, quotas, None).await
+}
+
+/// A namespace `name` with `quotas` and `placement`, and a developer key of it.
+async fn placed_tenant(
+    admin: &Client,
+    name: &str,
+    quotas: Quotas,
+    placement: Option<bulkhead_api::PlacementSpec>,
+) -> anyhow::Result<Client> {
     admin
-        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
+        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement, quotas })
         .await
         .with_context(|| format!("create namespace {name}"))?;
     let key = admin
@@ -494,7 +504,7 @@ pub async fn api_throughput(
 
 /// One kind of noise tenant A makes, in a sandbox of its own.
 pub struct Noise {
-    name: &'static str,
+    pub name: &'static str,
     cpu_millis: u64,
     memory_bytes: u64,
     /// The body of a Python function that makes the noise (indented by four spaces).
@@ -502,7 +512,7 @@ pub struct Noise {
 }
 
 /// A's noise: within A's quotas of one core and 256 MiB, each at its sandbox's limit.
-const NOISES: [Noise; 3] = [
+pub const NOISES: [Noise; 3] = [
     // Every process forks for ever, so the sandbox sits at its pids limit and every process
     // spins on a failing fork.
     Noise {
@@ -652,7 +662,18 @@ pub async fn noisy_neighbour(
     execs: usize,
     noises: &[&Noise],
 ) -> anyhow::Result<NoisyNeighbour> {
-    let result = noisy_in(admin, cgroups, execs, noises).await;
+    placed_noisy_neighbour(admin, cgroups, execs, noises, None).await
+}
+
+/// [`noisy_neighbour`] with tenant B (the quiet one) in `b_placement`.
+pub async fn placed_noisy_neighbour(
+    admin: &Client,
+    cgroups: &Cgroups,
+    execs: usize,
+    noises: &[&Noise],
+    b_placement: Option<bulkhead_api::PlacementSpec>,
+) -> anyhow::Result<NoisyNeighbour> {
+    let result = noisy_in(admin, cgroups, execs, noises, b_placement).await;
     delete_namespaces(admin, &["tenant-a", "tenant-b"]).await;
     result
 }
@@ -662,6 +683,7 @@ async fn noisy_in(
     cgroups: &Cgroups,
     execs: usize,
     noises: &[&Noise],
+    b_placement: Option<bulkhead_api::PlacementSpec>,
 ) -> anyhow::Result<NoisyNeighbour> {
     let quiet = Quotas {
         cpu_millis: 1000,
@@ -673,7 +695,7 @@ async fn noisy_in(
         api_requests_per_second: crate::RAISED_API_REQUESTS_PER_SECOND,
         max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
-    let b = tenant(admin, "tenant-b", quiet).await?;
+    let b = placed_tenant(admin, "tenant-b", quiet, b_placement).await?;
     let sb = b
         .create_sandbox(
             "tenant-b",
