@@ -13,7 +13,7 @@ Every error answer raises a subclass of :class:`ApiError` (:mod:`bulkhead.errors
 
 from . import errors, types
 from ._core import Call, ExecEvent, ExecResult, ProcessEvent, RetryPolicy
-# from .aio import AsyncClient, AsyncFiles, AsyncProcess, AsyncSandbox
+from .aio import AsyncClient, AsyncFiles, AsyncProcess, AsyncSandbox
 from .client import Client, Files, Process, Sandbox
 from .errors import ApiError
 

@@ -71,8 +71,8 @@ class RetryPolicy:
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
         if retry_after is not None:
-            return min(retry_after, 60.0)
-        base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
+            return min(float(retry_after), 60.0)
+        base: float = min(self.backoff * 2.0 ** (attempt - 1), self.max_backoff)
         return base * (0.5 + random.random() / 2)
 
 
@@ -159,7 +159,7 @@ def error_from(response: httpx.Response, body: bytes) -> errors.ApiError:
         message = body[:512].decode("utf-8", "replace")
     cls = errors.BY_CODE.get(code, errors.ApiError)
     if cls in (errors.RateLimited, errors.Unavailable):
-        return cls(response.status_code, code, message, request_id, retry_after(response))  # type: ignore[call-arg]
+        return cls(response.status_code, code, message, request_id, retry_after(response))
     return cls(response.status_code, code or f"http_{response.status_code}", message, request_id)
 
 

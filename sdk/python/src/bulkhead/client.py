@@ -8,6 +8,7 @@ client's default namespace when it is ``None``.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -594,7 +595,7 @@ class Agents(_Resource):
         call.content, call.headers["Content-Type"] = bundle, "application/x-tar"
         return cast(t.AgentVersion, self._c.json(call))
 
-    def versions(self, name: str, *, namespace: str | None = None) -> list[t.AgentVersion]:
+    def versions(self, name: str, *, namespace: str | None = None) -> builtins.list[t.AgentVersion]:
         """The agent's versions."""
         return list(self._c.pages(Call.get(self._c.ns_path(namespace, "agents", name, "versions"))))
 
@@ -695,7 +696,7 @@ class Tasks(_Resource):
         call = Call("PUT", self._c.ns_path(namespace, "tasks", task_id, "state"), json=state)
         if if_match:
             call.headers["If-Match"] = if_match
-        return self._c.request(call).headers.get("etag", "")
+        return str(self._c.request(call).headers.get("etag", ""))
 
 
 class Usage(_Resource):
