@@ -1,0 +1,179 @@
+"""Sandboxes through the sync and async clients: create → exec → files → delete with a context
+manager, streamed commands, binary output, large streamed files, background processes."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import bulkhead
+from bulkhead import errors
+
+
+def assert_gone(client: bulkhead.Client, sandbox_id: str) -> None:
+    """The sandbox was deleted: its record says so and it runs nothing more."""
+    assert client.sandboxes.get(sandbox_id).status == "deleted"
+    with pytest.raises(errors.ApiError) as e:
+        bulkhead.Sandbox(client, {"id": sandbox_id, "namespace": client.namespace}).exec(["true"])
+    assert isinstance(e.value, (errors.Conflict, errors.NotFound)), e.value
+
+
+def test_create_exec_files_and_delete_with_a_context_manager(client: bulkhead.Client) -> None:
+    assert client.namespace == os.environ["BULKHEAD_NAMESPACE"]
+    with client.sandboxes.create(env={"GREETING": "hi there"}, ttl_seconds=600) as sandbox:
+        assert sandbox.id.startswith("sbx_") and sandbox.status == "running", sandbox.data
+        assert sandbox.namespace == client.namespace
+
+        r = sandbox.exec(["sh", "-c", 'echo "$GREETING"; echo oops >&2; exit 7'])
+        assert (r.exit_code, r.stdout, r.stderr, r.timed_out) == (7, "hi there\n", "oops\n", False)
+        # A string runs through the shell; stdin, cwd and env are passed through.
+        r = sandbox.exec("cat; pwd; echo $X", stdin="in\n", cwd="/tmp", env={"X": "y"})
+        assert (r.exit_code, r.stdout) == (0, "in\n/tmp\ny\n")
+
+        sandbox.files.write("/srv/app/notes.txt", "über\n")
+        assert sandbox.files.read("/srv/app/notes.txt") == "über\n".encode()
+        assert sandbox.files.read_text("/srv/app/notes.txt") == "über\n"
+        sandbox.files.write("/srv/app/run.sh", b"#!/bin/sh\necho ran\n", mode=0o755)
+        assert sandbox.exec(["/srv/app/run.sh"]).stdout == "ran\n"
+        entries = {e["name"]: e for e in sandbox.files.list("/srv/app")}
+        assert sorted(entries) == ["notes.txt", "run.sh"]
+        assert (entries["run.sh"]["mode"], entries["notes.txt"]["size"]) == ("0755", len("über\n".encode()))
+
+        assert sandbox.id in [s.id for s in client.sandboxes.list()]
+        assert client.sandboxes.get(sandbox.id).refresh().status == "running"
+        kept = sandbox.id
+    assert_gone(client, kept)
+
+
+def test_the_async_client_does_the_same() -> None:
+    async def run() -> str:
+        async with bulkhead.AsyncClient() as client:
+            async with await client.sandboxes.create(ttl_seconds=600) as sandbox:
+                assert sandbox.status == "running"
+                r = await sandbox.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+                assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")
+                events = [e async for e in sandbox.exec_stream("echo a; echo b >&2")]
+                # Two pipes: their pieces may come in either order.
+                assert sorted((e.type, e.data) for e in events[:-1]) == [("stderr", "b\n"), ("stdout", "a\n")]
+                assert (events[-1].type, events[-1].exit_code) == ("exit", 0)
+
+                async def chunks() -> AsyncIterator[bytes]:
+                    for part in (b"x" * 100_000, b"y"):
+                        yield part
+
+                await sandbox.files.write("/tmp/async.bin", chunks())
+                assert await sandbox.files.read("/tmp/async.bin") == b"x" * 100_000 + b"y"
+                assert await sandbox.files.read_text("/tmp/async.bin") == "x" * 100_000 + "y"
+                assert [e["name"] for e in await sandbox.files.list("/tmp")] == ["async.bin"]
+                with pytest.raises(errors.NotFound) as e:
+                    await sandbox.files.read("/tmp/missing")
+                assert "/tmp/missing" in e.value.message and e.value.request_id.startswith("req_")
+                assert sandbox.id in [s.id for s in await client.sandboxes.list()]
+                return sandbox.id
+
+    kept = asyncio.run(run())
+    with bulkhead.Client() as client:
+        assert_gone(client, kept)
+
+
+def test_streamed_exec_yields_output_while_the_command_runs(sandbox: bulkhead.Sandbox) -> None:
+    # The command waits for a file that the test writes only once it has read the first event:
+    # the event came while the command was still running.
+    script = "echo ready; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo done >&2; exit 4"
+    events = []
+    for event in sandbox.exec_stream(["sh", "-c", script], timeout_seconds=120):
+        events.append(event)
+        if event.type == "stdout" and event.data == "ready\n":
+            sandbox.files.write("/tmp/go", b"")
+    assert [(e.type, e.data) for e in events[:-1]] == [("stdout", "ready\n"), ("stderr", "done\n")], events
+    last = events[-1]
+    assert (last.type, last.exit_code, last.timed_out) == ("exit", 4, False), last
+
+
+def test_binary_commands_carry_exact_bytes(sandbox: bulkhead.Sandbox) -> None:
+    data = bytes(range(256)) * 4
+    r = sandbox.exec(["cat"], stdin=data)
+    assert (r.exit_code, r.stdout) == (0, data)
+    events = list(sandbox.exec_stream(["sh", "-c", "printf '\\377\\000'; printf '\\376' >&2"], binary=True))
+    out = b"".join(e.data for e in events if e.type == "stdout")
+    err = b"".join(e.data for e in events if e.type == "stderr")
+    assert (out, err, events[-1].exit_code) == (b"\xff\x00", b"\xfe", 0)
+
+
+def test_a_50_mib_file_round_trips_streamed(sandbox: bulkhead.Sandbox) -> None:
+    size, chunk = 50 << 20, 1 << 20
+    sent = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(size // chunk):
+            block = hashlib.sha256(str(i).encode()).digest() * (chunk // 32)
+            sent.update(block)
+            yield block
+
+    sandbox.files.write("/tmp/big.bin", chunks())
+    inside = sandbox.exec(["sh", "-c", "stat -c %s /tmp/big.bin; sha256sum /tmp/big.bin"]).stdout.split()
+    assert inside[0] == str(size) and inside[1] == sent.hexdigest()
+
+    got, n = hashlib.sha256(), 0
+    for piece in sandbox.files.iter_read("/tmp/big.bin"):
+        got.update(piece)
+        n += len(piece)
+    assert (n, got.hexdigest()) == (size, sent.hexdigest())
+
+    # And through file objects both ways.
+    out = io.BytesIO()
+    assert sandbox.files.download("/tmp/big.bin", out) == size
+    out.seek(0)
+    sandbox.files.write("/tmp/copy.bin", out)
+    assert sandbox.exec("sha256sum < /tmp/copy.bin").stdout.split()[0] == sent.hexdigest()
+
+
+def test_file_errors_have_their_classes(sandbox: bulkhead.Sandbox) -> None:
+    with pytest.raises(errors.IsADirectory) as e:
+        sandbox.files.read("/tmp")
+    assert (e.value.status, e.value.code) == (400, "is_a_directory")
+    with pytest.raises(errors.NotFound) as nf:
+        sandbox.files.read("/no/such/file")
+    assert "/no/such/file" in nf.value.message
+    sandbox.exec("mkfifo /tmp/fifo")
+    with pytest.raises(errors.NotARegularFile):
+        sandbox.files.read("/tmp/fifo")
+    sandbox.exec("echo secret > /tmp/private; chmod 600 /tmp/private")
+    with pytest.raises(errors.PermissionDenied) as pd:
+        sandbox.files.read("/tmp/private", user="nobody")
+    assert (pd.value.status, pd.value.code) == (403, "permission_denied")
+
+
+def test_background_processes_take_stdin_signals_and_stream_output(sandbox: bulkhead.Sandbox) -> None:
+    cat = sandbox.processes.start(["cat"])
+    assert cat.id.startswith("prc_") and cat.data["status"] == "running"
+    assert cat.write(b"one\n") == 4
+    assert cat.write(io.BytesIO(b"two\n"), eof=True) == 4
+    events = list(cat.output())
+    assert b"".join(e.data for e in events if e.type == "output") == b"one\ntwo\n"
+    assert [e.seq for e in events if e.type == "output"] == list(range(1, len(events)))
+    assert (events[-1].type, events[-1].exit_code) == ("exit", 0)
+    # Resuming after a seq gives what follows it.
+    first = events[0]
+    assert [e.seq for e in cat.output(after=first.seq) if e.type == "output"] == [e.seq for e in events[1:-1]]
+    assert cat.refresh().data["status"] == "exited"
+
+    sleeper = sandbox.processes.start("sleep 600")
+    assert sleeper.id in [p.id for p in sandbox.processes.list()]
+    sleeper.kill()
+    done = sleeper.wait()
+    assert (done.data["status"], done.data.get("signal"), done.data["exit_code"]) == ("exited", 9, 137)
+
+    # A terminal: its output is one `pty` stream, and it has the size asked.
+    tty = sandbox.processes.start(["sh", "-c", "stty size; read line; echo got $line"], tty={"rows": 30, "cols": 100})
+    tty.resize(30, 100)
+    tty.write(b"hello\n")
+    events = list(tty.output())
+    text = b"".join(e.data for e in events if e.type == "output")
+    assert {e.stream for e in events if e.type == "output"} == {"pty"}
+    assert b"30 100" in text and b"got hello" in text, text
