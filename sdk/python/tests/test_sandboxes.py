@@ -177,3 +177,38 @@ def test_background_processes_take_stdin_signals_and_stream_output(sandbox: bulk
     text = b"".join(e.data for e in events if e.type == "output")
     assert {e.stream for e in events if e.type == "output"} == {"pty"}
     assert b"30 100" in text and b"got hello" in text, text
+
+
+def test_a_terminal_over_the_process_websocket(sandbox: bulkhead.Sandbox, viewer: bulkhead.Client) -> None:
+    from bulkhead.pty import Terminal
+
+    script = "stty size; read line; echo got $line; exit 5"
+    shell = sandbox.processes.start(["sh", "-c", script], tty={"rows": 24, "cols": 80})
+    with shell.attach() as term:
+        assert isinstance(term, Terminal)
+        first = term.recv()
+        assert first is not None
+        term.resize(40, 120)
+        term.send("hello\n")
+        out = first + term.read_to_exit()
+    assert b"24 80" in out and b"got hello" in out, out
+    assert term.exit is not None and term.exit["exit_code"] == 5, term.exit
+    # A viewer may not attach: the refused upgrade is the API's 403.
+    cat = sandbox.processes.start(["cat"])
+    viewer_process = viewer.sandboxes.get(sandbox.id).processes.get(cat.id)
+    with pytest.raises(errors.Forbidden):
+        viewer_process.attach()
+
+    # The async terminal: stdin, eof, the exit.
+    async def run() -> bytes:
+        async with bulkhead.AsyncClient() as c:
+            sb = await c.sandboxes.get(sandbox.id)
+            process = await sb.processes.get(cat.id)
+            async with await process.attach() as t:
+                await t.send(b"async bytes")
+                await t.eof()
+                data = await t.read_to_exit()
+                assert t.exit is not None and t.exit["exit_code"] == 0
+                return data
+
+    assert asyncio.run(run()) == b"async bytes"

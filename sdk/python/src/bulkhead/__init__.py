@@ -16,6 +16,7 @@ from ._core import Call, ExecEvent, ExecResult, ProcessEvent, RetryPolicy
 from .aio import AsyncClient, AsyncFiles, AsyncProcess, AsyncSandbox
 from .client import Client, Files, Process, Sandbox
 from .errors import ApiError
+from .pty import AsyncTerminal, Terminal
 
 __all__ = [
     "ApiError",
@@ -23,6 +24,7 @@ __all__ = [
     "AsyncFiles",
     "AsyncProcess",
     "AsyncSandbox",
+    "AsyncTerminal",
     "Call",
     "Client",
     "ExecEvent",
@@ -32,6 +34,7 @@ __all__ = [
     "ProcessEvent",
     "RetryPolicy",
     "Sandbox",
+    "Terminal",
     "errors",
     "types",
 ]

@@ -138,19 +138,29 @@ def str_param(v: Any) -> str:
     return str(v)
 
 
-def retry_after(response: httpx.Response) -> float | None:
-    """The ``Retry-After`` header in seconds, when it is a number."""
-    v = response.headers.get("retry-after")
+def seconds(v: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds, when it is a number."""
     try:
         return float(v) if v is not None else None
     except ValueError:
         return None
 
 
+def retry_after(response: httpx.Response) -> float | None:
+    """The answer's ``Retry-After`` in seconds, when it is a number."""
+    return seconds(response.headers.get("retry-after"))
+
+
 def error_from(response: httpx.Response, body: bytes) -> errors.ApiError:
     """The exception for an error answer: the class of its code, or ``ApiError``."""
+    return error_for(response.status_code, response.headers, body)
+
+
+def error_for(status: int, headers: Mapping[str, str], body: bytes) -> errors.ApiError:
+    """The exception for an error answer of ``status`` with ``headers`` (lower-case names
+    looked up) and ``body``."""
     code, message = "", ""
-    request_id = response.headers.get("x-request-id", "")
+    request_id = headers.get("x-request-id", "")
     try:
         detail = json.loads(body)["error"]
         code, message = str(detail.get("code", "")), str(detail.get("message", ""))
@@ -159,8 +169,8 @@ def error_from(response: httpx.Response, body: bytes) -> errors.ApiError:
         message = body[:512].decode("utf-8", "replace")
     cls = errors.BY_CODE.get(code, errors.ApiError)
     if cls in (errors.RateLimited, errors.Unavailable):
-        return cls(response.status_code, code, message, request_id, retry_after(response))
-    return cls(response.status_code, code or f"http_{response.status_code}", message, request_id)
+        return cls(status, code, message, request_id, seconds(headers.get("retry-after")))
+    return cls(status, code or f"http_{status}", message, request_id)
 
 
 def should_retry(call: Call, attempt: int, policy: RetryPolicy, response: httpx.Response | None) -> float | None:

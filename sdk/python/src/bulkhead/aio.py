@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import IO, Any, Unpack, cast
+from typing import IO, TYPE_CHECKING, Any, Unpack, cast
 
 import httpx
 
@@ -40,6 +40,9 @@ from ._core import (
     should_retry,
     stream_retry_delay,
 )
+
+if TYPE_CHECKING:
+    from .pty import AsyncTerminal
 
 #: What an upload takes: bytes, text (UTF-8), a binary file object (read in chunks), or an
 #: iterable or async iterable of byte chunks (streamed, never held whole).
@@ -491,6 +494,12 @@ class AsyncProcess:
                 if wait is None:
                     raise
                 await asyncio.sleep(wait)
+
+    async def attach(self, *, after: int = 0) -> AsyncTerminal:
+        """Like :meth:`bulkhead.client.Process.attach`, awaited."""
+        from .pty import attach_async
+
+        return await attach_async(self._c.config, self._base + "/attach", after)
 
     async def wait(self) -> AsyncProcess:
         """Reads its output to the end, then returns it refreshed (with ``exit_code``)."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import IO, Any, Unpack, cast
+from typing import IO, TYPE_CHECKING, Any, Unpack, cast
 
 import httpx
 
@@ -39,6 +39,9 @@ from ._core import (
     should_retry,
     stream_retry_delay,
 )
+
+if TYPE_CHECKING:
+    from .pty import Terminal
 
 #: What a file or archive upload takes: bytes, text (UTF-8), a binary file object read in
 #: chunks, or an iterable of byte chunks (streamed, never held whole).
@@ -478,6 +481,13 @@ class Process:
                 if wait is None:
                     raise
                 time.sleep(wait)
+
+    def attach(self, *, after: int = 0) -> Terminal:
+        """Attaches to it over a WebSocket (the ``pty`` extra): stdin out, output from seq
+        ``after`` in, resizes and the exit; for a process started with ``tty``, a terminal."""
+        from .pty import attach
+
+        return attach(self._c.config, self._base + "/attach", after)
 
     def wait(self) -> Process:
         """Reads its output to the end, then returns it refreshed (with ``exit_code``)."""
