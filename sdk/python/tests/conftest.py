@@ -58,6 +58,19 @@ def viewer() -> Iterator[bulkhead.Client]:
 
 
 @pytest.fixture
+def quotas() -> bulkhead.types.Quotas:
+    """The quotas of a small namespace of a test's own: a core, 512 MiB, two sandboxes."""
+    return {
+        "cpu_millis": 1000,
+        "memory_bytes": 512 << 20,
+        "disk_bytes": 256 << 20,
+        "max_sandboxes": 2,
+        "pids_per_sandbox": 128,
+        "max_sandbox_ttl_seconds": 600,
+    }
+
+
+@pytest.fixture
 def sandbox(client: bulkhead.Client) -> Iterator[bulkhead.Sandbox]:
     """A running sandbox of the default image, deleted after the test."""
     with client.sandboxes.create(ttl_seconds=900) as s:

@@ -50,7 +50,7 @@ def test_not_found_invalid_and_unauthenticated_raise_their_classes(client: bulkh
     assert (e.status, e.code) == (404, "not_found") and e.request_id.startswith("req_"), e
 
     with pytest.raises(errors.InvalidRequest) as bad:
-        client.sandboxes.create(ttl_seconds=-1)  # type: ignore[typeddict-item]
+        client.sandboxes.create(ttl_seconds=-1)
     assert (bad.value.status, bad.value.code) == (400, "invalid_request") and bad.value.request_id.startswith("req_")
     assert "ttl_seconds" in bad.value.message, bad.value.message
     # Another namespace is not found, whatever it holds.
@@ -125,18 +125,9 @@ def test_a_lost_get_is_retried_and_a_lost_command_is_not(sandbox: bulkhead.Sandb
     assert sandbox.files.read_text("/tmp/runs") == "ran\n"
 
 
-def test_a_quota_is_not_retried_and_a_rate_limit_is(admin: bulkhead.Client) -> None:
+def test_a_quota_is_not_retried_and_a_rate_limit_is(admin: bulkhead.Client, quotas: bulkhead.types.Quotas) -> None:
     name = "py-rate-" + uuid.uuid4().hex[:8]
-    quotas = {
-        "cpu_millis": 1000,
-        "memory_bytes": 256 << 20,
-        "disk_bytes": 256 << 20,
-        "max_sandboxes": 1,
-        "pids_per_sandbox": 64,
-        "max_sandbox_ttl_seconds": 600,
-        "api_requests_per_second": 1,
-    }
-    admin.namespaces.create(name, quotas)  # type: ignore[arg-type]
+    admin.namespaces.create(name, {**quotas, "api_requests_per_second": 1})
     try:
         token = admin.keys.create("dev", "developer", namespace=name)["token"]
         counting = LoseAnswers(lambda r, n: False)

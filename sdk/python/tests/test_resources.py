@@ -15,22 +15,14 @@ import bulkhead
 from bulkhead import errors
 
 
-def test_the_admin_manages_namespaces_and_keys(admin: bulkhead.Client) -> None:
+def test_the_admin_manages_namespaces_and_keys(admin: bulkhead.Client, quotas: bulkhead.types.Quotas) -> None:
     name = "py-ns-" + uuid.uuid4().hex[:8]
-    quotas = {
-        "cpu_millis": 1000,
-        "memory_bytes": 512 << 20,
-        "disk_bytes": 256 << 20,
-        "max_sandboxes": 2,
-        "pids_per_sandbox": 128,
-        "max_sandbox_ttl_seconds": 600,
-    }
-    ns = admin.namespaces.create(name, quotas)  # type: ignore[arg-type]
+    ns = admin.namespaces.create(name, quotas)
     try:
         assert (ns["name"], ns["quotas"]["max_sandboxes"]) == (name, 2)
         assert name in [n["name"] for n in admin.namespaces.list()]
         with pytest.raises(errors.Conflict):
-            admin.namespaces.create(name, quotas)  # type: ignore[arg-type]
+            admin.namespaces.create(name, quotas)
         updated = admin.namespaces.update(name, quotas={"max_sandboxes": 3})
         assert updated["quotas"]["max_sandboxes"] == 3 and admin.namespaces.get(name)["quotas"]["max_sandboxes"] == 3
 
@@ -42,7 +34,7 @@ def test_the_admin_manages_namespaces_and_keys(admin: bulkhead.Client) -> None:
             assert robot.sandboxes.list() == []
             # A developer is no admin of the platform.
             with pytest.raises(errors.ApiError) as e:
-                robot.namespaces.create("py-not-mine", quotas)  # type: ignore[arg-type]
+                robot.namespaces.create("py-not-mine", quotas)
             assert isinstance(e.value, (errors.Forbidden, errors.NotFound)), e.value
             admin.keys.delete(key["id"], namespace=name)
             with pytest.raises(errors.Unauthenticated):

@@ -100,8 +100,8 @@ def test_binary_commands_carry_exact_bytes(sandbox: bulkhead.Sandbox) -> None:
     r = sandbox.exec(["cat"], stdin=data)
     assert (r.exit_code, r.stdout) == (0, data)
     events = list(sandbox.exec_stream(["sh", "-c", "printf '\\377\\000'; printf '\\376' >&2"], binary=True))
-    out = b"".join(e.data for e in events if e.type == "stdout")
-    err = b"".join(e.data for e in events if e.type == "stderr")
+    out = b"".join(e.data for e in events if e.type == "stdout" and isinstance(e.data, bytes))
+    err = b"".join(e.data for e in events if e.type == "stderr" and isinstance(e.data, bytes))
     assert (out, err, events[-1].exit_code) == (b"\xff\x00", b"\xfe", 0)
 
 

@@ -10,7 +10,7 @@ import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -168,7 +168,7 @@ def error_for(status: int, headers: Mapping[str, str], body: bytes) -> errors.Ap
     except (ValueError, KeyError, TypeError, AttributeError):
         message = body[:512].decode("utf-8", "replace")
     cls = errors.BY_CODE.get(code, errors.ApiError)
-    if cls in (errors.RateLimited, errors.Unavailable):
+    if issubclass(cls, errors._Retryable):
         return cls(status, code, message, request_id, seconds(headers.get("retry-after")))
     return cls(status, code or f"http_{status}", message, request_id)
 
@@ -364,12 +364,151 @@ class SseParser:
         return None
 
 
-def stream_retry_delay(policy: RetryPolicy, failures: int) -> float | None:
-    """Seconds to wait before reconnecting a stream after ``failures`` failures in a row with
-    no progress, or ``None`` to give up."""
-    if failures >= policy.attempts:
-        return None
-    return policy.delay(failures, None)
+E = TypeVar("E")
+
+
+class Resumable(Generic[E]):
+    """A stream of numbered events read again after a dropped connection, from the last event
+    it yielded: :meth:`call` asks for what follows, :meth:`feed` turns a line into events and
+    sets ``done`` at the stream's end, :meth:`failed` says how long to wait before reconnecting
+    (``None``: give up). A stream that ends before ``done`` counts as dropped."""
+
+    def __init__(self, route: str, after: int, policy: RetryPolicy) -> None:
+        self.route, self.after, self.policy = route, after, policy
+        self.failures = 0
+        self.done = False
+
+    def call(self) -> Call:
+        """The request for the events after ``after``."""
+        raise NotImplementedError
+
+    def feed(self, line: str) -> list[E]:
+        """The events a line of the answer completes."""
+        raise NotImplementedError
+
+    def failed(self) -> float | None:
+        """Seconds to wait before reconnecting after a failure, or ``None`` when the failures
+        in a row with no progress are as many as the policy's attempts."""
+        self.failures += 1
+        if self.failures >= self.policy.attempts:
+            return None
+        return self.policy.delay(self.failures, None)
+
+
+class ProcessOutput(Resumable[ProcessEvent]):
+    """A process's output as NDJSON, resumed with ``after``; done at its ``exit`` event."""
+
+    def call(self) -> Call:
+        return Call.get(self.route, after=self.after or None)
+
+    def feed(self, line: str) -> list[ProcessEvent]:
+        if not line.strip():
+            return []
+        event = ProcessEvent.from_json(json_line(line))
+        self.failures = 0
+        if event.type == "output":
+            self.after = event.seq
+        self.done = event.type == "exit"
+        return [event]
+
+
+class TaskMessages(Resumable[Any]):
+    """A task's messages as server-sent events, resumed with ``Last-Event-ID``; done at the
+    ``end`` event (the task has ended and every message was sent)."""
+
+    def __init__(self, route: str, after: int, policy: RetryPolicy) -> None:
+        super().__init__(route, after, policy)
+        self.parser = SseParser()
+
+    def call(self) -> Call:
+        self.parser = SseParser()
+        call = Call.get(self.route)
+        call.headers = {"Accept": "text/event-stream", **({"Last-Event-ID": str(self.after)} if self.after else {})}
+        return call
+
+    def feed(self, line: str) -> list[Any]:
+        event = self.parser.feed(line)
+        if event is None:
+            return []
+        kind, _, data = event
+        self.done = kind == "end"
+        if kind != "message":
+            return []
+        message = json_line(data)
+        self.after, self.failures = int(message["seq"]), 0
+        return [message]
+
+
+class ClientBase:
+    """What both clients hold: the server, token and default namespace (:class:`Config`) and
+    the retry rule.
+
+    Args:
+        url: the server, such as ``http://127.0.0.1:8080``; default ``BULKHEAD_URL``.
+        token: an API key's token (or an OIDC ID token); default ``BULKHEAD_TOKEN``.
+        namespace: the namespace of namespaced calls; default ``BULKHEAD_NAMESPACE``.
+        timeout: seconds to wait for a connection, a read or a write (not a whole stream).
+        retry: how idempotent calls are retried (:class:`RetryPolicy`).
+        transport: an httpx transport to send through instead of the network's.
+    """
+
+    def __init__(self, url: str | None, token: str | None, namespace: str | None, retry: RetryPolicy | None) -> None:
+        self.config = Config.resolve(url, token, namespace)
+        self.retry = retry or RetryPolicy()
+
+    def http_options(self, timeout: float, transport: Any) -> dict[str, Any]:
+        """The arguments of the httpx client: base URL, headers, timeout, transport."""
+        return {"base_url": self.config.url, "headers": self.config.headers(), "timeout": timeout, "transport": transport}
+
+    @property
+    def namespace(self) -> str | None:
+        """The default namespace of namespaced calls."""
+        return self.config.namespace
+
+    def ns_path(self, namespace: str | None, *parts: str) -> str:
+        """The path of ``parts`` under ``/v1/namespaces/{ns}``."""
+        return path("namespaces", self.config.ns(namespace), *parts)
+
+
+class SandboxBase:
+    """A sandbox's identity and the server's last answer about it.
+
+    Attributes:
+        id: ``sbx_…``.
+        namespace: its namespace.
+        data: the server's last answer about it (``status``, ``expires_at``, ``image``, …).
+    """
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.id: str = data["id"]
+        self.namespace: str = data["namespace"]
+        self._base = path("namespaces", self.namespace, "sandboxes", self.id)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, status={self.status!r})"
+
+    @property
+    def status(self) -> str:
+        """``creating``, ``running``, ``stopped``, ``failed`` or ``deleted``, as last read."""
+        return str(self.data.get("status", ""))
+
+
+class ProcessBase:
+    """A background process's identity and the server's last answer about it.
+
+    Attributes:
+        id: ``prc_…``.
+        data: the server's last answer about it (:class:`bulkhead.types.Process`).
+    """
+
+    def __init__(self, base: str, data: dict[str, Any]) -> None:
+        self.data = data
+        self.id: str = data["id"]
+        self._base = f"{base}/{self.id}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, status={self.data.get('status')!r})"
 
 
 def file_params(path: str, user: str | None = None, **extra: Any) -> dict[str, Any]:

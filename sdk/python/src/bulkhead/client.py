@@ -20,24 +20,9 @@ import httpx
 from . import types as t
 from .errors import NotFound
 from ._core import (
-    CHUNK,
-    Call,
-    Config,
-    ExecEvent,
-    ExecResult,
-    ProcessEvent,
-    RetryPolicy,
-    SseParser,
-    clean,
-    error_from,
-    exec_body,
-    json_line,
-    file_params,
-    mode_str,
-    path,
-    replayable,
-    should_retry,
-    stream_retry_delay,
+    CHUNK, Call, ClientBase, E, ExecEvent, ExecResult, ProcessBase, ProcessEvent, ProcessOutput, Resumable,
+    RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_body, file_params, json_line, mode_str,
+    path, replayable, should_retry,
 )
 
 if TYPE_CHECKING:
@@ -58,18 +43,12 @@ def _content(data: Data) -> Any:
     return data
 
 
-class Client:
-    """A synchronous client of one Bulkhead server.
-
-    Args:
-        url: the server, such as ``http://127.0.0.1:8080``; default ``BULKHEAD_URL``.
-        token: an API key's token (or an OIDC ID token); default ``BULKHEAD_TOKEN``.
-        namespace: the namespace of namespaced calls; default ``BULKHEAD_NAMESPACE``.
-        timeout: seconds to wait for a connection, a read or a write (not a whole stream).
-        retry: how idempotent calls are retried (:class:`RetryPolicy`).
-        transport: an ``httpx.BaseTransport`` to send through instead of the network's.
-
-    Use it as a context manager, or call :meth:`close`, to release its connections.
+class Client(ClientBase):
+    """A synchronous client of one Bulkhead server; its arguments are those of
+    :class:`bulkhead._core.ClientBase` (``url``, ``token``, ``namespace`` default to
+    ``BULKHEAD_URL``, ``BULKHEAD_TOKEN``, ``BULKHEAD_NAMESPACE``; ``transport`` is an
+    ``httpx.BaseTransport``). Use it as a context manager, or call :meth:`close`, to release its
+    connections.
     """
 
     def __init__(
@@ -82,11 +61,8 @@ class Client:
         retry: RetryPolicy | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self.config = Config.resolve(url, token, namespace)
-        self.retry = retry or RetryPolicy()
-        self._http = httpx.Client(
-            base_url=self.config.url, headers=self.config.headers(), timeout=timeout, transport=transport
-        )
+        super().__init__(url, token, namespace, retry)
+        self._http = httpx.Client(**self.http_options(timeout, transport))
         self.namespaces = Namespaces(self)
         self.keys = Keys(self)
         self.sandboxes = Sandboxes(self)
@@ -96,11 +72,6 @@ class Client:
         self.tasks = Tasks(self)
         self.usage = Usage(self)
         self.audit = Audit(self)
-
-    @property
-    def namespace(self) -> str | None:
-        """The default namespace of namespaced calls."""
-        return self.config.namespace
 
     def close(self) -> None:
         """Closes the client's connections."""
@@ -169,9 +140,21 @@ class Client:
                 return
             call.params["cursor"] = cursor
 
-    def ns_path(self, namespace: str | None, *parts: str) -> str:
-        """The path of ``parts`` under ``/v1/namespaces/{ns}``."""
-        return path("namespaces", self.config.ns(namespace), *parts)
+    def follow(self, reader: Resumable[E]) -> Iterator[E]:
+        """The events of a resumable stream, reconnecting after a dropped connection."""
+        while True:
+            try:
+                with self.stream(reader.call()) as r:
+                    for line in r.iter_lines():
+                        yield from reader.feed(line)
+                        if reader.done:
+                            return
+                raise httpx.RemoteProtocolError("the stream ended before its last event")
+            except httpx.TransportError:
+                wait = reader.failed()
+                if wait is None:
+                    raise
+                time.sleep(wait)
 
 
 class _Resource:
@@ -259,35 +242,17 @@ class Sandboxes(_Resource):
         self._c.request(Call("DELETE", self._c.ns_path(namespace, "sandboxes", sandbox_id)))
 
 
-class Sandbox:
-    """A sandbox: its fields as the server last answered (:attr:`data`), commands, files and
-    background processes. ``with`` deletes it on exit (a sandbox already gone is fine).
-
-    Attributes:
-        id: ``sbx_…``.
-        namespace: its namespace.
-        data: the server's last answer about it (``status``, ``expires_at``, ``image``, …).
-        files: its files (:class:`Files`), absolute paths.
-        processes: its background processes (:class:`Processes`).
+class Sandbox(SandboxBase):
+    """A sandbox (``id``, ``namespace``, ``status``, and ``data``: the server's last answer
+    about it), its commands, ``files`` (:class:`Files`, absolute paths) and background
+    ``processes`` (:class:`Processes`). ``with`` deletes it on exit (one already gone is fine).
     """
 
     def __init__(self, client: Client, data: dict[str, Any]) -> None:
+        super().__init__(data)
         self._c = client
-        self.data = data
-        self.id: str = data["id"]
-        self.namespace: str = data["namespace"]
-        base = path("namespaces", self.namespace, "sandboxes", self.id)
-        self._base = base
-        self.files = Files(client, base + "/files")
-        self.processes = Processes(client, base + "/processes")
-
-    def __repr__(self) -> str:
-        return f"Sandbox(id={self.id!r}, status={self.status!r})"
-
-    @property
-    def status(self) -> str:
-        """``creating``, ``running``, ``stopped``, ``failed`` or ``deleted``, as last read."""
-        return str(self.data.get("status", ""))
+        self.files = Files(client, self._base + "/files")
+        self.processes = Processes(client, self._base + "/processes")
 
     def refresh(self) -> Sandbox:
         """Reads the sandbox again; returns itself."""
@@ -413,22 +378,13 @@ class Processes:
         return Process(self._c, self._base, self._c.json(Call.get(f"{self._base}/{process_id}")))
 
 
-class Process:
-    """A background process: its stdin, signals, terminal size and output.
-
-    Attributes:
-        id: ``prc_…``.
-        data: the server's last answer about it (:class:`bulkhead.types.Process`).
-    """
+class Process(ProcessBase):
+    """A background process (``id``, and ``data``: the server's last answer about it): its
+    stdin, signals, terminal size and output."""
 
     def __init__(self, client: Client, base: str, data: dict[str, Any]) -> None:
+        super().__init__(base, data)
         self._c = client
-        self.data = data
-        self.id: str = data["id"]
-        self._base = f"{base}/{self.id}"
-
-    def __repr__(self) -> str:
-        return f"Process(id={self.id!r}, status={self.data.get('status')!r})"
 
     def refresh(self) -> Process:
         """Reads the process again (``status``, ``exit_code``); returns itself."""
@@ -460,27 +416,7 @@ class Process:
     def output(self, *, after: int = 0) -> Iterator[ProcessEvent]:
         """Its output events after seq ``after`` until it exits (the last event is ``exit``);
         a dropped connection is resumed after the last seq seen, without a gap or a duplicate."""
-        failures = 0
-        while True:
-            try:
-                with self._c.stream(Call.get(self._base + "/output", after=after or None)) as r:
-                    for line in r.iter_lines():
-                        if not line.strip():
-                            continue
-                        event = ProcessEvent.from_json(json_line(line))
-                        failures = 0
-                        if event.type == "output":
-                            after = event.seq
-                        yield event
-                        if event.type == "exit":
-                            return
-                return
-            except httpx.TransportError:
-                failures += 1
-                wait = stream_retry_delay(self._c.retry, failures)
-                if wait is None:
-                    raise
-                time.sleep(wait)
+        return self._c.follow(ProcessOutput(self._base + "/output", after, self._c.retry))
 
     def attach(self, *, after: int = 0) -> Terminal:
         """Attaches to it over a WebSocket (the ``pty`` extra): stdin out, output from seq
@@ -667,33 +603,8 @@ class Tasks(_Resource):
         """The task's messages after seq ``after``, live, until the task has ended and every
         message was sent. A dropped connection resumes from the last seq seen
         (``Last-Event-ID``): no gap, no duplicate."""
-        url = self._c.ns_path(namespace, "tasks", task_id, "messages")
-        failures = 0
-        while True:
-            call = Call.get(url)
-            call.headers = {"Accept": "text/event-stream", **({"Last-Event-ID": str(after)} if after else {})}
-            try:
-                with self._c.stream(call) as r:
-                    parser = SseParser()
-                    for line in r.iter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        kind, _, data = event
-                        if kind == "end":
-                            return
-                        if kind == "message":
-                            message = cast(t.TaskMessage, json_line(data))
-                            after, failures = message["seq"], 0
-                            yield message
-                # The server ended the stream without its `end` event: reconnect.
-                raise httpx.RemoteProtocolError("the message stream ended early")
-            except httpx.TransportError:
-                failures += 1
-                wait = stream_retry_delay(self._c.retry, failures)
-                if wait is None:
-                    raise
-                time.sleep(wait)
+        route = self._c.ns_path(namespace, "tasks", task_id, "messages")
+        return self._c.follow(TaskMessages(route, after, self._c.retry))
 
     def get_state(self, task_id: str, *, namespace: str | None = None) -> tuple[Any, str]:
         """The task's state document and its ETag."""

@@ -76,20 +76,21 @@ class QuotaExceeded(ApiError):
     CODE = "quota_exceeded"
 
 
-class RateLimited(ApiError):
-    """429 ``rate_limited``: too many requests at once.
-
-    Attributes:
-        retry_after: whole seconds the server asked to wait (``Retry-After``), or ``None``.
-    """
-
-    CODE = "rate_limited"
+class _Retryable(ApiError):
+    """An error answer that says when to try again (``Retry-After``)."""
 
     def __init__(
         self, status: int, code: str, message: str, request_id: str, retry_after: float | None = None
     ) -> None:
         super().__init__(status, code, message, request_id)
+        #: Whole seconds the server asked to wait, or ``None``.
         self.retry_after = retry_after
+
+
+class RateLimited(_Retryable):
+    """429 ``rate_limited``: too many requests at once; ``retry_after`` seconds to wait."""
+
+    CODE = "rate_limited"
 
 
 class Internal(ApiError):
@@ -98,20 +99,11 @@ class Internal(ApiError):
     CODE = "internal"
 
 
-class Unavailable(ApiError):
-    """503 ``unavailable``: a resource under repair or a busy store; safe to retry later.
-
-    Attributes:
-        retry_after: whole seconds the server asked to wait (``Retry-After``), or ``None``.
-    """
+class Unavailable(_Retryable):
+    """503 ``unavailable``: a resource under repair or a busy store; safe to retry after
+    ``retry_after`` seconds."""
 
     CODE = "unavailable"
-
-    def __init__(
-        self, status: int, code: str, message: str, request_id: str, retry_after: float | None = None
-    ) -> None:
-        super().__init__(status, code, message, request_id)
-        self.retry_after = retry_after
 
 
 class InsufficientStorage(ApiError):
