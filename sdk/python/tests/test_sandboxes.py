@@ -212,3 +212,43 @@ def test_a_terminal_over_the_process_websocket(sandbox: bulkhead.Sandbox, viewer
                 return data
 
     assert asyncio.run(run()) == b"async bytes"
+
+
+def test_quiet_commands_outlast_the_clients_read_timeout(sandbox: bulkhead.Sandbox) -> None:
+    # A client that waits at most a second for a read still gets the answers of commands that
+    # are quiet for longer: an exec waits as its command's timeout allows, streams as long as
+    # they last.
+    with bulkhead.Client(timeout=1.0) as impatient:
+        quiet = impatient.sandboxes.get(sandbox.id)
+        assert quiet.exec("sleep 3; echo woke", timeout_seconds=30).stdout == "woke\n"
+        events = list(quiet.exec_stream("sleep 3; echo streamed"))
+        assert [(e.type, e.data) for e in events[:-1]] == [("stdout", "streamed\n")]
+        process = quiet.processes.start("sleep 3; echo late")
+        assert b"".join(e.data for e in process.output()) == b"late\n"
+
+
+def test_an_exec_body_over_16_mib_is_payload_too_large(sandbox: bulkhead.Sandbox) -> None:
+    with pytest.raises(errors.PayloadTooLarge) as e:
+        sandbox.exec(["cat"], stdin=b"x" * (17 << 20))
+    assert (e.value.status, e.value.code) == (413, "payload_too_large")
+    # The same bytes go through a process's stdin.
+    cat = sandbox.processes.start(["sh", "-c", "wc -c"])
+    cat.write(b"x" * (17 << 20), eof=True)
+    assert b"".join(e.data for e in cat.output()).strip() == str(17 << 20).encode()
+
+
+def test_images_are_built_and_snapshotted_from_sandboxes(client: bulkhead.Client, sandbox: bulkhead.Sandbox) -> None:
+    assert client.healthz()["status"] == "ok"
+    sandbox.files.write("/opt/marker", "snapshotted\n")
+    snap = sandbox.snapshot("py-snap-" + sandbox.id[-8:])
+    built = client.images.build("py-built-" + sandbox.id[-8:], "default", [["sh", "-c", "echo built > /opt/marker"]])
+    try:
+        for image, text in ((snap, "snapshotted\n"), (built, "built\n")):
+            assert image["id"].startswith("img_") and image["name"] in [i["name"] for i in client.images.list()]
+            with client.sandboxes.create(image=image["name"], ttl_seconds=600) as s:
+                assert s.files.read_text("/opt/marker") == text
+    finally:
+        client.images.delete(snap["name"])
+        client.images.delete(built["name"])
+    with pytest.raises(errors.NotFound):
+        client.images.get(snap["name"])

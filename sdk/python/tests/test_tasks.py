@@ -9,9 +9,10 @@ import uuid
 from collections.abc import Iterator
 
 import httpx
+import pytest
 
 import bulkhead
-from bulkhead import types
+from bulkhead import errors, types
 
 
 class CutFirstStream(httpx.BaseTransport):
@@ -109,6 +110,13 @@ def test_a_task_streams_its_messages_and_resumes_after_a_dropped_connection(clie
     second = until_turn_end(client.tasks.stream(task["id"], after=seqs[-1]))
     texts = [m["data"].get("content", {}).get("text") for m in second if m["type"] == "agent_message_chunk"]
     assert texts == ["echo: hello"], second
+    # Its state document: conditional writes with the ETag.
+    state, etag = client.tasks.get_state(task["id"])
+    assert state == {} and etag
+    etag2 = client.tasks.put_state(task["id"], {"step": 1}, if_match=etag)
+    assert client.tasks.get_state(task["id"]) == ({"step": 1}, etag2)
+    with pytest.raises(errors.Conflict):
+        client.tasks.put_state(task["id"], {"step": 2}, if_match=etag)
     client.tasks.cancel(task["id"])
     rest = list(client.tasks.stream(task["id"], after=second[-1]["seq"]))
     assert client.tasks.get(task["id"])["status"] == "cancelled", rest

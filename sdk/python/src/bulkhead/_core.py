@@ -102,6 +102,9 @@ class Call:
     content: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     idempotent: bool = False
+    #: Seconds to wait for each read of the answer instead of the client's timeout; ``None``
+    #: waits as long as it takes (a stream that may be quiet for long).
+    read_timeout: float | None | Literal["client"] = "client"
 
     @staticmethod
     def get(route: str, /, **params: Any) -> Call:
@@ -114,8 +117,9 @@ class Call:
         key = idempotency_key or uuid.uuid4().hex
         return Call("POST", path, json=body, headers={"Idempotency-Key": key}, idempotent=True)
 
-    def kwargs(self) -> dict[str, Any]:
-        """The arguments of ``httpx.Client.build_request`` for this call."""
+    def kwargs(self, timeout: float) -> dict[str, Any]:
+        """The arguments of ``httpx.Client.build_request`` for this call, on a client whose
+        timeout is ``timeout`` seconds."""
         out: dict[str, Any] = {"params": {k: str_param(v) for k, v in self.params.items()}}
         if self.json is not None:
             out["json"] = self.json
@@ -123,6 +127,8 @@ class Call:
             out["content"] = self.content
         if self.headers:
             out["headers"] = self.headers
+        if self.read_timeout != "client":
+            out["timeout"] = httpx.Timeout(timeout, read=self.read_timeout)
         return out
 
 
@@ -282,6 +288,21 @@ class ExecEvent:
         return ExecEvent(type="error", message=str(d.get("message", d)))
 
 
+EXEC_TIMEOUT = 60
+#: Seconds an exec's answer may take past the command's own timeout.
+EXEC_SLACK = 30
+
+
+def exec_call(sandbox: str, cmd: list[str] | str, options: Mapping[str, Any], binary: bool, stream: bool) -> Call:
+    """``POST {sandbox}/exec``: buffered, waiting for the answer as long as the command's
+    timeout allows; or streamed (NDJSON), waiting for each event as long as it takes."""
+    body = exec_body(cmd, options, binary)
+    if stream:
+        return Call("POST", sandbox + "/exec", json=body, headers={"Accept": "application/x-ndjson"}, read_timeout=None)
+    wait = float(options.get("timeout_seconds") or EXEC_TIMEOUT) + EXEC_SLACK
+    return Call("POST", sandbox + "/exec", json=body, read_timeout=wait)
+
+
 def exec_body(cmd: list[str] | str, options: Mapping[str, Any], binary: bool) -> dict[str, Any]:
     """The JSON body of an exec. A string ``cmd`` runs through ``sh -c``; bytes ``stdin`` (or
     ``binary``) sends base64."""
@@ -399,7 +420,10 @@ class ProcessOutput(Resumable[ProcessEvent]):
     """A process's output as NDJSON, resumed with ``after``; done at its ``exit`` event."""
 
     def call(self) -> Call:
-        return Call.get(self.route, after=self.after or None)
+        call = Call.get(self.route, after=self.after or None)
+        # A process may print nothing for hours.
+        call.read_timeout = None
+        return call
 
     def feed(self, line: str) -> list[ProcessEvent]:
         if not line.strip():
@@ -424,6 +448,8 @@ class TaskMessages(Resumable[Any]):
         self.parser = SseParser()
         call = Call.get(self.route)
         call.headers = {"Accept": "text/event-stream", **({"Last-Event-ID": str(self.after)} if self.after else {})}
+        # The server sends a keep-alive every 15 s; a stream quiet for twice that is dropped.
+        call.read_timeout = 60.0
         return call
 
     def feed(self, line: str) -> list[Any]:

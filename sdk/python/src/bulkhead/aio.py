@@ -17,7 +17,7 @@ from . import types as t
 from .errors import NotFound
 from ._core import (
     CHUNK, Call, ClientBase, E, ExecEvent, ExecResult, ProcessBase, ProcessEvent, ProcessOutput, Resumable,
-    RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_body, file_params, json_line, mode_str,
+    RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_call, file_params, json_line, mode_str,
     path, replayable, should_retry,
 )
 
@@ -65,6 +65,7 @@ class AsyncClient(ClientBase):
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         super().__init__(url, token, namespace, retry)
+        self.timeout = timeout
         self._http = httpx.AsyncClient(**self.http_options(timeout, transport))
         self.namespaces = Namespaces(self)
         self.keys = Keys(self)
@@ -97,7 +98,7 @@ class AsyncClient(ClientBase):
         attempt = 0
         while True:
             attempt += 1
-            request = self._http.build_request(call.method, call.path, **call.kwargs())
+            request = self._http.build_request(call.method, call.path, **call.kwargs(self.timeout))
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.TransportError:
@@ -254,20 +255,18 @@ class AsyncSandbox(SandboxBase):
 
     async def exec(self, cmd: list[str] | str, *, binary: bool = False, **options: Unpack[t.ExecOptions]) -> ExecResult:
         """Like :meth:`bulkhead.client.Sandbox.exec`, awaited."""
-        body = exec_body(cmd, options, binary)
-        data = await self._c.json(Call("POST", self._base + "/exec", json=body))
-        return ExecResult.from_json(data, "encoding" in body)
+        call = exec_call(self._base, cmd, options, binary, stream=False)
+        return ExecResult.from_json(await self._c.json(call), "encoding" in call.json)
 
     async def exec_stream(
         self, cmd: list[str] | str, *, binary: bool = False, **options: Unpack[t.ExecOptions]
     ) -> AsyncIterator[ExecEvent]:
         """Like :meth:`bulkhead.client.Sandbox.exec_stream`, with ``async for``."""
-        body = exec_body(cmd, options, binary)
-        call = Call("POST", self._base + "/exec", json=body, headers={"Accept": "application/x-ndjson"})
+        call = exec_call(self._base, cmd, options, binary, stream=True)
         async with self._c.stream(call) as r:
             async for line in r.aiter_lines():
                 if line.strip():
-                    yield ExecEvent.from_json(json_line(line), "encoding" in body)
+                    yield ExecEvent.from_json(json_line(line), "encoding" in call.json)
 
     async def snapshot(self, name: str, *, idempotency_key: str | None = None) -> t.Image:
         """Like :meth:`bulkhead.client.Sandbox.snapshot`, awaited."""

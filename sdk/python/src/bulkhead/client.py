@@ -21,7 +21,7 @@ from . import types as t
 from .errors import NotFound
 from ._core import (
     CHUNK, Call, ClientBase, E, ExecEvent, ExecResult, ProcessBase, ProcessEvent, ProcessOutput, Resumable,
-    RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_body, file_params, json_line, mode_str,
+    RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_call, file_params, json_line, mode_str,
     path, replayable, should_retry,
 )
 
@@ -62,6 +62,7 @@ class Client(ClientBase):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(url, token, namespace, retry)
+        self.timeout = timeout
         self._http = httpx.Client(**self.http_options(timeout, transport))
         self.namespaces = Namespaces(self)
         self.keys = Keys(self)
@@ -94,7 +95,7 @@ class Client(ClientBase):
         attempt = 0
         while True:
             attempt += 1
-            request = self._http.build_request(call.method, call.path, **call.kwargs())
+            request = self._http.build_request(call.method, call.path, **call.kwargs(self.timeout))
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError:
@@ -267,21 +268,19 @@ class Sandbox(SandboxBase):
         user or a bad ``cwd``, ``PayloadTooLarge`` past 16 MiB of body (use a process's stdin).
         Never retried (a command may not be idempotent).
         """
-        body = exec_body(cmd, options, binary)
-        data = self._c.json(Call("POST", self._base + "/exec", json=body))
-        return ExecResult.from_json(data, "encoding" in body)
+        call = exec_call(self._base, cmd, options, binary, stream=False)
+        return ExecResult.from_json(self._c.json(call), "encoding" in call.json)
 
     def exec_stream(
         self, cmd: list[str] | str, *, binary: bool = False, **options: Unpack[t.ExecOptions]
     ) -> Iterator[ExecEvent]:
         """Runs a command and yields its output as it is produced: ``stdout`` and ``stderr``
         events, then one ``exit`` (or ``error``) event. Text never splits a character."""
-        body = exec_body(cmd, options, binary)
-        call = Call("POST", self._base + "/exec", json=body, headers={"Accept": "application/x-ndjson"})
+        call = exec_call(self._base, cmd, options, binary, stream=True)
         with self._c.stream(call) as r:
             for line in r.iter_lines():
                 if line.strip():
-                    yield ExecEvent.from_json(json_line(line), "encoding" in body)
+                    yield ExecEvent.from_json(json_line(line), "encoding" in call.json)
 
     def snapshot(self, name: str, *, idempotency_key: str | None = None) -> t.Image:
         """Saves the sandbox's root as a new image of its namespace named ``name``."""
