@@ -53,7 +53,12 @@ def test_create_exec_files_and_delete_with_a_context_manager(client: bulkhead.Cl
 def test_the_async_client_does_the_same() -> None:
     async def run() -> str:
         async with bulkhead.AsyncClient() as client:
-            async with await client.sandboxes.create(ttl_seconds=600) as sandbox:
+            # Awaited, a create is the sandbox; entered, it is deleted on exit.
+            plain = await client.sandboxes.create(ttl_seconds=600)
+            assert plain.status == "running"
+            await plain.delete()
+            assert (await client.sandboxes.get(plain.id)).status == "deleted"
+            async with client.sandboxes.create(ttl_seconds=600) as sandbox:
                 assert sandbox.status == "running"
                 r = await sandbox.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
                 assert (r.exit_code, r.stdout, r.stderr) == (3, "out\n", "err\n")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import builtins
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Unpack, cast
@@ -219,12 +219,16 @@ class Keys(_Resource):
 class Sandboxes(_Resource):
     """The asynchronous :class:`bulkhead.client.Sandboxes`."""
 
-    async def create(
+    def create(
         self, *, namespace: str | None = None, idempotency_key: str | None = None, **options: Unpack[t.SandboxOptions]
-    ) -> AsyncSandbox:
-        """Like :meth:`bulkhead.client.Sandboxes.create`, awaited."""
-        data = await self._c.json(Call.create(self._c.ns_path(namespace, "sandboxes"), dict(options), idempotency_key))
-        return AsyncSandbox(self._c, data)
+    ) -> SandboxCreation:
+        """Like :meth:`bulkhead.client.Sandboxes.create`: ``await`` it for the sandbox, or
+        ``async with client.sandboxes.create(...) as sandbox:`` to have it deleted on exit."""
+        call = Call.create(self._c.ns_path(namespace, "sandboxes"), dict(options), idempotency_key)
+        return SandboxCreation(self._made(call))
+
+    async def _made(self, call: Call) -> AsyncSandbox:
+        return AsyncSandbox(self._c, await self._c.json(call))
 
     async def get(self, sandbox_id: str, *, namespace: str | None = None) -> AsyncSandbox:
         """Like :meth:`bulkhead.client.Sandboxes.get`, awaited."""
@@ -237,6 +241,28 @@ class Sandboxes(_Resource):
     async def delete(self, sandbox_id: str, *, namespace: str | None = None) -> None:
         """Like :meth:`bulkhead.client.Sandboxes.delete`, awaited."""
         await self._c.request(Call("DELETE", self._c.ns_path(namespace, "sandboxes", sandbox_id)))
+
+
+class SandboxCreation:
+    """A sandbox create in flight: awaitable (the :class:`AsyncSandbox`), and an async context
+    manager whose exit deletes the sandbox."""
+
+    def __init__(self, made: Coroutine[Any, Any, AsyncSandbox]) -> None:
+        self._made = made
+        self._sandbox: AsyncSandbox | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncSandbox]:
+        return self._made.__await__()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        self._sandbox = await self._made
+        return self._sandbox
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._sandbox is not None:
+            await self._sandbox.__aexit__(kind, value, tb)
 
 
 class AsyncSandbox(SandboxBase):

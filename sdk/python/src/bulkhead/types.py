@@ -167,29 +167,44 @@ class ArchiveResult(TypedDict):
     bytes: int
 
 
-class Image(TypedDict, total=False):
-    """An image: ``id`` (``img_…``), ``name``, ``digest``, whether ``public``, its config."""
+class Image(TypedDict):
+    """An image: ``id`` (``img_…``), ``name``, its ``namespace`` (``None`` for a public one),
+    ``digest`` (``sha256:…`` of its manifest), ``size_bytes`` unpacked, ``config`` (``Env``,
+    ``WorkingDir``, ``User``, …), ``layers`` (blob digests, bottom first)."""
 
     id: str
     name: str
-    digest: str
+    namespace: str | None
     public: bool
+    digest: str
+    size_bytes: int
+    config: dict[str, Any]
+    layers: list[str]
+    created_at: str
 
 
-class Agent(TypedDict, total=False):
-    """An agent: ``id`` (``agt_…``), ``name``, its ``active_version``."""
+class Agent(TypedDict):
+    """An agent: ``id`` (``agt_…``), ``name``, the version new tasks run (``active_version``,
+    absent until one is deployed) and the one a rollback returns to (``previous_version``)."""
 
     id: str
+    namespace: str
     name: str
-    active_version: str
+    active_version: NotRequired[str]
+    previous_version: NotRequired[str]
+    created_at: str
+    updated_at: str
 
 
-class AgentVersion(TypedDict, total=False):
-    """An immutable version of an agent (``ver_…``) and its manifest."""
+class AgentVersion(TypedDict):
+    """An immutable version of an agent (``ver_…``): the bundle's ``digest`` and
+    ``size_bytes``, its ``manifest`` (``agent.json``), whether it is ``active``."""
 
     id: str
     agent: str
     digest: str
+    size_bytes: int
+    manifest: dict[str, Any]
     active: bool
     created_at: str
 
@@ -251,11 +266,23 @@ class AuditVerification(TypedDict):
     pruned_at: NotRequired[str]
 
 
-class UsageReport(TypedDict, total=False):
-    """Metered usage: ``totals`` and ``buckets`` of ``cpu_seconds``, ``memory_byte_seconds``,
-    ``sandbox_seconds``, ``egress_bytes``, ``egress_connections``, ``egress_denied``; and
-    ``disk_bytes`` now."""
-
-    namespace: str
-    totals: dict[str, Any]
-    buckets: list[dict[str, Any]]
+#: Metered usage from ``from`` to ``to`` (RFC 3339) in buckets of a ``granularity``
+#: (``minute``, ``hour``, ``day``): ``totals`` and each of ``buckets`` (with its ``start``) have
+#: ``cpu_seconds``, ``memory_byte_seconds``, ``sandbox_seconds``, ``memory_peak_bytes``,
+#: ``exec_count``, ``quota_rejections``, ``io_read_bytes``, ``io_write_bytes``,
+#: ``egress_bytes`` (both directions), ``egress_connections``, ``egress_denied``; ``disk_bytes``
+#: allocated and ``disk_used_bytes`` written now.
+UsageReport = TypedDict(
+    "UsageReport",
+    {
+        "namespace": str,
+        "from": str,
+        "to": str,
+        "granularity": str,
+        "totals": dict[str, Any],
+        "disk_bytes": int,
+        "disk_used_bytes": int,
+        "egress_bytes": int,
+        "buckets": list[dict[str, Any]],
+    },
+)
