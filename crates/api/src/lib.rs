@@ -18,9 +18,12 @@ pub struct ErrorBody {
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// One of `unauthenticated`, `forbidden`, `not_found`, `invalid_request`, `conflict`,
-    /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`, `quota_exceeded`,
-    /// `rate_limited`, `internal`.
+    /// One of `unauthenticated` (401), `forbidden` (403), `not_found` (404), `invalid_request`
+    /// (400; also 405 and 415), `conflict` (409; also 412), `payload_too_large` (413),
+    /// `quota_exceeded` (429), `rate_limited` (429, with `Retry-After`), `internal` (500),
+    /// `unavailable` (503, with `Retry-After`), `insufficient_storage` (507); for paths inside a
+    /// sandbox or a filesystem also `is_a_directory` (400), `not_a_regular_file` (400) and
+    /// `permission_denied` (403).
     pub code: String,
     pub message: String,
     pub request_id: String,

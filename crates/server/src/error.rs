@@ -326,6 +326,77 @@ mod tests {
         (e.status().as_u16(), e.code(), e.to_string())
     }
 
+    /// One error of each variant; a new variant fails to compile here until it is listed.
+    fn every_variant() -> Vec<ApiError> {
+        let s = String::new;
+        let all = vec![
+            ApiError::Unauthenticated(s()),
+            ApiError::Forbidden(s()),
+            ApiError::NotFound(s()),
+            ApiError::Invalid(s()),
+            ApiError::Conflict(s()),
+            ApiError::PayloadTooLarge(s()),
+            ApiError::QuotaExceeded(s()),
+            ApiError::RateLimited { message: s(), retry_after_seconds: 1 },
+            ApiError::PreconditionFailed(s()),
+            ApiError::InsufficientStorage(s()),
+            ApiError::Unavailable { message: s(), retry_after_seconds: 1 },
+            ApiError::MethodNotAllowed(s()),
+            ApiError::UnsupportedMediaType(s()),
+            ApiError::Internal(s()),
+            ApiError::IsADirectory(s()),
+            ApiError::NotARegularFile(s()),
+            ApiError::PermissionDenied(s()),
+        ];
+        for e in &all {
+            match e {
+                ApiError::Unauthenticated(_)
+                | ApiError::Forbidden(_)
+                | ApiError::NotFound(_)
+                | ApiError::Invalid(_)
+                | ApiError::Conflict(_)
+                | ApiError::PayloadTooLarge(_)
+                | ApiError::QuotaExceeded(_)
+                | ApiError::RateLimited { .. }
+                | ApiError::PreconditionFailed(_)
+                | ApiError::InsufficientStorage(_)
+                | ApiError::Unavailable { .. }
+                | ApiError::MethodNotAllowed(_)
+                | ApiError::UnsupportedMediaType(_)
+                | ApiError::Internal(_)
+                | ApiError::IsADirectory(_)
+                | ApiError::NotARegularFile(_)
+                | ApiError::PermissionDenied(_) => {}
+            }
+        }
+        all
+    }
+
+    /// The error body's schema (and so `/openapi.json`, which SDKs map to exception classes)
+    /// names every code an answer may carry with its status, and no code that none carries.
+    #[test]
+    fn the_error_body_documents_every_code_and_status() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(bulkhead_api::ErrorDetail::schema()).expect("a schema");
+        let doc = schema["properties"]["code"]["description"].as_str().expect("the code's description").to_owned();
+        let mut codes = std::collections::BTreeSet::new();
+        for e in every_variant() {
+            let (code, status) = (e.code(), e.status().as_u16());
+            assert!(doc.contains(&format!("`{code}`")), "{code} is not documented: {doc}");
+            assert!(doc.contains(&status.to_string()), "{code}'s status {status} is not documented: {doc}");
+            codes.insert(code);
+        }
+        let named: Vec<&str> = doc
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .filter(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        for code in named {
+            assert!(codes.contains(code), "{code} is documented but no error carries it: {doc}");
+        }
+    }
+
     #[test]
     fn file_errors_answer_by_kind_with_their_message() {
         let cases = [
