@@ -92,6 +92,9 @@ pub struct BenchArgs {
     /// The noisy tenant's noises, each in a sandbox of its own.
     #[arg(long, value_delimiter = ',', default_value = "fork-bomb,memory-hog,cpu-burn")]
     noise: Vec<String>,
+    /// `--only placement`: tenant A's noises, each measured alone, then all at once.
+    #[arg(long, value_delimiter = ',', default_value = "fork-bomb,memory-hog,cpu-burn,disk-flood,net-flood")]
+    placement_noise: Vec<String>,
     /// Measure one section alone: `network` (create → first output, loopback-only against
     /// `--network isolated`, runs alternating between two servers; then connection setup and
     /// bulk throughput through the egress gateway against direct, to a test host the bench
@@ -569,7 +572,7 @@ async fn only_placement(
     settings: &Names,
     image: &images::DefaultImage,
 ) -> anyhow::Result<()> {
-    let noises = load::noises(&args.noise)?;
+    let noises = load::noises(&args.placement_noise)?;
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let execs = args.noisy_execs.max(1);
     let result = with_loopback_server(args, bulkhead, data, settings, image, |admin, _url| async move {

@@ -507,18 +507,21 @@ pub struct Noise {
     pub name: &'static str,
     cpu_millis: u64,
     memory_bytes: u64,
+    /// Runs with a filesystem of A's at `/workspace` (a disk flood writes there).
+    workspace: bool,
     /// The body of a Python function that makes the noise (indented by four spaces).
     body: &'static str,
 }
 
 /// A's noise: within A's quotas of one core and 256 MiB, each at its sandbox's limit.
-pub const NOISES: [Noise; 3] = [
+pub const NOISES: [Noise; 5] = [
     // Every process forks for ever, so the sandbox sits at its pids limit and every process
     // spins on a failing fork.
     Noise {
         name: "fork-bomb",
         cpu_millis: 300,
         memory_bytes: 64 * MIB,
+        workspace: false,
         body: r#"
     while True:
         try:
@@ -532,6 +535,7 @@ pub const NOISES: [Noise; 3] = [
         name: "memory-hog",
         cpu_millis: 200,
         memory_bytes: 128 * MIB,
+        workspace: false,
         body: r#"
     b = bytearray()
     while True:
@@ -543,11 +547,54 @@ pub const NOISES: [Noise; 3] = [
         name: "cpu-burn",
         cpu_millis: 500,
         memory_bytes: 64 * MIB,
+        workspace: false,
         body: r#"
     for _ in range(3):
         os.fork()
     while True:
         pass
+"#,
+    },
+    // Direct I/O (past the page cache, so the writes are the sandbox's own on cgroup v1 too)
+    // of 1 MiB blocks over a 256 MiB file on A's filesystem, for ever: the host's disk, under
+    // the loop device of A's filesystem, is what it floods.
+    Noise {
+        name: "disk-flood",
+        cpu_millis: 300,
+        memory_bytes: 64 * MIB,
+        workspace: true,
+        body: r#"
+    import mmap
+    block = mmap.mmap(-1, 1 << 20)
+    block.write(b'x' * (1 << 20))
+    fd = os.open('/workspace/flood', os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
+    while True:
+        os.lseek(fd, 0, os.SEEK_SET)
+        for _ in range(256):
+            os.write(fd, block)
+"#,
+    },
+    // A stream of 64 KiB sends over the sandbox's own loopback as fast as the kernel takes
+    // them: the host's network stack (softirq time, socket buffers), not a wire.
+    Noise {
+        name: "net-flood",
+        cpu_millis: 300,
+        memory_bytes: 64 * MIB,
+        workspace: false,
+        body: r#"
+    import socket
+    server = socket.socket()
+    server.bind(('127.0.0.1', 0))
+    server.listen(1)
+    if os.fork() == 0:
+        peer, _ = server.accept()
+        while peer.recv(1 << 20):
+            pass
+        os._exit(0)
+    client = socket.create_connection(server.getsockname())
+    chunk = b'x' * (64 << 10)
+    while True:
+        client.sendall(chunk)
 "#,
     },
 ];
@@ -579,7 +626,8 @@ fn noise_program(body: &str) -> String {
     NOISE_PROGRAM.replace("BODY", body.trim_matches('\n'))
 }
 
-/// The noises named in `names` (`fork-bomb`, `memory-hog`, `cpu-burn`).
+/// The noises named in `names` (`fork-bomb`, `memory-hog`, `cpu-burn`, `disk-flood`,
+/// `net-flood`).
 pub fn noises(names: &[String]) -> anyhow::Result<Vec<&'static Noise>> {
     names
         .iter()
@@ -591,6 +639,9 @@ pub fn noises(names: &[String]) -> anyhow::Result<Vec<&'static Noise>> {
         })
         .collect()
 }
+
+/// The size of the filesystem a disk flood writes on.
+const NOISE_FILESYSTEM_BYTES: u64 = 512 * MIB;
 
 /// How long each noise command may run; the bench deletes A long before.
 const NOISE_TIMEOUT_SECONDS: u64 = 600;
@@ -706,10 +757,11 @@ async fn noisy_in(
     exec_round_trips(&b, "tenant-b", &sb.id, 10).await?;
     let alone = stat(exec_round_trips(&b, "tenant-b", &sb.id, execs).await?);
 
+    let workspaces = noises.iter().filter(|n| n.workspace).count() as u64;
     let noisy = Quotas {
         cpu_millis: 1000,
         memory_bytes: 256 * MIB,
-        disk_bytes: 0,
+        disk_bytes: workspaces * NOISE_FILESYSTEM_BYTES,
         max_sandboxes: noises.len().max(1) as u64,
         pids_per_sandbox: 256,
         max_sandbox_ttl_seconds: 3600,
@@ -720,9 +772,21 @@ async fn noisy_in(
     let mut sandboxes = Vec::new();
     let mut tasks = NoiseTasks(Vec::new());
     for noise in noises {
+        let filesystem = if noise.workspace {
+            let req = bulkhead_api::CreateFilesystem {
+                name: format!("{}-{}", noise.name, sandboxes.len()),
+                size_bytes: NOISE_FILESYSTEM_BYTES,
+                project: None,
+            };
+            let fs = a.create_filesystem("tenant-a", &req).await.context("create A's filesystem")?;
+            Some(bulkhead_api::SandboxFilesystem { id: fs.id, mode: "rw".into() })
+        } else {
+            None
+        };
         let spec = CreateSandbox {
             cpu_millis: Some(noise.cpu_millis),
             memory_bytes: Some(noise.memory_bytes),
+            filesystem,
             ..Default::default()
         };
         let s = a.create_sandbox("tenant-a", &spec).await.with_context(|| format!("create A's {}", noise.name))?;
