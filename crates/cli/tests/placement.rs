@@ -177,3 +177,68 @@ async fn placement_is_the_platform_admins_and_bad_requests_change_nothing() {
         assert_eq!(cores_inside(&h, "iron", &iron).await.0, cpuset);
     }
 }
+
+/// Creates in flight while the placement changes end on the namespace's cores as the change left
+/// them: a start that read the namespace before a change never writes the old cores back after
+/// it, and quotas racing a reservation never end below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_and_quotas_racing_a_change_end_where_the_change_put_them() {
+    let h = Harness::with_namespaces(&["race", "tin"]).await;
+    let all = host_cpus();
+    if all.len() < 2 {
+        return;
+    }
+    let tin = h.create_sandbox("tin", &h.admin, json!({})).await;
+    let small = json!({"cpu_millis": 100, "memory_bytes": 64 << 20});
+    for (round, mode) in ["dedicated", "shared", "dedicated"].into_iter().enumerate() {
+        let creates = futures_util::future::join_all(
+            (0..4).map(|_| h.call(Method::POST, "/v1/namespaces/race/sandboxes", Some(&h.admin), small.clone())),
+        );
+        let body = if mode == "dedicated" {
+            json!({"placement": {"mode": "dedicated", "cpus": 1, "memory_bytes": 512 << 20}})
+        } else {
+            json!({"placement": {"mode": "shared"}})
+        };
+        let (replies, changed) = tokio::join!(creates, patch(&h, "race", body));
+        assert_eq!(changed.status, StatusCode::OK, "round {round}: {}", changed.body);
+        let expected = match changed.body["placement"]["cpuset"].as_str() {
+            Some(cpus) => CpuSet::parse(cpus).unwrap(),
+            None => all.clone(),
+        };
+        for r in &replies {
+            assert_eq!(r.status, StatusCode::CREATED, "round {round}: {}", r.body);
+            let id = r.body["id"].as_str().unwrap();
+            assert_eq!(cores_inside(&h, "race", id).await.0, expected, "round {round}: sandbox {id}");
+        }
+        let shared = if mode == "dedicated" { all.difference(&expected) } else { all.clone() };
+        assert_eq!(cores_inside(&h, "tin", &tin).await.0, shared, "round {round}");
+        for r in &replies {
+            let id = r.body["id"].as_str().unwrap();
+            let d = h
+                .call(Method::DELETE, &format!("/v1/namespaces/race/sandboxes/{id}"), Some(&h.admin), json!(null))
+                .await;
+            assert_eq!(d.status, StatusCode::NO_CONTENT, "{}", d.body);
+        }
+    }
+    // A quota change racing a reservation: whichever lands second is judged against the first.
+    let (quotas, placement) = tokio::join!(
+        patch(&h, "race", json!({"quotas": {"memory_bytes": 256u64 << 20}})),
+        patch(&h, "race", json!({"placement": {"mode": "dedicated", "cpus": 1, "memory_bytes": 1u64 << 30}})),
+    );
+    let now = get(&h, "race").await;
+    let quota = now["quotas"]["memory_bytes"].as_u64().unwrap();
+    if let Some(reserved) = now["placement"]["memory_bytes"].as_u64() {
+        assert!(
+            reserved <= quota,
+            "a {reserved}-byte reservation under a {quota}-byte quota: {} / {}",
+            quotas.body,
+            placement.body
+        );
+    }
+    assert!(
+        quotas.status != StatusCode::OK || placement.status != StatusCode::OK || quota >= 1 << 30,
+        "both applied: {} / {}",
+        quotas.body,
+        placement.body
+    );
+}

@@ -261,7 +261,8 @@ impl Cgroups {
                 write(&ns.join("cpuset.cpus"), &old.union(cpus).to_string())?;
                 for child in fs::read_dir(&ns).into_iter().flatten().flatten() {
                     if child.path().is_dir() {
-                        write(&child.path().join("cpuset.cpus"), &cpus.to_string())?;
+                        // A sandbox removed meanwhile has nothing left to move.
+                        write_if_present(&child.path().join("cpuset.cpus"), &cpus.to_string())?;
                     }
                 }
                 write(&ns.join("cpuset.cpus"), &cpus.to_string())?;

@@ -73,12 +73,9 @@ pub async fn usage(state: &AppState, ns: &str) -> ServiceResult<NamespaceUse> {
 }
 
 /// Sets namespace `ns`'s quotas and has the kernel enforce them on its cgroup at once; `None`
-/// when it does not exist.
+/// when it does not exist (see [`placement::update_quotas`]).
 pub async fn update_quotas(state: &AppState, ns: &str, quotas: &Quotas) -> ServiceResult<Option<NamespaceRow>> {
-    let Some(row) = state.store.update_namespace_quotas(ns, quotas, now_ms()).await? else { return Ok(None) };
-    state.namespaces.put(row.clone());
-    placement::ensure_namespace(state, &row).await?;
-    Ok(Some(row))
+    placement::update_quotas(state, ns, quotas).await
 }
 
 /// Replaces namespace `ns`'s egress ceiling; `None` when it does not exist. The namespace cache

@@ -76,12 +76,14 @@ impl Placements {
         }
     }
 
-    /// Where namespace `row`'s sandboxes run, as the kernel is told it.
-    pub fn cpu_placement(&self, row: &NamespaceRow) -> CpuPlacement {
-        match row.placement.dedicated() {
+    /// Where namespace `ns`'s sandboxes run, as the kernel is told it: from the placements as
+    /// they are now (never from a row read before a change).
+    pub fn cpu_placement(&self, ns: &str) -> CpuPlacement {
+        let map = self.read();
+        match map.get(ns) {
             Some(d) => CpuPlacement { cpus: Some(d.cpuset.clone()), dedicated: true, memory_min_bytes: d.memory_bytes },
             None if self.in_use.load(Ordering::Relaxed) => CpuPlacement {
-                cpus: self.capacity.as_ref().map(|c| c.shared(self.read().values())),
+                cpus: self.capacity.as_ref().map(|c| c.shared(map.values())),
                 dedicated: false,
                 memory_min_bytes: 0,
             },
@@ -109,12 +111,34 @@ impl Placements {
     }
 }
 
-/// Creates or updates namespace `row`'s cgroup with its quotas and placement, never while a
-/// placement change is being applied (which would leave it on cores it no longer has).
-pub async fn ensure_namespace(state: &AppState, row: &NamespaceRow) -> ServiceResult<()> {
+/// Sets namespace `row`'s cgroup (its quotas, and its placement as it is now), then runs
+/// `start` (a sandbox's start, which makes the sandbox's cgroups below it), both while no
+/// placement change runs: a change waits for starts in flight, and a start behind a change sees
+/// its outcome. Nothing a change applies is undone by a start that read the namespace before it.
+pub async fn start_in<T, F>(state: &AppState, row: &NamespaceRow, start: F) -> ServiceResult<T>
+where
+    F: std::future::Future<Output = ServiceResult<T>>,
+{
     let _stable = state.placements.changes.read().await;
     state.runtime.ensure_namespace(&row.name, &super::sandboxes::namespace_limits(state, row)).await?;
-    Ok(())
+    start.await
+}
+
+/// Sets namespace `ns`'s quotas and has the kernel enforce them on its cgroup at once, refused
+/// (`Invalid`) when they fall below its dedicated memory reservation, checked and written while
+/// no placement change runs. `None` when it does not exist.
+pub async fn update_quotas(
+    state: &AppState,
+    ns: &str,
+    quotas: &bulkhead_core::Quotas,
+) -> ServiceResult<Option<NamespaceRow>> {
+    let _change = state.placements.changes.write().await;
+    let Some(current) = state.store.get_namespace(ns).await? else { return Ok(None) };
+    check_quotas(&current.placement, quotas)?;
+    let Some(row) = state.store.update_namespace_quotas(ns, quotas, now_ms()).await? else { return Ok(None) };
+    state.namespaces.put(row.clone());
+    state.runtime.ensure_namespace(ns, &super::sandboxes::namespace_limits(state, &row)).await?;
+    Ok(Some(row))
 }
 
 /// Checks quotas about to be set on a namespace against its placement: a dedicated reservation
@@ -191,6 +215,9 @@ pub async fn update(
     }
     let placement = state.placements.admit(&basis, request)?;
     if placement == old.placement {
+        // Nothing to store; the cgroups are written again all the same, so asking again repairs
+        // whatever changed them behind the server's back.
+        apply_all(state).await?;
         return Ok(Some(old));
     }
     let Some(row) = state.store.update_namespace_placement(ns, &placement, now_ms()).await? else { return Ok(None) };

@@ -30,7 +30,7 @@ pub fn namespace_limits(state: &AppState, ns: &NamespaceRow) -> NamespaceLimits 
         cpu_millis: q.cpu_millis,
         memory_bytes: q.memory_bytes,
         pids: q.pids_per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
-        placement: state.placements.cpu_placement(ns),
+        placement: state.placements.cpu_placement(&ns.name),
     }
 }
 
@@ -236,10 +236,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
             reservation.claimed();
             state.runtime.claim(&spec).await.map_err(ServiceError::from)
         }
-        None => match super::placement::ensure_namespace(state, ns).await {
-            Ok(()) => state.runtime.create(&spec).await.map_err(ServiceError::from),
-            Err(e) => Err(e),
-        },
+        None => super::placement::start_in(state, ns, async { Ok(state.runtime.create(&spec).await?) }).await,
     };
     if let Err(e) = started {
         let reason = format!("start_failed: {e}");
