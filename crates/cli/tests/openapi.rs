@@ -120,6 +120,14 @@ async fn openapi_describes_every_body_answer_and_error_of_the_route_table() {
     let routed: BTreeSet<(String, String)> = handlers.iter().map(|h| (h.method.clone(), h.path.clone())).collect();
     assert_eq!(documented, routed, "the document and the route table differ");
 
+    // Operation ids are unique: generated clients name their functions after them.
+    let mut ids = BTreeSet::new();
+    for (method, path) in &documented {
+        let id =
+            paths[path][method]["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path}: no operationId"));
+        assert!(ids.insert(id.to_owned()), "{method} {path}: operationId {id} is not unique");
+    }
+
     let mut missing = Vec::new();
     for handler in &handlers {
         let op = &paths[&handler.path][&handler.method];

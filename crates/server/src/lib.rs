@@ -140,10 +140,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// What every route's own annotation leaves implicit, added to the document once: the rate
-/// limits ([`document_rate_limits`]), the server-side errors ([`document_server_errors`]) and
-/// byte bodies as binary strings.
+/// What every route's own annotation leaves implicit, added to the document once: unique
+/// operation ids, the rate limits ([`document_rate_limits`]), the server-side errors
+/// ([`document_server_errors`]) and byte bodies as binary strings.
 fn document_answers(doc: &mut utoipa::openapi::OpenApi) {
+    // utoipa names an operation after its handler, and handlers of different modules share
+    // names (`create`, `list`); generators need them unique: `{tag}_{handler}`.
+    for op in operations(doc) {
+        if let (Some(tag), Some(id)) = (op.tags.as_ref().and_then(|t| t.first()), op.operation_id.as_ref()) {
+            op.operation_id = Some(format!("{tag}_{id}"));
+        }
+    }
     document_rate_limits(doc);
     document_server_errors(doc);
     document_binary_bodies(doc);
