@@ -81,6 +81,9 @@ async fn the_typescript_sdk_is_generated_from_the_servers_document_and_passes_it
     let developer = key("dev", "developer");
     let viewer = key("watcher", "viewer");
     let admin = server.first_token.clone().unwrap();
+    // The test agent of the task tests, with its vendored ACP SDK.
+    let bundle = out.path().join("echo-py.tar");
+    std::fs::write(&bundle, common::agents::echo_py()).unwrap();
     let report = run(
         "npm",
         &["test", "--silent"],
@@ -90,6 +93,7 @@ async fn the_typescript_sdk_is_generated_from_the_servers_document_and_passes_it
             ("BULKHEAD_NAMESPACE", "sdk"),
             ("BULKHEAD_VIEWER_TOKEN", &viewer),
             ("BULKHEAD_ADMIN_TOKEN", &admin),
+            ("BULKHEAD_AGENT_BUNDLE", bundle.to_str().unwrap()),
         ],
     );
     println!("{report}");

@@ -10,7 +10,7 @@
 
 import { NotFoundError } from "./errors.js";
 import { type Body, Transport, type RetryOptions } from "./http.js";
-import { ndjson, serverSentEvents } from "./streams.js";
+import { ndjson, type ServerSentEvent, serverSentEvents } from "./streams.js";
 import type {
   Agent,
   AgentVersion,
@@ -156,6 +156,16 @@ export class Client {
     return this.transport.json("GET", "/healthz");
   }
 
+  /** Every item of the paginated list at `path` (with `query`), fetching pages as they are reached. */
+  listAll<T>(path: string, query: Record<string, string | number | boolean | undefined> = {}): AsyncGenerator<T> {
+    return paginate((cursor) => this.transport.json("GET", path, { query: { ...query, cursor } }));
+  }
+
+  /** POSTs the create `spec` to `path` with an `Idempotency-Key` (the one given, else a new one), so it may be retried. */
+  create<T>(path: string, spec: unknown, options: CreateOptions = {}): Promise<T> {
+    return this.transport.json("POST", path, { json: spec, idempotencyKey: options.idempotencyKey ?? true });
+  }
+
   /**
    * `/v1/namespaces/{ns}` + `rest` for `namespace`, else the client's.
    * @throws Error when neither names a namespace.
@@ -169,6 +179,71 @@ export class Client {
   }
 }
 
+/**
+ * A collection of the namespace (`/sandboxes`, `/filesystems`, `/tasks`) whose items the SDK
+ * answers as handles made by `wrap`.
+ */
+abstract class Collection<Info, Handle> {
+  constructor(
+    readonly client: Client,
+    readonly segment: string,
+    readonly wrap: (client: Client, info: Info) => Handle,
+  ) {}
+
+  /** Creates one from `spec` (retried safely with an `Idempotency-Key`). */
+  protected async createItem(spec: unknown, options: CreateOptions & NamespaceOptions): Promise<Handle> {
+    const info = await this.client.create<Info>(this.client.nsPath(this.segment, options.namespace), spec, options);
+    return this.wrap(this.client, info);
+  }
+
+  /** One by id. @throws NotFoundError */
+  async get(id: string, options: NamespaceOptions = {}): Promise<Handle> {
+    const path = this.client.nsPath(`${this.segment}/${enc(id)}`, options.namespace);
+    return this.wrap(this.client, await this.client.transport.json<Info>("GET", path));
+  }
+
+  /** Every one of the namespace the token may see. */
+  protected async *listItems(
+    options: NamespaceOptions,
+    query: Record<string, string | undefined> = {},
+  ): AsyncGenerator<Handle> {
+    for await (const info of this.client.listAll<Info>(this.client.nsPath(this.segment, options.namespace), query)) {
+      yield this.wrap(this.client, info);
+    }
+  }
+}
+
+/** An item of the API as last read, at its path under `/v1`. */
+abstract class Resource<Info extends { id: string }> {
+  /** The item as last read (`refresh()` reads it again). */
+  info: Info;
+
+  constructor(
+    readonly client: Client,
+    /** The item's path (`/v1/namespaces/acme/sandboxes/sbx_…`). */
+    readonly base: string,
+    info: Info,
+  ) {
+    this.info = info;
+  }
+
+  /** Its id (`sbx_…`, `fs_…`, `tsk_…`, `prc_…`). */
+  get id(): string {
+    return this.info.id;
+  }
+
+  /** Its path, then `rest`. */
+  path(rest = ""): string {
+    return this.base + rest;
+  }
+
+  /** Reads it again. */
+  async refresh(): Promise<Info> {
+    this.info = await this.client.transport.json("GET", this.path());
+    return this.info;
+  }
+}
+
 // ---- namespaces and keys ----------------------------------------------------------------------
 
 /** Namespaces: `client.namespaces`. Creating, updating and deleting them takes the platform admin. */
@@ -177,15 +252,12 @@ export class Namespaces {
 
   /** Creates a namespace (admin). @throws ConflictError when the name is taken. */
   create(spec: CreateNamespace, options: CreateOptions = {}): Promise<Namespace> {
-    return this.client.transport.json("POST", "/v1/namespaces", {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create("/v1/namespaces", spec, options);
   }
 
   /** Every namespace the token may see (the admin: all; a key: its own). */
   list(): AsyncGenerator<Namespace> {
-    return paginate((cursor) => this.client.transport.json("GET", "/v1/namespaces", { query: { cursor } }));
+    return this.client.listAll("/v1/namespaces");
   }
 
   /** One namespace, with its quotas and usage. @throws NotFoundError */
@@ -210,16 +282,12 @@ export class Keys {
 
   /** Creates a key; the answer's `token` is shown this once. */
   create(spec: CreateKey, options: CreateOptions & NamespaceOptions = {}): Promise<CreatedKey> {
-    return this.client.transport.json("POST", this.client.nsPath("/keys", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create(this.client.nsPath("/keys", options.namespace), spec, options);
   }
 
   /** Every key of the namespace (never their tokens). */
   list(options: NamespaceOptions = {}): AsyncGenerator<Key> {
-    const path = this.client.nsPath("/keys", options.namespace);
-    return paginate((cursor) => this.client.transport.json("GET", path, { query: { cursor } }));
+    return this.client.listAll(this.client.nsPath("/keys", options.namespace));
   }
 
   /** One key. */
@@ -299,8 +367,10 @@ export type ExecStreamEvent =
     };
 
 /** Sandboxes: `client.sandboxes`. */
-export class Sandboxes {
-  constructor(readonly client: Client) {}
+export class Sandboxes extends Collection<SandboxInfo, Sandbox> {
+  constructor(client: Client) {
+    super(client, "/sandboxes", (c, info) => new Sandbox(c, info));
+  }
 
   /**
    * Creates a sandbox and answers it running. `spec` is the API's `CreateSandbox`: `image`,
@@ -312,71 +382,32 @@ export class Sandboxes {
    *
    * @throws QuotaExceededError when the namespace's quota has no room.
    */
-  async create(spec: CreateSandbox = {}, options: CreateOptions & NamespaceOptions = {}): Promise<Sandbox> {
-    const info: SandboxInfo = await this.client.transport.json("POST", this.client.nsPath("/sandboxes", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
-    return new Sandbox(this.client, info);
-  }
-
-  /** A sandbox by id. @throws NotFoundError */
-  async get(id: string, options: NamespaceOptions = {}): Promise<Sandbox> {
-    const info: SandboxInfo = await this.client.transport.json(
-      "GET",
-      this.client.nsPath(`/sandboxes/${enc(id)}`, options.namespace),
-    );
-    return new Sandbox(this.client, info);
+  create(spec: CreateSandbox = {}, options: CreateOptions & NamespaceOptions = {}): Promise<Sandbox> {
+    return this.createItem(spec, options);
   }
 
   /** Every sandbox of the namespace the token may see. */
-  async *list(options: NamespaceOptions = {}): AsyncGenerator<Sandbox> {
-    const path = this.client.nsPath("/sandboxes", options.namespace);
-    for await (const info of paginate<SandboxInfo>((cursor) =>
-      this.client.transport.json("GET", path, { query: { cursor } }),
-    )) {
-      yield new Sandbox(this.client, info);
-    }
+  list(options: NamespaceOptions = {}): AsyncGenerator<Sandbox> {
+    return this.listItems(options);
   }
 }
 
 /** One sandbox: its commands, processes and files. */
-export class Sandbox implements AsyncDisposable {
-  /** The sandbox as last read (`refresh()` reads it again). */
-  info: SandboxInfo;
+export class Sandbox extends Resource<SandboxInfo> implements AsyncDisposable {
   /** Files inside the sandbox. */
   readonly files: SandboxFiles;
   /** Background processes. */
   readonly processes: Processes;
 
-  constructor(
-    readonly client: Client,
-    info: SandboxInfo,
-  ) {
-    this.info = info;
+  constructor(client: Client, info: SandboxInfo) {
+    super(client, client.nsPath(`/sandboxes/${enc(info.id)}`, info.namespace), info);
     this.files = new SandboxFiles(this);
     this.processes = new Processes(this);
-  }
-
-  /** `sbx_…`. */
-  get id(): string {
-    return this.info.id;
   }
 
   /** `running`, `stopped`, `expired`, ... as last read. */
   get status(): string {
     return this.info.status;
-  }
-
-  /** The sandbox's path under `/v1`. */
-  path(rest = ""): string {
-    return this.client.nsPath(`/sandboxes/${enc(this.info.id)}${rest}`, this.info.namespace);
-  }
-
-  /** Reads the sandbox again. */
-  async refresh(): Promise<SandboxInfo> {
-    this.info = await this.client.transport.json("GET", this.path());
-    return this.info;
   }
 
   #execBody(cmd: Command, options: ExecOptions): ExecRequest {
@@ -460,10 +491,7 @@ export class Sandbox implements AsyncDisposable {
 
   /** Saves the sandbox's root as a new image of the namespace, named `name`. */
   snapshot(name: string, options: CreateOptions = {}): Promise<Image> {
-    return this.client.transport.json("POST", this.path("/snapshot"), {
-      json: { name },
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create(this.path("/snapshot"), { name }, options);
   }
 
   /** Deletes the sandbox: every process ends, its root goes. */
@@ -590,30 +618,12 @@ export class Processes {
 }
 
 /** A background process. */
-export class Process {
-  /** The process as last read. */
-  info: ProcessInfo;
-
+export class Process extends Resource<ProcessInfo> {
   constructor(
     readonly sandbox: Sandbox,
     info: ProcessInfo,
   ) {
-    this.info = info;
-  }
-
-  /** `prc_…`. */
-  get id(): string {
-    return this.info.id;
-  }
-
-  #path(rest = ""): string {
-    return this.sandbox.path(`/processes/${enc(this.info.id)}${rest}`);
-  }
-
-  /** Reads the process again (status, exit code). */
-  async refresh(): Promise<ProcessInfo> {
-    this.info = await this.sandbox.client.transport.json("GET", this.#path());
-    return this.info;
+    super(sandbox.client, sandbox.path(`/processes/${enc(info.id)}`), info);
   }
 
   /**
@@ -621,7 +631,7 @@ export class Process {
    * last event is its `exit`.
    */
   async *output(options: { after?: number | undefined; signal?: AbortSignal | undefined } = {}): AsyncGenerator<ProcessOutputEvent> {
-    const response = await this.sandbox.client.transport.request("GET", this.#path("/output"), {
+    const response = await this.sandbox.client.transport.request("GET", this.path("/output"), {
       query: { after: options.after },
       headers: { accept: "application/x-ndjson" },
       signal: options.signal,
@@ -657,7 +667,7 @@ export class Process {
 
   /** Writes to the process's stdin (any size, streamed); `eof` closes it after. */
   writeStdin(data: Body, options: { eof?: boolean | undefined } = {}): Promise<StdinResult> {
-    return this.sandbox.client.transport.json("POST", this.#path("/stdin"), {
+    return this.sandbox.client.transport.json("POST", this.path("/stdin"), {
       body: data,
       query: { eof: options.eof },
     });
@@ -670,92 +680,55 @@ export class Process {
 
   /** Sends a signal (`"SIGTERM"` or a number). */
   async signal(signal: string | number): Promise<void> {
-    await this.sandbox.client.transport.request("POST", this.#path("/signal"), { json: { signal } });
+    await this.sandbox.client.transport.request("POST", this.path("/signal"), { json: { signal } });
   }
 
   /** Resizes the process's terminal. */
   async resize(rows: number, cols: number): Promise<void> {
-    await this.sandbox.client.transport.request("POST", this.#path("/resize"), { json: { rows, cols } });
+    await this.sandbox.client.transport.request("POST", this.path("/resize"), { json: { rows, cols } });
   }
 }
 
 // ---- filesystems --------------------------------------------------------------------------------
 
 /** Filesystems: `client.filesystems`. */
-export class Filesystems {
-  constructor(readonly client: Client) {}
-
-  /** Creates a filesystem of `size_bytes`. */
-  async create(spec: CreateFilesystem, options: CreateOptions & NamespaceOptions = {}): Promise<Filesystem> {
-    const info: FilesystemInfo = await this.client.transport.json("POST", this.client.nsPath("/filesystems", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
-    return new Filesystem(this.client, info);
+export class Filesystems extends Collection<FilesystemInfo, Filesystem> {
+  constructor(client: Client) {
+    super(client, "/filesystems", (c, info) => new Filesystem(c, info));
   }
 
-  /** A filesystem by id. */
-  async get(id: string, options: NamespaceOptions = {}): Promise<Filesystem> {
-    const info: FilesystemInfo = await this.client.transport.json(
-      "GET",
-      this.client.nsPath(`/filesystems/${enc(id)}`, options.namespace),
-    );
-    return new Filesystem(this.client, info);
+  /** Creates a filesystem of `size_bytes`. */
+  create(spec: CreateFilesystem, options: CreateOptions & NamespaceOptions = {}): Promise<Filesystem> {
+    return this.createItem(spec, options);
   }
 
   /** Every filesystem of the namespace the token may see. */
-  async *list(options: NamespaceOptions = {}): AsyncGenerator<Filesystem> {
-    const path = this.client.nsPath("/filesystems", options.namespace);
-    for await (const info of paginate<FilesystemInfo>((cursor) =>
-      this.client.transport.json("GET", path, { query: { cursor } }),
-    )) {
-      yield new Filesystem(this.client, info);
-    }
+  list(options: NamespaceOptions = {}): AsyncGenerator<Filesystem> {
+    return this.listItems(options);
   }
 }
 
 /** A filesystem: its files and its archive. Paths are relative to its root. */
-export class Filesystem {
-  /** The filesystem as last read. */
-  info: FilesystemInfo;
-
-  constructor(
-    readonly client: Client,
-    info: FilesystemInfo,
-  ) {
-    this.info = info;
-  }
-
-  /** `fs_…`. */
-  get id(): string {
-    return this.info.id;
-  }
-
-  #path(rest = ""): string {
-    return this.client.nsPath(`/filesystems/${enc(this.info.id)}${rest}`, this.info.namespace);
-  }
-
-  /** Reads the filesystem again (size, use, mounts). */
-  async refresh(): Promise<FilesystemInfo> {
-    this.info = await this.client.transport.json("GET", this.#path());
-    return this.info;
+export class Filesystem extends Resource<FilesystemInfo> {
+  constructor(client: Client, info: FilesystemInfo) {
+    super(client, client.nsPath(`/filesystems/${enc(info.id)}`, info.namespace), info);
   }
 
   /** Grows or shrinks it to `sizeBytes`. */
   async resize(sizeBytes: number): Promise<FilesystemInfo> {
-    this.info = await this.client.transport.json("PATCH", this.#path(), { json: { size_bytes: sizeBytes } });
+    this.info = await this.client.transport.json("PATCH", this.path(), { json: { size_bytes: sizeBytes } });
     return this.info;
   }
 
   /** A file's bytes as a stream. */
   async readStream(path: string): Promise<ReadableStream<Uint8Array>> {
-    const response = await this.client.transport.request("GET", this.#path("/files"), { query: { path } });
+    const response = await this.client.transport.request("GET", this.path("/files"), { query: { path } });
     return response.body ?? new ReadableStream({ start: (c) => c.close() });
   }
 
   /** A file's bytes. */
   async read(path: string): Promise<Uint8Array> {
-    const response = await this.client.transport.request("GET", this.#path("/files"), { query: { path } });
+    const response = await this.client.transport.request("GET", this.path("/files"), { query: { path } });
     return new Uint8Array(await response.arrayBuffer());
   }
 
@@ -766,17 +739,17 @@ export class Filesystem {
 
   /** Writes a file (bytes, text or a stream), creating parent directories. */
   async write(path: string, data: Body, options: { mode?: string | undefined } = {}): Promise<void> {
-    await this.client.transport.request("PUT", this.#path("/files"), { query: { path, mode: options.mode }, body: data });
+    await this.client.transport.request("PUT", this.path("/files"), { query: { path, mode: options.mode }, body: data });
   }
 
   /** Removes a file. */
   async remove(path: string): Promise<void> {
-    await this.client.transport.request("DELETE", this.#path("/files"), { query: { path } });
+    await this.client.transport.request("DELETE", this.path("/files"), { query: { path } });
   }
 
   /** The entries of a directory (`""` is the root). */
   list(path = ""): Promise<FileEntry[]> {
-    const url = this.#path("/files");
+    const url = this.path("/files");
     return collect(
       paginate<FileEntry>((cursor) => this.client.transport.json("GET", url, { query: { path, list: true, cursor } })),
     );
@@ -784,18 +757,18 @@ export class Filesystem {
 
   /** The whole filesystem as a tar stream. */
   async exportArchive(): Promise<ReadableStream<Uint8Array>> {
-    const response = await this.client.transport.request("GET", this.#path("/archive"));
+    const response = await this.client.transport.request("GET", this.path("/archive"));
     return response.body ?? new ReadableStream({ start: (c) => c.close() });
   }
 
   /** Replaces the filesystem's content with a tar (bytes or a stream). */
   importArchive(tar: Body): Promise<ArchiveResult> {
-    return this.client.transport.json("PUT", this.#path("/archive"), { body: tar, contentType: "application/x-tar" });
+    return this.client.transport.json("PUT", this.path("/archive"), { body: tar, contentType: "application/x-tar" });
   }
 
   /** Deletes the filesystem; `force` also when sandboxes mount it. */
   async delete(options: { force?: boolean | undefined } = {}): Promise<void> {
-    await this.client.transport.request("DELETE", this.#path(), { query: { force: options.force } });
+    await this.client.transport.request("DELETE", this.path(), { query: { force: options.force } });
   }
 }
 
@@ -807,8 +780,7 @@ export class Images {
 
   /** Every image the namespace may use: its own and the public ones. */
   list(options: NamespaceOptions = {}): AsyncGenerator<Image> {
-    const path = this.client.nsPath("/images", options.namespace);
-    return paginate((cursor) => this.client.transport.json("GET", path, { query: { cursor } }));
+    return this.client.listAll(this.client.nsPath("/images", options.namespace));
   }
 
   /** An image by name or `img_…`. */
@@ -818,18 +790,12 @@ export class Images {
 
   /** Pulls an image from an OCI registry (`{name, source, credentials?}`). */
   pull(spec: PullImage, options: CreateOptions & NamespaceOptions = {}): Promise<Image> {
-    return this.client.transport.json("POST", this.client.nsPath("/images", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create(this.client.nsPath("/images", options.namespace), spec, options);
   }
 
   /** Builds an image `from` another by running each of `run` in turn. */
   build(spec: BuildImage, options: CreateOptions & NamespaceOptions = {}): Promise<Image> {
-    return this.client.transport.json("POST", this.client.nsPath("/images", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create(this.client.nsPath("/images", options.namespace), spec, options);
   }
 
   /** Imports an OCI image layout or a `docker save` tar as image `name`. */
@@ -854,16 +820,12 @@ export class Agents {
 
   /** Creates an agent. */
   create(name: string, options: CreateOptions & NamespaceOptions = {}): Promise<Agent> {
-    return this.client.transport.json("POST", this.client.nsPath("/agents", options.namespace), {
-      json: { name },
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
+    return this.client.create(this.client.nsPath("/agents", options.namespace), { name }, options);
   }
 
   /** Every agent of the namespace. */
   list(options: NamespaceOptions = {}): AsyncGenerator<Agent> {
-    const path = this.client.nsPath("/agents", options.namespace);
-    return paginate((cursor) => this.client.transport.json("GET", path, { query: { cursor } }));
+    return this.client.listAll(this.client.nsPath("/agents", options.namespace));
   }
 
   /** An agent by name or `agt_…`. */
@@ -887,8 +849,7 @@ export class Agents {
 
   /** Every version of an agent. */
   versions(agent: string, options: NamespaceOptions = {}): AsyncGenerator<AgentVersion> {
-    const path = this.client.nsPath(`/agents/${enc(agent)}/versions`, options.namespace);
-    return paginate((cursor) => this.client.transport.json("GET", path, { query: { cursor } }));
+    return this.client.listAll(this.client.nsPath(`/agents/${enc(agent)}/versions`, options.namespace));
   }
 
   /** Makes `version` the active one. */
@@ -905,75 +866,41 @@ export class Agents {
 }
 
 /** Tasks: `client.tasks`. */
-export class Tasks {
-  constructor(readonly client: Client) {}
-
-  /** Starts a task: the agent's version runs in a sandbox of its own. */
-  async create(spec: CreateTask, options: CreateOptions & NamespaceOptions = {}): Promise<Task> {
-    const info: TaskInfo = await this.client.transport.json("POST", this.client.nsPath("/tasks", options.namespace), {
-      json: spec,
-      idempotencyKey: options.idempotencyKey ?? true,
-    });
-    return new Task(this.client, info);
+export class Tasks extends Collection<TaskInfo, Task> {
+  constructor(client: Client) {
+    super(client, "/tasks", (c, info) => new Task(c, info));
   }
 
-  /** A task by id. */
-  async get(id: string, options: NamespaceOptions = {}): Promise<Task> {
-    const info: TaskInfo = await this.client.transport.json("GET", this.client.nsPath(`/tasks/${enc(id)}`, options.namespace));
-    return new Task(this.client, info);
+  /** Starts a task: the agent's version runs in a sandbox of its own. */
+  create(spec: CreateTask, options: CreateOptions & NamespaceOptions = {}): Promise<Task> {
+    return this.createItem(spec, options);
   }
 
   /** Every task of the namespace, or of one agent. */
-  async *list(options: NamespaceOptions & { agent?: string | undefined } = {}): AsyncGenerator<Task> {
-    const path = this.client.nsPath("/tasks", options.namespace);
-    for await (const info of paginate<TaskInfo>((cursor) =>
-      this.client.transport.json("GET", path, { query: { cursor, agent: options.agent } }),
-    )) {
-      yield new Task(this.client, info);
-    }
+  list(options: NamespaceOptions & { agent?: string | undefined } = {}): AsyncGenerator<Task> {
+    return this.listItems(options, { agent: options.agent });
   }
 }
 
 /** A task: its messages, events, state. */
-export class Task {
-  /** The task as last read. */
-  info: TaskInfo;
-
-  constructor(
-    readonly client: Client,
-    info: TaskInfo,
-  ) {
-    this.info = info;
-  }
-
-  /** `tsk_…`. */
-  get id(): string {
-    return this.info.id;
-  }
-
-  #path(rest = ""): string {
-    return this.client.nsPath(`/tasks/${enc(this.info.id)}${rest}`, this.info.namespace);
-  }
-
-  /** Reads the task again. */
-  async refresh(): Promise<TaskInfo> {
-    this.info = await this.client.transport.json("GET", this.#path());
-    return this.info;
+export class Task extends Resource<TaskInfo> {
+  constructor(client: Client, info: TaskInfo) {
+    super(client, client.nsPath(`/tasks/${enc(info.id)}`, info.namespace), info);
   }
 
   /** Sends a message (a string, or ACP content blocks) to the agent. */
   send(content: unknown): Promise<EventAccepted> {
-    return this.client.transport.json("POST", this.#path("/events"), { json: { type: "message", content } });
+    return this.client.transport.json("POST", this.path("/events"), { json: { type: "message", content } });
   }
 
   /** Answers a pending permission request of a task created with `permissions: "ask"`. */
   answer(request: string, outcome: "allow_once" | "allow_always" | "reject"): Promise<EventAccepted> {
-    return this.client.transport.json("POST", this.#path("/events"), { json: { type: "permission", request, outcome } });
+    return this.client.transport.json("POST", this.path("/events"), { json: { type: "permission", request, outcome } });
   }
 
   /** One page of messages after `after` (default from the first). */
   messages(options: { after?: number | undefined; limit?: number | undefined } = {}): Promise<Page<TaskMessage>> {
-    return this.client.transport.json("GET", this.#path("/messages"), {
+    return this.client.transport.json("GET", this.path("/messages"), {
       query: { after: options.after, limit: options.limit },
     });
   }
@@ -984,20 +911,37 @@ export class Task {
    */
   async *stream(options: { after?: number | undefined; signal?: AbortSignal | undefined } = {}): AsyncGenerator<TaskMessage> {
     let last = options.after ?? 0;
-    for (let failures = 0; ; ) {
+    let failures = 0;
+    // A connection that fails (to open, or midway) is opened again after `last`, up to 5 times
+    // in a row; an error the server reports in the stream is not retried.
+    const failed = async (e: unknown) => {
+      if (options.signal?.aborted || ++failures > 5) throw e;
+      await new Promise((r) => setTimeout(r, 250 * 2 ** failures));
+    };
+    for (;;) {
       let response: Response;
       try {
-        response = await this.client.transport.request("GET", this.#path("/messages"), {
+        response = await this.client.transport.request("GET", this.path("/messages"), {
           headers: { accept: "text/event-stream", "last-event-id": String(last) },
           signal: options.signal,
         });
       } catch (e) {
-        if (options.signal?.aborted || ++failures > 5) throw e;
-        await new Promise((r) => setTimeout(r, 250 * 2 ** failures));
+        await failed(e);
         continue;
       }
+      const events = serverSentEvents(response.body);
       try {
-        for await (const e of serverSentEvents(response.body)) {
+        for (;;) {
+          // Only reading is guarded: an exception of the consumer's, or its `break`, is not a cut.
+          let next: IteratorResult<ServerSentEvent>;
+          try {
+            next = await events.next();
+          } catch (e) {
+            await failed(e);
+            break;
+          }
+          if (next.done) break;
+          const e = next.value;
           if (e.event === "end") return;
           if (e.event === "error") throw new Error(`task stream failed: ${e.data}`);
           if (e.event !== "message") continue;
@@ -1006,31 +950,29 @@ export class Task {
           failures = 0;
           yield message;
         }
-      } catch (e) {
-        // A connection cut mid-stream is resumed; an error the server sent is not.
-        if (options.signal?.aborted || (e instanceof Error && e.message.startsWith("task stream failed")) || ++failures > 5) {
-          throw e;
-        }
+      } finally {
+        // Closes the connection when the consumer stops early; one already cut is fine.
+        await events.return(undefined).catch(() => undefined);
       }
     }
   }
 
   /** The task's state document and its ETag. */
   async getState(): Promise<{ value: unknown; etag: string | undefined }> {
-    const response = await this.client.transport.request("GET", this.#path("/state"), { headers: { accept: "application/json" } });
+    const response = await this.client.transport.request("GET", this.path("/state"), { headers: { accept: "application/json" } });
     return { value: await response.json(), etag: response.headers.get("etag") ?? undefined };
   }
 
   /** Replaces the state; with `ifMatch`, only if it is still at that ETag (else ConflictError). */
   async putState(value: unknown, options: { ifMatch?: string | undefined } = {}): Promise<string | undefined> {
     const headers: Record<string, string> = options.ifMatch === undefined ? {} : { "if-match": options.ifMatch };
-    const response = await this.client.transport.request("PUT", this.#path("/state"), { json: value, headers });
+    const response = await this.client.transport.request("PUT", this.path("/state"), { json: value, headers });
     return response.headers.get("etag") ?? undefined;
   }
 
   /** Cancels the task: its agent stops and its sandbox goes; messages and state are kept. */
   async cancel(): Promise<TaskInfo> {
-    this.info = await this.client.transport.json("POST", this.#path("/cancel"));
+    this.info = await this.client.transport.json("POST", this.path("/cancel"));
     return this.info;
   }
 }
@@ -1059,9 +1001,8 @@ export class Audit {
   list(
     options: NamespaceOptions & { action?: string | undefined; since?: string | undefined; until?: string | undefined } = {},
   ): AsyncGenerator<AuditRecord> {
-    const path = this.client.nsPath("/audit", options.namespace);
     const { action, since, until } = options;
-    return paginate((cursor) => this.client.transport.json("GET", path, { query: { action, since, until, cursor } }));
+    return this.client.listAll(this.client.nsPath("/audit", options.namespace), { action, since, until });
   }
 
   /** Verifies the namespace's hash chain. */

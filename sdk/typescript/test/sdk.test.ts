@@ -248,3 +248,72 @@ test("the admin manages namespaces and keys", async () => {
   const revoked = await keyed.namespaces.get(env("BULKHEAD_NAMESPACE")).catch((e: unknown) => e);
   assert.ok(revoked instanceof ApiError && revoked.code === "unauthenticated", String(revoked));
 });
+
+test("an agent's task streams its messages, resuming after a cut with Last-Event-ID", async () => {
+  const { readFile } = await import("node:fs/promises");
+  const bundle = new Uint8Array(await readFile(env("BULKHEAD_AGENT_BUNDLE")));
+  const agent = await client.agents.create(`echo-${Date.now()}`);
+  const version = await client.agents.push(agent.name, bundle);
+  assert.match(version.id, /^ver_/);
+  assert.equal((await client.agents.deploy(agent.name, version.id)).active_version, version.id);
+  const versions = [];
+  for await (const v of client.agents.versions(agent.name)) versions.push(v.id);
+  assert.deepEqual(versions, [version.id]);
+
+  // The first stream's body is cut after its second event, before the turn can end; the SDK
+  // opens it again after the last message it saw.
+  const seqs: number[] = [];
+  const resumedFrom: (string | null)[] = [];
+  const seenAtResume: number[] = [];
+  const cutting: typeof fetch = async (input, init) => {
+    const response = await fetch(input, init);
+    if (!String(input).includes("/messages")) return response;
+    resumedFrom.push(new Headers(init?.headers).get("last-event-id"));
+    seenAtResume.push(seqs.at(-1) ?? 0);
+    if (resumedFrom.length > 1 || response.body === null) return response;
+    let text = "";
+    let sent = 0;
+    const decoder = new TextDecoder();
+    const encoder = new TextEncoder();
+    const cut = new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        text += decoder.decode(chunk, { stream: true });
+        const first = text.indexOf("\n\n");
+        const second = first < 0 ? -1 : text.indexOf("\n\n", first + 2);
+        if (second < 0) {
+          controller.enqueue(encoder.encode(text.slice(sent)));
+          sent = text.length;
+          return;
+        }
+        // Up to the end of the second event, then the connection "resets".
+        controller.enqueue(encoder.encode(text.slice(sent, second + 2)));
+        controller.error(new TypeError("terminated: the connection was reset"));
+      },
+    });
+    return new Response(response.body.pipeThrough(cut), response);
+  };
+  const watcher = new Client({ fetch: cutting });
+  const task = await client.tasks.create({ agent: agent.name, message: "chunks 12" });
+  assert.match(task.id, /^tsk_/);
+  const watched = await watcher.tasks.get(task.id);
+
+  const chunks: string[] = [];
+  for await (const m of watched.stream()) {
+    seqs.push(m.seq);
+    if (m.type === "agent_message_chunk") {
+      chunks.push((m.data as { content: { text: string } }).content.text);
+    }
+    if (m.type === "turn_end") break;
+  }
+  // Opened twice: from the start, then after the last message seen; and not again after the
+  // loop stopped reading.
+  assert.deepEqual(resumedFrom, ["0", String(seenAtResume[1])]);
+  assert.deepEqual(seqs, seqs.map((_, i) => i + 1), "every message once, in order, from 1");
+  assert.deepEqual(chunks, Array.from({ length: 12 }, (_, i) => String(i)));
+
+  // A page of the same messages, then the task is cancelled.
+  const page = await task.messages({ limit: 1000 });
+  assert.deepEqual(page.items.slice(0, seqs.length).map((m) => m.seq), seqs);
+  assert.equal((await task.cancel()).status, "cancelled");
+  await client.agents.delete(agent.name).catch(() => undefined);
+});
