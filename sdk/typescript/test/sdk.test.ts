@@ -11,6 +11,7 @@ import {
   Client,
   ForbiddenError,
   InvalidRequestError,
+  IsADirectoryError,
   NotFoundError,
   type ExecStreamEvent,
 } from "../dist/index.js";
@@ -56,6 +57,12 @@ test("create, exec, files and delete, with await using", async () => {
     assert.equal((await sandbox.exec(["/tmp/dir/run.sh"])).stdout, "ran\n");
     const names = (await sandbox.files.list("/tmp/dir")).map((e) => e.name).sort();
     assert.deepEqual(names, ["hello.txt", "run.sh"]);
+    // Paths inside the sandbox have their own error codes, each its class.
+    await assert.rejects(sandbox.files.read("/tmp/dir"), IsADirectoryError);
+    await assert.rejects(sandbox.files.read("/tmp/dir/nothing"), (e: unknown) => {
+      assert.ok(e instanceof NotFoundError && e.message.includes("/tmp/dir/nothing"), String(e));
+      return true;
+    });
 
     const seen = [];
     for await (const s of client.sandboxes.list()) seen.push(s.id);
