@@ -145,6 +145,14 @@ async fn openapi_describes_every_body_answer_and_error_of_the_route_table() {
             None => {}
         }
         let answers = op["responses"].as_object().unwrap();
+        // Raw bytes are binary strings, which generators make byte streams of.
+        let bodies = op.get("requestBody").into_iter().chain(answers.values());
+        for (media, content) in bodies.filter_map(|b| b["content"].as_object()).flatten() {
+            let raw = media == "application/octet-stream" || media == "application/x-tar";
+            if raw && content["schema"] != serde_json::json!({"type": "string", "format": "binary"}) {
+                missing.push(format!("{what}: {media} is not a binary string: {}", content["schema"]));
+            }
+        }
         // A success answer; every one with content has a schema, and only 204 and 101 have none.
         let successes: Vec<(&String, &Value)> =
             answers.iter().filter(|(s, _)| s.starts_with('2') || s.as_str() == "101").collect();
