@@ -2375,7 +2375,7 @@ export interface components {
              *     1,000.
              * @default 1000
              */
-            api_requests_per_second: number;
+            api_requests_per_second?: number;
             /**
              * Format: int64
              * @description Thousandths of a CPU core, summed over the namespace's sandboxes.
@@ -2393,7 +2393,7 @@ export interface components {
              *     are bounded by the same number, counted apart. 1 to 100,000; default 32.
              * @default 32
              */
-            max_concurrent_execs: number;
+            max_concurrent_execs?: number;
             /** Format: int64 */
             max_sandbox_ttl_seconds: number;
             /** Format: int64 */

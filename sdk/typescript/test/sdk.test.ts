@@ -13,6 +13,7 @@ import {
   InvalidRequestError,
   IsADirectoryError,
   NotFoundError,
+  RateLimitedError,
   type ExecStreamEvent,
 } from "../dist/index.js";
 
@@ -323,4 +324,40 @@ test("an agent's task streams its messages, resuming after a cut with Last-Event
   assert.deepEqual(page.items.slice(0, seqs.length).map((m) => m.seq), seqs);
   assert.equal((await task.cancel()).status, "cancelled");
   await client.agents.delete(agent.name).catch(() => undefined);
+});
+
+test("GETs refused by the rate limit are retried after Retry-After; without retries the class says so", async () => {
+  const admin = new Client({ token: env("BULKHEAD_ADMIN_TOKEN") });
+  const name = `sdk-limited-${Date.now() % 100000}`;
+  await admin.namespaces.create({
+    name,
+    quotas: {
+      cpu_millis: 1000,
+      memory_bytes: 256 << 20,
+      disk_bytes: 256 << 20,
+      max_sandboxes: 1,
+      pids_per_sandbox: 64,
+      max_sandbox_ttl_seconds: 600,
+      api_requests_per_second: 1,
+    },
+  });
+  try {
+    const key = await admin.keys.create({ name: "reader", role: "viewer" }, { namespace: name });
+    // A burst of one second's worth (one request): of four at once, some are refused.
+    const once = new Client({ token: key.token, namespace: name, retry: { attempts: 1 } });
+    const results = await Promise.allSettled([1, 2, 3, 4].map(() => once.namespaces.get(name)));
+    const refused = results.flatMap((r) => (r.status === "rejected" ? [r.reason as unknown] : []));
+    assert.ok(refused.length >= 1, "the bucket refused some");
+    for (const e of refused) {
+      assert.ok(e instanceof RateLimitedError, String(e));
+      assert.equal(e.status, 429);
+      assert.ok(e.retryAfter !== undefined && e.retryAfter >= 1, `Retry-After: ${String(e.retryAfter)}`);
+    }
+    // Retried after Retry-After, every one of them is answered.
+    const patient = new Client({ token: key.token, namespace: name, retry: { attempts: 10 } });
+    const answers = await Promise.all([1, 2, 3].map(() => patient.namespaces.get(name)));
+    assert.deepEqual(answers.map((ns) => ns.name), [name, name, name]);
+  } finally {
+    await admin.namespaces.delete(name);
+  }
 });
