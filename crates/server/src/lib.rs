@@ -180,9 +180,9 @@ fn item_operations(
 }
 
 /// Every route may answer `500 internal` (a bug or a panic: the body has the request id and
-/// nothing else) and `503 unavailable` with `Retry-After` (the store busy past its timeout or
-/// failing to write: what was asked is not known to be done); a write may also answer `507
-/// insufficient_storage` (the server's own disk is full).
+/// nothing else); every authenticated one `503 unavailable` with `Retry-After` (the store, which
+/// authentication reads, busy past its timeout or failing to write: what was asked is not known
+/// to be done); a write may also answer `507 insufficient_storage` (the server's own disk is full).
 fn document_server_errors(doc: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::header::HeaderBuilder;
     use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
@@ -203,9 +203,13 @@ fn document_server_errors(doc: &mut utoipa::openapi::OpenApi) {
     let full = answer("`insufficient_storage`: the server's own disk is full; nothing was written").build();
     for op in operations(doc) {
         let writes = op.request_body.is_some();
+        // `security(())` on a route: no requirement, or only the empty one.
+        let open = op.security.as_ref().is_some_and(|s| s.iter().all(|r| *r == Default::default()));
         let answers = &mut op.responses.responses;
         answers.entry("500".to_owned()).or_insert_with(|| internal.clone().into());
-        answers.entry("503".to_owned()).or_insert_with(|| unavailable.clone().into());
+        if !open {
+            answers.entry("503".to_owned()).or_insert_with(|| unavailable.clone().into());
+        }
         if writes {
             answers.entry("507".to_owned()).or_insert_with(|| full.clone().into());
         }

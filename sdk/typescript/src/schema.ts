@@ -2816,17 +2816,6 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description `unavailable`: the server's store is busy or could not write; retry after `Retry-After` */
-            503: {
-                headers: {
-                    /** @description Whole seconds to wait, at least 1 */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorBody"];
-                };
-            };
         };
     };
     metrics_platform: {
