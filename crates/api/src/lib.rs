@@ -16,17 +16,81 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// What went wrong, with a message for people and the request's id (as in the server's log).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// One of `unauthenticated` (401), `forbidden` (403), `not_found` (404), `invalid_request`
-    /// (400; also 405 and 415), `conflict` (409; also 412), `payload_too_large` (413),
-    /// `quota_exceeded` (429), `rate_limited` (429, with `Retry-After`), `internal` (500),
-    /// `unavailable` (503, with `Retry-After`), `insufficient_storage` (507); for paths inside a
-    /// sandbox or a filesystem also `is_a_directory` (400), `not_a_regular_file` (400) and
-    /// `permission_denied` (403).
+    /// One of [`ErrorCode`]'s codes. A string on the wire, so a client meeting a code newer than
+    /// itself still reads the answer.
+    #[schema(value_type = ErrorCode)]
     pub code: String,
     pub message: String,
     pub request_id: String,
+}
+
+/// Every error code the API answers, each with its status: `unauthenticated` 401, `forbidden`
+/// 403, `not_found` 404, `invalid_request` 400 (also 405 for a method a path does not serve and
+/// 415 for a body that is not JSON), `conflict` 409 (also 412 for a failed `If-Match`),
+/// `payload_too_large` 413, `quota_exceeded` 429, `rate_limited` 429 (with `Retry-After`),
+/// `internal` 500 (no detail beyond the request id), `insufficient_storage` 507 (the server's
+/// own disk is full), `unavailable` 503 (with `Retry-After`); for paths inside a sandbox or a
+/// filesystem `is_a_directory` 400, `not_a_regular_file` 400 and `permission_denied` 403.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthenticated,
+    Forbidden,
+    NotFound,
+    InvalidRequest,
+    Conflict,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RateLimited,
+    Internal,
+    InsufficientStorage,
+    Unavailable,
+    IsADirectory,
+    NotARegularFile,
+    PermissionDenied,
+}
+
+impl ErrorCode {
+    /// Every code, in the order the schema lists them.
+    pub const ALL: [ErrorCode; 14] = [
+        ErrorCode::Unauthenticated,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::InvalidRequest,
+        ErrorCode::Conflict,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::RateLimited,
+        ErrorCode::Internal,
+        ErrorCode::InsufficientStorage,
+        ErrorCode::Unavailable,
+        ErrorCode::IsADirectory,
+        ErrorCode::NotARegularFile,
+        ErrorCode::PermissionDenied,
+    ];
+
+    /// The code as it is on the wire (`not_found`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::NotARegularFile => "not_a_regular_file",
+            ErrorCode::PermissionDenied => "permission_denied",
+        }
+    }
 }
 
 /// A page of a list. Pass `next_cursor` back as `cursor` to get the next page; it is absent on

@@ -7,6 +7,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use bulkhead_api::ErrorCode;
 use bulkhead_core::FieldError;
 use bulkhead_runtime::files::FileError;
 use bulkhead_runtime::hostreg::RegistryError;
@@ -104,24 +105,29 @@ impl ApiError {
         }
     }
 
+    /// The code on the wire, one of [`ErrorCode`]'s (which the OpenAPI document lists).
     pub fn code(&self) -> &'static str {
+        self.error_code().as_str()
+    }
+
+    pub fn error_code(&self) -> ErrorCode {
         match self {
-            ApiError::Unauthenticated(_) => "unauthenticated",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::Forbidden(_) => ErrorCode::Forbidden,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::Invalid(_) | ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
-                "invalid_request"
+                ErrorCode::InvalidRequest
             }
-            ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::QuotaExceeded(_) => "quota_exceeded",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::Internal(_) => "internal",
-            ApiError::InsufficientStorage(_) => "insufficient_storage",
-            ApiError::Unavailable { .. } => "unavailable",
-            ApiError::IsADirectory(_) => "is_a_directory",
-            ApiError::NotARegularFile(_) => "not_a_regular_file",
-            ApiError::PermissionDenied(_) => "permission_denied",
+            ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => ErrorCode::Conflict,
+            ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
+            ApiError::Unavailable { .. } => ErrorCode::Unavailable,
+            ApiError::IsADirectory(_) => ErrorCode::IsADirectory,
+            ApiError::NotARegularFile(_) => ErrorCode::NotARegularFile,
+            ApiError::PermissionDenied(_) => ErrorCode::PermissionDenied,
         }
     }
 
@@ -377,8 +383,8 @@ mod tests {
     #[test]
     fn the_error_body_documents_every_code_and_status() {
         use utoipa::PartialSchema;
-        let schema = serde_json::to_value(bulkhead_api::ErrorDetail::schema()).expect("a schema");
-        let doc = schema["properties"]["code"]["description"].as_str().expect("the code's description").to_owned();
+        let schema = serde_json::to_value(bulkhead_api::ErrorCode::schema()).expect("a schema");
+        let doc = schema["description"].as_str().expect("the codes' description").to_owned();
         let mut codes = std::collections::BTreeSet::new();
         for e in every_variant() {
             let (code, status) = (e.code(), e.status().as_u16());

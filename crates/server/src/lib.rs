@@ -136,8 +136,116 @@ fn api_routes() -> OpenApiRouter<AppState> {
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = api_routes().into_openapi();
-    document_rate_limits(&mut doc);
+    document_answers(&mut doc);
     doc
+}
+
+/// What every route's own annotation leaves implicit, added to the document once: unique
+/// operation ids, the rate limits ([`document_rate_limits`]), the server-side errors
+/// ([`document_server_errors`]) and byte bodies as binary strings.
+fn document_answers(doc: &mut utoipa::openapi::OpenApi) {
+    // utoipa names an operation after its handler, and handlers of different modules share
+    // names (`create`, `list`); generators need them unique: `{tag}_{handler}`.
+    for op in operations(doc) {
+        if let (Some(tag), Some(id)) = (op.tags.as_ref().and_then(|t| t.first()), op.operation_id.as_ref()) {
+            op.operation_id = Some(format!("{tag}_{id}"));
+        }
+    }
+    document_rate_limits(doc);
+    document_server_errors(doc);
+    document_binary_bodies(doc);
+}
+
+/// The operations of `doc`, mutably.
+fn operations(doc: &mut utoipa::openapi::OpenApi) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    doc.paths.paths.values_mut().flat_map(item_operations)
+}
+
+/// The operations of one path, mutably.
+fn item_operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.patch,
+        &mut item.head,
+        &mut item.options,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Every route may answer `500 internal` (a bug or a panic: the body has the request id and
+/// nothing else); every authenticated one `503 unavailable` with `Retry-After` (the store, which
+/// authentication reads, busy past its timeout or failing to write: what was asked is not known
+/// to be done); a write may also answer `507 insufficient_storage` (the server's own disk is full).
+fn document_server_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+    use utoipa::ToSchema;
+    let answer = |description: &str| {
+        let content =
+            ContentBuilder::new().schema(Some(Ref::from_schema_name(bulkhead_api::ErrorBody::name()))).build();
+        ResponseBuilder::new().description(description).content("application/json", content)
+    };
+    let retry_after = HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+        .description(Some("Whole seconds to wait, at least 1"))
+        .build();
+    let internal = answer("`internal`: the server failed; the body carries only the request id").build();
+    let unavailable = answer("`unavailable`: the server's store is busy or could not write; retry after `Retry-After`")
+        .header("Retry-After", retry_after)
+        .build();
+    let full = answer("`insufficient_storage`: the server's own disk is full; nothing was written").build();
+    for op in operations(doc) {
+        let writes = op.request_body.is_some();
+        // `security(())` on a route: no requirement, or only the empty one.
+        let open = op.security.as_ref().is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+        let answers = &mut op.responses.responses;
+        answers.entry("500".to_owned()).or_insert_with(|| internal.clone().into());
+        if !open {
+            answers.entry("503".to_owned()).or_insert_with(|| unavailable.clone().into());
+        }
+        if writes {
+            answers.entry("507".to_owned()).or_insert_with(|| full.clone().into());
+        }
+    }
+}
+
+/// Bodies of raw bytes (files, archives, bundles, stdin) are `string`s of format `binary`, which
+/// is what generators make byte streams of (utoipa writes `Vec<u8>` as an array of integers).
+fn document_binary_bodies(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let binary = || {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .build()
+    };
+    for op in operations(doc) {
+        let mut contents: Vec<&mut utoipa::openapi::Content> = Vec::new();
+        if let Some(body) = op.request_body.as_mut() {
+            contents.extend(body.content.iter_mut().map(|(_, c)| c));
+        }
+        for answer in op.responses.responses.values_mut() {
+            if let utoipa::openapi::RefOr::T(answer) = answer {
+                contents.extend(answer.content.iter_mut().map(|(_, c)| c));
+            }
+        }
+        for content in contents {
+            let bytes = matches!(&content.schema, Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Array(a)))
+                if matches!(&a.items, utoipa::openapi::schema::ArrayItems::RefOrSchema(item)
+                    if matches!(item.as_ref(), utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o))
+                        if o.format == Some(SchemaFormat::KnownFormat(KnownFormat::Int32)) && o.minimum.is_some())));
+            if bytes {
+                content.schema = Some(binary().into());
+            }
+        }
+    }
 }
 
 /// Every route of a namespace may answer `429 rate_limited` with `Retry-After`: its namespace's
@@ -166,17 +274,7 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
         if !path.starts_with("/v1/namespaces/{ns}") {
             continue;
         }
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-            &mut item.head,
-            &mut item.options,
-            &mut item.trace,
-        ];
-        for op in operations.into_iter().flatten() {
+        for op in item_operations(item) {
             match op.responses.responses.entry("429".to_owned()) {
                 std::collections::btree_map::Entry::Vacant(v) => {
                     v.insert(answer.clone().into());
@@ -195,7 +293,7 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
 /// The whole application for `state`.
 pub fn app(state: AppState) -> Router {
     let (router, mut doc) = api_routes().split_for_parts();
-    document_rate_limits(&mut doc);
+    document_answers(&mut doc);
     let doc = Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     router

@@ -131,7 +131,7 @@ fn etag_header(r: &mut Response, etag: &str) {
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/filesystems/{id}/files", tag = "filesystems",
     params(("ns" = String, Path), ("id" = String, Path), FileQuery),
     responses((status = 200, description = "The file's bytes, or with list=true a JSON Page of FileEntry",
-            content_type = "application/octet-stream", body = Vec<u8>),
+            content((Vec<u8> = "application/octet-stream"), (Page<FileEntry> = "application/json"))),
         (status = 413, body = ErrorBody), CheckedErrors))]
 pub async fn read_file(
     ctx: Ctx,

@@ -277,7 +277,7 @@ pub async fn explain(
 
 /// The Cedar schema every policy is validated against: principals, actions and resources.
 #[utoipa::path(get, path = "/v1/policy-schema", tag = "identity",
-    responses((status = 200, description = "The Cedar schema", content_type = "text/plain"), (status = 401, body = ErrorBody)))]
+    responses((status = 200, description = "The Cedar schema", content_type = "text/plain", body = String), (status = 401, body = ErrorBody)))]
 pub async fn schema(ctx: Ctx) -> ApiResult<Response> {
     // Any principal may read it; deciding `namespace.list` keeps every route authorized.
     ctx.authorize(Action::NamespaceList, &Target::Platform)?;

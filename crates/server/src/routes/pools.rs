@@ -32,7 +32,7 @@ fn pool_out(status: &PoolStatus, image: &ImageRow) -> WarmPool {
 }
 
 /// The namespace's warm pools, by image id, with what each holds now.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/pools", tag = "images", params(("ns" = String, Path)),
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/pools", tag = "pools", params(("ns" = String, Path)),
     responses((status = 200, body = Page<WarmPool>), ReadErrors))]
 pub async fn list(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Page<WarmPool>>> {
     ctx.authorize(Action::PoolList, &Target::namespace(&ns))?;
@@ -49,7 +49,7 @@ pub async fn list(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Jso
 
 /// Sets the size of the namespace's pool of an image (by name or id); 0 removes it. The pool
 /// fills in the background as the namespace's quotas allow.
-#[utoipa::path(put, path = "/v1/namespaces/{ns}/pools/{image}", tag = "images",
+#[utoipa::path(put, path = "/v1/namespaces/{ns}/pools/{image}", tag = "pools",
     params(("ns" = String, Path), ("image" = String, Path, description = "A name or an img_… id")),
     request_body = SetWarmPool,
     responses((status = 200, body = WarmPool),
@@ -68,7 +68,7 @@ pub async fn set(
 }
 
 /// Removes the namespace's pool of an image (its ready sandboxes are destroyed).
-#[utoipa::path(delete, path = "/v1/namespaces/{ns}/pools/{image}", tag = "images",
+#[utoipa::path(delete, path = "/v1/namespaces/{ns}/pools/{image}", tag = "pools",
     params(("ns" = String, Path), ("image" = String, Path, description = "A name or an img_… id")),
     responses((status = 204, description = "Removed (or there was none)"), GuardedErrors))]
 pub async fn delete(ctx: Ctx, PathParams((ns, image)): PathParams<(String, String)>) -> ApiResult<StatusCode> {

@@ -226,7 +226,8 @@ fn gap_before(next: &mut u64, event: &ProcessEvent) -> Option<ProcessEvent> {
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/output", tag = "processes",
     params(("ns" = String, Path), ("id" = String, Path), ("pid" = String, Path), ProcessOutputParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume server-sent events after this seq")),
-    responses((status = 200, description = "NDJSON lines (or server-sent events) of ProcessEvent", body = ProcessEvent),
+    responses((status = 200, description = "NDJSON lines (or, with `Accept: text/event-stream`, server-sent events) of ProcessEvent",
+            content((ProcessEvent = "application/x-ndjson"), (ProcessEvent = "text/event-stream"))),
         (status = 409, body = ErrorBody), CheckedErrors))]
 pub async fn output(
     ctx: Ctx,

@@ -12,7 +12,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bulkhead_api::SandboxFileParams as FileParams;
 use bulkhead_api::{
-    CreateSandbox, Encoding, ErrorBody, ExecEvent, ExecRequest, ExecResult, LogStream, Page, Sandbox, SandboxSecret,
+    CreateSandbox, Encoding, ErrorBody, ExecEvent, ExecRequest, ExecResult, FileEntry, LogStream, Page, Sandbox,
+    SandboxSecret,
 };
 use bulkhead_core::audit::AuditEvent;
 use bulkhead_core::ids::{self, prefix};
@@ -680,7 +681,8 @@ pub(crate) async fn exec_body(body: Body) -> ApiResult<Bytes> {
 /// UTF-8 text and a streamed event never ends inside a character.
 #[utoipa::path(post, path = "/v1/namespaces/{ns}/sandboxes/{id}/exec", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path)), request_body = ExecRequest,
-    responses((status = 200, description = "The command ran; NDJSON lines of ExecEvent when streamed", body = ExecResult),
+    responses((status = 200, description = "The command ran; with `Accept: application/x-ndjson`, NDJSON lines of ExecEvent as it runs",
+            content((ExecResult = "application/json"), (ExecEvent = "application/x-ndjson"))),
         (status = 409, description = "The sandbox is not running", body = ErrorBody),
         (status = 413, description = "The body is over 16 MiB", body = ErrorBody), CheckedErrors))]
 pub async fn exec(
@@ -940,7 +942,7 @@ fn stream_response(
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/files", tag = "sandboxes",
     params(("ns" = String, Path), ("id" = String, Path), FileParams),
     responses((status = 200, description = "The file's bytes, or with list=true a JSON Page of FileEntry",
-            content_type = "application/octet-stream", body = Vec<u8>),
+            content((Vec<u8> = "application/octet-stream"), (Page<FileEntry> = "application/json"))),
         (status = 403, description = "permission_denied: the sandbox's permissions refused the user", body = ErrorBody),
         (status = 413, body = ErrorBody), ConflictErrors))]
 pub async fn read_file(

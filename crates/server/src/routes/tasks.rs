@@ -517,7 +517,9 @@ pub struct MessageParams {
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/tasks/{id}/messages", tag = "tasks",
     params(("ns" = String, Path), ("id" = String, Path), MessageParams,
         ("Last-Event-ID" = Option<String>, Header, description = "Resume server-sent events after this seq")),
-    responses((status = 200, body = Page<TaskMessage>), CheckedErrors))]
+    responses((status = 200, description = "A page of messages; with `Accept: text/event-stream`, server-sent events \
+            whose data is a TaskMessage and whose id its seq, live",
+            content((Page<TaskMessage> = "application/json"), (TaskMessage = "text/event-stream"))), CheckedErrors))]
 pub async fn messages(
     ctx: Ctx,
     PathParams((ns, id)): PathParams<(String, String)>,
