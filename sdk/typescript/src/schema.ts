@@ -167,8 +167,9 @@ export interface paths {
         options?: never;
         head?: never;
         /**
-         * Change a namespace's quotas or its egress ceiling (platform admin). A narrower ceiling holds
-         *     for the next connection of every running sandbox.
+         * Change a namespace's quotas, its egress ceiling or its placement (platform admin). A narrower
+         *     ceiling holds for the next connection of every running sandbox; a new placement moves its
+         *     running sandboxes at once (`409` names what the host lacks for a dedicated one).
          */
         patch: operations["namespaces_update"];
         trace?: never;
@@ -1345,6 +1346,7 @@ export interface components {
             isolation?: string | null;
             /** @description `[a-z0-9-]{1,63}`, starting with a letter. */
             name: string;
+            placement?: null | components["schemas"]["PlacementSpec"];
             quotas: components["schemas"]["Quotas"];
         };
         /** @description `POST /v1/namespaces/{ns}/policies` */
@@ -1803,6 +1805,8 @@ export interface components {
             egress?: components["schemas"]["EgressCeiling"];
             isolation: string;
             name: string;
+            /** @description Where its sandboxes run. */
+            placement: components["schemas"]["Placement"];
             quotas: components["schemas"]["Quotas"];
             /** @description RFC 3339. */
             updated_at: string;
@@ -2046,6 +2050,8 @@ export interface components {
                 egress?: components["schemas"]["EgressCeiling"];
                 isolation: string;
                 name: string;
+                /** @description Where its sandboxes run. */
+                placement: components["schemas"]["Placement"];
                 quotas: components["schemas"]["Quotas"];
                 /** @description RFC 3339. */
                 updated_at: string;
@@ -2258,6 +2264,45 @@ export interface components {
                 updated_at: string;
             }[];
             next_cursor?: string | null;
+        };
+        /** @description A namespace's placement as admitted. */
+        Placement: {
+            /**
+             * Format: int32
+             * @description Dedicated cores.
+             */
+            cpus?: number | null;
+            /** @description The host cores it holds, in the kernel's list format (`2-3`). */
+            cpuset?: string | null;
+            /**
+             * Format: int64
+             * @description Reserved memory, in bytes.
+             */
+            memory_bytes?: number | null;
+            mode: components["schemas"]["PlacementMode"];
+        };
+        /**
+         * @description Whether a namespace's sandboxes share the host's cores with other tenants or have their own.
+         * @enum {string}
+         */
+        PlacementMode: "shared" | "dedicated";
+        /** @description A namespace's placement as asked (at create, or by `PATCH`; platform admin). */
+        PlacementSpec: {
+            /**
+             * Format: int32
+             * @description `dedicated` only: whole cores, 1 to 1024; default the cpu quota rounded up to cores. The
+             *     host always keeps one core for the control plane and the shared namespaces: asking for
+             *     more than it has left is `409 conflict` naming what is missing.
+             */
+            cpus?: number | null;
+            /**
+             * Format: int64
+             * @description `dedicated` only: bytes reserved, at least 4 MiB and at most the namespace's memory
+             *     quota; default the memory quota. Admitted against the host's memory less a tenth (at
+             *     least 1 GiB) and every other reservation.
+             */
+            memory_bytes?: number | null;
+            mode: components["schemas"]["PlacementMode"];
         };
         /** @description A policy of a namespace. */
         Policy: {
@@ -2652,6 +2697,7 @@ export interface components {
         /** @description `PATCH /v1/namespaces/{ns}` */
         UpdateNamespace: {
             egress?: null | components["schemas"]["EgressCeiling"];
+            placement?: null | components["schemas"]["PlacementSpec"];
             quotas?: null | components["schemas"]["QuotasPatch"];
         };
         /** @description One time bucket of usage. */
