@@ -69,7 +69,22 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
         principal = tracing::field::Empty,
     );
     let started = Instant::now();
-    let response = next.run(req).instrument(span.clone()).await;
+    let response = if matches!(method, Method::DELETE | Method::PATCH | Method::PUT) {
+        // A change runs to its end once it started, whether or not its client waits for the
+        // answer: a client that disconnects mid-delete must not leave a half-torn-down sandbox
+        // (or a change without its audit record). Creates are run the same way by
+        // `idempotency::create`; commands (`exec`) stay tied to their connection.
+        match tokio::spawn(next.run(req).instrument(span.clone())).await {
+            Ok(response) => response,
+            Err(e) => {
+                tracing::warn!(parent: &span, error = %e, "a change's task ended without an answer");
+                ApiError::Unavailable { message: "the server is stopping; retry".into(), retry_after_seconds: 2 }
+                    .into_response()
+            }
+        }
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
     let mut response = envelope(response, &id);
     let status = response.status();
     span.in_scope(|| {
