@@ -28,7 +28,7 @@ use tokio::process::Command;
 
 use crate::cgroup::Cgroups;
 use crate::client::FileStream;
-use crate::spec::{self, BaseEntry, SpecPaths, CGROUP_FD, SUPERVISOR_FD, SUPERVISOR_PATH};
+use crate::spec::{self, BaseEntry, OciKind, SpecPaths, CGROUP_FD, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
     client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, ProcessInfo, ProcessOutput, ProcessSpec, Result,
     Runtime, RuntimeError, SandboxSpec, SandboxStats, TtySize,
@@ -175,7 +175,20 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
         fs::set_permissions(dir, fs::Permissions::from_mode(0o500))
             .map_err(RuntimeError::io(format!("chmod {}", dir.display())))?;
     }
+    traversable_run_dir(own)?;
     Ok(dirs)
+}
+
+/// Makes `<own>/run` traversable (0711, nothing listable): gVisor's gofer opens the sources of
+/// the sandbox's binds as the sandbox's root, not the host's.
+fn traversable_run_dir(own: &Path) -> Result<()> {
+    let run = own.join("run");
+    match fs::set_permissions(&run, fs::Permissions::from_mode(0o711)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io(format!("chmod {}", run.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A `/run` directory or file name: one path component, not `.` or `..`, no NUL.
@@ -228,6 +241,7 @@ fn empty_run_dirs(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String
         std::os::unix::fs::chown(&dir, owner, owner).map_err(RuntimeError::io(format!("chown {}", dir.display())))?;
         dirs.push((dir, name.to_owned()));
     }
+    traversable_run_dir(own)?;
     Ok(dirs)
 }
 
@@ -582,6 +596,8 @@ impl OciRuntime {
                 }
             }
         }
+        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`).
+        mkdir(&rootfs.join(spec::CONTROL_PATH.trim_start_matches('/')), 0o755)?;
         let target = rootfs.join(SUPERVISOR_PATH.trim_start_matches('/'));
         fs::write(&target, b"").map_err(RuntimeError::io("create the supervisor mount point"))?;
         let etc = base.join("etc");
@@ -606,6 +622,8 @@ impl OciRuntime {
         let dir = base.join("bulkhead");
         let _ = fs::remove_dir_all(&dir);
         mkdir(&dir.join("lib"), 0o755)?;
+        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`).
+        mkdir(&dir.join("control"), 0o755)?;
         fs::hard_link(supervisor, dir.join("supervisor")).map_err(RuntimeError::io("link the supervisor"))?;
         let out = std::process::Command::new("ldd")
             .arg(supervisor)
@@ -652,7 +670,22 @@ impl OciRuntime {
         mkdir(&own, 0o711)?;
         let hosts = own.join("hosts");
         fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
-        mkdir(&bundle.join("control"), 0o700)?;
+        let kind = OciKind::of(&spec.oci_runtime);
+        let control = bundle.join("control");
+        mkdir(&control, 0o700)?;
+        if kind == OciKind::Gvisor {
+            if spec.pooled {
+                return Err(RuntimeError::Invalid(
+                    "warm pools are not available on a gVisor runtime class: a claim mounts into the \
+                     sandbox's mount namespace, which gVisor keeps in its own kernel"
+                        .into(),
+                ));
+            }
+            // The supervisor binds its socket here, as the sandbox's root (through gVisor's
+            // gofer, which holds the sandbox's id map).
+            let owner = Some(spec.ids.host_start);
+            std::os::unix::fs::chown(&control, owner, owner).map_err(RuntimeError::io("chown the control dir"))?;
+        }
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
         let resolv_conf = match net {
             Some(net) => {
@@ -721,6 +754,8 @@ impl OciRuntime {
             resolv_conf,
             claim_points,
             agent_code,
+            kind,
+            control,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -770,8 +805,13 @@ impl OciRuntime {
     }
 
     /// Starts the bundle's container with the listening socket as its fd 3 and the sandbox's
-    /// delegated cgroup directory (see [`Cgroups::delegate`]) as its fd 4.
-    async fn start(&self, spec: &SandboxSpec) -> Result<()> {
+    /// delegated cgroup directory (see [`Cgroups::delegate`]) as its fd 4; under gVisor, with
+    /// neither (see [`Self::start_gvisor`]). `networked`: the sandbox joins a network
+    /// namespace made for it.
+    async fn start(&self, spec: &SandboxSpec, networked: bool) -> Result<()> {
+        if OciKind::of(&spec.oci_runtime) == OciKind::Gvisor {
+            return self.start_gvisor(spec, networked).await;
+        }
         let bundle = self.bundle(&spec.id);
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
@@ -820,6 +860,45 @@ impl OciRuntime {
         let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
         drop(listener);
         drop(cgroup_dir);
+        self.started(spec, status)
+    }
+
+    /// Starts the bundle's container under gVisor's `runsc`, which passes no descriptor into
+    /// the sandbox: the supervisor binds its socket in the control directory (`--host-uds
+    /// create` lets gVisor's gofer make it on the host, where the server connects); the
+    /// sandbox's cgroup is made (runsc places its Sentry and gofer in it) but not delegated;
+    /// the network is gVisor's own stack over the sandbox's network namespace, or none (its
+    /// own loopback only) without one.
+    async fn start_gvisor(&self, spec: &SandboxSpec, networked: bool) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
+        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
+        drop(self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?);
+        let mut cmd = Command::from(oci_command(&spec.oci_runtime));
+        cmd.arg("--root")
+            .arg(self.oci_root())
+            .args(gvisor_flags(networked))
+            .args(["run", "--detach", "--pid-file"])
+            .arg(bundle.join("pid"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true);
+        let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
+        self.started(spec, status)
+    }
+
+    /// What follows the OCI runtime's `run` of `spec`, which ended with `status`: its init
+    /// watched, and the supervisor spared by the OOM killer; or the error, with the log's tail.
+    fn started(
+        &self,
+        spec: &SandboxSpec,
+        status: std::result::Result<std::io::Result<std::process::ExitStatus>, tokio::time::error::Elapsed>,
+    ) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
         let failed = |detail: String| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
             action: "start the sandbox",
@@ -829,6 +908,12 @@ impl OciRuntime {
             Ok(Ok(s)) if s.success() => {
                 if !self.watch_init(&spec.namespace, &spec.id, true) {
                     tracing::warn!(sandbox = %spec.id, "the started sandbox's init is not there to watch");
+                }
+                if OciKind::of(&spec.oci_runtime) == OciKind::Gvisor {
+                    // The host process is gVisor's kernel, which holds every process of the
+                    // sandbox: sparing it would leave the memory cgroup's OOM killer nothing
+                    // to kill.
+                    return Ok(());
                 }
                 // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
                 // and the bounded output retention alone keeps the supervisor small.
@@ -851,6 +936,18 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// runsc's global flags for a sandbox: `--host-uds create` (the supervisor binds its socket on
+/// the host through the gofer; nothing in the sandbox may connect to a host socket), and
+/// `--network sandbox` (gVisor's network stack, on the sandbox's veth) when it has a network
+/// namespace of its own, `none` (loopback only) otherwise.
+///
+/// Not `--oci-seccomp`: gVisor's filter of the bundle's profile ignores a rule's own errno
+/// (so `clone3` fails with `EPERM`, not `ENOSYS`, and no thread can start). The sandbox's
+/// calls are served by gVisor's kernel, which itself runs under gVisor's own host filter.
+fn gvisor_flags(networked: bool) -> [&'static str; 2] {
+    ["--host-uds=create", if networked { "--network=sandbox" } else { "--network=none" }]
 }
 
 /// The dynamic loader and the libraries in `ldd`'s output: lines `name => /path (addr)` and the
@@ -1039,11 +1136,22 @@ fn pid_file(bundle: &Path) -> Option<i32> {
 fn init_pid(bundle: &Path) -> Option<i32> {
     let pid = pid_file(bundle)?;
     let id = bundle.file_name()?.to_str()?;
-    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| spec::is_supervisor_cmdline(&c));
+    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| spec::is_supervisor_cmdline(&c) || is_gvisor_sandbox_cmdline(&c, id));
     let in_its_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map(|c| c.lines().any(|l| l.rsplit(':').next().is_some_and(|path| path.split('/').any(|seg| seg == id))))
         .unwrap_or(false);
     (is_supervisor && in_its_cgroup).then_some(pid)
+}
+
+/// Whether a process's command line is gVisor's sandbox process (its kernel, which holds the
+/// supervisor) for sandbox `id`: `runsc-sandbox … boot … <id>`. Under gVisor that process, not
+/// the supervisor, is what the OCI runtime's pid file names.
+fn is_gvisor_sandbox_cmdline(cmdline: &[u8], id: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    args.first() == Some(&b"runsc-sandbox".as_slice())
+        && args.contains(&b"boot".as_slice())
+        && args.last() == Some(&id.as_bytes())
 }
 
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
@@ -1070,6 +1178,20 @@ async fn kill_init(bundle: &Path) {
     }
     if let Some(fd) = pidfd {
         crate::watch::reap_now(&fd);
+    }
+}
+
+/// Pings a new sandbox's supervisor until it answers, for up to [`START_PING_TIMEOUT`]. Under
+/// gVisor the socket appears only once the supervisor has bound it: until then a connection
+/// finds nothing there (`NotRunning`), and is tried again.
+async fn first_ping(socket: &Path, id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + START_PING_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client::ping(socket, id, left).await {
+            Err(RuntimeError::NotRunning(_)) if !left.is_zero() => tokio::time::sleep(Duration::from_millis(5)).await,
+            answer => return answer,
+        }
     }
 }
 
@@ -1190,13 +1312,14 @@ impl Runtime for OciRuntime {
                 fs::write(self.bundle(&spec.id).join(POOLED_FILE), json)
                     .map_err(RuntimeError::io("write the warm pool mark"))?;
             }
-            self.start(&spec).await?;
-            if let Err(e) = client::ping(&self.socket(&spec.id), &spec.id, START_PING_TIMEOUT).await {
+            self.start(&spec, net.is_some()).await?;
+            if let Err(e) = first_ping(&self.socket(&spec.id), &spec.id).await {
                 tracing::debug!(sandbox = %spec.id, error = %e, "a new supervisor did not answer its first ping");
             }
             if wanted != spec.cpu_millis {
                 let cgroups = self.cgroups.clone();
-                let (ns, id, memory, pids) = (spec.namespace.clone(), spec.id.clone(), spec.memory_bytes, spec.pids);
+                let pids = OciKind::of(&spec.oci_runtime).host_tasks(spec.pids);
+                let (ns, id, memory) = (spec.namespace.clone(), spec.id.clone(), spec.memory_bytes);
                 tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, wanted, memory, pids))
                     .await
                     .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
@@ -1326,6 +1449,15 @@ impl Runtime for OciRuntime {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
         Self::check_id(id)?;
         let runtime = self.runtime_of(id);
+        if OciKind::of(&runtime) == OciKind::Gvisor {
+            // runsc stops its own sandbox first: its delete asks gVisor's kernel to stop the
+            // container, which, were the kernel killed first, it would wait for in vain (5 s).
+            // The cgroup's kill below then finds nothing, or what runsc left.
+            let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
+            if !out.status.success() {
+                tracing::debug!(sandbox = id, error = %String::from_utf8_lossy(&out.stderr).trim(), "runsc delete failed");
+            }
+        }
         // Every process at once, even a fork bomb's, then the init: its death ends the pid
         // namespace, where the OCI runtime's own forced delete would poll in 100 ms steps.
         let cgroups = self.cgroups.clone();

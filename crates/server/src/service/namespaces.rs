@@ -65,7 +65,7 @@ pub async fn usage(state: &AppState, ns: &str) -> ServiceResult<NamespaceUse> {
 pub async fn update_quotas(state: &AppState, ns: &str, quotas: &Quotas) -> ServiceResult<Option<NamespaceRow>> {
     let Some(row) = state.store.update_namespace_quotas(ns, quotas, now_ms()).await? else { return Ok(None) };
     state.namespaces.put(row.clone());
-    state.runtime.ensure_namespace(ns, &sandboxes::namespace_limits(&row)).await?;
+    state.runtime.ensure_namespace(ns, &sandboxes::namespace_limits(state, &row)).await?;
     Ok(Some(row))
 }
 
