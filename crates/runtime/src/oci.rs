@@ -292,6 +292,44 @@ fn hide_unified_cgroup() -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs between fork and exec of runsc: a private mount namespace for it alone, in which an
+/// empty read-only tmpfs covers `/proc/sys/net/core`. runsc tells the host's network namespace
+/// from a sandbox's by `net.core.rmem_default`, which only the host's had before Linux
+/// namespaced it (6.x); on a newer kernel it takes every network namespace for the host's and
+/// refuses to start gVisor's network stack in the sandbox's. Nothing of gVisor reads that
+/// directory of the host. A covered `/proc` is not "fully visible", and the kernel then lets no
+/// user namespace mount a procfs (runsc's gofer does): a clean procfs at `clean_proc` (an empty
+/// directory) keeps one fully visible. The host's mounts are untouched.
+fn hide_net_core_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
+    // SAFETY: unshare and mount are plain syscalls, async-signal-safe, called in the forked
+    // child before exec with NUL-terminated strings that outlive the calls.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(c"proc".as_ptr(), clean_proc.as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let data = c"size=4k,mode=555";
+        if libc::mount(c"tmpfs".as_ptr(), c"/proc/sys/net".as_ptr(), c"tmpfs".as_ptr(), flags, data.as_ptr().cast())
+            != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The empty directory under the state dir where runsc's private mount namespace has a clean
+/// procfs (see [`hide_net_core_sysctls`]).
+const CLEAN_PROC_DIR: &str = "proc";
+
 /// A command for the OCI runtime `runtime`, with the cgroup view it needs.
 pub(crate) fn oci_command(runtime: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(runtime);
@@ -874,7 +912,19 @@ impl OciRuntime {
         let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         drop(self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?);
-        let mut cmd = Command::from(oci_command(&spec.oci_runtime));
+        let mut cmd = std::process::Command::new(&spec.oci_runtime);
+        if networked {
+            let clean_proc = self.config.state_dir.join(CLEAN_PROC_DIR);
+            mkdir(&clean_proc, 0o700)?;
+            let clean_proc = std::ffi::CString::new(clean_proc.into_os_string().into_encoded_bytes())
+                .map_err(|_| RuntimeError::Invalid("a state dir with a NUL byte".into()))?;
+            // SAFETY: `hide_net_core_sysctls` only makes async-signal-safe syscalls; the string
+            // it reads is moved into the closure and lives as long as the command.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hide_net_core_sysctls(&clean_proc))
+            };
+        }
+        let mut cmd = Command::from(cmd);
         cmd.arg("--root")
             .arg(self.oci_root())
             .args(gvisor_flags(networked))
