@@ -68,7 +68,9 @@ pub struct BenchArgs {
     /// Bytes of the tree pushed and pulled as an archive.
     #[arg(long, default_value_t = 128 << 20)]
     archive_bytes: u64,
-    /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline).
+    /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline): `runc` or
+    /// `crun` for the container tier, `runsc` for the gvisor tier (its sandboxes run on
+    /// gVisor's kernel; see docs/ARCHITECTURE.md, *The gvisor tier*).
     #[arg(long, default_value = "runc")]
     runtime: String,
     /// Idle sandboxes (the smallest allowed) held at once, against as many bare processes;
@@ -125,6 +127,14 @@ pub struct BenchArgs {
     /// `--only network`: MiB downloaded once per round.
     #[arg(long, default_value_t = 256)]
     egress_bulk_mib: u64,
+}
+
+/// The memory of each density sandbox on the tier of OCI runtime `runtime`.
+fn density_memory(runtime: &str) -> u64 {
+    match bulkhead_runtime::spec::OciKind::of(runtime) {
+        bulkhead_runtime::spec::OciKind::Native => load::DENSITY_MEMORY_BYTES,
+        bulkhead_runtime::spec::OciKind::Gvisor => load::GVISOR_DENSITY_MEMORY_BYTES,
+    }
 }
 
 /// Latencies of one measure: how many, median and 99th percentile in milliseconds.
@@ -294,7 +304,12 @@ async fn raw_baselines(
     Ok(RawRuns {
         image: raw_oci(config.clone(), &oci, args.runs, ids, 1000, &root)?,
         image_sandbox_cpu: raw_oci(config.clone(), &oci, args.runs, ids, sandbox_cpu, &root)?,
-        host: raw_oci(config, &oci, args.runs, ids, 1000, &RootSpec::Host)?,
+        // gVisor cannot run the host's base (see docs/ARCHITECTURE.md, *The gvisor tier*): no
+        // samples, printed as NaN.
+        host: match bulkhead_runtime::spec::OciKind::of(&oci) {
+            bulkhead_runtime::spec::OciKind::Native => raw_oci(config, &oci, args.runs, ids, 1000, &RootSpec::Host)?,
+            bulkhead_runtime::spec::OciKind::Gvisor => Vec::new(),
+        },
     })
 }
 
@@ -394,16 +409,29 @@ async fn images_alone(
 
     eprintln!("baselines: raw {} on the default image's layers, then on the host's base ...", args.runtime);
     let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
-    let section =
-        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let section = images::Section {
+        developer: &c,
+        admin: &admin_client,
+        ns: "bench",
+        sandbox: &small,
+        runs: args.runs,
+        pools: bulkhead_runtime::spec::OciKind::of(&args.runtime) == bulkhead_runtime::spec::OciKind::Native,
+    };
     let mut images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
     admin_client.delete_namespace("bench").await?;
     if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes on the default image ...", args.density);
         let cgroups = load::cgroups(&settings.cgroup_prefix)?;
         images.density = Some(
-            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
-                .await?,
+            load::density(
+                &admin_client,
+                &cgroups,
+                &settings.cgroup_prefix,
+                args.density,
+                args.density_cpu_millis,
+                density_memory(&args.runtime),
+            )
+            .await?,
         );
     }
     drop(server);
@@ -771,8 +799,14 @@ async fn bench(
         }
     }
 
-    let section =
-        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+    let section = images::Section {
+        developer: &c,
+        admin: &admin_client,
+        ns: "bench",
+        sandbox: &small,
+        runs: args.runs,
+        pools: bulkhead_runtime::spec::OciKind::of(&args.runtime) == bulkhead_runtime::spec::OciKind::Native,
+    };
     let images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
 
     eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
@@ -878,8 +912,15 @@ async fn bench(
     let density = if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
         Some(
-            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
-                .await?,
+            load::density(
+                &admin_client,
+                &cgroups,
+                &settings.cgroup_prefix,
+                args.density,
+                args.density_cpu_millis,
+                density_memory(&args.runtime),
+            )
+            .await?,
         )
     } else {
         None

@@ -712,6 +712,13 @@ impl OciRuntime {
         let control = bundle.join("control");
         mkdir(&control, 0o700)?;
         if kind == OciKind::Gvisor {
+            if matches!(spec.root, crate::RootSpec::Host) {
+                return Err(RuntimeError::Invalid(
+                    "a gVisor runtime class needs an image root (`--root image`): gVisor's gofer cannot \
+                     remount the host's shared base read-only inside the sandbox's user namespace"
+                        .into(),
+                ));
+            }
             if spec.pooled {
                 return Err(RuntimeError::Invalid(
                     "warm pools are not available on a gVisor runtime class: a claim mounts into the \
