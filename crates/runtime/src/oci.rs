@@ -1507,10 +1507,24 @@ impl Runtime for OciRuntime {
         Self::check_id(id)?;
         let runtime = self.runtime_of(id);
         if OciKind::of(&runtime) == OciKind::Gvisor {
-            // runsc stops its own sandbox first: its delete asks gVisor's kernel to stop the
-            // container, which, were the kernel killed first, it would wait for in vain (5 s).
-            // The cgroup's kill below then finds nothing, or what runsc left.
-            let out = self.run_oci(&runtime, &["delete", "--force", id], "delete the sandbox").await?;
+            // gVisor's kernel first, alone: runsc's delete of a running sandbox asks that kernel
+            // to stop the container and waits 5 s for it; of a sandbox whose kernel is gone it
+            // only stops the gofer and removes its state. The cgroup's kill below then finds
+            // nothing, or what runsc left.
+            kill_init(&self.bundle(id)).await;
+            // runsc waits for the gofer and the kernel to be gone: the server, their subreaper,
+            // reaps them meanwhile.
+            let args = ["delete", "--force", id];
+            let delete = self.run_oci(&runtime, &args, "delete the sandbox");
+            tokio::pin!(delete);
+            let out = loop {
+                tokio::select! {
+                    out = &mut delete => break out?,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {
+                        crate::watch::reap_orphans();
+                    }
+                }
+            };
             if !out.status.success() {
                 tracing::debug!(sandbox = id, error = %String::from_utf8_lossy(&out.stderr).trim(), "runsc delete failed");
             }
