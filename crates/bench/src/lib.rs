@@ -129,12 +129,25 @@ pub struct BenchArgs {
     egress_bulk_mib: u64,
 }
 
-/// The memory of each density sandbox on the tier of OCI runtime `runtime`.
-fn density_memory(runtime: &str) -> u64 {
-    match bulkhead_runtime::spec::OciKind::of(runtime) {
+/// Whether the tier of OCI runtime `runtime` has warm pools (the gvisor tier has none).
+fn has_pools(runtime: &str) -> bool {
+    bulkhead_runtime::spec::OciKind::of(runtime) == bulkhead_runtime::spec::OciKind::Native
+}
+
+/// The density figures (see [`load::density`]) of `args.density` sandboxes of the benchmarked
+/// tier: the smallest the API admits on the container tier, those gVisor can hold on the
+/// gvisor tier.
+async fn density(
+    args: &BenchArgs,
+    admin: &Client,
+    cgroups: &bulkhead_runtime::cgroup::Cgroups,
+    prefix: &str,
+) -> anyhow::Result<Density> {
+    let memory = match bulkhead_runtime::spec::OciKind::of(&args.runtime) {
         bulkhead_runtime::spec::OciKind::Native => load::DENSITY_MEMORY_BYTES,
         bulkhead_runtime::spec::OciKind::Gvisor => load::GVISOR_DENSITY_MEMORY_BYTES,
-    }
+    };
+    load::density(admin, cgroups, prefix, args.density, args.density_cpu_millis, memory).await
 }
 
 /// Latencies of one measure: how many, median and 99th percentile in milliseconds.
@@ -409,30 +422,15 @@ async fn images_alone(
 
     eprintln!("baselines: raw {} on the default image's layers, then on the host's base ...", args.runtime);
     let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
-    let section = images::Section {
-        developer: &c,
-        admin: &admin_client,
-        ns: "bench",
-        sandbox: &small,
-        runs: args.runs,
-        pools: bulkhead_runtime::spec::OciKind::of(&args.runtime) == bulkhead_runtime::spec::OciKind::Native,
-    };
+    let pools = has_pools(&args.runtime);
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs, pools };
     let mut images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
     admin_client.delete_namespace("bench").await?;
     if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes on the default image ...", args.density);
         let cgroups = load::cgroups(&settings.cgroup_prefix)?;
-        images.density = Some(
-            load::density(
-                &admin_client,
-                &cgroups,
-                &settings.cgroup_prefix,
-                args.density,
-                args.density_cpu_millis,
-                density_memory(&args.runtime),
-            )
-            .await?,
-        );
+        images.density = Some(density(args, &admin_client, &cgroups, &settings.cgroup_prefix).await?);
     }
     drop(server);
     Ok(ImagesAlone {
@@ -799,14 +797,9 @@ async fn bench(
         }
     }
 
-    let section = images::Section {
-        developer: &c,
-        admin: &admin_client,
-        ns: "bench",
-        sandbox: &small,
-        runs: args.runs,
-        pools: bulkhead_runtime::spec::OciKind::of(&args.runtime) == bulkhead_runtime::spec::OciKind::Native,
-    };
+    let pools = has_pools(&args.runtime);
+    let section =
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs, pools };
     let images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
 
     eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
@@ -911,17 +904,7 @@ async fn bench(
     admin_client.delete_namespace("bench").await?;
     let density = if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
-        Some(
-            load::density(
-                &admin_client,
-                &cgroups,
-                &settings.cgroup_prefix,
-                args.density,
-                args.density_cpu_millis,
-                density_memory(&args.runtime),
-            )
-            .await?,
-        )
+        Some(density(args, &admin_client, &cgroups, &settings.cgroup_prefix).await?)
     } else {
         None
     };

@@ -148,14 +148,9 @@ async fn a_gvisor_sandbox_runs_on_gvisors_kernel_with_exec_files_and_a_workspace
 
     // Files through the API and from inside, both ways.
     let path = format!("/v1/namespaces/gv/sandboxes/{id}/files?path=/tmp/x/y.txt");
-    let req = axum::http::Request::builder()
-        .method(Method::PUT)
-        .uri(&path)
-        .header("authorization", format!("Bearer {admin}"))
-        .body(axum::body::Body::from("file body"))
-        .unwrap();
-    let r = h.send(req).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", String::from_utf8_lossy(&r.raw));
+    let auth = format!("Bearer {admin}");
+    let put = axum::http::Request::put(&path).header("authorization", auth).body("file body".into()).unwrap();
+    assert_eq!(h.send(put).await.status, StatusCode::NO_CONTENT);
     let (code, out, _) = h.sh("gv", &id, &admin, "cat /tmp/x/y.txt; echo inside > /tmp/x/z.txt").await;
     assert_eq!((code, out.as_str()), (0, "file body"));
     let r = h
@@ -345,12 +340,8 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
 
 /// Runs `script` with `sh -c` in a sandbox of a real server; (exit code, stdout, stderr).
 async fn sh(c: &bulkhead_client::Client, ns: &str, id: &str, script: &str) -> (i32, String, String) {
-    let req = ExecRequest {
-        cmd: vec!["sh".into(), "-c".into(), script.into()],
-        timeout_seconds: Some(60),
-        ..Default::default()
-    };
-    let r = c.exec(ns, id, &req).await.unwrap();
+    let cmd = ["sh", "-c", script].map(String::from).to_vec();
+    let r = c.exec(ns, id, &ExecRequest { cmd, timeout_seconds: Some(60), ..Default::default() }).await.unwrap();
     (r.exit_code, r.stdout, r.stderr)
 }
 

@@ -275,16 +275,10 @@ pub fn needs_v1_view(runtime: &str) -> bool {
 /// Runs between fork and exec of the OCI runtime: a private mount namespace for it alone, in
 /// which the unified cgroup mount is detached. The host's mounts are untouched.
 fn hide_unified_cgroup() -> std::io::Result<()> {
-    // SAFETY: unshare, mount and umount2 are plain syscalls, async-signal-safe, called in the
-    // forked child before exec with NUL-terminated static strings.
+    private_mount_namespace()?;
+    // SAFETY: umount2 is a plain syscall, async-signal-safe, called in the forked child before
+    // exec with a NUL-terminated static string.
     unsafe {
-        if libc::unshare(libc::CLONE_NEWNS) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let flags = libc::MS_REC | libc::MS_PRIVATE;
-        if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -292,17 +286,11 @@ fn hide_unified_cgroup() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs between fork and exec of runsc: a private mount namespace for it alone, in which an
-/// empty read-only tmpfs covers `/proc/sys/net/core`. runsc tells the host's network namespace
-/// from a sandbox's by `net.core.rmem_default`, which only the host's had before Linux
-/// namespaced it (6.x); on a newer kernel it takes every network namespace for the host's and
-/// refuses to start gVisor's network stack in the sandbox's. Nothing of gVisor reads that
-/// directory of the host. A covered `/proc` is not "fully visible", and the kernel then lets no
-/// user namespace mount a procfs (runsc's gofer does): a clean procfs at `clean_proc` (an empty
-/// directory) keeps one fully visible. The host's mounts are untouched.
-fn hide_net_core_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
+/// Moves the calling (forked, not yet exec'd) process into a mount namespace of its own whose
+/// mounts propagate nowhere.
+fn private_mount_namespace() -> std::io::Result<()> {
     // SAFETY: unshare and mount are plain syscalls, async-signal-safe, called in the forked
-    // child before exec with NUL-terminated strings that outlive the calls.
+    // child before exec with a NUL-terminated static string.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return Err(std::io::Error::last_os_error());
@@ -311,6 +299,24 @@ fn hide_net_core_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
         if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Runs between fork and exec of runsc: a private mount namespace for it alone, in which an
+/// empty read-only tmpfs covers `/proc/sys/net`. runsc tells the host's network namespace
+/// from a sandbox's by `net.core.rmem_default`, which only the host's had before Linux
+/// namespaced it (6.x); on a newer kernel it takes every network namespace for the host's and
+/// refuses to start gVisor's network stack in the sandbox's. (`/proc/sys/net/core` alone cannot
+/// be covered: each network namespace has its own entries there.) Nothing of gVisor reads that
+/// directory of the host. A covered `/proc` is not "fully visible", and the kernel then lets no
+/// user namespace mount a procfs (runsc's gofer does): a clean procfs at `clean_proc` (an empty
+/// directory) keeps one fully visible. The host's mounts are untouched.
+fn hide_net_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
+    private_mount_namespace()?;
+    // SAFETY: mount is a plain syscall, async-signal-safe, called in the forked child before
+    // exec with NUL-terminated strings that outlive the calls.
+    unsafe {
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if libc::mount(c"proc".as_ptr(), clean_proc.as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
             return Err(std::io::Error::last_os_error());
@@ -327,7 +333,7 @@ fn hide_net_core_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
 }
 
 /// The empty directory under the state dir where runsc's private mount namespace has a clean
-/// procfs (see [`hide_net_core_sysctls`]).
+/// procfs (see [`hide_net_sysctls`]).
 const CLEAN_PROC_DIR: &str = "proc";
 
 /// A command for the OCI runtime `runtime`, with the cgroup view it needs.
@@ -857,30 +863,17 @@ impl OciRuntime {
         if OciKind::of(&spec.oci_runtime) == OciKind::Gvisor {
             return self.start_gvisor(spec, networked).await;
         }
-        let bundle = self.bundle(&spec.id);
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
-        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
-        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let cgroup_dir = self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?;
         let fd = listener.as_raw_fd();
         let cgroup_fd = cgroup_dir.as_raw_fd();
-        let mut cmd = Command::from(oci_command(&spec.oci_runtime));
-        cmd.arg("--root")
-            .arg(self.oci_root())
-            // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
-            // and every sandbox of a namespace has the same host id, so a keyring each would stop
-            // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
-            // keyctl, add_key and request_key).
-            .args(["run", "--detach", "--no-new-keyring", "--preserve-fds", "2", "--pid-file"])
-            .arg(bundle.join("pid"))
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg(&spec.id)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true);
+        // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
+        // and every sandbox of a namespace has the same host id, so a keyring each would stop
+        // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
+        // keyctl, add_key and request_key).
+        let run = ["--no-new-keyring", "--preserve-fds", "2"];
+        let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
         // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe.
         // It places the listening socket at fd 3 and the cgroup directory at fd 4 (dup2 clears
         // close-on-exec on the copies), where `--preserve-fds 2` hands them on to the
@@ -915,9 +908,6 @@ impl OciRuntime {
     /// the network is gVisor's own stack over the sandbox's network namespace, or none (its
     /// own loopback only) without one.
     async fn start_gvisor(&self, spec: &SandboxSpec, networked: bool) -> Result<()> {
-        let bundle = self.bundle(&spec.id);
-        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
-        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         drop(self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?);
         let mut cmd = std::process::Command::new(&spec.oci_runtime);
         if networked {
@@ -925,17 +915,35 @@ impl OciRuntime {
             mkdir(&clean_proc, 0o700)?;
             let clean_proc = std::ffi::CString::new(clean_proc.into_os_string().into_encoded_bytes())
                 .map_err(|_| RuntimeError::Invalid("a state dir with a NUL byte".into()))?;
-            // SAFETY: `hide_net_core_sysctls` only makes async-signal-safe syscalls; the string
+            // SAFETY: `hide_net_sysctls` only makes async-signal-safe syscalls; the string
             // it reads is moved into the closure and lives as long as the command.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hide_net_core_sysctls(&clean_proc))
-            };
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hide_net_sysctls(&clean_proc)) };
         }
+        let mut cmd = self.run_command(cmd, spec, &gvisor_flags(networked), &[])?;
+        let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
+        self.started(spec, status)
+    }
+
+    /// `cmd` (an OCI runtime) with `--root`, the runtime's global `flags`, then `run --detach`
+    /// with `run_flags`, the pid file, the bundle and the sandbox's id; its output into the
+    /// supervisor's log.
+    fn run_command(
+        &self,
+        cmd: std::process::Command,
+        spec: &SandboxSpec,
+        flags: &[&str],
+        run_flags: &[&str],
+    ) -> Result<Command> {
+        let bundle = self.bundle(&spec.id);
+        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let mut cmd = Command::from(cmd);
         cmd.arg("--root")
             .arg(self.oci_root())
-            .args(gvisor_flags(networked))
-            .args(["run", "--detach", "--pid-file"])
+            .args(flags)
+            .args(["run", "--detach"])
+            .args(run_flags)
+            .arg("--pid-file")
             .arg(bundle.join("pid"))
             .arg("--bundle")
             .arg(&bundle)
@@ -944,8 +952,7 @@ impl OciRuntime {
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(true);
-        let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
-        self.started(spec, status)
+        Ok(cmd)
     }
 
     /// What follows the OCI runtime's `run` of `spec`, which ended with `status`: its init
