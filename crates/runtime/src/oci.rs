@@ -1826,6 +1826,18 @@ mod tests {
     }
 
     #[test]
+    fn only_gvisors_sandbox_process_of_that_sandbox_counts_as_its_init() {
+        let cmdline = |args: &[&str]| args.iter().flat_map(|a| a.bytes().chain([0])).collect::<Vec<u8>>();
+        let sentry =
+            cmdline(&["runsc-sandbox", "--root=/run/b/runc", "boot", "--bundle=/run/b/sandboxes/sbx_1", "sbx_1"]);
+        assert!(is_gvisor_sandbox_cmdline(&sentry, "sbx_1"));
+        assert!(!is_gvisor_sandbox_cmdline(&sentry, "sbx_2"), "another sandbox's kernel");
+        let gofer = cmdline(&["runsc-gofer", "--root=/run/b/runc", "gofer", "--bundle", "/b", "sbx_1"]);
+        assert!(!is_gvisor_sandbox_cmdline(&gofer, "sbx_1"), "the gofer is not the kernel");
+        assert!(!is_gvisor_sandbox_cmdline(&cmdline(&["sleep", "boot", "sbx_1"]), "sbx_1"));
+    }
+
+    #[test]
     fn sandbox_ids_are_checked_before_they_touch_a_path() {
         assert!(super::is_sandbox_id("sbx_0123abcd"));
         for bad in ["sbx_", "sbx_../../etc", "key_0123", "sbx_a/b", ""] {

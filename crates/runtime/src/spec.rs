@@ -685,6 +685,64 @@ mod tests {
     }
 
     #[test]
+    fn a_gvisor_spec_binds_its_control_dir_and_nothing_of_the_hosts_sys_or_proc() {
+        assert_eq!(OciKind::of("/usr/bin/runsc"), OciKind::Gvisor);
+        assert_eq!(OciKind::of("runsc"), OciKind::Gvisor);
+        assert_eq!(OciKind::of("/usr/sbin/runc"), OciKind::Native);
+        assert_eq!(OciKind::of("crun"), OciKind::Native);
+        let paths = |kind: OciKind| SpecPaths {
+            rootfs: "/r".into(),
+            etc: "/e".into(),
+            hosts: "/h".into(),
+            supervisor: "/s".into(),
+            supervisor_dir: "/sd".into(),
+            supervisor_dynamic: false,
+            lxcfs: Some("/var/lib/lxcfs".into()),
+            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
+            shared_etc: vec![],
+            run_dirs: vec![],
+            netns: None,
+            ca_bundle: None,
+            resolv_conf: None,
+            claim_points: None,
+            agent_code: None,
+            kind,
+            control: PathBuf::from("/b/control"),
+        };
+        let spec = |kind: OciKind| serde_json::to_value(build(&sandbox(), &[], &paths(kind)).unwrap()).unwrap();
+        let (native, gvisor) = (spec(OciKind::Native), spec(OciKind::Gvisor));
+        let args = |v: &serde_json::Value| v["process"]["args"].as_array().unwrap().clone();
+        assert_eq!(
+            args(&native)[1..],
+            [
+                serde_json::json!("--listen-fd"),
+                serde_json::json!("3"),
+                serde_json::json!("--cgroup-fd"),
+                serde_json::json!("4")
+            ]
+        );
+        assert_eq!(args(&gvisor)[1..], [serde_json::json!("--listen-path"), serde_json::json!(CONTROL_SOCKET_PATH)]);
+        let mount = |v: &serde_json::Value, dest: &str| {
+            v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == dest).cloned()
+        };
+        // The control dir, read-write, under gVisor only.
+        let control = mount(&gvisor, CONTROL_PATH).unwrap();
+        assert_eq!(control["source"], "/b/control");
+        assert!(!control["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        assert!(mount(&native, CONTROL_PATH).is_none());
+        // gVisor's own /sys and /proc: no lxcfs file, no host sysfs or cgroup bind.
+        assert_eq!(mount(&gvisor, "/sys").unwrap()["type"], "sysfs");
+        for dest in ["/proc/meminfo", "/sys/devices/system/cpu", CGROUP_PATH] {
+            assert!(mount(&gvisor, dest).is_none(), "{dest} is bound under gVisor");
+            assert!(mount(&native, dest).is_some(), "{dest} is not bound under runc");
+        }
+        // The host counts gVisor's own tasks: the pids limit makes room for them.
+        assert_eq!(native["linux"]["resources"]["pids"]["limit"], 64);
+        assert_eq!(gvisor["linux"]["resources"]["pids"]["limit"], GVISOR_BASE_TASKS + 64 * GVISOR_TASKS_PER_PROCESS);
+        assert_eq!(OciKind::Native.host_tasks(64), 64);
+    }
+
+    #[test]
     fn a_sandbox_that_trusts_a_namespace_ca_gets_the_bundle_and_the_variables() {
         let mut paths = SpecPaths {
             rootfs: "/r".into(),
