@@ -421,3 +421,46 @@ async fn a_gvisor_sandbox_reaches_its_gateway_and_not_another_tenant() {
         assert!(left.is_empty(), "a deleted sandbox left: {left:#?}");
     }
 }
+
+/// Egress on the gvisor tier: what the namespace's ceiling and the sandbox's request allow is
+/// reached through the sandbox's gateway (its resolver and forwarder, over gVisor's network
+/// stack on the veth); a name they do not allow is neither resolved nor reached.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gvisor_sandbox_reaches_an_allowed_name_through_its_gateway_and_not_a_denied_one() {
+    require_runsc();
+    let internet = common::internet::Internet::new();
+    let mut host = common::host::Host::new();
+    let mut args = internet.serve_args();
+    args.extend(["--runtime-class", "container=runc", "--runtime-class"].map(String::from));
+    args.push(format!("gvisor={RUNSC}"));
+    let c = host.serve(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let quotas = common::roomy_quotas();
+    c.create_namespace(&bulkhead_api::CreateNamespace { name: "gv".into(), isolation: Some("gvisor".into()), quotas })
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ceiling = json!({"egress": {"allow": ["allowed.test", "denied.test"]}});
+    let r = http
+        .patch(format!("{}/v1/namespaces/gv", c.base()))
+        .bearer_auth(host.admin_token())
+        .json(&ceiling)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let egress = bulkhead_api::SandboxEgress { allow: vec!["allowed.test".into()], credentials: vec![] };
+    let create = CreateSandbox { cpu_millis: Some(500), egress: Some(egress), ..Default::default() };
+    let a = c.create_sandbox("gv", &create).await.unwrap().id;
+    let (code, out, err) = sh(&c, "gv", &a, "curl -sSf --max-time 10 http://allowed.test/simple/").await;
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains(common::internet::PACKAGE), "{out}");
+    let denied = internet.addr("denied.test").to_string();
+    let (_, out, _) = sh(&c, "gv", &a, "getent ahostsv4 denied.test; curl -sS --max-time 10 http://denied.test/").await;
+    assert!(!out.contains(&denied), "the sandbox resolved denied.test: {out}");
+    let reqs = internet.requests();
+    assert!(reqs.iter().any(|r| r.host.as_deref() == Some("allowed.test")), "{reqs:?}");
+    assert!(!reqs.iter().any(|r| r.host.as_deref() == Some("denied.test")), "denied.test was reached: {reqs:?}");
+    c.delete_sandbox("gv", &a).await.unwrap();
+    let left = host_leftovers(&host.purge.last().unwrap().1, "gv", &a);
+    assert!(left.is_empty(), "a deleted sandbox left: {left:#?}");
+}
