@@ -358,9 +358,10 @@ fn check_runtime(tier: &str, binary: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
+        let package = Path::new(binary).file_name().and_then(|n| n.to_str()).unwrap_or("runc");
         Err(RuntimeError::Unavailable(format!(
             "the OCI runtime {binary:?} of isolation tier {tier:?} is not installed or does not run: \
-             install it (Debian/Ubuntu: apt-get install runc) or point the tier elsewhere with \
+             install it (Debian/Ubuntu: apt-get install {package}) or point the tier elsewhere with \
              --runtime-class {tier}=/path/to/runtime"
         )))
     }
