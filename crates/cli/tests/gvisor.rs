@@ -329,6 +329,12 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
     let (code, out, _) = h.sh("gw", &other, &admin, "echo unaffected").await;
     assert_eq!((code, out.as_str()), (0, "unaffected\n"));
 
+    // No warm pool on this tier: a claim mounts into the sandbox's mount namespace, which
+    // gVisor keeps in its own kernel.
+    let r = h.call(Method::PUT, "/v1/namespaces/gv/pools/default", Some(&admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(r.body["error"]["message"].as_str().unwrap().contains("gVisor"), "{}", r.body);
+
     // A delete, of an ended sandbox or a running one, leaves no runsc process, mount or cgroup.
     for (ns, id) in [("gv", &m), ("gv", &p), ("gw", &other)] {
         let r = h.call(Method::DELETE, &format!("/v1/namespaces/{ns}/sandboxes/{id}"), Some(&admin), Value::Null).await;
