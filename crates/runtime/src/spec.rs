@@ -641,9 +641,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_isolated_sandbox_joins_the_hosts_network_namespace_for_it() {
-        let mut paths = SpecPaths {
+    /// Paths of a sandbox on the host's base with nothing optional, for runc.
+    fn minimal_paths() -> SpecPaths {
+        SpecPaths {
             rootfs: "/r".into(),
             etc: "/e".into(),
             hosts: "/h".into(),
@@ -661,7 +661,12 @@ mod tests {
             agent_code: None,
             kind: OciKind::Native,
             control: PathBuf::from("/b/control"),
-        };
+        }
+    }
+
+    #[test]
+    fn an_isolated_sandbox_joins_the_hosts_network_namespace_for_it() {
+        let mut paths = minimal_paths();
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
             let ns = v["linux"]["namespaces"].as_array().unwrap().clone();
@@ -690,25 +695,7 @@ mod tests {
         assert_eq!(OciKind::of("runsc"), OciKind::Gvisor);
         assert_eq!(OciKind::of("/usr/sbin/runc"), OciKind::Native);
         assert_eq!(OciKind::of("crun"), OciKind::Native);
-        let paths = |kind: OciKind| SpecPaths {
-            rootfs: "/r".into(),
-            etc: "/e".into(),
-            hosts: "/h".into(),
-            supervisor: "/s".into(),
-            supervisor_dir: "/sd".into(),
-            supervisor_dynamic: false,
-            lxcfs: Some("/var/lib/lxcfs".into()),
-            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
-            shared_etc: vec![],
-            run_dirs: vec![],
-            netns: None,
-            ca_bundle: None,
-            resolv_conf: None,
-            claim_points: None,
-            agent_code: None,
-            kind,
-            control: PathBuf::from("/b/control"),
-        };
+        let paths = |kind: OciKind| SpecPaths { lxcfs: Some("/var/lib/lxcfs".into()), kind, ..minimal_paths() };
         let spec = |kind: OciKind| serde_json::to_value(build(&sandbox(), &[], &paths(kind)).unwrap()).unwrap();
         let (native, gvisor) = (spec(OciKind::Native), spec(OciKind::Gvisor));
         let args = |v: &serde_json::Value| v["process"]["args"].as_array().unwrap().clone();
@@ -745,23 +732,9 @@ mod tests {
     #[test]
     fn a_sandbox_that_trusts_a_namespace_ca_gets_the_bundle_and_the_variables() {
         let mut paths = SpecPaths {
-            rootfs: "/r".into(),
-            etc: "/e".into(),
-            hosts: "/h".into(),
-            supervisor: "/s".into(),
-            supervisor_dir: "/sd".into(),
-            supervisor_dynamic: false,
-            lxcfs: None,
-            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["ssl/certs".into()],
-            run_dirs: vec![],
-            netns: None,
             ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
-            resolv_conf: None,
-            claim_points: None,
-            agent_code: None,
-            kind: OciKind::Native,
-            control: PathBuf::from("/b/control"),
+            ..minimal_paths()
         };
         let mut sandbox = sandbox();
         sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));
