@@ -4,7 +4,8 @@
 //! Host layout, under the state dir (default `/run/bulkhead`):
 //! `runc/` the OCI runtime's own state; `sandboxes/<id>/` the bundle: `config.json`,
 //! `control/supervisor.sock` (0700: the socket whose listening end only the sandbox's supervisor
-//! holds), `supervisor.log`; `view/`, a tmpfs of its own holding everything a sandbox sees of
+//! holds; under gVisor the supervisor binds it, through the control dir bound into the sandbox,
+//! see [`spec::OciKind::Gvisor`]), `supervisor.log`; `view/`, a tmpfs of its own holding everything a sandbox sees of
 //! the host: `rootfs/` (mount points only), `etc/` (the generated `/etc`), `supervisor` (a copy
 //! of the binary), and `sandboxes/<id>/` (that sandbox's `hosts` and `/run` files).
 //!
@@ -641,8 +642,6 @@ impl OciRuntime {
                 }
             }
         }
-        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`).
-        mkdir(&rootfs.join(spec::CONTROL_PATH.trim_start_matches('/')), 0o755)?;
         let target = rootfs.join(SUPERVISOR_PATH.trim_start_matches('/'));
         fs::write(&target, b"").map_err(RuntimeError::io("create the supervisor mount point"))?;
         let etc = base.join("etc");
@@ -667,7 +666,8 @@ impl OciRuntime {
         let dir = base.join("bulkhead");
         let _ = fs::remove_dir_all(&dir);
         mkdir(&dir.join("lib"), 0o755)?;
-        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`).
+        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`);
+        // empty, and bound over by nothing, in a runc sandbox.
         mkdir(&dir.join("control"), 0o755)?;
         fs::hard_link(supervisor, dir.join("supervisor")).map_err(RuntimeError::io("link the supervisor"))?;
         let out = std::process::Command::new("ldd")
