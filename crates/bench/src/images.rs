@@ -185,6 +185,9 @@ pub struct Section<'a> {
     /// The sandbox every create asks for (its `image` is set here).
     pub sandbox: &'a CreateSandbox,
     pub runs: usize,
+    /// Whether the tier has warm pools (the gvisor tier has none): without them the pool
+    /// figures are left empty (NaN).
+    pub pools: bool,
 }
 
 /// Makes the template (a sandbox of the default image writes a few MiB under `/opt`, then is
@@ -225,10 +228,11 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
 
     let from_default = CreateSandbox { image: None, ..s.sandbox.clone() };
     let from_template = CreateSandbox { image: Some(TEMPLATE_NAME.into()), ..s.sandbox.clone() };
-    // The template holds what was written.
+    // The template holds what was written. (`wc -c <`, not `stat`: gVisor 2022-12 refuses
+    // coreutils' `statx` flags.)
     let t = s.developer.create_sandbox(s.ns, &from_template).await.context("create from the template")?;
     let check = ExecRequest {
-        cmd: vec!["sh".into(), "-c".into(), format!("stat -c %s /opt/bench/blob; cat /opt/bench/f{}", 7)],
+        cmd: vec!["sh".into(), "-c".into(), format!("wc -c < /opt/bench/blob; cat /opt/bench/f{}", 7)],
         ..Default::default()
     };
     let r = s.developer.exec(s.ns, &t.id, &check).await?;
@@ -255,34 +259,7 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
     }
     s.admin.delete_image(Some(s.ns), TEMPLATE_NAME).await.context("delete the template")?;
 
-    eprintln!("images: create → first output from a warm pool of the default image, {} runs ...", s.runs);
-    // The public default image: its pool in a namespace is the platform admin's to size.
-    let pool_image = "default";
-    s.admin.set_pool(s.ns, pool_image, 1).await.context("size the default image's pool")?;
-    let mut p = Vec::with_capacity(s.runs);
-    for i in 0..WARMUP + s.runs {
-        wait_ready(s, pool_image).await?;
-        let took = create_once(s, &from_default).await?;
-        if i >= WARMUP {
-            p.push(took);
-        }
-    }
-    s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
-    // The idle cost of a ready pool sandbox: what the namespace's cgroups hold with the pool
-    // full and nothing else running in the namespace, once the sandboxes settled.
-    wait_size(s, pool_image, 0).await?;
-    s.admin.set_pool(s.ns, pool_image, POOL_IDLE).await.context("size the pool for the idle figure")?;
-    wait_size(s, pool_image, POOL_IDLE).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let metrics = s.admin.namespace_metrics(s.ns).await.context("read the namespace's metrics")?;
-    let prefix = format!("bulkhead_memory_bytes{{namespace=\"{}\"}} ", s.ns);
-    let charged: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .context("no bulkhead_memory_bytes for the namespace")?;
-    s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
-    let pool_idle_mib_each = charged / (1 << 20) as f64 / POOL_IDLE as f64;
+    let (p, pool_idle_mib_each) = if s.pools { pool_figures(s, &from_default).await? } else { (Vec::new(), f64::NAN) };
     let pool_first_output = stat(p);
     let (default_first_output, template_first_output) = (stat(d), stat(t));
     Ok(ImagesReport {
@@ -303,6 +280,40 @@ pub async fn measure(s: &Section<'_>, image: &DefaultImage, raw_image: Stat) -> 
         raw_oci_image_root: raw_image,
         density: None,
     })
+}
+
+/// Create → first output from a warm pool of the default image (a ready pool sandbox before
+/// each run, after [`WARMUP`] untimed ones), and the memory charged per ready pool sandbox
+/// with [`POOL_IDLE`] of them held idle, in MiB.
+async fn pool_figures(s: &Section<'_>, from_default: &CreateSandbox) -> anyhow::Result<(Vec<Duration>, f64)> {
+    eprintln!("images: create → first output from a warm pool of the default image, {} runs ...", s.runs);
+    // The public default image: its pool in a namespace is the platform admin's to size.
+    let pool_image = "default";
+    s.admin.set_pool(s.ns, pool_image, 1).await.context("size the default image's pool")?;
+    let mut p = Vec::with_capacity(s.runs);
+    for i in 0..WARMUP + s.runs {
+        wait_ready(s, pool_image).await?;
+        let took = create_once(s, from_default).await?;
+        if i >= WARMUP {
+            p.push(took);
+        }
+    }
+    s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
+    // The idle cost of a ready pool sandbox: what the namespace's cgroups hold with the pool
+    // full and nothing else running in the namespace, once the sandboxes settled.
+    wait_size(s, pool_image, 0).await?;
+    s.admin.set_pool(s.ns, pool_image, POOL_IDLE).await.context("size the pool for the idle figure")?;
+    wait_size(s, pool_image, POOL_IDLE).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let metrics = s.admin.namespace_metrics(s.ns).await.context("read the namespace's metrics")?;
+    let prefix = format!("bulkhead_memory_bytes{{namespace=\"{}\"}} ", s.ns);
+    let charged: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no bulkhead_memory_bytes for the namespace")?;
+    s.admin.delete_pool(s.ns, pool_image).await.context("remove the pool")?;
+    Ok((p, charged / (1 << 20) as f64 / POOL_IDLE as f64))
 }
 
 /// Ready sandboxes the idle figure of a warm pool holds at once.

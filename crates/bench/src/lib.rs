@@ -69,7 +69,9 @@ pub struct BenchArgs {
     /// Bytes of the tree pushed and pulled as an archive.
     #[arg(long, default_value_t = 128 << 20)]
     archive_bytes: u64,
-    /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline).
+    /// The OCI runtime of the benchmarked isolation tier (and of the raw baseline): `runc` or
+    /// `crun` for the container tier, `runsc` for the gvisor tier (its sandboxes run on
+    /// gVisor's kernel; see docs/ARCHITECTURE.md, *The gvisor tier*).
     #[arg(long, default_value = "runc")]
     runtime: String,
     /// Idle sandboxes (the smallest allowed) held at once, against as many bare processes;
@@ -131,6 +133,27 @@ pub struct BenchArgs {
     /// `--only network`: MiB downloaded once per round.
     #[arg(long, default_value_t = 256)]
     egress_bulk_mib: u64,
+}
+
+/// Whether the tier of OCI runtime `runtime` has warm pools (the gvisor tier has none).
+fn has_pools(runtime: &str) -> bool {
+    bulkhead_runtime::spec::OciKind::of(runtime) == bulkhead_runtime::spec::OciKind::Native
+}
+
+/// The density figures (see [`load::density`]) of `args.density` sandboxes of the benchmarked
+/// tier: the smallest the API admits on the container tier, those gVisor can hold on the
+/// gvisor tier.
+async fn density(
+    args: &BenchArgs,
+    admin: &Client,
+    cgroups: &bulkhead_runtime::cgroup::Cgroups,
+    prefix: &str,
+) -> anyhow::Result<Density> {
+    let memory = match bulkhead_runtime::spec::OciKind::of(&args.runtime) {
+        bulkhead_runtime::spec::OciKind::Native => load::DENSITY_MEMORY_BYTES,
+        bulkhead_runtime::spec::OciKind::Gvisor => load::GVISOR_DENSITY_MEMORY_BYTES,
+    };
+    load::density(admin, cgroups, prefix, args.density, args.density_cpu_millis, memory).await
 }
 
 /// Latencies of one measure: how many, median and 99th percentile in milliseconds.
@@ -300,7 +323,12 @@ async fn raw_baselines(
     Ok(RawRuns {
         image: raw_oci(config.clone(), &oci, args.runs, ids, 1000, &root)?,
         image_sandbox_cpu: raw_oci(config.clone(), &oci, args.runs, ids, sandbox_cpu, &root)?,
-        host: raw_oci(config, &oci, args.runs, ids, 1000, &RootSpec::Host)?,
+        // gVisor cannot run the host's base (see docs/ARCHITECTURE.md, *The gvisor tier*): no
+        // samples, printed as NaN.
+        host: match bulkhead_runtime::spec::OciKind::of(&oci) {
+            bulkhead_runtime::spec::OciKind::Native => raw_oci(config, &oci, args.runs, ids, 1000, &RootSpec::Host)?,
+            bulkhead_runtime::spec::OciKind::Gvisor => Vec::new(),
+        },
     })
 }
 
@@ -402,17 +430,15 @@ async fn images_alone(
 
     eprintln!("baselines: raw {} on the default image's layers, then on the host's base ...", args.runtime);
     let raws = raw_baselines(&admin_client, bulkhead, data, settings, image, args, sandbox_cpu).await?;
+    let pools = has_pools(&args.runtime);
     let section =
-        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs, pools };
     let mut images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
     admin_client.delete_namespace("bench").await?;
     if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes on the default image ...", args.density);
         let cgroups = load::cgroups(&settings.cgroup_prefix)?;
-        images.density = Some(
-            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
-                .await?,
-        );
+        images.density = Some(density(args, &admin_client, &cgroups, &settings.cgroup_prefix).await?);
     }
     drop(server);
     Ok(ImagesAlone {
@@ -841,8 +867,9 @@ async fn bench(
         }
     }
 
+    let pools = has_pools(&args.runtime);
     let section =
-        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs };
+        images::Section { developer: &c, admin: &admin_client, ns: "bench", sandbox: &small, runs: args.runs, pools };
     let images = images::measure(&section, image, stat(raws.image_sandbox_cpu.clone())).await?;
 
     eprintln!("create → first output with a network of its own (--network isolated), {} runs ...", args.runs);
@@ -947,10 +974,7 @@ async fn bench(
     admin_client.delete_namespace("bench").await?;
     let density = if args.density > 0 {
         eprintln!("density: {0} bare processes, then {0} idle sandboxes held at once ...", args.density);
-        Some(
-            load::density(&admin_client, &cgroups, &settings.cgroup_prefix, args.density, args.density_cpu_millis)
-                .await?,
-        )
+        Some(density(args, &admin_client, &cgroups, &settings.cgroup_prefix).await?)
     } else {
         None
     };

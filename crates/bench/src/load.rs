@@ -29,8 +29,12 @@ use tokio::task::JoinHandle;
 use crate::{stat, Stat};
 
 const MIB: u64 = 1 << 20;
-/// The smallest memory limit the API admits (`MIN_MEMORY_BYTES` in the server).
-const DENSITY_MEMORY_BYTES: u64 = 16 * MIB;
+/// The smallest memory limit the API admits (`MIN_MEMORY_BYTES` in the server): the density
+/// sandboxes' on the container tier.
+pub const DENSITY_MEMORY_BYTES: u64 = 16 * MIB;
+/// The density sandboxes' memory on the gvisor tier: gVisor's own kernel (a Go program) and
+/// gofer are charged to the sandbox's cgroup, and at 16 MiB the OOM killer ends them.
+pub const GVISOR_DENSITY_MEMORY_BYTES: u64 = 64 * MIB;
 /// Room for the supervisor's threads and one command in an idle sandbox.
 const DENSITY_PIDS: u64 = 16;
 /// How long memory is left to settle before MemAvailable is read.
@@ -221,17 +225,19 @@ async fn failure_reason(c: &Client, ns: &str) -> Option<String> {
     }
 }
 
-/// Holds `n` of the smallest sandboxes at once in a namespace of their own, measures what they
-/// cost, and deletes them; creating stops at the first refusal or failure, which is reported.
+/// Holds `n` of the smallest sandboxes (`memory_bytes` each) at once in a namespace of their
+/// own, measures what they cost, and deletes them; creating stops at the first refusal or
+/// failure, which is reported.
 pub async fn density(
     admin: &Client,
     cgroups: &Cgroups,
     prefix: &str,
     n: usize,
     cpu_millis: u64,
+    memory_bytes: u64,
 ) -> anyhow::Result<Density> {
     let bare = bare_process_memory(n).await?;
-    let result = density_in(admin, cgroups, prefix, n, cpu_millis, bare).await;
+    let result = density_in(admin, cgroups, prefix, n, cpu_millis, memory_bytes, bare).await;
     delete_namespaces(admin, &["density"]).await;
     result
 }
@@ -242,11 +248,12 @@ async fn density_in(
     prefix: &str,
     n: usize,
     cpu_millis: u64,
+    memory_bytes: u64,
     bare: PerUnit,
 ) -> anyhow::Result<Density> {
     let quotas = Quotas {
         cpu_millis: (n as u64 * cpu_millis).max(1),
-        memory_bytes: (n as u64 * DENSITY_MEMORY_BYTES).max(DENSITY_MEMORY_BYTES),
+        memory_bytes: (n as u64 * memory_bytes).max(memory_bytes),
         disk_bytes: 0,
         max_sandboxes: n as u64,
         pids_per_sandbox: DENSITY_PIDS,
@@ -256,7 +263,7 @@ async fn density_in(
     };
     let c = tenant(admin, "density", quotas).await?;
     let smallest =
-        CreateSandbox { cpu_millis: Some(cpu_millis), memory_bytes: Some(DENSITY_MEMORY_BYTES), ..Default::default() };
+        CreateSandbox { cpu_millis: Some(cpu_millis), memory_bytes: Some(memory_bytes), ..Default::default() };
     tokio::time::sleep(SETTLE).await;
     let before = mem_available().await?;
 
@@ -309,7 +316,7 @@ async fn density_in(
         reached,
         stopped_because,
         sandbox_cpu_millis: cpu_millis,
-        sandbox_memory_bytes: DENSITY_MEMORY_BYTES,
+        sandbox_memory_bytes: memory_bytes,
         create_all_ms: create_all.as_secs_f64() * 1000.0,
         create_each: stat(create_each),
         delete_all_ms: delete_all.as_secs_f64() * 1000.0,

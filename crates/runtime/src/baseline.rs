@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::oci::{oci_command, OciConfig, OciRuntime};
+use crate::spec::OciKind;
 use crate::{Result, RuntimeError, SandboxSpec};
 
 /// A prepared baseline container: the bundle of a sandbox spec with its own init command.
@@ -38,17 +39,22 @@ impl RawContainer {
     }
 
     /// Runs the container once in the foreground (`run --no-new-keyring`, as a sandbox is
-    /// started) and returns the time from the spawn to the first line of its standard output,
-    /// and that line without its newline. The container has exited and is gone on return.
-    /// Errors: the OCI runtime failed (with what it wrote on stderr).
+    /// started; under gVisor `run` with the flags a sandbox gets, loopback only) and returns
+    /// the time from the spawn to the first line of its standard output, and that line without
+    /// its newline. The container has exited and is gone on return. Errors: the OCI runtime
+    /// failed (with what it wrote on stderr).
     pub fn run_to_first_line(&mut self) -> Result<(Duration, String)> {
         self.runs += 1;
         let fail = |detail: String| RuntimeError::Oci { runtime: self.oci.clone(), action: "run", detail };
+        let run: &[&str] = match OciKind::of(&self.oci) {
+            OciKind::Native => &["run", "--no-new-keyring", "--bundle"],
+            OciKind::Gvisor => &["--host-uds=create", "--network=none", "run", "--bundle"],
+        };
         let start = Instant::now();
         let mut child = oci_command(&self.oci)
             .arg("--root")
             .arg(self.runtime.oci_root())
-            .args(["run", "--no-new-keyring", "--bundle"])
+            .args(run)
             .arg(&self.bundle)
             .arg(format!("raw{}", self.runs))
             .stdin(Stdio::null())

@@ -4,7 +4,8 @@
 //! Host layout, under the state dir (default `/run/bulkhead`):
 //! `runc/` the OCI runtime's own state; `sandboxes/<id>/` the bundle: `config.json`,
 //! `control/supervisor.sock` (0700: the socket whose listening end only the sandbox's supervisor
-//! holds), `supervisor.log`; `view/`, a tmpfs of its own holding everything a sandbox sees of
+//! holds; under gVisor the supervisor binds it, through the control dir bound into the sandbox,
+//! see [`spec::OciKind::Gvisor`]), `supervisor.log`; `view/`, a tmpfs of its own holding everything a sandbox sees of
 //! the host: `rootfs/` (mount points only), `etc/` (the generated `/etc`), `supervisor` (a copy
 //! of the binary), and `sandboxes/<id>/` (that sandbox's `hosts` and `/run` files).
 //!
@@ -28,7 +29,7 @@ use tokio::process::Command;
 
 use crate::cgroup::Cgroups;
 use crate::client::FileStream;
-use crate::spec::{self, BaseEntry, SpecPaths, CGROUP_FD, SUPERVISOR_FD, SUPERVISOR_PATH};
+use crate::spec::{self, BaseEntry, OciKind, SpecPaths, CGROUP_FD, SUPERVISOR_FD, SUPERVISOR_PATH};
 use crate::{
     client, ExecSpec, ExecStream, HostSandbox, NamespaceLimits, ProcessInfo, ProcessOutput, ProcessSpec, Result,
     Runtime, RuntimeError, SandboxSpec, SandboxStats, TtySize,
@@ -175,7 +176,20 @@ fn write_run_files(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, Strin
         fs::set_permissions(dir, fs::Permissions::from_mode(0o500))
             .map_err(RuntimeError::io(format!("chmod {}", dir.display())))?;
     }
+    traversable_run_dir(own)?;
     Ok(dirs)
+}
+
+/// Makes `<own>/run` traversable (0711, nothing listable): gVisor's gofer opens the sources of
+/// the sandbox's binds as the sandbox's root, not the host's.
+fn traversable_run_dir(own: &Path) -> Result<()> {
+    let run = own.join("run");
+    match fs::set_permissions(&run, fs::Permissions::from_mode(0o711)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RuntimeError::io(format!("chmod {}", run.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A `/run` directory or file name: one path component, not `.` or `..`, no NUL.
@@ -228,6 +242,7 @@ fn empty_run_dirs(own: &Path, spec: &SandboxSpec) -> Result<Vec<(PathBuf, String
         std::os::unix::fs::chown(&dir, owner, owner).map_err(RuntimeError::io(format!("chown {}", dir.display())))?;
         dirs.push((dir, name.to_owned()));
     }
+    traversable_run_dir(own)?;
     Ok(dirs)
 }
 
@@ -261,8 +276,22 @@ pub fn needs_v1_view(runtime: &str) -> bool {
 /// Runs between fork and exec of the OCI runtime: a private mount namespace for it alone, in
 /// which the unified cgroup mount is detached. The host's mounts are untouched.
 fn hide_unified_cgroup() -> std::io::Result<()> {
-    // SAFETY: unshare, mount and umount2 are plain syscalls, async-signal-safe, called in the
-    // forked child before exec with NUL-terminated static strings.
+    private_mount_namespace()?;
+    // SAFETY: umount2 is a plain syscall, async-signal-safe, called in the forked child before
+    // exec with a NUL-terminated static string.
+    unsafe {
+        if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Moves the calling (forked, not yet exec'd) process into a mount namespace of its own whose
+/// mounts propagate nowhere.
+fn private_mount_namespace() -> std::io::Result<()> {
+    // SAFETY: unshare and mount are plain syscalls, async-signal-safe, called in the forked
+    // child before exec with a NUL-terminated static string.
     unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             return Err(std::io::Error::last_os_error());
@@ -271,12 +300,42 @@ fn hide_unified_cgroup() -> std::io::Result<()> {
         if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if libc::umount2(c"/sys/fs/cgroup/unified".as_ptr(), libc::MNT_DETACH) != 0 {
+    }
+    Ok(())
+}
+
+/// Runs between fork and exec of runsc: a private mount namespace for it alone, in which an
+/// empty read-only tmpfs covers `/proc/sys/net`. runsc tells the host's network namespace
+/// from a sandbox's by `net.core.rmem_default`, which only the host's had before Linux
+/// namespaced it (6.x); on a newer kernel it takes every network namespace for the host's and
+/// refuses to start gVisor's network stack in the sandbox's. (`/proc/sys/net/core` alone cannot
+/// be covered: each network namespace has its own entries there.) Nothing of gVisor reads that
+/// directory of the host. A covered `/proc` is not "fully visible", and the kernel then lets no
+/// user namespace mount a procfs (runsc's gofer does): a clean procfs at `clean_proc` (an empty
+/// directory) keeps one fully visible. The host's mounts are untouched.
+fn hide_net_sysctls(clean_proc: &std::ffi::CStr) -> std::io::Result<()> {
+    private_mount_namespace()?;
+    // SAFETY: mount is a plain syscall, async-signal-safe, called in the forked child before
+    // exec with NUL-terminated strings that outlive the calls.
+    unsafe {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(c"proc".as_ptr(), clean_proc.as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let data = c"size=4k,mode=555";
+        if libc::mount(c"tmpfs".as_ptr(), c"/proc/sys/net".as_ptr(), c"tmpfs".as_ptr(), flags, data.as_ptr().cast())
+            != 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }
     Ok(())
 }
+
+/// The empty directory under the state dir where runsc's private mount namespace has a clean
+/// procfs (see [`hide_net_sysctls`]).
+const CLEAN_PROC_DIR: &str = "proc";
 
 /// A command for the OCI runtime `runtime`, with the cgroup view it needs.
 pub(crate) fn oci_command(runtime: &str) -> std::process::Command {
@@ -300,9 +359,10 @@ fn check_runtime(tier: &str, binary: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
+        let package = Path::new(binary).file_name().and_then(|n| n.to_str()).unwrap_or("runc");
         Err(RuntimeError::Unavailable(format!(
             "the OCI runtime {binary:?} of isolation tier {tier:?} is not installed or does not run: \
-             install it (Debian/Ubuntu: apt-get install runc) or point the tier elsewhere with \
+             install it (Debian/Ubuntu: apt-get install {package}) or point the tier elsewhere with \
              --runtime-class {tier}=/path/to/runtime"
         )))
     }
@@ -606,6 +666,9 @@ impl OciRuntime {
         let dir = base.join("bulkhead");
         let _ = fs::remove_dir_all(&dir);
         mkdir(&dir.join("lib"), 0o755)?;
+        // The mount point of a gVisor sandbox's control directory (see `spec::CONTROL_PATH`);
+        // empty, and bound over by nothing, in a runc sandbox.
+        mkdir(&dir.join("control"), 0o755)?;
         fs::hard_link(supervisor, dir.join("supervisor")).map_err(RuntimeError::io("link the supervisor"))?;
         let out = std::process::Command::new("ldd")
             .arg(supervisor)
@@ -652,7 +715,29 @@ impl OciRuntime {
         mkdir(&own, 0o711)?;
         let hosts = own.join("hosts");
         fs::write(&hosts, spec::hosts_file(&spec.id)).map_err(RuntimeError::io("write hosts"))?;
-        mkdir(&bundle.join("control"), 0o700)?;
+        let kind = OciKind::of(&spec.oci_runtime);
+        let control = bundle.join("control");
+        mkdir(&control, 0o700)?;
+        if kind == OciKind::Gvisor {
+            if matches!(spec.root, crate::RootSpec::Host) {
+                return Err(RuntimeError::Invalid(
+                    "a gVisor runtime class needs an image root (`--root image`): gVisor's gofer cannot \
+                     remount the host's shared base read-only inside the sandbox's user namespace"
+                        .into(),
+                ));
+            }
+            if spec.pooled {
+                return Err(RuntimeError::Invalid(
+                    "warm pools are not available on a gVisor runtime class: a claim mounts into the \
+                     sandbox's mount namespace, which gVisor keeps in its own kernel"
+                        .into(),
+                ));
+            }
+            // The supervisor binds its socket here, as the sandbox's root (through gVisor's
+            // gofer, which holds the sandbox's id map).
+            let owner = Some(spec.ids.host_start);
+            std::os::unix::fs::chown(&control, owner, owner).map_err(RuntimeError::io("chown the control dir"))?;
+        }
         fs::write(bundle.join("runtime"), &spec.oci_runtime).map_err(RuntimeError::io("write the runtime marker"))?;
         let resolv_conf = match net {
             Some(net) => {
@@ -721,6 +806,8 @@ impl OciRuntime {
             resolv_conf,
             claim_points,
             agent_code,
+            kind,
+            control,
         };
         let oci = spec::build(spec, &self.base, &paths).map_err(|e| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
@@ -770,32 +857,24 @@ impl OciRuntime {
     }
 
     /// Starts the bundle's container with the listening socket as its fd 3 and the sandbox's
-    /// delegated cgroup directory (see [`Cgroups::delegate`]) as its fd 4.
-    async fn start(&self, spec: &SandboxSpec) -> Result<()> {
-        let bundle = self.bundle(&spec.id);
+    /// delegated cgroup directory (see [`Cgroups::delegate`]) as its fd 4; under gVisor, with
+    /// neither (see [`Self::start_gvisor`]). `networked`: the sandbox joins a network
+    /// namespace made for it.
+    async fn start(&self, spec: &SandboxSpec, networked: bool) -> Result<()> {
+        if OciKind::of(&spec.oci_runtime) == OciKind::Gvisor {
+            return self.start_gvisor(spec, networked).await;
+        }
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
-        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
-        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let cgroup_dir = self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?;
         let fd = listener.as_raw_fd();
         let cgroup_fd = cgroup_dir.as_raw_fd();
-        let mut cmd = Command::from(oci_command(&spec.oci_runtime));
-        cmd.arg("--root")
-            .arg(self.oci_root())
-            // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
-            // and every sandbox of a namespace has the same host id, so a keyring each would stop
-            // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
-            // keyctl, add_key and request_key).
-            .args(["run", "--detach", "--no-new-keyring", "--preserve-fds", "2", "--pid-file"])
-            .arg(bundle.join("pid"))
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg(&spec.id)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true);
+        // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
+        // and every sandbox of a namespace has the same host id, so a keyring each would stop
+        // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
+        // keyctl, add_key and request_key).
+        let run = ["--no-new-keyring", "--preserve-fds", "2"];
+        let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
         // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe.
         // It places the listening socket at fd 3 and the cgroup directory at fd 4 (dup2 clears
         // close-on-exec on the copies), where `--preserve-fds 2` hands them on to the
@@ -820,6 +899,71 @@ impl OciRuntime {
         let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
         drop(listener);
         drop(cgroup_dir);
+        self.started(spec, status)
+    }
+
+    /// Starts the bundle's container under gVisor's `runsc`, which passes no descriptor into
+    /// the sandbox: the supervisor binds its socket in the control directory (`--host-uds
+    /// create` lets gVisor's gofer make it on the host, where the server connects); the
+    /// sandbox's cgroup is made (runsc places its Sentry and gofer in it) but not delegated;
+    /// the network is gVisor's own stack over the sandbox's network namespace, or none (its
+    /// own loopback only) without one.
+    async fn start_gvisor(&self, spec: &SandboxSpec, networked: bool) -> Result<()> {
+        drop(self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?);
+        let mut cmd = std::process::Command::new(&spec.oci_runtime);
+        if networked {
+            let clean_proc = self.config.state_dir.join(CLEAN_PROC_DIR);
+            mkdir(&clean_proc, 0o700)?;
+            let clean_proc = std::ffi::CString::new(clean_proc.into_os_string().into_encoded_bytes())
+                .map_err(|_| RuntimeError::Invalid("a state dir with a NUL byte".into()))?;
+            // SAFETY: `hide_net_sysctls` only makes async-signal-safe syscalls; the string
+            // it reads is moved into the closure and lives as long as the command.
+            unsafe { std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || hide_net_sysctls(&clean_proc)) };
+        }
+        let mut cmd = self.run_command(cmd, spec, &gvisor_flags(networked), &[])?;
+        let status = tokio::time::timeout(OCI_TIMEOUT, cmd.status()).await;
+        self.started(spec, status)
+    }
+
+    /// `cmd` (an OCI runtime) with `--root`, the runtime's global `flags`, then `run --detach`
+    /// with `run_flags`, the pid file, the bundle and the sandbox's id; its output into the
+    /// supervisor's log.
+    fn run_command(
+        &self,
+        cmd: std::process::Command,
+        spec: &SandboxSpec,
+        flags: &[&str],
+        run_flags: &[&str],
+    ) -> Result<Command> {
+        let bundle = self.bundle(&spec.id);
+        let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
+        let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
+        let mut cmd = Command::from(cmd);
+        cmd.arg("--root")
+            .arg(self.oci_root())
+            .args(flags)
+            .args(["run", "--detach"])
+            .args(run_flags)
+            .arg("--pid-file")
+            .arg(bundle.join("pid"))
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// What follows the OCI runtime's `run` of `spec`, which ended with `status`: its init
+    /// watched, and the supervisor spared by the OOM killer; or the error, with the log's tail.
+    fn started(
+        &self,
+        spec: &SandboxSpec,
+        status: std::result::Result<std::io::Result<std::process::ExitStatus>, tokio::time::error::Elapsed>,
+    ) -> Result<()> {
+        let bundle = self.bundle(&spec.id);
         let failed = |detail: String| RuntimeError::Oci {
             runtime: spec.oci_runtime.clone(),
             action: "start the sandbox",
@@ -829,6 +973,12 @@ impl OciRuntime {
             Ok(Ok(s)) if s.success() => {
                 if !self.watch_init(&spec.namespace, &spec.id, true) {
                     tracing::warn!(sandbox = %spec.id, "the started sandbox's init is not there to watch");
+                }
+                if OciKind::of(&spec.oci_runtime) == OciKind::Gvisor {
+                    // The host process is gVisor's kernel, which holds every process of the
+                    // sandbox: sparing it would leave the memory cgroup's OOM killer nothing
+                    // to kill.
+                    return Ok(());
                 }
                 // Best effort: without CAP_SYS_RESOURCE (a server in a container) it stays at 0
                 // and the bounded output retention alone keeps the supervisor small.
@@ -851,6 +1001,18 @@ impl OciRuntime {
             Err(_) => Err(failed("timed out".into())),
         }
     }
+}
+
+/// runsc's global flags for a sandbox: `--host-uds create` (the supervisor binds its socket on
+/// the host through the gofer; nothing in the sandbox may connect to a host socket), and
+/// `--network sandbox` (gVisor's network stack, on the sandbox's veth) when it has a network
+/// namespace of its own, `none` (loopback only) otherwise.
+///
+/// Not `--oci-seccomp`: gVisor's filter of the bundle's profile ignores a rule's own errno
+/// (so `clone3` fails with `EPERM`, not `ENOSYS`, and no thread can start). The sandbox's
+/// calls are served by gVisor's kernel, which itself runs under gVisor's own host filter.
+fn gvisor_flags(networked: bool) -> [&'static str; 2] {
+    ["--host-uds=create", if networked { "--network=sandbox" } else { "--network=none" }]
 }
 
 /// The dynamic loader and the libraries in `ldd`'s output: lines `name => /path (addr)` and the
@@ -1039,11 +1201,22 @@ fn pid_file(bundle: &Path) -> Option<i32> {
 fn init_pid(bundle: &Path) -> Option<i32> {
     let pid = pid_file(bundle)?;
     let id = bundle.file_name()?.to_str()?;
-    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| spec::is_supervisor_cmdline(&c));
+    let is_supervisor = fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| spec::is_supervisor_cmdline(&c) || is_gvisor_sandbox_cmdline(&c, id));
     let in_its_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .map(|c| c.lines().any(|l| l.rsplit(':').next().is_some_and(|path| path.split('/').any(|seg| seg == id))))
         .unwrap_or(false);
     (is_supervisor && in_its_cgroup).then_some(pid)
+}
+
+/// Whether a process's command line is gVisor's sandbox process (its kernel, which holds the
+/// supervisor) for sandbox `id`: `runsc-sandbox … boot … <id>`. Under gVisor that process, not
+/// the supervisor, is what the OCI runtime's pid file names.
+fn is_gvisor_sandbox_cmdline(cmdline: &[u8], id: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty()).collect();
+    args.first() == Some(&b"runsc-sandbox".as_slice())
+        && args.contains(&b"boot".as_slice())
+        && args.last() == Some(&id.as_bytes())
 }
 
 /// SIGKILLs the sandbox's init (the supervisor, PID 1 of its pid namespace) when the pid file
@@ -1070,6 +1243,20 @@ async fn kill_init(bundle: &Path) {
     }
     if let Some(fd) = pidfd {
         crate::watch::reap_now(&fd);
+    }
+}
+
+/// Pings a new sandbox's supervisor until it answers, for up to [`START_PING_TIMEOUT`]. Under
+/// gVisor the socket appears only once the supervisor has bound it: until then a connection
+/// finds nothing there (`NotRunning`), and is tried again.
+async fn first_ping(socket: &Path, id: &str) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + START_PING_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client::ping(socket, id, left).await {
+            Err(RuntimeError::NotRunning(_)) if !left.is_zero() => tokio::time::sleep(Duration::from_millis(5)).await,
+            answer => return answer,
+        }
     }
 }
 
@@ -1190,13 +1377,14 @@ impl Runtime for OciRuntime {
                 fs::write(self.bundle(&spec.id).join(POOLED_FILE), json)
                     .map_err(RuntimeError::io("write the warm pool mark"))?;
             }
-            self.start(&spec).await?;
-            if let Err(e) = client::ping(&self.socket(&spec.id), &spec.id, START_PING_TIMEOUT).await {
+            self.start(&spec, net.is_some()).await?;
+            if let Err(e) = first_ping(&self.socket(&spec.id), &spec.id).await {
                 tracing::debug!(sandbox = %spec.id, error = %e, "a new supervisor did not answer its first ping");
             }
             if wanted != spec.cpu_millis {
                 let cgroups = self.cgroups.clone();
-                let (ns, id, memory, pids) = (spec.namespace.clone(), spec.id.clone(), spec.memory_bytes, spec.pids);
+                let pids = OciKind::of(&spec.oci_runtime).host_tasks(spec.pids);
+                let (ns, id, memory) = (spec.namespace.clone(), spec.id.clone(), spec.memory_bytes);
                 tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, wanted, memory, pids))
                     .await
                     .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
@@ -1326,6 +1514,29 @@ impl Runtime for OciRuntime {
     async fn delete(&self, namespace: &str, id: &str) -> Result<()> {
         Self::check_id(id)?;
         let runtime = self.runtime_of(id);
+        if OciKind::of(&runtime) == OciKind::Gvisor {
+            // gVisor's kernel first, alone: runsc's delete of a running sandbox asks that kernel
+            // to stop the container and waits 5 s for it; of a sandbox whose kernel is gone it
+            // only stops the gofer and removes its state. The cgroup's kill below then finds
+            // nothing, or what runsc left.
+            kill_init(&self.bundle(id)).await;
+            // runsc waits for the gofer and the kernel to be gone: the server, their subreaper,
+            // reaps them meanwhile.
+            let args = ["delete", "--force", id];
+            let delete = self.run_oci(&runtime, &args, "delete the sandbox");
+            tokio::pin!(delete);
+            let out = loop {
+                tokio::select! {
+                    out = &mut delete => break out?,
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {
+                        crate::watch::reap_orphans();
+                    }
+                }
+            };
+            if !out.status.success() {
+                tracing::debug!(sandbox = id, error = %String::from_utf8_lossy(&out.stderr).trim(), "runsc delete failed");
+            }
+        }
         // Every process at once, even a fork bomb's, then the init: its death ends the pid
         // namespace, where the OCI runtime's own forced delete would poll in 100 ms steps.
         let cgroups = self.cgroups.clone();
@@ -1613,6 +1824,18 @@ mod tests {
         // An include loop ends at the depth bound; every directory is listed once.
         dirs.sort();
         assert_eq!(dirs, ["/lib/x86_64-linux-gnu", "/opt/lib", "/usr/lib/extra"]);
+    }
+
+    #[test]
+    fn only_gvisors_sandbox_process_of_that_sandbox_counts_as_its_init() {
+        let cmdline = |args: &[&str]| args.iter().flat_map(|a| a.bytes().chain([0])).collect::<Vec<u8>>();
+        let sentry =
+            cmdline(&["runsc-sandbox", "--root=/run/b/runc", "boot", "--bundle=/run/b/sandboxes/sbx_1", "sbx_1"]);
+        assert!(is_gvisor_sandbox_cmdline(&sentry, "sbx_1"));
+        assert!(!is_gvisor_sandbox_cmdline(&sentry, "sbx_2"), "another sandbox's kernel");
+        let gofer = cmdline(&["runsc-gofer", "--root=/run/b/runc", "gofer", "--bundle", "/b", "sbx_1"]);
+        assert!(!is_gvisor_sandbox_cmdline(&gofer, "sbx_1"), "the gofer is not the kernel");
+        assert!(!is_gvisor_sandbox_cmdline(&cmdline(&["sleep", "boot", "sbx_1"]), "sbx_1"));
     }
 
     #[test]

@@ -50,6 +50,62 @@ pub fn is_supervisor_cmdline(cmdline: &[u8]) -> bool {
     }
 }
 
+/// Where the supervisor binds its listening socket under gVisor ([`OciKind::Gvisor`]): in the
+/// sandbox's control directory, bound read-write from the bundle's `control/` (owned by the
+/// sandbox's root, 0700), where the host connects to it.
+pub const CONTROL_PATH: &str = "/.bulkhead/control";
+/// The supervisor's socket under gVisor, inside the sandbox.
+pub const CONTROL_SOCKET_PATH: &str = "/.bulkhead/control/supervisor.sock";
+
+/// The family of OCI runtime a runtime class runs: the bundle and the command line differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OciKind {
+    /// runc or crun: Linux namespaces around the host's kernel. The supervisor inherits its
+    /// listening socket and its delegated cgroup directory as descriptors.
+    Native,
+    /// gVisor's `runsc`: the sandbox's system calls are served by gVisor's own kernel (the
+    /// Sentry) in a user-space process. No descriptor reaches the sandbox: the supervisor binds
+    /// its socket at [`CONTROL_SOCKET_PATH`]; `/proc` and `/sys` are gVisor's own (lxcfs and
+    /// the host's sysfs are not bound), and the sandbox's cgroups are the host's, around the
+    /// Sentry as a whole.
+    Gvisor,
+}
+
+impl OciKind {
+    /// The kind of the OCI runtime binary `runtime` (a path or a name): `runsc` is gVisor,
+    /// anything else runs as runc does.
+    pub fn of(runtime: &str) -> OciKind {
+        if Path::new(runtime).file_name().is_some_and(|n| n == "runsc") {
+            OciKind::Gvisor
+        } else {
+            OciKind::Native
+        }
+    }
+}
+
+/// The host tasks of a gVisor sandbox before any process of its own: gVisor's kernel (the
+/// Sentry, a Go program) and its gofer, about 45 on a 2-CPU host.
+pub const GVISOR_BASE_TASKS: u64 = 64;
+/// The host tasks each process of a gVisor sandbox costs: gVisor's ptrace platform runs every
+/// address space in a stub process of its own with a pool of threads (about 11 on a 2-CPU
+/// host), and each thread of the sandbox in one of them.
+pub const GVISOR_TASKS_PER_PROCESS: u64 = 16;
+
+impl OciKind {
+    /// The host's pids limit for a sandbox of this kind whose processes are limited to `pids`:
+    /// `pids` for runc, where every process of the sandbox is a host task; under gVisor, where
+    /// the host's pids controller counts gVisor's own tasks, [`GVISOR_BASE_TASKS`] and
+    /// [`GVISOR_TASKS_PER_PROCESS`] per process.
+    pub fn host_tasks(self, pids: u64) -> u64 {
+        match self {
+            OciKind::Native => pids,
+            OciKind::Gvisor => {
+                GVISOR_BASE_TASKS.saturating_add(pids.saturating_mul(GVISOR_TASKS_PER_PROCESS)).min(4_194_304)
+            }
+        }
+    }
+}
+
 /// The file descriptor on which the supervisor inherits its listening socket.
 pub const SUPERVISOR_FD: i32 = 3;
 /// The descriptor at which the supervisor inherits its delegated cgroup directory (the
@@ -234,6 +290,11 @@ pub struct SpecPaths {
     /// The read-only view of the sandbox's agent code (see `rootfs::mount_readonly_view`),
     /// bound at `/agent`.
     pub agent_code: Option<PathBuf>,
+    /// The OCI runtime the spec is for.
+    pub kind: OciKind,
+    /// The bundle's control directory, bound read-write at [`CONTROL_PATH`] under gVisor,
+    /// where the supervisor binds its socket.
+    pub control: PathBuf,
 }
 
 /// The host directories a warm pool's sandbox receives its claimant's mounts through.
@@ -282,23 +343,33 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
             )?);
         }
     }
-    if let Some(lxcfs) = &paths.lxcfs {
-        for file in LXCFS_PROC {
-            mounts.push(bind(&lxcfs.join(file), &format!("/{file}"), true)?);
+    let gvisor = paths.kind == OciKind::Gvisor;
+    if gvisor {
+        // gVisor's own `/proc` already answers with the sandbox's memory and CPUs, and its own
+        // sysfs names nothing of the host; the host's cgroups are not the sandbox's to see.
+        mounts.push(fs_mount("sysfs", "/sys", &["nosuid", "noexec", "nodev", "ro"])?);
+    } else {
+        if let Some(lxcfs) = &paths.lxcfs {
+            for file in LXCFS_PROC {
+                mounts.push(bind(&lxcfs.join(file), &format!("/{file}"), true)?);
+            }
         }
-    }
-    for (host, inside) in SYS_BINDS {
-        let mut m = bind(Path::new(host), inside, true)?;
-        if let Some(options) = m.options().clone() {
-            m.set_options(Some(options.into_iter().chain(["noexec".to_owned()]).collect()));
+        for (host, inside) in SYS_BINDS {
+            let mut m = bind(Path::new(host), inside, true)?;
+            if let Some(options) = m.options().clone() {
+                m.set_options(Some(options.into_iter().chain(["noexec".to_owned()]).collect()));
+            }
+            mounts.push(m);
         }
-        mounts.push(m);
+        mounts.push(fs_mount("cgroup", CGROUP_PATH, &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
     }
-    mounts.push(fs_mount("cgroup", CGROUP_PATH, &["nosuid", "noexec", "nodev", "relatime", "ro"])?);
     if image_root {
         mounts.push(bind(&paths.supervisor_dir, SUPERVISOR_DIR, true)?);
     } else {
         mounts.push(bind(&paths.supervisor, SUPERVISOR_PATH, true)?);
+    }
+    if gvisor {
+        mounts.push(bind(&paths.control, CONTROL_PATH, false)?);
     }
     if let Some(ws) = &sandbox.workspace {
         mounts.push(bind(&ws.source, crate::WORKSPACE_PATH, ws.read_only)?);
@@ -329,7 +400,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
-        .args(supervisor_args(image_root && paths.supervisor_dynamic))
+        .args(supervisor_args(image_root && paths.supervisor_dynamic, paths.kind))
         .env(environment(&env))
         .cwd("/")
         .no_new_privileges(true)
@@ -355,7 +426,11 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         // Memory plus swap equal to memory: no swap, so the limit is the limit.
         .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build()?)
         .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build()?)
-        .pids(LinuxPidsBuilder::default().limit(i64::try_from(sandbox.pids).unwrap_or(i64::MAX)).build()?)
+        .pids(
+            LinuxPidsBuilder::default()
+                .limit(i64::try_from(paths.kind.host_tasks(sandbox.pids)).unwrap_or(i64::MAX))
+                .build()?,
+        )
         .build()?;
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -399,14 +474,22 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
 }
 
 /// The supervisor's command line; through the host's loader (`via_loader`) in a sandbox
-/// started from an image.
-fn supervisor_args(via_loader: bool) -> Vec<String> {
+/// started from an image. Under gVisor it binds its socket itself (no descriptor is passed).
+fn supervisor_args(via_loader: bool, kind: OciKind) -> Vec<String> {
     let mut args = Vec::new();
     if via_loader {
         args.extend([SUPERVISOR_LOADER_PATH, "--library-path", SUPERVISOR_LIB_PATH].map(String::from));
     }
     args.push(SUPERVISOR_PATH.to_owned());
-    args.extend(["--listen-fd".to_owned(), SUPERVISOR_FD.to_string(), "--cgroup-fd".to_owned(), CGROUP_FD.to_string()]);
+    match kind {
+        OciKind::Native => args.extend([
+            "--listen-fd".to_owned(),
+            SUPERVISOR_FD.to_string(),
+            "--cgroup-fd".to_owned(),
+            CGROUP_FD.to_string(),
+        ]),
+        OciKind::Gvisor => args.extend(["--listen-path".to_owned(), CONTROL_SOCKET_PATH.to_owned()]),
+    }
     args
 }
 
@@ -507,6 +590,8 @@ mod tests {
             resolv_conf: None,
             claim_points: None,
             agent_code: None,
+            kind: OciKind::Native,
+            control: PathBuf::from("/b/control"),
         };
         let base =
             vec![BaseEntry::Bind("usr".into()), BaseEntry::Symlink { name: "bin".into(), target: "usr/bin".into() }];
@@ -556,9 +641,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_isolated_sandbox_joins_the_hosts_network_namespace_for_it() {
-        let mut paths = SpecPaths {
+    /// Paths of a sandbox on the host's base with nothing optional, for runc.
+    fn minimal_paths() -> SpecPaths {
+        SpecPaths {
             rootfs: "/r".into(),
             etc: "/e".into(),
             hosts: "/h".into(),
@@ -574,7 +659,14 @@ mod tests {
             resolv_conf: None,
             claim_points: None,
             agent_code: None,
-        };
+            kind: OciKind::Native,
+            control: PathBuf::from("/b/control"),
+        }
+    }
+
+    #[test]
+    fn an_isolated_sandbox_joins_the_hosts_network_namespace_for_it() {
+        let mut paths = minimal_paths();
         let net = |paths: &SpecPaths| {
             let v = serde_json::to_value(build(&sandbox(), &[], paths).unwrap()).unwrap();
             let ns = v["linux"]["namespaces"].as_array().unwrap().clone();
@@ -598,23 +690,51 @@ mod tests {
     }
 
     #[test]
+    fn a_gvisor_spec_binds_its_control_dir_and_nothing_of_the_hosts_sys_or_proc() {
+        assert_eq!(OciKind::of("/usr/bin/runsc"), OciKind::Gvisor);
+        assert_eq!(OciKind::of("runsc"), OciKind::Gvisor);
+        assert_eq!(OciKind::of("/usr/sbin/runc"), OciKind::Native);
+        assert_eq!(OciKind::of("crun"), OciKind::Native);
+        let paths = |kind: OciKind| SpecPaths { lxcfs: Some("/var/lib/lxcfs".into()), kind, ..minimal_paths() };
+        let spec = |kind: OciKind| serde_json::to_value(build(&sandbox(), &[], &paths(kind)).unwrap()).unwrap();
+        let (native, gvisor) = (spec(OciKind::Native), spec(OciKind::Gvisor));
+        let args = |v: &serde_json::Value| v["process"]["args"].as_array().unwrap().clone();
+        assert_eq!(
+            args(&native)[1..],
+            [
+                serde_json::json!("--listen-fd"),
+                serde_json::json!("3"),
+                serde_json::json!("--cgroup-fd"),
+                serde_json::json!("4")
+            ]
+        );
+        assert_eq!(args(&gvisor)[1..], [serde_json::json!("--listen-path"), serde_json::json!(CONTROL_SOCKET_PATH)]);
+        let mount = |v: &serde_json::Value, dest: &str| {
+            v["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == dest).cloned()
+        };
+        // The control dir, read-write, under gVisor only.
+        let control = mount(&gvisor, CONTROL_PATH).unwrap();
+        assert_eq!(control["source"], "/b/control");
+        assert!(!control["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        assert!(mount(&native, CONTROL_PATH).is_none());
+        // gVisor's own /sys and /proc: no lxcfs file, no host sysfs or cgroup bind.
+        assert_eq!(mount(&gvisor, "/sys").unwrap()["type"], "sysfs");
+        for dest in ["/proc/meminfo", "/sys/devices/system/cpu", CGROUP_PATH] {
+            assert!(mount(&gvisor, dest).is_none(), "{dest} is bound under gVisor");
+            assert!(mount(&native, dest).is_some(), "{dest} is not bound under runc");
+        }
+        // The host counts gVisor's own tasks: the pids limit makes room for them.
+        assert_eq!(native["linux"]["resources"]["pids"]["limit"], 64);
+        assert_eq!(gvisor["linux"]["resources"]["pids"]["limit"], GVISOR_BASE_TASKS + 64 * GVISOR_TASKS_PER_PROCESS);
+        assert_eq!(OciKind::Native.host_tasks(64), 64);
+    }
+
+    #[test]
     fn a_sandbox_that_trusts_a_namespace_ca_gets_the_bundle_and_the_variables() {
         let mut paths = SpecPaths {
-            rootfs: "/r".into(),
-            etc: "/e".into(),
-            hosts: "/h".into(),
-            supervisor: "/s".into(),
-            supervisor_dir: "/sd".into(),
-            supervisor_dynamic: false,
-            lxcfs: None,
-            cgroups_path: "/bulkhead/acme/sbx_0123".into(),
             shared_etc: vec!["ssl/certs".into()],
-            run_dirs: vec![],
-            netns: None,
             ca_bundle: Some(("/v/sandboxes/sbx_0123/ca-certificates.crt".into(), CA_BUNDLE_PATH.into())),
-            resolv_conf: None,
-            claim_points: None,
-            agent_code: None,
+            ..minimal_paths()
         };
         let mut sandbox = sandbox();
         sandbox.env.push(("GIT_SSL_CAINFO".into(), "/mine.pem".into()));

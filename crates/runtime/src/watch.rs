@@ -103,6 +103,8 @@ pub(crate) fn reap_now(fd: &OwnedFd) {
 /// Reaps this process's exited children that are stages of an OCI runtime's init (`runc:[…]`,
 /// `crun`'s the same way): left when the OCI runtime itself was killed or timed out mid-create,
 /// they are re-parented to the server, the child subreaper, and nobody else waits for them.
+/// So are gVisor's gofer and kernel (runsc re-executes itself, so their name is `exe`): runsc's
+/// delete waits for them to be gone, which a zombie never is until reaped.
 /// The server's own spawned children (`runc`, `mount`, …) are never touched: their names differ.
 pub fn reap_orphans() -> usize {
     let mut reaped = 0;
@@ -111,7 +113,7 @@ pub fn reap_orphans() -> usize {
         for pid in children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             let zombie = stat_fields(pid).and_then(|f| f.first().cloned()).as_deref() == Some("Z");
-            if zombie && (comm.starts_with("runc:[") || comm.starts_with("crun")) {
+            if zombie && (comm.starts_with("runc:[") || comm.starts_with("crun") || comm.trim_end() == "exe") {
                 // SAFETY: a zeroed siginfo_t is a valid value for waitid to fill.
                 let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
                 // SAFETY: waitid of one pid, which is this process's exited child; `info` lives

@@ -17,4 +17,4 @@ mod reaper;
 mod supervisor;
 pub mod users;
 
-pub use supervisor::{run, serve_fd, serve_fds};
+pub use supervisor::{run, serve_fd, serve_fds, serve_path};

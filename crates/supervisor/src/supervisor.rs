@@ -28,6 +28,23 @@ pub fn serve_fds(fd: RawFd, cgroup_fd: Option<RawFd>) -> io::Result<()> {
     serve_fd(fd)
 }
 
+/// Serves requests on a socket it binds at `path` itself, for OCI runtimes that hand no
+/// descriptor to the sandbox (gVisor's `runsc`, whose gofer creates the socket on the host
+/// through the bind-mounted control directory). Made non-dumpable first, as [`serve_fds`]; no
+/// delegated cgroup: commands are grouped by process group. A file left at `path` by an earlier
+/// supervisor of the same sandbox is replaced. Never returns on success.
+pub fn serve_path(path: &std::path::Path) -> io::Result<()> {
+    make_undumpable()?;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Only the sandbox's root reaches the directory (0700): the socket keeps its default mode
+    // (gVisor's gofer refuses a chmod of a host socket).
+    run(UnixListener::bind(path)?)
+}
+
 /// Makes this process non-dumpable (see [`serve_fds`]).
 fn make_undumpable() -> io::Result<()> {
     // SAFETY: PR_SET_DUMPABLE takes a plain integer argument and changes only this process.

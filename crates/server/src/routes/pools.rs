@@ -92,6 +92,6 @@ async fn set_size(ctx: &Ctx, ns: &str, image: &str, size: u64) -> ApiResult<(Ima
     ctx.audit_resource(format!("image:{}", row.name));
     ctx.audit_detail("image", row.id.clone());
     ctx.audit_detail("size", size);
-    let status = pools::set(&ctx.state, ns, &row.id, size).await?;
+    let status = pools::set(&ctx.state, &namespace, &row.id, size).await?;
     Ok((row, status))
 }

@@ -30,6 +30,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
+use bulkhead_runtime::spec::OciKind;
 use bulkhead_store::{NamespaceRow, SandboxRow, SandboxStatus, WarmPoolRow};
 
 use super::{ServiceError, ServiceResult};
@@ -179,12 +180,22 @@ pub async fn list(state: &AppState, namespace: &str) -> ServiceResult<Vec<PoolSt
         .collect())
 }
 
-/// Sets the size of the pool of `image_id` in `namespace` (0 removes the pool; the filler starts
-/// or destroys sandboxes to match, in the background) and answers its status.
-pub async fn set(state: &AppState, namespace: &str, image_id: &str, size: u64) -> ServiceResult<PoolStatus> {
+/// Sets the size of the pool of `image_id` in namespace `ns` (0 removes the pool; the filler
+/// starts or destroys sandboxes to match, in the background) and answers its status. Errors:
+/// `Conflict` for a pool on a namespace whose tier runs on gVisor (it has none).
+pub async fn set(state: &AppState, ns: &NamespaceRow, image_id: &str, size: u64) -> ServiceResult<PoolStatus> {
     if size > MAX_POOL_SIZE {
         return Err(ServiceError::Invalid(format!("size: at most {MAX_POOL_SIZE}")));
     }
+    // A claim mounts into the sandbox's mount namespace, which gVisor keeps in its own kernel.
+    let class = state.config.runtime_classes.get(&ns.isolation);
+    if size > 0 && class.is_some_and(|c| OciKind::of(&c.runtime) == OciKind::Gvisor) {
+        return Err(ServiceError::Conflict(format!(
+            "namespace {}'s isolation tier {:?} runs on gVisor, which has no warm pools",
+            ns.name, ns.isolation
+        )));
+    }
+    let namespace = ns.name.as_str();
     match state.store.set_warm_pool(namespace, image_id, size, crate::time::now_ms()).await {
         Err(bulkhead_store::StoreError::NotFound(what)) => {
             return Err(ServiceError::NotFound(format!("{what} not found")))

@@ -22,14 +22,17 @@ pub fn id_range(ns: &NamespaceRow) -> ServiceResult<IdRange> {
     Ok(IdRange { host_start: ns.id_start, size: ns.id_count })
 }
 
-/// Limits of a namespace's cgroup: its quotas, processes for all its sandboxes, and its
-/// placement on the host's cores.
+/// Limits of a namespace's cgroup: its quotas, processes for all its sandboxes (counted as the
+/// host counts them for the namespace's runtime class, see
+/// [`bulkhead_runtime::spec::OciKind::host_tasks`]), and its placement on the host's cores.
 pub fn namespace_limits(state: &AppState, ns: &NamespaceRow) -> NamespaceLimits {
     let q = &ns.quotas;
+    let kind = state.config.runtime_classes.get(&ns.isolation).map(|c| bulkhead_runtime::spec::OciKind::of(&c.runtime));
+    let per_sandbox = kind.map_or(q.pids_per_sandbox, |k| k.host_tasks(q.pids_per_sandbox));
     NamespaceLimits {
         cpu_millis: q.cpu_millis,
         memory_bytes: q.memory_bytes,
-        pids: q.pids_per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
+        pids: per_sandbox.saturating_mul(q.max_sandboxes.max(1)).min(4_194_304),
         placement: state.placements.cpu_placement(&ns.name),
     }
 }
