@@ -10,7 +10,7 @@ import bulkhead
 from inspect_ai import Task
 from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import Sample
-from inspect_ai.model import ModelOutput, get_model
+from inspect_ai.model import ModelOutput, ModelUsage, get_model
 from inspect_ai.scorer import CORRECT, INCORRECT, Score, Target, accuracy, scorer
 from inspect_ai.solver import Generate, TaskState, generate, solver, use_tools
 from inspect_ai.tool import bash
@@ -45,14 +45,19 @@ def answer_file():
 
 
 def scripted_model():
-    """``mockllm/model`` answering each sample with a ``bash`` call, then a final answer."""
+    """``mockllm/model`` answering each sample with a ``bash`` call, then a final answer. Each
+    output names its usage: without one, mockllm counts tokens with a tokenizer it would
+    download."""
 
     def outputs():
         while True:
-            yield ModelOutput.for_tool_call(
+            call = ModelOutput.for_tool_call(
                 "mockllm/model", "bash", {"command": "echo $((6 * 7)) > answer.txt && cat answer.txt && id -un"}
             )
-            yield ModelOutput.from_content("mockllm/model", "the answer is in answer.txt")
+            answer = ModelOutput.from_content("mockllm/model", "the answer is in answer.txt")
+            for output in (call, answer):
+                output.usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
+                yield output
 
     return get_model("mockllm/model", custom_outputs=outputs())
 

@@ -36,14 +36,14 @@ def test_the_agent_loop_runs_each_step_in_a_sandbox(client: bulkhead.Client) -> 
     assert env.sandbox is not None
     sandbox_id = env.sandbox.id
     try:
-        agent = DefaultAgent(model, env, system_template=SYSTEM, instance_template=INSTANCE, step_limit=10)
+        agent = DefaultAgent(model, env, system_template=SYSTEM, instance_template=INSTANCE, step_limit=10, cost_limit=0)
         result = agent.run("Leave a note and submit it.")
     finally:
         env.cleanup()
     assert result["exit_status"] == "Submitted", agent.messages[-1]
     assert result["submission"] == "hello from step one\n"
     system = agent.messages[0]["content"]
-    assert system.== "You run commands on Linux (x86_64) in /tmp.", system
+    assert system == "You run commands on Linux (x86_64) in /tmp.", system
     observations = [m["content"] for m in agent.messages if m["role"] == "user"][1:]
     assert len(observations) == 4, observations
     assert "<returncode>0</returncode>" in observations[0] and "wrote" in observations[0]

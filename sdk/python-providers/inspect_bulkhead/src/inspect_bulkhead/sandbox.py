@@ -69,6 +69,10 @@ class BulkheadSandboxConfig(BaseModel, frozen=True):
     user: str | None = None
     workdir: str = "/work"
 
+    def __hash__(self) -> int:
+        # inspect-ai keys its sandboxes by their configuration; ``env`` is a dict.
+        return hash(self.model_dump_json())
+
 
 def _config(config: SandboxEnvironmentConfigType | None) -> BulkheadSandboxConfig:
     """The provider's configuration from what a task gives: nothing, or the model."""
@@ -217,11 +221,12 @@ class BulkheadSandboxEnvironment(SandboxEnvironment):
             else:
                 options["timeout_seconds"] = timeout or MAX_EXEC_SECONDS
                 code, timed_out, out, err = await self._run_exec(cmd, stdin, options)
-        except errors.InvalidRequest as e:
-            # Bulkhead refuses a user the image does not have with a 400 naming it; a shell
-            # would fail the command the same way.
-            if user and user in e.message:
-                return ExecResult(success=False, returncode=126, stdout="", stderr=e.message + "\n")
+        except (errors.InvalidRequest, NotStarted) as e:
+            # Bulkhead refuses a user the image does not have, naming it (a 400, or the error
+            # event of a streamed exec); a shell would fail the command the same way.
+            message = e.message if isinstance(e, errors.ApiError) else str(e)
+            if user and user in message:
+                return ExecResult(success=False, returncode=126, stdout="", stderr=message + "\n")
             raise
         except (errors.Conflict, errors.NotFound) as e:
             raise SandboxUnavailableError(f"bulkhead: the sandbox {self.sandbox.id} is not running: {e}") from e
@@ -248,7 +253,7 @@ class BulkheadSandboxEnvironment(SandboxEnvironment):
                         raise out.exceeded()
                     return int(event.exit_code or 0), event.timed_out, out.stdout, out.stderr
                 else:
-                    raise RuntimeError(f"bulkhead: {shlex.join(cmd)} failed: {event.message}")
+                    raise NotStarted(event.message)
         raise RuntimeError(f"bulkhead: the output of {shlex.join(cmd)} ended before its exit")
 
     async def _run_process(
@@ -331,6 +336,10 @@ class BulkheadSandboxEnvironment(SandboxEnvironment):
         if user:
             command += ["--user", user]
         return SandboxConnection(type="bulkhead", command=shlex.join(command), container=self.sandbox.id)
+
+
+class NotStarted(RuntimeError):
+    """A streamed exec's ``error`` event: the command did not run (its message says why)."""
 
 
 class Output:
