@@ -4,6 +4,7 @@ the file the command wrote. A second sample asks for its own sandbox configurati
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import bulkhead
@@ -28,6 +29,7 @@ def note_sandbox():
         env = sandbox().as_type(BulkheadSandboxEnvironment)
         store().set("sandbox_id", env.sandbox.id)
         store().set("memory_bytes", env.sandbox.data.get("memory_bytes"))
+        store().set("connection", (await env.connection()).command)
         return state
 
     return solve
@@ -96,3 +98,6 @@ def test_an_eval_runs_its_tool_calls_in_bulkhead_sandboxes(tmp_path: Path, clien
     assert [m for m in samples["default"].messages if m.role == "tool"][0].text == "42\nroot\n"
     assert samples["configured"].store["memory_bytes"] == 256 << 20
     assert samples["configured"].store["sandbox_id"] != samples["default"].store["sandbox_id"]
+    # A person gets into a sample's sandbox with the CLI, where its commands run.
+    configured = samples["configured"].store
+    assert configured["connection"] == f"bulkhead shell --ns {os.environ['BULKHEAD_NAMESPACE']} {configured['sandbox_id']} --cwd /home/agent --user nobody"

@@ -5,6 +5,7 @@ file, reads it back, fails a command, and submits by mini-swe-agent's convention
 from __future__ import annotations
 
 import os
+import platform
 
 os.environ.setdefault("MSWEA_SILENT_STARTUP", "1")
 
@@ -43,7 +44,8 @@ def test_the_agent_loop_runs_each_step_in_a_sandbox(client: bulkhead.Client) -> 
     assert result["exit_status"] == "Submitted", agent.messages[-1]
     assert result["submission"] == "hello from step one\n"
     system = agent.messages[0]["content"]
-    assert system == "You run commands on Linux (x86_64) in /tmp.", system
+    # The sandbox's platform, as uname tells inside it: the host's kernel and machine.
+    assert system == f"You run commands on Linux ({platform.machine()}) in /tmp.", system
     observations = [m["content"] for m in agent.messages if m["role"] == "user"][1:]
     assert len(observations) == 4, observations
     assert "<returncode>0</returncode>" in observations[0] and "wrote" in observations[0]
