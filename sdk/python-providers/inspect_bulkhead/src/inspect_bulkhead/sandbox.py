@@ -231,7 +231,7 @@ class BulkheadSandboxEnvironment(SandboxEnvironment):
         except (errors.Conflict, errors.NotFound) as e:
             raise SandboxUnavailableError(f"bulkhead: the sandbox {self.sandbox.id} is not running: {e}") from e
         if timed_out:
-            raise TimeoutError(f"bulkhead: {shlex.join(cmd)} ran past its timeout of {timeout} seconds")
+            raise TimeoutError(f"bulkhead: {shlex.join(cmd)} ran past its timeout of {timeout or MAX_EXEC_SECONDS} seconds")
         # Bulkhead answers a program it cannot start as a shell does: 126 and its reason.
         if code == 126 and err.startswith(b"bulkhead: cannot run") and b"ermission denied" in err:
             raise PermissionError(errno.EACCES, err.decode(errors="replace").strip(), cmd[0])
