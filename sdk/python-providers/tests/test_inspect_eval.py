@@ -30,6 +30,10 @@ def note_sandbox():
         store().set("sandbox_id", env.sandbox.id)
         store().set("memory_bytes", env.sandbox.data.get("memory_bytes"))
         store().set("connection", (await env.connection()).command)
+        # exec_remote: inspect-ai writes its bundled sandbox tools in with write_file and
+        # drives them with exec.
+        r = await sandbox().exec_remote(["sh", "-c", "echo out; echo err >&2; exit 4"], stream=False)
+        store().set("exec_remote", [r.returncode, r.stdout, r.stderr])
         return state
 
     return solve
@@ -98,6 +102,8 @@ def test_an_eval_runs_its_tool_calls_in_bulkhead_sandboxes(tmp_path: Path, clien
     assert [m for m in samples["default"].messages if m.role == "tool"][0].text == "42\nroot\n"
     assert samples["configured"].store["memory_bytes"] == 256 << 20
     assert samples["configured"].store["sandbox_id"] != samples["default"].store["sandbox_id"]
+    for sample in samples.values():
+        assert sample.store["exec_remote"] == [4, "out\n", "err\n"], sample.id
     # A person gets into a sample's sandbox with the CLI, where its commands run.
     configured = samples["configured"].store
     assert configured["connection"] == f"bulkhead shell --ns {os.environ['BULKHEAD_NAMESPACE']} {configured['sandbox_id']} --cwd /home/agent --user nobody"

@@ -57,3 +57,4 @@ async def test_a_deleted_sandbox_is_unavailable(env: BulkheadSandboxEnvironment)
     await env.sandbox.delete()
     with pytest.raises(SandboxUnavailableError):
         await env.exec(["true"])
+
