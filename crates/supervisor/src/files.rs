@@ -290,6 +290,17 @@ pub(crate) fn write_file(
         _ => failure(dir.display(), &e),
     })?;
     let (target, existing) = existing_target(path)?;
+    if existing.is_some() {
+        // The write replaces the file by a rename, which the directory's permissions allow; the
+        // acting user must also be one who may write the file itself, as `open` would demand.
+        // Opening it for writing (no truncation) changes nothing; only a refusal counts (a
+        // running program, `ETXTBSY`, is still replaced).
+        if let Err(e) = fs::OpenOptions::new().write(true).open(&target) {
+            if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                return Err(failure(path, &e));
+            }
+        }
+    }
     let dir = target.parent().unwrap_or(Path::new("/")).to_owned();
     let name = target.file_name().map(ToOwned::to_owned).unwrap_or(name);
     let tmp = temp_path(&dir, &name);
@@ -657,6 +668,20 @@ mod tests {
         assert_eq!(k, kind::DONE);
         let meta = fs::metadata(open.join("f")).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        // A file of its own that it made read-only is not replaced, though the directory would
+        // let it rename one over it; root's file in the open directory neither.
+        fs::set_permissions(open.join("f"), fs::Permissions::from_mode(0o444)).unwrap();
+        fs::write(open.join("roots"), b"r").unwrap();
+        for name in ["f", "roots"] {
+            let (k, p) = as_nobody(open.join(name).display().to_string());
+            assert_eq!(k, kind::FAILURE, "{name}");
+            assert_eq!(serde_json::from_slice::<Failure>(&p).unwrap().kind, FailureKind::PermissionDenied, "{name}");
+        }
+        assert_eq!(fs::read(open.join("f")).unwrap(), b"n");
+        assert_eq!(fs::read(open.join("roots")).unwrap(), b"r");
+        // Given write permission again, it replaces its file.
+        fs::set_permissions(open.join("f"), fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(as_nobody(open.join("f").display().to_string()).0, kind::DONE);
         // The supervisor itself is still root: the next request without a user may write anywhere.
         assert_eq!(write(&sock, &closed.join("g").display().to_string(), b"r", None).0, kind::DONE);
         assert_eq!(fs::metadata(closed.join("g")).unwrap().uid(), 0);

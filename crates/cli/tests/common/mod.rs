@@ -11,6 +11,7 @@ pub mod images;
 pub mod internet;
 pub mod process;
 pub mod registry;
+pub mod sdk;
 
 use std::net::SocketAddr;
 
