@@ -48,7 +48,7 @@ import type {
 
 /** How to reach the server. Each field defaults from the environment. */
 export interface ClientOptions {
-  /** The server's base URL; default `$BULKHEAD_URL`, else `http://127.0.0.1:8080`. */
+  /** The server's base URL; default `$BULKHEAD_URL`, else `http://127.0.0.1:7070`. */
   url?: string | undefined;
   /** The bearer token (an API key or an OIDC token); default `$BULKHEAD_TOKEN`. */
   token?: string | undefined;
@@ -134,7 +134,7 @@ export class Client {
   constructor(options: ClientOptions = {}) {
     const env = typeof process === "undefined" ? {} : process.env;
     this.transport = new Transport({
-      url: options.url ?? env["BULKHEAD_URL"] ?? "http://127.0.0.1:8080",
+      url: options.url ?? env["BULKHEAD_URL"] ?? "http://127.0.0.1:7070",
       token: options.token ?? env["BULKHEAD_TOKEN"],
       fetch: options.fetch,
       retry: options.retry,

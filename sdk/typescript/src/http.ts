@@ -24,7 +24,7 @@ export interface RetryOptions {
 
 /** What the {@link Transport} needs. */
 export interface TransportOptions {
-  /** The server's base URL (`http://127.0.0.1:8080`). */
+  /** The server's base URL (`http://127.0.0.1:7070`). */
   url: string;
   /** The bearer token; `undefined` sends none. */
   token?: string | undefined;
