@@ -494,7 +494,10 @@ export class Sandbox extends Resource<SandboxInfo> implements AsyncDisposable {
     return this.client.create(this.path("/snapshot"), { name }, options);
   }
 
-  /** Deletes the sandbox: every process ends, its root goes. */
+  /**
+   * Deletes the sandbox: every process ends, its root goes. Deleting one already deleted
+   * succeeds again (its record stays, with status `deleted`).
+   */
   async delete(): Promise<void> {
     await this.client.transport.request("DELETE", this.path());
   }
@@ -624,6 +627,24 @@ export class Process extends Resource<ProcessInfo> {
     info: ProcessInfo,
   ) {
     super(sandbox.client, sandbox.path(`/processes/${enc(info.id)}`), info);
+  }
+
+  /** `running` or `exited`, as last read (`refresh()` reads it again). */
+  get status(): ProcessInfo["status"] {
+    return this.info.status;
+  }
+
+  /**
+   * Once exited, its exit status (128 + the signal number when a signal ended it); `undefined`
+   * while it runs. As last read.
+   */
+  get exitCode(): number | undefined {
+    return this.info.exit_code ?? undefined;
+  }
+
+  /** Its process id inside the sandbox. */
+  get pid(): number {
+    return this.info.pid;
   }
 
   /**
