@@ -36,6 +36,11 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// A create under an `Idempotency-Key` whose first request is still running: 409
+    /// `conflict`, like any clash of keys, but with a `Retry-After` of [`IN_PROGRESS_RETRY_SECONDS`]
+    /// that marks it as worth repeating: once the first has answered, a repeat gets its answer.
+    #[error("{0}")]
+    InProgress(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -84,6 +89,9 @@ pub enum ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// The `Retry-After` of [`ApiError::InProgress`], in seconds.
+pub const IN_PROGRESS_RETRY_SECONDS: u64 = 1;
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
@@ -91,7 +99,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::InProgress(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QuotaExceeded(_) | ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -118,7 +126,7 @@ impl ApiError {
             ApiError::Invalid(_) | ApiError::MethodNotAllowed(_) | ApiError::UnsupportedMediaType(_) => {
                 ErrorCode::InvalidRequest
             }
-            ApiError::Conflict(_) | ApiError::PreconditionFailed(_) => ErrorCode::Conflict,
+            ApiError::Conflict(_) | ApiError::InProgress(_) | ApiError::PreconditionFailed(_) => ErrorCode::Conflict,
             ApiError::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
@@ -313,10 +321,15 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = status.into_response();
-        if let ApiError::RateLimited { retry_after_seconds, .. } | ApiError::Unavailable { retry_after_seconds, .. } =
-            &self
-        {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, (*retry_after_seconds).into());
+        let retry_after = match &self {
+            ApiError::RateLimited { retry_after_seconds, .. } | ApiError::Unavailable { retry_after_seconds, .. } => {
+                Some(*retry_after_seconds)
+            }
+            ApiError::InProgress(_) => Some(IN_PROGRESS_RETRY_SECONDS),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response.extensions_mut().insert(ErrorMark { code: self.code(), message });
         response
@@ -341,6 +354,7 @@ mod tests {
             ApiError::NotFound(s()),
             ApiError::Invalid(s()),
             ApiError::Conflict(s()),
+            ApiError::InProgress(s()),
             ApiError::PayloadTooLarge(s()),
             ApiError::QuotaExceeded(s()),
             ApiError::RateLimited { message: s(), retry_after_seconds: 1 },
@@ -361,6 +375,7 @@ mod tests {
                 | ApiError::NotFound(_)
                 | ApiError::Invalid(_)
                 | ApiError::Conflict(_)
+                | ApiError::InProgress(_)
                 | ApiError::PayloadTooLarge(_)
                 | ApiError::QuotaExceeded(_)
                 | ApiError::RateLimited { .. }
@@ -401,6 +416,19 @@ mod tests {
         for code in named {
             assert!(codes.contains(code), "{code} is documented but no error carries it: {doc}");
         }
+    }
+
+    /// A create whose first request still runs is a `conflict` a client may repeat: it alone
+    /// of the 409s carries `Retry-After`.
+    #[test]
+    fn a_create_in_progress_is_a_conflict_to_retry() {
+        let answer = ApiError::InProgress("in progress".into()).into_response();
+        assert_eq!(answer.status(), StatusCode::CONFLICT);
+        assert_eq!(answer.extensions().get::<ErrorMark>().map(|m| m.code), Some("conflict"));
+        let retry_after = answer.headers().get(axum::http::header::RETRY_AFTER);
+        assert_eq!(retry_after.and_then(|v| v.to_str().ok()), Some("1"));
+        let other = ApiError::Conflict("different body".into()).into_response();
+        assert!(other.headers().get(axum::http::header::RETRY_AFTER).is_none());
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! - the same request again (same principal, action, key and body) gets the first answer back,
 //!   with `Idempotent-Replayed: true`, for [`LIFETIME_MS`] and across restarts of the server;
 //! - a request under a key that another request holds and has not answered yet is a 409
-//!   `conflict` saying so (it is not run, and not waited for: the client retries once the first
-//!   has answered, and then gets its answer), so concurrent retries make one resource;
+//!   `conflict` saying so, with `Retry-After: 1` (it is not run, and not waited for: the client
+//!   retries once the first has answered, and then gets its answer), so concurrent retries make
+//!   one resource;
 //! - the same key with a different body is a 409 `conflict`;
 //! - only a successful create is remembered: a failed one frees its key, and a retry runs again.
 //!
@@ -127,7 +128,7 @@ where
         IdempotencyClaim::Claimed => {}
         IdempotencyClaim::InProgress { fingerprint: held } => {
             return Err(if held == fingerprint {
-                ApiError::Conflict(
+                ApiError::InProgress(
                     "a request with this Idempotency-Key is in progress; retry once it has answered".into(),
                 )
             } else {

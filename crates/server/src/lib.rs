@@ -152,6 +152,7 @@ fn document_answers(doc: &mut utoipa::openapi::OpenApi) {
         }
     }
     document_rate_limits(doc);
+    document_creates_in_progress(doc);
     document_server_errors(doc);
     document_binary_bodies(doc);
 }
@@ -179,26 +180,64 @@ fn item_operations(
     .flatten()
 }
 
+/// The `Retry-After` header of an answer worth repeating: whole seconds, at least 1.
+fn retry_after_header() -> utoipa::openapi::header::Header {
+    use utoipa::openapi::{header::HeaderBuilder, ObjectBuilder, Type};
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
+        .description(Some("Whole seconds to wait, at least 1"))
+        .build()
+}
+
+/// Every create that takes an `Idempotency-Key` may answer `409 conflict` with `Retry-After`
+/// while the key's first request still runs (see [`idempotency`]): a client asks again then,
+/// and gets the first request's answer.
+fn document_creates_in_progress(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::path::ParameterIn;
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    use utoipa::ToSchema;
+    const WHY: &str = "the Idempotency-Key's first request is still running (then with `Retry-After`: ask \
+                       again after it, and get that request's answer)";
+    for op in operations(doc) {
+        let keyed = op
+            .parameters
+            .iter()
+            .flatten()
+            .any(|p| p.parameter_in == ParameterIn::Header && p.name.eq_ignore_ascii_case(idempotency::HEADER));
+        if !keyed {
+            continue;
+        }
+        let answer = op.responses.responses.entry("409".to_owned()).or_insert_with(|| {
+            let content =
+                ContentBuilder::new().schema(Some(Ref::from_schema_name(bulkhead_api::ErrorBody::name()))).build();
+            ResponseBuilder::new().content("application/json", content).build().into()
+        });
+        if let RefOr::T(r) = answer {
+            r.description = if r.description.is_empty() {
+                format!("`conflict`: {WHY}")
+            } else {
+                format!("{}; or {WHY}", r.description)
+            };
+            r.headers.insert("Retry-After".to_owned(), retry_after_header());
+        }
+    }
+}
+
 /// Every route may answer `500 internal` (a bug or a panic: the body has the request id and
 /// nothing else); every authenticated one `503 unavailable` with `Retry-After` (the store, which
 /// authentication reads, busy past its timeout or failing to write: what was asked is not known
 /// to be done); a write may also answer `507 insufficient_storage` (the server's own disk is full).
 fn document_server_errors(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::header::HeaderBuilder;
-    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
     use utoipa::ToSchema;
     let answer = |description: &str| {
         let content =
             ContentBuilder::new().schema(Some(Ref::from_schema_name(bulkhead_api::ErrorBody::name()))).build();
         ResponseBuilder::new().description(description).content("application/json", content)
     };
-    let retry_after = HeaderBuilder::new()
-        .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
-        .description(Some("Whole seconds to wait, at least 1"))
-        .build();
     let internal = answer("`internal`: the server failed; the body carries only the request id").build();
     let unavailable = answer("`unavailable`: the server's store is busy or could not write; retry after `Retry-After`")
-        .header("Retry-After", retry_after)
+        .header("Retry-After", retry_after_header())
         .build();
     let full = answer("`insufficient_storage`: the server's own disk is full; nothing was written").build();
     for op in operations(doc) {
@@ -253,22 +292,15 @@ fn document_binary_bodies(doc: &mut utoipa::openapi::OpenApi) {
 /// (see [`ratelimit`]). Documented on each such route; a route that names a 429 of its own
 /// (`quota_exceeded`) has its description say both.
 fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::header::HeaderBuilder;
-    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, RefOr, ResponseBuilder, Type};
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
     use utoipa::ToSchema;
     const WHY: &str = "`rate_limited`: the namespace's api_requests_per_second, or for commands and sandbox \
                        creates its max_concurrent_execs; retry after `Retry-After` seconds";
-    let retry_after = || {
-        HeaderBuilder::new()
-            .schema(ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1)))
-            .description(Some("Whole seconds to wait, at least 1"))
-            .build()
-    };
     let content = ContentBuilder::new().schema(Some(Ref::from_schema_name(bulkhead_api::ErrorBody::name()))).build();
     let answer = ResponseBuilder::new()
         .description(WHY)
         .content("application/json", content)
-        .header("Retry-After", retry_after())
+        .header("Retry-After", retry_after_header())
         .build();
     for (path, item) in doc.paths.paths.iter_mut() {
         if !path.starts_with("/v1/namespaces/{ns}") {
@@ -282,7 +314,7 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
                 std::collections::btree_map::Entry::Occupied(mut o) => {
                     if let RefOr::T(r) = o.get_mut() {
                         r.description = format!("{}; or {WHY}", r.description);
-                        r.headers.insert("Retry-After".to_owned(), retry_after());
+                        r.headers.insert("Retry-After".to_owned(), retry_after_header());
                     }
                 }
             }

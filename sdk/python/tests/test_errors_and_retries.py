@@ -151,3 +151,9 @@ def test_a_quota_is_not_retried_and_a_rate_limit_is(admin: bulkhead.Client, quot
         assert set(retried.statuses) == {200, 429}, retried.statuses
     finally:
         admin.namespaces.delete(name)
+
+
+def test_the_default_url_is_the_one_bulkhead_serve_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BULKHEAD_URL")
+    with bulkhead.Client() as c:
+        assert c.config.url == "http://127.0.0.1:7070"

@@ -17,9 +17,10 @@ from bulkhead import errors
 
 def test_the_admin_manages_namespaces_and_keys(admin: bulkhead.Client, quotas: bulkhead.types.Quotas) -> None:
     name = "py-ns-" + uuid.uuid4().hex[:8]
-    ns = admin.namespaces.create(name, quotas)
+    ns = admin.namespaces.create(name, quotas, placement={"mode": "shared"})
     try:
-        assert (ns["name"], ns["quotas"]["max_sandboxes"]) == (name, 2)
+        assert (ns["name"], ns["quotas"]["max_sandboxes"], ns["placement"]["mode"]) == (name, 2, "shared")
+        assert admin.namespaces.update(name, placement={"mode": "shared"})["placement"] == {"mode": "shared"}
         assert name in [n["name"] for n in admin.namespaces.list()]
         with pytest.raises(errors.Conflict):
             admin.namespaces.create(name, quotas)

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import io
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -48,6 +49,35 @@ def test_create_exec_files_and_delete_with_a_context_manager(client: bulkhead.Cl
         assert client.sandboxes.get(sandbox.id).refresh().status == "running"
         kept = sandbox.id
     assert_gone(client, kept)
+
+
+def test_a_deleted_sandbox_deletes_again_and_its_files_offer_no_delete(client: bulkhead.Client) -> None:
+    s = client.sandboxes.create(ttl_seconds=600)
+    # The server serves no DELETE of a sandbox's files: the SDK offers none (rm does it).
+    assert not hasattr(s.files, "delete")
+    s.delete()
+    # Deleting it again answers as the first time did; the record stays, marked deleted.
+    s.delete()
+    client.sandboxes.delete(s.id)
+    assert_gone(client, s.id)
+    with pytest.raises(errors.NotFound):
+        client.sandboxes.delete("sbx_00000000000000000000000000000000")
+
+
+def test_a_retried_create_waits_for_its_first_try_and_makes_one_sandbox(client: bulkhead.Client) -> None:
+    before = {s.id for s in client.sandboxes.list()}
+    # Every try times out long before a sandbox starts: the retries meet the first try still
+    # running (409 with Retry-After), wait for it, and get what it made.
+    impatient = bulkhead.Client(timeout=0.05, retry=bulkhead.RetryPolicy(attempts=50, backoff=0.02, max_backoff=0.1))
+    with impatient:
+        s = impatient.sandboxes.create(ttl_seconds=600)
+    try:
+        assert s.status == "running"
+        assert {x.id for x in client.sandboxes.list() if x.status != "deleted"} - before == {s.id}
+    finally:
+        client.sandboxes.delete(s.id)
+    assert_gone(client, s.id)
+    assert {x.id for x in client.sandboxes.list() if x.status != "deleted"} <= before
 
 
 def test_the_async_client_does_the_same() -> None:
@@ -167,12 +197,20 @@ def test_background_processes_take_stdin_signals_and_stream_output(sandbox: bulk
     first = events[0]
     assert [e.seq for e in cat.output(after=first.seq) if e.type == "output"] == [e.seq for e in events[1:-1]]
     assert cat.refresh().data["status"] == "exited"
+    assert (cat.status, cat.exit_code) == ("exited", 0)
 
     sleeper = sandbox.processes.start("sleep 600")
     assert sleeper.id in [p.id for p in sandbox.processes.list()]
     sleeper.kill()
     done = sleeper.wait()
     assert (done.data["status"], done.data.get("signal"), done.data["exit_code"]) == ("exited", 9, 137)
+    # The same, typed.
+    assert (done.status, done.signal_number, done.exit_code) == ("exited", 9, 137)
+    assert done.pid == done.data["pid"] and done.pid > 0
+    running = sandbox.processes.start("sleep 600")
+    assert (running.status, running.exit_code) == ("running", None)
+    running.kill()
+    assert running.wait().exit_code == 137
 
     # A terminal: its output is one `pty` stream, and it has the size asked.
     tty = sandbox.processes.start(["sh", "-c", "stty size; read line; echo got $line"], tty={"rows": 30, "cols": 100})
@@ -257,3 +295,14 @@ def test_images_are_built_and_snapshotted_from_sandboxes(client: bulkhead.Client
         client.images.delete(built["name"])
     with pytest.raises(errors.NotFound):
         client.images.get(snap["name"])
+
+
+def test_a_build_that_outlasts_the_clients_timeout_is_waited_for(client: bulkhead.Client) -> None:
+    name = "py-slow-" + uuid.uuid4().hex[:8]
+    # The first try's answer times out; its retries wait for it rather than fail with a conflict.
+    with bulkhead.Client(timeout=2.0) as impatient:
+        image = impatient.images.build(name, "default", [["sleep", "8"]])
+    try:
+        assert image["name"] == name and [i["name"] for i in client.images.list()].count(name) == 1
+    finally:
+        client.images.delete(name)

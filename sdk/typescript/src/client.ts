@@ -48,7 +48,7 @@ import type {
 
 /** How to reach the server. Each field defaults from the environment. */
 export interface ClientOptions {
-  /** The server's base URL; default `$BULKHEAD_URL`, else `http://127.0.0.1:8080`. */
+  /** The server's base URL; default `$BULKHEAD_URL`, else `http://127.0.0.1:7070`. */
   url?: string | undefined;
   /** The bearer token (an API key or an OIDC token); default `$BULKHEAD_TOKEN`. */
   token?: string | undefined;
@@ -134,7 +134,7 @@ export class Client {
   constructor(options: ClientOptions = {}) {
     const env = typeof process === "undefined" ? {} : process.env;
     this.transport = new Transport({
-      url: options.url ?? env["BULKHEAD_URL"] ?? "http://127.0.0.1:8080",
+      url: options.url ?? env["BULKHEAD_URL"] ?? "http://127.0.0.1:7070",
       token: options.token ?? env["BULKHEAD_TOKEN"],
       fetch: options.fetch,
       retry: options.retry,
@@ -494,7 +494,10 @@ export class Sandbox extends Resource<SandboxInfo> implements AsyncDisposable {
     return this.client.create(this.path("/snapshot"), { name }, options);
   }
 
-  /** Deletes the sandbox: every process ends, its root goes. */
+  /**
+   * Deletes the sandbox: every process ends, its root goes. Deleting one already deleted
+   * succeeds again (its record stays, with status `deleted`).
+   */
   async delete(): Promise<void> {
     await this.client.transport.request("DELETE", this.path());
   }
@@ -624,6 +627,24 @@ export class Process extends Resource<ProcessInfo> {
     info: ProcessInfo,
   ) {
     super(sandbox.client, sandbox.path(`/processes/${enc(info.id)}`), info);
+  }
+
+  /** `running` or `exited`, as last read (`refresh()` reads it again). */
+  get status(): ProcessInfo["status"] {
+    return this.info.status;
+  }
+
+  /**
+   * Once exited, its exit status (128 + the signal number when a signal ended it); `undefined`
+   * while it runs. As last read.
+   */
+  get exitCode(): number | undefined {
+    return this.info.exit_code ?? undefined;
+  }
+
+  /** Its process id inside the sandbox. */
+  get pid(): number {
+    return this.info.pid;
   }
 
   /**

@@ -20,11 +20,18 @@ export interface RetryOptions {
   baseDelayMs?: number;
   /** The longest wait in milliseconds (default 8000). */
   maxDelayMs?: number;
+  /**
+   * How long, in milliseconds from its start, a create waits for an earlier attempt of it
+   * that still runs on the server (default 600000). Such an attempt makes the retry's answer a
+   * 409 `conflict` with `Retry-After`: the SDK waits as it says and asks again, without
+   * counting an attempt, until the first attempt's answer comes back (what it made).
+   */
+  deadlineMs?: number;
 }
 
 /** What the {@link Transport} needs. */
 export interface TransportOptions {
-  /** The server's base URL (`http://127.0.0.1:8080`). */
+  /** The server's base URL (`http://127.0.0.1:7070`). */
   url: string;
   /** The bearer token; `undefined` sends none. */
   token?: string | undefined;
@@ -65,6 +72,7 @@ export class Transport {
   readonly #attempts: number;
   readonly #baseDelayMs: number;
   readonly #maxDelayMs: number;
+  readonly #deadlineMs: number;
 
   constructor(options: TransportOptions) {
     this.url = options.url.replace(/\/+$/, "");
@@ -73,6 +81,7 @@ export class Transport {
     this.#attempts = Math.max(1, options.retry?.attempts ?? 4);
     this.#baseDelayMs = options.retry?.baseDelayMs ?? 250;
     this.#maxDelayMs = options.retry?.maxDelayMs ?? 8000;
+    this.#deadlineMs = options.retry?.deadlineMs ?? 600_000;
   }
 
   /**
@@ -81,6 +90,8 @@ export class Transport {
    * GETs are retried on a connection failure, a 429 `rate_limited`, 502, 503 and 504, waiting
    * `Retry-After` when the server gave one; so is a request with an idempotency key (a create),
    * with the same key. Nothing else is retried, nor a body that is a stream (it cannot be sent twice).
+   * A create whose earlier attempt still runs (409 with `Retry-After`) waits for it, up to
+   * {@link RetryOptions.deadlineMs}.
    *
    * @throws {@link ApiError} (its subclass for the code) for an error answer;
    *   {@link ConnectionError} when the server could not be reached.
@@ -111,6 +122,7 @@ export class Transport {
     }
     const idempotent = method === "GET" || method === "HEAD" || options.idempotencyKey !== undefined;
     const attempts = idempotent && replayable ? this.#attempts : 1;
+    const started = Date.now();
     for (let attempt = 1; ; attempt++) {
       let response: Response;
       try {
@@ -126,6 +138,16 @@ export class Transport {
       }
       if (response.ok || response.status === 101) return response;
       const error = await errorOf(response);
+      const inProgress =
+        response.status === 409 && error.retryAfter !== undefined && headers["idempotency-key"] !== undefined;
+      if (inProgress && replayable) {
+        const wait = this.#delay(attempt, error.retryAfter);
+        if (Date.now() - started + wait > this.#deadlineMs) throw error;
+        await sleep(wait);
+        // Waiting for an earlier attempt to answer is not an attempt of this one.
+        attempt--;
+        continue;
+      }
       const retried = RETRIED_STATUSES.has(response.status) && error.code !== "quota_exceeded";
       if (!retried || attempt >= attempts) throw error;
       await sleep(this.#delay(attempt, error.retryAfter));

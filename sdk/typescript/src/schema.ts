@@ -3164,9 +3164,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description A public image has this name */
+            /** @description A public image has this name; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3501,9 +3503,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The name is taken */
+            /** @description The name is taken; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3912,9 +3916,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The name is taken, or the Idempotency-Key is in use */
+            /** @description The name is taken, or the Idempotency-Key is in use; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4474,9 +4480,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The Idempotency-Key is in use, or was used with another bundle */
+            /** @description The Idempotency-Key is in use, or was used with another bundle; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -4916,8 +4924,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `conflict`: the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6100,9 +6111,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The namespace has an image of this name */
+            /** @description The namespace has an image of this name; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -6572,8 +6585,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `conflict`: the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7073,8 +7089,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `conflict`: the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7574,8 +7593,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description `conflict`: the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -7839,9 +7861,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The Idempotency-Key is in use, or was used with another body */
+            /** @description The Idempotency-Key is in use, or was used with another body; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -9285,9 +9309,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The sandbox is not running or has no image root, or the name is taken */
+            /** @description The sandbox is not running or has no image root, or the name is taken; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -9485,9 +9511,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The Idempotency-Key is in use, or was used with another body */
+            /** @description The Idempotency-Key is in use, or was used with another body; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -9761,9 +9789,11 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The agent has no deployed version, or the Idempotency-Key is in use */
+            /** @description The agent has no deployed version, or the Idempotency-Key is in use; or the Idempotency-Key's first request is still running (then with `Retry-After`: ask again after it, and get that request's answer) */
             409: {
                 headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {

@@ -32,6 +32,45 @@ test("the client takes its url, token and namespace from the environment", async
   assert.equal(health.status, "ok");
 });
 
+test("the default url is the one bulkhead serve listens on", () => {
+  const saved = process.env["BULKHEAD_URL"];
+  delete process.env["BULKHEAD_URL"];
+  try {
+    assert.equal(new Client().transport.url, "http://127.0.0.1:7070");
+  } finally {
+    if (saved !== undefined) process.env["BULKHEAD_URL"] = saved;
+  }
+});
+
+test("a retried create waits for its first attempt and makes one sandbox", async () => {
+  const live = async () => {
+    const ids = new Set<string>();
+    for await (const s of client.sandboxes.list()) if (s.status !== "deleted") ids.add(s.id);
+    return ids;
+  };
+  const before = await live();
+  // Every attempt gives up on its answer long before a sandbox starts: the retries meet the
+  // first attempt still running (409 with Retry-After), wait for it, and get what it made.
+  const impatient = new Client({
+    fetch: (input, init) => {
+      const abort = new AbortController();
+      const timer = setTimeout(() => abort.abort(), 50);
+      return fetch(input, { ...init, signal: abort.signal }).finally(() => clearTimeout(timer));
+    },
+    retry: { attempts: 50, baseDelayMs: 20, maxDelayMs: 100 },
+  });
+  const sandbox = await impatient.sandboxes.create({ ttl_seconds: 600 });
+  try {
+    assert.equal(sandbox.status, "running");
+    const made = [...(await live())].filter((id) => !before.has(id));
+    assert.deepEqual(made, [sandbox.id]);
+  } finally {
+    await client.sandboxes.get(sandbox.id).then((s) => s.delete());
+  }
+  const after = [...(await live())].filter((id) => !before.has(id));
+  assert.deepEqual(after, []);
+});
+
 test("create, exec, files and delete, with await using", async () => {
   let id: string;
   {
@@ -101,6 +140,17 @@ test("background processes take stdin and report their exit", async () => {
   assert.equal(done.exitCode, 4);
   assert.equal(done.stdout, "got hi\n");
   assert.equal((await proc.refresh()).status, "exited");
+  // The same, typed, as last read.
+  assert.equal(proc.status, "exited");
+  assert.equal(proc.exitCode, 4);
+  assert.ok(proc.pid > 0 && proc.pid === proc.info.pid, `pid ${proc.pid}`);
+  const sleeper = await sandbox.processes.start(["sleep", "600"]);
+  assert.equal(sleeper.status, "running");
+  assert.equal(sleeper.exitCode, undefined);
+  await sleeper.signal("SIGKILL");
+  await sleeper.wait();
+  await sleeper.refresh();
+  assert.equal(sleeper.exitCode, 137);
   assert.ok((await sandbox.processes.list()).some((p) => p.id === proc.id));
 });
 

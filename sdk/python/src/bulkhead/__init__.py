@@ -13,8 +13,8 @@ Every error answer raises a subclass of :class:`ApiError` (:mod:`bulkhead.errors
 
 from . import errors, types
 from ._core import Call, ExecEvent, ExecResult, ProcessEvent, RetryPolicy
-from .aio import AsyncClient, AsyncFiles, AsyncProcess, AsyncSandbox
-from .client import Client, Files, Process, Sandbox
+from .aio import AsyncClient, AsyncFiles, AsyncFilesystemFiles, AsyncProcess, AsyncSandbox
+from .client import Client, Files, FilesystemFiles, Process, Sandbox
 from .errors import ApiError
 from .pty import AsyncTerminal, Terminal
 
@@ -22,6 +22,7 @@ __all__ = [
     "ApiError",
     "AsyncClient",
     "AsyncFiles",
+    "AsyncFilesystemFiles",
     "AsyncProcess",
     "AsyncSandbox",
     "AsyncTerminal",
@@ -30,6 +31,7 @@ __all__ = [
     "ExecEvent",
     "ExecResult",
     "Files",
+    "FilesystemFiles",
     "Process",
     "ProcessEvent",
     "RetryPolicy",

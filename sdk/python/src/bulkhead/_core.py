@@ -17,7 +17,7 @@ import httpx
 
 from . import errors
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_URL = "http://127.0.0.1:7070"
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Config:
     @staticmethod
     def resolve(url: str | None, token: str | None, namespace: str | None) -> Config:
         """Fills what is ``None`` from ``BULKHEAD_URL``, ``BULKHEAD_TOKEN`` and
-        ``BULKHEAD_NAMESPACE`` (the URL defaults to ``http://127.0.0.1:8080``)."""
+        ``BULKHEAD_NAMESPACE`` (the URL defaults to ``http://127.0.0.1:7070``)."""
         url = url or os.environ.get("BULKHEAD_URL") or DEFAULT_URL
         return Config(
             url=url.rstrip("/"),
@@ -62,11 +62,17 @@ class RetryPolicy:
 
     Retried: connection failures, 429 ``rate_limited``, 502, 503 and 504. Only GETs and creates
     that carry an ``Idempotency-Key`` are retried; any other call is tried once.
+
+    A create whose earlier try still runs on the server (its retry is answered 409 ``conflict``
+    with ``Retry-After``) waits, as ``Retry-After`` says, until that try answers and then returns
+    what it made; these waits do not count as attempts, but end (raising the
+    :class:`bulkhead.errors.Conflict`) once ``deadline`` seconds have passed since the call began.
     """
 
     attempts: int = 4
     backoff: float = 0.25
     max_backoff: float = 8.0
+    deadline: float = 600.0
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait before try ``attempt + 1`` (``attempt`` counts from 1)."""
@@ -179,9 +185,27 @@ def error_for(status: int, headers: Mapping[str, str], body: bytes) -> errors.Ap
     return cls(status, code or f"http_{status}", message, request_id)
 
 
-def should_retry(call: Call, attempt: int, policy: RetryPolicy, response: httpx.Response | None) -> float | None:
+def in_progress(call: Call, response: httpx.Response | None) -> bool:
+    """Whether ``response`` says that an earlier try of the create ``call`` (same
+    ``Idempotency-Key``) still runs on the server: a 409 with ``Retry-After``."""
+    return (
+        response is not None
+        and response.status_code == 409
+        and "Idempotency-Key" in call.headers
+        and response.headers.get("retry-after") is not None
+    )
+
+
+def should_retry(
+    call: Call, attempt: int, policy: RetryPolicy, response: httpx.Response | None, elapsed: float = 0.0
+) -> float | None:
     """Seconds to wait before trying ``call`` again after try ``attempt`` ended with
-    ``response`` (``None``: the connection failed), or ``None`` not to retry."""
+    ``response`` (``None``: the connection failed), ``elapsed`` seconds after the call began; or
+    ``None`` not to retry. A create still in progress (:func:`in_progress`) is waited for until
+    the policy's ``deadline``, whatever ``attempt`` is."""
+    if call.idempotent and response is not None and in_progress(call, response):
+        wait = policy.delay(attempt, retry_after(response))
+        return wait if elapsed + wait <= policy.deadline else None
     if not call.idempotent or attempt >= policy.attempts:
         return None
     if response is None:
@@ -470,7 +494,7 @@ class ClientBase:
     the retry rule.
 
     Args:
-        url: the server, such as ``http://127.0.0.1:8080``; default ``BULKHEAD_URL``.
+        url: the server, such as ``http://127.0.0.1:7070``; default ``BULKHEAD_URL``.
         token: an API key's token (or an OIDC ID token); default ``BULKHEAD_TOKEN``.
         namespace: the namespace of namespaced calls; default ``BULKHEAD_NAMESPACE``.
         timeout: seconds to wait for a connection, a read or a write (not a whole stream).
@@ -534,7 +558,30 @@ class ProcessBase:
         self._base = f"{base}/{self.id}"
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(id={self.id!r}, status={self.data.get('status')!r})"
+        return f"{type(self).__name__}(id={self.id!r}, status={self.status!r})"
+
+    @property
+    def status(self) -> str:
+        """``running`` or ``exited``, as last read."""
+        return str(self.data.get("status", ""))
+
+    @property
+    def exit_code(self) -> int | None:
+        """Once exited: its exit status, 128 + the signal number when a signal ended it;
+        ``None`` while running (as last read)."""
+        code = self.data.get("exit_code")
+        return None if code is None else int(code)
+
+    @property
+    def signal_number(self) -> int | None:
+        """The signal that ended it, if one did (as last read)."""
+        sig = self.data.get("signal")
+        return None if sig is None else int(sig)
+
+    @property
+    def pid(self) -> int:
+        """Its process id inside the sandbox."""
+        return int(self.data["pid"])
 
 
 def file_params(path: str, user: str | None = None, **extra: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import asyncio
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -18,7 +19,7 @@ from .errors import NotFound
 from ._core import (
     CHUNK, Call, ClientBase, E, ExecEvent, ExecResult, ProcessBase, ProcessEvent, ProcessOutput, Resumable,
     RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_call, file_params, json_line, mode_str,
-    path, replayable, should_retry,
+    in_progress, path, replayable, should_retry,
 )
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class AsyncClient(ClientBase):
 
     async def _send(self, call: Call, stream: bool) -> httpx.Response:
         """Like :meth:`bulkhead.client.Client._send`, awaited."""
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             attempt += 1
             request = self._http.build_request(call.method, call.path, **call.kwargs(self.timeout))
@@ -111,9 +112,13 @@ class AsyncClient(ClientBase):
                 return response
             body = await response.aread()
             await response.aclose()
-            wait = should_retry(call, attempt, self.retry, response) if replayable(call.content) else None
+            elapsed = time.monotonic() - started
+            wait = should_retry(call, attempt, self.retry, response, elapsed) if replayable(call.content) else None
             if wait is None:
                 raise error_from(response, body)
+            if in_progress(call, response):
+                # Waiting for an earlier try to answer is not an attempt of this one.
+                attempt -= 1
             await asyncio.sleep(wait)
 
     async def request(self, call: Call) -> httpx.Response:
@@ -171,9 +176,13 @@ class _Resource:
 class Namespaces(_Resource):
     """The asynchronous :class:`bulkhead.client.Namespaces`."""
 
-    async def create(self, name: str, quotas: t.Quotas, *, idempotency_key: str | None = None, **extra: Any) -> t.Namespace:
+    async def create(
+        self, name: str, quotas: t.Quotas, *, placement: t.PlacementSpec | None = None,
+        idempotency_key: str | None = None, **extra: Any,
+    ) -> t.Namespace:
         """Like :meth:`bulkhead.client.Namespaces.create`, awaited."""
-        return cast(t.Namespace, await self._c.json(Call.create(path("namespaces"), {"name": name, "quotas": quotas, **extra}, idempotency_key)))
+        body = {"name": name, "quotas": quotas, **clean({"placement": placement}), **extra}
+        return cast(t.Namespace, await self._c.json(Call.create(path("namespaces"), body, idempotency_key)))
 
     async def list(self) -> list[t.Namespace]:
         """Like :meth:`bulkhead.client.Namespaces.list`, awaited."""
@@ -183,9 +192,10 @@ class Namespaces(_Resource):
         """Like :meth:`bulkhead.client.Namespaces.get`, awaited."""
         return cast(t.Namespace, await self._c.json(Call.get(path("namespaces", name))))
 
-    async def update(self, name: str, **changes: Any) -> t.Namespace:
+    async def update(self, name: str, *, placement: t.PlacementSpec | None = None, **changes: Any) -> t.Namespace:
         """Like :meth:`bulkhead.client.Namespaces.update`, awaited."""
-        return cast(t.Namespace, await self._c.json(Call("PATCH", path("namespaces", name), json=changes)))
+        body = {**clean({"placement": placement}), **changes}
+        return cast(t.Namespace, await self._c.json(Call("PATCH", path("namespaces", name), json=body)))
 
     async def delete(self, name: str) -> None:
         """Like :meth:`bulkhead.client.Namespaces.delete`, awaited."""
@@ -352,8 +362,13 @@ class AsyncFiles:
         """Like :meth:`bulkhead.client.Files.list`, awaited."""
         return [x async for x in self._c.pages(Call.get(self._base, **file_params(path, user, list=True)))]
 
+
+
+class AsyncFilesystemFiles(AsyncFiles):
+    """The asynchronous :class:`bulkhead.client.FilesystemFiles`."""
+
     async def delete(self, path: str) -> None:
-        """Like :meth:`bulkhead.client.Files.delete`, awaited."""
+        """Like :meth:`bulkhead.client.FilesystemFiles.delete`, awaited."""
         await self._c.request(Call("DELETE", self._base, params=file_params(path)))
 
 
@@ -460,9 +475,9 @@ class Filesystems(_Resource):
         call = Call("DELETE", self._c.ns_path(namespace, "filesystems", fs_id), params=clean({"force": force or None}))
         await self._c.request(call)
 
-    def files(self, fs_id: str, *, namespace: str | None = None) -> AsyncFiles:
+    def files(self, fs_id: str, *, namespace: str | None = None) -> AsyncFilesystemFiles:
         """Like :meth:`bulkhead.client.Filesystems.files`, with awaited methods."""
-        return AsyncFiles(self._c, self._c.ns_path(namespace, "filesystems", fs_id, "files"))
+        return AsyncFilesystemFiles(self._c, self._c.ns_path(namespace, "filesystems", fs_id, "files"))
 
     async def export_archive(self, fs_id: str, *, namespace: str | None = None) -> AsyncIterator[bytes]:
         """Like :meth:`bulkhead.client.Filesystems.export_archive`, with ``async for``."""

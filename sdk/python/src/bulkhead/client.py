@@ -22,7 +22,7 @@ from .errors import NotFound
 from ._core import (
     CHUNK, Call, ClientBase, E, ExecEvent, ExecResult, ProcessBase, ProcessEvent, ProcessOutput, Resumable,
     RetryPolicy, SandboxBase, TaskMessages, clean, error_from, exec_call, file_params, json_line, mode_str,
-    path, replayable, should_retry,
+    in_progress, path, replayable, should_retry,
 )
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class Client(ClientBase):
 
     def _send(self, call: Call, stream: bool) -> httpx.Response:
         """Sends ``call``, retrying as its :class:`RetryPolicy` allows; an error answer raises."""
-        attempt = 0
+        attempt, started = 0, time.monotonic()
         while True:
             attempt += 1
             request = self._http.build_request(call.method, call.path, **call.kwargs(self.timeout))
@@ -108,9 +108,13 @@ class Client(ClientBase):
                 return response
             body = response.read()
             response.close()
-            wait = should_retry(call, attempt, self.retry, response) if replayable(call.content) else None
+            elapsed = time.monotonic() - started
+            wait = should_retry(call, attempt, self.retry, response, elapsed) if replayable(call.content) else None
             if wait is None:
                 raise error_from(response, body)
+            if in_progress(call, response):
+                # Waiting for an earlier try to answer is not an attempt of this one.
+                attempt -= 1
             time.sleep(wait)
 
     def request(self, call: Call) -> httpx.Response:
@@ -166,10 +170,15 @@ class _Resource:
 class Namespaces(_Resource):
     """Namespaces (``/v1/namespaces``): create, update and delete need the platform admin."""
 
-    def create(self, name: str, quotas: t.Quotas, *, idempotency_key: str | None = None, **extra: Any) -> t.Namespace:
-        """Creates a namespace with ``quotas`` (and ``isolation``, ``placement``, ``egress`` as
-        ``extra``). 409 ``Conflict`` when the name is taken."""
-        return cast(t.Namespace, self._c.json(Call.create(path("namespaces"), {"name": name, "quotas": quotas, **extra}, idempotency_key)))
+    def create(
+        self, name: str, quotas: t.Quotas, *, placement: t.PlacementSpec | None = None,
+        idempotency_key: str | None = None, **extra: Any,
+    ) -> t.Namespace:
+        """Creates a namespace with ``quotas``, ``placement`` (default shared) and what else
+        is given (``isolation``, ``egress``). 409 ``Conflict`` when the name is taken, or when a
+        dedicated placement asks for more than the host has left."""
+        body = {"name": name, "quotas": quotas, **clean({"placement": placement}), **extra}
+        return cast(t.Namespace, self._c.json(Call.create(path("namespaces"), body, idempotency_key)))
 
     def list(self) -> list[t.Namespace]:
         """The namespaces the token sees (every page)."""
@@ -179,9 +188,11 @@ class Namespaces(_Resource):
         """One namespace, with its ``usage`` now."""
         return cast(t.Namespace, self._c.json(Call.get(path("namespaces", name))))
 
-    def update(self, name: str, **changes: Any) -> t.Namespace:
-        """``PATCH``: new ``quotas`` (only those given change), ``placement`` or ``egress``."""
-        return cast(t.Namespace, self._c.json(Call("PATCH", path("namespaces", name), json=changes)))
+    def update(self, name: str, *, placement: t.PlacementSpec | None = None, **changes: Any) -> t.Namespace:
+        """``PATCH``: new ``quotas`` (only those given change), ``egress``, or a ``placement``
+        to move the namespace (its running sandboxes at once) to."""
+        body = {**clean({"placement": placement}), **changes}
+        return cast(t.Namespace, self._c.json(Call("PATCH", path("namespaces", name), json=body)))
 
     def delete(self, name: str) -> None:
         """Deletes the namespace and tears everything of it down."""
@@ -287,7 +298,8 @@ class Sandbox(SandboxBase):
         return cast(t.Image, self._c.json(Call.create(self._base + "/snapshot", {"name": name}, idempotency_key)))
 
     def delete(self) -> None:
-        """Deletes the sandbox (``NotFound`` if it is already gone)."""
+        """Deletes the sandbox. Deleting one already deleted succeeds again (its record stays,
+        with status ``deleted``); ``NotFound`` is for an id the namespace never had."""
         self._c.request(Call("DELETE", self._base))
 
     def __enter__(self) -> Sandbox:
@@ -347,8 +359,14 @@ class Files:
         """The entries of the directory at ``path`` (every page), sorted by name."""
         return list(self._c.pages(Call.get(self._base, **file_params(path, user, list=True))))
 
+
+
+class FilesystemFiles(Files):
+    """The files of a filesystem (paths relative to its root): those of :class:`Files`, and
+    :meth:`delete`. (A sandbox's files have no delete; run ``rm`` in it instead.)"""
+
     def delete(self, path: str) -> None:
-        """Deletes a file of a filesystem (not available for a sandbox's files)."""
+        """Deletes a file, or an empty directory, of the filesystem."""
         self._c.request(Call("DELETE", self._base, params=file_params(path)))
 
 
@@ -460,9 +478,9 @@ class Filesystems(_Resource):
         call = Call("DELETE", self._c.ns_path(namespace, "filesystems", fs_id), params=clean({"force": force or None}))
         self._c.request(call)
 
-    def files(self, fs_id: str, *, namespace: str | None = None) -> Files:
+    def files(self, fs_id: str, *, namespace: str | None = None) -> FilesystemFiles:
         """The filesystem's files, by paths relative to its root."""
-        return Files(self._c, self._c.ns_path(namespace, "filesystems", fs_id, "files"))
+        return FilesystemFiles(self._c, self._c.ns_path(namespace, "filesystems", fs_id, "files"))
 
     def export_archive(self, fs_id: str, *, namespace: str | None = None) -> Iterator[bytes]:
         """A tar of the whole filesystem, streamed in chunks."""

@@ -32,9 +32,29 @@ class Quotas(TypedDict, total=False):
     max_concurrent_execs: int
 
 
+class PlacementSpec(TypedDict):
+    """A namespace's placement as asked (platform admin): ``mode`` ``"shared"`` or
+    ``"dedicated"``; for ``dedicated``, whole ``cpus`` (default the cpu quota rounded up) and
+    ``memory_bytes`` reserved (default the memory quota)."""
+
+    mode: str
+    cpus: NotRequired[int]
+    memory_bytes: NotRequired[int]
+
+
+class Placement(TypedDict):
+    """A namespace's placement as admitted: ``mode``; for ``dedicated``, its ``cpus``, its
+    reserved ``memory_bytes`` and the host cores it holds (``cpuset``, such as ``"2-3"``)."""
+
+    mode: str
+    cpus: NotRequired[int]
+    memory_bytes: NotRequired[int]
+    cpuset: NotRequired[str]
+
+
 class Namespace(TypedDict):
-    """A namespace: ``name``, ``isolation``, ``quotas``, ``egress`` ceiling, times, and (on a
-    single namespace's answer) ``usage`` now."""
+    """A namespace: ``name``, ``isolation``, ``quotas``, ``egress`` ceiling, ``placement``,
+    times, and (on a single namespace's answer) ``usage`` now."""
 
     name: str
     isolation: str
@@ -43,6 +63,7 @@ class Namespace(TypedDict):
     updated_at: str
     usage: NotRequired[dict[str, Any]]
     egress: dict[str, Any]
+    placement: Placement
 
 
 class Key(TypedDict):
