@@ -550,14 +550,6 @@ where
     result
 }
 
-/// The figures of `--only ratelimit`.
-#[derive(Debug, Serialize)]
-struct RateLimitAlone {
-    host: String,
-    command_line: String,
-    ratelimit: ratelimit::RateLimitReport,
-}
-
 /// `--only ratelimit`: one loopback-only server; [`ratelimit::measure`].
 async fn only_ratelimit(
     args: &BenchArgs,
@@ -567,27 +559,11 @@ async fn only_ratelimit(
     image: &images::DefaultImage,
 ) -> anyhow::Result<()> {
     let seconds = args.api_seconds.max(1);
-    let result = with_loopback_server(args, bulkhead, data, settings, image, |admin, url| async move {
+    let figures = with_loopback_server(args, bulkhead, data, settings, image, |admin, url| async move {
         ratelimit::measure(&admin, &url, args.ratelimit_rps, args.api_concurrency, seconds).await
     })
-    .await;
-    let report = RateLimitAlone {
-        host: host(),
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        ratelimit: result?,
-    };
-    println!("host: {}", report.host);
-    println!("command: {}\n", report.command_line);
-    ratelimit::print(&report.ratelimit);
-    write_figures(args, &report)
-}
-
-/// The figures of `--only placement`.
-#[derive(Debug, Serialize)]
-struct PlacementAlone {
-    host: String,
-    command_line: String,
-    placement: placement::PlacementReport,
+    .await?;
+    report_section(args, "ratelimit", &figures, ratelimit::print)
 }
 
 /// `--only placement`: one loopback-only server; [`placement::measure`].
@@ -601,18 +577,21 @@ async fn only_placement(
     let noises = load::noises(&args.placement_noise)?;
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let execs = args.noisy_execs.max(1);
-    let result = with_loopback_server(args, bulkhead, data, settings, image, |admin, _url| async move {
+    let figures = with_loopback_server(args, bulkhead, data, settings, image, |admin, _url| async move {
         placement::measure(&admin, &cgroups, execs, &noises).await
     })
-    .await;
-    let report = PlacementAlone {
-        host: host(),
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        placement: result?,
-    };
-    println!("host: {}", report.host);
-    println!("command: {}\n", report.command_line);
-    placement::print(&report.placement);
+    .await?;
+    report_section(args, "placement", &figures, placement::print)
+}
+
+/// Prints one `--only` section's figures under the host and the command line, and writes them
+/// as JSON (`{"host", "command_line", <name>: figures}`) to `--out`.
+fn report_section<T: Serialize>(args: &BenchArgs, name: &str, figures: &T, print: fn(&T)) -> anyhow::Result<()> {
+    let (host, command_line) = (host(), std::env::args().collect::<Vec<_>>().join(" "));
+    println!("host: {host}");
+    println!("command: {command_line}\n");
+    print(figures);
+    let report = serde_json::json!({"host": host, "command_line": command_line, name: figures});
     write_figures(args, &report)
 }
 
