@@ -147,6 +147,45 @@ async fn bad_updates_keys_and_queries_are_400() {
     assert_eq!(r.body["quotas"], quotas, "a rejected update changed quotas");
 }
 
+/// An array where the API has an object is refused at every depth, on every route (serde's
+/// derived structs would take their fields from it in order), and nothing changes.
+#[tokio::test]
+async fn arrays_in_place_of_objects_are_400_naming_where() {
+    let h = Harness::with_namespaces(&["acme"]).await;
+    let admin = Some(h.admin.as_str());
+    let quotas = json!([2000, 2147483648u64, 10737418240u64, 5, 128, 3600]);
+    let cases: Vec<(Method, &str, Value, &str)> = vec![
+        (Method::POST, "/v1/namespaces", json!(["iron", null, null, quotas]), "body"),
+        (Method::POST, "/v1/namespaces", json!({"name": "iron", "quotas": quotas}), "quotas"),
+        (Method::PATCH, "/v1/namespaces/acme", json!({"quotas": [1000]}), "quotas"),
+        (Method::PATCH, "/v1/namespaces/acme", json!({"placement": ["dedicated", 1, 5000000]}), "placement"),
+        (Method::PATCH, "/v1/namespaces/acme", json!({"egress": [["pypi.org"]]}), "egress"),
+        (Method::PATCH, "/v1/namespaces/acme", json!([{"cpu_millis": 1000}]), "body"),
+        (Method::POST, "/v1/namespaces/acme/keys", json!(["ci", "viewer"]), "body"),
+        (Method::POST, "/v1/namespaces/acme/sandboxes", json!({"filesystem": ["fs_0", "rw"]}), "filesystem"),
+        (
+            Method::POST,
+            "/v1/namespaces/acme/sandboxes",
+            json!({"egress": {"allow": [], "credentials": [["h", "s", "x-key", "{}"]]}}),
+            "egress.credentials[0]",
+        ),
+    ];
+    for (method, path, body, at) in cases {
+        let r = h.call(method.clone(), path, admin, body.clone()).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path} {body}: {}", r.body);
+        assert_envelope(&r, "invalid_request");
+        let message = r.body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with(at), "{method} {path} {body}: {message:?} does not start with {at}");
+    }
+    let r = h.call(Method::GET, "/v1/namespaces/iron", admin, Value::Null).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    let r = h.call(Method::GET, "/v1/namespaces/acme", admin, Value::Null).await;
+    assert_eq!(r.body["placement"], json!({"mode": "shared"}));
+    assert_eq!(r.body["quotas"]["cpu_millis"], 2000);
+    let r = h.call(Method::GET, "/v1/namespaces/acme/keys", admin, Value::Null).await;
+    assert_eq!(r.body["items"], json!([]));
+}
+
 fn raw(method: Method, path: &str, token: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(path).header("authorization", format!("Bearer {token}"));
     if let Some(ct) = content_type {

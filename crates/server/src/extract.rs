@@ -8,12 +8,16 @@ use axum::http::HeaderMap;
 pub use bulkhead_api::PageParams;
 use bulkhead_core::ids::{hex, unhex};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::ApiError;
 
 /// Parses a JSON request body into `T`. Wrong content type is a 415, malformed JSON, bytes after
 /// the value, or a wrong field a 400 naming the field (`quotas.memory_bytes: invalid type ...`).
-pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
+/// Wherever `T` has an object (a struct), the body must have one: serde's derived structs also
+/// take an array of their fields in order (`{"quotas": [1000, ...]}`), which the API refuses as
+/// `<path>: must be a JSON object` ([`array_for_object`]).
+pub fn json<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
     if !mime.eq_ignore_ascii_case("application/json") {
@@ -34,19 +38,39 @@ pub fn json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, 
     })?;
     // One JSON value and nothing after it but whitespace.
     de.end().map_err(|e| ApiError::Invalid(format!("body: {e}")))?;
+    if body.contains(&b'[') {
+        let sent: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("body: {e}")))?;
+        let read = serde_json::to_value(&value).map_err(|e| ApiError::Internal(format!("re-reading a body: {e}")))?;
+        if let Some(path) = array_for_object(&sent, &read, "") {
+            let path = if path.is_empty() { "body".to_owned() } else { path };
+            return Err(ApiError::Invalid(format!("{path}: must be a JSON object")));
+        }
+    }
     Ok(value)
 }
 
-/// [`json`] of a body that must be a JSON object (serde would also take a struct from an array
-/// of its fields in order).
-pub fn json_object<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some() && first != Some(&b'{') {
-        // The content type is judged first, as `json` does.
-        json::<serde_json::Value>(headers, body)?;
-        return Err(ApiError::Invalid("body: must be a JSON object".into()));
-    }
+/// [`json`]; kept for the routes that name the body's shape.
+pub fn json_object<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
     json(headers, body)
+}
+
+/// The path (`quotas`, `egress.credentials[0]`; empty for the whole body) of the first place
+/// where the body as `sent` has an array and the value as it was `read` has an object: a struct
+/// that serde took from its fields in order. `None` when there is none.
+pub fn array_for_object(sent: &serde_json::Value, read: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match (sent, read) {
+        (Value::Array(_), Value::Object(_)) => Some(at.to_owned()),
+        (Value::Object(sent), Value::Object(read)) => sent.iter().find_map(|(key, value)| {
+            let path = if at.is_empty() { key.clone() } else { format!("{at}.{key}") };
+            read.get(key).and_then(|r| array_for_object(value, r, &path))
+        }),
+        (Value::Array(sent), Value::Array(read)) => {
+            sent.iter().zip(read).enumerate().find_map(|(i, (s, r))| array_for_object(s, r, &format!("{at}[{i}]")))
+        }
+        _ => None,
+    }
 }
 
 /// `axum::extract::Path` whose rejection is our `invalid_request`.

@@ -83,7 +83,7 @@ fn process_out(sandbox: &str, p: &ProcessInfo) -> Process {
 
 /// A terminal size asked for (`POST .../resize`, an attachment's `resize`), its numbers read
 /// wide so that any out of range is refused naming its field.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct SizeRequest {
     rows: i64,
