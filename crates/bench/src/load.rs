@@ -765,9 +765,10 @@ async fn noisy_in(
     let alone = stat(exec_round_trips(&b, "tenant-b", &sb.id, execs).await?);
 
     let workspaces = noises.iter().filter(|n| n.workspace).count() as u64;
+    // One core and 256 MiB, or what the noises take together when that is more (all five at once).
     let noisy = Quotas {
-        cpu_millis: 1000,
-        memory_bytes: 256 * MIB,
+        cpu_millis: noises.iter().map(|n| n.cpu_millis).sum::<u64>().max(1000),
+        memory_bytes: noises.iter().map(|n| n.memory_bytes).sum::<u64>().max(256 * MIB),
         disk_bytes: workspaces * NOISE_FILESYSTEM_BYTES,
         max_sandboxes: noises.len().max(1) as u64,
         pids_per_sandbox: 256,
