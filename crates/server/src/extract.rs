@@ -50,11 +50,6 @@ pub fn json<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -
     Ok(value)
 }
 
-/// [`json`]; kept for the routes that name the body's shape.
-pub fn json_object<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -> Result<T, ApiError> {
-    json(headers, body)
-}
-
 /// The path (`quotas`, `egress.credentials[0]`; empty for the whole body) of the first place
 /// where the body as `sent` has an array and the value as it was `read` has an object: a struct
 /// that serde took from its fields in order. `None` when there is none.

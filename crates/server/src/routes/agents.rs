@@ -15,7 +15,7 @@ use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::{list_page, load_namespace};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_object, PageParams, PathParams, QueryParams};
+use crate::extract::{json, PageParams, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::limits::{self, Direction, PumpError, SpoolError};
 use crate::service::agents;
@@ -74,7 +74,7 @@ pub async fn create(
 ) -> ApiResult<Response> {
     ctx.authorize(Action::AgentCreate, &Target::namespace(&ns))?;
     idempotency::create_in(ctx, ns, headers, body, idempotency::replay_response, |ctx, ns, headers, body| async move {
-        let req: CreateAgent = json_object(&headers, &body)?;
+        let req: CreateAgent = json(&headers, &body)?;
         validate::name("name", &req.name)?;
         load_namespace(&ctx, &ns).await?;
         ctx.audit_resource(format!("agent:{}", req.name));
@@ -210,7 +210,7 @@ pub async fn deploy(
     body: Bytes,
 ) -> ApiResult<Json<Agent>> {
     ctx.authorize(Action::AgentDeploy, &Target::agent(&ns, &agent))?;
-    let req: Deploy = json_object(&headers, &body)?;
+    let req: Deploy = json(&headers, &body)?;
     let row = load_agent(&ctx, &ns, &agent).await?;
     let version = agents::version_of(&ctx.state, &row, &req.version).await.map_err(|_| {
         ApiError::Invalid(format!("version: agent {} has no version {:?}", row.name, agents::shorten(&req.version, 80)))

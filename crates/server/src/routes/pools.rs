@@ -14,7 +14,7 @@ use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
 use super::load_namespace;
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json_object, PathParams};
+use crate::extract::{json, PathParams};
 use crate::service::pools::{self, PoolStatus, MAX_POOL_SIZE};
 use crate::service::records::ImageRow;
 use crate::time::rfc3339;
@@ -62,7 +62,7 @@ pub async fn set(
     body: Bytes,
 ) -> ApiResult<Json<WarmPool>> {
     ctx.authorize(Action::PoolSet, &Target::image(&ns, &image))?;
-    let req: SetWarmPool = json_object(&headers, &body)?;
+    let req: SetWarmPool = json(&headers, &body)?;
     let (row, status) = set_size(&ctx, &ns, &image, req.size).await?;
     Ok(Json(pool_out(&status, &row)))
 }

@@ -31,7 +31,7 @@ use super::load_namespace;
 use super::sandboxes::{create_sandbox, wants, TaskBoot};
 use crate::auth::Ctx;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{json, json_object, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
+use crate::extract::{json, next_cursor, Listed, PageParams, Paging, PathParams, QueryParams};
 use crate::idempotency::{self, Created};
 use crate::service::records::{AgentRow, StateWrite, TaskRow};
 use crate::service::{agents, tasks};
@@ -120,7 +120,7 @@ pub async fn create(
 }
 
 async fn create_task(ctx: &Ctx, ns: &str, headers: &HeaderMap, body: &[u8]) -> ApiResult<Created> {
-    let req: CreateTask = json_object(headers, body)?;
+    let req: CreateTask = json(headers, body)?;
     // A missing namespace is a 404; a missing agent, a field of the body.
     load_namespace(ctx, ns).await?;
     let agent = load_agent(ctx, ns, &req.agent).await.map_err(|e| match e {
@@ -370,7 +370,7 @@ pub async fn event(
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<EventAccepted>)> {
     ctx.authorize(Action::TaskEvent, &Target::task(&ns, &id))?;
-    let req: TaskEvent = json_object(&headers, &body)?;
+    let req: TaskEvent = json(&headers, &body)?;
     let row = load_task(&ctx, &ns, &id).await?;
     if row.ended() {
         return Err(ApiError::Conflict(format!("task {id} has {}", row.status)));
