@@ -208,6 +208,47 @@ impl HostCapacity {
         Ok(CpuSet::new(free.iter().rev().take(cpus as usize)))
     }
 
+    /// What is wrong with standing dedicated placements (`(namespace, placement)`, as stored)
+    /// on this host as it is now: cores this server may not run on (it was restarted with a
+    /// narrower CPU affinity, or on a smaller host), a core held by two namespaces, fewer than
+    /// [`SHARED_CPUS_KEPT`] cores left shared, reservations beyond the host's memory. One line
+    /// each, naming the namespace and the figures; empty when all is well. The placements stay
+    /// as they are (their sandboxes keep their cores): this is for the operator to act on.
+    pub fn standing_conflicts<'a>(&self, dedicated: impl IntoIterator<Item = (&'a str, &'a Dedicated)>) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut taken = CpuSet::default();
+        let mut reserved = 0u64;
+        for (ns, d) in dedicated {
+            let outside = d.cpuset.difference(&self.cpus);
+            if !outside.is_empty() {
+                out.push(format!(
+                    "namespace {ns} is dedicated cores {outside}, outside the cores this server may use ({})",
+                    self.cpus
+                ));
+            }
+            let twice = CpuSet::new(d.cpuset.iter().filter(|c| taken.contains(*c)));
+            if !twice.is_empty() {
+                out.push(format!("namespace {ns} is dedicated cores {twice}, which another namespace holds too"));
+            }
+            taken = taken.union(&d.cpuset);
+            reserved = reserved.saturating_add(d.memory_bytes);
+        }
+        let shared = self.cpus.difference(&taken).len();
+        if !taken.is_empty() && shared < SHARED_CPUS_KEPT {
+            out.push(format!(
+                "{shared} of this server's cores ({}) are left to the control plane and the shared namespaces;                  {SHARED_CPUS_KEPT} should be",
+                self.cpus
+            ));
+        }
+        let reservable = self.memory_bytes.saturating_sub(self.memory_kept());
+        if reserved > reservable {
+            out.push(format!(
+                "{reserved} bytes of memory are reserved by dedicated namespaces, {reservable} reservable on this host"
+            ));
+        }
+        out
+    }
+
     /// The cores of the shared namespaces: the host's, less every dedicated namespace's.
     pub fn shared<'a>(&self, dedicated: impl IntoIterator<Item = &'a Dedicated>) -> CpuSet {
         dedicated.into_iter().fold(self.cpus.clone(), |left, d| left.difference(&d.cpuset))
@@ -255,6 +296,25 @@ mod tests {
         for bad in ["a", "1-", "-1", "3-1", "70000", "1,,x", "18446744073709551616"] {
             assert!(CpuSet::parse(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn standing_placements_are_checked_against_the_host_as_it_is_now() {
+        let one = dedicated("1", 1 << 30);
+        assert!(host("0-1").standing_conflicts([("acme", &one)]).is_empty());
+        assert!(host("0").standing_conflicts([]).is_empty());
+        // Restarted under a narrower affinity: core 1 is outside, and nothing is left shared
+        // only if the dedicated cores cover what is left.
+        let narrow = host("0").standing_conflicts([("acme", &one)]);
+        assert_eq!(narrow.len(), 1, "{narrow:?}");
+        assert!(narrow[0].contains("namespace acme is dedicated cores 1, outside the cores this server may use (0)"));
+        let all = host("1").standing_conflicts([("acme", &one)]);
+        assert!(all.iter().any(|l| l.starts_with("0 of this server's cores (1)")), "{all:?}");
+        // Two namespaces on one core (a store copied between hosts), and memory beyond the host.
+        let also = dedicated("1-2", 30 << 30);
+        let lines = host("0-3").standing_conflicts([("acme", &one), ("beta", &also)]);
+        assert!(lines.iter().any(|l| l == "namespace beta is dedicated cores 1, which another namespace holds too"));
+        assert!(lines.iter().any(|l| l.contains("reservable on this host")), "{lines:?}");
     }
 
     #[test]

@@ -167,6 +167,14 @@ pub async fn load(state: &AppState) -> ServiceResult<()> {
             _ => break,
         }
     }
+    if let Some(capacity) = &state.placements.capacity {
+        let map = state.placements.read();
+        for problem in capacity.standing_conflicts(map.iter().map(|(ns, d)| (ns.as_str(), d))) {
+            tracing::warn!(
+                "placement: {problem}; the namespaces keep their cores until an admin changes their placement"
+            );
+        }
+    }
     if state.placements.in_use.load(Ordering::Relaxed) {
         apply_all(state).await?;
     }
