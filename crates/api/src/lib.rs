@@ -181,6 +181,9 @@ pub struct CreateNamespace {
     /// Where its sandboxes run; default `shared`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementSpec>,
+    /// Its egress ceiling from the start (see [`EgressCeiling`]); default empty: no egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressCeiling>,
     pub quotas: Quotas,
 }
 

@@ -57,7 +57,7 @@ async fn placed_tenant(
     placement: Option<bulkhead_api::PlacementSpec>,
 ) -> anyhow::Result<Client> {
     admin
-        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement, quotas })
+        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement, egress: None, quotas })
         .await
         .with_context(|| format!("create namespace {name}"))?;
     let key = admin

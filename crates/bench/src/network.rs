@@ -61,7 +61,13 @@ impl Server {
             max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
         };
         client
-            .create_namespace(&CreateNamespace { name: "net".into(), isolation: None, placement: None, quotas })
+            .create_namespace(&CreateNamespace {
+                name: "net".into(),
+                isolation: None,
+                placement: None,
+                egress: None,
+                quotas,
+            })
             .await?;
         Ok(Server { _process: process, client })
     }

@@ -76,7 +76,13 @@ async fn paced(b: &Client, ns: &str, until: Instant) -> (Vec<Duration>, u64) {
 /// A namespace with a developer key: a client of the key, and its token.
 async fn tenant(admin: &Client, name: &str, quotas: Quotas) -> anyhow::Result<(Client, String)> {
     admin
-        .create_namespace(&CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
+        .create_namespace(&CreateNamespace {
+            name: name.into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await
         .with_context(|| format!("create namespace {name}"))?;
     let key = admin

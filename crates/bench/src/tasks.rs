@@ -188,7 +188,13 @@ async fn measure_in(
         max_concurrent_execs: crate::RAISED_MAX_CONCURRENT_EXECS,
     };
     admin
-        .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
+        .create_namespace(&bulkhead_api::CreateNamespace {
+            name: NS.into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await
         .context("create the bench's namespace")?;
     let result = async {

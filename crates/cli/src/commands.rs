@@ -103,6 +103,13 @@ pub enum NamespaceCmd {
         isolation: Option<String>,
         #[command(flatten)]
         quotas: QuotaArgs,
+        /// The egress ceiling's entries from the start: a domain (`pypi.org`), `*.domain` or a
+        /// CIDR, each with an optional `:port` or `:low-high`; repeatable. Default: no egress.
+        #[arg(long = "egress-allow", value_name = "ENTRY")]
+        egress_allow: Vec<String>,
+        /// Bytes per second shared by all the namespace's egress (`10MiB`).
+        #[arg(long = "egress-bandwidth", value_name = "BYTES", value_parser = crate::units::parse_bytes)]
+        egress_bandwidth: Option<u64>,
         #[command(flatten)]
         placement: PlacementArgs,
     },
@@ -200,7 +207,7 @@ fn show_namespace(n: &Namespace, global: &Global) -> anyhow::Result<()> {
 pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<ExitCode> {
     let c = client(global)?;
     match cmd {
-        NamespaceCmd::Create { name, isolation, quotas, placement } => {
+        NamespaceCmd::Create { name, isolation, quotas, egress_allow, egress_bandwidth, placement } => {
             let d = bulkhead_core::Quotas::DEFAULT;
             let p = quotas.patch();
             let quotas = Quotas {
@@ -213,8 +220,10 @@ pub async fn namespace(cmd: NamespaceCmd, global: &Global) -> anyhow::Result<Exi
                 api_requests_per_second: p.api_requests_per_second.unwrap_or(d.api_requests_per_second),
                 max_concurrent_execs: p.max_concurrent_execs.unwrap_or(d.max_concurrent_execs),
             };
-            let n =
-                c.create_namespace(&CreateNamespace { name, isolation, placement: placement.spec(), quotas }).await?;
+            let egress = (!egress_allow.is_empty() || egress_bandwidth.is_some())
+                .then_some(EgressCeiling { allow: egress_allow, max_bandwidth_bytes_per_second: egress_bandwidth });
+            let body = CreateNamespace { name, isolation, placement: placement.spec(), egress, quotas };
+            let n = c.create_namespace(&body).await?;
             show_namespace(&n, global)?;
         }
         NamespaceCmd::List => {

@@ -51,6 +51,7 @@ impl World {
                 name: ns.into(),
                 isolation: None,
                 placement: None,
+                egress: None,
                 quotas,
             })
             .await

@@ -115,6 +115,45 @@ async fn the_ceiling_bounds_what_a_sandbox_may_ask_for() {
 }
 
 #[tokio::test]
+async fn a_namespace_may_be_created_with_its_ceiling_and_a_bad_one_creates_nothing() {
+    let h = Harness::with_namespaces(&[]).await;
+    let with = |name: &str, egress: Value| {
+        let mut body = common::namespace_body(name);
+        body["egress"] = egress;
+        body
+    };
+    // Malformed entries, a zero bandwidth, unknown fields: 400, and no namespace.
+    for bad in [
+        json!({"allow": ["pypi.org", "bad entry"]}),
+        json!({"allow": ["a..b"]}),
+        json!({"allow": [], "max_bandwidth_bytes_per_second": 0}),
+        json!({"allow": [], "credentials": []}),
+        json!(["pypi.org"]),
+        json!({"allow": "pypi.org"}),
+    ] {
+        let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), with("acme", bad.clone())).await;
+        assert_envelope(&r, "invalid_request");
+        let r = h.call(Method::GET, "/v1/namespaces/acme", Some(&h.admin), Value::Null).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{bad}: {}", r.body);
+    }
+    let ceiling = json!({"allow": ["pypi.org", "*.pythonhosted.org"], "max_bandwidth_bytes_per_second": 1000000});
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), with("acme", ceiling.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["egress"], ceiling);
+    let r = h.call(Method::GET, "/v1/namespaces/acme", Some(&h.admin), Value::Null).await;
+    assert_eq!(r.body["egress"], ceiling);
+    // It bounds the namespace's sandboxes at once.
+    let (_, dev) = h.create_key("acme", "dev", "developer").await;
+    let r = h
+        .call(Method::POST, "/v1/namespaces/acme/sandboxes", Some(&dev), json!({"egress": {"allow": ["example.com"]}}))
+        .await;
+    assert_envelope(&r, "forbidden");
+    // Without one, the ceiling is empty.
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), common::namespace_body("plain")).await;
+    assert_eq!(r.body["egress"], json!({"allow": []}), "{}", r.body);
+}
+
+#[tokio::test]
 async fn decisions_follow_the_allow_the_current_ceiling_and_the_policies() {
     let h = Harness::with_namespaces(&["acme"]).await;
     let (_, owner) = h.create_key("acme", "boss", "owner").await;

@@ -387,6 +387,7 @@ async fn a_gvisor_sandbox_reaches_its_gateway_and_not_another_tenant() {
             name: name.into(),
             isolation: Some("gvisor".into()),
             placement: None,
+            egress: None,
             quotas,
         };
         c.create_namespace(&body).await.unwrap();
@@ -450,6 +451,7 @@ async fn a_gvisor_sandbox_reaches_an_allowed_name_through_its_gateway_and_not_a_
         name: "gv".into(),
         isolation: Some("gvisor".into()),
         placement: None,
+        egress: None,
         quotas,
     })
     .await

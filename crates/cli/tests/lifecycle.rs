@@ -64,7 +64,13 @@ async fn setup(host: &mut Host, names: &(PathBuf, String)) -> (String, String, C
         max_concurrent_execs: 32,
     };
     admin
-        .create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
+        .create_namespace(&bulkhead_api::CreateNamespace {
+            name: NS.into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await
         .unwrap();
     (url, token.unwrap(), admin)
@@ -317,9 +323,15 @@ async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
     host.purge.push(names.clone());
     let c = Client::new(&started.url, started.first_token);
     let quotas = common::roomy_quotas();
-    c.create_namespace(&bulkhead_api::CreateNamespace { name: NS.into(), isolation: None, placement: None, quotas })
-        .await
-        .unwrap();
+    c.create_namespace(&bulkhead_api::CreateNamespace {
+        name: NS.into(),
+        isolation: None,
+        placement: None,
+        egress: None,
+        quotas,
+    })
+    .await
+    .unwrap();
     for _ in 0..3 {
         let e = c.create_sandbox(NS, &CreateSandbox { cpu_millis: Some(250), ..Default::default() }).await.unwrap_err();
         assert!(e.to_string().contains("503") || e.to_string().contains("unavailable"), "{e}");

@@ -44,9 +44,15 @@ fn run(cmd: &[&str]) {
 
 async fn namespace(c: &Client, name: &str) {
     let quotas = common::roomy_quotas();
-    c.create_namespace(&bulkhead_api::CreateNamespace { name: name.into(), isolation: None, placement: None, quotas })
-        .await
-        .unwrap();
+    c.create_namespace(&bulkhead_api::CreateNamespace {
+        name: name.into(),
+        isolation: None,
+        placement: None,
+        egress: None,
+        quotas,
+    })
+    .await
+    .unwrap();
 }
 
 async fn sandbox(c: &Client, ns: &str) -> String {

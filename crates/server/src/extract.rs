@@ -26,6 +26,11 @@ pub fn json<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -
             if content_type.is_empty() { "nothing" } else { content_type }
         )));
     }
+    // A whole body that is an array where `T` is a struct: refused before serde reads it as
+    // the struct's fields in order (where it would fail, if at all, naming a position).
+    if body.trim_ascii_start().first() == Some(&b'[') && is_struct::<T>() {
+        return Err(ApiError::Invalid("body: must be a JSON object".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -48,6 +53,50 @@ pub fn json<T: DeserializeOwned + Serialize>(headers: &HeaderMap, body: &[u8]) -
         }
     }
     Ok(value)
+}
+
+/// Whether `T` deserializes as a struct (serde's derived `Deserialize` of a struct asks its
+/// deserializer for one; a map, a sequence or a `serde_json::Value` asks for something else).
+/// Found by asking a deserializer that holds no data and only notes what it was asked for.
+fn is_struct<T: DeserializeOwned>() -> bool {
+    use serde::de::{Deserializer, Error, Visitor};
+
+    #[derive(Debug)]
+    struct Asked;
+    impl std::fmt::Display for Asked {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("probe")
+        }
+    }
+    impl std::error::Error for Asked {}
+    impl Error for Asked {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Asked
+        }
+    }
+    struct Probe<'a>(&'a mut bool);
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = Asked;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Asked> {
+            Err(Asked)
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            _: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Asked> {
+            *self.0 = true;
+            Err(Asked)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut asked = false;
+    let _ = T::deserialize(Probe(&mut asked));
+    asked
 }
 
 /// The path (`quotas`, `egress.credentials[0]`; empty for the whole body) of the first place
@@ -197,5 +246,29 @@ mod tests {
         assert_eq!(decode_cursor('n', &c).as_deref(), Some("acme"));
         assert_eq!(decode_cursor('k', &c), None);
         assert_eq!(decode_cursor('n', "zz"), None);
+    }
+
+    #[test]
+    fn structs_are_told_from_values_sequences_and_maps() {
+        assert!(is_struct::<bulkhead_api::CreateNamespace>());
+        assert!(is_struct::<bulkhead_api::UpdateNamespace>());
+        assert!(!is_struct::<serde_json::Value>());
+        assert!(!is_struct::<Vec<String>>());
+        assert!(!is_struct::<std::collections::BTreeMap<String, u64>>());
+        assert!(!is_struct::<Option<u64>>());
+    }
+
+    #[test]
+    fn a_whole_array_body_for_a_struct_is_refused_whatever_its_fields() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, "application/json".parse().unwrap());
+        for body in [&b" [\"iron\", null, null, null, {}]"[..], b"[]", b"[1]", b"\n\t[{\"name\": \"x\"}]"] {
+            let e = json::<bulkhead_api::UpdateNamespace>(&headers, body).unwrap_err();
+            assert!(matches!(&e, ApiError::Invalid(m) if m == "body: must be a JSON object"), "{e:?}");
+            let e = json::<bulkhead_api::CreateNamespace>(&headers, body).unwrap_err();
+            assert!(matches!(&e, ApiError::Invalid(m) if m == "body: must be a JSON object"), "{e:?}");
+        }
+        // A body whose type takes any JSON takes an array.
+        assert_eq!(json::<serde_json::Value>(&headers, b"[1, 2]").unwrap(), serde_json::json!([1, 2]));
     }
 }

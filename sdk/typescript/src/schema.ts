@@ -1342,6 +1342,7 @@ export interface components {
         };
         /** @description `POST /v1/namespaces` */
         CreateNamespace: {
+            egress?: null | components["schemas"]["EgressCeiling"];
             /** @description The isolation tier: a runtime class configured on the server. Default `container`. */
             isolation?: string | null;
             /** @description `[a-z0-9-]{1,63}`, starting with a letter. */

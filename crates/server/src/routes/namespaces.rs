@@ -51,7 +51,11 @@ async fn create_namespace(ctx: &Ctx, headers: &HeaderMap, body: &[u8]) -> ApiRes
     if let Some(p) = &req.placement {
         ctx.audit_detail("placement", serde_json::to_value(p).unwrap_or_default());
     }
-    let row = namespaces::create(&ctx.state, req.name, isolation, quotas, &placement).await?;
+    let egress = req.egress.as_ref().map(ceiling_in).transpose()?;
+    if let Some(e) = &egress {
+        ctx.audit_detail("egress", serde_json::to_value(e).unwrap_or_default());
+    }
+    let row = namespaces::create(&ctx.state, req.name, isolation, quotas, &placement, egress).await?;
     Created::json(StatusCode::CREATED, &namespace_out(&row))
 }
 

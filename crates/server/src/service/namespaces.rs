@@ -22,6 +22,7 @@ pub async fn create(
     isolation: String,
     quotas: Quotas,
     placement: &placement::Request,
+    egress: Option<bulkhead_core::egress::Ceiling>,
 ) -> ServiceResult<NamespaceRow> {
     let now = now_ms();
     let row = NamespaceRow {
@@ -31,7 +32,7 @@ pub async fn create(
         created_at_ms: now,
         updated_at_ms: now,
         incarnation: bulkhead_core::ids::new_incarnation(),
-        egress: None,
+        egress,
         placement: Default::default(),
         id_start: 0,
         id_count: 0,
