@@ -416,7 +416,13 @@ async fn images_alone(
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client
-        .create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, placement: None, quotas })
+        .create_namespace(&CreateNamespace {
+            name: "bench".into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await?;
     let key = admin_client
         .create_key(
@@ -516,6 +522,7 @@ async fn with_loopback_server<T, F, Fut>(
     data: &Path,
     settings: &Names,
     image: &images::DefaultImage,
+    serve_extra: &[&str],
     measure: F,
 ) -> anyhow::Result<T>
 where
@@ -527,6 +534,7 @@ where
         let image_args = image.serve_args();
         let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only"];
         extra.extend(image_args.iter().map(String::as_str));
+        extra.extend_from_slice(serve_extra);
         let serve = server::Serve {
             bulkhead,
             data_dir: &data.join("data"),
@@ -559,7 +567,7 @@ async fn only_ratelimit(
     image: &images::DefaultImage,
 ) -> anyhow::Result<()> {
     let seconds = args.api_seconds.max(1);
-    let figures = with_loopback_server(args, bulkhead, data, settings, image, |admin, url| async move {
+    let figures = with_loopback_server(args, bulkhead, data, settings, image, &[], |admin, url| async move {
         ratelimit::measure(&admin, &url, args.ratelimit_rps, args.api_concurrency, seconds).await
     })
     .await?;
@@ -577,10 +585,20 @@ async fn only_placement(
     let noises = load::noises(&args.placement_noise)?;
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let execs = args.noisy_execs.max(1);
-    let figures = with_loopback_server(args, bulkhead, data, settings, image, |admin, _url| async move {
-        placement::measure(&admin, &cgroups, execs, &noises).await
+    // First the control plane in the cgroup it was started in (the host's root here), then in
+    // its own weighted one (the default); the same noises, the same B, one server each.
+    let unweighted = ["--control-plane-cpu-weight", "0"];
+    let baseline = with_loopback_server(args, bulkhead, data, settings, image, &unweighted, |admin, _url| {
+        let (cgroups, noises) = (&cgroups, &noises);
+        async move { placement::measure(&admin, cgroups, execs, noises, placement::ControlPlane::Unweighted).await }
     })
     .await?;
+    let weighted = with_loopback_server(args, bulkhead, data, settings, image, &[], |admin, _url| {
+        let (cgroups, noises) = (&cgroups, &noises);
+        async move { placement::measure(&admin, cgroups, execs, noises, placement::ControlPlane::Weighted).await }
+    })
+    .await?;
+    let figures = placement::PlacementReport::merge(baseline, weighted);
     report_section(args, "placement", &figures, placement::print)
 }
 
@@ -809,7 +827,13 @@ async fn bench(
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client
-        .create_namespace(&CreateNamespace { name: "bench".into(), isolation: None, placement: None, quotas })
+        .create_namespace(&CreateNamespace {
+            name: "bench".into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await?;
     let key = admin_client
         .create_key(
@@ -976,7 +1000,13 @@ async fn bench(
         max_concurrent_execs: RAISED_MAX_CONCURRENT_EXECS,
     };
     admin_client
-        .create_namespace(&CreateNamespace { name: "restart".into(), isolation: None, placement: None, quotas })
+        .create_namespace(&CreateNamespace {
+            name: "restart".into(),
+            isolation: None,
+            placement: None,
+            egress: None,
+            quotas,
+        })
         .await?;
     let mut running = Vec::new();
     for _ in 0..adopted {

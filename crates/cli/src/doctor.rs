@@ -18,6 +18,8 @@
 //!   the server's standing configuration (they outlive sandboxes and server restarts): a
 //!   namespace's cgroup is a leak when its namespace is gone, and either is a leak when a
 //!   process sits directly in it;
+//! - the control plane's cgroup (`<prefix>/_control-plane`) holds the running server: a
+//!   process in it is the server's, and the cgroup is a leak when no process holds it;
 //! - host-global network objects are named with their owner's `net_prefix` (`bh` and four hex
 //!   digits): network namespaces `<net_prefix>-<sandbox id without sbx_>`, veths
 //!   `<net_prefix><first 9 characters of it>`, nftables tables `<net_prefix>_<rest>`. One whose
@@ -32,6 +34,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use bulkhead_client::{AuditFilter, Client, ClientError};
+use bulkhead_runtime::cgroup::CONTROL_PLANE;
 use bulkhead_runtime::host::{self, HostResource};
 use bulkhead_runtime::hostreg::{HostRegistry, Owner};
 use bulkhead_store::prelude::*;
@@ -72,6 +75,9 @@ enum Level {
     Top,
     /// A namespace's cgroup.
     Namespace(String),
+    /// The cgroup the server runs in (`<prefix>/_control-plane`), or a process in it: the
+    /// server's own, or what it started.
+    ControlPlane,
     /// Anything of one sandbox, with the sandbox it names (if it names one).
     Sandbox(Option<String>),
     /// A filesystem's loop device or mount, which the server keeps while the filesystem
@@ -137,6 +143,9 @@ struct World {
     nets: HashMap<String, NetOwner>,
     /// The host registry, for messages.
     registry: PathBuf,
+    /// A process holds the control plane's cgroup: a server runs on this prefix, and its top
+    /// cgroup stands even with no namespace.
+    control_plane_held: bool,
 }
 
 /// One leaked resource, as printed.
@@ -193,8 +202,15 @@ fn judge(found: &Found, world: &World) -> Option<String> {
             if found.busy {
                 return Some("a process sits directly in the prefix cgroup".into());
             }
-            live.filter(|l| l.namespaces.is_empty()).map(|l| format!("no namespace left{}", l.of()))
+            live.filter(|l| l.namespaces.is_empty() && !world.control_plane_held)
+                .map(|l| format!("no namespace left{}", l.of()))
         }
+        // The server leaves it when it stops; one that no process holds was left by a server
+        // killed outright (the next start on this prefix takes it over).
+        Level::ControlPlane if found.kind == "cgroup" && !found.busy => {
+            Some("no server runs in the control plane's cgroup".into())
+        }
+        Level::ControlPlane => None,
         Level::Stray(why) => Some(why.clone()),
         Level::Net { prefix, rest } => judge_net(found.kind, prefix, rest, world),
     }
@@ -228,6 +244,7 @@ fn scan(prefix: &str, state: &Path, data_dir: &Path) -> Vec<Found> {
     for c in host::cgroups_of(Path::new(CGROUP_ROOT), prefix) {
         let level = match c.below_prefix.as_slice() {
             [] => Level::Top,
+            [cp, ..] if cp == CONTROL_PLANE => Level::ControlPlane,
             [ns] => Level::Namespace(ns.clone()),
             [_, sbx, ..] => Level::Sandbox(Some(sbx.clone())),
         };
@@ -238,6 +255,7 @@ fn scan(prefix: &str, state: &Path, data_dir: &Path) -> Vec<Found> {
     for p in host::processes_in(prefix) {
         let level = match p.below_prefix.as_slice() {
             [] => Level::Stray("in the prefix cgroup, not a sandbox's".into()),
+            [cp, ..] if cp == CONTROL_PLANE => Level::ControlPlane,
             [ns] => Level::Stray(format!("in namespace {ns}'s cgroup, not a sandbox's")),
             [_, sbx, ..] => Level::Sandbox(Some(sbx.clone())),
         };
@@ -463,7 +481,8 @@ pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCod
     // The host first, then what is live: a sandbox created in between is then known, not
     // reported as a leak.
     let found = scan(&args.cgroup_prefix, &state, &data_dir);
-    let mut world = World { registry: args.host_registry.clone(), ..World::default() };
+    let control_plane_held = found.iter().any(|f| f.level == Level::ControlPlane && f.kind == "cgroup" && f.busy);
+    let mut world = World { registry: args.host_registry.clone(), control_plane_held, ..World::default() };
     let owners = owners(&args.host_registry)?;
     match learn(global, &data_dir).await? {
         Ok(mut live) => {
@@ -548,6 +567,13 @@ mod tests {
         assert!(leak(&found("x", Level::Top, false), &world(Some(Live::default()))));
         assert!(leak(&found("x", Level::Top, true), &unknown));
         assert!(leak(&found("x", Level::Stray("in the prefix cgroup".into()), false), &known));
+        // The running server holds its control plane's cgroup, and with it the top cgroup.
+        assert!(!leak(&found("x", Level::ControlPlane, true), &known));
+        assert!(leak(&found("x", Level::ControlPlane, false), &known));
+        let process = Found { kind: "process", ..found("x", Level::ControlPlane, false) };
+        assert!(!leak(&process, &unknown));
+        let held = World { control_plane_held: true, ..world(Some(Live::default())) };
+        assert!(!leak(&found("x", Level::Top, false), &held));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `bulkhead serve`: logs, bootstrap, bind, serve.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -46,6 +46,19 @@ pub struct ServeArgs {
     /// Name of this server's top cgroup.
     #[arg(long, env = "BULKHEAD_CGROUP_PREFIX", default_value = "bulkhead")]
     cgroup_prefix: String,
+    /// The CPU weight of the server's own cgroup (`<prefix>/_control-plane`), in cgroup v2
+    /// units, 1 to 10000, against each namespace's 100 (on cgroup v1, `cpu.shares` of ten
+    /// times as much per 100): when a tenant keeps the CPU busy, the API, the runtime's calls
+    /// and other tenants' execs still get a core. 0 leaves the server in the cgroup it was
+    /// started in.
+    #[arg(
+        long,
+        env = "BULKHEAD_CONTROL_PLANE_CPU_WEIGHT",
+        value_name = "WEIGHT",
+        default_value_t = bulkhead_runtime::cgroup::CONTROL_PLANE_CPU_WEIGHT,
+        value_parser = clap::value_parser!(u32).range(0..=10_000)
+    )]
+    control_plane_cpu_weight: u32,
     /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
     #[arg(long, env = "BULKHEAD_SUPERVISOR")]
     supervisor: Option<PathBuf>,
@@ -280,14 +293,45 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     // Sandboxes with a network of their own reach the API through their gateway.
     started.state.runtime.serve_api(addr).await;
+    // Weighted before it says it listens: whoever waits for that line finds it in place.
+    let control_plane = enter_control_plane(&args);
     println!("bulkhead listening on http://{addr}");
     tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
     let runtime = started.state.runtime.clone();
     let served = bulkhead_server::serve(started.state, listener).await.context("server failed");
     // What the runtime made ahead for creates (spare sandbox networks) goes with the server.
     runtime.shutdown().await;
+    if let Some(plane) = control_plane {
+        if let Err(e) = plane.leave() {
+            tracing::warn!(error = %e, "could not leave the control plane's cgroup");
+        }
+    }
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the host's cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Moves this process into its own weighted cgroup (`--control-plane-cpu-weight`), once the
+/// server has started (its sweep of what a previous run left has run). A host that refuses is
+/// a warning: the server runs on, unweighted.
+fn enter_control_plane(args: &ServeArgs) -> Option<bulkhead_runtime::cgroup::ControlPlane> {
+    if args.control_plane_cpu_weight == 0 {
+        return None;
+    }
+    let entered = bulkhead_runtime::cgroup::Cgroups::detect(Path::new(CGROUP_ROOT), &args.cgroup_prefix)
+        .and_then(|cgroups| cgroups.enter_control_plane(std::process::id(), args.control_plane_cpu_weight));
+    match entered {
+        Ok(plane) => {
+            tracing::info!(cgroup = %plane.dir().display(), weight = args.control_plane_cpu_weight, "control plane weighted");
+            Some(plane)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the control plane runs unweighted: its cgroup could not be made");
+            None
+        }
+    }
 }
 
 /// `--insecure-registry HOST[:PORT]`: a registry as an image reference names it (no scheme, no

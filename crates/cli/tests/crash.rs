@@ -115,6 +115,36 @@ fn alive(pid: i32) -> bool {
         .unwrap_or(false)
 }
 
+/// The cgroup of process `pid` that weighs its CPU (v1: the hierarchy with `cpu`; v2: the
+/// unified one), and that cgroup's weight file as read (`cpu.shares` or `cpu.weight`).
+fn cpu_cgroup(pid: u32) -> (String, String) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = text.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "cpu").then(|| path.to_owned())
+    });
+    match v1 {
+        Some(path) => {
+            let shares = std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{path}/cpu.shares")).unwrap();
+            (path, shares.trim().to_owned())
+        }
+        None => {
+            let path = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap().to_owned();
+            let weight = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.weight")).unwrap();
+            (path, weight.trim().to_owned())
+        }
+    }
+}
+
+/// The server runs in its own cgroup below its prefix, weighted ten times a namespace.
+fn assert_weighted(server: &Server, prefix: &str) {
+    let (path, weight) = cpu_cgroup(server.child.id());
+    assert_eq!(path, format!("/{prefix}/_control-plane"));
+    let v1 = std::fs::read_to_string(format!("/proc/{}/cgroup", server.child.id())).unwrap().contains(":cpu");
+    assert_eq!(weight, if v1 { "10240" } else { "1000" });
+}
+
 #[test]
 fn kill_9_restart_reconciles_and_leaves_nothing() {
     let Crashable { dir: _dir, _cleanup, prefix, state, data, admin, mut server } = Crashable::start(0);
@@ -131,6 +161,7 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
     let (survivor, casualty, orphan) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+    assert_weighted(&server, &prefix);
     let exec = |s: &Server, id: &str, cmd: &str| {
         let body = serde_json::json!({"cmd": ["sh", "-c", cmd]}).to_string();
         http(s, &admin, "POST", &format!("/v1/namespaces/alpha/sandboxes/{id}/exec"), Some(&body))
@@ -154,6 +185,8 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
     });
 
     let mut server = start(&data, &state, &prefix);
+    // The control plane's cgroup that the crash left is taken over.
+    assert_weighted(&server, &prefix);
     // Adopted: still running, its /tmp intact.
     let (code, body) = exec(&server, &survivor, "cat /tmp/state");
     assert_eq!(code, 200, "{body}");

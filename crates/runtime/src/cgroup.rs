@@ -22,6 +22,16 @@ use bulkhead_core::placement::CpuSet;
 
 use crate::{CpuPlacement, NamespaceLimits, Result, RuntimeError, SandboxStats};
 
+/// The cgroup below the server's top cgroup that holds the server's own process
+/// ([`Cgroups::enter_control_plane`]). No namespace can have this name (a namespace's starts
+/// with a letter), so nothing that walks the namespaces' cgroups ever takes it for one.
+pub const CONTROL_PLANE: &str = "_control-plane";
+
+/// The control plane's default CPU weight, in cgroup v2 units (1 to 10,000; every namespace's
+/// cgroup has the kernel's default, 100): ten times a namespace's, so that a tenant running
+/// at its CPU quota cannot make the server that answers every other tenant wait for a core.
+pub const CONTROL_PLANE_CPU_WEIGHT: u32 = 1000;
+
 /// Which cgroup hierarchy the host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -495,7 +505,7 @@ impl Cgroups {
         let top = self.controller("pids").join(&self.prefix);
         let mut out = Vec::new();
         for ns in fs::read_dir(&top).into_iter().flatten().flatten() {
-            if !ns.path().is_dir() {
+            if !ns.path().is_dir() || ns.file_name() == CONTROL_PLANE {
                 continue;
             }
             for sbx in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
@@ -516,13 +526,52 @@ impl Cgroups {
         for h in self.hierarchies() {
             for ns in fs::read_dir(h.join(&self.prefix)).into_iter().flatten().flatten() {
                 let name = ns.file_name().to_string_lossy().into_owned();
-                if ns.path().is_dir() && !out.contains(&name) {
+                if ns.path().is_dir() && name != CONTROL_PLANE && !out.contains(&name) {
                     out.push(name);
                 }
             }
         }
         out.sort();
         out
+    }
+
+    /// Moves process `pid` (every thread of it) into [`CONTROL_PLANE`] below the server's top
+    /// cgroup, with CPU weight `weight` in cgroup v2 units (1 to 10,000, where every namespace
+    /// has 100): v2 writes `cpu.weight` in the unified hierarchy; v1 writes `cpu.shares`
+    /// (`weight * 1024 / 100`, the kernel's own mapping of one to the other) in the `cpu`
+    /// hierarchy alone, leaving the process's memory, pids and cpuset cgroups as they were.
+    ///
+    /// The weight only matters when the CPU is contended: then the control plane gets `weight`
+    /// parts to each namespace's 100, so one tenant at its quota (a fork bomb, a busy loop)
+    /// does not queue the API, the runtime's calls and every other tenant's exec behind it.
+    /// On v2 the control plane, a member of the top cgroup's cpuset, also keeps off the cores
+    /// that dedicated namespaces hold; on v1 it may run on any core.
+    ///
+    /// Returns what [`ControlPlane::leave`] needs to put the process back. Errors: the weight
+    /// out of range (`Protocol`), or a cgroup file the kernel refuses (`Io`).
+    pub fn enter_control_plane(&self, pid: u32, weight: u32) -> Result<ControlPlane> {
+        if !(1..=10_000).contains(&weight) {
+            return Err(RuntimeError::Protocol(format!("control plane CPU weight {weight}: expected 1 to 10000")));
+        }
+        let (hierarchy, controller_line, weight_file, value) = match self.version {
+            Version::V2 => (self.root.clone(), "", "cpu.weight", weight.to_string()),
+            Version::V1 => (self.root.join("cpu"), "cpu", "cpu.shares", (u64::from(weight) * 1024 / 100).to_string()),
+        };
+        let top = hierarchy.join(&self.prefix);
+        let dir = top.join(CONTROL_PLANE);
+        fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
+        if self.version == Version::V2 {
+            for d in [&self.root, &top] {
+                write(&d.join("cgroup.subtree_control"), "+cpu")?;
+            }
+        }
+        write(&dir.join(weight_file), &value)?;
+        let from = own_cgroup(pid, self.version, controller_line)
+            .map(|rel| hierarchy.join(rel.trim_start_matches('/')))
+            .filter(|d| *d != dir && d.is_dir())
+            .unwrap_or_else(|| hierarchy.clone());
+        write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        Ok(ControlPlane { pid, dir, from })
     }
 
     /// Resource use of a sandbox from its cgroup counters.
@@ -582,6 +631,62 @@ impl Cgroups {
             }
         })
     }
+}
+
+/// The server's process in its own cgroup ([`Cgroups::enter_control_plane`]).
+#[derive(Debug)]
+pub struct ControlPlane {
+    pid: u32,
+    /// `<hierarchy>/<prefix>/_control-plane`.
+    dir: PathBuf,
+    /// Where the process was before, to go back to.
+    from: PathBuf,
+}
+
+impl ControlPlane {
+    /// The control plane's cgroup directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves the process back where it came from (the hierarchy's root when that is gone) and
+    /// removes the control plane's cgroup, and the top cgroup too when nothing else is left in
+    /// it. A cgroup that other processes still hold (children the server started) stays.
+    pub fn leave(self) -> Result<()> {
+        let back = match self.from.join("cgroup.procs").exists() {
+            true => &self.from,
+            false => self.dir.ancestors().nth(2).unwrap_or(&self.dir),
+        };
+        write(&back.join("cgroup.procs"), &self.pid.to_string())?;
+        match fs::remove_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                tracing::warn!(cgroup = %self.dir.display(), "processes the server started still hold its cgroup");
+                return Ok(());
+            }
+            Err(e) => return Err(RuntimeError::io(format!("remove cgroup {}", self.dir.display()))(e)),
+        }
+        if let Some(top) = self.dir.parent() {
+            // Fails harmlessly while a namespace still has a cgroup.
+            let _ = fs::remove_dir(top);
+        }
+        Ok(())
+    }
+}
+
+/// The cgroup of process `pid` in the hierarchy that holds `controller` (v1), or in the unified
+/// one (v2, `controller` unused), from `/proc/<pid>/cgroup` (`ID:CONTROLLERS:PATH` lines).
+fn own_cgroup(pid: u32, version: Version, controller: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let ours = match version {
+            Version::V2 => id == "0" && controllers.is_empty(),
+            Version::V1 => controllers.split(',').any(|c| c == controller),
+        };
+        ours.then(|| path.to_owned())
+    })
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -727,6 +832,70 @@ mod tests {
         .unwrap();
         assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/cpu.max")).unwrap(), "50000 100000");
         assert_eq!(fs::read_to_string(d.path().join("bulkhead/acme/pids.max")).unwrap(), "64");
+    }
+
+    /// Removes the plain files a fake tree keeps where the kernel has control files.
+    fn clear_files(dir: &Path) {
+        for f in fs::read_dir(dir).unwrap().flatten() {
+            if f.path().is_file() {
+                fs::remove_file(f.path()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn v1_control_plane_is_weighted_in_the_cpu_hierarchy_alone_and_never_a_namespace() {
+        let d = fake_v1();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let limits =
+            NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 64, placement: Default::default() };
+        cg.ensure_namespace("acme", &limits).unwrap();
+        let plane = cg.enter_control_plane(4242, CONTROL_PLANE_CPU_WEIGHT).unwrap();
+        let dir = d.path().join("cpu/bulkhead/_control-plane");
+        assert_eq!(plane.dir(), dir);
+        assert_eq!(fs::read_to_string(dir.join("cpu.shares")).unwrap(), "10240");
+        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "4242");
+        for other in ["memory", "pids", "freezer"] {
+            assert!(!d.path().join(other).join("bulkhead").join(CONTROL_PLANE).exists(), "{other}");
+        }
+        // Walks of the namespaces and their sandboxes never meet it.
+        assert_eq!(cg.namespaces(), vec!["acme".to_owned()]);
+        assert!(cg.sandboxes().is_empty());
+        assert!(cg.enter_control_plane(1, 0).is_err());
+        assert!(cg.enter_control_plane(1, 10_001).is_err());
+        // Leaving puts the process back (here: the hierarchy's root, the fake has no other).
+        clear_files(&dir);
+        plane.leave().unwrap();
+        assert_eq!(fs::read_to_string(d.path().join("cpu/cgroup.procs")).unwrap(), "4242");
+        assert!(!dir.exists());
+        assert!(d.path().join("cpu/bulkhead/acme").exists(), "the namespace's cgroup stays");
+    }
+
+    #[test]
+    fn v2_control_plane_is_weighted_in_the_unified_hierarchy_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("cgroup.controllers"), "cpu cpuset memory pids").unwrap();
+        let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
+        let plane = cg.enter_control_plane(4242, 500).unwrap();
+        let dir = d.path().join("bulkhead/_control-plane");
+        assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "500");
+        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "4242");
+        assert_eq!(fs::read_to_string(d.path().join("bulkhead/cgroup.subtree_control")).unwrap(), "+cpu");
+        assert!(cg.namespaces().is_empty());
+        clear_files(&dir);
+        clear_files(&d.path().join("bulkhead"));
+        plane.leave().unwrap();
+        assert!(!d.path().join("bulkhead").exists(), "the top cgroup goes with the last of it");
+    }
+
+    #[test]
+    fn own_cgroup_reads_the_controllers_line() {
+        let me = std::process::id();
+        let text = fs::read_to_string(format!("/proc/{me}/cgroup")).unwrap();
+        let v2 = text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned);
+        assert_eq!(own_cgroup(me, Version::V2, ""), v2);
+        let cpu = text.lines().find(|l| l.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "cpu")));
+        assert_eq!(own_cgroup(me, Version::V1, "cpu"), cpu.map(|l| l.splitn(3, ':').nth(2).unwrap().to_owned()));
     }
 
     fn placed(cpus: &str, dedicated: bool, memory_min_bytes: u64) -> NamespaceLimits {
