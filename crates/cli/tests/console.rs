@@ -57,6 +57,36 @@ async fn the_static_files_need_no_token_and_carry_a_strict_policy() {
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "not_found", "{path}");
     }
+    // What the console offers comes from the API's decisions: a viewer may not run commands.
+    server.ok(None, &["namespace", "create", "perm"]);
+    let key = |name: &str, role: &str| {
+        let key = server.json(None, &["key", "create", "--ns", "perm", name, "--role", role]);
+        key["token"].as_str().unwrap().to_owned()
+    };
+    for (token, role, execs) in [(key("d", "developer"), "developer", true), (key("v", "viewer"), "viewer", false)] {
+        let r = http
+            .get(format!("{}/v1/namespaces/perm/permissions", server.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let p: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(p["role"], role);
+        let actions: Vec<&str> = p["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert!(actions.contains(&"sandbox.get"), "{p}");
+        assert_eq!(actions.contains(&"sandbox.exec"), execs, "{p}");
+        assert!(!actions.contains(&"namespace.create"), "{p}");
+    }
+    // Another namespace's permissions are a 404, as everything of it is.
+    let other = http
+        .get(format!("{}/v1/namespaces/nosuch/permissions", server.url))
+        .bearer_auth(key("d2", "developer"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+
     // The API still needs a token, whoever serves the page.
     let r = http.get(format!("{}/v1/namespaces", server.url)).send().await.unwrap();
     assert_eq!(r.status(), 401);

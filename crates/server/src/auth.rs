@@ -454,3 +454,47 @@ impl Ctx {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder().uri("/v1/namespaces/a/sandboxes/b/processes/c/attach");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).expect("request").into_parts().0
+    }
+
+    fn token_of(headers: &[(&str, &str)]) -> ApiResult<String> {
+        bearer(&parts(headers)).map(|t| t.into_owned())
+    }
+
+    #[test]
+    fn a_websocket_upgrade_may_carry_its_token_as_a_subprotocol() {
+        // "bk_key_é" in unpadded base64url.
+        let offer = format!("bulkhead, {WS_BEARER_PREFIX}Ymtfa2V5X8Op");
+        let upgrade = [("upgrade", "websocket"), ("sec-websocket-protocol", offer.as_str())];
+        assert_eq!(token_of(&upgrade).expect("a token"), "bk_key_é");
+        // Authorization wins when both are there.
+        let both = [upgrade[0], upgrade[1], ("authorization", "Bearer bk_other")];
+        assert_eq!(token_of(&both).expect("a token"), "bk_other");
+    }
+
+    #[test]
+    fn the_subprotocol_counts_only_on_an_upgrade_and_only_when_well_formed() {
+        let offer = format!("{WS_BEARER_PREFIX}YmtfeA");
+        // A plain request's subprotocol header authenticates nothing.
+        let plain = token_of(&[("sec-websocket-protocol", offer.as_str())]).expect_err("no token");
+        assert!(matches!(plain, ApiError::Unauthenticated(m) if m.contains("missing")));
+        for bad in ["YmtfeA==", "not base64!", "_-8"] {
+            let offer = format!("bulkhead, {WS_BEARER_PREFIX}{bad}");
+            let e = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", &offer)]).expect_err(bad);
+            assert!(matches!(e, ApiError::Unauthenticated(m) if m.contains("malformed")), "{bad}");
+        }
+        // An upgrade offering no token is the usual 401.
+        let none = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", "bulkhead")]).expect_err("none");
+        assert!(matches!(none, ApiError::Unauthenticated(m) if m.contains("missing")));
+    }
+}
