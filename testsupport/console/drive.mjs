@@ -192,7 +192,7 @@ try {
     await noXss(dev);
   });
 
-  await check('a filesystem\'s file browser uploads and lists', async () => {
+  await check('a filesystem\'s file browser uploads, lists and downloads', async () => {
     const fs = await call('POST', ns('/filesystems'), DEV, { json: { name: `console-fs-${Date.now()}`, size_bytes: 16 << 20 } });
     await view(dev, '#/filesystems', 'a.filesystem-link');
     await shot(dev, 'filesystems');
@@ -202,6 +202,10 @@ try {
     await dev.waitForSelector(`#file-list .file-name:text-is(${JSON.stringify(IMG)})`);
     const back = await call('GET', ns(`/filesystems/${fs.id}/files`), DEV, { query: { path: IMG } });
     assert.equal(back, 'in the filesystem\n');
+    // And down again, through the browser's download.
+    const [download] = await Promise.all([dev.waitForEvent('download'), dev.locator('#file-list button.download').first().click()]);
+    assert.equal(download.suggestedFilename().length > 0, true);
+    assert.equal(await readFile(await download.path(), 'utf8'), 'in the filesystem\n');
     await shot(dev, 'filesystem');
     await noXss(dev);
   });
@@ -272,12 +276,17 @@ try {
     await viewer.close();
   });
 
-  await check('the admin sees namespaces and quotas, policies and explain', async () => {
+  await check('the admin changes quotas, explains a decision and verifies both chains', async () => {
     const admin = await page();
     await signIn(admin, ADMIN);
     await view(admin, '#/namespaces', '#ns-create');
     await admin.waitForSelector(`td >> text=${NS}`);
+    await admin.click(`button[data-edit="${NS}"]`);
+    await admin.fill('#quota-max_sandboxes', '7');
     await shot(admin, 'namespaces');
+    await admin.click('#quota-save');
+    await admin.waitForSelector('#quota-editor:empty', { state: 'attached' });
+    assert.equal((await call('GET', ns(''), ADMIN)).quotas.max_sandboxes, 7);
     await view(admin, '#/policies', '#explain');
     const keys = await call('GET', ns('/keys'), ADMIN);
     const viewerKey = keys.items.find((k) => k.role === 'viewer');

@@ -36,9 +36,36 @@ export async function namespaces(ctx, main) {
       ['Max sandboxes', (n) => n.quotas.max_sandboxes, 'num'],
       ['Max TTL (s)', (n) => n.quotas.max_sandbox_ttl_seconds, 'num'],
       ['Created', (n) => n.created_at],
+      ['', (n) => (ctx.may('namespace.update')
+        ? h('button', { class: 'secondary', 'data-edit': n.name, onclick: () => edit(n) }, 'Edit quotas') : '')],
     ], items));
   };
-  replace(main, h('h1', {}, 'Namespaces and quotas'), list);
+  // Changing a namespace's quotas (`namespace.update`, the platform admin's): only the fields
+  // changed are sent.
+  const editor = h('div', { id: 'quota-editor' });
+  const edit = (n) => {
+    const fields = [
+      ['cpu_millis', 'CPU millis', n.quotas.cpu_millis, 1],
+      ['memory_bytes', 'Memory MiB', n.quotas.memory_bytes / 1048576, 1048576],
+      ['disk_bytes', 'Disk MiB', n.quotas.disk_bytes / 1048576, 1048576],
+      ['max_sandboxes', 'Max sandboxes', n.quotas.max_sandboxes, 1],
+      ['max_sandbox_ttl_seconds', 'Max TTL s', n.quotas.max_sandbox_ttl_seconds, 1],
+    ].map(([key, label, value, unit]) => {
+      const [l, input] = field(label, { type: 'number', value: String(value), id: `quota-${key}` });
+      return { key, l, input, unit, before: String(value) };
+    });
+    replace(editor, h('div', { class: 'panel' }, h('h2', {}, `Quotas of ${n.name}`),
+      h('div', { class: 'row' }, fields.map((f) => f.l)),
+      h('button', { id: 'quota-save', onclick: () => attempt(async () => {
+        const quotas = {};
+        for (const f of fields) if (f.input.value !== f.before) quotas[f.key] = Number(f.input.value) * f.unit;
+        await api('PATCH', nsPath(n.name), { json: { quotas } });
+        flash(`Quotas of ${n.name} changed`, true);
+        replace(editor);
+        await draw();
+      }) }, 'Save')));
+  };
+  replace(main, h('h1', {}, 'Namespaces and quotas'), list, editor);
   if (ctx.may('namespace.create')) {
     const [nameL, name] = field('Name', { id: 'ns-name', placeholder: 'team-a' });
     const [cpuL, cpu] = field('CPU millis', { type: 'number', value: '4000' });
@@ -170,7 +197,7 @@ function browser(ctx, route, dir, opts) {
       ['Size', (f) => bytes(f.size), 'num'],
       ['Mode', (f) => f.mode, 'mono'],
       ['Modified', (f) => f.modified],
-      ['', (f) => (f.type === 'file' ? h('button', { class: 'secondary', onclick: () => attempt(() => download(route, join(d, f.name), f.name)) }, 'Download') : '')],
+      ['', (f) => (f.type === 'file' ? h('button', { class: 'secondary download', 'data-name': f.name, onclick: () => attempt(() => download(route, join(d, f.name), f.name)) }, 'Download') : '')],
     ], items, 'Empty directory.'));
   };
   const up = h('button', { class: 'secondary', onclick: () => {
