@@ -174,6 +174,9 @@ export async function sandbox(ctx, main, [id]) {
       browser(ctx, `${base}/files`, '/', { write: ctx.may('sandbox.file.write'), absolute: true })));
   }
   if (!running) append(main, h('p', { class: 'muted' }, `The sandbox is ${x.status}.`));
+  else if (!ctx.may('sandbox.exec') && !ctx.may('sandbox.file.read')) {
+    append(main, h('p', { class: 'muted' }, 'Your role may see this sandbox, not run commands in it or read its files.'));
+  }
   append(main, h('p', {}, link(`#/logs?sandbox=${enc(id)}`, 'Its logs')));
 }
 
