@@ -374,6 +374,23 @@ pub struct AuditRecord {
     pub hash: String,
 }
 
+/// `GET /v1/namespaces/{ns}/permissions`: who the caller is and which actions the namespace's
+/// decisions allow it at large (on a sandbox that mounts nothing, a filesystem of no project, a
+/// task on no filesystem), so a client can offer only what it may do. Each request is still
+/// decided on its own target: a key limited to projects, or a policy on one sandbox, may be
+/// refused where this allows.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Permissions {
+    /// The caller as audit records name it (`admin`, `key:key_…`, `user:<sub>`, `sandbox:sbx_…`).
+    pub principal: String,
+    /// The caller's role in the namespace, when it has one (the platform admin has none).
+    pub role: Option<Role>,
+    /// The names of the allowed actions (as in the policies and the audit: `sandbox.exec`),
+    /// platform actions (`namespace.create`, `platform.audit.read`) included.
+    pub actions: Vec<String>,
+}
+
 /// The result of recomputing a chain.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditVerification {

@@ -93,6 +93,7 @@ fn expected_own(op: &str, who: Who) -> u16 {
         "GET /healthz" => 200,
         "POST /v1/namespaces" => may(platform, 201),
         "GET /v1/namespaces" | "GET /v1/namespaces/{ns}" => 200,
+        "GET /v1/namespaces/{ns}/permissions" => 200,
         "PATCH /v1/namespaces/{ns}" => may(platform, 200),
         "DELETE /v1/namespaces/{ns}" => may(platform, 204),
         "POST /v1/namespaces/{ns}/keys" => may(managers, 201),

@@ -75,11 +75,49 @@ pub struct Ctx {
     pub tenant: Option<crate::metrics::Tenant>,
 }
 
-fn bearer(parts: &Parts) -> ApiResult<&str> {
-    let value = parts
-        .headers
-        .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthenticated("missing Authorization: Bearer token".into()))?;
+/// The subprotocol a WebSocket client offers beside [`WS_BEARER_PREFIX`]`<token>`, and the one the
+/// server answers with (a browser fails a handshake whose answer names none of its offers).
+pub const WS_PROTOCOL: &str = "bulkhead";
+
+/// A WebSocket upgrade's bearer token, for clients that cannot set `Authorization` (browsers):
+/// `Sec-WebSocket-Protocol: bulkhead, base64url.bearer.bulkhead.<token in unpadded base64url>`,
+/// the form Kubernetes' API server accepts (`base64url.bearer.authorization.k8s.io.<token>`).
+/// Never a query parameter: URLs end up in logs and histories.
+pub const WS_BEARER_PREFIX: &str = "base64url.bearer.bulkhead.";
+
+/// The request's bearer token: its `Authorization: Bearer` header, or on a WebSocket upgrade
+/// without one the token of its [`WS_BEARER_PREFIX`] subprotocol.
+fn bearer(parts: &Parts) -> ApiResult<std::borrow::Cow<'_, str>> {
+    let Some(value) = parts.headers.get(AUTHORIZATION) else {
+        return match subprotocol_bearer(parts)? {
+            Some(token) => Ok(std::borrow::Cow::Owned(token)),
+            None => Err(ApiError::Unauthenticated("missing Authorization: Bearer token".into())),
+        };
+    };
+    header_bearer(value).map(std::borrow::Cow::Borrowed)
+}
+
+/// The token of a WebSocket upgrade's [`WS_BEARER_PREFIX`] subprotocol, if it offers one; one
+/// that is not unpadded base64url of UTF-8 is a 401.
+fn subprotocol_bearer(parts: &Parts) -> ApiResult<Option<String>> {
+    use base64::Engine;
+    let upgrade = parts.headers.get(axum::http::header::UPGRADE).and_then(|v| v.to_str().ok());
+    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+        return Ok(None);
+    }
+    let offers = parts.headers.get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL);
+    let encoded = offers
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix(WS_BEARER_PREFIX));
+    let Some(encoded) = encoded else { return Ok(None) };
+    let malformed = || ApiError::Unauthenticated("malformed bearer subprotocol".into());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?;
+    String::from_utf8(bytes).map(Some).map_err(|_| malformed())
+}
+
+fn header_bearer(value: &axum::http::HeaderValue) -> ApiResult<&str> {
     let value = value.to_str().map_err(|_| ApiError::Unauthenticated("malformed Authorization header".into()))?;
     let token = value
         .strip_prefix("Bearer ")
@@ -157,7 +195,7 @@ impl FromRequestParts<AppState> for Ctx {
         let request_id = parts.extensions.get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
         let client_request_id = parts.extensions.get::<ClientRequestId>().map(|r| r.0.clone());
         let path_ns = path_namespace(parts);
-        let principal = authenticate(state, bearer(parts)?, path_ns).await?;
+        let principal = authenticate(state, &bearer(parts)?, path_ns).await?;
         let home = principal.namespace().or(path_ns).filter(|ns| bulkhead_core::validate::is_name(ns));
         let tenant = match home {
             Some(ns) if path_ns.is_none_or(|p| p == ns) => crate::state::tenant(state, ns).await,
@@ -414,5 +452,49 @@ impl Ctx {
         self.slot.with(|info| {
             info.detail.insert(key.to_owned(), value.into());
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut req = axum::http::Request::builder().uri("/v1/namespaces/a/sandboxes/b/processes/c/attach");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).expect("request").into_parts().0
+    }
+
+    fn token_of(headers: &[(&str, &str)]) -> ApiResult<String> {
+        bearer(&parts(headers)).map(|t| t.into_owned())
+    }
+
+    #[test]
+    fn a_websocket_upgrade_may_carry_its_token_as_a_subprotocol() {
+        // "bk_key_é" in unpadded base64url.
+        let offer = format!("bulkhead, {WS_BEARER_PREFIX}Ymtfa2V5X8Op");
+        let upgrade = [("upgrade", "websocket"), ("sec-websocket-protocol", offer.as_str())];
+        assert_eq!(token_of(&upgrade).expect("a token"), "bk_key_é");
+        // Authorization wins when both are there.
+        let both = [upgrade[0], upgrade[1], ("authorization", "Bearer bk_other")];
+        assert_eq!(token_of(&both).expect("a token"), "bk_other");
+    }
+
+    #[test]
+    fn the_subprotocol_counts_only_on_an_upgrade_and_only_when_well_formed() {
+        let offer = format!("{WS_BEARER_PREFIX}YmtfeA");
+        // A plain request's subprotocol header authenticates nothing.
+        let plain = token_of(&[("sec-websocket-protocol", offer.as_str())]).expect_err("no token");
+        assert!(matches!(plain, ApiError::Unauthenticated(m) if m.contains("missing")));
+        for bad in ["YmtfeA==", "not base64!", "_-8"] {
+            let offer = format!("bulkhead, {WS_BEARER_PREFIX}{bad}");
+            let e = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", &offer)]).expect_err(bad);
+            assert!(matches!(e, ApiError::Unauthenticated(m) if m.contains("malformed")), "{bad}");
+        }
+        // An upgrade offering no token is the usual 401.
+        let none = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", "bulkhead")]).expect_err("none");
+        assert!(matches!(none, ApiError::Unauthenticated(m) if m.contains("missing")));
     }
 }

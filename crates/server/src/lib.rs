@@ -2,10 +2,11 @@
 //! router from a state, so tests drive it in-process; [`serve`] binds it and runs until SIGINT
 //! or SIGTERM.
 //!
-//! **Invariant:** every route but `/healthz` and `/openapi.json` authenticates through
+//! **Invariant:** every route but `/healthz`, `/openapi.json` and the console's static files
+//! ([`console`], under `/console/`) authenticates through
 //! [`auth::Ctx`] and calls `ctx.authorize` with its action before reading a body or the store.
-//! **Invariant:** every route is registered through utoipa's router, so the OpenAPI document is
-//! the route table and cannot drift from it.
+//! **Invariant:** every route of the API is registered through utoipa's router, so the OpenAPI
+//! document is the route table and cannot drift from it (the console's files are not the API).
 //! **Invariant:** handlers ([`mod@routes`]) parse, authorize, call a service ([`service`]) and convert
 //! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
 //! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
@@ -16,6 +17,7 @@
 pub mod audit;
 pub mod auth;
 pub mod bootstrap;
+pub mod console;
 pub mod convert;
 pub mod error;
 pub mod extract;
@@ -75,6 +77,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::healthz))
         .routes(routes!(namespaces::create, namespaces::list))
         .routes(routes!(namespaces::get, namespaces::update, namespaces::delete))
+        .routes(routes!(namespaces::permissions))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::get, keys::revoke))
         .routes(routes!(audit::list))
@@ -331,6 +334,7 @@ pub fn app(state: AppState) -> Router {
     router
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::middleware))
         .route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }))
+        .merge(console::routes())
         .method_not_allowed_fallback(request::method_not_allowed)
         .fallback(request::not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -571,6 +571,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/namespaces/{ns}/permissions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who the caller is and which actions it may take in the namespace at large (see
+         *     [`Permissions`]): what the console shows and hides.
+         */
+        get: operations["namespaces_permissions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/namespaces/{ns}/policies": {
         parameters: {
             query?: never;
@@ -826,7 +846,9 @@ export interface paths {
          * Attach to the process over a WebSocket: binary frames from the client are its stdin, binary
          *     frames from the server its output (from `after` on, default the start); text frames are JSON
          *     `AttachControl` messages: `resize` and `eof` in, `exit` (then the close) out. Closing the
-         *     socket without `eof` leaves the process running with its stdin open.
+         *     socket without `eof` leaves the process running with its stdin open. A client that cannot
+         *     send `Authorization` (a browser) offers the subprotocols `bulkhead` and
+         *     `base64url.bearer.bulkhead.<token in unpadded base64url>`, and is answered `bulkhead`.
          */
         get: operations["processes_attach"];
         put?: never;
@@ -2265,6 +2287,23 @@ export interface components {
                 updated_at: string;
             }[];
             next_cursor?: string | null;
+        };
+        /**
+         * @description `GET /v1/namespaces/{ns}/permissions`: who the caller is and which actions the namespace's
+         *     decisions allow it at large (on a sandbox that mounts nothing, a filesystem of no project, a
+         *     task on no filesystem), so a client can offer only what it may do. Each request is still
+         *     decided on its own target: a key limited to projects, or a policy on one sandbox, may be
+         *     refused where this allows.
+         */
+        Permissions: {
+            /**
+             * @description The names of the allowed actions (as in the policies and the audit: `sandbox.exec`),
+             *     platform actions (`namespace.create`, `platform.audit.read`) included.
+             */
+            actions: string[];
+            /** @description The caller as audit records name it (`admin`, `key:key_…`, `user:<sub>`, `sandbox:sbx_…`). */
+            principal: string;
+            role?: null | components["schemas"]["Role"];
         };
         /** @description A namespace's placement as admitted. */
         Placement: {
@@ -6900,6 +6939,74 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `rate_limited`: the namespace's api_requests_per_second, or for commands and sandbox creates its max_concurrent_execs; retry after `Retry-After` seconds */
+            429: {
+                headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: the server failed; the body carries only the request id */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unavailable`: the server's store is busy or could not write; retry after `Retry-After` */
+            503: {
+                headers: {
+                    /** @description Whole seconds to wait, at least 1 */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    namespaces_permissions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                ns: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Permissions"];
                 };
             };
             401: {

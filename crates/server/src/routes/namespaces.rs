@@ -4,7 +4,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, UpdateNamespace};
+use bulkhead_api::{CreateNamespace, ErrorBody, Namespace, Page, Permissions, UpdateNamespace};
 use bulkhead_core::{validate, Action, Target};
 
 use super::answers::{CheckedErrors, GuardedErrors, ReadErrors};
@@ -101,6 +101,65 @@ pub async fn get(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json
     let mut out = namespace_out(&row);
     out.usage = Some(usage(&ctx, &ns).await?);
     Ok(Json(out))
+}
+
+/// Who the caller is and which actions it may take in the namespace at large (see
+/// [`Permissions`]): what the console shows and hides.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/permissions", tag = "namespaces", params(("ns" = String, Path)),
+    responses((status = 200, body = Permissions), ReadErrors))]
+pub async fn permissions(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<Json<Permissions>> {
+    ctx.authorize(Action::NamespaceGet, &Target::namespace(&ns))?;
+    load_namespace(&ctx, &ns).await?;
+    let actions = Action::ALL
+        .into_iter()
+        // Not `decide`: an action merely not offered is no denial to audit.
+        .filter(|a| ctx.sees(*a, &representative(*a, &ns)))
+        .map(|a| a.name().to_owned())
+        .collect();
+    let role = ctx.principal.role().map(crate::convert::role_out);
+    Ok(Json(Permissions { principal: ctx.principal.audit_name(), role, actions }))
+}
+
+/// The target `action` is decided on for [`permissions`]: the platform for the platform's
+/// actions, else something of namespace `ns` in general, in no project.
+fn representative(action: Action, ns: &str) -> Target {
+    use bulkhead_core::Scope;
+    let namespace = ns.to_owned();
+    match action {
+        Action::NamespaceCreate
+        | Action::NamespaceList
+        | Action::PlatformAuditRead
+        | Action::PlatformAuditVerify
+        | Action::PlatformMetricsRead
+        | Action::PlatformImageCreate
+        | Action::PlatformImageList
+        | Action::PlatformImageDelete => Target::Platform,
+        Action::SandboxGet
+        | Action::SandboxDelete
+        | Action::SandboxExec
+        | Action::SandboxFileRead
+        | Action::SandboxFileWrite => Target::Sandbox { namespace, id: String::new(), scope: Scope::Open },
+        Action::FilesystemGet
+        | Action::FilesystemResize
+        | Action::FilesystemDelete
+        | Action::FilesystemArchiveRead
+        | Action::FilesystemArchiveWrite
+        | Action::FilesystemFileRead
+        | Action::FilesystemFileWrite
+        | Action::FilesystemFileDelete
+        | Action::FilesystemMountRw
+        | Action::FilesystemMountRo => Target::Filesystem { namespace, id: String::new(), scope: Scope::Namespace },
+        Action::TaskGet | Action::TaskEvent | Action::TaskCancel | Action::TaskStateRead | Action::TaskStateWrite => {
+            Target::Task { namespace, id: String::new(), scope: Scope::Open }
+        }
+        Action::KeyCreate | Action::KeyGet | Action::KeyRevoke => Target::key(ns, None, None),
+        Action::AgentGet | Action::AgentDelete | Action::AgentVersionCreate | Action::AgentDeploy => {
+            Target::agent(ns, "")
+        }
+        Action::ImageGet | Action::ImageDelete => Target::image(ns, ""),
+        Action::FilesystemCreate | Action::ProjectCreate => Target::project(ns, None),
+        _ => Target::namespace(ns),
+    }
 }
 
 /// Change a namespace's quotas, its egress ceiling or its placement (platform admin). A narrower

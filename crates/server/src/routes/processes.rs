@@ -377,7 +377,9 @@ pub async fn resize(
 /// Attach to the process over a WebSocket: binary frames from the client are its stdin, binary
 /// frames from the server its output (from `after` on, default the start); text frames are JSON
 /// `AttachControl` messages: `resize` and `eof` in, `exit` (then the close) out. Closing the
-/// socket without `eof` leaves the process running with its stdin open.
+/// socket without `eof` leaves the process running with its stdin open. A client that cannot
+/// send `Authorization` (a browser) offers the subprotocols `bulkhead` and
+/// `base64url.bearer.bulkhead.<token in unpadded base64url>`, and is answered `bulkhead`.
 #[utoipa::path(get, path = "/v1/namespaces/{ns}/sandboxes/{id}/processes/{pid}/attach", tag = "processes",
     params(("ns" = String, Path), ("id" = String, Path), ("pid" = String, Path), ProcessOutputParams),
     responses((status = 101, description = "Switching to the WebSocket protocol"), ConflictErrors))]
@@ -396,6 +398,9 @@ pub async fn attach(
     // Only now is a request that cannot upgrade refused: a sandbox the caller may not see is a
     // 404 whatever its headers.
     let upgrade = upgrade.map_err(|r| ApiError::Invalid(format!("attach: {}", r.body_text())))?;
+    // A client that sent its token as a subprotocol (a browser) offered `bulkhead` beside it and
+    // must be answered with that; the token's own subprotocol is never echoed.
+    let upgrade = upgrade.protocols([crate::auth::WS_PROTOCOL]);
     let guard = ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?;
     let events = processes::output(&ctx.state, &id, &pid, params.after.unwrap_or(0)).await?;
     let state = ctx.state.clone();
