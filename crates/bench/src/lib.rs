@@ -553,7 +553,9 @@ where
     }
     .await;
     leave_nothing_behind(settings).await;
-    let _ = std::fs::remove_dir_all(data);
+    // The server's own data; the run's (the public layer store) is its caller's to remove, as
+    // a caller may start another server on it.
+    let _ = std::fs::remove_dir_all(data.join("data"));
     forget_in_host_registry(&settings.cgroup_prefix);
     result
 }
@@ -570,12 +572,25 @@ async fn only_ratelimit(
     let figures = with_loopback_server(args, bulkhead, data, settings, image, &[], |admin, url| async move {
         ratelimit::measure(&admin, &url, args.ratelimit_rps, args.api_concurrency, seconds).await
     })
-    .await?;
-    report_section(args, "ratelimit", &figures, ratelimit::print)
+    .await;
+    let _ = std::fs::remove_dir_all(data);
+    report_section(args, "ratelimit", &figures?, ratelimit::print)
 }
 
-/// `--only placement`: one loopback-only server; [`placement::measure`].
+/// `--only placement`: two loopback-only servers, one after the other; [`placement::measure`].
 async fn only_placement(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    let result = placement_on_two_servers(args, bulkhead, data, settings, image).await;
+    let _ = std::fs::remove_dir_all(data);
+    result
+}
+
+async fn placement_on_two_servers(
     args: &BenchArgs,
     bulkhead: &Path,
     data: &Path,

@@ -54,8 +54,23 @@ async fn the_static_files_need_no_token_and_carry_a_strict_policy() {
     for path in ["/console/nothing.js", "/console/vendor/", "/console/vendor/xterm"] {
         let r = http.get(format!("{}{path}", server.url)).send().await.unwrap();
         assert_eq!(r.status(), 404, "{path}");
+        assert_eq!(r.headers()["x-frame-options"], "DENY", "{path}");
         let body: serde_json::Value = r.json().await.unwrap();
         assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    // Every answer under /console carries the console's headers: another method, a path that
+    // is not UTF-8.
+    for (method, path, status) in [
+        (reqwest::Method::POST, "/console/", 405),
+        (reqwest::Method::DELETE, "/console/app.js", 405),
+        (reqwest::Method::GET, "/console/%ff%fe", 400),
+    ] {
+        let r = http.request(method.clone(), format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{method} {path}");
+        let h = r.headers();
+        assert!(h["content-security-policy"].to_str().unwrap().contains("default-src 'none'"), "{method} {path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{method} {path}");
+        assert_eq!(h["x-frame-options"], "DENY", "{method} {path}");
     }
     // What the console offers comes from the API's decisions: a viewer may not run commands.
     server.ok(None, &["namespace", "create", "perm"]);
@@ -78,6 +93,22 @@ async fn the_static_files_need_no_token_and_carry_a_strict_policy() {
         assert_eq!(actions.contains(&"sandbox.exec"), execs, "{p}");
         assert!(!actions.contains(&"namespace.create"), "{p}");
     }
+    // An owner may do everything in its namespace that is not the platform's: each action is
+    // asked on a resource of the type it applies to (a delete of a policy, a secret's read, a
+    // key's revoke, a pool's size).
+    let r = http
+        .get(format!("{}/v1/namespaces/perm/permissions", server.url))
+        .bearer_auth(key("o", "owner"))
+        .send()
+        .await
+        .unwrap();
+    let p: serde_json::Value = r.json().await.unwrap();
+    let actions: Vec<&str> = p["actions"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for action in ["policy.delete", "key.get", "key.revoke", "secret.delete", "project.delete", "pool.set"] {
+        assert!(actions.contains(&action), "{action}: {p}");
+    }
+    // Secret values are never a key's to read, whatever its role.
+    assert!(!actions.contains(&"secret.read"), "{p}");
     // Another namespace's permissions are a 404, as everything of it is.
     let other = http
         .get(format!("{}/v1/namespaces/nosuch/permissions", server.url))

@@ -97,12 +97,27 @@ fn bearer(parts: &Parts) -> ApiResult<std::borrow::Cow<'_, str>> {
     header_bearer(value).map(std::borrow::Cow::Borrowed)
 }
 
-/// The token of a WebSocket upgrade's [`WS_BEARER_PREFIX`] subprotocol, if it offers one; one
-/// that is not unpadded base64url of UTF-8 is a 401.
+/// Whether `parts` is a WebSocket opening handshake (RFC 6455, 4.1) for a process's attach, the
+/// one route that upgrades: `GET .../processes/{id}/attach` with `Upgrade: websocket`, a
+/// `Connection` naming `upgrade` and a `Sec-WebSocket-Key`. Nothing else may authenticate with
+/// the subprotocol, so no other request carries a token in a header proxies do not redact.
+fn is_attach_handshake(parts: &Parts) -> bool {
+    use axum::http::header::{CONNECTION, SEC_WEBSOCKET_KEY, UPGRADE};
+    let header = |name| parts.headers.get(name).and_then(|v: &axum::http::HeaderValue| v.to_str().ok());
+    parts.method == axum::http::Method::GET
+        && parts.uri.path().ends_with("/attach")
+        && parts.uri.path().contains("/processes/")
+        && header(UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+        && header(CONNECTION).is_some_and(|c| c.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+        && parts.headers.contains_key(SEC_WEBSOCKET_KEY)
+}
+
+/// The token of a WebSocket upgrade's [`WS_BEARER_PREFIX`] subprotocol, if it offers one (only
+/// on a process attach's handshake, [`is_attach_handshake`]); one that is not unpadded base64url
+/// of UTF-8 is a 401.
 fn subprotocol_bearer(parts: &Parts) -> ApiResult<Option<String>> {
     use base64::Engine;
-    let upgrade = parts.headers.get(axum::http::header::UPGRADE).and_then(|v| v.to_str().ok());
-    if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+    if !is_attach_handshake(parts) {
         return Ok(None);
     }
     let offers = parts.headers.get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL);
@@ -471,15 +486,54 @@ mod tests {
         bearer(&parts(headers)).map(|t| t.into_owned())
     }
 
+    /// The headers of a browser's opening handshake, with `offer` as its subprotocols.
+    fn handshake(offer: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("upgrade", "websocket"),
+            ("connection", "keep-alive, Upgrade"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("sec-websocket-protocol", offer),
+        ]
+    }
+
     #[test]
     fn a_websocket_upgrade_may_carry_its_token_as_a_subprotocol() {
         // "bk_key_é" in unpadded base64url.
         let offer = format!("bulkhead, {WS_BEARER_PREFIX}Ymtfa2V5X8Op");
-        let upgrade = [("upgrade", "websocket"), ("sec-websocket-protocol", offer.as_str())];
+        let upgrade = handshake(&offer);
         assert_eq!(token_of(&upgrade).expect("a token"), "bk_key_é");
         // Authorization wins when both are there.
-        let both = [upgrade[0], upgrade[1], ("authorization", "Bearer bk_other")];
+        let mut both = upgrade.clone();
+        both.push(("authorization", "Bearer bk_other"));
         assert_eq!(token_of(&both).expect("a token"), "bk_other");
+    }
+
+    #[test]
+    fn the_subprotocol_counts_only_on_a_process_attach_handshake() {
+        let offer = format!("bulkhead, {WS_BEARER_PREFIX}YmtfeA");
+        let full = handshake(&offer);
+        let request = |method: &str, path: &str, headers: &[(&str, &str)]| {
+            let mut req = axum::http::Request::builder().method(method).uri(path);
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            bearer(&req.body(()).expect("request").into_parts().0).map(|t| t.into_owned())
+        };
+        let attach = "/v1/namespaces/a/sandboxes/b/processes/c/attach";
+        assert_eq!(request("GET", attach, &full).expect("a token"), "bk_x");
+        // Another method, another route, or a handshake missing a part: no token.
+        for (method, path) in [("POST", attach), ("GET", "/v1/namespaces/a/keys"), ("POST", "/v1/namespaces/a/keys")] {
+            let e = request(method, path, &full).expect_err(path);
+            assert!(matches!(e, ApiError::Unauthenticated(m) if m.contains("missing")), "{method} {path}");
+        }
+        for missing in ["upgrade", "connection", "sec-websocket-key"] {
+            let headers: Vec<_> = full.iter().copied().filter(|(k, _)| *k != missing).collect();
+            let e = request("GET", attach, &headers).expect_err(missing);
+            assert!(matches!(e, ApiError::Unauthenticated(m) if m.contains("missing")), "without {missing}");
+        }
+        let mut keep_alive = full.clone();
+        keep_alive[1] = ("connection", "keep-alive");
+        assert!(request("GET", attach, &keep_alive).is_err());
     }
 
     #[test]
@@ -490,11 +544,11 @@ mod tests {
         assert!(matches!(plain, ApiError::Unauthenticated(m) if m.contains("missing")));
         for bad in ["YmtfeA==", "not base64!", "_-8"] {
             let offer = format!("bulkhead, {WS_BEARER_PREFIX}{bad}");
-            let e = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", &offer)]).expect_err(bad);
+            let e = token_of(&handshake(&offer)).expect_err(bad);
             assert!(matches!(e, ApiError::Unauthenticated(m) if m.contains("malformed")), "{bad}");
         }
         // An upgrade offering no token is the usual 401.
-        let none = token_of(&[("upgrade", "websocket"), ("sec-websocket-protocol", "bulkhead")]).expect_err("none");
+        let none = token_of(&handshake("bulkhead")).expect_err("none");
         assert!(matches!(none, ApiError::Unauthenticated(m) if m.contains("missing")));
     }
 }

@@ -54,12 +54,15 @@ const ASSETS: &[Asset] = &[
 ];
 
 /// The console's routes: `/console` redirects to `/console/`, which is `index.html`;
-/// `/console/<path>` is the file, or the usual `404 not_found`.
+/// `/console/<path>` is the file, or the usual `404 not_found`. Every answer under them, a
+/// `405` for another method and a `400` for a path that is not UTF-8 included, carries the
+/// console's headers ([`secure`]).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(|| async { redirect() }))
         .route("/console/", get(|| async { file("index.html") }))
         .route("/console/{*path}", get(|Path(path): Path<String>| async move { file(&path) }))
+        .layer(axum::middleware::map_response(|r: Response| async move { secure(r) }))
 }
 
 fn redirect() -> Response {

@@ -121,7 +121,8 @@ pub async fn permissions(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiRes
 }
 
 /// The target `action` is decided on for [`permissions`]: the platform for the platform's
-/// actions, else something of namespace `ns` in general, in no project.
+/// actions, else something of namespace `ns` in general, in no project, of the resource type
+/// Bulkhead's Cedar schema has the action apply to (a test asks Cedar for every action).
 fn representative(action: Action, ns: &str) -> Target {
     use bulkhead_core::Scope;
     let namespace = ns.to_owned();
@@ -133,7 +134,8 @@ fn representative(action: Action, ns: &str) -> Target {
         | Action::PlatformMetricsRead
         | Action::PlatformImageCreate
         | Action::PlatformImageList
-        | Action::PlatformImageDelete => Target::Platform,
+        | Action::PlatformImageDelete
+        | Action::PlatformPoolSet => Target::Platform,
         Action::SandboxGet
         | Action::SandboxDelete
         | Action::SandboxExec
@@ -152,12 +154,18 @@ fn representative(action: Action, ns: &str) -> Target {
         Action::TaskGet | Action::TaskEvent | Action::TaskCancel | Action::TaskStateRead | Action::TaskStateWrite => {
             Target::Task { namespace, id: String::new(), scope: Scope::Open }
         }
-        Action::KeyCreate | Action::KeyGet | Action::KeyRevoke => Target::key(ns, None, None),
+        Action::KeyCreate => Target::key(ns, None, None),
+        Action::KeyGet | Action::KeyRevoke => Target::key(ns, Some(""), None),
         Action::AgentGet | Action::AgentDelete | Action::AgentVersionCreate | Action::AgentDeploy => {
             Target::agent(ns, "")
         }
-        Action::ImageGet | Action::ImageDelete => Target::image(ns, ""),
+        Action::ImageGet | Action::ImageDelete | Action::PoolSet => Target::image(ns, ""),
         Action::FilesystemCreate | Action::ProjectCreate => Target::project(ns, None),
+        Action::ProjectDelete => Target::project(ns, Some("")),
+        Action::SecretRead | Action::SecretDelete => Target::secret(ns, ""),
+        Action::PolicyDelete => Target::policy(ns, ""),
+        Action::NetworkConnect => Target::host(ns, "", 0, "tcp"),
+        Action::TaskToolCall => Target::tool_call(ns, "", "", ""),
         _ => Target::namespace(ns),
     }
 }
@@ -232,4 +240,30 @@ pub async fn delete(ctx: Ctx, PathParams(ns): PathParams<String>) -> ApiResult<S
         return Err(ApiError::namespace_not_found(&ns));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every action's representative is of a resource type the schema lets it apply to: Cedar
+    /// evaluates a policy that names every action on it without an error.
+    #[test]
+    fn every_representative_is_a_resource_the_action_applies_to() {
+        let engine = bulkhead_policy::Engine::new();
+        let set = engine
+            .compile(&[("everything".into(), "permit(principal, action, resource);".into())])
+            .expect("a policy");
+        let owner = bulkhead_core::Principal::Key {
+            id: "key_1".into(),
+            namespace: "acme".into(),
+            role: bulkhead_core::Role::Owner,
+            projects: None,
+        };
+        for action in Action::ALL {
+            let target = representative(action, "acme");
+            let ruling = bulkhead_policy::decide(&set, &owner, action, &target);
+            assert!(ruling.errors.is_empty(), "{}: {:?}", action.name(), ruling.errors);
+        }
+    }
 }
