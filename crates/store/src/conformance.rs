@@ -511,4 +511,3 @@ pub(crate) async fn agents_versions_tasks_messages_and_state<S: Store + RawSql>(
     assert_eq!(s.version_digests("acme").await.unwrap(), Vec::<String>::new());
     assert_eq!(s.get_task("acme", "tsk_1").await.unwrap(), None);
 }
-

@@ -27,8 +27,8 @@ mod idempotency;
 mod identity;
 mod images;
 mod namespaces;
-mod sandboxes;
 pub mod postgres;
+mod sandboxes;
 pub mod sqlite;
 mod usage;
 

@@ -6,9 +6,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use super::{
-    as_i64, as_u64, insert_row, names, one, pg, select, Columns, Constraints, PgStore, Query, Scope, Table,
-};
+use super::{as_i64, as_u64, insert_row, names, one, pg, select, Columns, Constraints, PgStore, Query, Scope, Table};
 use crate::{AgentRow, AgentStore, Result, StateWrite, StoreError, TaskMessageRow, TaskRow, TaskUpdate, VersionRow};
 
 impl Columns for AgentRow {

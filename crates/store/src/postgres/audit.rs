@@ -7,9 +7,9 @@
 //! platform scope.
 
 use async_trait::async_trait;
+use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
 use sqlx::postgres::PgRow;
-use bulkhead_core::audit::PLATFORM_CHAIN;
 use sqlx::{PgConnection, Row};
 
 use super::{

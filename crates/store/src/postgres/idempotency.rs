@@ -93,9 +93,8 @@ impl IdempotencyStore for PgStore {
     }
 
     async fn release_idempotent(&self, scope: &str, key: &str) -> Result<()> {
-        let delete = sqlx::query("DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND status = 0")
-            .bind(scope)
-            .bind(key);
+        let delete =
+            sqlx::query("DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND status = 0").bind(scope).bind(key);
         self.write(key_scope(scope), delete).await?;
         Ok(())
     }

@@ -68,11 +68,10 @@ impl IdentityStore for PgStore {
 
     async fn data_key(&self, namespace: &str, wrapped: &[u8]) -> Result<Vec<u8>> {
         let mut tx = self.scoped(Scope::Namespace(namespace)).await?;
-        let insert = sqlx::query(
-            "INSERT INTO namespace_data_keys (namespace, wrapped) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(namespace)
-        .bind(wrapped);
+        let insert =
+            sqlx::query("INSERT INTO namespace_data_keys (namespace, wrapped) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(namespace)
+                .bind(wrapped);
         Constraints::default().missing(format!("namespace {namespace}")).check(insert.execute(&mut *tx).await)?;
         let stored = sqlx::query_scalar("SELECT wrapped FROM namespace_data_keys WHERE namespace = $1")
             .bind(namespace)

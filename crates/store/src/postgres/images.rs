@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use super::{as_i64, as_u64, insert_row, names, select, serializable, Columns, Constraints, PgStore, Query, Scope, Table};
+use super::{
+    as_i64, as_u64, insert_row, names, select, serializable, Columns, Constraints, PgStore, Query, Scope, Table,
+};
 use crate::{ImageDeletion, ImageRow, ImageStore, Result, StoreError};
 
 impl Columns for ImageRow {

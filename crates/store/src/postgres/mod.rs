@@ -60,7 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "io metering", include_str!("../../migrations/postgres/0005_io_metering.sql")),
     (6, "identity", include_str!("../../migrations/postgres/0006_identity.sql")),
     (7, "sandbox project", include_str!("../../migrations/postgres/0007_sandbox_project.sql")),
-    (8, "host ids and audit retention", include_str!("../../migrations/postgres/0008_host_ids_and_audit_retention.sql")),
+    (
+        8,
+        "host ids and audit retention",
+        include_str!("../../migrations/postgres/0008_host_ids_and_audit_retention.sql"),
+    ),
     (9, "namespace incarnation", include_str!("../../migrations/postgres/0009_namespace_incarnation.sql")),
     (10, "egress", include_str!("../../migrations/postgres/0010_egress.sql")),
     (11, "egress metering", include_str!("../../migrations/postgres/0011_egress_metering.sql")),
@@ -246,9 +250,8 @@ impl PgStore {
         limit: u32,
     ) -> Result<Vec<T>> {
         let (table, key) = (T::TABLE, T::KEY);
-        let sql = pg(&format!(
-            "SELECT {columns} FROM {table} WHERE namespace = ? AND {key} > ? ORDER BY {key} LIMIT ?"
-        ));
+        let sql =
+            pg(&format!("SELECT {columns} FROM {table} WHERE namespace = ? AND {key} > ? ORDER BY {key} LIMIT ?"));
         let q = sqlx::query(&sql).bind(namespace).bind(after.unwrap_or("")).bind(i64::from(limit));
         self.read_all(Scope::Namespace(namespace), q).await
     }
@@ -286,10 +289,8 @@ async fn set_up_serving_role_locked(conn: &mut PgConnection) -> Result<String> {
     if !exists {
         conn.execute(format!("CREATE ROLE {ident} NOLOGIN NOSUPERUSER NOBYPASSRLS NOINHERIT").as_str()).await?;
     }
-    let member: bool = sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'MEMBER')")
-        .bind(&role)
-        .fetch_one(&mut *conn)
-        .await?;
+    let member: bool =
+        sqlx::query_scalar("SELECT pg_has_role(current_user, $1, 'MEMBER')").bind(&role).fetch_one(&mut *conn).await?;
     if !member {
         conn.execute(format!("GRANT {ident} TO CURRENT_USER").as_str()).await?;
     }
@@ -350,9 +351,7 @@ macro_rules! serializable {
             match r {
                 Err(e) if $crate::postgres::is_serialization_failure(&e) => {
                     if attempt >= $crate::postgres::SERIALIZABLE_ATTEMPTS {
-                        break Err($crate::StoreError::Busy(format!(
-                            "{e} (after {attempt} attempts)"
-                        )));
+                        break Err($crate::StoreError::Busy(format!("{e} (after {attempt} attempts)")));
                     }
                     attempt += 1;
                 }

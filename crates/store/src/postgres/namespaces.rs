@@ -119,7 +119,8 @@ impl Table for KeyRow {
 impl NamespaceStore for PgStore {
     async fn admin_token_hash(&self) -> Result<Option<String>> {
         let mut tx = self.scoped(Scope::Platform).await?;
-        let hash = sqlx::query_scalar("SELECT admin_token_hash FROM platform WHERE id = 1").fetch_optional(&mut *tx).await?;
+        let hash =
+            sqlx::query_scalar("SELECT admin_token_hash FROM platform WHERE id = 1").fetch_optional(&mut *tx).await?;
         tx.commit().await?;
         Ok(hash)
     }

@@ -252,8 +252,7 @@ async fn check_admission(
     }
     // The image, in the same transaction as a delete of it would check its users.
     if let Some(image) = &sbx.image {
-        let found =
-            sqlx::query("SELECT 1 FROM images WHERE id = $1").bind(&image.id).fetch_optional(&mut *tx).await?;
+        let found = sqlx::query("SELECT 1 FROM images WHERE id = $1").bind(&image.id).fetch_optional(&mut *tx).await?;
         if found.is_none() {
             return Err(StoreError::NotFound(format!("image {}", image.name)));
         }

@@ -4,7 +4,12 @@
 //! directory, stopped and removed on drop. Run as root, both run as the `postgres` user (which
 //! PostgreSQL requires). Each [`TestPostgres::database`] is a new database owned by a new role
 //! that is no superuser and may create roles, as a platform's own database would be.
+//!
+//! A whole test suite can run on one PostgreSQL server instead (`scripts/with-postgres`):
+//! `BULKHEAD_TEST_STORE` is then its superuser's URL, and the test harnesses give every test
+//! server a database of its own on it ([`suite_database`]).
 
+use std::hash::{Hash, Hasher};
 use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
@@ -31,9 +36,7 @@ pub fn pg_bin() -> PathBuf {
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| {
-            d.flatten()
-                .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-                .collect()
+            d.flatten().filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin")))).collect()
         })
         .unwrap_or_default();
     versions.sort();
@@ -187,4 +190,46 @@ impl Drop for TestPostgres {
         let _ = self.child.wait();
         let _ = &self.dir;
     }
+}
+
+/// The superuser URL of the PostgreSQL server the whole suite runs on (`BULKHEAD_TEST_STORE`),
+/// when it runs on one; test servers then keep their state there, not in SQLite.
+pub fn suite_server() -> Option<String> {
+    std::env::var("BULKHEAD_TEST_STORE").ok().filter(|u| !u.is_empty())
+}
+
+/// The database on the suite's server (`admin_url`, a superuser's) of the test server whose data
+/// dir is `data_dir`: made (with a role of its own that owns it, no superuser, `CREATEROLE`) the
+/// first time, the same one when a test starts a server on that data dir again. Its URL, as its
+/// role. Synchronous (`psql`), so that a harness may call it anywhere. Panics when it cannot.
+pub fn suite_database(admin_url: &str, data_dir: &Path) -> String {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data_dir.hash(&mut h);
+    let name = format!("bulkhead_{:016x}", h.finish());
+    let psql = |sql: &str| -> String {
+        let psql = pg_bin().join("psql");
+        let psql = if psql.exists() { psql } else { PathBuf::from("psql") };
+        let out = Command::new(psql)
+            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", admin_url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    if psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{name}'")).is_empty() {
+        psql(&format!(
+            "DO $$ BEGIN CREATE ROLE {name} LOGIN CREATEROLE NOSUPERUSER; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ));
+        psql(&format!("CREATE DATABASE {name} OWNER {name}"));
+    }
+    // postgres://user@host:port/db: the same server, the new role and database.
+    let server = admin_url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .and_then(|rest| rest.rsplit_once('@').map_or(Some(rest), |(_, host)| Some(host)))
+        .and_then(|host| host.split('/').next())
+        .expect("BULKHEAD_TEST_STORE is postgres://user@host:port/database");
+    format!("postgres://{name}@{server}/{name}")
 }

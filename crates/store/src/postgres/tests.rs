@@ -82,21 +82,21 @@ async fn a_query_that_forgot_its_namespace_sees_only_its_scope() {
     // Scoped to acme: only acme's rows, though no query says so.
     let mut tx = s.scoped(Scope::Namespace("acme")).await.unwrap();
     for (table, col) in tables {
-        let seen: Vec<String> = sqlx::query_scalar(&format!("SELECT {col}::text FROM {table}"))
-            .fetch_all(&mut *tx)
-            .await
-            .unwrap();
+        let seen: Vec<String> =
+            sqlx::query_scalar(&format!("SELECT {col}::text FROM {table}")).fetch_all(&mut *tx).await.unwrap();
         assert_eq!(seen, ["acme"], "{table} scoped to acme");
     }
     let platform: Vec<String> =
         sqlx::query_scalar("SELECT admin_token_hash FROM platform").fetch_all(&mut *tx).await.unwrap();
     assert!(platform.is_empty(), "a namespace's scope does not see the platform's row");
     // Nor can it write another namespace's row, or move one of its own there.
-    let e = sqlx::query("INSERT INTO api_keys (id, namespace, name, role, token_hash, created_at_ms) \
-                         VALUES ('key_x', 'globex', 'x', 'owner', 'hx', 1)")
-        .execute(&mut *tx)
-        .await
-        .unwrap_err();
+    let e = sqlx::query(
+        "INSERT INTO api_keys (id, namespace, name, role, token_hash, created_at_ms) \
+                         VALUES ('key_x', 'globex', 'x', 'owner', 'hx', 1)",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_err();
     assert!(e.to_string().contains("row-level security"), "{e}");
     drop(tx);
     let mut tx = s.scoped(Scope::Namespace("acme")).await.unwrap();
@@ -111,8 +111,7 @@ async fn a_query_that_forgot_its_namespace_sees_only_its_scope() {
     // A transaction that set no scope at all, on the same pool: nothing.
     let mut conn = s.pool.acquire().await.unwrap();
     for (table, _) in tables.iter().chain(&[("platform", ""), ("store_identity", "")]) {
-        let n: i64 =
-            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *conn).await.unwrap();
+        let n: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&mut *conn).await.unwrap();
         assert_eq!(n, 0, "{table} with no scope");
     }
     let e = sqlx::query("DELETE FROM namespaces").execute(&mut *conn).await.unwrap();

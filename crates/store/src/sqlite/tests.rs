@@ -292,4 +292,3 @@ async fn a_read_only_open_reads_beside_a_live_store_and_writes_nothing() {
     assert!(SqliteStore::open_read_only(&missing).await.is_err());
     assert!(!missing.exists());
 }
-
