@@ -69,7 +69,19 @@ impl Server {
         } else {
             super::images::default_image_args()
         };
-        let mut args: Vec<&str> = extra.iter().copied().chain(image_args.iter().map(String::as_str)).collect();
+        // The suite run on PostgreSQL: the data dir's own database there (the same on a restart).
+        let store_args = match bulkhead_store::postgres::testing::suite_server() {
+            Some(admin) if !extra.contains(&"--store") => {
+                vec!["--store".to_owned(), bulkhead_store::postgres::testing::suite_database(&admin, data_dir)]
+            }
+            _ => vec![],
+        };
+        let mut args: Vec<&str> = extra
+            .iter()
+            .copied()
+            .chain(image_args.iter().map(String::as_str))
+            .chain(store_args.iter().map(String::as_str))
+            .collect();
         if !args.contains(&"--network") {
             args.extend(["--network", "loopback-only"]);
         }
