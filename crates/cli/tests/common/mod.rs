@@ -12,6 +12,7 @@ pub mod internet;
 pub mod process;
 pub mod registry;
 pub mod sdk;
+pub mod store_db;
 
 use std::net::SocketAddr;
 

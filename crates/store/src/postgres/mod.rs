@@ -82,6 +82,10 @@ pub const SERIALIZABLE_ATTEMPTS: u32 = 8;
 /// Connections each store's pool keeps at most.
 const MAX_CONNECTIONS: u32 = 8;
 
+/// How long a pooled connection may stay idle before the pool closes it: what a burst opened is
+/// given back to the database (whose connection slots every replica shares) soon after.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The advisory lock key (`pg_advisory_lock`) under which one process at a time sets up the
 /// serving role and its grants; the first half of the key of every audit chain's lock.
 const SETUP_LOCK: i64 = 0x6275_6c6b_6865_6164; // "bulkhead"
@@ -148,11 +152,40 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .min_connections(0)
+            .idle_timeout(IDLE_TIMEOUT)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
                 let set_role = set_role.clone();
                 Box::pin(async move {
                     conn.execute(set_role.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, audit_retention: crate::sqlite::DEFAULT_AUDIT_RETENTION, role })
+    }
+
+    /// Connects to the database at `url` to read only, beside (or instead of) a live server
+    /// (`bulkhead doctor --store`): no migration, no role set up, one connection serving through
+    /// the serving role as [`PgStore::open`] made it, every transaction read-only (a write is
+    /// refused by PostgreSQL). Errors: [`StoreError::Database`] when the database cannot be
+    /// reached or no server ever opened it (no serving role, no tables).
+    pub async fn open_read_only(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let role = {
+            let mut first = options.connect().await?;
+            let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut first).await?;
+            first.close().await?;
+            serving_role_of(&user)
+        };
+        let setup = format!("SET ROLE {}; SET default_transaction_read_only = on", quote_ident(&role));
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |conn, _| {
+                let setup = setup.clone();
+                Box::pin(async move {
+                    conn.execute(setup.as_str()).await?;
                     Ok(())
                 })
             })
@@ -280,7 +313,7 @@ async fn set_up_serving_role(conn: &mut PgConnection) -> Result<String> {
 
 async fn set_up_serving_role_locked(conn: &mut PgConnection) -> Result<String> {
     let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut *conn).await?;
-    let role: String = format!("{user}_serve").chars().take(63).collect();
+    let role = serving_role_of(&user);
     let ident = quote_ident(&role);
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
         .bind(&role)
@@ -318,6 +351,16 @@ async fn set_up_serving_role_locked(conn: &mut PgConnection) -> Result<String> {
         )));
     }
     Ok(role)
+}
+
+/// The serving role of the URL's role `user`: `<user>_serve` (63 bytes at most, PostgreSQL's
+/// limit on a name).
+fn serving_role_of(user: &str) -> String {
+    let mut role = format!("{user}_serve");
+    while role.len() > 63 {
+        role.pop();
+    }
+    role
 }
 
 /// `name` as a quoted SQL identifier.

@@ -199,9 +199,11 @@ pub fn suite_server() -> Option<String> {
 }
 
 /// The database on the suite's server (`admin_url`, a superuser's) of the test server whose data
-/// dir is `data_dir`: made (with a role of its own that owns it, no superuser, `CREATEROLE`) the
-/// first time, the same one when a test starts a server on that data dir again. Its URL, as its
-/// role. Synchronous (`psql`), so that a harness may call it anywhere. Panics when it cannot.
+/// dir is `data_dir`: made (with a role of its own that owns it, no superuser, `CREATEROLE`)
+/// while the data dir does not exist yet, so that a new data dir means a new store as it does
+/// with SQLite; the same one when a test starts a server on that data dir again. Its URL, as
+/// its role. Synchronous (`psql`), so that a harness may call it anywhere. Panics when it
+/// cannot.
 pub fn suite_database(admin_url: &str, data_dir: &Path) -> String {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data_dir.hash(&mut h);
@@ -217,7 +219,11 @@ pub fn suite_database(admin_url: &str, data_dir: &Path) -> String {
         assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    if psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{name}'")).is_empty() {
+    let exists = !psql(&format!("SELECT 1 FROM pg_database WHERE datname = '{name}'")).is_empty();
+    if exists && !data_dir.exists() {
+        psql(&format!("DROP DATABASE {name} WITH (FORCE)"));
+    }
+    if !exists || !data_dir.exists() {
         psql(&format!(
             "DO $$ BEGIN CREATE ROLE {name} LOGIN CREATEROLE NOSUPERUSER; \
              EXCEPTION WHEN duplicate_object THEN NULL; END $$"
