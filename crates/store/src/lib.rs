@@ -137,6 +137,10 @@ const PG_TOO_MANY_CONNECTIONS: &str = "53300";
 const PG_DEADLOCK: &str = "40P01";
 const PG_LOCK_NOT_AVAILABLE: &str = "55P03";
 const PG_IO_ERROR: &str = "58030";
+/// A value PostgreSQL's text cannot hold (`character_not_in_repertoire`: a NUL character). No
+/// stored row holds one, so a key that does names no row: [`StoreError::NotFound`], as SQLite's
+/// lookup of it answers.
+const PG_NOT_IN_REPERTOIRE: &str = "22021";
 /// A serialization failure (`40001`): the transaction lost a race to another and is retried by
 /// the store; it stays [`StoreError::Database`] so that the retry can tell it apart.
 pub(crate) const PG_SERIALIZATION_FAILURE: &str = "40001";
@@ -163,6 +167,7 @@ impl From<sqlx::Error> for StoreError {
                         StoreError::Busy(e.to_string())
                     }
                     PG_IO_ERROR => StoreError::Io(e.to_string()),
+                    PG_NOT_IN_REPERTOIRE => StoreError::NotFound("a name with a NUL character".into()),
                     _ => StoreError::Database(e),
                 };
             }

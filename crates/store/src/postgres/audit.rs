@@ -56,6 +56,20 @@ fn chain_scope(chain: &str) -> Scope<'_> {
     }
 }
 
+/// `event` with every NUL character of its text replaced by U+FFFD.
+fn without_nul(event: AuditEvent) -> AuditEvent {
+    let clean = |s: String| if s.contains('\0') { s.replace('\0', "\u{fffd}") } else { s };
+    AuditEvent {
+        principal: clean(event.principal),
+        action: clean(event.action),
+        resource: clean(event.resource),
+        decision: clean(event.decision),
+        request_id: clean(event.request_id),
+        detail: clean(event.detail),
+        ..event
+    }
+}
+
 /// A chain's head: its last sequence number and hash; `None` for a chain with no record yet.
 async fn read_head(conn: &mut PgConnection, chain: &str) -> Result<Option<(u64, String)>> {
     let row = sqlx::query("SELECT last_seq, last_hash FROM audit_heads WHERE chain = $1")
@@ -76,6 +90,9 @@ async fn read_checkpoint(conn: &mut PgConnection, chain: &str) -> Result<Option<
 #[async_trait]
 impl AuditStore for PgStore {
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
+        // PostgreSQL's text holds no NUL: such a character (a request's path can carry one) is
+        // kept as U+FFFD, and the record is sealed as it is kept.
+        let event = without_nul(event);
         let mut tx = self.scoped(chain_scope(chain)).await?;
         // Every append to the chain, from this process or another, waits here for the one
         // before it to commit (or roll back): the head it reads next is the last one.

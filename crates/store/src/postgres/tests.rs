@@ -272,3 +272,22 @@ async fn failures_are_named() {
     drop(tx);
     s.close().await;
 }
+
+/// PostgreSQL's text holds no NUL character, where SQLite's does: a lookup by a key with one
+/// names no row (not found, not a database error), and an audit record with one is kept with
+/// U+FFFD in its place, sealed as kept, so its chain verifies.
+#[tokio::test]
+async fn a_nul_character_names_no_row_and_is_kept_out_of_audit_records() {
+    let (_pg, _url, s) = open().await;
+    s.create_namespace(&ns("acme")).await.unwrap();
+    assert!(matches!(s.get_namespace("a\0b").await, Err(StoreError::NotFound(_))));
+    assert!(matches!(s.get_key("acme", "key_\0").await, Err(StoreError::NotFound(_))));
+    let mut e = event(1);
+    e.resource = "namespace:a\0b".into();
+    let record = s.append_audit("acme", e).await.unwrap();
+    assert_eq!(record.event.resource, "namespace:a\u{fffd}b");
+    let listed = s.list_audit("acme", &crate::AuditQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(listed, [record]);
+    assert!(s.verify_audit("acme").await.unwrap().ok);
+    s.close().await;
+}
