@@ -378,7 +378,7 @@ async fn learn(global: &Global, data_dir: &Path, store: Option<&str>) -> anyhow:
         },
     };
     if let Some(url) = store {
-        eprintln!("{unasked}: what is live is read from the PostgreSQL store");
+        eprintln!("{unasked}: what is live is read from the store (PostgreSQL)");
         return Ok(Ok(read_pg_store(url).await?));
     }
     match database(data_dir) {
