@@ -37,6 +37,7 @@ use bulkhead_client::{AuditFilter, Client, ClientError};
 use bulkhead_runtime::cgroup::CONTROL_PLANE;
 use bulkhead_runtime::host::{self, HostResource};
 use bulkhead_runtime::hostreg::{HostRegistry, Owner};
+use bulkhead_store::postgres::PgStore;
 use bulkhead_store::prelude::*;
 use bulkhead_store::sqlite::SqliteStore;
 use clap::Args;
@@ -66,6 +67,10 @@ pub struct DoctorArgs {
     /// is gone for good (its files would otherwise be owned by ids another server may get).
     #[arg(long, value_name = "STORE_ID")]
     forget_owner: Option<String>,
+    /// The server's store when it is a PostgreSQL database (`serve --store`): read when the
+    /// server does not answer, as the SQLite file in the data dir is otherwise.
+    #[arg(long, env = "BULKHEAD_STORE", value_name = "URL", hide_env_values = true)]
+    store: Option<String>,
 }
 
 /// Where in the host's picture a resource sits.
@@ -342,6 +347,19 @@ fn database(data_dir: &Path) -> Option<PathBuf> {
 /// What the store at `db` holds as alive.
 async fn read_store(db: &Path) -> anyhow::Result<Live> {
     let store = SqliteStore::open_read_only(db).await.with_context(|| format!("open the store {}", db.display()))?;
+    read_live(&store).await.with_context(|| format!("read the store {}", db.display()))
+}
+
+/// What the PostgreSQL store at `url` holds as alive.
+async fn read_pg_store(url: &str) -> anyhow::Result<Live> {
+    let store = PgStore::open_read_only(url).await.context("open the PostgreSQL store")?;
+    let live = read_live(&store).await.context("read the PostgreSQL store");
+    store.close().await;
+    live
+}
+
+/// What `store` holds as alive.
+async fn read_live(store: &dyn Store) -> Result<Live, bulkhead_store::StoreError> {
     let read = async {
         let mut live = Live { store: Some(store.store_id().await?), ..Live::default() };
         live.sandboxes = store.active_sandboxes().await?.into_iter().map(|s| s.id).collect();
@@ -357,13 +375,13 @@ async fn read_store(db: &Path) -> anyhow::Result<Live> {
             }
         }
     };
-    read.await.with_context(|| format!("read the store {}", db.display()))
+    read.await
 }
 
 /// What this server has alive: from the server at `--url`, or, when none answers or there is
 /// no token to ask it with, from the store in `data_dir`; `Err` with why nothing could say.
 /// Where it came from is said in one line on stderr.
-async fn learn(global: &Global, data_dir: &Path) -> anyhow::Result<Result<Live, String>> {
+async fn learn(global: &Global, data_dir: &Path, store: Option<&str>) -> anyhow::Result<Result<Live, String>> {
     let unasked = match client(global) {
         Err(_) => format!("no token for the server at {}", global.url),
         Ok(c) => match ask(&c).await {
@@ -377,6 +395,10 @@ async fn learn(global: &Global, data_dir: &Path) -> anyhow::Result<Result<Live, 
             }
         },
     };
+    if let Some(url) = store {
+        eprintln!("{unasked}: what is live is read from the store (PostgreSQL)");
+        return Ok(Ok(read_pg_store(url).await?));
+    }
     match database(data_dir) {
         Some(db) => {
             eprintln!("{unasked}: what is live is read from the store {}", db.display());
@@ -484,7 +506,7 @@ pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCod
     let control_plane_held = found.iter().any(|f| f.level == Level::ControlPlane && f.kind == "cgroup" && f.busy);
     let mut world = World { registry: args.host_registry.clone(), control_plane_held, ..World::default() };
     let owners = owners(&args.host_registry)?;
-    match learn(global, &data_dir).await? {
+    match learn(global, &data_dir, args.store.as_deref()).await? {
         Ok(mut live) => {
             if live.store.is_none() {
                 live.store = owners

@@ -83,6 +83,13 @@ pub struct ServeArgs {
     /// pruned behind a checkpoint that keeps the chain verifiable. Default: 50000.
     #[arg(long, env = "BULKHEAD_AUDIT_RETAIN_RECORDS", value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     audit_retain_records: Option<u64>,
+    /// Where the control plane keeps its state: a PostgreSQL database
+    /// (`postgres://user[:password]@host[:port]/database`). Migrations run as the URL's role,
+    /// which needs `CREATEROLE` (or a role `<user>_serve` made beforehand and granted to it);
+    /// requests are then served through `<user>_serve`, under row-level security. Default: the
+    /// SQLite file `bulkhead.db` in the data dir.
+    #[arg(long, env = "BULKHEAD_STORE", value_name = "URL", hide_env_values = true, value_parser = parse_store)]
+    store: Option<String>,
     /// Where lxcfs is mounted: sandboxes then see their own memory, CPU and uptime in
     /// `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime` and `/proc/loadavg`
     /// (`scripts/up` installs and starts it). `none`: the host's figures.
@@ -254,6 +261,7 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.audit_retain_records {
         config.audit_retention_records = n;
     }
+    config.store = args.store.clone();
     config.outbound = args.outbound.config();
     config.images.root = match args.root {
         Root::Image => RootMode::Image,
@@ -331,6 +339,16 @@ fn enter_control_plane(args: &ServeArgs) -> Option<bulkhead_runtime::cgroup::Con
             tracing::warn!(error = %e, "the control plane runs unweighted: its cgroup could not be made");
             None
         }
+    }
+}
+
+/// A `--store` URL: PostgreSQL's (`postgres://` or `postgresql://`); anything else is refused
+/// at once, before the server starts.
+fn parse_store(url: &str) -> Result<String, String> {
+    if bulkhead_store::postgres::is_postgres_url(url) {
+        Ok(url.to_owned())
+    } else {
+        Err("a PostgreSQL URL, postgres://user[:password]@host[:port]/database".into())
     }
 }
 

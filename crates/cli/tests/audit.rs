@@ -6,10 +6,9 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
+use common::store_db;
 use common::Harness;
 use serde_json::{json, Value};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::ConnectOptions;
 
 async fn records(h: &Harness, path: &str) -> Vec<Value> {
     let r = h.call(Method::GET, path, Some(&h.admin), Value::Null).await;
@@ -110,42 +109,37 @@ async fn tampering_behind_the_servers_back_is_caught() {
         json!({"ok": true, "records": 5, "first_bad_seq": null, "pruned": 0})
     );
 
-    // Another process opens the database file and rewrites history.
-    let db = h.dir.path().join("data").join("bulkhead.db");
-    let mut conn = SqliteConnectOptions::new().filename(&db).connect().await.unwrap();
-    sqlx::query("UPDATE audit_records SET principal = 'key:innocent' WHERE chain = 'alpha' AND seq = 3")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // Another process opens the database and rewrites history.
+    let data = h.dir.path().join("data");
+    store_db::exec(&data, "UPDATE audit_records SET principal = 'key:innocent' WHERE chain = 'alpha' AND seq = 3")
+        .await;
     assert_eq!(
         verify(&h, "/v1/namespaces/alpha/audit/verify").await,
         json!({"ok": false, "records": 5, "first_bad_seq": 3, "pruned": 0})
     );
 
     // Recomputing the edited record's hash does not help: the next link breaks.
-    let row: (i64, String, String, String, String, String, i64, String, String, String) = sqlx::query_as(
-        "SELECT time_ms, principal, action, resource, decision, request_id, status, detail, prev_hash, chain \
-         FROM audit_records WHERE chain = 'alpha' AND seq = 3",
+    let row = store_db::rows(
+        &data,
+        "SELECT CAST(time_ms AS TEXT), principal, action, resource, decision, request_id, CAST(status AS TEXT), \
+         detail, prev_hash FROM audit_records WHERE chain = 'alpha' AND seq = 3",
     )
-    .fetch_one(&mut conn)
     .await
-    .unwrap();
+    .remove(0);
     let event = bulkhead_core::audit::AuditEvent {
-        time_ms: row.0,
-        principal: row.1,
-        action: row.2,
-        resource: row.3,
-        decision: row.4,
-        request_id: row.5,
-        status: row.6 as u16,
-        detail: row.7,
+        time_ms: row[0].parse().unwrap(),
+        principal: row[1].clone(),
+        action: row[2].clone(),
+        resource: row[3].clone(),
+        decision: row[4].clone(),
+        request_id: row[5].clone(),
+        status: row[6].parse().unwrap(),
+        detail: row[7].clone(),
     };
-    let forged = bulkhead_core::audit::record_hash("alpha", 3, &event, &row.8);
-    sqlx::query("UPDATE audit_records SET hash = ? WHERE chain = 'alpha' AND seq = 3")
-        .bind(&forged)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let forged = bulkhead_core::audit::record_hash("alpha", 3, &event, &row[8]);
+    assert!(forged.bytes().all(|b| b.is_ascii_hexdigit()));
+    store_db::exec(&data, &format!("UPDATE audit_records SET hash = '{forged}' WHERE chain = 'alpha' AND seq = 3"))
+        .await;
     assert_eq!(verify(&h, "/v1/namespaces/alpha/audit/verify").await["first_bad_seq"], json!(4));
 
     // Cutting the tail off is caught against the chain head.
@@ -154,9 +148,8 @@ async fn tampering_behind_the_servers_back_is_caught() {
     for i in 0..3 {
         h2.create_key("alpha", &format!("k{i}"), "viewer").await;
     }
-    let db = h2.dir.path().join("data").join("bulkhead.db");
-    let mut conn = SqliteConnectOptions::new().filename(&db).connect().await.unwrap();
-    sqlx::query("DELETE FROM audit_records WHERE chain = 'alpha' AND seq = 3").execute(&mut conn).await.unwrap();
+    let data2 = h2.dir.path().join("data");
+    store_db::exec(&data2, "DELETE FROM audit_records WHERE chain = 'alpha' AND seq = 3").await;
     let r = h2.call(Method::GET, "/v1/namespaces/alpha/audit/verify", Some(&h2.admin), Value::Null).await;
     assert_eq!(r.body, json!({"ok": false, "records": 2, "first_bad_seq": 3, "pruned": 0}));
 

@@ -94,11 +94,10 @@ async fn retention_prunes_behind_a_checkpoint_and_verification_still_holds() {
     assert_eq!(records(&h, "/v1/audit").await.len(), 5);
 
     // Tampering with a kept record, or with the checkpoint, still fails verification.
-    let db = h.dir.path().join("data").join("bulkhead.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let data = h.dir.path().join("data");
     let exec = |sql: &'static str| {
-        let pool = pool.clone();
-        async move { sqlx::query(sql).execute(&pool).await.unwrap() }
+        let data = data.clone();
+        async move { common::store_db::exec(&data, sql).await }
     };
     exec("UPDATE audit_records SET detail = '{\"name\":\"forged\"}' WHERE chain = 'ns0' AND seq = 10").await;
     let v = verify(&h, "/v1/namespaces/ns0/audit").await;
@@ -109,5 +108,4 @@ async fn retention_prunes_behind_a_checkpoint_and_verification_still_holds() {
     exec("UPDATE audit_checkpoints SET seq = 4 WHERE chain = '_platform'").await;
     let v = verify(&h, "/v1/audit").await;
     assert_eq!((v["ok"].as_bool(), v["first_bad_seq"].as_u64()), (Some(false), Some(5)), "{v}");
-    pool.close().await;
 }

@@ -130,8 +130,12 @@ impl World {
         assert!(self.server.is_none());
         let t0 = Instant::now();
         let image = common::images::default_image_args();
-        let extra: Vec<&str> =
-            ["--network", "loopback-only"].into_iter().chain(image.iter().map(String::as_str)).collect();
+        let store = common::process::store_args(&self.data);
+        let extra: Vec<&str> = ["--network", "loopback-only"]
+            .into_iter()
+            .chain(image.iter().map(String::as_str))
+            .chain(store.iter().map(String::as_str))
+            .collect();
         let started = bulkhead_bench::server::Serve {
             bulkhead: Path::new(BIN),
             data_dir: &self.data,
@@ -190,6 +194,7 @@ impl World {
         let out = Command::new(BIN)
             .args(["doctor", "--json", "--state-dir"])
             .arg(&self.state)
+            .args(common::process::store_args(&self.data))
             .args(["--cgroup-prefix", &self.prefix, "--host-registry"])
             .arg(&self.registry)
             .env("BULKHEAD_URL", &self.url)

@@ -24,6 +24,7 @@ fn start(data: &Path, state: &Path, prefix: &str) -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--network", "loopback-only", "--listen", "127.0.0.1:0"])
         .args(common::images::default_image_args())
+        .args(common::process::store_args(data))
         .arg("--data-dir")
         .arg(data)
         .arg("--state-dir")
@@ -175,14 +176,7 @@ fn kill_9_restart_reconciles_and_leaves_nothing() {
     let casualty_pid = supervisor_pid(&state, &casualty);
     let orphan_pid = supervisor_pid(&state, &orphan);
     assert!(Command::new("kill").args(["-9", &casualty_pid.to_string()]).status().unwrap().success());
-    let db = data.join("bulkhead.db");
-    let sql = format!("UPDATE sandboxes SET status = 'deleted' WHERE id = '{orphan}';");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(&db).connect().await.unwrap();
-        sqlx::query(&sql).execute(&mut conn).await.unwrap();
-    });
+    common::store_db::exec_blocking(&data, &format!("UPDATE sandboxes SET status = 'deleted' WHERE id = '{orphan}'"));
 
     let mut server = start(&data, &state, &prefix);
     // The control plane's cgroup that the crash left is taken over.

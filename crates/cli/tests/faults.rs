@@ -189,6 +189,7 @@ fn a_server_judges_only_its_own_data_dirs_images() {
     let mut second = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["serve", "--network", "loopback-only", "--listen", "127.0.0.1:0"])
         .args(common::images::default_image_args())
+        .args(common::process::store_args(&other))
         .arg("--data-dir")
         .arg(&other)
         .arg("--state-dir")

@@ -322,7 +322,7 @@ fn idempotency_keys_survive_a_restart() {
     }
     server.stop();
     // A claim left by a create that never answered.
-    pending_claim(&data.join("bulkhead.db"));
+    pending_claim(&data);
     let server = Server::start_with(&data, names);
     for ((path, body), first) in creates.iter().zip(&first) {
         let (status, answer) = curl(&server.url, &admin, "POST", path, Some("before-restart"), Some(body));
@@ -339,19 +339,12 @@ fn idempotency_keys_survive_a_restart() {
     assert_eq!(status, 201, "a dead process's claim must not hold the key: {answer}");
 }
 
-fn pending_claim(db: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        use sqlx::ConnectOptions;
-        let mut conn = sqlx::sqlite::SqliteConnectOptions::new().filename(db).connect().await.unwrap();
-        sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) \
-             VALUES ('platform:admin:namespace.create', 'orphaned', 'x', 0, '', 0)",
-        )
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    });
+fn pending_claim(data: &Path) {
+    common::store_db::exec_blocking(
+        data,
+        "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) \
+         VALUES ('platform:admin:namespace.create', 'orphaned', 'x', 0, '', 0)",
+    );
 }
 
 /// The answer's `X-Request-Id`, the error envelope and the audit record carry the server's id;

@@ -301,20 +301,19 @@ async fn an_oci_runtime_killed_mid_create_leaves_no_zombie() {
     .unwrap();
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let data = host.path("data");
+    let runtime_class = format!("container={}", wrapper.display());
+    let store = common::process::store_args(&data);
+    let extra: Vec<&str> = ["--network", "loopback-only", "--root", "host", "--runtime-class", &runtime_class]
+        .into_iter()
+        .chain(store.iter().map(String::as_str))
+        .collect();
     let started = bulkhead_bench::server::Serve {
         bulkhead: Path::new(BIN),
         data_dir: &data,
         state_dir: &names.0,
         cgroup_prefix: &names.1,
         host_registry: Some(&host.path("registry")),
-        extra: &[
-            "--network",
-            "loopback-only",
-            "--root",
-            "host",
-            "--runtime-class",
-            &format!("container={}", wrapper.display()),
-        ],
+        extra: &extra,
     }
     .spawn()
     .unwrap();

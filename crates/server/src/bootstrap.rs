@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bulkhead_core::ids::{hex, random_bytes, unhex};
 use bulkhead_core::token::{self, TokenHasher, ADMIN_TOKEN_PREFIX};
-use bulkhead_store::prelude::*;
+use bulkhead_store::postgres::PgStore;
 use bulkhead_store::sqlite::SqliteStore;
 use bulkhead_store::{Store, StoreError};
 
@@ -262,7 +262,12 @@ pub async fn start_with(
         .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     let locks = take_host(&config)?;
     let hasher = TokenHasher::new(token_key(&dir)?);
-    let store = SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records);
+    let store: Arc<dyn Store> = match &config.store {
+        Some(url) => Arc::new(PgStore::open(url).await?.with_audit_retention(config.audit_retention_records)),
+        None => Arc::new(
+            SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records),
+        ),
+    };
 
     let mut new_admin_token = None;
     let admin_token_hash = match store.admin_token_hash().await? {
@@ -282,7 +287,6 @@ pub async fn start_with(
     // Creates that held an idempotency key when the last process ended will never answer: free
     // their keys, so a retry runs the create again.
     store.release_pending_idempotency().await?;
-    let store: Arc<dyn Store> = Arc::new(store);
     // Host-global resources before anything touches the host: a prefix or a range another
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;

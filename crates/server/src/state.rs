@@ -247,6 +247,10 @@ pub struct ServerConfig {
     pub host_registry: PathBuf,
     /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
     pub audit_retention_records: u64,
+    /// Where the control plane's state lives: `None`, the SQLite file in the data dir
+    /// (`bulkhead.db`); `Some(url)`, the PostgreSQL database at `url`
+    /// (`postgres://user[:password]@host[:port]/database`, see `bulkhead_store::postgres`).
+    pub store: Option<String>,
     /// Connections at once, and the header, idle and stall timeouts of each.
     pub connections: crate::limits::ConnectionLimits,
     /// Long-running downloads and uploads at once per principal, namespace and server.
@@ -310,6 +314,7 @@ impl ServerConfig {
             oidc: bulkhead_oidc::ProviderOptions::default(),
             host_registry: PathBuf::from(bulkhead_runtime::hostreg::DEFAULT_PATH),
             audit_retention_records: bulkhead_store::sqlite::DEFAULT_AUDIT_RETENTION,
+            store: None,
             connections: Default::default(),
             streams: Default::default(),
             outbound: bulkhead_oidc::OutboundConfig::default(),

@@ -1,6 +1,7 @@
 //! Bulkhead's persistent state behind one [`Store`] trait. The server holds an
-//! `Arc<dyn Store>`; [`sqlite::SqliteStore`] is the embedded default, and a PostgreSQL store is
-//! added by implementing the same traits, without touching a handler.
+//! `Arc<dyn Store>`; [`sqlite::SqliteStore`] is the embedded default, and
+//! [`postgres::PgStore`] keeps the same state in a PostgreSQL database (`--store
+//! postgres://...`), with row-level security as a second lock on every tenant's rows.
 //!
 //! [`Store`] is the sum of one trait per aggregate, each in its own module with its row types:
 //! [`NamespaceStore`] (the platform's own rows, namespaces and their API keys),
@@ -18,12 +19,15 @@
 
 mod agents;
 mod audit;
+#[cfg(test)]
+mod conformance;
 mod egress_ca;
 mod filesystems;
 mod idempotency;
 mod identity;
 mod images;
 mod namespaces;
+pub mod postgres;
 mod sandboxes;
 pub mod sqlite;
 mod usage;
@@ -126,6 +130,21 @@ pub enum StoreError {
     Quota(QuotaBreach),
 }
 
+/// PostgreSQL's SQLSTATEs the store names ([`StoreError::from`]).
+const PG_DISK_FULL: &str = "53100";
+const PG_OUT_OF_MEMORY: &str = "53200";
+const PG_TOO_MANY_CONNECTIONS: &str = "53300";
+const PG_DEADLOCK: &str = "40P01";
+const PG_LOCK_NOT_AVAILABLE: &str = "55P03";
+const PG_IO_ERROR: &str = "58030";
+/// A value PostgreSQL's text cannot hold (`character_not_in_repertoire`: a NUL character). No
+/// stored row holds one, so a key that does names no row: [`StoreError::NotFound`], as SQLite's
+/// lookup of it answers.
+const PG_NOT_IN_REPERTOIRE: &str = "22021";
+/// A serialization failure (`40001`): the transaction lost a race to another and is retried by
+/// the store; it stays [`StoreError::Database`] so that the retry can tell it apart.
+pub(crate) const PG_SERIALIZATION_FAILURE: &str = "40001";
+
 /// SQLite's primary result codes the store names ([`StoreError::from`]).
 const SQLITE_BUSY: i64 = 5;
 const SQLITE_LOCKED: i64 = 6;
@@ -135,10 +154,23 @@ const SQLITE_FULL: i64 = 13;
 const SQLITE_IOERR_SHMSIZE: i64 = SQLITE_IOERR | (19 << 8);
 
 /// Names the failures the caller answers differently from a bug: a full disk, a busy database
-/// and a failed read or write of the store's files. Anything else stays [`StoreError::Database`].
+/// and a failed read or write of the store's files (SQLite's result codes, PostgreSQL's
+/// SQLSTATEs). Anything else stays [`StoreError::Database`].
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         let code = match &e {
+            sqlx::Error::Database(db) if db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().is_some() => {
+                let state = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                return match state.as_str() {
+                    PG_DISK_FULL => StoreError::Full(e.to_string()),
+                    PG_DEADLOCK | PG_LOCK_NOT_AVAILABLE | PG_TOO_MANY_CONNECTIONS | PG_OUT_OF_MEMORY => {
+                        StoreError::Busy(e.to_string())
+                    }
+                    PG_IO_ERROR => StoreError::Io(e.to_string()),
+                    PG_NOT_IN_REPERTOIRE => StoreError::NotFound("a name with a NUL character".into()),
+                    _ => StoreError::Database(e),
+                };
+            }
             sqlx::Error::Database(db) => db.code().and_then(|c| c.parse::<i64>().ok()),
             sqlx::Error::Io(io) => {
                 return match io.kind() {

@@ -79,7 +79,13 @@ impl Host {
         } else {
             super::images::default_image_args()
         };
-        let mut args: Vec<&str> = extra.iter().copied().chain(image_args.iter().map(String::as_str)).collect();
+        let store_args = if extra.contains(&"--store") { vec![] } else { super::process::store_args(data) };
+        let mut args: Vec<&str> = extra
+            .iter()
+            .copied()
+            .chain(image_args.iter().map(String::as_str))
+            .chain(store_args.iter().map(String::as_str))
+            .collect();
         if !args.contains(&"--network") {
             args.extend(["--network", "loopback-only"]);
         }

@@ -12,6 +12,7 @@ pub mod internet;
 pub mod process;
 pub mod registry;
 pub mod sdk;
+pub mod store_db;
 
 use std::net::SocketAddr;
 
@@ -136,6 +137,10 @@ impl Harness {
         config.images.root = bulkhead_server::state::RootMode::Image;
         config.images.default_image = Some(layout);
         config.images.public_layers = Some(layers);
+        // The suite run on PostgreSQL: a database of the server's own there.
+        if let Some(admin) = bulkhead_store::postgres::testing::suite_server() {
+            config.store = Some(bulkhead_store::postgres::testing::suite_database(&admin, &config.data_dir));
+        }
         tune(&mut config);
         let runtime = config.runtime.clone();
         let started = bootstrap::start(config).await.expect("bootstrap (the tests need root and runc)");

@@ -31,6 +31,16 @@ pub fn runtime_names() -> (PathBuf, String) {
     (PathBuf::from(format!("/run/bulkhead-test-{tag}")), format!("bulkhead-test-{tag}"))
 }
 
+/// The arguments to `serve` that choose the store of a test server on `data_dir`: none (the
+/// SQLite file in the data dir), or, when the suite runs on PostgreSQL (`BULKHEAD_TEST_STORE`),
+/// `--store` and the data dir's own database there (the same on a restart).
+pub fn store_args(data_dir: &Path) -> Vec<String> {
+    match bulkhead_store::postgres::testing::suite_server() {
+        Some(admin) => vec!["--store".to_owned(), bulkhead_store::postgres::testing::suite_database(&admin, data_dir)],
+        None => vec![],
+    }
+}
+
 impl Server {
     pub fn start(data_dir: &Path) -> Server {
         Server::start_with(data_dir, runtime_names())
@@ -69,7 +79,13 @@ impl Server {
         } else {
             super::images::default_image_args()
         };
-        let mut args: Vec<&str> = extra.iter().copied().chain(image_args.iter().map(String::as_str)).collect();
+        let store_args = if extra.contains(&"--store") { vec![] } else { store_args(data_dir) };
+        let mut args: Vec<&str> = extra
+            .iter()
+            .copied()
+            .chain(image_args.iter().map(String::as_str))
+            .chain(store_args.iter().map(String::as_str))
+            .collect();
         if !args.contains(&"--network") {
             args.extend(["--network", "loopback-only"]);
         }
@@ -142,6 +158,8 @@ impl Server {
     pub fn doctor(&self, token: Option<&str>, extra: &[&str]) -> Output {
         let state = self.state_dir.display().to_string();
         let mut args = vec!["doctor", "--state-dir", &state, "--cgroup-prefix", &self.cgroup_prefix];
+        let store = store_args(&self.data_dir);
+        args.extend(store.iter().map(String::as_str));
         args.extend_from_slice(extra);
         self.cli(token, &args)
     }

@@ -1,0 +1,129 @@
+//! Queries of the filesystems aggregate: projects, and filesystems admitted and resized in one
+//! `SERIALIZABLE` transaction with the namespace's disk quota.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use super::{as_i64, from_columns, insert_row, select, serializable, within, Columns, Constraints, PgStore, Scope};
+use crate::{FilesystemRow, FilesystemStore, ProjectRow, Result, StoreError};
+
+from_columns!(ProjectRow in "projects" by "id" { id, namespace, name, created_at_ms });
+
+from_columns!(FilesystemRow in "filesystems" by "id" {
+    id,
+    namespace,
+    name,
+    project_id,
+    size_bytes,
+    created_at_ms,
+    updated_at_ms,
+});
+
+/// The bytes `used` as the disk quota counts them (a negative sum reads as none).
+fn disk_used(row: &PgRow) -> Result<u64> {
+    let used: i64 = row.try_get("used")?;
+    Ok(u64::try_from(used).unwrap_or(0))
+}
+
+#[async_trait]
+impl FilesystemStore for PgStore {
+    async fn create_project(&self, p: &ProjectRow) -> Result<()> {
+        let mut tx = self.scoped(Scope::Namespace(&p.namespace)).await?;
+        insert_row(&mut tx, p, Constraints::default().taken(format!("project {}", p.name))).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_project(&self, namespace: &str, id: &str) -> Result<Option<ProjectRow>> {
+        self.get_in(namespace, id).await
+    }
+
+    async fn list_projects(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<ProjectRow>> {
+        self.page(namespace, after, limit).await
+    }
+
+    async fn delete_project(&self, namespace: &str, id: &str) -> Result<bool> {
+        let mut tx = self.scoped(Scope::Namespace(namespace)).await?;
+        let used: i64 = sqlx::query("SELECT COUNT(*) AS n FROM filesystems WHERE project_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!("filesystems of project {id}")));
+        }
+        // A filesystem made in the project meanwhile holds it (`ON DELETE RESTRICT`).
+        let delete = sqlx::query("DELETE FROM projects WHERE namespace = $1 AND id = $2")
+            .bind(namespace)
+            .bind(id)
+            .execute(&mut *tx)
+            .await;
+        let r = match delete {
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                return Err(StoreError::Conflict(format!("filesystems of project {id}")));
+            }
+            r => r?,
+        };
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn admit_filesystem(&self, f: &FilesystemRow, disk_bytes: u64) -> Result<()> {
+        serializable!(self, Scope::Namespace(&f.namespace), |tx| {
+            let used = sqlx::query(
+                "SELECT COALESCE(SUM(size_bytes), 0)::BIGINT AS used FROM filesystems WHERE namespace = $1",
+            )
+            .bind(&f.namespace)
+            .fetch_one(&mut *tx)
+            .await?;
+            within("disk_bytes", disk_bytes, disk_used(&used)?, f.size_bytes)?;
+            insert_row(&mut tx, f, Constraints::default().taken(format!("filesystem {}", f.name))).await
+        })
+    }
+
+    async fn get_filesystem(&self, namespace: &str, id: &str) -> Result<Option<FilesystemRow>> {
+        self.get_in(namespace, id).await
+    }
+
+    async fn list_filesystems(&self, namespace: &str, after: Option<&str>, limit: u32) -> Result<Vec<FilesystemRow>> {
+        self.page(namespace, after, limit).await
+    }
+
+    async fn all_filesystems(&self) -> Result<Vec<FilesystemRow>> {
+        self.read_all(Scope::Platform, sqlx::query(&select::<FilesystemRow>("ORDER BY id"))).await
+    }
+
+    async fn resize_filesystem(
+        &self,
+        namespace: &str,
+        id: &str,
+        size_bytes: u64,
+        disk_bytes: u64,
+        now_ms: i64,
+    ) -> Result<Option<FilesystemRow>> {
+        serializable!(self, Scope::Namespace(namespace), |tx| {
+            let used = sqlx::query(
+                "SELECT COALESCE(SUM(size_bytes), 0)::BIGINT AS used FROM filesystems \
+                 WHERE namespace = $1 AND id <> $2",
+            )
+            .bind(namespace)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+            within("disk_bytes", disk_bytes, disk_used(&used)?, size_bytes)?;
+            let sql = format!(
+                "UPDATE filesystems SET size_bytes = $1, updated_at_ms = $2 WHERE namespace = $3 AND id = $4 \
+                 RETURNING {}",
+                FilesystemRow::COLUMNS
+            );
+            let update = sqlx::query(&sql).bind(as_i64(size_bytes)).bind(now_ms).bind(namespace).bind(id);
+            let row = update.fetch_optional(&mut *tx).await?;
+            row.as_ref().map(FilesystemRow::from_row).transpose()
+        })
+    }
+
+    async fn delete_filesystem(&self, namespace: &str, id: &str) -> Result<bool> {
+        self.delete_in::<FilesystemRow>(namespace, id).await
+    }
+}
