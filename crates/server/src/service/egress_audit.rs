@@ -359,9 +359,8 @@ pub async fn flush(state: &AppState, window_ms: i64) -> ServiceResult<DenialBatc
 
 /// Flushes the denial log every `interval` until the process ends.
 pub fn spawn_flush(state: AppState, interval: Duration) {
-    super::spawn_every(interval, "egress denial audit", move || {
-        let state = state.clone();
-        async move { flush_now(&state).await.map(drop) }
+    super::spawn_every(&state, interval, "egress denial audit", |state| async move {
+        flush_now(&state).await.map(drop)
     });
 }
 

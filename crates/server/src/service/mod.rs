@@ -43,19 +43,26 @@ use bulkhead_runtime::hostreg::RegistryError;
 use bulkhead_runtime::RuntimeError;
 use bulkhead_store::{QuotaBreach, StoreError};
 
-/// Runs `pass` every `interval` until the process ends. A failed pass is logged (as a `what`
+use crate::state::AppState;
+
+/// Runs `pass` on the server's `state` every `interval` until the process ends, or until
+/// nothing else holds the state any more. A failed pass is logged (as a `what`
 /// pass) and the next one runs at its time; ticks missed while a pass runs are not made up.
-fn spawn_every<T, F, Fut>(interval: Duration, what: &'static str, mut pass: F)
+fn spawn_every<T, F, Fut>(state: &AppState, interval: Duration, what: &'static str, mut pass: F)
 where
-    F: FnMut() -> Fut + Send + 'static,
+    F: FnMut(AppState) -> Fut + Send + 'static,
     Fut: Future<Output = ServiceResult<T>> + Send,
 {
+    // Only a weak hold between passes: a server whose state is dropped (an in-process server
+    // at its end) stops its loops instead of keeping the state, its pool and its files alive.
+    let weak = std::sync::Arc::downgrade(&state.0);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = pass().await {
+            let Some(inner) = weak.upgrade() else { return };
+            if let Err(e) = pass(AppState(inner)).await {
                 tracing::warn!(error = %e, "{what} pass failed");
             }
         }

@@ -290,10 +290,15 @@ async fn discard(state: &AppState, namespace: &str, id: &str, reason: &str) {
 /// How often the filler looks at the pools when nothing wakes it.
 const FILL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the filler until the process ends.
+/// Runs the filler until the process ends, or until nothing else holds the server's state
+/// (it holds the state only while a pass runs or it waits to be woken).
 pub fn spawn(state: AppState) {
+    let weak = std::sync::Arc::downgrade(&state.0);
+    drop(state);
     tokio::spawn(async move {
         loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let state = AppState(inner);
             let busy = match fill_pass(&state).await {
                 Ok(busy) => busy,
                 Err(e) => {
@@ -302,8 +307,11 @@ pub fn spawn(state: AppState) {
                 }
             };
             if !busy {
-                // Woken by a claim or a size change, or at the next interval.
-                let _ = tokio::time::timeout(FILL_INTERVAL, state.pools.wake.notified()).await;
+                // Woken by a claim or a size change, or at the next interval; the wake-up is
+                // the state's, so the state is dropped only after it (at most an interval).
+                let wake = state.pools.wake.clone();
+                drop(state);
+                let _ = tokio::time::timeout(FILL_INTERVAL, wake.notified()).await;
             }
         }
     });
