@@ -59,13 +59,13 @@ impl Default for ProviderOptions {
 /// Verifies bearer tokens of one issuer. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
 pub struct Provider {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    settings: OidcSettings,
-    outbound: Outbound,
-    options: ProviderOptions,
+pub(crate) struct Inner {
+    pub(crate) settings: OidcSettings,
+    pub(crate) outbound: Outbound,
+    pub(crate) options: ProviderOptions,
     cache: RwLock<Cache>,
     /// Held while fetching, so concurrent verifies that need a fetch share one.
     fetching: Mutex<()>,
@@ -87,9 +87,15 @@ struct Snapshot {
 }
 
 #[derive(Deserialize)]
-struct DiscoveryDocument {
-    issuer: String,
-    jwks_uri: String,
+pub(crate) struct DiscoveryDocument {
+    pub(crate) issuer: String,
+    pub(crate) jwks_uri: String,
+    /// Where a browser signs in (the authorization code flow); absent at a provider without one.
+    #[serde(default)]
+    pub(crate) authorization_endpoint: Option<String>,
+    /// Where a code is exchanged for tokens.
+    #[serde(default)]
+    pub(crate) token_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +260,20 @@ impl Inner {
     }
 
     async fn discover_jwks_uri(&self) -> Result<Url, VerifyError> {
+        let document = self.discovery_document().await?;
+        let issuer = &self.settings.issuer;
+        let rules = UrlRules { max_bytes: MAX_JWKS_URI_BYTES, allow_query: true };
+        let jwks_uri = check_url(&document.jwks_uri, rules)
+            .map_err(|e| VerifyError::Discovery(format!("jwks_uri of {issuer}: {e}")))?;
+        // Plain http is for an issuer on the operator's own network; an https issuer keeps its keys on https.
+        if !issuer.is_plain_http() && jwks_uri.scheme() != "https" {
+            return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
+        }
+        Ok(jwks_uri)
+    }
+
+    /// The issuer's discovery document, fetched now, whose `issuer` is exactly the configured one.
+    pub(crate) async fn discovery_document(&self) -> Result<DiscoveryDocument, VerifyError> {
         let issuer = &self.settings.issuer;
         let url =
             issuer.discovery_url().map_err(|e| VerifyError::Discovery(format!("discovery URL of {issuer}: {e}")))?;
@@ -268,25 +288,30 @@ impl Inner {
                 issuer.as_str()
             )));
         }
-        let rules = UrlRules { max_bytes: MAX_JWKS_URI_BYTES, allow_query: true };
-        let jwks_uri = check_url(&document.jwks_uri, rules)
-            .map_err(|e| VerifyError::Discovery(format!("jwks_uri of {issuer}: {e}")))?;
-        // Plain http is for an issuer on the operator's own network; an https issuer keeps its keys on https.
-        if !issuer.is_plain_http() && jwks_uri.scheme() != "https" {
-            return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
-        }
-        Ok(jwks_uri)
+        Ok(document)
     }
 
     /// GET `url`, expecting 200 and at most [`MAX_RESPONSE_BYTES`]. The destination is checked against the
     /// outbound policy first (an IP host here, a name's addresses as they are resolved).
     async fn get(&self, url: &Url) -> Result<Vec<u8>, VerifyError> {
-        let fail = |what: String| VerifyError::Discovery(format!("GET {url}: {what}"));
+        self.send(url, "GET", None).await
+    }
+
+    /// `method` (GET, or POST with a form `body`) on `url`, expecting 200 and at most
+    /// [`MAX_RESPONSE_BYTES`], the destination checked against the outbound policy first.
+    pub(crate) async fn send(&self, url: &Url, method: &str, form: Option<String>) -> Result<Vec<u8>, VerifyError> {
+        let fail = |what: String| VerifyError::Discovery(format!("{method} {url}: {what}"));
         self.outbound.check_url(url).map_err(|e| fail(e.to_string()))?;
-        let mut response = self
-            .outbound
-            .http()
-            .get(url.clone())
+        let request = match form {
+            None => self.outbound.http().get(url.clone()),
+            Some(body) => self
+                .outbound
+                .http()
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body),
+        };
+        let mut response = request
             .header(ACCEPT, "application/json")
             .timeout(REQUEST_TIMEOUT)
             .send()

@@ -18,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod console;
+pub mod console_oidc;
 pub mod convert;
 pub mod error;
 pub mod extract;
