@@ -40,7 +40,7 @@ pub struct ServeArgs {
     /// https://bulkhead.example.com: the console's sign-in through a namespace's OpenID Connect
     /// provider sends browsers back to `<URL>/console/oidc/callback`. Default:
     /// `http://<listen address>` (the address bound).
-    #[arg(long, env = "BULKHEAD_PUBLIC_URL", value_name = "URL", value_parser = parse_public_url)]
+    #[arg(long, env = "BULKHEAD_PUBLIC_URL", value_name = "URL", value_parser = bulkhead_server::console_oidc::parse_public_url)]
     public_url: Option<String>,
     /// An isolation tier and the OCI runtime that implements it, as `NAME=RUNTIME`; repeat for
     /// more. Default: `container=runc`.
@@ -414,8 +414,4 @@ mod tests {
         let zero = Cli::try_parse_from(["bulkhead", "--max-streams", "0"]).expect("parse");
         assert!(zero.limits.apply(&mut config).is_err());
     }
-}
-
-fn parse_public_url(text: &str) -> Result<String, String> {
-    bulkhead_server::console_oidc::parse_public_url(text)
 }
