@@ -11,8 +11,9 @@
 //     POST /rotate  {"alg": "RS256"|"ES256", "drop_old"?: bool} -> {"kid": "..."}  adds a signing key to the
 //                   published JWKS (and with drop_old removes every other key from it); becomes the default.
 //     GET  /jwks    the published public JWKS (the same document as the issuer's /jwks)
-//     GET  /stats   {"discovery_requests": n, "jwks_requests": n, "authorize_requests": n, "token_requests": n,
-//                   "token_grants": n, "token_refusals": ["why", ...]} served by the issuer listener
+//     GET  /stats   {"discovery_requests": n, "jwks_requests": n} served by the issuer listener
+//     GET  /login-stats  {"authorize_requests": n, "token_requests": n, "token_grants": n,
+//                   "token_refusals": ["why", ...]} of the authorization code flow below
 //     POST /login   {"claims": {...}, "tamper"?: null|"refuse"|"nonce"|"challenge"} -> {}  the user the
 //                   authorization endpoint signs in, without a form (auto-approve): its claims go into the
 //                   ID token over the defaults. `tamper` makes one part go wrong for tests: "refuse" answers
@@ -75,9 +76,8 @@ if (!SUPPORTED_ALGS.has(opts.alg)) throw new Error(`unsupported --alg ${opts.alg
 const signer = new OAuth2Issuer();
 let published = null;
 let newestKid = null;
-const stats = {
-  discovery_requests: 0,
-  jwks_requests: 0,
+const stats = { discovery_requests: 0, jwks_requests: 0 };
+const loginStats = {
   authorize_requests: 0,
   token_requests: 0,
   token_grants: 0,
@@ -196,7 +196,7 @@ function readForm(req) {
 const s256 = (verifier) => createHash("sha256").update(verifier).digest("base64url");
 
 function authorize(req, res) {
-  stats.authorize_requests += 1;
+  loginStats.authorize_requests += 1;
   const q = new URL(req.url, "http://x").searchParams;
   authorizeRequests.push(Object.fromEntries(q));
   const redirect = q.get("redirect_uri");
@@ -226,10 +226,10 @@ function authorize(req, res) {
 }
 
 async function token(req, res) {
-  stats.token_requests += 1;
+  loginStats.token_requests += 1;
   const form = await readForm(req);
   const refuse = (why) => {
-    stats.token_refusals.push(why);
+    loginStats.token_refusals.push(why);
     return send(res, 400, { error: "invalid_grant" });
   };
   if (form.get("grant_type") !== "authorization_code") return refuse("grant_type");
@@ -244,7 +244,7 @@ async function token(req, res) {
   if (!/^[A-Za-z0-9._~-]{43,128}$/.test(verifier) || s256(verifier) !== issued.challenge) return refuse("code_verifier");
   const nonce = issued.tamper === "nonce" ? "not-the-clients-nonce" : issued.nonce;
   const idToken = await mint({ claims: { aud: issued.clientId, nonce, ...issued.claims } });
-  stats.token_grants += 1;
+  loginStats.token_grants += 1;
   return send(res, 200, { id_token: idToken, access_token: randomUUID(), token_type: "Bearer", expires_in: 3600 });
 }
 
@@ -261,6 +261,8 @@ async function control(req, res) {
       return send(res, 200, { keys: published.issuer.keys.toJSON() });
     case "GET /stats":
       return send(res, 200, stats);
+    case "GET /login-stats":
+      return send(res, 200, loginStats);
     case "POST /login": {
       const body = await readJson(req);
       const claims = body.claims ?? {};

@@ -120,7 +120,7 @@ async fn a_user_signs_in_through_the_namespaces_provider() {
     // The whole walk: the console gets the ID token in the fragment, and it is an API token.
     let signed_in = walk(&http, &server, "sso").await;
     let token = token_of(&signed_in.end);
-    let stats = provider.stats();
+    let stats = provider.login_stats();
     assert_eq!(stats["token_grants"], 1, "{stats}");
     assert_eq!(stats["token_refusals"], json!([]), "the server sent the right verifier, client and redirect URI");
     let p: Value = http
@@ -146,7 +146,7 @@ async fn a_user_signs_in_through_the_namespaces_provider() {
     // A replayed callback (same state, same code) is refused before the provider is asked again.
     let replay = http.get(signed_in.callback.as_deref().unwrap()).send().await.unwrap();
     assert_eq!(location(&replay, 302), "/console/#signin-error=expired");
-    assert_eq!(provider.stats()["token_requests"], 1);
+    assert_eq!(provider.login_stats()["token_requests"], 1);
     // A made-up state, and none at all.
     for q in ["?state=nothing&code=x", "?code=x", ""] {
         let r = http.get(format!("{}/console/oidc/callback{q}", server.url)).send().await.unwrap();
@@ -156,12 +156,12 @@ async fn a_user_signs_in_through_the_namespaces_provider() {
     // The provider checks the verifier: bound to another challenge, the server's verifier fails.
     provider.login(json!({"sub": "alice", "groups": ["eng"]}), Some("challenge"));
     assert_eq!(walk(&http, &server, "sso").await.end, "/console/#signin-error=provider");
-    assert_eq!(provider.stats()["token_refusals"], json!(["code_verifier"]));
+    assert_eq!(provider.login_stats()["token_refusals"], json!(["code_verifier"]));
 
     // An ID token with another nonce is refused, though its signature, issuer and audience are right.
     provider.login(json!({"sub": "alice", "groups": ["eng"]}), Some("nonce"));
     assert_eq!(walk(&http, &server, "sso").await.end, "/console/#signin-error=token");
-    assert_eq!(provider.stats()["token_grants"], 2);
+    assert_eq!(provider.login_stats()["token_grants"], 2);
 
     // The provider refuses the user; a user of no mapped group.
     provider.login(json!({"sub": "alice", "groups": ["eng"]}), Some("refuse"));
@@ -259,7 +259,7 @@ fn a_user_signs_in_through_the_provider_in_headless_chromium() {
         ],
         "{report}"
     );
-    let stats = provider.stats();
+    let stats = provider.login_stats();
     assert_eq!(stats["token_grants"], 1, "{stats}");
     server.ok(key["token"].as_str(), &["sandbox", "delete", "--ns", "sso", &sandbox]);
 }

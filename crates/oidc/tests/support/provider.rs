@@ -119,6 +119,12 @@ impl TestProvider {
         self.call("POST", "/login", Some(&json!({ "claims": claims, "tamper": tamper })));
     }
 
+    /// `{"authorize_requests": n, "token_requests": n, "token_grants": n, "token_refusals": ["why", ...]}`
+    /// of the authorization code flow, as the provider counted them.
+    pub fn login_stats(&self) -> Value {
+        self.call("GET", "/login-stats", None)
+    }
+
     /// The query parameters of every authorization request so far, in order.
     pub fn authorize_requests(&self) -> Vec<Value> {
         self.call("GET", "/authorize-requests", None).as_array().expect("a list").clone()
