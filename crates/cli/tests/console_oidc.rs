@@ -263,3 +263,24 @@ fn a_user_signs_in_through_the_provider_in_headless_chromium() {
     assert_eq!(stats["token_grants"], 1, "{stats}");
     server.ok(key["token"].as_str(), &["sandbox", "delete", "--ns", "sso", &sandbox]);
 }
+
+#[tokio::test]
+async fn the_callback_is_at_the_public_url() {
+    let provider = TestProvider::start();
+    let dir = common::tempdir();
+    let data = dir.path().join("data");
+    let registry = data.join("host-registry");
+    let bad =
+        Server::spawn(&data, common::process::runtime_names(), &registry, &["--public-url", "https://x.example/?q=1"]);
+    assert!(bad.err().unwrap().contains("--public-url"));
+    let server = Server::start_with_args(
+        &data,
+        common::process::runtime_names(),
+        &["--outbound-allow", "127.0.0.0/8", "--public-url", "https://console.example.com/"],
+    );
+    setup(&server, &provider);
+    let start = http().get(format!("{}/console/oidc/start?namespace=sso", server.url)).send().await.unwrap();
+    let q = query(&location(&start, 302));
+    // Never the request's Host: the operator's URL.
+    assert_eq!(q["redirect_uri"], "https://console.example.com/console/oidc/callback");
+}

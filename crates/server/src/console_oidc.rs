@@ -265,3 +265,73 @@ async fn callback(State(state): State<AppState>, Query(q): Query<HashMap<String,
     let location = format!("/console/#sso?{}", fragment.query().unwrap_or_default());
     redirect(StatusCode::SEE_OTHER, &location)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign_in(state: &str) -> SignIn {
+        let mut pending = Pending::new().unwrap();
+        pending.state = state.to_owned();
+        SignIn {
+            namespace: "acme".into(),
+            client_id: "console".into(),
+            redirect_uri: "http://127.0.0.1:7070/console/oidc/callback".into(),
+            pending,
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_sign_in_is_taken_once() {
+        let waiting = SignIns::default();
+        assert!(waiting.insert(sign_in("s1")));
+        assert!(waiting.take("s2").is_none());
+        assert_eq!(waiting.take("s1").unwrap().namespace, "acme");
+        assert!(waiting.take("s1").is_none());
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn a_sign_in_expires_and_the_map_is_bounded() {
+        // Started as long ago as a sign-in may wait: no clock needs to move.
+        let aged = |state: &str| {
+            let mut s = sign_in(state);
+            s.at = Instant::now().checked_sub(SIGN_IN_TTL).expect("the clock is past the TTL");
+            s
+        };
+        let waiting = SignIns::default();
+        assert!(waiting.insert(aged("old")));
+        assert!(waiting.take("old").is_none(), "expired");
+        for i in 0..MAX_SIGN_INS {
+            assert!(waiting.insert(aged(&format!("s{i}"))));
+        }
+        // Full of expired ones: they are dropped to make room.
+        assert!(!waiting.full());
+        assert!(waiting.is_empty());
+        for i in 0..MAX_SIGN_INS {
+            assert!(waiting.insert(sign_in(&format!("s{i}"))));
+        }
+        assert!(waiting.full());
+        assert!(!waiting.insert(sign_in("one-more")));
+        assert!(waiting.take("one-more").is_none());
+        assert_eq!(waiting.len(), MAX_SIGN_INS);
+    }
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(parse_public_url("https://bulkhead.example.com/").unwrap(), "https://bulkhead.example.com");
+        assert_eq!(parse_public_url("http://10.0.0.5:7070").unwrap(), "http://10.0.0.5:7070");
+        assert_eq!(parse_public_url("https://example.com/bulkhead/").unwrap(), "https://example.com/bulkhead");
+        for bad in [
+            "ftp://example.com",
+            "https://example.com/?x=1",
+            "https://example.com/#f",
+            "https://u@example.com",
+            "example.com",
+            "",
+        ] {
+            assert!(parse_public_url(bad).is_err(), "{bad}");
+        }
+    }
+}
