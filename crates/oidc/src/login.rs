@@ -5,8 +5,8 @@
 //! [`Pending`] (the code verifier, `state` and `nonce`) for the caller to keep until the browser
 //! comes back; [`Provider::redeem`] exchanges the returned code at the issuer's token endpoint and
 //! verifies the ID token exactly as [`Provider::verify`] verifies a bearer token, plus its `nonce`.
-//! Endpoints come from the issuer's discovery document, whose `issuer` must match; they follow the
-//! same URL rules as the JWKS (https for an https issuer) and every request passes the outbound
+//! Endpoints come from the issuer's discovery document (fetched at most once per JWKS TTL), whose
+//! `issuer` must match; they follow the same URL rules as the JWKS (https for an https issuer) and every request passes the outbound
 //! policy.
 
 use std::time::SystemTime;
@@ -79,7 +79,8 @@ struct NonceClaim {
 impl Provider {
     /// The issuer's `authorization_endpoint` with the request of one sign-in (`response_type=code`,
     /// `scope=openid`, `client_id`, `redirect_uri`, `state`, `nonce`, `code_challenge`,
-    /// `code_challenge_method=S256`), fetching the discovery document now. Only
+    /// `code_challenge_method=S256`), fetching the discovery document unless one younger than the
+    /// JWKS TTL is known. Only
     /// [`VerifyError::Discovery`] comes back (the document, or its endpoint, is unusable).
     pub async fn authorization_request(
         &self,
@@ -87,8 +88,8 @@ impl Provider {
         redirect_uri: &str,
         pending: &Pending,
     ) -> Result<Url, VerifyError> {
-        let document = self.inner.discovery_document().await?;
-        let mut url = self.endpoint("authorization_endpoint", document.authorization_endpoint.as_deref())?;
+        let endpoints = self.inner.login_endpoints().await?;
+        let mut url = self.endpoint("authorization_endpoint", endpoints.authorization_endpoint.as_deref())?;
         url.query_pairs_mut()
             .append_pair("response_type", "code")
             .append_pair("scope", "openid")
@@ -114,8 +115,8 @@ impl Provider {
         pending: &Pending,
         now: SystemTime,
     ) -> Result<(String, Claims), VerifyError> {
-        let document = self.inner.discovery_document().await?;
-        let url = self.endpoint("token_endpoint", document.token_endpoint.as_deref())?;
+        let endpoints = self.inner.login_endpoints().await?;
+        let url = self.endpoint("token_endpoint", endpoints.token_endpoint.as_deref())?;
         let mut form = Url::parse("form:").map_err(|e| VerifyError::Discovery(e.to_string()))?;
         form.query_pairs_mut()
             .append_pair("grant_type", "authorization_code")

@@ -71,6 +71,15 @@ pub(crate) struct Inner {
     fetching: Mutex<()>,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
+    /// The sign-in endpoints of the last discovery document fetched for a sign-in, and when.
+    pub(crate) login_endpoints: Mutex<Option<(Arc<LoginEndpoints>, Instant)>>,
+}
+
+/// The endpoints of the authorization code flow, as the discovery document names them.
+#[derive(Debug)]
+pub(crate) struct LoginEndpoints {
+    pub(crate) authorization_endpoint: Option<String>,
+    pub(crate) token_endpoint: Option<String>,
 }
 
 #[derive(Default)]
@@ -127,6 +136,7 @@ impl Provider {
                 fetching: Mutex::new(()),
                 jwks_fetches: AtomicU64::new(0),
                 discovery_fetches: AtomicU64::new(0),
+                login_endpoints: Mutex::new(None),
             }),
         }
     }
@@ -270,6 +280,25 @@ impl Inner {
             return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
         }
         Ok(jwks_uri)
+    }
+
+    /// The sign-in endpoints of the discovery document: fetched at most once per `jwks_ttl` (the
+    /// lock makes concurrent sign-ins share one fetch), so sign-ins started by anyone cost the
+    /// issuer few requests.
+    pub(crate) async fn login_endpoints(&self) -> Result<Arc<LoginEndpoints>, VerifyError> {
+        let mut cached = self.login_endpoints.lock().await;
+        if let Some((endpoints, at)) = cached.as_ref() {
+            if at.elapsed() < self.options.jwks_ttl {
+                return Ok(endpoints.clone());
+            }
+        }
+        let document = self.discovery_document().await?;
+        let endpoints = Arc::new(LoginEndpoints {
+            authorization_endpoint: document.authorization_endpoint,
+            token_endpoint: document.token_endpoint,
+        });
+        *cached = Some((endpoints.clone(), Instant::now()));
+        Ok(endpoints)
     }
 
     /// The issuer's discovery document, fetched now, whose `issuer` is exactly the configured one.
