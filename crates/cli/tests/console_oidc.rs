@@ -148,7 +148,7 @@ async fn a_user_signs_in_through_the_namespaces_provider() {
     assert_eq!(location(&replay, 302), "/console/#signin-error=expired");
     assert_eq!(provider.login_stats()["token_requests"], 1);
     // A made-up state, and none at all.
-    for q in ["?state=nothing&code=x", "?code=x", ""] {
+    for q in ["?state=nothing&code=x", "?code=x", "", "?state=%ff%fe&code=%00", "?state&state=x&code"] {
         let r = http.get(format!("{}/console/oidc/callback{q}", server.url)).send().await.unwrap();
         assert_eq!(location(&r, 302), "/console/#signin-error=expired", "{q}");
     }
@@ -173,7 +173,7 @@ async fn a_user_signs_in_through_the_namespaces_provider() {
     let asked = provider.authorize_requests().len();
     let discovery = provider.stats()["discovery_requests"].clone();
     let mut answers = Vec::new();
-    for ns in ["plain", "ghost", "Not A Name!", ""] {
+    for ns in ["plain", "ghost", "Not A Name!", "", "\u{ff}\u{0}", &"a".repeat(10_000)] {
         let r =
             http.get(format!("{}/console/oidc/start", server.url)).query(&[("namespace", ns)]).send().await.unwrap();
         answers.push((r.status().as_u16(), location(&r, 302), r.headers().get("content-length").cloned()));
