@@ -12,11 +12,27 @@
 //                   published JWKS (and with drop_old removes every other key from it); becomes the default.
 //     GET  /jwks    the published public JWKS (the same document as the issuer's /jwks)
 //     GET  /stats   {"discovery_requests": n, "jwks_requests": n} served by the issuer listener
+//     GET  /login-stats  {"authorize_requests": n, "token_requests": n, "token_grants": n,
+//                   "token_refusals": ["why", ...]} of the authorization code flow below
+//     POST /login   {"claims": {...}, "tamper"?: null|"refuse"|"nonce"|"challenge"} -> {}  the user the
+//                   authorization endpoint signs in, without a form (auto-approve): its claims go into the
+//                   ID token over the defaults. `tamper` makes one part go wrong for tests: "refuse" answers
+//                   the browser with error=access_denied, "nonce" puts another nonce in the ID token,
+//                   "challenge" keeps another code challenge than the one sent (so the right verifier fails).
+//     GET  /authorize-requests  the query of every authorization request so far, in order
+//
+// The issuer listener also serves the authorization code flow with PKCE (RFC 7636, S256 only) itself:
+//   GET  /authorize  response_type=code, client_id, redirect_uri, state, nonce, code_challenge,
+//                    code_challenge_method=S256; 302 to redirect_uri?code&state (400 on a bad request)
+//   POST /token      grant_type=authorization_code, code, client_id, redirect_uri, code_verifier (form);
+//                    a code is single-use and bound to its client_id, redirect_uri and challenge; answers
+//                    {"id_token", "access_token", "token_type", "expires_in"} or 400 {"error": "invalid_grant"}
 //
 // Usage: node provider.mjs [--port N] [--control-port N] [--alg RS256|ES256]
 // Prints one JSON line when ready: {"issuer": "http://127.0.0.1:PORT", "control": "http://127.0.0.1:PORT2"}
 // Exits when stdin closes (so a killed test never leaves it behind), on SIGTERM and on SIGINT.
 
+import { createHash, randomUUID } from "node:crypto";
 import { createServer } from "node:http";
 import { HttpServer, OAuth2Issuer, OAuth2Service } from "oauth2-mock-server";
 
@@ -61,6 +77,16 @@ const signer = new OAuth2Issuer();
 let published = null;
 let newestKid = null;
 const stats = { discovery_requests: 0, jwks_requests: 0 };
+const loginStats = {
+  authorize_requests: 0,
+  token_requests: 0,
+  token_grants: 0,
+  token_refusals: [],
+};
+// The auto-approved user of the authorization endpoint, and the codes it has issued.
+let login = { claims: {}, tamper: null };
+const codes = new Map();
+const authorizeRequests = [];
 
 function newPublished(url) {
   const issuer = new OAuth2Issuer();
@@ -149,6 +175,79 @@ function send(res, status, body) {
   res.end(text);
 }
 
+function readForm(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on("data", (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY) {
+        reject(new HttpError(413, "body too large"));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("end", () => resolve(new URLSearchParams(Buffer.concat(chunks).toString("utf8"))));
+    req.on("error", reject);
+  });
+}
+
+const s256 = (verifier) => createHash("sha256").update(verifier).digest("base64url");
+
+function authorize(req, res) {
+  loginStats.authorize_requests += 1;
+  const q = new URL(req.url, "http://x").searchParams;
+  authorizeRequests.push(Object.fromEntries(q));
+  const redirect = q.get("redirect_uri");
+  const bad = ["response_type", "client_id", "redirect_uri", "state", "nonce", "code_challenge"].find((k) => !q.get(k));
+  if (bad || q.get("response_type") !== "code" || q.get("code_challenge_method") !== "S256") {
+    return send(res, 400, { error: "invalid_request", missing: bad ?? null });
+  }
+  const back = new URL(redirect);
+  if (login.tamper === "refuse") {
+    back.searchParams.set("error", "access_denied");
+  } else {
+    const code = randomUUID();
+    const challenge = login.tamper === "challenge" ? s256("another verifier entirely, not the client's") : q.get("code_challenge");
+    codes.set(code, {
+      clientId: q.get("client_id"),
+      redirectUri: redirect,
+      challenge,
+      nonce: q.get("nonce"),
+      claims: login.claims,
+      tamper: login.tamper,
+    });
+    back.searchParams.set("code", code);
+  }
+  back.searchParams.set("state", q.get("state"));
+  res.writeHead(302, { location: back.href, "cache-control": "no-store" });
+  res.end();
+}
+
+async function token(req, res) {
+  loginStats.token_requests += 1;
+  const form = await readForm(req);
+  const refuse = (why) => {
+    loginStats.token_refusals.push(why);
+    return send(res, 400, { error: "invalid_grant" });
+  };
+  if (form.get("grant_type") !== "authorization_code") return refuse("grant_type");
+  const code = form.get("code") ?? "";
+  const issued = codes.get(code);
+  // Single use: whatever follows, the code is spent.
+  codes.delete(code);
+  if (!issued) return refuse("code");
+  if (form.get("client_id") !== issued.clientId) return refuse("client_id");
+  if (form.get("redirect_uri") !== issued.redirectUri) return refuse("redirect_uri");
+  const verifier = form.get("code_verifier") ?? "";
+  if (!/^[A-Za-z0-9._~-]{43,128}$/.test(verifier) || s256(verifier) !== issued.challenge) return refuse("code_verifier");
+  const nonce = issued.tamper === "nonce" ? "not-the-clients-nonce" : issued.nonce;
+  const idToken = await mint({ claims: { aud: issued.clientId, nonce, ...issued.claims } });
+  loginStats.token_grants += 1;
+  return send(res, 200, { id_token: idToken, access_token: randomUUID(), token_type: "Bearer", expires_in: 3600 });
+}
+
 async function control(req, res) {
   const route = `${req.method} ${new URL(req.url, "http://x").pathname}`;
   switch (route) {
@@ -162,6 +261,17 @@ async function control(req, res) {
       return send(res, 200, { keys: published.issuer.keys.toJSON() });
     case "GET /stats":
       return send(res, 200, stats);
+    case "GET /login-stats":
+      return send(res, 200, loginStats);
+    case "POST /login": {
+      const body = await readJson(req);
+      const claims = body.claims ?? {};
+      if (typeof claims !== "object" || Array.isArray(claims)) throw new HttpError(400, "claims must be an object");
+      login = { claims, tamper: body.tamper ?? null };
+      return send(res, 200, {});
+    }
+    case "GET /authorize-requests":
+      return send(res, 200, authorizeRequests);
     default:
       throw new HttpError(404, `no route ${route}`);
   }
@@ -172,6 +282,20 @@ const issuerServer = new HttpServer((req, res) => {
   const path = new URL(req.url, "http://x").pathname;
   if (path === "/.well-known/openid-configuration") stats.discovery_requests += 1;
   if (path === "/jwks") stats.jwks_requests += 1;
+  if (req.method === "GET" && path === "/authorize") {
+    try {
+      return authorize(req, res);
+    } catch (err) {
+      return send(res, 400, { error: "invalid_request", why: String(err.message) });
+    }
+  }
+  if (req.method === "POST" && path === "/token") {
+    return token(req, res).catch((err) => {
+      const status = err instanceof HttpError ? err.status : 500;
+      if (status === 500) console.error("oidc-provider:", err);
+      send(res, status, { error: err.message });
+    });
+  }
   published.service.requestHandler(req, res);
 });
 const controlServer = createServer((req, res) => {

@@ -830,6 +830,14 @@ pub struct OidcConfig {
     /// Group → role. A user gets the strongest role any of its groups maps to; a user with no
     /// mapped group is refused (403).
     pub role_mappings: std::collections::BTreeMap<String, Role>,
+    /// The console's OAuth client at the provider (a public client: no secret), 1 to 256
+    /// printable ASCII characters. With it the console offers "Sign in with your organisation":
+    /// the authorization code flow with PKCE through `/console/oidc/start`, redirecting back to
+    /// `<public URL>/console/oidc/callback`. The ID tokens the provider issues to it are used as
+    /// API bearer tokens, so their `aud` must be `audience` (usually the same value). Absent: no
+    /// console sign-in; bearer tokens work as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 fn default_groups_claim() -> String {

@@ -49,6 +49,11 @@ pub enum IdentityCmd {
         /// A group and the role its members get (owner, admin, developer or viewer); repeatable.
         #[arg(long = "map", value_name = "GROUP=ROLE", required = true)]
         map: Vec<String>,
+        /// The console's OAuth client id at the provider (a public client, with
+        /// `<public URL>/console/oidc/callback` as its redirect URI); enables the console's
+        /// "Sign in with your organisation".
+        #[arg(long)]
+        client_id: Option<String>,
     },
     /// Turn single sign-on off; API keys keep working.
     Clear {
@@ -101,6 +106,9 @@ fn show_identity(ns: &str, config: &IdentityConfig, global: &Global) -> anyhow::
         ("audience", oidc.audience.clone()),
         ("groups claim", oidc.groups_claim.clone()),
     ];
+    if let Some(client_id) = &oidc.client_id {
+        pairs.push(("console client", client_id.clone()));
+    }
     for (group, role) in &oidc.role_mappings {
         pairs.push(("map", format!("{group}={}", role_name(*role))));
     }
@@ -114,11 +122,12 @@ pub async fn identity(cmd: IdentityCmd, global: &Global) -> anyhow::Result<ExitC
             let c = client(global)?;
             show_identity(&ns, &c.get_identity(&ns).await?, global)?;
         }
-        IdentityCmd::Set { ns, issuer, audience, groups_claim, map } => {
+        IdentityCmd::Set { ns, issuer, audience, groups_claim, map, client_id } => {
             // Checked before anything is sent, so a typo never reaches the server.
             let role_mappings = role_mappings(&map).map_err(|e| anyhow!(e))?;
             let c = client(global)?;
-            let config = IdentityConfig { oidc: Some(OidcConfig { issuer, audience, groups_claim, role_mappings }) };
+            let config =
+                IdentityConfig { oidc: Some(OidcConfig { issuer, audience, groups_claim, role_mappings, client_id }) };
             show_identity(&ns, &c.set_identity(&ns, &config).await?, global)?;
         }
         IdentityCmd::Clear { ns } => {

@@ -36,6 +36,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "BULKHEAD_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    /// This server's URL as browsers reach it (http or https, no query), such as
+    /// https://bulkhead.example.com: the console's sign-in through a namespace's OpenID Connect
+    /// provider sends browsers back to `<URL>/console/oidc/callback`. Default:
+    /// `http://<listen address>` (the address bound).
+    #[arg(long, env = "BULKHEAD_PUBLIC_URL", value_name = "URL", value_parser = bulkhead_server::console_oidc::parse_public_url)]
+    public_url: Option<String>,
     /// An isolation tier and the OCI runtime that implements it, as `NAME=RUNTIME`; repeat for
     /// more. Default: `container=runc`.
     #[arg(long = "runtime-class", value_name = "NAME=RUNTIME")]
@@ -299,6 +305,8 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let _ = started.state.identity.public_url.set(public_url);
     // Sandboxes with a network of their own reach the API through their gateway.
     started.state.runtime.serve_api(addr).await;
     // Weighted before it says it listens: whoever waits for that line finds it in place.

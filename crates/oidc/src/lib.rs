@@ -15,12 +15,14 @@ mod claims;
 mod issuer;
 mod jwks;
 mod jwt;
+mod login;
 pub mod outbound;
 mod provider;
 
 pub use claims::{Claims, MAX_SUBJECT_BYTES};
 pub use issuer::{IssuerUrl, IssuerUrlError, MAX_ISSUER_BYTES};
 pub use jwt::{Algorithm, MAX_TOKEN_BYTES};
+pub use login::{challenge, Pending};
 pub use outbound::{Outbound, OutboundConfig, OutboundError};
 pub use provider::{OidcSettings, Provider, ProviderOptions, MAX_RESPONSE_BYTES, REQUEST_TIMEOUT};
 

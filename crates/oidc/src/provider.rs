@@ -59,18 +59,27 @@ impl Default for ProviderOptions {
 /// Verifies bearer tokens of one issuer. Cheap to clone; clones share the key cache.
 #[derive(Clone)]
 pub struct Provider {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    settings: OidcSettings,
-    outbound: Outbound,
-    options: ProviderOptions,
+pub(crate) struct Inner {
+    pub(crate) settings: OidcSettings,
+    pub(crate) outbound: Outbound,
+    pub(crate) options: ProviderOptions,
     cache: RwLock<Cache>,
     /// Held while fetching, so concurrent verifies that need a fetch share one.
     fetching: Mutex<()>,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
+    /// The sign-in endpoints of the last discovery document fetched for a sign-in, and when.
+    pub(crate) login_endpoints: Mutex<Option<(Arc<LoginEndpoints>, Instant)>>,
+}
+
+/// The endpoints of the authorization code flow, as the discovery document names them.
+#[derive(Debug)]
+pub(crate) struct LoginEndpoints {
+    pub(crate) authorization_endpoint: Option<String>,
+    pub(crate) token_endpoint: Option<String>,
 }
 
 #[derive(Default)]
@@ -87,9 +96,15 @@ struct Snapshot {
 }
 
 #[derive(Deserialize)]
-struct DiscoveryDocument {
-    issuer: String,
-    jwks_uri: String,
+pub(crate) struct DiscoveryDocument {
+    pub(crate) issuer: String,
+    pub(crate) jwks_uri: String,
+    /// Where a browser signs in (the authorization code flow); absent at a provider without one.
+    #[serde(default)]
+    pub(crate) authorization_endpoint: Option<String>,
+    /// Where a code is exchanged for tokens.
+    #[serde(default)]
+    pub(crate) token_endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -121,6 +136,7 @@ impl Provider {
                 fetching: Mutex::new(()),
                 jwks_fetches: AtomicU64::new(0),
                 discovery_fetches: AtomicU64::new(0),
+                login_endpoints: Mutex::new(None),
             }),
         }
     }
@@ -254,6 +270,39 @@ impl Inner {
     }
 
     async fn discover_jwks_uri(&self) -> Result<Url, VerifyError> {
+        let document = self.discovery_document().await?;
+        let issuer = &self.settings.issuer;
+        let rules = UrlRules { max_bytes: MAX_JWKS_URI_BYTES, allow_query: true };
+        let jwks_uri = check_url(&document.jwks_uri, rules)
+            .map_err(|e| VerifyError::Discovery(format!("jwks_uri of {issuer}: {e}")))?;
+        // Plain http is for an issuer on the operator's own network; an https issuer keeps its keys on https.
+        if !issuer.is_plain_http() && jwks_uri.scheme() != "https" {
+            return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
+        }
+        Ok(jwks_uri)
+    }
+
+    /// The sign-in endpoints of the discovery document: fetched at most once per `jwks_ttl` (the
+    /// lock makes concurrent sign-ins share one fetch), so sign-ins started by anyone cost the
+    /// issuer few requests.
+    pub(crate) async fn login_endpoints(&self) -> Result<Arc<LoginEndpoints>, VerifyError> {
+        let mut cached = self.login_endpoints.lock().await;
+        if let Some((endpoints, at)) = cached.as_ref() {
+            if at.elapsed() < self.options.jwks_ttl {
+                return Ok(endpoints.clone());
+            }
+        }
+        let document = self.discovery_document().await?;
+        let endpoints = Arc::new(LoginEndpoints {
+            authorization_endpoint: document.authorization_endpoint,
+            token_endpoint: document.token_endpoint,
+        });
+        *cached = Some((endpoints.clone(), Instant::now()));
+        Ok(endpoints)
+    }
+
+    /// The issuer's discovery document, fetched now, whose `issuer` is exactly the configured one.
+    pub(crate) async fn discovery_document(&self) -> Result<DiscoveryDocument, VerifyError> {
         let issuer = &self.settings.issuer;
         let url =
             issuer.discovery_url().map_err(|e| VerifyError::Discovery(format!("discovery URL of {issuer}: {e}")))?;
@@ -268,25 +317,30 @@ impl Inner {
                 issuer.as_str()
             )));
         }
-        let rules = UrlRules { max_bytes: MAX_JWKS_URI_BYTES, allow_query: true };
-        let jwks_uri = check_url(&document.jwks_uri, rules)
-            .map_err(|e| VerifyError::Discovery(format!("jwks_uri of {issuer}: {e}")))?;
-        // Plain http is for an issuer on the operator's own network; an https issuer keeps its keys on https.
-        if !issuer.is_plain_http() && jwks_uri.scheme() != "https" {
-            return Err(VerifyError::Discovery(format!("jwks_uri of https issuer {issuer} is not https")));
-        }
-        Ok(jwks_uri)
+        Ok(document)
     }
 
     /// GET `url`, expecting 200 and at most [`MAX_RESPONSE_BYTES`]. The destination is checked against the
     /// outbound policy first (an IP host here, a name's addresses as they are resolved).
     async fn get(&self, url: &Url) -> Result<Vec<u8>, VerifyError> {
-        let fail = |what: String| VerifyError::Discovery(format!("GET {url}: {what}"));
+        self.send(url, "GET", None).await
+    }
+
+    /// `method` (GET, or POST with a form `body`) on `url`, expecting 200 and at most
+    /// [`MAX_RESPONSE_BYTES`], the destination checked against the outbound policy first.
+    pub(crate) async fn send(&self, url: &Url, method: &str, form: Option<String>) -> Result<Vec<u8>, VerifyError> {
+        let fail = |what: String| VerifyError::Discovery(format!("{method} {url}: {what}"));
         self.outbound.check_url(url).map_err(|e| fail(e.to_string()))?;
-        let mut response = self
-            .outbound
-            .http()
-            .get(url.clone())
+        let request = match form {
+            None => self.outbound.http().get(url.clone()),
+            Some(body) => self
+                .outbound
+                .http()
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(body),
+        };
+        let mut response = request
             .header(ACCEPT, "application/json")
             .timeout(REQUEST_TIMEOUT)
             .send()

@@ -474,3 +474,26 @@ async fn a_provider_on_loopback_is_never_contacted_without_an_allowed_range() {
     assert!(err.to_string().contains("is a loopback address"), "{err}");
     assert_eq!(idp.stats(), json!({"discovery_requests": 0, "jwks_requests": 0}), "the provider saw no request");
 }
+
+/// The authorization request of a sign-in: the provider's own endpoint with PKCE, and the discovery
+/// document fetched once for many sign-ins.
+#[tokio::test]
+async fn sign_ins_share_one_discovery_fetch() {
+    let idp = TestProvider::start();
+    let p = provider(&idp);
+    let mut challenges = Vec::new();
+    for _ in 0..3 {
+        let pending = bulkhead_oidc::Pending::new().unwrap();
+        let url = p.authorization_request("console", "http://127.0.0.1:1/cb", &pending).await.unwrap();
+        assert!(url.as_str().starts_with(&format!("{}/authorize?", idp.issuer())), "{url}");
+        let q: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["code_challenge"], bulkhead_oidc::challenge(&pending.verifier));
+        assert_eq!(q["state"], pending.state);
+        assert_eq!(q["nonce"], pending.nonce);
+        challenges.push(q["code_challenge"].clone());
+    }
+    challenges.dedup();
+    assert_eq!(challenges.len(), 3, "each sign-in has its own verifier");
+    assert_eq!(p.discovery_fetches(), 1);
+    assert_eq!(idp.stats()["discovery_requests"], 1);
+}

@@ -3,6 +3,9 @@
 
 const TOKEN = 'bulkhead.token';
 const NAMESPACE = 'bulkhead.namespace';
+// Set when the token is an ID token of the namespace's identity provider (it works in that
+// namespace only, and cannot list namespaces).
+const SSO = 'bulkhead.sso';
 
 /** An error answer of the API: its HTTP status, `code`, message and request id. */
 export class ApiError extends Error {
@@ -17,12 +20,20 @@ export class ApiError extends Error {
 export const session = {
   get token() { return sessionStorage.getItem(TOKEN); },
   get namespace() { return sessionStorage.getItem(NAMESPACE); },
+  get sso() { return sessionStorage.getItem(SSO) === '1'; },
+  /** Signs in with an ID token of `namespace`'s identity provider. */
+  setSso(token, namespace) {
+    sessionStorage.setItem(TOKEN, token);
+    sessionStorage.setItem(NAMESPACE, namespace);
+    sessionStorage.setItem(SSO, '1');
+  },
   set(token, namespace) {
     sessionStorage.setItem(TOKEN, token);
+    sessionStorage.removeItem(SSO);
     if (namespace) sessionStorage.setItem(NAMESPACE, namespace); else sessionStorage.removeItem(NAMESPACE);
   },
   setNamespace(ns) { sessionStorage.setItem(NAMESPACE, ns); },
-  clear() { sessionStorage.removeItem(TOKEN); sessionStorage.removeItem(NAMESPACE); },
+  clear() { sessionStorage.removeItem(TOKEN); sessionStorage.removeItem(NAMESPACE); sessionStorage.removeItem(SSO); },
 };
 
 /** `/v1/namespaces/<ns>` plus `rest`, with the name escaped. */

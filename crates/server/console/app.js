@@ -62,18 +62,72 @@ function signIn(message) {
     }
   };
   token.addEventListener('keydown', (e) => { if (e.key === 'Enter') go(); });
+  const orgNs = h('input', { type: 'text', id: 'sso-namespace', autocomplete: 'off', placeholder: 'namespace' });
+  // The server starts the sign-in at the namespace's provider and brings the browser back here
+  // (see crates/server/src/console_oidc.rs); the page itself never calls the provider.
+  const sso = () => {
+    const name = orgNs.value.trim();
+    if (!name) { flash('Name the namespace to sign in to.'); return; }
+    location.assign(`/console/oidc/start?namespace=${encodeURIComponent(name)}`);
+  };
+  orgNs.addEventListener('keydown', (e) => { if (e.key === 'Enter') sso(); });
   replace(main(), h('div', { class: 'signin panel' },
     h('h1', {}, 'Sign in'),
-    message ? h('p', { class: 'bad' }, message) : null,
+    message ? h('p', { class: 'bad', id: 'sign-in-error' }, message) : null,
     h('p', { class: 'muted' }, 'With an API key or the platform admin token. It is kept in this tab only (sessionStorage).'),
     h('div', { class: 'row' }, h('label', { for: 'token' }, 'API key'), token),
     h('div', { class: 'row' }, h('label', { for: 'namespace' }, 'Namespace'), ns),
-    h('div', { class: 'row' }, h('button', { id: 'sign-in', onclick: go }, 'Sign in'))));
+    h('div', { class: 'row' }, h('button', { id: 'sign-in', onclick: go }, 'Sign in')),
+    h('h2', {}, 'Sign in with your organisation'),
+    h('p', { class: 'muted' }, "Through the namespace's single sign-on provider."),
+    h('div', { class: 'row' }, h('label', { for: 'sso-namespace' }, 'Namespace'), orgNs),
+    h('div', { class: 'row' }, h('button', { id: 'sign-in-sso', onclick: sso }, 'Sign in with your organisation'))));
   token.focus();
+}
+
+/** What the console says when a sign-in through a provider ends in `/console/#signin-error=<code>`. */
+const SSO_ERRORS = {
+  unavailable: 'Signing in with an organisation is not available for this namespace.',
+  busy: 'Too many sign-ins are under way: try again in a few minutes.',
+  provider: "The namespace's identity provider could not be reached, or answered something unusable.",
+  expired: 'This sign-in has expired or was already used: start again.',
+  refused: 'The identity provider did not sign you in.',
+  token: "The identity provider's token was refused.",
+  no_role: 'You are in no group that has a role in this namespace.',
+};
+
+/**
+ * The end of a sign-in through a provider: `#sso?namespace=NS&token=T` (the server's answer to
+ * the provider's callback; a fragment, never sent to a server) or `#signin-error=CODE`. The
+ * fragment is removed from the address and the history at once. Returns the error message, if any.
+ */
+function takeSignInFragment() {
+  const hash = location.hash;
+  if (hash.startsWith('#sso?')) {
+    const p = new URLSearchParams(hash.slice('#sso?'.length));
+    history.replaceState(null, '', `${location.pathname}#/sandboxes`);
+    if (p.get('token') && p.get('namespace')) session.setSso(p.get('token'), p.get('namespace'));
+    return null;
+  }
+  if (hash.startsWith('#signin-error=')) {
+    const code = hash.slice('#signin-error='.length);
+    history.replaceState(null, '', location.pathname);
+    session.clear();
+    return SSO_ERRORS[code] || 'The sign-in failed.';
+  }
+  return null;
 }
 
 /** Signs in with `token`, in namespace `wanted` (default: the first the token sees). */
 async function start(token, wanted) {
+  if (session.sso) {
+    // A user of the namespace's provider works in that namespace alone.
+    ctx.namespaces = [session.namespace];
+    await choose(session.namespace);
+    if (!location.hash || location.hash === '#') location.hash = '#/sandboxes';
+    route();
+    return;
+  }
   session.set(token, wanted || null);
   const namespaces = await all('/v1/namespaces', {}, 1000);
   const names = namespaces.map((n) => n.name);
@@ -132,14 +186,20 @@ async function route() {
   try {
     await view(ctx, el, rest.map(decodeURIComponent), new URLSearchParams(query || ''));
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) { session.clear(); signIn('The key was refused: sign in again.'); return; }
+    if (e instanceof ApiError && e.status === 401) {
+      const again = session.sso ? 'Your sign-in has expired: sign in again.' : 'The key was refused: sign in again.';
+      session.clear();
+      signIn(again);
+      return;
+    }
     replace(el, h('p', { class: 'bad', id: 'view-error' }, e.message));
   }
 }
 
 window.addEventListener('hashchange', route);
 window.addEventListener('DOMContentLoaded', async () => {
-  if (!session.token) { signIn(); return; }
+  const failed = takeSignInFragment();
+  if (!session.token) { signIn(failed); return; }
   try {
     await start(session.token, session.namespace);
   } catch (e) {

@@ -62,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .route("/console", get(|| async { redirect() }))
         .route("/console/", get(|| async { file("index.html") }))
         .route("/console/{*path}", get(|Path(path): Path<String>| async move { file(&path) }))
+        .merge(crate::console_oidc::routes())
         .layer(axum::middleware::map_response(|r: Response| async move { secure(r) }))
 }
 
@@ -83,7 +84,7 @@ fn file(path: &str) -> Response {
 }
 
 /// The headers of every console answer: the CSP, no sniffing, no referrer, no framing.
-fn secure(mut r: Response) -> Response {
+pub(crate) fn secure(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));

@@ -70,7 +70,9 @@ pub fn oidc_settings(config: &OidcConfig, outbound: &OutboundPolicy) -> Result<O
     Ok(OidcSettings { issuer, audience: config.audience.clone(), groups_claim: config.groups_claim.clone() })
 }
 
-async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<NamespaceIdentity>> {
+/// The namespace's identity provider and settings, `None` when the namespace does not exist or
+/// has none (or one the outbound policy now refuses).
+pub(crate) async fn provider(state: &AppState, namespace: &str) -> ApiResult<Option<NamespaceIdentity>> {
     let Some(key) = cache_key(state, namespace).await else {
         return Ok(None);
     };

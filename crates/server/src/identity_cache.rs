@@ -71,6 +71,11 @@ pub struct Identity {
     /// Made on first use: most servers never talk to an identity provider.
     pub(crate) http: std::sync::OnceLock<bulkhead_oidc::Outbound>,
     pub provider_options: ProviderOptions,
+    /// The console's sign-ins through namespaces' providers, waiting for their browser.
+    pub sign_ins: crate::console_oidc::SignIns,
+    /// This server's URL as browsers reach it (`serve --public-url`, else `http://<bound
+    /// address>`), set once it listens; unset, `http://<configured listen address>`.
+    pub public_url: std::sync::OnceLock<String>,
 }
 
 impl Identity {
@@ -87,6 +92,8 @@ impl Identity {
             master,
             http,
             provider_options,
+            sign_ins: crate::console_oidc::SignIns::default(),
+            public_url: std::sync::OnceLock::new(),
         })
     }
 

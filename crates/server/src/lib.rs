@@ -2,8 +2,10 @@
 //! router from a state, so tests drive it in-process; [`serve`] binds it and runs until SIGINT
 //! or SIGTERM.
 //!
-//! **Invariant:** every route but `/healthz`, `/openapi.json` and the console's static files
-//! ([`console`], under `/console/`) authenticates through
+//! **Invariant:** every route but `/healthz`, `/openapi.json`, the console's static files
+//! ([`console`], under `/console/`) and the console's sign-in through a namespace's provider
+//! ([`console_oidc`], `/console/oidc/start` and `/callback`, which read only the namespace's
+//! identity settings and hand out nothing but the provider's own ID token) authenticates through
 //! [`auth::Ctx`] and calls `ctx.authorize` with its action before reading a body or the store.
 //! **Invariant:** every route of the API is registered through utoipa's router, so the OpenAPI
 //! document is the route table and cannot drift from it (the console's files are not the API).
@@ -18,6 +20,7 @@ pub mod audit;
 pub mod auth;
 pub mod bootstrap;
 pub mod console;
+pub mod console_oidc;
 pub mod convert;
 pub mod error;
 pub mod extract;

@@ -1858,6 +1858,15 @@ export interface components {
         OidcConfig: {
             /** @description The `aud` the tokens must carry. */
             audience: string;
+            /**
+             * @description The console's OAuth client at the provider (a public client: no secret), 1 to 256
+             *     printable ASCII characters. With it the console offers "Sign in with your organisation":
+             *     the authorization code flow with PKCE through `/console/oidc/start`, redirecting back to
+             *     `<public URL>/console/oidc/callback`. The ID tokens the provider issues to it are used as
+             *     API bearer tokens, so their `aud` must be `audience` (usually the same value). Absent: no
+             *     console sign-in; bearer tokens work as before.
+             */
+            client_id?: string | null;
             /** @description The claim holding the user's groups; default `groups`. */
             groups_claim?: string;
             /**

@@ -110,6 +110,26 @@ impl TestProvider {
         self.call("GET", "/stats", None)
     }
 
+    /// Sets the user the authorization endpoint signs in without a form: `claims` go into its ID
+    /// tokens over the defaults (`sub` = "user-1", `aud` = the client id, `nonce` = the request's).
+    /// `tamper` makes one part go wrong: `"refuse"` (the browser comes back with
+    /// `error=access_denied`), `"nonce"` (another nonce in the ID token), `"challenge"` (the code is
+    /// bound to another challenge, so the client's right verifier is refused).
+    pub fn login(&self, claims: Value, tamper: Option<&str>) {
+        self.call("POST", "/login", Some(&json!({ "claims": claims, "tamper": tamper })));
+    }
+
+    /// `{"authorize_requests": n, "token_requests": n, "token_grants": n, "token_refusals": ["why", ...]}`
+    /// of the authorization code flow, as the provider counted them.
+    pub fn login_stats(&self) -> Value {
+        self.call("GET", "/login-stats", None)
+    }
+
+    /// The query parameters of every authorization request so far, in order.
+    pub fn authorize_requests(&self) -> Vec<Value> {
+        self.call("GET", "/authorize-requests", None).as_array().expect("a list").clone()
+    }
+
     /// A tiny HTTP/1.1 client for the control API (one request per connection, `Connection: close`).
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let authority = self.control.strip_prefix("http://").expect("control URL is http");

@@ -53,6 +53,11 @@ pub async fn set(
         if oidc.audience.is_empty() || oidc.audience.len() > 256 {
             return Err(ApiError::Invalid("oidc.audience: 1 to 256 characters".into()));
         }
+        if let Some(id) = &oidc.client_id {
+            if id.is_empty() || id.len() > 256 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ApiError::Invalid("oidc.client_id: 1 to 256 printable ASCII characters".into()));
+            }
+        }
         if oidc.groups_claim.is_empty() || oidc.groups_claim.len() > 128 {
             return Err(ApiError::Invalid("oidc.groups_claim: 1 to 128 characters".into()));
         }

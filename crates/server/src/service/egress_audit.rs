@@ -359,9 +359,12 @@ pub async fn flush(state: &AppState, window_ms: i64) -> ServiceResult<DenialBatc
 
 /// Flushes the denial log every `interval` until the process ends.
 pub fn spawn_flush(state: AppState, interval: Duration) {
-    super::spawn_every(&state, interval, "egress denial audit", |state| async move {
-        flush_now(&state).await.map(drop)
-    });
+    super::spawn_every(
+        &state,
+        interval,
+        "egress denial audit",
+        |state| async move { flush_now(&state).await.map(drop) },
+    );
 }
 
 /// [`flush`] with the server's configured interval (at shutdown, the interval cut short).

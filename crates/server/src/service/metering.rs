@@ -97,9 +97,12 @@ pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
 
 /// Runs the sampler until the process ends.
 pub fn spawn_meter(state: AppState) {
-    super::spawn_every(&state, state.config.meter_interval, "metering", |state| async move {
-        sample_all(&state).await
-    });
+    super::spawn_every(
+        &state,
+        state.config.meter_interval,
+        "metering",
+        |state| async move { sample_all(&state).await },
+    );
 }
 
 /// Counts one exec in the namespace's ledger.

@@ -52,7 +52,7 @@ pub struct Pools {
     /// Pool sandboxes being started, by (namespace, image id).
     starting: Mutex<HashMap<PoolKey, usize>>,
     /// Wakes the filler (a claim, a size change).
-    wake: tokio::sync::Notify,
+    wake: std::sync::Arc<tokio::sync::Notify>,
     /// [`crate::state::PoolSettings::min_available_bytes`] as changed while the server runs.
     min_available: Mutex<Option<u64>>,
 }
@@ -307,8 +307,8 @@ pub fn spawn(state: AppState) {
                 }
             };
             if !busy {
-                // Woken by a claim or a size change, or at the next interval; the wake-up is
-                // the state's, so the state is dropped only after it (at most an interval).
+                // Woken by a claim or a size change, or at the next interval; waiting holds
+                // the wake-up alone, not the state (a `notify_one` meanwhile is kept).
                 let wake = state.pools.wake.clone();
                 drop(state);
                 let _ = tokio::time::timeout(FILL_INTERVAL, wake.notified()).await;

@@ -464,9 +464,7 @@ pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
 /// Runs the reaper of expired sandboxes and the health check of supervisors until the process
 /// ends.
 pub fn spawn_reaper(state: AppState) {
-    super::spawn_every(&state, state.config.reap_interval, "reaper", |state| async move {
-        reap_expired(&state).await
-    });
+    super::spawn_every(&state, state.config.reap_interval, "reaper", |state| async move { reap_expired(&state).await });
     let failures = std::sync::Arc::new(std::sync::Mutex::new(HashMap::<String, (u32, i64)>::new()));
     super::spawn_every(&state, HEALTH_INTERVAL, "health check", move |state| {
         let failures = failures.clone();
