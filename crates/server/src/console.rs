@@ -56,14 +56,26 @@ const ASSETS: &[Asset] = &[
 /// The console's routes: `/console` redirects to `/console/`, which is `index.html`;
 /// `/console/<path>` is the file, or the usual `404 not_found`. Every answer under them, a
 /// `405` for another method and a `400` for a path that is not UTF-8 included, carries the
-/// console's headers ([`secure`]).
+/// console's headers ([`headers`], a layer of the whole application, outside its fallbacks).
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/console", get(|| async { redirect() }))
         .route("/console/", get(|| async { file("index.html") }))
         .route("/console/{*path}", get(|Path(path): Path<String>| async move { file(&path) }))
         .merge(crate::console_oidc::routes())
-        .layer(axum::middleware::map_response(|r: Response| async move { secure(r) }))
+}
+
+/// Middleware: the console's headers ([`secure`]) on every answer to a request for `/console`
+/// or below it, whichever handler or fallback made the answer.
+pub async fn headers(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let console = path == "/console" || path.starts_with("/console/");
+    let r = next.run(req).await;
+    if console {
+        secure(r)
+    } else {
+        r
+    }
 }
 
 fn redirect() -> Response {

@@ -340,6 +340,7 @@ pub fn app(state: AppState) -> Router {
         .merge(console::routes())
         .method_not_allowed_fallback(request::method_not_allowed)
         .fallback(request::not_found)
+        .layer(middleware::from_fn(console::headers))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(request::panic_response))
         .layer(middleware::from_fn(request::middleware))
