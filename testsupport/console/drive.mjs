@@ -160,6 +160,23 @@ try {
     await shot(dev, 'terminal');
   });
 
+  await check('leaving the terminal hangs up its shell', async () => {
+    const shell = await dev.$eval('#terminal .terminal-box', (el) => el.dataset.process);
+    const path = ns(`/sandboxes/${sandbox}/processes/${shell}`);
+    const running = await call('GET', path, DEV);
+    assert.equal(running.status, 'running');
+    await view(dev, '#/sandboxes', `a.sandbox-link >> text=${sandbox}`);
+    let ended;
+    for (let i = 0; i < 600; i++) {
+      ended = await call('GET', path, DEV);
+      if (ended.status !== 'running') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(ended.status, 'exited', JSON.stringify(ended));
+    assert.equal(ended.signal, 1, `ended by SIGHUP: ${JSON.stringify(ended)}`);
+    await view(dev, `#/sandbox/${sandbox}`, '#terminal-open');
+  });
+
   await check('upload a file and read it back through the API', async () => {
     await dev.fill('#files-path', '/tmp');
     await dev.click('#files-list');
@@ -301,6 +318,21 @@ try {
     assert.equal(await admin.locator('button.audit-verify').count(), 2, 'the admin verifies both chains');
     assert.deepEqual(admin.problems, []);
     await admin.close();
+  });
+
+  await check("a revoked key's open page goes back to sign-in", async () => {
+    const key = await call('POST', ns('/keys'), ADMIN, { json: { name: 'short-lived', role: 'developer' } });
+    // A page of its own, outside the pages whose reported errors must be none: the refused
+    // calls of a revoked key are reported, as they should be.
+    const p = await browser.newPage();
+    await signIn(p, key.token);
+    await view(p, '#/sandboxes', `a.sandbox-link >> text=${sandbox}`);
+    await call('DELETE', ns(`/keys/${key.id}`), ADMIN);
+    // The next poll is refused: the page signs out and says why.
+    await p.waitForSelector('#sign-in');
+    assert.equal(await p.evaluate(() => sessionStorage.getItem('bulkhead.token')), null);
+    assert.match(await p.textContent('body'), /refused/);
+    await p.close();
   });
 
   await check('nothing executed, nothing was refused by the CSP, nothing left the machine', async () => {

@@ -175,6 +175,7 @@ fn the_console_works_in_headless_chromium() {
             "sign in with a key",
             "create a sandbox",
             "type into the terminal and read its output",
+            "leaving the terminal hangs up its shell",
             "upload a file and read it back through the API",
             "data that looks like markup is shown as text (XSS)",
             "a filesystem's file browser uploads, lists and downloads",
@@ -183,6 +184,7 @@ fn the_console_works_in_headless_chromium() {
             "agents and a task with its live messages",
             "a viewer sees no exec button, and the API refuses it",
             "the admin changes quotas, explains a decision and verifies both chains",
+            "a revoked key's open page goes back to sign-in",
             "nothing executed, nothing was refused by the CSP, nothing left the machine",
         ],
         "{report}"

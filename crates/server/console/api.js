@@ -43,8 +43,10 @@ export function nsPath(ns, rest = '') {
 
 /**
  * Calls the API: `method` on `path` with `opts.query` (an object), `opts.json` (a body sent as
- * JSON) or `opts.body` (raw bytes), `opts.token` (default the session's). Answers the parsed JSON,
- * null for an empty answer, or with `opts.raw` the Response itself. Throws ApiError.
+ * JSON) or `opts.body` (raw bytes), `opts.token` (default the session's), `opts.keepalive` (the
+ * request outlives the page). Answers the parsed JSON, null for an empty answer, or with
+ * `opts.raw` the Response itself. Throws ApiError. A 401 to the session's own token (revoked,
+ * expired) also dispatches `bulkhead:signed-out` on `window`, whoever called.
  */
 export async function api(method, path, opts = {}) {
   const token = opts.token ?? session.token;
@@ -66,7 +68,10 @@ export async function api(method, path, opts = {}) {
     const text = q.toString();
     if (text) url += `?${text}`;
   }
-  const r = await fetch(url, { method, headers, body, credentials: 'omit', cache: 'no-store' });
+  const r = await fetch(url, { method, headers, body, credentials: 'omit', cache: 'no-store', keepalive: !!opts.keepalive });
+  if (r.status === 401 && token && token === session.token) {
+    window.dispatchEvent(new CustomEvent('bulkhead:signed-out'));
+  }
   if (!r.ok) {
     let code = 'http_error';
     let message = r.statusText;

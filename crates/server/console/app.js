@@ -197,6 +197,14 @@ async function route() {
 }
 
 window.addEventListener('hashchange', route);
+// Any call refused for the session's token (a poller's too): the session is over.
+window.addEventListener('bulkhead:signed-out', () => {
+  if (!session.token) return;
+  const again = session.sso ? 'Your sign-in has expired: sign in again.' : 'The key was refused: sign in again.';
+  session.clear();
+  leave();
+  signIn(again);
+});
 window.addEventListener('DOMContentLoaded', async () => {
   const failed = takeSignInFragment();
   if (!session.token) { signIn(failed); return; }

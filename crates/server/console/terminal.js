@@ -7,16 +7,24 @@ import { h } from './dom.js';
 
 const ROWS = 24;
 const COLS = 100;
+/** A terminal's shell ends after this long whatever happens (seconds). */
+const SHELL_SECONDS = 8 * 3600;
 
 /**
  * Opens a shell of sandbox `id` of namespace `ns` in a new terminal inside `box`. Answers a
- * function that closes it (the shell goes on running with its stdin open, as the API says of a
- * socket closed without `eof`).
+ * function that closes it: the shell is hung up (`SIGHUP`, as a closed terminal does), so no
+ * shell outlives its terminal to hold one of the namespace's concurrent commands. A tab closed
+ * outright hangs it up too (a request kept alive past the page); a shell whose hang-up never
+ * arrives still ends after `SHELL_SECONDS`.
  */
 export async function openTerminal(box, ns, id, onStatus) {
-  const proc = await api('POST', nsPath(ns, `/sandboxes/${encodeURIComponent(id)}/processes`), {
-    json: { cmd: ['/bin/sh'], tty: { rows: ROWS, cols: COLS } },
+  const sandbox = nsPath(ns, `/sandboxes/${encodeURIComponent(id)}`);
+  const proc = await api('POST', `${sandbox}/processes`, {
+    json: { cmd: ['/bin/sh'], tty: { rows: ROWS, cols: COLS }, timeout_seconds: SHELL_SECONDS },
   });
+  const hangUp = () => api('POST', `${sandbox}/processes/${encodeURIComponent(proc.id)}/signal`,
+    { json: { signal: 'HUP' }, keepalive: true }).catch(() => { /* ended already */ });
+  window.addEventListener('pagehide', hangUp);
   const host = h('div', { class: 'terminal-box', 'data-process': proc.id });
   box.replaceChildren(host);
   const term = new Terminal({ rows: ROWS, cols: COLS, cursorBlink: true, convertEol: false, scrollback: 2000 });
@@ -47,5 +55,10 @@ export async function openTerminal(box, ns, id, onStatus) {
   term.onData((data) => {
     if (ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data));
   });
-  return () => { ws.close(); term.dispose(); };
+  return () => {
+    window.removeEventListener('pagehide', hangUp);
+    hangUp();
+    ws.close();
+    term.dispose();
+  };
 }
