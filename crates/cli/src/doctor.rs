@@ -18,7 +18,7 @@
 //!   the server's standing configuration (they outlive sandboxes and server restarts): a
 //!   namespace's cgroup is a leak when its namespace is gone, and either is a leak when a
 //!   process sits directly in it;
-//! - the control plane's cgroup (`<prefix>/_control-plane`) holds the running server: a
+//! - the control plane's cgroup (`<prefix>.control-plane`) holds the running server: a
 //!   process in it is the server's, and the cgroup is a leak when no process holds it;
 //! - host-global network objects are named with their owner's `net_prefix` (`bh` and four hex
 //!   digits): network namespaces `<net_prefix>-<sandbox id without sbx_>`, veths
@@ -80,7 +80,7 @@ enum Level {
     Top,
     /// A namespace's cgroup.
     Namespace(String),
-    /// The cgroup the server runs in (`<prefix>/_control-plane`), or a process in it: the
+    /// The cgroup the server runs in (`<prefix>.control-plane`), or a process in it: the
     /// server's own, or what it started.
     ControlPlane,
     /// Anything of one sandbox, with the sandbox it names (if it names one).

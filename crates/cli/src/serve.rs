@@ -52,11 +52,11 @@ pub struct ServeArgs {
     /// Name of this server's top cgroup.
     #[arg(long, env = "BULKHEAD_CGROUP_PREFIX", default_value = "bulkhead")]
     cgroup_prefix: String,
-    /// The CPU weight of the server's own cgroup (`<prefix>/_control-plane`), in cgroup v2
-    /// units, 1 to 10000, against each namespace's 100 (on cgroup v1, `cpu.shares` of ten
-    /// times as much per 100): when a tenant keeps the CPU busy, the API, the runtime's calls
-    /// and other tenants' execs still get a core. 0 leaves the server in the cgroup it was
-    /// started in.
+    /// The CPU weight of the server's own cgroup (`<prefix>.control-plane`, beside the top
+    /// cgroup that holds every namespace), in cgroup v2 units, 1 to 10000, against the top
+    /// cgroup's 100 (on cgroup v1, `cpu.shares` of ten times as much per 100): when tenants
+    /// keep the CPU busy, the API, the runtime's calls and other tenants' execs still get a
+    /// core. 0 leaves the server in the cgroup it was started in.
     #[arg(
         long,
         env = "BULKHEAD_CONTROL_PLANE_CPU_WEIGHT",

@@ -141,7 +141,7 @@ fn cpu_cgroup(pid: u32) -> (String, String) {
 /// The server runs in its own cgroup below its prefix, weighted ten times a namespace.
 fn assert_weighted(server: &Server, prefix: &str) {
     let (path, weight) = cpu_cgroup(server.child.id());
-    assert_eq!(path, format!("/{prefix}/_control-plane"));
+    assert_eq!(path, format!("/{prefix}.control-plane"));
     let v1 = std::fs::read_to_string(format!("/proc/{}/cgroup", server.child.id())).unwrap().contains(":cpu");
     assert_eq!(weight, if v1 { "10240" } else { "1000" });
 }

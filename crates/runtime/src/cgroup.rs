@@ -22,9 +22,9 @@ use bulkhead_core::placement::CpuSet;
 
 use crate::{CpuPlacement, NamespaceLimits, Result, RuntimeError, SandboxStats};
 
-/// The cgroup below the server's top cgroup that holds the server's own process
-/// ([`Cgroups::enter_control_plane`]). No namespace can have this name (a namespace's starts
-/// with a letter), so nothing that walks the namespaces' cgroups ever takes it for one.
+/// How the server's own cgroup ([`Cgroups::enter_control_plane`]) is named in
+/// [`Cgroups::existing`]'s callers' terms below the prefix (doctor's levels). On the host it is
+/// the top cgroup's sibling, `<prefix>.control-plane` ([`Cgroups::control_plane_name`]).
 pub const CONTROL_PLANE: &str = "_control-plane";
 
 /// The control plane's default CPU weight, in cgroup v2 units (1 to 10,000; every namespace's
@@ -483,18 +483,27 @@ impl Cgroups {
         Ok(())
     }
 
-    /// Removes the server's whole tree (used when nothing should be left).
+    /// Removes the server's whole tree and its control plane's cgroup (used when nothing
+    /// should be left, with the server gone: a process still in them is killed).
     pub fn remove_all(&self) -> Result<()> {
-        self.remove_tree(Path::new(""))
+        self.remove_tree(Path::new(""))?;
+        for h in self.hierarchies() {
+            let dir = h.join(self.control_plane_name());
+            if dir.is_dir() {
+                remove_dir_tree(&dir)?;
+            }
+        }
+        Ok(())
     }
 
-    /// Every cgroup directory of this server, in any hierarchy.
+    /// Every cgroup directory of this server, in any hierarchy (its control plane's too).
     pub fn existing(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for h in self.hierarchies() {
-            let top = h.join(&self.prefix);
-            if top.is_dir() {
-                collect_dirs(&top, &mut out);
+            for top in [h.join(&self.prefix), h.join(self.control_plane_name())] {
+                if top.is_dir() {
+                    collect_dirs(&top, &mut out);
+                }
             }
         }
         out
@@ -505,7 +514,7 @@ impl Cgroups {
         let top = self.controller("pids").join(&self.prefix);
         let mut out = Vec::new();
         for ns in fs::read_dir(&top).into_iter().flatten().flatten() {
-            if !ns.path().is_dir() || ns.file_name() == CONTROL_PLANE {
+            if !ns.path().is_dir() {
                 continue;
             }
             for sbx in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
@@ -526,7 +535,7 @@ impl Cgroups {
         for h in self.hierarchies() {
             for ns in fs::read_dir(h.join(&self.prefix)).into_iter().flatten().flatten() {
                 let name = ns.file_name().to_string_lossy().into_owned();
-                if ns.path().is_dir() && name != CONTROL_PLANE && !out.contains(&name) {
+                if ns.path().is_dir() && !out.contains(&name) {
                     out.push(name);
                 }
             }
@@ -535,17 +544,23 @@ impl Cgroups {
         out
     }
 
-    /// Moves process `pid` (every thread of it) into [`CONTROL_PLANE`] below the server's top
-    /// cgroup, with CPU weight `weight` in cgroup v2 units (1 to 10,000, where every namespace
-    /// has 100): v2 writes `cpu.weight` in the unified hierarchy; v1 writes `cpu.shares`
-    /// (`weight * 1024 / 100`, the kernel's own mapping of one to the other) in the `cpu`
-    /// hierarchy alone, leaving the process's memory, pids and cpuset cgroups as they were.
+    /// The name of the server's own cgroup: `<prefix>.control-plane`, the top cgroup's sibling.
+    pub fn control_plane_name(&self) -> String {
+        format!("{}.control-plane", self.prefix)
+    }
+
+    /// Moves process `pid` (every thread of it) into its own cgroup beside the server's top
+    /// cgroup ([`Cgroups::control_plane_name`]), with CPU weight `weight` in cgroup v2 units (1
+    /// to 10,000; the top cgroup, which holds every namespace, has the default 100): v2 writes
+    /// `cpu.weight` in the unified hierarchy; v1 writes `cpu.shares` (`weight * 1024 / 100`,
+    /// the kernel's own mapping of one to the other) in the `cpu` hierarchy alone, leaving the
+    /// process's memory, pids and cpuset cgroups as they were.
     ///
     /// The weight only matters when the CPU is contended: then the control plane gets `weight`
-    /// parts to each namespace's 100, so one tenant at its quota (a fork bomb, a busy loop)
-    /// does not queue the API, the runtime's calls and every other tenant's exec behind it.
-    /// On v2 the control plane, a member of the top cgroup's cpuset, also keeps off the cores
-    /// that dedicated namespaces hold; on v1 it may run on any core.
+    /// parts to the 100 of all the tenants together, so tenants at their quotas (a fork bomb,
+    /// a busy loop) do not queue the API, the runtime's calls and every other tenant's exec
+    /// behind them. Beside the top cgroup rather than in it: inside, it would share the top
+    /// cgroup's one slice with the tenants (measured: no gain, `bench --only placement`).
     ///
     /// Returns what [`ControlPlane::leave`] needs to put the process back. Errors: the weight
     /// out of range (`Protocol`), or a cgroup file the kernel refuses (`Io`).
@@ -557,13 +572,10 @@ impl Cgroups {
             Version::V2 => (self.root.clone(), "", "cpu.weight", weight.to_string()),
             Version::V1 => (self.root.join("cpu"), "cpu", "cpu.shares", (u64::from(weight) * 1024 / 100).to_string()),
         };
-        let top = hierarchy.join(&self.prefix);
-        let dir = top.join(CONTROL_PLANE);
+        let dir = hierarchy.join(self.control_plane_name());
         fs::create_dir_all(&dir).map_err(RuntimeError::io(format!("create {}", dir.display())))?;
         if self.version == Version::V2 {
-            for d in [&self.root, &top] {
-                write(&d.join("cgroup.subtree_control"), "+cpu")?;
-            }
+            write(&self.root.join("cgroup.subtree_control"), "+cpu")?;
         }
         write(&dir.join(weight_file), &value)?;
         let from = own_cgroup(pid, self.version, controller_line)
@@ -637,7 +649,7 @@ impl Cgroups {
 #[derive(Debug)]
 pub struct ControlPlane {
     pid: u32,
-    /// `<hierarchy>/<prefix>/_control-plane`.
+    /// `<hierarchy>/<prefix>.control-plane`.
     dir: PathBuf,
     /// Where the process was before, to go back to.
     from: PathBuf,
@@ -650,12 +662,12 @@ impl ControlPlane {
     }
 
     /// Moves the process back where it came from (the hierarchy's root when that is gone) and
-    /// removes the control plane's cgroup, and the top cgroup too when nothing else is left in
-    /// it. A cgroup that other processes still hold (children the server started) stays.
+    /// removes the control plane's cgroup. A cgroup that other processes still hold (children
+    /// the server started) stays.
     pub fn leave(self) -> Result<()> {
         let back = match self.from.join("cgroup.procs").exists() {
             true => &self.from,
-            false => self.dir.ancestors().nth(2).unwrap_or(&self.dir),
+            false => self.dir.parent().unwrap_or(&self.dir),
         };
         write(&back.join("cgroup.procs"), &self.pid.to_string())?;
         match fs::remove_dir(&self.dir) {
@@ -665,10 +677,6 @@ impl ControlPlane {
                 return Ok(());
             }
             Err(e) => return Err(RuntimeError::io(format!("remove cgroup {}", self.dir.display()))(e)),
-        }
-        if let Some(top) = self.dir.parent() {
-            // Fails harmlessly while a namespace still has a cgroup.
-            let _ = fs::remove_dir(top);
         }
         Ok(())
     }
@@ -844,23 +852,24 @@ mod tests {
     }
 
     #[test]
-    fn v1_control_plane_is_weighted_in_the_cpu_hierarchy_alone_and_never_a_namespace() {
+    fn v1_control_plane_is_weighted_beside_the_top_cgroup_in_the_cpu_hierarchy_alone() {
         let d = fake_v1();
         let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
         let limits =
             NamespaceLimits { cpu_millis: 1000, memory_bytes: 1 << 30, pids: 64, placement: Default::default() };
         cg.ensure_namespace("acme", &limits).unwrap();
         let plane = cg.enter_control_plane(4242, CONTROL_PLANE_CPU_WEIGHT).unwrap();
-        let dir = d.path().join("cpu/bulkhead/_control-plane");
+        let dir = d.path().join("cpu/bulkhead.control-plane");
         assert_eq!(plane.dir(), dir);
         assert_eq!(fs::read_to_string(dir.join("cpu.shares")).unwrap(), "10240");
         assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "4242");
         for other in ["memory", "pids", "freezer"] {
-            assert!(!d.path().join(other).join("bulkhead").join(CONTROL_PLANE).exists(), "{other}");
+            assert!(!d.path().join(other).join("bulkhead.control-plane").exists(), "{other}");
         }
-        // Walks of the namespaces and their sandboxes never meet it.
+        // Walks of the namespaces and their sandboxes never meet it; the server's cgroups do.
         assert_eq!(cg.namespaces(), vec!["acme".to_owned()]);
         assert!(cg.sandboxes().is_empty());
+        assert!(cg.existing().contains(&dir));
         assert!(cg.enter_control_plane(1, 0).is_err());
         assert!(cg.enter_control_plane(1, 10_001).is_err());
         // Leaving puts the process back (here: the hierarchy's root, the fake has no other).
@@ -877,15 +886,14 @@ mod tests {
         fs::write(d.path().join("cgroup.controllers"), "cpu cpuset memory pids").unwrap();
         let cg = Cgroups::detect(d.path(), "bulkhead").unwrap();
         let plane = cg.enter_control_plane(4242, 500).unwrap();
-        let dir = d.path().join("bulkhead/_control-plane");
+        let dir = d.path().join("bulkhead.control-plane");
         assert_eq!(fs::read_to_string(dir.join("cpu.weight")).unwrap(), "500");
         assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "4242");
-        assert_eq!(fs::read_to_string(d.path().join("bulkhead/cgroup.subtree_control")).unwrap(), "+cpu");
+        assert_eq!(fs::read_to_string(d.path().join("cgroup.subtree_control")).unwrap(), "+cpu");
         assert!(cg.namespaces().is_empty());
         clear_files(&dir);
-        clear_files(&d.path().join("bulkhead"));
         plane.leave().unwrap();
-        assert!(!d.path().join("bulkhead").exists(), "the top cgroup goes with the last of it");
+        assert!(!dir.exists());
     }
 
     #[test]

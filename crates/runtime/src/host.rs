@@ -84,7 +84,8 @@ pub fn supervisors_of(prefix: &str) -> Vec<Supervisor> {
 pub struct ServerCgroup {
     pub path: PathBuf,
     /// Its names below the prefix: none for the prefix cgroup, the namespace for a namespace's,
-    /// the namespace and the sandbox for a sandbox's.
+    /// the namespace and the sandbox for a sandbox's; [`crate::cgroup::CONTROL_PLANE`] for the
+    /// control plane's (beside the prefix on the host).
     pub below_prefix: Vec<String>,
     /// A process sits directly in it.
     pub busy: bool,
@@ -104,10 +105,14 @@ pub fn cgroups_of(root: &Path, prefix: &str) -> Vec<ServerCgroup> {
             // The hierarchy (`cpu`, `memory`, ...).
             parts.remove(0);
         }
-        if parts.first().map(String::as_str) != Some(prefix) {
+        // The control plane's cgroup, beside the top one, is named as doctor's levels name it.
+        if parts.first() == Some(&cg.control_plane_name()) {
+            parts[0] = crate::cgroup::CONTROL_PLANE.to_owned();
+        } else if parts.first().map(String::as_str) != Some(prefix) {
             continue;
+        } else {
+            parts.remove(0);
         }
-        parts.remove(0);
         let busy = fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|t| !t.trim().is_empty());
         out.push(ServerCgroup { path, below_prefix: parts, busy });
     }
