@@ -600,15 +600,17 @@ async fn placement_on_two_servers(
     let noises = load::noises(&args.placement_noise)?;
     let cgroups = load::cgroups(&settings.cgroup_prefix)?;
     let execs = args.noisy_execs.max(1);
-    // First the control plane in the cgroup it was started in (the host's root here), then in
-    // its own weighted one (the default); the same noises, the same B, one server each.
+    // First the control plane in the cgroup it was started in (the default; the host's root
+    // here), then in its own weighted one; the same noises, the same B, one server each.
     let unweighted = ["--control-plane-cpu-weight", "0"];
     let baseline = with_loopback_server(args, bulkhead, data, settings, image, &unweighted, |admin, _url| {
         let (cgroups, noises) = (&cgroups, &noises);
         async move { placement::measure(&admin, cgroups, execs, noises, placement::ControlPlane::Unweighted).await }
     })
     .await?;
-    let weighted = with_loopback_server(args, bulkhead, data, settings, image, &[], |admin, _url| {
+    let weight = bulkhead_runtime::cgroup::CONTROL_PLANE_CPU_WEIGHT.to_string();
+    let weighted_args = ["--control-plane-cpu-weight", weight.as_str()];
+    let weighted = with_loopback_server(args, bulkhead, data, settings, image, &weighted_args, |admin, _url| {
         let (cgroups, noises) = (&cgroups, &noises);
         async move { placement::measure(&admin, cgroups, execs, noises, placement::ControlPlane::Weighted).await }
     })

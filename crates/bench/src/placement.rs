@@ -18,7 +18,7 @@ use crate::load::{self, Noise, NoisyNeighbour};
 pub enum ControlPlane {
     /// In the cgroup the server was started in (`--control-plane-cpu-weight 0`).
     Unweighted,
-    /// In `<prefix>.control-plane` with the default CPU weight.
+    /// In `<prefix>.control-plane` with [`bulkhead_runtime::cgroup::CONTROL_PLANE_CPU_WEIGHT`].
     Weighted,
 }
 

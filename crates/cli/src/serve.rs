@@ -56,12 +56,14 @@ pub struct ServeArgs {
     /// cgroup that holds every namespace), in cgroup v2 units, 1 to 10000, against the top
     /// cgroup's 100 (on cgroup v1, `cpu.shares` of ten times as much per 100): when tenants
     /// keep the CPU busy, the API, the runtime's calls and other tenants' execs still get a
-    /// core. 0 leaves the server in the cgroup it was started in.
+    /// core. 0 (the default) leaves the server in the cgroup it was started in: on the hosts
+    /// measured so far, 1000 did not move a quiet tenant's p99 beyond the noise between runs
+    /// (`bulkhead bench --only placement` measures both).
     #[arg(
         long,
         env = "BULKHEAD_CONTROL_PLANE_CPU_WEIGHT",
         value_name = "WEIGHT",
-        default_value_t = bulkhead_runtime::cgroup::CONTROL_PLANE_CPU_WEIGHT,
+        default_value_t = 0,
         value_parser = clap::value_parser!(u32).range(0..=10_000)
     )]
     control_plane_cpu_weight: u32,

@@ -27,9 +27,10 @@ use crate::{CpuPlacement, NamespaceLimits, Result, RuntimeError, SandboxStats};
 /// the top cgroup's sibling, `<prefix>.control-plane` ([`Cgroups::control_plane_name`]).
 pub const CONTROL_PLANE: &str = "_control-plane";
 
-/// The control plane's default CPU weight, in cgroup v2 units (1 to 10,000; every namespace's
-/// cgroup has the kernel's default, 100): ten times a namespace's, so that a tenant running
-/// at its CPU quota cannot make the server that answers every other tenant wait for a core.
+/// The control plane's suggested CPU weight, in cgroup v2 units (1 to 10,000; the top cgroup
+/// that holds every namespace has the kernel's default, 100): ten times all the tenants
+/// together, so that tenants at their CPU quotas cannot make the server that answers every
+/// other tenant wait for a core. What the placement bench measures against none.
 pub const CONTROL_PLANE_CPU_WEIGHT: u32 = 1000;
 
 /// Which cgroup hierarchy the host runs.
