@@ -80,8 +80,7 @@ enum Level {
     Top,
     /// A namespace's cgroup.
     Namespace(String),
-    /// The cgroup the server runs in (`<prefix>.control-plane`), or a process in it: the
-    /// server's own, or what it started.
+    /// The cgroup the server runs in (`<prefix>.control-plane`, beside the prefix cgroup).
     ControlPlane,
     /// Anything of one sandbox, with the sandbox it names (if it names one).
     Sandbox(Option<String>),
@@ -148,9 +147,6 @@ struct World {
     nets: HashMap<String, NetOwner>,
     /// The host registry, for messages.
     registry: PathBuf,
-    /// A process holds the control plane's cgroup: a server runs on this prefix, and its top
-    /// cgroup stands even with no namespace.
-    control_plane_held: bool,
 }
 
 /// One leaked resource, as printed.
@@ -207,14 +203,11 @@ fn judge(found: &Found, world: &World) -> Option<String> {
             if found.busy {
                 return Some("a process sits directly in the prefix cgroup".into());
             }
-            live.filter(|l| l.namespaces.is_empty() && !world.control_plane_held)
-                .map(|l| format!("no namespace left{}", l.of()))
+            live.filter(|l| l.namespaces.is_empty()).map(|l| format!("no namespace left{}", l.of()))
         }
         // The server leaves it when it stops; one that no process holds was left by a server
         // killed outright (the next start on this prefix takes it over).
-        Level::ControlPlane if found.kind == "cgroup" && !found.busy => {
-            Some("no server runs in the control plane's cgroup".into())
-        }
+        Level::ControlPlane if !found.busy => Some("no server runs in the control plane's cgroup".into()),
         Level::ControlPlane => None,
         Level::Stray(why) => Some(why.clone()),
         Level::Net { prefix, rest } => judge_net(found.kind, prefix, rest, world),
@@ -260,7 +253,6 @@ fn scan(prefix: &str, state: &Path, data_dir: &Path) -> Vec<Found> {
     for p in host::processes_in(prefix) {
         let level = match p.below_prefix.as_slice() {
             [] => Level::Stray("in the prefix cgroup, not a sandbox's".into()),
-            [cp, ..] if cp == CONTROL_PLANE => Level::ControlPlane,
             [ns] => Level::Stray(format!("in namespace {ns}'s cgroup, not a sandbox's")),
             [_, sbx, ..] => Level::Sandbox(Some(sbx.clone())),
         };
@@ -503,8 +495,7 @@ pub async fn doctor(args: DoctorArgs, global: &Global) -> anyhow::Result<ExitCod
     // The host first, then what is live: a sandbox created in between is then known, not
     // reported as a leak.
     let found = scan(&args.cgroup_prefix, &state, &data_dir);
-    let control_plane_held = found.iter().any(|f| f.level == Level::ControlPlane && f.kind == "cgroup" && f.busy);
-    let mut world = World { registry: args.host_registry.clone(), control_plane_held, ..World::default() };
+    let mut world = World { registry: args.host_registry.clone(), ..World::default() };
     let owners = owners(&args.host_registry)?;
     match learn(global, &data_dir, args.store.as_deref()).await? {
         Ok(mut live) => {
@@ -589,13 +580,9 @@ mod tests {
         assert!(leak(&found("x", Level::Top, false), &world(Some(Live::default()))));
         assert!(leak(&found("x", Level::Top, true), &unknown));
         assert!(leak(&found("x", Level::Stray("in the prefix cgroup".into()), false), &known));
-        // The running server holds its control plane's cgroup, and with it the top cgroup.
+        // The running server holds its control plane's cgroup; an empty one was left behind.
         assert!(!leak(&found("x", Level::ControlPlane, true), &known));
         assert!(leak(&found("x", Level::ControlPlane, false), &known));
-        let process = Found { kind: "process", ..found("x", Level::ControlPlane, false) };
-        assert!(!leak(&process, &unknown));
-        let held = World { control_plane_held: true, ..world(Some(Live::default())) };
-        assert!(!leak(&found("x", Level::Top, false), &held));
     }
 
     #[test]
