@@ -98,6 +98,17 @@ pub struct ServeArgs {
     /// SQLite file `bulkhead.db` in the data dir.
     #[arg(long, env = "BULKHEAD_STORE", value_name = "URL", hide_env_values = true, value_parser = parse_store)]
     store: Option<String>,
+    /// With a PostgreSQL store, several servers (each with its own data dir, state dir and
+    /// cgroup prefix, all with the same `BULKHEAD_MASTER_KEY`) are replicas: any of them answers
+    /// any request, and one for a sandbox another runs is forwarded to it. This is the URL the
+    /// others reach this one at (`http://host:port`). Default: `http://<the address bound>`.
+    #[arg(long, env = "BULKHEAD_ADVERTISE_URL", value_name = "URL", value_parser = parse_advertise_url)]
+    advertise_url: Option<String>,
+    /// With a PostgreSQL store: how long this server's lease holds unless renewed (it renews
+    /// every third of it). A server whose lease lapses is declared lost by the others, and its
+    /// sandboxes end `failed`.
+    #[arg(long, env = "BULKHEAD_NODE_LEASE", default_value = "15s", value_parser = parse_lease)]
+    node_lease: Duration,
     /// Where lxcfs is mounted: sandboxes then see their own memory, CPU and uptime in
     /// `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime` and `/proc/loadavg`
     /// (`scripts/up` installs and starts it). `none`: the host's figures.
@@ -270,6 +281,8 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
         config.audit_retention_records = n;
     }
     config.store = args.store.clone();
+    config.advertise_url = args.advertise_url.clone();
+    config.node_lease = args.node_lease;
     config.outbound = args.outbound.config();
     config.images.root = match args.root {
         Root::Image => RootMode::Image,
@@ -389,6 +402,28 @@ fn parse_registry(s: &str) -> Result<String, String> {
     }
 }
 
+/// `--advertise-url`: `http://host[:port]`, with no path, query or credentials.
+fn parse_advertise_url(s: &str) -> Result<String, String> {
+    let authority = s
+        .strip_prefix("http://")
+        .ok_or("must be http://host:port (replicas forward to each other in plain HTTP)")?
+        .trim_end_matches('/');
+    let bad = |c: char| matches!(c, '/' | '?' | '#' | '@') || c.is_whitespace() || c.is_control();
+    if authority.is_empty() || authority.contains(bad) {
+        return Err("must be http://host:port, with no path, query or credentials".into());
+    }
+    Ok(format!("http://{authority}"))
+}
+
+/// `--node-lease`: a duration from 3 s to 10 min.
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if !(Duration::from_secs(3)..=Duration::from_secs(600)).contains(&d) {
+        return Err("must be between 3s and 10m".into());
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +468,24 @@ mod tests {
         assert_eq!(config.connections.idle_timeout, Duration::from_millis(500));
         let zero = Cli::try_parse_from(["bulkhead", "--max-streams", "0"]).expect("parse");
         assert!(zero.limits.apply(&mut config).is_err());
+    }
+
+    #[test]
+    fn advertise_urls_are_plain_http_host_and_port() {
+        assert_eq!(parse_advertise_url("http://10.0.0.7:7070/").unwrap(), "http://10.0.0.7:7070");
+        assert_eq!(parse_advertise_url("http://node-a:7070").unwrap(), "http://node-a:7070");
+        for bad in
+            ["https://a:1", "10.0.0.7:7070", "http://", "http://a:1/x", "http://u:p@a:1", "http://a:1?q", "http://a b"]
+        {
+            assert!(parse_advertise_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_lease_is_between_3_seconds_and_10_minutes() {
+        assert_eq!(parse_lease("15s").unwrap(), Duration::from_secs(15));
+        for bad in ["2s", "11m", "0s", "soon"] {
+            assert!(parse_lease(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -87,6 +87,58 @@ fn token_key(data_dir: &Path) -> Result<[u8; 32], BootstrapError> {
     key_file(&data_dir.join(TOKEN_KEY_FILE))
 }
 
+/// The node id kept in `data_dir` ([`NODE_ID_FILE`]), made on first start.
+fn node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(crate::nodes::NODE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            let ok =
+                id.strip_prefix("node_").is_some_and(|h| h.len() == 32 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            if ok {
+                Ok(id.to_owned())
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} is not a node id", path.display()),
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node_{}", hex(&random_bytes::<16>()));
+            write_secret_file(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What the token key is sealed with: binds it to its use.
+const TOKEN_KEY_AAD: &[u8] = b"bulkhead token key";
+
+/// The token key of a shared store: the one the store keeps, sealed under the master key, or,
+/// on the store's first start, this data dir's (a store that one server used before keeps its
+/// tokens) or a new one. A replica whose master key differs cannot open it and does not start.
+async fn shared_token_key(
+    store: &dyn Store,
+    master: &bulkhead_core::sealed::Key,
+    data_dir: &Path,
+) -> Result<[u8; 32], BootstrapError> {
+    let path = data_dir.join(TOKEN_KEY_FILE);
+    let mine = if path.exists() { key_file(&path)? } else { random_bytes::<32>() };
+    let sealed = master.seal(&mine, TOKEN_KEY_AAD).map_err(|e| BootstrapError::Identity(e.to_string()))?;
+    let stored = store.token_key(&hex(&sealed), now_ms()).await?;
+    let opened = unhex(&stored)
+        .and_then(|bytes| master.open(&bytes, TOKEN_KEY_AAD).ok())
+        .and_then(|key| <[u8; 32]>::try_from(key).ok());
+    opened.ok_or_else(|| {
+        BootstrapError::Identity(format!(
+            "the store's token key is sealed under another master key: start every server of one store with \
+             the same {MASTER_KEY_ENV}"
+        ))
+    })
+}
+
 /// A 256-bit key kept as hex in a 0600 file, made on first use.
 fn key_file(path: &Path) -> Result<[u8; 32], BootstrapError> {
     let path = path.to_owned();
@@ -261,13 +313,32 @@ pub async fn start_with(
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
         .map_err(|source| BootstrapError::DataDir { path: dir.clone(), source })?;
     let locks = take_host(&config)?;
-    let hasher = TokenHasher::new(token_key(&dir)?);
+    let node_id = node_id(&dir).map_err(file_err(&dir.join(crate::nodes::NODE_ID_FILE)))?;
+    let master = master_key(&dir)?;
     let store: Arc<dyn Store> = match &config.store {
-        Some(url) => Arc::new(PgStore::open(url).await?.with_audit_retention(config.audit_retention_records)),
+        Some(url) => {
+            Arc::new(PgStore::open(url).await?.with_audit_retention(config.audit_retention_records).with_node(&node_id))
+        }
         None => Arc::new(
-            SqliteStore::open(&dir.join(DATABASE_FILE)).await?.with_audit_retention(config.audit_retention_records),
+            SqliteStore::open(&dir.join(DATABASE_FILE))
+                .await?
+                .with_audit_retention(config.audit_retention_records)
+                .with_node(&node_id),
         ),
     };
+    // A store several processes share (PostgreSQL) keeps the token key, so that every replica
+    // hashes tokens alike; the embedded one keeps it in the data dir.
+    let shared = config.store.is_some();
+    let hasher = TokenHasher::new(if shared {
+        shared_token_key(store.as_ref(), &master, &dir).await?
+    } else {
+        token_key(&dir)?
+    });
+    // Rows of no node (from before nodes) become this one's before anything looks at its own.
+    let url = config.advertise_url.clone().unwrap_or_else(|| format!("http://{}", config.listen));
+    let node = crate::nodes::Node::new(node_id, url, shared, config.node_lease);
+    let now = now_ms();
+    store.register_node(&node.id, &node.url(), now, now.saturating_add(node.lease_ms())).await?;
 
     let mut new_admin_token = None;
     let admin_token_hash = match store.admin_token_hash().await? {
@@ -279,9 +350,21 @@ pub async fn start_with(
             let path = dir.join(ADMIN_TOKEN_FILE);
             write_secret_file(&path, format!("{token}\n").as_bytes()).map_err(file_err(&path))?;
             let hash = hasher.hash(&token);
-            store.init_admin_token_hash(&hash, now_ms()).await?;
-            new_admin_token = Some(token);
-            hash
+            match store.init_admin_token_hash(&hash, now_ms()).await {
+                Ok(()) => {
+                    new_admin_token = Some(token);
+                    hash
+                }
+                // Another replica made the store's admin token first: that one stands, and this
+                // data dir keeps no token of its own.
+                Err(StoreError::Conflict(_)) => {
+                    let _ = fs::remove_file(&path);
+                    store.admin_token_hash().await?.ok_or_else(|| {
+                        BootstrapError::Identity("the store's admin token vanished while starting".into())
+                    })?
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     // Creates that held an idempotency key when the last process ended will never answer: free
@@ -292,8 +375,7 @@ pub async fn start_with(
     let host_ids = host_ids(store.as_ref(), &config).await?;
     let Backends { runtime, storage } = backends(&config, &host_ids)?;
     mount_filesystems(store.as_ref(), storage.as_ref()).await?;
-    let identity =
-        crate::identity_cache::Identity::new(master_key(&dir)?, config.oidc).map_err(BootstrapError::Identity)?;
+    let identity = crate::identity_cache::Identity::new(master, config.oidc).map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =
         crate::logs::LogBook::start(logs_dir.clone(), config.log_bytes_per_namespace).map_err(file_err(&logs_dir))?;
@@ -322,6 +404,7 @@ pub async fn start_with(
         tasks: Default::default(),
         pools: Default::default(),
         placements: Default::default(),
+        node,
     }));
     // Uploads an interrupted import left; then the default image, before the first create.
     crate::service::images::sweep_spool(&state);

@@ -111,6 +111,13 @@ impl Identity {
         self.data_keys.remove_prefix(&prefix);
     }
 
+    /// Forgets what is cached of every namespace (changes may have been missed).
+    pub fn forget_all(&self) {
+        self.policies.remove_prefix("");
+        self.providers.remove_prefix("");
+        self.data_keys.remove_prefix("");
+    }
+
     pub fn forget_policies(&self, namespace: &str) {
         self.policies.remove_prefix(&name_prefix(namespace));
     }

@@ -13,7 +13,7 @@
 //! its answer; services know nothing of HTTP and answer [`service::ServiceError`], which
 //! [`error`] maps to status and code once. Modules depend downwards only: `routes` → `service` →
 //! `state` (a leaf, with `time`, `text`, `metrics`, `logs`, `limits`, `ratelimit`, `hostids`,
-//! `identity_cache`) →
+//! `identity_cache`, `nodes`) →
 //! the store and runtime traits; nothing below `routes` imports it.
 
 pub mod audit;
@@ -24,6 +24,7 @@ pub mod console_oidc;
 pub mod convert;
 pub mod error;
 pub mod extract;
+pub mod forward;
 pub mod hostids;
 pub mod idempotency;
 pub mod identity;
@@ -31,6 +32,7 @@ pub mod identity_cache;
 pub mod limits;
 pub mod logs;
 pub mod metrics;
+pub mod nodes;
 pub mod ratelimit;
 pub mod request;
 pub mod routes;
@@ -341,6 +343,8 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(request::method_not_allowed)
         .fallback(request::not_found)
         .layer(middleware::from_fn(console::headers))
+        // A peer's sandbox's requests go to its node before anything here reads them.
+        .layer(middleware::from_fn_with_state(state.clone(), forward::middleware))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(request::panic_response))
         .layer(middleware::from_fn(request::middleware))
@@ -358,6 +362,13 @@ pub fn app(state: AppState) -> Router {
 /// kept-alive connection waits for its next request, so it cannot tell a slow header from an
 /// idle connection.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    let url = match &state.config.advertise_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
+    };
+    service::nodes::start(&state, url)
+        .await
+        .map_err(|e| std::io::Error::other(format!("joining the store's nodes: {e}")))?;
     sandboxes::spawn_reaper(state.clone());
     metering::spawn_meter(state.clone());
     service::pools::spawn(state.clone());

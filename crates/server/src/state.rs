@@ -264,6 +264,12 @@ pub struct ServerConfig {
     pub tasks: TaskSettings,
     /// Warm pools: when they give sandboxes back to the host.
     pub pools: PoolSettings,
+    /// `--advertise-url`: where the other replicas of a shared store reach this one
+    /// (`http://host:port`); `None`: `http://<the address bound>`.
+    pub advertise_url: Option<String>,
+    /// `--node-lease`: how long this node's lease holds unless renewed (renewed every third of
+    /// it); a node whose lease lapses is declared lost by its peers.
+    pub node_lease: Duration,
 }
 
 /// How warm pools behave under memory pressure.
@@ -321,13 +327,15 @@ impl ServerConfig {
             images: ImageSettings::default(),
             tasks: TaskSettings::default(),
             pools: PoolSettings::default(),
+            advertise_url: None,
+            node_lease: crate::nodes::DEFAULT_LEASE,
         }
     }
 }
 
 /// How long an authenticated key is trusted without asking the store again. Revocation and
-/// namespace deletion through this server evict at once; the bound matters only to replicas
-/// that share a store.
+/// namespace deletion evict at once, through this server or (told by the store's change
+/// notifications) through any replica; the bound is the backstop should a notification be lost.
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 /// Entries kept at most; past it the cache is cleared rather than grown.
 const KEY_CACHE_MAX: usize = 100_000;
@@ -374,6 +382,11 @@ impl KeyCache {
     pub fn evict_sandbox(&self, sandbox_id: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         entries.retain(|_, e| !matches!(&e.principal, Principal::Sandbox { id, .. } if id == sandbox_id));
+    }
+
+    /// Forgets every key (changes may have been missed).
+    pub fn clear(&self) {
+        self.entries.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Forgets every key of a namespace (on namespace deletion).
@@ -428,6 +441,11 @@ impl NamespaceCache {
         rows.insert(row.name.clone(), (row, Instant::now()));
     }
 
+    /// Forgets every namespace (changes may have been missed).
+    pub fn clear(&self) {
+        self.rows.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn remove(&self, name: &str) {
         self.rows.write().unwrap_or_else(|e| e.into_inner()).remove(name);
     }
@@ -466,6 +484,8 @@ pub struct Inner {
     pub pools: crate::service::pools::Pools,
     /// Namespaces' placement on this host's cores.
     pub placements: crate::service::placement::Placements,
+    /// This server as a node of its store: its id, lease and peers.
+    pub node: crate::nodes::Node,
 }
 
 /// Cheap to clone; handed to every handler.

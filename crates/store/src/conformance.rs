@@ -142,6 +142,7 @@ pub(crate) fn sandbox(ns: &str, cpu: u64) -> SandboxRow {
         disk_bytes: None,
         task: None,
         pooled: false,
+        node: "node_a".into(),
     }
 }
 
@@ -510,4 +511,49 @@ pub(crate) async fn agents_versions_tasks_messages_and_state<S: Store + RawSql>(
     assert!(s.delete_agent("acme", "agt_1").await.unwrap());
     assert_eq!(s.version_digests("acme").await.unwrap(), Vec::<String>::new());
     assert_eq!(s.get_task("acme", "tsk_1").await.unwrap(), None);
+}
+
+pub(crate) async fn nodes_hold_leases_and_a_lost_nodes_sandboxes_and_claims_end_once<S: Store + RawSql>(s: &S) {
+    s.create_namespace(&ns("acme")).await.unwrap();
+    s.register_node("node_a", "http://192.0.2.1:7070", 1_000, 10_000).await.unwrap();
+    s.register_node("node_b", "http://192.0.2.2:7070", 1_000, 10_000).await.unwrap();
+    let on_a = sandbox("acme", 100);
+    let on_b = SandboxRow { node: "node_b".into(), workload_token_hash: Some("wb".into()), ..sandbox("acme", 100) };
+    s.admit_sandbox(&on_a, &Quotas::DEFAULT).await.unwrap();
+    s.admit_sandbox(&on_b, &Quotas::DEFAULT).await.unwrap();
+    s.raw(
+        "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms, node) \
+           VALUES ('ns:acme:k', 'on-b', 'f', 0, '', 1, 'node_b')",
+    )
+    .await;
+    // Live leases: nobody is lost.
+    assert!(s.expire_nodes("node_a", 9_999, "lost").await.unwrap().is_empty());
+    assert!(s.renew_node("node_a", 20_000).await.unwrap());
+    // node_b's lease lapsed: node_a declares it lost, once.
+    let declared = s.expire_nodes("node_a", 15_000, "lost: its node stopped").await.unwrap();
+    assert_eq!(declared, vec![("node_b".to_owned(), vec![on_b.id.clone()])]);
+    assert!(s.expire_nodes("node_a", 15_001, "lost").await.unwrap().is_empty());
+    let ended = s.get_sandbox("acme", &on_b.id).await.unwrap().unwrap();
+    assert_eq!((ended.status, ended.reason.as_deref()), (SandboxStatus::Failed, Some("lost: its node stopped")));
+    assert_eq!((ended.ended_at_ms, ended.workload_token_hash), (Some(15_000), None));
+    assert_eq!(s.get_sandbox("acme", &on_a.id).await.unwrap().unwrap().status, SandboxStatus::Creating);
+    // Its claim in flight is free again.
+    assert_eq!(s.claim_idempotent("ns:acme:k", "on-b", "f", 15_002, 0).await.unwrap(), IdempotencyClaim::Claimed);
+    // A node never declares itself lost; a lost node learns it at its next renewal.
+    assert!(s.expire_nodes("node_b", 30_000, "lost").await.unwrap().iter().all(|(n, _)| n != "node_b"));
+    assert!(!s.renew_node("node_b", 40_000).await.unwrap());
+    let nodes = s.nodes().await.unwrap();
+    let b = nodes.iter().find(|n| n.id == "node_b").unwrap();
+    assert_eq!(b.lost_at_ms, Some(15_000));
+    assert!(!b.is_live(15_000));
+    // Registering again (a restart) makes it live.
+    s.register_node("node_b", "http://192.0.2.2:7071", 41_000, 50_000).await.unwrap();
+    assert!(s.renew_node("node_b", 60_000).await.unwrap());
+    let b = s.nodes().await.unwrap().into_iter().find(|n| n.id == "node_b").unwrap();
+    assert!(b.is_live(59_999) && b.url == "http://192.0.2.2:7071");
+    s.remove_node("node_b").await.unwrap();
+    assert!(s.nodes().await.unwrap().iter().all(|n| n.id != "node_b"));
+    // One token key per store: the first one stored wins.
+    assert_eq!(s.token_key("sealed-1", 1).await.unwrap(), "sealed-1");
+    assert_eq!(s.token_key("sealed-2", 2).await.unwrap(), "sealed-1");
 }

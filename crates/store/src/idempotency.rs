@@ -46,7 +46,8 @@ pub trait IdempotencyStore: Send + Sync {
     async fn finish_idempotent(&self, scope: &str, key: &str, reply: &IdempotentReply) -> Result<()>;
     /// Gives up a claim that has no answer (the create failed): the key is free again.
     async fn release_idempotent(&self, scope: &str, key: &str) -> Result<()>;
-    /// Gives up every claim without an answer: called at start, when the process that held them
-    /// is gone. Returns how many there were.
+    /// Gives up every claim without an answer that this store's node (or no node) holds:
+    /// called at start, when the process that held them is gone (a lost peer's are released by
+    /// [`crate::NodeStore::expire_nodes`]). Returns how many there were.
     async fn release_pending_idempotency(&self) -> Result<u64>;
 }

@@ -8,8 +8,9 @@
 //! [`SandboxStore`], [`FilesystemStore`] (projects and filesystems), [`IdentityStore`]
 //! (identity settings, custom policies, secrets), [`UsageStore`] (the metering ledger),
 //! [`AuditStore`] (hash-chained audit records), [`IdempotencyStore`] (replayable creates) and
-//! [`ImageStore`] (private and public images) and [`AgentStore`] (agents, versions, tasks and
-//! their messages).
+//! [`ImageStore`] (private and public images), [`AgentStore`] (agents, versions, tasks and
+//! their messages) and [`NodeStore`] (the servers sharing the store, their leases, the token
+//! key, and changes to cached rows).
 //! A caller that calls the store's methods imports [`prelude`], which brings every one into
 //! scope.
 //!
@@ -27,6 +28,7 @@ mod idempotency;
 mod identity;
 mod images;
 mod namespaces;
+mod nodes;
 pub mod postgres;
 mod sandboxes;
 pub mod sqlite;
@@ -40,6 +42,7 @@ pub use idempotency::{IdempotencyClaim, IdempotencyStore, IdempotentReply};
 pub use identity::{IdentityStore, PolicyRow, SecretRow};
 pub use images::{ImageDeletion, ImageRow, ImageStore};
 pub use namespaces::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse};
+pub use nodes::{Change, Changes, NodeRow, NodeStore};
 pub use sandboxes::{MeterMark, SandboxImage, SandboxRow, SandboxStatus, SandboxStore, WarmPoolRow};
 pub use usage::{UsageBucket, UsageDelta, UsageStore};
 
@@ -49,7 +52,7 @@ pub mod prelude {
     pub use crate::Store;
     pub use crate::{
         AgentStore as _, AuditStore as _, EgressCaStore as _, FilesystemStore as _, IdempotencyStore as _,
-        IdentityStore as _, ImageStore as _, NamespaceStore as _, SandboxStore as _, UsageStore as _,
+        IdentityStore as _, ImageStore as _, NamespaceStore as _, NodeStore as _, SandboxStore as _, UsageStore as _,
     };
 }
 
@@ -66,6 +69,7 @@ pub trait Store:
     + EgressCaStore
     + ImageStore
     + AgentStore
+    + NodeStore
     + Send
     + Sync
     + 'static
@@ -83,6 +87,7 @@ impl<T> Store for T where
         + EgressCaStore
         + ImageStore
         + AgentStore
+        + NodeStore
         + Send
         + Sync
         + 'static

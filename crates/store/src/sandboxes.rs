@@ -82,6 +82,8 @@ pub struct SandboxRow {
     /// A warm pool's sandbox, not yet claimed: it counts against its namespace's quotas, and no
     /// list or lookup of the namespace's sandboxes shows it (see [`SandboxStore::claim_sandbox`]).
     pub pooled: bool,
+    /// The node that runs it (`node_…`, see [`crate::NodeStore`]).
+    pub node: String,
 }
 
 /// A warm pool: how many started sandboxes of an image a namespace keeps ready to claim.

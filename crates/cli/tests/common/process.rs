@@ -169,6 +169,14 @@ impl Server {
         self.child.as_ref().map(Child::id).expect("the server runs")
     }
 
+    /// Waits for the server's process, killed by the test, and forgets it; what it left on the
+    /// host stays until this is dropped.
+    pub fn reap(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM, and the server must exit cleanly.
     pub fn stop(&mut self) {
         let mut child = self.child.take().unwrap();

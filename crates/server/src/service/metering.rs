@@ -74,7 +74,8 @@ pub async fn sample_until(state: &AppState, row: &SandboxRow, until_ms: Option<i
 
 /// Samples every running sandbox, and forgets the egress marks of those that ended.
 pub async fn sample_all(state: &AppState) -> ServiceResult<()> {
-    let active = state.store.active_sandboxes().await?;
+    // This node's: a peer's sandboxes' cgroups are on its host.
+    let active = super::nodes::mine(state, state.store.active_sandboxes().await?);
     {
         let ids: std::collections::HashSet<&str> = active.iter().map(|r| r.id.as_str()).collect();
         state.metrics.egress_retain(|id| ids.contains(id));
@@ -130,7 +131,7 @@ pub async fn running(state: &AppState, only: Option<&str>) -> ServiceResult<BTre
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     // Sandboxes of a deleted namespace are gone before its row, so the active ones belong to
     // the current incarnation of their name.
-    for s in state.store.active_sandboxes().await? {
+    for s in super::nodes::mine(state, state.store.active_sandboxes().await?) {
         if s.status != SandboxStatus::Running || only.is_some_and(|o| o != s.namespace) {
             continue;
         }

@@ -23,6 +23,7 @@ pub mod listing;
 pub mod logs;
 pub mod metering;
 pub mod namespaces;
+pub mod nodes;
 pub mod placement;
 pub mod policies;
 pub mod pools;

@@ -133,6 +133,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
         disk_bytes: plan.disk_bytes,
         task: plan.task.as_ref().map(|(id, _)| id.clone()),
         pooled,
+        node: state.node.id.clone(),
     };
     let _guard = state.sandbox_locks.lock(&row.id).await;
     let reservation = match start {
@@ -402,14 +403,19 @@ async fn destroy_when(
     if current.pooled {
         state.pools.forget(&current.id);
     }
+    // A peer's sandbox (a namespace delete through this replica) ends in the store; its node's
+    // sweep then meters it a last time and frees its host side (see `service::nodes`).
+    let here = state.node.is_mine(&current.node);
     // The last sample, before the cgroup and its counters are gone; a sandbox found dead is
     // metered up to its death. An unclaimed pool sandbox was never the namespace's to pay for.
-    if !current.pooled {
+    if !current.pooled && here {
         if let Err(e) = super::metering::sample_until(state, &current, ended_at_ms).await {
             tracing::warn!(sandbox = %row.id, error = %e, "final metering sample failed");
         }
     }
-    state.runtime.delete(&row.namespace, &row.id).await?;
+    if here {
+        state.runtime.delete(&row.namespace, &row.id).await?;
+    }
     let ended = ended_at_ms.map_or_else(now_ms, |t| t.min(now_ms()));
     let updated = state.store.set_sandbox_status(&row.id, status, Some(reason), Some(ended)).await?;
     // Its workload token dies with it.
@@ -451,8 +457,11 @@ pub async fn destroy_namespace(state: &AppState, ns: &str) -> ServiceResult<()> 
 /// Ends every sandbox whose TTL has passed.
 pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
     let now = now_ms();
-    let expired: Vec<SandboxRow> =
-        state.store.active_sandboxes().await?.into_iter().filter(|s| s.expires_at_ms <= now).collect();
+    // This node's: a peer's sandbox is its own reaper's.
+    let expired: Vec<SandboxRow> = super::nodes::mine(state, state.store.active_sandboxes().await?)
+        .into_iter()
+        .filter(|s| s.expires_at_ms <= now)
+        .collect();
     for row in &expired {
         if let Err(e) = destroy(state, row, SandboxStatus::Stopped, "ttl_expired").await {
             tracing::warn!(sandbox = %row.id, error = %e, "expiry teardown failed; will retry");
@@ -491,8 +500,10 @@ async fn check_health(
     state: &AppState,
     failures: &std::sync::Mutex<HashMap<String, (u32, i64)>>,
 ) -> ServiceResult<usize> {
-    let running: Vec<SandboxRow> =
-        state.store.active_sandboxes().await?.into_iter().filter(|s| s.status == SandboxStatus::Running).collect();
+    let running: Vec<SandboxRow> = super::nodes::mine(state, state.store.active_sandboxes().await?)
+        .into_iter()
+        .filter(|s| s.status == SandboxStatus::Running)
+        .collect();
     let sent = now_ms();
     let pings = running.iter().map(|row| async move { (row, state.runtime.ping(&row.id, HEALTH_TIMEOUT).await) });
     let answers = futures_util::future::join_all(pings).await;
@@ -571,7 +582,8 @@ pub async fn reconcile(state: &AppState) -> ServiceResult<ReconcileReport> {
     let mut report = ReconcileReport::default();
     let host = state.runtime.list().await?;
     let running: HashSet<&str> = host.iter().filter(|h| h.running).map(|h| h.id.as_str()).collect();
-    let active = state.store.active_sandboxes().await?;
+    // This node's: its peers' sandboxes run on their hosts.
+    let active = super::nodes::mine(state, state.store.active_sandboxes().await?);
     let known: HashMap<&str, &SandboxRow> = active.iter().map(|s| (s.id.as_str(), s)).collect();
     let now = now_ms();
     let me = state.host_ids.owner.as_str();

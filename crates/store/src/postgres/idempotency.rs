@@ -46,13 +46,14 @@ impl IdempotencyStore for PgStore {
         .await?;
         // A concurrent claim of the same key waits for this one's commit, then does nothing.
         let inserted = sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) \
-             VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (scope, key) DO NOTHING",
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms, node) \
+             VALUES ($1, $2, $3, 0, '', $4, $5) ON CONFLICT (scope, key) DO NOTHING",
         )
         .bind(scope)
         .bind(key)
         .bind(fingerprint)
         .bind(now_ms)
+        .bind(&self.node)
         .execute(&mut *tx)
         .await?;
         let claim = if inserted.rows_affected() == 1 {
@@ -100,7 +101,7 @@ impl IdempotencyStore for PgStore {
     }
 
     async fn release_pending_idempotency(&self) -> Result<u64> {
-        let delete = sqlx::query("DELETE FROM idempotency WHERE status = 0");
+        let delete = sqlx::query("DELETE FROM idempotency WHERE status = 0 AND node IN ($1, '')").bind(&self.node);
         Ok(self.write(Scope::Platform, delete).await?.rows_affected())
     }
 }

@@ -35,6 +35,7 @@ mod idempotency;
 mod identity;
 mod images;
 mod namespaces;
+mod nodes;
 mod sandboxes;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
@@ -73,6 +74,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "warm pools", include_str!("../../migrations/postgres/0014_warm_pools.sql")),
     (15, "rate limits", include_str!("../../migrations/postgres/0015_rate_limits.sql")),
     (16, "placement", include_str!("../../migrations/postgres/0016_placement.sql")),
+    (17, "nodes", include_str!("../../migrations/postgres/0017_nodes.sql")),
 ];
 
 /// Times a `SERIALIZABLE` transaction runs before a serialization failure is answered
@@ -107,6 +109,11 @@ pub struct PgStore {
     /// Records each audit chain keeps; older ones are pruned behind a checkpoint.
     audit_retention: u64,
     role: String,
+    /// The node this process is ([`PgStore::with_node`]): its idempotency claims are marked
+    /// with it.
+    node: String,
+    /// How to connect as the URL's role: the connection that listens for changes.
+    options: PgConnectOptions,
 }
 
 fn migrator() -> Migrator {
@@ -161,9 +168,9 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, audit_retention: crate::sqlite::DEFAULT_AUDIT_RETENTION, role })
+        Ok(Self { pool, audit_retention: crate::sqlite::DEFAULT_AUDIT_RETENTION, role, node: String::new(), options })
     }
 
     /// Connects to the database at `url` to read only, beside (or instead of) a live server
@@ -189,9 +196,16 @@ impl PgStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, audit_retention: crate::sqlite::DEFAULT_AUDIT_RETENTION, role })
+        Ok(Self { pool, audit_retention: crate::sqlite::DEFAULT_AUDIT_RETENTION, role, node: String::new(), options })
+    }
+
+    /// Marks this process's idempotency claims with its node (`node_…`), so that a start releases
+    /// only its own claims and a lost node's are released by its peers.
+    pub fn with_node(mut self, node: &str) -> Self {
+        node.clone_into(&mut self.node);
+        self
     }
 
     /// Keeps at most `records` (at least 1) records per audit chain; the oldest are pruned as

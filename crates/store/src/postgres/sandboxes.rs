@@ -15,7 +15,7 @@ use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreErr
 impl Columns for SandboxRow {
     const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
          ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id, pooled";
+         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id, pooled, node";
 
     fn from_row(row: &PgRow) -> Result<Self> {
         let status: String = row.try_get("status")?;
@@ -52,6 +52,7 @@ impl Columns for SandboxRow {
             disk_bytes: row.try_get::<Option<i64>, _>("disk_bytes")?.map(|v| u64::try_from(v).unwrap_or(0)),
             task: row.try_get("task_id")?,
             pooled: row.try_get::<i64, _>("pooled")? != 0,
+            node: row.try_get("node")?,
         })
     }
 
@@ -84,7 +85,8 @@ impl Columns for SandboxRow {
             .bind(to_json(self.image.as_ref())?)
             .bind(self.disk_bytes.map(as_i64))
             .bind(self.task.as_deref())
-            .bind(i64::from(self.pooled)))
+            .bind(i64::from(self.pooled))
+            .bind(&self.node))
     }
 }
 

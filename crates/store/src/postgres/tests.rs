@@ -43,6 +43,7 @@ conformance!(
     admission_is_checked_against_active_sandboxes_and_slots_are_unique,
     idempotency_claims_are_exclusive_answered_released_and_expire,
     every_row_type_reads_back_what_it_wrote,
+    nodes_hold_leases_and_a_lost_nodes_sandboxes_and_claims_end_once,
     images_are_private_first_then_public_and_busy_while_a_sandbox_lives,
     agents_versions_tasks_messages_and_state,
 );

@@ -34,13 +34,14 @@ impl IdempotencyStore for SqliteStore {
         .execute(&mut *tx)
         .await?;
         let inserted = sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms) VALUES (?, ?, ?, 0, '', ?) \
-             ON CONFLICT (scope, key) DO NOTHING",
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at_ms, node) \
+             VALUES (?, ?, ?, 0, '', ?, ?) ON CONFLICT (scope, key) DO NOTHING",
         )
         .bind(scope)
         .bind(key)
         .bind(fingerprint)
         .bind(now_ms)
+        .bind(&self.node)
         .execute(&mut *tx)
         .await?;
         let claim = if inserted.rows_affected() == 1 {
@@ -86,6 +87,7 @@ impl IdempotencyStore for SqliteStore {
     }
 
     async fn release_pending_idempotency(&self) -> Result<u64> {
-        Ok(self.execute(sqlx::query("DELETE FROM idempotency WHERE status = 0")).await?.rows_affected())
+        let delete = sqlx::query("DELETE FROM idempotency WHERE status = 0 AND node IN (?, '')").bind(&self.node);
+        Ok(self.execute(delete).await?.rows_affected())
     }
 }

@@ -23,6 +23,7 @@ mod idempotency;
 mod identity;
 mod images;
 mod namespaces;
+mod nodes;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
@@ -61,6 +62,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "warm pools", include_str!("../../migrations/sqlite/0014_warm_pools.sql")),
     (15, "rate limits", include_str!("../../migrations/sqlite/0015_rate_limits.sql")),
     (16, "placement", include_str!("../../migrations/sqlite/0016_placement.sql")),
+    (17, "nodes", include_str!("../../migrations/sqlite/0017_nodes.sql")),
 ];
 
 /// Records an audit chain keeps unless told otherwise ([`SqliteStore::with_audit_retention`]).
@@ -76,6 +78,9 @@ pub struct SqliteStore {
     /// fsynced ([`audit_sync`]).
     audit_sync: AuditSync,
     wal_sync: std::sync::Arc<audit_sync::WalSync>,
+    /// The node this process is ([`SqliteStore::with_node`]): its idempotency claims are marked
+    /// with it.
+    node: String,
 }
 
 fn migrator() -> Migrator {
@@ -137,6 +142,7 @@ impl SqliteStore {
             audit_retention: DEFAULT_AUDIT_RETENTION,
             audit_sync: AuditSync::Each,
             wal_sync,
+            node: String::new(),
         };
         Ok(store.with_audit_sync(DEFAULT_AUDIT_SYNC))
     }
@@ -157,6 +163,7 @@ impl SqliteStore {
             audit_retention: DEFAULT_AUDIT_RETENTION,
             audit_sync: AuditSync::Each,
             wal_sync: audit_sync::WalSync::new(path),
+            node: String::new(),
         })
     }
 
@@ -168,6 +175,13 @@ impl SqliteStore {
             AuditSync::Grouped { within } => Some(within),
         });
         self.audit_sync = sync;
+        self
+    }
+
+    /// Marks this process's idempotency claims with its node (`node_…`), so that a start releases
+    /// only its own claims (see [`crate::IdempotencyStore::release_pending_idempotency`]).
+    pub fn with_node(mut self, node: &str) -> Self {
+        node.clone_into(&mut self.node);
         self
     }
 

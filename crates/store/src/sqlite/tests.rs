@@ -27,6 +27,7 @@ conformance!(
     admission_is_checked_against_active_sandboxes_and_slots_are_unique,
     idempotency_claims_are_exclusive_answered_released_and_expire,
     every_row_type_reads_back_what_it_wrote,
+    nodes_hold_leases_and_a_lost_nodes_sandboxes_and_claims_end_once,
     images_are_private_first_then_public_and_busy_while_a_sandbox_lives,
     agents_versions_tasks_messages_and_state,
 );
@@ -70,7 +71,7 @@ fn statements_are_built_from_a_row_types_columns() {
     );
     // One placeholder a column, however the column list is wrapped.
     let sandbox = insert::<SandboxRow>();
-    assert_eq!(sandbox.matches('?').count(), 28);
+    assert_eq!(sandbox.matches('?').count(), 29);
     assert_eq!(sandbox.matches('?').count(), SandboxRow::COLUMNS.split(',').count());
     assert!(!NamespaceRow::COLUMNS.contains("  "), "{}", NamespaceRow::COLUMNS);
 }

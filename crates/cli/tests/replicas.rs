@@ -1,0 +1,132 @@
+//! Two replicas on one PostgreSQL store, each a real `bulkhead serve` with its own data dir,
+//! state dir and cgroup prefix: one admin token and one token key for both; a command, a file
+//! and a WebSocket attachment sent to the replica that does not run the sandbox are served by
+//! the one that does; a key revoked through one fails on the other at once (well before its
+//! cache would have expired); and after a `kill -9` of one, the other declares it lost, its
+//! sandboxes end `failed`, and the survivor goes on serving. The killed replica, started again,
+//! frees what of its lost sandboxes was left on its host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bulkhead_api::{CreateProcess, ExecRequest};
+use bulkhead_client::AttachEvent;
+use bulkhead_store::postgres::testing::TestPostgres;
+use common::process::{runtime_names, Server};
+
+/// Polls `check` every 200 ms until it holds or `within` passes (then panics with `what`).
+fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sandbox_cgroup_exists(server: &Server, ns: &str, id: &str) -> bool {
+    ["memory", "pids", "unified"]
+        .iter()
+        .any(|c| Path::new("/sys/fs/cgroup").join(c).join(&server.cgroup_prefix).join(ns).join(id).exists())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_a_kill() {
+    let pg = TestPostgres::start().await;
+    let url = pg.database().await;
+    let dir = common::tempdir();
+    let (data_a, data_b) = (dir.path().join("a"), dir.path().join("b"));
+    let lease = ["--store", &url, "--node-lease", "3s"];
+    let mut a = Server::start_with_args(&data_a, runtime_names(), &lease);
+    let admin = a.first_token.clone().expect("the first replica makes the store's admin token");
+    // The same master key on every replica (as BULKHEAD_MASTER_KEY would give it).
+    std::fs::create_dir_all(&data_b).unwrap();
+    std::fs::copy(data_a.join("master.key"), data_b.join("master.key")).unwrap();
+    let b = Server::start_with_args(&data_b, runtime_names(), &lease);
+    assert!(b.first_token.is_none(), "one admin token per store");
+    assert!(!data_b.join("admin.token").exists());
+    let admin = Some(admin.as_str());
+
+    // One store: what one replica makes, the other knows; the admin token works on both.
+    a.ok(admin, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
+    assert_eq!(b.json(admin, &["namespace", "get", "acme"])["name"], "acme");
+    let dev = a.json(admin, &["key", "create", "--ns", "acme", "dev", "--role", "developer"]);
+    let dev = dev["token"].as_str().unwrap().to_owned();
+    let dev = Some(dev.as_str());
+
+    // A sandbox on each replica; each replica serves both.
+    let on_a = a.json(dev, &["sandbox", "create", "--ns", "acme"])["id"].as_str().unwrap().to_owned();
+    let on_b = b.json(dev, &["sandbox", "create", "--ns", "acme"])["id"].as_str().unwrap().to_owned();
+    assert!(sandbox_cgroup_exists(&a, "acme", &on_a) && !sandbox_cgroup_exists(&b, "acme", &on_a));
+    assert!(sandbox_cgroup_exists(&b, "acme", &on_b) && !sandbox_cgroup_exists(&a, "acme", &on_b));
+    for (via, sbx) in [(&a, &on_a), (&b, &on_a), (&a, &on_b), (&b, &on_b)] {
+        let out = via.ok(dev, &["exec", "--ns", "acme", sbx, "--", "sh", "-c", "echo $((6 * 7)) from $(hostname)"]);
+        assert_eq!(out.trim(), format!("42 from {sbx}"));
+    }
+    // Files and a streamed stdin through the replica that does not run the sandbox.
+    let file = dir.path().join("note.txt");
+    std::fs::write(&file, "across replicas\n").unwrap();
+    b.ok(dev, &["cp", "--ns", "acme", file.to_str().unwrap(), &format!("{on_a}:/tmp/note.txt")]);
+    let read = a.ok(dev, &["exec", "--ns", "acme", &on_a, "--", "cat", "/tmp/note.txt"]);
+    assert_eq!(read, "across replicas\n");
+    // A WebSocket attachment through the other replica: stdin in, output out, the exit.
+    let client = bulkhead_client::Client::new(&b.url, dev.map(str::to_owned));
+    let cat =
+        CreateProcess { cmd: vec!["sh".into(), "-c".into(), "read line; echo got $line".into()], ..Default::default() };
+    let p = client.start_process("acme", &on_a, &cat).await.expect("start through the other replica");
+    let (mut writer, mut reader) = client.attach_process("acme", &on_a, &p.id).await.expect("attach").split();
+    writer.stdin(b"hello\n".to_vec()).await.expect("stdin");
+    let mut seen = Vec::new();
+    let exit = loop {
+        match reader.next().await.expect("attachment") {
+            Some(AttachEvent::Output(d)) => seen.extend(d),
+            Some(AttachEvent::Exit { exit_code, .. }) => break exit_code,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!((exit, String::from_utf8_lossy(&seen).into_owned()), (0, "got hello\n".to_owned()));
+    let exec = client.exec("acme", &on_a, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await;
+    assert_eq!(exec.expect("exec through the client").exit_code, 0);
+
+    // A key revoked through one replica fails on the other at once: well within the 30 s its
+    // cache would otherwise trust it.
+    let doomed = a.json(admin, &["key", "create", "--ns", "acme", "doomed", "--role", "viewer"]);
+    let (doomed_id, doomed) = (doomed["id"].as_str().unwrap().to_owned(), doomed["token"].as_str().unwrap().to_owned());
+    b.ok(Some(&doomed), &["sandbox", "list", "--ns", "acme"]);
+    let revoked_at = Instant::now();
+    a.ok(admin, &["key", "revoke", "--ns", "acme", &doomed_id]);
+    eventually(Duration::from_secs(20), "the revoked key fails on the other replica", || {
+        !b.cli(Some(&doomed), &["sandbox", "list", "--ns", "acme"]).status.success()
+    });
+    eprintln!("revocation seen by the other replica after {:?}", revoked_at.elapsed());
+
+    // kill -9 of replica A: B declares it lost once its lease lapses, and A's sandbox ends.
+    let pid = a.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    eventually(Duration::from_secs(60), "the survivor declares the killed replica's sandbox lost", || {
+        let out = b.cli(dev, &["sandbox", "get", "--ns", "acme", &on_a, "--json"]);
+        let row: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        row["status"] == "failed" && row["reason"].as_str().is_some_and(|r| r.starts_with("lost:"))
+    });
+    // The survivor goes on: its own sandbox, a new one, and the lost one answered for.
+    let out = b.ok(dev, &["exec", "--ns", "acme", &on_b, "--", "echo", "still here"]);
+    assert_eq!(out.trim(), "still here");
+    let fresh = b.json(dev, &["sandbox", "create", "--ns", "acme"])["id"].as_str().unwrap().to_owned();
+    assert_eq!(b.ok(dev, &["exec", "--ns", "acme", &fresh, "--", "echo", "new"]).trim(), "new");
+    let refused = b.fails(dev, &["exec", "--ns", "acme", &on_a, "--", "true"]);
+    assert!(refused.contains("not running") || refused.contains("failed") || refused.contains("conflict"), "{refused}");
+
+    // Replica A again on its data dir: its lost sandbox is freed from its host.
+    assert!(sandbox_cgroup_exists(&a, "acme", &on_a), "a kill -9 leaves the sandbox running");
+    a.reap();
+    let again = Server::start_with_args(&data_a, (a.state_dir.clone(), a.cgroup_prefix.clone()), &lease);
+    assert!(!sandbox_cgroup_exists(&again, "acme", &on_a), "the restarted replica freed its lost sandbox");
+    assert_eq!(again.ok(dev, &["exec", "--ns", "acme", &fresh, "--", "echo", "back"]).trim(), "back");
+    drop(again);
+    drop(a);
+    drop(b);
+    drop(pg);
+}
