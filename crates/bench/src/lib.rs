@@ -18,6 +18,7 @@ pub mod parts;
 pub mod placement;
 pub mod policy;
 pub mod ratelimit;
+pub mod replicas;
 pub mod server;
 pub mod tasks;
 pub mod testhost;
@@ -108,9 +109,20 @@ pub struct BenchArgs {
     /// B's API p50/p99 alone, beside tenant A flooding the API (`--api-concurrency` connections
     /// for `--api-seconds`) at its limit, and beside the same flood with A unlimited.
     /// `placement`: tenant B's exec round trips alone and beside each of tenant A's noises (and
-    /// all of them at once), with B `shared` and then `dedicated`.
-    #[arg(long, value_parser = ["network", "images", "tasks", "ratelimit", "placement"])]
+    /// all of them at once), with B `shared` and then `dedicated`. `replicas` (needs `--store`):
+    /// authorized reads a second against one replica and then two on one PostgreSQL store, an
+    /// exec on the sandbox's replica against one forwarded by the other, and how long a key
+    /// revoked through one replica still works on the other.
+    #[arg(long, value_parser = ["network", "images", "tasks", "ratelimit", "placement", "replicas"])]
     only: Option<String>,
+    /// `--only replicas`: a PostgreSQL server's URL whose role may create databases (the bench
+    /// makes one of its own there and drops it at the end), such as the
+    /// `$BULKHEAD_TEST_STORE` that `scripts/with-postgres` gives.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// `--only replicas`: keys revoked through one replica and timed until the other refuses them.
+    #[arg(long, default_value_t = 20)]
+    revocations: usize,
     /// `--only ratelimit`: tenant A's `api_requests_per_second` while it floods.
     #[arg(long, default_value_t = 100)]
     ratelimit_rps: u64,
@@ -619,6 +631,93 @@ async fn placement_on_two_servers(
     report_section(args, "placement", &figures, placement::print)
 }
 
+/// `--only replicas`: a database of its own on `--store`'s server, two replicas on it (the
+/// second with the first's master key); [`replicas::measure`]; then the database dropped.
+async fn only_replicas(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+) -> anyhow::Result<()> {
+    use sqlx::{Connection, Executor};
+    let Some(server) = args.store.as_deref() else {
+        bail!("--only replicas needs --store postgres://... (scripts/with-postgres gives one as $BULKHEAD_TEST_STORE)");
+    };
+    let database = format!("bulkhead_bench_{}", std::process::id());
+    let url = with_database(server, &database)?;
+    let mut admin_conn = sqlx::PgConnection::connect(server).await.context("connect to --store")?;
+    admin_conn.execute(format!("CREATE DATABASE {database}").as_str()).await.context("create the bench's database")?;
+    let result = replicas_on(args, bulkhead, data, settings, image, &url).await;
+    leave_nothing_behind(settings).await;
+    forget_in_host_registry(&settings.cgroup_prefix);
+    forget_in_host_registry(&settings.net().1);
+    let _ = admin_conn.execute(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)").as_str()).await;
+    let _ = std::fs::remove_dir_all(data);
+    report_section(args, "replicas", &result?, replicas::print)
+}
+
+/// `url` with its database (the path) replaced by `database`, its query kept.
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").context("--store: not a URL")? + 3;
+    let host_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+async fn replicas_on(
+    args: &BenchArgs,
+    bulkhead: &Path,
+    data: &Path,
+    settings: &Names,
+    image: &images::DefaultImage,
+    url: &str,
+) -> anyhow::Result<replicas::ReplicaReport> {
+    let runtime_class = format!("container={}", args.runtime);
+    let image_args = image.serve_args();
+    let mut extra = vec!["--runtime-class", runtime_class.as_str(), "--network", "loopback-only", "--store", url];
+    extra.extend(image_args.iter().map(String::as_str));
+    let (data_a, data_b) = (data.join("data"), data.join("net"));
+    let a = server::Serve {
+        bulkhead,
+        data_dir: &data_a,
+        state_dir: &settings.state_dir,
+        cgroup_prefix: &settings.cgroup_prefix,
+        host_registry: None,
+        extra: &extra,
+    }
+    .spawn()
+    .context("start replica A")?;
+    let _a_process = ServerProcess(a.child);
+    let admin = a.first_token.clone().context("replica A made no admin token: the database is not new")?;
+    let admin = Client::new(&a.url, Some(admin));
+    let token = replicas::tenant(&admin).await?;
+    let (concurrency, seconds) = (args.api_concurrency.max(2), args.api_seconds.max(1));
+    let one = replicas::one(&a.url, &token, concurrency, seconds).await?;
+    // Replica B: the same master key, as `BULKHEAD_MASTER_KEY` would give it.
+    std::fs::create_dir_all(&data_b)?;
+    std::fs::copy(data_a.join("master.key"), data_b.join("master.key")).context("copy the master key")?;
+    let (b_state, b_prefix) = settings.net();
+    let b = server::Serve {
+        bulkhead,
+        data_dir: &data_b,
+        state_dir: &b_state,
+        cgroup_prefix: &b_prefix,
+        host_registry: None,
+        extra: &extra,
+    }
+    .spawn()
+    .context("start replica B")?;
+    let _b_process = ServerProcess(b.child);
+    let execs = args.noisy_execs.max(1);
+    replicas::measure(&admin, &a.url, &b.url, &token, one, concurrency, seconds, execs, args.revocations.max(1)).await
+}
+
 /// Prints one `--only` section's figures under the host and the command line, and writes them
 /// as JSON (`{"host", "command_line", <name>: figures}`) to `--out`.
 fn report_section<T: Serialize>(args: &BenchArgs, name: &str, figures: &T, print: fn(&T)) -> anyhow::Result<()> {
@@ -687,6 +786,7 @@ pub async fn run(args: &BenchArgs, bulkhead: &Path) -> anyhow::Result<()> {
         Some("tasks") => return only_tasks(args, bulkhead, &data, &settings, &image).await,
         Some("ratelimit") => return only_ratelimit(args, bulkhead, &data, &settings, &image).await,
         Some("placement") => return only_placement(args, bulkhead, &data, &settings, &image).await,
+        Some("replicas") => return only_replicas(args, bulkhead, &data, &settings, &image).await,
         _ => {}
     }
     let result = bench(args, bulkhead, &data, &settings, &image).await;
