@@ -1,7 +1,7 @@
 //! Two replicas on one PostgreSQL store, each a real `bulkhead serve` with its own data dir,
 //! state dir and cgroup prefix: one admin token and one token key for both; a command, a file
 //! and a WebSocket attachment sent to the replica that does not run the sandbox are served by
-//! the one that does; a key revoked through one fails on the other at once (well before its
+//! the one that does, as are a filesystem's files and a sandbox that mounts it; a key revoked through one fails on the other at once (well before its
 //! cache would have expired); and after a `kill -9` of one, the other declares it lost, its
 //! sandboxes end `failed`, and the survivor goes on serving. The killed replica, started again,
 //! frees what of its lost sandboxes was left on its host.
@@ -51,7 +51,7 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     let admin = Some(admin.as_str());
 
     // One store: what one replica makes, the other knows; the admin token works on both.
-    a.ok(admin, &["namespace", "create", "acme", "--cpu", "2", "--memory", "2GiB"]);
+    a.ok(admin, &["namespace", "create", "acme", "--cpu", "8", "--memory", "8GiB"]);
     assert_eq!(b.json(admin, &["namespace", "get", "acme"])["name"], "acme");
     let dev = a.json(admin, &["key", "create", "--ns", "acme", "dev", "--role", "developer"]);
     let dev = dev["token"].as_str().unwrap().to_owned();
@@ -72,6 +72,10 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     b.ok(dev, &["cp", "--ns", "acme", file.to_str().unwrap(), &format!("{on_a}:/tmp/note.txt")]);
     let read = a.ok(dev, &["exec", "--ns", "acme", &on_a, "--", "cat", "/tmp/note.txt"]);
     assert_eq!(read, "across replicas\n");
+    // A refusal through the other replica is the holder's own answer, envelope and all.
+    let back = dir.path().join("back.txt");
+    let missing = b.fails(dev, &["cp", "--ns", "acme", &format!("{on_a}:/tmp/absent.txt"), back.to_str().unwrap()]);
+    assert!(missing.contains("not_found") && missing.contains("absent.txt"), "{missing}");
     // A WebSocket attachment through the other replica: stdin in, output out, the exit.
     let client = bulkhead_client::Client::new(&b.url, dev.map(str::to_owned));
     let cat =
@@ -90,6 +94,20 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     assert_eq!((exit, String::from_utf8_lossy(&seen).into_owned()), (0, "got hello\n".to_owned()));
     let exec = client.exec("acme", &on_a, &ExecRequest { cmd: vec!["true".into()], ..Default::default() }).await;
     assert_eq!(exec.expect("exec through the client").exit_code, 0);
+
+    // A filesystem's image is in the data dir of the replica that made it (A): its files, and a
+    // sandbox that mounts it, are served through B too, on A.
+    let fs =
+        a.json(dev, &["fs", "create", "--ns", "acme", "work", "--size", "16MiB"])["id"].as_str().unwrap().to_owned();
+    b.ok(dev, &["fs", "put", "--ns", "acme", &fs, "todo.txt", file.to_str().unwrap()]);
+    assert_eq!(b.ok(dev, &["fs", "cat", "--ns", "acme", &fs, "todo.txt"]), "across replicas\n");
+    let mounted =
+        b.json(dev, &["sandbox", "create", "--ns", "acme", "--filesystem", &fs])["id"].as_str().unwrap().to_owned();
+    assert!(sandbox_cgroup_exists(&a, "acme", &mounted), "a sandbox goes where its filesystem is");
+    let cat = b.ok(dev, &["exec", "--ns", "acme", &mounted, "--", "cat", "/workspace/todo.txt"]);
+    assert_eq!(cat, "across replicas\n");
+    b.ok(dev, &["sandbox", "delete", "--ns", "acme", &mounted]);
+    assert!(!sandbox_cgroup_exists(&a, "acme", &mounted));
 
     // A key revoked through one replica fails on the other at once: well within the 30 s its
     // cache would otherwise trust it.

@@ -167,13 +167,19 @@ fn master_key(data_dir: &Path) -> Result<bulkhead_core::sealed::Key, BootstrapEr
     bulkhead_core::sealed::Key::from_bytes(&bytes).map_err(|e| BootstrapError::Identity(e.to_string()))
 }
 
-/// Mounts every filesystem the store knows, sweeps staging left by interrupted uploads, and
-/// removes images the store does not know (a create that crashed half-way).
-async fn mount_filesystems(store: &dyn Store, storage: &dyn FilesystemStorage) -> Result<(), BootstrapError> {
+/// Mounts every filesystem of this node the store knows, sweeps staging left by interrupted
+/// uploads, and removes images the store does not know as this node's (a create that crashed
+/// half-way).
+async fn mount_filesystems(
+    store: &dyn Store,
+    storage: &dyn FilesystemStorage,
+    node: &crate::nodes::Node,
+) -> Result<(), BootstrapError> {
     // After a reboot the state dir is empty and the loop devices are gone: every mount is made
     // again from the images in the data dir. One that fails does not stop the start; its
     // requests answer `unavailable` and mount it again on demand (`ensure_mounted`).
-    let known = store.all_filesystems().await?;
+    // This node's: a peer's filesystems are images in its own data dir.
+    let known: Vec<_> = store.all_filesystems().await?.into_iter().filter(|f| node.is_mine(&f.node)).collect();
     for f in &known {
         match storage.mount(&f.id).await {
             Ok(true) => {}
@@ -374,7 +380,7 @@ pub async fn start_with(
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;
     let Backends { runtime, storage } = backends(&config, &host_ids)?;
-    mount_filesystems(store.as_ref(), storage.as_ref()).await?;
+    mount_filesystems(store.as_ref(), storage.as_ref(), &node).await?;
     let identity = crate::identity_cache::Identity::new(master, config.oidc).map_err(BootstrapError::Identity)?;
     let logs_dir = dir.join("logs");
     let logs =

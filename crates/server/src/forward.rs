@@ -1,7 +1,9 @@
 //! Forwarding between the replicas of a shared store: a sandbox runs on one node (its row's
-//! `node`), and a request for it (`/v1/namespaces/{ns}/sandboxes/{id}` and everything under
-//! it: exec, files, processes, their WebSocket attach, snapshot, delete) that reaches another
-//! replica is passed to that node as it came — method, path, query, headers (the bearer token
+//! `node`), a filesystem's image is in one node's data dir, and a task's agent is connected to
+//! the node of its sandbox. A request for one of them (`/v1/namespaces/{ns}/sandboxes/{id}`,
+//! `.../filesystems/{id}`, `.../tasks/{id}` and everything under them: exec, files, processes,
+//! their WebSocket attach, snapshot, delete, task events), or a sandbox or task create that
+//! mounts a filesystem, that reaches another replica is passed to that node as it came — method, path, query, headers (the bearer token
 //! included: the node that runs the sandbox authenticates and authorizes it as usual) and body
 //! streamed both ways — and its answer is passed back. A WebSocket upgrade is joined end to end.
 //!
@@ -41,40 +43,122 @@ fn client() -> &'static Client<HttpConnector, Body> {
     })
 }
 
-/// The namespace and sandbox id a path addresses, when it addresses one sandbox.
-fn sandbox_of(path: &str) -> Option<(&str, &str)> {
-    let rest = path.strip_prefix("/v1/namespaces/")?;
-    let (ns, rest) = rest.split_once('/')?;
-    let rest = rest.strip_prefix("sandboxes/")?;
-    let id = rest.split('/').next()?;
-    (!ns.is_empty() && !id.is_empty()).then_some((ns, id))
+/// What a request addresses that lives on one node: a sandbox, a filesystem or a task (by
+/// path), or a filesystem a sandbox or task create mounts (by body).
+#[derive(Debug, PartialEq, Eq)]
+enum Addressed<'a> {
+    Sandbox(&'a str, &'a str),
+    Filesystem(&'a str, &'a str),
+    Task(&'a str, &'a str),
+    /// `POST /v1/namespaces/{ns}/sandboxes` or `/tasks`: the body says.
+    Create(&'a str),
 }
 
-/// The middleware: passes a request for a peer's sandbox to that peer.
-pub async fn middleware(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// What `method` and `path` address, when it is one thing of one node.
+fn addressed<'a>(method: &axum::http::Method, path: &'a str) -> Option<Addressed<'a>> {
+    let rest = path.strip_prefix("/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once('/')?;
+    if ns.is_empty() {
+        return None;
+    }
+    let (kind, rest) = rest.split_once('/').unwrap_or((rest, ""));
+    let id = rest.split('/').next().unwrap_or("");
+    match (kind, id.is_empty()) {
+        ("sandboxes", false) => Some(Addressed::Sandbox(ns, id)),
+        ("filesystems", false) => Some(Addressed::Filesystem(ns, id)),
+        ("tasks", false) => Some(Addressed::Task(ns, id)),
+        ("sandboxes" | "tasks", true) if method == axum::http::Method::POST && rest.is_empty() => {
+            Some(Addressed::Create(ns))
+        }
+        _ => None,
+    }
+}
+
+/// Where a thing lives: its node, and whether it still holds host resources there (an ended
+/// sandbox of a lost node is any replica's to answer for).
+struct Home {
+    node: String,
+    active: bool,
+    what: String,
+}
+
+/// The node of sandbox `id`: this node's own sandboxes, once seen, without a store read.
+async fn sandbox_home(state: &AppState, ns: &str, id: &str) -> Option<Home> {
+    if state.node.home(id).is_some_and(|n| state.node.is_mine(&n)) {
+        return None;
+    }
+    let row = state.store.get_sandbox(ns, id).await.ok()??;
+    // Keyed by id alone: ids are unique across namespaces, and a request naming another
+    // namespace's sandbox is the handler's to refuse wherever it runs.
+    state.node.remember_home(&row.id, &row.node);
+    Some(Home { node: row.node, active: row.status.is_active(), what: format!("sandbox {id}") })
+}
+
+/// The node of filesystem `id`.
+async fn filesystem_home(state: &AppState, ns: &str, id: &str) -> Option<Home> {
+    let row = state.store.get_filesystem(ns, id).await.ok()??;
+    Some(Home { node: row.node, active: true, what: format!("filesystem {id}") })
+}
+
+/// The node of `req`'s target; `None`: this one's to answer (also when the store fails: the
+/// handler then answers as it would). A create's body is read here (bounded by
+/// `max_body_bytes`) and put back.
+async fn home_of(state: &AppState, req: &mut Request) -> Option<Home> {
+    let path = req.uri().path().to_owned();
+    match addressed(req.method(), &path)? {
+        Addressed::Sandbox(ns, id) => sandbox_home(state, ns, id).await,
+        Addressed::Filesystem(ns, id) => filesystem_home(state, ns, id).await,
+        // A task's agent runs in its sandbox, and its connection lives on that sandbox's node;
+        // a task with no sandbox starts one by its filesystem.
+        Addressed::Task(ns, id) => {
+            let task = state.store.get_task(ns, id).await.ok()??;
+            if let Some(sbx) = &task.sandbox_id {
+                let home = sandbox_home(state, ns, sbx).await?;
+                if home.active {
+                    return Some(home);
+                }
+            }
+            let (fs, _) = task.filesystem.as_ref()?;
+            filesystem_home(state, ns, fs).await
+        }
+        Addressed::Create(ns) => {
+            let body = std::mem::take(req.body_mut());
+            let bytes = axum::body::to_bytes(body, state.config.max_body_bytes).await;
+            let Ok(bytes) = bytes else {
+                // Too large or cut: the handler answers that (the body is gone either way).
+                *req.body_mut() = Body::empty();
+                return None;
+            };
+            *req.body_mut() = Body::from(bytes.clone());
+            let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+            let fs = value.get("filesystem")?.get("id")?.as_str()?;
+            filesystem_home(state, ns, fs).await
+        }
+    }
+}
+
+/// The middleware: passes a request for what a peer holds to that peer.
+pub async fn middleware(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     if !state.node.shared {
         return next.run(req).await;
     }
-    let Some((ns, id)) = sandbox_of(req.uri().path()).map(|(n, i)| (n.to_owned(), i.to_owned())) else {
-        return next.run(req).await;
-    };
-    let row = match state.store.get_sandbox(&ns, &id).await {
-        Ok(Some(row)) if !state.node.is_mine(&row.node) => row,
-        // Not found, this node's, or the store failing: the handler answers as it would.
+    let home = match home_of(&state, &mut req).await {
+        Some(home) if !state.node.is_mine(&home.node) => home,
         _ => return next.run(req).await,
     };
-    let mut peer = state.node.peer(&row.node).filter(|p| p.is_live(now_ms()));
+    let what = home.what.clone();
+    let mut peer = state.node.peer(&home.node).filter(|p| p.is_live(now_ms()));
     if peer.is_none() {
         // A node that started (or renewed) since the peers were last read.
         if let Ok(rows) = state.store.nodes().await {
             state.node.set_peers(rows);
-            peer = state.node.peer(&row.node).filter(|p| p.is_live(now_ms()));
+            peer = state.node.peer(&home.node).filter(|p| p.is_live(now_ms()));
         }
     }
     let Some(peer) = peer else {
-        if row.status.is_active() {
+        if home.active {
             return ApiError::Unavailable {
-                message: format!("the node that runs sandbox {id} is not answering; retry"),
+                message: format!("the node that holds {what} is not answering; retry"),
                 retry_after_seconds: 2,
             }
             .into_response();
@@ -83,9 +167,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
         return next.run(req).await;
     };
     if req.headers().contains_key(FORWARDED_HEADER) {
-        tracing::warn!(sandbox = %id, node = %row.node, "a forwarded request for a sandbox of another node");
+        tracing::warn!(target = %what, node = %home.node, "a forwarded request for what another node holds");
         return ApiError::Unavailable {
-            message: format!("the replicas disagree on where sandbox {id} runs; retry"),
+            message: format!("the replicas disagree on where {what} is; retry"),
             retry_after_seconds: 1,
         }
         .into_response();
@@ -93,9 +177,9 @@ pub async fn middleware(State(state): State<AppState>, req: Request, next: Next)
     match forward(&state, &peer.url, req).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(sandbox = %id, node = %peer.id, url = %peer.url, error = %e, "forwarding failed");
+            tracing::warn!(target = %what, node = %peer.id, url = %peer.url, error = %e, "forwarding failed");
             ApiError::Unavailable {
-                message: format!("the node that runs sandbox {id} is not answering; retry"),
+                message: format!("the node that holds {what} is not answering; retry"),
                 retry_after_seconds: 1,
             }
             .into_response()
@@ -157,13 +241,15 @@ async fn forward(state: &AppState, base: &str, mut req: Request) -> Result<Respo
                 Err(e) => tracing::debug!(error = %e, "a forwarded upgrade failed"),
             }
         });
-        let (parts, _) = answer.into_parts();
+        let (mut parts, _) = answer.into_parts();
+        parts.extensions.insert(crate::request::Forwarded);
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = answer.into_parts();
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);
     }
+    parts.extensions.insert(crate::request::Forwarded);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -172,14 +258,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_paths_of_one_sandbox_are_forwarded() {
-        assert_eq!(sandbox_of("/v1/namespaces/acme/sandboxes/sbx_1"), Some(("acme", "sbx_1")));
-        assert_eq!(sandbox_of("/v1/namespaces/acme/sandboxes/sbx_1/exec"), Some(("acme", "sbx_1")));
-        assert_eq!(sandbox_of("/v1/namespaces/acme/sandboxes/sbx_1/processes/7/attach"), Some(("acme", "sbx_1")));
-        assert_eq!(sandbox_of("/v1/namespaces/acme/sandboxes"), None);
-        assert_eq!(sandbox_of("/v1/namespaces/acme/sandboxes/"), None);
-        assert_eq!(sandbox_of("/v1/namespaces/acme/filesystems/fs_1"), None);
-        assert_eq!(sandbox_of("/v1/namespaces//sandboxes/sbx_1"), None);
-        assert_eq!(sandbox_of("/v1/namespaces"), None);
+    fn what_a_path_addresses() {
+        use axum::http::Method;
+        let get = |p| addressed(&Method::GET, p);
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1"), Some(Addressed::Sandbox("acme", "sbx_1")));
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1/exec"), Some(Addressed::Sandbox("acme", "sbx_1")));
+        let attach = "/v1/namespaces/acme/sandboxes/sbx_1/processes/7/attach";
+        assert_eq!(get(attach), Some(Addressed::Sandbox("acme", "sbx_1")));
+        assert_eq!(get("/v1/namespaces/acme/filesystems/fs_1/files/a/b"), Some(Addressed::Filesystem("acme", "fs_1")));
+        assert_eq!(get("/v1/namespaces/acme/tasks/tsk_1/messages"), Some(Addressed::Task("acme", "tsk_1")));
+        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/sandboxes"), Some(Addressed::Create("acme")));
+        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/tasks"), Some(Addressed::Create("acme")));
+        for local in [
+            "/v1/namespaces/acme/sandboxes",
+            "/v1/namespaces/acme/sandboxes/",
+            "/v1/namespaces/acme/filesystems",
+            "/v1/namespaces/acme/keys/key_1",
+            "/v1/namespaces//sandboxes/sbx_1",
+            "/v1/namespaces/acme",
+            "/v1/namespaces",
+            "/healthz",
+        ] {
+            assert_eq!(get(local), None, "{local}");
+        }
+        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/filesystems"), None);
     }
 }

@@ -33,11 +33,16 @@ pub struct Node {
     pub lease: Duration,
     url: RwLock<String>,
     peers: RwLock<HashMap<String, NodeRow>>,
+    /// The node of each sandbox looked up lately (a sandbox never moves): by sandbox id.
+    homes: RwLock<HashMap<String, String>>,
 }
+
+/// Sandbox homes remembered at most; past it the map is cleared rather than grown.
+const HOMES_MAX: usize = 100_000;
 
 impl Node {
     pub fn new(id: String, url: String, shared: bool, lease: Duration) -> Node {
-        Node { id, shared, lease, url: RwLock::new(url), peers: RwLock::default() }
+        Node { id, shared, lease, url: RwLock::new(url), peers: RwLock::default(), homes: RwLock::default() }
     }
 
     /// The URL peers reach this node at.
@@ -63,6 +68,20 @@ impl Node {
     /// What was last read of node `id`.
     pub fn peer(&self, id: &str) -> Option<NodeRow> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// The node of sandbox `id`, when remembered.
+    pub fn home(&self, id: &str) -> Option<String> {
+        self.homes.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Remembers that sandbox `id` runs on node `node`.
+    pub fn remember_home(&self, id: &str, node: &str) {
+        let mut homes = self.homes.write().unwrap_or_else(|e| e.into_inner());
+        if homes.len() >= HOMES_MAX {
+            homes.clear();
+        }
+        homes.insert(id.to_owned(), node.to_owned());
     }
 
     /// Replaces what is known of the peers.

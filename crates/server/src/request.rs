@@ -100,17 +100,26 @@ pub async fn middleware(mut req: Request, next: Next) -> Response {
             tracing::debug!(status = status.as_u16(), ms, "request");
         }
     });
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    // A forwarded answer keeps the request id of the replica that served it (its body and its
+    // audit record name that one).
+    let served_elsewhere =
+        response.extensions().get::<Forwarded>().is_some() && response.headers().contains_key(REQUEST_ID_HEADER);
+    if let (false, Ok(v)) = (served_elsewhere, HeaderValue::from_str(&id)) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
     }
     response
 }
 
+/// Marks an answer another replica gave (see [`crate::forward`]): passed on as it is, its error
+/// envelope and request id included.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
+
 /// Gives every error answer the JSON envelope: our own errors carry an [`ErrorMark`]; answers of
 /// axum itself (unknown route, wrong method, body over the limit) are recognised by status.
 fn envelope(response: Response, request_id: &str) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error()) || response.extensions().get::<Forwarded>().is_some() {
         return response;
     }
     let mark = match response.extensions().get::<ErrorMark>() {

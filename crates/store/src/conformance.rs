@@ -257,6 +257,7 @@ pub(crate) async fn every_row_type_reads_back_what_it_wrote<S: Store + RawSql>(s
         size_bytes: 1 << 30,
         created_at_ms: 3,
         updated_at_ms: 4,
+        node: "node_a".into(),
     };
     s.admit_filesystem(&fs, 2 << 30).await.unwrap();
     assert_eq!(s.get_filesystem("acme", "fs_a").await.unwrap(), Some(fs.clone()));

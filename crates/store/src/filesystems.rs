@@ -24,6 +24,8 @@ pub struct FilesystemRow {
     pub size_bytes: u64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The node whose data dir holds its image (`node_…`, see [`crate::NodeStore`]).
+    pub node: String,
 }
 
 /// Projects and filesystems.

@@ -76,8 +76,8 @@ pub type Changes = tokio::sync::mpsc::Receiver<Change>;
 #[async_trait]
 pub trait NodeStore: Send + Sync {
     /// Registers node `id` reachable at `url` (again, after a restart: its lost mark cleared),
-    /// live until `lease_until_ms`; rows from before nodes existed (sandboxes and idempotency
-    /// claims of no node) become its own.
+    /// live until `lease_until_ms`; rows from before nodes existed (sandboxes, filesystems and
+    /// idempotency claims of no node) become its own.
     async fn register_node(&self, id: &str, url: &str, now_ms: i64, lease_until_ms: i64) -> Result<()>;
 
     /// Extends node `id`'s lease to `lease_until_ms`. `false` when the node is no longer

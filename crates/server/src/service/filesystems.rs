@@ -51,12 +51,15 @@ pub fn new_row(namespace: &str, name: String, project: Option<String>, size_byte
         size_bytes,
         created_at_ms: now,
         updated_at_ms: now,
+        node: String::new(),
     }
 }
 
 /// Admits `row` against the namespace's `disk_bytes` and makes it on the host; the row is
 /// removed again when the host fails.
 pub async fn create(state: &AppState, ns: &NamespaceRow, row: &FilesystemRow) -> ServiceResult<()> {
+    // Its image is made in this node's data dir.
+    let row = &FilesystemRow { node: state.node.id.clone(), ..row.clone() };
     match state.store.admit_filesystem(row, ns.quotas.disk_bytes).await {
         Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
         other => other?,

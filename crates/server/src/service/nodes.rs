@@ -65,8 +65,8 @@ async fn renew(state: &AppState) -> ServiceResult<()> {
 }
 
 /// Frees the host side of this node's sandboxes whose rows ended (by a peer: a namespace
-/// delete through another replica, or this node declared lost), and the cgroups of namespaces
-/// that no longer exist.
+/// delete through another replica, or this node declared lost), the images of its filesystems
+/// whose rows are gone, and the cgroups of namespaces that no longer exist.
 async fn sweep(state: &AppState) -> ServiceResult<usize> {
     let mut freed = 0;
     for h in state.runtime.list().await? {
@@ -83,6 +83,24 @@ async fn sweep(state: &AppState) -> ServiceResult<usize> {
         state.keys.evict_sandbox(&row.id);
         tracing::info!(sandbox = %row.id, namespace = ns, reason = row.reason.as_deref(), "freed a sandbox ended elsewhere");
         freed += 1;
+    }
+    // Images of filesystems whose rows are gone (a namespace deleted through a peer), read
+    // before the rows: an image is made only after its row is committed.
+    let images = state.storage.ids();
+    if !images.is_empty() {
+        let known: HashSet<String> = state
+            .store
+            .all_filesystems()
+            .await?
+            .into_iter()
+            .filter(|f| state.node.is_mine(&f.node))
+            .map(|f| f.id)
+            .collect();
+        for id in images.into_iter().filter(|id| !known.contains(id)) {
+            let _guard = state.sandbox_locks.lock(&id).await;
+            state.storage.delete(&id).await?;
+            tracing::info!(filesystem = %id, "removed the image of a filesystem deleted elsewhere");
+        }
     }
     let live: HashSet<String> = state.runtime.namespaces().await?.into_iter().collect();
     for ns in live {

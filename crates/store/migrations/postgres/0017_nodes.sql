@@ -11,10 +11,12 @@ CREATE TABLE nodes (
 );
 SELECT bulkhead_lock_table('nodes', NULL);
 
--- The node that runs a sandbox, and the node whose request holds an idempotency claim (`''`:
--- rows from before nodes, adopted by the first node that starts).
+-- The node that runs a sandbox, the node whose data dir holds a filesystem's image, and the
+-- node whose request holds an idempotency claim (`''`: rows from before nodes, adopted by the
+-- first node that starts).
 ALTER TABLE sandboxes ADD COLUMN node TEXT COLLATE "C" NOT NULL DEFAULT '';
 ALTER TABLE idempotency ADD COLUMN node TEXT COLLATE "C" NOT NULL DEFAULT '';
+ALTER TABLE filesystems ADD COLUMN node TEXT COLLATE "C" NOT NULL DEFAULT '';
 CREATE INDEX sandboxes_node_active ON sandboxes (node) WHERE status IN ('creating', 'running');
 
 -- The key API tokens are hashed with, sealed (AES-256-GCM) under the master key, so that every

@@ -40,6 +40,7 @@ impl NodeStore for PgStore {
         .await?;
         sqlx::query("UPDATE sandboxes SET node = $1 WHERE node = ''").bind(id).execute(&mut *tx).await?;
         sqlx::query("UPDATE idempotency SET node = $1 WHERE node = ''").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE filesystems SET node = $1 WHERE node = ''").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }

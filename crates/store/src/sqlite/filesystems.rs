@@ -18,6 +18,7 @@ from_columns!(FilesystemRow in "filesystems" by "id" {
     size_bytes,
     created_at_ms,
     updated_at_ms,
+    node,
 });
 
 /// The bytes `used` as the disk quota counts them (a negative sum reads as none).

@@ -35,6 +35,7 @@ impl NodeStore for SqliteStore {
         .await?;
         sqlx::query("UPDATE sandboxes SET node = ? WHERE node = ''").bind(id).execute(&mut *tx).await?;
         sqlx::query("UPDATE idempotency SET node = ? WHERE node = ''").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE filesystems SET node = ? WHERE node = ''").bind(id).execute(&mut *tx).await?;
         tx.commit().await
     }
 
