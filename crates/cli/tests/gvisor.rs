@@ -313,6 +313,23 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
     assert_eq!(max, bulkhead_runtime::spec::OciKind::Gvisor.host_tasks(pids));
     let (code, out, _) = h.sh("gv", &p, &admin, "for i in $(seq 1 20); do sleep 600 & done; echo started").await;
     assert_eq!((code, out.as_str()), (0, "started\n"), "twenty processes are well within the limit");
+    // `pids.events` is read all along the tree's growth: the server removes the cgroup once it
+    // finds the sandbox ended, which may be before the exec's answer reaches the test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, file) = (stop.clone(), dir.join("pids.events"));
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match std::fs::read_to_string(&file) {
+                    Ok(events) => last = events,
+                    Err(_) => break,
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            last
+        })
+    };
     let r = h
         .exec_with(
             "gv",
@@ -323,7 +340,8 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
         )
         .await;
     assert!(!String::from_utf8_lossy(&r.raw).contains("forked"), "1000 processes fit: {}", r.body);
-    let events = std::fs::read_to_string(dir.join("pids.events")).unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let events = sampler.join().unwrap();
     assert!(events.contains("max") && !events.contains("max 0"), "the pids limit was never hit: {events}");
     let v = ended(&h, "gv", &p).await;
     assert_eq!(v["status"], "failed", "{v}");
@@ -387,7 +405,8 @@ fn held(h: &Harness, ns: &str, id: &str) -> Held {
 /// are given back. (Each command used to leave an entry of an ended process in gVisor's procfs,
 /// about 0.12 MiB of its kernel's memory: a 64 MiB sandbox ended after about 440 commands.)
 /// After 100 commands and after 600 the sandbox holds about as much on the host, and it holds
-/// nothing of them inside: its supervisor and the probing shell are its only processes.
+/// nothing of them inside: its supervisor and the probing shell are its only processes. Its
+/// `/proc` caches few entries, so processes that read their own do not grow it either.
 #[tokio::test]
 async fn a_small_gvisor_sandbox_gives_back_what_each_command_held() {
     let h = gvisor_harness().await;
@@ -407,6 +426,7 @@ async fn a_small_gvisor_sandbox_gives_back_what_each_command_held() {
     let after_100 = held(&h, "gv", &id);
     run(500).await;
     let after_600 = held(&h, "gv", &id);
+    eprintln!("held after 100 commands: {after_100:?}; after 600: {after_600:?}");
     // Generous margins: what 500 commands would have held at the old rate is 60 MiB.
     assert!(
         after_600.anon <= after_100.anon + (8 << 20),
@@ -415,6 +435,37 @@ async fn a_small_gvisor_sandbox_gives_back_what_each_command_held() {
     assert!(after_600.usage <= after_100.usage + (12 << 20), "{after_100:?} then {after_600:?}");
     assert!(after_600.fds <= after_100.fds + 8, "descriptors held per command: {after_100:?} then {after_600:?}");
     assert!(after_600.tasks <= after_100.tasks + 16, "host tasks held per command: {after_100:?} then {after_600:?}");
+
+    // The supervisor mounted `/proc` with a small cache and holds no CAP_SYS_ADMIN since (it
+    // had it for that mount alone); nor does a command.
+    let (code, out, err) = h
+        .sh("gv", &id, &admin, "grep -E '^Cap[A-Z][a-z][a-z]:' /proc/1/status /proc/self/status; cat /proc/mounts")
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let caps: Vec<&str> = out.lines().filter(|l| l.contains(":Cap")).collect();
+    for want in
+        ["/proc/1/status:CapBnd:", "/proc/1/status:CapPrm:", "/proc/1/status:CapEff:", "/proc/self/status:CapBnd:"]
+    {
+        assert!(caps.iter().any(|l| l.starts_with(want)), "no {want} in {out}");
+    }
+    for line in caps {
+        let set = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(set & (1 << 21), 0, "CAP_SYS_ADMIN: {line}");
+    }
+    let proc_mounts: Vec<&str> = out.lines().filter(|l| l.contains(" /proc proc ")).collect();
+    assert!(proc_mounts.last().is_some_and(|l| l.contains("dentry_cache_limit=64")), "{out}");
+    // Commands that read `/proc/<pid>` of short-lived processes: gVisor's procfs keeps no more
+    // than its small cache of them (its default, 1,000 entries of some 0.13 MiB each, would
+    // have ended this sandbox).
+    let script = "i=0; while [ $i -lt 400 ]; do sh -c 'cat /proc/self/stat > /dev/null'; i=$((i+1)); done; echo $i";
+    let r = h.exec_with("gv", &id, &admin, json!({"cmd": ["sh", "-c", script], "timeout_seconds": 600})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((&r.body["exit_code"], &r.body["stdout"]), (&json!(0), &json!("400\n")), "{}", r.body);
+    let after_proc = held(&h, "gv", &id);
+    assert!(
+        after_proc.anon <= after_600.anon + (16 << 20),
+        "400 processes that read /proc/self grew gVisor's kernel: {after_600:?} then {after_proc:?}"
+    );
     // Inside: the shell lists `/proc` itself (a glob, no process of its own).
     let (code, out, err) = h.sh("gv", &id, &admin, "echo /proc/[0-9]*").await;
     assert_eq!(code, 0, "{err}");
