@@ -3,9 +3,10 @@
 //! filesystem at `/workspace` work as on the container tier; what the container tier's
 //! isolation tests check holds where it applies (its own processes, root and hostname, no host
 //! path, no mount, no dangerous capability, no other tenant's sandbox over the network); the
-//! memory and pids limits hold on the host, and a delete leaves no runsc process, mount or
-//! cgroup behind. Where the tier differs (a limit that ends the whole sandbox, no seccomp
-//! filter of Bulkhead's own), docs/ARCHITECTURE.md says so; these tests pin what it does.
+//! memory and pids limits hold on the host, hundreds of commands leave nothing held behind, and
+//! a delete leaves no runsc process, mount or cgroup behind. Where the tier differs (a limit
+//! that ends the whole sandbox, no seccomp filter of Bulkhead's own), docs/ARCHITECTURE.md says
+//! so; these tests pin what it does.
 //!
 //! runsc is required: `scripts/os-deps --test` installs it. Without it every test here fails,
 //! saying so.
@@ -312,6 +313,23 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
     assert_eq!(max, bulkhead_runtime::spec::OciKind::Gvisor.host_tasks(pids));
     let (code, out, _) = h.sh("gv", &p, &admin, "for i in $(seq 1 20); do sleep 600 & done; echo started").await;
     assert_eq!((code, out.as_str()), (0, "started\n"), "twenty processes are well within the limit");
+    // `pids.events` is read all along the tree's growth: the server removes the cgroup once it
+    // finds the sandbox ended, which may be before the exec's answer reaches the test.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, file) = (stop.clone(), dir.join("pids.events"));
+        std::thread::spawn(move || {
+            let mut last = String::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match std::fs::read_to_string(&file) {
+                    Ok(events) => last = events,
+                    Err(_) => break,
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            last
+        })
+    };
     let r = h
         .exec_with(
             "gv",
@@ -322,7 +340,8 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
         )
         .await;
     assert!(!String::from_utf8_lossy(&r.raw).contains("forked"), "1000 processes fit: {}", r.body);
-    let events = std::fs::read_to_string(dir.join("pids.events")).unwrap_or_default();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let events = sampler.join().unwrap();
     assert!(events.contains("max") && !events.contains("max 0"), "the pids limit was never hit: {events}");
     let v = ended(&h, "gv", &p).await;
     assert_eq!(v["status"], "failed", "{v}");
@@ -342,6 +361,122 @@ async fn gvisor_limits_hold_on_the_host_and_a_delete_leaves_nothing() {
         let left = host_leftovers(&prefix, ns, id);
         assert!(left.is_empty(), "a deleted sandbox left: {left:#?}");
     }
+}
+
+/// What a sandbox holds on the host: the anonymous memory its memory cgroup is charged
+/// (gVisor's kernel's heap: `rss` on cgroup v1, `anon` on v2) and all of it (`usage_in_bytes`,
+/// `memory.current`), gVisor's kernel's open descriptors, and the host tasks its pids cgroup
+/// counts.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    anon: u64,
+    usage: u64,
+    fds: usize,
+    tasks: u64,
+}
+
+fn held(h: &Harness, ns: &str, id: &str) -> Held {
+    let prefix = &h.runtime.cgroup_prefix;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let v1 = root.join("memory").join(prefix).join(ns).join(id);
+    let (dir, anon_key, usage_file) = if v1.is_dir() {
+        (v1, "rss", "memory.usage_in_bytes")
+    } else {
+        (root.join(prefix).join(ns).join(id), "anon", "memory.current")
+    };
+    let stat = std::fs::read_to_string(dir.join("memory.stat")).unwrap();
+    let anon = stat
+        .lines()
+        .find_map(|l| l.strip_prefix(anon_key).and_then(|v| v.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {anon_key} in {}: {stat}", dir.display()))
+        .parse()
+        .unwrap();
+    let pid = std::fs::read_to_string(h.runtime.state_dir.join("sandboxes").join(id).join("pid")).unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim())).unwrap().count();
+    Held {
+        anon,
+        usage: read_u64(&dir.join(usage_file)),
+        fds,
+        tasks: read_u64(&pids_dir(prefix, ns, id).join("pids.current")),
+    }
+}
+
+/// Commands by the hundred in a small gVisor sandbox: each one's memory, descriptors and tasks
+/// are given back. (Each command used to leave an entry of an ended process in gVisor's procfs,
+/// about 0.12 MiB of its kernel's memory: a 64 MiB sandbox ended after about 440 commands.)
+/// After 100 commands and after 600 the sandbox holds about as much on the host, and it holds
+/// nothing of them inside: its supervisor and the probing shell are its only processes. Its
+/// `/proc` caches few entries, so processes that read their own do not grow it either.
+#[tokio::test]
+async fn a_small_gvisor_sandbox_gives_back_what_each_command_held() {
+    let h = gvisor_harness().await;
+    let admin = h.admin.clone();
+    let id = h.create_sandbox("gv", &admin, json!({"memory_bytes": 64 << 20})).await;
+    let run = |n: usize| {
+        let (h, id, admin) = (&h, &id, &admin);
+        async move {
+            for i in 0..n {
+                let r = h.exec_with("gv", id, admin, json!({"cmd": ["true"]})).await;
+                assert_eq!(r.status, StatusCode::OK, "command {i} of {n}: {}", r.body);
+                assert_eq!(r.body["exit_code"], 0, "command {i} of {n}: {}", r.body);
+            }
+        }
+    };
+    run(100).await;
+    let after_100 = held(&h, "gv", &id);
+    run(500).await;
+    let after_600 = held(&h, "gv", &id);
+    eprintln!("held after 100 commands: {after_100:?}; after 600: {after_600:?}");
+    // Generous margins: what 500 commands would have held at the old rate is 60 MiB.
+    assert!(
+        after_600.anon <= after_100.anon + (8 << 20),
+        "500 more commands grew gVisor's kernel: {after_100:?} then {after_600:?}"
+    );
+    assert!(after_600.usage <= after_100.usage + (12 << 20), "{after_100:?} then {after_600:?}");
+    assert!(after_600.fds <= after_100.fds + 8, "descriptors held per command: {after_100:?} then {after_600:?}");
+    assert!(after_600.tasks <= after_100.tasks + 16, "host tasks held per command: {after_100:?} then {after_600:?}");
+
+    // The supervisor mounted `/proc` with a small cache and holds no CAP_SYS_ADMIN since (it
+    // had it for that mount alone); nor does a command.
+    let (code, out, err) = h
+        .sh("gv", &id, &admin, "grep -E '^Cap[A-Z][a-z][a-z]:' /proc/1/status /proc/self/status; cat /proc/mounts")
+        .await;
+    assert_eq!(code, 0, "{err}");
+    let caps: Vec<&str> = out.lines().filter(|l| l.contains(":Cap")).collect();
+    for want in
+        ["/proc/1/status:CapBnd:", "/proc/1/status:CapPrm:", "/proc/1/status:CapEff:", "/proc/self/status:CapBnd:"]
+    {
+        assert!(caps.iter().any(|l| l.starts_with(want)), "no {want} in {out}");
+    }
+    for line in caps {
+        let set = u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap();
+        assert_eq!(set & (1 << 21), 0, "CAP_SYS_ADMIN: {line}");
+    }
+    let proc_mounts: Vec<&str> = out.lines().filter(|l| l.contains(" /proc proc ")).collect();
+    assert!(proc_mounts.last().is_some_and(|l| l.contains("dentry_cache_limit=64")), "{out}");
+    // Commands that read `/proc/<pid>` of short-lived processes: gVisor's procfs keeps no more
+    // than its small cache of them (its default, 1,000 entries of some 0.13 MiB each, would
+    // have ended this sandbox).
+    let script = "i=0; while [ $i -lt 400 ]; do sh -c 'cat /proc/self/stat > /dev/null'; i=$((i+1)); done; echo $i";
+    let r = h.exec_with("gv", &id, &admin, json!({"cmd": ["sh", "-c", script], "timeout_seconds": 600})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((&r.body["exit_code"], &r.body["stdout"]), (&json!(0), &json!("400\n")), "{}", r.body);
+    let after_proc = held(&h, "gv", &id);
+    assert!(
+        after_proc.anon <= after_600.anon + (16 << 20),
+        "400 processes that read /proc/self grew gVisor's kernel: {after_600:?} then {after_proc:?}"
+    );
+    // Inside: the shell lists `/proc` itself (a glob, no process of its own).
+    let (code, out, err) = h.sh("gv", &id, &admin, "echo /proc/[0-9]*").await;
+    assert_eq!(code, 0, "{err}");
+    let pids: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(pids.len(), 2, "processes left in the sandbox: {out}");
+    assert!(pids.contains(&"/proc/1"), "{out}");
+    assert_eq!(status(&h, "gv", &id).await["status"], "running");
+    let r = h.call(Method::DELETE, &format!("/v1/namespaces/gv/sandboxes/{id}"), Some(&admin), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let left = host_leftovers(&h.runtime.cgroup_prefix, "gv", &id);
+    assert!(left.is_empty(), "a deleted sandbox left: {left:#?}");
 }
 
 /// Runs `script` with `sh -c` in a sandbox of a real server; (exit code, stdout, stderr).

@@ -378,3 +378,63 @@ async fn spawn_and_follow(rt: &dyn Runtime, sbx: &str, ids: &[String], retained:
         }
     }
 }
+
+/// What a runc sandbox holds on the host: its supervisor's open descriptors, the tasks its pids
+/// cgroup counts, and the cgroup directories under its own (one per running command).
+fn held(h: &Harness, sbx: &str) -> (usize, u64, usize) {
+    let pid = std::fs::read_to_string(h.runtime.state_dir.join("sandboxes").join(sbx).join("pid")).unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", pid.trim())).unwrap().count();
+    let cgroups =
+        bulkhead_runtime::cgroup::Cgroups::detect(std::path::Path::new("/sys/fs/cgroup"), &h.runtime.cgroup_prefix)
+            .unwrap();
+    let dirs = cgroups.existing().into_iter().filter(|p| p.to_string_lossy().contains(sbx)).collect::<Vec<_>>();
+    let pids = dirs
+        .iter()
+        .find(|d| d.ends_with(sbx) && d.join("pids.current").exists())
+        .map(|d| std::fs::read_to_string(d.join("pids.current")).unwrap().trim().parse().unwrap())
+        .expect("the sandbox's pids cgroup");
+    let nested = dirs.iter().filter(|d| !d.ends_with(sbx)).count();
+    (fds, pids, nested)
+}
+
+/// Runs `true` `n` times, each to its exit.
+async fn commands(rt: &dyn Runtime, sbx: &str, n: usize) {
+    for i in 0..n {
+        let (out, err, exit) = run(rt, sbx, spec("true", 20_000), vec![]).await;
+        assert_eq!(exit.exit_code, Some(0), "command {i} of {n}: {out} {err}");
+    }
+}
+
+/// What the sandbox holds once it is at most `bound` (descriptors, tasks, nested cgroups), or
+/// after a minute: the supervisor removes an ended command's cgroup within a second; the minute
+/// bounds the test, it measures nothing.
+async fn settled(h: &Harness, sbx: &str, bound: (usize, u64, usize)) -> (usize, u64, usize) {
+    let mut now = held(h, sbx);
+    for _ in 0..600 {
+        if now.0 <= bound.0 && now.1 <= bound.1 && now.2 <= bound.2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = held(h, sbx);
+    }
+    now
+}
+
+/// Hundreds of commands leave nothing held behind: once they have ended, the sandbox holds as
+/// many tasks and nested cgroups as before the first, and its supervisor as many descriptors
+/// after 320 commands as after 20.
+#[tokio::test]
+async fn many_commands_leave_no_descriptor_task_or_cgroup_behind() {
+    let (h, sbx) = sandbox().await;
+    let rt = h.state.runtime.as_ref();
+    let before = held(&h, &sbx);
+    commands(rt, &sbx, 20).await;
+    let first = settled(&h, &sbx, (usize::MAX, before.1, before.2)).await;
+    assert!(first.1 <= before.1 && first.2 <= before.2, "before any command {before:?}, after 20 {first:?}");
+    commands(rt, &sbx, 300).await;
+    let after = settled(&h, &sbx, first).await;
+    assert!(
+        after.0 <= first.0 && after.1 <= first.1 && after.2 <= first.2,
+        "(descriptors, tasks, nested cgroups) after 20 commands {first:?}, after 320 {after:?}"
+    );
+}

@@ -396,7 +396,13 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     }
     env.extend(sandbox.env.iter().cloned());
 
-    let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    let mut caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    if gvisor {
+        // In gVisor's kernel only, for the supervisor's first step: it mounts `/proc` afresh
+        // with a small cache (see `bulkhead_supervisor::serve_path`), then drops this from
+        // every set, its bounding set too, before it accepts a request. No command has it.
+        caps.insert(Capability::SysAdmin);
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
@@ -722,6 +728,17 @@ mod tests {
         for dest in ["/proc/meminfo", "/sys/devices/system/cpu", CGROUP_PATH] {
             assert!(mount(&gvisor, dest).is_none(), "{dest} is bound under gVisor");
             assert!(mount(&native, dest).is_some(), "{dest} is not bound under runc");
+        }
+        // The supervisor alone starts with CAP_SYS_ADMIN in gVisor's kernel, to mount its
+        // `/proc` (it drops it before any command); never under runc.
+        let has = |v: &serde_json::Value, set: &str| {
+            v["process"]["capabilities"][set].as_array().unwrap().contains(&serde_json::json!("CAP_SYS_ADMIN"))
+        };
+        for set in ["bounding", "effective", "permitted"] {
+            assert!(has(&gvisor, set) && !has(&native, set), "{set}");
+        }
+        for set in ["inheritable", "ambient"] {
+            assert!(!has(&gvisor, set) && !has(&native, set), "{set}");
         }
         // The host counts gVisor's own tasks: the pids limit makes room for them.
         assert_eq!(native["linux"]["resources"]["pids"]["limit"], 64);

@@ -109,6 +109,22 @@ fn open_pty(size: TtySize) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
+/// Whether a command must set its `oom_score_adj` back to 0: the supervisor's own, which a
+/// command inherits, is not 0 (the runtime sets it to -1000 from the host, right after the
+/// sandbox starts and before any command is asked for), or cannot be read.
+///
+/// Read here, in the supervisor, rather than by every command: `/proc/self` is the
+/// supervisor's own entry, which lives as long as the sandbox, while a command that opens its
+/// own leaves an entry of an ended process behind in gVisor's procfs (runsc 2022-12 keeps up
+/// to 1,000 of them, each about 45 KiB of its kernel's heap, charged to the sandbox's memory
+/// cgroup): a small gVisor sandbox ran out of memory after a few hundred commands.
+fn must_reset_oom_score() -> bool {
+    match std::fs::read_to_string("/proc/self/oom_score_adj") {
+        Ok(v) => v.trim() != "0",
+        Err(_) => true,
+    }
+}
+
 /// Sets the calling process's `oom_score_adj` to 0 (raising it needs no privilege). Runs
 /// between fork and exec: only open, write and close, which are async-signal-safe.
 fn reset_oom_score() -> io::Result<()> {
@@ -215,6 +231,7 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     let (cwd_failed, cwd_failed_w) = pipe().map_err(LaunchError::Spawn)?;
     let cwd_failed_w_fd = cwd_failed_w.as_raw_fd();
     let procs = cg.as_ref().map(|c| c.procs_fd());
+    let reset_oom = must_reset_oom_score();
     let ids = creds.as_ref().map(|c| {
         let groups: Vec<libc::gid_t> = c.groups.clone();
         (c.uid, c.gid, groups)
@@ -225,7 +242,9 @@ pub(crate) fn launch(l: &Launch<'_>) -> Result<Launched, LaunchError> {
     unsafe {
         cmd.pre_exec(move || {
             // The supervisor is spared by the OOM killer (-1000); its commands are not.
-            reset_oom_score()?;
+            if reset_oom {
+                reset_oom_score()?;
+            }
             if let Some(fd) = procs {
                 cgroup::join_in_child(fd)?;
             }
