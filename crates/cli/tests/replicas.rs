@@ -121,6 +121,18 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     });
     eprintln!("revocation seen by the other replica after {:?}", revoked_at.elapsed());
 
+    // A replica with sandbox networks is refused beside them: replicas on one host share the
+    // store's network names.
+    let data_c = dir.path().join("c");
+    std::fs::create_dir_all(&data_c).unwrap();
+    std::fs::copy(data_a.join("master.key"), data_c.join("master.key")).unwrap();
+    let registry = data_a.join("host-registry");
+    let networked = ["--store", url.as_str(), "--network", "isolated"];
+    let names_c = runtime_names();
+    let refused = Server::spawn(&data_c, names_c.clone(), &registry, &networked).map(|_| ()).unwrap_err();
+    let _ = bulkhead_runtime::oci::purge(&names_c.0, Path::new("/sys/fs/cgroup"), &names_c.1);
+    assert!(refused.contains("replicas on one host share the store's network names"), "{refused}");
+
     // kill -9 of replica A: B declares it lost once its lease lapses, and A's sandbox ends.
     let pid = a.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());

@@ -233,6 +233,27 @@ async fn host_ids(store: &dyn Store, config: &ServerConfig) -> Result<crate::hos
     Ok(started)
 }
 
+/// Refuses to start a server with sandbox networks beside a live replica of the same store on
+/// this host: replicas of one store are one owner of the host registry, and share its network
+/// names (the nftables table, namespaces and veths named by the owner's prefix), which one would
+/// replace under the other.
+fn refuse_networked_sibling(ids: &crate::hostids::HostIds, cgroup_prefix: &str) -> Result<(), BootstrapError> {
+    let owners = ids.registry.owners()?;
+    let Some(me) = owners.iter().find(|o| o.id == ids.owner) else { return Ok(()) };
+    for other in me.cgroup_prefixes.iter().filter(|p| *p != cgroup_prefix) {
+        let lock = bulkhead_runtime::ownership::cgroup_lock_path(other);
+        if let Some((pid, data_dir)) = bulkhead_runtime::ownership::holder(&lock) {
+            return Err(BootstrapError::Held(format!(
+                "a replica of this store runs on this host (pid {pid}, data dir {}, cgroup prefix {other}) and \
+                 replicas on one host share the store's network names: run one replica per host, or give \
+                 every replica on this host --network loopback-only",
+                data_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The host side of a server: its sandbox runtime and its filesystem storage.
 pub struct Backends {
     pub runtime: Arc<dyn Runtime>,
@@ -379,6 +400,9 @@ pub async fn start_with(
     // Host-global resources before anything touches the host: a prefix or a range another
     // server holds stops this start here.
     let host_ids = host_ids(store.as_ref(), &config).await?;
+    if config.runtime.network == bulkhead_runtime::net::NetworkMode::Isolated {
+        refuse_networked_sibling(&host_ids, &config.runtime.cgroup_prefix)?;
+    }
     let Backends { runtime, storage } = backends(&config, &host_ids)?;
     mount_filesystems(store.as_ref(), storage.as_ref(), &node).await?;
     let identity = crate::identity_cache::Identity::new(master, config.oidc).map_err(BootstrapError::Identity)?;
