@@ -109,6 +109,19 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     b.ok(dev, &["sandbox", "delete", "--ns", "acme", &mounted]);
     assert!(!sandbox_cgroup_exists(&a, "acme", &mounted));
 
+    // A private image's layers are in the layer store of the replica that imported it: creates
+    // through it boot it, creates through the other are refused, plainly.
+    let archive = dir.path().join("tools.tar");
+    // A layer of this test's own (no other test's public image has it).
+    let own = common::images::Layer::new().file("etc/made-by", dir.path().to_str().unwrap().as_bytes(), 0o644);
+    common::images::write_layout_tar(&archive, &[&common::images::busybox_image().layer(&own)]);
+    a.json(dev, &["image", "import", "tools", archive.to_str().unwrap(), "--ns", "acme"]);
+    let refused = b.fails(dev, &["sandbox", "create", "--ns", "acme", "--image", "tools"]);
+    assert!(refused.contains("conflict") && refused.contains("another replica"), "{refused}");
+    let booted =
+        a.json(dev, &["sandbox", "create", "--ns", "acme", "--image", "tools"])["id"].as_str().unwrap().to_owned();
+    a.ok(dev, &["sandbox", "delete", "--ns", "acme", &booted]);
+
     // A key revoked through one replica fails on the other at once: well within the 30 s its
     // cache would otherwise trust it.
     let doomed = a.json(admin, &["key", "create", "--ns", "acme", "doomed", "--role", "viewer"]);

@@ -247,14 +247,23 @@ pub async fn root(state: &AppState, row: &ImageRow, writable_bytes: u64) -> Serv
         Some(_) => Some(state.layers.store(None).await.map_err(image_error)?),
         None => None,
     };
-    let layers: Vec<PathBuf> = row
-        .layers
-        .iter()
-        .map(|d| match &public {
-            Some(public) if !store.has_layer(d) => public.layer_path(d),
-            _ => store.layer_path(d),
-        })
-        .collect();
+    let mut layers: Vec<PathBuf> = Vec::with_capacity(row.layers.len());
+    for d in &row.layers {
+        let path = match &public {
+            Some(public) if !store.has_layer(d) && public.has_layer(d) => public.layer_path(d),
+            _ if store.has_layer(d) => store.layer_path(d),
+            // Layer stores are a node's (its data dir): an image pulled, imported or built
+            // through another replica of the store has its layers there.
+            _ => {
+                return Err(ServiceError::Conflict(format!(
+                    "image {:?} has layers this server does not hold: it was pulled, imported or built through \
+                     another replica of the store; create its sandboxes through that replica",
+                    row.name
+                )))
+            }
+        };
+        layers.push(path);
+    }
     Ok(RootSpec::Image(ImageRoot { layers, writable_bytes }))
 }
 
