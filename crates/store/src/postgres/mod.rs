@@ -79,8 +79,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// [`StoreError::Busy`].
 pub const SERIALIZABLE_ATTEMPTS: u32 = 8;
 
-/// Connections each store's pool keeps at most.
-const MAX_CONNECTIONS: u32 = 8;
+/// Connections each store's pool keeps at most: a server holds at most this many connections
+/// (sockets) to its database, however busy it is.
+pub const MAX_CONNECTIONS: u32 = 8;
 
 /// How long a pooled connection may stay idle before the pool closes it: what a burst opened is
 /// given back to the database (whose connection slots every replica shares) soon after.
@@ -119,6 +120,13 @@ fn migrator() -> Migrator {
     Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
 }
 
+/// The first connection of a store that opens: a failure to reach the database, or to trust it
+/// (TLS as the URL's `sslmode` and `sslrootcert` ask), is [`StoreError::Database`] with sqlx's
+/// words, never taken for a failing disk as an IO error of a serving store is.
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
+    options.connect().await.map_err(StoreError::Database)
+}
+
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -140,7 +148,7 @@ impl PgStore {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let role = {
-            let mut first = options.connect().await?;
+            let mut first = connect(&options).await?;
             // The migrations are the platform's: they may rewrite any row.
             first.execute("SET bulkhead.scope = 'platform'").await?;
             migrator().run(&mut first).await?;
@@ -174,7 +182,7 @@ impl PgStore {
     pub async fn open_read_only(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let role = {
-            let mut first = options.connect().await?;
+            let mut first = connect(&options).await?;
             let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut first).await?;
             first.close().await?;
             serving_role_of(&user)
