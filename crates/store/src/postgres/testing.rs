@@ -189,7 +189,10 @@ impl TestTls {
         let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
         let ca_key = rcgen::KeyPair::generate_for(alg).expect("a CA key");
         let mut ca = rcgen::CertificateParams::default();
-        ca.distinguished_name.push(rcgen::DnType::CommonName, "Bulkhead test CA");
+        // A name of its own: another test CA is another issuer, not a forgery of this one.
+        static CAS: AtomicU32 = AtomicU32::new(0);
+        let name = format!("Bulkhead test CA {}.{}", std::process::id(), CAS.fetch_add(1, Ordering::SeqCst));
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
         ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let ca_cert = ca.self_signed(&ca_key).expect("sign the CA");
