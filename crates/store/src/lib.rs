@@ -28,6 +28,7 @@ mod identity;
 mod images;
 mod namespaces;
 pub mod postgres;
+mod rows;
 mod sandboxes;
 pub mod sqlite;
 mod usage;
