@@ -144,12 +144,12 @@ async fn a_store_over_tls_is_verified_and_a_wrong_ca_stops_the_server_at_start()
             ],
         )
     };
+    // (Its verdict on the host is not this test's: the host may hold other servers' leftovers.)
     let out = doctor(&good);
+    let (verdict, err) = (common::process::text(&out.stdout), common::process::text(&out.stderr));
     assert!(
-        out.status.success(),
-        "doctor --store over TLS: {}{}",
-        common::process::text(&out.stdout),
-        common::process::text(&out.stderr)
+        err.contains("read from the store (PostgreSQL)") && !err.contains("error:") && !verdict.is_empty(),
+        "doctor --store over TLS: {verdict}{err}"
     );
     let out = doctor(&wrong);
     let err = common::process::text(&out.stderr);
