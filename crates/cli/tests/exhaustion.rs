@@ -3,7 +3,9 @@
 //! are bounded (the 51st is `429 rate_limited` with `Retry-After`), and while 50 of each are
 //! held without being read or fed, the server's open descriptors and resident memory (read from
 //! `/proc/<pid>`) stay within the documented bounds and return to the baseline when the clients
-//! go. Raw sockets, so the test controls every byte.
+//! go. A server whose store is PostgreSQL has its connections to it counted apart (its pool
+//! opens and closes them on its own schedule), and bounded by the pool's maximum. Raw sockets,
+//! so the test controls every byte.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -93,8 +95,78 @@ fn get(path: &str, token: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: bulkhead\r\nAuthorization: Bearer {token}\r\n\r\n")
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+/// The server's open descriptors, its connections to its PostgreSQL store apart.
+struct Fds {
+    /// Every descriptor but those connections: what the bounds are about.
+    own: usize,
+    /// The server's connections to the PostgreSQL server its store is on, when the suite runs
+    /// on one (`BULKHEAD_TEST_STORE`): its pool opens them as it needs them and closes them when
+    /// they idle, whatever the streams do, up to the pool's maximum.
+    store: usize,
+}
+
+/// The port of the PostgreSQL server every test server's store is on, when the suite runs on
+/// one.
+fn store_port() -> Option<u16> {
+    let url = bulkhead_store::postgres::testing::suite_server()?;
+    let host = url.split_once("://")?.1.rsplit_once('@').map_or(url.as_str(), |(_, h)| h);
+    host.split('/').next()?.rsplit_once(':')?.1.parse().ok()
+}
+
+/// The inodes of the TCP sockets in `pid`'s network namespace whose peer is port `remote` and
+/// whose own port is not `local` (a client of the server that happens to use that port).
+fn sockets_to(pid: u32, remote: u16, local: u16) -> std::collections::HashSet<u64> {
+    let port = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+    let mut inodes = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && port(f[2]) == Some(remote) && port(f[1]) != Some(local) {
+                inodes.extend(f[9].parse::<u64>().ok());
+            }
+        }
+    }
+    inodes
+}
+
+/// The server's descriptors now. A connection to the store is told by its socket's peer port;
+/// the sockets are listed before and after the descriptors are, so that one the pool opens
+/// meanwhile is still told apart.
+fn fds(server: &Server) -> Fds {
+    let pid = server.pid();
+    let listen: u16 = server.url.rsplit_once(':').unwrap().1.trim_end_matches('/').parse().unwrap();
+    let store = store_port().map(|p| (p, sockets_to(pid, p, listen)));
+    let links: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|l| l.to_string_lossy().into_owned())
+        .collect();
+    let Some((port, mut inodes)) = store else { return Fds { own: links.len(), store: 0 } };
+    inodes.extend(sockets_to(pid, port, listen));
+    let to_store = |l: &String| {
+        l.strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|i| i.parse::<u64>().ok())
+            .is_some_and(|i| inodes.contains(&i))
+    };
+    let store = links.iter().filter(|l| to_store(l)).count();
+    Fds { own: links.len() - store, store }
+}
+
+/// The most connections a server keeps to its PostgreSQL store: its pool's maximum, and the one
+/// that listens for changes.
+const MAX_STORE_CONNECTIONS: usize =
+    (bulkhead_store::postgres::MAX_CONNECTIONS + bulkhead_store::postgres::LISTEN_CONNECTIONS) as usize;
+
+/// Asserts that the server holds no more connections to its store than its pool may.
+fn assert_store_bounded(fds: &Fds, when: &str) {
+    assert!(
+        fds.store <= MAX_STORE_CONNECTIONS,
+        "{} connections to the store {when}, more than the pool's and the listener's {MAX_STORE_CONNECTIONS}",
+        fds.store
+    );
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -190,25 +262,27 @@ fn tenant(server: &Server) -> Tenant {
     Tenant { token, fs }
 }
 
-/// Waits (up to [`PATIENCE`] times four) until the server holds at most `bound` descriptors;
-/// the last count.
-fn fds_settle(pid: u32, bound: usize) -> usize {
+/// Waits (up to [`PATIENCE`] times four) until the server holds at most `bound` descriptors of
+/// its own (its connections to the store apart, within the pool's maximum); the last count.
+fn fds_settle(server: &Server, bound: usize) -> usize {
     let deadline = Instant::now() + PATIENCE * 4;
     loop {
-        let n = open_fds(pid);
-        if n <= bound || Instant::now() > deadline {
-            return n;
+        let n = fds(server);
+        assert_store_bounded(&n, "as the clients go");
+        if n.own <= bound || Instant::now() > deadline {
+            return n.own;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// The server's descriptors once two readings half a second apart agree.
-fn baseline_fds(pid: u32) -> usize {
-    let mut last = open_fds(pid);
+/// The server's descriptors of its own (its connections to the store apart) once two readings
+/// half a second apart agree.
+fn baseline_fds(server: &Server) -> usize {
+    let mut last = fds(server).own;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(500));
-        let n = open_fds(pid);
+        let n = fds(server).own;
         if n == last {
             return n;
         }
@@ -243,7 +317,7 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     assert!(all.len() as u64 > BIG, "the archive holds the 32 MiB file: {} bytes", all.len());
     drop(whole);
 
-    let base_fds = baseline_fds(pid);
+    let base_fds = baseline_fds(&server);
     let base_rss = rss_bytes(pid);
 
     // 50 downloads that read their answer's head and nothing more: half archives of the deep
@@ -285,7 +359,9 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     assert_rate_limited(&mut extra, "the 51st upload");
 
     // While all 100 are held: descriptors and memory within the documented bounds.
-    let held_fds = open_fds(pid);
+    let held = fds(&server);
+    assert_store_bounded(&held, "with 100 streams held");
+    let held_fds = held.own;
     let fd_bound = base_fds + 50 * MAX_FDS_PER_DOWNLOAD + 50 * MAX_FDS_PER_UPLOAD + 2;
     assert!(
         held_fds <= fd_bound,
@@ -301,8 +377,9 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
         rss_bound >> 20
     );
     eprintln!(
-        "100 streams held: {} descriptors (baseline {base_fds}), {} MiB resident (baseline {} MiB)",
+        "100 streams held: {} descriptors (baseline {base_fds}) and {} to the store, {} MiB resident (baseline {} MiB)",
         held_fds,
+        held.store,
         held_rss >> 20,
         base_rss >> 20
     );
@@ -311,7 +388,7 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
     drop(downloads);
     drop(uploads);
     drop(extra);
-    let settled = fds_settle(pid, base_fds + 2);
+    let settled = fds_settle(&server, base_fds + 2);
     assert!(settled <= base_fds + 2, "{settled} descriptors remain after the clients left (baseline {base_fds})");
 
     // And the key may stream again.
@@ -323,15 +400,14 @@ fn one_keys_streams_are_bounded_and_hold_bounded_descriptors_and_memory() {
 #[test]
 fn a_download_nobody_reads_is_closed_after_the_stall_timeout() {
     let (_dir, server) = start(&["--stall-timeout", "2s"]);
-    let pid = server.pid();
     let t = tenant(&server);
-    let base_fds = baseline_fds(pid);
+    let base_fds = baseline_fds(&server);
     let mut s = connect(&server);
     s.write_all(get(&format!("/v1/namespaces/tenant/filesystems/{}/archive", t.fs), &t.token).as_bytes()).unwrap();
     assert_eq!(read_head(&mut s).0, 200);
     // The client keeps its socket and reads nothing: the server closes its side and frees
     // what the download held.
-    let settled = fds_settle(pid, base_fds);
+    let settled = fds_settle(&server, base_fds);
     assert!(settled <= base_fds, "{settled} descriptors held by an unread download (baseline {base_fds})");
     // What the client then reads ends before the archive does.
     let mut rest = Vec::new();

@@ -30,6 +30,7 @@ mod images;
 mod namespaces;
 mod nodes;
 pub mod postgres;
+mod rows;
 mod sandboxes;
 pub mod sqlite;
 mod usage;

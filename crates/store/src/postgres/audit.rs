@@ -9,43 +9,10 @@
 use async_trait::async_trait;
 use bulkhead_core::audit::PLATFORM_CHAIN;
 use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
-use super::{
-    all, as_i64, as_u64, enter, from_columns, insert_row, one, select, Columns, Constraints, PgStore, Query, Scope,
-    Table, AUDIT_LOCK_CLASS,
-};
+use super::{all, as_i64, as_u64, enter, insert_row, one, select, Constraints, PgStore, Scope, AUDIT_LOCK_CLASS};
 use crate::{AuditQuery, AuditStore, Result};
-
-from_columns!(AuditEvent { time_ms, principal, action, resource, decision, status, request_id, detail });
-
-impl Columns for AuditRecord {
-    const COLUMNS: &'static str =
-        "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
-
-    fn from_row(row: &PgRow) -> Result<Self> {
-        Ok(AuditRecord {
-            chain: row.try_get("chain")?,
-            seq: as_u64(row, "seq")?,
-            event: AuditEvent::from_row(row)?,
-            prev_hash: row.try_get("prev_hash")?,
-            hash: row.try_get("hash")?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let q = self.event.bind_all(q.bind(&self.chain).bind(as_i64(self.seq)))?;
-        Ok(q.bind(&self.prev_hash).bind(&self.hash))
-    }
-}
-
-impl Table for AuditRecord {
-    const TABLE: &'static str = "audit_records";
-    const KEY: &'static str = "seq";
-}
-
-from_columns!(Checkpoint in "audit_checkpoints" by "chain" { seq, hash, time_ms });
 
 /// The scope a chain lives in: its namespace's, or the platform's for the platform chain.
 fn chain_scope(chain: &str) -> Scope<'_> {

@@ -4,53 +4,10 @@
 //! public ones.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
 use sqlx::Row;
 
-use super::{
-    as_i64, as_u64, insert_row, names, select, serializable, Columns, Constraints, PgStore, Query, Scope, Table,
-};
+use super::{insert_row, select, serializable, Constraints, PgStore, Scope};
 use crate::{ImageDeletion, ImageRow, ImageStore, Result, StoreError};
-
-impl Columns for ImageRow {
-    const COLUMNS: &'static str =
-        "id, namespace, name, digest, config, layers, size_bytes, source, created_at_ms, status";
-
-    fn from_row(row: &PgRow) -> Result<Self> {
-        let layers: String = row.try_get("layers")?;
-        Ok(ImageRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            digest: row.try_get("digest")?,
-            config: row.try_get("config")?,
-            layers: names(&layers, "image layers")?,
-            size_bytes: as_u64(row, "size_bytes")?,
-            source: row.try_get("source")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            status: row.try_get("status")?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let layers = serde_json::to_string(&self.layers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(q.bind(&self.id)
-            .bind(self.namespace.as_deref())
-            .bind(&self.name)
-            .bind(&self.digest)
-            .bind(&self.config)
-            .bind(layers)
-            .bind(as_i64(self.size_bytes))
-            .bind(&self.source)
-            .bind(self.created_at_ms)
-            .bind(&self.status))
-    }
-}
-
-impl Table for ImageRow {
-    const TABLE: &'static str = "images";
-    const KEY: &'static str = "id";
-}
 
 #[async_trait]
 impl ImageStore for PgStore {

@@ -51,7 +51,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection, PgPool, Postgres, Row, Transaction};
 
-use crate::{QuotaBreach, Result, StoreError, PG_SERIALIZATION_FAILURE};
+use crate::rows::{as_i64, to_json, within};
+use crate::{Result, StoreError, PG_SERIALIZATION_FAILURE};
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "control plane", include_str!("../../migrations/postgres/0001_control_plane.sql")),
@@ -81,8 +82,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 /// [`StoreError::Busy`].
 pub const SERIALIZABLE_ATTEMPTS: u32 = 8;
 
-/// Connections each store's pool keeps at most.
-const MAX_CONNECTIONS: u32 = 8;
+/// Connections each store's pool keeps at most: a server holds at most this many connections
+/// (sockets) to its database, however busy it is.
+pub const MAX_CONNECTIONS: u32 = 8;
+
+/// Connections a store holds beside its pool: the one that listens for changes
+/// ([`crate::NodeStore::changes`]), once asked for.
+pub const LISTEN_CONNECTIONS: u32 = 1;
 
 /// How long a pooled connection may stay idle before the pool closes it: what a burst opened is
 /// given back to the database (whose connection slots every replica shares) soon after.
@@ -126,6 +132,13 @@ fn migrator() -> Migrator {
     Migrator { migrations: Cow::Owned(migrations), ignore_missing: false, locking: true, no_tx: false }
 }
 
+/// The first connection of a store that opens: a failure to reach the database, or to trust it
+/// (TLS as the URL's `sslmode` and `sslrootcert` ask), is [`StoreError::Database`] with sqlx's
+/// words, never taken for a failing disk as an IO error of a serving store is.
+async fn connect(options: &PgConnectOptions) -> Result<PgConnection> {
+    options.connect().await.map_err(StoreError::Database)
+}
+
 /// Whether `url` names a PostgreSQL database (`postgres://` or `postgresql://`).
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -147,7 +160,7 @@ impl PgStore {
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5));
         let role = {
-            let mut first = options.connect().await?;
+            let mut first = connect(&options).await?;
             // The migrations are the platform's: they may rewrite any row.
             first.execute("SET bulkhead.scope = 'platform'").await?;
             migrator().run(&mut first).await?;
@@ -181,7 +194,7 @@ impl PgStore {
     pub async fn open_read_only(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)?;
         let role = {
-            let mut first = options.connect().await?;
+            let mut first = connect(&options).await?;
             let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut first).await?;
             first.close().await?;
             serving_role_of(&user)
@@ -464,74 +477,9 @@ trait Table: Columns {
     const KEY: &'static str;
 }
 
-/// Implements [`Columns`] for a struct whose fields are columns of the same names, each read
-/// and bound with [`Column`]; with `in "<table>" by "<key>"`, [`Table`] too.
-macro_rules! from_columns {
-    ($ty:ident in $table:literal by $key:literal { $($field:ident),+ $(,)? }) => {
-        from_columns!($ty { $($field),+ });
-        impl $crate::postgres::Table for $ty {
-            const TABLE: &'static str = $table;
-            const KEY: &'static str = $key;
-        }
-    };
-    ($ty:ident { $first:ident $(, $field:ident)* $(,)? }) => {
-        impl $crate::postgres::Columns for $ty {
-            const COLUMNS: &'static str = concat!(stringify!($first) $(, ", ", stringify!($field))*);
-            fn from_row(row: &sqlx::postgres::PgRow) -> $crate::Result<Self> {
-                use $crate::postgres::Column;
-                Ok($ty { $first: Column::read(row, stringify!($first))?, $($field: Column::read(row, stringify!($field))?),* })
-            }
-            fn bind_all<'q>(&'q self, q: $crate::postgres::Query<'q>) -> $crate::Result<$crate::postgres::Query<'q>> {
-                use $crate::postgres::Column;
-                let q = self.$first.bind_to(q);
-                $(let q = self.$field.bind_to(q);)*
-                Ok(q)
-            }
-        }
-    };
-}
-use from_columns;
-
-/// A value one column holds, read by the column's name and bound as the store writes it.
-trait Column: Sized {
-    fn read(row: &PgRow, col: &str) -> Result<Self>;
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q>;
-}
-
-/// Columns PostgreSQL's driver decodes as they are.
-macro_rules! decoded_columns {
-    ($($ty:ty),+) => {$(
-        impl Column for $ty {
-            fn read(row: &PgRow, col: &str) -> Result<Self> {
-                Ok(row.try_get(col)?)
-            }
-            fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-                q.bind(self)
-            }
-        }
-    )+};
-}
-decoded_columns!(String, Option<String>, i64, Option<i64>, Vec<u8>);
-
-/// Counts and sizes, which the store writes from `u64`s: a negative one is corrupt.
-impl Column for u64 {
-    fn read(row: &PgRow, col: &str) -> Result<Self> {
-        as_u64(row, col)
-    }
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-        q.bind(as_i64(*self))
-    }
-}
-
-/// HTTP statuses.
-impl Column for u16 {
-    fn read(row: &PgRow, col: &str) -> Result<Self> {
-        let v: i64 = row.try_get(col)?;
-        u16::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
-    }
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-        q.bind(i64::from(*self))
-    }
+/// The row types' columns ([`crate::rows`]), against this store's rows.
+mod rows {
+    crate::rows::row_mappings!(sqlx::postgres::PgRow);
 }
 
 /// `SELECT <T's columns> FROM <T's table> <rest>`, `rest`'s placeholders PostgreSQL's.
@@ -596,36 +544,13 @@ impl Constraints {
     }
 }
 
-/// [`StoreError::Quota`] when `requested` on top of `used` goes past `limit`.
-fn within(quota: &'static str, limit: u64, used: u64, requested: u64) -> Result<()> {
-    if used.saturating_add(requested) > limit {
-        return Err(StoreError::Quota(QuotaBreach { quota, limit, used, requested }));
-    }
-    Ok(())
-}
-
-fn as_i64(v: u64) -> i64 {
-    // Quotas and sequence numbers are bounded far below i64::MAX by the core's validation.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn as_u64(row: &PgRow, col: &str) -> Result<u64> {
     let v: i64 = row.try_get(col)?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
-}
-
-/// A list of names kept as JSON text; `what` names the column in the error.
-fn names(text: &str, what: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// A nullable JSON column read into `T`; a value that does not parse is `Corrupt`, naming `what`.
 fn json_column<T: serde::de::DeserializeOwned>(row: &PgRow, col: &str, what: &str) -> Result<Option<T>> {
     let text: Option<String> = row.try_get(col)?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
-}
-
-/// `value` as the text of a nullable JSON column.
-fn to_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>> {
-    value.map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
 }

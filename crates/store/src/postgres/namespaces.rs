@@ -2,118 +2,14 @@
 //! what they hold, and their API keys. The platform's rows are read in the platform scope, a
 //! namespace's in its own.
 
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use bulkhead_core::placement::Placement;
-use bulkhead_core::{Quotas, Role};
-use sqlx::postgres::PgRow;
+use bulkhead_core::Quotas;
 use sqlx::Row;
 
-use super::{
-    as_u64, from_columns, insert_row, json_column, names, pg, select, to_json, Columns, Constraints, PgStore, Query,
-    Scope, Table,
-};
+use super::{as_u64, insert_row, pg, select, to_json, Columns, Constraints, PgStore, Scope};
+use crate::rows::placement_column;
 use crate::{KeyRow, NamespaceRow, NamespaceStore, NamespaceUse, Result, StoreError};
-
-from_columns!(Quotas {
-    cpu_millis,
-    memory_bytes,
-    disk_bytes,
-    max_sandboxes,
-    pids_per_sandbox,
-    max_sandbox_ttl_seconds,
-    api_requests_per_second,
-    max_concurrent_execs,
-});
-
-impl Columns for NamespaceRow {
-    const COLUMNS: &'static str = "name, isolation, cpu_millis, memory_bytes, disk_bytes, max_sandboxes, \
-         pids_per_sandbox, max_sandbox_ttl_seconds, api_requests_per_second, max_concurrent_execs, created_at_ms, updated_at_ms, id_start, id_count, incarnation, egress, placement";
-
-    fn from_row(row: &PgRow) -> Result<Self> {
-        let id_range = |col: &str| -> Result<u32> {
-            let v: Option<i64> = row.try_get(col)?;
-            v.and_then(|s| u32::try_from(s).ok())
-                .ok_or_else(|| StoreError::Corrupt("namespace without a host id range".into()))
-        };
-        let incarnation: Option<String> = row.try_get("incarnation")?;
-        Ok(NamespaceRow {
-            name: row.try_get("name")?,
-            isolation: row.try_get("isolation")?,
-            quotas: Quotas::from_row(row)?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            updated_at_ms: row.try_get("updated_at_ms")?,
-            id_start: id_range("id_start")?,
-            id_count: id_range("id_count")?,
-            incarnation: incarnation.ok_or_else(|| StoreError::Corrupt("namespace without incarnation".into()))?,
-            egress: json_column(row, "egress", "namespace egress")?,
-            placement: json_column(row, "placement", "namespace placement")?.unwrap_or_default(),
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        Ok(self
-            .quotas
-            .bind_all(q.bind(&self.name).bind(&self.isolation))?
-            .bind(self.created_at_ms)
-            .bind(self.updated_at_ms)
-            .bind(i64::from(self.id_start))
-            .bind(i64::from(self.id_count))
-            .bind(&self.incarnation)
-            .bind(to_json(self.egress.as_ref())?)
-            .bind(placement_column(&self.placement)?))
-    }
-}
-
-/// The placement column: NULL for `shared`, the default.
-fn placement_column(p: &Placement) -> Result<Option<String>> {
-    match p {
-        Placement::Shared => Ok(None),
-        dedicated => to_json(Some(dedicated)),
-    }
-}
-
-impl Table for NamespaceRow {
-    const TABLE: &'static str = "namespaces";
-    const KEY: &'static str = "name";
-}
-
-impl Columns for KeyRow {
-    const COLUMNS: &'static str = "id, namespace, name, role, token_hash, created_at_ms, expires_at_ms, projects";
-
-    fn from_row(row: &PgRow) -> Result<Self> {
-        let role: String = row.try_get("role")?;
-        let projects: Option<String> = row.try_get("projects")?;
-        Ok(KeyRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            role: Role::from_str(&role).map_err(StoreError::Corrupt)?,
-            token_hash: row.try_get("token_hash")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            expires_at_ms: row.try_get("expires_at_ms")?,
-            projects: projects.map(|t| names(&t, "key projects")).transpose()?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let projects = self.projects.as_ref().map(|p| serde_json::to_string(p).unwrap_or_default());
-        Ok(q.bind(&self.id)
-            .bind(&self.namespace)
-            .bind(&self.name)
-            .bind(self.role.as_str())
-            .bind(&self.token_hash)
-            .bind(self.created_at_ms)
-            .bind(self.expires_at_ms)
-            .bind(projects))
-    }
-}
-
-impl Table for KeyRow {
-    const TABLE: &'static str = "api_keys";
-    const KEY: &'static str = "id";
-}
 
 #[async_trait]
 impl NamespaceStore for PgStore {

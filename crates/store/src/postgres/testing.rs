@@ -75,6 +75,16 @@ impl TestPostgres {
     /// Initializes a cluster in a new temporary directory and starts its server, waiting until
     /// it accepts connections. Panics (the test's failure) when it cannot.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// [`TestPostgres::start`] with TLS on (`ssl=on`), serving `tls`'s certificate and key;
+    /// connections may still come without TLS (as `sslmode=disable` asks).
+    pub async fn start_tls(tls: &TestTls) -> Self {
+        Self::start_with(Some(tls)).await
+    }
+
+    async fn start_with(tls: Option<&TestTls>) -> Self {
         let dir = tempfile::Builder::new().prefix("bulkhead-test-pg-").tempdir().expect("temporary dir for PostgreSQL");
         let ids = if is_root() {
             Some(user_ids("postgres").expect("a postgres user to run PostgreSQL as (apt-get install postgresql-15)"))
@@ -93,11 +103,29 @@ impl TestPostgres {
             .output()
             .expect("run initdb");
         assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let mut settings = Vec::new();
+        if let Some(tls) = tls {
+            // The key readable by its owner alone (PostgreSQL refuses it otherwise), which is
+            // the user the server runs as.
+            let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert, &tls.cert).expect("write the server's certificate");
+            std::fs::write(&key, &tls.key).expect("write the server's key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the server's key");
+            if let Some((uid, gid)) = ids {
+                for f in [&cert, &key] {
+                    std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown the server's certificate");
+                }
+            }
+            settings.push("ssl=on".to_owned());
+            settings.push(format!("ssl_cert_file={}", cert.display()));
+            settings.push(format!("ssl_key_file={}", key.display()));
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             let port = free_port();
-            let mut child = start_server(&data, dir.path(), port, ids);
+            let mut child = start_server(&data, dir.path(), port, ids, &settings);
             match wait_ready(&mut child, port).await {
                 Ok(()) => return Self { child, port, dir, databases: AtomicU32::new(0) },
                 Err(e) if attempt < 5 => {
@@ -141,7 +169,43 @@ impl TestPostgres {
     }
 }
 
-fn start_server(data: &Path, socket_dir: &Path, port: u16, ids: Option<(u32, u32)>) -> Child {
+/// A certificate authority of a test's own and a server certificate it signed, PEM: what a
+/// PostgreSQL server with TLS serves ([`TestPostgres::start_tls`]) and what a client verifies
+/// it with (`sslrootcert`).
+pub struct TestTls {
+    /// The CA's certificate.
+    pub ca: String,
+    /// The server's certificate, signed by the CA.
+    pub cert: String,
+    /// The server's private key (PKCS #8).
+    pub key: String,
+}
+
+impl TestTls {
+    /// A new CA, and a server certificate it signs for `names` (DNS names, or IP addresses such
+    /// as `127.0.0.1`, as the subject alternative names a client checks under
+    /// `sslmode=verify-full`). Panics when rcgen cannot make them.
+    pub fn new(names: &[&str]) -> Self {
+        let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
+        let ca_key = rcgen::KeyPair::generate_for(alg).expect("a CA key");
+        let mut ca = rcgen::CertificateParams::default();
+        // A name of its own: another test CA is another issuer, not a forgery of this one.
+        static CAS: AtomicU32 = AtomicU32::new(0);
+        let name = format!("Bulkhead test CA {}.{}", std::process::id(), CAS.fetch_add(1, Ordering::SeqCst));
+        ca.distinguished_name.push(rcgen::DnType::CommonName, name);
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+        ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).expect("sign the CA");
+        let key = rcgen::KeyPair::generate_for(alg).expect("a server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut leaf = rcgen::CertificateParams::new(names).expect("server certificate names");
+        leaf.distinguished_name.push(rcgen::DnType::CommonName, "bulkhead test PostgreSQL");
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).expect("sign the server's certificate");
+        Self { ca: ca_cert.pem(), cert: cert.pem(), key: key.serialize_pem() }
+    }
+}
+
+fn start_server(data: &Path, socket_dir: &Path, port: u16, ids: Option<(u32, u32)>, settings: &[String]) -> Child {
     let log = std::fs::File::create(socket_dir.join("postgres.log")).expect("PostgreSQL's log file");
     if let Some((uid, gid)) = ids {
         std::os::unix::fs::chown(socket_dir.join("postgres.log"), Some(uid), Some(gid)).ok();
@@ -153,6 +217,7 @@ fn start_server(data: &Path, socket_dir: &Path, port: u16, ids: Option<(u32, u32
         .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c"])
         .arg(format!("unix_socket_directories={}", socket_dir.display()))
         .args(["-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=16MB"])
+        .args(settings.iter().flat_map(|s| ["-c", s.as_str()]))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use bulkhead_core::Quotas;
-use sqlx::Row;
+use sqlx::{Connection, Row};
 
-use super::testing::TestPostgres;
+use super::testing::{TestPostgres, TestTls};
 use super::{PgStore, Scope};
 use crate::conformance::{event, key, ns, sandbox, RawSql};
 use crate::prelude::*;
@@ -291,4 +291,74 @@ async fn a_nul_character_names_no_row_and_is_kept_out_of_audit_records() {
     assert_eq!(listed, [record]);
     assert!(s.verify_audit("acme").await.unwrap().ok);
     s.close().await;
+}
+
+/// TLS to the database, as the URL's `sslmode` and `sslrootcert` ask: `verify-full` with the CA
+/// that signed the server's certificate opens, and every connection of the store is encrypted;
+/// `require` encrypts without verifying; `verify-ca` checks the CA. A wrong CA,
+/// a name the certificate does not carry under `verify-full`, or a server without TLS under
+/// `require` is an error at open that says so, never a store that quietly runs in the clear.
+#[tokio::test]
+async fn tls_is_verified_as_the_url_asks() {
+    let tls = TestTls::new(&["127.0.0.1"]);
+    let pg = TestPostgres::start_tls(&tls).await;
+    let url = pg.database().await;
+    let files = tempfile::tempdir().unwrap();
+    let ca = files.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca).unwrap();
+    let wrong = files.path().join("wrong-ca.pem");
+    std::fs::write(&wrong, TestTls::new(&["127.0.0.1"]).ca).unwrap();
+    let with = |url: &str, query: String| format!("{url}?{query}");
+    // The same server by a name its certificate does not carry.
+    let by_name = url.replace("@127.0.0.1:", "@localhost:");
+
+    let s = PgStore::open(&with(&url, format!("sslmode=verify-full&sslrootcert={}", ca.display()))).await.unwrap();
+    s.create_namespace(&ns("acme")).await.unwrap();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let mut admin = sqlx::PgConnection::connect(&pg.admin_url()).await.unwrap();
+    let (all, encrypted): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(all >= 1 && encrypted == all, "{encrypted} of the store's {all} connections encrypted");
+    s.close().await;
+
+    for ok in
+        [with(&url, "sslmode=require".into()), with(&url, format!("sslmode=verify-ca&sslrootcert={}", ca.display()))]
+    {
+        let s = PgStore::open(&ok).await.unwrap_or_else(|e| panic!("{ok}: {e}"));
+        assert_eq!(s.get_namespace("acme").await.unwrap().map(|n| n.name).as_deref(), Some("acme"));
+        s.close().await;
+    }
+
+    let refused = |e: StoreError| match e {
+        StoreError::Database(e) => e.to_string(),
+        e => panic!("not the database's error: {e}"),
+    };
+    for mode in ["verify-ca", "verify-full"] {
+        let e = PgStore::open(&with(&url, format!("sslmode={mode}&sslrootcert={}", wrong.display())))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{mode} with a CA that signed nothing of the server opened"));
+        let why = refused(e);
+        assert!(why.contains("invalid peer certificate: UnknownIssuer"), "{mode}, wrong CA: {why}");
+    }
+    let e = PgStore::open(&with(&by_name, format!("sslmode=verify-full&sslrootcert={}", ca.display())))
+        .await
+        .err()
+        .expect("verify-full by a name the certificate does not carry opened");
+    let why = refused(e);
+    assert!(why.contains("not valid for name"), "verify-full, another name: {why}");
+    admin.close().await.unwrap();
+    drop(pg);
+
+    // A server without TLS: `require` will not fall back to the clear.
+    let plain = TestPostgres::start().await;
+    let url = plain.database().await;
+    let e = PgStore::open(&with(&url, "sslmode=require".into())).await.err().expect("require on a server without TLS");
+    assert!(refused(e).contains("does not support TLS"));
 }

@@ -3,45 +3,9 @@
 //! the sandbox's namespace's scope.
 
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
-use super::{as_i64, from_columns, pg, select, Columns, PgStore, Query, Scope, Table};
+use super::{as_i64, pg, select, Columns, PgStore, Query, Scope};
 use crate::{MeterMark, Result, SandboxRow, UsageBucket, UsageDelta, UsageStore};
-
-from_columns!(UsageDelta {
-    cpu_ns,
-    memory_byte_ms,
-    sandbox_ms,
-    memory_peak_bytes,
-    exec_count,
-    quota_rejections,
-    io_read_bytes,
-    io_write_bytes,
-    egress_bytes_out,
-    egress_bytes_in,
-    egress_connections,
-    egress_denied,
-});
-
-impl Columns for UsageBucket {
-    const COLUMNS: &'static str = "bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, memory_peak_bytes, exec_count, \
-         quota_rejections, io_read_bytes, io_write_bytes, egress_bytes_out, egress_bytes_in, egress_connections, \
-         egress_denied";
-
-    fn from_row(row: &PgRow) -> Result<Self> {
-        Ok(UsageBucket { bucket_ms: row.try_get("bucket_ms")?, usage: UsageDelta::from_row(row)? })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        self.usage.bind_all(q.bind(self.bucket_ms))
-    }
-}
-
-impl Table for UsageBucket {
-    const TABLE: &'static str = "usage_buckets";
-    const KEY: &'static str = "bucket_ms";
-}
 
 const USAGE_UPSERT: &str = "INSERT INTO usage_buckets AS u (namespace, bucket_ms, cpu_ns, memory_byte_ms, sandbox_ms, \
      memory_peak_bytes, exec_count, quota_rejections, io_read_bytes, io_write_bytes, egress_bytes_out, egress_bytes_in, \

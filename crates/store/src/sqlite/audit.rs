@@ -6,43 +6,10 @@
 
 use async_trait::async_trait;
 use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::{
-    all, as_i64, as_u64, from_columns, insert_row, one, select, AuditSync, Columns, Constraints, Query, SqliteStore,
-    Table,
-};
+use super::{all, as_i64, as_u64, insert_row, one, select, AuditSync, Constraints, SqliteStore};
 use crate::{AuditQuery, AuditStore, Result};
-
-from_columns!(AuditEvent { time_ms, principal, action, resource, decision, status, request_id, detail });
-
-impl Columns for AuditRecord {
-    const COLUMNS: &'static str =
-        "chain, seq, time_ms, principal, action, resource, decision, status, request_id, detail, prev_hash, hash";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        Ok(AuditRecord {
-            chain: row.try_get("chain")?,
-            seq: as_u64(row, "seq")?,
-            event: AuditEvent::from_row(row)?,
-            prev_hash: row.try_get("prev_hash")?,
-            hash: row.try_get("hash")?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let q = self.event.bind_all(q.bind(&self.chain).bind(as_i64(self.seq)))?;
-        Ok(q.bind(&self.prev_hash).bind(&self.hash))
-    }
-}
-
-impl Table for AuditRecord {
-    const TABLE: &'static str = "audit_records";
-    const KEY: &'static str = "seq";
-}
-
-from_columns!(Checkpoint in "audit_checkpoints" by "chain" { seq, hash, time_ms });
 
 /// A chain's head: its last sequence number and hash; `None` for a chain with no record yet.
 async fn read_head(conn: &mut SqliteConnection, chain: &str) -> Result<Option<(u64, String)>> {

@@ -5,21 +5,8 @@ use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, from_columns, insert_row, select, within, Columns, Constraints, SqliteStore};
+use super::{all, as_i64, insert_row, select, within, Columns, Constraints, SqliteStore};
 use crate::{FilesystemRow, FilesystemStore, ProjectRow, Result, StoreError};
-
-from_columns!(ProjectRow in "projects" by "id" { id, namespace, name, created_at_ms });
-
-from_columns!(FilesystemRow in "filesystems" by "id" {
-    id,
-    namespace,
-    name,
-    project_id,
-    size_bytes,
-    created_at_ms,
-    updated_at_ms,
-    node,
-});
 
 /// The bytes `used` as the disk quota counts them (a negative sum reads as none).
 fn disk_used(row: &SqliteRow) -> Result<u64> {

@@ -3,12 +3,8 @@
 
 use async_trait::async_trait;
 
-use super::{all, from_columns, insert_row, select, within, Constraints, SqliteStore};
+use super::{all, insert_row, select, within, Constraints, SqliteStore};
 use crate::{IdentityStore, PolicyRow, Result, SecretRow};
-
-from_columns!(PolicyRow in "policies" by "id" { id, namespace, name, text, created_at_ms });
-
-from_columns!(SecretRow in "secrets" by "name" { id, namespace, name, sealed, created_at_ms, updated_at_ms });
 
 /// A secret's metadata: its row with an empty value, so listing never reads a sealed one.
 const SECRET_METADATA: &str = "id, namespace, name, X'' AS sealed, created_at_ms, updated_at_ms";

@@ -2,51 +2,10 @@
 //! checked against live sandboxes in one transaction.
 
 use async_trait::async_trait;
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{all, as_i64, as_u64, insert_row, names, one, select, Columns, Constraints, Query, SqliteStore, Table};
-use crate::{ImageDeletion, ImageRow, ImageStore, Result, StoreError};
-
-impl Columns for ImageRow {
-    const COLUMNS: &'static str =
-        "id, namespace, name, digest, config, layers, size_bytes, source, created_at_ms, status";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        let layers: String = row.try_get("layers")?;
-        Ok(ImageRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            name: row.try_get("name")?,
-            digest: row.try_get("digest")?,
-            config: row.try_get("config")?,
-            layers: names(&layers, "image layers")?,
-            size_bytes: as_u64(row, "size_bytes")?,
-            source: row.try_get("source")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            status: row.try_get("status")?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let layers = serde_json::to_string(&self.layers).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(q.bind(&self.id)
-            .bind(self.namespace.as_deref())
-            .bind(&self.name)
-            .bind(&self.digest)
-            .bind(&self.config)
-            .bind(layers)
-            .bind(as_i64(self.size_bytes))
-            .bind(&self.source)
-            .bind(self.created_at_ms)
-            .bind(&self.status))
-    }
-}
-
-impl Table for ImageRow {
-    const TABLE: &'static str = "images";
-    const KEY: &'static str = "id";
-}
+use super::{all, insert_row, one, select, Constraints, SqliteStore};
+use crate::{ImageDeletion, ImageRow, ImageStore, Result};
 
 #[async_trait]
 impl ImageStore for SqliteStore {

@@ -41,7 +41,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{QuotaBreach, Result, StoreError};
+use crate::rows::{as_i64, to_json, within};
+use crate::{Result, StoreError};
 
 pub use audit_sync::{AuditSync, DEFAULT_AUDIT_SYNC};
 
@@ -280,74 +281,9 @@ trait Table: Columns {
     const KEY: &'static str;
 }
 
-/// Implements [`Columns`] for a struct whose fields are columns of the same names, each read
-/// and bound with [`Column`]; with `in "<table>" by "<key>"`, [`Table`] too.
-macro_rules! from_columns {
-    ($ty:ident in $table:literal by $key:literal { $($field:ident),+ $(,)? }) => {
-        from_columns!($ty { $($field),+ });
-        impl $crate::sqlite::Table for $ty {
-            const TABLE: &'static str = $table;
-            const KEY: &'static str = $key;
-        }
-    };
-    ($ty:ident { $first:ident $(, $field:ident)* $(,)? }) => {
-        impl $crate::sqlite::Columns for $ty {
-            const COLUMNS: &'static str = concat!(stringify!($first) $(, ", ", stringify!($field))*);
-            fn from_row(row: &sqlx::sqlite::SqliteRow) -> $crate::Result<Self> {
-                use $crate::sqlite::Column;
-                Ok($ty { $first: Column::read(row, stringify!($first))?, $($field: Column::read(row, stringify!($field))?),* })
-            }
-            fn bind_all<'q>(&'q self, q: $crate::sqlite::Query<'q>) -> $crate::Result<$crate::sqlite::Query<'q>> {
-                use $crate::sqlite::Column;
-                let q = self.$first.bind_to(q);
-                $(let q = self.$field.bind_to(q);)*
-                Ok(q)
-            }
-        }
-    };
-}
-use from_columns;
-
-/// A value one column holds, read by the column's name and bound as the store writes it.
-trait Column: Sized {
-    fn read(row: &SqliteRow, col: &str) -> Result<Self>;
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q>;
-}
-
-/// Columns SQLite's driver decodes as they are.
-macro_rules! decoded_columns {
-    ($($ty:ty),+) => {$(
-        impl Column for $ty {
-            fn read(row: &SqliteRow, col: &str) -> Result<Self> {
-                Ok(row.try_get(col)?)
-            }
-            fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-                q.bind(self)
-            }
-        }
-    )+};
-}
-decoded_columns!(String, Option<String>, i64, Option<i64>, Vec<u8>);
-
-/// Counts and sizes, which the store writes from `u64`s: a negative one is corrupt.
-impl Column for u64 {
-    fn read(row: &SqliteRow, col: &str) -> Result<Self> {
-        as_u64(row, col)
-    }
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-        q.bind(as_i64(*self))
-    }
-}
-
-/// HTTP statuses.
-impl Column for u16 {
-    fn read(row: &SqliteRow, col: &str) -> Result<Self> {
-        let v: i64 = row.try_get(col)?;
-        u16::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} out of range")))
-    }
-    fn bind_to<'q>(&'q self, q: Query<'q>) -> Query<'q> {
-        q.bind(i64::from(*self))
-    }
+/// The row types' columns ([`crate::rows`]), against this store's rows.
+mod rows {
+    crate::rows::row_mappings!(sqlx::sqlite::SqliteRow);
 }
 
 /// `SELECT <T's columns> FROM <T's table> <rest>`.
@@ -446,36 +382,13 @@ impl Constraints {
     }
 }
 
-/// [`StoreError::Quota`] when `requested` on top of `used` goes past `limit`.
-fn within(quota: &'static str, limit: u64, used: u64, requested: u64) -> Result<()> {
-    if used.saturating_add(requested) > limit {
-        return Err(StoreError::Quota(QuotaBreach { quota, limit, used, requested }));
-    }
-    Ok(())
-}
-
-fn as_i64(v: u64) -> i64 {
-    // Quotas and sequence numbers are bounded far below i64::MAX by the core's validation.
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 fn as_u64(row: &SqliteRow, col: &str) -> Result<u64> {
     let v: i64 = row.try_get(col)?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
-}
-
-/// A list of names kept as JSON text; `what` names the column in the error.
-fn names(text: &str, what: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
 /// A nullable JSON column read into `T`; a value that does not parse is `Corrupt`, naming `what`.
 fn json_column<T: serde::de::DeserializeOwned>(row: &SqliteRow, col: &str, what: &str) -> Result<Option<T>> {
     let text: Option<String> = row.try_get(col)?;
     text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))).transpose()
-}
-
-/// `value` as the text of a nullable JSON column.
-fn to_json<T: serde::Serialize>(value: Option<&T>) -> Result<Option<String>> {
-    value.map(|v| serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
 }

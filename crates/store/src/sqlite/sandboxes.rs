@@ -3,97 +3,10 @@
 
 use async_trait::async_trait;
 use bulkhead_core::Quotas;
-use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-use super::{
-    all, as_i64, as_u64, insert_row, json_column, names, one, select, to_json, within, Columns, Constraints, Query,
-    SqliteStore, Table,
-};
-use crate::{MeterMark, Result, SandboxRow, SandboxStatus, SandboxStore, StoreError, WarmPoolRow};
-
-impl Columns for SandboxRow {
-    const COLUMNS: &'static str = "id, namespace, status, reason, isolation, cpu_millis, memory_bytes, pids, \
-         ttl_seconds, created_at_ms, expires_at_ms, ended_at_ms, filesystem_id, filesystem_mode, metered_cpu_ns, \
-         metered_at_ms, metered_io_read_bytes, metered_io_write_bytes, creator, workload_token_hash, secrets, project_id, egress, image_id, image, disk_bytes, task_id, pooled, node";
-
-    fn from_row(row: &SqliteRow) -> Result<Self> {
-        let status: String = row.try_get("status")?;
-        let filesystem_id: Option<String> = row.try_get("filesystem_id")?;
-        let filesystem_mode: Option<String> = row.try_get("filesystem_mode")?;
-        let secrets: String = row.try_get("secrets")?;
-        Ok(SandboxRow {
-            id: row.try_get("id")?,
-            namespace: row.try_get("namespace")?,
-            status: SandboxStatus::parse(&status)
-                .ok_or_else(|| StoreError::Corrupt(format!("sandbox status {status}")))?,
-            reason: row.try_get("reason")?,
-            isolation: row.try_get("isolation")?,
-            cpu_millis: as_u64(row, "cpu_millis")?,
-            memory_bytes: as_u64(row, "memory_bytes")?,
-            pids: as_u64(row, "pids")?,
-            ttl_seconds: as_u64(row, "ttl_seconds")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-            expires_at_ms: row.try_get("expires_at_ms")?,
-            ended_at_ms: row.try_get("ended_at_ms")?,
-            filesystem: filesystem_id.map(|id| (id, filesystem_mode.unwrap_or_else(|| "ro".to_owned()))),
-            metered: MeterMark {
-                cpu_ns: as_u64(row, "metered_cpu_ns")?,
-                io_read_bytes: as_u64(row, "metered_io_read_bytes")?,
-                io_write_bytes: as_u64(row, "metered_io_write_bytes")?,
-            },
-            metered_at_ms: row.try_get("metered_at_ms")?,
-            creator: row.try_get("creator")?,
-            workload_token_hash: row.try_get("workload_token_hash")?,
-            secrets: names(&secrets, "sandbox secrets")?,
-            project: row.try_get("project_id")?,
-            egress: json_column(row, "egress", "sandbox egress")?,
-            image: json_column(row, "image", "sandbox image")?,
-            disk_bytes: row.try_get::<Option<i64>, _>("disk_bytes")?.map(|v| u64::try_from(v).unwrap_or(0)),
-            task: row.try_get("task_id")?,
-            pooled: row.try_get::<i64, _>("pooled")? != 0,
-            node: row.try_get("node")?,
-        })
-    }
-
-    fn bind_all<'q>(&'q self, q: Query<'q>) -> Result<Query<'q>> {
-        let secrets = serde_json::to_string(&self.secrets).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Ok(q.bind(&self.id)
-            .bind(&self.namespace)
-            .bind(self.status.as_str())
-            .bind(self.reason.as_deref())
-            .bind(&self.isolation)
-            .bind(as_i64(self.cpu_millis))
-            .bind(as_i64(self.memory_bytes))
-            .bind(as_i64(self.pids))
-            .bind(as_i64(self.ttl_seconds))
-            .bind(self.created_at_ms)
-            .bind(self.expires_at_ms)
-            .bind(self.ended_at_ms)
-            .bind(self.filesystem.as_ref().map(|(id, _)| id.as_str()))
-            .bind(self.filesystem.as_ref().map(|(_, mode)| mode.as_str()))
-            .bind(as_i64(self.metered.cpu_ns))
-            .bind(self.metered_at_ms)
-            .bind(as_i64(self.metered.io_read_bytes))
-            .bind(as_i64(self.metered.io_write_bytes))
-            .bind(&self.creator)
-            .bind(self.workload_token_hash.as_deref())
-            .bind(secrets)
-            .bind(self.project.as_deref())
-            .bind(to_json(self.egress.as_ref())?)
-            .bind(self.image.as_ref().map(|i| i.id.as_str()))
-            .bind(to_json(self.image.as_ref())?)
-            .bind(self.disk_bytes.map(as_i64))
-            .bind(self.task.as_deref())
-            .bind(i64::from(self.pooled))
-            .bind(&self.node))
-    }
-}
-
-impl Table for SandboxRow {
-    const TABLE: &'static str = "sandboxes";
-    const KEY: &'static str = "id";
-}
+use super::{all, as_i64, as_u64, insert_row, one, select, within, Columns, Constraints, SqliteStore};
+use crate::{Result, SandboxRow, SandboxStatus, SandboxStore, StoreError, WarmPoolRow};
 
 #[async_trait]
 impl SandboxStore for SqliteStore {

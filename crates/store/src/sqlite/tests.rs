@@ -2,7 +2,8 @@
 //! own (reopening, the write lock, the failures it names) and the shared query shapes each
 //! relies on.
 
-use super::{insert, select, within, Column, Columns, Constraints, SqliteStore};
+use super::rows::Column;
+use super::{insert, select, within, Columns, Constraints, SqliteStore};
 use crate::conformance::{event, key, ns, RawSql};
 use crate::prelude::*;
 use crate::{NamespaceRow, ProjectRow, SandboxRow, StoreError, UsageDelta};
@@ -100,9 +101,9 @@ async fn columns_refuse_values_the_store_never_writes() {
     assert_eq!(String::read(&row, "t").unwrap(), "x");
     assert!(matches!(String::read(&row, "missing"), Err(StoreError::Database(_))));
     assert!(
-        matches!(super::names("[1]", "key projects"), Err(StoreError::Corrupt(m)) if m.starts_with("key projects: "))
+        matches!(crate::rows::names("[1]", "key projects"), Err(StoreError::Corrupt(m)) if m.starts_with("key projects: "))
     );
-    assert_eq!(super::names(r#"["a","b"]"#, "x").unwrap(), ["a", "b"]);
+    assert_eq!(crate::rows::names(r#"["a","b"]"#, "x").unwrap(), ["a", "b"]);
 }
 
 #[tokio::test]
