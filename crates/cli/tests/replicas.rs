@@ -33,6 +33,11 @@ fn sandbox_cgroup_exists(server: &Server, ns: &str, id: &str) -> bool {
         .any(|c| Path::new("/sys/fs/cgroup").join(c).join(&server.cgroup_prefix).join(ns).join(id).exists())
 }
 
+/// Mounts on the host whose mount point names `id`.
+fn mounts_naming(id: &str) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(id)).count()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_a_kill() {
     let pg = TestPostgres::start().await;
@@ -133,6 +138,44 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
         !b.cli(Some(&doomed), &["sandbox", "list", "--ns", "acme"]).status.success()
     });
     eprintln!("revocation seen by the other replica after {:?}", revoked_at.elapsed());
+
+    // An escaped path goes where its plain twin goes; a create's body over the bound is a 413
+    // from the replica that reads it.
+    let http = reqwest::Client::new();
+    let escaped = format!("{}/v1/namespaces/acm%65/sandboxes/{}/exec", b.url, on_a.replacen('_', "%5F", 1));
+    let answer = http
+        .post(&escaped)
+        .bearer_auth(dev.unwrap())
+        .json(&serde_json::json!({"cmd": ["hostname"]}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!((status, body["stdout"].as_str().map(str::trim)), (200, Some(on_a.as_str())), "{body}");
+    let big = vec![b' '; 2 << 20];
+    let answer = http
+        .post(format!("{}/v1/namespaces/acme/sandboxes", b.url))
+        .bearer_auth(dev.unwrap())
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!((status, body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{body}");
+
+    // A namespace deleted through one replica: the other frees its sandboxes there, mounts and
+    // all.
+    a.ok(admin, &["namespace", "create", "gone", "--cpu", "1", "--memory", "1GiB"]);
+    let gone = b.json(admin, &["sandbox", "create", "--ns", "gone"])["id"].as_str().unwrap().to_owned();
+    assert!(mounts_naming(&gone) > 0 && sandbox_cgroup_exists(&b, "gone", &gone));
+    a.ok(admin, &["namespace", "delete", "gone"]);
+    eventually(Duration::from_secs(30), "the holder frees a sandbox of a namespace deleted through the other", || {
+        mounts_naming(&gone) == 0
+            && !sandbox_cgroup_exists(&b, "gone", &gone)
+            && !b.state_dir.join("sandboxes").join(&gone).exists()
+    });
 
     // A replica with sandbox networks is refused beside them: replicas on one host share the
     // store's network names.

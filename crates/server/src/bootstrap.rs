@@ -132,9 +132,17 @@ async fn shared_token_key(
         .and_then(|bytes| master.open(&bytes, TOKEN_KEY_AAD).ok())
         .and_then(|key| <[u8; 32]>::try_from(key).ok());
     opened.ok_or_else(|| {
+        let whose = if std::env::var_os(MASTER_KEY_ENV).is_some() {
+            format!("{MASTER_KEY_ENV} is not the master key")
+        } else {
+            format!(
+                "{MASTER_KEY_ENV} is not set, and this data dir's own master key ({}) is not the one",
+                data_dir.join(MASTER_KEY_FILE).display()
+            )
+        };
         BootstrapError::Identity(format!(
-            "the store's token key is sealed under another master key: start every server of one store with \
-             the same {MASTER_KEY_ENV}"
+            "the store's token key is sealed under another master key ({whose} it was made with): start every \
+             server of one store with the same {MASTER_KEY_ENV}"
         ))
     })
 }
@@ -366,6 +374,22 @@ pub async fn start_with(
     let node = crate::nodes::Node::new(node_id, url, shared, config.node_lease);
     let now = now_ms();
     store.register_node(&node.id, &node.url(), now, now.saturating_add(node.lease_ms())).await?;
+    if shared {
+        // The start may outlast a lease (a default image to import): renewed meanwhile, so that
+        // no peer declares this node lost while it starts.
+        // The store held weakly: a server dropped before it serves (an in-process one) ends it.
+        let (weak, id, lease) = (Arc::downgrade(&store), node.id.clone(), node.lease);
+        node.renew_while_starting(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let Some(store) = weak.upgrade() else { return };
+                let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+                if let Err(e) = store.renew_node(&id, until).await {
+                    tracing::warn!(error = %e, "renewing the lease while starting failed");
+                }
+            }
+        }));
+    }
 
     let mut new_admin_token = None;
     let admin_token_hash = match store.admin_token_hash().await? {

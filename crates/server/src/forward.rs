@@ -46,16 +46,54 @@ fn client() -> &'static Client<HttpConnector, Body> {
 /// What a request addresses that lives on one node: a sandbox, a filesystem or a task (by
 /// path), or a filesystem a sandbox or task create mounts (by body).
 #[derive(Debug, PartialEq, Eq)]
-enum Addressed<'a> {
-    Sandbox(&'a str, &'a str),
-    Filesystem(&'a str, &'a str),
-    Task(&'a str, &'a str),
+enum Addressed<S> {
+    Sandbox(S, S),
+    Filesystem(S, S),
+    Task(S, S),
     /// `POST /v1/namespaces/{ns}/sandboxes` or `/tasks`: the body says.
-    Create(&'a str),
+    Create(S),
 }
 
-/// What `method` and `path` address, when it is one thing of one node.
-fn addressed<'a>(method: &axum::http::Method, path: &'a str) -> Option<Addressed<'a>> {
+/// `segment` with its percent-escapes decoded, as the router decodes path parameters; `None`
+/// when an escape is malformed or decodes to no UTF-8 (the router refuses those too).
+fn decoded(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+}
+
+/// What `method` and `path` address, when it is one thing of one node; its segments decoded
+/// as the router decodes them, so that an escaped path is routed where its plain twin is.
+fn addressed(method: &axum::http::Method, path: &str) -> Option<Addressed<String>> {
+    let segments: Vec<String> =
+        path.split('/').map(|s| decoded(s).map(std::borrow::Cow::into_owned)).collect::<Option<_>>()?;
+    let path = segments.join("/");
+    let found = addressed_plain(method, &path)?;
+    Some(match found {
+        Addressed::Sandbox(ns, id) => Addressed::Sandbox(ns.to_owned(), id.to_owned()),
+        Addressed::Filesystem(ns, id) => Addressed::Filesystem(ns.to_owned(), id.to_owned()),
+        Addressed::Task(ns, id) => Addressed::Task(ns.to_owned(), id.to_owned()),
+        Addressed::Create(ns) => Addressed::Create(ns.to_owned()),
+    })
+}
+
+/// [`addressed`] of a path already decoded.
+fn addressed_plain<'a>(method: &axum::http::Method, path: &'a str) -> Option<Addressed<&'a str>> {
     let rest = path.strip_prefix("/v1/namespaces/")?;
     let (ns, rest) = rest.split_once('/')?;
     if ns.is_empty() {
@@ -103,38 +141,52 @@ async fn filesystem_home(state: &AppState, ns: &str, id: &str) -> Option<Home> {
 /// The node of `req`'s target; `None`: this one's to answer (also when the store fails: the
 /// handler then answers as it would). A create's body is read here (bounded by
 /// `max_body_bytes`) and put back.
-async fn home_of(state: &AppState, req: &mut Request) -> Option<Home> {
-    let path = req.uri().path().to_owned();
-    match addressed(req.method(), &path)? {
-        Addressed::Sandbox(ns, id) => sandbox_home(state, ns, id).await,
-        Addressed::Filesystem(ns, id) => filesystem_home(state, ns, id).await,
+async fn home_of(state: &AppState, req: &mut Request) -> Result<Option<Home>, Response> {
+    let Some(target) = addressed(req.method(), req.uri().path()) else { return Ok(None) };
+    Ok(match target {
+        Addressed::Sandbox(ns, id) => sandbox_home(state, &ns, &id).await,
+        Addressed::Filesystem(ns, id) => filesystem_home(state, &ns, &id).await,
         // A task's agent runs in its sandbox, and its connection lives on that sandbox's node;
         // a task with no sandbox starts one by its filesystem.
-        Addressed::Task(ns, id) => {
-            let task = state.store.get_task(ns, id).await.ok()??;
-            if let Some(sbx) = &task.sandbox_id {
-                let home = sandbox_home(state, ns, sbx).await?;
-                if home.active {
-                    return Some(home);
-                }
-            }
-            let (fs, _) = task.filesystem.as_ref()?;
-            filesystem_home(state, ns, fs).await
-        }
+        Addressed::Task(ns, id) => task_home(state, &ns, &id).await,
         Addressed::Create(ns) => {
             let body = std::mem::take(req.body_mut());
-            let bytes = axum::body::to_bytes(body, state.config.max_body_bytes).await;
-            let Ok(bytes) = bytes else {
-                // Too large or cut: the handler answers that (the body is gone either way).
-                *req.body_mut() = Body::empty();
-                return None;
+            let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // Over the bound, or cut off: answered here, as the handler would.
+                    let too_large =
+                        std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                    return Err(if too_large {
+                        ApiError::PayloadTooLarge("request body too large".into()).into_response()
+                    } else {
+                        ApiError::Invalid(format!("body: {e}")).into_response()
+                    });
+                }
             };
             *req.body_mut() = Body::from(bytes.clone());
-            let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-            let fs = value.get("filesystem")?.get("id")?.as_str()?;
-            filesystem_home(state, ns, fs).await
+            let fs = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("filesystem")?.get("id")?.as_str().map(str::to_owned));
+            match fs {
+                Some(fs) => filesystem_home(state, &ns, &fs).await,
+                None => None,
+            }
+        }
+    })
+}
+
+/// The node of task `id`: its live sandbox's, else its filesystem's.
+async fn task_home(state: &AppState, ns: &str, id: &str) -> Option<Home> {
+    let task = state.store.get_task(ns, id).await.ok()??;
+    if let Some(sbx) = &task.sandbox_id {
+        let home = sandbox_home(state, ns, sbx).await?;
+        if home.active {
+            return Some(home);
         }
     }
+    let (fs, _) = task.filesystem.as_ref()?;
+    filesystem_home(state, ns, fs).await
 }
 
 /// The middleware: passes a request for what a peer holds to that peer.
@@ -142,9 +194,15 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     if !state.node.shared {
         return next.run(req).await;
     }
+    // A request another replica forwarded is this one's to answer, whatever this one believes
+    // (it is never passed on again).
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return next.run(req).await;
+    }
     let home = match home_of(&state, &mut req).await {
-        Some(home) if !state.node.is_mine(&home.node) => home,
-        _ => return next.run(req).await,
+        Ok(Some(home)) if !state.node.is_mine(&home.node) => home,
+        Ok(_) => return next.run(req).await,
+        Err(refused) => return refused,
     };
     let what = home.what.clone();
     let mut peer = state.node.peer(&home.node).filter(|p| p.is_live(now_ms()));
@@ -158,7 +216,7 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
     let Some(peer) = peer else {
         if home.active {
             return ApiError::Unavailable {
-                message: format!("the node that holds {what} is not answering; retry"),
+                message: "the replica that holds it is not answering; retry".into(),
                 retry_after_seconds: 2,
             }
             .into_response();
@@ -166,20 +224,12 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
         // Its node is gone and it has ended: any replica answers for an ended sandbox.
         return next.run(req).await;
     };
-    if req.headers().contains_key(FORWARDED_HEADER) {
-        tracing::warn!(target = %what, node = %home.node, "a forwarded request for what another node holds");
-        return ApiError::Unavailable {
-            message: format!("the replicas disagree on where {what} is; retry"),
-            retry_after_seconds: 1,
-        }
-        .into_response();
-    }
-    match forward(&state, &peer.url, req).await {
+    match forward(&state, &peer.id, &peer.url, req).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(target = %what, node = %peer.id, url = %peer.url, error = %e, "forwarding failed");
             ApiError::Unavailable {
-                message: format!("the node that holds {what} is not answering; retry"),
+                message: "the replica that holds it is not answering; retry".into(),
                 retry_after_seconds: 1,
             }
             .into_response()
@@ -204,8 +254,21 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// Sends `req` to the node at `base` and returns its answer (joining a WebSocket upgrade).
-async fn forward(state: &AppState, base: &str, mut req: Request) -> Result<Response, String> {
+/// Resolves once node `id` is no longer live (its lease lapsed, or it was declared lost), as
+/// this node's lease loop last read it.
+async fn gone(state: &AppState, id: &str) {
+    let every = (state.node.lease / 6).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        if !state.node.peer(id).is_some_and(|p| p.is_live(now_ms())) {
+            return;
+        }
+    }
+}
+
+/// Sends `req` to node `id` at `base` and returns its answer (joining a WebSocket upgrade). A
+/// node that stops renewing its lease while its answer is awaited ends the wait.
+async fn forward(state: &AppState, id: &str, base: &str, mut req: Request) -> Result<Response, String> {
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let uri: Uri = format!("{}{path}", base.trim_end_matches('/')).parse().map_err(|e| format!("peer url: {e}"))?;
     let upgrade = req.headers().get(header::UPGRADE).cloned();
@@ -227,7 +290,10 @@ async fn forward(state: &AppState, base: &str, mut req: Request) -> Result<Respo
         }
     }
     let out = out.body(body).map_err(|e| e.to_string())?;
-    let mut answer = client().request(out).await.map_err(|e| e.to_string())?;
+    let mut answer = tokio::select! {
+        answer = client().request(out) => answer.map_err(|e| e.to_string())?,
+        () = gone(state, id) => return Err("the node stopped renewing its lease before it answered".into()),
+    };
     if answer.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(incoming) = incoming_upgrade else { return Err("the peer upgraded a plain request".into()) };
         let outgoing = hyper::upgrade::on(&mut answer);
@@ -261,14 +327,23 @@ mod tests {
     fn what_a_path_addresses() {
         use axum::http::Method;
         let get = |p| addressed(&Method::GET, p);
-        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1"), Some(Addressed::Sandbox("acme", "sbx_1")));
-        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1/exec"), Some(Addressed::Sandbox("acme", "sbx_1")));
-        let attach = "/v1/namespaces/acme/sandboxes/sbx_1/processes/7/attach";
-        assert_eq!(get(attach), Some(Addressed::Sandbox("acme", "sbx_1")));
-        assert_eq!(get("/v1/namespaces/acme/filesystems/fs_1/files/a/b"), Some(Addressed::Filesystem("acme", "fs_1")));
-        assert_eq!(get("/v1/namespaces/acme/tasks/tsk_1/messages"), Some(Addressed::Task("acme", "tsk_1")));
-        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/sandboxes"), Some(Addressed::Create("acme")));
-        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/tasks"), Some(Addressed::Create("acme")));
+        let s = |ns: &str, id: &str| Some(Addressed::Sandbox(ns.to_owned(), id.to_owned()));
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1"), s("acme", "sbx_1"));
+        // Escapes decode as the router decodes them.
+        assert_eq!(get("/v1/namespaces/acm%65/sandboxes/sbx%5F1/exec"), s("acme", "sbx_1"));
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1%2"), None);
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_%FF"), None);
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1/exec"), s("acme", "sbx_1"));
+        assert_eq!(get("/v1/namespaces/acme/sandboxes/sbx_1/processes/7/attach"), s("acme", "sbx_1"));
+        let fs = Some(Addressed::Filesystem("acme".to_owned(), "fs_1".to_owned()));
+        assert_eq!(get("/v1/namespaces/acme/filesystems/fs_1/files/a/b"), fs);
+        assert_eq!(
+            get("/v1/namespaces/acme/tasks/tsk_1/messages"),
+            Some(Addressed::Task("acme".to_owned(), "tsk_1".to_owned()))
+        );
+        let create = Some(Addressed::Create("acme".to_owned()));
+        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/sandboxes"), create);
+        assert_eq!(addressed(&Method::POST, "/v1/namespaces/acme/tasks"), create);
         for local in [
             "/v1/namespaces/acme/sandboxes",
             "/v1/namespaces/acme/sandboxes/",

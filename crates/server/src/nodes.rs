@@ -35,6 +35,9 @@ pub struct Node {
     peers: RwLock<HashMap<String, NodeRow>>,
     /// The node of each sandbox looked up lately (a sandbox never moves): by sandbox id.
     homes: RwLock<HashMap<String, String>>,
+    /// What renews the lease while the server starts (an image import, reconciliation), until
+    /// the lease loop of the serving server takes over.
+    starting: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Sandbox homes remembered at most; past it the map is cleared rather than grown.
@@ -42,7 +45,15 @@ const HOMES_MAX: usize = 100_000;
 
 impl Node {
     pub fn new(id: String, url: String, shared: bool, lease: Duration) -> Node {
-        Node { id, shared, lease, url: RwLock::new(url), peers: RwLock::default(), homes: RwLock::default() }
+        Node {
+            id,
+            shared,
+            lease,
+            url: RwLock::new(url),
+            peers: RwLock::default(),
+            homes: RwLock::default(),
+            starting: std::sync::Mutex::default(),
+        }
     }
 
     /// The URL peers reach this node at.
@@ -68,6 +79,18 @@ impl Node {
     /// What was last read of node `id`.
     pub fn peer(&self, id: &str) -> Option<NodeRow> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    /// Keeps `renewer` running until [`Node::started`].
+    pub fn renew_while_starting(&self, renewer: tokio::task::JoinHandle<()>) {
+        *self.starting.lock().unwrap_or_else(|e| e.into_inner()) = Some(renewer);
+    }
+
+    /// The server serves: the renewer of its start stops.
+    pub fn started(&self) {
+        if let Some(r) = self.starting.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            r.abort();
+        }
     }
 
     /// The node of sandbox `id`, when remembered.

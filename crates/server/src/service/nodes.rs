@@ -24,6 +24,7 @@ pub async fn start(state: &AppState, url: String) -> ServiceResult<()> {
         return Ok(());
     }
     state.node.set_url(url);
+    state.node.started();
     let now = now_ms();
     state
         .store
@@ -71,7 +72,19 @@ async fn sweep(state: &AppState) -> ServiceResult<usize> {
     let mut freed = 0;
     for h in state.runtime.list().await? {
         let Some(ns) = h.namespace.as_deref() else { continue };
-        let Some(row) = state.store.get_sandbox(ns, &h.id).await? else { continue };
+        let Some(row) = state.store.get_sandbox(ns, &h.id).await? else {
+            // No row: its namespace was deleted through a peer (the rows went with it). A
+            // sandbox being made has its row before anything of it is on the host, so one of a
+            // namespace that still exists is left to its create.
+            if state.store.get_namespace(ns).await?.is_none() {
+                let _guard = state.sandbox_locks.lock(&h.id).await;
+                state.runtime.delete(ns, &h.id).await?;
+                state.keys.evict_sandbox(&h.id);
+                tracing::info!(sandbox = %h.id, namespace = ns, "freed a sandbox of a namespace deleted elsewhere");
+                freed += 1;
+            }
+            continue;
+        };
         if row.status.is_active() || !state.node.is_mine(&row.node) {
             continue;
         }
