@@ -59,8 +59,8 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     a.ok(admin, &["namespace", "create", "acme", "--cpu", "8", "--memory", "8GiB"]);
     assert_eq!(b.json(admin, &["namespace", "get", "acme"])["name"], "acme");
     let dev = a.json(admin, &["key", "create", "--ns", "acme", "dev", "--role", "developer"]);
-    let dev = dev["token"].as_str().unwrap().to_owned();
-    let dev = Some(dev.as_str());
+    let dev_token = dev["token"].as_str().unwrap().to_owned();
+    let dev = Some(dev_token.as_str());
 
     // A sandbox on each replica; each replica serves both.
     let on_a = a.json(dev, &["sandbox", "create", "--ns", "acme"])["id"].as_str().unwrap().to_owned();
@@ -145,7 +145,7 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     let escaped = format!("{}/v1/namespaces/acm%65/sandboxes/{}/exec", b.url, on_a.replacen('_', "%5F", 1));
     let answer = http
         .post(&escaped)
-        .bearer_auth(dev.unwrap())
+        .bearer_auth(&dev_token)
         .json(&serde_json::json!({"cmd": ["hostname"]}))
         .send()
         .await
@@ -156,7 +156,7 @@ async fn two_replicas_serve_each_others_sandboxes_share_revocations_and_survive_
     let big = vec![b' '; 2 << 20];
     let answer = http
         .post(format!("{}/v1/namespaces/acme/sandboxes", b.url))
-        .bearer_auth(dev.unwrap())
+        .bearer_auth(&dev_token)
         .body(big)
         .send()
         .await
