@@ -172,6 +172,9 @@ fn doctor_names_a_leak() {
     } else {
         cgroup_root.join("pids").join(&server.cgroup_prefix)
     };
+    // A sandbox cgroup no sandbox owns, in a namespace that exists (the cgroups of a namespace
+    // that does not are the server's own to remove, and a server on a shared store sweeps them).
+    server.ok(None, &["namespace", "create", "leakns"]);
     let cgroup = top.join("leakns").join("sbx_x");
     std::fs::create_dir_all(&cgroup).unwrap();
 
