@@ -33,6 +33,21 @@ pub const CONTROL_PLANE: &str = "_control-plane";
 /// other tenant wait for a core. What the placement bench measures against none.
 pub const CONTROL_PLANE_CPU_WEIGHT: u32 = 1000;
 
+/// The CPU weight (cgroup v2 units, the kernel's least) of a warm pool's sandbox until it is
+/// claimed: a pool refills in the background, and its start must not take a core from the
+/// sandboxes already serving, least of all from the claimant whose claim triggered the refill.
+/// In the OCI spec as `cpu.shares` [`POOL_CPU_SHARES`]; the claim sets the default back
+/// ([`Cgroups::set_sandbox_limits`]).
+pub const POOL_CPU_WEIGHT: u32 = 1;
+
+/// [`POOL_CPU_WEIGHT`] as cgroup v1 `cpu.shares` (the kernel's least, 2); the OCI runtime maps
+/// it to v2's weight 1.
+pub const POOL_CPU_SHARES: u64 = 2;
+
+/// The kernel's default CPU weight of a cgroup: v2 `cpu.weight`, and v1 `cpu.shares`.
+const DEFAULT_CPU_WEIGHT_V2: &str = "100";
+const DEFAULT_CPU_SHARES_V1: &str = "1024";
+
 /// Which cgroup hierarchy the host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -359,9 +374,10 @@ impl Cgroups {
     }
 
     /// Sets a running sandbox's cpu, memory and process limits (what the OCI runtime set at
-    /// start from its spec): a warm pool's sandbox gets its claimant's at claim. Memory plus swap
-    /// equals memory (no swap), written in the order the kernel accepts whether the limit grows
-    /// or shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old
+    /// start from its spec): a warm pool's sandbox gets its claimant's at claim, and its CPU
+    /// weight back from [`POOL_CPU_WEIGHT`] to the kernel's default. Memory plus swap equals
+    /// memory (no swap), written in the order the kernel accepts whether the limit grows or
+    /// shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old
     /// one.
     pub fn set_sandbox_limits(
         &self,
@@ -380,6 +396,7 @@ impl Cgroups {
                 write(&dir.join("memory.max"), &memory)?;
                 let _ = write(&dir.join("memory.swap.max"), "0");
                 write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+                write(&dir.join("cpu.weight"), DEFAULT_CPU_WEIGHT_V2)?;
                 write(&dir.join("pids.max"), &pids.to_string())?;
             }
             Version::V1 => {
@@ -399,9 +416,31 @@ impl Cgroups {
                 let cpu = self.controller("cpu").join(&rel);
                 write(&cpu.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&cpu.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                write(&cpu.join("cpu.shares"), DEFAULT_CPU_SHARES_V1)?;
             }
         }
         Ok(())
+    }
+
+    /// Every thread of sandbox `id` (host thread ids), its command cgroups' included: v2's
+    /// `cgroup.threads`, v1's `tasks` in the `cpu` hierarchy, in the sandbox's cgroup and
+    /// every cgroup below it. Empty when the cgroup is gone.
+    pub fn sandbox_threads(&self, namespace: &str, id: &str) -> Vec<i32> {
+        let rel = Path::new(&self.prefix).join(namespace).join(id);
+        let (dir, file) = match self.version {
+            Version::V2 => (self.root.join(&rel), "cgroup.threads"),
+            Version::V1 => (self.controller("cpu").join(&rel), "tasks"),
+        };
+        let mut out = Vec::new();
+        let mut dirs = vec![dir];
+        while let Some(d) = dirs.pop() {
+            let Ok(entries) = fs::read_dir(&d) else { continue };
+            if let Ok(text) = fs::read_to_string(d.join(file)) {
+                out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+            dirs.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+        out
     }
 
     /// Kills every process of a sandbox at once, however fast they fork, in every command

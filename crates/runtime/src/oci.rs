@@ -227,9 +227,19 @@ const START_CPU_MILLIS: u64 = 1000;
 /// own CPU quota anyway.
 const START_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// In a warm pool's bundle until its claim: the variables the runtime itself set (JSON pairs),
-/// which the environment bound at claim keeps.
+/// In a warm pool's bundle until its claim: a [`PoolMark`] as JSON.
 const POOLED_FILE: &str = "pooled";
+
+/// What a warm pool's sandbox was started with that its claim may change.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PoolMark {
+    /// The variables the runtime itself set, which the environment bound at claim keeps.
+    env: Vec<(String, String)>,
+    /// The size of its `/tmp`, in bytes: a claim asking the same leaves it mounted as it is.
+    tmp_bytes: u64,
+    /// The size of its writable root, in bytes, with an image root: likewise.
+    writable_bytes: Option<u64>,
+}
 
 /// The `/run` directories of a warm pool's sandbox, empty until its claim writes them (see
 /// [`write_run_files`] for their owner and modes): `bulkhead` and `secrets`.
@@ -875,13 +885,24 @@ impl OciRuntime {
         // keyctl, add_key and request_key).
         let run = ["--no-new-keyring", "--preserve-fds", "2"];
         let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
-        // SAFETY: runs between fork and exec and calls only dup2, which is async-signal-safe.
-        // It places the listening socket at fd 3 and the cgroup directory at fd 4 (dup2 clears
-        // close-on-exec on the copies), where `--preserve-fds 2` hands them on to the
-        // supervisor. Neither source fd is 3 or 4 while the other is being placed: both were
-        // opened before, and 3 and 4 are taken in order from their own sources.
+        let background = spec.pooled;
+        // SAFETY: runs between fork and exec and calls only dup2, fcntl and
+        // sched_setscheduler, which are async-signal-safe. It places the listening socket at
+        // fd 3 and the cgroup directory at fd 4 (dup2 clears close-on-exec on the copies),
+        // where `--preserve-fds 2` hands them on to the supervisor. Neither source fd is 3 or
+        // 4 while the other is being placed: both were opened before, and 3 and 4 are taken in
+        // order from their own sources.
         unsafe {
             cmd.pre_exec(move || {
+                // A warm pool's start is background work: the OCI runtime, its init and the
+                // supervisor it becomes run SCHED_IDLE (inherited), on a core only when no
+                // one else wants it, until the claim sets them back (`claim`).
+                if background {
+                    let param = libc::sched_param { sched_priority: 0 };
+                    if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // Move the cgroup fd out of the way first should it sit at fd 3.
                 let mut cg = cgroup_fd;
                 if cg == SUPERVISOR_FD {
@@ -1372,8 +1393,15 @@ impl Runtime for OciRuntime {
             spec.cpu_millis = spec.cpu_millis.max(START_CPU_MILLIS.min(ceiling.unwrap_or(wanted)));
             self.prepare_bundle(&spec, net.as_ref())?;
             if spec.pooled {
-                let added: Vec<&(String, String)> = spec.env.iter().filter(|(k, _)| k == "BULKHEAD_URL").collect();
-                let json = serde_json::to_vec(&added).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
+                let mark = PoolMark {
+                    env: spec.env.iter().filter(|(k, _)| k == "BULKHEAD_URL").cloned().collect(),
+                    tmp_bytes: spec.tmp_bytes,
+                    writable_bytes: match &spec.root {
+                        crate::RootSpec::Image(root) => Some(root.writable_bytes),
+                        crate::RootSpec::Host => None,
+                    },
+                };
+                let json = serde_json::to_vec(&mark).map_err(|e| RuntimeError::Protocol(e.to_string()))?;
                 fs::write(self.bundle(&spec.id).join(POOLED_FILE), json)
                     .map_err(RuntimeError::io("write the warm pool mark"))?;
             }
@@ -1412,7 +1440,7 @@ impl Runtime for OciRuntime {
         }
         let bundle = self.bundle(&spec.id);
         let mark = bundle.join(POOLED_FILE);
-        let added: Vec<(String, String)> = match fs::read(&mark) {
+        let pool: PoolMark = match fs::read(&mark) {
             Ok(json) => serde_json::from_slice(&json).map_err(|e| RuntimeError::Protocol(e.to_string()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(RuntimeError::Invalid(format!("sandbox {} is not a warm pool's", spec.id)))
@@ -1430,19 +1458,38 @@ impl Runtime for OciRuntime {
         let cgroups = self.cgroups.clone();
         let (ns, id, cpu, memory, pids) =
             (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes, spec.pids);
-        tokio::task::spawn_blocking(move || cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids))
-            .await
-            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        tokio::task::spawn_blocking(move || {
+            cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids)?;
+            // Its threads started SCHED_IDLE (`start`): the claimant's run at the normal policy.
+            for tid in cgroups.sandbox_threads(&ns, &id) {
+                let param = libc::sched_param { sched_priority: 0 };
+                // SAFETY: plain integers and a parameter that lives across the call. A thread
+                // that ended meanwhile (ESRCH) has nothing left to set.
+                if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.raw_os_error() != Some(libc::ESRCH) {
+                        return Err(RuntimeError::io("set a claimed sandbox's scheduling policy")(e));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
         lap("limits", &mut phases);
         if let crate::RootSpec::Image(root) = &spec.root {
-            crate::rootfs::resize_upper(&self.image_root(&spec.id), root.writable_bytes)?;
+            if pool.writable_bytes != Some(root.writable_bytes) {
+                crate::rootfs::resize_upper(&self.image_root(&spec.id), root.writable_bytes)?;
+            }
         }
         lap("root", &mut phases);
         let init = init_pid(&bundle).ok_or_else(|| RuntimeError::NotRunning(spec.id.clone()))?;
         let tmp_bytes = spec.tmp_bytes;
-        tokio::task::spawn_blocking(move || crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes))
-            .await
-            .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        if pool.tmp_bytes != tmp_bytes {
+            tokio::task::spawn_blocking(move || crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes))
+                .await
+                .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        }
         lap("tmp", &mut phases);
         let own = self.sandbox_view(&spec.id);
         write_claimed_run_files(&own, spec)?;
@@ -1456,7 +1503,7 @@ impl Runtime for OciRuntime {
         }
         lap("files and mounts", &mut phases);
         let mut env = spec.env.clone();
-        for (k, v) in added {
+        for (k, v) in pool.env {
             env.retain(|(name, _)| *name != k);
             env.push((k, v));
         }

@@ -431,7 +431,12 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
     let resources = LinuxResourcesBuilder::default()
         // Memory plus swap equal to memory: no swap, so the limit is the limit.
         .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build()?)
-        .cpu(LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US).build()?)
+        .cpu({
+            let cpu = LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US);
+            // A warm pool's sandbox starts in the background, at the least weight until claimed.
+            let cpu = if sandbox.pooled { cpu.shares(crate::cgroup::POOL_CPU_SHARES) } else { cpu };
+            cpu.build()?
+        })
         .pids(
             LinuxPidsBuilder::default()
                 .limit(i64::try_from(paths.kind.host_tasks(sandbox.pids)).unwrap_or(i64::MAX))
@@ -615,6 +620,11 @@ mod tests {
         }
         assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 1_065_536);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
+        // Only a warm pool's sandbox starts at the least weight.
+        assert!(v["linux"]["resources"]["cpu"].get("shares").is_none());
+        let pooled = SandboxSpec { pooled: true, workspace: None, ..sandbox() };
+        let pooled = serde_json::to_value(build(&pooled, &base, &paths).unwrap()).unwrap();
+        assert_eq!(pooled["linux"]["resources"]["cpu"]["shares"], crate::cgroup::POOL_CPU_SHARES);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
         assert_eq!(v["linux"]["cgroupsPath"], "/bulkhead/acme/sbx_0123");
         let env: Vec<&str> = v["process"]["env"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();

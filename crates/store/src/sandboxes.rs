@@ -151,7 +151,7 @@ pub trait SandboxStore: Send + Sync {
 
     // --- Warm pools ---
     /// Turns the unclaimed pool sandbox `claimed.id` of `claimed.namespace` into `claimed`
-    /// (`pooled` false, status `creating`), atomically with the quota check of
+    /// (`pooled` false, with its status: `running` once the runtime bound it), atomically with the quota check of
     /// [`SandboxStore::admit_sandbox`] counting every other active sandbox: the pool sandbox's
     /// own share is replaced by the claimant's. [`crate::StoreError::NotFound`] when there is no
     /// such pool sandbox (claimed or ended meanwhile) or its image is gone; `Quota` when the

@@ -198,6 +198,7 @@ pub(crate) async fn create_sandbox(
     req: &CreateSandbox,
     task: Option<TaskBoot>,
 ) -> ApiResult<crate::service::records::SandboxRow> {
+    let began = std::time::Instant::now();
     let ns = ns.to_owned();
     let task_id = task.as_ref().map(|t| t.task.clone());
     let namespace = load_namespace(ctx, &ns).await?;
@@ -350,7 +351,10 @@ pub(crate) async fn create_sandbox(
         task: task.map(|t| (t.task, t.code)),
         start: reservation.map_or(sandboxes::Start::Cold, sandboxes::Start::Claim),
     };
+    let planned_ms = began.elapsed().as_secs_f64() * 1000.0;
     let row = sandboxes::create(&ctx.state, &namespace, plan).await?;
+    // Where the route's time goes, at debug level (ms since it began, cumulative).
+    tracing::debug!(sandbox = %row.id, planned_ms, created_ms = began.elapsed().as_secs_f64() * 1000.0, "create route timing");
     ctx.audit_resource(format!("sandbox:{}", row.id));
     Ok(row)
 }

@@ -55,7 +55,19 @@ pub struct Pools {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// [`crate::state::PoolSettings::min_available_bytes`] as changed while the server runs.
     min_available: Mutex<Option<u64>>,
+    /// When the last claim went through: the filler holds its next pass until
+    /// [`REFILL_DELAY`] after it.
+    last_claim: Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a claim the filler waits before it refills. A claim is followed at once by
+/// the claimant's first requests (an exec, a file), and a refill is a sandbox start: the OCI
+/// runtime, mounts and the store's writer, on the same cores. The start itself runs at the
+/// least CPU weight (`bulkhead_runtime::cgroup::POOL_CPU_WEIGHT`), but the server's part of
+/// it does not; so it waits for the claimant's first moments. A burst of claims holds the
+/// refill until the burst is over (the pool's sandboxes would not be ready in time for it
+/// anyway). `bench --only images` measures create → first output from a pool with it.
+pub const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The state of one pool, as `GET .../pools` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +104,7 @@ impl Reservation {
     /// The claim went through: the sandbox is the claimant's now.
     pub fn claimed(mut self) {
         self.settled = true;
+        *self.state.pools.last_claim.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         self.state.pools.wake.notify_one();
     }
 
@@ -299,6 +312,13 @@ pub fn spawn(state: AppState) {
         loop {
             let Some(inner) = weak.upgrade() else { return };
             let state = AppState(inner);
+            // Within REFILL_DELAY of a claim, the pass waits for the claimant's first moments.
+            let since = state.pools.last_claim.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
+            if let Some(wait) = since.and_then(|s| REFILL_DELAY.checked_sub(s)) {
+                drop(state);
+                tokio::time::sleep(wait).await;
+                continue;
+            }
             let busy = match fill_pass(&state).await {
                 Ok(busy) => busy,
                 Err(e) => {

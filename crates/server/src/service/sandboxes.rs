@@ -108,7 +108,7 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
     let pooled = matches!(start, Start::Pool);
     let now = now_ms();
     let ttl_ms = i64::try_from(plan.ttl_seconds.saturating_mul(1000)).unwrap_or(i64::MAX);
-    let mut row = SandboxRow {
+    let row = SandboxRow {
         id: plan.id.clone(),
         namespace: ns.name.clone(),
         status: SandboxStatus::Creating,
@@ -135,121 +135,37 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
         pooled,
         node: state.node.id.clone(),
     };
+    // Where a create's time goes, at debug level (ms since `began`, cumulative).
+    let began = std::time::Instant::now();
     let _guard = state.sandbox_locks.lock(&row.id).await;
-    let reservation = match start {
-        Start::Claim(reservation) => {
-            if reservation.id() != row.id {
-                return Err(ServiceError::Internal("a claim's plan names another sandbox".into()));
-            }
-            // What the pool sandbox used before its claim is not the claimant's: metering starts
-            // from its counters now.
-            if let Ok(stats) = state.runtime.stats(&ns.name, &row.id).await {
-                row.metered = MeterMark {
-                    cpu_ns: stats.cpu_usage_ns,
-                    io_read_bytes: stats.io_read_bytes,
-                    io_write_bytes: stats.io_write_bytes,
-                };
-            }
-            let mut claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
-            // The namespace's other ready pool sandboxes give way to its own creates.
-            while matches!(claimed, Err(StoreError::Quota(_))) && super::pools::give_way(state, &ns.name).await {
-                claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
-            }
-            match claimed {
-                Err(StoreError::Quota(b)) => {
-                    // Nothing of the claimant reached it: it stays in its pool.
-                    reservation.release();
-                    return Err(ServiceError::quota(&b));
-                }
-                Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
-                    return Err(ServiceError::NotFound(format!("{what} not found")))
-                }
-                // The pool sandbox ended between its reservation and its claim.
-                Err(StoreError::NotFound(_)) => {
-                    return Err(ServiceError::Runtime(bulkhead_runtime::RuntimeError::Unavailable(format!(
-                        "sandbox {} ended before it could be claimed; retry the create",
-                        row.id
-                    ))))
-                }
-                other => other?,
-            }
-            Some(reservation)
+    if let Start::Claim(reservation) = start {
+        return claim(state, ns, row, plan, Started { class, extra_ca_pem, began }, reservation).await;
+    }
+    let mut admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
+    // The namespace's ready pool sandboxes give way to its own creates, never to a pool.
+    while !pooled && matches!(admitted, Err(StoreError::Quota(_))) && super::pools::give_way(state, &ns.name).await {
+        admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
+    }
+    match admitted {
+        Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
+        // The image was deleted between its lookup and the admission.
+        Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
+            return Err(ServiceError::NotFound(format!("{what} not found")))
         }
-        Start::Cold | Start::Pool => {
-            let mut admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
-            // The namespace's ready pool sandboxes give way to its own creates, never to a pool.
-            while !pooled
-                && matches!(admitted, Err(StoreError::Quota(_)))
-                && super::pools::give_way(state, &ns.name).await
-            {
-                admitted = state.store.admit_sandbox(&row, &ns.quotas).await;
-            }
-            match admitted {
-                Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
-                // The image was deleted between its lookup and the admission.
-                Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
-                    return Err(ServiceError::NotFound(format!("{what} not found")))
-                }
-                other => other?,
-            }
-            None
+        other => other?,
+    }
+    let admitted_ms = lap(began);
+    let workspace = match workspace(state, plan.filesystem.as_ref()).await {
+        Ok(w) => w,
+        Err((reason, e)) => {
+            state.store.set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms())).await?;
+            return Err(e);
         }
     };
-    let spec = SandboxSpec {
-        id: row.id.clone(),
-        namespace: ns.name.clone(),
-        oci_runtime: class.runtime,
-        cpu_millis: row.cpu_millis,
-        memory_bytes: row.memory_bytes,
-        pids: row.pids,
-        tmp_bytes: row.memory_bytes.min(1 << 30),
-        ids: id_range(ns)?,
-        env: plan.env,
-        workspace: match plan.filesystem.as_ref() {
-            // A filesystem whose mount vanished underneath is mounted again first.
-            Some((f, mode)) => match state.storage.ensure_mounted(&f.id).await {
-                Ok(_) => {
-                    Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" })
-                }
-                Err(e) => {
-                    if let Some(reservation) = reservation {
-                        reservation.claimed();
-                        state.runtime.delete(&ns.name, &row.id).await?;
-                    }
-                    let reason = format!("start_failed: filesystem {}: {e}", f.id);
-                    state
-                        .store
-                        .set_sandbox_status(&row.id, SandboxStatus::Failed, Some(&reason), Some(now_ms()))
-                        .await?;
-                    return Err(e.into());
-                }
-            },
-            None => None,
-        },
-        agent_code: plan.task.map(|(_, code)| code),
-        run_files: plan.run_files,
-        extra_ca_pem,
-        root: plan.root,
-        pooled,
-    };
-    let claimed = reservation.is_some();
-    let bound_at = std::time::Instant::now();
-    let started = match reservation {
-        Some(reservation) => {
-            // Claimed once, whatever the binding's outcome: a failed one is torn down below.
-            reservation.claimed();
-            state.runtime.claim(&spec).await.map_err(ServiceError::from)
-        }
-        None => super::placement::start_in(state, ns, async { Ok(state.runtime.create(&spec).await?) }).await,
-    };
+    let spec = sandbox_spec(ns, &row, plan, workspace, class, extra_ca_pem)?;
+    let started = super::placement::start_in(state, ns, async { Ok(state.runtime.create(&spec).await?) }).await;
     if let Err(e) = started {
         let reason = format!("start_failed: {e}");
-        if claimed {
-            // A claim leaves a started sandbox behind it: torn down with it.
-            if let Err(e) = state.runtime.delete(&ns.name, &row.id).await {
-                tracing::warn!(sandbox = %row.id, error = %e, "teardown after a failed claim failed");
-            }
-        }
         if !pooled {
             state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &reason);
         }
@@ -263,7 +179,9 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
             row.id
         ))));
     }
-    let bound_ms = bound_at.elapsed().as_secs_f64() * 1000.0;
+    let bound_ms = lap(began);
+    // A sandbox never moves: the requests that follow its create are routed from memory.
+    state.node.remember_home(&row.id, &row.node);
     let Some(row) = state.store.set_sandbox_status(&row.id, SandboxStatus::Running, None, None).await? else {
         // Its namespace was deleted while it started: nothing of it may stay on the host.
         if let Err(e) = state.runtime.delete(&ns.name, &row.id).await {
@@ -278,14 +196,136 @@ pub async fn create(state: &AppState, ns: &NamespaceRow, mut plan: Plan) -> Serv
         tracing::debug!(sandbox = %row.id, namespace = %ns.name, "warm pool sandbox started");
     } else {
         state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
-        tracing::info!(sandbox = %row.id, namespace = %ns.name, claimed, "sandbox started");
-        tracing::debug!(sandbox = %row.id, claimed, bound_ms, total_ms = now_ms().saturating_sub(now), "create timing");
+        tracing::info!(sandbox = %row.id, namespace = %ns.name, claimed = false, "sandbox started");
+        tracing::debug!(sandbox = %row.id, claimed = false, admitted_ms, bound_ms, running_ms = lap(began), "create timing");
     }
-    // A claimed sandbox's init has been watched since its pool started it.
-    if !claimed {
-        watch(state, &row);
-    }
+    watch(state, &row);
     Ok(row)
+}
+
+/// Milliseconds since `began`, as a fraction (for the debug timing lines).
+fn lap(began: std::time::Instant) -> f64 {
+    began.elapsed().as_secs_f64() * 1000.0
+}
+
+/// What a create resolved before it admits its sandbox, for [`claim`] and [`sandbox_spec`].
+struct Started {
+    class: crate::state::RuntimeClass,
+    extra_ca_pem: Option<String>,
+    began: std::time::Instant,
+}
+
+/// Binds the ready pool sandbox of `reservation` to `row` (the claimant's, status `running`)
+/// and then records the claim: the binding first, so that one transaction both admits the
+/// claim against the namespace's quotas and marks it running, and the claimant's first request
+/// finds it bound. A pool sandbox that anything of the claimant reached is never given back: on
+/// any failure (the binding's, the quota's, the pool sandbox gone meanwhile) the reservation is
+/// dropped, which destroys it, and the claimant gets the error (`503` to retry, `429` for a
+/// quota).
+async fn claim(
+    state: &AppState,
+    ns: &NamespaceRow,
+    mut row: SandboxRow,
+    plan: Plan,
+    started: Started,
+    reservation: super::pools::Reservation,
+) -> ServiceResult<SandboxRow> {
+    if reservation.id() != row.id {
+        return Err(ServiceError::Internal("a claim's plan names another sandbox".into()));
+    }
+    let began = started.began;
+    let workspace = workspace(state, plan.filesystem.as_ref()).await.map_err(|(_, e)| e)?;
+    // What the pool sandbox used before its claim is not the claimant's: metering starts from
+    // its counters now.
+    if let Ok(stats) = state.runtime.stats(&ns.name, &row.id).await {
+        row.metered = MeterMark {
+            cpu_ns: stats.cpu_usage_ns,
+            io_read_bytes: stats.io_read_bytes,
+            io_write_bytes: stats.io_write_bytes,
+        };
+    }
+    let spec = sandbox_spec(ns, &row, plan, workspace, started.class, started.extra_ca_pem)?;
+    if let Err(e) = state.runtime.claim(&spec).await {
+        state.metrics.sandbox_failed(&crate::metrics::Tenant::of(ns), &format!("start_failed: {e}"));
+        tracing::warn!(sandbox = %row.id, error = %e, "binding a claimed pool sandbox failed");
+        return Err(ServiceError::Runtime(bulkhead_runtime::RuntimeError::Unavailable(format!(
+            "the warm pool sandbox for this create failed to bind and is destroyed; nothing of it is left, retry \
+             the create (sandbox {})",
+            row.id
+        ))));
+    }
+    let bound_ms = lap(began);
+    row.status = SandboxStatus::Running;
+    let mut claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
+    // The namespace's other ready pool sandboxes give way to its own creates.
+    while matches!(claimed, Err(StoreError::Quota(_))) && super::pools::give_way(state, &ns.name).await {
+        claimed = state.store.claim_sandbox(&row, &ns.quotas).await;
+    }
+    match claimed {
+        Err(StoreError::Quota(b)) => return Err(ServiceError::quota(&b)),
+        Err(StoreError::NotFound(what)) if what.starts_with("image ") => {
+            return Err(ServiceError::NotFound(format!("{what} not found")))
+        }
+        // The pool sandbox ended between its reservation and its claim.
+        Err(StoreError::NotFound(_)) => {
+            return Err(ServiceError::Runtime(bulkhead_runtime::RuntimeError::Unavailable(format!(
+                "sandbox {} ended before it could be claimed; retry the create",
+                row.id
+            ))))
+        }
+        other => other?,
+    }
+    // The pool refills only now, after the claim's own writes.
+    reservation.claimed();
+    state.node.remember_home(&row.id, &row.node);
+    state.metrics.sandbox_created(&crate::metrics::Tenant::of(ns));
+    tracing::info!(sandbox = %row.id, namespace = %ns.name, claimed = true, "sandbox started");
+    tracing::debug!(sandbox = %row.id, claimed = true, bound_ms, running_ms = lap(began), "create timing");
+    // Its init has been watched since its pool started it.
+    Ok(row)
+}
+
+/// The filesystem a create mounts, mounted again first should its mount have vanished
+/// underneath; on failure the reason its sandbox is marked failed with, and the error.
+async fn workspace(
+    state: &AppState,
+    filesystem: Option<&(bulkhead_store::FilesystemRow, String)>,
+) -> Result<Option<bulkhead_runtime::Workspace>, (String, ServiceError)> {
+    let Some((f, mode)) = filesystem else { return Ok(None) };
+    match state.storage.ensure_mounted(&f.id).await {
+        Ok(_) => {
+            Ok(Some(bulkhead_runtime::Workspace { source: state.storage.data_dir(&f.id), read_only: mode == "ro" }))
+        }
+        Err(e) => Err((format!("start_failed: filesystem {}: {e}", f.id), e.into())),
+    }
+}
+
+/// The runtime's spec of sandbox `row` of `ns` as `plan` asks.
+fn sandbox_spec(
+    ns: &NamespaceRow,
+    row: &SandboxRow,
+    plan: Plan,
+    workspace: Option<bulkhead_runtime::Workspace>,
+    class: crate::state::RuntimeClass,
+    extra_ca_pem: Option<String>,
+) -> ServiceResult<SandboxSpec> {
+    Ok(SandboxSpec {
+        id: row.id.clone(),
+        namespace: ns.name.clone(),
+        oci_runtime: class.runtime,
+        cpu_millis: row.cpu_millis,
+        memory_bytes: row.memory_bytes,
+        pids: row.pids,
+        tmp_bytes: row.memory_bytes.min(1 << 30),
+        ids: id_range(ns)?,
+        env: plan.env,
+        workspace,
+        agent_code: plan.task.map(|(_, code)| code),
+        run_files: plan.run_files,
+        extra_ca_pem,
+        root: plan.root,
+        pooled: row.pooled,
+    })
 }
 
 /// A page of the namespace's sandboxes, by id.

@@ -61,18 +61,18 @@ impl SandboxStore for PgStore {
 
     async fn claim_sandbox(&self, claimed: &SandboxRow, quotas: &Quotas) -> Result<()> {
         serializable!(self, Scope::Namespace(&claimed.namespace), |tx| {
-            let found = sqlx::query(
-                "SELECT 1 FROM sandboxes WHERE id = $1 AND namespace = $2 AND pooled = 1 AND status = 'running'",
+            // The pool's row goes first (rolled back with the transaction on any refusal below).
+            let gone = sqlx::query(
+                "DELETE FROM sandboxes WHERE id = $1 AND namespace = $2 AND pooled = 1 AND status = 'running'",
             )
             .bind(&claimed.id)
             .bind(&claimed.namespace)
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-            if found.is_none() {
+            if gone.rows_affected() != 1 {
                 return Err(StoreError::NotFound(format!("pool sandbox {}", claimed.id)));
             }
             check_admission(&mut tx, claimed, quotas, Some(&claimed.id)).await?;
-            sqlx::query("DELETE FROM sandboxes WHERE id = $1").bind(&claimed.id).execute(&mut *tx).await?;
             insert_row(&mut tx, claimed, Constraints::default()).await
         })
     }

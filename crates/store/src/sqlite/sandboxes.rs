@@ -63,17 +63,17 @@ impl SandboxStore for SqliteStore {
 
     async fn claim_sandbox(&self, claimed: &SandboxRow, quotas: &Quotas) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let found =
-            sqlx::query("SELECT 1 FROM sandboxes WHERE id = ? AND namespace = ? AND pooled = 1 AND status = 'running'")
+        // The pool's row goes first (rolled back with the transaction on any refusal below).
+        let gone =
+            sqlx::query("DELETE FROM sandboxes WHERE id = ? AND namespace = ? AND pooled = 1 AND status = 'running'")
                 .bind(&claimed.id)
                 .bind(&claimed.namespace)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-        if found.is_none() {
+        if gone.rows_affected() != 1 {
             return Err(StoreError::NotFound(format!("pool sandbox {}", claimed.id)));
         }
         check_admission(&mut tx, claimed, quotas, Some(&claimed.id)).await?;
-        sqlx::query("DELETE FROM sandboxes WHERE id = ?").bind(&claimed.id).execute(&mut *tx).await?;
         insert_row(&mut *tx, claimed, Constraints::default()).await?;
         tx.commit().await
     }
