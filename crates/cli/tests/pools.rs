@@ -48,6 +48,36 @@ async fn init_started_at(h: &Harness, ns: &str, id: &str, token: &str) -> f64 {
     ticks / hz
 }
 
+/// The scheduling policy (`/proc/<pid>/task/<tid>/sched`'s `policy`: 0 normal, 5 idle) of
+/// every thread of host process `pid`.
+fn thread_policies(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .map(|t| {
+            let sched = std::fs::read_to_string(t.path().join("sched")).unwrap();
+            let line = sched.lines().find(|l| l.starts_with("policy")).unwrap();
+            line.rsplit(':').next().unwrap().trim().parse().unwrap()
+        })
+        .collect()
+}
+
+/// The CPU weight of host process `pid`'s cgroup as its file reads: v1 `cpu.shares`, else v2
+/// `cpu.weight`.
+fn cpu_weight_of(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = cgroups.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "cpu").then(|| format!("/sys/fs/cgroup/cpu{path}/cpu.shares"))
+    });
+    let file = v1.unwrap_or_else(|| {
+        let path = cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        format!("/sys/fs/cgroup{path}/cpu.weight")
+    });
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}")).trim().to_owned()
+}
+
 #[tokio::test]
 async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bound_at_claim() {
     let h = Harness::with_namespaces(&["alpha"]).await;
@@ -87,6 +117,17 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     let r = h.call(Method::GET, "/v1/namespaces/alpha/sandboxes", Some(&dev), Value::Null).await;
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
 
+    // Until its claim, the pool sandbox is background work: every thread of its supervisor
+    // runs SCHED_IDLE, in a cgroup of the least CPU weight.
+    let pooled: Vec<_> =
+        h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).map(|s| s.id).collect();
+    assert_eq!(pooled.len(), 1, "{pooled:?}");
+    let pid_file = h.runtime.state_dir.join("sandboxes").join(&pooled[0]).join("pid");
+    let init: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let policies = thread_policies(init);
+    assert!(policies.iter().all(|p| *p == 5), "the pool sandbox's threads: policies {policies:?}");
+    assert!(["2", "1"].contains(&cpu_weight_of(init).as_str()), "the pool sandbox's weight {}", cpu_weight_of(init));
+
     // A quota changed after the pool sandbox started applies to its claim.
     let r = h
         .call(Method::PATCH, "/v1/namespaces/alpha", Some(&h.admin), json!({"quotas": {"pids_per_sandbox": 64}}))
@@ -103,6 +144,17 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     // Its supervisor was running before the create was sent: the sandbox was the pool's.
     let started = init_started_at(&h, "alpha", &id, &dev).await;
     assert!(started < before, "the sandbox's init started at {started} s, after the create was sent at {before} s");
+    assert_eq!(id, pooled[0], "the create claimed another sandbox than the pool's");
+    // Claimed, it runs as any sandbox: the normal policy (its supervisor and its commands, seen
+    // from inside) and the kernel's default weight.
+    let policies = thread_policies(init);
+    assert!(policies.iter().all(|p| *p == 0), "the claimed sandbox's threads: policies {policies:?}");
+    assert!(["1024", "100"].contains(&cpu_weight_of(init).as_str()), "the claimed weight {}", cpu_weight_of(init));
+    let (code, out, err) = h.sh("alpha", &id, &dev, "grep -h policy /proc/1/sched /proc/self/sched").await;
+    assert_eq!(code, 0, "{err}");
+    for line in out.lines() {
+        assert_eq!(line.rsplit(':').next().unwrap().trim(), "0", "inside the claimed sandbox: {out}");
+    }
     // Everything of the claimant is there.
     let (code, out, err) = h
         .sh(
@@ -285,6 +337,27 @@ async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_u
     let r = h.call(Method::DELETE, &format!("/v1/namespaces/alpha/sandboxes/{a}"), Some(&dev), Value::Null).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     wait_pool(&h, "alpha", &viewer, "default", "one ready", |ready, _| ready == 1).await;
+    // A claim that the quota refuses once it is bound (b's 1000 millicores and its 1500 are
+    // more than the namespace's 2000, and no other pool sandbox can give way) costs the pool its
+    // sandbox: bound to a claimant, a pool sandbox is never handed out again.
+    let reserved = pooled().await;
+    assert_eq!(reserved.len(), 1, "{reserved:?}");
+    let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&dev), json!({"cpu_millis": 1500})).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_envelope(&r, "quota_exceeded");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = pooled().await;
+        if !now.contains(&reserved[0]) && !h.runtime.state_dir.join("sandboxes").join(&reserved[0]).exists() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the refused claim's pool sandbox was kept: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r =
+        h.call(Method::GET, &format!("/v1/namespaces/alpha/sandboxes/{}", reserved[0]), Some(&dev), Value::Null).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+    wait_pool(&h, "alpha", &viewer, "default", "one ready after the refused claim", |ready, _| ready == 1).await;
 
     // Under memory pressure (here: any amount of free memory is too little), the pool gives its
     // sandbox back and starts none.
