@@ -1366,6 +1366,10 @@ impl Runtime for OciRuntime {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<()> {
         Self::check_id(&spec.id)?;
+        // Where a start's time goes, at debug level (the bench's breakdown).
+        let t = std::time::Instant::now();
+        let mut phases: Vec<(&str, f64)> = Vec::with_capacity(5);
+        let mut lap = |name: &'static str| phases.push((name, t.elapsed().as_secs_f64() * 1000.0));
         let result = async {
             let mut spec = spec.clone();
             let net = match &self.network {
@@ -1391,7 +1395,9 @@ impl Runtime for OciRuntime {
             let wanted = spec.cpu_millis;
             let ceiling = self.namespace_cpu.lock().unwrap_or_else(|e| e.into_inner()).get(&spec.namespace).copied();
             spec.cpu_millis = spec.cpu_millis.max(START_CPU_MILLIS.min(ceiling.unwrap_or(wanted)));
+            lap("network");
             self.prepare_bundle(&spec, net.as_ref())?;
+            lap("bundle and root");
             if spec.pooled {
                 let mark = PoolMark {
                     env: spec.env.iter().filter(|(k, _)| k == "BULKHEAD_URL").cloned().collect(),
@@ -1406,9 +1412,11 @@ impl Runtime for OciRuntime {
                     .map_err(RuntimeError::io("write the warm pool mark"))?;
             }
             self.start(&spec, net.is_some()).await?;
+            lap("OCI runtime run");
             if let Err(e) = first_ping(&self.socket(&spec.id), &spec.id).await {
                 tracing::debug!(sandbox = %spec.id, error = %e, "a new supervisor did not answer its first ping");
             }
+            lap("first ping");
             if wanted != spec.cpu_millis {
                 let cgroups = self.cgroups.clone();
                 let pids = OciKind::of(&spec.oci_runtime).host_tasks(spec.pids);
@@ -1417,9 +1425,13 @@ impl Runtime for OciRuntime {
                     .await
                     .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
             }
+            lap("limits");
             Ok(())
         }
         .await;
+        if result.is_ok() {
+            tracing::debug!(sandbox = %spec.id, phases = ?phases, "sandbox started (ms since its start, cumulative)");
+        }
         if let Err(e) = result {
             // Leave nothing behind of a sandbox that did not start: its init, if the OCI runtime
             // got that far, is killed with its cgroup, and reaped here, being this server's
