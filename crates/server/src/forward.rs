@@ -250,8 +250,23 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+/// Removes from `headers` what belongs to one connection: the [`HOP_BY_HOP`] headers, and every
+/// header that `Connection` names (RFC 9110, section 7.6.1: a sender lists there the headers
+/// meant for the next hop only).
+fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
 }
 
 /// Resolves once node `id` is no longer live (its lease lapsed, or it was declared lost), as
@@ -273,11 +288,12 @@ async fn forward(state: &AppState, id: &str, base: &str, mut req: Request) -> Re
     let uri: Uri = format!("{}{path}", base.trim_end_matches('/')).parse().map_err(|e| format!("peer url: {e}"))?;
     let upgrade = req.headers().get(header::UPGRADE).cloned();
     let incoming_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
     let mut out = axum::http::Request::builder().method(parts.method).uri(uri).version(axum::http::Version::HTTP_11);
     if let Some(headers) = out.headers_mut() {
         for (name, value) in &parts.headers {
-            if !is_hop_by_hop(name) && name != header::HOST {
+            if name != header::HOST {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -312,9 +328,7 @@ async fn forward(state: &AppState, id: &str, base: &str, mut req: Request) -> Re
         return Ok(Response::from_parts(parts, Body::empty()));
     }
     let (mut parts, body) = answer.into_parts();
-    for name in HOP_BY_HOP {
-        parts.headers.remove(*name);
-    }
+    strip_hop_by_hop(&mut parts.headers);
     parts.extensions.insert(crate::request::Forwarded);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
@@ -322,6 +336,34 @@ async fn forward(state: &AppState, id: &str, base: &str, mut req: Request) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_of_one_connection_are_not_passed_on() {
+        let mut h = axum::http::HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Hop , x-other"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("transfer-encoding", "chunked"),
+            ("authorization", "Bearer t"),
+            ("x-end-to-end", "3"),
+            ("content-type", "application/json"),
+        ] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["authorization", "content-type", "x-end-to-end"]);
+        // A `Connection` that names nothing valid removes only itself.
+        let mut h = axum::http::HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static(", ,bad header"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["accept"]);
+    }
 
     #[test]
     fn what_a_path_addresses() {
