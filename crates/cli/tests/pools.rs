@@ -48,16 +48,16 @@ async fn init_started_at(h: &Harness, ns: &str, id: &str, token: &str) -> f64 {
     ticks / hz
 }
 
-/// The scheduling policy (`/proc/<pid>/task/<tid>/sched`'s `policy`: 0 normal, 5 idle) of
-/// every thread of host process `pid`.
-fn thread_policies(pid: u32) -> Vec<u32> {
+/// The nice value of every thread of host process `pid` (field 19 of
+/// `/proc/<pid>/task/<tid>/stat`, counted after the command's closing parenthesis).
+fn thread_nices(pid: u32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
         .map(|t| {
-            let sched = std::fs::read_to_string(t.path().join("sched")).unwrap();
-            let line = sched.lines().find(|l| l.starts_with("policy")).unwrap();
-            line.rsplit(':').next().unwrap().trim().parse().unwrap()
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+            let after = &stat[stat.rfind(')').unwrap() + 1..];
+            after.split_whitespace().nth(16).unwrap().parse().unwrap()
         })
         .collect()
 }
@@ -118,15 +118,15 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     assert_eq!(r.body["items"], json!([]), "{}", r.body);
 
     // Until its claim, the pool sandbox is background work: every thread of its supervisor
-    // runs SCHED_IDLE, in a cgroup of the least CPU weight.
+    // runs at nice 10, in a cgroup of a tenth of the default CPU weight.
     let pooled: Vec<_> =
         h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).map(|s| s.id).collect();
     assert_eq!(pooled.len(), 1, "{pooled:?}");
     let pid_file = h.runtime.state_dir.join("sandboxes").join(&pooled[0]).join("pid");
     let init: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    let policies = thread_policies(init);
-    assert!(policies.iter().all(|p| *p == 5), "the pool sandbox's threads: policies {policies:?}");
-    assert!(["2", "1"].contains(&cpu_weight_of(init).as_str()), "the pool sandbox's weight {}", cpu_weight_of(init));
+    let nices = thread_nices(init);
+    assert!(nices.iter().all(|n| *n == 10), "the pool sandbox's threads: nice {nices:?}");
+    assert!(["102", "4"].contains(&cpu_weight_of(init).as_str()), "the pool sandbox's weight {}", cpu_weight_of(init));
 
     // A quota changed after the pool sandbox started applies to its claim.
     let r = h
@@ -145,16 +145,15 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     let started = init_started_at(&h, "alpha", &id, &dev).await;
     assert!(started < before, "the sandbox's init started at {started} s, after the create was sent at {before} s");
     assert_eq!(id, pooled[0], "the create claimed another sandbox than the pool's");
-    // Claimed, it runs as any sandbox: the normal policy (its supervisor and its commands, seen
-    // from inside) and the kernel's default weight.
-    let policies = thread_policies(init);
-    assert!(policies.iter().all(|p| *p == 0), "the claimed sandbox's threads: policies {policies:?}");
+    // Claimed, it runs as any sandbox: nice 0 (its supervisor and its commands, seen from
+    // inside) and the kernel's default weight.
+    let nices = thread_nices(init);
+    assert!(nices.iter().all(|n| *n == 0), "the claimed sandbox's threads: nice {nices:?}");
     assert!(["1024", "100"].contains(&cpu_weight_of(init).as_str()), "the claimed weight {}", cpu_weight_of(init));
-    let (code, out, err) = h.sh("alpha", &id, &dev, "grep -h policy /proc/1/sched /proc/self/sched").await;
+    let (code, out, err) =
+        h.sh("alpha", &id, &dev, "nice; s=$(cat /proc/1/stat); s=${s##*) }; set -- $s; echo $17").await;
     assert_eq!(code, 0, "{err}");
-    for line in out.lines() {
-        assert_eq!(line.rsplit(':').next().unwrap().trim(), "0", "inside the claimed sandbox: {out}");
-    }
+    assert_eq!(out, "0\n0\n", "inside the claimed sandbox, its command's and its init's nice values");
     // Everything of the claimant is there.
     let (code, out, err) = h
         .sh(
@@ -303,25 +302,36 @@ async fn pools_count_against_quotas_refill_within_them_and_give_sandboxes_back_u
     let r = h.call(Method::PATCH, "/v1/namespaces/alpha", Some(&h.admin), patch(2)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     wait_pool(&h, "alpha", &viewer, "default", "two ready once more", |ready, _| ready == 2).await;
-    // A create refused before it names a sandbox (a secret that does not exist) costs the pool
-    // nothing.
+    // A create refused for what it can be refused without naming a sandbox costs the pool
+    // nothing: a secret that does not exist, one delivered twice or to a bad place, an egress
+    // list that does not parse or goes beyond the namespace's ceiling (it has none).
     let pooled = || async {
         let mut ids: Vec<String> =
             h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).map(|s| s.id).collect();
         ids.sort();
         ids
     };
+    let (_, ns_admin) = h.create_key("alpha", "ops", "admin").await;
+    let r = h
+        .call(Method::POST, "/v1/namespaces/alpha/secrets", Some(&ns_admin), json!({"name": "tok", "value": "v"}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let before = pooled().await;
-    for _ in 0..3 {
-        let r = h
-            .call(
-                Method::POST,
-                "/v1/namespaces/alpha/sandboxes",
-                Some(&dev),
-                json!({"secrets": [{"name": "nope", "env": "X"}]}),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    for (body, status) in [
+        (json!({"secrets": [{"name": "nope", "env": "X"}]}), StatusCode::BAD_REQUEST),
+        (json!({"secrets": [{"name": "tok", "env": "X", "path": "/run/secrets/x"}]}), StatusCode::BAD_REQUEST),
+        (json!({"secrets": [{"name": "tok", "env": "X"}, {"name": "tok", "env": "X"}]}), StatusCode::BAD_REQUEST),
+        (json!({"env": {"X": "1"}, "secrets": [{"name": "tok", "env": "X"}]}), StatusCode::BAD_REQUEST),
+        (json!({"secrets": [{"name": "tok", "path": "/etc/passwd"}]}), StatusCode::BAD_REQUEST),
+        (
+            json!({"secrets": [{"name": "tok", "path": "/run/secrets/a"}, {"name": "tok", "path": "/run/secrets/a"}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"egress": {"allow": ["!!bad host"]}}), StatusCode::BAD_REQUEST),
+        (json!({"egress": {"allow": ["api.example.com"]}}), StatusCode::FORBIDDEN),
+    ] {
+        let r = h.call(Method::POST, "/v1/namespaces/alpha/sandboxes", Some(&dev), body.clone()).await;
+        assert_eq!(r.status, status, "{body}: {}", r.body);
     }
     assert_eq!(pooled().await, before, "a refused create used up a pool sandbox");
     // The two pool sandboxes hold the namespace's two sandboxes.
@@ -605,4 +615,38 @@ async fn a_namespace_deleted_while_its_pool_fills_leaves_nothing_behind() {
         let cgroup_v2 = std::path::Path::new("/sys/fs/cgroup").join(&h.runtime.cgroup_prefix).join(&ns);
         assert!(!cgroup.exists() && !cgroup_v2.exists(), "round {round}: the namespace's cgroup is left");
     }
+}
+
+#[tokio::test]
+async fn the_reaper_never_ends_a_claim_for_the_expiry_of_the_pool_sandbox_it_was() {
+    let h = Harness::new().await;
+    let mut body = common::namespace_body("alpha");
+    body["quotas"]["max_sandbox_ttl_seconds"] = json!(60);
+    let r = h.call(Method::POST, "/v1/namespaces", Some(&h.admin), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let (_, dev) = h.create_key("alpha", "dev", "developer").await;
+    let r = h.call(Method::PUT, "/v1/namespaces/alpha/pools/default", Some(&h.admin), json!({"size": 1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    wait_pool(&h, "alpha", &dev, "default", "one ready", |ready, _| ready == 1).await;
+    // The reaper's snapshot, taken before the claim: the pool sandbox's row.
+    let snapshot: Vec<_> = h.state.store.active_sandboxes().await.unwrap().into_iter().filter(|s| s.pooled).collect();
+    assert_eq!(snapshot.len(), 1);
+    let id = h.create_sandbox("alpha", &dev, json!({"ttl_seconds": 60})).await;
+    assert_eq!(id, snapshot[0].id, "the create was no claim");
+    // The reaper acts on that snapshot at a moment past the pool sandbox's expiry but before
+    // the claim's own: the claim is left alone.
+    let claimed = h.state.store.get_sandbox("alpha", &id).await.unwrap().unwrap();
+    assert!(claimed.expires_at_ms > snapshot[0].expires_at_ms, "{claimed:?}");
+    let now = snapshot[0].expires_at_ms + 1;
+    assert!(now < claimed.expires_at_ms);
+    let found = bulkhead_server::service::sandboxes::reap(&h.state, &snapshot, now).await;
+    assert_eq!(found, 1, "the snapshot's row was not expired at {now}");
+    let v = h.exec("alpha", &id, &dev, &["echo", "still here"]).await;
+    assert_eq!(v["stdout"], "still here\n", "{v}");
+    let row = h.state.store.get_sandbox("alpha", &id).await.unwrap().unwrap();
+    assert_eq!(row.status.as_str(), "running", "{row:?}");
+    // Past the claim's own expiry, the same call ends it.
+    bulkhead_server::service::sandboxes::reap(&h.state, std::slice::from_ref(&row), row.expires_at_ms).await;
+    let row = h.state.store.get_sandbox("alpha", &id).await.unwrap().unwrap();
+    assert_eq!((row.status.as_str(), row.reason.as_deref()), ("stopped", Some("ttl_expired")), "{row:?}");
 }

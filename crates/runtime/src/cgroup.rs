@@ -33,16 +33,18 @@ pub const CONTROL_PLANE: &str = "_control-plane";
 /// other tenant wait for a core. What the placement bench measures against none.
 pub const CONTROL_PLANE_CPU_WEIGHT: u32 = 1000;
 
-/// The CPU weight (cgroup v2 units, the kernel's least) of a warm pool's sandbox until it is
-/// claimed: a pool refills in the background, and its start must not take a core from the
-/// sandboxes already serving, least of all from the claimant whose claim triggered the refill.
-/// In the OCI spec as `cpu.shares` [`POOL_CPU_SHARES`]; the claim sets the default back
+/// The CPU weight of a warm pool's sandbox until it is claimed, as cgroup v1 `cpu.shares` (a
+/// tenth of the kernel's default 1024; the OCI runtime maps it to v2's `cpu.weight`): a pool
+/// refills in the background, and its start should not take a core from the sandboxes already
+/// serving, least of all from the claimant whose claim triggered the refill; yet on a busy host
+/// it still gets a tenth of a sandbox's share, so pools fill. The claim sets the default back
 /// ([`Cgroups::set_sandbox_limits`]).
-pub const POOL_CPU_WEIGHT: u32 = 1;
+pub const POOL_CPU_SHARES: u64 = 102;
 
-/// [`POOL_CPU_WEIGHT`] as cgroup v1 `cpu.shares` (the kernel's least, 2); the OCI runtime maps
-/// it to v2's weight 1.
-pub const POOL_CPU_SHARES: u64 = 2;
+/// The nice value of a warm pool's start (the OCI runtime, its init and the supervisor it
+/// becomes, which inherit it) until it is claimed: a tenth of a normal process's CPU weight
+/// beside the server's own threads.
+pub const POOL_NICE: i32 = 10;
 
 /// The kernel's default CPU weight of a cgroup: v2 `cpu.weight`, and v1 `cpu.shares`.
 const DEFAULT_CPU_WEIGHT_V2: &str = "100";
@@ -375,7 +377,7 @@ impl Cgroups {
 
     /// Sets a running sandbox's cpu, memory and process limits (what the OCI runtime set at
     /// start from its spec): a warm pool's sandbox gets its claimant's at claim, and its CPU
-    /// weight back from [`POOL_CPU_WEIGHT`] to the kernel's default. Memory plus swap equals
+    /// weight back from [`POOL_CPU_SHARES`] to the kernel's default. Memory plus swap equals
     /// memory (no swap), written in the order the kernel accepts whether the limit grows or
     /// shrinks; a limit below what the sandbox already uses fails (`EBUSY`), leaving the old
     /// one.

@@ -885,9 +885,9 @@ impl OciRuntime {
         // keyctl, add_key and request_key).
         let run = ["--no-new-keyring", "--preserve-fds", "2"];
         let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
-        let background = spec.pooled;
-        // SAFETY: runs between fork and exec and calls only dup2, fcntl and
-        // sched_setscheduler, which are async-signal-safe. It places the listening socket at
+        let background = spec.pooled && can_renice();
+        // SAFETY: runs between fork and exec and calls only dup2, fcntl and setpriority, which
+        // are async-signal-safe. It places the listening socket at
         // fd 3 and the cgroup directory at fd 4 (dup2 clears close-on-exec on the copies),
         // where `--preserve-fds 2` hands them on to the supervisor. Neither source fd is 3 or
         // 4 while the other is being placed: both were opened before, and 3 and 4 are taken in
@@ -895,13 +895,10 @@ impl OciRuntime {
         unsafe {
             cmd.pre_exec(move || {
                 // A warm pool's start is background work: the OCI runtime, its init and the
-                // supervisor it becomes run SCHED_IDLE (inherited), on a core only when no
-                // one else wants it, until the claim sets them back (`claim`).
-                if background {
-                    let param = libc::sched_param { sched_priority: 0 };
-                    if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                // supervisor it becomes run at POOL_NICE (inherited) until the claim sets them
+                // back (`claim`).
+                if background && libc::setpriority(libc::PRIO_PROCESS, 0, crate::cgroup::POOL_NICE) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 // Move the cgroup fd out of the way first should it sit at fd 3.
                 let mut cg = cgroup_fd;
@@ -1281,6 +1278,23 @@ async fn first_ping(socket: &Path, id: &str) -> Result<()> {
     }
 }
 
+/// Whether this process may set a thread's nice value back down (`CAP_SYS_NICE`): probed once,
+/// on a thread of its own that raises its nice value by one and lowers it again. Without it a
+/// warm pool's start runs at the normal priority (its claim could not set it back).
+fn can_renice() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        std::thread::spawn(|| {
+            // SAFETY: plain integers; `who` 0 is the calling thread.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, 0, 1) == 0 && libc::setpriority(libc::PRIO_PROCESS, 0, 0) == 0
+            }
+        })
+        .join()
+        .unwrap_or(false)
+    })
+}
+
 /// The reason on `rx` once there is one; `None` when its watcher is gone without one.
 async fn wait_reason(mut rx: tokio::sync::watch::Receiver<Option<String>>) -> Option<String> {
     rx.wait_for(Option::is_some).await.ok().and_then(|r| r.clone())
@@ -1472,15 +1486,17 @@ impl Runtime for OciRuntime {
             (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes, spec.pids);
         tokio::task::spawn_blocking(move || {
             cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids)?;
-            // Its threads started SCHED_IDLE (`start`): the claimant's run at the normal policy.
-            for tid in cgroups.sandbox_threads(&ns, &id) {
-                let param = libc::sched_param { sched_priority: 0 };
-                // SAFETY: plain integers and a parameter that lives across the call. A thread
-                // that ended meanwhile (ESRCH) has nothing left to set.
-                if unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param) } < 0 {
+            // Its threads started at POOL_NICE (`start`, where this process may set them back):
+            // the claimant's run at the default.
+            let threads = if can_renice() { cgroups.sandbox_threads(&ns, &id) } else { Vec::new() };
+            for tid in threads {
+                let Ok(tid) = libc::id_t::try_from(tid) else { continue };
+                // SAFETY: plain integers; on Linux a thread id names that thread alone. A
+                // thread that ended meanwhile (ESRCH) has nothing left to set.
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 0) } < 0 {
                     let e = std::io::Error::last_os_error();
                     if e.raw_os_error() != Some(libc::ESRCH) {
-                        return Err(RuntimeError::io("set a claimed sandbox's scheduling policy")(e));
+                        return Err(RuntimeError::io("set a claimed sandbox's nice value")(e));
                     }
                 }
             }

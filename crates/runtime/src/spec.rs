@@ -433,7 +433,7 @@ pub fn build(sandbox: &SandboxSpec, base: &[BaseEntry], paths: &SpecPaths) -> Re
         .memory(LinuxMemoryBuilder::default().limit(memory).swap(memory).build()?)
         .cpu({
             let cpu = LinuxCpuBuilder::default().quota(quota).period(CPU_PERIOD_US);
-            // A warm pool's sandbox starts in the background, at the least weight until claimed.
+            // A warm pool's sandbox starts in the background, at a tenth of the weight until claimed.
             let cpu = if sandbox.pooled { cpu.shares(crate::cgroup::POOL_CPU_SHARES) } else { cpu };
             cpu.build()?
         })
@@ -620,7 +620,7 @@ mod tests {
         }
         assert_eq!(v["linux"]["uidMappings"][0]["hostID"], 1_065_536);
         assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 150_000);
-        // Only a warm pool's sandbox starts at the least weight.
+        // Only a warm pool's sandbox starts at a lower weight.
         assert!(v["linux"]["resources"]["cpu"].get("shares").is_none());
         let pooled = SandboxSpec { pooled: true, workspace: None, ..sandbox() };
         let pooled = serde_json::to_value(build(&pooled, &base, &paths).unwrap()).unwrap();

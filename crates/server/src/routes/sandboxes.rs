@@ -255,12 +255,26 @@ pub(crate) async fn create_sandbox(
     ctx.audit_detail("memory_bytes", memory_bytes);
     ctx.audit_detail("ttl_seconds", ttl_seconds);
     // What can be refused without naming the sandbox is refused before a pool sandbox is taken:
-    // a secret that does not exist.
-    for s in req.secrets.as_deref().unwrap_or_default() {
-        if crate::service::secrets::get(&ctx.state, &ns, &s.name).await?.is_none() {
-            return Err(ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name)));
+    // a secret that does not exist or is delivered twice or to a bad place, an egress list that
+    // does not parse or goes beyond the namespace's ceiling.
+    {
+        let (mut env_used, mut files_used) = (env.clone(), Vec::new());
+        for s in req.secrets.as_deref().unwrap_or_default() {
+            match secret_delivery(s, &env_used, &files_used)? {
+                SecretDelivery::Env(var) => env_used.push((var, String::new())),
+                SecretDelivery::File(name) => {
+                    files_used.push(RunFile { dir: "secrets".into(), name, data: Vec::new() })
+                }
+            }
+            if crate::service::secrets::get(&ctx.state, &ns, &s.name).await?.is_none() {
+                return Err(ApiError::Invalid(format!("secrets: namespace {ns} has no secret {:?}", s.name)));
+            }
         }
     }
+    let egress_asked = match &req.egress {
+        Some(e) => Some(egress_asked(ctx, &namespace, e).await?),
+        None => None,
+    };
     // A ready sandbox of the namespace's warm pool of this image, when the create needs nothing
     // a claim cannot bind (brokered credentials need their CA in place at start). Its id is
     // the new sandbox's; dropped on any refusal below (a policy's, which may have named it), it
@@ -315,9 +329,9 @@ pub(crate) async fn create_sandbox(
         secrets.push(s.name.clone());
     }
     ctx.audit_detail("secrets", secrets.clone());
-    let egress = match &req.egress {
+    let egress = match egress_asked {
         None => None,
-        Some(e) => {
+        Some(asked) => {
             let principal = Principal::Sandbox {
                 id: id.clone(),
                 namespace: ns.clone(),
@@ -325,7 +339,7 @@ pub(crate) async fn create_sandbox(
                 project: filesystem.as_ref().and_then(|(f, _)| f.project_id.clone()),
                 task: task_id.clone(),
             };
-            check_egress(ctx, &namespace, principal, e).await?
+            check_egress(ctx, &ns, principal, asked).await?
         }
     };
     if let Some(e) = &egress {
@@ -448,16 +462,21 @@ pub(crate) fn file_user(row: &SandboxRow, user: Option<String>) -> Option<String
     user.or_else(|| row.image.as_ref().and_then(|i| i.user.clone()))
 }
 
-/// Checks a create's `egress` against the namespace's ceiling: a malformed entry or credential
-/// is a 400 naming it, an entry beyond the ceiling a 403 naming it; each credential's secret must
-/// exist and be readable by the sandbox's principal, and its host lie within the sandbox's
-/// `allow`. `None` when the sandbox asks for nothing.
-async fn check_egress(
+/// A create's `egress` as parsed and checked before the sandbox has an id: its `allow` entries
+/// and its credentials.
+struct EgressAsked {
+    allow: Vec<bulkhead_core::egress::Entry>,
+    credentials: Vec<bulkhead_core::egress::Credential>,
+}
+
+/// Checks a create's `egress` as far as it can without the sandbox's id: a malformed entry or
+/// credential is a 400 naming it, an entry beyond the namespace's ceiling a 403 naming it; each
+/// credential's secret must exist, and its host lie within the sandbox's `allow`.
+async fn egress_asked(
     ctx: &Ctx,
     namespace: &crate::service::records::NamespaceRow,
-    principal: Principal,
     req: &bulkhead_api::SandboxEgress,
-) -> ApiResult<Option<bulkhead_core::egress::SandboxEgress>> {
+) -> ApiResult<EgressAsked> {
     use bulkhead_core::egress::{first_beyond, parse_list, Credential, Dest, MAX_CREDENTIALS};
     let ns = &namespace.name;
     let allow = parse_list("egress.allow", &req.allow)?;
@@ -493,6 +512,23 @@ async fn check_egress(
         crate::service::secrets::get(&ctx.state, ns, &c.secret)
             .await?
             .ok_or_else(|| ApiError::Invalid(format!("{field}.secret: namespace {ns} has no secret {:?}", c.secret)))?;
+        credentials.push(c);
+    }
+    Ok(EgressAsked { allow, credentials })
+}
+
+/// Decides a create's checked `egress` ([`egress_asked`]) for the sandbox: each credential's
+/// secret must be readable by the sandbox's principal (403 naming the policy otherwise). `None`
+/// when the sandbox asks for nothing.
+async fn check_egress(
+    ctx: &Ctx,
+    ns: &str,
+    principal: Principal,
+    asked: EgressAsked,
+) -> ApiResult<Option<bulkhead_core::egress::SandboxEgress>> {
+    let EgressAsked { allow, credentials } = asked;
+    for (i, c) in credentials.iter().enumerate() {
+        let field = format!("egress.credentials[{i}]");
         match ctx.decide_as(principal.clone(), Action::SecretRead, &Target::secret(ns, &c.secret)).await? {
             Decision::Allow => {}
             Decision::Forbidden { policies } => {
@@ -505,7 +541,6 @@ async fn check_egress(
             }
             Decision::NotFound(_) => return Err(ApiError::Internal("a new sandbox's own namespace was hidden".into())),
         }
-        credentials.push(c);
     }
     if allow.is_empty() && credentials.is_empty() {
         return Ok(None);

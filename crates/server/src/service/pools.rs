@@ -58,15 +58,20 @@ pub struct Pools {
     /// When the last claim went through: the filler holds its next pass until
     /// [`REFILL_DELAY`] after it.
     last_claim: Mutex<Option<std::time::Instant>>,
+    /// Where the filler's next look for a pool below its size begins (an index into the pools
+    /// in the store's order), so that pools take turns: one namespace's churn cannot keep
+    /// another's from refilling.
+    next_fill: std::sync::atomic::AtomicUsize,
 }
 
 /// How long after a claim the filler waits before it refills. A claim is followed at once by
 /// the claimant's first requests (an exec, a file), and a refill is a sandbox start: the OCI
-/// runtime, mounts and the store's writer, on the same cores. The start itself runs at the
-/// least CPU weight (`bulkhead_runtime::cgroup::POOL_CPU_WEIGHT`), but the server's part of
-/// it does not; so it waits for the claimant's first moments. A burst of claims holds the
-/// refill until the burst is over (the pool's sandboxes would not be ready in time for it
-/// anyway). `bench --only images` measures create → first output from a pool with it.
+/// runtime, mounts and the store's writer, on the same cores. The start itself runs at a
+/// tenth of the CPU weight (`bulkhead_runtime::cgroup::POOL_CPU_SHARES`, `POOL_NICE`), but the
+/// server's part of it does not; so it waits for the claimant's first moments. It waits once
+/// per pass: claims in a row (any namespace's) slow the filler to a pass every `REFILL_DELAY`
+/// at most, and never stop it. `bench --only images` measures create → first output from a
+/// pool with it.
 pub const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The state of one pool, as `GET .../pools` shows it.
@@ -311,13 +316,15 @@ pub fn spawn(state: AppState) {
     tokio::spawn(async move {
         loop {
             let Some(inner) = weak.upgrade() else { return };
-            let state = AppState(inner);
-            // Within REFILL_DELAY of a claim, the pass waits for the claimant's first moments.
+            let mut state = AppState(inner);
+            // Within REFILL_DELAY of a claim, the pass waits for the claimant's first moments;
+            // once, so that claims in a row delay passes but never stop them.
             let since = state.pools.last_claim.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.elapsed());
             if let Some(wait) = since.and_then(|s| REFILL_DELAY.checked_sub(s)) {
                 drop(state);
                 tokio::time::sleep(wait).await;
-                continue;
+                let Some(inner) = weak.upgrade() else { return };
+                state = AppState(inner);
             }
             let busy = match fill_pass(&state).await {
                 Ok(busy) => busy,
@@ -403,12 +410,17 @@ async fn fill_pass(state: &AppState) -> ServiceResult<bool> {
         }
         return Ok(false);
     }
-    for config in &configs {
+    // Pools take turns, from the one after the last that started a sandbox.
+    let first = state.pools.next_fill.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..configs.len() {
+        let at = (first + i) % configs.len();
+        let config = &configs[at];
         let key = (config.namespace.clone(), config.image_id.clone());
         if state.pools.ready_count(&key) + state.pools.starting_count(&key) >= config.size as usize {
             continue;
         }
         if start_one(state, &key).await? {
+            state.pools.next_fill.store(at + 1, std::sync::atomic::Ordering::Relaxed);
             return Ok(true);
         }
     }

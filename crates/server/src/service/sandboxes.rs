@@ -498,16 +498,23 @@ pub async fn destroy_namespace(state: &AppState, ns: &str) -> ServiceResult<()> 
 pub async fn reap_expired(state: &AppState) -> ServiceResult<usize> {
     let now = now_ms();
     // This node's: a peer's sandbox is its own reaper's.
-    let expired: Vec<SandboxRow> = super::nodes::mine(state, state.store.active_sandboxes().await?)
-        .into_iter()
-        .filter(|s| s.expires_at_ms <= now)
-        .collect();
+    let active = super::nodes::mine(state, state.store.active_sandboxes().await?);
+    Ok(reap(state, &active, now).await)
+}
+
+/// Stops those of `rows` (a snapshot of active sandboxes, possibly stale) that expired by `now`
+/// (milliseconds since the epoch), each checked again under its lock against the store: a pool
+/// sandbox claimed since the snapshot is its claimant's, with the claimant's own expiry. The
+/// number of rows found expired in the snapshot.
+pub async fn reap(state: &AppState, rows: &[SandboxRow], now: i64) -> usize {
+    let expired: Vec<&SandboxRow> = rows.iter().filter(|s| s.expires_at_ms <= now).collect();
     for row in &expired {
-        if let Err(e) = destroy(state, row, SandboxStatus::Stopped, "ttl_expired").await {
+        let still_expired = |current: &SandboxRow| current.expires_at_ms <= now;
+        if let Err(e) = destroy_when(state, row, SandboxStatus::Stopped, "ttl_expired", None, still_expired).await {
             tracing::warn!(sandbox = %row.id, error = %e, "expiry teardown failed; will retry");
         }
     }
-    Ok(expired.len())
+    expired.len()
 }
 
 /// Runs the reaper of expired sandboxes and the health check of supervisors until the process
