@@ -229,7 +229,9 @@ async fn the_example_agent_fixes_a_failing_test_through_the_model_with_a_brokere
     assert_eq!(resp.text().await.expect("text"), FIXED);
 
     // The model saw the key, brokered by the gateway; the agent's sandbox never had it.
-    let requests: Vec<_> = w.internet.requests().into_iter().filter(|r| r.path == "/v1/chat/completions").collect();
+    let model = |r: &common::internet::Request| r.path == "/v1/chat/completions";
+    let requests = w.internet.wait_requests(|rs| rs.iter().filter(|r| model(r)).count() >= 4);
+    let requests: Vec<_> = requests.into_iter().filter(model).collect();
     assert_eq!(requests.len(), 4, "{requests:?}");
     for r in &requests {
         let auth = r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("authorization")).map(|(_, v)| v.as_str());

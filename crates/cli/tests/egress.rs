@@ -205,7 +205,11 @@ async fn an_allowed_name_works_with_curl_pip_and_git_over_https() {
     assert_eq!((code, out.trim()), (0, GIT_README), "{err}");
     // The servers saw the sandbox's requests under their names, through TLS they terminated
     // themselves (the gateway did not decrypt).
-    let reqs = w.internet.requests();
+    let reqs = w.internet.wait_requests(|rs| {
+        ["allowed.test", "pypi.test", "git.test"]
+            .iter()
+            .all(|name| rs.iter().any(|r| r.host.as_deref() == Some(*name) && r.status == Some(200)))
+    });
     for name in ["allowed.test", "pypi.test", "git.test"] {
         assert!(reqs.iter().any(|r| r.host.as_deref() == Some(name) && r.status == Some(200)), "{name}: {reqs:?}");
     }
@@ -433,7 +437,7 @@ async fn a_brokered_header_reaches_the_server_and_never_the_sandbox() {
     let (code, out, err) =
         w.sh(NS, &a, "curl -sS -f --max-time 10 -o /dev/null -w '%{http_code}' https://broker.test/hello").await;
     assert_eq!((code, out.trim()), (0, "200"), "{err}");
-    let reqs = w.internet.requests();
+    let reqs = w.internet.wait_requests(|rs| rs.iter().any(|r| r.path == "/hello"));
     let r = reqs.iter().find(|r| r.path == "/hello").expect("the request reached the server");
     assert!(
         r.headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("authorization") && *v == format!("Bearer {value}")),

@@ -610,8 +610,7 @@ async fn a_gvisor_sandbox_reaches_an_allowed_name_through_its_gateway_and_not_a_
     let denied = internet.addr("denied.test").to_string();
     let (_, out, _) = sh(&c, "gv", &a, "getent ahostsv4 denied.test; curl -sS --max-time 10 http://denied.test/").await;
     assert!(!out.contains(&denied), "the sandbox resolved denied.test: {out}");
-    let reqs = internet.requests();
-    assert!(reqs.iter().any(|r| r.host.as_deref() == Some("allowed.test")), "{reqs:?}");
+    let reqs = internet.wait_requests(|rs| rs.iter().any(|r| r.host.as_deref() == Some("allowed.test")));
     assert!(!reqs.iter().any(|r| r.host.as_deref() == Some("denied.test")), "denied.test was reached: {reqs:?}");
     c.delete_sandbox("gv", &a).await.unwrap();
     let left = host_leftovers(&host.purge.last().unwrap().1, "gv", &a);

@@ -43,7 +43,7 @@ fn the_test_internet_answers_through_its_veth_and_leaves_nothing() {
     // HTTP, by name, seen by the server with its Host and the name's address.
     let body = ok(internet.command("curl").args(["-sSf", "http://allowed.test/simple/"]).output().unwrap());
     assert!(body.contains(PACKAGE), "{body}");
-    let r = internet.requests();
+    let r = internet.wait_requests(|rs| rs.iter().any(|r| r.server == "http"));
     let r = r.iter().find(|r| r.server == "http").expect("the HTTP request is recorded");
     assert_eq!(
         (r.host.as_deref(), r.local, r.path.as_str(), r.status),
@@ -134,10 +134,11 @@ fn the_test_internet_answers_through_its_veth_and_leaves_nothing() {
         .output()
         .unwrap());
     assert_eq!(value.trim(), WHEEL_VALUE);
-    assert!(internet
-        .requests()
-        .iter()
-        .any(|r| r.host.as_deref() == Some("pypi.test") && r.path.starts_with("/packages/") && r.status == Some(200)));
+    internet.wait_requests(|rs| {
+        rs.iter().any(|r| {
+            r.host.as_deref() == Some("pypi.test") && r.path.starts_with("/packages/") && r.status == Some(200)
+        })
+    });
 
     // git clone over https (dumb HTTP).
     let clone = tmp.path().join("clone");

@@ -542,6 +542,14 @@ with open(os.path.join(root, "simple", "{PACKAGE}", "index.html"), "w") as f:
         self.log.lines.lock().unwrap().iter().filter_map(request).collect()
     }
 
+    /// The requests recorded, once `done` holds for them (a server's record of a request can
+    /// reach this log a moment after the client saw its answer); panics after 60 s.
+    pub fn wait_requests(&self, done: impl Fn(&[Request]) -> bool) -> Vec<Request> {
+        let lines =
+            self.wait_log(Duration::from_secs(60), |lines| done(&lines.iter().filter_map(request).collect::<Vec<_>>()));
+        lines.iter().filter_map(request).collect()
+    }
+
     /// The connections that ended, once `done` holds for them (servers record a connection
     /// when it ends, a moment after the client saw its answer); panics after 60 s.
     pub fn wait_connections(&self, done: impl Fn(&[Connection]) -> bool) -> Vec<Connection> {
