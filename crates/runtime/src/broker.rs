@@ -64,6 +64,7 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
 ];
 
@@ -360,8 +361,10 @@ impl Relay {
     }
 }
 
-/// Removes hop-by-hop headers, and those that `Connection` names.
-fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+/// Removes from `headers` what belongs to one connection: the hop-by-hop headers of RFC 9110,
+/// section 7.6.1 (and `proxy-connection`), and every header that `Connection` names. The
+/// broker's and the replicas' forwarding both pass requests on through it.
+pub fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(hyper::header::CONNECTION)
         .iter()

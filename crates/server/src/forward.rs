@@ -19,8 +19,11 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderName, HeaderValue, StatusCode, Uri};
+// Headers of one connection are not passed on; an upgrade's `Connection` and `Upgrade` are put
+// back by `forward`.
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bulkhead_runtime::broker::strip_hop_by_hop;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -234,38 +237,6 @@ pub async fn middleware(State(state): State<AppState>, mut req: Request, next: N
             }
             .into_response()
         }
-    }
-}
-
-/// Headers that belong to one connection (RFC 9110, section 7.6.1), not passed on; an
-/// upgrade's `Connection` and `Upgrade` are put back by [`forward`].
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-/// Removes from `headers` what belongs to one connection: the [`HOP_BY_HOP`] headers, and every
-/// header that `Connection` names (RFC 9110, section 7.6.1: a sender lists there the headers
-/// meant for the next hop only).
-fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
     }
 }
 
