@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::service::records::{
-    files, ExecEvent as RtEvent, ExecSpec, ExecStream, Exit, RunFile, SandboxRow, SandboxStatus,
-};
+use crate::service::records::{files, ExecEvent as RtEvent, ExecSpec, Exit, RunFile, SandboxRow, SandboxStatus};
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -837,7 +835,7 @@ fn ndjson_line(event: &ExecEvent) -> Bytes {
 /// The state of a streamed exec's answer: its output, what is held back of each stream until a
 /// character is complete, and the lines ready to send.
 struct Streamed {
-    stream: ExecStream,
+    stream: sandboxes::Exec,
     /// The stream's place and the command's, freed when the body is dropped.
     _guard: (StreamGuard, crate::ratelimit::Slot),
     encoding: Encoding,
@@ -865,7 +863,7 @@ fn stream_response(
     ctx: Ctx,
     ns: String,
     id: String,
-    stream: ExecStream,
+    stream: sandboxes::Exec,
     guard: (StreamGuard, crate::ratelimit::Slot),
     encoding: Encoding,
 ) -> Response {

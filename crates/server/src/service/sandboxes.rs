@@ -339,17 +339,44 @@ pub async fn list(
 }
 
 /// Runs a command in a running sandbox and counts it in the namespace's ledger; the stream
-/// yields its output, then its exit.
+/// yields its output, then its exit. The count is written while the command runs.
 pub async fn exec(
     state: &AppState,
     namespace: &str,
     id: &str,
     spec: bulkhead_runtime::ExecSpec,
     stdin: Vec<u8>,
-) -> ServiceResult<bulkhead_runtime::ExecStream> {
+) -> ServiceResult<Exec> {
     let stream = state.runtime.exec(id, spec, stdin).await?;
-    super::metering::count_exec(state, namespace).await;
-    Ok(stream)
+    let (state, namespace) = (state.clone(), namespace.to_owned());
+    let counted = tokio::spawn(async move { super::metering::count_exec(&state, &namespace).await });
+    Ok(Exec { stream, counted: Some(counted) })
+}
+
+/// A started command's events ([`bulkhead_runtime::ExecStream`]: output, then its exit or an
+/// error) beside the write of its count in the namespace's ledger, which runs while the command
+/// does. The last event is yielded only once the count is written, so no answer shows a
+/// command's end before the ledger holds it. Dropping it cancels the command; the count is
+/// still written.
+pub struct Exec {
+    stream: bulkhead_runtime::ExecStream,
+    counted: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Exec {
+    /// The next event; `None` after the last.
+    pub async fn next(&mut self) -> Option<bulkhead_runtime::Result<bulkhead_runtime::ExecEvent>> {
+        let event = self.stream.next().await;
+        let output =
+            matches!(event, Some(Ok(bulkhead_runtime::ExecEvent::Stdout(_) | bulkhead_runtime::ExecEvent::Stderr(_))));
+        if !output {
+            if let Some(counted) = self.counted.take() {
+                // The count's task logs its own failure; a panic in it is not the command's.
+                let _ = counted.await;
+            }
+        }
+        event
+    }
 }
 
 /// Starts reading a file inside a running sandbox as `user` (its root when `None`), bounded by

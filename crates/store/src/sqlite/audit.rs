@@ -31,11 +31,12 @@ async fn read_checkpoint(conn: &mut SqliteConnection, chain: &str) -> Result<Opt
 #[async_trait]
 impl AuditStore for SqliteStore {
     async fn append_audit(&self, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
-        // The store's write lock, then a write transaction on a pooled connection that commits
-        // without waiting for its fsync (`synchronous=NORMAL`, for this transaction only).
+        // The store's write lock, then a write transaction on the connection that commits
+        // without waiting for its fsync (`synchronous=NORMAL`).
         let lock = self.write_lock.lock().await;
         let mut conn = self.relaxed().await?;
         let record = self.append_on(&mut conn, chain, event).await?;
+        conn.finished();
         let n = self.wal_sync.committed();
         drop(lock);
         // Appends that commit while this fsync runs share the next one.

@@ -1,5 +1,6 @@
-//! When an audit append (or a usage counter's bump) is on disk. Appends commit on a pooled
-//! connection switched to `synchronous=NORMAL` for the append (and back to `FULL` when the pool gets it back): the commit is written into the WAL file (so it survives a crash of
+//! When an audit append (or a usage counter's bump) is on disk. Appends commit on the store's
+//! one connection with `synchronous=NORMAL` (`SqliteStore::relaxed`; every pooled connection
+//! stays `FULL`): the commit is written into the WAL file (so it survives a crash of
 //! the server process) without waiting for an fsync. Making it survive a power loss is this
 //! module's: one `fdatasync` of the WAL file covers every commit written before it, so appends
 //! that commit while an fsync runs share the next one (group commit).
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::ConnectOptions;
 use tokio::sync::Mutex;
 
 use crate::{Result, StoreError};
@@ -42,6 +44,7 @@ impl super::SqliteStore {
         let lock = self.write_lock.lock().await;
         let mut conn = self.relaxed().await?;
         q.execute(&mut *conn).await?;
+        conn.finished();
         let n = self.wal_sync.committed();
         drop(lock);
         if self.audit_sync == AuditSync::Each {
@@ -49,16 +52,55 @@ impl super::SqliteStore {
         }
         Ok(())
     }
+
+    /// The store's one connection whose commits reach the WAL file without waiting for an
+    /// fsync (`synchronous=NORMAL`; [`WalSync`] makes them durable); the caller holds the write
+    /// lock. Unless [`Relaxed::finished`] is called, the connection is closed when the guard
+    /// goes (which rolls back whatever it left open, a cancelled request's transaction too) and
+    /// the next call opens another. One connection of its own, not a pooled one switched to
+    /// `NORMAL` and back: no statement but the caller's runs on the request's path.
+    pub(crate) async fn relaxed(&self) -> Result<Relaxed<'_>> {
+        let mut conn = self.relaxed.lock().await;
+        if conn.is_none() {
+            *conn = Some(self.relaxed_options.connect().await?);
+        }
+        Ok(Relaxed { conn, finished: false })
+    }
 }
 
-impl super::SqliteStore {
-    /// A pooled connection whose commits reach the WAL file without waiting for an fsync
-    /// (`synchronous=NORMAL`; [`WalSync`] makes them durable). The pool puts it back to
-    /// `synchronous=FULL` when it is given back, whatever happened on it (or closes it).
-    pub(crate) async fn relaxed(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-        Ok(conn)
+/// [`SqliteStore::relaxed`](super::SqliteStore::relaxed)'s connection, held.
+pub(crate) struct Relaxed<'a> {
+    conn: tokio::sync::MutexGuard<'a, Option<sqlx::SqliteConnection>>,
+    finished: bool,
+}
+
+impl Relaxed<'_> {
+    /// The caller's work on it ended whole (committed, or nothing open): it may be used again.
+    pub(crate) fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl std::ops::Deref for Relaxed<'_> {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &Self::Target {
+        // Set by `relaxed` before a guard exists, and taken only by the guard's drop.
+        self.conn.as_ref().expect("a held relaxed connection is open")
+    }
+}
+
+impl std::ops::DerefMut for Relaxed<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.conn.as_mut().expect("a held relaxed connection is open")
+    }
+}
+
+impl Drop for Relaxed<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropping a connection closes it; SQLite rolls back what it left open.
+            self.conn.take();
+        }
     }
 }
 
@@ -251,5 +293,24 @@ mod tests {
             assert_eq!(level, 2, "a pooled connection was left with relaxed durability");
             held.push(conn);
         }
+    }
+
+    /// Appends commit on the store's own `synchronous=NORMAL` (1) connection; a use of it that
+    /// did not finish closes it, and the next append opens another and goes through.
+    #[tokio::test]
+    async fn appends_use_a_relaxed_connection_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite")).await.unwrap();
+        s.append_audit("acme", event(1)).await.unwrap();
+        {
+            let mut conn = s.relaxed().await.unwrap();
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(&mut *conn).await.unwrap();
+            assert_eq!(level, 1);
+            // Left inside a transaction, as a cancelled append would leave it.
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.unwrap();
+        }
+        assert!(s.relaxed.lock().await.is_none(), "an unfinished use kept its connection");
+        s.append_audit("acme", event(2)).await.unwrap();
+        assert_eq!(s.audit_head("acme").await.unwrap().map(|(seq, _)| seq), Some(2));
     }
 }

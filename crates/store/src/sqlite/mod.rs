@@ -79,6 +79,12 @@ pub struct SqliteStore {
     /// fsynced ([`audit_sync`]).
     audit_sync: AuditSync,
     wal_sync: std::sync::Arc<audit_sync::WalSync>,
+    /// The one connection with `synchronous=NORMAL`, used under the write lock by audit
+    /// appends and the ledger's counters only (`SqliteStore::relaxed`); opened on first use,
+    /// and again after a use that did not finish.
+    relaxed: Mutex<Option<SqliteConnection>>,
+    /// How `relaxed` is opened.
+    relaxed_options: SqliteConnectOptions,
     /// The node this process is ([`SqliteStore::with_node`]): its idempotency claims are marked
     /// with it.
     node: String,
@@ -121,7 +127,7 @@ impl SqliteStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .after_release(|conn, _| Box::pin(async move { Ok(back_to_full(conn).await) }))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let checkpoints = pool.clone();
         tokio::spawn(async move {
@@ -143,6 +149,8 @@ impl SqliteStore {
             audit_retention: DEFAULT_AUDIT_RETENTION,
             audit_sync: AuditSync::Each,
             wal_sync,
+            relaxed: Mutex::new(None),
+            relaxed_options: options.synchronous(SqliteSynchronous::Normal),
             node: String::new(),
         };
         Ok(store.with_audit_sync(DEFAULT_AUDIT_SYNC))
@@ -157,13 +165,15 @@ impl SqliteStore {
             .read_only(true)
             .create_if_missing(false)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         Ok(Self {
             pool,
             write_lock: Mutex::new(()),
             audit_retention: DEFAULT_AUDIT_RETENTION,
             audit_sync: AuditSync::Each,
             wal_sync: audit_sync::WalSync::new(path),
+            relaxed: Mutex::new(None),
+            relaxed_options: options,
             node: String::new(),
         })
     }
@@ -239,10 +249,9 @@ impl SqliteStore {
     }
 }
 
-/// Whether a connection given back to the pool may be handed out again: only when it is back to
-/// `synchronous=FULL` (an audit append's connection was switched to `NORMAL`) and outside any
-/// transaction. SQLite refuses to change the safety level inside a transaction, so one statement
-/// checks both. A connection still in a transaction is closed, which rolls the transaction back
+/// Whether a connection given back to the pool may be handed out again: only when it is at
+/// `synchronous=FULL` and outside any transaction. SQLite refuses to change the safety level
+/// inside a transaction, so one statement checks both. A connection still in a transaction is closed, which rolls the transaction back
 /// and lets SQLite's write lock go: sqlx's `begin_with` can be cancelled (a client gone
 /// mid-request drops the future) after its `BEGIN IMMEDIATE` ran and before a `Transaction`
 /// exists to roll it back, and such a connection, reused, held the write lock behind the
