@@ -163,7 +163,8 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
             "echo \"$GREETING $API_TOKEN\"; cat /run/secrets/tok; echo; head -c 4 /run/bulkhead/token; echo; \
              grep MemTotal /proc/meminfo; df -B1 --output=size / | tail -1; \
              echo written-in-the-pool-sandbox > /workspace/note.txt && cat /workspace/note.txt; \
-             df -B1 --output=size /tmp | tail -1; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max",
+             df -B1 --output=size /tmp | tail -1; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max; \
+             awk '$5 == \"/tmp\" {print $6}' /proc/self/mountinfo",
         )
         .await;
     assert_eq!(code, 0, "{out} {err}");
@@ -182,6 +183,9 @@ async fn a_create_claims_a_started_sandbox_and_everything_of_the_claimant_is_bou
     let tmp: u64 = lines[6].trim().parse().unwrap();
     assert_eq!(tmp, 320 << 20, "{out}");
     assert_eq!(lines[7], "64", "the process limit: {out}");
+    // The resize kept /tmp's per-mount flags.
+    let flags: Vec<&str> = lines[8].split(',').collect();
+    assert!(["nosuid", "nodev"].iter().all(|f| flags.contains(f)), "/tmp's mount flags: {out}");
     // The workspace is the filesystem itself: the write is there from the API.
     let r = h
         .call(

@@ -1514,9 +1514,8 @@ impl Runtime for OciRuntime {
         let init = init_pid(&bundle).ok_or_else(|| RuntimeError::NotRunning(spec.id.clone()))?;
         let tmp_bytes = spec.tmp_bytes;
         if pool.tmp_bytes != tmp_bytes {
-            tokio::task::spawn_blocking(move || crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes))
-                .await
-                .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+            // A few system calls (`fspick`, `fsconfig`), not worth a blocking thread's hand-off.
+            crate::rootfs::resize_tmpfs_in(init, "/tmp", tmp_bytes)?;
         }
         lap("tmp", &mut phases);
         let own = self.sandbox_view(&spec.id);

@@ -326,11 +326,74 @@ pub fn mount_readonly_view(source: &Path, target: &Path, scratch: &Path) -> Resu
 }
 
 /// Sets the size of the tmpfs at `path` inside the mount namespace of process `pid` (a running
-/// sandbox's init): a claim gives its claimant's `/tmp` size. From a thread of its own that
-/// joins that mount namespace (`unshare(CLONE_FS)`, then `setns`), so the rest of the process
-/// stays where it is; the mount keeps `nosuid` and `nodev`. Fails (`EINVAL`) below what the
-/// tmpfs already holds.
+/// sandbox's init): a claim gives its claimant's `/tmp` size. The superblock is reconfigured
+/// through the new mount API (`fspick` of `/proc/<pid>/root<path>`, then `fsconfig`: see
+/// `fspick(2)`), which needs no move into the sandbox's mount namespace; the final component is
+/// not followed if it is a symlink, and it must be a mount's root. On a kernel without that API
+/// (before 5.2), from a thread of its own that joins the mount namespace (`unshare(CLONE_FS)`,
+/// then `setns`) and remounts. Either way the mount keeps `nosuid` and `nodev` (the per-mount
+/// flags are not touched). Fails (`EINVAL`) below what the tmpfs already holds.
 pub fn resize_tmpfs_in(pid: i32, path: &str, bytes: u64) -> Result<()> {
+    match reconfigure_tmpfs_size(&format!("/proc/{pid}/root{path}"), bytes) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => resize_tmpfs_from_inside(pid, path, bytes),
+        r => r.map_err(RuntimeError::io(format!("set the size of the sandbox's {path}"))),
+    }
+}
+
+/// `fspick(2)` flags and `fsconfig(2)` commands (`<linux/mount.h>`).
+const FSPICK_CLOEXEC: libc::c_uint = 0x1;
+const FSPICK_SYMLINK_NOFOLLOW: libc::c_uint = 0x2;
+const FSPICK_NO_AUTOMOUNT: libc::c_uint = 0x4;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_RECONFIGURE: libc::c_uint = 7;
+
+/// Sets `size=` on the tmpfs whose root is at `path` (a host path), by reconfiguring its
+/// superblock.
+fn reconfigure_tmpfs_size(path: &str, bytes: u64) -> std::io::Result<()> {
+    let path = CString::new(path).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let size = CString::new(bytes.max(4096).to_string()).unwrap_or_default();
+    // SAFETY: a NUL-terminated path; the call returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_fspick,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            FSPICK_CLOEXEC | FSPICK_SYMLINK_NOFOLLOW | FSPICK_NO_AUTOMOUNT,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let Ok(fd) = i32::try_from(fd) else { return Err(std::io::Error::from_raw_os_error(libc::EBADF)) };
+    // SAFETY: `fd` was just returned by fspick and is owned here alone.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: a valid fs context descriptor, NUL-terminated key and value.
+    let set = unsafe {
+        libc::syscall(libc::SYS_fsconfig, fd.as_raw_fd(), FSCONFIG_SET_STRING, c"size".as_ptr(), size.as_ptr(), 0)
+    };
+    if set < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a valid fs context descriptor; this command takes no key or value.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fd.as_raw_fd(),
+            FSCONFIG_CMD_RECONFIGURE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if done < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`resize_tmpfs_in`] where the kernel has no `fspick`: a remount from inside the mount
+/// namespace.
+fn resize_tmpfs_from_inside(pid: i32, path: &str, bytes: u64) -> Result<()> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/mnt"))
         .map_err(RuntimeError::io("open the sandbox's mount namespace"))?;
     let path = PathBuf::from(path);

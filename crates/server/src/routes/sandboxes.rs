@@ -728,6 +728,7 @@ pub async fn exec(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
+    let begun = std::time::Instant::now();
     ctx.authorize(Action::SandboxExec, &Target::sandbox(&ns, &id))?;
     let body = exec_body(body).await?;
     let req: ExecRequest = json(&headers, &body)?;
@@ -753,7 +754,9 @@ pub async fn exec(
     if let Some(u) = &user {
         ctx.audit_detail("user", u.clone());
     }
+    let checked = begun.elapsed();
     let row = load_running(&ctx, &ns, &id).await?;
+    let loaded = begun.elapsed();
     let (user, cwd) = command_defaults(&row, user, cwd);
     let streaming = wants(&headers, NDJSON);
     let limits = &ctx.state.config.sandbox_limits;
@@ -774,6 +777,7 @@ pub async fn exec(
         if streaming { Some(ctx.state.streams.acquire(&ctx.principal, &ns, Direction::Download)?) } else { None };
     let started = std::time::Instant::now();
     let mut stream = sandboxes::exec(&ctx.state, &ns, &id, spec, stdin).await?;
+    let running = begun.elapsed();
     if let Some(guard) = guard {
         ctx.audit_detail("stream", true);
         return Ok(stream_response(ctx, ns, id, stream, (guard, slot), encoding));
@@ -789,6 +793,15 @@ pub async fn exec(
         }
     };
     ctx.audit_detail("exit_code", exit_code(&exit));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    tracing::debug!(
+        checked_ms = ms(checked),
+        loaded_ms = ms(loaded),
+        running_ms = ms(running),
+        exited_ms = ms(begun.elapsed()),
+        command_ms = exit.duration_ms,
+        "exec timing (ms since the handler began, cumulative)"
+    );
     if let Some(tenant) = &ctx.tenant {
         ctx.state.metrics.exec(tenant, started.elapsed().as_secs_f64());
     }
