@@ -1481,29 +1481,24 @@ impl Runtime for OciRuntime {
         let lap = |name: &'static str, phases: &mut Vec<(&str, f64)>| {
             phases.push((name, t.elapsed().as_secs_f64() * 1000.0));
         };
-        let cgroups = self.cgroups.clone();
-        let (ns, id, cpu, memory, pids) =
-            (spec.namespace.clone(), spec.id.clone(), spec.cpu_millis, spec.memory_bytes, spec.pids);
-        tokio::task::spawn_blocking(move || {
-            cgroups.set_sandbox_limits(&ns, &id, cpu, memory, pids)?;
-            // Its threads started at POOL_NICE (`start`, where this process may set them back):
-            // the claimant's run at the default.
-            let threads = if can_renice() { cgroups.sandbox_threads(&ns, &id) } else { Vec::new() };
-            for tid in threads {
-                let Ok(tid) = libc::id_t::try_from(tid) else { continue };
-                // SAFETY: plain integers; on Linux a thread id names that thread alone. A
-                // thread that ended meanwhile (ESRCH) has nothing left to set.
-                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 0) } < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.raw_os_error() != Some(libc::ESRCH) {
-                        return Err(RuntimeError::io("set a claimed sandbox's nice value")(e));
-                    }
+        // The claimant's limits and the kernel's default CPU weight, then its threads' nice
+        // values (they started at POOL_NICE, where this process may set them back): the rest
+        // of the binding, the supervisor's part included, runs at the claimant's priority, and
+        // a thread the supervisor starts afterwards inherits nice 0. A few writes to cgroup
+        // files, not worth a blocking thread's hand-off.
+        self.cgroups.set_sandbox_limits(&spec.namespace, &spec.id, spec.cpu_millis, spec.memory_bytes, spec.pids)?;
+        let threads = if can_renice() { self.cgroups.sandbox_threads(&spec.namespace, &spec.id) } else { Vec::new() };
+        for tid in threads {
+            let Ok(tid) = libc::id_t::try_from(tid) else { continue };
+            // SAFETY: plain integers; on Linux a thread id names that thread alone. A thread
+            // that ended meanwhile (ESRCH) has nothing left to set.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, 0) } < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(RuntimeError::io("set a claimed sandbox's nice value")(e));
                 }
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| RuntimeError::Protocol(e.to_string()))??;
+        }
         lap("limits", &mut phases);
         if let crate::RootSpec::Image(root) = &spec.root {
             if pool.writable_bytes != Some(root.writable_bytes) {
