@@ -1,8 +1,9 @@
 //! Queries of the audit chains: an append seals the record against the chain head, moves the
 //! head and prunes past the retention behind a checkpoint, all in one transaction; a
 //! verification reads checkpoint, records and head from one snapshot. Appends commit on the
-//! pooled connection with `synchronous=NORMAL` and are fsynced as `audit_sync` says; every read first waits until each
-//! append before it is durable, so no record anyone saw can be lost to a power loss.
+//! store's own `synchronous=NORMAL` connection and are fsynced as `audit_sync` says; every read
+//! first waits until each append before it is durable, so no record anyone saw can be lost to a
+//! power loss.
 
 use async_trait::async_trait;
 use bulkhead_core::audit::{self, AuditEvent, AuditRecord, Checkpoint, Verification};
@@ -21,6 +22,27 @@ async fn read_head(conn: &mut SqliteConnection, chain: &str) -> Result<Option<(u
         Some(row) => Ok(Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?))),
         None => Ok(None),
     }
+}
+
+/// What an append needs of its chain, in one statement: the head ([`read_head`]) and the
+/// sequence number pruned through (the checkpoint's, 0 while nothing was pruned).
+async fn read_head_and_pruned(conn: &mut SqliteConnection, chain: &str) -> Result<(Option<(u64, String)>, u64)> {
+    let row = sqlx::query(
+        "SELECT h.last_seq, h.last_hash, (SELECT seq FROM audit_checkpoints WHERE chain = ?1) AS pruned \
+         FROM (SELECT 1) LEFT JOIN audit_heads h ON h.chain = ?1",
+    )
+    .bind(chain)
+    .fetch_one(&mut *conn)
+    .await?;
+    let head = match row.try_get::<Option<i64>, _>("last_seq")? {
+        Some(_) => Some((as_u64(&row, "last_seq")?, row.try_get("last_hash")?)),
+        None => None,
+    };
+    let pruned = match row.try_get::<Option<i64>, _>("pruned")? {
+        Some(_) => as_u64(&row, "pruned")?,
+        None => 0,
+    };
+    Ok((head, pruned))
 }
 
 /// The chain's checkpoint as stored; `None` while nothing was pruned.
@@ -113,7 +135,7 @@ impl SqliteStore {
     /// the head, prune behind the checkpoint.
     async fn append_on(&self, conn: &mut SqliteConnection, chain: &str, event: AuditEvent) -> Result<AuditRecord> {
         let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let head = read_head(&mut tx, chain).await?;
+        let (head, pruned_through) = read_head_and_pruned(&mut tx, chain).await?;
         let record = audit::seal(chain, head.as_ref().map(|(s, h)| (*s, h.as_str())), event);
         insert_row(&mut *tx, &record, Constraints::default()).await?;
         sqlx::query(
@@ -128,7 +150,6 @@ impl SqliteStore {
         // Retention: keep the newest `audit_retention` records; the checkpoint moves to the last
         // record pruned, whose hash the first record kept links to. Sequence numbers are
         // contiguous, so what is kept is `seq - checkpoint`.
-        let pruned_through = read_checkpoint(&mut tx, chain).await?.map_or(0, |c| c.seq);
         let keep_from = record.seq.saturating_sub(self.audit_retention);
         if keep_from > pruned_through {
             let last: String = sqlx::query("SELECT hash FROM audit_records WHERE chain = ? AND seq = ?")
