@@ -5,8 +5,12 @@
 //!
 //! - `GET /console/oidc/start?namespace=NS` (no token): when NS has identity settings with a
 //!   `client_id`, a fresh [`Pending`] (code verifier, `state`, `nonce`) is kept for
-//!   [`SIGN_IN_TTL`] in a map of at most [`MAX_SIGN_INS`] entries, and the answer is `302` to the
-//!   provider's `authorization_endpoint`. A namespace without console sign-in and one that does
+//!   [`SIGN_IN_TTL`] in a map of at most [`MAX_SIGN_INS`] entries, at most
+//!   [`MAX_SIGN_INS_PER_NAMESPACE`] of one namespace, and the answer is `302` to the provider's
+//!   `authorization_endpoint`. The route needs no token, so anyone may flood it: a namespace at
+//!   its share is refused (`busy`) before its provider is asked, and a full map makes room by
+//!   dropping the oldest sign-in of the namespace that holds the most, so a flood aimed at one
+//!   namespace never pushes out another's sign-ins. A namespace without console sign-in and one that does
 //!   not exist get the same answer, `302` to the console's sign-in page with a message, so the
 //!   route tells nobody which namespaces exist.
 //! - `GET /console/oidc/callback?code&state`: the `state` is looked up and removed (single use),
@@ -37,8 +41,11 @@ use crate::state::AppState;
 
 /// How long a started sign-in waits for the browser to come back.
 pub const SIGN_IN_TTL: Duration = Duration::from_secs(300);
-/// Sign-ins waiting at once, over all namespaces; one more is refused until some finish or expire.
+/// Sign-ins waiting at once, over all namespaces; when full, one more makes room
+/// ([`SignIns::insert`]).
 pub const MAX_SIGN_INS: usize = 10_000;
+/// Sign-ins of one namespace waiting at once; one more is refused until some finish or expire.
+pub const MAX_SIGN_INS_PER_NAMESPACE: usize = 1_000;
 
 /// One started sign-in, kept until its `state` comes back or it expires.
 struct SignIn {
@@ -52,41 +59,110 @@ struct SignIn {
 /// The sign-ins waiting for their browser, by `state`.
 #[derive(Default)]
 pub struct SignIns {
-    waiting: Mutex<HashMap<String, SignIn>>,
+    waiting: Mutex<Waiting>,
+}
+
+/// The map and how many of it each namespace holds.
+#[derive(Default)]
+struct Waiting {
+    by_state: HashMap<String, SignIn>,
+    per_namespace: HashMap<String, usize>,
+}
+
+impl Waiting {
+    fn count(&self, namespace: &str) -> usize {
+        self.per_namespace.get(namespace).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, s: SignIn) {
+        *self.per_namespace.entry(s.namespace.clone()).or_default() += 1;
+        if let Some(old) = self.by_state.insert(s.pending.state.clone(), s) {
+            self.forget(&old.namespace);
+        }
+    }
+
+    fn remove(&mut self, state: &str) -> Option<SignIn> {
+        let s = self.by_state.remove(state)?;
+        self.forget(&s.namespace);
+        Some(s)
+    }
+
+    fn forget(&mut self, namespace: &str) {
+        if let Some(n) = self.per_namespace.get_mut(namespace) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_namespace.remove(namespace);
+            }
+        }
+    }
+
+    /// Drops the expired sign-ins.
+    fn drop_expired(&mut self) {
+        let expired: Vec<String> =
+            self.by_state.iter().filter(|(_, s)| s.at.elapsed() >= SIGN_IN_TTL).map(|(k, _)| k.clone()).collect();
+        for state in expired {
+            self.remove(&state);
+        }
+    }
+
+    /// Drops the oldest sign-in of the namespace that holds the most.
+    fn drop_one_of_the_largest(&mut self) {
+        let Some(largest) = self.per_namespace.iter().max_by_key(|(_, n)| **n).map(|(ns, _)| ns.clone()) else {
+            return;
+        };
+        let oldest = self
+            .by_state
+            .iter()
+            .filter(|(_, s)| s.namespace == largest)
+            .min_by_key(|(_, s)| s.at)
+            .map(|(state, _)| state.clone());
+        if let Some(state) = oldest {
+            self.remove(&state);
+        }
+    }
 }
 
 impl SignIns {
-    /// Keeps `s` (dropping the expired first); false when [`MAX_SIGN_INS`] are waiting.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `s` (dropping the expired first); false when its namespace has
+    /// [`MAX_SIGN_INS_PER_NAMESPACE`] waiting. With [`MAX_SIGN_INS`] waiting, the oldest
+    /// sign-in of the namespace that holds the most goes to make room.
     fn insert(&self, s: SignIn) -> bool {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if waiting.len() >= MAX_SIGN_INS {
-            waiting.retain(|_, s| s.at.elapsed() < SIGN_IN_TTL);
-            if waiting.len() >= MAX_SIGN_INS {
-                return false;
-            }
+        let mut waiting = self.lock();
+        if waiting.by_state.len() >= MAX_SIGN_INS || waiting.count(&s.namespace) >= MAX_SIGN_INS_PER_NAMESPACE {
+            waiting.drop_expired();
         }
-        waiting.insert(s.pending.state.clone(), s);
+        if waiting.count(&s.namespace) >= MAX_SIGN_INS_PER_NAMESPACE {
+            return false;
+        }
+        while waiting.by_state.len() >= MAX_SIGN_INS {
+            waiting.drop_one_of_the_largest();
+        }
+        waiting.add(s);
         true
     }
 
-    /// Whether [`MAX_SIGN_INS`] are waiting, the expired ones dropped first.
-    fn full(&self) -> bool {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        if waiting.len() >= MAX_SIGN_INS {
-            waiting.retain(|_, s| s.at.elapsed() < SIGN_IN_TTL);
+    /// Whether `namespace` has [`MAX_SIGN_INS_PER_NAMESPACE`] waiting, the expired ones
+    /// dropped first.
+    fn refuses(&self, namespace: &str) -> bool {
+        let mut waiting = self.lock();
+        if waiting.count(namespace) >= MAX_SIGN_INS_PER_NAMESPACE {
+            waiting.drop_expired();
         }
-        waiting.len() >= MAX_SIGN_INS
+        waiting.count(namespace) >= MAX_SIGN_INS_PER_NAMESPACE
     }
 
     /// Takes the sign-in of `state` out: it can be used once, and not after [`SIGN_IN_TTL`].
     fn take(&self, state: &str) -> Option<SignIn> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        waiting.remove(state).filter(|s| s.at.elapsed() < SIGN_IN_TTL)
+        self.lock().remove(state).filter(|s| s.at.elapsed() < SIGN_IN_TTL)
     }
 
     /// Sign-ins waiting now (expired ones included until they are dropped).
     pub fn len(&self) -> usize {
-        self.waiting.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().by_state.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -191,7 +267,7 @@ async fn start(State(state): State<AppState>, Query(q): Query<HashMap<String, St
         return fail(Failure::Unavailable);
     };
     // Refused before the provider is asked, so a flood of starts asks it nothing.
-    if state.identity.sign_ins.full() {
+    if state.identity.sign_ins.refuses(namespace) {
         return fail(Failure::Busy);
     }
     let pending = match Pending::new() {
@@ -271,10 +347,14 @@ mod tests {
     use super::*;
 
     fn sign_in(state: &str) -> SignIn {
+        sign_in_of("acme", state)
+    }
+
+    fn sign_in_of(namespace: &str, state: &str) -> SignIn {
         let mut pending = Pending::new().unwrap();
         pending.state = state.to_owned();
         SignIn {
-            namespace: "acme".into(),
+            namespace: namespace.into(),
             client_id: "console".into(),
             redirect_uri: "http://127.0.0.1:7070/console/oidc/callback".into(),
             pending,
@@ -293,7 +373,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sign_in_expires_and_the_map_is_bounded() {
+    fn a_sign_in_expires_and_a_namespace_has_a_bounded_share() {
         // Started as long ago as a sign-in may wait: no clock needs to move.
         let aged = |state: &str| {
             let mut s = sign_in(state);
@@ -303,19 +383,53 @@ mod tests {
         let waiting = SignIns::default();
         assert!(waiting.insert(aged("old")));
         assert!(waiting.take("old").is_none(), "expired");
-        for i in 0..MAX_SIGN_INS {
+        for i in 0..MAX_SIGN_INS_PER_NAMESPACE {
             assert!(waiting.insert(aged(&format!("s{i}"))));
         }
-        // Full of expired ones: they are dropped to make room.
-        assert!(!waiting.full());
+        // Its share full of expired ones: they are dropped to make room.
+        assert!(!waiting.refuses("acme"));
         assert!(waiting.is_empty());
-        for i in 0..MAX_SIGN_INS {
+        for i in 0..MAX_SIGN_INS_PER_NAMESPACE {
             assert!(waiting.insert(sign_in(&format!("s{i}"))));
         }
-        assert!(waiting.full());
+        assert!(waiting.refuses("acme"));
         assert!(!waiting.insert(sign_in("one-more")));
         assert!(waiting.take("one-more").is_none());
+        assert_eq!(waiting.len(), MAX_SIGN_INS_PER_NAMESPACE);
+        // Another namespace is not refused.
+        assert!(!waiting.refuses("other"));
+        assert!(waiting.insert(sign_in_of("other", "o1")));
+        assert!(waiting.take("o1").is_some());
+    }
+
+    /// A flood over many namespaces fills the map; each new sign-in then pushes out the oldest
+    /// of the namespace holding the most, never a quiet namespace's.
+    #[test]
+    fn a_full_map_makes_room_from_the_namespace_that_holds_the_most() {
+        let waiting = SignIns::default();
+        assert!(waiting.insert(sign_in_of("quiet", "q1")));
+        let flooders = MAX_SIGN_INS / MAX_SIGN_INS_PER_NAMESPACE;
+        let mut n = 0;
+        'fill: for f in 0..flooders {
+            for i in 0..MAX_SIGN_INS_PER_NAMESPACE {
+                if waiting.len() == MAX_SIGN_INS {
+                    break 'fill;
+                }
+                assert!(waiting.insert(sign_in_of(&format!("flood{f}"), &format!("f{f}-{i}"))));
+                n += 1;
+            }
+        }
+        assert_eq!(waiting.len(), MAX_SIGN_INS, "{n} flood sign-ins");
+        // Full: a sign-in of yet another namespace makes room, and the quiet one's stays.
+        assert!(waiting.insert(sign_in_of("late", "l1")));
         assert_eq!(waiting.len(), MAX_SIGN_INS);
+        // The room came from a flooding namespace at its full share: the last one filled had one
+        // less from the start, and one more gave one up.
+        let counts: Vec<usize> = (0..flooders).map(|f| waiting.lock().count(&format!("flood{f}"))).collect();
+        let short = counts.iter().filter(|c| **c == MAX_SIGN_INS_PER_NAMESPACE - 1).count();
+        assert_eq!(short, 2, "{counts:?}");
+        assert!(waiting.take("q1").is_some(), "the quiet namespace's sign-in was pushed out");
+        assert!(waiting.take("l1").is_some());
     }
 
     #[test]
