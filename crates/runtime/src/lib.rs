@@ -30,6 +30,7 @@ pub mod oci;
 pub mod ownership;
 pub mod rootfs;
 pub mod seccomp;
+mod spawn;
 pub mod spec;
 pub mod storage;
 pub mod watch;

@@ -17,7 +17,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -877,15 +877,46 @@ impl OciRuntime {
         let socket = self.socket(&spec.id);
         let listener = UnixListener::bind(&socket).map_err(RuntimeError::io("bind the supervisor socket"))?;
         let cgroup_dir = self.cgroups.delegate(&spec.namespace, &spec.id, spec.ids.host_start)?;
-        let fd = listener.as_raw_fd();
-        let cgroup_fd = cgroup_dir.as_raw_fd();
         // No session keyring per sandbox: the kernel caps keys per user id (200 by default),
         // and every sandbox of a namespace has the same host id, so a keyring each would stop
         // a namespace at 200 sandboxes. The sandbox cannot use keyrings anyway (seccomp denies
         // keyctl, add_key and request_key).
         let run = ["--no-new-keyring", "--preserve-fds", "2"];
-        let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
         let background = spec.pooled && can_renice();
+        if !needs_v1_view(&spec.oci_runtime) {
+            // Spawned without a fork of the server (`spawn`): the socket at fd 3 and the
+            // cgroup directory at fd 4, where `--preserve-fds 2` hands them on to the
+            // supervisor. A warm pool's start is background work: the OCI runtime, its init
+            // and the supervisor it becomes run at POOL_NICE (inherited) until the claim sets
+            // them back (`claim`).
+            let bundle = self.bundle(&spec.id);
+            let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
+            let null = fs::File::open("/dev/null").map_err(RuntimeError::io("open /dev/null"))?;
+            let args = self.run_args(spec, &[], &run);
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+            let fds = [
+                (null.as_fd(), 0),
+                (log.as_fd(), 1),
+                (log.as_fd(), 2),
+                (listener.as_fd(), SUPERVISOR_FD),
+                (cgroup_dir.as_fd(), CGROUP_FD),
+            ];
+            let nice = background.then_some(crate::cgroup::POOL_NICE);
+            let mut child =
+                crate::spawn::spawn(spec.oci_runtime.as_ref(), &args, &fds, nice).map_err(|e| RuntimeError::Oci {
+                    runtime: spec.oci_runtime.clone(),
+                    action: "start the sandbox",
+                    detail: e.to_string(),
+                })?;
+            drop((listener, cgroup_dir, log, null));
+            let status = tokio::time::timeout(OCI_TIMEOUT, child.wait()).await;
+            return self.started(spec, status);
+        }
+        // An OCI runtime that needs the v1 view (`hide_unified_cgroup`) needs a fork: the
+        // private mount namespace is made between the fork and the exec.
+        let mut cmd = self.run_command(oci_command(&spec.oci_runtime), spec, &[], &run)?;
+        let fd = listener.as_raw_fd();
+        let cgroup_fd = cgroup_dir.as_raw_fd();
         // SAFETY: runs between fork and exec and calls only dup2, fcntl and setpriority, which
         // are async-signal-safe. It places the listening socket at
         // fd 3 and the cgroup directory at fd 4 (dup2 clears close-on-exec on the copies),
@@ -894,9 +925,6 @@ impl OciRuntime {
         // order from their own sources.
         unsafe {
             cmd.pre_exec(move || {
-                // A warm pool's start is background work: the OCI runtime, its init and the
-                // supervisor it becomes run at POOL_NICE (inherited) until the claim sets them
-                // back (`claim`).
                 if background && libc::setpriority(libc::PRIO_PROCESS, 0, crate::cgroup::POOL_NICE) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -943,9 +971,7 @@ impl OciRuntime {
         self.started(spec, status)
     }
 
-    /// `cmd` (an OCI runtime) with `--root`, the runtime's global `flags`, then `run --detach`
-    /// with `run_flags`, the pid file, the bundle and the sandbox's id; its output into the
-    /// supervisor's log.
+    /// `cmd` (an OCI runtime) with [`Self::run_args`]; its output into the supervisor's log.
     fn run_command(
         &self,
         cmd: std::process::Command,
@@ -957,21 +983,31 @@ impl OciRuntime {
         let log = open_unnamed_log(&bundle).map_err(RuntimeError::io("open the supervisor log"))?;
         let log2 = log.try_clone().map_err(RuntimeError::io("open the supervisor log"))?;
         let mut cmd = Command::from(cmd);
-        cmd.arg("--root")
-            .arg(self.oci_root())
-            .args(flags)
-            .args(["run", "--detach"])
-            .args(run_flags)
-            .arg("--pid-file")
-            .arg(bundle.join("pid"))
-            .arg("--bundle")
-            .arg(&bundle)
-            .arg(&spec.id)
+        cmd.args(self.run_args(spec, flags, run_flags))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
             .kill_on_drop(true);
         Ok(cmd)
+    }
+
+    /// An OCI runtime's arguments for a sandbox's start: `--root`, the runtime's global
+    /// `flags`, then `run --detach` with `run_flags`, the pid file, the bundle and the
+    /// sandbox's id.
+    fn run_args(&self, spec: &SandboxSpec, flags: &[&str], run_flags: &[&str]) -> Vec<std::ffi::OsString> {
+        let bundle = self.bundle(&spec.id);
+        let mut args: Vec<std::ffi::OsString> = vec!["--root".into(), self.oci_root().into()];
+        args.extend(flags.iter().map(Into::into));
+        args.extend(["run".into(), "--detach".into()]);
+        args.extend(run_flags.iter().map(Into::into));
+        args.extend([
+            "--pid-file".into(),
+            bundle.join("pid").into(),
+            "--bundle".into(),
+            bundle.into(),
+            spec.id.clone().into(),
+        ]);
+        args
     }
 
     /// What follows the OCI runtime's `run` of `spec`, which ended with `status`: its init
