@@ -67,6 +67,19 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u32).range(0..=10_000)
     )]
     control_plane_cpu_weight: u32,
+    /// Sets the host's cgroup2 mount option `favordynmods` at start (keeping the mount's other
+    /// options), so that a command joining its cgroup does not wait for an RCU grace period or
+    /// for other tenants' forks: every exec makes such a migration. The option is the kernel's,
+    /// for the whole host; `false` leaves the host's mount as it is. A host that refuses (a
+    /// server in a container) is a warning.
+    #[arg(
+        long,
+        env = "BULKHEAD_CGROUP_FAVORDYNMODS",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    cgroup_favordynmods: bool,
     /// The sandbox supervisor binary (default: bulkhead-supervisor beside this binary).
     #[arg(long, env = "BULKHEAD_SUPERVISOR")]
     supervisor: Option<PathBuf>,
@@ -312,6 +325,9 @@ pub async fn run(args: ServeArgs, global: &Global) -> anyhow::Result<ExitCode> {
             config.runtime_classes.insert(name.to_owned(), RuntimeClass { runtime: runtime.to_owned() });
         }
     }
+    if args.cgroup_favordynmods {
+        favor_dynamic_modifications();
+    }
     let started = bootstrap::start(config).await.context("cannot start")?;
     if let Some(token) = &started.new_admin_token {
         println!("admin token (shown once; also in {}): {token}", data_dir.join(ADMIN_TOKEN_FILE).display());
@@ -362,6 +378,26 @@ fn enter_control_plane(args: &ServeArgs) -> Option<bulkhead_runtime::cgroup::Con
             tracing::warn!(error = %e, "the control plane runs unweighted: its cgroup could not be made");
             None
         }
+    }
+}
+
+/// `--cgroup-favordynmods`: sets the option, or says why not.
+fn favor_dynamic_modifications() {
+    use bulkhead_runtime::dynmods::{self, Outcome};
+    match dynmods::favor_dynamic_modifications() {
+        Ok(Outcome::Set(at)) => tracing::info!(mount = %at.display(), "cgroup2 mount option favordynmods set"),
+        Ok(Outcome::AlreadySet(at)) => {
+            tracing::debug!(mount = %at.display(), "cgroup2 mount option favordynmods already set")
+        }
+        Ok(Outcome::NoCgroup2) => tracing::info!(
+            "no cgroup2 mount: a command joining its cgroup may wait for an RCU grace period \
+             (mount cgroup2 with favordynmods beside the v1 hierarchies to avoid it)"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not set the cgroup2 mount option favordynmods: a command joining its cgroup may wait \
+             for an RCU grace period and for other tenants' forks"
+        ),
     }
 }
 

@@ -182,3 +182,34 @@ fn a_range_held_by_another_server_stops_a_start() {
     let a = Server::spawn(&data_a, names_a, &own_a, &[]).unwrap();
     assert_eq!(a.json(None, &["namespace", "get", "acme"])["name"], "acme");
 }
+
+/// A server sets the kernel's cgroup2 mount option `favordynmods` at start (every exec's
+/// command joins a cgroup, and without it that migration can wait for an RCU grace period and
+/// for every fork on the host) and gives the mount's other options back: the mount is given
+/// `nsdelegate` and no `favordynmods` first, and has both once the server listens. The mount's
+/// own options are given back at the end, with `favordynmods` (as any server leaves it).
+#[test]
+fn a_server_sets_favordynmods_on_the_cgroup2_mount_and_keeps_its_other_options() {
+    use bulkhead_runtime::dynmods;
+    let mount = dynmods::cgroup2_mount().unwrap().expect("this host has a cgroup2 mount");
+    let flags = |opts: &[String]| -> Vec<String> {
+        opts.iter().filter(|o| !matches!(o.as_str(), "rw" | "ro" | "favordynmods")).cloned().collect()
+    };
+    let own = flags(&mount.super_options);
+    let mut planted = own.clone();
+    if !planted.iter().any(|f| f == "nsdelegate") {
+        planted.push("nsdelegate".into());
+    }
+    dynmods::reconfigure(&mount.path, &planted).unwrap();
+    let dir = common::tempdir();
+    let server = Server::start(&dir.path().join("data"));
+    let after = dynmods::cgroup2_mount().unwrap().unwrap().super_options;
+    drop(server);
+    let mut restored = own.clone();
+    restored.push("favordynmods".into());
+    dynmods::reconfigure(&mount.path, &restored).unwrap();
+    assert!(after.iter().any(|o| o == "favordynmods"), "{after:?}");
+    for f in &planted {
+        assert!(after.contains(f), "{f} was dropped: {after:?}");
+    }
+}

@@ -17,6 +17,7 @@ pub mod broker;
 pub mod cgroup;
 pub mod client;
 pub mod confined;
+pub mod dynmods;
 pub mod egress;
 #[cfg(feature = "fake")]
 pub mod fake;

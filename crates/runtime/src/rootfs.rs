@@ -341,7 +341,7 @@ pub fn resize_tmpfs_in(pid: i32, path: &str, bytes: u64) -> Result<()> {
 }
 
 /// `fspick(2)` flags and `fsconfig(2)` commands (`<linux/mount.h>`).
-const FSPICK_CLOEXEC: libc::c_uint = 0x1;
+pub(crate) const FSPICK_CLOEXEC: libc::c_uint = 0x1;
 const FSPICK_SYMLINK_NOFOLLOW: libc::c_uint = 0x2;
 const FSPICK_NO_AUTOMOUNT: libc::c_uint = 0x4;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
