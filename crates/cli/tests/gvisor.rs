@@ -434,7 +434,10 @@ async fn a_small_gvisor_sandbox_gives_back_what_each_command_held() {
     );
     assert!(after_600.usage <= after_100.usage + (12 << 20), "{after_100:?} then {after_600:?}");
     assert!(after_600.fds <= after_100.fds + 8, "descriptors held per command: {after_100:?} then {after_600:?}");
-    assert!(after_600.tasks <= after_100.tasks + 16, "host tasks held per command: {after_100:?} then {after_600:?}");
+    // Host tasks are gVisor's Go threads, whose count is a high-water mark of its blocked
+    // system calls, which grows with the host's load (+21 seen beside a parallel suite), not
+    // with the commands run; a task held per command, or per ten, would add 50 to 500.
+    assert!(after_600.tasks <= after_100.tasks + 40, "host tasks held per command: {after_100:?} then {after_600:?}");
 
     // The supervisor mounted `/proc` with a small cache and holds no CAP_SYS_ADMIN since (it
     // had it for that mount alone); nor does a command.
